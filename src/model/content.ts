@@ -1,0 +1,168 @@
+/**
+ * Content objects: the automation a pack ships. One TypeBox schema per kind drives both the TypeScript
+ * type and the JSON Schema the linter and the API validate with (additionalProperties: false everywhere,
+ * so an unknown field is an error that names the field).
+ */
+import Type, { type Static } from 'typebox';
+
+export const NAME_PATTERN = '^[a-z0-9][a-z0-9._-]{0,62}$';
+/** Param names are template identifiers, so no dashes or dots. */
+export const PARAM_NAME_PATTERN = '^[a-z][a-z0-9_]{0,62}$';
+
+const Name = Type.String({ pattern: NAME_PATTERN, description: 'lower-case name: letters, digits, . _ -' });
+const ParamName = Type.String({ pattern: PARAM_NAME_PATTERN, description: 'lower-case identifier: letters, digits, _' });
+const Description = Type.Optional(Type.String({ maxLength: 4096 }));
+const ParamValues = Type.Record(Type.String({ pattern: PARAM_NAME_PATTERN }), Type.Unknown());
+const Duration = Type.Union([Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h|d)?$' }), Type.Number({ minimum: 0 })]);
+const closed = { additionalProperties: false } as const;
+
+export const PackManifestSchema = Type.Object(
+  {
+    name: Name,
+    version: Type.String({ pattern: '^\\d+\\.\\d+\\.\\d+(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$', description: 'semver' }),
+    description: Description,
+    requires: Type.Optional(Type.Record(Type.String({ pattern: NAME_PATTERN }), Type.String())),
+  },
+  closed,
+);
+export type PackManifest = Static<typeof PackManifestSchema>;
+
+export const ParamSchema = Type.Object(
+  {
+    name: ParamName,
+    description: Description,
+    schema: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'JSON Schema for the value' })),
+    secure: Type.Optional(Type.Boolean()),
+  },
+  closed,
+);
+export type ParamDef = Static<typeof ParamSchema>;
+
+export const ProfileSchema = Type.Object(
+  {
+    name: Name,
+    description: Description,
+    include: Type.Optional(Type.Array(Name, { description: 'profiles whose params this one builds on' })),
+    params: Type.Optional(ParamValues),
+  },
+  closed,
+);
+export type ProfileDef = Static<typeof ProfileSchema>;
+
+const Variant = Type.Object(
+  {
+    script: Type.Optional(Type.String()),
+    noop: Type.Optional(Type.String({ minLength: 1, description: 'the task deliberately does nothing here; say why' })),
+  },
+  closed,
+);
+export type TaskVariant = Static<typeof Variant>;
+
+export const TaskSchema = Type.Object(
+  {
+    name: Name,
+    description: Description,
+    params: Type.Optional(
+      Type.Object(
+        { required: Type.Optional(Type.Array(ParamName)), optional: Type.Optional(Type.Array(ParamName)) },
+        closed,
+      ),
+    ),
+    script: Type.Optional(Type.String()),
+    variants: Type.Optional(Type.Record(Type.String({ pattern: NAME_PATTERN }), Variant, { description: 'by machine environment' })),
+    timeout: Type.Optional(Duration),
+    retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, description: 'opt-in automatic retries; 0 stops the line' })),
+  },
+  closed,
+);
+export type TaskDef = Static<typeof TaskSchema>;
+
+export const StageSchema = Type.Object(
+  {
+    name: Name,
+    description: Description,
+    tasks: Type.Array(Name, { minItems: 1 }),
+    params: Type.Optional(ParamValues),
+  },
+  closed,
+);
+export type StageDef = Static<typeof StageSchema>;
+
+export const PipelineSchema = Type.Object(
+  {
+    name: Name,
+    description: Description,
+    stages: Type.Array(Name, { minItems: 1 }),
+    params: Type.Optional(ParamValues),
+    environments: Type.Optional(Type.Array(Name, { description: 'environments this pipeline supports' })),
+  },
+  closed,
+);
+export type PipelineDef = Static<typeof PipelineSchema>;
+
+export const BlueprintSchema = Type.Object(
+  {
+    name: Name,
+    description: Description,
+    tasks: Type.Array(Name, { minItems: 1 }),
+    params: Type.Optional(ParamValues),
+  },
+  closed,
+);
+export type BlueprintDef = Static<typeof BlueprintSchema>;
+
+export const CONTENT_KINDS = ['params', 'profiles', 'tasks', 'stages', 'pipelines', 'blueprints'] as const;
+export type ContentKind = (typeof CONTENT_KINDS)[number];
+
+export interface ContentByKind {
+  params: ParamDef;
+  profiles: ProfileDef;
+  tasks: TaskDef;
+  stages: StageDef;
+  pipelines: PipelineDef;
+  blueprints: BlueprintDef;
+}
+export type ContentObject = ContentByKind[ContentKind];
+
+export const CONTENT_SCHEMAS = {
+  params: ParamSchema,
+  profiles: ProfileSchema,
+  tasks: TaskSchema,
+  stages: StageSchema,
+  pipelines: PipelineSchema,
+  blueprints: BlueprintSchema,
+} as const;
+
+/** Singular names for messages ("task 'x' not found"). */
+export const KIND_NOUN: Record<ContentKind, string> = {
+  params: 'param',
+  profiles: 'profile',
+  tasks: 'task',
+  stages: 'stage',
+  pipelines: 'pipeline',
+  blueprints: 'blueprint',
+};
+
+/** The layer every object comes from: a pack (by name) or `local` (created through the API). */
+export const LOCAL_LAYER = 'local';
+
+/** The profile every machine implicitly builds on (lowest precedence above schema defaults). */
+export const GLOBAL_PROFILE = 'global';
+
+/** Every content object the endpoint knows, by kind and name, with the layer that owns it. */
+export interface ContentSet {
+  objects: { [K in ContentKind]: Map<string, { def: ContentByKind[K]; layer: string }> };
+}
+
+export function emptyContentSet(): ContentSet {
+  return {
+    objects: {
+      params: new Map(),
+      profiles: new Map(),
+      tasks: new Map(),
+      stages: new Map(),
+      pipelines: new Map(),
+      blueprints: new Map(),
+    },
+  };
+}

@@ -1,0 +1,60 @@
+/**
+ * The one error shape takt uses everywhere: the API answers `{error:{code,message,path}}` with `status`,
+ * the CLI prints `message` (and `path` when it points into a file or a field).
+ */
+export type ErrorCode =
+  | 'bad_request'
+  | 'invalid'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not_found'
+  | 'conflict'
+  | 'too_large'
+  | 'unavailable'
+  | 'internal';
+
+const statusByCode: Record<ErrorCode, number> = {
+  bad_request: 400,
+  invalid: 422,
+  unauthorized: 401,
+  forbidden: 403,
+  not_found: 404,
+  conflict: 409,
+  too_large: 413,
+  unavailable: 503,
+  internal: 500,
+};
+
+export interface ErrorBody {
+  error: { code: ErrorCode; message: string; path?: string; details?: unknown };
+}
+
+export class TaktError extends Error {
+  readonly code: ErrorCode;
+  readonly path?: string;
+  readonly details?: unknown;
+
+  constructor(code: ErrorCode, message: string, opts: { path?: string; details?: unknown } = {}) {
+    super(message);
+    this.name = 'TaktError';
+    this.code = code;
+    if (opts.path !== undefined) this.path = opts.path;
+    if (opts.details !== undefined) this.details = opts.details;
+  }
+
+  get status(): number {
+    return statusByCode[this.code];
+  }
+
+  toBody(): ErrorBody {
+    const error: ErrorBody['error'] = { code: this.code, message: this.message };
+    if (this.path !== undefined) error.path = this.path;
+    if (this.details !== undefined) error.details = this.details;
+    return { error };
+  }
+}
+
+export const notFound = (what: string, name: string): TaktError =>
+  new TaktError('not_found', `${what} '${name}' not found`);
+
+export const statusOf = (code: ErrorCode): number => statusByCode[code];

@@ -1,0 +1,97 @@
+/** Runtime objects: machines, jobs, work orders, changes and events, as the store and API hold them. */
+
+export const MACHINE_STATES = ['idle', 'running', 'stopped', 'done', 'awaiting-approval'] as const;
+export type MachineState = (typeof MACHINE_STATES)[number];
+
+export interface Machine {
+  id: string;
+  name: string;
+  environment: string;
+  broker: string | null;
+  pipeline: string | null;
+  /** Position in the pipeline: the index of the stage and of the task within it that runs next. */
+  stageIndex: number;
+  taskIndex: number;
+  state: MachineState;
+  /** Why the machine is stopped (or last stopped), in words an operator can act on. */
+  reason: string | null;
+  params: Record<string, unknown>;
+  profiles: string[];
+  /** The job this machine is running now, if any. */
+  currentJob: string | null;
+  power: 'on' | 'off';
+  createdAt: string;
+  updatedAt: string;
+}
+
+export const JOB_STATES = ['running', 'succeeded', 'failed', 'lost', 'cancelled'] as const;
+export type JobState = (typeof JOB_STATES)[number];
+export const TERMINAL_JOB_STATES: readonly JobState[] = ['succeeded', 'failed', 'lost', 'cancelled'];
+
+export interface Job {
+  id: string;
+  machineId: string;
+  kind: 'pipeline' | 'workorder';
+  workOrderId: string | null;
+  pipeline: string | null;
+  stage: string | null;
+  task: string;
+  /** Which variant ran: `default` or the environment name. */
+  variant: string;
+  state: JobState;
+  exitCode: number | null;
+  reason: string | null;
+  /** The rendered script with secure values masked; the agent gets the real one at claim time. */
+  script: string;
+  /** Resolved params the task uses, secure values masked, with the layer each came from. */
+  params: Record<string, { value: unknown; from: string }>;
+  outputs: Record<string, unknown>;
+  timeoutMs: number;
+  leaseExpiresAt: string | null;
+  createdAt: string;
+  finishedAt: string | null;
+}
+
+export const WORK_ORDER_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
+export type WorkOrderState = (typeof WORK_ORDER_STATES)[number];
+
+export interface WorkOrder {
+  id: string;
+  machineId: string;
+  blueprint: string;
+  state: WorkOrderState;
+  /** Index of the blueprint task that runs next. */
+  taskIndex: number;
+  params: Record<string, unknown>;
+  reason: string | null;
+  createdAt: string;
+  finishedAt: string | null;
+}
+
+export interface LogChunk {
+  jobId: string;
+  seq: number;
+  stream: 'stdout' | 'stderr' | 'system';
+  data: string;
+  at: string;
+}
+
+/** One numbered entry in the desired-state history. */
+export interface Change {
+  seq: number;
+  author: string;
+  at: string;
+  /** `<kind>/<name-or-id>`, e.g. `machines/m-1a2b`, `profiles/web`, `packs/demo`. */
+  object: string;
+  action: 'create' | 'update' | 'delete';
+  before: unknown;
+  after: unknown;
+}
+
+export interface TaktEvent {
+  id: number;
+  /** `<type>.<action>.<id>`, e.g. `machines.update.m-1a2b`, `jobs.create.j-9f`. */
+  topic: string;
+  at: string;
+  data: unknown;
+}
