@@ -13,7 +13,7 @@ export interface ClientOptions {
 
 /** The endpoint could not be reached or did not answer in time; the request may be retried. */
 export class NetworkError extends Error {
-  constructor(message: string, readonly cause?: unknown) {
+  constructor(message: string, override readonly cause?: unknown) {
     super(message);
     this.name = 'NetworkError';
   }
