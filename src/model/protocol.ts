@@ -58,3 +58,12 @@ export interface HeartbeatResponse {
 /** Agent exit codes understood by the local broker's supervisor. */
 export const AGENT_EXIT_REBOOT = 64;
 export const AGENT_EXIT_POWEROFF = 32;
+
+/**
+ * Machine tokens look like `tkm.<machineId>.<secret>`: the agent learns its machine id from its token,
+ * and the server finds the machine without scanning (it still verifies the secret's hash).
+ */
+export function machineIdFromToken(token: string): string | null {
+  const m = /^tkm\.([a-z0-9-]+)\.[A-Za-z0-9_-]+$/.exec(token);
+  return m ? m[1]! : null;
+}
