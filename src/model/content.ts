@@ -12,16 +12,23 @@ export const PARAM_NAME_PATTERN = '^[a-z][a-z0-9_]{0,62}$';
 const Name = Type.String({ pattern: NAME_PATTERN, description: 'lower-case name: letters, digits, . _ -' });
 const ParamName = Type.String({ pattern: PARAM_NAME_PATTERN, description: 'lower-case identifier: letters, digits, _' });
 const Description = Type.Optional(Type.String({ maxLength: 4096 }));
-const ParamValues = Type.Record(Type.String({ pattern: PARAM_NAME_PATTERN }), Type.Unknown());
-const Duration = Type.Union([Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h|d)?$' }), Type.Number({ minimum: 0 })]);
+// Records close their key space too (TypeBox emits only patternProperties), so a bad key is an error.
+const ParamValues = Type.Record(Type.String({ pattern: PARAM_NAME_PATTERN }), Type.Unknown(), {
+  additionalProperties: false,
+});
+const Duration = Type.Union([Type.String({ pattern: '^\\d+(\\.\\d+)?(ms|s|m|h|d)?$' }), Type.Number({ minimum: 0 })], {
+  description: 'a duration like 500ms, 30s, 5m, 2h or a number of seconds',
+});
 const closed = { additionalProperties: false } as const;
 
 export const PackManifestSchema = Type.Object(
   {
     name: Name,
-    version: Type.String({ pattern: '^\\d+\\.\\d+\\.\\d+(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$', description: 'semver' }),
+    version: Type.String({ pattern: '^\\d+\\.\\d+\\.\\d+(-[0-9A-Za-z.-]+)?(\\+[0-9A-Za-z.-]+)?$', description: 'semver version like 1.2.3' }),
     description: Description,
-    requires: Type.Optional(Type.Record(Type.String({ pattern: NAME_PATTERN }), Type.String())),
+    requires: Type.Optional(
+      Type.Record(Type.String({ pattern: NAME_PATTERN }), Type.String({ description: 'semver range' }), { additionalProperties: false }),
+    ),
   },
   closed,
 );
@@ -69,7 +76,7 @@ export const TaskSchema = Type.Object(
       ),
     ),
     script: Type.Optional(Type.String()),
-    variants: Type.Optional(Type.Record(Type.String({ pattern: NAME_PATTERN }), Variant, { description: 'by machine environment' })),
+    variants: Type.Optional(Type.Record(Type.String({ pattern: NAME_PATTERN }), Variant, { description: 'by machine environment', additionalProperties: false })),
     timeout: Type.Optional(Duration),
     retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, description: 'opt-in automatic retries; 0 stops the line' })),
   },

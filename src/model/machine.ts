@@ -12,6 +12,8 @@ export interface Machine {
   /** Position in the pipeline: the index of the stage and of the task within it that runs next. */
   stageIndex: number;
   taskIndex: number;
+  /** How many times the current task has failed and been retried (only for tasks that opt in). */
+  attempt: number;
   state: MachineState;
   /** Why the machine is stopped (or last stopped), in words an operator can act on. */
   reason: string | null;

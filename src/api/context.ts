@@ -1,0 +1,48 @@
+import type { FastifyRequest } from 'fastify';
+import type { ContentService } from '../engine/content.js';
+import type { Engine } from '../engine/engine.js';
+import { TaktError } from '../model/errors.js';
+import type { Store } from '../store/store.js';
+import type { Principal } from './auth.js';
+
+/** Creates and destroys machines in an environment (the API only needs this much of a broker). */
+export interface BrokerPort {
+  readonly name: string;
+  readonly environment: string;
+  /** Starts the machine's agent with its token. */
+  create(machine: { id: string; name: string }, token: string): Promise<void>;
+  destroy(machine: { id: string; name: string }): Promise<void>;
+}
+
+export interface ApiContext {
+  store: Store;
+  engine: Engine;
+  content: ContentService;
+  brokers: Map<string, BrokerPort>;
+  version: string;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal;
+  }
+  interface FastifyContextConfig {
+    /** Machine tokens may call this route (the handler still checks the machine is their own). */
+    machine?: boolean;
+    /** No authentication (health only). */
+    public?: boolean;
+  }
+}
+
+export function author(req: FastifyRequest): string {
+  const p = req.principal;
+  return p.kind === 'admin' ? p.name : `machine:${p.machineId}`;
+}
+
+/** Reads a positive integer query parameter with a clear error. */
+export function intQuery(value: unknown, name: string, fallback: number | undefined, max = 1_000_000): number | undefined {
+  if (value === undefined || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > max) throw new TaktError('bad_request', `query parameter '${name}' must be a whole number from 0 to ${max}`, { path: name });
+  return n;
+}

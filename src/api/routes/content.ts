@@ -1,0 +1,79 @@
+import type { FastifyInstance } from 'fastify';
+import { CONTENT_KINDS, type ContentKind } from '../../model/content.js';
+import { TaktError } from '../../model/errors.js';
+import { author, intQuery, type ApiContext } from '../context.js';
+
+export const PACK_BODY_LIMIT = 8 * 1024 * 1024;
+
+export function contentRoutes(app: FastifyInstance, ctx: ApiContext) {
+  const { content, store } = ctx;
+
+  app.get('/api/v1/packs', async () => ({
+    items: (await store.listPacks()).map(({ files, ...p }) => ({ ...p, files: Object.keys(files).length })),
+  }));
+
+  app.get('/api/v1/packs/:name', async (req) => {
+    const p = await store.getPack((req.params as { name: string }).name);
+    if (!p) throw new TaktError('not_found', `pack '${(req.params as { name: string }).name}' not found`);
+    return p;
+  });
+
+  app.post(
+    '/api/v1/packs',
+    {
+      bodyLimit: PACK_BODY_LIMIT,
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['files'],
+          properties: { files: { type: 'object', additionalProperties: { type: 'string' }, description: 'relative path -> file text' } },
+        },
+      },
+    },
+    async (req, reply) => {
+      const { pack, objects } = await content.installPack((req.body as { files: Record<string, string> }).files, author(req));
+      reply.code(201);
+      return { name: pack.name, version: pack.version, sha256: pack.sha256, objects };
+    },
+  );
+
+  app.delete('/api/v1/packs/:name', async (req) => {
+    await content.removePack((req.params as { name: string }).name, author(req));
+    return { deleted: (req.params as { name: string }).name };
+  });
+
+  for (const kind of CONTENT_KINDS) contentKindRoutes(app, ctx, kind);
+}
+
+function contentKindRoutes(app: FastifyInstance, { content }: ApiContext, kind: ContentKind) {
+  const base = `/api/v1/${kind}`;
+  app.get(base, async (req) => {
+    const q = req.query as Record<string, string | undefined>;
+    let items = content.list(kind);
+    if (q.layer) items = items.filter((i) => i.layer === q.layer);
+    if (q.name) items = items.filter((i) => i.name.includes(q.name!));
+    const offset = intQuery(q.offset, 'offset', 0)!;
+    const limit = intQuery(q.limit, 'limit', 100, 1000)!;
+    return { items: items.slice(offset, offset + limit).map((i) => ({ ...i.def, layer: i.layer })), total: items.length };
+  });
+  app.get(`${base}/:name`, async (req) => {
+    const e = content.get(kind, (req.params as { name: string }).name);
+    return { ...e.def, layer: e.layer };
+  });
+  // Bodies are validated by the content service against the same schema the linter uses, so a REST
+  // write and a pack file get the same messages.
+  app.post(base, { schema: { body: { type: 'object' } } }, async (req, reply) => {
+    const e = await content.putLocal(kind, req.body, author(req), 'create');
+    reply.code(201);
+    return { ...e.def, layer: e.layer };
+  });
+  app.put(`${base}/:name`, { schema: { body: { type: 'object' } } }, async (req) => {
+    const e = await content.putLocal(kind, req.body, author(req), 'update', (req.params as { name: string }).name);
+    return { ...e.def, layer: e.layer };
+  });
+  app.delete(`${base}/:name`, async (req) => {
+    await content.deleteLocal(kind, (req.params as { name: string }).name, author(req));
+    return { deleted: (req.params as { name: string }).name };
+  });
+}

@@ -1,0 +1,128 @@
+import type { FastifyInstance } from 'fastify';
+import { publicJob, publicWorkOrder } from '../../engine/engine.js';
+import { TaktError } from '../../model/errors.js';
+import { JOB_STATES, WORK_ORDER_STATES, type JobState, type WorkOrderState } from '../../model/machine.js';
+import type { CompleteRequest, LogRequest } from '../../model/protocol.js';
+import { machineScope, requireOwnMachine } from '../auth.js';
+import { author, intQuery, type ApiContext } from '../context.js';
+import { Name, paramsObject } from './schemas.js';
+
+const logBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['seq', 'stream', 'data'],
+  properties: {
+    seq: { type: 'integer', minimum: 1 },
+    stream: { enum: ['stdout', 'stderr', 'system'] },
+    data: { type: 'string', maxLength: 1_048_576 },
+  },
+} as const;
+
+const completeBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['exitCode', 'outputs'],
+  properties: {
+    exitCode: { anyOf: [{ type: 'integer' }, { type: 'null' }] },
+    outputs: { type: 'object', additionalProperties: { type: 'string', maxLength: 1_048_576 } },
+    timedOut: { type: 'boolean' },
+    error: { type: 'string', maxLength: 4096 },
+  },
+} as const;
+
+export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
+  const { engine, store } = ctx;
+
+  app.get('/api/v1/jobs', { config: { machine: true } }, async (req) => {
+    const q = req.query as Record<string, string | undefined>;
+    if (q.state && !JOB_STATES.includes(q.state as JobState)) throw new TaktError('bad_request', `state must be one of ${JOB_STATES.join(', ')}`, { path: 'state' });
+    let machineId = q.machine ? (await engine.findMachine(q.machine)).id : undefined;
+    const scope = machineScope(req.principal);
+    if (scope) {
+      if (machineId && machineId !== scope) requireOwnMachine(req.principal, machineId);
+      machineId = scope;
+    }
+    const items = await store.listJobs({
+      machineId,
+      state: q.state as JobState | undefined,
+      task: q.task,
+      workOrderId: q.workorder,
+      order: q.order === 'asc' ? 'asc' : 'desc',
+      limit: intQuery(q.limit, 'limit', 100, 1000),
+      offset: intQuery(q.offset, 'offset', 0),
+    });
+    return { items: items.map(publicJob) };
+  });
+
+  const ownJob = async (principal: Parameters<typeof requireOwnMachine>[0], id: string) => {
+    const job = await store.getJob(id);
+    if (!job) throw new TaktError('not_found', `job '${id}' not found`);
+    requireOwnMachine(principal, job.machineId);
+    return job;
+  };
+
+  app.get('/api/v1/jobs/:id', { config: { machine: true } }, async (req) => ownJob(req.principal, (req.params as { id: string }).id));
+
+  app.get('/api/v1/jobs/:id/log', { config: { machine: true } }, async (req) => {
+    const job = await ownJob(req.principal, (req.params as { id: string }).id);
+    const q = req.query as Record<string, string | undefined>;
+    const chunks = await store.getLogs(job.id, intQuery(q.after, 'after', 0), intQuery(q.limit, 'limit', 1000, 10_000));
+    return { job: { id: job.id, state: job.state, reason: job.reason, exitCode: job.exitCode }, chunks };
+  });
+
+  app.post('/api/v1/jobs/:id/log', { config: { machine: true }, schema: { body: logBody } }, async (req, reply) => {
+    await engine.appendLog((req.params as { id: string }).id, machineScope(req.principal), req.body as LogRequest);
+    reply.code(204);
+  });
+
+  app.post('/api/v1/jobs/:id/heartbeat', { config: { machine: true } }, async (req) =>
+    engine.heartbeat((req.params as { id: string }).id, machineScope(req.principal)),
+  );
+
+  app.post('/api/v1/jobs/:id/complete', { config: { machine: true }, schema: { body: completeBody } }, async (req) =>
+    engine.complete((req.params as { id: string }).id, machineScope(req.principal), req.body as CompleteRequest),
+  );
+
+  // Work orders: blueprints run on a machine without moving its pipeline position.
+  app.get('/api/v1/workorders', async (req) => {
+    const q = req.query as Record<string, string | undefined>;
+    if (q.state && !WORK_ORDER_STATES.includes(q.state as WorkOrderState)) {
+      throw new TaktError('bad_request', `state must be one of ${WORK_ORDER_STATES.join(', ')}`, { path: 'state' });
+    }
+    const machineId = q.machine ? (await engine.findMachine(q.machine)).id : undefined;
+    const items = await store.listWorkOrders({
+      machineId,
+      state: q.state as WorkOrderState | undefined,
+      limit: intQuery(q.limit, 'limit', 100, 1000),
+      offset: intQuery(q.offset, 'offset', 0),
+    });
+    return { items: items.map(publicWorkOrder) };
+  });
+
+  app.post(
+    '/api/v1/workorders',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['machine', 'blueprint'],
+          properties: { machine: { type: 'string', minLength: 1 }, blueprint: Name, params: paramsObject },
+        },
+      },
+    },
+    async (req, reply) => {
+      const wo = await engine.createWorkOrder(req.body as { machine: string; blueprint: string }, author(req));
+      reply.code(201);
+      return publicWorkOrder(wo);
+    },
+  );
+
+  app.get('/api/v1/workorders/:id', async (req) => {
+    const wo = await store.getWorkOrder((req.params as { id: string }).id);
+    if (!wo) throw new TaktError('not_found', `work order '${(req.params as { id: string }).id}' not found`);
+    return publicWorkOrder(wo);
+  });
+
+  app.delete('/api/v1/workorders/:id', async (req) => publicWorkOrder(await engine.cancelWorkOrder((req.params as { id: string }).id, author(req))));
+}

@@ -1,0 +1,155 @@
+import type { FastifyInstance } from 'fastify';
+import { publicMachine } from '../../engine/engine.js';
+import { TaktError } from '../../model/errors.js';
+import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
+import { requireOwnMachine } from '../auth.js';
+import { author, intQuery, type ApiContext } from '../context.js';
+import { paramsObject, Name } from './schemas.js';
+
+const createBody = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    name: { ...Name, description: 'machine name; with count > 1 the prefix of generated names' },
+    environment: Name,
+    broker: { ...Name, description: 'create the machines through this broker (e.g. local), which also starts their agents' },
+    count: { type: 'integer', minimum: 1, maximum: 1000 },
+    pipeline: { anyOf: [Name, { type: 'null' }] },
+    params: paramsObject,
+    profiles: { type: 'array', items: Name },
+  },
+} as const;
+
+const patchBody = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  properties: {
+    name: Name,
+    environment: Name,
+    pipeline: { anyOf: [Name, { type: 'null' }] },
+    params: { ...paramsObject, description: 'merged into the machine params; null removes one' },
+    profiles: { type: 'array', items: Name },
+  },
+} as const;
+
+interface CreateBody {
+  name?: string;
+  environment?: string;
+  broker?: string;
+  count?: number;
+  pipeline?: string | null;
+  params?: Record<string, unknown>;
+  profiles?: string[];
+}
+
+export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
+  const { engine, store, brokers } = ctx;
+
+  app.get('/api/v1/machines', async (req) => {
+    const q = req.query as Record<string, string | undefined>;
+    if (q.state && !MACHINE_STATES.includes(q.state as MachineState)) {
+      throw new TaktError('bad_request', `state must be one of ${MACHINE_STATES.join(', ')}`, { path: 'state' });
+    }
+    const filter = {
+      state: q.state as MachineState | undefined,
+      pipeline: q.pipeline,
+      environment: q.environment,
+      broker: q.broker,
+      name: q.name,
+      limit: intQuery(q.limit, 'limit', 100, 1000),
+      offset: intQuery(q.offset, 'offset', 0),
+    };
+    const [items, total] = await Promise.all([store.listMachines(filter), store.countMachines(filter)]);
+    return { items: items.map(publicMachine), total };
+  });
+
+  app.post('/api/v1/machines', { schema: { body: createBody } }, async (req, reply) => {
+    const body = req.body as CreateBody;
+    const broker = body.broker ? brokers.get(body.broker) : undefined;
+    if (body.broker && !broker) {
+      throw new TaktError('invalid', `unknown broker '${body.broker}'; available: ${[...brokers.keys()].join(', ') || 'none'}`, { path: '/broker' });
+    }
+    const count = body.count ?? 1;
+    if (count === 1 && !body.name && !broker) throw new TaktError('invalid', 'missing required field \'name\'', { path: '/name' });
+    const prefix = body.name ?? broker?.name ?? 'machine';
+    const names = count === 1 && body.name ? [body.name] : await freeNames(ctx, prefix, count);
+    const created = [];
+    for (const name of names) {
+      const { machine, token } = await engine.createMachine(
+        {
+          name,
+          environment: body.environment ?? broker?.environment ?? 'local',
+          broker: broker?.name ?? null,
+          pipeline: body.pipeline ?? null,
+          params: body.params,
+          profiles: body.profiles,
+        },
+        author(req),
+      );
+      if (broker) {
+        await broker.create(machine, token);
+        created.push(publicMachine(machine));
+      } else {
+        // Shown once: only its hash is stored.
+        created.push({ ...publicMachine(machine), token });
+      }
+    }
+    reply.code(201);
+    return { items: created };
+  });
+
+  app.get('/api/v1/machines/:id', { config: { machine: true } }, async (req) => {
+    const m = await engine.findMachine((req.params as { id: string }).id);
+    requireOwnMachine(req.principal, m.id);
+    return publicMachine(m);
+  });
+
+  app.patch('/api/v1/machines/:id', { schema: { body: patchBody } }, async (req) => {
+    return publicMachine(await engine.updateMachine((req.params as { id: string }).id, req.body as object, author(req)));
+  });
+
+  app.delete('/api/v1/machines/:id', async (req) => {
+    const m = await engine.deleteMachine((req.params as { id: string }).id, author(req));
+    const broker = m.broker ? brokers.get(m.broker) : undefined;
+    if (broker) await broker.destroy(m);
+    return publicMachine(m);
+  });
+
+  app.post('/api/v1/machines/:id/resume', async (req) => publicMachine(await engine.resumeMachine((req.params as { id: string }).id, author(req))));
+  app.post('/api/v1/machines/:id/restart', async (req) => publicMachine(await engine.restartMachine((req.params as { id: string }).id, author(req))));
+  app.post(
+    '/api/v1/machines/:id/power',
+    { schema: { body: { type: 'object', additionalProperties: false, required: ['power'], properties: { power: { enum: ['on', 'off'] } } } } },
+    async (req) => publicMachine(await engine.setPower((req.params as { id: string }).id, (req.body as { power: 'on' | 'off' }).power, author(req))),
+  );
+
+  app.get('/api/v1/machines/:id/plan', async (req) => engine.plan((req.params as { id: string }).id));
+
+  app.get('/api/v1/machines/:id/render', async (req) => {
+    const q = req.query as { task?: string };
+    if (!q.task) throw new TaktError('bad_request', 'query parameter \'task\' is required', { path: 'task' });
+    const p = await engine.render((req.params as { id: string }).id, q.task);
+    const { script: _clear, agentParams: _agentParams, ...shown } = p;
+    return shown;
+  });
+
+  app.post('/api/v1/machines/:id/claim', { config: { machine: true } }, async (req) => {
+    const id = (req.params as { id: string }).id;
+    requireOwnMachine(req.principal, id);
+    const wait = intQuery((req.query as { wait?: string }).wait, 'wait', 0, 60)!;
+    const aborted = new AbortController();
+    req.raw.once('close', () => aborted.abort());
+    return engine.claim(id, wait * 1000, aborted.signal);
+  });
+}
+
+async function freeNames(ctx: ApiContext, prefix: string, count: number): Promise<string[]> {
+  const taken = new Set((await ctx.store.listMachines({ name: prefix, limit: 1000 })).map((m) => m.name));
+  const names: string[] = [];
+  for (let i = 1; names.length < count; i++) {
+    const n = `${prefix}-${i}`;
+    if (!taken.has(n)) names.push(n);
+  }
+  return names;
+}

@@ -1,0 +1,49 @@
+/** How the CLI finds its endpoint and token: flags, then TAKT_ENDPOINT/TAKT_TOKEN, then the local defaults. */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ApiClient } from '../client/http.js';
+import { TaktError } from '../model/errors.js';
+
+export const DEFAULT_ENDPOINT = 'http://127.0.0.1:8092';
+
+export interface GlobalOptions {
+  endpoint?: string;
+  token?: string;
+  output: 'table' | 'json' | 'yaml';
+}
+
+export function resolveToken(flag?: string): string | undefined {
+  if (flag) return flag;
+  if (process.env.TAKT_TOKEN) return process.env.TAKT_TOKEN;
+  const file = join(process.env.TAKT_DATA ?? 'data', 'admin.token');
+  return existsSync(file) ? readFileSync(file, 'utf8').trim() : undefined;
+}
+
+export function clientFrom(g: GlobalOptions): ApiClient {
+  const endpoint = g.endpoint ?? process.env.TAKT_ENDPOINT ?? DEFAULT_ENDPOINT;
+  const token = resolveToken(g.token);
+  if (!token) {
+    throw new TaktError('unauthorized', 'no token: pass --token, set TAKT_TOKEN, or run from the directory whose ./data/admin.token `takt serve` created');
+  }
+  return new ApiClient({ endpoint, token });
+}
+
+/** `--param key=value`: the value is JSON when it parses as JSON (numbers, booleans, objects), else a string. */
+export function parseParamPairs(pairs: string[] = []): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const p of pairs) {
+    const i = p.indexOf('=');
+    if (i <= 0) throw new TaktError('bad_request', `--param '${p}' is not KEY=VALUE`);
+    const raw = p.slice(i + 1);
+    let value: unknown = raw;
+    try {
+      value = JSON.parse(raw);
+    } catch {
+      /* a plain string */
+    }
+    out[p.slice(0, i)] = value;
+  }
+  return out;
+}
+
+export const collect = (v: string, prev: string[] = []) => [...prev, v];

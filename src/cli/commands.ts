@@ -1,0 +1,462 @@
+/** The resource commands: each maps onto one REST call (or a short loop of them for wait/follow/watch). */
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import pc from 'picocolors';
+import { parse as parseYaml } from 'yaml';
+import type { ApiClient } from '../client/http.js';
+import { CONTENT_KINDS, KIND_NOUN } from '../model/content.js';
+import { formatDuration, parseDuration } from '../model/duration.js';
+import { TaktError } from '../model/errors.js';
+import type { Change, Job, LogChunk, Machine, WorkOrder } from '../model/machine.js';
+import { clientFrom, collect, parseParamPairs, type GlobalOptions } from './client.js';
+import { colorState, print, renderTable } from './output.js';
+
+type Globals = () => GlobalOptions;
+const enc = encodeURIComponent;
+
+export function register(program: Command, g: Globals) {
+  const api = () => clientFrom(g());
+  contentCommands(program, g, api);
+  machineCommands(program, g, api);
+  jobCommands(program, g, api);
+  workOrderCommands(program, g, api);
+  for (const kind of CONTENT_KINDS) objectCommands(program, g, api, kind);
+  historyCommands(program, g, api);
+
+  program
+    .command('plan <machine>')
+    .description("show the machine's remaining tasks and every param each uses: value (secure ones masked) and the layer it came from")
+    .action(async (machine: string) => {
+      const plan = await api().get<PlanView>(`/machines/${enc(machine)}/plan`);
+      print(g().output, plan, () => planTable(plan));
+    });
+
+  program
+    .command('render <task>')
+    .description('print the exact script TASK would run on a machine (secure values masked)')
+    .requiredOption('--machine <machine>', 'machine id or name')
+    .action(async (task: string, o: { machine: string }) => {
+      const r = await api().get<{ displayScript: string | null; error: string | null; noop: string | null; variant: string; params: PlanParam[] }>(
+        `/machines/${enc(o.machine)}/render`,
+        { task },
+      );
+      if (g().output !== 'table') return print(g().output, r);
+      if (r.noop) return void process.stdout.write(`# no-op on this machine (variant ${r.variant}): ${r.noop}\n`);
+      if (r.error) throw new TaktError('invalid', `${task} cannot be rendered for ${o.machine}: ${r.error}`);
+      process.stderr.write(pc.dim(`# variant ${r.variant}; ${r.params.map((p) => `${p.name} from ${p.from}`).join(', ') || 'no params'}\n`));
+      process.stdout.write(r.displayScript ?? '');
+    });
+
+  program
+    .command('events')
+    .description('the event stream')
+    .command('watch')
+    .description('print events as they happen (topics like machines.*.*, jobs.update.<id>; default all)')
+    .option('--topics <list>', 'comma-separated topic filters', '')
+    .option('--since <id>', 'replay events after this id first')
+    .action(async (o: { topics: string; since?: string }) => {
+      const client = api();
+      const res = await client.raw('GET', '/events', { query: { topics: o.topics || undefined, since: o.since }, timeoutMs: 2 ** 31 - 1 });
+      const decoder = new TextDecoder();
+      let buf = '';
+      for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buf += decoder.decode(part, { stream: true });
+        let i: number;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const data = block.split('\n').find((l) => l.startsWith('data: '));
+          if (!data) continue;
+          const e = JSON.parse(data.slice(6)) as { id: number; topic: string; at: string; data: unknown };
+          if (g().output === 'json') process.stdout.write(JSON.stringify(e) + '\n');
+          else process.stdout.write(`${pc.dim(e.at.slice(11, 23))} ${pc.bold(e.topic)} ${summarize(e.data)}\n`);
+        }
+      }
+    });
+}
+
+// ---- content ------------------------------------------------------------------------------------------
+
+function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const content = program.command('content').description('content packs: lint, install, list, remove');
+  content
+    .command('lint <dir>')
+    .description('check a pack directory and report every problem as file:line:col: message')
+    .action(async (dir: string) => {
+      const { readPackDir } = await import('../content/files.js');
+      const { lintPack, formatDiagnostic } = await import('../content/lint.js');
+      const result = lintPack(await readPackDir(dir));
+      if (g().output !== 'table') print(g().output, { ok: result.diagnostics.length === 0, diagnostics: result.diagnostics });
+      else for (const d of result.diagnostics) process.stdout.write(formatDiagnostic({ ...d, file: `${dir.replace(/\/$/, '')}/${d.file}` }) + '\n');
+      if (result.diagnostics.length > 0) {
+        if (g().output === 'table') process.stderr.write(pc.red(`${result.diagnostics.length} problem(s)\n`));
+        process.exitCode = 1;
+      } else if (g().output === 'table') {
+        process.stdout.write(pc.green(`${result.manifest?.name}@${result.manifest?.version}: ${result.objects.length} objects, no problems\n`));
+      }
+    });
+  content
+    .command('push <dir>')
+    .description('install a pack directory on the endpoint (refused whole if it has any problem)')
+    .action(async (dir: string) => {
+      const { readPackDir } = await import('../content/files.js');
+      const r = await api().post<{ name: string; version: string; sha256: string; objects: number }>('/packs', { files: await readPackDir(dir) });
+      print(g().output, r, () => `installed ${r.name}@${r.version} (${r.objects} objects, sha256 ${r.sha256.slice(0, 12)})`);
+    });
+  content
+    .command('list')
+    .description('installed packs')
+    .action(async () => {
+      const r = await api().get<{ items: Array<{ name: string; version: string; sha256: string; installedAt: string; files: number }> }>('/packs');
+      print(g().output, r.items, () =>
+        renderTable(r.items, [
+          { header: 'NAME', get: (p) => p.name },
+          { header: 'VERSION', get: (p) => p.version },
+          { header: 'FILES', get: (p) => p.files },
+          { header: 'SHA256', get: (p) => p.sha256.slice(0, 12) },
+          { header: 'INSTALLED', get: (p) => p.installedAt },
+        ]),
+      );
+    });
+  content
+    .command('remove <name>')
+    .description('remove an installed pack (refused while machines or other content use it)')
+    .action(async (name: string) => {
+      const r = await api().delete(`/packs/${enc(name)}`);
+      print(g().output, r, () => `removed pack ${name}`);
+    });
+}
+
+// ---- machines -----------------------------------------------------------------------------------------
+
+const machineColumns = [
+  { header: 'NAME', get: (m: Machine) => m.name },
+  { header: 'ID', get: (m: Machine) => m.id },
+  { header: 'ENV', get: (m: Machine) => m.environment },
+  { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
+  { header: 'STATE', get: (m: Machine) => colorState(m.state) },
+  { header: 'REASON', get: (m: Machine) => m.reason },
+];
+
+function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const machines = program.command('machines').description('managed machines: create, inspect, steer');
+  machines
+    .command('list')
+    .description('list machines (filters combine)')
+    .option('--state <state>', 'idle | running | stopped | done | awaiting-approval')
+    .option('--pipeline <name>')
+    .option('--environment <env>')
+    .option('--name <substring>')
+    .option('--limit <n>', 'page size', '100')
+    .option('--offset <n>', 'skip this many', '0')
+    .action(async (o: Record<string, string | undefined>) => {
+      const r = await api().get<{ items: Machine[]; total: number }>('/machines', o);
+      print(g().output, r.items, () => renderTable(r.items, machineColumns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
+    });
+  machines
+    .command('get <machine>')
+    .description('one machine by id or name')
+    .action(async (id: string) => {
+      const m = await api().get<Machine>(`/machines/${enc(id)}`);
+      print(g().output, m, undefined);
+    });
+  machines
+    .command('create [name]')
+    .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
+    .option('--broker <broker>', 'e.g. local')
+    .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
+    .option('--environment <env>', 'environment (default: the broker\'s, else local)')
+    .option('--pipeline <name>', 'start this pipeline right away')
+    .option('--param <key=value>', 'machine param (repeatable)', collect)
+    .option('--profile <name>', 'profile (repeatable, highest precedence first)', collect)
+    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[] }) => {
+      const body = {
+        name,
+        broker: o.broker,
+        count: Number(o.count),
+        environment: o.environment,
+        pipeline: o.pipeline,
+        params: o.param ? parseParamPairs(o.param) : undefined,
+        profiles: o.profile,
+      };
+      const r = await api().post<{ items: Array<Machine & { token?: string }> }>('/machines', body);
+      print(g().output, r.items, () =>
+        renderTable(r.items, machineColumns) +
+        (r.items.some((m) => m.token) ? `\n${pc.yellow('machine tokens (shown once):')}\n${r.items.map((m) => `  ${m.name}: ${m.token}`).join('\n')}` : ''),
+      );
+    });
+  machines
+    .command('update <machine>')
+    .description('change a machine: pipeline (restarts it from the top), params, profiles, name, environment')
+    .option('--pipeline <name>', "assign a pipeline ('' to clear)")
+    .option('--param <key=value>', 'set a param (repeatable)', collect)
+    .option('--unset <key>', 'remove a param (repeatable)', collect)
+    .option('--profile <name>', 'replace the profile list (repeatable)', collect)
+    .option('--name <name>')
+    .option('--environment <env>')
+    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; name?: string; environment?: string }) => {
+      const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
+      const body: Record<string, unknown> = {};
+      if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
+      if (Object.keys(params).length) body.params = params;
+      if (o.profile) body.profiles = o.profile;
+      if (o.name) body.name = o.name;
+      if (o.environment) body.environment = o.environment;
+      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --name or --environment');
+      const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
+      print(g().output, m, () => renderTable([m], machineColumns));
+    });
+  machines
+    .command('delete <machine>')
+    .description('delete a machine (its broker destroys it; its running job is cancelled)')
+    .action(async (id: string) => {
+      const m = await api().delete<Machine>(`/machines/${enc(id)}`);
+      print(g().output, m, () => `deleted ${m.name}`);
+    });
+  for (const [verb, what] of [
+    ['resume', 're-run the task a stopped machine stopped on (or continue after a pause)'],
+    ['restart', 'start the pipeline over from its first task'],
+  ] as const) {
+    machines
+      .command(`${verb} <machine>`)
+      .description(what)
+      .action(async (id: string) => {
+        const m = await api().post<Machine>(`/machines/${enc(id)}/${verb}`);
+        print(g().output, m, () => renderTable([m], machineColumns));
+      });
+  }
+  machines
+    .command('power <machine> <state>')
+    .description('power a machine on or off')
+    .action(async (id: string, state: string) => {
+      if (state !== 'on' && state !== 'off') throw new TaktError('bad_request', 'power state must be on or off');
+      const m = await api().post<Machine>(`/machines/${enc(id)}/power`, { power: state });
+      print(g().output, m, () => renderTable([m], machineColumns));
+    });
+  machines
+    .command('wait <machine>')
+    .description('wait until the machine reaches a state; exits 1 if it stops instead of finishing, 2 on timeout')
+    .option('--until <state>', 'done | stopped | running | idle | awaiting-approval', 'done')
+    .option('--timeout <duration>', 'give up after this long', '10m')
+    .action(async (id: string, o: { until: string; timeout: string }) => {
+      const client = api();
+      const deadline = Date.now() + parseDuration(o.timeout, '--timeout');
+      for (;;) {
+        const m = await client.get<Machine>(`/machines/${enc(id)}`);
+        if (m.state === o.until) return print(g().output, m, () => `${m.name} is ${colorState(m.state)}`);
+        if (o.until === 'done' && m.state === 'stopped') {
+          print(g().output, m, () => `${m.name} ${colorState('stopped')}: ${m.reason ?? ''}`);
+          process.exitCode = 1;
+          return;
+        }
+        if (Date.now() > deadline) {
+          process.stderr.write(`takt: timed out after ${o.timeout} waiting for ${m.name} to be ${o.until}; it is ${m.state}${m.reason ? ` (${m.reason})` : ''}\n`);
+          process.exitCode = 2;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    });
+}
+
+// ---- jobs ---------------------------------------------------------------------------------------------
+
+function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const jobs = program.command('jobs').description('job runs: one task on one machine');
+  jobs
+    .command('list')
+    .description('recent jobs, newest first')
+    .option('--machine <machine>')
+    .option('--state <state>', 'running | succeeded | failed | lost | cancelled')
+    .option('--task <task>')
+    .option('--limit <n>', 'page size', '50')
+    .option('--offset <n>', 'skip this many', '0')
+    .action(async (o: Record<string, string | undefined>) => {
+      const r = await api().get<{ items: Job[] }>('/jobs', o);
+      print(g().output, r.items, () =>
+        renderTable(r.items, [
+          { header: 'ID', get: (j) => j.id },
+          { header: 'MACHINE', get: (j) => j.machineId },
+          { header: 'TASK', get: (j) => (j.stage ? `${j.stage}/${j.task}` : j.task) },
+          { header: 'STATE', get: (j) => colorState(j.state) },
+          { header: 'EXIT', get: (j) => j.exitCode },
+          { header: 'TIME', get: (j) => (j.finishedAt ? formatDuration(Date.parse(j.finishedAt) - Date.parse(j.createdAt)) : null) },
+          { header: 'REASON', get: (j) => j.reason },
+        ]),
+      );
+    });
+  jobs
+    .command('get <job>')
+    .description('one job with its rendered script (secure values masked) and params')
+    .action(async (id: string) => print(g().output, await api().get<Job>(`/jobs/${enc(id)}`), undefined));
+  jobs
+    .command('log <job>')
+    .description("print a job's output; --follow keeps printing until the job ends")
+    .option('-f, --follow', 'follow until the job ends')
+    .action(async (id: string, o: { follow?: boolean }) => {
+      const client = api();
+      let after = 0;
+      for (;;) {
+        const r = await client.get<{ job: { state: string; reason: string | null }; chunks: LogChunk[] }>(`/jobs/${enc(id)}/log`, { after });
+        for (const c of r.chunks) {
+          if (g().output === 'json') process.stdout.write(JSON.stringify(c) + '\n');
+          else (c.stream === 'stderr' ? process.stderr : process.stdout).write(c.stream === 'system' ? pc.dim(c.data) : c.data);
+          after = c.seq;
+        }
+        if (!o.follow || (r.job.state !== 'running' && r.chunks.length === 0)) {
+          if (o.follow && g().output !== 'json') process.stderr.write(pc.dim(`-- job ${r.job.state}${r.job.reason ? `: ${r.job.reason}` : ''}\n`));
+          return;
+        }
+        if (r.chunks.length === 0) await new Promise((res) => setTimeout(res, 300));
+      }
+    });
+}
+
+function workOrderCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const wo = program.command('workorders').description('run a blueprint on a machine without moving its pipeline position');
+  const columns = [
+    { header: 'ID', get: (w: WorkOrder) => w.id },
+    { header: 'MACHINE', get: (w: WorkOrder) => w.machineId },
+    { header: 'BLUEPRINT', get: (w: WorkOrder) => w.blueprint },
+    { header: 'STATE', get: (w: WorkOrder) => colorState(w.state) },
+    { header: 'REASON', get: (w: WorkOrder) => w.reason },
+  ];
+  wo.command('list')
+    .option('--machine <machine>')
+    .option('--state <state>', 'queued | running | succeeded | failed | cancelled')
+    .action(async (o: Record<string, string | undefined>) => {
+      const r = await api().get<{ items: WorkOrder[] }>('/workorders', o);
+      print(g().output, r.items, () => renderTable(r.items, columns));
+    });
+  wo.command('create')
+    .description('queue a work order; work orders run one at a time per machine, between pipeline tasks')
+    .requiredOption('--machine <machine>')
+    .requiredOption('--blueprint <name>')
+    .option('--param <key=value>', 'param for this run (repeatable)', collect)
+    .action(async (o: { machine: string; blueprint: string; param?: string[] }) => {
+      const w = await api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param) });
+      print(g().output, w, () => renderTable([w], columns));
+    });
+  wo.command('get <id>').action(async (id: string) => {
+    const w = await api().get<WorkOrder>(`/workorders/${enc(id)}`);
+    print(g().output, w, () => renderTable([w], columns));
+  });
+  wo.command('cancel <id>').action(async (id: string) => {
+    const w = await api().delete<WorkOrder>(`/workorders/${enc(id)}`);
+    print(g().output, w, () => renderTable([w], columns));
+  });
+}
+
+// ---- content objects (params, profiles, tasks, stages, pipelines, blueprints) --------------------------
+
+function objectCommands(program: Command, g: Globals, api: () => ApiClient, kind: (typeof CONTENT_KINDS)[number]) {
+  const noun = KIND_NOUN[kind];
+  const cmd = program.command(kind).description(`${noun} definitions (from packs, or local ones made here)`);
+  cmd
+    .command('list')
+    .option('--layer <layer>', "pack name or 'local'")
+    .action(async (o: { layer?: string }) => {
+      const r = await api().get<{ items: Array<{ name: string; layer: string; description?: string }> }>(`/${kind}`, o);
+      print(g().output, r.items, () =>
+        renderTable(r.items, [
+          { header: 'NAME', get: (i) => i.name },
+          { header: 'LAYER', get: (i) => i.layer },
+          { header: 'DESCRIPTION', get: (i) => i.description },
+        ]),
+      );
+    });
+  cmd.command('get <name>').action(async (name: string) => print(g().output, await api().get(`/${kind}/${enc(name)}`), undefined));
+  cmd
+    .command('apply')
+    .description(`create or replace a local ${noun} from a YAML or JSON file`)
+    .requiredOption('-f, --file <file>')
+    .action(async (o: { file: string }) => {
+      const def = parseYaml(await readFile(o.file, 'utf8')) as { name?: string };
+      if (!def || typeof def !== 'object' || typeof def.name !== 'string') throw new TaktError('invalid', `${o.file}: expected a ${noun} mapping with a name`);
+      const client = api();
+      const exists = await client.get(`/${kind}/${enc(def.name)}`).then(
+        () => true,
+        (err: unknown) => (err instanceof TaktError && err.code === 'not_found' ? false : Promise.reject(err)),
+      );
+      const r = exists ? await client.put(`/${kind}/${enc(def.name)}`, def) : await client.post(`/${kind}`, def);
+      print(g().output, r, () => `${exists ? 'updated' : 'created'} ${noun} ${def.name}`);
+    });
+  cmd.command('delete <name>').action(async (name: string) => {
+    const r = await api().delete(`/${kind}/${enc(name)}`);
+    print(g().output, r, () => `deleted ${noun} ${name}`);
+  });
+}
+
+function historyCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const history = program
+    .command('history')
+    .description('numbered changes to desired state: who, when, what')
+    .option('--object <object>', 'only changes to this object, e.g. machines/m-1a2b or profiles/web')
+    .option('--limit <n>', 'how many', '50')
+    .action(async (o: { object?: string; limit: string }) => {
+      const r = await api().get<{ items: Change[] }>('/changes', o);
+      print(g().output, r.items, () =>
+        renderTable(r.items, [
+          { header: '#', get: (c) => String(c.seq) },
+          { header: 'WHEN', get: (c) => c.at },
+          { header: 'WHO', get: (c) => c.author },
+          { header: 'ACTION', get: (c) => c.action },
+          { header: 'OBJECT', get: (c) => c.object },
+        ]),
+      );
+    });
+  history
+    .command('show <seq>')
+    .description('one change with its before and after')
+    .action(async (seq: string) => print(g().output, await api().get(`/changes/${enc(seq)}`), undefined));
+}
+
+// ---- plan view ----------------------------------------------------------------------------------------
+
+interface PlanParam {
+  name: string;
+  value: unknown;
+  from: string;
+  secure: boolean;
+  required: boolean;
+}
+interface PlanStepView {
+  stage: string | null;
+  task: string;
+  variant: string;
+  noop: string | null;
+  params: PlanParam[];
+  missing: string[];
+  error: string | null;
+}
+interface PlanView {
+  machine: string;
+  pipeline: string | null;
+  state: string;
+  workOrders: Array<{ id: string; blueprint: string; steps: PlanStepView[] }>;
+  steps: PlanStepView[];
+}
+
+function planTable(plan: PlanView): string {
+  const lines: string[] = [`${pc.bold(plan.machine)} ${colorState(plan.state)} pipeline ${plan.pipeline ?? pc.dim('(none)')}`];
+  const step = (s: PlanStepView) => {
+    lines.push(`  ${s.stage ? `${s.stage}/` : ''}${pc.bold(s.task)}${s.variant !== 'default' ? pc.dim(` [variant ${s.variant}]`) : ''}`);
+    if (s.noop) lines.push(`    ${pc.dim(`no-op: ${s.noop}`)}`);
+    for (const p of s.params) lines.push(`    ${p.name} = ${JSON.stringify(p.value)} ${pc.dim(`(${p.from})`)}`);
+    for (const m of s.missing) lines.push(`    ${pc.red(`${m} = MISSING (required)`)}`);
+    if (s.error && s.missing.length === 0) lines.push(`    ${pc.red(s.error)}`);
+  };
+  for (const wo of plan.workOrders) {
+    lines.push(pc.dim(`work order ${wo.id} (${wo.blueprint}) runs first:`));
+    wo.steps.forEach(step);
+  }
+  if (plan.steps.length === 0) lines.push(pc.dim('  nothing left to run'));
+  plan.steps.forEach(step);
+  return lines.join('\n');
+}
+
+function summarize(data: unknown): string {
+  if (!data || typeof data !== 'object') return '';
+  const d = data as Record<string, unknown>;
+  return ['name', 'task', 'state', 'reason'].filter((k) => d[k] !== undefined && d[k] !== null).map((k) => `${k}=${String(d[k])}`).join(' ');
+}

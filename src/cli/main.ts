@@ -1,0 +1,85 @@
+/**
+ * `takt <resource> <verb>`: the CLI mirrors the REST API one-to-one. Heavy modules load inside the
+ * actions so `takt agent` and quick queries start fast.
+ */
+import { Command, Option } from 'commander';
+import pc from 'picocolors';
+import { NetworkError } from '../client/http.js';
+import { TaktError } from '../model/errors.js';
+import type { GlobalOptions } from './client.js';
+
+const program = new Command();
+program
+  .name('takt')
+  .description('takt drives machines through versioned pipelines of tasks and keeps a record of what ran where.\n\nStart an endpoint with `takt serve --demo`, then try `takt machines list`.')
+  .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default http://127.0.0.1:8092)')
+  .option('--token <token>', 'API token (env TAKT_TOKEN; default ./data/admin.token)')
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
+  .showHelpAfterError('(run with --help for usage)')
+  .configureHelp({ sortSubcommands: true });
+
+const globals = (): GlobalOptions => program.opts<GlobalOptions>();
+
+program
+  .command('serve')
+  .description('run an endpoint: API, web UI, embedded SQLite store and the local broker')
+  .option('--listen <host:port>', 'address to listen on (env TAKT_LISTEN)', process.env.TAKT_LISTEN ?? '127.0.0.1:8092')
+  .option('--data <dir>', 'data directory: database, admin token, machine sandboxes (env TAKT_DATA)', process.env.TAKT_DATA ?? './data')
+  .option('--demo', 'install the demo pack and run its pipeline on three local machines', false)
+  .option('--lease <duration>', 'how long a running job may go without word from its agent before it is lost', process.env.TAKT_LEASE ?? '30s')
+  .addOption(new Option('--log-format <format>', 'log format').choices(['text', 'json']).default(process.env.TAKT_LOG_FORMAT ?? 'text'))
+  .action(async (o: { listen: string; data: string; demo: boolean; lease: string; logFormat: 'text' | 'json' }) => {
+    const { serve } = await import('./serve.js');
+    const server = await serve(o);
+    let closing = false;
+    const shutdown = async () => {
+      if (closing) return;
+      closing = true;
+      await server.close();
+      process.exit(0);
+    };
+    process.on('SIGINT', () => void shutdown());
+    process.on('SIGTERM', () => void shutdown());
+  });
+
+program
+  .command('agent')
+  .description('run the agent for one machine: claims its jobs, runs them with bash, reports results')
+  .requiredOption('--endpoint <url>', 'endpoint URL the agent reports to (env TAKT_ENDPOINT)', process.env.TAKT_ENDPOINT)
+  .option('--dir <dir>', 'agent home: state, job work dirs, helper commands', '/var/lib/takt-agent')
+  .option('--root <dir>', 'what scripts see as $TAKT_ROOT (the machine root; a sandbox dir for local machines)', '/')
+  .action(async (o: { endpoint: string; dir: string; root: string }) => {
+    const token = program.opts<GlobalOptions>().token ?? process.env.TAKT_TOKEN;
+    if (!token) throw new TaktError('bad_request', 'the agent needs its machine token: --token or TAKT_TOKEN');
+    const { runAgent } = await import('../agent/agent.js');
+    const ac = new AbortController();
+    process.on('SIGINT', () => ac.abort());
+    process.on('SIGTERM', () => ac.abort());
+    const code = await runAgent({ endpoint: o.endpoint, token, dir: o.dir, root: o.root }, ac.signal);
+    process.exit(code);
+  });
+
+const lazy = async () => import('./commands.js');
+const cmds = await lazy();
+cmds.register(program, globals);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  process.exitCode = report(err);
+}
+
+function report(err: unknown): number {
+  if (err instanceof TaktError) {
+    process.stderr.write(`${pc.red('takt:')} ${err.message}${err.path && !err.message.includes(err.path) ? pc.dim(` (at ${err.path})`) : ''}\n`);
+    const diags = (err.details as { diagnostics?: Array<{ file: string; line: number; col: number; message: string }> } | undefined)?.diagnostics;
+    for (const d of diags ?? []) process.stderr.write(`${d.file}:${d.line}:${d.col}: ${d.message}\n`);
+    return err.code === 'not_found' ? 4 : err.code === 'unauthorized' || err.code === 'forbidden' ? 5 : 1;
+  }
+  if (err instanceof NetworkError) {
+    process.stderr.write(`${pc.red('takt:')} ${err.message}\n  is the endpoint running? start one with \`takt serve\`, or point --endpoint / TAKT_ENDPOINT at it\n`);
+    return 3;
+  }
+  process.stderr.write(`${pc.red('takt: unexpected error:')} ${(err as Error)?.message ?? String(err)}\n`);
+  return 1;
+}

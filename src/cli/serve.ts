@@ -1,0 +1,157 @@
+/**
+ * `takt serve`: one endpoint with the embedded SQLite store, the API and UI, and the local broker.
+ * Binding beyond loopback is refused until TLS and credentials are configured (not yet supported).
+ */
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { buildServer } from '../api/server.js';
+import { LocalBroker } from '../brokers/local.js';
+import { readPackDir } from '../content/files.js';
+import { ContentService } from '../engine/content.js';
+import { Engine, publicMachine } from '../engine/engine.js';
+import { canonicalJson, sha256 } from '../engine/hash.js';
+import { parseDuration } from '../model/duration.js';
+import { TaktError } from '../model/errors.js';
+import type { Job, Machine } from '../model/machine.js';
+import { Sealer } from '../model/secure.js';
+import { openSqliteStore } from '../store/sqlite.js';
+import { createLog, type LogFn } from './log.js';
+
+export const VERSION = (JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string }).version;
+const DEMO_PACK = fileURLToPath(new URL('../../content/demo', import.meta.url));
+
+export interface ServeOptions {
+  listen: string;
+  data: string;
+  demo: boolean;
+  lease: string;
+  logFormat: 'text' | 'json';
+}
+
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(listen);
+  if (!m || Number(m[2]) > 65535) throw new TaktError('bad_request', `--listen '${listen}' is not HOST:PORT (e.g. 127.0.0.1:8092)`);
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
+}
+
+const isLoopback = (host: string) => host === 'localhost' || host === '::1' || /^127\./.test(host);
+
+/** Reads a secret file from the data dir, creating it (0600) on first start. */
+function secretFile(path: string, make: () => string): { value: string; created: boolean } {
+  if (existsSync(path)) return { value: readFileSync(path, 'utf8').trim(), created: false };
+  const value = make();
+  writeFileSync(path, value + '\n', { mode: 0o600 });
+  chmodSync(path, 0o600);
+  return { value, created: true };
+}
+
+export async function serve(opts: ServeOptions): Promise<{ url: string; close: () => Promise<void> }> {
+  const log = createLog(opts.logFormat);
+  const { host, port } = parseListen(opts.listen);
+  if (!isLoopback(host)) {
+    throw new TaktError('bad_request', `refusing to listen on ${host}: binding beyond loopback needs TLS and credentials, which this version does not configure yet; use 127.0.0.1`);
+  }
+  const leaseMs = parseDuration(opts.lease, '--lease');
+  const data = resolve(opts.data);
+  mkdirSync(data, { recursive: true, mode: 0o700 });
+  const admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
+  const key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
+
+  const store = await openSqliteStore(join(data, 'takt.db'));
+  const content = new ContentService(store);
+  await content.load();
+  const engine = new Engine(store, content, new Sealer(Buffer.from(key.value, 'base64')), { leaseMs, log });
+  let url = '';
+  const broker = new LocalBroker({ dataDir: data, endpoint: () => url, log });
+  const app = await buildServer({
+    store,
+    engine,
+    content,
+    brokers: new Map([[broker.name, broker]]),
+    version: VERSION,
+    adminToken: admin.value,
+  });
+  await app.listen({ host, port });
+  const addr = app.server.address();
+  const actualPort = typeof addr === 'object' && addr ? addr.port : port;
+  url = `http://${host.includes(':') ? `[${host}]` : host}:${actualPort}`;
+  writeFileSync(join(data, 'endpoint'), url + '\n');
+  await engine.start();
+
+  const localMachines = await store.listMachines({ broker: 'local', limit: 1000 });
+  broker.adopt(localMachines);
+  const stopReporting = reportProgress(store, log);
+  store.onEvents((events) => {
+    for (const e of events) {
+      if (e.topic.startsWith('machines.update.') && (e.data as Machine).broker === 'local') void broker.setPower(e.data as Machine);
+    }
+  });
+  const pruner = setInterval(() => void store.pruneEvents(100_000).catch(() => undefined), 60_000);
+  pruner.unref();
+
+  log('info', `takt ${VERSION} listening on ${url}`, { data });
+  if (admin.created) {
+    log('info', `admin token created (shown once; also in ${join(data, 'admin.token')}, mode 0600)`);
+    process.stdout.write(`\n  admin token: ${admin.value}\n  web UI:      ${url}/#token=${admin.value}\n\n`);
+  } else {
+    log('info', `web UI at ${url}/ (admin token in ${join(data, 'admin.token')})`);
+  }
+  if (opts.demo) await startDemo(content, engine, broker, store, log);
+
+  return {
+    url,
+    close: async () => {
+      clearInterval(pruner);
+      stopReporting();
+      engine.stop();
+      await broker.stopAll();
+      await app.close();
+      await store.close();
+    },
+  };
+}
+
+/** Installs the demo pack and puts three local machines on its pipeline, so the first screen shows work. */
+async function startDemo(content: ContentService, engine: Engine, broker: LocalBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn) {
+  const files = await readPackDir(DEMO_PACK);
+  const installed = await store.getPack('demo');
+  if (!installed || installed.sha256 !== sha256(canonicalJson(files))) {
+    await content.installPack(files, 'demo');
+    log('info', 'installed demo pack', { version: (await store.getPack('demo'))?.version });
+  }
+  for (let i = 1; i <= 3; i++) {
+    const name = `demo-${i}`;
+    const existing = await store.getMachineByName(name);
+    if (!existing) {
+      const { machine, token } = await engine.createMachine({ name, environment: 'local', broker: 'local', pipeline: 'demo' }, 'demo');
+      await broker.create(machine, token);
+    } else if (existing.state === 'done') {
+      await engine.restartMachine(existing.id, 'demo');
+    }
+  }
+  log('info', 'demo: three local machines are walking the demo pipeline; try `npx takt machines list`');
+}
+
+/** Prints one line per finished job and per machine that stops or finishes. */
+function reportProgress(store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn): () => void {
+  const names = new Map<string, string>();
+  return store.onEvents((events) => {
+    for (const e of events) {
+      if (e.topic.startsWith('machines.')) {
+        const m = e.data as ReturnType<typeof publicMachine>;
+        const was = names.get(m.id);
+        names.set(m.id, `${m.name}|${m.state}`);
+        const [, prevState] = (was ?? '|').split('|');
+        if (prevState !== m.state && (m.state === 'done' || m.state === 'stopped')) {
+          log(m.state === 'stopped' ? 'warn' : 'info', `machine ${m.name} ${m.state}`, m.reason ? { reason: m.reason } : undefined);
+        }
+      } else if (e.topic.startsWith('jobs.update.')) {
+        const j = e.data as Job;
+        const machine = (names.get(j.machineId) ?? j.machineId).split('|')[0];
+        if (j.state !== 'running') log(j.state === 'succeeded' ? 'info' : 'warn', `${machine}: ${j.task} ${j.state}`, j.reason ? { reason: j.reason } : undefined);
+      }
+    }
+  });
+}

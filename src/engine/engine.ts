@@ -1,0 +1,749 @@
+/**
+ * The engine: machines walk their pipelines through claims and completions. Every decision is made by the
+ * pure functions in transitions.ts inside one store transaction, so a crash between two steps leaves the
+ * store at one step or the other, never half-way.
+ */
+import { randomBytes } from 'node:crypto';
+import { KIND_NOUN, type ContentSet } from '../model/content.js';
+import { TaktError } from '../model/errors.js';
+import type { Job, Machine, WorkOrder } from '../model/machine.js';
+import type { ClaimedJob, ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
+import { isSealed, maskValues, type Sealer } from '../model/secure.js';
+import { validateValue } from '../model/validate.js';
+import type { Store, Tx } from '../store/store.js';
+import type { ContentService } from './content.js';
+import { canonicalJson, sha256 } from './hash.js';
+import { newId } from './ids.js';
+import { prepareTask, type PreparedTask } from './prepare.js';
+import {
+  afterPipelineJob,
+  afterWorkOrderJob,
+  assignPipeline,
+  normalisePosition,
+  restart,
+  resume,
+  taskAt,
+  TransitionError,
+  type JobOutcome,
+  type MachineView,
+  type PipelineShape,
+} from './transitions.js';
+
+export interface EngineOptions {
+  /** How long a running job may go without word from its agent before it is marked lost. */
+  leaseMs: number;
+  /** How often to look for expired leases. */
+  sweepMs?: number;
+  log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+}
+
+export interface MachineInput {
+  name: string;
+  environment?: string;
+  broker?: string | null;
+  pipeline?: string | null;
+  params?: Record<string, unknown>;
+  profiles?: string[];
+}
+
+export interface MachinePatch {
+  name?: string;
+  environment?: string;
+  pipeline?: string | null;
+  /** Merged into the machine's params; a null value removes that param. */
+  params?: Record<string, unknown>;
+  profiles?: string[];
+}
+
+export interface PlanStep {
+  stage: string | null;
+  task: string;
+  variant: string;
+  noop: string | null;
+  params: PreparedTask['params'];
+  missing: string[];
+  error: string | null;
+}
+
+export interface Plan {
+  machine: string;
+  pipeline: string | null;
+  state: Machine['state'];
+  workOrders: Array<{ id: string; blueprint: string; steps: PlanStep[] }>;
+  steps: PlanStep[];
+}
+
+type Work =
+  | { kind: 'workorder'; wo: WorkOrder; task: string; blueprint: string; taskCount: number; ctx: Parameters<typeof prepareTask>[4] }
+  | { kind: 'pipeline'; shape: PipelineShape; stage: string; task: string; ctx: Parameters<typeof prepareTask>[4] };
+
+const MAX_STEPS_PER_CLAIM = 500;
+
+export class Engine {
+  private readonly waiters = new Map<string, { gen: number; wake: Set<() => void> }>();
+  private sweeper: NodeJS.Timeout | null = null;
+  private readonly unsubscribe: () => void;
+
+  constructor(
+    readonly store: Store,
+    readonly content: ContentService,
+    private readonly sealer: Sealer,
+    private readonly opts: EngineOptions,
+  ) {
+    // Any committed change to a machine or its work orders may give a waiting agent something to do.
+    this.unsubscribe = store.onEvents((events) => {
+      for (const e of events) {
+        const [type, , id] = e.topic.split('.');
+        if (type === 'machines' && id) this.wake(id);
+        else if (type === 'workorders') this.wake((e.data as { machineId?: string }).machineId ?? '');
+      }
+    });
+  }
+
+  async start(): Promise<void> {
+    // Agents reconnect after an endpoint restart; give them a full lease before anything is called lost.
+    const renewed = await this.store.transact((tx) => tx.renewRunningLeases(this.leaseUntil()));
+    if (renewed > 0) this.log('info', 'renewed leases of running jobs after start', { jobs: renewed });
+    const every = this.opts.sweepMs ?? Math.max(250, Math.floor(this.opts.leaseMs / 4));
+    this.sweeper = setInterval(() => {
+      this.sweepLeases().catch((err: unknown) => this.log('error', 'lease sweep failed', { err: String(err) }));
+    }, every);
+    this.sweeper.unref();
+  }
+
+  stop(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = null;
+    this.unsubscribe();
+    for (const w of this.waiters.values()) for (const f of w.wake) f();
+  }
+
+  // ---- machines ------------------------------------------------------------------------------------
+
+  async findMachine(idOrName: string): Promise<Machine> {
+    const m = (await this.store.getMachine(idOrName)) ?? (await this.store.getMachineByName(idOrName));
+    if (!m) throw new TaktError('not_found', `machine '${idOrName}' not found`);
+    return m;
+  }
+
+  async createMachine(input: MachineInput, author: string): Promise<{ machine: Machine; token: string }> {
+    const content = this.content.current;
+    if (input.pipeline) this.requirePipeline(content, input.pipeline);
+    const profiles = input.profiles ?? [];
+    this.requireProfiles(content, profiles);
+    const params = this.checkParams(content, {}, input.params ?? {});
+    if (await this.store.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
+    const id = `m-${randomBytes(5).toString('hex')}`;
+    const token = `tkm.${id}.${randomBytes(24).toString('base64url')}`;
+    const now = new Date().toISOString();
+    const machine: Machine = {
+      id,
+      name: input.name,
+      environment: input.environment ?? 'local',
+      broker: input.broker ?? null,
+      pipeline: input.pipeline ?? null,
+      stageIndex: 0,
+      taskIndex: 0,
+      attempt: 0,
+      state: input.pipeline ? 'running' : 'idle',
+      reason: null,
+      params,
+      profiles,
+      currentJob: null,
+      power: 'on',
+      createdAt: now,
+      updatedAt: now,
+    };
+    await this.store.transact(async (tx) => {
+      if (await tx.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
+      await tx.insertMachine(machine, sha256(token));
+      await tx.change(author, `machines/${id}`, 'create', null, desiredView(machine));
+      tx.emit(`machines.create.${id}`, publicMachine(machine));
+    });
+    return { machine, token };
+  }
+
+  async updateMachine(idOrName: string, patch: MachinePatch, author: string): Promise<Machine> {
+    const found = await this.findMachine(idOrName);
+    const content = this.content.current;
+    if (patch.pipeline) this.requirePipeline(content, patch.pipeline);
+    if (patch.profiles) this.requireProfiles(content, patch.profiles);
+    return this.store.transact(async (tx) => {
+      const m = await this.locked(tx, found.id);
+      let next: Machine = { ...m };
+      if (patch.name !== undefined && patch.name !== m.name) {
+        if (await tx.getMachineByName(patch.name)) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
+        next.name = patch.name;
+      }
+      if (patch.environment !== undefined) next.environment = patch.environment;
+      if (patch.profiles !== undefined) next.profiles = patch.profiles;
+      if (patch.params !== undefined) next.params = this.checkParams(content, m.params, patch.params);
+      if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
+        await this.cancelCurrent(tx, m, author);
+        next = { ...next, ...assignPipeline(m, patch.pipeline), currentJob: null };
+      }
+      return this.saveDesired(tx, m, next, author);
+    });
+  }
+
+  async deleteMachine(idOrName: string, author: string): Promise<Machine> {
+    const found = await this.findMachine(idOrName);
+    return this.store.transact(async (tx) => {
+      const m = await this.locked(tx, found.id);
+      await this.cancelCurrent(tx, m, author);
+      for (const wo of await tx.listWorkOrders({ machineId: m.id })) {
+        if (wo.state === 'queued' || wo.state === 'running') await this.finishWorkOrder(tx, wo, 'cancelled', `machine deleted by ${author}`);
+      }
+      await tx.deleteMachine(m.id);
+      await tx.change(author, `machines/${m.id}`, 'delete', desiredView(m), null);
+      tx.emit(`machines.delete.${m.id}`, publicMachine(m));
+      return m;
+    });
+  }
+
+  async resumeMachine(idOrName: string, author: string): Promise<Machine> {
+    return this.operate(idOrName, author, (m) => resume(m));
+  }
+
+  async restartMachine(idOrName: string, author: string): Promise<Machine> {
+    return this.operate(idOrName, author, (m) => restart(m), true);
+  }
+
+  /** Power a machine off or on (the broker acts on it; an agent that is told `off` exits). */
+  async setPower(idOrName: string, power: Machine['power'], author: string): Promise<Machine> {
+    return this.operate(idOrName, author, (m) => ({ ...m, power }));
+  }
+
+  private async operate(idOrName: string, author: string, fn: (m: MachineView) => MachineView, cancel = false): Promise<Machine> {
+    const found = await this.findMachine(idOrName);
+    return this.store.transact(async (tx) => {
+      const m = await this.locked(tx, found.id);
+      let view: MachineView;
+      try {
+        view = fn(m);
+      } catch (err) {
+        if (err instanceof TransitionError) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
+        throw err;
+      }
+      if (cancel) await this.cancelCurrent(tx, m, author);
+      return this.saveDesired(tx, m, { ...m, ...view, currentJob: cancel ? null : m.currentJob }, author);
+    });
+  }
+
+  private async saveDesired(tx: Tx, before: Machine, after: Machine, author: string): Promise<Machine> {
+    after.updatedAt = new Date().toISOString();
+    await tx.updateMachine(after);
+    if (canonicalJson(desiredView(before)) !== canonicalJson(desiredView(after))) {
+      await tx.change(author, `machines/${after.id}`, 'update', desiredView(before), desiredView(after));
+    }
+    tx.emit(`machines.update.${after.id}`, publicMachine(after));
+    return after;
+  }
+
+  private async locked(tx: Tx, id: string): Promise<Machine> {
+    const m = await tx.lockMachine(id);
+    if (!m) throw new TaktError('not_found', `machine '${id}' not found`);
+    return m;
+  }
+
+  // ---- work orders ---------------------------------------------------------------------------------
+
+  async createWorkOrder(input: { machine: string; blueprint: string; params?: Record<string, unknown> }, author: string): Promise<WorkOrder> {
+    const m = await this.findMachine(input.machine);
+    const content = this.content.current;
+    if (!content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: '/blueprint' });
+    const params = this.checkParams(content, {}, input.params ?? {});
+    const wo: WorkOrder = {
+      id: newId('w'),
+      machineId: m.id,
+      blueprint: input.blueprint,
+      state: 'queued',
+      taskIndex: 0,
+      params,
+      reason: null,
+      createdAt: new Date().toISOString(),
+      finishedAt: null,
+    };
+    await this.store.transact(async (tx) => {
+      if (!(await tx.getMachine(m.id))) throw new TaktError('not_found', `machine '${input.machine}' not found`);
+      await tx.insertWorkOrder(wo);
+      await tx.change(author, `workorders/${wo.id}`, 'create', null, { ...wo, params: maskValues(wo.params) });
+      tx.emit(`workorders.create.${wo.id}`, publicWorkOrder(wo));
+    });
+    return wo;
+  }
+
+  async cancelWorkOrder(id: string, author: string): Promise<WorkOrder> {
+    return this.store.transact(async (tx) => {
+      const wo = await tx.getWorkOrder(id);
+      if (!wo) throw new TaktError('not_found', `work order '${id}' not found`);
+      if (wo.state !== 'queued' && wo.state !== 'running') throw new TaktError('conflict', `work order '${id}' already ${wo.state}`);
+      const m = await this.locked(tx, wo.machineId);
+      if (m.currentJob) {
+        const j = await tx.getJob(m.currentJob);
+        if (j?.workOrderId === wo.id) await this.cancelCurrent(tx, m, author);
+      }
+      const done = await this.finishWorkOrder(tx, wo, 'cancelled', `cancelled by ${author}`);
+      await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state }, { state: done.state });
+      return done;
+    });
+  }
+
+  private async finishWorkOrder(tx: Tx, wo: WorkOrder, state: WorkOrder['state'], reason: string | null): Promise<WorkOrder> {
+    const done = { ...wo, state, reason, finishedAt: new Date().toISOString() };
+    await tx.updateWorkOrder(done);
+    tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(done));
+    return done;
+  }
+
+  // ---- agent protocol ------------------------------------------------------------------------------
+
+  /** Long-poll for the machine's next job: answers at once when there is one, else waits up to `waitMs`. */
+  async claim(machineId: string, waitMs: number, signal?: AbortSignal): Promise<ClaimResponse> {
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const gen = this.generation(machineId);
+      const r = await this.claimOnce(machineId);
+      const left = deadline - Date.now();
+      if (r.job || left <= 0 || signal?.aborted || r.machine.power === 'off') return r;
+      if (this.generation(machineId) === gen) await this.waitForWake(machineId, Math.min(left, 5000), signal);
+    }
+  }
+
+  private async claimOnce(machineId: string): Promise<ClaimResponse> {
+    return this.store.transact(async (tx) => {
+      let m = await this.locked(tx, machineId);
+      if (m.currentJob) {
+        const running = await tx.getJob(m.currentJob);
+        if (running?.state === 'running') m = await this.settle(tx, m, running, { kind: 'abandoned' });
+        else m = { ...m, currentJob: null };
+      }
+      for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
+        const work = await this.nextWork(tx, m);
+        if (!work) break;
+        const prepared = prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
+        const job = this.newJob(m, work, prepared);
+        if (prepared.noop !== null || prepared.error !== null) {
+          await tx.insertJob(job);
+          tx.emit(`jobs.create.${job.id}`, publicJob(job));
+          const outcome: JobOutcome = prepared.noop !== null ? { kind: 'noop', reason: prepared.noop } : { kind: 'unrenderable', message: prepared.error! };
+          m = await this.settle(tx, { ...m, currentJob: job.id }, job, outcome);
+          continue;
+        }
+        await tx.insertJob(job);
+        m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
+        await tx.updateMachine(m);
+        tx.emit(`jobs.create.${job.id}`, publicJob(job));
+        tx.emit(`machines.update.${m.id}`, publicMachine(m));
+        const claimed: ClaimedJob = {
+          id: job.id,
+          task: job.task,
+          script: prepared.script!,
+          params: prepared.agentParams,
+          timeoutMs: prepared.timeoutMs,
+          leaseMs: this.opts.leaseMs,
+        };
+        return { job: claimed, machine: { state: m.state, reason: m.reason, power: m.power } };
+      }
+      if (m.currentJob) {
+        m = { ...m, currentJob: null };
+        await tx.updateMachine(m);
+      }
+      return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
+    });
+  }
+
+  /** What the machine should run next: queued work orders first (at task boundaries), then its pipeline. */
+  private async nextWork(tx: Tx, m: Machine): Promise<Work | null> {
+    const content = this.content.current;
+    const open = [
+      ...(await tx.listWorkOrders({ machineId: m.id, state: 'running', limit: 1 })),
+      ...(await tx.listWorkOrders({ machineId: m.id, state: 'queued', limit: 1 })),
+    ];
+    for (const wo of open) {
+      const bp = content.objects.blueprints.get(wo.blueprint)?.def;
+      const task = bp?.tasks[wo.taskIndex];
+      if (!bp || task === undefined) {
+        await this.finishWorkOrder(tx, wo, bp ? 'succeeded' : 'failed', bp ? null : `blueprint '${wo.blueprint}' no longer exists`);
+        return this.nextWork(tx, m);
+      }
+      if (wo.state === 'queued') await tx.updateWorkOrder({ ...wo, state: 'running' });
+      return {
+        kind: 'workorder',
+        wo: { ...wo, state: 'running' },
+        task,
+        blueprint: bp.name,
+        taskCount: bp.tasks.length,
+        ctx: { workOrder: { id: wo.id, params: wo.params }, blueprint: { name: bp.name, params: bp.params } },
+      };
+    }
+    if (m.state !== 'running' || !m.pipeline) return null;
+    const shape = this.shapeOf(content, m.pipeline);
+    const pos = shape ? normalisePosition(shape, m) : null;
+    const at = shape && pos ? taskAt(shape, pos) : null;
+    if (!shape || !pos || !at) {
+      // Past the last task: done. A pipeline that vanished from the content stops the line instead.
+      const done: Machine = shape
+        ? { ...m, state: 'done', reason: null }
+        : { ...m, state: 'stopped', reason: `pipeline '${m.pipeline}' no longer exists in the installed content` };
+      await tx.updateMachine(done);
+      tx.emit(`machines.update.${m.id}`, publicMachine(done));
+      Object.assign(m, done);
+      return null;
+    }
+    if (pos.stageIndex !== m.stageIndex || pos.taskIndex !== m.taskIndex) Object.assign(m, pos);
+    const pipeline = content.objects.pipelines.get(m.pipeline)!.def;
+    const stage = content.objects.stages.get(at.stage)?.def;
+    return {
+      kind: 'pipeline',
+      shape,
+      stage: at.stage,
+      task: at.task,
+      ctx: { stage: { name: at.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } },
+    };
+  }
+
+  private newJob(m: Machine, work: Work, p: PreparedTask): Job {
+    return {
+      id: newId('j'),
+      machineId: m.id,
+      kind: work.kind,
+      workOrderId: work.kind === 'workorder' ? work.wo.id : null,
+      pipeline: work.kind === 'pipeline' ? m.pipeline : null,
+      stage: work.kind === 'pipeline' ? work.stage : null,
+      task: work.task,
+      variant: p.variant,
+      state: 'running',
+      exitCode: null,
+      reason: null,
+      script: p.displayScript ?? '',
+      params: Object.fromEntries(p.params.map((u) => [u.name, { value: u.value, from: u.from }])),
+      outputs: {},
+      timeoutMs: p.timeoutMs,
+      leaseExpiresAt: this.leaseUntil(),
+      createdAt: new Date().toISOString(),
+      finishedAt: null,
+    };
+  }
+
+  /**
+   * Ends a job with an outcome and moves its machine (or work order) on. The single place where a job
+   * becomes terminal, whichever way it ended.
+   */
+  private async settle(tx: Tx, m: Machine, job: Job, outcome: JobOutcome, outputs: Record<string, unknown> = {}, report?: CompleteRequest): Promise<Machine> {
+    const content = this.content.current;
+    let next: Machine = { ...m, currentJob: m.currentJob === job.id ? null : m.currentJob };
+    let verdict: { state: Job['state']; reason: string | null };
+    let action: CompleteResponse['action'] = 'continue';
+    if (job.kind === 'workorder') {
+      const wo = job.workOrderId ? await tx.getWorkOrder(job.workOrderId) : undefined;
+      const taskCount = wo ? (content.objects.blueprints.get(wo.blueprint)?.def.tasks.length ?? 0) : 0;
+      const d = afterWorkOrderJob(wo ?? { taskIndex: 0 }, taskCount, job.task, outcome, m.power);
+      verdict = d.job;
+      action = d.action;
+      next.power = d.power;
+      if (wo && wo.state === 'running') {
+        const updated = { ...wo, ...d.workOrder, finishedAt: d.workOrder.state === 'running' ? null : new Date().toISOString() };
+        await tx.updateWorkOrder(updated);
+        tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(updated));
+      }
+    } else {
+      const shape = job.pipeline && job.pipeline === m.pipeline ? this.shapeOf(content, job.pipeline) : null;
+      const retries = content.objects.tasks.get(job.task)?.def.retries ?? 0;
+      if (shape && m.state === 'running' && m.currentJob === job.id) {
+        const d = afterPipelineJob(m, shape, job.task, outcome, retries);
+        verdict = d.job;
+        action = d.action;
+        next = { ...next, ...d.machine };
+      } else {
+        // The machine was restarted or reassigned while this job ran: record the job, leave the machine be.
+        verdict = { state: outcome.kind === 'cancelled' ? 'cancelled' : 'failed', reason: 'the machine moved on while this job ran' };
+        if (outcome.kind === 'exit') verdict = { state: 'cancelled', reason: 'the machine was restarted or reassigned while this job ran' };
+      }
+    }
+    const finished: Job = {
+      ...job,
+      state: verdict.state,
+      reason: verdict.reason,
+      exitCode: outcome.kind === 'exit' || outcome.kind === 'invalid' ? outcome.exitCode : null,
+      outputs: maskValues(outputs),
+      finishedAt: new Date().toISOString(),
+      leaseExpiresAt: null,
+    };
+    await tx.updateJob(finished, report ? { report, action } : undefined);
+    tx.emit(`jobs.update.${job.id}`, publicJob(finished));
+    if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) {
+      const before = desiredView(next);
+      next.params = { ...next.params, ...outputs };
+      await tx.change(`job:${job.id}`, `machines/${m.id}`, 'update', before, desiredView(next));
+    }
+    next.updatedAt = new Date().toISOString();
+    await tx.updateMachine(next);
+    tx.emit(`machines.update.${m.id}`, publicMachine(next));
+    return next;
+  }
+
+  async complete(jobId: string, caller: string | null, report: CompleteRequest): Promise<CompleteResponse> {
+    return this.store.transact(async (tx) => {
+      const job = await this.ownedJob(tx, jobId, caller);
+      if (job.state !== 'running') {
+        const prev = (await tx.getJobReport(jobId)) as { report: CompleteRequest; action: CompleteResponse['action'] } | null;
+        if (prev && canonicalJson(prev.report) === canonicalJson(report)) return { job: { id: job.id, state: job.state }, action: prev.action };
+        throw new TaktError('conflict', `job ${jobId} already ended as ${job.state}${job.reason ? ` (${job.reason})` : ''}; this report was not applied`);
+      }
+      const m = await this.locked(tx, job.machineId);
+      const typed = this.typeOutputs(report.outputs ?? {});
+      const outcome: JobOutcome = typed.problem
+        ? { kind: 'invalid', exitCode: report.exitCode, message: typed.problem }
+        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error, timeoutMs: job.timeoutMs };
+      await this.settle(tx, m, job, outcome, typed.values, report);
+      const after = (await tx.getJob(jobId))!;
+      const stored = (await tx.getJobReport(jobId)) as { action: CompleteResponse['action'] };
+      return { job: { id: after.id, state: after.state }, action: stored.action };
+    });
+  }
+
+  async heartbeat(jobId: string, caller: string | null): Promise<HeartbeatResponse> {
+    return this.store.transact(async (tx) => {
+      const job = await this.ownedJob(tx, jobId, caller);
+      if (job.state !== 'running') return { running: false };
+      await tx.updateJob({ ...job, leaseExpiresAt: this.leaseUntil() });
+      return { running: true };
+    });
+  }
+
+  async appendLog(jobId: string, caller: string | null, chunk: LogRequest): Promise<void> {
+    await this.store.transact(async (tx) => {
+      const job = await this.ownedJob(tx, jobId, caller);
+      if (job.state !== 'running' && job.state !== 'succeeded' && job.state !== 'failed') {
+        throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
+      }
+      await tx.appendLogs([{ jobId, seq: chunk.seq, stream: chunk.stream, data: chunk.data, at: new Date().toISOString() }]);
+      if (job.state === 'running') await tx.updateJob({ ...job, leaseExpiresAt: this.leaseUntil() });
+    });
+  }
+
+  private async ownedJob(tx: Tx, jobId: string, caller: string | null): Promise<Job> {
+    const job = await tx.getJob(jobId);
+    if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
+    if (caller !== null && job.machineId !== caller) throw new TaktError('forbidden', `job '${jobId}' belongs to another machine`);
+    return job;
+  }
+
+  /** Types raw `takt-set` strings by their param's schema and validates them. */
+  private typeOutputs(raw: Record<string, string>): { values: Record<string, unknown>; problem: string | null } {
+    const content = this.content.current;
+    const values: Record<string, unknown> = {};
+    for (const [name, text] of Object.entries(raw)) {
+      if (!/^[a-z][a-z0-9_]*$/.test(name)) return { values: {}, problem: `it set an output with an invalid name '${name}'` };
+      const def = content.objects.params.get(name)?.def;
+      const schema = def?.schema as { type?: unknown } | undefined;
+      let value: unknown = text;
+      if (schema && schema.type !== 'string') {
+        try {
+          value = JSON.parse(text);
+        } catch {
+          value = text;
+        }
+      }
+      if (schema) {
+        const problems = validateValue(schema, value);
+        if (problems.length > 0) {
+          const shown = def?.secure ? '(secure value)' : `'${text.length > 80 ? `${text.slice(0, 80)}…` : text}'`;
+          return { values: {}, problem: `its output ${name} = ${shown} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}` };
+        }
+      }
+      values[name] = def?.secure ? this.sealer.seal(value) : value;
+    }
+    return { values, problem: null };
+  }
+
+  /** Marks running jobs whose agent has gone quiet as lost; their machines stop with that reason. */
+  async sweepLeases(): Promise<number> {
+    const now = new Date().toISOString();
+    const expired = await this.store.listExpiredJobs(now);
+    for (const candidate of expired) {
+      await this.store.transact(async (tx) => {
+        const job = await tx.getJob(candidate.id);
+        if (!job || job.state !== 'running' || !job.leaseExpiresAt || job.leaseExpiresAt >= now) return;
+        const m = await tx.lockMachine(job.machineId);
+        if (!m) return;
+        await this.settle(tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs });
+        this.log('warn', 'job lost: lease expired', { job: job.id, machine: m.name, task: job.task });
+      });
+    }
+    return expired.length;
+  }
+
+  private async cancelCurrent(tx: Tx, m: Machine, author: string): Promise<void> {
+    if (!m.currentJob) return;
+    const job = await tx.getJob(m.currentJob);
+    if (job?.state !== 'running') return;
+    const finished: Job = { ...job, state: 'cancelled', reason: `cancelled by ${author}`, finishedAt: new Date().toISOString(), leaseExpiresAt: null };
+    await tx.updateJob(finished);
+    tx.emit(`jobs.update.${job.id}`, publicJob(finished));
+    if (job.workOrderId) {
+      const wo = await tx.getWorkOrder(job.workOrderId);
+      if (wo && wo.state === 'running') await this.finishWorkOrder(tx, wo, 'cancelled', `its job was cancelled by ${author}`);
+    }
+  }
+
+  // ---- previews ------------------------------------------------------------------------------------
+
+  async plan(idOrName: string): Promise<Plan> {
+    const m = await this.findMachine(idOrName);
+    const content = this.content.current;
+    const toStep = (stage: string | null, task: string, p: PreparedTask): PlanStep => ({
+      stage,
+      task,
+      variant: p.variant,
+      noop: p.noop,
+      params: p.params,
+      missing: p.missing,
+      error: p.error,
+    });
+    const workOrders: Plan['workOrders'] = [];
+    for (const wo of await this.store.listWorkOrders({ machineId: m.id })) {
+      if (wo.state !== 'queued' && wo.state !== 'running') continue;
+      const bp = content.objects.blueprints.get(wo.blueprint)?.def;
+      if (!bp) continue;
+      const ctx = { workOrder: { id: wo.id, params: wo.params }, blueprint: { name: bp.name, params: bp.params } };
+      workOrders.push({ id: wo.id, blueprint: bp.name, steps: bp.tasks.slice(wo.taskIndex).map((t) => toStep(null, t, prepareTask(content, this.sealer, m, t, ctx))) });
+    }
+    const steps: PlanStep[] = [];
+    const shape = m.pipeline ? this.shapeOf(content, m.pipeline) : null;
+    if (shape && m.state !== 'done') {
+      const pipeline = content.objects.pipelines.get(m.pipeline!)!.def;
+      let pos = m.state === 'idle' ? { stageIndex: 0, taskIndex: 0 } : normalisePosition(shape, m);
+      while (pos) {
+        const at = taskAt(shape, pos)!;
+        const stage = content.objects.stages.get(at.stage)?.def;
+        const ctx = { stage: { name: at.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } };
+        steps.push(toStep(at.stage, at.task, prepareTask(content, this.sealer, m, at.task, ctx)));
+        const { stageIndex, taskIndex } = pos;
+        const nxt = normalisePosition(shape, { stageIndex, taskIndex: taskIndex + 1 });
+        pos = nxt && (nxt.stageIndex > stageIndex || nxt.taskIndex > taskIndex) ? nxt : null;
+      }
+    }
+    return { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, steps };
+  }
+
+  /** The exact script `task` would get on the machine, in the context of its pipeline when it is part of it. */
+  async render(idOrName: string, task: string): Promise<PreparedTask> {
+    const m = await this.findMachine(idOrName);
+    const content = this.content.current;
+    if (!content.objects.tasks.has(task)) throw new TaktError('not_found', `task '${task}' not found`);
+    const pipeline = m.pipeline ? content.objects.pipelines.get(m.pipeline)?.def : undefined;
+    const stageName = pipeline?.stages.find((s) => content.objects.stages.get(s)?.def.tasks.includes(task));
+    const stage = stageName ? content.objects.stages.get(stageName)?.def : undefined;
+    return prepareTask(content, this.sealer, m, task, {
+      stage: stage ? { name: stage.name, params: stage.params } : undefined,
+      pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined,
+    });
+  }
+
+  // ---- helpers -------------------------------------------------------------------------------------
+
+  private shapeOf(content: ContentSet, pipeline: string): PipelineShape | null {
+    const p = content.objects.pipelines.get(pipeline)?.def;
+    if (!p) return null;
+    return { name: p.name, stages: p.stages.map((s) => ({ name: s, tasks: content.objects.stages.get(s)?.def.tasks ?? [] })) };
+  }
+
+  private requirePipeline(content: ContentSet, name: string) {
+    if (!content.objects.pipelines.has(name)) throw new TaktError('not_found', `pipeline '${name}' not found`, { path: '/pipeline' });
+  }
+
+  private requireProfiles(content: ContentSet, names: string[]) {
+    names.forEach((p, i) => {
+      if (!content.objects.profiles.has(p)) throw new TaktError('not_found', `profile '${p}' not found`, { path: `/profiles/${i}` });
+    });
+  }
+
+  /** Validates params against their schemas, seals secure ones; a null value in `patch` removes the param. */
+  private checkParams(content: ContentSet, current: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
+    const out = { ...current };
+    for (const [name, value] of Object.entries(patch)) {
+      if (!/^[a-z][a-z0-9_]*$/.test(name) || name === 'machine') {
+        throw new TaktError('invalid', `'${name}' is not a valid param name (lower-case letters, digits and _; not 'machine')`, { path: `/params/${name}` });
+      }
+      if (value === null) {
+        delete out[name];
+        continue;
+      }
+      const def = content.objects.params.get(name)?.def;
+      if (def?.schema) {
+        const problems = validateValue(def.schema, value);
+        if (problems.length > 0) {
+          throw new TaktError('invalid', `param '${name}'${problems[0]!.path} ${problems[0]!.message}`, { path: `/params/${name}${problems[0]!.path}` });
+        }
+      }
+      out[name] = def?.secure ? this.sealer.seal(value) : value;
+    }
+    return out;
+  }
+
+  private leaseUntil(): string {
+    return new Date(Date.now() + this.opts.leaseMs).toISOString();
+  }
+
+  private generation(machineId: string): number {
+    return this.waiters.get(machineId)?.gen ?? 0;
+  }
+
+  private wake(machineId: string) {
+    const w = this.waiters.get(machineId);
+    if (!w) {
+      this.waiters.set(machineId, { gen: 1, wake: new Set() });
+      return;
+    }
+    w.gen += 1;
+    for (const f of w.wake) f();
+    w.wake.clear();
+  }
+
+  private waitForWake(machineId: string, ms: number, signal?: AbortSignal): Promise<void> {
+    let w = this.waiters.get(machineId);
+    if (!w) {
+      w = { gen: 0, wake: new Set() };
+      this.waiters.set(machineId, w);
+    }
+    const entry = w;
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        entry.wake.delete(done);
+        signal?.removeEventListener('abort', done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      entry.wake.add(done);
+      signal?.addEventListener('abort', done, { once: true });
+    });
+  }
+
+  private log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) {
+    this.opts.log?.(level, msg, fields);
+  }
+}
+
+/** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */
+export function desiredView(m: Machine) {
+  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, power: m.power, state: m.state };
+}
+
+export function publicMachine(m: Machine) {
+  return { ...m, params: maskValues(m.params) };
+}
+
+export function publicJob(j: Job) {
+  const { script: _script, ...rest } = j;
+  return rest;
+}
+
+export function publicWorkOrder(w: WorkOrder) {
+  return { ...w, params: maskValues(w.params) };
+}
+
+export const kindNoun = KIND_NOUN;
+export const sealed = isSealed;

@@ -1,0 +1,97 @@
+/**
+ * Prepares one task for one machine: picks the environment variant, resolves every param the task
+ * declares (with the layer it came from) and renders the script. Used by claims, `plan` and `render`,
+ * so what an operator previews is exactly what the agent gets.
+ */
+import type { ContentSet, TaskDef } from '../model/content.js';
+import { parseDuration } from '../model/duration.js';
+import type { Machine } from '../model/machine.js';
+import { MASK, type Sealer } from '../model/secure.js';
+import { displayValue, paramLayers, resolveParam, type LayerContext } from '../render/params.js';
+import { renderTemplate, TemplateError } from '../render/template.js';
+
+export const DEFAULT_TIMEOUT_MS = 3_600_000;
+
+export interface ParamUse {
+  name: string;
+  /** Display value: secure values are masked. */
+  value: unknown;
+  from: string;
+  secure: boolean;
+  required: boolean;
+}
+
+export interface PreparedTask {
+  task: string;
+  variant: string;
+  /** Set when the variant for this environment is a declared no-op. */
+  noop: string | null;
+  params: ParamUse[];
+  /** Required params with no value anywhere. */
+  missing: string[];
+  /** The script for the agent (secrets in clear); null when it cannot be rendered or is a no-op. */
+  script: string | null;
+  /** The same script with secure values masked, for records and display. */
+  displayScript: string | null;
+  /** Values the agent exposes through `takt-get`, secrets in clear. */
+  agentParams: Record<string, unknown>;
+  error: string | null;
+  timeoutMs: number;
+  retries: number;
+}
+
+export function prepareTask(content: ContentSet, sealer: Sealer, machine: Machine, taskName: string, ctx: Omit<LayerContext, 'machine'>): PreparedTask {
+  const def: TaskDef | undefined = content.objects.tasks.get(taskName)?.def;
+  const base = { task: taskName, params: [], missing: [], script: null, displayScript: null, agentParams: {}, timeoutMs: DEFAULT_TIMEOUT_MS, retries: 0 };
+  if (!def) return { ...base, variant: 'default', noop: null, error: `task '${taskName}' no longer exists in the installed content` };
+  const timeoutMs = def.timeout !== undefined ? parseDuration(def.timeout, 'timeout') : DEFAULT_TIMEOUT_MS;
+  const retries = def.retries ?? 0;
+  const variantDef = def.variants?.[machine.environment];
+  const variant = variantDef ? machine.environment : 'default';
+  if (variantDef?.noop) return { ...base, variant, noop: variantDef.noop, error: null, timeoutMs, retries };
+  const source = variantDef?.script ?? def.script;
+  if (source === undefined) {
+    return { ...base, variant, noop: null, timeoutMs, retries, error: `task '${taskName}' has no script for environment '${machine.environment}' and no default script` };
+  }
+
+  const layers = paramLayers(content, { machine, ...ctx });
+  const required = def.params?.required ?? [];
+  const optional = def.params?.optional ?? [];
+  const params: ParamUse[] = [];
+  const missing: string[] = [];
+  const clear: Record<string, unknown> = {};
+  const masked: Record<string, unknown> = {};
+  for (const name of [...required, ...optional]) {
+    const isRequired = required.includes(name);
+    const r = resolveParam(content, layers, name);
+    if (!r) {
+      if (isRequired) missing.push(name);
+      // Optional params with no value render as empty rather than tripping strict variables.
+      clear[name] = null;
+      masked[name] = null;
+      continue;
+    }
+    const value = sealer.open(r.value);
+    clear[name] = value;
+    masked[name] = r.secure ? MASK : value;
+    params.push({ name, value: displayValue(r), from: r.from, secure: r.secure, required: isRequired });
+  }
+  const agentParams = Object.fromEntries(Object.entries(clear).filter(([, v]) => v !== null));
+  if (missing.length > 0) {
+    const list = missing.map((n) => `'${n}'`).join(', ');
+    return {
+      ...base, variant, noop: null, params, missing, agentParams, timeoutMs, retries,
+      error: `required param${missing.length > 1 ? 's' : ''} ${list} ha${missing.length > 1 ? 've' : 's'} no value: set ${missing.length > 1 ? 'them' : 'it'} on the machine, a profile, the stage or pipeline, or give ${missing.length > 1 ? 'them' : 'it'} a default`,
+    };
+  }
+  const machineVars = { id: machine.id, name: machine.name, environment: machine.environment };
+  try {
+    const script = renderTemplate(source, { ...clear, machine: machineVars });
+    const secure = params.some((p) => p.secure);
+    const displayScript = secure ? renderTemplate(source, { ...masked, machine: machineVars }) : script;
+    return { task: taskName, variant, noop: null, params, missing, script, displayScript, agentParams, error: null, timeoutMs, retries };
+  } catch (err) {
+    const msg = err instanceof TemplateError ? `template line ${err.line}:${err.col}: ${err.message}` : (err as Error).message;
+    return { ...base, variant, noop: null, params, missing, agentParams, timeoutMs, retries, error: msg };
+  }
+}

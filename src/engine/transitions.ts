@@ -1,0 +1,205 @@
+/**
+ * The engine's state machine, as pure functions: given where a machine stands and what just happened,
+ * decide where it goes. No I/O here, so every transition is tested by table (test/transitions.test.ts).
+ */
+import { decodeExit } from '../model/exitcodes.js';
+import type { JobState, Machine, MachineState, WorkOrderState } from '../model/machine.js';
+import type { AgentAction } from '../model/protocol.js';
+
+export interface PipelineShape {
+  name: string;
+  stages: ReadonlyArray<{ name: string; tasks: readonly string[] }>;
+}
+
+export interface Position {
+  stageIndex: number;
+  taskIndex: number;
+}
+
+/** The machine fields a transition may change. */
+export type MachineView = Pick<Machine, 'state' | 'reason' | 'stageIndex' | 'taskIndex' | 'attempt' | 'power' | 'pipeline'>;
+
+export function taskAt(shape: PipelineShape, pos: Position): { stage: string; task: string } | null {
+  const stage = shape.stages[pos.stageIndex];
+  const task = stage?.tasks[pos.taskIndex];
+  return stage && task !== undefined ? { stage: stage.name, task } : null;
+}
+
+/** The position after `pos`, skipping empty stages; null past the end of the pipeline. */
+export function nextPosition(shape: PipelineShape, pos: Position): Position | null {
+  let { stageIndex, taskIndex } = pos;
+  taskIndex += 1;
+  while (stageIndex < shape.stages.length) {
+    if (taskIndex < (shape.stages[stageIndex]?.tasks.length ?? 0)) return { stageIndex, taskIndex };
+    stageIndex += 1;
+    taskIndex = 0;
+  }
+  return null;
+}
+
+/** The first runnable position at or after `pos` (a stage may have been emptied by a content change). */
+export function normalisePosition(shape: PipelineShape, pos: Position): Position | null {
+  if (taskAt(shape, pos)) return pos;
+  return nextPosition(shape, { stageIndex: pos.stageIndex, taskIndex: Math.max(-1, pos.taskIndex - 1) }) ?? null;
+}
+
+/** How a job ended, as reported by its agent or decided by the server. */
+export type JobOutcome =
+  | { kind: 'exit'; exitCode: number | null; timedOut?: boolean; error?: string; timeoutMs?: number }
+  /** The script ran but what it left behind is wrong (a bad output value…). */
+  | { kind: 'invalid'; exitCode: number | null; message: string }
+  | { kind: 'lost'; leaseMs: number }
+  /** The agent asked for new work while this job was still running: it lost track of it. */
+  | { kind: 'abandoned' }
+  /** An operator restarted or reassigned the machine while the job ran. */
+  | { kind: 'cancelled'; by: string }
+  | { kind: 'noop'; reason: string }
+  | { kind: 'unrenderable'; message: string };
+
+export interface JobVerdict {
+  state: JobState;
+  reason: string | null;
+  /** Success with these contract flags. */
+  stop: boolean;
+  poweroff: boolean;
+  reboot: boolean;
+  incomplete: boolean;
+}
+
+/** Turns an outcome into the job's terminal state and a reason a person can act on. */
+export function judgeJob(task: string, o: JobOutcome): JobVerdict {
+  const flags = { stop: false, poweroff: false, reboot: false, incomplete: false };
+  switch (o.kind) {
+    case 'noop':
+      return { state: 'succeeded', reason: `no-op: ${o.reason}`, ...flags };
+    case 'unrenderable':
+      return { state: 'failed', reason: `task '${task}' cannot be rendered: ${o.message}`, ...flags };
+    case 'lost':
+      return {
+        state: 'lost',
+        reason: `task '${task}' lost: no word from the agent for ${Math.round(o.leaseMs / 1000)}s (agent gone or machine down); its result is unknown`,
+        ...flags,
+      };
+    case 'abandoned':
+      return {
+        state: 'lost',
+        reason: `task '${task}' lost: the agent asked for new work while it was running (agent restarted without its state?); its result is unknown`,
+        ...flags,
+      };
+    case 'cancelled':
+      return { state: 'cancelled', reason: `cancelled by ${o.by}`, ...flags };
+    case 'invalid':
+      return { state: 'failed', reason: `task '${task}' exited ${o.exitCode} but ${o.message}`, ...flags };
+    case 'exit': {
+      if (o.timedOut) {
+        const after = o.timeoutMs !== undefined ? ` after ${Math.round(o.timeoutMs / 1000)}s` : '';
+        return { state: 'failed', reason: `task '${task}' timed out${after} and was killed`, ...flags };
+      }
+      if (o.error) return { state: 'failed', reason: `task '${task}' failed: ${o.error}`, ...flags };
+      const m = decodeExit(o.exitCode);
+      if (!m.success) {
+        const how = o.exitCode === null ? 'was killed by a signal' : `failed with exit code ${o.exitCode}`;
+        return { state: 'failed', reason: `task '${task}' ${how}`, ...flags };
+      }
+      const { success: _s, ...contract } = m;
+      return { state: 'succeeded', reason: null, ...contract };
+    }
+  }
+}
+
+export interface PipelineDecision {
+  job: { state: JobState; reason: string | null };
+  machine: MachineView;
+  action: AgentAction;
+}
+
+/**
+ * A pipeline job ended. Failure stops the line on that task (unless the task opted into retries and has
+ * some left); success moves on, honouring the exit-code contract's stop, power-off, reboot and
+ * incomplete flags.
+ */
+export function afterPipelineJob(m: MachineView, shape: PipelineShape, task: string, outcome: JobOutcome, retries = 0): PipelineDecision {
+  const v = judgeJob(task, outcome);
+  const job = { state: v.state, reason: v.reason };
+  if (v.state !== 'succeeded') {
+    if (v.state === 'failed' && outcome.kind === 'exit' && m.attempt < retries) {
+      return {
+        job: { state: v.state, reason: `${v.reason} (retry ${m.attempt + 1} of ${retries})` },
+        machine: { ...m, attempt: m.attempt + 1 },
+        action: 'continue',
+      };
+    }
+    return { job, machine: { ...m, state: 'stopped', reason: v.reason, attempt: 0 }, action: 'continue' };
+  }
+  let next: Position | null = { stageIndex: m.stageIndex, taskIndex: m.taskIndex };
+  if (!v.incomplete) next = nextPosition(shape, next);
+  const action: AgentAction = v.poweroff ? 'poweroff' : v.reboot ? 'reboot' : 'continue';
+  const power = v.poweroff ? 'off' : m.power;
+  if (next === null) {
+    return { job, machine: { ...m, state: 'done', reason: null, attempt: 0, power, stageIndex: shape.stages.length, taskIndex: 0 }, action };
+  }
+  const state: MachineState = v.stop ? 'stopped' : 'running';
+  const reason = v.stop ? `paused by task '${task}' (exit code 16); resume to continue` : null;
+  return { job, machine: { ...m, ...next, state, reason, attempt: 0, power }, action };
+}
+
+export interface WorkOrderDecision {
+  job: { state: JobState; reason: string | null };
+  workOrder: { state: WorkOrderState; taskIndex: number; reason: string | null };
+  action: AgentAction;
+  power: Machine['power'];
+}
+
+/** A work-order job ended: the work order moves on or fails; the machine's pipeline position is untouched. */
+export function afterWorkOrderJob(
+  wo: { taskIndex: number },
+  taskCount: number,
+  task: string,
+  outcome: JobOutcome,
+  power: Machine['power'],
+): WorkOrderDecision {
+  const v = judgeJob(task, outcome);
+  const job = { state: v.state, reason: v.reason };
+  if (v.state !== 'succeeded') {
+    return { job, workOrder: { state: 'failed', taskIndex: wo.taskIndex, reason: v.reason }, action: 'continue', power };
+  }
+  const taskIndex = v.incomplete ? wo.taskIndex : wo.taskIndex + 1;
+  const done = taskIndex >= taskCount;
+  const action: AgentAction = v.poweroff ? 'poweroff' : v.reboot ? 'reboot' : 'continue';
+  return {
+    job,
+    workOrder: { state: done ? 'succeeded' : 'running', taskIndex, reason: null },
+    action,
+    power: v.poweroff ? 'off' : power,
+  };
+}
+
+export class TransitionError extends Error {}
+
+/** Operator: re-run the task the machine stopped on (or continue after a pause). */
+export function resume(m: MachineView): MachineView {
+  if (m.state !== 'stopped' && m.state !== 'idle') {
+    throw new TransitionError(`machine is ${m.state}; only a stopped or idle machine can be resumed`);
+  }
+  if (!m.pipeline) throw new TransitionError('machine has no pipeline; assign one with `takt machines update M --pipeline P`');
+  return { ...m, state: 'running', reason: null, attempt: 0, power: 'on' };
+}
+
+/** Operator: start the pipeline over from its first task. */
+export function restart(m: MachineView): MachineView {
+  if (!m.pipeline) throw new TransitionError('machine has no pipeline; assign one with `takt machines update M --pipeline P`');
+  return { ...m, state: 'running', reason: null, stageIndex: 0, taskIndex: 0, attempt: 0, power: 'on' };
+}
+
+/** Operator: assign (or clear) the pipeline; the machine starts it from the top. */
+export function assignPipeline(m: MachineView, pipeline: string | null): MachineView {
+  return {
+    ...m,
+    pipeline,
+    state: pipeline ? 'running' : 'idle',
+    reason: null,
+    stageIndex: 0,
+    taskIndex: 0,
+    attempt: 0,
+  };
+}

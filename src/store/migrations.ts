@@ -1,0 +1,125 @@
+/**
+ * Schema migrations, written with Kysely's schema builder so they run unchanged on SQLite and PostgreSQL.
+ * Append new migrations; never edit one that has shipped.
+ */
+import type { ColumnDefinitionBuilder, Kysely, Migration, MigrationProvider } from 'kysely';
+
+export type Dialect = 'sqlite' | 'postgres';
+
+/** An auto-numbered primary key: `integer … autoincrement` on SQLite, `bigserial` on PostgreSQL. */
+const serialType = (dialect: Dialect) => (dialect === 'postgres' ? 'bigserial' : 'integer');
+const serial = (dialect: Dialect, c: ColumnDefinitionBuilder) =>
+  dialect === 'postgres' ? c.primaryKey() : c.primaryKey().autoIncrement();
+
+const migrations = (dialect: Dialect): Record<string, Migration> => ({
+  '0001_initial': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('changes')
+        .addColumn('seq', serialType(dialect), (c) => serial(dialect, c))
+        .addColumn('author', 'text', (c) => c.notNull())
+        .addColumn('at', 'text', (c) => c.notNull())
+        .addColumn('object', 'text', (c) => c.notNull())
+        .addColumn('action', 'text', (c) => c.notNull())
+        .addColumn('before', 'text')
+        .addColumn('after', 'text')
+        .execute();
+      await db.schema.createIndex('changes_object').on('changes').columns(['object', 'seq']).execute();
+      await db.schema
+        .createTable('events')
+        .addColumn('id', serialType(dialect), (c) => serial(dialect, c))
+        .addColumn('topic', 'text', (c) => c.notNull())
+        .addColumn('at', 'text', (c) => c.notNull())
+        .addColumn('data', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('packs')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('version', 'text', (c) => c.notNull())
+        .addColumn('description', 'text')
+        .addColumn('files', 'text', (c) => c.notNull())
+        .addColumn('sha256', 'text', (c) => c.notNull())
+        .addColumn('installed_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('content')
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('layer', 'text', (c) => c.notNull())
+        .addColumn('def', 'text', (c) => c.notNull())
+        .addColumn('sha256', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('content_pk', ['kind', 'name'])
+        .execute();
+      await db.schema
+        .createTable('machines')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('environment', 'text', (c) => c.notNull())
+        .addColumn('broker', 'text')
+        .addColumn('pipeline', 'text')
+        .addColumn('stage_index', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('task_index', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('attempt', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('reason', 'text')
+        .addColumn('params', 'text', (c) => c.notNull())
+        .addColumn('profiles', 'text', (c) => c.notNull())
+        .addColumn('current_job', 'text')
+        .addColumn('power', 'text', (c) => c.notNull())
+        .addColumn('token_hash', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('jobs')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('machine_id', 'text', (c) => c.notNull())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('work_order_id', 'text')
+        .addColumn('pipeline', 'text')
+        .addColumn('stage', 'text')
+        .addColumn('task', 'text', (c) => c.notNull())
+        .addColumn('variant', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('exit_code', 'integer')
+        .addColumn('reason', 'text')
+        .addColumn('script', 'text', (c) => c.notNull())
+        .addColumn('params', 'text', (c) => c.notNull())
+        .addColumn('outputs', 'text', (c) => c.notNull())
+        .addColumn('timeout_ms', 'integer', (c) => c.notNull())
+        .addColumn('lease_expires_at', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('finished_at', 'text')
+        .addColumn('report', 'text')
+        .execute();
+      await db.schema.createIndex('jobs_machine').on('jobs').columns(['machine_id', 'created_at']).execute();
+      await db.schema.createIndex('jobs_state').on('jobs').columns(['state', 'lease_expires_at']).execute();
+      await db.schema
+        .createTable('job_logs')
+        .addColumn('job_id', 'text', (c) => c.notNull())
+        .addColumn('seq', 'integer', (c) => c.notNull())
+        .addColumn('stream', 'text', (c) => c.notNull())
+        .addColumn('data', 'text', (c) => c.notNull())
+        .addColumn('at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('job_logs_pk', ['job_id', 'seq'])
+        .execute();
+      await db.schema
+        .createTable('work_orders')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('machine_id', 'text', (c) => c.notNull())
+        .addColumn('blueprint', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('task_index', 'integer', (c) => c.notNull())
+        .addColumn('params', 'text', (c) => c.notNull())
+        .addColumn('reason', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('finished_at', 'text')
+        .execute();
+      await db.schema.createIndex('work_orders_machine').on('work_orders').columns(['machine_id', 'state']).execute();
+    },
+  },
+});
+
+export const migrationProvider = (dialect: Dialect): MigrationProvider => ({
+  getMigrations: async () => migrations(dialect),
+});

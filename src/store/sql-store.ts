@@ -1,0 +1,452 @@
+/**
+ * Store on Kysely: the same queries for SQLite and PostgreSQL.
+ */
+import { Kysely, Migrator, type Selectable, type Transaction } from 'kysely';
+import type { ContentKind } from '../model/content.js';
+import { TaktError } from '../model/errors.js';
+import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
+import { migrationProvider, type Dialect } from './migrations.js';
+import type {
+  ChangeFilter,
+  ContentRecord,
+  EventListener,
+  JobFilter,
+  MachineFilter,
+  PackRecord,
+  Reads,
+  Store,
+  Tx,
+  WorkOrderFilter,
+} from './store.js';
+import type { ChangesTable, Database, JobsTable, MachinesTable, WorkOrdersTable } from './tables.js';
+
+type Db = Kysely<Database> | Transaction<Database>;
+
+const json = (v: unknown): string => JSON.stringify(v ?? null);
+const parse = <T>(s: string | null): T => (s === null ? (null as T) : (JSON.parse(s) as T));
+const MAX_PAGE = 1000;
+const limitOf = (l?: number) => Math.min(Math.max(1, l ?? 100), MAX_PAGE);
+
+function machineFromRow(r: MachinesTable): Machine {
+  return {
+    id: r.id,
+    name: r.name,
+    environment: r.environment,
+    broker: r.broker,
+    pipeline: r.pipeline,
+    stageIndex: Number(r.stage_index),
+    taskIndex: Number(r.task_index),
+    attempt: Number(r.attempt),
+    state: r.state as MachineState,
+    reason: r.reason,
+    params: parse(r.params),
+    profiles: parse(r.profiles),
+    currentJob: r.current_job,
+    power: r.power as Machine['power'],
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash'> {
+  return {
+    id: m.id,
+    name: m.name,
+    environment: m.environment,
+    broker: m.broker,
+    pipeline: m.pipeline,
+    stage_index: m.stageIndex,
+    task_index: m.taskIndex,
+    attempt: m.attempt,
+    state: m.state,
+    reason: m.reason,
+    params: json(m.params),
+    profiles: json(m.profiles),
+    current_job: m.currentJob,
+    power: m.power,
+    created_at: m.createdAt,
+    updated_at: m.updatedAt,
+  };
+}
+
+function jobFromRow(r: JobsTable): Job {
+  return {
+    id: r.id,
+    machineId: r.machine_id,
+    kind: r.kind as Job['kind'],
+    workOrderId: r.work_order_id,
+    pipeline: r.pipeline,
+    stage: r.stage,
+    task: r.task,
+    variant: r.variant,
+    state: r.state as JobState,
+    exitCode: r.exit_code === null ? null : Number(r.exit_code),
+    reason: r.reason,
+    script: r.script,
+    params: parse(r.params),
+    outputs: parse(r.outputs),
+    timeoutMs: Number(r.timeout_ms),
+    leaseExpiresAt: r.lease_expires_at,
+    createdAt: r.created_at,
+    finishedAt: r.finished_at,
+  };
+}
+
+function jobToRow(j: Job): Omit<JobsTable, 'report'> {
+  return {
+    id: j.id,
+    machine_id: j.machineId,
+    kind: j.kind,
+    work_order_id: j.workOrderId,
+    pipeline: j.pipeline,
+    stage: j.stage,
+    task: j.task,
+    variant: j.variant,
+    state: j.state,
+    exit_code: j.exitCode,
+    reason: j.reason,
+    script: j.script,
+    params: json(j.params),
+    outputs: json(j.outputs),
+    timeout_ms: j.timeoutMs,
+    lease_expires_at: j.leaseExpiresAt,
+    created_at: j.createdAt,
+    finished_at: j.finishedAt,
+  };
+}
+
+function workOrderFromRow(r: WorkOrdersTable): WorkOrder {
+  return {
+    id: r.id,
+    machineId: r.machine_id,
+    blueprint: r.blueprint,
+    state: r.state as WorkOrderState,
+    taskIndex: Number(r.task_index),
+    params: parse(r.params),
+    reason: r.reason,
+    createdAt: r.created_at,
+    finishedAt: r.finished_at,
+  };
+}
+
+function workOrderToRow(w: WorkOrder): WorkOrdersTable {
+  return {
+    id: w.id,
+    machine_id: w.machineId,
+    blueprint: w.blueprint,
+    state: w.state,
+    task_index: w.taskIndex,
+    params: json(w.params),
+    reason: w.reason,
+    created_at: w.createdAt,
+    finished_at: w.finishedAt,
+  };
+}
+
+function changeFromRow(r: Selectable<ChangesTable>): Change {
+  return {
+    seq: Number(r.seq),
+    author: r.author,
+    at: r.at,
+    object: r.object,
+    action: r.action as Change['action'],
+    before: parse(r.before),
+    after: parse(r.after),
+  };
+}
+
+class SqlReads implements Reads {
+  constructor(protected readonly db: Db) {}
+
+  async getMachine(id: string) {
+    const r = await this.db.selectFrom('machines').selectAll().where('id', '=', id).executeTakeFirst();
+    return r ? machineFromRow(r) : undefined;
+  }
+  async getMachineByName(name: string) {
+    const r = await this.db.selectFrom('machines').selectAll().where('name', '=', name).executeTakeFirst();
+    return r ? machineFromRow(r) : undefined;
+  }
+  async getMachineTokenHash(id: string) {
+    const r = await this.db.selectFrom('machines').select('token_hash').where('id', '=', id).executeTakeFirst();
+    return r?.token_hash;
+  }
+  private machineQuery(f: MachineFilter) {
+    let q = this.db.selectFrom('machines');
+    if (f.state) q = q.where('state', '=', f.state);
+    if (f.pipeline) q = q.where('pipeline', '=', f.pipeline);
+    if (f.environment) q = q.where('environment', '=', f.environment);
+    if (f.broker) q = q.where('broker', '=', f.broker);
+    if (f.name) q = q.where('name', 'like', `%${f.name.replace(/[%_]/g, '')}%`);
+    return q;
+  }
+  async listMachines(f: MachineFilter = {}) {
+    const rows = await this.machineQuery(f)
+      .selectAll()
+      .orderBy('name')
+      .limit(limitOf(f.limit))
+      .offset(f.offset ?? 0)
+      .execute();
+    return rows.map(machineFromRow);
+  }
+  async countMachines(f: MachineFilter = {}) {
+    const r = await this.machineQuery(f).select((eb) => eb.fn.countAll().as('n')).executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+  async getJob(id: string) {
+    const r = await this.db.selectFrom('jobs').selectAll().where('id', '=', id).executeTakeFirst();
+    return r ? jobFromRow(r) : undefined;
+  }
+  async getJobReport(id: string) {
+    const r = await this.db.selectFrom('jobs').select('report').where('id', '=', id).executeTakeFirst();
+    return r ? parse(r.report) : undefined;
+  }
+  async listJobs(f: JobFilter = {}) {
+    let q = this.db.selectFrom('jobs').selectAll();
+    if (f.machineId) q = q.where('machine_id', '=', f.machineId);
+    if (f.state) q = q.where('state', '=', f.state);
+    if (f.task) q = q.where('task', '=', f.task);
+    if (f.workOrderId) q = q.where('work_order_id', '=', f.workOrderId);
+    const dir = f.order ?? 'desc';
+    const rows = await q.orderBy('created_at', dir).orderBy('id', dir).limit(limitOf(f.limit)).offset(f.offset ?? 0).execute();
+    return rows.map(jobFromRow);
+  }
+  async listExpiredJobs(now: string) {
+    const rows = await this.db
+      .selectFrom('jobs')
+      .selectAll()
+      .where('state', '=', 'running')
+      .where('lease_expires_at', '<', now)
+      .execute();
+    return rows.map(jobFromRow);
+  }
+  async getLogs(jobId: string, afterSeq = 0, limit = 1000) {
+    const rows = await this.db
+      .selectFrom('job_logs')
+      .selectAll()
+      .where('job_id', '=', jobId)
+      .where('seq', '>', afterSeq)
+      .orderBy('seq')
+      .limit(Math.min(limit, 10_000))
+      .execute();
+    return rows.map((r) => ({ jobId: r.job_id, seq: Number(r.seq), stream: r.stream as LogChunk['stream'], data: r.data, at: r.at }));
+  }
+  async lastLogSeq(jobId: string) {
+    const r = await this.db
+      .selectFrom('job_logs')
+      .select((eb) => eb.fn.max('seq').as('m'))
+      .where('job_id', '=', jobId)
+      .executeTakeFirst();
+    return r?.m == null ? 0 : Number(r.m);
+  }
+  async getWorkOrder(id: string) {
+    const r = await this.db.selectFrom('work_orders').selectAll().where('id', '=', id).executeTakeFirst();
+    return r ? workOrderFromRow(r) : undefined;
+  }
+  async listWorkOrders(f: WorkOrderFilter = {}) {
+    let q = this.db.selectFrom('work_orders').selectAll();
+    if (f.machineId) q = q.where('machine_id', '=', f.machineId);
+    if (f.state) q = q.where('state', '=', f.state);
+    const rows = await q.orderBy('created_at').orderBy('id').limit(limitOf(f.limit)).offset(f.offset ?? 0).execute();
+    return rows.map(workOrderFromRow);
+  }
+  async listContent() {
+    const rows = await this.db.selectFrom('content').selectAll().orderBy('kind').orderBy('name').execute();
+    return rows.map((r) => ({ kind: r.kind as ContentKind, name: r.name, layer: r.layer, def: parse(r.def), sha256: r.sha256 }));
+  }
+  async listPacks() {
+    const rows = await this.db.selectFrom('packs').selectAll().orderBy('name').execute();
+    return rows.map(packFromRow);
+  }
+  async getPack(name: string) {
+    const r = await this.db.selectFrom('packs').selectAll().where('name', '=', name).executeTakeFirst();
+    return r ? packFromRow(r) : undefined;
+  }
+  async listChanges(f: ChangeFilter = {}) {
+    let q = this.db.selectFrom('changes').selectAll();
+    if (f.object) q = q.where('object', '=', f.object);
+    if (f.after !== undefined) q = q.where('seq', '>', f.after);
+    const rows = await q.orderBy('seq', 'desc').limit(limitOf(f.limit)).offset(f.offset ?? 0).execute();
+    return rows.map((r) => changeFromRow(r));
+  }
+  async getChange(seq: number) {
+    const r = await this.db.selectFrom('changes').selectAll().where('seq', '=', seq).executeTakeFirst();
+    return r ? changeFromRow(r) : undefined;
+  }
+  async listEvents(afterId: number, limit = 1000) {
+    const rows = await this.db.selectFrom('events').selectAll().where('id', '>', afterId).orderBy('id').limit(limit).execute();
+    return rows.map((r) => ({ id: Number(r.id), topic: r.topic, at: r.at, data: parse(r.data) }));
+  }
+}
+
+function packFromRow(r: Database['packs']): PackRecord {
+  return {
+    name: r.name,
+    version: r.version,
+    description: r.description,
+    files: parse(r.files),
+    sha256: r.sha256,
+    installedAt: r.installed_at,
+  };
+}
+
+class SqlTx extends SqlReads implements Tx {
+  readonly pending: Array<{ topic: string; data: unknown; at: string }> = [];
+
+  constructor(
+    db: Transaction<Database>,
+    private readonly dialect: Dialect,
+  ) {
+    super(db);
+  }
+
+  async lockMachine(id: string) {
+    let q = this.db.selectFrom('machines').selectAll().where('id', '=', id);
+    if (this.dialect === 'postgres') q = q.forUpdate();
+    const r = await q.executeTakeFirst();
+    return r ? machineFromRow(r) : undefined;
+  }
+  async insertMachine(m: Machine, tokenHash: string) {
+    await this.db.insertInto('machines').values({ ...machineToRow(m), token_hash: tokenHash }).execute();
+  }
+  async updateMachine(m: Machine) {
+    const { id, ...rest } = machineToRow(m);
+    await this.db.updateTable('machines').set(rest).where('id', '=', id).execute();
+  }
+  async deleteMachine(id: string) {
+    await this.db.deleteFrom('machines').where('id', '=', id).execute();
+  }
+  async insertJob(j: Job) {
+    await this.db.insertInto('jobs').values({ ...jobToRow(j), report: null }).execute();
+  }
+  async renewRunningLeases(until: string) {
+    const r = await this.db.updateTable('jobs').set({ lease_expires_at: until }).where('state', '=', 'running').executeTakeFirst();
+    return Number(r.numUpdatedRows);
+  }
+  async updateJob(j: Job, report?: unknown) {
+    const { id, ...rest } = jobToRow(j);
+    await this.db
+      .updateTable('jobs')
+      .set(report === undefined ? rest : { ...rest, report: json(report) })
+      .where('id', '=', id)
+      .execute();
+  }
+  async appendLogs(chunks: LogChunk[]) {
+    if (chunks.length === 0) return 0;
+    const res = await this.db
+      .insertInto('job_logs')
+      .values(chunks.map((c) => ({ job_id: c.jobId, seq: c.seq, stream: c.stream, data: c.data, at: c.at })))
+      .onConflict((oc) => oc.columns(['job_id', 'seq']).doNothing())
+      .executeTakeFirst();
+    return Number(res.numInsertedOrUpdatedRows ?? 0);
+  }
+  async insertWorkOrder(w: WorkOrder) {
+    await this.db.insertInto('work_orders').values(workOrderToRow(w)).execute();
+  }
+  async updateWorkOrder(w: WorkOrder) {
+    const { id, ...rest } = workOrderToRow(w);
+    await this.db.updateTable('work_orders').set(rest).where('id', '=', id).execute();
+  }
+  async putContent(rec: ContentRecord) {
+    const row = { kind: rec.kind, name: rec.name, layer: rec.layer, def: json(rec.def), sha256: rec.sha256 };
+    await this.db
+      .insertInto('content')
+      .values(row)
+      .onConflict((oc) => oc.columns(['kind', 'name']).doUpdateSet({ layer: row.layer, def: row.def, sha256: row.sha256 }))
+      .execute();
+  }
+  async deleteContent(kind: ContentKind, name: string) {
+    await this.db.deleteFrom('content').where('kind', '=', kind).where('name', '=', name).execute();
+  }
+  async putPack(p: PackRecord) {
+    const row = {
+      name: p.name,
+      version: p.version,
+      description: p.description,
+      files: json(p.files),
+      sha256: p.sha256,
+      installed_at: p.installedAt,
+    };
+    await this.db
+      .insertInto('packs')
+      .values(row)
+      .onConflict((oc) => oc.column('name').doUpdateSet({ ...row }))
+      .execute();
+  }
+  async deletePack(name: string) {
+    await this.db.deleteFrom('packs').where('name', '=', name).execute();
+  }
+  async change(author: string, object: string, action: Change['action'], before: unknown, after: unknown) {
+    const r = await this.db
+      .insertInto('changes')
+      .values({
+        author,
+        at: new Date().toISOString(),
+        object,
+        action,
+        before: before === undefined ? null : json(before),
+        after: after === undefined ? null : json(after),
+      })
+      .returning('seq')
+      .executeTakeFirstOrThrow();
+    return Number(r.seq);
+  }
+  emit(topic: string, data: unknown) {
+    this.pending.push({ topic, data, at: new Date().toISOString() });
+  }
+}
+
+export class SqlStore extends SqlReads implements Store {
+  private readonly listeners = new Set<EventListener>();
+
+  constructor(
+    private readonly kysely: Kysely<Database>,
+    readonly dialect: Dialect,
+  ) {
+    super(kysely);
+  }
+
+  async migrate() {
+    const migrator = new Migrator({ db: this.kysely, provider: migrationProvider(this.dialect) });
+    const { error, results } = await migrator.migrateToLatest();
+    if (error) {
+      const failed = results?.find((r) => r.status === 'Error');
+      throw new TaktError('internal', `database migration ${failed?.migrationName ?? ''} failed: ${(error as Error).message ?? error}`);
+    }
+  }
+
+  async transact<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+    let tx!: SqlTx;
+    const committed: TaktEvent[] = [];
+    const result = await this.kysely.transaction().execute(async (trx) => {
+      tx = new SqlTx(trx, this.dialect);
+      const out = await fn(tx);
+      // Events are rows of the same transaction: they exist exactly when the write they describe does.
+      for (const e of tx.pending) {
+        const r = await trx
+          .insertInto('events')
+          .values({ topic: e.topic, at: e.at, data: json(e.data) })
+          .returning('id')
+          .executeTakeFirstOrThrow();
+        committed.push({ id: Number(r.id), topic: e.topic, at: e.at, data: e.data });
+      }
+      return out;
+    });
+    if (committed.length > 0) for (const l of this.listeners) l(committed);
+    return result;
+  }
+
+  onEvents(listener: EventListener) {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  async pruneEvents(keep: number) {
+    const newest = await this.kysely.selectFrom('events').select((eb) => eb.fn.max('id').as('m')).executeTakeFirst();
+    const max = newest?.m == null ? 0 : Number(newest.m);
+    if (max > keep) await this.kysely.deleteFrom('events').where('id', '<=', max - keep).execute();
+  }
+
+  async close() {
+    await this.kysely.destroy();
+  }
+}

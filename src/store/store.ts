@@ -1,0 +1,122 @@
+/**
+ * The store interface the engine and API use. One implementation (SqlStore) serves SQLite and PostgreSQL
+ * through Kysely; the dialect only shows in how a connection is opened and how a row is locked.
+ *
+ * Every write happens inside `transact`, which is the one commit path: a desired-state write records a
+ * numbered change with `tx.change(...)`, and every write queues its events with `tx.emit(...)` in the same
+ * transaction. Listeners hear about events only after the transaction has committed.
+ */
+import type { ContentKind } from '../model/content.js';
+import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
+
+export interface PackRecord {
+  name: string;
+  version: string;
+  description: string | null;
+  files: Record<string, string>;
+  sha256: string;
+  installedAt: string;
+}
+
+export interface ContentRecord {
+  kind: ContentKind;
+  name: string;
+  layer: string;
+  def: unknown;
+  sha256: string;
+}
+
+export interface Page {
+  limit?: number;
+  offset?: number;
+}
+
+export interface MachineFilter extends Page {
+  state?: MachineState;
+  pipeline?: string;
+  environment?: string;
+  broker?: string;
+  /** Substring match on the name. */
+  name?: string;
+}
+
+export interface JobFilter extends Page {
+  machineId?: string;
+  state?: JobState;
+  task?: string;
+  workOrderId?: string;
+  /** Newest first by default; `asc` for the order they ran in. */
+  order?: 'asc' | 'desc';
+}
+
+export interface WorkOrderFilter extends Page {
+  machineId?: string;
+  state?: WorkOrderState;
+}
+
+export interface ChangeFilter extends Page {
+  object?: string;
+  /** Only changes with seq greater than this. */
+  after?: number;
+}
+
+/** Reads available both outside and inside a transaction. */
+export interface Reads {
+  getMachine(id: string): Promise<Machine | undefined>;
+  getMachineByName(name: string): Promise<Machine | undefined>;
+  getMachineTokenHash(id: string): Promise<string | undefined>;
+  listMachines(filter?: MachineFilter): Promise<Machine[]>;
+  countMachines(filter?: MachineFilter): Promise<number>;
+  getJob(id: string): Promise<Job | undefined>;
+  /** The report an agent made for a job, kept to recognise a repeated report. */
+  getJobReport(id: string): Promise<unknown>;
+  listJobs(filter?: JobFilter): Promise<Job[]>;
+  /** Running jobs whose lease ran out before `now`. */
+  listExpiredJobs(now: string): Promise<Job[]>;
+  getLogs(jobId: string, afterSeq?: number, limit?: number): Promise<LogChunk[]>;
+  lastLogSeq(jobId: string): Promise<number>;
+  getWorkOrder(id: string): Promise<WorkOrder | undefined>;
+  listWorkOrders(filter?: WorkOrderFilter): Promise<WorkOrder[]>;
+  listContent(): Promise<ContentRecord[]>;
+  listPacks(): Promise<PackRecord[]>;
+  getPack(name: string): Promise<PackRecord | undefined>;
+  listChanges(filter?: ChangeFilter): Promise<Change[]>;
+  getChange(seq: number): Promise<Change | undefined>;
+  listEvents(afterId: number, limit?: number): Promise<TaktEvent[]>;
+}
+
+export interface Tx extends Reads {
+  /** Reads a machine and locks its row until commit (PostgreSQL); SQLite serialises writers anyway. */
+  lockMachine(id: string): Promise<Machine | undefined>;
+  insertMachine(m: Machine, tokenHash: string): Promise<void>;
+  updateMachine(m: Machine): Promise<void>;
+  deleteMachine(id: string): Promise<void>;
+  insertJob(j: Job): Promise<void>;
+  /** Gives every running job a fresh lease (at start-up, so agents can reconnect before anything is lost). */
+  renewRunningLeases(until: string): Promise<number>;
+  updateJob(j: Job, report?: unknown): Promise<void>;
+  /** Appends log chunks, ignoring any seq already stored (agents resend after network loss). */
+  appendLogs(chunks: LogChunk[]): Promise<number>;
+  insertWorkOrder(w: WorkOrder): Promise<void>;
+  updateWorkOrder(w: WorkOrder): Promise<void>;
+  putContent(rec: ContentRecord): Promise<void>;
+  deleteContent(kind: ContentKind, name: string): Promise<void>;
+  putPack(p: PackRecord): Promise<void>;
+  deletePack(name: string): Promise<void>;
+  /** Records a numbered desired-state change; returns its number. */
+  change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
+  /** Queues an event for publication after commit. */
+  emit(topic: string, data: unknown): void;
+}
+
+export type EventListener = (events: TaktEvent[]) => void;
+
+export interface Store extends Reads {
+  readonly dialect: 'sqlite' | 'postgres';
+  migrate(): Promise<void>;
+  transact<T>(fn: (tx: Tx) => Promise<T>): Promise<T>;
+  onEvents(listener: EventListener): () => void;
+  /** Deletes events older than the newest `keep` (the stream's catch-up window). */
+  pruneEvents(keep: number): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,113 @@
+/**
+ * Row shapes as stored. JSON travels as TEXT and times as ISO-8601 TEXT in both SQLite and PostgreSQL so
+ * that one set of queries serves both dialects.
+ */
+import type { Generated } from 'kysely';
+
+export interface ChangesTable {
+  seq: Generated<number>;
+  author: string;
+  at: string;
+  object: string;
+  action: string;
+  before: string | null;
+  after: string | null;
+}
+
+export interface EventsTable {
+  id: Generated<number>;
+  topic: string;
+  at: string;
+  data: string;
+}
+
+export interface PacksTable {
+  name: string;
+  version: string;
+  description: string | null;
+  files: string;
+  sha256: string;
+  installed_at: string;
+}
+
+export interface ContentTable {
+  kind: string;
+  name: string;
+  layer: string;
+  def: string;
+  sha256: string;
+}
+
+export interface MachinesTable {
+  id: string;
+  name: string;
+  environment: string;
+  broker: string | null;
+  pipeline: string | null;
+  stage_index: number;
+  task_index: number;
+  attempt: number;
+  state: string;
+  reason: string | null;
+  params: string;
+  profiles: string;
+  current_job: string | null;
+  power: string;
+  token_hash: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface JobsTable {
+  id: string;
+  machine_id: string;
+  kind: string;
+  work_order_id: string | null;
+  pipeline: string | null;
+  stage: string | null;
+  task: string;
+  variant: string;
+  state: string;
+  exit_code: number | null;
+  reason: string | null;
+  script: string;
+  params: string;
+  outputs: string;
+  timeout_ms: number;
+  lease_expires_at: string | null;
+  created_at: string;
+  finished_at: string | null;
+  /** The agent's completion report, kept so a repeated report can be recognised as the same one. */
+  report: string | null;
+}
+
+export interface JobLogsTable {
+  job_id: string;
+  seq: number;
+  stream: string;
+  data: string;
+  at: string;
+}
+
+export interface WorkOrdersTable {
+  id: string;
+  machine_id: string;
+  blueprint: string;
+  state: string;
+  task_index: number;
+  params: string;
+  reason: string | null;
+  created_at: string;
+  finished_at: string | null;
+}
+
+export interface Database {
+  changes: ChangesTable;
+  events: EventsTable;
+  packs: PacksTable;
+  content: ContentTable;
+  machines: MachinesTable;
+  jobs: JobsTable;
+  job_logs: JobLogsTable;
+  work_orders: WorkOrdersTable;
+}
