@@ -1,0 +1,157 @@
+import { describe, expect, it } from 'vitest';
+import {
+  afterPipelineJob,
+  afterWorkOrderJob,
+  assignPipeline,
+  judgeJob,
+  nextPosition,
+  normalisePosition,
+  restart,
+  resume,
+  TransitionError,
+  type JobOutcome,
+  type MachineView,
+  type PipelineShape,
+} from '../src/engine/transitions.js';
+
+const shape: PipelineShape = {
+  name: 'p',
+  stages: [
+    { name: 's1', tasks: ['a', 'b'] },
+    { name: 'empty', tasks: [] },
+    { name: 's2', tasks: ['c'] },
+  ],
+};
+
+const running = (stageIndex: number, taskIndex: number, extra: Partial<MachineView> = {}): MachineView => ({
+  state: 'running',
+  reason: null,
+  stageIndex,
+  taskIndex,
+  attempt: 0,
+  power: 'on',
+  pipeline: 'p',
+  ...extra,
+});
+
+const exit = (exitCode: number | null, extra: Partial<Extract<JobOutcome, { kind: 'exit' }>> = {}): JobOutcome => ({ kind: 'exit', exitCode, ...extra });
+
+describe('positions', () => {
+  it.each([
+    [{ stageIndex: 0, taskIndex: 0 }, { stageIndex: 0, taskIndex: 1 }],
+    [{ stageIndex: 0, taskIndex: 1 }, { stageIndex: 2, taskIndex: 0 }], // skips the empty stage
+    [{ stageIndex: 2, taskIndex: 0 }, null],
+  ])('next after %j is %j', (pos, want) => expect(nextPosition(shape, pos)).toEqual(want));
+
+  it.each([
+    [{ stageIndex: 1, taskIndex: 0 }, { stageIndex: 2, taskIndex: 0 }],
+    [{ stageIndex: 0, taskIndex: 5 }, { stageIndex: 2, taskIndex: 0 }],
+    [{ stageIndex: 3, taskIndex: 0 }, null],
+    [{ stageIndex: 0, taskIndex: 1 }, { stageIndex: 0, taskIndex: 1 }],
+  ])('normalise %j to %j', (pos, want) => expect(normalisePosition(shape, pos)).toEqual(want));
+});
+
+describe('pipeline job outcomes (exit-code contract)', () => {
+  type Row = [string, MachineView, JobOutcome, Partial<MachineView>, string, string];
+  const rows: Row[] = [
+    // name, machine before, outcome, expected machine fields, expected job state, expected agent action
+    ['0 advances within a stage', running(0, 0), exit(0), { state: 'running', stageIndex: 0, taskIndex: 1 }, 'succeeded', 'continue'],
+    ['0 advances across stages', running(0, 1), exit(0), { state: 'running', stageIndex: 2, taskIndex: 0 }, 'succeeded', 'continue'],
+    ['0 on the last task finishes', running(2, 0), exit(0), { state: 'done', reason: null }, 'succeeded', 'continue'],
+    ['1 stops the line on the task', running(0, 1), exit(1), { state: 'stopped', stageIndex: 0, taskIndex: 1 }, 'failed', 'continue'],
+    ['17 is not a flag combination: failure', running(0, 0), exit(17), { state: 'stopped', stageIndex: 0, taskIndex: 0 }, 'failed', 'continue'],
+    ['signal (null) is a failure', running(0, 0), exit(null), { state: 'stopped' }, 'failed', 'continue'],
+    ['16 pauses after the task', running(0, 0), exit(16), { state: 'stopped', stageIndex: 0, taskIndex: 1 }, 'succeeded', 'continue'],
+    ['32 powers off and advances', running(0, 0), exit(32), { state: 'running', taskIndex: 1, power: 'off' }, 'succeeded', 'poweroff'],
+    ['64 reboots and advances', running(0, 0), exit(64), { state: 'running', taskIndex: 1 }, 'succeeded', 'reboot'],
+    ['128 runs the task again', running(0, 1), exit(128), { state: 'running', stageIndex: 0, taskIndex: 1 }, 'succeeded', 'continue'],
+    ['192 reboots then runs the task again', running(0, 1), exit(192), { state: 'running', taskIndex: 1 }, 'succeeded', 'reboot'],
+    ['144 stops and runs the task again on resume', running(0, 1), exit(144), { state: 'stopped', taskIndex: 1 }, 'succeeded', 'continue'],
+    ['96 power off wins over reboot', running(0, 0), exit(96), { power: 'off', taskIndex: 1 }, 'succeeded', 'poweroff'],
+    ['timeout stops the line', running(0, 0), exit(null, { timedOut: true, timeoutMs: 5000 }), { state: 'stopped', taskIndex: 0 }, 'failed', 'continue'],
+    ['agent error stops the line', running(0, 0), exit(null, { error: 'spawn bash ENOENT' }), { state: 'stopped' }, 'failed', 'continue'],
+    ['lost lease stops the line', running(0, 1), { kind: 'lost', leaseMs: 30_000 }, { state: 'stopped', taskIndex: 1 }, 'lost', 'continue'],
+    ['abandoned job stops the line', running(0, 1), { kind: 'abandoned' }, { state: 'stopped', taskIndex: 1 }, 'lost', 'continue'],
+    ['bad output fails even with exit 0', running(0, 0), { kind: 'invalid', exitCode: 0, message: 'x' }, { state: 'stopped', taskIndex: 0 }, 'failed', 'continue'],
+    ['no-op variant advances', running(0, 0), { kind: 'noop', reason: 'n/a here' }, { state: 'running', taskIndex: 1 }, 'succeeded', 'continue'],
+    ['unrenderable task stops the line', running(0, 0), { kind: 'unrenderable', message: 'missing' }, { state: 'stopped', taskIndex: 0 }, 'failed', 'continue'],
+  ];
+  it.each(rows)('%s', (_name, before, outcome, wantMachine, wantJob, wantAction) => {
+    const d = afterPipelineJob(before, shape, 'task', outcome);
+    expect(d.machine).toMatchObject(wantMachine);
+    expect(d.job.state).toBe(wantJob);
+    expect(d.action).toBe(wantAction);
+    if (d.machine.state === 'stopped') expect(d.machine.reason).toMatch(/task 'task'/);
+  });
+
+  it('a failure names the exit code in the reason', () => {
+    expect(afterPipelineJob(running(0, 0), shape, 'verify', exit(3)).machine.reason).toBe("task 'verify' failed with exit code 3");
+  });
+
+  it('retries only when the task opts in, then stops', () => {
+    const first = afterPipelineJob(running(0, 0), shape, 't', exit(1), 2);
+    expect(first.machine).toMatchObject({ state: 'running', taskIndex: 0, attempt: 1 });
+    expect(first.job.reason).toMatch(/retry 1 of 2/);
+    const second = afterPipelineJob(first.machine, shape, 't', exit(1), 2);
+    expect(second.machine).toMatchObject({ state: 'running', attempt: 2 });
+    const third = afterPipelineJob(second.machine, shape, 't', exit(1), 2);
+    expect(third.machine).toMatchObject({ state: 'stopped', attempt: 0 });
+    // success resets the attempt counter
+    expect(afterPipelineJob(first.machine, shape, 't', exit(0), 2).machine.attempt).toBe(0);
+    // a lost job is never retried automatically
+    expect(afterPipelineJob(running(0, 0), shape, 't', { kind: 'lost', leaseMs: 1000 }, 5).machine.state).toBe('stopped');
+  });
+});
+
+describe('work order job outcomes', () => {
+  it.each([
+    ['success moves to the next task', 0, exit(0), { state: 'running', taskIndex: 1 }, 'continue'],
+    ['success on the last task completes', 1, exit(0), { state: 'succeeded', taskIndex: 2 }, 'continue'],
+    ['failure fails the work order', 0, exit(2), { state: 'failed', taskIndex: 0 }, 'continue'],
+    ['incomplete repeats the task', 1, exit(128), { state: 'running', taskIndex: 1 }, 'continue'],
+    ['reboot is passed on', 0, exit(64), { state: 'running', taskIndex: 1 }, 'reboot'],
+    ['lost fails the work order', 0, { kind: 'lost', leaseMs: 1000 } as JobOutcome, { state: 'failed' }, 'continue'],
+  ] as const)('%s', (_n, taskIndex, outcome, want, action) => {
+    const d = afterWorkOrderJob({ taskIndex }, 2, 'scan', outcome, 'on');
+    expect(d.workOrder).toMatchObject(want);
+    expect(d.action).toBe(action);
+  });
+  it('power off is recorded', () => expect(afterWorkOrderJob({ taskIndex: 0 }, 2, 's', exit(32), 'on').power).toBe('off'));
+});
+
+describe('operator transitions', () => {
+  it.each([
+    ['stopped', true],
+    ['idle', true],
+    ['running', false],
+    ['done', false],
+    ['awaiting-approval', false],
+  ] as const)('resume from %s allowed=%s', (state, ok) => {
+    const m = running(0, 1, { state, reason: 'x', attempt: 2, power: 'off' });
+    if (ok) expect(resume(m)).toMatchObject({ state: 'running', reason: null, stageIndex: 0, taskIndex: 1, attempt: 0, power: 'on' });
+    else expect(() => resume(m)).toThrow(TransitionError);
+  });
+  it('resume without a pipeline is refused', () => expect(() => resume(running(0, 0, { state: 'stopped', pipeline: null }))).toThrow(/no pipeline/));
+  it.each(['running', 'stopped', 'done', 'idle'] as const)('restart from %s goes to the top', (state) => {
+    expect(restart(running(2, 0, { state }))).toMatchObject({ state: 'running', stageIndex: 0, taskIndex: 0, reason: null });
+  });
+  it('restart without a pipeline is refused', () => expect(() => restart(running(0, 0, { pipeline: null }))).toThrow(TransitionError));
+  it('assigning a pipeline starts it; clearing makes the machine idle', () => {
+    expect(assignPipeline(running(2, 0, { state: 'done' }), 'q')).toMatchObject({ pipeline: 'q', state: 'running', stageIndex: 0 });
+    expect(assignPipeline(running(2, 0), null)).toMatchObject({ pipeline: null, state: 'idle' });
+  });
+});
+
+describe('judgeJob reasons', () => {
+  it.each([
+    [exit(1), 'failed', "task 't' failed with exit code 1"],
+    [exit(null), 'failed', "task 't' was killed by a signal"],
+    [exit(null, { timedOut: true, timeoutMs: 2000 }), 'failed', "task 't' timed out after 2s and was killed"],
+    [{ kind: 'lost', leaseMs: 10_000 } as JobOutcome, 'lost', /no word from the agent for 10s/],
+    [{ kind: 'cancelled', by: 'admin' } as JobOutcome, 'cancelled', 'cancelled by admin'],
+  ])('%j', (o, state, reason) => {
+    const v = judgeJob('t', o);
+    expect(v.state).toBe(state);
+    expect(v.reason).toMatch(reason);
+  });
+});
