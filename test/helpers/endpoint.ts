@@ -1,0 +1,141 @@
+/**
+ * Starts a real endpoint (`takt serve` as a child process, real SQLite file, real local agents) in a temp
+ * data dir, and runs the real CLI against it.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ApiClient } from '../../src/client/http.js';
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+export const TAKT = join(ROOT, 'bin', 'takt.js');
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function runCli(args: string[], env: Record<string, string> = {}, input?: string): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0', ...env }, cwd: ROOT });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('error', reject);
+    p.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    if (input !== undefined) p.stdin.end(input);
+    else p.stdin.end();
+  });
+}
+
+export class Endpoint {
+  proc: ChildProcess | null = null;
+  url = '';
+  token = '';
+  output = '';
+
+  constructor(
+    readonly data: string,
+    private readonly args: string[],
+  ) {}
+
+  static async start(opts: { demo?: boolean; lease?: string; data?: string } = {}): Promise<Endpoint> {
+    const data = opts.data ?? mkdtempSync(join(tmpdir(), 'takt-test-'));
+    const args = ['serve', '--listen', '127.0.0.1:0', '--data', data, '--lease', opts.lease ?? '5s'];
+    if (opts.demo) args.push('--demo');
+    const ep = new Endpoint(data, args);
+    await ep.boot();
+    return ep;
+  }
+
+  /** (Re)starts the server process on the same data dir. */
+  async boot(): Promise<void> {
+    rmSync(join(this.data, 'endpoint'), { force: true });
+    const p = spawn(process.execPath, [TAKT, ...this.args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.proc = p;
+    p.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
+    p.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
+    const deadline = Date.now() + 20_000;
+    while (!existsSync(join(this.data, 'endpoint'))) {
+      if (p.exitCode !== null) throw new Error(`takt serve exited ${p.exitCode}:\n${this.output}`);
+      if (Date.now() > deadline) throw new Error(`takt serve did not start:\n${this.output}`);
+      await sleep(50);
+    }
+    this.url = readFileSync(join(this.data, 'endpoint'), 'utf8').trim();
+    this.token = readFileSync(join(this.data, 'admin.token'), 'utf8').trim();
+    while ((await fetch(`${this.url}/api/v1/health`).catch(() => null))?.status !== 200) await sleep(50);
+  }
+
+  get api(): ApiClient {
+    return new ApiClient({ endpoint: this.url, token: this.token });
+  }
+
+  cli(args: string[]): Promise<CliResult> {
+    return runCli(args, { TAKT_ENDPOINT: this.url, TAKT_TOKEN: this.token });
+  }
+
+  /** kill -9: no shutdown hooks run, agents stay up. */
+  async crash(): Promise<void> {
+    const p = this.proc!;
+    const exited = new Promise((r) => p.once('exit', r));
+    p.kill('SIGKILL');
+    await exited;
+  }
+
+  async stop(): Promise<void> {
+    const p = this.proc;
+    if (p && p.exitCode === null && p.signalCode === null) {
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill('SIGTERM');
+      await Promise.race([exited, sleep(15_000)]);
+      if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+    }
+    // Belt and braces: no agent outlives its test.
+    killAgents(this.data);
+    rmSync(this.data, { recursive: true, force: true });
+  }
+}
+
+function killAgents(data: string) {
+  const dir = join(data, 'machines');
+  if (!existsSync(dir)) return;
+  for (const id of readdirSync(dir)) {
+    try {
+      const pid = Number(readFileSync(join(dir, id, 'agent.pid'), 'utf8'));
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+}
+
+
+
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls until `fn` returns a truthy value (or throws after `ms`). */
+export async function until<T>(fn: () => Promise<T | undefined | null | false>, ms = 30_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await sleep(100);
+  }
+}
+
+/** Reads a pack directory under test/packs as the API's `files` body. */
+export async function packFiles(name: string): Promise<Record<string, string>> {
+  const { readPackDir } = await import('../../src/content/files.js');
+  return readPackDir(join(ROOT, 'test', 'packs', name));
+}
