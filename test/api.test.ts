@@ -1,0 +1,251 @@
+/**
+ * The API over real HTTP against a real endpoint process and SQLite file: auth scoping, the agent
+ * protocol's edge cases, and bad input (always a precise 4xx with the one error shape; store unchanged).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Endpoint, packFiles } from './helpers/endpoint.js';
+
+let ep: Endpoint;
+
+async function call(method: string, path: string, body?: unknown, token?: string | null, raw?: string) {
+  const headers: Record<string, string> = body !== undefined || raw !== undefined ? { 'content-type': 'application/json' } : {};
+  const t = token === undefined ? ep.token : token;
+  if (t) headers.authorization = `Bearer ${t}`;
+  const res = await fetch(`${ep.url}/api/v1${path}`, { method, headers, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+
+async function changeCount() {
+  return (await call('GET', '/changes?limit=1000')).body.items.length as number;
+}
+
+interface Made {
+  id: string;
+  name: string;
+  token: string;
+}
+
+async function makeMachine(name: string, pipeline = 'basic', params?: Record<string, unknown>): Promise<Made> {
+  const r = await call('POST', '/machines', { name, pipeline, params });
+  expect(r.status).toBe(201);
+  return r.body.items[0];
+}
+
+beforeAll(async () => {
+  ep = await Endpoint.start({ lease: '2s' });
+  const r = await call('POST', '/packs', { files: await packFiles('basic') });
+  expect(r.status, JSON.stringify(r.body)).toBe(201);
+});
+afterAll(async () => ep?.stop());
+
+describe('auth', () => {
+  it('health needs no token; everything else does', async () => {
+    expect((await call('GET', '/health', undefined, null)).status).toBe(200);
+    const r = await call('GET', '/machines', undefined, null);
+    expect(r.status).toBe(401);
+    expect(r.body.error.code).toBe('unauthorized');
+    expect((await call('GET', '/openapi.json', undefined, null)).status).toBe(401);
+  });
+
+  it('a wrong token is 401 with the error shape', async () => {
+    const r = await call('GET', '/machines', undefined, 'tka.nope');
+    expect(r).toMatchObject({ status: 401, body: { error: { code: 'unauthorized' } } });
+    const forged = await call('GET', '/machines', undefined, 'tkm.m-0000000000.forged');
+    expect(forged.status).toBe(401);
+  });
+
+  it('a machine token reads only its own machine and jobs (403 otherwise)', async () => {
+    const a = await makeMachine('auth-a');
+    const b = await makeMachine('auth-b');
+    expect((await call('GET', `/machines/${a.id}`, undefined, a.token)).status).toBe(200);
+    const other = await call('GET', `/machines/${b.id}`, undefined, a.token);
+    expect(other.status).toBe(403);
+    expect(other.body.error.message).toMatch(/own machine/);
+    expect((await call('GET', '/machines', undefined, a.token)).status).toBe(403);
+    expect((await call('POST', `/machines/${b.id}/claim`, undefined, a.token)).status).toBe(403);
+    expect((await call('GET', '/changes', undefined, a.token)).status).toBe(403);
+    expect((await call('POST', '/packs', { files: {} }, a.token)).status).toBe(403);
+
+    const claimed = await call('POST', `/machines/${b.id}/claim`, undefined, b.token);
+    expect(claimed.status).toBe(200);
+    const jobId = claimed.body.job.id;
+    expect((await call('GET', `/jobs/${jobId}`, undefined, a.token)).status).toBe(403);
+    expect((await call('GET', `/jobs/${jobId}/log`, undefined, a.token)).status).toBe(403);
+    // an agent reporting on a job it does not own
+    const foreign = await call('POST', `/jobs/${jobId}/complete`, { exitCode: 0, outputs: {} }, a.token);
+    expect(foreign.status).toBe(403);
+    expect((await call('GET', `/jobs/${jobId}`, undefined, b.token)).body.state).toBe('running');
+    // a's job list is scoped to a, even when it asks for b's
+    expect((await call('GET', `/jobs?machine=${b.id}`, undefined, a.token)).status).toBe(403);
+    const own = await call('GET', '/jobs', undefined, b.token);
+    expect(own.body.items.every((j: { machineId: string }) => j.machineId === b.id)).toBe(true);
+    // a machine token does not see the admin's views
+    expect((await call('GET', `/machines/${b.id}/plan`, undefined, b.token)).status).toBe(403);
+  });
+});
+
+describe('agent protocol', () => {
+  it('walks a pipeline by claim/log/complete, types outputs, and answers a duplicate completion the same', async () => {
+    const m = await makeMachine('proto-1', 'basic', { api_key: 's3cret' });
+    const c1 = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);
+    expect(c1.body.job).toMatchObject({ task: 'hello', params: { msg: 'hello', api_key: 's3cret' } });
+    expect(c1.body.job.script).toContain('key=s3cret');
+    const jobId = c1.body.job.id;
+    // the record masks the secret everywhere a person looks
+    const view = await call('GET', `/jobs/${jobId}`);
+    expect(view.body.script).toContain('key=********');
+    expect(JSON.stringify(view.body)).not.toContain('s3cret');
+    expect(JSON.stringify((await call('GET', `/machines/${m.id}`)).body)).not.toContain('s3cret');
+    expect(JSON.stringify((await call('GET', '/changes?limit=1000')).body)).not.toContain('s3cret');
+
+    expect((await call('POST', `/jobs/${jobId}/log`, { seq: 1, stream: 'stdout', data: 'one\n' }, m.token)).status).toBe(204);
+    expect((await call('POST', `/jobs/${jobId}/log`, { seq: 1, stream: 'stdout', data: 'one\n' }, m.token)).status).toBe(204);
+    expect((await call('POST', `/jobs/${jobId}/log`, { seq: 2, stream: 'stderr', data: 'two\n' }, m.token)).status).toBe(204);
+    const log = await call('GET', `/jobs/${jobId}/log`);
+    expect(log.body.chunks.map((c: { data: string }) => c.data)).toEqual(['one\n', 'two\n']);
+
+    const report = { exitCode: 0, outputs: { count: '3' } };
+    const done = await call('POST', `/jobs/${jobId}/complete`, report, m.token);
+    expect(done.body).toEqual({ job: { id: jobId, state: 'succeeded' }, action: 'continue' });
+    // exactly once: the same report again gets the same answer and changes nothing
+    const before = await changeCount();
+    expect((await call('POST', `/jobs/${jobId}/complete`, report, m.token)).body).toEqual(done.body);
+    expect(await changeCount()).toBe(before);
+    // a different second report is refused
+    const other = await call('POST', `/jobs/${jobId}/complete`, { exitCode: 1, outputs: {} }, m.token);
+    expect(other.status).toBe(409);
+    expect(other.body.error.message).toMatch(/already ended as succeeded/);
+    // the output became a typed machine param (integer, per its schema) recorded as a change by the job
+    const machine = (await call('GET', `/machines/${m.id}`)).body;
+    expect(machine.params.count).toBe(3);
+    const hist = (await call('GET', `/changes?object=machines/${m.id}`)).body.items;
+    expect(hist[0].author).toBe(`job:${jobId}`);
+
+    const c2 = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);
+    expect(c2.body.job).toMatchObject({ task: 'use-count', params: { count: 3 } });
+    expect(c2.body.job.script).toContain('count=3');
+  });
+
+  it('an output that breaks its schema fails the task even with exit 0', async () => {
+    const m = await makeMachine('proto-2');
+    const c = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);
+    const r = await call('POST', `/jobs/${c.body.job.id}/complete`, { exitCode: 0, outputs: { count: 'many' } }, m.token);
+    expect(r.body.job.state).toBe('failed');
+    const machine = (await call('GET', `/machines/${m.id}`)).body;
+    expect(machine.state).toBe('stopped');
+    expect(machine.reason).toMatch(/output count = 'many' must be integer/);
+  });
+
+  it('a job whose agent goes quiet is marked lost after its lease and the machine stops with the reason', async () => {
+    const m = await makeMachine('proto-lost');
+    const c = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);
+    const jobId = c.body.job.id;
+    let machine;
+    for (let i = 0; i < 100; i++) {
+      machine = (await call('GET', `/machines/${m.id}`)).body;
+      if (machine.state === 'stopped') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(machine.state).toBe('stopped');
+    expect(machine.reason).toMatch(/task 'hello' lost: no word from the agent for 2s/);
+    expect((await call('GET', `/jobs/${jobId}`)).body.state).toBe('lost');
+    // the late report is refused, not applied
+    const late = await call('POST', `/jobs/${jobId}/complete`, { exitCode: 0, outputs: {} }, m.token);
+    expect(late.status).toBe(409);
+    expect((await call('POST', `/jobs/${jobId}/heartbeat`, undefined, m.token)).body).toEqual({ running: false });
+    // resume re-runs the lost task
+    await call('POST', `/machines/${m.id}/resume`);
+    const again = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);
+    expect(again.body.job.task).toBe('hello');
+    expect(again.body.job.id).not.toBe(jobId);
+  });
+
+  it('a long-poll claim wakes up when work arrives', async () => {
+    const m = await makeMachine('proto-wait', null as never);
+    const started = Date.now();
+    const pending = call('POST', `/machines/${m.id}/claim?wait=20`, undefined, m.token);
+    await new Promise((r) => setTimeout(r, 300));
+    await call('PATCH', `/machines/${m.id}`, { pipeline: 'basic' });
+    const r = await pending;
+    expect(r.body.job.task).toBe('hello');
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+});
+
+describe('bad input', () => {
+  it.each([
+    ['malformed JSON', 'POST', '/machines', undefined, '{"name": ', 400, 'bad_request'],
+    ['unknown field', 'POST', '/machines', { name: 'x1', colour: 'red' }, undefined, 422, 'invalid'],
+    ['wrong type', 'POST', '/machines', { name: 42 }, undefined, 422, 'invalid'],
+    ['bad name pattern', 'POST', '/machines', { name: 'Bad Name!' }, undefined, 422, 'invalid'],
+    ['unknown pipeline', 'POST', '/machines', { name: 'x2', pipeline: 'nope' }, undefined, 404, 'not_found'],
+    ['unknown profile', 'POST', '/machines', { name: 'x3', profiles: ['nope'] }, undefined, 404, 'not_found'],
+    ['param violating its schema', 'POST', '/machines', { name: 'x4', params: { code: 'seven' } }, undefined, 422, 'invalid'],
+    ['unknown broker', 'POST', '/machines', { broker: 'cloud9' }, undefined, 422, 'invalid'],
+    ['unknown machine', 'GET', '/machines/nope', undefined, undefined, 404, 'not_found'],
+    ['unknown job', 'GET', '/jobs/j-nope', undefined, undefined, 404, 'not_found'],
+    ['unknown route', 'GET', '/nothing-here', undefined, undefined, 404, 'not_found'],
+    ['bad query', 'GET', '/machines?limit=lots', undefined, undefined, 400, 'bad_request'],
+    ['bad state filter', 'GET', '/machines?state=happy', undefined, undefined, 400, 'bad_request'],
+    ['bad log chunk', 'POST', '/jobs/j-x/log', { seq: 0, stream: 'stdout', data: '' }, undefined, 422, 'invalid'],
+    ['unknown blueprint', 'POST', '/workorders', { machine: 'auth-a', blueprint: 'nope' }, undefined, 404, 'not_found'],
+    ['local task with an unknown field', 'POST', '/tasks', { name: 't1', script: 'true', colour: 1 }, undefined, 422, 'invalid'],
+    ['local stage naming a missing task', 'POST', '/stages', { name: 's1', tasks: ['ghost'] }, undefined, 422, 'invalid'],
+    ['local task using an undeclared param', 'POST', '/tasks', { name: 't2', script: 'echo {{ msg }}' }, undefined, 422, 'invalid'],
+    ['changing a pack object locally', 'PUT', '/tasks/hello', { name: 'hello', script: 'true' }, undefined, 409, 'conflict'],
+  ])('%s → %i', async (_name, method, path, body, raw, status, code) => {
+    const before = await changeCount();
+    const r = await call(method, path, body, undefined, raw);
+    expect(r.status).toBe(status);
+    expect(r.body.error.code).toBe(code);
+    expect(typeof r.body.error.message).toBe('string');
+    expect(r.body.error.message).not.toMatch(/\n\s+at /); // no stack traces
+    expect(await changeCount()).toBe(before);
+  });
+
+  it('names the field: unknown field and schema violation carry a path', async () => {
+    const r = await call('POST', '/machines', { name: 'x5', colour: 'red' });
+    expect(r.body.error).toMatchObject({ path: '/colour', message: "unknown field 'colour'" });
+    const p = await call('POST', '/machines', { name: 'x6', params: { code: 300 } });
+    expect(p.body.error.path).toBe('/params/code');
+    expect(p.body.error.message).toMatch(/must be <= 255/);
+    const s = await call('POST', '/stages', { name: 's2', tasks: ['ghost'] });
+    expect(s.body.error.message).toMatch(/ghost/);
+  });
+
+  it('an oversized body is 413', async () => {
+    const r = await call('POST', '/machines', { name: 'big', params: { msg: 'x'.repeat(2 * 1024 * 1024) } });
+    expect(r.status).toBe(413);
+    expect(r.body.error.code).toBe('too_large');
+  });
+
+  it('a pack with errors is refused whole with file:line:col diagnostics, and the store is unchanged', async () => {
+    const before = await changeCount();
+    const packsBefore = (await call('GET', '/packs')).body;
+    const files = await packFiles('basic');
+    files['pack.yaml'] = 'name: basic\nversion: 1.0.1\n';
+    files['tasks/hello.yaml'] = 'name: hello\nscript: echo {{ nope }}\ncolour: red\n';
+    const r = await call('POST', '/packs', { files });
+    expect(r.status).toBe(422);
+    const diags = r.body.error.details.diagnostics as Array<{ file: string; line: number; col: number; message: string }>;
+    expect(diags.length).toBeGreaterThanOrEqual(2);
+    expect(diags.find((d) => d.file === 'tasks/hello.yaml' && d.line === 3 && d.col === 1)?.message).toMatch(/colour/);
+    expect(await changeCount()).toBe(before);
+    expect((await call('GET', '/packs')).body).toEqual(packsBefore);
+    expect((await call('GET', '/tasks/hello')).body.script).toContain('api_key');
+  });
+
+  it('deleting a pipeline a machine uses is refused', async () => {
+    const r = await call('DELETE', '/packs/basic');
+    expect(r.status).toBe(409);
+    expect(r.body.error.message).toMatch(/reassign the machine first|without its pipeline/);
+  });
+
+  it('the OpenAPI document describes the routes', async () => {
+    const r = await call('GET', '/openapi.json');
+    expect(r.status).toBe(200);
+    expect(r.body.openapi).toMatch(/^3\./);
+    expect(Object.keys(r.body.paths)).toEqual(expect.arrayContaining(['/api/v1/machines', '/api/v1/jobs/{id}/complete', '/api/v1/events']));
+  });
+});
