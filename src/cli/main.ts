@@ -45,17 +45,19 @@ program
 program
   .command('agent')
   .description('run the agent for one machine: claims its jobs, runs them with bash, reports results')
-  .requiredOption('--endpoint <url>', 'endpoint URL the agent reports to (env TAKT_ENDPOINT)', process.env.TAKT_ENDPOINT)
   .option('--dir <dir>', 'agent home: state, job work dirs, helper commands', '/var/lib/takt-agent')
   .option('--root <dir>', 'what scripts see as $TAKT_ROOT (the machine root; a sandbox dir for local machines)', '/')
-  .action(async (o: { endpoint: string; dir: string; root: string }) => {
-    const token = program.opts<GlobalOptions>().token ?? process.env.TAKT_TOKEN;
+  .action(async (o: { dir: string; root: string }) => {
+    // --endpoint and --token are the global options, as for every other command.
+    const endpoint = globals().endpoint ?? process.env.TAKT_ENDPOINT;
+    const token = globals().token ?? process.env.TAKT_TOKEN;
+    if (!endpoint) throw new TaktError('bad_request', 'the agent needs the endpoint URL: --endpoint or TAKT_ENDPOINT');
     if (!token) throw new TaktError('bad_request', 'the agent needs its machine token: --token or TAKT_TOKEN');
     const { runAgent } = await import('../agent/agent.js');
     const ac = new AbortController();
     process.on('SIGINT', () => ac.abort());
     process.on('SIGTERM', () => ac.abort());
-    const code = await runAgent({ endpoint: o.endpoint, token, dir: o.dir, root: o.root }, ac.signal);
+    const code = await runAgent({ endpoint, token, dir: o.dir, root: o.root }, ac.signal);
     process.exit(code);
   });
 
