@@ -1,6 +1,6 @@
 /** The resource commands: each maps onto one REST call (or a short loop of them for wait/follow/watch). */
 import { readFile } from 'node:fs/promises';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import pc from 'picocolors';
 import { parse as parseYaml } from 'yaml';
 import type { ApiClient } from '../client/http.js';
@@ -269,6 +269,8 @@ function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
     .option('--machine <machine>')
     .option('--state <state>', 'running | succeeded | failed | lost | cancelled')
     .option('--task <task>')
+    .option('--workorder <id>', 'jobs of one work order')
+    .addOption(new Option('--order <order>', 'newest first (desc) or in the order they ran (asc)').choices(['asc', 'desc']).default('desc'))
     .option('--limit <n>', 'page size', '50')
     .option('--offset <n>', 'skip this many', '0')
     .action(async (o: Record<string, string | undefined>) => {

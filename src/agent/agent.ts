@@ -1,0 +1,291 @@
+/**
+ * The agent: claims its machine's jobs from the endpoint, runs them, streams their logs and reports
+ * their results exactly once. It never gives up on the endpoint — network loss, endpoint restarts and a
+ * rejected token are logged and retried — and it resolves only to stop (0), or when the endpoint asks
+ * the machine to reboot (64) or power off (32); a supervisor acts on those codes.
+ */
+import { mkdir } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { ApiClient, backoffMs } from '../client/http.js';
+import { TaktError } from '../model/errors.js';
+import { AGENT_EXIT_POWEROFF, AGENT_EXIT_REBOOT, machineIdFromToken, type AgentAction, type ClaimedJob, type ClaimResponse, type CompleteRequest } from '../model/protocol.js';
+import { deliverReport } from './deliver.js';
+import { startHeartbeat } from './heartbeat.js';
+import { installHelpers } from './helpers.js';
+import { pruneJobDirs } from './jobdirs.js';
+import { errorMessage, jsonLineLog, type AgentLog } from './log.js';
+import { LogBatcher } from './logs.js';
+import { killJobProcesses } from './orphans.js';
+import { agentPaths, jobPaths, type AgentPaths } from './paths.js';
+import { AUTH_RETRY_MS, classify, sleep } from './retry.js';
+import { runScript, type RunResult } from './runner.js';
+import { AgentState, interruptedReport, type PendingReport } from './state.js';
+
+export interface AgentOptions {
+  /** The endpoint, e.g. http://127.0.0.1:8092. */
+  endpoint: string;
+  /** Machine token `tkm.<machineId>.<secret>`; the machine id comes from it. */
+  token: string;
+  /** Agent home: state/, jobs/<jobId>/ work dirs, bin/ helper commands. */
+  dir: string;
+  /** Exported to scripts as TAKT_ROOT; default '/'. The local broker passes a private sandbox dir. */
+  root?: string;
+  log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+  /** Long-poll length, default 25 (the endpoint allows up to 60). */
+  claimWaitSeconds?: number;
+}
+
+export const AGENT_EXIT_STOPPED = 0;
+/** How long the end of a job's log may hold up its report. */
+const LOG_FLUSH_MS = 10_000;
+/** An endpoint that answers "nothing to do" at once (no long-poll) is not asked more often than this. */
+const MIN_CLAIM_INTERVAL_MS = 1000;
+/** After an unexpected local failure (disk full…), before trying again. */
+const INTERNAL_RETRY_MS = 5000;
+/** The endpoint refuses longer error messages. */
+const MAX_ERROR_CHARS = 4000;
+
+/** Exit code for `action`, or null to keep claiming. */
+function exitFor(action: AgentAction): number | null {
+  return action === 'reboot' ? AGENT_EXIT_REBOOT : action === 'poweroff' ? AGENT_EXIT_POWEROFF : null;
+}
+
+export async function runAgent(opts: AgentOptions, signal?: AbortSignal): Promise<number> {
+  const machineId = machineIdFromToken(opts.token);
+  if (!machineId) throw new TaktError('bad_request', 'the token is not a machine token (expected tkm.<machineId>.<secret>)', { path: 'token' });
+  const agent = new Agent(opts, machineId, signal);
+  return agent.run();
+}
+
+class Agent {
+  private readonly log: AgentLog;
+  private readonly paths: AgentPaths;
+  private readonly client: ApiClient;
+  private readonly state: AgentState;
+  private readonly root: string;
+  private readonly waitSeconds: number;
+  /** The last machine state logged, to log changes only. */
+  private lastMachine = '';
+  /** Failed claims in a row: drives the backoff and keeps an outage from flooding the log. */
+  private claimFailures = 0;
+
+  constructor(
+    private readonly opts: AgentOptions,
+    private readonly machineId: string,
+    private readonly signal: AbortSignal | undefined,
+  ) {
+    this.log = opts.log ?? jsonLineLog;
+    this.paths = agentPaths(resolve(opts.dir));
+    this.client = new ApiClient({ endpoint: opts.endpoint, token: opts.token });
+    this.state = new AgentState(this.paths.stateDir, this.log);
+    this.root = opts.root ?? '/';
+    this.waitSeconds = Math.max(0, Math.min(60, Math.round(opts.claimWaitSeconds ?? 25)));
+  }
+
+  private get stopped(): boolean {
+    return this.signal?.aborted ?? false;
+  }
+
+  async run(): Promise<number> {
+    // Local setup problems (an unwritable dir) are configuration errors: they throw to the caller.
+    await mkdir(this.paths.jobsDir, { recursive: true, mode: 0o700 });
+    await installHelpers(this.paths.binDir);
+    await this.state.init();
+    this.log('info', 'agent started', { machineId: this.machineId, endpoint: this.client.endpoint, dir: this.paths.home, root: this.root });
+
+    let restarting = true;
+    while (!this.stopped) {
+      try {
+        // Whatever a previous run (or a failed iteration) left on disk is settled before claiming:
+        // claiming while a job is open would make the endpoint abandon it.
+        const code = (await this.settleLeftovers(restarting)) ?? (await this.claimAndRun());
+        restarting = false;
+        if (code !== null) return code;
+      } catch (err) {
+        if (this.stopped) break;
+        this.log('error', 'unexpected agent failure; retrying', { error: errorMessage(err) });
+        await sleep(INTERNAL_RETRY_MS, this.signal);
+      }
+    }
+    this.log('info', 'agent stopped', { machineId: this.machineId });
+    return AGENT_EXIT_STOPPED;
+  }
+
+  /** Delivers a pending report, then reports a job the agent was running when it died. */
+  private async settleLeftovers(atStart: boolean): Promise<number | null> {
+    const { pending, interrupted } = await this.state.recover();
+    if (pending) {
+      this.log('info', 'delivering a saved job report', { jobId: pending.jobId });
+      const code = await this.deliver(pending);
+      if (code !== null) return code;
+    }
+    if (interrupted && !this.stopped) {
+      const killed = await killJobProcesses(interrupted.jobId);
+      this.log('warn', atStart ? 'a job was running when the agent last stopped; reporting its result as unknown' : 'a job was interrupted; reporting its result as unknown', {
+        jobId: interrupted.jobId,
+        task: interrupted.task,
+        killedProcesses: killed.length,
+      });
+      const report = interruptedReport(interrupted);
+      await this.state.writePending(report);
+      await this.state.clearCurrent();
+      return this.deliver(report);
+    }
+    return null;
+  }
+
+  /**
+   * Sends a saved report until it is answered, then removes it. Returns the exit code its action asks
+   * for (null: keep going), or 0 when the agent is stopping (the report stays for the next start).
+   */
+  private async deliver(p: PendingReport): Promise<number | null> {
+    const d = await deliverReport(this.client, p, { log: this.log, signal: this.signal });
+    if (d.kind === 'aborted') return AGENT_EXIT_STOPPED;
+    await this.state.clearPending();
+    if (d.kind === 'dropped') return null;
+    this.log('info', 'job report delivered', { jobId: p.jobId, state: d.state, action: d.action });
+    return exitFor(d.action);
+  }
+
+  /** One claim; runs the job it brings. */
+  private async claimAndRun(): Promise<number | null> {
+    const res = await this.claim();
+    if (!res) return null;
+    if (res.machine) this.noteMachine(res.machine);
+    if (res.job) return this.runJob(res.job);
+    if (res.machine?.power === 'off') {
+      this.log('info', 'the machine is to be powered off', { machineId: this.machineId });
+      return AGENT_EXIT_POWEROFF;
+    }
+    return null;
+  }
+
+  /** Long-polls for a job. Null after a failure (already waited out) or when stopping. */
+  private async claim(): Promise<ClaimResponse | null> {
+    const started = Date.now();
+    try {
+      const res = await this.client.post<ClaimResponse>(`/machines/${encodeURIComponent(this.machineId)}/claim`, {}, {
+        query: { wait: this.waitSeconds },
+        timeoutMs: (this.waitSeconds + 10) * 1000,
+        signal: this.signal,
+      });
+      if (this.claimFailures > 0) this.log('info', 'endpoint reachable again', { endpoint: this.client.endpoint });
+      this.claimFailures = 0;
+      if (!res?.job) {
+        const left = Math.min(MIN_CLAIM_INTERVAL_MS, this.waitSeconds * 1000) - (Date.now() - started);
+        if (left > 0) await sleep(left, this.signal);
+      }
+      return res ?? null;
+    } catch (err) {
+      if (this.stopped) return null;
+      const kind = classify(err);
+      const error = errorMessage(err);
+      if (kind === 'retry') {
+        if (this.claimFailures === 0 || this.claimFailures % 20 === 0) this.log('warn', 'cannot claim jobs; retrying', { endpoint: this.client.endpoint, error, attempt: this.claimFailures });
+        await sleep(backoffMs(this.claimFailures++), this.signal);
+      } else {
+        // 401/403 (and an endpoint that does not know this machine): an operator has to act; ask slowly.
+        this.log('error', kind === 'auth' ? `token rejected: ${error}` : `the endpoint refused the claim: ${error}`, { machineId: this.machineId });
+        this.claimFailures++;
+        await sleep(AUTH_RETRY_MS, this.signal);
+      }
+      return null;
+    }
+  }
+
+  private noteMachine(m: ClaimResponse['machine']): void {
+    const key = `${m.state}|${m.reason ?? ''}|${m.power}`;
+    if (key === this.lastMachine) return;
+    this.lastMachine = key;
+    this.log('info', 'machine state', { machineId: this.machineId, state: m.state, reason: m.reason, power: m.power });
+  }
+
+  /** Runs one job and reports it. Returns the exit code to stop with, or null to claim again. */
+  private async runJob(job: ClaimedJob): Promise<number | null> {
+    const started = Date.now();
+    const paths = jobPaths(this.paths.jobsDir, job.id);
+    // Task and id only: the script and params may hold secrets.
+    this.log('info', 'job started', { jobId: job.id, task: job.task, timeoutMs: job.timeoutMs });
+    await this.state.writeCurrent({ jobId: job.id, task: job.task, startedAt: new Date(started).toISOString() });
+
+    const logs = new LogBatcher({
+      jobId: job.id,
+      log: this.log,
+      post: (chunk, signal) => this.client.post(`/jobs/${encodeURIComponent(job.id)}/log`, chunk, { signal, timeoutMs: 10_000 }),
+    });
+    const kill = new AbortController();
+    let gone: string | null = null;
+    const onStop = () => kill.abort();
+    this.signal?.addEventListener('abort', onStop, { once: true });
+    const heartbeat = startHeartbeat(this.client, job.id, job.leaseMs, (why) => {
+      gone = why;
+      kill.abort();
+    }, this.log);
+
+    let result: RunResult;
+    try {
+      result = await runScript(
+        job,
+        { paths, binDir: this.paths.binDir, machineId: this.machineId, root: this.root, token: this.opts.token },
+        (stream, data) => logs.push(stream, data),
+        kill.signal,
+      );
+    } finally {
+      heartbeat.stop();
+      this.signal?.removeEventListener('abort', onStop);
+    }
+
+    if (this.stopped) {
+      // current.json stays: the next start reports this job as interrupted, unless the endpoint's lease
+      // expiry has marked it lost first (then that report is refused and dropped).
+      logs.discard();
+      this.log('info', 'stopping: killed the running job; its result is left to the endpoint', { jobId: job.id });
+      return AGENT_EXIT_STOPPED;
+    }
+    if (gone) {
+      logs.discard();
+      await this.state.clearCurrent();
+      this.log('warn', 'killed the job: the endpoint has moved on; its result is not reported', { jobId: job.id, why: gone });
+      await this.prune();
+      return null;
+    }
+
+    const report: CompleteRequest = {
+      exitCode: result.exitCode,
+      outputs: result.outputs,
+      ...(result.timedOut ? { timedOut: true } : {}),
+      ...(result.error ? { error: result.error.slice(0, MAX_ERROR_CHARS) } : {}),
+    };
+    const pending: PendingReport = { jobId: job.id, report, endedAt: new Date().toISOString() };
+    await this.state.writePending(pending);
+    await this.state.clearCurrent();
+    this.log('info', 'job ended', {
+      jobId: job.id,
+      task: job.task,
+      exitCode: result.exitCode,
+      timedOut: result.timedOut,
+      durationMs: Date.now() - started,
+      outputs: Object.keys(result.outputs),
+      ...(result.error ? { error: result.error } : {}),
+    });
+
+    // The log goes before the report (the endpoint shows a finished job with its whole log), but it
+    // cannot hold the report up for long. A stop during the flush drops the rest of the log.
+    const dropLogs = () => logs.discard();
+    this.signal?.addEventListener('abort', dropLogs, { once: true });
+    const sent = await logs.close(LOG_FLUSH_MS);
+    this.signal?.removeEventListener('abort', dropLogs);
+    if (sent.bytesDropped > 0) this.log('warn', 'part of the job log was not delivered', { jobId: job.id, bytes: sent.bytesDropped });
+
+    await this.prune();
+    return this.deliver(pending);
+  }
+
+  private async prune(): Promise<void> {
+    try {
+      await pruneJobDirs(this.paths.jobsDir);
+    } catch (err) {
+      this.log('warn', 'cannot remove old job dirs', { error: errorMessage(err) });
+    }
+  }
+}

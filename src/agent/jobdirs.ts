@@ -1,0 +1,21 @@
+/**
+ * Housekeeping for job work dirs: the newest few stay for an operator to look at, older ones go.
+ */
+import { readdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+
+export const KEEP_JOB_DIRS = 20;
+
+/** Deletes all but the `keep` most recently modified job dirs. Returns the names it removed. */
+export async function pruneJobDirs(jobsDir: string, keep = KEEP_JOB_DIRS): Promise<string[]> {
+  const entries = await readdir(jobsDir, { withFileTypes: true }).catch(() => []);
+  const dirs = await Promise.all(
+    entries
+      .filter((e) => e.isDirectory())
+      .map(async (e) => ({ name: e.name, mtime: (await stat(join(jobsDir, e.name)).catch(() => null))?.mtimeMs ?? 0 })),
+  );
+  dirs.sort((a, b) => b.mtime - a.mtime || b.name.localeCompare(a.name));
+  const old = dirs.slice(keep).map((d) => d.name);
+  for (const name of old) await rm(join(jobsDir, name), { recursive: true, force: true });
+  return old;
+}
