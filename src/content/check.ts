@@ -1,0 +1,318 @@
+/**
+ * The semantic checks over content — references, param values against their schemas, include cycles,
+ * templates, variants, environment coverage — written once, over a ContentSet, reporting field paths.
+ * `lintPack` maps those paths to file:line:col; the API reports them as they are.
+ *
+ * The objects may not have passed schema validation (lint still checks the rest of a broken file), so
+ * every access here is defensive: a field of the wrong type is skipped, never trusted.
+ */
+import { CONTENT_KINDS, KIND_NOUN, type ContentKind, type ContentSet } from '../model/content.js';
+import { isSealed } from '../model/secure.js';
+import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateVariableUses } from '../render/template.js';
+import { metaSchemaProblems, schemaProblems } from './schema.js';
+import { taskActionFor } from './variants.js';
+import { encodePointer } from './yaml.js';
+
+export interface Problem {
+  kind: ContentKind;
+  name: string;
+  /** JSON pointer into the object, e.g. `/tasks/2`. */
+  path: string;
+  message: string;
+  /** The offending node is the key at `path` (e.g. an unknown param name), not its value. */
+  at?: 'key' | 'value';
+  /** For template errors: the position inside the string at `path` (1-based). */
+  template?: { line: number; col: number };
+}
+
+export interface ObjectRef {
+  kind: ContentKind;
+  name: string;
+}
+
+/**
+ * Every semantic problem of the whole set, or only of the objects in `only` (each still resolved against
+ * the whole set). The API calls this after applying a create/update to a copy of the endpoint's content.
+ */
+export function checkContentSet(
+  set: ContentSet,
+  only?: Iterable<ObjectRef>,
+): Array<{ kind: ContentKind; name: string; path: string; message: string }> {
+  const subjects = only ? [...only] : CONTENT_KINDS.flatMap((kind) => [...set.objects[kind].keys()].map((name) => ({ kind, name })));
+  return checkObjects(set, subjects).map((p) => ({
+    kind: p.kind,
+    name: p.name,
+    path: p.path,
+    message: p.template ? `template line ${p.template.line}, col ${p.template.col}: ${p.message}` : p.message,
+  }));
+}
+
+/** The problems of `subjects`, in subject order, each object's in field order. */
+export function checkObjects(set: ContentSet, subjects: Iterable<ObjectRef>): Problem[] {
+  const out: Problem[] = [];
+  const cycles = new Set<string>();
+  for (const { kind, name } of subjects) {
+    const def = set.objects[kind].get(name)?.def as Record<string, unknown> | undefined;
+    if (!def) continue;
+    const ctx: Ctx = { set, kind, name, def, out, cycles };
+    CHECKS[kind](ctx);
+  }
+  return out;
+}
+
+interface Ctx {
+  set: ContentSet;
+  kind: ContentKind;
+  name: string;
+  def: Record<string, unknown>;
+  out: Problem[];
+  /** Cycles already reported (by sorted member list), so a cycle of three profiles is reported once. */
+  cycles: Set<string>;
+}
+
+function report(ctx: Ctx, path: string, message: string, extra: Partial<Problem> = {}): void {
+  ctx.out.push({ kind: ctx.kind, name: ctx.name, path, message, ...extra });
+}
+
+const CHECKS: Record<ContentKind, (ctx: Ctx) => void> = {
+  params: checkParam,
+  profiles: (ctx) => {
+    checkRefs(ctx, '/include', 'profiles');
+    checkIncludeCycle(ctx);
+    checkValues(ctx);
+  },
+  tasks: checkTask,
+  stages: (ctx) => {
+    checkRefs(ctx, '/tasks', 'tasks');
+    checkValues(ctx);
+  },
+  pipelines: (ctx) => {
+    checkRefs(ctx, '/stages', 'stages');
+    checkValues(ctx);
+    checkEnvironments(ctx);
+  },
+  blueprints: (ctx) => {
+    checkRefs(ctx, '/tasks', 'tasks');
+    checkValues(ctx);
+  },
+};
+
+// ---- helpers over untrusted shapes ----
+
+function record(v: unknown): Record<string, unknown> | undefined {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+}
+
+/** The string items of a list with their indexes (non-strings are schema errors, reported elsewhere). */
+function strings(v: unknown): Array<[number, string]> {
+  if (!Array.isArray(v)) return [];
+  return v.flatMap((x, i): Array<[number, string]> => (typeof x === 'string' ? [[i, x]] : []));
+}
+
+function field(def: Record<string, unknown>, pointer: string): unknown {
+  let v: unknown = def;
+  for (const seg of pointer.split('/').slice(1)) v = record(v)?.[seg];
+  return v;
+}
+
+function notFound(set: ContentSet, kind: ContentKind, name: string): string {
+  const hint = closest(name, [...set.objects[kind].keys()]);
+  return `${KIND_NOUN[kind]} '${name}' not found${hint ? ` (did you mean '${hint}'?)` : ''}`;
+}
+
+/** The most similar known name within edit distance 2, for "did you mean". */
+function closest(name: string, candidates: string[]): string | undefined {
+  let best: string | undefined;
+  let bestD = 3;
+  for (const c of candidates) {
+    const d = editDistance(name, c, bestD);
+    if (d < bestD) [best, bestD] = [c, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string, limit: number): number {
+  if (Math.abs(a.length - b.length) >= limit) return limit;
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) {
+      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    prev = cur;
+  }
+  return prev[b.length]!;
+}
+
+// ---- the checks ----
+
+function checkRefs(ctx: Ctx, pointer: string, target: ContentKind): void {
+  for (const [i, ref] of strings(field(ctx.def, pointer))) {
+    if (!ctx.set.objects[target].has(ref)) report(ctx, `${pointer}/${i}`, notFound(ctx.set, target, ref));
+  }
+}
+
+/** Param values (profile, stage, pipeline, blueprint `params`): each names a defined param and fits its schema. */
+function checkValues(ctx: Ctx): void {
+  const values = record(ctx.def.params);
+  if (!values) return;
+  for (const [key, value] of Object.entries(values)) {
+    const path = encodePointer(['params', key]);
+    const def = ctx.set.objects.params.get(key)?.def;
+    if (!def) {
+      report(ctx, path, notFound(ctx.set, 'params', key), { at: 'key' });
+      continue;
+    }
+    const schema = usableSchema(def.schema);
+    // Sealed (encrypted) values cannot be inspected; they were checked before they were sealed.
+    if (!schema || isSealed(value)) continue;
+    for (const p of schemaProblems(schema, value)) report(ctx, path + p.path, `param '${key}': ${p.message}`, { at: p.at });
+  }
+}
+
+/** Whether each param schema object is valid, so checking many values against one schema checks it once. */
+const schemaValidity = new WeakMap<object, boolean>();
+
+/** A param schema that compiles, or undefined (an invalid one is reported on the param itself). */
+function usableSchema(schema: unknown): object | undefined {
+  const s = record(schema);
+  if (!s) return undefined;
+  let ok = schemaValidity.get(s);
+  if (ok === undefined) {
+    ok = s.$id === undefined && metaSchemaProblems(s).length === 0;
+    schemaValidity.set(s, ok);
+  }
+  return ok ? s : undefined;
+}
+
+function checkParam(ctx: Ctx): void {
+  if (ctx.name === MACHINE_VAR) {
+    report(ctx, '/name', `'${MACHINE_VAR}' is reserved for the machine object in templates; choose another param name`);
+  }
+  const schema = record(ctx.def.schema);
+  if (!schema) return;
+  if (schema.$id !== undefined) {
+    // Param schemas share one Ajv instance; an $id would collide across updates and packs.
+    report(ctx, '/schema/$id', 'param schemas may not set $id');
+    return;
+  }
+  const problems = metaSchemaProblems(schema);
+  for (const p of problems) report(ctx, '/schema' + p.path, `invalid JSON Schema: ${p.message}`, { at: p.at });
+  if (problems.length === 0 && 'default' in schema) {
+    for (const p of schemaProblems(schema, schema.default)) {
+      report(ctx, '/schema/default' + p.path, `default does not match the schema: ${p.message}`, { at: p.at });
+    }
+  }
+}
+
+function checkIncludeCycle(ctx: Ctx): void {
+  const profiles = ctx.set.objects.profiles;
+  const includes = (name: string): Array<[number, string]> => strings(profiles.get(name)?.def.include);
+  // Breadth-first from each include of this profile back to it: the shortest cycle through it.
+  for (const [i, first] of includes(ctx.name)) {
+    const parent = new Map<string, string>([[first, ctx.name]]);
+    const queue = [first];
+    let found = false;
+    while (queue.length > 0 && !found) {
+      const cur = queue.shift()!;
+      if (cur === ctx.name) {
+        found = true;
+        break;
+      }
+      for (const [, next] of includes(cur)) {
+        if (!parent.has(next)) {
+          parent.set(next, cur);
+          queue.push(next);
+        }
+      }
+    }
+    if (!found) continue;
+    const chain = [ctx.name];
+    for (let n = parent.get(ctx.name); n !== undefined && n !== ctx.name; n = parent.get(n)) chain.unshift(n);
+    chain.unshift(ctx.name);
+    const key = [...new Set(chain)].sort().join(',');
+    if (ctx.cycles.has(key)) continue;
+    ctx.cycles.add(key);
+    report(ctx, `/include/${i}`, `include cycle: ${chain.join(' -> ')}`);
+  }
+}
+
+function checkTask(ctx: Ctx): void {
+  const declared = new Set<string>();
+  for (const list of ['required', 'optional'] as const) {
+    for (const [i, p] of strings(record(ctx.def.params)?.[list])) {
+      declared.add(p);
+      if (!ctx.set.objects.params.has(p)) report(ctx, `/params/${list}/${i}`, notFound(ctx.set, 'params', p));
+    }
+  }
+
+  const templates: Array<[string, string]> = [];
+  if (typeof ctx.def.script === 'string') templates.push(['/script', ctx.def.script]);
+  const variants = record(ctx.def.variants);
+  if (ctx.def.script === undefined && (!variants || Object.keys(variants).length === 0)) {
+    report(ctx, '', 'task has neither a script nor variants: add `script:` (or `variants:` per environment)');
+  }
+  for (const [env, raw] of Object.entries(variants ?? {})) {
+    const v = record(raw);
+    if (!v) continue;
+    const path = encodePointer(['variants', env]);
+    if (v.script !== undefined && v.noop !== undefined) {
+      report(ctx, path, `variant '${env}' has both a script and a noop; keep one`, { at: 'key' });
+    } else if (v.script === undefined && v.noop === undefined) {
+      report(ctx, path, `variant '${env}' needs a script, or a noop that says why the task does nothing there`, { at: 'key' });
+    }
+    if (typeof v.script === 'string') templates.push([`${path}/script`, v.script]);
+  }
+
+  for (const [path, source] of templates) checkTemplate(ctx, path, source, declared);
+}
+
+function checkTemplate(ctx: Ctx, path: string, source: string, declared: Set<string>): void {
+  let uses;
+  try {
+    uses = templateVariableUses(source);
+  } catch (e) {
+    if (!(e instanceof TemplateError)) throw e;
+    report(ctx, path, `template: ${e.message}`, { template: { line: e.line, col: e.col } });
+    return;
+  }
+  const reported = new Set<string>();
+  for (const u of uses) {
+    const template = { line: u.line, col: u.col };
+    if (u.name === MACHINE_VAR) {
+      const f = u.path[1];
+      if (f !== undefined && !(MACHINE_FIELDS as readonly string[]).includes(f) && !reported.has(`machine.${f}`)) {
+        reported.add(`machine.${f}`);
+        report(ctx, path, `template: machine has no field '${f}' (it has ${MACHINE_FIELDS.join(', ')})`, { template });
+      }
+    } else if (!declared.has(u.name) && !reported.has(u.name)) {
+      reported.add(u.name);
+      report(ctx, path, `template uses '${u.name}', which the task does not declare in params.required or params.optional`, {
+        template,
+      });
+    }
+  }
+}
+
+/** Principle 1: a pipeline that claims an environment must say, in every task, what happens there. */
+function checkEnvironments(ctx: Ctx): void {
+  const envs = strings(ctx.def.environments);
+  if (envs.length === 0) return;
+  const { stages, tasks } = ctx.set.objects;
+  for (const [i, env] of envs) {
+    const missing: string[] = [];
+    for (const [, stageName] of strings(ctx.def.stages)) {
+      for (const [, taskName] of strings(stages.get(stageName)?.def.tasks)) {
+        const task = tasks.get(taskName)?.def;
+        if (task && !taskActionFor(task, env) && !missing.includes(taskName)) missing.push(taskName);
+      }
+    }
+    for (const t of missing) {
+      report(
+        ctx,
+        `/environments/${i}`,
+        `task '${t}' has no script for environment '${env}': give it a default script or a '${env}' variant (a noop with a reason if it does not apply)`,
+      );
+    }
+  }
+}
