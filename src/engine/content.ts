@@ -3,7 +3,7 @@
  * on every claim) and written through the store's commit path. A pack with any lint error is refused whole.
  */
 import type { PackFiles } from '../content/files.js';
-import { checkContentSet, lintPack, type Diagnostic } from '../content/lint.js';
+import { checkContentSet, lintPack } from '../content/lint.js';
 import {
   CONTENT_KINDS,
   CONTENT_SCHEMAS,
@@ -61,22 +61,9 @@ export class ContentService {
     const manifestName = peekPackName(files);
     const base = this.without(manifestName);
     const result = lintPack(files, base);
-    const diagnostics: Diagnostic[] = [...result.diagnostics];
-    if (result.manifest) {
-      for (const o of result.objects) {
-        const existing = base.objects[o.kind].get((o.def as { name: string }).name);
-        if (existing) {
-          diagnostics.push({
-            file: o.file,
-            line: 1,
-            col: 1,
-            message: `${KIND_NOUN[o.kind]} '${(o.def as { name: string }).name}' is already defined by ${existing.layer === LOCAL_LAYER ? 'a local object' : `pack '${existing.layer}'`}; rename one of them`,
-          });
-        }
-      }
-    }
-    if (!result.manifest || diagnostics.length > 0) {
-      throw new TaktError('invalid', `pack refused: ${diagnostics.length} problem(s)`, { details: { diagnostics } });
+    // Lint also reports names another pack or a local object already owns, at the offending `name:`.
+    if (!result.manifest || result.diagnostics.length > 0) {
+      throw new TaktError('invalid', `pack refused: ${result.diagnostics.length} problem(s)`, { details: { diagnostics: result.diagnostics } });
     }
     const manifest = result.manifest;
     const candidate = this.without(manifest.name);
@@ -206,12 +193,17 @@ export class ContentService {
 
   /** Machines point at pipelines and profiles by name; those names must keep resolving. */
   private async assertMachineRefs(candidate: ContentSet, doing: string) {
-    for (const m of await this.store.listMachines({ limit: 1000 })) {
-      if (m.pipeline && !candidate.objects.pipelines.has(m.pipeline)) {
-        throw new TaktError('conflict', `${doing} would leave machine '${m.name}' without its pipeline '${m.pipeline}'; reassign the machine first`);
+    // Content removal is rare; a page-by-page scan keeps this exact for any fleet size.
+    for (let offset = 0; ; offset += 1000) {
+      const page = await this.store.listMachines({ limit: 1000, offset });
+      for (const m of page) {
+        if (m.pipeline && !candidate.objects.pipelines.has(m.pipeline)) {
+          throw new TaktError('conflict', `${doing} would leave machine '${m.name}' without its pipeline '${m.pipeline}'; reassign the machine first`);
+        }
+        const missing = m.profiles.find((p) => !candidate.objects.profiles.has(p));
+        if (missing) throw new TaktError('conflict', `${doing} would leave machine '${m.name}' without its profile '${missing}'`);
       }
-      const missing = m.profiles.find((p) => !candidate.objects.profiles.has(p));
-      if (missing) throw new TaktError('conflict', `${doing} would leave machine '${m.name}' without its profile '${missing}'`);
+      if (page.length < 1000) return;
     }
   }
 }

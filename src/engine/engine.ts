@@ -101,8 +101,9 @@ export class Engine {
   }
 
   async start(): Promise<void> {
-    // Agents reconnect after an endpoint restart; give them a full lease before anything is called lost.
-    const renewed = await this.store.transact((tx) => tx.renewRunningLeases(this.leaseUntil()));
+    // Agents reconnect after an endpoint restart, with backoff; give them two leases before anything is lost.
+    const grace = new Date(Date.now() + 2 * this.opts.leaseMs).toISOString();
+    const renewed = await this.store.transact((tx) => tx.renewRunningLeases(grace));
     if (renewed > 0) this.log('info', 'renewed leases of running jobs after start', { jobs: renewed });
     const every = this.opts.sweepMs ?? Math.max(250, Math.floor(this.opts.leaseMs / 4));
     this.sweeper = setInterval(() => {

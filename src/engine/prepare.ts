@@ -3,6 +3,7 @@
  * declares (with the layer it came from) and renders the script. Used by claims, `plan` and `render`,
  * so what an operator previews is exactly what the agent gets.
  */
+import { taskActionFor } from '../content/variants.js';
 import type { ContentSet, TaskDef } from '../model/content.js';
 import { parseDuration } from '../model/duration.js';
 import type { Machine } from '../model/machine.js';
@@ -46,13 +47,13 @@ export function prepareTask(content: ContentSet, sealer: Sealer, machine: Machin
   if (!def) return { ...base, variant: 'default', noop: null, error: `task '${taskName}' no longer exists in the installed content` };
   const timeoutMs = def.timeout !== undefined ? parseDuration(def.timeout, 'timeout') : DEFAULT_TIMEOUT_MS;
   const retries = def.retries ?? 0;
-  const variantDef = def.variants?.[machine.environment];
-  const variant = variantDef ? machine.environment : 'default';
-  if (variantDef?.noop) return { ...base, variant, noop: variantDef.noop, error: null, timeoutMs, retries };
-  const source = variantDef?.script ?? def.script;
-  if (source === undefined) {
+  const action = taskActionFor(def, machine.environment);
+  const variant = action?.variant ?? 'default';
+  if (action && 'noop' in action) return { ...base, variant, noop: action.noop, error: null, timeoutMs, retries };
+  if (!action) {
     return { ...base, variant, noop: null, timeoutMs, retries, error: `task '${taskName}' has no script for environment '${machine.environment}' and no default script` };
   }
+  const source = action.script;
 
   const layers = paramLayers(content, { machine, ...ctx });
   const required = def.params?.required ?? [];

@@ -55,7 +55,9 @@ export class Endpoint {
   /** (Re)starts the server process on the same data dir. */
   async boot(): Promise<void> {
     rmSync(join(this.data, 'endpoint'), { force: true });
-    const p = spawn(process.execPath, [TAKT, ...this.args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    // A restart comes back on the same port, as a real endpoint does: surviving agents know that address.
+    const args = this.url ? this.args.map((a) => (a === '127.0.0.1:0' ? new URL(this.url).host : a)) : this.args;
+    const p = spawn(process.execPath, [TAKT, ...args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
     p.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
     p.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
