@@ -3,7 +3,7 @@
  * protocol's edge cases, and bad input (always a precise 4xx with the one error shape; store unchanged).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles } from './helpers/endpoint.js';
+import { Endpoint, packFiles, runCli } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 
@@ -247,5 +247,66 @@ describe('bad input', () => {
     expect(r.status).toBe(200);
     expect(r.body.openapi).toMatch(/^3\./);
     expect(Object.keys(r.body.paths)).toEqual(expect.arrayContaining(['/api/v1/machines', '/api/v1/jobs/{id}/complete', '/api/v1/events']));
+  });
+});
+
+/** Reads server-sent events until `stop` says so (or a few seconds pass). */
+async function readEvents(query: string, stop: (events: Array<{ id: number; topic: string }>) => boolean) {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 8000);
+  const res = await fetch(`${ep.url}/api/v1/events?${query}`, { headers: { authorization: `Bearer ${ep.token}` }, signal: ac.signal });
+  expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+  const events: Array<{ id: number; topic: string; data: Record<string, unknown> }> = [];
+  const decoder = new TextDecoder();
+  let buf = '';
+  try {
+    for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += decoder.decode(part, { stream: true });
+      let i: number;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const line = buf.slice(0, i).split('\n').find((l) => l.startsWith('data: '));
+        buf = buf.slice(i + 2);
+        if (line) events.push(JSON.parse(line.slice(6)));
+      }
+      if (stop(events)) break;
+    }
+  } catch {
+    /* aborted: return what arrived */
+  } finally {
+    clearTimeout(timer);
+    ac.abort();
+  }
+  return events;
+}
+
+describe('event stream', () => {
+  it('delivers live events that match the topic filter, and replays from an id', async () => {
+    const live = readEvents('topics=machines.create.*', (ev) => ev.some((e) => (e as { data: { name?: string } }).data?.name === 'ev-2'));
+    await new Promise((r) => setTimeout(r, 200));
+    const one = await makeMachine('ev-1');
+    await call('PATCH', `/machines/${one.id}`, { params: { msg: 'x' } });
+    await makeMachine('ev-2');
+    const got = await live;
+    expect(got.map((e) => e.topic)).toEqual([expect.stringMatching(/^machines\.create\./), expect.stringMatching(/^machines\.create\./)]);
+    // replay: everything after the first event, including the update the filter above left out
+    const replay = await readEvents(`since=${got[0]!.id}&topics=machines`, (ev) => ev.length >= 3);
+    expect(replay[0]!.id).toBeGreaterThan(got[0]!.id);
+    expect(replay.some((e) => e.topic === `machines.update.${one.id}`)).toBe(true);
+  });
+});
+
+describe('jobs log --follow', () => {
+  it('prints chunks as they arrive and ends with the job', async () => {
+    const m = await makeMachine('follow-1');
+    const job = (await call('POST', `/machines/${m.id}/claim`, undefined, m.token)).body.job;
+    const follow = runCli(['jobs', 'log', job.id, '--follow'], { TAKT_ENDPOINT: ep.url, TAKT_TOKEN: ep.token });
+    await call('POST', `/jobs/${job.id}/log`, { seq: 1, stream: 'stdout', data: 'first\n' }, m.token);
+    await new Promise((r) => setTimeout(r, 500));
+    await call('POST', `/jobs/${job.id}/log`, { seq: 2, stream: 'stdout', data: 'second\n' }, m.token);
+    await call('POST', `/jobs/${job.id}/complete`, { exitCode: 3, outputs: {} }, m.token);
+    const r = await follow;
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('first\nsecond\n');
+    expect(r.stderr).toMatch(/job failed: task 'hello' failed with exit code 3/);
   });
 });
