@@ -1,0 +1,54 @@
+/**
+ * The web UI in a real Chromium (Debian's, driven by playwright-core) against a real endpoint with the demo.
+ */
+import { existsSync } from 'node:fs';
+import { chromium, type Browser } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Endpoint } from './helpers/endpoint.js';
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const haveChromium = existsSync(CHROMIUM);
+if (!haveChromium) console.warn(`skipping UI tests: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
+
+let ep: Endpoint;
+let browser: Browser;
+
+describe.skipIf(!haveChromium)('web UI', () => {
+  beforeAll(async () => {
+    ep = await Endpoint.start({ demo: true });
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync'],
+    });
+  });
+  afterAll(async () => {
+    await browser?.close();
+    await ep?.stop();
+  });
+
+  it('shows machines live, their jobs, and a job log', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${ep.url}/#token=${ep.token}`);
+    // the token moves from the URL into local storage
+    await expect.poll(() => page.evaluate(() => location.hash)).toBe('');
+    await page.getByText('live', { exact: true }).waitFor({ timeout: 15_000 });
+    // the three demo machines arrive at done over the event stream
+    await expect.poll(async () => page.locator('#machines tr').count(), { timeout: 30_000 }).toBe(3);
+    await expect.poll(async () => page.locator('#machines .state.done').count(), { timeout: 60_000 }).toBe(3);
+    await expect(page.locator('#summary').textContent()).resolves.toBe('3 done');
+
+    await page.locator('#machines tr', { hasText: 'demo-1' }).click();
+    await expect.poll(async () => page.locator('#jobs tr').count(), { timeout: 10_000 }).toBe(8);
+    await page.locator('#jobs tr', { hasText: 'write-motd' }).click();
+    await expect.poll(async () => page.locator('#log').textContent(), { timeout: 10_000 }).toMatch(/This is demo-1 \(local\)[\s\S]*— succeeded/);
+  });
+
+  it('asks for a token when it has none or a wrong one', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${ep.url}/#token=wrong`);
+    await page.locator('#login').waitFor({ state: 'visible', timeout: 10_000 });
+    await page.fill('#tokenInput', ep.token);
+    await page.click('#loginForm button');
+    await expect.poll(async () => page.locator('#machines tr').count(), { timeout: 10_000 }).toBe(3);
+  });
+});
