@@ -84,6 +84,10 @@ describe('the demo', () => {
   });
 
   it('plan shows each param with its value and layer; render prints the exact script', async () => {
+    expect((await ep.cli(['machines', 'wait', 'demo-1', '--timeout', '60s'])).code).toBe(0);
+    const finished = JSON.parse((await ep.cli(['plan', 'demo-1', '-o', 'json'])).stdout) as { state: string; from: string; steps: unknown[] };
+    expect(finished).toMatchObject({ state: 'done', from: 'restart' });
+    expect(finished.steps).toHaveLength(8);
     await ep.cli(['machines', 'update', 'demo-1', '--param', 'greeting=hi from the machine']);
     await ep.cli(['machines', 'restart', 'demo-1']);
     const plan = JSON.parse((await ep.cli(['plan', 'demo-1', '-o', 'json'])).stdout) as {

@@ -436,6 +436,7 @@ interface PlanView {
   pipeline: string | null;
   state: string;
   workOrders: Array<{ id: string; blueprint: string; steps: PlanStepView[] }>;
+  from: 'continue' | 'restart';
   steps: PlanStepView[];
 }
 
@@ -453,6 +454,7 @@ function planTable(plan: PlanView): string {
     wo.steps.forEach(step);
   }
   if (plan.steps.length === 0) lines.push(pc.dim('  nothing left to run'));
+  else if (plan.from === 'restart') lines.push(pc.dim('finished; `takt machines restart` would run:'));
   plan.steps.forEach(step);
   return lines.join('\n');
 }

@@ -70,6 +70,8 @@ export interface Plan {
   pipeline: string | null;
   state: Machine['state'];
   workOrders: Array<{ id: string; blueprint: string; steps: PlanStep[] }>;
+  /** `continue`: the steps left from where the machine stands; `restart`: it is done, and these would run on a restart. */
+  from: 'continue' | 'restart';
   steps: PlanStep[];
 }
 
@@ -613,9 +615,11 @@ export class Engine {
     }
     const steps: PlanStep[] = [];
     const shape = m.pipeline ? this.shapeOf(content, m.pipeline) : null;
-    if (shape && m.state !== 'done') {
+    const from: Plan['from'] = m.state === 'done' ? 'restart' : 'continue';
+    if (shape) {
       const pipeline = content.objects.pipelines.get(m.pipeline!)!.def;
-      let pos = m.state === 'idle' ? { stageIndex: 0, taskIndex: 0 } : normalisePosition(shape, m);
+      const start = m.state === 'idle' || m.state === 'done' ? { stageIndex: 0, taskIndex: 0 } : m;
+      let pos = normalisePosition(shape, start);
       while (pos) {
         const at = taskAt(shape, pos)!;
         const stage = content.objects.stages.get(at.stage)?.def;
@@ -626,7 +630,7 @@ export class Engine {
         pos = nxt && (nxt.stageIndex > stageIndex || nxt.taskIndex > taskIndex) ? nxt : null;
       }
     }
-    return { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, steps };
+    return { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, from, steps };
   }
 
   /** The exact script `task` would get on the machine, in the context of its pipeline when it is part of it. */
