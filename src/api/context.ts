@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import type { ContentService } from '../engine/content.js';
 import type { Engine } from '../engine/engine.js';
+import type { Records } from '../engine/records.js';
 import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
 import type { Principal } from './auth.js';
@@ -18,6 +19,7 @@ export interface ApiContext {
   store: Store;
   engine: Engine;
   content: ContentService;
+  records: Records;
   brokers: Map<string, BrokerPort>;
   version: string;
 }

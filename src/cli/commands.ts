@@ -1,5 +1,6 @@
 /** The resource commands: each maps onto one REST call (or a short loop of them for wait/follow/watch). */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { Option, type Command } from 'commander';
 import pc from 'picocolors';
 import { parse as parseYaml } from 'yaml';
@@ -96,12 +97,77 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
       }
     });
   content
-    .command('push <dir>')
-    .description('install a pack directory on the endpoint (refused whole if it has any problem)')
-    .action(async (dir: string) => {
+    .command('bundle <dir>')
+    .description('lint a pack directory and write one immutable artifact, name@version.takt.json, with its sha256')
+    .option('--out <dir>', 'where to write the artifact', '.')
+    .action(async (dir: string, o: { out: string }) => {
       const { readPackDir } = await import('../content/files.js');
-      const r = await api().post<{ name: string; version: string; sha256: string; objects: number }>('/packs', { files: await readPackDir(dir) });
-      print(g().output, r, () => `installed ${r.name}@${r.version} (${r.objects} objects, sha256 ${r.sha256.slice(0, 12)})`);
+      const { lintPack, formatDiagnostic } = await import('../content/lint.js');
+      const { makeBundle, bundleFileName } = await import('../content/bundle.js');
+      const files = await readPackDir(dir);
+      const result = lintPack(files);
+      if (!result.manifest || result.diagnostics.length > 0) {
+        for (const d of result.diagnostics) process.stderr.write(formatDiagnostic({ ...d, file: `${dir.replace(/\/$/, '')}/${d.file}` }) + '\n');
+        throw new TaktError('invalid', `not bundled: ${result.diagnostics.length} problem(s)`);
+      }
+      const bundle = makeBundle(result.manifest.name, result.manifest.version, files);
+      const path = join(o.out, bundleFileName(bundle));
+      await writeFile(path, JSON.stringify(bundle, null, 1) + '\n');
+      print(g().output, { file: path, name: bundle.name, version: bundle.version, sha256: bundle.sha256 }, () => `${path}\nsha256 ${bundle.sha256}`);
+    });
+  content
+    .command('install <artifact>')
+    .description('install a pack version (an artifact from `content bundle`, or a directory); versions are kept side by side and never change')
+    .option('--use', 'run this version now (the first version of a pack always runs)')
+    .action(async (artifact: string, o: { use?: boolean }) => {
+      const r = await api().post<InstallView>('/packs', { files: await loadPack(artifact), use: o.use === true });
+      print(g().output, r, () => installLine(r));
+    });
+  content
+    .command('push <dir>')
+    .description('install a pack directory and run it (refused whole if it has any problem; a changed pack needs a new version)')
+    .action(async (dir: string) => {
+      const r = await api().post<InstallView>('/packs', { files: await loadPack(dir), use: true });
+      print(g().output, r, () => installLine(r));
+    });
+  content
+    .command('use <pack@version>')
+    .description('pin the version of a pack the endpoint runs (checked like an install: references, requires, machines)')
+    .action(async (ref: string) => {
+      const { name, version } = parseRef(ref);
+      const r = await api().post<InstallView>(`/packs/${enc(name)}/use`, { version });
+      print(g().output, r, () => `${r.name}@${r.version} is in use`);
+    });
+  content
+    .command('versions [pack]')
+    .description('installed versions, side by side')
+    .action(async (name?: string) => {
+      const [versions, pins] = await Promise.all([
+        api().get<{ items: Array<{ name: string; version: string; sha256: string; installedAt: string; requires: Record<string, string> }> }>('/packs/versions', { name }),
+        api().get<{ items: Array<{ name: string; version: string }> }>('/packs'),
+      ]);
+      const inUse = new Set(pins.items.map((p) => `${p.name}@${p.version}`));
+      const rows = versions.items.map((v) => ({ ...v, inUse: inUse.has(`${v.name}@${v.version}`) }));
+      print(g().output, rows, () =>
+        renderTable(rows, [
+          { header: 'PACK', get: (v) => v.name },
+          { header: 'VERSION', get: (v) => v.version },
+          { header: 'IN USE', get: (v) => (v.inUse ? pc.green('yes') : '') },
+          { header: 'SHA256', get: (v) => v.sha256.slice(0, 12) },
+          { header: 'REQUIRES', get: (v) => Object.entries(v.requires).map(([k, r]) => `${k} ${r}`).join(', ') || null },
+          { header: 'INSTALLED', get: (v) => v.installedAt },
+        ]),
+      );
+    });
+  content
+    .command('diff <from> <to>')
+    .description('what changed between two installed versions, object by object: takt content diff demo@1.0.0 demo@1.1.0')
+    .action(async (fromRef: string, toRef: string) => {
+      const a = parseRef(fromRef);
+      const b = toRef.includes('@') ? parseRef(toRef) : { name: a.name, version: toRef };
+      if (a.name !== b.name) throw new TaktError('bad_request', `compare two versions of one pack (got ${a.name} and ${b.name})`);
+      const d = await api().get<PackDiffView>(`/packs/${enc(a.name)}/diff`, { from: a.version, to: b.version });
+      print(g().output, d, () => diffText(d));
     });
   content
     .command('list')
@@ -127,6 +193,62 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
     });
 }
 
+interface InstallView {
+  name: string;
+  version: string;
+  sha256: string;
+  objects: number;
+  installed: boolean;
+  active: boolean;
+}
+
+interface PackDiffView {
+  name: string;
+  from: string;
+  to: string;
+  added: string[];
+  removed: string[];
+  changed: Array<{ object: string; fields: Array<{ path: string; before: unknown; after: unknown }> }>;
+}
+
+const installLine = (r: InstallView) =>
+  `${r.installed ? 'installed' : 'already installed:'} ${r.name}@${r.version} (${r.objects} objects, sha256 ${r.sha256.slice(0, 12)})${r.active ? ', in use' : '; run it with `takt content use ' + r.name + '@' + r.version + '`'}`;
+
+function parseRef(ref: string): { name: string; version: string } {
+  const m = /^([a-z0-9][a-z0-9._-]*)@(.+)$/.exec(ref);
+  if (!m) throw new TaktError('bad_request', `'${ref}' is not PACK@VERSION (e.g. demo@1.0.1)`);
+  return { name: m[1]!, version: m[2]! };
+}
+
+/** A directory is read as a pack; a file must be an artifact from `takt content bundle`. */
+async function loadPack(path: string): Promise<Record<string, string>> {
+  if ((await stat(path).catch(() => null))?.isDirectory()) {
+    const { readPackDir } = await import('../content/files.js');
+    return readPackDir(path);
+  }
+  const { readBundle } = await import('../content/bundle.js');
+  const text = await readFile(path, 'utf8').catch(() => {
+    throw new TaktError('not_found', `${path}: no such file or directory`);
+  });
+  return readBundle(text, path).files;
+}
+
+function diffText(d: PackDiffView): string {
+  const lines = [pc.bold(`${d.name} ${d.from} → ${d.to}`)];
+  for (const a of d.added) lines.push(pc.green(`+ ${a}`));
+  for (const r of d.removed) lines.push(pc.red(`- ${r}`));
+  for (const c of d.changed) {
+    lines.push(pc.yellow(`~ ${c.object}`));
+    for (const f of c.fields) {
+      lines.push(`    ${f.path}:`);
+      lines.push(pc.red(`      - ${JSON.stringify(f.before)}`));
+      lines.push(pc.green(`      + ${JSON.stringify(f.after)}`));
+    }
+  }
+  if (lines.length === 1) lines.push(pc.dim('no differences'));
+  return lines.join('\n');
+}
+
 // ---- machines -----------------------------------------------------------------------------------------
 
 const machineColumns = [
@@ -147,11 +269,23 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     .option('--pipeline <name>')
     .option('--environment <env>')
     .option('--name <substring>')
+    .option('--built-with <pack@range>', 'built with a pack version in this range, e.g. demo@<1.2.0')
+    .option('--stale', 'built with an older pack version than the one in use, or with params that changed since')
     .option('--limit <n>', 'page size', '100')
     .option('--offset <n>', 'skip this many', '0')
-    .action(async (o: Record<string, string | undefined>) => {
-      const r = await api().get<{ items: Machine[]; total: number }>('/machines', o);
-      print(g().output, r.items, () => renderTable(r.items, machineColumns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const { builtWith, stale, ...rest } = o;
+      const query = { ...rest, builtWith: builtWith as string | undefined, stale: stale ? 'true' : undefined } as Record<string, string | undefined>;
+      const r = await api().get<{ items: Array<Machine & { stale?: string[] }>; total: number }>('/machines', query);
+      const columns = stale ? [...machineColumns.slice(0, 5), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n') }] : machineColumns;
+      print(g().output, r.items, () => renderTable(r.items, columns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
+    });
+  machines
+    .command('record <machine>')
+    .description('what built the machine, task by task: pack@version, task hash, script hash, params')
+    .action(async (id: string) => {
+      const r = await api().get<RecordView>(`/machines/${enc(id)}/record`);
+      print(g().output, r, () => recordText(r));
     });
   machines
     .command('get <machine>')
@@ -257,6 +391,38 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
         await new Promise((r) => setTimeout(r, 250));
       }
     });
+}
+
+interface RecordView {
+  machine: string;
+  pipeline: string | null;
+  stale: string[];
+  entries: Array<{
+    stage: string | null;
+    task: string;
+    job: string;
+    variant: string;
+    pack: string | null;
+    taskSha256: string | null;
+    scriptSha256: string | null;
+    params: Record<string, { value: unknown; from: string }>;
+    finishedAt: string | null;
+  }>;
+}
+
+function recordText(r: RecordView): string {
+  const table = renderTable(r.entries, [
+    { header: 'STAGE/TASK', get: (e) => `${e.stage ?? ''}/${e.task}` },
+    { header: 'PACK', get: (e) => e.pack },
+    { header: 'TASK SHA', get: (e) => e.taskSha256?.slice(0, 12) },
+    { header: 'SCRIPT SHA', get: (e) => e.scriptSha256?.slice(0, 12) },
+    { header: 'PARAMS', get: (e) => Object.entries(e.params).map(([k, p]) => `${k}=${JSON.stringify(p.value)} (${p.from})`).join('\n') || null },
+    { header: 'JOB', get: (e) => e.job },
+    { header: 'AT', get: (e) => e.finishedAt },
+  ]);
+  const head = `${pc.bold(r.machine)} pipeline ${r.pipeline ?? pc.dim('(none)')}`;
+  const stale = r.stale.length ? `\n${pc.yellow('stale:')}\n${r.stale.map((s) => `  ${s}`).join('\n')}` : `\n${pc.green('current: built with what is in use now')}`;
+  return `${head}\n${table}${stale}`;
 }
 
 // ---- jobs ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import { LocalBroker } from '../brokers/local.js';
 import { readPackDir } from '../content/files.js';
 import { ContentService } from '../engine/content.js';
 import { Engine, publicMachine } from '../engine/engine.js';
-import { canonicalJson, sha256 } from '../engine/hash.js';
+import { Records } from '../engine/records.js';
 import { parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
@@ -62,13 +62,15 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const store = await openSqliteStore(join(data, 'takt.db'));
   const content = new ContentService(store);
   await content.load();
-  const engine = new Engine(store, content, new Sealer(Buffer.from(key.value, 'base64')), { leaseMs, log });
+  const sealer = new Sealer(Buffer.from(key.value, 'base64'));
+  const engine = new Engine(store, content, sealer, { leaseMs, log });
   let url = '';
   const broker = new LocalBroker({ dataDir: data, endpoint: () => url, log });
   const app = await buildServer({
     store,
     engine,
     content,
+    records: new Records(store, content, sealer),
     brokers: new Map([[broker.name, broker]]),
     version: VERSION,
     adminToken: admin.value,
@@ -116,11 +118,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
 /** Installs the demo pack and puts three local machines on its pipeline, so the first screen shows work. */
 async function startDemo(content: ContentService, engine: Engine, broker: LocalBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn) {
   const files = await readPackDir(DEMO_PACK);
-  const installed = await store.getPack('demo');
-  if (!installed || installed.sha256 !== sha256(canonicalJson(files))) {
-    await content.installPack(files, 'demo');
-    log('info', 'installed demo pack', { version: (await store.getPack('demo'))?.version });
-  }
+  const r = await content.installPack(files, 'demo', { use: true });
+  if (r.installed) log('info', `installed demo pack ${r.name}@${r.version}`);
   for (let i = 1; i <= 3; i++) {
     const name = `demo-${i}`;
     const existing = await store.getMachineByName(name);

@@ -3,7 +3,9 @@
  * on every claim) and written through the store's commit path. A pack with any lint error is refused whole.
  */
 import type { PackFiles } from '../content/files.js';
-import { checkContentSet, lintPack } from '../content/lint.js';
+import semver from 'semver';
+import { packDigest } from '../content/bundle.js';
+import { checkContentSet, lintPack, type LintResult } from '../content/lint.js';
 import {
   CONTENT_KINDS,
   CONTENT_SCHEMAS,
@@ -18,7 +20,8 @@ import {
 import { TaktError } from '../model/errors.js';
 import { validateValue } from '../model/validate.js';
 import type { PackRecord, Store, Tx } from '../store/store.js';
-import { canonicalJson, hashObject, sha256 } from './hash.js';
+import { fieldChanges, type FieldChange } from './diff.js';
+import { canonicalJson, hashObject } from '../model/hash.js';
 
 export interface ContentEntry<K extends ContentKind = ContentKind> {
   kind: K;
@@ -27,12 +30,45 @@ export interface ContentEntry<K extends ContentKind = ContentKind> {
   def: ContentByKind[K];
 }
 
+export interface InstallResult {
+  name: string;
+  version: string;
+  sha256: string;
+  objects: number;
+  /** False when this exact version was already installed. */
+  installed: boolean;
+  /** Whether this version is the one the endpoint runs now. */
+  active: boolean;
+}
+
+export interface PackDiff {
+  name: string;
+  from: string;
+  to: string;
+  added: string[];
+  removed: string[];
+  changed: Array<{ object: string; fields: FieldChange[] }>;
+}
+
+type Pins = Map<string, { version: string; requires: Record<string, string> }>;
+interface UsePlan {
+  candidate: ContentSet;
+  pins: Pins;
+}
+
 export class ContentService {
   private set: ContentSet = emptyContentSet();
+  private pins = new Map<string, { version: string; requires: Record<string, string> }>();
 
   constructor(private readonly store: Store) {}
 
   async load(): Promise<void> {
+    const pins = new Map<string, { version: string; requires: Record<string, string> }>();
+    for (const p of await this.store.listPacks()) {
+      const v = await this.store.getPackVersion(p.name, p.version);
+      pins.set(p.name, { version: p.version, requires: v?.requires ?? {} });
+    }
+    this.pins = pins;
     const set = emptyContentSet();
     for (const r of await this.store.listContent()) {
       (set.objects[r.kind] as Map<string, { def: unknown; layer: string }>).set(r.name, { def: r.def, layer: r.layer });
@@ -56,50 +92,137 @@ export class ContentService {
     return { kind, name, layer: o.layer, def: o.def as ContentByKind[K] };
   }
 
-  /** Lints a pack against everything else on the endpoint; installs it (replacing its old version) only if clean. */
-  async installPack(files: PackFiles, author: string): Promise<{ pack: PackRecord; objects: number }> {
-    const manifestName = peekPackName(files);
-    const base = this.without(manifestName);
-    const result = lintPack(files, base);
+  /** `name@version` of the pack a layer runs, or `local`. */
+  packRef(layer: string): string {
+    if (layer === LOCAL_LAYER) return LOCAL_LAYER;
+    return `${layer}@${this.pins.get(layer)?.version ?? '?'}`;
+  }
+
+  /** The version each pack runs. */
+  get pinned(): ReadonlyMap<string, { version: string; requires: Record<string, string> }> {
+    return this.pins;
+  }
+
+  /**
+   * Installs a pack version side by side with the others. A version is immutable: the same name@version
+   * with different content is refused. The first version of a pack starts running at once; later ones
+   * run when `use` pins them (or with `use: true`).
+   */
+  async installPack(files: PackFiles, author: string, opts: { use?: boolean } = {}): Promise<InstallResult> {
+    const result = lintPack(files, this.without(peekPackName(files)));
     // Lint also reports names another pack or a local object already owns, at the offending `name:`.
     if (!result.manifest || result.diagnostics.length > 0) {
       throw new TaktError('invalid', `pack refused: ${result.diagnostics.length} problem(s)`, { details: { diagnostics: result.diagnostics } });
     }
     const manifest = result.manifest;
-    const candidate = this.without(manifest.name);
-    for (const o of result.objects) {
-      (candidate.objects[o.kind] as Map<string, { def: unknown; layer: string }>).set((o.def as { name: string }).name, { def: o.def, layer: manifest.name });
+    const ref = `${manifest.name}@${manifest.version}`;
+    const digest = packDigest(files);
+    const existing = await this.store.getPackVersion(manifest.name, manifest.version);
+    if (existing && existing.sha256 !== digest) {
+      throw new TaktError(
+        'conflict',
+        `${ref} is already installed with different content (sha256 ${existing.sha256.slice(0, 12)}, this is ${digest.slice(0, 12)}); a published version never changes: bump the version in pack.yaml`,
+      );
     }
-    this.assertConsistent(candidate, `installing pack '${manifest.name}'`);
-    await this.assertMachineRefs(candidate, `installing pack '${manifest.name}'`);
-    const pack: PackRecord = {
+    const version: PackRecord = {
       name: manifest.name,
       version: manifest.version,
       description: manifest.description ?? null,
+      requires: manifest.requires ?? {},
       files,
-      sha256: sha256(canonicalJson(files)),
-      installedAt: new Date().toISOString(),
+      sha256: digest,
+      installedAt: existing?.installedAt ?? new Date().toISOString(),
     };
-    await this.store.transact(async (tx) => {
-      const before = await tx.getPack(manifest.name);
-      await this.deleteLayer(tx, manifest.name);
-      for (const o of result.objects) {
-        await tx.putContent({ kind: o.kind, name: (o.def as { name: string }).name, layer: manifest.name, def: o.def, sha256: hashObject(o.def) });
-      }
-      await tx.putPack(pack);
-      const summary = (p?: PackRecord) => (p ? { version: p.version, sha256: p.sha256 } : null);
-      await tx.change(author, `packs/${manifest.name}`, before ? 'update' : 'create', summary(before), summary(pack));
-      tx.emit(`packs.${before ? 'update' : 'create'}.${manifest.name}`, { name: pack.name, version: pack.version, sha256: pack.sha256 });
-    });
-    this.set = candidate;
-    return { pack, objects: result.objects.length };
+    const activate = opts.use === true || !this.pins.has(manifest.name);
+    const plan = activate ? this.prepareUse(version, result.objects) : null;
+    if (!existing) {
+      await this.store.transact(async (tx) => {
+        await tx.putPackVersion(version);
+        await tx.change(author, `packversions/${ref}`, 'create', null, { sha256: digest });
+        tx.emit(`packversions.create.${ref}`, { name: version.name, version: version.version, sha256: digest });
+      });
+    }
+    const objects = result.objects.length;
+    if (plan && this.pins.get(manifest.name)?.version !== manifest.version) await this.commitUse(version, result.objects, plan, author);
+    return { name: version.name, version: version.version, sha256: digest, objects, installed: !existing, active: this.pins.get(manifest.name)?.version === manifest.version };
   }
 
+  /** Pins the version a pack runs: its objects replace the old version's, after the same checks as an install. */
+  async usePack(name: string, version: string, author: string): Promise<InstallResult> {
+    const rec = await this.store.getPackVersion(name, version);
+    if (!rec) {
+      const have = (await this.store.listPackVersions(name)).map((v) => v.version);
+      throw new TaktError('not_found', `${name}@${version} is not installed${have.length ? ` (installed: ${have.join(', ')})` : ''}; install it with \`takt content install\``);
+    }
+    const result = lintPack(rec.files, this.without(name));
+    if (!result.manifest || result.diagnostics.length > 0) {
+      throw new TaktError('invalid', `${name}@${version} no longer fits the content on this endpoint: ${result.diagnostics.length} problem(s)`, {
+        details: { diagnostics: result.diagnostics },
+      });
+    }
+    const plan = this.prepareUse(rec, result.objects);
+    if (this.pins.get(name)?.version !== version) await this.commitUse(rec, result.objects, plan, author);
+    return { name, version, sha256: rec.sha256, objects: result.objects.length, installed: false, active: true };
+  }
+
+  /** What changed between two installed versions of a pack, object by object. */
+  async diffPack(name: string, from: string, to: string): Promise<PackDiff> {
+    const load = async (v: string) => {
+      const rec = await this.store.getPackVersion(name, v);
+      if (!rec) throw new TaktError('not_found', `${name}@${v} is not installed`);
+      const objects = new Map<string, unknown>();
+      for (const o of lintPack(rec.files).objects) objects.set(`${o.kind}/${(o.def as { name: string }).name}`, o.def);
+      return objects;
+    };
+    const [a, b] = [await load(from), await load(to)];
+    const diff: PackDiff = { name, from, to, added: [], removed: [], changed: [] };
+    for (const [key, def] of b) {
+      if (!a.has(key)) diff.added.push(key);
+      else if (canonicalJson(a.get(key)) !== canonicalJson(def)) diff.changed.push({ object: key, fields: fieldChanges(a.get(key), def) });
+    }
+    for (const key of a.keys()) if (!b.has(key)) diff.removed.push(key);
+    for (const list of [diff.added, diff.removed]) list.sort();
+    diff.changed.sort((x, y) => (x.object < y.object ? -1 : 1));
+    return diff;
+  }
+
+  /** Checks that `version` can run: content stays consistent, machines keep their references, requires hold. */
+  private prepareUse(version: PackRecord, objects: LintResult['objects']): UsePlan {
+    const candidate = this.withLayer(version.name, objects);
+    const doing = `using ${version.name}@${version.version}`;
+    this.assertConsistent(candidate, doing);
+    const pins = new Map(this.pins);
+    pins.set(version.name, { version: version.version, requires: version.requires ?? {} });
+    assertRequires(pins, doing);
+    return { candidate, pins };
+  }
+
+  private async commitUse(version: PackRecord, objects: LintResult['objects'], { candidate, pins }: UsePlan, author: string) {
+    await this.assertMachineRefs(candidate, `using ${version.name}@${version.version}`);
+    await this.store.transact(async (tx) => {
+      const before = await tx.getPack(version.name);
+      await this.deleteLayer(tx, version.name);
+      for (const o of objects) {
+        await tx.putContent({ kind: o.kind, name: (o.def as { name: string }).name, layer: version.name, def: o.def, sha256: hashObject(o.def) });
+      }
+      await tx.putPack(version);
+      const summary = (p?: PackRecord) => (p ? { version: p.version, sha256: p.sha256 } : null);
+      await tx.change(author, `packs/${version.name}`, before ? 'update' : 'create', summary(before), summary(version));
+      tx.emit(`packs.${before ? 'update' : 'create'}.${version.name}`, { name: version.name, version: version.version, sha256: version.sha256 });
+    });
+    this.set = candidate;
+    this.pins = pins;
+  }
+
+  /** Stops running a pack (its installed versions stay). Refused while machines or other content need it. */
   async removePack(name: string, author: string): Promise<void> {
     const pack = await this.store.getPack(name);
-    if (!pack) throw new TaktError('not_found', `pack '${name}' not found`);
+    if (!pack) throw new TaktError('not_found', `pack '${name}' is not in use`);
     const candidate = this.without(name);
     this.assertConsistent(candidate, `removing pack '${name}'`);
+    const pins = new Map(this.pins);
+    pins.delete(name);
+    assertRequires(pins, `removing pack '${name}'`);
     await this.assertMachineRefs(candidate, `removing pack '${name}'`);
     await this.store.transact(async (tx) => {
       await this.deleteLayer(tx, name);
@@ -108,6 +231,7 @@ export class ContentService {
       tx.emit(`packs.delete.${name}`, { name });
     });
     this.set = candidate;
+    this.pins = pins;
   }
 
   /** Creates or replaces a local object (one made through the API rather than shipped in a pack). */
@@ -172,6 +296,14 @@ export class ContentService {
     return set;
   }
 
+  private withLayer(layer: string, objects: LintResult['objects']): ContentSet {
+    const set = this.without(layer);
+    for (const o of objects) {
+      (set.objects[o.kind] as Map<string, { def: unknown; layer: string }>).set((o.def as { name: string }).name, { def: o.def, layer });
+    }
+    return set;
+  }
+
   private without(layer: string | undefined): ContentSet {
     const set = this.clone();
     if (layer === undefined) return set;
@@ -204,6 +336,19 @@ export class ContentService {
         if (missing) throw new TaktError('conflict', `${doing} would leave machine '${m.name}' without its profile '${missing}'`);
       }
       if (page.length < 1000) return;
+    }
+  }
+}
+
+/** Every running pack's `requires` must be met by the versions that run. */
+function assertRequires(pins: Map<string, { version: string; requires: Record<string, string> }>, doing: string) {
+  for (const [name, pin] of pins) {
+    for (const [dep, range] of Object.entries(pin.requires)) {
+      const have = pins.get(dep)?.version;
+      if (!have) throw new TaktError('conflict', `${doing}: ${name}@${pin.version} requires ${dep} ${range}, which is not in use`);
+      if (!semver.satisfies(have, range, { includePrerelease: true })) {
+        throw new TaktError('conflict', `${doing}: ${name}@${pin.version} requires ${dep} ${range}, but ${dep}@${have} would run`);
+      }
     }
   }
 }

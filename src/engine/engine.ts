@@ -4,15 +4,15 @@
  * store at one step or the other, never half-way.
  */
 import { randomBytes } from 'node:crypto';
-import { KIND_NOUN, type ContentSet } from '../model/content.js';
+import type { ContentSet } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
 import type { ClaimedJob, ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
-import { isSealed, maskValues, type Sealer } from '../model/secure.js';
+import { maskValues, type Sealer } from '../model/secure.js';
 import { validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
-import { canonicalJson, sha256 } from './hash.js';
+import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { newId } from './ids.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
 import {
@@ -407,6 +407,7 @@ export class Engine {
   }
 
   private newJob(m: Machine, work: Work, p: PreparedTask): Job {
+    const entry = this.content.current.objects.tasks.get(work.task);
     return {
       id: newId('j'),
       machineId: m.id,
@@ -426,6 +427,9 @@ export class Engine {
       leaseExpiresAt: this.leaseUntil(),
       createdAt: new Date().toISOString(),
       finishedAt: null,
+      pack: entry ? this.content.packRef(entry.layer) : null,
+      taskSha256: entry ? contentHash(entry.def) : null,
+      scriptSha256: p.script !== null ? sha256(p.script) : null,
     };
   }
 
@@ -750,5 +754,13 @@ export function publicWorkOrder(w: WorkOrder) {
   return { ...w, params: maskValues(w.params) };
 }
 
-export const kindNoun = KIND_NOUN;
-export const sealed = isSealed;
+/** Content objects are immutable once loaded, so their hash is computed once per object. */
+const hashes = new WeakMap<object, string>();
+function contentHash(def: object): string {
+  let h = hashes.get(def);
+  if (!h) {
+    h = hashObject(def);
+    hashes.set(def, h);
+  }
+  return h;
+}

@@ -52,6 +52,12 @@ export interface Job {
   leaseExpiresAt: string | null;
   createdAt: string;
   finishedAt: string | null;
+  /** Build record: `name@version` of the pack the task came from (`local` for a local task). */
+  pack: string | null;
+  /** Content hash of the task definition that ran. */
+  taskSha256: string | null;
+  /** sha256 of the exact script the agent got (secrets included, so it changes when they do). */
+  scriptSha256: string | null;
 }
 
 export const WORK_ORDER_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;

@@ -2,7 +2,7 @@
  * Schema migrations, written with Kysely's schema builder so they run unchanged on SQLite and PostgreSQL.
  * Append new migrations; never edit one that has shipped.
  */
-import type { ColumnDefinitionBuilder, Kysely, Migration, MigrationProvider } from 'kysely';
+import { sql, type ColumnDefinitionBuilder, type Kysely, type Migration, type MigrationProvider } from 'kysely';
 
 export type Dialect = 'sqlite' | 'postgres';
 
@@ -116,6 +116,28 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
         .addColumn('finished_at', 'text')
         .execute();
       await db.schema.createIndex('work_orders_machine').on('work_orders').columns(['machine_id', 'state']).execute();
+    },
+  },
+  '0002_pack_versions_build_records': {
+    async up(db: Kysely<unknown>) {
+      // Every installed version is kept, immutable; `packs` holds the version each pack runs (its pin).
+      await db.schema
+        .createTable('pack_versions')
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('version', 'text', (c) => c.notNull())
+        .addColumn('description', 'text')
+        .addColumn('requires', 'text', (c) => c.notNull().defaultTo('{}'))
+        .addColumn('files', 'text', (c) => c.notNull())
+        .addColumn('sha256', 'text', (c) => c.notNull())
+        .addColumn('installed_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('pack_versions_pk', ['name', 'version'])
+        .execute();
+      await sql`insert into pack_versions (name, version, description, files, sha256, installed_at)
+                select name, version, description, files, sha256, installed_at from packs`.execute(db);
+      // Build records: what exactly produced each job.
+      await db.schema.alterTable('jobs').addColumn('pack', 'text').execute();
+      await db.schema.alterTable('jobs').addColumn('task_sha256', 'text').execute();
+      await db.schema.alterTable('jobs').addColumn('script_sha256', 'text').execute();
     },
   },
 });

@@ -89,6 +89,9 @@ function jobFromRow(r: JobsTable): Job {
     leaseExpiresAt: r.lease_expires_at,
     createdAt: r.created_at,
     finishedAt: r.finished_at,
+    pack: r.pack,
+    taskSha256: r.task_sha256,
+    scriptSha256: r.script_sha256,
   };
 }
 
@@ -112,6 +115,9 @@ function jobToRow(j: Job): Omit<JobsTable, 'report'> {
     lease_expires_at: j.leaseExpiresAt,
     created_at: j.createdAt,
     finished_at: j.finishedAt,
+    pack: j.pack,
+    task_sha256: j.taskSha256,
+    script_sha256: j.scriptSha256,
   };
 }
 
@@ -261,6 +267,23 @@ class SqlReads implements Reads {
     const r = await this.db.selectFrom('packs').selectAll().where('name', '=', name).executeTakeFirst();
     return r ? packFromRow(r) : undefined;
   }
+  async getPackVersion(name: string, version: string) {
+    const r = await this.db.selectFrom('pack_versions').selectAll().where('name', '=', name).where('version', '=', version).executeTakeFirst();
+    return r ? { ...packFromRow(r), requires: parse<Record<string, string>>(r.requires) } : undefined;
+  }
+  async listPackVersions(name?: string) {
+    let q = this.db.selectFrom('pack_versions').select(['name', 'version', 'description', 'requires', 'sha256', 'installed_at']);
+    if (name) q = q.where('name', '=', name);
+    const rows = await q.orderBy('name').orderBy('installed_at').execute();
+    return rows.map((r) => ({
+      name: r.name,
+      version: r.version,
+      description: r.description,
+      requires: parse<Record<string, string>>(r.requires),
+      sha256: r.sha256,
+      installedAt: r.installed_at,
+    }));
+  }
   async listChanges(f: ChangeFilter = {}) {
     let q = this.db.selectFrom('changes').selectAll();
     if (f.object) q = q.where('object', '=', f.object);
@@ -278,7 +301,7 @@ class SqlReads implements Reads {
   }
 }
 
-function packFromRow(r: Database['packs']): PackRecord {
+function packFromRow(r: Omit<Database['packs'], never>): PackRecord {
   return {
     name: r.name,
     version: r.version,
@@ -370,6 +393,21 @@ class SqlTx extends SqlReads implements Tx {
       .insertInto('packs')
       .values(row)
       .onConflict((oc) => oc.column('name').doUpdateSet({ ...row }))
+      .execute();
+  }
+  async putPackVersion(p: PackRecord) {
+    await this.db
+      .insertInto('pack_versions')
+      .values({
+        name: p.name,
+        version: p.version,
+        description: p.description,
+        requires: json(p.requires ?? {}),
+        files: json(p.files),
+        sha256: p.sha256,
+        installed_at: p.installedAt,
+      })
+      .onConflict((oc) => oc.columns(['name', 'version']).doNothing())
       .execute();
   }
   async deletePack(name: string) {

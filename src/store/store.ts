@@ -13,6 +13,8 @@ export interface PackRecord {
   name: string;
   version: string;
   description: string | null;
+  /** Other packs this one needs: name → semver range (kept with each version). */
+  requires?: Record<string, string>;
   files: Record<string, string>;
   sha256: string;
   installedAt: string;
@@ -79,7 +81,11 @@ export interface Reads {
   listWorkOrders(filter?: WorkOrderFilter): Promise<WorkOrder[]>;
   listContent(): Promise<ContentRecord[]>;
   listPacks(): Promise<PackRecord[]>;
+  /** The version a pack runs (its pin). */
   getPack(name: string): Promise<PackRecord | undefined>;
+  getPackVersion(name: string, version: string): Promise<PackRecord | undefined>;
+  /** Installed versions (all packs, or one), without their files. */
+  listPackVersions(name?: string): Promise<Array<Omit<PackRecord, 'files'>>>;
   listChanges(filter?: ChangeFilter): Promise<Change[]>;
   getChange(seq: number): Promise<Change | undefined>;
   listEvents(afterId: number, limit?: number): Promise<TaktEvent[]>;
@@ -101,7 +107,10 @@ export interface Tx extends Reads {
   updateWorkOrder(w: WorkOrder): Promise<void>;
   putContent(rec: ContentRecord): Promise<void>;
   deleteContent(kind: ContentKind, name: string): Promise<void>;
+  /** Pins the version a pack runs. */
   putPack(p: PackRecord): Promise<void>;
+  /** Stores an installed version; versions are immutable, so an existing one is never overwritten. */
+  putPackVersion(p: PackRecord): Promise<void>;
   deletePack(name: string): Promise<void>;
   /** Records a numbered desired-state change; returns its number. */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;

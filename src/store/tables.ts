@@ -30,6 +30,16 @@ export interface PacksTable {
   installed_at: string;
 }
 
+export interface PackVersionsTable {
+  name: string;
+  version: string;
+  description: string | null;
+  requires: string;
+  files: string;
+  sha256: string;
+  installed_at: string;
+}
+
 export interface ContentTable {
   kind: string;
   name: string;
@@ -79,6 +89,10 @@ export interface JobsTable {
   finished_at: string | null;
   /** The agent's completion report, kept so a repeated report can be recognised as the same one. */
   report: string | null;
+  /** Build record: `name@version` of the pack the task came from, or `local`. */
+  pack: string | null;
+  task_sha256: string | null;
+  script_sha256: string | null;
 }
 
 export interface JobLogsTable {
@@ -105,6 +119,7 @@ export interface Database {
   changes: ChangesTable;
   events: EventsTable;
   packs: PacksTable;
+  pack_versions: PackVersionsTable;
   content: ContentTable;
   machines: MachinesTable;
   jobs: JobsTable;

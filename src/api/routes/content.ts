@@ -12,10 +12,25 @@ export function contentRoutes(app: FastifyInstance, ctx: ApiContext) {
     items: (await store.listPacks()).map(({ files, ...p }) => ({ ...p, files: Object.keys(files).length })),
   }));
 
+  app.get('/api/v1/packs/versions', async (req) => ({ items: await store.listPackVersions((req.query as { name?: string }).name) }));
+
   app.get('/api/v1/packs/:name', async (req) => {
     const p = await store.getPack((req.params as { name: string }).name);
-    if (!p) throw new TaktError('not_found', `pack '${(req.params as { name: string }).name}' not found`);
+    if (!p) throw new TaktError('not_found', `pack '${(req.params as { name: string }).name}' is not in use`);
     return p;
+  });
+
+  app.get('/api/v1/packs/:name/versions/:version', async (req) => {
+    const { name, version } = req.params as { name: string; version: string };
+    const p = await store.getPackVersion(name, version);
+    if (!p) throw new TaktError('not_found', `${name}@${version} is not installed`);
+    return p;
+  });
+
+  app.get('/api/v1/packs/:name/diff', async (req) => {
+    const q = req.query as { from?: string; to?: string };
+    if (!q.from || !q.to) throw new TaktError('bad_request', "query parameters 'from' and 'to' (versions) are required", { path: q.from ? 'to' : 'from' });
+    return content.diffPack((req.params as { name: string }).name, q.from, q.to);
   });
 
   app.post(
@@ -27,15 +42,25 @@ export function contentRoutes(app: FastifyInstance, ctx: ApiContext) {
           type: 'object',
           additionalProperties: false,
           required: ['files'],
-          properties: { files: { type: 'object', additionalProperties: { type: 'string' }, description: 'relative path -> file text' } },
+          properties: {
+            files: { type: 'object', additionalProperties: { type: 'string' }, description: 'relative path -> file text' },
+            use: { type: 'boolean', description: 'run this version now (the first version of a pack always runs)' },
+          },
         },
       },
     },
     async (req, reply) => {
-      const { pack, objects } = await content.installPack((req.body as { files: Record<string, string> }).files, author(req));
-      reply.code(201);
-      return { name: pack.name, version: pack.version, sha256: pack.sha256, objects };
+      const body = req.body as { files: Record<string, string>; use?: boolean };
+      const r = await content.installPack(body.files, author(req), { use: body.use });
+      reply.code(r.installed ? 201 : 200);
+      return r;
     },
+  );
+
+  app.post(
+    '/api/v1/packs/:name/use',
+    { schema: { body: { type: 'object', additionalProperties: false, required: ['version'], properties: { version: { type: 'string', minLength: 1 } } } } },
+    async (req) => content.usePack((req.params as { name: string }).name, (req.body as { version: string }).version, author(req)),
   );
 
   app.delete('/api/v1/packs/:name', async (req) => {

@@ -1,5 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { publicMachine } from '../../engine/engine.js';
+import { parseBuiltWith } from '../../engine/records.js';
 import { TaktError } from '../../model/errors.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
 import { requireOwnMachine } from '../auth.js';
@@ -44,7 +45,7 @@ interface CreateBody {
 }
 
 export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
-  const { engine, store, brokers } = ctx;
+  const { engine, store, brokers, records } = ctx;
 
   app.get('/api/v1/machines', async (req) => {
     const q = req.query as Record<string, string | undefined>;
@@ -57,12 +58,34 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
       environment: q.environment,
       broker: q.broker,
       name: q.name,
-      limit: intQuery(q.limit, 'limit', 100, 1000),
-      offset: intQuery(q.offset, 'offset', 0),
     };
-    const [items, total] = await Promise.all([store.listMachines(filter), store.countMachines(filter)]);
-    return { items: items.map(publicMachine), total };
+    const limit = intQuery(q.limit, 'limit', 100, 1000)!;
+    const offset = intQuery(q.offset, 'offset', 0)!;
+    if (q.builtWith === undefined && q.stale === undefined) {
+      const [items, total] = await Promise.all([store.listMachines({ ...filter, limit, offset }), store.countMachines(filter)]);
+      return { items: items.map(publicMachine), total };
+    }
+    // Build-record filters look at each machine's jobs, so they page after filtering.
+    const builtWith = q.builtWith ? parseBuiltWith(q.builtWith) : undefined;
+    const wantStale = q.stale === undefined ? undefined : q.stale !== 'false';
+    const matched: Array<ReturnType<typeof publicMachine> & { stale?: string[] }> = [];
+    for (let page = 0; ; page += 1000) {
+      const batch = await store.listMachines({ ...filter, limit: 1000, offset: page });
+      for (const m of batch) {
+        const entries = await records.entries(m);
+        if (builtWith && !records.builtWith(entries, builtWith)) continue;
+        if (wantStale !== undefined) {
+          const stale = records.staleness(m, entries);
+          if (stale.length > 0 !== wantStale) continue;
+          matched.push({ ...publicMachine(m), stale });
+        } else matched.push(publicMachine(m));
+      }
+      if (batch.length < 1000) break;
+    }
+    return { items: matched.slice(offset, offset + limit), total: matched.length };
   });
+
+  app.get('/api/v1/machines/:id/record', async (req) => records.record(await engine.findMachine((req.params as { id: string }).id)));
 
   app.post('/api/v1/machines', { schema: { body: createBody } }, async (req, reply) => {
     const body = req.body as CreateBody;

@@ -1,0 +1,134 @@
+/**
+ * Build records: what produced a machine, task by task (pack@version, task hash, script hash, params),
+ * and the questions operators ask of them — which machines were built with a version, which are stale.
+ */
+import semver from 'semver';
+import { TaktError } from '../model/errors.js';
+import type { Job, Machine } from '../model/machine.js';
+import type { Store } from '../store/store.js';
+import type { ContentService } from './content.js';
+import { canonicalJson, hashObject } from '../model/hash.js';
+import { prepareTask } from './prepare.js';
+import type { Sealer } from '../model/secure.js';
+
+export interface RecordEntry {
+  stage: string | null;
+  task: string;
+  job: string;
+  variant: string;
+  pack: string | null;
+  taskSha256: string | null;
+  scriptSha256: string | null;
+  params: Job['params'];
+  finishedAt: string | null;
+}
+
+export interface MachineRecord {
+  machine: string;
+  pipeline: string | null;
+  entries: RecordEntry[];
+  /** Why the machine no longer matches what it would be built with now (empty when current). */
+  stale: string[];
+}
+
+/** A `--built-with` selector: `demo@<1.2.0`, `demo@1.0.0`, `demo` (any version). */
+export function parseBuiltWith(sel: string): { pack: string; range: string } {
+  const at = sel.indexOf('@');
+  const pack = at < 0 ? sel : sel.slice(0, at);
+  const range = at < 0 ? '*' : sel.slice(at + 1);
+  if (!/^[a-z0-9][a-z0-9._-]*$/.test(pack) || semver.validRange(range) === null) {
+    throw new TaktError('bad_request', `'${sel}' is not PACK[@RANGE] (e.g. demo@<1.2.0, demo@1.0.0, demo)`, { path: 'builtWith' });
+  }
+  return { pack, range };
+}
+
+export class Records {
+  constructor(
+    private readonly store: Store,
+    private readonly content: ContentService,
+    private readonly sealer: Sealer,
+  ) {}
+
+  /** The newest successful job for each task of the machine's current pipeline, in pipeline order. */
+  async entries(m: Machine): Promise<RecordEntry[]> {
+    const jobs = await this.store.listJobs({ machineId: m.id, state: 'succeeded', order: 'desc', limit: 1000 });
+    const latest = new Map<string, Job>();
+    for (const j of jobs) {
+      if (j.kind !== 'pipeline' || j.pipeline !== m.pipeline) continue;
+      const key = `${j.stage}/${j.task}`;
+      if (!latest.has(key)) latest.set(key, j);
+    }
+    const order = this.pipelineOrder(m.pipeline);
+    return [...latest.values()]
+      .sort((a, b) => (order.get(`${a.stage}/${a.task}`) ?? 1e9) - (order.get(`${b.stage}/${b.task}`) ?? 1e9))
+      .map((j) => ({
+        stage: j.stage,
+        task: j.task,
+        job: j.id,
+        variant: j.variant,
+        pack: j.pack,
+        taskSha256: j.taskSha256,
+        scriptSha256: j.scriptSha256,
+        params: j.params,
+        finishedAt: j.finishedAt,
+      }));
+  }
+
+  async record(m: Machine): Promise<MachineRecord> {
+    const entries = await this.entries(m);
+    return { machine: m.name, pipeline: m.pipeline, entries, stale: this.staleness(m, entries) };
+  }
+
+  builtWith(entries: RecordEntry[], sel: { pack: string; range: string }): boolean {
+    return entries.some((e) => {
+      const [name, version] = (e.pack ?? '').split('@');
+      return name === sel.pack && version !== undefined && semver.satisfies(version, sel.range, { includePrerelease: true });
+    });
+  }
+
+  /** Reasons the machine would be built differently now: an older pack version, a changed task, changed params. */
+  staleness(m: Machine, entries: RecordEntry[]): string[] {
+    const reasons: string[] = [];
+    const content = this.content.current;
+    for (const e of entries) {
+      const [name, version] = (e.pack ?? '').split('@');
+      const pinned = name ? this.content.pinned.get(name)?.version : undefined;
+      if (version && pinned && semver.valid(version) && semver.lt(version, pinned)) {
+        reasons.push(`${e.task}: built with ${name}@${version}, ${name}@${pinned} is in use`);
+        continue;
+      }
+      const def = content.objects.tasks.get(e.task)?.def;
+      if (!def) {
+        reasons.push(`${e.task}: the task no longer exists`);
+        continue;
+      }
+      if (e.taskSha256 && hashObject(def) !== e.taskSha256) {
+        reasons.push(`${e.task}: the task changed since it ran`);
+        continue;
+      }
+      const stage = e.stage ? content.objects.stages.get(e.stage)?.def : undefined;
+      const pipeline = m.pipeline ? content.objects.pipelines.get(m.pipeline)?.def : undefined;
+      const now = prepareTask(content, this.sealer, m, e.task, {
+        stage: stage ? { name: stage.name, params: stage.params } : undefined,
+        pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined,
+      });
+      for (const p of now.params) {
+        // Secure values are masked on both sides, so a changed secret shows only in the script hash.
+        const then = e.params[p.name]?.value;
+        if (canonicalJson(then) !== canonicalJson(p.value)) {
+          reasons.push(`${e.task}: param ${p.name} changed (${JSON.stringify(then)} → ${JSON.stringify(p.value)})`);
+        }
+      }
+    }
+    return reasons;
+  }
+
+  private pipelineOrder(pipeline: string | null): Map<string, number> {
+    const order = new Map<string, number>();
+    const content = this.content.current;
+    const p = pipeline ? content.objects.pipelines.get(pipeline)?.def : undefined;
+    let i = 0;
+    for (const s of p?.stages ?? []) for (const t of content.objects.stages.get(s)?.def.tasks ?? []) order.set(`${s}/${t}`, i++);
+    return order;
+  }
+}
