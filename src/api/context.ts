@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import type { ContentService } from '../engine/content.js';
 import type { Engine } from '../engine/engine.js';
+import type { History } from '../engine/history.js';
 import type { Records } from '../engine/records.js';
 import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
@@ -20,6 +21,7 @@ export interface ApiContext {
   engine: Engine;
   content: ContentService;
   records: Records;
+  history: History;
   brokers: Map<string, BrokerPort>;
   version: string;
 }

@@ -575,8 +575,39 @@ function historyCommands(program: Command, g: Globals, api: () => ApiClient) {
     });
   history
     .command('show <seq>')
-    .description('one change with its before and after')
-    .action(async (seq: string) => print(g().output, await api().get(`/changes/${enc(seq)}`), undefined));
+    .description('one change: who, when, and what it changed field by field')
+    .action(async (seq: string) => {
+      const c = await api().get<Change & { diff: Array<{ path: string; before: unknown; after: unknown }> }>(`/changes/${enc(seq)}`);
+      print(g().output, c, () =>
+        [
+          `${pc.bold(`#${c.seq}`)} ${c.action} ${c.object} by ${c.author} at ${c.at}`,
+          ...c.diff.flatMap((f) => [`  ${f.path}:`, pc.red(`    - ${JSON.stringify(f.before)}`), pc.green(`    + ${JSON.stringify(f.after)}`)]),
+        ].join('\n'),
+      );
+    });
+  history
+    .command('revert <seq>')
+    .description('undo one change, as a new change (refused if what it changed was changed again since)')
+    .action(async (seq: string) => {
+      const r = await api().post<{ reverted: number; changes: number }>(`/changes/${enc(seq)}/revert`);
+      print(g().output, r, () => `reverted #${r.reverted} (${r.changes} new change${r.changes === 1 ? '' : 's'})`);
+    });
+  history
+    .command('rewind')
+    .description('restore the whole desired state (packs in use, local content, machine params/profiles/pipelines) as of a change')
+    .requiredOption('--to <seq>', 'the change to go back to (0: before the first)')
+    .action(async (o: { to: string }) => {
+      const to = Number(o.to);
+      if (!Number.isInteger(to) || to < 0) throw new TaktError('bad_request', '--to must be a change number');
+      const r = await api().post<{ to: number; applied: Array<{ object: string; seq: number }>; skipped: Array<{ object: string; reason: string }> }>('/changes/rewind', { to });
+      print(g().output, r, () =>
+        [
+          `rewound to #${r.to}: ${r.applied.length} object(s) restored`,
+          ...r.applied.map((a) => `  ${a.object} (#${a.seq})`),
+          ...r.skipped.map((s) => pc.yellow(`  not restored: ${s.object}: ${s.reason}`)),
+        ].join('\n'),
+      );
+    });
 }
 
 // ---- plan view ----------------------------------------------------------------------------------------

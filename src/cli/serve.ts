@@ -11,6 +11,7 @@ import { LocalBroker } from '../brokers/local.js';
 import { readPackDir } from '../content/files.js';
 import { ContentService } from '../engine/content.js';
 import { Engine, publicMachine } from '../engine/engine.js';
+import { History } from '../engine/history.js';
 import { Records } from '../engine/records.js';
 import { parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
@@ -71,6 +72,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     engine,
     content,
     records: new Records(store, content, sealer),
+    history: new History(store, engine, content),
     brokers: new Map([[broker.name, broker]]),
     version: VERSION,
     adminToken: admin.value,

@@ -8,7 +8,7 @@ import type { ContentSet } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
 import type { ClaimedJob, ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
-import { maskValues, type Sealer } from '../model/secure.js';
+import { isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
@@ -183,7 +183,7 @@ export class Engine {
       if (patch.params !== undefined) next.params = this.checkParams(content, m.params, patch.params);
       if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
         await this.cancelCurrent(tx, m, author);
-        next = { ...next, ...assignPipeline(m, patch.pipeline), currentJob: null };
+        next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
       }
       return this.saveDesired(tx, m, next, author);
     });
@@ -680,6 +680,11 @@ export class Engine {
         delete out[name];
         continue;
       }
+      // A sealed value comes back from history (revert/rewind/import): it was validated before it was sealed.
+      if (isSealed(value)) {
+        out[name] = value;
+        continue;
+      }
       const def = content.objects.params.get(name)?.def;
       if (def?.schema) {
         const problems = validateValue(def.schema, value);
@@ -740,6 +745,7 @@ export class Engine {
 export function desiredView(m: Machine) {
   return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, power: m.power, state: m.state };
 }
+export type DesiredView = ReturnType<typeof desiredView>;
 
 export function publicMachine(m: Machine) {
   return { ...m, params: maskValues(m.params) };

@@ -1,13 +1,12 @@
 import type { FastifyInstance } from 'fastify';
-import { TaktError } from '../../model/errors.js';
 import type { TaktEvent } from '../../model/machine.js';
-import { intQuery, type ApiContext } from '../context.js';
+import { author, intQuery, type ApiContext } from '../context.js';
 import { topicMatcher } from '../topics.js';
 
 const KEEPALIVE_MS = 15_000;
 
 export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
-  const { store } = ctx;
+  const { store, history } = ctx;
 
   app.get('/api/v1/changes', async (req) => {
     const q = req.query as Record<string, string | undefined>;
@@ -21,12 +20,15 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     };
   });
 
-  app.get('/api/v1/changes/:seq', async (req) => {
-    const seq = intQuery((req.params as { seq: string }).seq, 'seq', 0)!;
-    const c = await store.getChange(seq);
-    if (!c) throw new TaktError('not_found', `change ${seq} not found`);
-    return c;
-  });
+  app.get('/api/v1/changes/:seq', async (req) => history.show(intQuery((req.params as { seq: string }).seq, 'seq', 0)!));
+
+  app.post('/api/v1/changes/:seq/revert', async (req) => history.revert(intQuery((req.params as { seq: string }).seq, 'seq', 0)!, author(req)));
+
+  app.post(
+    '/api/v1/changes/rewind',
+    { schema: { body: { type: 'object', additionalProperties: false, required: ['to'], properties: { to: { type: 'integer', minimum: 0 } } } } },
+    async (req) => history.rewind((req.body as { to: number }).to, author(req)),
+  );
 
   /**
    * Server-sent events. `?topics=machines.*.*,jobs.update.j-1` filters; `Last-Event-ID` (or `?since=`)

@@ -1,0 +1,112 @@
+/**
+ * Issue 3: history — every desired-state change is numbered, shown as a diff, revertible as a new change,
+ * and the whole desired state can be rewound to any change.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Endpoint, packFiles } from './helpers/endpoint.js';
+import type { Change, Machine } from '../src/model/machine.js';
+
+let ep: Endpoint;
+const latest = async () => (await ep.api.get<{ items: Change[] }>('/changes', { limit: 1 })).items[0]!.seq;
+const machine = (name: string) => ep.api.get<Machine>(`/machines/${name}`);
+
+beforeAll(async () => {
+  ep = await Endpoint.start();
+  const files = await packFiles('basic');
+  await ep.api.post('/packs', { files });
+  await ep.api.post('/packs', { files: { ...files, 'pack.yaml': files['pack.yaml']!.replace('1.0.0', '1.1.0') } });
+  await ep.api.post('/profiles', { name: 'web', params: { msg: 'from web' } });
+  await ep.api.post('/profiles', { name: 'db', params: { msg: 'from db' } });
+  await ep.api.post('/machines', { name: 'h1', params: { msg: 'one', code: 1, api_key: 'k-1' }, profiles: ['web'] });
+});
+afterAll(async () => ep?.stop());
+
+describe('history', () => {
+  it('lists numbered changes with who and what, and shows one as a field diff', async () => {
+    await ep.api.patch('/machines/h1', { params: { msg: 'two' } });
+    const seq = await latest();
+    const r = await ep.cli(['history', 'show', String(seq)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(new RegExp(`#${seq} update machines/m-\\w+ by admin`));
+    expect(r.stdout).toContain('/params/msg:\n    - "one"\n    + "two"');
+    const list = await ep.cli(['history', '--limit', '3']);
+    expect(list.stdout).toContain('machines/');
+    // secure values are history's too, but only sealed
+    expect(JSON.stringify(await ep.api.get('/changes', { limit: 1000 }))).not.toContain('k-1');
+  });
+
+  it('revert undoes one change as a new change', async () => {
+    await ep.api.patch('/machines/h1', { params: { code: 7 } });
+    const seq = await latest();
+    await ep.api.patch('/machines/h1', { profiles: ['db'] });
+    const r = await ep.cli(['history', 'revert', String(seq)]);
+    expect(r.code, r.stderr).toBe(0);
+    const m = await machine('h1');
+    expect(m.params.code).toBe(1);
+    expect(m.profiles).toEqual(['db']); // the later change stays
+    const newest = await ep.api.get<Change>(`/changes/${await latest()}`);
+    expect(newest.author).toBe(`admin (revert #${seq})`);
+  });
+
+  it('a revert that would overwrite a later change is refused and changes nothing', async () => {
+    await ep.api.patch('/machines/h1', { params: { msg: 'three' } });
+    const first = await latest();
+    await ep.api.patch('/machines/h1', { params: { msg: 'four' } });
+    const before = await latest();
+    const r = await ep.cli(['history', 'revert', String(first)]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/params\.msg changed again since/);
+    expect(await latest()).toBe(before);
+    expect((await machine('h1')).params.msg).toBe('four');
+  });
+
+  it('reverts local content and pack pins', async () => {
+    await ep.api.put('/profiles/web', { name: 'web', params: { msg: 'changed' } });
+    const profileChange = await latest();
+    await ep.cli(['content', 'use', 'basic@1.1.0']);
+    const packChange = await latest();
+    expect((await ep.cli(['history', 'revert', String(profileChange)])).code).toBe(0);
+    expect(await ep.api.get('/profiles/web')).toMatchObject({ params: { msg: 'from web' } });
+    expect((await ep.cli(['history', 'revert', String(packChange)])).code).toBe(0);
+    expect((await ep.api.get<{ version: string }>('/packs/basic')).version).toBe('1.0.0');
+  });
+
+  it('rewind restores params, profiles, assignments, local content and pins exactly', async () => {
+    await ep.api.post('/machines', { name: 'h2', params: { msg: 'h2' }, profiles: ['web'] });
+    const to = await latest();
+    const snapshot = {
+      h1: await machine('h1'),
+      h2: await machine('h2'),
+      web: await ep.api.get('/profiles/web'),
+      pack: (await ep.api.get<{ version: string }>('/packs/basic')).version,
+    };
+    // a burst of changes of every kind
+    await ep.api.patch('/machines/h1', { params: { msg: 'x', code: 200, api_key: 'k-2', count: 4 }, profiles: ['web', 'db'], pipeline: 'basic' });
+    await ep.api.patch('/machines/h2', { params: { msg: null }, profiles: [], pipeline: 'steps' });
+    await ep.api.put('/profiles/web', { name: 'web', params: { msg: 'rewritten' } });
+    await ep.api.post('/profiles', { name: 'cache', params: { code: 3 } });
+    await ep.api.patch('/machines/h2', { profiles: ['cache'] });
+    await ep.api.post('/packs/basic/use', { version: '1.1.0' });
+    await ep.api.post('/machines', { name: 'h3' });
+
+    const r = await ep.cli(['history', 'rewind', '--to', String(to), '-o', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    const result = JSON.parse(r.stdout) as { skipped: Array<{ object: string; reason: string }> };
+    expect(result.skipped).toEqual([{ object: expect.stringMatching(/^machines\//), reason: expect.stringMatching(/created after the target/) }]);
+
+    const pick = (m: Machine) => ({ params: m.params, profiles: m.profiles, pipeline: m.pipeline, name: m.name });
+    expect(pick(await machine('h1'))).toEqual(pick(snapshot.h1));
+    expect(pick(await machine('h2'))).toEqual(pick(snapshot.h2));
+    expect(await ep.api.get('/profiles/web')).toEqual(snapshot.web);
+    await expect(ep.api.get('/profiles/cache')).rejects.toThrow(/not found/);
+    expect((await ep.api.get<{ version: string }>('/packs/basic')).version).toBe(snapshot.pack);
+    // the secure value came back sealed, and still opens to the original
+    const claim = await ep.api.get<{ steps: Array<{ params: Array<{ name: string; value: unknown }> }> }>('/machines/h1/plan');
+    expect(JSON.stringify(claim)).not.toContain('k-1');
+  });
+
+  it('unknown changes and bad input are clear errors', async () => {
+    expect((await ep.cli(['history', 'revert', '99999'])).stderr).toMatch(/change #99999 not found/);
+    expect((await ep.cli(['history', 'rewind', '--to', 'yesterday'])).stderr).toMatch(/--to must be a change number/);
+  });
+});
