@@ -2,6 +2,7 @@ import type { FastifyRequest } from 'fastify';
 import type { ContentService } from '../engine/content.js';
 import type { Engine } from '../engine/engine.js';
 import type { History } from '../engine/history.js';
+import type { Portable } from '../engine/portable.js';
 import type { Records } from '../engine/records.js';
 import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
@@ -22,6 +23,7 @@ export interface ApiContext {
   content: ContentService;
   records: Records;
   history: History;
+  portable: Portable;
   brokers: Map<string, BrokerPort>;
   version: string;
 }

@@ -1,6 +1,6 @@
 /** The resource commands: each maps onto one REST call (or a short loop of them for wait/follow/watch). */
-import { readFile, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { Option, type Command } from 'commander';
 import pc from 'picocolors';
 import { parse as parseYaml } from 'yaml';
@@ -23,6 +23,7 @@ export function register(program: Command, g: Globals) {
   workOrderCommands(program, g, api);
   for (const kind of CONTENT_KINDS) objectCommands(program, g, api, kind);
   historyCommands(program, g, api);
+  portableCommands(program, g, api);
 
   program
     .command('plan <machine>')
@@ -553,6 +554,50 @@ function objectCommands(program: Command, g: Globals, api: () => ApiClient, kind
     const r = await api().delete(`/${kind}/${enc(name)}`);
     print(g().output, r, () => `deleted ${noun} ${name}`);
   });
+}
+
+function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
+  program
+    .command('export <dir>')
+    .description('write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git')
+    .action(async (dir: string) => {
+      const { files } = await api().get<{ files: Record<string, string> }>('/export');
+      const existing = await readdir(dir).catch(() => null);
+      if (existing && existing.length > 0 && !existing.includes('takt-export.yaml')) {
+        throw new TaktError('conflict', `${dir} is not empty and holds no takt export; choose an empty or new directory`);
+      }
+      // Replace an earlier export whole, so files of deleted objects do not linger.
+      if (existing) for (const e of existing) if (['packs', 'local', 'machines', 'takt-export.yaml'].includes(e)) await rm(join(dir, e), { recursive: true, force: true });
+      for (const [path, text] of Object.entries(files)) {
+        await mkdir(dirname(join(dir, path)), { recursive: true });
+        await writeFile(join(dir, path), text);
+      }
+      print(g().output, { dir, files: Object.keys(files).length }, () => `exported ${Object.keys(files).length} files to ${dir}`);
+    });
+  program
+    .command('import <dir>')
+    .description('restore the desired state from a `takt export` directory (machines not in it are reported, not deleted)')
+    .action(async (dir: string) => {
+      const files: Record<string, string> = {};
+      const walk = async (rel: string) => {
+        for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
+          const p = rel ? `${rel}/${e.name}` : e.name;
+          if (e.isDirectory()) await walk(p);
+          else if (e.isFile() && !e.name.startsWith('.')) files[p] = await readFile(join(dir, p), 'utf8');
+        }
+      };
+      await walk('').catch((err: NodeJS.ErrnoException) => {
+        throw new TaktError('not_found', `${dir}: ${err.code === 'ENOENT' ? 'no such directory' : err.message}`);
+      });
+      const r = await api().post<{ packVersionsInstalled: string[]; content: Record<string, number>; machines: { created: string[]; updated: string[] }; problems: string[] }>('/import', { files });
+      print(g().output, r, () =>
+        [
+          `imported ${dir}: ${r.packVersionsInstalled.length} pack version(s) installed, content ${r.content.created} created / ${r.content.updated} updated / ${r.content.deleted} deleted, machines ${r.machines.created.length} created / ${r.machines.updated.length} updated`,
+          ...r.problems.map((p) => pc.yellow(`  ${p}`)),
+        ].join('\n'),
+      );
+      if (r.problems.length) process.exitCode = 1;
+    });
 }
 
 function historyCommands(program: Command, g: Globals, api: () => ApiClient) {

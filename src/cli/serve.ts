@@ -12,6 +12,7 @@ import { readPackDir } from '../content/files.js';
 import { ContentService } from '../engine/content.js';
 import { Engine, publicMachine } from '../engine/engine.js';
 import { History } from '../engine/history.js';
+import { Portable } from '../engine/portable.js';
 import { Records } from '../engine/records.js';
 import { parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
@@ -73,6 +74,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     content,
     records: new Records(store, content, sealer),
     history: new History(store, engine, content),
+    portable: new Portable(store, engine, content),
     brokers: new Map([[broker.name, broker]]),
     version: VERSION,
     adminToken: admin.value,

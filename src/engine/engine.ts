@@ -38,6 +38,8 @@ export interface EngineOptions {
 }
 
 export interface MachineInput {
+  /** Only for restoring an export: keep the machine's id. */
+  id?: string;
   name: string;
   environment?: string;
   broker?: string | null;
@@ -136,7 +138,10 @@ export class Engine {
     this.requireProfiles(content, profiles);
     const params = this.checkParams(content, {}, input.params ?? {});
     if (await this.store.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
-    const id = `m-${randomBytes(5).toString('hex')}`;
+    if (input.id !== undefined && (!/^m-[a-z0-9]{1,40}$/.test(input.id) || (await this.store.getMachine(input.id)))) {
+      throw new TaktError('conflict', `machine id '${input.id}' is not valid or already taken`, { path: '/id' });
+    }
+    const id = input.id ?? `m-${randomBytes(5).toString('hex')}`;
     const token = `tkm.${id}.${randomBytes(24).toString('base64url')}`;
     const now = new Date().toISOString();
     const machine: Machine = {
@@ -159,6 +164,7 @@ export class Engine {
     };
     await this.store.transact(async (tx) => {
       if (await tx.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
+      if (await tx.getMachine(id)) throw new TaktError('conflict', `machine id '${id}' is already taken`, { path: '/id' });
       await tx.insertMachine(machine, sha256(token));
       await tx.change(author, `machines/${id}`, 'create', null, desiredView(machine));
       tx.emit(`machines.create.${id}`, publicMachine(machine));

@@ -6,7 +6,23 @@ import { topicMatcher } from '../topics.js';
 const KEEPALIVE_MS = 15_000;
 
 export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
-  const { store, history } = ctx;
+  const { store, history, portable, engine, brokers } = ctx;
+
+  app.get('/api/v1/export', async () => ({ files: await portable.export() }));
+
+  app.post(
+    '/api/v1/import',
+    {
+      bodyLimit: 256 * 1024 * 1024,
+      schema: { body: { type: 'object', additionalProperties: false, required: ['files'], properties: { files: { type: 'object', additionalProperties: { type: 'string' } } } } },
+    },
+    async (req) =>
+      portable.import((req.body as { files: Record<string, string> }).files, author(req), async (m) => {
+        const broker = m.broker ? brokers.get(m.broker) : undefined;
+        const { machine, token } = await engine.createMachine({ ...m, broker: broker ? m.broker : null }, author(req));
+        if (broker) await broker.create(machine, token);
+      }),
+  );
 
   app.get('/api/v1/changes', async (req) => {
     const q = req.query as Record<string, string | undefined>;
