@@ -281,7 +281,7 @@ async function readEvents(query: string, stop: (events: Array<{ id: number; topi
 
 describe('event stream', () => {
   it('delivers live events that match the topic filter, and replays from an id', async () => {
-    const live = readEvents('topics=machines.create.*', (ev) => ev.some((e) => (e as { data: { name?: string } }).data?.name === 'ev-2'));
+    const live = readEvents('topics=machines.create.*', (ev) => ev.some((e) => (e as unknown as { data: { name?: string } }).data?.name === 'ev-2'));
     await new Promise((r) => setTimeout(r, 200));
     const one = await makeMachine('ev-1');
     await call('PATCH', `/machines/${one.id}`, { params: { msg: 'x' } });

@@ -30,7 +30,7 @@ describe.skipIf(!haveChromium)('web UI', () => {
     const page = await browser.newPage();
     await page.goto(`${ep.url}/#token=${ep.token}`);
     // the token moves from the URL into local storage
-    await expect.poll(() => page.evaluate(() => location.hash)).toBe('');
+    await expect.poll(() => page.evaluate('location.hash')).toBe('');
     await page.getByText('live', { exact: true }).waitFor({ timeout: 15_000 });
     // the three demo machines arrive at done over the event stream
     await expect.poll(async () => page.locator('#machines tr').count(), { timeout: 30_000 }).toBe(3);

@@ -95,9 +95,11 @@ describe('pack versions', () => {
     expect(stale[0]!.stale).toContain('configure: built with seed@1.0.0, seed@1.0.1 is in use');
     expect(await json<unknown[]>(['machines', 'list', '--built-with', 'seed@<1.0.1'])).toHaveLength(10);
 
-    // re-apply (rollouts will do this in waves; here all at once)
-    await Promise.all(stale.map((m) => ep.api.post(`/machines/${m.name}/restart`)));
-    for (const m of stale) expect((await ep.cli(['machines', 'wait', m.name, '--timeout', '60s'])).code).toBe(0);
+    // re-apply the fix to every machine built with the broken version, in waves
+    const ro = await ep.cli(['rollouts', 'create', '--pipeline', 'seed', '--select', 'builtWith=seed@<1.0.1', '--canary', '1', '--batch', '5']);
+    expect(ro.code, ro.stdout + ro.stderr).toBe(0);
+    expect(ro.stdout).toMatch(/completed — 10 of 10 succeeded/);
+    expect(ro.stdout).toMatch(/canary .* 1\/1 ok\n\s+wave 2 .* 5\/5 ok\n\s+wave 3 .* 4\/4 ok/);
     expect(await json<unknown[]>(['machines', 'list', '--stale'])).toHaveLength(0);
     expect(await json<unknown[]>(['machines', 'list', '--built-with', 'seed@<1.0.1'])).toHaveLength(0);
     expect(await json<unknown[]>(['machines', 'list', '--built-with', 'seed@1.0.1'])).toHaveLength(10);

@@ -4,6 +4,7 @@ import type { Engine } from '../engine/engine.js';
 import type { History } from '../engine/history.js';
 import type { Portable } from '../engine/portable.js';
 import type { Records } from '../engine/records.js';
+import type { Rollouts } from '../engine/rollouts.js';
 import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
 import type { Principal } from './auth.js';
@@ -24,6 +25,7 @@ export interface ApiContext {
   records: Records;
   history: History;
   portable: Portable;
+  rollouts: Rollouts;
   brokers: Map<string, BrokerPort>;
   version: string;
 }

@@ -13,6 +13,7 @@ import { contentRoutes } from './routes/content.js';
 import { eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
 import { machineRoutes } from './routes/machines.js';
+import { rolloutRoutes } from './routes/rollouts.js';
 
 export interface ServerOptions extends ApiContext {
   adminToken: string;
@@ -90,6 +91,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   jobRoutes(app, opts);
   contentRoutes(app, opts);
   eventRoutes(app, opts);
+  rolloutRoutes(app, opts);
   await app.ready();
   return app;
 }

@@ -40,6 +40,11 @@ const stateColors: Record<string, (s: string) => string> = {
   queued: pc.dim,
   cancelled: pc.yellow,
   'awaiting-approval': pc.yellow,
+  completed: pc.green,
+  paused: pc.yellow,
+  aborted: pc.yellow,
+  pending: pc.dim,
+  skipped: pc.dim,
 };
 
 export const colorState = (s: string): string => (stateColors[s] ?? ((x: string) => x))(s);

@@ -14,6 +14,7 @@ import { Engine, publicMachine } from '../engine/engine.js';
 import { History } from '../engine/history.js';
 import { Portable } from '../engine/portable.js';
 import { Records } from '../engine/records.js';
+import { Rollouts } from '../engine/rollouts.js';
 import { parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
@@ -68,11 +69,14 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const engine = new Engine(store, content, sealer, { leaseMs, log });
   let url = '';
   const broker = new LocalBroker({ dataDir: data, endpoint: () => url, log });
+  const records = new Records(store, content, sealer);
+  const rollouts = new Rollouts(store, engine, records, { log });
   const app = await buildServer({
     store,
     engine,
     content,
-    records: new Records(store, content, sealer),
+    records,
+    rollouts,
     history: new History(store, engine, content),
     portable: new Portable(store, engine, content),
     brokers: new Map([[broker.name, broker]]),
@@ -85,6 +89,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   url = `http://${host.includes(':') ? `[${host}]` : host}:${actualPort}`;
   writeFileSync(join(data, 'endpoint'), url + '\n');
   await engine.start();
+  rollouts.start();
 
   const localMachines = await store.listMachines({ broker: 'local', limit: 1000 });
   broker.adopt(localMachines);
@@ -111,6 +116,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     close: async () => {
       clearInterval(pruner);
       stopReporting();
+      rollouts.stop();
       engine.stop();
       await broker.stopAll();
       await app.close();

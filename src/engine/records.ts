@@ -4,7 +4,7 @@
  */
 import semver from 'semver';
 import { TaktError } from '../model/errors.js';
-import type { Job, Machine } from '../model/machine.js';
+import type { Job, Machine, MachineState } from '../model/machine.js';
 import type { Store } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject } from '../model/hash.js';
@@ -42,6 +42,18 @@ export function parseBuiltWith(sel: string): { pack: string; range: string } {
   return { pack, range };
 }
 
+/** Which machines an operator means: the list filters plus build-record ones. */
+export interface MachineSelection {
+  state?: MachineState;
+  pipeline?: string;
+  environment?: string;
+  broker?: string;
+  name?: string;
+  /** `demo@<1.2.0` */
+  builtWith?: string;
+  stale?: boolean;
+}
+
 export class Records {
   constructor(
     private readonly store: Store,
@@ -72,6 +84,31 @@ export class Records {
         params: j.params,
         finishedAt: j.finishedAt,
       }));
+  }
+
+  /** Every machine matching the selection, with its stale reasons when `stale` was asked about. */
+  async select(sel: MachineSelection): Promise<Array<{ machine: Machine; stale?: string[] }>> {
+    const { builtWith, stale, ...filter } = sel;
+    const range = builtWith ? parseBuiltWith(builtWith) : undefined;
+    const out: Array<{ machine: Machine; stale?: string[] }> = [];
+    for (let offset = 0; ; offset += 1000) {
+      const batch = await this.store.listMachines({ ...filter, limit: 1000, offset });
+      for (const m of batch) {
+        if (!range && stale === undefined) {
+          out.push({ machine: m });
+          continue;
+        }
+        const entries = await this.entries(m);
+        if (range && !this.builtWith(entries, range)) continue;
+        if (stale === undefined) {
+          out.push({ machine: m });
+          continue;
+        }
+        const reasons = this.staleness(m, entries);
+        if (reasons.length > 0 === stale) out.push({ machine: m, stale: reasons });
+      }
+      if (batch.length < 1000) return out;
+    }
   }
 
   async record(m: Machine): Promise<MachineRecord> {

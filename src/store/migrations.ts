@@ -140,6 +140,35 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('jobs').addColumn('script_sha256', 'text').execute();
     },
   },
+  '0003_rollouts': {
+    async up(db: Kysely<unknown>) {
+      await db.schema
+        .createTable('rollouts')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('spec', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('reason', 'text')
+        .addColumn('wave', 'integer', (c) => c.notNull())
+        .addColumn('waves', 'integer', (c) => c.notNull())
+        .addColumn('author', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('rollout_items')
+        .addColumn('rollout_id', 'text', (c) => c.notNull())
+        .addColumn('machine_id', 'text', (c) => c.notNull())
+        .addColumn('machine_name', 'text', (c) => c.notNull())
+        .addColumn('wave', 'integer', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('reason', 'text')
+        .addColumn('work_order_id', 'text')
+        .addColumn('started_at', 'text')
+        .addColumn('finished_at', 'text')
+        .addPrimaryKeyConstraint('rollout_items_pk', ['rollout_id', 'machine_id'])
+        .execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

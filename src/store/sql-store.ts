@@ -5,8 +5,10 @@ import { Kysely, Migrator, type Selectable, type Transaction } from 'kysely';
 import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
+import type { Rollout, RolloutItem } from '../model/rollout.js';
 import { migrationProvider, type Dialect } from './migrations.js';
 import type {
+  Page,
   ChangeFilter,
   ContentRecord,
   EventListener,
@@ -18,7 +20,7 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, Database, JobsTable, MachinesTable, WorkOrdersTable } from './tables.js';
+import type { ChangesTable, Database, JobsTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -295,10 +297,76 @@ class SqlReads implements Reads {
     const r = await this.db.selectFrom('changes').selectAll().where('seq', '=', seq).executeTakeFirst();
     return r ? changeFromRow(r) : undefined;
   }
+  async getRollout(id: string) {
+    const r = await this.db.selectFrom('rollouts').selectAll().where('id', '=', id).executeTakeFirst();
+    return r ? rolloutFromRow(r) : undefined;
+  }
+  async listRollouts(f: Page & { states?: Rollout['state'][] } = {}) {
+    let q = this.db.selectFrom('rollouts').selectAll();
+    if (f.states) q = q.where('state', 'in', f.states);
+    const rows = await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limitOf(f.limit)).offset(f.offset ?? 0).execute();
+    return rows.map(rolloutFromRow);
+  }
+  async listRolloutItems(rolloutId: string) {
+    const rows = await this.db.selectFrom('rollout_items').selectAll().where('rollout_id', '=', rolloutId).orderBy('wave').orderBy('machine_name').execute();
+    return rows.map((r) => ({
+      rolloutId: r.rollout_id,
+      machineId: r.machine_id,
+      machineName: r.machine_name,
+      wave: Number(r.wave),
+      state: r.state as RolloutItem['state'],
+      reason: r.reason,
+      workOrderId: r.work_order_id,
+      startedAt: r.started_at,
+      finishedAt: r.finished_at,
+    }));
+  }
   async listEvents(afterId: number, limit = 1000) {
     const rows = await this.db.selectFrom('events').selectAll().where('id', '>', afterId).orderBy('id').limit(limit).execute();
     return rows.map((r) => ({ id: Number(r.id), topic: r.topic, at: r.at, data: parse(r.data) }));
   }
+}
+
+function rolloutFromRow(r: RolloutsTable): Rollout {
+  return {
+    id: r.id,
+    spec: parse(r.spec),
+    state: r.state as Rollout['state'],
+    reason: r.reason,
+    wave: Number(r.wave),
+    waves: Number(r.waves),
+    author: r.author,
+    createdAt: r.created_at,
+    updatedAt: r.updated_at,
+  };
+}
+
+function rolloutToRow(r: Rollout): RolloutsTable {
+  return {
+    id: r.id,
+    spec: json(r.spec),
+    state: r.state,
+    reason: r.reason,
+    wave: r.wave,
+    waves: r.waves,
+    author: r.author,
+    created_at: r.createdAt,
+    updated_at: r.updatedAt,
+  };
+}
+
+function itemToRow(i: RolloutItem): RolloutItemsTable {
+  return {
+    rollout_id: i.rolloutId,
+    machine_id: i.machineId,
+    machine_name: i.machineName,
+    wave: i.wave,
+    state: i.state,
+    reason: i.reason,
+    work_order_id: i.workOrderId,
+    started_at: i.startedAt,
+    finished_at: i.finishedAt,
+  };
 }
 
 function packFromRow(r: Omit<Database['packs'], never>): PackRecord {
@@ -412,6 +480,18 @@ class SqlTx extends SqlReads implements Tx {
   }
   async deletePack(name: string) {
     await this.db.deleteFrom('packs').where('name', '=', name).execute();
+  }
+  async insertRollout(r: Rollout, items: RolloutItem[]) {
+    await this.db.insertInto('rollouts').values(rolloutToRow(r)).execute();
+    for (let i = 0; i < items.length; i += 500) await this.db.insertInto('rollout_items').values(items.slice(i, i + 500).map(itemToRow)).execute();
+  }
+  async updateRollout(r: Rollout) {
+    const { id, ...rest } = rolloutToRow(r);
+    await this.db.updateTable('rollouts').set(rest).where('id', '=', id).execute();
+  }
+  async updateRolloutItem(i: RolloutItem) {
+    const { rollout_id, machine_id, ...rest } = itemToRow(i);
+    await this.db.updateTable('rollout_items').set(rest).where('rollout_id', '=', rollout_id).where('machine_id', '=', machine_id).execute();
   }
   async change(author: string, object: string, action: Change['action'], before: unknown, after: unknown) {
     const r = await this.db

@@ -8,6 +8,7 @@
  */
 import type { ContentKind } from '../model/content.js';
 import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
+import type { Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
 
 export interface PackRecord {
   name: string;
@@ -89,6 +90,10 @@ export interface Reads {
   listChanges(filter?: ChangeFilter): Promise<Change[]>;
   getChange(seq: number): Promise<Change | undefined>;
   listEvents(afterId: number, limit?: number): Promise<TaktEvent[]>;
+  getRollout(id: string): Promise<Rollout | undefined>;
+  /** Newest first; `states` limits to rollouts in those states. */
+  listRollouts(filter?: Page & { states?: RolloutState[] }): Promise<Rollout[]>;
+  listRolloutItems(rolloutId: string): Promise<RolloutItem[]>;
 }
 
 export interface Tx extends Reads {
@@ -112,6 +117,9 @@ export interface Tx extends Reads {
   /** Stores an installed version; versions are immutable, so an existing one is never overwritten. */
   putPackVersion(p: PackRecord): Promise<void>;
   deletePack(name: string): Promise<void>;
+  insertRollout(r: Rollout, items: RolloutItem[]): Promise<void>;
+  updateRollout(r: Rollout): Promise<void>;
+  updateRolloutItem(i: RolloutItem): Promise<void>;
   /** Records a numbered desired-state change; returns its number. */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
   /** Queues an event for publication after commit. */

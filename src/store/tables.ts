@@ -115,6 +115,30 @@ export interface WorkOrdersTable {
   finished_at: string | null;
 }
 
+export interface RolloutsTable {
+  id: string;
+  spec: string;
+  state: string;
+  reason: string | null;
+  wave: number;
+  waves: number;
+  author: string;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface RolloutItemsTable {
+  rollout_id: string;
+  machine_id: string;
+  machine_name: string;
+  wave: number;
+  state: string;
+  reason: string | null;
+  work_order_id: string | null;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
 export interface Database {
   changes: ChangesTable;
   events: EventsTable;
@@ -125,4 +149,6 @@ export interface Database {
   jobs: JobsTable;
   job_logs: JobLogsTable;
   work_orders: WorkOrdersTable;
+  rollouts: RolloutsTable;
+  rollout_items: RolloutItemsTable;
 }

@@ -1,6 +1,5 @@
 import type { FastifyInstance } from 'fastify';
 import { publicMachine } from '../../engine/engine.js';
-import { parseBuiltWith } from '../../engine/records.js';
 import { TaktError } from '../../model/errors.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
 import { requireOwnMachine } from '../auth.js';
@@ -66,23 +65,9 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
       return { items: items.map(publicMachine), total };
     }
     // Build-record filters look at each machine's jobs, so they page after filtering.
-    const builtWith = q.builtWith ? parseBuiltWith(q.builtWith) : undefined;
-    const wantStale = q.stale === undefined ? undefined : q.stale !== 'false';
-    const matched: Array<ReturnType<typeof publicMachine> & { stale?: string[] }> = [];
-    for (let page = 0; ; page += 1000) {
-      const batch = await store.listMachines({ ...filter, limit: 1000, offset: page });
-      for (const m of batch) {
-        const entries = await records.entries(m);
-        if (builtWith && !records.builtWith(entries, builtWith)) continue;
-        if (wantStale !== undefined) {
-          const stale = records.staleness(m, entries);
-          if (stale.length > 0 !== wantStale) continue;
-          matched.push({ ...publicMachine(m), stale });
-        } else matched.push(publicMachine(m));
-      }
-      if (batch.length < 1000) break;
-    }
-    return { items: matched.slice(offset, offset + limit), total: matched.length };
+    const matched = await records.select({ ...filter, builtWith: q.builtWith, stale: q.stale === undefined ? undefined : q.stale !== 'false' });
+    const items = matched.map(({ machine, stale }) => (stale ? { ...publicMachine(machine), stale } : publicMachine(machine)));
+    return { items: items.slice(offset, offset + limit), total: items.length };
   });
 
   app.get('/api/v1/machines/:id/record', async (req) => records.record(await engine.findMachine((req.params as { id: string }).id)));

@@ -1,0 +1,37 @@
+import type { FastifyInstance } from 'fastify';
+import { author, type ApiContext } from '../context.js';
+import { Name } from './schemas.js';
+
+const createBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['select'],
+  properties: {
+    pipeline: Name,
+    blueprint: Name,
+    select: {
+      type: 'object',
+      additionalProperties: { type: 'string' },
+      description: 'machine selection: state, pipeline, environment, broker, name, builtWith (e.g. demo@<1.2.0), stale (true)',
+    },
+    canary: { type: 'integer', minimum: 0, description: 'machines in the first wave' },
+    batch: { type: 'integer', minimum: 1, description: 'machines per later wave' },
+    maxInFlight: { type: 'integer', minimum: 1, description: 'machines busy at once' },
+    maxFailures: { type: 'integer', minimum: 0, description: 'failures tolerated; one more stops the rollout (andon)' },
+    approveBetweenWaves: { type: 'boolean' },
+  },
+} as const;
+
+export function rolloutRoutes(app: FastifyInstance, { rollouts }: ApiContext) {
+  app.get('/api/v1/rollouts', async () => ({ items: await rollouts.list() }));
+  app.post('/api/v1/rollouts', { schema: { body: createBody } }, async (req, reply) => {
+    const r = await rollouts.create(req.body as Parameters<typeof rollouts.create>[0], author(req));
+    reply.code(201);
+    return r;
+  });
+  app.get('/api/v1/rollouts/:id', async (req) => rollouts.view((req.params as { id: string }).id));
+  for (const verb of ['pause', 'resume', 'abort', 'approve', 'retry'] as const) {
+    app.post(`/api/v1/rollouts/:id/${verb}`, async (req) => rollouts[verb]((req.params as { id: string }).id, author(req)));
+  }
+  app.post('/api/v1/andon/pull', async (req) => ({ paused: await rollouts.andon(author(req)) }));
+}

@@ -1,0 +1,168 @@
+/** `takt rollouts …` and `takt andon pull`, with live progress: one bar per wave. */
+import type { Command } from 'commander';
+import pc from 'picocolors';
+import type { ApiClient } from '../client/http.js';
+import { TaktError } from '../model/errors.js';
+import type { RolloutItem, RolloutState } from '../model/rollout.js';
+import type { GlobalOptions } from './client.js';
+import { colorState, print, renderTable } from './output.js';
+
+interface RolloutView {
+  id: string;
+  state: RolloutState;
+  reason: string | null;
+  wave: number;
+  waves: number;
+  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; canary: number; batch: number; maxInFlight: number; maxFailures: number };
+  counts: Record<RolloutItem['state'], number>;
+  items: RolloutItem[];
+  createdAt: string;
+}
+
+const enc = encodeURIComponent;
+const FINAL: RolloutState[] = ['completed', 'stopped', 'aborted'];
+
+export function rolloutCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
+  const rollouts = program.command('rollouts').description('apply a pipeline or blueprint to many machines in waves, stopped by the andon on failure');
+  rollouts
+    .command('create')
+    .description('start a rollout, e.g. --pipeline demo --select builtWith=demo@<1.0.1 --canary 1 --batch 5')
+    .option('--pipeline <name>', 'run this pipeline on each machine (from the top)')
+    .option('--blueprint <name>', 'or queue this blueprint as a work order on each machine')
+    .option('--select <filters>', 'comma-separated key=value: state, pipeline, environment, broker, name, builtWith, stale', '')
+    .option('--canary <n>', 'machines in the first wave', '1')
+    .option('--batch <n>', 'machines per later wave', '5')
+    .option('--max-in-flight <n>', 'machines busy at once (default: the batch size)')
+    .option('--max-failures <n>', 'failures tolerated; one more stops the rollout', '0')
+    .option('--approve-between-waves', 'wait for `takt rollouts approve` after each wave')
+    .option('--no-wait', 'return at once instead of showing progress until the rollout ends')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const select: Record<string, string> = {};
+      for (const pair of String(o.select ?? '').split(',').filter(Boolean)) {
+        const i = pair.indexOf('=');
+        if (i <= 0) throw new TaktError('bad_request', `--select '${pair}' is not key=value`);
+        select[pair.slice(0, i).trim()] = pair.slice(i + 1).trim();
+      }
+      const num = (v: unknown, name: string) => {
+        const n = Number(v);
+        if (!Number.isInteger(n) || n < 0) throw new TaktError('bad_request', `--${name} must be a whole number`);
+        return n;
+      };
+      const body = {
+        pipeline: o.pipeline,
+        blueprint: o.blueprint,
+        select,
+        canary: num(o.canary, 'canary'),
+        batch: num(o.batch, 'batch'),
+        maxInFlight: o.maxInFlight !== undefined ? num(o.maxInFlight, 'max-in-flight') : undefined,
+        maxFailures: num(o.maxFailures, 'max-failures'),
+        approveBetweenWaves: o.approveBetweenWaves === true,
+      };
+      const r = await api().post<RolloutView>('/rollouts', body);
+      if (o.wait === false || g().output !== 'table') return print(g().output, r, () => summary(r));
+      await watch(api(), r.id);
+    });
+  rollouts
+    .command('list')
+    .action(async () => {
+      const r = await api().get<{ items: RolloutView[] }>('/rollouts');
+      print(g().output, r.items, () =>
+        renderTable(r.items, [
+          { header: 'ID', get: (x) => x.id },
+          { header: 'RUNS', get: (x) => x.spec.pipeline ?? `blueprint ${x.spec.blueprint}` },
+          { header: 'STATE', get: (x) => colorState(x.state) },
+          { header: 'WAVE', get: (x) => `${Math.min(x.wave + 1, x.waves)}/${x.waves}` },
+          { header: 'OK/FAIL/TOTAL', get: (x) => `${x.counts.succeeded}/${x.counts.failed}/${x.items.length}` },
+          { header: 'REASON', get: (x) => x.reason },
+        ]),
+      );
+    });
+  rollouts
+    .command('get <id>')
+    .description('one rollout with each machine')
+    .action(async (id: string) => {
+      const r = await api().get<RolloutView>(`/rollouts/${enc(id)}`);
+      print(g().output, r, () => `${summary(r)}\n${renderTable(r.items, [
+        { header: 'WAVE', get: (i) => String(i.wave + 1) },
+        { header: 'MACHINE', get: (i) => i.machineName },
+        { header: 'STATE', get: (i) => colorState(i.state) },
+        { header: 'REASON', get: (i) => i.reason },
+      ])}`);
+    });
+  rollouts
+    .command('watch <id>')
+    .description('live progress until the rollout ends (exits 1 if it stopped or was aborted)')
+    .action(async (id: string) => watch(api(), id));
+  for (const [verb, what] of [
+    ['pause', 'stop starting machines (those running finish)'],
+    ['resume', 'continue a paused rollout'],
+    ['approve', 'start the next wave'],
+    ['abort', 'end the rollout; machines not started are skipped'],
+    ['retry', 're-run only the failed machines, with the same pipeline or blueprint'],
+  ] as const) {
+    rollouts
+      .command(`${verb} <id>`)
+      .description(what)
+      .action(async (id: string) => {
+        const r = await api().post<RolloutView>(`/rollouts/${enc(id)}/${verb}`);
+        print(g().output, r, () => summary(r));
+      });
+  }
+  program
+    .command('andon')
+    .description('the cord anyone can pull')
+    .command('pull')
+    .description('pause every running rollout now')
+    .action(async () => {
+      const r = await api().post<{ paused: string[] }>('/andon/pull');
+      print(g().output, r, () => (r.paused.length ? `andon pulled: paused ${r.paused.join(', ')}` : 'andon pulled: no rollout was running'));
+    });
+}
+
+function summary(r: RolloutView): string {
+  const runs = r.spec.pipeline ? `pipeline ${r.spec.pipeline}` : `blueprint ${r.spec.blueprint}`;
+  return `${pc.bold(r.id)} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? ` — ${r.reason}` : ''}`;
+}
+
+function bars(r: RolloutView): string[] {
+  const lines = [summary(r)];
+  for (let w = 0; w < r.waves; w++) {
+    const items = r.items.filter((i) => i.wave === w);
+    const n = (s: RolloutItem['state']) => items.filter((i) => i.state === s).length;
+    const width = 24;
+    const ok = Math.round((n('succeeded') / items.length) * width);
+    const bad = Math.round((n('failed') / items.length) * width);
+    const run = Math.round((n('running') / items.length) * width);
+    const bar = pc.green('█'.repeat(ok)) + pc.red('█'.repeat(bad)) + pc.cyan('▒'.repeat(run)) + pc.dim('░'.repeat(Math.max(0, width - ok - bad - run)));
+    const label = w === 0 && r.spec.canary > 0 ? 'canary' : `wave ${w + 1}`;
+    lines.push(`  ${label.padEnd(8)} ${bar} ${n('succeeded')}/${items.length} ok${n('failed') ? pc.red(` ${n('failed')} failed`) : ''}${n('running') ? pc.cyan(` ${n('running')} running`) : ''}${n('skipped') ? pc.dim(` ${n('skipped')} skipped`) : ''}`);
+  }
+  return lines;
+}
+
+async function watch(client: ApiClient, id: string): Promise<void> {
+  const tty = process.stdout.isTTY;
+  let drawn = 0;
+  let last = '';
+  for (;;) {
+    const r = await client.get<RolloutView>(`/rollouts/${enc(id)}`);
+    const lines = bars(r);
+    const text = lines.join('\n');
+    if (text !== last) {
+      if (tty && drawn) process.stdout.write(`\x1b[${drawn}A\x1b[0J`);
+      process.stdout.write(text + '\n');
+      drawn = lines.length;
+      last = text;
+    }
+    if (FINAL.includes(r.state)) {
+      for (const i of r.items.filter((x) => x.state === 'failed')) process.stdout.write(pc.red(`  ${i.machineName}: ${i.reason ?? 'failed'}\n`));
+      if (r.state !== 'completed') process.exitCode = 1;
+      return;
+    }
+    if (r.state === 'awaiting-approval' || r.state === 'paused') {
+      process.stdout.write(pc.yellow(`${r.state}: ${r.reason ?? ''} (takt rollouts ${r.state === 'paused' ? 'resume' : 'approve'} ${r.id})\n`));
+      return;
+    }
+    await new Promise((res) => setTimeout(res, 400));
+  }
+}
