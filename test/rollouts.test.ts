@@ -14,7 +14,7 @@ interface View {
   reason: string | null;
   wave: number;
   waves: number;
-  counts: Record<string, number>;
+  counts: { pending: number; running: number; succeeded: number; failed: number; skipped: number };
   items: Array<{ machineName: string; wave: number; state: string; reason: string | null }>;
 }
 
