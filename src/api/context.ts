@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import type { ContentService } from '../engine/content.js';
 import type { Engine } from '../engine/engine.js';
+import type { Churn } from '../engine/churn.js';
 import type { History } from '../engine/history.js';
 import type { Portable } from '../engine/portable.js';
 import type { Records } from '../engine/records.js';
@@ -26,6 +27,7 @@ export interface ApiContext {
   history: History;
   portable: Portable;
   rollouts: Rollouts;
+  churn: Churn;
   brokers: Map<string, BrokerPort>;
   version: string;
 }

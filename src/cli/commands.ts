@@ -11,7 +11,7 @@ import { TaktError } from '../model/errors.js';
 import type { Change, Job, LogChunk, Machine, WorkOrder } from '../model/machine.js';
 import { clientFrom, collect, parseParamPairs, type GlobalOptions } from './client.js';
 import { colorState, print, renderTable } from './output.js';
-import { rolloutCommands } from './rollouts.js';
+import { policyCommands, rolloutCommands } from './rollouts.js';
 
 type Globals = () => GlobalOptions;
 const enc = encodeURIComponent;
@@ -26,6 +26,7 @@ export function register(program: Command, g: Globals) {
   historyCommands(program, g, api);
   portableCommands(program, g, api);
   rolloutCommands(program, g, api);
+  policyCommands(program, g, api);
 
   program
     .command('plan <machine>')

@@ -27,8 +27,9 @@ program
   .option('--data <dir>', 'data directory: database, admin token, machine sandboxes (env TAKT_DATA)', process.env.TAKT_DATA ?? './data')
   .option('--demo', 'install the demo pack and run its pipeline on three local machines', false)
   .option('--lease <duration>', 'how long a running job may go without word from its agent before it is lost', process.env.TAKT_LEASE ?? '30s')
+  .option('--churn-check <duration>', 'how often the churn policy looks for machines past their max age', process.env.TAKT_CHURN_CHECK ?? '1m')
   .addOption(new Option('--log-format <format>', 'log format').choices(['text', 'json']).default(process.env.TAKT_LOG_FORMAT ?? 'text'))
-  .action(async (o: { listen: string; data: string; demo: boolean; lease: string; logFormat: 'text' | 'json' }) => {
+  .action(async (o: { listen: string; data: string; demo: boolean; lease: string; churnCheck: string; logFormat: 'text' | 'json' }) => {
     const { serve } = await import('./serve.js');
     const server = await serve(o);
     let closing = false;

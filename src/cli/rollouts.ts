@@ -119,6 +119,54 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     });
 }
 
+interface ChurnView {
+  policy: { maxAge: string; budget: string } | null;
+  machines: number;
+  budget: number;
+  ages: Array<{ bucket: string; machines: number }>;
+  over: Array<{ name: string; age: string }>;
+  rollouts: Array<{ id: string; state: string; reason: string | null; counts: Record<string, number> }>;
+}
+
+export function policyCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
+  const policy = program.command('policy').description('fleet policies: churn (no machine older than a max age)');
+  policy
+    .command('set <setting> <value>')
+    .description('takt policy set max-age 30d --budget 10%: rebuild machines older than 30 days, at most 10% of the fleet at once')
+    .option('--budget <budget>', 'how many may rebuild at once: a percentage of the fleet or a number', '10%')
+    .action(async (setting: string, value: string, o: { budget: string }) => {
+      if (setting !== 'max-age') throw new TaktError('bad_request', `unknown policy setting '${setting}'; the one there is: max-age`);
+      const s = await api().put<ChurnView>('/policies/churn', { maxAge: value, budget: o.budget });
+      print(g().output, s, () => churnText(s));
+    });
+  policy
+    .command('status')
+    .description("the fleet's age distribution against the max age, and the rebuilds scheduled")
+    .action(async () => {
+      const s = await api().get<ChurnView>('/policies/churn');
+      print(g().output, s, () => churnText(s));
+    });
+  policy
+    .command('clear <setting>')
+    .description('remove the max-age policy')
+    .action(async (setting: string) => {
+      if (setting !== 'max-age') throw new TaktError('bad_request', `unknown policy setting '${setting}'; the one there is: max-age`);
+      print(g().output, await api().delete('/policies/churn'), () => 'max-age policy removed');
+    });
+}
+
+function churnText(s: ChurnView): string {
+  const lines = [s.policy ? `max-age ${pc.bold(s.policy.maxAge)}, budget ${s.policy.budget} (${s.budget} at once) over ${s.machines} machine(s)` : pc.dim('no max-age policy set')];
+  const most = Math.max(1, ...s.ages.map((a) => a.machines));
+  for (const a of s.ages) {
+    const bar = '█'.repeat(Math.round((a.machines / most) * 30));
+    lines.push(`  ${a.bucket.padEnd(8)} ${a.bucket === 'over' ? pc.red(bar) : pc.green(bar)} ${a.machines}`);
+  }
+  if (s.over.length) lines.push(pc.yellow(`past the limit: ${s.over.map((o) => `${o.name} (${o.age})`).join(', ')}`));
+  for (const r of s.rollouts) lines.push(`rebuild rollout ${r.id}: ${colorState(r.state)} ${r.counts.succeeded ?? 0} done, ${r.counts.running ?? 0} running, ${r.counts.pending ?? 0} waiting${r.reason ? ` — ${r.reason}` : ''}`);
+  return lines.join('\n');
+}
+
 function summary(r: RolloutView): string {
   const runs = r.spec.pipeline ? `pipeline ${r.spec.pipeline}` : `blueprint ${r.spec.blueprint}`;
   return `${pc.bold(r.id)} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? ` — ${r.reason}` : ''}`;

@@ -11,6 +11,7 @@ import { LocalBroker } from '../brokers/local.js';
 import { readPackDir } from '../content/files.js';
 import { ContentService } from '../engine/content.js';
 import { Engine, publicMachine } from '../engine/engine.js';
+import { Churn } from '../engine/churn.js';
 import { History } from '../engine/history.js';
 import { Portable } from '../engine/portable.js';
 import { Records } from '../engine/records.js';
@@ -30,6 +31,7 @@ export interface ServeOptions {
   data: string;
   demo: boolean;
   lease: string;
+  churnCheck: string;
   logFormat: 'text' | 'json';
 }
 
@@ -71,12 +73,14 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const broker = new LocalBroker({ dataDir: data, endpoint: () => url, log });
   const records = new Records(store, content, sealer);
   const rollouts = new Rollouts(store, engine, records, { log });
+  const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check') });
   const app = await buildServer({
     store,
     engine,
     content,
     records,
     rollouts,
+    churn,
     history: new History(store, engine, content),
     portable: new Portable(store, engine, content),
     brokers: new Map([[broker.name, broker]]),
@@ -90,6 +94,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   writeFileSync(join(data, 'endpoint'), url + '\n');
   await engine.start();
   rollouts.start();
+  churn.start();
 
   const localMachines = await store.listMachines({ broker: 'local', limit: 1000 });
   broker.adopt(localMachines);
@@ -116,6 +121,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     close: async () => {
       clearInterval(pruner);
       stopReporting();
+      churn.stop();
       rollouts.stop();
       engine.stop();
       await broker.stopAll();

@@ -17,6 +17,8 @@ export interface RolloutInput {
   pipeline?: string;
   blueprint?: string;
   select: Record<string, string>;
+  /** Exact machines (by id), for callers that chose them already (the churn policy); overrides `select`. */
+  machineIds?: string[];
   canary?: number;
   batch?: number;
   maxInFlight?: number;
@@ -76,7 +78,9 @@ export class Rollouts {
     for (const [k, v] of Object.entries({ canary: spec.canary, batch: spec.batch, maxInFlight: spec.maxInFlight, maxFailures: spec.maxFailures })) {
       if (!Number.isInteger(v) || v < (k === 'maxFailures' || k === 'canary' ? 0 : 1)) throw new TaktError('invalid', `${k} must be a whole number${k === 'maxFailures' || k === 'canary' ? '' : ' of at least 1'}`, { path: `/${k}` });
     }
-    const selected = await this.records.select(parseSelection(input.select));
+    const selected = input.machineIds
+      ? (await Promise.all(input.machineIds.map((id) => this.store.getMachine(id)))).filter((m) => m !== undefined).map((machine) => ({ machine }))
+      : await this.records.select(parseSelection(input.select));
     if (selected.length === 0) throw new TaktError('invalid', `the selection ${describe(input.select)} matches no machine`, { path: '/select' });
     const busy = await this.store.listRollouts({ states: ACTIVE, limit: 1000 });
     const taken = new Set<string>();
@@ -116,8 +120,8 @@ export class Rollouts {
     return { ...r, counts, items };
   }
 
-  async list(): Promise<RolloutView[]> {
-    const rs = await this.store.listRollouts({ limit: 100 });
+  async list(states?: RolloutState[]): Promise<RolloutView[]> {
+    const rs = await this.store.listRollouts({ limit: 100, states });
     return Promise.all(rs.map((r) => this.view(r.id)));
   }
 

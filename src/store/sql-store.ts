@@ -321,6 +321,10 @@ class SqlReads implements Reads {
       finishedAt: r.finished_at,
     }));
   }
+  async getSetting<T>(key: string) {
+    const r = await this.db.selectFrom('settings').select('value').where('key', '=', key).executeTakeFirst();
+    return r ? parse<T>(r.value) : undefined;
+  }
   async listEvents(afterId: number, limit = 1000) {
     const rows = await this.db.selectFrom('events').selectAll().where('id', '>', afterId).orderBy('id').limit(limit).execute();
     return rows.map((r) => ({ id: Number(r.id), topic: r.topic, at: r.at, data: parse(r.data) }));
@@ -488,6 +492,17 @@ class SqlTx extends SqlReads implements Tx {
   async updateRollout(r: Rollout) {
     const { id, ...rest } = rolloutToRow(r);
     await this.db.updateTable('rollouts').set(rest).where('id', '=', id).execute();
+  }
+  async putSetting(key: string, value: unknown) {
+    if (value === null) {
+      await this.db.deleteFrom('settings').where('key', '=', key).execute();
+      return;
+    }
+    await this.db
+      .insertInto('settings')
+      .values({ key, value: json(value) })
+      .onConflict((oc) => oc.column('key').doUpdateSet({ value: json(value) }))
+      .execute();
   }
   async updateRolloutItem(i: RolloutItem) {
     const { rollout_id, machine_id, ...rest } = itemToRow(i);

@@ -94,6 +94,7 @@ export interface Reads {
   /** Newest first; `states` limits to rollouts in those states. */
   listRollouts(filter?: Page & { states?: RolloutState[] }): Promise<Rollout[]>;
   listRolloutItems(rolloutId: string): Promise<RolloutItem[]>;
+  getSetting<T>(key: string): Promise<T | undefined>;
 }
 
 export interface Tx extends Reads {
@@ -120,6 +121,8 @@ export interface Tx extends Reads {
   insertRollout(r: Rollout, items: RolloutItem[]): Promise<void>;
   updateRollout(r: Rollout): Promise<void>;
   updateRolloutItem(i: RolloutItem): Promise<void>;
+  /** Sets (or with null, clears) an endpoint-wide setting such as a policy. */
+  putSetting(key: string, value: unknown): Promise<void>;
   /** Records a numbered desired-state change; returns its number. */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
   /** Queues an event for publication after commit. */

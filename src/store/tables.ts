@@ -139,6 +139,11 @@ export interface RolloutItemsTable {
   finished_at: string | null;
 }
 
+export interface SettingsTable {
+  key: string;
+  value: string;
+}
+
 export interface Database {
   changes: ChangesTable;
   events: EventsTable;
@@ -151,4 +156,5 @@ export interface Database {
   work_orders: WorkOrdersTable;
   rollouts: RolloutsTable;
   rollout_items: RolloutItemsTable;
+  settings: SettingsTable;
 }

@@ -22,7 +22,7 @@ const createBody = {
   },
 } as const;
 
-export function rolloutRoutes(app: FastifyInstance, { rollouts }: ApiContext) {
+export function rolloutRoutes(app: FastifyInstance, { rollouts, churn }: ApiContext) {
   app.get('/api/v1/rollouts', async () => ({ items: await rollouts.list() }));
   app.post('/api/v1/rollouts', { schema: { body: createBody } }, async (req, reply) => {
     const r = await rollouts.create(req.body as Parameters<typeof rollouts.create>[0], author(req));
@@ -34,4 +34,24 @@ export function rolloutRoutes(app: FastifyInstance, { rollouts }: ApiContext) {
     app.post(`/api/v1/rollouts/:id/${verb}`, async (req) => rollouts[verb]((req.params as { id: string }).id, author(req)));
   }
   app.post('/api/v1/andon/pull', async (req) => ({ paused: await rollouts.andon(author(req)) }));
+
+  app.get('/api/v1/policies/churn', async () => churn.status());
+  app.put(
+    '/api/v1/policies/churn',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['maxAge', 'budget'],
+          properties: { maxAge: { type: 'string', description: 'e.g. 30d' }, budget: { type: 'string', description: 'e.g. 10% or 3' } },
+        },
+      },
+    },
+    async (req) => churn.set(req.body as { maxAge: string; budget: string }, author(req)),
+  );
+  app.delete('/api/v1/policies/churn', async (req) => {
+    await churn.clear(author(req));
+    return { deleted: 'churn' };
+  });
 }
