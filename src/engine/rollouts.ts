@@ -238,6 +238,8 @@ export class Rollouts {
     for (const i of items) {
       if (inFlight >= r.spec.maxInFlight) break;
       if (i.wave !== wave || i.state !== 'pending') continue;
+      // A pause, abort or andon pull may have landed while this tick ran: it wins before anything starts.
+      if ((await this.store.getRollout(r.id))?.state !== 'running') return;
       await this.startItem(r, i);
       inFlight += 1;
     }
