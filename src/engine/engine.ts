@@ -753,6 +753,22 @@ export function desiredView(m: Machine) {
 }
 export type DesiredView = ReturnType<typeof desiredView>;
 
+/** The patch that makes a machine's desired fields equal `target` (params absent from it are removed). */
+export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'>): MachinePatch {
+  const same = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
+  const patch: MachinePatch = {};
+  if (current.name !== target.name) patch.name = target.name;
+  if (current.environment !== target.environment) patch.environment = target.environment;
+  if (current.pipeline !== target.pipeline) patch.pipeline = target.pipeline;
+  if (!same(current.profiles, target.profiles)) patch.profiles = target.profiles;
+  const params: Record<string, unknown> = {};
+  for (const k of new Set([...Object.keys(current.params), ...Object.keys(target.params)])) {
+    if (!same(current.params[k], target.params[k])) params[k] = target.params[k] ?? null;
+  }
+  if (Object.keys(params).length) patch.params = params;
+  return patch;
+}
+
 export function publicMachine(m: Machine) {
   return { ...m, params: maskValues(m.params) };
 }

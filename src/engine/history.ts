@@ -10,7 +10,7 @@ import type { Change } from '../model/machine.js';
 import type { Store } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { fieldChanges } from './diff.js';
-import type { DesiredView, Engine, MachinePatch } from './engine.js';
+import { patchTowards, type DesiredView, type Engine, type MachinePatch } from './engine.js';
 
 export interface RewindResult {
   to: number;
@@ -135,13 +135,7 @@ export class History {
   private async rewindMachine(id: string, target: DesiredView | null, by: string): Promise<boolean> {
     const m = await this.store.getMachine(id);
     if (!m || !target) return false;
-    const patch: MachinePatch = {};
-    for (const f of MACHINE_FIELDS) if (!same(m[f], target[f])) (patch as Record<string, unknown>)[f] = target[f];
-    const params: Record<string, unknown> = {};
-    for (const k of new Set([...Object.keys(m.params), ...Object.keys(target.params)])) {
-      if (!same(m.params[k], target.params[k])) params[k] = target.params[k] ?? null;
-    }
-    if (Object.keys(params).length) patch.params = params;
+    const patch = patchTowards(m, target);
     if (Object.keys(patch).length) await this.engine.updateMachine(id, patch, by);
     if (m.power !== target.power) await this.engine.setPower(id, target.power, by);
     return true;

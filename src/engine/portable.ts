@@ -10,7 +10,7 @@ import { canonicalJson } from '../model/hash.js';
 import type { Machine } from '../model/machine.js';
 import type { Store } from '../store/store.js';
 import type { ContentService } from './content.js';
-import type { Engine } from './engine.js';
+import { patchTowards, type Engine } from './engine.js';
 
 export const EXPORT_FORMAT = 'takt-export/1';
 const MANIFEST = 'takt-export.yaml';
@@ -134,9 +134,8 @@ export class Portable {
           return;
         }
         if (canonicalJson(machineDoc(have)) === canonicalJson(doc)) return;
-        const params: Record<string, unknown> = { ...doc.params };
-        for (const k of Object.keys(have.params)) if (!(k in doc.params)) params[k] = null;
-        await this.engine.updateMachine(doc.id, { name: doc.name, environment: doc.environment, pipeline: doc.pipeline, profiles: doc.profiles, params }, author);
+        const patch = patchTowards(have, doc);
+        if (Object.keys(patch).length) await this.engine.updateMachine(doc.id, patch, author);
         if (have.power !== doc.power) await this.engine.setPower(doc.id, doc.power, author);
         result.machines.updated.push(doc.name);
       });
