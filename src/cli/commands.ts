@@ -5,6 +5,8 @@ import { Option, type Command } from 'commander';
 import pc from 'picocolors';
 import { parse as parseYaml } from 'yaml';
 import type { ApiClient } from '../client/http.js';
+import type { InstallResult, PackDiff } from '../engine/content.js';
+import type { MachineRecord } from '../engine/records.js';
 import { CONTENT_KINDS, KIND_NOUN } from '../model/content.js';
 import { formatDuration, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
@@ -124,14 +126,14 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
     .description('install a pack version (an artifact from `content bundle`, or a directory); versions are kept side by side and never change')
     .option('--use', 'run this version now (the first version of a pack always runs)')
     .action(async (artifact: string, o: { use?: boolean }) => {
-      const r = await api().post<InstallView>('/packs', { files: await loadPack(artifact), use: o.use === true });
+      const r = await api().post<InstallResult>('/packs', { files: await loadPack(artifact), use: o.use === true });
       print(g().output, r, () => installLine(r));
     });
   content
     .command('push <dir>')
     .description('install a pack directory and run it (refused whole if it has any problem; a changed pack needs a new version)')
     .action(async (dir: string) => {
-      const r = await api().post<InstallView>('/packs', { files: await loadPack(dir), use: true });
+      const r = await api().post<InstallResult>('/packs', { files: await loadPack(dir), use: true });
       print(g().output, r, () => installLine(r));
     });
   content
@@ -139,7 +141,7 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
     .description('pin the version of a pack the endpoint runs (checked like an install: references, requires, machines)')
     .action(async (ref: string) => {
       const { name, version } = parseRef(ref);
-      const r = await api().post<InstallView>(`/packs/${enc(name)}/use`, { version });
+      const r = await api().post<InstallResult>(`/packs/${enc(name)}/use`, { version });
       print(g().output, r, () => `${r.name}@${r.version} is in use`);
     });
   content
@@ -170,7 +172,7 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
       const a = parseRef(fromRef);
       const b = toRef.includes('@') ? parseRef(toRef) : { name: a.name, version: toRef };
       if (a.name !== b.name) throw new TaktError('bad_request', `compare two versions of one pack (got ${a.name} and ${b.name})`);
-      const d = await api().get<PackDiffView>(`/packs/${enc(a.name)}/diff`, { from: a.version, to: b.version });
+      const d = await api().get<PackDiff>(`/packs/${enc(a.name)}/diff`, { from: a.version, to: b.version });
       print(g().output, d, () => diffText(d));
     });
   content
@@ -197,25 +199,7 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
     });
 }
 
-interface InstallView {
-  name: string;
-  version: string;
-  sha256: string;
-  objects: number;
-  installed: boolean;
-  active: boolean;
-}
-
-interface PackDiffView {
-  name: string;
-  from: string;
-  to: string;
-  added: string[];
-  removed: string[];
-  changed: Array<{ object: string; fields: Array<{ path: string; before: unknown; after: unknown }> }>;
-}
-
-const installLine = (r: InstallView) =>
+const installLine = (r: InstallResult) =>
   `${r.installed ? 'installed' : 'already installed:'} ${r.name}@${r.version} (${r.objects} objects, sha256 ${r.sha256.slice(0, 12)})${r.active ? ', in use' : '; run it with `takt content use ' + r.name + '@' + r.version + '`'}`;
 
 function parseRef(ref: string): { name: string; version: string } {
@@ -237,7 +221,7 @@ async function loadPack(path: string): Promise<Record<string, string>> {
   return readBundle(text, path).files;
 }
 
-function diffText(d: PackDiffView): string {
+function diffText(d: PackDiff): string {
   const lines = [pc.bold(`${d.name} ${d.from} → ${d.to}`)];
   for (const a of d.added) lines.push(pc.green(`+ ${a}`));
   for (const r of d.removed) lines.push(pc.red(`- ${r}`));
@@ -288,7 +272,7 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     .command('record <machine>')
     .description('what built the machine, task by task: pack@version, task hash, script hash, params')
     .action(async (id: string) => {
-      const r = await api().get<RecordView>(`/machines/${enc(id)}/record`);
+      const r = await api().get<MachineRecord>(`/machines/${enc(id)}/record`);
       print(g().output, r, () => recordText(r));
     });
   machines
@@ -397,24 +381,7 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     });
 }
 
-interface RecordView {
-  machine: string;
-  pipeline: string | null;
-  stale: string[];
-  entries: Array<{
-    stage: string | null;
-    task: string;
-    job: string;
-    variant: string;
-    pack: string | null;
-    taskSha256: string | null;
-    scriptSha256: string | null;
-    params: Record<string, { value: unknown; from: string }>;
-    finishedAt: string | null;
-  }>;
-}
-
-function recordText(r: RecordView): string {
+function recordText(r: MachineRecord): string {
   const table = renderTable(r.entries, [
     { header: 'STAGE/TASK', get: (e) => `${e.stage ?? ''}/${e.task}` },
     { header: 'PACK', get: (e) => e.pack },
