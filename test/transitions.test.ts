@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import {
+  approve,
+  reject,
   afterPipelineJob,
   afterWorkOrderJob,
   assignPipeline,
@@ -31,6 +33,7 @@ const running = (stageIndex: number, taskIndex: number, extra: Partial<MachineVi
   attempt: 0,
   power: 'on',
   pipeline: 'p',
+  approvedStage: -1,
   ...extra,
 });
 
@@ -139,6 +142,23 @@ describe('operator transitions', () => {
   it('assigning a pipeline starts it; clearing makes the machine idle', () => {
     expect(assignPipeline(running(2, 0, { state: 'done' }), 'q')).toMatchObject({ pipeline: 'q', state: 'running', stageIndex: 0 });
     expect(assignPipeline(running(2, 0), null)).toMatchObject({ pipeline: null, state: 'idle' });
+  });
+});
+
+describe('approvals', () => {
+  it.each(['running', 'stopped', 'done', 'idle'] as const)('approve or reject from %s is refused', (state) => {
+    expect(() => approve(running(1, 0, { state }))).toThrow(TransitionError);
+    expect(() => reject(running(1, 0, { state }), 's', 'a', 'b')).toThrow(TransitionError);
+  });
+  it('approve lets the machine into the stage it waits at', () => {
+    expect(approve(running(1, 0, { state: 'awaiting-approval', reason: 'x' }))).toMatchObject({ state: 'running', reason: null, approvedStage: 1 });
+  });
+  it('reject stops it with who and why', () => {
+    expect(reject(running(1, 0, { state: 'awaiting-approval' }), 'deploy', 'ann', 'freeze')).toMatchObject({ state: 'stopped', reason: "stage 'deploy' rejected by ann: freeze" });
+  });
+  it('restart and reassignment forget an approval', () => {
+    expect(restart(running(1, 0, { approvedStage: 1 })).approvedStage).toBe(-1);
+    expect(assignPipeline(running(1, 0, { approvedStage: 1 }), 'q').approvedStage).toBe(-1);
   });
 });
 

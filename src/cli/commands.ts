@@ -29,6 +29,7 @@ export function register(program: Command, g: Globals) {
   portableCommands(program, g, api);
   rolloutCommands(program, g, api);
   policyCommands(program, g, api);
+  approvalCommands(program, g, api);
 
   program
     .command('plan <machine>')
@@ -394,6 +395,33 @@ function recordText(r: MachineRecord): string {
   const head = `${pc.bold(r.machine)} pipeline ${r.pipeline ?? pc.dim('(none)')}`;
   const stale = r.stale.length ? `\n${pc.yellow('stale:')}\n${r.stale.map((s) => `  ${s}`).join('\n')}` : `\n${pc.green('current: built with what is in use now')}`;
   return `${head}\n${table}${stale}`;
+}
+
+function approvalCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const approvals = program.command('approvals').description('stages that wait for a person: list, approve, reject');
+  approvals
+    .command('list')
+    .description('machines waiting for approval, and for which stage')
+    .action(async () => {
+      const r = await api().get<{ items: Machine[] }>('/machines', { state: 'awaiting-approval', limit: 1000 });
+      print(g().output, r.items, () => renderTable(r.items, machineColumns));
+    });
+  approvals
+    .command('approve <machine>')
+    .description('let the machine into the stage it waits at (recorded with who and when)')
+    .option('--comment <text>')
+    .action(async (id: string, o: { comment?: string }) => {
+      const m = await api().post<Machine>(`/machines/${enc(id)}/approve`, o.comment ? { comment: o.comment } : {});
+      print(g().output, m, () => renderTable([m], machineColumns));
+    });
+  approvals
+    .command('reject <machine>')
+    .description('turn the stage down: the machine stops there with your reason')
+    .requiredOption('--reason <text>')
+    .action(async (id: string, o: { reason: string }) => {
+      const m = await api().post<Machine>(`/machines/${enc(id)}/reject`, { reason: o.reason });
+      print(g().output, m, () => renderTable([m], machineColumns));
+    });
 }
 
 // ---- jobs ---------------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@
  * store at one step or the other, never half-way.
  */
 import { randomBytes } from 'node:crypto';
-import type { ContentSet } from '../model/content.js';
+import type { ContentSet, StageDef } from '../model/content.js';
+import { decodeExit } from '../model/exitcodes.js';
+import { checkExpectations } from '../model/expect.js';
+import { paramLayers, resolveParam } from '../render/params.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
 import type { ClaimedJob, ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
@@ -16,6 +19,8 @@ import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { newId } from './ids.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
 import {
+  approve,
+  reject,
   afterPipelineJob,
   afterWorkOrderJob,
   assignPipeline,
@@ -153,6 +158,7 @@ export class Engine {
       stageIndex: 0,
       taskIndex: 0,
       attempt: 0,
+      approvedStage: -1,
       state: input.pipeline ? 'running' : 'idle',
       reason: null,
       params,
@@ -253,6 +259,55 @@ export class Engine {
     const m = await tx.lockMachine(id);
     if (!m) throw new TaktError('not_found', `machine '${id}' not found`);
     return m;
+  }
+
+  /**
+   * Entering a stage: its preconditions must hold (else the line stops), then an approval it requires must
+   * have been given (else the machine waits). Null when the machine may go on.
+   */
+  private stageGate(m: Machine, stage: StageDef, pipeline: { name: string; params?: Record<string, unknown> }): Pick<Machine, 'state' | 'reason'> | null {
+    if (stage.expect?.length) {
+      const content = this.content.current;
+      const layers = paramLayers(content, { machine: m, stage: { name: stage.name, params: stage.params }, pipeline });
+      const values: Record<string, unknown> = {};
+      for (const r of stage.expect) {
+        const p = resolveParam(content, layers, r.param);
+        if (p) values[r.param] = this.sealer.open(p.value);
+      }
+      const broken = checkExpectations(stage.expect, values);
+      if (broken) return { state: 'stopped', reason: `stage '${stage.name}' precondition: ${broken}` };
+    }
+    if (stage.approval && m.approvedStage !== m.stageIndex) {
+      return { state: 'awaiting-approval', reason: `stage '${stage.name}' needs approval by ${stage.approval.role}: takt approvals approve ${m.name}` };
+    }
+    return null;
+  }
+
+  async approveMachine(idOrName: string, author: string, comment?: string): Promise<Machine> {
+    return this.decide(idOrName, author, 'approved', comment, (m) => approve(m));
+  }
+
+  async rejectMachine(idOrName: string, author: string, why: string): Promise<Machine> {
+    return this.decide(idOrName, author, 'rejected', why, (m, stage) => reject(m, stage, author, why));
+  }
+
+  private async decide(idOrName: string, author: string, decision: string, comment: string | undefined, fn: (m: MachineView, stage: string) => MachineView) {
+    const found = await this.findMachine(idOrName);
+    return this.store.transact(async (tx) => {
+      const m = await this.locked(tx, found.id);
+      const shape = m.pipeline ? this.shapeOf(this.content.current, m.pipeline) : null;
+      const stage = shape?.stages[m.stageIndex]?.name ?? '?';
+      let view: MachineView;
+      try {
+        view = fn(m, stage);
+      } catch (err) {
+        if (err instanceof TransitionError) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
+        throw err;
+      }
+      // The decision is part of the record: who let the machine into which stage, when, and why.
+      await tx.change(author, `approvals/${m.id}`, 'create', null, { machine: m.name, pipeline: m.pipeline, stage, decision, comment: comment ?? null });
+      return this.saveDesired(tx, m, { ...m, ...view }, author);
+    });
   }
 
   // ---- work orders ---------------------------------------------------------------------------------
@@ -403,6 +458,16 @@ export class Engine {
     if (pos.stageIndex !== m.stageIndex || pos.taskIndex !== m.taskIndex) Object.assign(m, pos);
     const pipeline = content.objects.pipelines.get(m.pipeline)!.def;
     const stage = content.objects.stages.get(at.stage)?.def;
+    if (stage && pos.taskIndex === 0) {
+      const gate = this.stageGate(m, stage, { name: pipeline.name, params: pipeline.params });
+      if (gate) {
+        const held: Machine = { ...m, ...gate, updatedAt: new Date().toISOString() };
+        await tx.updateMachine(held);
+        tx.emit(`machines.update.${m.id}`, publicMachine(held));
+        Object.assign(m, held);
+        return null;
+      }
+    }
     return {
       kind: 'pipeline',
       shape,
@@ -505,9 +570,11 @@ export class Engine {
         throw new TaktError('conflict', `job ${jobId} already ended as ${job.state}${job.reason ? ` (${job.reason})` : ''}; this report was not applied`);
       }
       const m = await this.locked(tx, job.machineId);
-      const typed = this.typeOutputs(report.outputs ?? {});
-      const outcome: JobOutcome = typed.problem
-        ? { kind: 'invalid', exitCode: report.exitCode, message: typed.problem }
+      const typed = this.typeOutputs(report.outputs ?? {}, job.task);
+      const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
+      const problem = typed.problem ?? (exitedOk ? this.checkPromises(job, report.outputs ?? {}, typed.values) : null);
+      const outcome: JobOutcome = problem
+        ? { kind: 'invalid', exitCode: report.exitCode, message: problem }
         : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error, timeoutMs: job.timeoutMs };
       await this.settle(tx, m, job, outcome, typed.values, report);
       const after = (await tx.getJob(jobId))!;
@@ -543,14 +610,32 @@ export class Engine {
     return job;
   }
 
+  /** A task that exits 0 must have set every output it promised, to a valid value, and meet its expectations. */
+  private checkPromises(job: Job, raw: Record<string, string>, values: Record<string, unknown>): string | null {
+    const def = this.content.current.objects.tasks.get(job.task)?.def;
+    if (!def) return null;
+    const open: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(values)) open[k] = this.sealer.open(v);
+    for (const [name, schema] of Object.entries(def.outputs ?? {})) {
+      if (!(name in raw)) return `it did not set its promised output '${name}' (takt-set ${name} VALUE)`;
+      const problems = validateValue(schema, open[name]);
+      if (problems.length) return `its output ${name} = ${JSON.stringify(open[name])} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}`;
+    }
+    if (!def.expect?.length) return null;
+    const used = Object.fromEntries(Object.entries(job.params).map(([k, p]) => [k, p.value]));
+    return checkExpectations(def.expect, { ...used, ...open });
+  }
+
   /** Types raw `takt-set` strings by their param's schema and validates them. */
-  private typeOutputs(raw: Record<string, string>): { values: Record<string, unknown>; problem: string | null } {
+  private typeOutputs(raw: Record<string, string>, task: string): { values: Record<string, unknown>; problem: string | null } {
     const content = this.content.current;
+    const promised = content.objects.tasks.get(task)?.def.outputs;
     const values: Record<string, unknown> = {};
     for (const [name, text] of Object.entries(raw)) {
       if (!/^[a-z][a-z0-9_]*$/.test(name)) return { values: {}, problem: `it set an output with an invalid name '${name}'` };
       const def = content.objects.params.get(name)?.def;
-      const schema = def?.schema as { type?: unknown } | undefined;
+      // The task's promise types the value too when no param definition exists.
+      const schema = (def?.schema ?? promised?.[name]) as { type?: unknown } | undefined;
       let value: unknown = text;
       if (schema && schema.type !== 'string') {
         try {

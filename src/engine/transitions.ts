@@ -17,7 +17,7 @@ export interface Position {
 }
 
 /** The machine fields a transition may change. */
-export type MachineView = Pick<Machine, 'state' | 'reason' | 'stageIndex' | 'taskIndex' | 'attempt' | 'power' | 'pipeline'>;
+export type MachineView = Pick<Machine, 'state' | 'reason' | 'stageIndex' | 'taskIndex' | 'attempt' | 'power' | 'pipeline' | 'approvedStage'>;
 
 export function taskAt(shape: PipelineShape, pos: Position): { stage: string; task: string } | null {
   const stage = shape.stages[pos.stageIndex];
@@ -188,7 +188,7 @@ export function resume(m: MachineView): MachineView {
 /** Operator: start the pipeline over from its first task. */
 export function restart(m: MachineView): MachineView {
   if (!m.pipeline) throw new TransitionError('machine has no pipeline; assign one with `takt machines update M --pipeline P`');
-  return { ...m, state: 'running', reason: null, stageIndex: 0, taskIndex: 0, attempt: 0, power: 'on' };
+  return { ...m, state: 'running', reason: null, stageIndex: 0, taskIndex: 0, attempt: 0, power: 'on', approvedStage: -1 };
 }
 
 /** Operator: assign (or clear) the pipeline; the machine starts it from the top. */
@@ -201,5 +201,18 @@ export function assignPipeline(m: MachineView, pipeline: string | null): Machine
     stageIndex: 0,
     taskIndex: 0,
     attempt: 0,
+    approvedStage: -1,
   };
+}
+
+/** An approver lets the machine into the stage it waits at. */
+export function approve(m: MachineView): MachineView {
+  if (m.state !== 'awaiting-approval') throw new TransitionError(`machine is ${m.state}; only a machine awaiting approval can be approved`);
+  return { ...m, state: 'running', reason: null, approvedStage: m.stageIndex };
+}
+
+/** An approver turns the stage down: the machine stops there, saying who and why. */
+export function reject(m: MachineView, stage: string, by: string, why: string): MachineView {
+  if (m.state !== 'awaiting-approval') throw new TransitionError(`machine is ${m.state}; only a machine awaiting approval can be rejected`);
+  return { ...m, state: 'stopped', reason: `stage '${stage}' rejected by ${by}: ${why}` };
 }

@@ -65,6 +65,23 @@ const Variant = Type.Object(
 );
 export type TaskVariant = Static<typeof Variant>;
 
+/**
+ * A post-condition (on a task) or precondition (on a stage) over one param's value: after a task, its
+ * outputs and the params it used; before a stage, the resolved params. Each rule names one check.
+ */
+export const ExpectRuleSchema = Type.Object(
+  {
+    param: ParamName,
+    equals: Type.Optional(Type.Unknown({ description: 'the value must equal this' })),
+    matches: Type.Optional(Type.String({ minLength: 1, description: 'regular expression the value (as text) must match' })),
+    range: Type.Optional(Type.Object({ min: Type.Optional(Type.Number()), max: Type.Optional(Type.Number()) }, closed)),
+    nonEmpty: Type.Optional(Type.Boolean({ description: 'present, and not an empty string, list or object' })),
+    schema: Type.Optional(Type.Record(Type.String(), Type.Unknown(), { description: 'JSON Schema the value must satisfy' })),
+  },
+  closed,
+);
+export type ExpectRule = Static<typeof ExpectRuleSchema>;
+
 export const TaskSchema = Type.Object(
   {
     name: Name,
@@ -79,6 +96,13 @@ export const TaskSchema = Type.Object(
     variants: Type.Optional(Type.Record(Type.String({ pattern: NAME_PATTERN }), Variant, { description: 'by machine environment', additionalProperties: false })),
     timeout: Type.Optional(Duration),
     retries: Type.Optional(Type.Integer({ minimum: 0, maximum: 10, description: 'opt-in automatic retries; 0 stops the line' })),
+    outputs: Type.Optional(
+      Type.Record(Type.String({ pattern: PARAM_NAME_PATTERN }), Type.Record(Type.String(), Type.Unknown()), {
+        description: 'params the task promises to set with takt-set, each with the JSON Schema its value must satisfy',
+        additionalProperties: false,
+      }),
+    ),
+    expect: Type.Optional(Type.Array(ExpectRuleSchema, { description: 'post-conditions: a task that exits 0 but breaks one has failed' })),
   },
   closed,
 );
@@ -90,6 +114,10 @@ export const StageSchema = Type.Object(
     description: Description,
     tasks: Type.Array(Name, { minItems: 1 }),
     params: Type.Optional(ParamValues),
+    expect: Type.Optional(Type.Array(ExpectRuleSchema, { description: 'preconditions checked before the stage starts' })),
+    approval: Type.Optional(
+      Type.Object({ role: Type.String({ minLength: 1, description: 'who must approve, e.g. operator' }) }, { ...closed, description: 'the machine waits here until approved' }),
+    ),
   },
   closed,
 );

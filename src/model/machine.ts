@@ -14,6 +14,8 @@ export interface Machine {
   taskIndex: number;
   /** How many times the current task has failed and been retried (only for tasks that opt in). */
   attempt: number;
+  /** The stage (index) an approver let this machine enter; -1 when none. */
+  approvedStage: number;
   state: MachineState;
   /** Why the machine is stopped (or last stopped), in words an operator can act on. */
   reason: string | null;

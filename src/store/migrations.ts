@@ -179,6 +179,12 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
         .execute();
     },
   },
+  '0005_stage_approvals': {
+    async up(db: Kysely<unknown>) {
+      // The stage (by index) an approver let the machine enter; -1 when none is approved.
+      await db.schema.alterTable('machines').addColumn('approved_stage', 'integer', (c) => c.notNull().defaultTo(-1)).execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

@@ -57,6 +57,7 @@ export interface MachinesTable {
   stage_index: number;
   task_index: number;
   attempt: number;
+  approved_stage: number;
   state: string;
   reason: string | null;
   params: string;

@@ -132,6 +132,17 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     async (req) => publicMachine(await engine.setPower((req.params as { id: string }).id, (req.body as { power: 'on' | 'off' }).power, author(req))),
   );
 
+  app.post(
+    '/api/v1/machines/:id/approve',
+    { schema: { body: { type: 'object', additionalProperties: false, properties: { comment: { type: 'string', maxLength: 2000 } } } } },
+    async (req) => publicMachine(await engine.approveMachine((req.params as { id: string }).id, author(req), (req.body as { comment?: string } | undefined)?.comment)),
+  );
+  app.post(
+    '/api/v1/machines/:id/reject',
+    { schema: { body: { type: 'object', additionalProperties: false, required: ['reason'], properties: { reason: { type: 'string', minLength: 1, maxLength: 2000 } } } } },
+    async (req) => publicMachine(await engine.rejectMachine((req.params as { id: string }).id, author(req), (req.body as { reason: string }).reason)),
+  );
+
   app.get('/api/v1/machines/:id/plan', async (req) => engine.plan((req.params as { id: string }).id));
 
   app.get('/api/v1/machines/:id/render', async (req) => {
