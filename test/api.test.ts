@@ -242,6 +242,25 @@ describe('bad input', () => {
     expect(r.body.error.message).toMatch(/reassign the machine first|without its pipeline/);
   });
 
+  it('a pipeline whose required params cannot be resolved does not start, and every missing one is listed', async () => {
+    expect((await call('POST', '/tasks', { name: 'needs-count', params: { required: ['count', 'api_key'] }, script: 'echo {{ count }} {{ api_key }}' })).status).toBe(201);
+    expect((await call('POST', '/stages', { name: 'needs', tasks: ['needs-count', 'use-count'] })).status).toBe(201);
+    expect((await call('POST', '/pipelines', { name: 'needy', stages: ['needs'] })).status).toBe(201);
+    const before = await changeCount();
+    const r = await call('POST', '/machines', { name: 'needy-1', pipeline: 'needy' });
+    expect(r.status).toBe(422);
+    expect(r.body.error.message).toBe(
+      "pipeline 'needy' cannot start on 'needy-1': required params have no value — needs/needs-count: count, api_key; needs/use-count: count. Set them on the machine, a profile, the stage or pipeline, give them defaults, or have an earlier task promise them as outputs",
+    );
+    expect(await changeCount()).toBe(before);
+    // with the values set, it starts; a param an earlier task promises as an output counts as resolvable
+    expect((await call('POST', '/machines', { name: 'needy-2', pipeline: 'needy', params: { count: 1, api_key: 'k' } })).status).toBe(201);
+    expect((await call('POST', '/machines', { name: 'needy-3', pipeline: 'basic' })).status).toBe(201);
+    // assigning the pipeline later is refused the same way
+    const idle = await makeMachine('needy-4', null as never);
+    expect((await call('PATCH', `/machines/${idle.id}`, { pipeline: 'needy' })).status).toBe(422);
+  });
+
   it('the OpenAPI document describes the routes', async () => {
     const r = await call('GET', '/openapi.json');
     expect(r.status).toBe(200);

@@ -168,6 +168,7 @@ export class Engine {
       createdAt: now,
       updatedAt: now,
     };
+    if (machine.pipeline) this.assertStartable(machine, machine.pipeline);
     await this.store.transact(async (tx) => {
       if (await tx.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
       if (await tx.getMachine(id)) throw new TaktError('conflict', `machine id '${id}' is already taken`, { path: '/id' });
@@ -194,6 +195,7 @@ export class Engine {
       if (patch.profiles !== undefined) next.profiles = patch.profiles;
       if (patch.params !== undefined) next.params = this.checkParams(content, m.params, patch.params);
       if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
+        if (patch.pipeline) this.assertStartable(next, patch.pipeline);
         await this.cancelCurrent(tx, m, author);
         next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
       }
@@ -221,7 +223,9 @@ export class Engine {
   }
 
   async restartMachine(idOrName: string, author: string): Promise<Machine> {
-    return this.operate(idOrName, author, (m) => restart(m), true);
+    const m = await this.findMachine(idOrName);
+    if (m.pipeline) this.assertStartable(m, m.pipeline);
+    return this.operate(idOrName, author, (v) => restart(v), true);
   }
 
   /** Power a machine off or on (the broker acts on it; an agent that is told `off` exits). */
@@ -708,24 +712,47 @@ export class Engine {
       const ctx = { workOrder: { id: wo.id, params: wo.params }, blueprint: { name: bp.name, params: bp.params } };
       workOrders.push({ id: wo.id, blueprint: bp.name, steps: bp.tasks.slice(wo.taskIndex).map((t) => toStep(null, t, prepareTask(content, this.sealer, m, t, ctx))) });
     }
-    const steps: PlanStep[] = [];
-    const shape = m.pipeline ? this.shapeOf(content, m.pipeline) : null;
     const from: Plan['from'] = m.state === 'done' ? 'restart' : 'continue';
-    if (shape) {
-      const pipeline = content.objects.pipelines.get(m.pipeline!)!.def;
-      const start = m.state === 'idle' || m.state === 'done' ? { stageIndex: 0, taskIndex: 0 } : m;
-      let pos = normalisePosition(shape, start);
-      while (pos) {
-        const at = taskAt(shape, pos)!;
-        const stage = content.objects.stages.get(at.stage)?.def;
-        const ctx = { stage: { name: at.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } };
-        steps.push(toStep(at.stage, at.task, prepareTask(content, this.sealer, m, at.task, ctx)));
-        const { stageIndex, taskIndex } = pos;
-        const nxt = normalisePosition(shape, { stageIndex, taskIndex: taskIndex + 1 });
-        pos = nxt && (nxt.stageIndex > stageIndex || nxt.taskIndex > taskIndex) ? nxt : null;
-      }
-    }
+    const start = m.state === 'idle' || m.state === 'done' ? { stageIndex: 0, taskIndex: 0 } : m;
+    const steps = m.pipeline ? this.pipelineSteps(content, m, m.pipeline, start).map((s) => toStep(s.stage, s.task, s.prepared)) : [];
     return { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, from, steps };
+  }
+
+  /**
+   * Each task from `start` to the end of the pipeline, prepared for the machine. A required param that an
+   * earlier task promises as an output is not missing: it will exist by the time the task runs.
+   */
+  private pipelineSteps(content: ContentSet, m: Machine, pipelineName: string, start: { stageIndex: number; taskIndex: number }) {
+    const shape = this.shapeOf(content, pipelineName);
+    const pipeline = content.objects.pipelines.get(pipelineName)?.def;
+    const out: Array<{ stage: string; task: string; prepared: PreparedTask }> = [];
+    if (!shape || !pipeline) return out;
+    const promised = new Set<string>();
+    let pos = normalisePosition(shape, start);
+    while (pos) {
+      const at = taskAt(shape, pos)!;
+      const stage = content.objects.stages.get(at.stage)?.def;
+      const ctx = { stage: { name: at.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } };
+      const prepared = prepareTask(content, this.sealer, m, at.task, ctx);
+      const missing = prepared.missing.filter((n) => !promised.has(n));
+      out.push({ stage: at.stage, task: at.task, prepared: { ...prepared, missing, error: missing.length === 0 && prepared.missing.length > 0 ? null : prepared.error } });
+      for (const o of Object.keys(content.objects.tasks.get(at.task)?.def.outputs ?? {})) promised.add(o);
+      const { stageIndex, taskIndex } = pos;
+      const nxt = normalisePosition(shape, { stageIndex, taskIndex: taskIndex + 1 });
+      pos = nxt && (nxt.stageIndex > stageIndex || nxt.taskIndex > taskIndex) ? nxt : null;
+    }
+    return out;
+  }
+
+  /** Refuses to start a pipeline on a machine while any required param has no value, listing all of them. */
+  private assertStartable(m: Machine, pipeline: string) {
+    const missing = this.pipelineSteps(this.content.current, m, pipeline, { stageIndex: 0, taskIndex: 0 }).filter((s) => s.prepared.missing.length > 0);
+    if (missing.length === 0) return;
+    const list = missing.map((s) => `${s.stage}/${s.task}: ${s.prepared.missing.join(', ')}`).join('; ');
+    throw new TaktError('invalid', `pipeline '${pipeline}' cannot start on '${m.name}': required params have no value — ${list}. Set them on the machine, a profile, the stage or pipeline, give them defaults, or have an earlier task promise them as outputs`, {
+      path: '/pipeline',
+      details: { missing: missing.map((s) => ({ stage: s.stage, task: s.task, params: s.prepared.missing })) },
+    });
   }
 
   /** The exact script `task` would get on the machine, in the context of its pipeline when it is part of it. */
