@@ -591,7 +591,7 @@ export class Engine {
     return this.store.transact(async (tx) => {
       const job = await this.ownedJob(tx, jobId, caller);
       if (job.state !== 'running') return { running: false };
-      await tx.updateJob({ ...job, leaseExpiresAt: this.leaseUntil() });
+      await tx.renewLease(job.id, this.leaseUntil());
       return { running: true };
     });
   }
@@ -603,7 +603,7 @@ export class Engine {
         throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
       }
       await tx.appendLogs([{ jobId, seq: chunk.seq, stream: chunk.stream, data: chunk.data, at: new Date().toISOString() }]);
-      if (job.state === 'running') await tx.updateJob({ ...job, leaseExpiresAt: this.leaseUntil() });
+      if (job.state === 'running') await tx.renewLease(job.id, this.leaseUntil());
     });
   }
 

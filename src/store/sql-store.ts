@@ -415,6 +415,9 @@ class SqlTx extends SqlReads implements Tx {
   async insertJob(j: Job) {
     await this.db.insertInto('jobs').values({ ...jobToRow(j), report: null }).execute();
   }
+  async renewLease(jobId: string, until: string) {
+    await this.db.updateTable('jobs').set({ lease_expires_at: until }).where('id', '=', jobId).where('state', '=', 'running').execute();
+  }
   async renewRunningLeases(until: string) {
     const r = await this.db.updateTable('jobs').set({ lease_expires_at: until }).where('state', '=', 'running').executeTakeFirst();
     return Number(r.numUpdatedRows);

@@ -104,6 +104,8 @@ export interface Tx extends Reads {
   updateMachine(m: Machine): Promise<void>;
   deleteMachine(id: string): Promise<void>;
   insertJob(j: Job): Promise<void>;
+  /** Extends one running job's lease (heartbeats and log chunks do this often: it writes one column). */
+  renewLease(jobId: string, until: string): Promise<void>;
   /** Gives every running job a fresh lease (at start-up, so agents can reconnect before anything is lost). */
   renewRunningLeases(until: string): Promise<number>;
   updateJob(j: Job, report?: unknown): Promise<void>;
