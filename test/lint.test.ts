@@ -50,7 +50,7 @@ const cases: Array<[string, Record<string, string | undefined>, string[]]> = [
   ]],
   // 3. unknown fields, at the key, listing the allowed ones
   ['unknown field', { 'tasks/x.yaml': 'name: x\nscript: echo\nscirpt: y\n' }, [
-    "tasks/x.yaml:3:1: unknown field 'scirpt' (allowed: name, description, params, script, variants, timeout, retries)",
+    "tasks/x.yaml:3:1: unknown field 'scirpt' (allowed: name, description, params, script, variants, timeout, retries, outputs, expect)",
   ]],
   ['unknown nested fields', { 'tasks/x.yaml': 'name: x\nparams:\n  requried: [greeting]\nscript: echo\nvariants:\n  local:\n    scrpt: x\n' }, [
     "tasks/x.yaml:3:3: unknown field 'requried' (allowed: required, optional)",
@@ -227,7 +227,7 @@ describe('lintPack', () => {
       "tasks/deploy.yaml:8:15: template uses 'user', which the task does not declare in params.required or params.optional",
       'tasks/deploy.yaml:12:12: template: undefined filter: nosuchfilter',
       "tasks/deploy.yaml:13:3: variant 'metal' has both a script and a noop; keep one",
-      "tasks/deploy.yaml:16:1: unknown field 'retry' (allowed: name, description, params, script, variants, timeout, retries)",
+      "tasks/deploy.yaml:16:1: unknown field 'retry' (allowed: name, description, params, script, variants, timeout, retries, outputs, expect)",
     ]);
   });
 

@@ -73,6 +73,9 @@ describe('export and import', () => {
     expect(r.machines.created.sort()).toEqual(['plain', 'sandbox']);
     expect((await b.cli(['export', join(dir, 'two')])).code).toBe(0);
     expect(readTree(join(dir, 'two'))).toEqual(readTree(join(dir, 'one')));
+    // a secure value sealed with the other endpoint's key is reported, not thrown
+    const plan = await b.api.get<{ steps: Array<{ task: string; error: string | null }> }>('/machines/plain/plan');
+    expect(plan.steps.find((s) => s.task === 'hello')?.error).toMatch(/secure param 'api_key' cannot be decrypted with this endpoint's secret\.key/);
     // the brokered machine is real on the new endpoint: its agent runs the pipeline
     expect((await b.cli(['machines', 'wait', 'sandbox', '--timeout', '60s'])).code).toBe(0);
   });

@@ -60,6 +60,7 @@ export function prepareTask(content: ContentSet, sealer: Sealer, machine: Machin
   const optional = def.params?.optional ?? [];
   const params: ParamUse[] = [];
   const missing: string[] = [];
+  const sealedElsewhere: string[] = [];
   const clear: Record<string, unknown> = {};
   const masked: Record<string, unknown> = {};
   for (const name of [...required, ...optional]) {
@@ -72,7 +73,14 @@ export function prepareTask(content: ContentSet, sealer: Sealer, machine: Machin
       masked[name] = null;
       continue;
     }
-    const value = sealer.open(r.value);
+    let value: unknown;
+    try {
+      value = sealer.open(r.value);
+    } catch {
+      // Sealed by another endpoint's key (an import without its secret.key): say which param, do not throw.
+      sealedElsewhere.push(name);
+      value = null;
+    }
     clear[name] = value;
     masked[name] = r.secure ? MASK : value;
     params.push({ name, value: displayValue(r), from: r.from, secure: r.secure, required: isRequired });
@@ -83,6 +91,12 @@ export function prepareTask(content: ContentSet, sealer: Sealer, machine: Machin
     return {
       ...base, variant, noop: null, params, missing, agentParams, timeoutMs, retries,
       error: `required param${missing.length > 1 ? 's' : ''} ${list} ha${missing.length > 1 ? 've' : 's'} no value: set ${missing.length > 1 ? 'them' : 'it'} on the machine, a profile, the stage or pipeline, or give ${missing.length > 1 ? 'them' : 'it'} a default`,
+    };
+  }
+  if (sealedElsewhere.length > 0) {
+    return {
+      ...base, variant, noop: null, params, missing, agentParams, timeoutMs, retries,
+      error: `secure param${sealedElsewhere.length > 1 ? 's' : ''} ${sealedElsewhere.map((n) => `'${n}'`).join(', ')} cannot be decrypted with this endpoint's secret.key (sealed elsewhere?): set ${sealedElsewhere.length > 1 ? 'them' : 'it'} again`,
     };
   }
   const machineVars = { id: machine.id, name: machine.name, environment: machine.environment };

@@ -61,7 +61,7 @@ export class Endpoint {
     this.proc = p;
     p.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
     p.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
-    const deadline = Date.now() + 20_000;
+    const deadline = Date.now() + 60_000;
     while (!existsSync(join(this.data, 'endpoint'))) {
       if (p.exitCode !== null) throw new Error(`takt serve exited ${p.exitCode}:\n${this.output}`);
       if (Date.now() > deadline) throw new Error(`takt serve did not start:\n${this.output}`);
