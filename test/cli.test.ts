@@ -16,7 +16,7 @@ describe('takt content lint', () => {
   it('says a clean pack is clean and exits 0; -o json is machine-readable', async () => {
     const r = await runCli(['content', 'lint', 'content/demo']);
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/demo@1\.0\.0: \d+ objects, no problems/);
+    expect(r.stdout).toMatch(/demo@\d+\.\d+\.\d+: \d+ objects, no problems/);
     const j = await runCli(['content', 'lint', 'test/fixtures/broken-pack', '-o', 'json']);
     expect(j.code).toBe(1);
     const body = JSON.parse(j.stdout) as { ok: boolean; diagnostics: Array<{ file: string; line: number; col: number }> };

@@ -134,8 +134,14 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
 /** Installs the demo pack and puts three local machines on its pipeline, so the first screen shows work. */
 async function startDemo(content: ContentService, engine: Engine, broker: LocalBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn) {
   const files = await readPackDir(DEMO_PACK);
-  const r = await content.installPack(files, 'demo', { use: true });
-  if (r.installed) log('info', `installed demo pack ${r.name}@${r.version}`);
+  try {
+    const r = await content.installPack(files, 'demo', { use: true });
+    if (r.installed) log('info', `installed demo pack ${r.name}@${r.version}`);
+  } catch (err) {
+    // An older takt may have installed different content under this version; versions never change.
+    if (!(err instanceof TaktError) || err.code !== 'conflict') throw err;
+    log('warn', `built-in demo pack not installed: ${err.message}; the demo runs the version already installed`);
+  }
   for (let i = 1; i <= 3; i++) {
     const name = `demo-${i}`;
     const existing = await store.getMachineByName(name);
