@@ -216,6 +216,7 @@ class SqlReads implements Reads {
     if (f.state) q = q.where('state', '=', f.state);
     if (f.task) q = q.where('task', '=', f.task);
     if (f.workOrderId) q = q.where('work_order_id', '=', f.workOrderId);
+    if (f.since) q = q.where('created_at', '>=', f.since);
     const dir = f.order ?? 'desc';
     const rows = await q.orderBy('created_at', dir).orderBy('id', dir).limit(limitOf(f.limit)).offset(f.offset ?? 0).execute();
     return rows.map(jobFromRow);

@@ -48,6 +48,8 @@ export interface JobFilter extends Page {
   state?: JobState;
   task?: string;
   workOrderId?: string;
+  /** Only jobs created at or after this ISO time. */
+  since?: string;
   /** Newest first by default; `asc` for the order they ran in. */
   order?: 'asc' | 'desc';
 }
