@@ -69,7 +69,11 @@ export class Endpoint {
     }
     this.url = readFileSync(join(this.data, 'endpoint'), 'utf8').trim();
     this.token = readFileSync(join(this.data, 'admin.token'), 'utf8').trim();
-    while ((await fetch(`${this.url}/api/v1/health`).catch(() => null))?.status !== 200) await sleep(50);
+    while ((await fetch(`${this.url}/api/v1/health`, { signal: AbortSignal.timeout(5000) }).catch(() => null))?.status !== 200) {
+      if (p.exitCode !== null) throw new Error(`takt serve exited ${p.exitCode}:\n${this.output}`);
+      if (Date.now() > deadline) throw new Error(`takt serve did not answer /api/v1/health:\n${this.output}`);
+      await sleep(50);
+    }
   }
 
   get api(): ApiClient {
