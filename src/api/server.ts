@@ -12,7 +12,9 @@ import type { ApiContext } from './context.js';
 import { contentRoutes } from './routes/content.js';
 import { eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
+import { Metrics } from './metrics.js';
 import { machineRoutes } from './routes/machines.js';
+import { reportRoutes } from './routes/reports.js';
 import { rolloutRoutes } from './routes/rollouts.js';
 
 export interface ServerOptions extends ApiContext {
@@ -31,6 +33,8 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     ajv: { customOptions: { allErrors: false, removeAdditional: false, coerceTypes: false } },
   });
   const auth = new Authenticator(opts.adminToken, opts.store);
+  const metrics = new Metrics(opts.store);
+  app.addHook('onClose', async () => metrics.close());
 
   await app.register(swagger, {
     openapi: {
@@ -43,11 +47,16 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   app.decorateRequest('principal', null as never);
   app.addHook('onRequest', async (req) => {
     const cfg = req.routeOptions.config;
-    if (cfg?.public || !req.url.startsWith('/api/')) return;
+    if (cfg?.public || !(req.url.startsWith('/api/') || req.routeOptions.url === '/metrics')) return;
     req.principal = await auth.authenticate(req.headers.authorization);
     if (req.principal.kind === 'machine' && !cfg?.machine) {
       throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
     }
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    // Unmatched URLs share one label, so probing clients cannot grow the metric without bound.
+    metrics.observeRequest(req.method, req.routeOptions.url ?? '(no route)', reply.statusCode, reply.elapsedTime / 1000);
   });
 
   app.setErrorHandler((err: FastifyError | TaktError, req, reply) => {
@@ -82,6 +91,11 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
 
   app.get('/api/v1/health', { config: { public: true }, schema: { hide: true } }, async () => ({ status: 'ok', version: opts.version }));
   app.get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+    const { contentType, body } = await metrics.text();
+    reply.type(contentType);
+    return body;
+  });
   app.get('/', { config: { public: true }, schema: { hide: true } }, async (_req, reply) => {
     reply.type('text/html; charset=utf-8');
     return readFile(UI_FILE, 'utf8');
@@ -92,6 +106,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   contentRoutes(app, opts);
   eventRoutes(app, opts);
   rolloutRoutes(app, opts);
+  reportRoutes(app, opts);
   await app.ready();
   return app;
 }

@@ -13,6 +13,7 @@ import { TaktError } from '../model/errors.js';
 import type { Change, Job, LogChunk, Machine, WorkOrder } from '../model/machine.js';
 import { clientFrom, collect, parseParamPairs, type GlobalOptions } from './client.js';
 import { colorState, print, renderTable } from './output.js';
+import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
 
 type Globals = () => GlobalOptions;
@@ -30,6 +31,7 @@ export function register(program: Command, g: Globals) {
   rolloutCommands(program, g, api);
   policyCommands(program, g, api);
   approvalCommands(program, g, api);
+  reportCommands(program, g, api);
 
   program
     .command('plan <machine>')
