@@ -9,6 +9,7 @@ import { resolve } from 'node:path';
 import { ApiClient, backoffMs } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { AGENT_EXIT_POWEROFF, AGENT_EXIT_REBOOT, machineIdFromToken, type AgentAction, type ClaimedJob, type ClaimResponse, type CompleteRequest } from '../model/protocol.js';
+import { Chaos, type ChaosSpec } from './chaos.js';
 import { deliverReport } from './deliver.js';
 import { startHeartbeat } from './heartbeat.js';
 import { installHelpers } from './helpers.js';
@@ -33,6 +34,8 @@ export interface AgentOptions {
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
   /** Long-poll length, default 25 (the endpoint allows up to 60). */
   claimWaitSeconds?: number;
+  /** Fault injection (testing the endpoint's invariants); see chaos.ts. */
+  chaos?: ChaosSpec;
 }
 
 export const AGENT_EXIT_STOPPED = 0;
@@ -64,6 +67,7 @@ class Agent {
   private readonly state: AgentState;
   private readonly root: string;
   private readonly waitSeconds: number;
+  private readonly chaos: Chaos | null;
   /** The last machine state logged, to log changes only. */
   private lastMachine = '';
   /** Failed claims in a row: drives the backoff and keeps an outage from flooding the log. */
@@ -76,7 +80,9 @@ class Agent {
   ) {
     this.log = opts.log ?? jsonLineLog;
     this.paths = agentPaths(resolve(opts.dir));
-    this.client = new ApiClient({ endpoint: opts.endpoint, token: opts.token });
+    this.chaos = opts.chaos ? new Chaos(opts.chaos, machineId, this.log) : null;
+    const chaos = this.chaos;
+    this.client = new ApiClient({ endpoint: opts.endpoint, token: opts.token, ...(chaos ? { beforeRequest: () => chaos.beforeRequest() } : {}) });
     this.state = new AgentState(this.paths.stateDir, this.log);
     this.root = opts.root ?? '/';
     this.waitSeconds = Math.max(0, Math.min(60, Math.round(opts.claimWaitSeconds ?? 25)));
@@ -222,15 +228,23 @@ class Agent {
       kill.abort();
     }, this.log);
 
+    const chaos = this.chaos?.forJob(job.id);
+    const disarm = chaos ? this.chaos!.arm(job.id, chaos) : () => {};
     let result: RunResult;
     try {
-      result = await runScript(
-        job,
-        { paths, binDir: this.paths.binDir, machineId: this.machineId, root: this.root, token: this.opts.token },
-        (stream, data) => logs.push(stream, data),
-        kill.signal,
-      );
+      if (chaos?.fail) {
+        logs.push('system', 'chaos: injected failure; the script did not run\n');
+        result = { exitCode: 1, timedOut: false, outputs: {}, aborted: false, error: 'chaos: injected failure' };
+      } else {
+        result = await runScript(
+          job,
+          { paths, binDir: this.paths.binDir, machineId: this.machineId, root: this.root, token: this.opts.token },
+          (stream, data) => logs.push(stream, data),
+          kill.signal,
+        );
+      }
     } finally {
+      disarm();
       heartbeat.stop();
       this.signal?.removeEventListener('abort', onStop);
     }

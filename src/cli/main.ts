@@ -48,17 +48,24 @@ program
   .description('run the agent for one machine: claims its jobs, runs them with bash, reports results')
   .option('--dir <dir>', 'agent home: state, job work dirs, helper commands', '/var/lib/takt-agent')
   .option('--root <dir>', 'what scripts see as $TAKT_ROOT (the machine root; a sandbox dir for local machines)', '/')
-  .action(async (o: { dir: string; root: string }) => {
+  .option(
+    '--chaos <spec>',
+    'inject faults to test a fleet\'s invariants: fail=0.1,latency=200ms,drop=0.05,drop-for=3s,die=0.02,seed=7 (env TAKT_AGENT_CHAOS; local machines inherit it from their endpoint)',
+    process.env.TAKT_AGENT_CHAOS,
+  )
+  .action(async (o: { dir: string; root: string; chaos?: string }) => {
     // --endpoint and --token are the global options, as for every other command.
     const endpoint = globals().endpoint ?? process.env.TAKT_ENDPOINT;
     const token = globals().token ?? process.env.TAKT_TOKEN;
     if (!endpoint) throw new TaktError('bad_request', 'the agent needs the endpoint URL: --endpoint or TAKT_ENDPOINT');
     if (!token) throw new TaktError('bad_request', 'the agent needs its machine token: --token or TAKT_TOKEN');
     const { runAgent } = await import('../agent/agent.js');
+    const { parseChaos } = await import('../agent/chaos.js');
+    const chaos = o.chaos ? parseChaos(o.chaos) : undefined;
     const ac = new AbortController();
     process.on('SIGINT', () => ac.abort());
     process.on('SIGTERM', () => ac.abort());
-    const code = await runAgent({ endpoint, token, dir: o.dir, root: o.root }, ac.signal);
+    const code = await runAgent({ endpoint, token, dir: o.dir, root: o.root, ...(chaos ? { chaos } : {}) }, ac.signal);
     process.exit(code);
   });
 

@@ -9,6 +9,8 @@ export interface ClientOptions {
   token?: string;
   /** Per-request timeout; long-polls pass their own. */
   timeoutMs?: number;
+  /** Runs before every request; may delay it or throw a NetworkError (the agent's fault injection). */
+  beforeRequest?: () => Promise<void>;
 }
 
 /** The endpoint could not be reached or did not answer in time; the request may be retried. */
@@ -30,11 +32,13 @@ export class ApiClient {
   readonly endpoint: string;
   private readonly token: string | undefined;
   private readonly timeoutMs: number;
+  private readonly beforeRequest: (() => Promise<void>) | undefined;
 
   constructor(opts: ClientOptions) {
     this.endpoint = opts.endpoint.replace(/\/+$/, '');
     this.token = opts.token;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.beforeRequest = opts.beforeRequest;
   }
 
   url(path: string, query?: RequestOptions['query']): string {
@@ -62,6 +66,7 @@ export class ApiClient {
 
   /** Sends the request and returns the response when it is a success; throws TaktError for API errors. */
   async raw(method: string, path: string, opts: RequestOptions = {}): Promise<Response> {
+    if (this.beforeRequest) await this.beforeRequest();
     const timeout = AbortSignal.timeout(opts.timeoutMs ?? this.timeoutMs);
     const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
     const headers = this.headers(opts.body !== undefined ? { 'content-type': 'application/json' } : {});

@@ -41,13 +41,15 @@ export class Endpoint {
   constructor(
     readonly data: string,
     private readonly args: string[],
+    private readonly env: Record<string, string> = {},
   ) {}
 
-  static async start(opts: { demo?: boolean; lease?: string; data?: string } = {}): Promise<Endpoint> {
+  /** `env` reaches the server and, through it, the local agents it starts (e.g. TAKT_AGENT_CHAOS). */
+  static async start(opts: { demo?: boolean; lease?: string; data?: string; env?: Record<string, string> } = {}): Promise<Endpoint> {
     const data = opts.data ?? mkdtempSync(join(tmpdir(), 'takt-test-'));
     const args = ['serve', '--listen', '127.0.0.1:0', '--data', data, '--lease', opts.lease ?? '5s'];
     if (opts.demo) args.push('--demo');
-    const ep = new Endpoint(data, args);
+    const ep = new Endpoint(data, args, opts.env);
     await ep.boot();
     return ep;
   }
@@ -57,7 +59,7 @@ export class Endpoint {
     rmSync(join(this.data, 'endpoint'), { force: true });
     // A restart comes back on the same port, as a real endpoint does: surviving agents know that address.
     const args = this.url ? this.args.map((a) => (a === '127.0.0.1:0' ? new URL(this.url).host : a)) : this.args;
-    const p = spawn(process.execPath, [TAKT, ...args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', ...this.env }, stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = p;
     p.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
     p.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
