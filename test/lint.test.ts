@@ -281,7 +281,7 @@ describe('lintPack', () => {
   it('lints the demo pack clean', async () => {
     const r = lintPack(await readPackDir(DEMO));
     expect(r.diagnostics.map(formatDiagnostic)).toEqual([]);
-    expect(r.manifest).toMatchObject({ name: 'demo', version: '1.1.0' });
+    expect(r.manifest).toMatchObject({ name: 'demo', version: '1.2.0' });
     const names = (kind: string) => r.objects.filter((o) => o.kind === kind).map((o) => o.def.name);
     expect(names('pipelines')).toEqual(['demo']);
     expect(names('blueprints')).toEqual(['inventory']);
@@ -408,7 +408,7 @@ describe('the demo pack', () => {
       };
 
       const pipeline = get<{ stages: string[]; environments: string[] }>('pipelines', 'demo');
-      expect(pipeline.environments).toEqual(['local']);
+      expect(pipeline.environments).toEqual(['local', 'netns']);
       for (const stage of pipeline.stages) {
         for (const t of get<{ tasks: string[] }>('stages', stage).tasks) {
           const res = run(t);

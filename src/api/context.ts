@@ -14,6 +14,8 @@ import type { Principal } from './auth.js';
 export interface BrokerPort {
   readonly name: string;
   readonly environment: string;
+  /** Throws (with how to fix it) when the broker cannot work on this host. */
+  check(): Promise<void>;
   /** Starts the machine's agent with its token. */
   create(machine: { id: string; name: string }, token: string): Promise<void>;
   destroy(machine: { id: string; name: string }): Promise<void>;

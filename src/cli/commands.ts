@@ -13,6 +13,7 @@ import { TaktError } from '../model/errors.js';
 import type { Change, Job, LogChunk, Machine, WorkOrder } from '../model/machine.js';
 import { clientFrom, collect, parseParamPairs, type GlobalOptions } from './client.js';
 import { colorState, print, renderTable } from './output.js';
+import { exerciseCommand } from './exercise.js';
 import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
 
@@ -32,6 +33,7 @@ export function register(program: Command, g: Globals) {
   policyCommands(program, g, api);
   approvalCommands(program, g, api);
   reportCommands(program, g, api);
+  exerciseCommand(program, g, api);
 
   program
     .command('plan <machine>')

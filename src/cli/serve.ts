@@ -1,5 +1,5 @@
 /**
- * `takt serve`: one endpoint with the embedded SQLite store, the API and UI, and the local broker.
+ * `takt serve`: one endpoint with the embedded SQLite store, the API and UI, and the local and netns brokers.
  * Binding beyond loopback is refused until TLS and credentials are configured (not yet supported).
  */
 import { randomBytes } from 'node:crypto';
@@ -7,7 +7,8 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildServer } from '../api/server.js';
-import { LocalBroker } from '../brokers/local.js';
+import { NetnsPlacement } from '../brokers/netns.js';
+import { ProcessBroker } from '../brokers/process.js';
 import { readPackDir } from '../content/files.js';
 import { ContentService } from '../engine/content.js';
 import { Engine, publicMachine } from '../engine/engine.js';
@@ -70,7 +71,19 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const sealer = new Sealer(Buffer.from(key.value, 'base64'));
   const engine = new Engine(store, content, sealer, { leaseMs, log });
   let url = '';
-  const broker = new LocalBroker({ dataDir: data, endpoint: () => url, log });
+  const broker = new ProcessBroker({ name: 'local', environment: 'local', dataDir: data, endpoint: () => url, log });
+  const netns = new ProcessBroker({
+    name: 'netns',
+    environment: 'netns',
+    dataDir: data,
+    endpoint: () => url,
+    placement: new NetnsPlacement({ dataDir: data, endpoint: () => url, log }),
+    log,
+  });
+  const brokers = new Map<string, ProcessBroker>([
+    [broker.name, broker],
+    [netns.name, netns],
+  ]);
   const records = new Records(store, content, sealer);
   const rollouts = new Rollouts(store, engine, records, { log });
   const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check') });
@@ -83,7 +96,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     churn,
     history: new History(store, engine, content),
     portable: new Portable(store, engine, content),
-    brokers: new Map([[broker.name, broker]]),
+    brokers,
     version: VERSION,
     adminToken: admin.value,
   });
@@ -96,12 +109,13 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   rollouts.start();
   churn.start();
 
-  const localMachines = await store.listMachines({ broker: 'local', limit: 1000 });
-  broker.adopt(localMachines);
+  for (const b of brokers.values()) await b.adopt(await store.listMachines({ broker: b.name, limit: 1000 }));
   const stopReporting = reportProgress(store, log);
   store.onEvents((events) => {
     for (const e of events) {
-      if (e.topic.startsWith('machines.update.') && (e.data as Machine).broker === 'local') void broker.setPower(e.data as Machine);
+      if (!e.topic.startsWith('machines.update.')) continue;
+      const b = brokers.get((e.data as Machine).broker ?? '');
+      if (b) void b.setPower(e.data as Machine);
     }
   });
   const pruner = setInterval(() => void store.pruneEvents(100_000).catch(() => undefined), 60_000);
@@ -124,7 +138,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       churn.stop();
       rollouts.stop();
       engine.stop();
-      await broker.stopAll();
+      for (const b of brokers.values()) await b.stopAll();
       await app.close();
       await store.close();
     },
@@ -132,7 +146,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
 }
 
 /** Installs the demo pack and puts three local machines on its pipeline, so the first screen shows work. */
-async function startDemo(content: ContentService, engine: Engine, broker: LocalBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn) {
+async function startDemo(content: ContentService, engine: Engine, broker: ProcessBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn) {
   const files = await readPackDir(DEMO_PACK);
   try {
     const r = await content.installPack(files, 'demo', { use: true });

@@ -1,7 +1,8 @@
 /**
- * The local broker: each machine is a sandbox directory under the data dir with its agent running as a
- * supervised process. Agents run in their own session so they outlive an endpoint crash (results then
- * reach the restarted endpoint); a restarted endpoint adopts them by pid file instead of starting twins.
+ * Brokers whose machines are agents supervised as processes on this host, each with a sandbox directory
+ * under the data dir: `local` (plain processes) and `netns` (each in its own network namespace, see
+ * netns.ts). Agents run in their own session so they outlive an endpoint crash (results then reach the
+ * restarted endpoint); a restarted endpoint adopts them by pid file instead of starting twins.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -16,9 +17,30 @@ export interface LocalMachine {
   power?: 'on' | 'off';
 }
 
-export interface LocalBrokerOptions {
+/**
+ * Where a machine's agent lives beyond its sandbox dir. The local broker's placement is the host itself;
+ * netns puts each machine in a network namespace of its own.
+ */
+export interface Placement {
+  /** Checks the host can hold machines at all; throws a TaktError that says how to fix it. */
+  check(): Promise<void>;
+  /** Makes (or, after a host reboot, remakes) the machine's place; idempotent. */
+  prepare(machine: LocalMachine): Promise<void>;
+  /** Command prefix that runs the agent in its place, e.g. `ip netns exec NS`. */
+  wrap(machine: LocalMachine): string[];
+  /** The URL the machine's agent reaches the endpoint at. */
+  endpoint(machine: LocalMachine): string;
+  remove(machine: LocalMachine): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface ProcessBrokerOptions {
+  name: string;
+  environment: string;
   dataDir: string;
-  /** The URL agents use to reach the endpoint. */
+  /** Defaults to the host itself, reaching the endpoint at `endpoint()`. */
+  placement?: Placement;
+  /** The URL agents on the host use to reach the endpoint. */
   endpoint: () => string;
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
   /** How often to check that agents are alive. */
@@ -31,15 +53,39 @@ interface Tracked {
   wanted: boolean;
   restarts: number[];
   nextStartAt: number;
+  /** A start (its placement being prepared) is under way. */
+  starting: boolean;
 }
 
-export class LocalBroker {
-  readonly name = 'local';
-  readonly environment = 'local';
+/** The host itself: nothing to prepare. */
+export function hostPlacement(endpoint: () => string): Placement {
+  return {
+    check: async () => {},
+    prepare: async () => {},
+    wrap: () => [],
+    endpoint: () => endpoint(),
+    remove: async () => {},
+    close: async () => {},
+  };
+}
+
+export class ProcessBroker {
+  readonly name: string;
+  readonly environment: string;
+  private readonly placement: Placement;
   private readonly tracked = new Map<string, Tracked>();
   private timer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly opts: LocalBrokerOptions) {}
+  constructor(private readonly opts: ProcessBrokerOptions) {
+    this.name = opts.name;
+    this.environment = opts.environment;
+    this.placement = opts.placement ?? hostPlacement(opts.endpoint);
+  }
+
+  /** Throws when this host cannot hold the broker's machines (before any machine is recorded). */
+  check(): Promise<void> {
+    return this.placement.check();
+  }
 
   machineDir(id: string): string {
     return join(this.opts.dataDir, 'machines', id);
@@ -49,24 +95,30 @@ export class LocalBroker {
     const dir = this.machineDir(machine.id);
     mkdirSync(join(dir, 'root'), { recursive: true });
     writeFileSync(join(dir, 'agent.token'), token, { mode: 0o600 });
+    await this.placement.prepare(machine);
     this.track(machine, true);
-    this.ensureRunning(this.tracked.get(machine.id)!);
+    await this.ensureRunning(this.tracked.get(machine.id)!);
   }
 
   async destroy(machine: LocalMachine): Promise<void> {
     const t = this.tracked.get(machine.id);
     this.tracked.delete(machine.id);
     await this.kill(t?.pid ?? this.readPid(machine.id));
+    await this.placement.remove(machine);
     rmSync(this.machineDir(machine.id), { recursive: true, force: true });
   }
 
   /** At endpoint start: keep every live agent, start the ones that should run and do not. */
-  adopt(machines: LocalMachine[]): void {
+  async adopt(machines: LocalMachine[]): Promise<void> {
+    if (machines.length > 0) {
+      // The placement's shared parts (netns: bridge and forwarder) come back before any agent needs them.
+      await this.placement.check().catch((err: Error) => this.opts.log('error', `broker ${this.name} cannot run its machines: ${err.message}`));
+    }
     for (const m of machines) {
       const t = this.track(m, m.power !== 'off');
       const pid = this.readPid(m.id);
       if (pid && this.isOurAgent(pid, m.id)) t.pid = pid;
-      if (t.wanted) this.ensureRunning(t);
+      if (t.wanted) await this.ensureRunning(t);
     }
     this.startSupervision();
   }
@@ -77,14 +129,14 @@ export class LocalBroker {
     if (!t) return;
     t.machine = machine;
     t.wanted = machine.power !== 'off';
-    if (t.wanted) this.ensureRunning(t);
+    if (t.wanted) await this.ensureRunning(t);
     else await this.kill(t.pid);
   }
 
   startSupervision(): void {
     if (this.timer) return;
     this.timer = setInterval(() => {
-      for (const t of this.tracked.values()) if (t.wanted) this.ensureRunning(t);
+      for (const t of this.tracked.values()) if (t.wanted) void this.ensureRunning(t);
     }, this.opts.superviseMs ?? 1000);
     this.timer.unref();
   }
@@ -94,20 +146,21 @@ export class LocalBroker {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     await Promise.all([...this.tracked.values()].map((t) => this.kill(t.pid)));
+    await this.placement.close();
   }
 
   private track(machine: LocalMachine, wanted: boolean): Tracked {
     let t = this.tracked.get(machine.id);
     if (!t) {
-      t = { machine, pid: null, wanted, restarts: [], nextStartAt: 0 };
+      t = { machine, pid: null, wanted, restarts: [], nextStartAt: 0, starting: false };
       this.tracked.set(machine.id, t);
     }
     t.wanted = wanted;
     return t;
   }
 
-  private ensureRunning(t: Tracked): void {
-    if (t.pid && alive(t.pid)) return;
+  private async ensureRunning(t: Tracked): Promise<void> {
+    if (t.starting || (t.pid && alive(t.pid))) return;
     const now = Date.now();
     if (now < t.nextStartAt) return;
     // Crash-loop guard: more than 5 starts within a minute backs off, doubling up to 60 s.
@@ -118,7 +171,16 @@ export class LocalBroker {
       this.opts.log('warn', 'agent keeps exiting; backing off', { machine: t.machine.name, delayMs: delay });
     }
     t.restarts.push(now);
-    t.pid = this.spawnAgent(t.machine);
+    t.starting = true;
+    try {
+      // After a host reboot a namespace is gone while its machine is not: make it again.
+      await this.placement.prepare(t.machine);
+      t.pid = this.spawnAgent(t.machine);
+    } catch (err) {
+      this.opts.log('error', 'cannot start agent', { machine: t.machine.name, broker: this.name, err: (err as Error).message });
+    } finally {
+      t.starting = false;
+    }
   }
 
   private spawnAgent(m: LocalMachine): number | null {
@@ -131,7 +193,9 @@ export class LocalBroker {
     mkdirSync(join(dir, 'root'), { recursive: true });
     const out = openSync(join(dir, 'agent.log'), 'a');
     try {
-      const child = spawn(process.execPath, [TAKT_BIN, 'agent', '--endpoint', this.opts.endpoint(), '--dir', dir, '--root', join(dir, 'root')], {
+      const argv = [process.execPath, TAKT_BIN, 'agent', '--endpoint', this.placement.endpoint(m), '--dir', dir, '--root', join(dir, 'root')];
+      const [command, ...args] = [...this.placement.wrap(m), ...argv] as [string, ...string[]];
+      const child = spawn(command, args, {
         detached: true,
         stdio: ['ignore', out, out],
         // The token goes through the environment, not argv, so `ps` does not show it.

@@ -1,0 +1,242 @@
+/**
+ * The `netns` placement: each machine is a Linux network namespace with its own address on a bridge, and
+ * its agent runs inside it, reaching the endpoint over that network — a real network boundary on one host.
+ *
+ *   host: bridge tkb-XXXX 10.N.M.1/24 ── veth ── namespace takt-<machine id>: eth0 10.N.M.<k>/24
+ *
+ * The endpoint stays on loopback (binding beyond it needs TLS); a small TCP forwarder listens on the
+ * bridge address only and passes connections to it, so nothing outside this host can reach the endpoint.
+ * Needs root and iproute2's `ip`; `check()` says so plainly when either is missing.
+ */
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { TaktError } from '../model/errors.js';
+import type { LocalMachine, Placement } from './process.js';
+
+const run = promisify(execFile);
+
+export interface NetnsOptions {
+  dataDir: string;
+  /** The endpoint's own (loopback) URL. */
+  endpoint: () => string;
+  log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+}
+
+interface NetState {
+  /** The bridge's /24 as `10.a.b`, chosen once so it does not overlap a network the host already routes. */
+  prefix?: string;
+  /** The forwarder's port on the bridge address; kept so agents keep their URL across endpoint restarts. */
+  port: number;
+  /** Host part of each machine's address, by machine id. */
+  hosts: Record<string, number>;
+}
+
+async function ip(...args: string[]): Promise<string> {
+  try {
+    return (await run('ip', args, { timeout: 10_000 })).stdout;
+  } catch (err) {
+    const e = err as { stderr?: string; message: string };
+    throw new TaktError('internal', `ip ${args.join(' ')}: ${(e.stderr || e.message).trim()}`);
+  }
+}
+
+/** Short, stable names (interface names are at most 15 characters). */
+const short = (s: string, n = 8) => createHash('sha256').update(s).digest('hex').slice(0, n);
+
+export class NetnsPlacement implements Placement {
+  private readonly bridge: string;
+  /** First candidate for the bridge's /24, from the data dir so two endpoints on one host differ. */
+  private readonly seed: Buffer;
+  private readonly stateFile: string;
+  private state: NetState;
+  private forwarder: Server | null = null;
+  private readonly sockets = new Set<Socket>();
+  private ready: Promise<void> | null = null;
+
+  constructor(private readonly opts: NetnsOptions) {
+    const h = createHash('sha256').update(opts.dataDir).digest();
+    this.bridge = `tkb-${h.toString('hex').slice(0, 8)}`;
+    this.seed = h;
+    this.stateFile = join(opts.dataDir, 'netns.json');
+    this.state = existsSync(this.stateFile) ? (JSON.parse(readFileSync(this.stateFile, 'utf8')) as NetState) : { port: 0, hosts: {} };
+  }
+
+  private get prefix(): string {
+    if (!this.state.prefix) throw new TaktError('internal', 'netns network used before it was set up');
+    return this.state.prefix;
+  }
+
+  get hostAddress(): string {
+    return `${this.prefix}.1`;
+  }
+
+  namespace(m: LocalMachine): string {
+    return `takt-${m.id}`;
+  }
+
+  address(m: LocalMachine): string | undefined {
+    const host = this.state.hosts[m.id];
+    return host === undefined ? undefined : `${this.prefix}.${host}`;
+  }
+
+  async check(): Promise<void> {
+    if (process.platform !== 'linux') throw new TaktError('bad_request', 'the netns broker needs Linux network namespaces; use --broker local here');
+    if (process.getuid?.() !== 0) {
+      throw new TaktError('bad_request', `the netns broker needs root to create network namespaces (the endpoint runs as uid ${process.getuid?.()}); run takt serve as root, or use --broker local`);
+    }
+    try {
+      await run('ip', ['-V'], { timeout: 5000 });
+    } catch {
+      throw new TaktError('bad_request', "the netns broker needs iproute2's `ip` command on the endpoint's PATH (Debian: apt-get install iproute2)");
+    }
+    await this.ensureNetwork();
+  }
+
+  /** The bridge, its address and the forwarder: once per endpoint process, again if something broke. */
+  private ensureNetwork(): Promise<void> {
+    this.ready ??= this.setUpNetwork().catch((err: unknown) => {
+      this.ready = null;
+      throw err instanceof TaktError ? new TaktError('bad_request', `the netns broker cannot set up its network: ${err.message}`) : err;
+    });
+    return this.ready;
+  }
+
+  private async setUpNetwork(): Promise<void> {
+    const links = await ip('-o', 'link', 'show');
+    if (!links.includes(` ${this.bridge}:`)) {
+      this.state.prefix ??= await this.freePrefix();
+      this.save();
+      await ip('link', 'add', this.bridge, 'type', 'bridge');
+    }
+    const addrs = await ip('-o', 'addr', 'show', 'dev', this.bridge);
+    if (!addrs.includes(` ${this.hostAddress}/24`)) await ip('addr', 'add', `${this.hostAddress}/24`, 'dev', this.bridge);
+    await ip('link', 'set', this.bridge, 'up');
+    if (!this.forwarder) await this.startForwarder();
+  }
+
+  /** A 10.x.y.0/24 no route on this host covers yet (x in 200–249), starting from the data dir's hash. */
+  private async freePrefix(): Promise<string> {
+    const routes = await ip('-4', 'route', 'show');
+    const start = (this.seed[0]! % 50) * 256 + this.seed[1]!;
+    for (let i = 0; i < 50 * 256; i++) {
+      const n = (start + i) % (50 * 256);
+      const prefix = `10.${200 + Math.floor(n / 256)}.${n % 256}`;
+      if (!routes.includes(`${prefix}.`)) return prefix;
+    }
+    throw new TaktError('conflict', 'no free 10.200.0.0/13 subnet for the netns bridge');
+  }
+
+  private async startForwarder(): Promise<void> {
+    const server = createServer((client) => {
+      const target = new URL(this.opts.endpoint());
+      const upstream = createConnection({ host: target.hostname, port: Number(target.port) });
+      for (const s of [client, upstream]) {
+        this.sockets.add(s);
+        s.on('close', () => this.sockets.delete(s));
+        s.on('error', () => {
+          client.destroy();
+          upstream.destroy();
+        });
+      }
+      client.pipe(upstream).pipe(client);
+    });
+    const listen = (port: number) =>
+      new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host: this.hostAddress, port }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+    try {
+      await listen(this.state.port);
+    } catch (err) {
+      // The port we had is taken now: agents will be restarted with the new URL below.
+      if (this.state.port === 0) throw err;
+      this.opts.log('warn', 'netns: the bridge port the agents know is taken; using a new one', { port: this.state.port });
+      await listen(0);
+    }
+    const addr = server.address();
+    this.state.port = typeof addr === 'object' && addr ? addr.port : 0;
+    this.save();
+    this.forwarder = server;
+    this.opts.log('info', `netns: machines reach the endpoint at http://${this.hostAddress}:${this.state.port} on bridge ${this.bridge}`);
+  }
+
+  async prepare(m: LocalMachine): Promise<void> {
+    await this.ensureNetwork();
+    const ns = this.namespace(m);
+    const host = this.allocate(m);
+    const present = (await ip('netns', 'list')).split('\n').some((l) => l.split(' ')[0] === ns);
+    if (present) return;
+    const outside = `tv${short(ns)}`;
+    const inside = `tp${short(ns)}`;
+    await ip('netns', 'add', ns);
+    try {
+      await ip('link', 'add', outside, 'type', 'veth', 'peer', 'name', inside);
+      await ip('link', 'set', inside, 'netns', ns);
+      await ip('link', 'set', outside, 'master', this.bridge);
+      await ip('link', 'set', outside, 'up');
+      await ip('-n', ns, 'link', 'set', inside, 'name', 'eth0');
+      await ip('-n', ns, 'addr', 'add', `${this.prefix}.${host}/24`, 'dev', 'eth0');
+      await ip('-n', ns, 'link', 'set', 'eth0', 'up');
+      await ip('-n', ns, 'link', 'set', 'lo', 'up');
+      await ip('-n', ns, 'route', 'add', 'default', 'via', this.hostAddress);
+    } catch (err) {
+      await ip('netns', 'del', ns).catch(() => undefined);
+      await ip('link', 'del', outside).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private allocate(m: LocalMachine): number {
+    const known = this.state.hosts[m.id];
+    if (known !== undefined) return known;
+    const used = new Set(Object.values(this.state.hosts));
+    for (let host = 2; host < 255; host++) {
+      if (!used.has(host)) {
+        this.state.hosts[m.id] = host;
+        this.save();
+        return host;
+      }
+    }
+    throw new TaktError('conflict', `the netns broker's network ${this.prefix}.0/24 is full (253 machines); delete some first`);
+  }
+
+  wrap(m: LocalMachine): string[] {
+    return ['ip', 'netns', 'exec', this.namespace(m)];
+  }
+
+  endpoint(): string {
+    return `http://${this.hostAddress}:${this.state.port}`;
+  }
+
+  async remove(m: LocalMachine): Promise<void> {
+    // Deleting the namespace deletes the veth pair with it.
+    await ip('netns', 'del', this.namespace(m)).catch((err: Error) => this.opts.log('warn', 'netns: could not delete namespace', { ns: this.namespace(m), err: err.message }));
+    delete this.state.hosts[m.id];
+    this.save();
+  }
+
+  async close(): Promise<void> {
+    const server = this.forwarder;
+    this.forwarder = null;
+    this.ready = null;
+    if (!server) return;
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    // With no machines left the bridge has no use; machines that remain keep it for the next start.
+    if (Object.keys(this.state.hosts).length === 0) {
+      await ip('link', 'del', this.bridge).catch((err: Error) => this.opts.log('warn', 'netns: could not delete the bridge', { bridge: this.bridge, err: err.message }));
+    }
+  }
+
+  private save() {
+    mkdirSync(this.opts.dataDir, { recursive: true });
+    writeFileSync(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+  }
+}
