@@ -103,6 +103,8 @@ describe('rollouts', () => {
     expect(started(stillPaused)).toBe(started(paused));
     expect((await ep.cli(['rollouts', 'resume', created.id])).code).toBe(0);
     await until(async () => (await rollout(created.id)).counts.succeeded >= 2, 60_000, 'progress after resume');
+    // Hold it again at once (agents pick up work immediately, so the rest would finish before a CLI starts).
+    await ep.api.post(`/rollouts/${created.id}/pause`, {});
     const aborted = JSON.parse((await ep.cli(['rollouts', 'abort', created.id, '-o', 'json'])).stdout) as View;
     expect(aborted.state).toBe('aborted');
     expect(aborted.counts.skipped).toBeGreaterThan(0);

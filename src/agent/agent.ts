@@ -72,6 +72,11 @@ class Agent {
   private lastMachine = '';
   /** Failed claims in a row: drives the backoff and keeps an outage from flooding the log. */
   private claimFailures = 0;
+  /**
+   * The last job this process received (null: none yet), sent with each claim after the first so the
+   * endpoint can tell a job whose claim answer never arrived (handed back) from one this agent dropped.
+   */
+  private lastJob: string | null | undefined = undefined;
 
   constructor(
     private readonly opts: AgentOptions,
@@ -170,11 +175,14 @@ class Agent {
   private async claim(): Promise<ClaimResponse | null> {
     const started = Date.now();
     try {
-      const res = await this.client.post<ClaimResponse>(`/machines/${encodeURIComponent(this.machineId)}/claim`, {}, {
+      const body = this.lastJob === undefined ? {} : { lastJob: this.lastJob };
+      this.lastJob ??= null;
+      const res = await this.client.post<ClaimResponse>(`/machines/${encodeURIComponent(this.machineId)}/claim`, body, {
         query: { wait: this.waitSeconds },
         timeoutMs: (this.waitSeconds + 10) * 1000,
         signal: this.signal,
       });
+      if (res?.job) this.lastJob = res.job.id;
       if (this.claimFailures > 0) this.log('info', 'endpoint reachable again', { endpoint: this.client.endpoint });
       this.claimFailures = 0;
       if (!res?.job) {

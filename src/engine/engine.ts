@@ -91,6 +91,8 @@ const MAX_STEPS_PER_CLAIM = 500;
 export class Engine {
   private readonly waiters = new Map<string, { gen: number; wake: Set<() => void> }>();
   private sweeper: NodeJS.Timeout | null = null;
+  /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
+  private stopped = false;
   private readonly unsubscribe: () => void;
 
   constructor(
@@ -122,6 +124,7 @@ export class Engine {
   }
 
   stop(): void {
+    this.stopped = true;
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
     this.unsubscribe();
@@ -367,24 +370,36 @@ export class Engine {
   // ---- agent protocol ------------------------------------------------------------------------------
 
   /** Long-poll for the machine's next job: answers at once when there is one, else waits up to `waitMs`. */
-  async claim(machineId: string, waitMs: number, signal?: AbortSignal): Promise<ClaimResponse> {
+  /**
+   * `lastJob`: the id of the last job the claiming agent received, when it says (null: none since it
+   * started). A running job that is not that one never reached the agent (the answer to a claim it had
+   * given up on), so it is handed back rather than called abandoned.
+   */
+  async claim(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
     const deadline = Date.now() + waitMs;
     for (;;) {
       const gen = this.generation(machineId);
-      const r = await this.claimOnce(machineId);
+      // A caller that has gone (its agent's client gave up) takes no job: nobody would run it, and the
+      // agent's next claim would find it "running" and call it lost.
+      const r = await this.claimOnce(machineId, signal, lastJob);
       const left = deadline - Date.now();
       if (r.job || left <= 0 || signal?.aborted || r.machine.power === 'off') return r;
+      if (this.stopped) return r;
       if (this.generation(machineId) === gen) await this.waitForWake(machineId, Math.min(left, 5000), signal);
+      if (signal?.aborted || this.stopped) return r;
     }
   }
 
-  private async claimOnce(machineId: string): Promise<ClaimResponse> {
+  private async claimOnce(machineId: string, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
     return this.store.transact(async (tx) => {
       let m = await this.locked(tx, machineId);
+      if (signal?.aborted) return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
       if (m.currentJob) {
         const running = await tx.getJob(m.currentJob);
-        if (running?.state === 'running') m = await this.settle(tx, m, running, { kind: 'abandoned' });
-        else m = { ...m, currentJob: null };
+        if (running?.state === 'running') {
+          if (lastJob !== undefined && lastJob !== running.id) m = await this.handBack(tx, m, running);
+          else m = await this.settle(tx, m, running, { kind: 'abandoned' });
+        } else m = { ...m, currentJob: null };
       }
       for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
         const work = await this.nextWork(tx, m);
@@ -419,6 +434,24 @@ export class Engine {
       }
       return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
     });
+  }
+
+  /**
+   * A job whose claim answer never reached its agent: cancelled, and the machine stays at that task so
+   * this claim runs it. Nothing ran, so this is not a retry.
+   */
+  private async handBack(tx: Tx, m: Machine, job: Job): Promise<Machine> {
+    const finished: Job = {
+      ...job,
+      state: 'cancelled',
+      reason: 'the claim that took this job was never answered (its agent had given up on it); the task ran on the next claim',
+      finishedAt: new Date().toISOString(),
+      leaseExpiresAt: null,
+    };
+    await tx.updateJob(finished);
+    tx.emit(`jobs.update.${job.id}`, publicJob(finished));
+    this.log('warn', 'claim answer not delivered: job handed back', { job: job.id, machine: m.name, task: job.task });
+    return { ...m, currentJob: null };
   }
 
   /** What the machine should run next: queued work orders first (at task boundaries), then its pipeline. */

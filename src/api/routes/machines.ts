@@ -78,8 +78,6 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (body.broker && !broker) {
       throw new TaktError('invalid', `unknown broker '${body.broker}'; available: ${[...brokers.keys()].join(', ') || 'none'}`, { path: '/broker' });
     }
-    // A broker that cannot work on this host says so before any machine is recorded.
-    await broker?.check();
     const count = body.count ?? 1;
     if (count === 1 && !body.name && !broker) throw new TaktError('invalid', 'missing required field \'name\'', { path: '/name' });
     const prefix = body.name ?? broker?.name ?? 'machine';
@@ -98,13 +96,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
         author(req),
       );
       if (broker) {
-        try {
-          await broker.create(machine, token);
-        } catch (err) {
-          // No machine without its agent: the record goes again (history shows both steps).
-          await engine.deleteMachine(machine.id, author(req));
-          throw err;
-        }
+        await broker.create(machine, token);
         created.push(publicMachine(machine));
       } else {
         // Shown once: only its hash is stored.
@@ -161,13 +153,26 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     return shown;
   });
 
-  app.post('/api/v1/machines/:id/claim', { config: { machine: true } }, async (req) => {
+  app.post('/api/v1/machines/:id/claim', { config: { machine: true } }, async (req, reply) => {
     const id = (req.params as { id: string }).id;
     requireOwnMachine(req.principal, id);
     const wait = intQuery((req.query as { wait?: string }).wait, 'wait', 0, 60)!;
+    // The agent has gone when the connection closes before the answer is written. (Not the request's own
+    // 'close': Node emits that as soon as the body has been read, which ended every long-poll at once.)
+    const res = reply.raw;
     const aborted = new AbortController();
-    req.raw.once('close', () => aborted.abort());
-    return engine.claim(id, wait * 1000, aborted.signal);
+    const onClose = () => {
+      if (!res.writableFinished) aborted.abort();
+    };
+    res.once('close', onClose);
+    if (res.destroyed || req.raw.socket?.destroyed) aborted.abort();
+    const body = req.body as { lastJob?: unknown } | undefined;
+    const lastJob = typeof body?.lastJob === 'string' || body?.lastJob === null ? body.lastJob : undefined;
+    try {
+      return await engine.claim(id, wait * 1000, aborted.signal, lastJob);
+    } finally {
+      res.off('close', onClose);
+    }
   });
 }
 
