@@ -2,6 +2,8 @@
  * The web UI in a real Chromium (Debian's, driven by playwright-core) against a real endpoint with the demo.
  */
 import { existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint } from './helpers/endpoint.js';
@@ -36,6 +38,10 @@ describe.skipIf(!haveChromium)('web UI', () => {
     await expect.poll(async () => page.locator('#machines tr').count(), { timeout: 30_000 }).toBe(3);
     await expect.poll(async () => page.locator('#machines .state.done').count(), { timeout: 60_000 }).toBe(3);
     await expect(page.locator('#summary').textContent()).resolves.toBe('3 done');
+    // the line's beat: a bar per task, and the pipeline's walks
+    await expect.poll(async () => page.locator('#cycle .track').count(), { timeout: 15_000 }).toBe(8);
+    await expect.poll(async () => page.locator('#pipelinesCycle').textContent(), { timeout: 15_000 }).toContain('demo: 3 of 3 walks done');
+    await page.screenshot({ path: join(tmpdir(), 'takt-ui.png'), fullPage: true });
 
     await page.locator('#machines tr', { hasText: 'demo-1' }).click();
     await expect.poll(async () => page.locator('#jobs tr').count(), { timeout: 10_000 }).toBe(8);

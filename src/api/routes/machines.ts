@@ -78,6 +78,8 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (body.broker && !broker) {
       throw new TaktError('invalid', `unknown broker '${body.broker}'; available: ${[...brokers.keys()].join(', ') || 'none'}`, { path: '/broker' });
     }
+    // A broker that cannot work on this host says so before any machine is recorded.
+    await broker?.check();
     const count = body.count ?? 1;
     if (count === 1 && !body.name && !broker) throw new TaktError('invalid', 'missing required field \'name\'', { path: '/name' });
     const prefix = body.name ?? broker?.name ?? 'machine';
@@ -96,7 +98,13 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
         author(req),
       );
       if (broker) {
-        await broker.create(machine, token);
+        try {
+          await broker.create(machine, token);
+        } catch (err) {
+          // No machine without its agent: the record goes again (history shows both steps).
+          await engine.deleteMachine(machine.id, author(req));
+          throw err;
+        }
         created.push(publicMachine(machine));
       } else {
         // Shown once: only its hash is stored.
