@@ -3,6 +3,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, symlinkSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -82,6 +83,26 @@ describe.skipIf(skipNetns !== null)('netns broker and takt exercise', () => {
     const d = await ep.cli(['machines', 'delete', 'ns1']);
     expect(d.code, d.stderr).toBe(0);
     expect(namespaces()).not.toContain(`takt-${m.id}`);
+  });
+
+  it('after an endpoint crash, netns agents come back through the bridge; if their port was taken meanwhile they restart on a new one', async () => {
+    expect((await ep.cli(['machines', 'create', 'ns2', '--broker', 'netns', '--pipeline', 'envs'])).code).toBe(0);
+    expect((await ep.cli(['machines', 'wait', 'ns2', '--until', 'done', '--timeout', '60s'])).code).toBe(0);
+    const net = JSON.parse(readFileSync(join(ep.data, 'netns.json'), 'utf8')) as { prefix: string; port: number };
+    await ep.crash();
+    // Something else takes the forwarder's port on the bridge address while the endpoint is down.
+    const squatter = createServer(() => undefined);
+    await new Promise<void>((r) => squatter.listen({ host: `${net.prefix}.1`, port: net.port }, r));
+    try {
+      await ep.boot();
+      await expect.poll(() => ep.output, { timeout: 10_000 }).toContain('netns: the bridge port the agents know is taken');
+      expect((await ep.cli(['machines', 'restart', 'ns2'])).code).toBe(0);
+      const w = await ep.cli(['machines', 'wait', 'ns2', '--until', 'done', '--timeout', '60s']);
+      expect(w.code, w.stdout + w.stderr).toBe(0);
+    } finally {
+      squatter.close();
+    }
+    expect((await ep.cli(['machines', 'delete', 'ns2'])).code).toBe(0);
   });
 
   it('takt exercise runs the whole pipeline on local and netns, prints the matrix and leaves nothing behind', async () => {

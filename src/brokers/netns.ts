@@ -56,6 +56,7 @@ export class NetnsPlacement implements Placement {
   private forwarder: Server | null = null;
   private readonly sockets = new Set<Socket>();
   private ready: Promise<void> | null = null;
+  private moved = false;
 
   constructor(private readonly opts: NetnsOptions) {
     const h = createHash('sha256').update(opts.dataDir).digest();
@@ -157,8 +158,9 @@ export class NetnsPlacement implements Placement {
     } catch (err) {
       // The port we had is taken now: agents will be restarted with the new URL below.
       if (this.state.port === 0) throw err;
-      this.opts.log('warn', 'netns: the bridge port the agents know is taken; using a new one', { port: this.state.port });
+      this.opts.log('warn', 'netns: the bridge port the agents know is taken; using a new one and restarting them', { port: this.state.port });
       await listen(0);
+      this.moved = true;
     }
     const addr = server.address();
     this.state.port = typeof addr === 'object' && addr ? addr.port : 0;
@@ -205,6 +207,10 @@ export class NetnsPlacement implements Placement {
       }
     }
     throw new TaktError('conflict', `the netns broker's network ${this.prefix}.0/24 is full (253 machines); delete some first`);
+  }
+
+  endpointMoved(): boolean {
+    return this.moved;
   }
 
   wrap(m: LocalMachine): string[] {

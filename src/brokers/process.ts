@@ -30,6 +30,8 @@ export interface Placement {
   wrap(machine: LocalMachine): string[];
   /** The URL the machine's agent reaches the endpoint at. */
   endpoint(machine: LocalMachine): string;
+  /** True when agents started before `check()` were given a URL that no longer works. */
+  endpointMoved(): boolean;
   remove(machine: LocalMachine): Promise<void>;
   close(): Promise<void>;
 }
@@ -64,6 +66,8 @@ export function hostPlacement(endpoint: () => string): Placement {
     prepare: async () => {},
     wrap: () => [],
     endpoint: () => endpoint(),
+    // The local endpoint URL is fixed for the life of an agent: a restart on the same port is the rule.
+    endpointMoved: () => false,
     remove: async () => {},
     close: async () => {},
   };
@@ -114,10 +118,15 @@ export class ProcessBroker {
       // The placement's shared parts (netns: bridge and forwarder) come back before any agent needs them.
       await this.placement.check().catch((err: Error) => this.opts.log('error', `broker ${this.name} cannot run its machines: ${err.message}`));
     }
+    const moved = this.placement.endpointMoved();
     for (const m of machines) {
       const t = this.track(m, m.power !== 'off');
       const pid = this.readPid(m.id);
-      if (pid && this.isOurAgent(pid, m.id)) t.pid = pid;
+      if (pid && this.isOurAgent(pid, m.id)) {
+        // An agent that knows an address that is gone is restarted with the new one.
+        if (moved) await this.kill(pid);
+        else t.pid = pid;
+      }
       if (t.wanted) await this.ensureRunning(t);
     }
     this.startSupervision();
