@@ -4,6 +4,22 @@ import { author, intQuery, type ApiContext } from '../context.js';
 import { topicMatcher } from '../topics.js';
 
 const KEEPALIVE_MS = 15_000;
+/**
+ * A subscriber that falls this far behind is cut off: it reconnects with Last-Event-ID and replays from
+ * the store, instead of the endpoint buffering without bound for the slowest reader.
+ */
+const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+
+/** Each event is serialised once, however many subscribers it goes to. */
+const frames = new WeakMap<TaktEvent, string>();
+function frame(e: TaktEvent): string {
+  let f = frames.get(e);
+  if (f === undefined) {
+    f = `id: ${e.id}\nevent: ${e.topic}\ndata: ${JSON.stringify(e)}\n\n`;
+    frames.set(e, f);
+  }
+  return f;
+}
 
 export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
   const { store, history, portable, engine, brokers } = ctx;
@@ -67,10 +83,17 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     let lastSent = since ?? 0;
     const backlog: TaktEvent[] = [];
     let live = false;
+    let closed = false;
     const send = (e: TaktEvent) => {
-      if (e.id <= lastSent) return;
+      if (closed || e.id <= lastSent) return;
       lastSent = e.id;
-      if (match(e.topic)) res.write(`id: ${e.id}\nevent: ${e.topic}\ndata: ${JSON.stringify({ ...e })}\n\n`);
+      if (!match(e.topic)) return;
+      res.write(frame(e));
+      if (res.writableLength > MAX_BUFFERED_BYTES) {
+        req.log.warn({ buffered: res.writableLength }, 'event subscriber too slow; closing its stream (it resumes with Last-Event-ID)');
+        close();
+        res.end();
+      }
     };
     const unsubscribe = store.onEvents((events) => {
       if (live) events.forEach(send);
@@ -78,10 +101,13 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     });
     const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
     const close = () => {
+      if (closed) return;
+      closed = true;
       clearInterval(keepalive);
       unsubscribe();
     };
-    req.raw.on('close', close);
+    // The response's close, not the request's: Node may close a request once its body has been read.
+    res.on('close', close);
     if (since !== undefined) {
       for (;;) {
         const page = await store.listEvents(lastSent, 1000);
