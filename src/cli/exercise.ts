@@ -107,6 +107,7 @@ interface Options {
 export function exerciseCommand(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
   program
     .command('exercise <pipeline>')
+    .summary('run a pipeline on a fresh machine per environment; print the task × environment coverage matrix')
     .description(
       'run PIPELINE on one fresh machine per environment, destroy them, and print the coverage matrix:\n' +
         'task × environment → the variant that ran, a no-op (with its reason), passed, or failed (with its log line).\n' +

@@ -11,6 +11,7 @@ export function reportCommands(program: Command, g: () => GlobalOptions, api: ()
   const report = program.command('report').description('reports over what the line did');
   report
     .command('cycle-time')
+    .summary('queue wait, run and cycle time (p50/p95/max) and failure rate per pipeline, stage and task')
     .description(
       'queue wait, run time and cycle time (p50/p95/max) and failure rate per pipeline, stage and task.\n' +
         'Queue wait runs from the end of the previous task in the same walk (approvals and resumes count);\n' +
