@@ -11,14 +11,43 @@ export type Principal = { kind: 'admin'; name: string } | { kind: 'machine'; mac
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
+/**
+ * Machine tokens verified recently, so an agent's every request does not read its machine's row. An entry
+ * goes when its machine is deleted or re-created here, and after TTL in any case (another replica may have
+ * deleted it; its requests then fail on the missing machine anyway).
+ */
+const TOKEN_TTL_MS = 60_000;
+const TOKEN_CACHE_MAX = 100_000;
+
 export class Authenticator {
   private readonly adminDigest: Buffer;
+  private readonly verified = new Map<string, { digest: Buffer; until: number }>();
 
   constructor(
     adminToken: string,
     private readonly store: Store,
   ) {
     this.adminDigest = digest(adminToken);
+    store.onEvents((events) => {
+      for (const e of events) {
+        if (e.topic.startsWith('machines.delete.') || e.topic.startsWith('machines.create.')) this.verified.delete(e.topic.slice(e.topic.lastIndexOf('.') + 1));
+      }
+    });
+  }
+
+  private async machineDigest(machineId: string): Promise<Buffer | undefined> {
+    const now = Date.now();
+    const hit = this.verified.get(machineId);
+    if (hit && hit.until > now) return hit.digest;
+    const hash = await this.store.getMachineTokenHash(machineId);
+    if (!hash) {
+      this.verified.delete(machineId);
+      return undefined;
+    }
+    const d = Buffer.from(hash, 'hex');
+    if (this.verified.size >= TOKEN_CACHE_MAX) this.verified.delete(this.verified.keys().next().value as string);
+    this.verified.set(machineId, { digest: d, until: now + TOKEN_TTL_MS });
+    return d;
   }
 
   async authenticate(header: string | undefined): Promise<Principal> {
@@ -29,8 +58,8 @@ export class Authenticator {
     if (timingSafeEqual(presented, this.adminDigest)) return { kind: 'admin', name: 'admin' };
     const machineId = machineIdFromToken(token);
     if (machineId) {
-      const hash = await this.store.getMachineTokenHash(machineId);
-      if (hash && timingSafeEqual(Buffer.from(hash, 'hex'), presented)) return { kind: 'machine', machineId };
+      const stored = await this.machineDigest(machineId);
+      if (stored && stored.length === presented.length && timingSafeEqual(stored, presented)) return { kind: 'machine', machineId };
     }
     throw new TaktError('unauthorized', 'token not accepted: it is not the admin token nor the token of an existing machine');
   }
