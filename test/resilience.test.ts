@@ -68,7 +68,11 @@ describe('kill -9 the endpoint mid-pipeline', () => {
       expect(starts.every((id) => jobs.some((j) => j.id === id))).toBe(true);
       if (m.state === 'done') {
         done += 1;
-        expect(jobs.map((j) => j.state)).toEqual(Array(6).fill('succeeded'));
+        // A claim answered just before the kill never reached its agent: that job was handed back
+        // (cancelled, never started) and the task ran on the agent's next claim.
+        const handedBack = jobs.filter((j) => j.state === 'cancelled' && /never answered/.test(j.reason ?? ''));
+        expect(handedBack.every((j) => !starts.includes(j.id))).toBe(true);
+        expect(jobs.filter((j) => !handedBack.includes(j)).map((j) => j.state)).toEqual(Array(6).fill('succeeded'));
         expect(starts).toHaveLength(6);
       } else {
         // a job in flight whose result was lost: stopped on it, saying so

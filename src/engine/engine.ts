@@ -88,6 +88,19 @@ type Work =
 
 const MAX_STEPS_PER_CLAIM = 500;
 
+/** What settling a job decided: the machine after it, the ended job, and what the agent is told to do. */
+interface Settled {
+  machine: Machine;
+  job: Job;
+  action: CompleteResponse['action'];
+}
+
+function owned<J extends Pick<Job, 'machineId'>>(jobId: string, caller: string | null, job: J | undefined): J {
+  if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
+  if (caller !== null && job.machineId !== caller) throw new TaktError('forbidden', `job '${jobId}' belongs to another machine`);
+  return job;
+}
+
 export class Engine {
   private readonly waiters = new Map<string, { gen: number; wake: Set<() => void> }>();
   private sweeper: NodeJS.Timeout | null = null;
@@ -398,7 +411,7 @@ export class Engine {
         const running = await tx.getJob(m.currentJob);
         if (running?.state === 'running') {
           if (lastJob !== undefined && lastJob !== running.id) m = await this.handBack(tx, m, running);
-          else m = await this.settle(tx, m, running, { kind: 'abandoned' });
+          else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
         } else m = { ...m, currentJob: null };
       }
       for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
@@ -410,7 +423,7 @@ export class Engine {
           await tx.insertJob(job);
           tx.emit(`jobs.create.${job.id}`, publicJob(job));
           const outcome: JobOutcome = prepared.noop !== null ? { kind: 'noop', reason: prepared.noop } : { kind: 'unrenderable', message: prepared.error! };
-          m = await this.settle(tx, { ...m, currentJob: job.id }, job, outcome);
+          m = (await this.settle(tx, { ...m, currentJob: job.id }, job, outcome)).machine;
           continue;
         }
         await tx.insertJob(job);
@@ -448,7 +461,7 @@ export class Engine {
       finishedAt: new Date().toISOString(),
       leaseExpiresAt: null,
     };
-    await tx.updateJob(finished);
+    await tx.finishJob(finished);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     this.log('warn', 'claim answer not delivered: job handed back', { job: job.id, machine: m.name, task: job.task });
     return { ...m, currentJob: null };
@@ -457,11 +470,8 @@ export class Engine {
   /** What the machine should run next: queued work orders first (at task boundaries), then its pipeline. */
   private async nextWork(tx: Tx, m: Machine): Promise<Work | null> {
     const content = this.content.current;
-    const open = [
-      ...(await tx.listWorkOrders({ machineId: m.id, state: 'running', limit: 1 })),
-      ...(await tx.listWorkOrders({ machineId: m.id, state: 'queued', limit: 1 })),
-    ];
-    for (const wo of open) {
+    const wo = await tx.nextWorkOrder(m.id);
+    if (wo) {
       const bp = content.objects.blueprints.get(wo.blueprint)?.def;
       const task = bp?.tasks[wo.taskIndex];
       if (!bp || task === undefined) {
@@ -545,7 +555,7 @@ export class Engine {
    * Ends a job with an outcome and moves its machine (or work order) on. The single place where a job
    * becomes terminal, whichever way it ended.
    */
-  private async settle(tx: Tx, m: Machine, job: Job, outcome: JobOutcome, outputs: Record<string, unknown> = {}, report?: CompleteRequest): Promise<Machine> {
+  private async settle(tx: Tx, m: Machine, job: Job, outcome: JobOutcome, outputs: Record<string, unknown> = {}, report?: CompleteRequest): Promise<Settled> {
     const content = this.content.current;
     let next: Machine = { ...m, currentJob: m.currentJob === job.id ? null : m.currentJob };
     let verdict: { state: Job['state']; reason: string | null };
@@ -585,7 +595,7 @@ export class Engine {
       finishedAt: new Date().toISOString(),
       leaseExpiresAt: null,
     };
-    await tx.updateJob(finished, report ? { report, action } : undefined);
+    await tx.finishJob(finished, report ? { report, action } : undefined);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) {
       const before = desiredView(next);
@@ -595,7 +605,7 @@ export class Engine {
     next.updatedAt = new Date().toISOString();
     await tx.updateMachine(next);
     tx.emit(`machines.update.${m.id}`, publicMachine(next));
-    return next;
+    return { machine: next, job: finished, action };
   }
 
   async complete(jobId: string, caller: string | null, report: CompleteRequest): Promise<CompleteResponse> {
@@ -613,16 +623,14 @@ export class Engine {
       const outcome: JobOutcome = problem
         ? { kind: 'invalid', exitCode: report.exitCode, message: problem }
         : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error, timeoutMs: job.timeoutMs };
-      await this.settle(tx, m, job, outcome, typed.values, report);
-      const after = (await tx.getJob(jobId))!;
-      const stored = (await tx.getJobReport(jobId)) as { action: CompleteResponse['action'] };
-      return { job: { id: after.id, state: after.state }, action: stored.action };
+      const settled = await this.settle(tx, m, job, outcome, typed.values, report);
+      return { job: { id: job.id, state: settled.job.state }, action: settled.action };
     });
   }
 
   async heartbeat(jobId: string, caller: string | null): Promise<HeartbeatResponse> {
     return this.store.transact(async (tx) => {
-      const job = await this.ownedJob(tx, jobId, caller);
+      const job = await this.ownedJobState(tx, jobId, caller);
       if (job.state !== 'running') return { running: false };
       await tx.renewLease(job.id, this.leaseUntil());
       return { running: true };
@@ -631,7 +639,7 @@ export class Engine {
 
   async appendLog(jobId: string, caller: string | null, chunk: LogRequest): Promise<void> {
     await this.store.transact(async (tx) => {
-      const job = await this.ownedJob(tx, jobId, caller);
+      const job = await this.ownedJobState(tx, jobId, caller);
       if (job.state !== 'running' && job.state !== 'succeeded' && job.state !== 'failed') {
         throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
       }
@@ -641,10 +649,11 @@ export class Engine {
   }
 
   private async ownedJob(tx: Tx, jobId: string, caller: string | null): Promise<Job> {
-    const job = await tx.getJob(jobId);
-    if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
-    if (caller !== null && job.machineId !== caller) throw new TaktError('forbidden', `job '${jobId}' belongs to another machine`);
-    return job;
+    return owned(jobId, caller, await tx.getJob(jobId));
+  }
+
+  private async ownedJobState(tx: Tx, jobId: string, caller: string | null) {
+    return owned(jobId, caller, await tx.getJobState(jobId));
   }
 
   /** A task that exits 0 must have set every output it promised, to a valid value, and meet its expectations. */
@@ -715,7 +724,7 @@ export class Engine {
     const job = await tx.getJob(m.currentJob);
     if (job?.state !== 'running') return;
     const finished: Job = { ...job, state: 'cancelled', reason: `cancelled by ${author}`, finishedAt: new Date().toISOString(), leaseExpiresAt: null };
-    await tx.updateJob(finished);
+    await tx.finishJob(finished);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     if (job.workOrderId) {
       const wo = await tx.getWorkOrder(job.workOrderId);

@@ -1,7 +1,7 @@
 /**
  * Store on Kysely: the same queries for SQLite and PostgreSQL.
  */
-import { Kysely, Migrator, type Selectable, type Transaction } from 'kysely';
+import { CompiledQuery, Kysely, Migrator, sql, type Compilable, type Selectable, type Transaction } from 'kysely';
 import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
@@ -27,7 +27,46 @@ type Db = Kysely<Database> | Transaction<Database>;
 const json = (v: unknown): string => JSON.stringify(v ?? null);
 const parse = <T>(s: string | null): T => (s === null ? (null as T) : (JSON.parse(s) as T));
 const MAX_PAGE = 1000;
+/** Events inserted by one statement (a transaction emits a handful; a bulk operation may emit thousands). */
+const EVENT_BATCH = 100;
 const limitOf = (l?: number) => Math.min(Math.max(1, l ?? 100), MAX_PAGE);
+
+/**
+ * Hot-path queries, compiled once. Building and compiling a Kysely query costs more than SQLite takes to
+ * run a point read, so the queries every claim, log and completion runs are built once per store with
+ * placeholders (`arg(i)`) and then executed with their arguments. They stay ordinary Kysely queries,
+ * compiled by the store's own dialect, so the PostgreSQL store gets them unchanged.
+ */
+const ARG = '\u0000takt-arg:';
+const arg = (i: number): string => `${ARG}${i}`;
+
+interface Prepared {
+  sql: string;
+  /** Per compiled parameter: the index of the argument it takes, or the constant it was built with. */
+  params: Array<{ arg: number } | { value: unknown }>;
+}
+
+export class QueryCache {
+  private readonly compiled = new Map<string, Prepared>();
+
+  prepare(key: string, build: () => Compilable<unknown>): Prepared {
+    let p = this.compiled.get(key);
+    if (!p) {
+      const q = build().compile();
+      p = {
+        sql: q.sql,
+        params: q.parameters.map((v) => (typeof v === 'string' && v.startsWith(ARG) ? { arg: Number(v.slice(ARG.length)) } : { value: v })),
+      };
+      this.compiled.set(key, p);
+    }
+    return p;
+  }
+}
+
+async function run<R>(db: Db, p: Prepared, args: unknown[]): Promise<{ rows: R[]; numAffectedRows?: bigint }> {
+  const parameters = p.params.map((x) => ('arg' in x ? args[x.arg] : x.value));
+  return db.executeQuery<R>(CompiledQuery.raw(p.sql, parameters));
+}
 
 function machineFromRow(r: MachinesTable): Machine {
   return {
@@ -166,10 +205,21 @@ function changeFromRow(r: Selectable<ChangesTable>): Change {
 }
 
 class SqlReads implements Reads {
-  constructor(protected readonly db: Db) {}
+  constructor(
+    protected readonly db: Db,
+    protected readonly q: QueryCache,
+  ) {}
+
+  protected async one<R>(key: string, build: () => Compilable<unknown>, args: unknown[]): Promise<R | undefined> {
+    return (await run<R>(this.db, this.q.prepare(key, build), args)).rows[0];
+  }
+
+  protected async exec(key: string, build: () => Compilable<unknown>, args: unknown[]): Promise<number> {
+    return Number((await run(this.db, this.q.prepare(key, build), args)).numAffectedRows ?? 0);
+  }
 
   async getMachine(id: string) {
-    const r = await this.db.selectFrom('machines').selectAll().where('id', '=', id).executeTakeFirst();
+    const r = await this.one<MachinesTable>('getMachine', () => this.db.selectFrom('machines').selectAll().where('id', '=', arg(0)), [id]);
     return r ? machineFromRow(r) : undefined;
   }
   async getMachineByName(name: string) {
@@ -177,7 +227,7 @@ class SqlReads implements Reads {
     return r ? machineFromRow(r) : undefined;
   }
   async getMachineTokenHash(id: string) {
-    const r = await this.db.selectFrom('machines').select('token_hash').where('id', '=', id).executeTakeFirst();
+    const r = await this.one<{ token_hash: string }>('getMachineTokenHash', () => this.db.selectFrom('machines').select('token_hash').where('id', '=', arg(0)), [id]);
     return r?.token_hash;
   }
   private machineQuery(f: MachineFilter) {
@@ -203,8 +253,12 @@ class SqlReads implements Reads {
     return Number(r.n);
   }
   async getJob(id: string) {
-    const r = await this.db.selectFrom('jobs').selectAll().where('id', '=', id).executeTakeFirst();
+    const r = await this.one<JobsTable>('getJob', () => this.db.selectFrom('jobs').selectAll().where('id', '=', arg(0)), [id]);
     return r ? jobFromRow(r) : undefined;
+  }
+  async getJobState(id: string) {
+    const r = await this.one<{ machine_id: string; state: string }>('getJobState', () => this.db.selectFrom('jobs').select(['machine_id', 'state']).where('id', '=', arg(0)), [id]);
+    return r ? { id, machineId: r.machine_id, state: r.state as JobState } : undefined;
   }
   async getJobReport(id: string) {
     const r = await this.db.selectFrom('jobs').select('report').where('id', '=', id).executeTakeFirst();
@@ -240,6 +294,24 @@ class SqlReads implements Reads {
       .limit(Math.min(limit, 10_000))
       .execute();
     return rows.map((r) => ({ jobId: r.job_id, seq: Number(r.seq), stream: r.stream as LogChunk['stream'], data: r.data, at: r.at }));
+  }
+  async nextWorkOrder(machineId: string) {
+    // The running one first (at most one runs per machine), else the oldest queued.
+    const r = await this.one<WorkOrdersTable>(
+      'nextWorkOrder',
+      () =>
+        this.db
+          .selectFrom('work_orders')
+          .selectAll()
+          .where('machine_id', '=', arg(0))
+          .where('state', 'in', ['running', 'queued'])
+          .orderBy(sql`case when state = 'running' then 0 else 1 end`)
+          .orderBy('created_at')
+          .orderBy('id')
+          .limit(1),
+      [machineId],
+    );
+    return r ? workOrderFromRow(r) : undefined;
   }
   async lastLogSeq(jobId: string) {
     const r = await this.db
@@ -392,15 +464,21 @@ class SqlTx extends SqlReads implements Tx {
 
   constructor(
     db: Transaction<Database>,
+    q: QueryCache,
     private readonly dialect: Dialect,
   ) {
-    super(db);
+    super(db, q);
   }
 
   async lockMachine(id: string) {
-    let q = this.db.selectFrom('machines').selectAll().where('id', '=', id);
-    if (this.dialect === 'postgres') q = q.forUpdate();
-    const r = await q.executeTakeFirst();
+    const r = await this.one<MachinesTable>(
+      'lockMachine',
+      () => {
+        const q = this.db.selectFrom('machines').selectAll().where('id', '=', arg(0));
+        return this.dialect === 'postgres' ? q.forUpdate() : q;
+      },
+      [id],
+    );
     return r ? machineFromRow(r) : undefined;
   }
   async insertMachine(m: Machine, tokenHash: string) {
@@ -408,16 +486,27 @@ class SqlTx extends SqlReads implements Tx {
   }
   async updateMachine(m: Machine) {
     const { id, ...rest } = machineToRow(m);
-    await this.db.updateTable('machines').set(rest).where('id', '=', id).execute();
+    const cols = Object.keys(rest) as Array<keyof typeof rest>;
+    await this.exec(
+      'updateMachine',
+      () => this.db.updateTable('machines').set(Object.fromEntries(cols.map((c, i) => [c, arg(i + 1)]))).where('id', '=', arg(0)),
+      [id, ...cols.map((c) => rest[c])],
+    );
   }
   async deleteMachine(id: string) {
     await this.db.deleteFrom('machines').where('id', '=', id).execute();
   }
   async insertJob(j: Job) {
-    await this.db.insertInto('jobs').values({ ...jobToRow(j), report: null }).execute();
+    const row = jobToRow(j);
+    const cols = Object.keys(row) as Array<keyof typeof row>;
+    await this.exec('insertJob', () => this.db.insertInto('jobs').values({ ...Object.fromEntries(cols.map((c, i) => [c, arg(i)])), report: null } as never), cols.map((c) => row[c]));
   }
   async renewLease(jobId: string, until: string) {
-    await this.db.updateTable('jobs').set({ lease_expires_at: until }).where('id', '=', jobId).where('state', '=', 'running').execute();
+    await this.exec(
+      'renewLease',
+      () => this.db.updateTable('jobs').set({ lease_expires_at: arg(1) }).where('id', '=', arg(0)).where('state', '=', 'running'),
+      [jobId, until],
+    );
   }
   async renewRunningLeases(until: string) {
     const r = await this.db.updateTable('jobs').set({ lease_expires_at: until }).where('state', '=', 'running').executeTakeFirst();
@@ -431,8 +520,26 @@ class SqlTx extends SqlReads implements Tx {
       .where('id', '=', id)
       .execute();
   }
+  async finishJob(j: Job, report?: unknown) {
+    const args = [j.id, j.state, j.reason, j.exitCode, json(j.outputs), j.finishedAt, j.leaseExpiresAt];
+    const set = { state: arg(1), reason: arg(2), exit_code: arg(3) as never, outputs: arg(4), finished_at: arg(5), lease_expires_at: arg(6) };
+    if (report === undefined) await this.exec('finishJob', () => this.db.updateTable('jobs').set(set).where('id', '=', arg(0)), args);
+    else await this.exec('finishJobReport', () => this.db.updateTable('jobs').set({ ...set, report: arg(7) }).where('id', '=', arg(0)), [...args, json(report)]);
+  }
   async appendLogs(chunks: LogChunk[]) {
     if (chunks.length === 0) return 0;
+    if (chunks.length === 1) {
+      const c = chunks[0]!;
+      return this.exec(
+        'appendLog',
+        () =>
+          this.db
+            .insertInto('job_logs')
+            .values({ job_id: arg(0), seq: arg(1) as never, stream: arg(2), data: arg(3), at: arg(4) })
+            .onConflict((oc) => oc.columns(['job_id', 'seq']).doNothing()),
+        [c.jobId, c.seq, c.stream, c.data, c.at],
+      );
+    }
     const res = await this.db
       .insertInto('job_logs')
       .values(chunks.map((c) => ({ job_id: c.jobId, seq: c.seq, stream: c.stream, data: c.data, at: c.at })))
@@ -541,7 +648,7 @@ export class SqlStore extends SqlReads implements Store {
     private readonly kysely: Kysely<Database>,
     readonly dialect: Dialect,
   ) {
-    super(kysely);
+    super(kysely, new QueryCache());
   }
 
   async migrate() {
@@ -557,16 +664,19 @@ export class SqlStore extends SqlReads implements Store {
     let tx!: SqlTx;
     const committed: TaktEvent[] = [];
     const result = await this.kysely.transaction().execute(async (trx) => {
-      tx = new SqlTx(trx, this.dialect);
+      tx = new SqlTx(trx, this.q, this.dialect);
       const out = await fn(tx);
       // Events are rows of the same transaction: they exist exactly when the write they describe does.
-      for (const e of tx.pending) {
-        const r = await trx
-          .insertInto('events')
-          .values({ topic: e.topic, at: e.at, data: json(e.data) })
-          .returning('id')
-          .executeTakeFirstOrThrow();
-        committed.push({ id: Number(r.id), topic: e.topic, at: e.at, data: e.data });
+      // One insert for all of them; ids grow in the order the rows are listed, whatever order RETURNING uses.
+      const pending = tx.pending;
+      for (let i = 0; i < pending.length; i += EVENT_BATCH) {
+        const batch = pending.slice(i, i + EVENT_BATCH);
+        const p = this.q.prepare(`insertEvents${batch.length}`, () =>
+          trx.insertInto('events').values(batch.map((_, k) => ({ topic: arg(3 * k), at: arg(3 * k + 1), data: arg(3 * k + 2) }))).returning('id'),
+        );
+        const r = await run<{ id: number }>(trx, p, batch.flatMap((e) => [e.topic, e.at, json(e.data)]));
+        const ids = r.rows.map((row) => Number(row.id)).sort((a, b) => a - b);
+        batch.forEach((e, k) => committed.push({ id: ids[k]!, topic: e.topic, at: e.at, data: e.data }));
       }
       return out;
     });

@@ -73,6 +73,8 @@ export interface Reads {
   listMachines(filter?: MachineFilter): Promise<Machine[]>;
   countMachines(filter?: MachineFilter): Promise<number>;
   getJob(id: string): Promise<Job | undefined>;
+  /** Whose a job is and its state, without the rest of the row (logs and heartbeats need only this). */
+  getJobState(id: string): Promise<Pick<Job, 'id' | 'machineId' | 'state'> | undefined>;
   /** The report an agent made for a job, kept to recognise a repeated report. */
   getJobReport(id: string): Promise<unknown>;
   listJobs(filter?: JobFilter): Promise<Job[]>;
@@ -82,6 +84,8 @@ export interface Reads {
   lastLogSeq(jobId: string): Promise<number>;
   getWorkOrder(id: string): Promise<WorkOrder | undefined>;
   listWorkOrders(filter?: WorkOrderFilter): Promise<WorkOrder[]>;
+  /** The work order a machine runs next: its running one, else its oldest queued one. */
+  nextWorkOrder(machineId: string): Promise<WorkOrder | undefined>;
   listContent(): Promise<ContentRecord[]>;
   listPacks(): Promise<PackRecord[]>;
   /** The version a pack runs (its pin). */
@@ -111,6 +115,8 @@ export interface Tx extends Reads {
   /** Gives every running job a fresh lease (at start-up, so agents can reconnect before anything is lost). */
   renewRunningLeases(until: string): Promise<number>;
   updateJob(j: Job, report?: unknown): Promise<void>;
+  /** Ends a job: writes only what ending changes (state, reason, exit code, outputs, finish time, lease, report). */
+  finishJob(j: Job, report?: unknown): Promise<void>;
   /** Appends log chunks, ignoring any seq already stored (agents resend after network loss). */
   appendLogs(chunks: LogChunk[]): Promise<number>;
   insertWorkOrder(w: WorkOrder): Promise<void>;
