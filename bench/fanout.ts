@@ -96,8 +96,8 @@ class SubscriberPool {
   private result: Promise<SubscriberStats>;
 
   constructor(job: SubscriberJob) {
-    // The worker runs TypeScript through the same tsx loader as this process (inherited execArgv).
-    this.worker = new Worker(new URL('./lib/subscribers.ts', import.meta.url), { workerData: job });
+    // The worker runs TypeScript through tsx, which it registers itself (a worker does not inherit it).
+    this.worker = new Worker(new URL('./lib/subscribers-worker.mjs', import.meta.url), { workerData: job });
     let onReady!: () => void;
     let onFail!: (err: Error) => void;
     this.ready = new Promise<void>((resolve, reject) => {

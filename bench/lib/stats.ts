@@ -21,15 +21,10 @@ export interface Summary {
 export function summarise(values: readonly number[]): Summary {
   const n = values.length;
   const mean = n ? values.reduce((a, b) => a + b, 0) / n : NaN;
-  return {
-    n,
-    min: n ? Math.min(...values) : NaN,
-    p50: percentile(values, 50),
-    p90: percentile(values, 90),
-    p99: percentile(values, 99),
-    max: n ? values.reduce((a, b) => Math.max(a, b), -Infinity) : NaN,
-    mean,
-  };
+  // Sorted once; no Math.min(...values): spreading 300,000 samples (a 10,000-machine fleet) overflows the stack.
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (p: number) => (n ? sorted[Math.min(n - 1, Math.max(0, Math.ceil((p / 100) * n) - 1))]! : NaN);
+  return { n, min: n ? sorted[0]! : NaN, p50: at(50), p90: at(90), p99: at(99), max: n ? sorted[n - 1]! : NaN, mean };
 }
 
 /** Rounds for tables and JSON: three significant decimals are more than these measurements carry. */
