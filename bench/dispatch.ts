@@ -5,10 +5,11 @@
  * Two views of the gap:
  * - script stamps: each task writes `$EPOCHREALTIME` (a bash builtin: no extra process) when it starts and
  *   when it ends. next start − previous end is everything takt does between two scripts: bash exiting,
- *   the agent reaping it and saving the report, `POST complete`, `POST claim` (the server's two
- *   transactions), the agent writing the next work dir, spawning bash, bash starting up.
- * - job records: next job's createdAt − previous job's finishedAt, the server-side part only (from the
- *   completion's transaction to the next claim's), at the records' millisecond resolution.
+ *   the agent reaping it and saving the report, `POST complete` (one transaction that ends the job and
+ *   creates the next, whose answer carries it), the agent writing the next work dir, spawning bash,
+ *   bash starting up.
+ * - job records: next job's createdAt − previous job's finishedAt, the server-side part only, at the
+ *   records' millisecond resolution.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -42,7 +43,7 @@ export async function dispatchBench(flags: Flags, profileDir?: string): Promise<
     writeFileSync(join(scratch, 'task.sh'), SCRIPT);
     const bashMs = await spawnTimes('bash', ['-e', 'task.sh'], 200, { cwd: scratch, env: { ...process.env, TAKT_ROOT: scratch } });
     const floor = median(trueMs);
-    // The agent saves its state twice per job with this (write, fsync, rename, fsync the dir).
+    // The agent saves its state twice per job with this (write a temporary, rename it into place).
     const atomicMs: number[] = [];
     for (let i = 0; i < 50; i++) {
       const t = performance.now();
@@ -71,7 +72,7 @@ export async function dispatchBench(flags: Flags, profileDir?: string): Promise<
         { metric: 'server part: job finishedAt → next createdAt (median)', value: `${round(median(recordGaps))} ms` },
         { metric: 'cycle: script start → next script start (median)', value: `${round(median(cycle))} ms` },
         { metric: `wall time, ${tasks} tasks`, value: `${(wallMs / 1000).toFixed(2)} s (${round(wallMs / tasks)} ms/task)` },
-        { metric: 'agent state write (write+fsync+rename+fsync dir; 2 per job)', value: `${round(median(atomicMs))} ms` },
+        { metric: 'agent state write (write + rename; 2 per job)', value: `${round(median(atomicMs))} ms` },
         ...parts.map((p) => ({ metric: `  gap part: ${p.name} (median)`, value: `${round(p.median)} ms` })),
       ],
       data: {
@@ -88,7 +89,7 @@ export async function dispatchBench(flags: Flags, profileDir?: string): Promise<
         recordGaps,
       },
       notes: [
-        'gap = everything between two scripts: agent report + POST complete + POST claim + work dir + spawn bash + bash start-up (bash alone costs the "spawn bash" row)',
+        'gap = everything between two scripts: agent report + POST complete (which answers with the next job) + work dir + spawn bash + bash start-up (bash alone costs the "spawn bash" row)',
         'the server part is at millisecond resolution (ISO timestamps of the job records)',
         'gap parts come from the agent log (job started/ended/report delivered, ms resolution), the job records and the stamps; their medians need not add up exactly to the median gap',
       ],
@@ -187,18 +188,17 @@ function readAgentLog(file: string): Map<string, AgentTimes> {
  */
 function breakdown(agent: Map<string, AgentTimes>, jobs: Job[], stamps: Array<{ start: number; end: number }>): Array<{ name: string; median: number }> {
   const parts: Array<{ name: string; values: number[] }> = [
-    { name: 'bash exits → agent saved the report (reap, outputs, pending.json)', values: [] },
-    { name: 'report saved → server committed the completion (log flush, prune, POST complete)', values: [] },
-    { name: 'completion committed → agent has the answer (answer, clear pending.json)', values: [] },
-    { name: 'answer → server created the next job (POST claim)', values: [] },
-    { name: 'next job created → agent has it (claim answer)', values: [] },
+    { name: 'bash exits → agent has its result (reap, outputs)', values: [] },
+    { name: 'result → server committed the completion (log tail, pending.json, POST complete)', values: [] },
+    { name: 'completion committed → next job created (the same transaction)', values: [] },
+    { name: 'next job created → agent has it (the answer, clear pending.json)', values: [] },
     { name: 'agent has it → script starts (current.json, work dir, spawn, bash start-up)', values: [] },
   ];
   for (let i = 0; i + 1 < jobs.length && i + 1 < stamps.length; i++) {
     const a = agent.get(jobs[i]!.id);
     const b = agent.get(jobs[i + 1]!.id);
     if (!a?.ended || !a.delivered || !b?.started) return [];
-    const points = [stamps[i]!.end, a.ended, Date.parse(jobs[i]!.finishedAt!), a.delivered, Date.parse(jobs[i + 1]!.createdAt), b.started, stamps[i + 1]!.start];
+    const points = [stamps[i]!.end, a.ended, Date.parse(jobs[i]!.finishedAt!), Date.parse(jobs[i + 1]!.createdAt), a.delivered, b.started, stamps[i + 1]!.start];
     parts.forEach((p, k) => p.values.push(points[k + 1]! - points[k]!));
   }
   return parts.map((p) => ({ name: p.name, median: median(p.values) }));

@@ -160,13 +160,15 @@ describe('runAgent', () => {
     const claim = fake.seen[0]!;
     expect(claim.auth).toBe(`Bearer ${TOKEN}`);
     expect(claim.query.get('wait')).toBe('0');
-    const logs = fake.seen.filter((s) => s.path.endsWith('/log')).map((s) => s.body as { seq: number; stream: string; data: string });
+    // The log arrives in order, before or with the report: posted chunks first, the rest in the report.
+    type Chunk = { seq: number; stream: string; data: string };
+    const reports = completes(fake).map((s) => s.body as { log?: Chunk[] });
+    const logs = [...fake.seen.filter((s) => s.path.endsWith('/log')).map((s) => s.body as Chunk), ...(reports[0]?.log ?? [])];
     expect(logs.map((l) => l.seq)).toEqual(logs.map((_, i) => i + 1));
     expect(logs.filter((l) => l.stream === 'stdout').map((l) => l.data).join('')).toBe('hello world\n');
     expect(logs.filter((l) => l.stream === 'stderr').map((l) => l.data).join('')).toBe('warn\n');
-    // Every log chunk arrives before the report.
     expect(fake.seen.findIndex((s) => s.path.endsWith('/complete'))).toBeGreaterThan(fake.seen.findLastIndex((s) => s.path.endsWith('/log')));
-    expect(completes(fake).map((s) => s.body)).toEqual([{ exitCode: 64, outputs: { ip: '10.0.0.5' } }]);
+    expect(reports.map(({ log: _log, ...r }) => r)).toEqual([{ exitCode: 64, outputs: { ip: '10.0.0.5' }, claim: true }]);
     expect(await readdir(join(home, 'state'))).toEqual([]);
   });
 
@@ -250,7 +252,9 @@ describe('runAgent', () => {
       return { status: 204 };
     });
     expect(await runAgent(agentOpts(fake.url))).toBe(32);
-    expect(completes(fake).map((s) => s.body)).toEqual([{ exitCode: null, outputs: {}, timedOut: true }]);
+    const reports = completes(fake).map((s) => s.body as { log?: { data: string }[] });
+    expect(reports.map(({ log: _log, ...r }) => r)).toEqual([{ exitCode: null, outputs: {}, timedOut: true, claim: true }]);
+    expect(reports[0]!.log?.map((c) => c.data).join('')).toMatch(/timed out after 200 ms/);
   });
 
   it('logs a rejected token clearly and keeps trying; stops with 0 when aborted', async () => {

@@ -127,6 +127,69 @@ describe('agent protocol', () => {
     expect(c2.body.job.script).toContain('count=3');
   });
 
+  it('a completion carries the end of the log and answers with the next job; a resend stores nothing twice', async () => {
+    const m = await makeMachine('proto-next');
+    const c1 = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);
+    const j1 = c1.body.job.id;
+    expect((await call('POST', `/jobs/${j1}/log`, { seq: 1, stream: 'stdout', data: 'one\n' }, m.token)).status).toBe(204);
+    const report = {
+      exitCode: 0,
+      outputs: { count: '2' },
+      log: [{ seq: 2, stream: 'stdout', data: 'two\n' }, { seq: 3, stream: 'stderr', data: 'three\n' }],
+      claim: true,
+    };
+    const done = await call('POST', `/jobs/${j1}/complete`, report, m.token);
+    expect(done.status).toBe(200);
+    expect(done.body).toMatchObject({ job: { id: j1, state: 'succeeded' }, action: 'continue', next: { machine: { state: 'running' } } });
+    // the next job was claimed in the same step: it runs, with the output the first one set
+    const j2 = done.body.next.job;
+    expect(j2).toMatchObject({ task: 'use-count', params: { count: 2 } });
+    expect((await call('GET', `/jobs/${j2.id}`)).body.state).toBe('running');
+    expect((await call('GET', `/machines/${m.id}`)).body.currentJob).toBe(j2.id);
+    const logOf = async (id: string) => (await call('GET', `/jobs/${id}/log`)).body.chunks.map((c: { seq: number; data: string }) => `${c.seq}:${c.data}`);
+    expect(await logOf(j1)).toEqual(['1:one\n', '2:two\n', '3:three\n']);
+
+    // a resend (its answer was lost), with or without log and claim, is the same report: same answer,
+    // no second next job, no log chunk twice, no change
+    const before = await changeCount();
+    const again = await call('POST', `/jobs/${j1}/complete`, report, m.token);
+    expect(again.body).toEqual({ job: { id: j1, state: 'succeeded' }, action: 'continue' });
+    expect((await call('POST', `/jobs/${j1}/complete`, { exitCode: 0, outputs: { count: '2' } }, m.token)).body).toEqual(again.body);
+    expect(await changeCount()).toBe(before);
+    expect(await logOf(j1)).toEqual(['1:one\n', '2:two\n', '3:three\n']);
+    expect((await call('GET', `/jobs/${j2.id}`)).body.state).toBe('running');
+
+    // the agent never saw j2 (the first answer was lost): its claim says its last job was j1, so j2 is
+    // handed back and the same task runs on this claim — not lost, not run twice
+    const c3 = await call('POST', `/machines/${m.id}/claim`, { lastJob: j1 }, m.token);
+    expect(c3.body.job).toMatchObject({ task: 'use-count' });
+    expect(c3.body.job.id).not.toBe(j2.id);
+    const handedBack = (await call('GET', `/jobs/${j2.id}`)).body;
+    expect(handedBack).toMatchObject({ state: 'cancelled' });
+    expect(handedBack.reason).toMatch(/never answered/);
+
+    // the last task's completion has no next job; the machine is done
+    let job = c3.body.job;
+    for (let i = 0; i < 10 && job; i++) {
+      const r = await call('POST', `/jobs/${job.id}/complete`, { exitCode: 0, outputs: {}, claim: true }, m.token);
+      expect(r.body.job.state).toBe('succeeded');
+      job = r.body.next.job;
+      if (!job) expect(r.body.next.machine.state).toBe('done');
+    }
+    expect((await call('GET', `/machines/${m.id}`)).body.state).toBe('done');
+  });
+
+  it('a completion with a bad log chunk is refused whole', async () => {
+    const m = await makeMachine('proto-next-bad');
+    const c1 = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);
+    const j1 = c1.body.job.id;
+    const bad = await call('POST', `/jobs/${j1}/complete`, { exitCode: 0, outputs: {}, log: [{ seq: 0, stream: 'stdout', data: 'x' }] }, m.token);
+    expect(bad.status).toBe(422);
+    expect(bad.body.error.path).toMatch(/log/);
+    expect((await call('GET', `/jobs/${j1}`)).body.state).toBe('running');
+    expect((await call('GET', `/jobs/${j1}/log`)).body.chunks).toEqual([]);
+  });
+
   it('an output that breaks its schema fails the task even with exit 0', async () => {
     const m = await makeMachine('proto-2');
     const c = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);

@@ -47,6 +47,12 @@ const MIN_CLAIM_INTERVAL_MS = 1000;
 const INTERNAL_RETRY_MS = 5000;
 /** The endpoint refuses longer error messages. */
 const MAX_ERROR_CHARS = 4000;
+/** Log output a completion may carry (the rest is posted first); small enough to stay far below the body limit. */
+const MAX_LOG_TAIL_BYTES = 64 * 1024;
+/** Outputs larger than this leave no room for a log tail in the completion. */
+const TAIL_OUTPUTS_LIMIT = 256 * 1024;
+/** Old job dirs are pruned every this many jobs, in the background. */
+const PRUNE_EVERY_JOBS = 10;
 
 /** Exit code for `action`, or null to keep claiming. */
 function exitFor(action: AgentAction): number | null {
@@ -77,6 +83,10 @@ class Agent {
    * endpoint can tell a job whose claim answer never arrived (handed back) from one this agent dropped.
    */
   private lastJob: string | null | undefined = undefined;
+  /** The next job, when the endpoint handed it over with the answer to a completion: run it without claiming. */
+  private handed: ClaimResponse | null = null;
+  private jobsSincePrune = 0;
+  private pruning: Promise<void> | null = null;
 
   constructor(
     private readonly opts: AgentOptions,
@@ -118,6 +128,7 @@ class Agent {
         await sleep(INTERNAL_RETRY_MS, this.signal);
       }
     }
+    await this.pruning;
     this.log('info', 'agent stopped', { machineId: this.machineId });
     return AGENT_EXIT_STOPPED;
   }
@@ -155,12 +166,19 @@ class Agent {
     await this.state.clearPending();
     if (d.kind === 'dropped') return null;
     this.log('info', 'job report delivered', { jobId: p.jobId, state: d.state, action: d.action });
+    if (d.next) {
+      this.handed = d.next;
+      if (d.next.job) this.lastJob = d.next.job.id;
+    }
     return exitFor(d.action);
   }
 
   /** One claim; runs the job it brings. */
   private async claimAndRun(): Promise<number | null> {
-    const res = await this.claim();
+    const handed = this.handed;
+    this.handed = null;
+    // A handed-over "nothing to do" still leads to a long-poll: only a job saves the claim.
+    const res = handed?.job ? handed : await this.claim();
     if (!res) return null;
     if (res.machine) this.noteMachine(res.machine);
     if (res.job) return this.runJob(res.job);
@@ -268,19 +286,10 @@ class Agent {
       logs.discard();
       await this.state.clearCurrent();
       this.log('warn', 'killed the job: the endpoint has moved on; its result is not reported', { jobId: job.id, why: gone });
-      await this.prune();
+      this.prune();
       return null;
     }
 
-    const report: CompleteRequest = {
-      exitCode: result.exitCode,
-      outputs: result.outputs,
-      ...(result.timedOut ? { timedOut: true } : {}),
-      ...(result.error ? { error: result.error.slice(0, MAX_ERROR_CHARS) } : {}),
-    };
-    const pending: PendingReport = { jobId: job.id, report, endedAt: new Date().toISOString() };
-    await this.state.writePending(pending);
-    await this.state.clearCurrent();
     this.log('info', 'job ended', {
       jobId: job.id,
       task: job.task,
@@ -291,23 +300,40 @@ class Agent {
       ...(result.error ? { error: result.error } : {}),
     });
 
-    // The log goes before the report (the endpoint shows a finished job with its whole log), but it
-    // cannot hold the report up for long. A stop during the flush drops the rest of the log.
+    // The log goes with or before the report (the endpoint shows a finished job with its whole log):
+    // its end rides in the completion; a longer backlog is posted first, but cannot hold the report up
+    // for long. A stop during the flush drops the rest of the log.
+    const outputBytes = Object.values(result.outputs).reduce((n, v) => n + v.length, 0);
     const dropLogs = () => logs.discard();
     this.signal?.addEventListener('abort', dropLogs, { once: true });
-    const sent = await logs.close(LOG_FLUSH_MS);
+    const { stats: sent, tail } = await logs.closeWithTail(LOG_FLUSH_MS, outputBytes > TAIL_OUTPUTS_LIMIT ? 0 : MAX_LOG_TAIL_BYTES);
     this.signal?.removeEventListener('abort', dropLogs);
     if (sent.bytesDropped > 0) this.log('warn', 'part of the job log was not delivered', { jobId: job.id, bytes: sent.bytesDropped });
 
-    await this.prune();
-    return this.deliver(pending);
+    const report: CompleteRequest = {
+      exitCode: result.exitCode,
+      outputs: result.outputs,
+      ...(result.timedOut ? { timedOut: true } : {}),
+      ...(result.error ? { error: result.error.slice(0, MAX_ERROR_CHARS) } : {}),
+      ...(tail.length ? { log: tail } : {}),
+      claim: true,
+    };
+    const pending: PendingReport = { jobId: job.id, report, endedAt: new Date().toISOString() };
+    await this.state.writePending(pending);
+    await this.state.clearCurrent();
+
+    const code = await this.deliver(pending);
+    this.prune();
+    return code;
   }
 
-  private async prune(): Promise<void> {
-    try {
-      await pruneJobDirs(this.paths.jobsDir);
-    } catch (err) {
-      this.log('warn', 'cannot remove old job dirs', { error: errorMessage(err) });
-    }
+  /** Removes old job dirs now and then, in the background: it never holds up the next job. */
+  private prune(): void {
+    if (this.pruning || ++this.jobsSincePrune < PRUNE_EVERY_JOBS) return;
+    this.jobsSincePrune = 0;
+    this.pruning = pruneJobDirs(this.paths.jobsDir)
+      .then(() => undefined)
+      .catch((err: unknown) => this.log('warn', 'cannot remove old job dirs', { error: errorMessage(err) }))
+      .finally(() => (this.pruning = null));
   }
 }

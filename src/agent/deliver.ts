@@ -3,13 +3,13 @@
  * waited out with backoff (the report is on disk meanwhile); only an answer ends the attempt.
  */
 import { backoffMs, type ApiClient } from '../client/http.js';
-import type { AgentAction, CompleteResponse } from '../model/protocol.js';
+import type { AgentAction, ClaimResponse, CompleteResponse } from '../model/protocol.js';
 import { errorMessage, type AgentLog } from './log.js';
 import { AUTH_RETRY_MS, classify, sleep } from './retry.js';
 import type { PendingReport } from './state.js';
 
 export type Delivery =
-  | { kind: 'delivered'; action: AgentAction; state: string }
+  | { kind: 'delivered'; action: AgentAction; state: string; next?: ClaimResponse }
   /** The endpoint will never take this report (already settled differently, unknown job, refused). */
   | { kind: 'dropped'; reason: string }
   /** The agent is stopping; the report stays pending for the next start. */
@@ -34,7 +34,7 @@ export async function deliverReport(client: ApiClient, p: PendingReport, opts: D
       const res = await client.post<CompleteResponse | undefined>(path, p.report, { signal });
       const action = res && ACTIONS.includes(res.action) ? res.action : 'continue';
       if (!res || res.action !== action) log('warn', 'the endpoint answered the report without a known action; continuing', { jobId: p.jobId });
-      return { kind: 'delivered', action, state: res?.job?.state ?? 'unknown' };
+      return { kind: 'delivered', action, state: res?.job?.state ?? 'unknown', ...(res?.next && typeof res.next === 'object' ? { next: res.next } : {}) };
     } catch (err) {
       if (signal?.aborted) return { kind: 'aborted' };
       const kind = classify(err);

@@ -133,6 +133,32 @@ export class LogBatcher {
     return this.result;
   }
 
+  /**
+   * Ends the log like close(), but hands back up to `maxTailBytes` of unsent output as numbered chunks
+   * instead of posting them, for the job's completion to carry (one request instead of two). A backlog
+   * larger than that, or a send already under way, is sent as usual first.
+   */
+  async closeWithTail(timeoutMs: number, maxTailBytes: number): Promise<{ stats: LogStats; tail: LogRequest[] }> {
+    this.closed = true;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const open = this.open;
+    this.open = null;
+    if (open && open.bytes > 0) this.queue.push({ stream: open.stream, data: open.parts.join(''), bytes: open.bytes });
+    if (this.sender || this.queued > maxTailBytes) {
+      const stats = await this.close(timeoutMs);
+      return { stats, tail: [] };
+    }
+    if (this.stats.gone || this.halt.signal.aborted) return { stats: this.result, tail: [] };
+    const tail = this.queue.map((c) => ({ seq: (c.seq ??= this.nextSeq++), stream: c.stream, data: c.data }));
+    // Counted as sent: the completion that carries them is delivered or, if never, neither is the job.
+    this.stats.chunksSent += tail.length;
+    this.stats.bytesSent += this.queued;
+    this.queue.length = 0;
+    this.queued = 0;
+    return { stats: this.result, tail };
+  }
+
   /** Drops everything now (the job is over for the server, or the agent is stopping). */
   discard(): void {
     this.closed = true;

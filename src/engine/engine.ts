@@ -10,7 +10,7 @@ import { checkExpectations } from '../model/expect.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
-import type { ClaimedJob, ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
+import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
@@ -405,8 +405,16 @@ export class Engine {
 
   private async claimOnce(machineId: string, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
     return this.store.transact(async (tx) => {
-      let m = await this.locked(tx, machineId);
+      const m = await this.locked(tx, machineId);
       if (signal?.aborted) return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
+      return this.claimIn(tx, m, lastJob);
+    });
+  }
+
+  /** A claim inside the caller's transaction: the machine's next job, or none. */
+  private async claimIn(tx: Tx, machine: Machine, lastJob?: string | null): Promise<ClaimResponse> {
+    {
+      let m = machine;
       if (m.currentJob) {
         const running = await tx.getJob(m.currentJob);
         if (running?.state === 'running') {
@@ -446,7 +454,7 @@ export class Engine {
         await tx.updateMachine(m);
       }
       return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
-    });
+    }
   }
 
   /**
@@ -608,13 +616,24 @@ export class Engine {
     return { machine: next, job: finished, action };
   }
 
-  async complete(jobId: string, caller: string | null, report: CompleteRequest): Promise<CompleteResponse> {
+  /**
+   * Ends a running job with its agent's report. The report may carry the log's last chunks and ask for
+   * the machine's next job (`claim`), answered from the same transaction. A resend of a report already
+   * applied answers as the first time did, without a next job: the agent claims that as usual, and says
+   * which job it last received, so a next job whose answer was lost is handed back, not lost.
+   */
+  async complete(jobId: string, caller: string | null, request: CompleteRequest): Promise<CompleteResponse> {
+    const report = reportOf(request);
     return this.store.transact(async (tx) => {
       const job = await this.ownedJob(tx, jobId, caller);
       if (job.state !== 'running') {
         const prev = (await tx.getJobReport(jobId)) as { report: CompleteRequest; action: CompleteResponse['action'] } | null;
         if (prev && canonicalJson(prev.report) === canonicalJson(report)) return { job: { id: job.id, state: job.state }, action: prev.action };
         throw new TaktError('conflict', `job ${jobId} already ended as ${job.state}${job.reason ? ` (${job.reason})` : ''}; this report was not applied`);
+      }
+      if (request.log?.length) {
+        const at = new Date().toISOString();
+        await tx.appendLogs(request.log.map((c) => ({ jobId, seq: c.seq, stream: c.stream, data: c.data, at })));
       }
       const m = await this.locked(tx, job.machineId);
       const typed = this.typeOutputs(report.outputs ?? {}, job.task);
@@ -624,7 +643,11 @@ export class Engine {
         ? { kind: 'invalid', exitCode: report.exitCode, message: problem }
         : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error, timeoutMs: job.timeoutMs };
       const settled = await this.settle(tx, m, job, outcome, typed.values, report);
-      return { job: { id: job.id, state: settled.job.state }, action: settled.action };
+      const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
+      if (request.claim && settled.action === 'continue' && !this.stopped) {
+        answer.next = await this.claimIn(tx, settled.machine);
+      }
+      return answer;
     });
   }
 

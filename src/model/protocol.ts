@@ -7,6 +7,11 @@
  *   POST /api/v1/jobs/:id/heartbeat                  -> HeartbeatResponse (renews the lease)
  *   POST /api/v1/jobs/:id/complete   CompleteRequest -> CompleteResponse (idempotent: the same report twice
  *                                                       answers the same; a different second report is 409)
+ *
+ * A completion may carry the end of the job's log (`log`, the same numbered chunks as POST …/log) and ask
+ * for the machine's next job (`claim: true`): then one request and one transaction end a job and start the
+ * next, instead of three (log, complete, claim). Neither is part of the report: a resend of the same
+ * report with or without them is the same report.
  */
 
 export interface ClaimedJob {
@@ -40,6 +45,16 @@ export interface CompleteRequest {
   timedOut?: boolean;
   /** What went wrong outside the script (spawn failure, agent restarted mid-job…). */
   error?: string;
+  /** The log's last chunks, stored (deduplicated by seq) before the job ends. */
+  log?: LogRequest[];
+  /** Answer with the machine's next job, as a claim without waiting would. */
+  claim?: boolean;
+}
+
+/** The parts of a CompleteRequest that are the job's result (what a resend is compared on). */
+export function reportOf(r: CompleteRequest): CompleteRequest {
+  const { log: _log, claim: _claim, ...report } = r;
+  return report;
 }
 
 /** What the agent must do after reporting: the exit-code contract's side effects. */
@@ -48,6 +63,11 @@ export type AgentAction = 'continue' | 'reboot' | 'poweroff';
 export interface CompleteResponse {
   job: { id: string; state: string };
   action: AgentAction;
+  /**
+   * When the completion asked for it (`claim: true`), was the first answer to this report and the action
+   * is 'continue': what a claim would have answered (its `job` may be null: then long-poll as usual).
+   */
+  next?: ClaimResponse;
 }
 
 export interface HeartbeatResponse {

@@ -27,6 +27,9 @@ const completeBody = {
     outputs: { type: 'object', additionalProperties: { type: 'string', maxLength: 1_048_576 } },
     timedOut: { type: 'boolean' },
     error: { type: 'string', maxLength: 4096 },
+    // The end of the log, as POST …/log chunks; 64 chunks keep one completion within the body limit.
+    log: { type: 'array', maxItems: 64, items: logBody },
+    claim: { type: 'boolean' },
   },
 } as const;
 
