@@ -244,6 +244,35 @@ describe('LogBatcher', () => {
     expect(rec.sent[0]!.data).toBe(Array.from({ length: 50 }, (_, i) => `line ${i}\n`).join(''));
   });
 
+  it('closeWithTail hands back what is unsent, numbered after what was sent, without posting it', async () => {
+    const rec = recorder();
+    const b = new LogBatcher({ post: rec.post, flushMs: 10 });
+    b.push('stdout', 'early\n');
+    await waitFor(() => rec.sent.length === 1);
+    b.push('stdout', 'late\n');
+    b.push('stderr', 'err\n');
+    b.push('stdout', 'last\n');
+    // the switches to stderr and back sent 'late' at once; the send under way finishes, the rest is the tail
+    const { stats, tail } = await b.closeWithTail(1000, 1024);
+    expect(rec.sent.map((c) => [c.seq, c.data])).toEqual([[1, 'early\n'], [2, 'late\n']]);
+    expect(tail).toEqual([
+      { seq: 3, stream: 'stderr', data: 'err\n' },
+      { seq: 4, stream: 'stdout', data: 'last\n' },
+    ]);
+    expect(stats).toMatchObject({ chunksSent: 4, bytesDropped: 0 });
+    b.push('stdout', 'after close\n');
+    expect(b.queuedBytes).toBe(0);
+  });
+
+  it('closeWithTail posts a backlog larger than the tail allows, and hands back nothing', async () => {
+    const rec = recorder();
+    const b = new LogBatcher({ post: rec.post, flushMs: 10_000 });
+    b.push('stdout', 'x'.repeat(100));
+    const { tail } = await b.closeWithTail(1000, 50);
+    expect(tail).toEqual([]);
+    expect(rec.sent.map((c) => c.data.length)).toEqual([100]);
+  });
+
   it('flushes after flushMs without waiting for close', async () => {
     const rec = recorder();
     const b = new LogBatcher({ post: rec.post, flushMs: 20 });

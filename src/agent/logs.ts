@@ -65,6 +65,8 @@ export class LogBatcher {
   private timer: NodeJS.Timeout | undefined;
   private sender: Promise<void> | null = null;
   private closed = false;
+  /** The sender stops after the chunk on the wire (closeWithTail takes the rest). */
+  private holding = false;
   private readonly halt = new AbortController();
   private readonly stats: LogStats = { chunksSent: 0, bytesSent: 0, bytesDropped: 0, gone: false };
 
@@ -145,10 +147,21 @@ export class LogBatcher {
     const open = this.open;
     this.open = null;
     if (open && open.bytes > 0) this.queue.push({ stream: open.stream, data: open.parts.join(''), bytes: open.bytes });
-    if (this.sender || this.queued > maxTailBytes) {
-      const stats = await this.close(timeoutMs);
-      return { stats, tail: [] };
+    if (this.sender) {
+      // Let the chunk on the wire finish, and keep the rest for the tail.
+      this.holding = true;
+      const sender = this.sender;
+      let timer: NodeJS.Timeout | undefined;
+      const finished = await Promise.race([sender.then(() => true), new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs)))]);
+      clearTimeout(timer);
+      this.holding = false;
+      if (!finished) {
+        this.log('warn', 'gave up sending the rest of the job log', { jobId: this.jobId, bytes: this.queued });
+        this.discard();
+        return { stats: this.result, tail: [] };
+      }
     }
+    if (this.queued > maxTailBytes) return { stats: await this.close(timeoutMs), tail: [] };
     if (this.stats.gone || this.halt.signal.aborted) return { stats: this.result, tail: [] };
     const tail = this.queue.map((c) => ({ seq: (c.seq ??= this.nextSeq++), stream: c.stream, data: c.data }));
     // Counted as sent: the completion that carries them is delivered or, if never, neither is the job.
@@ -189,7 +202,7 @@ export class LogBatcher {
   private async send(): Promise<void> {
     let attempt = 0;
     const signal = this.halt.signal;
-    while (this.queue.length > 0 && !signal.aborted) {
+    while (this.queue.length > 0 && !signal.aborted && !this.holding) {
       const head = this.queue[0]!;
       head.seq ??= this.nextSeq++;
       try {
