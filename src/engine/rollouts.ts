@@ -39,6 +39,8 @@ export class Rollouts {
   private ticking: Promise<void> | null = null;
   private again = false;
   private unsubscribe: (() => void) | null = null;
+  /** Whether the last tick found a running rollout (until a tick says otherwise, assume so). */
+  private running = true;
 
   constructor(
     private readonly store: Store,
@@ -49,7 +51,12 @@ export class Rollouts {
 
   start(): void {
     this.unsubscribe = this.store.onEvents((events) => {
-      if (events.some((e) => e.topic.startsWith('machines.update.') || e.topic.startsWith('workorders.update.'))) this.kick();
+      // Machine and work-order events (two per job) only matter while a rollout runs; the last tick
+      // knows whether one does, and a new or changed rollout says so itself.
+      if (events.some((e) => e.topic.startsWith('rollouts.'))) {
+        this.running = true;
+        this.kick();
+      } else if (this.running && events.some((e) => e.topic.startsWith('machines.update.') || e.topic.startsWith('workorders.update.'))) this.kick();
     });
     this.timer = setInterval(() => this.kick(), this.opts.tickMs ?? 1000);
     this.timer.unref();
@@ -198,7 +205,10 @@ export class Rollouts {
   }
 
   private async tick(): Promise<void> {
-    for (const r of await this.store.listRollouts({ states: ['running'], limit: 1000 })) await this.advance(r);
+    const running = await this.store.listRollouts({ states: ['running'], limit: 1000 });
+    // Cleared only before any await that could miss a 'rollouts.' event: set here from what was read.
+    this.running = running.length > 0;
+    for (const r of running) await this.advance(r);
   }
 
   private async advance(r: Rollout): Promise<void> {
