@@ -2,7 +2,20 @@
  * The one HTTP client for the agent and the CLI. It speaks JSON to `/api/v1`, turns the API's error body
  * into a TaktError, and tells network failures (retry later) apart from answers (act on them).
  */
+import { Agent as HttpAgent, request as httpRequest, type AgentOptions, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type RequestOptions as RequestOptions_ } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import type { Socket } from 'node:net';
 import { TaktError, type ErrorBody, type ErrorCode } from '../model/errors.js';
+
+/** One keep-alive pool per client; idle sockets are unref'd by Node, so they never keep a process alive. */
+const AGENT_OPTIONS: AgentOptions = { keepAlive: true, maxSockets: 16, maxFreeSockets: 16, scheduling: 'lifo' };
+/** A JSON answer larger than this is refused rather than buffered. */
+const MAX_BODY_BYTES = 64 * 1024 * 1024;
+
+interface Answer {
+  status: number;
+  text: string;
+}
 
 export interface ClientOptions {
   endpoint: string;
@@ -33,6 +46,7 @@ export class ApiClient {
   private readonly token: string | undefined;
   private readonly timeoutMs: number;
   private readonly beforeRequest: (() => Promise<void>) | undefined;
+  private agent: HttpAgent | undefined;
 
   constructor(opts: ClientOptions) {
     this.endpoint = opts.endpoint.replace(/\/+$/, '');
@@ -42,29 +56,142 @@ export class ApiClient {
   }
 
   url(path: string, query?: RequestOptions['query']): string {
-    const u = new URL(this.endpoint + (path.startsWith('/api/') ? path : `/api/v1${path}`));
-    for (const [k, v] of Object.entries(query ?? {})) if (v !== undefined) u.searchParams.set(k, String(v));
-    return u.toString();
+    return this.target(path, query).toString();
   }
 
   headers(extra: Record<string, string> = {}): Record<string, string> {
     return { ...(this.token ? { authorization: `Bearer ${this.token}` } : {}), ...extra };
   }
 
+  /**
+   * The JSON path (get/post/put/patch/delete) on `node:http` with a keep-alive agent: no web streams, no
+   * AbortSignal.any, one timer and at most one abort listener per request. The body is read whole.
+   */
   async request<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
-    const res = await this.raw(method, path, opts);
-    const text = await res.text();
-    if (res.status === 204 || text === '') return undefined as T;
+    if (this.beforeRequest) await this.beforeRequest();
+    const signal = opts.signal;
+    if (signal?.aborted) throw abortError(signal);
+    let target: URL;
+    try {
+      target = this.target(path, opts.query);
+    } catch (err) {
+      throw new NetworkError(`cannot reach ${this.endpoint}: ${reason(err)}`, err);
+    }
+    const body = opts.body !== undefined ? JSON.stringify(opts.body) : undefined;
+    const headers: OutgoingHttpHeaders = this.headers(body !== undefined ? { 'content-type': 'application/json' } : {});
+    // As fetch does: a length for every body, and `content-length: 0` for a payload method sent without one.
+    if (body !== undefined) headers['content-length'] = Buffer.byteLength(body);
+    else if (method === 'POST' || method === 'PUT' || method === 'PATCH') headers['content-length'] = 0;
+    const { status, text } = await this.exchange(method, target, headers, body, opts.timeoutMs ?? this.timeoutMs, signal);
+    if (status < 200 || status > 299) throw errorFromAnswer(status, text);
+    if (status === 204 || text === '') return undefined as T;
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
     } catch {
-      throw new TaktError('internal', `endpoint answered ${res.status} with a body that is not JSON: ${text.slice(0, 200)}`);
+      throw new TaktError('internal', `endpoint answered ${status} with a body that is not JSON: ${text.slice(0, 200)}`);
     }
     return parsed as T;
   }
 
-  /** Sends the request and returns the response when it is a success; throws TaktError for API errors. */
+  /** Destroys the keep-alive sockets; a later request opens new ones. */
+  close(): void {
+    this.agent?.destroy();
+    this.agent = undefined;
+  }
+
+  private target(path: string, query?: RequestOptions['query']): URL {
+    const u = new URL(this.endpoint + (path.startsWith('/api/') ? path : `/api/v1${path}`));
+    if (query) for (const [k, v] of Object.entries(query)) if (v !== undefined) u.searchParams.set(k, String(v));
+    return u;
+  }
+
+  /**
+   * One request/answer over the keep-alive agent. The deadline and the caller's signal cover the whole
+   * exchange, body included. A request that fails on a reused keep-alive socket before a single byte of
+   * answer arrived (the server closed the idle socket as we wrote to it) never reached the server, so it is
+   * sent once more on a fresh connection, as Node's docs advise (`request.reusedSocket`).
+   */
+  private exchange(method: string, u: URL, headers: OutgoingHttpHeaders, body: string | undefined, timeoutMs: number, signal: AbortSignal | undefined): Promise<Answer> {
+    const https = u.protocol === 'https:';
+    if (!https && u.protocol !== 'http:') return Promise.reject(new NetworkError(`cannot reach ${this.endpoint}: unsupported protocol ${u.protocol}`));
+    const agent = (this.agent ??= https ? new HttpsAgent(AGENT_OPTIONS) : new HttpAgent(AGENT_OPTIONS));
+    const options: RequestOptions_ = {
+      method,
+      protocol: u.protocol,
+      hostname: u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname,
+      port: u.port || (https ? 443 : 80),
+      path: u.pathname + u.search,
+      headers,
+      agent,
+    };
+    const send = https ? httpsRequest : httpRequest;
+    const endpoint = this.endpoint;
+    return new Promise<Answer>((resolve, reject) => {
+      let req: ClientRequest;
+      let settled = false;
+      const finish = (err: unknown, answer?: Answer) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (err !== undefined) {
+          req.destroy();
+          reject(err);
+        } else resolve(answer!);
+      };
+      const timer = setTimeout(() => finish(new NetworkError(`cannot reach ${endpoint}: The operation was aborted due to timeout`)), Math.min(timeoutMs, 2 ** 31 - 1));
+      timer.unref();
+      const onAbort = () => finish(abortError(signal!));
+      signal?.addEventListener('abort', onAbort, { once: true });
+
+      const attempt = (fresh: boolean) => {
+        // The retry bypasses the pool: another idle socket could be just as stale.
+        const r = (req = send(fresh ? { ...options, agent: false } : options));
+        let answered = false;
+        let readBefore = -1;
+        r.on('socket', (s: Socket) => {
+          readBefore = s.bytesRead;
+        });
+        r.on('error', (err: NodeJS.ErrnoException) => {
+          if (settled) return;
+          if (!fresh && !answered && r.reusedSocket && (err.code === 'ECONNRESET' || err.code === 'EPIPE') && (r.socket?.bytesRead ?? readBefore) === readBefore) {
+            attempt(true);
+            return;
+          }
+          finish(new NetworkError(`cannot reach ${endpoint}: ${reason(err)}`, err));
+        });
+        r.on('response', (res: IncomingMessage) => {
+          answered = true;
+          const status = res.statusCode ?? 0;
+          const chunks: Buffer[] = [];
+          let size = 0;
+          res.on('data', (chunk: Buffer) => {
+            size += chunk.length;
+            if (size > MAX_BODY_BYTES) finish(new TaktError('internal', `endpoint answered ${status} with a body larger than ${MAX_BODY_BYTES >> 20} MiB`));
+            else chunks.push(chunk);
+          });
+          res.on('end', () => finish(undefined, { status, text: chunks.length === 1 ? chunks[0]!.toString('utf8') : Buffer.concat(chunks).toString('utf8') }));
+          // The connection broke mid-body. An error answer stays an error answer (as fetch's `text()` failing
+          // left it, with no body); a success we could not read in full is a network failure.
+          const broken = (err?: Error) => {
+            if (settled || res.complete) return;
+            if (status < 200 || status > 299) finish(undefined, { status, text: '' });
+            else finish(new NetworkError(`cannot reach ${endpoint}: ${err ? reason(err) : 'connection closed while reading the answer'}`, err));
+          };
+          res.on('error', broken);
+          res.on('close', () => broken());
+        });
+        r.end(body);
+      };
+      attempt(false);
+    });
+  }
+
+  /**
+   * Sends the request with fetch and returns the response when it is a success; throws TaktError for API
+   * errors. For streamed answers (SSE, log following); JSON calls go through `request()`.
+   */
   async raw(method: string, path: string, opts: RequestOptions = {}): Promise<Response> {
     if (this.beforeRequest) await this.beforeRequest();
     const timeout = AbortSignal.timeout(opts.timeoutMs ?? this.timeoutMs);
@@ -105,7 +232,11 @@ export class ApiClient {
 }
 
 async function toTaktError(res: Response): Promise<TaktError> {
-  const text = await res.text().catch(() => '');
+  return errorFromAnswer(res.status, await res.text().catch(() => ''));
+}
+
+/** An API error body becomes that TaktError; anything else is mapped from the status. */
+function errorFromAnswer(status: number, text: string): TaktError {
   try {
     const body = JSON.parse(text) as Partial<ErrorBody>;
     if (body.error && typeof body.error.message === 'string') {
@@ -117,8 +248,22 @@ async function toTaktError(res: Response): Promise<TaktError> {
   } catch {
     /* not our error shape; fall through */
   }
-  const code: ErrorCode = res.status === 401 ? 'unauthorized' : res.status === 403 ? 'forbidden' : res.status === 404 ? 'not_found' : res.status >= 500 ? 'unavailable' : 'bad_request';
-  return new TaktError(code, `endpoint answered ${res.status}${text ? `: ${text.slice(0, 200)}` : ''}`);
+  const code: ErrorCode = status === 401 ? 'unauthorized' : status === 403 ? 'forbidden' : status === 404 ? 'not_found' : status >= 500 ? 'unavailable' : 'bad_request';
+  return new TaktError(code, `endpoint answered ${status}${text ? `: ${text.slice(0, 200)}` : ''}`);
+}
+
+/** What fetch rejects with when its signal aborts: the signal's reason, else a DOMException 'AbortError'. */
+function abortError(signal: AbortSignal): Error {
+  const r: unknown = signal.reason;
+  return r instanceof Error ? r : new DOMException('This operation was aborted', 'AbortError');
+}
+
+/** The most specific message of a connection error (Node's happy-eyeballs failure is an AggregateError with none). */
+function reason(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  if (err.message) return err.message;
+  if (err instanceof AggregateError && err.errors.length) return err.errors.map((e) => reason(e)).join('; ');
+  return (err as NodeJS.ErrnoException).code ?? err.name;
 }
 
 /** Exponential backoff with jitter, capped; `attempt` starts at 0. */
