@@ -65,20 +65,17 @@ export class Chaos {
 
   constructor(
     readonly spec: ChaosSpec,
-    machineId: string,
+    private readonly machineId: string,
     private readonly log: AgentLog,
   ) {
-    let h = spec.seed >>> 0;
-    for (const c of machineId) h = Math.imul(h ^ c.charCodeAt(0), 2654435761) >>> 0;
-    this.state = h || 1;
+    this.state = mix(spec.seed >>> 0, machineId);
   }
 
   /** mulberry32: small, fast, and the same sequence for the same seed. */
   random(): number {
-    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    const [value, next] = mulberry32(this.state);
+    this.state = next;
+    return value;
   }
 
   /** Called by the HTTP client before every request: latency, and refusal while the link is down. */
@@ -87,13 +84,23 @@ export class Chaos {
     if (Date.now() < this.offlineUntil) throw new NetworkError('chaos: connection dropped');
   }
 
-  /** Decides the job's fate when it starts. */
+  /**
+   * Decides the job's fate when it starts, from the seed, the machine and the job: the same job always
+   * meets the same fate, and a task that is resumed (a new job) draws again. (Drawing from the agent's
+   * own sequence made an agent that died replay the same fate on its next job after restarting, forever.)
+   */
   forJob(jobId: string): JobChaos {
-    const fail = this.random() < this.spec.fail;
-    const drop = !fail && this.random() < this.spec.drop;
-    const die = !fail && this.random() < this.spec.die;
+    let state = mix(mix(this.spec.seed >>> 0, this.machineId), jobId);
+    const random = () => {
+      const [value, next] = mulberry32(state);
+      state = next;
+      return value;
+    };
+    const fail = random() < this.spec.fail;
+    const drop = !fail && random() < this.spec.drop;
+    const die = !fail && random() < this.spec.die;
     // Early enough that short scripts are still running.
-    const at = () => Math.floor(20 + this.random() * 200);
+    const at = () => Math.floor(20 + random() * 200);
     const c: JobChaos = { fail, dropAtMs: drop ? at() : null, dieAtMs: die ? at() : null };
     if (fail || drop || die) this.log('warn', 'chaos: injecting a fault into this job', { jobId, ...c, dropMs: drop ? this.spec.dropMs : undefined });
     return c;
@@ -120,4 +127,18 @@ export class Chaos {
     }
     return () => timers.forEach(clearTimeout);
   }
+}
+
+function mix(h: number, text: string): number {
+  for (const c of text) h = Math.imul(h ^ c.charCodeAt(0), 2654435761) >>> 0;
+  return h || 1;
+}
+
+/** One step of mulberry32: the value in [0, 1) and the next state. */
+function mulberry32(state: number): [number, number] {
+  const next = (state + 0x6d2b79f5) >>> 0;
+  let t = next;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return [((t ^ (t >>> 14)) >>> 0) / 4294967296, next];
 }
