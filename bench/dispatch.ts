@@ -191,8 +191,9 @@ function breakdown(agent: Map<string, AgentTimes>, jobs: Job[], stamps: Array<{ 
     { name: 'bash exits → agent has its result (reap, outputs)', values: [] },
     { name: 'result → server committed the completion (log tail, pending.json, POST complete)', values: [] },
     { name: 'completion committed → next job created (the same transaction)', values: [] },
-    { name: 'next job created → agent has it (the answer, clear pending.json)', values: [] },
-    { name: 'agent has it → script starts (current.json, work dir, spawn, bash start-up)', values: [] },
+    { name: 'next job created → agent has the answer (answer, clear pending.json)', values: [] },
+    { name: 'answer → agent starts the job', values: [] },
+    { name: 'job started → script starts (current.json, work dir, spawn, bash start-up)', values: [] },
   ];
   for (let i = 0; i + 1 < jobs.length && i + 1 < stamps.length; i++) {
     const a = agent.get(jobs[i]!.id);

@@ -1,7 +1,8 @@
 /**
  * Params in, outputs out: the files behind `takt-get` and `takt-set`.
  */
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isSafeFileName } from './paths.js';
 
@@ -14,8 +15,8 @@ export const MAX_OUTPUTS_TOTAL_BYTES = 768 * 1024;
  * Writes each param as a file (strings raw, anything else as JSON), readable only by the agent's user
  * because values may be secrets. Returns the keys that could not be used as file names.
  */
-export async function writeParams(paramsDir: string, params: Record<string, unknown>): Promise<string[]> {
-  await mkdir(paramsDir, { recursive: true, mode: 0o700 });
+export function writeParams(paramsDir: string, params: Record<string, unknown>): string[] {
+  mkdirSync(paramsDir, { recursive: true, mode: 0o700 });
   const skipped: string[] = [];
   for (const [key, value] of Object.entries(params)) {
     if (!isSafeFileName(key)) {
@@ -23,7 +24,7 @@ export async function writeParams(paramsDir: string, params: Record<string, unkn
       continue;
     }
     const text = typeof value === 'string' ? value : JSON.stringify(value);
-    await writeFile(join(paramsDir, key), text ?? '', { mode: 0o600 });
+    writeFileSync(join(paramsDir, key), text ?? '', { mode: 0o600 });
   }
   return skipped;
 }

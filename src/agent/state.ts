@@ -15,7 +15,8 @@
  * A current.json found at start means the agent died while a job ran: nobody knows how that job ended,
  * so it is reported as such rather than run again (running a task twice is not safe in general).
  */
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdir, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { CompleteRequest } from '../model/protocol.js';
 import type { AgentLog } from './log.js';
@@ -68,8 +69,8 @@ export class AgentState {
     return writeAtomic(this.currentFile, c);
   }
 
-  clearCurrent(): Promise<void> {
-    return rm(this.currentFile, { force: true });
+  async clearCurrent(): Promise<void> {
+    rmSync(this.currentFile, { force: true });
   }
 
   readPending(): Promise<PendingReport | null> {
@@ -80,8 +81,8 @@ export class AgentState {
     return writeAtomic(this.pendingFile, p);
   }
 
-  clearPending(): Promise<void> {
-    return rm(this.pendingFile, { force: true });
+  async clearPending(): Promise<void> {
+    rmSync(this.pendingFile, { force: true });
   }
 
   /**
@@ -127,8 +128,10 @@ export class AgentState {
  */
 export async function writeAtomic(file: string, value: unknown): Promise<void> {
   const tmp = `${file}.${process.pid}.tmp`;
-  await writeFile(tmp, `${JSON.stringify(value)}\n`, { mode: 0o600 });
-  await rename(tmp, file);
+  // Synchronous on purpose: a few hundred bytes on the path between two jobs, where a trip through
+  // libuv's thread pool per call costs more than the write itself.
+  writeFileSync(tmp, `${JSON.stringify(value)}\n`, { mode: 0o600 });
+  renameSync(tmp, file);
 }
 
 function isCurrentJob(v: unknown): v is CurrentJob {
