@@ -119,6 +119,7 @@ describe('agent protocol', () => {
     // the output became a typed machine param (integer, per its schema) recorded as a change by the job
     const machine = (await call('GET', `/machines/${m.id}`)).body;
     expect(machine.params.count).toBe(3);
+    expect(machine.currentJob, 'a machine whose job ended has no current job').toBeNull();
     const hist = (await call('GET', `/changes?object=machines/${m.id}`)).body.items;
     expect(hist[0].author).toBe(`job:${jobId}`);
 

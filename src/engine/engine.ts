@@ -587,7 +587,8 @@ export class Engine {
         const d = afterPipelineJob(m, shape, job.task, outcome, retries);
         verdict = d.job;
         action = d.action;
-        next = { ...next, ...d.machine };
+        // d.machine is the whole machine moved on; the job that ended is no longer its current one.
+        next = { ...next, ...d.machine, currentJob: next.currentJob };
       } else {
         // The machine was restarted or reassigned while this job ran: record the job, leave the machine be.
         verdict = { state: outcome.kind === 'cancelled' ? 'cancelled' : 'failed', reason: 'the machine moved on while this job ran' };

@@ -1,7 +1,7 @@
 /**
  * Store on Kysely: the same queries for SQLite and PostgreSQL.
  */
-import { CompiledQuery, Kysely, Migrator, sql, type Compilable, type Selectable, type Transaction } from 'kysely';
+import { CompiledQuery, Kysely, Migrator, type Compilable, type Selectable, type Transaction } from 'kysely';
 import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
@@ -66,6 +66,11 @@ export class QueryCache {
 async function run<R>(db: Db, p: Prepared, args: unknown[]): Promise<{ rows: R[]; numAffectedRows?: bigint }> {
   const parameters = p.params.map((x) => ('arg' in x ? args[x.arg] : x.value));
   return db.executeQuery<R>(CompiledQuery.raw(p.sql, parameters));
+}
+
+/** A machine's open work orders in the order they run: the running one, then the queued by age. */
+function rank(w: WorkOrdersTable): string {
+  return `${w.state === 'running' ? 0 : 1}|${w.created_at}|${w.id}`;
 }
 
 function machineFromRow(r: MachinesTable): Machine {
@@ -296,21 +301,20 @@ class SqlReads implements Reads {
     return rows.map((r) => ({ jobId: r.job_id, seq: Number(r.seq), stream: r.stream as LogChunk['stream'], data: r.data, at: r.at }));
   }
   async nextWorkOrder(machineId: string) {
-    // The running one first (at most one runs per machine), else the oldest queued.
-    const r = await this.one<WorkOrdersTable>(
-      'nextWorkOrder',
-      () =>
-        this.db
-          .selectFrom('work_orders')
-          .selectAll()
-          .where('machine_id', '=', arg(0))
-          .where('state', 'in', ['running', 'queued'])
-          .orderBy(sql`case when state = 'running' then 0 else 1 end`)
-          .orderBy('created_at')
-          .orderBy('id')
-          .limit(1),
-      [machineId],
-    );
+    // The running one first (at most one runs per machine), else the oldest queued. Picked here rather
+    // than with ORDER BY: SQLite sets up a sorter for that even when no row matches, which made this
+    // lookup — run on every claim, nearly always for nothing — one of the costliest statements per job.
+    const rows = (
+      await run<WorkOrdersTable>(
+        this.db,
+        this.q.prepare('openWorkOrders', () => this.db.selectFrom('work_orders').selectAll().where('machine_id', '=', arg(0)).where('state', 'in', ['running', 'queued'])),
+        [machineId],
+      )
+    ).rows;
+    let r: WorkOrdersTable | undefined;
+    for (const row of rows) {
+      if (!r || rank(row) < rank(r)) r = row;
+    }
     return r ? workOrderFromRow(r) : undefined;
   }
   async lastLogSeq(jobId: string) {
