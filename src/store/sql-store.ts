@@ -645,8 +645,19 @@ class SqlTx extends SqlReads implements Tx {
   }
 }
 
+interface Queued {
+  fn: (tx: Tx) => Promise<unknown>;
+  resolve: (value: unknown) => void;
+  reject: (error: unknown) => void;
+}
+
+/** Transactions committed together at most (bounds how long the last of a group waits for its answer). */
+const MAX_GROUP = 64;
+
 export class SqlStore extends SqlReads implements Store {
   private readonly listeners = new Set<EventListener>();
+  private readonly queue: Queued[] = [];
+  private draining = false;
 
   constructor(
     private readonly kysely: Kysely<Database>,
@@ -664,28 +675,102 @@ export class SqlStore extends SqlReads implements Store {
     }
   }
 
-  async transact<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
-    let tx!: SqlTx;
-    const committed: TaktEvent[] = [];
-    const result = await this.kysely.transaction().execute(async (trx) => {
-      tx = new SqlTx(trx, this.q, this.dialect);
-      const out = await fn(tx);
-      // Events are rows of the same transaction: they exist exactly when the write they describe does.
-      // One insert for all of them; ids grow in the order the rows are listed, whatever order RETURNING uses.
-      const pending = tx.pending;
-      for (let i = 0; i < pending.length; i += EVENT_BATCH) {
-        const batch = pending.slice(i, i + EVENT_BATCH);
-        const p = this.q.prepare(`insertEvents${batch.length}`, () =>
-          trx.insertInto('events').values(batch.map((_, k) => ({ topic: arg(3 * k), at: arg(3 * k + 1), data: arg(3 * k + 2) }))).returning('id'),
-        );
-        const r = await run<{ id: number }>(trx, p, batch.flatMap((e) => [e.topic, e.at, json(e.data)]));
-        const ids = r.rows.map((row) => Number(row.id)).sort((a, b) => a - b);
-        batch.forEach((e, k) => committed.push({ id: ids[k]!, topic: e.topic, at: e.at, data: e.data }));
+  /**
+   * The one commit path. Transactions are queued and committed in groups: while one group runs, the
+   * transactions that arrive wait and then go together, each inside a savepoint of one database
+   * transaction. A transaction that throws is rolled back to its savepoint alone; the others commit.
+   * Nobody hears of a result (or its events) before the group's COMMIT has succeeded. Under load this
+   * shares one COMMIT — the costliest statement on SQLite, where writes are serial anyway — among many
+   * callers; alone, a transaction commits at once as before.
+   */
+  transact<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ fn: fn as (tx: Tx) => Promise<unknown>, resolve: resolve as (v: unknown) => void, reject });
+      if (!this.draining) {
+        this.draining = true;
+        // SQLite statements run synchronously, so transactions never overlap by themselves: the group
+        // forms from what arrives in one turn of the event loop (every request read in one poll).
+        setImmediate(() => void this.drain());
       }
-      return out;
     });
-    if (committed.length > 0) for (const l of this.listeners) l(committed);
-    return result;
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0) await this.commitGroup(this.queue.splice(0, MAX_GROUP));
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private async commitGroup(group: Queued[]): Promise<void> {
+    const outcomes: Array<{ ok: true; value: unknown; events: TaktEvent[] } | { ok: false; error: unknown }> = [];
+    try {
+      await this.kysely.transaction().execute(async (trx) => {
+        if (group.length === 1) {
+          const tx = new SqlTx(trx, this.q, this.dialect);
+          const value = await group[0]!.fn(tx);
+          outcomes.push({ ok: true, value, events: await this.insertEvents(trx, tx.pending) });
+          return;
+        }
+        for (const item of group) {
+          await trx.executeQuery(CompiledQuery.raw('savepoint grouped'));
+          const tx = new SqlTx(trx, this.q, this.dialect);
+          try {
+            const value = await item.fn(tx);
+            const events = await this.insertEvents(trx, tx.pending);
+            await trx.executeQuery(CompiledQuery.raw('release grouped'));
+            outcomes.push({ ok: true, value, events });
+          } catch (error) {
+            await trx.executeQuery(CompiledQuery.raw('rollback to grouped'));
+            await trx.executeQuery(CompiledQuery.raw('release grouped'));
+            outcomes.push({ ok: false, error });
+          }
+        }
+      });
+    } catch (error) {
+      // Nothing of the group was committed: each caller hears its own error, or the commit's.
+      group.forEach((item, i) => {
+        const o = outcomes[i];
+        item.reject(o && !o.ok ? o.error : error);
+      });
+      return;
+    }
+    group.forEach((item, i) => {
+      const o = outcomes[i]!;
+      if (!o.ok) return item.reject(o.error);
+      if (o.events.length > 0) this.publish(o.events);
+      item.resolve(o.value);
+    });
+  }
+
+  /** A listener that throws must not keep the other listeners, or the rest of the group, from hearing. */
+  private publish(events: TaktEvent[]): void {
+    for (const l of this.listeners) {
+      try {
+        l(events);
+      } catch (err) {
+        process.emitWarning(`an event listener failed: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+  }
+
+  /**
+   * Events are rows of the same transaction: they exist exactly when the write they describe does.
+   * One insert for all of them; ids grow in the order the rows are listed, whatever order RETURNING uses.
+   */
+  private async insertEvents(trx: Db, pending: SqlTx['pending']): Promise<TaktEvent[]> {
+    const committed: TaktEvent[] = [];
+    for (let i = 0; i < pending.length; i += EVENT_BATCH) {
+      const batch = pending.slice(i, i + EVENT_BATCH);
+      const p = this.q.prepare(`insertEvents${batch.length}`, () =>
+        trx.insertInto('events').values(batch.map((_, k) => ({ topic: arg(3 * k), at: arg(3 * k + 1), data: arg(3 * k + 2) }))).returning('id'),
+      );
+      const r = await run<{ id: number }>(trx, p, batch.flatMap((e) => [e.topic, e.at, json(e.data)]));
+      const ids = r.rows.map((row) => Number(row.id)).sort((a, b) => a - b);
+      batch.forEach((e, k) => committed.push({ id: ids[k]!, topic: e.topic, at: e.at, data: e.data }));
+    }
+    return committed;
   }
 
   onEvents(listener: EventListener) {

@@ -41,6 +41,8 @@ export async function openSqliteStore(file: string): Promise<SqlStore> {
   sqlite.pragma('synchronous = NORMAL');
   sqlite.pragma('busy_timeout = 5000');
   sqlite.pragma('foreign_keys = ON');
+  // Grouped commits put each transaction in a savepoint, whose undo journal would otherwise be a file.
+  sqlite.pragma('temp_store = MEMORY');
   const store = new SqlStore(new Kysely<Database>({ dialect: new SqliteDialect({ database: cachingDatabase(sqlite) }) }), 'sqlite');
   await store.migrate();
   return store;
