@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, expect, it } from 'vitest';
-import type { TaktEvent } from '../src/store/store.js';
+import type { TaktEvent } from '../src/model/machine.js';
 import { openSqliteStore } from '../src/store/sqlite.js';
 import type { SqlStore } from '../src/store/sql-store.js';
 
