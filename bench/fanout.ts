@@ -58,6 +58,7 @@ async function fanout(ep: Endpoint, subscribers: number, o: FleetOptions): Promi
         { metric: 'slowest subscriber lag p50 / p99 / max', value: `${slowest.p50} / ${slowest.p99} / ${slowest.max} ms` },
         { metric: 'slowest subscriber caught up after the fleet ended', value: `${round(drainMs, 0)} ms` },
         { metric: 'missed events (id gaps) / subscribers short', value: `${gaps} / ${short}` },
+        { metric: 'reconnects after being cut off (more than 8 MiB behind)', value: `${per.reduce((a, s) => a + s.reconnects, 0)} by ${per.filter((s) => s.reconnects > 0).length} subscribers` },
         { metric: 'fleet job completions/s (with subscribers)', value: round(r.completionsPerSec, 0) },
         { metric: 'server peak RSS', value: `${mib(r.serverPeakRss)} MiB` },
       ],
@@ -144,7 +145,10 @@ class SubscriberPool {
         caughtAt = performance.now();
       }
       lastMax = max;
-      if (performance.now() - start > 120_000) throw new Error('subscribers did not catch up within 2 minutes');
+      if (performance.now() - start > 120_000) {
+        const behind = ids.filter((id) => id !== max).length;
+        throw new Error(`subscribers did not catch up within 2 minutes: ${behind} of ${ids.length} stopped before event ${max} (lowest ${Math.min(...ids)})`);
+      }
     }
     return caughtAt - start;
   }

@@ -24,34 +24,44 @@ export async function subscribe(
   onEvent: (e: StreamEvent, receivedAt: number) => void,
   signal: AbortSignal,
   ready?: () => void,
+  onReconnect?: () => void,
 ): Promise<void> {
-  let res: Response;
-  try {
-    res = await api.raw('GET', '/events', { query: { topics }, signal, timeoutMs: DAY_MS });
-  } catch (err) {
-    if (signal.aborted) return;
-    throw err;
-  }
-  ready?.();
-  const reader = res.body!.getReader();
-  const decoder = new TextDecoder();
-  let buf = '';
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      const now = Date.now();
-      buf += decoder.decode(value, { stream: true });
-      let end: number;
-      while ((end = buf.indexOf('\n\n')) >= 0) {
-        const block = buf.slice(0, end);
-        buf = buf.slice(end + 2);
-        const e = parseBlock(block);
-        if (e) onEvent(e, now);
-      }
+  // As a real client does (the web UI's EventSource, `takt events watch`): when the endpoint ends the
+  // stream — it cuts off a subscriber that falls too far behind — reconnect and replay from the last id.
+  let lastId: number | undefined;
+  for (let first = true; !signal.aborted; first = false) {
+    let res: Response;
+    try {
+      res = await api.raw('GET', '/events', { query: { topics, since: lastId }, signal, timeoutMs: DAY_MS });
+    } catch (err) {
+      if (signal.aborted) return;
+      throw err;
     }
-  } catch (err) {
-    if (!signal.aborted) throw err;
+    if (first) ready?.();
+    else onReconnect?.();
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let buf = '';
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        const now = Date.now();
+        buf += decoder.decode(value, { stream: true });
+        let end: number;
+        while ((end = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          const e = parseBlock(block);
+          if (e) {
+            lastId = e.id;
+            onEvent(e, now);
+          }
+        }
+      }
+    } catch (err) {
+      if (!signal.aborted) throw err;
+    }
   }
 }
 

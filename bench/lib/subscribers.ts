@@ -18,7 +18,7 @@ export interface SubscriberJob {
 
 export interface SubscriberStats {
   /** Per subscriber: events received, the largest id seen, lag p50/p99/max (ms). */
-  perSubscriber: Array<{ received: number; lastId: number; gaps: number; p50: number; p99: number; max: number }>;
+  perSubscriber: Array<{ received: number; lastId: number; gaps: number; reconnects: number; p50: number; p99: number; max: number }>;
   /** Lag histogram over every delivery, 1 ms buckets (the last bucket holds everything beyond). */
   histogram: number[];
 }
@@ -50,7 +50,7 @@ async function main() {
   const job = workerData as SubscriberJob;
   const ac = new AbortController();
   const all = new Hist();
-  const subs = Array.from({ length: job.subscribers }, () => ({ hist: new Hist(), received: 0, lastId: 0, gaps: 0 }));
+  const subs = Array.from({ length: job.subscribers }, () => ({ hist: new Hist(), received: 0, lastId: 0, gaps: 0, reconnects: 0 }));
   let ready = 0;
   const running = subs.map((s) =>
     subscribe(
@@ -69,6 +69,7 @@ async function main() {
       () => {
         if (++ready === subs.length) parentPort!.postMessage({ type: 'ready' });
       },
+      () => s.reconnects++,
     ),
   );
   const ticker = setInterval(() => parentPort!.postMessage({ type: 'progress', received: subs.reduce((a, s) => a + s.received, 0), lastIds: subs.map((s) => s.lastId) }), 250);
@@ -78,7 +79,7 @@ async function main() {
     ac.abort();
     void Promise.allSettled(running).then(() => {
       const stats: SubscriberStats = {
-        perSubscriber: subs.map((s) => ({ received: s.received, lastId: s.lastId, gaps: s.gaps, p50: s.hist.percentile(50), p99: s.hist.percentile(99), max: Math.round(s.hist.max) })),
+        perSubscriber: subs.map((s) => ({ received: s.received, lastId: s.lastId, gaps: s.gaps, reconnects: s.reconnects, p50: s.hist.percentile(50), p99: s.hist.percentile(99), max: Math.round(s.hist.max) })),
         histogram: Array.from(all.counts),
       };
       parentPort!.postMessage({ type: 'result', stats });
