@@ -1,5 +1,5 @@
 /**
- * The agent protocol over HTTP (see docs/protocol.md). The agent authenticates with its machine token
+ * The agent protocol over HTTP (see docs/agent.md and docs/api.md). The agent authenticates with its machine token
  * and only ever talks about its own machine and that machine's jobs.
  *
  *   POST /api/v1/machines/:id/claim?wait=<seconds>   -> ClaimResponse (long-poll up to `wait`)
