@@ -180,6 +180,34 @@ describe('agent protocol', () => {
     expect((await call('GET', `/machines/${m.id}`)).body.state).toBe('done');
   });
 
+  it('a failing completion that asks for the next job stops the machine, with its reason, and hands nothing out', async () => {
+    const m = await makeMachine('proto-next-fail', 'basic', { code: 3 });
+    let job = (await call('POST', `/machines/${m.id}/claim`, undefined, m.token)).body.job;
+    const outputs: Record<string, Record<string, string>> = { hello: { count: '3' } };
+    // a completion that hands out the next job writes the machine once: one event, already on the next job
+    type MachineEvent = { data: { state: string; currentJob: string | null } };
+    const first = readEvents(`topics=machines.update.${m.id}`, (ev) => ev.some((e) => (e as unknown as MachineEvent).data.currentJob !== job.id));
+    await new Promise((r) => setTimeout(r, 300));
+    const done1 = await call('POST', `/jobs/${job.id}/complete`, { exitCode: 0, outputs: outputs.hello, claim: true }, m.token);
+    const firstSeen = (await first) as unknown as MachineEvent[];
+    expect(firstSeen.map((e) => e.data.currentJob)).toEqual([done1.body.next.job.id]);
+    job = done1.body.next.job;
+    for (let i = 0; i < 3 && job.task !== 'fail-if'; i++) {
+      job = (await call('POST', `/jobs/${job.id}/complete`, { exitCode: 0, outputs: outputs[job.task] ?? {}, claim: true }, m.token)).body.next.job;
+    }
+    expect(job.task).toBe('fail-if');
+    // one machine event for the completion, with the machine as it ends up
+    const watching = readEvents(`topics=machines.update.${m.id}`, (ev) => ev.some((e) => (e as { data?: { state?: string } }).data?.state === 'stopped'));
+    await new Promise((r) => setTimeout(r, 300));
+    const r = await call('POST', `/jobs/${job.id}/complete`, { exitCode: 3, outputs: {}, claim: true }, m.token);
+    expect(r.body).toMatchObject({ job: { state: 'failed' }, action: 'continue', next: { job: null, machine: { state: 'stopped' } } });
+    const seen = (await watching) as Array<{ data: { state: string; currentJob: string | null } }>;
+    expect(seen.map((e) => [e.data.state, e.data.currentJob])).toEqual([['stopped', null]]);
+    const machine = (await call('GET', `/machines/${m.id}`)).body;
+    expect(machine).toMatchObject({ state: 'stopped', currentJob: null });
+    expect(machine.reason).toMatch(/fail-if/);
+  });
+
   it('a completion with a bad log chunk is refused whole', async () => {
     const m = await makeMachine('proto-next-bad');
     const c1 = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);

@@ -411,10 +411,14 @@ export class Engine {
     });
   }
 
-  /** A claim inside the caller's transaction: the machine's next job, or none. */
-  private async claimIn(tx: Tx, machine: Machine, lastJob?: string | null): Promise<ClaimResponse> {
+  /**
+   * A claim inside the caller's transaction: the machine's next job, or none. `unsaved`: the machine
+   * comes with changes not yet written (a completion's), written here once with whatever the claim adds.
+   */
+  private async claimIn(tx: Tx, machine: Machine, lastJob?: string | null, unsaved = false): Promise<ClaimResponse> {
     {
       let m = machine;
+      const pending = { machine: unsaved };
       if (m.currentJob) {
         const running = await tx.getJob(m.currentJob);
         if (running?.state === 'running') {
@@ -423,7 +427,7 @@ export class Engine {
         } else m = { ...m, currentJob: null };
       }
       for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
-        const work = await this.nextWork(tx, m);
+        const work = await this.nextWork(tx, m, pending);
         if (!work) break;
         const prepared = prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
         const job = this.newJob(m, work, prepared);
@@ -432,11 +436,13 @@ export class Engine {
           tx.emit(`jobs.create.${job.id}`, publicJob(job));
           const outcome: JobOutcome = prepared.noop !== null ? { kind: 'noop', reason: prepared.noop } : { kind: 'unrenderable', message: prepared.error! };
           m = (await this.settle(tx, { ...m, currentJob: job.id }, job, outcome)).machine;
+          pending.machine = false;
           continue;
         }
         await tx.insertJob(job);
         m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
         await tx.updateMachine(m);
+        pending.machine = false;
         tx.emit(`jobs.create.${job.id}`, publicJob(job));
         tx.emit(`machines.update.${m.id}`, publicMachine(m));
         const claimed: ClaimedJob = {
@@ -449,9 +455,10 @@ export class Engine {
         };
         return { job: claimed, machine: { state: m.state, reason: m.reason, power: m.power } };
       }
-      if (m.currentJob) {
+      if (m.currentJob || pending.machine) {
         m = { ...m, currentJob: null };
         await tx.updateMachine(m);
+        if (pending.machine) tx.emit(`machines.update.${m.id}`, publicMachine(m));
       }
       return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
     }
@@ -476,7 +483,7 @@ export class Engine {
   }
 
   /** What the machine should run next: queued work orders first (at task boundaries), then its pipeline. */
-  private async nextWork(tx: Tx, m: Machine): Promise<Work | null> {
+  private async nextWork(tx: Tx, m: Machine, pending?: { machine: boolean }): Promise<Work | null> {
     const content = this.content.current;
     const wo = await tx.nextWorkOrder(m.id);
     if (wo) {
@@ -484,7 +491,7 @@ export class Engine {
       const task = bp?.tasks[wo.taskIndex];
       if (!bp || task === undefined) {
         await this.finishWorkOrder(tx, wo, bp ? 'succeeded' : 'failed', bp ? null : `blueprint '${wo.blueprint}' no longer exists`);
-        return this.nextWork(tx, m);
+        return this.nextWork(tx, m, pending);
       }
       if (wo.state === 'queued') await tx.updateWorkOrder({ ...wo, state: 'running' });
       return {
@@ -506,6 +513,7 @@ export class Engine {
         ? { ...m, state: 'done', reason: null }
         : { ...m, state: 'stopped', reason: `pipeline '${m.pipeline}' no longer exists in the installed content` };
       await tx.updateMachine(done);
+      if (pending) pending.machine = false;
       tx.emit(`machines.update.${m.id}`, publicMachine(done));
       Object.assign(m, done);
       return null;
@@ -518,6 +526,7 @@ export class Engine {
       if (gate) {
         const held: Machine = { ...m, ...gate, updatedAt: new Date().toISOString() };
         await tx.updateMachine(held);
+        if (pending) pending.machine = false;
         tx.emit(`machines.update.${m.id}`, publicMachine(held));
         Object.assign(m, held);
         return null;
@@ -563,7 +572,11 @@ export class Engine {
    * Ends a job with an outcome and moves its machine (or work order) on. The single place where a job
    * becomes terminal, whichever way it ended.
    */
-  private async settle(tx: Tx, m: Machine, job: Job, outcome: JobOutcome, outputs: Record<string, unknown> = {}, report?: CompleteRequest): Promise<Settled> {
+  /**
+   * `deferMachine`: leave the machine unwritten for the caller, who writes it once with more changes (a
+   * completion followed by a claim: one machine write and one event per job instead of two).
+   */
+  private async settle(tx: Tx, m: Machine, job: Job, outcome: JobOutcome, outputs: Record<string, unknown> = {}, report?: CompleteRequest, deferMachine = false): Promise<Settled> {
     const content = this.content.current;
     let next: Machine = { ...m, currentJob: m.currentJob === job.id ? null : m.currentJob };
     let verdict: { state: Job['state']; reason: string | null };
@@ -612,9 +625,13 @@ export class Engine {
       await tx.change(`job:${job.id}`, `machines/${m.id}`, 'update', before, desiredView(next));
     }
     next.updatedAt = new Date().toISOString();
-    await tx.updateMachine(next);
-    tx.emit(`machines.update.${m.id}`, publicMachine(next));
+    if (!deferMachine) await this.saveMachine(tx, next);
     return { machine: next, job: finished, action };
+  }
+
+  private async saveMachine(tx: Tx, m: Machine): Promise<void> {
+    await tx.updateMachine(m);
+    tx.emit(`machines.update.${m.id}`, publicMachine(m));
   }
 
   /**
@@ -643,11 +660,11 @@ export class Engine {
       const outcome: JobOutcome = problem
         ? { kind: 'invalid', exitCode: report.exitCode, message: problem }
         : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error, timeoutMs: job.timeoutMs };
-      const settled = await this.settle(tx, m, job, outcome, typed.values, report);
+      const claim = request.claim === true && !this.stopped;
+      const settled = await this.settle(tx, m, job, outcome, typed.values, report, claim);
       const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
-      if (request.claim && settled.action === 'continue' && !this.stopped) {
-        answer.next = await this.claimIn(tx, settled.machine);
-      }
+      if (claim && settled.action === 'continue') answer.next = await this.claimIn(tx, settled.machine, undefined, true);
+      else if (claim) await this.saveMachine(tx, settled.machine);
       return answer;
     });
   }
