@@ -197,11 +197,11 @@ describe('agent protocol', () => {
     }
     expect(job.task).toBe('fail-if');
     // one machine event for the completion, with the machine as it ends up
-    const watching = readEvents(`topics=machines.update.${m.id}`, (ev) => ev.some((e) => (e as { data?: { state?: string } }).data?.state === 'stopped'));
+    const watching = readEvents(`topics=machines.update.${m.id}`, (ev) => ev.some((e) => (e as unknown as MachineEvent).data.state === 'stopped'));
     await new Promise((r) => setTimeout(r, 300));
     const r = await call('POST', `/jobs/${job.id}/complete`, { exitCode: 3, outputs: {}, claim: true }, m.token);
     expect(r.body).toMatchObject({ job: { state: 'failed' }, action: 'continue', next: { job: null, machine: { state: 'stopped' } } });
-    const seen = (await watching) as Array<{ data: { state: string; currentJob: string | null } }>;
+    const seen = (await watching) as unknown as MachineEvent[];
     expect(seen.map((e) => [e.data.state, e.data.currentJob])).toEqual([['stopped', null]]);
     const machine = (await call('GET', `/machines/${m.id}`)).body;
     expect(machine).toMatchObject({ state: 'stopped', currentJob: null });
