@@ -2,6 +2,7 @@
  * The API over real HTTP against a real endpoint process and SQLite file: auth scoping, the agent
  * protocol's edge cases, and bad input (always a precise 4xx with the one error shape; store unchanged).
  */
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint, packFiles, runCli } from './helpers/endpoint.js';
 
@@ -404,6 +405,49 @@ describe('event stream', () => {
     expect(replay[0]!.id).toBeGreaterThan(got[0]!.id);
     expect(replay.some((e) => e.topic === `machines.update.${one.id}`)).toBe(true);
   });
+
+  it('cuts off a subscriber that stops reading, which then resumes from its last id without a gap', async () => {
+    const m = await makeMachine('ev-slow', null as never);
+    const topic = `machines.update.${m.id}`;
+    // A client that connects and then reads nothing: the kernel's buffers fill, then the endpoint's.
+    const { hostname, port } = new URL(ep.url);
+    const sock = connect(Number(port), hostname);
+    await new Promise((r) => sock.once('connect', r));
+    sock.write(`GET /api/v1/events?topics=${topic} HTTP/1.1\r\nHost: ${hostname}\r\nAuthorization: Bearer ${ep.token}\r\n\r\n`);
+    sock.pause();
+    const chunks: Buffer[] = [];
+    // The endpoint ends the response (the chunked stream's last, empty chunk); the connection may stay.
+    const ended = new Promise<void>((r) =>
+      sock.on('data', (d: Buffer) => {
+        chunks.push(d);
+        if (Buffer.concat(chunks.slice(-2)).includes('\r\n0\r\n\r\n')) r();
+      }),
+    );
+    await new Promise((r) => setTimeout(r, 200));
+
+    // ~40 MiB of events for it: far more than socket buffers and the endpoint's 8 MiB allowance
+    const big = 'x'.repeat(256 * 1024);
+    const patches = 160;
+    for (let i = 0; i < patches; i++) expect((await call('PATCH', `/machines/${m.id}`, { params: { msg: `${i}:${big}` } })).status).toBe(200);
+
+    // reading again, it finds its stream ended early by the endpoint (not by the test)
+    sock.resume();
+    await ended;
+    const text = Buffer.concat(chunks).toString('utf8');
+    const ids = [...text.matchAll(/^id: (\d+)$/gm)].map((x) => Number(x[1]));
+    const complete = ids.filter((id) => text.includes(`id: ${id}\nevent: ${topic}\ndata: `) && text.indexOf('\n\n', text.indexOf(`id: ${id}\n`)) > 0);
+    expect(complete.length).toBeGreaterThan(0);
+    expect(complete.length).toBeLessThan(patches);
+    sock.destroy();
+
+    // resuming from the last whole event brings the rest, in order, up to the last patch
+    const last = complete[complete.length - 1]!;
+    const rest = await readEvents(`since=${last}&topics=${topic}`, (ev) => (ev.at(-1) as unknown as { data: { params: { msg: string } } } | undefined)?.data.params.msg.startsWith(`${patches - 1}:`) ?? false);
+    expect(rest.length).toBe(patches - complete.length);
+    expect(rest[0]!.id).toBeGreaterThan(last);
+    const msgs = rest.map((e) => Number((e as unknown as { data: { params: { msg: string } } }).data.params.msg.split(':')[0]));
+    expect(msgs).toEqual(Array.from({ length: rest.length }, (_, i) => complete.length + i));
+  }, 60_000);
 });
 
 describe('jobs log --follow', () => {

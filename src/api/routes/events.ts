@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { TaktEvent } from '../../model/machine.js';
 import { author, intQuery, type ApiContext } from '../context.js';
@@ -9,6 +10,21 @@ const KEEPALIVE_MS = 15_000;
  * the store, instead of the endpoint buffering without bound for the slowest reader.
  */
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
+
+const REPLAY_PAGE = 1000;
+
+/** Resolves when the response's buffer has drained or the connection is gone. */
+function drained(res: ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.once('drain', done);
+    res.once('close', done);
+  });
+}
 
 /** Each event is serialised once, however many subscribers it goes to. */
 const frames = new WeakMap<TaktEvent, string>();
@@ -89,7 +105,8 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
       lastSent = e.id;
       if (!match(e.topic)) return;
       res.write(frame(e));
-      if (res.writableLength > MAX_BUFFERED_BYTES) {
+      // Only a live subscriber can fall behind; a replay waits for the client instead (below).
+      if (live && res.writableLength > MAX_BUFFERED_BYTES) {
         req.log.warn({ buffered: res.writableLength }, 'event subscriber too slow; closing its stream (it resumes with Last-Event-ID)');
         close();
         res.end();
@@ -109,12 +126,19 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     // The response's close, not the request's: Node may close a request once its body has been read.
     res.on('close', close);
     if (since !== undefined) {
-      for (;;) {
-        const page = await store.listEvents(lastSent, 1000);
-        page.forEach(send);
-        if (page.length < 1000) break;
+      // The replay is written as fast as the client reads it: a client catching up after being cut off
+      // must not be cut off again by its own replay.
+      while (!closed) {
+        const page = await store.listEvents(lastSent, REPLAY_PAGE);
+        for (const e of page) {
+          send(e);
+          if (res.writableLength > MAX_BUFFERED_BYTES / 2) await drained(res);
+          if (closed) break;
+        }
+        if (page.length < REPLAY_PAGE) break;
       }
     }
+    if (closed) return;
     live = true;
     backlog.forEach(send);
   });
