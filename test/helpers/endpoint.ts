@@ -71,9 +71,19 @@ export class Endpoint {
     }
     this.url = readFileSync(join(this.data, 'endpoint'), 'utf8').trim();
     this.token = readFileSync(join(this.data, 'admin.token'), 'utf8').trim();
-    while ((await fetch(`${this.url}/api/v1/health`, { signal: AbortSignal.timeout(5000) }).catch(() => null))?.status !== 200) {
+    const started = Date.now();
+    let last = '';
+    for (let tries = 1; ; tries++) {
+      const res = await fetch(`${this.url}/api/v1/health`, { signal: AbortSignal.timeout(5000) }).catch((err: Error) => {
+        last = `${err.message}${err.cause ? ` (${(err.cause as Error).message ?? String(err.cause)})` : ''}`;
+        return null;
+      });
+      if (res?.status === 200) break;
+      if (res) last = `HTTP ${res.status}`;
       if (p.exitCode !== null) throw new Error(`takt serve exited ${p.exitCode}:\n${this.output}`);
-      if (Date.now() > deadline) throw new Error(`takt serve did not answer /api/v1/health:\n${this.output}`);
+      if (Date.now() > deadline) {
+        throw new Error(`takt serve at ${this.url} did not answer /api/v1/health in ${Date.now() - started} ms (${tries} tries; last: ${last}):\n${this.output}`);
+      }
       await sleep(50);
     }
   }
