@@ -102,13 +102,7 @@ export function spread(values: number[]): Spread | null {
 const failedJob = (j: Job) => j.state === 'failed' || j.state === 'lost';
 const ms = (iso: string) => Date.parse(iso);
 
-interface TaskAcc {
-  pipeline: string | null;
-  blueprint: string | null;
-  stage: string | null;
-  task: string;
-  runs: number;
-  failed: number;
+interface TaskAcc extends Pick<TaskCycle, 'pipeline' | 'blueprint' | 'stage' | 'task' | 'runs' | 'failed'> {
   queue: number[];
   run: number[];
   cycle: number[];

@@ -382,8 +382,8 @@ export class Engine {
 
   // ---- agent protocol ------------------------------------------------------------------------------
 
-  /** Long-poll for the machine's next job: answers at once when there is one, else waits up to `waitMs`. */
   /**
+   * Long-poll for the machine's next job: answers at once when there is one, else waits up to `waitMs`.
    * `lastJob`: the id of the last job the claiming agent received, when it says (null: none since it
    * started). A running job that is not that one never reached the agent (the answer to a claim it had
    * given up on), so it is handed back rather than called abandoned.
@@ -416,52 +416,49 @@ export class Engine {
    * comes with changes not yet written (a completion's), written here once with whatever the claim adds.
    */
   private async claimIn(tx: Tx, machine: Machine, lastJob?: string | null, unsaved = false): Promise<ClaimResponse> {
-    {
-      let m = machine;
-      const pending = { machine: unsaved };
-      if (m.currentJob) {
-        const running = await tx.getJob(m.currentJob);
-        if (running?.state === 'running') {
-          if (lastJob !== undefined && lastJob !== running.id) m = await this.handBack(tx, m, running);
-          else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
-        } else m = { ...m, currentJob: null };
-      }
-      for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
-        const work = await this.nextWork(tx, m, pending);
-        if (!work) break;
-        const prepared = prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
-        const job = this.newJob(m, work, prepared);
-        if (prepared.noop !== null || prepared.error !== null) {
-          await tx.insertJob(job);
-          tx.emit(`jobs.create.${job.id}`, publicJob(job));
-          const outcome: JobOutcome = prepared.noop !== null ? { kind: 'noop', reason: prepared.noop } : { kind: 'unrenderable', message: prepared.error! };
-          m = (await this.settle(tx, { ...m, currentJob: job.id }, job, outcome)).machine;
-          pending.machine = false;
-          continue;
-        }
-        await tx.insertJob(job);
-        m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
-        await tx.updateMachine(m);
-        pending.machine = false;
-        tx.emit(`jobs.create.${job.id}`, publicJob(job));
-        tx.emit(`machines.update.${m.id}`, publicMachine(m));
-        const claimed: ClaimedJob = {
-          id: job.id,
-          task: job.task,
-          script: prepared.script!,
-          params: prepared.agentParams,
-          timeoutMs: prepared.timeoutMs,
-          leaseMs: this.opts.leaseMs,
-        };
-        return { job: claimed, machine: { state: m.state, reason: m.reason, power: m.power } };
-      }
-      if (m.currentJob || pending.machine) {
-        m = { ...m, currentJob: null };
-        await tx.updateMachine(m);
-        if (pending.machine) tx.emit(`machines.update.${m.id}`, publicMachine(m));
-      }
-      return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
+    let m = machine;
+    const pending = { machine: unsaved };
+    if (m.currentJob) {
+      const running = await tx.getJob(m.currentJob);
+      if (running?.state === 'running') {
+        if (lastJob !== undefined && lastJob !== running.id) m = await this.handBack(tx, m, running);
+        else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
+      } else m = { ...m, currentJob: null };
     }
+    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
+      const work = await this.nextWork(tx, m, pending);
+      if (!work) break;
+      const prepared = prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
+      const job = this.newJob(m, work, prepared);
+      if (prepared.noop !== null || prepared.error !== null) {
+        await tx.insertJob(job);
+        tx.emit(`jobs.create.${job.id}`, publicJob(job));
+        const outcome: JobOutcome = prepared.noop !== null ? { kind: 'noop', reason: prepared.noop } : { kind: 'unrenderable', message: prepared.error! };
+        m = (await this.settle(tx, { ...m, currentJob: job.id }, job, outcome)).machine;
+        pending.machine = false;
+        continue;
+      }
+      await tx.insertJob(job);
+      tx.emit(`jobs.create.${job.id}`, publicJob(job));
+      m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
+      await this.saveMachine(tx, m);
+      pending.machine = false;
+      const claimed: ClaimedJob = {
+        id: job.id,
+        task: job.task,
+        script: prepared.script!,
+        params: prepared.agentParams,
+        timeoutMs: prepared.timeoutMs,
+        leaseMs: this.opts.leaseMs,
+      };
+      return { job: claimed, machine: { state: m.state, reason: m.reason, power: m.power } };
+    }
+    if (m.currentJob || pending.machine) {
+      m = { ...m, currentJob: null };
+      await tx.updateMachine(m);
+      if (pending.machine) tx.emit(`machines.update.${m.id}`, publicMachine(m));
+    }
+    return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
   }
 
   /**
@@ -512,9 +509,8 @@ export class Engine {
       const done: Machine = shape
         ? { ...m, state: 'done', reason: null }
         : { ...m, state: 'stopped', reason: `pipeline '${m.pipeline}' no longer exists in the installed content` };
-      await tx.updateMachine(done);
+      await this.saveMachine(tx, done);
       if (pending) pending.machine = false;
-      tx.emit(`machines.update.${m.id}`, publicMachine(done));
       Object.assign(m, done);
       return null;
     }
@@ -525,9 +521,8 @@ export class Engine {
       const gate = this.stageGate(m, stage, { name: pipeline.name, params: pipeline.params });
       if (gate) {
         const held: Machine = { ...m, ...gate, updatedAt: new Date().toISOString() };
-        await tx.updateMachine(held);
+        await this.saveMachine(tx, held);
         if (pending) pending.machine = false;
-        tx.emit(`machines.update.${m.id}`, publicMachine(held));
         Object.assign(m, held);
         return null;
       }
@@ -570,10 +565,7 @@ export class Engine {
 
   /**
    * Ends a job with an outcome and moves its machine (or work order) on. The single place where a job
-   * becomes terminal, whichever way it ended.
-   */
-  /**
-   * `deferMachine`: leave the machine unwritten for the caller, who writes it once with more changes (a
+   * becomes terminal, whichever way it ended. `deferMachine`: leave the machine unwritten for the caller, who writes it once with more changes (a
    * completion followed by a claim: one machine write and one event per job instead of two).
    */
   private async settle(tx: Tx, m: Machine, job: Job, outcome: JobOutcome, outputs: Record<string, unknown> = {}, report?: CompleteRequest, deferMachine = false): Promise<Settled> {

@@ -216,7 +216,11 @@ class SqlReads implements Reads {
   ) {}
 
   protected async one<R>(key: string, build: () => Compilable<unknown>, args: unknown[]): Promise<R | undefined> {
-    return (await run<R>(this.db, this.q.prepare(key, build), args)).rows[0];
+    return (await this.all<R>(key, build, args))[0];
+  }
+
+  protected async all<R>(key: string, build: () => Compilable<unknown>, args: unknown[]): Promise<R[]> {
+    return (await run<R>(this.db, this.q.prepare(key, build), args)).rows;
   }
 
   protected async exec(key: string, build: () => Compilable<unknown>, args: unknown[]): Promise<number> {
@@ -304,13 +308,11 @@ class SqlReads implements Reads {
     // The running one first (at most one runs per machine), else the oldest queued. Picked here rather
     // than with ORDER BY: SQLite sets up a sorter for that even when no row matches, which made this
     // lookup — run on every claim, nearly always for nothing — one of the costliest statements per job.
-    const rows = (
-      await run<WorkOrdersTable>(
-        this.db,
-        this.q.prepare('openWorkOrders', () => this.db.selectFrom('work_orders').selectAll().where('machine_id', '=', arg(0)).where('state', 'in', ['running', 'queued'])),
-        [machineId],
-      )
-    ).rows;
+    const rows = await this.all<WorkOrdersTable>(
+      'openWorkOrders',
+      () => this.db.selectFrom('work_orders').selectAll().where('machine_id', '=', arg(0)).where('state', 'in', ['running', 'queued']),
+      [machineId],
+    );
     let r: WorkOrdersTable | undefined;
     for (const row of rows) {
       if (!r || rank(row) < rank(r)) r = row;
@@ -706,24 +708,22 @@ export class SqlStore extends SqlReads implements Store {
   private async commitGroup(group: Queued[]): Promise<void> {
     const outcomes: Array<{ ok: true; value: unknown; events: TaktEvent[] } | { ok: false; error: unknown }> = [];
     try {
+      // A lone transaction needs no savepoint: if it throws, the whole database transaction rolls back.
+      const grouped = group.length > 1;
+      const sql = (text: string, trx: Db) => trx.executeQuery(CompiledQuery.raw(text));
       await this.kysely.transaction().execute(async (trx) => {
-        if (group.length === 1) {
-          const tx = new SqlTx(trx, this.q, this.dialect);
-          const value = await group[0]!.fn(tx);
-          outcomes.push({ ok: true, value, events: await this.insertEvents(trx, tx.pending) });
-          return;
-        }
         for (const item of group) {
-          await trx.executeQuery(CompiledQuery.raw('savepoint grouped'));
+          if (grouped) await sql('savepoint grouped', trx);
           const tx = new SqlTx(trx, this.q, this.dialect);
           try {
             const value = await item.fn(tx);
             const events = await this.insertEvents(trx, tx.pending);
-            await trx.executeQuery(CompiledQuery.raw('release grouped'));
+            if (grouped) await sql('release grouped', trx);
             outcomes.push({ ok: true, value, events });
           } catch (error) {
-            await trx.executeQuery(CompiledQuery.raw('rollback to grouped'));
-            await trx.executeQuery(CompiledQuery.raw('release grouped'));
+            if (!grouped) throw error;
+            await sql('rollback to grouped', trx);
+            await sql('release grouped', trx);
             outcomes.push({ ok: false, error });
           }
         }
