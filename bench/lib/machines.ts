@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { ApiClient } from '../../src/client/http.js';
-import { subscribe, type StreamEvent } from './sse.js';
+import { followEvents, type StreamEvent } from '../../src/client/events.js';
 
 export interface CreatedMachine {
   id: string;
@@ -52,7 +52,7 @@ export class MachineWatch {
   async start(): Promise<void> {
     let ready!: () => void;
     const isReady = new Promise<void>((r) => (ready = r));
-    this.running = subscribe(this.api, 'machines.update', (e) => this.onEvent(e), this.ac.signal, ready).catch((err: unknown) => {
+    this.running = followEvents(this.api, (e) => this.onEvent(e), { topics: 'machines.update', signal: this.ac.signal, onOpen: ready }).catch((err: unknown) => {
       this.failure = err;
       this.notify();
     });

@@ -7,7 +7,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { ApiClient } from '../../src/client/http.js';
-import { subscribe } from './sse.js';
+import { followEvents } from '../../src/client/events.js';
 
 export interface SubscriberJob {
   endpoint: string;
@@ -53,9 +53,8 @@ async function main() {
   const subs = Array.from({ length: job.subscribers }, () => ({ hist: new Hist(), received: 0, lastId: 0, gaps: 0, reconnects: 0 }));
   let ready = 0;
   const running = subs.map((s) =>
-    subscribe(
+    followEvents(
       new ApiClient({ endpoint: job.endpoint, token: job.token }),
-      job.topics,
       (e, receivedAt) => {
         const lag = receivedAt - Date.parse(e.at);
         s.hist.add(lag);
@@ -65,11 +64,14 @@ async function main() {
         if (!job.topics && s.lastId && e.id !== s.lastId + 1) s.gaps++;
         s.lastId = e.id;
       },
-      ac.signal,
-      () => {
-        if (++ready === subs.length) parentPort!.postMessage({ type: 'ready' });
+      {
+        topics: job.topics,
+        signal: ac.signal,
+        onOpen: (first) => {
+          if (!first) s.reconnects++;
+          else if (++ready === subs.length) parentPort!.postMessage({ type: 'ready' });
+        },
       },
-      () => s.reconnects++,
     ),
   );
   const ticker = setInterval(() => parentPort!.postMessage({ type: 'progress', received: subs.reduce((a, s) => a + s.received, 0), lastIds: subs.map((s) => s.lastId) }), 250);

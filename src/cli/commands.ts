@@ -4,7 +4,8 @@ import { dirname, join } from 'node:path';
 import { Option, type Command } from 'commander';
 import pc from 'picocolors';
 import { parse as parseYaml } from 'yaml';
-import { backoffMs, NetworkError, type ApiClient } from '../client/http.js';
+import { followEvents } from '../client/events.js';
+import type { ApiClient } from '../client/http.js';
 import type { InstallResult, PackDiff } from '../engine/content.js';
 import type { MachineRecord } from '../engine/records.js';
 import { CONTENT_KINDS, KIND_NOUN } from '../model/content.js';
@@ -67,38 +68,19 @@ export function register(program: Command, g: Globals) {
     .option('--topics <list>', 'comma-separated topic filters', '')
     .option('--since <id>', 'replay events after this id first')
     .action(async (o: { topics: string; since?: string }) => {
-      const client = api();
-      let since = o.since;
-      // Runs until interrupted. When the endpoint ends the stream (it cuts off a reader that fell far
-      // behind) or the connection drops, it resumes after the last event printed: nothing is skipped.
-      for (let attempt = 0; ; ) {
-        try {
-          const res = await client.raw('GET', '/events', { query: { topics: o.topics || undefined, since }, timeoutMs: 2 ** 31 - 1 });
-          attempt = 0;
-          const decoder = new TextDecoder();
-          let buf = '';
-          for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
-            buf += decoder.decode(part, { stream: true });
-            let i: number;
-            while ((i = buf.indexOf('\n\n')) >= 0) {
-              const block = buf.slice(0, i);
-              buf = buf.slice(i + 2);
-              const data = block.split('\n').find((l) => l.startsWith('data: '));
-              if (!data) continue;
-              const e = JSON.parse(data.slice(6)) as { id: number; topic: string; at: string; data: unknown };
-              since = String(e.id);
-              if (g().output === 'json') process.stdout.write(JSON.stringify(e) + '\n');
-              else process.stdout.write(`${pc.dim(e.at.slice(11, 23))} ${pc.bold(e.topic)} ${summarize(e.data)}\n`);
-            }
-          }
-          process.stderr.write(pc.dim(`the endpoint ended the stream; resuming${since ? ` after event ${since}` : ''}\n`));
-        } catch (err) {
-          if (!(err instanceof NetworkError) && !(err instanceof TypeError)) throw err;
-          const wait = backoffMs(attempt++);
-          process.stderr.write(pc.dim(`${err.message}; reconnecting in ${(wait / 1000).toFixed(1)} s\n`));
-          await new Promise((r) => setTimeout(r, wait));
-        }
-      }
+      // Runs until interrupted; resumes after the last event printed when the stream ends or drops.
+      await followEvents(
+        api(),
+        (e) => {
+          if (g().output === 'json') process.stdout.write(JSON.stringify(e) + '\n');
+          else process.stdout.write(`${pc.dim(e.at.slice(11, 23))} ${pc.bold(e.topic)} ${summarize(e.data)}\n`);
+        },
+        {
+          topics: o.topics,
+          since: o.since,
+          onBreak: (why, waitMs) => process.stderr.write(pc.dim(`${why}; ${waitMs ? `reconnecting in ${(waitMs / 1000).toFixed(1)} s` : 'resuming'}\n`)),
+        },
+      );
     });
 }
 
