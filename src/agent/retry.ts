@@ -30,16 +30,5 @@ export function classify(err: unknown): Failure {
 /** How long to wait after a rejected token before asking again. */
 export const AUTH_RETRY_MS = 10_000;
 
-/** Resolves after `ms`, or early (without throwing) when `signal` aborts. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (signal?.aborted) return resolve();
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-  });
-}
+// The agent's waits are the client's: one abortable sleep for both.
+export { sleep } from '../client/http.js';

@@ -4,7 +4,7 @@
  * it (it cuts off a reader that falls too far behind) or the connection drops — so a follower neither
  * misses nor repeats an event still inside the endpoint's retention window.
  */
-import { backoffMs, NetworkError, type ApiClient } from './http.js';
+import { backoffMs, NetworkError, sleep, type ApiClient } from './http.js';
 
 export interface StreamEvent {
   id: number;
@@ -72,7 +72,7 @@ export async function followEvents(client: ApiClient, onEvent: (e: StreamEvent, 
     }
     if (o.signal?.aborted) return;
     o.onBreak?.(why, waitMs);
-    if (waitMs > 0) await wait(waitMs, o.signal);
+    if (waitMs > 0) await sleep(waitMs, o.signal);
   }
 }
 
@@ -81,16 +81,4 @@ function parseBlock(block: string): StreamEvent | null {
   for (const line of block.split('\n')) if (line.startsWith('data: ')) data += line.slice(6);
   // Comments (": keepalive") and the retry hint carry no event.
   return data ? (JSON.parse(data) as StreamEvent) : null;
-}
-
-function wait(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener('abort', done, { once: true });
-  });
 }

@@ -271,3 +271,17 @@ export function backoffMs(attempt: number, baseMs = 200, capMs = 5000): number {
   const exp = Math.min(capMs, baseMs * 2 ** Math.min(attempt, 16));
   return Math.round(exp / 2 + Math.random() * (exp / 2));
 }
+
+/** Resolves after `ms`, or early (without throwing) when `signal` aborts. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (signal?.aborted) return resolve();
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
