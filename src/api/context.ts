@@ -46,15 +46,21 @@ declare module 'fastify' {
   }
 }
 
+/** The author recorded for a change; a route without a principal is a bug in its declaration, never anonymous. */
 export function author(req: FastifyRequest): string {
   const p = req.principal;
+  if (!p) throw new TaktError('unauthorized', 'this action needs a token');
   return p.kind === 'admin' ? p.name : `machine:${p.machineId}`;
 }
 
-/** Reads a positive integer query parameter with a clear error. */
-export function intQuery(value: unknown, name: string, fallback: number | undefined, max = 1_000_000): number | undefined {
+/**
+ * Reads a whole-number query or path parameter with a clear error. The default upper bound is the largest
+ * integer a JSON number holds exactly: event and change ids of a long-lived endpoint grow past any small cap.
+ * @throws TaktError bad_request naming the parameter.
+ */
+export function intQuery(value: unknown, name: string, fallback: number | undefined, max = Number.MAX_SAFE_INTEGER): number | undefined {
   if (value === undefined || value === '') return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 0 || n > max) throw new TaktError('bad_request', `query parameter '${name}' must be a whole number from 0 to ${max}`, { path: name });
+  if (typeof value !== 'string' || !/^\d{1,16}$/.test(value) || !Number.isSafeInteger(n) || n > max) throw new TaktError('bad_request', `query parameter '${name}' must be a whole number from 0 to ${max}`, { path: name });
   return n;
 }

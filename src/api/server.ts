@@ -2,12 +2,15 @@
  * The HTTP API: REST under /api/v1, the event stream, the OpenAPI document, and the web UI's static page.
  * Every error leaves as `{error:{code,message,path}}` with a 4xx status; a 500 is a bug and is logged.
  */
+import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
 import { TaktError } from '../model/errors.js';
 import { Authenticator } from './auth.js';
+import { allowedHost, API_CSP, checkQuery, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
 import { contentRoutes } from './routes/content.js';
 import { eventRoutes } from './routes/events.js';
@@ -20,16 +23,49 @@ import { rolloutRoutes } from './routes/rollouts.js';
 export interface ServerOptions extends ApiContext {
   adminToken: string;
   logger?: boolean | object;
+  /** Where 5xx answers are logged with their request id (the endpoint's log). */
+  log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+  /** Host names (besides IP literals and `localhost`) this endpoint answers to; others get 421. */
+  hostNames?: readonly string[];
+  /** Connection and request bounds (defaults in DEFAULT_LIMITS). */
+  limits?: Partial<ServerLimits>;
 }
+
+/** Bounds on what one client can hold of the endpoint. */
+export interface ServerLimits {
+  /** A request whose headers and body have not fully arrived after this long is answered 408 and closed (ms). */
+  requestTimeoutMs: number;
+  /** Open connections beyond this are refused at accept. */
+  maxConnections: number;
+}
+
+export const DEFAULT_LIMITS: ServerLimits = { requestTimeoutMs: 120_000, maxConnections: 10_000 };
 
 const UI_FILE = fileURLToPath(new URL('../../ui/index.html', import.meta.url));
 
 export async function buildServer(opts: ServerOptions): Promise<FastifyInstance> {
+  const limits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const ui = await readFile(UI_FILE, 'utf8');
+  const csp = uiCsp(ui);
+  const hosts = hostNames(opts.hostNames ?? []);
   const app = Fastify({
     logger: opts.logger ?? false,
     bodyLimit: 1024 * 1024,
-    // Long-polls and event streams stay open; the claim itself bounds its wait.
-    requestTimeout: 0,
+    genReqId: () => `r-${randomBytes(6).toString('hex')}`,
+    // A slow or stalled sender is cut off once the whole request has not arrived in time (slowloris).
+    // This bounds receiving the request only: long-polls and event streams answer later, unaffected.
+    serverFactory: (handler) => {
+      const server = createServer(
+        {
+          requestTimeout: limits.requestTimeoutMs,
+          headersTimeout: Math.min(60_000, limits.requestTimeoutMs),
+          connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(limits.requestTimeoutMs / 4))),
+        },
+        handler,
+      );
+      server.maxConnections = limits.maxConnections;
+      return server;
+    },
     ajv: { customOptions: { allErrors: false, removeAdditional: false, coerceTypes: false } },
   });
   const auth = new Authenticator(opts.adminToken, opts.store);
@@ -44,10 +80,33 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     },
   });
 
+  // One JSON parser for every route: bounded nesting and no prototype keys, before any schema runs.
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    try {
+      done(null, parseJsonBody(body as string));
+    } catch (err) {
+      done(err as Error, undefined);
+    }
+  });
+
   app.decorateRequest('principal', null as never);
-  app.addHook('onRequest', async (req) => {
+  // Decided on the route the router matched (never on the raw URL text, which may be encoded): a request
+  // that matches no route is 404 before its body is read; every matched route needs a principal unless it
+  // declares itself public; a machine token reaches only the routes that accept machines.
+  app.addHook('onRequest', async (req, reply) => {
+    reply.headers(SECURITY_HEADERS);
+    reply.header('x-request-id', req.id);
+    if (!allowedHost(req.headers.host, hosts)) {
+      throw new TaktError('misdirected', `this endpoint does not answer to host '${req.headers.host ?? ''}'; use its address or add the name with --host-name`);
+    }
+    if (req.is404) {
+      reply.header('connection', 'close');
+      throw notFoundError(req.method, req.url);
+    }
+    checkQuery(req.query);
     const cfg = req.routeOptions.config;
-    if (cfg?.public || !(req.url.startsWith('/api/') || req.routeOptions.url === '/metrics')) return;
+    if (cfg?.public) return;
     req.principal = await auth.authenticate(req.headers.authorization);
     if (req.principal.kind === 'machine' && !cfg?.machine) {
       throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
@@ -60,33 +119,29 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
 
   app.setErrorHandler((err: FastifyError | TaktError, req, reply) => {
-    if (err instanceof TaktError) return reply.code(err.status).send(err.toBody());
-    const fe = err as FastifyError;
-    if (fe.validation) {
-      const v = fe.validation[0]!;
-      const extra = (v.params as { additionalProperty?: string; missingProperty?: string } | undefined) ?? {};
-      const field = extra.additionalProperty ?? extra.missingProperty;
-      const path = `${v.instancePath ?? ''}${field ? `/${field}` : ''}`;
-      const message =
-        v.keyword === 'additionalProperties'
-          ? `unknown field '${field}'`
-          : v.keyword === 'required'
-            ? `missing required field '${field}'`
-            : `${path || fe.validationContext || 'body'} ${v.message ?? 'is invalid'}`;
-      return reply.code(422).send(new TaktError('invalid', message, { path: path || '/' }).toBody());
+    if (err instanceof TaktError) {
+      if (err.status < 500) return reply.code(err.status).send(err.toBody());
+    } else {
+      const fe = err as FastifyError;
+      if (fe.validation) return reply.code(422).send(validationError(fe).toBody());
+      const status = fe.statusCode ?? 500;
+      if (status === 413) return reply.code(413).send(new TaktError('too_large', `request body is too large (limit ${req.routeOptions.bodyLimit ?? 1048576} bytes)`).toBody());
+      if (status >= 400 && status < 500) {
+        const code = status === 404 ? 'not_found' : 'bad_request';
+        return reply.code(status).send(new TaktError(code, fe.message.replace(/^FST_\w+: /, '')).toBody());
+      }
     }
-    const status = fe.statusCode ?? 500;
-    if (status === 413) return reply.code(413).send(new TaktError('too_large', `request body is too large (limit ${req.routeOptions.bodyLimit ?? 1048576} bytes)`).toBody());
-    if (status >= 400 && status < 500) {
-      const code = status === 415 ? 'bad_request' : status === 404 ? 'not_found' : 'bad_request';
-      return reply.code(status).send(new TaktError(code, fe.message.replace(/^FST_\w+: /, '')).toBody());
-    }
-    req.log.error({ err }, 'unhandled error');
-    return reply.code(500).send(new TaktError('internal', 'internal error; the endpoint log has the details').toBody());
+    // Every 5xx is a bug or an outage: logged with the request id the answer carries.
+    opts.log?.('error', `${req.method} ${req.routeOptions.url ?? '(no route)'} failed: ${err.message}`, { requestId: req.id, stack: err.stack });
+    req.log.error({ err, requestId: req.id }, 'unhandled error');
+    const status = err instanceof TaktError ? err.status : 500;
+    const body = err instanceof TaktError ? err.toBody() : new TaktError('internal', 'internal error; the endpoint log has the details').toBody();
+    body.error.requestId = req.id;
+    return reply.code(status).send(body);
   });
 
   app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send(new TaktError('not_found', `no route ${req.method} ${req.url.split('?')[0]}; see GET /api/v1/openapi.json`).toBody());
+    reply.code(404).send(notFoundError(req.method, req.url).toBody());
   });
 
   app.get('/api/v1/health', { config: { public: true }, schema: { hide: true } }, async () => ({ status: 'ok', version: opts.version }));
@@ -97,8 +152,8 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     return body;
   });
   app.get('/', { config: { public: true }, schema: { hide: true } }, async (_req, reply) => {
-    reply.type('text/html; charset=utf-8');
-    return readFile(UI_FILE, 'utf8');
+    reply.type('text/html; charset=utf-8').header('content-security-policy', csp).header('cache-control', 'no-store');
+    return ui;
   });
 
   machineRoutes(app, opts);
@@ -107,6 +162,31 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   eventRoutes(app, opts);
   rolloutRoutes(app, opts);
   reportRoutes(app, opts);
+  // Everything but the UI page is data: nothing in an API answer may load or run.
+  app.addHook('onSend', async (_req, reply) => {
+    if (!reply.hasHeader('content-security-policy')) reply.header('content-security-policy', API_CSP);
+  });
   await app.ready();
   return app;
+}
+
+/** The 404 answer; echoes only the path (never the query, which may hold a token or a value). */
+function notFoundError(method: string, url: string): TaktError {
+  const path = url.split('?')[0]!;
+  return new TaktError('not_found', `no route ${method} ${path.length > 200 ? `${path.slice(0, 200)}…` : path}; see GET /api/v1/openapi.json`);
+}
+
+/** A schema violation as a 422 naming the field (never echoing the value, which may be secure). */
+function validationError(fe: FastifyError): TaktError {
+  const v = fe.validation![0]!;
+  const extra = (v.params as { additionalProperty?: string; missingProperty?: string } | undefined) ?? {};
+  const field = extra.additionalProperty ?? extra.missingProperty;
+  const path = `${v.instancePath ?? ''}${field ? `/${field}` : ''}`;
+  const message =
+    v.keyword === 'additionalProperties'
+      ? `unknown field '${field}'`
+      : v.keyword === 'required'
+        ? `missing required field '${field}'`
+        : `${path || fe.validationContext || 'body'} ${v.message ?? 'is invalid'}`;
+  return new TaktError('invalid', message, { path: path || '/' });
 }

@@ -18,6 +18,18 @@ program
   .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: true });
 
+interface ServeCliOptions {
+  listen: string;
+  data: string;
+  demo: boolean;
+  lease: string;
+  churnCheck: string;
+  logFormat: 'text' | 'json';
+  hostName: string[];
+  requestTimeout: string;
+  maxConnections: string;
+}
+
 const globals = (): GlobalOptions => program.opts<GlobalOptions>();
 
 program
@@ -29,7 +41,22 @@ program
   .option('--lease <duration>', 'how long a running job may go without word from its agent before it is lost', process.env.TAKT_LEASE ?? '30s')
   .option('--churn-check <duration>', 'how often the churn policy looks for machines past their max age', process.env.TAKT_CHURN_CHECK ?? '1m')
   .addOption(new Option('--log-format <format>', 'log format').choices(['text', 'json']).default(process.env.TAKT_LOG_FORMAT ?? 'text'))
-  .action(async (o: { listen: string; data: string; demo: boolean; lease: string; churnCheck: string; logFormat: 'text' | 'json' }) => {
+  .option(
+    '--host-name <name...>',
+    'a DNS name clients use to reach this endpoint (env TAKT_HOST_NAMES, comma-separated); requests for other names are refused (DNS rebinding). IP addresses, localhost and this host\'s name are always accepted',
+    process.env.TAKT_HOST_NAMES ? process.env.TAKT_HOST_NAMES.split(',').map((s) => s.trim()).filter(Boolean) : [],
+  )
+  .option('--request-timeout <duration>', 'a request whose headers and body have not all arrived after this long is answered 408 and closed (env TAKT_REQUEST_TIMEOUT)', process.env.TAKT_REQUEST_TIMEOUT ?? '2m')
+  .option('--max-connections <n>', 'open connections beyond this are refused (env TAKT_MAX_CONNECTIONS)', process.env.TAKT_MAX_CONNECTIONS ?? '10000')
+  .addHelpText(
+    'after',
+    `
+Examples:
+  takt serve --demo                          endpoint on http://127.0.0.1:8092 with three demo machines
+  takt serve --data /var/lib/takt --log-format json
+  takt serve --host-name takt.example.org    also answer to that name (besides IPs and localhost)`,
+  )
+  .action(async (o: ServeCliOptions) => {
     const { serve } = await import('./serve.js');
     const server = await serve(o);
     let closing = false;

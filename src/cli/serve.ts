@@ -6,7 +6,8 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { buildServer } from '../api/server.js';
+import { hostname } from 'node:os';
+import { buildServer, type ServerLimits } from '../api/server.js';
 import { NetnsPlacement } from '../brokers/netns.js';
 import { ProcessBroker } from '../brokers/process.js';
 import { readPackDir } from '../content/files.js';
@@ -34,6 +35,12 @@ export interface ServeOptions {
   lease: string;
   churnCheck: string;
   logFormat: 'text' | 'json';
+  /** DNS names besides IP literals, localhost and this host's name that clients use (DNS-rebinding check). */
+  hostName?: string[];
+  /** Duration text: how long a request may take to arrive whole (slow senders are cut off). */
+  requestTimeout?: string;
+  /** Decimal text: the cap on open connections. */
+  maxConnections?: string;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -43,6 +50,22 @@ export function parseListen(listen: string): { host: string; port: number } {
 }
 
 const isLoopback = (host: string) => host === 'localhost' || host === '::1' || /^127\./.test(host);
+
+/** The connection and request bounds from the serve options; each refused with the flag's name when malformed. */
+function serverLimits(opts: ServeOptions): Partial<ServerLimits> {
+  const limits: Partial<ServerLimits> = {};
+  if (opts.requestTimeout !== undefined) {
+    const ms = parseDuration(opts.requestTimeout, '--request-timeout');
+    if (ms < 1000 || ms > 3_600_000) throw new TaktError('bad_request', `--request-timeout must be from 1s to 1h (got '${opts.requestTimeout}')`);
+    limits.requestTimeoutMs = ms;
+  }
+  if (opts.maxConnections !== undefined) {
+    const n = Number(opts.maxConnections);
+    if (!/^\d+$/.test(opts.maxConnections) || n < 16 || n > 1_000_000) throw new TaktError('bad_request', `--max-connections must be a whole number from 16 to 1000000 (got '${opts.maxConnections}')`);
+    limits.maxConnections = n;
+  }
+  return limits;
+}
 
 /** Reads a secret file from the data dir, creating it (0600) on first start. */
 function secretFile(path: string, make: () => string): { value: string; created: boolean } {
@@ -99,6 +122,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     brokers,
     version: VERSION,
     adminToken: admin.value,
+    log,
+    hostNames: [hostname(), ...(opts.hostName ?? [])],
+    limits: serverLimits(opts),
   });
   await app.listen({ host, port });
   const addr = app.server.address();

@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'not_found'
   | 'conflict'
   | 'too_large'
+  | 'misdirected'
   | 'unavailable'
   | 'internal';
 
@@ -21,12 +22,14 @@ const statusByCode: Record<ErrorCode, number> = {
   not_found: 404,
   conflict: 409,
   too_large: 413,
+  misdirected: 421,
   unavailable: 503,
   internal: 500,
 };
 
 export interface ErrorBody {
-  error: { code: ErrorCode; message: string; path?: string; details?: unknown };
+  /** `requestId` is set on 5xx answers: the endpoint log has the details under that id. */
+  error: { code: ErrorCode; message: string; path?: string; details?: unknown; requestId?: string };
 }
 
 export class TaktError extends Error {

@@ -1,7 +1,7 @@
 /**
  * Store on Kysely: the same queries for SQLite and PostgreSQL.
  */
-import { CompiledQuery, Kysely, Migrator, type Compilable, type Selectable, type Transaction } from 'kysely';
+import { CompiledQuery, Kysely, sql, Migrator, type Compilable, type Selectable, type Transaction } from 'kysely';
 import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
@@ -241,11 +241,13 @@ class SqlReads implements Reads {
   }
   private machineQuery(f: MachineFilter) {
     let q = this.db.selectFrom('machines');
-    if (f.state) q = q.where('state', '=', f.state);
-    if (f.pipeline) q = q.where('pipeline', '=', f.pipeline);
-    if (f.environment) q = q.where('environment', '=', f.environment);
-    if (f.broker) q = q.where('broker', '=', f.broker);
-    if (f.name) q = q.where('name', 'like', `%${f.name.replace(/[%_]/g, '')}%`);
+    // A filter given is a filter applied, literally: an empty or wildcard-looking value matches only
+    // itself, never every machine.
+    if (f.state !== undefined) q = q.where('state', '=', f.state);
+    if (f.pipeline !== undefined) q = q.where('pipeline', '=', f.pipeline);
+    if (f.environment !== undefined) q = q.where('environment', '=', f.environment);
+    if (f.broker !== undefined) q = q.where('broker', '=', f.broker);
+    if (f.name !== undefined) q = q.where(sql<boolean>`name like ${`%${f.name.replace(/[\\%_]/g, (c) => `\\${c}`)}%`} escape '\\'`);
     return q;
   }
   async listMachines(f: MachineFilter = {}) {
@@ -275,11 +277,11 @@ class SqlReads implements Reads {
   }
   async listJobs(f: JobFilter = {}) {
     let q = this.db.selectFrom('jobs').selectAll();
-    if (f.machineId) q = q.where('machine_id', '=', f.machineId);
-    if (f.state) q = q.where('state', '=', f.state);
-    if (f.task) q = q.where('task', '=', f.task);
-    if (f.workOrderId) q = q.where('work_order_id', '=', f.workOrderId);
-    if (f.since) q = q.where('created_at', '>=', f.since);
+    if (f.machineId !== undefined) q = q.where('machine_id', '=', f.machineId);
+    if (f.state !== undefined) q = q.where('state', '=', f.state);
+    if (f.task !== undefined) q = q.where('task', '=', f.task);
+    if (f.workOrderId !== undefined) q = q.where('work_order_id', '=', f.workOrderId);
+    if (f.since !== undefined) q = q.where('created_at', '>=', f.since);
     const dir = f.order ?? 'desc';
     const rows = await q.orderBy('created_at', dir).orderBy('id', dir).limit(limitOf(f.limit)).offset(f.offset ?? 0).execute();
     return rows.map(jobFromRow);
@@ -333,8 +335,8 @@ class SqlReads implements Reads {
   }
   async listWorkOrders(f: WorkOrderFilter = {}) {
     let q = this.db.selectFrom('work_orders').selectAll();
-    if (f.machineId) q = q.where('machine_id', '=', f.machineId);
-    if (f.state) q = q.where('state', '=', f.state);
+    if (f.machineId !== undefined) q = q.where('machine_id', '=', f.machineId);
+    if (f.state !== undefined) q = q.where('state', '=', f.state);
     const rows = await q.orderBy('created_at').orderBy('id').limit(limitOf(f.limit)).offset(f.offset ?? 0).execute();
     return rows.map(workOrderFromRow);
   }
@@ -369,7 +371,7 @@ class SqlReads implements Reads {
   }
   async listChanges(f: ChangeFilter = {}) {
     let q = this.db.selectFrom('changes').selectAll();
-    if (f.object) q = q.where('object', '=', f.object);
+    if (f.object !== undefined) q = q.where('object', '=', f.object);
     if (f.after !== undefined) q = q.where('seq', '>', f.after);
     const rows = await q.orderBy('seq', 'desc').limit(limitOf(f.limit)).offset(f.offset ?? 0).execute();
     return rows.map((r) => changeFromRow(r));

@@ -2,6 +2,7 @@ import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { TaktEvent } from '../../model/machine.js';
 import { author, intQuery, type ApiContext } from '../context.js';
+import { API_CSP, SECURITY_HEADERS } from '../guard.js';
 import { topicMatcher } from '../topics.js';
 
 const KEEPALIVE_MS = 15_000;
@@ -11,7 +12,13 @@ const KEEPALIVE_MS = 15_000;
  */
 const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
 
-const REPLAY_PAGE = 1000;
+/**
+ * A replay reads and writes this many events, then lets the event loop serve other requests before the
+ * next page: the store is synchronous (SQLite), so a replay that only awaited promises would hold the loop
+ * from its first page to its last and stall every other client (10 replays from 0 stalled /health for 8 s).
+ */
+export const REPLAY_PAGE = 500;
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /** Resolves when the response's buffer has drained or the connection is gone. */
 function drained(res: ServerResponse): Promise<void> {
@@ -24,6 +31,37 @@ function drained(res: ServerResponse): Promise<void> {
     res.once('drain', done);
     res.once('close', done);
   });
+}
+
+/** What a replay needs from its stream; `pause` lets the event loop run other work between pages. */
+export interface ReplayPort {
+  list(after: number, limit: number): Promise<TaktEvent[]>;
+  /** The id after which to read next (the last event sent). */
+  after(): number;
+  send(e: TaktEvent): void;
+  closed(): boolean;
+  /** A promise to wait on when the client reads slower than we write, else null. */
+  backpressure(): Promise<void> | null;
+  pause(): Promise<void>;
+}
+
+/**
+ * Replays stored events page by page, pausing for the event loop before each page (the store is
+ * synchronous, so a replay that only awaited its queries would hold the loop from first page to last).
+ */
+export async function replay(port: ReplayPort): Promise<void> {
+  while (!port.closed()) {
+    await port.pause();
+    if (port.closed()) return;
+    const page = await port.list(port.after(), REPLAY_PAGE);
+    for (const e of page) {
+      port.send(e);
+      const wait = port.backpressure();
+      if (wait) await wait;
+      if (port.closed()) return;
+    }
+    if (page.length < REPLAY_PAGE) return;
+  }
 }
 
 /** Each event is serialised once, however many subscribers it goes to. */
@@ -90,6 +128,9 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, {
+      ...SECURITY_HEADERS,
+      'content-security-policy': API_CSP,
+      'x-request-id': req.id,
       'content-type': 'text/event-stream; charset=utf-8',
       'cache-control': 'no-cache, no-transform',
       connection: 'keep-alive',
@@ -128,15 +169,14 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (since !== undefined) {
       // The replay is written as fast as the client reads it: a client catching up after being cut off
       // must not be cut off again by its own replay.
-      while (!closed) {
-        const page = await store.listEvents(lastSent, REPLAY_PAGE);
-        for (const e of page) {
-          send(e);
-          if (res.writableLength > MAX_BUFFERED_BYTES / 2) await drained(res);
-          if (closed) break;
-        }
-        if (page.length < REPLAY_PAGE) break;
-      }
+      await replay({
+        list: (after, limit) => store.listEvents(after, limit),
+        after: () => lastSent,
+        send,
+        closed: () => closed,
+        backpressure: () => (res.writableLength > MAX_BUFFERED_BYTES / 2 ? drained(res) : null),
+        pause: yieldToLoop,
+      });
     }
     if (closed) return;
     live = true;

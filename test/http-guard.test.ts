@@ -1,0 +1,390 @@
+/**
+ * The endpoint's front door, against a real endpoint: authorisation decided on the matched route (never
+ * on the URL text), the Host check, security headers, query and body shapes, bounded request time and
+ * connections, 5xx with a request id, event replays that do not hold the event loop, literal filters.
+ * Plus table tests of the pure guard rules.
+ */
+import { request as httpRequest } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { allowedHost, checkQuery, hostNames, jsonDepth, MAX_JSON_DEPTH, parseJsonBody, uiCsp } from '../src/api/guard.js';
+import { buildServer } from '../src/api/server.js';
+import type { ApiContext } from '../src/api/context.js';
+import { replay, REPLAY_PAGE } from '../src/api/routes/events.js';
+import type { TaktEvent } from '../src/model/machine.js';
+import { Endpoint, packFiles } from './helpers/endpoint.js';
+
+interface Raw {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+}
+
+/** One HTTP request with the path sent exactly as given (fetch and URL would normalise it). */
+function raw(base: string, method: string, path: string, opts: { token?: string; host?: string; body?: string; headers?: Record<string, string> } = {}): Promise<Raw> {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { ...opts.headers };
+    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+    if (opts.host) headers.host = opts.host;
+    if (opts.body !== undefined) {
+      headers['content-type'] ??= 'application/json';
+      headers['content-length'] = String(Buffer.byteLength(opts.body));
+    }
+    const req = httpRequest({ host: u.hostname, port: u.port, method, path, headers, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+const json = (r: Raw) => JSON.parse(r.body) as { error: { code: string; message: string; path?: string; requestId?: string } };
+
+describe('guard rules (pure)', () => {
+  const names = hostNames(['takt.example.org']);
+  it.each([
+    ['127.0.0.1:8092', true],
+    ['127.0.0.1', true],
+    ['[::1]:8092', true],
+    ['10.201.3.1:8092', true],
+    ['localhost:8092', true],
+    ['LOCALHOST', true],
+    ['takt.example.org:443', true],
+    ['takt.example.org.', true],
+    ['evil.example:8092', false],
+    ['127.0.0.1.nip.io', false],
+    ['[not-an-ip]:1', false],
+    ['a b', false],
+    ['', false],
+    [undefined, false],
+  ])('Host %s → %s', (host, ok) => {
+    expect(allowedHost(host, names)).toBe(ok);
+  });
+
+  it.each([
+    [{ a: 'x' }, null],
+    [{ a: ['x', 'y'] }, "query parameter 'a' is given more than once"],
+    [{ name: '' }, "query parameter 'name' is empty"],
+    [undefined, null],
+  ])('query %j', (q, problem) => {
+    if (problem) expect(() => checkQuery(q)).toThrow(problem);
+    else expect(() => checkQuery(q)).not.toThrow();
+  });
+
+  it.each([
+    ['{}', 1],
+    ['[[[]]]', 3],
+    ['{"a":"{{{{[[["}', 1],
+    ['{"a":"\\"{{"}', 1],
+    ['1', 0],
+  ])('jsonDepth(%s) = %d', (text, depth) => {
+    expect(jsonDepth(text)).toBe(depth);
+  });
+
+  it('parseJsonBody refuses deep nesting, prototype keys and non-JSON; accepts the rest', () => {
+    expect(() => parseJsonBody('['.repeat(MAX_JSON_DEPTH + 1) + ']'.repeat(MAX_JSON_DEPTH + 1))).toThrow(/nested 65 deep/);
+    expect(parseJsonBody('['.repeat(MAX_JSON_DEPTH) + ']'.repeat(MAX_JSON_DEPTH))).toBeDefined();
+    expect(() => parseJsonBody('{"a":{"__proto__":{"admin":true}}}')).toThrow(/forbidden key '__proto__'/);
+    expect(() => parseJsonBody('{"constructor":{"prototype":{"x":1}}}')).toThrow(/forbidden key 'constructor'/);
+    expect(parseJsonBody('{"constructor":"ok","text":"__proto__"}')).toEqual({ constructor: 'ok', text: '__proto__' });
+    expect(() => parseJsonBody('{')).toThrow(/not valid JSON/);
+    expect(() => parseJsonBody('  ')).toThrow(/body is empty/);
+  });
+
+  it('the UI CSP allows exactly the page\'s own inline scripts', () => {
+    const csp = uiCsp('<script type="module">go()</script><script>x</script>');
+    expect(csp).toMatch(/script-src 'sha256-[^']+' 'sha256-[^']+';/);
+    expect(csp).toContain("frame-ancestors 'none'");
+    expect(uiCsp('<p>no scripts</p>')).toContain("script-src 'none'");
+  });
+});
+
+describe('a real endpoint', () => {
+  let ep: Endpoint;
+  let openapi: { paths: Record<string, Record<string, unknown>> };
+
+  beforeAll(async () => {
+    ep = await Endpoint.start({ env: { TAKT_REQUEST_TIMEOUT: '1s', TAKT_MAX_CONNECTIONS: '64', TAKT_HOST_NAMES: 'takt.example.org' } });
+    const r = await raw(ep.url, 'POST', '/api/v1/packs', { token: ep.token, body: JSON.stringify({ files: await packFiles('basic') }) });
+    expect(r.status, r.body).toBe(201);
+    openapi = JSON.parse((await raw(ep.url, 'GET', '/api/v1/openapi.json', { token: ep.token })).body);
+  });
+  afterAll(async () => ep?.stop());
+
+  /** Every way to spell a path that a prefix check on the raw URL would miss, or that a router may treat alike. */
+  function variants(path: string): string[] {
+    const segs = path.split('/').filter(Boolean);
+    const enc = (s: string) => [...s].map((c) => `%${c.charCodeAt(0).toString(16).padStart(2, '0')}`).join('');
+    const out = new Set<string>([path]);
+    segs.forEach((seg, i) => {
+      const with_ = (f: (s: string) => string) => '/' + segs.map((s, j) => (j === i ? f(s) : s)).join('/');
+      out.add(with_(enc));
+      out.add(with_((s) => enc(s).replace(/%/g, '%25'))); // double-encoded
+      out.add(with_((s) => `%${s.charCodeAt(0).toString(16).toUpperCase()}${s.slice(1)}`));
+      out.add(with_((s) => s.toUpperCase()));
+      out.add(with_((s) => `${s};x=1`));
+      out.add(with_((s) => `./${s}`));
+      out.add(with_((s) => `${s}/`));
+    });
+    out.add(`/${path}`);
+    out.add(path.replace(/\//g, '//'));
+    out.add(`/./${path.slice(1)}`);
+    out.add(`${path}/.`);
+    out.add(`${path}?x=1#frag`);
+    return [...out];
+  }
+
+  it('every route of the OpenAPI document, however its path is spelled, is 401 or 404 without a token — never 2xx, never 5xx', async () => {
+    const routes = Object.entries(openapi.paths).flatMap(([p, ops]) => Object.keys(ops).map((m) => [m.toUpperCase(), p.replace(/\{[^}]+\}/g, 'x-1')] as const));
+    expect(routes.length).toBeGreaterThan(30);
+    routes.push(['GET', '/metrics'], ['GET', '/api/v1/openapi.json'], ['GET', '/api/v1/events']);
+    const seen = new Map<number, number>();
+    for (const [method, path] of routes) {
+      for (const v of variants(path)) {
+        const r = await raw(ep.url, method, v, method === 'GET' || method === 'DELETE' ? {} : { body: '{}' });
+        seen.set(r.status, (seen.get(r.status) ?? 0) + 1);
+        expect([400, 401, 404, 405], `${method} ${v} → ${r.status} ${r.body.slice(0, 200)}`).toContain(r.status);
+        if (r.status !== 405) expect(json(r).error.code, `${method} ${v}`).toBeTruthy();
+      }
+    }
+    expect(seen.get(401)).toBeGreaterThan(100);
+  });
+
+  it('the encoded examples of the audit: /%61pi/v1/export and the event stream answer 401', async () => {
+    for (const p of ['/%61pi/v1/export', '/%61pi/v1/events?since=0', '/api/v1/%65xport', '/api/%76%31/export']) {
+      const r = await raw(ep.url, 'GET', p);
+      expect(r.status, p).toBe(401);
+    }
+    const write = await raw(ep.url, 'POST', '/%61pi/v1/machines', { body: '{"name":"sneak"}' });
+    expect(write.status).toBe(401);
+  });
+
+  it('a request that matches no route is 404 without its body being read', async () => {
+    const sock = connect(Number(new URL(ep.url).port), '127.0.0.1');
+    const answer = await new Promise<string>((resolve, reject) => {
+      let got = '';
+      sock.on('data', (d) => {
+        got += d.toString();
+        if (got.includes('\r\n\r\n')) resolve(got);
+      });
+      sock.on('error', reject);
+      // Announces a gigabyte and sends none of it: the answer must not wait for it.
+      sock.write(`POST /nope HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000000000\r\n\r\n`);
+    });
+    sock.destroy();
+    expect(answer).toMatch(/^HTTP\/1\.1 404/);
+  });
+
+  it('a Host the endpoint does not serve is 421 (DNS rebinding); its own names are accepted', async () => {
+    const evil = await raw(ep.url, 'GET', '/api/v1/machines', { token: ep.token, host: 'attacker.example:8092' });
+    expect(evil.status).toBe(421);
+    expect(json(evil).error.code).toBe('misdirected');
+    expect((await raw(ep.url, 'GET', '/api/v1/health', { host: 'attacker.example' })).status).toBe(421);
+    expect((await raw(ep.url, 'GET', '/', { host: 'attacker.example' })).status).toBe(421);
+    for (const host of ['takt.example.org:8092', 'localhost:1', '127.0.0.1']) {
+      expect((await raw(ep.url, 'GET', '/api/v1/health', { host })).status, host).toBe(200);
+    }
+  });
+
+  it('the UI carries a CSP and anti-framing headers; the API says nosniff and carries a request id', async () => {
+    const ui = await raw(ep.url, 'GET', '/');
+    expect(ui.status).toBe(200);
+    expect(ui.headers['content-security-policy']).toMatch(/script-src 'sha256-/);
+    expect(ui.headers['content-security-policy']).toContain("frame-ancestors 'none'");
+    expect(ui.headers['x-frame-options']).toBe('DENY');
+    expect(ui.headers['referrer-policy']).toBe('no-referrer');
+    const api = await raw(ep.url, 'GET', '/api/v1/machines', { token: ep.token });
+    expect(api.headers['x-content-type-options']).toBe('nosniff');
+    expect(api.headers['x-request-id']).toMatch(/^r-[0-9a-f]{12}$/);
+  });
+
+  it('repeated, empty and malformed query parameters are 400 with the error shape', async () => {
+    const cases: Array<[string, string]> = [
+      ['/api/v1/machines?state=done&state=stopped', 'state'],
+      ['/api/v1/machines?name=', 'name'],
+      ['/api/v1/jobs?limit=1&limit=2', 'limit'],
+      ['/api/v1/changes?limit=1e3', 'limit'],
+      ['/api/v1/changes?offset=-1', 'offset'],
+      ['/api/v1/changes?after=99999999999999999999', 'after'],
+      ['/api/v1/events?topics=a&topics=b', 'topics'],
+    ];
+    for (const [path, param] of cases) {
+      const r = await raw(ep.url, 'GET', path, { token: ep.token });
+      expect(r.status, path).toBe(400);
+      expect(json(r).error.path, path).toBe(param);
+    }
+  });
+
+  it('ids past 1,000,000 are accepted where ids are expected', async () => {
+    const r = await raw(ep.url, 'GET', '/api/v1/changes?after=1000001', { token: ep.token });
+    expect(r.status, r.body).toBe(200);
+    const change = await raw(ep.url, 'GET', '/api/v1/changes/123456789012', { token: ep.token });
+    expect(change.status, change.body).toBe(404);
+  });
+
+  it('a filter value is literal: ?name=_ and ?name=% match no machine unless one has that name', async () => {
+    const made = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'lit-a' }) });
+    expect(made.status).toBe(201);
+    for (const q of ['_', '%', '%25', '\\']) {
+      const r = await raw(ep.url, 'GET', `/api/v1/machines?name=${encodeURIComponent(q)}`, { token: ep.token });
+      expect(r.status, q).toBe(200);
+      expect(JSON.parse(r.body).total, q).toBe(0);
+    }
+    const r = await raw(ep.url, 'GET', '/api/v1/machines?name=lit-', { token: ep.token });
+    expect(JSON.parse(r.body).total).toBe(1);
+  });
+
+  it('params nested 10,000 deep and prototype keys are 400, and nothing is written', async () => {
+    const before = JSON.parse((await raw(ep.url, 'GET', '/api/v1/changes?limit=1000', { token: ep.token })).body).items.length;
+    const deep = `{"name":"deep","params":${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}}`;
+    const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: deep });
+    expect(r.status).toBe(400);
+    expect(json(r).error.message).toContain('nested 10001 deep');
+    const arrays = await raw(ep.url, 'PATCH', '/api/v1/machines/lit-a', { token: ep.token, body: `{"params":{"x":${'['.repeat(10_000)}${']'.repeat(10_000)}}}` });
+    expect(arrays.status).toBe(400);
+    const poison = await raw(ep.url, 'PATCH', '/api/v1/machines/lit-a', { token: ep.token, body: '{"params":{"__proto__":{"polluted":1}}}' });
+    expect(poison.status).toBe(400);
+    const after = JSON.parse((await raw(ep.url, 'GET', '/api/v1/changes?limit=1000', { token: ep.token })).body).items.length;
+    expect(after).toBe(before);
+  });
+
+  it('a body that drips in slower than the request timeout is cut off with 408, while a long-poll answering later is not', async () => {
+    const sock: Socket = connect(Number(new URL(ep.url).port), '127.0.0.1');
+    const closed = new Promise<string>((resolve) => {
+      let got = '';
+      sock.on('data', (d) => (got += d.toString()));
+      sock.on('close', () => resolve(got));
+      sock.on('error', () => undefined);
+    });
+    sock.write(`POST /api/v1/machines HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${ep.token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`);
+    // One byte now and then, never the whole body: the endpoint ends it (the test's own deadline is 60 s).
+    const drip = setInterval(() => sock.writable && sock.write(' '), 200);
+    const got = await closed;
+    clearInterval(drip);
+    expect(got === '' || /^HTTP\/1\.1 408/.test(got), got).toBe(true);
+
+    // A machine's long-poll outlives the 1 s request timeout: it has fully arrived and is only waiting.
+    const m = JSON.parse((await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'poller' }) })).body).items[0];
+    const claim = await raw(ep.url, 'POST', `/api/v1/machines/${m.id}/claim?wait=3`, { token: m.token, body: '{}' });
+    expect(claim.status, claim.body).toBe(200);
+  });
+
+  it('connections beyond the cap are refused; the endpoint serves again once they close', async () => {
+    const port = Number(new URL(ep.url).port);
+    const socks: Socket[] = [];
+    const refused = new Set<number>();
+    // The cap is 64; 80 idle connections: the ones past the cap are closed by the endpoint at accept.
+    await Promise.all(
+      Array.from({ length: 80 }, (_, i) => new Promise<void>((resolve) => {
+        const s = connect(port, '127.0.0.1');
+        socks.push(s);
+        s.on('error', () => undefined);
+        s.on('close', () => {
+          refused.add(i);
+          resolve();
+        });
+        // A connection the endpoint keeps answers this probe; one it refused closes instead.
+        s.on('connect', () => s.write('GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n'));
+        s.on('data', () => resolve());
+      })),
+    );
+    expect(refused.size).toBeGreaterThan(0);
+    socks.forEach((s) => s.destroy());
+    await Promise.all(socks.map((s) => (s.closed ? null : new Promise((r) => s.once('close', r)))));
+    expect((await raw(ep.url, 'GET', '/api/v1/health')).status).toBe(200);
+  });
+
+  it('the endpoint answers /health while ten event replays from 0 run', async () => {
+    // Enough events that a replay takes many pages.
+    for (let i = 0; i < 4; i++) {
+      const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: `ev${i}`, count: 1000 }) });
+      expect(r.status, r.body).toBe(201);
+    }
+    const controllers: AbortController[] = [];
+    let finished = 0;
+    const readers = Array.from({ length: 10 }, async () => {
+      const ac = new AbortController();
+      controllers.push(ac);
+      const res = await fetch(`${ep.url}/api/v1/events?since=0&topics=machines.create`, { headers: { authorization: `Bearer ${ep.token}` }, signal: ac.signal });
+      const reader = res.body!.getReader();
+      let text = '';
+      let count = 0;
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += Buffer.from(value).toString();
+        const frames = text.split('\n\n');
+        text = frames.pop()!;
+        count += frames.filter((f) => f.includes('event: machines.create')).length;
+        if (count >= 4000) break;
+      }
+      finished++;
+      ac.abort();
+    });
+    const health = await raw(ep.url, 'GET', '/api/v1/health');
+    const finishedAtHealth = finished;
+    await Promise.all(readers.map((r) => r.catch(() => undefined)));
+    expect(health.status).toBe(200);
+    // Answered while replays were still going: before the fix it waited for all ten to finish.
+    expect(finishedAtHealth).toBeLessThan(10);
+  });
+});
+
+describe('event replay', () => {
+  it('pauses for the event loop before every page and reads no page larger than REPLAY_PAGE', async () => {
+    const total = REPLAY_PAGE * 3 + 7;
+    const events = Array.from({ length: total }, (_, i) => ({ id: i + 1, topic: 'machines.update.m', time: '', data: null }) as unknown as TaktEvent);
+    const trace: string[] = [];
+    let last = 0;
+    await replay({
+      list: async (after, limit) => {
+        trace.push(`list ${after} ${limit}`);
+        return events.filter((e) => e.id > after).slice(0, limit);
+      },
+      after: () => last,
+      send: (e) => (last = e.id),
+      closed: () => false,
+      backpressure: () => null,
+      pause: async () => void trace.push('pause'),
+    });
+    expect(last).toBe(total);
+    expect(trace).toEqual([0, 1, 2, 3].flatMap((p) => ['pause', `list ${p * REPLAY_PAGE} ${REPLAY_PAGE}`]));
+  });
+});
+
+describe('a 5xx', () => {
+  it('is logged with a request id that the error body carries, and says nothing of the cause', async () => {
+    const failing = new Proxy(
+      {},
+      {
+        get: (_t, prop) => (prop === 'onEvents' ? () => () => undefined : () => Promise.reject(new Error('disk on fire at /secret/path'))),
+      },
+    );
+    const logged: Array<{ msg: string; fields?: Record<string, unknown> }> = [];
+    const app = await buildServer({
+      store: failing,
+      brokers: new Map(),
+      version: 'test',
+      adminToken: 'tka.test',
+      log: (_level: string, msg: string, fields?: Record<string, unknown>) => logged.push({ msg, fields }),
+    } as unknown as ApiContext & { adminToken: string });
+    try {
+      const r = await app.inject({ method: 'GET', url: '/api/v1/machines', headers: { authorization: 'Bearer tka.test', host: '127.0.0.1' } });
+      expect(r.statusCode).toBe(500);
+      const body = r.json() as { error: { code: string; message: string; requestId: string } };
+      expect(body.error.code).toBe('internal');
+      expect(body.error.message).not.toContain('disk on fire');
+      expect(body.error.requestId).toBe(r.headers['x-request-id']);
+      expect(logged).toHaveLength(1);
+      expect(logged[0]!.fields!.requestId).toBe(body.error.requestId);
+      expect(logged[0]!.msg).toContain('disk on fire');
+    } finally {
+      await app.close();
+    }
+  });
+});
