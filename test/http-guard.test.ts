@@ -180,6 +180,15 @@ describe('a real endpoint', () => {
     expect(answer).toMatch(/^HTTP\/1\.1 404/);
   });
 
+  it('a path that is not valid percent-encoding is 400 in the error shape (not the framework\'s)', async () => {
+    for (const p of ['/api/v1/machines/%c0%af', '/api/v1/machines/%ff/restart', '/api/v1/jobs/%']) {
+      const r = await raw(ep.url, 'GET', p, { token: ep.token });
+      expect(r.status, p).toBe(400);
+      expect(json(r).error.code, p).toBe('bad_request');
+      expect(r.headers['x-content-type-options']).toBe('nosniff');
+    }
+  });
+
   it('a Host the endpoint does not serve is 421 (DNS rebinding); its own names are accepted', async () => {
     const evil = await raw(ep.url, 'GET', '/api/v1/machines', { token: ep.token, host: 'attacker.example:8092' });
     expect(evil.status).toBe(421);

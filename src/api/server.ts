@@ -7,7 +7,7 @@ import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { TaktError } from '../model/errors.js';
 import { Authenticator } from './auth.js';
 import { allowedHost, API_CSP, checkQuery, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
@@ -67,6 +67,16 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       return server;
     },
     ajv: { customOptions: { allErrors: false, removeAdditional: false, coerceTypes: false } },
+    // Errors the framework raises before routing (a path that is not valid percent-encoding, a bad
+    // content type) leave in the one error shape too.
+    frameworkErrors: (err, _req, res) => {
+      const reply = res as unknown as FastifyReply;
+      const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+      void reply
+        .headers(SECURITY_HEADERS)
+        .code(status)
+        .send(new TaktError(status === 404 ? 'not_found' : 'bad_request', err.message.replace(/^FST_\w+: /, '')).toBody());
+    },
   });
   const auth = new Authenticator(opts.adminToken, opts.store);
   const metrics = new Metrics(opts.store);
