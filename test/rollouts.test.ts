@@ -87,27 +87,29 @@ describe('rollouts', () => {
   });
 
   it('andon pull pauses every running rollout; resume continues; abort skips what has not started', async () => {
+    // Approval between waves gives the rollout a place to hold that does not depend on how fast agents are.
     const created = JSON.parse(
-      (await ep.cli(['rollouts', 'create', '--pipeline', 'basic', '--select', 'name=fleet', '--canary', '0', '--batch', '2', '--max-in-flight', '1', '--no-wait', '-o', 'json'])).stdout,
+      (await ep.cli(['rollouts', 'create', '--pipeline', 'basic', '--select', 'name=fleet', '--canary', '0', '--batch', '2', '--max-in-flight', '1', '--approve-between-waves', '--no-wait', '-o', 'json'])).stdout,
     ) as View;
     expect(created.waves).toBe(3);
     const pulled = await ep.cli(['andon', 'pull']);
     expect(pulled.stdout).toContain(`paused ${created.id}`);
     const paused = await rollout(created.id);
     expect(paused).toMatchObject({ state: 'paused', reason: 'andon pulled by admin' });
-    // nothing new starts while paused (what was running may finish)
+    // Nothing new starts while paused (what was running may finish). The wait cannot make this pass
+    // wrongly: a rollout that is not held would only have more machines started.
     const started = (v: View) => v.items.length - v.counts.pending;
     await new Promise((res) => setTimeout(res, 1500));
     const stillPaused = await rollout(created.id);
     expect(stillPaused.state).toBe('paused');
     expect(started(stillPaused)).toBe(started(paused));
     expect((await ep.cli(['rollouts', 'resume', created.id])).code).toBe(0);
-    await until(async () => (await rollout(created.id)).counts.succeeded >= 2, 60_000, 'progress after resume');
-    // Hold it again at once (agents pick up work immediately, so the rest would finish before a CLI starts).
-    await ep.api.post(`/rollouts/${created.id}/pause`, {});
+    // Resumed, it runs wave 1 and holds for approval before wave 2.
+    const held = await waitState(created.id, ['awaiting-approval']);
+    expect(held.counts).toMatchObject({ succeeded: 2, pending: 4 });
     const aborted = JSON.parse((await ep.cli(['rollouts', 'abort', created.id, '-o', 'json'])).stdout) as View;
     expect(aborted.state).toBe('aborted');
-    expect(aborted.counts.skipped).toBeGreaterThan(0);
+    expect(aborted.counts).toMatchObject({ succeeded: 2, skipped: 4 });
     expect((await ep.cli(['rollouts', 'resume', created.id])).stderr).toMatch(/is aborted .*only when paused/);
   });
 
