@@ -30,6 +30,11 @@ describe.skipIf(!haveChromium)('web UI', () => {
 
   it('shows machines live, their jobs, and a job log', async () => {
     const page = await browser.newPage();
+    // The page runs under its Content-Security-Policy: anything it needs that the policy blocks shows here.
+    const violations: string[] = [];
+    page.on('console', (m) => {
+      if (/Content Security Policy|Refused to/i.test(m.text())) violations.push(m.text());
+    });
     await page.goto(`${ep.url}/#token=${ep.token}`);
     // the token moves from the URL into local storage
     await expect.poll(() => page.evaluate('location.hash')).toBe('');
@@ -47,6 +52,10 @@ describe.skipIf(!haveChromium)('web UI', () => {
     await expect.poll(async () => page.locator('#jobs tr').count(), { timeout: 10_000 }).toBe(8);
     await page.locator('#jobs tr', { hasText: 'write-motd' }).click();
     await expect.poll(async () => page.locator('#log').textContent(), { timeout: 10_000 }).toMatch(/This is demo-1 \(local\)[\s\S]*— succeeded/);
+    expect(violations).toEqual([]);
+    // …and the policy is in force: a script injected into the page does not run.
+    const injected = await page.evaluate(`(() => { const s = document.createElement('script'); s.textContent = 'window.pwned = 1'; document.body.append(s); return window.pwned === 1; })()`);
+    expect(injected).toBe(false);
   });
 
   it('asks for a token when it has none or a wrong one', async () => {
