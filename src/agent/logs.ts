@@ -8,7 +8,7 @@
  * lets the server deduplicate.
  */
 import { backoffMs } from '../client/http.js';
-import type { LogRequest } from '../model/protocol.js';
+import { MAX_LOG_SEQ, encodedBytes, type LogRequest } from '../model/protocol.js';
 import { errorMessage, type AgentLog } from './log.js';
 import { AUTH_RETRY_MS, classify, sleep } from './retry.js';
 
@@ -136,7 +136,7 @@ export class LogBatcher {
   }
 
   /**
-   * Ends the log like close(), but hands back up to `maxTailBytes` of unsent output as numbered chunks
+   * Ends the log like close(), but hands back up to `maxTailBytes` (as sent, in JSON) of unsent output as numbered chunks
    * instead of posting them, for the job's completion to carry (one request instead of two). A backlog
    * larger than that, or a send already under way, is sent as usual first.
    */
@@ -161,7 +161,9 @@ export class LogBatcher {
         return { stats: this.result, tail: [] };
       }
     }
-    if (this.queued > maxTailBytes) return { stats: await this.close(timeoutMs), tail: [] };
+    // Measured as sent: 64 KiB of control bytes are 384 KiB of JSON. (Raw bytes never exceed that.)
+    const fits = this.queued <= maxTailBytes && encodedBytes(this.queue.map((c) => ({ seq: c.seq ?? MAX_LOG_SEQ, stream: c.stream, data: c.data }))) <= maxTailBytes;
+    if (!fits) return { stats: await this.close(timeoutMs), tail: [] };
     if (this.stats.gone || this.halt.signal.aborted) return { stats: this.result, tail: [] };
     const tail = this.queue.map((c) => ({ seq: (c.seq ??= this.nextSeq++), stream: c.stream, data: c.data }));
     // Counted as sent: the completion that carries them is delivered or, if never, neither is the job.
