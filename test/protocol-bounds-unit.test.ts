@@ -11,7 +11,7 @@ import { LogBatcher } from '../src/agent/logs.js';
 import { MAX_LOG_TAIL_BYTES, failureReport, fitReport, tailBudget } from '../src/agent/report.js';
 import { ApiClient } from '../src/client/http.js';
 import { afterChunk, judgeChunk, truncationMarker, type LogLimits, type LogTally } from '../src/engine/logcap.js';
-import { refusedOutputs, shownName } from '../src/engine/outputs.js';
+import { printable, refusedOutputs, shownName } from '../src/engine/outputs.js';
 import { MAX_REQUEST_BYTES, encodedBytes, type CompleteRequest, type LogRequest } from '../src/model/protocol.js';
 import { parseByteSize } from '../src/model/size.js';
 
@@ -69,6 +69,15 @@ describe('outputs a completion may set: refusedOutputs', () => {
 
   it('a task that declares nothing accepts nothing', () => {
     expect(refusedOutputs({ a: '1' }, {})).toMatch(/does not declare: 'a' \(it declares none;/);
+  });
+
+  it.each([
+    ['plain text', 'plain text'],
+    ['lines\n\tand tabs', 'lines\n\tand tabs'],
+    ['\u001b[2Jcleared', '\\u001b[2Jcleared'],
+    ['bell\u0007 del\u007f c1\u009b', 'bell\\u0007 del\\u007f c1\\u009b'],
+  ])('printable(%j) escapes terminal controls', (text, shown) => {
+    expect(printable(text)).toBe(shown);
   });
 
   it('shownName quotes plain names and escapes the rest', () => {

@@ -145,6 +145,13 @@ describe('outputs: only what the task declares', () => {
     );
   });
 
+  it('an error with terminal escapes reaches the reason escaped', async () => {
+    const { machine, job: j } = await claimed('escapes');
+    const r = await call('POST', `/jobs/${j.id}/complete`, { exitCode: 1, outputs: {}, error: 'boom\u001b[2J' }, machine.token);
+    expect(r.body.job.state).toBe('failed');
+    expect((await job(j.id)).reason).toBe("task 'one-out' failed: boom\\u001b[2J");
+  });
+
   it('an output over the limit as sent (100,000 control bytes = 600,002 bytes of JSON) fails the job, named with its size', async () => {
     const { machine, job: j } = await claimed('big-json');
     const r = await call('POST', `/jobs/${j.id}/complete`, { exitCode: 0, outputs: { count: '\u0001'.repeat(100_000) } }, machine.token);

@@ -18,7 +18,7 @@ import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { newId } from './ids.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS, LogMeter } from './logcap.js';
-import { refusedOutputs } from './outputs.js';
+import { printable, refusedOutputs } from './outputs.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
 import {
   approve,
@@ -660,7 +660,7 @@ export class Engine {
       const problem = typed.problem ?? (exitedOk ? this.checkPromises(job, report.outputs ?? {}, typed.values) : null);
       const outcome: JobOutcome = problem
         ? { kind: 'invalid', exitCode: report.exitCode, message: problem }
-        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error, timeoutMs: job.timeoutMs };
+        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error === undefined ? undefined : printable(report.error), timeoutMs: job.timeoutMs };
       const claim = request.claim === true && !this.stopped;
       const settled = await this.settle(tx, m, job, outcome, typed.values, report, claim);
       const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
@@ -747,7 +747,7 @@ export class Engine {
       if (schema) {
         const problems = validateValue(schema, value);
         if (problems.length > 0) {
-          const shown = def?.secure ? '(secure value)' : `'${text.length > 80 ? `${text.slice(0, 80)}…` : text}'`;
+          const shown = def?.secure ? '(secure value)' : `'${printable(text.length > 80 ? `${text.slice(0, 80)}…` : text)}'`;
           return { values: {}, problem: `its output ${name} = ${shown} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}` };
         }
       }
