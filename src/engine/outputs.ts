@@ -13,6 +13,7 @@ const LISTED = 5;
 const SHOWN_CHARS = 40;
 
 /** C0 and C1 control characters but newline and tab: a reason must not carry terminal escapes. */
+// eslint-disable-next-line no-control-regex -- finding control characters is the point
 const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
 
 /** `text` with control characters shown as \u escapes, for reasons a person reads in a terminal. */
