@@ -144,6 +144,16 @@ describe('a report sized as sent', () => {
     expect(r.error!.length).toBe(4096);
   });
 
+  it('the batcher stops sending once the endpoint says the log is cut', async () => {
+    const posted: number[] = [];
+    const b = new LogBatcher({ post: async (c) => (posted.push(c.seq), c.seq === 2 ? { logCut: true } : undefined), flushMs: 60_000, maxChunkBytes: 16 });
+    b.push('stdout', 'x'.repeat(16 * 5));
+    const { stats, tail } = await b.closeWithTail(1000, 0);
+    expect(posted).toEqual([1, 2]);
+    expect(tail).toEqual([]);
+    expect(stats).toMatchObject({ cut: true, chunksSent: 2, bytesDropped: 48 });
+  });
+
   it('the batcher hands back a tail only if it fits as sent', async () => {
     const make = () => new LogBatcher({ post: async () => {}, flushMs: 60_000 });
     const plain = make();

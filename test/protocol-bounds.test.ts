@@ -167,7 +167,9 @@ describe('job logs: bounded, and closed when the job ends', () => {
     const data = 'x'.repeat(999) + '\n';
     for (let seq = 1; seq <= 100; seq++) {
       const r = await call('POST', `/jobs/${j.id}/log`, { seq, stream: 'stdout', data }, machine.token);
-      expect(r.status, `chunk ${seq}`).toBe(204);
+      // from the chunk that hit the bound on, the answer tells the agent to stop sending
+      if (seq <= 65) expect(r.status, `chunk ${seq}`).toBe(204);
+      else expect(r, `chunk ${seq}`).toEqual({ status: 200, body: { logCut: true } });
     }
     const expectCut = async () => {
       const chunks = await logOf(j.id);
@@ -182,7 +184,7 @@ describe('job logs: bounded, and closed when the job ends', () => {
     };
     await expectCut();
     // a resend of a stored chunk changes nothing
-    expect((await call('POST', `/jobs/${j.id}/log`, { seq: 3, stream: 'stdout', data }, machine.token)).status).toBe(204);
+    expect((await call('POST', `/jobs/${j.id}/log`, { seq: 3, stream: 'stdout', data }, machine.token)).status).toBe(200);
     // the completion's tail is past the bound too; the job succeeds
     const done = await call('POST', `/jobs/${j.id}/complete`, { exitCode: 0, outputs: { count: '3' }, log: [{ seq: 101, stream: 'stdout', data: 'tail\n' }] }, machine.token);
     expect(done.body.job.state).toBe('succeeded');
@@ -196,10 +198,10 @@ describe('job logs: bounded, and closed when the job ends', () => {
     await ep.crash();
     await ep.boot();
     // 40,000 + 40,000 passes 65,536: the second chunk is the marker, the third is dropped
-    expect((await call('POST', `/jobs/${j.id}/log`, { seq: 2, stream: 'stdout', data }, machine.token)).status).toBe(204);
+    expect((await call('POST', `/jobs/${j.id}/log`, { seq: 2, stream: 'stdout', data }, machine.token)).body).toEqual({ logCut: true });
     await ep.crash();
     await ep.boot();
-    expect((await call('POST', `/jobs/${j.id}/log`, { seq: 3, stream: 'stdout', data: 'z' }, machine.token)).status).toBe(204);
+    expect((await call('POST', `/jobs/${j.id}/log`, { seq: 3, stream: 'stdout', data: 'z' }, machine.token)).body).toEqual({ logCut: true });
     const chunks = await logOf(j.id);
     expect(chunks.map((c) => [c.seq, c.stream])).toEqual([
       [1, 'stdout'],

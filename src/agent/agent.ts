@@ -310,7 +310,7 @@ class Agent {
     this.signal?.addEventListener('abort', dropLogs, { once: true });
     const { stats: sent, tail } = await logs.closeWithTail(LOG_FLUSH_MS, tailBudget(base));
     this.signal?.removeEventListener('abort', dropLogs);
-    if (sent.bytesDropped > 0) this.log('warn', 'part of the job log was not delivered', { jobId: job.id, bytes: sent.bytesDropped });
+    if (sent.bytesDropped > 0 && !sent.cut) this.log('warn', 'part of the job log was not delivered', { jobId: job.id, bytes: sent.bytesDropped });
 
     // Never sent when it cannot be taken: a report too large becomes a failure report that says so.
     const { report, dropped } = fitReport(tail.length ? { ...base, log: tail } : base);

@@ -682,19 +682,21 @@ export class Engine {
   /**
    * Stores one log chunk of a running job, within the job's log bound (past it the chunk is dropped and
    * the log says so once). A job's log closes when the job ends: a chunk for an ended job is a conflict,
-   * except a resend of a chunk already stored, which is answered as the first time was.
+   * except a resend of a chunk already stored, which is answered as the first time was. `cut`: the log
+   * has reached its bound, nothing more of it will be stored.
    */
-  async appendLog(jobId: string, caller: string | null, chunk: LogRequest): Promise<void> {
-    await this.store.transact(async (tx) => {
+  async appendLog(jobId: string, caller: string | null, chunk: LogRequest): Promise<{ cut: boolean }> {
+    return this.store.transact(async (tx) => {
       const job = await this.ownedJobState(tx, jobId, caller);
       if (job.state !== 'running') {
         this.logs.forget(jobId);
         const stored = await tx.getLogs(jobId, chunk.seq - 1, 1);
-        if (stored[0]?.seq === chunk.seq) return;
+        if (stored[0]?.seq === chunk.seq) return { cut: false };
         throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
       }
-      await this.logs.append(tx, jobId, [chunk], new Date().toISOString());
+      const { cut } = await this.logs.append(tx, jobId, [chunk], new Date().toISOString());
       await tx.renewLease(job.id, this.leaseUntil());
+      return { cut };
     });
   }
 

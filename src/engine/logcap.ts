@@ -80,9 +80,9 @@ export class LogMeter {
 
   /**
    * Stores `chunks` of job `jobId` (deduplicated by seq, as the store does), cutting the log at the
-   * bound. Returns how many chunks were stored.
+   * bound. Returns how many chunks were stored, and whether the log is now cut.
    */
-  async append(tx: Tx, jobId: string, chunks: readonly ChunkIn[], at: string): Promise<number> {
+  async append(tx: Tx, jobId: string, chunks: readonly ChunkIn[], at: string): Promise<{ stored: number; cut: boolean }> {
     let tally = await this.tally(tx, jobId);
     let stored = 0;
     for (const c of chunks) {
@@ -95,7 +95,7 @@ export class LogMeter {
       if (inserted) stored++;
     }
     this.remember(jobId, tally);
-    return stored;
+    return { stored, cut: tally.truncated };
   }
 
   /** The job's log is closed (it ended): its tally is no longer needed. */

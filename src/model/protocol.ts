@@ -72,6 +72,14 @@ export interface LogRequest {
   data: string;
 }
 
+/**
+ * The answer to POST …/log when the job's log has reached its bound (200; otherwise 204): nothing more of
+ * this job's output will be stored, so the agent may stop sending it.
+ */
+export interface LogResponse {
+  logCut: true;
+}
+
 export interface CompleteRequest {
   /** The process exit code, or null when it was killed by a signal or never started. */
   exitCode: number | null;

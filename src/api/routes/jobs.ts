@@ -12,6 +12,7 @@ import {
   MAX_TAIL_CHUNKS,
   type CompleteRequest,
   type LogRequest,
+  type LogResponse,
 } from '../../model/protocol.js';
 import { machineScope, requireOwnMachine } from '../auth.js';
 import { author, intQuery, type ApiContext } from '../context.js';
@@ -92,7 +93,8 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 
   app.post('/api/v1/jobs/:id/log', { config: { machine: true }, schema: { body: logBody } }, async (req, reply) => {
-    await engine.appendLog((req.params as { id: string }).id, machineScope(req.principal), req.body as LogRequest);
+    const { cut } = await engine.appendLog((req.params as { id: string }).id, machineScope(req.principal), req.body as LogRequest);
+    if (cut) return { logCut: true } satisfies LogResponse;
     reply.code(204);
   });
 
