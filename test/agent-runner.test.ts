@@ -39,13 +39,13 @@ const TOKEN = 'tkm.m-1.s3cretS3cretS3cret';
 
 async function run(
   script: string,
-  opts: { id?: string; params?: Record<string, unknown>; timeoutMs?: number; signal?: AbortSignal; setup?: Partial<RunSetup> } = {},
+  opts: { id?: string; params?: Record<string, unknown>; outputs?: string[]; timeoutMs?: number; signal?: AbortSignal; setup?: Partial<RunSetup> } = {},
 ): Promise<Run> {
   const id = opts.id ?? 'j-1';
   const paths = jobPaths(join(home, 'jobs'), id);
   const chunks: Run['chunks'] = [];
   const setup: RunSetup = { paths, binDir, machineId: 'm-1', root: join(home, 'root'), token: TOKEN, killGraceMs: 300, ...opts.setup };
-  const r = await runScript({ id, script, params: opts.params ?? {}, timeoutMs: opts.timeoutMs ?? 20_000 }, setup, (stream, data) => chunks.push({ stream, data }), opts.signal);
+  const r = await runScript({ id, script, params: opts.params ?? {}, outputs: opts.outputs, timeoutMs: opts.timeoutMs ?? 20_000 }, setup, (stream, data) => chunks.push({ stream, data }), opts.signal);
   const of = (s: ChunkStream) => chunks.filter((c) => c.stream === s).map((c) => c.data).join('');
   return { ...r, chunks, out: of('stdout'), err: of('stderr'), system: of('system'), workDir: paths.workDir };
 }
@@ -144,10 +144,43 @@ describe('runScript', () => {
   });
 
   it('keeps outputs a failed script set, and reports oversized ones as an error', async () => {
-    const r = await run('takt-set small ok\nhead -c 300000 /dev/zero | tr "\\0" a | takt-set big\nexit 3');
+    // Written past takt-set, which would refuse it at once (see below).
+    const r = await run('takt-set small ok\nhead -c 300000 /dev/zero | tr "\\0" a > "$TAKT_OUTPUTS_DIR/big"\nexit 3');
     expect(r.exitCode).toBe(3);
     expect(r.outputs).toEqual({ small: 'ok' });
     expect(r.error).toMatch(/outputs too large to report.*big \(300000 bytes\)/);
+  });
+
+  it('measures outputs as sent: 200 KB of control bytes is 1.2 MB of JSON, left out and named', async () => {
+    const r = await run('takt-set small ok\nhead -c 200000 /dev/zero | tr "\\0" "\\1" | takt-set blob');
+    expect(r.exitCode).toBe(0);
+    expect(r.outputs).toEqual({ small: 'ok' });
+    expect(r.error).toContain('outputs too large to report (at most 262144 bytes each and 786432 in all, as sent in JSON): blob (200000 bytes, 1200002 as sent)');
+  });
+
+  it('takt-set refuses a value over the limit at once, naming it', async () => {
+    const r = await run('head -c 300000 /dev/zero | tr "\\0" a | takt-set big\necho not reached');
+    expect(r.exitCode).toBe(1);
+    expect(r.err).toContain("takt-set: output 'big' is 300000 bytes, over the limit of 262144");
+    expect(r.out).toBe('');
+    expect(r.outputs).toEqual({});
+  });
+
+  it('takt-set refuses an output the task does not declare, at that line', async () => {
+    const r = await run('takt-set ip 10.0.0.5\ntakt-set nope x\necho not reached', { outputs: ['ip', 'mask'] });
+    expect(r.exitCode).toBe(1);
+    expect(r.err).toContain("takt-set: task does not declare output 'nope' (it declares: ip mask)");
+    expect(r.out).toBe('');
+    expect(r.outputs).toEqual({ ip: '10.0.0.5' });
+    const none = await run('takt-set ip 1', { outputs: [] });
+    expect(none.err).toContain("takt-set: task does not declare output 'ip' (it declares: none)");
+  });
+
+  it('reports only declared outputs: others written past takt-set are left out and named', async () => {
+    const r = await run('takt-set ip 1\ncd "$TAKT_OUTPUTS_DIR" && seq -f "o%g" 70000 | xargs touch', { outputs: ['ip'] });
+    expect(r.exitCode).toBe(0);
+    expect(r.outputs).toEqual({ ip: '1' });
+    expect(r.error).toBe('outputs the task does not declare, not reported: o1, o10, o100, o1000, o10000 and 69995 more (it declares ip)');
   });
 
   it('kills the whole process group on timeout, including backgrounded children', async () => {

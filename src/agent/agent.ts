@@ -20,6 +20,7 @@ import { killJobProcesses } from './orphans.js';
 import { agentPaths, jobPaths, type AgentPaths } from './paths.js';
 import { AUTH_RETRY_MS, classify, sleep } from './retry.js';
 import { runScript, type RunResult } from './runner.js';
+import { boundedError, fitReport, tailBudget } from './report.js';
 import { AgentState, interruptedReport, type PendingReport } from './state.js';
 
 export interface AgentOptions {
@@ -45,12 +46,6 @@ const LOG_FLUSH_MS = 10_000;
 const MIN_CLAIM_INTERVAL_MS = 1000;
 /** After an unexpected local failure (disk full…), before trying again. */
 const INTERNAL_RETRY_MS = 5000;
-/** The endpoint refuses longer error messages. */
-const MAX_ERROR_CHARS = 4000;
-/** Log output a completion may carry (the rest is posted first); small enough to stay far below the body limit. */
-const MAX_LOG_TAIL_BYTES = 64 * 1024;
-/** Outputs larger than this leave no room for a log tail in the completion. */
-const TAIL_OUTPUTS_LIMIT = 256 * 1024;
 /** Old job dirs are pruned every this many jobs, in the background. */
 const PRUNE_EVERY_JOBS = 10;
 
@@ -302,22 +297,24 @@ class Agent {
 
     // The log goes with or before the report (the endpoint shows a finished job with its whole log):
     // its end rides in the completion; a longer backlog is posted first, but cannot hold the report up
-    // for long. A stop during the flush drops the rest of the log.
-    const outputBytes = Object.values(result.outputs).reduce((n, v) => n + v.length, 0);
-    const dropLogs = () => logs.discard();
-    this.signal?.addEventListener('abort', dropLogs, { once: true });
-    const { stats: sent, tail } = await logs.closeWithTail(LOG_FLUSH_MS, outputBytes > TAIL_OUTPUTS_LIMIT ? 0 : MAX_LOG_TAIL_BYTES);
-    this.signal?.removeEventListener('abort', dropLogs);
-    if (sent.bytesDropped > 0) this.log('warn', 'part of the job log was not delivered', { jobId: job.id, bytes: sent.bytesDropped });
-
-    const report: CompleteRequest = {
+    // for long. A stop during the flush drops the rest of the log. The tail takes only the room the
+    // report leaves in one request, measured as sent.
+    const base: CompleteRequest = {
       exitCode: result.exitCode,
       outputs: result.outputs,
       ...(result.timedOut ? { timedOut: true } : {}),
-      ...(result.error ? { error: result.error.slice(0, MAX_ERROR_CHARS) } : {}),
-      ...(tail.length ? { log: tail } : {}),
+      ...(result.error ? { error: boundedError(result.error) } : {}),
       claim: true,
     };
+    const dropLogs = () => logs.discard();
+    this.signal?.addEventListener('abort', dropLogs, { once: true });
+    const { stats: sent, tail } = await logs.closeWithTail(LOG_FLUSH_MS, tailBudget(base));
+    this.signal?.removeEventListener('abort', dropLogs);
+    if (sent.bytesDropped > 0 && !sent.cut) this.log('warn', 'part of the job log was not delivered', { jobId: job.id, bytes: sent.bytesDropped });
+
+    // Never sent when it cannot be taken: a report too large becomes a failure report that says so.
+    const { report, dropped } = fitReport(tail.length ? { ...base, log: tail } : base);
+    if (dropped) this.log('warn', 'the job report did not fit in one request; left out of it', { jobId: job.id, dropped });
     const pending: PendingReport = { jobId: job.id, report, endedAt: new Date().toISOString() };
     await this.state.writePending(pending);
     await this.state.clearCurrent();

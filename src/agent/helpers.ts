@@ -5,6 +5,7 @@
  */
 import { chmod, mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { MAX_OUTPUT_BYTES } from '../model/protocol.js';
 
 // Character classes are spelled out: `[a-z]` in a regex follows the locale's collation and may match
 // upper-case letters in some locales.
@@ -33,11 +34,24 @@ if ! [[ $key =~ ^[${LOWER}][${LOWER}0123456789_]*$ ]]; then
   echo "takt-set: invalid output name '$key' (lower-case letters, digits and _, starting with a letter)" >&2
   exit 1
 fi
+# Only the outputs the task declares are accepted: say so now, at the line that sets another one.
+if [ -n "\${TAKT_OUTPUT_NAMES+set}" ]; then
+  case " $TAKT_OUTPUT_NAMES " in
+    *" $key "*) ;;
+    *) echo "takt-set: task does not declare output '$key' (it declares: \${TAKT_OUTPUT_NAMES:-none}); add it under 'outputs:' in the task" >&2; exit 1 ;;
+  esac
+fi
 dir=\${TAKT_OUTPUTS_DIR:-}
 if [ -z "$dir" ]; then echo "takt-set: TAKT_OUTPUTS_DIR is not set (takt-set works inside a takt job)" >&2; exit 1; fi
 # Write then rename, so the agent never reads half a value.
 tmp="$dir/.$key.$$.tmp"
 if [ $# -eq 2 ]; then printf '%s' "$2" > "$tmp"; else cat > "$tmp"; fi || { rm -f -- "$tmp"; echo "takt-set: cannot write output '$key'" >&2; exit 1; }
+size=$(wc -c < "$tmp")
+if [ "$size" -gt ${MAX_OUTPUT_BYTES} ]; then
+  rm -f -- "$tmp"
+  echo "takt-set: output '$key' is $size bytes, over the limit of ${MAX_OUTPUT_BYTES} (measured as sent in JSON, where a control byte takes 6); not set" >&2
+  exit 1
+fi
 mv -f -- "$tmp" "$dir/$key"
 `;
 

@@ -8,13 +8,13 @@
  * lets the server deduplicate.
  */
 import { backoffMs } from '../client/http.js';
-import type { LogRequest } from '../model/protocol.js';
+import { MAX_LOG_SEQ, encodedBytes, type LogRequest, type LogResponse } from '../model/protocol.js';
 import { errorMessage, type AgentLog } from './log.js';
 import { AUTH_RETRY_MS, classify, sleep } from './retry.js';
 
 export type LogStream = LogRequest['stream'];
-/** Sends one chunk; throws (NetworkError, TaktError) when it was not accepted. */
-export type PostLog = (chunk: LogRequest, signal: AbortSignal) => Promise<void>;
+/** Sends one chunk; resolves to the endpoint's answer (a LogResponse, or nothing); throws (NetworkError, TaktError) when it was not accepted. */
+export type PostLog = (chunk: LogRequest, signal: AbortSignal) => Promise<unknown>;
 
 export interface LogBatcherOptions {
   post: PostLog;
@@ -34,6 +34,8 @@ export interface LogStats {
   bytesDropped: number;
   /** The endpoint answered 404/409: it no longer takes this job's log. */
   gone: boolean;
+  /** The endpoint cut this job's log at its bound: the rest was not sent (it would not be stored). */
+  cut: boolean;
 }
 
 interface Chunk {
@@ -68,7 +70,7 @@ export class LogBatcher {
   /** The sender stops after the chunk on the wire (closeWithTail takes the rest). */
   private holding = false;
   private readonly halt = new AbortController();
-  private readonly stats: LogStats = { chunksSent: 0, bytesSent: 0, bytesDropped: 0, gone: false };
+  private readonly stats: LogStats = { chunksSent: 0, bytesSent: 0, bytesDropped: 0, gone: false, cut: false };
 
   constructor(opts: LogBatcherOptions) {
     this.post = opts.post;
@@ -136,7 +138,7 @@ export class LogBatcher {
   }
 
   /**
-   * Ends the log like close(), but hands back up to `maxTailBytes` of unsent output as numbered chunks
+   * Ends the log like close(), but hands back up to `maxTailBytes` (as sent, in JSON) of unsent output as numbered chunks
    * instead of posting them, for the job's completion to carry (one request instead of two). A backlog
    * larger than that, or a send already under way, is sent as usual first.
    */
@@ -161,7 +163,9 @@ export class LogBatcher {
         return { stats: this.result, tail: [] };
       }
     }
-    if (this.queued > maxTailBytes) return { stats: await this.close(timeoutMs), tail: [] };
+    // Measured as sent: 64 KiB of control bytes are 384 KiB of JSON. (Raw bytes never exceed that.)
+    const fits = this.queued <= maxTailBytes && encodedBytes(this.queue.map((c) => ({ seq: c.seq ?? MAX_LOG_SEQ, stream: c.stream, data: c.data }))) <= maxTailBytes;
+    if (!fits) return { stats: await this.close(timeoutMs), tail: [] };
     if (this.stats.gone || this.halt.signal.aborted) return { stats: this.result, tail: [] };
     const tail = this.queue.map((c) => ({ seq: (c.seq ??= this.nextSeq++), stream: c.stream, data: c.data }));
     // Counted as sent: the completion that carries them is delivered or, if never, neither is the job.
@@ -206,13 +210,19 @@ export class LogBatcher {
       const head = this.queue[0]!;
       head.seq ??= this.nextSeq++;
       try {
-        await this.post({ seq: head.seq, stream: head.stream, data: head.data }, signal);
+        const answer = await this.post({ seq: head.seq, stream: head.stream, data: head.data }, signal);
         if (signal.aborted) return;
         this.queue.shift();
         this.queued -= head.bytes;
         this.stats.chunksSent++;
         this.stats.bytesSent += head.bytes;
         attempt = 0;
+        if ((answer as Partial<LogResponse> | undefined)?.logCut === true) {
+          this.log('info', "the endpoint has cut this job's log at its bound; not sending the rest", { jobId: this.jobId });
+          this.stats.cut = true;
+          this.discard();
+          return;
+        }
       } catch (err) {
         if (signal.aborted) return;
         const kind = classify(err);

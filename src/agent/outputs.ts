@@ -4,12 +4,17 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { MAX_OUTPUT_BYTES, MAX_OUTPUTS, MAX_OUTPUTS_TOTAL_BYTES, encodedBytes } from '../model/protocol.js';
 import { isSafeFileName } from './paths.js';
 
 export const OUTPUT_NAME = /^[a-z][a-z0-9_]*$/;
-/** Per value and in total: the completion must fit the endpoint's 1 MiB request limit. */
-export const MAX_OUTPUT_BYTES = 256 * 1024;
-export const MAX_OUTPUTS_TOTAL_BYTES = 768 * 1024;
+// Measured as sent (each value as a JSON string), so that a report within them fits the endpoint's
+// request limit whatever bytes the values hold: control bytes take six bytes each in JSON.
+export { MAX_OUTPUT_BYTES, MAX_OUTPUTS_TOTAL_BYTES };
+/** Output files looked at when the endpoint did not say which outputs the task declares. */
+export const MAX_OUTPUT_FILES = MAX_OUTPUTS;
+/** Names listed in a problem at most; the rest are counted. */
+const LISTED = 5;
 
 /**
  * Writes each param as a file (strings raw, anything else as JSON), readable only by the agent's user
@@ -31,17 +36,38 @@ export function writeParams(paramsDir: string, params: Record<string, unknown>):
 
 export interface ReadOutputs {
   outputs: Record<string, string>;
-  /** Why some outputs were left out, for the report's `error`; null when all were read. */
+  /**
+   * Why some outputs were left out (undeclared, too large as sent), naming each, for the report's
+   * `error`: the job then fails with it as its reason. Null when every output was read.
+   */
   problem: string | null;
 }
 
-/** Reads what `takt-set` wrote: file name → content with one trailing newline trimmed. */
-export async function readOutputs(outputsDir: string): Promise<ReadOutputs> {
+const list = (items: string[]) => (items.length > LISTED ? `${items.slice(0, LISTED).join(', ')} and ${items.length - LISTED} more` : items.join(', '));
+
+/**
+ * Reads what `takt-set` wrote: file name → content with one trailing newline trimmed. `declared`: the
+ * task's outputs as the endpoint sent them (undefined from an older endpoint: names are not checked).
+ * Undeclared outputs and outputs too large as sent are left out and named in `problem`.
+ */
+export async function readOutputs(outputsDir: string, declared?: readonly string[]): Promise<ReadOutputs> {
   let names: string[];
   try {
     names = (await readdir(outputsDir)).filter((n) => OUTPUT_NAME.test(n)).sort();
   } catch {
     return { outputs: {}, problem: null }; // the script may have removed the directory; nothing was set
+  }
+  const problems: string[] = [];
+  if (declared) {
+    const known = new Set(declared);
+    const undeclared = names.filter((n) => !known.has(n));
+    if (undeclared.length) {
+      problems.push(`outputs the task does not declare, not reported: ${list(undeclared)} (it declares ${declared.length ? list([...declared]) : 'none'})`);
+      names = names.filter((n) => known.has(n));
+    }
+  } else if (names.length > MAX_OUTPUT_FILES) {
+    problems.push(`${names.length} outputs set, more than the ${MAX_OUTPUT_FILES} a report may carry; not reported: ${list(names.slice(MAX_OUTPUT_FILES))}`);
+    names = names.slice(0, MAX_OUTPUT_FILES);
   }
   const outputs: Record<string, string> = {};
   const tooBig: string[] = [];
@@ -50,15 +76,20 @@ export async function readOutputs(outputsDir: string): Promise<ReadOutputs> {
     const file = join(outputsDir, name);
     const info = await stat(file).catch(() => null);
     if (!info?.isFile()) continue;
+    // JSON never makes a value shorter than its bytes on disk: a file over the limit is not even read.
     if (info.size > MAX_OUTPUT_BYTES || total + info.size > MAX_OUTPUTS_TOTAL_BYTES) {
       tooBig.push(`${name} (${info.size} bytes)`);
       continue;
     }
-    total += info.size;
-    outputs[name] = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+    const value = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+    const sent = encodedBytes(value);
+    if (sent > MAX_OUTPUT_BYTES || total + sent > MAX_OUTPUTS_TOTAL_BYTES) {
+      tooBig.push(`${name} (${info.size} bytes, ${sent} as sent)`);
+      continue;
+    }
+    total += sent;
+    outputs[name] = value;
   }
-  const problem = tooBig.length
-    ? `outputs too large to report (at most ${MAX_OUTPUT_BYTES} bytes each, ${MAX_OUTPUTS_TOTAL_BYTES} in all): ${tooBig.join(', ')}`
-    : null;
-  return { outputs, problem };
+  if (tooBig.length) problems.push(`outputs too large to report (at most ${MAX_OUTPUT_BYTES} bytes each and ${MAX_OUTPUTS_TOTAL_BYTES} in all, as sent in JSON): ${list(tooBig)}`);
+  return { outputs, problem: problems.length ? problems.join('; ') : null };
 }

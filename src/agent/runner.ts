@@ -42,7 +42,7 @@ export interface RunResult {
   aborted: boolean;
 }
 
-export type RunnableJob = Pick<ClaimedJob, 'id' | 'script' | 'params' | 'timeoutMs'>;
+export type RunnableJob = Pick<ClaimedJob, 'id' | 'script' | 'params' | 'timeoutMs' | 'outputs'>;
 
 const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** After bash ends, how long to wait for its output pipes to drain when something else still holds them. */
@@ -67,6 +67,8 @@ export function scriptEnv(job: RunnableJob, setup: RunSetup): NodeJS.ProcessEnv 
     TAKT_WORK_DIR: paths.workDir,
     TAKT_PARAMS_DIR: paths.paramsDir,
     TAKT_OUTPUTS_DIR: paths.outputsDir,
+    // What takt-set accepts (space-separated); unset when the endpoint did not say.
+    ...(job.outputs ? { TAKT_OUTPUT_NAMES: job.outputs.join(' ') } : {}),
   };
 }
 
@@ -95,7 +97,7 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
   if (signal?.aborted) return { ...failed('the agent stopped before the script started'), aborted: true };
 
   const ended = await execute(job, setup, onChunk, signal);
-  const read = await readOutputs(setup.paths.outputsDir);
+  const read = await readOutputs(setup.paths.outputsDir, job.outputs);
   const errors = [ended.error, read.problem].filter((e): e is string => !!e);
   return {
     exitCode: ended.timedOut || ended.aborted ? null : ended.exitCode,

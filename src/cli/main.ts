@@ -24,6 +24,7 @@ interface ServeCliOptions {
   demo: boolean;
   lease: string;
   churnCheck: string;
+  maxLogBytes: string;
   logFormat: 'text' | 'json';
   hostName: string[];
   requestTimeout: string;
@@ -40,6 +41,7 @@ program
   .option('--demo', 'install the demo pack and run its pipeline on three local machines', false)
   .option('--lease <duration>', 'how long a running job may go without word from its agent before it is lost', process.env.TAKT_LEASE ?? '30s')
   .option('--churn-check <duration>', 'how often the churn policy looks for machines past their max age', process.env.TAKT_CHURN_CHECK ?? '1m')
+  .option('--max-log-bytes <size>', "log output stored per job (e.g. 64MiB); past it a job's log is cut with a marker (env TAKT_MAX_LOG_BYTES)", process.env.TAKT_MAX_LOG_BYTES ?? '64MiB')
   .addOption(new Option('--log-format <format>', 'log format').choices(['text', 'json']).default(process.env.TAKT_LOG_FORMAT ?? 'text'))
   .option(
     '--host-name <name...>',

@@ -19,6 +19,7 @@ import { Portable } from '../engine/portable.js';
 import { Records } from '../engine/records.js';
 import { Rollouts } from '../engine/rollouts.js';
 import { parseDuration } from '../model/duration.js';
+import { parseByteSize } from '../model/size.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
@@ -34,6 +35,8 @@ export interface ServeOptions {
   demo: boolean;
   lease: string;
   churnCheck: string;
+  /** Log output stored per job (`64MiB`, bytes…); default 64 MiB. */
+  maxLogBytes?: string;
   logFormat: 'text' | 'json';
   /** DNS names besides IP literals, localhost and this host's name that clients use (DNS-rebinding check). */
   hostName?: string[];
@@ -92,7 +95,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const content = new ContentService(store);
   await content.load();
   const sealer = new Sealer(Buffer.from(key.value, 'base64'));
-  const engine = new Engine(store, content, sealer, { leaseMs, log });
+  const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
+  const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes });
   let url = '';
   const broker = new ProcessBroker({ name: 'local', environment: 'local', dataDir: data, endpoint: () => url, log });
   const netns = new ProcessBroker({

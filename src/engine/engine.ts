@@ -17,6 +17,8 @@ import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { newId } from './ids.js';
+import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS, LogMeter } from './logcap.js';
+import { printable, refusedOutputs } from './outputs.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
 import {
   approve,
@@ -39,6 +41,10 @@ export interface EngineOptions {
   leaseMs: number;
   /** How often to look for expired leases. */
   sweepMs?: number;
+  /** Log output stored per job, in bytes (default 64 MiB); past it the log is cut with a visible marker. */
+  maxLogBytes?: number;
+  /** Log chunks stored per job (default 1,000,000). */
+  maxLogChunks?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -107,6 +113,8 @@ export class Engine {
   /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
   private stopped = false;
   private readonly unsubscribe: () => void;
+  /** Bounds each job's stored log (see logcap.ts). */
+  private readonly logs: LogMeter;
 
   constructor(
     readonly store: Store,
@@ -114,6 +122,7 @@ export class Engine {
     private readonly sealer: Sealer,
     private readonly opts: EngineOptions,
   ) {
+    this.logs = new LogMeter({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS });
     // Any committed change to a machine or its work orders may give a waiting agent something to do.
     this.unsubscribe = store.onEvents((events) => {
       for (const e of events) {
@@ -450,6 +459,7 @@ export class Engine {
         params: prepared.agentParams,
         timeoutMs: prepared.timeoutMs,
         leaseMs: this.opts.leaseMs,
+        outputs: Object.keys(this.content.current.objects.tasks.get(job.task)?.def.outputs ?? {}),
       };
       return { job: claimed, machine: { state: m.state, reason: m.reason, power: m.power } };
     }
@@ -641,17 +651,16 @@ export class Engine {
         if (prev && canonicalJson(prev.report) === canonicalJson(report)) return { job: { id: job.id, state: job.state }, action: prev.action };
         throw new TaktError('conflict', `job ${jobId} already ended as ${job.state}${job.reason ? ` (${job.reason})` : ''}; this report was not applied`);
       }
-      if (request.log?.length) {
-        const at = new Date().toISOString();
-        await tx.appendLogs(request.log.map((c) => ({ jobId, seq: c.seq, stream: c.stream, data: c.data, at })));
-      }
+      // The log's end is stored with the job's end, within the log's bound; then the log is closed.
+      if (request.log?.length) await this.logs.append(tx, jobId, request.log, new Date().toISOString());
+      this.logs.forget(jobId);
       const m = await this.locked(tx, job.machineId);
       const typed = this.typeOutputs(report.outputs ?? {}, job.task);
       const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
       const problem = typed.problem ?? (exitedOk ? this.checkPromises(job, report.outputs ?? {}, typed.values) : null);
       const outcome: JobOutcome = problem
         ? { kind: 'invalid', exitCode: report.exitCode, message: problem }
-        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error, timeoutMs: job.timeoutMs };
+        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error === undefined ? undefined : printable(report.error), timeoutMs: job.timeoutMs };
       const claim = request.claim === true && !this.stopped;
       const settled = await this.settle(tx, m, job, outcome, typed.values, report, claim);
       const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
@@ -670,14 +679,24 @@ export class Engine {
     });
   }
 
-  async appendLog(jobId: string, caller: string | null, chunk: LogRequest): Promise<void> {
-    await this.store.transact(async (tx) => {
+  /**
+   * Stores one log chunk of a running job, within the job's log bound (past it the chunk is dropped and
+   * the log says so once). A job's log closes when the job ends: a chunk for an ended job is a conflict,
+   * except a resend of a chunk already stored, which is answered as the first time was. `cut`: the log
+   * has reached its bound, nothing more of it will be stored.
+   */
+  async appendLog(jobId: string, caller: string | null, chunk: LogRequest): Promise<{ cut: boolean }> {
+    return this.store.transact(async (tx) => {
       const job = await this.ownedJobState(tx, jobId, caller);
-      if (job.state !== 'running' && job.state !== 'succeeded' && job.state !== 'failed') {
+      if (job.state !== 'running') {
+        this.logs.forget(jobId);
+        const stored = await tx.getLogs(jobId, chunk.seq - 1, 1);
+        if (stored[0]?.seq === chunk.seq) return { cut: false };
         throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
       }
-      await tx.appendLogs([{ jobId, seq: chunk.seq, stream: chunk.stream, data: chunk.data, at: new Date().toISOString() }]);
-      if (job.state === 'running') await tx.renewLease(job.id, this.leaseUntil());
+      const { cut } = await this.logs.append(tx, jobId, [chunk], new Date().toISOString());
+      await tx.renewLease(job.id, this.leaseUntil());
+      return { cut };
     });
   }
 
@@ -696,7 +715,7 @@ export class Engine {
     const open: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(values)) open[k] = this.sealer.open(v);
     for (const [name, schema] of Object.entries(def.outputs ?? {})) {
-      if (!(name in raw)) return `it did not set its promised output '${name}' (takt-set ${name} VALUE)`;
+      if (!Object.hasOwn(raw, name)) return `it did not set its promised output '${name}' (takt-set ${name} VALUE)`;
       const problems = validateValue(schema, open[name]);
       if (problems.length) return `its output ${name} = ${JSON.stringify(open[name])} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}`;
     }
@@ -705,16 +724,20 @@ export class Engine {
     return checkExpectations(def.expect, { ...used, ...open });
   }
 
-  /** Types raw `takt-set` strings by their param's schema and validates them. */
+  /**
+   * Types raw `takt-set` strings by their param's schema and validates them. Only the task's declared
+   * outputs are accepted, each within its size limit as sent: anything else fails the job, named.
+   */
   private typeOutputs(raw: Record<string, string>, task: string): { values: Record<string, unknown>; problem: string | null } {
     const content = this.content.current;
-    const promised = content.objects.tasks.get(task)?.def.outputs;
+    const promised = content.objects.tasks.get(task)?.def.outputs ?? {};
+    const refused = refusedOutputs(raw, promised);
+    if (refused) return { values: {}, problem: refused };
     const values: Record<string, unknown> = {};
     for (const [name, text] of Object.entries(raw)) {
-      if (!/^[a-z][a-z0-9_]*$/.test(name)) return { values: {}, problem: `it set an output with an invalid name '${name}'` };
       const def = content.objects.params.get(name)?.def;
       // The task's promise types the value too when no param definition exists.
-      const schema = (def?.schema ?? promised?.[name]) as { type?: unknown } | undefined;
+      const schema = (def?.schema ?? promised[name]) as { type?: unknown } | undefined;
       let value: unknown = text;
       if (schema && schema.type !== 'string') {
         try {
@@ -726,7 +749,7 @@ export class Engine {
       if (schema) {
         const problems = validateValue(schema, value);
         if (problems.length > 0) {
-          const shown = def?.secure ? '(secure value)' : `'${text.length > 80 ? `${text.slice(0, 80)}…` : text}'`;
+          const shown = def?.secure ? '(secure value)' : `'${printable(text.length > 80 ? `${text.slice(0, 80)}…` : text)}'`;
           return { values: {}, problem: `its output ${name} = ${shown} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}` };
         }
       }

@@ -12,7 +12,36 @@
  * for the machine's next job (`claim: true`): then one request and one transaction end a job and start the
  * next, instead of three (log, complete, claim). Neither is part of the report: a resend of the same
  * report with or without them is the same report.
+ *
+ * Every field is bounded, and sizes are measured on what is sent (JSON, UTF-8), never on raw values:
+ * a string of control bytes is six times longer on the wire than on disk. See docs/agent.md § Limits.
  */
+
+/** The endpoint's request body limit: every agent request, as encoded JSON, fits in it. */
+export const MAX_REQUEST_BYTES = 1024 * 1024;
+/** One output value, measured as its JSON string (quotes and escapes included). */
+export const MAX_OUTPUT_BYTES = 256 * 1024;
+/** All output values of one report together, measured as above. */
+export const MAX_OUTPUTS_TOTAL_BYTES = 768 * 1024;
+/** Keys in a report's `outputs`: more than any task declares. */
+export const MAX_OUTPUTS = 1000;
+/** A report's `error`, in characters. */
+export const MAX_ERROR_CHARS = 4096;
+/** Log chunk sequence numbers run 1…this (a 32-bit integer: exact in every store). */
+export const MAX_LOG_SEQ = 2 ** 31 - 1;
+/** One log chunk's `data`, in characters (the agent sends at most 32 KiB per chunk). */
+export const MAX_LOG_CHUNK_CHARS = 1024 * 1024;
+/** Log chunks a completion may carry. */
+export const MAX_TAIL_CHUNKS = 64;
+/** Process exit codes are 0…255 (null when killed by a signal). */
+export const MAX_EXIT_CODE = 255;
+/** A job id as the agent echoes it in a claim's `lastJob`. */
+export const MAX_JOB_ID_CHARS = 64;
+
+/** The size of `value` as it is sent: its JSON text in UTF-8 bytes. */
+export function encodedBytes(value: unknown): number {
+  return Buffer.byteLength(JSON.stringify(value) ?? '', 'utf8');
+}
 
 export interface ClaimedJob {
   id: string;
@@ -23,6 +52,11 @@ export interface ClaimedJob {
   params: Record<string, unknown>;
   timeoutMs: number;
   leaseMs: number;
+  /**
+   * The outputs the task declares (the only ones the endpoint accepts), so that `takt-set` refuses any
+   * other name at once. Absent from older endpoints: then the agent does not check names.
+   */
+  outputs?: string[];
 }
 
 export interface ClaimResponse {
@@ -32,15 +66,27 @@ export interface ClaimResponse {
 }
 
 export interface LogRequest {
+  /** 1…MAX_LOG_SEQ, one per chunk, without gaps; a resend keeps its number. */
   seq: number;
   stream: 'stdout' | 'stderr' | 'system';
   data: string;
 }
 
+/**
+ * The answer to POST …/log when the job's log has reached its bound (200; otherwise 204): nothing more of
+ * this job's output will be stored, so the agent may stop sending it.
+ */
+export interface LogResponse {
+  logCut: true;
+}
+
 export interface CompleteRequest {
   /** The process exit code, or null when it was killed by a signal or never started. */
   exitCode: number | null;
-  /** Values the script set with `takt-set KEY VALUE` (raw strings; the server types them by param schema). */
+  /**
+   * Values the script set with `takt-set KEY VALUE` (raw strings; the server types them by the task's
+   * output schemas). Only the task's declared outputs are accepted: any other name fails the job.
+   */
   outputs: Record<string, string>;
   timedOut?: boolean;
   /** What went wrong outside the script (spawn failure, agent restarted mid-job…). */

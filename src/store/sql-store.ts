@@ -1,7 +1,7 @@
 /**
  * Store on Kysely: the same queries for SQLite and PostgreSQL.
  */
-import { CompiledQuery, Kysely, sql, Migrator, type Compilable, type Selectable, type Transaction } from 'kysely';
+import { CompiledQuery, Kysely, Migrator, sql, type Compilable, type Selectable, type Transaction } from 'kysely';
 import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
@@ -554,6 +554,16 @@ class SqlTx extends SqlReads implements Tx {
       .onConflict((oc) => oc.columns(['job_id', 'seq']).doNothing())
       .executeTakeFirst();
     return Number(res.numInsertedOrUpdatedRows ?? 0);
+  }
+  async logSize(jobId: string) {
+    // Bytes, not characters: SQLite's length() of text counts characters, of a blob bytes.
+    const bytes = this.dialect === 'postgres' ? sql<number>`octet_length(data)` : sql<number>`length(cast(data as blob))`;
+    const r = await this.db
+      .selectFrom('job_logs')
+      .select((eb) => [eb.fn.countAll<number>().as('chunks'), eb.fn.sum<number>(bytes).as('bytes')])
+      .where('job_id', '=', jobId)
+      .executeTakeFirst();
+    return { chunks: Number(r?.chunks ?? 0), bytes: Number(r?.bytes ?? 0) };
   }
   async insertWorkOrder(w: WorkOrder) {
     await this.db.insertInto('work_orders').values(workOrderToRow(w)).execute();

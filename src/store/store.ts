@@ -119,6 +119,8 @@ export interface Tx extends Reads {
   finishJob(j: Job, report?: unknown): Promise<void>;
   /** Appends log chunks, ignoring any seq already stored (agents resend after network loss). */
   appendLogs(chunks: LogChunk[]): Promise<number>;
+  /** How much of a job's log is stored: its chunks and their data's UTF-8 bytes (for the per-job bound). */
+  logSize(jobId: string): Promise<{ chunks: number; bytes: number }>;
   insertWorkOrder(w: WorkOrder): Promise<void>;
   updateWorkOrder(w: WorkOrder): Promise<void>;
   putContent(rec: ContentRecord): Promise<void>;

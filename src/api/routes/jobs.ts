@@ -2,19 +2,34 @@ import type { FastifyInstance } from 'fastify';
 import { publicJob, publicWorkOrder } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { JOB_STATES, WORK_ORDER_STATES, type JobState, type WorkOrderState } from '../../model/machine.js';
-import type { CompleteRequest, LogRequest } from '../../model/protocol.js';
+import {
+  MAX_ERROR_CHARS,
+  MAX_EXIT_CODE,
+  MAX_LOG_CHUNK_CHARS,
+  MAX_LOG_SEQ,
+  MAX_OUTPUT_BYTES,
+  MAX_OUTPUTS,
+  MAX_TAIL_CHUNKS,
+  type CompleteRequest,
+  type LogRequest,
+  type LogResponse,
+} from '../../model/protocol.js';
 import { machineScope, requireOwnMachine } from '../auth.js';
 import { author, intQuery, type ApiContext } from '../context.js';
 import { Name, paramsObject } from './schemas.js';
+
+// Every field a machine token sends is bounded here, before anything is read from or written to the
+// store; what the schema cannot see (declared outputs, sizes as sent, the per-job log bound) the engine
+// checks. Bounds: src/model/protocol.ts and docs/agent.md § Limits.
 
 const logBody = {
   type: 'object',
   additionalProperties: false,
   required: ['seq', 'stream', 'data'],
   properties: {
-    seq: { type: 'integer', minimum: 1 },
+    seq: { type: 'integer', minimum: 1, maximum: MAX_LOG_SEQ },
     stream: { enum: ['stdout', 'stderr', 'system'] },
-    data: { type: 'string', maxLength: 1_048_576 },
+    data: { type: 'string', minLength: 1, maxLength: MAX_LOG_CHUNK_CHARS },
   },
 } as const;
 
@@ -23,15 +38,19 @@ const completeBody = {
   additionalProperties: false,
   required: ['exitCode', 'outputs'],
   properties: {
-    exitCode: { anyOf: [{ type: 'integer' }, { type: 'null' }] },
-    outputs: { type: 'object', additionalProperties: { type: 'string', maxLength: 1_048_576 } },
+    exitCode: { anyOf: [{ type: 'integer', minimum: 0, maximum: MAX_EXIT_CODE }, { type: 'null' }] },
+    // Characters here; the engine measures each value as sent (JSON) against the same number of bytes.
+    outputs: { type: 'object', maxProperties: MAX_OUTPUTS, additionalProperties: { type: 'string', maxLength: MAX_OUTPUT_BYTES } },
     timedOut: { type: 'boolean' },
-    error: { type: 'string', maxLength: 4096 },
-    // The end of the log, as POST …/log chunks; 64 chunks keep one completion within the body limit.
-    log: { type: 'array', maxItems: 64, items: logBody },
+    error: { type: 'string', maxLength: MAX_ERROR_CHARS },
+    // The end of the log, as POST …/log chunks; the agent keeps the whole request within the body limit.
+    log: { type: 'array', maxItems: MAX_TAIL_CHUNKS, items: logBody },
     claim: { type: 'boolean' },
   },
 } as const;
+
+/** A heartbeat carries nothing (an empty object, or no body). */
+const heartbeatBody = { type: ['object', 'null'], additionalProperties: false, maxProperties: 0 } as const;
 
 export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   const { engine, store } = ctx;
@@ -74,11 +93,12 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 
   app.post('/api/v1/jobs/:id/log', { config: { machine: true }, schema: { body: logBody } }, async (req, reply) => {
-    await engine.appendLog((req.params as { id: string }).id, machineScope(req.principal), req.body as LogRequest);
+    const { cut } = await engine.appendLog((req.params as { id: string }).id, machineScope(req.principal), req.body as LogRequest);
+    if (cut) return { logCut: true } satisfies LogResponse;
     reply.code(204);
   });
 
-  app.post('/api/v1/jobs/:id/heartbeat', { config: { machine: true } }, async (req) =>
+  app.post('/api/v1/jobs/:id/heartbeat', { config: { machine: true }, schema: { body: heartbeatBody } }, async (req) =>
     engine.heartbeat((req.params as { id: string }).id, machineScope(req.principal)),
   );
 

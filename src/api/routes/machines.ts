@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
+import { MAX_JOB_ID_CHARS } from '../../model/protocol.js';
 import { requireOwnMachine } from '../auth.js';
 import { author, intQuery, type ApiContext } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
@@ -161,7 +162,13 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     return shown;
   });
 
-  app.post('/api/v1/machines/:id/claim', { config: { machine: true } }, async (req, reply) => {
+  // A claim's body is empty, or says which job the agent last received (a job id, or null for none).
+  const claimBody = {
+    type: ['object', 'null'],
+    additionalProperties: false,
+    properties: { lastJob: { anyOf: [{ type: 'string', minLength: 1, maxLength: MAX_JOB_ID_CHARS }, { type: 'null' }] } },
+  } as const;
+  app.post('/api/v1/machines/:id/claim', { config: { machine: true }, schema: { body: claimBody } }, async (req, reply) => {
     const id = (req.params as { id: string }).id;
     requireOwnMachine(req.principal, id);
     const wait = intQuery((req.query as { wait?: string }).wait, 'wait', 0, 60)!;
