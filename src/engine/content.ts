@@ -2,7 +2,7 @@
  * The endpoint's content: packs and local objects, cached in memory as a ContentSet (the engine reads it
  * on every claim) and written through the store's commit path. A pack with any lint error is refused whole.
  */
-import type { PackFiles } from '../content/files.js';
+import { assertPlainPaths, type PackFiles } from '../content/files.js';
 import semver from 'semver';
 import { packDigest } from '../content/bundle.js';
 import { checkContentSet, lintPack, type LintResult } from '../content/lint.js';
@@ -109,6 +109,8 @@ export class ContentService {
    * run when `use` pins them (or with `use: true`).
    */
   async installPack(files: PackFiles, author: string, opts: { use?: boolean } = {}): Promise<InstallResult> {
+    // Stored files are written out again by `takt export`: only plain relative paths inside the pack.
+    assertPlainPaths(files, 'pack refused');
     const result = lintPack(files, this.without(peekPackName(files)));
     // Lint also reports names another pack or a local object already owns, at the offending `name:`.
     if (!result.manifest || result.diagnostics.length > 0) {

@@ -12,7 +12,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
-import { validateValue } from '../model/validate.js';
+import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
@@ -879,6 +879,9 @@ export class Engine {
         continue;
       }
       const def = content.objects.params.get(name)?.def;
+      // Checked whatever the schema: a rounded integer must not be stored as if the operator had set it.
+      const inexact = inexactNumbers(value);
+      if (inexact.length > 0) throw new TaktError('invalid', `param '${name}'${inexact[0]!.path}: ${inexact[0]!.message}`, { path: `/params/${name}${inexact[0]!.path}` });
       if (def?.schema) {
         const problems = validateValue(def.schema, value);
         if (problems.length > 0) {
