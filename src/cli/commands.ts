@@ -561,6 +561,9 @@ function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
     .description('write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git')
     .action(async (dir: string) => {
       const { files } = await api().get<{ files: Record<string, string> }>('/export');
+      // Every path must stay inside DIR, whatever the endpoint sends: checked before anything is written.
+      const { assertPlainPaths } = await import('../content/files.js');
+      assertPlainPaths(files, 'export');
       const existing = await readdir(dir).catch(() => null);
       if (existing && existing.length > 0 && !existing.includes('takt-export.yaml')) {
         throw new TaktError('conflict', `${dir} is not empty and holds no takt export; choose an empty or new directory`);
