@@ -36,6 +36,9 @@ export interface ImportProblem {
   file: string;
   /** JSON pointer into the file's document, when the problem is a field. */
   path?: string;
+  /** Where in the file (1-based), when known. */
+  line?: number;
+  col?: number;
   message: string;
 }
 
@@ -293,7 +296,7 @@ export class Portable {
       if (linted.has(ref)) continue;
       linted.add(ref);
       for (const d of lintPack(rec.files, content).diagnostics) {
-        problems.add(`packs/${rec.name}/${rec.version}/${d.file}`, `${d.line}:${d.col}: ${d.message}`, d.path);
+        problems.add(`packs/${rec.name}/${rec.version}/${d.file}`, d.message, d.path, d);
       }
     }
     const localRefs = [...parsed.local.values()].map((l) => ({ kind: l.kind, name: l.name }));
@@ -436,8 +439,8 @@ function refProblems(content: ContentSet, m: Pick<Machine, 'pipeline' | 'profile
 class Problems {
   readonly list: ImportProblem[] = [];
 
-  add(file: string, message: string, path?: string): void {
-    this.list.push({ file, message, ...(path ? { path } : {}) });
+  add(file: string, message: string, path?: string, pos?: { line: number; col: number }): void {
+    this.list.push({ file, ...(path ? { path } : {}), ...(pos ? { line: pos.line, col: pos.col } : {}), message });
   }
 
   /** The document of a YAML file, or undefined (with the problem recorded) when it cannot be read. */
@@ -446,7 +449,10 @@ class Problems {
       return parseYamlValue(text, file);
     } catch (err) {
       if (!(err instanceof TaktError)) throw err;
-      this.list.push({ file, message: err.message.startsWith(`${file}:`) ? err.message.slice(file.length + 1) : err.message });
+      // parseYamlValue says `file:line:col: message`; keep the position as fields.
+      const m = /^.*?:(\d+):(\d+): (.*)$/s.exec(err.message);
+      if (m) this.add(file, m[3]!, undefined, { line: Number(m[1]), col: Number(m[2]) });
+      else this.add(file, err.message);
       return undefined;
     }
   }
@@ -471,7 +477,8 @@ class Problems {
     const first = this.list[0];
     if (!first) return;
     const more = this.list.length > 1 ? ` (and ${this.list.length - 1} more problem${this.list.length > 2 ? 's' : ''}; nothing was imported)` : ' (nothing was imported)';
-    throw new TaktError('invalid', `${first.file}${first.path ? ` ${first.path}` : ''}: ${first.message}${more}`, {
+    const at = first.line !== undefined ? `:${first.line}:${first.col}` : '';
+    throw new TaktError('invalid', `${first.file}${at}${first.path ? ` ${first.path}` : ''}: ${first.message}${more}`, {
       path: `${first.file}${first.path ?? ''}`,
       details: { problems: this.list },
     });
