@@ -8,7 +8,7 @@
  * param that has no value is passed as `null` (renders empty; `{% if x %}` / `| default:` work), so only
  * names the task never declared are "undefined".
  */
-import { Context, Drop, Liquid, LiquidError, type FS, type Scope, type Template } from 'liquidjs';
+import { Context, Drop, Liquid, LiquidError, toValue, toValueSync, type Emitter, type FS, type Scope, type Template } from 'liquidjs';
 
 /** The reserved template variable describing the machine; a param may not use this name. */
 export const MACHINE_VAR = 'machine';
@@ -88,6 +88,32 @@ class FieldContext extends Context {
   }
 }
 
+const outputTooLarge = () => `the rendered script would be larger than ${TEMPLATE_LIMITS.outputBytes / 1024 / 1024} MiB (the limit)`;
+
+/**
+ * liquidjs's string emitter with a size cap, checked as output is written: a loop that prints a large
+ * value many times stops at the cap instead of building hundreds of megabytes first.
+ */
+class BoundedEmitter implements Emitter {
+  buffer = '';
+
+  write(html: unknown): void {
+    const s = emitted(html);
+    // UTF-16 units undercount bytes at most 3x; the exact byte count is checked once at the end.
+    if (this.buffer.length + s.length > TEMPLATE_LIMITS.outputBytes) throw new Error(outputTooLarge());
+    this.buffer += s;
+  }
+}
+
+/** What liquidjs's own emitter writes for a value: strings as they are, lists joined, nothing for nil. */
+function emitted(v: unknown): string {
+  const x: unknown = toValue(v);
+  if (typeof x === 'string') return x;
+  if (x === null || x === undefined) return '';
+  if (Array.isArray(x)) return x.map(emitted).join('');
+  return String(x);
+}
+
 function describeValue(v: unknown): string {
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a mapping';
@@ -159,13 +185,12 @@ export function renderTemplate(source: string, vars: Record<string, unknown>): s
   const tpl = parseTemplate(source);
   let out: string;
   try {
-    out = String(engine.renderSync(tpl, new FieldContext(vars, engine.options, { sync: true }, { liquid: engine })));
+    const ctx = new FieldContext(vars, engine.options, { sync: true }, { liquid: engine });
+    out = String(toValueSync(engine.renderer.renderTemplates(tpl, ctx, new BoundedEmitter())));
   } catch (e) {
     throw toTemplateError(e);
   }
-  if (out.length > TEMPLATE_LIMITS.outputBytes || Buffer.byteLength(out) > TEMPLATE_LIMITS.outputBytes) {
-    throw new TemplateError(`the rendered script would be ${Buffer.byteLength(out)} bytes; at most ${TEMPLATE_LIMITS.outputBytes / 1024 / 1024} MiB`, 1, 1);
-  }
+  if (Buffer.byteLength(out) > TEMPLATE_LIMITS.outputBytes) throw new TemplateError(outputTooLarge(), 1, 1);
   return out;
 }
 
