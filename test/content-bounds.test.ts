@@ -138,7 +138,7 @@ describe('lint refuses at file:line:col what would fail or change later', () => 
 });
 
 describe('the renderer: field access means field access, and work is bounded', () => {
-  const vars = { disk: { dev: '/dev/sda' }, sized: { size: '10G' }, items: ['a', 'b', 'c'], s: 'abc' };
+  const vars = { disk: { dev: '/dev/sda' }, sized: { size: '10G' }, items: ['a', 'b', 'c'], s: 'abc', big: 'x'.repeat(100_000) };
   const cases: Array<[string, string | RegExp]> = [
     ['{{ disk.size }}', /^a mapping has no field 'size'; use the filter instead: \| size$/],
     ['{{ disk.first }}', /no field 'first'/],
@@ -153,6 +153,7 @@ describe('the renderer: field access means field access, and work is bounded', (
     ['{% for x in items %}{% if forloop.first %}[{% endif %}{{ x }}{% if forloop.last %}]{% endif %}{% endfor %}', '[abc]'],
     ['{% for i in (1..100000) %}{% for j in (1..100000) %}x{% endfor %}{% endfor %}', /took more than 50 ms|allocates too much/],
     ['{% assign s = "x" %}{% for i in (1..40) %}{% assign s = s | append: s %}{% endfor %}', /allocates too much/],
+    ['{% for i in (1..1000) %}{{ big }}{% endfor %}', /larger than 4 MiB \(the limit\)/],
   ];
   it.each(cases)('%s', (src, want) => {
     if (typeof want === 'string') {
