@@ -27,10 +27,10 @@ export const DURATION_RANGES = {
   taskTimeout: { min: SECOND, max: 24 * DAY },
   /** `takt serve --lease`: a running job's silence allowance (the sweeper runs every lease/4). */
   lease: { min: SECOND, max: DAY },
-  /** `takt serve --churn-check`: the churn policy's interval timer. */
-  churnCheck: { min: SECOND, max: 24 * DAY },
-  /** A churn policy's `maxAge`: compared with machine ages, no timer. */
-  maxAge: { min: MINUTE, max: 3650 * DAY },
+  /** `takt serve --churn-check`: the churn policy's interval timer (tests check every 500ms). */
+  churnCheck: { min: 100, max: 24 * DAY },
+  /** A churn policy's `maxAge`: compared with machine ages at each check, no timer. */
+  maxAge: { min: SECOND, max: 3650 * DAY },
   /** CLI `--timeout` of commands that wait (a deadline, polled). */
   wait: { min: SECOND, max: 24 * DAY },
   /** `--since` windows of reports: a date in the past. */
