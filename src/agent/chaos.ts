@@ -7,7 +7,7 @@
  * with `chaos:`, so no injected fault can be mistaken for a real one.
  */
 import { NetworkError } from '../client/http.js';
-import { parseDuration } from '../model/duration.js';
+import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { AgentLog } from './log.js';
 import { sleep } from './retry.js';
@@ -39,8 +39,8 @@ export function parseChaos(text: string): ChaosSpec {
       const n = Number(value);
       if (!Number.isFinite(n) || n < 0 || n > 1) throw bad('a fraction from 0 to 1');
       spec[key as (typeof FRACTIONS)[number]] = n;
-    } else if (key === 'latency') spec.latencyMs = parseDuration(value, 'chaos latency');
-    else if (key === 'drop-for') spec.dropMs = parseDuration(value, 'chaos drop-for');
+    } else if (key === 'latency') spec.latencyMs = parseDuration(value, 'chaos latency', DURATION_RANGES.chaos);
+    else if (key === 'drop-for') spec.dropMs = parseDuration(value, 'chaos drop-for', DURATION_RANGES.chaos);
     else if (key === 'seed') {
       if (!/^\d+$/.test(value)) throw bad('a whole number');
       spec.seed = Number(value);

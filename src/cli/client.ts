@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
+import { inexactMessage, inexactNumbers } from '../model/numbers.js';
 
 export const DEFAULT_ENDPOINT = 'http://127.0.0.1:8092';
 
@@ -40,6 +41,10 @@ export function parseParamPairs(pairs: string[] = []): Record<string, unknown> {
       value = JSON.parse(raw);
     } catch {
       /* a plain string */
+    }
+    // JSON.parse rounds 12345678901234567891 silently; the raw text is still here to say what was meant.
+    if (inexactNumbers(value).length > 0) {
+      throw new TaktError('bad_request', `--param '${p}': ${inexactMessage(raw)}: --param '${p.slice(0, i)}="${raw}"'`);
     }
     out[p.slice(0, i)] = value;
   }

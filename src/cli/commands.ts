@@ -3,13 +3,12 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { dirname, join } from 'node:path';
 import { Option, type Command } from 'commander';
 import pc from 'picocolors';
-import { parse as parseYaml } from 'yaml';
 import { followEvents } from '../client/events.js';
 import type { ApiClient } from '../client/http.js';
 import type { InstallResult, PackDiff } from '../engine/content.js';
 import type { MachineRecord } from '../engine/records.js';
 import { CONTENT_KINDS, KIND_NOUN } from '../model/content.js';
-import { formatDuration, parseDuration } from '../model/duration.js';
+import { DURATION_RANGES, formatDuration, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { Change, Job, LogChunk, Machine, WorkOrder } from '../model/machine.js';
 import { clientFrom, collect, parseParamPairs, type GlobalOptions } from './client.js';
@@ -364,7 +363,7 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     .option('--timeout <duration>', 'give up after this long', '10m')
     .action(async (id: string, o: { until: string; timeout: string }) => {
       const client = api();
-      const deadline = Date.now() + parseDuration(o.timeout, '--timeout');
+      const deadline = Date.now() + parseDuration(o.timeout, '--timeout', DURATION_RANGES.wait);
       for (;;) {
         const m = await client.get<Machine>(`/machines/${enc(id)}`);
         if (m.state === o.until) return print(g().output, m, () => `${m.name} is ${colorState(m.state)}`);
@@ -539,7 +538,8 @@ function objectCommands(program: Command, g: Globals, api: () => ApiClient, kind
     .description(`create or replace a local ${noun} from a YAML or JSON file`)
     .requiredOption('-f, --file <file>')
     .action(async (o: { file: string }) => {
-      const def = parseYaml(await readFile(o.file, 'utf8')) as { name?: string };
+      const { parseYamlValue } = await import('../content/yaml.js');
+      const def = parseYamlValue(await readFile(o.file, 'utf8'), o.file) as { name?: string } | null;
       if (!def || typeof def !== 'object' || typeof def.name !== 'string') throw new TaktError('invalid', `${o.file}: expected a ${noun} mapping with a name`);
       const client = api();
       const exists = await client.get(`/${kind}/${enc(def.name)}`).then(
@@ -561,6 +561,9 @@ function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
     .description('write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git')
     .action(async (dir: string) => {
       const { files } = await api().get<{ files: Record<string, string> }>('/export');
+      // Every path must stay inside DIR, whatever the endpoint sends: checked before anything is written.
+      const { assertPlainPaths } = await import('../content/files.js');
+      assertPlainPaths(files, 'export');
       const existing = await readdir(dir).catch(() => null);
       if (existing && existing.length > 0 && !existing.includes('takt-export.yaml')) {
         throw new TaktError('conflict', `${dir} is not empty and holds no takt export; choose an empty or new directory`);

@@ -6,7 +6,7 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
-import { formatDuration, parseDuration } from '../model/duration.js';
+import { DURATION_RANGES, formatDuration, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, LogChunk, Machine } from '../model/machine.js';
 import { collect, parseParamPairs, type GlobalOptions } from './client.js';
@@ -127,7 +127,7 @@ export function exerciseCommand(program: Command, g: () => GlobalOptions, api: (
 async function exercise(client: ApiClient, pipeline: string, o: Options): Promise<ExerciseResult> {
   const envs = [...new Set(o.envs.split(',').map((e) => e.trim()).filter(Boolean))];
   if (envs.length === 0) throw new TaktError('bad_request', '--envs names no environment; e.g. --envs local,netns', { path: 'envs' });
-  const timeoutMs = parseDuration(o.timeout, '--timeout');
+  const timeoutMs = parseDuration(o.timeout, '--timeout', DURATION_RANGES.wait);
   const params = parseParamPairs(o.param);
   const p = await client.get<{ stages: string[] }>(`/pipelines/${encodeURIComponent(pipeline)}`);
   const order: Array<{ stage: string; task: string }> = [];

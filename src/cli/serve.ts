@@ -18,7 +18,7 @@ import { History } from '../engine/history.js';
 import { Portable } from '../engine/portable.js';
 import { Records } from '../engine/records.js';
 import { Rollouts } from '../engine/rollouts.js';
-import { parseDuration } from '../model/duration.js';
+import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { parseByteSize } from '../model/size.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
@@ -58,9 +58,7 @@ const isLoopback = (host: string) => host === 'localhost' || host === '::1' || /
 function serverLimits(opts: ServeOptions): Partial<ServerLimits> {
   const limits: Partial<ServerLimits> = {};
   if (opts.requestTimeout !== undefined) {
-    const ms = parseDuration(opts.requestTimeout, '--request-timeout');
-    if (ms < 1000 || ms > 3_600_000) throw new TaktError('bad_request', `--request-timeout must be from 1s to 1h (got '${opts.requestTimeout}')`);
-    limits.requestTimeoutMs = ms;
+    limits.requestTimeoutMs = parseDuration(opts.requestTimeout, '--request-timeout', DURATION_RANGES.requestTimeout);
   }
   if (opts.maxConnections !== undefined) {
     const n = Number(opts.maxConnections);
@@ -85,7 +83,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   if (!isLoopback(host)) {
     throw new TaktError('bad_request', `refusing to listen on ${host}: binding beyond loopback needs TLS and credentials, which this version does not configure yet; use 127.0.0.1`);
   }
-  const leaseMs = parseDuration(opts.lease, '--lease');
+  const leaseMs = parseDuration(opts.lease, '--lease', DURATION_RANGES.lease);
   const data = resolve(opts.data);
   mkdirSync(data, { recursive: true, mode: 0o700 });
   const admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
@@ -113,7 +111,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   ]);
   const records = new Records(store, content, sealer);
   const rollouts = new Rollouts(store, engine, records, { log });
-  const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check') });
+  const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck) });
   const app = await buildServer({
     store,
     engine,

@@ -5,7 +5,7 @@
  */
 import { canonicalJson, sha256 } from '../model/hash.js';
 import { TaktError } from '../model/errors.js';
-import type { PackFiles } from './files.js';
+import { assertPlainPaths, type PackFiles } from './files.js';
 
 export const BUNDLE_FORMAT = 'takt-pack/1';
 
@@ -38,6 +38,8 @@ export function readBundle(text: string, where: string): Bundle {
   if (b.format !== BUNDLE_FORMAT || typeof b.files !== 'object' || b.files === null || typeof b.sha256 !== 'string') {
     throw new TaktError('bad_request', `${where}: not a ${BUNDLE_FORMAT} artifact`);
   }
+  // A bundle is written to disk again by `takt export`; its paths must stay inside it.
+  assertPlainPaths(b.files, where);
   const actual = packDigest(b.files);
   if (actual !== b.sha256) {
     throw new TaktError('bad_request', `${where}: corrupt artifact: its files hash to ${actual.slice(0, 12)}, it claims ${b.sha256.slice(0, 12)}`);

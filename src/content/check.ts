@@ -8,7 +8,9 @@
  */
 import { CONTENT_KINDS, KIND_NOUN, type ContentKind, type ContentSet } from '../model/content.js';
 import { isSealed } from '../model/secure.js';
-import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateVariableUses } from '../render/template.js';
+import { DURATION_RANGES, parseDuration } from '../model/duration.js';
+import { TaktError } from '../model/errors.js';
+import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateLoopProblems, templateVariableUses } from '../render/template.js';
 import { metaSchemaProblems, schemaProblems } from './schema.js';
 import { taskActionFor } from './variants.js';
 import { encodePointer } from './yaml.js';
@@ -265,6 +267,50 @@ function checkTask(ctx: Ctx): void {
   }
 
   for (const [path, source] of templates) checkTemplate(ctx, path, source, declared);
+  checkTimeout(ctx);
+}
+
+/** A timeout lint accepts works as written: within the range the agent's timer can hold, and not 0. */
+function checkTimeout(ctx: Ctx): void {
+  const t = ctx.def.timeout;
+  if (typeof t !== 'string' && typeof t !== 'number') return;
+  try {
+    parseDuration(t, 'timeout', DURATION_RANGES.taskTimeout);
+  } catch (e) {
+    if (!(e instanceof TaktError)) throw e;
+    report(ctx, '/timeout', e.message);
+  }
+}
+
+/**
+ * Field access the renderer will refuse, known from the param's schema: a field of a string, number,
+ * boolean or list (`{{ disk.size }}` on a string; sizes are the `| size` filter), or a field a closed
+ * mapping does not have.
+ */
+function fieldAccessProblem(schema: unknown, name: string, path: string[]): string | undefined {
+  let node = record(schema);
+  let at = name;
+  for (const seg of path) {
+    if (!node) return undefined;
+    const type = node.type;
+    if (type === 'object') {
+      const props = record(node.properties);
+      if (props && seg in props) node = record(props[seg]);
+      else if (node.additionalProperties === false && !node.patternProperties) return `'${at}' has no field '${seg}'${filterHint(seg)}`;
+      else return undefined;
+    } else if (type === 'array') {
+      if (!/^\d+$/.test(seg)) return `'${at}' is a list: it has no field '${seg}' (use an index, e.g. ${at}[0]${filterHint(seg, ' or')})`;
+      node = record(node.items);
+    } else if (typeof type === 'string' && ['string', 'number', 'integer', 'boolean', 'null'].includes(type)) {
+      return `'${at}' is ${type === 'integer' ? 'an' : 'a'} ${type}: it has no field '${seg}'${filterHint(seg)}`;
+    } else return undefined;
+    at = `${at}.${seg}`;
+  }
+  return undefined;
+}
+
+function filterHint(seg: string, join = ';'): string {
+  return ['size', 'first', 'last'].includes(seg) ? `${join} use the filter: | ${seg}` : '';
 }
 
 function checkTemplate(ctx: Ctx, path: string, source: string, declared: Set<string>): void {
@@ -283,15 +329,26 @@ function checkTemplate(ctx: Ctx, path: string, source: string, declared: Set<str
       const f = u.path[1];
       if (f !== undefined && !(MACHINE_FIELDS as readonly string[]).includes(f) && !reported.has(`machine.${f}`)) {
         reported.add(`machine.${f}`);
-        report(ctx, path, `template: machine has no field '${f}' (it has ${MACHINE_FIELDS.join(', ')})`, { template });
+        report(ctx, path, `template: machine has no field '${f}' (it has ${MACHINE_FIELDS.join(', ')})${filterHint(f)}`, { template });
+      } else if (f !== undefined && u.path.length > 2 && !reported.has(u.path.join('.'))) {
+        // machine.id, .name and .environment are strings: nothing below them.
+        reported.add(u.path.join('.'));
+        report(ctx, path, `template: 'machine.${f}' is a string: it has no field '${u.path[2]}'${filterHint(u.path[2]!)}`, { template });
       }
     } else if (!declared.has(u.name) && !reported.has(u.name)) {
       reported.add(u.name);
       report(ctx, path, `template uses '${u.name}', which the task does not declare in params.required or params.optional`, {
         template,
       });
+    } else if (declared.has(u.name) && u.path.length > 1) {
+      const problem = fieldAccessProblem(ctx.set.objects.params.get(u.name)?.def.schema, u.name, u.path.slice(1));
+      if (problem && !reported.has(`${u.path.join('.')}`)) {
+        reported.add(u.path.join('.'));
+        report(ctx, path, `template: ${problem}`, { template });
+      }
     }
   }
+  for (const p of templateLoopProblems(source)) report(ctx, path, `template: ${p.message}`, { template: { line: p.line, col: p.col } });
 }
 
 /** Principle 1: a pipeline that claims an environment must say, in every task, what happens there. */

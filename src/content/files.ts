@@ -3,8 +3,8 @@
  * Reading only collects text; every judgement about the files (misplaced, malformed) is lint's, so a
  * pack read from disk and one uploaded as a bundle are checked the same way.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readdir, readFile, realpath, stat } from 'node:fs/promises';
+import { join, sep } from 'node:path';
 import { CONTENT_KINDS, type ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 
@@ -18,6 +18,43 @@ const YAML_EXT = /\.ya?ml$/;
 const SKIP_DIRS = /^(\.|node_modules$|docs?$)/i;
 /** Deep enough to find a misplaced object file (e.g. tasks/extra/x.yaml); a pack is a shallow tree. */
 const MAX_DEPTH = 3;
+
+/** Longest path (and path segment) a pack file may have, in characters. */
+const MAX_PATH_CHARS = 1024;
+const MAX_SEGMENT_CHARS = 255;
+
+/**
+ * Why `path` is not a plain relative path that stays inside its pack, or undefined when it is. A plain
+ * path is `seg/seg/...`: no leading `/`, no drive letter, no backslash, no empty, `.` or `..` segment,
+ * no NUL or other control character. Everything that writes a pack's files somewhere (`takt export`) or
+ * reads them from somewhere relies on this.
+ */
+export function packPathProblem(path: string): string | undefined {
+  if (path.length === 0) return 'is empty';
+  if (path.length > MAX_PATH_CHARS) return `is longer than ${MAX_PATH_CHARS} characters`;
+  // eslint-disable-next-line no-control-regex
+  if (/[\u0000-\u001f\u007f]/.test(path)) return 'contains a NUL or control character';
+  if (path.includes('\\')) return 'contains a backslash (use / between directories)';
+  if (path.startsWith('/') || /^[A-Za-z]:/.test(path)) return 'is absolute (it must be relative to the pack)';
+  for (const seg of path.split('/')) {
+    if (seg === '' || seg === '.' || seg === '..') return `has a '${seg || '(empty)'}' segment (it must stay inside the pack: no ., .. or //)`;
+    if (seg.length > MAX_SEGMENT_CHARS) return `has a name longer than ${MAX_SEGMENT_CHARS} characters`;
+  }
+  return undefined;
+}
+
+/**
+ * Refuses a set of files (a pack, a bundle, an export) holding any path that is not plain and relative,
+ * or a file that is not text. `where` names the set in the message.
+ * @throws TaktError('bad_request') naming the first bad path, with `path` set to it.
+ */
+export function assertPlainPaths(files: Record<string, unknown>, where: string): void {
+  for (const [path, text] of Object.entries(files)) {
+    const problem = packPathProblem(path);
+    if (problem) throw new TaktError('bad_request', `${where}: file path ${JSON.stringify(path)} ${problem}`, { path });
+    if (typeof text !== 'string') throw new TaktError('bad_request', `${where}: file ${JSON.stringify(path)} is not text`, { path });
+  }
+}
 
 /** Where an object file belongs: `tasks/foo.yaml` → { kind: 'tasks', name: 'foo' }; undefined elsewhere. */
 export function objectFileOf(path: string): { kind: ContentKind; name: string } | undefined {
@@ -47,16 +84,24 @@ export async function readPackDir(dir: string): Promise<PackFiles> {
 
   const files: PackFiles = {};
   let total = 0;
+  const root = await realpath(dir);
   const walk = async (rel: string, depth: number): Promise<void> => {
     const entries = await readdir(join(dir, rel), { withFileTypes: true });
     entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const e of entries) {
       const path = rel ? `${rel}/${e.name}` : e.name;
-      // Symlinked files are read (a pack may share a file); symlinked directories are not followed (loops).
-      const isFile = e.isFile() || (e.isSymbolicLink() && (await stat(join(dir, path)).catch(() => undefined))?.isFile() === true);
       if (e.isDirectory()) {
         if (!SKIP_DIRS.test(e.name) && depth < MAX_DEPTH) await walk(path, depth + 1);
-      } else if (isFile && isYamlFile(e.name)) {
+        continue;
+      }
+      if (!isYamlFile(e.name) || !(e.isFile() || e.isSymbolicLink())) continue;
+      const problem = packPathProblem(path);
+      if (problem) throw new TaktError('bad_request', `${join(dir, path)}: file path ${problem}`, { path: join(dir, path) });
+      // A symlinked file is read only when it is a regular file inside the pack (packs may share a file
+      // between versions of a directory); one that leads out of the pack (/proc/self/environ, ~/.ssh/…)
+      // would upload whatever it points at, so it is refused. Symlinked directories are never followed.
+      if (e.isSymbolicLink()) await assertLinkInside(root, dir, path);
+      if (e.isFile() || e.isSymbolicLink()) {
         const size = (await stat(join(dir, path))).size;
         total += size;
         if (total > MAX_PACK_BYTES) {
@@ -68,4 +113,19 @@ export async function readPackDir(dir: string): Promise<PackFiles> {
   };
   await walk('', 0);
   return files;
+}
+
+/** Refuses a symlink at `path` (inside `dir`, whose real path is `root`) unless it resolves to a regular file inside the pack. */
+async function assertLinkInside(root: string, dir: string, path: string): Promise<void> {
+  const where = join(dir, path);
+  const target = await realpath(where).catch(() => undefined);
+  const inside = target !== undefined && (target + sep).startsWith(root + sep) && target !== root;
+  const st = target ? await stat(target).catch(() => undefined) : undefined;
+  if (!inside || !st?.isFile()) {
+    throw new TaktError(
+      'bad_request',
+      `${where}: a symbolic link ${target === undefined ? 'that leads nowhere' : inside ? 'to something that is not a file' : `out of the pack (to ${target})`}; a pack holds its files itself: copy the file in`,
+      { path: where },
+    );
+  }
 }

@@ -5,7 +5,7 @@
  */
 import type { ErrorObject } from 'ajv';
 import { NAME_PATTERN, PARAM_NAME_PATTERN } from '../model/content.js';
-import { ajv, compileSchema, describeAjvError } from '../model/validate.js';
+import { ajv, compileSchema, describeAjvError, inexactNumbers } from '../model/validate.js';
 import { decodePointer } from './yaml.js';
 
 export interface FieldProblem {
@@ -31,6 +31,8 @@ const KEY_PATTERNS: Record<string, string> = {
 
 /** Validates `value` against `schema` (compiled once per schema object). */
 export function schemaProblems(schema: object, value: unknown): FieldProblem[] {
+  const inexact = inexactNumbers(value);
+  if (inexact.length > 0) return inexact.map((p) => ({ ...p, at: 'value' }));
   const fn = compileSchema(schema);
   if (fn(value)) return [];
   return explainErrors(fn.errors ?? [], schema, value);

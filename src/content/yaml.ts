@@ -2,7 +2,9 @@
  * YAML with positions: parse one object file and answer "where in the file is the node at this JSON
  * pointer", so every check can work on plain values and field paths and still report file:line:col.
  */
-import { LineCounter, isMap, isNode, isScalar, isSeq, parseAllDocuments, Scalar, type Document, type Node } from 'yaml';
+import { LineCounter, isMap, isNode, isPair, isScalar, isSeq, parseAllDocuments, Scalar, visit, type Document, type Node } from 'yaml';
+import { TaktError } from '../model/errors.js';
+import { inexactMessage, isExactNumber } from '../model/numbers.js';
 
 export interface Pos {
   line: number;
@@ -44,22 +46,117 @@ function describe(node: unknown): string {
   return 'something else';
 }
 
-/** Parses one object file; `noun` names what the file should hold ("task", "pack manifest"). */
-export function parseYamlFile(text: string, noun: string): YamlFile {
+/**
+ * Bounds every YAML document takt reads, whoever wrote it: its size, how deeply it nests and how far its
+ * aliases may expand ("billion laughs"). A document over a bound is refused with a problem, never parsed
+ * into something that exhausts memory or the stack.
+ */
+export const YAML_LIMITS = {
+  /** Bytes per document (a pack is at most 8 MiB in all). */
+  maxBytes: 1024 * 1024,
+  /** yaml's alias expansion budget: roughly, aliases × nodes they copy. */
+  maxAliasCount: 100,
+  /** Nesting of mappings and lists; content is a few levels deep, param values a few more. */
+  maxDepth: 64,
+} as const;
+
+interface Loaded {
+  at(offset: number): Pos;
+  docs: Document.Parsed[];
+  problems: YamlProblem[];
+}
+
+/** Parses all documents of `text` within YAML_LIMITS; problems carry positions. */
+function loadBounded(text: string): Loaded {
   const lc = new LineCounter();
-  const docs = parseAllDocuments(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
-  const problems: YamlProblem[] = [];
   const at = (offset: number): Pos => {
     const p = lc.linePos(offset);
     return { line: p.line, col: p.col };
   };
-  const list = Array.isArray(docs) ? docs : [];
-  for (const doc of list) {
-    for (const e of [...doc.errors, ...doc.warnings]) problems.push({ ...at(e.pos[0]), message: `invalid YAML: ${e.message}` });
+  const bytes = Buffer.byteLength(text);
+  if (bytes > YAML_LIMITS.maxBytes) {
+    return { at, docs: [], problems: [{ ...START, message: `file is ${bytes} bytes; a YAML file may hold at most ${YAML_LIMITS.maxBytes / 1024 / 1024} MiB` }] };
   }
-  const doc: Document | undefined = list[0];
+  // prettyErrors must stay off: building a pretty context for a deeply nested error exhausts memory.
+  const docs = parseAllDocuments(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  const list = Array.isArray(docs) ? docs : [];
+  const problems: YamlProblem[] = [];
+  for (const doc of list) {
+    for (const e of [...doc.errors, ...doc.warnings]) {
+      const message = /call stack/i.test(e.message) ? `nested too deeply (at most ${YAML_LIMITS.maxDepth} levels)` : e.message;
+      problems.push({ ...at(e.pos[0]), message: `invalid YAML: ${message}` });
+    }
+    if (doc.errors.length === 0) problems.push(...nodeProblems(doc.contents, at));
+  }
+  return { at, docs: list, problems };
+}
+
+/** Depth and number checks over a composed document, without recursion (its depth is what is checked). */
+function nodeProblems(root: unknown, at: (offset: number) => Pos): YamlProblem[] {
+  const out: YamlProblem[] = [];
+  const stack: Array<[unknown, number]> = [[root, 0]];
+  while (stack.length > 0) {
+    const [node, depth] = stack.pop()!;
+    if (isScalar(node) && typeof node.value === 'number') {
+      const written = String(node.source ?? node.value);
+      if (!Number.isFinite(node.value)) {
+        out.push({ ...at(node.range?.[0] ?? 0), message: `${written} (infinite or not a number) cannot be held in JSON; write it as a string` });
+      } else if (!isExactNumber(node.value)) {
+        out.push({ ...at(node.range?.[0] ?? 0), message: inexactMessage(written) });
+      }
+    } else if (isMap(node) || isSeq(node)) {
+      if (depth >= YAML_LIMITS.maxDepth) {
+        out.push({ ...at(node.range?.[0] ?? 0), message: `nested too deeply: at most ${YAML_LIMITS.maxDepth} levels of mappings and lists` });
+        continue;
+      }
+      for (const item of node.items) {
+        stack.push([isPair(item) ? item.value : item, depth + 1]);
+      }
+    }
+  }
+  return out.sort((a, b) => a.line - b.line || a.col - b.col);
+}
+
+/** The plain value of a composed document; alias expansion over the budget is a problem, not a crash. */
+function toValue(doc: Document, at: (offset: number) => Pos): { value?: unknown; problem?: YamlProblem } {
+  try {
+    return { value: doc.toJS({ maxAliasCount: YAML_LIMITS.maxAliasCount }) };
+  } catch (e) {
+    let first: Node | undefined;
+    visit(doc, { Alias: (_k, n) => ((first = n), visit.BREAK) });
+    const message = e instanceof ReferenceError && /alias/i.test(e.message)
+      ? `aliases expand too far (more than ${YAML_LIMITS.maxAliasCount} copies); write the values out or use fewer aliases`
+      : `cannot be read: ${(e as Error).message}`;
+    return { problem: { ...at(first?.range?.[0] ?? 0), message: `invalid YAML: ${message}` } };
+  }
+}
+
+/**
+ * Parses one YAML document that is not a pack file (an export file, a CLI `-f` file) within YAML_LIMITS.
+ * @throws TaktError('bad_request') whose message starts `where:line:col:` and whose path is `where`.
+ */
+export function parseYamlValue(text: string, where: string): unknown {
+  const { at, docs, problems } = loadBounded(text);
+  if (problems.length === 0 && docs.length > 1) problems.push({ ...at(docs[1]!.range[0]), message: `a file holds one document, found ${docs.length}` });
+  let value: unknown = null;
+  if (problems.length === 0 && docs[0]) {
+    const r = toValue(docs[0], at);
+    if (r.problem) problems.push(r.problem);
+    value = r.value ?? null;
+  }
+  const p = problems[0];
+  if (p) throw new TaktError('bad_request', `${where}:${p.line}:${p.col}: ${p.message}`, { path: where });
+  return value;
+}
+
+/** Parses one object file; `noun` names what the file should hold ("task", "pack manifest"). */
+export function parseYamlFile(text: string, noun: string): YamlFile {
+  const { at, docs: list, problems } = loadBounded(text);
+  const doc: Document.Parsed | undefined = list[0];
   let value: Record<string, unknown> | undefined;
-  if (!doc || doc.contents === null) {
+  if (problems.length > 0 && list.length === 0) {
+    // Refused before parsing (too large): nothing to locate in.
+  } else if (!doc || doc.contents === null) {
     if (problems.length === 0) problems.push({ ...START, message: `empty file: expected a ${noun} (a mapping of fields)` });
   } else if (list.length > 1) {
     const second = list[1]!;
@@ -68,8 +165,9 @@ export function parseYamlFile(text: string, noun: string): YamlFile {
     const c = doc.contents as Node;
     problems.push({ ...at(c.range?.[0] ?? 0), message: `expected a ${noun} (a mapping of fields), found ${describe(c)}` });
   } else {
-    // maxAliasCount bounds alias expansion ("billion laughs").
-    value = doc.toJS({ maxAliasCount: 100 }) as Record<string, unknown>;
+    const r = toValue(doc, at);
+    if (r.problem) problems.push(r.problem);
+    else value = r.value as Record<string, unknown>;
   }
 
   const find = (pointer: string, where: 'key' | 'value'): { node: Node | null; pos: Pos } => {

@@ -3,7 +3,7 @@
  * rebuilt (their pipeline from the top) by rollouts the policy creates, never more than the budget at once
  * — and a failing rebuild stops the line like any rollout.
  */
-import { parseDuration, formatDuration } from '../model/duration.js';
+import { DURATION_RANGES, parseDuration, formatDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { Machine } from '../model/machine.js';
 import type { Store } from '../store/store.js';
@@ -59,7 +59,7 @@ export class Churn {
   }
 
   async set(input: { maxAge: string; budget: string }, author: string): Promise<ChurnStatus> {
-    const policy: ChurnPolicy = { maxAge: input.maxAge, maxAgeMs: parseDuration(input.maxAge, 'max-age'), budget: input.budget };
+    const policy: ChurnPolicy = { maxAge: input.maxAge, maxAgeMs: parseDuration(input.maxAge, 'max-age', DURATION_RANGES.maxAge), budget: input.budget };
     if (policy.maxAgeMs <= 0) throw new TaktError('invalid', 'max-age must be more than zero', { path: '/maxAge' });
     parseBudget(input.budget);
     await this.store.transact(async (tx) => {

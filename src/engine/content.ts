@@ -2,7 +2,7 @@
  * The endpoint's content: packs and local objects, cached in memory as a ContentSet (the engine reads it
  * on every claim) and written through the store's commit path. A pack with any lint error is refused whole.
  */
-import type { PackFiles } from '../content/files.js';
+import { assertPlainPaths, type PackFiles } from '../content/files.js';
 import semver from 'semver';
 import { packDigest } from '../content/bundle.js';
 import { checkContentSet, lintPack, type LintResult } from '../content/lint.js';
@@ -50,7 +50,7 @@ export interface PackDiff {
   changed: Array<{ object: string; fields: FieldChange[] }>;
 }
 
-type Pins = Map<string, { version: string; requires: Record<string, string> }>;
+export type Pins = Map<string, { version: string; requires: Record<string, string> }>;
 interface UsePlan {
   candidate: ContentSet;
   pins: Pins;
@@ -109,6 +109,8 @@ export class ContentService {
    * run when `use` pins them (or with `use: true`).
    */
   async installPack(files: PackFiles, author: string, opts: { use?: boolean } = {}): Promise<InstallResult> {
+    // Stored files are written out again by `takt export`: only plain relative paths inside the pack.
+    assertPlainPaths(files, 'pack refused');
     const result = lintPack(files, this.without(peekPackName(files)));
     // Lint also reports names another pack or a local object already owns, at the offending `name:`.
     if (!result.manifest || result.diagnostics.length > 0) {
@@ -135,13 +137,7 @@ export class ContentService {
     };
     const activate = opts.use === true || !this.pins.has(manifest.name);
     const plan = activate ? this.prepareUse(version, result.objects) : null;
-    if (!existing) {
-      await this.store.transact(async (tx) => {
-        await tx.putPackVersion(version);
-        await tx.change(author, `packversions/${ref}`, 'create', null, { sha256: digest });
-        tx.emit(`packversions.create.${ref}`, { name: version.name, version: version.version, sha256: digest });
-      });
-    }
+    if (!existing) await this.store.transact((tx) => this.writeVersion(tx, version, author));
     const objects = result.objects.length;
     if (plan && this.pins.get(manifest.name)?.version !== manifest.version) await this.commitUse(version, result.objects, plan, author);
     return { name: version.name, version: version.version, sha256: digest, objects, installed: !existing, active: this.pins.get(manifest.name)?.version === manifest.version };
@@ -199,18 +195,67 @@ export class ContentService {
 
   private async commitUse(version: PackRecord, objects: LintResult['objects'], { candidate, pins }: UsePlan, author: string) {
     await this.assertMachineRefs(candidate, `using ${version.name}@${version.version}`);
-    await this.store.transact(async (tx) => {
-      const before = await tx.getPack(version.name);
-      await this.deleteLayer(tx, version.name);
-      for (const o of objects) {
-        await tx.putContent({ kind: o.kind, name: (o.def as { name: string }).name, layer: version.name, def: o.def, sha256: hashObject(o.def) });
-      }
-      await tx.putPack(version);
-      const summary = (p?: PackRecord) => (p ? { version: p.version, sha256: p.sha256 } : null);
-      await tx.change(author, `packs/${version.name}`, before ? 'update' : 'create', summary(before), summary(version));
-      tx.emit(`packs.${before ? 'update' : 'create'}.${version.name}`, { name: version.name, version: version.version, sha256: version.sha256 });
-    });
-    this.set = candidate;
+    await this.store.transact((tx) => this.writePin(tx, version, objects, author));
+    this.adopt(candidate, pins);
+  }
+
+  // ---- the writes, each inside a caller's transaction (an import makes many in one) ----
+
+  /** Records a newly installed pack version. */
+  async writeVersion(tx: Tx, version: PackRecord, author: string): Promise<void> {
+    const ref = `${version.name}@${version.version}`;
+    await tx.putPackVersion(version);
+    await tx.change(author, `packversions/${ref}`, 'create', null, { sha256: version.sha256 });
+    tx.emit(`packversions.create.${ref}`, { name: version.name, version: version.version, sha256: version.sha256 });
+  }
+
+  /** Makes `version` the one its pack runs: its objects replace those of the pack's layer in use now. */
+  async writePin(tx: Tx, version: PackRecord, objects: LintResult['objects'], author: string, opts: { cleared?: boolean } = {}): Promise<void> {
+    const before = await tx.getPack(version.name);
+    if (!opts.cleared) await this.deleteLayer(tx, version.name);
+    for (const o of objects) {
+      await tx.putContent({ kind: o.kind, name: (o.def as { name: string }).name, layer: version.name, def: o.def, sha256: hashObject(o.def) });
+    }
+    await tx.putPack(version);
+    const summary = (p?: PackRecord) => (p ? { version: p.version, sha256: p.sha256 } : null);
+    await tx.change(author, `packs/${version.name}`, before ? 'update' : 'create', summary(before), summary(version));
+    tx.emit(`packs.${before ? 'update' : 'create'}.${version.name}`, { name: version.name, version: version.version, sha256: version.sha256 });
+  }
+
+  /** Deletes the objects of `layer` in use now; `writePin(…, { cleared: true })` then puts the new ones. */
+  async writeClearLayer(tx: Tx, layer: string): Promise<void> {
+    await this.deleteLayer(tx, layer);
+  }
+
+  /** Stops running pack `name` (its versions stay installed). */
+  async writeUnpin(tx: Tx, name: string, author: string): Promise<void> {
+    const pack = await tx.getPack(name);
+    if (!pack) throw new TaktError('not_found', `pack '${name}' is not in use`);
+    await this.deleteLayer(tx, name);
+    await tx.deletePack(name);
+    await tx.change(author, `packs/${name}`, 'delete', { version: pack.version, sha256: pack.sha256 }, null);
+    tx.emit(`packs.delete.${name}`, { name });
+  }
+
+  /** Creates or replaces local object `obj` (checked by `checkLocal`). */
+  async writeLocal(tx: Tx, kind: ContentKind, obj: ContentObject, author: string): Promise<void> {
+    const existing = this.set.objects[kind].get(obj.name);
+    await tx.putContent({ kind, name: obj.name, layer: LOCAL_LAYER, def: obj, sha256: hashObject(obj) });
+    await tx.change(author, `${kind}/${obj.name}`, existing ? 'update' : 'create', existing?.def ?? null, obj);
+    tx.emit(`${kind}.${existing ? 'update' : 'create'}.${obj.name}`, obj);
+  }
+
+  /** Deletes local object `name`. */
+  async writeDeleteLocal(tx: Tx, kind: ContentKind, name: string, author: string): Promise<void> {
+    const existing = this.set.objects[kind].get(name);
+    await tx.deleteContent(kind, name);
+    await tx.change(author, `${kind}/${name}`, 'delete', existing?.def ?? null, null);
+    tx.emit(`${kind}.delete.${name}`, { name });
+  }
+
+  /** Makes content written by a committed transaction the content in use. Call only after the commit. */
+  adopt(set: ContentSet, pins: Pins): void {
+    this.set = set;
     this.pins = pins;
   }
 
@@ -224,27 +269,13 @@ export class ContentService {
     pins.delete(name);
     assertRequires(pins, `removing pack '${name}'`);
     await this.assertMachineRefs(candidate, `removing pack '${name}'`);
-    await this.store.transact(async (tx) => {
-      await this.deleteLayer(tx, name);
-      await tx.deletePack(name);
-      await tx.change(author, `packs/${name}`, 'delete', { version: pack.version, sha256: pack.sha256 }, null);
-      tx.emit(`packs.delete.${name}`, { name });
-    });
-    this.set = candidate;
-    this.pins = pins;
+    await this.store.transact((tx) => this.writeUnpin(tx, name, author));
+    this.adopt(candidate, pins);
   }
 
   /** Creates or replaces a local object (one made through the API rather than shipped in a pack). */
   async putLocal(kind: ContentKind, def: unknown, author: string, mode: 'create' | 'update', name?: string): Promise<ContentEntry> {
-    const problems = validateValue(CONTENT_SCHEMAS[kind], def);
-    if (problems.length > 0) {
-      const p = problems[0]!;
-      throw new TaktError('invalid', `${KIND_NOUN[kind]}: ${p.path || '/'} ${p.message}`, { path: p.path, details: { problems } });
-    }
-    const obj = def as ContentObject;
-    if (name !== undefined && obj.name !== name) {
-      throw new TaktError('invalid', `name '${obj.name}' in the body does not match '${name}' in the URL`, { path: '/name' });
-    }
+    const obj = this.checkLocal(kind, def, name);
     const existing = this.set.objects[kind].get(obj.name);
     if (mode === 'create' && existing) {
       throw new TaktError('conflict', `${KIND_NOUN[kind]} '${obj.name}' already exists${existing.layer === LOCAL_LAYER ? '' : ` (from pack '${existing.layer}')`}`);
@@ -256,13 +287,27 @@ export class ContentService {
     const candidate = this.clone();
     (candidate.objects[kind] as Map<string, { def: unknown; layer: string }>).set(obj.name, { def: obj, layer: LOCAL_LAYER });
     this.assertConsistent(candidate, `saving ${KIND_NOUN[kind]} '${obj.name}'`, { kind, name: obj.name });
-    await this.store.transact(async (tx) => {
-      await tx.putContent({ kind, name: obj.name, layer: LOCAL_LAYER, def: obj, sha256: hashObject(obj) });
-      await tx.change(author, `${kind}/${obj.name}`, existing ? 'update' : 'create', existing?.def ?? null, obj);
-      tx.emit(`${kind}.${existing ? 'update' : 'create'}.${obj.name}`, obj);
-    });
+    await this.store.transact((tx) => this.writeLocal(tx, kind, obj, author));
     this.set = candidate;
     return { kind, name: obj.name, layer: LOCAL_LAYER, def: obj };
+  }
+
+  /**
+   * A local object's definition as the API or an import gives it, checked against its kind's schema (and
+   * the name in the URL, when there is one). Consistency with the rest of the content is checked apart.
+   * @throws TaktError('invalid') at the first problem, all of them in details.problems.
+   */
+  checkLocal(kind: ContentKind, def: unknown, name?: string): ContentObject {
+    const problems = validateValue(CONTENT_SCHEMAS[kind], def);
+    if (problems.length > 0) {
+      const p = problems[0]!;
+      throw new TaktError('invalid', `${KIND_NOUN[kind]}: ${p.path || '/'} ${p.message}`, { path: p.path, details: { problems } });
+    }
+    const obj = def as ContentObject;
+    if (name !== undefined && obj.name !== name) {
+      throw new TaktError('invalid', `name '${obj.name}' in the body does not match '${name}' in the URL`, { path: '/name' });
+    }
+    return obj;
   }
 
   async deleteLocal(kind: ContentKind, name: string, author: string): Promise<void> {
@@ -274,11 +319,7 @@ export class ContentService {
     candidate.objects[kind].delete(name);
     this.assertConsistent(candidate, `deleting ${KIND_NOUN[kind]} '${name}'`);
     await this.assertMachineRefs(candidate, `deleting ${KIND_NOUN[kind]} '${name}'`);
-    await this.store.transact(async (tx) => {
-      await tx.deleteContent(kind, name);
-      await tx.change(author, `${kind}/${name}`, 'delete', existing.def, null);
-      tx.emit(`${kind}.delete.${name}`, { name });
-    });
+    await this.store.transact((tx) => this.writeDeleteLocal(tx, kind, name, author));
     this.set = candidate;
   }
 
@@ -312,7 +353,7 @@ export class ContentService {
   }
 
   /** Refuses a content change that would leave any object with a dangling reference or a broken template. */
-  private assertConsistent(candidate: ContentSet, doing: string, focus?: { kind: ContentKind; name: string }) {
+  assertConsistent(candidate: ContentSet, doing: string, focus?: { kind: ContentKind; name: string }) {
     const problems = checkContentSet(candidate);
     if (problems.length === 0) return;
     const first = problems.find((p) => focus && p.kind === focus.kind && p.name === focus.name) ?? problems[0]!;
@@ -324,7 +365,7 @@ export class ContentService {
   }
 
   /** Machines point at pipelines and profiles by name; those names must keep resolving. */
-  private async assertMachineRefs(candidate: ContentSet, doing: string) {
+  async assertMachineRefs(candidate: ContentSet, doing: string) {
     // Content removal is rare; a page-by-page scan keeps this exact for any fleet size.
     for (let offset = 0; ; offset += 1000) {
       const page = await this.store.listMachines({ limit: 1000, offset });
@@ -341,7 +382,7 @@ export class ContentService {
 }
 
 /** Every running pack's `requires` must be met by the versions that run. */
-function assertRequires(pins: Map<string, { version: string; requires: Record<string, string> }>, doing: string) {
+export function assertRequires(pins: Map<string, { version: string; requires: Record<string, string> }>, doing: string) {
   for (const [name, pin] of pins) {
     for (const [dep, range] of Object.entries(pin.requires)) {
       const have = pins.get(dep)?.version;

@@ -14,7 +14,7 @@
  * - failure rate: runs (tasks), stage passes or walks with at least one failed or lost job, over all.
  */
 import type { ContentSet, PipelineDef, StageDef } from '../model/content.js';
-import { parseDuration } from '../model/duration.js';
+import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { Job } from '../model/machine.js';
 import type { Store } from '../store/store.js';
@@ -253,7 +253,7 @@ const MAX_JOBS = 500_000;
 /** Reads the jobs of a window from the store and computes the report. */
 export async function cycleTimeReport(store: Store, content: ContentService, opts: { since?: string; pipeline?: string; now?: Date }): Promise<CycleTimeReport> {
   const now = opts.now ?? new Date();
-  const sinceMs = parseDuration(opts.since ?? '24h', 'since');
+  const sinceMs = parseDuration(opts.since ?? '24h', 'since', DURATION_RANGES.window);
   const since = new Date(now.getTime() - sinceMs).toISOString();
   if (opts.pipeline && !content.current.objects.pipelines.has(opts.pipeline)) {
     throw new TaktError('not_found', `pipeline '${opts.pipeline}' not found; takt content list pipelines shows them`, { path: 'pipeline' });

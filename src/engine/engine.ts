@@ -12,7 +12,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
-import { validateValue } from '../model/validate.js';
+import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
@@ -162,7 +162,16 @@ export class Engine {
   }
 
   async createMachine(input: MachineInput, author: string): Promise<{ machine: Machine; token: string }> {
-    const content = this.content.current;
+    const made = await this.newMachine(input);
+    await this.store.transact((tx) => this.insertMachine(tx, made.machine, made.token, author));
+    return made;
+  }
+
+  /**
+   * A new machine and its token, checked against `content` (by default the content in use; an import
+   * passes the content as it will be) and the store, but not written: `insertMachine` writes it.
+   */
+  async newMachine(input: MachineInput, content: ContentSet = this.content.current): Promise<{ machine: Machine; token: string }> {
     if (input.pipeline) this.requirePipeline(content, input.pipeline);
     const profiles = input.profiles ?? [];
     this.requireProfiles(content, profiles);
@@ -193,39 +202,53 @@ export class Engine {
       createdAt: now,
       updatedAt: now,
     };
-    if (machine.pipeline) this.assertStartable(machine, machine.pipeline);
-    await this.store.transact(async (tx) => {
-      if (await tx.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
-      if (await tx.getMachine(id)) throw new TaktError('conflict', `machine id '${id}' is already taken`, { path: '/id' });
-      await tx.insertMachine(machine, sha256(token));
-      await tx.change(author, `machines/${id}`, 'create', null, desiredView(machine));
-      tx.emit(`machines.create.${id}`, publicMachine(machine));
-    });
+    if (machine.pipeline) this.assertStartable(machine, machine.pipeline, content);
     return { machine, token };
+  }
+
+  /** Writes a machine made by `newMachine` inside the caller's transaction (names and ids re-checked there). */
+  async insertMachine(tx: Tx, machine: Machine, token: string, author: string): Promise<void> {
+    if (await tx.getMachineByName(machine.name)) throw new TaktError('conflict', `a machine named '${machine.name}' already exists`, { path: '/name' });
+    if (await tx.getMachine(machine.id)) throw new TaktError('conflict', `machine id '${machine.id}' is already taken`, { path: '/id' });
+    await tx.insertMachine(machine, sha256(token));
+    await tx.change(author, `machines/${machine.id}`, 'create', null, desiredView(machine));
+    tx.emit(`machines.create.${machine.id}`, publicMachine(machine));
   }
 
   async updateMachine(idOrName: string, patch: MachinePatch, author: string): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
+    this.checkPatch(content, patch);
+    return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content));
+  }
+
+  /** Checks what `updateMachineIn` can check before a transaction (references into `content`). */
+  checkPatch(content: ContentSet, patch: MachinePatch): void {
     if (patch.pipeline) this.requirePipeline(content, patch.pipeline);
     if (patch.profiles) this.requireProfiles(content, patch.profiles);
-    return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
-      let next: Machine = { ...m };
-      if (patch.name !== undefined && patch.name !== m.name) {
-        if (await tx.getMachineByName(patch.name)) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
-        next.name = patch.name;
-      }
-      if (patch.environment !== undefined) next.environment = patch.environment;
-      if (patch.profiles !== undefined) next.profiles = patch.profiles;
-      if (patch.params !== undefined) next.params = this.checkParams(content, m.params, patch.params);
-      if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
-        if (patch.pipeline) this.assertStartable(next, patch.pipeline);
-        await this.cancelCurrent(tx, m, author);
-        next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
-      }
-      return this.saveDesired(tx, m, next, author);
-    });
+  }
+
+  /**
+   * The writes of `updateMachine` (and of a power change) inside the caller's transaction, checked against
+   * `content`; an import runs it for every machine it changes, in one transaction.
+   */
+  async updateMachineIn(tx: Tx, id: string, patch: MachinePatch & { power?: Machine['power'] }, author: string, content: ContentSet): Promise<Machine> {
+    const m = await this.locked(tx, id);
+    let next: Machine = { ...m };
+    if (patch.name !== undefined && patch.name !== m.name) {
+      if (await tx.getMachineByName(patch.name)) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
+      next.name = patch.name;
+    }
+    if (patch.environment !== undefined) next.environment = patch.environment;
+    if (patch.profiles !== undefined) next.profiles = patch.profiles;
+    if (patch.params !== undefined) next.params = this.checkParams(content, m.params, patch.params);
+    if (patch.power !== undefined) next.power = patch.power;
+    if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
+      if (patch.pipeline) this.assertStartable(next, patch.pipeline, content);
+      await this.cancelCurrent(tx, m, author);
+      next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
+    }
+    return this.saveDesired(tx, m, next, author);
   }
 
   async deleteMachine(idOrName: string, author: string): Promise<Machine> {
@@ -843,8 +866,8 @@ export class Engine {
   }
 
   /** Refuses to start a pipeline on a machine while any required param has no value, listing all of them. */
-  private assertStartable(m: Machine, pipeline: string) {
-    const missing = this.pipelineSteps(this.content.current, m, pipeline, { stageIndex: 0, taskIndex: 0 }).filter((s) => s.prepared.missing.length > 0);
+  private assertStartable(m: Machine, pipeline: string, content: ContentSet = this.content.current) {
+    const missing = this.pipelineSteps(content, m, pipeline, { stageIndex: 0, taskIndex: 0 }).filter((s) => s.prepared.missing.length > 0);
     if (missing.length === 0) return;
     const list = missing.map((s) => `${s.stage}/${s.task}: ${s.prepared.missing.join(', ')}`).join('; ');
     throw new TaktError('invalid', `pipeline '${pipeline}' cannot start on '${m.name}': required params have no value — ${list}. Set them on the machine, a profile, the stage or pipeline, give them defaults, or have an earlier task promise them as outputs`, {
@@ -902,6 +925,9 @@ export class Engine {
         continue;
       }
       const def = content.objects.params.get(name)?.def;
+      // Checked whatever the schema: a rounded integer must not be stored as if the operator had set it.
+      const inexact = inexactNumbers(value);
+      if (inexact.length > 0) throw new TaktError('invalid', `param '${name}'${inexact[0]!.path}: ${inexact[0]!.message}`, { path: `/params/${name}${inexact[0]!.path}` });
       if (def?.schema) {
         const problems = validateValue(def.schema, value);
         if (problems.length > 0) {

@@ -3,14 +3,19 @@
  * content, machines), so it can live in git. Output is deterministic — sorted keys, no timestamps — so an
  * export, imported elsewhere and exported again, is byte-identical.
  */
-import { stringify, parse } from 'yaml';
-import { CONTENT_KINDS, LOCAL_LAYER, type ContentKind } from '../model/content.js';
+import { stringify } from 'yaml';
+import { assertPlainPaths, packPathProblem } from '../content/files.js';
+import { checkContentSet, lintPack, type LintResult } from '../content/lint.js';
+import { schemaProblems } from '../content/schema.js';
+import { parseYamlValue } from '../content/yaml.js';
+import { packDigest } from '../content/bundle.js';
+import { CONTENT_KINDS, CONTENT_SCHEMAS, KIND_NOUN, LOCAL_LAYER, NAME_PATTERN, PARAM_NAME_PATTERN, emptyContentSet, type ContentKind, type ContentObject, type ContentSet } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
 import type { Machine } from '../model/machine.js';
-import type { Store } from '../store/store.js';
-import type { ContentService } from './content.js';
-import { patchTowards, type Engine } from './engine.js';
+import type { PackRecord, Store, Tx } from '../store/store.js';
+import { assertRequires, type ContentService, type Pins } from './content.js';
+import { patchTowards, type Engine, type MachinePatch } from './engine.js';
 
 export const EXPORT_FORMAT = 'takt-export/1';
 const MANIFEST = 'takt-export.yaml';
@@ -22,17 +27,74 @@ export interface ImportResult {
   inUse: Record<string, string>;
   content: { created: number; updated: number; deleted: number };
   machines: { created: string[]; updated: string[] };
-  /** What could not be restored, and why; the rest was. */
+  /** What the import left as it was (machines not in the export) or could not do after its commit (an agent that did not start). */
   problems: string[];
 }
 
-/** Creates a machine for real (through its broker) when an import brings one back. */
-export type MachineCreator = (m: { id: string; name: string; environment: string; broker: string | null; pipeline: string | null; params: Record<string, unknown>; profiles: string[] }) => Promise<void>;
+/** One thing wrong with an import, found before anything is written: the file and the field in it. */
+export interface ImportProblem {
+  file: string;
+  /** JSON pointer into the file's document, when the problem is a field. */
+  path?: string;
+  /** Where in the file (1-based), when known. */
+  line?: number;
+  col?: number;
+  message: string;
+}
+
+/** How an import reaches brokers: checked before anything is written, used only after the commit. */
+export interface MachineStarter {
+  /** Whether this endpoint has the broker (an export from elsewhere may name one it does not). */
+  has(broker: string): boolean;
+  /** Starts a created machine's agent through its broker. */
+  start(machine: Machine, token: string): Promise<void>;
+}
+
+/** A machine as an export holds it. */
+interface MachineDoc {
+  id: string;
+  name: string;
+  environment: string;
+  broker: string | null;
+  pipeline: string | null;
+  profiles: string[];
+  params: Record<string, unknown>;
+  power: Machine['power'];
+}
+
+const NameSchema = { type: 'string', pattern: NAME_PATTERN, description: 'lower-case name: letters, digits, . _ -' } as const;
+const NullableName = { anyOf: [NameSchema, { type: 'null' }], description: 'a name or null' } as const;
+
+const ManifestSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['format'],
+  properties: {
+    format: { const: EXPORT_FORMAT },
+    inUse: { type: 'object', propertyNames: { pattern: NAME_PATTERN }, additionalProperties: { type: 'string', minLength: 1 } },
+  },
+} as const;
+
+const MachineDocSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id', 'name', 'environment', 'broker', 'pipeline', 'profiles', 'params', 'power'],
+  properties: {
+    id: { type: 'string', pattern: '^m-[a-z0-9]{1,40}$', description: 'machine id like m-1a2b3c' },
+    name: NameSchema,
+    environment: NameSchema,
+    broker: NullableName,
+    pipeline: NullableName,
+    profiles: { type: 'array', items: NameSchema },
+    params: { type: 'object', propertyNames: { pattern: PARAM_NAME_PATTERN } },
+    power: { enum: ['on', 'off'] },
+  },
+} as const;
 
 const sorted = (v: unknown): unknown => JSON.parse(canonicalJson(v));
 const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0 });
 
-function machineDoc(m: Machine) {
+function machineDoc(m: Machine): MachineDoc {
   return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, power: m.power };
 }
 
@@ -50,6 +112,11 @@ export class Portable {
     files[MANIFEST] = yaml({ format: EXPORT_FORMAT, inUse });
     for (const v of await this.store.listPackVersions()) {
       const rec = await this.store.getPackVersion(v.name, v.version);
+      // Versions installed before paths were checked may hold `../x`: such an export would write outside its directory.
+      for (const path of Object.keys(rec!.files)) {
+        const problem = packPathProblem(path);
+        if (problem) throw new TaktError('conflict', `cannot export ${v.name}@${v.version}: its file path ${JSON.stringify(path)} ${problem}; remove that version`, { path: `packs/${v.name}/${v.version}` });
+      }
       for (const [path, text] of Object.entries(rec!.files)) files[`packs/${v.name}/${v.version}/${path}`] = text;
     }
     for (const kind of CONTENT_KINDS) {
@@ -63,106 +130,357 @@ export class Portable {
     return Object.fromEntries(Object.entries(files).sort(([a], [b]) => (a < b ? -1 : 1)));
   }
 
-  async import(files: ExportFiles, author: string, createMachine: MachineCreator): Promise<ImportResult> {
-    const manifest = parseDoc(files[MANIFEST], MANIFEST) as { format?: string; inUse?: Record<string, string> } | null;
-    if (!manifest || manifest.format !== EXPORT_FORMAT) throw new TaktError('bad_request', `${MANIFEST}: not a ${EXPORT_FORMAT} export (made by \`takt export\`)`);
-    const result: ImportResult = { packVersionsInstalled: [], inUse: manifest.inUse ?? {}, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [] };
-    const attempt = async (what: string, fn: () => Promise<void>) => {
+  /**
+   * Restores the desired state of an export, all or nothing. First every file is parsed and checked, and
+   * the content and machines it describes are checked against each other and the store; a problem anywhere
+   * refuses the whole import with nothing written. Then one transaction writes pack versions, pins, local
+   * content and machines (each with its history entry and events). Only after it commits are created
+   * machines' agents started through their brokers.
+   * @throws TaktError (4xx) naming the file (`path`: file and field) of the first problem; all of them are in
+   *   `details.problems` as { file, path?, message }.
+   */
+  async import(files: ExportFiles, author: string, starter: MachineStarter): Promise<ImportResult> {
+    const parsed = this.parseExport(files);
+    const plan = await this.planImport(parsed, starter);
+    await this.store.transact((tx) => this.writeImport(tx, plan, author));
+    this.content.adopt(plan.content, plan.pins);
+    for (const { machine, token } of plan.creates) {
+      if (!machine.broker) continue;
       try {
-        await fn();
+        await starter.start(machine, token);
       } catch (err) {
-        if (!(err instanceof TaktError)) throw err;
-        result.problems.push(`${what}: ${err.message}`);
+        plan.result.problems.push(`machines/${machine.name}: created, but its agent did not start: ${(err as Error).message}`);
       }
+    }
+    return plan.result;
+  }
+
+  /** Every file of an export parsed and checked on its own; throws every problem found. */
+  private parseExport(files: ExportFiles): ParsedExport {
+    if (typeof files !== 'object' || files === null) throw new TaktError('bad_request', 'an import is an object of files: path -> text');
+    assertPlainPaths(files, 'import');
+    if (files[MANIFEST] === undefined) throw new TaktError('bad_request', `${MANIFEST} is missing: not a takt export (made by \`takt export\`)`, { path: MANIFEST });
+    const problems = new Problems();
+    const out: ParsedExport = { inUse: {}, versions: new Map(), local: new Map(), machines: [] };
+
+    const manifest = problems.yaml(MANIFEST, files[MANIFEST]);
+    if (manifest !== undefined) {
+      if (typeof manifest !== 'object' || manifest === null || (manifest as { format?: unknown }).format !== EXPORT_FORMAT) {
+        problems.add(MANIFEST, `not a ${EXPORT_FORMAT} export (made by \`takt export\`)`, '/format');
+      } else if (problems.schema(MANIFEST, ManifestSchema, manifest)) {
+        out.inUse = (manifest as { inUse?: Record<string, string> }).inUse ?? {};
+      }
+    }
+
+    const names = new Map<string, string>();
+    const ids = new Map<string, string>();
+    for (const [file, text] of Object.entries(files)) {
+      if (file === MANIFEST) continue;
+      const pack = /^packs\/([^/]+)\/([^/]+)\/(.+)$/.exec(file);
+      const local = /^local\/([^/]+)\/([^/]+)\.yaml$/.exec(file);
+      const machine = /^machines\/([^/]+)\.yaml$/.exec(file);
+      if (pack) {
+        const [, name, version, path] = pack as unknown as [string, string, string, string];
+        if (!new RegExp(NAME_PATTERN).test(name)) {
+          problems.add(file, `'${name}' is not a pack name (lower-case letters, digits, . _ -)`);
+          continue;
+        }
+        const key = `${name}@${version}`;
+        const v = out.versions.get(key) ?? { name, version, files: {} };
+        v.files[path] = text;
+        out.versions.set(key, v);
+      } else if (local) {
+        const [, kind, name] = local as unknown as [string, string, string];
+        if (!(CONTENT_KINDS as readonly string[]).includes(kind)) {
+          problems.add(file, `'${kind}' is not a content kind (${CONTENT_KINDS.join(', ')})`);
+          continue;
+        }
+        const def = problems.yaml(file, text);
+        if (def === undefined) continue;
+        if (!problems.object(file, def, KIND_NOUN[kind as ContentKind])) continue;
+        if (!problems.schema(file, CONTENT_SCHEMAS[kind as ContentKind], def)) continue;
+        if ((def as { name: string }).name !== name) {
+          problems.add(file, `name '${(def as { name: string }).name}' does not match the file name '${name}'`, '/name');
+          continue;
+        }
+        out.local.set(`${kind}/${name}`, { kind: kind as ContentKind, name, file, def: this.content.checkLocal(kind as ContentKind, def) });
+      } else if (machine) {
+        const doc = problems.yaml(file, text);
+        if (doc === undefined) continue;
+        if (!problems.object(file, doc, 'machine')) continue;
+        if (!problems.schema(file, MachineDocSchema, doc)) continue;
+        const m = doc as MachineDoc;
+        if (m.name !== machine[1]) problems.add(file, `name '${m.name}' does not match the file name '${machine[1]}'`, '/name');
+        else if (ids.has(m.id)) problems.add(file, `machine id '${m.id}' is also the id in ${ids.get(m.id)}`, '/id');
+        else if (names.has(m.name)) problems.add(file, `machine name '${m.name}' is also in ${names.get(m.name)}`, '/name');
+        else {
+          ids.set(m.id, file);
+          names.set(m.name, file);
+          out.machines.push({ file, doc: m });
+        }
+      } else {
+        problems.add(file, 'not part of an export (takt-export.yaml, packs/NAME/VERSION/…, local/KIND/NAME.yaml, machines/NAME.yaml)');
+      }
+    }
+    problems.throwIfAny();
+    return out;
+  }
+
+  /** What the import would change, checked against the store and the content it would make; throws every problem found. */
+  private async planImport(parsed: ParsedExport, starter: MachineStarter): Promise<ImportPlan> {
+    const problems = new Problems();
+    const result: ImportResult = { packVersionsInstalled: [], inUse: parsed.inUse, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [] };
+    const now = new Date().toISOString();
+
+    // Pack versions: new ones are linted below against the content as it will be; installed ones must be the same.
+    const records = new Map<string, PackRecord>();
+    const newVersions: PackRecord[] = [];
+    for (const [ref, v] of parsed.versions) {
+      const dir = `packs/${v.name}/${v.version}/`;
+      const digest = packDigest(v.files);
+      const existing = await this.store.getPackVersion(v.name, v.version);
+      if (existing) {
+        if (existing.sha256 !== digest) {
+          problems.add(dir, `${ref} is installed here with different content (sha256 ${existing.sha256.slice(0, 12)}, the export's is ${digest.slice(0, 12)}); a published version never changes`);
+        }
+        records.set(ref, existing);
+        continue;
+      }
+      const m = lintPack(v.files).manifest;
+      if (!m) {
+        // Its pack.yaml problems are reported with positions by the lint below.
+        records.set(ref, { name: v.name, version: v.version, description: null, requires: {}, files: v.files, sha256: digest, installedAt: now });
+        continue;
+      }
+      if (m.name !== v.name || m.version !== v.version) problems.add(`${dir}pack.yaml`, `says ${m.name}@${m.version}, but the export holds it as ${ref}`);
+      const rec: PackRecord = { name: v.name, version: v.version, description: m.description ?? null, requires: m.requires ?? {}, files: v.files, sha256: digest, installedAt: now };
+      records.set(ref, rec);
+      newVersions.push(rec);
+    }
+
+    // The pins the export asks for.
+    const pins: Pins = new Map();
+    const pinned: PackRecord[] = [];
+    for (const [name, version] of Object.entries(parsed.inUse)) {
+      const rec = records.get(`${name}@${version}`) ?? (await this.store.getPackVersion(name, version));
+      if (!rec) {
+        problems.add(MANIFEST, `${name}@${version} is in use in the export, but neither in it nor installed here`, `/inUse/${name}`);
+        continue;
+      }
+      pins.set(name, { version, requires: rec.requires ?? {} });
+      pinned.push(rec);
+    }
+
+    // The content as it will be: the pinned packs' objects and the local ones, each name owned once.
+    const content = emptyContentSet();
+    const objectsOf = new Map<string, LintResult['objects']>();
+    const owner = new Map<string, string>();
+    const claim = (kind: ContentKind, name: string, layer: string, def: ContentObject, file: string) => {
+      const key = `${kind}/${name}`;
+      const other = owner.get(key);
+      if (other) return problems.add(file, `${KIND_NOUN[kind]} '${name}' is also defined by ${other}; names are unique per kind`, '/name');
+      owner.set(key, layer === LOCAL_LAYER ? `local/${key}.yaml` : `pack '${layer}'`);
+      (content.objects[kind] as Map<string, { def: unknown; layer: string }>).set(name, { def, layer });
     };
+    for (const rec of pinned) {
+      const objects = lintPack(rec.files).objects;
+      objectsOf.set(rec.name, objects);
+      for (const o of objects) claim(o.kind, (o.def as { name: string }).name, rec.name, o.def, `packs/${rec.name}/${rec.version}/${o.file}`);
+    }
+    for (const l of parsed.local.values()) claim(l.kind, l.name, LOCAL_LAYER, l.def, l.file);
 
-    // Packs: every version side by side, then the pins.
-    const versions = new Map<string, Record<string, string>>();
-    const unknown: string[] = [];
-    for (const [path, text] of Object.entries(files)) {
-      const m = /^packs\/([^/]+)\/([^/]+)\/(.+)$/.exec(path);
-      if (m) {
-        const key = `${m[1]}@${m[2]}`;
-        versions.set(key, { ...versions.get(key), [m[3]!]: text });
-      } else if (path !== MANIFEST && !/^(local\/[a-z]+|machines)\/[^/]+\.yaml$/.test(path)) unknown.push(path);
+    // Every version the import installs or runs must lint clean against that content.
+    const linted = new Set<string>();
+    for (const rec of [...newVersions, ...pinned]) {
+      const ref = `${rec.name}@${rec.version}`;
+      if (linted.has(ref)) continue;
+      linted.add(ref);
+      for (const d of lintPack(rec.files, content).diagnostics) {
+        problems.add(`packs/${rec.name}/${rec.version}/${d.file}`, d.message, d.path, d);
+      }
     }
-    if (unknown.length) throw new TaktError('bad_request', `not part of an export: ${unknown.slice(0, 5).join(', ')}${unknown.length > 5 ? '…' : ''}`);
-    for (const [ref, packFiles] of versions) {
-      await attempt(`install ${ref}`, async () => {
-        const r = await this.content.installPack(packFiles, author);
-        if (r.installed) result.packVersionsInstalled.push(ref);
-      });
-    }
-    for (const [name, version] of Object.entries(result.inUse)) await attempt(`use ${name}@${version}`, async () => void (await this.content.usePack(name, version, author)));
-    for (const name of [...this.content.pinned.keys()]) {
-      if (!(name in result.inUse)) await attempt(`stop using ${name}`, () => this.content.removePack(name, author));
+    const localRefs = [...parsed.local.values()].map((l) => ({ kind: l.kind, name: l.name }));
+    for (const p of checkContentSet(content, localRefs)) problems.add(`local/${p.kind}/${p.name}.yaml`, p.message, p.path);
+    try {
+      assertRequires(pins, 'importing');
+    } catch (err) {
+      if (!(err instanceof TaktError)) throw err;
+      problems.add(MANIFEST, err.message, '/inUse');
     }
 
-    // Local content, in dependency order; deletions last and in reverse.
-    const wanted = new Map<string, unknown>();
-    for (const [path, text] of Object.entries(files)) {
-      const m = /^local\/([a-z]+)\/([^/]+)\.yaml$/.exec(path);
-      if (!m) continue;
-      if (!CONTENT_KINDS.includes(m[1] as ContentKind)) throw new TaktError('bad_request', `${path}: '${m[1]}' is not a content kind`);
-      wanted.set(`${m[1]}/${m[2]}`, parseDoc(text, path));
+    // Content changes against what runs now.
+    const current = this.content.current;
+    const pinChanges = pinned.filter((rec) => this.content.pinned.get(rec.name)?.version !== rec.version);
+    const unpins = [...this.content.pinned.keys()].filter((name) => !pins.has(name));
+    const localPuts: LocalObject[] = [];
+    const localDeletes: Array<{ kind: ContentKind; name: string }> = [];
+    for (const l of parsed.local.values()) {
+      const have = current.objects[l.kind].get(l.name);
+      if (have && have.layer === LOCAL_LAYER && canonicalJson(have.def) === canonicalJson(l.def)) continue;
+      localPuts.push(l);
+      result.content[have?.layer === LOCAL_LAYER ? 'updated' : 'created'] += 1;
     }
     for (const kind of CONTENT_KINDS) {
-      for (const [key, def] of wanted) {
-        if (!key.startsWith(`${kind}/`)) continue;
-        const name = key.slice(kind.length + 1);
-        const have = this.content.current.objects[kind].get(name);
-        if (have && have.layer === LOCAL_LAYER && canonicalJson(have.def) === canonicalJson(def)) continue;
-        await attempt(`${key}`, async () => {
-          await this.content.putLocal(kind, def, author, have ? 'update' : 'create', name);
-          result.content[have ? 'updated' : 'created'] += 1;
-        });
+      for (const [name, o] of current.objects[kind]) {
+        if (o.layer === LOCAL_LAYER && !parsed.local.has(`${kind}/${name}`)) localDeletes.push({ kind, name });
       }
     }
+    result.content.deleted = localDeletes.length;
 
-    // Machines: restored by id, created through their broker when missing.
+    // Machines: those in the export are created or changed; the others keep theirs and must still resolve.
+    const creates: ImportPlan['creates'] = [];
+    const updates: ImportPlan['updates'] = [];
     const seen = new Set<string>();
-    for (const [path, text] of Object.entries(files)) {
-      if (!path.startsWith('machines/')) continue;
-      const doc = parseDoc(text, path) as ReturnType<typeof machineDoc>;
+    for (const { file, doc } of parsed.machines) {
       seen.add(doc.id);
-      await attempt(`machines/${doc.name}`, async () => {
-        const have = await this.store.getMachine(doc.id);
+      const refs = refProblems(content, doc);
+      if (refs.length > 0) {
+        for (const r of refs) problems.add(file, r.message, r.path);
+        continue;
+      }
+      const have = await this.store.getMachine(doc.id);
+      try {
         if (!have) {
-          await createMachine(doc);
-          if (doc.power === 'off') await this.engine.setPower(doc.id, 'off', author);
+          const broker = doc.broker && starter.has(doc.broker) ? doc.broker : null;
+          if (doc.broker && !broker) result.problems.push(`machines/${doc.name}: broker '${doc.broker}' does not exist here; created without one`);
+          const made = await this.engine.newMachine({ ...doc, broker }, content);
+          made.machine.power = doc.power;
+          creates.push(made);
           result.machines.created.push(doc.name);
-          return;
+        } else if (canonicalJson(machineDoc(have)) !== canonicalJson(doc)) {
+          const patch: MachinePatch & { power?: Machine['power'] } = patchTowards(have, doc);
+          if (have.power !== doc.power) patch.power = doc.power;
+          if (patch.name !== undefined) {
+            const holder = await this.store.getMachineByName(patch.name);
+            if (holder && holder.id !== doc.id) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
+          }
+          updates.push({ file, id: doc.id, patch });
+          result.machines.updated.push(doc.name);
         }
-        if (canonicalJson(machineDoc(have)) === canonicalJson(doc)) return;
-        const patch = patchTowards(have, doc);
-        if (Object.keys(patch).length) await this.engine.updateMachine(doc.id, patch, author);
-        if (have.power !== doc.power) await this.engine.setPower(doc.id, doc.power, author);
-        result.machines.updated.push(doc.name);
-      });
+      } catch (err) {
+        if (!(err instanceof TaktError)) throw err;
+        problems.add(file, err.message, err.path);
+      }
     }
     for (let offset = 0; ; offset += 1000) {
       const page = await this.store.listMachines({ limit: 1000, offset });
-      for (const m of page) if (!seen.has(m.id)) result.problems.push(`machines/${m.name}: not in the export; left as it is (delete it if it should go)`);
+      for (const m of page) {
+        if (seen.has(m.id)) continue;
+        const refs = refProblems(content, m);
+        if (refs.length > 0) for (const r of refs) problems.add(`machines/${m.name}.yaml`, `not in the export, and ${r.message} after the import; change or delete the machine first`, r.path);
+        else result.problems.push(`machines/${m.name}: not in the export; left as it is (delete it if it should go)`);
+      }
       if (page.length < 1000) break;
     }
-    for (const kind of [...CONTENT_KINDS].reverse()) {
-      for (const e of this.content.list(kind)) {
-        if (e.layer !== LOCAL_LAYER || wanted.has(`${kind}/${e.name}`)) continue;
-        await attempt(`${kind}/${e.name}`, async () => {
-          await this.content.deleteLocal(kind, e.name, author);
-          result.content.deleted += 1;
-        });
+    problems.throwIfAny();
+    result.packVersionsInstalled = newVersions.map((v) => `${v.name}@${v.version}`);
+    return { content, pins, newVersions, pinChanges: pinChanges.map((rec) => ({ rec, objects: objectsOf.get(rec.name) ?? [] })), unpins, localPuts, localDeletes, creates, updates, result };
+  }
+
+  /** The import's writes, in one transaction. Layers are cleared before any object is put, so an object may move between layers. */
+  private async writeImport(tx: Tx, plan: ImportPlan, author: string): Promise<void> {
+    for (const rec of plan.newVersions) await this.content.writeVersion(tx, rec, author);
+    for (const { kind, name } of plan.localDeletes) await this.content.writeDeleteLocal(tx, kind, name, author);
+    for (const name of plan.unpins) await this.content.writeUnpin(tx, name, author);
+    for (const { rec } of plan.pinChanges) await this.content.writeClearLayer(tx, rec.name);
+    for (const { rec, objects } of plan.pinChanges) await this.content.writePin(tx, rec, objects, author, { cleared: true });
+    for (const l of plan.localPuts) await this.content.writeLocal(tx, l.kind, l.def, author);
+    for (const { machine, token } of plan.creates) await this.engine.insertMachine(tx, machine, token, author);
+    for (const { file, id, patch } of plan.updates) {
+      try {
+        await this.engine.updateMachineIn(tx, id, patch, author, plan.content);
+      } catch (err) {
+        // Checks that need the transaction (a param's schema, a pipeline's required params) roll it all back.
+        if (err instanceof TaktError) throw new TaktError(err.code, `${file}: ${err.message}`, { path: `${file}${err.path ?? ''}`, details: { problems: [{ file, path: err.path, message: err.message }] } });
+        throw err;
       }
     }
-    return result;
   }
 }
 
-function parseDoc(text: string | undefined, where: string): unknown {
-  if (text === undefined) throw new TaktError('bad_request', `${where} is missing: not a takt export`);
-  try {
-    return parse(text);
-  } catch (err) {
-    throw new TaktError('bad_request', `${where}: ${(err as Error).message}`);
+interface LocalObject {
+  kind: ContentKind;
+  name: string;
+  file: string;
+  def: ContentObject;
+}
+
+interface ParsedExport {
+  inUse: Record<string, string>;
+  versions: Map<string, { name: string; version: string; files: Record<string, string> }>;
+  local: Map<string, LocalObject>;
+  machines: Array<{ file: string; doc: MachineDoc }>;
+}
+
+interface ImportPlan {
+  content: ContentSet;
+  pins: Pins;
+  newVersions: PackRecord[];
+  pinChanges: Array<{ rec: PackRecord; objects: LintResult['objects'] }>;
+  unpins: string[];
+  localPuts: LocalObject[];
+  localDeletes: Array<{ kind: ContentKind; name: string }>;
+  creates: Array<{ machine: Machine; token: string }>;
+  updates: Array<{ file: string; id: string; patch: MachinePatch & { power?: Machine['power'] } }>;
+  result: ImportResult;
+}
+
+/** A machine's references into content (pipeline, profiles) that `content` cannot resolve. */
+function refProblems(content: ContentSet, m: Pick<Machine, 'pipeline' | 'profiles'>): Array<{ path: string; message: string }> {
+  const out: Array<{ path: string; message: string }> = [];
+  if (m.pipeline && !content.objects.pipelines.has(m.pipeline)) out.push({ path: '/pipeline', message: `pipeline '${m.pipeline}' does not exist` });
+  m.profiles.forEach((p, i) => {
+    if (!content.objects.profiles.has(p)) out.push({ path: `/profiles/${i}`, message: `profile '${p}' does not exist` });
+  });
+  return out;
+}
+
+/** The problems of an import, collected so one answer names all of them. */
+class Problems {
+  readonly list: ImportProblem[] = [];
+
+  add(file: string, message: string, path?: string, pos?: { line: number; col: number }): void {
+    this.list.push({ file, ...(path ? { path } : {}), ...(pos ? { line: pos.line, col: pos.col } : {}), message });
+  }
+
+  /** The document of a YAML file, or undefined (with the problem recorded) when it cannot be read. */
+  yaml(file: string, text: string): unknown {
+    try {
+      return parseYamlValue(text, file);
+    } catch (err) {
+      if (!(err instanceof TaktError)) throw err;
+      // parseYamlValue says `file:line:col: message`; keep the position as fields.
+      const m = /^.*?:(\d+):(\d+): (.*)$/s.exec(err.message);
+      if (m) this.add(file, m[3]!, undefined, { line: Number(m[1]), col: Number(m[2]) });
+      else this.add(file, err.message);
+      return undefined;
+    }
+  }
+
+  /** Whether `doc` is a mapping; an empty file or a scalar is a problem naming what the file should hold. */
+  object(file: string, doc: unknown, noun: string): boolean {
+    if (typeof doc === 'object' && doc !== null && !Array.isArray(doc)) return true;
+    const got = doc === null ? 'an empty file' : Array.isArray(doc) ? 'a list' : `a ${typeof doc} (${JSON.stringify(doc)})`;
+    this.add(file, `expected a ${noun} (a mapping of fields), found ${got}`);
+    return false;
+  }
+
+  /** Whether `doc` fits `schema`; each misfit is a problem at its field. */
+  schema(file: string, schema: object, doc: unknown): boolean {
+    const found = schemaProblems(schema, doc);
+    for (const p of found) this.add(file, p.message, p.path);
+    return found.length === 0;
+  }
+
+  /** Refuses the import with every problem; the message and `path` name the first (file and field). */
+  throwIfAny(): void {
+    const first = this.list[0];
+    if (!first) return;
+    const more = this.list.length > 1 ? ` (and ${this.list.length - 1} more problem${this.list.length > 2 ? 's' : ''}; nothing was imported)` : ' (nothing was imported)';
+    const at = first.line !== undefined ? `:${first.line}:${first.col}` : '';
+    throw new TaktError('invalid', `${first.file}${at}${first.path ? ` ${first.path}` : ''}: ${first.message}${more}`, {
+      path: `${first.file}${first.path ?? ''}`,
+      details: { problems: this.list },
+    });
   }
 }

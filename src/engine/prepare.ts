@@ -5,7 +5,7 @@
  */
 import { taskActionFor } from '../content/variants.js';
 import type { ContentSet, TaskDef } from '../model/content.js';
-import { parseDuration } from '../model/duration.js';
+import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import type { Machine } from '../model/machine.js';
 import { MASK, type Sealer } from '../model/secure.js';
 import { displayValue, paramLayers, resolveParam, type LayerContext } from '../render/params.js';
@@ -45,7 +45,13 @@ export function prepareTask(content: ContentSet, sealer: Sealer, machine: Machin
   const def: TaskDef | undefined = content.objects.tasks.get(taskName)?.def;
   const base = { task: taskName, params: [], missing: [], script: null, displayScript: null, agentParams: {}, timeoutMs: DEFAULT_TIMEOUT_MS, retries: 0 };
   if (!def) return { ...base, variant: 'default', noop: null, error: `task '${taskName}' no longer exists in the installed content` };
-  const timeoutMs = def.timeout !== undefined ? parseDuration(def.timeout, 'timeout') : DEFAULT_TIMEOUT_MS;
+  let timeoutMs = DEFAULT_TIMEOUT_MS;
+  try {
+    if (def.timeout !== undefined) timeoutMs = parseDuration(def.timeout, 'timeout', DURATION_RANGES.taskTimeout);
+  } catch (e) {
+    // Content stored before lint refused such a timeout: the job is refused with the reason, never run.
+    return { ...base, variant: 'default', noop: null, error: `task '${taskName}': ${(e as Error).message}` };
+  }
   const retries = def.retries ?? 0;
   const action = taskActionFor(def, machine.environment);
   const variant = action?.variant ?? 'default';

@@ -8,6 +8,10 @@ const addFormats = (addFormatsModule as unknown as { default?: typeof addFormats
 export const ajv = new Ajv({ allErrors: true, strict: false, allowUnionTypes: true });
 (addFormats as unknown as (a: Ajv) => void)(ajv);
 
+import { inexactNumbers } from './numbers.js';
+
+export { inexactMessage, inexactNumbers, isExactNumber } from './numbers.js';
+
 const cache = new WeakMap<object, ValidateFunction>();
 
 export interface SchemaProblem {
@@ -27,6 +31,8 @@ export function compileSchema(schema: object): ValidateFunction {
 
 /** Validates `value`; returns every problem with a readable message (empty when valid). */
 export function validateValue(schema: object, value: unknown): SchemaProblem[] {
+  const inexact = inexactNumbers(value);
+  if (inexact.length > 0) return inexact;
   const fn = compileSchema(schema);
   if (fn(value)) return [];
   return (fn.errors ?? []).map(describeAjvError);

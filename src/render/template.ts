@@ -8,7 +8,7 @@
  * param that has no value is passed as `null` (renders empty; `{% if x %}` / `| default:` work), so only
  * names the task never declared are "undefined".
  */
-import { Liquid, LiquidError, type FS, type Template } from 'liquidjs';
+import { Context, Drop, Liquid, LiquidError, toValue, toValueSync, type Emitter, type FS, type Scope, type Template } from 'liquidjs';
 
 /** The reserved template variable describing the machine; a param may not use this name. */
 export const MACHINE_VAR = 'machine';
@@ -38,6 +38,22 @@ const noFs: FS = {
   resolve: (_dir, file) => file,
 };
 
+/**
+ * Bounds on the work one template may do, so no render holds the endpoint's event loop for long (renders
+ * run synchronously on it). `renderMs` is wall time, checked between template nodes; `memory` counts
+ * liquidjs allocations (range elements, filter string lengths), so a loop over a literal range is
+ * refused deterministically whatever the machine's speed; `outputBytes` caps the script produced.
+ */
+export const TEMPLATE_LIMITS = {
+  /** Characters of template source. */
+  parseChars: 1_000_000,
+  renderMs: 50,
+  memory: 10_000_000,
+  outputBytes: 4 * 1024 * 1024,
+  /** Lint: the most times nested loops over literal ranges may run (about what renders well within renderMs). */
+  staticLoopSteps: 10_000,
+} as const;
+
 const engine = new Liquid({
   strictVariables: true,
   strictFilters: true,
@@ -48,13 +64,71 @@ const engine = new Liquid({
   layouts: [],
   relativeReference: false,
   cache: false,
-  // DoS bounds: a script is at most a few hundred KiB; rendering is per machine and must stay cheap.
-  parseLimit: 1_000_000,
-  renderLimit: 2_000,
-  memoryLimit: 50_000_000,
+  parseLimit: TEMPLATE_LIMITS.parseChars,
+  renderLimit: TEMPLATE_LIMITS.renderMs,
+  memoryLimit: TEMPLATE_LIMITS.memory,
 });
+
+/** Properties liquidjs invents on any object, array or string (`x.size` = key count) unless it has them. */
+const INVENTED = new Set(['size', 'first', 'last']);
+
+/**
+ * Field access means field access: `{{ disk.size }}` reads the field `size` of `disk`, and fails (strict
+ * variables) when there is none, instead of liquidjs's key count. Size, first and last are filters
+ * (`| size`, `| first`, `| last`). Drops (forloop.first/last, …) are liquidjs's own objects and keep theirs.
+ */
+class FieldContext extends Context {
+  override readProperty(obj: Scope, key: Parameters<Context['readProperty']>[1]): unknown {
+    const k = key instanceof Drop ? key.valueOf() : key;
+    if (typeof k === 'string' && INVENTED.has(k) && obj !== null && obj !== undefined && !(obj instanceof Drop)) {
+      const own = typeof obj === 'object' && Object.prototype.hasOwnProperty.call(obj, k);
+      if (!own) throw new Error(`${describeValue(obj)} has no field '${k}'; use the filter instead: | ${k}`);
+    }
+    return super.readProperty(obj, key);
+  }
+}
+
+const outputTooLarge = () => `the rendered script would be larger than ${TEMPLATE_LIMITS.outputBytes / 1024 / 1024} MiB (the limit)`;
+
+/**
+ * liquidjs's string emitter with a size cap, checked as output is written: a loop that prints a large
+ * value many times stops at the cap instead of building hundreds of megabytes first.
+ */
+class BoundedEmitter implements Emitter {
+  buffer = '';
+
+  write(html: unknown): void {
+    const s = emitted(html);
+    // UTF-16 units undercount bytes at most 3x; the exact byte count is checked once at the end.
+    if (this.buffer.length + s.length > TEMPLATE_LIMITS.outputBytes) throw new Error(outputTooLarge());
+    this.buffer += s;
+  }
+}
+
+/** What liquidjs's own emitter writes for a value: strings as they are, lists joined, nothing for nil. */
+function emitted(v: unknown): string {
+  const x: unknown = toValue(v);
+  if (typeof x === 'string') return x;
+  if (x === null || x === undefined) return '';
+  if (Array.isArray(x)) return x.map(emitted).join('');
+  return String(x);
+}
+
+function describeValue(v: unknown): string {
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  return `a ${typeof v}`;
+}
+
 // Tags that load other templates from disk are removed, so using one is a parse error with a position.
 for (const tag of ['include', 'render', 'layout']) delete engine.tags[tag];
+
+/** `| size` counts a list's items, a string's characters and a mapping's keys (liquidjs says 0 for a mapping). */
+engine.registerFilter('size', (v: unknown) => {
+  if (typeof v === 'string' || Array.isArray(v)) return v.length;
+  if (typeof v === 'object' && v !== null && !(v instanceof Drop)) return Object.keys(v).length;
+  return 0;
+});
 
 /** Quotes a value for POSIX shells: `{{ greeting | shellquote }}` → `'it'\''s'`. */
 engine.registerFilter('shellquote', (v: unknown) => `'${String(v ?? '').replace(/'/g, `'\\''`)}'`);
@@ -65,6 +139,13 @@ function toTemplateError(e: unknown): TemplateError {
     const [line = 1, col = 1] = e.token ? e.token.getPosition() : [];
     // liquidjs appends ", line:X, col:Y" to its messages; the position lives in our fields instead.
     let message = (e.originalError?.message ?? e.message).replace(/, (file:.*?, )?line:\d+, col:\d+$/, '');
+    if (/^template render limit exceeded/.test(message)) {
+      message = `the template took more than ${TEMPLATE_LIMITS.renderMs} ms to render (the limit); loop over less`;
+    } else if (/^memory alloc limit exceeded/.test(message)) {
+      message = `the template allocates too much (over ${TEMPLATE_LIMITS.memory} range items or characters, the limit); loop over less`;
+    } else if (/^parse length limit exceeded/.test(message)) {
+      message = `the template is longer than ${TEMPLATE_LIMITS.parseChars} characters (the limit)`;
+    }
     if (/^tag "(include|render|layout)" not found/.test(message)) {
       message = message.replace('not found', 'is not available: templates cannot load other files');
     }
@@ -96,14 +177,21 @@ export function parseTemplate(source: string): Template[] {
   return tpl;
 }
 
-/** Renders `source` with `vars`; throws TemplateError for syntax errors, missing variables, unknown filters. */
+/**
+ * Renders `source` with `vars`; throws TemplateError for syntax errors, missing variables and fields,
+ * unknown filters, and work beyond TEMPLATE_LIMITS (time, allocations, output size).
+ */
 export function renderTemplate(source: string, vars: Record<string, unknown>): string {
   const tpl = parseTemplate(source);
+  let out: string;
   try {
-    return String(engine.renderSync(tpl, vars));
+    const ctx = new FieldContext(vars, engine.options, { sync: true }, { liquid: engine });
+    out = String(toValueSync(engine.renderer.renderTemplates(tpl, ctx, new BoundedEmitter())));
   } catch (e) {
     throw toTemplateError(e);
   }
+  if (Buffer.byteLength(out) > TEMPLATE_LIMITS.outputBytes) throw new TemplateError(outputTooLarge(), 1, 1);
+  return out;
 }
 
 export interface VariableUse {
@@ -136,6 +224,55 @@ export function templateVariableUses(source: string): VariableUse[] {
     }
   }
   return uses.sort((a, b) => a.line - b.line || a.col - b.col);
+}
+
+/** A place in a template that would loop more than TEMPLATE_LIMITS.staticLoopSteps times. */
+export interface LoopProblem {
+  message: string;
+  line: number;
+  col: number;
+}
+
+interface RangeLike {
+  kind?: unknown;
+  lhs?: { content?: unknown };
+  rhs?: { content?: unknown };
+}
+
+/** The literal size of `for x in (a..b)`, or 1 when the collection is not a literal range. */
+function literalRangeSize(collection: unknown): number {
+  const r = collection as RangeLike | undefined;
+  const lo = r?.lhs?.content;
+  const hi = r?.rhs?.content;
+  if (typeof lo !== 'number' || typeof hi !== 'number') return 1;
+  return Math.max(0, hi - lo + 1);
+}
+
+/**
+ * Loops over literal ranges whose nested product exceeds TEMPLATE_LIMITS.staticLoopSteps, found without
+ * rendering (lint). Loops over param values cannot be sized here; the render limits catch those.
+ * @throws TemplateError on a syntax error.
+ */
+export function templateLoopProblems(source: string): LoopProblem[] {
+  const out: LoopProblem[] = [];
+  const walk = (templates: unknown, outer: number): void => {
+    if (!Array.isArray(templates)) return;
+    for (const t of templates as Array<Record<string, unknown> & { token?: { getPosition(): number[] } }>) {
+      let steps = outer;
+      if (t.name === 'for' || t.name === 'tablerow') {
+        steps = outer * literalRangeSize(t.collection);
+        if (steps > TEMPLATE_LIMITS.staticLoopSteps && outer <= TEMPLATE_LIMITS.staticLoopSteps) {
+          const [line = 1, col = 1] = t.token?.getPosition() ?? [];
+          out.push({ line, col, message: `this loop would run ${steps} times; a template may loop at most ${TEMPLATE_LIMITS.staticLoopSteps} times` });
+        }
+      }
+      walk(t.templates, steps);
+      walk(t.elseTemplates, outer);
+      if (Array.isArray(t.branches)) for (const b of t.branches as Array<{ templates?: unknown }>) walk(b.templates, outer);
+    }
+  };
+  walk(parseTemplate(source), 1);
+  return out;
 }
 
 /** The top-level variable names a template reads, sorted. */

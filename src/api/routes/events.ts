@@ -76,7 +76,7 @@ function frame(e: TaktEvent): string {
 }
 
 export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
-  const { store, history, portable, engine, brokers } = ctx;
+  const { store, history, portable, brokers } = ctx;
 
   app.get('/api/v1/export', async () => ({ files: await portable.export() }));
 
@@ -87,10 +87,13 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
       schema: { body: { type: 'object', additionalProperties: false, required: ['files'], properties: { files: { type: 'object', additionalProperties: { type: 'string' } } } } },
     },
     async (req) =>
-      portable.import((req.body as { files: Record<string, string> }).files, author(req), async (m) => {
-        const broker = m.broker ? brokers.get(m.broker) : undefined;
-        const { machine, token } = await engine.createMachine({ ...m, broker: broker ? m.broker : null }, author(req));
-        if (broker) await broker.create(machine, token);
+      portable.import((req.body as { files: Record<string, string> }).files, author(req), {
+        has: (name) => brokers.has(name),
+        // Called only after the import has committed: a machine's agent never runs for a refused import.
+        start: async (machine, token) => {
+          const broker = machine.broker ? brokers.get(machine.broker) : undefined;
+          if (broker) await broker.create(machine, token);
+        },
       }),
   );
 
