@@ -5,7 +5,7 @@
  * into the data dir — all denied — while what a script needs (its root, HOME, TMPDIR, work dir, params)
  * still works.
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,8 +18,19 @@ const mode = (path: string) => (lstatSync(path).mode & 0o7777).toString(8).padSt
 
 let ep: Endpoint;
 
-async function runOn(name: string, pipeline: string, params: string[] = []): Promise<{ machine: Machine; log: string }> {
-  const r = await ep.cli(['machines', 'create', name, '--broker', 'local', '--pipeline', pipeline, ...params.flatMap((p) => ['--param', p])]);
+function netnsUnavailable(): string | null {
+  if (!isRoot) return 'not root';
+  try {
+    execFileSync('ip', ['netns', 'add', 'takt-probe-sandbox'], { stdio: 'pipe' });
+    execFileSync('ip', ['netns', 'del', 'takt-probe-sandbox'], { stdio: 'pipe' });
+    return null;
+  } catch (err) {
+    return `cannot create a network namespace: ${(err as Error).message}`;
+  }
+}
+
+async function runOn(name: string, pipeline: string, params: string[] = [], broker = 'local'): Promise<{ machine: Machine; log: string }> {
+  const r = await ep.cli(['machines', 'create', name, '--broker', broker, '--pipeline', pipeline, ...params.flatMap((p) => ['--param', p])]);
   expect(r.code, r.stderr).toBe(0);
   await ep.cli(['machines', 'wait', name, '--timeout', '60s']);
   const machine = await ep.api.get<Machine>(`/machines/${name}`);
@@ -116,6 +127,20 @@ describe.skipIf(!isRoot)('local machines of a root endpoint are sandboxed', () =
     for (const f of ['admin.token', 'secret.key', 'takt.db']) expect([f, mode(join(ep.data, f))]).toEqual([f, '0600']);
   });
 
+  it.skipIf(netnsUnavailable() !== null)('a netns machine is sandboxed the same way', async () => {
+    const { machine, log } = await runOn('netns-prober', 'probe', [`other=${other.id}`], 'netns');
+    expect(machine.state, machine.reason ?? '').toBe('done');
+    const uid = Number(String(machine.params.uid).split(':')[0]);
+    expect(uid).toBeGreaterThanOrEqual(1_600_000_000);
+    expect(uid).not.toBe(Number(other.params.uid));
+    for (const name of ['read-admin-token', 'read-secret-key', 'read-other-token', 'read-other-file', 'read-own-token', 'read-agent-environ', 'write-data-dir']) {
+      expect(log).toContain(`PROBE ${name}: denied`);
+    }
+    expect(log).toContain('PROBE write-own-root: ALLOWED');
+    expect(log).toContain('PROBE environs-with-a-token: 0');
+    expect((await ep.cli(['machines', 'delete', 'netns-prober'])).code).toBe(0);
+  });
+
   it('does not read an output through a link the script planted (its own token)', async () => {
     const { machine, log } = await runOn('exfil', 'exfil');
     expect(machine.state).toBe('stopped');
@@ -133,11 +158,31 @@ describe.skipIf(!isRoot)('local machines of a root endpoint are sandboxed', () =
     expect(after.machines).toEqual(before.machines);
     const uid = before.machines[other.id]!;
     expect(readlinkOrNull(`/var/lib/takt/sandbox-uids/${uid}`)).toBe(join(ep.data, 'machines', other.id));
+    expect(processesOf(uid).length).toBeGreaterThan(0); // the service it detached outlived its job
     expect((await ep.cli(['machines', 'delete', 'keeper'])).code).toBe(0);
     const freed = JSON.parse(readFileSync(join(ep.data, 'sandbox-uids.json'), 'utf8')) as { machines: Record<string, number> };
     expect(freed.machines[other.id]).toBeUndefined();
     expect(readlinkOrNull(`/var/lib/takt/sandbox-uids/${uid}`)).toBeNull();
     expect(processesOf(uid)).toEqual([]);
+  });
+});
+
+describe.skipIf(!isRoot)('local machines of an endpoint that is not root', () => {
+  it('are created with a plain warning (API, CLI and server log) that they are not isolated from it', async () => {
+    const e = await Endpoint.start({ uid: 65534 });
+    try {
+      const r = await e.cli(['machines', 'create', 'plain', '--broker', 'local']);
+      expect(r.code, r.stderr).toBe(0);
+      const notice = 'local machines are not isolated from the endpoint: it runs as uid 65534, not root, so their scripts run as that user';
+      expect(r.stderr).toContain(`warning: ${notice}`);
+      const api = await e.api.post<{ warnings?: string[] }>('/machines', { name: 'plain-2', broker: 'local' });
+      expect(api.warnings?.[0]).toContain(notice);
+      expect(e.output).toContain(notice);
+      expect(mode(e.data)).toBe('0700');
+      expect(existsSync(join(e.data, 'sandbox-uids.json'))).toBe(false);
+    } finally {
+      await e.stop();
+    }
   });
 });
 
@@ -154,7 +199,8 @@ function processesOf(uid: number): number[] {
     .filter((n) => /^\d+$/.test(n))
     .filter((pid) => {
       try {
-        return Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) === uid;
+        const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+        return Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) === uid && !/^State:\s+Z/m.test(status); // zombies hold nothing
       } catch {
         return false;
       }

@@ -20,6 +20,17 @@ export async function pruneJobDirs(jobsDir: string, keep = KEEP_JOB_DIRS, remove
   );
   dirs.sort((a, b) => b.mtime - a.mtime || b.name.localeCompare(a.name));
   const old = dirs.slice(keep).map((d) => d.name);
-  for (const name of old) await remove(join(jobsDir, name));
-  return old;
+  // One dir that cannot go (a script locked itself out of part of it) does not keep the others.
+  const removed: string[] = [];
+  const failed: string[] = [];
+  for (const name of old) {
+    try {
+      await remove(join(jobsDir, name));
+      removed.push(name);
+    } catch (err) {
+      failed.push(`${name} (${err instanceof Error ? err.message : String(err)})`);
+    }
+  }
+  if (failed.length) throw new Error(`removed ${removed.length} old job dirs; could not remove ${failed.join(', ')}`);
+  return removed;
 }

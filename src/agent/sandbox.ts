@@ -87,6 +87,7 @@ export function removeTreeSync(dir: string, user?: RunAs): void {
     rmSync(dir, { recursive: true, force: true });
     return;
   }
+  unlock(dir);
   spawnSync('rm', ['-rf', '--', dir], { uid: user.uid, gid: user.gid, stdio: 'ignore', timeout: 60_000 });
   rmdirQuiet(dir);
 }
@@ -97,12 +98,27 @@ export async function removeTree(dir: string, user?: RunAs): Promise<void> {
     rmSync(dir, { recursive: true, force: true });
     return;
   }
+  unlock(dir);
   await new Promise<void>((resolve) => {
     const p = spawn('rm', ['-rf', '--', dir], { uid: user.uid, gid: user.gid, stdio: 'ignore' });
     p.on('error', () => resolve());
     p.on('close', () => resolve());
   });
   rmdirQuiet(dir);
+}
+
+/** A work dir its script made unreadable (chmod 000) is opened up again, so its user can empty it. */
+function unlock(dir: string): void {
+  try {
+    const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    try {
+      fchmodSync(fd, 0o700);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    /* gone, or not a dir: rm and rmdir say what is wrong */
+  }
 }
 
 /**

@@ -88,7 +88,10 @@ function systemIds(): Set<number> {
   return ids;
 }
 
-/** The real uids of every running process (Linux /proc). */
+/**
+ * The pids of every running process by real uid (Linux /proc). Zombies do not count: where pid 1 does
+ * not reap orphans they stay forever, and they hold nothing.
+ */
 export function processUids(): Map<number, number[]> {
   const byUid = new Map<number, number[]>();
   let pids: string[] = [];
@@ -105,7 +108,7 @@ export function processUids(): Map<number, number[]> {
       continue;
     }
     const uid = Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
-    if (!Number.isInteger(uid)) continue;
+    if (!Number.isInteger(uid) || /^State:\s+Z/m.test(status)) continue;
     const list = byUid.get(uid) ?? [];
     list.push(Number(pid));
     byUid.set(uid, list);
