@@ -19,8 +19,9 @@ import { LogBatcher } from './logs.js';
 import { killJobProcesses } from './orphans.js';
 import { agentPaths, jobPaths, type AgentPaths } from './paths.js';
 import { AUTH_RETRY_MS, classify, sleep } from './retry.js';
-import { runScript, type RunResult } from './runner.js';
+import { runScript, type RunResult, type RunSetup } from './runner.js';
 import { boundedError, fitReport, tailBudget } from './report.js';
+import { prepareSandboxDirs, removeTree, type RunAs } from './sandbox.js';
 import { AgentState, interruptedReport, type PendingReport } from './state.js';
 
 export interface AgentOptions {
@@ -37,6 +38,10 @@ export interface AgentOptions {
   claimWaitSeconds?: number;
   /** Fault injection (testing the endpoint's invariants); see chaos.ts. */
   chaos?: ChaosSpec;
+  /** The scripts' side (jobs/, bin/, home/, tmp/); default `dir`. See paths.ts. */
+  sandbox?: string;
+  /** Run scripts as this user (the agent must be root); see sandbox.ts. */
+  runAs?: RunAs;
 }
 
 export const AGENT_EXIT_STOPPED = 0;
@@ -89,7 +94,7 @@ class Agent {
     private readonly signal: AbortSignal | undefined,
   ) {
     this.log = opts.log ?? jsonLineLog;
-    this.paths = agentPaths(resolve(opts.dir));
+    this.paths = agentPaths(resolve(opts.dir), opts.sandbox === undefined ? undefined : resolve(opts.sandbox));
     this.chaos = opts.chaos ? new Chaos(opts.chaos, machineId, this.log) : null;
     const chaos = this.chaos;
     this.client = new ApiClient({ endpoint: opts.endpoint, token: opts.token, ...(chaos ? { beforeRequest: () => chaos.beforeRequest() } : {}) });
@@ -105,6 +110,7 @@ class Agent {
   async run(): Promise<number> {
     // Local setup problems (an unwritable dir) are configuration errors: they throw to the caller.
     await mkdir(this.paths.jobsDir, { recursive: true, mode: 0o700 });
+    if (this.opts.runAs) prepareSandboxDirs(this.paths, this.opts.runAs);
     await installHelpers(this.paths.binDir);
     await this.state.init();
     this.log('info', 'agent started', { machineId: this.machineId, endpoint: this.client.endpoint, dir: this.paths.home, root: this.root });
@@ -259,7 +265,7 @@ class Agent {
       } else {
         result = await runScript(
           job,
-          { paths, binDir: this.paths.binDir, machineId: this.machineId, root: this.root, token: this.opts.token },
+          { paths, binDir: this.paths.binDir, machineId: this.machineId, root: this.root, token: this.opts.token, ...this.scriptUser() },
           (stream, data) => logs.push(stream, data),
           kill.signal,
         );
@@ -324,11 +330,18 @@ class Agent {
     return code;
   }
 
+  /** With --run-as: whom scripts run as, with their HOME and TMPDIR and the agent's scratch dir. */
+  private scriptUser(): Pick<RunSetup, 'user'> {
+    const r = this.opts.runAs;
+    return r ? { user: { ...r, home: this.paths.scriptHome, tmp: this.paths.scriptTmp, scratch: this.paths.scratchDir } } : {};
+  }
+
   /** Removes old job dirs now and then, in the background: it never holds up the next job. */
   private prune(): void {
     if (this.pruning || ++this.jobsSincePrune < PRUNE_EVERY_JOBS) return;
     this.jobsSincePrune = 0;
-    this.pruning = pruneJobDirs(this.paths.jobsDir)
+    const runAs = this.opts.runAs;
+    this.pruning = pruneJobDirs(this.paths.jobsDir, undefined, runAs ? (dir) => removeTree(dir, runAs) : undefined)
       .then(() => undefined)
       .catch((err: unknown) => this.log('warn', 'cannot remove old job dirs', { error: errorMessage(err) }))
       .finally(() => (this.pruning = null));

@@ -1,19 +1,28 @@
 /**
- * Where the agent keeps things under its home directory:
+ * Where the agent keeps things. Under its home directory (`--dir`), its own:
  *
  *   state/current.json, state/pending.json   exactly-once bookkeeping (state.ts)
+ *   outputs/                                 a job's outputs, copied out of a sandbox before reading
+ *
+ * and under the scripts' side (`--sandbox`, the home directory when not given):
+ *
  *   jobs/<jobId>/task.sh                     the job's work dir (the script's cwd)
  *   jobs/<jobId>/.takt/params/<key>          what `takt-get KEY` prints
  *   jobs/<jobId>/.takt/outputs/<key>         what `takt-set KEY VALUE` wrote
  *   bin/takt-get, bin/takt-set               helper commands, first on the script's PATH
+ *   home/, tmp/                              HOME and TMPDIR of scripts run as another user
  */
 import { join } from 'node:path';
 
 export interface AgentPaths {
   home: string;
   stateDir: string;
+  /** Where outputs of a script run as another user are copied before they are read. */
+  scratchDir: string;
   jobsDir: string;
   binDir: string;
+  scriptHome: string;
+  scriptTmp: string;
 }
 
 export interface JobPaths {
@@ -23,8 +32,17 @@ export interface JobPaths {
   outputsDir: string;
 }
 
-export function agentPaths(home: string): AgentPaths {
-  return { home, stateDir: join(home, 'state'), jobsDir: join(home, 'jobs'), binDir: join(home, 'bin') };
+/** The agent's paths; `sandbox` holds what scripts see (default: the home dir itself). */
+export function agentPaths(home: string, sandbox = home): AgentPaths {
+  return {
+    home,
+    stateDir: join(home, 'state'),
+    scratchDir: join(home, 'outputs'),
+    jobsDir: join(sandbox, 'jobs'),
+    binDir: join(sandbox, 'bin'),
+    scriptHome: join(sandbox, 'home'),
+    scriptTmp: join(sandbox, 'tmp'),
+  };
 }
 
 export function jobPaths(jobsDir: string, jobId: string): JobPaths {

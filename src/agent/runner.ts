@@ -4,12 +4,13 @@
  * goes to `onChunk`, the result comes back as a value.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import type { ClaimedJob } from '../model/protocol.js';
 import { errorMessage } from './log.js';
-import { readOutputs, writeParams } from './outputs.js';
+import { MAX_OUTPUT_BYTES, OUTPUT_NAME, readOutputs, writeParams } from './outputs.js';
 import type { JobPaths } from './paths.js';
+import { handOver, removeTreeSync, sandboxEnv, snapshotFiles, type ScriptUser } from './sandbox.js';
 
 export type ChunkStream = 'stdout' | 'stderr' | 'system';
 export type OnChunk = (stream: ChunkStream, data: string) => void;
@@ -29,6 +30,11 @@ export interface RunSetup {
   killGraceMs?: number;
   /** The shell to run (default `bash`, found on PATH). */
   shell?: string;
+  /**
+   * Run the script as this user (the agent must be root), with a clean environment; `scratch` is a dir
+   * only the agent can write, where outputs are copied before they are read.
+   */
+  user?: ScriptUser & { scratch: string };
 }
 
 export interface RunResult {
@@ -48,9 +54,12 @@ const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 /** After bash ends, how long to wait for its output pipes to drain when something else still holds them. */
 const DRAIN_MS = 500;
 
-/** The script's environment: the agent's, minus anything carrying the token, plus the job's TAKT_* vars. */
+/**
+ * The script's environment: the agent's (or, for a script run as another user, only PATH, locale and its
+ * own HOME/USER/TMPDIR), minus anything carrying the token, plus the job's TAKT_* vars.
+ */
 export function scriptEnv(job: RunnableJob, setup: RunSetup): NodeJS.ProcessEnv {
-  const base = setup.baseEnv ?? process.env;
+  const base = setup.user ? sandboxEnv(setup.baseEnv ?? process.env, setup.user) : (setup.baseEnv ?? process.env);
   const secrets = setup.token ? [setup.token, setup.token.split('.').pop() ?? ''].filter((s) => s.length >= 8) : [];
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(base)) {
@@ -77,19 +86,35 @@ export function scriptEnv(job: RunnableJob, setup: RunSetup): NodeJS.ProcessEnv 
  * handful of small files on the path between two jobs, where a trip through libuv's thread pool per
  * call costs more than the calls themselves.
  */
-function prepare(job: RunnableJob, paths: JobPaths): string[] {
-  rmSync(paths.workDir, { recursive: true, force: true }); // a fresh dir, even if this id ran here before
+function prepare(job: RunnableJob, paths: JobPaths, user?: ScriptUser): string[] {
+  // A fresh dir, even if this id ran here before (then the script's user owns what is there).
+  if (existsSync(paths.workDir)) removeTreeSync(paths.workDir, user);
   mkdirSync(paths.workDir, { recursive: true, mode: 0o700 });
   writeFileSync(paths.script, job.script, { mode: 0o600 }); // it holds secrets; bash reads it, no exec bit
   const skipped = writeParams(paths.paramsDir, job.params);
   mkdirSync(paths.outputsDir, { recursive: true, mode: 0o700 });
+  // Written while only the agent could write here; now the script's user gets the whole tree.
+  if (user) handOver(paths.workDir, user);
   return skipped;
+}
+
+/**
+ * Where to read outputs from. A script run as another user owns its outputs dir and could put links
+ * there (to the agent's token, say): its files are first copied out without following any link.
+ */
+function outputsToRead(setup: RunSetup, onChunk: OnChunk): string {
+  const { user, paths } = setup;
+  if (!user) return paths.outputsDir;
+  const rel = paths.outputsDir.slice(paths.workDir.length + 1).split('/');
+  const notes = snapshotFiles(paths.workDir, rel, user.scratch, user.uid, { names: OUTPUT_NAME, maxBytes: MAX_OUTPUT_BYTES, maxFiles: 1000 });
+  for (const note of notes) onChunk('system', `takt-agent: output ${note}\n`);
+  return user.scratch;
 }
 
 export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnChunk, signal?: AbortSignal): Promise<RunResult> {
   const failed = (error: string): RunResult => ({ exitCode: null, timedOut: false, error, outputs: {}, aborted: false });
   try {
-    const skipped = prepare(job, setup.paths);
+    const skipped = prepare(job, setup.paths, setup.user);
     if (skipped.length) onChunk('system', `takt-agent: params not usable as file names, not available to takt-get: ${skipped.join(', ')}\n`);
   } catch (err) {
     return failed(`cannot prepare the job's work dir: ${errorMessage(err)}`);
@@ -97,7 +122,12 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
   if (signal?.aborted) return { ...failed('the agent stopped before the script started'), aborted: true };
 
   const ended = await execute(job, setup, onChunk, signal);
-  const read = await readOutputs(setup.paths.outputsDir, job.outputs);
+  let read: Awaited<ReturnType<typeof readOutputs>>;
+  try {
+    read = await readOutputs(outputsToRead(setup, onChunk), job.outputs);
+  } catch (err) {
+    read = { outputs: {}, problem: `cannot read the outputs: ${errorMessage(err)}` };
+  }
   const errors = [ended.error, read.problem].filter((e): e is string => !!e);
   return {
     exitCode: ended.timedOut || ended.aborted ? null : ended.exitCode,
@@ -128,6 +158,7 @@ function execute(job: RunnableJob, setup: RunSetup, onChunk: OnChunk, signal?: A
       env: scriptEnv(job, setup),
       detached: true, // its own process group (and session): we kill the group, never just bash
       stdio: ['ignore', 'pipe', 'pipe'],
+      ...(setup.user ? { uid: setup.user.uid, gid: setup.user.gid } : {}),
     });
     const pid = child.pid;
 

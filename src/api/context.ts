@@ -19,6 +19,8 @@ export interface BrokerPort {
   /** Starts the machine's agent with its token. */
   create(machine: { id: string; name: string }, token: string): Promise<void>;
   destroy(machine: { id: string; name: string }): Promise<void>;
+  /** What creating a machine should warn about (e.g. its scripts are not isolated from the endpoint). */
+  readonly notice?: string | undefined;
 }
 
 export interface ApiContext {

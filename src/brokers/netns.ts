@@ -243,6 +243,6 @@ export class NetnsPlacement implements Placement {
 
   private save() {
     mkdirSync(this.opts.dataDir, { recursive: true });
-    writeFileSync(this.stateFile, JSON.stringify(this.state, null, 2) + '\n');
+    writeFileSync(this.stateFile, JSON.stringify(this.state, null, 2) + '\n', { mode: 0o600 });
   }
 }

@@ -3,11 +3,15 @@
  * under the data dir: `local` (plain processes) and `netns` (each in its own network namespace, see
  * netns.ts). Agents run in their own session so they outlive an endpoint crash (results then reach the
  * restarted endpoint); a restarted endpoint adopts them by pid file instead of starting twins.
+ * When the endpoint is root, each machine's scripts run as a user of their own (layout.ts, uids.ts).
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { RunAs } from '../agent/sandbox.js';
+import { checkReachable, isolating, machinePaths, notIsolatedNotice, prepareMachineDir, type MachinePaths } from './layout.js';
+import { killUid, UidPool } from './uids.js';
 
 const TAKT_BIN = fileURLToPath(new URL('../../bin/takt.js', import.meta.url));
 
@@ -87,18 +91,37 @@ export class ProcessBroker {
   }
 
   /** Throws when this host cannot hold the broker's machines (before any machine is recorded). */
-  check(): Promise<void> {
-    return this.placement.check();
+  async check(): Promise<void> {
+    await this.placement.check();
+    if (isolating()) checkReachable(this.machinesDir);
+  }
+
+  /**
+   * Said with every machine this broker creates, when its scripts are not isolated from the endpoint
+   * (the endpoint is not root); undefined when they are.
+   */
+  get notice(): string | undefined {
+    return notIsolatedNotice(this.name);
+  }
+
+  private get machinesDir(): string {
+    return join(this.opts.dataDir, 'machines');
   }
 
   machineDir(id: string): string {
-    return join(this.opts.dataDir, 'machines', id);
+    return join(this.machinesDir, id);
+  }
+
+  private paths(id: string): MachinePaths {
+    return machinePaths(this.machinesDir, id);
   }
 
   async create(machine: LocalMachine, token: string): Promise<void> {
-    const dir = this.machineDir(machine.id);
-    mkdirSync(join(dir, 'root'), { recursive: true });
-    writeFileSync(join(dir, 'agent.token'), token, { mode: 0o600 });
+    const p = this.paths(machine.id);
+    this.prepareDir(machine);
+    writeFileSync(p.token, token, { mode: 0o600 });
+    const notice = this.notice;
+    if (notice) this.opts.log('warn', notice, { machine: machine.name });
     await this.placement.prepare(machine);
     this.track(machine, true);
     await this.ensureRunning(this.tracked.get(machine.id)!);
@@ -109,7 +132,25 @@ export class ProcessBroker {
     this.tracked.delete(machine.id);
     await this.kill(t?.pid ?? this.readPid(machine.id));
     await this.placement.remove(machine);
-    rmSync(this.machineDir(machine.id), { recursive: true, force: true });
+    const dir = this.machineDir(machine.id);
+    const pool = isolating() ? UidPool.forDataDir(this.opts.dataDir) : null;
+    const uid = pool?.uidOf(machine.id);
+    // Whatever its scripts left running (services they detached) goes too, before its files: nothing of
+    // that user is left to race the delete, or to meet the next machine that gets this uid.
+    if (uid !== undefined) for (let i = 0; i < 10 && killUid(uid) > 0; i++) await new Promise((r) => setTimeout(r, 50));
+    rmSync(dir, { recursive: true, force: true });
+    pool?.release(machine.id, dir);
+  }
+
+  /** The machine's uid (allocated on first use) and its dirs made or repaired. Null: not isolating. */
+  private prepareDir(machine: LocalMachine): RunAs | null {
+    const p = this.paths(machine.id);
+    // The dir exists before its uid is claimed: a host-wide claim points at it.
+    mkdirSync(p.dir, { recursive: true, mode: 0o700 });
+    const uid = isolating() ? UidPool.forDataDir(this.opts.dataDir).uidFor(machine.id, p.dir) : null;
+    const user = uid === null ? null : { uid, gid: uid };
+    prepareMachineDir(this.machinesDir, p, user);
+    return user;
   }
 
   /** At endpoint start: keep every live agent, start the ones that should run and do not. */
@@ -193,16 +234,18 @@ export class ProcessBroker {
   }
 
   private spawnAgent(m: LocalMachine): number | null {
-    const dir = this.machineDir(m.id);
-    const tokenFile = join(dir, 'agent.token');
+    const p = this.paths(m.id);
+    const dir = p.dir;
+    const user = this.prepareDir(m);
+    const tokenFile = p.token;
     if (!existsSync(tokenFile)) {
       this.opts.log('error', 'cannot start agent: its token file is missing', { machine: m.name, file: tokenFile });
       return null;
     }
-    mkdirSync(join(dir, 'root'), { recursive: true });
-    const out = openSync(join(dir, 'agent.log'), 'a');
+    const out = openSync(p.log, 'a', 0o600);
     try {
-      const argv = [process.execPath, TAKT_BIN, 'agent', '--endpoint', this.placement.endpoint(m), '--dir', dir, '--root', join(dir, 'root')];
+      const argv = [process.execPath, TAKT_BIN, 'agent', '--endpoint', this.placement.endpoint(m), '--dir', p.privateDir, '--sandbox', dir, '--root', p.root];
+      if (user) argv.push('--run-as', `${user.uid}:${user.gid}`);
       const [command, ...args] = [...this.placement.wrap(m), ...argv] as [string, ...string[]];
       const child = spawn(command, args, {
         detached: true,
@@ -212,7 +255,7 @@ export class ProcessBroker {
       });
       child.on('error', (err) => this.opts.log('error', 'agent failed to start', { machine: m.name, err: err.message }));
       child.unref();
-      if (child.pid) writeFileSync(join(dir, 'agent.pid'), String(child.pid));
+      if (child.pid) writeFileSync(p.pid, String(child.pid), { mode: 0o600 });
       return child.pid ?? null;
     } finally {
       closeSync(out);
@@ -221,7 +264,7 @@ export class ProcessBroker {
 
   private readPid(id: string): number | null {
     try {
-      const pid = Number(readFileSync(join(this.machineDir(id), 'agent.pid'), 'utf8'));
+      const pid = Number(readFileSync(this.paths(id).pid, 'utf8'));
       return Number.isInteger(pid) && pid > 0 ? pid : null;
     } catch {
       return null;

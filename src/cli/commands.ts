@@ -302,7 +302,8 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
         params: o.param ? parseParamPairs(o.param) : undefined,
         profiles: o.profile,
       };
-      const r = await api().post<{ items: Array<Machine & { token?: string }> }>('/machines', body);
+      const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
+      for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${w}\n`);
       print(g().output, r.items, () =>
         renderTable(r.items, machineColumns) +
         (r.items.some((m) => m.token) ? `\n${pc.yellow('machine tokens (shown once):')}\n${r.items.map((m) => `  ${m.name}: ${m.token}`).join('\n')}` : ''),

@@ -77,12 +77,14 @@ program
   .description('run the agent for one machine: claims its jobs, runs them with bash, reports results')
   .option('--dir <dir>', 'agent home: state, job work dirs, helper commands', '/var/lib/takt-agent')
   .option('--root <dir>', 'what scripts see as $TAKT_ROOT (the machine root; a sandbox dir for local machines)', '/')
+  .option('--sandbox <dir>', 'the scripts\' side: job work dirs, helper commands, HOME and TMPDIR (default: --dir)')
+  .option('--run-as <uid:gid>', 'run scripts as this user and group, with a clean environment (the agent must be root)')
   .option(
     '--chaos <spec>',
     'inject faults to test a fleet\'s invariants: fail=0.1,latency=200ms,drop=0.05,drop-for=3s,die=0.02,seed=7 (env TAKT_AGENT_CHAOS; local machines inherit it from their endpoint)',
     process.env.TAKT_AGENT_CHAOS,
   )
-  .action(async (o: { dir: string; root: string; chaos?: string }) => {
+  .action(async (o: { dir: string; root: string; chaos?: string; sandbox?: string; runAs?: string }) => {
     // --endpoint and --token are the global options, as for every other command.
     const endpoint = globals().endpoint ?? process.env.TAKT_ENDPOINT;
     const token = globals().token ?? process.env.TAKT_TOKEN;
@@ -91,10 +93,13 @@ program
     const { runAgent } = await import('../agent/agent.js');
     const { parseChaos } = await import('../agent/chaos.js');
     const chaos = o.chaos ? parseChaos(o.chaos) : undefined;
+    const { parseRunAs } = await import('../agent/sandbox.js');
+    const runAs = o.runAs ? parseRunAs(o.runAs) : undefined;
+    if (runAs && process.getuid?.() !== 0) throw new TaktError('bad_request', '--run-as needs the agent to run as root (it starts scripts as another user)');
     const ac = new AbortController();
     process.on('SIGINT', () => ac.abort());
     process.on('SIGTERM', () => ac.abort());
-    const code = await runAgent({ endpoint, token, dir: o.dir, root: o.root, ...(chaos ? { chaos } : {}) }, ac.signal);
+    const code = await runAgent({ endpoint, token, dir: o.dir, root: o.root, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
     process.exit(code);
   });
 

@@ -24,6 +24,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
 import { openSqliteStore } from '../store/sqlite.js';
+import { secureDataDir } from './datadir.js';
 import { createLog, type LogFn } from './log.js';
 
 export const VERSION = (JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string }).version;
@@ -85,6 +86,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   }
   const leaseMs = parseDuration(opts.lease, '--lease', DURATION_RANGES.lease);
   const data = resolve(opts.data);
+  secureDataDir(data, log); // umask 077; refuses a dir others can write; modes back to 0700/0600
   mkdirSync(data, { recursive: true, mode: 0o700 });
   const admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
   const key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));

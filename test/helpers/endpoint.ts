@@ -3,7 +3,7 @@
  * data dir, and runs the real CLI against it.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,14 +42,17 @@ export class Endpoint {
     readonly data: string,
     private readonly args: string[],
     private readonly env: Record<string, string> = {},
+    private readonly uid?: number,
   ) {}
 
   /** `env` reaches the server and, through it, the local agents it starts (e.g. TAKT_AGENT_CHAOS). */
-  static async start(opts: { demo?: boolean; lease?: string; data?: string; env?: Record<string, string> } = {}): Promise<Endpoint> {
+  /** `uid` runs the server as that user (and group of the same number), on a data dir it owns. */
+  static async start(opts: { demo?: boolean; lease?: string; data?: string; env?: Record<string, string>; uid?: number } = {}): Promise<Endpoint> {
     const data = opts.data ?? mkdtempSync(join(tmpdir(), 'takt-test-'));
+    if (opts.uid !== undefined) chownSync(data, opts.uid, opts.uid);
     const args = ['serve', '--listen', '127.0.0.1:0', '--data', data, '--lease', opts.lease ?? '5s'];
     if (opts.demo) args.push('--demo');
-    const ep = new Endpoint(data, args, opts.env);
+    const ep = new Endpoint(data, args, opts.env, opts.uid);
     await ep.boot();
     return ep;
   }
@@ -59,7 +62,8 @@ export class Endpoint {
     rmSync(join(this.data, 'endpoint'), { force: true });
     // A restart comes back on the same port, as a real endpoint does: surviving agents know that address.
     const args = this.url ? this.args.map((a) => (a === '127.0.0.1:0' ? new URL(this.url).host : a)) : this.args;
-    const p = spawn(process.execPath, [TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', ...this.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const as = this.uid === undefined ? {} : { uid: this.uid, gid: this.uid };
+    const p = spawn(process.execPath, [TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', ...this.env }, stdio: ['ignore', 'pipe', 'pipe'], ...as });
     this.proc = p;
     p.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
     p.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));

@@ -113,7 +113,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
       }
     }
     reply.code(201);
-    return { items: created };
+    return { items: created, ...(broker?.notice ? { warnings: [broker.notice] } : {}) };
   });
 
   app.get('/api/v1/machines/:id', { config: { machine: true } }, async (req) => {

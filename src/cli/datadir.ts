@@ -1,0 +1,107 @@
+/**
+ * The endpoint's data dir holds everything an attacker on the host wants: the admin token, the key that
+ * seals secure values, the database and the machines' tokens. `takt serve` therefore:
+ *
+ *   - sets its umask to 077, so every file it (and every agent it starts) creates is its own;
+ *   - refuses a data dir that another user can write or owns — the dir itself, or a directory above it
+ *     through which it could be renamed and replaced (one with the sticky bit, like /tmp, is fine) — or
+ *     one that holds a file of another user, and says how to fix it;
+ *   - puts modes back to 0700 (dirs) and 0600 (files), whatever they were: the data dir is 0711 when the
+ *     endpoint is root, so machines' own users can pass through to their sandboxes (layout.ts), never
+ *     list it or read what is in it.
+ */
+import { chmodSync, lstatSync, mkdirSync, readdirSync, statSync, type Stats } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { isolating } from '../brokers/layout.js';
+import { TaktError } from '../model/errors.js';
+import type { LogFn } from './log.js';
+
+const octal = (mode: number) => (mode & 0o7777).toString(8).padStart(4, '0');
+
+/**
+ * Makes the data dir if it is missing, checks it is safe and repairs modes (see the top of this file).
+ * Also sets the process umask to 077. Returns the paths whose mode it changed (each also logged).
+ * Throws a `bad_request` TaktError when another user can write or owns the dir, an entry, or a dir above.
+ */
+export function secureDataDir(dir: string, log: LogFn): string[] {
+  process.umask(0o077);
+  const data = resolve(dir);
+  mkdirSync(data, { recursive: true, mode: 0o700 });
+  checkAncestors(data);
+  const entries = readdirSync(data);
+  for (const name of entries) {
+    const path = join(data, name);
+    checkOwner(path, lstatSync(path), `${path} is owned by uid ${lstatSync(path).uid}`, `chown ${process.getuid?.()} ${path}, or remove it if you did not put it there`);
+  }
+  const fixed: string[] = [];
+  const fix = (path: string, want: number) => {
+    const st = lstatSync(path);
+    if (st.isSymbolicLink() || (st.mode & 0o7777) === want) return;
+    chmodSync(path, want);
+    fixed.push(path);
+    log('warn', `data dir: ${path} was mode ${octal(st.mode)}; set to ${octal(want)}`);
+  };
+  const root = isolating();
+  fix(data, root ? 0o711 : 0o700);
+  for (const name of entries) {
+    const path = join(data, name);
+    const st = lstatSync(path);
+    if (st.isDirectory()) {
+      if (name === 'machines') fixMachines(path, root, fix);
+      else fixTree(path, fix);
+    } else if (st.isFile()) fix(path, 0o600);
+  }
+  return fixed;
+}
+
+/** Refuses when another user can write or owns the data dir or a dir above it. */
+function checkAncestors(data: string): void {
+  for (let dir = data; ; dir = dirname(dir)) {
+    const st = statSync(dir);
+    const fixHint = dir === data ? `chmod go-w ${dir} (and check nobody else put files in it)` : `chmod go-w ${dir}, or use a data dir whose parents only root or you can write`;
+    checkOwner(dir, st, `${dir} is owned by uid ${st.uid}`, `use a data dir that only root or you own, e.g. /var/lib/takt`);
+    const sticky = (st.mode & 0o1000) !== 0 && dir !== data;
+    if ((st.mode & 0o022) !== 0 && !sticky) {
+      throw new TaktError('bad_request', `refusing to use data dir ${data}: ${dir} is mode ${octal(st.mode)}, writable by ${(st.mode & 0o002) !== 0 ? 'every user' : 'its group'}, who could read or replace the endpoint's secrets; ${fixHint}`);
+    }
+    if (dir === dirname(dir)) return;
+  }
+}
+
+/** Refuses an entry owned by a user other than the endpoint's or root. */
+function checkOwner(path: string, st: Stats, what: string, fixHint: string): void {
+  const me = process.getuid?.();
+  if (me === undefined || st.uid === me || st.uid === 0) return;
+  throw new TaktError('bad_request', `refusing to use data dir: ${what}, not by the endpoint's user (uid ${me}) or root: that user could read or replace the endpoint's secrets; ${fixHint}`);
+}
+
+/** Dirs 0700 and files 0600 all the way down (trees only the endpoint's user owns). */
+function fixTree(dir: string, fix: (path: string, mode: number) => void): void {
+  fix(dir, 0o700);
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) fixTree(path, fix);
+    else if (e.isFile()) fix(path, 0o600);
+  }
+}
+
+/**
+ * The machines dir: its own entries the endpoint's (token, pid, log, private/), the sandbox parts its
+ * machines' users' (left to the broker, which sets them before each agent start; never walked here, as
+ * they are not the endpoint's to walk).
+ */
+function fixMachines(dir: string, root: boolean, fix: (path: string, mode: number) => void): void {
+  fix(dir, root ? 0o711 : 0o700);
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    if (!e.isDirectory()) continue;
+    const m = join(dir, e.name);
+    const st = lstatSync(m);
+    fix(m, root ? st.mode & 0o750 : 0o700);
+    for (const f of ['agent.token', 'agent.pid', 'agent.log']) {
+      const path = join(m, f);
+      if (lstatSync(path, { throwIfNoEntry: false })?.isFile()) fix(path, 0o600);
+    }
+    const priv = join(m, 'private');
+    if (lstatSync(priv, { throwIfNoEntry: false })?.isDirectory()) fixTree(priv, fix);
+  }
+}
