@@ -66,9 +66,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
 
   const store = await openSqliteStore(join(data, 'takt.db'));
-  const content = new ContentService(store);
-  await content.load();
   const sealer = new Sealer(Buffer.from(key.value, 'base64'));
+  const content = new ContentService(store, sealer);
+  await content.load();
   const engine = new Engine(store, content, sealer, { leaseMs, log });
   let url = '';
   const broker = new ProcessBroker({ name: 'local', environment: 'local', dataDir: data, endpoint: () => url, log });

@@ -553,6 +553,9 @@ class SqlTx extends SqlReads implements Tx {
       .executeTakeFirst();
     return Number(res.numInsertedOrUpdatedRows ?? 0);
   }
+  async replaceLogData(jobId: string, seq: number, data: string) {
+    await this.db.updateTable('job_logs').set({ data }).where('job_id', '=', jobId).where('seq', '=', seq).execute();
+  }
   async insertWorkOrder(w: WorkOrder) {
     await this.db.insertInto('work_orders').values(workOrderToRow(w)).execute();
   }

@@ -119,6 +119,8 @@ export interface Tx extends Reads {
   finishJob(j: Job, report?: unknown): Promise<void>;
   /** Appends log chunks, ignoring any seq already stored (agents resend after network loss). */
   appendLogs(chunks: LogChunk[]): Promise<number>;
+  /** Replaces the text of one stored log chunk (masking a secret the job revealed later, e.g. its own output). */
+  replaceLogData(jobId: string, seq: number, data: string): Promise<void>;
   insertWorkOrder(w: WorkOrder): Promise<void>;
   updateWorkOrder(w: WorkOrder): Promise<void>;
   putContent(rec: ContentRecord): Promise<void>;
