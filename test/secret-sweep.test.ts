@@ -254,5 +254,39 @@ describe('secret sweep', () => {
     // A changed secret is a different version.
     const changed = await call('POST', '/packs', { files: { ...PACK, 'profiles/sweep.yaml': PACK['profiles/sweep.yaml']!.replace(V.profile, 'SWEEP-other') } });
     expect(changed.status).toBe(409);
+    // A diff between versions shows a secure value as the mask and a keyed fingerprint, never the value.
+    const next = { ...PACK, 'pack.yaml': PACK['pack.yaml']!.replace('1.0.0', '1.1.0'), 'profiles/sweep.yaml': PACK['profiles/sweep.yaml']!.replace(V.profile, 'SWEEP-next-Ff6') };
+    expect((await call('POST', '/packs', { files: next })).status).toBe(201);
+    const diff = await call('GET', '/packs/sweep/diff?from=1.0.0&to=1.1.0');
+    expect(diff.json).toMatchObject({ changed: [{ object: 'profiles/sweep' }] });
+    expect(diff.text).toMatch(/\*{8} \(secure, fingerprint [0-9a-f]{12}\)/);
+    expect(diff.text).not.toContain('SWEEP-');
   });
+
+  it('a sealed local value survives revert; export → import elsewhere → export is byte-identical', async () => {
+    const put = await call('PUT', '/profiles/local-sweep', { name: 'local-sweep', params: { s_local: 'SWEEP-local-two-Gg7' } });
+    expect(put.status, put.text).toBe(200);
+    const seq = (await get<{ items: Array<{ seq: number; object: string }> }>('/changes?limit=1')).items[0]!.seq;
+    expect((await call('POST', `/changes/${seq}/revert`, {})).status).toBeLessThan(300);
+    const plan = await get<{ steps: Array<{ task: string; error: string | null }> }>('/machines/sweeper/plan');
+    expect(plan.steps.every((st) => st.error === null)).toBe(true);
+    const render = await get<{ displayScript: string; error: string | null }>('/machines/sweeper/render?task=print-all');
+    expect(render.error).toBeNull();
+    expect(render.displayScript).not.toContain('SWEEP-');
+
+    const b = await Endpoint.start();
+    try {
+      const one = join(work, 'rt-one');
+      const two = join(work, 'rt-two');
+      expect((await ep.cli(['export', one])).code).toBe(0);
+      const imp = await b.cli(['import', one, '-o', 'json']);
+      expect(imp.code === 0 || imp.code === 1, imp.stderr).toBe(true);
+      expect((await b.cli(['export', two])).code).toBe(0);
+      const tree = (root: string) => Object.fromEntries(filesUnder(root).filter((f) => !f.includes('/machines/')).map((f) => [f.slice(root.length), readFileSync(f, 'utf8')]));
+      expect(Object.keys(tree(one)).length).toBeGreaterThan(10);
+      expect(tree(two)).toEqual(tree(one));
+    } finally {
+      await b.stop();
+    }
+  }, 120_000);
 });
