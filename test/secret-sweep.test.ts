@@ -199,6 +199,11 @@ describe('secret sweep', () => {
     const rec = await get<{ entries: Array<{ task: string; scriptSha256: string }>; stale: string[] }>('/machines/sweeper/record');
     expect(rec.entries.find((e) => e.task === 'use-pin')?.scriptSha256).toBe(detail.scriptSha256);
     expect(rec.stale).toEqual([]);
+    // A changed secret makes the machine stale, without saying what it was or is.
+    expect((await call('PATCH', '/machines/sweeper', { params: { pin: 1234 } })).status).toBe(200);
+    const stale = await get<{ stale: string[] }>('/machines/sweeper/record');
+    expect(stale.stale).toContain('use-pin: a secure param changed since it ran (its script differs; values not shown)');
+    expect(stale.stale.join(' ')).not.toMatch(/1234|4821/);
   });
 
   it('no secure value anywhere: API, events, history, export, server log, job logs, database files', async () => {
