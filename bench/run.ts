@@ -9,6 +9,7 @@ import { ansibleBench } from './ansible.js';
 import { dispatchBench } from './dispatch.js';
 import { fanoutBench } from './fanout.js';
 import { fleetBench } from './fleet.js';
+import { logsBench } from './logs.js';
 import { Flags, parseArgs } from './lib/args.js';
 import { stopAllEndpoints, stoppedOutputs } from './lib/endpoint.js';
 import { accountLoad, waitQuiet } from './lib/load.js';
@@ -21,6 +22,7 @@ const BENCHES: Record<string, { run: Bench; usage: string }> = {
   ansible: { run: ansibleBench, usage: 'ansible [--reps 3] [--hosts 50]          takt vs Ansible, same 5-task pipeline' },
   dispatch: { run: dispatchBench, usage: 'dispatch [--tasks 200]                   gap between jobs on one machine vs spawning /bin/true' },
   fleet: { run: fleetBench, usage: 'fleet [--machines 10000] [--tasks 10] [--inflight 64]   simulated agents over HTTP' },
+  logs: { run: logsBench, usage: 'logs [--mb 100] [--reps 3] [--jobs 4]      job log ingest with 20 secure values masked vs none' },
   fanout: { run: fanoutBench, usage: 'fanout [--subscribers 100] [--machines 2000] [--tasks 10]   event stream under a fleet run' },
 };
 

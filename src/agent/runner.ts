@@ -4,8 +4,9 @@
  * goes to `onChunk`, the result comes back as a value.
  */
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { ClaimedJob } from '../model/protocol.js';
 import { errorMessage } from './log.js';
 import { MAX_OUTPUT_BYTES, OUTPUT_NAME, readOutputs, writeParams } from './outputs.js';
@@ -111,6 +112,15 @@ function outputsToRead(setup: RunSetup, onChunk: OnChunk): string {
   return user.scratch;
 }
 
+/** Empties a dir the agent owns (its entries only; the dir stays with its mode). */
+function clearDir(dir: string): void {
+  try {
+    for (const name of readdirSync(dir)) rmSync(join(dir, name), { recursive: true, force: true });
+  } catch {
+    /* nothing to clear */
+  }
+}
+
 export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnChunk, signal?: AbortSignal): Promise<RunResult> {
   const failed = (error: string): RunResult => ({ exitCode: null, timedOut: false, error, outputs: {}, aborted: false });
   try {
@@ -128,6 +138,8 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
   } catch (err) {
     read = { outputs: {}, problem: `cannot read the outputs: ${errorMessage(err)}` };
   }
+  // The copies were only for reading: clear values (secure outputs) do not stay in the agent's dir.
+  if (setup.user) clearDir(setup.user.scratch);
   const errors = [ended.error, read.problem].filter((e): e is string => !!e);
   return {
     exitCode: ended.timedOut || ended.aborted ? null : ended.exitCode,

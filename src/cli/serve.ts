@@ -92,9 +92,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
 
   const store = await openSqliteStore(join(data, 'takt.db'));
-  const content = new ContentService(store);
-  await content.load();
   const sealer = new Sealer(Buffer.from(key.value, 'base64'));
+  const content = new ContentService(store, sealer);
+  await content.load();
   const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
   const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes });
   let url = '';

@@ -168,7 +168,7 @@ function checkValues(ctx: Ctx): void {
     const schema = usableSchema(def.schema);
     // Sealed (encrypted) values cannot be inspected; they were checked before they were sealed.
     if (!schema || isSealed(value)) continue;
-    for (const p of schemaProblems(schema, value)) report(ctx, path + p.path, `param '${key}': ${p.message}`, { at: p.at });
+    for (const p of schemaProblems(schema, value)) report(ctx, path + p.path, `param '${key}': ${def.secure === true ? withoutValue(p.message) : p.message}`, { at: p.at });
   }
 }
 
@@ -187,6 +187,14 @@ function usableSchema(schema: unknown): object | undefined {
   return ok ? s : undefined;
 }
 
+/**
+ * A schema message without the offending value: problems with a secure param's value say what is wrong
+ * and where, never the value (lint output and API errors end up in terminals, CI logs and tickets).
+ */
+export function withoutValue(message: string): string {
+  return `${message.replace(/\s*\(got [\s\S]*\)\s*$/, '')} (secure value, not shown)`;
+}
+
 function checkParam(ctx: Ctx): void {
   if (ctx.name === MACHINE_VAR) {
     report(ctx, '/name', `'${MACHINE_VAR}' is reserved for the machine object in templates; choose another param name`);
@@ -200,9 +208,10 @@ function checkParam(ctx: Ctx): void {
   }
   const problems = metaSchemaProblems(schema);
   for (const p of problems) report(ctx, '/schema' + p.path, `invalid JSON Schema: ${p.message}`, { at: p.at });
-  if (problems.length === 0 && 'default' in schema) {
+  // A secure param's default is sealed at rest: it was checked before it was sealed.
+  if (problems.length === 0 && 'default' in schema && !isSealed(schema.default)) {
     for (const p of schemaProblems(schema, schema.default)) {
-      report(ctx, '/schema/default' + p.path, `default does not match the schema: ${p.message}`, { at: p.at });
+      report(ctx, '/schema/default' + p.path, `default does not match the schema: ${ctx.def.secure === true ? withoutValue(p.message) : p.message}`, { at: p.at });
     }
   }
 }

@@ -4,7 +4,6 @@
  */
 import { assertPlainPaths, type PackFiles } from '../content/files.js';
 import semver from 'semver';
-import { packDigest } from '../content/bundle.js';
 import { checkContentSet, lintPack, type LintResult } from '../content/lint.js';
 import {
   CONTENT_KINDS,
@@ -22,6 +21,8 @@ import { validateValue } from '../model/validate.js';
 import type { PackRecord, Store, Tx } from '../store/store.js';
 import { fieldChanges, type FieldChange } from './diff.js';
 import { canonicalJson, hashObject } from '../model/hash.js';
+import type { Sealer } from '../model/secure.js';
+import { fingerprinted, sealDef, sealPack, secureParams, type IsSecure, type SealedPack } from './sealing.js';
 
 export interface ContentEntry<K extends ContentKind = ContentKind> {
   kind: K;
@@ -60,7 +61,11 @@ export class ContentService {
   private set: ContentSet = emptyContentSet();
   private pins = new Map<string, { version: string; requires: Record<string, string> }>();
 
-  constructor(private readonly store: Store) {}
+  /** `sealer` seals secure values set in packs and local objects before they are stored (see sealing.ts). */
+  constructor(
+    private readonly store: Store,
+    private readonly sealer: Sealer,
+  ) {}
 
   async load(): Promise<void> {
     const pins = new Map<string, { version: string; requires: Record<string, string> }>();
@@ -118,7 +123,9 @@ export class ContentService {
     }
     const manifest = result.manifest;
     const ref = `${manifest.name}@${manifest.version}`;
-    const digest = packDigest(files);
+    // Secure values are sealed before anything is stored; the digest never hashes a bare secret.
+    const sealed = sealPack(files, result.objects, secureParams(this.without(manifest.name), result.objects), this.sealer);
+    const digest = sealed.sha256;
     const existing = await this.store.getPackVersion(manifest.name, manifest.version);
     if (existing && existing.sha256 !== digest) {
       throw new TaktError(
@@ -131,16 +138,17 @@ export class ContentService {
       version: manifest.version,
       description: manifest.description ?? null,
       requires: manifest.requires ?? {},
-      files,
+      // The same version again keeps the files (and ciphertexts) it was first installed with.
+      files: existing?.files ?? sealed.files,
       sha256: digest,
       installedAt: existing?.installedAt ?? new Date().toISOString(),
     };
+    const objects = (existing ? lintPack(existing.files, this.without(manifest.name)).objects : sealed.objects) as LintResult['objects'];
     const activate = opts.use === true || !this.pins.has(manifest.name);
-    const plan = activate ? this.prepareUse(version, result.objects) : null;
+    const plan = activate ? this.prepareUse(version, objects) : null;
     if (!existing) await this.store.transact((tx) => this.writeVersion(tx, version, author));
-    const objects = result.objects.length;
-    if (plan && this.pins.get(manifest.name)?.version !== manifest.version) await this.commitUse(version, result.objects, plan, author);
-    return { name: version.name, version: version.version, sha256: digest, objects, installed: !existing, active: this.pins.get(manifest.name)?.version === manifest.version };
+    if (plan && this.pins.get(manifest.name)?.version !== manifest.version) await this.commitUse(version, objects, plan, author);
+    return { name: version.name, version: version.version, sha256: digest, objects: objects.length, installed: !existing, active: this.pins.get(manifest.name)?.version === manifest.version };
   }
 
   /** Pins the version a pack runs: its objects replace the old version's, after the same checks as an install. */
@@ -167,7 +175,8 @@ export class ContentService {
       const rec = await this.store.getPackVersion(name, v);
       if (!rec) throw new TaktError('not_found', `${name}@${v} is not installed`);
       const objects = new Map<string, unknown>();
-      for (const o of lintPack(rec.files).objects) objects.set(`${o.kind}/${(o.def as { name: string }).name}`, o.def);
+      // Sealed values compare (and show) by fingerprint: the same secret sealed twice differs in ciphertext.
+      for (const o of lintPack(rec.files).objects) objects.set(`${o.kind}/${(o.def as { name: string }).name}`, fingerprinted(o.def, this.sealer));
       return objects;
     };
     const [a, b] = [await load(from), await load(to)];
@@ -275,21 +284,42 @@ export class ContentService {
 
   /** Creates or replaces a local object (one made through the API rather than shipped in a pack). */
   async putLocal(kind: ContentKind, def: unknown, author: string, mode: 'create' | 'update', name?: string): Promise<ContentEntry> {
-    const obj = this.checkLocal(kind, def, name);
-    const existing = this.set.objects[kind].get(obj.name);
+    const clear = this.checkLocal(kind, def, name);
+    const existing = this.set.objects[kind].get(clear.name);
     if (mode === 'create' && existing) {
-      throw new TaktError('conflict', `${KIND_NOUN[kind]} '${obj.name}' already exists${existing.layer === LOCAL_LAYER ? '' : ` (from pack '${existing.layer}')`}`);
+      throw new TaktError('conflict', `${KIND_NOUN[kind]} '${clear.name}' already exists${existing.layer === LOCAL_LAYER ? '' : ` (from pack '${existing.layer}')`}`);
     }
-    if (mode === 'update' && !existing) throw new TaktError('not_found', `${KIND_NOUN[kind]} '${obj.name}' not found`);
+    if (mode === 'update' && !existing) throw new TaktError('not_found', `${KIND_NOUN[kind]} '${clear.name}' not found`);
     if (existing && existing.layer !== LOCAL_LAYER) {
-      throw new TaktError('conflict', `${KIND_NOUN[kind]} '${obj.name}' belongs to pack '${existing.layer}'; change the pack and install it again`);
+      throw new TaktError('conflict', `${KIND_NOUN[kind]} '${clear.name}' belongs to pack '${existing.layer}'; change the pack and install it again`);
     }
     const candidate = this.clone();
+    (candidate.objects[kind] as Map<string, { def: unknown; layer: string }>).set(clear.name, { def: clear, layer: LOCAL_LAYER });
+    // Checked with its clear values, stored and run sealed (history and events see only the sealed form).
+    this.assertConsistent(candidate, `saving ${KIND_NOUN[kind]} '${clear.name}'`, { kind, name: clear.name });
+    const obj = sealDef(kind, clear, secureParams(candidate), this.sealer);
     (candidate.objects[kind] as Map<string, { def: unknown; layer: string }>).set(obj.name, { def: obj, layer: LOCAL_LAYER });
-    this.assertConsistent(candidate, `saving ${KIND_NOUN[kind]} '${obj.name}'`, { kind, name: obj.name });
     await this.store.transact((tx) => this.writeLocal(tx, kind, obj, author));
     this.set = candidate;
     return { kind, name: obj.name, layer: LOCAL_LAYER, def: obj };
+  }
+
+  /**
+   * Which params are secure in this content plus `extra` definitions (an import's packs and local params,
+   * whose own params may make values secure).
+   */
+  securePolicy(extra: Iterable<{ kind: ContentKind; def: unknown }>): IsSecure {
+    return secureParams(this.set, extra);
+  }
+
+  /** A pack version's files, objects and identity with its secure values sealed (sealing.ts); lint it clear first. */
+  sealVersion(files: PackFiles, isSecure: IsSecure): SealedPack {
+    return sealPack(files, lintPack(files).objects, isSecure, this.sealer);
+  }
+
+  /** A checked local object with its secure values sealed, as it is stored and run. */
+  sealLocal<T>(kind: ContentKind, def: T, isSecure: IsSecure): T {
+    return sealDef(kind, def, isSecure, this.sealer);
   }
 
   /**

@@ -18,8 +18,9 @@ import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { newId } from './ids.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS, LogMeter } from './logcap.js';
+import { LogMasks, Masker, maskStream, secretTexts } from './logmask.js';
 import { printable, refusedOutputs } from './outputs.js';
-import { prepareTask, type PreparedTask } from './prepare.js';
+import { prepareTask, secretsOf, type PreparedTask } from './prepare.js';
 import {
   approve,
   reject,
@@ -115,6 +116,8 @@ export class Engine {
   private readonly unsubscribe: () => void;
   /** Bounds each job's stored log (see logcap.ts). */
   private readonly logs: LogMeter;
+  /** Per running job: the secure values its log must not show, and each stream's carry (logmask.ts). */
+  private readonly logMasks = new LogMasks();
 
   constructor(
     readonly store: Store,
@@ -322,12 +325,15 @@ export class Engine {
       const content = this.content.current;
       const layers = paramLayers(content, { machine: m, stage: { name: stage.name, params: stage.params }, pipeline });
       const values: Record<string, unknown> = {};
+      const secure: unknown[] = [];
       for (const r of stage.expect) {
         const p = resolveParam(content, layers, r.param);
         if (p) values[r.param] = this.sealer.open(p.value);
+        if (p?.secure) secure.push(values[r.param]);
       }
       const broken = checkExpectations(stage.expect, values);
-      if (broken) return { state: 'stopped', reason: `stage '${stage.name}' precondition: ${broken}` };
+      // The machine's reason is shown everywhere: a broken rule names the param, never a secure value.
+      if (broken) return { state: 'stopped', reason: `stage '${stage.name}' precondition: ${new Masker(secretTexts(secure)).mask(broken)}` };
     }
     if (stage.approval && m.approvedStage !== m.stageIndex) {
       return { state: 'awaiting-approval', reason: `stage '${stage.name}' needs approval by ${stage.approval.role}: takt approvals approve ${m.name}` };
@@ -472,6 +478,7 @@ export class Engine {
       }
       await tx.insertJob(job);
       tx.emit(`jobs.create.${job.id}`, publicJob(job));
+      this.logMasks.begin(job.id, secretsOf(prepared));
       m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
       await this.saveMachine(tx, m);
       pending.machine = false;
@@ -507,6 +514,7 @@ export class Engine {
       leaseExpiresAt: null,
     };
     await tx.finishJob(finished);
+    await this.endLog(tx, job.id);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     this.log('warn', 'claim answer not delivered: job handed back', { job: job.id, machine: m.name, task: job.task });
     return { ...m, currentJob: null };
@@ -592,7 +600,8 @@ export class Engine {
       finishedAt: null,
       pack: entry ? this.content.packRef(entry.layer) : null,
       taskSha256: entry ? contentHash(entry.def) : null,
-      scriptSha256: p.script !== null ? sha256(p.script) : null,
+      // Keyed by the endpoint: a bare hash of a script that holds a secret lets anyone guess the secret.
+      scriptSha256: p.script !== null ? this.sealer.digest(p.script) : null,
     };
   }
 
@@ -643,6 +652,7 @@ export class Engine {
       leaseExpiresAt: null,
     };
     await tx.finishJob(finished, report ? { report, action } : undefined);
+    await this.endLog(tx, job.id);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) {
       const before = desiredView(next);
@@ -669,23 +679,29 @@ export class Engine {
     const report = reportOf(request);
     return this.store.transact(async (tx) => {
       const job = await this.ownedJob(tx, jobId, caller);
+      // The job's own secure outputs join the secrets its log, reason and stored report must not show.
+      const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => this.isSecureParam(k)).map(([, v]) => v));
+      const masker = await this.jobMasker(tx, job, outputSecrets);
+      const kept = this.keptReport(report, masker);
       if (job.state !== 'running') {
         const prev = (await tx.getJobReport(jobId)) as { report: CompleteRequest; action: CompleteResponse['action'] } | null;
-        if (prev && canonicalJson(prev.report) === canonicalJson(report)) return { job: { id: job.id, state: job.state }, action: prev.action };
+        if (prev && canonicalJson(prev.report) === canonicalJson(kept)) return { job: { id: job.id, state: job.state }, action: prev.action };
         throw new TaktError('conflict', `job ${jobId} already ended as ${job.state}${job.reason ? ` (${job.reason})` : ''}; this report was not applied`);
       }
-      // The log's end is stored with the job's end, within the log's bound; then the log is closed.
-      if (request.log?.length) await this.logs.append(tx, jobId, request.log, new Date().toISOString());
+      // The log's end is masked, then stored with the job's end within the log's bound; then the log is
+      // closed. A job's own secure outputs are masked in what it already logged too.
+      if (request.log?.length) await this.logs.append(tx, jobId, this.logMasks.chunks(jobId, request.log), new Date().toISOString());
       this.logs.forget(jobId);
+      if (outputSecrets.length) await this.remaskStoredLog(tx, jobId, new Masker(outputSecrets));
       const m = await this.locked(tx, job.machineId);
       const typed = this.typeOutputs(report.outputs ?? {}, job.task);
       const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
       const problem = typed.problem ?? (exitedOk ? this.checkPromises(job, report.outputs ?? {}, typed.values) : null);
       const outcome: JobOutcome = problem
-        ? { kind: 'invalid', exitCode: report.exitCode, message: problem }
-        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: report.error === undefined ? undefined : printable(report.error), timeoutMs: job.timeoutMs };
+        ? { kind: 'invalid', exitCode: report.exitCode, message: masker.mask(problem) }
+        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: kept.error === undefined ? undefined : printable(kept.error), timeoutMs: job.timeoutMs };
       const claim = request.claim === true && !this.stopped;
-      const settled = await this.settle(tx, m, job, outcome, typed.values, report, claim);
+      const settled = await this.settle(tx, m, job, outcome, typed.values, kept, claim);
       const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
       if (claim && settled.action === 'continue') answer.next = await this.claimIn(tx, settled.machine, undefined, true);
       else if (claim) await this.saveMachine(tx, settled.machine);
@@ -717,10 +733,99 @@ export class Engine {
         if (stored[0]?.seq === chunk.seq) return { cut: false };
         throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
       }
-      const { cut } = await this.logs.append(tx, jobId, [chunk], new Date().toISOString());
+      const masked = await this.maskLog(tx, job, [chunk]);
+      const { cut } = await this.logs.append(tx, jobId, masked, new Date().toISOString());
       await tx.renewLease(job.id, this.leaseUntil());
       return { cut };
     });
+  }
+
+  // ---- secure values in logs, reasons and reports -------------------------------------------------
+
+  /** Log chunks with every secure value the job could know masked, before they are stored (logmask.ts). */
+  private async maskLog(tx: Tx, job: Pick<Job, 'id' | 'state'>, chunks: LogRequest[]): Promise<LogRequest[]> {
+    if (this.logMasks.has(job.id)) return this.logMasks.chunks(job.id, chunks);
+    const masker = await this.jobMasker(tx, job, []);
+    return this.logMasks.has(job.id) ? this.logMasks.chunks(job.id, chunks) : chunks.map((c) => ({ ...c, data: masker.mask(c.data) }));
+  }
+
+  /**
+   * The masker for a job's secrets plus `extra`. A running job keeps state (its carries); its secrets are
+   * recomputed when this endpoint has none for it (after a restart). An ended job gets a one-off masker.
+   */
+  private async jobMasker(tx: Tx, job: Pick<Job, 'id' | 'state'>, extra: string[]): Promise<Masker> {
+    if (job.state !== 'running') return new Masker([...(await this.jobSecrets(tx, job.id)), ...extra]);
+    if (!this.logMasks.has(job.id)) this.logMasks.begin(job.id, await this.jobSecrets(tx, job.id));
+    if (extra.length) this.logMasks.begin(job.id, extra);
+    return this.logMasks.masker(job.id)!;
+  }
+
+  /** The secure values a job could know, as the log could show them: its task's secure params and outputs. */
+  private async jobSecrets(tx: Tx, jobId: string): Promise<string[]> {
+    const job = await tx.getJob(jobId);
+    const m = job ? await tx.getMachine(job.machineId) : undefined;
+    if (!job || !m) return [];
+    const content = this.content.current;
+    let ctx: Parameters<typeof prepareTask>[4] = {};
+    if (job.workOrderId) {
+      const wo = await tx.getWorkOrder(job.workOrderId);
+      const bp = wo ? content.objects.blueprints.get(wo.blueprint)?.def : undefined;
+      ctx = { workOrder: wo ? { id: wo.id, params: wo.params } : undefined, blueprint: bp ? { name: bp.name, params: bp.params } : undefined };
+    } else {
+      const stage = job.stage ? content.objects.stages.get(job.stage)?.def : undefined;
+      const pipeline = job.pipeline ? content.objects.pipelines.get(job.pipeline)?.def : undefined;
+      ctx = { stage: stage ? { name: stage.name, params: stage.params } : undefined, pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined };
+    }
+    const outputs = Object.keys(job.outputs).filter((k) => isSealed(m.params[k])).map((k) => this.openQuietly(m.params[k]));
+    try {
+      return [...secretsOf(prepareTask(content, this.sealer, m, job.task, ctx)), ...secretTexts(outputs)];
+    } catch {
+      return secretTexts(outputs);
+    }
+  }
+
+  private openQuietly(v: unknown): unknown {
+    try {
+      return this.sealer.open(v);
+    } catch {
+      return null;
+    }
+  }
+
+  private isSecureParam(name: string): boolean {
+    return this.content.current.objects.params.get(name)?.def.secure === true;
+  }
+
+  /**
+   * The report as it is kept to recognise a resend: secure outputs as an endpoint-keyed HMAC (never the
+   * value, never a bare hash of it), the agent's error text masked.
+   */
+  private keptReport(report: CompleteRequest, masker: Masker): CompleteRequest {
+    const outputs = Object.fromEntries(Object.entries(report.outputs ?? {}).map(([k, v]) => [k, this.isSecureParam(k) ? `hmac:${this.sealer.digest(v)}` : v]));
+    return { ...report, outputs, ...(report.error !== undefined ? { error: masker.mask(report.error) } : {}) };
+  }
+
+  /** Masks `masker`'s secrets in the job's stored log (its own outputs, known only when it completes). */
+  private async remaskStoredLog(tx: Tx, jobId: string, masker: Masker): Promise<void> {
+    const streams = new Map<string, Array<{ seq: number; data: string }>>();
+    for (let after = 0; ; ) {
+      const page = await tx.getLogs(jobId, after, 10_000);
+      for (const c of page) streams.set(c.stream, [...(streams.get(c.stream) ?? []), c]);
+      if (page.length < 10_000) break;
+      after = page[page.length - 1]!.seq;
+    }
+    for (const chunks of streams.values()) {
+      const out = maskStream(masker, chunks.map((c) => c.data));
+      for (let i = 0; i < chunks.length; i++) if (out[i] !== chunks[i]!.data) await tx.replaceLogData(jobId, chunks[i]!.seq, out[i]!);
+    }
+  }
+
+  /** Ends a job's log masking: what each stream held back goes after its last stored chunk. */
+  private async endLog(tx: Tx, jobId: string): Promise<void> {
+    for (const f of this.logMasks.end(jobId)) {
+      const [last] = await tx.getLogs(jobId, f.seq - 1, 1);
+      if (last?.seq === f.seq) await tx.replaceLogData(jobId, f.seq, last.data + f.data);
+    }
   }
 
   private async ownedJob(tx: Tx, jobId: string, caller: string | null): Promise<Job> {
@@ -740,7 +845,8 @@ export class Engine {
     for (const [name, schema] of Object.entries(def.outputs ?? {})) {
       if (!Object.hasOwn(raw, name)) return `it did not set its promised output '${name}' (takt-set ${name} VALUE)`;
       const problems = validateValue(schema, open[name]);
-      if (problems.length) return `its output ${name} = ${JSON.stringify(open[name])} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}`;
+      const shown = this.isSecureParam(name) ? '(secure value)' : JSON.stringify(open[name]);
+      if (problems.length) return `its output ${name} = ${shown} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}`;
     }
     if (!def.expect?.length) return null;
     const used = Object.fromEntries(Object.entries(job.params).map(([k, p]) => [k, p.value]));
@@ -804,6 +910,7 @@ export class Engine {
     if (job?.state !== 'running') return;
     const finished: Job = { ...job, state: 'cancelled', reason: `cancelled by ${author}`, finishedAt: new Date().toISOString(), leaseExpiresAt: null };
     await tx.finishJob(finished);
+    await this.endLog(tx, job.id);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     if (job.workOrderId) {
       const wo = await tx.getWorkOrder(job.workOrderId);

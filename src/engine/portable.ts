@@ -8,13 +8,13 @@ import { assertPlainPaths, packPathProblem } from '../content/files.js';
 import { checkContentSet, lintPack, type LintResult } from '../content/lint.js';
 import { schemaProblems } from '../content/schema.js';
 import { parseYamlValue } from '../content/yaml.js';
-import { packDigest } from '../content/bundle.js';
 import { CONTENT_KINDS, CONTENT_SCHEMAS, KIND_NOUN, LOCAL_LAYER, NAME_PATTERN, PARAM_NAME_PATTERN, emptyContentSet, type ContentKind, type ContentObject, type ContentSet } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
 import type { Machine } from '../model/machine.js';
 import type { PackRecord, Store, Tx } from '../store/store.js';
 import { assertRequires, type ContentService, type Pins } from './content.js';
+import type { IsSecure, SealedPack } from './sealing.js';
 import { patchTowards, type Engine, type MachinePatch } from './engine.js';
 
 export const EXPORT_FORMAT = 'takt-export/1';
@@ -232,12 +232,29 @@ export class Portable {
     const result: ImportResult = { packVersionsInstalled: [], inUse: parsed.inUse, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [] };
     const now = new Date().toISOString();
 
+    // Secure values are checked clear and stored sealed: a version's identity is its sealed digest (an HMAC
+    // of each secure value, as installPack computes it), its files and objects are written sealed below.
+    const isSecure = this.content.securePolicy([
+      ...[...parsed.versions.values()].flatMap((v) => lintPack(v.files).objects),
+      ...[...parsed.local.values()].map((l) => ({ kind: l.kind, def: l.def as unknown })),
+    ]);
+    const sealedOf = new Map<string, SealedPack>();
+
     // Pack versions: new ones are linted below against the content as it will be; installed ones must be the same.
     const records = new Map<string, PackRecord>();
     const newVersions: PackRecord[] = [];
     for (const [ref, v] of parsed.versions) {
       const dir = `packs/${v.name}/${v.version}/`;
-      const digest = packDigest(v.files);
+      let sealed: SealedPack;
+      try {
+        sealed = this.content.sealVersion(v.files, isSecure);
+      } catch (err) {
+        if (!(err instanceof TaktError)) throw err;
+        problems.add(dir, err.message, err.path);
+        continue;
+      }
+      sealedOf.set(ref, sealed);
+      const digest = sealed.sha256;
       const existing = await this.store.getPackVersion(v.name, v.version);
       if (existing) {
         if (existing.sha256 !== digest) {
@@ -374,7 +391,49 @@ export class Portable {
     }
     problems.throwIfAny();
     result.packVersionsInstalled = newVersions.map((v) => `${v.name}@${v.version}`);
-    return { content, pins, newVersions, pinChanges: pinChanges.map((rec) => ({ rec, objects: objectsOf.get(rec.name) ?? [] })), unpins, localPuts, localDeletes, creates, updates, result };
+    return {
+      ...this.sealed({ content, newVersions, objectsOf, localPuts, pins }, sealedOf, isSecure),
+      pins,
+      pinChanges: pinChanges.map((rec) => ({ rec, objects: objectsOf.get(rec.name) ?? [] })),
+      unpins,
+      localDeletes,
+      creates,
+      updates,
+      result,
+    };
+  }
+
+  /**
+   * The checked plan's content as it is stored and run: new versions' files and objects, local objects and
+   * the content set with their secure values sealed (everything was checked with clear values before).
+   * Mutates `objectsOf` to the sealed objects.
+   */
+  private sealed(
+    plan: { content: ContentSet; newVersions: PackRecord[]; objectsOf: Map<string, LintResult['objects']>; localPuts: LocalObject[]; pins: Pins },
+    sealedOf: Map<string, SealedPack>,
+    isSecure: IsSecure,
+  ): Pick<ImportPlan, 'content' | 'newVersions' | 'localPuts'> {
+    const newVersions = plan.newVersions.map((rec) => {
+      const s = sealedOf.get(`${rec.name}@${rec.version}`);
+      return s ? { ...rec, files: s.files, sha256: s.sha256 } : rec;
+    });
+    const content = emptyContentSet();
+    for (const kind of CONTENT_KINDS) {
+      for (const [name, o] of plan.content.objects[kind]) {
+        const def = o.layer === LOCAL_LAYER ? this.content.sealLocal(kind, o.def, isSecure) : o.def;
+        (content.objects[kind] as Map<string, { def: unknown; layer: string }>).set(name, { def, layer: o.layer });
+      }
+    }
+    // Pinned versions new to this endpoint run their sealed objects; installed ones were stored sealed.
+    for (const pack of [...plan.objectsOf.keys()]) {
+      const rec = newVersions.find((v) => v.name === pack && v.version === plan.pins.get(pack)?.version);
+      if (!rec) continue;
+      const sealed = lintPack(rec.files).objects;
+      plan.objectsOf.set(pack, sealed);
+      for (const o of sealed) (content.objects[o.kind] as Map<string, { def: unknown; layer: string }>).set((o.def as { name: string }).name, { def: o.def, layer: pack });
+    }
+    const localPuts = plan.localPuts.map((l) => ({ ...l, def: (content.objects[l.kind].get(l.name)?.def ?? l.def) as ContentObject }));
+    return { content, newVersions, localPuts };
   }
 
   /** The import's writes, in one transaction. Layers are cleared before any object is put, so an object may move between layers. */

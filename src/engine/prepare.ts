@@ -10,6 +10,7 @@ import type { Machine } from '../model/machine.js';
 import { MASK, type Sealer } from '../model/secure.js';
 import { displayValue, paramLayers, resolveParam, type LayerContext } from '../render/params.js';
 import { renderTemplate, TemplateError } from '../render/template.js';
+import { Masker, secretTexts } from './logmask.js';
 
 export const DEFAULT_TIMEOUT_MS = 3_600_000;
 
@@ -113,6 +114,20 @@ export function prepareTask(content: ContentSet, sealer: Sealer, machine: Machin
     return { task: taskName, variant, noop: null, params, missing, script, displayScript, agentParams, error: null, timeoutMs, retries };
   } catch (err) {
     const msg = err instanceof TemplateError ? `template line ${err.line}:${err.col}: ${err.message}` : (err as Error).message;
-    return { ...base, variant, noop: null, params, missing, agentParams, timeoutMs, retries, error: msg };
+    // Rendered with the clear values: an error about a value must not carry it into a plan or a job's reason.
+    const error = new Masker(secretTexts(secureValues(params, clear))).mask(msg);
+    return { ...base, variant, noop: null, params, missing, agentParams, timeoutMs, retries, error };
   }
+}
+
+function secureValues(params: ParamUse[], clear: Record<string, unknown>): unknown[] {
+  return params.filter((p) => p.secure).map((p) => clear[p.name]);
+}
+
+/**
+ * The clear values of the task's secure params: what the job could print and its log must not show.
+ * Never part of a PreparedTask itself, which `render` and `plan` show.
+ */
+export function secretsOf(p: PreparedTask): string[] {
+  return secretTexts(secureValues(p.params, p.agentParams));
 }

@@ -149,12 +149,17 @@ export class Records {
         stage: stage ? { name: stage.name, params: stage.params } : undefined,
         pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined,
       });
+      const before = reasons.length;
       for (const p of now.params) {
         // Secure values are masked on both sides, so a changed secret shows only in the script hash.
         const then = e.params[p.name]?.value;
         if (canonicalJson(then) !== canonicalJson(p.value)) {
           reasons.push(`${e.task}: param ${p.name} changed (${JSON.stringify(then)} → ${JSON.stringify(p.value)})`);
         }
+      }
+      if (reasons.length === before && now.script !== null && e.scriptSha256 && now.params.some((p) => p.secure) && this.sealer.digest(now.script) !== e.scriptSha256) {
+        // The script hash is keyed by the endpoint, so comparing it says "changed" without saying what to.
+        reasons.push(`${e.task}: a secure param changed since it ran (its script differs; values not shown)`);
       }
     }
     return reasons;

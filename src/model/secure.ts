@@ -2,7 +2,7 @@
  * Secure param values are sealed with AES-256-GCM before they reach the store, and masked wherever a
  * person or a log could see them. The key lives in the data dir (0600), never in the database.
  */
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { TaktError } from './errors.js';
 
 export const MASK = '********';
@@ -16,8 +16,12 @@ export function isSealed(v: unknown): v is Sealed {
 }
 
 export class Sealer {
+  /** A key for digests only, derived from the sealing key so one secret.key still holds everything. */
+  private readonly macKey: Buffer;
+
   constructor(private readonly key: Buffer) {
     if (key.length !== 32) throw new TaktError('internal', 'secret key must be 32 bytes');
+    this.macKey = createHmac('sha256', key).update('takt digest key v1').digest();
   }
 
   static generateKey(): Buffer {
@@ -44,6 +48,31 @@ export class Sealer {
       throw new TaktError('internal', 'a secure value cannot be decrypted: was the data dir\'s secret.key replaced?');
     }
   }
+
+  /**
+   * HMAC-SHA256 (hex) of `text` keyed by this endpoint: a digest that is safe to show for text that holds
+   * secrets. Unlike a bare sha256, nobody without the data dir's secret.key can test guesses against it
+   * (a 4-digit PIN behind a bare hash falls to 10,000 tries). The same text gives the same digest on the
+   * same endpoint; another endpoint (another key) gives another.
+   */
+  digest(text: string): string {
+    return createHmac('sha256', this.macKey).update(text, 'utf8').digest('hex');
+  }
+
+  /**
+   * An endpoint-keyed fingerprint of a secure value (clear or sealed): equal values give equal
+   * fingerprints whatever their ciphertext. A value sealed by another key is fingerprinted by its
+   * ciphertext (it cannot be opened here).
+   */
+  fingerprint(value: unknown): string {
+    let clear: unknown = value;
+    try {
+      clear = this.open(value);
+    } catch {
+      clear = value;
+    }
+    return this.digest(JSON.stringify(clear) ?? 'null');
+  }
 }
 
 /** Replaces sealed values with the mask, for display. */
@@ -51,4 +80,12 @@ export function maskValues(values: Record<string, unknown>): Record<string, unkn
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(values)) out[k] = isSealed(v) ? MASK : v;
   return out;
+}
+
+/** Every sealed value anywhere inside `v` replaced by `f(sealed)` (a new value; `v` is not changed). */
+export function mapSealed(v: unknown, f: (s: Sealed) => unknown): unknown {
+  if (isSealed(v)) return f(v);
+  if (Array.isArray(v)) return v.map((x) => mapSealed(x, f));
+  if (typeof v === 'object' && v !== null) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, mapSealed(x, f)]));
+  return v;
 }

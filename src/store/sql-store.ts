@@ -565,6 +565,9 @@ class SqlTx extends SqlReads implements Tx {
       .executeTakeFirst();
     return { chunks: Number(r?.chunks ?? 0), bytes: Number(r?.bytes ?? 0) };
   }
+  async replaceLogData(jobId: string, seq: number, data: string) {
+    await this.db.updateTable('job_logs').set({ data }).where('job_id', '=', jobId).where('seq', '=', seq).execute();
+  }
   async insertWorkOrder(w: WorkOrder) {
     await this.db.insertInto('work_orders').values(workOrderToRow(w)).execute();
   }

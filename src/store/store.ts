@@ -121,6 +121,8 @@ export interface Tx extends Reads {
   appendLogs(chunks: LogChunk[]): Promise<number>;
   /** How much of a job's log is stored: its chunks and their data's UTF-8 bytes (for the per-job bound). */
   logSize(jobId: string): Promise<{ chunks: number; bytes: number }>;
+  /** Replaces the text of one stored log chunk (masking a secret the job revealed later, e.g. its own output). */
+  replaceLogData(jobId: string, seq: number, data: string): Promise<void>;
   insertWorkOrder(w: WorkOrder): Promise<void>;
   updateWorkOrder(w: WorkOrder): Promise<void>;
   putContent(rec: ContentRecord): Promise<void>;
