@@ -133,7 +133,8 @@ describe('the demo', () => {
     const made = JSON.parse(r.stdout) as M[];
     expect(made.map((m) => m.name)).toEqual(['extra-1', 'extra-2']);
     for (const m of made) {
-      expect((await ep.cli(['machines', 'wait', m.name, '--timeout', '60s'])).code).toBe(0);
+      const waited = await ep.cli(['machines', 'wait', m.name, '--timeout', '60s']);
+      expect(waited.code, waited.stdout + waited.stderr).toBe(0);
       expect(existsSync(join(ep.data, 'machines', m.id, 'root', 'etc', 'motd'))).toBe(true);
     }
     const del = await ep.cli(['machines', 'delete', 'extra-2']);
