@@ -8,14 +8,7 @@ import { Endpoint, packFiles, runCli } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 
-async function call(method: string, path: string, body?: unknown, token?: string | null, raw?: string) {
-  const headers: Record<string, string> = body !== undefined || raw !== undefined ? { 'content-type': 'application/json' } : {};
-  const t = token === undefined ? ep.token : token;
-  if (t) headers.authorization = `Bearer ${t}`;
-  const res = await fetch(`${ep.url}/api/v1${path}`, { method, headers, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : null };
-}
+const call = (...args: Parameters<Endpoint['call']>) => ep.call(...args);
 
 /**
  * Writes `head` on a raw socket, then keeps calling `more` (while it returns true and no answer has come)

@@ -32,6 +32,10 @@ export function runCli(args: string[], env: Record<string, string> = {}, input?:
   });
 }
 
+/** A parsed API answer: tests read whatever shape the route answers. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type Answer = { status: number; body: any };
+
 export class Endpoint {
   proc: ChildProcess | null = null;
   url = '';
@@ -55,6 +59,19 @@ export class Endpoint {
     const ep = new Endpoint(data, args, opts.env, opts.uid);
     await ep.boot();
     return ep;
+  }
+
+  /**
+   * One API call (path under /api/v1) with fetch: the status and the parsed JSON body. `token`: undefined
+   * sends the admin token, null none; `raw` sends that text as the JSON body instead of `body`.
+   */
+  async call(method: string, path: string, body?: unknown, token?: string | null, raw?: string): Promise<Answer> {
+    const headers: Record<string, string> = body !== undefined || raw !== undefined ? { 'content-type': 'application/json' } : {};
+    const t = token === undefined ? this.token : token;
+    if (t) headers.authorization = `Bearer ${t}`;
+    const res = await fetch(`${this.url}/api/v1${path}`, { method, headers, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
+    const text = await res.text();
+    return { status: res.status, body: text ? JSON.parse(text) : null };
   }
 
   /** (Re)starts the server process on the same data dir. */
