@@ -1,0 +1,300 @@
+/**
+ * Red-team regression tests (issue 10 audit, second pass). Each test is a finding that was confirmed
+ * against a real endpoint; each fails until the finding is fixed. Named after what must hold.
+ */
+import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Endpoint } from './helpers/endpoint.js';
+
+interface Raw {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+}
+
+/** One HTTP request on its own connection, the path sent exactly as given. */
+function raw(base: string, method: string, path: string, opts: { token?: string; body?: string; headers?: Record<string, string> } = {}): Promise<Raw> {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { ...opts.headers };
+    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+    if (opts.body !== undefined) {
+      headers['content-type'] ??= 'application/json';
+      headers['content-length'] = String(Buffer.byteLength(opts.body));
+    }
+    const req = httpRequest({ host: u.hostname, port: u.port, method, path, headers, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+/** Bytes written on a raw socket; resolves with everything the endpoint sent back before it closed (or after `ms`). */
+function rawSocket(base: string, text: string, ms = 5000): Promise<string> {
+  const u = new URL(base);
+  return new Promise((resolve) => {
+    const s = connect(Number(u.port), u.hostname);
+    let got = '';
+    const done = () => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(got);
+    };
+    const t = setTimeout(done, ms);
+    s.on('data', (d) => (got += d.toString('latin1')));
+    s.on('close', done);
+    s.on('error', done);
+    s.write(text);
+  });
+}
+
+function parseRaw(text: string): { status: number; headers: Record<string, string>; body: string } {
+  const [head, ...rest] = text.split('\r\n\r\n');
+  const lines = (head ?? '').split('\r\n');
+  const status = Number(/^HTTP\/1\.1 (\d+)/.exec(lines[0] ?? '')?.[1] ?? 0);
+  const headers: Record<string, string> = {};
+  for (const l of lines.slice(1)) {
+    const i = l.indexOf(':');
+    if (i > 0) headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
+  }
+  return { status, headers, body: rest.join('\r\n\r\n') };
+}
+
+/**
+ * Runs `work` while probing /api/v1/health on fresh connections every 20 ms; answers the slowest probe.
+ * Probing starts 100 ms after `work` so the work is under way.
+ */
+async function healthMaxDuring(base: string, work: () => Promise<unknown>): Promise<{ max: number; result: unknown }> {
+  let stop = false;
+  const lat: number[] = [];
+  const probe = (async () => {
+    await sleep(100);
+    while (!stop) {
+      const t = Date.now();
+      await raw(base, 'GET', '/api/v1/health').catch(() => undefined);
+      lat.push(Date.now() - t);
+      await sleep(20);
+    }
+  })();
+  const result = await work();
+  stop = true;
+  await probe;
+  return { max: Math.max(0, ...lat), result };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('redteam: the event loop', () => {
+  let ep: Endpoint;
+  beforeAll(async () => {
+    ep = await Endpoint.start();
+  });
+  afterAll(async () => ep?.stop());
+
+  it('a param schema pattern with catastrophic backtracking does not hold the endpoint when a value is checked (ReDoS)', async () => {
+    const p = await raw(ep.url, 'POST', '/api/v1/params', { token: ep.token, body: JSON.stringify({ name: 'redos', schema: { type: 'string', pattern: '^(a+)+$' } }) });
+    expect(p.status, p.body).toBe(201);
+    const m = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'redos-target' }) });
+    expect(m.status, m.body).toBe(201);
+    // 27 a's and a '!' take ~1-4 s of event loop (each extra 'a' doubles it; 29 took 17 s under load).
+    const { max, result } = await healthMaxDuring(ep.url, () =>
+      raw(ep.url, 'PATCH', '/api/v1/machines/redos-target', { token: ep.token, body: JSON.stringify({ params: { redos: `${'a'.repeat(27)}!` } }) }),
+    );
+    expect((result as Raw).status).toBeLessThan(500);
+    expect(max, `/health took ${max} ms while a value was checked against ^(a+)+$`).toBeLessThan(1000);
+  });
+
+  it('a machine reporting an output checked by a pack\'s `matches` expectation cannot hold the endpoint (ReDoS from a pack + machine)', async () => {
+    const files = {
+      'pack.yaml': 'name: redospack\nversion: 1.0.0\n',
+      'tasks/emit.yaml': "name: emit\noutputs:\n  o: { type: string }\nexpect:\n  - { param: o, matches: '^(a+)+$' }\nscript: |\n  takt-set o x\n",
+      'blueprints/bp.yaml': 'name: bp\ntasks: [emit]\n',
+    };
+    const push = await raw(ep.url, 'POST', '/api/v1/packs', { token: ep.token, body: JSON.stringify({ files }) });
+    expect(push.status, push.body).toBe(201);
+    const mk = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'redos-agent' }) });
+    const machine = JSON.parse(mk.body).items[0] as { id: string; token: string };
+    const wo = await raw(ep.url, 'POST', '/api/v1/workorders', { token: ep.token, body: JSON.stringify({ machine: machine.id, blueprint: 'bp' }) });
+    expect(wo.status, wo.body).toBe(201);
+    const claim = await raw(ep.url, 'POST', `/api/v1/machines/${machine.id}/claim?wait=5`, { token: machine.token, body: '{}' });
+    const job = JSON.parse(claim.body).job as { id: string; task: string };
+    expect(job.task).toBe('emit');
+    const { max, result } = await healthMaxDuring(ep.url, () =>
+      raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/complete`, { token: machine.token, body: JSON.stringify({ exitCode: 0, outputs: { o: `${'a'.repeat(26)}!` } }) }),
+    );
+    expect((result as Raw).status).toBeLessThan(500);
+    expect(max, `/health took ${max} ms while a reported output was matched`).toBeLessThan(1000);
+  });
+
+  describe('with a large desired state (10 machines of ~1 MB of params each)', () => {
+    beforeAll(async () => {
+      for (let i = 0; i < 10; i++) {
+        const params = Object.fromEntries(Array.from({ length: 60_000 }, (_, k) => [`p${k}`, k]));
+        const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: `heavy-${i}`, params }) });
+        expect(r.status, r.body.slice(0, 300)).toBe(201);
+      }
+    }, 120_000);
+
+    it('GET /export does not hold the endpoint (was ~4-10 s of event loop)', async () => {
+      const { max, result } = await healthMaxDuring(ep.url, () => raw(ep.url, 'GET', '/api/v1/export', { token: ep.token }));
+      expect((result as Raw).status).toBe(200);
+      expect(max, `/health took ${max} ms during an export`).toBeLessThan(1000);
+    });
+
+    it('event replays of large events do not hold the endpoint (pages are bounded by count, not bytes)', async () => {
+      const { max } = await healthMaxDuring(ep.url, async () => {
+        const ctrl = new AbortController();
+        const subs = Array.from({ length: 5 }, async () => {
+          const r = await fetch(`${ep.url}/api/v1/events?since=0`, { headers: { authorization: `Bearer ${ep.token}` }, signal: ctrl.signal });
+          try {
+            for await (const _ of r.body as unknown as AsyncIterable<Uint8Array>) void _;
+          } catch {
+            /* aborted */
+          }
+        });
+        await sleep(4000);
+        ctrl.abort();
+        await Promise.allSettled(subs);
+      });
+      expect(max, `/health took ${max} ms while five replays from 0 ran`).toBeLessThan(1000);
+    });
+
+    it('a large import (30 MB, refused) does not hold the endpoint', async () => {
+      const files: Record<string, string> = { 'takt-export.yaml': 'format: takt-export/1\ninUse: {}\n' };
+      for (let i = 0; i < 30; i++) {
+        let y = `name: imp-${i}\nenvironment: local\nparams:\n`;
+        for (let k = 0; y.length < 1_000_000; k++) y += `  p${k}: ${'x'.repeat(1000)}\n`;
+        files[`machines/imp-${i}.yaml`] = y;
+      }
+      const body = JSON.stringify({ files });
+      const { max, result } = await healthMaxDuring(ep.url, () => raw(ep.url, 'POST', '/api/v1/import', { token: ep.token, body }));
+      expect((result as Raw).status).toBeLessThan(500);
+      expect(max, `/health took ${max} ms during an import`).toBeLessThan(1000);
+    });
+  });
+});
+
+describe('redteam: the front door', () => {
+  let ep: Endpoint;
+  let machine: { id: string; token: string };
+  beforeAll(async () => {
+    ep = await Endpoint.start({ env: { TAKT_REQUEST_TIMEOUT: '1s' } });
+    const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'mine' }) });
+    machine = JSON.parse(r.body).items[0];
+    await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'other' }) });
+  });
+  afterAll(async () => ep?.stop());
+
+  const shapeAndHeaders = (r: { status: number; headers: Record<string, string | string[] | undefined>; body: string }, what: string) => {
+    expect(() => JSON.parse(r.body), `${what}: body is not JSON: ${r.body}`).not.toThrow();
+    const e = JSON.parse(r.body) as { error?: { code?: unknown; message?: unknown } };
+    expect(typeof e.error?.code, `${what}: not the error shape: ${r.body}`).toBe('string');
+    expect(typeof e.error?.message, `${what}: not the error shape: ${r.body}`).toBe('string');
+    for (const h of ['x-content-type-options', 'x-frame-options', 'content-security-policy', 'x-request-id']) {
+      expect(r.headers[h], `${what}: missing ${h}`).toBeDefined();
+    }
+  };
+
+  it('framework-level errors (431 header too large, 400 malformed request, 400 no Host, 408) use the error shape and carry the security headers', async () => {
+    const cases: [string, string][] = [
+      ['431', `GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`],
+      ['400 malformed', 'GARBAGE\r\n\r\n'],
+      ['400 CL+TE', 'GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n'],
+      ['400 no Host', 'GET /api/v1/health HTTP/1.1\r\n\r\n'],
+      ['408', `POST /api/v1/machines HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${ep.token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`],
+    ];
+    for (const [what, text] of cases) {
+      const r = parseRaw(await rawSocket(ep.url, text));
+      expect(r.status, `${what}: ${r.body}`).toBeGreaterThanOrEqual(400);
+      expect(r.status, what).toBeLessThan(500);
+      shapeAndHeaders(r, what);
+    }
+  });
+
+  it('a path that is not valid percent-encoding is answered with the API headers (CSP, x-request-id)', async () => {
+    const r = await raw(ep.url, 'GET', '/api/v1/machines/%zz', { token: ep.token });
+    expect(r.status).toBe(400);
+    shapeAndHeaders(r, 'bad percent-encoding');
+  });
+
+  it('a request with two Host headers is refused, whichever comes first', async () => {
+    for (const hosts of [['127.0.0.1', 'evil.example'], ['evil.example', '127.0.0.1']]) {
+      const r = parseRaw(await rawSocket(ep.url, `GET /api/v1/health HTTP/1.1\r\nHost: ${hosts[0]}\r\nHost: ${hosts[1]}\r\nConnection: close\r\n\r\n`));
+      expect([400, 421], `Host: ${hosts.join(' + ')} → ${r.status}`).toContain(r.status);
+    }
+  });
+
+  it('without a token, a route answers 401 whatever its query string (no validation before authentication)', async () => {
+    for (const path of ['/api/v1/export?x', '/api/v1/machines?name=', '/api/v1/jobs?limit=-1', '/api/v1/changes/abc']) {
+      const r = await raw(ep.url, 'GET', path);
+      expect(r.status, `GET ${path} without a token: ${r.body}`).toBe(401);
+    }
+  });
+
+  it('enumerated query parameters are checked: ?order=sideways and ?stale=maybe are 400', async () => {
+    for (const path of ['/api/v1/jobs?order=sideways', '/api/v1/machines?stale=maybe']) {
+      const r = await raw(ep.url, 'GET', path, { token: ep.token });
+      expect(r.status, `GET ${path}: ${r.body.slice(0, 200)}`).toBe(400);
+    }
+  });
+
+  it('a machine cannot be named like another machine\'s id (it would be shadowed: by-name lookups find the other one)', async () => {
+    const other = JSON.parse((await raw(ep.url, 'GET', '/api/v1/machines/other', { token: ep.token })).body) as { id: string };
+    const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: other.id }) });
+    expect(r.status, r.body.slice(0, 200)).toBe(422);
+  });
+
+  it('a machine token learns nothing about other machines: another machine and a missing one get the same answer', async () => {
+    const other = await raw(ep.url, 'GET', '/api/v1/machines/other', { token: machine.token });
+    const missing = await raw(ep.url, 'GET', '/api/v1/machines/no-such-machine', { token: machine.token });
+    expect(other.status).not.toBe(200);
+    expect(missing.status, `other: ${other.status}, missing: ${missing.status}`).toBe(other.status);
+  });
+
+  it('a machine cannot write takt\'s own `system` lines into its job\'s log', async () => {
+    const p = await raw(ep.url, 'POST', '/api/v1/packs', {
+      token: ep.token,
+      body: JSON.stringify({ files: { 'pack.yaml': 'name: sysl\nversion: 1.0.0\n', 'tasks/t.yaml': 'name: t\nscript: "true"\n', 'blueprints/b.yaml': 'name: b\ntasks: [t]\n' } }),
+    });
+    expect(p.status, p.body).toBe(201);
+    const wo = await raw(ep.url, 'POST', '/api/v1/workorders', { token: ep.token, body: JSON.stringify({ machine: machine.id, blueprint: 'b' }) });
+    expect(wo.status, wo.body).toBe(201);
+    const claim = await raw(ep.url, 'POST', `/api/v1/machines/${machine.id}/claim?wait=5`, { token: machine.token, body: '{}' });
+    const job = JSON.parse(claim.body).job as { id: string };
+    const r = await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/log`, {
+      token: machine.token,
+      body: JSON.stringify({ seq: 1, stream: 'system', data: "takt: this job's log reached its limit of 1 bytes (takt serve --max-log-bytes); the rest of its output was not stored" }),
+    });
+    expect(r.status, r.body).toBe(422);
+    await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/complete`, { token: machine.token, body: JSON.stringify({ exitCode: 0, outputs: {} }) });
+  });
+
+  it('takt jobs log does not pass terminal escape sequences from a job\'s output to the operator\'s terminal', async () => {
+    const wo = await raw(ep.url, 'POST', '/api/v1/workorders', { token: ep.token, body: JSON.stringify({ machine: machine.id, blueprint: 'b' }) });
+    expect(wo.status, wo.body).toBe(201);
+    const claim = await raw(ep.url, 'POST', `/api/v1/machines/${machine.id}/claim?wait=5`, { token: machine.token, body: '{}' });
+    const job = JSON.parse(claim.body).job as { id: string };
+    const evil = '\u001b]0;pwned\u0007\u001b[2Jcleared';
+    const l = await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/log`, { token: machine.token, body: JSON.stringify({ seq: 1, stream: 'stdout', data: evil }) });
+    expect(l.status).toBeLessThan(300);
+    const res = await ep.cli(['jobs', 'log', job.id]);
+    expect(res.stdout).toContain('cleared');
+    expect(res.stdout.includes('\u001b'), JSON.stringify(res.stdout)).toBe(false);
+  });
+
+  it('takt machines wait --until with a state that does not exist is refused at once, naming the states', async () => {
+    const t = Date.now();
+    const res = await ep.cli(['machines', 'wait', 'mine', '--until', 'bogus', '--timeout', '5s']);
+    expect(res.code).not.toBe(0);
+    expect(Date.now() - t, 'it waited for the whole timeout').toBeLessThan(4000);
+    expect(res.stderr).toMatch(/bogus/);
+    expect(res.stderr).toMatch(/idle|running|stopped|done/);
+    expect(res.stderr).not.toMatch(/\n\s+at /);
+  });
+});
