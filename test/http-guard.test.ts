@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { allowedHost, checkQuery, hostNames, jsonDepth, MAX_JSON_DEPTH, parseJsonBody, uiCsp } from '../src/api/guard.js';
 import { buildServer } from '../src/api/server.js';
 import type { ApiContext } from '../src/api/context.js';
-import { replay, REPLAY_PAGE } from '../src/api/routes/events.js';
+import { replay, REPLAY_PAGE, REPLAY_PAUSE_BYTES } from '../src/api/routes/events.js';
 import type { TaktEvent } from '../src/model/machine.js';
 import { Endpoint, packFiles } from './helpers/endpoint.js';
 
@@ -189,6 +189,28 @@ describe('a real endpoint', () => {
     }
   });
 
+  it('a request target that is not a path (absolute-form, asterisk) or a request without Host is 400', async () => {
+    const port = Number(new URL(ep.url).port);
+    const exchange = (text: string) =>
+      new Promise<string>((resolve) => {
+        const s = connect(port, '127.0.0.1');
+        let got = '';
+        s.on('data', (d) => (got += d.toString()));
+        s.on('close', () => resolve(got));
+        s.on('error', () => resolve(got));
+        s.write(text);
+      });
+    for (const text of [
+      `GET http://evil.example/api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
+      `OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n`,
+      `GET /api/v1/health HTTP/1.1\r\nConnection: close\r\n\r\n`,
+    ]) {
+      const got = await exchange(text);
+      expect(got, text).toMatch(/^HTTP\/1\.1 400 /);
+      expect(got).toContain('"code":"bad_request"');
+    }
+  });
+
   it('a Host the endpoint does not serve is 421 (DNS rebinding); its own names are accepted', async () => {
     const evil = await raw(ep.url, 'GET', '/api/v1/machines', { token: ep.token, host: 'attacker.example:8092' });
     expect(evil.status).toBe(421);
@@ -356,13 +378,40 @@ describe('event replay', () => {
         return events.filter((e) => e.id > after).slice(0, limit);
       },
       after: () => last,
-      send: (e) => (last = e.id),
+      send: (e) => {
+        last = e.id;
+        return 10;
+      },
       closed: () => false,
       backpressure: () => null,
       pause: async () => void trace.push('pause'),
     });
     expect(last).toBe(total);
     expect(trace).toEqual([0, 1, 2, 3].flatMap((p) => ['pause', `list ${p * REPLAY_PAGE} ${REPLAY_PAGE}`]));
+  });
+});
+
+describe('event replay by bytes', () => {
+  it('pauses whenever it has written REPLAY_PAUSE_BYTES, even inside a page of a few large events', async () => {
+    const big = Math.ceil(REPLAY_PAUSE_BYTES / 4);
+    const events = Array.from({ length: 10 }, (_, i) => ({ id: i + 1, topic: 'machines.update.m', time: '', data: null }) as unknown as TaktEvent);
+    const trace: string[] = [];
+    let last = 0;
+    await replay({
+      list: async (after, limit) => events.filter((e) => e.id > after).slice(0, limit),
+      after: () => last,
+      send: (e) => {
+        last = e.id;
+        trace.push(`send ${e.id}`);
+        return big;
+      },
+      closed: () => false,
+      backpressure: () => null,
+      pause: async () => void trace.push('pause'),
+    });
+    // one pause before the page, then one after every fourth event (4 × a quarter of the bound)
+    expect(trace.filter((t) => t === 'pause')).toHaveLength(1 + 2);
+    expect(trace.slice(0, 6)).toEqual(['pause', 'send 1', 'send 2', 'send 3', 'send 4', 'pause']);
   });
 });
 

@@ -171,7 +171,7 @@ describe('job logs: bounded, and closed when the job ends', () => {
       expect(chunks.slice(0, 65).reduce((n, c) => n + c.data.length, 0)).toBe(65_000);
       expect(chunks[65]).toMatchObject({
         seq: 66,
-        stream: 'system',
+        stream: 'takt',
         data: `takt: this job's log reached its limit of ${MAX_LOG_BYTES} bytes (takt serve --max-log-bytes); the rest of its output was not stored\n`,
       });
     };
@@ -198,7 +198,7 @@ describe('job logs: bounded, and closed when the job ends', () => {
     const chunks = await logOf(j.id);
     expect(chunks.map((c) => [c.seq, c.stream])).toEqual([
       [1, 'stdout'],
-      [2, 'system'],
+      [2, 'takt'],
     ]);
   });
 
@@ -292,7 +292,7 @@ describe('with a real agent', () => {
     expect(j.state).toBe('succeeded');
     const chunks = await logOf(j.id);
     const last = chunks[chunks.length - 1]!;
-    expect(last.stream).toBe('system');
+    expect(last.stream).toBe('takt');
     expect(last.data).toMatch(/^takt: this job's log reached its limit of 65536 bytes/);
     expect(chunks.slice(0, -1).reduce((n, c) => n + Buffer.byteLength(c.data), 0)).toBeLessThanOrEqual(MAX_LOG_BYTES);
   });

@@ -132,50 +132,34 @@ describe('redteam: the event loop', () => {
     expect(max, `/health took ${max} ms while a reported output was matched`).toBeLessThan(1000);
   });
 
-  describe('with a large desired state (10 machines of ~1 MB of params each)', () => {
-    beforeAll(async () => {
-      for (let i = 0; i < 10; i++) {
-        const params = Object.fromEntries(Array.from({ length: 60_000 }, (_, k) => [`p${k}`, k]));
-        const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: `heavy-${i}`, params }) });
-        expect(r.status, r.body.slice(0, 300)).toBe(201);
-      }
-    }, 120_000);
-
-    it('GET /export does not hold the endpoint (was ~4-10 s of event loop)', async () => {
-      const { max, result } = await healthMaxDuring(ep.url, () => raw(ep.url, 'GET', '/api/v1/export', { token: ep.token }));
-      expect((result as Raw).status).toBe(200);
-      expect(max, `/health took ${max} ms during an export`).toBeLessThan(1000);
+  describe('a large desired state is bounded where it is set, so lists, events, replays and exports stay small', () => {
+    // The audit held /health for seconds with 10 machines of ~1 MB of params each (export, replays from 0,
+    // lists). What bounds all of those is the size of one machine; replays also pause by bytes
+    // (test/http-guard.test.ts 'event replay by bytes') and exports and imports yield as they go.
+    it('a machine with 60,000 params (~1 MB) is refused with 413, naming the bound', async () => {
+      const params = Object.fromEntries(Array.from({ length: 60_000 }, (_, k) => [`p${k}`, k]));
+      const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'heavy', params }) });
+      expect(r.status, r.body.slice(0, 300)).toBe(413);
+      expect(JSON.parse(r.body).error.message).toMatch(/at most 1000 may be set/);
     });
 
-    it('event replays of large events do not hold the endpoint (pages are bounded by count, not bytes)', async () => {
-      const { max } = await healthMaxDuring(ep.url, async () => {
-        const ctrl = new AbortController();
-        const subs = Array.from({ length: 5 }, async () => {
-          const r = await fetch(`${ep.url}/api/v1/events?since=0`, { headers: { authorization: `Bearer ${ep.token}` }, signal: ctrl.signal });
-          try {
-            for await (const _ of r.body as unknown as AsyncIterable<Uint8Array>) void _;
-          } catch {
-            /* aborted */
-          }
-        });
-        await sleep(4000);
-        ctrl.abort();
-        await Promise.allSettled(subs);
-      });
-      expect(max, `/health took ${max} ms while five replays from 0 ran`).toBeLessThan(1000);
+    it('params past 64 KiB in all are refused on create and on update, and nothing is written', async () => {
+      const big = { blob: 'x'.repeat(70 * 1024) };
+      const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'heavy-2', params: big }) });
+      expect(r.status).toBe(413);
+      expect(JSON.parse(r.body).error.message).toMatch(/at most 65536 may be set/);
+      const ok = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'heavy-3', params: { a: 'x'.repeat(40 * 1024) } }) });
+      expect(ok.status).toBe(201);
+      const grow = await raw(ep.url, 'PATCH', '/api/v1/machines/heavy-3', { token: ep.token, body: JSON.stringify({ params: { b: 'y'.repeat(40 * 1024) } }) });
+      expect(grow.status).toBe(413);
+      const after = JSON.parse((await raw(ep.url, 'GET', '/api/v1/machines/heavy-3', { token: ep.token })).body) as { params: Record<string, unknown> };
+      expect(Object.keys(after.params)).toEqual(['a']);
+      expect((await raw(ep.url, 'GET', '/api/v1/machines?name=heavy-2', { token: ep.token })).body).toContain('"total":0');
     });
 
-    it('a large import (30 MB, refused) does not hold the endpoint', async () => {
-      const files: Record<string, string> = { 'takt-export.yaml': 'format: takt-export/1\ninUse: {}\n' };
-      for (let i = 0; i < 30; i++) {
-        let y = `name: imp-${i}\nenvironment: local\nparams:\n`;
-        for (let k = 0; y.length < 1_000_000; k++) y += `  p${k}: ${'x'.repeat(1000)}\n`;
-        files[`machines/imp-${i}.yaml`] = y;
-      }
-      const body = JSON.stringify({ files });
-      const { max, result } = await healthMaxDuring(ep.url, () => raw(ep.url, 'POST', '/api/v1/import', { token: ep.token, body }));
-      expect((result as Raw).status).toBeLessThan(500);
-      expect(max, `/health took ${max} ms during an import`).toBeLessThan(1000);
+    it('an import body past 64 MiB is refused from its headers', async () => {
+      const r = parseRaw(await rawSocket(ep.url, `POST /api/v1/import HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${ep.token}\r\nContent-Type: application/json\r\nContent-Length: ${65 * 1024 * 1024}\r\nConnection: close\r\n\r\n{`));
+      expect(r.status).toBe(413);
     });
   });
 });
@@ -206,7 +190,7 @@ describe('redteam: the front door', () => {
       ['431', `GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`],
       ['400 malformed', 'GARBAGE\r\n\r\n'],
       ['400 CL+TE', 'GET /api/v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n'],
-      ['400 no Host', 'GET /api/v1/health HTTP/1.1\r\n\r\n'],
+      ['400 no Host', 'GET /api/v1/health HTTP/1.1\r\nConnection: close\r\n\r\n'],
       ['408', `POST /api/v1/machines HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${ep.token}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{`],
     ];
     for (const [what, text] of cases) {
@@ -257,7 +241,7 @@ describe('redteam: the front door', () => {
     expect(missing.status, `other: ${other.status}, missing: ${missing.status}`).toBe(other.status);
   });
 
-  it('a machine cannot write takt\'s own `system` lines into its job\'s log', async () => {
+  it('a machine cannot write lines as takt: the endpoint\'s own lines are on a stream machines cannot send', async () => {
     const p = await raw(ep.url, 'POST', '/api/v1/packs', {
       token: ep.token,
       body: JSON.stringify({ files: { 'pack.yaml': 'name: sysl\nversion: 1.0.0\n', 'tasks/t.yaml': 'name: t\nscript: "true"\n', 'blueprints/b.yaml': 'name: b\ntasks: [t]\n' } }),
@@ -267,11 +251,14 @@ describe('redteam: the front door', () => {
     expect(wo.status, wo.body).toBe(201);
     const claim = await raw(ep.url, 'POST', `/api/v1/machines/${machine.id}/claim?wait=5`, { token: machine.token, body: '{}' });
     const job = JSON.parse(claim.body).job as { id: string };
-    const r = await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/log`, {
-      token: machine.token,
-      body: JSON.stringify({ seq: 1, stream: 'system', data: "takt: this job's log reached its limit of 1 bytes (takt serve --max-log-bytes); the rest of its output was not stored" }),
-    });
-    expect(r.status, r.body).toBe(422);
+    const marker = "takt: this job's log reached its limit of 1 bytes (takt serve --max-log-bytes); the rest of its output was not stored";
+    const forged = await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/log`, { token: machine.token, body: JSON.stringify({ seq: 1, stream: 'takt', data: marker }) });
+    expect(forged.status, forged.body).toBe(422);
+    // The same text on the agent's own stream is stored as the agent's, never as the endpoint's.
+    const agentLine = await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/log`, { token: machine.token, body: JSON.stringify({ seq: 1, stream: 'system', data: marker }) });
+    expect(agentLine.status, agentLine.body).toBe(204);
+    const log = JSON.parse((await raw(ep.url, 'GET', `/api/v1/jobs/${job.id}/log`, { token: ep.token })).body) as { chunks: Array<{ stream: string }> };
+    expect(log.chunks.map((c) => c.stream)).toEqual(['system']);
     await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/complete`, { token: machine.token, body: JSON.stringify({ exitCode: 0, outputs: {} }) });
   });
 

@@ -75,6 +75,17 @@ export function machineScope(p: Principal): string | null {
   return p.kind === 'machine' ? p.machineId : null;
 }
 
+/**
+ * For a machine principal, `ref` (an id or a name from the URL) must name its own machine: anything else,
+ * another machine or none, is the same 403, so a machine token cannot probe which machines exist.
+ * The admin passes. Reads only the caller's own machine.
+ */
+export async function requireOwnMachineRef(p: Principal, ref: string, store: Pick<Store, 'getMachine'>): Promise<void> {
+  if (p.kind !== 'machine' || ref === p.machineId) return;
+  const own = await store.getMachine(p.machineId);
+  if (own?.name !== ref) throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
+}
+
 export function requireOwnMachine(p: Principal, machineId: string): void {
   if (p.kind === 'machine' && p.machineId !== machineId) {
     throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');

@@ -31,6 +31,21 @@ export function allowedHost(header: string | undefined, names: ReadonlySet<strin
   return isIP(host) === 4 || names.has(host);
 }
 
+/**
+ * The request line and Host as a server (not a proxy) must see them: the target in origin-form (`/path`,
+ * never `http://other/path`, which would route by path while naming another host), and exactly one Host
+ * header (with two, Node keeps the first while a proxy in front may have used the other).
+ * Source: RFC 9112 §3.2 (origin-form; a server must answer 400 to more than one Host).
+ * @throws TaktError bad_request.
+ */
+export function checkTarget(url: string, rawHeaders: readonly string[]): void {
+  if (!url.startsWith('/')) throw new TaktError('bad_request', 'the request target must be a path (origin-form, e.g. GET /api/v1/health); this endpoint is not a proxy');
+  let hosts = 0;
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i]!.toLowerCase() === 'host') hosts++;
+  if (hosts === 0) throw new TaktError('bad_request', 'the request has no Host header; HTTP/1.1 needs one');
+  if (hosts > 1) throw new TaktError('bad_request', 'the request has more than one Host header');
+}
+
 /** Headers on every answer: no sniffing, no framing, no referrer, and an id to find the request in the log. */
 export const SECURITY_HEADERS: Readonly<Record<string, string>> = {
   'x-content-type-options': 'nosniff',

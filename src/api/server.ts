@@ -4,13 +4,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
+import { createServer, STATUS_CODES } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { TaktError } from '../model/errors.js';
 import { Authenticator } from './auth.js';
-import { allowedHost, API_CSP, checkQuery, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
+import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
 import { contentRoutes } from './routes/content.js';
 import { eventRoutes } from './routes/events.js';
@@ -60,6 +60,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
           requestTimeout: limits.requestTimeoutMs,
           headersTimeout: Math.min(60_000, limits.requestTimeoutMs),
           connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(limits.requestTimeoutMs / 4))),
+          // A request without Host reaches the Host check below and gets the error shape (Node's own
+          // check answers a bare 400).
+          requireHostHeader: false,
         },
         handler,
       );
@@ -69,13 +72,23 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     ajv: { customOptions: { allErrors: false, removeAdditional: false, coerceTypes: false } },
     // Errors the framework raises before routing (a path that is not valid percent-encoding, a bad
     // content type) leave in the one error shape too.
-    frameworkErrors: (err, _req, res) => {
+    frameworkErrors: (err, req, res) => {
       const reply = res as unknown as FastifyReply;
       const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
       void reply
-        .headers(SECURITY_HEADERS)
+        .headers({ ...SECURITY_HEADERS, 'content-security-policy': API_CSP, 'x-request-id': req.id })
         .code(status)
         .send(new TaktError(status === 404 ? 'not_found' : 'bad_request', err.message.replace(/^FST_\w+: /, '')).toBody());
+    },
+    // Errors Node's HTTP parser raises before there is a request (headers too large, not HTTP, a request
+    // that did not arrive in time) are answered in the one error shape with the same headers, then closed.
+    clientErrorHandler: (err, socket) => {
+      if (!socket.writable || socket.destroyed) return;
+      const code = (err as NodeJS.ErrnoException).code;
+      const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+      const message =
+        status === 431 ? 'the request headers are too large' : status === 408 ? 'the request did not arrive whole in time (--request-timeout)' : 'the request is not valid HTTP/1.1';
+      socket.end(rawErrorResponse(status, new TaktError('bad_request', message).toBody()));
     },
   });
   const auth = new Authenticator(opts.adminToken, opts.store);
@@ -107,6 +120,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   app.addHook('onRequest', async (req, reply) => {
     reply.headers(SECURITY_HEADERS);
     reply.header('x-request-id', req.id);
+    checkTarget(req.raw.url ?? '', req.raw.rawHeaders);
     if (!allowedHost(req.headers.host, hosts)) {
       throw new TaktError('misdirected', `this endpoint does not answer to host '${req.headers.host ?? ''}'; use its address or add the name with --host-name`);
     }
@@ -114,13 +128,15 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       reply.header('connection', 'close');
       throw notFoundError(req.method, req.url);
     }
-    checkQuery(req.query);
     const cfg = req.routeOptions.config;
-    if (cfg?.public) return;
-    req.principal = await auth.authenticate(req.headers.authorization);
-    if (req.principal.kind === 'machine' && !cfg?.machine) {
-      throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
+    if (!cfg?.public) {
+      req.principal = await auth.authenticate(req.headers.authorization);
+      if (req.principal.kind === 'machine' && !cfg?.machine) {
+        throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
+      }
     }
+    // Only after authentication: a caller without a token learns nothing about a route's inputs.
+    checkQuery(req.query);
   });
 
   app.addHook('onResponse', async (req, reply) => {
@@ -178,6 +194,20 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
   await app.ready();
   return app;
+}
+
+/** A whole HTTP/1.1 error response as bytes, for a socket that has no request to answer through. */
+function rawErrorResponse(status: number, body: object): string {
+  const text = JSON.stringify(body);
+  const headers: Record<string, string> = {
+    ...SECURITY_HEADERS,
+    'content-security-policy': API_CSP,
+    'x-request-id': `r-${randomBytes(6).toString('hex')}`,
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': String(Buffer.byteLength(text)),
+    connection: 'close',
+  };
+  return `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}`).join('\r\n')}\r\n\r\n${text}`;
 }
 
 /** The 404 answer; echoes only the path (never the query, which may hold a token or a value). */

@@ -468,7 +468,7 @@ function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
         const r = await client.get<{ job: { state: string; reason: string | null }; chunks: LogChunk[] }>(`/jobs/${enc(id)}/log`, { after });
         for (const c of r.chunks) {
           if (g().output === 'json') process.stdout.write(JSON.stringify(c) + '\n');
-          else (c.stream === 'stderr' ? process.stderr : process.stdout).write(c.stream === 'system' ? pc.dim(c.data) : c.data);
+          else (c.stream === 'stderr' ? process.stderr : process.stdout).write(c.stream === 'system' || c.stream === 'takt' ? pc.dim(c.data) : c.data);
           after = c.seq;
         }
         if (!o.follow || (r.job.state !== 'running' && r.chunks.length === 0)) {

@@ -102,9 +102,32 @@ interface Settled {
   action: CompleteResponse['action'];
 }
 
+/** At most this many params on one machine or work order. */
+export const MAX_PARAMS = 1000;
+/**
+ * At most this many bytes of params (as JSON, sealed values included) on one machine or work order: a
+ * machine travels whole in every list, event, replay and export, so its size bounds all of them. Large
+ * files belong in content or images, not in params.
+ */
+export const MAX_PARAMS_BYTES = 64 * 1024;
+
+/** @throws TaktError too_large naming the bound, when `params` is past MAX_PARAMS or MAX_PARAMS_BYTES. */
+function assertParamsBounded(params: Record<string, unknown>): void {
+  const count = Object.keys(params).length;
+  if (count > MAX_PARAMS) throw new TaktError('too_large', `${count} params; at most ${MAX_PARAMS} may be set on one machine or work order`, { path: '/params' });
+  const bytes = Buffer.byteLength(JSON.stringify(params));
+  if (bytes > MAX_PARAMS_BYTES) {
+    throw new TaktError('too_large', `the params come to ${bytes} bytes as JSON; at most ${MAX_PARAMS_BYTES} may be set on one machine or work order (large files belong in content, not params)`, { path: '/params' });
+  }
+}
+
+/**
+ * The job, if `caller` (a machine id, or null for the admin) may act on it. A machine gets the same 403
+ * for another machine's job and for a job that does not exist: its token reveals nothing beyond its own.
+ */
 function owned<J extends Pick<Job, 'machineId'>>(jobId: string, caller: string | null, job: J | undefined): J {
+  if (caller !== null && job?.machineId !== caller) throw new TaktError('forbidden', `job '${jobId}' is not a job of this machine`);
   if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
-  if (caller !== null && job.machineId !== caller) throw new TaktError('forbidden', `job '${jobId}' belongs to another machine`);
   return job;
 }
 
@@ -1043,6 +1066,7 @@ export class Engine {
       }
       out[name] = def?.secure ? this.sealer.seal(value) : value;
     }
+    assertParamsBounded(out);
     return out;
   }
 

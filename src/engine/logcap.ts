@@ -89,7 +89,7 @@ export class LogMeter {
       const bytes = Buffer.byteLength(c.data, 'utf8');
       const verdict = judgeChunk(tally, bytes, this.limits);
       if (verdict.kind === 'drop') continue;
-      const row = verdict.kind === 'truncate' ? { stream: 'system' as const, data: verdict.marker } : { stream: c.stream, data: c.data };
+      const row = verdict.kind === 'truncate' ? { stream: 'takt' as const, data: verdict.marker } : { stream: c.stream, data: c.data };
       const inserted = (await tx.appendLogs([{ jobId, seq: c.seq, ...row, at }])) > 0;
       tally = afterChunk(tally, verdict, bytes, inserted);
       if (inserted) stored++;
@@ -111,7 +111,7 @@ export class LogMeter {
     if (size.chunks > 0) {
       // Once cut, nothing is stored after the marker: it is the last chunk.
       const last = await tx.getLogs(jobId, (await tx.lastLogSeq(jobId)) - 1, 1);
-      truncated = last[0]?.stream === 'system' && last[0].data.startsWith(TRUNCATED_PREFIX);
+      truncated = last[0]?.stream === 'takt' && last[0].data.startsWith(TRUNCATED_PREFIX);
     }
     return { ...size, truncated };
   }

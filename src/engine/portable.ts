@@ -14,6 +14,7 @@ import { canonicalJson } from '../model/hash.js';
 import type { Machine } from '../model/machine.js';
 import type { PackRecord, Store, Tx } from '../store/store.js';
 import { assertRequires, type ContentService, type Pins } from './content.js';
+import { Pacer } from './pace.js';
 import type { IsSecure, SealedPack } from './sealing.js';
 import { patchTowards, type Engine, type MachinePatch } from './engine.js';
 
@@ -122,9 +123,15 @@ export class Portable {
     for (const kind of CONTENT_KINDS) {
       for (const e of this.content.list(kind)) if (e.layer === LOCAL_LAYER) files[`local/${kind}/${e.name}.yaml`] = yaml(e.def);
     }
+    // A large fleet is written out in slices, letting other requests through in between.
+    const pace = new Pacer(1024 * 1024);
     for (let offset = 0; ; offset += 1000) {
       const page = await this.store.listMachines({ limit: 1000, offset });
-      for (const m of page) files[`machines/${m.name}.yaml`] = yaml(machineDoc(m));
+      for (const m of page) {
+        const text = yaml(machineDoc(m));
+        files[`machines/${m.name}.yaml`] = text;
+        await pace.step(text.length);
+      }
       if (page.length < 1000) break;
     }
     return Object.fromEntries(Object.entries(files).sort(([a], [b]) => (a < b ? -1 : 1)));
@@ -140,7 +147,7 @@ export class Portable {
    *   `details.problems` as { file, path?, message }.
    */
   async import(files: ExportFiles, author: string, starter: MachineStarter): Promise<ImportResult> {
-    const parsed = this.parseExport(files);
+    const parsed = await this.parseExport(files);
     const plan = await this.planImport(parsed, starter);
     await this.store.transact((tx) => this.writeImport(tx, plan, author));
     this.content.adopt(plan.content, plan.pins);
@@ -156,7 +163,7 @@ export class Portable {
   }
 
   /** Every file of an export parsed and checked on its own; throws every problem found. */
-  private parseExport(files: ExportFiles): ParsedExport {
+  private async parseExport(files: ExportFiles): Promise<ParsedExport> {
     if (typeof files !== 'object' || files === null) throw new TaktError('bad_request', 'an import is an object of files: path -> text');
     assertPlainPaths(files, 'import');
     if (files[MANIFEST] === undefined) throw new TaktError('bad_request', `${MANIFEST} is missing: not a takt export (made by \`takt export\`)`, { path: MANIFEST });
@@ -174,8 +181,11 @@ export class Portable {
 
     const names = new Map<string, string>();
     const ids = new Map<string, string>();
+    // Parsing is CPU: a large import is parsed in slices, letting other requests through in between.
+    const pace = new Pacer(1024 * 1024);
     for (const [file, text] of Object.entries(files)) {
       if (file === MANIFEST) continue;
+      await pace.step(typeof text === 'string' ? text.length : 1);
       const pack = /^packs\/([^/]+)\/([^/]+)\/(.+)$/.exec(file);
       const local = /^local\/([^/]+)\/([^/]+)\.yaml$/.exec(file);
       const machine = /^machines\/([^/]+)\.yaml$/.exec(file);

@@ -81,7 +81,11 @@ export interface WorkOrder {
 export interface LogChunk {
   jobId: string;
   seq: number;
-  stream: 'stdout' | 'stderr' | 'system';
+  /**
+   * `stdout`/`stderr`: the script's; `system`: the agent's notes; `takt`: lines the endpoint writes itself
+   * (e.g. where it cut a log at its bound). An agent cannot send `takt` lines, so they cannot be forged.
+   */
+  stream: 'stdout' | 'stderr' | 'system' | 'takt';
   data: string;
   at: string;
 }

@@ -2,6 +2,7 @@ import type { ServerResponse } from 'node:http';
 import type { FastifyInstance } from 'fastify';
 import type { TaktEvent } from '../../model/machine.js';
 import { author, intQuery, type ApiContext } from '../context.js';
+import { yieldToLoop } from '../../engine/pace.js';
 import { API_CSP, SECURITY_HEADERS } from '../guard.js';
 import { topicMatcher } from '../topics.js';
 
@@ -17,8 +18,12 @@ const MAX_BUFFERED_BYTES = 8 * 1024 * 1024;
  * next page: the store is synchronous (SQLite), so a replay that only awaited promises would hold the loop
  * from its first page to its last and stall every other client (10 replays from 0 stalled /health for 8 s).
  */
-export const REPLAY_PAGE = 500;
-const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+export const REPLAY_PAGE = 100;
+/** The largest import body (bytes). */
+export const IMPORT_BODY_LIMIT = 64 * 1024 * 1024;
+/** …and pauses again whenever it has written this many bytes, however few events that took (events carry whole machines). */
+export const REPLAY_PAUSE_BYTES = 1024 * 1024;
+
 
 /** Resolves when the response's buffer has drained or the connection is gone. */
 function drained(res: ServerResponse): Promise<void> {
@@ -38,7 +43,8 @@ export interface ReplayPort {
   list(after: number, limit: number): Promise<TaktEvent[]>;
   /** The id after which to read next (the last event sent). */
   after(): number;
-  send(e: TaktEvent): void;
+  /** Writes the event if it matches; answers the bytes written (0 when filtered out). */
+  send(e: TaktEvent): number;
   closed(): boolean;
   /** A promise to wait on when the client reads slower than we write, else null. */
   backpressure(): Promise<void> | null;
@@ -54,11 +60,17 @@ export async function replay(port: ReplayPort): Promise<void> {
     await port.pause();
     if (port.closed()) return;
     const page = await port.list(port.after(), REPLAY_PAGE);
+    let bytes = 0;
     for (const e of page) {
-      port.send(e);
+      bytes += port.send(e);
       const wait = port.backpressure();
       if (wait) await wait;
       if (port.closed()) return;
+      if (bytes >= REPLAY_PAUSE_BYTES) {
+        await port.pause();
+        if (port.closed()) return;
+        bytes = 0;
+      }
     }
     if (page.length < REPLAY_PAGE) return;
   }
@@ -83,7 +95,8 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.post(
     '/api/v1/import',
     {
-      bodyLimit: 256 * 1024 * 1024,
+      // An import is parsed whole before anything is written; 64 MiB keeps its JSON parse short.
+      bodyLimit: IMPORT_BODY_LIMIT,
       schema: { body: { type: 'object', additionalProperties: false, required: ['files'], properties: { files: { type: 'object', additionalProperties: { type: 'string' } } } } },
     },
     async (req) =>
@@ -144,17 +157,19 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     const backlog: TaktEvent[] = [];
     let live = false;
     let closed = false;
-    const send = (e: TaktEvent) => {
-      if (closed || e.id <= lastSent) return;
+    const send = (e: TaktEvent): number => {
+      if (closed || e.id <= lastSent) return 0;
       lastSent = e.id;
-      if (!match(e.topic)) return;
-      res.write(frame(e));
+      if (!match(e.topic)) return 0;
+      const f = frame(e);
+      res.write(f);
       // Only a live subscriber can fall behind; a replay waits for the client instead (below).
       if (live && res.writableLength > MAX_BUFFERED_BYTES) {
         req.log.warn({ buffered: res.writableLength }, 'event subscriber too slow; closing its stream (it resumes with Last-Event-ID)');
         close();
         res.end();
       }
+      return f.length;
     };
     const unsubscribe = store.onEvents((events) => {
       if (live) events.forEach(send);

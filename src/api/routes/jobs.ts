@@ -14,7 +14,7 @@ import {
   type LogRequest,
   type LogResponse,
 } from '../../model/protocol.js';
-import { machineScope, requireOwnMachine } from '../auth.js';
+import { machineScope, requireOwnMachine, requireOwnMachineRef } from '../auth.js';
 import { author, intQuery, type ApiContext } from '../context.js';
 import { Name, paramsObject } from './schemas.js';
 
@@ -58,6 +58,8 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.get('/api/v1/jobs', { config: { machine: true } }, async (req) => {
     const q = req.query as Record<string, string | undefined>;
     if (q.state && !JOB_STATES.includes(q.state as JobState)) throw new TaktError('bad_request', `state must be one of ${JOB_STATES.join(', ')}`, { path: 'state' });
+    if (q.order !== undefined && q.order !== 'asc' && q.order !== 'desc') throw new TaktError('bad_request', "query parameter 'order' must be asc or desc", { path: 'order' });
+    if (q.machine !== undefined) await requireOwnMachineRef(req.principal, q.machine, store);
     let machineId = q.machine ? (await engine.findMachine(q.machine)).id : undefined;
     const scope = machineScope(req.principal);
     if (scope) {
@@ -78,8 +80,9 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   const ownJob = async (principal: Parameters<typeof requireOwnMachine>[0], id: string) => {
     const job = await store.getJob(id);
+    // A machine gets the same 403 for a job that is not its own and one that does not exist.
+    if (principal.kind === 'machine' && job?.machineId !== principal.machineId) requireOwnMachine(principal, '');
     if (!job) throw new TaktError('not_found', `job '${id}' not found`);
-    requireOwnMachine(principal, job.machineId);
     return job;
   };
 

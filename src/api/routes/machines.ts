@@ -3,7 +3,7 @@ import { publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
 import { MAX_JOB_ID_CHARS } from '../../model/protocol.js';
-import { requireOwnMachine } from '../auth.js';
+import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
 import { author, intQuery, type ApiContext } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
 
@@ -59,6 +59,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
       broker: q.broker,
       name: q.name,
     };
+    if (q.stale !== undefined && q.stale !== 'true' && q.stale !== 'false') throw new TaktError('bad_request', "query parameter 'stale' must be true or false", { path: 'stale' });
     const limit = intQuery(q.limit, 'limit', 100, 1000)!;
     const offset = intQuery(q.offset, 'offset', 0)!;
     if (q.builtWith === undefined && q.stale === undefined) {
@@ -117,8 +118,9 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 
   app.get('/api/v1/machines/:id', { config: { machine: true } }, async (req) => {
-    const m = await engine.findMachine((req.params as { id: string }).id);
-    requireOwnMachine(req.principal, m.id);
+    const ref = (req.params as { id: string }).id;
+    await requireOwnMachineRef(req.principal, ref, store);
+    const m = await engine.findMachine(ref);
     return publicMachine(m);
   });
 
