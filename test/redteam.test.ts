@@ -66,29 +66,6 @@ function parseRaw(text: string): { status: number; headers: Record<string, strin
   return { status, headers, body: rest.join('\r\n\r\n') };
 }
 
-/**
- * Runs `work` while probing /api/v1/health on fresh connections every 20 ms; answers the slowest probe.
- * Probing starts 100 ms after `work` so the work is under way.
- */
-async function healthMaxDuring(base: string, work: () => Promise<unknown>): Promise<{ max: number; result: unknown }> {
-  let stop = false;
-  const lat: number[] = [];
-  const probe = (async () => {
-    await sleep(100);
-    while (!stop) {
-      const t = Date.now();
-      await raw(base, 'GET', '/api/v1/health').catch(() => undefined);
-      lat.push(Date.now() - t);
-      await sleep(20);
-    }
-  })();
-  const result = await work();
-  stop = true;
-  await probe;
-  return { max: Math.max(0, ...lat), result };
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('redteam: the event loop', () => {
   let ep: Endpoint;
@@ -96,41 +73,6 @@ describe('redteam: the event loop', () => {
     ep = await Endpoint.start();
   });
   afterAll(async () => ep?.stop());
-
-  it('a param schema pattern with catastrophic backtracking does not hold the endpoint when a value is checked (ReDoS)', async () => {
-    const p = await raw(ep.url, 'POST', '/api/v1/params', { token: ep.token, body: JSON.stringify({ name: 'redos', schema: { type: 'string', pattern: '^(a+)+$' } }) });
-    expect(p.status, p.body).toBe(201);
-    const m = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'redos-target' }) });
-    expect(m.status, m.body).toBe(201);
-    // 27 a's and a '!' take ~1-4 s of event loop (each extra 'a' doubles it; 29 took 17 s under load).
-    const { max, result } = await healthMaxDuring(ep.url, () =>
-      raw(ep.url, 'PATCH', '/api/v1/machines/redos-target', { token: ep.token, body: JSON.stringify({ params: { redos: `${'a'.repeat(27)}!` } }) }),
-    );
-    expect((result as Raw).status).toBeLessThan(500);
-    expect(max, `/health took ${max} ms while a value was checked against ^(a+)+$`).toBeLessThan(1000);
-  });
-
-  it('a machine reporting an output checked by a pack\'s `matches` expectation cannot hold the endpoint (ReDoS from a pack + machine)', async () => {
-    const files = {
-      'pack.yaml': 'name: redospack\nversion: 1.0.0\n',
-      'tasks/emit.yaml': "name: emit\noutputs:\n  o: { type: string }\nexpect:\n  - { param: o, matches: '^(a+)+$' }\nscript: |\n  takt-set o x\n",
-      'blueprints/bp.yaml': 'name: bp\ntasks: [emit]\n',
-    };
-    const push = await raw(ep.url, 'POST', '/api/v1/packs', { token: ep.token, body: JSON.stringify({ files }) });
-    expect(push.status, push.body).toBe(201);
-    const mk = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'redos-agent' }) });
-    const machine = JSON.parse(mk.body).items[0] as { id: string; token: string };
-    const wo = await raw(ep.url, 'POST', '/api/v1/workorders', { token: ep.token, body: JSON.stringify({ machine: machine.id, blueprint: 'bp' }) });
-    expect(wo.status, wo.body).toBe(201);
-    const claim = await raw(ep.url, 'POST', `/api/v1/machines/${machine.id}/claim?wait=5`, { token: machine.token, body: '{}' });
-    const job = JSON.parse(claim.body).job as { id: string; task: string };
-    expect(job.task).toBe('emit');
-    const { max, result } = await healthMaxDuring(ep.url, () =>
-      raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/complete`, { token: machine.token, body: JSON.stringify({ exitCode: 0, outputs: { o: `${'a'.repeat(26)}!` } }) }),
-    );
-    expect((result as Raw).status).toBeLessThan(500);
-    expect(max, `/health took ${max} ms while a reported output was matched`).toBeLessThan(1000);
-  });
 
   describe('a large desired state is bounded where it is set, so lists, events, replays and exports stay small', () => {
     // The audit held /health for seconds with 10 machines of ~1 MB of params each (export, replays from 0,

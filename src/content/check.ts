@@ -11,6 +11,7 @@ import { isSealed } from '../model/secure.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateLoopProblems, templateVariableUses } from '../render/template.js';
+import { userRegexProblem } from '../model/regex.js';
 import { metaSchemaProblems, schemaProblems } from './schema.js';
 import { taskActionFor } from './variants.js';
 import { encodePointer } from './yaml.js';
@@ -87,6 +88,7 @@ const CHECKS: Record<ContentKind, (ctx: Ctx) => void> = {
   stages: (ctx) => {
     checkRefs(ctx, '/tasks', 'tasks');
     checkValues(ctx);
+    checkExpect(ctx);
   },
   pipelines: (ctx) => {
     checkRefs(ctx, '/stages', 'stages');
@@ -277,6 +279,39 @@ function checkTask(ctx: Ctx): void {
 
   for (const [path, source] of templates) checkTemplate(ctx, path, source, declared);
   checkTimeout(ctx);
+  for (const [name, schema] of Object.entries(record(ctx.def.outputs) ?? {})) checkSchema(ctx, encodePointer(['outputs', name]), schema);
+  checkExpect(ctx);
+}
+
+/**
+ * Expectation rules (task post-conditions, stage preconditions) run on the endpoint when a machine
+ * reports: a `matches` pattern must compile on RE2 and a `schema` must be a valid JSON Schema, checked
+ * here so nothing reaches the engine that would be refused or run there unchecked.
+ */
+function checkExpect(ctx: Ctx): void {
+  const rules = ctx.def.expect;
+  if (!Array.isArray(rules)) return;
+  rules.forEach((raw, i) => {
+    const rule = record(raw);
+    if (!rule) return;
+    if (typeof rule.matches === 'string') {
+      const problem = userRegexProblem(rule.matches);
+      if (problem) report(ctx, `/expect/${i}/matches`, problem);
+    }
+    if (rule.schema !== undefined) checkSchema(ctx, `/expect/${i}/schema`, rule.schema);
+  });
+}
+
+/** A JSON Schema in content other than a param's (task outputs, expectation schemas): valid, patterns on RE2. */
+function checkSchema(ctx: Ctx, path: string, raw: unknown): void {
+  const schema = record(raw);
+  if (!schema) return;
+  if (schema.$id !== undefined) {
+    // Schemas share one Ajv instance; an $id would collide across updates and packs.
+    report(ctx, `${path}/$id`, 'schemas in content may not set $id');
+    return;
+  }
+  for (const p of metaSchemaProblems(schema)) report(ctx, path + p.path, `invalid JSON Schema: ${p.message}`, { at: p.at });
 }
 
 /** A timeout lint accepts works as written: within the range the agent's timer can hold, and not 0. */

@@ -5,6 +5,7 @@
  */
 import type { ErrorObject } from 'ajv';
 import { NAME_PATTERN, PARAM_NAME_PATTERN } from '../model/content.js';
+import { patternFailure, userRegexProblem } from '../model/regex.js';
 import { ajv, compileSchema, describeAjvError, inexactNumbers } from '../model/validate.js';
 import { decodePointer } from './yaml.js';
 
@@ -61,16 +62,19 @@ export function metaSchemaProblems(schema: object): FieldProblem[] {
   return [];
 }
 
-/** Regular expressions Ajv would reject at compile time (it compiles them with the `u` flag), found where they are. */
+/** Keywords whose values are data, not schemas: their `pattern` fields are not patterns. */
+const DATA_KEYWORDS = new Set(['default', 'const', 'enum', 'examples']);
+
+/**
+ * Patterns Ajv would refuse at compile time, found where they are: every schema pattern compiles on RE2
+ * (src/model/regex.ts), so backreferences, lookaround and over-large patterns are refused here, with a hint.
+ */
 function badPatterns(node: unknown, path: string): FieldProblem[] {
   if (typeof node !== 'object' || node === null) return [];
   const out: FieldProblem[] = [];
   const tryRegex = (source: string, at: string, where: 'key' | 'value'): void => {
-    try {
-      new RegExp(source, 'u');
-    } catch (e) {
-      out.push({ path: at, at: where, message: (e as Error).message });
-    }
+    const problem = userRegexProblem(source);
+    if (problem) out.push({ path: at, at: where, message: problem });
   };
   for (const [k, v] of Object.entries(node)) {
     const at = `${path}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`;
@@ -78,7 +82,8 @@ function badPatterns(node: unknown, path: string): FieldProblem[] {
     else if (k === 'patternProperties' && typeof v === 'object' && v !== null) {
       for (const key of Object.keys(v)) tryRegex(key, `${at}/${key.replace(/~/g, '~0').replace(/\//g, '~1')}`, 'key');
     }
-    out.push(...badPatterns(v, at));
+    // Values, not schemas: a `pattern` field inside a default is data.
+    if (!DATA_KEYWORDS.has(k)) out.push(...badPatterns(v, at));
   }
   return out;
 }
@@ -129,6 +134,8 @@ function explain(e: ErrorObject, root: object, data: unknown): FieldProblem {
     case 'pattern': {
       const desc = node?.description;
       const pattern = (e.params as { pattern: string }).pattern;
+      const tooLong = patternFailure(pattern, got);
+      if (tooLong) return { path: e.instancePath, at: 'value', message: tooLong };
       const want = typeof desc === 'string' ? `a ${desc}` : `match ${pattern}`;
       return { path: e.instancePath, at: 'value', message: `must be ${want} (got ${JSON.stringify(got)})` };
     }
@@ -146,7 +153,7 @@ function explain(e: ErrorObject, root: object, data: unknown): FieldProblem {
       return { path: e.instancePath, at: 'value', message: `must list at least ${n} item${n === 1 ? '' : 's'}` };
     }
     default: {
-      const d = describeAjvError(e);
+      const d = describeAjvError(e, data);
       const showGot = LIMIT_KEYWORDS.has(e.keyword) && (typeof got !== 'object' || got === null);
       return { path: d.path, at: 'value', message: showGot ? `${d.message} (got ${jsonType(got)})` : d.message };
     }

@@ -1,9 +1,14 @@
 /** Evaluates expectation rules (task post-conditions, stage preconditions) against param values. */
 import { canonicalJson } from './hash.js';
 import type { ExpectRule } from './content.js';
+import { compileUserRegex, maxTextFor, tooLongMessage, type UserRegex } from './regex.js';
 import { validateValue } from './validate.js';
 
-const shown = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
+/** The value as JSON, cut at 200 characters: a broken rule's message becomes a machine's reason, shown everywhere. */
+const shown = (v: unknown): string => {
+  const text = v === undefined ? 'nothing' : JSON.stringify(v);
+  return text.length > 200 ? `${text.slice(0, 200)}… (${text.length} characters)` : text;
+};
 
 /** The first broken rule, described with the rule and the value; null when all hold. */
 export function checkExpectations(rules: readonly ExpectRule[], values: Record<string, unknown>): string | null {
@@ -15,7 +20,17 @@ export function checkExpectations(rules: readonly ExpectRule[], values: Record<s
     if ('equals' in r && canonicalJson(v) !== canonicalJson(r.equals)) return `expectation '${r.param} equals ${JSON.stringify(r.equals)}' failed (got ${shown(v)})`;
     if (r.matches !== undefined) {
       const text = typeof v === 'string' ? v : v === undefined ? '' : JSON.stringify(v);
-      if (!new RegExp(r.matches).test(text)) return `expectation '${r.param} matches /${r.matches}/' failed (got ${shown(v)})`;
+      // RE2, linear in the text (a pack's pattern meets a machine's value here); lint refused what RE2
+      // cannot compile, and a text past the pattern's budget fails the rule, saying so.
+      let re: UserRegex;
+      try {
+        re = compileUserRegex(r.matches);
+      } catch (e) {
+        // Content checked before RE2 may hold one (e.g. lookahead): the rule cannot hold, and says why.
+        return `expectation '${r.param} matches /${r.matches}/' cannot be checked: ${(e as Error).message}`;
+      }
+      if (!re.fits(text)) return `expectation '${r.param} matches /${r.matches}/' failed: the value ${tooLongMessage(r.matches, text.length, maxTextFor(re.size))}`;
+      if (!re.test(text)) return `expectation '${r.param} matches /${r.matches}/' failed (got ${shown(v)})`;
     }
     if (r.range) {
       const n = typeof v === 'number' ? v : Number(v);
