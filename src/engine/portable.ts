@@ -16,6 +16,7 @@ import type { PackRecord, Store, Tx } from '../store/store.js';
 import { assertRequires, type ContentService, type Pins } from './content.js';
 import type { IsSecure, SealedPack } from './sealing.js';
 import { patchTowards, type Engine, type MachinePatch } from './engine.js';
+import { assertMachineName } from './ids.js';
 
 export const EXPORT_FORMAT = 'takt-export/1';
 const MANIFEST = 'takt-export.yaml';
@@ -368,6 +369,7 @@ export class Portable {
           const patch: MachinePatch & { power?: Machine['power'] } = patchTowards(have, doc);
           if (have.power !== doc.power) patch.power = doc.power;
           if (patch.name !== undefined) {
+            assertMachineName(patch.name);
             const holder = await this.store.getMachineByName(patch.name);
             if (holder && holder.id !== doc.id) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
           }
