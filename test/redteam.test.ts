@@ -170,12 +170,6 @@ describe('redteam: the front door', () => {
     }
   });
 
-  it('a machine cannot be named like another machine\'s id (it would be shadowed: by-name lookups find the other one)', async () => {
-    const other = JSON.parse((await raw(ep.url, 'GET', '/api/v1/machines/other', { token: ep.token })).body) as { id: string };
-    const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: other.id }) });
-    expect(r.status, r.body.slice(0, 200)).toBe(422);
-  });
-
   it('a machine token learns nothing about other machines: another machine and a missing one get the same answer', async () => {
     const other = await raw(ep.url, 'GET', '/api/v1/machines/other', { token: machine.token });
     const missing = await raw(ep.url, 'GET', '/api/v1/machines/no-such-machine', { token: machine.token });
@@ -202,28 +196,5 @@ describe('redteam: the front door', () => {
     const log = JSON.parse((await raw(ep.url, 'GET', `/api/v1/jobs/${job.id}/log`, { token: ep.token })).body) as { chunks: Array<{ stream: string }> };
     expect(log.chunks.map((c) => c.stream)).toEqual(['system']);
     await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/complete`, { token: machine.token, body: JSON.stringify({ exitCode: 0, outputs: {} }) });
-  });
-
-  it('takt jobs log does not pass terminal escape sequences from a job\'s output to the operator\'s terminal', async () => {
-    const wo = await raw(ep.url, 'POST', '/api/v1/workorders', { token: ep.token, body: JSON.stringify({ machine: machine.id, blueprint: 'b' }) });
-    expect(wo.status, wo.body).toBe(201);
-    const claim = await raw(ep.url, 'POST', `/api/v1/machines/${machine.id}/claim?wait=5`, { token: machine.token, body: '{}' });
-    const job = JSON.parse(claim.body).job as { id: string };
-    const evil = '\u001b]0;pwned\u0007\u001b[2Jcleared';
-    const l = await raw(ep.url, 'POST', `/api/v1/jobs/${job.id}/log`, { token: machine.token, body: JSON.stringify({ seq: 1, stream: 'stdout', data: evil }) });
-    expect(l.status).toBeLessThan(300);
-    const res = await ep.cli(['jobs', 'log', job.id]);
-    expect(res.stdout).toContain('cleared');
-    expect(res.stdout.includes('\u001b'), JSON.stringify(res.stdout)).toBe(false);
-  });
-
-  it('takt machines wait --until with a state that does not exist is refused at once, naming the states', async () => {
-    const t = Date.now();
-    const res = await ep.cli(['machines', 'wait', 'mine', '--until', 'bogus', '--timeout', '5s']);
-    expect(res.code).not.toBe(0);
-    expect(Date.now() - t, 'it waited for the whole timeout').toBeLessThan(4000);
-    expect(res.stderr).toMatch(/bogus/);
-    expect(res.stderr).toMatch(/idle|running|stopped|done/);
-    expect(res.stderr).not.toMatch(/\n\s+at /);
   });
 });

@@ -8,6 +8,7 @@ import { createServer, STATUS_CODES } from 'node:http';
 import { fileURLToPath } from 'node:url';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import { describePattern } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { Authenticator } from './auth.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
@@ -217,16 +218,26 @@ function notFoundError(method: string, url: string): TaktError {
 }
 
 /** A schema violation as a 422 naming the field (never echoing the value, which may be secure). */
+/**
+ * The first schema error of a request as one message in words: the field (or, for a key that breaks a
+ * `propertyNames` rule, the key itself), what is wrong, and a known name pattern described, not quoted.
+ */
 function validationError(fe: FastifyError): TaktError {
-  const v = fe.validation![0]!;
-  const extra = (v.params as { additionalProperty?: string; missingProperty?: string } | undefined) ?? {};
-  const field = extra.additionalProperty ?? extra.missingProperty;
-  const path = `${v.instancePath ?? ''}${field ? `/${field}` : ''}`;
+  const v = fe.validation![0]! as NonNullable<FastifyError['validation']>[number] & { propertyName?: string };
+  const extra = (v.params as { additionalProperty?: string; missingProperty?: string; propertyName?: string; pattern?: string; allowedValues?: unknown[] } | undefined) ?? {};
+  const key = v.propertyName ?? extra.propertyName;
+  const field = extra.additionalProperty ?? extra.missingProperty ?? key;
+  const path = `${v.instancePath ?? ''}${field ? `/${field.replace(/~/g, '~0').replace(/\//g, '~1')}` : ''}`;
+  const where = v.instancePath || fe.validationContext || 'body';
+  const words = extra.pattern !== undefined ? describePattern(extra.pattern) : undefined;
+  const want = words ? `must be ${words}` : v.keyword === 'enum' && extra.allowedValues ? `must be one of ${extra.allowedValues.map((x) => JSON.stringify(x)).join(', ')}` : (v.message ?? 'is invalid');
   const message =
     v.keyword === 'additionalProperties'
       ? `unknown field '${field}'`
       : v.keyword === 'required'
         ? `missing required field '${field}'`
-        : `${path || fe.validationContext || 'body'} ${v.message ?? 'is invalid'}`;
+        : key !== undefined
+          ? `${where}: key ${JSON.stringify(key)} ${v.keyword === 'propertyNames' ? 'is not allowed' : want}`
+          : `${path || where} ${want}`;
   return new TaktError('invalid', message, { path: path || '/' });
 }

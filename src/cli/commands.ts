@@ -1,7 +1,7 @@
 /** The resource commands: each maps onto one REST call (or a short loop of them for wait/follow/watch). */
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { Option, type Command } from 'commander';
+import { Argument, Option, type Command } from 'commander';
 import pc from 'picocolors';
 import { followEvents } from '../client/events.js';
 import type { ApiClient } from '../client/http.js';
@@ -10,9 +10,9 @@ import type { MachineRecord } from '../engine/records.js';
 import { CONTENT_KINDS, KIND_NOUN } from '../model/content.js';
 import { DURATION_RANGES, formatDuration, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
-import type { Change, Job, LogChunk, Machine, WorkOrder } from '../model/machine.js';
+import { JOB_STATES, MACHINE_STATES, WORK_ORDER_STATES, type Change, type Job, type LogChunk, type Machine, type WorkOrder } from '../model/machine.js';
 import { clientFrom, collect, parseParamPairs, type GlobalOptions } from './client.js';
-import { colorState, print, renderTable } from './output.js';
+import { colorState, print, renderTable, shown, shownErr } from './output.js';
 import { exerciseCommand } from './exercise.js';
 import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
@@ -53,10 +53,10 @@ export function register(program: Command, g: Globals) {
         { task },
       );
       if (g().output !== 'table') return print(g().output, r);
-      if (r.noop) return void process.stdout.write(`# no-op on this machine (variant ${r.variant}): ${r.noop}\n`);
+      if (r.noop) return void process.stdout.write(shown(`# no-op on this machine (variant ${r.variant}): ${r.noop}\n`));
       if (r.error) throw new TaktError('invalid', `${task} cannot be rendered for ${o.machine}: ${r.error}`);
-      process.stderr.write(pc.dim(`# variant ${r.variant}; ${r.params.map((p) => `${p.name} from ${p.from}`).join(', ') || 'no params'}\n`));
-      process.stdout.write(r.displayScript ?? '');
+      process.stderr.write(pc.dim(shownErr(`# variant ${r.variant}; ${r.params.map((p) => `${p.name} from ${p.from}`).join(', ') || 'no params'}`)) + '\n');
+      process.stdout.write(shown(r.displayScript ?? ''));
     });
 
   program
@@ -64,15 +64,18 @@ export function register(program: Command, g: Globals) {
     .description('the event stream')
     .command('watch')
     .description('print events as they happen (topics like machines.*.*, jobs.update.<id>; default all)')
-    .option('--topics <list>', 'comma-separated topic filters', '')
+    .option('--topics <list>', 'comma-separated topic filters: TYPE[.ACTION[.ID]], each part a name or *', '')
     .option('--since <id>', 'replay events after this id first')
     .action(async (o: { topics: string; since?: string }) => {
+      // Refused here, before connecting: a filter that matches nothing would wait silently forever.
+      const { parseTopics } = await import('../api/topics.js');
+      parseTopics(o.topics);
       // Runs until interrupted; resumes after the last event printed when the stream ends or drops.
       await followEvents(
         api(),
         (e) => {
           if (g().output === 'json') process.stdout.write(JSON.stringify(e) + '\n');
-          else process.stdout.write(`${pc.dim(e.at.slice(11, 23))} ${pc.bold(e.topic)} ${summarize(e.data)}\n`);
+          else process.stdout.write(`${pc.dim(shown(e.at.slice(11, 23)))} ${pc.bold(shown(e.topic))} ${shown(summarize(e.data))}\n`);
         },
         {
           topics: o.topics,
@@ -95,12 +98,12 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
       const { lintPack, formatDiagnostic } = await import('../content/lint.js');
       const result = lintPack(await readPackDir(dir));
       if (g().output !== 'table') print(g().output, { ok: result.diagnostics.length === 0, diagnostics: result.diagnostics });
-      else for (const d of result.diagnostics) process.stdout.write(formatDiagnostic({ ...d, file: `${dir.replace(/\/$/, '')}/${d.file}` }) + '\n');
+      else for (const d of result.diagnostics) process.stdout.write(shown(formatDiagnostic({ ...d, file: `${dir.replace(/\/$/, '')}/${d.file}` })) + '\n');
       if (result.diagnostics.length > 0) {
         if (g().output === 'table') process.stderr.write(pc.red(`${result.diagnostics.length} problem(s)\n`));
         process.exitCode = 1;
       } else if (g().output === 'table') {
-        process.stdout.write(pc.green(`${result.manifest?.name}@${result.manifest?.version}: ${result.objects.length} objects, no problems\n`));
+        process.stdout.write(pc.green(shown(`${result.manifest?.name}@${result.manifest?.version}: ${result.objects.length} objects, no problems`)) + '\n');
       }
     });
   content
@@ -114,13 +117,13 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
       const files = await readPackDir(dir);
       const result = lintPack(files);
       if (!result.manifest || result.diagnostics.length > 0) {
-        for (const d of result.diagnostics) process.stderr.write(formatDiagnostic({ ...d, file: `${dir.replace(/\/$/, '')}/${d.file}` }) + '\n');
+        for (const d of result.diagnostics) process.stderr.write(shownErr(formatDiagnostic({ ...d, file: `${dir.replace(/\/$/, '')}/${d.file}` })) + '\n');
         throw new TaktError('invalid', `not bundled: ${result.diagnostics.length} problem(s)`);
       }
       const bundle = makeBundle(result.manifest.name, result.manifest.version, files);
       const path = join(o.out, bundleFileName(bundle));
       await writeFile(path, JSON.stringify(bundle, null, 1) + '\n');
-      print(g().output, { file: path, name: bundle.name, version: bundle.version, sha256: bundle.sha256 }, () => `${path}\nsha256 ${bundle.sha256}`);
+      print(g().output, { file: path, name: bundle.name, version: bundle.version, sha256: bundle.sha256 }, () => shown(`${path}\nsha256 ${bundle.sha256}`));
     });
   content
     .command('install <artifact>')
@@ -143,7 +146,7 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
     .action(async (ref: string) => {
       const { name, version } = parseRef(ref);
       const r = await api().post<InstallResult>(`/packs/${enc(name)}/use`, { version });
-      print(g().output, r, () => `${r.name}@${r.version} is in use`);
+      print(g().output, r, () => shown(`${r.name}@${r.version} is in use`));
     });
   content
     .command('versions [pack]')
@@ -159,7 +162,7 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
         renderTable(rows, [
           { header: 'PACK', get: (v) => v.name },
           { header: 'VERSION', get: (v) => v.version },
-          { header: 'IN USE', get: (v) => (v.inUse ? pc.green('yes') : '') },
+          { header: 'IN USE', get: (v) => (v.inUse ? 'yes' : ''), color: (t) => pc.green(t) },
           { header: 'SHA256', get: (v) => v.sha256.slice(0, 12) },
           { header: 'REQUIRES', get: (v) => Object.entries(v.requires).map(([k, r]) => `${k} ${r}`).join(', ') || null },
           { header: 'INSTALLED', get: (v) => v.installedAt },
@@ -196,12 +199,12 @@ function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
     .description('remove an installed pack (refused while machines or other content use it)')
     .action(async (name: string) => {
       const r = await api().delete(`/packs/${enc(name)}`);
-      print(g().output, r, () => `removed pack ${name}`);
+      print(g().output, r, () => shown(`removed pack ${name}`));
     });
 }
 
 const installLine = (r: InstallResult) =>
-  `${r.installed ? 'installed' : 'already installed:'} ${r.name}@${r.version} (${r.objects} objects, sha256 ${r.sha256.slice(0, 12)})${r.active ? ', in use' : '; run it with `takt content use ' + r.name + '@' + r.version + '`'}`;
+  shown(`${r.installed ? 'installed' : 'already installed:'} ${r.name}@${r.version} (${r.objects} objects, sha256 ${r.sha256.slice(0, 12)})${r.active ? ', in use' : '; run it with `takt content use ' + r.name + '@' + r.version + '`'}`);
 
 function parseRef(ref: string): { name: string; version: string } {
   const m = /^([a-z0-9][a-z0-9._-]*)@(.+)$/.exec(ref);
@@ -223,15 +226,15 @@ async function loadPack(path: string): Promise<Record<string, string>> {
 }
 
 function diffText(d: PackDiff): string {
-  const lines = [pc.bold(`${d.name} ${d.from} → ${d.to}`)];
-  for (const a of d.added) lines.push(pc.green(`+ ${a}`));
-  for (const r of d.removed) lines.push(pc.red(`- ${r}`));
+  const lines = [pc.bold(shown(`${d.name} ${d.from} → ${d.to}`))];
+  for (const a of d.added) lines.push(pc.green(shown(`+ ${a}`)));
+  for (const r of d.removed) lines.push(pc.red(shown(`- ${r}`)));
   for (const c of d.changed) {
-    lines.push(pc.yellow(`~ ${c.object}`));
+    lines.push(pc.yellow(shown(`~ ${c.object}`)));
     for (const f of c.fields) {
-      lines.push(`    ${f.path}:`);
-      lines.push(pc.red(`      - ${JSON.stringify(f.before)}`));
-      lines.push(pc.green(`      + ${JSON.stringify(f.after)}`));
+      lines.push(shown(`    ${f.path}:`));
+      lines.push(pc.red(shown(`      - ${JSON.stringify(f.before)}`)));
+      lines.push(pc.green(shown(`      + ${JSON.stringify(f.after)}`)));
     }
   }
   if (lines.length === 1) lines.push(pc.dim('no differences'));
@@ -245,7 +248,7 @@ const machineColumns = [
   { header: 'ID', get: (m: Machine) => m.id },
   { header: 'ENV', get: (m: Machine) => m.environment },
   { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
-  { header: 'STATE', get: (m: Machine) => colorState(m.state) },
+  { header: 'STATE', get: (m: Machine) => m.state, color: colorState },
   { header: 'REASON', get: (m: Machine) => m.reason },
 ];
 
@@ -254,7 +257,7 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
   machines
     .command('list')
     .description('list machines (filters combine)')
-    .option('--state <state>', 'idle | running | stopped | done | awaiting-approval')
+    .addOption(new Option('--state <state>', 'only machines in this state').choices(MACHINE_STATES))
     .option('--pipeline <name>')
     .option('--environment <env>')
     .option('--name <substring>')
@@ -303,10 +306,10 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
         profiles: o.profile,
       };
       const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
-      for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${w}\n`);
+      for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${shownErr(w)}\n`);
       print(g().output, r.items, () =>
         renderTable(r.items, machineColumns) +
-        (r.items.some((m) => m.token) ? `\n${pc.yellow('machine tokens (shown once):')}\n${r.items.map((m) => `  ${m.name}: ${m.token}`).join('\n')}` : ''),
+        (r.items.some((m) => m.token) ? `\n${pc.yellow('machine tokens (shown once):')}\n${r.items.map((m) => shown(`  ${m.name}: ${m.token}`)).join('\n')}` : ''),
       );
     });
   machines
@@ -335,7 +338,7 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     .description('delete a machine (its broker destroys it; its running job is cancelled)')
     .action(async (id: string) => {
       const m = await api().delete<Machine>(`/machines/${enc(id)}`);
-      print(g().output, m, () => `deleted ${m.name}`);
+      print(g().output, m, () => shown(`deleted ${m.name}`));
     });
   for (const [verb, what] of [
     ['resume', 're-run the task a stopped machine stopped on (or continue after a pause)'],
@@ -350,31 +353,31 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
       });
   }
   machines
-    .command('power <machine> <state>')
+    .command('power <machine>')
+    .addArgument(new Argument('<state>', 'on or off').choices(['on', 'off']))
     .description('power a machine on or off')
     .action(async (id: string, state: string) => {
-      if (state !== 'on' && state !== 'off') throw new TaktError('bad_request', 'power state must be on or off');
       const m = await api().post<Machine>(`/machines/${enc(id)}/power`, { power: state });
       print(g().output, m, () => renderTable([m], machineColumns));
     });
   machines
     .command('wait <machine>')
     .description('wait until the machine reaches a state; exits 1 if it stops instead of finishing, 2 on timeout')
-    .option('--until <state>', 'done | stopped | running | idle | awaiting-approval', 'done')
+    .addOption(new Option('--until <state>', 'the state to wait for').choices(MACHINE_STATES).default('done'))
     .option('--timeout <duration>', 'give up after this long', '10m')
     .action(async (id: string, o: { until: string; timeout: string }) => {
       const client = api();
       const deadline = Date.now() + parseDuration(o.timeout, '--timeout', DURATION_RANGES.wait);
       for (;;) {
         const m = await client.get<Machine>(`/machines/${enc(id)}`);
-        if (m.state === o.until) return print(g().output, m, () => `${m.name} is ${colorState(m.state)}`);
+        if (m.state === o.until) return print(g().output, m, () => `${shown(m.name)} is ${colorState(m.state)}`);
         if (o.until === 'done' && m.state === 'stopped') {
-          print(g().output, m, () => `${m.name} ${colorState('stopped')}: ${m.reason ?? ''}`);
+          print(g().output, m, () => `${shown(m.name)} ${colorState('stopped')}: ${shown(m.reason ?? '')}`);
           process.exitCode = 1;
           return;
         }
         if (Date.now() > deadline) {
-          process.stderr.write(`takt: timed out after ${o.timeout} waiting for ${m.name} to be ${o.until}; it is ${m.state}${m.reason ? ` (${m.reason})` : ''}\n`);
+          process.stderr.write(shownErr(`takt: timed out after ${o.timeout} waiting for ${m.name} to be ${o.until}; it is ${m.state}${m.reason ? ` (${m.reason})` : ''}`) + '\n');
           process.exitCode = 2;
           return;
         }
@@ -393,8 +396,8 @@ function recordText(r: MachineRecord): string {
     { header: 'JOB', get: (e) => e.job },
     { header: 'AT', get: (e) => e.finishedAt },
   ]);
-  const head = `${pc.bold(r.machine)} pipeline ${r.pipeline ?? pc.dim('(none)')}`;
-  const stale = r.stale.length ? `\n${pc.yellow('stale:')}\n${r.stale.map((s) => `  ${s}`).join('\n')}` : `\n${pc.green('current: built with what is in use now')}`;
+  const head = `${pc.bold(shown(r.machine))} pipeline ${r.pipeline ? shown(r.pipeline) : pc.dim('(none)')}`;
+  const stale = r.stale.length ? `\n${pc.yellow('stale:')}\n${r.stale.map((s) => shown(`  ${s}`)).join('\n')}` : `\n${pc.green('current: built with what is in use now')}`;
   return `${head}\n${table}${stale}`;
 }
 
@@ -433,7 +436,7 @@ function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
     .command('list')
     .description('recent jobs, newest first')
     .option('--machine <machine>')
-    .option('--state <state>', 'running | succeeded | failed | lost | cancelled')
+    .addOption(new Option('--state <state>', 'only jobs in this state').choices(JOB_STATES))
     .option('--task <task>')
     .option('--workorder <id>', 'jobs of one work order')
     .addOption(new Option('--order <order>', 'newest first (desc) or in the order they ran (asc)').choices(['asc', 'desc']).default('desc'))
@@ -446,7 +449,7 @@ function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
           { header: 'ID', get: (j) => j.id },
           { header: 'MACHINE', get: (j) => j.machineId },
           { header: 'TASK', get: (j) => (j.stage ? `${j.stage}/${j.task}` : j.task) },
-          { header: 'STATE', get: (j) => colorState(j.state) },
+          { header: 'STATE', get: (j) => j.state, color: colorState },
           { header: 'EXIT', get: (j) => j.exitCode },
           { header: 'TIME', get: (j) => (j.finishedAt ? formatDuration(Date.parse(j.finishedAt) - Date.parse(j.createdAt)) : null) },
           { header: 'REASON', get: (j) => j.reason },
@@ -468,11 +471,12 @@ function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
         const r = await client.get<{ job: { state: string; reason: string | null }; chunks: LogChunk[] }>(`/jobs/${enc(id)}/log`, { after });
         for (const c of r.chunks) {
           if (g().output === 'json') process.stdout.write(JSON.stringify(c) + '\n');
-          else (c.stream === 'stderr' ? process.stderr : process.stdout).write(c.stream === 'system' || c.stream === 'takt' ? pc.dim(c.data) : c.data);
+          else if (c.stream === 'stderr') process.stderr.write(shownErr(c.data));
+          else process.stdout.write(c.stream === 'system' || c.stream === 'takt' ? pc.dim(shown(c.data)) : shown(c.data));
           after = c.seq;
         }
         if (!o.follow || (r.job.state !== 'running' && r.chunks.length === 0)) {
-          if (o.follow && g().output !== 'json') process.stderr.write(pc.dim(`-- job ${r.job.state}${r.job.reason ? `: ${r.job.reason}` : ''}\n`));
+          if (o.follow && g().output !== 'json') process.stderr.write(pc.dim(shownErr(`-- job ${r.job.state}${r.job.reason ? `: ${r.job.reason}` : ''}`)) + '\n');
           return;
         }
         if (r.chunks.length === 0) await new Promise((res) => setTimeout(res, 300));
@@ -486,12 +490,12 @@ function workOrderCommands(program: Command, g: Globals, api: () => ApiClient) {
     { header: 'ID', get: (w: WorkOrder) => w.id },
     { header: 'MACHINE', get: (w: WorkOrder) => w.machineId },
     { header: 'BLUEPRINT', get: (w: WorkOrder) => w.blueprint },
-    { header: 'STATE', get: (w: WorkOrder) => colorState(w.state) },
+    { header: 'STATE', get: (w: WorkOrder) => w.state, color: colorState },
     { header: 'REASON', get: (w: WorkOrder) => w.reason },
   ];
   wo.command('list')
     .option('--machine <machine>')
-    .option('--state <state>', 'queued | running | succeeded | failed | cancelled')
+    .addOption(new Option('--state <state>', 'only work orders in this state').choices(WORK_ORDER_STATES))
     .action(async (o: Record<string, string | undefined>) => {
       const r = await api().get<{ items: WorkOrder[] }>('/workorders', o);
       print(g().output, r.items, () => renderTable(r.items, columns));
@@ -548,11 +552,11 @@ function objectCommands(program: Command, g: Globals, api: () => ApiClient, kind
         (err: unknown) => (err instanceof TaktError && err.code === 'not_found' ? false : Promise.reject(err)),
       );
       const r = exists ? await client.put(`/${kind}/${enc(def.name)}`, def) : await client.post(`/${kind}`, def);
-      print(g().output, r, () => `${exists ? 'updated' : 'created'} ${noun} ${def.name}`);
+      print(g().output, r, () => shown(`${exists ? 'updated' : 'created'} ${noun} ${def.name}`));
     });
   cmd.command('delete <name>').action(async (name: string) => {
     const r = await api().delete(`/${kind}/${enc(name)}`);
-    print(g().output, r, () => `deleted ${noun} ${name}`);
+    print(g().output, r, () => shown(`deleted ${noun} ${name}`));
   });
 }
 
@@ -575,7 +579,7 @@ function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
         await mkdir(dirname(join(dir, path)), { recursive: true });
         await writeFile(join(dir, path), text);
       }
-      print(g().output, { dir, files: Object.keys(files).length }, () => `exported ${Object.keys(files).length} files to ${dir}`);
+      print(g().output, { dir, files: Object.keys(files).length }, () => shown(`exported ${Object.keys(files).length} files to ${dir}`));
     });
   program
     .command('import <dir>')
@@ -595,8 +599,8 @@ function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
       const r = await api().post<{ packVersionsInstalled: string[]; content: Record<string, number>; machines: { created: string[]; updated: string[] }; problems: string[] }>('/import', { files });
       print(g().output, r, () =>
         [
-          `imported ${dir}: ${r.packVersionsInstalled.length} pack version(s) installed, content ${r.content.created} created / ${r.content.updated} updated / ${r.content.deleted} deleted, machines ${r.machines.created.length} created / ${r.machines.updated.length} updated`,
-          ...r.problems.map((p) => pc.yellow(`  ${p}`)),
+          shown(`imported ${dir}: ${r.packVersionsInstalled.length} pack version(s) installed, content ${r.content.created} created / ${r.content.updated} updated / ${r.content.deleted} deleted, machines ${r.machines.created.length} created / ${r.machines.updated.length} updated`),
+          ...r.problems.map((p) => pc.yellow(shown(`  ${p}`))),
         ].join('\n'),
       );
       if (r.problems.length) process.exitCode = 1;
@@ -628,8 +632,8 @@ function historyCommands(program: Command, g: Globals, api: () => ApiClient) {
       const c = await api().get<Change & { diff: Array<{ path: string; before: unknown; after: unknown }> }>(`/changes/${enc(seq)}`);
       print(g().output, c, () =>
         [
-          `${pc.bold(`#${c.seq}`)} ${c.action} ${c.object} by ${c.author} at ${c.at}`,
-          ...c.diff.flatMap((f) => [`  ${f.path}:`, pc.red(`    - ${JSON.stringify(f.before)}`), pc.green(`    + ${JSON.stringify(f.after)}`)]),
+          `${pc.bold(`#${c.seq}`)} ${shown(`${c.action} ${c.object} by ${c.author} at ${c.at}`)}`,
+          ...c.diff.flatMap((f) => [shown(`  ${f.path}:`), pc.red(shown(`    - ${JSON.stringify(f.before)}`)), pc.green(shown(`    + ${JSON.stringify(f.after)}`))]),
         ].join('\n'),
       );
     });
@@ -651,8 +655,8 @@ function historyCommands(program: Command, g: Globals, api: () => ApiClient) {
       print(g().output, r, () =>
         [
           `rewound to #${r.to}: ${r.applied.length} object(s) restored`,
-          ...r.applied.map((a) => `  ${a.object} (#${a.seq})`),
-          ...r.skipped.map((s) => pc.yellow(`  not restored: ${s.object}: ${s.reason}`)),
+          ...r.applied.map((a) => shown(`  ${a.object} (#${a.seq})`)),
+          ...r.skipped.map((s) => pc.yellow(shown(`  not restored: ${s.object}: ${s.reason}`))),
         ].join('\n'),
       );
     });
@@ -686,16 +690,16 @@ interface PlanView {
 }
 
 function planTable(plan: PlanView): string {
-  const lines: string[] = [`${pc.bold(plan.machine)} ${colorState(plan.state)} pipeline ${plan.pipeline ?? pc.dim('(none)')}`];
+  const lines: string[] = [`${pc.bold(shown(plan.machine))} ${colorState(plan.state)} pipeline ${plan.pipeline ? shown(plan.pipeline) : pc.dim('(none)')}`];
   const step = (s: PlanStepView) => {
-    lines.push(`  ${s.stage ? `${s.stage}/` : ''}${pc.bold(s.task)}${s.variant !== 'default' ? pc.dim(` [variant ${s.variant}]`) : ''}`);
-    if (s.noop) lines.push(`    ${pc.dim(`no-op: ${s.noop}`)}`);
-    for (const p of s.params) lines.push(`    ${p.name} = ${JSON.stringify(p.value)} ${pc.dim(`(${p.from})`)}`);
-    for (const m of s.missing) lines.push(`    ${pc.red(`${m} = MISSING (required)`)}`);
-    if (s.error && s.missing.length === 0) lines.push(`    ${pc.red(s.error)}`);
+    lines.push(`  ${s.stage ? shown(`${s.stage}/`) : ''}${pc.bold(shown(s.task))}${s.variant !== 'default' ? pc.dim(shown(` [variant ${s.variant}]`)) : ''}`);
+    if (s.noop) lines.push(`    ${pc.dim(shown(`no-op: ${s.noop}`))}`);
+    for (const p of s.params) lines.push(`    ${shown(`${p.name} = ${JSON.stringify(p.value)}`)} ${pc.dim(shown(`(${p.from})`))}`);
+    for (const m of s.missing) lines.push(`    ${pc.red(shown(`${m} = MISSING (required)`))}`);
+    if (s.error && s.missing.length === 0) lines.push(`    ${pc.red(shown(s.error))}`);
   };
   for (const wo of plan.workOrders) {
-    lines.push(pc.dim(`work order ${wo.id} (${wo.blueprint}) runs first:`));
+    lines.push(pc.dim(shown(`work order ${wo.id} (${wo.blueprint}) runs first:`)));
     wo.steps.forEach(step);
   }
   if (plan.steps.length === 0) lines.push(pc.dim('  nothing left to run'));

@@ -10,7 +10,7 @@ import { DURATION_RANGES, formatDuration, parseDuration } from '../model/duratio
 import { TaktError } from '../model/errors.js';
 import type { Job, LogChunk, Machine } from '../model/machine.js';
 import { collect, parseParamPairs, type GlobalOptions } from './client.js';
-import { print, renderTable } from './output.js';
+import { print, renderTable, shown, shownErr } from './output.js';
 
 export type CellStatus = 'passed' | 'noop' | 'failed' | 'not-reached';
 
@@ -73,26 +73,26 @@ export function lastLine(chunks: LogChunk[]): string | null {
 function cellText(c: Cell): string {
   switch (c.status) {
     case 'passed':
-      return pc.green(`✓ ${c.variant}`);
+      return pc.green(shown(`✓ ${c.variant}`));
     case 'noop':
-      return pc.yellow(`– no-op (${c.variant}): ${c.reason}`);
+      return pc.yellow(shown(`– no-op (${c.variant}): ${c.reason}`));
     case 'failed':
-      return pc.red(`✗ ${c.variant}: ${c.reason}${c.logLine ? `\n  ${pc.dim(c.logLine)}` : ''}`);
+      return pc.red(shown(`✗ ${c.variant}: ${c.reason}`)) + (c.logLine ? `\n  ${pc.dim(shown(c.logLine))}` : '');
     case 'not-reached':
-      return pc.dim(c.reason ?? 'not reached');
+      return pc.dim(shown(c.reason ?? 'not reached'));
   }
 }
 
 export function exerciseText(r: ExerciseResult): string {
-  const head = `exercise ${pc.bold(r.pipeline)} on ${r.envs.join(', ')}`;
+  const head = `exercise ${pc.bold(shown(r.pipeline))} on ${shown(r.envs.join(', '))}`;
   const table = renderTable(r.rows, [
     { header: 'stage', get: (row) => row.stage },
     { header: 'task', get: (row) => row.task },
-    ...r.envs.map((env) => ({ header: env, get: (row: CoverageRow) => cellText(row.cells[env]!) })),
+    ...r.envs.map((env) => ({ header: shown(env), get: (row: CoverageRow) => cellText(row.cells[env]!), styled: true })),
   ]);
   const machines = r.envs.map((env) => {
     const m = r.machines[env]!;
-    return `  ${env}: ${m.state === 'done' ? pc.green('done') : pc.red(m.state)} in ${formatDuration(m.durationMs)}${m.reason ? ` — ${m.reason}` : ''}`;
+    return `  ${shown(env)}: ${m.state === 'done' ? pc.green('done') : pc.red(shown(m.state))} in ${formatDuration(m.durationMs)}${m.reason ? shown(` — ${m.reason}`) : ''}`;
   });
   return [head, table, ...machines, r.passed ? pc.green('every environment walked the whole pipeline') : pc.red('the pipeline failed in at least one environment')].join('\n');
 }
@@ -162,7 +162,7 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
         const m = await client.get<Machine>(`/machines/${encodeURIComponent(created[env]!.id)}`);
         const at = order[position(m)];
         const line = `${env}: ${m.state}${at && m.state !== 'done' ? ` at ${at.stage}/${at.task} (${position(m) + 1}/${order.length})` : ''}`;
-        if (progress.get(env) !== line) process.stderr.write(pc.dim(`${line}\n`));
+        if (progress.get(env) !== line) process.stderr.write(pc.dim(shownErr(line)) + '\n');
         progress.set(env, line);
         if (m.state === 'done' || m.state === 'stopped') finished[env] = { machine: m, at: Date.now() };
       }

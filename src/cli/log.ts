@@ -4,6 +4,7 @@
  */
 import { pino } from 'pino';
 import pc from 'picocolors';
+import { forStream } from './output.js';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 
@@ -15,8 +16,11 @@ export function createLog(format: 'text' | 'json'): LogFn {
   const color = { info: pc.cyan, warn: pc.yellow, error: pc.red };
   return (level, msg, fields) => {
     const time = new Date().toISOString().slice(11, 19);
-    const extra = fields ? Object.entries(fields).map(([k, v]) => `${pc.dim(k + '=')}${typeof v === 'string' ? v : JSON.stringify(v)}`).join(' ') : '';
-    const line = `${pc.dim(time)} ${color[level](level.padEnd(5))} ${msg}${extra ? ' ' + extra : ''}`;
-    (level === 'error' ? process.stderr : process.stdout).write(line + '\n');
+    const stream = level === 'error' ? process.stderr : process.stdout;
+    // Fields carry names and errors that machines can influence: escaped on a terminal.
+    const shown = (text: string) => forStream(stream, text);
+    const extra = fields ? Object.entries(fields).map(([k, v]) => `${pc.dim(shown(k) + '=')}${shown(typeof v === 'string' ? v : JSON.stringify(v))}`).join(' ') : '';
+    const line = `${pc.dim(time)} ${color[level](level.padEnd(5))} ${shown(msg)}${extra ? ' ' + extra : ''}`;
+    stream.write(line + '\n');
   };
 }

@@ -7,6 +7,7 @@ import pc from 'picocolors';
 import { NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import type { GlobalOptions } from './client.js';
+import { shownErr } from './output.js';
 
 const program = new Command();
 program
@@ -115,15 +116,15 @@ try {
 
 function report(err: unknown): number {
   if (err instanceof TaktError) {
-    process.stderr.write(`${pc.red('takt:')} ${err.message}${err.path && !err.message.includes(err.path) ? pc.dim(` (at ${err.path})`) : ''}\n`);
+    process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}${err.path && !err.message.includes(err.path) ? pc.dim(shownErr(` (at ${err.path})`)) : ''}\n`);
     const diags = (err.details as { diagnostics?: Array<{ file: string; line: number; col: number; message: string }> } | undefined)?.diagnostics;
-    for (const d of diags ?? []) process.stderr.write(`${d.file}:${d.line}:${d.col}: ${d.message}\n`);
+    for (const d of diags ?? []) process.stderr.write(shownErr(`${d.file}:${d.line}:${d.col}: ${d.message}`) + '\n');
     return err.code === 'not_found' ? 4 : err.code === 'unauthorized' || err.code === 'forbidden' ? 5 : 1;
   }
   if (err instanceof NetworkError) {
-    process.stderr.write(`${pc.red('takt:')} ${err.message}\n  is the endpoint running? start one with \`takt serve\`, or point --endpoint / TAKT_ENDPOINT at it\n`);
+    process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}\n  is the endpoint running? start one with \`takt serve\`, or point --endpoint / TAKT_ENDPOINT at it\n`);
     return 3;
   }
-  process.stderr.write(`${pc.red('takt: unexpected error:')} ${(err as Error)?.message ?? String(err)}\n`);
+  process.stderr.write(`${pc.red('takt: unexpected error:')} ${shownErr((err as Error)?.message ?? String(err))}\n`);
   return 1;
 }

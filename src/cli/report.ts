@@ -5,7 +5,7 @@ import type { ApiClient } from '../client/http.js';
 import type { CycleTimeReport, Spread } from '../engine/cycletime.js';
 import { formatDuration } from '../model/duration.js';
 import type { GlobalOptions } from './client.js';
-import { print, renderTable } from './output.js';
+import { print, renderTable, shown } from './output.js';
 
 export function reportCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
   const report = program.command('report').description('reports over what the line did');
@@ -38,7 +38,7 @@ function bar(s: Spread | null, scale: number, width = 20): string {
 }
 
 export function cycleTimeText(r: CycleTimeReport): string {
-  const head = `cycle time from ${r.since} to ${r.until} over ${r.jobs} job(s)`;
+  const head = shown(`cycle time from ${r.since} to ${r.until} over ${r.jobs} job(s)`);
   if (r.tasks.length === 0) return `${head}\n${pc.dim('no finished jobs in this window; widen it with --since')}`;
   const pipeScale = Math.max(0, ...r.pipelines.map((p) => p.cycleMs?.p50 ?? 0));
   const stageScale = Math.max(0, ...r.stages.map((s) => s.cycleMs?.p50 ?? 0));
@@ -51,11 +51,11 @@ export function cycleTimeText(r: CycleTimeReport): string {
       { header: 'pipeline', get: (p) => p.pipeline },
       { header: 'walks', get: (p) => String(p.walks) },
       { header: 'completed', get: (p) => String(p.completed) },
-      { header: 'failed', get: (p) => failCell(p.failed, p.failureRate) },
+      { header: 'failed', get: (p) => failCell(p.failed, p.failureRate), styled: true },
       { header: 'cycle p50', get: (p) => d(p.cycleMs, 'p50') },
       { header: 'p95', get: (p) => d(p.cycleMs, 'p95') },
       { header: 'max', get: (p) => d(p.cycleMs, 'max') },
-      { header: '', get: (p) => bar(p.cycleMs, pipeScale) },
+      { header: '', get: (p) => bar(p.cycleMs, pipeScale), styled: true },
     ]),
     '',
     pc.bold('stages'),
@@ -63,11 +63,11 @@ export function cycleTimeText(r: CycleTimeReport): string {
       { header: 'pipeline', get: (s) => s.pipeline },
       { header: 'stage', get: (s) => s.stage },
       { header: 'passes', get: (s) => String(s.passes) },
-      { header: 'failed', get: (s) => failCell(s.failed, s.failureRate) },
+      { header: 'failed', get: (s) => failCell(s.failed, s.failureRate), styled: true },
       { header: 'cycle p50', get: (s) => d(s.cycleMs, 'p50') },
       { header: 'p95', get: (s) => d(s.cycleMs, 'p95') },
       { header: 'max', get: (s) => d(s.cycleMs, 'max') },
-      { header: '', get: (s) => bar(s.cycleMs, stageScale) },
+      { header: '', get: (s) => bar(s.cycleMs, stageScale), styled: true },
     ]),
     '',
     pc.bold('tasks'),
@@ -76,11 +76,11 @@ export function cycleTimeText(r: CycleTimeReport): string {
       { header: 'stage', get: (t) => t.stage },
       { header: 'task', get: (t) => t.task },
       { header: 'runs', get: (t) => String(t.runs) },
-      { header: 'failed', get: (t) => failCell(t.failed, t.failureRate) },
+      { header: 'failed', get: (t) => failCell(t.failed, t.failureRate), styled: true },
       { header: 'queue p50/p95', get: (t) => (t.queueMs ? `${d(t.queueMs, 'p50')} / ${d(t.queueMs, 'p95')}` : null) },
       { header: 'run p50/p95/max', get: (t) => `${d(t.runMs, 'p50')} / ${d(t.runMs, 'p95')} / ${d(t.runMs, 'max')}` },
       { header: 'cycle p50/p95', get: (t) => `${d(t.cycleMs, 'p50')} / ${d(t.cycleMs, 'p95')}` },
-      { header: '', get: (t) => bar(t.cycleMs, taskScale) },
+      { header: '', get: (t) => bar(t.cycleMs, taskScale), styled: true },
     ]),
     pc.dim('bars: p50 solid, p95 tail light, scaled to the slowest p50 in each table'),
   ].join('\n');

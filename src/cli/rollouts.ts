@@ -1,11 +1,11 @@
 /** `takt rollouts …` and `takt andon pull`, with live progress: one bar per wave. */
-import type { Command } from 'commander';
+import { Argument, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import type { RolloutItem, RolloutState } from '../model/rollout.js';
 import type { GlobalOptions } from './client.js';
-import { colorState, print, renderTable } from './output.js';
+import { colorState, print, renderTable, shown } from './output.js';
 
 interface RolloutView {
   id: string;
@@ -70,7 +70,7 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
         renderTable(r.items, [
           { header: 'ID', get: (x) => x.id },
           { header: 'RUNS', get: (x) => x.spec.pipeline ?? `blueprint ${x.spec.blueprint}` },
-          { header: 'STATE', get: (x) => colorState(x.state) },
+          { header: 'STATE', get: (x) => x.state, color: colorState },
           { header: 'WAVE', get: (x) => `${Math.min(x.wave + 1, x.waves)}/${x.waves}` },
           { header: 'OK/FAIL/TOTAL', get: (x) => `${x.counts.succeeded}/${x.counts.failed}/${x.items.length}` },
           { header: 'REASON', get: (x) => x.reason },
@@ -85,7 +85,7 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
       print(g().output, r, () => `${summary(r)}\n${renderTable(r.items, [
         { header: 'WAVE', get: (i) => String(i.wave + 1) },
         { header: 'MACHINE', get: (i) => i.machineName },
-        { header: 'STATE', get: (i) => colorState(i.state) },
+        { header: 'STATE', get: (i) => i.state, color: colorState },
         { header: 'REASON', get: (i) => i.reason },
       ])}`);
     });
@@ -115,7 +115,7 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     .description('pause every running rollout now')
     .action(async () => {
       const r = await api().post<{ paused: string[] }>('/andon/pull');
-      print(g().output, r, () => (r.paused.length ? `andon pulled: paused ${r.paused.join(', ')}` : 'andon pulled: no rollout was running'));
+      print(g().output, r, () => (r.paused.length ? shown(`andon pulled: paused ${r.paused.join(', ')}`) : 'andon pulled: no rollout was running'));
     });
 }
 
@@ -131,11 +131,12 @@ interface ChurnView {
 export function policyCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
   const policy = program.command('policy').description('fleet policies: churn (no machine older than a max age)');
   policy
-    .command('set <setting> <value>')
+    .command('set')
+    .addArgument(new Argument('<setting>', 'the policy setting').choices(['max-age']))
+    .argument('<value>', 'e.g. 30d')
     .description('takt policy set max-age 30d --budget 10%: rebuild machines older than 30 days, at most 10% of the fleet at once')
     .option('--budget <budget>', 'how many may rebuild at once: a percentage of the fleet or a number', '10%')
     .action(async (setting: string, value: string, o: { budget: string }) => {
-      if (setting !== 'max-age') throw new TaktError('bad_request', `unknown policy setting '${setting}'; the one there is: max-age`);
       const s = await api().put<ChurnView>('/policies/churn', { maxAge: value, budget: o.budget });
       print(g().output, s, () => churnText(s));
     });
@@ -147,29 +148,29 @@ export function policyCommands(program: Command, g: () => GlobalOptions, api: ()
       print(g().output, s, () => churnText(s));
     });
   policy
-    .command('clear <setting>')
+    .command('clear')
+    .addArgument(new Argument('<setting>', 'the policy setting').choices(['max-age']))
     .description('remove the max-age policy')
-    .action(async (setting: string) => {
-      if (setting !== 'max-age') throw new TaktError('bad_request', `unknown policy setting '${setting}'; the one there is: max-age`);
+    .action(async (_setting: string) => {
       print(g().output, await api().delete('/policies/churn'), () => 'max-age policy removed');
     });
 }
 
 function churnText(s: ChurnView): string {
-  const lines = [s.policy ? `max-age ${pc.bold(s.policy.maxAge)}, budget ${s.policy.budget} (${s.budget} at once) over ${s.machines} machine(s)` : pc.dim('no max-age policy set')];
+  const lines = [s.policy ? `max-age ${pc.bold(shown(s.policy.maxAge))}, budget ${shown(s.policy.budget)} (${s.budget} at once) over ${s.machines} machine(s)` : pc.dim('no max-age policy set')];
   const most = Math.max(1, ...s.ages.map((a) => a.machines));
   for (const a of s.ages) {
     const bar = '█'.repeat(Math.round((a.machines / most) * 30));
-    lines.push(`  ${a.bucket.padEnd(8)} ${a.bucket === 'over' ? pc.red(bar) : pc.green(bar)} ${a.machines}`);
+    lines.push(`  ${shown(a.bucket).padEnd(8)} ${a.bucket === 'over' ? pc.red(bar) : pc.green(bar)} ${a.machines}`);
   }
-  if (s.over.length) lines.push(pc.yellow(`past the limit: ${s.over.map((o) => `${o.name} (${o.age})`).join(', ')}`));
-  for (const r of s.rollouts) lines.push(`rebuild rollout ${r.id}: ${colorState(r.state)} ${r.counts.succeeded ?? 0} done, ${r.counts.running ?? 0} running, ${r.counts.pending ?? 0} waiting${r.reason ? ` — ${r.reason}` : ''}`);
+  if (s.over.length) lines.push(pc.yellow(shown(`past the limit: ${s.over.map((o) => `${o.name} (${o.age})`).join(', ')}`)));
+  for (const r of s.rollouts) lines.push(`rebuild rollout ${shown(r.id)}: ${colorState(r.state)} ${r.counts.succeeded ?? 0} done, ${r.counts.running ?? 0} running, ${r.counts.pending ?? 0} waiting${r.reason ? shown(` — ${r.reason}`) : ''}`);
   return lines.join('\n');
 }
 
 function summary(r: RolloutView): string {
-  const runs = r.spec.pipeline ? `pipeline ${r.spec.pipeline}` : `blueprint ${r.spec.blueprint}`;
-  return `${pc.bold(r.id)} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? ` — ${r.reason}` : ''}`;
+  const runs = shown(r.spec.pipeline ? `pipeline ${r.spec.pipeline}` : `blueprint ${r.spec.blueprint}`);
+  return `${pc.bold(shown(r.id))} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? shown(` — ${r.reason}`) : ''}`;
 }
 
 function bars(r: RolloutView): string[] {
@@ -203,12 +204,12 @@ async function watch(client: ApiClient, id: string): Promise<void> {
       last = text;
     }
     if (FINAL.includes(r.state)) {
-      for (const i of r.items.filter((x) => x.state === 'failed')) process.stdout.write(pc.red(`  ${i.machineName}: ${i.reason ?? 'failed'}\n`));
+      for (const i of r.items.filter((x) => x.state === 'failed')) process.stdout.write(pc.red(shown(`  ${i.machineName}: ${i.reason ?? 'failed'}`)) + '\n');
       if (r.state !== 'completed') process.exitCode = 1;
       return;
     }
     if (r.state === 'awaiting-approval' || r.state === 'paused') {
-      process.stdout.write(pc.yellow(`${r.state}: ${r.reason ?? ''} (takt rollouts ${r.state === 'paused' ? 'resume' : 'approve'} ${r.id})\n`));
+      process.stdout.write(pc.yellow(shown(`${r.state}: ${r.reason ?? ''} (takt rollouts ${r.state === 'paused' ? 'resume' : 'approve'} ${r.id})`)) + '\n');
       return;
     }
     await new Promise((res) => setTimeout(res, 400));

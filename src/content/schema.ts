@@ -6,7 +6,7 @@
 import type { ErrorObject } from 'ajv';
 import { NAME_PATTERN, PARAM_NAME_PATTERN } from '../model/content.js';
 import { patternFailure, userRegexProblem } from '../model/regex.js';
-import { ajv, compileSchema, describeAjvError, inexactNumbers } from '../model/validate.js';
+import { RECURSIVE_SCHEMA_PROBLEM, ajv, compileSchema, describeAjvError, inexactNumbers, isStackOverflow, schemaShapeProblems } from '../model/validate.js';
 import { decodePointer } from './yaml.js';
 
 export interface FieldProblem {
@@ -34,13 +34,22 @@ const KEY_PATTERNS: Record<string, string> = {
 export function schemaProblems(schema: object, value: unknown): FieldProblem[] {
   const inexact = inexactNumbers(value);
   if (inexact.length > 0) return inexact.map((p) => ({ ...p, at: 'value' }));
-  const fn = compileSchema(schema);
-  if (fn(value)) return [];
+  let fn: ReturnType<typeof compileSchema>;
+  try {
+    fn = compileSchema(schema);
+    if (fn(value)) return [];
+  } catch (err) {
+    if (isStackOverflow(err)) return [{ ...RECURSIVE_SCHEMA_PROBLEM, at: 'value' }];
+    throw err;
+  }
   return explainErrors(fn.errors ?? [], schema, value);
 }
 
 /** Checks that `schema` is itself a valid JSON Schema; problems point into the schema. */
 export function metaSchemaProblems(schema: object): FieldProblem[] {
+  // First: the checks below recurse over the schema, and a value checked against a $ref loop never ends.
+  const shape = schemaShapeProblems(schema);
+  if (shape.length > 0) return shape.map((p) => ({ ...p, at: 'value' }));
   let ok: boolean;
   try {
     ok = ajv.validateSchema(schema) as boolean;
@@ -57,7 +66,7 @@ export function metaSchemaProblems(schema: object): FieldProblem[] {
     // Compiling catches what the meta-schema cannot, e.g. unresolvable $refs.
     compileSchema(schema);
   } catch (e) {
-    return [{ path: '', message: (e as Error).message, at: 'value' }];
+    return [{ path: '', message: isStackOverflow(e) ? RECURSIVE_SCHEMA_PROBLEM.message : (e as Error).message, at: 'value' }];
   }
   return [];
 }

@@ -16,7 +16,7 @@ import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
-import { newId } from './ids.js';
+import { assertMachineName, newId } from './ids.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS, LogMeter } from './logcap.js';
 import { LogMasks, Masker, maskStream, secretTexts } from './logmask.js';
 import { printable, refusedOutputs } from './outputs.js';
@@ -202,6 +202,7 @@ export class Engine {
     const profiles = input.profiles ?? [];
     this.requireProfiles(content, profiles);
     const params = this.checkParams(content, {}, input.params ?? {});
+    assertMachineName(input.name);
     if (await this.store.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
     if (input.id !== undefined && (!/^m-[a-z0-9]{1,40}$/.test(input.id) || (await this.store.getMachine(input.id)))) {
       throw new TaktError('conflict', `machine id '${input.id}' is not valid or already taken`, { path: '/id' });
@@ -250,6 +251,7 @@ export class Engine {
 
   /** Checks what `updateMachineIn` can check before a transaction (references into `content`). */
   checkPatch(content: ContentSet, patch: MachinePatch): void {
+    if (patch.name !== undefined) assertMachineName(patch.name);
     if (patch.pipeline) this.requirePipeline(content, patch.pipeline);
     if (patch.profiles) this.requireProfiles(content, patch.profiles);
   }
@@ -262,6 +264,7 @@ export class Engine {
     const m = await this.locked(tx, id);
     let next: Machine = { ...m };
     if (patch.name !== undefined && patch.name !== m.name) {
+      assertMachineName(patch.name);
       if (await tx.getMachineByName(patch.name)) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
       next.name = patch.name;
     }

@@ -6,20 +6,14 @@
 import { MAX_OUTPUT_BYTES, MAX_OUTPUTS_TOTAL_BYTES, encodedBytes } from '../model/protocol.js';
 import { MACHINE_VAR } from '../render/template.js';
 
+/** Reasons escape control characters with the one helper the CLI uses too. */
+export { printable } from '../model/printable.js';
+
 const NAME = /^[a-z][a-z0-9_]{0,62}$/;
 /** Names listed in a reason at most; the rest are counted. */
 const LISTED = 5;
 /** How much of an odd name a reason shows. */
 const SHOWN_CHARS = 40;
-
-/** C0 and C1 control characters but newline and tab: a reason must not carry terminal escapes. */
-// eslint-disable-next-line no-control-regex -- finding control characters is the point
-const CONTROL = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
-
-/** `text` with control characters shown as \u escapes, for reasons a person reads in a terminal. */
-export function printable(text: string): string {
-  return text.replace(CONTROL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-}
 
 /** A name as a reason shows it: quoted, control characters escaped, long names cut. */
 export function shownName(name: string): string {

@@ -17,6 +17,7 @@ import { assertRequires, type ContentService, type Pins } from './content.js';
 import { Pacer } from './pace.js';
 import type { IsSecure, SealedPack } from './sealing.js';
 import { patchTowards, type Engine, type MachinePatch } from './engine.js';
+import { assertMachineName } from './ids.js';
 
 export const EXPORT_FORMAT = 'takt-export/1';
 const MANIFEST = 'takt-export.yaml';
@@ -378,6 +379,7 @@ export class Portable {
           const patch: MachinePatch & { power?: Machine['power'] } = patchTowards(have, doc);
           if (have.power !== doc.power) patch.power = doc.power;
           if (patch.name !== undefined) {
+            assertMachineName(patch.name);
             const holder = await this.store.getMachineByName(patch.name);
             if (holder && holder.id !== doc.id) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
           }

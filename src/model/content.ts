@@ -9,6 +9,17 @@ export const NAME_PATTERN = '^[a-z0-9][a-z0-9._-]{0,62}$';
 /** Param names are template identifiers, so no dashes or dots. */
 export const PARAM_NAME_PATTERN = '^[a-z][a-z0-9_]{0,62}$';
 
+/** The name patterns in words, for messages: people should not have to read a regular expression. */
+const PATTERN_WORDS: Record<string, string> = {
+  [NAME_PATTERN]: 'a lower-case name: 1 to 63 letters, digits, dots, underscores or dashes, starting with a letter or digit',
+  [PARAM_NAME_PATTERN]: 'a lower-case identifier: 1 to 63 letters, digits or underscores, starting with a letter',
+};
+
+/** `pattern` (one of the patterns above) described in words, or undefined for another pattern. */
+export function describePattern(pattern: string): string | undefined {
+  return Object.hasOwn(PATTERN_WORDS, pattern) ? PATTERN_WORDS[pattern] : undefined;
+}
+
 const Name = Type.String({ pattern: NAME_PATTERN, description: 'lower-case name: letters, digits, . _ -' });
 const ParamName = Type.String({ pattern: PARAM_NAME_PATTERN, description: 'lower-case identifier: letters, digits, _' });
 const Description = Type.Optional(Type.String({ maxLength: 4096 }));
