@@ -3,7 +3,7 @@
  * Binding beyond loopback is refused until TLS and credentials are configured (not yet supported).
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, renameSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostname } from 'node:os';
@@ -134,7 +134,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const addr = app.server.address();
   const actualPort = typeof addr === 'object' && addr ? addr.port : port;
   url = `http://${host.includes(':') ? `[${host}]` : host}:${actualPort}`;
-  writeFileSync(join(data, 'endpoint'), url + '\n');
+  // Renamed into place: the CLI and tests read it as soon as it exists, and must never see it empty.
+  writeFileSync(join(data, 'endpoint.tmp'), url + '\n', { mode: 0o600 });
+  renameSync(join(data, 'endpoint.tmp'), join(data, 'endpoint'));
   await engine.start();
   rollouts.start();
   churn.start();

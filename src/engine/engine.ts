@@ -836,7 +836,11 @@ export class Engine {
     const streams = new Map<string, Array<{ seq: number; data: string }>>();
     for (let after = 0; ; ) {
       const page = await tx.getLogs(jobId, after, 10_000);
-      for (const c of page) streams.set(c.stream, [...(streams.get(c.stream) ?? []), c]);
+      for (const c of page) {
+        const list = streams.get(c.stream);
+        if (list) list.push(c);
+        else streams.set(c.stream, [c]);
+      }
       if (page.length < 10_000) break;
       after = page[page.length - 1]!.seq;
     }
