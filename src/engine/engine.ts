@@ -17,8 +17,9 @@ import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { assertMachineName, newId } from './ids.js';
-import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS, LogMeter } from './logcap.js';
-import { LogMasks, Masker, maskStream, secretTexts } from './logmask.js';
+import { JobLogs } from './joblog.js';
+import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
+import { Masker, secretTexts } from './logmask.js';
 import { printable, refusedOutputs } from './outputs.js';
 import { prepareTask, secretsOf, type PreparedTask } from './prepare.js';
 import {
@@ -137,10 +138,8 @@ export class Engine {
   /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
   private stopped = false;
   private readonly unsubscribe: () => void;
-  /** Bounds each job's stored log (see logcap.ts). */
-  private readonly logs: LogMeter;
-  /** Per running job: the secure values its log must not show, and each stream's carry (logmask.ts). */
-  private readonly logMasks = new LogMasks();
+  /** Each job's log: masked, bounded, closed when the job ends (joblog.ts). */
+  private readonly logs: JobLogs;
 
   constructor(
     readonly store: Store,
@@ -148,7 +147,7 @@ export class Engine {
     private readonly sealer: Sealer,
     private readonly opts: EngineOptions,
   ) {
-    this.logs = new LogMeter({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS });
+    this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => this.jobSecrets(tx, id));
     // Any committed change to a machine or its work orders may give a waiting agent something to do.
     this.unsubscribe = store.onEvents((events) => {
       for (const e of events) {
@@ -504,7 +503,7 @@ export class Engine {
       }
       await tx.insertJob(job);
       tx.emit(`jobs.create.${job.id}`, publicJob(job));
-      this.logMasks.begin(job.id, secretsOf(prepared));
+      this.logs.begin(job.id, secretsOf(prepared));
       m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
       await this.saveMachine(tx, m);
       pending.machine = false;
@@ -540,7 +539,7 @@ export class Engine {
       leaseExpiresAt: null,
     };
     await tx.finishJob(finished);
-    await this.endLog(tx, job.id);
+    await this.logs.end(tx, job.id);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     this.log('warn', 'claim answer not delivered: job handed back', { job: job.id, machine: m.name, task: job.task });
     return { ...m, currentJob: null };
@@ -678,7 +677,7 @@ export class Engine {
       leaseExpiresAt: null,
     };
     await tx.finishJob(finished, report ? { report, action } : undefined);
-    await this.endLog(tx, job.id);
+    await this.logs.end(tx, job.id);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) {
       const before = desiredView(next);
@@ -707,7 +706,7 @@ export class Engine {
       const job = await this.ownedJob(tx, jobId, caller);
       // The job's own secure outputs join the secrets its log, reason and stored report must not show.
       const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => this.isSecureParam(k)).map(([, v]) => v));
-      const masker = await this.jobMasker(tx, job, outputSecrets);
+      const masker = await this.logs.masker(tx, job, outputSecrets);
       const kept = this.keptReport(report, masker);
       if (job.state !== 'running') {
         const prev = (await tx.getJobReport(jobId)) as { report: CompleteRequest; action: CompleteResponse['action'] } | null;
@@ -716,9 +715,7 @@ export class Engine {
       }
       // The log's end is masked, then stored with the job's end within the log's bound; then the log is
       // closed. A job's own secure outputs are masked in what it already logged too.
-      if (request.log?.length) await this.logs.append(tx, jobId, this.logMasks.chunks(jobId, request.log), new Date().toISOString());
-      this.logs.forget(jobId);
-      if (outputSecrets.length) await this.remaskStoredLog(tx, jobId, new Masker(outputSecrets));
+      await this.logs.appendTail(tx, job, request.log, outputSecrets, new Date().toISOString());
       const m = await this.locked(tx, job.machineId);
       const typed = this.typeOutputs(report.outputs ?? {}, job.task);
       const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
@@ -754,37 +751,18 @@ export class Engine {
     return this.store.transact(async (tx) => {
       const job = await this.ownedJobState(tx, jobId, caller);
       if (job.state !== 'running') {
-        this.logs.forget(jobId);
+        this.logs.closed(jobId);
         const stored = await tx.getLogs(jobId, chunk.seq - 1, 1);
         if (stored[0]?.seq === chunk.seq) return { cut: false };
         throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
       }
-      const masked = await this.maskLog(tx, job, [chunk]);
-      const { cut } = await this.logs.append(tx, jobId, masked, new Date().toISOString());
+      const { cut } = await this.logs.append(tx, job, [chunk], new Date().toISOString());
       await tx.renewLease(job.id, this.leaseUntil());
       return { cut };
     });
   }
 
   // ---- secure values in logs, reasons and reports -------------------------------------------------
-
-  /** Log chunks with every secure value the job could know masked, before they are stored (logmask.ts). */
-  private async maskLog(tx: Tx, job: Pick<Job, 'id' | 'state'>, chunks: LogRequest[]): Promise<LogRequest[]> {
-    if (this.logMasks.has(job.id)) return this.logMasks.chunks(job.id, chunks);
-    const masker = await this.jobMasker(tx, job, []);
-    return this.logMasks.has(job.id) ? this.logMasks.chunks(job.id, chunks) : chunks.map((c) => ({ ...c, data: masker.mask(c.data) }));
-  }
-
-  /**
-   * The masker for a job's secrets plus `extra`. A running job keeps state (its carries); its secrets are
-   * recomputed when this endpoint has none for it (after a restart). An ended job gets a one-off masker.
-   */
-  private async jobMasker(tx: Tx, job: Pick<Job, 'id' | 'state'>, extra: string[]): Promise<Masker> {
-    if (job.state !== 'running') return new Masker([...(await this.jobSecrets(tx, job.id)), ...extra]);
-    if (!this.logMasks.has(job.id)) this.logMasks.begin(job.id, await this.jobSecrets(tx, job.id));
-    if (extra.length) this.logMasks.begin(job.id, extra);
-    return this.logMasks.masker(job.id)!;
-  }
 
   /** The secure values a job could know, as the log could show them: its task's secure params and outputs. */
   private async jobSecrets(tx: Tx, jobId: string): Promise<string[]> {
@@ -829,33 +807,6 @@ export class Engine {
   private keptReport(report: CompleteRequest, masker: Masker): CompleteRequest {
     const outputs = Object.fromEntries(Object.entries(report.outputs ?? {}).map(([k, v]) => [k, this.isSecureParam(k) ? `hmac:${this.sealer.digest(v)}` : v]));
     return { ...report, outputs, ...(report.error !== undefined ? { error: masker.mask(report.error) } : {}) };
-  }
-
-  /** Masks `masker`'s secrets in the job's stored log (its own outputs, known only when it completes). */
-  private async remaskStoredLog(tx: Tx, jobId: string, masker: Masker): Promise<void> {
-    const streams = new Map<string, Array<{ seq: number; data: string }>>();
-    for (let after = 0; ; ) {
-      const page = await tx.getLogs(jobId, after, 10_000);
-      for (const c of page) {
-        const list = streams.get(c.stream);
-        if (list) list.push(c);
-        else streams.set(c.stream, [c]);
-      }
-      if (page.length < 10_000) break;
-      after = page[page.length - 1]!.seq;
-    }
-    for (const chunks of streams.values()) {
-      const out = maskStream(masker, chunks.map((c) => c.data));
-      for (let i = 0; i < chunks.length; i++) if (out[i] !== chunks[i]!.data) await tx.replaceLogData(jobId, chunks[i]!.seq, out[i]!);
-    }
-  }
-
-  /** Ends a job's log masking: what each stream held back goes after its last stored chunk. */
-  private async endLog(tx: Tx, jobId: string): Promise<void> {
-    for (const f of this.logMasks.end(jobId)) {
-      const [last] = await tx.getLogs(jobId, f.seq - 1, 1);
-      if (last?.seq === f.seq) await tx.replaceLogData(jobId, f.seq, last.data + f.data);
-    }
   }
 
   private async ownedJob(tx: Tx, jobId: string, caller: string | null): Promise<Job> {
@@ -940,7 +891,7 @@ export class Engine {
     if (job?.state !== 'running') return;
     const finished: Job = { ...job, state: 'cancelled', reason: `cancelled by ${author}`, finishedAt: new Date().toISOString(), leaseExpiresAt: null };
     await tx.finishJob(finished);
-    await this.endLog(tx, job.id);
+    await this.logs.end(tx, job.id);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
     if (job.workOrderId) {
       const wo = await tx.getWorkOrder(job.workOrderId);
