@@ -19,6 +19,7 @@ const PACK: Record<string, string> = {
   'params/s_list.yaml': secureParam('s_list', '{ type: array }'),
   'params/s_plain.yaml': secureParam('s_plain'),
   'params/s_out.yaml': secureParam('s_out'),
+  'params/s_pin.yaml': secureParam('s_pin', '{ type: integer }'),
   // Driven over HTTP with a machine token.
   'tasks/uses-long.yaml': 'name: uses-long\nparams: { required: [s_long] }\nscript: |\n  echo hi\n',
   'stages/long.yaml': 'name: long\ntasks: [uses-long]\n',
@@ -104,6 +105,31 @@ describe('secure values of any allowed size are masked, without a 5xx and withou
   it('the server log never holds the long secure value (a failed masker logged its regex source)', () => {
     // (a boolean: the log line is 80 KB, too long for a readable diff)
     expect(ep.output.includes(PIECE), 'the server log holds the secure value').toBe(false);
+  });
+});
+
+describe('errors never repeat a secure value, even one that is not a valid number', () => {
+  // 20 digits: past 2^53, so refused with the hint to quote it — and the message carried the number.
+  const BIG = '98765432109876543211';
+
+  it('PATCH /machines/:id with a secure integer past 2^53: the 422 does not show the value', async () => {
+    const c = await ep.call('POST', '/machines', { name: 'pin-holder' });
+    expect(c.status).toBe(201);
+    const r = await ep.call('PATCH', '/machines/pin-holder', undefined, undefined, `{"params":{"s_pin":${BIG}}}`);
+    expect(r.status).toBe(422);
+    expect(JSON.stringify(r.body)).not.toMatch(/987654321098765/);
+  });
+
+  it('a pack whose profile sets a secure integer past 2^53: the lint diagnostic does not show the value', async () => {
+    const files = {
+      'pack.yaml': 'name: rt2pin\nversion: 1.0.0\ndescription: x\n',
+      'params/s_pin9.yaml': secureParam('s_pin9', '{ type: integer }'),
+      'profiles/pin.yaml': `name: pin\nparams:\n  s_pin9: ${BIG}\n`,
+    };
+    const r = await ep.call('POST', '/packs', { files });
+    expect(r.status).toBe(422);
+    expect(JSON.stringify(r.body)).toContain('profiles/pin.yaml');
+    expect(JSON.stringify(r.body)).not.toMatch(/987654321098765/);
   });
 });
 
