@@ -4,7 +4,7 @@
  * must hold. No wall-clock assertions: the event-loop finding is measured in characters compared.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Engine } from '../src/engine/engine.js';
+import { JobLogs } from '../src/engine/joblog.js';
 import { LogMasks, Masker, maskStream, secretTexts } from '../src/engine/logmask.js';
 import type { Job, Machine } from '../src/model/machine.js';
 import { Endpoint } from './helpers/endpoint.js';
@@ -179,21 +179,21 @@ describe('masking a log is linear in the log and the secrets (a machine cannot h
 
 describe('re-masking a stored log at completion is linear in its chunks', () => {
   /**
-   * A job that completes with a secure output has its stored log re-masked (Engine.remaskStoredLog). It
+   * A job that completes with a secure output has its stored log re-masked (JobLogs.remask). It
    * gathers the chunks per stream with `[...list, c]` — a copy per chunk, quadratic in the chunk count.
    * Seen: a machine token posted 40,000 one-byte chunks (21 s), then completed with its task's declared
    * secure output: the endpoint held /health for 13.5 s (20,000 chunks: 2 s; without the output: 3 ms).
    * The bound is 1,000,000 chunks per job. Measured here in array-iterator steps, not time.
    */
-  it('Engine.remaskStoredLog over 5,000 chunks takes a linear number of steps', async () => {
+  it('JobLogs.remask over 5,000 chunks takes a linear number of steps', async () => {
     const K = 5_000;
     const chunks = Array.from({ length: K }, (_, i) => ({ jobId: 'j-x', seq: i + 1, stream: 'stdout', data: 'x', at: '' }));
     const tx = {
       getLogs: async (_job: string, after: number, limit: number) => chunks.filter((c) => c.seq > after).slice(0, limit),
       replaceLogData: async () => undefined,
     };
-    const engine = Object.create(Engine.prototype) as { remaskStoredLog?: (tx: unknown, jobId: string, m: Masker) => Promise<void> };
-    expect(typeof engine.remaskStoredLog, 'Engine.remaskStoredLog was renamed: point this test at what re-masks a stored log').toBe('function');
+    const logs = Object.create(JobLogs.prototype) as { remask?: (tx: unknown, jobId: string, m: Masker) => Promise<void> };
+    expect(typeof logs.remask, 'JobLogs.remask was renamed: point this test at what re-masks a stored log').toBe('function');
     const orig = Array.prototype[Symbol.iterator];
     let steps = 0;
     Array.prototype[Symbol.iterator] = function (this: unknown[]) {
@@ -201,7 +201,7 @@ describe('re-masking a stored log at completion is linear in its chunks', () => 
       return { next: () => (steps++, it.next()), [Symbol.iterator]() { return this; } } as ArrayIterator<unknown>;
     };
     try {
-      await engine.remaskStoredLog!(tx, 'j-x', new Masker(['SECRET-out-1']));
+      await logs.remask!(tx, 'j-x', new Masker(['SECRET-out-1']));
     } finally {
       Array.prototype[Symbol.iterator] = orig;
     }
