@@ -4,7 +4,7 @@
  * without following anything the script planted; timeouts still kill the whole group; work dirs are
  * deleted with the script's user's rights.
  */
-import { chmodSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, linkSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -54,14 +54,17 @@ describe.skipIf(!isRoot)('runScript as another user', () => {
   };
 
   it('runs as the user, with params, helpers and outputs working across the uid change', async () => {
-    const r = await run('j-ok', 'id -u; id -G; echo "home=$HOME user=$USER tmp=$TMPDIR"; takt-get greeting; takt-set answer 42; echo scratch > scratch.txt', { greeting: 'hello' });
+    const r = await run('j-ok', 'id -u; id -G; echo "home=$HOME user=$USER tmp=$TMPDIR"; takt-get greeting; takt-set answer 42; echo scratch > scratch.txt; stat -c %u . task.sh .takt/params/greeting', { greeting: 'hello' });
     expect(r.exitCode, r.log).toBe(0);
     expect(r.log).toContain(`${UID}\n${UID}\n`); // no supplementary groups (root's are dropped)
     expect(r.log).toContain(`home=${paths.scriptHome} user=takt-${UID} tmp=${paths.scriptTmp}`);
     expect(r.log).toContain('hello');
     expect(r.outputs).toEqual({ answer: '42' });
+    // While it ran, its work dir, script and params were its user's …
+    expect(r.log).toContain(`${UID}\n${UID}\n${UID}\n`);
+    // … and what it was given in the clear is gone once it has run; what it made stays.
     const work = jobPaths(paths.jobsDir, 'j-ok').workDir;
-    expect([lstatSync(work).uid, lstatSync(join(work, 'task.sh')).uid, lstatSync(join(work, '.takt', 'params', 'greeting')).uid]).toEqual([UID, UID, UID]);
+    expect([existsSync(join(work, 'task.sh')), existsSync(join(work, '.takt')), existsSync(join(work, 'scratch.txt'))]).toEqual([false, false, true]);
   });
 
   it.each([
@@ -81,6 +84,9 @@ describe.skipIf(!isRoot)('runScript as another user', () => {
     expect(r.exitCode).toBe(0);
     // What a script could do where the kernel allows it, done here as root: link the agent's token in.
     const job = jobPaths(paths.jobsDir, 'j-hardlink');
+    // (the job's .takt dir went when it ended: put back the user's outputs dir, as a script could)
+    mkdirSync(job.outputsDir, { recursive: true });
+    for (const d of [join(job.workDir, '.takt'), job.outputsDir]) chownSync(d, UID, UID);
     linkSync(secret, join(job.outputsDir, 'stolen'));
     const notes = snapshotFiles(job.workDir, ['.takt', 'outputs'], paths.scratchDir, UID, { names: /^[a-z]+$/, maxBytes: 1000, maxFiles: 10 });
     expect(notes).toEqual(["stolen: not owned by the script's user, not read"]);

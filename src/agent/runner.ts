@@ -112,6 +112,20 @@ function outputsToRead(setup: RunSetup, onChunk: OnChunk): string {
   return user.scratch;
 }
 
+/**
+ * Removes what a job was given in the clear — its rendered script and params (secure values included) and
+ * its outputs — once it has run: the rest of its work dir stays for a while, and a later job on this
+ * machine runs as the same user and could read it. Best effort: pruning removes the whole dir later.
+ */
+function scrubJob(setup: RunSetup): void {
+  try {
+    removeTreeSync(join(setup.paths.workDir, '.takt'), setup.user);
+    removeTreeSync(setup.paths.script, setup.user);
+  } catch {
+    /* the dir is pruned later in any case */
+  }
+}
+
 /** Empties a dir the agent owns (its entries only; the dir stays with its mode). */
 function clearDir(dir: string): void {
   try {
@@ -140,6 +154,7 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
   }
   // The copies were only for reading: clear values (secure outputs) do not stay in the agent's dir.
   if (setup.user) clearDir(setup.user.scratch);
+  scrubJob(setup);
   const errors = [ended.error, read.problem].filter((e): e is string => !!e);
   return {
     exitCode: ended.timedOut || ended.aborted ? null : ended.exitCode,

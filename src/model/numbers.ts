@@ -36,10 +36,11 @@ export function isExactNumber(n: number): boolean {
 }
 
 /**
- * The one message for a number that cannot be held exactly. `written` is its text as the user gave it,
- * or (`rounded`) as it arrived after JSON parsing had already rounded it.
+ * The one message for a number that cannot be held exactly. It never repeats the number: the value may
+ * be a secure param's (the path or file:line:col says where it is). `rounded`: it arrived after JSON
+ * parsing had already rounded it.
  */
-export function inexactMessage(written: string, rounded = false): string {
-  const what = rounded ? `the number ${written} (as received: it may already be rounded)` : `the number ${written}`;
+export function inexactMessage(_written: string, rounded = false): string {
+  const what = rounded ? 'this number (as received: it may already be rounded)' : 'this number';
   return `${what} cannot be held exactly: integers are exact only up to ±${Number.MAX_SAFE_INTEGER}; write it as a string ("...")`;
 }
