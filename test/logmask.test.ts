@@ -13,9 +13,9 @@ describe('secretTexts: what a secure value can look like in a log', () => {
     ['a 4-digit PIN (numbers print as digits)', [4821], ['4821']],
     ['too short to mask', ['ab', 7], []],
     ['booleans and null are not secrets in text', [true, null], []],
-    ['an object: its JSON (also inside JSON) and each leaf', [{ user: 'admin', pass: 'p4ss' }], ['{"user":"admin","pass":"p4ss"}', '{\\"user\\":\\"admin\\",\\"pass\\":\\"p4ss\\"}', 'admin', 'p4ss']],
-    ['set -x quoting of a quote', ["it's-me"], ["it's-me", "it'\\''s-me"]],
-    ['JSON escaping and each line of a multi-line value', ['line-one\n"two"'], ['line-one\n"two"', 'line-one\\n\\"two\\"', 'line-one', '"two"']],
+    ['an object: its JSON (also inside JSON, and as printf %q prints it) and each leaf', [{ user: 'admin', pass: 'p4ss' }], ['{"user":"admin","pass":"p4ss"}', '{\\"user\\":\\"admin\\",\\"pass\\":\\"p4ss\\"}', '\\{\\"user\\":\\"admin\\"\\,\\"pass\\":\\"p4ss\\"\\}', 'admin', 'p4ss']],
+    ["set -x quoting of a quote (and printf %q's and $'…''s)", ["it's-me"], ["it's-me", "it'\\''s-me", "it\\'s-me"]],
+    ["JSON escaping, $'…' quoting and each line of a multi-line value", ['line-one\n"two"'], ['line-one\n"two"', 'line-one\\n\\"two\\"', 'line-one\\n"two"', 'line-one', '"two"']],
   ];
   it.each(cases)('%s', (_what, values, expected) => {
     expect(secretTexts(values).sort()).toEqual(expected.sort());

@@ -16,8 +16,10 @@ export const MIN_SECRET_LENGTH = 3;
 
 /**
  * The texts a secure value can show up as in a log, each at least MIN_SECRET_LENGTH long: the value as
- * `takt-get` and the template print it (strings raw, anything else as JSON), each leaf of an object or
- * list, each line of a multi-line value, its JSON-escaped form and bash's `set -x` quoting of it.
+ * `takt-get` and the template print it (strings raw, a list's items joined as Liquid prints a list,
+ * anything else as JSON), each leaf of an object or list, a list's items joined by ' ', ',' or ', ',
+ * each line of a multi-line value, its JSON-escaped form, and the shell's quotings of it: `set -x`'s
+ * '…'\''…' and $'…' (ANSI-C, for values with control characters), and `printf %q`'s backslashes.
  */
 export function secretTexts(values: Iterable<unknown>): string[] {
   const out = new Set<string>();
@@ -30,20 +32,70 @@ export function secretTexts(values: Iterable<unknown>): string[] {
     if (json !== s) add(json);
     // bash xtrace quotes words with a ' as '…'\''…'.
     if (s.includes("'")) add(s.replace(/'/g, "'\\''"));
+    for (const q of shellQuotings(s)) if (q !== s) add(q);
     if (/[\r\n]/.test(s)) for (const line of s.split(/\r?\n|\r/)) add(line.trim());
   };
   const walk = (v: unknown, depth: number) => {
     if (v === null || v === undefined || typeof v === 'boolean' || depth > 8) return;
     if (typeof v === 'string') return addString(v);
     if (typeof v === 'number' || typeof v === 'bigint') return add(String(v));
-    if (Array.isArray(v)) for (const x of v) walk(x, depth + 1);
-    else if (typeof v === 'object') for (const x of Object.values(v)) walk(x, depth + 1);
+    if (Array.isArray(v)) {
+      // Liquid prints a list as its items joined with nothing between (`{{ list }}`); `| join` uses ' '.
+      for (const sep of ['', ' ', ',', ', ']) addString(v.map(liquidText).join(sep));
+      for (const x of v) walk(x, depth + 1);
+    } else if (typeof v === 'object') for (const x of Object.values(v)) walk(x, depth + 1);
   };
   for (const v of values) {
     if (v !== null && typeof v === 'object') addString(JSON.stringify(v));
     walk(v, 0);
   }
   return [...out];
+}
+
+/** A value as Liquid's `{{ }}` prints it (render/template.ts): lists joined, nil as nothing. */
+function liquidText(v: unknown): string {
+  if (typeof v === 'string') return v;
+  if (v === null || v === undefined) return '';
+  if (Array.isArray(v)) return v.map(liquidText).join('');
+  return String(v);
+}
+
+/** bash's C-style escapes in $'…' (lib/sh/strtrans.c, ansic_quote). */
+const ANSI_C: Record<string, string> = { '\x1b': '\\E', '\x07': '\\a', '\v': '\\v', '\b': '\\b', '\f': '\\f', '\n': '\\n', '\r': '\\r', '\t': '\\t', '\\': '\\\\', "'": "\\'" };
+
+/** Characters `printf %q` puts a backslash before (lib/sh/shquote.c, sh_backslash_quote). */
+const BACKSLASHED = new Set([...' \t\n\'"\\|&;()<>!{}*[?]^$`,']);
+
+/**
+ * The inner text of bash's quotings of `s`: $'…' as `set -x` and `printf %q` print a value with a control
+ * character (other control characters, and in the C locale each byte of a non-ASCII character, as
+ * \NNN octal), and `printf %q`'s backslash form (~ and # escaped only at the start).
+ */
+function shellQuotings(s: string): string[] {
+  const octal = (b: number) => `\\${b.toString(8).padStart(3, '0')}`;
+  const ansi = (bytes: boolean) => {
+    let r = '';
+    for (const ch of s) {
+      const c = ch.codePointAt(0)!;
+      if (ANSI_C[ch] !== undefined) r += ANSI_C[ch];
+      else if (c < 0x20 || c === 0x7f) r += octal(c);
+      else if (c > 0x7f && bytes) for (const b of Buffer.from(ch, 'utf8')) r += octal(b);
+      else r += ch;
+    }
+    return r;
+  };
+  let backslashed = '';
+  for (let i = 0; i < s.length; i++) {
+    const ch = s[i]!;
+    backslashed += BACKSLASHED.has(ch) || (i === 0 && (ch === '~' || ch === '#')) ? `\\${ch}` : ch;
+  }
+  // eslint-disable-next-line no-control-regex
+  const hasControl = /[\x00-\x1f\x7f]/.test(s);
+  // With a control character `printf %q` too switches to $'…'.
+  const out = hasControl ? [] : [backslashed];
+  if (hasControl || /['\\]/.test(s)) out.push(ansi(false));
+  if (/[^\x00-\x7f]/.test(s)) out.push(ansi(true));
+  return out;
 }
 
 /**
