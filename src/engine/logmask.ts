@@ -94,7 +94,7 @@ function shellQuotings(s: string): string[] {
   // With a control character `printf %q` too switches to $'…'.
   const out = hasControl ? [] : [backslashed];
   if (hasControl || /['\\]/.test(s)) out.push(ansi(false));
-  if (/[^\x00-\x7f]/.test(s)) out.push(ansi(true));
+  if (/[\u0080-\uffff]/.test(s)) out.push(ansi(true));
   return out;
 }
 
