@@ -13,9 +13,9 @@ describe('secretTexts: what a secure value can look like in a log', () => {
     ['a 4-digit PIN (numbers print as digits)', [4821], ['4821']],
     ['too short to mask', ['ab', 7], []],
     ['booleans and null are not secrets in text', [true, null], []],
-    ['an object: its JSON (also inside JSON) and each leaf', [{ user: 'admin', pass: 'p4ss' }], ['{"user":"admin","pass":"p4ss"}', '{\\"user\\":\\"admin\\",\\"pass\\":\\"p4ss\\"}', 'admin', 'p4ss']],
-    ['set -x quoting of a quote', ["it's-me"], ["it's-me", "it'\\''s-me"]],
-    ['JSON escaping and each line of a multi-line value', ['line-one\n"two"'], ['line-one\n"two"', 'line-one\\n\\"two\\"', 'line-one', '"two"']],
+    ['an object: its JSON (also inside JSON, and as printf %q prints it) and each leaf', [{ user: 'admin', pass: 'p4ss' }], ['{"user":"admin","pass":"p4ss"}', '{\\"user\\":\\"admin\\",\\"pass\\":\\"p4ss\\"}', '\\{\\"user\\":\\"admin\\"\\,\\"pass\\":\\"p4ss\\"\\}', 'admin', 'p4ss']],
+    ["set -x quoting of a quote (and printf %q's and $'…''s)", ["it's-me"], ["it's-me", "it'\\''s-me", "it\\'s-me"]],
+    ["JSON escaping, $'…' quoting and each line of a multi-line value", ['line-one\n"two"'], ['line-one\n"two"', 'line-one\\n\\"two\\"', 'line-one\\n"two"', 'line-one', '"two"']],
   ];
   it.each(cases)('%s', (_what, values, expected) => {
     expect(secretTexts(values).sort()).toEqual(expected.sort());
@@ -126,5 +126,83 @@ describe('property: no secret survives, however the stream is cut', () => {
       }),
       { numRuns: 500 },
     );
+  });
+});
+
+describe('secretTexts: the shell and Liquid forms (red team, second pass)', () => {
+  const cases: Array<[string, unknown, string[]]> = [
+    ["set -x / printf %q of a control character: $'…' with \\NNN octal", 'CTL\u0001SECRET-cc3', ['CTL\\001SECRET-cc3']],
+    ["$'…' escapes: \\t \\E \\\\ \\' and newline", "a\tb\u001bc\\d'e\nf", ["a\\tb\\Ec\\\\d\\'e\\nf"]],
+    ["$'…' in the C locale: a non-ASCII character as its UTF-8 bytes in octal", 'caf\u00e9-pass', ['caf\\303\\251-pass']],
+    ['printf %q: specials get a backslash, ~ only at the start', "~it's a (x)~", ["\\~it\\'s\\ a\\ \\(x\\)~"]],
+    ['a list as the template prints it (joined) and as | join and lists print it', [12, 34, 56], ['123456', '12 34 56', '12,34,56', '12, 34, 56', '[12,34,56]']],
+    ['a nested list is flattened the way Liquid prints it', [['ab', 'cd'], 'ef'], ['abcdef']],
+  ];
+  it.each(cases)('%s', (_what, value, expected) => {
+    const texts = secretTexts([value]);
+    for (const e of expected) expect(texts).toContain(e);
+  });
+
+  it('each form is masked in a log', () => {
+    const m = new Masker(secretTexts(['CTL\u0001SECRET-cc3', [12, 34, 56]]));
+    expect(m.mask("+ : $'CTL\\001SECRET-cc3'\nlist: 123456\n")).toBe(`+ : $'${MASK}'\nlist: ${MASK}\n`);
+  });
+});
+
+describe('Masker: every character of every occurrence is masked', () => {
+  const cases: Array<[string, string[], string, string]> = [
+    ['overlapping occurrences of one secret merge into one mask', ['aXa'], 'aXaXa!', `${MASK}!`],
+    ['a secret overlapping another is masked whole', ['abc', 'cde'], 'abcde', MASK],
+    ['a secret inside another', ['password', 'sword'], 'swordpassword', `${MASK}${MASK}`],
+    ['a long repetitive secret (V8 refused it as a regular expression)', ['xy'.repeat(20_000)], `v=${'xy'.repeat(20_001)}.`, `v=${MASK}.`],
+    ['regex syntax and surrogate pairs are plain text', ['(a+)+$', '🔑key'], 'x(a+)+$ 🔑key', `x${MASK} ${MASK}`],
+  ];
+  it.each(cases)('%s', (_what, secrets, text, expected) => {
+    expect(new Masker(secrets).mask(text)).toBe(expected);
+  });
+
+  it('a masker for a 256 KiB repetitive secret is built without an error (no error can carry the value)', () => {
+    const secret = Buffer.alloc(196_608).toString('base64');
+    expect(() => new Masker(secretTexts([secret]))).not.toThrow();
+    expect(new Masker([secret]).mask(`k=${secret}`)).toBe(`k=${MASK}`);
+  });
+});
+
+describe('property: masking is linear (counted in automaton steps, never in time)', () => {
+  // Adversarial shapes: secrets that are runs of one letter, near-matches that fail on the last
+  // character, many secrets sharing prefixes. Each code unit costs at most 2 steps, amortised.
+  const unit = fc.constantFrom('a', 'a', 'a', 'b');
+  const secret = fc.string({ unit, minLength: 3, maxLength: 300 });
+  const text = fc.string({ unit, maxLength: 2000 });
+
+  it('Masker.mask, LogMasks.chunks and maskStream take at most 2 steps per character of text', () => {
+    fc.assert(
+      fc.property(fc.uniqueArray(secret, { minLength: 1, maxLength: 20 }), fc.array(text, { minLength: 1, maxLength: 10 }), (secrets, pieces) => {
+        const total = pieces.reduce((n, p) => n + p.length, 0);
+        const m = new Masker(secrets);
+        m.mask(pieces.join(''));
+        expect(m.steps).toBeLessThanOrEqual(2 * total);
+
+        const s = new Masker(secrets);
+        maskStream(s, pieces);
+        expect(s.steps).toBeLessThanOrEqual(2 * total);
+
+        const masks = new LogMasks();
+        masks.begin('j', secrets);
+        masks.chunks('j', pieces.map((data, i) => ({ seq: i + 1, stream: 'stdout', data })));
+        expect(masks.masker('j')!.steps).toBeLessThanOrEqual(2 * total);
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('one-character chunks of a near-match of a 20,000-character secret: linear, the held-back text is not scanned again', () => {
+    const N = 20_000;
+    const masks = new LogMasks();
+    masks.begin('j', ['a'.repeat(N)]);
+    const data = `${'a'.repeat(N - 1)}b`;
+    const out = masks.chunks('j', [...data].map((c, i) => ({ seq: i + 1, stream: 'stdout', data: c })));
+    expect(out.map((c) => c.data).join('')).toBe(data);
+    expect(masks.masker('j')!.steps).toBeLessThanOrEqual(2 * N);
   });
 });
