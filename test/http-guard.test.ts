@@ -231,7 +231,7 @@ describe('a real endpoint', () => {
     expect(ui.headers['referrer-policy']).toBe('no-referrer');
     const api = await raw(ep.url, 'GET', '/api/v1/machines', { token: ep.token });
     expect(api.headers['x-content-type-options']).toBe('nosniff');
-    expect(api.headers['x-request-id']).toMatch(/^r-[0-9a-f]{12}$/);
+    expect(api.headers['x-request-id']).toMatch(/^r-[0-9a-f]{8}-[0-9a-z]+$/);
   });
 
   it('repeated, empty and malformed query parameters are 400 with the error shape', async () => {

@@ -52,7 +52,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   const app = Fastify({
     logger: opts.logger ?? false,
     bodyLimit: 1024 * 1024,
-    genReqId: () => `r-${randomBytes(6).toString('hex')}`,
+    // Unique per process start and cheap: a random prefix and a counter (a CSPRNG call per request cost
+    // more than the rest of the id; ids are for finding a request in the log, not secrets).
+    genReqId: requestIds(),
     // A slow or stalled sender is cut off once the whole request has not arrived in time (slowloris).
     // This bounds receiving the request only: long-polls and event streams answer later, unaffected.
     serverFactory: (handler) => {
@@ -195,6 +197,13 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
   await app.ready();
   return app;
+}
+
+/** Request ids `r-<8 hex>-<counter in base 36>`: the prefix is random per endpoint start. */
+function requestIds(): () => string {
+  const prefix = `r-${randomBytes(4).toString('hex')}-`;
+  let n = 0;
+  return () => prefix + (++n).toString(36);
 }
 
 /** A whole HTTP/1.1 error response as bytes, for a socket that has no request to answer through. */

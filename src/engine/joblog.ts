@@ -29,6 +29,7 @@ export class JobLogs {
   /** A job was handed out with these secrets (known at claim time, without another render). */
   begin(jobId: string, secrets: string[]): void {
     this.masks.begin(jobId, secrets);
+    this.meter.fresh(jobId);
   }
 
   /**

@@ -98,6 +98,11 @@ export class LogMeter {
     return { stored, cut: tally.truncated };
   }
 
+  /** A job just handed out: its log is empty, so its first chunk needs no look at the store. */
+  fresh(jobId: string): void {
+    this.remember(jobId, { chunks: 0, bytes: 0, truncated: false });
+  }
+
   /** The job's log is closed (it ended): its tally is no longer needed. */
   forget(jobId: string): void {
     this.tallies.delete(jobId);
