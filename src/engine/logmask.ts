@@ -117,6 +117,12 @@ class Automaton {
   private readonly oneNext: Int32Array;
   /** Further children, keyed node * 65536 + code unit. */
   private readonly more = new Map<number, number>();
+  /**
+   * The root's children by code unit (0: none, stay at the root). Text that holds no secret keeps the
+   * automaton at the root most of the time, and the root has a child per distinct first character: one
+   * typed-array read there instead of a Map lookup per code unit.
+   */
+  readonly rootNext = new Int32Array(65536);
   /** Child lookups done so far (the unit of work; tests bound it by the text's length). */
   steps = 0;
 
@@ -146,11 +152,13 @@ class Automaton {
             this.oneChar[node] = c;
             this.oneNext[node] = next;
           } else this.more.set(node * 65536 + c, next);
+          if (node === 0) this.rootNext[c] = next;
         }
         node = next;
       }
       this.matchLen[node] = s.length;
     }
+
     // Failure links need every shallower node's link first: visit nodes by depth (a counting sort).
     const order = byDepth(this.depth, n);
     for (const v of order) {
@@ -186,9 +194,9 @@ class Automaton {
   step(node: number, c: number): number {
     for (;;) {
       this.steps++;
+      if (node === 0) return this.rootNext[c]!;
       const t = this.child(node, c);
       if (t >= 0) return t;
-      if (node === 0) return 0;
       node = this.fail[node]!;
     }
   }
@@ -232,13 +240,16 @@ export const START: MaskState = Object.freeze({ masker: null, node: 0, pending: 
  */
 export class Masker {
   private readonly ac: Automaton | null;
+  /** The secrets masked (distinct, long enough), longest first. */
+  private readonly list: readonly string[];
   /** The longest secret's length: what is held back is always shorter. */
   readonly longest: number;
 
   constructor(readonly secrets: readonly string[]) {
-    const list = [...new Set(secrets)].filter((s) => s.length >= MIN_SECRET_LENGTH);
+    const list = [...new Set(secrets)].filter((s) => s.length >= MIN_SECRET_LENGTH).sort((a, b) => b.length - a.length);
+    this.list = list;
     this.ac = list.length ? new Automaton(list) : null;
-    this.longest = list.reduce((m, s) => Math.max(m, s.length), 0);
+    this.longest = list[0]?.length ?? 0;
   }
 
   get empty(): boolean {
@@ -278,17 +289,49 @@ export class Masker {
     if (!ac) return { out: (state.pending ? this.flushForeign(state) : '') + text, state: START };
     if (state.masker !== this && state.masker !== null) state = this.adopt(state);
     const buf = state.pending + text;
+    // Fast path, the common case: no secret occurs in the text (native string search, far faster than
+    // stepping the automaton per code unit in JavaScript). The automaton's state at the end is then the
+    // longest suffix of the text that starts a secret, shorter than the longest secret: when the new text
+    // is at least that long, reading its last `longest - 1` code units from the root reaches the same
+    // node. Taken only when what was held back is no longer than the new text, so the search stays
+    // linear over a stream of tiny chunks.
+    if (state.runs.length === 0 && state.pending.length <= text.length && !this.occursIn(buf)) {
+      let end = state.node;
+      let from = 0;
+      if (text.length >= this.longest - 1) {
+        end = 0;
+        from = text.length - (this.longest - 1);
+      }
+      for (let i = from; i < text.length; i++) end = ac.step(end, text.charCodeAt(i));
+      const keep = buf.length - ac.keep[end]!;
+      return { out: buf.slice(0, keep), state: { masker: this, node: end, pending: buf.slice(keep), runs: [] } };
+    }
     const runs: Array<[number, number]> = state.runs.map(([s, e]) => [s, e]);
     let node = state.node;
     const base = state.pending.length;
+    // The root's transitions inline (most code units of ordinary text are read at the root).
+    const root = ac.rootNext;
+    const matchLen = ac.matchLen;
+    let rootSteps = 0;
     for (let i = 0; i < text.length; i++) {
-      node = ac.step(node, text.charCodeAt(i));
-      const len = ac.matchLen[node]!;
+      const c = text.charCodeAt(i);
+      if (node === 0) {
+        node = root[c]!;
+        rootSteps++;
+      } else node = ac.step(node, c);
+      const len = matchLen[node]!;
       if (len) addRun(runs, base + i + 1 - len, base + i + 1);
     }
+    ac.steps += rootSteps;
     const final = buf.length - ac.keep[node]!;
     const { out, rest } = emit(buf, runs, final);
     return { out, state: { masker: this, node, pending: buf.slice(final), runs: rest } };
+  }
+
+  /** Whether any secret occurs in `text` (native search; linear in practice, never a regex of secrets). */
+  private occursIn(text: string): boolean {
+    for (const s of this.list) if (text.includes(s)) return true;
+    return false;
   }
 
   /** What a stream's state holds back, masked: to write after the stream's last text. */
