@@ -4,7 +4,6 @@
  * connections, 5xx with a request id, event replays that do not hold the event loop, literal filters.
  * Plus table tests of the pure guard rules.
  */
-import { request as httpRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { allowedHost, checkQuery, hostNames, jsonDepth, MAX_JSON_DEPTH, parseJsonBody, uiCsp } from '../src/api/guard.js';
@@ -13,35 +12,7 @@ import type { ApiContext } from '../src/api/context.js';
 import { replay, REPLAY_PAGE, REPLAY_PAUSE_BYTES } from '../src/api/routes/events.js';
 import type { TaktEvent } from '../src/model/machine.js';
 import { Endpoint, packFiles } from './helpers/endpoint.js';
-
-interface Raw {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
-/** One HTTP request with the path sent exactly as given (fetch and URL would normalise it). */
-function raw(base: string, method: string, path: string, opts: { token?: string; host?: string; body?: string; headers?: Record<string, string> } = {}): Promise<Raw> {
-  const u = new URL(base);
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = { ...opts.headers };
-    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    if (opts.host) headers.host = opts.host;
-    if (opts.body !== undefined) {
-      headers['content-type'] ??= 'application/json';
-      headers['content-length'] = String(Buffer.byteLength(opts.body));
-    }
-    const req = httpRequest({ host: u.hostname, port: u.port, method, path, headers, agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(opts.body);
-  });
-}
+import { raw, type Raw } from './helpers/http.js';
 
 const json = (r: Raw) => JSON.parse(r.body) as { error: { code: string; message: string; path?: string; requestId?: string } };
 

@@ -2,38 +2,10 @@
  * Red-team regression tests (issue 10 audit, second pass). Each test is a finding that was confirmed
  * against a real endpoint; each fails until the finding is fixed. Named after what must hold.
  */
-import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint } from './helpers/endpoint.js';
-
-interface Raw {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-}
-
-/** One HTTP request on its own connection, the path sent exactly as given. */
-function raw(base: string, method: string, path: string, opts: { token?: string; body?: string; headers?: Record<string, string> } = {}): Promise<Raw> {
-  const u = new URL(base);
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = { ...opts.headers };
-    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-    if (opts.body !== undefined) {
-      headers['content-type'] ??= 'application/json';
-      headers['content-length'] = String(Buffer.byteLength(opts.body));
-    }
-    const req = httpRequest({ host: u.hostname, port: u.port, method, path, headers, agent: false }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(opts.body);
-  });
-}
+import { raw } from './helpers/http.js';
 
 /** Bytes written on a raw socket; resolves with everything the endpoint sent back before it closed (or after `ms`). */
 function rawSocket(base: string, text: string, ms = 5000): Promise<string> {
