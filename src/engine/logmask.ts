@@ -229,6 +229,12 @@ export interface MaskState {
 }
 
 /** The state of a stream before its first chunk. */
+/**
+ * Secrets up to this long are found by native string search first (its worst case grows with the
+ * pattern's length); a masker with a longer secret reads every code unit with the automaton.
+ */
+const SEARCH_MAX_SECRET = 256;
+
 export const START: MaskState = Object.freeze({ masker: null, node: 0, pending: '', runs: Object.freeze([]) });
 
 /**
@@ -289,23 +295,9 @@ export class Masker {
     if (!ac) return { out: (state.pending ? this.flushForeign(state) : '') + text, state: START };
     if (state.masker !== this && state.masker !== null) state = this.adopt(state);
     const buf = state.pending + text;
-    // Fast path, the common case: no secret occurs in the text (native string search, far faster than
-    // stepping the automaton per code unit in JavaScript). The automaton's state at the end is then the
-    // longest suffix of the text that starts a secret, shorter than the longest secret: when the new text
-    // is at least that long, reading its last `longest - 1` code units from the root reaches the same
-    // node. Taken only when what was held back is no longer than the new text, so the search stays
-    // linear over a stream of tiny chunks.
-    if (state.runs.length === 0 && state.pending.length <= text.length && !this.occursIn(buf)) {
-      let end = state.node;
-      let from = 0;
-      if (text.length >= this.longest - 1) {
-        end = 0;
-        from = text.length - (this.longest - 1);
-      }
-      for (let i = from; i < text.length; i++) end = ac.step(end, text.charCodeAt(i));
-      const keep = buf.length - ac.keep[end]!;
-      return { out: buf.slice(0, keep), state: { masker: this, node: end, pending: buf.slice(keep), runs: [] } };
-    }
+    // Fast path, the common case (nothing masked is held back, secrets of ordinary length): native string
+    // search finds where secrets occur, and the automaton reads only around those places and the tail.
+    if (state.runs.length === 0 && this.longest <= SEARCH_MAX_SECRET) return this.feedBySearch(buf, state.pending.length, state.node);
     const runs: Array<[number, number]> = state.runs.map(([s, e]) => [s, e]);
     let node = state.node;
     const base = state.pending.length;
@@ -328,10 +320,56 @@ export class Masker {
     return { out, state: { masker: this, node, pending: buf.slice(final), runs: rest } };
   }
 
-  /** Whether any secret occurs in `text` (native search; linear in practice, never a regex of secrets). */
-  private occursIn(text: string): boolean {
-    for (const s of this.list) if (text.includes(s)) return true;
-    return false;
+  /**
+   * Masks `buf` (held-back text, read already up to `from`, and new text; nothing masked pending) reading
+ * with the automaton only
+   * from where a secret occurs and over the last `longest - 1` code units; the text between is skipped at
+   * native speed. Correct because, read from the root at position j, the automaton finds every
+   * occurrence that starts at or after j, and the state at the end depends only on the last
+   * `longest - 1` code units when no occurrence ends there unseen. Each secret's next occurrence is
+   * searched for forward only (a cached position), so the searches are linear in `buf` per secret.
+   */
+  private feedBySearch(buf: string, from: number, startNode: number): { out: string; state: MaskState } {
+    const ac = this.ac!;
+    const list = this.list;
+    const n = buf.length;
+    const tail = Math.max(from, n - (this.longest - 1));
+    // Per secret: the next occurrence found so far (-1: none from here on; -2: not searched yet).
+    const next = new Array<number>(list.length).fill(-2);
+    const nextOccurrence = (from: number): number => {
+      let p = Infinity;
+      for (let k = 0; k < list.length; k++) {
+        let at = next[k]!;
+        if (at !== -1 && at < from) next[k] = at = buf.indexOf(list[k]!, from);
+        if (at !== -1 && at < p) p = at;
+      }
+      return p;
+    };
+    const root = ac.rootNext;
+    const matchLen = ac.matchLen;
+    const runs: Array<[number, number]> = [];
+    // The held-back text was read already: `startNode` is where the automaton stands after it.
+    let node = startNode;
+    let rootSteps = 0;
+    for (let i = from; i < n; i++) {
+      if (node === 0) {
+        // At the root nothing is in progress: skip to where the next secret occurs, or to the tail.
+        const j = Math.min(nextOccurrence(i), tail);
+        if (j > i) i = j;
+        if (i >= n) break;
+      }
+      const c = buf.charCodeAt(i);
+      if (node === 0) {
+        node = root[c]!;
+        rootSteps++;
+      } else node = ac.step(node, c);
+      const len = matchLen[node]!;
+      if (len) addRun(runs, i + 1 - len, i + 1);
+    }
+    ac.steps += rootSteps;
+    const final = n - ac.keep[node]!;
+    const { out, rest } = emit(buf, runs, final);
+    return { out, state: { masker: this, node, pending: buf.slice(final), runs: rest } };
   }
 
   /** What a stream's state holds back, masked: to write after the stream's last text. */
