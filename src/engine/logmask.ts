@@ -295,64 +295,43 @@ export class Masker {
     if (!ac) return { out: (state.pending ? this.flushForeign(state) : '') + text, state: START };
     if (state.masker !== this && state.masker !== null) state = this.adopt(state);
     const buf = state.pending + text;
-    // Fast path, the common case (nothing masked is held back, secrets of ordinary length): native string
-    // search finds where secrets occur, and the automaton reads only around those places and the tail.
-    if (state.runs.length === 0 && this.longest <= SEARCH_MAX_SECRET) return this.feedBySearch(buf, state.pending.length, state.node);
-    const runs: Array<[number, number]> = state.runs.map(([s, e]) => [s, e]);
-    let node = state.node;
-    const base = state.pending.length;
-    // The root's transitions inline (most code units of ordinary text are read at the root).
-    const root = ac.rootNext;
-    const matchLen = ac.matchLen;
-    let rootSteps = 0;
-    for (let i = 0; i < text.length; i++) {
-      const c = text.charCodeAt(i);
-      if (node === 0) {
-        node = root[c]!;
-        rootSteps++;
-      } else node = ac.step(node, c);
-      const len = matchLen[node]!;
-      if (len) addRun(runs, base + i + 1 - len, base + i + 1);
-    }
-    ac.steps += rootSteps;
-    const final = buf.length - ac.keep[node]!;
-    const { out, rest } = emit(buf, runs, final);
-    return { out, state: { masker: this, node, pending: buf.slice(final), runs: rest } };
+    // With nothing masked held back and secrets of ordinary length, native string search finds where
+    // secrets occur and the automaton reads only there and over the tail (see `scan`).
+    const search = state.runs.length === 0 && this.longest <= SEARCH_MAX_SECRET;
+    return this.scan(buf, state.pending.length, state.node, state.runs.map(([s, e]) => [s, e]), search);
   }
 
   /**
-   * Masks `buf` (held-back text, read already up to `from`, and new text; nothing masked pending) reading
- * with the automaton only
-   * from where a secret occurs and over the last `longest - 1` code units; the text between is skipped at
-   * native speed. Correct because, read from the root at position j, the automaton finds every
-   * occurrence that starts at or after j, and the state at the end depends only on the last
-   * `longest - 1` code units when no occurrence ends there unseen. Each secret's next occurrence is
-   * searched for forward only (a cached position), so the searches are linear in `buf` per secret.
+   * Reads `buf` from `from` (the held-back text before it was read already: the automaton stands at
+   * `startNode`), adds each occurrence to `runs` and returns what may be shown and the next state.
+   * With `search`, text in which no secret starts is skipped at native speed: read from the root at a
+   * position j, the automaton finds every occurrence that starts at or after j, and the state at the end
+   * depends only on the last `longest - 1` code units. Each secret's next occurrence is searched for
+   * forward only (a cached position), so the searches are linear in `buf` per secret.
    */
-  private feedBySearch(buf: string, from: number, startNode: number): { out: string; state: MaskState } {
+  private scan(buf: string, from: number, startNode: number, runs: Array<[number, number]>, search: boolean): { out: string; state: MaskState } {
     const ac = this.ac!;
     const list = this.list;
     const n = buf.length;
     const tail = Math.max(from, n - (this.longest - 1));
     // Per secret: the next occurrence found so far (-1: none from here on; -2: not searched yet).
     const next = new Array<number>(list.length).fill(-2);
-    const nextOccurrence = (from: number): number => {
+    const nextOccurrence = (at: number): number => {
       let p = Infinity;
       for (let k = 0; k < list.length; k++) {
-        let at = next[k]!;
-        if (at !== -1 && at < from) next[k] = at = buf.indexOf(list[k]!, from);
-        if (at !== -1 && at < p) p = at;
+        let found = next[k]!;
+        if (found !== -1 && found < at) next[k] = found = buf.indexOf(list[k]!, at);
+        if (found !== -1 && found < p) p = found;
       }
       return p;
     };
+    // The root's transitions inline (most code units of ordinary text are read at the root).
     const root = ac.rootNext;
     const matchLen = ac.matchLen;
-    const runs: Array<[number, number]> = [];
-    // The held-back text was read already: `startNode` is where the automaton stands after it.
     let node = startNode;
     let rootSteps = 0;
     for (let i = from; i < n; i++) {
-      if (node === 0) {
+      if (node === 0 && search) {
         // At the root nothing is in progress: skip to where the next secret occurs, or to the tail.
         const j = Math.min(nextOccurrence(i), tail);
         if (j > i) i = j;
