@@ -31,7 +31,8 @@ export function secureDataDir(dir: string, log: LogFn): string[] {
   const entries = readdirSync(data);
   for (const name of entries) {
     const path = join(data, name);
-    checkOwner(path, lstatSync(path), `${path} is owned by uid ${lstatSync(path).uid}`, `chown ${process.getuid?.()} ${path}, or remove it if you did not put it there`);
+    const st = lstatSync(path);
+    checkOwner(path, st, `${path} is owned by uid ${st.uid}`, `chown ${process.getuid?.()} ${path}, or remove it if you did not put it there`);
   }
   const fixed: string[] = [];
   const fix = (path: string, want: number) => {
@@ -39,7 +40,9 @@ export function secureDataDir(dir: string, log: LogFn): string[] {
     if (st.isSymbolicLink() || (st.mode & 0o7777) === want) return;
     chmodSync(path, want);
     fixed.push(path);
-    log('warn', `data dir: ${path} was mode ${octal(st.mode)}; set to ${octal(want)}`);
+    // A mode that let others in is worth a warning; one takt only widens to its own layout (0711) is not.
+    const wasOpen = (st.mode & 0o777 & ~want) !== 0;
+    log(wasOpen ? 'warn' : 'info', `data dir: ${path} was mode ${octal(st.mode)}; set to ${octal(want)}`);
   };
   const root = isolating();
   fix(data, root ? 0o711 : 0o700);

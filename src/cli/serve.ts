@@ -3,7 +3,7 @@
  * Binding beyond loopback is refused until TLS and credentials are configured (not yet supported).
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, renameSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, renameSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostname } from 'node:os';
@@ -86,8 +86,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   }
   const leaseMs = parseDuration(opts.lease, '--lease', DURATION_RANGES.lease);
   const data = resolve(opts.data);
-  secureDataDir(data, log); // umask 077; refuses a dir others can write; modes back to 0700/0600
-  mkdirSync(data, { recursive: true, mode: 0o700 });
+  secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   const admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
   const key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
 

@@ -59,13 +59,9 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
     const q = req.query as Record<string, string | undefined>;
     if (q.state && !JOB_STATES.includes(q.state as JobState)) throw new TaktError('bad_request', `state must be one of ${JOB_STATES.join(', ')}`, { path: 'state' });
     if (q.order !== undefined && q.order !== 'asc' && q.order !== 'desc') throw new TaktError('bad_request', "query parameter 'order' must be asc or desc", { path: 'order' });
+    // A machine token lists only its own jobs (naming another machine, or none that exists, is 403).
     if (q.machine !== undefined) await requireOwnMachineRef(req.principal, q.machine, store);
-    let machineId = q.machine ? (await engine.findMachine(q.machine)).id : undefined;
-    const scope = machineScope(req.principal);
-    if (scope) {
-      if (machineId && machineId !== scope) requireOwnMachine(req.principal, machineId);
-      machineId = scope;
-    }
+    const machineId = machineScope(req.principal) ?? (q.machine ? (await engine.findMachine(q.machine)).id : undefined);
     const items = await store.listJobs({
       machineId,
       state: q.state as JobState | undefined,
