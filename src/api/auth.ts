@@ -1,13 +1,18 @@
 /**
- * Who is calling: the admin (token in the data dir) or one machine (its own token, scoped to itself and
- * its jobs). Every API route but /health requires one of them.
+ * Who is calling: the admin (token in the data dir), one machine (its own token, scoped to itself and
+ * its jobs), or a host joining with a join token (only the join routes take it: the install script, the
+ * agent bundle and registration). Every API route but /health requires one of them.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { TaktError } from '../model/errors.js';
+import { joinTokenIdFromToken, joinTokenProblem } from '../model/join.js';
 import { machineIdFromToken } from '../model/protocol.js';
 import type { Store } from '../store/store.js';
 
-export type Principal = { kind: 'admin'; name: string } | { kind: 'machine'; machineId: string };
+export type Principal = { kind: 'admin'; name: string } | { kind: 'machine'; machineId: string } | { kind: 'join'; tokenId: string };
+
+/** What a join token is told on a route that does not take it. */
+export const JOIN_TOKEN_SCOPE = 'a join token can only fetch the install script and the agent bundle and register one machine';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 
@@ -30,7 +35,9 @@ export class Authenticator {
     this.adminDigest = digest(adminToken);
     store.onEvents((events) => {
       for (const e of events) {
-        if (e.topic.startsWith('machines.delete.') || e.topic.startsWith('machines.create.')) this.verified.delete(e.topic.slice(e.topic.lastIndexOf('.') + 1));
+        if (e.topic.startsWith('machines.delete.') || e.topic.startsWith('machines.create.') || e.topic.startsWith('machines.token.')) {
+          this.verified.delete(e.topic.slice(e.topic.lastIndexOf('.') + 1));
+        }
       }
     });
   }
@@ -61,17 +68,39 @@ export class Authenticator {
       const stored = await this.machineDigest(machineId);
       if (stored && stored.length === presented.length && timingSafeEqual(stored, presented)) return { kind: 'machine', machineId };
     }
+    const tokenId = joinTokenIdFromToken(token);
+    if (tokenId) return this.joinPrincipal(tokenId, presented);
     throw new TaktError('unauthorized', 'token not accepted: it is not the admin token nor the token of an existing machine');
+  }
+
+  /**
+   * A join token is read from the store on every use (hosts join rarely) and accepted only while usable:
+   * an expired, used-up or revoked one is refused saying which, so the host's operator knows what to ask for.
+   */
+  private async joinPrincipal(tokenId: string, presented: Buffer): Promise<Principal> {
+    const hash = await this.store.getJoinTokenHash(tokenId);
+    const stored = hash ? Buffer.from(hash, 'hex') : undefined;
+    if (!stored || stored.length !== presented.length || !timingSafeEqual(stored, presented)) {
+      throw new TaktError('unauthorized', 'join token not accepted: no such token on this endpoint');
+    }
+    const t = await this.store.getJoinToken(tokenId);
+    const problem = t ? joinTokenProblem(t, Date.now()) : 'join token not accepted: no such token on this endpoint';
+    if (problem) throw new TaktError('unauthorized', problem);
+    return { kind: 'join', tokenId };
   }
 }
 
 /** The author recorded on changes made by this principal. */
 export function authorOf(p: Principal): string {
-  return p.kind === 'admin' ? p.name : `machine:${p.machineId}`;
+  return p.kind === 'admin' ? p.name : p.kind === 'machine' ? `machine:${p.machineId}` : `join:${p.tokenId}`;
 }
 
-/** The machine a machine principal is limited to, or null for the admin. */
+/**
+ * The machine a machine principal is limited to, or null for the admin. A join token has no machine
+ * (routes for machines never take it; this refuses it again, should one be declared by mistake).
+ */
 export function machineScope(p: Principal): string | null {
+  if (p.kind === 'join') throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
   return p.kind === 'machine' ? p.machineId : null;
 }
 
@@ -81,12 +110,14 @@ export function machineScope(p: Principal): string | null {
  * The admin passes. Reads only the caller's own machine.
  */
 export async function requireOwnMachineRef(p: Principal, ref: string, store: Pick<Store, 'getMachine'>): Promise<void> {
+  if (p.kind === 'join') throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
   if (p.kind !== 'machine' || ref === p.machineId) return;
   const own = await store.getMachine(p.machineId);
   if (own?.name !== ref) throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
 }
 
 export function requireOwnMachine(p: Principal, machineId: string): void {
+  if (p.kind === 'join') throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
   if (p.kind === 'machine' && p.machineId !== machineId) {
     throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
   }

@@ -3,12 +3,13 @@ import type { ContentService } from '../engine/content.js';
 import type { Engine } from '../engine/engine.js';
 import type { Churn } from '../engine/churn.js';
 import type { History } from '../engine/history.js';
+import type { Joins } from '../engine/join.js';
 import type { Portable } from '../engine/portable.js';
 import type { Records } from '../engine/records.js';
 import type { Rollouts } from '../engine/rollouts.js';
 import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
-import type { Principal } from './auth.js';
+import { authorOf, type Principal } from './auth.js';
 
 /** Creates and destroys machines in an environment (the API only needs this much of a broker). */
 export interface BrokerPort {
@@ -34,6 +35,16 @@ export interface ApiContext {
   churn: Churn;
   brokers: Map<string, BrokerPort>;
   version: string;
+  /** Join tokens, registration, facts and token rotation. */
+  joins: Joins;
+  /** Builds (once) and serves the agent bundle joining hosts install. */
+  agentBundle: AgentBundlePort;
+}
+
+/** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */
+export interface AgentBundlePort {
+  /** The bundle's file (built on first use, then cached), its size in bytes and its SHA-256 (hex). */
+  get(): Promise<{ path: string; bytes: number; sha256: string }>;
 }
 
 declare module 'fastify' {
@@ -45,6 +56,14 @@ declare module 'fastify' {
     machine?: boolean;
     /** No authentication (health only). */
     public?: boolean;
+    /**
+     * Join tokens may call this route (and only these: the install script, the agent bundle and
+     * registration). `'path'`: the token may also come as the route's `:token` path parameter, for
+     * `curl … /join/TOKEN | sh` which sends no header.
+     */
+    join?: boolean | 'path';
+    /** Errors are answered as a shell script that prints the message and exits 1 (the install script's route). */
+    shellErrors?: boolean;
   }
 }
 
@@ -52,7 +71,7 @@ declare module 'fastify' {
 export function author(req: FastifyRequest): string {
   const p = req.principal;
   if (!p) throw new TaktError('unauthorized', 'this action needs a token');
-  return p.kind === 'admin' ? p.name : `machine:${p.machineId}`;
+  return authorOf(p);
 }
 
 /**

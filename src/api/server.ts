@@ -10,12 +10,13 @@ import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
 import { describePattern } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
-import { Authenticator } from './auth.js';
+import { Authenticator, JOIN_TOKEN_SCOPE } from './auth.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
 import { contentRoutes } from './routes/content.js';
 import { eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
+import { joinRoutes, shellError } from './routes/join.js';
 import { Metrics } from './metrics.js';
 import { machineRoutes } from './routes/machines.js';
 import { reportRoutes } from './routes/reports.js';
@@ -119,7 +120,8 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   app.decorateRequest('principal', null as never);
   // Decided on the route the router matched (never on the raw URL text, which may be encoded): a request
   // that matches no route is 404 before its body is read; every matched route needs a principal unless it
-  // declares itself public; a machine token reaches only the routes that accept machines.
+  // declares itself public; a machine token reaches only the routes that accept machines, a join token
+  // only the join routes.
   app.addHook('onRequest', async (req, reply) => {
     reply.headers(SECURITY_HEADERS);
     reply.header('x-request-id', req.id);
@@ -133,10 +135,12 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     }
     const cfg = req.routeOptions.config;
     if (!cfg?.public) {
-      req.principal = await auth.authenticate(req.headers.authorization);
+      const pathToken = cfg?.join === 'path' && req.headers.authorization === undefined ? (req.params as { token?: string }).token : undefined;
+      req.principal = await auth.authenticate(pathToken !== undefined ? `Bearer ${pathToken}` : req.headers.authorization);
       if (req.principal.kind === 'machine' && !cfg?.machine) {
         throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
       }
+      if (req.principal.kind === 'join' && !cfg?.join) throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
     }
     // Only after authentication: a caller without a token learns nothing about a route's inputs.
     checkQuery(req.query);
@@ -148,6 +152,10 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
 
   app.setErrorHandler((err: FastifyError | TaktError, req, reply) => {
+    // `curl … | sh` runs whatever comes back: an error must be a script that says it and fails.
+    if (req.routeOptions.config?.shellErrors && err instanceof TaktError && err.status < 500) {
+      return reply.code(err.status).type('text/plain; charset=utf-8').send(shellError(err.message));
+    }
     if (err instanceof TaktError) {
       if (err.status < 500) return reply.code(err.status).send(err.toBody());
     } else {
@@ -191,6 +199,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   eventRoutes(app, opts);
   rolloutRoutes(app, opts);
   reportRoutes(app, opts);
+  joinRoutes(app, opts);
   // Everything but the UI page is data: nothing in an API answer may load or run.
   app.addHook('onSend', async (_req, reply) => {
     if (!reply.hasHeader('content-security-policy')) reply.header('content-security-policy', API_CSP);

@@ -14,6 +14,7 @@ import { JOB_STATES, MACHINE_STATES, WORK_ORDER_STATES, type Change, type Job, t
 import { clientFrom, collect, parseParamPairs, type GlobalOptions } from './client.js';
 import { colorState, print, renderTable, shown, shownErr } from './output.js';
 import { exerciseCommand } from './exercise.js';
+import { joinCommands, machineText } from './join.js';
 import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
 
@@ -24,6 +25,7 @@ export function register(program: Command, g: Globals) {
   const api = () => clientFrom(g());
   contentCommands(program, g, api);
   machineCommands(program, g, api);
+  joinCommands(program, g, api);
   jobCommands(program, g, api);
   workOrderCommands(program, g, api);
   for (const kind of CONTENT_KINDS) objectCommands(program, g, api, kind);
@@ -284,7 +286,7 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     .description('one machine by id or name')
     .action(async (id: string) => {
       const m = await api().get<Machine>(`/machines/${enc(id)}`);
-      print(g().output, m, undefined);
+      print(g().output, m, () => machineText(m));
     });
   machines
     .command('create [name]')

@@ -73,7 +73,7 @@ Examples:
     process.on('SIGTERM', () => void shutdown());
   });
 
-program
+const agent = program
   .command('agent')
   .description('run the agent for one machine: claims its jobs, runs them with bash, reports results')
   .option('--dir <dir>', 'agent home: state, job work dirs, helper commands', '/var/lib/takt-agent')
@@ -85,7 +85,8 @@ program
     'inject faults to test a fleet\'s invariants: fail=0.1,latency=200ms,drop=0.05,drop-for=3s,die=0.02,seed=7 (env TAKT_AGENT_CHAOS; local machines inherit it from their endpoint)',
     process.env.TAKT_AGENT_CHAOS,
   )
-  .action(async (o: { dir: string; root: string; chaos?: string; sandbox?: string; runAs?: string }) => {
+  .option('--report-facts', "report this host's facts (inventory) to the endpoint when the agent starts (joined hosts do)", process.env.TAKT_REPORT_FACTS === '1')
+  .action(async (o: { dir: string; root: string; chaos?: string; sandbox?: string; runAs?: string; reportFacts?: boolean }) => {
     // --endpoint and --token are the global options, as for every other command.
     const endpoint = globals().endpoint ?? process.env.TAKT_ENDPOINT;
     const token = globals().token ?? process.env.TAKT_TOKEN;
@@ -100,9 +101,17 @@ program
     const ac = new AbortController();
     process.on('SIGINT', () => ac.abort());
     process.on('SIGTERM', () => ac.abort());
+    if (o.reportFacts) {
+      const { reportFacts } = await import('../agent/register.js');
+      const { jsonLineLog } = await import('../agent/log.js');
+      void reportFacts({ endpoint }, token, jsonLineLog, ac.signal);
+    }
     const code = await runAgent({ endpoint, token, dir: o.dir, root: o.root, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
     process.exit(code);
   });
+
+const { agentJoinCommands } = await import('./agent-join.js');
+agentJoinCommands(agent, globals);
 
 const lazy = async () => import('./commands.js');
 const cmds = await lazy();

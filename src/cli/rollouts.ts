@@ -29,7 +29,7 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     .description('start a rollout, e.g. --pipeline demo --select builtWith=demo@<1.0.1 --canary 1 --batch 5')
     .option('--pipeline <name>', 'run this pipeline on each machine (from the top)')
     .option('--blueprint <name>', 'or queue this blueprint as a work order on each machine')
-    .option('--select <filters>', 'comma-separated key=value: state, pipeline, environment, broker, name, builtWith, stale', '')
+    .option('--select <filters>', 'comma-separated key=value: state, pipeline, environment, broker, name, builtWith, stale, facts.<path> (e.g. facts.os.id=debian)', '')
     .option('--canary <n>', 'machines in the first wave', '1')
     .option('--batch <n>', 'machines per later wave', '5')
     .option('--max-in-flight <n>', 'machines busy at once (default: the batch size)')

@@ -15,6 +15,8 @@ import { ContentService } from '../engine/content.js';
 import { Engine, publicMachine } from '../engine/engine.js';
 import { Churn } from '../engine/churn.js';
 import { History } from '../engine/history.js';
+import { Joins } from '../engine/join.js';
+import { AgentBundle } from '../join/bundle.js';
 import { Portable } from '../engine/portable.js';
 import { Records } from '../engine/records.js';
 import { Rollouts } from '../engine/rollouts.js';
@@ -123,6 +125,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     history: new History(store, engine, content),
     portable: new Portable(store, engine, content),
     brokers,
+    joins: new Joins(store, engine),
+    // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
+    agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     version: VERSION,
     adminToken: admin.value,
     log,

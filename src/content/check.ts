@@ -10,6 +10,7 @@ import { CONTENT_KINDS, KIND_NOUN, type ContentKind, type ContentSet } from '../
 import { isSealed } from '../model/secure.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
+import { FACT_FIELDS, FACTS_VAR } from '../model/facts.js';
 import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateLoopProblems, templateVariableUses } from '../render/template.js';
 import { userRegexProblem } from '../model/regex.js';
 import { metaSchemaProblems, schemaProblems } from './schema.js';
@@ -201,6 +202,9 @@ function checkParam(ctx: Ctx): void {
   if (ctx.name === MACHINE_VAR) {
     report(ctx, '/name', `'${MACHINE_VAR}' is reserved for the machine object in templates; choose another param name`);
   }
+  if (ctx.name === FACTS_VAR) {
+    report(ctx, '/name', `'${FACTS_VAR}' is reserved for the machine's observed facts in templates; choose another param name`);
+  }
   const schema = record(ctx.def.schema);
   if (!schema) return;
   if (schema.$id !== undefined) {
@@ -378,6 +382,14 @@ function checkTemplate(ctx: Ctx, path: string, source: string, declared: Set<str
         // machine.id, .name and .environment are strings: nothing below them.
         reported.add(u.path.join('.'));
         report(ctx, path, `template: 'machine.${f}' is a string: it has no field '${u.path[2]}'${filterHint(u.path[2]!)}`, { template });
+      }
+    } else if (u.name === FACTS_VAR) {
+      // Facts are observed, so whether a machine has one is known only when it runs (strict: a missing
+      // fact fails the render there); here only the top-level field can be checked.
+      const f = u.path[1];
+      if (f !== undefined && f !== 'observedAt' && !FACT_FIELDS.includes(f) && !reported.has(`facts.${f}`)) {
+        reported.add(`facts.${f}`);
+        report(ctx, path, `template: facts has no field '${f}' (it has ${FACT_FIELDS.join(', ')}, observedAt)${filterHint(f)}`, { template });
       }
     } else if (!declared.has(u.name) && !reported.has(u.name)) {
       reported.add(u.name);

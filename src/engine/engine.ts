@@ -207,7 +207,7 @@ export class Engine {
       throw new TaktError('conflict', `machine id '${input.id}' is not valid or already taken`, { path: '/id' });
     }
     const id = input.id ?? `m-${randomBytes(5).toString('hex')}`;
-    const token = `tkm.${id}.${randomBytes(24).toString('base64url')}`;
+    const token = newMachineToken(id);
     const now = new Date().toISOString();
     const machine: Machine = {
       id,
@@ -225,6 +225,7 @@ export class Engine {
       profiles,
       currentJob: null,
       power: 'on',
+      facts: null,
       createdAt: now,
       updatedAt: now,
     };
@@ -1094,8 +1095,18 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
   return patch;
 }
 
+/**
+ * A machine as lists and events show it: secure params masked, and without its facts (observed
+ * inventory, kilobytes per machine, shown by GET /machines/:id instead of riding along with every event).
+ */
 export function publicMachine(m: Machine) {
-  return { ...m, params: maskValues(m.params) };
+  const { facts: _facts, ...rest } = m;
+  return { ...rest, params: maskValues(m.params) };
+}
+
+/** A new secret for machine `id`: `tkm.<id>.<192 random bits>` (see machineIdFromToken). Only its SHA-256 is stored. */
+export function newMachineToken(id: string): string {
+  return `tkm.${id}.${randomBytes(24).toString('base64url')}`;
 }
 
 export function publicJob(j: Job) {

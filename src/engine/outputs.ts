@@ -4,6 +4,7 @@
  * a reason that names what it refused. Pure functions; the engine applies them.
  */
 import { MAX_OUTPUT_BYTES, MAX_OUTPUTS_TOTAL_BYTES, encodedBytes } from '../model/protocol.js';
+import { FACTS_VAR } from '../model/facts.js';
 import { MACHINE_VAR } from '../render/template.js';
 
 /** Reasons escape control characters with the one helper the CLI uses too. */
@@ -34,7 +35,7 @@ function listed(names: string[]): string {
 export function refusedOutputs(raw: Record<string, string>, declared: Record<string, unknown>): string | null {
   const names = Object.keys(raw);
   // Own keys only: `constructor` or `__proto__` must not find Object.prototype's members.
-  const undeclared = names.filter((n) => !Object.hasOwn(declared, n) || n === MACHINE_VAR || !NAME.test(n));
+  const undeclared = names.filter((n) => !Object.hasOwn(declared, n) || n === MACHINE_VAR || n === FACTS_VAR || !NAME.test(n));
   if (undeclared.length > 0) {
     const known = Object.keys(declared);
     const what = undeclared.length === 1 ? 'an output' : `${undeclared.length} outputs`;

@@ -107,10 +107,12 @@ export function prepareTask(content: ContentSet, sealer: Sealer, machine: Machin
     };
   }
   const machineVars = { id: machine.id, name: machine.name, environment: machine.environment };
+  // Observed facts sit beside the params, never among them (a param cannot be named `facts`).
+  const facts = machine.facts ?? {};
   try {
-    const script = renderTemplate(source, { ...clear, machine: machineVars });
+    const script = renderTemplate(source, { ...clear, machine: machineVars, facts });
     const secure = params.some((p) => p.secure);
-    const displayScript = secure ? renderTemplate(source, { ...masked, machine: machineVars }) : script;
+    const displayScript = secure ? renderTemplate(source, { ...masked, machine: machineVars, facts }) : script;
     return { task: taskName, variant, noop: null, params, missing, script, displayScript, agentParams, error: null, timeoutMs, retries };
   } catch (err) {
     const msg = err instanceof TemplateError ? `template line ${err.line}:${err.col}: ${err.message}` : (err as Error).message;

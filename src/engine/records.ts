@@ -4,6 +4,7 @@
  */
 import semver from 'semver';
 import { TaktError } from '../model/errors.js';
+import { factMatches } from '../model/facts.js';
 import type { Job, Machine, MachineState } from '../model/machine.js';
 import type { Store } from '../store/store.js';
 import type { ContentService } from './content.js';
@@ -52,6 +53,8 @@ export interface MachineSelection {
   /** `demo@<1.2.0` */
   builtWith?: string;
   stale?: boolean;
+  /** Observed facts by dotted path, e.g. `{ 'os.id': 'debian' }` (model/facts.ts factMatches); all must match. */
+  facts?: Record<string, string>;
 }
 
 export class Records {
@@ -88,12 +91,14 @@ export class Records {
 
   /** Every machine matching the selection, with its stale reasons when `stale` was asked about. */
   async select(sel: MachineSelection): Promise<Array<{ machine: Machine; stale?: string[] }>> {
-    const { builtWith, stale, ...filter } = sel;
+    const { builtWith, stale, facts, ...filter } = sel;
+    const wanted = Object.entries(facts ?? {});
     const range = builtWith ? parseBuiltWith(builtWith) : undefined;
     const out: Array<{ machine: Machine; stale?: string[] }> = [];
     for (let offset = 0; ; offset += 1000) {
       const batch = await this.store.listMachines({ ...filter, limit: 1000, offset });
       for (const m of batch) {
+        if (!wanted.every(([path, value]) => factMatches(m.facts, path, value))) continue;
         if (!range && stale === undefined) {
           out.push({ machine: m });
           continue;

@@ -6,6 +6,7 @@
  * The driver is a `tick` that reads the store and moves each running rollout one step; it runs on every
  * machine or work-order event and on a timer, so a restarted endpoint simply carries on.
  */
+import { FACT_FIELDS } from '../model/facts.js';
 import { TaktError } from '../model/errors.js';
 import { newId } from './ids.js';
 import type { Rollout, RolloutItem, RolloutSpec, RolloutState } from '../model/rollout.js';
@@ -317,7 +318,16 @@ function waveOf(index: number, spec: RolloutSpec): number {
 function parseSelection(select: Record<string, string>): MachineSelection {
   const sel: MachineSelection = {};
   for (const [k, v] of Object.entries(select)) {
-    if (!(SELECT_KEYS as readonly string[]).includes(k)) throw new TaktError('invalid', `unknown selector '${k}'; use ${SELECT_KEYS.join(', ')}`, { path: `/select/${k}` });
+    // facts.<path>: an observed fact, e.g. facts.os.id=debian, facts.cpu.count=8, facts.macs=52:54:00:…
+    if (k.startsWith('facts.')) {
+      const path = k.slice('facts.'.length);
+      if (!/^[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)*$/.test(path) || !FACT_FIELDS.includes(path.split('.')[0]!)) {
+        throw new TaktError('invalid', `unknown fact '${path}' in selector '${k}'; facts are ${FACT_FIELDS.join(', ')} (e.g. facts.os.id=debian)`, { path: `/select/${k}` });
+      }
+      (sel.facts ??= {})[path] = v;
+      continue;
+    }
+    if (!(SELECT_KEYS as readonly string[]).includes(k)) throw new TaktError('invalid', `unknown selector '${k}'; use ${SELECT_KEYS.join(', ')} or facts.<path>`, { path: `/select/${k}` });
     if (k === 'stale') sel.stale = v !== 'false';
     else (sel as Record<string, string>)[k] = v;
   }

@@ -37,6 +37,8 @@ export const DURATION_RANGES = {
   window: { min: SECOND, max: 3650 * DAY },
   /** `takt serve --request-timeout`: the server's per-request receive deadline (slow senders). */
   requestTimeout: { min: SECOND, max: HOUR },
+  /** A join token's lifetime (`takt machines join --expires`): short, since it can create a machine. */
+  joinExpiry: { min: MINUTE, max: 7 * DAY },
   /** Agent chaos delays (test tool): timers, and 0 means none. */
   chaos: { min: 0, max: TIMER_MAX_MS },
 } as const satisfies Record<string, DurationRange>;

@@ -1,4 +1,5 @@
 /** Runtime objects: machines, jobs, work orders, changes and events, as the store and API hold them. */
+import type { ObservedFacts } from './facts.js';
 
 export const MACHINE_STATES = ['idle', 'running', 'stopped', 'done', 'awaiting-approval'] as const;
 export type MachineState = (typeof MACHINE_STATES)[number];
@@ -24,6 +25,8 @@ export interface Machine {
   /** The job this machine is running now, if any. */
   currentJob: string | null;
   power: 'on' | 'off';
+  /** What the machine's agent observed about its host (observed state: never in history or exports); null until it reports. */
+  facts: ObservedFacts | null;
   createdAt: string;
   updatedAt: string;
 }

@@ -4,7 +4,8 @@
  * a script that would silently render `rm -rf /` from an empty variable must not run at all.
  *
  * Scope contract (the engine builds it): every param the task declares, by name at the top level
- * (`{{ greeting }}`), plus the reserved `machine` object `{ id, name, environment }`. A declared optional
+ * (`{{ greeting }}`), plus the reserved `machine` object `{ id, name, environment }` and the machine's
+ * observed `facts` (model/facts.ts; `{}` until its agent reports them). A declared optional
  * param that has no value is passed as `null` (renders empty; `{% if x %}` / `| default:` work), so only
  * names the task never declared are "undefined".
  */

@@ -185,6 +185,31 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('machines').addColumn('approved_stage', 'integer', (c) => c.notNull().defaultTo(-1)).execute();
     },
   },
+  '0006_join_tokens_facts': {
+    async up(db: Kysely<unknown>) {
+      // Observed facts (inventory) of each machine, as JSON; never part of the desired-state history.
+      await db.schema.alterTable('machines').addColumn('facts', 'text').execute();
+      // Join tokens: only the SHA-256 of the secret is kept; revoked tokens stay listed for the record.
+      await db.schema
+        .createTable('join_tokens')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('token_hash', 'text', (c) => c.notNull())
+        .addColumn('name', 'text')
+        .addColumn('pipeline', 'text')
+        .addColumn('profiles', 'text', (c) => c.notNull())
+        .addColumn('environment', 'text', (c) => c.notNull())
+        .addColumn('url', 'text', (c) => c.notNull())
+        .addColumn('max_uses', 'integer', (c) => c.notNull())
+        .addColumn('uses', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('expires_at', 'text', (c) => c.notNull())
+        .addColumn('created_by', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('revoked_at', 'text')
+        .addColumn('revoked_by', 'text')
+        .addColumn('machines', 'text', (c) => c.notNull())
+        .execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

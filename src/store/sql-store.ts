@@ -4,6 +4,8 @@
 import { CompiledQuery, Kysely, Migrator, sql, type Compilable, type Selectable, type Transaction } from 'kysely';
 import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
+import type { ObservedFacts } from '../model/facts.js';
+import type { JoinToken } from '../model/join.js';
 import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
 import type { Rollout, RolloutItem } from '../model/rollout.js';
 import { migrationProvider, type Dialect } from './migrations.js';
@@ -20,7 +22,7 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, Database, JobsTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
+import type { ChangesTable, Database, JobsTable, JoinTokensTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -90,12 +92,17 @@ function machineFromRow(r: MachinesTable): Machine {
     profiles: parse(r.profiles),
     currentJob: r.current_job,
     power: r.power as Machine['power'],
+    facts: parse(r.facts),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };
 }
 
-function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash'> {
+/**
+ * The row a machine's ordinary writes carry. Facts are left out: they change only when the agent reports
+ * them (`setMachineFacts`), so claims and completions do not rewrite them with every job.
+ */
+function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts'> {
   return {
     id: m.id,
     name: m.name,
@@ -412,6 +419,42 @@ class SqlReads implements Reads {
     const rows = await this.db.selectFrom('events').selectAll().where('id', '>', afterId).orderBy('id').limit(limit).execute();
     return rows.map((r) => ({ id: Number(r.id), topic: r.topic, at: r.at, data: parse(r.data) }));
   }
+  async getJoinToken(id: string) {
+    const r = await this.db.selectFrom('join_tokens').selectAll().where('id', '=', id).executeTakeFirst();
+    return r ? joinTokenFromRow(r) : undefined;
+  }
+  async getJoinTokenHash(id: string) {
+    const r = await this.db.selectFrom('join_tokens').select('token_hash').where('id', '=', id).executeTakeFirst();
+    return r?.token_hash;
+  }
+  async listJoinTokens(p: Page = {}) {
+    const rows = await this.db.selectFrom('join_tokens').selectAll().orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limitOf(p.limit)).offset(p.offset ?? 0).execute();
+    return rows.map(joinTokenFromRow);
+  }
+  async listMachinesWithFactText(text: string) {
+    const pattern = `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    const rows = await this.db.selectFrom('machines').selectAll().where(sql<boolean>`facts like ${pattern} escape '\\'`).orderBy('created_at').limit(MAX_PAGE).execute();
+    return rows.map(machineFromRow);
+  }
+}
+
+function joinTokenFromRow(r: JoinTokensTable): JoinToken {
+  return {
+    id: r.id,
+    name: r.name,
+    pipeline: r.pipeline,
+    profiles: parse(r.profiles),
+    environment: r.environment,
+    url: r.url,
+    maxUses: Number(r.max_uses),
+    uses: Number(r.uses),
+    expiresAt: r.expires_at,
+    createdBy: r.created_by,
+    createdAt: r.created_at,
+    revokedAt: r.revoked_at,
+    revokedBy: r.revoked_by,
+    machines: parse(r.machines),
+  };
 }
 
 function rolloutFromRow(r: RolloutsTable): Rollout {
@@ -490,7 +533,7 @@ class SqlTx extends SqlReads implements Tx {
     return r ? machineFromRow(r) : undefined;
   }
   async insertMachine(m: Machine, tokenHash: string) {
-    await this.db.insertInto('machines').values({ ...machineToRow(m), token_hash: tokenHash }).execute();
+    await this.db.insertInto('machines').values({ ...machineToRow(m), facts: m.facts === null ? null : json(m.facts), token_hash: tokenHash }).execute();
   }
   async updateMachine(m: Machine) {
     const { id, ...rest } = machineToRow(m);
@@ -626,6 +669,48 @@ class SqlTx extends SqlReads implements Tx {
   async updateRollout(r: Rollout) {
     const { id, ...rest } = rolloutToRow(r);
     await this.db.updateTable('rollouts').set(rest).where('id', '=', id).execute();
+  }
+  async setMachineFacts(id: string, facts: ObservedFacts | null) {
+    await this.db.updateTable('machines').set({ facts: facts === null ? null : json(facts) }).where('id', '=', id).execute();
+  }
+  async setMachineTokenHash(id: string, tokenHash: string) {
+    await this.db.updateTable('machines').set({ token_hash: tokenHash }).where('id', '=', id).execute();
+  }
+  async insertJoinToken(t: JoinToken, tokenHash: string) {
+    await this.db
+      .insertInto('join_tokens')
+      .values({
+        id: t.id,
+        token_hash: tokenHash,
+        name: t.name,
+        pipeline: t.pipeline,
+        profiles: json(t.profiles),
+        environment: t.environment,
+        url: t.url,
+        max_uses: t.maxUses,
+        uses: t.uses,
+        expires_at: t.expiresAt,
+        created_by: t.createdBy,
+        created_at: t.createdAt,
+        revoked_at: t.revokedAt,
+        revoked_by: t.revokedBy,
+        machines: json(t.machines),
+      })
+      .execute();
+  }
+  async takeJoinTokenUse(id: string, now: string) {
+    const r = await this.db
+      .updateTable('join_tokens')
+      .set((eb) => ({ uses: eb('uses', '+', 1) }))
+      .where('id', '=', id)
+      .where('revoked_at', 'is', null)
+      .where('expires_at', '>', now)
+      .where((eb) => eb('uses', '<', eb.ref('max_uses')))
+      .executeTakeFirst();
+    return Number(r.numUpdatedRows) === 1;
+  }
+  async updateJoinToken(t: JoinToken) {
+    await this.db.updateTable('join_tokens').set({ revoked_at: t.revokedAt, revoked_by: t.revokedBy, machines: json(t.machines) }).where('id', '=', t.id).execute();
   }
   async putSetting(key: string, value: unknown) {
     if (value === null) {

@@ -7,6 +7,8 @@
  * transaction. Listeners hear about events only after the transaction has committed.
  */
 import type { ContentKind } from '../model/content.js';
+import type { ObservedFacts } from '../model/facts.js';
+import type { JoinToken } from '../model/join.js';
 import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
 import type { Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
 
@@ -101,6 +103,16 @@ export interface Reads {
   listRollouts(filter?: Page & { states?: RolloutState[] }): Promise<Rollout[]>;
   listRolloutItems(rolloutId: string): Promise<RolloutItem[]>;
   getSetting<T>(key: string): Promise<T | undefined>;
+  getJoinToken(id: string): Promise<JoinToken | undefined>;
+  /** The SHA-256 (hex) of a join token's secret, for authentication only. */
+  getJoinTokenHash(id: string): Promise<string | undefined>;
+  /** Newest first. */
+  listJoinTokens(page?: Page): Promise<JoinToken[]>;
+  /**
+   * Machines whose stored facts contain `text` (a machine-id, a UUID, a MAC) anywhere: a cheap first pass
+   * for recognising a host that joins again; the caller compares the facts field by field.
+   */
+  listMachinesWithFactText(text: string): Promise<Machine[]>;
 }
 
 export interface Tx extends Reads {
@@ -135,6 +147,19 @@ export interface Tx extends Reads {
   insertRollout(r: Rollout, items: RolloutItem[]): Promise<void>;
   updateRollout(r: Rollout): Promise<void>;
   updateRolloutItem(i: RolloutItem): Promise<void>;
+  /** Replaces a machine's observed facts (and only them: no history entry, no other column). */
+  setMachineFacts(id: string, facts: ObservedFacts | null): Promise<void>;
+  /** Replaces the digest of a machine's token: the old token stops working. */
+  setMachineTokenHash(id: string, tokenHash: string): Promise<void>;
+  insertJoinToken(t: JoinToken, tokenHash: string): Promise<void>;
+  /**
+   * Takes one use of a join token if it is still usable at `now` (not revoked, not expired, uses left),
+   * in one conditional write, so concurrent registrations can never take more uses than it has.
+   * @returns whether a use was taken.
+   */
+  takeJoinTokenUse(id: string, now: string): Promise<boolean>;
+  /** Writes a join token's revocation and its list of machines. */
+  updateJoinToken(t: JoinToken): Promise<void>;
   /** Sets (or with null, clears) an endpoint-wide setting such as a policy. */
   putSetting(key: string, value: unknown): Promise<void>;
   /** Records a numbered desired-state change; returns its number. */

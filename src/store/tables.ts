@@ -64,6 +64,8 @@ export interface MachinesTable {
   profiles: string;
   current_job: string | null;
   power: string;
+  /** Observed facts as JSON text; null until the agent reports them. */
+  facts: string | null;
   token_hash: string;
   created_at: string;
   updated_at: string;
@@ -145,6 +147,24 @@ export interface SettingsTable {
   value: string;
 }
 
+export interface JoinTokensTable {
+  id: string;
+  token_hash: string;
+  name: string | null;
+  pipeline: string | null;
+  profiles: string;
+  environment: string;
+  url: string;
+  max_uses: number;
+  uses: number;
+  expires_at: string;
+  created_by: string;
+  created_at: string;
+  revoked_at: string | null;
+  revoked_by: string | null;
+  machines: string;
+}
+
 export interface Database {
   changes: ChangesTable;
   events: EventsTable;
@@ -158,4 +178,5 @@ export interface Database {
   rollouts: RolloutsTable;
   rollout_items: RolloutItemsTable;
   settings: SettingsTable;
+  join_tokens: JoinTokensTable;
 }

@@ -121,7 +121,8 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const ref = (req.params as { id: string }).id;
     await requireOwnMachineRef(req.principal, ref, store);
     const m = await engine.findMachine(ref);
-    return publicMachine(m);
+    // Facts (observed inventory) only here: lists and events leave them out.
+    return { ...publicMachine(m), facts: m.facts };
   });
 
   app.patch('/api/v1/machines/:id', { schema: { body: patchBody } }, async (req) => {

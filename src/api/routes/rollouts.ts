@@ -12,7 +12,7 @@ const createBody = {
     select: {
       type: 'object',
       additionalProperties: { type: 'string' },
-      description: 'machine selection: state, pipeline, environment, broker, name, builtWith (e.g. demo@<1.2.0), stale (true)',
+      description: 'machine selection: state, pipeline, environment, broker, name, builtWith (e.g. demo@<1.2.0), stale (true), facts.<path> (an observed fact, e.g. facts.os.id: debian)',
     },
     canary: { type: 'integer', minimum: 0, description: 'machines in the first wave' },
     batch: { type: 'integer', minimum: 1, description: 'machines per later wave' },

@@ -1,0 +1,59 @@
+/**
+ * `takt agent join` (register this host with a join token; the install script runs it) and `takt agent
+ * facts` (print what the agent reports about this host). Subcommands of `takt agent`.
+ */
+import { readFile } from 'node:fs/promises';
+import type { Command } from 'commander';
+import { TaktError } from '../model/errors.js';
+import type { GlobalOptions } from './client.js';
+
+interface JoinOptions {
+  joinTokenFile: string;
+  tokenFile?: string;
+  ca?: string;
+  pin?: string;
+}
+
+/** Reads a one-line secret file (a token), refusing an empty one with the file's name. */
+async function readSecret(path: string, what: string): Promise<string> {
+  const text = await readFile(path, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    throw new TaktError('bad_request', `cannot read the ${what} from ${path}: ${err.code ?? err.message}`);
+  });
+  const token = text.trim();
+  if (!token) throw new TaktError('bad_request', `${path} is empty; it should hold the ${what}`);
+  return token;
+}
+
+export function agentJoinCommands(agent: Command, globals: () => GlobalOptions): void {
+  agent
+    .command('join')
+    .description("register this host with a join token: sends its inventory, writes the machine token it gets to --token-file (0600). The install script (`takt machines join`) runs this")
+    .requiredOption('--join-token-file <file>', 'file holding the join token (a file, so it is not on a command line)')
+    .option('--token-file <file>', 'where to write the machine token (mode 0600)')
+    .option('--ca <file>', "the endpoint's CA certificate (PEM): the only certificate trusted")
+    .option('--pin <sha256//base64>', "the endpoint's public key pin (as curl --pinnedpubkey), checked as well")
+    .action(async (o: JoinOptions) => {
+      // `takt agent` may declare --token-file and --ca itself; commander then gives them to it.
+      const parent = agent.opts<{ tokenFile?: string; ca?: string }>();
+      const tokenFile = o.tokenFile ?? parent.tokenFile;
+      const caFile = o.ca ?? parent.ca;
+      const endpoint = globals().endpoint ?? process.env.TAKT_ENDPOINT;
+      if (!endpoint) throw new TaktError('bad_request', 'the endpoint URL is needed: --endpoint or TAKT_ENDPOINT');
+      if (!tokenFile) throw new TaktError('bad_request', 'say where the machine token goes: --token-file FILE');
+      const joinToken = await readSecret(o.joinTokenFile, 'join token');
+      const ca = caFile ? await readFile(caFile, 'utf8') : undefined;
+      const { registerHost } = await import('../agent/register.js');
+      const r = await registerHost({ endpoint, ...(ca ? { ca } : {}), ...(o.pin ? { pin: o.pin } : {}) }, joinToken, tokenFile);
+      const g = globals();
+      if (g.output === 'json') process.stdout.write(`${JSON.stringify(r)}\n`);
+      else process.stderr.write(`takt: ${r.rejoined ? 'joined again as' : 'joined as'} machine ${r.machine.name} (${r.machine.id}); wrote its token (mode 0600)\n`);
+    });
+
+  agent
+    .command('facts')
+    .description('print the facts (inventory) the agent reports about this host, as JSON')
+    .action(async () => {
+      const { collectFacts } = await import('../agent/inventory.js');
+      process.stdout.write(`${JSON.stringify(await collectFacts(), null, 2)}\n`);
+    });
+}

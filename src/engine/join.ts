@@ -1,0 +1,282 @@
+/**
+ * Joining hosts: join tokens (made, listed, revoked), registration of a host with its inventory, the
+ * facts an agent reports, and machine token rotation. A host that joins again — recognised by its
+ * machine-id, SMBIOS UUID or MACs (model/facts.ts identityOf) — becomes the machine it was, with a new
+ * token; its old token stops working.
+ *
+ * Facts are observed state: they are written with their own store call, never through the desired-state
+ * commit path, so they have no history entry and no rewind, export or import touches them.
+ */
+import { randomBytes } from 'node:crypto';
+import { DURATION_RANGES, parseDuration } from '../model/duration.js';
+import { TaktError } from '../model/errors.js';
+import { identityOf, sameHost, type Facts, type HostIdentity, type ObservedFacts } from '../model/facts.js';
+import { sha256 } from '../model/hash.js';
+import { DEFAULT_JOIN_EXPIRY_MS, joinTokenProblem, MAX_JOIN_USES, viewJoinToken, type JoinToken, type JoinTokenView } from '../model/join.js';
+import type { Machine } from '../model/machine.js';
+import type { Page, Store, Tx } from '../store/store.js';
+import { newMachineToken, publicMachine, type Engine } from './engine.js';
+import { assertMachineName, looksLikeId } from './ids.js';
+
+/** The environment a joined machine gets unless its token names another: a host reached over the network. */
+export const DEFAULT_JOIN_ENVIRONMENT = 'remote';
+
+export interface JoinTokenInput {
+  /** The machine's name; only for a single-use token. Default: the host's hostname, made a valid name. */
+  name?: string | null;
+  pipeline?: string | null;
+  profiles?: string[];
+  /** Default `remote`. */
+  environment?: string;
+  /** Lifetime: a duration (`1h`, `30m`) or seconds; default 1 h, from 1 m to 7 d. */
+  expires?: string | number;
+  /** Registrations allowed, 1…1000; default 1. */
+  uses?: number;
+  /** The endpoint URL the host uses (https, or http on loopback only). */
+  url: string;
+}
+
+export interface Registered {
+  machine: Machine;
+  /** The machine's new token: shown once, only its digest is kept. */
+  token: string;
+  /** True when the host was recognised as an existing machine (its old token no longer works). */
+  rejoined: boolean;
+}
+
+/** How many `name-2`, `name-3`… a hostname-derived name tries before giving up. */
+const MAX_NAME_SUFFIX = 1000;
+
+export class Joins {
+  constructor(
+    private readonly store: Store,
+    private readonly engine: Engine,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /**
+   * Makes a join token. Its pipeline and profiles must exist now (they are checked again when a host
+   * registers); a named token allows one use, so one name makes one machine.
+   * @throws TaktError invalid/bad_request naming the field, conflict when the name is taken.
+   */
+  async create(input: JoinTokenInput, author: string): Promise<{ joinToken: JoinTokenView; token: string }> {
+    const now = this.now();
+    const uses = input.uses ?? 1;
+    if (!Number.isInteger(uses) || uses < 1 || uses > MAX_JOIN_USES) throw new TaktError('invalid', `uses must be a whole number from 1 to ${MAX_JOIN_USES}`, { path: '/uses' });
+    const expiresMs = input.expires === undefined ? DEFAULT_JOIN_EXPIRY_MS : parseDuration(input.expires, 'expires', DURATION_RANGES.joinExpiry);
+    const name = input.name ?? null;
+    if (name !== null) {
+      assertMachineName(name);
+      if (uses !== 1) throw new TaktError('invalid', `a join token that names its machine ('${name}') can be used once; leave the name out to name each machine after its host`, { path: '/uses' });
+      if (await this.store.getMachineByName(name)) throw new TaktError('conflict', `a machine named '${name}' already exists`, { path: '/name' });
+    }
+    this.engine.checkPatch(this.engine.content.current, { pipeline: input.pipeline ?? null, profiles: input.profiles ?? [] });
+    const id = `jt-${randomBytes(5).toString('hex')}`;
+    const token = `tkj.${id}.${randomBytes(24).toString('base64url')}`;
+    const t: JoinToken = {
+      id,
+      name,
+      pipeline: input.pipeline ?? null,
+      profiles: input.profiles ?? [],
+      environment: input.environment ?? DEFAULT_JOIN_ENVIRONMENT,
+      url: endpointUrl(input.url),
+      maxUses: uses,
+      uses: 0,
+      expiresAt: new Date(now + expiresMs).toISOString(),
+      createdBy: author,
+      createdAt: new Date(now).toISOString(),
+      revokedAt: null,
+      revokedBy: null,
+      machines: [],
+    };
+    const view = viewJoinToken(t, now);
+    await this.store.transact(async (tx) => {
+      await tx.insertJoinToken(t, sha256(token));
+      tx.emit(`jointokens.create.${id}`, view);
+    });
+    return { joinToken: view, token };
+  }
+
+  async list(page: Page = {}): Promise<JoinTokenView[]> {
+    const now = this.now();
+    return (await this.store.listJoinTokens(page)).map((t) => viewJoinToken(t, now));
+  }
+
+  async get(id: string): Promise<JoinTokenView> {
+    return viewJoinToken(await this.find(id), this.now());
+  }
+
+  /** Revokes a join token at once (kept, listed as revoked). Revoking it again changes nothing. */
+  async revoke(id: string, author: string): Promise<JoinTokenView> {
+    await this.find(id);
+    return this.store.transact(async (tx) => {
+      const t = (await tx.getJoinToken(id))!;
+      if (t.revokedAt !== null) return viewJoinToken(t, this.now());
+      const next = { ...t, revokedAt: new Date(this.now()).toISOString(), revokedBy: author };
+      await tx.updateJoinToken(next);
+      const view = viewJoinToken(next, this.now());
+      tx.emit(`jointokens.update.${id}`, view);
+      return view;
+    });
+  }
+
+  /**
+   * Registers the host that presents join token `tokenId` with its inventory: the machine it was (same
+   * identity, not created by a broker) with a new token, else a new machine made as the token says. Takes
+   * one use of the token in the same transaction; a registration that fails takes none.
+   * @throws TaktError unauthorized when the token is expired, used up or revoked (saying which);
+   *   conflict when the name it gives is taken; invalid when its pipeline can no longer start.
+   */
+  async register(tokenId: string, facts: Facts): Promise<Registered> {
+    const now = this.now();
+    const at = new Date(now).toISOString();
+    const t = await this.usable(tokenId, now);
+    const observed: ObservedFacts = { ...facts, observedAt: at };
+    const author = `join:${t.id}`;
+    const identity = identityOf(facts);
+    const known = identity ? await this.findHost(identity) : undefined;
+    const made = known ? undefined : await this.newMachine(t, facts, observed);
+    return this.store.transact(async (tx) => {
+      if (!(await tx.takeJoinTokenUse(t.id, at))) {
+        const again = await tx.getJoinToken(t.id);
+        throw new TaktError('unauthorized', (again && joinTokenProblem(again, now)) ?? `join token ${t.id} can no longer be used`);
+      }
+      let result: Registered;
+      if (known) {
+        const m = await tx.lockMachine(known.id);
+        if (!m) throw new TaktError('conflict', `machine '${known.name}' was deleted while this host joined; run the join command again`);
+        const token = await this.rekey(tx, m, author, 'the host joined again');
+        await tx.setMachineFacts(m.id, observed);
+        result = { machine: { ...m, facts: observed }, token, rejoined: true };
+        tx.emit(`machines.update.${m.id}`, publicMachine(result.machine));
+      } else {
+        await this.engine.insertMachine(tx, made!.machine, made!.token, author);
+        result = { machine: made!.machine, token: made!.token, rejoined: false };
+      }
+      const current = (await tx.getJoinToken(t.id))!;
+      const next = { ...current, machines: [...current.machines, result.machine.id] };
+      await tx.updateJoinToken(next);
+      tx.emit(`jointokens.update.${t.id}`, viewJoinToken(next, now));
+      return result;
+    });
+  }
+
+  /** Stores what machine `machineId`'s agent observed (replacing what it reported before). */
+  async setFacts(machineId: string, facts: Facts): Promise<ObservedFacts> {
+    const observed: ObservedFacts = { ...facts, observedAt: new Date(this.now()).toISOString() };
+    await this.store.transact(async (tx) => {
+      const m = await tx.lockMachine(machineId);
+      if (!m) throw new TaktError('not_found', `machine '${machineId}' not found`);
+      await tx.setMachineFacts(m.id, observed);
+      tx.emit(`machines.update.${m.id}`, publicMachine(m));
+    });
+    return observed;
+  }
+
+  /**
+   * Issues machine `idOrName` a new token and revokes the old one at once. A machine run by a broker is
+   * refused: the broker holds its token and would keep starting its agent with the old one.
+   */
+  async rotateToken(idOrName: string, author: string): Promise<{ machine: Machine; token: string }> {
+    const found = await this.engine.findMachine(idOrName);
+    if (found.broker !== null) {
+      throw new TaktError('conflict', `machine '${found.name}' is run by broker '${found.broker}', which holds its token; delete and create it again instead`);
+    }
+    return this.store.transact(async (tx) => {
+      const m = await tx.lockMachine(found.id);
+      if (!m) throw new TaktError('not_found', `machine '${idOrName}' not found`);
+      return { machine: m, token: await this.rekey(tx, m, author, 'rotated') };
+    });
+  }
+
+  /** The token as it stands, if a host may still use it at `now`; else why not. */
+  private async usable(tokenId: string, now: number): Promise<JoinToken> {
+    const t = await this.store.getJoinToken(tokenId);
+    if (!t) throw new TaktError('unauthorized', `join token ${tokenId} does not exist`);
+    const problem = joinTokenProblem(t, now);
+    if (problem) throw new TaktError('unauthorized', problem);
+    return t;
+  }
+
+  private async find(id: string): Promise<JoinToken> {
+    const t = await this.store.getJoinToken(id);
+    if (!t) throw new TaktError('not_found', `join token '${id}' not found`);
+    return t;
+  }
+
+  /** A new token for `m` written in `tx`; listeners (the authenticator's cache) hear of it after commit. */
+  private async rekey(tx: Tx, m: Machine, author: string, why: string): Promise<string> {
+    const token = newMachineToken(m.id);
+    await tx.setMachineTokenHash(m.id, sha256(token));
+    tx.emit(`machines.token.${m.id}`, { id: m.id, name: m.name, by: author, reason: why });
+    return token;
+  }
+
+  /** The joined (not brokered) machine that was this host, if any; the oldest when several claim it. */
+  private async findHost(identity: NonNullable<HostIdentity>): Promise<Machine | undefined> {
+    const texts = identity.kind === 'macs' ? identity.values : [identity.value];
+    for (const text of texts) {
+      const hit = (await this.store.listMachinesWithFactText(text)).find((m) => m.broker === null && sameHost(identity, m.facts));
+      if (hit) return hit;
+    }
+    return undefined;
+  }
+
+  private async newMachine(t: JoinToken, facts: Facts, observed: ObservedFacts) {
+    const name = t.name ?? (await this.freeName(machineNameFromHost(facts.hostname)));
+    const made = await this.engine.newMachine({ name, environment: t.environment, pipeline: t.pipeline, profiles: t.profiles, broker: null });
+    made.machine.facts = observed;
+    return made;
+  }
+
+  /** `base`, else `base-2`, `base-3`… the first name no machine has. */
+  private async freeName(base: string): Promise<string> {
+    for (let i = 1; i <= MAX_NAME_SUFFIX; i++) {
+      const name = i === 1 ? base : `${base.slice(0, 63 - String(i).length - 1)}-${i}`;
+      if (!(await this.store.getMachineByName(name))) return name;
+    }
+    throw new TaktError('conflict', `machines named '${base}' through '${base}-${MAX_NAME_SUFFIX}' all exist; give the join token a name`);
+  }
+}
+
+/**
+ * A machine name from a hostname: lower-cased, the first DNS label kept whole when it is enough,
+ * characters outside [a-z0-9._-] as `-`, at most 63 characters, starting with a letter or digit, and never
+ * in the shape of a takt id (`m-1a2b`, which gets a `host-` prefix). An empty result is `host`.
+ */
+export function machineNameFromHost(hostname: string): string {
+  let name = hostname
+    .trim()
+    .toLowerCase()
+    .replace(/[^a-z0-9._-]+/g, '-')
+    .replace(/^[^a-z0-9]+/, '')
+    .slice(0, 63)
+    .replace(/[.-]+$/, '');
+  if (name === '') name = 'host';
+  if (looksLikeId(name)) name = `host-${name}`.slice(0, 63);
+  return name;
+}
+
+/**
+ * The endpoint URL a join script and its agent use: an origin (scheme, host, port; no path, query or
+ * credentials), https, or http on a loopback address only (a join token must not cross a network in clear).
+ * @throws TaktError invalid at /url.
+ */
+export function endpointUrl(text: string): string {
+  let u: URL;
+  try {
+    u = new URL(text);
+  } catch {
+    throw new TaktError('invalid', `url '${text}' is not a URL; give the endpoint's address as remote hosts reach it, e.g. https://10.0.0.1:8092`, { path: '/url' });
+  }
+  if (u.username || u.password || (u.pathname !== '/' && u.pathname !== '') || u.search || u.hash) {
+    throw new TaktError('invalid', `url '${text}' must be just scheme, host and port (e.g. https://10.0.0.1:8092)`, { path: '/url' });
+  }
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
+  if (u.protocol === 'http:' && !loopback) {
+    throw new TaktError('invalid', `url '${text}' is plain HTTP beyond loopback: the join token and the machine token would cross the network in clear; use the endpoint's https URL`, { path: '/url' });
+  }
+  if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new TaktError('invalid', `url '${text}' must be https (or http on loopback)`, { path: '/url' });
+  return u.origin;
+}

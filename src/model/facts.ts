@@ -1,0 +1,112 @@
+/**
+ * Facts: what an agent observed about its host (inventory), kept on the machine as observed state. They
+ * are never desired state: no history entry, no rewind, no export or import, never mixed into params.
+ * Templates read them as `facts.*` (beside the params, never among them) and rollout selectors as
+ * `facts.<path>=value`.
+ *
+ * One TypeBox declaration gives both the TypeScript type and the JSON Schema the API validates with;
+ * every string and list is bounded so one machine's facts stay small (MAX_FACTS_BYTES).
+ */
+import Type, { type Static } from 'typebox';
+
+/** The facts of one machine as sent (JSON, UTF-8), at most: a machine travels whole in lists and events. */
+export const MAX_FACTS_BYTES = 64 * 1024;
+/** Entries in one list (addresses, disks, MACs) at most. */
+export const MAX_FACT_ITEMS = 128;
+
+const closed = { additionalProperties: false } as const;
+const Text = (max = 256) => Type.String({ maxLength: max });
+const OptText = (max = 256) => Type.Union([Type.String({ maxLength: max }), Type.Null()]);
+const Count = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+
+/** A MAC address as Linux prints it: six lower-case hex pairs joined by colons. */
+export const MAC_PATTERN = '^[0-9a-f]{2}(:[0-9a-f]{2}){5}$';
+
+export const FactsSchema = Type.Object(
+  {
+    /** The host's name (the kernel's, else /etc/hostname). */
+    hostname: Text(253),
+    /** /etc/machine-id (systemd, RFC 4122 without dashes): the strongest identity a Linux host has. */
+    machineId: OptText(64),
+    /** SMBIOS system UUID (/sys/class/dmi/id/product_uuid); null when absent or not readable. */
+    productUuid: OptText(64),
+    /** MAC addresses of network interfaces backed by a device (not bridges, veths or loopback), sorted. */
+    macs: Type.Array(Type.String({ pattern: MAC_PATTERN }), { maxItems: MAX_FACT_ITEMS }),
+    /** IP addresses of every non-loopback interface. */
+    addresses: Type.Array(
+      Type.Object({ interface: Text(64), address: Text(64), family: Type.Union([Type.Literal('IPv4'), Type.Literal('IPv6')]), prefix: Type.Integer({ minimum: 0, maximum: 128 }) }, closed),
+      { maxItems: MAX_FACT_ITEMS },
+    ),
+    /** From /etc/os-release (os-release(5)): ID, VERSION_ID, PRETTY_NAME, ID_LIKE split on spaces. */
+    os: Type.Object({ id: OptText(64), versionId: OptText(64), prettyName: OptText(), idLike: Type.Array(Text(64), { maxItems: 16 }) }, closed),
+    /** The running kernel's release (uname -r). */
+    kernel: Text(),
+    /** The machine architecture (uname -m), e.g. x86_64. */
+    arch: Text(32),
+    cpu: Type.Object({ model: OptText(), count: Count }, closed),
+    /** Total memory (MemTotal), in bytes. */
+    memoryBytes: Count,
+    /** Block devices backed by hardware (not loop, ram or device-mapper), with their size in bytes. */
+    disks: Type.Array(Type.Object({ name: Text(64), sizeBytes: Count, model: OptText(), rotational: Type.Union([Type.Boolean(), Type.Null()]) }, closed), { maxItems: MAX_FACT_ITEMS }),
+    /** The agent version that collected them. */
+    agentVersion: OptText(64),
+  },
+  closed,
+);
+
+/** What the agent sends. */
+export type Facts = Static<typeof FactsSchema>;
+
+/** Facts as a machine carries them: what was sent, and when the endpoint received it (ISO-8601). */
+export type ObservedFacts = Facts & { observedAt: string };
+
+/** The reserved template variable holding the machine's facts; a param may not use this name. */
+export const FACTS_VAR = 'facts';
+
+/** Top-level fact names, for lint messages and selectors. */
+export const FACT_FIELDS: readonly string[] = Object.keys(FactsSchema.properties);
+
+/**
+ * The identity a joining host is recognised by, strongest first: machine-id, else the SMBIOS UUID, else
+ * its MAC addresses. Only the strongest one the host reports is compared: VMs cloned from one template
+ * may share an SMBIOS UUID yet have a machine-id each, and then the machine-id tells them apart.
+ */
+export type HostIdentity = { kind: 'machineId'; value: string } | { kind: 'productUuid'; value: string } | { kind: 'macs'; values: string[] } | null;
+
+export function identityOf(f: Pick<Facts, 'machineId' | 'productUuid' | 'macs'>): HostIdentity {
+  if (f.machineId) return { kind: 'machineId', value: f.machineId };
+  if (f.productUuid) return { kind: 'productUuid', value: f.productUuid };
+  if (f.macs.length > 0) return { kind: 'macs', values: f.macs };
+  return null;
+}
+
+/** Whether `facts` (a stored machine's) show the host `id`. */
+export function sameHost(id: NonNullable<HostIdentity>, facts: Facts | null): boolean {
+  if (!facts) return false;
+  if (id.kind === 'machineId') return facts.machineId === id.value;
+  if (id.kind === 'productUuid') return facts.productUuid === id.value;
+  return facts.macs.some((m) => id.values.includes(m));
+}
+
+/**
+ * The value at a dotted path below the facts (`os.id`, `cpu.count`, `macs`), or undefined.
+ * Only own properties are followed, so `__proto__` or `constructor` never reach an object's prototype.
+ */
+export function factAt(facts: Facts | null, path: string): unknown {
+  let v: unknown = facts;
+  for (const seg of path.split('.')) {
+    if (v === null || typeof v !== 'object' || !Object.hasOwn(v, seg)) return undefined;
+    v = (v as Record<string, unknown>)[seg];
+  }
+  return v;
+}
+
+/**
+ * Whether the fact at `path` equals `want` as text: a number or boolean by its JSON text, a list when any
+ * of its elements does (`facts.macs=52:54:00:12:34:56`). An absent fact or an object equals nothing.
+ */
+export function factMatches(facts: Facts | null, path: string, want: string): boolean {
+  const v = factAt(facts, path);
+  const eq = (x: unknown) => (typeof x === 'string' ? x === want : typeof x === 'number' || typeof x === 'boolean' ? String(x) === want : false);
+  return Array.isArray(v) ? v.some(eq) : eq(v);
+}
