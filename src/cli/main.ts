@@ -79,7 +79,13 @@ Examples:
   )
   .action(async (o: ServeCliOptions) => {
     const { serve } = await import('./serve.js');
-    const server = await serve(o);
+    let server: Awaited<ReturnType<typeof serve>>;
+    try {
+      server = await serve(o);
+    } catch (err) {
+      // A start that fails half-way may have opened sockets or timers: say why, then leave for sure.
+      process.exit(report(err));
+    }
     let closing = false;
     const shutdown = async () => {
       if (closing) return;
