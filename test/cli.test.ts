@@ -44,10 +44,10 @@ describe('help and setup errors', () => {
     expect(r.stderr).toMatch(/cannot reach http:\/\/127\.0\.0\.1:9.*\n.*takt serve/);
   });
 
-  it('serve refuses a non-loopback address until TLS exists', async () => {
-    const r = await runCli(['serve', '--listen', '0.0.0.0:18093', '--data', '/tmp/takt-never']);
+  it('the agent with a token file that is not there says which', async () => {
+    const r = await runCli(['agent', '--endpoint', 'https://127.0.0.1:9', '--token-file', '/nonexistent/token']);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/refusing to listen on 0\.0\.0\.0/);
+    expect(r.stderr).toMatch(/--token-file \/nonexistent\/token: no such file/);
   });
 
   it('the agent without a token says so', async () => {

@@ -138,6 +138,9 @@ describe.skipIf(!isRoot)('local machines of a root endpoint are sandboxed', () =
     }
     expect(log).toContain('PROBE write-own-root: ALLOWED');
     expect(log).toContain('PROBE environs-with-a-token: 0');
+    // Its agent reached the endpoint as a remote agent does: over TLS on the bridge, trusting the endpoint's CA.
+    const agentLog = readFileSync(join(ep.data, 'machines', machine.id, 'agent.log'), 'utf8');
+    expect(agentLog).toMatch(/"endpoint":"https:\/\/10\.2\d\d\.\d+\.1:\d+"/);
     expect((await ep.cli(['machines', 'delete', 'netns-prober'])).code).toBe(0);
   });
 

@@ -14,8 +14,6 @@ export interface EndpointAccess {
   endpoint: string;
   /** PEM of the endpoint's CA: the only certificate trusted when given. */
   ca?: string;
-  /** `sha256//<base64>` of the endpoint's public key, checked as well when given. */
-  pin?: string;
 }
 
 export interface Registration {
@@ -31,7 +29,7 @@ export interface Registration {
  */
 export async function registerHost(access: EndpointAccess, joinToken: string, tokenFile: string, agentVersion: string | null = null): Promise<Registration> {
   const facts = await collectFacts(undefined, agentVersion);
-  const client = new ApiClient({ ...access, token: joinToken } as ConstructorParameters<typeof ApiClient>[0]);
+  const client = new ApiClient({ ...access, token: joinToken });
   try {
     const r = await client.post<{ machine: { id: string; name: string }; token: string; rejoined: boolean }>('/join', { facts });
     if (!machineIdFromToken(r.token)) throw new TaktError('internal', 'the endpoint answered the registration without a machine token');
@@ -57,7 +55,7 @@ export async function reportFacts(access: EndpointAccess, token: string, log: (l
     log('warn', 'could not collect the host facts', { error: (err as Error).message });
     return false;
   }
-  const client = new ApiClient({ ...access, token } as ConstructorParameters<typeof ApiClient>[0]);
+  const client = new ApiClient({ ...access, token });
   try {
     for (let attempt = 0; attempt < attempts && !signal?.aborted; attempt++) {
       try {

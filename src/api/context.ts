@@ -10,6 +10,7 @@ import type { Rollouts } from '../engine/rollouts.js';
 import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
 import { authorOf, type Principal } from './auth.js';
+import type { TlsMaterial } from './tls.js';
 
 /** Creates and destroys machines in an environment (the API only needs this much of a broker). */
 export interface BrokerPort {
@@ -35,6 +36,13 @@ export interface ApiContext {
   churn: Churn;
   brokers: Map<string, BrokerPort>;
   version: string;
+  /**
+   * The TLS material remote machines trust: the CA they pin and the server key pin (read it when needed:
+   * it is re-read after a renewal). Null or absent when the app runs without listeners (unit tests).
+   */
+  readonly tls?: TlsMaterial | null;
+  /** The https URL remote machines use (`--advertise-url` or the first HTTPS listener); null: loopback only. */
+  readonly publicUrl?: string | null;
   /** Join tokens, registration, facts and token rotation. */
   joins: Joins;
   /** Builds (once) and serves the agent bundle joining hosts install. */

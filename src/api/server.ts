@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { createServer, STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
@@ -13,6 +14,7 @@ import { TaktError } from '../model/errors.js';
 import { Authenticator, JOIN_TOKEN_SCOPE } from './auth.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
+import type { RequestHandler } from './listeners.js';
 import { contentRoutes } from './routes/content.js';
 import { eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
@@ -29,8 +31,6 @@ export interface ServerOptions extends ApiContext {
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
   /** Host names (besides IP literals and `localhost`) this endpoint answers to; others get 421. */
   hostNames?: readonly string[];
-  /** Connection and request bounds (defaults in DEFAULT_LIMITS). */
-  limits?: Partial<ServerLimits>;
 }
 
 /** Bounds on what one client can hold of the endpoint. */
@@ -45,33 +45,47 @@ export const DEFAULT_LIMITS: ServerLimits = { requestTimeoutMs: 120_000, maxConn
 
 const UI_FILE = fileURLToPath(new URL('../../ui/index.html', import.meta.url));
 
+const handlers = new WeakMap<FastifyInstance, RequestHandler>();
+
+/**
+ * The app's request handler, for Listeners to serve on each address; throws for an app not made by
+ * buildServer.
+ */
+export function requestHandlerOf(app: FastifyInstance): RequestHandler {
+  const h = handlers.get(app);
+  if (!h) throw new Error('requestHandlerOf: not an app made by buildServer');
+  return h;
+}
+
+/**
+ * Errors Node's HTTP parser raises before there is a request (headers too large, not HTTP, a request that
+ * did not arrive in time) are answered in the one error shape with the same headers, then closed.
+ */
+export function answerClientError(err: Error, socket: Socket): void {
+  if (!socket.writable || socket.destroyed) return;
+  const code = (err as NodeJS.ErrnoException).code;
+  const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+  const message =
+    status === 431 ? 'the request headers are too large' : status === 408 ? 'the request did not arrive whole in time (--request-timeout)' : 'the request is not valid HTTP/1.1';
+  socket.end(rawErrorResponse(status, new TaktError('bad_request', message).toBody()));
+}
+
 export async function buildServer(opts: ServerOptions): Promise<FastifyInstance> {
-  const limits = { ...DEFAULT_LIMITS, ...opts.limits };
   const ui = await readFile(UI_FILE, 'utf8');
   const csp = uiCsp(ui);
   const hosts = hostNames(opts.hostNames ?? []);
+  let handler: RequestHandler | null = null;
   const app = Fastify({
     logger: opts.logger ?? false,
     bodyLimit: 1024 * 1024,
     // Unique per process start and cheap: a random prefix and a counter (a CSPRNG call per request cost
     // more than the rest of the id; ids are for finding a request in the log, not secrets).
     genReqId: requestIds(),
-    // A slow or stalled sender is cut off once the whole request has not arrived in time (slowloris).
-    // This bounds receiving the request only: long-polls and event streams answer later, unaffected.
-    serverFactory: (handler) => {
-      const server = createServer(
-        {
-          requestTimeout: limits.requestTimeoutMs,
-          headersTimeout: Math.min(60_000, limits.requestTimeoutMs),
-          connectionsCheckingInterval: Math.max(100, Math.min(30_000, Math.floor(limits.requestTimeoutMs / 4))),
-          // A request without Host reaches the Host check below and gets the error shape (Node's own
-          // check answers a bare 400).
-          requireHostHeader: false,
-        },
-        handler,
-      );
-      server.maxConnections = limits.maxConnections;
-      return server;
+    // Fastify gets a server it never listens on: the endpoint's sockets are made by Listeners (listeners.ts)
+    // from the handler kept here, so one app is served on several addresses, plain and TLS.
+    serverFactory: (h) => {
+      handler = h as RequestHandler;
+      return createServer(h);
     },
     ajv: { customOptions: { allErrors: false, removeAdditional: false, coerceTypes: false } },
     // Errors the framework raises before routing (a path that is not valid percent-encoding, a bad
@@ -86,15 +100,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     },
     // Errors Node's HTTP parser raises before there is a request (headers too large, not HTTP, a request
     // that did not arrive in time) are answered in the one error shape with the same headers, then closed.
-    clientErrorHandler: (err, socket) => {
-      if (!socket.writable || socket.destroyed) return;
-      const code = (err as NodeJS.ErrnoException).code;
-      const status = code === 'HPE_HEADER_OVERFLOW' ? 431 : code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
-      const message =
-        status === 431 ? 'the request headers are too large' : status === 408 ? 'the request did not arrive whole in time (--request-timeout)' : 'the request is not valid HTTP/1.1';
-      socket.end(rawErrorResponse(status, new TaktError('bad_request', message).toBody()));
-    },
+    clientErrorHandler: answerClientError,
   });
+  if (handler) handlers.set(app, handler);
   const auth = new Authenticator(opts.adminToken, opts.store);
   const metrics = new Metrics(opts.store);
   app.addHook('onClose', async () => metrics.close());

@@ -4,14 +4,14 @@
  *
  *   host: bridge tkb-XXXX 10.N.M.1/24 ── veth ── namespace takt-<machine id>: eth0 10.N.M.<k>/24
  *
- * The endpoint stays on loopback (binding beyond it needs TLS); a small TCP forwarder listens on the
- * bridge address only and passes connections to it, so nothing outside this host can reach the endpoint.
+ * Agents reach the endpoint as any remote agent does: over TLS, on a listener the endpoint opens on the
+ * bridge address (through `NetnsOptions.listen`), trusting only the endpoint's own CA. The bridge address
+ * is on no other network, so nothing outside this host reaches that listener.
  * Needs root and iproute2's `ip`; `check()` says so plainly when either is missing.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { TaktError } from '../model/errors.js';
@@ -21,15 +21,18 @@ const run = promisify(execFile);
 
 export interface NetnsOptions {
   dataDir: string;
-  /** The endpoint's own (loopback) URL. */
-  endpoint: () => string;
+  /**
+   * Opens the endpoint's TLS listener on the bridge address (port 0: any free port), with a certificate
+   * naming that address. Throws Node's listen error (EADDRINUSE…).
+   */
+  listen: (host: string, port: number) => Promise<{ port: number; close: () => Promise<void> }>;
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
 
 interface NetState {
   /** The bridge's /24 as `10.a.b`, chosen once so it does not overlap a network the host already routes. */
   prefix?: string;
-  /** The forwarder's port on the bridge address; kept so agents keep their URL across endpoint restarts. */
+  /** The TLS listener's port on the bridge address; kept so agents keep their URL across endpoint restarts. */
   port: number;
   /** Host part of each machine's address, by machine id. */
   hosts: Record<string, number>;
@@ -53,8 +56,7 @@ export class NetnsPlacement implements Placement {
   private readonly seed: Buffer;
   private readonly stateFile: string;
   private state: NetState;
-  private forwarder: Server | null = null;
-  private readonly sockets = new Set<Socket>();
+  private listener: { port: number; close: () => Promise<void> } | null = null;
   private ready: Promise<void> | null = null;
   private moved = false;
 
@@ -97,7 +99,7 @@ export class NetnsPlacement implements Placement {
     await this.ensureNetwork();
   }
 
-  /** The bridge, its address and the forwarder: once per endpoint process, again if something broke. */
+  /** The bridge, its address and the TLS listener: once per endpoint process, again if something broke. */
   private ensureNetwork(): Promise<void> {
     this.ready ??= this.setUpNetwork().catch((err: unknown) => {
       this.ready = null;
@@ -116,7 +118,7 @@ export class NetnsPlacement implements Placement {
     const addrs = await ip('-o', 'addr', 'show', 'dev', this.bridge);
     if (!addrs.includes(` ${this.hostAddress}/24`)) await ip('addr', 'add', `${this.hostAddress}/24`, 'dev', this.bridge);
     await ip('link', 'set', this.bridge, 'up');
-    if (!this.forwarder) await this.startForwarder();
+    if (!this.listener) await this.startListener();
   }
 
   /** A 10.x.y.0/24 no route on this host covers yet (x in 200–249), starting from the data dir's hash. */
@@ -131,42 +133,19 @@ export class NetnsPlacement implements Placement {
     throw new TaktError('conflict', 'no free 10.200.0.0/13 subnet for the netns bridge');
   }
 
-  private async startForwarder(): Promise<void> {
-    const server = createServer((client) => {
-      const target = new URL(this.opts.endpoint());
-      const upstream = createConnection({ host: target.hostname, port: Number(target.port) });
-      for (const s of [client, upstream]) {
-        this.sockets.add(s);
-        s.on('close', () => this.sockets.delete(s));
-        s.on('error', () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.pipe(upstream).pipe(client);
-    });
-    const listen = (port: number) =>
-      new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host: this.hostAddress, port }, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
+  private async startListener(): Promise<void> {
     try {
-      await listen(this.state.port);
+      this.listener = await this.opts.listen(this.hostAddress, this.state.port);
     } catch (err) {
-      // The port we had is taken now: agents will be restarted with the new URL below.
+      // The port we had is taken now: agents will be restarted with the new URL (see endpointMoved).
       if (this.state.port === 0) throw err;
       this.opts.log('warn', 'netns: the bridge port the agents know is taken; using a new one and restarting them', { port: this.state.port });
-      await listen(0);
+      this.listener = await this.opts.listen(this.hostAddress, 0);
       this.moved = true;
     }
-    const addr = server.address();
-    this.state.port = typeof addr === 'object' && addr ? addr.port : 0;
+    this.state.port = this.listener.port;
     this.save();
-    this.forwarder = server;
-    this.opts.log('info', `netns: machines reach the endpoint at http://${this.hostAddress}:${this.state.port} on bridge ${this.bridge}`);
+    this.opts.log('info', `netns: machines reach the endpoint at ${this.endpoint()} on bridge ${this.bridge}`);
   }
 
   async prepare(m: LocalMachine): Promise<void> {
@@ -218,7 +197,7 @@ export class NetnsPlacement implements Placement {
   }
 
   endpoint(): string {
-    return `http://${this.hostAddress}:${this.state.port}`;
+    return `https://${this.hostAddress}:${this.state.port}`;
   }
 
   async remove(m: LocalMachine): Promise<void> {
@@ -229,12 +208,11 @@ export class NetnsPlacement implements Placement {
   }
 
   async close(): Promise<void> {
-    const server = this.forwarder;
-    this.forwarder = null;
+    const listener = this.listener;
+    this.listener = null;
     this.ready = null;
-    if (!server) return;
-    for (const s of this.sockets) s.destroy();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    if (!listener) return;
+    await listener.close();
     // With no machines left the bridge has no use; machines that remain keep it for the next start.
     if (Object.keys(this.state.hosts).length === 0) {
       await ip('link', 'del', this.bridge).catch((err: Error) => this.opts.log('warn', 'netns: could not delete the bridge', { bridge: this.bridge, err: err.message }));

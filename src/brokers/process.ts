@@ -48,6 +48,8 @@ export interface ProcessBrokerOptions {
   placement?: Placement;
   /** The URL agents on the host use to reach the endpoint. */
   endpoint: () => string;
+  /** The endpoint's CA certificate file: agents reaching an https URL trust it and nothing else. */
+  ca?: string;
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
   /** How often to check that agents are alive. */
   superviseMs?: number;
@@ -244,8 +246,10 @@ export class ProcessBroker {
     }
     const out = openSync(p.log, 'a', 0o600);
     try {
-      const argv = [process.execPath, TAKT_BIN, 'agent', '--endpoint', this.placement.endpoint(m), '--dir', p.privateDir, '--sandbox', dir, '--root', p.root];
+      const endpoint = this.placement.endpoint(m);
+      const argv = [process.execPath, TAKT_BIN, 'agent', '--endpoint', endpoint, '--dir', p.privateDir, '--sandbox', dir, '--root', p.root];
       if (user) argv.push('--run-as', `${user.uid}:${user.gid}`);
+      if (this.opts.ca && endpoint.startsWith('https:')) argv.push('--ca', this.opts.ca);
       const [command, ...args] = [...this.placement.wrap(m), ...argv] as [string, ...string[]];
       const child = spawn(command, args, {
         detached: true,

@@ -11,7 +11,6 @@ interface JoinOptions {
   joinTokenFile: string;
   tokenFile?: string;
   ca?: string;
-  pin?: string;
 }
 
 /** Reads a one-line secret file (a token), refusing an empty one with the file's name. */
@@ -31,7 +30,6 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
     .requiredOption('--join-token-file <file>', 'file holding the join token (a file, so it is not on a command line)')
     .option('--token-file <file>', 'where to write the machine token (mode 0600)')
     .option('--ca <file>', "the endpoint's CA certificate (PEM): the only certificate trusted")
-    .option('--pin <sha256//base64>', "the endpoint's public key pin (as curl --pinnedpubkey), checked as well")
     .action(async (o: JoinOptions) => {
       // `takt agent` may declare --token-file and --ca itself; commander then gives them to it.
       const parent = agent.opts<{ tokenFile?: string; ca?: string }>();
@@ -43,7 +41,7 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
       const joinToken = await readSecret(o.joinTokenFile, 'join token');
       const ca = caFile ? await readFile(caFile, 'utf8') : undefined;
       const { registerHost } = await import('../agent/register.js');
-      const r = await registerHost({ endpoint, ...(ca ? { ca } : {}), ...(o.pin ? { pin: o.pin } : {}) }, joinToken, tokenFile);
+      const r = await registerHost({ endpoint, ...(ca ? { ca } : {}) }, joinToken, tokenFile);
       const g = globals();
       if (g.output === 'json') process.stdout.write(`${JSON.stringify(r)}\n`);
       else process.stderr.write(`takt: ${r.rejoined ? 'joined again as' : 'joined as'} machine ${r.machine.name} (${r.machine.id}); wrote its token (mode 0600)\n`);

@@ -20,13 +20,28 @@ export function resolveToken(flag?: string): string | undefined {
   return existsSync(file) ? readFileSync(file, 'utf8').trim() : undefined;
 }
 
+/**
+ * The CA an https endpoint must chain to: TAKT_CA_FILE, else the local endpoint's own CA
+ * (`<TAKT_DATA or ./data>/tls/ca.pem`) when it exists, else none (the system's CAs, for an operator
+ * certificate from a public CA).
+ */
+export function resolveCa(): string | undefined {
+  const file = process.env.TAKT_CA_FILE ?? join(process.env.TAKT_DATA ?? 'data', 'tls', 'ca.pem');
+  if (!existsSync(file)) {
+    if (process.env.TAKT_CA_FILE) throw new TaktError('bad_request', `TAKT_CA_FILE ${file}: no such file`);
+    return undefined;
+  }
+  return readFileSync(file, 'utf8');
+}
+
 export function clientFrom(g: GlobalOptions): ApiClient {
   const endpoint = g.endpoint ?? process.env.TAKT_ENDPOINT ?? DEFAULT_ENDPOINT;
   const token = resolveToken(g.token);
   if (!token) {
     throw new TaktError('unauthorized', 'no token: pass --token, set TAKT_TOKEN, or run from the directory whose ./data/admin.token `takt serve` created');
   }
-  return new ApiClient({ endpoint, token });
+  const ca = endpoint.startsWith('https:') ? resolveCa() : undefined;
+  return new ApiClient({ endpoint, token, ...(ca ? { ca } : {}) });
 }
 
 /** `--param key=value`: the value is JSON when it parses as JSON (numbers, booleans, objects), else a string. */

@@ -20,7 +20,11 @@ program
   .configureHelp({ sortSubcommands: true });
 
 interface ServeCliOptions {
-  listen: string;
+  listen: string[];
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsSan: string[];
+  advertiseUrl?: string;
   data: string;
   demo: boolean;
   lease: string;
@@ -37,7 +41,19 @@ const globals = (): GlobalOptions => program.opts<GlobalOptions>();
 program
   .command('serve')
   .description('run an endpoint: API, web UI, embedded SQLite store and the local broker')
-  .option('--listen <host:port>', 'address to listen on (env TAKT_LISTEN)', process.env.TAKT_LISTEN ?? '127.0.0.1:8092')
+  .option(
+    '--listen <host:port...>',
+    'addresses to listen on (env TAKT_LISTEN, comma-separated): loopback ones serve HTTP, all others HTTPS',
+    process.env.TAKT_LISTEN ? process.env.TAKT_LISTEN.split(',').map((s) => s.trim()).filter(Boolean) : ['127.0.0.1:8092'],
+  )
+  .option('--tls-cert <file>', 'PEM certificate chain for the HTTPS listeners (env TAKT_TLS_CERT); default: one the endpoint\'s own CA issues', process.env.TAKT_TLS_CERT)
+  .option('--tls-key <file>', 'PEM private key of --tls-cert (env TAKT_TLS_KEY)', process.env.TAKT_TLS_KEY)
+  .option(
+    '--tls-san <name...>',
+    'another DNS name or IP address for the issued certificate (env TAKT_TLS_SANS, comma-separated); the host name and listen addresses are always in it',
+    process.env.TAKT_TLS_SANS ? process.env.TAKT_TLS_SANS.split(',').map((s) => s.trim()).filter(Boolean) : [],
+  )
+  .option('--advertise-url <url>', 'the https URL remote machines use to reach this endpoint (env TAKT_ADVERTISE_URL); default: the first HTTPS listener', process.env.TAKT_ADVERTISE_URL)
   .option('--data <dir>', 'data directory: database, admin token, machine sandboxes (env TAKT_DATA)', process.env.TAKT_DATA ?? './data')
   .option('--demo', 'install the demo pack and run its pipeline on three local machines', false)
   .option('--lease <duration>', 'how long a running job may go without word from its agent before it is lost', process.env.TAKT_LEASE ?? '30s')
@@ -57,11 +73,19 @@ program
 Examples:
   takt serve --demo                          endpoint on http://127.0.0.1:8092 with three demo machines
   takt serve --data /var/lib/takt --log-format json
-  takt serve --host-name takt.example.org    also answer to that name (besides IPs and localhost)`,
+  takt serve --host-name takt.example.org    also answer to that name (besides IPs and localhost)
+  takt serve --listen 127.0.0.1:8092 --listen 0.0.0.0:8443 --tls-san takt.example.org
+                                             local CLI over HTTP; remote agents over HTTPS (own CA)`,
   )
   .action(async (o: ServeCliOptions) => {
     const { serve } = await import('./serve.js');
-    const server = await serve(o);
+    let server: Awaited<ReturnType<typeof serve>>;
+    try {
+      server = await serve(o);
+    } catch (err) {
+      // A start that fails half-way may have opened sockets or timers: say why, then leave for sure.
+      process.exit(report(err));
+    }
     let closing = false;
     const shutdown = async () => {
       if (closing) return;
@@ -80,18 +104,29 @@ const agent = program
   .option('--root <dir>', 'what scripts see as $TAKT_ROOT (the machine root; a sandbox dir for local machines)', '/')
   .option('--sandbox <dir>', 'the scripts\' side: job work dirs, helper commands, HOME and TMPDIR (default: --dir)')
   .option('--run-as <uid:gid>', 'run scripts as this user and group, with a clean environment (the agent must be root)')
+  .option('--ca <file>', 'PEM CA certificate the https endpoint must chain to; only it is trusted (env TAKT_CA_FILE)', process.env.TAKT_CA_FILE)
+  .option('--token-file <file>', 'read the machine token from this file (env TAKT_TOKEN_FILE); keeps it off command lines', process.env.TAKT_TOKEN_FILE)
   .option(
     '--chaos <spec>',
     'inject faults to test a fleet\'s invariants: fail=0.1,latency=200ms,drop=0.05,drop-for=3s,die=0.02,seed=7 (env TAKT_AGENT_CHAOS; local machines inherit it from their endpoint)',
     process.env.TAKT_AGENT_CHAOS,
   )
   .option('--report-facts', "report this host's facts (inventory) to the endpoint when the agent starts (joined hosts do)", process.env.TAKT_REPORT_FACTS === '1')
-  .action(async (o: { dir: string; root: string; chaos?: string; sandbox?: string; runAs?: string; reportFacts?: boolean }) => {
+  .action(async (o: { dir: string; root: string; chaos?: string; sandbox?: string; runAs?: string; ca?: string; tokenFile?: string; reportFacts?: boolean }) => {
     // --endpoint and --token are the global options, as for every other command.
     const endpoint = globals().endpoint ?? process.env.TAKT_ENDPOINT;
-    const token = globals().token ?? process.env.TAKT_TOKEN;
+    const { readFileSync } = await import('node:fs');
+    const readFlagFile = (file: string, flag: string) => {
+      try {
+        return readFileSync(file, 'utf8');
+      } catch (err) {
+        throw new TaktError('bad_request', `${flag} ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+      }
+    };
+    const token = o.tokenFile ? readFlagFile(o.tokenFile, '--token-file').trim() : (globals().token ?? process.env.TAKT_TOKEN);
+    const ca = o.ca ? readFlagFile(o.ca, '--ca') : undefined;
     if (!endpoint) throw new TaktError('bad_request', 'the agent needs the endpoint URL: --endpoint or TAKT_ENDPOINT');
-    if (!token) throw new TaktError('bad_request', 'the agent needs its machine token: --token or TAKT_TOKEN');
+    if (!token) throw new TaktError('bad_request', 'the agent needs its machine token: --token-file, --token or TAKT_TOKEN');
     const { runAgent } = await import('../agent/agent.js');
     const { parseChaos } = await import('../agent/chaos.js');
     const chaos = o.chaos ? parseChaos(o.chaos) : undefined;
@@ -104,9 +139,9 @@ const agent = program
     if (o.reportFacts) {
       const { reportFacts } = await import('../agent/register.js');
       const { jsonLineLog } = await import('../agent/log.js');
-      void reportFacts({ endpoint }, token, jsonLineLog, ac.signal);
+      void reportFacts({ endpoint, ...(ca ? { ca } : {}) }, token, jsonLineLog, ac.signal);
     }
-    const code = await runAgent({ endpoint, token, dir: o.dir, root: o.root, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
+    const code = await runAgent({ endpoint, token, dir: o.dir, ...(ca ? { ca } : {}), root: o.root, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
     process.exit(code);
   });
 

@@ -1,13 +1,16 @@
 /**
  * `takt serve`: one endpoint with the embedded SQLite store, the API and UI, and the local and netns brokers.
- * Binding beyond loopback is refused until TLS and credentials are configured (not yet supported).
+ * Loopback listeners speak plain HTTP (the local CLI); every other listener speaks HTTPS with the
+ * endpoint's own CA (tls.ts) or the operator's certificate. Plain HTTP beyond loopback is never served.
  */
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, renameSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { hostname } from 'node:os';
-import { buildServer, type ServerLimits } from '../api/server.js';
+import { hostname, networkInterfaces } from 'node:os';
+import { isLoopback, Listeners, type ListenSpec } from '../api/listeners.js';
+import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type ServerLimits } from '../api/server.js';
+import { checkSanName, TlsManager } from '../api/tls.js';
 import { NetnsPlacement } from '../brokers/netns.js';
 import { ProcessBroker } from '../brokers/process.js';
 import { readPackDir } from '../content/files.js';
@@ -33,7 +36,15 @@ export const VERSION = (JSON.parse(readFileSync(fileURLToPath(new URL('../../pac
 const DEMO_PACK = fileURLToPath(new URL('../../content/demo', import.meta.url));
 
 export interface ServeOptions {
-  listen: string;
+  /** `HOST:PORT`, one or several: loopback ones serve HTTP, the others HTTPS. */
+  listen: string | string[];
+  /** Operator certificate chain and key (PEM files) for the HTTPS listeners; default: the endpoint's own CA issues one. */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** Extra names and addresses for the issued certificate (besides the host name and listen addresses). */
+  tlsSan?: string[];
+  /** The https URL remote machines use (what `machines join` prints); default: the first HTTPS listener. */
+  advertiseUrl?: string;
   data: string;
   demo: boolean;
   lease: string;
@@ -55,7 +66,41 @@ export function parseListen(listen: string): { host: string; port: number } {
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
 }
 
-const isLoopback = (host: string) => host === 'localhost' || host === '::1' || /^127\./.test(host);
+const WILDCARD = new Set(['0.0.0.0', '::']);
+
+/** The addresses a wildcard listener is reached at: every non-internal interface address. */
+function interfaceAddresses(): string[] {
+  return Object.values(networkInterfaces())
+    .flat()
+    .filter((i) => i !== undefined && !i.internal && !i.address.startsWith('fe80:'))
+    .map((i) => i!.address);
+}
+
+/** --advertise-url checked and reduced to its origin; throws with the flag's name. */
+function advertiseOrigin(advertise: string): string {
+  {
+    let u: URL;
+    try {
+      u = new URL(advertise);
+    } catch {
+      throw new TaktError('bad_request', `--advertise-url '${advertise}' is not a URL (e.g. https://takt.example.org:8092)`);
+    }
+    if (u.protocol !== 'https:' || u.pathname !== '/' || u.search || u.username) {
+      throw new TaktError('bad_request', `--advertise-url '${advertise}' must be https://HOST[:PORT] (remote machines reach the endpoint over TLS only)`);
+    }
+    return u.origin;
+  }
+}
+
+/** The https URL remote machines use: --advertise-url, else the first HTTPS listener's address. */
+function publicUrlOf(advertise: string | undefined, listeners: Listeners): string | null {
+  if (advertise !== undefined) return advertise;
+  const l = listeners.all.find((x) => x.spec.tls);
+  if (!l) return null;
+  if (!WILDCARD.has(l.spec.host)) return l.url;
+  const ip = interfaceAddresses().find((a) => !a.includes(':'));
+  return `https://${ip ?? hostname()}:${l.port}`;
+}
 
 /** The connection and request bounds from the serve options; each refused with the flag's name when malformed. */
 function serverLimits(opts: ServeOptions): Partial<ServerLimits> {
@@ -82,15 +127,22 @@ function secretFile(path: string, make: () => string): { value: string; created:
 
 export async function serve(opts: ServeOptions): Promise<{ url: string; close: () => Promise<void> }> {
   const log = createLog(opts.logFormat);
-  const { host, port } = parseListen(opts.listen);
-  if (!isLoopback(host)) {
-    throw new TaktError('bad_request', `refusing to listen on ${host}: binding beyond loopback needs TLS and credentials, which this version does not configure yet; use 127.0.0.1`);
-  }
+  const listen = (Array.isArray(opts.listen) ? opts.listen : [opts.listen]).map(parseListen);
+  if (listen.length === 0) throw new TaktError('bad_request', '--listen: give at least one HOST:PORT');
+  for (const n of opts.tlsSan ?? []) checkSanName(n);
+  const advertise = opts.advertiseUrl === undefined ? undefined : advertiseOrigin(opts.advertiseUrl);
   const leaseMs = parseDuration(opts.lease, '--lease', DURATION_RANGES.lease);
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   const admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
   const key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
+
+  // The names the certificate carries: what clients type. Wildcard listeners add every interface address.
+  const names = [hostname(), 'localhost', '127.0.0.1', '::1', ...(opts.tlsSan ?? [])];
+  for (const l of listen) names.push(...(WILDCARD.has(l.host) ? interfaceAddresses() : [l.host]));
+  const tls = new TlsManager({ dataDir: data, names, log, ...(opts.tlsCert !== undefined ? { certFile: opts.tlsCert } : {}), ...(opts.tlsKey !== undefined ? { keyFile: opts.tlsKey } : {}) });
+  await tls.ensure();
+  const caFile = join(data, 'tls', 'ca.pem');
 
   const store = await openSqliteStore(join(data, 'takt.db'));
   const sealer = new Sealer(Buffer.from(key.value, 'base64'));
@@ -99,13 +151,27 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
   const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes });
   let url = '';
-  const broker = new ProcessBroker({ name: 'local', environment: 'local', dataDir: data, endpoint: () => url, log });
+  // Set once the app exists; the netns broker opens its listener only when its first machine is made.
+  let listeners: Listeners | null = null;
+  const broker = new ProcessBroker({ name: 'local', environment: 'local', dataDir: data, endpoint: () => url, ca: caFile, log });
   const netns = new ProcessBroker({
     name: 'netns',
     environment: 'netns',
     dataDir: data,
     endpoint: () => url,
-    placement: new NetnsPlacement({ dataDir: data, endpoint: () => url, log }),
+    ca: caFile,
+    placement: new NetnsPlacement({
+      dataDir: data,
+      log,
+      listen: async (host, port) => {
+        if (!listeners) throw new TaktError('internal', 'netns listener requested before the endpoint listens');
+        // The bridge address joins the certificate's names (re-issued with the same key when new).
+        await tls.ensure([host]);
+        const l = await listeners.listen({ host, port, tls: () => tls.internal });
+        const all = listeners;
+        return { port: l.port, close: () => all.close(l) };
+      },
+    }),
     log,
   });
   const brokers = new Map<string, ProcessBroker>([
@@ -115,6 +181,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const records = new Records(store, content, sealer);
   const rollouts = new Rollouts(store, engine, records, { log });
   const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck) });
+  const limits = serverLimits(opts);
+  let publicUrl: string | null = null;
   const app = await buildServer({
     store,
     engine,
@@ -131,13 +199,34 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     version: VERSION,
     adminToken: admin.value,
     log,
-    hostNames: [hostname(), ...(opts.hostName ?? [])],
-    limits: serverLimits(opts),
+    hostNames: [hostname(), ...(opts.hostName ?? []), ...(opts.tlsSan ?? [])],
+    // Getters: the material changes on renewal, and the public URL is known once the listeners are bound.
+    get tls() {
+      return tls.material;
+    },
+    get publicUrl() {
+      return publicUrl;
+    },
   });
-  await app.listen({ host, port });
-  const addr = app.server.address();
-  const actualPort = typeof addr === 'object' && addr ? addr.port : port;
-  url = `http://${host.includes(':') ? `[${host}]` : host}:${actualPort}`;
+  await app.ready();
+  const all = new Listeners(requestHandlerOf(app), { ...DEFAULT_LIMITS, ...limits }, answerClientError);
+  listeners = all;
+  tls.onChange(() => all.refresh());
+  const stopTlsWatch = tls.watch();
+  for (const l of listen) {
+    const spec: ListenSpec = { ...l, tls: isLoopback(l.host) ? null : () => tls.material };
+    try {
+      await all.listen(spec);
+    } catch (err) {
+      await all.closeAll();
+      await app.close();
+      await store.close();
+      throw new TaktError('bad_request', `cannot listen on ${l.host}:${l.port}: ${(err as Error).message}`);
+    }
+  }
+  // The local CLI uses the first loopback listener when there is one (plain HTTP, no CA needed).
+  url = (all.all.find((l) => !l.spec.tls) ?? all.all[0]!).url;
+  publicUrl = publicUrlOf(advertise, all);
   // Renamed into place: the CLI and tests read it as soon as it exists, and must never see it empty.
   writeFileSync(join(data, 'endpoint.tmp'), url + '\n', { mode: 0o600 });
   renameSync(join(data, 'endpoint.tmp'), join(data, 'endpoint'));
@@ -157,7 +246,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const pruner = setInterval(() => void store.pruneEvents(100_000).catch(() => undefined), 60_000);
   pruner.unref();
 
-  log('info', `takt ${VERSION} listening on ${url}`, { data });
+  log('info', `takt ${VERSION} listening on ${all.all.map((l) => l.url).join(', ')}`, { data });
+  log('info', `TLS: CA fingerprint ${tls.material.caFingerprint} (sha256); server key pin ${tls.material.spkiPin}`, { ca: caFile, expires: tls.material.notAfter });
+  if (publicUrl) log('info', `remote machines reach this endpoint at ${publicUrl}`);
   if (admin.created) {
     log('info', `admin token created (shown once; also in ${join(data, 'admin.token')}, mode 0600)`);
     process.stdout.write(`\n  admin token: ${admin.value}\n  web UI:      ${url}/#token=${admin.value}\n\n`);
@@ -175,6 +266,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       rollouts.stop();
       engine.stop();
       for (const b of brokers.values()) await b.stopAll();
+      stopTlsWatch();
+      await all.closeAll();
       await app.close();
       await store.close();
     },

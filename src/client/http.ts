@@ -24,6 +24,11 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Runs before every request; may delay it or throw a NetworkError (the agent's fault injection). */
   beforeRequest?: () => Promise<void>;
+  /**
+   * PEM: the CA an https endpoint's certificate must chain to; when given, it is the only one trusted
+   * (an agent trusts its endpoint's own CA, not the system's). Absent: the system's CAs.
+   */
+  ca?: string;
 }
 
 /** The endpoint could not be reached or did not answer in time; the request may be retried. */
@@ -46,6 +51,7 @@ export class ApiClient {
   private readonly token: string | undefined;
   private readonly timeoutMs: number;
   private readonly beforeRequest: (() => Promise<void>) | undefined;
+  private readonly ca: string | undefined;
   private agent: HttpAgent | undefined;
 
   constructor(opts: ClientOptions) {
@@ -53,6 +59,7 @@ export class ApiClient {
     this.token = opts.token;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.beforeRequest = opts.beforeRequest;
+    this.ca = opts.ca;
   }
 
   url(path: string, query?: RequestOptions['query']): string {
@@ -124,6 +131,7 @@ export class ApiClient {
       path: u.pathname + u.search,
       headers,
       agent,
+      ...(https && this.ca ? { ca: this.ca } : {}),
     };
     const send = https ? httpsRequest : httpRequest;
     const endpoint = this.endpoint;
@@ -189,29 +197,66 @@ export class ApiClient {
   }
 
   /**
-   * Sends the request with fetch and returns the response when it is a success; throws TaktError for API
-   * errors. For streamed answers (SSE, log following); JSON calls go through `request()`.
+   * Sends the request and returns the response as a web `Response` whose body streams as it arrives, when
+   * it is a success; throws TaktError for API errors. For streamed answers (SSE); JSON calls go through
+   * `request()`. On node:http(s) like `request()`, so the same CA applies. A body cut off mid-stream makes
+   * the body's reader reject with a NetworkError.
    */
   async raw(method: string, path: string, opts: RequestOptions = {}): Promise<Response> {
     if (this.beforeRequest) await this.beforeRequest();
-    const timeout = AbortSignal.timeout(opts.timeoutMs ?? this.timeoutMs);
+    const timeout = AbortSignal.timeout(Math.min(opts.timeoutMs ?? this.timeoutMs, 2 ** 31 - 1));
     const signal = opts.signal ? AbortSignal.any([opts.signal, timeout]) : timeout;
-    const headers = this.headers(opts.body !== undefined ? { 'content-type': 'application/json' } : {});
-    let res: Response;
-    try {
-      res = await fetch(this.url(path, opts.query), {
+    const u = this.target(path, opts.query);
+    const https = u.protocol === 'https:';
+    const body = opts.body !== undefined ? JSON.stringify(opts.body) : undefined;
+    const headers: OutgoingHttpHeaders = this.headers(body !== undefined ? { 'content-type': 'application/json' } : {});
+    if (body !== undefined) headers['content-length'] = Buffer.byteLength(body);
+    const endpoint = this.endpoint;
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = (https ? httpsRequest : httpRequest)({
         method,
+        protocol: u.protocol,
+        hostname: u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname,
+        port: u.port || (https ? 443 : 80),
+        path: u.pathname + u.search,
         headers,
-        body: opts.body !== undefined ? JSON.stringify(opts.body) : null,
         signal,
+        ...(https && this.ca ? { ca: this.ca } : {}),
       });
-    } catch (err) {
-      if (opts.signal?.aborted) throw err;
-      const why = err instanceof Error ? ((err.cause as Error | undefined)?.message ?? err.message) : String(err);
-      throw new NetworkError(`cannot reach ${this.endpoint}: ${why}`, err);
+      req.on('response', resolve);
+      req.on('error', (err) => {
+        if (opts.signal?.aborted) reject(abortError(opts.signal));
+        else reject(new NetworkError(`cannot reach ${endpoint}: ${reason(err)}`, err));
+      });
+      req.end(body);
+    });
+    const status = res.statusCode ?? 0;
+    if (status < 200 || status > 299) {
+      const chunks: Buffer[] = [];
+      for await (const c of res) chunks.push(c as Buffer);
+      throw errorFromAnswer(status, Buffer.concat(chunks).toString('utf8'));
     }
-    if (res.ok) return res;
-    throw await toTaktError(res);
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        res.on('data', (c: Buffer) => controller.enqueue(new Uint8Array(c.buffer, c.byteOffset, c.byteLength)));
+        res.on('end', () => controller.close());
+        res.on('close', () => {
+          if (!res.complete) {
+            try {
+              controller.error(opts.signal?.aborted ? abortError(opts.signal) : new NetworkError(`the connection to ${endpoint} broke mid-stream`));
+            } catch {
+              /* already closed */
+            }
+          }
+        });
+      },
+      cancel() {
+        res.destroy();
+      },
+    });
+    const h = new Headers();
+    for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) h.set(k, Array.isArray(v) ? v.join(', ') : v);
+    return new Response(stream, { status, headers: h });
   }
 
   get<T>(path: string, query?: RequestOptions['query']): Promise<T> {
@@ -229,10 +274,6 @@ export class ApiClient {
   delete<T>(path: string): Promise<T> {
     return this.request<T>('DELETE', path);
   }
-}
-
-async function toTaktError(res: Response): Promise<TaktError> {
-  return errorFromAnswer(res.status, await res.text().catch(() => ''));
 }
 
 /** An API error body becomes that TaktError; anything else is mapped from the status. */

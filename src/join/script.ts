@@ -7,8 +7,9 @@
  *   1. checks the host (Linux, x86_64, glibc's loader, root, the tools it needs);
  *   2. downloads the agent bundle from the endpoint with the same key pin, checks its SHA-256, unpacks it
  *      into a temporary directory beside the prefix (same filesystem, so the last step is a rename);
- *   3. writes the endpoint's CA to etc/ca.pem and runs the bundled `takt agent join`, which collects the
- *      inventory, registers over TLS trusting only that CA, and writes the machine token to etc/token
+ *   3. writes the endpoint's CA (which came over the pinned connection) to etc/ca.pem and runs the bundled
+ *      `takt agent join`, which collects the inventory, registers over TLS trusting only that CA (and the
+ *      server's name or address in its certificate), and writes the machine token to etc/token
  *      (0600; the token is never on a command line or in an environment);
  *   4. moves the new tree into place (keeping an earlier install's agent state), then installs and starts
  *      `takt-agent.service` when systemd runs the host, else prints the exact command that runs the agent.
@@ -110,7 +111,7 @@ takt_join() {
   printf '%s\\n' "$token" > "$stage/join.token"
   say "registering this host"
   if [ -n "$ca" ]; then
-    "$stage/new/bin/takt" agent join --endpoint "$endpoint" --ca "$stage/new/etc/ca.pem" --pin "$pin" --join-token-file "$stage/join.token" --token-file "$stage/new/etc/token" || fail "registration failed (the message is above)"
+    "$stage/new/bin/takt" agent join --endpoint "$endpoint" --ca "$stage/new/etc/ca.pem" --join-token-file "$stage/join.token" --token-file "$stage/new/etc/token" || fail "registration failed (the message is above)"
   else
     "$stage/new/bin/takt" agent join --endpoint "$endpoint" --join-token-file "$stage/join.token" --token-file "$stage/new/etc/token" || fail "registration failed (the message is above)"
   fi

@@ -51,11 +51,14 @@ export class Endpoint {
 
   /** `env` reaches the server and, through it, the local agents it starts (e.g. TAKT_AGENT_CHAOS). */
   /** `uid` runs the server as that user (and group of the same number), on a data dir it owns. */
-  static async start(opts: { demo?: boolean; lease?: string; data?: string; env?: Record<string, string>; uid?: number } = {}): Promise<Endpoint> {
+  /** `listen`: more `--listen` addresses (non-loopback ones serve HTTPS); `args`: more serve flags. */
+  static async start(opts: { demo?: boolean; lease?: string; data?: string; env?: Record<string, string>; uid?: number; listen?: string[]; args?: string[] } = {}): Promise<Endpoint> {
     const data = opts.data ?? mkdtempSync(join(tmpdir(), 'takt-test-'));
     if (opts.uid !== undefined) chownSync(data, opts.uid, opts.uid);
     const args = ['serve', '--listen', '127.0.0.1:0', '--data', data, '--lease', opts.lease ?? '5s'];
     if (opts.demo) args.push('--demo');
+    for (const l of opts.listen ?? []) args.push('--listen', l);
+    args.push(...(opts.args ?? []));
     const ep = new Endpoint(data, args, opts.env, opts.uid);
     await ep.boot();
     return ep;
@@ -107,6 +110,20 @@ export class Endpoint {
       }
       await sleep(50);
     }
+  }
+
+  /** The URLs the last start listened on, from its log (`listening on http://…, https://…`). */
+  get listening(): string[] {
+    const lines = [...this.output.matchAll(/listening on (\S.*?)(?: data=|\n)/g)];
+    const last = lines.at(-1)?.[1] ?? '';
+    return last.split(', ').map((u) => u.trim()).filter(Boolean);
+  }
+
+  /** The first HTTPS listener's URL (throws when there is none). */
+  get httpsUrl(): string {
+    const u = this.listening.find((x) => x.startsWith('https://'));
+    if (!u) throw new Error(`no https listener in:\n${this.output}`);
+    return u;
   }
 
   get api(): ApiClient {

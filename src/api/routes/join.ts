@@ -23,13 +23,6 @@ import { failureScript, installScript, shellQuote } from '../../join/script.js';
 import { author, intQuery, type ApiContext } from '../context.js';
 import { Name } from './schemas.js';
 
-/** The TLS material the join routes need (the endpoint's, when it serves HTTPS; see src/api/tls.ts). */
-interface JoinTls {
-  caPem: string;
-  spkiPin: string;
-  caFingerprint?: string;
-}
-
 const createBody = {
   type: 'object',
   additionalProperties: false,
@@ -46,16 +39,10 @@ const createBody = {
 
 const registerBody = { type: 'object', additionalProperties: false, required: ['facts'], properties: { facts: FactsSchema } } as const;
 
-/** `publicUrl` and `tls` come with the TLS endpoint; read so a context without them still works (loopback). */
-function tlsOf(ctx: ApiContext): { publicUrl: string | null; tls: JoinTls | null } {
-  const c = ctx as ApiContext & { publicUrl?: string | null; tls?: JoinTls | null };
-  return { publicUrl: c.publicUrl ?? null, tls: c.tls ?? null };
-}
-
 /** The key pin for `url`: the endpoint's own for https, none for http (loopback only, see endpointUrl). */
 function pinFor(ctx: ApiContext, url: string): string | null {
   if (url.startsWith('http:')) return null;
-  const { tls } = tlsOf(ctx);
+  const tls = ctx.tls;
   if (!tls) throw new TaktError('unavailable', 'this endpoint serves no TLS, so it cannot give hosts an https join command; start it with a non-loopback --listen');
   return tls.spkiPin;
 }
@@ -70,7 +57,7 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.post('/api/v1/join-tokens', { schema: { body: createBody } }, async (req, reply) => {
     const body = req.body as { name?: string; pipeline?: string | null; profiles?: string[]; environment?: string; expires?: string | number; uses?: number; url?: string };
-    const url = body.url ?? tlsOf(ctx).publicUrl;
+    const url = body.url ?? ctx.publicUrl ?? null;
     if (!url) {
       throw new TaktError('invalid', 'this endpoint listens on loopback only, so no other host can reach it: start it with --listen ADDR:PORT (served over TLS), or give the URL hosts use (url, --url)', { path: '/url' });
     }
@@ -80,7 +67,7 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
     // Building the bundle takes seconds: start it now, so it is ready when the host asks.
     void ctx.agentBundle.get().catch(() => undefined);
     reply.code(201);
-    return { ...joinToken, token, joinUrl, pin, caFingerprint: tlsOf(ctx).tls?.caFingerprint ?? null, command: joinCommand(joinUrl, pin) };
+    return { ...joinToken, token, joinUrl, pin, caFingerprint: ctx.tls?.caFingerprint ?? null, command: joinCommand(joinUrl, pin) };
   });
 
   app.get('/api/v1/join-tokens', async (req) => {
@@ -94,7 +81,7 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
     const id = joinId(req.principal);
     const t = await joins.get(id);
     const bundle = await ctx.agentBundle.get();
-    const { tls } = tlsOf(ctx);
+    const tls = ctx.tls;
     const script = installScript({
       url: t.url,
       pin: pinFor(ctx, t.url),
