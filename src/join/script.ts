@@ -117,7 +117,7 @@ takt_join() {
   fi
   rm -f "$stage/join.token"
 
-  run="$prefix/bin/takt agent --endpoint $endpoint $ca_opt --token-file $prefix/etc/token --dir $prefix/var --report-facts"
+  run="$prefix/bin/takt agent --endpoint $endpoint\${ca_opt:+ $ca_opt} --token-file $prefix/etc/token --dir $prefix/var --report-facts"
   systemd=no
   if [ "\${TAKT_SYSTEMD:-auto}" != no ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
     systemd=yes
