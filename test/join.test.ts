@@ -15,9 +15,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { JOIN_TOKEN_SCOPE } from '../src/api/auth.js';
 import type { Facts } from '../src/model/facts.js';
 import { Endpoint, packFiles, until } from './helpers/endpoint.js';
+import { BUNDLE_CACHE } from './helpers/join.js';
 
-/** One bundle cache for every test endpoint: building the bundle takes seconds. */
-export const BUNDLE_CACHE = join(tmpdir(), `takt-test-bundles-${process.getuid?.() ?? 0}`);
 
 let ep: Endpoint;
 const call = (...args: Parameters<Endpoint['call']>) => ep.call(...args);

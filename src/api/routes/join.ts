@@ -108,14 +108,22 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
     return { machine: { ...publicMachine(r.machine), facts: r.machine.facts }, token: r.token, rejoined: r.rejoined };
   });
 
-  app.put('/api/v1/machines/:id/facts', { config: { machine: true }, bodyLimit: MAX_FACTS_BYTES, schema: { body: FactsSchema } }, async (req) => {
-    const p = req.principal;
-    const id = (req.params as { id: string }).id;
-    // Observed state comes from the one who observes it: the machine's own agent, never another token.
-    if (p.kind !== 'machine') throw new TaktError('forbidden', "facts are reported by the machine's own agent (its machine token)");
-    if (p.machineId !== id) throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
-    return { facts: await joins.setFacts(id, req.body as Facts) };
-  });
+  app.put(
+    '/api/v1/machines/:id/facts',
+    {
+      config: { machine: true },
+      bodyLimit: MAX_FACTS_BYTES,
+      schema: { body: FactsSchema },
+      // Whose facts, before the body is looked at: another machine's token learns nothing from a 422.
+      preValidation: async (req) => {
+        const p = req.principal;
+        // Observed state comes from the one who observes it: the machine's own agent, never another token.
+        if (p.kind !== 'machine') throw new TaktError('forbidden', "facts are reported by the machine's own agent (its machine token)");
+        if (p.machineId !== (req.params as { id: string }).id) throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
+      },
+    },
+    async (req) => ({ facts: await joins.setFacts((req.params as { id: string }).id, req.body as Facts) }),
+  );
 
   app.post('/api/v1/machines/:id/token', async (req) => {
     const r = await joins.rotateToken((req.params as { id: string }).id, author(req));
