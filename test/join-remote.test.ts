@@ -62,13 +62,14 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
   let https: string;
   let ca: string;
   const hosts = new Map<HostName, Host>();
-  const work = mkdtempSync(join(tmpdir(), 'takt-join-remote-'));
+  let work = '';
   const nodePath = spawnSync('sh', ['-c', 'readlink -f "$(command -v node)"'], { encoding: 'utf8' }).stdout.trim();
   const joinMs: number[] = [];
   /** remote-a's single-use one-liner, kept to run it again. */
   let namedCommand = '';
 
   beforeAll(async () => {
+    work = mkdtempSync(join(tmpdir(), 'takt-join-remote-'));
     subnet = freeSubnet();
     sh('ip', ['link', 'add', BRIDGE, 'type', 'bridge']);
     sh('ip', ['addr', 'add', `10.250.${subnet}.1/24`, 'dev', BRIDGE]);
@@ -76,18 +77,20 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
     HOSTS.forEach((name, i) => {
       const ns = `tjn${SUFFIX}${name}`;
       const veth = `tjv${SUFFIX}${name}`;
+      const address = `10.250.${subnet}.${i + 2}`;
+      const dir = join(work, name);
+      const machineId = randomBytes(16).toString('hex');
+      const hostname = `jh-${name}-${SUFFIX}`;
+      // Known before it exists, so afterAll deletes it whatever fails next.
+      hosts.set(name, { name, ns, dir, hostname, machineId, address, agentLog: '' });
       sh('ip', ['netns', 'add', ns]);
       sh('ip', ['link', 'add', veth, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
       sh('ip', ['link', 'set', veth, 'master', BRIDGE, 'up']);
-      const address = `10.250.${subnet}.${i + 2}`;
       sh('ip', ['-n', ns, 'addr', 'add', `${address}/24`, 'dev', 'eth0']);
       sh('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
       sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-      const dir = join(work, name);
       mkdirSync(join(dir, 'opt'), { recursive: true });
-      const machineId = randomBytes(16).toString('hex');
       writeFileSync(join(dir, 'machine-id'), `${machineId}\n`);
-      const hostname = `jh-${name}-${SUFFIX}`;
       // What every process "on the host" sees: its name, machine-id and /opt, and no Node.js.
       writeFileSync(
         join(dir, 'setup.sh'),
@@ -102,7 +105,6 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
           '',
         ].join('\n'),
       );
-      hosts.set(name, { name, ns, dir, hostname, machineId, address, agentLog: '' });
     });
     ep = await Endpoint.start({ listen: [`10.250.${subnet}.1:0`], env: { TAKT_BUNDLE_CACHE: BUNDLE_CACHE } });
     https = ep.httpsUrl;
@@ -125,7 +127,7 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
     }
     spawnSync('ip', ['link', 'del', BRIDGE]);
     await ep?.stop();
-    rmSync(work, { recursive: true, force: true });
+    if (work) rmSync(work, { recursive: true, force: true });
   });
 
   /** Runs `script` on host `h` (its namespaces, after setup.sh) and returns how it went. */

@@ -356,7 +356,7 @@ function setColumn(id: string, column: 'expires_at', value: string) {
 
 describe('the one-liner on this host (loopback HTTP)', () => {
   const isRoot = process.getuid?.() === 0;
-  const prefixDir = mkdtempSync(join(tmpdir(), 'takt-join-prefix-'));
+  let prefixDir: string | undefined;
   const started: number[] = [];
   afterAll(() => {
     for (const pid of started) {
@@ -366,11 +366,12 @@ describe('the one-liner on this host (loopback HTTP)', () => {
         /* gone */
       }
     }
-    rmSync(prefixDir, { recursive: true, force: true });
+    if (prefixDir) rmSync(prefixDir, { recursive: true, force: true });
   });
 
   it.skipIf(!isRoot)('installs the bundle under TAKT_PREFIX, registers, and the printed agent command runs its jobs', async () => {
     const t = await makeToken({ pipeline: 'joined', name: 'oneliner' });
+    prefixDir = mkdtempSync(join(tmpdir(), 'takt-join-prefix-'));
     const prefix = join(prefixDir, 'opt', 'takt');
     const run = spawnSync('sh', ['-c', t.command], { env: { ...process.env, TAKT_PREFIX: prefix, TAKT_SYSTEMD: 'no' }, timeout: 120_000 });
     const stderr = run.stderr.toString();
