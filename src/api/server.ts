@@ -182,6 +182,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     const status = err instanceof TaktError ? err.status : 500;
     const body = err instanceof TaktError ? err.toBody() : new TaktError('internal', 'internal error; the endpoint log has the details').toBody();
     body.error.requestId = req.id;
+    if (req.routeOptions.config?.shellErrors) return reply.code(status).type('text/plain; charset=utf-8').send(shellError(`${body.error.message} (request ${req.id})`));
     return reply.code(status).send(body);
   });
 
