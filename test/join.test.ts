@@ -224,6 +224,16 @@ describe('registration', () => {
     expect(c.body).toMatchObject({ rejoined: false, machine: { name: 'macs-2' } });
   });
 
+  it('two registrations of one host at once make one machine', async () => {
+    const t = await makeToken({ uses: 2 });
+    const host = facts({ machineId: '1'.repeat(32), hostname: 'twice-at-once' });
+    const [a, b] = await Promise.all([register(t.token, host), register(t.token, host)]);
+    expect([a.status, b.status]).toEqual([201, 201]);
+    expect(a.body.machine.id).toBe(b.body.machine.id);
+    expect([a.body.rejoined, b.body.rejoined].sort()).toEqual([false, true]);
+    expect((await call('GET', '/machines?name=twice-at-once')).body.total).toBe(1);
+  });
+
   it('refuses facts that break the schema or their bounds, taking no use', async () => {
     const t = await makeToken();
     const bad = await register(t.token, { ...facts(), macs: ['not-a-mac'] });

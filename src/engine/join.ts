@@ -14,7 +14,7 @@ import { identityOf, sameHost, type Facts, type HostIdentity, type ObservedFacts
 import { sha256 } from '../model/hash.js';
 import { DEFAULT_JOIN_EXPIRY_MS, joinTokenProblem, MAX_JOIN_USES, viewJoinToken, type JoinToken, type JoinTokenView } from '../model/join.js';
 import type { Machine } from '../model/machine.js';
-import type { Page, Store, Tx } from '../store/store.js';
+import type { Page, Reads, Store, Tx } from '../store/store.js';
 import { newMachineToken, publicMachine, type Engine } from './engine.js';
 import { assertMachineName, looksLikeId } from './ids.js';
 
@@ -134,13 +134,17 @@ export class Joins {
     const observed: ObservedFacts = { ...facts, observedAt: at };
     const author = `join:${t.id}`;
     const identity = identityOf(facts);
-    const known = identity ? await this.findHost(identity) : undefined;
-    const made = known ? undefined : await this.newMachine(t, facts, observed);
+    // Checked before (to prepare a new machine outside the transaction) and again inside it, after the
+    // token's row is taken: two registrations of one host with one token cannot both make a machine.
+    const seen = identity ? await this.findHost(this.store, identity) : undefined;
+    const made = seen ? undefined : await this.newMachine(t, facts, observed);
     return this.store.transact(async (tx) => {
       if (!(await tx.takeJoinTokenUse(t.id, at))) {
         const again = await tx.getJoinToken(t.id);
         throw new TaktError('unauthorized', (again && joinTokenProblem(again, now)) ?? `join token ${t.id} can no longer be used`);
       }
+      const known = identity ? await this.findHost(tx, identity) : undefined;
+      if (!known && !made) throw new TaktError('conflict', `the machine this host was is being deleted; run the join command again`);
       let result: Registered;
       if (known) {
         const m = await tx.lockMachine(known.id);
@@ -213,10 +217,10 @@ export class Joins {
   }
 
   /** The joined (not brokered) machine that was this host, if any; the oldest when several claim it. */
-  private async findHost(identity: NonNullable<HostIdentity>): Promise<Machine | undefined> {
+  private async findHost(reads: Pick<Reads, 'listMachinesWithFactText'>, identity: NonNullable<HostIdentity>): Promise<Machine | undefined> {
     const texts = identity.kind === 'macs' ? identity.values : [identity.value];
     for (const text of texts) {
-      const hit = (await this.store.listMachinesWithFactText(text)).find((m) => m.broker === null && sameHost(identity, m.facts));
+      const hit = (await reads.listMachinesWithFactText(text)).find((m) => m.broker === null && sameHost(identity, m.facts));
       if (hit) return hit;
     }
     return undefined;
