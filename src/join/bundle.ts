@@ -5,10 +5,12 @@
  * run the agent. Built on first use into a cache directory, keyed by takt version, Node version and a
  * hash of the compiled code; never committed. Layout inside the .tar.gz:
  *
- *   bin/takt        sh wrapper: LD_LIBRARY_PATH=lib, exec lib/node app/start.js "$@"
+ *   bin/takt        sh wrapper: LD_LIBRARY_PATH=lib, exec lib/node app/cli/start.js "$@"
  *   lib/node        the Node runtime (process.execPath), lib/*.so* its non-glibc libraries (ldd)
- *   app/start.js    restores the caller's LD_LIBRARY_PATH for child processes, then imports main.js
- *   app/*.js        the CLI (esbuild: ESM, code splitting, better-sqlite3 left out: agents need no store)
+ *   app/cli/start.js  restores the caller's LD_LIBRARY_PATH for child processes, then imports main.js
+ *   app/cli/*.js    the CLI (esbuild: ESM, code splitting, better-sqlite3 left out: agents need no store)
+ *   package.json    `type: module` and the version: at the depth dist/cli/ has it, so code that reads
+ *                   `new URL('../../package.json', import.meta.url)` finds it here too
  *   BUNDLE.json     what it was built from
  *
  * Packed with the `tar` package (node-tar) on zlib, so building needs no GNU tar on the endpoint and
@@ -51,13 +53,13 @@ export interface BuiltBundle {
 export const WRAPPER = `#!/bin/sh
 # takt agent bundle: the takt CLI on the Node runtime shipped beside it (the host needs no Node.js).
 here=$(cd "$(dirname "$0")/.." && pwd) || exit 1
-# The runtime needs its own C++ libraries first; app/start.js puts the caller's LD_LIBRARY_PATH back
+# The runtime needs its own C++ libraries first; app/cli/start.js puts the caller's LD_LIBRARY_PATH back
 # for the processes takt starts, so task scripts see the host's libraries, not these.
 if [ "\${LD_LIBRARY_PATH+set}" = set ]; then TAKT_SAVED_LD_LIBRARY_PATH=$LD_LIBRARY_PATH; export TAKT_SAVED_LD_LIBRARY_PATH; fi
 LD_LIBRARY_PATH="$here/lib\${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 TAKT_BUNDLE_LIB="$here/lib"
 export LD_LIBRARY_PATH TAKT_BUNDLE_LIB
-exec "$here/lib/node" "$here/app/start.js" "$@"
+exec "$here/lib/node" "$here/app/cli/start.js" "$@"
 `;
 
 export const START = `// Entry point of the takt agent bundle (see bin/takt).
@@ -134,8 +136,9 @@ export class AgentBundle {
     const stage = join(tmp, 'stage');
     await mkdir(join(stage, 'bin'), { recursive: true });
     await mkdir(join(stage, 'lib'), { recursive: true });
-    await this.bundleCli(join(stage, 'app'));
-    await writeFile(join(stage, 'app', 'start.js'), START);
+    await this.bundleCli(join(stage, 'app', 'cli'));
+    await writeFile(join(stage, 'app', 'cli', 'start.js'), START);
+    await writeFile(join(stage, 'package.json'), `${JSON.stringify({ name: 'takt-agent-bundle', version: this.opts.version, type: 'module', private: true }, null, 2)}\n`);
     await writeFile(join(stage, 'bin', 'takt'), WRAPPER, { mode: 0o755 });
     await chmod(join(stage, 'bin', 'takt'), 0o755);
     await copyFile(this.node, join(stage, 'lib', 'node'));
@@ -146,7 +149,7 @@ export class AgentBundle {
     await writeFile(join(stage, 'BUNDLE.json'), JSON.stringify(manifest, null, 2) + '\n');
     const out = join(tmp, 'agent.tar.gz');
     const tar = await import('tar');
-    await tar.create({ gzip: true, cwd: stage, file: out, portable: true }, ['bin', 'lib', 'app', 'BUNDLE.json']);
+    await tar.create({ gzip: true, cwd: stage, file: out, portable: true }, ['bin', 'lib', 'app', 'package.json', 'BUNDLE.json']);
     await writeFile(join(tmp, 'agent.tar.gz.sha256'), `${await fileSha256(out)}\n`);
     await rm(stage, { recursive: true, force: true });
   }

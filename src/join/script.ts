@@ -133,7 +133,7 @@ takt_join() {
     [ -d "$stage/old" ] && mv "$stage/old" "$prefix"
     fail "cannot move the new install into $prefix"
   fi
-  chmod 755 "$prefix" "$prefix/bin" "$prefix/lib" "$prefix/app"
+  chmod 755 "$prefix" "$prefix/bin" "$prefix/lib" "$prefix/app" "$prefix/app/cli"
 
   if [ "$systemd" = yes ]; then
     unit=/etc/systemd/system/takt-agent.service
