@@ -5,6 +5,7 @@
  */
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
+import { formatDiagnostic, lintPack } from '../src/content/lint.js';
 import { endpointUrl, machineNameFromHost } from '../src/engine/join.js';
 import { looksLikeId } from '../src/engine/ids.js';
 import { parseLdd } from '../src/join/bundle.js';
@@ -219,5 +220,20 @@ describe('install script', () => {
     expect(r.status).toBe(1);
     expect(r.stderr.toString()).toBe(`takt join: join token jt-1 expired; ${nasty} [31m\n`);
     expect(r.stdout.toString()).toBe('');
+  });
+});
+
+describe('facts in templates (lint)', () => {
+  const pack = (script: string, extra: Record<string, string> = {}) =>
+    lintPack({ 'pack.yaml': 'name: p\nversion: 1.0.0\n', 'tasks/t.yaml': `name: t\nscript: |\n  ${script}\n`, ...extra }).diagnostics.map(formatDiagnostic);
+  it.each([
+    ['echo {{ facts.os.id }} {{ facts.cpu.count }} {{ facts.addresses[0].address }} {{ facts.observedAt }}', []],
+    ['echo {{ facts.shoe }}', [expect.stringMatching(/tasks\/t\.yaml:3:\d+: template: facts has no field 'shoe' \(it has hostname, machineId/)]],
+    ['echo {{ facts | size }}', []],
+  ])('%s', (script, diagnostics) => {
+    expect(pack(script)).toEqual(diagnostics);
+  });
+  it('facts is not a param name', () => {
+    expect(pack('echo hi', { 'params/facts.yaml': 'name: facts\n' })).toEqual([expect.stringMatching(/'facts' is reserved for the machine's observed facts/)]);
   });
 });
