@@ -91,6 +91,7 @@ export class AgentBundle {
   get(): Promise<BuiltBundle> {
     this.building ??= this.load().catch((err: unknown) => {
       this.building = null;
+      this.opts.log?.('error', `agent bundle not built: ${(err as Error).message}`);
       throw err;
     });
     return this.building;
