@@ -42,6 +42,8 @@ export interface AgentOptions {
   sandbox?: string;
   /** Run scripts as this user (the agent must be root); see sandbox.ts. */
   runAs?: RunAs;
+  /** This agent's version, sent as `user-agent: takt-agent/<version>` (the endpoint shows it per machine). */
+  version?: string;
 }
 
 export const AGENT_EXIT_STOPPED = 0;
@@ -97,7 +99,12 @@ class Agent {
     this.paths = agentPaths(resolve(opts.dir), opts.sandbox === undefined ? undefined : resolve(opts.sandbox));
     this.chaos = opts.chaos ? new Chaos(opts.chaos, machineId, this.log) : null;
     const chaos = this.chaos;
-    this.client = new ApiClient({ endpoint: opts.endpoint, token: opts.token, ...(chaos ? { beforeRequest: () => chaos.beforeRequest() } : {}) });
+    this.client = new ApiClient({
+      endpoint: opts.endpoint,
+      token: opts.token,
+      userAgent: `takt-agent/${opts.version ?? 'unknown'}`,
+      ...(chaos ? { beforeRequest: () => chaos.beforeRequest() } : {}),
+    });
     this.state = new AgentState(this.paths.stateDir, this.log);
     this.root = opts.root ?? '/';
     this.waitSeconds = Math.max(0, Math.min(60, Math.round(opts.claimWaitSeconds ?? 25)));

@@ -24,6 +24,8 @@ export interface ClientOptions {
   timeoutMs?: number;
   /** Runs before every request; may delay it or throw a NetworkError (the agent's fault injection). */
   beforeRequest?: () => Promise<void>;
+  /** Sent as `user-agent` (the agent: `takt-agent/<version>`, which the endpoint shows as the agent's version). */
+  userAgent?: string;
 }
 
 /** The endpoint could not be reached or did not answer in time; the request may be retried. */
@@ -46,6 +48,7 @@ export class ApiClient {
   private readonly token: string | undefined;
   private readonly timeoutMs: number;
   private readonly beforeRequest: (() => Promise<void>) | undefined;
+  private readonly userAgent: string | undefined;
   private agent: HttpAgent | undefined;
 
   constructor(opts: ClientOptions) {
@@ -53,6 +56,7 @@ export class ApiClient {
     this.token = opts.token;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.beforeRequest = opts.beforeRequest;
+    this.userAgent = opts.userAgent;
   }
 
   url(path: string, query?: RequestOptions['query']): string {
@@ -60,7 +64,7 @@ export class ApiClient {
   }
 
   headers(extra: Record<string, string> = {}): Record<string, string> {
-    return { ...(this.token ? { authorization: `Bearer ${this.token}` } : {}), ...extra };
+    return { ...(this.token ? { authorization: `Bearer ${this.token}` } : {}), ...(this.userAgent ? { 'user-agent': this.userAgent } : {}), ...extra };
   }
 
   /**
