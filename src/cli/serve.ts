@@ -175,6 +175,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       engine.stop();
       for (const b of brokers.values()) await b.stopAll();
       await app.close();
+      await engine.liveness.flush(); // the last contacts, before the store closes
       await store.close();
     },
   };
