@@ -44,6 +44,8 @@ export interface AgentOptions {
   runAs?: RunAs;
   /** PEM: the endpoint's CA; an https endpoint must chain to it and nothing else is trusted. */
   ca?: string;
+  /** This agent's version, sent as `user-agent: takt-agent/<version>` (the endpoint shows it per machine). */
+  version?: string;
 }
 
 export const AGENT_EXIT_STOPPED = 0;
@@ -99,7 +101,13 @@ class Agent {
     this.paths = agentPaths(resolve(opts.dir), opts.sandbox === undefined ? undefined : resolve(opts.sandbox));
     this.chaos = opts.chaos ? new Chaos(opts.chaos, machineId, this.log) : null;
     const chaos = this.chaos;
-    this.client = new ApiClient({ endpoint: opts.endpoint, token: opts.token, ...(opts.ca ? { ca: opts.ca } : {}), ...(chaos ? { beforeRequest: () => chaos.beforeRequest() } : {}) });
+    this.client = new ApiClient({
+      endpoint: opts.endpoint,
+      token: opts.token,
+      ...(opts.ca ? { ca: opts.ca } : {}),
+      userAgent: `takt-agent/${opts.version ?? 'unknown'}`,
+      ...(chaos ? { beforeRequest: () => chaos.beforeRequest() } : {}),
+    });
     this.state = new AgentState(this.paths.stateDir, this.log);
     this.root = opts.root ?? '/';
     this.waitSeconds = Math.max(0, Math.min(60, Math.round(opts.claimWaitSeconds ?? 25)));

@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import { agentVersion, peerAddress } from '../engine/liveness.js';
 import { describePattern } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { Authenticator, JOIN_TOKEN_SCOPE } from './auth.js';
@@ -145,6 +146,8 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     if (!cfg?.public) {
       const pathToken = cfg?.join === 'path' && req.headers.authorization === undefined ? (req.params as { token?: string }).token : undefined;
       req.principal = await auth.authenticate(pathToken !== undefined ? `Bearer ${pathToken}` : req.headers.authorization);
+      // Liveness: every request a machine's token authenticates is its agent heard from (liveness.ts).
+      if (req.principal.kind === 'machine') opts.engine.heard(req.principal.machineId, { version: agentVersion(req.headers['user-agent']), address: peerAddress(req.ip), via: 'agent' });
       if (req.principal.kind === 'machine' && !cfg?.machine) {
         throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
       }

@@ -14,7 +14,8 @@ import { JOB_STATES, MACHINE_STATES, WORK_ORDER_STATES, type Change, type Job, t
 import { clientFrom, collect, parseParamPairs, type GlobalOptions } from './client.js';
 import { colorState, print, renderTable, shown, shownErr } from './output.js';
 import { exerciseCommand } from './exercise.js';
-import { joinCommands, machineText } from './join.js';
+import { factsSection, joinCommands } from './join.js';
+import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
 
@@ -250,7 +251,8 @@ const machineColumns = [
   { header: 'ID', get: (m: Machine) => m.id },
   { header: 'ENV', get: (m: Machine) => m.environment },
   { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
-  { header: 'STATE', get: (m: Machine) => m.state, color: colorState },
+  { header: 'STATE', get: statusOf, color: colorStatus },
+  { header: 'AGENT', get: (m: Machine) => agentCell(m) },
   { header: 'REASON', get: (m: Machine) => m.reason },
 ];
 
@@ -285,8 +287,11 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     .command('get <machine>')
     .description('one machine by id or name')
     .action(async (id: string) => {
-      const m = await api().get<Machine>(`/machines/${enc(id)}`);
-      print(g().output, m, () => machineText(m));
+      const m = await api().get<MachineView>(`/machines/${enc(id)}`);
+      print(g().output, m, () => {
+        const { facts, ...rest } = m;
+        return `${machineText(rest as MachineView)}\n\n${factsSection(facts)}`;
+      });
     });
   machines
     .command('create [name]')
@@ -713,5 +718,6 @@ function planTable(plan: PlanView): string {
 function summarize(data: unknown): string {
   if (!data || typeof data !== 'object') return '';
   const d = data as Record<string, unknown>;
-  return ['name', 'task', 'state', 'reason'].filter((k) => d[k] !== undefined && d[k] !== null).map((k) => `${k}=${String(d[k])}`).join(' ');
+  const agent = d.agent && typeof d.agent === 'object' ? ` agent=${(d.agent as { connected?: boolean }).connected ? 'connected' : 'disconnected'}` : '';
+  return ['name', 'task', 'state', 'reason'].filter((k) => d[k] !== undefined && d[k] !== null).map((k) => `${k}=${String(d[k])}`).join(' ') + agent;
 }

@@ -5,7 +5,6 @@
  */
 import type { Command } from 'commander';
 import pc from 'picocolors';
-import { stringify } from 'yaml';
 import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import type { ObservedFacts } from '../model/facts.js';
@@ -103,13 +102,8 @@ Examples:
     });
 }
 
-/** `takt machines get` for people: the machine as YAML, then its observed facts in a section of their own. */
-export function machineText(m: Machine): string {
-  const { facts, ...desired } = m;
-  return `${shown(stringify(desired)).trimEnd()}\n\n${factsText(facts)}`;
-}
-
-function factsText(f: ObservedFacts | null): string {
+/** The Facts section `takt machines get` shows below the machine: observed, in a section of their own. */
+export function factsSection(f: ObservedFacts | null | undefined): string {
   if (!f) return `${pc.bold('Facts')} ${pc.dim('(observed; none reported yet: the agent sends them when it joins or starts with --report-facts)')}`;
   const gib = (n: number) => `${(n / 2 ** 30).toFixed(1)} GiB`;
   const rows: Array<[string, string]> = [

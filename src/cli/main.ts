@@ -34,6 +34,7 @@ interface ServeCliOptions {
   hostName: string[];
   requestTimeout: string;
   maxConnections: string;
+  agentGoneAfter: string;
 }
 
 const globals = (): GlobalOptions => program.opts<GlobalOptions>();
@@ -67,6 +68,7 @@ program
   )
   .option('--request-timeout <duration>', 'a request whose headers and body have not all arrived after this long is answered 408 and closed (env TAKT_REQUEST_TIMEOUT)', process.env.TAKT_REQUEST_TIMEOUT ?? '2m')
   .option('--max-connections <n>', 'open connections beyond this are refused (env TAKT_MAX_CONNECTIONS)', process.env.TAKT_MAX_CONNECTIONS ?? '10000')
+  .option('--agent-gone-after <duration>', 'a machine not heard from this long, with no claim long-poll open, shows its agent disconnected (env TAKT_AGENT_GONE_AFTER)', process.env.TAKT_AGENT_GONE_AFTER ?? '135s')
   .addHelpText(
     'after',
     `
@@ -136,12 +138,13 @@ const agent = program
     const ac = new AbortController();
     process.on('SIGINT', () => ac.abort());
     process.on('SIGTERM', () => ac.abort());
+    const { VERSION } = await import('./version.js');
     if (o.reportFacts) {
       const { reportFacts } = await import('../agent/register.js');
       const { jsonLineLog } = await import('../agent/log.js');
-      void reportFacts({ endpoint, ...(ca ? { ca } : {}) }, token, jsonLineLog, ac.signal);
+      void reportFacts({ endpoint, ...(ca ? { ca } : {}) }, token, jsonLineLog, ac.signal, undefined, VERSION);
     }
-    const code = await runAgent({ endpoint, token, dir: o.dir, ...(ca ? { ca } : {}), root: o.root, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
+    const code = await runAgent({ endpoint, token, dir: o.dir, ...(ca ? { ca } : {}), root: o.root, version: VERSION, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
     process.exit(code);
   });
 

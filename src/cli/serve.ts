@@ -31,8 +31,9 @@ import { Sealer } from '../model/secure.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { secureDataDir } from './datadir.js';
 import { createLog, type LogFn } from './log.js';
+import { VERSION } from './version.js';
 
-export const VERSION = (JSON.parse(readFileSync(fileURLToPath(new URL('../../package.json', import.meta.url)), 'utf8')) as { version: string }).version;
+export { VERSION };
 const DEMO_PACK = fileURLToPath(new URL('../../content/demo', import.meta.url));
 
 export interface ServeOptions {
@@ -58,6 +59,8 @@ export interface ServeOptions {
   requestTimeout?: string;
   /** Decimal text: the cap on open connections. */
   maxConnections?: string;
+  /** Duration text: a machine quiet this long (no request, no long-poll open) shows its agent disconnected. */
+  agentGoneAfter?: string;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -149,7 +152,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const content = new ContentService(store, sealer);
   await content.load();
   const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
-  const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes });
+  const goneAfterMs = opts.agentGoneAfter === undefined ? undefined : parseDuration(opts.agentGoneAfter, '--agent-gone-after', DURATION_RANGES.agentGoneAfter);
+  const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes, goneAfterMs });
   let url = '';
   // Set once the app exists; the netns broker opens its listener only when its first machine is made.
   let listeners: Listeners | null = null;
@@ -269,6 +273,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       stopTlsWatch();
       await all.closeAll();
       await app.close();
+      await engine.liveness.flush(); // the last contacts, before the store closes
       await store.close();
     },
   };

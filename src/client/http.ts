@@ -29,6 +29,8 @@ export interface ClientOptions {
    * (an agent trusts its endpoint's own CA, not the system's). Absent: the system's CAs.
    */
   ca?: string;
+  /** Sent as `user-agent` (the agent: `takt-agent/<version>`, which the endpoint shows as the agent's version). */
+  userAgent?: string;
 }
 
 /** The endpoint could not be reached or did not answer in time; the request may be retried. */
@@ -52,6 +54,7 @@ export class ApiClient {
   private readonly timeoutMs: number;
   private readonly beforeRequest: (() => Promise<void>) | undefined;
   private readonly ca: string | undefined;
+  private readonly userAgent: string | undefined;
   private agent: HttpAgent | undefined;
 
   constructor(opts: ClientOptions) {
@@ -60,6 +63,7 @@ export class ApiClient {
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.beforeRequest = opts.beforeRequest;
     this.ca = opts.ca;
+    this.userAgent = opts.userAgent;
   }
 
   url(path: string, query?: RequestOptions['query']): string {
@@ -67,7 +71,7 @@ export class ApiClient {
   }
 
   headers(extra: Record<string, string> = {}): Record<string, string> {
-    return { ...(this.token ? { authorization: `Bearer ${this.token}` } : {}), ...extra };
+    return { ...(this.token ? { authorization: `Bearer ${this.token}` } : {}), ...(this.userAgent ? { 'user-agent': this.userAgent } : {}), ...extra };
   }
 
   /**

@@ -9,7 +9,7 @@ import { decodeExit } from '../model/exitcodes.js';
 import { checkExpectations } from '../model/expect.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { TaktError } from '../model/errors.js';
-import type { Job, Machine, WorkOrder } from '../model/machine.js';
+import type { AgentLiveness, Job, Machine, WorkOrder } from '../model/machine.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
@@ -18,6 +18,7 @@ import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
+import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, machineStatus, type Contact, type LivenessWrite } from './liveness.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
 import { Masker, secretTexts } from './logmask.js';
 import { printable, refusedOutputs } from './outputs.js';
@@ -47,6 +48,10 @@ export interface EngineOptions {
   maxLogBytes?: number;
   /** Log chunks stored per job (default 1,000,000). */
   maxLogChunks?: number;
+  /** A machine quiet this long, with no claim long-poll open, is disconnected (default 135 s; see liveness.ts). */
+  goneAfterMs?: number;
+  /** `lastSeenAt` is written at most this often per machine (default 15 s, at most a quarter of goneAfterMs). */
+  seenThrottleMs?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -140,6 +145,8 @@ export class Engine {
   private readonly unsubscribe: () => void;
   /** Each job's log: masked, bounded, closed when the job ends (joblog.ts). */
   private readonly logs: JobLogs;
+  /** Whether each machine's agent is in touch (liveness.ts). */
+  readonly liveness: Liveness;
 
   constructor(
     readonly store: Store,
@@ -148,11 +155,21 @@ export class Engine {
     private readonly opts: EngineOptions,
   ) {
     this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => this.jobSecrets(tx, id));
+    const windowMs = opts.goneAfterMs ?? DEFAULT_GONE_AFTER_MS;
+    this.liveness = new Liveness({
+      windowMs,
+      throttleMs: opts.seenThrottleMs ?? Math.min(DEFAULT_SEEN_THROTTLE_MS, Math.floor(windowMs / 4)),
+      persist: (writes) => this.writeLiveness(writes),
+      log: opts.log,
+    });
     // Any committed change to a machine or its work orders may give a waiting agent something to do.
     this.unsubscribe = store.onEvents((events) => {
       for (const e of events) {
         const [type, , id] = e.topic.split('.');
-        if (type === 'machines' && id) this.wake(id);
+        if (type === 'machines' && id) {
+          this.wake(id);
+          if (e.topic.startsWith('machines.delete.')) this.liveness.forget(id);
+        }
         else if (type === 'workorders') this.wake((e.data as { machineId?: string }).machineId ?? '');
       }
     });
@@ -168,14 +185,76 @@ export class Engine {
       this.sweepLeases().catch((err: unknown) => this.log('error', 'lease sweep failed', { err: String(err) }));
     }, every);
     this.sweeper.unref();
+    // Machines that were connected when the endpoint stopped get one window for their agents to return.
+    for (let offset = 0; ; offset += 1000) {
+      const page = await this.store.listMachines({ agentConnected: true, limit: 1000, offset });
+      this.liveness.seed(page);
+      if (page.length < 1000) break;
+    }
+    this.liveness.start();
   }
 
   stop(): void {
     this.stopped = true;
+    this.liveness.stop();
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
     this.unsubscribe();
     for (const w of this.waiters.values()) for (const f of w.wake) f();
+  }
+
+  // ---- liveness ------------------------------------------------------------------------------------
+
+  /**
+   * Something was heard from the machine: the API calls this for every request authenticated with the
+   * machine's token; the SSH broker calls it for every contact with a host it drives (connect, command,
+   * keepalive: at least once per half the window while its connection is open), with `via: 'ssh'`.
+   * `version`/`address` absent or null keep what is known. Cheap (in memory); the store is written in
+   * batches, at once with a `machines.update.<id>` event when connected flips or version, address or
+   * transport change, else `lastSeenAt` at most once per throttle interval. Never throws.
+   */
+  heard(machineId: string, contact: Contact): void {
+    this.liveness.heard(machineId, contact);
+  }
+
+  /**
+   * The machine is out of touch now (the SSH broker lost its connection or cannot reach the host):
+   * disconnected at once, with an event, instead of after the window. A later `heard` connects it again.
+   */
+  gone(machineId: string): void {
+    this.liveness.gone(machineId);
+  }
+
+  /** The machine with its freshest liveness (this endpoint's memory over the stored record). */
+  withLiveness(m: Machine): Machine {
+    return { ...m, agent: this.liveness.view(m) };
+  }
+
+  /** Writes a batch of liveness records in one transaction (see Liveness); answers the swept ids it skipped. */
+  private async writeLiveness(writes: LivenessWrite[]): Promise<string[]> {
+    return this.store.transact(async (tx) => {
+      const skipped: string[] = [];
+      for (const w of writes) {
+        let agent: AgentLiveness = w.agent;
+        if (w.emit || w.sweptAt !== null) {
+          const m = await tx.getMachine(w.machineId);
+          if (!m) continue;
+          const stored = m.agent.lastSeenAt ? Date.parse(m.agent.lastSeenAt) : null;
+          const mine = agent.lastSeenAt ? Date.parse(agent.lastSeenAt) : null;
+          // Another replica heard the machine after this one did, within the window: not gone.
+          if (w.sweptAt !== null && stored !== null && (mine === null || stored > mine) && w.sweptAt - stored <= this.liveness.windowMs) {
+            skipped.push(w.machineId);
+            continue;
+          }
+          agent = { ...agent, version: agent.version ?? m.agent.version, address: agent.address ?? m.agent.address };
+          await tx.setAgentLiveness(w.machineId, agent);
+          if (w.emit) tx.emit(`machines.update.${w.machineId}`, publicMachine({ ...m, agent }));
+        } else {
+          await tx.setAgentLiveness(w.machineId, agent);
+        }
+      }
+      return skipped;
+    });
   }
 
   // ---- machines ------------------------------------------------------------------------------------
@@ -228,6 +307,7 @@ export class Engine {
       facts: null,
       createdAt: now,
       updatedAt: now,
+      agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: now },
     };
     if (machine.pipeline) this.assertStartable(machine, machine.pipeline, content);
     return { machine, token };
@@ -453,6 +533,16 @@ export class Engine {
    * given up on), so it is handed back rather than called abandoned.
    */
   async claim(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
+    // An open long-poll is an agent in touch, however long it waits.
+    const closePoll = this.liveness.pollOpened(machineId);
+    try {
+      return await this.claimLoop(machineId, waitMs, signal, lastJob);
+    } finally {
+      closePoll();
+    }
+  }
+
+  private async claimLoop(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
     const deadline = Date.now() + waitMs;
     for (;;) {
       const gen = this.generation(machineId);
@@ -879,7 +969,11 @@ export class Engine {
         if (!job || job.state !== 'running' || !job.leaseExpiresAt || job.leaseExpiresAt >= now) return;
         const m = await tx.lockMachine(job.machineId);
         if (!m) return;
-        await this.settle(tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs });
+        const agent = this.liveness.view(m);
+        // Silent: nothing at all heard from the machine for a whole lease (the network or the host), not
+        // only nothing about this job.
+        const silent = agent.lastSeenAt === null || Date.now() - Date.parse(agent.lastSeenAt) >= this.opts.leaseMs;
+        await this.settle(tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: agent.lastSeenAt, address: agent.address, silent } });
         this.log('warn', 'job lost: lease expired', { job: job.id, machine: m.name, task: job.task });
       });
     }
@@ -1096,12 +1190,13 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
 }
 
 /**
- * A machine as lists and events show it: secure params masked, and without its facts (observed
- * inventory, kilobytes per machine, shown by GET /machines/:id instead of riding along with every event).
+ * A machine as the API, events and UI show it: secure params masked, its derived `status`, and without its
+ * facts (observed inventory, kilobytes per machine, shown by GET /machines/:id instead of riding along
+ * with every event).
  */
 export function publicMachine(m: Machine) {
   const { facts: _facts, ...rest } = m;
-  return { ...rest, params: maskValues(m.params) };
+  return { ...rest, params: maskValues(m.params), status: machineStatus(m) };
 }
 
 /** A new secret for machine `id`: `tkm.<id>.<192 random bits>` (see machineIdFromToken). Only its SHA-256 is stored. */

@@ -48,7 +48,11 @@ export type JobOutcome =
   | { kind: 'exit'; exitCode: number | null; timedOut?: boolean; error?: string; timeoutMs?: number }
   /** The script ran but what it left behind is wrong (a bad output value…). */
   | { kind: 'invalid'; exitCode: number | null; message: string }
-  | { kind: 'lost'; leaseMs: number }
+  /**
+   * No word about the job for a whole lease. `agent`: what the endpoint last heard from the machine at
+   * all; `silent` when that was a lease or more ago (the network or the host, not the script).
+   */
+  | { kind: 'lost'; leaseMs: number; agent?: { lastSeenAt: string | null; address: string | null; silent: boolean } }
   /** The agent asked for new work while this job was still running: it lost track of it. */
   | { kind: 'abandoned' }
   /** An operator restarted or reassigned the machine while the job ran. */
@@ -75,11 +79,7 @@ export function judgeJob(task: string, o: JobOutcome): JobVerdict {
     case 'unrenderable':
       return { state: 'failed', reason: `task '${task}' cannot be rendered: ${o.message}`, ...flags };
     case 'lost':
-      return {
-        state: 'lost',
-        reason: `task '${task}' lost: no word from the agent for ${Math.round(o.leaseMs / 1000)}s (agent gone or machine down); its result is unknown`,
-        ...flags,
-      };
+      return { state: 'lost', reason: lostReason(task, o), ...flags };
     case 'abandoned':
       return {
         state: 'lost',
@@ -105,6 +105,19 @@ export function judgeJob(task: string, o: JobOutcome): JobVerdict {
       return { state: 'succeeded', reason: null, ...contract };
     }
   }
+}
+
+/** Why a job was lost, in words that tell the network or host apart from the script. */
+function lostReason(task: string, o: Extract<JobOutcome, { kind: 'lost' }>): string {
+  const lease = `${Math.round(o.leaseMs / 1000)}s`;
+  const a = o.agent;
+  if (!a) return `task '${task}' lost: no word from the agent for ${lease} (agent gone or machine down); its result is unknown`;
+  const from = a.address ? ` from ${a.address}` : '';
+  if (a.lastSeenAt === null) return `task '${task}' lost: no word from the agent for ${lease}, and no agent has been heard from on this machine; its result is unknown`;
+  if (a.silent) {
+    return `task '${task}' lost: no word from the agent for ${lease}; it was last heard at ${a.lastSeenAt}${from} and nothing since (the network or the host, not the script); its result is unknown`;
+  }
+  return `task '${task}' lost: no word from the agent about it for ${lease}, though the agent was heard at ${a.lastSeenAt}${from} (it lost track of the job); its result is unknown`;
 }
 
 export interface PipelineDecision {

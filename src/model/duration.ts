@@ -35,6 +35,8 @@ export const DURATION_RANGES = {
   wait: { min: SECOND, max: 24 * DAY },
   /** `--since` windows of reports: a date in the past. */
   window: { min: SECOND, max: 3650 * DAY },
+  /** `takt serve --agent-gone-after`: a quiet machine's allowance before it shows disconnected. */
+  agentGoneAfter: { min: SECOND, max: DAY },
   /** `takt serve --request-timeout`: the server's per-request receive deadline (slow senders). */
   requestTimeout: { min: SECOND, max: HOUR },
   /** A join token's lifetime (`takt machines join --expires`): short, since it can create a machine. */

@@ -29,7 +29,34 @@ export interface Machine {
   facts: ObservedFacts | null;
   createdAt: string;
   updatedAt: string;
+  /** Observed, never desired: whether an agent (or the SSH broker) is in touch with the machine. */
+  agent: AgentLiveness;
 }
+
+/**
+ * Whether anything is in touch with a machine on its behalf, as the endpoint observed it (see
+ * src/engine/liveness.ts for how it is decided). Times are ISO-8601 UTC.
+ */
+export interface AgentLiveness {
+  /** A claim long-poll is open now, or the machine's token was heard within the endpoint's window. */
+  connected: boolean;
+  /** The last authenticated request made with the machine's token (or SSH contact); null: never. */
+  lastSeenAt: string | null;
+  /** From the agent's `user-agent: takt-agent/<version>`; null until an agent says. */
+  version: string | null;
+  /** The address the last request came from (the TCP peer; proxy headers are not trusted). */
+  address: string | null;
+  /** How the machine is reached: its own agent, or the endpoint over SSH; null: never heard. */
+  via: 'agent' | 'ssh' | null;
+  /** When the current connected/disconnected state began (for a machine never heard from: its creation). */
+  since: string;
+}
+
+/**
+ * A machine's state as an operator should read it: its `state`, except `waiting-for-agent` when it has
+ * work to do (running, power on) and no agent is connected to do it.
+ */
+export type MachineStatus = MachineState | 'waiting-for-agent';
 
 export const JOB_STATES = ['running', 'succeeded', 'failed', 'lost', 'cancelled'] as const;
 export type JobState = (typeof JOB_STATES)[number];

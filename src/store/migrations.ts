@@ -210,6 +210,15 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
         .execute();
     },
   },
+  '0007_agent_liveness': {
+    async up(db: Kysely<unknown>) {
+      // Observed agent liveness (src/engine/liveness.ts): never part of the desired state or its history.
+      await db.schema.alterTable('machines').addColumn('agent_connected', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      for (const col of ['agent_seen_at', 'agent_version', 'agent_address', 'agent_via', 'agent_since']) {
+        await db.schema.alterTable('machines').addColumn(col, 'text').execute();
+      }
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

@@ -6,7 +6,7 @@ import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { ObservedFacts } from '../model/facts.js';
 import type { JoinToken } from '../model/join.js';
-import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
+import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
 import type { Rollout, RolloutItem } from '../model/rollout.js';
 import { migrationProvider, type Dialect } from './migrations.js';
 import type {
@@ -75,7 +75,7 @@ function rank(w: WorkOrdersTable): string {
   return `${w.state === 'running' ? 0 : 1}|${w.created_at}|${w.id}`;
 }
 
-function machineFromRow(r: MachinesTable): Machine {
+function machineFromRow(r: Selectable<MachinesTable>): Machine {
   return {
     id: r.id,
     name: r.name,
@@ -95,14 +95,25 @@ function machineFromRow(r: MachinesTable): Machine {
     facts: parse(r.facts),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
+    agent: {
+      connected: Number(r.agent_connected) === 1,
+      lastSeenAt: r.agent_seen_at,
+      version: r.agent_version,
+      address: r.agent_address,
+      via: r.agent_via as AgentLiveness['via'],
+      since: r.agent_since ?? r.created_at,
+    },
   };
 }
+
+/** The liveness columns, written only by `setAgentLiveness` (a machine's other writes leave them be). */
+type AgentColumns = 'agent_connected' | 'agent_seen_at' | 'agent_version' | 'agent_address' | 'agent_via' | 'agent_since';
 
 /**
  * The row a machine's ordinary writes carry. Facts are left out: they change only when the agent reports
  * them (`setMachineFacts`), so claims and completions do not rewrite them with every job.
  */
-function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts'> {
+function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | AgentColumns> {
   return {
     id: m.id,
     name: m.name,
@@ -235,7 +246,7 @@ class SqlReads implements Reads {
   }
 
   async getMachine(id: string) {
-    const r = await this.one<MachinesTable>('getMachine', () => this.db.selectFrom('machines').selectAll().where('id', '=', arg(0)), [id]);
+    const r = await this.one<Selectable<MachinesTable>>('getMachine', () => this.db.selectFrom('machines').selectAll().where('id', '=', arg(0)), [id]);
     return r ? machineFromRow(r) : undefined;
   }
   async getMachineByName(name: string) {
@@ -254,6 +265,7 @@ class SqlReads implements Reads {
     if (f.pipeline !== undefined) q = q.where('pipeline', '=', f.pipeline);
     if (f.environment !== undefined) q = q.where('environment', '=', f.environment);
     if (f.broker !== undefined) q = q.where('broker', '=', f.broker);
+    if (f.agentConnected !== undefined) q = q.where('agent_connected', '=', f.agentConnected ? 1 : 0);
     if (f.name !== undefined) q = q.where(sql<boolean>`name like ${`%${f.name.replace(/[\\%_]/g, (c) => `\\${c}`)}%`} escape '\\'`);
     return q;
   }
@@ -522,7 +534,7 @@ class SqlTx extends SqlReads implements Tx {
   }
 
   async lockMachine(id: string) {
-    const r = await this.one<MachinesTable>(
+    const r = await this.one<Selectable<MachinesTable>>(
       'lockMachine',
       () => {
         const q = this.db.selectFrom('machines').selectAll().where('id', '=', arg(0));
@@ -542,6 +554,25 @@ class SqlTx extends SqlReads implements Tx {
       'updateMachine',
       () => this.db.updateTable('machines').set(Object.fromEntries(cols.map((c, i) => [c, arg(i + 1)]))).where('id', '=', arg(0)),
       [id, ...cols.map((c) => rest[c])],
+    );
+  }
+  async setAgentLiveness(id: string, a: AgentLiveness) {
+    await this.exec(
+      'setAgentLiveness',
+      () =>
+        this.db
+          .updateTable('machines')
+          // A version or address not given (null) keeps the one stored: only an agent that says tells it.
+          .set({
+            agent_connected: arg(1) as never,
+            agent_seen_at: arg(2),
+            agent_version: sql<string>`coalesce(${arg(3)}, agent_version)`,
+            agent_address: sql<string>`coalesce(${arg(4)}, agent_address)`,
+            agent_via: arg(5),
+            agent_since: arg(6),
+          })
+          .where('id', '=', arg(0)),
+      [id, a.connected ? 1 : 0, a.lastSeenAt, a.version, a.address, a.via, a.since],
     );
   }
   async deleteMachine(id: string) {

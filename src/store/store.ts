@@ -9,7 +9,7 @@
 import type { ContentKind } from '../model/content.js';
 import type { ObservedFacts } from '../model/facts.js';
 import type { JoinToken } from '../model/join.js';
-import type { Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
+import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
 import type { Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
 
 export interface PackRecord {
@@ -43,6 +43,8 @@ export interface MachineFilter extends Page {
   broker?: string;
   /** Substring match on the name. */
   name?: string;
+  /** Only machines whose stored agent liveness says connected (true) or not (false). */
+  agentConnected?: boolean;
 }
 
 export interface JobFilter extends Page {
@@ -119,7 +121,10 @@ export interface Tx extends Reads {
   /** Reads a machine and locks its row until commit (PostgreSQL); SQLite serialises writers anyway. */
   lockMachine(id: string): Promise<Machine | undefined>;
   insertMachine(m: Machine, tokenHash: string): Promise<void>;
+  /** Writes every desired and pipeline field of a machine; never its agent liveness. */
   updateMachine(m: Machine): Promise<void>;
+  /** Writes only a machine's agent liveness (observed state; no change is recorded). No-op for a deleted machine. */
+  setAgentLiveness(id: string, agent: AgentLiveness): Promise<void>;
   deleteMachine(id: string): Promise<void>;
   insertJob(j: Job): Promise<void>;
   /** Extends one running job's lease (heartbeats and log chunks do this often: it writes one column). */

@@ -69,6 +69,13 @@ export interface MachinesTable {
   token_hash: string;
   created_at: string;
   updated_at: string;
+  /** Agent liveness (observed; written only by `setAgentLiveness`): 1 connected, 0 not. */
+  agent_connected: Generated<number>;
+  agent_seen_at: string | null;
+  agent_version: string | null;
+  agent_address: string | null;
+  agent_via: string | null;
+  agent_since: string | null;
 }
 
 export interface JobsTable {

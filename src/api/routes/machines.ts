@@ -64,11 +64,11 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const offset = intQuery(q.offset, 'offset', 0)!;
     if (q.builtWith === undefined && q.stale === undefined) {
       const [items, total] = await Promise.all([store.listMachines({ ...filter, limit, offset }), store.countMachines(filter)]);
-      return { items: items.map(publicMachine), total };
+      return { items: items.map((m) => publicMachine(engine.withLiveness(m))), total };
     }
     // Build-record filters look at each machine's jobs, so they page after filtering.
     const matched = await records.select({ ...filter, builtWith: q.builtWith, stale: q.stale === undefined ? undefined : q.stale !== 'false' });
-    const items = matched.map(({ machine, stale }) => (stale ? { ...publicMachine(machine), stale } : publicMachine(machine)));
+    const items = matched.map(({ machine, stale }) => (stale ? { ...publicMachine(engine.withLiveness(machine)), stale } : publicMachine(engine.withLiveness(machine))));
     return { items: items.slice(offset, offset + limit), total: items.length };
   });
 
@@ -122,7 +122,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     await requireOwnMachineRef(req.principal, ref, store);
     const m = await engine.findMachine(ref);
     // Facts (observed inventory) only here: lists and events leave them out.
-    return { ...publicMachine(m), facts: m.facts };
+    return { ...publicMachine(engine.withLiveness(m)), facts: m.facts };
   });
 
   app.patch('/api/v1/machines/:id', { schema: { body: patchBody } }, async (req) => {
