@@ -62,5 +62,7 @@ describe('agent bundle', () => {
     const facts = spawnSync(join(root, 'bin/takt'), ['agent', 'facts'], { env, encoding: 'utf8' });
     expect(facts.status, facts.stderr).toBe(0);
     expect(validateValue(FactsSchema, JSON.parse(facts.stdout))).toEqual([]);
+    // The bundled CLI knows its version (read from the bundle's package.json, as from a checkout's).
+    expect(JSON.parse(facts.stdout).agentVersion).toBe('9.9.9-test');
   });
 });

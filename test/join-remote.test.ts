@@ -188,7 +188,9 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
       await until(async () => (await machine(names[name])).state === 'done', 90_000, `${names[name]} done (agent log: ${host(name).agentLog.slice(-2000)})`);
       const m = await machine(names[name]);
       const h = host(name);
-      expect(m).toMatchObject({ environment: 'remote', pipeline: 'joined', facts: { hostname: h.hostname, machineId: h.machineId } });
+      expect(m).toMatchObject({ environment: 'remote', pipeline: 'joined', facts: { hostname: h.hostname, machineId: h.machineId, agentVersion: expect.stringMatching(/^\d+\.\d+\.\d+/) } });
+      // Liveness: the joined agent is connected, from its namespace's address.
+      expect(m.agent).toMatchObject({ connected: true, address: h.address });
       expect(m.facts.addresses.map((a: { address: string }) => a.address)).toContain(h.address);
       const jobs = (await ep.call('GET', `/jobs?machine=${m.id}`)).body.items as Array<{ id: string; task: string; state: string }>;
       expect(jobs.map((j) => `${j.task}:${j.state}`).sort()).toEqual(['check-runtime:succeeded', 'show-facts:succeeded']);

@@ -41,7 +41,8 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
       const joinToken = await readSecret(o.joinTokenFile, 'join token');
       const ca = caFile ? await readFile(caFile, 'utf8') : undefined;
       const { registerHost } = await import('../agent/register.js');
-      const r = await registerHost({ endpoint, ...(ca ? { ca } : {}) }, joinToken, tokenFile);
+      const { VERSION } = await import('./version.js');
+      const r = await registerHost({ endpoint, ...(ca ? { ca } : {}) }, joinToken, tokenFile, VERSION);
       const g = globals();
       if (g.output === 'json') process.stdout.write(`${JSON.stringify(r)}\n`);
       else process.stderr.write(`takt: ${r.rejoined ? 'joined again as' : 'joined as'} machine ${r.machine.name} (${r.machine.id}); wrote its token (mode 0600)\n`);
@@ -52,6 +53,7 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
     .description('print the facts (inventory) the agent reports about this host, as JSON')
     .action(async () => {
       const { collectFacts } = await import('../agent/inventory.js');
-      process.stdout.write(`${JSON.stringify(await collectFacts(), null, 2)}\n`);
+      const { VERSION } = await import('./version.js');
+      process.stdout.write(`${JSON.stringify(await collectFacts(undefined, VERSION), null, 2)}\n`);
     });
 }
