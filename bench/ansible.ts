@@ -12,6 +12,7 @@ import type { ApiClient } from '../src/client/http.js';
 import { readPackDir } from '../src/content/files.js';
 import type { Flags } from './lib/args.js';
 import { adminApi, serverPid, withEndpoint } from './lib/endpoint.js';
+import { busyCoreSec, cpuMark } from './lib/load.js';
 import { cpuOf, cpuOfAll } from './lib/proc.js';
 import { agentsReady, createMachines, MachineWatch, type CreatedMachine } from './lib/machines.js';
 import { installPack } from './lib/packs.js';
@@ -21,10 +22,10 @@ import { BENCH_DIR, type BenchReport } from './lib/report.js';
 import { onPath, run } from './lib/spawn.js';
 import { median, round } from './lib/stats.js';
 
-const TASKS = 5;
-const PIPELINE = 'ansible-compare';
-const PACK_DIR = join(BENCH_DIR, 'packs', 'ansible-compare');
-const PLAYBOOK_DIR = join(BENCH_DIR, 'playbooks', 'ansible-compare');
+export const TASKS = 5;
+export const PIPELINE = 'ansible-compare';
+export const PACK_DIR = join(BENCH_DIR, 'packs', 'ansible-compare');
+export const PLAYBOOK_DIR = join(BENCH_DIR, 'playbooks', 'ansible-compare');
 /** The reference the issue gives: Ansible 7.7 on a 2-core machine. */
 const GOAL_RATIO = 30;
 
@@ -120,7 +121,7 @@ export async function ansibleBench(flags: Flags, profileDir?: string): Promise<B
 }
 
 /** Installs Debian's ansible when ansible-playbook is missing; returns `ansible --version`'s first line. */
-function ensureAnsible(): string {
+export function ensureAnsible(): string {
   if (!onPath('ansible-playbook')) {
     log('ansible-playbook not found: installing it with apt-get (apt-get update && apt-get install -y ansible)…');
     const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
@@ -164,13 +165,15 @@ async function ansibleRun(work: string, hosts: number, rep: number): Promise<num
  * (seen on the event stream). The machines are first taken off the pipeline, untimed, so each run
  * starts from the top.
  */
-interface CpuSplit {
+export interface CpuSplit {
   server: number;
   agents: number;
   scripts: number;
+  /** Core-seconds this whole box was busy in the timed window: every process, other people's included. */
+  box: number;
 }
 
-async function taktRun(api: ApiClient, watch: MachineWatch, machines: CreatedMachine[], pids: { server: number; agents: number[] }): Promise<{ ms: number; cpu: CpuSplit }> {
+export async function taktRun(api: ApiClient, watch: MachineWatch, machines: CreatedMachine[], pids: { server: number; agents: number[] }): Promise<{ ms: number; cpu: CpuSplit }> {
   const ids = machines.map((m) => m.id);
   await Promise.all(ids.map((id) => api.patch(`/machines/${id}`, { pipeline: null })));
   await watch.until(ids, (s) => s === 'idle', 30_000);
@@ -179,6 +182,7 @@ async function taktRun(api: ApiClient, watch: MachineWatch, machines: CreatedMac
   await new Promise((r) => setTimeout(r, 1500));
   const server0 = cpuOf(pids.server).self;
   const agents0 = cpuOfAll(pids.agents);
+  const box0 = cpuMark();
   const t0 = performance.now();
   const timed = profileWindow();
   await Promise.all(ids.map((id) => api.patch(`/machines/${id}`, { pipeline: PIPELINE })));
@@ -188,11 +192,11 @@ async function taktRun(api: ApiClient, watch: MachineWatch, machines: CreatedMac
   // The agents' reaped children are the scripts (bash and what they ran); a script still being reaped
   // when the last machine reports done is missed, which is noise at this size.
   const agents1 = cpuOfAll(pids.agents);
-  return { ms, cpu: { server: cpuOf(pids.server).self - server0, agents: agents1.self - agents0.self, scripts: agents1.children - agents0.children } };
+  return { ms, cpu: { server: cpuOf(pids.server).self - server0, agents: agents1.self - agents0.self, scripts: agents1.children - agents0.children, box: busyCoreSec(box0) } };
 }
 
 /** The work really happened: each sandbox has both files, with this machine's name and a build id. */
-function verifyTakt(data: string, machines: CreatedMachine[]): void {
+export function verifyTakt(data: string, machines: CreatedMachine[]): void {
   for (const m of machines) {
     const app = join(data, 'machines', m.id, 'root', 'srv', 'app');
     const motd = readFileSync(join(app, 'motd'), 'utf8');
@@ -202,7 +206,7 @@ function verifyTakt(data: string, machines: CreatedMachine[]): void {
 }
 
 /** The five steps, as shell; $D is the host's directory and $H its name. */
-const FLOOR_STEPS = [
+export const FLOOR_STEPS = [
   'mkdir -p "$D/srv/app"',
   'cat > "$D/srv/app/motd" <<\'MOTD\'\nHello from the bench\nhost: $H\nMOTD',
   'echo "build-$H-$(date +%s)" > "$D/build_id"',
@@ -211,7 +215,7 @@ const FLOOR_STEPS = [
 ];
 
 /** The scripts' own cost: the same five steps per host as `bash -e -c` processes Node spawns, hosts in parallel. */
-async function floorRun(dir: string, hosts: number): Promise<number> {
+export async function floorRun(dir: string, hosts: number): Promise<number> {
   const steps = FLOOR_STEPS;
   const t0 = performance.now();
   await Promise.all(
@@ -227,7 +231,7 @@ async function floorRun(dir: string, hosts: number): Promise<number> {
 }
 
 /** The same, with no Node at all: one bash starts a subshell per host, each runs the five steps as `bash -e -c`. */
-async function shellFloorRun(dir: string, hosts: number): Promise<number> {
+export async function shellFloorRun(dir: string, hosts: number): Promise<number> {
   const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
   const perHost = FLOOR_STEPS.map((s) => `bash -e -c ${q(s)}`).join(' && ');
   const script = `for i in $(seq 1 ${hosts}); do ( export D=${q(dir)}/h$i H=h$i; ${perHost} >/dev/null ) & done; wait`;

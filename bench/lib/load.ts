@@ -31,6 +31,12 @@ export function busySince(from: CpuTimes | null): number {
 
 export const cpuMark = cpuTimes;
 
+/** Core-seconds all cores spent busy since `from` (every process on the box, not only ours). */
+export function busyCoreSec(from: CpuTimes | null): number {
+  const now = cpuTimes();
+  return from && now ? (now.busy - from.busy) / TICKS : NaN;
+}
+
 /**
  * Waits (up to `maxMs`) for a second in which the machine is mostly idle, so the bench does not start
  * while another workload is running. Returns the last second's busy share.
