@@ -9,6 +9,7 @@ import type { Rollouts } from '../engine/rollouts.js';
 import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
 import type { Principal } from './auth.js';
+import type { CredentialsPort } from './routes/credentials.js';
 
 /** Creates and destroys machines in an environment (the API only needs this much of a broker). */
 export interface BrokerPort {
@@ -33,6 +34,8 @@ export interface ApiContext {
   rollouts: Rollouts;
   churn: Churn;
   brokers: Map<string, BrokerPort>;
+  /** Credentials the endpoint uses to reach machines (SSH keys); absent: the routes answer 404. */
+  credentials?: CredentialsPort;
   version: string;
 }
 

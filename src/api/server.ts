@@ -14,6 +14,7 @@ import { Authenticator } from './auth.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
 import { contentRoutes } from './routes/content.js';
+import { credentialRoutes } from './routes/credentials.js';
 import { eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
 import { Metrics } from './metrics.js';
@@ -191,6 +192,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   eventRoutes(app, opts);
   rolloutRoutes(app, opts);
   reportRoutes(app, opts);
+  credentialRoutes(app, opts);
   // Everything but the UI page is data: nothing in an API answer may load or run.
   app.addHook('onSend', async (_req, reply) => {
     if (!reply.hasHeader('content-security-policy')) reply.header('content-security-policy', API_CSP);

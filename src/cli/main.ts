@@ -30,6 +30,7 @@ interface ServeCliOptions {
   hostName: string[];
   requestTimeout: string;
   maxConnections: string;
+  sshMaxSessions: string;
 }
 
 const globals = (): GlobalOptions => program.opts<GlobalOptions>();
@@ -51,6 +52,7 @@ program
   )
   .option('--request-timeout <duration>', 'a request whose headers and body have not all arrived after this long is answered 408 and closed (env TAKT_REQUEST_TIMEOUT)', process.env.TAKT_REQUEST_TIMEOUT ?? '2m')
   .option('--max-connections <n>', 'open connections beyond this are refused (env TAKT_MAX_CONNECTIONS)', process.env.TAKT_MAX_CONNECTIONS ?? '10000')
+  .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
   .addHelpText(
     'after',
     `

@@ -48,7 +48,8 @@ export type JobOutcome =
   | { kind: 'exit'; exitCode: number | null; timedOut?: boolean; error?: string; timeoutMs?: number }
   /** The script ran but what it left behind is wrong (a bad output value…). */
   | { kind: 'invalid'; exitCode: number | null; message: string }
-  | { kind: 'lost'; leaseMs: number }
+  /** `why`: what the transport found, when it knows more than "no word for the lease" (SSH: no trace on the host). */
+  | { kind: 'lost'; leaseMs: number; why?: string }
   /** The agent asked for new work while this job was still running: it lost track of it. */
   | { kind: 'abandoned' }
   /** An operator restarted or reassigned the machine while the job ran. */
@@ -77,7 +78,9 @@ export function judgeJob(task: string, o: JobOutcome): JobVerdict {
     case 'lost':
       return {
         state: 'lost',
-        reason: `task '${task}' lost: no word from the agent for ${Math.round(o.leaseMs / 1000)}s (agent gone or machine down); its result is unknown`,
+        reason: o.why
+          ? `task '${task}' lost: ${o.why}; its result is unknown`
+          : `task '${task}' lost: no word from the agent for ${Math.round(o.leaseMs / 1000)}s (agent gone or machine down); its result is unknown`,
         ...flags,
       };
     case 'abandoned':

@@ -1,4 +1,5 @@
 /** Runtime objects: machines, jobs, work orders, changes and events, as the store and API hold them. */
+import type { MachineSsh } from './ssh.js';
 
 export const MACHINE_STATES = ['idle', 'running', 'stopped', 'done', 'awaiting-approval'] as const;
 export type MachineState = (typeof MACHINE_STATES)[number];
@@ -24,6 +25,8 @@ export interface Machine {
   /** The job this machine is running now, if any. */
   currentJob: string | null;
   power: 'on' | 'off';
+  /** Agentless machines only: how the endpoint reaches the host over SSH (broker `ssh`). */
+  ssh?: MachineSsh;
   createdAt: string;
   updatedAt: string;
 }

@@ -65,6 +65,8 @@ export interface MachinesTable {
   current_job: string | null;
   power: string;
   token_hash: string;
+  /** Agentless machines: MachineSsh as JSON; null for machines with an agent. */
+  ssh: string | null;
   created_at: string;
   updated_at: string;
 }
@@ -140,6 +142,17 @@ export interface RolloutItemsTable {
   finished_at: string | null;
 }
 
+export interface CredentialsTable {
+  name: string;
+  kind: string;
+  key_type: string;
+  fingerprint: string;
+  public_key: string;
+  /** Sealed JSON (`{"$secure":…}`) of the private key and its passphrase. */
+  secret: string;
+  created_at: string;
+}
+
 export interface SettingsTable {
   key: string;
   value: string;
@@ -158,4 +171,5 @@ export interface Database {
   rollouts: RolloutsTable;
   rollout_items: RolloutItemsTable;
   settings: SettingsTable;
+  credentials: CredentialsTable;
 }
