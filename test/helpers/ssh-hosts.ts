@@ -7,7 +7,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -130,7 +130,7 @@ export class SshLab {
         'PrintMotd no',
         'MaxStartups 100',
         'MaxSessions 50',
-        'LogLevel ERROR',
+        'LogLevel INFO',
         '',
       ].join('\n'),
     );
@@ -149,14 +149,66 @@ export class SshLab {
     throw new Error(`sshd in ${h.ns} did not come up`);
   }
 
-  /** Stops host `i`'s sshd listener (sessions it already forked live on, as with a real restart). */
-  async stopSshd(i: number): Promise<void> {
+  /**
+   * Stops host `i`'s sshd listener. Sessions it already forked live on, as with a real restart of sshd;
+   * with `sessions`, they go too (the host rebooted or was reinstalled).
+   */
+  async stopSshd(i: number, sessions = false): Promise<void> {
     const p = this.hosts[i]!.sshd;
     this.hosts[i]!.sshd = null;
-    if (!p || p.exitCode !== null) return;
+    if (!p || p.exitCode !== null || p.pid === undefined) return;
+    const children = sessions ? childrenOf(p.pid) : [];
     const exited = new Promise((r) => p.once('exit', r));
     p.kill('SIGTERM');
     await exited;
+    for (const c of children) {
+      try {
+        process.kill(c, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  }
+
+  /** SSH logins host `i`'s sshd has accepted (each is one connection). */
+  logins(i: number): number {
+    const log = join(this.hosts[i]!.dir, 'sshd.log');
+    return existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter((l) => l.includes('Accepted publickey')).length : 0;
+  }
+
+  /**
+   * Kills (by pid) what the tests left running on the hosts: the process groups the job wrappers recorded
+   * under this lab's dir, and processes whose command line names that dir.
+   */
+  killLeftovers(): number {
+    let n = 0;
+    const walk = (d: string): string[] =>
+      readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(d, e.name)) : e.name === 'pgid' ? [join(d, e.name)] : []));
+    for (const f of existsSync(this.tmp) ? walk(this.tmp) : []) {
+      const pgid = Number(readFileSync(f, 'utf8'));
+      try {
+        if (pgid > 1) process.kill(-pgid, 'SIGKILL');
+        n++;
+      } catch {
+        /* gone */
+      }
+    }
+    for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
+      let cmd = '';
+      try {
+        cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+      } catch {
+        continue;
+      }
+      if (!cmd.includes(this.tmp) || Number(pid) === process.pid) continue;
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+        n++;
+      } catch {
+        /* gone */
+      }
+    }
+    return n;
   }
 
   /** Runs a command in host `i`'s namespace (its files are this host's: the namespace is only a network). */
@@ -166,6 +218,7 @@ export class SshLab {
 
   async destroy(): Promise<void> {
     for (let i = 0; i < this.hosts.length; i++) await this.stopSshd(i).catch(() => undefined);
+    this.killLeftovers();
     for (const h of this.hosts) {
       try {
         ip('netns', 'del', h.ns);
@@ -180,4 +233,18 @@ export class SshLab {
     }
     rmSync(this.tmp, { recursive: true, force: true });
   }
+}
+
+/** Pids whose parent is `pid` (from /proc). */
+function childrenOf(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc').filter((x) => /^\d+$/.test(x))) {
+    try {
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(d));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
 }
