@@ -154,6 +154,33 @@ describe('machines with ssh settings', () => {
   });
 });
 
+describe('export and import', () => {
+  it('an SSH machine travels with its settings and the credential name, never the key; the target needs that credential', async () => {
+    const made = await ep.cli(['machines', 'create', 'travel', '--ssh', 'deploy@[::1]:1', '--ssh-key', 'enc', '--ssh-root', '/srv/x']);
+    expect(made.code, made.stderr).toBe(0);
+    const files = (await call('GET', '/export')).body.files as Record<string, string>;
+    const doc = Object.entries(files).find(([f]) => f.startsWith('machines/') && files[f]!.includes('name: travel'))?.[1];
+    expect(doc).toMatch(/ssh:\n(\s+\w+: .*\n)+/);
+    expect(doc).toContain('credential: enc');
+    expect(doc).toContain('host: ::1');
+    const other = await Endpoint.start();
+    try {
+      expect((await other.call('POST', '/packs', { files: await packFiles('ssh') })).status).toBe(201);
+      const refused = await other.call('POST', '/import', { files });
+      expect(refused.status).toBeGreaterThanOrEqual(400);
+      expect(JSON.stringify(refused.body)).toContain("credential 'enc' not found");
+      const add = await runCli(['credentials', 'add', 'enc', '--ssh-key', encKey, '--passphrase-stdin'], { TAKT_ENDPOINT: other.url, TAKT_TOKEN: other.token }, `${PASSPHRASE}\n`);
+      expect(add.code, add.stderr).toBe(0);
+      const ok = await other.call('POST', '/import', { files });
+      expect(ok.status, JSON.stringify(ok.body)).toBe(200);
+      expect((await other.call('GET', '/machines/travel')).body).toMatchObject({ broker: 'ssh', ssh: { user: 'deploy', host: '::1', port: 1, credential: 'enc', root: '/srv/x', hostKey: null } });
+    } finally {
+      await other.stop();
+    }
+    expect((await call('DELETE', '/machines/travel')).status).toBe(200);
+  });
+});
+
 describe('the key is never seen again', () => {
   it('not in answers, events, history, the export, the server log or any file the endpoint keeps', async () => {
     const seen: Array<{ where: string; text: string }> = [];

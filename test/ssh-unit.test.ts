@@ -3,14 +3,14 @@
  * target parsing, settings checks, quoting, the wrapper (timeouts kill the process group, a job starts
  * once), the byte-exact log decoding, log progress across restarts, session slots, key fingerprints.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describePrivateKey, fingerprintOf, hostKeyOf } from '../src/brokers/ssh/keys.js';
 import { LogProgress } from '../src/brokers/ssh/progress.js';
-import { bootstrapScript, envFile, followScript, killScript, parseBootstrap, parseProbe, probeScript, reportedScript, shq, startScript } from '../src/brokers/ssh/remote.js';
+import { bootstrapScript, envFile, followScript, killScript, parseBootstrap, parseProbe, probeScript, reportedScript, shq, startScript, stopFollowScript } from '../src/brokers/ssh/remote.js';
 import { Slots } from '../src/brokers/ssh/slots.js';
 import { ExactUtf8 } from '../src/brokers/ssh/utf8.js';
 import { sshBody } from '../src/cli/ssh.js';
@@ -207,7 +207,7 @@ describe('the remote scripts, for real', () => {
   it('follows from an offset, ends on the exit file, and a probe says where things stand', async () => {
     const dir = jobDir();
     start(dir, 'printf abc; sleep 0.5; printf def; printf XY >&2');
-    const f = bash('', followScript(dir, { stdout: 0, stderr: 0 }));
+    const f = bash('', followScript(dir, { stdout: 0, stderr: 0 }, 't1'));
     expect(f.status).toBe(0);
     const p = parseProbe(bash('', probeScript(dir, [], 1000, { stdout: f.stdout.length, stderr: f.stderr.length })).stdout);
     // Followed plus the rest the probe brings: everything, once.
@@ -215,9 +215,26 @@ describe('the remote scripts, for real', () => {
     expect(f.stderr + p.rest.stderr.toString()).toBe('XY');
     expect(p.size).toEqual({ stdout: 6, stderr: 2 });
     // Reattached later at an offset: a finished job's follower ends at once, the probe brings the rest.
-    const again = bash('', followScript(dir, { stdout: 2, stderr: 2 }));
+    const again = bash('', followScript(dir, { stdout: 2, stderr: 2 }, 't2'));
     expect(again.stdout).toBe('');
     expect(parseProbe(bash('', probeScript(dir, [], 1000, { stdout: 2, stderr: 2 })).stdout).rest.stdout.toString()).toBe('cdef');
+  });
+
+  it('a follower stopped early ends with its tails (sshd would keep it running)', async () => {
+    const dir = jobDir();
+    start(dir, 'echo begin; sleep 300');
+    const follower = spawn('setsid', ['bash', '-s'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    follower.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const ended = new Promise<number | null>((r) => follower.once('close', (code) => r(code)));
+    follower.stdin.end(followScript(dir, { stdout: 0, stderr: 0 }, 'tok3'));
+    for (let i = 0; i < 300 && !out.includes('begin'); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(out).toBe('begin\n');
+    expect(existsSync(join(dir, '.takt/run/follow.tok3'))).toBe(true);
+    bash('', stopFollowScript(dir, 'tok3'));
+    await ended;
+    expect(existsSync(join(dir, '.takt/run/follow.tok3'))).toBe(false);
+    bash('', killScript(dir, 200));
   });
 
   it('a job dir that does not exist is claimed: a late start finds it taken', () => {
@@ -225,7 +242,7 @@ describe('the remote scripts, for real', () => {
     expect(parseProbe(bash('', probeScript(dir, [], 1000, { stdout: 0, stderr: 0 })).stdout).state).toBe('missing');
     expect(start(dir, 'echo ran > ../late').stdout.trim()).toBe('exists');
     expect(existsSync(join(base, 'jobs', 'late'))).toBe(false);
-    expect(bash('', followScript(dir, { stdout: 0, stderr: 0 })).status).toBe(3);
+    expect(bash('', followScript(dir, { stdout: 0, stderr: 0 }, 't1')).status).toBe(3);
   });
 
   it('kill marks a job cancelled and ends it; reported clears its log and outputs', async () => {

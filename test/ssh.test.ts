@@ -269,6 +269,64 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
     expect((await jobsOf('crash-gone')).length).toBe(1);
   });
 
+  it("an operator's restart mid-job kills the job on the host; the new job runs", async () => {
+    const m = await create('restarted', 0, ['--param', 'wait_s=300']);
+    expect((await call('PATCH', '/machines/restarted', { pipeline: 'once' })).status).toBe(200);
+    const first = await until(async () => {
+      const j = (await jobsOf('restarted'))[0];
+      return j && text(await logOf(j.id)).includes('started') ? j.id : null;
+    }, 30_000, 'the long job to start');
+    const pgid = Number(readFileSync(join(m.dir, 'jobs', first, '.takt', 'run', 'pgid'), 'utf8'));
+    expect((await call('PATCH', '/machines/restarted', { params: { wait_s: 0 } })).status).toBe(200);
+    expect((await call('POST', '/machines/restarted/restart')).status).toBe(200);
+    await waitState('restarted', 'done');
+    const jobs = await jobsOf('restarted');
+    expect(jobs.map((j) => [j.state, j.reason])).toEqual([
+      ['cancelled', 'cancelled by admin'],
+      ['succeeded', null],
+    ]);
+    // The cancelled one was killed on its host (its process group is gone) and never wrote its marker.
+    await until(async () => {
+      try {
+        process.kill(-pgid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    }, 30_000, 'the cancelled job to be killed');
+    expect(readFileSync(join(m.root, 'markers'), 'utf8')).toBe(`ran ${jobs[1]!.id}\n`);
+  });
+
+  it('--ssh-max-sessions bounds how many machines run jobs at once; the others wait and say so', async () => {
+    const one = await Endpoint.start({ lease: '5s', env: { TAKT_SSH_MAX_SESSIONS: '1' } });
+    try {
+      expect((await one.call('POST', '/packs', { files: await packFiles('ssh') })).status).toBe(201);
+      expect((await one.cli(['credentials', 'add', 'lab', '--ssh-key', lab.clientKey])).code).toBe(0);
+      for (const [i, name] of ['q-1', 'q-2'].entries()) {
+        const d = dirs(i, name);
+        mkdirSync(d.root, { recursive: true });
+        const r = await one.cli(['machines', 'create', name, '--ssh', `root@${lab.hosts[i]!.address}`, '--ssh-key', 'lab', '--ssh-root', d.root, '--ssh-dir', d.dir, '--param', 'wait_s=2', '--pipeline', 'once']);
+        expect(r.code, r.stderr).toBe(0);
+      }
+      const waiting = await until(async () => {
+        const ms = (await one.call('GET', '/machines?name=q-')).body.items as Array<{ name: string; reason: string | null }>;
+        return ms.find((m) => m.reason?.startsWith('waiting for an SSH session')) ?? null;
+      }, 30_000, 'a machine waiting for its session');
+      expect(waiting.reason).toContain('at most 1 SSH machines run jobs at once; --ssh-max-sessions');
+      const jobs = [];
+      for (const name of ['q-1', 'q-2']) {
+        await until(async () => ((await one.call('GET', `/machines/${name}`)).body.state === 'done' ? true : null), 60_000, `${name} done`);
+        jobs.push(...((await one.call('GET', `/jobs?machine=${name}`)).body.items as Array<{ createdAt: string; finishedAt: string }>));
+        expect((await one.call('GET', `/machines/${name}`)).body.reason).toBeNull();
+      }
+      // One at a time: the second job was claimed only after the first had ended.
+      const [a, b] = jobs.sort((x, y) => x.createdAt.localeCompare(y.createdAt));
+      expect(b!.createdAt >= a!.finishedAt).toBe(true);
+    } finally {
+      await one.stop();
+    }
+  });
+
   it('machines get shows the SSH settings and the pinned fingerprint; deleting the machine stops driving it', async () => {
     const r = await ep.cli(['machines', 'get', 'web-1']);
     expect(r.stdout).toContain(`fingerprint: ${lab.fingerprint(0)}`);

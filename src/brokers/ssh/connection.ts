@@ -186,10 +186,26 @@ export class SshConnection {
         let errBytes = 0;
         let code: number | null = null;
         let failure: Error | null = null;
-        const onAbort = () => ch.close();
+        let settled = false;
+        const settle = () => {
+          if (settled) return false;
+          settled = true;
+          opts.signal?.removeEventListener('abort', onAbort);
+          stopClose();
+          return true;
+        };
+        // An abort answers at once: sshd keeps a command running after its channel closes, and the
+        // caller stops it another way (see stopFollowScript).
+        const onAbort = () => {
+          ch.close();
+          if (settle()) resolve({ code: null, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errs).toString('utf8') });
+        };
+        if (opts.signal?.aborted) return onAbort();
         opts.signal?.addEventListener('abort', onAbort, { once: true });
         stopClose = this.onClose((why) => {
           failure ??= new Error(`lost the connection to ${this.target}: ${why}`);
+          // A connection that goes ends its channels: answer now rather than wait for a close that may not come.
+          if (settle()) reject(failure);
         });
         ch.on('exit', (c: number | null) => (code = typeof c === 'number' ? c : null));
         ch.on('data', (d: Buffer) => {
@@ -207,9 +223,8 @@ export class SshConnection {
         });
         ch.on('error', (e: Error) => (failure ??= e));
         ch.on('close', () => {
-          opts.signal?.removeEventListener('abort', onAbort);
-          stopClose();
-          if (failure && !opts.signal?.aborted) return reject(failure);
+          if (!settle()) return;
+          if (failure) return reject(failure);
           resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errs).toString('utf8') });
         });
         ch.end(script);

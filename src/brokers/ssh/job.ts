@@ -6,6 +6,7 @@
  * remote record marked reported. Connection loss and endpoint restarts only interrupt the following: the
  * job runs on in its own session on the host, and is followed again from the last byte stored.
  */
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join, posix } from 'node:path';
 import { LogBatcher } from '../../agent/logs.js';
@@ -21,7 +22,7 @@ import { MAX_OUTPUT_BYTES, type AgentAction, type ClaimedJob, type CompleteReque
 import { sshTargetText } from '../../model/ssh.js';
 import type { SshConnection } from './connection.js';
 import type { LogProgress } from './progress.js';
-import { followScript, killScript, parseProbe, powerScript, probeScript, reportedScript, startScript, type Probe } from './remote.js';
+import { followScript, killScript, parseProbe, powerScript, probeScript, reportedScript, startScript, stopFollowScript, type Probe } from './remote.js';
 import { ExactUtf8 } from './utf8.js';
 
 export type SshLog = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -80,6 +81,10 @@ export class RemoteJob {
   private readonly received: { stdout: number; stderr: number };
   private gone: string | null = null;
   private readonly stopFollowing = new AbortController();
+  /** The follower on the host now (its token), so it can be ended when following stops early. */
+  private followToken: string | null = null;
+  /** Log sequence numbers of this run count from here (what the store held when it began). */
+  private readonly seqBase: number;
 
   constructor(
     private readonly host: JobHost,
@@ -90,6 +95,7 @@ export class RemoteJob {
     this.paths = jobPaths(posix.join(host.base, 'jobs'), job.id);
     this.received = progress.sent;
     const base = progress.seqBase;
+    this.seqBase = base;
     this.logs = new LogBatcher({
       jobId: job.id,
       log: host.log,
@@ -167,6 +173,7 @@ export class RemoteJob {
     } finally {
       heartbeat.stop();
     }
+    if (ending.kind === 'stopping' || ending.kind === 'gone') await this.stopFollower();
     switch (ending.kind) {
       case 'stopping':
         this.logs.discard();
@@ -214,7 +221,8 @@ export class RemoteJob {
       }
       const began = Date.now();
       try {
-        const follow = await conn.run(followScript(this.paths.workDir, this.received), {
+        this.followToken = randomBytes(6).toString('hex');
+        const follow = await conn.run(followScript(this.paths.workDir, this.received, this.followToken), {
           onStdout: (d) => this.take('stdout', d),
           onStderr: (d) => this.take('stderr', d),
           signal: this.stopFollowing.signal,
@@ -296,6 +304,15 @@ export class RemoteJob {
     this.stopFollowing.abort();
   }
 
+  /** Ends the follower left on the host when following stopped early (best effort: it also ends on its own). */
+  private async stopFollower(): Promise<void> {
+    const token = this.followToken;
+    const conn = this.host.connected();
+    if (!token || !conn) return;
+    this.followToken = null;
+    await conn.run(stopFollowScript(this.paths.workDir, token)).catch(() => undefined);
+  }
+
   private async killRemote(why: string): Promise<void> {
     this.host.log('warn', `ssh: killing the job on the host: ${why}`, { machine: this.host.machine.name, job: this.job.id });
     try {
@@ -370,7 +387,7 @@ export class RemoteJob {
   /** Sends the report with the end of the log, acts on the answer, and marks the remote record. */
   private async report(base: CompleteRequest, probe: Probe | null): Promise<void> {
     const { tail } = await this.logs.closeWithTail(LOG_FLUSH_MS, tailBudget(base));
-    const seqBase = this.progress.seqBase;
+    const seqBase = this.seqBase;
     const { report, dropped } = fitReport(tail.length ? { ...base, log: tail.map((c) => ({ ...c, seq: seqBase + c.seq })) } : base);
     if (dropped) this.host.log('warn', 'ssh: the job report did not fit; left out of it', { job: this.job.id, dropped });
     let action: AgentAction = 'continue';

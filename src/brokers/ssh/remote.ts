@@ -160,14 +160,20 @@ if [ -s "$R/wrapper" ]; then echo started; else echo slow; fi
  * Streams the job's stdout and stderr from the given byte offsets (on the channel's stdout and stderr)
  * until its `exit` file appears or its wrapper is gone; the probe then sends whatever the followers had
  * not sent yet. (Following ends on the exit file, not on `tail --pid`: a wrapper that has ended may stay
- * a zombie until the host's init reaps it.) Exit 3: no wrapper recorded (not started, or no job dir).
+ * a zombie until the host's init reaps it.) It records its process group under `follow.<token>`, so
+ * `stopFollowScript` can end it (sshd keeps a command running when its channel closes), and ends by
+ * itself when its SSH session is gone (its parent changes). Exit 3: no wrapper recorded (not started, or
+ * no job dir).
  */
-export function followScript(jobDir: string, from: { stdout: number; stderr: number }, pollMs = 100): string {
+export function followScript(jobDir: string, from: { stdout: number; stderr: number }, token: string, pollMs = 100): string {
   return `J=${shq(jobDir)}
 R="$J/.takt/run"
 w=$(cat "$R/wrapper" 2>/dev/null) || w=
 [ -n "$w" ] || exit 3
 [ -e "$R/exit" ] && exit 0
+F="$R/follow.${token.replace(/[^A-Za-z0-9]/g, '')}"
+echo $$ > "$F"
+pp=$(cut -d' ' -f4 /proc/$$/stat)
 tail -c +${from.stdout + 1} -f -s ${seconds(pollMs * 2)} -- "$R/stdout" 2>/dev/null &
 a=$!
 tail -c +${from.stderr + 1} -f -s ${seconds(pollMs * 2)} -- "$R/stderr" >&2 2>/dev/null &
@@ -177,12 +183,23 @@ while [ ! -e "$R/exit" ]; do
   sleep ${seconds(pollMs)}
   i=$((i + 1))
   if [ $((i % 10)) = 0 ]; then
+    [ "$(cut -d' ' -f4 /proc/$$/stat)" = "$pp" ] || break
     st=$(cut -d' ' -f3 "/proc/$w/stat" 2>/dev/null) || st=
     { [ -z "$st" ] || [ "$st" = Z ]; } && [ ! -e "$R/exit" ] && break
   fi
 done
 kill "$a" "$b" 2>/dev/null
 wait 2>/dev/null
+rm -f -- "$F"
+exit 0
+`;
+}
+
+/** Ends a follower started with `token` (and its tails): the endpoint stopped following early. */
+export function stopFollowScript(jobDir: string, token: string): string {
+  return `F=${shq(`${jobDir}/.takt/run/follow.${token.replace(/[^A-Za-z0-9]/g, '')}`)}
+p=$(cat "$F" 2>/dev/null) && kill -TERM -- "-$p" 2>/dev/null
+rm -f -- "$F"
 exit 0
 `;
 }
