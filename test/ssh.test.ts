@@ -297,6 +297,37 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
     expect(readFileSync(join(m.root, 'markers'), 'utf8')).toBe(`ran ${jobs[1]!.id}\n`);
   });
 
+  it('a host cut off longer than the lease: its job is lost, and killed on the host once it is back', async () => {
+    const m = await create('cut', 1, ['--param', 'wait_s=300']);
+    expect((await call('PATCH', '/machines/cut', { pipeline: 'once' })).status).toBe(200);
+    const job = await until(async () => {
+      const j = (await jobsOf('cut'))[0];
+      return j && text(await logOf(j.id)).includes('started') ? j.id : null;
+    }, 30_000, 'the long job to start');
+    const pgid = Number(readFileSync(join(m.dir, 'jobs', job, '.takt', 'run', 'pgid'), 'utf8'));
+    const alive = () => {
+      try {
+        process.kill(-pgid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    lab.sh(1, 'ip link set eth0 down');
+    try {
+      const stopped = await waitState('cut', 'stopped', 60_000);
+      expect(stopped.reason).toContain('lost');
+      expect((await jobsOf('cut'))[0]).toMatchObject({ id: job, state: 'lost' });
+      // Cut off, the host still runs the job: nobody could tell it to stop.
+      expect(alive()).toBe(true);
+    } finally {
+      lab.sh(1, 'ip link set eth0 up');
+    }
+    await until(async () => !alive(), 90_000, 'the lost job to be killed on the host');
+    expect(existsSync(join(m.root, 'markers'))).toBe(false);
+    expect((await jobsOf('cut')).length).toBe(1);
+  });
+
   it('--ssh-max-sessions bounds how many machines run jobs at once; the others wait and say so', async () => {
     const one = await Endpoint.start({ lease: '5s', env: { TAKT_SSH_MAX_SESSIONS: '1' } });
     try {

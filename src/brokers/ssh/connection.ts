@@ -38,6 +38,8 @@ export interface ExecOptions {
   onStderr?: (data: Buffer) => void;
   /** Closes the channel. */
   signal?: AbortSignal;
+  /** Gives up (rejects) when the command has not ended by then. */
+  timeoutMs?: number;
 }
 
 export interface ConnectionOptions {
@@ -190,10 +192,17 @@ export class SshConnection {
         const settle = () => {
           if (settled) return false;
           settled = true;
+          clearTimeout(timer);
           opts.signal?.removeEventListener('abort', onAbort);
           stopClose();
           return true;
         };
+        const timer = opts.timeoutMs
+          ? setTimeout(() => {
+              ch.close();
+              if (settle()) reject(new Error(`${this.target} did not answer within ${opts.timeoutMs} ms`));
+            }, opts.timeoutMs)
+          : undefined;
         // An abort answers at once: sshd keeps a command running after its channel closes, and the
         // caller stops it another way (see stopFollowScript).
         const onAbort = () => {

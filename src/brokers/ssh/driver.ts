@@ -7,6 +7,8 @@
  * in the machine's reason ("cannot reach root@10.0.0.5:22: …"); a changed host key stops the machine and
  * nothing runs until an operator accepts the new key.
  */
+import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { backoffMs } from '../../client/http.js';
 import type { Engine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
@@ -18,7 +20,7 @@ import { SshConnection, SshConnectError, type ConnectionOptions } from './connec
 import type { Credentials } from './credentials.js';
 import { RemoteJob, type JobHost, type SshLog } from './job.js';
 import { LogProgress } from './progress.js';
-import { bootstrapScript, parseBootstrap } from './remote.js';
+import { bootstrapScript, killScript, parseBootstrap, reportedScript } from './remote.js';
 import type { Slots } from './slots.js';
 
 export interface DriverDeps {
@@ -61,11 +63,21 @@ export class MachineDriver {
   private readonly stopping = new AbortController();
   private job: RemoteJob | null = null;
   private loop: Promise<void> | null = null;
+  /** Job dirs whose jobs must be killed once the host answers (the endpoint gave up on them meanwhile). */
+  private readonly kills: string[];
+  private readonly killsFile: string;
 
   constructor(
     readonly id: string,
     private readonly deps: DriverDeps,
-  ) {}
+  ) {
+    this.killsFile = join(deps.dir, `${id}.kills.json`);
+    try {
+      this.kills = (JSON.parse(readFileSync(this.killsFile, 'utf8')) as unknown[]).filter((d): d is string => typeof d === 'string');
+    } catch {
+      this.kills = [];
+    }
+  }
 
   start(): void {
     this.loop ??= this.run().catch((err: unknown) => this.deps.log('error', `ssh: driver of ${this.id} failed: ${(err as Error).message}`, { machine: this.id }));
@@ -110,6 +122,11 @@ export class MachineDriver {
           continue;
         }
         if (m.power === 'off' || this.blocked() || !(await this.hasWork(m))) {
+          // Jobs the endpoint gave up on while the host was away are killed as soon as it answers.
+          if (this.kills.length && !this.blocked() && (await this.ensureConnected()) !== null) {
+            await this.waitWake(this.retryMs());
+            continue;
+          }
           this.armIdleClose();
           await this.waitWake(IDLE_CHECK_MS);
           continue;
@@ -194,6 +211,10 @@ export class MachineDriver {
       log: this.deps.log,
       connection: (signal) => this.connection(signal),
       connected: () => (this.conn && !this.conn.closed ? this.conn : null),
+      killLater: (dir) => {
+        if (!this.kills.includes(dir)) this.kills.push(dir);
+        this.saveKills();
+      },
       scratch: this.deps.dir,
       signal: this.stopping.signal,
     };
@@ -282,6 +303,7 @@ export class MachineDriver {
         return 'unusable';
       }
       this.base = boot.base;
+      await this.killLeftJobs(conn);
     } catch (err) {
       conn.close();
       return this.connectFailed(err as Error, m);
@@ -312,6 +334,25 @@ export class MachineDriver {
     if (this.failures === 1 || this.failures % 10 === 0) this.deps.log('warn', `ssh: ${message}; retrying`, { machine: m.name, attempt: this.failures });
     await this.setNote(message);
     return err instanceof SshConnectError ? err.kind : 'network';
+  }
+
+  /** Kills the jobs the endpoint gave up on while the host could not be reached. */
+  private async killLeftJobs(conn: SshConnection): Promise<void> {
+    while (this.kills.length) {
+      const dir = this.kills[0]!;
+      await conn.run(killScript(dir, 2000));
+      await conn.run(reportedScript(dir));
+      this.deps.log('warn', `ssh: killed a job on ${sshTargetText(this.machine!.ssh)} that the endpoint had given up on while the host could not be reached`, { machine: this.machine!.name, dir });
+      this.kills.shift();
+      this.saveKills();
+    }
+  }
+
+  private saveKills(): void {
+    if (this.kills.length === 0) return rmSync(this.killsFile, { force: true });
+    mkdirSync(this.deps.dir, { recursive: true, mode: 0o700 });
+    writeFileSync(`${this.killsFile}.tmp`, JSON.stringify(this.kills), { mode: 0o600 });
+    renameSync(`${this.killsFile}.tmp`, this.killsFile);
   }
 
   /**

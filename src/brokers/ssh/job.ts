@@ -39,6 +39,8 @@ export interface JobHost {
   connection(signal: AbortSignal): Promise<SshConnection>;
   /** The connection if it is up now (heartbeats go only while the host answers). */
   connected(): SshConnection | null;
+  /** A job that must die but the host cannot be reached: killed as soon as it can (kept across restarts). */
+  killLater(jobDir: string): void;
   /** Local scratch dir (the endpoint's data dir) for reading outputs. */
   scratch: string;
   /** The endpoint is stopping: leave the job running on the host; the next start reattaches. */
@@ -279,9 +281,18 @@ export class RemoteJob {
       while (!stop.signal.aborted) {
         await sleep(every, stop.signal);
         if (stop.signal.aborted) continue;
-        if (!this.host.connected()) {
+        const conn = this.host.connected();
+        // A heartbeat says the host is there: it answers a no-op first. (A dead TCP connection can look
+        // open for a while; keepalives notice only after three misses.)
+        const alive = conn ? await conn.run('true\n', { timeoutMs: every }).then(() => true, () => false) : false;
+        if (stop.signal.aborted) continue;
+        if (!alive) {
           // No word from the host: no heartbeat (the lease runs out as it would for a silent agent), but
           // a job the endpoint has ended meanwhile is given up instead of waiting on the host for ever.
+          if (conn && !conn.closed) {
+            this.host.log('warn', `ssh: ${this.where} does not answer; reconnecting`, { machine: this.host.machine.name, job: this.job.id });
+            conn.close();
+          }
           const state = (await this.host.engine.store.getJobState(this.job.id).catch(() => undefined))?.state;
           if (state !== undefined && state !== 'running') this.giveUp(`the endpoint ended this job (${state}) while ${this.where} could not be reached`);
           continue;
@@ -317,11 +328,12 @@ export class RemoteJob {
     this.host.log('warn', `ssh: killing the job on the host: ${why}`, { machine: this.host.machine.name, job: this.job.id });
     try {
       const conn = await this.connectedOrSoon();
-      if (!conn) return;
+      if (!conn) throw new Error(`${this.where} cannot be reached`);
       await conn.run(killScript(this.paths.workDir, GRACE_MS));
       await conn.run(reportedScript(this.paths.workDir));
     } catch (err) {
-      this.host.log('warn', `ssh: could not kill the job on the host: ${(err as Error).message}`, { machine: this.host.machine.name, job: this.job.id });
+      this.host.killLater(this.paths.workDir);
+      this.host.log('warn', `ssh: could not kill the job on the host (${(err as Error).message}); it is killed as soon as the host answers again`, { machine: this.host.machine.name, job: this.job.id });
     }
   }
 
