@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describePrivateKey, fingerprintOf, hostKeyOf } from '../src/brokers/ssh/keys.js';
 import { LogProgress } from '../src/brokers/ssh/progress.js';
-import { bootstrapScript, envFile, followScript, killScript, parseBootstrap, parseProbe, probeScript, reportedScript, shq, startScript, stopFollowScript } from '../src/brokers/ssh/remote.js';
+import { bootstrapScript, envFile, followScript, killScript, parseBootstrap, parseProbe, parseStartHeader, probeScript, reportedScript, shq, startScript, stopFollowScript } from '../src/brokers/ssh/remote.js';
 import { Slots } from '../src/brokers/ssh/slots.js';
 import { ExactUtf8 } from '../src/brokers/ssh/utf8.js';
 import { sshBody } from '../src/cli/ssh.js';
@@ -139,11 +139,27 @@ describe('the remote scripts, for real', () => {
   const base = join(tmp, "base dir with 'quotes' and $dollar");
   let n = 0;
   const jobDir = () => join(base, 'jobs', `j-${++n}`);
-  const start = (dir: string, script: string, o: { params?: Record<string, string>; timeoutMs?: number; env?: Record<string, string> } = {}) =>
-    bash(
+  /** Sets up and starts a job; its output from the start on is what the start command followed. */
+  const start = (dir: string, script: string, o: { params?: Record<string, string>; timeoutMs?: number; env?: Record<string, string>; reported?: string[] } = {}) => {
+    const r = bash(
       '',
-      startScript({ jobDir: dir, binDir: join(base, 'bin'), script, params: o.params ?? {}, env: { TAKT_WORK_DIR: dir, TAKT_PARAMS_DIR: join(dir, '.takt/params'), TAKT_OUTPUTS_DIR: join(dir, '.takt/outputs'), PATH: `${join(base, 'bin')}:/usr/bin:/bin`, ...o.env }, timeoutMs: o.timeoutMs ?? 30_000, graceMs: 500 }),
+      startScript(
+        { jobDir: dir, binDir: join(base, 'bin'), script, params: o.params ?? {}, env: { TAKT_WORK_DIR: dir, TAKT_PARAMS_DIR: join(dir, '.takt/params'), TAKT_OUTPUTS_DIR: join(dir, '.takt/outputs'), PATH: `${join(base, 'bin')}:/usr/bin:/bin`, ...o.env }, timeoutMs: o.timeoutMs ?? 30_000, graceMs: 500, reported: o.reported },
+        `t${n}`,
+      ),
     );
+    const nl = r.stdout.indexOf('\n');
+    return { status: r.status, header: parseStartHeader(r.stdout.slice(0, nl)), stdout: r.stdout.slice(nl + 1), stderr: r.stderr };
+  };
+  /** The same, without waiting: the start follows the job until it ends. */
+  const startAsync = (dir: string, script: string, token: string) => {
+    const p = spawn('setsid', ['bash', '-s'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const ended = new Promise<number | null>((r) => p.once('close', (code) => r(code)));
+    p.stdin.end(startScript({ jobDir: dir, binDir: join(base, 'bin'), script, params: {}, env: { TAKT_OUTPUTS_DIR: join(dir, '.takt/outputs'), PATH: `${join(base, 'bin')}:/usr/bin:/bin` }, timeoutMs: 30_000, graceMs: 300 }, token));
+    return { out: () => out, ended };
+  };
   const finished = async (dir: string) => {
     for (let i = 0; i < 300 && !existsSync(join(dir, '.takt/run/exit')); i++) await new Promise((r) => setTimeout(r, 50));
     return parseProbe(bash('', probeScript(dir, ['word'], 1000, { stdout: 0, stderr: 0 })).stdout);
@@ -163,7 +179,10 @@ describe('the remote scripts, for real', () => {
     const dir = jobDir();
     const params = { greeting: "it's a \"quoted\" $HOME `greeting`\nü", n: '42' };
     const r = start(dir, 'echo "out:$(takt-get greeting)"; echo err >&2; takt-set word "$(takt-get n)"; echo "$EXTRA"; exit 3', { params, env: { EXTRA: "x'y" } });
-    expect(r.stdout.trim()).toBe('started');
+    expect(r.header).toEqual({ kind: 'started' });
+    // The start followed the job: its output came with it.
+    expect(r.stdout).toBe(`out:${params.greeting}\nx'y\n`);
+    expect(r.stderr).toBe('err\n');
     const p = await finished(dir);
     expect(p).toMatchObject({ state: 'finished', exitCode: 3, timedOut: false });
     expect(p.rest.stdout.toString()).toBe(`out:${params.greeting}\nx'y\n`);
@@ -176,8 +195,8 @@ describe('the remote scripts, for real', () => {
 
   it('never starts a job twice', async () => {
     const dir = jobDir();
-    expect(start(dir, 'echo once >> ../count').stdout.trim()).toBe('started');
-    expect(start(dir, 'echo twice >> ../count').stdout.trim()).toBe('exists');
+    expect(start(dir, 'echo once >> ../count').header).toEqual({ kind: 'started' });
+    expect(start(dir, 'echo twice >> ../count').header).toEqual({ kind: 'exists' });
     await finished(dir);
     expect(readFileSync(join(base, 'jobs', 'count'), 'utf8')).toBe('once\n');
   });
@@ -206,8 +225,7 @@ describe('the remote scripts, for real', () => {
 
   it('follows from an offset, ends on the exit file, and a probe says where things stand', async () => {
     const dir = jobDir();
-    start(dir, 'printf abc; sleep 0.5; printf def; printf XY >&2');
-    const f = bash('', followScript(dir, { stdout: 0, stderr: 0 }, 't1'));
+    const f = start(dir, 'printf abc; sleep 0.5; printf def; printf XY >&2');
     expect(f.status).toBe(0);
     const p = parseProbe(bash('', probeScript(dir, [], 1000, { stdout: f.stdout.length, stderr: f.stderr.length })).stdout);
     // Followed plus the rest the probe brings: everything, once.
@@ -222,39 +240,55 @@ describe('the remote scripts, for real', () => {
 
   it('a follower stopped early ends with its tails (sshd would keep it running)', async () => {
     const dir = jobDir();
-    start(dir, 'echo begin; sleep 300');
-    const follower = spawn('setsid', ['bash', '-s'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const s = startAsync(dir, 'echo begin; sleep 300', 'tok3');
+    for (let i = 0; i < 300 && !s.out().includes('begin'); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(s.out()).toBe('takt-ssh: started\nbegin\n');
+    // A second follower, from an offset, as after a reconnect.
+    const again = spawn('setsid', ['bash', '-s'], { stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
-    follower.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    const ended = new Promise<number | null>((r) => follower.once('close', (code) => r(code)));
-    follower.stdin.end(followScript(dir, { stdout: 0, stderr: 0 }, 'tok3'));
-    for (let i = 0; i < 300 && !out.includes('begin'); i++) await new Promise((r) => setTimeout(r, 20));
-    expect(out).toBe('begin\n');
-    expect(existsSync(join(dir, '.takt/run/follow.tok3'))).toBe(true);
+    again.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const ended = new Promise<number | null>((r) => again.once('close', (code) => r(code)));
+    again.stdin.end(followScript(dir, { stdout: 2, stderr: 0 }, 'tok4'));
+    for (let i = 0; i < 300 && !out.includes('gin'); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(out).toBe('gin\n');
     bash('', stopFollowScript(dir, 'tok3'));
+    await s.ended;
+    bash('', stopFollowScript(dir, 'tok4'));
     await ended;
     expect(existsSync(join(dir, '.takt/run/follow.tok3'))).toBe(false);
+    expect(existsSync(join(dir, '.takt/run/follow.tok4'))).toBe(false);
     bash('', killScript(dir, 200));
   });
 
   it('a job dir that does not exist is claimed: a late start finds it taken', () => {
     const dir = jobDir();
     expect(parseProbe(bash('', probeScript(dir, [], 1000, { stdout: 0, stderr: 0 })).stdout).state).toBe('missing');
-    expect(start(dir, 'echo ran > ../late').stdout.trim()).toBe('exists');
+    expect(start(dir, 'echo ran > ../late').header).toEqual({ kind: 'exists' });
     expect(existsSync(join(base, 'jobs', 'late'))).toBe(false);
     expect(bash('', followScript(dir, { stdout: 0, stderr: 0 }, 't1')).status).toBe(3);
   });
 
   it('kill marks a job cancelled and ends it; reported clears its log and outputs', async () => {
     const dir = jobDir();
-    start(dir, 'echo x; takt-set word w; sleep 300');
+    const s = startAsync(dir, 'echo x; takt-set word w; sleep 300', 'tok5');
+    for (let i = 0; i < 300 && !s.out().includes('x'); i++) await new Promise((r) => setTimeout(r, 20));
     expect(parseProbe(bash('', probeScript(dir, [], 1000, { stdout: 0, stderr: 0 })).stdout).state).toBe('running');
     bash('', killScript(dir, 500));
     const p = await finished(dir);
     expect(p).toMatchObject({ state: 'finished', cancelled: true });
+    await s.ended;
     bash('', reportedScript(dir));
     for (const f of ['.takt/outputs', '.takt/run/stdout', '.takt/run/env']) expect(existsSync(join(dir, f))).toBe(false);
     expect(existsSync(join(dir, '.takt/run/reported'))).toBe(true);
+  });
+
+  it('a setup that fails says why and starts nothing; earlier jobs are marked reported on the way', async () => {
+    const before = jobDir();
+    start(before, 'true');
+    const r = start('/proc/no-such-dir/j-x', 'echo never', { reported: [before] });
+    expect(r.status).toBe(90);
+    expect(r.header).toMatchObject({ kind: 'failed', message: expect.stringContaining('mkdir') });
+    expect(existsSync(join(before, '.takt/run/reported'))).toBe(true);
   });
 
   it('outputs: undeclared and too large ones are listed by size, not sent', async () => {

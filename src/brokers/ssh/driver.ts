@@ -63,6 +63,8 @@ export class MachineDriver {
   private readonly stopping = new AbortController();
   private job: RemoteJob | null = null;
   private loop: Promise<void> | null = null;
+  /** Dirs of reported jobs still to be marked so on the host (done with the next command that goes there). */
+  private toMark: string[] = [];
   /** Job dirs whose jobs must be killed once the host answers (the endpoint gave up on them meanwhile). */
   private readonly kills: string[];
   private readonly killsFile: string;
@@ -102,6 +104,7 @@ export class MachineDriver {
       this.stopping.abort();
     }
     await this.loop;
+    await this.flushReported();
     this.closeConnection();
   }
 
@@ -211,6 +214,9 @@ export class MachineDriver {
       log: this.deps.log,
       connection: (signal) => this.connection(signal),
       connected: () => (this.conn && !this.conn.closed ? this.conn : null),
+      markReported: (dir) => void this.toMark.push(dir),
+      takeReported: () => this.toMark.splice(0),
+      requeueReported: (dirs) => void this.toMark.unshift(...dirs),
       killLater: (dir) => {
         if (!this.kills.includes(dir)) this.kills.push(dir);
         this.saveKills();
@@ -377,11 +383,22 @@ export class MachineDriver {
     }
   }
 
+  /** Marks reported jobs' dirs now (no next start is coming soon). Best effort: unmarked dirs are only not pruned. */
+  private async flushReported(): Promise<void> {
+    const conn = this.conn && !this.conn.closed ? this.conn : null;
+    if (!conn || this.toMark.length === 0) return;
+    const dirs = this.toMark.splice(0);
+    await conn.run(reportedScript(...dirs)).catch(() => undefined);
+  }
+
   private armIdleClose(): void {
     if (this.idleTimer || !this.conn) return;
     this.idleTimer = setTimeout(() => {
       this.idleTimer = null;
-      if (!this.job) this.closeConnection();
+      if (this.job) return;
+      void this.flushReported().finally(() => {
+        if (!this.job && !this.idleTimer) this.closeConnection();
+      });
     }, this.deps.idleMs);
     this.idleTimer.unref();
   }

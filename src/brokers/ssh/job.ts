@@ -20,9 +20,9 @@ import { TaktError } from '../../model/errors.js';
 import type { Machine } from '../../model/machine.js';
 import { MAX_OUTPUT_BYTES, type AgentAction, type ClaimedJob, type CompleteRequest } from '../../model/protocol.js';
 import { sshTargetText } from '../../model/ssh.js';
-import type { SshConnection } from './connection.js';
+import type { ExecResult, SshConnection } from './connection.js';
 import type { LogProgress } from './progress.js';
-import { followScript, killScript, parseProbe, powerScript, probeScript, reportedScript, startScript, stopFollowScript, type Probe } from './remote.js';
+import { followScript, killScript, parseProbe, parseStartHeader, powerScript, probeScript, reportedScript, startScript, stopFollowScript, type Probe, type StartHeader } from './remote.js';
 import { ExactUtf8 } from './utf8.js';
 
 export type SshLog = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -39,6 +39,12 @@ export interface JobHost {
   connection(signal: AbortSignal): Promise<SshConnection>;
   /** The connection if it is up now (heartbeats go only while the host answers). */
   connected(): SshConnection | null;
+  /** The job's result is stored: its dir on the host is marked reported (and its output dropped) on the next command. */
+  markReported(jobDir: string): void;
+  /** Dirs waiting to be marked reported, taken by a start that marks them on the way. */
+  takeReported(): string[];
+  /** A start that took them did not get through: they wait for the next one. */
+  requeueReported(jobDirs: string[]): void;
   /** A job that must die but the host cannot be reached: killed as soon as it can (kept across restarts). */
   killLater(jobDir: string): void;
   /** Local scratch dir (the endpoint's data dir) for reading outputs. */
@@ -65,8 +71,20 @@ const UNSTARTED_GIVE_UP_MS = 60_000;
 /** Catch-up reads of a finished job's log before reporting without the rest. */
 const MAX_CATCH_UPS = 5;
 
+/** The job's setup failed on the host: nothing ran. */
+class SetupFailed extends Error {}
+
+/** The first step of following: the start (which sets up, starts and follows in one command). */
+type FirstStep = (
+  conn: SshConnection,
+  token: string,
+  handlers: { onStdout: (d: Buffer) => void; onStderr: (d: Buffer) => void; signal: AbortSignal },
+) => Promise<ExecResult>;
+
 type Ending =
   | { kind: 'probe'; probe: Probe }
+  /** The setup failed before anything could run. */
+  | { kind: 'unstartable'; why: string }
   /** The endpoint no longer has the job running (cancelled, lost): killed on the host, nothing to report. */
   | { kind: 'gone'; why: string }
   /** No trace of the job, or its process gone without an exit code: it is reported lost with `why`. */
@@ -85,6 +103,8 @@ export class RemoteJob {
   private readonly stopFollowing = new AbortController();
   /** The follower on the host now (its token), so it can be ended when following stops early. */
   private followToken: string | null = null;
+  /** A fresh start (not a reattach): a job dir the host has no trace of never got there. */
+  private starting = false;
   /** Log sequence numbers of this run count from here (what the store held when it began). */
   private readonly seqBase: number;
 
@@ -133,12 +153,15 @@ export class RemoteJob {
     return this.paths.workDir;
   }
 
-  /** A fresh claim: sets the job up on the host, starts it, follows it, reports it. */
+  /**
+   * A fresh claim: sets the job up on the host, starts it and follows it — one command — then reports it.
+   * The setup's answer is the first line of its stdout (remote.ts `startScript`), not log output.
+   */
   async start(claimed: ClaimedJob): Promise<void> {
     const { files, skipped } = paramFiles(claimed.params);
     if (skipped.length) this.logs.push('system', `takt-ssh: params not usable as file names, not available to takt-get: ${skipped.join(', ')}\n`);
     const env = scriptEnv(claimed, { paths: this.paths, binDir: posix.join(this.host.base, 'bin'), machineId: this.host.machine.id, root: this.host.machine.ssh.root ?? '/', baseEnv: {} });
-    const script = startScript({
+    const spec = {
       jobDir: this.paths.workDir,
       binDir: posix.join(this.host.base, 'bin'),
       script: claimed.script,
@@ -146,32 +169,48 @@ export class RemoteJob {
       env: Object.fromEntries(Object.entries(env).filter((e): e is [string, string] => e[1] !== undefined)),
       timeoutMs: claimed.timeoutMs,
       graceMs: GRACE_MS,
+    };
+    this.starting = true;
+    await this.run$(async (conn, token, handlers) => {
+      // Dirs of jobs reported earlier are marked on the way (one command fewer per job).
+      const reported = this.host.takeReported();
+      let header: StartHeader | null = null;
+      let head = Buffer.alloc(0);
+      const r = await conn
+        .run(startScript({ ...spec, reported }, token), {
+          ...handlers,
+          onStdout: (d) => {
+            if (header) return handlers.onStdout(d);
+            head = Buffer.concat([head, d]);
+            const nl = head.indexOf(10);
+            if (nl < 0 && head.length < 64 * 1024) return;
+            header = parseStartHeader(head.subarray(0, nl < 0 ? head.length : nl).toString('utf8')) ?? { kind: 'failed', message: `unexpected answer: ${JSON.stringify(head.subarray(0, 200).toString('utf8'))}` };
+            if (nl >= 0 && nl + 1 < head.length) handlers.onStdout(head.subarray(nl + 1));
+          },
+        })
+        .catch((err: unknown) => {
+          this.host.requeueReported(reported);
+          throw err;
+        });
+      const h = header as StartHeader | null;
+      if (h?.kind === 'failed') throw new SetupFailed(h.message);
+      if (r.code === 90) throw new SetupFailed(r.stderr.trim() || 'the setup failed');
+      if (h?.kind === 'exists') this.host.log('warn', 'ssh: the job dir was there already; following what the host recorded (never starting it twice)', { machine: this.host.machine.name, job: this.job.id });
+      return r;
     });
-    let answer: string;
-    try {
-      const conn = await this.host.connection(this.host.signal);
-      const r = await conn.run(script);
-      if (r.code !== 0) {
-        // Nothing ran: the wrapper is the script's last step and the only thing that starts the task.
-        await this.report({ exitCode: null, outputs: {}, error: boundedError(`cannot start the job on ${this.where}: ${(r.stderr || r.stdout).trim() || `exit ${r.code}`}`) }, null);
-        return;
-      }
-      answer = r.stdout.trim();
-    } catch (err) {
-      if (this.host.signal.aborted) return;
-      // The setup may or may not have reached the host: the job dir says which, and it is never set up twice.
-      answer = `unknown (${(err as Error).message})`;
-    }
-    if (answer !== 'started') this.host.log('warn', 'ssh: job start not confirmed; following what the host recorded', { machine: this.host.machine.name, job: this.job.id, answer });
-    await this.follow();
   }
 
   /** After an endpoint restart (or a reconnect): follows the job from the last byte stored and reports it. */
   async follow(): Promise<void> {
+    await this.run$(null);
+  }
+
+  /** Follows (after `first`, the start, when given) until the job ends, then reports what happened. */
+  private async run$(first: FirstStep | null): Promise<void> {
     const heartbeat = this.heartbeat();
     let ending: Ending;
     try {
-      ending = await this.followUntilEnd();
+      ending = await this.followUntilEnd(first);
     } finally {
       heartbeat.stop();
     }
@@ -185,11 +224,15 @@ export class RemoteJob {
         await this.killRemote(ending.why);
         this.progress.clear();
         return;
+      case 'unstartable':
+        // Nothing ran: the wrapper is the setup's last step and the only thing that starts the task.
+        await this.report({ exitCode: null, outputs: {}, error: boundedError(`cannot start the job on ${this.where}: ${ending.why}`) }, true);
+        return;
       case 'lost':
         this.logs.discard();
         await this.host.engine.loseJob(this.job.id, ending.why);
         this.host.log('warn', `ssh: job lost: ${ending.why}`, { machine: this.host.machine.name, job: this.job.id, task: this.job.task });
-        await this.markReported();
+        this.host.markReported(this.paths.workDir);
         this.progress.clear();
         return;
       case 'probe':
@@ -198,18 +241,18 @@ export class RemoteJob {
   }
 
   /** Follows the log until the job has ended on the host (or the endpoint gave up on it). */
-  private async followUntilEnd(): Promise<Ending> {
+  private async followUntilEnd(first: FirstStep | null): Promise<Ending> {
     const signal = this.host.signal;
     const stopOnStop = () => this.stopFollowing.abort();
     signal.addEventListener('abort', stopOnStop, { once: true });
     try {
-      return await this.followLoop();
+      return await this.followLoop(first);
     } finally {
       signal.removeEventListener('abort', stopOnStop);
     }
   }
 
-  private async followLoop(): Promise<Ending> {
+  private async followLoop(first: FirstStep | null): Promise<Ending> {
     const signal = this.host.signal;
     let unstartedSince: number | null = null;
     let catchUps = 0;
@@ -223,12 +266,12 @@ export class RemoteJob {
       }
       const began = Date.now();
       try {
-        this.followToken = randomBytes(6).toString('hex');
-        const follow = await conn.run(followScript(this.paths.workDir, this.received, this.followToken), {
-          onStdout: (d) => this.take('stdout', d),
-          onStderr: (d) => this.take('stderr', d),
-          signal: this.stopFollowing.signal,
-        });
+        const token = randomBytes(6).toString('hex');
+        this.followToken = token;
+        const handlers = { onStdout: (d: Buffer) => this.take('stdout', d), onStderr: (d: Buffer) => this.take('stderr', d), signal: this.stopFollowing.signal };
+        const step = first;
+        first = null; // the start runs once, whatever happens to it
+        const follow = step ? await step(conn, token, handlers) : await conn.run(followScript(this.paths.workDir, this.received, token), handlers);
         if (this.gone) return { kind: 'gone', why: this.gone };
         if (signal.aborted) break;
         const probe = parseProbe((await conn.run(probeScript(this.paths.workDir, this.job.outputs, MAX_OUTPUT_BYTES, this.received))).stdout);
@@ -244,6 +287,8 @@ export class RemoteJob {
             if (Date.now() - began < 500) await sleep(500, signal);
             continue;
           case 'missing':
+            // (The probe has claimed the dir: a start still on its way can no longer run it.)
+            if (this.starting) return { kind: 'lost', why: `its start did not reach ${this.where} before the connection went, and it will not run now` };
             return { kind: 'lost', why: `no trace of it on ${this.where}: its job dir ${this.paths.workDir} is gone (deleted, or the host was rebuilt)` };
           case 'vanished':
             return { kind: 'lost', why: `its process on ${this.where} ended without recording an exit code (the host rebooted, or the job's processes were killed)` };
@@ -257,6 +302,7 @@ export class RemoteJob {
             continue;
         }
       } catch (err) {
+        if (err instanceof SetupFailed) return { kind: 'unstartable', why: err.message };
         if (signal.aborted || this.gone) continue;
         // The connection went (or the host answered something odd): the job runs on; follow it again.
         this.host.log('warn', `ssh: lost track of a running job; following it again: ${(err as Error).message}`, { machine: this.host.machine.name, job: this.job.id });
@@ -329,8 +375,7 @@ export class RemoteJob {
     try {
       const conn = await this.connectedOrSoon();
       if (!conn) throw new Error(`${this.where} cannot be reached`);
-      await conn.run(killScript(this.paths.workDir, GRACE_MS));
-      await conn.run(reportedScript(this.paths.workDir));
+      await conn.run(`(\n${killScript(this.paths.workDir, GRACE_MS)})\n(\n${reportedScript(this.paths.workDir)})\n`);
     } catch (err) {
       this.host.killLater(this.paths.workDir);
       this.host.log('warn', `ssh: could not kill the job on the host (${(err as Error).message}); it is killed as soon as the host answers again`, { machine: this.host.machine.name, job: this.job.id });
@@ -356,7 +401,7 @@ export class RemoteJob {
     if (p.cancelled) {
       // Killed because the endpoint had given up on it: its result is not reported (as the agent).
       this.logs.discard();
-      await this.markReported();
+      this.host.markReported(this.paths.workDir);
       this.progress.clear();
       return;
     }
@@ -371,7 +416,7 @@ export class RemoteJob {
       ...(p.timedOut ? { timedOut: true } : {}),
       ...(errors.length ? { error: boundedError(errors.join('; ')) } : {}),
     };
-    await this.report(report, p);
+    await this.report(report, true);
   }
 
   /** Writes the probe's outputs to a private scratch dir and reads them there with the agent's rules. */
@@ -397,7 +442,7 @@ export class RemoteJob {
   }
 
   /** Sends the report with the end of the log, acts on the answer, and marks the remote record. */
-  private async report(base: CompleteRequest, probe: Probe | null): Promise<void> {
+  private async report(base: CompleteRequest, mark: boolean): Promise<void> {
     const { tail } = await this.logs.closeWithTail(LOG_FLUSH_MS, tailBudget(base));
     const seqBase = this.seqBase;
     const { report, dropped } = fitReport(tail.length ? { ...base, log: tail.map((c) => ({ ...c, seq: seqBase + c.seq })) } : base);
@@ -418,18 +463,9 @@ export class RemoteJob {
         await sleep(Math.min(5000, 200 * 2 ** attempt), this.host.signal);
       }
     }
-    if (probe) await this.markReported();
+    if (mark) this.host.markReported(this.paths.workDir);
     this.progress.clear();
     if (action !== 'continue') await this.power(action);
-  }
-
-  private async markReported(): Promise<void> {
-    try {
-      const conn = this.host.connected();
-      if (conn) await conn.run(reportedScript(this.paths.workDir));
-    } catch {
-      /* pruned later anyway only once marked; a later job's connection retries nothing: harmless leftovers */
-    }
   }
 
   /** The exit-code contract's reboot (64) and power off (32): the host does it, detached. */

@@ -122,6 +122,8 @@ export interface StartSpec {
   env: Record<string, string>;
   timeoutMs: number;
   graceMs: number;
+  /** Earlier jobs' dirs to mark reported on the way (their results are in the store). */
+  reported?: string[];
 }
 
 /** The `env` file the wrapper sources: `export K='v'` lines. */
@@ -132,17 +134,32 @@ export function envFile(env: Record<string, string>): string {
     .join('');
 }
 
+/** The first line a start prints on stdout, before the job's output: how the setup went. */
+export type StartHeader = { kind: 'started' } | { kind: 'exists' } | { kind: 'failed'; message: string };
+
+/** Reads the header line (without its newline). Null when it is not one. */
+export function parseStartHeader(line: string): StartHeader | null {
+  if (line === 'takt-ssh: started') return { kind: 'started' };
+  if (line === 'takt-ssh: exists') return { kind: 'exists' };
+  const m = /^takt-ssh: failed ([A-Za-z0-9+/=]*)$/.exec(line);
+  return m ? { kind: 'failed', message: Buffer.from(m[1]!, 'base64').toString('utf8').trim() } : null;
+}
+
 /**
- * Sets a job up and starts its wrapper — unless its dir exists already (then prints `exists` and does
- * nothing: a job is never started twice). Prints `started` once the wrapper runs.
+ * Sets a job up, starts its wrapper and follows it, in one command: first one header line on stdout
+ * (`takt-ssh: started`, `takt-ssh: exists` — the job dir was there already, so nothing was set up or
+ * started: a job is never started twice — or `takt-ssh: failed <base64 message>` and exit 90: nothing ran,
+ * the wrapper being the setup's last step), then the job's output as `followScript` streams it.
  */
-export function startScript(s: StartSpec): string {
+export function startScript(s: StartSpec, token: string): string {
   const files = Object.entries(s.params).map(([name, text]) => `printf '%s' '${b64(text)}' | base64 -d > "$J/.takt/params/"${shq(name)}`);
-  return `set -eu
-umask 077
-J=${shq(s.jobDir)}
+  return `J=${shq(s.jobDir)}
 R="$J/.takt/run"
-mkdir -- "$J" 2>/dev/null || { echo exists; exit 0; }
+${reportedLines(s.reported ?? [])}
+err=$( (
+set -eu
+umask 077
+mkdir -- "$J" 2>/dev/null || { [ -e "$J" ] && exit 10; mkdir -- "$J"; }
 mkdir -p -- "$J/.takt/params" "$J/.takt/outputs" "$R"
 printf '%s' '${b64(s.script)}' | base64 -d > "$J/task.sh"
 ${files.join('\n')}
@@ -152,8 +169,13 @@ printf '%s' '${b64(envFile(s.env))}' | base64 -d > "$R/env"
 setsid -f ${shq(`${s.binDir}/takt-ssh-run`)} "$J" ${seconds(s.timeoutMs)} ${seconds(s.graceMs)} < /dev/null > /dev/null 2>&1
 i=0
 while [ ! -s "$R/wrapper" ] && [ "$i" -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
-if [ -s "$R/wrapper" ]; then echo started; else echo slow; fi
-`;
+) 2>&1 )
+case $? in
+  0) echo 'takt-ssh: started' ;;
+  10) echo 'takt-ssh: exists' ;;
+  *) printf 'takt-ssh: failed %s\n' "$(printf '%s' "$err" | base64 -w0)"; exit 90 ;;
+esac
+${followBody({ stdout: 0, stderr: 0 }, token)}`;
 }
 
 /**
@@ -165,10 +187,15 @@ if [ -s "$R/wrapper" ]; then echo started; else echo slow; fi
  * itself when its SSH session is gone (its parent changes). Exit 3: no wrapper recorded (not started, or
  * no job dir).
  */
-export function followScript(jobDir: string, from: { stdout: number; stderr: number }, token: string, pollMs = 100): string {
+export function followScript(jobDir: string, from: { stdout: number; stderr: number }, token: string): string {
   return `J=${shq(jobDir)}
 R="$J/.takt/run"
-w=$(cat "$R/wrapper" 2>/dev/null) || w=
+${followBody(from, token)}`;
+}
+
+/** The follower itself, for a script that has set J and R. */
+function followBody(from: { stdout: number; stderr: number }, token: string, pollMs = 100): string {
+  return `w=$(cat "$R/wrapper" 2>/dev/null) || w=
 [ -n "$w" ] || exit 3
 [ -e "$R/exit" ] && exit 0
 F="$R/follow.${token.replace(/[^A-Za-z0-9]/g, '')}"
@@ -271,13 +298,22 @@ exit 0
 `;
 }
 
-/** After the endpoint has the job's result: drops the outputs and the log, and marks the dir reported. */
-export function reportedScript(jobDir: string): string {
-  return `J=${shq(jobDir)}
-[ -d "$J/.takt/run" ] || exit 0
-rm -rf -- "$J/.takt/outputs" "$J/.takt/params" "$J/task.sh" "$J/.takt/run/stdout" "$J/.takt/run/stderr" "$J/.takt/run/env"
-: > "$J/.takt/run/reported"
+/** After the endpoint has the jobs' results: drops their outputs and logs, and marks their dirs reported. */
+export function reportedScript(...jobDirs: string[]): string {
+  return `${reportedLines(jobDirs)}
+exit 0
 `;
+}
+
+function reportedLines(jobDirs: string[]): string {
+  return jobDirs
+    .map(
+      (d) => `if [ -d ${shq(`${d}/.takt/run`)} ]; then
+  rm -rf -- ${['.takt/outputs', '.takt/params', 'task.sh', '.takt/run/stdout', '.takt/run/stderr', '.takt/run/env'].map((f) => shq(`${d}/${f}`)).join(' ')}
+  : > ${shq(`${d}/.takt/run/reported`)}
+fi`,
+    )
+    .join('\n');
 }
 
 /** Reboots or powers off the host (the exit-code contract's 64 and 32), detached so the answer comes first. */
