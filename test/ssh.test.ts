@@ -8,6 +8,7 @@
  * once and is reported; with its job dir deleted on the host it is visibly lost, never run again).
  * Skipped, with the reason, when not root or sshd is missing.
  */
+import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -356,6 +357,29 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
     } finally {
       await one.stop();
     }
+  });
+
+  it('a key the host does not accept: the reason says so, it keeps trying, and nothing is pinned or run', async () => {
+    const stranger = join(lab.tmp, 'stranger_ed25519');
+    execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', stranger]);
+    expect((await ep.cli(['credentials', 'add', 'stranger', '--ssh-key', stranger])).code).toBe(0);
+    const d = dirs(0, 'refused');
+    mkdirSync(d.root, { recursive: true });
+    const r = await ep.cli(['machines', 'create', 'refused', '--ssh', `root@${lab.hosts[0]!.address}`, '--ssh-key', 'stranger', '--ssh-root', d.root, '--ssh-dir', d.dir, '--pipeline', 'once']);
+    expect(r.code, r.stderr).toBe(0);
+    const m = await until(async () => {
+      const g = await get('/machines/refused');
+      return g.reason?.startsWith('cannot log in to ') ? g : null;
+    }, 30_000, 'the login refusal in the reason');
+    expect(m.reason).toContain(`cannot log in to root@${lab.hosts[0]!.address}:22: the host refused the key`);
+    expect(m.state).toBe('running');
+    expect(m.ssh.hostKey).toBeNull();
+    expect(await jobsOf('refused')).toEqual([]);
+    // Given a key the host accepts, it goes on by itself.
+    expect((await ep.cli(['machines', 'update', 'refused', '--ssh-key', 'lab'])).code).toBe(0);
+    const done = await waitState('refused', 'done');
+    expect(done.reason).toBeNull();
+    expect(done.ssh.hostKey.fingerprint).toBe(lab.fingerprint(0));
   });
 
   it('machines get shows the SSH settings and the pinned fingerprint; deleting the machine stops driving it', async () => {
