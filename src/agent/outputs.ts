@@ -22,16 +22,26 @@ const LISTED = 5;
  */
 export function writeParams(paramsDir: string, params: Record<string, unknown>): string[] {
   mkdirSync(paramsDir, { recursive: true, mode: 0o700 });
+  const { files, skipped } = paramFiles(params);
+  for (const [key, text] of Object.entries(files)) writeFileSync(join(paramsDir, key), text, { mode: 0o600 });
+  return skipped;
+}
+
+/**
+ * The params as `takt-get` files: file name → content (strings raw, anything else as JSON), and the keys
+ * that cannot be file names. Pure: the agent writes them locally, the SSH transport on the remote host.
+ */
+export function paramFiles(params: Record<string, unknown>): { files: Record<string, string>; skipped: string[] } {
+  const files: Record<string, string> = {};
   const skipped: string[] = [];
   for (const [key, value] of Object.entries(params)) {
     if (!isSafeFileName(key)) {
       skipped.push(key);
       continue;
     }
-    const text = typeof value === 'string' ? value : JSON.stringify(value);
-    writeFileSync(join(paramsDir, key), text ?? '', { mode: 0o600 });
+    files[key] = (typeof value === 'string' ? value : JSON.stringify(value)) ?? '';
   }
-  return skipped;
+  return { files, skipped };
 }
 
 export interface ReadOutputs {

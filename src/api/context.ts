@@ -11,6 +11,7 @@ import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
 import { authorOf, type Principal } from './auth.js';
 import type { TlsMaterial } from './tls.js';
+import type { CredentialsPort } from './routes/credentials.js';
 
 /** Creates and destroys machines in an environment (the API only needs this much of a broker). */
 export interface BrokerPort {
@@ -35,6 +36,8 @@ export interface ApiContext {
   rollouts: Rollouts;
   churn: Churn;
   brokers: Map<string, BrokerPort>;
+  /** Credentials the endpoint uses to reach machines (SSH keys); absent: the routes answer 404. */
+  credentials?: CredentialsPort;
   version: string;
   /**
    * The TLS material remote machines trust: the CA they pin and the server key pin (read it when needed:

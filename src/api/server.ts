@@ -17,6 +17,7 @@ import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody
 import type { ApiContext } from './context.js';
 import type { RequestHandler } from './listeners.js';
 import { contentRoutes } from './routes/content.js';
+import { credentialRoutes } from './routes/credentials.js';
 import { eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
 import { joinRoutes, shellError } from './routes/join.js';
@@ -212,6 +213,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   rolloutRoutes(app, opts);
   reportRoutes(app, opts);
   joinRoutes(app, opts);
+  credentialRoutes(app, opts);
   // Everything but the UI page is data: nothing in an API answer may load or run.
   app.addHook('onSend', async (_req, reply) => {
     if (!reply.hasHeader('content-security-policy')) reply.header('content-security-policy', API_CSP);

@@ -17,6 +17,8 @@ import { exerciseCommand } from './exercise.js';
 import { factsSection, joinCommands } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { reportCommands } from './report.js';
+import { credentialCommands } from './credentials.js';
+import { sshBody } from './ssh.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
 
 type Globals = () => GlobalOptions;
@@ -37,6 +39,7 @@ export function register(program: Command, g: Globals) {
   approvalCommands(program, g, api);
   reportCommands(program, g, api);
   exerciseCommand(program, g, api);
+  credentialCommands(program, g, api);
 
   program
     .command('plan <machine>')
@@ -302,7 +305,11 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     .option('--pipeline <name>', 'start this pipeline right away')
     .option('--param <key=value>', 'machine param (repeatable)', collect)
     .option('--profile <name>', 'profile (repeatable, highest precedence first)', collect)
-    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[] }) => {
+    .option('--ssh <user@host[:port]>', 'agentless: the endpoint runs its jobs over SSH (IPv6 in brackets: root@[2001:db8::5]:22)')
+    .option('--ssh-key <credential>', 'with --ssh: the credential that logs in (takt credentials add NAME --ssh-key FILE)')
+    .option('--ssh-root <dir>', 'with --ssh: what scripts see as TAKT_ROOT on the host (default /)')
+    .option('--ssh-dir <dir>', "with --ssh: takt's dir on the host (default /var/lib/takt-ssh for root, else ~/.takt)")
+    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const body = {
         name,
         broker: o.broker,
@@ -311,6 +318,7 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
         pipeline: o.pipeline,
         params: o.param ? parseParamPairs(o.param) : undefined,
         profiles: o.profile,
+        ssh: sshBody(o, true),
       };
       const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
       for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${shownErr(w)}\n`);
@@ -328,7 +336,12 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
     .option('--profile <name>', 'replace the profile list (repeatable)', collect)
     .option('--name <name>')
     .option('--environment <env>')
-    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; name?: string; environment?: string }) => {
+    .option('--ssh <user@host[:port]>', 'agentless machines: reach the host here instead (its key is pinned afresh)')
+    .option('--ssh-key <credential>', 'agentless machines: log in with this credential instead')
+    .option('--ssh-root <dir>', "agentless machines: TAKT_ROOT on the host ('' for /)")
+    .option('--ssh-dir <dir>', "agentless machines: takt's dir on the host ('' for the default)")
+    .option('--ssh-accept-new-key', 'agentless machines: trust the new host key the host offered (check its fingerprint on the host first)')
+    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
       const body: Record<string, unknown> = {};
       if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
@@ -336,7 +349,9 @@ function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
       if (o.profile) body.profiles = o.profile;
       if (o.name) body.name = o.name;
       if (o.environment) body.environment = o.environment;
-      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --name or --environment');
+      const ssh = sshBody(o, false);
+      if (ssh) body.ssh = ssh;
+      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --name, --environment or an --ssh option');
       const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
       print(g().output, m, () => renderTable([m], machineColumns));
     });

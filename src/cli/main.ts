@@ -35,6 +35,7 @@ interface ServeCliOptions {
   requestTimeout: string;
   maxConnections: string;
   agentGoneAfter: string;
+  sshMaxSessions: string;
 }
 
 const globals = (): GlobalOptions => program.opts<GlobalOptions>();
@@ -69,6 +70,7 @@ program
   .option('--request-timeout <duration>', 'a request whose headers and body have not all arrived after this long is answered 408 and closed (env TAKT_REQUEST_TIMEOUT)', process.env.TAKT_REQUEST_TIMEOUT ?? '2m')
   .option('--max-connections <n>', 'open connections beyond this are refused (env TAKT_MAX_CONNECTIONS)', process.env.TAKT_MAX_CONNECTIONS ?? '10000')
   .option('--agent-gone-after <duration>', 'a machine not heard from this long, with no claim long-poll open, shows its agent disconnected (env TAKT_AGENT_GONE_AFTER)', process.env.TAKT_AGENT_GONE_AFTER ?? '135s')
+  .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
   .addHelpText(
     'after',
     `

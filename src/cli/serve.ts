@@ -13,6 +13,8 @@ import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type 
 import { checkSanName, TlsManager } from '../api/tls.js';
 import { NetnsPlacement } from '../brokers/netns.js';
 import { ProcessBroker } from '../brokers/process.js';
+import { DEFAULT_SSH_MAX_SESSIONS, SshBroker } from '../brokers/ssh/broker.js';
+import { Credentials } from '../brokers/ssh/credentials.js';
 import { readPackDir } from '../content/files.js';
 import { ContentService } from '../engine/content.js';
 import { Engine, publicMachine } from '../engine/engine.js';
@@ -61,6 +63,8 @@ export interface ServeOptions {
   maxConnections?: string;
   /** Duration text: a machine quiet this long (no request, no long-poll open) shows its agent disconnected. */
   agentGoneAfter?: string;
+  /** Decimal text: how many SSH (agentless) machines run jobs at once. */
+  sshMaxSessions?: string;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -117,6 +121,14 @@ function serverLimits(opts: ServeOptions): Partial<ServerLimits> {
     limits.maxConnections = n;
   }
   return limits;
+}
+
+/** `--ssh-max-sessions`, refused with the flag's name when malformed. */
+function sshMaxSessions(opts: ServeOptions): number {
+  if (opts.sshMaxSessions === undefined) return DEFAULT_SSH_MAX_SESSIONS;
+  const n = Number(opts.sshMaxSessions);
+  if (!/^\d+$/.test(opts.sshMaxSessions) || n < 1 || n > 100_000) throw new TaktError('bad_request', `--ssh-max-sessions must be a whole number from 1 to 100000 (got '${opts.sshMaxSessions}')`);
+  return n;
 }
 
 /** Reads a secret file from the data dir, creating it (0600) on first start. */
@@ -178,9 +190,12 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     }),
     log,
   });
-  const brokers = new Map<string, ProcessBroker>([
+  const credentials = new Credentials(store, sealer);
+  const ssh = new SshBroker({ engine, store, credentials, dataDir: data, leaseMs, maxSessions: sshMaxSessions(opts), log });
+  const brokers = new Map<string, ProcessBroker | SshBroker>([
     [broker.name, broker],
     [netns.name, netns],
+    [ssh.name, ssh],
   ]);
   const records = new Records(store, content, sealer);
   const rollouts = new Rollouts(store, engine, records, { log });
@@ -200,6 +215,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     joins: new Joins(store, engine),
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
+    credentials,
     version: VERSION,
     adminToken: admin.value,
     log,

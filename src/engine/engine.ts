@@ -12,6 +12,7 @@ import { TaktError } from '../model/errors.js';
 import type { AgentLiveness, Job, Machine, WorkOrder } from '../model/machine.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
+import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
@@ -64,6 +65,8 @@ export interface MachineInput {
   pipeline?: string | null;
   params?: Record<string, unknown>;
   profiles?: string[];
+  /** Agentless machines: how the endpoint reaches the host over SSH (the credential must exist). */
+  ssh?: SshSettings;
 }
 
 export interface MachinePatch {
@@ -73,6 +76,8 @@ export interface MachinePatch {
   /** Merged into the machine's params; a null value removes that param. */
   params?: Record<string, unknown>;
   profiles?: string[];
+  /** Agentless machines only: SSH settings to change, or accepting the host's new key. */
+  ssh?: SshPatch;
 }
 
 export interface PlanStep {
@@ -305,6 +310,7 @@ export class Engine {
       currentJob: null,
       power: 'on',
       facts: null,
+      ...(input.ssh ? { ssh: { ...checkSshSettings(input.ssh), hostKey: null } } : {}),
       createdAt: now,
       updatedAt: now,
       agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: now },
@@ -317,6 +323,7 @@ export class Engine {
   async insertMachine(tx: Tx, machine: Machine, token: string, author: string): Promise<void> {
     if (await tx.getMachineByName(machine.name)) throw new TaktError('conflict', `a machine named '${machine.name}' already exists`, { path: '/name' });
     if (await tx.getMachine(machine.id)) throw new TaktError('conflict', `machine id '${machine.id}' is already taken`, { path: '/id' });
+    if (machine.ssh) await requireCredential(tx, machine.ssh.credential);
     await tx.insertMachine(machine, sha256(token));
     await tx.change(author, `machines/${machine.id}`, 'create', null, desiredView(machine));
     tx.emit(`machines.create.${machine.id}`, publicMachine(machine));
@@ -352,6 +359,11 @@ export class Engine {
     if (patch.profiles !== undefined) next.profiles = patch.profiles;
     if (patch.params !== undefined) next.params = this.checkParams(content, m.params, patch.params);
     if (patch.power !== undefined) next.power = patch.power;
+    if (patch.ssh !== undefined) {
+      if (!m.ssh) throw new TaktError('conflict', `machine '${m.name}' is not driven over SSH (broker ${m.broker ?? 'none'}); its SSH settings cannot be set`, { path: '/ssh' });
+      next.ssh = patchSsh(m.ssh, patch.ssh);
+      if (next.ssh.credential !== m.ssh.credential) await requireCredential(tx, next.ssh.credential);
+    }
     if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
       if (patch.pipeline) this.assertStartable(next, patch.pipeline, content);
       await this.cancelCurrent(tx, m, author);
@@ -853,6 +865,53 @@ export class Engine {
     });
   }
 
+  // ---- agentless machines (the SSH transport) -----------------------------------------------------
+
+  /**
+   * What the SSH transport observed about a machine, applied in one transaction:
+   * - `pin`: the host key seen on first contact, pinned while none is (recorded in history, author `ssh`);
+   * - `offered`: a key other than the pinned one, kept for an operator to accept; with `stop`, a running
+   *   machine stops with that reason (any other keeps its state and gets the reason);
+   * - `note`: a transport note in a running machine's reason, replacing `note.from` only (so it never
+   *   overwrites a reason set by anything else), e.g. "cannot reach root@10.0.0.5:22: …".
+   * Returns the machine after, or null when it is gone or not an SSH machine.
+   */
+  async sshObserved(machineId: string, o: { pin?: HostKey; offered?: HostKey; stop?: string; note?: { from: string | null; to: string | null } }): Promise<Machine | null> {
+    return this.store.transact(async (tx) => {
+      const m = await tx.lockMachine(machineId);
+      if (!m?.ssh) return null;
+      const next: Machine = { ...m, ssh: { ...m.ssh } };
+      if (o.pin && !m.ssh.hostKey) next.ssh!.hostKey = o.pin;
+      if (o.offered) next.ssh!.offeredHostKey = o.offered;
+      if (o.stop !== undefined) {
+        if (m.state === 'running') next.state = 'stopped';
+        next.reason = o.stop;
+      } else if (o.note && m.state === 'running' && m.reason === o.note.from) {
+        next.reason = o.note.to;
+      }
+      if (canonicalJson(next) === canonicalJson(m)) return m;
+      next.updatedAt = new Date().toISOString();
+      if (next.ssh!.hostKey !== m.ssh.hostKey) await tx.change('ssh', `machines/${m.id}`, 'update', desiredView(m), desiredView(next));
+      await this.saveMachine(tx, next);
+      return next;
+    });
+  }
+
+  /**
+   * Ends a running job as lost, with `why` (what the transport that drives it found: e.g. no trace of it
+   * on the host). For transports that run jobs themselves (SSH); an agent's lost jobs come from leases.
+   * A job that is no longer running is left as it is.
+   */
+  async loseJob(jobId: string, why: string): Promise<void> {
+    await this.store.transact(async (tx) => {
+      const job = await tx.getJob(jobId);
+      if (!job || job.state !== 'running') return;
+      const m = await this.locked(tx, job.machineId);
+      await this.settle(tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, why });
+      this.log('warn', 'job lost', { job: job.id, machine: m.name, task: job.task, why });
+    });
+  }
+
   // ---- secure values in logs, reasons and reports -------------------------------------------------
 
   /** The secure values a job could know, as the log could show them: its task's secure params and outputs. */
@@ -1169,7 +1228,12 @@ export class Engine {
 
 /** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */
 export function desiredView(m: Machine) {
-  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, power: m.power, state: m.state };
+  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, power: m.power, state: m.state, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}) };
+}
+
+/** @throws TaktError not_found (at /ssh/credential) when no credential of that name exists. */
+async function requireCredential(tx: Tx, name: string): Promise<void> {
+  if (!(await tx.getCredential(name))) throw new TaktError('not_found', `credential '${name}' not found; add it with \`takt credentials add ${name} --ssh-key FILE\``, { path: '/ssh/credential' });
 }
 export type DesiredView = ReturnType<typeof desiredView>;
 

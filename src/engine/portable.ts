@@ -12,6 +12,7 @@ import { CONTENT_KINDS, CONTENT_SCHEMAS, KIND_NOUN, LOCAL_LAYER, NAME_PATTERN, P
 import { TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
 import type { Machine } from '../model/machine.js';
+import { sshSettingsOf, type HostKey, type SshSettings } from '../model/ssh.js';
 import type { PackRecord, Store, Tx } from '../store/store.js';
 import { assertRequires, type ContentService, type Pins } from './content.js';
 import { Pacer } from './pace.js';
@@ -62,6 +63,8 @@ interface MachineDoc {
   profiles: string[];
   params: Record<string, unknown>;
   power: Machine['power'];
+  /** Agentless machines: how the host is reached and the key pinned for it (the credential is not exported). */
+  ssh?: SshSettings & { hostKey: HostKey | null };
 }
 
 const NameSchema = { type: 'string', pattern: NAME_PATTERN, description: 'lower-case name: letters, digits, . _ -' } as const;
@@ -90,6 +93,16 @@ const MachineDocSchema = {
     profiles: { type: 'array', items: NameSchema },
     params: { type: 'object', propertyNames: { pattern: PARAM_NAME_PATTERN } },
     power: { enum: ['on', 'off'] },
+    ssh: {
+      type: 'object',
+      required: ['user', 'host', 'port', 'credential', 'hostKey'],
+      properties: {
+        hostKey: {
+          anyOf: [{ type: 'null' }, { type: 'object', additionalProperties: false, required: ['type', 'fingerprint'], properties: { type: { type: 'string' }, fingerprint: { type: 'string', pattern: '^SHA256:' } } }],
+        },
+      },
+      description: 'agentless machines: user, host, port, credential (by name: add it on this endpoint first), root, dir, hostKey',
+    },
   },
 } as const;
 
@@ -97,7 +110,8 @@ const sorted = (v: unknown): unknown => JSON.parse(canonicalJson(v));
 const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0 });
 
 function machineDoc(m: Machine): MachineDoc {
-  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, power: m.power };
+  const ssh = m.ssh ? { ...sshSettingsOf(m.ssh), hostKey: m.ssh.hostKey } : undefined;
+  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, power: m.power, ...(ssh ? { ssh } : {}) };
 }
 
 export class Portable {
@@ -371,13 +385,21 @@ export class Portable {
         if (!have) {
           const broker = doc.broker && starter.has(doc.broker) ? doc.broker : null;
           if (doc.broker && !broker) result.problems.push(`machines/${doc.name}: broker '${doc.broker}' does not exist here; created without one`);
-          const made = await this.engine.newMachine({ ...doc, broker }, content);
+          const { ssh, ...rest } = doc;
+          const settings = ssh ? (({ hostKey: _pinned, ...set }) => set)(ssh) : undefined;
+          const made = await this.engine.newMachine({ ...rest, broker, ...(settings ? { ssh: settings } : {}) }, content);
           made.machine.power = doc.power;
+          // The pin travels with the machine: the host must present the key it was trusted with.
+          if (made.machine.ssh && ssh) made.machine.ssh.hostKey = ssh.hostKey;
           creates.push(made);
           result.machines.created.push(doc.name);
         } else if (canonicalJson(machineDoc(have)) !== canonicalJson(doc)) {
           const patch: MachinePatch & { power?: Machine['power'] } = patchTowards(have, doc);
           if (have.power !== doc.power) patch.power = doc.power;
+          if (have.ssh && doc.ssh && canonicalJson(sshSettingsOf(have.ssh)) !== canonicalJson((({ hostKey: _k, ...set }) => set)(doc.ssh))) {
+            const { hostKey: _k, ...set } = doc.ssh;
+            patch.ssh = { ...set, root: set.root ?? null, dir: set.dir ?? null };
+          }
           if (patch.name !== undefined) {
             assertMachineName(patch.name);
             const holder = await this.store.getMachineByName(patch.name);

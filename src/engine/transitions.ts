@@ -50,9 +50,10 @@ export type JobOutcome =
   | { kind: 'invalid'; exitCode: number | null; message: string }
   /**
    * No word about the job for a whole lease. `agent`: what the endpoint last heard from the machine at
-   * all; `silent` when that was a lease or more ago (the network or the host, not the script).
+   * all; `silent` when that was a lease or more ago (the network or the host, not the script). `why`:
+   * what the transport found, when it knows more than "no word for the lease" (SSH: no trace on the host).
    */
-  | { kind: 'lost'; leaseMs: number; agent?: { lastSeenAt: string | null; address: string | null; silent: boolean } }
+  | { kind: 'lost'; leaseMs: number; agent?: { lastSeenAt: string | null; address: string | null; silent: boolean }; why?: string }
   /** The agent asked for new work while this job was still running: it lost track of it. */
   | { kind: 'abandoned' }
   /** An operator restarted or reassigned the machine while the job ran. */
@@ -110,6 +111,7 @@ export function judgeJob(task: string, o: JobOutcome): JobVerdict {
 /** Why a job was lost, in words that tell the network or host apart from the script. */
 function lostReason(task: string, o: Extract<JobOutcome, { kind: 'lost' }>): string {
   const lease = `${Math.round(o.leaseMs / 1000)}s`;
+  if (o.why) return `task '${task}' lost: ${o.why}; its result is unknown`;
   const a = o.agent;
   if (!a) return `task '${task}' lost: no word from the agent for ${lease} (agent gone or machine down); its result is unknown`;
   const from = a.address ? ` from ${a.address}` : '';

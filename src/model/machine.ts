@@ -1,5 +1,6 @@
 /** Runtime objects: machines, jobs, work orders, changes and events, as the store and API hold them. */
 import type { ObservedFacts } from './facts.js';
+import type { MachineSsh } from './ssh.js';
 
 export const MACHINE_STATES = ['idle', 'running', 'stopped', 'done', 'awaiting-approval'] as const;
 export type MachineState = (typeof MACHINE_STATES)[number];
@@ -27,6 +28,8 @@ export interface Machine {
   power: 'on' | 'off';
   /** What the machine's agent observed about its host (observed state: never in history or exports); null until it reports. */
   facts: ObservedFacts | null;
+  /** Agentless machines only: how the endpoint reaches the host over SSH (broker `ssh`). */
+  ssh?: MachineSsh;
   createdAt: string;
   updatedAt: string;
   /** Observed, never desired: whether an agent (or the SSH broker) is in touch with the machine. */

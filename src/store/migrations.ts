@@ -219,6 +219,23 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       }
     },
   },
+  '0008_ssh_credentials': {
+    async up(db: Kysely<unknown>) {
+      // Agentless machines: how the endpoint reaches the host over SSH (JSON, null for agent machines).
+      await db.schema.alterTable('machines').addColumn('ssh', 'text').execute();
+      // Credentials the endpoint uses itself (SSH keys); `secret` is sealed JSON, never the clear key.
+      await db.schema
+        .createTable('credentials')
+        .addColumn('name', 'text', (c) => c.primaryKey())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('key_type', 'text', (c) => c.notNull())
+        .addColumn('fingerprint', 'text', (c) => c.notNull())
+        .addColumn('public_key', 'text', (c) => c.notNull())
+        .addColumn('secret', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

@@ -13,6 +13,7 @@ import type {
   Page,
   ChangeFilter,
   ContentRecord,
+  CredentialRecord,
   EventListener,
   JobFilter,
   MachineFilter,
@@ -22,7 +23,7 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, Database, JobsTable, JoinTokensTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
+import type { ChangesTable, CredentialsTable, Database, JobsTable, JoinTokensTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -93,6 +94,7 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
     currentJob: r.current_job,
     power: r.power as Machine['power'],
     facts: parse(r.facts),
+    ...(r.ssh ? { ssh: parse<NonNullable<Machine['ssh']>>(r.ssh) } : {}),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
     agent: {
@@ -130,6 +132,7 @@ function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | 
     profiles: json(m.profiles),
     current_job: m.currentJob,
     power: m.power,
+    ssh: m.ssh ? json(m.ssh) : null,
     created_at: m.createdAt,
     updated_at: m.updatedAt,
   };
@@ -427,6 +430,25 @@ class SqlReads implements Reads {
     const r = await this.db.selectFrom('settings').select('value').where('key', '=', key).executeTakeFirst();
     return r ? parse<T>(r.value) : undefined;
   }
+  async getCredential(name: string) {
+    const r = await this.db.selectFrom('credentials').selectAll().where('name', '=', name).executeTakeFirst();
+    return r ? credentialFromRow(r) : undefined;
+  }
+  async listCredentials() {
+    return (await this.db.selectFrom('credentials').selectAll().orderBy('name').execute()).map(credentialFromRow);
+  }
+  async credentialUsers(name: string) {
+    // The JSON is written by machineToRow, so the credential appears exactly as `"credential":"<name>"`
+    // (names are [a-z0-9._-]: nothing to escape, and `_` is matched literally through the escape).
+    const pattern = `%"credential":${JSON.stringify(name).replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    const rows = await this.db
+      .selectFrom('machines')
+      .select('name')
+      .where(sql<boolean>`ssh like ${pattern} escape '\\'`)
+      .orderBy('name')
+      .execute();
+    return rows.map((r) => r.name);
+  }
   async listEvents(afterId: number, limit = 1000) {
     const rows = await this.db.selectFrom('events').selectAll().where('id', '>', afterId).orderBy('id').limit(limit).execute();
     return rows.map((r) => ({ id: Number(r.id), topic: r.topic, at: r.at, data: parse(r.data) }));
@@ -466,6 +488,18 @@ function joinTokenFromRow(r: JoinTokensTable): JoinToken {
     revokedAt: r.revoked_at,
     revokedBy: r.revoked_by,
     machines: parse(r.machines),
+  };
+}
+
+function credentialFromRow(r: CredentialsTable): CredentialRecord {
+  return {
+    name: r.name,
+    kind: r.kind as CredentialRecord['kind'],
+    keyType: r.key_type,
+    fingerprint: r.fingerprint,
+    publicKey: r.public_key,
+    secret: parse(r.secret),
+    createdAt: r.created_at,
   };
 }
 
@@ -757,6 +791,15 @@ class SqlTx extends SqlReads implements Tx {
   async updateRolloutItem(i: RolloutItem) {
     const { rollout_id, machine_id, ...rest } = itemToRow(i);
     await this.db.updateTable('rollout_items').set(rest).where('rollout_id', '=', rollout_id).where('machine_id', '=', machine_id).execute();
+  }
+  async insertCredential(c: CredentialRecord) {
+    await this.db
+      .insertInto('credentials')
+      .values({ name: c.name, kind: c.kind, key_type: c.keyType, fingerprint: c.fingerprint, public_key: c.publicKey, secret: json(c.secret), created_at: c.createdAt })
+      .execute();
+  }
+  async deleteCredential(name: string) {
+    await this.db.deleteFrom('credentials').where('name', '=', name).execute();
   }
   async change(author: string, object: string, action: Change['action'], before: unknown, after: unknown) {
     const r = await this.db

@@ -11,6 +11,7 @@ import type { ObservedFacts } from '../model/facts.js';
 import type { JoinToken } from '../model/join.js';
 import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
 import type { Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
+import type { Sealed } from '../model/secure.js';
 
 export interface PackRecord {
   name: string;
@@ -21,6 +22,21 @@ export interface PackRecord {
   files: Record<string, string>;
   sha256: string;
   installedAt: string;
+}
+
+/** A credential the endpoint itself uses (an SSH private key), sealed at rest. */
+export interface CredentialRecord {
+  name: string;
+  kind: 'ssh-key';
+  /** Key algorithm, e.g. `ssh-ed25519`. */
+  keyType: string;
+  /** SHA-256 fingerprint of the public key, `SHA256:…` as ssh-keygen prints it. */
+  fingerprint: string;
+  /** The public key as an authorized_keys line (`type base64 takt:NAME`). */
+  publicKey: string;
+  /** The private key (and its passphrase), sealed by the endpoint's Sealer. Never leaves the endpoint. */
+  secret: Sealed;
+  createdAt: string;
 }
 
 export interface ContentRecord {
@@ -115,6 +131,10 @@ export interface Reads {
    * for recognising a host that joins again; the caller compares the facts field by field.
    */
   listMachinesWithFactText(text: string): Promise<Machine[]>;
+  getCredential(name: string): Promise<CredentialRecord | undefined>;
+  listCredentials(): Promise<CredentialRecord[]>;
+  /** Names of the machines whose SSH settings use credential `name`. */
+  credentialUsers(name: string): Promise<string[]>;
 }
 
 export interface Tx extends Reads {
@@ -167,6 +187,8 @@ export interface Tx extends Reads {
   updateJoinToken(t: JoinToken): Promise<void>;
   /** Sets (or with null, clears) an endpoint-wide setting such as a policy. */
   putSetting(key: string, value: unknown): Promise<void>;
+  insertCredential(c: CredentialRecord): Promise<void>;
+  deleteCredential(name: string): Promise<void>;
   /** Records a numbered desired-state change; returns its number. */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
   /** Queues an event for publication after commit. */

@@ -67,6 +67,8 @@ export interface MachinesTable {
   /** Observed facts as JSON text; null until the agent reports them. */
   facts: string | null;
   token_hash: string;
+  /** Agentless machines: MachineSsh as JSON; null for machines with an agent. */
+  ssh: string | null;
   created_at: string;
   updated_at: string;
   /** Agent liveness (observed; written only by `setAgentLiveness`): 1 connected, 0 not. */
@@ -149,6 +151,17 @@ export interface RolloutItemsTable {
   finished_at: string | null;
 }
 
+export interface CredentialsTable {
+  name: string;
+  kind: string;
+  key_type: string;
+  fingerprint: string;
+  public_key: string;
+  /** Sealed JSON (`{"$secure":…}`) of the private key and its passphrase. */
+  secret: string;
+  created_at: string;
+}
+
 export interface SettingsTable {
   key: string;
   value: string;
@@ -186,4 +199,5 @@ export interface Database {
   rollout_items: RolloutItemsTable;
   settings: SettingsTable;
   join_tokens: JoinTokensTable;
+  credentials: CredentialsTable;
 }

@@ -3,9 +3,40 @@ import { publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
 import { MAX_JOB_ID_CHARS } from '../../model/protocol.js';
+import type { SshSettings } from '../../model/ssh.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
 import { author, intQuery, type ApiContext } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
+
+const sshTarget = {
+  user: { type: 'string', minLength: 1, maxLength: 64, description: 'the user to log in as' },
+  host: { type: 'string', minLength: 1, maxLength: 253, description: 'a DNS name or an IP address (IPv6 without brackets)' },
+  port: { type: 'integer', minimum: 1, maximum: 65535, description: 'default 22' },
+  credential: { ...Name, description: 'the ssh-key credential that logs in (POST /api/v1/credentials)' },
+  root: { type: 'string', maxLength: 1024, description: 'what scripts see as TAKT_ROOT on the host (default /)' },
+  dir: { type: 'string', maxLength: 1024, description: "takt's dir on the host (default /var/lib/takt-ssh for root, else ~/.takt)" },
+} as const;
+
+const sshCreate = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['user', 'host', 'credential'],
+  properties: sshTarget,
+  description: 'agentless: the endpoint runs the machine\'s jobs over SSH (broker ssh); its host key is pinned on first contact',
+} as const;
+
+const sshPatch = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  properties: {
+    ...sshTarget,
+    root: { anyOf: [sshTarget.root, { type: 'null' }] },
+    dir: { anyOf: [sshTarget.dir, { type: 'null' }] },
+    acceptNewHostKey: { type: 'boolean', description: 'pin the key the host offered instead of the pinned one (after checking it on the host)' },
+  },
+  description: 'agentless machines: change how the host is reached (a new user, host or port is pinned afresh), or accept its new host key',
+} as const;
 
 const createBody = {
   type: 'object',
@@ -18,6 +49,7 @@ const createBody = {
     pipeline: { anyOf: [Name, { type: 'null' }] },
     params: paramsObject,
     profiles: { type: 'array', items: Name },
+    ssh: sshCreate,
   },
 } as const;
 
@@ -31,6 +63,7 @@ const patchBody = {
     pipeline: { anyOf: [Name, { type: 'null' }] },
     params: { ...paramsObject, description: 'merged into the machine params; null removes one' },
     profiles: { type: 'array', items: Name },
+    ssh: sshPatch,
   },
 } as const;
 
@@ -42,6 +75,7 @@ interface CreateBody {
   pipeline?: string | null;
   params?: Record<string, unknown>;
   profiles?: string[];
+  ssh?: SshSettings;
 }
 
 export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
@@ -76,6 +110,15 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.post('/api/v1/machines', { schema: { body: createBody } }, async (req, reply) => {
     const body = req.body as CreateBody;
+    if (body.ssh) {
+      // An agentless machine is one host: the ssh broker drives it.
+      if (body.broker !== undefined && body.broker !== 'ssh') throw new TaktError('invalid', `a machine with ssh settings is driven by the ssh broker, not '${body.broker}'`, { path: '/broker' });
+      if ((body.count ?? 1) !== 1) throw new TaktError('invalid', 'a machine with ssh settings is one host: count must be 1', { path: '/count' });
+      if (!body.name) throw new TaktError('invalid', "missing required field 'name'", { path: '/name' });
+      body.broker = 'ssh';
+    } else if (body.broker === 'ssh') {
+      throw new TaktError('invalid', 'the ssh broker needs the ssh settings: user, host and credential', { path: '/ssh' });
+    }
     const broker = body.broker ? brokers.get(body.broker) : undefined;
     if (body.broker && !broker) {
       throw new TaktError('invalid', `unknown broker '${body.broker}'; available: ${[...brokers.keys()].join(', ') || 'none'}`, { path: '/broker' });
@@ -96,6 +139,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
           pipeline: body.pipeline ?? null,
           params: body.params,
           profiles: body.profiles,
+          ...(body.ssh ? { ssh: body.ssh } : {}),
         },
         author(req),
       );
