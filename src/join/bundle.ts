@@ -167,12 +167,17 @@ export class AgentBundle {
         format: 'esm',
         splitting: true,
         outdir,
-        external: ['better-sqlite3'],
+        // What only the endpoint uses stays out: the store's native addon, and the SSH client (native
+        // optional parts esbuild cannot bundle). Agents never load them; `takt serve` is not run from a bundle.
+        external: ['better-sqlite3', 'ssh2', 'cpu-features'],
         banner: { js: "import { createRequire as __takt_cr } from 'node:module'; const require = __takt_cr(import.meta.url);" },
         logLevel: 'silent',
       });
     } catch (err) {
-      throw new TaktError('unavailable', `cannot build the agent bundle: esbuild failed: ${(err as Error).message.split('\n')[0]}`);
+      // esbuild's message is one summary line; the errors themselves say what and where.
+      const first = (err as { errors?: Array<{ text: string; location?: { file: string; line: number; column: number } | null }> }).errors?.[0];
+      const where = first?.location ? ` (${first.location.file}:${first.location.line}:${first.location.column})` : '';
+      throw new TaktError('unavailable', `cannot build the agent bundle: esbuild failed: ${first ? `${first.text}${where}` : (err as Error).message.split('\n')[0]}`);
     }
   }
 

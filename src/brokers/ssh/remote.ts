@@ -79,6 +79,9 @@ fi
 # What the job was given in the clear goes as soon as it has run (the agent scrubs the same).
 rm -rf -- "$J/task.sh" "$J/.takt/params"
 printf '%s\\n' "$code" > "$R/exit.tmp" && mv -f "$R/exit.tmp" "$R/exit"
+# Wake a follower waiting on the FIFO at once (opened read-write, so this never blocks without one).
+[ -p "$R/wake" ] && { printf 'x\\n' 1<> "$R/wake"; } 2>/dev/null
+exit 0
 `;
 
 /**
@@ -92,7 +95,7 @@ export function bootstrapScript(dir: string | undefined): string {
 umask 077
 if [ -n ${shq(dir ?? '')} ]; then B=${shq(dir ?? '')}; elif [ "$(id -u)" = 0 ]; then B=/var/lib/takt-ssh; else B="\${HOME:?}/.takt"; fi
 missing=
-for c in bash setsid base64 tail stat mkdir mv rm cat sleep kill tr grep; do command -v "$c" >/dev/null 2>&1 || missing="$missing $c"; done
+for c in bash setsid base64 tail stat mkdir mkfifo mv rm cat sleep kill tr grep; do command -v "$c" >/dev/null 2>&1 || missing="$missing $c"; done
 tail --version 2>/dev/null | grep -q GNU || missing="$missing GNU-tail(coreutils)"
 if [ -n "$missing" ]; then echo "missing$missing"; exit 0; fi
 mkdir -p -- "$B/bin" "$B/jobs"
@@ -166,6 +169,7 @@ ${files.join('\n')}
 printf '%s' '${b64(envFile(s.env))}' | base64 -d > "$R/env"
 : > "$R/stdout"
 : > "$R/stderr"
+mkfifo -m 600 -- "$R/wake"
 setsid -f ${shq(`${s.binDir}/takt-ssh-run`)} "$J" ${seconds(s.timeoutMs)} ${seconds(s.graceMs)} < /dev/null > /dev/null 2>&1
 i=0
 while [ ! -s "$R/wrapper" ] && [ "$i" -lt 500 ]; do sleep 0.01; i=$((i + 1)); done
@@ -207,8 +211,8 @@ tail -c +${from.stderr + 1} -f -s ${seconds(pollMs * 2)} -- "$R/stderr" >&2 2>/d
 b=$!
 i=0
 while [ ! -e "$R/exit" ]; do
-  sleep ${seconds(pollMs)}
-  i=$((i + 1))
+  # The wrapper wakes us through the FIFO when it ends; without one (a job started by an older wrapper), poll.
+  if [ -p "$R/wake" ]; then read -r -t 1 _ <> "$R/wake" 2>/dev/null || :; i=$((i + 10)); else sleep ${seconds(pollMs)}; i=$((i + 1)); fi
   if [ $((i % 10)) = 0 ]; then
     [ "$(cut -d' ' -f4 /proc/$$/stat)" = "$pp" ] || break
     st=$(cut -d' ' -f3 "/proc/$w/stat" 2>/dev/null) || st=
