@@ -17,7 +17,7 @@ import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import type { ApiClient } from '../src/client/http.js';
 import { readPackDir } from '../src/content/files.js';
-import { ensureAnsible, FLOOR_STEPS, floorRun, PACK_DIR, PLAYBOOK_DIR, shellFloorRun, TASKS, taktRun, verifyTakt, type CpuSplit } from './ansible.js';
+import { ensureAnsible, FLOOR_STEPS, measureFloor, PACK_DIR, PLAYBOOK_DIR, TASKS, taktRun, verifyTakt, type CpuSplit } from './ansible.js';
 import type { Flags } from './lib/args.js';
 import { adminApi, serverPid, withEndpoint, type Endpoint } from './lib/endpoint.js';
 import { busyCoreSec, cpuMark } from './lib/load.js';
@@ -62,15 +62,7 @@ export async function ansibleSshBench(flags: Flags, profileDir?: string): Promis
   let fleet: SshFleet | undefined;
   const agentSweep = new NetnsSweep();
   try {
-    log(`floor: ${hosts} hosts × ${TASKS} bash scripts, hosts in parallel…`);
-    const nodeFloors: number[] = [];
-    const shellFloors: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      nodeFloors.push(await floorRun(join(work, `floor-node-${i}`), hosts));
-      shellFloors.push(await shellFloorRun(join(work, `floor-shell-${i}`), hosts));
-    }
-    // The lower of the two is the floor: it makes everybody's overhead look bigger, not smaller.
-    const floorMs = Math.min(median(nodeFloors), median(shellFloors));
+    const { floorMs, nodeFloors, shellFloors } = await measureFloor(work, hosts);
 
     log(`starting ${hosts} SSH hosts (network namespaces in 10.252.0.0/16, each running sshd -D)…`);
     // Hosts share this box's filesystem: each gets its own root, which sshd hands to every session as

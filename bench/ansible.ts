@@ -40,15 +40,7 @@ export async function ansibleBench(flags: Flags, profileDir?: string): Promise<B
   const ansibleVersion = only === 'takt' ? 'not run' : ensureAnsible();
   const work = mkdtempSync(join(tmpdir(), 'takt-bench-ansible-'));
   try {
-    log(`floor: ${hosts} hosts × ${TASKS} bash scripts, hosts in parallel…`);
-    const nodeFloors: number[] = [];
-    const shellFloors: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      nodeFloors.push(await floorRun(join(work, `floor-node-${i}`), hosts));
-      shellFloors.push(await shellFloorRun(join(work, `floor-shell-${i}`), hosts));
-    }
-    // The lower of the two is the floor: it makes everybody's overhead look bigger, not smaller.
-    const floorMs = Math.min(median(nodeFloors), median(shellFloors));
+    const { floorMs, nodeFloors, shellFloors } = await measureFloor(work, hosts);
     log(`  floor ${round(floorMs)} ms (Node spawning bash ${round(median(nodeFloors))} ms, one bash forking ${round(median(shellFloors))} ms)`);
 
     log('starting the takt endpoint and its machines, then waiting for every agent to have its first claim answered (~25 s)…');
@@ -215,6 +207,22 @@ export const FLOOR_STEPS = [
 ];
 
 /** The scripts' own cost: the same five steps per host as `bash -e -c` processes Node spawns, hosts in parallel. */
+/**
+ * The floor both Ansible benches compare with: TASKS bash scripts per host, hosts in parallel, three times
+ * each with Node spawning them and with one bash forking them; `floorMs` is the lower median, which makes
+ * everybody's overhead look bigger, not smaller.
+ */
+export async function measureFloor(work: string, hosts: number): Promise<{ floorMs: number; nodeFloors: number[]; shellFloors: number[] }> {
+  log(`floor: ${hosts} hosts × ${TASKS} bash scripts, hosts in parallel…`);
+  const nodeFloors: number[] = [];
+  const shellFloors: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    nodeFloors.push(await floorRun(join(work, `floor-node-${i}`), hosts));
+    shellFloors.push(await shellFloorRun(join(work, `floor-shell-${i}`), hosts));
+  }
+  return { floorMs: Math.min(median(nodeFloors), median(shellFloors)), nodeFloors, shellFloors };
+}
+
 export async function floorRun(dir: string, hosts: number): Promise<number> {
   const steps = FLOOR_STEPS;
   const t0 = performance.now();
