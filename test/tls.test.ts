@@ -128,6 +128,22 @@ describe('TlsManager', () => {
       expect(m.material.spkiPin).toBe(spkiPinOf(readFileSync(join(d, 'a.pem'), 'utf8')));
       expect(m.internal.spkiPin).not.toBe(m.material.spkiPin);
       expect(m.internal.names).toContain('box1');
+      // Joining agents trust the operator chain's root (here the self-signed certificate itself), not the endpoint's own CA.
+      expect(new X509Certificate(m.material.caPem).fingerprint256).toBe(new X509Certificate(readFileSync(join(d, 'a.pem'))).fingerprint256);
+      expect(m.material.caFingerprint).toBe(new X509Certificate(readFileSync(join(d, 'a.pem'))).fingerprint256);
+    });
+
+    it('an endpoint serving it is trusted by a client holding what joining agents get', async () => {
+      const ep = await Endpoint.start({ listen: ['0.0.0.0:0'], args: ['--tls-cert', join(d, 'a.pem'), '--tls-key', join(d, 'a.key')] });
+      try {
+        const port = new URL(ep.httpsUrl).port;
+        const m = new TlsManager({ dataDir: d, names: [], certFile: join(d, 'a.pem'), keyFile: join(d, 'a.key') });
+        await m.ensure();
+        expect(await httpsGet(`https://127.0.0.1:${port}`, m.material.caPem)).toBe(200);
+        expect(ep.output).toContain(`server key pin ${spkiPinOf(readFileSync(join(d, 'a.pem'), 'utf8'))}`);
+      } finally {
+        await ep.stop();
+      }
     });
 
     it.each([
@@ -198,6 +214,7 @@ describe('an endpoint listening beyond loopback', () => {
       const bad = await runCli(['machines', 'list'], { TAKT_ENDPOINT: endpoint, TAKT_TOKEN: ep.token, TAKT_CA_FILE: join(other, 'tls', 'ca.pem') });
       expect(bad.code).toBe(3);
       expect(bad.stderr).toMatch(/cannot reach .*(self-signed|verify|signature)/i);
+      expect(bad.stderr).toContain('TAKT_CA_FILE'); // the hint says what to fix, not "is the endpoint running?"
       const missing = await runCli(['machines', 'list'], { TAKT_ENDPOINT: endpoint, TAKT_TOKEN: ep.token, TAKT_CA_FILE: join(other, 'nope.pem') });
       expect(missing.code).toBe(1);
       expect(missing.stderr).toContain('TAKT_CA_FILE');

@@ -4,7 +4,7 @@
  * rejected token are logged and retried — and it resolves only to stop (0), or when the endpoint asks
  * the machine to reboot (64) or power off (32); a supervisor acts on those codes.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { ApiClient, backoffMs } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
@@ -44,6 +44,11 @@ export interface AgentOptions {
   runAs?: RunAs;
   /** PEM: the endpoint's CA; an https endpoint must chain to it and nothing else is trusted. */
   ca?: string;
+  /**
+   * Where the token came from: when the endpoint rejects it, the agent reads this file again and carries on
+   * with a new token found there (a re-join or `machines token --rotate` rewrote it) instead of waiting for a restart.
+   */
+  tokenFile?: string;
   /** This agent's version, sent as `user-agent: takt-agent/<version>` (the endpoint shows it per machine). */
   version?: string;
 }
@@ -90,6 +95,9 @@ class Agent {
   /** The next job, when the endpoint handed it over with the answer to a completion: run it without claiming. */
   private handed: ClaimResponse | null = null;
   private jobsSincePrune = 0;
+  /** The machine token in use (the token file may bring a new one). */
+  private token: string;
+  private reloading: Promise<boolean> | null = null;
   private pruning: Promise<void> | null = null;
 
   constructor(
@@ -98,6 +106,7 @@ class Agent {
     private readonly signal: AbortSignal | undefined,
   ) {
     this.log = opts.log ?? jsonLineLog;
+    this.token = opts.token;
     this.paths = agentPaths(resolve(opts.dir), opts.sandbox === undefined ? undefined : resolve(opts.sandbox));
     this.chaos = opts.chaos ? new Chaos(opts.chaos, machineId, this.log) : null;
     const chaos = this.chaos;
@@ -105,6 +114,7 @@ class Agent {
       endpoint: opts.endpoint,
       token: opts.token,
       ...(opts.ca ? { ca: opts.ca } : {}),
+      ...(opts.tokenFile ? { onUnauthorized: () => this.reloadToken() } : {}),
       userAgent: `takt-agent/${opts.version ?? 'unknown'}`,
       ...(chaos ? { beforeRequest: () => chaos.beforeRequest() } : {}),
     });
@@ -236,6 +246,30 @@ class Agent {
     }
   }
 
+  /**
+   * After a rejected token (the client asks, see ClientOptions.onUnauthorized): a different token for this
+   * machine in the token file is used from now on. Concurrent asks read the file once.
+   */
+  private reloadToken(): Promise<boolean> {
+    this.reloading ??= this.readTokenFile().finally(() => (this.reloading = null));
+    return this.reloading;
+  }
+
+  private async readTokenFile(): Promise<boolean> {
+    if (!this.opts.tokenFile) return false;
+    let next: string;
+    try {
+      next = (await readFile(this.opts.tokenFile, 'utf8')).trim();
+    } catch {
+      return false;
+    }
+    if (next === this.token || machineIdFromToken(next) !== this.machineId) return false;
+    this.token = next;
+    this.client.setToken(next);
+    this.log('info', 'the endpoint rejected the token; using the new one in the token file', { machineId: this.machineId, file: this.opts.tokenFile });
+    return true;
+  }
+
   private noteMachine(m: ClaimResponse['machine']): void {
     const key = `${m.state}|${m.reason ?? ''}|${m.power}`;
     if (key === this.lastMachine) return;
@@ -275,7 +309,7 @@ class Agent {
       } else {
         result = await runScript(
           job,
-          { paths, binDir: this.paths.binDir, machineId: this.machineId, root: this.root, token: this.opts.token, ...this.scriptUser() },
+          { paths, binDir: this.paths.binDir, machineId: this.machineId, root: this.root, token: this.token, ...this.scriptUser() },
           (stream, data) => logs.push(stream, data),
           kill.signal,
         );

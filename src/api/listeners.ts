@@ -7,6 +7,7 @@
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
+import { isLoopbackHost } from '../model/address.js';
 import type { ServerLimits } from './server.js';
 import type { TlsMaterial } from './tls.js';
 
@@ -28,8 +29,8 @@ export interface Listener {
   readonly port: number;
 }
 
-/** True for addresses only this host can reach: plain HTTP is allowed on these and nowhere else. */
-export const isLoopback = (host: string): boolean => host === 'localhost' || host === '::1' || /^127\./.test(host);
+/** True for addresses only this host can reach (IP literals in 127/8, ::1, `localhost`): plain HTTP is allowed on these and nothing else. */
+export const isLoopback = isLoopbackHost;
 
 /**
  * Creates Node servers for one request handler (the Fastify app's). `clientError` answers what Node's

@@ -17,6 +17,7 @@
 import { createHash, createPrivateKey, createPublicKey, randomBytes, webcrypto, X509Certificate } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { rootCertificates } from 'node:tls';
 import { join } from 'node:path';
 // @peculiar/x509 resolves its ASN.1 codecs through tsyringe, which needs the Reflect metadata polyfill loaded first.
 import 'reflect-metadata';
@@ -175,7 +176,7 @@ export class TlsManager {
     this.issued = materialOf(current, serverKey.pem, ca.pem);
     if (this.opts.certFile && this.opts.keyFile) {
       const before = this.operator?.notAfter;
-      this.operator = loadOperator(this.opts.certFile, this.opts.keyFile, ca.pem);
+      this.operator = loadOperator(this.opts.certFile, this.opts.keyFile);
       if (before !== undefined && before !== this.operator.notAfter) changed = true;
       const left = (Date.parse(this.operator.notAfter) - this.now().getTime()) / DAY;
       if (left < RENEW_BEFORE_DAYS) this.opts.log?.('warn', `TLS: the certificate in ${this.opts.certFile} expires in ${Math.max(0, Math.floor(left))} days; replace it (the endpoint re-reads it daily)`);
@@ -282,7 +283,7 @@ function materialOf(certPem: string, keyPem: string, caPem: string): TlsMaterial
 }
 
 /** The operator's certificate chain and key, checked to belong together. */
-function loadOperator(certFile: string, keyFile: string, ownCaPem: string): TlsMaterial {
+function loadOperator(certFile: string, keyFile: string): TlsMaterial {
   let certPem: string;
   let keyPem: string;
   try {
@@ -299,16 +300,27 @@ function loadOperator(certFile: string, keyFile: string, ownCaPem: string): TlsM
     throw new TaktError('bad_request', `--tls-cert ${certFile} / --tls-key ${keyFile} is not a PEM certificate and key: ${(err as Error).message}`);
   }
   if (!samePublicKey(certPem, keyPem)) throw new TaktError('bad_request', `--tls-key ${keyFile} is not the key of the certificate in --tls-cert ${certFile}`);
+  // What agents that join through this listener trust: the chain's own root when the file carries one (a
+  // private CA), else the public roots Node ships (a certificate from a public CA). Node 20 cannot anchor
+  // trust on an intermediate, so a private CA's root must be in --tls-cert. The endpoint's own CA (see
+  // `internal`) stays for the listeners it serves its own machines on.
+  const chain = pemBlocks(certPem).map((p) => new X509Certificate(p));
+  const root = chain.find((c) => c.ca && c.checkIssued(c));
+  const caPem = root ? root.toString() : rootCertificates.join('\n') + '\n';
   return {
     cert: certPem,
     key: keyPem,
-    // Agents the endpoint joins trust the operator's chain through the pin; its own CA stays for the rest.
-    caPem: ownCaPem,
-    caFingerprint: new X509Certificate(ownCaPem).fingerprint256,
+    caPem,
+    caFingerprint: root ? root.fingerprint256 : 'public CAs (the root store Node ships)',
     spkiPin: spkiPinOf(certPem),
     notAfter: new Date(leaf.validTo).toISOString(),
     names: sansOf(leaf),
   };
+}
+
+/** The PEM blocks of a file, in order. */
+function pemBlocks(text: string): string[] {
+  return text.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
 }
 
 function sansOf(cert: X509Certificate): string[] {

@@ -1,5 +1,5 @@
 /** How the CLI finds its endpoint and token: flags, then TAKT_ENDPOINT/TAKT_TOKEN, then the local defaults. */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
@@ -26,10 +26,17 @@ export function resolveToken(flag?: string): string | undefined {
  * certificate from a public CA).
  */
 export function resolveCa(): string | undefined {
-  const file = process.env.TAKT_CA_FILE ?? join(process.env.TAKT_DATA ?? 'data', 'tls', 'ca.pem');
+  const explicit = process.env.TAKT_CA_FILE;
+  const file = explicit ?? join(process.env.TAKT_DATA ?? 'data', 'tls', 'ca.pem');
   if (!existsSync(file)) {
-    if (process.env.TAKT_CA_FILE) throw new TaktError('bad_request', `TAKT_CA_FILE ${file}: no such file`);
+    if (explicit) throw new TaktError('bad_request', `TAKT_CA_FILE ${file}: no such file`);
     return undefined;
+  }
+  // The default is found relative to where the CLI runs: trusted only when it is ours and only we can
+  // change it, so a directory someone else controls cannot hand the CLI a CA of theirs.
+  if (!explicit) {
+    const st = statSync(file);
+    if (st.uid !== process.getuid?.() || (st.mode & 0o022) !== 0) return undefined;
   }
   return readFileSync(file, 'utf8');
 }

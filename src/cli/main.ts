@@ -8,6 +8,7 @@ import { NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import type { GlobalOptions } from './client.js';
 import { shownErr } from './output.js';
+import { VERSION } from './version.js';
 
 const program = new Command();
 program
@@ -16,6 +17,7 @@ program
   .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default http://127.0.0.1:8092)')
   .option('--token <token>', 'API token (env TAKT_TOKEN; default ./data/admin.token)')
   .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json', 'yaml']).default('table'))
+  .version(VERSION, '-V, --version', 'print the takt version')
   .showHelpAfterError('(run with --help for usage)')
   .configureHelp({ sortSubcommands: true });
 
@@ -146,7 +148,7 @@ const agent = program
       const { jsonLineLog } = await import('../agent/log.js');
       void reportFacts({ endpoint, ...(ca ? { ca } : {}) }, token, jsonLineLog, ac.signal, undefined, VERSION);
     }
-    const code = await runAgent({ endpoint, token, dir: o.dir, ...(ca ? { ca } : {}), root: o.root, version: VERSION, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
+    const code = await runAgent({ endpoint, token, dir: o.dir, ...(ca ? { ca } : {}), ...(o.tokenFile ? { tokenFile: o.tokenFile } : {}), root: o.root, version: VERSION, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
     process.exit(code);
   });
 
@@ -163,6 +165,20 @@ try {
   process.exitCode = report(err);
 }
 
+/** What to try for a network failure: TLS trust and names are not "is the endpoint running?". */
+function networkHint(message: string): string {
+  if (/altnames|does not match certificate/i.test(message)) {
+    return 'the endpoint\'s certificate does not name the address you used: use a name or address it has (its log lists them), or add one with `takt serve --tls-san NAME`';
+  }
+  if (/self[- ]signed|unable to (verify|get local issuer)|certificate/i.test(message)) {
+    return 'the endpoint\'s certificate is not trusted: point TAKT_CA_FILE at its CA (`<data>/tls/ca.pem` on the endpoint; compare the fingerprint `takt serve` logs)';
+  }
+  if (/socket hang up|ECONNRESET/i.test(message)) {
+    return 'the connection was dropped: if the endpoint listens with TLS there, use https:// (plain HTTP is served on loopback only)';
+  }
+  return 'is the endpoint running? start one with `takt serve`, or point --endpoint / TAKT_ENDPOINT at it';
+}
+
 function report(err: unknown): number {
   if (err instanceof TaktError) {
     process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}${err.path && !err.message.includes(err.path) ? pc.dim(shownErr(` (at ${err.path})`)) : ''}\n`);
@@ -171,7 +187,7 @@ function report(err: unknown): number {
     return err.code === 'not_found' ? 4 : err.code === 'unauthorized' || err.code === 'forbidden' ? 5 : 1;
   }
   if (err instanceof NetworkError) {
-    process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}\n  is the endpoint running? start one with \`takt serve\`, or point --endpoint / TAKT_ENDPOINT at it\n`);
+    process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}\n  ${networkHint(err.message)}\n`);
     return 3;
   }
   process.stderr.write(`${pc.red('takt: unexpected error:')} ${shownErr((err as Error)?.message ?? String(err))}\n`);

@@ -8,6 +8,7 @@ import { chmodSync, existsSync, renameSync, readFileSync, writeFileSync } from '
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostname, networkInterfaces } from 'node:os';
+import { loopbackBindAddress } from '../model/address.js';
 import { isLoopback, Listeners, type ListenSpec } from '../api/listeners.js';
 import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type ServerLimits } from '../api/server.js';
 import { checkSanName, TlsManager } from '../api/tls.js';
@@ -70,7 +71,8 @@ export interface ServeOptions {
 export function parseListen(listen: string): { host: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(listen);
   if (!m || Number(m[2]) > 65535) throw new TaktError('bad_request', `--listen '${listen}' is not HOST:PORT (e.g. 127.0.0.1:8092)`);
-  return { host: m[1]!.replace(/^\[|\]$/g, ''), port: Number(m[2]) };
+  // `localhost` binds 127.0.0.1 itself: a hosts file must not turn a plain-HTTP listener into a public one.
+  return { host: loopbackBindAddress(m[1]!.replace(/^\[|\]$/g, '')), port: Number(m[2]) };
 }
 
 const WILDCARD = new Set(['0.0.0.0', '::']);

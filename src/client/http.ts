@@ -5,6 +5,7 @@
 import { Agent as HttpAgent, request as httpRequest, type AgentOptions, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type RequestOptions as RequestOptions_ } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
+import { isLoopbackHost } from '../model/address.js';
 import { TaktError, type ErrorBody, type ErrorCode } from '../model/errors.js';
 
 /** One keep-alive pool per client; idle sockets are unref'd by Node, so they never keep a process alive. */
@@ -31,6 +32,11 @@ export interface ClientOptions {
   ca?: string;
   /** Sent as `user-agent` (the agent: `takt-agent/<version>`, which the endpoint shows as the agent's version). */
   userAgent?: string;
+  /**
+   * Called when the endpoint answers 401: resolves true after `setToken` gave the client a new token, and
+   * the request is then sent once more. (The agent reads its token file again.)
+   */
+  onUnauthorized?: () => Promise<boolean>;
 }
 
 /** The endpoint could not be reached or did not answer in time; the request may be retried. */
@@ -48,22 +54,49 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * A token never goes over plain HTTP beyond this host: `http://` is for loopback (the local CLI and
+ * agents); everything else is `https://`. Throws TaktError('bad_request') saying so; a URL that does not
+ * parse is left to the request (a NetworkError, as before).
+ */
+export function checkEndpoint(endpoint: string): void {
+  let u: URL;
+  try {
+    u = new URL(endpoint);
+  } catch {
+    return;
+  }
+  if (u.protocol === 'http:' && !isLoopbackHost(u.hostname)) {
+    throw new TaktError('bad_request', `refusing to send a token over plain HTTP to ${u.host}: use https://${u.host} (an endpoint serves HTTPS on every address but loopback)`);
+  }
+}
+
 export class ApiClient {
   readonly endpoint: string;
-  private readonly token: string | undefined;
+  private token: string | undefined;
   private readonly timeoutMs: number;
   private readonly beforeRequest: (() => Promise<void>) | undefined;
   private readonly ca: string | undefined;
+  private readonly onUnauthorized: (() => Promise<boolean>) | undefined;
   private readonly userAgent: string | undefined;
   private agent: HttpAgent | undefined;
 
+  /** Throws TaktError('bad_request') when a token would go over plain HTTP beyond this host (see checkEndpoint). */
   constructor(opts: ClientOptions) {
     this.endpoint = opts.endpoint.replace(/\/+$/, '');
+    if (opts.token) checkEndpoint(this.endpoint);
     this.token = opts.token;
     this.timeoutMs = opts.timeoutMs ?? 30_000;
     this.beforeRequest = opts.beforeRequest;
     this.ca = opts.ca;
+    this.onUnauthorized = opts.onUnauthorized;
     this.userAgent = opts.userAgent;
+  }
+
+  /** Uses `token` from the next request on (an agent whose token file was rewritten by a re-join or rotation). */
+  setToken(token: string): void {
+    checkEndpoint(this.endpoint);
+    this.token = token;
   }
 
   url(path: string, query?: RequestOptions['query']): string {
@@ -93,7 +126,11 @@ export class ApiClient {
     // As fetch does: a length for every body, and `content-length: 0` for a payload method sent without one.
     if (body !== undefined) headers['content-length'] = Buffer.byteLength(body);
     else if (method === 'POST' || method === 'PUT' || method === 'PATCH') headers['content-length'] = 0;
-    const { status, text } = await this.exchange(method, target, headers, body, opts.timeoutMs ?? this.timeoutMs, signal);
+    let { status, text } = await this.exchange(method, target, headers, body, opts.timeoutMs ?? this.timeoutMs, signal);
+    // A rejected token that the caller can replace (an agent whose token file a re-join rewrote): once more with the new one.
+    if (status === 401 && this.onUnauthorized && (await this.onUnauthorized())) {
+      ({ status, text } = await this.exchange(method, target, { ...headers, ...this.headers() }, body, opts.timeoutMs ?? this.timeoutMs, signal));
+    }
     if (status < 200 || status > 299) throw errorFromAnswer(status, text);
     if (status === 204 || text === '') return undefined as T;
     let parsed: unknown;
