@@ -281,7 +281,7 @@ describe('lintPack', () => {
   it('lints the demo pack clean', async () => {
     const r = lintPack(await readPackDir(DEMO));
     expect(r.diagnostics.map(formatDiagnostic)).toEqual([]);
-    expect(r.manifest).toMatchObject({ name: 'demo', version: '1.2.0' });
+    expect(r.manifest).toMatchObject({ name: 'demo', version: '1.3.0' });
     const names = (kind: string) => r.objects.filter((o) => o.kind === kind).map((o) => o.def.name);
     expect(names('pipelines')).toEqual(['demo']);
     expect(names('blueprints')).toEqual(['inventory']);
