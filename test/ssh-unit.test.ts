@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describePrivateKey, fingerprintOf, hostKeyOf } from '../src/brokers/ssh/keys.js';
+import { outputsOfProbe } from '../src/brokers/ssh/job.js';
 import { LogProgress } from '../src/brokers/ssh/progress.js';
 import { bootstrapScript, envFile, followScript, killScript, parseBootstrap, parseProbe, parseStartHeader, probeScript, reportedScript, shq, startScript, stopFollowScript } from '../src/brokers/ssh/remote.js';
 import { Slots } from '../src/brokers/ssh/slots.js';
@@ -300,6 +301,47 @@ describe('the remote scripts, for real', () => {
       { name: 'big', size: 2000, content: null },
       { name: 'word', size: 2, content: Buffer.from('ok') },
     ]);
+  });
+});
+
+describe('output names from a host are data, never paths', () => {
+  const b64 = (t: string) => Buffer.from(t).toString('base64');
+  const probe = (...lines: string[]) => parseProbe(['state finished', 'exit 0', ...lines].join('\n'));
+  it.each([
+    ['..', `output .. 5 ${b64('pwned')}`],
+    ['../x', `output ../../../../tmp/x 19 ${b64('pwned by evil sshd')}`],
+    ['.', `output . 1 ${b64('a')}`],
+    ['a/b', `output a/b 1 ${b64('a')}`],
+    ['/abs', `output /etc/cron.d/x 1 ${b64('a')}`],
+    ['upper case', `output Word 1 ${b64('a')}`],
+    ['too long', `output ${'a'.repeat(65)} 1 ${b64('a')}`],
+    ['huge size', 'output word 99999999999999999999 -'],
+    ['negative size', 'output word -1 -'],
+  ])('parseProbe refuses %s', async (_what, line) => {
+    const p = probe(line);
+    expect(p.outputs).toEqual([]);
+    expect(p.refused).toHaveLength(1);
+    // The job fails with a reason instead of anything touching a disk.
+    const r = await outputsOfProbe(p, ['word']);
+    expect(r.outputs).toEqual({});
+    expect(r.problem).toMatch(/output lines that are not valid/);
+  });
+
+  it.each([
+    ['undeclared', [`output other 2 ${b64('ok')}`], /does not declare.*other/],
+    ['huge, unsent', ['output word 9000000000 -'], /too large.*word \(9000000000 bytes\)/],
+    ['huge content, size lied about', [`output word 1 ${Buffer.alloc(300 * 1024, 97).toString('base64')}`], /too large.*word \(307200 bytes\)/],
+    ['twice', [`output word 1 ${b64('a')}`, `output word 1 ${b64('b')}`], /more than once.*word/],
+    ['declared, small, content withheld', ['output word 3 -'], /did not send the content of outputs: word/],
+  ])('outputsOfProbe leaves out %s and says why', async (_what, lines, problem) => {
+    const r = await outputsOfProbe(probe(...lines), ['word']);
+    expect(r.outputs).toEqual({});
+    expect(r.problem).toMatch(problem);
+  });
+
+  it('valid declared outputs come through in memory, one trailing newline trimmed', async () => {
+    const r = await outputsOfProbe(probe(`output word 3 ${b64('ok\n')}`, `output n_2 1 ${b64('7')}`), ['word', 'n_2']);
+    expect(r).toEqual({ outputs: { n_2: '7', word: 'ok' }, problem: null });
   });
 });
 

@@ -30,7 +30,7 @@ export interface DriverDeps {
   slots: Slots;
   leaseMs: number;
   log: SshLog;
-  /** `<data>/ssh`: log progress files and scratch. */
+  /** `<data>/ssh`: log progress files. */
   dir: string;
   /** A connection with no job this long is closed. */
   idleMs: number;
@@ -221,7 +221,6 @@ export class MachineDriver {
         if (!this.kills.includes(dir)) this.kills.push(dir);
         this.saveKills();
       },
-      scratch: this.deps.dir,
       signal: this.stopping.signal,
     };
     const job = new RemoteJob(host, { id: jobId, task, timeoutMs: jobRecord, outputs: declared }, progress);

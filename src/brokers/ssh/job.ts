@@ -7,10 +7,9 @@
  * job runs on in its own session on the host, and is followed again from the last byte stored.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { join, posix } from 'node:path';
+import { posix } from 'node:path';
 import { LogBatcher } from '../../agent/logs.js';
-import { paramFiles, readOutputs } from '../../agent/outputs.js';
+import { checkOutputs, paramFiles, type ReadOutputs } from '../../agent/outputs.js';
 import { jobPaths } from '../../agent/paths.js';
 import { boundedError, fitReport, tailBudget } from '../../agent/report.js';
 import { scriptEnv } from '../../agent/runner.js';
@@ -47,8 +46,6 @@ export interface JobHost {
   requeueReported(jobDirs: string[]): void;
   /** A job that must die but the host cannot be reached: killed as soon as it can (kept across restarts). */
   killLater(jobDir: string): void;
-  /** Local scratch dir (the endpoint's data dir) for reading outputs. */
-  scratch: string;
   /** The endpoint is stopping: leave the job running on the host; the next start reattaches. */
   signal: AbortSignal;
 }
@@ -421,26 +418,12 @@ export class RemoteJob {
     await this.report(report, true);
   }
 
-  /** Writes the probe's outputs to a private scratch dir and reads them there with the agent's rules. */
+  /**
+   * The probe's outputs, checked in memory with the agent's rules (checkOutputs): only declared outputs
+   * with valid names are read; nothing the host says becomes a path. Lines the probe refused fail the job.
+   */
   private async readOutputs(p: Probe): Promise<{ outputs: Record<string, string>; problem: string | null }> {
-    if (p.outputs.length === 0) return { outputs: {}, problem: null };
-    const dir = mkdtempSync(join(this.host.scratch, 'outputs-'));
-    try {
-      for (const o of p.outputs) {
-        const file = join(dir, o.name);
-        if (o.content) writeFileSync(file, o.content, { mode: 0o600 });
-        else {
-          // Content not sent (undeclared, or too large): a sparse file of its size lets the same rules
-          // name it and its size, without a byte of it crossing.
-          writeFileSync(file, '', { mode: 0o600 });
-          truncateSync(file, o.size);
-        }
-      }
-      return await readOutputs(dir, this.job.outputs);
-    } finally {
-      // The clear values (secure outputs) do not stay on the endpoint's disk.
-      rmSync(dir, { recursive: true, force: true });
-    }
+    return outputsOfProbe(p, this.job.outputs);
   }
 
   /** Sends the report with the end of the log, acts on the answer, and marks the remote record. */
@@ -485,4 +468,30 @@ export class RemoteJob {
 
 function formatMs(ms: number): string {
   return ms < 1000 ? `${ms} ms` : ms < 120_000 ? `${+(ms / 1000).toFixed(1)} s` : `${+(ms / 60_000).toFixed(1)} min`;
+}
+
+/**
+ * A finished job's outputs from its probe (remote.ts), by the agent's rules (checkOutputs): the content
+ * the host sent is used as is (its length, not the size the host claims, counts), undeclared or unsent
+ * ones by the size the host gave. Output lines the probe refused are named in `problem`, so the job fails
+ * with that reason. Pure.
+ */
+export async function outputsOfProbe(p: Pick<Probe, 'outputs' | 'refused'>, declared: readonly string[]): Promise<ReadOutputs> {
+  const read = await checkOutputs(
+    p.outputs.map((o) => ({
+      name: o.name,
+      size: o.content ? o.content.length : o.size,
+      // A declared output whose content the host did not send (it said too large) cannot be read.
+      read: () => (o.content ? o.content.toString('utf8') : ''),
+    })),
+    declared,
+  );
+  const unsent = p.outputs.filter((o) => !o.content && declared.includes(o.name) && o.size <= MAX_OUTPUT_BYTES).map((o) => o.name);
+  for (const n of unsent) delete read.outputs[n];
+  const problems = [
+    p.refused.length ? `the host sent output lines that are not valid (names must be a-z, 0-9 and _, starting with a letter), not reported: ${p.refused.join(', ')}` : null,
+    unsent.length ? `the host did not send the content of outputs: ${unsent.join(', ')}` : null,
+    read.problem,
+  ].filter((x): x is string => x !== null);
+  return { outputs: read.outputs, problem: problems.length ? problems.join('; ') : null };
 }
