@@ -57,6 +57,8 @@ export interface RemoteJobSpec {
   timeoutMs: number;
   /** Declared outputs (the only ones reported). */
   outputs: string[];
+  /** When the job began (ms since the epoch; default: now), for its deadline (jobDeadline). */
+  startedAtMs?: number;
 }
 
 /** Between TERM and KILL, as the agent. */
@@ -67,6 +69,20 @@ const LOG_FLUSH_MS = 10_000;
 const UNSTARTED_GIVE_UP_MS = 60_000;
 /** Catch-up reads of a finished job's log before reporting without the rest. */
 const MAX_CATCH_UPS = 5;
+/**
+ * How long past its timeout and grace a job may go without its host saying it ended, before the endpoint
+ * gives up on the host and reports it timed out itself: room for a probe's bound and a reconnect.
+ */
+export const OVERDUE_MARGIN_MS = 60_000;
+
+/**
+ * When the endpoint stops waiting for the host to report a job's end (ms since the epoch): the host's
+ * wrapper enforces the timeout, but a hung or hostile host may never say so. Null: no timeout.
+ */
+export function jobDeadline(job: Pick<RemoteJobSpec, 'timeoutMs' | 'startedAtMs'>, now = Date.now()): number | null {
+  if (!(job.timeoutMs > 0)) return null;
+  return (job.startedAtMs ?? now) + job.timeoutMs + GRACE_MS + OVERDUE_MARGIN_MS;
+}
 
 /** The job's setup failed on the host: nothing ran. */
 class SetupFailed extends Error {}
@@ -86,6 +102,8 @@ type Ending =
   | { kind: 'gone'; why: string }
   /** No trace of the job, or its process gone without an exit code: it is reported lost with `why`. */
   | { kind: 'lost'; why: string }
+  /** The host did not report the job's end by its deadline (jobDeadline): reported timed out. */
+  | { kind: 'overdue' }
   /** The endpoint is stopping. */
   | { kind: 'stopping' };
 
@@ -97,6 +115,8 @@ export class RemoteJob {
   /** Bytes of each remote log received (sent or queued). */
   private readonly received: { stdout: number; stderr: number };
   private gone: string | null = null;
+  /** Past its deadline with no end reported by the host. */
+  private overdue = false;
   private readonly stopFollowing = new AbortController();
   /** The follower on the host now (its token), so it can be ended when following stops early. */
   private followToken: string | null = null;
@@ -205,13 +225,26 @@ export class RemoteJob {
   /** Follows (after `first`, the start, when given) until the job ends, then reports what happened. */
   private async run$(first: FirstStep | null): Promise<void> {
     const heartbeat = this.heartbeat();
+    const deadline = jobDeadline(this.job);
+    const overdue =
+      deadline === null
+        ? undefined
+        : setTimeout(
+            () => {
+              this.overdue = true;
+              this.stopFollowing.abort();
+            },
+            Math.max(0, deadline - Date.now()),
+          );
+    overdue?.unref();
     let ending: Ending;
     try {
       ending = await this.followUntilEnd(first);
     } finally {
       heartbeat.stop();
+      clearTimeout(overdue);
     }
-    if (ending.kind === 'stopping' || ending.kind === 'gone') await this.stopFollower();
+    if (ending.kind === 'stopping' || ending.kind === 'gone' || ending.kind === 'overdue') await this.stopFollower();
     switch (ending.kind) {
       case 'stopping':
         this.logs.discard();
@@ -232,6 +265,14 @@ export class RemoteJob {
         this.host.markReported(this.paths.workDir);
         this.progress.clear();
         return;
+      case 'overdue': {
+        // As the agent reports a job its timeout killed; the host is told to kill it (now, or when it answers).
+        const why = `${this.where} did not report the end of the job within its timeout (${formatMs(this.job.timeoutMs)}) and ${formatMs(GRACE_MS + OVERDUE_MARGIN_MS)} more: the endpoint gave up on the host (hung or not answering) and reported it timed out`;
+        this.logs.push('system', `takt-ssh: ${why}\n`);
+        await this.killRemote(why);
+        await this.report({ exitCode: null, timedOut: true, outputs: {}, error: boundedError(why) }, false);
+        return;
+      }
       case 'probe':
         await this.reportFinished(ending.probe);
     }
@@ -255,6 +296,7 @@ export class RemoteJob {
     let catchUps = 0;
     while (!signal.aborted) {
       if (this.gone) return { kind: 'gone', why: this.gone };
+      if (this.overdue) return { kind: 'overdue' };
       let conn: SshConnection;
       try {
         conn = await this.host.connection(this.stopFollowing.signal);
@@ -270,8 +312,11 @@ export class RemoteJob {
         first = null; // the start runs once, whatever happens to it
         const follow = step ? await step(conn, token, handlers) : await conn.run(followScript(this.paths.workDir, this.received, token), handlers);
         if (this.gone) return { kind: 'gone', why: this.gone };
+        if (this.overdue) return { kind: 'overdue' };
         if (signal.aborted) break;
-        const probe = parseProbe((await conn.run(probeScript(this.paths.workDir, this.job.outputs, MAX_OUTPUT_BYTES, this.received))).stdout);
+        const probe = parseProbe((await conn.run(probeScript(this.paths.workDir, this.job.outputs, MAX_OUTPUT_BYTES, this.received), { signal: this.stopFollowing.signal })).stdout);
+        // The host answered: a contact, as an agent's request would be (short jobs see no heartbeat).
+        this.host.engine.heard(this.host.machine.id, { version: 'ssh', address: this.host.machine.ssh.host, via: 'ssh' });
         switch (probe.state) {
           case 'finished':
             // What the followers had not sent comes with the probe; a larger rest takes another round.
@@ -300,7 +345,7 @@ export class RemoteJob {
         }
       } catch (err) {
         if (err instanceof SetupFailed) return { kind: 'unstartable', why: err.message };
-        if (signal.aborted || this.gone) continue;
+        if (signal.aborted || this.gone || this.overdue) continue;
         // The connection went (or the host answered something odd): the job runs on; follow it again.
         this.host.log('warn', `ssh: lost track of a running job; following it again: ${(err as Error).message}`, { machine: this.host.machine.name, job: this.job.id });
         await sleep(500, signal);
