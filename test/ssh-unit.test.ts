@@ -9,10 +9,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { describePrivateKey, fingerprintOf, hostKeyOf } from '../src/brokers/ssh/keys.js';
+import { COMMAND_TIMEOUT_MS, SshConnection } from '../src/brokers/ssh/connection.js';
+import { jobDeadline, OVERDUE_MARGIN_MS, outputsOfProbe } from '../src/brokers/ssh/job.js';
 import { LogProgress } from '../src/brokers/ssh/progress.js';
 import { bootstrapScript, envFile, followScript, killScript, parseBootstrap, parseProbe, parseStartHeader, probeScript, reportedScript, shq, startScript, stopFollowScript } from '../src/brokers/ssh/remote.js';
 import { Slots } from '../src/brokers/ssh/slots.js';
 import { ExactUtf8 } from '../src/brokers/ssh/utf8.js';
+import { agentCell } from '../src/cli/liveness.js';
 import { sshBody } from '../src/cli/ssh.js';
 import { TaktError } from '../src/model/errors.js';
 import { checkSshSettings, parseSshTarget, patchSsh, sshTargetText, type MachineSsh } from '../src/model/ssh.js';
@@ -300,6 +303,97 @@ describe('the remote scripts, for real', () => {
       { name: 'big', size: 2000, content: null },
       { name: 'word', size: 2, content: Buffer.from('ok') },
     ]);
+  });
+});
+
+describe('output names from a host are data, never paths', () => {
+  const b64 = (t: string) => Buffer.from(t).toString('base64');
+  const probe = (...lines: string[]) => parseProbe(['state finished', 'exit 0', ...lines].join('\n'));
+  it.each([
+    ['..', `output .. 5 ${b64('pwned')}`],
+    ['../x', `output ../../../../tmp/x 19 ${b64('pwned by evil sshd')}`],
+    ['.', `output . 1 ${b64('a')}`],
+    ['a/b', `output a/b 1 ${b64('a')}`],
+    ['/abs', `output /etc/cron.d/x 1 ${b64('a')}`],
+    ['upper case', `output Word 1 ${b64('a')}`],
+    ['too long', `output ${'a'.repeat(65)} 1 ${b64('a')}`],
+    ['huge size', 'output word 99999999999999999999 -'],
+    ['negative size', 'output word -1 -'],
+  ])('parseProbe refuses %s', async (_what, line) => {
+    const p = probe(line);
+    expect(p.outputs).toEqual([]);
+    expect(p.refused).toHaveLength(1);
+    // The job fails with a reason instead of anything touching a disk.
+    const r = await outputsOfProbe(p, ['word']);
+    expect(r.outputs).toEqual({});
+    expect(r.problem).toMatch(/output lines that are not valid/);
+  });
+
+  it.each([
+    ['undeclared', [`output other 2 ${b64('ok')}`], /does not declare.*other/],
+    ['huge, unsent', ['output word 9000000000 -'], /too large.*word \(9000000000 bytes\)/],
+    ['huge content, size lied about', [`output word 1 ${Buffer.alloc(300 * 1024, 97).toString('base64')}`], /too large.*word \(307200 bytes\)/],
+    ['twice', [`output word 1 ${b64('a')}`, `output word 1 ${b64('b')}`], /more than once.*word/],
+    ['declared, small, content withheld', ['output word 3 -'], /did not send the content of outputs: word/],
+  ])('outputsOfProbe leaves out %s and says why', async (_what, lines, problem) => {
+    const r = await outputsOfProbe(probe(...lines), ['word']);
+    expect(r.outputs).toEqual({});
+    expect(r.problem).toMatch(problem);
+  });
+
+  it('valid declared outputs come through in memory, one trailing newline trimmed', async () => {
+    const r = await outputsOfProbe(probe(`output word 3 ${b64('ok\n')}`, `output n_2 1 ${b64('7')}`), ['word', 'n_2']);
+    expect(r).toEqual({ outputs: { n_2: '7', word: 'ok' }, problem: null });
+  });
+});
+
+describe('an idle SSH machine is idle, not gone', () => {
+  const now = Date.parse('2026-11-30T10:45:00.000Z');
+  const seen = { connected: false, lastSeenAt: '2026-11-30T10:42:00.000Z', version: 'ssh', address: '10.0.0.5', via: 'ssh' as const, since: '2026-11-30T10:43:00.000Z' };
+  it.each([
+    ['closed for want of work', {}, 'idle (ssh)'],
+    ['cannot reach the host', { reason: 'cannot reach root@10.0.0.5:22: connect ECONNREFUSED' }, 'gone 3m (ssh)'],
+    ['refused the key', { reason: 'cannot log in to root@10.0.0.5:22: the host refused the key' }, 'gone 3m (ssh)'],
+    ['a job on it and no connection', { currentJob: 'j-1' }, 'gone 3m (ssh)'],
+    ['connected', { agent: { ...seen, connected: true } }, 'connected (ssh)'],
+    ['an agent, not ssh', { agent: { ...seen, via: 'agent' as const } }, 'gone 3m'],
+  ])('%s', (_what, more, want) => {
+    expect(agentCell({ agent: seen, reason: null, currentJob: null, ...more } as never, now)).toBe(want);
+  });
+});
+
+describe('a hung host holds nothing forever', () => {
+  it('a job past its timeout, grace and margin with no end reported is given up on', () => {
+    expect(jobDeadline({ timeoutMs: 60_000, startedAtMs: 1000 })).toBe(1000 + 60_000 + 2000 + OVERDUE_MARGIN_MS);
+    expect(jobDeadline({ timeoutMs: 60_000 }, 5000)).toBe(5000 + 60_000 + 2000 + OVERDUE_MARGIN_MS);
+    expect(jobDeadline({ timeoutMs: 0 })).toBeNull();
+    expect(COMMAND_TIMEOUT_MS).toBeLessThanOrEqual(60_000);
+  });
+
+  it('a command the host never answers fails within the bound and closes the connection', async () => {
+    const { default: ssh2 } = await import('ssh2');
+    const hostKey = ssh2.utils.generateKeyPairSync('ed25519').private;
+    const userKey = ssh2.utils.generateKeyPairSync('ed25519').private;
+    let execs = 0;
+    // A host that takes the command and never answers (a hung mount, a stopped sshd child).
+    const server = new ssh2.Server({ hostKeys: [hostKey] }, (client) => {
+      client.on('authentication', (ctx) => ctx.accept());
+      client.on('error', () => undefined);
+      client.on('ready', () => client.on('session', (accept) => accept().on('exec', (acc) => void (execs++, acc()))));
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const conn = await SshConnection.open({ user: 'root', host: '127.0.0.1', port, credential: 'k', hostKey: null } as never, { privateKey: userKey } as never, { commandTimeoutMs: 300 });
+      const closed = new Promise<string>((resolve) => conn.onClose(resolve));
+      await expect(conn.run('echo state finished\n')).rejects.toThrow(/did not answer within 300 ms/);
+      expect(await closed).toMatch(/did not answer a command within 300 ms/);
+      expect(conn.closed).toBe(true);
+      expect(execs).toBe(1);
+      // A streamed command (following a job's log) has no such bound: the job's deadline bounds it.
+    } finally {
+      server.close();
+    }
   });
 });
 

@@ -55,19 +55,37 @@ export interface ReadOutputs {
 
 const list = (items: string[]) => (items.length > LISTED ? `${items.slice(0, LISTED).join(', ')} and ${items.length - LISTED} more` : items.join(', '));
 
+/** One output as found (a file, or a line of an agentless host's probe), for `checkOutputs`. */
+export interface FoundOutput {
+  /** Its name as found: anything (names outside OUTPUT_NAME are refused, never used as a path). */
+  name: string;
+  /** Its size in bytes. */
+  size: number;
+  /** Its content as text (called only for a declared output within the size limits). */
+  read: () => string | Promise<string>;
+}
+
 /**
- * Reads what `takt-set` wrote: file name → content with one trailing newline trimmed. `declared`: the
- * task's outputs as the endpoint sent them (undefined from an older endpoint: names are not checked).
- * Undeclared outputs and outputs too large as sent are left out and named in `problem`.
+ * The outputs a report carries, by the agent's rules: names must match OUTPUT_NAME (others are refused
+ * and named), be unique, and be declared (`declared` undefined: an older endpoint, names not checked but
+ * at most MAX_OUTPUT_FILES); values are read only within MAX_OUTPUT_BYTES each and
+ * MAX_OUTPUTS_TOTAL_BYTES in all, as sent in JSON, with one trailing newline trimmed. What is left out is
+ * named in `problem`. Pure but for `read`: the agent reads files, the SSH broker hands over the bytes
+ * the host sent.
  */
-export async function readOutputs(outputsDir: string, declared?: readonly string[]): Promise<ReadOutputs> {
-  let names: string[];
-  try {
-    names = (await readdir(outputsDir)).filter((n) => OUTPUT_NAME.test(n)).sort();
-  } catch {
-    return { outputs: {}, problem: null }; // the script may have removed the directory; nothing was set
-  }
+export async function checkOutputs(found: readonly FoundOutput[], declared?: readonly string[]): Promise<ReadOutputs> {
   const problems: string[] = [];
+  const invalid = found.filter((o) => !OUTPUT_NAME.test(o.name)).map((o) => JSON.stringify(o.name.slice(0, 64)));
+  if (invalid.length) problems.push(`output names that are not valid (a-z, 0-9 and _, starting with a letter), not reported: ${list(invalid)}`);
+  const byName = new Map<string, FoundOutput>();
+  const twice = new Set<string>();
+  for (const o of found) {
+    if (!OUTPUT_NAME.test(o.name)) continue;
+    if (byName.has(o.name)) twice.add(o.name);
+    else byName.set(o.name, o);
+  }
+  if (twice.size) problems.push(`outputs found more than once, not reported: ${list([...twice].sort())}`);
+  let names = [...byName.keys()].filter((n) => !twice.has(n)).sort();
   if (declared) {
     const known = new Set(declared);
     const undeclared = names.filter((n) => !known.has(n));
@@ -83,18 +101,16 @@ export async function readOutputs(outputsDir: string, declared?: readonly string
   const tooBig: string[] = [];
   let total = 0;
   for (const name of names) {
-    const file = join(outputsDir, name);
-    const info = await stat(file).catch(() => null);
-    if (!info?.isFile()) continue;
-    // JSON never makes a value shorter than its bytes on disk: a file over the limit is not even read.
-    if (info.size > MAX_OUTPUT_BYTES || total + info.size > MAX_OUTPUTS_TOTAL_BYTES) {
-      tooBig.push(`${name} (${info.size} bytes)`);
+    const { size, read } = byName.get(name)!;
+    // JSON never makes a value shorter than its bytes: one over the limit is not even read.
+    if (!(size <= MAX_OUTPUT_BYTES) || total + size > MAX_OUTPUTS_TOTAL_BYTES) {
+      tooBig.push(`${name} (${size} bytes)`);
       continue;
     }
-    const value = (await readFile(file, 'utf8')).replace(/\r?\n$/, '');
+    const value = (await read()).replace(/\r?\n$/, '');
     const sent = encodedBytes(value);
     if (sent > MAX_OUTPUT_BYTES || total + sent > MAX_OUTPUTS_TOTAL_BYTES) {
-      tooBig.push(`${name} (${info.size} bytes, ${sent} as sent)`);
+      tooBig.push(`${name} (${size} bytes, ${sent} as sent)`);
       continue;
     }
     total += sent;
@@ -102,4 +118,26 @@ export async function readOutputs(outputsDir: string, declared?: readonly string
   }
   if (tooBig.length) problems.push(`outputs too large to report (at most ${MAX_OUTPUT_BYTES} bytes each and ${MAX_OUTPUTS_TOTAL_BYTES} in all, as sent in JSON): ${list(tooBig)}`);
   return { outputs, problem: problems.length ? problems.join('; ') : null };
+}
+
+/**
+ * Reads what `takt-set` wrote: file name → content with one trailing newline trimmed. `declared`: the
+ * task's outputs as the endpoint sent them (undefined from an older endpoint: names are not checked).
+ * Undeclared outputs and outputs too large as sent are left out and named in `problem` (checkOutputs).
+ * Files whose names are not output names (takt-set's temporary files) are not outputs.
+ */
+export async function readOutputs(outputsDir: string, declared?: readonly string[]): Promise<ReadOutputs> {
+  let names: string[];
+  try {
+    names = (await readdir(outputsDir)).filter((n) => OUTPUT_NAME.test(n));
+  } catch {
+    return { outputs: {}, problem: null }; // the script may have removed the directory; nothing was set
+  }
+  const found: FoundOutput[] = [];
+  for (const name of names) {
+    const file = join(outputsDir, name);
+    const info = await stat(file).catch(() => null);
+    if (info?.isFile()) found.push({ name, size: info.size, read: () => readFile(file, 'utf8') });
+  }
+  return checkOutputs(found, declared);
 }

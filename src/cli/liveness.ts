@@ -25,13 +25,26 @@ export function clock(isoTime: string, now = new Date()): string {
   return `${t.getFullYear()}-${pad(t.getMonth() + 1)}-${pad(t.getDate())} ${hm}`;
 }
 
-/** The AGENT column: `connected`, `connected (ssh)`, `gone 3m` (since last heard), or `never`. */
+/** Reasons the SSH broker writes when it cannot reach or use a host (src/brokers/ssh/driver.ts). */
+const SSH_TROUBLE = /^(cannot reach |cannot log in to |cannot use )/;
+
+/**
+ * An agentless machine whose connection takt closed itself for want of work: nothing is wrong with it
+ * (no job on it, no trouble noted in its reason), it is only not connected until its next job.
+ */
+export function sshIdle(m: MachineView): boolean {
+  const a = m.agent;
+  return !!a && a.via === 'ssh' && !a.connected && !!a.lastSeenAt && !m.currentJob && !(m.reason && SSH_TROUBLE.test(m.reason));
+}
+
+/** The AGENT column: `connected`, `connected (ssh)`, `idle (ssh)`, `gone 3m` (since last heard), or `never`. */
 export function agentCell(m: MachineView, nowMs = Date.now()): string {
   const a = m.agent;
   if (!a) return '-';
   const ssh = a.via === 'ssh' ? ' (ssh)' : '';
   if (a.connected) return `connected${ssh}`;
   if (!a.lastSeenAt) return 'never';
+  if (sshIdle(m)) return 'idle (ssh)';
   return `gone ${ago(nowMs - Date.parse(a.lastSeenAt))}${ssh}`;
 }
 
@@ -51,7 +64,13 @@ export function machineText(m: MachineView, now = new Date()): string {
     const via = a.via === 'ssh' ? ' over SSH' : '';
     const seen = a.lastSeenAt ? `last seen ${clock(a.lastSeenAt, now)} (${ago(now.getTime() - Date.parse(a.lastSeenAt))} ago)` : null;
     const parts = [
-      a.connected ? pc.green(`connected${via} since ${clock(a.since, now)}`) : a.lastSeenAt ? pc.red(`disconnected since ${clock(a.since, now)}`) : pc.dim('never connected'),
+      a.connected
+        ? pc.green(`connected${via} since ${clock(a.since, now)}`)
+        : sshIdle(m)
+          ? `idle over SSH: takt closed the connection for want of work; it connects again for the next job`
+          : a.lastSeenAt
+            ? pc.red(`disconnected since ${clock(a.since, now)}`)
+            : pc.dim('never connected'),
       seen,
       a.address ? `from ${shown(a.address)}` : null,
       a.version ? `version ${shown(a.version)}` : null,

@@ -38,7 +38,12 @@ export interface ExecOptions {
   onStderr?: (data: Buffer) => void;
   /** Closes the channel. */
   signal?: AbortSignal;
-  /** Gives up (rejects) when the command has not ended by then. */
+  /**
+   * Gives up when the command has not ended by then: rejects, and closes the connection (a host that
+   * does not answer one command is not trusted with the next; the driver reconnects). Default: the
+   * connection's `commandTimeoutMs` for a command whose output is collected, none for a streamed one
+   * (following a job's log, bounded by the job's own deadline instead). 0: none.
+   */
   timeoutMs?: number;
 }
 
@@ -47,7 +52,18 @@ export interface ConnectionOptions {
   readyTimeoutMs?: number;
   /** SSH keepalive every this often; three unanswered close the connection. */
   keepaliveMs?: number;
+  /** The bound of every command whose output is collected (bootstrap, probe, kill, …); default COMMAND_TIMEOUT_MS. */
+  commandTimeoutMs?: number;
 }
+
+/**
+ * How long one remote step (bootstrap, probe, kill, mark reported) may take. Each is a few file reads
+ * and writes on the host: one that takes longer means a hung host (a stuck mount, a stopped sshd child),
+ * and must not hold the machine's session slot and its job forever.
+ */
+export const COMMAND_TIMEOUT_MS = 30_000;
+/** The reason `close` gives for the driver closing a connection it no longer needs (not a failure). */
+export const IDLE_CLOSE = 'closed by takt: idle';
 
 const DEFAULT_MAX_BYTES = 8 * 1024 * 1024;
 
@@ -58,6 +74,8 @@ export class SshConnection {
   /** The key the host presented on this connection. */
   hostKey: HostKey | null = null;
 
+  private commandTimeoutMs = COMMAND_TIMEOUT_MS;
+
   private constructor(readonly target: string) {}
 
   /**
@@ -67,6 +85,7 @@ export class SshConnection {
    */
   static async open(ssh: MachineSsh, secret: SshKeySecret, opts: ConnectionOptions = {}): Promise<SshConnection> {
     const conn = new SshConnection(sshTargetText(ssh));
+    conn.commandTimeoutMs = opts.commandTimeoutMs ?? COMMAND_TIMEOUT_MS;
     await conn.connect(ssh, secret, opts);
     return conn;
   }
@@ -168,8 +187,9 @@ export class SshConnection {
     return () => this.closeListeners.delete(f);
   }
 
-  close(): void {
-    this.finish('closed by takt');
+  /** Closes the connection; `why` goes to the close listeners (IDLE_CLOSE: not needed any more). */
+  close(why = 'closed by takt'): void {
+    this.finish(why);
     this.client.end();
   }
 
@@ -179,10 +199,24 @@ export class SshConnection {
    */
   run(script: string, opts: ExecOptions = {}): Promise<ExecResult> {
     const max = opts.maxBytes ?? DEFAULT_MAX_BYTES;
+    const timeoutMs = opts.timeoutMs ?? (opts.onStdout ? 0 : this.commandTimeoutMs);
     return new Promise<ExecResult>((resolve, reject) => {
       if (this.ended) return reject(new Error(`not connected to ${this.target}`));
       let stopClose = () => {};
+      // A host may not even open the channel: that counts against the bound too.
+      let opened = false;
+      const openTimer = timeoutMs
+        ? setTimeout(() => {
+            if (opened) return;
+            opened = true;
+            reject(new Error(`${this.target} did not open a channel within ${timeoutMs} ms`));
+            this.close(`${this.target} did not open a channel within ${timeoutMs} ms`);
+          }, timeoutMs)
+        : undefined;
       this.client.exec('bash -s', (err, ch: ClientChannel) => {
+        if (opened) return ch?.close();
+        opened = true;
+        clearTimeout(openTimer);
         if (err) return reject(new Error(`cannot open a channel on ${this.target}: ${err.message}`));
         const out: Buffer[] = [];
         const errs: Buffer[] = [];
@@ -199,11 +233,12 @@ export class SshConnection {
           stopClose();
           return true;
         };
-        const timer = opts.timeoutMs
+        const timer = timeoutMs
           ? setTimeout(() => {
               ch.close();
-              if (settle()) reject(new Error(`${this.target} did not answer within ${opts.timeoutMs} ms`));
-            }, opts.timeoutMs)
+              if (settle()) reject(new Error(`${this.target} did not answer within ${timeoutMs} ms`));
+              this.close(`${this.target} did not answer a command within ${timeoutMs} ms`);
+            }, timeoutMs)
           : undefined;
         // An abort answers at once: sshd keeps a command running after its channel closes, and the
         // caller stops it another way (see stopFollowScript).

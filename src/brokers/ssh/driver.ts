@@ -16,7 +16,7 @@ import type { Job, Machine } from '../../model/machine.js';
 import type { ClaimedJob } from '../../model/protocol.js';
 import { sshTargetText, type MachineSsh } from '../../model/ssh.js';
 import type { Store } from '../../store/store.js';
-import { SshConnection, SshConnectError, type ConnectionOptions } from './connection.js';
+import { IDLE_CLOSE, SshConnection, SshConnectError, type ConnectionOptions } from './connection.js';
 import type { Credentials } from './credentials.js';
 import { RemoteJob, type JobHost, type SshLog } from './job.js';
 import { LogProgress } from './progress.js';
@@ -30,7 +30,7 @@ export interface DriverDeps {
   slots: Slots;
   leaseMs: number;
   log: SshLog;
-  /** `<data>/ssh`: log progress files and scratch. */
+  /** `<data>/ssh`: log progress files. */
   dir: string;
   /** A connection with no job this long is closed. */
   idleMs: number;
@@ -191,13 +191,13 @@ export class MachineDriver {
     try {
       this.clearIdle();
       this.deps.log('info', `ssh: ${this.machine!.name}: following job ${job.id} (${job.task}) that was running on the host`, { machine: this.id, job: job.id });
-      await this.runJob(job.id, job.task, (j) => j.follow(), job.timeoutMs);
+      await this.runJob(job.id, job.task, (j) => j.follow(), job.timeoutMs, Date.parse(job.createdAt));
     } finally {
       release();
     }
   }
 
-  private async runJob(jobId: string, task: string, go: (job: RemoteJob) => Promise<void>, timeoutMs?: number): Promise<void> {
+  private async runJob(jobId: string, task: string, go: (job: RemoteJob) => Promise<void>, timeoutMs?: number, startedAtMs?: number): Promise<void> {
     // The base dir comes from the host: connect first (retrying) so a restart can find the job's dir.
     const conn = await this.connection(this.stopping.signal).catch(() => null);
     if (!conn || this.base === null) return;
@@ -221,10 +221,9 @@ export class MachineDriver {
         if (!this.kills.includes(dir)) this.kills.push(dir);
         this.saveKills();
       },
-      scratch: this.deps.dir,
       signal: this.stopping.signal,
     };
-    const job = new RemoteJob(host, { id: jobId, task, timeoutMs: jobRecord, outputs: declared }, progress);
+    const job = new RemoteJob(host, { id: jobId, task, timeoutMs: jobRecord, outputs: declared, ...(startedAtMs !== undefined && Number.isFinite(startedAtMs) ? { startedAtMs } : {}) }, progress);
     this.job = job;
     try {
       await job.run(go);
@@ -364,12 +363,15 @@ export class MachineDriver {
   /**
    * Reports whether the endpoint is connected to this machine, as an agent's requests would: the machine
    * shows connected (via `ssh`, the host's address) while the connection is up, and disconnected at once
-   * when it closes. Running jobs keep it fresh with each heartbeat (see job.ts).
+   * when it closes for trouble (the host closed it, stopped answering, keepalives died). Closing an idle
+   * connection is not trouble: the host is not said to be gone; the liveness window lapses on its own and
+   * the CLI shows such a machine as idle (src/cli/liveness.ts). Running jobs keep it fresh with each
+   * heartbeat and probe (see job.ts).
    */
   private liveness(connected: boolean, target: string, why?: string): void {
     this.deps.log('info', `ssh: ${connected ? 'connected to' : 'disconnected from'} ${target}${why ? ` (${why})` : ''}`, { machine: this.machine?.name ?? this.id, ...(connected ? { base: this.base } : {}) });
     if (connected) this.deps.engine.heard(this.id, { version: 'ssh', address: this.machine?.ssh.host ?? null, via: 'ssh' });
-    else this.deps.engine.gone(this.id);
+    else if (why !== IDLE_CLOSE) this.deps.engine.gone(this.id);
   }
 
   /** Writes (or with null clears) this driver's note in the machine's reason; never overwrites another reason. */
@@ -398,7 +400,7 @@ export class MachineDriver {
       this.idleTimer = null;
       if (this.job) return;
       void this.flushReported().finally(() => {
-        if (!this.job && !this.idleTimer) this.closeConnection();
+        if (!this.job && !this.idleTimer) this.closeConnection(IDLE_CLOSE);
       });
     }, this.deps.idleMs);
     this.idleTimer.unref();
@@ -409,9 +411,9 @@ export class MachineDriver {
     this.idleTimer = null;
   }
 
-  private closeConnection(): void {
+  private closeConnection(why?: string): void {
     this.clearIdle();
-    this.conn?.close();
+    this.conn?.close(why);
     this.conn = null;
   }
 

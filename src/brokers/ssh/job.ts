@@ -7,10 +7,9 @@
  * job runs on in its own session on the host, and is followed again from the last byte stored.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { join, posix } from 'node:path';
+import { posix } from 'node:path';
 import { LogBatcher } from '../../agent/logs.js';
-import { paramFiles, readOutputs } from '../../agent/outputs.js';
+import { checkOutputs, paramFiles, type ReadOutputs } from '../../agent/outputs.js';
 import { jobPaths } from '../../agent/paths.js';
 import { boundedError, fitReport, tailBudget } from '../../agent/report.js';
 import { scriptEnv } from '../../agent/runner.js';
@@ -47,8 +46,6 @@ export interface JobHost {
   requeueReported(jobDirs: string[]): void;
   /** A job that must die but the host cannot be reached: killed as soon as it can (kept across restarts). */
   killLater(jobDir: string): void;
-  /** Local scratch dir (the endpoint's data dir) for reading outputs. */
-  scratch: string;
   /** The endpoint is stopping: leave the job running on the host; the next start reattaches. */
   signal: AbortSignal;
 }
@@ -60,6 +57,8 @@ export interface RemoteJobSpec {
   timeoutMs: number;
   /** Declared outputs (the only ones reported). */
   outputs: string[];
+  /** When the job began (ms since the epoch; default: now), for its deadline (jobDeadline). */
+  startedAtMs?: number;
 }
 
 /** Between TERM and KILL, as the agent. */
@@ -70,6 +69,20 @@ const LOG_FLUSH_MS = 10_000;
 const UNSTARTED_GIVE_UP_MS = 60_000;
 /** Catch-up reads of a finished job's log before reporting without the rest. */
 const MAX_CATCH_UPS = 5;
+/**
+ * How long past its timeout and grace a job may go without its host saying it ended, before the endpoint
+ * gives up on the host and reports it timed out itself: room for a probe's bound and a reconnect.
+ */
+export const OVERDUE_MARGIN_MS = 60_000;
+
+/**
+ * When the endpoint stops waiting for the host to report a job's end (ms since the epoch): the host's
+ * wrapper enforces the timeout, but a hung or hostile host may never say so. Null: no timeout.
+ */
+export function jobDeadline(job: Pick<RemoteJobSpec, 'timeoutMs' | 'startedAtMs'>, now = Date.now()): number | null {
+  if (!(job.timeoutMs > 0)) return null;
+  return (job.startedAtMs ?? now) + job.timeoutMs + GRACE_MS + OVERDUE_MARGIN_MS;
+}
 
 /** The job's setup failed on the host: nothing ran. */
 class SetupFailed extends Error {}
@@ -89,6 +102,8 @@ type Ending =
   | { kind: 'gone'; why: string }
   /** No trace of the job, or its process gone without an exit code: it is reported lost with `why`. */
   | { kind: 'lost'; why: string }
+  /** The host did not report the job's end by its deadline (jobDeadline): reported timed out. */
+  | { kind: 'overdue' }
   /** The endpoint is stopping. */
   | { kind: 'stopping' };
 
@@ -100,6 +115,8 @@ export class RemoteJob {
   /** Bytes of each remote log received (sent or queued). */
   private readonly received: { stdout: number; stderr: number };
   private gone: string | null = null;
+  /** Past its deadline with no end reported by the host. */
+  private overdue = false;
   private readonly stopFollowing = new AbortController();
   /** The follower on the host now (its token), so it can be ended when following stops early. */
   private followToken: string | null = null;
@@ -208,13 +225,26 @@ export class RemoteJob {
   /** Follows (after `first`, the start, when given) until the job ends, then reports what happened. */
   private async run$(first: FirstStep | null): Promise<void> {
     const heartbeat = this.heartbeat();
+    const deadline = jobDeadline(this.job);
+    const overdue =
+      deadline === null
+        ? undefined
+        : setTimeout(
+            () => {
+              this.overdue = true;
+              this.stopFollowing.abort();
+            },
+            Math.max(0, deadline - Date.now()),
+          );
+    overdue?.unref();
     let ending: Ending;
     try {
       ending = await this.followUntilEnd(first);
     } finally {
       heartbeat.stop();
+      clearTimeout(overdue);
     }
-    if (ending.kind === 'stopping' || ending.kind === 'gone') await this.stopFollower();
+    if (ending.kind === 'stopping' || ending.kind === 'gone' || ending.kind === 'overdue') await this.stopFollower();
     switch (ending.kind) {
       case 'stopping':
         this.logs.discard();
@@ -235,6 +265,14 @@ export class RemoteJob {
         this.host.markReported(this.paths.workDir);
         this.progress.clear();
         return;
+      case 'overdue': {
+        // As the agent reports a job its timeout killed; the host is told to kill it (now, or when it answers).
+        const why = `${this.where} did not report the end of the job within its timeout (${formatMs(this.job.timeoutMs)}) and ${formatMs(GRACE_MS + OVERDUE_MARGIN_MS)} more: the endpoint gave up on the host (hung or not answering) and reported it timed out`;
+        this.logs.push('system', `takt-ssh: ${why}\n`);
+        await this.killRemote(why);
+        await this.report({ exitCode: null, timedOut: true, outputs: {}, error: boundedError(why) }, false);
+        return;
+      }
       case 'probe':
         await this.reportFinished(ending.probe);
     }
@@ -258,6 +296,7 @@ export class RemoteJob {
     let catchUps = 0;
     while (!signal.aborted) {
       if (this.gone) return { kind: 'gone', why: this.gone };
+      if (this.overdue) return { kind: 'overdue' };
       let conn: SshConnection;
       try {
         conn = await this.host.connection(this.stopFollowing.signal);
@@ -273,8 +312,11 @@ export class RemoteJob {
         first = null; // the start runs once, whatever happens to it
         const follow = step ? await step(conn, token, handlers) : await conn.run(followScript(this.paths.workDir, this.received, token), handlers);
         if (this.gone) return { kind: 'gone', why: this.gone };
+        if (this.overdue) return { kind: 'overdue' };
         if (signal.aborted) break;
-        const probe = parseProbe((await conn.run(probeScript(this.paths.workDir, this.job.outputs, MAX_OUTPUT_BYTES, this.received))).stdout);
+        const probe = parseProbe((await conn.run(probeScript(this.paths.workDir, this.job.outputs, MAX_OUTPUT_BYTES, this.received), { signal: this.stopFollowing.signal })).stdout);
+        // The host answered: a contact, as an agent's request would be (short jobs see no heartbeat).
+        this.host.engine.heard(this.host.machine.id, { version: 'ssh', address: this.host.machine.ssh.host, via: 'ssh' });
         switch (probe.state) {
           case 'finished':
             // What the followers had not sent comes with the probe; a larger rest takes another round.
@@ -303,7 +345,7 @@ export class RemoteJob {
         }
       } catch (err) {
         if (err instanceof SetupFailed) return { kind: 'unstartable', why: err.message };
-        if (signal.aborted || this.gone) continue;
+        if (signal.aborted || this.gone || this.overdue) continue;
         // The connection went (or the host answered something odd): the job runs on; follow it again.
         this.host.log('warn', `ssh: lost track of a running job; following it again: ${(err as Error).message}`, { machine: this.host.machine.name, job: this.job.id });
         await sleep(500, signal);
@@ -421,26 +463,12 @@ export class RemoteJob {
     await this.report(report, true);
   }
 
-  /** Writes the probe's outputs to a private scratch dir and reads them there with the agent's rules. */
+  /**
+   * The probe's outputs, checked in memory with the agent's rules (checkOutputs): only declared outputs
+   * with valid names are read; nothing the host says becomes a path. Lines the probe refused fail the job.
+   */
   private async readOutputs(p: Probe): Promise<{ outputs: Record<string, string>; problem: string | null }> {
-    if (p.outputs.length === 0) return { outputs: {}, problem: null };
-    const dir = mkdtempSync(join(this.host.scratch, 'outputs-'));
-    try {
-      for (const o of p.outputs) {
-        const file = join(dir, o.name);
-        if (o.content) writeFileSync(file, o.content, { mode: 0o600 });
-        else {
-          // Content not sent (undeclared, or too large): a sparse file of its size lets the same rules
-          // name it and its size, without a byte of it crossing.
-          writeFileSync(file, '', { mode: 0o600 });
-          truncateSync(file, o.size);
-        }
-      }
-      return await readOutputs(dir, this.job.outputs);
-    } finally {
-      // The clear values (secure outputs) do not stay on the endpoint's disk.
-      rmSync(dir, { recursive: true, force: true });
-    }
+    return outputsOfProbe(p, this.job.outputs);
   }
 
   /** Sends the report with the end of the log, acts on the answer, and marks the remote record. */
@@ -485,4 +513,30 @@ export class RemoteJob {
 
 function formatMs(ms: number): string {
   return ms < 1000 ? `${ms} ms` : ms < 120_000 ? `${+(ms / 1000).toFixed(1)} s` : `${+(ms / 60_000).toFixed(1)} min`;
+}
+
+/**
+ * A finished job's outputs from its probe (remote.ts), by the agent's rules (checkOutputs): the content
+ * the host sent is used as is (its length, not the size the host claims, counts), undeclared or unsent
+ * ones by the size the host gave. Output lines the probe refused are named in `problem`, so the job fails
+ * with that reason. Pure.
+ */
+export async function outputsOfProbe(p: Pick<Probe, 'outputs' | 'refused'>, declared: readonly string[]): Promise<ReadOutputs> {
+  const read = await checkOutputs(
+    p.outputs.map((o) => ({
+      name: o.name,
+      size: o.content ? o.content.length : o.size,
+      // A declared output whose content the host did not send (it said too large) cannot be read.
+      read: () => (o.content ? o.content.toString('utf8') : ''),
+    })),
+    declared,
+  );
+  const unsent = p.outputs.filter((o) => !o.content && declared.includes(o.name) && o.size <= MAX_OUTPUT_BYTES).map((o) => o.name);
+  for (const n of unsent) delete read.outputs[n];
+  const problems = [
+    p.refused.length ? `the host sent output lines that are not valid (names must be a-z, 0-9 and _, starting with a letter), not reported: ${p.refused.join(', ')}` : null,
+    unsent.length ? `the host did not send the content of outputs: ${unsent.join(', ')}` : null,
+    read.problem,
+  ].filter((x): x is string => x !== null);
+  return { outputs: read.outputs, problem: problems.length ? problems.join('; ') : null };
 }

@@ -337,16 +337,27 @@ export interface Probe {
   size: { stdout: number; stderr: number };
   /** Each log's bytes past the offsets the probe was given (at most its bound). */
   rest: { stdout: Buffer; stderr: Buffer };
-  /** name → content, or the size when the content was not sent. */
+  /** name → content, or the size when the content was not sent. Only valid output names (OUTPUT_LINE_NAME). */
   outputs: Array<{ name: string; size: number; content: Buffer | null }>;
+  /** Output lines refused (a name that is no output name, a size that is no size), JSON-quoted and cut, at most MAX_REFUSED. */
+  refused: string[];
 }
+
+/**
+ * An output name as the host may send it: takt-set's rule (the agent's OUTPUT_NAME), at most 64 chars.
+ * Whatever a host says is data: a name is never a path (`..`, `a/b`), on the host's word alone.
+ */
+export const OUTPUT_LINE_NAME = /^[a-z][a-z0-9_]{0,63}$/;
+/** Output lines kept at most (the probe lists at most 1000). */
+const MAX_PROBE_OUTPUTS = 1000;
+const MAX_REFUSED = 20;
 
 /**
  * Reads what `probeScript` printed.
  * @throws Error when the text is not a probe's answer (the host's bash did something else).
  */
 export function parseProbe(text: string): Probe {
-  const p: Probe = { state: 'missing', exitCode: null, timedOut: false, cancelled: false, size: { stdout: 0, stderr: 0 }, rest: { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) }, outputs: [] };
+  const p: Probe = { state: 'missing', exitCode: null, timedOut: false, cancelled: false, size: { stdout: 0, stderr: 0 }, rest: { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) }, outputs: [], refused: [] };
   let seen = false;
   for (const line of text.split('\n')) {
     const [word, a, b, c] = line.split(' ');
@@ -358,7 +369,11 @@ export function parseProbe(text: string): Probe {
     else if (word === 'cancelled') p.cancelled = true;
     else if (word === 'size' && (a === 'stdout' || a === 'stderr')) p.size[a] = Number(b) || 0;
     else if (word === 'rest' && (a === 'stdout' || a === 'stderr')) p.rest[a] = Buffer.from(b ?? '', 'base64');
-    else if (word === 'output' && a && /^\d+$/.test(b ?? '')) p.outputs.push({ name: a, size: Number(b), content: c === '-' ? null : Buffer.from(c ?? '', 'base64') });
+    else if (word === 'output') {
+      if (a !== undefined && OUTPUT_LINE_NAME.test(a) && /^\d{1,15}$/.test(b ?? '') && p.outputs.length < MAX_PROBE_OUTPUTS) {
+        p.outputs.push({ name: a, size: Number(b), content: c === '-' ? null : Buffer.from(c ?? '', 'base64') });
+      } else if (p.refused.length < MAX_REFUSED) p.refused.push(JSON.stringify(line.slice(7, 71)));
+    }
   }
   if (!seen) throw new Error(`unexpected answer from the host: ${JSON.stringify(text.slice(0, 200))}`);
   return p;
