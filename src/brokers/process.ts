@@ -227,6 +227,8 @@ export class ProcessBroker {
     try {
       // After a host reboot a namespace is gone while its machine is not: make it again.
       await this.placement.prepare(t.machine);
+      // Deleted while its place was being prepared: starting it now would claim its uid and dir again.
+      if (this.tracked.get(t.machine.id) !== t) return;
       t.pid = this.spawnAgent(t.machine);
     } catch (err) {
       this.opts.log('error', 'cannot start agent', { machine: t.machine.name, broker: this.name, err: (err as Error).message });
