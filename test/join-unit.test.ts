@@ -10,7 +10,7 @@ import { endpointUrl, machineNameFromHost } from '../src/engine/join.js';
 import { looksLikeId } from '../src/engine/ids.js';
 import { parseLdd } from '../src/join/bundle.js';
 import { failureScript, installScript, shellQuote } from '../src/join/script.js';
-import { factAt, factMatches, identityOf, sameHost, type Facts } from '../src/model/facts.js';
+import { factAt, factMatches, identityOf, keepIdentity, sameHost, type Facts } from '../src/model/facts.js';
 import { joinTokenIdFromToken, joinTokenProblem, joinTokenState, viewJoinToken, type JoinToken } from '../src/model/join.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00.000Z');
@@ -138,18 +138,34 @@ describe('host identity for re-join', () => {
     expect(identityOf(f)).toEqual(id);
   });
 
+  const MAC1 = '52:54:00:00:00:01';
   it.each([
     ['same machine-id', facts({ machineId: MID }), facts({ machineId: MID, hostname: 'renamed' }), true],
     ['other machine-id, same UUID (a clone)', facts({ machineId: MID, productUuid: UUID }), facts({ machineId: 'f'.repeat(32), productUuid: UUID }), false],
     ['same UUID, no machine-id', facts({ productUuid: UUID }), facts({ productUuid: UUID }), true],
     ['one MAC in common', facts({ macs: ['52:54:00:00:00:01', '52:54:00:00:00:02'] }), facts({ macs: ['52:54:00:00:00:02'] }), true],
     ['no MAC in common', facts({ macs: ['52:54:00:00:00:01'] }), facts({ macs: ['52:54:00:00:00:03'] }), false],
-  ])('%s → %s', (_what, joining, stored, same) => {
-    expect(sameHost(identityOf(joining)!, { ...stored })).toBe(same);
+    // The stored machine's strongest identity decides; a host that leaves it out is nobody (red team F1).
+    ['stored has a machine-id, host reports only the MAC', facts({ macs: [MAC1] }), facts({ machineId: MID, macs: [MAC1] }), false],
+    ['stored has a machine-id, host reports only the UUID', facts({ productUuid: UUID, macs: [MAC1] }), facts({ machineId: MID, productUuid: UUID, macs: [MAC1] }), false],
+    ['stored has a UUID, host reports only the MAC', facts({ macs: [MAC1] }), facts({ productUuid: UUID, macs: [MAC1] }), false],
+    ['stored has a UUID only, host reports a machine-id too', facts({ machineId: MID, productUuid: UUID }), facts({ productUuid: UUID }), true],
+    ['stored has MACs only, host reports a machine-id and the MAC', facts({ machineId: MID, macs: [MAC1] }), facts({ macs: [MAC1] }), true],
+    ['stored has no identity', facts({ macs: [MAC1] }), facts(), false],
+  ])('%s', (_what, joining, stored, same) => {
+    expect(sameHost(joining, { ...stored })).toBe(same);
   });
 
   it('a machine without facts is nobody', () => {
-    expect(sameHost({ kind: 'machineId', value: MID }, null)).toBe(false);
+    expect(sameHost(facts({ machineId: MID }), null)).toBe(false);
+  });
+
+  it.each([
+    ['kept from registration', facts({ machineId: MID, productUuid: UUID, macs: [MAC1] }), { machineId: MID, productUuid: UUID, macs: [MAC1] }],
+    ['none for a machine that never registered', null, { machineId: null, productUuid: null, macs: [] }],
+  ])('a facts report cannot change the identity: %s', (_what, stored, identity) => {
+    const reported = facts({ machineId: 'e'.repeat(32), productUuid: null, macs: ['52:54:00:00:00:09'], kernel: '6.9' });
+    expect(keepIdentity(reported, stored)).toEqual({ ...reported, ...identity });
   });
 });
 

@@ -8,6 +8,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -224,6 +225,40 @@ describe('registration', () => {
     expect(c.body).toMatchObject({ rejoined: false, machine: { name: 'macs-2' } });
   });
 
+  it('never by a weaker identity than the machine has, and a named token takes over no other machine (red team F1)', async () => {
+    const victim = await register((await makeToken({ name: 'victim-f1' })).token, facts({ machineId: '7'.repeat(32), hostname: 'victim-f1', macs: ['52:54:00:00:07:07'] }));
+    expect(victim.status).toBe(201);
+    // Only the victim's MAC (public on the LAN), no machine-id: a new machine, never the victim.
+    const byMac = await register((await makeToken()).token, facts({ machineId: null, hostname: 'intruder', macs: ['52:54:00:00:07:07'] }));
+    expect(byMac.status, JSON.stringify(byMac.body)).toBe(201);
+    expect(byMac.body).toMatchObject({ rejoined: false, machine: { name: 'intruder' } });
+    expect(byMac.body.machine.id).not.toBe(victim.body.machine.id);
+    // The victim's machine-id with a token made for another name: refused, taking no use.
+    const named = await makeToken({ name: 'intern-laptop' });
+    const taken = await register(named.token, facts({ machineId: '7'.repeat(32), hostname: 'intern-laptop' }));
+    expect(taken.status).toBe(409);
+    expect(taken.body.error.message).toMatch(/already machine 'victim-f1'.*for a machine named 'intern-laptop'/);
+    expect((await call('GET', `/join-tokens/${named.id}`)).body.uses).toBe(0);
+    // The victim's token still works.
+    expect((await call('GET', `/machines/${victim.body.machine.id}`, undefined, victim.body.token)).status).toBe(200);
+  });
+
+  it('refuses to take over a machine whose agent is connected from another address (a cloned machine-id), allows it from the same one', async () => {
+    const t = await makeToken({ uses: 3 });
+    const host = facts({ machineId: '8'.repeat(32), hostname: 'clone-src' });
+    const first = await register(t.token, host);
+    expect(first.status).toBe(201);
+    // Its agent is in touch (from 127.0.0.1).
+    expect((await call('GET', `/machines/${first.body.machine.id}`, undefined, first.body.token)).status).toBe(200);
+    const clone = await postFrom('127.0.0.2', '/api/v1/join', { facts: { ...host, hostname: 'clone' } }, t.token);
+    expect(clone.status, JSON.stringify(clone.body)).toBe(409);
+    expect(clone.body.error.message).toMatch(/same machine identity as machine 'clone-src', whose agent is connected right now from 127\.0\.0\.1 \(this host is 127\.0\.0\.2\).*rm \/etc\/machine-id && systemd-machine-id-setup/);
+    expect((await call('GET', `/machines/${first.body.machine.id}`, undefined, first.body.token)).status).toBe(200);
+    // The same host joining again (an upgrade while its agent runs) is that machine.
+    const again = await register(t.token, host);
+    expect(again.body).toMatchObject({ rejoined: true, machine: { id: first.body.machine.id } });
+  });
+
   it('two registrations of one host at once make one machine', async () => {
     const t = await makeToken({ uses: 2 });
     const host = facts({ machineId: '1'.repeat(32), hostname: 'twice-at-once' });
@@ -273,6 +308,17 @@ describe('facts', () => {
     expect(cli.stdout).toMatch(/\nFacts \(observed .*\)\n {2}hostname +facts-host\n/);
     expect(cli.stdout).toMatch(/ {2}kernel +6\.9\.9-new \(x86_64\)/);
     expect(cli.stdout).toMatch(/ {2}cpu +4 × Test CPU/);
+  });
+
+  it('cannot change the identity registration recorded, so no agent redirects another host\'s re-join (red team F6)', async () => {
+    const squatter = await register((await makeToken({ name: 'squatter' })).token, facts({ machineId: '5'.repeat(32), hostname: 'squatter' }));
+    const claim = facts({ machineId: '6'.repeat(32), productUuid: 'uuid-6', macs: ['52:54:00:00:06:06'], hostname: 'squatter', kernel: '6.9.9-sq' });
+    const put = await call('PUT', `/machines/${squatter.body.machine.id}/facts`, claim, squatter.body.token);
+    expect(put.status).toBe(200);
+    expect(put.body.facts).toMatchObject({ machineId: '5'.repeat(32), productUuid: null, macs: ['52:54:00:00:00:0a'], kernel: '6.9.9-sq' });
+    // The host that really has machine-id 666… joins and gets a machine of its own.
+    const real = await register((await makeToken()).token, facts({ machineId: '6'.repeat(32), hostname: 'real-six' }));
+    expect(real.body).toMatchObject({ rejoined: false, machine: { name: 'real-six' } });
   });
 
   it('reach templates as facts.*, beside the params', async () => {
@@ -341,6 +387,21 @@ describe('machines token --rotate', () => {
     await call('DELETE', '/machines/brokered');
   });
 });
+
+/** POSTs JSON to the endpoint from local address `from` (another loopback address: another host). */
+function postFrom(from: string, path: string, body: unknown, token: string): Promise<{ status: number; body: any }> {
+  const u = new URL(ep.url);
+  const data = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: u.hostname, port: u.port, path, method: 'POST', localAddress: from, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } }, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => (text += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(text) }));
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
+}
 
 /** Every event row the endpoint stored, read straight from its database. */
 function readEvents(): Array<{ topic: string; data: string }> {

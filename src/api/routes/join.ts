@@ -16,6 +16,7 @@
 import { createReadStream } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { publicMachine } from '../../engine/engine.js';
+import { peerAddress } from '../../engine/liveness.js';
 import { TaktError } from '../../model/errors.js';
 import { FactsSchema, MAX_FACTS_BYTES, type Facts } from '../../model/facts.js';
 import { MAX_JOIN_USES } from '../../model/join.js';
@@ -102,7 +103,7 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 
   app.post('/api/v1/join', { config: { join: true }, bodyLimit: MAX_FACTS_BYTES + 1024, schema: { body: registerBody } }, async (req, reply) => {
-    const r = await joins.register(joinId(req.principal), (req.body as { facts: Facts }).facts);
+    const r = await joins.register(joinId(req.principal), (req.body as { facts: Facts }).facts, peerAddress(req.ip));
     reply.code(201);
     // The token is shown this once: only its digest is stored.
     return { machine: { ...publicMachine(r.machine), facts: r.machine.facts }, token: r.token, rejoined: r.rejoined };
