@@ -15,7 +15,7 @@ import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { JOIN_TOKEN_SCOPE } from '../src/api/auth.js';
 import type { Facts } from '../src/model/facts.js';
-import { Endpoint, packFiles, until } from './helpers/endpoint.js';
+import { Endpoint, packFiles, until, type Answer } from './helpers/endpoint.js';
 import { BUNDLE_CACHE } from './helpers/join.js';
 
 
@@ -389,7 +389,7 @@ describe('machines token --rotate', () => {
 });
 
 /** POSTs JSON to the endpoint from local address `from` (another loopback address: another host). */
-function postFrom(from: string, path: string, body: unknown, token: string): Promise<{ status: number; body: any }> {
+function postFrom(from: string, path: string, body: unknown, token: string): Promise<Answer> {
   const u = new URL(ep.url);
   const data = JSON.stringify(body);
   return new Promise((resolve, reject) => {
