@@ -4,7 +4,10 @@
  * ldd parse behind the bundle, and the install script (valid sh, every value quoted).
  */
 import { spawnSync } from 'node:child_process';
-import { describe, expect, it } from 'vitest';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { formatDiagnostic, lintPack } from '../src/content/lint.js';
 import { endpointUrl, machineNameFromHost } from '../src/engine/join.js';
 import { looksLikeId } from '../src/engine/ids.js';
@@ -229,6 +232,44 @@ describe('install script', () => {
   it.each([["plain"], [nasty], ["new\nline"]])('quotes %j so sh reads it back unchanged', (text) => {
     const r = spawnSync('sh', ['-c', `printf %s ${shellQuote(text)}`]);
     expect(r.stdout.toString()).toBe(text);
+  });
+
+  describe.skipIf(process.getuid?.() !== 0)('run as root (it stops before any download)', () => {
+    let dir: string;
+    beforeEach(() => {
+      dir = mkdtempSync(join(tmpdir(), 'takt-script-'));
+    });
+    afterEach(() => rmSync(dir, { recursive: true, force: true }));
+    // Nothing listens on port 1: the download fails at once, after the prefix checks and the parent dirs.
+    const run = (prefix: string) => spawnSync('sh', [], { input: installScript({ ...input, url: 'http://127.0.0.1:1', pin: null, caPem: null }), env: { ...process.env, TAKT_PREFIX: prefix, TAKT_SYSTEMD: 'no' }, timeout: 30_000 });
+
+    it.each([
+      ['a non-empty directory that is no takt install', (p: string) => (mkdirSync(join(p, 'share'), { recursive: true }), writeFileSync(join(p, 'share', 'precious'), 'x')), /is not empty and holds no earlier takt install/],
+      ['a file', (p: string) => writeFileSync(p, 'x'), /exists and is not a directory/],
+    ])('refuses a TAKT_PREFIX that is %s, touching nothing (red team F7a)', (_what, make, why) => {
+      const prefix = join(dir, 'usr');
+      make(prefix);
+      const before = readdirSync(dir);
+      const r = run(prefix);
+      expect(r.status).toBe(1);
+      expect(r.stderr.toString()).toMatch(why);
+      expect(readdirSync(dir)).toEqual(before);
+      if (statSync(prefix).isDirectory()) expect(readFileSync(join(prefix, 'share', 'precious'), 'utf8')).toBe('x');
+    });
+
+    it('accepts an earlier takt install or an empty directory, and makes missing parents 0755 (red team F8)', () => {
+      const earlier = join(dir, 'old', 'takt');
+      mkdirSync(earlier, { recursive: true });
+      writeFileSync(join(earlier, 'BUNDLE.json'), '{}');
+      expect(run(earlier).stderr.toString()).toMatch(/could not download the agent bundle/);
+      mkdirSync(join(dir, 'empty'));
+      expect(run(join(dir, 'empty')).stderr.toString()).toMatch(/could not download the agent bundle/);
+      const r = run(join(dir, 'new', 'opt', 'takt'));
+      expect(r.stderr.toString()).toMatch(/could not download the agent bundle/);
+      expect(statSync(join(dir, 'new')).mode & 0o777).toBe(0o755);
+      expect(statSync(join(dir, 'new', 'opt')).mode & 0o777).toBe(0o755);
+      expect(readdirSync(join(dir, 'new', 'opt'))).toEqual([]);
+    });
   });
 
   it('a refusal is a script that says why and exits 1', () => {

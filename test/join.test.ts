@@ -465,5 +465,12 @@ describe('the one-liner on this host (loopback HTTP)', () => {
     const jobs = (await call('GET', `/jobs?machine=oneliner`)).body.items as Array<{ task: string; state: string }>;
     expect(jobs.map((j) => `${j.task}:${j.state}`).sort()).toEqual(['check-runtime:succeeded', 'show-facts:succeeded']);
     expect(log).toContain('host facts reported');
+
+    // Run again (an upgrade, from this same address while its agent runs): the host says plainly that it
+    // joined again as the existing machine and that the machine's previous token no longer works.
+    expect(stderr).not.toMatch(/joined again|previous token/);
+    const again = spawnSync('sh', ['-c', (await makeToken()).command], { env: { ...process.env, TAKT_PREFIX: prefix, TAKT_SYSTEMD: 'no' }, timeout: 120_000 });
+    expect(again.status, again.stderr.toString()).toBe(0);
+    expect(again.stderr.toString()).toMatch(/joined again as machine oneliner \(m-\w+\): this host was already that machine[^\n]*\n.*machine oneliner's previous token no longer works/);
   });
 });
