@@ -11,6 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { formatDiagnostic, lintPack } from '../src/content/lint.js';
 import { endpointUrl, machineNameFromHost } from '../src/engine/join.js';
 import { looksLikeId } from '../src/engine/ids.js';
+import { joinCommand } from '../src/api/routes/join.js';
 import { parseLdd } from '../src/join/bundle.js';
 import { failureScript, installScript, shellQuote } from '../src/join/script.js';
 import { factAt, factMatches, identityOf, keepIdentity, sameHost, type Facts } from '../src/model/facts.js';
@@ -270,6 +271,17 @@ describe('install script', () => {
       expect(statSync(join(dir, 'new', 'opt')).mode & 0o777).toBe(0o755);
       expect(readdirSync(join(dir, 'new', 'opt'))).toEqual([]);
     });
+  });
+
+  it.each([
+    ['http, nothing listening', joinCommand('http://127.0.0.1:1/join/tkj.jt-1.x', null)],
+    ['https with a pin, nothing listening', joinCommand('https://127.0.0.1:1/join/tkj.jt-1.x', 'sha256//AAAA')],
+  ])('the one-liner fails when curl does (new user F2), under dash and bash: %s', (_what, command) => {
+    for (const shell of ['sh', 'dash', 'bash'].filter((x) => spawnSync('sh', ['-c', `command -v ${x}`]).status === 0)) {
+      const r = spawnSync(shell, ['-c', command]);
+      expect([shell, r.status]).not.toEqual([shell, 0]);
+      expect(r.stderr.toString()).toMatch(/curl: \(7\)/);
+    }
   });
 
   it('a refusal is a script that says why and exits 1', () => {

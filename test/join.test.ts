@@ -68,7 +68,7 @@ describe('join tokens', () => {
     expect(t.token).toMatch(/^tkj\.jt-[0-9a-f]+\.[A-Za-z0-9_-]{32}$/);
     expect(t).toMatchObject({ name: null, pipeline: 'joined', environment: 'remote', maxUses: 2, uses: 0, usesLeft: 2, state: 'active', createdBy: 'admin', machines: [], pin: null });
     expect(t.joinUrl).toBe(`${ep.url}/join/${t.token}`);
-    expect(t.command).toBe(`curl -sS '${t.joinUrl}' | sh`);
+    expect(t.command).toBe(`S=$(curl -sS '${t.joinUrl}') && printf '%s\\n' "$S" | sh`);
     const expires = Date.parse((t as unknown as { expiresAt: string }).expiresAt);
     expect(expires - before).toBeGreaterThanOrEqual(30 * 60_000 - 1000);
     expect(expires - before).toBeLessThanOrEqual(30 * 60_000 + 60_000);
@@ -112,7 +112,7 @@ describe('join tokens', () => {
   it('from the CLI: the command alone on stdout, everything with -o json; list and revoke', async () => {
     const table = await ep.cli(['machines', 'join', 'cli-host', '--url', ep.url, '--pipeline', 'joined']);
     expect(table.code, table.stderr).toBe(0);
-    expect(table.stdout).toMatch(/^curl -sS 'http:\/\/127\.0\.0\.1:\d+\/join\/tkj\.[^']+' \| sh\n$/);
+    expect(table.stdout).toMatch(/^S=\$\(curl -sS 'http:\/\/127\.0\.0\.1:\d+\/join\/tkj\.[^']+'\) && printf '%s\\n' "\$S" \| sh\n$/);
     expect(table.stderr).toMatch(/join token jt-\w+ \(machine cli-host, pipeline joined; expires .*\)\. Run this as root on the host:/);
     const json = await ep.cli(['-o', 'json', 'machines', 'join', '--url', ep.url, '--uses', '3', '--expires', '2h']);
     const made = JSON.parse(json.stdout) as Made & { maxUses: number; expiresAt: string };
@@ -170,6 +170,10 @@ describe('a join token', () => {
     expect(run.stderr.toString()).toMatch(new RegExp(`^takt join: .*${why.source}`));
     const bundle = await fetch(`${t.joinUrl}/agent.tar.gz`);
     expect(bundle.status).toBe(401);
+    // The printed one-liner runs the refusal and fails with it.
+    const line = spawnSync('sh', ['-c', t.command]);
+    expect(line.status).toBe(1);
+    expect(line.stderr.toString()).toMatch(new RegExp(`^takt join: .*${why.source}`));
   });
 
   it('that does not exist, or a wrong secret, is refused like any bad token', async () => {

@@ -48,9 +48,15 @@ function pinFor(ctx: ApiContext, url: string): string | null {
   return tls.spkiPin;
 }
 
-/** The one line to run as root on the host. `-k` with a key pin: see docs/remote.md § Trust. */
+/**
+ * The one line to run as root on the host. `-k` with a key pin: see docs/remote.md § Trust. Not
+ * `curl … | sh`: a pipeline's status is sh's, so a curl that fails (unreachable, wrong pin, TLS) would
+ * exit 0. The script is read whole first and run only when curl succeeded. No `-f`: a refusal (401 …) is
+ * a script that prints why and exits 1 (failureScript). POSIX sh (dash) and bash alike.
+ */
 export function joinCommand(joinUrl: string, pin: string | null): string {
-  return pin ? `curl -sS --pinnedpubkey ${shellQuote(pin)} -k ${shellQuote(joinUrl)} | sh` : `curl -sS ${shellQuote(joinUrl)} | sh`;
+  const curl = pin ? `curl -sS --pinnedpubkey ${shellQuote(pin)} -k ${shellQuote(joinUrl)}` : `curl -sS ${shellQuote(joinUrl)}`;
+  return `S=$(${curl}) && printf '%s\\n' "$S" | sh`;
 }
 
 export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
