@@ -103,6 +103,13 @@ describe('join tokens', () => {
     expect(r.body.error.message).toMatch(why);
   });
 
+  it('for a name that exists hint that a host re-joins without a name, by its identity (new user F11)', async () => {
+    await register((await makeToken({ name: 'named-once' })).token, facts({ machineId: '4'.repeat(32), hostname: 'named-once' }));
+    const r = await call('POST', '/join-tokens', { url: ep.url, name: 'named-once' });
+    expect(r.status).toBe(409);
+    expect(r.body.error.message).toMatch(/already exists; to join its host again, make a token without a name .*recognised by the host's machine identity/);
+  });
+
   it('need a URL the hosts can reach when the endpoint listens on loopback only', async () => {
     const r = await call('POST', '/join-tokens', {});
     expect(r.status).toBe(422);
@@ -182,6 +189,14 @@ describe('a join token', () => {
     expect((await register(wrong)).status).toBe(401);
     expect((await fetch(`${ep.url}/join/${wrong}`)).status).toBe(401);
     expect((await fetch(`${ep.url}/join/tkj.jt-0000000000.${'A'.repeat(32)}`)).status).toBe(401);
+    // Each says it is not a valid join token, never "not the admin token nor … a machine" (new user F11).
+    for (const bad of [wrong, 'garbage', 'tkj.jt-nope.x', `tkj.jt-0000000000.${'A'.repeat(32)}`]) {
+      const r = await fetch(`${ep.url}/join/${bad}`);
+      expect([bad, r.status]).toEqual([bad, 401]);
+      const run = spawnSync('sh', [], { input: await r.text() });
+      expect(run.stderr.toString()).toMatch(/^takt join: join token not accepted: it is not a valid join token/);
+      expect((await register(bad)).body.error.message).toMatch(/not a valid join token/);
+    }
     // Neither the admin nor a machine token fetches an install script.
     expect((await fetch(`${ep.url}/join/${ep.token}`)).status).toBe(403);
   });
@@ -370,8 +385,10 @@ describe('machines token --rotate', () => {
     expect(refused.stderr).toMatch(/--rotate issues a new one/);
     const rotated = await ep.cli(['machines', 'token', 'rotate-me', '--rotate']);
     expect(rotated.code, rotated.stderr).toBe(0);
-    const fresh = rotated.stdout.split('\n')[0]!;
-    expect(fresh).toMatch(new RegExp(`^tkm\\.${r.body.machine.id}\\.`));
+    // stdout is the token alone (`--rotate > token` writes a token file); the notice is on stderr (new user F6).
+    expect(rotated.stdout).toMatch(new RegExp(`^tkm\\.${r.body.machine.id}\\.[A-Za-z0-9_-]+\n$`));
+    expect(rotated.stderr).toMatch(/new token of rotate-me \(shown once\); the old one no longer works/);
+    const fresh = rotated.stdout.trim();
     expect((await call('GET', '/machines/rotate-me', undefined, old)).status).toBe(401);
     expect((await call('GET', '/machines/rotate-me', undefined, fresh)).status).toBe(200);
     // The rotation is an event (naming who did it), and neither token's secret is in any event.

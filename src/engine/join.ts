@@ -70,7 +70,9 @@ export class Joins {
     if (name !== null) {
       assertMachineName(name);
       if (uses !== 1) throw new TaktError('invalid', `a join token that names its machine ('${name}') can be used once; leave the name out to name each machine after its host`, { path: '/uses' });
-      if (await this.store.getMachineByName(name)) throw new TaktError('conflict', `a machine named '${name}' already exists`, { path: '/name' });
+      if (await this.store.getMachineByName(name)) {
+        throw new TaktError('conflict', `a machine named '${name}' already exists; to join its host again, make a token without a name (takt machines join): a re-join is recognised by the host's machine identity, not by name`, { path: '/name' });
+      }
     }
     this.engine.checkPatch(this.engine.content.current, { pipeline: input.pipeline ?? null, profiles: input.profiles ?? [] });
     const id = `jt-${randomBytes(5).toString('hex')}`;
