@@ -11,6 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { formatDiagnostic, lintPack } from '../src/content/lint.js';
 import { endpointUrl, machineNameFromHost } from '../src/engine/join.js';
 import { looksLikeId } from '../src/engine/ids.js';
+import { isLoopback } from '../src/api/listeners.js';
 import { joinCommand } from '../src/api/routes/join.js';
 import { parseLdd } from '../src/join/bundle.js';
 import { failureScript, installScript, shellQuote } from '../src/join/script.js';
@@ -99,6 +100,10 @@ describe('the URL a join command carries', () => {
     ['https://takt.example.org:8092/', 'https://takt.example.org:8092'],
     ['http://127.0.0.1:8092', 'http://127.0.0.1:8092'],
     ['http://[::1]:8092', 'http://[::1]:8092'],
+    ['http://127.1.2.3:8092', 'http://127.1.2.3:8092'],
+    ['http://localhost:8092', 'http://localhost:8092'],
+    ['https://[fd00::1]:8092', 'https://[fd00::1]:8092'],
+    ['https://xn--bcher-kva.example:8092', 'https://xn--bcher-kva.example:8092'],
   ])('%s is accepted as %s', (text, url) => {
     expect(endpointUrl(text)).toBe(url);
   });
@@ -109,8 +114,36 @@ describe('the URL a join command carries', () => {
     ['ftp://10.0.0.1', /must be https/],
     ['10.0.0.1:8092', /must be https|not a URL/],
     ['not a url', /not a URL/],
+    // Hosts go into a shell line and a script: IP literals and RFC 1123 names only (red team F12).
+    ["https://$(id):8092", /host must be an IP address or a DNS name/],
+    ["https://a'b.test:8092", /host must be an IP address or a DNS name/],
+    ['https://a;b.test:8092', /host must be an IP address or a DNS name/],
+    ['https://a"b.test', /host must be an IP address or a DNS name/],
+    ['https://under_score.test', /host must be an IP address or a DNS name/],
+    ['https://-lead.test', /host must be an IP address or a DNS name/],
+    // Loopback is an IP literal (or localhost), never a name that looks like one (red team F5).
+    ['http://127.evil.test:8092', /plain HTTP beyond loopback/],
+    ['http://127.0.0.1.nip.io:8092', /plain HTTP beyond loopback/],
+    ['http://localhost.evil.test:8092', /plain HTTP beyond loopback/],
   ])('%s is refused', (text, why) => {
     expect(() => endpointUrl(text)).toThrow(why);
+  });
+});
+
+describe('loopback for plain HTTP (listeners and join URLs)', () => {
+  it.each([
+    ['127.0.0.1', true],
+    ['127.255.0.9', true],
+    ['::1', true],
+    ['[::1]', true],
+    ['localhost', true],
+    ['127.rt.test', false],
+    ['127.0.0.1.nip.io', false],
+    ['10.0.0.1', false],
+    ['0.0.0.0', false],
+    ['::', false],
+  ])('%s → %s', (host, loopback) => {
+    expect(isLoopback(host)).toBe(loopback);
   });
 });
 

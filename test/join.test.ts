@@ -96,6 +96,8 @@ describe('join tokens', () => {
     [{ pipeline: 'nope' }, 404, /pipeline 'nope' not found/],
     [{ url: 'http://10.0.0.1:8092' }, 422, /plain HTTP beyond loopback/],
     [{ url: 'https://10.0.0.1:8092/x' }, 422, /just scheme, host and port/],
+    [{ url: 'https://$(id):8092' }, 422, /host must be an IP address or a DNS name/],
+    [{ url: 'http://127.0.0.1.nip.io:8092' }, 422, /plain HTTP beyond loopback/],
     [{ extra: 1 }, 422, /unknown field 'extra'/],
   ])('refuse %j with %i', async (body, status, why) => {
     const r = await call('POST', '/join-tokens', { url: ep.url, ...body });

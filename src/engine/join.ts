@@ -14,6 +14,7 @@ import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import { keepIdentity, sameHost, type Facts, type ObservedFacts } from '../model/facts.js';
 import { sha256 } from '../model/hash.js';
+import { isLoopbackHost, isValidHost } from '../model/host.js';
 import { DEFAULT_JOIN_EXPIRY_MS, joinTokenProblem, MAX_JOIN_USES, viewJoinToken, type JoinToken, type JoinTokenView } from '../model/join.js';
 import type { Machine } from '../model/machine.js';
 import type { Page, Reads, Store, Tx } from '../store/store.js';
@@ -303,7 +304,9 @@ export function machineNameFromHost(hostname: string): string {
 
 /**
  * The endpoint URL a join script and its agent use: an origin (scheme, host, port; no path, query or
- * credentials), https, or http on a loopback address only (a join token must not cross a network in clear).
+ * credentials) whose host is an IP literal or an RFC 1123 name (it goes into a shell line and a script);
+ * https, or http on a loopback IP literal or `localhost` only (a join token must not cross a network in
+ * clear; a name like `127.0.0.1.nip.io` is not loopback).
  * @throws TaktError invalid at /url.
  */
 export function endpointUrl(text: string): string {
@@ -316,9 +319,10 @@ export function endpointUrl(text: string): string {
   if (u.username || u.password || (u.pathname !== '/' && u.pathname !== '') || u.search || u.hash) {
     throw new TaktError('invalid', `url '${text}' must be just scheme, host and port (e.g. https://10.0.0.1:8092)`, { path: '/url' });
   }
-  const host = u.hostname.replace(/^\[|\]$/g, '');
-  const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
-  if (u.protocol === 'http:' && !loopback) {
+  if (!isValidHost(u.hostname)) {
+    throw new TaktError('invalid', `url '${text}': its host must be an IP address or a DNS name (letters, digits, hyphens and dots; RFC 1123)`, { path: '/url' });
+  }
+  if (u.protocol === 'http:' && !isLoopbackHost(u.hostname)) {
     throw new TaktError('invalid', `url '${text}' is plain HTTP beyond loopback: the join token and the machine token would cross the network in clear; use the endpoint's https URL`, { path: '/url' });
   }
   if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new TaktError('invalid', `url '${text}' must be https (or http on loopback)`, { path: '/url' });
