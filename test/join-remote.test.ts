@@ -169,7 +169,7 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
   it('three hosts without Node.js join with the printed one-liner over TLS and run a pipeline to done', async () => {
     const named = await joinCommand(['remote-a', '--pipeline', 'joined']);
     namedCommand = named.command;
-    expect(named.command).toMatch(new RegExp(`^curl -sS --pinnedpubkey 'sha256//[A-Za-z0-9+/=]+' -k '${https.replace(/\./g, '\\.')}/join/tkj\\.[^']+' \\| sh$`));
+    expect(named.command).toMatch(new RegExp(`^S=\\$\\(curl -sS --pinnedpubkey 'sha256//[A-Za-z0-9+/=]+' -k '${https.replace(/\./g, '\\.')}/join/tkj\\.[^']+'\\) && printf '%s\\\\n' "\\$S" \\| sh$`));
     const shared = await joinCommand(['--pipeline', 'joined', '--uses', '2']);
     const commands: Array<[HostName, string]> = [['a', named.command], ['b', shared.command], ['c', shared.command]];
     for (const [name, command] of commands) {
@@ -238,14 +238,16 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
   });
 
   it("refuses one machine's token for another machine", async () => {
-    const tokenA = tokenOf(host('a'));
-    const b = await machine(`jh-b-${SUFFIX}`);
-    const client = new ApiClient({ endpoint: https, token: tokenA, ca });
+    // Host b's token, used from here (the endpoint's address): b's agent then counts as connected from
+    // here, so it is b's and not remote-a's, which joins again from its own address below.
+    const tokenB = tokenOf(host('b'));
+    const a = await machine('remote-a');
+    const client = new ApiClient({ endpoint: https, token: tokenB, ca });
     try {
-      await expect(client.get(`/machines/${b.id}`)).rejects.toMatchObject({ code: 'forbidden' });
-      await expect(client.post(`/machines/${b.id}/claim`, {})).rejects.toMatchObject({ code: 'forbidden' });
-      await expect(client.put(`/machines/${b.id}/facts`, {})).rejects.toMatchObject({ code: 'forbidden' });
-      expect((await client.get<{ name: string }>('/machines/remote-a')).name).toBe('remote-a');
+      await expect(client.get(`/machines/${a.id}`)).rejects.toMatchObject({ code: 'forbidden' });
+      await expect(client.post(`/machines/${a.id}/claim`, {})).rejects.toMatchObject({ code: 'forbidden' });
+      await expect(client.put(`/machines/${a.id}/facts`, {})).rejects.toMatchObject({ code: 'forbidden' });
+      expect((await client.get<{ name: string }>(`/machines/jh-b-${SUFFIX}`)).name).toBe(`jh-b-${SUFFIX}`);
     } finally {
       client.close();
     }

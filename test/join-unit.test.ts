@@ -4,13 +4,18 @@
  * ldd parse behind the bundle, and the install script (valid sh, every value quoted).
  */
 import { spawnSync } from 'node:child_process';
-import { describe, expect, it } from 'vitest';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { formatDiagnostic, lintPack } from '../src/content/lint.js';
 import { endpointUrl, machineNameFromHost } from '../src/engine/join.js';
 import { looksLikeId } from '../src/engine/ids.js';
+import { isLoopback } from '../src/api/listeners.js';
+import { joinCommand } from '../src/api/routes/join.js';
 import { parseLdd } from '../src/join/bundle.js';
 import { failureScript, installScript, shellQuote } from '../src/join/script.js';
-import { factAt, factMatches, identityOf, sameHost, type Facts } from '../src/model/facts.js';
+import { factAt, factMatches, identityOf, keepIdentity, sameHost, type Facts } from '../src/model/facts.js';
 import { joinTokenIdFromToken, joinTokenProblem, joinTokenState, viewJoinToken, type JoinToken } from '../src/model/join.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00.000Z');
@@ -95,6 +100,10 @@ describe('the URL a join command carries', () => {
     ['https://takt.example.org:8092/', 'https://takt.example.org:8092'],
     ['http://127.0.0.1:8092', 'http://127.0.0.1:8092'],
     ['http://[::1]:8092', 'http://[::1]:8092'],
+    ['http://127.1.2.3:8092', 'http://127.1.2.3:8092'],
+    ['http://localhost:8092', 'http://localhost:8092'],
+    ['https://[fd00::1]:8092', 'https://[fd00::1]:8092'],
+    ['https://xn--bcher-kva.example:8092', 'https://xn--bcher-kva.example:8092'],
   ])('%s is accepted as %s', (text, url) => {
     expect(endpointUrl(text)).toBe(url);
   });
@@ -105,8 +114,36 @@ describe('the URL a join command carries', () => {
     ['ftp://10.0.0.1', /must be https/],
     ['10.0.0.1:8092', /must be https|not a URL/],
     ['not a url', /not a URL/],
+    // Hosts go into a shell line and a script: IP literals and RFC 1123 names only (red team F12).
+    ["https://$(id):8092", /host must be an IP address or a DNS name/],
+    ["https://a'b.test:8092", /host must be an IP address or a DNS name/],
+    ['https://a;b.test:8092', /host must be an IP address or a DNS name/],
+    ['https://a"b.test', /host must be an IP address or a DNS name/],
+    ['https://under_score.test', /host must be an IP address or a DNS name/],
+    ['https://-lead.test', /host must be an IP address or a DNS name/],
+    // Loopback is an IP literal (or localhost), never a name that looks like one (red team F5).
+    ['http://127.evil.test:8092', /plain HTTP beyond loopback/],
+    ['http://127.0.0.1.nip.io:8092', /plain HTTP beyond loopback/],
+    ['http://localhost.evil.test:8092', /plain HTTP beyond loopback/],
   ])('%s is refused', (text, why) => {
     expect(() => endpointUrl(text)).toThrow(why);
+  });
+});
+
+describe('loopback for plain HTTP (listeners and join URLs)', () => {
+  it.each([
+    ['127.0.0.1', true],
+    ['127.255.0.9', true],
+    ['::1', true],
+    ['[::1]', true],
+    ['localhost', true],
+    ['127.rt.test', false],
+    ['127.0.0.1.nip.io', false],
+    ['10.0.0.1', false],
+    ['0.0.0.0', false],
+    ['::', false],
+  ])('%s → %s', (host, loopback) => {
+    expect(isLoopback(host)).toBe(loopback);
   });
 });
 
@@ -138,18 +175,34 @@ describe('host identity for re-join', () => {
     expect(identityOf(f)).toEqual(id);
   });
 
+  const MAC1 = '52:54:00:00:00:01';
   it.each([
     ['same machine-id', facts({ machineId: MID }), facts({ machineId: MID, hostname: 'renamed' }), true],
     ['other machine-id, same UUID (a clone)', facts({ machineId: MID, productUuid: UUID }), facts({ machineId: 'f'.repeat(32), productUuid: UUID }), false],
     ['same UUID, no machine-id', facts({ productUuid: UUID }), facts({ productUuid: UUID }), true],
     ['one MAC in common', facts({ macs: ['52:54:00:00:00:01', '52:54:00:00:00:02'] }), facts({ macs: ['52:54:00:00:00:02'] }), true],
     ['no MAC in common', facts({ macs: ['52:54:00:00:00:01'] }), facts({ macs: ['52:54:00:00:00:03'] }), false],
-  ])('%s → %s', (_what, joining, stored, same) => {
-    expect(sameHost(identityOf(joining)!, { ...stored })).toBe(same);
+    // The stored machine's strongest identity decides; a host that leaves it out is nobody (red team F1).
+    ['stored has a machine-id, host reports only the MAC', facts({ macs: [MAC1] }), facts({ machineId: MID, macs: [MAC1] }), false],
+    ['stored has a machine-id, host reports only the UUID', facts({ productUuid: UUID, macs: [MAC1] }), facts({ machineId: MID, productUuid: UUID, macs: [MAC1] }), false],
+    ['stored has a UUID, host reports only the MAC', facts({ macs: [MAC1] }), facts({ productUuid: UUID, macs: [MAC1] }), false],
+    ['stored has a UUID only, host reports a machine-id too', facts({ machineId: MID, productUuid: UUID }), facts({ productUuid: UUID }), true],
+    ['stored has MACs only, host reports a machine-id and the MAC', facts({ machineId: MID, macs: [MAC1] }), facts({ macs: [MAC1] }), true],
+    ['stored has no identity', facts({ macs: [MAC1] }), facts(), false],
+  ])('%s', (_what, joining, stored, same) => {
+    expect(sameHost(joining, { ...stored })).toBe(same);
   });
 
   it('a machine without facts is nobody', () => {
-    expect(sameHost({ kind: 'machineId', value: MID }, null)).toBe(false);
+    expect(sameHost(facts({ machineId: MID }), null)).toBe(false);
+  });
+
+  it.each([
+    ['kept from registration', facts({ machineId: MID, productUuid: UUID, macs: [MAC1] }), { machineId: MID, productUuid: UUID, macs: [MAC1] }],
+    ['none for a machine that never registered', null, { machineId: null, productUuid: null, macs: [] }],
+  ])('a facts report cannot change the identity: %s', (_what, stored, identity) => {
+    const reported = facts({ machineId: 'e'.repeat(32), productUuid: null, macs: ['52:54:00:00:00:09'], kernel: '6.9' });
+    expect(keepIdentity(reported, stored)).toEqual({ ...reported, ...identity });
   });
 });
 
@@ -213,6 +266,55 @@ describe('install script', () => {
   it.each([["plain"], [nasty], ["new\nline"]])('quotes %j so sh reads it back unchanged', (text) => {
     const r = spawnSync('sh', ['-c', `printf %s ${shellQuote(text)}`]);
     expect(r.stdout.toString()).toBe(text);
+  });
+
+  describe.skipIf(process.getuid?.() !== 0)('run as root (it stops before any download)', () => {
+    let dir: string;
+    beforeEach(() => {
+      dir = mkdtempSync(join(tmpdir(), 'takt-script-'));
+    });
+    afterEach(() => rmSync(dir, { recursive: true, force: true }));
+    // Nothing listens on port 1: the download fails at once, after the prefix checks and the parent dirs.
+    const run = (prefix: string) => spawnSync('sh', [], { input: installScript({ ...input, url: 'http://127.0.0.1:1', pin: null, caPem: null }), env: { ...process.env, TAKT_PREFIX: prefix, TAKT_SYSTEMD: 'no' }, timeout: 30_000 });
+
+    it.each([
+      ['a non-empty directory that is no takt install', (p: string) => (mkdirSync(join(p, 'share'), { recursive: true }), writeFileSync(join(p, 'share', 'precious'), 'x')), /is not empty and holds no earlier takt install/],
+      ['a file', (p: string) => writeFileSync(p, 'x'), /exists and is not a directory/],
+    ])('refuses a TAKT_PREFIX that is %s, touching nothing (red team F7a)', (_what, make, why) => {
+      const prefix = join(dir, 'usr');
+      make(prefix);
+      const before = readdirSync(dir);
+      const r = run(prefix);
+      expect(r.status).toBe(1);
+      expect(r.stderr.toString()).toMatch(why);
+      expect(readdirSync(dir)).toEqual(before);
+      if (statSync(prefix).isDirectory()) expect(readFileSync(join(prefix, 'share', 'precious'), 'utf8')).toBe('x');
+    });
+
+    it('accepts an earlier takt install or an empty directory, and makes missing parents 0755 (red team F8)', () => {
+      const earlier = join(dir, 'old', 'takt');
+      mkdirSync(earlier, { recursive: true });
+      writeFileSync(join(earlier, 'BUNDLE.json'), '{}');
+      expect(run(earlier).stderr.toString()).toMatch(/could not download the agent bundle/);
+      mkdirSync(join(dir, 'empty'));
+      expect(run(join(dir, 'empty')).stderr.toString()).toMatch(/could not download the agent bundle/);
+      const r = run(join(dir, 'new', 'opt', 'takt'));
+      expect(r.stderr.toString()).toMatch(/could not download the agent bundle/);
+      expect(statSync(join(dir, 'new')).mode & 0o777).toBe(0o755);
+      expect(statSync(join(dir, 'new', 'opt')).mode & 0o777).toBe(0o755);
+      expect(readdirSync(join(dir, 'new', 'opt'))).toEqual([]);
+    });
+  });
+
+  it.each([
+    ['http, nothing listening', joinCommand('http://127.0.0.1:1/join/tkj.jt-1.x', null)],
+    ['https with a pin, nothing listening', joinCommand('https://127.0.0.1:1/join/tkj.jt-1.x', 'sha256//AAAA')],
+  ])('the one-liner fails when curl does (new user F2), under dash and bash: %s', (_what, command) => {
+    for (const shell of ['sh', 'dash', 'bash'].filter((x) => spawnSync('sh', ['-c', `command -v ${x}`]).status === 0)) {
+      const r = spawnSync(shell, ['-c', command]);
+      expect([shell, r.status]).not.toEqual([shell, 0]);
+      expect(r.stderr.toString()).toMatch(/curl: \(7\)/);
+    }
   });
 
   it('a refusal is a script that says why and exits 1', () => {

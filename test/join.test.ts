@@ -8,13 +8,14 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { JOIN_TOKEN_SCOPE } from '../src/api/auth.js';
 import type { Facts } from '../src/model/facts.js';
-import { Endpoint, packFiles, until } from './helpers/endpoint.js';
+import { Endpoint, packFiles, until, type Answer } from './helpers/endpoint.js';
 import { BUNDLE_CACHE } from './helpers/join.js';
 
 
@@ -67,7 +68,7 @@ describe('join tokens', () => {
     expect(t.token).toMatch(/^tkj\.jt-[0-9a-f]+\.[A-Za-z0-9_-]{32}$/);
     expect(t).toMatchObject({ name: null, pipeline: 'joined', environment: 'remote', maxUses: 2, uses: 0, usesLeft: 2, state: 'active', createdBy: 'admin', machines: [], pin: null });
     expect(t.joinUrl).toBe(`${ep.url}/join/${t.token}`);
-    expect(t.command).toBe(`curl -sS '${t.joinUrl}' | sh`);
+    expect(t.command).toBe(`S=$(curl -sS '${t.joinUrl}') && printf '%s\\n' "$S" | sh`);
     const expires = Date.parse((t as unknown as { expiresAt: string }).expiresAt);
     expect(expires - before).toBeGreaterThanOrEqual(30 * 60_000 - 1000);
     expect(expires - before).toBeLessThanOrEqual(30 * 60_000 + 60_000);
@@ -95,11 +96,20 @@ describe('join tokens', () => {
     [{ pipeline: 'nope' }, 404, /pipeline 'nope' not found/],
     [{ url: 'http://10.0.0.1:8092' }, 422, /plain HTTP beyond loopback/],
     [{ url: 'https://10.0.0.1:8092/x' }, 422, /just scheme, host and port/],
+    [{ url: 'https://$(id):8092' }, 422, /host must be an IP address or a DNS name/],
+    [{ url: 'http://127.0.0.1.nip.io:8092' }, 422, /plain HTTP beyond loopback/],
     [{ extra: 1 }, 422, /unknown field 'extra'/],
   ])('refuse %j with %i', async (body, status, why) => {
     const r = await call('POST', '/join-tokens', { url: ep.url, ...body });
     expect(r.status, JSON.stringify(r.body)).toBe(status);
     expect(r.body.error.message).toMatch(why);
+  });
+
+  it('for a name that exists hint that a host re-joins without a name, by its identity (new user F11)', async () => {
+    await register((await makeToken({ name: 'named-once' })).token, facts({ machineId: '4'.repeat(32), hostname: 'named-once' }));
+    const r = await call('POST', '/join-tokens', { url: ep.url, name: 'named-once' });
+    expect(r.status).toBe(409);
+    expect(r.body.error.message).toMatch(/already exists; to join its host again, make a token without a name .*recognised by the host's machine identity/);
   });
 
   it('need a URL the hosts can reach when the endpoint listens on loopback only', async () => {
@@ -111,7 +121,7 @@ describe('join tokens', () => {
   it('from the CLI: the command alone on stdout, everything with -o json; list and revoke', async () => {
     const table = await ep.cli(['machines', 'join', 'cli-host', '--url', ep.url, '--pipeline', 'joined']);
     expect(table.code, table.stderr).toBe(0);
-    expect(table.stdout).toMatch(/^curl -sS 'http:\/\/127\.0\.0\.1:\d+\/join\/tkj\.[^']+' \| sh\n$/);
+    expect(table.stdout).toMatch(/^S=\$\(curl -sS 'http:\/\/127\.0\.0\.1:\d+\/join\/tkj\.[^']+'\) && printf '%s\\n' "\$S" \| sh\n$/);
     expect(table.stderr).toMatch(/join token jt-\w+ \(machine cli-host, pipeline joined; expires .*\)\. Run this as root on the host:/);
     const json = await ep.cli(['-o', 'json', 'machines', 'join', '--url', ep.url, '--uses', '3', '--expires', '2h']);
     const made = JSON.parse(json.stdout) as Made & { maxUses: number; expiresAt: string };
@@ -169,6 +179,10 @@ describe('a join token', () => {
     expect(run.stderr.toString()).toMatch(new RegExp(`^takt join: .*${why.source}`));
     const bundle = await fetch(`${t.joinUrl}/agent.tar.gz`);
     expect(bundle.status).toBe(401);
+    // The printed one-liner runs the refusal and fails with it.
+    const line = spawnSync('sh', ['-c', t.command]);
+    expect(line.status).toBe(1);
+    expect(line.stderr.toString()).toMatch(new RegExp(`^takt join: .*${why.source}`));
   });
 
   it('that does not exist, or a wrong secret, is refused like any bad token', async () => {
@@ -177,6 +191,14 @@ describe('a join token', () => {
     expect((await register(wrong)).status).toBe(401);
     expect((await fetch(`${ep.url}/join/${wrong}`)).status).toBe(401);
     expect((await fetch(`${ep.url}/join/tkj.jt-0000000000.${'A'.repeat(32)}`)).status).toBe(401);
+    // Each says it is not a valid join token, never "not the admin token nor … a machine" (new user F11).
+    for (const bad of [wrong, 'garbage', 'tkj.jt-nope.x', `tkj.jt-0000000000.${'A'.repeat(32)}`]) {
+      const r = await fetch(`${ep.url}/join/${bad}`);
+      expect([bad, r.status]).toEqual([bad, 401]);
+      const run = spawnSync('sh', [], { input: await r.text() });
+      expect(run.stderr.toString()).toMatch(/^takt join: join token not accepted: it is not a valid join token/);
+      expect((await register(bad)).body.error.message).toMatch(/not a valid join token/);
+    }
     // Neither the admin nor a machine token fetches an install script.
     expect((await fetch(`${ep.url}/join/${ep.token}`)).status).toBe(403);
   });
@@ -222,6 +244,40 @@ describe('registration', () => {
     expect(b.body).toMatchObject({ rejoined: true, machine: { id: a.body.machine.id } });
     const c = await register(t.token, facts({ machineId: null, hostname: 'macs', macs: ['52:54:00:00:01:09'] }));
     expect(c.body).toMatchObject({ rejoined: false, machine: { name: 'macs-2' } });
+  });
+
+  it('never by a weaker identity than the machine has, and a named token takes over no other machine (red team F1)', async () => {
+    const victim = await register((await makeToken({ name: 'victim-f1' })).token, facts({ machineId: '7'.repeat(32), hostname: 'victim-f1', macs: ['52:54:00:00:07:07'] }));
+    expect(victim.status).toBe(201);
+    // Only the victim's MAC (public on the LAN), no machine-id: a new machine, never the victim.
+    const byMac = await register((await makeToken()).token, facts({ machineId: null, hostname: 'intruder', macs: ['52:54:00:00:07:07'] }));
+    expect(byMac.status, JSON.stringify(byMac.body)).toBe(201);
+    expect(byMac.body).toMatchObject({ rejoined: false, machine: { name: 'intruder' } });
+    expect(byMac.body.machine.id).not.toBe(victim.body.machine.id);
+    // The victim's machine-id with a token made for another name: refused, taking no use.
+    const named = await makeToken({ name: 'intern-laptop' });
+    const taken = await register(named.token, facts({ machineId: '7'.repeat(32), hostname: 'intern-laptop' }));
+    expect(taken.status).toBe(409);
+    expect(taken.body.error.message).toMatch(/already machine 'victim-f1'.*for a machine named 'intern-laptop'/);
+    expect((await call('GET', `/join-tokens/${named.id}`)).body.uses).toBe(0);
+    // The victim's token still works.
+    expect((await call('GET', `/machines/${victim.body.machine.id}`, undefined, victim.body.token)).status).toBe(200);
+  });
+
+  it('refuses to take over a machine whose agent is connected from another address (a cloned machine-id), allows it from the same one', async () => {
+    const t = await makeToken({ uses: 3 });
+    const host = facts({ machineId: '8'.repeat(32), hostname: 'clone-src' });
+    const first = await register(t.token, host);
+    expect(first.status).toBe(201);
+    // Its agent is in touch (from 127.0.0.1).
+    expect((await call('GET', `/machines/${first.body.machine.id}`, undefined, first.body.token)).status).toBe(200);
+    const clone = await postFrom('127.0.0.2', '/api/v1/join', { facts: { ...host, hostname: 'clone' } }, t.token);
+    expect(clone.status, JSON.stringify(clone.body)).toBe(409);
+    expect(clone.body.error.message).toMatch(/same machine identity as machine 'clone-src', whose agent is connected right now from 127\.0\.0\.1 \(this host is 127\.0\.0\.2\).*rm \/etc\/machine-id && systemd-machine-id-setup/);
+    expect((await call('GET', `/machines/${first.body.machine.id}`, undefined, first.body.token)).status).toBe(200);
+    // The same host joining again (an upgrade while its agent runs) is that machine.
+    const again = await register(t.token, host);
+    expect(again.body).toMatchObject({ rejoined: true, machine: { id: first.body.machine.id } });
   });
 
   it('two registrations of one host at once make one machine', async () => {
@@ -275,6 +331,17 @@ describe('facts', () => {
     expect(cli.stdout).toMatch(/ {2}cpu +4 × Test CPU/);
   });
 
+  it('cannot change the identity registration recorded, so no agent redirects another host\'s re-join (red team F6)', async () => {
+    const squatter = await register((await makeToken({ name: 'squatter' })).token, facts({ machineId: '5'.repeat(32), hostname: 'squatter' }));
+    const claim = facts({ machineId: '6'.repeat(32), productUuid: 'uuid-6', macs: ['52:54:00:00:06:06'], hostname: 'squatter', kernel: '6.9.9-sq' });
+    const put = await call('PUT', `/machines/${squatter.body.machine.id}/facts`, claim, squatter.body.token);
+    expect(put.status).toBe(200);
+    expect(put.body.facts).toMatchObject({ machineId: '5'.repeat(32), productUuid: null, macs: ['52:54:00:00:00:0a'], kernel: '6.9.9-sq' });
+    // The host that really has machine-id 666… joins and gets a machine of its own.
+    const real = await register((await makeToken()).token, facts({ machineId: '6'.repeat(32), hostname: 'real-six' }));
+    expect(real.body).toMatchObject({ rejoined: false, machine: { name: 'real-six' } });
+  });
+
   it('reach templates as facts.*, beside the params', async () => {
     const r = await call('GET', `/machines/${machine.id}/render?task=show-facts`);
     expect(r.status).toBe(200);
@@ -320,8 +387,10 @@ describe('machines token --rotate', () => {
     expect(refused.stderr).toMatch(/--rotate issues a new one/);
     const rotated = await ep.cli(['machines', 'token', 'rotate-me', '--rotate']);
     expect(rotated.code, rotated.stderr).toBe(0);
-    const fresh = rotated.stdout.split('\n')[0]!;
-    expect(fresh).toMatch(new RegExp(`^tkm\\.${r.body.machine.id}\\.`));
+    // stdout is the token alone (`--rotate > token` writes a token file); the notice is on stderr (new user F6).
+    expect(rotated.stdout).toMatch(new RegExp(`^tkm\\.${r.body.machine.id}\\.[A-Za-z0-9_-]+\n$`));
+    expect(rotated.stderr).toMatch(/new token of rotate-me \(shown once\); the old one no longer works/);
+    const fresh = rotated.stdout.trim();
     expect((await call('GET', '/machines/rotate-me', undefined, old)).status).toBe(401);
     expect((await call('GET', '/machines/rotate-me', undefined, fresh)).status).toBe(200);
     // The rotation is an event (naming who did it), and neither token's secret is in any event.
@@ -341,6 +410,21 @@ describe('machines token --rotate', () => {
     await call('DELETE', '/machines/brokered');
   });
 });
+
+/** POSTs JSON to the endpoint from local address `from` (another loopback address: another host). */
+function postFrom(from: string, path: string, body: unknown, token: string): Promise<Answer> {
+  const u = new URL(ep.url);
+  const data = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request({ host: u.hostname, port: u.port, path, method: 'POST', localAddress: from, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } }, (res) => {
+      let text = '';
+      res.on('data', (d: Buffer) => (text += d.toString()));
+      res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(text) }));
+    });
+    req.on('error', reject);
+    req.end(data);
+  });
+}
 
 /** Every event row the endpoint stored, read straight from its database. */
 function readEvents(): Array<{ topic: string; data: string }> {
@@ -404,5 +488,12 @@ describe('the one-liner on this host (loopback HTTP)', () => {
     const jobs = (await call('GET', `/jobs?machine=oneliner`)).body.items as Array<{ task: string; state: string }>;
     expect(jobs.map((j) => `${j.task}:${j.state}`).sort()).toEqual(['check-runtime:succeeded', 'show-facts:succeeded']);
     expect(log).toContain('host facts reported');
+
+    // Run again (an upgrade, from this same address while its agent runs): the host says plainly that it
+    // joined again as the existing machine and that the machine's previous token no longer works.
+    expect(stderr).not.toMatch(/joined again|previous token/);
+    const again = spawnSync('sh', ['-c', (await makeToken()).command], { env: { ...process.env, TAKT_PREFIX: prefix, TAKT_SYSTEMD: 'no' }, timeout: 120_000 });
+    expect(again.status, again.stderr.toString()).toBe(0);
+    expect(again.stderr.toString()).toMatch(/joined again as machine oneliner \(m-\w+\): this host was already that machine[^\n]*\n.*machine oneliner's previous token no longer works/);
   });
 });

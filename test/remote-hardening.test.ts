@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient, checkEndpoint } from '../src/client/http.js';
-import { isLoopbackHost } from '../src/model/address.js';
+import { isLoopbackHost } from '../src/model/host.js';
 import { Endpoint, packFiles, runCli, TAKT, until } from './helpers/endpoint.js';
 
 describe('what counts as loopback (plain HTTP is allowed there only)', () => {

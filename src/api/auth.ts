@@ -12,6 +12,8 @@ import type { Store } from '../store/store.js';
 export type Principal = { kind: 'admin'; name: string } | { kind: 'machine'; machineId: string } | { kind: 'join'; tokenId: string };
 
 /** What a join token is told on a route that does not take it. */
+/** What a host hears when the token it joins with is none this endpoint made (or not a join token at all). */
+export const NOT_A_JOIN_TOKEN = 'join token not accepted: it is not a valid join token for this endpoint (check that it was copied whole, or ask for a new one: takt machines join)';
 export const JOIN_TOKEN_SCOPE = 'a join token can only fetch the install script and the agent bundle and register one machine';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
@@ -57,7 +59,8 @@ export class Authenticator {
     return d;
   }
 
-  async authenticate(header: string | undefined): Promise<Principal> {
+  /** `joinRoute`: the request is for a join route, so a token that is not accepted is told as a bad join token. */
+  async authenticate(header: string | undefined, joinRoute = false): Promise<Principal> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
     if (!m) throw new TaktError('unauthorized', 'missing bearer token: pass --token, set TAKT_TOKEN, or send "Authorization: Bearer <token>"');
     const token = m[1]!;
@@ -70,6 +73,7 @@ export class Authenticator {
     }
     const tokenId = joinTokenIdFromToken(token);
     if (tokenId) return this.joinPrincipal(tokenId, presented);
+    if (joinRoute || token.startsWith('tkj.')) throw new TaktError('unauthorized', NOT_A_JOIN_TOKEN);
     throw new TaktError('unauthorized', 'token not accepted: it is not the admin token nor the token of an existing machine');
   }
 
@@ -81,10 +85,10 @@ export class Authenticator {
     const hash = await this.store.getJoinTokenHash(tokenId);
     const stored = hash ? Buffer.from(hash, 'hex') : undefined;
     if (!stored || stored.length !== presented.length || !timingSafeEqual(stored, presented)) {
-      throw new TaktError('unauthorized', 'join token not accepted: no such token on this endpoint');
+      throw new TaktError('unauthorized', NOT_A_JOIN_TOKEN);
     }
     const t = await this.store.getJoinToken(tokenId);
-    const problem = t ? joinTokenProblem(t, Date.now()) : 'join token not accepted: no such token on this endpoint';
+    const problem = t ? joinTokenProblem(t, Date.now()) : NOT_A_JOIN_TOKEN;
     if (problem) throw new TaktError('unauthorized', problem);
     return { kind: 'join', tokenId };
   }

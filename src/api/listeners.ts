@@ -4,10 +4,10 @@
  * the machines the endpoint starts itself. Every listener applies the same bounds (ServerLimits) and
  * answers parser-level errors in the one error shape.
  */
+import { isLoopbackHost } from '../model/host.js';
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
-import { isLoopbackHost } from '../model/address.js';
 import type { ServerLimits } from './server.js';
 import type { TlsMaterial } from './tls.js';
 
@@ -29,7 +29,10 @@ export interface Listener {
   readonly port: number;
 }
 
-/** True for addresses only this host can reach (IP literals in 127/8, ::1, `localhost`): plain HTTP is allowed on these and nothing else. */
+/**
+ * True for addresses only this host can reach: plain HTTP is allowed on these and nowhere else. IP
+ * literals in 127.0.0.0/8, `::1` and `localhost` only: a name such as `127.evil.test` may resolve anywhere.
+ */
 export const isLoopback = isLoopbackHost;
 
 /**

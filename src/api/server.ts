@@ -146,7 +146,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     const cfg = req.routeOptions.config;
     if (!cfg?.public) {
       const pathToken = cfg?.join === 'path' && req.headers.authorization === undefined ? (req.params as { token?: string }).token : undefined;
-      req.principal = await auth.authenticate(pathToken !== undefined ? `Bearer ${pathToken}` : req.headers.authorization);
+      req.principal = await auth.authenticate(pathToken !== undefined ? `Bearer ${pathToken}` : req.headers.authorization, !!cfg?.join);
       // Liveness: every request a machine's token authenticates is its agent heard from (liveness.ts).
       if (req.principal.kind === 'machine') opts.engine.heard(req.principal.machineId, { version: agentVersion(req.headers['user-agent']), address: peerAddress(req.ip), via: 'agent' });
       if (req.principal.kind === 'machine' && !cfg?.machine) {

@@ -45,7 +45,14 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
       const r = await registerHost({ endpoint, ...(ca ? { ca } : {}) }, joinToken, tokenFile, VERSION);
       const g = globals();
       if (g.output === 'json') process.stdout.write(`${JSON.stringify(r)}\n`);
-      else process.stderr.write(`takt: ${r.rejoined ? 'joined again as' : 'joined as'} machine ${r.machine.name} (${r.machine.id}); wrote its token (mode 0600)\n`);
+      else if (!r.rejoined) process.stderr.write(`takt: joined as machine ${r.machine.name} (${r.machine.id}); wrote its token (mode 0600)\n`);
+      else {
+        // A re-join takes over an existing machine: say so plainly, the operator may not have expected it.
+        process.stderr.write(
+          `takt: joined again as machine ${r.machine.name} (${r.machine.id}): this host was already that machine (recognised by its machine identity); wrote its new token (mode 0600)\n` +
+            `takt: machine ${r.machine.name}'s previous token no longer works: an agent still running with it must be restarted\n`,
+        );
+      }
     });
 
   agent

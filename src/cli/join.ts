@@ -64,7 +64,10 @@ Examples:
     .action(async (machine: string, o: { rotate?: boolean }) => {
       if (!o.rotate) throw new TaktError('bad_request', 'machine tokens are stored only as digests and cannot be shown again; --rotate issues a new one (the old one stops working)');
       const r = await api().post<{ machine: Machine; token: string }>(`/machines/${enc(machine)}/token`, {});
-      print(g().output, r, () => `${shown(r.token)}\n${pc.dim(shown(`new token of ${r.machine.name} (shown once); the old one no longer works`))}`);
+      if (g().output !== 'table') return print(g().output, r);
+      // The token alone on stdout (`--rotate > token` writes a token file); the notice on stderr.
+      process.stderr.write(pc.dim(shownErr(`new token of ${r.machine.name} (shown once); the old one no longer works`)) + '\n');
+      process.stdout.write(`${shown(r.token)}\n`);
     });
 
   const tokens = program.command('join-tokens').description('join tokens: list, show, revoke (make one with `takt machines join`)');

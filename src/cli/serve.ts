@@ -8,8 +8,9 @@ import { chmodSync, existsSync, renameSync, readFileSync, writeFileSync } from '
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostname, networkInterfaces } from 'node:os';
-import { loopbackBindAddress } from '../model/address.js';
+import { loopbackBindAddress } from '../model/host.js';
 import { isLoopback, Listeners, type ListenSpec } from '../api/listeners.js';
+import { isValidHost } from '../model/host.js';
 import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type ServerLimits } from '../api/server.js';
 import { checkSanName, TlsManager } from '../api/tls.js';
 import { NetnsPlacement } from '../brokers/netns.js';
@@ -97,6 +98,8 @@ function advertiseOrigin(advertise: string): string {
     if (u.protocol !== 'https:' || u.pathname !== '/' || u.search || u.username) {
       throw new TaktError('bad_request', `--advertise-url '${advertise}' must be https://HOST[:PORT] (remote machines reach the endpoint over TLS only)`);
     }
+    // It goes into every join command (a shell line) and install script.
+    if (!isValidHost(u.hostname)) throw new TaktError('bad_request', `--advertise-url '${advertise}': its host must be an IP address or a DNS name (letters, digits, hyphens and dots; RFC 1123)`);
     return u.origin;
   }
 }

@@ -5,7 +5,7 @@
 import { Agent as HttpAgent, request as httpRequest, type AgentOptions, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type RequestOptions as RequestOptions_ } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
-import { isLoopbackHost } from '../model/address.js';
+import { isLoopbackHost } from '../model/host.js';
 import { TaktError, type ErrorBody, type ErrorCode } from '../model/errors.js';
 
 /** One keep-alive pool per client; idle sockets are unref'd by Node, so they never keep a process alive. */

@@ -1,8 +1,10 @@
 /**
  * Joining hosts: join tokens (made, listed, revoked), registration of a host with its inventory, the
- * facts an agent reports, and machine token rotation. A host that joins again — recognised by its
- * machine-id, SMBIOS UUID or MACs (model/facts.ts identityOf) — becomes the machine it was, with a new
- * token; its old token stops working.
+ * facts an agent reports, and machine token rotation. A host that joins again — recognised by the
+ * strongest identity the stored machine has: machine-id, else SMBIOS UUID, else MACs (model/facts.ts
+ * sameHost) — becomes the machine it was, with a new token; its old token stops working. A take-over is
+ * refused when the token names another machine, when a broker runs the machine, or when the machine's
+ * agent is connected right now from another address (a clone with the same machine-id).
  *
  * Facts are observed state: they are written with their own store call, never through the desired-state
  * commit path, so they have no history entry and no rewind, export or import touches them.
@@ -10,8 +12,9 @@
 import { randomBytes } from 'node:crypto';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
-import { identityOf, sameHost, type Facts, type HostIdentity, type ObservedFacts } from '../model/facts.js';
+import { keepIdentity, sameHost, type Facts, type ObservedFacts } from '../model/facts.js';
 import { sha256 } from '../model/hash.js';
+import { isLoopbackHost, isValidHost } from '../model/host.js';
 import { DEFAULT_JOIN_EXPIRY_MS, joinTokenProblem, MAX_JOIN_USES, viewJoinToken, type JoinToken, type JoinTokenView } from '../model/join.js';
 import type { Machine } from '../model/machine.js';
 import type { Page, Reads, Store, Tx } from '../store/store.js';
@@ -68,7 +71,9 @@ export class Joins {
     if (name !== null) {
       assertMachineName(name);
       if (uses !== 1) throw new TaktError('invalid', `a join token that names its machine ('${name}') can be used once; leave the name out to name each machine after its host`, { path: '/uses' });
-      if (await this.store.getMachineByName(name)) throw new TaktError('conflict', `a machine named '${name}' already exists`, { path: '/name' });
+      if (await this.store.getMachineByName(name)) {
+        throw new TaktError('conflict', `a machine named '${name}' already exists; to join its host again, make a token without a name (takt machines join): a re-join is recognised by the host's machine identity, not by name`, { path: '/name' });
+      }
     }
     this.engine.checkPatch(this.engine.content.current, { pipeline: input.pipeline ?? null, profiles: input.profiles ?? [] });
     const id = `jt-${randomBytes(5).toString('hex')}`;
@@ -124,31 +129,35 @@ export class Joins {
    * Registers the host that presents join token `tokenId` with its inventory: the machine it was (same
    * identity, not created by a broker) with a new token, else a new machine made as the token says. Takes
    * one use of the token in the same transaction; a registration that fails takes none.
+   * `from`: the joining request's peer address (liveness.ts peerAddress), to tell a clone from the host.
    * @throws TaktError unauthorized when the token is expired, used up or revoked (saying which);
-   *   conflict when the name it gives is taken; invalid when its pipeline can no longer start.
+   *   conflict when the name it gives is taken, when the host is a machine the token does not name, or
+   *   when that machine's agent is connected from another address; invalid when its pipeline can no
+   *   longer start.
    */
-  async register(tokenId: string, facts: Facts): Promise<Registered> {
+  async register(tokenId: string, facts: Facts, from: string | null = null): Promise<Registered> {
     const now = this.now();
     const at = new Date(now).toISOString();
     const t = await this.usable(tokenId, now);
     const observed: ObservedFacts = { ...facts, observedAt: at };
     const author = `join:${t.id}`;
-    const identity = identityOf(facts);
     // Checked before (to prepare a new machine outside the transaction) and again inside it, after the
     // token's row is taken: two registrations of one host with one token cannot both make a machine.
-    const seen = identity ? await this.findHost(this.store, identity) : undefined;
+    const seen = await this.findHost(this.store, facts);
+    if (seen) this.checkTakeOver(t, seen, from);
     const made = seen ? undefined : await this.newMachine(t, facts, observed);
     return this.store.transact(async (tx) => {
       if (!(await tx.takeJoinTokenUse(t.id, at))) {
         const again = await tx.getJoinToken(t.id);
         throw new TaktError('unauthorized', (again && joinTokenProblem(again, now)) ?? `join token ${t.id} can no longer be used`);
       }
-      const known = identity ? await this.findHost(tx, identity) : undefined;
+      const known = await this.findHost(tx, facts);
       if (!known && !made) throw new TaktError('conflict', `the machine this host was is being deleted; run the join command again`);
       let result: Registered;
       if (known) {
         const m = await tx.lockMachine(known.id);
         if (!m) throw new TaktError('conflict', `machine '${known.name}' was deleted while this host joined; run the join command again`);
+        this.checkTakeOver(t, m, from);
         const token = await this.rekey(tx, m, author, 'the host joined again');
         await tx.setMachineFacts(m.id, observed);
         result = { machine: { ...m, facts: observed }, token, rejoined: true };
@@ -165,16 +174,21 @@ export class Joins {
     });
   }
 
-  /** Stores what machine `machineId`'s agent observed (replacing what it reported before). */
+  /**
+   * Stores what machine `machineId`'s agent observed (replacing what it reported before), except the
+   * identity fields (machineId, productUuid, macs): those are kept as registration wrote them (none for a
+   * machine that never registered), so an agent cannot claim another host's identity and redirect that
+   * host's next re-join to its own machine. A re-join updates them. Returns the facts as stored.
+   */
   async setFacts(machineId: string, facts: Facts): Promise<ObservedFacts> {
-    const observed: ObservedFacts = { ...facts, observedAt: new Date(this.now()).toISOString() };
-    await this.store.transact(async (tx) => {
+    return this.store.transact(async (tx) => {
       const m = await tx.lockMachine(machineId);
       if (!m) throw new TaktError('not_found', `machine '${machineId}' not found`);
+      const observed: ObservedFacts = { ...keepIdentity(facts, m.facts), observedAt: new Date(this.now()).toISOString() };
       await tx.setMachineFacts(m.id, observed);
       tx.emit(`machines.update.${m.id}`, publicMachine(m));
+      return observed;
     });
-    return observed;
   }
 
   /**
@@ -216,14 +230,41 @@ export class Joins {
     return token;
   }
 
-  /** The joined (not brokered) machine that was this host, if any; the oldest when several claim it. */
-  private async findHost(reads: Pick<Reads, 'listMachinesWithFactText'>, identity: NonNullable<HostIdentity>): Promise<Machine | undefined> {
-    const texts = identity.kind === 'macs' ? identity.values : [identity.value];
+  /**
+   * The joined (not brokered) machine that was this host, if any: compared on the strongest identity each
+   * stored machine has (facts.ts sameHost); the oldest when several match.
+   */
+  private async findHost(reads: Pick<Reads, 'listMachinesWithFactText'>, facts: Facts): Promise<Machine | undefined> {
+    const texts = [facts.machineId, facts.productUuid, ...facts.macs].filter((x): x is string => !!x);
+    let oldest: Machine | undefined;
     for (const text of texts) {
-      const hit = (await reads.listMachinesWithFactText(text)).find((m) => m.broker === null && sameHost(identity, m.facts));
-      if (hit) return hit;
+      for (const m of await reads.listMachinesWithFactText(text)) {
+        if (m.broker !== null || !sameHost(facts, m.facts)) continue;
+        if (!oldest || m.createdAt < oldest.createdAt) oldest = m;
+      }
     }
-    return undefined;
+    return oldest;
+  }
+
+  /**
+   * Refuses to make this host machine `m` again when join token `t` could not have made it (it names
+   * another machine), or when `m`'s agent is connected right now from an address other than `from`: two
+   * hosts claim one identity (a cloned /etc/machine-id), and taking over would lock the running one out.
+   * @throws TaktError conflict saying what happened and how to fix it.
+   */
+  private checkTakeOver(t: JoinToken, m: Machine, from: string | null): void {
+    if (t.name !== null && t.name !== m.name) {
+      throw new TaktError('conflict', `this host is already machine '${m.name}' (recognised by its machine identity), and join token ${t.id} is for a machine named '${t.name}': join it again with a token without a name (takt machines join), or delete machine '${m.name}' first`);
+    }
+    const agent = this.engine.withLiveness(m).agent;
+    if (agent.connected && agent.via === 'agent' && agent.address !== null && from !== null && agent.address !== from) {
+      throw new TaktError(
+        'conflict',
+        `this host has the same machine identity as machine '${m.name}', whose agent is connected right now from ${agent.address} (this host is ${from}); ` +
+          `it is probably a clone of that host. Give this host its own machine-id (rm /etc/machine-id && systemd-machine-id-setup) and join again, ` +
+          `or, if this host really replaces '${m.name}', stop the agent on ${agent.address} first`,
+      );
+    }
   }
 
   private async newMachine(t: JoinToken, facts: Facts, observed: ObservedFacts) {
@@ -263,7 +304,9 @@ export function machineNameFromHost(hostname: string): string {
 
 /**
  * The endpoint URL a join script and its agent use: an origin (scheme, host, port; no path, query or
- * credentials), https, or http on a loopback address only (a join token must not cross a network in clear).
+ * credentials) whose host is an IP literal or an RFC 1123 name (it goes into a shell line and a script);
+ * https, or http on a loopback IP literal or `localhost` only (a join token must not cross a network in
+ * clear; a name like `127.0.0.1.nip.io` is not loopback).
  * @throws TaktError invalid at /url.
  */
 export function endpointUrl(text: string): string {
@@ -276,9 +319,10 @@ export function endpointUrl(text: string): string {
   if (u.username || u.password || (u.pathname !== '/' && u.pathname !== '') || u.search || u.hash) {
     throw new TaktError('invalid', `url '${text}' must be just scheme, host and port (e.g. https://10.0.0.1:8092)`, { path: '/url' });
   }
-  const host = u.hostname.replace(/^\[|\]$/g, '');
-  const loopback = host === 'localhost' || host === '::1' || /^127\./.test(host);
-  if (u.protocol === 'http:' && !loopback) {
+  if (!isValidHost(u.hostname)) {
+    throw new TaktError('invalid', `url '${text}': its host must be an IP address or a DNS name (letters, digits, hyphens and dots; RFC 1123)`, { path: '/url' });
+  }
+  if (u.protocol === 'http:' && !isLoopbackHost(u.hostname)) {
     throw new TaktError('invalid', `url '${text}' is plain HTTP beyond loopback: the join token and the machine token would cross the network in clear; use the endpoint's https URL`, { path: '/url' });
   }
   if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new TaktError('invalid', `url '${text}' must be https (or http on loopback)`, { path: '/url' });

@@ -13,7 +13,9 @@
  *      (0600; the token is never on a command line or in an environment);
  *   4. moves the new tree into place (keeping an earlier install's agent state), then installs and starts
  *      `takt-agent.service` when systemd runs the host, else prints the exact command that runs the agent.
- * Everything it downloads or writes before step 4 lives in the temporary directory, removed on any exit.
+ * Everything it downloads or writes before step 4 lives in the temporary directory, removed on any exit;
+ * when step 4 fails, the earlier install is put back with the machine's new token in it. TAKT_PREFIX must
+ * be absent, empty or an earlier takt install (it holds BUNDLE.json): anything else is refused, never wiped.
  * The whole script is one function called on its last line, so a download cut short runs nothing.
  */
 
@@ -81,9 +83,19 @@ takt_join() {
   case $prefix in *[!A-Za-z0-9/._-]*) fail "TAKT_PREFIX may hold only letters, digits and / . _ - (got '$prefix')" ;; esac
   prefix=\${prefix%/}
 
-  umask 077
+  # Only an earlier takt install (its BUNDLE.json) is replaced: TAKT_PREFIX=/usr/local must not lose /usr/local.
+  if [ -e "$prefix" ] || [ -L "$prefix" ]; then
+    [ -d "$prefix" ] && [ ! -L "$prefix" ] || fail "TAKT_PREFIX $prefix exists and is not a directory; choose another TAKT_PREFIX"
+    if [ ! -f "$prefix/BUNDLE.json" ] && [ -n "$(ls -A "$prefix")" ]; then
+      fail "TAKT_PREFIX $prefix is not empty and holds no earlier takt install (no $prefix/BUNDLE.json); it would be replaced, so choose another TAKT_PREFIX (e.g. /opt/takt)"
+    fi
+  fi
+
   parent=$(dirname "$prefix")
+  # Parents that do not exist yet (/opt) get the usual 0755, never the stage's 0700.
+  umask 022
   mkdir -p "$parent" || fail "cannot create $parent"
+  umask 077
   stage=$(mktemp -d "$parent/.takt-join.XXXXXX") || fail "cannot create a temporary directory in $parent"
   trap 'rm -rf "$stage"' EXIT
   trap 'exit 130' INT TERM HUP
@@ -125,12 +137,24 @@ takt_join() {
   fi
 
   # Into place: an earlier install's agent state (pending job reports) is kept; its files are replaced.
+  # Registration has already replaced the machine's token, so when this fails the earlier install is put
+  # back as it was, with the new token in it (the old one no longer works): nothing is lost.
+  restore() {
+    [ -d "$stage/old" ] && [ -d "$stage/new/var" ] && [ ! -e "$stage/old/var" ] && mv "$stage/new/var" "$stage/old/var"
+    [ -d "$stage/old" ] && [ ! -e "$prefix" ] && mv "$stage/old" "$prefix"
+    if [ -d "$prefix/etc" ] && [ -f "$stage/new/etc/token" ]; then
+      cp "$stage/new/etc/token" "$prefix/etc/token.new" && mv "$prefix/etc/token.new" "$prefix/etc/token" && say "kept the earlier install in $prefix, with the machine's new token in $prefix/etc/token"
+    fi
+    return 0
+  }
   if [ -d "$prefix" ]; then
-    if [ -d "$prefix/var" ]; then rm -rf "$stage/new/var" && mv "$prefix/var" "$stage/new/var" || fail "cannot move the agent state from $prefix/var"; fi
-    mv "$prefix" "$stage/old" || fail "cannot move the earlier install $prefix aside"
+    mv "$prefix" "$stage/old" || { restore; fail "cannot move the earlier install $prefix aside"; }
+    if [ -d "$stage/old/var" ]; then
+      rm -rf "$stage/new/var" && mv "$stage/old/var" "$stage/new/var" || { restore; fail "cannot move the agent state from $prefix/var"; }
+    fi
   fi
   if ! mv "$stage/new" "$prefix"; then
-    [ -d "$stage/old" ] && mv "$stage/old" "$prefix"
+    restore
     fail "cannot move the new install into $prefix"
   fi
   chmod 755 "$prefix" "$prefix/bin" "$prefix/lib" "$prefix/app" "$prefix/app/cli"
@@ -157,7 +181,7 @@ UNIT
     systemctl restart takt-agent.service || fail "takt-agent.service did not start: journalctl -u takt-agent"
     say "joined; the agent runs as takt-agent.service (journalctl -u takt-agent -f)"
   else
-    say "joined; systemd is not running this host, so start the agent yourself (as root, kept running):"
+    say "joined; systemd is not running this host, so start the agent yourself (as root, kept running; restart one that already runs, its token no longer works):"
     printf '%s\\n' "$run"
   fi
 }

@@ -67,12 +67,14 @@ export const FACTS_VAR = 'facts';
 export const FACT_FIELDS: readonly string[] = Object.keys(FactsSchema.properties);
 
 /**
- * The identity a joining host is recognised by, strongest first: machine-id, else the SMBIOS UUID, else
- * its MAC addresses. Only the strongest one the host reports is compared: VMs cloned from one template
- * may share an SMBIOS UUID yet have a machine-id each, and then the machine-id tells them apart.
+ * The identity a host is recognised by, strongest first: machine-id, else the SMBIOS UUID, else its MAC
+ * addresses. A stored machine is compared on the strongest identity *it* has (see sameHost), never on one
+ * the joining host chooses: a host that leaves out its machine-id cannot fall back to MACs, which anyone
+ * on the LAN sees.
  */
 export type HostIdentity = { kind: 'machineId'; value: string } | { kind: 'productUuid'; value: string } | { kind: 'macs'; values: string[] } | null;
 
+/** The strongest identity in `f`, or null when it has none (no machine-id, no UUID, no MAC). */
 export function identityOf(f: Pick<Facts, 'machineId' | 'productUuid' | 'macs'>): HostIdentity {
   if (f.machineId) return { kind: 'machineId', value: f.machineId };
   if (f.productUuid) return { kind: 'productUuid', value: f.productUuid };
@@ -80,12 +82,29 @@ export function identityOf(f: Pick<Facts, 'machineId' | 'productUuid' | 'macs'>)
   return null;
 }
 
-/** Whether `facts` (a stored machine's) show the host `id`. */
-export function sameHost(id: NonNullable<HostIdentity>, facts: Facts | null): boolean {
-  if (!facts) return false;
-  if (id.kind === 'machineId') return facts.machineId === id.value;
-  if (id.kind === 'productUuid') return facts.productUuid === id.value;
-  return facts.macs.some((m) => id.values.includes(m));
+/**
+ * Whether the joining host (its reported facts) is the host a stored machine's facts describe: the stored
+ * machine's strongest identity decides, and the joining host must report that same kind and match it
+ * (machine-id or UUID equal; for MACs, one in common, as NICs get added and replaced). A host reporting a
+ * weaker identity than the stored machine has never matches: VMs cloned from one template may share an
+ * SMBIOS UUID yet have a machine-id each, and MACs are public on the LAN.
+ */
+export function sameHost(joining: Pick<Facts, 'machineId' | 'productUuid' | 'macs'>, stored: Facts | null): boolean {
+  const id = stored ? identityOf(stored) : null;
+  if (!id) return false;
+  if (id.kind === 'machineId') return joining.machineId === id.value;
+  if (id.kind === 'productUuid') return joining.productUuid === id.value;
+  return joining.macs.some((m) => id.values.includes(m));
+}
+
+
+/**
+ * Facts an agent reports for a machine, with the identity fields kept from `stored` (what registration
+ * wrote; none when the machine never registered): a joined host cannot claim another host's identity
+ * and so redirect that host's next re-join to itself.
+ */
+export function keepIdentity(reported: Facts, stored: Facts | null): Facts {
+  return { ...reported, machineId: stored?.machineId ?? null, productUuid: stored?.productUuid ?? null, macs: stored?.macs ?? [] };
 }
 
 /**

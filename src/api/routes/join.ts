@@ -16,6 +16,7 @@
 import { createReadStream } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { publicMachine } from '../../engine/engine.js';
+import { peerAddress } from '../../engine/liveness.js';
 import { TaktError } from '../../model/errors.js';
 import { FactsSchema, MAX_FACTS_BYTES, type Facts } from '../../model/facts.js';
 import { MAX_JOIN_USES } from '../../model/join.js';
@@ -47,9 +48,15 @@ function pinFor(ctx: ApiContext, url: string): string | null {
   return tls.spkiPin;
 }
 
-/** The one line to run as root on the host. `-k` with a key pin: see docs/remote.md § Trust. */
+/**
+ * The one line to run as root on the host. `-k` with a key pin: see docs/remote.md § Trust. Not
+ * `curl … | sh`: a pipeline's status is sh's, so a curl that fails (unreachable, wrong pin, TLS) would
+ * exit 0. The script is read whole first and run only when curl succeeded. No `-f`: a refusal (401 …) is
+ * a script that prints why and exits 1 (failureScript). POSIX sh (dash) and bash alike.
+ */
 export function joinCommand(joinUrl: string, pin: string | null): string {
-  return pin ? `curl -sS --pinnedpubkey ${shellQuote(pin)} -k ${shellQuote(joinUrl)} | sh` : `curl -sS ${shellQuote(joinUrl)} | sh`;
+  const curl = pin ? `curl -sS --pinnedpubkey ${shellQuote(pin)} -k ${shellQuote(joinUrl)}` : `curl -sS ${shellQuote(joinUrl)}`;
+  return `S=$(${curl}) && printf '%s\\n' "$S" | sh`;
 }
 
 export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
@@ -102,7 +109,7 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 
   app.post('/api/v1/join', { config: { join: true }, bodyLimit: MAX_FACTS_BYTES + 1024, schema: { body: registerBody } }, async (req, reply) => {
-    const r = await joins.register(joinId(req.principal), (req.body as { facts: Facts }).facts);
+    const r = await joins.register(joinId(req.principal), (req.body as { facts: Facts }).facts, peerAddress(req.ip));
     reply.code(201);
     // The token is shown this once: only its digest is stored.
     return { machine: { ...publicMachine(r.machine), facts: r.machine.facts }, token: r.token, rejoined: r.rejoined };
