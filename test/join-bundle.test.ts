@@ -64,5 +64,20 @@ describe('agent bundle', () => {
     expect(validateValue(FactsSchema, JSON.parse(facts.stdout))).toEqual([]);
     // The bundled CLI knows its version (read from the bundle's package.json, as from a checkout's).
     expect(JSON.parse(facts.stdout).agentVersion).toBe('9.9.9-test');
+
+    // Another endpoint sharing the cache (another version) keeps this bundle while it is fresh, and a
+    // bundle that vanished anyway (pruned, deleted) is built again instead of a 5xx for the host.
+    const other = new AgentBundle({ ...opts, version: '9.9.8-test' });
+    const o = await other.get();
+    expect(existsSync(a.path)).toBe(true);
+    expect(existsSync(o.path)).toBe(true);
+    rmSync(join(a.path, '..'), { recursive: true, force: true });
+    const { bundle, file } = await one.open();
+    try {
+      expect(bundle.sha256).toMatch(/^[0-9a-f]{64}$/);
+      expect((await file.stat()).size).toBe(bundle.bytes);
+    } finally {
+      await file.close();
+    }
   });
 });

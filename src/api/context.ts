@@ -56,6 +56,8 @@ export interface ApiContext {
 export interface AgentBundlePort {
   /** The bundle's file (built on first use, then cached), its size in bytes and its SHA-256 (hex). */
   get(): Promise<{ path: string; bytes: number; sha256: string }>;
+  /** The same, opened for reading (a download keeps its file even if another endpoint prunes the cache). */
+  open(): Promise<{ bundle: { path: string; bytes: number; sha256: string }; file: import('node:fs/promises').FileHandle }>;
 }
 
 declare module 'fastify' {

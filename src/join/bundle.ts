@@ -19,7 +19,7 @@
 import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { chmod, copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, open as fsOpen, readdir, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -71,6 +71,9 @@ if (process.env.TAKT_BUNDLE_LIB !== undefined) {
 }
 await import('./main.js');
 `;
+
+/** Bundles of other keys are removed once they have not been built for this long. */
+const PRUNE_AFTER_MS = 24 * 3600_000;
 
 /** Builds the bundle at most once per key and process; concurrent callers share one build. */
 export class AgentBundle {
@@ -181,10 +184,33 @@ export class AgentBundle {
     }
   }
 
-  /** Removes bundles of other keys (an older takt or Node), keeping the cache at one bundle. */
+  /**
+   * Removes bundles of other keys (an older takt or Node) not built for a day: endpoints sharing the cache
+   * (replicas in a rolling upgrade, test endpoints of two checkouts) each keep serving their own meanwhile.
+   */
   private async prune(keep: string): Promise<void> {
+    const cutoff = Date.now() - PRUNE_AFTER_MS;
     for (const name of await readdir(this.opts.cacheDir).catch(() => [] as string[])) {
-      if (name !== keep && name.startsWith('takt-')) await rm(join(this.opts.cacheDir, name), { recursive: true, force: true }).catch(() => undefined);
+      if (name === keep || !name.startsWith('takt-')) continue;
+      const dir = join(this.opts.cacheDir, name);
+      const st = await stat(dir).catch(() => null);
+      if (st && st.mtimeMs < cutoff) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    }
+  }
+
+  /**
+   * The bundle opened for reading: an open file outlives a prune by another endpoint sharing the cache.
+   * A bundle that vanished since it was built is built again, once.
+   */
+  async open(): Promise<{ bundle: BuiltBundle; file: FileHandle }> {
+    for (let attempt = 0; ; attempt++) {
+      const bundle = await this.get();
+      try {
+        return { bundle, file: await fsOpen(bundle.path, 'r') };
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) throw new TaktError('unavailable', `the agent bundle cannot be read: ${(err as Error).message}`);
+        this.building = null;
+      }
     }
   }
 }

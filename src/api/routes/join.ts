@@ -13,7 +13,6 @@
  *
  * A join token reaches only the three join routes (route config `join`); every other route refuses it.
  */
-import { createReadStream } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { publicMachine } from '../../engine/engine.js';
 import { peerAddress } from '../../engine/liveness.js';
@@ -103,9 +102,9 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.get('/join/:token/agent.tar.gz', { config: { join: 'path' }, schema: { hide: true } }, async (req, reply) => {
     joinId(req.principal);
-    const bundle = await ctx.agentBundle.get();
+    const { bundle, file } = await ctx.agentBundle.open();
     reply.type('application/gzip').header('content-length', bundle.bytes).header('x-takt-sha256', bundle.sha256).header('cache-control', 'no-store');
-    return reply.send(createReadStream(bundle.path));
+    return reply.send(file.createReadStream());
   });
 
   app.post('/api/v1/join', { config: { join: true }, bodyLimit: MAX_FACTS_BYTES + 1024, schema: { body: registerBody } }, async (req, reply) => {
