@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiClient, checkEndpoint } from '../src/client/http.js';
+import { renderTable } from '../src/cli/output.js';
 import { isLoopbackHost } from '../src/model/host.js';
 import { Endpoint, packFiles, runCli, TAKT, until } from './helpers/endpoint.js';
 
@@ -59,6 +60,16 @@ describe('no token over plain HTTP beyond loopback', () => {
     const agent = await runCli(['agent', '--endpoint', 'http://10.0.0.5:9', '--dir', mkdtempSync(join(tmpdir(), 'takt-hard-'))], { TAKT_TOKEN: 'tkm.m-1.secret' });
     expect(agent.code).toBe(1);
     expect(agent.stderr).toContain('refusing to send a token over plain HTTP');
+  });
+});
+
+describe('tables stay readable', () => {
+  it('a long reason is cut with … in a table, whole in JSON', () => {
+    const reason = `host key changed: ${'x'.repeat(400)} END`;
+    const table = renderTable([{ reason }], [{ header: 'REASON', get: (r) => r.reason, max: 80 }]);
+    expect(table).toContain('…');
+    expect(table).not.toContain('END');
+    expect(table.split('\n').every((l) => l.length < 100)).toBe(true);
   });
 });
 
@@ -117,6 +128,11 @@ describe('an agent whose token was rotated', () => {
     expect((await ep.call('PATCH', `/machines/${id}`, { pipeline: 'basic' })).status).toBe(200);
     await until(async () => (await ep.call('GET', `/machines/${id}`)).body.state === 'done', 50_000, `machine done (agent output:\n${out})`);
     expect(out).toContain('using the new one in the token file');
+    // What people read names the machine, not its id.
+    const listed = await runCli(['jobs', 'list', '--machine', 'rot-1'], { TAKT_ENDPOINT: ep.url, TAKT_TOKEN: ep.token, NO_COLOR: '1' });
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toContain('rot-1');
+    expect(listed.stdout).not.toContain(id);
     expect(out).not.toContain(token);
     expect(out).not.toContain(rotated.body.token);
   });

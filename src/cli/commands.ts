@@ -256,7 +256,7 @@ const machineColumns = [
   { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
   { header: 'STATE', get: statusOf, color: colorStatus },
   { header: 'AGENT', get: (m: Machine) => agentCell(m) },
-  { header: 'REASON', get: (m: Machine) => m.reason },
+  { header: 'REASON', get: (m: Machine) => m.reason, max: 80 },
 ];
 
 function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
@@ -466,15 +466,25 @@ function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
     .option('--offset <n>', 'skip this many', '0')
     .action(async (o: Record<string, string | undefined>) => {
       const r = await api().get<{ items: Job[] }>('/jobs', o);
+      // Names, not ids, in what people read: one lookup per machine on the page (a deleted one keeps its id).
+      const names = new Map<string, string>();
+      if (g().output === 'table') {
+        await Promise.all(
+          [...new Set(r.items.map((j) => j.machineId))].map(async (id) => {
+            const m = await api().get<Machine>(`/machines/${enc(id)}`).catch(() => null);
+            if (m) names.set(id, m.name);
+          }),
+        );
+      }
       print(g().output, r.items, () =>
         renderTable(r.items, [
           { header: 'ID', get: (j) => j.id },
-          { header: 'MACHINE', get: (j) => j.machineId },
+          { header: 'MACHINE', get: (j) => names.get(j.machineId) ?? j.machineId },
           { header: 'TASK', get: (j) => (j.stage ? `${j.stage}/${j.task}` : j.task) },
           { header: 'STATE', get: (j) => j.state, color: colorState },
           { header: 'EXIT', get: (j) => j.exitCode },
           { header: 'TIME', get: (j) => (j.finishedAt ? formatDuration(Date.parse(j.finishedAt) - Date.parse(j.createdAt)) : null) },
-          { header: 'REASON', get: (j) => j.reason },
+          { header: 'REASON', get: (j) => j.reason, max: 80 },
         ]),
       );
     });

@@ -96,6 +96,7 @@ Examples:
     const shutdown = async () => {
       if (closing) return;
       closing = true;
+      process.stderr.write('takt: stopping\n');
       await server.close();
       process.exit(0);
     };

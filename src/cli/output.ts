@@ -28,6 +28,8 @@ export interface Column<T> {
   color?: (text: string, row: T) => string;
   /** The cell is takt's own drawing (bars, coloured figures), printed as `get` returns it. */
   styled?: boolean;
+  /** Longer text is cut to this many characters with `…` (tables only: `-o json` and `get` carry it whole). */
+  max?: number;
 }
 
 /**
@@ -51,7 +53,8 @@ function cell<T>(c: Column<T>, row: T): string {
   const v = c.get(row);
   if (v === null || v === undefined) return pc.dim('-');
   if (c.styled) return String(v);
-  const text = shown(typeof v === 'string' ? v : JSON.stringify(v));
+  const full = shown(typeof v === 'string' ? v : JSON.stringify(v));
+  const text = c.max !== undefined && full.length > c.max ? `${full.slice(0, c.max - 1)}…` : full;
   return c.color ? c.color(text, row) : text;
 }
 
