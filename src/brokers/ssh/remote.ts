@@ -197,6 +197,9 @@ R="$J/.takt/run"
 ${followBody(from, token)}`;
 }
 
+/** How often the followers' tails check whether to stop (they read new output as it comes, by inotify). */
+const TAIL_CHECK_MS = 50;
+
 /** The follower itself, for a script that has set J and R. */
 function followBody(from: { stdout: number; stderr: number }, token: string, pollMs = 100): string {
   return `w=$(cat "$R/wrapper" 2>/dev/null) || w=
@@ -205,9 +208,12 @@ function followBody(from: { stdout: number; stderr: number }, token: string, pol
 F="$R/follow.${token.replace(/[^A-Za-z0-9]/g, '')}"
 echo $$ > "$F"
 pp=$(cut -d' ' -f4 /proc/$$/stat)
-tail -c +${from.stdout + 1} -f -s ${seconds(pollMs * 2)} -- "$R/stdout" 2>/dev/null &
+# The tails end when $k does, after a last read to the end of their file: killing them instead could lose
+# what they had not printed yet. ($k is our own child, so it is reaped at once and never lingers as a zombie.)
+sleep 2147483647 & k=$!
+tail -c +${from.stdout + 1} -f -s ${seconds(TAIL_CHECK_MS)} --pid="$k" -- "$R/stdout" 2>/dev/null &
 a=$!
-tail -c +${from.stderr + 1} -f -s ${seconds(pollMs * 2)} -- "$R/stderr" >&2 2>/dev/null &
+tail -c +${from.stderr + 1} -f -s ${seconds(TAIL_CHECK_MS)} --pid="$k" -- "$R/stderr" >&2 2>/dev/null &
 b=$!
 i=0
 while [ ! -e "$R/exit" ]; do
@@ -219,8 +225,9 @@ while [ ! -e "$R/exit" ]; do
     { [ -z "$st" ] || [ "$st" = Z ]; } && [ ! -e "$R/exit" ] && break
   fi
 done
-kill "$a" "$b" 2>/dev/null
-wait 2>/dev/null
+kill "$k" 2>/dev/null
+wait "$k" 2>/dev/null
+wait "$a" "$b" 2>/dev/null
 rm -f -- "$F"
 exit 0
 `;
