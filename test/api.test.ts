@@ -349,8 +349,13 @@ describe('bad input', () => {
   it('a chunked body that grows past the limit is 413, and nothing is written', async () => {
     const chunk = 'x'.repeat(256 * 1024);
     const head = `POST /api/v1/machines HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${ep.token}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n`;
-    // Chunks are written until the endpoint answers (bounded: 64 chunks is 16 MiB, far past the 1 MiB limit).
-    const answer = await rawExchange(head, (write, i) => (i < 64 ? write(`${chunk.length.toString(16)}\r\n${chunk}\r\n`) : false));
+    // Exactly 1 MiB in four chunks, then 16 bytes more cross the limit with the last bytes sent; then the client
+    // waits. Bytes still arriving after the endpoint closed would be answered with a reset, which can discard
+    // the 413 before the client reads it.
+    const tail = 'y'.repeat(16);
+    const answer = await rawExchange(head, (write, i) =>
+      i < 4 ? write(`${chunk.length.toString(16)}\r\n${chunk}\r\n`) : i === 4 ? (write(`${tail.length.toString(16)}\r\n${tail}\r\n`), false) : false,
+    );
     expect(answer.status).toBe(413);
     expect(JSON.parse(answer.body).error.code).toBe('too_large');
   });
