@@ -2,7 +2,8 @@
  * Starts a real endpoint (`takt serve` as a child process, real SQLite file, real local agents) in a temp
  * data dir, and runs the real CLI against it.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -152,8 +153,20 @@ export class Endpoint {
     }
     // Belt and braces: no agent outlives its test.
     killAgents(this.data);
+    removeEmptyBridge(this.data);
     rmSync(this.data, { recursive: true, force: true });
   }
+}
+
+/**
+ * The netns broker's bridge for this data dir (named as src/brokers/netns.ts names it), when nothing is
+ * attached to it any more: an endpoint that was killed, or stopped with machines left, keeps it on purpose
+ * for its next start, but a test's endpoint has none.
+ */
+function removeEmptyBridge(data: string) {
+  const bridge = `tkb-${createHash('sha256').update(data).digest('hex').slice(0, 8)}`;
+  const members = join('/sys/class/net', bridge, 'brif');
+  if (existsSync(members) && readdirSync(members).length === 0) spawnSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
 }
 
 function killAgents(data: string) {
