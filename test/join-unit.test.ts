@@ -11,7 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { formatDiagnostic, lintPack } from '../src/content/lint.js';
 import { endpointUrl, machineNameFromHost } from '../src/engine/join.js';
 import { looksLikeId } from '../src/engine/ids.js';
-import { isLoopback } from '../src/api/listeners.js';
+import { isLoopbackHost as isLoopback } from '../src/model/host.js';
 import { joinCommand } from '../src/api/routes/join.js';
 import { parseLdd } from '../src/join/bundle.js';
 import { failureScript, installScript, shellQuote } from '../src/join/script.js';

@@ -10,8 +10,8 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles } from './helpers/endpoint.js';
-import { EventRecorder } from './helpers/liveness.js';
+import type { Endpoint } from './helpers/endpoint.js';
+import { livenessEndpoint, type EventRecorder } from './helpers/liveness.js';
 
 const isRoot = process.getuid?.() === 0;
 const haveIp = spawnSync('ip', ['-V']).status === 0;
@@ -40,10 +40,7 @@ let machineId: string | null = null;
 
 describe.skipIf(why !== '')('a machine whose link is cut mid-job', () => {
   beforeAll(async () => {
-    ep = await Endpoint.start({ lease: '3s', env: { TAKT_AGENT_GONE_AFTER: '2s' } });
-    const r = await ep.call('POST', '/packs', { files: await packFiles('liveness') });
-    expect(r.status).toBeLessThan(300);
-    events = new EventRecorder(ep);
+    ({ ep, events } = await livenessEndpoint());
   });
 
   afterAll(async () => {

@@ -8,8 +8,8 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles, ROOT, TAKT } from './helpers/endpoint.js';
-import { AgentProcess, EventRecorder, type MachineData } from './helpers/liveness.js';
+import { type Endpoint, ROOT, TAKT } from './helpers/endpoint.js';
+import { AgentProcess, livenessEndpoint, type EventRecorder, type MachineData } from './helpers/liveness.js';
 
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -48,10 +48,7 @@ function flips(updates: MachineData[]): number {
 }
 
 beforeAll(async () => {
-  ep = await Endpoint.start({ lease: '3s', env: { TAKT_AGENT_GONE_AFTER: '2s' } });
-  const r = await ep.call('POST', '/packs', { files: await packFiles('liveness') });
-  expect(r.status).toBeLessThan(300);
-  events = new EventRecorder(ep);
+  ({ ep, events } = await livenessEndpoint());
 });
 
 afterAll(async () => {

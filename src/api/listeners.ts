@@ -4,7 +4,6 @@
  * the machines the endpoint starts itself. Every listener applies the same bounds (ServerLimits) and
  * answers parser-level errors in the one error shape.
  */
-import { isLoopbackHost } from '../model/host.js';
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
@@ -28,12 +27,6 @@ export interface Listener {
   readonly url: string;
   readonly port: number;
 }
-
-/**
- * True for addresses only this host can reach: plain HTTP is allowed on these and nowhere else. IP
- * literals in 127.0.0.0/8, `::1` and `localhost` only: a name such as `127.evil.test` may resolve anywhere.
- */
-export const isLoopback = isLoopbackHost;
 
 /**
  * Creates Node servers for one request handler (the Fastify app's). `clientError` answers what Node's

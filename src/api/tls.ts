@@ -23,6 +23,7 @@ import { join } from 'node:path';
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { TaktError } from '../model/errors.js';
+import { isValidHost } from '../model/host.js';
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
@@ -104,9 +105,8 @@ export function sanEntries(names: readonly string[]): Array<{ type: 'dns' | 'ip'
 
 /** A DNS name a certificate may carry (RFC 1123 labels), or an IP literal. Throws with the flag's name otherwise. */
 export function checkSanName(name: string, flag = '--tls-san'): void {
-  const n = name.replace(/^\[|\]$/g, '');
-  if (isIP(n)) return;
-  if (n.length > 253 || !/^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i.test(n)) {
+  // A certificate may also name every host of a domain (`*.example.org`, RFC 6125 §6.4.3).
+  if (!isValidHost(name.replace(/^\*\./, ''))) {
     throw new TaktError('bad_request', `${flag} '${name}' is not a DNS name or IP address`);
   }
 }

@@ -8,9 +8,8 @@ import { chmodSync, existsSync, renameSync, readFileSync, writeFileSync } from '
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostname, networkInterfaces } from 'node:os';
-import { loopbackBindAddress } from '../model/host.js';
-import { isLoopback, Listeners, type ListenSpec } from '../api/listeners.js';
-import { isValidHost } from '../model/host.js';
+import { isLoopbackHost, isValidHost, loopbackBindAddress } from '../model/host.js';
+import { Listeners, type ListenSpec } from '../api/listeners.js';
 import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type ServerLimits } from '../api/server.js';
 import { checkSanName, TlsManager } from '../api/tls.js';
 import { NetnsPlacement } from '../brokers/netns.js';
@@ -239,7 +238,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   tls.onChange(() => all.refresh());
   const stopTlsWatch = tls.watch();
   for (const l of listen) {
-    const spec: ListenSpec = { ...l, tls: isLoopback(l.host) ? null : () => tls.material };
+    const spec: ListenSpec = { ...l, tls: isLoopbackHost(l.host) ? null : () => tls.material };
     try {
       await all.listen(spec);
     } catch (err) {

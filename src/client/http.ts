@@ -154,6 +154,20 @@ export class ApiClient {
     return u;
   }
 
+  /** node:http(s) options for `u`: the one place that maps a URL, its TLS trust (`ca`) and headers onto a request. */
+  private requestOptions(method: string, u: URL, headers: OutgoingHttpHeaders): RequestOptions_ {
+    const https = u.protocol === 'https:';
+    return {
+      method,
+      protocol: u.protocol,
+      hostname: u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname,
+      port: u.port || (https ? 443 : 80),
+      path: u.pathname + u.search,
+      headers,
+      ...(https && this.ca ? { ca: this.ca } : {}),
+    };
+  }
+
   /**
    * One request/answer over the keep-alive agent. The deadline and the caller's signal cover the whole
    * exchange, body included. A request that fails on a reused keep-alive socket before a single byte of
@@ -164,16 +178,7 @@ export class ApiClient {
     const https = u.protocol === 'https:';
     if (!https && u.protocol !== 'http:') return Promise.reject(new NetworkError(`cannot reach ${this.endpoint}: unsupported protocol ${u.protocol}`));
     const agent = (this.agent ??= https ? new HttpsAgent(AGENT_OPTIONS) : new HttpAgent(AGENT_OPTIONS));
-    const options: RequestOptions_ = {
-      method,
-      protocol: u.protocol,
-      hostname: u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname,
-      port: u.port || (https ? 443 : 80),
-      path: u.pathname + u.search,
-      headers,
-      agent,
-      ...(https && this.ca ? { ca: this.ca } : {}),
-    };
+    const options: RequestOptions_ = { ...this.requestOptions(method, u, headers), agent };
     const send = https ? httpsRequest : httpRequest;
     const endpoint = this.endpoint;
     return new Promise<Answer>((resolve, reject) => {
@@ -254,16 +259,7 @@ export class ApiClient {
     if (body !== undefined) headers['content-length'] = Buffer.byteLength(body);
     const endpoint = this.endpoint;
     const res = await new Promise<IncomingMessage>((resolve, reject) => {
-      const req = (https ? httpsRequest : httpRequest)({
-        method,
-        protocol: u.protocol,
-        hostname: u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname,
-        port: u.port || (https ? 443 : 80),
-        path: u.pathname + u.search,
-        headers,
-        signal,
-        ...(https && this.ca ? { ca: this.ca } : {}),
-      });
+      const req = (https ? httpsRequest : httpRequest)({ ...this.requestOptions(method, u, headers), signal });
       req.on('response', resolve);
       req.on('error', (err) => {
         if (opts.signal?.aborted) reject(abortError(opts.signal));

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { followEvents, type StreamEvent } from '../../src/client/events.js';
 import type { AgentLiveness } from '../../src/model/machine.js';
-import { TAKT, type Endpoint } from './endpoint.js';
+import { Endpoint, packFiles, TAKT } from './endpoint.js';
 
 /** A machine as events carry it (the fields these tests read). */
 export interface MachineData {
@@ -125,4 +125,15 @@ export class AgentProcess {
     await this.kill();
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The endpoint both liveness tests use: a 3 s lease, agents called gone after 2 s of silence, the liveness
+ * test pack installed, and an event recorder on it.
+ */
+export async function livenessEndpoint(): Promise<{ ep: Endpoint; events: EventRecorder }> {
+  const ep = await Endpoint.start({ lease: '3s', env: { TAKT_AGENT_GONE_AFTER: '2s' } });
+  const r = await ep.call('POST', '/packs', { files: await packFiles('liveness') });
+  if (r.status >= 300) throw new Error(`installing the liveness pack: ${JSON.stringify(r.body)}`);
+  return { ep, events: new EventRecorder(ep) };
 }
