@@ -13,6 +13,9 @@ export interface GlobalOptions {
   output: 'table' | 'json' | 'yaml';
 }
 
+/** How a command reads the global options (parsed once commander has seen the whole line). */
+export type Globals = () => GlobalOptions;
+
 export function resolveToken(flag?: string): string | undefined {
   if (flag) return flag;
   if (process.env.TAKT_TOKEN) return process.env.TAKT_TOKEN;

@@ -1,0 +1,167 @@
+/** The `content` commands. */
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { type Command } from 'commander';
+import pc from 'picocolors';
+import type { ApiClient } from '../client/http.js';
+import type { InstallResult, PackDiff } from '../engine/content.js';
+import { TaktError } from '../model/errors.js';
+import { type Globals } from './client.js';
+import { print, renderTable, shown, shownErr } from './output.js';
+
+const enc = encodeURIComponent;
+
+// ---- content ------------------------------------------------------------------------------------------
+
+export function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const content = program.command('content').description('content packs: lint, install, list, remove');
+  content
+    .command('lint <dir>')
+    .description('check a pack directory and report every problem as file:line:col: message')
+    .action(async (dir: string) => {
+      const { readPackDir } = await import('../content/files.js');
+      const { lintPack, formatDiagnostic } = await import('../content/lint.js');
+      const result = lintPack(await readPackDir(dir));
+      if (g().output !== 'table') print(g().output, { ok: result.diagnostics.length === 0, diagnostics: result.diagnostics });
+      else for (const d of result.diagnostics) process.stdout.write(shown(formatDiagnostic({ ...d, file: `${dir.replace(/\/$/, '')}/${d.file}` })) + '\n');
+      if (result.diagnostics.length > 0) {
+        if (g().output === 'table') process.stderr.write(pc.red(`${result.diagnostics.length} problem(s)\n`));
+        process.exitCode = 1;
+      } else if (g().output === 'table') {
+        process.stdout.write(pc.green(shown(`${result.manifest?.name}@${result.manifest?.version}: ${result.objects.length} objects, no problems`)) + '\n');
+      }
+    });
+  content
+    .command('bundle <dir>')
+    .description('lint a pack directory and write one immutable artifact, name@version.takt.json, with its sha256')
+    .option('--out <dir>', 'where to write the artifact', '.')
+    .action(async (dir: string, o: { out: string }) => {
+      const { readPackDir } = await import('../content/files.js');
+      const { lintPack, formatDiagnostic } = await import('../content/lint.js');
+      const { makeBundle, bundleFileName } = await import('../content/bundle.js');
+      const files = await readPackDir(dir);
+      const result = lintPack(files);
+      if (!result.manifest || result.diagnostics.length > 0) {
+        for (const d of result.diagnostics) process.stderr.write(shownErr(formatDiagnostic({ ...d, file: `${dir.replace(/\/$/, '')}/${d.file}` })) + '\n');
+        throw new TaktError('invalid', `not bundled: ${result.diagnostics.length} problem(s)`);
+      }
+      const bundle = makeBundle(result.manifest.name, result.manifest.version, files);
+      const path = join(o.out, bundleFileName(bundle));
+      await writeFile(path, JSON.stringify(bundle, null, 1) + '\n');
+      print(g().output, { file: path, name: bundle.name, version: bundle.version, sha256: bundle.sha256 }, () => shown(`${path}\nsha256 ${bundle.sha256}`));
+    });
+  content
+    .command('install <artifact>')
+    .description('install a pack version (an artifact from `content bundle`, or a directory); versions are kept side by side and never change')
+    .option('--use', 'run this version now (the first version of a pack always runs)')
+    .action(async (artifact: string, o: { use?: boolean }) => {
+      const r = await api().post<InstallResult>('/packs', { files: await loadPack(artifact), use: o.use === true });
+      print(g().output, r, () => installLine(r));
+    });
+  content
+    .command('push <dir>')
+    .description('install a pack directory and run it (refused whole if it has any problem; a changed pack needs a new version)')
+    .action(async (dir: string) => {
+      const r = await api().post<InstallResult>('/packs', { files: await loadPack(dir), use: true });
+      print(g().output, r, () => installLine(r));
+    });
+  content
+    .command('use <pack@version>')
+    .description('pin the version of a pack the endpoint runs (checked like an install: references, requires, machines)')
+    .action(async (ref: string) => {
+      const { name, version } = parseRef(ref);
+      const r = await api().post<InstallResult>(`/packs/${enc(name)}/use`, { version });
+      print(g().output, r, () => shown(`${r.name}@${r.version} is in use`));
+    });
+  content
+    .command('versions [pack]')
+    .description('installed versions, side by side')
+    .action(async (name?: string) => {
+      const [versions, pins] = await Promise.all([
+        api().get<{ items: Array<{ name: string; version: string; sha256: string; installedAt: string; requires: Record<string, string> }> }>('/packs/versions', { name }),
+        api().get<{ items: Array<{ name: string; version: string }> }>('/packs'),
+      ]);
+      const inUse = new Set(pins.items.map((p) => `${p.name}@${p.version}`));
+      const rows = versions.items.map((v) => ({ ...v, inUse: inUse.has(`${v.name}@${v.version}`) }));
+      print(g().output, rows, () =>
+        renderTable(rows, [
+          { header: 'PACK', get: (v) => v.name },
+          { header: 'VERSION', get: (v) => v.version },
+          { header: 'IN USE', get: (v) => (v.inUse ? 'yes' : ''), color: (t) => pc.green(t) },
+          { header: 'SHA256', get: (v) => v.sha256.slice(0, 12) },
+          { header: 'REQUIRES', get: (v) => Object.entries(v.requires).map(([k, r]) => `${k} ${r}`).join(', ') || null },
+          { header: 'INSTALLED', get: (v) => v.installedAt },
+        ]),
+      );
+    });
+  content
+    .command('diff <from> <to>')
+    .description('what changed between two installed versions, object by object: takt content diff demo@1.0.0 demo@1.1.0')
+    .action(async (fromRef: string, toRef: string) => {
+      const a = parseRef(fromRef);
+      const b = toRef.includes('@') ? parseRef(toRef) : { name: a.name, version: toRef };
+      if (a.name !== b.name) throw new TaktError('bad_request', `compare two versions of one pack (got ${a.name} and ${b.name})`);
+      const d = await api().get<PackDiff>(`/packs/${enc(a.name)}/diff`, { from: a.version, to: b.version });
+      print(g().output, d, () => diffText(d));
+    });
+  content
+    .command('list')
+    .description('installed packs')
+    .action(async () => {
+      const r = await api().get<{ items: Array<{ name: string; version: string; sha256: string; installedAt: string; files: number }> }>('/packs');
+      print(g().output, r.items, () =>
+        renderTable(r.items, [
+          { header: 'NAME', get: (p) => p.name },
+          { header: 'VERSION', get: (p) => p.version },
+          { header: 'FILES', get: (p) => p.files },
+          { header: 'SHA256', get: (p) => p.sha256.slice(0, 12) },
+          { header: 'INSTALLED', get: (p) => p.installedAt },
+        ]),
+      );
+    });
+  content
+    .command('remove <name>')
+    .description('remove an installed pack (refused while machines or other content use it)')
+    .action(async (name: string) => {
+      const r = await api().delete(`/packs/${enc(name)}`);
+      print(g().output, r, () => shown(`removed pack ${name}`));
+    });
+}
+
+const installLine = (r: InstallResult) =>
+  shown(`${r.installed ? 'installed' : 'already installed:'} ${r.name}@${r.version} (${r.objects} objects, sha256 ${r.sha256.slice(0, 12)})${r.active ? ', in use' : '; run it with `takt content use ' + r.name + '@' + r.version + '`'}`);
+
+function parseRef(ref: string): { name: string; version: string } {
+  const m = /^([a-z0-9][a-z0-9._-]*)@(.+)$/.exec(ref);
+  if (!m) throw new TaktError('bad_request', `'${ref}' is not PACK@VERSION (e.g. demo@1.0.1)`);
+  return { name: m[1]!, version: m[2]! };
+}
+
+/** A directory is read as a pack; a file must be an artifact from `takt content bundle`. */
+async function loadPack(path: string): Promise<Record<string, string>> {
+  if ((await stat(path).catch(() => null))?.isDirectory()) {
+    const { readPackDir } = await import('../content/files.js');
+    return readPackDir(path);
+  }
+  const { readBundle } = await import('../content/bundle.js');
+  const text = await readFile(path, 'utf8').catch(() => {
+    throw new TaktError('not_found', `${path}: no such file or directory`);
+  });
+  return readBundle(text, path).files;
+}
+
+function diffText(d: PackDiff): string {
+  const lines = [pc.bold(shown(`${d.name} ${d.from} → ${d.to}`))];
+  for (const a of d.added) lines.push(pc.green(shown(`+ ${a}`)));
+  for (const r of d.removed) lines.push(pc.red(shown(`- ${r}`)));
+  for (const c of d.changed) {
+    lines.push(pc.yellow(shown(`~ ${c.object}`)));
+    for (const f of c.fields) {
+      lines.push(shown(`    ${f.path}:`));
+      lines.push(pc.red(shown(`      - ${JSON.stringify(f.before)}`)));
+      lines.push(pc.green(shown(`      + ${JSON.stringify(f.after)}`)));
+    }
+  }
+  if (lines.length === 1) lines.push(pc.dim('no differences'));
+  return lines.join('\n');
+}

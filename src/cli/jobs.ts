@@ -1,0 +1,76 @@
+/** The `jobs` commands. */
+import { Option, type Command } from 'commander';
+import pc from 'picocolors';
+import type { ApiClient } from '../client/http.js';
+import { formatDuration } from '../model/duration.js';
+import { JOB_STATES, type Job, type LogChunk, type Machine } from '../model/machine.js';
+import { type Globals } from './client.js';
+import { colorState, print, renderTable, shown, shownErr } from './output.js';
+
+const enc = encodeURIComponent;
+
+// ---- jobs ---------------------------------------------------------------------------------------------
+
+export function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const jobs = program.command('jobs').description('job runs: one task on one machine');
+  jobs
+    .command('list')
+    .description('recent jobs, newest first')
+    .option('--machine <machine>')
+    .addOption(new Option('--state <state>', 'only jobs in this state').choices(JOB_STATES))
+    .option('--task <task>')
+    .option('--workorder <id>', 'jobs of one work order')
+    .addOption(new Option('--order <order>', 'newest first (desc) or in the order they ran (asc)').choices(['asc', 'desc']).default('desc'))
+    .option('--limit <n>', 'page size', '50')
+    .option('--offset <n>', 'skip this many', '0')
+    .action(async (o: Record<string, string | undefined>) => {
+      const r = await api().get<{ items: Job[] }>('/jobs', o);
+      // Names, not ids, in what people read: one lookup per machine on the page (a deleted one keeps its id).
+      const names = new Map<string, string>();
+      if (g().output === 'table') {
+        await Promise.all(
+          [...new Set(r.items.map((j) => j.machineId))].map(async (id) => {
+            const m = await api().get<Machine>(`/machines/${enc(id)}`).catch(() => null);
+            if (m) names.set(id, m.name);
+          }),
+        );
+      }
+      print(g().output, r.items, () =>
+        renderTable(r.items, [
+          { header: 'ID', get: (j) => j.id },
+          { header: 'MACHINE', get: (j) => names.get(j.machineId) ?? j.machineId },
+          { header: 'TASK', get: (j) => (j.stage ? `${j.stage}/${j.task}` : j.task) },
+          { header: 'STATE', get: (j) => j.state, color: colorState },
+          { header: 'EXIT', get: (j) => j.exitCode },
+          { header: 'TIME', get: (j) => (j.finishedAt ? formatDuration(Date.parse(j.finishedAt) - Date.parse(j.createdAt)) : null) },
+          { header: 'REASON', get: (j) => j.reason, max: 80 },
+        ]),
+      );
+    });
+  jobs
+    .command('get <job>')
+    .description('one job with its rendered script (secure values masked) and params')
+    .action(async (id: string) => print(g().output, await api().get<Job>(`/jobs/${enc(id)}`), undefined));
+  jobs
+    .command('log <job>')
+    .description("print a job's output; --follow keeps printing until the job ends")
+    .option('-f, --follow', 'follow until the job ends')
+    .action(async (id: string, o: { follow?: boolean }) => {
+      const client = api();
+      let after = 0;
+      for (;;) {
+        const r = await client.get<{ job: { state: string; reason: string | null }; chunks: LogChunk[] }>(`/jobs/${enc(id)}/log`, { after });
+        for (const c of r.chunks) {
+          if (g().output === 'json') process.stdout.write(JSON.stringify(c) + '\n');
+          else if (c.stream === 'stderr') process.stderr.write(shownErr(c.data));
+          else process.stdout.write(c.stream === 'system' || c.stream === 'takt' ? pc.dim(shown(c.data)) : shown(c.data));
+          after = c.seq;
+        }
+        if (!o.follow || (r.job.state !== 'running' && r.chunks.length === 0)) {
+          if (o.follow && g().output !== 'json') process.stderr.write(pc.dim(shownErr(`-- job ${r.job.state}${r.job.reason ? `: ${r.job.reason}` : ''}`)) + '\n');
+          return;
+        }
+        if (r.chunks.length === 0) await new Promise((res) => setTimeout(res, 300));
+      }
+    });
+}

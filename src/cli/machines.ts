@@ -1,0 +1,191 @@
+/** The `machines` commands. */
+import { Argument, Option, type Command } from 'commander';
+import pc from 'picocolors';
+import type { ApiClient } from '../client/http.js';
+import type { MachineRecord } from '../engine/records.js';
+import { DURATION_RANGES, parseDuration } from '../model/duration.js';
+import { TaktError } from '../model/errors.js';
+import { MACHINE_STATES, type Machine } from '../model/machine.js';
+import { collect, parseParamPairs, type Globals } from './client.js';
+import { colorState, print, renderTable, shown, shownErr } from './output.js';
+import { factsSection } from './join.js';
+import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
+import { sshBody } from './ssh.js';
+
+const enc = encodeURIComponent;
+
+// ---- machines -----------------------------------------------------------------------------------------
+
+export const machineColumns = [
+  { header: 'NAME', get: (m: Machine) => m.name },
+  { header: 'ID', get: (m: Machine) => m.id },
+  { header: 'ENV', get: (m: Machine) => m.environment },
+  { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
+  { header: 'STATE', get: statusOf, color: colorStatus },
+  { header: 'AGENT', get: (m: Machine) => agentCell(m) },
+  { header: 'REASON', get: (m: Machine) => m.reason, max: 80 },
+];
+
+export function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
+  const machines = program.command('machines').description('managed machines: create, inspect, steer');
+  machines
+    .command('list')
+    .description('list machines (filters combine)')
+    .addOption(new Option('--state <state>', 'only machines in this state').choices(MACHINE_STATES))
+    .option('--pipeline <name>')
+    .option('--environment <env>')
+    .option('--name <substring>')
+    .option('--built-with <pack@range>', 'built with a pack version in this range, e.g. demo@<1.2.0')
+    .option('--stale', 'built with an older pack version than the one in use, or with params that changed since')
+    .option('--limit <n>', 'page size', '100')
+    .option('--offset <n>', 'skip this many', '0')
+    .action(async (o: Record<string, string | boolean | undefined>) => {
+      const { builtWith, stale, ...rest } = o;
+      const query = { ...rest, builtWith: builtWith as string | undefined, stale: stale ? 'true' : undefined } as Record<string, string | undefined>;
+      const r = await api().get<{ items: Array<Machine & { stale?: string[] }>; total: number }>('/machines', query);
+      const columns = stale ? [...machineColumns.slice(0, 5), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n') }] : machineColumns;
+      print(g().output, r.items, () => renderTable(r.items, columns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
+    });
+  machines
+    .command('record <machine>')
+    .description('what built the machine, task by task: pack@version, task hash, script hash, params')
+    .action(async (id: string) => {
+      const r = await api().get<MachineRecord>(`/machines/${enc(id)}/record`);
+      print(g().output, r, () => recordText(r));
+    });
+  machines
+    .command('get <machine>')
+    .description('one machine by id or name')
+    .action(async (id: string) => {
+      const m = await api().get<MachineView>(`/machines/${enc(id)}`);
+      print(g().output, m, () => {
+        const { facts, ...rest } = m;
+        return `${machineText(rest as MachineView)}\n\n${factsSection(facts)}`;
+      });
+    });
+  machines
+    .command('create [name]')
+    .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
+    .option('--broker <broker>', 'e.g. local')
+    .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
+    .option('--environment <env>', 'environment (default: the broker\'s, else local)')
+    .option('--pipeline <name>', 'start this pipeline right away')
+    .option('--param <key=value>', 'machine param (repeatable)', collect)
+    .option('--profile <name>', 'profile (repeatable, highest precedence first)', collect)
+    .option('--ssh <user@host[:port]>', 'agentless: the endpoint runs its jobs over SSH (IPv6 in brackets: root@[2001:db8::5]:22)')
+    .option('--ssh-key <credential>', 'with --ssh: the credential that logs in (takt credentials add NAME --ssh-key FILE)')
+    .option('--ssh-root <dir>', 'with --ssh: what scripts see as TAKT_ROOT on the host (default /)')
+    .option('--ssh-dir <dir>', "with --ssh: takt's dir on the host (default /var/lib/takt-ssh for root, else ~/.takt)")
+    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
+      const body = {
+        name,
+        broker: o.broker,
+        count: Number(o.count),
+        environment: o.environment,
+        pipeline: o.pipeline,
+        params: o.param ? parseParamPairs(o.param) : undefined,
+        profiles: o.profile,
+        ssh: sshBody(o, true),
+      };
+      const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
+      for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${shownErr(w)}\n`);
+      print(g().output, r.items, () =>
+        renderTable(r.items, machineColumns) +
+        (r.items.some((m) => m.token) ? `\n${pc.yellow('machine tokens (shown once):')}\n${r.items.map((m) => shown(`  ${m.name}: ${m.token}`)).join('\n')}` : ''),
+      );
+    });
+  machines
+    .command('update <machine>')
+    .description('change a machine: pipeline (restarts it from the top), params, profiles, name, environment')
+    .option('--pipeline <name>', "assign a pipeline ('' to clear)")
+    .option('--param <key=value>', 'set a param (repeatable)', collect)
+    .option('--unset <key>', 'remove a param (repeatable)', collect)
+    .option('--profile <name>', 'replace the profile list (repeatable)', collect)
+    .option('--name <name>')
+    .option('--environment <env>')
+    .option('--ssh <user@host[:port]>', 'agentless machines: reach the host here instead (its key is pinned afresh)')
+    .option('--ssh-key <credential>', 'agentless machines: log in with this credential instead')
+    .option('--ssh-root <dir>', "agentless machines: TAKT_ROOT on the host ('' for /)")
+    .option('--ssh-dir <dir>', "agentless machines: takt's dir on the host ('' for the default)")
+    .option('--ssh-accept-new-key', 'agentless machines: trust the new host key the host offered (check its fingerprint on the host first)')
+    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
+      const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
+      const body: Record<string, unknown> = {};
+      if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
+      if (Object.keys(params).length) body.params = params;
+      if (o.profile) body.profiles = o.profile;
+      if (o.name) body.name = o.name;
+      if (o.environment) body.environment = o.environment;
+      const ssh = sshBody(o, false);
+      if (ssh) body.ssh = ssh;
+      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --name, --environment or an --ssh option');
+      const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
+      print(g().output, m, () => renderTable([m], machineColumns));
+    });
+  machines
+    .command('delete <machine>')
+    .description('delete a machine (its broker destroys it; its running job is cancelled)')
+    .action(async (id: string) => {
+      const m = await api().delete<Machine>(`/machines/${enc(id)}`);
+      print(g().output, m, () => shown(`deleted ${m.name}`));
+    });
+  for (const [verb, what] of [
+    ['resume', 're-run the task a stopped machine stopped on (or continue after a pause)'],
+    ['restart', 'start the pipeline over from its first task'],
+  ] as const) {
+    machines
+      .command(`${verb} <machine>`)
+      .description(what)
+      .action(async (id: string) => {
+        const m = await api().post<Machine>(`/machines/${enc(id)}/${verb}`);
+        print(g().output, m, () => renderTable([m], machineColumns));
+      });
+  }
+  machines
+    .command('power <machine>')
+    .addArgument(new Argument('<state>', 'on or off').choices(['on', 'off']))
+    .description('power a machine on or off')
+    .action(async (id: string, state: string) => {
+      const m = await api().post<Machine>(`/machines/${enc(id)}/power`, { power: state });
+      print(g().output, m, () => renderTable([m], machineColumns));
+    });
+  machines
+    .command('wait <machine>')
+    .description('wait until the machine reaches a state; exits 1 if it stops instead of finishing, 2 on timeout')
+    .addOption(new Option('--until <state>', 'the state to wait for').choices(MACHINE_STATES).default('done'))
+    .option('--timeout <duration>', 'give up after this long', '10m')
+    .action(async (id: string, o: { until: string; timeout: string }) => {
+      const client = api();
+      const deadline = Date.now() + parseDuration(o.timeout, '--timeout', DURATION_RANGES.wait);
+      for (;;) {
+        const m = await client.get<Machine>(`/machines/${enc(id)}`);
+        if (m.state === o.until) return print(g().output, m, () => `${shown(m.name)} is ${colorState(m.state)}`);
+        if (o.until === 'done' && m.state === 'stopped') {
+          print(g().output, m, () => `${shown(m.name)} ${colorState('stopped')}: ${shown(m.reason ?? '')}`);
+          process.exitCode = 1;
+          return;
+        }
+        if (Date.now() > deadline) {
+          process.stderr.write(shownErr(`takt: timed out after ${o.timeout} waiting for ${m.name} to be ${o.until}; it is ${m.state}${m.reason ? ` (${m.reason})` : ''}`) + '\n');
+          process.exitCode = 2;
+          return;
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    });
+}
+
+function recordText(r: MachineRecord): string {
+  const table = renderTable(r.entries, [
+    { header: 'STAGE/TASK', get: (e) => `${e.stage ?? ''}/${e.task}` },
+    { header: 'PACK', get: (e) => e.pack },
+    { header: 'TASK SHA', get: (e) => e.taskSha256?.slice(0, 12) },
+    { header: 'SCRIPT SHA', get: (e) => e.scriptSha256?.slice(0, 12) },
+    { header: 'PARAMS', get: (e) => Object.entries(e.params).map(([k, p]) => `${k}=${JSON.stringify(p.value)} (${p.from})`).join('\n') || null },
+    { header: 'JOB', get: (e) => e.job },
+    { header: 'AT', get: (e) => e.finishedAt },
+  ]);
+  const head = `${pc.bold(shown(r.machine))} pipeline ${r.pipeline ? shown(r.pipeline) : pc.dim('(none)')}`;
+  const stale = r.stale.length ? `\n${pc.yellow('stale:')}\n${r.stale.map((s) => shown(`  ${s}`)).join('\n')}` : `\n${pc.green('current: built with what is in use now')}`;
+  return `${head}\n${table}${stale}`;
+}

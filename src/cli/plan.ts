@@ -1,0 +1,81 @@
+/** `takt plan` and `takt render`: what a machine would run, and with which params. */
+import { type Command } from 'commander';
+import pc from 'picocolors';
+import type { ApiClient } from '../client/http.js';
+import { TaktError } from '../model/errors.js';
+import { type Globals } from './client.js';
+import { colorState, print, shown, shownErr } from './output.js';
+
+const enc = encodeURIComponent;
+
+export function planCommands(program: Command, g: Globals, api: () => ApiClient) {
+  program
+    .command('plan <machine>')
+    .description("show the machine's remaining tasks and every param each uses: value (secure ones masked) and the layer it came from")
+    .action(async (machine: string) => {
+      const plan = await api().get<PlanView>(`/machines/${enc(machine)}/plan`);
+      print(g().output, plan, () => planTable(plan));
+    });
+
+  program
+    .command('render <task>')
+    .description('print the exact script TASK would run on a machine (secure values masked)')
+    .requiredOption('--machine <machine>', 'machine id or name')
+    .action(async (task: string, o: { machine: string }) => {
+      const r = await api().get<{ displayScript: string | null; error: string | null; noop: string | null; variant: string; params: PlanParam[] }>(
+        `/machines/${enc(o.machine)}/render`,
+        { task },
+      );
+      if (g().output !== 'table') return print(g().output, r);
+      if (r.noop) return void process.stdout.write(shown(`# no-op on this machine (variant ${r.variant}): ${r.noop}\n`));
+      if (r.error) throw new TaktError('invalid', `${task} cannot be rendered for ${o.machine}: ${r.error}`);
+      process.stderr.write(pc.dim(shownErr(`# variant ${r.variant}; ${r.params.map((p) => `${p.name} from ${p.from}`).join(', ') || 'no params'}`)) + '\n');
+      process.stdout.write(shown(r.displayScript ?? ''));
+    });
+}
+
+// ---- plan view ----------------------------------------------------------------------------------------
+
+interface PlanParam {
+  name: string;
+  value: unknown;
+  from: string;
+  secure: boolean;
+  required: boolean;
+}
+interface PlanStepView {
+  stage: string | null;
+  task: string;
+  variant: string;
+  noop: string | null;
+  params: PlanParam[];
+  missing: string[];
+  error: string | null;
+}
+interface PlanView {
+  machine: string;
+  pipeline: string | null;
+  state: string;
+  workOrders: Array<{ id: string; blueprint: string; steps: PlanStepView[] }>;
+  from: 'continue' | 'restart';
+  steps: PlanStepView[];
+}
+
+function planTable(plan: PlanView): string {
+  const lines: string[] = [`${pc.bold(shown(plan.machine))} ${colorState(plan.state)} pipeline ${plan.pipeline ? shown(plan.pipeline) : pc.dim('(none)')}`];
+  const step = (s: PlanStepView) => {
+    lines.push(`  ${s.stage ? shown(`${s.stage}/`) : ''}${pc.bold(shown(s.task))}${s.variant !== 'default' ? pc.dim(shown(` [variant ${s.variant}]`)) : ''}`);
+    if (s.noop) lines.push(`    ${pc.dim(shown(`no-op: ${s.noop}`))}`);
+    for (const p of s.params) lines.push(`    ${shown(`${p.name} = ${JSON.stringify(p.value)}`)} ${pc.dim(shown(`(${p.from})`))}`);
+    for (const m of s.missing) lines.push(`    ${pc.red(shown(`${m} = MISSING (required)`))}`);
+    if (s.error && s.missing.length === 0) lines.push(`    ${pc.red(shown(s.error))}`);
+  };
+  for (const wo of plan.workOrders) {
+    lines.push(pc.dim(shown(`work order ${wo.id} (${wo.blueprint}) runs first:`)));
+    wo.steps.forEach(step);
+  }
+  if (plan.steps.length === 0) lines.push(pc.dim('  nothing left to run'));
+  else if (plan.from === 'restart') lines.push(pc.dim('finished; `takt machines restart` would run:'));
+  plan.steps.forEach(step);
+  return lines.join('\n');
+}

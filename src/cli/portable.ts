@@ -1,0 +1,56 @@
+/** The `portable` commands. */
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { type Command } from 'commander';
+import pc from 'picocolors';
+import type { ApiClient } from '../client/http.js';
+import { TaktError } from '../model/errors.js';
+import { type Globals } from './client.js';
+import { print, shown } from './output.js';
+
+export function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
+  program
+    .command('export <dir>')
+    .description('write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git')
+    .action(async (dir: string) => {
+      const { files } = await api().get<{ files: Record<string, string> }>('/export');
+      // Every path must stay inside DIR, whatever the endpoint sends: checked before anything is written.
+      const { assertPlainPaths } = await import('../content/files.js');
+      assertPlainPaths(files, 'export');
+      const existing = await readdir(dir).catch(() => null);
+      if (existing && existing.length > 0 && !existing.includes('takt-export.yaml')) {
+        throw new TaktError('conflict', `${dir} is not empty and holds no takt export; choose an empty or new directory`);
+      }
+      // Replace an earlier export whole, so files of deleted objects do not linger.
+      if (existing) for (const e of existing) if (['packs', 'local', 'machines', 'takt-export.yaml'].includes(e)) await rm(join(dir, e), { recursive: true, force: true });
+      for (const [path, text] of Object.entries(files)) {
+        await mkdir(dirname(join(dir, path)), { recursive: true });
+        await writeFile(join(dir, path), text);
+      }
+      print(g().output, { dir, files: Object.keys(files).length }, () => shown(`exported ${Object.keys(files).length} files to ${dir}`));
+    });
+  program
+    .command('import <dir>')
+    .description('restore the desired state from a `takt export` directory (machines not in it are reported, not deleted)')
+    .action(async (dir: string) => {
+      const files: Record<string, string> = {};
+      const walk = async (rel: string) => {
+        for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
+          const p = rel ? `${rel}/${e.name}` : e.name;
+          if (e.isDirectory()) await walk(p);
+          else if (e.isFile() && !e.name.startsWith('.')) files[p] = await readFile(join(dir, p), 'utf8');
+        }
+      };
+      await walk('').catch((err: NodeJS.ErrnoException) => {
+        throw new TaktError('not_found', `${dir}: ${err.code === 'ENOENT' ? 'no such directory' : err.message}`);
+      });
+      const r = await api().post<{ packVersionsInstalled: string[]; content: Record<string, number>; machines: { created: string[]; updated: string[] }; problems: string[] }>('/import', { files });
+      print(g().output, r, () =>
+        [
+          shown(`imported ${dir}: ${r.packVersionsInstalled.length} pack version(s) installed, content ${r.content.created} created / ${r.content.updated} updated / ${r.content.deleted} deleted, machines ${r.machines.created.length} created / ${r.machines.updated.length} updated`),
+          ...r.problems.map((p) => pc.yellow(shown(`  ${p}`))),
+        ].join('\n'),
+      );
+      if (r.problems.length) process.exitCode = 1;
+    });
+}
