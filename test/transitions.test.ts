@@ -8,6 +8,7 @@ import {
   judgeJob,
   nextPosition,
   normalisePosition,
+  pause,
   restart,
   resume,
   TransitionError,
@@ -64,12 +65,13 @@ describe('pipeline job outcomes (exit-code contract)', () => {
     ['1 stops the line on the task', running(0, 1), exit(1), { state: 'stopped', stageIndex: 0, taskIndex: 1 }, 'failed', 'continue'],
     ['17 is not a flag combination: failure', running(0, 0), exit(17), { state: 'stopped', stageIndex: 0, taskIndex: 0 }, 'failed', 'continue'],
     ['signal (null) is a failure', running(0, 0), exit(null), { state: 'stopped' }, 'failed', 'continue'],
-    ['16 pauses after the task', running(0, 0), exit(16), { state: 'stopped', stageIndex: 0, taskIndex: 1 }, 'succeeded', 'continue'],
+    ['16 pauses after the task (paused, not stopped: nothing failed)', running(0, 0), exit(16), { state: 'paused', stageIndex: 0, taskIndex: 1 }, 'succeeded', 'continue'],
+    ['16 on the last task finishes', running(2, 0), exit(16), { state: 'done' }, 'succeeded', 'continue'],
     ['32 powers off and advances', running(0, 0), exit(32), { state: 'running', taskIndex: 1, power: 'off' }, 'succeeded', 'poweroff'],
     ['64 reboots and advances', running(0, 0), exit(64), { state: 'running', taskIndex: 1 }, 'succeeded', 'reboot'],
     ['128 runs the task again', running(0, 1), exit(128), { state: 'running', stageIndex: 0, taskIndex: 1 }, 'succeeded', 'continue'],
     ['192 reboots then runs the task again', running(0, 1), exit(192), { state: 'running', taskIndex: 1 }, 'succeeded', 'reboot'],
-    ['144 stops and runs the task again on resume', running(0, 1), exit(144), { state: 'stopped', taskIndex: 1 }, 'succeeded', 'continue'],
+    ['144 pauses and runs the task again on resume', running(0, 1), exit(144), { state: 'paused', taskIndex: 1 }, 'succeeded', 'continue'],
     ['96 power off wins over reboot', running(0, 0), exit(96), { power: 'off', taskIndex: 1 }, 'succeeded', 'poweroff'],
     ['timeout stops the line', running(0, 0), exit(null, { timedOut: true, timeoutMs: 5000 }), { state: 'stopped', taskIndex: 0 }, 'failed', 'continue'],
     ['agent error stops the line', running(0, 0), exit(null, { error: 'spawn bash ENOENT' }), { state: 'stopped' }, 'failed', 'continue'],
@@ -78,6 +80,16 @@ describe('pipeline job outcomes (exit-code contract)', () => {
     ['bad output fails even with exit 0', running(0, 0), { kind: 'invalid', exitCode: 0, message: 'x' }, { state: 'stopped', taskIndex: 0 }, 'failed', 'continue'],
     ['no-op variant advances', running(0, 0), { kind: 'noop', reason: 'n/a here' }, { state: 'running', taskIndex: 1 }, 'succeeded', 'continue'],
     ['unrenderable task stops the line', running(0, 0), { kind: 'unrenderable', message: 'missing' }, { state: 'stopped', taskIndex: 0 }, 'failed', 'continue'],
+    // An operator's cancel: the position is kept; with hold the machine pauses on the task.
+    ['cancel with hold pauses on the task', running(0, 1, { attempt: 1 }), { kind: 'cancelled', by: 'ann', why: 'wrong disk', hold: true }, { state: 'paused', stageIndex: 0, taskIndex: 1, attempt: 0, reason: "paused by ann: wrong disk; job of task 'task' cancelled, resume re-runs it" }, 'cancelled', 'continue'],
+    ['cancel without hold leaves state and position (power off, restart decide)', running(0, 1), { kind: 'cancelled', by: 'ann', why: 'machine powered off' }, { state: 'running', stageIndex: 0, taskIndex: 1 }, 'cancelled', 'continue'],
+    ['cancel of a machine already pausing pauses on the task', running(0, 1, { state: 'paused', reason: 'paused by bo' }), { kind: 'cancelled', by: 'bo', hold: true }, { state: 'paused', taskIndex: 1 }, 'cancelled', 'continue'],
+    ['handed back: nothing ran, nothing moves', running(0, 1), { kind: 'handed-back' }, { state: 'running', stageIndex: 0, taskIndex: 1 }, 'cancelled', 'continue'],
+    // Paused by an operator while the job ran: success moves on and the pause holds; failure still stops.
+    ['paused while running: 0 moves on and stays paused', running(0, 0, { state: 'paused', reason: 'paused by ann: maintenance' }), exit(0), { state: 'paused', taskIndex: 1, reason: 'paused by ann: maintenance' }, 'succeeded', 'continue'],
+    ['paused while running: 0 on the last task finishes', running(2, 0, { state: 'paused', reason: 'paused by ann' }), exit(0), { state: 'done', reason: null }, 'succeeded', 'continue'],
+    ['paused while running: 1 stops the line', running(0, 0, { state: 'paused', reason: 'paused by ann' }), exit(1), { state: 'stopped', taskIndex: 0 }, 'failed', 'continue'],
+    ['paused while running: 16 pauses with the task as reason', running(0, 0, { state: 'paused', reason: 'paused by ann' }), exit(16), { state: 'paused', taskIndex: 1, reason: "paused by task 'task' (exit code 16); resume to continue" }, 'succeeded', 'continue'],
   ];
   it.each(rows)('%s', (_name, before, outcome, wantMachine, wantJob, wantAction) => {
     const d = afterPipelineJob(before, shape, 'task', outcome);
@@ -114,6 +126,8 @@ describe('work order job outcomes', () => {
     ['incomplete repeats the task', 1, exit(128), { state: 'running', taskIndex: 1 }, 'continue'],
     ['reboot is passed on', 0, exit(64), { state: 'running', taskIndex: 1 }, 'reboot'],
     ['lost fails the work order', 0, { kind: 'lost', leaseMs: 1000 } as JobOutcome, { state: 'failed' }, 'continue'],
+    ['cancel cancels the work order, saying who and why', 1, { kind: 'cancelled', by: 'ann', why: 'wrong host' } as JobOutcome, { state: 'cancelled', taskIndex: 1, reason: "its job (task 'scan') was cancelled by ann: wrong host" }, 'continue'],
+    ['handed back: the work order stays on the task', 1, { kind: 'handed-back' } as JobOutcome, { state: 'running', taskIndex: 1 }, 'continue'],
   ] as const)('%s', (_n, taskIndex, outcome, want, action) => {
     const d = afterWorkOrderJob({ taskIndex }, 2, 'scan', outcome, 'on');
     expect(d.workOrder).toMatchObject(want);
@@ -125,6 +139,7 @@ describe('work order job outcomes', () => {
 describe('operator transitions', () => {
   it.each([
     ['stopped', true],
+    ['paused', true],
     ['idle', true],
     ['running', false],
     ['done', false],
@@ -134,6 +149,22 @@ describe('operator transitions', () => {
     if (ok) expect(resume(m)).toMatchObject({ state: 'running', reason: null, stageIndex: 0, taskIndex: 1, attempt: 0, power: 'on' });
     else expect(() => resume(m)).toThrow(TransitionError);
   });
+  it.each([
+    ['running', { state: 'paused', reason: 'paused by ann: disk swap', stageIndex: 0, taskIndex: 1 }],
+    ['awaiting-approval', { state: 'paused', reason: 'paused by ann: disk swap' }],
+    ['paused', { state: 'paused', reason: 'paused by bo' }], // already paused: unchanged
+  ] as const)('pause from %s', (state, want) => {
+    expect(pause(running(0, 1, { state, reason: state === 'paused' ? 'paused by bo' : null }), 'ann', 'disk swap')).toMatchObject(want);
+  });
+  it.each([
+    ['idle', /no pipeline running/],
+    ['done', /finished its pipeline/],
+    ['stopped', /already stopped/],
+  ] as const)('pause from %s is refused with a hint', (state, hint) => {
+    expect(() => pause(running(0, 1, { state }), 'ann')).toThrow(TransitionError);
+    expect(() => pause(running(0, 1, { state }), 'ann')).toThrow(hint);
+  });
+  it('pause without a reason says who', () => expect(pause(running(0, 0), 'ann').reason).toBe('paused by ann'));
   it('resume without a pipeline is refused', () => expect(() => resume(running(0, 0, { state: 'stopped', pipeline: null }))).toThrow(/no pipeline/));
   it.each(['running', 'stopped', 'done', 'idle'] as const)('restart from %s goes to the top', (state) => {
     expect(restart(running(2, 0, { state }))).toMatchObject({ state: 'running', stageIndex: 0, taskIndex: 0, reason: null });
@@ -168,7 +199,8 @@ describe('judgeJob reasons', () => {
     [exit(null), 'failed', "task 't' was killed by a signal"],
     [exit(null, { timedOut: true, timeoutMs: 2000 }), 'failed', "task 't' timed out after 2s and was killed"],
     [{ kind: 'lost', leaseMs: 10_000 } as JobOutcome, 'lost', /no word from the agent for 10s/],
-    [{ kind: 'cancelled', by: 'admin' } as JobOutcome, 'cancelled', 'cancelled by admin'],
+    [{ kind: 'cancelled', by: 'admin' } as JobOutcome, 'cancelled', /^cancelled by admin$/],
+    [{ kind: 'cancelled', by: 'admin', why: 'machine powered off' } as JobOutcome, 'cancelled', /^cancelled by admin: machine powered off$/],
   ])('%j', (o, state, reason) => {
     const v = judgeJob('t', o);
     expect(v.state).toBe(state);

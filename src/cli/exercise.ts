@@ -164,7 +164,8 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
         const line = `${env}: ${m.state}${at && m.state !== 'done' ? ` at ${at.stage}/${at.task} (${position(m) + 1}/${order.length})` : ''}`;
         if (progress.get(env) !== line) process.stderr.write(pc.dim(shownErr(line)) + '\n');
         progress.set(env, line);
-        if (m.state === 'done' || m.state === 'stopped') finished[env] = { machine: m, at: Date.now() };
+        // paused (a task's exit 16) is an end too: nothing more runs until someone resumes it.
+        if (m.state === 'done' || m.state === 'stopped' || m.state === 'paused') finished[env] = { machine: m, at: Date.now() };
       }
       if (Object.keys(finished).length === envs.length) break;
       if (Date.now() > deadline) {

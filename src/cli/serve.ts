@@ -333,7 +333,7 @@ function reportProgress(store: Awaited<ReturnType<typeof openSqliteStore>>, log:
         const was = names.get(m.id);
         names.set(m.id, `${m.name}|${m.state}`);
         const [, prevState] = (was ?? '|').split('|');
-        if (prevState !== m.state && (m.state === 'done' || m.state === 'stopped')) {
+        if (prevState !== m.state && (m.state === 'done' || m.state === 'stopped' || m.state === 'paused')) {
           log(m.state === 'stopped' ? 'warn' : 'info', `machine ${m.name} ${m.state}`, m.reason ? { reason: m.reason } : undefined);
         }
       } else if (e.topic.startsWith('jobs.update.')) {

@@ -128,7 +128,7 @@ export class Churn {
     if (active.length > 0) return;
     const fleet = await this.fleet();
     const now = Date.now();
-    const due = fleet.filter(({ builtAt, machine }) => now - builtAt > policy.maxAgeMs && machine.state !== 'running');
+    const due = fleet.filter(({ builtAt, machine }) => now - builtAt > policy.maxAgeMs && machine.state !== 'running' && machine.state !== 'paused');
     if (due.length === 0) return;
     // One pipeline per rollout: rebuild the largest group first.
     const byPipeline = new Map<string, Machine[]>();

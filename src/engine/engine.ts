@@ -30,7 +30,9 @@ import {
   afterPipelineJob,
   afterWorkOrderJob,
   assignPipeline,
+  judgeJob,
   normalisePosition,
+  pause,
   restart,
   resume,
   taskAt,
@@ -366,7 +368,7 @@ export class Engine {
     }
     if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
       if (patch.pipeline) this.assertStartable(next, patch.pipeline, content);
-      await this.cancelCurrent(tx, m, author);
+      await this.cancelCurrent(tx, m, author, patch.pipeline ? `pipeline changed from ${m.pipeline ?? '(none)'} to ${patch.pipeline}` : `pipeline ${m.pipeline} unassigned`);
       next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
     }
     return this.saveDesired(tx, m, next, author);
@@ -376,7 +378,7 @@ export class Engine {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
       const m = await this.locked(tx, found.id);
-      await this.cancelCurrent(tx, m, author);
+      await this.cancelCurrent(tx, m, author, 'machine deleted');
       for (const wo of await tx.listWorkOrders({ machineId: m.id })) {
         if (wo.state === 'queued' || wo.state === 'running') await this.finishWorkOrder(tx, wo, 'cancelled', `machine deleted by ${author}`);
       }
@@ -394,15 +396,70 @@ export class Engine {
   async restartMachine(idOrName: string, author: string): Promise<Machine> {
     const m = await this.findMachine(idOrName);
     if (m.pipeline) this.assertStartable(m, m.pipeline);
-    return this.operate(idOrName, author, (v) => restart(v), true);
+    return this.operate(idOrName, author, (v) => restart(v), 'machine restarted');
   }
 
-  /** Power a machine off or on (the broker acts on it; an agent that is told `off` exits). */
+  /**
+   * Power a machine off or on (the broker acts on it; an agent that is told `off` exits). Powering off
+   * cancels the running job (its script's process group is killed): the machine keeps its place and
+   * runs that task again when it is powered on.
+   */
   async setPower(idOrName: string, power: Machine['power'], author: string): Promise<Machine> {
-    return this.operate(idOrName, author, (m) => ({ ...m, power }));
+    return this.operate(idOrName, author, (m) => ({ ...m, power }), power === 'off' ? 'machine powered off' : null);
   }
 
-  private async operate(idOrName: string, author: string, fn: (m: MachineView) => MachineView, cancel = false): Promise<Machine> {
+  /**
+   * Operator: pause a machine's pipeline where it stands (see transitions.pause). Without `cancel` its
+   * running job finishes first (the machine then stops before the next task); with it the job is
+   * cancelled and the machine pauses on that job's task. `already`: it was paused before (nothing changed
+   * unless a job was cancelled). `cancelled`: the job that was cancelled, if any.
+   * @throws TaktError conflict for a machine with nothing to pause (idle, done, stopped).
+   */
+  async pauseMachine(idOrName: string, author: string, o: { cancel?: boolean; why?: string } = {}): Promise<{ machine: Machine; already: boolean; cancelled: Job | null }> {
+    const found = await this.findMachine(idOrName);
+    return this.store.transact(async (tx) => {
+      const m = await this.locked(tx, found.id);
+      let next: Machine;
+      try {
+        next = { ...m, ...pause(m, author, o.why) };
+      } catch (err) {
+        if (err instanceof TransitionError) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
+        throw err;
+      }
+      let cancelled: Job | null = null;
+      if (o.cancel && next.currentJob) {
+        const s = await this.cancelRunning(tx, next, author, o.why ?? `machine paused`, true);
+        if (s) ({ machine: next, job: cancelled } = s);
+      }
+      const already = m.state === 'paused';
+      if (already && !cancelled) return { machine: m, already, cancelled };
+      return { machine: await this.saveDesired(tx, m, next, author), already, cancelled };
+    });
+  }
+
+  /**
+   * Operator: cancel a running job. Its agent (or the SSH transport) kills the script's whole process group
+   * as soon as it hears (its heartbeat long-polls for this). A pipeline job leaves its machine `paused` on
+   * the job's task (a resume runs it again); a work-order job cancels its work order.
+   * @throws TaktError not_found, or conflict for a job that has already ended.
+   */
+  async cancelJob(jobId: string, author: string, why?: string): Promise<Job> {
+    return this.store.transact(async (tx) => {
+      const job = await tx.getJob(jobId);
+      if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
+      if (job.state !== 'running') throw new TaktError('conflict', `job '${jobId}' already ended: ${job.state}${job.reason ? ` (${job.reason})` : ''}`);
+      const m = await this.locked(tx, job.machineId);
+      const s = await this.settle(tx, m, job, { kind: 'cancelled', by: author, why, hold: true }, {}, undefined, true);
+      await this.saveDesired(tx, m, s.machine, author);
+      return s.job;
+    });
+  }
+
+  /**
+   * `fn` applied to the machine in one transaction. `cancel`: an operator action that ends the running
+   * job, in these words (e.g. 'machine restarted'); the job ends `cancelled by <author>: <cancel>`.
+   */
+  private async operate(idOrName: string, author: string, fn: (m: MachineView) => MachineView, cancel: string | null = null): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
       const m = await this.locked(tx, found.id);
@@ -413,8 +470,8 @@ export class Engine {
         if (err instanceof TransitionError) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
         throw err;
       }
-      if (cancel) await this.cancelCurrent(tx, m, author);
-      return this.saveDesired(tx, m, { ...m, ...view, currentJob: cancel ? null : m.currentJob }, author);
+      const current = cancel === null ? m : await this.cancelCurrent(tx, m, author, cancel);
+      return this.saveDesired(tx, m, { ...current, ...view }, author);
     });
   }
 
@@ -521,9 +578,11 @@ export class Engine {
       const m = await this.locked(tx, wo.machineId);
       if (m.currentJob) {
         const j = await tx.getJob(m.currentJob);
-        if (j?.workOrderId === wo.id) await this.cancelCurrent(tx, m, author);
+        if (j?.workOrderId === wo.id) await this.saveMachine(tx, await this.cancelCurrent(tx, m, author, 'work order cancelled'));
       }
-      const done = await this.finishWorkOrder(tx, wo, 'cancelled', `cancelled by ${author}`);
+      // Cancelling its running job has already ended the work order (saying so); a queued one ends here.
+      const after = (await tx.getWorkOrder(wo.id)) ?? wo;
+      const done = after.state === 'queued' || after.state === 'running' ? await this.finishWorkOrder(tx, after, 'cancelled', `cancelled by ${author}`) : after;
       await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state }, { state: done.state });
       return done;
     });
@@ -587,8 +646,10 @@ export class Engine {
     if (m.currentJob) {
       const running = await tx.getJob(m.currentJob);
       if (running?.state === 'running') {
-        if (lastJob !== undefined && lastJob !== running.id) m = await this.handBack(tx, m, running);
-        else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
+        if (lastJob !== undefined && lastJob !== running.id) {
+          m = await this.handBack(tx, m, running);
+          pending.machine = true;
+        } else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
       } else m = { ...m, currentJob: null };
     }
     for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
@@ -634,18 +695,9 @@ export class Engine {
    * this claim runs it. Nothing ran, so this is not a retry.
    */
   private async handBack(tx: Tx, m: Machine, job: Job): Promise<Machine> {
-    const finished: Job = {
-      ...job,
-      state: 'cancelled',
-      reason: 'the claim that took this job was never answered (its agent had given up on it); the task ran on the next claim',
-      finishedAt: new Date().toISOString(),
-      leaseExpiresAt: null,
-    };
-    await tx.finishJob(finished);
-    await this.logs.end(tx, job.id);
-    tx.emit(`jobs.update.${job.id}`, publicJob(finished));
+    const s = await this.settle(tx, m, job, { kind: 'handed-back' }, {}, undefined, true);
     this.log('warn', 'claim answer not delivered: job handed back', { job: job.id, machine: m.name, task: job.task });
-    return { ...m, currentJob: null };
+    return s.machine;
   }
 
   /** What the machine should run next: queued work orders first (at task boundaries), then its pipeline. */
@@ -758,7 +810,8 @@ export class Engine {
     } else {
       const shape = job.pipeline && job.pipeline === m.pipeline ? this.shapeOf(content, job.pipeline) : null;
       const retries = content.objects.tasks.get(job.task)?.def.retries ?? 0;
-      if (shape && m.state === 'running' && m.currentJob === job.id) {
+      // A machine paused while the job ran still moves past it (transitions.afterPipelineJob).
+      if (shape && (m.state === 'running' || m.state === 'paused') && m.currentJob === job.id) {
         const d = afterPipelineJob(m, shape, job.task, outcome, retries);
         verdict = d.job;
         action = d.action;
@@ -767,7 +820,8 @@ export class Engine {
       } else {
         // The machine was restarted or reassigned while this job ran: record the job, leave the machine be.
         verdict = { state: outcome.kind === 'cancelled' ? 'cancelled' : 'failed', reason: 'the machine moved on while this job ran' };
-        if (outcome.kind === 'exit') verdict = { state: 'cancelled', reason: 'the machine was restarted or reassigned while this job ran' };
+        if (outcome.kind === 'cancelled' || outcome.kind === 'handed-back') verdict = judgeJob(job.task, outcome);
+        else if (outcome.kind === 'exit') verdict = { state: 'cancelled', reason: 'the machine was restarted or reassigned while this job ran' };
       }
     }
     const finished: Job = {
@@ -835,13 +889,36 @@ export class Engine {
     });
   }
 
-  async heartbeat(jobId: string, caller: string | null): Promise<HeartbeatResponse> {
-    return this.store.transact(async (tx) => {
-      const job = await this.ownedJobState(tx, jobId, caller);
-      if (job.state !== 'running') return { running: false };
-      await tx.renewLease(job.id, this.leaseUntil());
-      return { running: true };
+  /**
+   * Renews a running job's lease. `waitMs` > 0: then holds the answer up to that long, answering at once
+   * when the job ends meanwhile (an operator cancelled it), so the agent kills the script without waiting
+   * for its next heartbeat.
+   */
+  async heartbeat(jobId: string, caller: string | null, waitMs = 0, signal?: AbortSignal): Promise<HeartbeatResponse> {
+    const job = await this.store.transact(async (tx) => {
+      const j = await this.ownedJobState(tx, jobId, caller);
+      if (j.state === 'running') await tx.renewLease(j.id, this.leaseUntil());
+      return j;
     });
+    if (job.state !== 'running') return { running: false };
+    return { running: !(await this.jobEnded(jobId, job.machineId, waitMs, signal)) };
+  }
+
+  /**
+   * Waits up to `waitMs` for a running job to end (woken by its machine's events, not by polling).
+   * True when it has ended (or is gone); false when it still runs at the deadline, on abort or on stop.
+   */
+  async jobEnded(jobId: string, machineId: string, waitMs: number, signal?: AbortSignal): Promise<boolean> {
+    const deadline = Date.now() + waitMs;
+    for (let i = 0; i < 10_000; i++) {
+      const gen = this.generation(machineId);
+      const state = (await this.store.getJobState(jobId))?.state;
+      if (state !== 'running') return true;
+      const left = deadline - Date.now();
+      if (left <= 0 || signal?.aborted || this.stopped) return false;
+      if (this.generation(machineId) === gen) await this.waitForWake(machineId, left, signal);
+    }
+    return false;
   }
 
   /**
@@ -1039,18 +1116,21 @@ export class Engine {
     return expired.length;
   }
 
-  private async cancelCurrent(tx: Tx, m: Machine, author: string): Promise<void> {
-    if (!m.currentJob) return;
-    const job = await tx.getJob(m.currentJob);
-    if (job?.state !== 'running') return;
-    const finished: Job = { ...job, state: 'cancelled', reason: `cancelled by ${author}`, finishedAt: new Date().toISOString(), leaseExpiresAt: null };
-    await tx.finishJob(finished);
-    await this.logs.end(tx, job.id);
-    tx.emit(`jobs.update.${job.id}`, publicJob(finished));
-    if (job.workOrderId) {
-      const wo = await tx.getWorkOrder(job.workOrderId);
-      if (wo && wo.state === 'running') await this.finishWorkOrder(tx, wo, 'cancelled', `its job was cancelled by ${author}`);
-    }
+  /**
+   * An operator action ends the machine's running job, if it has one: `cancelled by <author>: <why>`,
+   * through settle like every job's end (a work-order job cancels its work order). Answers the machine
+   * after it, not yet written (the caller writes it with its own change), with no current job.
+   */
+  private async cancelCurrent(tx: Tx, m: Machine, author: string, why: string): Promise<Machine> {
+    return (await this.cancelRunning(tx, m, author, why, false))?.machine ?? { ...m, currentJob: null };
+  }
+
+  /** As cancelCurrent; `hold`: the machine pauses on the job's task. Null when no job was running. */
+  private async cancelRunning(tx: Tx, m: Machine, author: string, why: string, hold: boolean): Promise<Settled | null> {
+    const job = m.currentJob ? await tx.getJob(m.currentJob) : undefined;
+    if (job?.state !== 'running') return null;
+    this.log('info', 'job cancelled', { job: job.id, machine: m.name, task: job.task, by: author, why });
+    return this.settle(tx, m, job, { kind: 'cancelled', by: author, why, hold }, {}, undefined, true);
   }
 
   // ---- previews ------------------------------------------------------------------------------------

@@ -56,8 +56,14 @@ export type JobOutcome =
   | { kind: 'lost'; leaseMs: number; agent?: { lastSeenAt: string | null; address: string | null; silent: boolean }; why?: string }
   /** The agent asked for new work while this job was still running: it lost track of it. */
   | { kind: 'abandoned' }
-  /** An operator restarted or reassigned the machine while the job ran. */
-  | { kind: 'cancelled'; by: string }
+  /**
+   * An operator ended the job (jobs cancel, machines pause --cancel, power off, restart, reassign, delete):
+   * `by` who, `why` what they did or said. `hold`: the machine pauses on the job's task (position kept, a
+   * resume re-runs it); otherwise its state is left to the caller (a restart or power-off decides it).
+   */
+  | { kind: 'cancelled'; by: string; why?: string; hold?: boolean }
+  /** The claim that took this job was never answered: nothing ran; the machine stays on the task. */
+  | { kind: 'handed-back' }
   | { kind: 'noop'; reason: string }
   | { kind: 'unrenderable'; message: string };
 
@@ -88,7 +94,9 @@ export function judgeJob(task: string, o: JobOutcome): JobVerdict {
         ...flags,
       };
     case 'cancelled':
-      return { state: 'cancelled', reason: `cancelled by ${o.by}`, ...flags };
+      return { state: 'cancelled', reason: cancelledReason(o), ...flags };
+    case 'handed-back':
+      return { state: 'cancelled', reason: 'the claim that took this job was never answered (its agent had given up on it); the task ran on the next claim', ...flags };
     case 'invalid':
       return { state: 'failed', reason: `task '${task}' exited ${o.exitCode} but ${o.message}`, ...flags };
     case 'exit': {
@@ -106,6 +114,11 @@ export function judgeJob(task: string, o: JobOutcome): JobVerdict {
       return { state: 'succeeded', reason: null, ...contract };
     }
   }
+}
+
+/** `cancelled by <who>: <why>` (or without the why when none was given). */
+export function cancelledReason(o: { by: string; why?: string }): string {
+  return o.why ? `cancelled by ${o.by}: ${o.why}` : `cancelled by ${o.by}`;
 }
 
 /** Why a job was lost, in words that tell the network or host apart from the script. */
@@ -130,12 +143,19 @@ export interface PipelineDecision {
 
 /**
  * A pipeline job ended. Failure stops the line on that task (unless the task opted into retries and has
- * some left); success moves on, honouring the exit-code contract's stop, power-off, reboot and
- * incomplete flags.
+ * some left); success moves on, honouring the exit-code contract's stop (the machine is `paused`, not
+ * `stopped`: nothing failed), power-off, reboot and incomplete flags. An operator's cancel keeps the
+ * position: with `hold` the machine pauses there. A machine an operator paused while the job ran
+ * (`paused` on entry) moves on past a success and stays paused; a failure still stops it.
  */
 export function afterPipelineJob(m: MachineView, shape: PipelineShape, task: string, outcome: JobOutcome, retries = 0): PipelineDecision {
   const v = judgeJob(task, outcome);
   const job = { state: v.state, reason: v.reason };
+  if (outcome.kind === 'handed-back') return { job, machine: m, action: 'continue' };
+  if (outcome.kind === 'cancelled') {
+    const held = outcome.hold ? { state: 'paused' as const, reason: `${pausedReason(outcome.by, outcome.why)}; job of task '${task}' cancelled, resume re-runs it` } : {};
+    return { job, machine: { ...m, ...held, attempt: 0 }, action: 'continue' };
+  }
   if (v.state !== 'succeeded') {
     if (v.state === 'failed' && outcome.kind === 'exit' && m.attempt < retries) {
       return {
@@ -153,9 +173,10 @@ export function afterPipelineJob(m: MachineView, shape: PipelineShape, task: str
   if (next === null) {
     return { job, machine: { ...m, state: 'done', reason: null, attempt: 0, power, stageIndex: shape.stages.length, taskIndex: 0 }, action };
   }
-  const state: MachineState = v.stop ? 'stopped' : 'running';
-  const reason = v.stop ? `paused by task '${task}' (exit code 16); resume to continue` : null;
-  return { job, machine: { ...m, ...next, state, reason, attempt: 0, power }, action };
+  if (v.stop) return { job, machine: { ...m, ...next, state: 'paused', reason: `paused by task '${task}' (exit code 16); resume to continue`, attempt: 0, power }, action };
+  // Paused by an operator while the job ran: the job's success moves the position on, the pause holds.
+  const state: MachineState = m.state === 'paused' ? 'paused' : 'running';
+  return { job, machine: { ...m, ...next, state, reason: state === 'paused' ? m.reason : null, attempt: 0, power }, action };
 }
 
 export interface WorkOrderDecision {
@@ -175,6 +196,11 @@ export function afterWorkOrderJob(
 ): WorkOrderDecision {
   const v = judgeJob(task, outcome);
   const job = { state: v.state, reason: v.reason };
+  // Nothing ran: the work order stays on the task, which the next claim runs.
+  if (outcome.kind === 'handed-back') return { job, workOrder: { state: 'running', taskIndex: wo.taskIndex, reason: null }, action: 'continue', power };
+  if (outcome.kind === 'cancelled') {
+    return { job, workOrder: { state: 'cancelled', taskIndex: wo.taskIndex, reason: `its job (task '${task}') was ${v.reason}` }, action: 'continue', power };
+  }
   if (v.state !== 'succeeded') {
     return { job, workOrder: { state: 'failed', taskIndex: wo.taskIndex, reason: v.reason }, action: 'continue', power };
   }
@@ -193,11 +219,33 @@ export class TransitionError extends Error {}
 
 /** Operator: re-run the task the machine stopped on (or continue after a pause). */
 export function resume(m: MachineView): MachineView {
-  if (m.state !== 'stopped' && m.state !== 'idle') {
-    throw new TransitionError(`machine is ${m.state}; only a stopped or idle machine can be resumed`);
+  if (m.state !== 'stopped' && m.state !== 'idle' && m.state !== 'paused') {
+    throw new TransitionError(`machine is ${m.state}; only a stopped, paused or idle machine can be resumed`);
   }
   if (!m.pipeline) throw new TransitionError('machine has no pipeline; assign one with `takt machines update M --pipeline P`');
   return { ...m, state: 'running', reason: null, attempt: 0, power: 'on' };
+}
+
+/** `paused by <who>` with `: <why>` when one was given. */
+export function pausedReason(by: string, why?: string): string {
+  return why ? `paused by ${by}: ${why}` : `paused by ${by}`;
+}
+
+/**
+ * Operator: pause a machine's pipeline where it stands. A running job is left to finish (the machine then
+ * moves past it and stays paused) unless the caller cancels it. A machine already paused stays as it is.
+ * @throws TransitionError for a machine with nothing to pause (idle, done, stopped on a failure).
+ */
+export function pause(m: MachineView, by: string, why?: string): MachineView {
+  if (m.state === 'paused') return m;
+  if (m.state === 'running' || m.state === 'awaiting-approval') return { ...m, state: 'paused', reason: pausedReason(by, why) };
+  const hint =
+    m.state === 'stopped'
+      ? 'it is already stopped (on a failure) and runs nothing; resume or restart it'
+      : m.state === 'done'
+        ? 'it has finished its pipeline and runs nothing; restart it to run the pipeline again'
+        : 'it has no pipeline running; assign one with `takt machines update M --pipeline P`';
+  throw new TransitionError(`machine is ${m.state}; only a running or awaiting-approval machine can be paused: ${hint}`);
 }
 
 /** Operator: start the pipeline over from its first task. */

@@ -2,7 +2,12 @@
 import type { ObservedFacts } from './facts.js';
 import type { MachineSsh } from './ssh.js';
 
-export const MACHINE_STATES = ['idle', 'running', 'stopped', 'done', 'awaiting-approval'] as const;
+/**
+ * idle: no pipeline; running: walking its pipeline; paused: held at a task on purpose (an operator's pause
+ * or a task's exit 16), resume continues there; stopped: held at a task because something failed;
+ * done: finished its pipeline; awaiting-approval: held before a stage that needs an approver.
+ */
+export const MACHINE_STATES = ['idle', 'running', 'paused', 'stopped', 'done', 'awaiting-approval'] as const;
 export type MachineState = (typeof MACHINE_STATES)[number];
 
 export interface Machine {
@@ -19,7 +24,7 @@ export interface Machine {
   /** The stage (index) an approver let this machine enter; -1 when none. */
   approvedStage: number;
   state: MachineState;
-  /** Why the machine is stopped (or last stopped), in words an operator can act on. */
+  /** Why the machine is stopped or paused (or last was), in words an operator can act on. */
   reason: string | null;
   params: Record<string, unknown>;
   profiles: string[];
