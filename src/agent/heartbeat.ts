@@ -1,7 +1,10 @@
 /**
  * Keeps a running job's lease alive: one heartbeat every leaseMs/3, so two can be lost before the
- * endpoint gives up. When the endpoint says the job is no longer running (lost, cancelled, settled),
- * `onGone` is called once and the heartbeat stops: the script must be killed and nothing reported.
+ * endpoint gives up. Each heartbeat long-polls (`?waitMs=`) for that interval: the endpoint answers at
+ * once when an operator cancels the job, so the script dies within a round trip, not an interval. An
+ * endpoint that answers at once anyway (older ones) is asked again only after the interval. When the
+ * endpoint says the job is no longer running (lost, cancelled, settled), `onGone` is called once and the
+ * heartbeat stops: the script must be killed and nothing reported.
  */
 import type { ApiClient } from '../client/http.js';
 import type { HeartbeatResponse } from '../model/protocol.js';
@@ -19,12 +22,16 @@ export function startHeartbeat(client: ApiClient, jobId: string, leaseMs: number
   const path = `/jobs/${encodeURIComponent(jobId)}/heartbeat`;
   void (async () => {
     let failing = false;
+    // The first heartbeat goes at once: from then on the endpoint is listening for this job's cancel.
+    let wait = 0;
     while (!signal.aborted) {
-      await sleep(interval, signal);
+      await sleep(wait, signal);
       if (signal.aborted) return;
+      const sent = Date.now();
       try {
-        // A heartbeat that takes longer than the interval is as good as lost; the next one follows.
-        const res = await client.post<HeartbeatResponse>(path, {}, { signal, timeoutMs: Math.max(1000, interval) });
+        // The answer may be held for the interval; one that takes an interval more is as good as lost.
+        const res = await client.post<HeartbeatResponse>(path, {}, { signal, query: { waitMs: interval }, timeoutMs: interval + Math.max(1000, interval) });
+        wait = Math.max(0, interval - (Date.now() - sent));
         if (failing) log('info', 'heartbeat delivered again', { jobId });
         failing = false;
         if (res?.running === false) {
@@ -41,6 +48,7 @@ export function startHeartbeat(client: ApiClient, jobId: string, leaseMs: number
         }
         if (!failing) log('warn', 'heartbeat failed; the job keeps running', { jobId, error: errorMessage(err) });
         failing = true;
+        wait = Math.max(0, interval - (Date.now() - sent));
       }
     }
   })();

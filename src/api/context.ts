@@ -98,3 +98,18 @@ export function intQuery(value: unknown, name: string, fallback: number | undefi
   if (typeof value !== 'string' || !/^\d{1,16}$/.test(value) || !Number.isSafeInteger(n) || n > max) throw new TaktError('bad_request', `query parameter '${name}' must be a whole number from 0 to ${max}`, { path: name });
   return n;
 }
+
+/**
+ * An abort signal for a long-poll: it aborts when the caller's connection closes before the answer is
+ * written. (Not the request's own 'close': Node emits that as soon as the body has been read, which would
+ * end every long-poll at once.) Call `done()` when the answer is ready.
+ */
+export function whenGone(res: import('node:http').ServerResponse): { signal: AbortSignal; done(): void } {
+  const aborted = new AbortController();
+  const onClose = () => {
+    if (!res.writableFinished) aborted.abort();
+  };
+  res.once('close', onClose);
+  if (res.destroyed || res.socket?.destroyed) aborted.abort();
+  return { signal: aborted.signal, done: () => res.off('close', onClose) };
+}

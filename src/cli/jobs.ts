@@ -52,6 +52,30 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
     .description('one job with its rendered script (secure values masked) and params')
     .action(async (id: string) => print(g().output, await api().get<Job>(`/jobs/${enc(id)}`), undefined));
   jobs
+    .command('cancel <job>')
+    .description("cancel a running job: its script's whole process group is killed; a pipeline job leaves its machine paused on that task (resume re-runs it), a work-order job cancels its work order")
+    .option('--reason <text>', 'why, recorded as "cancelled by <you>: <reason>"')
+    .addHelpText(
+      'after',
+      `
+Examples:
+  $ takt jobs list --machine web-1 --state running
+  $ takt jobs cancel j-1a2b3c --reason "wrong image"
+  $ takt machines resume web-1          # runs the cancelled task again`,
+    )
+    .action(async (id: string, o: { reason?: string }) => {
+      const client = api();
+      const j = await client.post<Job>(`/jobs/${enc(id)}/cancel`, o.reason !== undefined ? { reason: o.reason } : {});
+      const m = await client.get<Machine>(`/machines/${enc(j.machineId)}`).catch(() => null);
+      print(g().output, j, () => {
+        const head = `job ${shown(j.id)} (task '${shown(j.task)}') on ${shown(m?.name ?? j.machineId)} ${colorState(j.state)}: ${shown(j.reason ?? '')}`;
+        if (j.kind === 'workorder') return `${head}
+its work order ${shown(j.workOrderId ?? '')} is cancelled`;
+        return m ? `${head}
+${shown(m.name)} is ${colorState(m.state)}${m.state === 'paused' ? `; \`takt machines resume ${shown(m.name)}\` runs the task again` : ''}` : head;
+      });
+    });
+  jobs
     .command('log <job>')
     .description("print a job's output; --follow keeps printing until the job ends")
     .option('-f, --follow', 'follow until the job ends')

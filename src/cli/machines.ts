@@ -1,15 +1,15 @@
 /** The `machines` commands. */
-import { Argument, Option, type Command } from 'commander';
+import { Option, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
 import type { MachineRecord } from '../engine/records.js';
-import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import { MACHINE_STATES, type Machine } from '../model/machine.js';
 import { collect, parseParamPairs, type Globals } from './client.js';
-import { colorState, print, renderTable, shown, shownErr } from './output.js';
+import { print, renderTable, shown, shownErr } from './output.js';
 import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
+import { machineControlCommands } from './machine-control.js';
 import { sshBody } from './ssh.js';
 
 const enc = encodeURIComponent;
@@ -130,7 +130,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       print(g().output, m, () => shown(`deleted ${m.name}`));
     });
   for (const [verb, what] of [
-    ['resume', 're-run the task a stopped machine stopped on (or continue after a pause)'],
+    ['resume', 'continue a stopped or paused machine: re-run the task it stopped or was paused on (after an exit 16, the next one)'],
     ['restart', 'start the pipeline over from its first task'],
   ] as const) {
     machines
@@ -141,38 +141,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         print(g().output, m, () => renderTable([m], machineColumns));
       });
   }
-  machines
-    .command('power <machine>')
-    .addArgument(new Argument('<state>', 'on or off').choices(['on', 'off']))
-    .description('power a machine on or off')
-    .action(async (id: string, state: string) => {
-      const m = await api().post<Machine>(`/machines/${enc(id)}/power`, { power: state });
-      print(g().output, m, () => renderTable([m], machineColumns));
-    });
-  machines
-    .command('wait <machine>')
-    .description('wait until the machine reaches a state; exits 1 if it stops instead of finishing, 2 on timeout')
-    .addOption(new Option('--until <state>', 'the state to wait for').choices(MACHINE_STATES).default('done'))
-    .option('--timeout <duration>', 'give up after this long', '10m')
-    .action(async (id: string, o: { until: string; timeout: string }) => {
-      const client = api();
-      const deadline = Date.now() + parseDuration(o.timeout, '--timeout', DURATION_RANGES.wait);
-      for (;;) {
-        const m = await client.get<Machine>(`/machines/${enc(id)}`);
-        if (m.state === o.until) return print(g().output, m, () => `${shown(m.name)} is ${colorState(m.state)}`);
-        if (o.until === 'done' && m.state === 'stopped') {
-          print(g().output, m, () => `${shown(m.name)} ${colorState('stopped')}: ${shown(m.reason ?? '')}`);
-          process.exitCode = 1;
-          return;
-        }
-        if (Date.now() > deadline) {
-          process.stderr.write(shownErr(`takt: timed out after ${o.timeout} waiting for ${m.name} to be ${o.until}; it is ${m.state}${m.reason ? ` (${m.reason})` : ''}`) + '\n');
-          process.exitCode = 2;
-          return;
-        }
-        await new Promise((r) => setTimeout(r, 250));
-      }
-    });
+  machineControlCommands(machines, g, api);
 }
 
 function recordText(r: MachineRecord): string {

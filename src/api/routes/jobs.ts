@@ -15,7 +15,7 @@ import {
   type LogResponse,
 } from '../../model/protocol.js';
 import { machineScope, requireOwnMachine, requireOwnMachineRef } from '../auth.js';
-import { author, intQuery, type ApiContext } from '../context.js';
+import { author, intQuery, whenGone, type ApiContext } from '../context.js';
 import { Name, paramsObject } from './schemas.js';
 
 // Every field a machine token sends is bounded here, before anything is read from or written to the
@@ -97,8 +97,24 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
     reply.code(204);
   });
 
-  app.post('/api/v1/jobs/:id/heartbeat', { config: { machine: true }, schema: { body: heartbeatBody } }, async (req) =>
-    engine.heartbeat((req.params as { id: string }).id, machineScope(req.principal)),
+  // `?waitMs=N` (0…60000): the answer is held up to N ms and comes at once when the job ends meanwhile
+  // (an operator cancelled it), so the agent kills the script without waiting for its next heartbeat.
+  app.post('/api/v1/jobs/:id/heartbeat', { config: { machine: true }, schema: { body: heartbeatBody } }, async (req, reply) => {
+    const waitMs = intQuery((req.query as { waitMs?: string }).waitMs, 'waitMs', 0, 60_000)!;
+    const aborted = whenGone(reply.raw);
+    try {
+      return await engine.heartbeat((req.params as { id: string }).id, machineScope(req.principal), waitMs, aborted.signal);
+    } finally {
+      aborted.done();
+    }
+  });
+
+  // An operator cancels a running job: it ends `cancelled by <who>: <reason>`; its agent kills the script's
+  // process group; a pipeline job leaves its machine paused on the task, a work-order job cancels its work order.
+  app.post(
+    '/api/v1/jobs/:id/cancel',
+    { schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', minLength: 1, maxLength: 2000 } } } } },
+    async (req) => publicJob(await engine.cancelJob((req.params as { id: string }).id, author(req), (req.body as { reason?: string } | null)?.reason)),
   );
 
   app.post('/api/v1/jobs/:id/complete', { config: { machine: true }, schema: { body: completeBody } }, async (req) =>

@@ -1,11 +1,11 @@
 import type { FastifyInstance } from 'fastify';
-import { publicMachine } from '../../engine/engine.js';
+import { publicJob, publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
 import { MAX_JOB_ID_CHARS } from '../../model/protocol.js';
 import type { SshSettings } from '../../model/ssh.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
-import { author, intQuery, type ApiContext } from '../context.js';
+import { author, intQuery, whenGone, type ApiContext } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
 
 const sshTarget = {
@@ -182,6 +182,25 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.post('/api/v1/machines/:id/resume', async (req) => publicMachine(await engine.resumeMachine((req.params as { id: string }).id, author(req))));
   app.post('/api/v1/machines/:id/restart', async (req) => publicMachine(await engine.restartMachine((req.params as { id: string }).id, author(req))));
+  // Pause the pipeline where it stands: the running job finishes first (or, with `cancel`, is cancelled and
+  // the machine pauses on its task). `already`: it was paused before; `cancelled`: the job cancelled, if any.
+  app.post(
+    '/api/v1/machines/:id/pause',
+    {
+      schema: {
+        body: {
+          type: ['object', 'null'],
+          additionalProperties: false,
+          properties: { cancel: { type: 'boolean', description: 'cancel the running job (the machine pauses on its task)' }, reason: { type: 'string', minLength: 1, maxLength: 2000 } },
+        },
+      },
+    },
+    async (req) => {
+      const body = (req.body ?? {}) as { cancel?: boolean; reason?: string };
+      const r = await engine.pauseMachine((req.params as { id: string }).id, author(req), { cancel: body.cancel, why: body.reason });
+      return { machine: publicMachine(engine.withLiveness(r.machine)), already: r.already, cancelled: r.cancelled ? publicJob(r.cancelled) : null };
+    },
+  );
   app.post(
     '/api/v1/machines/:id/power',
     { schema: { body: { type: 'object', additionalProperties: false, required: ['power'], properties: { power: { enum: ['on', 'off'] } } } } },
@@ -219,21 +238,14 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const id = (req.params as { id: string }).id;
     requireOwnMachine(req.principal, id);
     const wait = intQuery((req.query as { wait?: string }).wait, 'wait', 0, 60)!;
-    // The agent has gone when the connection closes before the answer is written. (Not the request's own
-    // 'close': Node emits that as soon as the body has been read, which ended every long-poll at once.)
-    const res = reply.raw;
-    const aborted = new AbortController();
-    const onClose = () => {
-      if (!res.writableFinished) aborted.abort();
-    };
-    res.once('close', onClose);
-    if (res.destroyed || req.raw.socket?.destroyed) aborted.abort();
+    // The agent has gone when the connection closes before the answer is written.
+    const aborted = whenGone(reply.raw);
     const body = req.body as { lastJob?: unknown } | undefined;
     const lastJob = typeof body?.lastJob === 'string' || body?.lastJob === null ? body.lastJob : undefined;
     try {
       return await engine.claim(id, wait * 1000, aborted.signal, lastJob);
     } finally {
-      res.off('close', onClose);
+      aborted.done();
     }
   });
 }

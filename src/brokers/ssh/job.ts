@@ -361,14 +361,21 @@ export class RemoteJob {
     if (text) this.logs.push(stream, text);
   }
 
-  /** Heartbeats every leaseMs/3 while the host answers; the endpoint saying "not running" ends the job here. */
+  /**
+   * Heartbeats every leaseMs/3 while the host answers; the endpoint saying "not running" ends the job here.
+   * Between two, it listens for the job's end: an operator's cancel kills the job on the host at once.
+   */
   private heartbeat(): { stop(): void } {
     const stop = new AbortController();
     const every = Math.max(100, Math.floor(this.host.leaseMs / 3));
     void (async () => {
       while (!stop.signal.aborted) {
-        await sleep(every, stop.signal);
+        const ended = await this.host.engine.jobEnded(this.job.id, this.host.machine.id, every, stop.signal).catch(() => false);
         if (stop.signal.aborted) continue;
+        if (ended) {
+          this.giveUp('the endpoint ended this job (cancelled by an operator, or lost)');
+          continue;
+        }
         const conn = this.host.connected();
         // A heartbeat says the host is there: it answers a no-op first. (A dead TCP connection can look
         // open for a while; keepalives notice only after three misses.)
