@@ -483,7 +483,8 @@ export class Engine {
         throw err;
       }
       const current = cancel === null ? m : await this.cancelCurrent(tx, m, author, cancel);
-      return this.saveDesired(tx, m, { ...current, ...view }, author);
+      // `view` is the whole machine as `fn` saw it: its current job is the one before the cancel.
+      return this.saveDesired(tx, m, { ...current, ...view, currentJob: current.currentJob }, author);
     });
   }
 
