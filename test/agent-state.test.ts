@@ -227,7 +227,8 @@ describe('runAgent', () => {
           ? { status: 200, body: { job: job('j-1', 'sleep 100 &\necho $! > child.pid\nsleep 100\n', { leaseMs: 300 }), machine: machine() } }
           : { status: 200, body: { job: null, machine: machine('off') } };
       }
-      if (r.path.endsWith('/heartbeat')) return { status: 200, body: { running: false } };
+      // Cancelled once the script has started its child (so the test can see that the child dies too).
+      if (r.path.endsWith('/heartbeat')) return { status: 200, body: { running: !existsSync(join(home, 'jobs', 'j-1', 'child.pid')) } };
       return { status: 204 };
     });
     const started = Date.now();

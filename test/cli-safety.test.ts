@@ -161,9 +161,9 @@ describe('against a real endpoint', () => {
 
   it('takt machines wait --until with a state that does not exist is refused at once, naming the states', async () => {
     const res = await ep.cli(['machines', 'wait', 'mine', '--until', 'bogus', '--timeout', '10m']);
-    expect(res.code).not.toBe(0);
+    expect(res.code).toBe(2);
     expect(res.stderr).toMatch(/bogus/);
-    expect(res.stderr).toMatch(/idle, running, stopped, done, awaiting-approval/);
+    expect(res.stderr).toMatch(/idle, running, paused, stopped, done, awaiting-approval/);
     expect(res.stderr).not.toMatch(/\n\s+at /);
   });
 

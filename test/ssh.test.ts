@@ -141,7 +141,7 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
       expect((await call('PATCH', `/machines/${name}`, { pipeline: 'contract' })).status).toBe(200);
       const reasons: unknown[] = [];
       for (let k = 0; k < 2; k++) {
-        const m = await waitState(name, 'stopped');
+        const m = await waitState(name, 'paused');
         reasons.push(m.reason);
         expect((await call('POST', `/machines/${name}/resume`)).status).toBe(200);
       }
@@ -156,6 +156,24 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
       ['after', 'succeeded', 0, null],
     ]);
     expect((steps['contract-ssh']![0] as string[])[0]).toBe("paused by task 'pause-once' (exit code 16); resume to continue");
+  });
+
+  it("jobs cancel kills the remote process group at once and cancels the work order, with who and why", async () => {
+    const root = dirs(0, 'web-1').root;
+    for (const f of ['cancel.pid', 'cancel-child.pid']) rmSync(join(root, f), { force: true });
+    const wo = await call('POST', '/workorders', { machine: 'web-1', blueprint: 'run-slow-cancel' });
+    expect(wo.status, JSON.stringify(wo.body)).toBe(201);
+    const pids = await until(async () => {
+      const read = ['cancel.pid', 'cancel-child.pid'].map((f) => (existsSync(join(root, f)) ? Number(readFileSync(join(root, f), 'utf8')) : 0));
+      return read.every((p) => p > 0) ? read : null;
+    }, 60_000, 'the job to start on the host');
+    const job = (await get(`/jobs?workorder=${wo.body.id}`)).items[0];
+    const r = await ep.cli(['jobs', 'cancel', job.id, '--reason', 'not on this host']);
+    expect(r.code, r.stderr).toBe(0);
+    const gone = (pid: number) => !existsSync(`/proc/${pid}`) || readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.startsWith('Z');
+    await until(async () => pids.every(gone), 30_000, 'the remote processes to be killed');
+    expect(await get(`/jobs/${job.id}`)).toMatchObject({ state: 'cancelled', reason: expect.stringMatching(/^cancelled by \S+: not on this host$/) });
+    expect(await get(`/workorders/${wo.body.id}`)).toMatchObject({ state: 'cancelled' });
   });
 
   it('a failing exit code fails the job with it', async () => {
@@ -286,7 +304,7 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
     await waitState('restarted', 'done');
     const jobs = await jobsOf('restarted');
     expect(jobs.map((j) => [j.state, j.reason])).toEqual([
-      ['cancelled', 'cancelled by admin'],
+      ['cancelled', 'cancelled by admin: machine restarted'],
       ['succeeded', null],
     ]);
     // The cancelled one was killed on its host (its process group is gone) and never wrote its marker.

@@ -11,6 +11,9 @@ import type { HeartbeatResponse } from '../model/protocol.js';
 import { errorMessage, type AgentLog } from './log.js';
 import { classify, sleep } from './retry.js';
 
+/** The longest a job runs before its first heartbeat (so before a cancel can reach it). */
+const FIRST_HEARTBEAT_MS = 1000;
+
 export interface Heartbeat {
   stop(): void;
 }
@@ -22,8 +25,9 @@ export function startHeartbeat(client: ApiClient, jobId: string, leaseMs: number
   const path = `/jobs/${encodeURIComponent(jobId)}/heartbeat`;
   void (async () => {
     let failing = false;
-    // The first heartbeat goes at once: from then on the endpoint is listening for this job's cancel.
-    let wait = 0;
+    // The first heartbeat goes after a second at most: from then on the endpoint is listening for this
+    // job's cancel. (Not at once: most jobs are over within a second, and need no heartbeat at all.)
+    let wait = Math.min(interval, FIRST_HEARTBEAT_MS);
     while (!signal.aborted) {
       await sleep(wait, signal);
       if (signal.aborted) return;

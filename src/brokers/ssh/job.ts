@@ -369,13 +369,16 @@ export class RemoteJob {
     const stop = new AbortController();
     const every = Math.max(100, Math.floor(this.host.leaseMs / 3));
     void (async () => {
-      while (!stop.signal.aborted) {
-        const ended = await this.host.engine.jobEnded(this.job.id, this.host.machine.id, every, stop.signal).catch(() => false);
-        if (stop.signal.aborted) continue;
-        if (ended) {
-          this.giveUp('the endpoint ended this job (cancelled by an operator, or lost)');
-          continue;
-        }
+      let last = Date.now();
+      while (!stop.signal.aborted && !this.gone) {
+        // Returns early when the job ends (an operator cancelled it); it is then given up below like any
+        // job the endpoint no longer runs, once the host has answered or its dead connection is closed
+        // (killing it on a connection that looks open but is dead would hang). Never more often than
+        // every interval otherwise: an ended job that is not given up must not spin this loop.
+        const ended = await this.host.engine.jobEnded(this.job.id, this.host.machine.id, Math.max(0, every - (Date.now() - last)), stop.signal).catch(() => false);
+        if (!ended) await sleep(Math.max(0, every - (Date.now() - last)), stop.signal);
+        last = Date.now();
+        if (stop.signal.aborted || this.gone) continue;
         const conn = this.host.connected();
         // A heartbeat says the host is there: it answers a no-op first. (A dead TCP connection can look
         // open for a while; keepalives notice only after three misses.)
