@@ -11,6 +11,7 @@ import { colorState, print, renderTable, shown, shownErr } from './output.js';
 import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { sshBody } from './ssh.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
@@ -27,10 +28,14 @@ export const machineColumns = [
 ];
 
 export function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
-  const machines = program.command('machines').description('managed machines: create, inspect, steer');
+  const machines = program
+    .command('machines')
+    .description('managed machines: create, inspect, steer')
+    .addHelpText('after', examples('takt machines ls', 'takt machine get demo-1', 'takt machines create web --broker local --count 3 --pipeline demo'));
   machines
     .command('list')
     .description('list machines (filters combine)')
+    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list -o name | xargs -n1 takt machines get', 'takt machines list --built-with demo@<1.2.0', 'takt machines list --stale'))
     .addOption(new Option('--state <state>', 'only machines in this state').choices(MACHINE_STATES))
     .option('--pipeline <name>')
     .option('--environment <env>')
@@ -49,6 +54,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('record <machine>')
     .description('what built the machine, task by task: pack@version, task hash, script hash, params')
+    .addHelpText('after', examples('takt machines record demo-1', 'takt machines record demo-1 -o json'))
     .action(async (id: string) => {
       const r = await api().get<MachineRecord>(`/machines/${enc(id)}/record`);
       print(g().output, r, () => recordText(r));
@@ -56,6 +62,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('get <machine>')
     .description('one machine by id or name')
+    .addHelpText('after', examples('takt machines get demo-1', 'takt machine get demo-1 -o yaml'))
     .action(async (id: string) => {
       const m = await api().get<MachineView>(`/machines/${enc(id)}`);
       print(g().output, m, () => {
@@ -66,6 +73,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
+    .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo'))
     .option('--broker <broker>', 'e.g. local')
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
     .option('--environment <env>', 'environment (default: the broker\'s, else local)')
@@ -97,6 +105,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('update <machine>')
     .description('change a machine: pipeline (restarts it from the top), params, profiles, name, environment')
+    .addHelpText('after', examples('takt machines update demo-2 --param fail_verify=true', 'takt machines update demo-2 --unset fail_verify', "takt machines update demo-1 --pipeline ''   # unassign its pipeline"))
     .option('--pipeline <name>', "assign a pipeline ('' to clear)")
     .option('--param <key=value>', 'set a param (repeatable)', collect)
     .option('--unset <key>', 'remove a param (repeatable)', collect)
@@ -125,6 +134,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('delete <machine>')
     .description('delete a machine (its broker destroys it; its running job is cancelled)')
+    .addHelpText('after', examples('takt machines rm web-3'))
     .action(async (id: string) => {
       const m = await api().delete<Machine>(`/machines/${enc(id)}`);
       print(g().output, m, () => shown(`deleted ${m.name}`));
@@ -136,6 +146,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     machines
       .command(`${verb} <machine>`)
       .description(what)
+      .addHelpText('after', examples(`takt machines ${verb} demo-2`))
       .action(async (id: string) => {
         const m = await api().post<Machine>(`/machines/${enc(id)}/${verb}`);
         print(g().output, m, () => renderTable([m], machineColumns));
@@ -145,6 +156,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .command('power <machine>')
     .addArgument(new Argument('<state>', 'on or off').choices(['on', 'off']))
     .description('power a machine on or off')
+    .addHelpText('after', examples('takt machines power demo-1 off', 'takt machines power demo-1 on'))
     .action(async (id: string, state: string) => {
       const m = await api().post<Machine>(`/machines/${enc(id)}/power`, { power: state });
       print(g().output, m, () => renderTable([m], machineColumns));
@@ -152,6 +164,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('wait <machine>')
     .description('wait until the machine reaches a state; exits 1 if it stops instead of finishing, 2 on timeout')
+    .addHelpText('after', examples('takt machines wait demo-2 --until done --timeout 60s', 'takt machines wait demo-1 --until stopped'))
     .addOption(new Option('--until <state>', 'the state to wait for').choices(MACHINE_STATES).default('done'))
     .option('--timeout <duration>', 'give up after this long', '10m')
     .action(async (id: string, o: { until: string; timeout: string }) => {

@@ -130,6 +130,7 @@ function printNames(data: unknown): void {
   for (const n of names) process.stdout.write(shown(n!) + '\n');
 }
 
+// eslint-disable-next-line no-control-regex -- matching the colour codes is the point
 const ANSI = /\x1b\[[0-9;]*m/g;
 /** Columns `text` takes on a terminal: colour codes take none, every code point one. */
 export const visibleWidth = (text: string): number => [...text.replace(ANSI, '')].length;
