@@ -44,10 +44,13 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
         renderTable(r.items, [
           { header: 'ID', get: (j) => j.id },
           { header: 'MACHINE', get: (j) => names.get(j.machineId) ?? j.machineId },
+          { header: 'MACHINE ID', get: (j) => j.machineId, wide: true },
           { header: 'TASK', get: (j) => (j.stage ? `${j.stage}/${j.task}` : j.task) },
           { header: 'STATE', get: (j) => j.state, color: colorState },
           { header: 'EXIT', get: (j) => j.exitCode },
           { header: 'TIME', get: (j) => (j.finishedAt ? formatDuration(Date.parse(j.finishedAt) - Date.parse(j.createdAt)) : null) },
+          { header: 'CREATED', get: (j) => j.createdAt, wide: true },
+          { header: 'FINISHED', get: (j) => j.finishedAt, wide: true },
           { header: 'REASON', get: (j) => j.reason, max: 80 },
         ]),
       );

@@ -19,11 +19,14 @@ const enc = encodeURIComponent;
 
 export const machineColumns = [
   { header: 'NAME', get: (m: Machine) => m.name },
-  { header: 'ID', get: (m: Machine) => m.id },
+  { header: 'ID', get: (m: Machine) => m.id, wide: true },
   { header: 'ENV', get: (m: Machine) => m.environment },
+  { header: 'BROKER', get: (m: Machine) => m.broker, wide: true },
   { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
   { header: 'STATE', get: statusOf, color: colorStatus },
   { header: 'AGENT', get: (m: Machine) => agentCell(m) },
+  { header: 'CREATED', get: (m: Machine) => m.createdAt, wide: true },
+  { header: 'UPDATED', get: (m: Machine) => m.updatedAt, wide: true },
   { header: 'REASON', get: (m: Machine) => m.reason, max: 80 },
 ];
 
@@ -48,7 +51,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const { builtWith, stale, ...rest } = o;
       const query = { ...rest, builtWith: builtWith as string | undefined, stale: stale ? 'true' : undefined } as Record<string, string | undefined>;
       const r = await api().get<{ items: Array<Machine & { stale?: string[] }>; total: number }>('/machines', query);
-      const columns = stale ? [...machineColumns.slice(0, 5), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n') }] : machineColumns;
+      const columns = stale ? [...machineColumns.filter((c) => ['NAME', 'ID', 'ENV', 'PIPELINE', 'STATE'].includes(c.header)), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n'), flex: true }] : machineColumns;
       print(g().output, r.items, () => renderTable(r.items, columns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
     });
   machines

@@ -29,7 +29,7 @@ export function objectCommands(program: Command, g: Globals, api: () => ApiClien
         renderTable(r.items, [
           { header: 'NAME', get: (i) => i.name },
           { header: 'LAYER', get: (i) => i.layer },
-          { header: 'DESCRIPTION', get: (i) => i.description },
+          { header: 'DESCRIPTION', get: (i) => i.description, flex: true },
         ]),
       );
     });

@@ -80,7 +80,8 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
           { header: 'STATE', get: (x) => x.state, color: colorState },
           { header: 'WAVE', get: (x) => `${Math.min(x.wave + 1, x.waves)}/${x.waves}` },
           { header: 'OK/FAIL/TOTAL', get: (x) => `${x.counts.succeeded}/${x.counts.failed}/${x.items.length}` },
-          { header: 'REASON', get: (x) => x.reason },
+          { header: 'CREATED', get: (x) => x.createdAt, wide: true },
+          { header: 'REASON', get: (x) => x.reason, flex: true },
         ]),
       );
     });
@@ -94,7 +95,7 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
         { header: 'WAVE', get: (i) => String(i.wave + 1) },
         { header: 'MACHINE', get: (i) => i.machineName },
         { header: 'STATE', get: (i) => i.state, color: colorState },
-        { header: 'REASON', get: (i) => i.reason },
+        { header: 'REASON', get: (i) => i.reason, flex: true },
       ])}`);
     });
   rollouts

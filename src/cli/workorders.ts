@@ -18,7 +18,8 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
     { header: 'MACHINE', get: (w: WorkOrder) => w.machineId },
     { header: 'BLUEPRINT', get: (w: WorkOrder) => w.blueprint },
     { header: 'STATE', get: (w: WorkOrder) => w.state, color: colorState },
-    { header: 'REASON', get: (w: WorkOrder) => w.reason },
+    { header: 'CREATED', get: (w: WorkOrder) => w.createdAt, wide: true },
+    { header: 'REASON', get: (w: WorkOrder) => w.reason, flex: true },
   ];
   wo.command('list')
     .description('work orders: machine, blueprint, state and reason')
