@@ -21,7 +21,7 @@ function markdownFiles(dir: string): string[] {
 const prose = (text: string) => text.replace(/^```[\s\S]*?^```/gm, '').replace(/`[^`\n]*`/g, '');
 
 /** GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens. */
-export const slug = (heading: string) =>
+const slug = (heading: string) =>
   heading
     .trim()
     .toLowerCase()
