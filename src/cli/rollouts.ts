@@ -6,6 +6,7 @@ import { TaktError } from '../model/errors.js';
 import type { RolloutItem, RolloutState } from '../model/rollout.js';
 import type { GlobalOptions } from './client.js';
 import { colorState, print, renderTable, shown } from './output.js';
+import { examples } from './help.js';
 
 interface RolloutView {
   id: string;
@@ -23,10 +24,14 @@ const enc = encodeURIComponent;
 const FINAL: RolloutState[] = ['completed', 'stopped', 'aborted'];
 
 export function rolloutCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
-  const rollouts = program.command('rollouts').description('apply a pipeline or blueprint to many machines in waves, stopped by the andon on failure');
+  const rollouts = program
+    .command('rollouts')
+    .description('apply a pipeline or blueprint to many machines in waves, stopped by the andon on failure')
+    .addHelpText('after', examples('takt rollouts create --pipeline demo --select builtWith=demo@<1.2.0 --canary 1 --batch 5', 'takt rollouts ls'));
   rollouts
     .command('create')
     .description('start a rollout, e.g. --pipeline demo --select builtWith=demo@<1.0.1 --canary 1 --batch 5')
+    .addHelpText('after', examples('takt rollouts create --pipeline demo --select builtWith=demo@<1.2.0 --canary 1 --batch 5', 'takt rollouts create --blueprint inventory --select environment=netns --no-wait', 'takt rollouts create --pipeline demo --select facts.os.id=debian --approve-between-waves'))
     .option('--pipeline <name>', 'run this pipeline on each machine (from the top)')
     .option('--blueprint <name>', 'or queue this blueprint as a work order on each machine')
     .option('--select <filters>', 'comma-separated key=value: state, pipeline, environment, broker, name, builtWith, stale, facts.<path> (e.g. facts.os.id=debian)', '')
@@ -64,6 +69,8 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     });
   rollouts
     .command('list')
+    .description('rollouts: what they run, state, wave, counts')
+    .addHelpText('after', examples('takt rollouts ls', 'takt rollouts list -o wide'))
     .action(async () => {
       const r = await api().get<{ items: RolloutView[] }>('/rollouts');
       print(g().output, r.items, () =>
@@ -73,25 +80,28 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
           { header: 'STATE', get: (x) => x.state, color: colorState },
           { header: 'WAVE', get: (x) => `${Math.min(x.wave + 1, x.waves)}/${x.waves}` },
           { header: 'OK/FAIL/TOTAL', get: (x) => `${x.counts.succeeded}/${x.counts.failed}/${x.items.length}` },
-          { header: 'REASON', get: (x) => x.reason },
+          { header: 'CREATED', get: (x) => x.createdAt, wide: true },
+          { header: 'REASON', get: (x) => x.reason, flex: true },
         ]),
       );
     });
   rollouts
     .command('get <id>')
     .description('one rollout with each machine')
+    .addHelpText('after', examples('takt rollouts get <rollout-id>'))
     .action(async (id: string) => {
       const r = await api().get<RolloutView>(`/rollouts/${enc(id)}`);
       print(g().output, r, () => `${summary(r)}\n${renderTable(r.items, [
         { header: 'WAVE', get: (i) => String(i.wave + 1) },
         { header: 'MACHINE', get: (i) => i.machineName },
         { header: 'STATE', get: (i) => i.state, color: colorState },
-        { header: 'REASON', get: (i) => i.reason },
+        { header: 'REASON', get: (i) => i.reason, flex: true },
       ])}`);
     });
   rollouts
     .command('watch <id>')
     .description('live progress until the rollout ends (exits 1 if it stopped or was aborted)')
+    .addHelpText('after', examples('takt rollouts watch <rollout-id>'))
     .action(async (id: string) => watch(api(), id));
   for (const [verb, what] of [
     ['pause', 'stop starting machines (those running finish)'],
@@ -103,6 +113,7 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     rollouts
       .command(`${verb} <id>`)
       .description(what)
+      .addHelpText('after', examples(`takt rollouts ${verb} <rollout-id>`))
       .action(async (id: string) => {
         const r = await api().post<RolloutView>(`/rollouts/${enc(id)}/${verb}`);
         print(g().output, r, () => summary(r));
@@ -111,8 +122,10 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
   program
     .command('andon')
     .description('the cord anyone can pull')
+    .addHelpText('after', examples('takt andon pull'))
     .command('pull')
     .description('pause every running rollout now')
+    .addHelpText('after', examples('takt andon pull   # every running rollout pauses; resume each with takt rollouts resume'))
     .action(async () => {
       const r = await api().post<{ paused: string[] }>('/andon/pull');
       print(g().output, r, () => (r.paused.length ? shown(`andon pulled: paused ${r.paused.join(', ')}`) : 'andon pulled: no rollout was running'));
@@ -129,12 +142,16 @@ interface ChurnView {
 }
 
 export function policyCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
-  const policy = program.command('policy').description('fleet policies: churn (no machine older than a max age)');
+  const policy = program
+    .command('policy')
+    .description('fleet policies: churn (no machine older than a max age)')
+    .addHelpText('after', examples('takt policy set max-age 30d --budget 10%', 'takt policy status'));
   policy
     .command('set')
     .addArgument(new Argument('<setting>', 'the policy setting').choices(['max-age']))
     .argument('<value>', 'e.g. 30d')
     .description('takt policy set max-age 30d --budget 10%: rebuild machines older than 30 days, at most 10% of the fleet at once')
+    .addHelpText('after', examples('takt policy set max-age 30d --budget 10%', 'takt policy set max-age 7d --budget 2'))
     .option('--budget <budget>', 'how many may rebuild at once: a percentage of the fleet or a number', '10%')
     .action(async (setting: string, value: string, o: { budget: string }) => {
       const s = await api().put<ChurnView>('/policies/churn', { maxAge: value, budget: o.budget });
@@ -143,6 +160,7 @@ export function policyCommands(program: Command, g: () => GlobalOptions, api: ()
   policy
     .command('status')
     .description("the fleet's age distribution against the max age, and the rebuilds scheduled")
+    .addHelpText('after', examples('takt policy status'))
     .action(async () => {
       const s = await api().get<ChurnView>('/policies/churn');
       print(g().output, s, () => churnText(s));
@@ -151,6 +169,7 @@ export function policyCommands(program: Command, g: () => GlobalOptions, api: ()
     .command('clear')
     .addArgument(new Argument('<setting>', 'the policy setting').choices(['max-age']))
     .description('remove the max-age policy')
+    .addHelpText('after', examples('takt policy clear max-age'))
     .action(async (_setting: string) => {
       print(g().output, await api().delete('/policies/churn'), () => 'max-age policy removed');
     });
