@@ -1,9 +1,9 @@
 /** `takt rollouts …` and `takt andon pull`, with live progress: one bar per wave. */
-import { Argument, type Command } from 'commander';
+import { Argument, Option, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
-import type { RolloutItem, RolloutState } from '../model/rollout.js';
+import { BUSY_POLICIES, type RolloutItem, type RolloutPlanItem, type RolloutState } from '../model/rollout.js';
 import type { GlobalOptions } from './client.js';
 import { colorState, print, renderTable, shown } from './output.js';
 
@@ -13,10 +13,17 @@ interface RolloutView {
   reason: string | null;
   wave: number;
   waves: number;
-  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; canary: number; batch: number; maxInFlight: number; maxFailures: number };
+  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; canary: number; batch: number; maxInFlight: number; maxFailures: number; busy?: string };
   counts: Record<RolloutItem['state'], number>;
   items: RolloutItem[];
   createdAt: string;
+}
+
+interface DryRun {
+  dryRun: true;
+  spec: RolloutView['spec'];
+  waves: number;
+  items: RolloutPlanItem[];
 }
 
 const enc = encodeURIComponent;
@@ -35,7 +42,21 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     .option('--max-in-flight <n>', 'machines busy at once (default: the batch size)')
     .option('--max-failures <n>', 'failures tolerated; one more stops the rollout', '0')
     .option('--approve-between-waves', 'wait for `takt rollouts approve` after each wave')
+    .addOption(new Option('--busy <policy>', 'machines with a running job, awaiting approval or paused: wait for them, skip them, or cancel their job').choices(BUSY_POLICIES).default('wait'))
+    .option('--dry-run', 'list what the rollout would do to each machine (wave, current job, action); create nothing')
     .option('--no-wait', 'return at once instead of showing progress until the rollout ends')
+    .addHelpText(
+      'after',
+      `
+Busy machines (a running job, awaiting approval, paused) are waited for by default: when the job ends
+the machine is reassigned before it starts another. --busy skip leaves them out; --busy cancel cancels
+their job ("cancelled by <you> (rollout R)") and reassigns them.
+
+Examples:
+  $ takt rollouts create --pipeline demo --select builtWith=demo@<1.0.1 --dry-run
+  $ takt rollouts create --pipeline demo --select environment=prod --canary 1 --batch 5 --approve-between-waves
+  $ takt rollouts create --blueprint scan --select name=web --busy skip`,
+    )
     .action(async (o: Record<string, string | boolean | undefined>) => {
       const select: Record<string, string> = {};
       for (const pair of String(o.select ?? '').split(',').filter(Boolean)) {
@@ -57,13 +78,20 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
         maxInFlight: o.maxInFlight !== undefined ? num(o.maxInFlight, 'max-in-flight') : undefined,
         maxFailures: num(o.maxFailures, 'max-failures'),
         approveBetweenWaves: o.approveBetweenWaves === true,
+        busy: o.busy,
       };
+      if (o.dryRun === true) {
+        const d = await api().post<DryRun>('/rollouts', { ...body, dryRun: true });
+        return print(g().output, d, () => dryRunText(d));
+      }
       const r = await api().post<RolloutView>('/rollouts', body);
       if (o.wait === false || g().output !== 'table') return print(g().output, r, () => summary(r));
       await watch(api(), r.id);
     });
   rollouts
     .command('list')
+    .description('rollouts, newest first')
+    .addHelpText('after', '\nExamples:\n  $ takt rollouts list\n  $ takt rollouts list -o json')
     .action(async () => {
       const r = await api().get<{ items: RolloutView[] }>('/rollouts');
       print(g().output, r.items, () =>
@@ -79,7 +107,8 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     });
   rollouts
     .command('get <id>')
-    .description('one rollout with each machine')
+    .description('one rollout with each machine (the ones it waits for say which job)')
+    .addHelpText('after', '\nExamples:\n  $ takt rollouts get r-1a2b3c')
     .action(async (id: string) => {
       const r = await api().get<RolloutView>(`/rollouts/${enc(id)}`);
       print(g().output, r, () => `${summary(r)}\n${renderTable(r.items, [
@@ -92,27 +121,33 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
   rollouts
     .command('watch <id>')
     .description('live progress until the rollout ends (exits 1 if it stopped or was aborted)')
+    .addHelpText('after', '\nExamples:\n  $ takt rollouts watch r-1a2b3c')
     .action(async (id: string) => watch(api(), id));
-  for (const [verb, what] of [
-    ['pause', 'stop starting machines (those running finish)'],
-    ['resume', 'continue a paused rollout'],
-    ['approve', 'start the next wave'],
-    ['abort', 'end the rollout; machines not started are skipped'],
-    ['retry', 're-run only the failed machines, with the same pipeline or blueprint'],
+  // Verbs that set a rollout going again show its progress as `create` does (--no-wait returns at once).
+  for (const [verb, what, follows] of [
+    ['pause', 'stop starting machines (those running finish)', false],
+    ['resume', 'continue a paused rollout', true],
+    ['approve', 'start the next wave of a rollout awaiting approval', true],
+    ['abort', 'end the rollout; machines not started are skipped', false],
+    ['retry', 're-run only the failed machines, with the same pipeline or blueprint', true],
   ] as const) {
-    rollouts
+    const cmd = rollouts
       .command(`${verb} <id>`)
       .description(what)
-      .action(async (id: string) => {
-        const r = await api().post<RolloutView>(`/rollouts/${enc(id)}/${verb}`);
-        print(g().output, r, () => summary(r));
-      });
+      .addHelpText('after', `\nExamples:\n  $ takt rollouts ${verb} r-1a2b3c${follows ? `\n  $ takt rollouts ${verb} r-1a2b3c --no-wait` : ''}`);
+    if (follows) cmd.option('--no-wait', 'return at once instead of showing progress until the rollout ends or holds');
+    cmd.action(async (id: string, o: { wait?: boolean }) => {
+      const r = await api().post<RolloutView>(`/rollouts/${enc(id)}/${verb}`);
+      if (!follows || o.wait === false || g().output !== 'table') return print(g().output, r, () => summary(r));
+      await watch(api(), r.id);
+    });
   }
   program
     .command('andon')
     .description('the cord anyone can pull')
     .command('pull')
     .description('pause every running rollout now')
+    .addHelpText('after', '\nExamples:\n  $ takt andon pull')
     .action(async () => {
       const r = await api().post<{ paused: string[] }>('/andon/pull');
       print(g().output, r, () => (r.paused.length ? shown(`andon pulled: paused ${r.paused.join(', ')}`) : 'andon pulled: no rollout was running'));
@@ -170,7 +205,26 @@ function churnText(s: ChurnView): string {
 
 function summary(r: RolloutView): string {
   const runs = shown(r.spec.pipeline ? `pipeline ${r.spec.pipeline}` : `blueprint ${r.spec.blueprint}`);
-  return `${pc.bold(shown(r.id))} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? shown(` — ${r.reason}`) : ''}`;
+  const head = `${pc.bold(shown(r.id))} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? shown(` — ${r.reason}`) : ''}`;
+  const waiting = r.items.filter((i) => i.state === 'waiting');
+  if (waiting.length === 0) return head;
+  return [head, ...waiting.map((i) => pc.yellow(shown(`  waiting for ${i.machineName}: ${(i.reason ?? 'busy').replace(/^waiting for /, '')}`)))].join('\n');
+}
+
+function dryRunText(d: DryRun): string {
+  const runs = shown(d.spec.pipeline ? `pipeline ${d.spec.pipeline}` : `blueprint ${d.spec.blueprint}`);
+  const head = `dry run: ${runs} on ${d.items.length} machine(s) in ${d.waves} wave(s), busy machines: ${shown(d.spec.busy ?? 'wait')} — nothing was created`;
+  const wave = (w: number) => (w === 0 && d.spec.canary > 0 ? 'canary' : `wave ${w + 1}`);
+  const color = (a: RolloutPlanItem['action']) => (a === 'cancel' ? pc.red : a === 'skip' ? pc.dim : a === 'wait' ? pc.yellow : (x: string) => x);
+  return `${head}\n${renderTable(d.items, [
+    { header: 'MACHINE', get: (i) => i.machineName },
+    { header: 'PIPELINE', get: (i) => i.pipeline },
+    { header: 'STATE', get: (i) => i.state, color: colorState },
+    { header: 'JOB', get: (i) => (i.job ? `${i.job.id} (${i.job.task})` : null) },
+    { header: 'WAVE', get: (i) => wave(i.wave) },
+    { header: 'ACTION', get: (i) => i.action, color: (t, i) => color(i.action)(t) },
+    { header: 'DETAIL', get: (i) => i.detail },
+  ])}`;
 }
 
 function bars(r: RolloutView): string[] {
@@ -181,10 +235,10 @@ function bars(r: RolloutView): string[] {
     const width = 24;
     const ok = Math.round((n('succeeded') / items.length) * width);
     const bad = Math.round((n('failed') / items.length) * width);
-    const run = Math.round((n('running') / items.length) * width);
+    const run = Math.round(((n('running') + n('waiting')) / items.length) * width);
     const bar = pc.green('█'.repeat(ok)) + pc.red('█'.repeat(bad)) + pc.cyan('▒'.repeat(run)) + pc.dim('░'.repeat(Math.max(0, width - ok - bad - run)));
     const label = w === 0 && r.spec.canary > 0 ? 'canary' : `wave ${w + 1}`;
-    lines.push(`  ${label.padEnd(8)} ${bar} ${n('succeeded')}/${items.length} ok${n('failed') ? pc.red(` ${n('failed')} failed`) : ''}${n('running') ? pc.cyan(` ${n('running')} running`) : ''}${n('skipped') ? pc.dim(` ${n('skipped')} skipped`) : ''}`);
+    lines.push(`  ${label.padEnd(8)} ${bar} ${n('succeeded')}/${items.length} ok${n('failed') ? pc.red(` ${n('failed')} failed`) : ''}${n('running') ? pc.cyan(` ${n('running')} running`) : ''}${n('waiting') ? pc.yellow(` ${n('waiting')} waiting`) : ''}${n('skipped') ? pc.dim(` ${n('skipped')} skipped`) : ''}`);
   }
   return lines;
 }

@@ -1,5 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { author, type ApiContext } from '../context.js';
+import { BUSY_POLICIES } from '../../model/rollout.js';
+import type { RolloutInput } from '../../engine/rollouts.js';
 import { Name } from './schemas.js';
 
 const createBody = {
@@ -19,13 +21,17 @@ const createBody = {
     maxInFlight: { type: 'integer', minimum: 1, description: 'machines busy at once' },
     maxFailures: { type: 'integer', minimum: 0, description: 'failures tolerated; one more stops the rollout (andon)' },
     approveBetweenWaves: { type: 'boolean' },
+    busy: { type: 'string', enum: [...BUSY_POLICIES], description: 'busy machines (a running job, awaiting approval, paused): wait (default), skip, or cancel their job' },
+    dryRun: { type: 'boolean', description: 'answer what the rollout would do to each machine (200), creating nothing' },
   },
 } as const;
 
 export function rolloutRoutes(app: FastifyInstance, { rollouts, churn }: ApiContext) {
   app.get('/api/v1/rollouts', async () => ({ items: await rollouts.list() }));
   app.post('/api/v1/rollouts', { schema: { body: createBody } }, async (req, reply) => {
-    const r = await rollouts.create(req.body as Parameters<typeof rollouts.create>[0], author(req));
+    const { dryRun, ...input } = req.body as RolloutInput & { dryRun?: boolean };
+    if (dryRun) return rollouts.dryRun(input);
+    const r = await rollouts.create(input, author(req));
     reply.code(201);
     return r;
   });
