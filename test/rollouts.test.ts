@@ -200,6 +200,17 @@ describe('rollouts and busy machines', () => {
     expect((await jobsOf('busy-1')).find((j) => j.id === job.id)!.state).toBe('running');
   });
 
+  it('-l selects the machines by label (with --select)', async () => {
+    await ep.api.patch('/machines/busy-2', { labels: { tier: 'canary' } });
+    const r = await ep.cli(['rollouts', 'create', '--pipeline', 'basic', '-l', 'tier=canary', '--dry-run', '-o', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { items: PlanItem[] }).items.map((i) => i.machineName)).toEqual(['busy-2']);
+    const both = await ep.cli(['rollouts', 'create', '--pipeline', 'basic', '--select', 'name=fleet', '-l', 'tier=canary']);
+    expect(both.stderr).toMatch(/the selection name=fleet, labels tier=canary matches no machine/);
+    const bad = await ep.cli(['rollouts', 'create', '--pipeline', 'basic', '-l', 'tier=a b']);
+    expect(bad.stderr).toMatch(/label selector term 'tier=a b'/);
+  });
+
   it('--busy wait (the default): the wave waits for the job to end, then reassigns the machine before its next task', async () => {
     const job = (await jobsOf('busy-1')).find((j) => j.task === 'gate' && j.state === 'running')!;
     const created = JSON.parse((await ep.cli(['rollouts', 'create', '--pipeline', 'basic', '--select', 'name=busy', '--canary', '0', '--batch', '2', '--no-wait', '-o', 'json'])).stdout) as View;

@@ -86,11 +86,29 @@ describe('takt run', () => {
     expect(slow.stdout).toMatch(/timed out|timeout/i);
   });
 
+  it('-l selects machines by label', async () => {
+    await ep.api.patch('/machines/web-1', { labels: { role: 'web' } });
+    await ep.api.patch('/machines/web-3', { labels: { role: 'web', env: 'prod' } });
+    const r = await ep.cli(['run', '-l', 'role=web', '--', 'echo hi']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('web-1 | rc=0 >>\nhi\n');
+    expect(r.stdout).toContain('web-3 | rc=0 >>\nhi\n');
+    expect(r.stdout).not.toContain('web-2');
+    expect(r.stdout.trim().split('\n').at(-1)).toBe('2 machine(s): 2 succeeded');
+    const notProd = await ep.cli(['run', '-l', 'role=web,env!=prod', '-o', 'json', '--', 'echo hi']);
+    expect((JSON.parse(notProd.stdout) as Array<{ machine: string }>).map((x) => x.machine)).toEqual(['web-1']);
+    const nothing = await ep.cli(['run', '-l', 'role=nothing', '--', 'echo hi']);
+    expect(nothing.code).toBe(1);
+    expect(nothing.stderr).toMatch(/the label selector 'role=nothing' matches no machine/);
+  });
+
   it('refuses an empty selection, an empty or oversized command, and unknown machines — queuing nothing', async () => {
     const before = (await ep.api.get<{ items: WorkOrder[] }>('/workorders', { limit: 1000 })).items.length;
     const none = await ep.cli(['run', '--', 'uptime']);
     expect(none.code).toBe(1);
     expect(none.stderr).toMatch(/no machines: give -l <selector> or --machine M/);
+    expect((await ep.cli(['run', '-l', ' ', '--', 'uptime'])).stderr).toMatch(/the selector is empty/);
+    expect((await ep.call('POST', '/run', { selector: '', command: 'uptime' })).body.error.message).toMatch(/an empty selection is refused/);
     const blank = await ep.cli(['run', '--machine', 'web-1', '--', '  ']);
     expect(blank.stderr).toMatch(/the command is empty/);
     const huge = await ep.call('POST', '/run', { machines: ['web-1'], command: 'x'.repeat(16 * 1024 + 1) });

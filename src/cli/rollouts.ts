@@ -13,7 +13,7 @@ interface RolloutView {
   reason: string | null;
   wave: number;
   waves: number;
-  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; canary: number; batch: number; maxInFlight: number; maxFailures: number; busy?: string };
+  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; selector?: string; canary: number; batch: number; maxInFlight: number; maxFailures: number; busy?: string };
   counts: Record<RolloutItem['state'], number>;
   items: RolloutItem[];
   createdAt: string;
@@ -37,6 +37,7 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     .option('--pipeline <name>', 'run this pipeline on each machine (from the top)')
     .option('--blueprint <name>', 'or queue this blueprint as a work order on each machine')
     .option('--select <filters>', 'comma-separated key=value: state, pipeline, environment, broker, name, builtWith, stale, facts.<path> (e.g. facts.os.id=debian)', '')
+    .option('-l, --selector <selector>', 'machines by label, e.g. role=web,env!=prod (key=value, key!=value, key, !key); combines with --select')
     .option('--canary <n>', 'machines in the first wave', '1')
     .option('--batch <n>', 'machines per later wave', '5')
     .option('--max-in-flight <n>', 'machines busy at once (default: the batch size)')
@@ -54,6 +55,7 @@ their job ("cancelled by <you> (rollout R)") and reassigns them.
 
 Examples:
   $ takt rollouts create --pipeline demo --select builtWith=demo@<1.0.1 --dry-run
+  $ takt rollouts create --pipeline web -l role=web,env!=prod --busy wait
   $ takt rollouts create --pipeline demo --select environment=prod --canary 1 --batch 5 --approve-between-waves
   $ takt rollouts create --blueprint scan --select name=web --busy skip`,
     )
@@ -73,6 +75,7 @@ Examples:
         pipeline: o.pipeline,
         blueprint: o.blueprint,
         select,
+        ...(o.selector !== undefined ? { selector: o.selector } : {}),
         canary: num(o.canary, 'canary'),
         batch: num(o.batch, 'batch'),
         maxInFlight: o.maxInFlight !== undefined ? num(o.maxInFlight, 'max-in-flight') : undefined,

@@ -8,6 +8,7 @@
  */
 import { FACT_FIELDS } from '../model/facts.js';
 import { TaktError } from '../model/errors.js';
+import { formatLabelSelector, parseLabelSelector } from '../model/labels.js';
 import { ADHOC_TASK, type Machine } from '../model/machine.js';
 import { newId } from './ids.js';
 import { BUSY_POLICIES, type BusyPolicy, type Rollout, type RolloutItem, type RolloutPlanItem, type RolloutSpec, type RolloutState } from '../model/rollout.js';
@@ -18,7 +19,10 @@ import type { MachineSelection, Records } from './records.js';
 export interface RolloutInput {
   pipeline?: string;
   blueprint?: string;
-  select: Record<string, string>;
+  /** Machine filters (state, pipeline, …, facts.<path>); absent or empty: all machines (narrowed by `selector`). */
+  select?: Record<string, string>;
+  /** A label selector (`role=web,env!=prod`, model/labels.ts); all its terms and `select` must hold. */
+  selector?: string;
   /** Exact machines (by id), for callers that chose them already (the churn policy); overrides `select`. */
   machineIds?: string[];
   canary?: number;
@@ -133,15 +137,19 @@ export class Rollouts {
   }
 
   /** The spec and the machines, checked; @throws TaktError as `create` documents. */
-  private async prepare(input: RolloutInput): Promise<{ spec: RolloutSpec; selected: Machine[] }> {
+  private async prepare(given: RolloutInput): Promise<{ spec: RolloutSpec; selected: Machine[] }> {
+    const input = { ...given, select: given.select ?? {} };
     if (!!input.pipeline === !!input.blueprint) throw new TaktError('invalid', 'a rollout runs either a pipeline or a blueprint: give exactly one', { path: '/pipeline' });
     const content = this.engine.content.current;
     if (input.pipeline && !content.objects.pipelines.has(input.pipeline)) throw new TaktError('not_found', `pipeline '${input.pipeline}' not found`, { path: '/pipeline' });
     if (input.blueprint && !content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: '/blueprint' });
     if (input.busy !== undefined && !BUSY_POLICIES.includes(input.busy)) throw new TaktError('invalid', `busy must be one of ${BUSY_POLICIES.join(', ')}`, { path: '/busy' });
+    const labels = input.selector !== undefined ? parseLabelSelector(input.selector, '/selector') : undefined;
+    if (labels?.length === 0) throw new TaktError('bad_request', 'the label selector is empty; give key=value terms (e.g. role=web), or leave it out', { path: '/selector' });
     const spec: RolloutSpec = {
       ...(input.pipeline ? { pipeline: input.pipeline } : { blueprint: input.blueprint! }),
       select: input.select,
+      ...(labels ? { selector: formatLabelSelector(labels) } : {}),
       canary: input.canary ?? 1,
       batch: input.batch ?? 5,
       maxInFlight: input.maxInFlight ?? input.batch ?? 5,
@@ -154,8 +162,8 @@ export class Rollouts {
     }
     const selected = input.machineIds
       ? (await Promise.all(input.machineIds.map((id) => this.store.getMachine(id)))).filter((m) => m !== undefined)
-      : (await this.records.select(parseSelection(input.select))).map((s) => s.machine);
-    if (selected.length === 0) throw new TaktError('invalid', `the selection ${describe(input.select)} matches no machine`, { path: '/select' });
+      : (await this.records.select({ ...parseSelection(input.select), ...(labels ? { labels } : {}) })).map((s) => s.machine);
+    if (selected.length === 0) throw new TaktError('invalid', `the selection ${describe(input.select, spec.selector)} matches no machine`, { path: labels ? '/selector' : '/select' });
     const busy = await this.store.listRollouts({ states: ACTIVE, limit: 1000 });
     const taken = new Map<string, string>();
     for (const r of busy) for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'pending' || i.state === 'running' || i.state === 'waiting') taken.set(i.machineId, r.id);
@@ -460,7 +468,10 @@ function parseSelection(select: Record<string, string>): MachineSelection {
   return sel;
 }
 
-const describe = (select: Record<string, string>) => (Object.keys(select).length ? Object.entries(select).map(([k, v]) => `${k}=${v}`).join(',') : '(all machines)');
+const describe = (select: Record<string, string>, selector?: string) => {
+  const parts = [...Object.entries(select).map(([k, v]) => `${k}=${v}`), ...(selector ? [`labels ${selector}`] : [])];
+  return parts.length ? parts.join(', ') : '(all machines)';
+};
 /** "paused (andon pulled by admin)": the state and why. */
 const stateText = (r: Pick<Rollout, 'state' | 'reason'>) => `${r.state}${r.reason ? ` (${r.reason})` : ''}`;
 

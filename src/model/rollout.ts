@@ -35,6 +35,8 @@ export interface RolloutSpec {
   blueprint?: string;
   /** The selection as given (machine filters), kept for the record; the machines are fixed at creation. */
   select: Record<string, string>;
+  /** The label selector as given (`role=web,env!=prod`), kept for the record; it combines with `select`. */
+  selector?: string;
   /** Machines in the first wave. */
   canary: number;
   /** Machines per wave after the canary. */

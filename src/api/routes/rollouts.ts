@@ -7,7 +7,7 @@ import { Name } from './schemas.js';
 const createBody = {
   type: 'object',
   additionalProperties: false,
-  required: ['select'],
+  required: [],
   properties: {
     pipeline: Name,
     blueprint: Name,
@@ -16,6 +16,7 @@ const createBody = {
       additionalProperties: { type: 'string' },
       description: 'machine selection: state, pipeline, environment, broker, name, builtWith (e.g. demo@<1.2.0), stale (true), facts.<path> (an observed fact, e.g. facts.os.id: debian)',
     },
+    selector: { type: 'string', maxLength: 4096, description: 'label selector, e.g. role=web,env!=prod; combines with select' },
     canary: { type: 'integer', minimum: 0, description: 'machines in the first wave' },
     batch: { type: 'integer', minimum: 1, description: 'machines per later wave' },
     maxInFlight: { type: 'integer', minimum: 1, description: 'machines busy at once' },

@@ -7,6 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import { publicWorkOrder } from '../../engine/engine.js';
 import { MAX_COMMAND_BYTES } from '../../engine/adhoc.js';
 import { TaktError } from '../../model/errors.js';
+import { parseLabelSelector } from '../../model/labels.js';
 import type { Machine } from '../../model/machine.js';
 import { author, type ApiContext } from '../context.js';
 
@@ -20,7 +21,7 @@ const runBody = {
   properties: {
     // In characters; the engine bounds the bytes (MAX_COMMAND_BYTES) and says so.
     command: { type: 'string', minLength: 1, maxLength: MAX_COMMAND_BYTES, description: 'bash source, run as an ad-hoc task on each machine' },
-    selector: { type: 'string', maxLength: 1000, description: 'machines by label, e.g. role=web,env!=prod' },
+    selector: { type: 'string', maxLength: 4096, description: 'machines by label, e.g. role=web,env!=prod; adds to `machines`' },
     machines: { type: 'array', maxItems: MAX_RUN_MACHINES, items: { type: 'string', minLength: 1, maxLength: 200 }, description: 'machine names or ids' },
     timeout: { anyOf: [{ type: 'string', maxLength: 40 }, { type: 'number' }], description: 'how long the command may run on each machine: seconds or e.g. 90s, 5m (default 10m)' },
   },
@@ -35,13 +36,20 @@ export interface RunItem {
   note: string | null;
 }
 
-export function runRoutes(app: FastifyInstance, { engine, store }: ApiContext) {
+export function runRoutes(app: FastifyInstance, { engine, store, records }: ApiContext) {
   app.post('/api/v1/run', { schema: { body: runBody } }, async (req, reply) => {
     const body = req.body as { command: string; machines?: string[]; selector?: string; timeout?: string | number };
     const names = [...new Set(body.machines ?? [])];
-    if (body.selector !== undefined) throw new TaktError('bad_request', 'label selectors are not supported by this endpoint yet; name the machines', { path: '/selector' });
-    if (names.length === 0) throw new TaktError('invalid', 'no machines: name them (--machine M) or select them by label (-l key=value); an empty selection is refused', { path: '/machines' });
+    const labels = body.selector !== undefined ? parseLabelSelector(body.selector, '/selector') : [];
+    // An empty selector would match every machine: a command never runs everywhere by accident.
+    if (names.length === 0 && labels.length === 0) throw new TaktError('invalid', 'no machines: name them (--machine M) or select them by label (-l key=value); an empty selection is refused', { path: body.selector !== undefined ? '/selector' : '/machines' });
     const machines: Machine[] = [];
+    if (labels.length > 0) {
+      const matched = await records.select({ labels });
+      if (matched.length === 0) throw new TaktError('invalid', `the label selector '${body.selector}' matches no machine`, { path: '/selector' });
+      if (matched.length > MAX_RUN_MACHINES) throw new TaktError('too_large', `the label selector '${body.selector}' matches ${matched.length} machines; at most ${MAX_RUN_MACHINES} run at once`, { path: '/selector' });
+      machines.push(...matched.map((s) => s.machine));
+    }
     for (const [i, n] of names.entries()) {
       const m = (await store.getMachine(n)) ?? (await store.getMachineByName(n));
       if (!m) throw new TaktError('not_found', `machine '${n}' not found`, { path: `/machines/${i}` });
