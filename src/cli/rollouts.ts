@@ -174,6 +174,7 @@ export function policyCommands(program: Command, g: () => GlobalOptions, api: ()
     .argument('<value>', 'e.g. 30d')
     .description('takt policy set max-age 30d --budget 10%: rebuild machines older than 30 days, at most 10% of the fleet at once')
     .option('--budget <budget>', 'how many may rebuild at once: a percentage of the fleet or a number', '10%')
+    .addHelpText('after', '\nExamples:\n  $ takt policy set max-age 30d --budget 10%\n  $ takt policy set max-age 7d --budget 2')
     .action(async (setting: string, value: string, o: { budget: string }) => {
       const s = await api().put<ChurnView>('/policies/churn', { maxAge: value, budget: o.budget });
       print(g().output, s, () => churnText(s));
@@ -181,6 +182,7 @@ export function policyCommands(program: Command, g: () => GlobalOptions, api: ()
   policy
     .command('status')
     .description("the fleet's age distribution against the max age, and the rebuilds scheduled")
+    .addHelpText('after', '\nExamples:\n  $ takt policy status')
     .action(async () => {
       const s = await api().get<ChurnView>('/policies/churn');
       print(g().output, s, () => churnText(s));
@@ -189,6 +191,7 @@ export function policyCommands(program: Command, g: () => GlobalOptions, api: ()
     .command('clear')
     .addArgument(new Argument('<setting>', 'the policy setting').choices(['max-age']))
     .description('remove the max-age policy')
+    .addHelpText('after', '\nExamples:\n  $ takt policy clear max-age')
     .action(async (_setting: string) => {
       print(g().output, await api().delete('/policies/churn'), () => 'max-age policy removed');
     });
@@ -231,7 +234,8 @@ function dryRunText(d: DryRun): string {
 }
 
 function bars(r: RolloutView): string[] {
-  const lines = [summary(r)];
+  // One entry per terminal line: the redraw moves up by the count.
+  const lines = summary(r).split('\n');
   for (let w = 0; w < r.waves; w++) {
     const items = r.items.filter((i) => i.wave === w);
     const n = (s: RolloutItem['state']) => items.filter((i) => i.state === s).length;
