@@ -105,6 +105,8 @@ Examples:
           { header: 'WAVE', get: (x) => `${Math.min(x.wave + 1, x.waves)}/${x.waves}` },
           { header: 'OK/FAIL/TOTAL', get: (x) => `${x.counts.succeeded}/${x.counts.failed}/${x.items.length}` },
           { header: 'REASON', get: (x) => x.reason },
+          // The machines it waits for (--busy wait), by name: what holds the rollout up.
+          { header: 'WAITING FOR', get: (x) => x.items.filter((i) => i.state === 'waiting').map((i) => i.machineName).join(', ') || null },
         ]),
       );
     });

@@ -186,7 +186,7 @@ export class Rollouts {
 
   async view(id: string): Promise<RolloutView> {
     const r = await this.store.getRollout(id);
-    if (!r) throw new TaktError('not_found', `rollout '${id}' not found`);
+    if (!r) throw new TaktError('not_found', `rollout '${id}' not found; \`takt rollouts list\` shows them`);
     const items = await this.store.listRolloutItems(id);
     const counts = { pending: 0, waiting: 0, running: 0, succeeded: 0, failed: 0, skipped: 0 };
     for (const i of items) counts[i.state] += 1;
@@ -242,7 +242,7 @@ export class Rollouts {
   private async transition(id: string, author: string, action: string, from: RolloutState[], to: RolloutState, reason: string | null, patch: (r: Rollout) => Rollout = (r) => r) {
     await this.store.transact(async (tx) => {
       const r = await tx.getRollout(id);
-      if (!r) throw new TaktError('not_found', `rollout '${id}' not found`);
+      if (!r) throw new TaktError('not_found', `rollout '${id}' not found; \`takt rollouts list\` shows them`);
       if (!from.includes(r.state)) {
         throw new TaktError('conflict', `cannot ${action} rollout ${id}: it is ${stateText(r)}; ${action} applies to a rollout that is ${from.join(' or ')}. ${hint(r)}`, { details: { state: r.state } });
       }
