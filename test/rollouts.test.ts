@@ -6,6 +6,7 @@ import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job, Machine } from '../src/model/machine.js';
+import { planAction, type Busy } from '../src/engine/rollouts.js';
 import { Endpoint, packFiles, until } from './helpers/endpoint.js';
 
 let ep: Endpoint;
@@ -260,5 +261,25 @@ describe('rollouts and busy machines', () => {
     expect(jobs.filter((j) => j.task === 'after-gate')).toHaveLength(0);
     expect(await machine('busy-1')).toMatchObject({ pipeline: 'basic', state: 'done' });
     expect(existsSync(await goFile('busy-1'))).toBe(false);
+  });
+});
+
+describe('what a rollout does to a machine (dry run)', () => {
+  const job: Busy = { job: { id: 'j-1', task: 'build' }, what: 'job j-1 (task build)' };
+  const held: Busy = { job: null, what: 'it is awaiting-approval' };
+  const reassign = 'reassign to pipeline web (from the top)';
+  it.each([
+    ['web', 'wait', null, 'reassign', reassign],
+    ['web', 'wait', job, 'wait', `wait for job j-1 (task build) to end, then ${reassign}`],
+    ['web', 'wait', held, 'wait', `wait while awaiting-approval, then ${reassign}`],
+    ['web', 'skip', job, 'skip', 'busy (job j-1 (task build)): left out'],
+    ['web', 'skip', held, 'skip', 'busy (awaiting-approval): left out'],
+    ['web', 'cancel', job, 'cancel', `cancel job j-1 (task build), then ${reassign}`],
+    ['web', 'cancel', held, 'reassign', `${reassign}; it is awaiting-approval and that is given up`],
+    [undefined, 'wait', null, 'queue', 'queue blueprint scan as a work order'],
+    [undefined, 'wait', job, 'wait', 'wait for job j-1 (task build) to end, then queue blueprint scan as a work order'],
+  ] as const)('pipeline %s, --busy %s, busy %o: %s', (pipeline, busy, b, action, detail) => {
+    const spec = pipeline ? { pipeline, busy } : { blueprint: 'scan', busy };
+    expect(planAction(spec, b)).toEqual({ action, detail });
   });
 });

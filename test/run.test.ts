@@ -6,6 +6,8 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Change, Job, Machine, WorkOrder } from '../src/model/machine.js';
+import { adhocCommand, MAX_COMMAND_BYTES } from '../src/engine/adhoc.js';
+import { TaktError } from '../src/model/errors.js';
 import { Endpoint, until } from './helpers/endpoint.js';
 
 let ep: Endpoint;
@@ -119,5 +121,34 @@ describe('takt run', () => {
     const unknown = await ep.cli(['run', '--machine', 'web-1', '--machine', 'nope', '--', 'uptime']);
     expect(unknown.stderr).toMatch(/machine 'nope' not found/);
     expect((await ep.api.get<{ items: WorkOrder[] }>('/workorders', { limit: 1000 })).items.length).toBe(before);
+  });
+});
+
+describe('an ad-hoc command, checked', () => {
+  it.each([
+    [{ script: 'uptime' }, { script: 'uptime', timeoutMs: 600_000 }],
+    [{ script: 'uptime', timeout: '90s' }, { script: 'uptime', timeoutMs: 90_000 }],
+    [{ script: 'uptime', timeout: 5 }, { script: 'uptime', timeoutMs: 5_000 }],
+    [{ script: 'x'.repeat(MAX_COMMAND_BYTES) }, { script: 'x'.repeat(MAX_COMMAND_BYTES), timeoutMs: 600_000 }],
+  ])('%o is %o', (input, want) => expect(adhocCommand(input)).toEqual(want));
+
+  it.each([
+    [{ script: '' }, 'invalid', /the command is empty/],
+    [{ script: ' \n ' }, 'invalid', /the command is empty/],
+    [{ script: 'x'.repeat(MAX_COMMAND_BYTES + 1) }, 'too_large', /16385 bytes; at most 16384/],
+    [{ script: 'a\0b' }, 'invalid', /NUL/],
+    [{ script: 'uptime', timeout: '0s' }, 'bad_request', /timeout/],
+    [{ script: 'uptime', timeout: '30d' }, 'bad_request', /timeout/],
+    [{ script: 'uptime', timeout: 'soon' }, 'bad_request', /timeout/],
+  ])('%o is refused (%s)', (input, code, message) => {
+    let err: unknown;
+    try {
+      adhocCommand(input);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(TaktError);
+    expect((err as TaktError).code).toBe(code);
+    expect((err as TaktError).message).toMatch(message);
   });
 });

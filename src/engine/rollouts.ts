@@ -53,7 +53,7 @@ const ACTIVE: RolloutState[] = ['running', 'paused', 'awaiting-approval'];
 const BUSY_STATES: readonly string[] = ['awaiting-approval', 'paused'];
 
 /** Why a machine is busy now: its running job, or a state a reassignment would throw away. */
-interface Busy {
+export interface Busy {
   job: { id: string; task: string } | null;
   /** In words: "job j-1 (task build)", "it is awaiting-approval". */
   what: string;
@@ -130,7 +130,7 @@ export class Rollouts {
     const items: RolloutPlanItem[] = [];
     for (const [index, m] of selected.entries()) {
       const busy = await this.busyOf(spec, m);
-      const { action, detail } = planAction(spec, m, busy);
+      const { action, detail } = planAction(spec, busy);
       items.push({ machineName: m.name, pipeline: m.pipeline, state: m.state, job: busy?.job ?? null, wave: waveOf(index, spec), action, detail });
     }
     return { dryRun: true, spec, waves: items[items.length - 1]!.wave + 1, items };
@@ -493,8 +493,8 @@ export function hint(r: Pick<Rollout, 'id' | 'state'>): string {
   }
 }
 
-/** A dry run's action for one machine, as `startItem` would decide it now. */
-function planAction(spec: RolloutSpec, m: Machine, busy: Busy | null): Pick<RolloutPlanItem, 'action' | 'detail'> {
+/** A dry run's action for one machine, as `startItem` would decide it now (pure: table-tested). */
+export function planAction(spec: Pick<RolloutSpec, 'pipeline' | 'blueprint' | 'busy'>, busy: Busy | null): Pick<RolloutPlanItem, 'action' | 'detail'> {
   const go = spec.pipeline ? `reassign to pipeline ${spec.pipeline} (from the top)` : `queue blueprint ${spec.blueprint} as a work order`;
   const base: RolloutPlanItem['action'] = spec.pipeline ? 'reassign' : 'queue';
   if (!busy) return { action: base, detail: go };
