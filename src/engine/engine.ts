@@ -545,8 +545,9 @@ export class Engine {
   /**
    * Queues one work order per input, all or none, in one transaction: a blueprint's, or an ad-hoc command
    * (`command`, run as the one task ADHOC_TASK through the same claim, sandbox and log masking as any task).
-   * Each queues behind its machine's running job. @throws TaktError not_found / invalid / too_large (path
-   * `/<index>/…` when more than one is given), and nothing is queued.
+   * Each queues behind its machine's running job. @throws TaktError not_found / invalid (a blueprint's path
+   * is `/<index>/blueprint` when more than one is given), or adhocCommand's errors at `/command/…`; then
+   * nothing is queued.
    */
   async createWorkOrders(inputs: WorkOrderInput[], author: string): Promise<WorkOrder[]> {
     const content = this.content.current;
