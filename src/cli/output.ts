@@ -216,6 +216,7 @@ const stateColors: Record<string, (s: string) => string> = {
   paused: pc.yellow,
   aborted: pc.yellow,
   pending: pc.dim,
+  waiting: pc.yellow,
   skipped: pc.dim,
 };
 

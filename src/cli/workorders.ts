@@ -16,7 +16,8 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
   const columns = [
     { header: 'ID', get: (w: WorkOrder) => w.id },
     { header: 'MACHINE', get: (w: WorkOrder) => w.machineId },
-    { header: 'BLUEPRINT', get: (w: WorkOrder) => w.blueprint },
+    // An ad-hoc command (`takt run`) shows as the command itself.
+    { header: 'BLUEPRINT', get: (w: WorkOrder) => (w.command ? `$ ${w.command.script}` : w.blueprint), max: 60 },
     { header: 'STATE', get: (w: WorkOrder) => w.state, color: colorState },
     { header: 'CREATED', get: (w: WorkOrder) => w.createdAt, wide: true },
     { header: 'REASON', get: (w: WorkOrder) => w.reason, flex: true },

@@ -242,6 +242,12 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('machines').addColumn('labels', 'text', (c) => c.notNull().defaultTo('{}')).execute();
     },
   },
+  '0013_rollouts': {
+    async up(db: Kysely<unknown>) {
+      // Ad-hoc commands (`takt run`) are work orders with a command instead of a blueprint's tasks.
+      await db.schema.alterTable('work_orders').addColumn('command', 'text').execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({
