@@ -4,6 +4,7 @@
  * `takt plan` shows what a resume would run (or that it would be refused), and `takt machines resume`
  * does exactly that. A failed work order resumes from its failed task with its original (secure) params.
  */
+import Database from 'better-sqlite3';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -182,5 +183,24 @@ describe('work orders resume', () => {
     expect(again.stderr).toMatch(/is succeeded: only a failed or cancelled work order can be resumed \(it has nothing left to run\)/);
     expect((await ep.call('POST', `/workorders/${w.id}/resume`)).status).toBe(409);
     expect((await ep.call('POST', '/workorders/w-nope/resume')).status).toBe(404);
+  });
+});
+
+describe('machines stored before positions were kept by identity', () => {
+  it('are upgraded at start from their old indices: the tasks before the index succeeded, the one at it is where they stand', async () => {
+    // rz@1.2.0 is in use: stage s = [new, a]. A machine without a broker has no agent: nothing moves it.
+    await json(['machines', 'create', 'old', '--pipeline', 'rz']);
+    await ep.crash();
+    const db = new Database(join(ep.data, 'takt.db'));
+    try {
+      // As 0010 left it: index position (task 1 of stage 0, stage 0 approved), no identity columns.
+      db.prepare("update machines set passed = null, stage = null, task = null, approved_stage_key = null, stage_index = 0, task_index = 1, approved_stage = 0, state = 'stopped' where name = 'old'").run();
+    } finally {
+      db.close();
+    }
+    await ep.boot();
+    expect(await json(['machines', 'get', 'old'])).toMatchObject({ state: 'stopped', stage: 's', task: 'a', passed: ['s/new'], approvedStage: 's' });
+    const plan = await json<{ steps: Array<{ task: string }> }>(['plan', 'old']);
+    expect(plan.steps.map((s) => s.task)).toEqual(['a']);
   });
 });
