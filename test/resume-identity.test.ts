@@ -9,6 +9,7 @@ import {
   afterPipelineJob,
   approve,
   locate,
+  remainingSteps,
   resume,
   ResumeRefused,
   TransitionError,
@@ -88,6 +89,8 @@ describe('resume after a content change (pipeline [a, b], stopped on b after a s
       expect(locate(shape, m, true).kind).toBe('refused');
       return;
     }
+    // what plan shows (remainingSteps) is what the resume then runs
+    expect(remainingSteps(shape, m.passed).map((s) => s.key)).toEqual(want.runs);
     const resumed = resume(m, shape, 'web-1');
     const { ran, end } = walk(resumed, shape);
     expect(ran).toEqual(want.runs);

@@ -104,7 +104,11 @@ export function locate(shape: PipelineShape, m: Pick<MachineView, 'stage' | 'tas
   return { kind: 'at', step, entering: !m.passed.some((k) => k.startsWith(`${step.stageKey}/`)) };
 }
 
-/** The steps a machine would still run, in order, from where `locate` puts it (empty when done or refused). */
+/**
+ * The steps a machine would still run, in order, when `passed` have succeeded in this pass: what `plan`
+ * shows, and (every task succeeding) exactly what the machine then runs, since each next task is the first
+ * of these. Whether a resume is refused is `locate`'s to say.
+ */
 export function remainingSteps(shape: PipelineShape, passed: readonly string[]): Step[] {
   const done = new Set(passed);
   return pipelineOrder(shape).filter((s) => !done.has(s.key));
