@@ -84,6 +84,7 @@ function planTable(plan: PlanView): string {
   if (plan.refused) lines.push(pc.red(shown(`  resume would be refused: ${plan.refused.message}`)));
   else if (plan.steps.length === 0) lines.push(pc.dim('  nothing left to run'));
   else if (plan.from === 'restart') lines.push(pc.dim('finished; `takt machines restart` would run:'));
+  else if (plan.state === 'stopped') lines.push(pc.dim(shown(`stopped; \`takt machines resume ${plan.machine}\` would run:`)));
   plan.steps.forEach(step);
   return lines.join('\n');
 }
