@@ -187,6 +187,21 @@ describe('work orders resume', () => {
   });
 });
 
+describe('work orders resume: cancelled and not ended', () => {
+  it('a queued work order is refused (not ended); cancelled, it resumes to queued again', async () => {
+    // no broker, so no agent: the work order stays queued
+    await json(['machines', 'create', 'noagent']);
+    const w = await json<{ id: string }>(['workorders', 'create', '--machine', 'noagent', '--blueprint', 'fix', '--param', 'api_key=s3cret-42']);
+    const early = await ep.cli(['workorders', 'resume', w.id]);
+    expect(early.code).not.toBe(0);
+    expect(early.stderr).toMatch(/is queued: only a failed or cancelled work order can be resumed \(it has not ended; cancel it first/);
+    expect(await json(['workorders', 'cancel', w.id])).toMatchObject({ state: 'cancelled' });
+    expect(await json(['workorders', 'resume', w.id])).toMatchObject({ state: 'queued', reason: null, finishedAt: null });
+    const plan = await json<{ workOrders: Array<{ id: string; steps: Array<{ task: string }> }> }>(['plan', 'noagent']);
+    expect(plan.workOrders.find((x) => x.id === w.id)?.steps.map((s) => s.task)).toEqual(['wa', 'wb']);
+  });
+});
+
 describe('machines stored before positions were kept by identity', () => {
   it('are upgraded at start from their old indices: the tasks before the index succeeded, the one at it is where they stand', async () => {
     // rz@1.2.0 is in use: stage s = [new, a]. A machine without a broker has no agent: nothing moves it.
