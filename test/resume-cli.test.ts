@@ -116,7 +116,7 @@ describe('resume by identity through the CLI', () => {
     expect(plan.steps[1]!.params.find((p) => p.name === 'stamp')).toMatchObject({ promisedBy: 's/new' });
     const table = await ep.cli(['plan', 'ins']);
     expect(table.stdout).toMatch(/stamp = \(set by s\/new when it runs\)/);
-    expect(table.stdout).toMatch(/stopped; `takt machines resume ins` would run:\n  s\/new\n  s\/b\n/);
+    expect(table.stdout).toMatch(/stopped; `takt machines resume ins` would run:\n {2}s\/new\n {2}s\/b\n/);
 
     expect((await ep.cli(['machines', 'update', 'ins', '--param', 'fail_b=false'])).code).toBe(0);
     const resumed = await ep.cli(['machines', 'resume', 'ins']);
