@@ -454,12 +454,12 @@ export class Engine {
     try {
       return await this.operate(idOrName, author, (m) => resume(m, shape, found.name));
     } catch (err) {
-      if (!(err instanceof TaktError) || !(err.details instanceof ResumeRefused)) throw err;
-      const refused = err.details;
+      if (!(err instanceof ResumeRefused)) throw err;
+      const { change, message: what, tasks } = err.located;
       const packs = await this.packsOf(found);
-      const message = `machine '${found.name}' cannot resume: ${refused.located.message} (${packs.note}); ${refusalHint(found.name, refused.located.change)}`;
-      throw new TaktError('conflict', message, {
-        details: { machine: found.name, pipeline: found.pipeline, change: refused.located.change, tasks: refused.located.tasks, stoppedUnder: packs.before, now: packs.now, remedies: [`takt machines restart ${found.name}`, 'put content in use that has the task where it was'] },
+      const content = change === 'vanished' ? 'put content in use that has the task' : 'put content in use that keeps the tasks in the order they ran';
+      throw new TaktError('conflict', `machine '${found.name}' cannot resume: ${what} (${packs.note}); ${refusalHint(found.name, change)}`, {
+        details: { machine: found.name, pipeline: found.pipeline, change, tasks, stoppedUnder: packs.before, now: packs.now, remedies: [`takt machines restart ${found.name}`, content] },
       });
     }
   }
@@ -496,8 +496,8 @@ export class Engine {
       try {
         view = fn(m);
       } catch (err) {
-        // A refused resume travels as the details, so resumeMachine can add the pack versions.
-        if (err instanceof TransitionError) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`, err instanceof ResumeRefused ? { details: err } : {});
+        // A refused resume goes back to resumeMachine as it is, which adds the pack versions.
+        if (err instanceof TransitionError && !(err instanceof ResumeRefused)) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
         throw err;
       }
       if (cancel) await this.cancelCurrent(tx, m, author);
