@@ -133,13 +133,12 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
   const params = parseParamPairs(o.param);
   const p = await client.get<{ stages: string[] }>(`/pipelines/${encodeURIComponent(pipeline)}`);
   const order: Array<{ stage: string; task: string }> = [];
-  const stageStart: number[] = [];
   for (const stage of p.stages) {
     const s = await client.get<{ tasks: string[] }>(`/stages/${encodeURIComponent(stage)}`);
-    stageStart.push(order.length);
     for (const task of s.tasks) order.push({ stage, task });
   }
-  const position = (m: Machine) => Math.min(order.length, (stageStart[m.stageIndex] ?? order.length) + m.taskIndex);
+  // How far the machine is: the tasks that succeeded in this pass (its position is kept by name).
+  const position = (m: Machine) => Math.min(order.length, m.passed.length);
 
   const suffix = Math.random().toString(36).slice(2, 6);
   const created: Record<string, Machine> = {};
@@ -162,7 +161,7 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
       for (const env of envs) {
         if (finished[env]) continue;
         const m = await client.get<Machine>(`/machines/${encodeURIComponent(created[env]!.id)}`);
-        const at = order[position(m)];
+        const at = m.stage !== null && m.task !== null ? { stage: m.stage, task: m.task } : undefined;
         const line = `${env}: ${m.state}${at && m.state !== 'done' ? ` at ${at.stage}/${at.task} (${position(m) + 1}/${order.length})` : ''}`;
         if (progress.get(env) !== line) process.stderr.write(pc.dim(shownErr(line)) + '\n');
         progress.set(env, line);

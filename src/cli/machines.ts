@@ -151,7 +151,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       print(g().output, m, () => shown(`deleted ${m.name}`));
     });
   for (const [verb, what] of [
-    ['resume', 're-run the task a stopped machine stopped on (or continue after a pause)'],
+    ['resume', 'continue a stopped machine: the task it stopped on (or, after a pause, the next), then every task that has not succeeded since the last restart, in pipeline order; refused, saying why, when a content change makes that ambiguous (`takt plan M` shows it first)'],
     ['restart', 'start the pipeline over from its first task'],
   ] as const) {
     machines

@@ -55,4 +55,11 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
       const w = await api().delete<WorkOrder>(`/workorders/${enc(id)}`);
       print(g().output, w, () => renderTable([w], columns));
     });
+  wo.command('resume <id>')
+    .description('continue a failed or cancelled work order from the task it stopped on, with the params it was created with (secure ones included); tasks that succeeded do not run again')
+    .addHelpText('after', examples('takt workorders resume w-1a2b3c', "takt plan web-1        # shows the resumed work order's remaining tasks"))
+    .action(async (id: string) => {
+      const w = await api().post<WorkOrder>(`/workorders/${enc(id)}/resume`);
+      print(g().output, w, () => renderTable([w], columns));
+    });
 }
