@@ -224,7 +224,7 @@ describe('rollouts and busy machines', () => {
     // The status says what the rollout waits for.
     const shownGet = await ep.cli(['rollouts', 'get', created.id]);
     expect(shownGet.stdout).toContain(`waiting for busy-1: job ${job.id} (task gate) to end`);
-    expect((await ep.cli(['rollouts', 'list'])).stdout).toMatch(new RegExp(`${created.id} .*running.* busy-1 `));
+    expect((await ep.cli(['rollouts', 'list'])).stdout).toMatch(new RegExp(`${created.id} .*running.* busy-1(\\s|$)`, 'm'));
     expect((await jobsOf('busy-1')).find((j) => j.id === job.id)!.state).toBe('running');
 
     await open('busy-1');
