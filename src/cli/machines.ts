@@ -2,6 +2,7 @@
 import { Argument, Option, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
+import type { MachineDescription } from '../engine/describe.js';
 import type { MachineRecord } from '../engine/records.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
@@ -11,6 +12,7 @@ import { colorState, print, renderTable, shown, shownErr } from './output.js';
 import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { sshBody } from './ssh.js';
+import { describeText } from './describe.js';
 
 const enc = encodeURIComponent;
 
@@ -64,6 +66,16 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       });
     });
   machines
+    .command('describe <machine>')
+    .description('what a machine is doing and waiting for: pipeline position by name, state and reason, agent, last jobs and events')
+    .option('--jobs <n>', 'how many of its newest jobs to show', '10')
+    .option('--events <n>', 'how many of its recent events to show', '10')
+    .addHelpText('after', '\nExamples:\n  $ takt machines describe demo-1\n  $ takt machines describe demo-1 -o json | jq .waitingFor')
+    .action(async (id: string, o: { jobs: string; events: string }) => {
+      const d = await api().get<MachineDescription>(`/machines/${enc(id)}/describe`, { jobs: o.jobs, events: o.events });
+      print(g().output, d, () => describeText(d));
+    });
+  machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
     .option('--broker <broker>', 'e.g. local')
@@ -76,7 +88,8 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-key <credential>', 'with --ssh: the credential that logs in (takt credentials add NAME --ssh-key FILE)')
     .option('--ssh-root <dir>', 'with --ssh: what scripts see as TAKT_ROOT on the host (default /)')
     .option('--ssh-dir <dir>', "with --ssh: takt's dir on the host (default /var/lib/takt-ssh for root, else ~/.takt)")
-    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
+    .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
+    .action(async (name: string | undefined, o: { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const body = {
         name,
         broker: o.broker,
@@ -86,6 +99,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         params: o.param ? parseParamPairs(o.param) : undefined,
         profiles: o.profile,
         ssh: sshBody(o, true),
+        allowUndeclared: o.allowUndeclared || undefined,
       };
       const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
       for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${shownErr(w)}\n`);
@@ -108,7 +122,8 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-root <dir>', "agentless machines: TAKT_ROOT on the host ('' for /)")
     .option('--ssh-dir <dir>', "agentless machines: takt's dir on the host ('' for the default)")
     .option('--ssh-accept-new-key', 'agentless machines: trust the new host key the host offered (check its fingerprint on the host first)')
-    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
+    .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
+    .action(async (id: string, o: { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
       const body: Record<string, unknown> = {};
       if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
@@ -119,6 +134,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const ssh = sshBody(o, false);
       if (ssh) body.ssh = ssh;
       if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --name, --environment or an --ssh option');
+      if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
       print(g().output, m, () => renderTable([m], machineColumns));
     });

@@ -17,6 +17,7 @@ import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
+import { assertEnvironment, assertDeclared } from './declared.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, machineStatus, type Contact, type LivenessWrite } from './liveness.js';
@@ -67,6 +68,8 @@ export interface MachineInput {
   profiles?: string[];
   /** Agentless machines: how the endpoint reaches the host over SSH (the credential must exist). */
   ssh?: SshSettings;
+  /** Store params no content declares (default false: refused, see declared.ts). */
+  allowUndeclared?: boolean;
 }
 
 export interface MachinePatch {
@@ -78,6 +81,8 @@ export interface MachinePatch {
   profiles?: string[];
   /** Agentless machines only: SSH settings to change, or accepting the host's new key. */
   ssh?: SshPatch;
+  /** Store params no content declares (default false: refused, see declared.ts). */
+  allowUndeclared?: boolean;
 }
 
 export interface PlanStep {
@@ -271,6 +276,7 @@ export class Engine {
   }
 
   async createMachine(input: MachineInput, author: string): Promise<{ machine: Machine; token: string }> {
+    if (!input.allowUndeclared) assertDeclared(this.content.current, input.params);
     const made = await this.newMachine(input);
     await this.store.transact((tx) => this.insertMachine(tx, made.machine, made.token, author));
     return made;
@@ -315,6 +321,7 @@ export class Engine {
       updatedAt: now,
       agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: now },
     };
+    assertEnvironment(content, machine.name, machine.environment, machine.pipeline);
     if (machine.pipeline) this.assertStartable(machine, machine.pipeline, content);
     return { machine, token };
   }
@@ -333,6 +340,7 @@ export class Engine {
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
     this.checkPatch(content, patch);
+    if (!patch.allowUndeclared) assertDeclared(content, patch.params);
     return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content));
   }
 
@@ -369,6 +377,7 @@ export class Engine {
       await this.cancelCurrent(tx, m, author);
       next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
     }
+    if (patch.environment !== undefined || patch.pipeline !== undefined) assertEnvironment(content, next.name, next.environment, next.pipeline);
     return this.saveDesired(tx, m, next, author);
   }
 

@@ -7,6 +7,7 @@
  * machine or work-order event and on a timer, so a restarted endpoint simply carries on.
  */
 import { FACT_FIELDS } from '../model/facts.js';
+import { assertEnvironment } from './declared.js';
 import { TaktError } from '../model/errors.js';
 import { newId } from './ids.js';
 import type { Rollout, RolloutItem, RolloutSpec, RolloutState } from '../model/rollout.js';
@@ -90,6 +91,8 @@ export class Rollouts {
       ? (await Promise.all(input.machineIds.map((id) => this.store.getMachine(id)))).filter((m) => m !== undefined).map((machine) => ({ machine }))
       : await this.records.select(parseSelection(input.select));
     if (selected.length === 0) throw new TaktError('invalid', `the selection ${describe(input.select)} matches no machine`, { path: '/select' });
+    // The same rule as an update: a machine is reassigned only to a pipeline that exercises its environment.
+    if (spec.pipeline) for (const s of selected) assertEnvironment(content, s.machine.name, s.machine.environment, spec.pipeline);
     const busy = await this.store.listRollouts({ states: ACTIVE, limit: 1000 });
     const taken = new Set<string>();
     for (const r of busy) for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'pending' || i.state === 'running') taken.add(i.machineId);

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import { Describer } from '../../engine/describe.js';
 import { publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
@@ -50,6 +51,7 @@ const createBody = {
     params: paramsObject,
     profiles: { type: 'array', items: Name },
     ssh: sshCreate,
+    allowUndeclared: { type: 'boolean', description: 'store params that no param definition or task declares (default false: refused with a suggestion)' },
   },
 } as const;
 
@@ -64,6 +66,7 @@ const patchBody = {
     params: { ...paramsObject, description: 'merged into the machine params; null removes one' },
     profiles: { type: 'array', items: Name },
     ssh: sshPatch,
+    allowUndeclared: { type: 'boolean', description: 'store params that no param definition or task declares (default false: refused with a suggestion)' },
   },
 } as const;
 
@@ -76,6 +79,7 @@ interface CreateBody {
   params?: Record<string, unknown>;
   profiles?: string[];
   ssh?: SshSettings;
+  allowUndeclared?: boolean;
 }
 
 export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
@@ -104,6 +108,12 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const matched = await records.select({ ...filter, builtWith: q.builtWith, stale: q.stale === undefined ? undefined : q.stale !== 'false' });
     const items = matched.map(({ machine, stale }) => (stale ? { ...publicMachine(engine.withLiveness(machine)), stale } : publicMachine(engine.withLiveness(machine))));
     return { items: items.slice(offset, offset + limit), total: items.length };
+  });
+
+  const describer = new Describer(engine, store);
+  app.get('/api/v1/machines/:id/describe', async (req) => {
+    const q = req.query as Record<string, string | undefined>;
+    return describer.describe((req.params as { id: string }).id, { jobs: intQuery(q.jobs, 'jobs', 10, 100), events: intQuery(q.events, 'events', 10, 100) });
   });
 
   app.get('/api/v1/machines/:id/record', async (req) => records.record(await engine.findMachine((req.params as { id: string }).id)));
@@ -139,6 +149,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
           pipeline: body.pipeline ?? null,
           params: body.params,
           profiles: body.profiles,
+          allowUndeclared: body.allowUndeclared,
           ...(body.ssh ? { ssh: body.ssh } : {}),
         },
         author(req),
