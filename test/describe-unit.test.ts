@@ -94,3 +94,15 @@ describe('assertDeclared', () => {
     else expect(err?.message.startsWith(message)).toBe(true);
   });
 });
+
+describe('content diff: one changed field', () => {
+  it.each([
+    ['scalars as JSON', 1, 2, ['- 1', '+ 2']],
+    ['one-line strings as JSON', 'a', 'b', ['- "a"', '+ "b"']],
+    ['a script as a unified line diff', 'echo a\necho b\necho c\n', 'echo a\necho B\necho c\n', ['@@ -1,3 +1,3 @@', ' echo a', '-echo b', '+echo B', ' echo c']],
+    ['a script that was added', undefined, 'one\ntwo\n', ['@@ -0,0 +1,2 @@', '+one', '+two']],
+  ] as const)('%s', async (_n, before, after, lines) => {
+    const { fieldDiff } = await import('../src/cli/content.js');
+    expect(fieldDiff(before, after)).toEqual(lines);
+  });
+});

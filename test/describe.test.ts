@@ -146,3 +146,33 @@ describe('undeclared params', () => {
     expect(ok.code, ok.stderr).toBe(0);
   });
 });
+
+describe('names where people read them', () => {
+  it('jobs and work order lists show machine names; -o json keeps the ids', async () => {
+    const m = await ep.api.get<{ id: string }>('/machines/fin');
+    const jobs = await ep.cli(['jobs', 'list', '--machine', 'fin']);
+    expect(jobs.stdout).toMatch(/\bfin\b/);
+    expect(jobs.stdout).not.toContain(m.id);
+    expect(JSON.parse((await ep.cli(['jobs', 'list', '--machine', 'fin', '-o', 'json'])).stdout)[0].machineId).toBe(m.id);
+    const w = await ep.cli(['workorders', 'create', '--machine', 'fin', '--blueprint', 'scan']);
+    expect(w.code, w.stderr).toBe(0);
+    expect(w.stdout).toMatch(/\bfin\b/);
+    const list = await ep.cli(['workorders', 'list', '--machine', 'fin']);
+    expect(list.stdout).toMatch(/\bfin\b/);
+    expect(list.stdout).not.toContain(m.id);
+    expect(JSON.parse((await ep.cli(['workorders', 'list', '--machine', 'fin', '-o', 'json'])).stdout)[0].machineId).toBe(m.id);
+  });
+
+  it('content diff shows a script change as a line diff', async () => {
+    const files = await packFiles('basic');
+    files['pack.yaml'] = files['pack.yaml']!.replace('version: 1.0.0', 'version: 1.0.1');
+    files['tasks/record.yaml'] = files['tasks/record.yaml']!.replace('sleep 0.2', 'sleep 0.3');
+    expect((await ep.call('POST', '/packs', { files })).status).toBeLessThan(300);
+    const d = await ep.cli(['content', 'diff', 'basic@1.0.0', 'basic@1.0.1']);
+    expect(d.code, d.stderr).toBe(0);
+    expect(d.stdout).toContain('~ tasks/record');
+    expect(d.stdout).toMatch(/^ +-sleep 0\.2$/m);
+    expect(d.stdout).toMatch(/^ +\+sleep 0\.3$/m);
+    expect(d.stdout).not.toContain('\\n');
+  });
+});
