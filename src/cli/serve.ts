@@ -186,6 +186,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     placement: new NetnsPlacement({
       dataDir: data,
       log,
+      // Which /16 the netns bridge's /24 comes from (tests keep to theirs); default 10.200–10.249.
+      ...(process.env.TAKT_NETNS_SUBNET ? { subnet: process.env.TAKT_NETNS_SUBNET } : {}),
       listen: async (host, port) => {
         if (!listeners) throw new TaktError('internal', 'netns listener requested before the endpoint listens');
         // The bridge address joins the certificate's names (re-issued with the same key when new).
