@@ -276,8 +276,9 @@ export class Engine {
   }
 
   async createMachine(input: MachineInput, author: string): Promise<{ machine: Machine; token: string }> {
-    if (!input.allowUndeclared) assertDeclared(this.content.current, input.params);
     const made = await this.newMachine(input);
+    // After newMachine: a param that is malformed or past the bounds is refused for that first.
+    if (!input.allowUndeclared) assertDeclared(this.content.current, input.params);
     await this.store.transact((tx) => this.insertMachine(tx, made.machine, made.token, author));
     return made;
   }
@@ -340,7 +341,10 @@ export class Engine {
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
     this.checkPatch(content, patch);
-    if (!patch.allowUndeclared) assertDeclared(content, patch.params);
+    if (patch.params && !patch.allowUndeclared) {
+      this.checkParams(content, {}, patch.params); // a malformed value is refused for that first: it says more
+      assertDeclared(content, patch.params);
+    }
     return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content));
   }
 
