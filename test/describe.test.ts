@@ -115,6 +115,12 @@ describe('environments a pipeline exercises', () => {
     expect(e.code).toBe(1);
   });
 
+  it('a join token for a pipeline outside its environment is refused when it is made, not when a host registers', async () => {
+    const r = await ep.cli(['machines', 'join', 'far-1', '--pipeline', 'labonly', '--url', 'https://127.0.0.1:1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/machine 'far-1' is in environment 'remote', which pipeline 'labonly' does not exercise; it runs in: lab, local/);
+  });
+
   it('a rollout that would reassign a machine to a pipeline outside its environment is refused', async () => {
     await create('mars-1', '--environment', 'mars');
     const r = await ep.cli(['rollouts', 'create', '--pipeline', 'labonly', '--select', 'name=mars-1']);
