@@ -61,7 +61,7 @@ describe('machines describe', () => {
   });
 
   it('a machine without a broker waits for an agent that never connected', async () => {
-    await create('lonely', '--pipeline', 'basic');
+    await create('lonely', '--pipeline', 'basic', '--label', 'role=web');
     const d = await describeJson('lonely');
     expect(d.status).toBe('waiting-for-agent');
     expect(d.position).toMatchObject({ stage: 'one', task: 'hello' });
@@ -71,6 +71,8 @@ describe('machines describe', () => {
     const text = await ep.cli(['machines', 'describe', 'lonely']);
     expect(text.stdout).toMatch(/^Waiting for: +an agent: none connected \(never connected\)$/m);
     expect(text.stdout).toMatch(/^Agent: +never$/m);
+    expect(text.stdout).toMatch(/^Labels: +role=web$/m);
+    expect(d.machine.labels).toEqual({ role: 'web' });
   });
 
   it('a done machine waits for nothing and lists its jobs with durations', async () => {

@@ -62,6 +62,8 @@ interface MachineDoc {
   pipeline: string | null;
   profiles: string[];
   params: Record<string, unknown>;
+  /** Left out when empty, so exports made before labels existed stay the same. */
+  labels?: Record<string, string>;
   power: Machine['power'];
   /** Agentless machines: how the host is reached and the key pinned for it (the credential is not exported). */
   ssh?: SshSettings & { hostKey: HostKey | null };
@@ -92,6 +94,7 @@ const MachineDocSchema = {
     pipeline: NullableName,
     profiles: { type: 'array', items: NameSchema },
     params: { type: 'object', propertyNames: { pattern: PARAM_NAME_PATTERN } },
+    labels: { type: 'object', additionalProperties: { type: 'string' }, description: 'key=value tags (checked like `--label`)' },
     power: { enum: ['on', 'off'] },
     ssh: {
       type: 'object',
@@ -111,7 +114,7 @@ const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0 });
 
 function machineDoc(m: Machine): MachineDoc {
   const ssh = m.ssh ? { ...sshSettingsOf(m.ssh), hostKey: m.ssh.hostKey } : undefined;
-  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, power: m.power, ...(ssh ? { ssh } : {}) };
+  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, ...(Object.keys(m.labels).length ? { labels: m.labels } : {}), power: m.power, ...(ssh ? { ssh } : {}) };
 }
 
 export class Portable {

@@ -62,6 +62,8 @@ export interface MachinesTable {
   reason: string | null;
   params: string;
   profiles: string;
+  /** Labels as JSON text (keys sorted). */
+  labels: string;
   current_job: string | null;
   power: string;
   /** Observed facts as JSON text; null until the agent reports them. */
