@@ -58,6 +58,8 @@ describe('machines describe', () => {
     expect(d.position).toMatchObject({ stage: 'release', task: 'deploy' });
     expect(d.waitingFor).toEqual({ for: 'approval', stage: 'release', role: 'operator', text: 'an approval of stage release by operator (takt approvals approve rel)' });
     expect(d.jobs.map((j) => [j.task, j.state])).toEqual([['health', 'succeeded']]);
+    expect((await ep.cli(['approvals', 'approve', 'rel', '--comment', 'window open'])).code).toBe(0);
+    expect((await describeJson('rel')).events).toContainEqual(expect.objectContaining({ type: 'approval', message: 'stage release approved by admin: window open' }));
   });
 
   it('a machine without a broker waits for an agent that never connected', async () => {

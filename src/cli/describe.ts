@@ -4,18 +4,9 @@
  */
 import pc from 'picocolors';
 import type { MachineDescription } from '../engine/describe.js';
+import { formatDuration } from '../model/duration.js';
 import { colorState, shown } from './output.js';
 import { agentCell, clock, colorStatus } from './liveness.js';
-
-/** `1.2s`, `45s`, `3m05s`, `2h04m`. */
-export function duration(ms: number): string {
-  if (ms < 10_000) return `${(ms / 1000).toFixed(1)}s`;
-  const s = Math.round(ms / 1000);
-  if (s < 60) return `${s}s`;
-  const pad = (n: number) => String(n).padStart(2, '0');
-  if (s < 3600) return `${Math.floor(s / 60)}m${pad(s % 60)}s`;
-  return `${Math.floor(s / 3600)}h${pad(Math.floor((s % 3600) / 60))}m`;
-}
 
 /** Rows of cells, left-aligned under their headers, indented by two spaces; cells are already `shown`. */
 function rows(headers: string[], body: string[][]): string {
@@ -77,7 +68,7 @@ export function describeText(d: MachineDescription, now = new Date()): string {
       shown(`${j.stage ? `${j.stage}/` : j.kind === 'workorder' ? '(work order) ' : ''}${j.task}`),
       colorState(j.state),
       j.exitCode === null ? '-' : String(j.exitCode),
-      duration(j.durationMs),
+      formatDuration(j.durationMs),
       clock(j.createdAt, now),
       j.reason ? shown(j.reason) : '-',
     ]),

@@ -102,7 +102,7 @@ export interface DescribedJob {
 /** One line of the machine's recent past: a recorded change to it, or a job that started or ended. */
 export interface DescribedEvent {
   at: string;
-  type: 'change' | 'job';
+  type: 'change' | 'approval' | 'job';
   message: string;
 }
 
@@ -146,10 +146,11 @@ export class Describer {
     const m = this.engine.withLiveness(await this.engine.findMachine(idOrName));
     const content = this.engine.content.current;
     const { stage, task } = positionOf(content, m);
-    const [jobs, workOrders, changes, rollout] = await Promise.all([
+    const [jobs, workOrders, changes, approvals, rollout] = await Promise.all([
       this.store.listJobs({ machineId: m.id, limit: opts.jobs ?? 10 }),
       this.store.listWorkOrders({ machineId: m.id }),
       this.store.listChanges({ object: `machines/${m.id}`, limit: opts.events ?? 10 }),
+      this.store.listChanges({ object: `approvals/${m.id}`, limit: opts.events ?? 10 }),
       this.rolloutOf(m.id),
     ]);
     const current = m.currentJob ? (jobs.find((j) => j.id === m.currentJob) ?? (await this.store.getJob(m.currentJob)) ?? null) : null;
@@ -166,6 +167,7 @@ export class Describer {
     });
     const events: DescribedEvent[] = [
       ...changes.map((c) => ({ at: c.at, type: 'change' as const, message: `${c.action} by ${c.author}${changedFields(c.before, c.after)}` })),
+      ...approvals.map((c) => ({ at: c.at, type: 'approval' as const, message: approvalText(c.author, c.after) })),
       ...jobs.flatMap((j) => [
         { at: j.createdAt, type: 'job' as const, message: `job ${j.id} started: ${j.stage ? `${j.stage}/` : ''}${j.task}` },
         ...(j.finishedAt ? [{ at: j.finishedAt, type: 'job' as const, message: `job ${j.id} ${j.state}${j.reason ? `: ${j.reason}` : ''}` }] : []),
@@ -206,6 +208,13 @@ export class Describer {
     }
     return null;
   }
+}
+
+/** `stage release approved by admin: change window open`, from an approval record. */
+function approvalText(author: string, after: unknown): string {
+  const a = (after ?? {}) as { stage?: string; decision?: string; comment?: string; reason?: string };
+  const note = a.comment ?? a.reason;
+  return `stage ${a.stage ?? '?'} ${a.decision ?? 'decided'} by ${author}${note ? `: ${note}` : ''}`;
 }
 
 /** `: pipeline, params` — the top-level desired fields a change touched (values left to `takt history`). */
