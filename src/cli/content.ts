@@ -2,6 +2,7 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Command } from 'commander';
+import { structuredPatch } from 'diff';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
 import type { InstallResult, PackDiff } from '../engine/content.js';
@@ -171,10 +172,24 @@ function diffText(d: PackDiff): string {
     lines.push(pc.yellow(shown(`~ ${c.object}`)));
     for (const f of c.fields) {
       lines.push(shown(`    ${f.path}:`));
-      lines.push(pc.red(shown(`      - ${JSON.stringify(f.before)}`)));
-      lines.push(pc.green(shown(`      + ${JSON.stringify(f.after)}`)));
+      lines.push(...fieldDiff(f.before, f.after).map((l) => (l.startsWith('-') ? pc.red(shown(`      ${l}`)) : l.startsWith('+') ? pc.green(shown(`      ${l}`)) : pc.dim(shown(`      ${l}`)))));
     }
   }
   if (lines.length === 1) lines.push(pc.dim('no differences'));
   return lines.join('\n');
+}
+
+/**
+ * One changed field as lines: a unified line diff (3 lines of context, `@@` hunk heads) when either side is a
+ * multi-line string such as a script, else the two values as JSON, `- before` and `+ after`.
+ */
+export function fieldDiff(before: unknown, after: unknown): string[] {
+  const multiline = (v: unknown) => typeof v === 'string' && v.includes('\n');
+  if (!(multiline(before) || multiline(after)) || (typeof before !== 'string' && before !== undefined) || (typeof after !== 'string' && after !== undefined)) {
+    return [`- ${JSON.stringify(before)}`, `+ ${JSON.stringify(after)}`];
+  }
+  const patch = structuredPatch('before', 'after', (before as string | undefined) ?? '', (after as string | undefined) ?? '', undefined, undefined, { context: 3 });
+  // A side with no lines starts at line 0, as diff -u writes it.
+  const at = (start: number, lines: number) => `${lines === 0 ? start - 1 : start},${lines}`;
+  return patch.hunks.flatMap((h) => [`@@ -${at(h.oldStart, h.oldLines)} +${at(h.newStart, h.newLines)} @@`, ...h.lines.filter((l) => !l.startsWith('\\'))]);
 }

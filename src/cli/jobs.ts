@@ -3,8 +3,9 @@ import { Option, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
 import { formatDuration } from '../model/duration.js';
-import { JOB_STATES, type Job, type LogChunk, type Machine } from '../model/machine.js';
+import { JOB_STATES, type Job, type LogChunk } from '../model/machine.js';
 import { type Globals } from './client.js';
+import { machineNames } from './names.js';
 import { colorState, print, renderTable, shown, shownErr } from './output.js';
 import { examples } from './help.js';
 
@@ -31,15 +32,7 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
     .action(async (o: Record<string, string | undefined>) => {
       const r = await api().get<{ items: Job[] }>('/jobs', o);
       // Names, not ids, in what people read: one lookup per machine on the page (a deleted one keeps its id).
-      const names = new Map<string, string>();
-      if (g().output === 'table') {
-        await Promise.all(
-          [...new Set(r.items.map((j) => j.machineId))].map(async (id) => {
-            const m = await api().get<Machine>(`/machines/${enc(id)}`).catch(() => null);
-            if (m) names.set(id, m.name);
-          }),
-        );
-      }
+      const names = g().output === 'table' ? await machineNames(api(), r.items.map((j) => j.machineId)) : new Map<string, string>();
       print(g().output, r.items, () =>
         renderTable(r.items, [
           { header: 'ID', get: (j) => j.id },

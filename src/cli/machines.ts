@@ -2,6 +2,7 @@
 import { Argument, Option, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
+import type { MachineDescription } from '../engine/describe.js';
 import type { MachineRecord } from '../engine/records.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
@@ -13,6 +14,7 @@ import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { sshBody } from './ssh.js';
 import { examples } from './help.js';
+import { describeText } from './describe.js';
 
 const enc = encodeURIComponent;
 
@@ -76,6 +78,16 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       });
     });
   machines
+    .command('describe <machine>')
+    .description('what a machine is doing and waiting for: pipeline position by name, state and reason, agent, last jobs and events')
+    .option('--jobs <n>', 'how many of its newest jobs to show', '10')
+    .option('--events <n>', 'how many of its recent events to show', '10')
+    .addHelpText('after', '\nExamples:\n  $ takt machines describe demo-1\n  $ takt machines describe demo-1 -o json | jq .waitingFor')
+    .action(async (id: string, o: { jobs: string; events: string }) => {
+      const d = await api().get<MachineDescription>(`/machines/${enc(id)}/describe`, { jobs: o.jobs, events: o.events });
+      print(g().output, d, () => describeText(d));
+    });
+  machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
     .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo'))
@@ -90,7 +102,8 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-key <credential>', 'with --ssh: the credential that logs in (takt credentials add NAME --ssh-key FILE)')
     .option('--ssh-root <dir>', 'with --ssh: what scripts see as TAKT_ROOT on the host (default /)')
     .option('--ssh-dir <dir>', "with --ssh: takt's dir on the host (default /var/lib/takt-ssh for root, else ~/.takt)")
-    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
+    .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
+    .action(async (name: string | undefined, o: { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const labels = o.label ? parseLabelPairs(o.label) : undefined;
       if (labels && Object.values(labels).includes(null)) throw new TaktError('bad_request', '--label KEY- removes a label: use it with `machines update`');
       const body = {
@@ -103,6 +116,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         profiles: o.profile,
         labels,
         ssh: sshBody(o, true),
+        allowUndeclared: o.allowUndeclared || undefined,
       };
       const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
       for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${shownErr(w)}\n`);
@@ -127,7 +141,8 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-root <dir>', "agentless machines: TAKT_ROOT on the host ('' for /)")
     .option('--ssh-dir <dir>', "agentless machines: takt's dir on the host ('' for the default)")
     .option('--ssh-accept-new-key', 'agentless machines: trust the new host key the host offered (check its fingerprint on the host first)')
-    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
+    .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
+    .action(async (id: string, o: { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
       const body: Record<string, unknown> = {};
       if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
@@ -139,6 +154,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const ssh = sshBody(o, false);
       if (ssh) body.ssh = ssh;
       if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment or an --ssh option');
+      if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
       print(g().output, m, () => renderTable([m], machineColumns));
     });

@@ -41,7 +41,7 @@ export async function buildProgram(): Promise<Command> {
   program
     .name('takt')
     .description('takt drives machines through versioned pipelines of tasks and keeps a record of what ran where.\n\nStart an endpoint with `takt serve --demo`, then try `takt machines list`.')
-    .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default http://127.0.0.1:8092)')
+    .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default: the one ./data/endpoint names, written by takt serve, else http://127.0.0.1:8092)')
     .option('--token <token>', 'API token (env TAKT_TOKEN; default ./data/admin.token)')
     .addOption(new Option('-o, --output <format>', 'output format; wide: the table with ids and times, name: resource/name per line').choices(OUTPUT_FORMATS).default('table'))
     .option('--no-headers', 'tables without their header line (for scripts)')

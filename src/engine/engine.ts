@@ -19,6 +19,7 @@ import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
+import { assertEnvironment, assertDeclared } from './declared.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, machineStatus, type Contact, type LivenessWrite } from './liveness.js';
@@ -75,6 +76,8 @@ export interface MachineInput {
   labels?: Record<string, string>;
   /** Agentless machines: how the endpoint reaches the host over SSH (the credential must exist). */
   ssh?: SshSettings;
+  /** Store params no content declares (default false: refused, see declared.ts). */
+  allowUndeclared?: boolean;
 }
 
 export interface MachinePatch {
@@ -88,6 +91,8 @@ export interface MachinePatch {
   labels?: Record<string, string | null>;
   /** Agentless machines only: SSH settings to change, or accepting the host's new key. */
   ssh?: SshPatch;
+  /** Store params no content declares (default false: refused, see declared.ts). */
+  allowUndeclared?: boolean;
 }
 
 /** A param a planned task uses; `promisedBy`: the earlier task (`stage/task`) whose output sets it. */
@@ -368,6 +373,8 @@ export class Engine {
 
   async createMachine(input: MachineInput, author: string): Promise<{ machine: Machine; token: string }> {
     const made = await this.newMachine(input);
+    // After newMachine: a param that is malformed or past the bounds is refused for that first.
+    if (!input.allowUndeclared) assertDeclared(this.content.current, input.params);
     await this.store.transact((tx) => this.insertMachine(tx, made.machine, made.token, author));
     return made;
   }
@@ -414,6 +421,7 @@ export class Engine {
       updatedAt: now,
       agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: now },
     };
+    assertEnvironment(content, machine.name, machine.environment, machine.pipeline);
     if (machine.pipeline) this.assertStartable(machine, machine.pipeline, content);
     return { machine, token };
   }
@@ -432,6 +440,10 @@ export class Engine {
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
     this.checkPatch(content, patch);
+    if (patch.params && !patch.allowUndeclared) {
+      this.checkParams(content, {}, patch.params); // a malformed value is refused for that first: it says more
+      assertDeclared(content, patch.params);
+    }
     return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content));
   }
 
@@ -473,6 +485,7 @@ export class Engine {
       await this.cancelCurrent(tx, m, author);
       next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
     }
+    if (patch.environment !== undefined || patch.pipeline !== undefined) assertEnvironment(content, next.name, next.environment, next.pipeline);
     return this.saveDesired(tx, m, next, author);
   }
 

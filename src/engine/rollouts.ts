@@ -7,6 +7,7 @@
  * machine or work-order event and on a timer, so a restarted endpoint simply carries on.
  */
 import { FACT_FIELDS } from '../model/facts.js';
+import { assertEnvironment } from './declared.js';
 import { TaktError } from '../model/errors.js';
 import { formatLabelSelector, parseLabelSelector } from '../model/labels.js';
 import { ADHOC_TASK, type Machine } from '../model/machine.js';
@@ -167,6 +168,8 @@ export class Rollouts {
     const busy = await this.store.listRollouts({ states: ACTIVE, limit: 1000 });
     const taken = new Map<string, string>();
     for (const r of busy) for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'pending' || i.state === 'running' || i.state === 'waiting') taken.set(i.machineId, r.id);
+    // The same rule as an update: a machine is reassigned only to a pipeline that exercises its environment.
+    if (spec.pipeline) for (const m of selected) assertEnvironment(this.engine.content.current, m.name, m.environment, spec.pipeline);
     const clash = selected.find((m) => taken.has(m.id));
     if (clash) throw new TaktError('conflict', `machine '${clash.name}' is already in active rollout ${taken.get(clash.id)}; let that one finish or abort it first (takt rollouts abort ${taken.get(clash.id)})`);
     return { spec, selected };
