@@ -419,8 +419,8 @@ async function deleteNetnsMachines(api: ApiClient, sweep: NetnsSweep): Promise<v
 
 /**
  * Belt and braces for the netns broker's network: when the bench fails or is interrupted before the
- * machines are deleted, their namespaces (`takt-<machine id>`) and the bridge (`tkb-` + the first 8 hex
- * of sha256(data dir), see src/brokers/netns.ts) would outlive the endpoint. Removes what is left, on
+ * machines are deleted, their namespaces and the bridge (named with the endpoint's id and recorded in
+ * `<data>/netns.json`, see src/brokers/netns.ts) would outlive the endpoint. Removes what is left, on
  * the normal way out and, synchronously, on process exit.
  */
 class NetnsSweep {
@@ -441,10 +441,13 @@ class NetnsSweep {
     if (!this.data) return;
     process.removeListener('exit', this.onExit);
     const present = new Set(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8', timeout: 10_000 }).stdout?.split('\n').map((l) => l.split(' ')[0]) ?? []);
+    const stateFile = join(this.data, 'netns.json');
+    const state = existsSync(stateFile) ? (JSON.parse(readFileSync(stateFile, 'utf8')) as { bridge?: string; namespaces?: Record<string, string> }) : {};
     for (const id of this.ids) {
-      if (present.has(`takt-${id}`)) spawnSync('ip', ['netns', 'del', `takt-${id}`], { stdio: 'ignore', timeout: 10_000 });
+      const ns = state.namespaces?.[id];
+      if (ns && present.has(ns)) spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore', timeout: 10_000 });
     }
-    const bridge = `tkb-${createHash('sha256').update(this.data).digest('hex').slice(0, 8)}`;
+    const bridge = state.bridge ?? `tkb-${createHash('sha256').update(this.data).digest('hex').slice(0, 8)}`;
     spawnSync('ip', ['link', 'del', bridge], { stdio: 'ignore', timeout: 10_000 });
     this.data = null;
   }

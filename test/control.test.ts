@@ -13,8 +13,9 @@ interface M {
   name: string;
   state: string;
   reason: string | null;
-  stageIndex: number;
-  taskIndex: number;
+  /** The position: the stage and task it runs next (or is held on). */
+  stage: string | null;
+  task: string | null;
   currentJob: string | null;
   power: string;
 }
@@ -91,7 +92,7 @@ describe('jobs cancel', () => {
     expect(ended.state).toBe('cancelled');
     expect(ended.reason).toMatch(/^cancelled by \S+: wrong image$/);
     const m = await machine('c-cancel');
-    expect(m).toMatchObject({ state: 'paused', stageIndex: 0, taskIndex: 1, currentJob: null });
+    expect(m).toMatchObject({ state: 'paused', stage: 'work', task: 'hold', currentJob: null });
     expect(m.reason).toMatch(/wrong image/);
     expect(m.reason).not.toMatch(/lost|agent gone/);
 
@@ -136,7 +137,7 @@ describe('machines pause / resume', () => {
     await until(async () => (await ep.api.get<J>(`/jobs/${job.id}`)).state === 'succeeded', 60_000, 'hold to finish');
     const m = await machine('c-pause');
     // Moved past the finished task, and held before the next: no job for 'last' was started.
-    expect(m).toMatchObject({ state: 'paused', stageIndex: 1, taskIndex: 0, currentJob: null, reason: expect.stringMatching(/paused by \S+: maintenance/) });
+    expect(m).toMatchObject({ state: 'paused', stage: 'finish', task: 'last', currentJob: null, reason: expect.stringMatching(/paused by \S+: maintenance/) });
     expect((await jobsOf('c-pause')).map((j) => j.task)).toEqual(['first', 'hold']);
     // Pausing again is said, not an error.
     const again = await ep.cli(['machines', 'stop', 'c-pause']);
@@ -161,7 +162,7 @@ describe('machines pause / resume', () => {
     expect(r.stdout).toMatch(/paused on task 'hold': job \S+ cancelled/);
     await allDead(pids);
     expect((await ep.api.get<J>(`/jobs/${job.id}`)).reason).toMatch(/^cancelled by \S+: bad disk$/);
-    expect(await machine('c-stop')).toMatchObject({ state: 'paused', stageIndex: 0, taskIndex: 1 });
+    expect(await machine('c-stop')).toMatchObject({ state: 'paused', stage: 'work', task: 'hold' });
     release(root);
     expect((await ep.cli(['machines', 'resume', 'c-stop'])).code).toBe(0);
     expect((await ep.cli(['machines', 'wait', 'c-stop', '--timeout', '60s'])).code).toBe(0);
@@ -173,7 +174,7 @@ describe('machines pause / resume', () => {
     const w = await ep.cli(['machines', 'wait', 'c-16', '--until', 'paused', '--timeout', '60s']);
     expect(w.code, w.stderr).toBe(0);
     const m = await machine('c-16');
-    expect(m).toMatchObject({ state: 'paused', stageIndex: 0, taskIndex: 2 });
+    expect(m).toMatchObject({ state: 'paused', stage: 'pausing', task: 'last' });
     expect(m.reason).toMatch(/paused by task 'pause-line' \(exit code 16\)/);
     // Waiting for done on a paused machine is not a failure (exit 1): it waits, says why, and times out.
     const d = await ep.cli(['machines', 'wait', 'c-16', '--until', 'done', '--timeout', '1s']);
@@ -196,7 +197,7 @@ describe('machines power off mid-job', () => {
     const ended = await ep.api.get<J>(`/jobs/${job.id}`);
     expect(ended.state).toBe('cancelled');
     expect(ended.reason).toMatch(/^cancelled by \S+: machine powered off$/);
-    expect(await machine('c-power')).toMatchObject({ power: 'off', state: 'running', stageIndex: 0, taskIndex: 1, currentJob: null });
+    expect(await machine('c-power')).toMatchObject({ power: 'off', state: 'running', stage: 'work', task: 'hold', currentJob: null });
 
     release(root);
     expect((await ep.cli(['machines', 'power', 'c-power', 'on'])).code).toBe(0);

@@ -124,7 +124,7 @@ describe('the demo', () => {
     const bStart = Math.min(...jb.map((j) => Date.parse(j.createdAt)));
     expect(bStart).toBeGreaterThanOrEqual(aEnd);
     const after = (await machines()).find((m) => m.name === 'demo-1')!;
-    expect(after).toMatchObject({ state: 'done', stageIndex: (before as unknown as { stageIndex: number }).stageIndex });
+    expect(after).toMatchObject({ state: 'done', passed: (before as unknown as { passed: string[] }).passed });
   });
 
   it('machines create --broker local makes real machines with their own sandbox', async () => {

@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cellFor, coverage, lastLine, type ExerciseResult } from '../src/cli/exercise.js';
 import type { Job, Machine } from '../src/model/machine.js';
 import { Endpoint, packFiles } from './helpers/endpoint.js';
+import { namespaceOf } from './helpers/netns.js';
 
 /** netns needs root and working network namespaces; say why when they are not there. */
 function netnsUnavailable(): string | null {
@@ -75,14 +76,15 @@ describe.skipIf(skipNetns !== null)('netns broker and takt exercise', () => {
     const m = await ep.api.get<Machine>('/machines/ns1');
     expect(m.environment).toBe('netns');
     expect(String(m.params.address)).toMatch(/^10\.\d+\.\d+\.\d+$/);
-    expect(namespaces()).toContain(`takt-${m.id}`);
+    const ns = namespaceOf(ep.data, m.id);
+    expect(namespaces()).toContain(ns);
     // The agent process is in that namespace, not the host's.
     const agentPid = readFileSync(join(ep.data, 'machines', m.id, 'agent.pid'), 'utf8').trim();
-    expect(execFileSync('ip', ['netns', 'pids', `takt-${m.id}`], { encoding: 'utf8' }).split('\n')).toContain(agentPid);
+    expect(execFileSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' }).split('\n')).toContain(agentPid);
 
     const d = await ep.cli(['machines', 'delete', 'ns1']);
     expect(d.code, d.stderr).toBe(0);
-    expect(namespaces()).not.toContain(`takt-${m.id}`);
+    expect(namespaces()).not.toContain(ns);
   });
 
   it('after an endpoint crash, netns agents come back through the bridge; if their port was taken meanwhile they restart on a new one', async () => {

@@ -5,13 +5,14 @@
  * up, the agent reconnects, and an operator resumes the machine to done. Everything is waited for on the
  * event stream. Needs root and iproute2's `ip` (as the netns broker does).
  *
- * Only `takt machines create --broker netns` and the namespace's name (`takt-<machine id>`) are relied on:
+ * Only `takt machines create --broker netns` and the namespace's name (kept in the data dir's netns.json) are relied on:
  * the host-side veth is found from the namespace's eth0 peer index, not from how the broker names it.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Endpoint } from './helpers/endpoint.js';
 import { livenessEndpoint, type EventRecorder } from './helpers/liveness.js';
+import { namespaceOf } from './helpers/netns.js';
 
 const isRoot = process.getuid?.() === 0;
 const haveIp = spawnSync('ip', ['-V']).status === 0;
@@ -37,6 +38,8 @@ let veth: string | null = null;
 /** The bridge the machine's veth hangs on (made by this test's endpoint). */
 let bridge: string | null = null;
 let machineId: string | null = null;
+/** The machine's namespace, as the endpoint recorded it (helpers/netns.ts). */
+let namespace: string | null = null;
 
 describe.skipIf(why !== '')('a machine whose link is cut mid-job', () => {
   beforeAll(async () => {
@@ -49,7 +52,7 @@ describe.skipIf(why !== '')('a machine whose link is cut mid-job', () => {
     if (machineId) await ep?.call('DELETE', `/machines/${machineId}`).catch(() => undefined);
     await events?.stop();
     await ep?.stop();
-    if (machineId) spawnSync('ip', ['netns', 'del', `takt-${machineId}`]);
+    if (namespace) spawnSync('ip', ['netns', 'del', namespace]);
     // The endpoint removes its bridge when it stops with no netns machine left; if it did not, we do.
     if (bridge) spawnSync('ip', ['link', 'del', bridge]);
   });
@@ -64,7 +67,8 @@ describe.skipIf(why !== '')('a machine whose link is cut mid-job', () => {
     const job = await events.waitFor('the hold job', (e) => e.topic.startsWith('jobs.create.') && (e.data as { machineId: string }).machineId === m.id, 90_000);
     const jobId = (job.data as { id: string }).id;
     await events.machine(m.id, 'its agent connects', (d) => d.agent.connected);
-    veth = hostVeth(`takt-${m.id}`);
+    namespace = namespaceOf(ep.data, m.id);
+    veth = hostVeth(namespace);
     bridge = /master (\S+)/.exec(ip('-o', 'link', 'show', veth))?.[1] ?? null;
 
     const cut = events.mark();
@@ -75,7 +79,7 @@ describe.skipIf(why !== '')('a machine whose link is cut mid-job', () => {
     expect(down.agent.lastSeenAt).not.toBeNull();
     const stopped = await ep.call('GET', `/machines/${m.id}`);
     expect(stopped.body).toMatchObject({ state: 'stopped', agent: { connected: false } });
-    expect((await ep.cli(['machines', 'list', '--name', name])).stdout).toMatch(new RegExp(`${name} .*│ stopped +│ gone \\d+s +│`));
+    expect((await ep.cli(['machines', 'list', '--name', name])).stdout).toMatch(new RegExp(`${name} .* stopped +gone \\d+s +`));
 
     const back = events.mark();
     ip('link', 'set', veth, 'up');

@@ -62,9 +62,9 @@ describe('redteam: the event loop', () => {
       const r = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'heavy-2', params: big }) });
       expect(r.status).toBe(413);
       expect(JSON.parse(r.body).error.message).toMatch(/at most 65536 may be set/);
-      const ok = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'heavy-3', params: { a: 'x'.repeat(40 * 1024) } }) });
+      const ok = await raw(ep.url, 'POST', '/api/v1/machines', { token: ep.token, body: JSON.stringify({ name: 'heavy-3', params: { a: 'x'.repeat(40 * 1024) }, allowUndeclared: true }) });
       expect(ok.status).toBe(201);
-      const grow = await raw(ep.url, 'PATCH', '/api/v1/machines/heavy-3', { token: ep.token, body: JSON.stringify({ params: { b: 'y'.repeat(40 * 1024) } }) });
+      const grow = await raw(ep.url, 'PATCH', '/api/v1/machines/heavy-3', { token: ep.token, body: JSON.stringify({ params: { b: 'y'.repeat(40 * 1024) }, allowUndeclared: true }) });
       expect(grow.status).toBe(413);
       const after = JSON.parse((await raw(ep.url, 'GET', '/api/v1/machines/heavy-3', { token: ep.token })).body) as { params: Record<string, unknown> };
       expect(Object.keys(after.params)).toEqual(['a']);

@@ -2,7 +2,13 @@
  * The `netns` placement: each machine is a Linux network namespace with its own address on a bridge, and
  * its agent runs inside it, reaching the endpoint over that network — a real network boundary on one host.
  *
- *   host: bridge tkb-XXXX 10.N.M.1/24 ── veth ── namespace takt-<machine id>: eth0 10.N.M.<k>/24
+ *   host: bridge tkb-<E> 10.N.M.1/24 ── veth tv<hash> ── namespace takt-<E>-<machine id>: eth0 10.N.M.<k>/24
+ *
+ * Host resources belong to one endpoint and are named so: <E> is the endpoint's id (endpointId: kept in
+ * its data dir), so a second endpoint on the host — one that imported the same machines, with the same
+ * ids — makes namespaces, veths and a bridge of its own, and deletes only what it made (the names it made
+ * are kept in netns.json; a machine it never placed is not its to delete). Machines placed by a takt from
+ * before endpoint ids keep the names they were given (`takt-<machine id>`, `tkb-<hash of the data dir>`).
  *
  * Agents reach the endpoint as any remote agent does: over TLS, on a listener the endpoint opens on the
  * bridge address (through `NetnsOptions.listen`), trusting only the endpoint's own CA. The bridge address
@@ -11,6 +17,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -27,6 +34,39 @@ export interface NetnsOptions {
    */
   listen: (host: string, port: number) => Promise<{ port: number; close: () => Promise<void> }>;
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+  /**
+   * The /16 the bridge's /24 is chosen from, as `A.B.0.0/16` (TAKT_NETNS_SUBNET); default: the first free
+   * /24 in 10.200.0.0–10.249.255.0.
+   */
+  subnet?: string;
+}
+
+/** The file in the data dir that holds the endpoint's id. */
+export const ENDPOINT_ID_FILE = 'endpoint-id';
+
+/**
+ * This endpoint's id: 8 hex digits, made once and kept in `<data>/endpoint-id`, so that the host
+ * resources it creates (network namespaces, bridges, veths) carry it in their names. A copy of the
+ * desired state (export/import) does not carry it: another endpoint gets its own.
+ */
+export function endpointId(dataDir: string): string {
+  const file = join(dataDir, ENDPOINT_ID_FILE);
+  if (existsSync(file)) {
+    const id = readFileSync(file, 'utf8').trim();
+    if (/^[0-9a-f]{8}$/.test(id)) return id;
+    throw new TaktError('bad_request', `${file} does not hold an endpoint id (8 hex digits); restore it, or remove it only if no netns machine of this endpoint is left on the host`);
+  }
+  mkdirSync(dataDir, { recursive: true });
+  const id = randomBytes(4).toString('hex');
+  writeFileSync(file, id + '\n', { mode: 0o600, flag: 'wx' });
+  return id;
+}
+
+/** `A.B` from `A.B.0.0/16`. @throws TaktError bad_request for anything else. */
+export function parseSubnet16(text: string): string {
+  const m = /^(\d{1,3})\.(\d{1,3})\.0\.0\/16$/.exec(text.trim());
+  if (!m || Number(m[1]) > 255 || Number(m[2]) > 255) throw new TaktError('bad_request', `TAKT_NETNS_SUBNET '${text}' is not a /16 such as 10.213.0.0/16`);
+  return `${Number(m[1])}.${Number(m[2])}`;
 }
 
 interface NetState {
@@ -36,6 +76,10 @@ interface NetState {
   port: number;
   /** Host part of each machine's address, by machine id. */
   hosts: Record<string, number>;
+  /** The bridge this endpoint made (absent in a state written before endpoint ids: the data dir's hash). */
+  bridge?: string;
+  /** The namespace this endpoint made for each machine, by machine id (absent before endpoint ids: takt-<id>). */
+  namespaces?: Record<string, string>;
 }
 
 async function ip(...args: string[]): Promise<string> {
@@ -60,12 +104,18 @@ export class NetnsPlacement implements Placement {
   private ready: Promise<void> | null = null;
   private moved = false;
 
+  /** This endpoint's id, in the names of what it makes on the host. */
+  private readonly id: string;
+
   constructor(private readonly opts: NetnsOptions) {
     const h = createHash('sha256').update(opts.dataDir).digest();
-    this.bridge = `tkb-${h.toString('hex').slice(0, 8)}`;
     this.seed = h;
+    this.id = endpointId(opts.dataDir);
     this.stateFile = join(opts.dataDir, 'netns.json');
     this.state = existsSync(this.stateFile) ? (JSON.parse(readFileSync(this.stateFile, 'utf8')) as NetState) : { port: 0, hosts: {} };
+    // A network set up by a takt from before endpoint ids keeps its bridge (named from the data dir's hash).
+    this.bridge = this.state.bridge ?? (this.state.prefix ? `tkb-${h.toString('hex').slice(0, 8)}` : `tkb-${this.id}`);
+    if (opts.subnet !== undefined) parseSubnet16(opts.subnet);
   }
 
   private get prefix(): string {
@@ -77,8 +127,17 @@ export class NetnsPlacement implements Placement {
     return `${this.prefix}.1`;
   }
 
+  /**
+   * The machine's namespace: the one this endpoint made for it, else (placed before endpoint ids) the old
+   * `takt-<machine id>`, else the name it will get, `takt-<endpoint id>-<machine id>`.
+   */
   namespace(m: LocalMachine): string {
-    return `takt-${m.id}`;
+    return this.state.namespaces?.[m.id] ?? (this.state.hosts[m.id] !== undefined ? `takt-${m.id}` : `takt-${this.id}-${m.id}`);
+  }
+
+  /** Whether this endpoint placed the machine (and so owns its namespace). */
+  private placed(m: LocalMachine): boolean {
+    return this.state.namespaces?.[m.id] !== undefined || this.state.hosts[m.id] !== undefined;
   }
 
   address(m: LocalMachine): string | undefined {
@@ -112,6 +171,7 @@ export class NetnsPlacement implements Placement {
     const links = await ip('-o', 'link', 'show');
     if (!links.includes(` ${this.bridge}:`)) {
       this.state.prefix ??= await this.freePrefix();
+      this.state.bridge = this.bridge;
       this.save();
       await ip('link', 'add', this.bridge, 'type', 'bridge');
     }
@@ -121,9 +181,17 @@ export class NetnsPlacement implements Placement {
     if (!this.listener) await this.startListener();
   }
 
-  /** A 10.x.y.0/24 no route on this host covers yet (x in 200–249), starting from the data dir's hash. */
+  /** A 10.x.y.0/24 no route on this host covers yet (x in 200–249, or in the configured /16), starting from the data dir's hash. */
   private async freePrefix(): Promise<string> {
     const routes = await ip('-4', 'route', 'show');
+    if (this.opts.subnet !== undefined) {
+      const base = parseSubnet16(this.opts.subnet);
+      for (let i = 0; i < 256; i++) {
+        const prefix = `${base}.${(this.seed[1]! + i) % 256}`;
+        if (!routes.includes(`${prefix}.`)) return prefix;
+      }
+      throw new TaktError('conflict', `no free /24 in ${this.opts.subnet} for the netns bridge`);
+    }
     const start = (this.seed[0]! % 50) * 256 + this.seed[1]!;
     for (let i = 0; i < 50 * 256; i++) {
       const n = (start + i) % (50 * 256);
@@ -151,6 +219,7 @@ export class NetnsPlacement implements Placement {
   async prepare(m: LocalMachine): Promise<void> {
     await this.ensureNetwork();
     const ns = this.namespace(m);
+    this.own(m, ns);
     const host = this.allocate(m);
     const present = (await ip('netns', 'list')).split('\n').some((l) => l.split(' ')[0] === ns);
     if (present) return;
@@ -172,6 +241,13 @@ export class NetnsPlacement implements Placement {
       await ip('link', 'del', outside).catch(() => undefined);
       throw err;
     }
+  }
+
+  /** Records the namespace as this endpoint's (before it is made, so a failed start still cleans it up). */
+  private own(m: LocalMachine, ns: string): void {
+    if (this.state.namespaces?.[m.id] === ns) return;
+    this.state.namespaces = { ...this.state.namespaces, [m.id]: ns };
+    this.save();
   }
 
   private allocate(m: LocalMachine): number {
@@ -201,9 +277,13 @@ export class NetnsPlacement implements Placement {
   }
 
   async remove(m: LocalMachine): Promise<void> {
+    // Only what this endpoint made: a namespace of the same machine id may be another endpoint's.
+    if (!this.placed(m)) return;
     // Deleting the namespace deletes the veth pair with it.
-    await ip('netns', 'del', this.namespace(m)).catch((err: Error) => this.opts.log('warn', 'netns: could not delete namespace', { ns: this.namespace(m), err: err.message }));
+    const ns = this.namespace(m);
+    await ip('netns', 'del', ns).catch((err: Error) => this.opts.log('warn', 'netns: could not delete namespace', { ns, err: err.message }));
     delete this.state.hosts[m.id];
+    if (this.state.namespaces) delete this.state.namespaces[m.id];
     this.save();
   }
 

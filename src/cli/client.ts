@@ -1,4 +1,7 @@
-/** How the CLI finds its endpoint and token: flags, then TAKT_ENDPOINT/TAKT_TOKEN, then the local defaults. */
+/**
+ * How the CLI finds its endpoint and token: flags, then TAKT_ENDPOINT/TAKT_TOKEN, then the local data dir
+ * (`<TAKT_DATA or ./data>`: the `endpoint` file `takt serve` writes, and `admin.token`), then the default.
+ */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ApiClient } from '../client/http.js';
@@ -44,8 +47,29 @@ export function resolveCa(): string | undefined {
   return readFileSync(file, 'utf8');
 }
 
+/**
+ * The endpoint URL: `--endpoint`, else TAKT_ENDPOINT, else the `endpoint` file of the local data dir (so a
+ * `takt serve --listen 127.0.0.1:9000` is found), else http://127.0.0.1:8092.
+ */
+export function resolveEndpoint(flag?: string): string {
+  return flag || process.env.TAKT_ENDPOINT || endpointFromDataDir() || DEFAULT_ENDPOINT;
+}
+
+/**
+ * The URL in `<TAKT_DATA or ./data>/endpoint`, which `takt serve` writes once it listens. Like the CA file
+ * it is found relative to where the CLI runs, so it is trusted only when it is ours and only we can change
+ * it: a directory someone else controls must not point the CLI (and its admin token) elsewhere.
+ */
+export function endpointFromDataDir(): string | undefined {
+  const file = join(process.env.TAKT_DATA ?? 'data', 'endpoint');
+  const st = statSync(file, { throwIfNoEntry: false });
+  if (!st?.isFile() || st.uid !== process.getuid?.() || (st.mode & 0o022) !== 0 || st.size > 4096) return undefined;
+  const url = readFileSync(file, 'utf8').trim();
+  return /^https?:\/\/\S+$/.test(url) ? url : undefined;
+}
+
 export function clientFrom(g: GlobalOptions): ApiClient {
-  const endpoint = g.endpoint ?? process.env.TAKT_ENDPOINT ?? DEFAULT_ENDPOINT;
+  const endpoint = resolveEndpoint(g.endpoint);
   const token = resolveToken(g.token);
   if (!token) {
     throw new TaktError('unauthorized', 'no token: pass --token, set TAKT_TOKEN, or run from the directory whose ./data/admin.token `takt serve` created');

@@ -2,22 +2,28 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Command } from 'commander';
+import { structuredPatch } from 'diff';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
 import type { InstallResult, PackDiff } from '../engine/content.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
 // ---- content ------------------------------------------------------------------------------------------
 
 export function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
-  const content = program.command('content').description('content packs: lint, install, list, remove');
+  const content = program
+    .command('content')
+    .description('content packs: lint, install, list, remove')
+    .addHelpText('after', examples('takt content lint content/demo', 'takt content push content/demo', 'takt content versions demo'));
   content
     .command('lint <dir>')
     .description('check a pack directory and report every problem as file:line:col: message')
+    .addHelpText('after', examples('takt content lint content/demo           # every problem as file:line:col: message; exits 1 on any'))
     .action(async (dir: string) => {
       const { readPackDir } = await import('../content/files.js');
       const { lintPack, formatDiagnostic } = await import('../content/lint.js');
@@ -34,6 +40,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('bundle <dir>')
     .description('lint a pack directory and write one immutable artifact, name@version.takt.json, with its sha256')
+    .addHelpText('after', examples('takt content bundle content/demo --out dist   # dist/demo@1.2.0.takt.json and its sha256'))
     .option('--out <dir>', 'where to write the artifact', '.')
     .action(async (dir: string, o: { out: string }) => {
       const { readPackDir } = await import('../content/files.js');
@@ -53,6 +60,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('install <artifact>')
     .description('install a pack version (an artifact from `content bundle`, or a directory); versions are kept side by side and never change')
+    .addHelpText('after', examples('takt content install demo@1.2.0.takt.json', 'takt content install content/demo --use   # install and run it now'))
     .option('--use', 'run this version now (the first version of a pack always runs)')
     .action(async (artifact: string, o: { use?: boolean }) => {
       const r = await api().post<InstallResult>('/packs', { files: await loadPack(artifact), use: o.use === true });
@@ -61,6 +69,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('push <dir>')
     .description('install a pack directory and run it (refused whole if it has any problem; a changed pack needs a new version)')
+    .addHelpText('after', examples('takt content push content/demo'))
     .action(async (dir: string) => {
       const r = await api().post<InstallResult>('/packs', { files: await loadPack(dir), use: true });
       print(g().output, r, () => installLine(r));
@@ -68,6 +77,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('use <pack@version>')
     .description('pin the version of a pack the endpoint runs (checked like an install: references, requires, machines)')
+    .addHelpText('after', examples('takt content use demo@1.1.0   # roll the pack back (or forward) to this version'))
     .action(async (ref: string) => {
       const { name, version } = parseRef(ref);
       const r = await api().post<InstallResult>(`/packs/${enc(name)}/use`, { version });
@@ -76,6 +86,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('versions [pack]')
     .description('installed versions, side by side')
+    .addHelpText('after', examples('takt content versions', 'takt content versions demo -o json'))
     .action(async (name?: string) => {
       const [versions, pins] = await Promise.all([
         api().get<{ items: Array<{ name: string; version: string; sha256: string; installedAt: string; requires: Record<string, string> }> }>('/packs/versions', { name }),
@@ -97,6 +108,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('diff <from> <to>')
     .description('what changed between two installed versions, object by object: takt content diff demo@1.0.0 demo@1.1.0')
+    .addHelpText('after', examples('takt content diff demo@1.0.0 demo@1.1.0', 'takt content diff demo@1.0.0 1.1.0'))
     .action(async (fromRef: string, toRef: string) => {
       const a = parseRef(fromRef);
       const b = toRef.includes('@') ? parseRef(toRef) : { name: a.name, version: toRef };
@@ -107,6 +119,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('list')
     .description('installed packs')
+    .addHelpText('after', examples('takt content ls', 'takt content list -o name   # content/demo@1.2.0'))
     .action(async () => {
       const r = await api().get<{ items: Array<{ name: string; version: string; sha256: string; installedAt: string; files: number }> }>('/packs');
       print(g().output, r.items, () =>
@@ -122,6 +135,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('remove <name>')
     .description('remove an installed pack (refused while machines or other content use it)')
+    .addHelpText('after', examples('takt content rm demo'))
     .action(async (name: string) => {
       const r = await api().delete(`/packs/${enc(name)}`);
       print(g().output, r, () => shown(`removed pack ${name}`));
@@ -158,10 +172,24 @@ function diffText(d: PackDiff): string {
     lines.push(pc.yellow(shown(`~ ${c.object}`)));
     for (const f of c.fields) {
       lines.push(shown(`    ${f.path}:`));
-      lines.push(pc.red(shown(`      - ${JSON.stringify(f.before)}`)));
-      lines.push(pc.green(shown(`      + ${JSON.stringify(f.after)}`)));
+      lines.push(...fieldDiff(f.before, f.after).map((l) => (l.startsWith('-') ? pc.red(shown(`      ${l}`)) : l.startsWith('+') ? pc.green(shown(`      ${l}`)) : pc.dim(shown(`      ${l}`)))));
     }
   }
   if (lines.length === 1) lines.push(pc.dim('no differences'));
   return lines.join('\n');
+}
+
+/**
+ * One changed field as lines: a unified line diff (3 lines of context, `@@` hunk heads) when either side is a
+ * multi-line string such as a script, else the two values as JSON, `- before` and `+ after`.
+ */
+export function fieldDiff(before: unknown, after: unknown): string[] {
+  const multiline = (v: unknown) => typeof v === 'string' && v.includes('\n');
+  if (!(multiline(before) || multiline(after)) || (typeof before !== 'string' && before !== undefined) || (typeof after !== 'string' && after !== undefined)) {
+    return [`- ${JSON.stringify(before)}`, `+ ${JSON.stringify(after)}`];
+  }
+  const patch = structuredPatch('before', 'after', (before as string | undefined) ?? '', (after as string | undefined) ?? '', undefined, undefined, { context: 3 });
+  // A side with no lines starts at line 0, as diff -u writes it.
+  const at = (start: number, lines: number) => `${lines === 0 ? start - 1 : start},${lines}`;
+  return patch.hunks.flatMap((h) => [`@@ -${at(h.oldStart, h.oldLines)} +${at(h.newStart, h.newLines)} @@`, ...h.lines.filter((l) => !l.startsWith('\\'))]);
 }

@@ -10,7 +10,7 @@
  *     endpoint is root, so machines' own users can pass through to their sandboxes (layout.ts), never
  *     list it or read what is in it.
  */
-import { chmodSync, lstatSync, mkdirSync, readdirSync, statSync, type Stats } from 'node:fs';
+import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { isolating } from '../brokers/layout.js';
 import { TaktError } from '../model/errors.js';
@@ -107,4 +107,96 @@ function fixMachines(dir: string, root: boolean, fix: (path: string, mode: numbe
     const priv = join(m, 'private');
     if (lstatSync(priv, { throwIfNoEntry: false })?.isDirectory()) fixTree(priv, fix);
   }
+}
+
+// ---- one endpoint per data dir ------------------------------------------------------------------------
+
+/** The lock file `takt serve` holds in its data dir while it runs. */
+export const LOCK_FILE = 'serve.lock';
+
+/** What the lock file says: who holds the data dir, since when. */
+interface LockInfo {
+  pid: number;
+  /** ISO-8601 UTC. */
+  startedAt: string;
+  /** The process's start time in clock ticks since boot (/proc/PID/stat field 22; null off Linux): tells a reused PID apart. */
+  procStart: string | null;
+}
+
+/** A process's start time as /proc says it (field 22 of /proc/PID/stat), or null when there is no such process or no /proc. */
+function procStart(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) is in parentheses and may hold spaces: count fields after its closing one.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether the process that wrote `info` still runs (and is the same process, where /proc can tell). */
+function alive(info: LockInfo): boolean {
+  try {
+    process.kill(info.pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
+  }
+  const now = procStart(info.pid);
+  return info.procStart === null || now === null || now === info.procStart;
+}
+
+function readLock(path: string): { text: string; info: LockInfo | null } | null {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch {
+    return null;
+  }
+  try {
+    const info = JSON.parse(text) as LockInfo;
+    return { text, info: Number.isInteger(info.pid) && info.pid > 0 ? info : null };
+  } catch {
+    return { text, info: null };
+  }
+}
+
+/**
+ * Takes the data dir for this process: creates `serve.lock` with O_EXCL holding its PID and start time.
+ * A lock left by a process that is gone (killed, host rebooted, PID reused by another program) is stale
+ * and taken over; a lock that cannot be read (a start cut off between create and write) too.
+ * Returns `release`, which removes the lock if it is still this process's (call it when serve stops).
+ * @throws TaktError conflict naming the PID and start time of the `takt serve` that holds the dir.
+ */
+export function lockDataDir(data: string, now = new Date()): () => void {
+  const path = join(data, LOCK_FILE);
+  const mine: LockInfo = { pid: process.pid, startedAt: now.toISOString(), procStart: procStart(process.pid) };
+  const text = JSON.stringify(mine) + '\n';
+  for (let attempt = 0; attempt < 5; attempt++) {
+    let fd: number;
+    try {
+      fd = openSync(path, 'wx', 0o600);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const held = readLock(path);
+      if (held?.info && alive(held.info)) {
+        throw new TaktError('conflict', `data dir ${data} is in use by takt serve PID ${held.info.pid} (started ${held.info.startedAt}); stop it or use another --data dir`);
+      }
+      // Empty or torn: a serve starting this very moment (between create and write), or one cut off there long ago.
+      if (!held?.info && Date.now() - (statSync(path, { throwIfNoEntry: false })?.mtimeMs ?? 0) < 10_000) {
+        throw new TaktError('conflict', `data dir ${data} is being taken by another takt serve starting now (${path}); stop it or use another --data dir`);
+      }
+      // Stale: removed only if it is still the stale one we read (another starting serve may have won meanwhile).
+      if (held && readLock(path)?.text === held.text) unlinkSync(path);
+      continue;
+    }
+    try {
+      writeSync(fd, text);
+    } finally {
+      closeSync(fd);
+    }
+    return () => {
+      if (readLock(path)?.text === text) unlinkSync(path);
+    };
+  }
+  throw new TaktError('conflict', `data dir ${data}: could not take ${path}: another takt serve keeps starting on it`);
 }

@@ -11,6 +11,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, LogChunk, Machine } from '../model/machine.js';
 import { collect, parseParamPairs, type GlobalOptions } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
+import { examples } from './help.js';
 
 export type CellStatus = 'passed' | 'noop' | 'failed' | 'not-reached';
 
@@ -113,6 +114,7 @@ export function exerciseCommand(program: Command, g: () => GlobalOptions, api: (
         'task × environment → the variant that ran, a no-op (with its reason), passed, or failed (with its log line).\n' +
         'Exits 1 when any environment fails. Environments are broker names: local, netns.',
     )
+    .addHelpText('after', examples('takt exercise demo --envs local,netns', 'takt exercise demo --envs local --keep'))
     .option('--envs <list>', 'comma-separated environments (brokers)', 'local')
     .option('--param <key=value>', 'param for the machines (repeatable)', collect)
     .option('--timeout <duration>', 'give up waiting after this long', '10m')
@@ -131,13 +133,12 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
   const params = parseParamPairs(o.param);
   const p = await client.get<{ stages: string[] }>(`/pipelines/${encodeURIComponent(pipeline)}`);
   const order: Array<{ stage: string; task: string }> = [];
-  const stageStart: number[] = [];
   for (const stage of p.stages) {
     const s = await client.get<{ tasks: string[] }>(`/stages/${encodeURIComponent(stage)}`);
-    stageStart.push(order.length);
     for (const task of s.tasks) order.push({ stage, task });
   }
-  const position = (m: Machine) => Math.min(order.length, (stageStart[m.stageIndex] ?? order.length) + m.taskIndex);
+  // How far the machine is: the tasks that succeeded in this pass (its position is kept by name).
+  const position = (m: Machine) => Math.min(order.length, m.passed.length);
 
   const suffix = Math.random().toString(36).slice(2, 6);
   const created: Record<string, Machine> = {};
@@ -160,7 +161,7 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
       for (const env of envs) {
         if (finished[env]) continue;
         const m = await client.get<Machine>(`/machines/${encodeURIComponent(created[env]!.id)}`);
-        const at = order[position(m)];
+        const at = m.stage !== null && m.task !== null ? { stage: m.stage, task: m.task } : undefined;
         const line = `${env}: ${m.state}${at && m.state !== 'done' ? ` at ${at.stage}/${at.task} (${position(m) + 1}/${order.length})` : ''}`;
         if (progress.get(env) !== line) process.stderr.write(pc.dim(shownErr(line)) + '\n');
         progress.set(env, line);

@@ -6,6 +6,7 @@ import { TaktError } from '../model/errors.js';
 import { type Change } from '../model/machine.js';
 import { type Globals } from './client.js';
 import { print, renderTable, shown } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
@@ -13,6 +14,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
   const history = program
     .command('history')
     .description('numbered changes to desired state: who, when, what')
+    .addHelpText('after', examples('takt history', 'takt history --object machines/demo-1 --limit 10'))
     .option('--object <object>', 'only changes to this object, e.g. machines/m-1a2b or profiles/web')
     .option('--limit <n>', 'how many', '50')
     .action(async (o: { object?: string; limit: string }) => {
@@ -30,6 +32,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
   history
     .command('show <seq>')
     .description('one change: who, when, and what it changed field by field')
+    .addHelpText('after', examples('takt history show 12'))
     .action(async (seq: string) => {
       const c = await api().get<Change & { diff: Array<{ path: string; before: unknown; after: unknown }> }>(`/changes/${enc(seq)}`);
       print(g().output, c, () =>
@@ -42,6 +45,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
   history
     .command('revert <seq>')
     .description('undo one change, as a new change (refused if what it changed was changed again since)')
+    .addHelpText('after', examples('takt history revert 12'))
     .action(async (seq: string) => {
       const r = await api().post<{ reverted: number; changes: number }>(`/changes/${enc(seq)}/revert`);
       print(g().output, r, () => `reverted #${r.reverted} (${r.changes} new change${r.changes === 1 ? '' : 's'})`);
@@ -49,6 +53,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
   history
     .command('rewind')
     .description('restore the whole desired state (packs in use, local content, machine params/profiles/pipelines) as of a change')
+    .addHelpText('after', examples('takt history rewind --to 12'))
     .requiredOption('--to <seq>', 'the change to go back to (0: before the first)')
     .action(async (o: { to: string }) => {
       const to = Number(o.to);

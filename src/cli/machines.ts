@@ -2,6 +2,7 @@
 import { Option, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
+import type { MachineDescription } from '../engine/describe.js';
 import type { MachineRecord } from '../engine/records.js';
 import { TaktError } from '../model/errors.js';
 import { parseLabelPairs } from '../model/labels.js';
@@ -12,6 +13,8 @@ import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { machineControlCommands } from './machine-control.js';
 import { sshBody } from './ssh.js';
+import { examples } from './help.js';
+import { describeText } from './describe.js';
 
 const enc = encodeURIComponent;
 
@@ -19,19 +22,26 @@ const enc = encodeURIComponent;
 
 export const machineColumns = [
   { header: 'NAME', get: (m: Machine) => m.name },
-  { header: 'ID', get: (m: Machine) => m.id },
+  { header: 'ID', get: (m: Machine) => m.id, wide: true },
   { header: 'ENV', get: (m: Machine) => m.environment },
+  { header: 'BROKER', get: (m: Machine) => m.broker, wide: true },
   { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
   { header: 'STATE', get: statusOf, color: colorStatus },
   { header: 'AGENT', get: (m: Machine) => agentCell(m) },
+  { header: 'CREATED', get: (m: Machine) => m.createdAt, wide: true },
+  { header: 'UPDATED', get: (m: Machine) => m.updatedAt, wide: true },
   { header: 'REASON', get: (m: Machine) => m.reason, max: 80 },
 ];
 
 export function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
-  const machines = program.command('machines').description('managed machines: create, inspect, steer');
+  const machines = program
+    .command('machines')
+    .description('managed machines: create, inspect, steer')
+    .addHelpText('after', examples('takt machines ls', 'takt machine get demo-1', 'takt machines create web --broker local --count 3 --pipeline demo'));
   machines
     .command('list')
     .description('list machines (filters combine)')
+    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list -o name | xargs -n1 takt machines get', 'takt machines list --built-with demo@<1.2.0', 'takt machines list --stale'))
     .addOption(new Option('--state <state>', 'only machines in this state').choices(MACHINE_STATES))
     .option('--pipeline <name>')
     .option('--environment <env>')
@@ -45,12 +55,13 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const { builtWith, stale, ...rest } = o;
       const query = { ...rest, builtWith: builtWith as string | undefined, stale: stale ? 'true' : undefined } as Record<string, string | undefined>;
       const r = await api().get<{ items: Array<Machine & { stale?: string[] }>; total: number }>('/machines', query);
-      const columns = stale ? [...machineColumns.slice(0, 5), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n') }] : machineColumns;
+      const columns = stale ? [...machineColumns.filter((c) => ['NAME', 'ID', 'ENV', 'PIPELINE', 'STATE'].includes(c.header)), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n'), flex: true }] : machineColumns;
       print(g().output, r.items, () => renderTable(r.items, columns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
     });
   machines
     .command('record <machine>')
     .description('what built the machine, task by task: pack@version, task hash, script hash, params')
+    .addHelpText('after', examples('takt machines record demo-1', 'takt machines record demo-1 -o json'))
     .action(async (id: string) => {
       const r = await api().get<MachineRecord>(`/machines/${enc(id)}/record`);
       print(g().output, r, () => recordText(r));
@@ -58,6 +69,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('get <machine>')
     .description('one machine by id or name')
+    .addHelpText('after', examples('takt machines get demo-1', 'takt machine get demo-1 -o yaml'))
     .action(async (id: string) => {
       const m = await api().get<MachineView>(`/machines/${enc(id)}`);
       print(g().output, m, () => {
@@ -66,8 +78,19 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       });
     });
   machines
+    .command('describe <machine>')
+    .description('what a machine is doing and waiting for: pipeline position by name, state and reason, agent, last jobs and events')
+    .option('--jobs <n>', 'how many of its newest jobs to show', '10')
+    .option('--events <n>', 'how many of its recent events to show', '10')
+    .addHelpText('after', '\nExamples:\n  $ takt machines describe demo-1\n  $ takt machines describe demo-1 -o json | jq .waitingFor')
+    .action(async (id: string, o: { jobs: string; events: string }) => {
+      const d = await api().get<MachineDescription>(`/machines/${enc(id)}/describe`, { jobs: o.jobs, events: o.events });
+      print(g().output, d, () => describeText(d));
+    });
+  machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
+    .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo'))
     .option('--broker <broker>', 'e.g. local')
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
     .option('--environment <env>', 'environment (default: the broker\'s, else local)')
@@ -79,7 +102,8 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-key <credential>', 'with --ssh: the credential that logs in (takt credentials add NAME --ssh-key FILE)')
     .option('--ssh-root <dir>', 'with --ssh: what scripts see as TAKT_ROOT on the host (default /)')
     .option('--ssh-dir <dir>', "with --ssh: takt's dir on the host (default /var/lib/takt-ssh for root, else ~/.takt)")
-    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
+    .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
+    .action(async (name: string | undefined, o: { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const labels = o.label ? parseLabelPairs(o.label) : undefined;
       if (labels && Object.values(labels).includes(null)) throw new TaktError('bad_request', '--label KEY- removes a label: use it with `machines update`');
       const body = {
@@ -92,6 +116,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         profiles: o.profile,
         labels,
         ssh: sshBody(o, true),
+        allowUndeclared: o.allowUndeclared || undefined,
       };
       const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
       for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${shownErr(w)}\n`);
@@ -103,6 +128,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('update <machine>')
     .description('change a machine: pipeline (restarts it from the top), params, profiles, name, environment')
+    .addHelpText('after', examples('takt machines update demo-2 --param fail_verify=true', 'takt machines update demo-2 --unset fail_verify', "takt machines update demo-1 --pipeline ''   # unassign its pipeline"))
     .option('--pipeline <name>', "assign a pipeline ('' to clear)")
     .option('--param <key=value>', 'set a param (repeatable)', collect)
     .option('--unset <key>', 'remove a param (repeatable)', collect)
@@ -115,7 +141,8 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-root <dir>', "agentless machines: TAKT_ROOT on the host ('' for /)")
     .option('--ssh-dir <dir>', "agentless machines: takt's dir on the host ('' for the default)")
     .option('--ssh-accept-new-key', 'agentless machines: trust the new host key the host offered (check its fingerprint on the host first)')
-    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
+    .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
+    .action(async (id: string, o: { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
       const body: Record<string, unknown> = {};
       if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
@@ -127,23 +154,26 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const ssh = sshBody(o, false);
       if (ssh) body.ssh = ssh;
       if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment or an --ssh option');
+      if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
       print(g().output, m, () => renderTable([m], machineColumns));
     });
   machines
     .command('delete <machine>')
     .description('delete a machine (its broker destroys it; its running job is cancelled)')
+    .addHelpText('after', examples('takt machines rm web-3'))
     .action(async (id: string) => {
       const m = await api().delete<Machine>(`/machines/${enc(id)}`);
       print(g().output, m, () => shown(`deleted ${m.name}`));
     });
   for (const [verb, what] of [
-    ['resume', 'continue a stopped or paused machine: re-run the task it stopped or was paused on (after an exit 16, the next one)'],
+    ['resume', 'continue a stopped or paused machine: the task it stopped or was paused on (after an exit 16, the next), then every task that has not succeeded since the last restart, in pipeline order; refused, saying why, when a content change makes that ambiguous (`takt plan M` shows it first)'],
     ['restart', 'start the pipeline over from its first task'],
   ] as const) {
     machines
       .command(`${verb} <machine>`)
       .description(what)
+      .addHelpText('after', examples(`takt machines ${verb} demo-2`))
       .action(async (id: string) => {
         const m = await api().post<Machine>(`/machines/${enc(id)}/${verb}`);
         print(g().output, m, () => renderTable([m], machineColumns));

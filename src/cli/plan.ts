@@ -5,13 +5,15 @@ import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { colorState, print, shown, shownErr } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
 export function planCommands(program: Command, g: Globals, api: () => ApiClient) {
   program
     .command('plan <machine>')
-    .description("show the machine's remaining tasks and every param each uses: value (secure ones masked) and the layer it came from")
+    .description("show exactly what the machine would run next (what `machines resume` runs, for a stopped one, or why it would be refused) and every param each task uses: value (secure ones masked) and the layer it came from, or the earlier task whose output sets it")
+    .addHelpText('after', examples('takt plan web-1', 'takt plan web-1 -o json'))
     .action(async (machine: string) => {
       const plan = await api().get<PlanView>(`/machines/${enc(machine)}/plan`);
       print(g().output, plan, () => planTable(plan));
@@ -20,6 +22,7 @@ export function planCommands(program: Command, g: Globals, api: () => ApiClient)
   program
     .command('render <task>')
     .description('print the exact script TASK would run on a machine (secure values masked)')
+    .addHelpText('after', examples('takt render write-motd --machine demo-1'))
     .requiredOption('--machine <machine>', 'machine id or name')
     .action(async (task: string, o: { machine: string }) => {
       const r = await api().get<{ displayScript: string | null; error: string | null; noop: string | null; variant: string; params: PlanParam[] }>(
@@ -42,6 +45,8 @@ interface PlanParam {
   from: string;
   secure: boolean;
   required: boolean;
+  /** The earlier task (`stage/task`) whose output sets this param. */
+  promisedBy?: string;
 }
 interface PlanStepView {
   stage: string | null;
@@ -57,7 +62,8 @@ interface PlanView {
   pipeline: string | null;
   state: string;
   workOrders: Array<{ id: string; blueprint: string; steps: PlanStepView[] }>;
-  from: 'continue' | 'restart';
+  from: 'continue' | 'restart' | 'refused';
+  refused: { message: string } | null;
   steps: PlanStepView[];
 }
 
@@ -66,7 +72,10 @@ function planTable(plan: PlanView): string {
   const step = (s: PlanStepView) => {
     lines.push(`  ${s.stage ? shown(`${s.stage}/`) : ''}${pc.bold(shown(s.task))}${s.variant !== 'default' ? pc.dim(shown(` [variant ${s.variant}]`)) : ''}`);
     if (s.noop) lines.push(`    ${pc.dim(shown(`no-op: ${s.noop}`))}`);
-    for (const p of s.params) lines.push(`    ${shown(`${p.name} = ${JSON.stringify(p.value)}`)} ${pc.dim(shown(`(${p.from})`))}`);
+    for (const p of s.params) {
+      if (p.promisedBy && p.value === null) lines.push(`    ${shown(`${p.name} = (set by ${p.promisedBy} when it runs)`)}`);
+      else lines.push(`    ${shown(`${p.name} = ${JSON.stringify(p.value)}`)} ${pc.dim(shown(`(${p.from}${p.promisedBy ? `; ${p.promisedBy} sets it when it runs` : ''})`))}`);
+    }
     for (const m of s.missing) lines.push(`    ${pc.red(shown(`${m} = MISSING (required)`))}`);
     if (s.error && s.missing.length === 0) lines.push(`    ${pc.red(shown(s.error))}`);
   };
@@ -74,8 +83,10 @@ function planTable(plan: PlanView): string {
     lines.push(pc.dim(shown(`work order ${wo.id} (${wo.blueprint}) runs first:`)));
     wo.steps.forEach(step);
   }
-  if (plan.steps.length === 0) lines.push(pc.dim('  nothing left to run'));
+  if (plan.refused) lines.push(pc.red(shown(`  resume would be refused: ${plan.refused.message}`)));
+  else if (plan.steps.length === 0) lines.push(pc.dim('  nothing left to run'));
   else if (plan.from === 'restart') lines.push(pc.dim('finished; `takt machines restart` would run:'));
+  else if (plan.state === 'stopped') lines.push(pc.dim(shown(`stopped; \`takt machines resume ${plan.machine}\` would run:`)));
   plan.steps.forEach(step);
   return lines.join('\n');
 }

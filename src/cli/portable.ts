@@ -7,11 +7,13 @@ import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, shown } from './output.js';
+import { examples } from './help.js';
 
 export function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
   program
     .command('export <dir>')
     .description('write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git')
+    .addHelpText('after', examples('takt export ./state && git -C state add -A && git -C state commit -m snapshot'))
     .action(async (dir: string) => {
       const { files } = await api().get<{ files: Record<string, string> }>('/export');
       // Every path must stay inside DIR, whatever the endpoint sends: checked before anything is written.
@@ -32,6 +34,7 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
   program
     .command('import <dir>')
     .description('restore the desired state from a `takt export` directory (machines not in it are reported, not deleted)')
+    .addHelpText('after', examples('takt import ./state'))
     .action(async (dir: string) => {
       const files: Record<string, string> = {};
       const walk = async (rel: string) => {

@@ -4,7 +4,7 @@
  * endpoint's own CA (tls.ts) or the operator's certificate. Plain HTTP beyond loopback is never served.
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, renameSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, renameSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { hostname, networkInterfaces } from 'node:os';
@@ -32,7 +32,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
 import { openSqliteStore } from '../store/sqlite.js';
-import { secureDataDir } from './datadir.js';
+import { lockDataDir, secureDataDir } from './datadir.js';
 import { createLog, type LogFn } from './log.js';
 import { VERSION } from './version.js';
 
@@ -153,6 +153,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const leaseMs = parseDuration(opts.lease, '--lease', DURATION_RANGES.lease);
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
+  // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
+  const unlock = lockDataDir(data);
+  process.once('exit', unlock);
   const admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
   const key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
 
@@ -183,6 +186,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     placement: new NetnsPlacement({
       dataDir: data,
       log,
+      // Which /16 the netns bridge's /24 comes from (tests keep to theirs); default 10.200–10.249.
+      ...(process.env.TAKT_NETNS_SUBNET ? { subnet: process.env.TAKT_NETNS_SUBNET } : {}),
       listen: async (host, port) => {
         if (!listeners) throw new TaktError('internal', 'netns listener requested before the endpoint listens');
         // The bridge address joins the certificate's names (re-issued with the same key when new).
@@ -295,6 +300,10 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       await app.close();
       await engine.liveness.flush(); // the last contacts, before the store closes
       await store.close();
+      // The CLI must not find a stopped endpoint's address; the file is left if a later start wrote its own.
+      const endpointFile = join(data, 'endpoint');
+      if (existsSync(endpointFile) && readFileSync(endpointFile, 'utf8').trim() === url) rmSync(endpointFile, { force: true });
+      unlock();
     },
   };
 }

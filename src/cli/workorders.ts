@@ -3,41 +3,74 @@ import { Option, type Command } from 'commander';
 import type { ApiClient } from '../client/http.js';
 import { WORK_ORDER_STATES, type WorkOrder } from '../model/machine.js';
 import { collect, parseParamPairs, type Globals } from './client.js';
+import { machineNames } from './names.js';
 import { colorState, print, renderTable } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
 export function workOrderCommands(program: Command, g: Globals, api: () => ApiClient) {
-  const wo = program.command('workorders').description('run a blueprint on a machine without moving its pipeline position');
+  const wo = program
+    .command('workorders')
+    .description('run a blueprint on a machine without moving its pipeline position')
+    .addHelpText('after', examples('takt workorders create --machine demo-1 --blueprint inventory', 'takt wo ls --machine demo-1'));
+  // Names, not ids, in what people read (a deleted machine keeps its id); -o json keeps machineId.
+  let names = new Map<string, string>();
+  const named = async (items: WorkOrder[]) => {
+    if (g().output === 'table') names = await machineNames(api(), items.map((w) => w.machineId));
+  };
   const columns = [
     { header: 'ID', get: (w: WorkOrder) => w.id },
-    { header: 'MACHINE', get: (w: WorkOrder) => w.machineId },
-    { header: 'BLUEPRINT', get: (w: WorkOrder) => w.blueprint },
+    { header: 'MACHINE', get: (w: WorkOrder) => names.get(w.machineId) ?? w.machineId },
+    // An ad-hoc command (`takt run`) shows as the command itself.
+    { header: 'BLUEPRINT', get: (w: WorkOrder) => (w.command ? `$ ${w.command.script}` : w.blueprint), max: 60 },
     { header: 'STATE', get: (w: WorkOrder) => w.state, color: colorState },
-    { header: 'REASON', get: (w: WorkOrder) => w.reason },
+    { header: 'CREATED', get: (w: WorkOrder) => w.createdAt, wide: true },
+    { header: 'REASON', get: (w: WorkOrder) => w.reason, flex: true },
   ];
   wo.command('list')
+    .description('work orders: machine, blueprint, state and reason')
+    .addHelpText('after', examples('takt workorders ls --machine demo-1', 'takt wo list --state failed'))
     .option('--machine <machine>')
     .addOption(new Option('--state <state>', 'only work orders in this state').choices(WORK_ORDER_STATES))
     .action(async (o: Record<string, string | undefined>) => {
       const r = await api().get<{ items: WorkOrder[] }>('/workorders', o);
+      await named(r.items);
       print(g().output, r.items, () => renderTable(r.items, columns));
     });
   wo.command('create')
     .description('queue a work order; work orders run one at a time per machine, between pipeline tasks')
+    .addHelpText('after', examples('takt workorders create --machine demo-1 --blueprint inventory', 'takt workorders create --machine demo-1 --blueprint inventory --param verbose=true'))
     .requiredOption('--machine <machine>')
     .requiredOption('--blueprint <name>')
     .option('--param <key=value>', 'param for this run (repeatable)', collect)
     .action(async (o: { machine: string; blueprint: string; param?: string[] }) => {
       const w = await api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param) });
+      await named([w]);
       print(g().output, w, () => renderTable([w], columns));
     });
-  wo.command('get <id>').action(async (id: string) => {
-    const w = await api().get<WorkOrder>(`/workorders/${enc(id)}`);
-    print(g().output, w, () => renderTable([w], columns));
-  });
-  wo.command('cancel <id>').action(async (id: string) => {
-    const w = await api().delete<WorkOrder>(`/workorders/${enc(id)}`);
-    print(g().output, w, () => renderTable([w], columns));
-  });
+  wo.command('get <id>')
+    .description('one work order')
+    .addHelpText('after', examples('takt workorders get <workorder-id> -o yaml'))
+    .action(async (id: string) => {
+      const w = await api().get<WorkOrder>(`/workorders/${enc(id)}`);
+      await named([w]);
+      print(g().output, w, () => renderTable([w], columns));
+    });
+  wo.command('cancel <id>')
+    .description('cancel a work order that has not finished')
+    .addHelpText('after', examples('takt workorders cancel <workorder-id>'))
+    .action(async (id: string) => {
+      const w = await api().delete<WorkOrder>(`/workorders/${enc(id)}`);
+      await named([w]);
+      print(g().output, w, () => renderTable([w], columns));
+    });
+  wo.command('resume <id>')
+    .description('continue a failed or cancelled work order from the task it stopped on, with the params it was created with (secure ones included); tasks that succeeded do not run again')
+    .addHelpText('after', examples('takt workorders resume w-1a2b3c', "takt plan web-1        # shows the resumed work order's remaining tasks"))
+    .action(async (id: string) => {
+      const w = await api().post<WorkOrder>(`/workorders/${enc(id)}/resume`);
+      await named([w]);
+      print(g().output, w, () => renderTable([w], columns));
+    });
 }

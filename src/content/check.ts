@@ -126,7 +126,7 @@ function notFound(set: ContentSet, kind: ContentKind, name: string): string {
 }
 
 /** The most similar known name within edit distance 2, for "did you mean". */
-function closest(name: string, candidates: string[]): string | undefined {
+export function closest(name: string, candidates: string[]): string | undefined {
   let best: string | undefined;
   let bestD = 3;
   for (const c of candidates) {

@@ -10,7 +10,8 @@ import { checkExpectations } from '../model/expect.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { TaktError } from '../model/errors.js';
-import type { AgentLiveness, Job, Machine, WorkOrder } from '../model/machine.js';
+import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type WorkOrder } from '../model/machine.js';
+import { adhocCommand, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
@@ -18,6 +19,7 @@ import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
+import { assertEnvironment, assertDeclared } from './declared.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, machineStatus, type Contact, type LivenessWrite } from './liveness.js';
@@ -32,15 +34,19 @@ import {
   afterWorkOrderJob,
   assignPipeline,
   judgeJob,
-  normalisePosition,
+  locate,
   pause,
+  pipelineOrder,
+  refusalHint,
+  remainingSteps,
   restart,
   resume,
-  taskAt,
+  ResumeRefused,
   TransitionError,
   type JobOutcome,
   type MachineView,
   type PipelineShape,
+  type Step,
 } from './transitions.js';
 
 export interface EngineOptions {
@@ -72,6 +78,8 @@ export interface MachineInput {
   labels?: Record<string, string>;
   /** Agentless machines: how the endpoint reaches the host over SSH (the credential must exist). */
   ssh?: SshSettings;
+  /** Store params no content declares (default false: refused, see declared.ts). */
+  allowUndeclared?: boolean;
 }
 
 export interface MachinePatch {
@@ -85,14 +93,19 @@ export interface MachinePatch {
   labels?: Record<string, string | null>;
   /** Agentless machines only: SSH settings to change, or accepting the host's new key. */
   ssh?: SshPatch;
+  /** Store params no content declares (default false: refused, see declared.ts). */
+  allowUndeclared?: boolean;
 }
+
+/** A param a planned task uses; `promisedBy`: the earlier task (`stage/task`) whose output sets it. */
+export type PlanParam = PreparedTask['params'][number] & { promisedBy?: string };
 
 export interface PlanStep {
   stage: string | null;
   task: string;
   variant: string;
   noop: string | null;
-  params: PreparedTask['params'];
+  params: PlanParam[];
   missing: string[];
   error: string | null;
 }
@@ -102,8 +115,13 @@ export interface Plan {
   pipeline: string | null;
   state: Machine['state'];
   workOrders: Array<{ id: string; blueprint: string; steps: PlanStep[] }>;
-  /** `continue`: the steps left from where the machine stands; `restart`: it is done, and these would run on a restart. */
-  from: 'continue' | 'restart';
+  /**
+   * `continue`: the steps left from where the machine stands (what a resume runs, for a stopped one);
+   * `restart`: it is done (or idle), and these would run on a restart; `refused`: a resume would be
+   * refused, because the content changed so that where to continue is ambiguous (see `refused`).
+   */
+  from: 'continue' | 'restart' | 'refused';
+  refused: { message: string; change: 'vanished' | 'reordered'; tasks: Array<{ stage: string; task: string }> } | null;
   steps: PlanStep[];
 }
 
@@ -112,6 +130,14 @@ type Work =
   | { kind: 'pipeline'; shape: PipelineShape; stage: string; task: string; ctx: Parameters<typeof prepareTask>[4] };
 
 const MAX_STEPS_PER_CLAIM = 500;
+
+/** A work order to queue: exactly one of `blueprint` (with its params) and `command` (an ad-hoc command). */
+export interface WorkOrderInput {
+  machine: string;
+  blueprint?: string;
+  params?: Record<string, unknown>;
+  command?: AdhocInput;
+}
 
 /** What settling a job decided: the machine after it, the ended job, and what the agent is told to do. */
 interface Settled {
@@ -159,6 +185,8 @@ export class Engine {
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
   readonly liveness: Liveness;
+  /** Machines that must not start a new job yet (a rollout waits for them to be free): see hold. */
+  private readonly holds = new Set<string>();
 
   constructor(
     readonly store: Store,
@@ -192,6 +220,7 @@ export class Engine {
     const grace = new Date(Date.now() + 2 * this.opts.leaseMs).toISOString();
     const renewed = await this.store.transact((tx) => tx.renewRunningLeases(grace));
     if (renewed > 0) this.log('info', 'renewed leases of running jobs after start', { jobs: renewed });
+    await this.upgradeLegacyPositions();
     const every = this.opts.sweepMs ?? Math.max(250, Math.floor(this.opts.leaseMs / 4));
     this.sweeper = setInterval(() => {
       this.sweepLeases().catch((err: unknown) => this.log('error', 'lease sweep failed', { err: String(err) }));
@@ -206,6 +235,46 @@ export class Engine {
     this.liveness.start();
   }
 
+  /**
+   * Machines stored before positions were kept by identity (migration 0011_resume) get theirs once, from
+   * their old indices read against the content in use: the tasks before the index have succeeded, the
+   * task at it is where the machine stands. Without content for the pipeline, nothing is known to have
+   * succeeded (a resume then runs the pipeline from its first task that has not).
+   */
+  private async upgradeLegacyPositions(): Promise<void> {
+    const legacy = await this.store.listLegacyPositions();
+    for (const old of legacy) {
+      await this.store.transact(async (tx) => {
+        const m = await tx.lockMachine(old.id);
+        if (!m) return;
+        const shape = m.pipeline ? this.shapeOf(this.content.current, m.pipeline) : null;
+        const next: Machine = { ...m, passed: [], stage: null, task: null, approvedStage: null };
+        if (shape) {
+          // pipelineOrder walks stages and their tasks in the same nested order as the old indices.
+          const order = pipelineOrder(shape);
+          let n = 0;
+          let at: Step | undefined;
+          shape.stages.forEach((st, si) =>
+            st.tasks.forEach((_t, ti) => {
+              const step = order[n++]!;
+              const before = si < old.stageIndex || (si === old.stageIndex && ti < old.taskIndex);
+              if (m.state === 'done' || before) next.passed.push(step.key);
+              else at ??= step;
+            }),
+          );
+          if (m.state !== 'done' && at) Object.assign(next, { stage: at.stage, task: at.task });
+          const approved = shape.stages[old.approvedStage]?.name;
+          if (approved) {
+            const nth = shape.stages.slice(0, old.approvedStage + 1).filter((st) => st.name === approved).length;
+            next.approvedStage = nth === 1 ? approved : `${approved}#${nth}`;
+          }
+        }
+        await tx.updateMachine(next);
+      });
+    }
+    if (legacy.length > 0) this.log('info', 'machine positions upgraded to stage and task names', { machines: legacy.length });
+  }
+
   stop(): void {
     this.stopped = true;
     this.liveness.stop();
@@ -213,6 +282,33 @@ export class Engine {
     this.sweeper = null;
     this.unsubscribe();
     for (const w of this.waiters.values()) for (const f of w.wake) f();
+  }
+
+  /**
+   * The machine gets no new job until `release` (its running job goes on), so a rollout that waits for a
+   * busy machine reassigns it between two jobs instead of cancelling one. In memory: the rollouts re-hold
+   * what they wait for on every tick, so after a restart holds return with the first tick.
+   */
+  hold(machineId: string): void {
+    this.holds.add(machineId);
+  }
+
+  /** Ends a hold; a claim waiting for the machine looks again at once. */
+  release(machineId: string): void {
+    if (this.holds.delete(machineId)) this.wake(machineId);
+  }
+
+  /**
+   * Cancels the machine's running job, if any, as `cancelled by <by>: <why>`; the machine keeps its place
+   * (hold it first, or its next claim runs the same task again). For a rollout's `--busy cancel`.
+   */
+  async cancelMachineJob(machineId: string, by: string, why = 'the rollout takes over this busy machine (--busy cancel)'): Promise<void> {
+    await this.store.transact(async (tx) => {
+      const m = await this.locked(tx, machineId);
+      if (!m.currentJob) return;
+      const after = await this.cancelCurrent(tx, m, by, why);
+      await this.saveMachine(tx, { ...after, currentJob: null, updatedAt: new Date().toISOString() });
+    });
   }
 
   // ---- liveness ------------------------------------------------------------------------------------
@@ -279,6 +375,8 @@ export class Engine {
 
   async createMachine(input: MachineInput, author: string): Promise<{ machine: Machine; token: string }> {
     const made = await this.newMachine(input);
+    // After newMachine: a param that is malformed or past the bounds is refused for that first.
+    if (!input.allowUndeclared) assertDeclared(this.content.current, input.params);
     await this.store.transact((tx) => this.insertMachine(tx, made.machine, made.token, author));
     return made;
   }
@@ -307,10 +405,11 @@ export class Engine {
       environment: input.environment ?? 'local',
       broker: input.broker ?? null,
       pipeline: input.pipeline ?? null,
-      stageIndex: 0,
-      taskIndex: 0,
+      stage: null,
+      task: null,
+      passed: [],
       attempt: 0,
-      approvedStage: -1,
+      approvedStage: null,
       state: input.pipeline ? 'running' : 'idle',
       reason: null,
       params,
@@ -324,6 +423,7 @@ export class Engine {
       updatedAt: now,
       agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: now },
     };
+    assertEnvironment(content, machine.name, machine.environment, machine.pipeline);
     if (machine.pipeline) this.assertStartable(machine, machine.pipeline, content);
     return { machine, token };
   }
@@ -342,6 +442,10 @@ export class Engine {
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
     this.checkPatch(content, patch);
+    if (patch.params && !patch.allowUndeclared) {
+      this.checkParams(content, {}, patch.params); // a malformed value is refused for that first: it says more
+      assertDeclared(content, patch.params);
+    }
     return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content));
   }
 
@@ -383,6 +487,7 @@ export class Engine {
       await this.cancelCurrent(tx, m, author, patch.pipeline ? `pipeline changed from ${m.pipeline ?? '(none)'} to ${patch.pipeline}` : `pipeline ${m.pipeline} unassigned`);
       next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
     }
+    if (patch.environment !== undefined || patch.pipeline !== undefined) assertEnvironment(content, next.name, next.environment, next.pipeline);
     return this.saveDesired(tx, m, next, author);
   }
 
@@ -401,8 +506,40 @@ export class Engine {
     });
   }
 
+  /**
+   * Continues a stopped machine's pipeline where it stopped, by identity (see transitions.ts `locate`).
+   * @throws TaktError conflict (409) when the machine is not stopped, or when the content changed so that
+   *   where to continue is ambiguous: `details` says what changed (`change`, `tasks`, pack versions) and the
+   *   message what the operator can do.
+   */
   async resumeMachine(idOrName: string, author: string): Promise<Machine> {
-    return this.operate(idOrName, author, (m) => resume(m));
+    const found = await this.findMachine(idOrName);
+    const content = this.content.current;
+    const shape = found.pipeline ? this.shapeOf(content, found.pipeline) : null;
+    try {
+      return await this.operate(idOrName, author, (m) => resume(m, shape, found.name));
+    } catch (err) {
+      if (!(err instanceof ResumeRefused)) throw err;
+      const { change, message: what, tasks } = err.located;
+      const packs = await this.packsOf(found);
+      const content = change === 'vanished' ? 'put content in use that has the task' : 'put content in use that keeps the tasks in the order they ran';
+      throw new TaktError('conflict', `machine '${found.name}' cannot resume: ${what} (${packs.note}); ${refusalHint(found.name, change)}`, {
+        details: { machine: found.name, pipeline: found.pipeline, change, tasks, stoppedUnder: packs.before, now: packs.now, remedies: [`takt machines restart ${found.name}`, content] },
+      });
+    }
+  }
+
+  /**
+   * Which pack versions a refused resume is between: the one the machine's last pipeline job ran from
+   * and the one its pipeline comes from now (`local` for local content).
+   */
+  private async packsOf(m: Machine): Promise<{ before: string | null; now: string | null; note: string }> {
+    const entry = m.pipeline ? this.content.current.objects.pipelines.get(m.pipeline) : undefined;
+    const now = entry ? this.content.packRef(entry.layer) : null;
+    const last = (await this.store.listJobs({ machineId: m.id, limit: 20 })).find((j) => j.kind === 'pipeline' && j.pipeline === m.pipeline);
+    const before = last?.pack ?? null;
+    const note = before && now && before !== now ? `it stopped under ${before}; the content in use is ${now}` : `the content in use is ${now ?? 'unknown'}`;
+    return { before, now, note };
   }
 
   async restartMachine(idOrName: string, author: string): Promise<Machine> {
@@ -479,7 +616,8 @@ export class Engine {
       try {
         view = fn(m);
       } catch (err) {
-        if (err instanceof TransitionError) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
+        // A refused resume goes back to resumeMachine as it is, which adds the pack versions.
+        if (err instanceof TransitionError && !(err instanceof ResumeRefused)) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
         throw err;
       }
       const current = cancel === null ? m : await this.cancelCurrent(tx, m, author, cancel);
@@ -508,7 +646,7 @@ export class Engine {
    * Entering a stage: its preconditions must hold (else the line stops), then an approval it requires must
    * have been given (else the machine waits). Null when the machine may go on.
    */
-  private stageGate(m: Machine, stage: StageDef, pipeline: { name: string; params?: Record<string, unknown> }): Pick<Machine, 'state' | 'reason'> | null {
+  private stageGate(m: Machine, stage: StageDef, stageKey: string, pipeline: { name: string; params?: Record<string, unknown> }): Pick<Machine, 'state' | 'reason'> | null {
     if (stage.expect?.length) {
       const content = this.content.current;
       const layers = paramLayers(content, { machine: m, stage: { name: stage.name, params: stage.params }, pipeline });
@@ -523,29 +661,32 @@ export class Engine {
       // The machine's reason is shown everywhere: a broken rule names the param, never a secure value.
       if (broken) return { state: 'stopped', reason: `stage '${stage.name}' precondition: ${new Masker(secretTexts(secure)).mask(broken)}` };
     }
-    if (stage.approval && m.approvedStage !== m.stageIndex) {
+    if (stage.approval && m.approvedStage !== stageKey) {
       return { state: 'awaiting-approval', reason: `stage '${stage.name}' needs approval by ${stage.approval.role}: takt approvals approve ${m.name}` };
     }
     return null;
   }
 
   async approveMachine(idOrName: string, author: string, comment?: string): Promise<Machine> {
-    return this.decide(idOrName, author, 'approved', comment, (m) => approve(m));
+    return this.decide(idOrName, author, 'approved', comment, (m, _stage, stageKey) => approve(m, stageKey));
   }
 
   async rejectMachine(idOrName: string, author: string, why: string): Promise<Machine> {
     return this.decide(idOrName, author, 'rejected', why, (m, stage) => reject(m, stage, author, why));
   }
 
-  private async decide(idOrName: string, author: string, decision: string, comment: string | undefined, fn: (m: MachineView, stage: string) => MachineView) {
+  private async decide(idOrName: string, author: string, decision: string, comment: string | undefined, fn: (m: MachineView, stage: string, stageKey: string) => MachineView) {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
       const m = await this.locked(tx, found.id);
       const shape = m.pipeline ? this.shapeOf(this.content.current, m.pipeline) : null;
-      const stage = shape?.stages[m.stageIndex]?.name ?? '?';
+      // The stage it waits at, by identity: the stage of the task it stands at.
+      const at = shape ? locate(shape, m, false) : null;
+      const step = at?.kind === 'at' ? at.step : null;
+      const stage = step?.stage ?? m.stage ?? '?';
       let view: MachineView;
       try {
-        view = fn(m, stage);
+        view = fn(m, stage, step?.stageKey ?? stage);
       } catch (err) {
         if (err instanceof TransitionError) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
         throw err;
@@ -558,29 +699,48 @@ export class Engine {
 
   // ---- work orders ---------------------------------------------------------------------------------
 
-  async createWorkOrder(input: { machine: string; blueprint: string; params?: Record<string, unknown> }, author: string): Promise<WorkOrder> {
-    const m = await this.findMachine(input.machine);
+  async createWorkOrder(input: WorkOrderInput, author: string): Promise<WorkOrder> {
+    return (await this.createWorkOrders([input], author))[0]!;
+  }
+
+  /**
+   * Queues one work order per input, all or none, in one transaction: a blueprint's, or an ad-hoc command
+   * (`command`, run as the one task ADHOC_TASK through the same claim, sandbox and log masking as any task).
+   * Each queues behind its machine's running job. @throws TaktError not_found / invalid (a blueprint's path
+   * is `/<index>/blueprint` when more than one is given), or adhocCommand's errors at `/command/…`; then
+   * nothing is queued.
+   */
+  async createWorkOrders(inputs: WorkOrderInput[], author: string): Promise<WorkOrder[]> {
     const content = this.content.current;
-    if (!content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: '/blueprint' });
-    const params = this.checkParams(content, {}, input.params ?? {});
-    const wo: WorkOrder = {
-      id: newId('w'),
-      machineId: m.id,
-      blueprint: input.blueprint,
-      state: 'queued',
-      taskIndex: 0,
-      params,
-      reason: null,
-      createdAt: new Date().toISOString(),
-      finishedAt: null,
-    };
+    const at = (i: number, path: string) => (inputs.length > 1 ? `/${i}${path}` : path);
+    const made: WorkOrder[] = [];
+    for (const [i, input] of inputs.entries()) {
+      const m = await this.findMachine(input.machine);
+      if (!!input.blueprint === !!input.command) throw new TaktError('invalid', 'a work order runs either a blueprint or a command: give exactly one', { path: at(i, '/blueprint') });
+      if (input.blueprint && !content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: at(i, '/blueprint') });
+      const command = input.command ? adhocCommand(input.command) : null;
+      made.push({
+        id: newId('w'),
+        machineId: m.id,
+        blueprint: input.blueprint ?? ADHOC_TASK,
+        ...(command ? { command } : {}),
+        state: 'queued',
+        taskIndex: 0,
+        params: command ? {} : this.checkParams(content, {}, input.params ?? {}),
+        reason: null,
+        createdAt: new Date().toISOString(),
+        finishedAt: null,
+      });
+    }
     await this.store.transact(async (tx) => {
-      if (!(await tx.getMachine(m.id))) throw new TaktError('not_found', `machine '${input.machine}' not found`);
-      await tx.insertWorkOrder(wo);
-      await tx.change(author, `workorders/${wo.id}`, 'create', null, { ...wo, params: maskValues(wo.params) });
-      tx.emit(`workorders.create.${wo.id}`, publicWorkOrder(wo));
+      for (const [i, wo] of made.entries()) {
+        if (!(await tx.getMachine(wo.machineId))) throw new TaktError('not_found', `machine '${inputs[i]!.machine}' not found`);
+        await tx.insertWorkOrder(wo);
+        await tx.change(author, `workorders/${wo.id}`, 'create', null, { ...wo, params: maskValues(wo.params) });
+        tx.emit(`workorders.create.${wo.id}`, publicWorkOrder(wo));
+      }
     });
-    return wo;
+    return made;
   }
 
   async cancelWorkOrder(id: string, author: string): Promise<WorkOrder> {
@@ -598,6 +758,50 @@ export class Engine {
       const done = after.state === 'queued' || after.state === 'running' ? await this.finishWorkOrder(tx, after, 'cancelled', `cancelled by ${author}`) : after;
       await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state }, { state: done.state });
       return done;
+    });
+  }
+
+  /**
+   * Continues a failed or cancelled work order from the task it stopped on (the tasks before it that
+   * succeeded do not run again), with its original params: they stay on the work order as given, secure
+   * ones sealed, so the resumed tasks get exactly what the first run did. It is queued again and runs
+   * when the machine is next between tasks.
+   * @throws TaktError not_found (no such work order, or its machine is gone); conflict (409) when it is
+   *   not failed or cancelled, or its blueprint no longer exists or changed so that the task it stopped on
+   *   is not where it was.
+   */
+  async resumeWorkOrder(id: string, author: string): Promise<WorkOrder> {
+    return this.store.transact(async (tx) => {
+      const wo = await tx.getWorkOrder(id);
+      if (!wo) throw new TaktError('not_found', `work order '${id}' not found`);
+      if (wo.state !== 'failed' && wo.state !== 'cancelled') {
+        const why = wo.state === 'succeeded' ? 'it has nothing left to run' : 'it has not ended; cancel it first (`takt workorders cancel ' + id + '`) or let it finish';
+        throw new TaktError('conflict', `work order '${id}' is ${wo.state}: only a failed or cancelled work order can be resumed (${why})`, { details: { state: wo.state } });
+      }
+      if (!(await tx.getMachine(wo.machineId))) throw new TaktError('not_found', `work order '${id}': its machine no longer exists`);
+      const bp = this.content.current.objects.blueprints.get(wo.blueprint)?.def;
+      if (!bp) throw new TaktError('conflict', `work order '${id}': blueprint '${wo.blueprint}' no longer exists in the content in use; put content in use that has it, or create a new work order`);
+      // By identity, as for a machine's pipeline: the tasks before the one it stopped on must be the ones
+      // that succeeded, and the one it stopped on must still be at its place.
+      const jobs = await tx.listJobs({ workOrderId: wo.id, order: 'asc', limit: 1000 });
+      const succeeded = new Set(jobs.filter((j) => j.state === 'succeeded').map((j) => j.task));
+      const last = jobs.at(-1);
+      const stoppedOn = last && last.state !== 'succeeded' ? last.task : bp.tasks[wo.taskIndex];
+      const changed =
+        wo.taskIndex >= bp.tasks.length || bp.tasks[wo.taskIndex] !== stoppedOn
+          ? `it stopped on task '${stoppedOn ?? '?'}', which blueprint '${bp.name}' no longer has at step ${wo.taskIndex + 1}`
+          : bp.tasks.slice(0, wo.taskIndex).find((t) => !succeeded.has(t));
+      if (changed !== undefined) {
+        const what = changed.startsWith('it stopped') ? changed : `blueprint '${bp.name}' now has task '${changed}' before the one it stopped on, and it never ran`;
+        throw new TaktError('conflict', `work order '${id}' cannot resume: ${what}; create a new work order (\`takt workorders create --machine M --blueprint ${bp.name}\`)`, {
+          details: { blueprint: bp.name, taskIndex: wo.taskIndex, stoppedOn: stoppedOn ?? null },
+        });
+      }
+      const queued: WorkOrder = { ...wo, state: 'queued', reason: null, finishedAt: null };
+      await tx.updateWorkOrder(queued);
+      await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state, reason: wo.reason }, { state: queued.state, resumedAt: bp.tasks[wo.taskIndex] });
+      tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(queued));
+      return queued;
     });
   }
 
@@ -665,10 +869,10 @@ export class Engine {
         } else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
       } else m = { ...m, currentJob: null };
     }
-    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
+    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !this.holds.has(m.id); step++) {
       const work = await this.nextWork(tx, m, pending);
       if (!work) break;
-      const prepared = prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
+      const prepared = work.kind === 'workorder' && work.wo.command ? prepareCommand(work.wo.command) : prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
       const job = this.newJob(m, work, prepared);
       if (prepared.noop !== null || prepared.error !== null) {
         await tx.insertJob(job);
@@ -717,6 +921,11 @@ export class Engine {
   private async nextWork(tx: Tx, m: Machine, pending?: { machine: boolean }): Promise<Work | null> {
     const content = this.content.current;
     const wo = await tx.nextWorkOrder(m.id);
+    if (wo?.command) {
+      // An ad-hoc command: one task, no blueprint, no params.
+      if (wo.state === 'queued') await tx.updateWorkOrder({ ...wo, state: 'running' });
+      return { kind: 'workorder', wo: { ...wo, state: 'running' }, task: ADHOC_TASK, blueprint: ADHOC_TASK, taskCount: 1, ctx: { workOrder: { id: wo.id, params: {} } } };
+    }
     if (wo) {
       const bp = content.objects.blueprints.get(wo.blueprint)?.def;
       const task = bp?.tasks[wo.taskIndex];
@@ -736,23 +945,25 @@ export class Engine {
     }
     if (m.state !== 'running' || !m.pipeline) return null;
     const shape = this.shapeOf(content, m.pipeline);
-    const pos = shape ? normalisePosition(shape, m) : null;
-    const at = shape && pos ? taskAt(shape, pos) : null;
-    if (!shape || !pos || !at) {
-      // Past the last task: done. A pipeline that vanished from the content stops the line instead.
+    // By identity: the first task of the pipeline as it is now that has not succeeded in this pass (not
+    // strict: a running machine follows the content in use, see transitions.ts locate).
+    const at = shape ? locate(shape, m, false) : null;
+    if (!shape || !at || at.kind !== 'at') {
+      // Every task has succeeded: done. A pipeline that vanished from the content stops the line instead.
       const done: Machine = shape
-        ? { ...m, state: 'done', reason: null }
+        ? { ...m, state: 'done', reason: null, stage: null, task: null }
         : { ...m, state: 'stopped', reason: `pipeline '${m.pipeline}' no longer exists in the installed content` };
       await this.saveMachine(tx, done);
       if (pending) pending.machine = false;
       Object.assign(m, done);
       return null;
     }
-    if (pos.stageIndex !== m.stageIndex || pos.taskIndex !== m.taskIndex) Object.assign(m, pos);
+    const step = at.step;
+    if (step.stage !== m.stage || step.task !== m.task) Object.assign(m, { stage: step.stage, task: step.task });
     const pipeline = content.objects.pipelines.get(m.pipeline)!.def;
-    const stage = content.objects.stages.get(at.stage)?.def;
-    if (stage && pos.taskIndex === 0) {
-      const gate = this.stageGate(m, stage, { name: pipeline.name, params: pipeline.params });
+    const stage = content.objects.stages.get(step.stage)?.def;
+    if (stage && at.entering) {
+      const gate = this.stageGate(m, stage, step.stageKey, { name: pipeline.name, params: pipeline.params });
       if (gate) {
         const held: Machine = { ...m, ...gate, updatedAt: new Date().toISOString() };
         await this.saveMachine(tx, held);
@@ -764,9 +975,9 @@ export class Engine {
     return {
       kind: 'pipeline',
       shape,
-      stage: at.stage,
-      task: at.task,
-      ctx: { stage: { name: at.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } },
+      stage: step.stage,
+      task: step.task,
+      ctx: { stage: { name: step.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } },
     };
   }
 
@@ -810,7 +1021,7 @@ export class Engine {
     let action: CompleteResponse['action'] = 'continue';
     if (job.kind === 'workorder') {
       const wo = job.workOrderId ? await tx.getWorkOrder(job.workOrderId) : undefined;
-      const taskCount = wo ? (content.objects.blueprints.get(wo.blueprint)?.def.tasks.length ?? 0) : 0;
+      const taskCount = wo?.command ? 1 : wo ? (content.objects.blueprints.get(wo.blueprint)?.def.tasks.length ?? 0) : 0;
       const d = afterWorkOrderJob(wo ?? { taskIndex: 0 }, taskCount, job.task, outcome, m.power);
       verdict = d.job;
       action = d.action;
@@ -1148,66 +1359,81 @@ export class Engine {
 
   // ---- previews ------------------------------------------------------------------------------------
 
+  /**
+   * What the machine would run, exactly as the engine would: its open work orders first, then what is
+   * left of its pipeline by identity (the tasks that have not succeeded in this pass, in pipeline order),
+   * or, when done, what a restart would run. A resume the engine would refuse is shown as refused.
+   * Params an earlier task promises as outputs are listed with the task that sets them.
+   */
   async plan(idOrName: string): Promise<Plan> {
     const m = await this.findMachine(idOrName);
     const content = this.content.current;
-    const toStep = (stage: string | null, task: string, p: PreparedTask): PlanStep => ({
-      stage,
-      task,
-      variant: p.variant,
-      noop: p.noop,
-      params: p.params,
-      missing: p.missing,
-      error: p.error,
-    });
     const workOrders: Plan['workOrders'] = [];
     for (const wo of await this.store.listWorkOrders({ machineId: m.id })) {
       if (wo.state !== 'queued' && wo.state !== 'running') continue;
       const bp = content.objects.blueprints.get(wo.blueprint)?.def;
       if (!bp) continue;
       const ctx = { workOrder: { id: wo.id, params: wo.params }, blueprint: { name: bp.name, params: bp.params } };
-      workOrders.push({ id: wo.id, blueprint: bp.name, steps: bp.tasks.slice(wo.taskIndex).map((t) => toStep(null, t, prepareTask(content, this.sealer, m, t, ctx))) });
+      const prepared = bp.tasks.slice(wo.taskIndex).map((t) => ({ stage: null, task: t, prepared: prepareTask(content, this.sealer, m, t, ctx) }));
+      workOrders.push({ id: wo.id, blueprint: bp.name, steps: this.withPromises(content, prepared) });
     }
-    const from: Plan['from'] = m.state === 'done' ? 'restart' : 'continue';
-    const start = m.state === 'idle' || m.state === 'done' ? { stageIndex: 0, taskIndex: 0 } : m;
-    const steps = m.pipeline ? this.pipelineSteps(content, m, m.pipeline, start).map((s) => toStep(s.stage, s.task, s.prepared)) : [];
-    return { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, from, steps };
+    const base = { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, refused: null };
+    const shape = m.pipeline ? this.shapeOf(content, m.pipeline) : null;
+    if (!m.pipeline || !shape) return { ...base, from: 'continue', steps: [] };
+    if (m.state === 'done') return { ...base, from: 'restart', steps: this.withPromises(content, this.pipelineSteps(content, m, m.pipeline, [])) };
+    // A stopped machine continues only through a resume, which checks the content change strictly.
+    const at = locate(shape, m, m.state === 'stopped' || m.state === 'idle');
+    if (at.kind === 'refused') {
+      return { ...base, from: 'refused', refused: { message: `${at.message}; ${refusalHint(m.name, at.change)}`, change: at.change, tasks: at.tasks }, steps: [] };
+    }
+    return { ...base, from: 'continue', steps: this.withPromises(content, this.pipelineSteps(content, m, m.pipeline, m.passed)) };
   }
 
   /**
-   * Each task from `start` to the end of the pipeline, prepared for the machine. A required param that an
-   * earlier task promises as an output is not missing: it will exist by the time the task runs.
+   * Plan steps from prepared tasks in run order. A param that an earlier task of the list promises as an
+   * output is listed with `promisedBy` (the task that sets it); a required one is not missing, since it
+   * will exist by the time its task runs.
    */
-  private pipelineSteps(content: ContentSet, m: Machine, pipelineName: string, start: { stageIndex: number; taskIndex: number }) {
+  private withPromises(content: ContentSet, list: Array<{ stage: string | null; task: string; prepared: PreparedTask }>): PlanStep[] {
+    const promised = new Map<string, string>();
+    return list.map(({ stage, task, prepared: p }) => {
+      const def = content.objects.tasks.get(task)?.def;
+      const required = def?.params?.required ?? [];
+      const params: PlanParam[] = p.params.map((u) => (promised.has(u.name) ? { ...u, promisedBy: promised.get(u.name)! } : u));
+      for (const name of [...required, ...(def?.params?.optional ?? [])]) {
+        const by = promised.get(name);
+        if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: this.isSecureParam(name), required: required.includes(name), promisedBy: by });
+      }
+      const missing = p.missing.filter((n) => !promised.has(n));
+      const error = missing.length === 0 && p.missing.length > 0 ? null : p.error;
+      for (const o of Object.keys(def?.outputs ?? {})) promised.set(o, stage ? `${stage}/${task}` : task);
+      return { stage, task, variant: p.variant, noop: p.noop, params, missing, error };
+    });
+  }
+
+  /**
+   * The tasks of the pipeline that have not succeeded in a pass where `passed` have, in run order, each
+   * prepared for the machine. `missing` here is what prepareTask found: see `withPromises` for outputs.
+   */
+  private pipelineSteps(content: ContentSet, m: Machine, pipelineName: string, passed: readonly string[]) {
     const shape = this.shapeOf(content, pipelineName);
     const pipeline = content.objects.pipelines.get(pipelineName)?.def;
-    const out: Array<{ stage: string; task: string; prepared: PreparedTask }> = [];
-    if (!shape || !pipeline) return out;
-    const promised = new Set<string>();
-    let pos = normalisePosition(shape, start);
-    while (pos) {
-      const at = taskAt(shape, pos)!;
+    if (!shape || !pipeline) return [];
+    return remainingSteps(shape, passed).map((at: Step) => {
       const stage = content.objects.stages.get(at.stage)?.def;
       const ctx = { stage: { name: at.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } };
-      const prepared = prepareTask(content, this.sealer, m, at.task, ctx);
-      const missing = prepared.missing.filter((n) => !promised.has(n));
-      out.push({ stage: at.stage, task: at.task, prepared: { ...prepared, missing, error: missing.length === 0 && prepared.missing.length > 0 ? null : prepared.error } });
-      for (const o of Object.keys(content.objects.tasks.get(at.task)?.def.outputs ?? {})) promised.add(o);
-      const { stageIndex, taskIndex } = pos;
-      const nxt = normalisePosition(shape, { stageIndex, taskIndex: taskIndex + 1 });
-      pos = nxt && (nxt.stageIndex > stageIndex || nxt.taskIndex > taskIndex) ? nxt : null;
-    }
-    return out;
+      return { stage: at.stage, task: at.task, prepared: prepareTask(content, this.sealer, m, at.task, ctx) };
+    });
   }
 
   /** Refuses to start a pipeline on a machine while any required param has no value, listing all of them. */
   private assertStartable(m: Machine, pipeline: string, content: ContentSet = this.content.current) {
-    const missing = this.pipelineSteps(content, m, pipeline, { stageIndex: 0, taskIndex: 0 }).filter((s) => s.prepared.missing.length > 0);
+    const missing = this.withPromises(content, this.pipelineSteps(content, m, pipeline, [])).filter((s) => s.missing.length > 0);
     if (missing.length === 0) return;
-    const list = missing.map((s) => `${s.stage}/${s.task}: ${s.prepared.missing.join(', ')}`).join('; ');
+    const list = missing.map((s) => `${s.stage}/${s.task}: ${s.missing.join(', ')}`).join('; ');
     throw new TaktError('invalid', `pipeline '${pipeline}' cannot start on '${m.name}': required params have no value — ${list}. Set them on the machine, a profile, the stage or pipeline, give them defaults, or have an earlier task promise them as outputs`, {
       path: '/pipeline',
-      details: { missing: missing.map((s) => ({ stage: s.stage, task: s.task, params: s.prepared.missing })) },
+      details: { missing: missing.map((s) => ({ stage: s.stage, task: s.task, params: s.missing })) },
     });
   }
 

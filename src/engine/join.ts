@@ -19,6 +19,7 @@ import { DEFAULT_JOIN_EXPIRY_MS, joinTokenProblem, MAX_JOIN_USES, viewJoinToken,
 import type { Machine } from '../model/machine.js';
 import type { Page, Reads, Store, Tx } from '../store/store.js';
 import { newMachineToken, publicMachine, type Engine } from './engine.js';
+import { assertEnvironment } from './declared.js';
 import { assertMachineName, looksLikeId } from './ids.js';
 
 /** The environment a joined machine gets unless its token names another: a host reached over the network. */
@@ -76,6 +77,8 @@ export class Joins {
       }
     }
     this.engine.checkPatch(this.engine.content.current, { pipeline: input.pipeline ?? null, profiles: input.profiles ?? [] });
+    // Refused now, not when a host registers with it: the host would have run the join line for nothing.
+    assertEnvironment(this.engine.content.current, name ?? '(joined host)', input.environment ?? DEFAULT_JOIN_ENVIRONMENT, input.pipeline ?? null);
     const id = `jt-${randomBytes(5).toString('hex')}`;
     const token = `tkj.${id}.${randomBytes(24).toString('base64url')}`;
     const t: JoinToken = {

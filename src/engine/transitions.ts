@@ -11,36 +11,107 @@ export interface PipelineShape {
   stages: ReadonlyArray<{ name: string; tasks: readonly string[] }>;
 }
 
-export interface Position {
-  stageIndex: number;
-  taskIndex: number;
-}
-
 /** The machine fields a transition may change. */
-export type MachineView = Pick<Machine, 'state' | 'reason' | 'stageIndex' | 'taskIndex' | 'attempt' | 'power' | 'pipeline' | 'approvedStage'>;
+export type MachineView = Pick<Machine, 'state' | 'reason' | 'stage' | 'task' | 'passed' | 'attempt' | 'power' | 'pipeline' | 'approvedStage'>;
 
-export function taskAt(shape: PipelineShape, pos: Position): { stage: string; task: string } | null {
-  const stage = shape.stages[pos.stageIndex];
-  const task = stage?.tasks[pos.taskIndex];
-  return stage && task !== undefined ? { stage: stage.name, task } : null;
+/**
+ * One task of a pipeline in run order, known by identity. `key` is `stage/task`; a stage or task that a
+ * pipeline lists more than once gets `#n` on its later occurrences (`deploy#2/check`), so every step has
+ * its own key. `stageKey` is the stage part of the key: what an approval is given for.
+ */
+export interface Step {
+  stage: string;
+  task: string;
+  key: string;
+  stageKey: string;
 }
 
-/** The position after `pos`, skipping empty stages; null past the end of the pipeline. */
-export function nextPosition(shape: PipelineShape, pos: Position): Position | null {
-  let { stageIndex, taskIndex } = pos;
-  taskIndex += 1;
-  while (stageIndex < shape.stages.length) {
-    if (taskIndex < (shape.stages[stageIndex]?.tasks.length ?? 0)) return { stageIndex, taskIndex };
-    stageIndex += 1;
-    taskIndex = 0;
+/** The pipeline's tasks in the order they run (empty stages contribute nothing). */
+export function pipelineOrder(shape: PipelineShape): Step[] {
+  const stageSeen = new Map<string, number>();
+  const out: Step[] = [];
+  for (const st of shape.stages) {
+    const n = (stageSeen.get(st.name) ?? 0) + 1;
+    stageSeen.set(st.name, n);
+    const stageKey = n === 1 ? st.name : `${st.name}#${n}`;
+    const taskSeen = new Map<string, number>();
+    for (const task of st.tasks) {
+      const k = (taskSeen.get(task) ?? 0) + 1;
+      taskSeen.set(task, k);
+      out.push({ stage: st.name, task, stageKey, key: `${stageKey}/${k === 1 ? task : `${task}#${k}`}` });
+    }
   }
-  return null;
+  return out;
 }
 
-/** The first runnable position at or after `pos` (a stage may have been emptied by a content change). */
-export function normalisePosition(shape: PipelineShape, pos: Position): Position | null {
-  if (taskAt(shape, pos)) return pos;
-  return nextPosition(shape, { stageIndex: pos.stageIndex, taskIndex: Math.max(-1, pos.taskIndex - 1) }) ?? null;
+/** The first step of `order` named like the machine's position that has not succeeded in this pass. */
+function positionStep(order: readonly Step[], m: Pick<MachineView, 'stage' | 'task' | 'passed'>, passed: ReadonlySet<string>): Step | undefined {
+  return order.find((s) => s.stage === m.stage && s.task === m.task && !passed.has(s.key));
+}
+
+/** Where a machine stands in a pipeline, as `locate` finds it. */
+export type Located =
+  | { kind: 'at'; step: Step; /** No task of this stage (occurrence) has succeeded in this pass: its gate applies. */ entering: boolean }
+  | { kind: 'done' }
+  | { kind: 'refused'; change: 'vanished' | 'reordered'; message: string; tasks: Array<{ stage: string; task: string }> };
+
+const named = (s: { stage: string; task: string }) => `task '${s.task}' (stage '${s.stage}')`;
+
+/**
+ * Where the machine stands in `shape`, by identity: the first task in pipeline order that has not
+ * succeeded in this pass (`passed`), or done when every task has. Tasks that succeeded and are no longer
+ * in the pipeline are forgotten; tasks that are new run where they now are, even before tasks that ran.
+ *
+ * `strict` (a resume, or a plan of one): the task the machine stopped at is checked against the content
+ * in use, and the resume refused when that is ambiguous:
+ * - `vanished`: the task it stopped at is no longer in the pipeline (removed, renamed, or moved to another
+ *   stage, which makes it a different task) — whatever made it stop was never fixed;
+ * - `reordered`: a task that succeeded before it now comes after it — that success may rest on work the
+ *   stopped task has not done yet.
+ * Not strict (a running machine at a task boundary), the content in use is simply followed: it never
+ * refuses.
+ */
+export function locate(shape: PipelineShape, m: Pick<MachineView, 'stage' | 'task' | 'passed'>, strict: boolean): Located {
+  const order = pipelineOrder(shape);
+  const passed = new Set(m.passed);
+  if (strict && m.stage !== null && m.task !== null) {
+    const index = new Map(order.map((s, i) => [s.key, i]));
+    const at = positionStep(order, m, passed);
+    if (!at) {
+      const where = order.filter((s) => s.task === m.task && !passed.has(s.key)).map((s) => `stage '${s.stage}'`);
+      const moved = where.length > 0 ? ` (a task of that name is now in ${where.join(', ')}, which is a different task)` : '';
+      return {
+        kind: 'refused',
+        change: 'vanished',
+        message: `${named({ stage: m.stage, task: m.task })}, where the machine stopped, is no longer in pipeline '${shape.name}'${moved}`,
+        tasks: [{ stage: m.stage, task: m.task }],
+      };
+    }
+    const atIndex = index.get(at.key)!;
+    const later = m.passed.map((k) => index.get(k)).find((i): i is number => i !== undefined && i > atIndex);
+    if (later !== undefined) {
+      const before = order[later]!;
+      return {
+        kind: 'refused',
+        change: 'reordered',
+        message: `${named(before)} succeeded before ${named(at)}, where the machine stopped, but pipeline '${shape.name}' now runs it after`,
+        tasks: [{ stage: before.stage, task: before.task }, { stage: at.stage, task: at.task }],
+      };
+    }
+  }
+  const step = order.find((s) => !passed.has(s.key));
+  if (!step) return { kind: 'done' };
+  return { kind: 'at', step, entering: !m.passed.some((k) => k.startsWith(`${step.stageKey}/`)) };
+}
+
+/**
+ * The steps a machine would still run, in order, when `passed` have succeeded in this pass: what `plan`
+ * shows, and (every task succeeding) exactly what the machine then runs, since each next task is the first
+ * of these. Whether a resume is refused is `locate`'s to say.
+ */
+export function remainingSteps(shape: PipelineShape, passed: readonly string[]): Step[] {
+  const done = new Set(passed);
+  return pipelineOrder(shape).filter((s) => !done.has(s.key));
 }
 
 /** How a job ended, as reported by its agent or decided by the server. */
@@ -142,11 +213,14 @@ export interface PipelineDecision {
 }
 
 /**
- * A pipeline job ended. Failure stops the line on that task (unless the task opted into retries and has
- * some left); success moves on, honouring the exit-code contract's stop (the machine is `paused`, not
- * `stopped`: nothing failed), power-off, reboot and incomplete flags. An operator's cancel keeps the
- * position: with `hold` the machine pauses there. A machine an operator paused while the job ran
- * (`paused` on entry) moves on past a success and stays paused; a failure still stops it.
+ * A pipeline job ended (the job of the task at the machine's position). Failure stops the line on that
+ * task (unless the task opted into retries and has some left); success records the task as succeeded in
+ * this pass and moves to the first task that has not (see `locate`), honouring the exit-code contract's
+ * stop (the machine is `paused`, not `stopped`: nothing failed), power-off, reboot and incomplete flags.
+ * `retries`: how many times the task may be re-run after failing (its `retries`), so it runs at most
+ * `retries + 1` times. An operator's cancel keeps the position: with `hold` the machine pauses there. A
+ * machine an operator paused while the job ran (`paused` on entry) moves on past a success and stays
+ * paused; a failure still stops it.
  */
 export function afterPipelineJob(m: MachineView, shape: PipelineShape, task: string, outcome: JobOutcome, retries = 0): PipelineDecision {
   const v = judgeJob(task, outcome);
@@ -157,26 +231,36 @@ export function afterPipelineJob(m: MachineView, shape: PipelineShape, task: str
     return { job, machine: { ...m, ...held, attempt: 0 }, action: 'continue' };
   }
   if (v.state !== 'succeeded') {
+    const runs = retries + 1;
     if (v.state === 'failed' && outcome.kind === 'exit' && m.attempt < retries) {
       return {
-        job: { state: v.state, reason: `${v.reason} (retry ${m.attempt + 1} of ${retries})` },
+        job: { state: v.state, reason: `${v.reason} (attempt ${m.attempt + 1} of ${runs}; retrying)` },
         machine: { ...m, attempt: m.attempt + 1 },
         action: 'continue',
       };
     }
-    return { job, machine: { ...m, state: 'stopped', reason: v.reason, attempt: 0 }, action: 'continue' };
+    // Only a task that opted into retries counts attempts; a lost job is never retried, so it says nothing.
+    const reason = retries > 0 && v.state === 'failed' && outcome.kind === 'exit' ? `${v.reason} (attempt ${m.attempt + 1} of ${runs}; no retries left)` : v.reason;
+    return { job: { ...job, reason }, machine: { ...m, state: 'stopped', reason, attempt: 0 }, action: 'continue' };
   }
-  let next: Position | null = { stageIndex: m.stageIndex, taskIndex: m.taskIndex };
-  if (!v.incomplete) next = nextPosition(shape, next);
+  let passed = m.passed;
+  if (!v.incomplete) {
+    const order = pipelineOrder(shape);
+    const here = positionStep(order, m, new Set(m.passed));
+    // A task that left the pipeline while it ran is recorded by name: it matches no step, so it is forgotten.
+    passed = [...m.passed, here?.key ?? `${m.stage ?? '?'}/${m.task ?? task}`];
+  }
   const action: AgentAction = v.poweroff ? 'poweroff' : v.reboot ? 'reboot' : 'continue';
   const power = v.poweroff ? 'off' : m.power;
-  if (next === null) {
-    return { job, machine: { ...m, state: 'done', reason: null, attempt: 0, power, stageIndex: shape.stages.length, taskIndex: 0 }, action };
+  // Not strict: a running machine follows the content in use; it is never refused here.
+  const at = locate(shape, { stage: null, task: null, passed }, false);
+  if (at.kind !== 'at') {
+    return { job, machine: { ...m, state: 'done', reason: null, attempt: 0, power, passed, stage: null, task: null }, action };
   }
-  if (v.stop) return { job, machine: { ...m, ...next, state: 'paused', reason: `paused by task '${task}' (exit code 16); resume to continue`, attempt: 0, power }, action };
   // Paused by an operator while the job ran: the job's success moves the position on, the pause holds.
-  const state: MachineState = m.state === 'paused' ? 'paused' : 'running';
-  return { job, machine: { ...m, ...next, state, reason: state === 'paused' ? m.reason : null, attempt: 0, power }, action };
+  const state: MachineState = v.stop || m.state === 'paused' ? 'paused' : 'running';
+  const reason = v.stop ? `paused by task '${task}' (exit code 16); resume to continue` : state === 'paused' ? m.reason : null;
+  return { job, machine: { ...m, stage: at.step.stage, task: at.step.task, passed, state, reason, attempt: 0, power }, action };
 }
 
 export interface WorkOrderDecision {
@@ -217,14 +301,42 @@ export function afterWorkOrderJob(
 
 export class TransitionError extends Error {}
 
-/** Operator: re-run the task the machine stopped on (or continue after a pause). */
-export function resume(m: MachineView): MachineView {
+/**
+ * Operator: continue the pipeline where it stopped or was paused: the task it stopped on (or, after a
+ * task's pause, the next one), then every task that has not succeeded in this pass, in the order of the
+ * pipeline as it is now. `shape`: the machine's pipeline in the content in use; null when it no longer exists.
+ * @throws TransitionError when the machine is not stopped, paused or idle, has no pipeline, or the content
+ *   changed so that the resume is ambiguous (see `locate`); the message says what changed and what to do.
+ */
+export function resume(m: MachineView, shape: PipelineShape | null, machine = 'M'): MachineView {
   if (m.state !== 'stopped' && m.state !== 'idle' && m.state !== 'paused') {
     throw new TransitionError(`machine is ${m.state}; only a stopped, paused or idle machine can be resumed`);
   }
   if (!m.pipeline) throw new TransitionError('machine has no pipeline; assign one with `takt machines update M --pipeline P`');
-  return { ...m, state: 'running', reason: null, attempt: 0, power: 'on' };
+  if (!shape) throw new TransitionError(`pipeline '${m.pipeline}' no longer exists in the content in use; assign another one or put content in use that has it`);
+  const at = locate(shape, m, true);
+  if (at.kind === 'refused') throw new ResumeRefused(at, `${at.message}; ${refusalHint(machine, at.change)}`);
+  const base = { ...m, reason: null, attempt: 0, power: 'on' as const };
+  if (at.kind === 'done') return { ...base, state: 'done', stage: null, task: null };
+  return { ...base, state: 'running', stage: at.step.stage, task: at.step.task };
 }
+
+/** A resume refused because the content changed so that where to continue is ambiguous. */
+export class ResumeRefused extends TransitionError {
+  constructor(
+    readonly located: Extract<Located, { kind: 'refused' }>,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** How to get out of a refused resume, in words. `machine`: its name, or null for "the machine". */
+export function refusalHint(machine: string | null, change: 'vanished' | 'reordered'): string {
+  const restart = `run \`takt machines restart ${machine ?? 'M'}\` to run the pipeline from its first task`;
+  return change === 'vanished' ? `${restart}, or put content in use that has the task` : `${restart}, or put content in use that keeps the tasks in the order they ran`;
+}
+
 
 /** `paused by <who>` with `: <why>` when one was given. */
 export function pausedReason(by: string, why?: string): string {
@@ -248,10 +360,10 @@ export function pause(m: MachineView, by: string, why?: string): MachineView {
   throw new TransitionError(`machine is ${m.state}; only a running or awaiting-approval machine can be paused: ${hint}`);
 }
 
-/** Operator: start the pipeline over from its first task. */
+/** Operator: start the pipeline over from its first task (nothing has succeeded in the new pass). */
 export function restart(m: MachineView): MachineView {
   if (!m.pipeline) throw new TransitionError('machine has no pipeline; assign one with `takt machines update M --pipeline P`');
-  return { ...m, state: 'running', reason: null, stageIndex: 0, taskIndex: 0, attempt: 0, power: 'on', approvedStage: -1 };
+  return { ...m, state: 'running', reason: null, stage: null, task: null, passed: [], attempt: 0, power: 'on', approvedStage: null };
 }
 
 /** Operator: assign (or clear) the pipeline; the machine starts it from the top. */
@@ -261,17 +373,18 @@ export function assignPipeline(m: MachineView, pipeline: string | null): Machine
     pipeline,
     state: pipeline ? 'running' : 'idle',
     reason: null,
-    stageIndex: 0,
-    taskIndex: 0,
+    stage: null,
+    task: null,
+    passed: [],
     attempt: 0,
-    approvedStage: -1,
+    approvedStage: null,
   };
 }
 
-/** An approver lets the machine into the stage it waits at. */
-export function approve(m: MachineView): MachineView {
+/** An approver lets the machine into the stage it waits at (`stageKey`: that stage's `Step.stageKey`). */
+export function approve(m: MachineView, stageKey: string): MachineView {
   if (m.state !== 'awaiting-approval') throw new TransitionError(`machine is ${m.state}; only a machine awaiting approval can be approved`);
-  return { ...m, state: 'running', reason: null, approvedStage: m.stageIndex };
+  return { ...m, state: 'running', reason: null, approvedStage: stageKey };
 }
 
 /** An approver turns the stage down: the machine stops there, saying who and why. */

@@ -16,13 +16,24 @@ export interface Machine {
   environment: string;
   broker: string | null;
   pipeline: string | null;
-  /** Position in the pipeline: the index of the stage and of the task within it that runs next. */
-  stageIndex: number;
-  taskIndex: number;
+  /**
+   * Position in the pipeline, by identity (see docs/operations.md "Resume"): the stage and task the
+   * machine stands at — the task running now, the one it stopped on, or the one it runs next. Null when
+   * it has no pipeline, has not started it yet, or is done.
+   */
+  stage: string | null;
+  task: string | null;
+  /**
+   * The tasks that have succeeded in this pass (since the pipeline was assigned or restarted), as step
+   * keys `stage/task` in the order they succeeded (`#n` marks a later occurrence of a stage or task a
+   * pipeline lists twice; see transitions.ts pipelineOrder). The machine is done when every task of its
+   * pipeline is here; a resume runs the first task in pipeline order that is not.
+   */
+  passed: string[];
   /** How many times the current task has failed and been retried (only for tasks that opt in). */
   attempt: number;
-  /** The stage (index) an approver let this machine enter; -1 when none. */
-  approvedStage: number;
+  /** The stage (its step `stageKey`, usually its name) an approver let this machine enter; null when none. */
+  approvedStage: string | null;
   state: MachineState;
   /** Why the machine is stopped or paused (or last was), in words an operator can act on. */
   reason: string | null;
@@ -105,10 +116,25 @@ export interface Job {
 export const WORK_ORDER_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type WorkOrderState = (typeof WORK_ORDER_STATES)[number];
 
+/**
+ * The task (and blueprint) name of an ad-hoc command's job and work order (`takt run`): not a valid
+ * content name, so it never means a task or blueprint of the content.
+ */
+export const ADHOC_TASK = '(command)';
+
+/** An ad-hoc command run as a work order (`takt run`): bash source, and how long it may run. */
+export interface AdhocCommand {
+  script: string;
+  timeoutMs: number;
+}
+
 export interface WorkOrder {
   id: string;
   machineId: string;
+  /** The blueprint it runs; ADHOC_TASK for an ad-hoc command. */
   blueprint: string;
+  /** Set for an ad-hoc command (`takt run`) instead of a blueprint's tasks. */
+  command?: AdhocCommand;
   state: WorkOrderState;
   /** Index of the blueprint task that runs next. */
   taskIndex: number;

@@ -242,6 +242,22 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('machines').addColumn('labels', 'text', (c) => c.notNull().defaultTo('{}')).execute();
     },
   },
+  '0011_resume': {
+    async up(db: Kysely<unknown>) {
+      // A machine's pipeline position by identity (stage and task names) and the tasks that succeeded in
+      // this pass, instead of indices that a content change shifts. `passed` stays null on machines stored
+      // before: the engine upgrades them from their indices once, against the content in use, at start.
+      for (const col of ['stage', 'task', 'passed', 'approved_stage_key']) {
+        await db.schema.alterTable('machines').addColumn(col, 'text').execute();
+      }
+    },
+  },
+  '0013_rollouts': {
+    async up(db: Kysely<unknown>) {
+      // Ad-hoc commands (`takt run`) are work orders with a command instead of a blueprint's tasks.
+      await db.schema.alterTable('work_orders').addColumn('command', 'text').execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

@@ -83,10 +83,11 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
     environment: r.environment,
     broker: r.broker,
     pipeline: r.pipeline,
-    stageIndex: Number(r.stage_index),
-    taskIndex: Number(r.task_index),
+    stage: r.stage,
+    task: r.task,
+    passed: r.passed === null ? [] : parse<string[]>(r.passed),
     attempt: Number(r.attempt),
-    approvedStage: Number(r.approved_stage),
+    approvedStage: r.approved_stage_key,
     state: r.state as MachineState,
     reason: r.reason,
     params: parse(r.params),
@@ -111,22 +112,25 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
 
 /** The liveness columns, written only by `setAgentLiveness` (a machine's other writes leave them be). */
 type AgentColumns = 'agent_connected' | 'agent_seen_at' | 'agent_version' | 'agent_address' | 'agent_via' | 'agent_since';
+/** The index position of a machine stored before 0011_resume: read once to upgrade it, never written. */
+type LegacyColumns = 'stage_index' | 'task_index' | 'approved_stage';
 
 /**
  * The row a machine's ordinary writes carry. Facts are left out: they change only when the agent reports
  * them (`setMachineFacts`), so claims and completions do not rewrite them with every job.
  */
-function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | AgentColumns> {
+function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | AgentColumns | LegacyColumns> {
   return {
     id: m.id,
     name: m.name,
     environment: m.environment,
     broker: m.broker,
     pipeline: m.pipeline,
-    stage_index: m.stageIndex,
-    task_index: m.taskIndex,
+    stage: m.stage,
+    task: m.task,
+    passed: json(m.passed),
     attempt: m.attempt,
-    approved_stage: m.approvedStage,
+    approved_stage_key: m.approvedStage,
     state: m.state,
     reason: m.reason,
     params: json(m.params),
@@ -197,6 +201,7 @@ function workOrderFromRow(r: WorkOrdersTable): WorkOrder {
     id: r.id,
     machineId: r.machine_id,
     blueprint: r.blueprint,
+    ...(r.command ? { command: parse(r.command) } : {}),
     state: r.state as WorkOrderState,
     taskIndex: Number(r.task_index),
     params: parse(r.params),
@@ -211,6 +216,7 @@ function workOrderToRow(w: WorkOrder): WorkOrdersTable {
     id: w.id,
     machine_id: w.machineId,
     blueprint: w.blueprint,
+    command: w.command ? json(w.command) : null,
     state: w.state,
     task_index: w.taskIndex,
     params: json(w.params),
@@ -253,6 +259,10 @@ class SqlReads implements Reads {
   async getMachine(id: string) {
     const r = await this.one<Selectable<MachinesTable>>('getMachine', () => this.db.selectFrom('machines').selectAll().where('id', '=', arg(0)), [id]);
     return r ? machineFromRow(r) : undefined;
+  }
+  async listLegacyPositions() {
+    const rows = await this.db.selectFrom('machines').select(['id', 'stage_index', 'task_index', 'approved_stage']).where('passed', 'is', null).orderBy('id').execute();
+    return rows.map((r) => ({ id: r.id, stageIndex: Number(r.stage_index), taskIndex: Number(r.task_index), approvedStage: Number(r.approved_stage) }));
   }
   async getMachineByName(name: string) {
     const r = await this.db.selectFrom('machines').selectAll().where('name', '=', name).executeTakeFirst();

@@ -91,6 +91,11 @@ export interface Reads {
   getMachineByName(name: string): Promise<Machine | undefined>;
   getMachineTokenHash(id: string): Promise<string | undefined>;
   listMachines(filter?: MachineFilter): Promise<Machine[]>;
+  /**
+   * Machines stored before positions were kept by identity (migration 0011_resume), with their old
+   * index positions (`approvedStage` -1: none), for the engine to upgrade once at start.
+   */
+  listLegacyPositions(): Promise<Array<{ id: string; stageIndex: number; taskIndex: number; approvedStage: number }>>;
   countMachines(filter?: MachineFilter): Promise<number>;
   getJob(id: string): Promise<Job | undefined>;
   /** Whose a job is and its state, without the rest of the row (logs and heartbeats need only this). */

@@ -54,10 +54,18 @@ export interface MachinesTable {
   environment: string;
   broker: string | null;
   pipeline: string | null;
-  stage_index: number;
-  task_index: number;
+  /** Position by index, before 0011_resume: read once to upgrade a machine (`listLegacyPositions`), never written. */
+  stage_index: Generated<number>;
+  task_index: Generated<number>;
   attempt: number;
-  approved_stage: number;
+  approved_stage: Generated<number>;
+  /** Position by identity (0011_resume): the stage and task the machine stands at. */
+  stage: string | null;
+  task: string | null;
+  /** Step keys that succeeded in this pass, as JSON; null: a machine stored before 0011_resume, not upgraded yet. */
+  passed: string | null;
+  /** The stage key an approver let the machine into; null when none. */
+  approved_stage_key: string | null;
   state: string;
   reason: string | null;
   params: string;
@@ -121,6 +129,8 @@ export interface WorkOrdersTable {
   id: string;
   machine_id: string;
   blueprint: string;
+  /** An ad-hoc command's AdhocCommand as JSON (`takt run`); null for a blueprint's work order. */
+  command: string | null;
   state: string;
   task_index: number;
   params: string;

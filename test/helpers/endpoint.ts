@@ -3,12 +3,12 @@
  * data dir, and runs the real CLI against it.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient } from '../../src/client/http.js';
+import { bridgeOf } from './netns.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const TAKT = join(ROOT, 'bin', 'takt.js');
@@ -159,12 +159,12 @@ export class Endpoint {
 }
 
 /**
- * The netns broker's bridge for this data dir (named as src/brokers/netns.ts names it), when nothing is
+ * The netns broker's bridge for this data dir (as src/brokers/netns.ts names it: helpers/netns.ts), when nothing is
  * attached to it any more: an endpoint that was killed, or stopped with machines left, keeps it on purpose
  * for its next start, but a test's endpoint has none.
  */
 function removeEmptyBridge(data: string) {
-  const bridge = `tkb-${createHash('sha256').update(data).digest('hex').slice(0, 8)}`;
+  const bridge = bridgeOf(data);
   const members = join('/sys/class/net', bridge, 'brif');
   if (existsSync(members) && readdirSync(members).length === 0) spawnSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
 }

@@ -163,4 +163,7 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 
   app.delete('/api/v1/workorders/:id', async (req) => publicWorkOrder(await engine.cancelWorkOrder((req.params as { id: string }).id, author(req))));
+
+  // A failed or cancelled work order continues from the task it stopped on, with its original params.
+  app.post('/api/v1/workorders/:id/resume', async (req) => publicWorkOrder(await engine.resumeWorkOrder((req.params as { id: string }).id, author(req))));
 }

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import { Describer } from '../../engine/describe.js';
 import { publicJob, publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { parseLabelSelector } from '../../model/labels.js';
@@ -52,6 +53,7 @@ const createBody = {
     profiles: { type: 'array', items: Name },
     labels: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 63 }, description: 'key=value tags, e.g. {"role": "web"}' },
     ssh: sshCreate,
+    allowUndeclared: { type: 'boolean', description: 'store params that no param definition or task declares (default false: refused with a suggestion)' },
   },
 } as const;
 
@@ -67,6 +69,7 @@ const patchBody = {
     profiles: { type: 'array', items: Name },
     labels: { type: 'object', maxProperties: 64, additionalProperties: { anyOf: [{ type: 'string', maxLength: 63 }, { type: 'null' }] }, description: 'merged into the machine labels; null removes one' },
     ssh: sshPatch,
+    allowUndeclared: { type: 'boolean', description: 'store params that no param definition or task declares (default false: refused with a suggestion)' },
   },
 } as const;
 
@@ -80,6 +83,7 @@ interface CreateBody {
   profiles?: string[];
   labels?: Record<string, string>;
   ssh?: SshSettings;
+  allowUndeclared?: boolean;
 }
 
 export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
@@ -109,6 +113,12 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const matched = await records.select({ ...filter, labels, builtWith: q.builtWith, stale: q.stale === undefined ? undefined : q.stale !== 'false' });
     const items = matched.map(({ machine, stale }) => (stale ? { ...publicMachine(engine.withLiveness(machine)), stale } : publicMachine(engine.withLiveness(machine))));
     return { items: items.slice(offset, offset + limit), total: items.length };
+  });
+
+  const describer = new Describer(engine, store);
+  app.get('/api/v1/machines/:id/describe', async (req) => {
+    const q = req.query as Record<string, string | undefined>;
+    return describer.describe((req.params as { id: string }).id, { jobs: intQuery(q.jobs, 'jobs', 10, 100), events: intQuery(q.events, 'events', 10, 100) });
   });
 
   app.get('/api/v1/machines/:id/record', async (req) => records.record(await engine.findMachine((req.params as { id: string }).id)));
@@ -145,6 +155,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
           params: body.params,
           profiles: body.profiles,
           labels: body.labels,
+          allowUndeclared: body.allowUndeclared,
           ...(body.ssh ? { ssh: body.ssh } : {}),
         },
         author(req),

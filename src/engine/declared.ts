@@ -1,0 +1,50 @@
+/**
+ * What a machine may be given, beyond each value's own schema: an environment its pipeline exercises,
+ * and params some content declares (a typo such as `fail_verfy` would otherwise be stored silently and
+ * change nothing). Pure checks over a ContentSet; the engine calls them on create, update and
+ * (re)assignment, a rollout before it starts.
+ */
+import { closest } from '../content/check.js';
+import type { ContentSet } from '../model/content.js';
+import { TaktError } from '../model/errors.js';
+
+/**
+ * @throws TaktError invalid at `/environment` listing the pipeline's environments, when `pipeline`
+ * declares `environments` and `environment` is not one of them. A pipeline without the list accepts any.
+ */
+export function assertEnvironment(content: ContentSet, machine: string, environment: string, pipeline: string | null): void {
+  const envs = pipeline ? content.objects.pipelines.get(pipeline)?.def.environments : undefined;
+  if (!envs || envs.includes(environment)) return;
+  throw new TaktError(
+    'invalid',
+    `machine '${machine}' is in environment '${environment}', which pipeline '${pipeline}' does not exercise; it runs in: ${envs.join(', ')}. Give the machine one of them (--environment) or choose another pipeline`,
+    { path: '/environment', details: { environment, pipeline, environments: envs } },
+  );
+}
+
+/** Every param name some content declares: param definitions, and tasks' required, optional and outputs. */
+export function declaredParams(content: ContentSet): Set<string> {
+  const names = new Set(content.objects.params.keys());
+  for (const { def } of content.objects.tasks.values()) {
+    for (const n of [...(def.params?.required ?? []), ...(def.params?.optional ?? []), ...Object.keys(def.outputs ?? {})]) names.add(n);
+  }
+  return names;
+}
+
+/**
+ * @throws TaktError invalid at `/params/<name>` for the first param set (non-null) in `patch` that no
+ * content declares, with the closest declared name when one is near.
+ */
+export function assertDeclared(content: ContentSet, patch: Record<string, unknown> | undefined): void {
+  if (!patch) return;
+  const known = declaredParams(content);
+  const unknown = Object.keys(patch).filter((k) => patch[k] !== null && !known.has(k));
+  if (unknown.length === 0) return;
+  const name = unknown[0]!;
+  const hint = closest(name, [...known]);
+  throw new TaktError(
+    'invalid',
+    `param '${name}' is not declared by any param definition or task${hint ? ` (did you mean '${hint}'?)` : ''}; to store it anyway, pass --allow-undeclared (API: allowUndeclared: true)`,
+    { path: `/params/${name}`, details: { undeclared: unknown, ...(hint ? { suggestion: hint } : {}) } },
+  );
+}
