@@ -256,7 +256,7 @@ describe('rollouts and busy machines', () => {
     expect(r.stdout).toMatch(/completed — 1 of 1 succeeded/);
     const [view] = await rollouts();
     const jobs = await jobsOf('busy-1');
-    expect(jobs.find((j) => j.id === job.id)).toMatchObject({ state: 'cancelled', reason: `cancelled by admin (rollout ${view!.id})` });
+    expect(jobs.find((j) => j.id === job.id)).toMatchObject({ state: 'cancelled', reason: `cancelled by admin (rollout ${view!.id}): the rollout takes over this busy machine (--busy cancel)` });
     expect(view!.items[0]).toMatchObject({ state: 'succeeded', reason: `cancelled job ${job.id} (task gate)` });
     expect(jobs.filter((j) => j.task === 'after-gate')).toHaveLength(0);
     expect(await machine('busy-1')).toMatchObject({ pipeline: 'basic', state: 'done' });
