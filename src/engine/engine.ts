@@ -1372,7 +1372,8 @@ export class Engine {
 
   // ---- helpers -------------------------------------------------------------------------------------
 
-  private shapeOf(content: ContentSet, pipeline: string): PipelineShape | null {
+  /** The pipeline's stages and their tasks in `content`, by name; null when it has no such pipeline. */
+  shapeOf(content: ContentSet, pipeline: string): PipelineShape | null {
     const p = content.objects.pipelines.get(pipeline)?.def;
     if (!p) return null;
     return { name: p.name, stages: p.stages.map((s) => ({ name: s, tasks: content.objects.stages.get(s)?.def.tasks ?? [] })) };
