@@ -306,6 +306,7 @@ export class Engine {
       state: input.pipeline ? 'running' : 'idle',
       reason: null,
       params,
+      outputs: {},
       profiles,
       currentJob: null,
       power: 'on',
@@ -357,7 +358,11 @@ export class Engine {
     }
     if (patch.environment !== undefined) next.environment = patch.environment;
     if (patch.profiles !== undefined) next.profiles = patch.profiles;
-    if (patch.params !== undefined) next.params = this.checkParams(content, m.params, patch.params);
+    if (patch.params !== undefined) {
+      next.params = this.checkParams(content, m.params, patch.params);
+      // The operator's word on a param supersedes an output of the same name, as when outputs were params.
+      next.outputs = Object.fromEntries(Object.entries(m.outputs).filter(([k]) => !Object.hasOwn(patch.params!, k)));
+    }
     if (patch.power !== undefined) next.power = patch.power;
     if (patch.ssh !== undefined) {
       if (!m.ssh) throw new TaktError('conflict', `machine '${m.name}' is not driven over SSH (broker ${m.broker ?? 'none'}); its SSH settings cannot be set`, { path: '/ssh' });
@@ -782,11 +787,8 @@ export class Engine {
     await tx.finishJob(finished, report ? { report, action } : undefined);
     await this.logs.end(tx, job.id);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
-    if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) {
-      const before = desiredView(next);
-      next.params = { ...next.params, ...outputs };
-      await tx.change(`job:${job.id}`, `machines/${m.id}`, 'update', before, desiredView(next));
-    }
+    // Observed state: what the machine now has. Not a desired-state change, so no history entry.
+    if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) next.outputs = { ...next.outputs, ...outputs };
     next.updatedAt = new Date().toISOString();
     if (!deferMachine) await this.saveMachine(tx, next);
     return { machine: next, job: finished, action };
@@ -930,7 +932,7 @@ export class Engine {
       const pipeline = job.pipeline ? content.objects.pipelines.get(job.pipeline)?.def : undefined;
       ctx = { stage: stage ? { name: stage.name, params: stage.params } : undefined, pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined };
     }
-    const outputs = Object.keys(job.outputs).filter((k) => isSealed(m.params[k])).map((k) => this.openQuietly(m.params[k]));
+    const outputs = Object.keys(job.outputs).filter((k) => isSealed(m.outputs[k])).map((k) => this.openQuietly(m.outputs[k]));
     try {
       return [...secretsOf(prepareTask(content, this.sealer, m, job.task, ctx)), ...secretTexts(outputs)];
     } catch {
@@ -1260,7 +1262,7 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
  */
 export function publicMachine(m: Machine) {
   const { facts: _facts, ...rest } = m;
-  return { ...rest, params: maskValues(m.params), status: machineStatus(m) };
+  return { ...rest, params: maskValues(m.params), outputs: maskValues(m.outputs), status: machineStatus(m) };
 }
 
 /** A new secret for machine `id`: `tkm.<id>.<192 random bits>` (see machineIdFromToken). Only its SHA-256 is stored. */
