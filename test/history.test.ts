@@ -27,7 +27,8 @@ describe('history', () => {
     const seq = await latest();
     const r = await ep.cli(['history', 'show', String(seq)]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(new RegExp(`#${seq} update machines/m-\\w+ by admin`));
+    // the machine by name, its id beside it
+    expect(r.stdout).toMatch(new RegExp(`#${seq} update machines/h1 \\(machines/m-\\w+\\) by admin`));
     expect(r.stdout).toContain('/params/msg:\n    - "one"\n    + "two"');
     const list = await ep.cli(['history', '--limit', '3']);
     expect(list.stdout).toContain('machines/');
@@ -92,7 +93,7 @@ describe('history', () => {
     const r = await ep.cli(['history', 'rewind', '--to', String(to), '-o', 'json']);
     expect(r.code, r.stderr).toBe(0);
     const result = JSON.parse(r.stdout) as { skipped: Array<{ object: string; reason: string }> };
-    expect(result.skipped).toEqual([{ object: expect.stringMatching(/^machines\//), reason: expect.stringMatching(/created after the target/) }]);
+    expect(result.skipped).toEqual([{ object: expect.stringMatching(/^machines\/m-/), name: 'machines/h3', reason: `created after #${to}; delete it if it should go` }]);
 
     const pick = (m: Machine) => ({ params: m.params, profiles: m.profiles, pipeline: m.pipeline, name: m.name });
     expect(pick(await machine('h1'))).toEqual(pick(snapshot.h1));

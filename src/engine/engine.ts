@@ -360,8 +360,9 @@ export class Engine {
     if (patch.profiles !== undefined) next.profiles = patch.profiles;
     if (patch.params !== undefined) {
       next.params = this.checkParams(content, m.params, patch.params);
-      // The operator's word on a param supersedes an output of the same name, as when outputs were params.
-      next.outputs = Object.fromEntries(Object.entries(m.outputs).filter(([k]) => !Object.hasOwn(patch.params!, k)));
+      // A value set for a param supersedes an output of the same name, as when outputs were params (unsetting
+      // the param leaves what the machine has).
+      next.outputs = Object.fromEntries(Object.entries(m.outputs).filter(([k]) => patch.params![k] === undefined || patch.params![k] === null));
     }
     if (patch.power !== undefined) next.power = patch.power;
     if (patch.ssh !== undefined) {
