@@ -173,7 +173,7 @@ describe('desired and observed state in history', () => {
     const before = await latest();
     const r = await ep.cli(['history', 'rewind', '--to', String(to)]);
     expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(/machines\/uses-later\.yaml.*profile 'later' does not exist.*nothing was rewound/);
+    expect(r.stderr).toMatch(/machines\/uses-later \/profiles\/0: profile 'later' does not exist once this is applied; change or delete the machine first \(nothing was rewound\)/);
     expect(await latest()).toBe(before);
     expect((await machine('o1')).params.msg).toBe('kept');
     await ep.api.delete('/machines/uses-later');

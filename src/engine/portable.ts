@@ -605,7 +605,9 @@ export class Portable {
       for (const m of page) {
         if (seen.has(m.id)) continue;
         const refs = refProblems(content, m);
-        if (refs.length > 0) for (const r of refs) problems.add(`machines/${m.name}.yaml`, `not in the export, and ${r.message} after the import; change or delete the machine first`, r.path);
+        if (refs.length > 0) {
+          for (const r of refs) problems.add(opts.partial ? `machines/${m.name}` : `machines/${m.name}.yaml`, opts.partial ? `${r.message} once this is applied; change or delete the machine first` : `not in the export, and ${r.message} after the import; change or delete the machine first`, r.path);
+        }
         else if (!opts.partial) result.problems.push(`machines/${m.name}: not in the export; left as it is (delete it if it should go)`);
       }
       if (page.length < 1000) break;
