@@ -92,6 +92,7 @@ export class History {
     const before = await this.latestSeq();
     const [type, ...rest] = c.object.split('/');
     const name = rest.join('/');
+    if (c.author.startsWith('job:')) throw new TaktError('conflict', `change #${seq} was written by ${c.author.replace(':', ' ')}: its values are what the machine observed (outputs), not desired state; they cannot be reverted`);
     if (type === 'machines') await this.revertMachine(name, c, by);
     else if (type === 'packs') await this.setPack(name, c.after as { version: string } | null, c.before as { version: string } | null, by, true);
     else if (CONTENT_KINDS.includes(type as ContentKind)) await this.setLocal(type as ContentKind, name, c.after, c.before, by, true);
@@ -144,7 +145,14 @@ export class History {
         else if (!target) skipped.push({ object: c.object, name: `machines/${m.name}`, reason: `created after #${to}; delete it if it should go` });
         else {
           const { state: _state, ssh: _ssh, ...desired } = target;
-          machines.push({ ...this.portable.desiredOf(m), ...desired });
+          // A param that is an output of the machine now is left as it is: setting it would replace what the
+          // machine has (and history written before outputs were kept apart holds job-written values as params).
+          const params = { ...desired.params };
+          for (const k of Object.keys(m.outputs)) {
+            if (Object.hasOwn(m.params, k)) params[k] = m.params[k];
+            else delete params[k];
+          }
+          machines.push({ ...this.portable.desiredOf(m), ...desired, params });
           touched.push(m);
         }
       }

@@ -250,8 +250,9 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
         const outputs: Record<string, unknown> = {};
         const decided = new Set<string>();
         for (const c of changes.rows) {
-          const before = (c.before ? (JSON.parse(c.before) as { params?: Record<string, unknown> }).params : undefined) ?? {};
-          const after = (c.after ? (JSON.parse(c.after) as { params?: Record<string, unknown> }).params : undefined) ?? {};
+          const paramsOf = (text: string | null) => (text ? (JSON.parse(text) as { params?: Record<string, unknown> } | null)?.params : undefined) ?? {};
+          const before = paramsOf(c.before);
+          const after = paramsOf(c.after);
           for (const k of Object.keys(params)) {
             if (decided.has(k) || JSON.stringify(before[k]) === JSON.stringify(after[k])) continue;
             decided.add(k);
