@@ -32,6 +32,7 @@ const machine = (params: Record<string, unknown>): Machine => ({
   reason: null,
   params,
   outputs: {},
+  labels: {},
   profiles: [],
   currentJob: null,
   power: 'on',

@@ -5,6 +5,7 @@ import type { ApiClient } from '../client/http.js';
 import type { MachineRecord } from '../engine/records.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
+import { parseLabelPairs } from '../model/labels.js';
 import { MACHINE_STATES, type Machine } from '../model/machine.js';
 import { collect, parseParamPairs, type Globals } from './client.js';
 import { colorState, print, renderTable, shown, shownErr } from './output.js';
@@ -35,6 +36,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--pipeline <name>')
     .option('--environment <env>')
     .option('--name <substring>')
+    .option('-l, --selector <selector>', 'only machines whose labels match, e.g. role=web,env!=prod (key=value, key!=value, key, !key)')
     .option('--built-with <pack@range>', 'built with a pack version in this range, e.g. demo@<1.2.0')
     .option('--stale', 'built with an older pack version than the one in use, or with params that changed since')
     .option('--limit <n>', 'page size', '100')
@@ -72,11 +74,14 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--pipeline <name>', 'start this pipeline right away')
     .option('--param <key=value>', 'machine param (repeatable)', collect)
     .option('--profile <name>', 'profile (repeatable, highest precedence first)', collect)
+    .option('--label <key=value>', 'label (repeatable), e.g. --label role=web', collect)
     .option('--ssh <user@host[:port]>', 'agentless: the endpoint runs its jobs over SSH (IPv6 in brackets: root@[2001:db8::5]:22)')
     .option('--ssh-key <credential>', 'with --ssh: the credential that logs in (takt credentials add NAME --ssh-key FILE)')
     .option('--ssh-root <dir>', 'with --ssh: what scripts see as TAKT_ROOT on the host (default /)')
     .option('--ssh-dir <dir>', "with --ssh: takt's dir on the host (default /var/lib/takt-ssh for root, else ~/.takt)")
-    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
+    .action(async (name: string | undefined, o: { broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
+      const labels = o.label ? parseLabelPairs(o.label) : undefined;
+      if (labels && Object.values(labels).includes(null)) throw new TaktError('bad_request', '--label KEY- removes a label: use it with `machines update`');
       const body = {
         name,
         broker: o.broker,
@@ -85,6 +90,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         pipeline: o.pipeline,
         params: o.param ? parseParamPairs(o.param) : undefined,
         profiles: o.profile,
+        labels,
         ssh: sshBody(o, true),
       };
       const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
@@ -101,6 +107,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--param <key=value>', 'set a param (repeatable)', collect)
     .option('--unset <key>', 'remove a param (repeatable)', collect)
     .option('--profile <name>', 'replace the profile list (repeatable)', collect)
+    .option('--label <key=value>', 'set a label, or remove one with KEY- (repeatable), e.g. --label role=web --label legacy-', collect)
     .option('--name <name>')
     .option('--environment <env>')
     .option('--ssh <user@host[:port]>', 'agentless machines: reach the host here instead (its key is pinned afresh)')
@@ -108,17 +115,18 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-root <dir>', "agentless machines: TAKT_ROOT on the host ('' for /)")
     .option('--ssh-dir <dir>', "agentless machines: takt's dir on the host ('' for the default)")
     .option('--ssh-accept-new-key', 'agentless machines: trust the new host key the host offered (check its fingerprint on the host first)')
-    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
+    .action(async (id: string, o: { pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
       const body: Record<string, unknown> = {};
       if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
       if (Object.keys(params).length) body.params = params;
       if (o.profile) body.profiles = o.profile;
+      if (o.label) body.labels = parseLabelPairs(o.label);
       if (o.name) body.name = o.name;
       if (o.environment) body.environment = o.environment;
       const ssh = sshBody(o, false);
       if (ssh) body.ssh = ssh;
-      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --name, --environment or an --ssh option');
+      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment or an --ssh option');
       const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
       print(g().output, m, () => renderTable([m], machineColumns));
     });

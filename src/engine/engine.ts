@@ -8,6 +8,7 @@ import type { ContentSet, StageDef } from '../model/content.js';
 import { decodeExit } from '../model/exitcodes.js';
 import { checkExpectations } from '../model/expect.js';
 import { paramLayers, resolveParam } from '../render/params.js';
+import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { TaktError } from '../model/errors.js';
 import type { AgentLiveness, Job, Machine, WorkOrder } from '../model/machine.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
@@ -65,6 +66,8 @@ export interface MachineInput {
   pipeline?: string | null;
   params?: Record<string, unknown>;
   profiles?: string[];
+  /** key=value tags (model/labels.ts). */
+  labels?: Record<string, string>;
   /** Agentless machines: how the endpoint reaches the host over SSH (the credential must exist). */
   ssh?: SshSettings;
 }
@@ -76,6 +79,8 @@ export interface MachinePatch {
   /** Merged into the machine's params; a null value removes that param. */
   params?: Record<string, unknown>;
   profiles?: string[];
+  /** Merged into the machine's labels; a null value removes that label. */
+  labels?: Record<string, string | null>;
   /** Agentless machines only: SSH settings to change, or accepting the host's new key. */
   ssh?: SshPatch;
 }
@@ -285,6 +290,7 @@ export class Engine {
     const profiles = input.profiles ?? [];
     this.requireProfiles(content, profiles);
     const params = this.checkParams(content, {}, input.params ?? {});
+    validateLabels(input.labels ?? {});
     assertMachineName(input.name);
     if (await this.store.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
     if (input.id !== undefined && (!/^m-[a-z0-9]{1,40}$/.test(input.id) || (await this.store.getMachine(input.id)))) {
@@ -308,6 +314,7 @@ export class Engine {
       params,
       outputs: {},
       profiles,
+      labels: sortedLabels(input.labels ?? {}),
       currentJob: null,
       power: 'on',
       facts: null,
@@ -342,6 +349,7 @@ export class Engine {
     if (patch.name !== undefined) assertMachineName(patch.name);
     if (patch.pipeline) this.requirePipeline(content, patch.pipeline);
     if (patch.profiles) this.requireProfiles(content, patch.profiles);
+    if (patch.labels) validateLabels(Object.fromEntries(Object.entries(patch.labels).filter(([, v]) => v !== null)) as Record<string, string>);
   }
 
   /**
@@ -358,6 +366,10 @@ export class Engine {
     }
     if (patch.environment !== undefined) next.environment = patch.environment;
     if (patch.profiles !== undefined) next.profiles = patch.profiles;
+    if (patch.labels !== undefined) {
+      next.labels = applyLabelPatch(m.labels, patch.labels);
+      validateLabels(next.labels);
+    }
     if (patch.params !== undefined) {
       next.params = this.checkParams(content, m.params, patch.params);
       // A value set for a param supersedes an output of the same name, as when outputs were params (unsetting
@@ -1231,7 +1243,7 @@ export class Engine {
 
 /** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */
 export function desiredView(m: Machine) {
-  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, power: m.power, state: m.state, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}) };
+  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, state: m.state, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}) };
 }
 
 /** @throws TaktError not_found (at /ssh/credential) when no credential of that name exists. */
@@ -1241,13 +1253,20 @@ async function requireCredential(tx: Tx, name: string): Promise<void> {
 export type DesiredView = ReturnType<typeof desiredView>;
 
 /** The patch that makes a machine's desired fields equal `target` (params absent from it are removed). */
-export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'>): MachinePatch {
+export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'> & { labels?: Machine['labels'] }): MachinePatch {
   const same = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
   const patch: MachinePatch = {};
   if (current.name !== target.name) patch.name = target.name;
   if (current.environment !== target.environment) patch.environment = target.environment;
   if (current.pipeline !== target.pipeline) patch.pipeline = target.pipeline;
   if (!same(current.profiles, target.profiles)) patch.profiles = target.profiles;
+  // Entries written before labels existed have none: they mean "no labels".
+  const labels: Record<string, string | null> = {};
+  const want = target.labels ?? {};
+  for (const k of new Set([...Object.keys(current.labels), ...Object.keys(want)])) {
+    if (current.labels[k] !== want[k]) labels[k] = want[k] ?? null;
+  }
+  if (Object.keys(labels).length) patch.labels = labels;
   const params: Record<string, unknown> = {};
   for (const k of new Set([...Object.keys(current.params), ...Object.keys(target.params)])) {
     if (!same(current.params[k], target.params[k])) params[k] = target.params[k] ?? null;

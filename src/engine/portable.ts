@@ -76,11 +76,11 @@ export interface MachineDoc {
   pipeline: string | null;
   profiles: string[];
   params: Record<string, unknown>;
+  /** Left out when empty, so exports made before labels existed stay the same. */
+  labels?: Record<string, string>;
   power: Machine['power'];
   /** Agentless machines: how the host is reached and the key pinned for it (the credential is not exported). */
   ssh?: SshSettings & { hostKey: HostKey | null };
-  /** Desired labels, when the endpoint has them. */
-  labels?: Record<string, string>;
   /** Observed: where the machine stands (restored on create, ignored for a machine that exists). */
   place?: Place;
   /** Observed: the outputs its jobs set (restored on create only). */
@@ -114,7 +114,8 @@ export function restoredReason(name: string, fromStart = false): string {
 }
 
 function desiredDoc(d: MachineDoc): Partial<MachineDoc> {
-  return Object.fromEntries(DESIRED_KEYS.filter((k) => d[k] !== undefined).map((k) => [k, d[k]]));
+  // No labels and empty labels are the same (an export leaves empty ones out).
+  return Object.fromEntries(DESIRED_KEYS.filter((k) => d[k] !== undefined && !(k === 'labels' && Object.keys(d.labels!).length === 0)).map((k) => [k, d[k]]));
 }
 
 /** Where a machine stands, as a restore should find it: a running machine is held at its position. */
@@ -149,8 +150,8 @@ const MachineDocSchema = {
     pipeline: NullableName,
     profiles: { type: 'array', items: NameSchema },
     params: { type: 'object', propertyNames: { pattern: PARAM_NAME_PATTERN } },
+    labels: { type: 'object', additionalProperties: { type: 'string' }, description: 'key=value tags (checked like `--label`)' },
     power: { enum: ['on', 'off'] },
-    labels: { type: 'object', additionalProperties: { type: 'string' } },
     place: {
       type: 'object',
       additionalProperties: false,
@@ -201,8 +202,7 @@ const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0 });
 /** The desired fields of a machine as an export holds them. */
 function machineDoc(m: Machine): MachineDoc {
   const ssh = m.ssh ? { ...sshSettingsOf(m.ssh), hostKey: m.ssh.hostKey } : undefined;
-  const labels = (m as { labels?: Record<string, string> }).labels;
-  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, power: m.power, ...(ssh ? { ssh } : {}), ...(labels ? { labels } : {}) };
+  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, ...(Object.keys(m.labels).length ? { labels: m.labels } : {}), power: m.power, ...(ssh ? { ssh } : {}) };
 }
 
 /** The job a restored build-record entry becomes: succeeded, with its own id, hashes and params. */
@@ -566,7 +566,6 @@ export class Portable {
           const { place, outputs, built, ...desired } = rest;
           const made = await this.engine.newMachine({ ...desired, broker, ...(settings ? { ssh: settings } : {}) }, content);
           made.machine.power = doc.power;
-          if (desired.labels) Object.assign(made.machine, { labels: desired.labels });
           this.restorePlace(made.machine, place, file, problems);
           made.machine.outputs = outputs ?? {};
           const jobs: Job[] = [];

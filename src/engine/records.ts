@@ -2,6 +2,7 @@
  * Build records: what produced a machine, task by task (pack@version, task hash, script hash, params),
  * and the questions operators ask of them — which machines were built with a version, which are stale.
  */
+import { matchesLabels, type LabelSelector } from '../model/labels.js';
 import semver from 'semver';
 import { TaktError } from '../model/errors.js';
 import { factMatches } from '../model/facts.js';
@@ -53,6 +54,8 @@ export interface MachineSelection {
   /** `demo@<1.2.0` */
   builtWith?: string;
   stale?: boolean;
+  /** Label selector terms (model/labels.ts); all must hold. */
+  labels?: LabelSelector;
   /** Observed facts by dotted path, e.g. `{ 'os.id': 'debian' }` (model/facts.ts factMatches); all must match. */
   facts?: Record<string, string>;
 }
@@ -91,7 +94,7 @@ export class Records {
 
   /** Every machine matching the selection, with its stale reasons when `stale` was asked about. */
   async select(sel: MachineSelection): Promise<Array<{ machine: Machine; stale?: string[] }>> {
-    const { builtWith, stale, facts, ...filter } = sel;
+    const { builtWith, stale, facts, labels, ...filter } = sel;
     const wanted = Object.entries(facts ?? {});
     const range = builtWith ? parseBuiltWith(builtWith) : undefined;
     const out: Array<{ machine: Machine; stale?: string[] }> = [];
@@ -99,6 +102,7 @@ export class Records {
       const batch = await this.store.listMachines({ ...filter, limit: 1000, offset });
       for (const m of batch) {
         if (!wanted.every(([path, value]) => factMatches(m.facts, path, value))) continue;
+        if (labels && !matchesLabels(m.labels, labels)) continue;
         if (!range && stale === undefined) {
           out.push({ machine: m });
           continue;

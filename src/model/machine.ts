@@ -23,6 +23,8 @@ export interface Machine {
   reason: string | null;
   params: Record<string, unknown>;
   profiles: string[];
+  /** The operator's key=value tags (desired state), selected with `-l role=web` (model/labels.ts). */
+  labels: Record<string, string>;
   /** The job this machine is running now, if any. */
   currentJob: string | null;
   power: 'on' | 'off';

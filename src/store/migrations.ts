@@ -236,6 +236,12 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
         .execute();
     },
   },
+  '0009_labels': {
+    async up(db: Kysely<unknown>) {
+      // Machine labels (desired state): the operator's key=value tags, JSON with sorted keys.
+      await db.schema.alterTable('machines').addColumn('labels', 'text', (c) => c.notNull().defaultTo('{}')).execute();
+    },
+  },
   '0012_observed': {
     async up(db: Kysely<unknown>) {
       // Observed outputs of a machine's jobs, kept apart from the params an operator sets (desired state).

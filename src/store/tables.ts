@@ -64,6 +64,8 @@ export interface MachinesTable {
   /** Observed outputs of the machine's jobs as JSON text (migration 0012_observed); null: none. */
   outputs: string | null;
   profiles: string;
+  /** Labels as JSON text (keys sorted). */
+  labels: string;
   current_job: string | null;
   power: string;
   /** Observed facts as JSON text; null until the agent reports them. */

@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
+import { parseLabelSelector } from '../../model/labels.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
 import { MAX_JOB_ID_CHARS } from '../../model/protocol.js';
 import type { SshSettings } from '../../model/ssh.js';
@@ -49,6 +50,7 @@ const createBody = {
     pipeline: { anyOf: [Name, { type: 'null' }] },
     params: paramsObject,
     profiles: { type: 'array', items: Name },
+    labels: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 63 }, description: 'key=value tags, e.g. {"role": "web"}' },
     ssh: sshCreate,
   },
 } as const;
@@ -63,6 +65,7 @@ const patchBody = {
     pipeline: { anyOf: [Name, { type: 'null' }] },
     params: { ...paramsObject, description: 'merged into the machine params; null removes one' },
     profiles: { type: 'array', items: Name },
+    labels: { type: 'object', maxProperties: 64, additionalProperties: { anyOf: [{ type: 'string', maxLength: 63 }, { type: 'null' }] }, description: 'merged into the machine labels; null removes one' },
     ssh: sshPatch,
   },
 } as const;
@@ -75,6 +78,7 @@ interface CreateBody {
   pipeline?: string | null;
   params?: Record<string, unknown>;
   profiles?: string[];
+  labels?: Record<string, string>;
   ssh?: SshSettings;
 }
 
@@ -96,12 +100,13 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (q.stale !== undefined && q.stale !== 'true' && q.stale !== 'false') throw new TaktError('bad_request', "query parameter 'stale' must be true or false", { path: 'stale' });
     const limit = intQuery(q.limit, 'limit', 100, 1000)!;
     const offset = intQuery(q.offset, 'offset', 0)!;
-    if (q.builtWith === undefined && q.stale === undefined) {
+    const labels = q.selector === undefined ? undefined : parseLabelSelector(q.selector);
+    if (q.builtWith === undefined && q.stale === undefined && !labels?.length) {
       const [items, total] = await Promise.all([store.listMachines({ ...filter, limit, offset }), store.countMachines(filter)]);
       return { items: items.map((m) => publicMachine(engine.withLiveness(m))), total };
     }
-    // Build-record filters look at each machine's jobs, so they page after filtering.
-    const matched = await records.select({ ...filter, builtWith: q.builtWith, stale: q.stale === undefined ? undefined : q.stale !== 'false' });
+    // Build-record and label filters are applied in memory, so they page after filtering.
+    const matched = await records.select({ ...filter, labels, builtWith: q.builtWith, stale: q.stale === undefined ? undefined : q.stale !== 'false' });
     const items = matched.map(({ machine, stale }) => (stale ? { ...publicMachine(engine.withLiveness(machine)), stale } : publicMachine(engine.withLiveness(machine))));
     return { items: items.slice(offset, offset + limit), total: items.length };
   });
@@ -139,6 +144,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
           pipeline: body.pipeline ?? null,
           params: body.params,
           profiles: body.profiles,
+          labels: body.labels,
           ...(body.ssh ? { ssh: body.ssh } : {}),
         },
         author(req),
