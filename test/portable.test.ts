@@ -136,7 +136,7 @@ describe('restore onto a fresh endpoint', () => {
     await src.api.post('/stages', { name: 'slow-stage', tasks: ['slow'] });
     await src.api.post('/pipelines', { name: 'restore', stages: ['one', 'slow-stage'] });
     // busy: running its second stage when exported; broken: stopped on fail-if; bare: no broker, no agent.
-    await src.api.post('/machines', { name: 'busy', broker: 'local', pipeline: 'restore', params: { secs: 600 } });
+    await src.api.post('/machines', { name: 'busy', broker: 'local', pipeline: 'restore', params: { secs: 600 }, labels: { role: 'web', env: 'prod' } });
     await src.api.post('/machines', { name: 'broken', broker: 'local', pipeline: 'basic', params: { code: 3 } });
     await src.api.post('/machines', { name: 'bare', pipeline: 'basic' });
     await until(async () => (await jobsOf(src, 'busy')).some((j) => j.task === 'slow' && j.state === 'running'), 60_000, 'busy running slow');
@@ -178,6 +178,10 @@ describe('restore onto a fresh endpoint', () => {
     const busy = await get(dst, 'busy');
     expect(busy).toMatchObject({ state: HELD, stageIndex: 1, taskIndex: 0, outputs: { count: 3 }, currentJob: null });
     expect(busy.reason).toMatch(/restored from an export while it was running/);
+    // labels are desired state: they travel, and select the restored machine
+    expect(busy.labels).toEqual({ env: 'prod', role: 'web' });
+    const selected = JSON.parse((await dst.cli(['machines', 'list', '-l', 'role=web', '-o', 'json'])).stdout) as Array<{ name: string }>;
+    expect(selected.map((m) => m.name)).toEqual(['busy']);
     expect(await get(dst, 'broken')).toMatchObject({ state: 'stopped', stageIndex: 1, reason: expect.stringMatching(/exit 3|exited 3|code 3/) });
     // busy's agent is up on the new endpoint, and still no job is created: only the restored record
     await until(async () => (await get(dst, 'busy')).agent.connected, 60_000, 'busy agent connected');
