@@ -149,6 +149,10 @@ describe('desired and observed state in history', () => {
     const list = await ep.cli(['history', '--object', 'machines/o1']);
     expect(list.stdout).toContain('machines/o1');
     expect(list.stdout).not.toMatch(/machines\/m-/);
+    // a work order's change names its machine
+    const wo = await ep.api.post<{ id: string }>('/workorders', { machine: 'o1', blueprint: 'scan' });
+    const items = JSON.parse((await ep.cli(['history', '--limit', '1', '-o', 'json'])).stdout) as Array<{ object: string; name: string }>;
+    expect(items[0]).toMatchObject({ object: `workorders/${wo.id}`, name: `workorders/${wo.id} (o1)` });
   });
 
   it('rewind --dry-run lists the changes and makes none', async () => {

@@ -67,9 +67,27 @@ export class History {
     private readonly portable: Portable,
   ) {}
 
-  /** Changes with the name of each object (`name`), as lists show them. */
-  named(changes: Change[]): Array<Change & { name: string }> {
-    return changes.map((c) => ({ ...c, name: changeName(c) }));
+  /**
+   * Changes with the name of each object (`name`), as lists show them; a work order's names its machine
+   * (`workorders/w-1 (web-1)`).
+   */
+  async named(changes: Change[]): Promise<Array<Change & { name: string }>> {
+    const machineNames = new Map<string, string>();
+    const machineName = async (id: string) => {
+      if (!machineNames.has(id)) machineNames.set(id, (await this.store.getMachine(id))?.name ?? id);
+      return machineNames.get(id)!;
+    };
+    const out: Array<Change & { name: string }> = [];
+    for (const c of changes) {
+      const [type, ...rest] = c.object.split('/');
+      let name = changeName(c);
+      if (type === 'workorders') {
+        const machineId = ((c.after ?? c.before) as { machineId?: unknown } | null)?.machineId ?? (await this.store.getWorkOrder(rest.join('/')))?.machineId;
+        if (typeof machineId === 'string') name = `${c.object} (${await machineName(machineId)})`;
+      }
+      out.push({ ...c, name });
+    }
+    return out;
   }
 
   /** One change: its fields (a removed field as a removal), and the observed state of its machine now. */

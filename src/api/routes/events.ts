@@ -122,7 +122,7 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
       limit: intQuery(q.limit, 'limit', 100, 1000),
       offset: intQuery(q.offset, 'offset', 0),
     });
-    return { items: history.named(items) };
+    return { items: await history.named(items) };
   });
 
   app.get('/api/v1/changes/:seq', async (req) => history.show(intQuery((req.params as { seq: string }).seq, 'seq', 0)!));
