@@ -61,6 +61,14 @@ describe('history', () => {
     expect((await machine('h1')).params.msg).toBe('four');
   });
 
+  it('revert undoes a label change', async () => {
+    await ep.api.patch('/machines/h1', { labels: { tier: 'web' } });
+    const seq = await latest();
+    const r = await ep.cli(['history', 'revert', String(seq)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect((await machine('h1')).labels).toEqual({});
+  });
+
   it('reverts local content and pack pins', async () => {
     await ep.api.put('/profiles/web', { name: 'web', params: { msg: 'changed' } });
     const profileChange = await latest();

@@ -222,6 +222,15 @@ export class History {
       params[k] = before.params[k] ?? null;
     }
     if (Object.keys(params).length) patch.params = params;
+    // Entries written before labels existed have none: they mean "no labels".
+    const [was, now] = [before.labels ?? {}, after.labels ?? {}];
+    const labels: Record<string, string | null> = {};
+    for (const k of new Set([...Object.keys(was), ...Object.keys(now)])) {
+      if (was[k] === now[k]) continue;
+      if (m.labels[k] !== now[k]) conflicts.push(`labels.${k}`);
+      labels[k] = was[k] ?? null;
+    }
+    if (Object.keys(labels).length) patch.labels = labels;
     if (conflicts.length) {
       throw new TaktError('conflict', `cannot revert change #${c.seq}: ${conflicts.join(', ')} changed again since; revert the later change first or rewind`);
     }
