@@ -25,6 +25,7 @@ import { Metrics } from './metrics.js';
 import { machineRoutes } from './routes/machines.js';
 import { reportRoutes } from './routes/reports.js';
 import { rolloutRoutes } from './routes/rollouts.js';
+import { runRoutes } from './routes/run.js';
 
 export interface ServerOptions extends ApiContext {
   adminToken: string;
@@ -211,6 +212,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   contentRoutes(app, opts);
   eventRoutes(app, opts);
   rolloutRoutes(app, opts);
+  runRoutes(app, opts);
   reportRoutes(app, opts);
   joinRoutes(app, opts);
   credentialRoutes(app, opts);

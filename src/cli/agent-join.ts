@@ -6,6 +6,7 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { TaktError } from '../model/errors.js';
 import type { GlobalOptions } from './client.js';
+import { examples } from './help.js';
 
 interface JoinOptions {
   joinTokenFile: string;
@@ -27,6 +28,7 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
   agent
     .command('join')
     .description("register this host with a join token: sends its inventory, writes the machine token it gets to --token-file (0600). The install script (`takt machines join`) runs this")
+    .addHelpText('after', examples('takt agent join --join-token-file /root/join.token --token-file /var/lib/takt-agent/token --ca ca.pem --endpoint https://takt.example.org:8443'))
     .requiredOption('--join-token-file <file>', 'file holding the join token (a file, so it is not on a command line)')
     .option('--token-file <file>', 'where to write the machine token (mode 0600)')
     .option('--ca <file>', "the endpoint's CA certificate (PEM): the only certificate trusted")
@@ -58,6 +60,7 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
   agent
     .command('facts')
     .description('print the facts (inventory) the agent reports about this host, as JSON')
+    .addHelpText('after', examples('takt agent facts | jq .os'))
     .action(async () => {
       const { collectFacts } = await import('../agent/inventory.js');
       const { VERSION } = await import('./version.js');

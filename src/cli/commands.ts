@@ -16,6 +16,7 @@ import { planCommands } from './plan.js';
 import { portableCommands } from './portable.js';
 import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
+import { runCommand } from './run.js';
 import { workOrderCommands } from './workorders.js';
 
 export function register(program: Command, g: Globals) {
@@ -29,6 +30,7 @@ export function register(program: Command, g: Globals) {
   historyCommands(program, g, api);
   portableCommands(program, g, api);
   rolloutCommands(program, g, api);
+  runCommand(program, g, api);
   policyCommands(program, g, api);
   approvalCommands(program, g, api);
   reportCommands(program, g, api);

@@ -8,16 +8,21 @@ import type { InstallResult, PackDiff } from '../engine/content.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
 // ---- content ------------------------------------------------------------------------------------------
 
 export function contentCommands(program: Command, g: Globals, api: () => ApiClient) {
-  const content = program.command('content').description('content packs: lint, install, list, remove');
+  const content = program
+    .command('content')
+    .description('content packs: lint, install, list, remove')
+    .addHelpText('after', examples('takt content lint content/demo', 'takt content push content/demo', 'takt content versions demo'));
   content
     .command('lint <dir>')
     .description('check a pack directory and report every problem as file:line:col: message')
+    .addHelpText('after', examples('takt content lint content/demo           # every problem as file:line:col: message; exits 1 on any'))
     .action(async (dir: string) => {
       const { readPackDir } = await import('../content/files.js');
       const { lintPack, formatDiagnostic } = await import('../content/lint.js');
@@ -34,6 +39,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('bundle <dir>')
     .description('lint a pack directory and write one immutable artifact, name@version.takt.json, with its sha256')
+    .addHelpText('after', examples('takt content bundle content/demo --out dist   # dist/demo@1.2.0.takt.json and its sha256'))
     .option('--out <dir>', 'where to write the artifact', '.')
     .action(async (dir: string, o: { out: string }) => {
       const { readPackDir } = await import('../content/files.js');
@@ -53,6 +59,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('install <artifact>')
     .description('install a pack version (an artifact from `content bundle`, or a directory); versions are kept side by side and never change')
+    .addHelpText('after', examples('takt content install demo@1.2.0.takt.json', 'takt content install content/demo --use   # install and run it now'))
     .option('--use', 'run this version now (the first version of a pack always runs)')
     .action(async (artifact: string, o: { use?: boolean }) => {
       const r = await api().post<InstallResult>('/packs', { files: await loadPack(artifact), use: o.use === true });
@@ -61,6 +68,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('push <dir>')
     .description('install a pack directory and run it (refused whole if it has any problem; a changed pack needs a new version)')
+    .addHelpText('after', examples('takt content push content/demo'))
     .action(async (dir: string) => {
       const r = await api().post<InstallResult>('/packs', { files: await loadPack(dir), use: true });
       print(g().output, r, () => installLine(r));
@@ -68,6 +76,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('use <pack@version>')
     .description('pin the version of a pack the endpoint runs (checked like an install: references, requires, machines)')
+    .addHelpText('after', examples('takt content use demo@1.1.0   # roll the pack back (or forward) to this version'))
     .action(async (ref: string) => {
       const { name, version } = parseRef(ref);
       const r = await api().post<InstallResult>(`/packs/${enc(name)}/use`, { version });
@@ -76,6 +85,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('versions [pack]')
     .description('installed versions, side by side')
+    .addHelpText('after', examples('takt content versions', 'takt content versions demo -o json'))
     .action(async (name?: string) => {
       const [versions, pins] = await Promise.all([
         api().get<{ items: Array<{ name: string; version: string; sha256: string; installedAt: string; requires: Record<string, string> }> }>('/packs/versions', { name }),
@@ -97,6 +107,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('diff <from> <to>')
     .description('what changed between two installed versions, object by object: takt content diff demo@1.0.0 demo@1.1.0')
+    .addHelpText('after', examples('takt content diff demo@1.0.0 demo@1.1.0', 'takt content diff demo@1.0.0 1.1.0'))
     .action(async (fromRef: string, toRef: string) => {
       const a = parseRef(fromRef);
       const b = toRef.includes('@') ? parseRef(toRef) : { name: a.name, version: toRef };
@@ -107,6 +118,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('list')
     .description('installed packs')
+    .addHelpText('after', examples('takt content ls', 'takt content list -o name   # content/demo@1.2.0'))
     .action(async () => {
       const r = await api().get<{ items: Array<{ name: string; version: string; sha256: string; installedAt: string; files: number }> }>('/packs');
       print(g().output, r.items, () =>
@@ -122,6 +134,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
   content
     .command('remove <name>')
     .description('remove an installed pack (refused while machines or other content use it)')
+    .addHelpText('after', examples('takt content rm demo'))
     .action(async (name: string) => {
       const r = await api().delete(`/packs/${enc(name)}`);
       print(g().output, r, () => shown(`removed pack ${name}`));

@@ -10,6 +10,7 @@ import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import type { GlobalOptions } from './client.js';
 import { print, renderTable, shown } from './output.js';
+import { examples } from './help.js';
 
 interface CredentialView {
   name: string;
@@ -32,10 +33,14 @@ const columns = [
 ];
 
 export function credentialCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
-  const cmd = program.command('credentials').description('SSH keys the endpoint uses to run agentless machines (stored sealed; never shown again)');
+  const cmd = program
+    .command('credentials')
+    .description('SSH keys the endpoint uses to run agentless machines (stored sealed; never shown again)')
+    .addHelpText('after', examples('takt credentials add ops --ssh-key ~/.ssh/id_ed25519', 'takt credentials ls'));
   cmd
     .command('add <name>')
     .description('store a private key for agentless machines (takt machines create M --ssh USER@HOST --ssh-key NAME)')
+    .addHelpText('after', examples('takt credentials add ops --ssh-key ~/.ssh/id_ed25519', 'pass show ops-key | takt credentials add ops --ssh-key ops.key --passphrase-stdin'))
     .requiredOption('--ssh-key <file>', 'the private key file (OpenSSH, PEM or PuTTY format)')
     .option('--passphrase-stdin', "read the key's passphrase from the first line of standard input (else, for an encrypted key, it is asked on the terminal)")
     .action(async (name: string, o: { sshKey: string; passphraseStdin?: boolean }) => {
@@ -52,6 +57,7 @@ export function credentialCommands(program: Command, g: () => GlobalOptions, api
   cmd
     .command('list')
     .description('credentials: name, kind, key type, public-key fingerprint, machines that use it')
+    .addHelpText('after', examples('takt credentials ls'))
     .action(async () => {
       const r = await api().get<{ items: CredentialView[] }>('/credentials');
       print(g().output, r.items, () => renderTable(r.items, columns));
@@ -59,6 +65,7 @@ export function credentialCommands(program: Command, g: () => GlobalOptions, api
   cmd
     .command('get <name>')
     .description("one credential, with its public key (the line for the hosts' authorized_keys)")
+    .addHelpText('after', examples('takt credentials get ops   # its public key, for authorized_keys'))
     .action(async (name: string) => {
       const c = await api().get<CredentialView>(`/credentials/${enc(name)}`);
       print(g().output, c, () => `${renderTable([c], columns)}\n${shown(c.publicKey)}`);
@@ -66,6 +73,7 @@ export function credentialCommands(program: Command, g: () => GlobalOptions, api
   cmd
     .command('remove <name>')
     .description('remove a credential (refused while a machine uses it)')
+    .addHelpText('after', examples('takt credentials rm ops'))
     .action(async (name: string) => {
       const c = await api().delete<CredentialView>(`/credentials/${enc(name)}`);
       print(g().output, c, () => shown(`removed ${c.name}`));

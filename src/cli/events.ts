@@ -5,14 +5,17 @@ import { followEvents } from '../client/events.js';
 import type { ApiClient } from '../client/http.js';
 import { type Globals } from './client.js';
 import { shown } from './output.js';
+import { examples } from './help.js';
 
 export function eventCommands(program: Command, g: Globals, api: () => ApiClient) {
 
   program
     .command('events')
     .description('the event stream')
+    .addHelpText('after', examples('takt events watch --topics "machines.*.*"'))
     .command('watch')
     .description('print events as they happen (topics like machines.*.*, jobs.update.<id>; default all)')
+    .addHelpText('after', examples('takt events watch', 'takt events watch --topics "machines.*.*,jobs.update.*" -o json', 'takt events watch --since 1200'))
     .option('--topics <list>', 'comma-separated topic filters: TYPE[.ACTION[.ID]], each part a name or *', '')
     .option('--since <id>', 'replay events after this id first')
     .action(async (o: { topics: string; since?: string }) => {

@@ -11,6 +11,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, LogChunk, Machine } from '../model/machine.js';
 import { collect, parseParamPairs, type GlobalOptions } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
+import { examples } from './help.js';
 
 export type CellStatus = 'passed' | 'noop' | 'failed' | 'not-reached';
 
@@ -113,6 +114,7 @@ export function exerciseCommand(program: Command, g: () => GlobalOptions, api: (
         'task × environment → the variant that ran, a no-op (with its reason), passed, or failed (with its log line).\n' +
         'Exits 1 when any environment fails. Environments are broker names: local, netns.',
     )
+    .addHelpText('after', examples('takt exercise demo --envs local,netns', 'takt exercise demo --envs local --keep'))
     .option('--envs <list>', 'comma-separated environments (brokers)', 'local')
     .option('--param <key=value>', 'param for the machines (repeatable)', collect)
     .option('--timeout <duration>', 'give up waiting after this long', '10m')

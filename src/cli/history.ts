@@ -6,6 +6,7 @@ import { TaktError } from '../model/errors.js';
 import { type Change } from '../model/machine.js';
 import { type Globals } from './client.js';
 import { print, renderTable, shown } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
@@ -50,7 +51,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
     .description('numbered changes to desired state: who, when, what')
     .option('--object <object>', 'only changes to this object, e.g. machines/web-1 or profiles/web')
     .option('--limit <n>', 'how many', '50')
-    .addHelpText('after', '\nExamples:\n  $ takt history --limit 10\n  $ takt history --object machines/web-1\n  $ takt history show 12\n  $ takt history rewind --to 12 --dry-run')
+    .addHelpText('after', examples('takt history --limit 10', 'takt history --object machines/web-1', 'takt history show 12', 'takt history rewind --to 12 --dry-run'))
     .action(async (o: { object?: string; limit: string }) => {
       const r = await api().get<{ items: NamedChange[] }>('/changes', o);
       print(g().output, r.items, () =>
@@ -66,7 +67,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
   history
     .command('show <seq>')
     .description("one change: who, when, what it changed field by field, and the machine's observed state now")
-    .addHelpText('after', '\nExamples:\n  $ takt history show 12\n  $ takt history show 12 -o json')
+    .addHelpText('after', examples('takt history show 12', 'takt history show 12 -o json'))
     .action(async (seq: string) => {
       const c = await api().get<NamedChange & { diff: ChangeField[]; observed?: ObservedView }>(`/changes/${enc(seq)}`);
       const field = (f: ChangeField) => {
@@ -86,7 +87,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
   history
     .command('revert <seq>')
     .description('undo one change, as a new change (refused if what it changed was changed again since)')
-    .addHelpText('after', '\nExamples:\n  $ takt history revert 12')
+    .addHelpText('after', examples('takt history revert 12'))
     .action(async (seq: string) => {
       const r = await api().post<{ reverted: number; changes: number }>(`/changes/${enc(seq)}/revert`);
       print(g().output, r, () => `reverted #${r.reverted} (${r.changes} new change${r.changes === 1 ? '' : 's'})`);
@@ -96,7 +97,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
     .description('restore the whole desired state (packs in use, local content, machine params/profiles/pipelines) as of a change, all or nothing; observed state (outputs, position) stays')
     .requiredOption('--to <seq>', 'the change to go back to (0: before the first)')
     .option('--dry-run', 'print what it would change, change nothing')
-    .addHelpText('after', '\nExamples:\n  $ takt history rewind --to 12 --dry-run   # what would change\n  $ takt history rewind --to 12')
+    .addHelpText('after', examples('takt history rewind --to 12 --dry-run   # what would change', 'takt history rewind --to 12'))
     .action(async (o: { to: string; dryRun?: boolean }) => {
       const to = Number(o.to);
       if (!/^\d+$/.test(o.to) || !Number.isInteger(to) || to < 0) throw new TaktError('bad_request', '--to must be a change number');

@@ -6,16 +6,21 @@ import { formatDuration } from '../model/duration.js';
 import { JOB_STATES, type Job, type LogChunk, type Machine } from '../model/machine.js';
 import { type Globals } from './client.js';
 import { colorState, print, renderTable, shown, shownErr } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
 // ---- jobs ---------------------------------------------------------------------------------------------
 
 export function jobCommands(program: Command, g: Globals, api: () => ApiClient) {
-  const jobs = program.command('jobs').description('job runs: one task on one machine');
+  const jobs = program
+    .command('jobs')
+    .description('job runs: one task on one machine')
+    .addHelpText('after', examples('takt jobs ls --machine demo-1', 'takt jobs log <job-id> -f'));
   jobs
     .command('list')
     .description('recent jobs, newest first')
+    .addHelpText('after', examples('takt jobs list --machine demo-2 --state failed', 'takt jobs ls --workorder <workorder-id> --order asc', 'takt jobs list -o wide'))
     .option('--machine <machine>')
     .addOption(new Option('--state <state>', 'only jobs in this state').choices(JOB_STATES))
     .option('--task <task>')
@@ -39,10 +44,13 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
         renderTable(r.items, [
           { header: 'ID', get: (j) => j.id },
           { header: 'MACHINE', get: (j) => names.get(j.machineId) ?? j.machineId },
+          { header: 'MACHINE ID', get: (j) => j.machineId, wide: true },
           { header: 'TASK', get: (j) => (j.stage ? `${j.stage}/${j.task}` : j.task) },
           { header: 'STATE', get: (j) => j.state, color: colorState },
           { header: 'EXIT', get: (j) => j.exitCode },
           { header: 'TIME', get: (j) => (j.finishedAt ? formatDuration(Date.parse(j.finishedAt) - Date.parse(j.createdAt)) : null) },
+          { header: 'CREATED', get: (j) => j.createdAt, wide: true },
+          { header: 'FINISHED', get: (j) => j.finishedAt, wide: true },
           { header: 'REASON', get: (j) => j.reason, max: 80 },
         ]),
       );
@@ -50,10 +58,12 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
   jobs
     .command('get <job>')
     .description('one job with its rendered script (secure values masked) and params')
+    .addHelpText('after', examples('takt jobs get <job-id>', 'takt job get <job-id> -o json'))
     .action(async (id: string) => print(g().output, await api().get<Job>(`/jobs/${enc(id)}`), undefined));
   jobs
     .command('log <job>')
     .description("print a job's output; --follow keeps printing until the job ends")
+    .addHelpText('after', examples('takt jobs log <job-id>', 'takt jobs log <job-id> --follow'))
     .option('-f, --follow', 'follow until the job ends')
     .action(async (id: string, o: { follow?: boolean }) => {
       const client = api();

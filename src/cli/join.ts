@@ -12,6 +12,7 @@ import type { JoinTokenView } from '../model/join.js';
 import type { Machine } from '../model/machine.js';
 import { collect, type GlobalOptions } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
+import { examples } from './help.js';
 
 type Globals = () => GlobalOptions;
 const enc = encodeURIComponent;
@@ -39,11 +40,11 @@ export function joinCommands(program: Command, g: Globals, api: () => ApiClient)
     .option('--url <url>', "the endpoint's URL as the host reaches it (default: the endpoint's advertised https URL)")
     .addHelpText(
       'after',
-      `
-Examples:
-  takt machines join web-1 --pipeline demo       one host, named web-1
-  takt machines join --uses 20 --expires 2h      up to 20 hosts, each named after its hostname
-  takt machines join -o json                     token id, command, pin and expiry for scripts`,
+      examples(
+        'takt machines join web-1 --pipeline demo       # one host, named web-1',
+        'takt machines join --uses 20 --expires 2h      # up to 20 hosts, each named after its hostname',
+        'takt machines join -o json                     # token id, command, pin and expiry for scripts',
+      ),
     )
     .action(async (name: string | undefined, o: { pipeline?: string; profile?: string[]; environment: string; expires: string; uses: string; url?: string }) => {
       const uses = Number(o.uses);
@@ -60,6 +61,7 @@ Examples:
   machines
     .command('token <machine>')
     .description("re-issue a machine's token (--rotate): the old one stops working at once; the new one is printed once")
+    .addHelpText('after', examples('takt machines token web-1 --rotate > web-1.token'))
     .option('--rotate', 'issue a new token and revoke the old one')
     .action(async (machine: string, o: { rotate?: boolean }) => {
       if (!o.rotate) throw new TaktError('bad_request', 'machine tokens are stored only as digests and cannot be shown again; --rotate issues a new one (the old one stops working)');
@@ -70,10 +72,17 @@ Examples:
       process.stdout.write(`${shown(r.token)}\n`);
     });
 
-  const tokens = program.command('join-tokens').description('join tokens: list, show, revoke (make one with `takt machines join`)');
+  const tokens = program
+
+    .command('join-tokens')
+
+    .description('join tokens: list, show, revoke (make one with `takt machines join`)')
+
+    .addHelpText('after', examples('takt join-tokens ls', 'takt join-tokens revoke jt-1a2b3c'));
   tokens
     .command('list')
     .description('join tokens, newest first: what they create, uses left, expiry, who made them, the machines they made')
+    .addHelpText('after', examples('takt join-tokens list', 'takt join-tokens ls -o json'))
     .action(async () => {
       const r = await api().get<{ items: JoinTokenView[] }>('/join-tokens');
       print(g().output, r.items, () =>
@@ -92,6 +101,7 @@ Examples:
   tokens
     .command('get <id>')
     .description('one join token (never its secret)')
+    .addHelpText('after', examples('takt join-tokens get jt-1a2b3c'))
     .action(async (id: string) => {
       const t = await api().get<JoinTokenView>(`/join-tokens/${enc(id)}`);
       print(g().output, t);
@@ -99,6 +109,7 @@ Examples:
   tokens
     .command('revoke <id>')
     .description('revoke a join token at once (hosts that joined with it keep their machine tokens)')
+    .addHelpText('after', examples('takt join-tokens revoke jt-1a2b3c'))
     .action(async (id: string) => {
       const t = await api().delete<JoinTokenView>(`/join-tokens/${enc(id)}`);
       print(g().output, t, () => shown(`revoked join token ${t.id} (${t.uses} of ${t.maxUses} uses taken)`));

@@ -1,8 +1,7 @@
 /** How the CLI shows a machine's agent liveness and derived status (`machines list` / `machines get`). */
 import pc from 'picocolors';
-import { stringify } from 'yaml';
 import type { Machine, MachineStatus } from '../model/machine.js';
-import { colorState, shown } from './output.js';
+import { colorState, shown, toYaml } from './output.js';
 
 /** A machine as the API answers it: with the derived `status` (absent from an older endpoint). */
 export type MachineView = Machine & { status?: MachineStatus };
@@ -77,5 +76,5 @@ export function machineText(m: MachineView, now = new Date()): string {
     ].filter((p): p is string => p !== null);
     lines.push(`agent: ${parts.join(' · ')}`);
   }
-  return `${lines.join('\n')}\n${shown(stringify(m))}`.replace(/\n$/, '');
+  return `${lines.join('\n')}\n${shown(toYaml(m))}`.replace(/\n$/, '');
 }

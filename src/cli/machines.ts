@@ -12,6 +12,7 @@ import { colorState, print, renderTable, shown, shownErr } from './output.js';
 import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { sshBody } from './ssh.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
@@ -19,19 +20,26 @@ const enc = encodeURIComponent;
 
 export const machineColumns = [
   { header: 'NAME', get: (m: Machine) => m.name },
-  { header: 'ID', get: (m: Machine) => m.id },
+  { header: 'ID', get: (m: Machine) => m.id, wide: true },
   { header: 'ENV', get: (m: Machine) => m.environment },
+  { header: 'BROKER', get: (m: Machine) => m.broker, wide: true },
   { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
   { header: 'STATE', get: statusOf, color: colorStatus },
   { header: 'AGENT', get: (m: Machine) => agentCell(m) },
+  { header: 'CREATED', get: (m: Machine) => m.createdAt, wide: true },
+  { header: 'UPDATED', get: (m: Machine) => m.updatedAt, wide: true },
   { header: 'REASON', get: (m: Machine) => m.reason, max: 80 },
 ];
 
 export function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
-  const machines = program.command('machines').description('managed machines: create, inspect, steer');
+  const machines = program
+    .command('machines')
+    .description('managed machines: create, inspect, steer')
+    .addHelpText('after', examples('takt machines ls', 'takt machine get demo-1', 'takt machines create web --broker local --count 3 --pipeline demo'));
   machines
     .command('list')
     .description('list machines (filters combine)')
+    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list -o name | xargs -n1 takt machines get', 'takt machines list --built-with demo@<1.2.0', 'takt machines list --stale'))
     .addOption(new Option('--state <state>', 'only machines in this state').choices(MACHINE_STATES))
     .option('--pipeline <name>')
     .option('--environment <env>')
@@ -45,12 +53,13 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const { builtWith, stale, ...rest } = o;
       const query = { ...rest, builtWith: builtWith as string | undefined, stale: stale ? 'true' : undefined } as Record<string, string | undefined>;
       const r = await api().get<{ items: Array<Machine & { stale?: string[] }>; total: number }>('/machines', query);
-      const columns = stale ? [...machineColumns.slice(0, 5), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n') }] : machineColumns;
+      const columns = stale ? [...machineColumns.filter((c) => ['NAME', 'ID', 'ENV', 'PIPELINE', 'STATE'].includes(c.header)), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n'), flex: true }] : machineColumns;
       print(g().output, r.items, () => renderTable(r.items, columns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
     });
   machines
     .command('record <machine>')
     .description('what built the machine, task by task: pack@version, task hash, script hash, params')
+    .addHelpText('after', examples('takt machines record demo-1', 'takt machines record demo-1 -o json'))
     .action(async (id: string) => {
       const r = await api().get<MachineRecord>(`/machines/${enc(id)}/record`);
       print(g().output, r, () => recordText(r));
@@ -58,6 +67,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('get <machine>')
     .description('one machine by id or name')
+    .addHelpText('after', examples('takt machines get demo-1', 'takt machine get demo-1 -o yaml'))
     .action(async (id: string) => {
       const m = await api().get<MachineView>(`/machines/${enc(id)}`);
       print(g().output, m, () => {
@@ -68,6 +78,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
+    .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo'))
     .option('--broker <broker>', 'e.g. local')
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
     .option('--environment <env>', 'environment (default: the broker\'s, else local)')
@@ -103,6 +114,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('update <machine>')
     .description('change a machine: pipeline (restarts it from the top), params, profiles, name, environment')
+    .addHelpText('after', examples('takt machines update demo-2 --param fail_verify=true', 'takt machines update demo-2 --unset fail_verify', "takt machines update demo-1 --pipeline ''   # unassign its pipeline"))
     .option('--pipeline <name>', "assign a pipeline ('' to clear)")
     .option('--param <key=value>', 'set a param (repeatable)', collect)
     .option('--unset <key>', 'remove a param (repeatable)', collect)
@@ -133,6 +145,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('delete <machine>')
     .description('delete a machine (its broker destroys it; its running job is cancelled)')
+    .addHelpText('after', examples('takt machines rm web-3'))
     .action(async (id: string) => {
       const m = await api().delete<Machine>(`/machines/${enc(id)}`);
       print(g().output, m, () => shown(`deleted ${m.name}`));
@@ -144,6 +157,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     machines
       .command(`${verb} <machine>`)
       .description(what)
+      .addHelpText('after', examples(`takt machines ${verb} demo-2`))
       .action(async (id: string) => {
         const m = await api().post<Machine>(`/machines/${enc(id)}/${verb}`);
         print(g().output, m, () => renderTable([m], machineColumns));
@@ -153,6 +167,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .command('power <machine>')
     .addArgument(new Argument('<state>', 'on or off').choices(['on', 'off']))
     .description('power a machine on or off')
+    .addHelpText('after', examples('takt machines power demo-1 off', 'takt machines power demo-1 on'))
     .action(async (id: string, state: string) => {
       const m = await api().post<Machine>(`/machines/${enc(id)}/power`, { power: state });
       print(g().output, m, () => renderTable([m], machineColumns));
@@ -160,6 +175,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('wait <machine>')
     .description('wait until the machine reaches a state; exits 1 if it stops instead of finishing, 2 on timeout')
+    .addHelpText('after', examples('takt machines wait demo-2 --until done --timeout 60s', 'takt machines wait demo-1 --until stopped'))
     .addOption(new Option('--until <state>', 'the state to wait for').choices(MACHINE_STATES).default('done'))
     .option('--timeout <duration>', 'give up after this long', '10m')
     .action(async (id: string, o: { until: string; timeout: string }) => {

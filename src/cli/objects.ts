@@ -6,6 +6,7 @@ import { CONTENT_KINDS, KIND_NOUN } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, renderTable, shown } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
@@ -13,9 +14,14 @@ const enc = encodeURIComponent;
 
 export function objectCommands(program: Command, g: Globals, api: () => ApiClient, kind: (typeof CONTENT_KINDS)[number]) {
   const noun = KIND_NOUN[kind];
-  const cmd = program.command(kind).description(`${noun} definitions (from packs, or local ones made here)`);
+  const cmd = program
+    .command(kind)
+    .description(`${noun} definitions (from packs, or local ones made here)`)
+    .addHelpText('after', examples(`takt ${kind} ls`, `takt ${kind} get NAME -o yaml`));
   cmd
     .command('list')
+    .description(`${noun} definitions: name, layer (pack or local), description`)
+    .addHelpText('after', examples(`takt ${kind} ls`, `takt ${kind} list --layer local`))
     .option('--layer <layer>', "pack name or 'local'")
     .action(async (o: { layer?: string }) => {
       const r = await api().get<{ items: Array<{ name: string; layer: string; description?: string }> }>(`/${kind}`, o);
@@ -23,14 +29,18 @@ export function objectCommands(program: Command, g: Globals, api: () => ApiClien
         renderTable(r.items, [
           { header: 'NAME', get: (i) => i.name },
           { header: 'LAYER', get: (i) => i.layer },
-          { header: 'DESCRIPTION', get: (i) => i.description },
+          { header: 'DESCRIPTION', get: (i) => i.description, flex: true },
         ]),
       );
     });
-  cmd.command('get <name>').action(async (name: string) => print(g().output, await api().get(`/${kind}/${enc(name)}`), undefined));
+  cmd.command('get <name>')
+    .description(`one ${noun} definition, whole`)
+    .addHelpText('after', examples(`takt ${kind} get NAME -o yaml`))
+    .action(async (name: string) => print(g().output, await api().get(`/${kind}/${enc(name)}`), undefined));
   cmd
     .command('apply')
     .description(`create or replace a local ${noun} from a YAML or JSON file`)
+    .addHelpText('after', examples(`takt ${kind} apply -f my-${noun}.yaml`))
     .requiredOption('-f, --file <file>')
     .action(async (o: { file: string }) => {
       const { parseYamlValue } = await import('../content/yaml.js');
@@ -44,8 +54,11 @@ export function objectCommands(program: Command, g: Globals, api: () => ApiClien
       const r = exists ? await client.put(`/${kind}/${enc(def.name)}`, def) : await client.post(`/${kind}`, def);
       print(g().output, r, () => shown(`${exists ? 'updated' : 'created'} ${noun} ${def.name}`));
     });
-  cmd.command('delete <name>').action(async (name: string) => {
-    const r = await api().delete(`/${kind}/${enc(name)}`);
-    print(g().output, r, () => shown(`deleted ${noun} ${name}`));
-  });
+  cmd.command('delete <name>')
+    .description(`delete a local ${noun} (pack content is removed with its pack)`)
+    .addHelpText('after', examples(`takt ${kind} rm NAME`))
+    .action(async (name: string) => {
+      const r = await api().delete(`/${kind}/${enc(name)}`);
+      print(g().output, r, () => shown(`deleted ${noun} ${name}`));
+    });
 }

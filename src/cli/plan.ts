@@ -5,6 +5,7 @@ import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { colorState, print, shown, shownErr } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
@@ -12,6 +13,7 @@ export function planCommands(program: Command, g: Globals, api: () => ApiClient)
   program
     .command('plan <machine>')
     .description("show the machine's remaining tasks and every param each uses: value (secure ones masked) and the layer it came from")
+    .addHelpText('after', examples('takt plan demo-1', 'takt plan demo-1 -o json'))
     .action(async (machine: string) => {
       const plan = await api().get<PlanView>(`/machines/${enc(machine)}/plan`);
       print(g().output, plan, () => planTable(plan));
@@ -20,6 +22,7 @@ export function planCommands(program: Command, g: Globals, api: () => ApiClient)
   program
     .command('render <task>')
     .description('print the exact script TASK would run on a machine (secure values masked)')
+    .addHelpText('after', examples('takt render write-motd --machine demo-1'))
     .requiredOption('--machine <machine>', 'machine id or name')
     .action(async (task: string, o: { machine: string }) => {
       const r = await api().get<{ displayScript: string | null; error: string | null; noop: string | null; variant: string; params: PlanParam[] }>(

@@ -7,12 +7,13 @@ import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, shown } from './output.js';
+import { examples } from './help.js';
 
 export function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
   program
     .command('export <dir>')
     .description("write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git; each machine's file also holds its place, outputs and build record, for a restore")
-    .addHelpText('after', '\nExamples:\n  $ takt export ./state\n  $ git -C ./state add -A && git -C ./state commit -m "takt state"')
+    .addHelpText('after', examples('takt export ./state && git -C state add -A && git -C state commit -m snapshot'))
     .action(async (dir: string) => {
       const { files } = await api().get<{ files: Record<string, string> }>('/export');
       // Every path must stay inside DIR, whatever the endpoint sends: checked before anything is written.
@@ -34,7 +35,7 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
     .command('import <dir>')
     .description('restore the desired state from a `takt export` directory, all or nothing (machines not in it are reported, not deleted); machines it creates keep their place and wait for `takt machines resume`')
     .option('--dry-run', 'print what it would change, change nothing')
-    .addHelpText('after', '\nExamples:\n  $ takt import ./state --dry-run   # what would change\n  $ takt import ./state             # then re-attach the agents it lists')
+    .addHelpText('after', examples('takt import ./state --dry-run   # what would change', 'takt import ./state             # then re-attach the agents it lists'))
     .action(async (dir: string, o: { dryRun?: boolean }) => {
       const files: Record<string, string> = {};
       const walk = async (rel: string) => {

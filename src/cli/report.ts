@@ -6,9 +6,13 @@ import type { CycleTimeReport, Spread } from '../engine/cycletime.js';
 import { formatDuration } from '../model/duration.js';
 import type { GlobalOptions } from './client.js';
 import { print, renderTable, shown } from './output.js';
+import { examples } from './help.js';
 
 export function reportCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
-  const report = program.command('report').description('reports over what the line did');
+  const report = program
+    .command('report')
+    .description('reports over what the line did')
+    .addHelpText('after', examples('takt report cycle-time --since 24h'));
   report
     .command('cycle-time')
     .summary('queue wait, run and cycle time (p50/p95/max) and failure rate per pipeline, stage and task')
@@ -17,6 +21,7 @@ export function reportCommands(program: Command, g: () => GlobalOptions, api: ()
         'Queue wait runs from the end of the previous task in the same walk (approvals and resumes count);\n' +
         'a pipeline cycle runs from its first claim to its last result.',
     )
+    .addHelpText('after', examples('takt report cycle-time --since 7d --pipeline demo', 'takt report cycle-time -o json'))
     .option('--since <duration>', 'jobs created in this window: 30m, 24h, 7d', '24h')
     .option('--pipeline <name>', 'only this pipeline')
     .action(async (o: { since: string; pipeline?: string }) => {

@@ -1,11 +1,12 @@
 /** `takt rollouts …` and `takt andon pull`, with live progress: one bar per wave. */
-import { Argument, type Command } from 'commander';
+import { Argument, Option, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
-import type { RolloutItem, RolloutState } from '../model/rollout.js';
+import { BUSY_POLICIES, type RolloutItem, type RolloutPlanItem, type RolloutState } from '../model/rollout.js';
 import type { GlobalOptions } from './client.js';
 import { colorState, print, renderTable, shown } from './output.js';
+import { examples } from './help.js';
 
 interface RolloutView {
   id: string;
@@ -13,29 +14,56 @@ interface RolloutView {
   reason: string | null;
   wave: number;
   waves: number;
-  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; canary: number; batch: number; maxInFlight: number; maxFailures: number };
+  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; selector?: string; canary: number; batch: number; maxInFlight: number; maxFailures: number; busy?: string };
   counts: Record<RolloutItem['state'], number>;
   items: RolloutItem[];
   createdAt: string;
+}
+
+interface DryRun {
+  dryRun: true;
+  spec: RolloutView['spec'];
+  waves: number;
+  items: RolloutPlanItem[];
 }
 
 const enc = encodeURIComponent;
 const FINAL: RolloutState[] = ['completed', 'stopped', 'aborted'];
 
 export function rolloutCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
-  const rollouts = program.command('rollouts').description('apply a pipeline or blueprint to many machines in waves, stopped by the andon on failure');
+  const rollouts = program
+    .command('rollouts')
+    .description('apply a pipeline or blueprint to many machines in waves, stopped by the andon on failure')
+    .addHelpText('after', examples('takt rollouts create --pipeline demo --select builtWith=demo@<1.2.0 --canary 1 --batch 5', 'takt rollouts ls'));
   rollouts
     .command('create')
     .description('start a rollout, e.g. --pipeline demo --select builtWith=demo@<1.0.1 --canary 1 --batch 5')
+    .addHelpText('after', examples('takt rollouts create --pipeline demo --select builtWith=demo@<1.2.0 --canary 1 --batch 5', 'takt rollouts create --blueprint inventory --select environment=netns --no-wait', 'takt rollouts create --pipeline demo --select facts.os.id=debian --approve-between-waves'))
     .option('--pipeline <name>', 'run this pipeline on each machine (from the top)')
     .option('--blueprint <name>', 'or queue this blueprint as a work order on each machine')
     .option('--select <filters>', 'comma-separated key=value: state, pipeline, environment, broker, name, builtWith, stale, facts.<path> (e.g. facts.os.id=debian)', '')
+    .option('-l, --selector <selector>', 'machines by label, e.g. role=web,env!=prod (key=value, key!=value, key, !key); combines with --select')
     .option('--canary <n>', 'machines in the first wave', '1')
     .option('--batch <n>', 'machines per later wave', '5')
     .option('--max-in-flight <n>', 'machines busy at once (default: the batch size)')
     .option('--max-failures <n>', 'failures tolerated; one more stops the rollout', '0')
     .option('--approve-between-waves', 'wait for `takt rollouts approve` after each wave')
+    .addOption(new Option('--busy <policy>', 'machines with a running job, awaiting approval or paused: wait for them, skip them, or cancel their job').choices(BUSY_POLICIES).default('wait'))
+    .option('--dry-run', 'list what the rollout would do to each machine (wave, current job, action); create nothing')
     .option('--no-wait', 'return at once instead of showing progress until the rollout ends')
+    .addHelpText(
+      'after',
+      `
+Busy machines (a running job, awaiting approval, paused) are waited for by default: when the job ends
+the machine is reassigned before it starts another. --busy skip leaves them out; --busy cancel cancels
+their job ("cancelled by <you> (rollout R)") and reassigns them.
+
+Examples:
+  $ takt rollouts create --pipeline demo --select builtWith=demo@<1.0.1 --dry-run
+  $ takt rollouts create --pipeline web -l role=web,env!=prod --busy wait
+  $ takt rollouts create --pipeline demo --select environment=prod --canary 1 --batch 5 --approve-between-waves
+  $ takt rollouts create --blueprint scan --select name=web --busy skip`,
+    )
     .action(async (o: Record<string, string | boolean | undefined>) => {
       const select: Record<string, string> = {};
       for (const pair of String(o.select ?? '').split(',').filter(Boolean)) {
@@ -52,18 +80,26 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
         pipeline: o.pipeline,
         blueprint: o.blueprint,
         select,
+        ...(o.selector !== undefined ? { selector: o.selector } : {}),
         canary: num(o.canary, 'canary'),
         batch: num(o.batch, 'batch'),
         maxInFlight: o.maxInFlight !== undefined ? num(o.maxInFlight, 'max-in-flight') : undefined,
         maxFailures: num(o.maxFailures, 'max-failures'),
         approveBetweenWaves: o.approveBetweenWaves === true,
+        busy: o.busy,
       };
+      if (o.dryRun === true) {
+        const d = await api().post<DryRun>('/rollouts', { ...body, dryRun: true });
+        return print(g().output, d, () => dryRunText(d));
+      }
       const r = await api().post<RolloutView>('/rollouts', body);
       if (o.wait === false || g().output !== 'table') return print(g().output, r, () => summary(r));
       await watch(api(), r.id);
     });
   rollouts
     .command('list')
+    .description('rollouts, newest first: what they run, state, wave, counts, the machines they wait for')
+    .addHelpText('after', examples('takt rollouts ls', 'takt rollouts list -o wide'))
     .action(async () => {
       const r = await api().get<{ items: RolloutView[] }>('/rollouts');
       print(g().output, r.items, () =>
@@ -73,46 +109,57 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
           { header: 'STATE', get: (x) => x.state, color: colorState },
           { header: 'WAVE', get: (x) => `${Math.min(x.wave + 1, x.waves)}/${x.waves}` },
           { header: 'OK/FAIL/TOTAL', get: (x) => `${x.counts.succeeded}/${x.counts.failed}/${x.items.length}` },
-          { header: 'REASON', get: (x) => x.reason },
+          { header: 'CREATED', get: (x) => x.createdAt, wide: true },
+          { header: 'REASON', get: (x) => x.reason, flex: true },
+          // The machines it waits for (--busy wait), by name: what holds the rollout up.
+          { header: 'WAITING FOR', get: (x) => x.items.filter((i) => i.state === 'waiting').map((i) => i.machineName).join(', ') || null, flex: true },
         ]),
       );
     });
   rollouts
     .command('get <id>')
-    .description('one rollout with each machine')
+    .description('one rollout with each machine (the ones it waits for say which job)')
+    .addHelpText('after', examples('takt rollouts get r-1a2b3c'))
     .action(async (id: string) => {
       const r = await api().get<RolloutView>(`/rollouts/${enc(id)}`);
       print(g().output, r, () => `${summary(r)}\n${renderTable(r.items, [
         { header: 'WAVE', get: (i) => String(i.wave + 1) },
         { header: 'MACHINE', get: (i) => i.machineName },
         { header: 'STATE', get: (i) => i.state, color: colorState },
-        { header: 'REASON', get: (i) => i.reason },
+        { header: 'REASON', get: (i) => i.reason, flex: true },
       ])}`);
     });
   rollouts
     .command('watch <id>')
     .description('live progress until the rollout ends (exits 1 if it stopped or was aborted)')
+    .addHelpText('after', examples('takt rollouts watch r-1a2b3c'))
     .action(async (id: string) => watch(api(), id));
-  for (const [verb, what] of [
-    ['pause', 'stop starting machines (those running finish)'],
-    ['resume', 'continue a paused rollout'],
-    ['approve', 'start the next wave'],
-    ['abort', 'end the rollout; machines not started are skipped'],
-    ['retry', 're-run only the failed machines, with the same pipeline or blueprint'],
+  // Verbs that set a rollout going again show its progress as `create` does (--no-wait returns at once).
+  for (const [verb, what, follows] of [
+    ['pause', 'stop starting machines (those running finish)', false],
+    ['resume', 'continue a paused rollout', true],
+    ['approve', 'start the next wave of a rollout awaiting approval', true],
+    ['abort', 'end the rollout; machines not started are skipped', false],
+    ['retry', 're-run only the failed machines, with the same pipeline or blueprint', true],
   ] as const) {
-    rollouts
+    const cmd = rollouts
       .command(`${verb} <id>`)
       .description(what)
-      .action(async (id: string) => {
-        const r = await api().post<RolloutView>(`/rollouts/${enc(id)}/${verb}`);
-        print(g().output, r, () => summary(r));
-      });
+      .addHelpText('after', `\nExamples:\n  $ takt rollouts ${verb} r-1a2b3c${follows ? `\n  $ takt rollouts ${verb} r-1a2b3c --no-wait` : ''}`);
+    if (follows) cmd.option('--no-wait', 'return at once instead of showing progress until the rollout ends or holds');
+    cmd.action(async (id: string, o: { wait?: boolean }) => {
+      const r = await api().post<RolloutView>(`/rollouts/${enc(id)}/${verb}`);
+      if (!follows || o.wait === false || g().output !== 'table') return print(g().output, r, () => summary(r));
+      await watch(api(), r.id);
+    });
   }
   program
     .command('andon')
     .description('the cord anyone can pull')
+    .addHelpText('after', examples('takt andon pull'))
     .command('pull')
     .description('pause every running rollout now')
+    .addHelpText('after', examples('takt andon pull   # every running rollout pauses; resume each with takt rollouts resume'))
     .action(async () => {
       const r = await api().post<{ paused: string[] }>('/andon/pull');
       print(g().output, r, () => (r.paused.length ? shown(`andon pulled: paused ${r.paused.join(', ')}`) : 'andon pulled: no rollout was running'));
@@ -129,13 +176,18 @@ interface ChurnView {
 }
 
 export function policyCommands(program: Command, g: () => GlobalOptions, api: () => ApiClient) {
-  const policy = program.command('policy').description('fleet policies: churn (no machine older than a max age)');
+  const policy = program
+    .command('policy')
+    .description('fleet policies: churn (no machine older than a max age)')
+    .addHelpText('after', examples('takt policy set max-age 30d --budget 10%', 'takt policy status'));
   policy
     .command('set')
     .addArgument(new Argument('<setting>', 'the policy setting').choices(['max-age']))
     .argument('<value>', 'e.g. 30d')
     .description('takt policy set max-age 30d --budget 10%: rebuild machines older than 30 days, at most 10% of the fleet at once')
+    .addHelpText('after', examples('takt policy set max-age 30d --budget 10%', 'takt policy set max-age 7d --budget 2'))
     .option('--budget <budget>', 'how many may rebuild at once: a percentage of the fleet or a number', '10%')
+    .addHelpText('after', '\nExamples:\n  $ takt policy set max-age 30d --budget 10%\n  $ takt policy set max-age 7d --budget 2')
     .action(async (setting: string, value: string, o: { budget: string }) => {
       const s = await api().put<ChurnView>('/policies/churn', { maxAge: value, budget: o.budget });
       print(g().output, s, () => churnText(s));
@@ -143,6 +195,7 @@ export function policyCommands(program: Command, g: () => GlobalOptions, api: ()
   policy
     .command('status')
     .description("the fleet's age distribution against the max age, and the rebuilds scheduled")
+    .addHelpText('after', examples('takt policy status'))
     .action(async () => {
       const s = await api().get<ChurnView>('/policies/churn');
       print(g().output, s, () => churnText(s));
@@ -151,6 +204,7 @@ export function policyCommands(program: Command, g: () => GlobalOptions, api: ()
     .command('clear')
     .addArgument(new Argument('<setting>', 'the policy setting').choices(['max-age']))
     .description('remove the max-age policy')
+    .addHelpText('after', examples('takt policy clear max-age'))
     .action(async (_setting: string) => {
       print(g().output, await api().delete('/policies/churn'), () => 'max-age policy removed');
     });
@@ -170,21 +224,41 @@ function churnText(s: ChurnView): string {
 
 function summary(r: RolloutView): string {
   const runs = shown(r.spec.pipeline ? `pipeline ${r.spec.pipeline}` : `blueprint ${r.spec.blueprint}`);
-  return `${pc.bold(shown(r.id))} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? shown(` — ${r.reason}`) : ''}`;
+  const head = `${pc.bold(shown(r.id))} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? shown(` — ${r.reason}`) : ''}`;
+  const waiting = r.items.filter((i) => i.state === 'waiting');
+  if (waiting.length === 0) return head;
+  return [head, ...waiting.map((i) => pc.yellow(shown(`  waiting for ${i.machineName}: ${(i.reason ?? 'busy').replace(/^waiting for /, '')}`)))].join('\n');
+}
+
+function dryRunText(d: DryRun): string {
+  const runs = shown(d.spec.pipeline ? `pipeline ${d.spec.pipeline}` : `blueprint ${d.spec.blueprint}`);
+  const head = `dry run: ${runs} on ${d.items.length} machine(s) in ${d.waves} wave(s), busy machines: ${shown(d.spec.busy ?? 'wait')} — nothing was created`;
+  const wave = (w: number) => (w === 0 && d.spec.canary > 0 ? 'canary' : `wave ${w + 1}`);
+  const color = (a: RolloutPlanItem['action']) => (a === 'cancel' ? pc.red : a === 'skip' ? pc.dim : a === 'wait' ? pc.yellow : (x: string) => x);
+  return `${head}\n${renderTable(d.items, [
+    { header: 'MACHINE', get: (i) => i.machineName },
+    { header: 'PIPELINE', get: (i) => i.pipeline },
+    { header: 'STATE', get: (i) => i.state, color: colorState },
+    { header: 'JOB', get: (i) => (i.job ? `${i.job.id} (${i.job.task})` : null) },
+    { header: 'WAVE', get: (i) => wave(i.wave) },
+    { header: 'ACTION', get: (i) => i.action, color: (t, i) => color(i.action)(t) },
+    { header: 'DETAIL', get: (i) => i.detail },
+  ])}`;
 }
 
 function bars(r: RolloutView): string[] {
-  const lines = [summary(r)];
+  // One entry per terminal line: the redraw moves up by the count.
+  const lines = summary(r).split('\n');
   for (let w = 0; w < r.waves; w++) {
     const items = r.items.filter((i) => i.wave === w);
     const n = (s: RolloutItem['state']) => items.filter((i) => i.state === s).length;
     const width = 24;
     const ok = Math.round((n('succeeded') / items.length) * width);
     const bad = Math.round((n('failed') / items.length) * width);
-    const run = Math.round((n('running') / items.length) * width);
+    const run = Math.round(((n('running') + n('waiting')) / items.length) * width);
     const bar = pc.green('█'.repeat(ok)) + pc.red('█'.repeat(bad)) + pc.cyan('▒'.repeat(run)) + pc.dim('░'.repeat(Math.max(0, width - ok - bad - run)));
     const label = w === 0 && r.spec.canary > 0 ? 'canary' : `wave ${w + 1}`;
-    lines.push(`  ${label.padEnd(8)} ${bar} ${n('succeeded')}/${items.length} ok${n('failed') ? pc.red(` ${n('failed')} failed`) : ''}${n('running') ? pc.cyan(` ${n('running')} running`) : ''}${n('skipped') ? pc.dim(` ${n('skipped')} skipped`) : ''}`);
+    lines.push(`  ${label.padEnd(8)} ${bar} ${n('succeeded')}/${items.length} ok${n('failed') ? pc.red(` ${n('failed')} failed`) : ''}${n('running') ? pc.cyan(` ${n('running')} running`) : ''}${n('waiting') ? pc.yellow(` ${n('waiting')} waiting`) : ''}${n('skipped') ? pc.dim(` ${n('skipped')} skipped`) : ''}`);
   }
   return lines;
 }

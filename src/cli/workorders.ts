@@ -4,19 +4,27 @@ import type { ApiClient } from '../client/http.js';
 import { WORK_ORDER_STATES, type WorkOrder } from '../model/machine.js';
 import { collect, parseParamPairs, type Globals } from './client.js';
 import { colorState, print, renderTable } from './output.js';
+import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
 export function workOrderCommands(program: Command, g: Globals, api: () => ApiClient) {
-  const wo = program.command('workorders').description('run a blueprint on a machine without moving its pipeline position');
+  const wo = program
+    .command('workorders')
+    .description('run a blueprint on a machine without moving its pipeline position')
+    .addHelpText('after', examples('takt workorders create --machine demo-1 --blueprint inventory', 'takt wo ls --machine demo-1'));
   const columns = [
     { header: 'ID', get: (w: WorkOrder) => w.id },
     { header: 'MACHINE', get: (w: WorkOrder) => w.machineId },
-    { header: 'BLUEPRINT', get: (w: WorkOrder) => w.blueprint },
+    // An ad-hoc command (`takt run`) shows as the command itself.
+    { header: 'BLUEPRINT', get: (w: WorkOrder) => (w.command ? `$ ${w.command.script}` : w.blueprint), max: 60 },
     { header: 'STATE', get: (w: WorkOrder) => w.state, color: colorState },
-    { header: 'REASON', get: (w: WorkOrder) => w.reason },
+    { header: 'CREATED', get: (w: WorkOrder) => w.createdAt, wide: true },
+    { header: 'REASON', get: (w: WorkOrder) => w.reason, flex: true },
   ];
   wo.command('list')
+    .description('work orders: machine, blueprint, state and reason')
+    .addHelpText('after', examples('takt workorders ls --machine demo-1', 'takt wo list --state failed'))
     .option('--machine <machine>')
     .addOption(new Option('--state <state>', 'only work orders in this state').choices(WORK_ORDER_STATES))
     .action(async (o: Record<string, string | undefined>) => {
@@ -25,6 +33,7 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
     });
   wo.command('create')
     .description('queue a work order; work orders run one at a time per machine, between pipeline tasks')
+    .addHelpText('after', examples('takt workorders create --machine demo-1 --blueprint inventory', 'takt workorders create --machine demo-1 --blueprint inventory --param verbose=true'))
     .requiredOption('--machine <machine>')
     .requiredOption('--blueprint <name>')
     .option('--param <key=value>', 'param for this run (repeatable)', collect)
@@ -32,12 +41,18 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
       const w = await api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param) });
       print(g().output, w, () => renderTable([w], columns));
     });
-  wo.command('get <id>').action(async (id: string) => {
-    const w = await api().get<WorkOrder>(`/workorders/${enc(id)}`);
-    print(g().output, w, () => renderTable([w], columns));
-  });
-  wo.command('cancel <id>').action(async (id: string) => {
-    const w = await api().delete<WorkOrder>(`/workorders/${enc(id)}`);
-    print(g().output, w, () => renderTable([w], columns));
-  });
+  wo.command('get <id>')
+    .description('one work order')
+    .addHelpText('after', examples('takt workorders get <workorder-id> -o yaml'))
+    .action(async (id: string) => {
+      const w = await api().get<WorkOrder>(`/workorders/${enc(id)}`);
+      print(g().output, w, () => renderTable([w], columns));
+    });
+  wo.command('cancel <id>')
+    .description('cancel a work order that has not finished')
+    .addHelpText('after', examples('takt workorders cancel <workorder-id>'))
+    .action(async (id: string) => {
+      const w = await api().delete<WorkOrder>(`/workorders/${enc(id)}`);
+      print(g().output, w, () => renderTable([w], columns));
+    });
 }

@@ -10,7 +10,8 @@ import { checkExpectations } from '../model/expect.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { TaktError } from '../model/errors.js';
-import type { AgentLiveness, Job, Machine, WorkOrder } from '../model/machine.js';
+import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type WorkOrder } from '../model/machine.js';
+import { adhocCommand, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
@@ -111,6 +112,14 @@ type Work =
 
 const MAX_STEPS_PER_CLAIM = 500;
 
+/** A work order to queue: exactly one of `blueprint` (with its params) and `command` (an ad-hoc command). */
+export interface WorkOrderInput {
+  machine: string;
+  blueprint?: string;
+  params?: Record<string, unknown>;
+  command?: AdhocInput;
+}
+
 /** What settling a job decided: the machine after it, the ended job, and what the agent is told to do. */
 interface Settled {
   machine: Machine;
@@ -157,6 +166,8 @@ export class Engine {
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
   readonly liveness: Liveness;
+  /** Machines that must not start a new job yet (a rollout waits for them to be free): see hold. */
+  private readonly holds = new Set<string>();
 
   constructor(
     readonly store: Store,
@@ -211,6 +222,33 @@ export class Engine {
     this.sweeper = null;
     this.unsubscribe();
     for (const w of this.waiters.values()) for (const f of w.wake) f();
+  }
+
+  /**
+   * The machine gets no new job until `release` (its running job goes on), so a rollout that waits for a
+   * busy machine reassigns it between two jobs instead of cancelling one. In memory: the rollouts re-hold
+   * what they wait for on every tick, so after a restart holds return with the first tick.
+   */
+  hold(machineId: string): void {
+    this.holds.add(machineId);
+  }
+
+  /** Ends a hold; a claim waiting for the machine looks again at once. */
+  release(machineId: string): void {
+    if (this.holds.delete(machineId)) this.wake(machineId);
+  }
+
+  /**
+   * Cancels the machine's running job, if any, as `cancelled by <by>`; the machine keeps its place (hold
+   * it first, or its next claim runs the same task again). For a rollout's `--busy cancel`.
+   */
+  async cancelMachineJob(machineId: string, by: string): Promise<void> {
+    await this.store.transact(async (tx) => {
+      const m = await this.locked(tx, machineId);
+      if (!m.currentJob) return;
+      await this.cancelCurrent(tx, m, by);
+      await this.saveMachine(tx, { ...m, currentJob: null, updatedAt: new Date().toISOString() });
+    });
   }
 
   // ---- liveness ------------------------------------------------------------------------------------
@@ -506,29 +544,48 @@ export class Engine {
 
   // ---- work orders ---------------------------------------------------------------------------------
 
-  async createWorkOrder(input: { machine: string; blueprint: string; params?: Record<string, unknown> }, author: string): Promise<WorkOrder> {
-    const m = await this.findMachine(input.machine);
+  async createWorkOrder(input: WorkOrderInput, author: string): Promise<WorkOrder> {
+    return (await this.createWorkOrders([input], author))[0]!;
+  }
+
+  /**
+   * Queues one work order per input, all or none, in one transaction: a blueprint's, or an ad-hoc command
+   * (`command`, run as the one task ADHOC_TASK through the same claim, sandbox and log masking as any task).
+   * Each queues behind its machine's running job. @throws TaktError not_found / invalid (a blueprint's path
+   * is `/<index>/blueprint` when more than one is given), or adhocCommand's errors at `/command/…`; then
+   * nothing is queued.
+   */
+  async createWorkOrders(inputs: WorkOrderInput[], author: string): Promise<WorkOrder[]> {
     const content = this.content.current;
-    if (!content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: '/blueprint' });
-    const params = this.checkParams(content, {}, input.params ?? {});
-    const wo: WorkOrder = {
-      id: newId('w'),
-      machineId: m.id,
-      blueprint: input.blueprint,
-      state: 'queued',
-      taskIndex: 0,
-      params,
-      reason: null,
-      createdAt: new Date().toISOString(),
-      finishedAt: null,
-    };
+    const at = (i: number, path: string) => (inputs.length > 1 ? `/${i}${path}` : path);
+    const made: WorkOrder[] = [];
+    for (const [i, input] of inputs.entries()) {
+      const m = await this.findMachine(input.machine);
+      if (!!input.blueprint === !!input.command) throw new TaktError('invalid', 'a work order runs either a blueprint or a command: give exactly one', { path: at(i, '/blueprint') });
+      if (input.blueprint && !content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: at(i, '/blueprint') });
+      const command = input.command ? adhocCommand(input.command) : null;
+      made.push({
+        id: newId('w'),
+        machineId: m.id,
+        blueprint: input.blueprint ?? ADHOC_TASK,
+        ...(command ? { command } : {}),
+        state: 'queued',
+        taskIndex: 0,
+        params: command ? {} : this.checkParams(content, {}, input.params ?? {}),
+        reason: null,
+        createdAt: new Date().toISOString(),
+        finishedAt: null,
+      });
+    }
     await this.store.transact(async (tx) => {
-      if (!(await tx.getMachine(m.id))) throw new TaktError('not_found', `machine '${input.machine}' not found`);
-      await tx.insertWorkOrder(wo);
-      await tx.change(author, `workorders/${wo.id}`, 'create', null, { ...wo, params: maskValues(wo.params) });
-      tx.emit(`workorders.create.${wo.id}`, publicWorkOrder(wo));
+      for (const [i, wo] of made.entries()) {
+        if (!(await tx.getMachine(wo.machineId))) throw new TaktError('not_found', `machine '${inputs[i]!.machine}' not found`);
+        await tx.insertWorkOrder(wo);
+        await tx.change(author, `workorders/${wo.id}`, 'create', null, { ...wo, params: maskValues(wo.params) });
+        tx.emit(`workorders.create.${wo.id}`, publicWorkOrder(wo));
+      }
     });
-    return wo;
+    return made;
   }
 
   async cancelWorkOrder(id: string, author: string): Promise<WorkOrder> {
@@ -609,10 +666,10 @@ export class Engine {
         else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
       } else m = { ...m, currentJob: null };
     }
-    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on'; step++) {
+    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !this.holds.has(m.id); step++) {
       const work = await this.nextWork(tx, m, pending);
       if (!work) break;
-      const prepared = prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
+      const prepared = work.kind === 'workorder' && work.wo.command ? prepareCommand(work.wo.command) : prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
       const job = this.newJob(m, work, prepared);
       if (prepared.noop !== null || prepared.error !== null) {
         await tx.insertJob(job);
@@ -670,6 +727,11 @@ export class Engine {
   private async nextWork(tx: Tx, m: Machine, pending?: { machine: boolean }): Promise<Work | null> {
     const content = this.content.current;
     const wo = await tx.nextWorkOrder(m.id);
+    if (wo?.command) {
+      // An ad-hoc command: one task, no blueprint, no params.
+      if (wo.state === 'queued') await tx.updateWorkOrder({ ...wo, state: 'running' });
+      return { kind: 'workorder', wo: { ...wo, state: 'running' }, task: ADHOC_TASK, blueprint: ADHOC_TASK, taskCount: 1, ctx: { workOrder: { id: wo.id, params: {} } } };
+    }
     if (wo) {
       const bp = content.objects.blueprints.get(wo.blueprint)?.def;
       const task = bp?.tasks[wo.taskIndex];
@@ -763,7 +825,7 @@ export class Engine {
     let action: CompleteResponse['action'] = 'continue';
     if (job.kind === 'workorder') {
       const wo = job.workOrderId ? await tx.getWorkOrder(job.workOrderId) : undefined;
-      const taskCount = wo ? (content.objects.blueprints.get(wo.blueprint)?.def.tasks.length ?? 0) : 0;
+      const taskCount = wo?.command ? 1 : wo ? (content.objects.blueprints.get(wo.blueprint)?.def.tasks.length ?? 0) : 0;
       const d = afterWorkOrderJob(wo ?? { taskIndex: 0 }, taskCount, job.task, outcome, m.power);
       verdict = d.job;
       action = d.action;

@@ -8,8 +8,10 @@
  */
 import { FACT_FIELDS } from '../model/facts.js';
 import { TaktError } from '../model/errors.js';
+import { formatLabelSelector, parseLabelSelector } from '../model/labels.js';
+import { ADHOC_TASK, type Machine } from '../model/machine.js';
 import { newId } from './ids.js';
-import type { Rollout, RolloutItem, RolloutSpec, RolloutState } from '../model/rollout.js';
+import { BUSY_POLICIES, type BusyPolicy, type Rollout, type RolloutItem, type RolloutPlanItem, type RolloutSpec, type RolloutState } from '../model/rollout.js';
 import type { Store } from '../store/store.js';
 import type { Engine } from './engine.js';
 import type { MachineSelection, Records } from './records.js';
@@ -17,7 +19,10 @@ import type { MachineSelection, Records } from './records.js';
 export interface RolloutInput {
   pipeline?: string;
   blueprint?: string;
-  select: Record<string, string>;
+  /** Machine filters (state, pipeline, …, facts.<path>); absent or empty: all machines (narrowed by `selector`). */
+  select?: Record<string, string>;
+  /** A label selector (`role=web,env!=prod`, model/labels.ts); all its terms and `select` must hold. */
+  selector?: string;
   /** Exact machines (by id), for callers that chose them already (the churn policy); overrides `select`. */
   machineIds?: string[];
   canary?: number;
@@ -25,6 +30,16 @@ export interface RolloutInput {
   maxInFlight?: number;
   maxFailures?: number;
   approveBetweenWaves?: boolean;
+  /** What happens to busy machines when their turn comes (default `wait`). */
+  busy?: BusyPolicy;
+}
+
+/** A dry run: what `create` would do, machine by machine; nothing is created. */
+export interface RolloutDryRun {
+  dryRun: true;
+  spec: RolloutSpec;
+  waves: number;
+  items: RolloutPlanItem[];
 }
 
 export interface RolloutView extends Rollout {
@@ -34,6 +49,15 @@ export interface RolloutView extends Rollout {
 
 const SELECT_KEYS = ['state', 'pipeline', 'environment', 'broker', 'name', 'builtWith', 'stale'] as const;
 const ACTIVE: RolloutState[] = ['running', 'paused', 'awaiting-approval'];
+/** Machine states a rollout does not reassign a machine out of without saying so (see BusyPolicy). */
+const BUSY_STATES: readonly string[] = ['awaiting-approval', 'paused'];
+
+/** Why a machine is busy now: its running job, or a state a reassignment would throw away. */
+export interface Busy {
+  job: { id: string; task: string } | null;
+  /** In words: "job j-1 (task build)", "it is awaiting-approval". */
+  what: string;
+}
 
 export class Rollouts {
   private timer: NodeJS.Timeout | null = null;
@@ -42,6 +66,8 @@ export class Rollouts {
   private unsubscribe: (() => void) | null = null;
   /** Whether the last tick found a running rollout (until a tick says otherwise, assume so). */
   private running = true;
+  /** Machines this endpoint holds for waiting items (engine.hold), so their next job does not start. */
+  private readonly holding = new Set<string>();
 
   constructor(
     private readonly store: Store,
@@ -70,38 +96,13 @@ export class Rollouts {
   }
 
   async create(input: RolloutInput, author: string): Promise<RolloutView> {
-    if (!!input.pipeline === !!input.blueprint) throw new TaktError('invalid', 'a rollout runs either a pipeline or a blueprint: give exactly one', { path: '/pipeline' });
-    const content = this.engine.content.current;
-    if (input.pipeline && !content.objects.pipelines.has(input.pipeline)) throw new TaktError('not_found', `pipeline '${input.pipeline}' not found`, { path: '/pipeline' });
-    if (input.blueprint && !content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: '/blueprint' });
-    const spec: RolloutSpec = {
-      ...(input.pipeline ? { pipeline: input.pipeline } : { blueprint: input.blueprint! }),
-      select: input.select,
-      canary: input.canary ?? 1,
-      batch: input.batch ?? 5,
-      maxInFlight: input.maxInFlight ?? input.batch ?? 5,
-      maxFailures: input.maxFailures ?? 0,
-      approveBetweenWaves: input.approveBetweenWaves ?? false,
-    };
-    for (const [k, v] of Object.entries({ canary: spec.canary, batch: spec.batch, maxInFlight: spec.maxInFlight, maxFailures: spec.maxFailures })) {
-      if (!Number.isInteger(v) || v < (k === 'maxFailures' || k === 'canary' ? 0 : 1)) throw new TaktError('invalid', `${k} must be a whole number${k === 'maxFailures' || k === 'canary' ? '' : ' of at least 1'}`, { path: `/${k}` });
-    }
-    const selected = input.machineIds
-      ? (await Promise.all(input.machineIds.map((id) => this.store.getMachine(id)))).filter((m) => m !== undefined).map((machine) => ({ machine }))
-      : await this.records.select(parseSelection(input.select));
-    if (selected.length === 0) throw new TaktError('invalid', `the selection ${describe(input.select)} matches no machine`, { path: '/select' });
-    const busy = await this.store.listRollouts({ states: ACTIVE, limit: 1000 });
-    const taken = new Set<string>();
-    for (const r of busy) for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'pending' || i.state === 'running') taken.add(i.machineId);
-    const clash = selected.find((s) => taken.has(s.machine.id));
-    if (clash) throw new TaktError('conflict', `machine '${clash.machine.name}' is already in an active rollout; finish or abort that one first`);
-
+    const { spec, selected } = await this.prepare(input);
     const now = new Date().toISOString();
     const id = newId('r');
-    const items: RolloutItem[] = selected.map((s, i) => ({
+    const items: RolloutItem[] = selected.map((m, i) => ({
       rolloutId: id,
-      machineId: s.machine.id,
-      machineName: s.machine.name,
+      machineId: m.id,
+      machineName: m.name,
       wave: waveOf(i, spec),
       state: 'pending',
       reason: null,
@@ -119,11 +120,75 @@ export class Rollouts {
     return this.view(id);
   }
 
+  /**
+   * What `create` would do, per machine as things stand now: its pipeline, state and running job, its
+   * wave, and the action (reassign, queue, wait, skip, cancel). Creates nothing; a machine's state may
+   * change before its turn comes, and the busy policy is applied then.
+   */
+  async dryRun(input: RolloutInput): Promise<RolloutDryRun> {
+    const { spec, selected } = await this.prepare(input);
+    const items: RolloutPlanItem[] = [];
+    for (const [index, m] of selected.entries()) {
+      const busy = await this.busyOf(spec, m);
+      const { action, detail } = planAction(spec, busy);
+      items.push({ machineName: m.name, pipeline: m.pipeline, state: m.state, job: busy?.job ?? null, wave: waveOf(index, spec), action, detail });
+    }
+    return { dryRun: true, spec, waves: items[items.length - 1]!.wave + 1, items };
+  }
+
+  /** The spec and the machines, checked; @throws TaktError as `create` documents. */
+  private async prepare(given: RolloutInput): Promise<{ spec: RolloutSpec; selected: Machine[] }> {
+    const input = { ...given, select: given.select ?? {} };
+    if (!!input.pipeline === !!input.blueprint) throw new TaktError('invalid', 'a rollout runs either a pipeline or a blueprint: give exactly one', { path: '/pipeline' });
+    const content = this.engine.content.current;
+    if (input.pipeline && !content.objects.pipelines.has(input.pipeline)) throw new TaktError('not_found', `pipeline '${input.pipeline}' not found`, { path: '/pipeline' });
+    if (input.blueprint && !content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: '/blueprint' });
+    if (input.busy !== undefined && !BUSY_POLICIES.includes(input.busy)) throw new TaktError('invalid', `busy must be one of ${BUSY_POLICIES.join(', ')}`, { path: '/busy' });
+    const labels = input.selector !== undefined ? parseLabelSelector(input.selector, '/selector') : undefined;
+    if (labels?.length === 0) throw new TaktError('bad_request', 'the label selector is empty; give key=value terms (e.g. role=web), or leave it out', { path: '/selector' });
+    const spec: RolloutSpec = {
+      ...(input.pipeline ? { pipeline: input.pipeline } : { blueprint: input.blueprint! }),
+      select: input.select,
+      ...(labels ? { selector: formatLabelSelector(labels) } : {}),
+      canary: input.canary ?? 1,
+      batch: input.batch ?? 5,
+      maxInFlight: input.maxInFlight ?? input.batch ?? 5,
+      maxFailures: input.maxFailures ?? 0,
+      approveBetweenWaves: input.approveBetweenWaves ?? false,
+      busy: input.busy ?? 'wait',
+    };
+    for (const [k, v] of Object.entries({ canary: spec.canary, batch: spec.batch, maxInFlight: spec.maxInFlight, maxFailures: spec.maxFailures })) {
+      if (!Number.isInteger(v) || v < (k === 'maxFailures' || k === 'canary' ? 0 : 1)) throw new TaktError('invalid', `${k} must be a whole number${k === 'maxFailures' || k === 'canary' ? '' : ' of at least 1'}`, { path: `/${k}` });
+    }
+    const selected = input.machineIds
+      ? (await Promise.all(input.machineIds.map((id) => this.store.getMachine(id)))).filter((m) => m !== undefined)
+      : (await this.records.select({ ...parseSelection(input.select), ...(labels ? { labels } : {}) })).map((s) => s.machine);
+    if (selected.length === 0) throw new TaktError('invalid', `the selection ${describe(input.select, spec.selector)} matches no machine`, { path: labels ? '/selector' : '/select' });
+    const busy = await this.store.listRollouts({ states: ACTIVE, limit: 1000 });
+    const taken = new Map<string, string>();
+    for (const r of busy) for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'pending' || i.state === 'running' || i.state === 'waiting') taken.set(i.machineId, r.id);
+    const clash = selected.find((m) => taken.has(m.id));
+    if (clash) throw new TaktError('conflict', `machine '${clash.name}' is already in active rollout ${taken.get(clash.id)}; let that one finish or abort it first (takt rollouts abort ${taken.get(clash.id)})`);
+    return { spec, selected };
+  }
+
+  /**
+   * Whether the machine is busy: a running job; for a pipeline rollout also a state a reassignment would
+   * throw away (awaiting approval, paused). A blueprint's work order queues behind whatever the pipeline
+   * does, so only a running job makes a machine busy for it.
+   */
+  private async busyOf(spec: RolloutSpec, m: Machine): Promise<Busy | null> {
+    const job = m.currentJob ? await this.store.getJob(m.currentJob) : undefined;
+    if (job?.state === 'running') return { job: { id: job.id, task: job.task }, what: `job ${job.id} (${job.task === ADHOC_TASK ? 'an ad-hoc command' : `task ${job.task}`})` };
+    if (spec.pipeline && BUSY_STATES.includes(m.state)) return { job: null, what: `it is ${m.state}` };
+    return null;
+  }
+
   async view(id: string): Promise<RolloutView> {
     const r = await this.store.getRollout(id);
-    if (!r) throw new TaktError('not_found', `rollout '${id}' not found`);
+    if (!r) throw new TaktError('not_found', `rollout '${id}' not found; \`takt rollouts list\` shows them`);
     const items = await this.store.listRolloutItems(id);
-    const counts = { pending: 0, running: 0, succeeded: 0, failed: 0, skipped: 0 };
+    const counts = { pending: 0, waiting: 0, running: 0, succeeded: 0, failed: 0, skipped: 0 };
     for (const i of items) counts[i.state] += 1;
     return { ...r, counts, items };
   }
@@ -134,17 +199,18 @@ export class Rollouts {
   }
 
   pause(id: string, author: string) {
-    return this.transition(id, author, ['running', 'awaiting-approval'], 'paused', `paused by ${author}`);
+    return this.transition(id, author, 'pause', ['running', 'awaiting-approval'], 'paused', `paused by ${author}`);
   }
   resume(id: string, author: string) {
-    return this.transition(id, author, ['paused'], 'running', null);
+    return this.transition(id, author, 'resume', ['paused'], 'running', null);
   }
   approve(id: string, author: string) {
-    return this.transition(id, author, ['awaiting-approval'], 'running', null, (r) => ({ ...r, wave: r.wave + 1 }));
+    return this.transition(id, author, 'approve', ['awaiting-approval'], 'running', null, (r) => ({ ...r, wave: r.wave + 1 }));
   }
   async abort(id: string, author: string) {
-    const view = await this.transition(id, author, ['running', 'paused', 'awaiting-approval', 'stopped'], 'aborted', `aborted by ${author}`);
-    for (const i of view.items) if (i.state === 'pending') await this.saveItem({ ...i, state: 'skipped', reason: 'rollout aborted' });
+    const view = await this.transition(id, author, 'abort', ['running', 'paused', 'awaiting-approval', 'stopped'], 'aborted', `aborted by ${author}`);
+    for (const i of view.items) if (i.state === 'pending' || i.state === 'waiting') await this.saveItem({ ...i, state: 'skipped', reason: i.state === 'waiting' ? `rollout aborted while ${i.reason ?? 'waiting'}` : 'rollout aborted' });
+    await this.syncHolds();
     return this.view(id);
   }
 
@@ -152,28 +218,34 @@ export class Rollouts {
   async retry(id: string, author: string): Promise<RolloutView> {
     const view = await this.view(id);
     const failed = view.items.filter((i) => i.state === 'failed');
-    if (failed.length === 0) throw new TaktError('conflict', `rollout ${id} has no failed machines to retry`);
-    if (view.state === 'running') throw new TaktError('conflict', `rollout ${id} is still running; pause or let it finish first`);
+    if (view.state === 'running') throw new TaktError('conflict', `cannot retry rollout ${id}: it is running${failed.length ? ` (${failed.length} failed within the budget)` : ''}; retry applies once it is stopped, paused or ended. ${hint(view)}`);
+    if (failed.length === 0) throw new TaktError('conflict', `cannot retry rollout ${id}: it is ${stateText(view)} and has no failed machines to retry. ${hint(view)}`);
     for (const i of failed) await this.saveItem({ ...i, state: 'pending', reason: null, workOrderId: null, startedAt: null, finishedAt: null });
     const firstWave = Math.min(...failed.map((i) => i.wave));
-    return this.transition(id, author, ['stopped', 'completed', 'paused', 'aborted', 'awaiting-approval'], 'running', null, (r) => ({ ...r, wave: Math.min(r.wave, firstWave) }));
+    return this.transition(id, author, 'retry', ['stopped', 'completed', 'paused', 'aborted', 'awaiting-approval'], 'running', null, (r) => ({ ...r, wave: Math.min(r.wave, firstWave) }));
   }
 
   /** Pulls the cord: pauses every active rollout. */
   async andon(author: string): Promise<string[]> {
     const paused: string[] = [];
     for (const r of await this.store.listRollouts({ states: ['running', 'awaiting-approval'], limit: 1000 })) {
-      await this.transition(r.id, author, ['running', 'awaiting-approval'], 'paused', `andon pulled by ${author}`);
+      await this.transition(r.id, author, 'pause', ['running', 'awaiting-approval'], 'paused', `andon pulled by ${author}`);
       paused.push(r.id);
     }
     return paused;
   }
 
-  private async transition(id: string, author: string, from: RolloutState[], to: RolloutState, reason: string | null, patch: (r: Rollout) => Rollout = (r) => r) {
+  /**
+   * Moves a rollout from one of `from` to `to`. @throws TaktError conflict saying the state it is in and
+   * the verb that would help, when it is in none of `from`.
+   */
+  private async transition(id: string, author: string, action: string, from: RolloutState[], to: RolloutState, reason: string | null, patch: (r: Rollout) => Rollout = (r) => r) {
     await this.store.transact(async (tx) => {
       const r = await tx.getRollout(id);
-      if (!r) throw new TaktError('not_found', `rollout '${id}' not found`);
-      if (!from.includes(r.state)) throw new TaktError('conflict', `rollout ${id} is ${r.state}${r.reason ? ` (${r.reason})` : ''}; it can be ${verb(to)} only when ${from.join(' or ')}`);
+      if (!r) throw new TaktError('not_found', `rollout '${id}' not found; \`takt rollouts list\` shows them`);
+      if (!from.includes(r.state)) {
+        throw new TaktError('conflict', `cannot ${action} rollout ${id}: it is ${stateText(r)}; ${action} applies to a rollout that is ${from.join(' or ')}. ${hint(r)}`, { details: { state: r.state } });
+      }
       const next = { ...patch(r), state: to, reason, updatedAt: new Date().toISOString() };
       await tx.updateRollout(next);
       await tx.change(author, `rollouts/${id}`, 'update', { state: r.state }, { state: to });
@@ -210,6 +282,30 @@ export class Rollouts {
     // Cleared only before any await that could miss a 'rollouts.' event: set here from what was read.
     this.running = running.length > 0;
     for (const r of running) await this.advance(r);
+    await this.syncHolds();
+  }
+
+  /**
+   * Holds exactly the machines that running rollouts wait for (engine.hold), and releases the rest: a
+   * paused, aborted or ended rollout holds nothing, and after a restart the first tick re-holds.
+   */
+  private async syncHolds(): Promise<void> {
+    const want = new Set<string>();
+    for (const r of await this.store.listRollouts({ states: ['running'], limit: 1000 })) {
+      for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'waiting') want.add(i.machineId);
+    }
+    for (const id of want) this.holdMachine(id);
+    for (const id of [...this.holding]) if (!want.has(id)) this.releaseMachine(id);
+  }
+
+  private holdMachine(id: string) {
+    this.holding.add(id);
+    this.engine.hold(id);
+  }
+
+  private releaseMachine(id: string) {
+    this.holding.delete(id);
+    this.engine.release(id);
   }
 
   private async advance(r: Rollout): Promise<void> {
@@ -218,7 +314,8 @@ export class Rollouts {
     for (const i of items) {
       if (i.state !== 'running') continue;
       const outcome = await this.outcome(r, i);
-      if (outcome) Object.assign(i, await this.saveItem({ ...i, ...outcome, finishedAt: new Date().toISOString() }));
+      // A success keeps the item's note of what the rollout did about a busy machine ("waited for job …").
+      if (outcome) Object.assign(i, await this.saveItem({ ...i, ...outcome, reason: outcome.reason ?? i.reason, finishedAt: new Date().toISOString() }));
     }
     // 2. The andon: one failure beyond the budget stops everything that has not started.
     const failed = items.filter((i) => i.state === 'failed');
@@ -228,7 +325,8 @@ export class Rollouts {
       return;
     }
     // 3. Waves: move on when the current one is through (or wait for approval).
-    const open = (w: number) => items.some((i) => i.wave === w && (i.state === 'pending' || i.state === 'running'));
+    const unfinished = (i: RolloutItem) => i.state === 'pending' || i.state === 'waiting' || i.state === 'running';
+    const open = (w: number) => items.some((i) => i.wave === w && unfinished(i));
     let wave = r.wave;
     while (wave < r.waves && !open(wave)) {
       if (wave + 1 >= r.waves) break;
@@ -238,21 +336,27 @@ export class Rollouts {
       }
       wave += 1;
     }
-    if (!items.some((i) => i.state === 'pending' || i.state === 'running')) {
+    if (!items.some(unfinished)) {
       const ok = items.filter((i) => i.state === 'succeeded').length;
-      await this.setState({ ...r, wave }, 'completed', `${ok} of ${items.length} succeeded${failed.length ? `, ${failed.length} failed within the budget` : ''}`);
+      const skipped = items.filter((i) => i.state === 'skipped');
+      const busy = skipped.filter((i) => i.reason?.startsWith('busy'));
+      await this.setState(
+        { ...r, wave },
+        'completed',
+        `${ok} of ${items.length} succeeded${failed.length ? `, ${failed.length} failed within the budget` : ''}${skipped.length ? `, ${skipped.length} skipped${busy.length ? ` (busy: ${busy.map((i) => i.machineName).join(', ')})` : ''}` : ''}`,
+      );
       return;
     }
     if (wave !== r.wave) await this.setState({ ...r, wave }, 'running', null);
-    // 4. Start machines of the current wave up to the in-flight limit.
+    // 4. Start machines of the current wave up to the in-flight limit: those the rollout waited for first.
+    // A waiting machine is not in flight (it runs its own job), so a long job does not hold the others up.
     let inFlight = items.filter((i) => i.state === 'running').length;
-    for (const i of items) {
+    const turn = items.filter((i) => i.wave === wave && (i.state === 'waiting' || i.state === 'pending')).sort((a, b) => Number(b.state === 'waiting') - Number(a.state === 'waiting'));
+    for (const i of turn) {
       if (inFlight >= r.spec.maxInFlight) break;
-      if (i.wave !== wave || i.state !== 'pending') continue;
       // A pause, abort or andon pull may have landed while this tick ran: it wins before anything starts.
       if ((await this.store.getRollout(r.id))?.state !== 'running') return;
-      await this.startItem(r, i);
-      inFlight += 1;
+      if (await this.startItem(r, i)) inFlight += 1;
     }
   }
 
@@ -272,20 +376,50 @@ export class Rollouts {
     return null;
   }
 
-  private async startItem(r: Rollout, i: RolloutItem): Promise<void> {
+  /**
+   * The machine's turn: applies the busy policy, then reassigns it (or queues the blueprint). Answers
+   * whether the machine is now in flight (false: it waits, was skipped, or could not start).
+   */
+  private async startItem(r: Rollout, i: RolloutItem): Promise<boolean> {
     const by = `rollout:${r.id}`;
     try {
-      let workOrderId: string | null = null;
-      if (r.spec.blueprint) workOrderId = (await this.engine.createWorkOrder({ machine: i.machineId, blueprint: r.spec.blueprint }, by)).id;
-      else {
-        const m = await this.engine.findMachine(i.machineId);
-        if (m.pipeline === r.spec.pipeline) await this.engine.restartMachine(i.machineId, by);
-        else await this.engine.updateMachine(i.machineId, { pipeline: r.spec.pipeline! }, by);
+      const m = await this.engine.findMachine(i.machineId);
+      const busy = await this.busyOf(r.spec, m);
+      const policy = r.spec.busy ?? 'cancel';
+      if (busy && policy === 'skip') {
+        Object.assign(i, await this.saveItem({ ...i, state: 'skipped', reason: `busy: ${busy.what}; left out (--busy skip)`, finishedAt: new Date().toISOString() }));
+        return false;
       }
-      Object.assign(i, await this.saveItem({ ...i, state: 'running', workOrderId, startedAt: new Date().toISOString() }));
+      if (busy && policy === 'wait') {
+        // Held: when the job ends the machine starts nothing new, and the next tick reassigns it.
+        this.holdMachine(m.id);
+        const reason = `waiting for ${busy.what} to end`;
+        if (i.state !== 'waiting' || i.reason !== reason) Object.assign(i, await this.saveItem({ ...i, state: 'waiting', reason }));
+        return false;
+      }
+      if (busy?.job && policy === 'cancel') {
+        // Held from the cancel to the reassignment, so the machine does not start its old next task between them.
+        // INTEGRATION: switch to the jobs-cancel function (one place that ends a job with who and why).
+        this.holdMachine(m.id);
+        await this.engine.cancelMachineJob(m.id, `${r.author} (rollout ${r.id})`);
+      }
+      let workOrderId: string | null = null;
+      try {
+        if (r.spec.blueprint) workOrderId = (await this.engine.createWorkOrder({ machine: i.machineId, blueprint: r.spec.blueprint }, by)).id;
+        else if (m.pipeline === r.spec.pipeline) await this.engine.restartMachine(i.machineId, by);
+        else await this.engine.updateMachine(i.machineId, { pipeline: r.spec.pipeline! }, by);
+      } finally {
+        // After the reassignment is written: released earlier, the old pipeline's next task could start.
+        if (this.holding.has(m.id)) this.releaseMachine(m.id);
+      }
+      // What the rollout did about the machine being busy, kept on the item for the report.
+      const note = i.state === 'waiting' ? (i.reason ?? '').replace(/^waiting for (.*) to end$/, 'waited for $1') : busy ? `${busy.job ? 'cancelled' : 'gave up:'} ${busy.what}` : null;
+      Object.assign(i, await this.saveItem({ ...i, state: 'running', reason: note, workOrderId, startedAt: new Date().toISOString() }));
+      return true;
     } catch (err) {
       if (!(err instanceof TaktError)) throw err;
       Object.assign(i, await this.saveItem({ ...i, state: 'failed', reason: `could not start: ${err.message}`, finishedAt: new Date().toISOString() }));
+      return false;
     }
   }
 
@@ -334,5 +468,43 @@ function parseSelection(select: Record<string, string>): MachineSelection {
   return sel;
 }
 
-const describe = (select: Record<string, string>) => (Object.keys(select).length ? Object.entries(select).map(([k, v]) => `${k}=${v}`).join(',') : '(all machines)');
-const verb = (to: RolloutState) => ({ running: 'resumed', paused: 'paused', 'awaiting-approval': 'held', stopped: 'stopped', aborted: 'aborted', completed: 'completed' })[to];
+const describe = (select: Record<string, string>, selector?: string) => {
+  const parts = [...Object.entries(select).map(([k, v]) => `${k}=${v}`), ...(selector ? [`labels ${selector}`] : [])];
+  return parts.length ? parts.join(', ') : '(all machines)';
+};
+/** "paused (andon pulled by admin)": the state and why. */
+const stateText = (r: Pick<Rollout, 'state' | 'reason'>) => `${r.state}${r.reason ? ` (${r.reason})` : ''}`;
+
+/** What an operator can do with a rollout in its state, as the commands to type. */
+export function hint(r: Pick<Rollout, 'id' | 'state'>): string {
+  const t = (verb: string) => `\`takt rollouts ${verb} ${r.id}\``;
+  switch (r.state) {
+    case 'running':
+      return `Follow it with ${t('watch')}, or hold it with ${t('pause')}.`;
+    case 'paused':
+      return `Continue it with ${t('resume')}, or end it with ${t('abort')}.`;
+    case 'awaiting-approval':
+      return `Start the next wave with ${t('approve')}, or end it with ${t('abort')}.`;
+    case 'stopped':
+      return `Fix the cause, then re-run its failed machines with ${t('retry')}, or end it with ${t('abort')}.`;
+    case 'aborted':
+    case 'completed':
+      return `It has ended: ${t('retry')} re-runs its failed machines, or start a new rollout with \`takt rollouts create\`.`;
+  }
+}
+
+/** A dry run's action for one machine, as `startItem` would decide it now (pure: table-tested). */
+export function planAction(spec: Pick<RolloutSpec, 'pipeline' | 'blueprint' | 'busy'>, busy: Busy | null): Pick<RolloutPlanItem, 'action' | 'detail'> {
+  const go = spec.pipeline ? `reassign to pipeline ${spec.pipeline} (from the top)` : `queue blueprint ${spec.blueprint} as a work order`;
+  const base: RolloutPlanItem['action'] = spec.pipeline ? 'reassign' : 'queue';
+  if (!busy) return { action: base, detail: go };
+  const what = busy.what.replace(/^it is /, '');
+  switch (spec.busy ?? 'cancel') {
+    case 'skip':
+      return { action: 'skip', detail: `busy (${what}): left out` };
+    case 'wait':
+      return { action: 'wait', detail: busy.job ? `wait for ${busy.what} to end, then ${go}` : `wait while ${what}, then ${go}` };
+    case 'cancel':
+      return busy.job ? { action: 'cancel', detail: `cancel ${busy.what}, then ${go}` } : { action: base, detail: `${go}; it is ${what} and that is given up` };
+  }
+}

@@ -106,10 +106,25 @@ export interface Job {
 export const WORK_ORDER_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;
 export type WorkOrderState = (typeof WORK_ORDER_STATES)[number];
 
+/**
+ * The task (and blueprint) name of an ad-hoc command's job and work order (`takt run`): not a valid
+ * content name, so it never means a task or blueprint of the content.
+ */
+export const ADHOC_TASK = '(command)';
+
+/** An ad-hoc command run as a work order (`takt run`): bash source, and how long it may run. */
+export interface AdhocCommand {
+  script: string;
+  timeoutMs: number;
+}
+
 export interface WorkOrder {
   id: string;
   machineId: string;
+  /** The blueprint it runs; ADHOC_TASK for an ad-hoc command. */
   blueprint: string;
+  /** Set for an ad-hoc command (`takt run`) instead of a blueprint's tasks. */
+  command?: AdhocCommand;
   state: WorkOrderState;
   /** Index of the blueprint task that runs next. */
   taskIndex: number;

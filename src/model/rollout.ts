@@ -3,8 +3,31 @@
 export const ROLLOUT_STATES = ['running', 'paused', 'awaiting-approval', 'stopped', 'aborted', 'completed'] as const;
 export type RolloutState = (typeof ROLLOUT_STATES)[number];
 
-export const ROLLOUT_ITEM_STATES = ['pending', 'running', 'succeeded', 'failed', 'skipped'] as const;
+/** `waiting`: the machine's turn came while it was busy, and the rollout waits for it (`--busy wait`). */
+export const ROLLOUT_ITEM_STATES = ['pending', 'waiting', 'running', 'succeeded', 'failed', 'skipped'] as const;
 export type RolloutItemState = (typeof ROLLOUT_ITEM_STATES)[number];
+
+/**
+ * What a rollout does to a busy machine (one with a running job, awaiting approval, or paused) when its
+ * turn comes: `wait` until it is no longer busy, then reassign it (its next job is held meanwhile);
+ * `skip` it (the report says so); `cancel` its job ("cancelled by <author> (rollout R)"), then reassign.
+ */
+export const BUSY_POLICIES = ['wait', 'skip', 'cancel'] as const;
+export type BusyPolicy = (typeof BUSY_POLICIES)[number];
+
+/** One machine in a rollout's dry run: where it stands now and what the rollout would do to it. */
+export interface RolloutPlanItem {
+  machineName: string;
+  pipeline: string | null;
+  state: string;
+  /** The machine's running job, if any. */
+  job: { id: string; task: string } | null;
+  wave: number;
+  /** `reassign` (or `queue` a blueprint's work order), `wait` for the job or state, `skip`, `cancel` the job. */
+  action: 'reassign' | 'queue' | 'wait' | 'skip' | 'cancel';
+  /** The action in words, e.g. "wait for job j-1 (task build) to end, then reassign". */
+  detail: string;
+}
 
 export interface RolloutSpec {
   /** Exactly one of pipeline and blueprint. */
@@ -12,6 +35,8 @@ export interface RolloutSpec {
   blueprint?: string;
   /** The selection as given (machine filters), kept for the record; the machines are fixed at creation. */
   select: Record<string, string>;
+  /** The label selector as given (`role=web,env!=prod`), kept for the record; it combines with `select`. */
+  selector?: string;
   /** Machines in the first wave. */
   canary: number;
   /** Machines per wave after the canary. */
@@ -22,6 +47,8 @@ export interface RolloutSpec {
   maxFailures: number;
   /** Wait for `takt rollouts approve` after each wave. */
   approveBetweenWaves: boolean;
+  /** What happens to busy machines; absent on rollouts made before it existed (they behave as `cancel`). */
+  busy?: BusyPolicy;
 }
 
 export interface Rollout {

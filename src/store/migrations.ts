@@ -272,6 +272,12 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       }
     },
   },
+  '0013_rollouts': {
+    async up(db: Kysely<unknown>) {
+      // Ad-hoc commands (`takt run`) are work orders with a command instead of a blueprint's tasks.
+      await db.schema.alterTable('work_orders').addColumn('command', 'text').execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

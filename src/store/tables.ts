@@ -123,6 +123,8 @@ export interface WorkOrdersTable {
   id: string;
   machine_id: string;
   blueprint: string;
+  /** An ad-hoc command's AdhocCommand as JSON (`takt run`); null for a blueprint's work order. */
+  command: string | null;
   state: string;
   task_index: number;
   params: string;

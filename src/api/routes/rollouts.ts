@@ -1,11 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import { author, type ApiContext } from '../context.js';
+import { BUSY_POLICIES } from '../../model/rollout.js';
+import type { RolloutInput } from '../../engine/rollouts.js';
 import { Name } from './schemas.js';
 
 const createBody = {
   type: 'object',
   additionalProperties: false,
-  required: ['select'],
+  required: [],
   properties: {
     pipeline: Name,
     blueprint: Name,
@@ -14,18 +16,23 @@ const createBody = {
       additionalProperties: { type: 'string' },
       description: 'machine selection: state, pipeline, environment, broker, name, builtWith (e.g. demo@<1.2.0), stale (true), facts.<path> (an observed fact, e.g. facts.os.id: debian)',
     },
+    selector: { type: 'string', maxLength: 4096, description: 'label selector, e.g. role=web,env!=prod; combines with select' },
     canary: { type: 'integer', minimum: 0, description: 'machines in the first wave' },
     batch: { type: 'integer', minimum: 1, description: 'machines per later wave' },
     maxInFlight: { type: 'integer', minimum: 1, description: 'machines busy at once' },
     maxFailures: { type: 'integer', minimum: 0, description: 'failures tolerated; one more stops the rollout (andon)' },
     approveBetweenWaves: { type: 'boolean' },
+    busy: { type: 'string', enum: [...BUSY_POLICIES], description: 'busy machines (a running job, awaiting approval, paused): wait (default), skip, or cancel their job' },
+    dryRun: { type: 'boolean', description: 'answer what the rollout would do to each machine (200), creating nothing' },
   },
 } as const;
 
 export function rolloutRoutes(app: FastifyInstance, { rollouts, churn }: ApiContext) {
   app.get('/api/v1/rollouts', async () => ({ items: await rollouts.list() }));
   app.post('/api/v1/rollouts', { schema: { body: createBody } }, async (req, reply) => {
-    const r = await rollouts.create(req.body as Parameters<typeof rollouts.create>[0], author(req));
+    const { dryRun, ...input } = req.body as RolloutInput & { dryRun?: boolean };
+    if (dryRun) return rollouts.dryRun(input);
+    const r = await rollouts.create(input, author(req));
     reply.code(201);
     return r;
   });

@@ -1,0 +1,223 @@
+/**
+ * The `takt` command tree: the global options, `serve`, `agent` and every resource's commands (each in
+ * src/cli/<resource>.ts), built without running anything, so tests and `takt completion` can walk it.
+ * The CLI mirrors the REST API one-to-one. Heavy modules load inside the actions so `takt agent` and
+ * quick queries start fast.
+ */
+import { Command, Option } from 'commander';
+import pc from 'picocolors';
+import { NetworkError } from '../client/http.js';
+import { TaktError } from '../model/errors.js';
+import type { GlobalOptions } from './client.js';
+import { addAliases, examples } from './help.js';
+import { OUTPUT_FORMATS, setView, shownErr, type OutputFormat } from './output.js';
+import { VERSION } from './version.js';
+
+/** Top-level commands whose objects belong to another resource, for `-o name` (`approvals list` lists machines). */
+const NAME_RESOURCE: Record<string, string> = { approvals: 'machines' };
+
+interface ServeCliOptions {
+  listen: string[];
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsSan: string[];
+  advertiseUrl?: string;
+  data: string;
+  demo: boolean;
+  lease: string;
+  churnCheck: string;
+  maxLogBytes: string;
+  logFormat: 'text' | 'json';
+  hostName: string[];
+  requestTimeout: string;
+  maxConnections: string;
+  agentGoneAfter: string;
+  sshMaxSessions: string;
+}
+
+/** Builds the whole `takt` command tree; `program.parseAsync(argv)` runs it. */
+export async function buildProgram(): Promise<Command> {
+  const program = new Command();
+  program
+    .name('takt')
+    .description('takt drives machines through versioned pipelines of tasks and keeps a record of what ran where.\n\nStart an endpoint with `takt serve --demo`, then try `takt machines list`.')
+    .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default http://127.0.0.1:8092)')
+    .option('--token <token>', 'API token (env TAKT_TOKEN; default ./data/admin.token)')
+    .addOption(new Option('-o, --output <format>', 'output format; wide: the table with ids and times, name: resource/name per line').choices(OUTPUT_FORMATS).default('table'))
+    .option('--no-headers', 'tables without their header line (for scripts)')
+    .version(VERSION, '-V, --version', 'print the takt version')
+    .showHelpAfterError('(run with --help for usage)')
+    .configureHelp({ sortSubcommands: true })
+    .addHelpText('after', examples('takt serve --demo', 'takt machines ls -o wide', 'takt machine get demo-1 -o yaml', 'takt completion bash > /etc/bash_completion.d/takt'));
+
+
+  // Commands render `table`, `json` or `yaml`; `wide` and `name` are tables drawn differently, which
+  // output.ts learns once here (with --no-headers and the resource) before the command's action runs.
+  const globals = (): GlobalOptions => {
+    const o = program.opts<Omit<GlobalOptions, 'output'> & { output: OutputFormat }>();
+    return { ...o, output: o.output === 'wide' || o.output === 'name' ? 'table' : o.output };
+  };
+  program.hook('preAction', (_program, action) => {
+    const o = program.opts<{ output: OutputFormat; headers: boolean }>();
+    let top = action;
+    while (top.parent && top.parent !== program) top = top.parent;
+    setView({ wide: o.output === 'wide', name: o.output === 'name', headers: o.headers, resource: NAME_RESOURCE[top.name()] ?? top.name() });
+  });
+
+  program
+    .command('serve')
+    .description('run an endpoint: API, web UI, embedded SQLite store and the local broker')
+    .option(
+      '--listen <host:port...>',
+      'addresses to listen on (env TAKT_LISTEN, comma-separated): loopback ones serve HTTP, all others HTTPS',
+      process.env.TAKT_LISTEN ? process.env.TAKT_LISTEN.split(',').map((s) => s.trim()).filter(Boolean) : ['127.0.0.1:8092'],
+    )
+    .option('--tls-cert <file>', 'PEM certificate chain for the HTTPS listeners (env TAKT_TLS_CERT); default: one the endpoint\'s own CA issues', process.env.TAKT_TLS_CERT)
+    .option('--tls-key <file>', 'PEM private key of --tls-cert (env TAKT_TLS_KEY)', process.env.TAKT_TLS_KEY)
+    .option(
+      '--tls-san <name...>',
+      'another DNS name or IP address for the issued certificate (env TAKT_TLS_SANS, comma-separated); the host name and listen addresses are always in it',
+      process.env.TAKT_TLS_SANS ? process.env.TAKT_TLS_SANS.split(',').map((s) => s.trim()).filter(Boolean) : [],
+    )
+    .option('--advertise-url <url>', 'the https URL remote machines use to reach this endpoint (env TAKT_ADVERTISE_URL); default: the first HTTPS listener', process.env.TAKT_ADVERTISE_URL)
+    .option('--data <dir>', 'data directory: database, admin token, machine sandboxes (env TAKT_DATA)', process.env.TAKT_DATA ?? './data')
+    .option('--demo', 'install the demo pack and run its pipeline on three local machines', false)
+    .option('--lease <duration>', 'how long a running job may go without word from its agent before it is lost', process.env.TAKT_LEASE ?? '30s')
+    .option('--churn-check <duration>', 'how often the churn policy looks for machines past their max age', process.env.TAKT_CHURN_CHECK ?? '1m')
+    .option('--max-log-bytes <size>', "log output stored per job (e.g. 64MiB); past it a job's log is cut with a marker (env TAKT_MAX_LOG_BYTES)", process.env.TAKT_MAX_LOG_BYTES ?? '64MiB')
+    .addOption(new Option('--log-format <format>', 'log format').choices(['text', 'json']).default(process.env.TAKT_LOG_FORMAT ?? 'text'))
+    .option(
+      '--host-name <name...>',
+      'a DNS name clients use to reach this endpoint (env TAKT_HOST_NAMES, comma-separated); requests for other names are refused (DNS rebinding). IP addresses, localhost and this host\'s name are always accepted',
+      process.env.TAKT_HOST_NAMES ? process.env.TAKT_HOST_NAMES.split(',').map((s) => s.trim()).filter(Boolean) : [],
+    )
+    .option('--request-timeout <duration>', 'a request whose headers and body have not all arrived after this long is answered 408 and closed (env TAKT_REQUEST_TIMEOUT)', process.env.TAKT_REQUEST_TIMEOUT ?? '2m')
+    .option('--max-connections <n>', 'open connections beyond this are refused (env TAKT_MAX_CONNECTIONS)', process.env.TAKT_MAX_CONNECTIONS ?? '10000')
+    .option('--agent-gone-after <duration>', 'a machine not heard from this long, with no claim long-poll open, shows its agent disconnected (env TAKT_AGENT_GONE_AFTER)', process.env.TAKT_AGENT_GONE_AFTER ?? '135s')
+    .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
+    .addHelpText(
+      'after',
+      examples(
+        'takt serve --demo                          # endpoint on http://127.0.0.1:8092 with three demo machines',
+        'takt serve --data /var/lib/takt --log-format json',
+        'takt serve --host-name takt.example.org    # also answer to that name (besides IPs and localhost)',
+        'takt serve --listen 127.0.0.1:8092 --listen 0.0.0.0:8443 --tls-san takt.example.org   # local CLI over HTTP; remote agents over HTTPS (own CA)',
+      ),
+    )
+    .action(async (o: ServeCliOptions) => {
+      const { serve } = await import('./serve.js');
+      let server: Awaited<ReturnType<typeof serve>>;
+      try {
+        server = await serve(o);
+      } catch (err) {
+        // A start that fails half-way may have opened sockets or timers: say why, then leave for sure.
+        process.exit(report(err));
+      }
+      let closing = false;
+      const shutdown = async () => {
+        if (closing) return;
+        closing = true;
+        process.stderr.write('takt: stopping\n');
+        await server.close();
+        process.exit(0);
+      };
+      process.on('SIGINT', () => void shutdown());
+      process.on('SIGTERM', () => void shutdown());
+    });
+
+  const agent = program
+    .command('agent')
+    .description('run the agent for one machine: claims its jobs, runs them with bash, reports results')
+    .option('--dir <dir>', 'agent home: state, job work dirs, helper commands', '/var/lib/takt-agent')
+    .option('--root <dir>', 'what scripts see as $TAKT_ROOT (the machine root; a sandbox dir for local machines)', '/')
+    .option('--sandbox <dir>', 'the scripts\' side: job work dirs, helper commands, HOME and TMPDIR (default: --dir)')
+    .option('--run-as <uid:gid>', 'run scripts as this user and group, with a clean environment (the agent must be root)')
+    .option('--ca <file>', 'PEM CA certificate the https endpoint must chain to; only it is trusted (env TAKT_CA_FILE)', process.env.TAKT_CA_FILE)
+    .option('--token-file <file>', 'read the machine token from this file (env TAKT_TOKEN_FILE); keeps it off command lines', process.env.TAKT_TOKEN_FILE)
+    .option(
+      '--chaos <spec>',
+      'inject faults to test a fleet\'s invariants: fail=0.1,latency=200ms,drop=0.05,drop-for=3s,die=0.02,seed=7 (env TAKT_AGENT_CHAOS; local machines inherit it from their endpoint)',
+      process.env.TAKT_AGENT_CHAOS,
+    )
+    .addHelpText(
+      'after',
+      examples(
+        'takt agent --endpoint https://takt.example.org:8443 --token-file /var/lib/takt-agent/token --ca /var/lib/takt-agent/ca.pem',
+        'takt agent join --help      # how a host joins (the line `takt machines join` prints runs it)',
+      ),
+    )
+    .option('--report-facts', "report this host's facts (inventory) to the endpoint when the agent starts (joined hosts do)", process.env.TAKT_REPORT_FACTS === '1')
+    .action(async (o: { dir: string; root: string; chaos?: string; sandbox?: string; runAs?: string; ca?: string; tokenFile?: string; reportFacts?: boolean }) => {
+      // --endpoint and --token are the global options, as for every other command.
+      const endpoint = globals().endpoint ?? process.env.TAKT_ENDPOINT;
+      const { readFileSync } = await import('node:fs');
+      const readFlagFile = (file: string, flag: string) => {
+        try {
+          return readFileSync(file, 'utf8');
+        } catch (err) {
+          throw new TaktError('bad_request', `${flag} ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+        }
+      };
+      const token = o.tokenFile ? readFlagFile(o.tokenFile, '--token-file').trim() : (globals().token ?? process.env.TAKT_TOKEN);
+      const ca = o.ca ? readFlagFile(o.ca, '--ca') : undefined;
+      if (!endpoint) throw new TaktError('bad_request', 'the agent needs the endpoint URL: --endpoint or TAKT_ENDPOINT');
+      if (!token) throw new TaktError('bad_request', 'the agent needs its machine token: --token-file, --token or TAKT_TOKEN');
+      const { runAgent } = await import('../agent/agent.js');
+      const { parseChaos } = await import('../agent/chaos.js');
+      const chaos = o.chaos ? parseChaos(o.chaos) : undefined;
+      const { parseRunAs } = await import('../agent/sandbox.js');
+      const runAs = o.runAs ? parseRunAs(o.runAs) : undefined;
+      if (runAs && process.getuid?.() !== 0) throw new TaktError('bad_request', '--run-as needs the agent to run as root (it starts scripts as another user)');
+      const ac = new AbortController();
+      process.on('SIGINT', () => ac.abort());
+      process.on('SIGTERM', () => ac.abort());
+      const { VERSION } = await import('./version.js');
+      if (o.reportFacts) {
+        const { reportFacts } = await import('../agent/register.js');
+        const { jsonLineLog } = await import('../agent/log.js');
+        void reportFacts({ endpoint, ...(ca ? { ca } : {}) }, token, jsonLineLog, ac.signal, undefined, VERSION);
+      }
+      const code = await runAgent({ endpoint, token, dir: o.dir, ...(ca ? { ca } : {}), ...(o.tokenFile ? { tokenFile: o.tokenFile } : {}), root: o.root, version: VERSION, ...(chaos ? { chaos } : {}), ...(o.sandbox ? { sandbox: o.sandbox } : {}), ...(runAs ? { runAs } : {}) }, ac.signal);
+      process.exit(code);
+    });
+
+  const { agentJoinCommands } = await import('./agent-join.js');
+  agentJoinCommands(agent, globals);
+
+  const { register } = await import('./commands.js');
+  register(program, globals);
+  const { completionCommand } = await import('./completion.js');
+  completionCommand(program);
+
+  addAliases(program);
+  return program;
+}
+
+/** What to try for a network failure: TLS trust and names are not "is the endpoint running?". */
+function networkHint(message: string): string {
+  if (/altnames|does not match certificate/i.test(message)) {
+    return 'the endpoint\'s certificate does not name the address you used: use a name or address it has (its log lists them), or add one with `takt serve --tls-san NAME`';
+  }
+  if (/self[- ]signed|unable to (verify|get local issuer)|certificate/i.test(message)) {
+    return 'the endpoint\'s certificate is not trusted: point TAKT_CA_FILE at its CA (`<data>/tls/ca.pem` on the endpoint; compare the fingerprint `takt serve` logs)';
+  }
+  if (/socket hang up|ECONNRESET/i.test(message)) {
+    return 'the connection was dropped: if the endpoint listens with TLS there, use https:// (plain HTTP is served on loopback only)';
+  }
+  return 'is the endpoint running? start one with `takt serve`, or point --endpoint / TAKT_ENDPOINT at it';
+}
+
+export function report(err: unknown): number {
+  if (err instanceof TaktError) {
+    process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}${err.path && !err.message.includes(err.path) ? pc.dim(shownErr(` (at ${err.path})`)) : ''}\n`);
+    const diags = (err.details as { diagnostics?: Array<{ file: string; line: number; col: number; message: string }> } | undefined)?.diagnostics;
+    for (const d of diags ?? []) process.stderr.write(shownErr(`${d.file}:${d.line}:${d.col}: ${d.message}`) + '\n');
+    return err.code === 'not_found' ? 4 : err.code === 'unauthorized' || err.code === 'forbidden' ? 5 : 1;
+  }
+  if (err instanceof NetworkError) {
+    process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}\n  ${networkHint(err.message)}\n`);
+    return 3;
+  }
+  process.stderr.write(`${pc.red('takt: unexpected error:')} ${shownErr((err as Error)?.message ?? String(err))}\n`);
+  return 1;
+}
