@@ -149,8 +149,8 @@ describe('restore onto a fresh endpoint', () => {
 
   it('exports each machine with its place (never running), its outputs and its build record', async () => {
     expect((await src.cli(['export', join(out, 'one')])).code).toBe(0);
-    const busy = parse(readFileSync(join(out, 'one', 'machines', 'busy.yaml'), 'utf8')) as { place: { state: string; reason: string; position: Record<string, number> }; outputs: Record<string, unknown>; built: Array<{ task: string }> };
-    expect(busy.place).toEqual({ state: HELD, reason: expect.stringMatching(/restored from an export while it was running; `takt machines resume busy`/), position: expect.objectContaining({ stageIndex: 1, taskIndex: 0, attempt: 0, approvedStage: -1 }) });
+    const busy = parse(readFileSync(join(out, 'one', 'machines', 'busy.yaml'), 'utf8')) as { place: { state: string; reason: string; position: Record<string, unknown> }; outputs: Record<string, unknown>; built: Array<{ task: string }> };
+    expect(busy.place).toEqual({ state: HELD, reason: expect.stringMatching(/restored from an export while it was running; `takt machines resume busy`/), position: expect.objectContaining({ stage: 'slow-stage', task: 'slow', passed: ['one/hello', 'one/use-count'], attempt: 0, approvedStage: null }) });
     expect(busy.outputs).toEqual({ count: 3 });
     expect(busy.built.map((e) => e.task)).toEqual(['hello', 'use-count']);
     // two exports of the same endpoint are the same bytes (no timestamps that move)
@@ -176,13 +176,13 @@ describe('restore onto a fresh endpoint', () => {
     expect(imp.stdout).toMatch(/ {2}bare: give its agent a new token: `takt machines token bare --rotate > bare\.token`/);
 
     const busy = await get(dst, 'busy');
-    expect(busy).toMatchObject({ state: HELD, stageIndex: 1, taskIndex: 0, outputs: { count: 3 }, currentJob: null });
+    expect(busy).toMatchObject({ state: HELD, stage: 'slow-stage', task: 'slow', passed: ['one/hello', 'one/use-count'], outputs: { count: 3 }, currentJob: null });
     expect(busy.reason).toMatch(/restored from an export while it was running/);
     // labels are desired state: they travel, and select the restored machine
     expect(busy.labels).toEqual({ env: 'prod', role: 'web' });
     const selected = JSON.parse((await dst.cli(['machines', 'list', '-l', 'role=web', '-o', 'json'])).stdout) as Array<{ name: string }>;
     expect(selected.map((m) => m.name)).toEqual(['busy']);
-    expect(await get(dst, 'broken')).toMatchObject({ state: 'stopped', stageIndex: 1, reason: expect.stringMatching(/exit 3|exited 3|code 3/) });
+    expect(await get(dst, 'broken')).toMatchObject({ state: 'stopped', stage: 'two', task: 'fail-if', reason: expect.stringMatching(/exit 3|exited 3|code 3/) });
     // busy's agent is up on the new endpoint, and still no job is created: only the restored record
     await until(async () => (await get(dst, 'busy')).agent.connected, 60_000, 'busy agent connected');
     expect((await jobsOf(dst, 'busy')).map((j) => [j.task, j.state])).toEqual(expect.arrayContaining([['hello', 'succeeded'], ['use-count', 'succeeded']]));
