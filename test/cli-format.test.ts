@@ -305,7 +305,7 @@ describe('output formats against an endpoint', () => {
   });
 
   it('-o yaml quotes a param that a YAML 1.1 reader would take for a boolean', async () => {
-    expect((await ep.cli(['machines', 'update', 'fmt-1', '--param', 'power_mode=on'])).code).toBe(0);
+    expect((await ep.cli(['machines', 'update', 'fmt-1', '--param', 'power_mode=on', '--allow-undeclared'])).code).toBe(0);
     const r = await ep.cli(['machines', 'get', 'fmt-1', '-o', 'yaml']);
     expect(r.stdout).toContain('power_mode: "on"');
     expect((parse(r.stdout, { version: '1.1' }) as { params: Record<string, unknown> }).params.power_mode).toBe('on');

@@ -16,6 +16,7 @@ interface M {
   pipeline: string;
   environment: string;
   params: Record<string, unknown>;
+  outputs: Record<string, unknown>;
 }
 
 async function machines(): Promise<M[]> {
@@ -46,7 +47,7 @@ describe('the demo', () => {
     const m = (await machines()).find((x) => x.name === 'demo-1')!;
     const motd = readFileSync(join(ep.data, 'machines', m.id, 'root', 'etc', 'motd'), 'utf8');
     expect(motd).toContain('demo-1');
-    const buildId = m.params.build_id as string;
+    const buildId = m.outputs.build_id as string;
     expect(buildId).toMatch(/^demo-/);
     expect(motd).toContain(buildId);
     const jobs = JSON.parse((await ep.cli(['jobs', 'list', '--machine', 'demo-1', '-o', 'json'])).stdout) as Array<{ task: string; variant: string; state: string }>;

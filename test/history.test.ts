@@ -27,7 +27,8 @@ describe('history', () => {
     const seq = await latest();
     const r = await ep.cli(['history', 'show', String(seq)]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stdout).toMatch(new RegExp(`#${seq} update machines/m-\\w+ by admin`));
+    // the machine by name, its id beside it
+    expect(r.stdout).toMatch(new RegExp(`#${seq} update machines/h1 \\(machines/m-\\w+\\) by admin`));
     expect(r.stdout).toContain('/params/msg:\n    - "one"\n    + "two"');
     const list = await ep.cli(['history', '--limit', '3']);
     expect(list.stdout).toContain('machines/');
@@ -58,6 +59,14 @@ describe('history', () => {
     expect(r.stderr).toMatch(/params\.msg changed again since/);
     expect(await latest()).toBe(before);
     expect((await machine('h1')).params.msg).toBe('four');
+  });
+
+  it('revert undoes a label change', async () => {
+    await ep.api.patch('/machines/h1', { labels: { tier: 'web' } });
+    const seq = await latest();
+    const r = await ep.cli(['history', 'revert', String(seq)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect((await machine('h1')).labels).toEqual({});
   });
 
   it('reverts local content and pack pins', async () => {
@@ -92,7 +101,7 @@ describe('history', () => {
     const r = await ep.cli(['history', 'rewind', '--to', String(to), '-o', 'json']);
     expect(r.code, r.stderr).toBe(0);
     const result = JSON.parse(r.stdout) as { skipped: Array<{ object: string; reason: string }> };
-    expect(result.skipped).toEqual([{ object: expect.stringMatching(/^machines\//), reason: expect.stringMatching(/created after the target/) }]);
+    expect(result.skipped).toEqual([{ object: expect.stringMatching(/^machines\/m-/), name: 'machines/h3', reason: `created after #${to}; delete it if it should go` }]);
 
     const pick = (m: Machine) => ({ params: m.params, profiles: m.profiles, pipeline: m.pipeline, name: m.name });
     expect(pick(await machine('h1'))).toEqual(pick(snapshot.h1));
@@ -108,5 +117,110 @@ describe('history', () => {
   it('unknown changes and bad input are clear errors', async () => {
     expect((await ep.cli(['history', 'revert', '99999'])).stderr).toMatch(/change #99999 not found/);
     expect((await ep.cli(['history', 'rewind', '--to', 'yesterday'])).stderr).toMatch(/--to must be a change number/);
+  });
+});
+
+/** Issue 12: desired state is not observed state; rewind is all or nothing; history reads by name. */
+describe('desired and observed state in history', () => {
+  const json = async <T>(args: string[]): Promise<T> => {
+    const r = await ep.cli([...args, '-o', 'json']);
+    expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+    return JSON.parse(r.stdout) as T;
+  };
+
+  it('rewind restores params but not the outputs jobs wrote, and --stale reports no change that never happened', async () => {
+    await ep.api.post('/machines', { name: 'o1', broker: 'local', pipeline: 'basic', params: { msg: 'one' } });
+    const to = await latest();
+    expect((await ep.cli(['machines', 'wait', 'o1', '--until', 'done', '--timeout', '60s'])).code).toBe(0);
+    // the job's output is observed state: on the machine, not in history
+    expect(await machine('o1')).toMatchObject({ outputs: { count: 3 }, params: { msg: 'one' } });
+    expect(await latest()).toBe(to);
+    await ep.api.patch('/machines/o1', { params: { msg: 'two' } });
+    expect((await json<{ stale: string[] }>(['machines', 'record', 'o1'])).stale).toEqual(['hello: param msg changed ("one" → "two")']);
+
+    const r = await ep.cli(['history', 'rewind', '--to', String(to)]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('  update machines/o1: params.msg');
+    expect(r.stdout).toMatch(/observed state, left as it is:\n {2}o1: done, agent (not )?connected, outputs count=3/);
+    expect(await machine('o1')).toMatchObject({ outputs: { count: 3 }, params: { msg: 'one' }, state: 'done' });
+    expect((await json<{ stale: string[] }>(['machines', 'record', 'o1'])).stale).toEqual([]);
+  });
+
+  it('history show prints a removed param as a removal, and the machine by name with what it observed', async () => {
+    await ep.api.patch('/machines/o1', { params: { msg: null } });
+    const r = await ep.cli(['history', 'show', String(await latest())]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^#\d+ update machines\/o1 \(machines\/m-\w+\) by admin/);
+    expect(r.stdout).toContain('  /params/msg: (removed)\n    - "one"\n');
+    expect(r.stdout).not.toContain('undefined');
+    expect(r.stdout).toMatch(/observed now .*\n {2}o1: done, .*outputs count=3/);
+    const list = await ep.cli(['history', '--object', 'machines/o1']);
+    expect(list.stdout).toContain('machines/o1');
+    expect(list.stdout).not.toMatch(/machines\/m-/);
+    // a work order's change names its machine
+    const wo = await ep.api.post<{ id: string }>('/workorders', { machine: 'o1', blueprint: 'scan' });
+    const items = JSON.parse((await ep.cli(['history', '--limit', '1', '-o', 'json'])).stdout) as Array<{ object: string; name: string }>;
+    expect(items[0]).toMatchObject({ object: `workorders/${wo.id}`, name: `workorders/${wo.id} (o1)` });
+  });
+
+  it('rewind --dry-run lists the changes and makes none', async () => {
+    const to = await latest();
+    await ep.api.patch('/machines/o1', { params: { msg: 'dry' } });
+    await ep.api.post('/profiles', { name: 'dry', params: { msg: 'p' } });
+    const before = await latest();
+    const r = await ep.cli(['history', 'rewind', '--to', String(to), '--dry-run']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^dry run: rewinding to #\d+ would make 2 change\(s\):\n {2}delete profiles\/dry\n {2}update machines\/o1: params\.msg\n/);
+    expect(await latest()).toBe(before);
+    expect((await machine('o1')).params.msg).toBe('dry');
+    await ep.api.delete('/profiles/dry');
+  });
+
+  it('a rewind that cannot restore one object restores none, and names the problem', async () => {
+    const to = await latest();
+    await ep.api.patch('/machines/o1', { params: { msg: 'kept' } });
+    await ep.api.post('/profiles', { name: 'later', params: { msg: 'l' } });
+    // made after the target, so the rewind leaves it — but it uses a profile the rewind would delete
+    await ep.api.post('/machines', { name: 'uses-later', profiles: ['later'] });
+    const before = await latest();
+    const r = await ep.cli(['history', 'rewind', '--to', String(to)]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/machines\/uses-later \/profiles\/0: profile 'later' does not exist once this is applied; change or delete the machine first \(nothing was rewound\)/);
+    expect(await latest()).toBe(before);
+    expect((await machine('o1')).params.msg).toBe('kept');
+    await ep.api.delete('/machines/uses-later');
+  });
+
+  it("rewind's report does not list machines created and deleted since the target", async () => {
+    const to = await latest();
+    await ep.api.post('/machines', { name: 'gone' });
+    await ep.api.delete('/machines/gone');
+    await ep.api.post('/machines', { name: 'stays' });
+    const r = await json<{ skipped: Array<{ name: string; reason: string }> }>(['history', 'rewind', '--to', String(to)]);
+    expect(r.skipped.map((s) => s.name)).toEqual(['machines/stays']);
+    await ep.api.delete('/machines/stays');
+  });
+});
+
+describe('--stale compares task content, not pack versions', () => {
+  it('an unchanged task after a version bump is not stale; a machine built with a newer version after a roll back is', async () => {
+    const v1 = await packFiles('seed');
+    const v2 = { ...v1, 'pack.yaml': v1['pack.yaml']!.replace('1.0.0', '1.0.1'), 'tasks/configure.yaml': v1['tasks/configure.yaml']!.replace('perms 0777', 'perms 0640') };
+    const v3 = { ...v2, 'pack.yaml': v1['pack.yaml']!.replace('1.0.0', '1.0.2') };
+    await ep.api.post('/packs', { files: v1 });
+    await ep.api.post('/packs', { files: v2 });
+    await ep.api.post('/packs/seed/use', { version: '1.0.1' });
+    await ep.api.post('/machines', { name: 's1', broker: 'local', pipeline: 'seed' });
+    expect((await ep.cli(['machines', 'wait', 's1', '--until', 'done', '--timeout', '60s'])).code).toBe(0);
+    const stale = async () => JSON.parse((await ep.cli(['machines', 'list', '--stale', '--pipeline', 'seed', '-o', 'json'])).stdout) as Array<{ name: string; stale: string[] }>;
+    expect(await stale()).toEqual([]);
+    // 1.0.2 changes no task: nothing to rebuild
+    await ep.api.post('/packs', { files: v3 });
+    await ep.api.post('/packs/seed/use', { version: '1.0.2' });
+    expect(await stale()).toEqual([]);
+    // rolled back to 1.0.0, whose configure differs: the machine built with 1.0.1 is stale, check is not
+    await ep.api.post('/packs/seed/use', { version: '1.0.0' });
+    const s = await stale();
+    expect(s.map((m) => [m.name, m.stale])).toEqual([['s1', ['configure: built with seed@1.0.1, seed@1.0.0 is in use']]]);
   });
 });

@@ -4,9 +4,11 @@
  * history entry behind), every malformed import file is a 4xx naming the file and field, pushed packs hold
  * only plain relative paths, and numbers that cannot be held exactly are refused.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles } from './helpers/endpoint.js';
+import { Endpoint, packFiles, until } from './helpers/endpoint.js';
 
 let a: Endpoint;
 let b: Endpoint;
@@ -121,7 +123,52 @@ describe('import is all or nothing', () => {
     expect(r.packVersionsInstalled.sort()).toEqual(['basic@1.0.0', 'seed@1.0.0']);
     expect(r.machines.created.sort()).toEqual(['plain', 'sandbox']);
     expect(r.problems).toEqual([]);
+    // exported while it ran, the machine arrives held at its place; its agent is up and waits for a resume
+    await until(async () => (await b.api.get<{ agent: { connected: boolean } }>('/machines/sandbox')).agent.connected, 60_000, 'sandbox agent');
+    expect(await b.api.get('/machines/sandbox')).toMatchObject({ state: expect.stringMatching(/^(stopped|paused)$/), reason: expect.stringMatching(/restored from an export/) });
+    expect((await b.cli(['machines', 'resume', 'sandbox'])).code).toBe(0);
     expect((await b.cli(['machines', 'wait', 'sandbox', '--timeout', '60s'])).code).toBe(0);
+  });
+});
+
+describe('import onto an existing endpoint is all or nothing', () => {
+  /** What an import may change on `a` (its running agent's liveness and progress are not that). */
+  const desired = async () => {
+    const s = await state(a);
+    const machines = (s.machines.items as Array<{ name: string; params: unknown; profiles: unknown; pipeline: unknown }>).map((m) => ({ name: m.name, params: m.params, profiles: m.profiles, pipeline: m.pipeline }));
+    return { packs: s.packs, versions: s.versions, profiles: s.profiles, tasks: s.tasks, changes: s.changes, machines };
+  };
+  /** `exported` changed: a profile, the pin, and one machine's param to a value its schema refuses. */
+  const drifted = (bad: boolean) => ({
+    ...exported,
+    'local/profiles/web.yaml': 'name: web\nparams:\n  msg: changed by the import\n',
+    'machines/plain.yaml': exported['machines/plain.yaml']!.replace('msg: hi', `msg: hi\n  code: ${bad ? 'not-a-number' : 7}`),
+  });
+
+  it('an object refused while writing (a param its schema refuses) rolls back those applied before it', async () => {
+    const before = await desired();
+    const r = await raw(a, 'POST', '/import', JSON.stringify({ files: drifted(true) }));
+    expect(r.status, JSON.stringify(r.body)).toBe(422);
+    expect(r.body.error.message).toMatch(/^machines\/plain\.yaml: param 'code'/);
+    // the profile was written before the machine in the same transaction: it is not changed
+    expect(await desired()).toEqual(before);
+  });
+
+  it('--dry-run lists every change and applies none; without it, all apply', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'takt-import-dry-'));
+    for (const [path, text] of Object.entries(drifted(false))) {
+      mkdirSync(dirname(join(dir, path)), { recursive: true });
+      writeFileSync(join(dir, path), text);
+    }
+    const before = await desired();
+    const dry = await a.cli(['import', dir, '--dry-run']);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toMatch(/^dry run: importing .* would make 2 change\(s\):\n {2}update profiles\/web\n {2}update machines\/plain: params\.code\n/);
+    expect(await desired()).toEqual(before);
+    const r = JSON.parse((await a.cli(['import', dir, '-o', 'json'])).stdout) as { dryRun: boolean; changes: string[] };
+    expect(r).toMatchObject({ dryRun: false, changes: ['update profiles/web', 'update machines/plain: params.code'] });
+    expect(await a.api.get('/machines/plain')).toMatchObject({ params: { msg: 'hi', code: 7 } });
+    expect(await a.api.get('/profiles/web')).toMatchObject({ params: { msg: 'changed by the import' } });
   });
 });
 

@@ -6,7 +6,10 @@ import { mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles } from './helpers/endpoint.js';
+import { parse } from 'yaml';
+import { MACHINE_STATES, type Machine } from '../src/model/machine.js';
+import { Endpoint, packFiles, until } from './helpers/endpoint.js';
+import { AgentProcess } from './helpers/liveness.js';
 
 let a: Endpoint;
 let b: Endpoint;
@@ -35,6 +38,8 @@ beforeAll(async () => {
   await a.api.post('/tasks', { name: 'local-hello', params: { required: ['msg'] }, script: 'echo {{ msg }}' });
   await a.api.post('/machines', { name: 'plain', params: { msg: 'hi', api_key: 'k-secret', count: 3 }, profiles: ['web'], pipeline: 'basic' });
   await a.api.post('/machines', { name: 'sandbox', broker: 'local', pipeline: 'seed', params: { port: 9000 } });
+  // An export holds where each machine stands: exported mid-pipeline and again later, the files differ.
+  expect((await a.cli(['machines', 'wait', 'sandbox', '--until', 'done', '--timeout', '60s'])).code).toBe(0);
 });
 afterAll(async () => {
   await Promise.all([a?.stop(), b?.stop()]);
@@ -76,8 +81,9 @@ describe('export and import', () => {
     // a secure value sealed with the other endpoint's key is reported, not thrown
     const plan = await b.api.get<{ steps: Array<{ task: string; error: string | null }> }>('/machines/plain/plan');
     expect(plan.steps.find((s) => s.task === 'hello')?.error).toMatch(/secure param 'api_key' cannot be decrypted with this endpoint's secret\.key/);
-    // the brokered machine is real on the new endpoint: its agent runs the pipeline
-    expect((await b.cli(['machines', 'wait', 'sandbox', '--timeout', '60s'])).code).toBe(0);
+    // the brokered machine is real on the new endpoint: its agent is started, and it stands where it stood
+    await until(async () => (await b.api.get<Machine>('/machines/sandbox')).agent.connected, 60_000, 'sandbox agent connected');
+    expect(await b.api.get<Machine>('/machines/sandbox')).toMatchObject({ state: 'done', outputs: {} });
   });
 
   it('importing the same state again changes nothing', async () => {
@@ -105,5 +111,111 @@ describe('export and import', () => {
     expect(r.stderr).toMatch(/no such directory/);
     const notExport = await a.cli(['import', 'test/packs/basic']);
     expect(notExport.stderr).toMatch(/takt-export\.yaml is missing/);
+  });
+});
+
+/**
+ * Issue 12: a restore onto a fresh endpoint keeps each machine's place, outputs and build record, starts
+ * no work by itself, says how to re-attach each agent, and exports again byte-identically.
+ */
+describe('restore onto a fresh endpoint', () => {
+  /** The state a restored machine that was running is held in (`paused` where the model has it). */
+  const HELD = (MACHINE_STATES as readonly string[]).includes('paused') ? 'paused' : 'stopped';
+  let src: Endpoint;
+  let dst: Endpoint;
+  const agents: AgentProcess[] = [];
+  const out = mkdtempSync(join(tmpdir(), 'takt-restore-'));
+  type Job = { id: string; task: string; state: string; stage: string | null };
+  const jobsOf = async (ep: Endpoint, machine: string) => (await ep.api.get<{ items: Job[] }>('/jobs', { machine, limit: 1000 })).items;
+  const get = (ep: Endpoint, name: string) => ep.api.get<Machine>(`/machines/${name}`);
+
+  beforeAll(async () => {
+    [src, dst] = await Promise.all([Endpoint.start(), Endpoint.start()]);
+    await src.api.post('/packs', { files: await packFiles('basic') });
+    await src.api.post('/tasks', { name: 'slow', params: { optional: ['secs'] }, script: 'sleep {{ secs }}' });
+    await src.api.post('/stages', { name: 'slow-stage', tasks: ['slow'] });
+    await src.api.post('/pipelines', { name: 'restore', stages: ['one', 'slow-stage'] });
+    // busy: running its second stage when exported; broken: stopped on fail-if; bare: no broker, no agent.
+    await src.api.post('/machines', { name: 'busy', broker: 'local', pipeline: 'restore', params: { secs: 600 }, labels: { role: 'web', env: 'prod' } });
+    await src.api.post('/machines', { name: 'broken', broker: 'local', pipeline: 'basic', params: { code: 3 } });
+    await src.api.post('/machines', { name: 'bare', pipeline: 'basic' });
+    await until(async () => (await jobsOf(src, 'busy')).some((j) => j.task === 'slow' && j.state === 'running'), 60_000, 'busy running slow');
+    await until(async () => (await get(src, 'broken')).state === 'stopped', 60_000, 'broken stopped');
+  });
+  afterAll(async () => {
+    await Promise.all(agents.map((a) => a.dispose()));
+    await Promise.all([src?.stop(), dst?.stop()]);
+  });
+
+  it('exports each machine with its place (never running), its outputs and its build record', async () => {
+    expect((await src.cli(['export', join(out, 'one')])).code).toBe(0);
+    const busy = parse(readFileSync(join(out, 'one', 'machines', 'busy.yaml'), 'utf8')) as { place: { state: string; reason: string; position: Record<string, unknown> }; outputs: Record<string, unknown>; built: Array<{ task: string }> };
+    expect(busy.place).toEqual({ state: HELD, reason: expect.stringMatching(/restored from an export while it was running; `takt machines resume busy`/), position: expect.objectContaining({ stage: 'slow-stage', task: 'slow', passed: ['one/hello', 'one/use-count'], attempt: 0, approvedStage: null }) });
+    expect(busy.outputs).toEqual({ count: 3 });
+    expect(busy.built.map((e) => e.task)).toEqual(['hello', 'use-count']);
+    // two exports of the same endpoint are the same bytes (no timestamps that move)
+    expect((await src.cli(['export', join(out, 'again')])).code).toBe(0);
+    expect(readTree(join(out, 'again'))).toEqual(readTree(join(out, 'one')));
+  });
+
+  it('--dry-run lists what the import would do and writes nothing', async () => {
+    const r = await dst.cli(['import', join(out, 'one'), '--dry-run']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^dry run: importing .* would make \d+ change\(s\):/);
+    expect(r.stdout).toContain(`  create machines/busy (${HELD} on restore, build record of 2 tasks)`);
+    expect(r.stdout).toContain('  install basic@1.0.0');
+    expect((await dst.api.get<{ items: unknown[] }>('/machines')).items).toEqual([]);
+    expect((await dst.api.get<{ items: unknown[] }>('/changes', { limit: 10 })).items).toEqual([]);
+  });
+
+  it('keeps every place, outputs and build record; no machine starts work; says how to re-attach each agent', async () => {
+    const imp = await dst.cli(['import', join(out, 'one')]);
+    expect(imp.code, imp.stdout + imp.stderr).toBe(0);
+    expect(imp.stdout).toContain("re-attach each machine's agent (new tokens were issued):");
+    expect(imp.stdout).toContain("  busy: its agent was started by broker 'local' with a new token");
+    expect(imp.stdout).toMatch(/ {2}bare: give its agent a new token: `takt machines token bare --rotate > bare\.token`/);
+
+    const busy = await get(dst, 'busy');
+    expect(busy).toMatchObject({ state: HELD, stage: 'slow-stage', task: 'slow', passed: ['one/hello', 'one/use-count'], outputs: { count: 3 }, currentJob: null });
+    expect(busy.reason).toMatch(/restored from an export while it was running/);
+    // labels are desired state: they travel, and select the restored machine
+    expect(busy.labels).toEqual({ env: 'prod', role: 'web' });
+    const selected = JSON.parse((await dst.cli(['machines', 'list', '-l', 'role=web', '-o', 'json'])).stdout) as Array<{ name: string }>;
+    expect(selected.map((m) => m.name)).toEqual(['busy']);
+    expect(await get(dst, 'broken')).toMatchObject({ state: 'stopped', stage: 'two', task: 'fail-if', reason: expect.stringMatching(/exit 3|exited 3|code 3/) });
+    // busy's agent is up on the new endpoint, and still no job is created: only the restored record
+    await until(async () => (await get(dst, 'busy')).agent.connected, 60_000, 'busy agent connected');
+    expect((await jobsOf(dst, 'busy')).map((j) => [j.task, j.state])).toEqual(expect.arrayContaining([['hello', 'succeeded'], ['use-count', 'succeeded']]));
+    expect(await jobsOf(dst, 'busy')).toHaveLength(2);
+    expect((await get(dst, 'busy')).state).toBe(HELD);
+
+    // the build record works as on the source: record and --built-with
+    const rec = JSON.parse((await dst.cli(['machines', 'record', 'busy', '-o', 'json'])).stdout) as { entries: Array<{ task: string; pack: string }>; stale: string[] };
+    expect(rec.entries.map((e) => [e.task, e.pack])).toEqual([['hello', 'basic@1.0.0'], ['use-count', 'basic@1.0.0']]);
+    const built = JSON.parse((await dst.cli(['machines', 'list', '--built-with', 'basic@1.0.0', '-o', 'json'])).stdout) as Array<{ name: string }>;
+    expect(built.map((m) => m.name).sort()).toEqual(['broken', 'busy']);
+
+    // exported again: byte-identical; imported again: nothing to do
+    expect((await dst.cli(['export', join(out, 'two')])).code).toBe(0);
+    expect(readTree(join(out, 'two'))).toEqual(readTree(join(out, 'one')));
+    const again = JSON.parse((await dst.cli(['import', join(out, 'one'), '-o', 'json'])).stdout) as { changes: string[]; machines: { created: string[]; updated: string[] } };
+    expect(again).toMatchObject({ changes: [], machines: { created: [], updated: [] } });
+  });
+
+  it('resume continues where the machine was: the tasks that succeeded do not run again', async () => {
+    await dst.cli(['machines', 'update', 'busy', '--param', 'secs=0']);
+    expect((await dst.cli(['machines', 'resume', 'busy'])).code).toBe(0);
+    expect((await dst.cli(['machines', 'wait', 'busy', '--until', 'done', '--timeout', '60s'])).code).toBe(0);
+    const ran = (await jobsOf(dst, 'busy')).map((j) => j.task).sort();
+    expect(ran).toEqual(['hello', 'slow', 'use-count']);
+  });
+
+  it('the re-attach command for a machine without a broker works', async () => {
+    const t = await dst.cli(['machines', 'token', 'bare', '--rotate']);
+    expect(t.code, t.stderr).toBe(0);
+    agents.push(new AgentProcess(dst.url, t.stdout.trim()).start());
+    expect((await get(dst, 'bare')).state).toBe(HELD);
+    expect((await dst.cli(['machines', 'resume', 'bare'])).code).toBe(0);
+    expect((await dst.cli(['machines', 'wait', 'bare', '--until', 'done', '--timeout', '60s'])).code).toBe(0);
   });
 });

@@ -103,7 +103,7 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
       // The pipeline wrote under the machine's root on the host; the record says who built it.
       expect(readFileSync(join(machines[i]!.root, 'etc', 'hostname'), 'utf8').trim()).toBe(name);
       expect(readFileSync(join(machines[i]!.root, 'etc', 'motd'), 'utf8')).toContain(name);
-      expect(m.params.build_id).toMatch(/^demo-\d+-\d+$/);
+      expect(m.outputs.build_id).toMatch(/^demo-\d+-\d+$/);
     }
     // Connections are reused: one login per machine for all eight jobs.
     expect([lab.logins(0), lab.logins(1)]).toEqual([1, 1]);

@@ -10,35 +10,77 @@ import { examples } from './help.js';
 
 const enc = encodeURIComponent;
 
+/** A change as the API lists it: `name` is its object as people read it (`machines/web-1`). */
+type NamedChange = Change & { name: string };
+
+interface ObservedView {
+  machine: string;
+  state: string;
+  reason: string | null;
+  outputs: Record<string, unknown>;
+  agentConnected: boolean;
+}
+
+interface ChangeField {
+  path: string;
+  op: 'added' | 'removed' | 'changed';
+  before?: unknown;
+  after?: unknown;
+}
+
+interface RewindResult {
+  to: number;
+  dryRun: boolean;
+  changes: string[];
+  applied: Array<{ object: string; name: string; seq: number }>;
+  skipped: Array<{ object: string; name: string; reason: string }>;
+  observed: ObservedView[];
+}
+
+/** Observed state, one line per machine: what a rewind or revert leaves as it is. */
+function observedLines(views: ObservedView[]): string[] {
+  return views.map((o) => {
+    const outputs = Object.entries(o.outputs).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(' ');
+    return pc.dim(shown(`  ${o.machine}: ${o.state}${o.reason ? ` (${o.reason})` : ''}, agent ${o.agentConnected ? 'connected' : 'not connected'}${outputs ? `, outputs ${outputs}` : ''}`));
+  });
+}
+
 export function historyCommands(program: Command, g: Globals, api: () => ApiClient) {
   const history = program
     .command('history')
     .description('numbered changes to desired state: who, when, what')
-    .addHelpText('after', examples('takt history', 'takt history --object machines/demo-1 --limit 10'))
-    .option('--object <object>', 'only changes to this object, e.g. machines/m-1a2b or profiles/web')
+    .option('--object <object>', 'only changes to this object, e.g. machines/web-1 or profiles/web')
     .option('--limit <n>', 'how many', '50')
+    .addHelpText('after', examples('takt history --limit 10', 'takt history --object machines/web-1', 'takt history show 12', 'takt history rewind --to 12 --dry-run'))
     .action(async (o: { object?: string; limit: string }) => {
-      const r = await api().get<{ items: Change[] }>('/changes', o);
+      const r = await api().get<{ items: NamedChange[] }>('/changes', o);
       print(g().output, r.items, () =>
         renderTable(r.items, [
           { header: '#', get: (c) => String(c.seq) },
           { header: 'WHEN', get: (c) => c.at },
           { header: 'WHO', get: (c) => c.author },
           { header: 'ACTION', get: (c) => c.action },
-          { header: 'OBJECT', get: (c) => c.object },
+          { header: 'OBJECT', get: (c) => c.name ?? c.object },
         ]),
       );
     });
   history
     .command('show <seq>')
-    .description('one change: who, when, and what it changed field by field')
-    .addHelpText('after', examples('takt history show 12'))
+    .description("one change: who, when, what it changed field by field, and the machine's observed state now")
+    .addHelpText('after', examples('takt history show 12', 'takt history show 12 -o json'))
     .action(async (seq: string) => {
-      const c = await api().get<Change & { diff: Array<{ path: string; before: unknown; after: unknown }> }>(`/changes/${enc(seq)}`);
+      const c = await api().get<NamedChange & { diff: ChangeField[]; observed?: ObservedView }>(`/changes/${enc(seq)}`);
+      const field = (f: ChangeField) => {
+        const head = shown(`  ${f.path}:${f.op === 'changed' ? '' : ` (${f.op})`}`);
+        if (f.op === 'added') return [head, pc.green(shown(`    + ${JSON.stringify(f.after)}`))];
+        if (f.op === 'removed') return [head, pc.red(shown(`    - ${JSON.stringify(f.before)}`))];
+        return [head, pc.red(shown(`    - ${JSON.stringify(f.before)}`)), pc.green(shown(`    + ${JSON.stringify(f.after)}`))];
+      };
       print(g().output, c, () =>
         [
-          `${pc.bold(`#${c.seq}`)} ${shown(`${c.action} ${c.object} by ${c.author} at ${c.at}`)}`,
-          ...c.diff.flatMap((f) => [shown(`  ${f.path}:`), pc.red(shown(`    - ${JSON.stringify(f.before)}`)), pc.green(shown(`    + ${JSON.stringify(f.after)}`))]),
+          `${pc.bold(`#${c.seq}`)} ${shown(`${c.action} ${c.name ?? c.object}${c.name && c.name !== c.object ? ` (${c.object})` : ''} by ${c.author} at ${c.at}`)}`,
+          ...c.diff.flatMap(field),
+          ...(c.observed ? [pc.dim('observed now (not desired state; history leaves it be):'), ...observedLines([c.observed])] : []),
         ].join('\n'),
       );
     });
@@ -52,18 +94,22 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
     });
   history
     .command('rewind')
-    .description('restore the whole desired state (packs in use, local content, machine params/profiles/pipelines) as of a change')
-    .addHelpText('after', examples('takt history rewind --to 12'))
+    .description('restore the whole desired state (packs in use, local content, machine params/profiles/pipelines) as of a change, all or nothing; observed state (outputs, position) stays')
     .requiredOption('--to <seq>', 'the change to go back to (0: before the first)')
-    .action(async (o: { to: string }) => {
+    .option('--dry-run', 'print what it would change, change nothing')
+    .addHelpText('after', examples('takt history rewind --to 12 --dry-run   # what would change', 'takt history rewind --to 12'))
+    .action(async (o: { to: string; dryRun?: boolean }) => {
       const to = Number(o.to);
-      if (!Number.isInteger(to) || to < 0) throw new TaktError('bad_request', '--to must be a change number');
-      const r = await api().post<{ to: number; applied: Array<{ object: string; seq: number }>; skipped: Array<{ object: string; reason: string }> }>('/changes/rewind', { to });
+      if (!/^\d+$/.test(o.to) || !Number.isInteger(to) || to < 0) throw new TaktError('bad_request', '--to must be a change number');
+      const r = await api().post<RewindResult>('/changes/rewind', { to, ...(o.dryRun ? { dryRun: true } : {}) });
       print(g().output, r, () =>
         [
-          `rewound to #${r.to}: ${r.applied.length} object(s) restored`,
-          ...r.applied.map((a) => shown(`  ${a.object} (#${a.seq})`)),
-          ...r.skipped.map((s) => pc.yellow(shown(`  not restored: ${s.object}: ${s.reason}`))),
+          r.dryRun
+            ? `dry run: rewinding to #${r.to} would make ${r.changes.length} change(s)${r.changes.length ? ':' : ''}`
+            : `rewound to #${r.to}: ${r.changes.length} change(s)${r.applied.length ? ` (#${r.applied[0]!.seq}–#${r.applied[r.applied.length - 1]!.seq})` : ''}`,
+          ...r.changes.map((c) => shown(`  ${c}`)),
+          ...r.skipped.map((s) => pc.yellow(shown(`  not restored: ${s.name}: ${s.reason}`))),
+          ...(r.observed.length ? [pc.dim('observed state, left as it is:'), ...observedLines(r.observed)] : []),
         ].join('\n'),
       );
     });

@@ -12,7 +12,7 @@ import { examples } from './help.js';
 export function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
   program
     .command('export <dir>')
-    .description('write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git')
+    .description("write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git; each machine's file also holds its place, outputs and build record, for a restore")
     .addHelpText('after', examples('takt export ./state && git -C state add -A && git -C state commit -m snapshot'))
     .action(async (dir: string) => {
       const { files } = await api().get<{ files: Record<string, string> }>('/export');
@@ -33,9 +33,10 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
     });
   program
     .command('import <dir>')
-    .description('restore the desired state from a `takt export` directory (machines not in it are reported, not deleted)')
-    .addHelpText('after', examples('takt import ./state'))
-    .action(async (dir: string) => {
+    .description('restore the desired state from a `takt export` directory, all or nothing (machines not in it are reported, not deleted); machines it creates keep their place and wait for `takt machines resume`')
+    .option('--dry-run', 'print what it would change, change nothing')
+    .addHelpText('after', examples('takt import ./state --dry-run   # what would change', 'takt import ./state             # then re-attach the agents it lists'))
+    .action(async (dir: string, o: { dryRun?: boolean }) => {
       const files: Record<string, string> = {};
       const walk = async (rel: string) => {
         for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
@@ -47,13 +48,27 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
       await walk('').catch((err: NodeJS.ErrnoException) => {
         throw new TaktError('not_found', `${dir}: ${err.code === 'ENOENT' ? 'no such directory' : err.message}`);
       });
-      const r = await api().post<{ packVersionsInstalled: string[]; content: Record<string, number>; machines: { created: string[]; updated: string[] }; problems: string[] }>('/import', { files });
+      const r = await api().post<ImportResult>('/import', { files, ...(o.dryRun ? { dryRun: true } : {}) });
       print(g().output, r, () =>
         [
-          shown(`imported ${dir}: ${r.packVersionsInstalled.length} pack version(s) installed, content ${r.content.created} created / ${r.content.updated} updated / ${r.content.deleted} deleted, machines ${r.machines.created.length} created / ${r.machines.updated.length} updated`),
+          r.dryRun
+            ? shown(`dry run: importing ${dir} would make ${r.changes.length} change(s)${r.changes.length ? ':' : ''}`)
+            : shown(`imported ${dir}: ${r.packVersionsInstalled.length} pack version(s) installed, content ${r.content.created} created / ${r.content.updated} updated / ${r.content.deleted} deleted, machines ${r.machines.created.length} created / ${r.machines.updated.length} updated`),
+          ...r.changes.map((c) => shown(`  ${c}`)),
+          ...(r.reattach.length ? [r.dryRun ? 'agents to re-attach (each machine gets a new token):' : 're-attach each machine\'s agent (new tokens were issued):', ...r.reattach.map((a) => shown(`  ${a.machine}: ${a.how}`))] : []),
           ...r.problems.map((p) => pc.yellow(shown(`  ${p}`))),
         ].join('\n'),
       );
       if (r.problems.length) process.exitCode = 1;
     });
+}
+
+interface ImportResult {
+  dryRun: boolean;
+  changes: string[];
+  reattach: Array<{ machine: string; how: string }>;
+  packVersionsInstalled: string[];
+  content: Record<string, number>;
+  machines: { created: string[]; updated: string[] };
+  problems: string[];
 }

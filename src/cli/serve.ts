@@ -207,6 +207,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     [ssh.name, ssh],
   ]);
   const records = new Records(store, content, sealer);
+  const portable = new Portable(store, engine, content, records);
   const rollouts = new Rollouts(store, engine, records, { log });
   const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck) });
   const limits = serverLimits(opts);
@@ -218,8 +219,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     records,
     rollouts,
     churn,
-    history: new History(store, engine, content),
-    portable: new Portable(store, engine, content),
+    history: new History(store, engine, content, portable),
+    portable,
     brokers,
     joins: new Joins(store, engine),
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).

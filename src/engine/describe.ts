@@ -5,7 +5,7 @@
  * only gathers its inputs from the store (reads only: describing changes nothing).
  */
 import type { AgentLiveness, Job, Machine, MachineStatus, WorkOrder } from '../model/machine.js';
-import type { ContentSet } from '../model/content.js';
+import { locate } from './transitions.js';
 import type { Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
 import type { Store } from '../store/store.js';
 import type { Engine } from './engine.js';
@@ -138,7 +138,11 @@ export class Describer {
   async describe(idOrName: string, opts: { jobs?: number; events?: number } = {}): Promise<MachineDescription> {
     const m = this.engine.withLiveness(await this.engine.findMachine(idOrName));
     const content = this.engine.content.current;
-    const { stage, task } = m;
+    // A machine that has not claimed its next task yet stands at the first one not yet done in this pass.
+    let { stage, task } = m;
+    const shape = stage === null && m.pipeline && m.state !== 'done' ? this.engine.shapeOf(content, m.pipeline) : null;
+    const next = shape ? locate(shape, m, false) : null;
+    if (next?.kind === 'at') ({ stage, task } = next.step);
     const [jobs, workOrders, changes, approvals, rollout] = await Promise.all([
       this.store.listJobs({ machineId: m.id, limit: opts.jobs ?? 10 }),
       this.store.listWorkOrders({ machineId: m.id }),

@@ -413,6 +413,7 @@ export class Engine {
       state: input.pipeline ? 'running' : 'idle',
       reason: null,
       params,
+      outputs: {},
       profiles,
       labels: sortedLabels(input.labels ?? {}),
       currentJob: null,
@@ -475,7 +476,12 @@ export class Engine {
       next.labels = applyLabelPatch(m.labels, patch.labels);
       validateLabels(next.labels);
     }
-    if (patch.params !== undefined) next.params = this.checkParams(content, m.params, patch.params);
+    if (patch.params !== undefined) {
+      next.params = this.checkParams(content, m.params, patch.params);
+      // A value set for a param supersedes an output of the same name, as when outputs were params (unsetting
+      // the param leaves what the machine has).
+      next.outputs = Object.fromEntries(Object.entries(m.outputs).filter(([k]) => patch.params![k] === undefined || patch.params![k] === null));
+    }
     if (patch.power !== undefined) next.power = patch.power;
     if (patch.ssh !== undefined) {
       if (!m.ssh) throw new TaktError('conflict', `machine '${m.name}' is not driven over SSH (broker ${m.broker ?? 'none'}); its SSH settings cannot be set`, { path: '/ssh' });
@@ -1060,11 +1066,8 @@ export class Engine {
     await tx.finishJob(finished, report ? { report, action } : undefined);
     await this.logs.end(tx, job.id);
     tx.emit(`jobs.update.${job.id}`, publicJob(finished));
-    if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) {
-      const before = desiredView(next);
-      next.params = { ...next.params, ...outputs };
-      await tx.change(`job:${job.id}`, `machines/${m.id}`, 'update', before, desiredView(next));
-    }
+    // Observed state: what the machine now has. Not a desired-state change, so no history entry.
+    if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) next.outputs = { ...next.outputs, ...outputs };
     next.updatedAt = new Date().toISOString();
     if (!deferMachine) await this.saveMachine(tx, next);
     return { machine: next, job: finished, action };
@@ -1231,7 +1234,7 @@ export class Engine {
       const pipeline = job.pipeline ? content.objects.pipelines.get(job.pipeline)?.def : undefined;
       ctx = { stage: stage ? { name: stage.name, params: stage.params } : undefined, pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined };
     }
-    const outputs = Object.keys(job.outputs).filter((k) => isSealed(m.params[k])).map((k) => this.openQuietly(m.params[k]));
+    const outputs = Object.keys(job.outputs).filter((k) => isSealed(m.outputs[k])).map((k) => this.openQuietly(m.outputs[k]));
     try {
       return [...secretsOf(prepareTask(content, this.sealer, m, job.task, ctx)), ...secretTexts(outputs)];
     } catch {
@@ -1453,7 +1456,8 @@ export class Engine {
 
   // ---- helpers -------------------------------------------------------------------------------------
 
-  private shapeOf(content: ContentSet, pipeline: string): PipelineShape | null {
+  /** The pipeline's stages and their tasks in `content`, by name; null when it has no such pipeline. */
+  shapeOf(content: ContentSet, pipeline: string): PipelineShape | null {
     const p = content.objects.pipelines.get(pipeline)?.def;
     if (!p) return null;
     return { name: p.name, stages: p.stages.map((s) => ({ name: s, tasks: content.objects.stages.get(s)?.def.tasks ?? [] })) };
@@ -1586,7 +1590,7 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
  */
 export function publicMachine(m: Machine) {
   const { facts: _facts, ...rest } = m;
-  return { ...rest, params: maskValues(m.params), status: machineStatus(m) };
+  return { ...rest, params: maskValues(m.params), outputs: maskValues(m.outputs), status: machineStatus(m) };
 }
 
 /** A new secret for machine `id`: `tkm.<id>.<192 random bits>` (see machineIdFromToken). Only its SHA-256 is stored. */

@@ -1,38 +1,106 @@
 /**
  * Rewind: every desired-state change can be reverted (as a new change), and the whole desired state can
- * be taken back to how it stood after any change. Both replay through the same services that made the
- * changes, so every check (schemas, references, requires, machines' references) applies again.
+ * be taken back to how it stood after any change. Revert replays through the services that made the
+ * change; rewind plans the whole target state through the import's planner and writes it in one
+ * transaction. Both act on desired state only: what machines observed (outputs, position, facts) stays.
  */
-import { CONTENT_KINDS, type ContentKind } from '../model/content.js';
+import { CONTENT_KINDS, LOCAL_LAYER, type ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
-import type { Change } from '../model/machine.js';
+import type { Change, Machine } from '../model/machine.js';
+import { maskValues } from '../model/secure.js';
 import type { Store } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { fieldChanges } from './diff.js';
-import { patchTowards, type DesiredView, type Engine, type MachinePatch } from './engine.js';
+import type { DesiredView, Engine, MachinePatch } from './engine.js';
+import type { MachineDoc, Portable } from './portable.js';
 
 export interface RewindResult {
   to: number;
-  /** The new changes this made, newest last. */
-  applied: Array<{ object: string; seq: number | null }>;
-  /** Objects rewind could not bring back, and why. */
-  skipped: Array<{ object: string; reason: string }>;
+  /** True when nothing was written (`--dry-run`). */
+  dryRun: boolean;
+  /** What the rewind changes (or would), one line each; empty when the desired state already is as of `to`. */
+  changes: string[];
+  /** The new changes it made, newest last (none for a dry run); `name`: the object as people read it. */
+  applied: Array<{ object: string; name: string; seq: number }>;
+  /** Objects rewind leaves as they are, and why (machines created since `to`, or deleted since it). */
+  skipped: Array<{ object: string; name: string; reason: string }>;
+  /** Observed state of the machines it touched, which a rewind leaves as it is: outputs, state, agent. */
+  observed: ObservedView[];
+}
+
+/** What a machine has, as observed (never rolled back): shown beside desired-state changes. */
+export interface ObservedView {
+  machine: string;
+  state: Machine['state'];
+  reason: string | null;
+  /** Values its jobs set (secure ones masked). */
+  outputs: Record<string, unknown>;
+  agentConnected: boolean;
+}
+
+/** One field of a change: `added` and `removed` have only one side. */
+export interface ChangeField {
+  path: string;
+  op: 'added' | 'removed' | 'changed';
+  before?: unknown;
+  after?: unknown;
 }
 
 const same = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
 const MACHINE_FIELDS = ['name', 'environment', 'pipeline', 'profiles'] as const;
+
+/** The name of a change's object as people read it: `machines/web-1` rather than `machines/m-1a2b`. */
+export function changeName(c: Pick<Change, 'object' | 'before' | 'after'>): string {
+  const [type] = c.object.split('/');
+  const view = (c.after ?? c.before) as { name?: unknown; machine?: unknown } | null;
+  if (type === 'machines' && typeof view?.name === 'string') return `machines/${view.name}`;
+  if (type === 'approvals' && typeof view?.machine === 'string') return `approvals/${view.machine}`;
+  return c.object;
+}
 
 export class History {
   constructor(
     private readonly store: Store,
     private readonly engine: Engine,
     private readonly content: ContentService,
+    private readonly portable: Portable,
   ) {}
 
-  async show(seq: number) {
+  /**
+   * Changes with the name of each object (`name`), as lists show them; a work order's names its machine
+   * (`workorders/w-1 (web-1)`).
+   */
+  async named(changes: Change[]): Promise<Array<Change & { name: string }>> {
+    const machineNames = new Map<string, string>();
+    const machineName = async (id: string) => {
+      if (!machineNames.has(id)) machineNames.set(id, (await this.store.getMachine(id))?.name ?? id);
+      return machineNames.get(id)!;
+    };
+    const out: Array<Change & { name: string }> = [];
+    for (const c of changes) {
+      const [type, ...rest] = c.object.split('/');
+      let name = changeName(c);
+      if (type === 'workorders') {
+        const machineId = ((c.after ?? c.before) as { machineId?: unknown } | null)?.machineId ?? (await this.store.getWorkOrder(rest.join('/')))?.machineId;
+        if (typeof machineId === 'string') name = `${c.object} (${await machineName(machineId)})`;
+      }
+      out.push({ ...c, name });
+    }
+    return out;
+  }
+
+  /** One change: its fields (a removed field as a removal), and the observed state of its machine now. */
+  async show(seq: number): Promise<Change & { name: string; diff: ChangeField[]; observed?: ObservedView }> {
     const c = await this.get(seq);
-    return { ...c, diff: fieldChanges(c.before ?? null, c.after ?? null) };
+    const diff = fieldChanges(c.before ?? null, c.after ?? null).map((f): ChangeField => {
+      if (f.before === undefined) return { path: f.path, op: 'added', after: f.after };
+      if (f.after === undefined) return { path: f.path, op: 'removed', before: f.before };
+      return { path: f.path, op: 'changed', before: f.before, after: f.after };
+    });
+    const [type, ...rest] = c.object.split('/');
+    const m = type === 'machines' ? await this.store.getMachine(rest.join('/')) : undefined;
+    return { ...c, name: changeName(c), diff, ...(m ? { observed: this.observed(m) } : {}) };
   }
 
   /** Undoes change `seq` as a new change, if what it changed has not been changed again since. */
@@ -42,6 +110,7 @@ export class History {
     const before = await this.latestSeq();
     const [type, ...rest] = c.object.split('/');
     const name = rest.join('/');
+    if (c.author.startsWith('job:')) throw new TaktError('conflict', `change #${seq} was written by ${c.author.replace(':', ' ')}: its values are what the machine observed (outputs), not desired state; they cannot be reverted`);
     if (type === 'machines') await this.revertMachine(name, c, by);
     else if (type === 'packs') await this.setPack(name, c.after as { version: string } | null, c.before as { version: string } | null, by, true);
     else if (CONTENT_KINDS.includes(type as ContentKind)) await this.setLocal(type as ContentKind, name, c.after, c.before, by, true);
@@ -50,54 +119,87 @@ export class History {
     return { reverted: seq, changes: (await this.latestSeq()) - before };
   }
 
-  /** Restores every object changed after `to` to how it stood right after change `to`. */
-  async rewind(to: number, author: string): Promise<RewindResult> {
+  /**
+   * Restores the desired state (pins, local content, machines' desired fields) to how it stood right
+   * after change `to`, all or nothing: every object is checked first, then all are written in one
+   * transaction (through the import's planner, so every check of an import applies). Observed state —
+   * outputs, position, facts, liveness — is left as it is. `dryRun`: answers what it would change.
+   * @throws TaktError('invalid') naming every problem; nothing is written then.
+   */
+  async rewind(to: number, author: string, opts: { dryRun?: boolean } = {}): Promise<RewindResult> {
     if (to !== 0) await this.get(to);
     const by = `${author} (rewind to #${to})`;
     // The state of each object as of `to` is the `before` of its first change after `to`.
-    const target = new Map<string, Change>();
+    const first = new Map<string, Change>();
     for (let after = to; ; ) {
       const page = (await this.store.listChanges({ after, limit: 1000 })).sort((a, b) => a.seq - b.seq);
-      for (const c of page) if (!target.has(c.object)) target.set(c.object, c);
+      for (const c of page) if (!first.has(c.object)) first.set(c.object, c);
       if (page.length < 1000) break;
       after = page[page.length - 1]!.seq;
     }
-    const result: RewindResult = { to, applied: [], skipped: [] };
-    const objects = [...target.values()];
-    // Content first (packs, then local objects that must exist), then machines, then local deletions,
-    // so every intermediate state passes the same reference checks.
-    const rank = (c: Change) => {
-      const type = c.object.split('/')[0]!;
-      if (type === 'packs') return 0;
-      if (CONTENT_KINDS.includes(type as ContentKind)) return c.before === null ? 3 : 1 + CONTENT_KINDS.indexOf(type as ContentKind) / 10;
-      if (type === 'machines') return 2;
-      return 4;
-    };
-    objects.sort((a, b) => rank(a) - rank(b));
-    for (const first of objects) {
-      const [type, ...rest] = first.object.split('/');
+    const inUse: Record<string, string> = {};
+    for (const [name, pin] of this.content.pinned) inUse[name] = pin.version;
+    const local = new Map<string, { kind: ContentKind; name: string; def: unknown }>();
+    for (const kind of CONTENT_KINDS) for (const e of this.content.list(kind)) if (e.layer === LOCAL_LAYER) local.set(`${kind}/${e.name}`, { kind, name: e.name, def: e.def });
+    const machines: MachineDoc[] = [];
+    const touched: Machine[] = [];
+    const skipped: RewindResult['skipped'] = [];
+    for (const c of first.values()) {
+      const [type, ...rest] = c.object.split('/');
       const name = rest.join('/');
-      const seqBefore = await this.latestSeq();
-      try {
-        if (type === 'packs') await this.setPack(name, undefined, first.before as { version: string } | null, by, false);
-        else if (CONTENT_KINDS.includes(type as ContentKind)) await this.setLocal(type as ContentKind, name, undefined, first.before, by, false);
-        else if (type === 'machines') {
-          if (!(await this.rewindMachine(name, first.before as DesiredView | null, by))) {
-            result.skipped.push({ object: first.object, reason: first.before === null ? 'created after the target; delete it if it should go' : 'deleted after the target; create it again if it should come back' });
-            continue;
+      if (type === 'packs') {
+        const v = (c.before as { version?: string } | null)?.version;
+        if (v) inUse[name] = v;
+        else delete inUse[name];
+      } else if (CONTENT_KINDS.includes(type as ContentKind)) {
+        if (c.before === null) local.delete(c.object);
+        else local.set(c.object, { kind: type as ContentKind, name, def: c.before });
+      } else if (type === 'machines') {
+        const m = await this.store.getMachine(name);
+        const target = c.before as DesiredView | null;
+        // A machine created after `to` and deleted since is in neither state: nothing to say about it.
+        if (!m && !target) continue;
+        if (!m) skipped.push({ object: c.object, name: `machines/${target!.name}`, reason: `deleted since #${to}; a rewind does not create machines again (create it if it should come back)` });
+        else if (!target) skipped.push({ object: c.object, name: `machines/${m.name}`, reason: `created after #${to}; delete it if it should go` });
+        else {
+          const { state: _state, ssh: _ssh, ...desired } = target;
+          // A param that is an output of the machine now is left as it is: setting it would replace what the
+          // machine has (and history written before outputs were kept apart holds job-written values as params).
+          const params = { ...desired.params };
+          for (const k of Object.keys(m.outputs)) {
+            if (Object.hasOwn(m.params, k)) params[k] = m.params[k];
+            else delete params[k];
           }
-        } else continue;
-      } catch (err) {
-        if (err instanceof TaktError) {
-          result.skipped.push({ object: first.object, reason: err.message });
-          continue;
+          machines.push({ ...this.portable.desiredOf(m), ...desired, params });
+          touched.push(m);
         }
-        throw err;
       }
-      const seqAfter = await this.latestSeq();
-      if (seqAfter > seqBefore) result.applied.push({ object: first.object, seq: seqAfter });
     }
-    return result;
+    const before = await this.latestSeq();
+    const r = await this.portable.applyDesired({ inUse, local: [...local.values()], machines }, by, { dryRun: opts.dryRun, nothing: 'nothing was rewound' });
+    const applied = opts.dryRun ? [] : await this.changesAfter(before);
+    const observed: ObservedView[] = [];
+    for (const m of touched) {
+      const now = await this.store.getMachine(m.id);
+      if (now) observed.push(this.observed(now));
+    }
+    return { to, dryRun: opts.dryRun === true, changes: r.changes, applied, skipped, observed };
+  }
+
+  /** The observed state of a machine, as history shows it beside desired state. */
+  private observed(m: Machine): ObservedView {
+    const live = this.engine.withLiveness(m);
+    return { machine: m.name, state: m.state, reason: m.reason, outputs: maskValues(m.outputs), agentConnected: live.agent.connected };
+  }
+
+  private async changesAfter(seq: number): Promise<RewindResult['applied']> {
+    const out: RewindResult['applied'] = [];
+    for (let after = seq; ; ) {
+      const page = (await this.store.listChanges({ after, limit: 1000 })).sort((a, b) => a.seq - b.seq);
+      for (const c of page) out.push({ object: c.object, name: changeName(c), seq: c.seq });
+      if (page.length < 1000) return out;
+      after = page[page.length - 1]!.seq;
+    }
   }
 
   private async revertMachine(id: string, c: Change, by: string) {
@@ -120,6 +222,15 @@ export class History {
       params[k] = before.params[k] ?? null;
     }
     if (Object.keys(params).length) patch.params = params;
+    // Entries written before labels existed have none: they mean "no labels".
+    const [was, now] = [before.labels ?? {}, after.labels ?? {}];
+    const labels: Record<string, string | null> = {};
+    for (const k of new Set([...Object.keys(was), ...Object.keys(now)])) {
+      if (was[k] === now[k]) continue;
+      if (m.labels[k] !== now[k]) conflicts.push(`labels.${k}`);
+      labels[k] = was[k] ?? null;
+    }
+    if (Object.keys(labels).length) patch.labels = labels;
     if (conflicts.length) {
       throw new TaktError('conflict', `cannot revert change #${c.seq}: ${conflicts.join(', ')} changed again since; revert the later change first or rewind`);
     }
@@ -129,16 +240,6 @@ export class History {
     }
     if (Object.keys(patch).length) await this.engine.updateMachine(id, patch, by);
     if (powerChanged) await this.engine.setPower(id, before.power, by);
-  }
-
-  /** Sets a machine's desired fields to `target`; false when the machine does not exist on one side. */
-  private async rewindMachine(id: string, target: DesiredView | null, by: string): Promise<boolean> {
-    const m = await this.store.getMachine(id);
-    if (!m || !target) return false;
-    const patch = patchTowards(m, target);
-    if (Object.keys(patch).length) await this.engine.updateMachine(id, patch, by);
-    if (m.power !== target.power) await this.engine.setPower(id, target.power, by);
-    return true;
   }
 
   /** Makes a local object equal `target` (null: absent); with `expect`, only if it is still as the change left it. */

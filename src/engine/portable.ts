@@ -1,7 +1,11 @@
 /**
  * Export and import of the complete desired state as a directory of YAML (packs as their own files, local
- * content, machines), so it can live in git. Output is deterministic — sorted keys, no timestamps — so an
- * export, imported elsewhere and exported again, is byte-identical.
+ * content, machines), so it can live in git and restore an endpoint. Each machine's file also carries what
+ * a restore needs of its observed state, apart from the desired fields: its place (pipeline position and
+ * state, never `running`: a restored machine does not start work by itself), the outputs its jobs set, and
+ * its build record. An import onto an existing machine changes desired fields only.
+ * Output is deterministic — sorted keys, no timestamps that change, kept ids — so an export, imported
+ * elsewhere and exported again, is byte-identical.
  */
 import { stringify } from 'yaml';
 import { assertPlainPaths, packPathProblem } from '../content/files.js';
@@ -11,7 +15,7 @@ import { parseYamlValue } from '../content/yaml.js';
 import { CONTENT_KINDS, CONTENT_SCHEMAS, KIND_NOUN, LOCAL_LAYER, NAME_PATTERN, PARAM_NAME_PATTERN, emptyContentSet, type ContentKind, type ContentObject, type ContentSet } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
-import type { Machine } from '../model/machine.js';
+import { MACHINE_STATES, type Job, type Machine, type MachineState } from '../model/machine.js';
 import { sshSettingsOf, type HostKey, type SshSettings } from '../model/ssh.js';
 import type { PackRecord, Store, Tx } from '../store/store.js';
 import { assertRequires, type ContentService, type Pins } from './content.js';
@@ -19,6 +23,7 @@ import { Pacer } from './pace.js';
 import type { IsSecure, SealedPack } from './sealing.js';
 import { patchTowards, type Engine, type MachinePatch } from './engine.js';
 import { assertMachineName } from './ids.js';
+import type { RecordEntry, Records } from './records.js';
 
 export const EXPORT_FORMAT = 'takt-export/1';
 const MANIFEST = 'takt-export.yaml';
@@ -26,6 +31,15 @@ const MANIFEST = 'takt-export.yaml';
 export type ExportFiles = Record<string, string>;
 
 export interface ImportResult {
+  /** True when nothing was written (`--dry-run`): the result says what an import would do. */
+  dryRun: boolean;
+  /** Every change, one line each (`pin basic 1.0.0 → 1.1.0`, `update machines/web-1: params.msg`); empty: nothing to do. */
+  changes: string[];
+  /**
+   * How each created machine's agent gets back in touch: every machine gets a new token (tokens are never
+   * exported), so each has a way to re-attach — started by its broker, reached over SSH, or a command.
+   */
+  reattach: Array<{ machine: string; how: string }>;
   packVersionsInstalled: string[];
   inUse: Record<string, string>;
   content: { created: number; updated: number; deleted: number };
@@ -54,7 +68,7 @@ export interface MachineStarter {
 }
 
 /** A machine as an export holds it. */
-interface MachineDoc {
+export interface MachineDoc {
   id: string;
   name: string;
   environment: string;
@@ -67,6 +81,48 @@ interface MachineDoc {
   power: Machine['power'];
   /** Agentless machines: how the host is reached and the key pinned for it (the credential is not exported). */
   ssh?: SshSettings & { hostKey: HostKey | null };
+  /** Observed: where the machine stands (restored on create, ignored for a machine that exists). */
+  place?: Place;
+  /** Observed: the outputs its jobs set (restored on create only). */
+  outputs?: Record<string, unknown>;
+  /** Observed: its build record (`takt machines record`), restored on create only. */
+  built?: RecordEntry[];
+}
+
+/** A machine's place as an export holds it. `position`: every position field the machine has, by name. */
+interface Place {
+  state: MachineState;
+  reason: string | null;
+  position: Record<string, unknown>;
+}
+
+/** The desired fields of a machine document: what import compares and changes on an existing machine. */
+const DESIRED_KEYS = ['id', 'name', 'environment', 'broker', 'pipeline', 'profiles', 'params', 'power', 'ssh', 'labels'] as const;
+/**
+ * Machine fields that are not its pipeline position. Every other field is position (stage and task
+ * index, attempt, the approved stage, or whatever tracks it), so the export follows the model as it grows.
+ */
+const NOT_POSITION = new Set<string>([...DESIRED_KEYS, 'state', 'reason', 'outputs', 'currentJob', 'facts', 'createdAt', 'updatedAt', 'agent']);
+/** The state a machine that was running is restored in: it keeps its place and waits for the operator. */
+const HELD: MachineState = (MACHINE_STATES as readonly string[]).includes('paused') ? ('paused' as MachineState) : 'stopped';
+
+/** The reason a restored machine that was running (or whose export had no place) carries. */
+export function restoredReason(name: string, fromStart = false): string {
+  return fromStart
+    ? `restored from an export that holds no place; \`takt machines resume ${name}\` starts its pipeline from the beginning`
+    : `restored from an export while it was running; \`takt machines resume ${name}\` continues where it was`;
+}
+
+function desiredDoc(d: MachineDoc): Partial<MachineDoc> {
+  // No labels and empty labels are the same (an export leaves empty ones out).
+  return Object.fromEntries(DESIRED_KEYS.filter((k) => d[k] !== undefined && !(k === 'labels' && Object.keys(d.labels!).length === 0)).map((k) => [k, d[k]]));
+}
+
+/** Where a machine stands, as a restore should find it: a running machine is held at its position. */
+function placeOf(m: Machine): Place {
+  const position = Object.fromEntries(Object.entries(m).filter(([k]) => !NOT_POSITION.has(k)));
+  if (m.state === 'running') return { state: HELD, reason: restoredReason(m.name), position };
+  return { state: m.state, reason: m.reason, position };
 }
 
 const NameSchema = { type: 'string', pattern: NAME_PATTERN, description: 'lower-case name: letters, digits, . _ -' } as const;
@@ -96,6 +152,37 @@ const MachineDocSchema = {
     params: { type: 'object', propertyNames: { pattern: PARAM_NAME_PATTERN } },
     labels: { type: 'object', additionalProperties: { type: 'string' }, description: 'key=value tags (checked like `--label`)' },
     power: { enum: ['on', 'off'] },
+    place: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['state', 'reason', 'position'],
+      properties: {
+        state: { enum: [...MACHINE_STATES] },
+        reason: { anyOf: [{ type: 'string' }, { type: 'null' }] },
+        position: { type: 'object', description: 'pipeline position fields, e.g. stageIndex, taskIndex' },
+      },
+      description: "where the machine stands: restored when the import creates it, never 'running'",
+    },
+    outputs: { type: 'object', propertyNames: { pattern: PARAM_NAME_PATTERN }, description: 'what its jobs set (observed)' },
+    built: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['job', 'task', 'stage', 'variant', 'pack', 'taskSha256', 'scriptSha256', 'params', 'finishedAt'],
+        properties: {
+          job: { type: 'string', pattern: '^j-[a-z0-9]{1,60}$' },
+          task: NameSchema,
+          stage: NullableName,
+          variant: { type: 'string' },
+          pack: { anyOf: [{ type: 'string' }, { type: 'null' }] },
+          taskSha256: { anyOf: [{ type: 'string' }, { type: 'null' }] },
+          scriptSha256: { anyOf: [{ type: 'string' }, { type: 'null' }] },
+          params: { type: 'object' },
+          finishedAt: { anyOf: [{ type: 'string' }, { type: 'null' }] },
+        },
+      },
+      description: "its build record (`takt machines record`): the job that last built each task",
+    },
     ssh: {
       type: 'object',
       required: ['user', 'host', 'port', 'credential', 'hostKey'],
@@ -112,9 +199,45 @@ const MachineDocSchema = {
 const sorted = (v: unknown): unknown => JSON.parse(canonicalJson(v));
 const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0 });
 
+/** The desired fields of a machine as an export holds them. */
 function machineDoc(m: Machine): MachineDoc {
   const ssh = m.ssh ? { ...sshSettingsOf(m.ssh), hostKey: m.ssh.hostKey } : undefined;
   return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, ...(Object.keys(m.labels).length ? { labels: m.labels } : {}), power: m.power, ...(ssh ? { ssh } : {}) };
+}
+
+/** The job a restored build-record entry becomes: succeeded, with its own id, hashes and params. */
+function restoredJob(machine: Machine, e: RecordEntry): Job {
+  const at = e.finishedAt ?? machine.createdAt;
+  return {
+    id: e.job,
+    machineId: machine.id,
+    kind: 'pipeline',
+    workOrderId: null,
+    pipeline: machine.pipeline,
+    stage: e.stage,
+    task: e.task,
+    variant: e.variant,
+    state: 'succeeded',
+    exitCode: 0,
+    reason: 'restored from an export (build record)',
+    script: '',
+    params: e.params,
+    outputs: {},
+    timeoutMs: 0,
+    leaseExpiresAt: null,
+    createdAt: at,
+    finishedAt: e.finishedAt,
+    pack: e.pack,
+    taskSha256: e.taskSha256,
+    scriptSha256: e.scriptSha256,
+  };
+}
+
+/** How a restored machine's agent gets back in touch with this endpoint. */
+function reattachHow(m: Machine): string {
+  if (m.ssh) return `reached over SSH as ${m.ssh.user}@${m.ssh.host}:${m.ssh.port} with credential '${m.ssh.credential}' (nothing to run on the host)`;
+  if (m.broker) return `its agent was started by broker '${m.broker}' with a new token`;
+  return `give its agent a new token: \`takt machines token ${m.name} --rotate > ${m.name}.token\`, put it in the agent's token file (a joined host: /opt/takt/etc/token, mode 0600) and restart the agent with --endpoint set to this endpoint (a joined host also needs this endpoint's CA: see docs/remote.md)`;
 }
 
 export class Portable {
@@ -122,6 +245,8 @@ export class Portable {
     private readonly store: Store,
     private readonly engine: Engine,
     private readonly content: ContentService,
+    /** Build records to export; without it, exports carry none. */
+    private readonly records?: Records,
   ) {}
 
   async export(): Promise<ExportFiles> {
@@ -146,7 +271,8 @@ export class Portable {
     for (let offset = 0; ; offset += 1000) {
       const page = await this.store.listMachines({ limit: 1000, offset });
       for (const m of page) {
-        const text = yaml(machineDoc(m));
+        const built = this.records ? await this.records.entries(m) : [];
+        const text = yaml({ ...machineDoc(m), place: placeOf(m), outputs: m.outputs, built });
         files[`machines/${m.name}.yaml`] = text;
         await pace.step(text.length);
       }
@@ -164,9 +290,11 @@ export class Portable {
    * @throws TaktError (4xx) naming the file (`path`: file and field) of the first problem; all of them are in
    *   `details.problems` as { file, path?, message }.
    */
-  async import(files: ExportFiles, author: string, starter: MachineStarter): Promise<ImportResult> {
+  async import(files: ExportFiles, author: string, starter: MachineStarter, opts: { dryRun?: boolean } = {}): Promise<ImportResult> {
     const parsed = await this.parseExport(files);
     const plan = await this.planImport(parsed, starter);
+    for (const { machine } of plan.creates) plan.result.reattach.push({ machine: machine.name, how: reattachHow(machine) });
+    if (opts.dryRun) return { ...plan.result, dryRun: true };
     await this.store.transact((tx) => this.writeImport(tx, plan, author));
     this.content.adopt(plan.content, plan.pins);
     for (const { machine, token } of plan.creates) {
@@ -177,6 +305,51 @@ export class Portable {
         plan.result.problems.push(`machines/${machine.name}: created, but its agent did not start: ${(err as Error).message}`);
       }
     }
+    return plan.result;
+  }
+
+  /**
+   * Puts a created machine where its export says it stands. A machine never arrives running: one that was
+   * (or an export without a place, whose machine would start its pipeline) is held with a reason that says
+   * it was restored, so no job is created until the operator resumes it.
+   */
+  private restorePlace(m: Machine, place: Place | undefined, file: string, problems: Problems): void {
+    if (!place) {
+      if (m.state === 'running') Object.assign(m, { state: HELD, reason: restoredReason(m.name, true) });
+      return;
+    }
+    for (const [k, v] of Object.entries(place.position)) {
+      const have = (m as unknown as Record<string, unknown>)[k];
+      if (NOT_POSITION.has(k) || !Object.hasOwn(m, k) || (have !== null && v !== null && typeof have !== typeof v)) {
+        problems.add(file, `'${k}' is not a position field of a machine on this endpoint`, `/place/position/${k}`);
+        continue;
+      }
+      (m as unknown as Record<string, unknown>)[k] = v;
+    }
+    if (place.state === 'running') Object.assign(m, { state: HELD, reason: restoredReason(m.name) });
+    else Object.assign(m, { state: place.state, reason: place.reason });
+  }
+
+  /** A machine's desired fields as an export (and `applyDesired`) holds them. */
+  desiredOf(m: Machine): MachineDoc {
+    return machineDoc(m);
+  }
+
+  /**
+   * Makes the desired state equal `target`, all or nothing, with every check an import makes: the pins
+   * (installed versions only), the local content (all of it: what is absent is deleted) and the desired
+   * fields of the machines listed (machines not listed are left as they are, but must still resolve).
+   * History's rewind uses it. `dryRun`: answers what it would do and writes nothing.
+   * @throws TaktError('invalid') with every problem in details.problems; nothing is written then.
+   */
+  async applyDesired(target: DesiredState, author: string, opts: { dryRun?: boolean; nothing?: string } = {}): Promise<ImportResult> {
+    const local = new Map<string, LocalObject>();
+    for (const l of target.local) local.set(`${l.kind}/${l.name}`, { ...l, file: `${l.kind}/${l.name}`, def: this.content.checkLocal(l.kind, l.def) });
+    const parsed: ParsedExport = { inUse: target.inUse, versions: new Map(), local, machines: target.machines.map((doc) => ({ file: `machines/${doc.name}`, doc })) };
+    const plan = await this.planImport(parsed, { has: () => false, start: async () => undefined }, { partial: true, nothing: opts.nothing });
+    if (opts.dryRun) return { ...plan.result, dryRun: true };
+    await this.store.transact((tx) => this.writeImport(tx, plan, author));
+    this.content.adopt(plan.content, plan.pins);
     return plan.result;
   }
 
@@ -255,9 +428,9 @@ export class Portable {
   }
 
   /** What the import would change, checked against the store and the content it would make; throws every problem found. */
-  private async planImport(parsed: ParsedExport, starter: MachineStarter): Promise<ImportPlan> {
-    const problems = new Problems();
-    const result: ImportResult = { packVersionsInstalled: [], inUse: parsed.inUse, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [] };
+  private async planImport(parsed: ParsedExport, starter: MachineStarter, opts: { partial?: boolean; nothing?: string } = {}): Promise<ImportPlan> {
+    const problems = new Problems(opts.nothing);
+    const result: ImportResult = { dryRun: false, changes: [], reattach: [], packVersionsInstalled: [], inUse: parsed.inUse, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [] };
     const now = new Date().toISOString();
 
     // Secure values are checked clear and stored sealed: a version's identity is its sealed digest (an HMAC
@@ -390,13 +563,22 @@ export class Portable {
           if (doc.broker && !broker) result.problems.push(`machines/${doc.name}: broker '${doc.broker}' does not exist here; created without one`);
           const { ssh, ...rest } = doc;
           const settings = ssh ? (({ hostKey: _pinned, ...set }) => set)(ssh) : undefined;
-          const made = await this.engine.newMachine({ ...rest, broker, ...(settings ? { ssh: settings } : {}) }, content);
+          const { place, outputs, built, ...desired } = rest;
+          const made = await this.engine.newMachine({ ...desired, broker, ...(settings ? { ssh: settings } : {}) }, content);
           made.machine.power = doc.power;
+          this.restorePlace(made.machine, place, file, problems);
+          made.machine.outputs = outputs ?? {};
+          const jobs: Job[] = [];
+          for (const [i, e] of (built ?? []).entries()) {
+            if (await this.store.getJob(e.job)) problems.add(file, `job id '${e.job}' of its build record is taken on this endpoint`, `/built/${i}/job`);
+            else jobs.push(restoredJob(made.machine, e));
+          }
           // The pin travels with the machine: the host must present the key it was trusted with.
           if (made.machine.ssh && ssh) made.machine.ssh.hostKey = ssh.hostKey;
-          creates.push(made);
+          creates.push({ ...made, jobs });
           result.machines.created.push(doc.name);
-        } else if (canonicalJson(machineDoc(have)) !== canonicalJson(doc)) {
+          result.changes.push(`create machines/${doc.name} (${made.machine.state}${made.machine.pipeline ? ` on ${made.machine.pipeline}` : ''}${jobs.length ? `, build record of ${jobs.length} task${jobs.length === 1 ? '' : 's'}` : ''})`);
+        } else if (canonicalJson(desiredDoc(machineDoc(have))) !== canonicalJson(desiredDoc(doc))) {
           const patch: MachinePatch & { power?: Machine['power'] } = patchTowards(have, doc);
           if (have.power !== doc.power) patch.power = doc.power;
           if (have.ssh && doc.ssh && canonicalJson(sshSettingsOf(have.ssh)) !== canonicalJson((({ hostKey: _k, ...set }) => set)(doc.ssh))) {
@@ -410,6 +592,7 @@ export class Portable {
           }
           updates.push({ file, id: doc.id, patch });
           result.machines.updated.push(doc.name);
+          result.changes.push(`update machines/${have.name}: ${patchFields(patch).join(', ')}`);
         }
       } catch (err) {
         if (!(err instanceof TaktError)) throw err;
@@ -421,13 +604,22 @@ export class Portable {
       for (const m of page) {
         if (seen.has(m.id)) continue;
         const refs = refProblems(content, m);
-        if (refs.length > 0) for (const r of refs) problems.add(`machines/${m.name}.yaml`, `not in the export, and ${r.message} after the import; change or delete the machine first`, r.path);
-        else result.problems.push(`machines/${m.name}: not in the export; left as it is (delete it if it should go)`);
+        if (refs.length > 0) {
+          for (const r of refs) problems.add(opts.partial ? `machines/${m.name}` : `machines/${m.name}.yaml`, opts.partial ? `${r.message} once this is applied; change or delete the machine first` : `not in the export, and ${r.message} after the import; change or delete the machine first`, r.path);
+        }
+        else if (!opts.partial) result.problems.push(`machines/${m.name}: not in the export; left as it is (delete it if it should go)`);
       }
       if (page.length < 1000) break;
     }
     problems.throwIfAny();
     result.packVersionsInstalled = newVersions.map((v) => `${v.name}@${v.version}`);
+    result.changes.unshift(
+      ...result.packVersionsInstalled.map((v) => `install ${v}`),
+      ...pinChanges.map((rec) => `use ${rec.name}@${rec.version}${this.content.pinned.get(rec.name) ? ` (was ${this.content.pinned.get(rec.name)!.version})` : ''}`),
+      ...unpins.map((name) => `stop using pack ${name} (was ${this.content.pinned.get(name)!.version})`),
+      ...localPuts.map((l) => `${current.objects[l.kind].get(l.name)?.layer === LOCAL_LAYER ? 'update' : 'create'} ${l.kind}/${l.name}`),
+      ...localDeletes.map((d) => `delete ${d.kind}/${d.name}`),
+    );
     return {
       ...this.sealed({ content, newVersions, objectsOf, localPuts, pins }, sealedOf, isSecure),
       pins,
@@ -481,7 +673,10 @@ export class Portable {
     for (const { rec } of plan.pinChanges) await this.content.writeClearLayer(tx, rec.name);
     for (const { rec, objects } of plan.pinChanges) await this.content.writePin(tx, rec, objects, author, { cleared: true });
     for (const l of plan.localPuts) await this.content.writeLocal(tx, l.kind, l.def, author);
-    for (const { machine, token } of plan.creates) await this.engine.insertMachine(tx, machine, token, author);
+    for (const { machine, token, jobs } of plan.creates) {
+      await this.engine.insertMachine(tx, machine, token, author);
+      for (const job of jobs) await tx.insertJob(job);
+    }
     for (const { file, id, patch } of plan.updates) {
       try {
         await this.engine.updateMachineIn(tx, id, patch, author, plan.content);
@@ -501,6 +696,13 @@ interface LocalObject {
   def: ContentObject;
 }
 
+/** The desired state `applyDesired` makes: pins, every local object, and the machines it changes. */
+export interface DesiredState {
+  inUse: Record<string, string>;
+  local: Array<{ kind: ContentKind; name: string; def: unknown }>;
+  machines: MachineDoc[];
+}
+
 interface ParsedExport {
   inUse: Record<string, string>;
   versions: Map<string, { name: string; version: string; files: Record<string, string> }>;
@@ -516,7 +718,7 @@ interface ImportPlan {
   unpins: string[];
   localPuts: LocalObject[];
   localDeletes: Array<{ kind: ContentKind; name: string }>;
-  creates: Array<{ machine: Machine; token: string }>;
+  creates: Array<{ machine: Machine; token: string; jobs: Job[] }>;
   updates: Array<{ file: string; id: string; patch: MachinePatch & { power?: Machine['power'] } }>;
   result: ImportResult;
 }
@@ -534,6 +736,9 @@ function refProblems(content: ContentSet, m: Pick<Machine, 'pipeline' | 'profile
 /** The problems of an import, collected so one answer names all of them. */
 class Problems {
   readonly list: ImportProblem[] = [];
+
+  /** `nothing`: what the refusal says was done, e.g. `nothing was imported`. */
+  constructor(private readonly nothing = 'nothing was imported') {}
 
   add(file: string, message: string, path?: string, pos?: { line: number; col: number }): void {
     this.list.push({ file, ...(path ? { path } : {}), ...(pos ? { line: pos.line, col: pos.col } : {}), message });
@@ -572,11 +777,16 @@ class Problems {
   throwIfAny(): void {
     const first = this.list[0];
     if (!first) return;
-    const more = this.list.length > 1 ? ` (and ${this.list.length - 1} more problem${this.list.length > 2 ? 's' : ''}; nothing was imported)` : ' (nothing was imported)';
+    const more = this.list.length > 1 ? ` (and ${this.list.length - 1} more problem${this.list.length > 2 ? 's' : ''}; ${this.nothing})` : ` (${this.nothing})`;
     const at = first.line !== undefined ? `:${first.line}:${first.col}` : '';
     throw new TaktError('invalid', `${first.file}${at}${first.path ? ` ${first.path}` : ''}: ${first.message}${more}`, {
       path: `${first.file}${first.path ?? ''}`,
       details: { problems: this.list },
     });
   }
+}
+
+/** The fields a machine patch changes, for the changes an import lists. */
+function patchFields(patch: MachinePatch & { power?: Machine['power'] }): string[] {
+  return Object.entries(patch).flatMap(([k, v]) => (k === 'params' && v ? Object.keys(v as object).map((p) => `params.${p}`) : [k]));
 }

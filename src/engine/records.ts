@@ -132,24 +132,24 @@ export class Records {
     });
   }
 
-  /** Reasons the machine would be built differently now: an older pack version, a changed task, changed params. */
+  /**
+   * Reasons the machine would be built differently now: a task whose definition changed (by its content
+   * hash, whichever way the pack version moved: a roll back to an older version counts too), a task that
+   * is gone, changed params. A new pack version whose task is unchanged is not a reason.
+   */
   staleness(m: Machine, entries: RecordEntry[]): string[] {
     const reasons: string[] = [];
     const content = this.content.current;
     for (const e of entries) {
-      const [name, version] = (e.pack ?? '').split('@');
-      const pinned = name ? this.content.pinned.get(name)?.version : undefined;
-      if (version && pinned && semver.valid(version) && semver.lt(version, pinned)) {
-        reasons.push(`${e.task}: built with ${name}@${version}, ${name}@${pinned} is in use`);
-        continue;
-      }
       const def = content.objects.tasks.get(e.task)?.def;
       if (!def) {
         reasons.push(`${e.task}: the task no longer exists`);
         continue;
       }
       if (e.taskSha256 && hashObject(def) !== e.taskSha256) {
-        reasons.push(`${e.task}: the task changed since it ran`);
+        const [name, version] = (e.pack ?? '').split('@');
+        const inUse = name ? this.content.pinned.get(name)?.version : undefined;
+        reasons.push(version && inUse && version !== inUse ? `${e.task}: built with ${name}@${version}, ${name}@${inUse} is in use` : `${e.task}: the task changed since it ran`);
         continue;
       }
       const stage = e.stage ? content.objects.stages.get(e.stage)?.def : undefined;

@@ -44,6 +44,12 @@ export interface Machine {
   /** The job this machine is running now, if any. */
   currentJob: string | null;
   power: 'on' | 'off';
+  /**
+   * Observed, never desired: the values the machine's jobs set with `takt-set` (a task's declared outputs),
+   * by param name; secure ones sealed. Templates see them above the machine's params (src/render/params.ts);
+   * history, revert, rewind, import and staleness leave them be, because the machine still has them.
+   */
+  outputs: Record<string, unknown>;
   /** What the machine's agent observed about its host (observed state: never in history or exports); null until it reports. */
   facts: ObservedFacts | null;
   /** Agentless machines only: how the endpoint reaches the host over SSH (broker `ssh`). */

@@ -1,6 +1,6 @@
 /**
  * Parameter resolution with provenance. Precedence, highest first (DESIGN.md): work-order params,
- * machine params, machine profiles in order (a profile above the profiles it includes), stage params
+ * the machine's outputs (observed: what its jobs set), machine params, machine profiles in order (a profile above the profiles it includes), stage params
  * (or the blueprint's for a work order), pipeline params, the `global` profile, the param's schema default.
  */
 import { GLOBAL_PROFILE, type ContentSet, type ParamDef } from '../model/content.js';
@@ -13,7 +13,8 @@ export interface ParamLayer {
 }
 
 export interface LayerContext {
-  machine: { params: Record<string, unknown>; profiles: string[] };
+  /** `outputs`: what the machine's jobs set (observed), seen above its params as `from: 'outputs'`. */
+  machine: { params: Record<string, unknown>; profiles: string[]; outputs?: Record<string, unknown> };
   stage?: { name: string; params?: Record<string, unknown> };
   blueprint?: { name: string; params?: Record<string, unknown> };
   pipeline?: { name: string; params?: Record<string, unknown> };
@@ -34,6 +35,8 @@ function profileLayers(content: ContentSet, name: string, seen: Set<string>): Pa
 export function paramLayers(content: ContentSet, ctx: LayerContext): ParamLayer[] {
   const layers: ParamLayer[] = [];
   if (ctx.workOrder) layers.push({ from: `workorder:${ctx.workOrder.id}`, values: ctx.workOrder.params });
+  // Outputs sit where they sat when jobs wrote them into params: above everything set for the machine.
+  if (ctx.machine.outputs && Object.keys(ctx.machine.outputs).length) layers.push({ from: 'outputs', values: ctx.machine.outputs });
   layers.push({ from: 'machine', values: ctx.machine.params });
   const seen = new Set<string>([GLOBAL_PROFILE]);
   for (const p of ctx.machine.profiles) layers.push(...profileLayers(content, p, seen));

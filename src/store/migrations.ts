@@ -252,6 +252,36 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       }
     },
   },
+  '0012_observed': {
+    async up(db: Kysely<unknown>) {
+      // Observed outputs of a machine's jobs, kept apart from the params an operator sets (desired state).
+      await db.schema.alterTable('machines').addColumn('outputs', 'text').execute();
+      // Outputs used to be merged into params, each with a history entry authored `job:<id>`. A param whose
+      // last change came from a job is an output: it moves, so rewind and import no longer roll it back.
+      const machines = await sql<{ id: string; params: string }>`select id, params from machines`.execute(db);
+      for (const m of machines.rows) {
+        const params = JSON.parse(m.params) as Record<string, unknown>;
+        if (Object.keys(params).length === 0) continue;
+        const changes = await sql<{ author: string; before: string | null; after: string | null }>`select author, before, after from changes where object = ${`machines/${m.id}`} order by seq desc`.execute(db);
+        const outputs: Record<string, unknown> = {};
+        const decided = new Set<string>();
+        for (const c of changes.rows) {
+          const paramsOf = (text: string | null) => (text ? (JSON.parse(text) as { params?: Record<string, unknown> } | null)?.params : undefined) ?? {};
+          const before = paramsOf(c.before);
+          const after = paramsOf(c.after);
+          for (const k of Object.keys(params)) {
+            if (decided.has(k) || JSON.stringify(before[k]) === JSON.stringify(after[k])) continue;
+            decided.add(k);
+            if (c.author.startsWith('job:')) outputs[k] = params[k];
+          }
+          if (decided.size === Object.keys(params).length) break;
+        }
+        if (Object.keys(outputs).length === 0) continue;
+        for (const k of Object.keys(outputs)) delete params[k];
+        await sql`update machines set params = ${JSON.stringify(params)}, outputs = ${JSON.stringify(outputs)} where id = ${m.id}`.execute(db);
+      }
+    },
+  },
   '0013_rollouts': {
     async up(db: Kysely<unknown>) {
       // Ad-hoc commands (`takt run`) are work orders with a command instead of a blueprint's tasks.

@@ -69,6 +69,8 @@ export interface MachinesTable {
   state: string;
   reason: string | null;
   params: string;
+  /** Observed outputs of the machine's jobs as JSON text (migration 0012_observed); null: none. */
+  outputs: string | null;
   profiles: string;
   /** Labels as JSON text (keys sorted). */
   labels: string;

@@ -97,7 +97,7 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     {
       // An import is parsed whole before anything is written; 64 MiB keeps its JSON parse short.
       bodyLimit: IMPORT_BODY_LIMIT,
-      schema: { body: { type: 'object', additionalProperties: false, required: ['files'], properties: { files: { type: 'object', additionalProperties: { type: 'string' } } } } },
+      schema: { body: { type: 'object', additionalProperties: false, required: ['files'], properties: { files: { type: 'object', additionalProperties: { type: 'string' } }, dryRun: { type: 'boolean' } } } },
     },
     async (req) =>
       portable.import((req.body as { files: Record<string, string> }).files, author(req), {
@@ -107,19 +107,22 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
           const broker = machine.broker ? brokers.get(machine.broker) : undefined;
           if (broker) await broker.create(machine, token);
         },
-      }),
+      }, { dryRun: (req.body as { dryRun?: boolean }).dryRun === true }),
   );
 
   app.get('/api/v1/changes', async (req) => {
     const q = req.query as Record<string, string | undefined>;
-    return {
-      items: await store.listChanges({
-        object: q.object,
-        after: intQuery(q.after, 'after', undefined),
-        limit: intQuery(q.limit, 'limit', 100, 1000),
-        offset: intQuery(q.offset, 'offset', 0),
-      }),
-    };
+    // `machines/web-1` means that machine's changes, as `machines/m-1a2b` does (history is keyed by id).
+    let object = q.object;
+    const named = object?.startsWith('machines/') ? await store.getMachineByName(object.slice('machines/'.length)) : undefined;
+    if (named) object = `machines/${named.id}`;
+    const items = await store.listChanges({
+      object,
+      after: intQuery(q.after, 'after', undefined),
+      limit: intQuery(q.limit, 'limit', 100, 1000),
+      offset: intQuery(q.offset, 'offset', 0),
+    });
+    return { items: await history.named(items) };
   });
 
   app.get('/api/v1/changes/:seq', async (req) => history.show(intQuery((req.params as { seq: string }).seq, 'seq', 0)!));
@@ -128,8 +131,11 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.post(
     '/api/v1/changes/rewind',
-    { schema: { body: { type: 'object', additionalProperties: false, required: ['to'], properties: { to: { type: 'integer', minimum: 0 } } } } },
-    async (req) => history.rewind((req.body as { to: number }).to, author(req)),
+    { schema: { body: { type: 'object', additionalProperties: false, required: ['to'], properties: { to: { type: 'integer', minimum: 0 }, dryRun: { type: 'boolean' } } } } },
+    async (req) => {
+      const body = req.body as { to: number; dryRun?: boolean };
+      return history.rewind(body.to, author(req), { dryRun: body.dryRun === true });
+    },
   );
 
   /**
