@@ -198,7 +198,7 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
     expect(r.job.state, r.job.reason).toBe('succeeded');
     const greeting = 'it\'s a "quoted" $HOME `greeting` ü';
     expect(r.job.outputs).toEqual({ word: greeting, size: Buffer.byteLength(greeting) });
-    expect((await get('/machines/web-1')).params).toMatchObject({ word: greeting, size: Buffer.byteLength(greeting) });
+    expect((await get('/machines/web-1')).outputs).toMatchObject({ word: greeting, size: Buffer.byteLength(greeting) });
     const bad = await runOnce('web-1', 'bad-expect');
     expect(bad.job.state).toBe('failed');
     expect(bad.job.reason).toMatch(/size/);
