@@ -75,7 +75,7 @@ describe.skipIf(skipNetns !== null)('netns broker and takt exercise', () => {
     expect(w.code, w.stdout + w.stderr).toBe(0);
     const m = await ep.api.get<Machine>('/machines/ns1');
     expect(m.environment).toBe('netns');
-    expect(String(m.params.address)).toMatch(/^10\.\d+\.\d+\.\d+$/);
+    expect(String(m.outputs.address)).toMatch(/^10\.\d+\.\d+\.\d+$/);
     const ns = namespaceOf(ep.data, m.id);
     expect(namespaces()).toContain(ns);
     // The agent process is in that namespace, not the host's.

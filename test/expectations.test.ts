@@ -25,7 +25,7 @@ describe('expectations', () => {
   it('a task that keeps its promises passes; its outputs are typed by their schema', async () => {
     await create('healthy', 'health');
     expect((await ep.cli(['machines', 'wait', 'healthy', '--timeout', '30s'])).code).toBe(0);
-    expect((await machine('healthy')).params).toMatchObject({ status: 'ok', port: 8080 });
+    expect((await machine('healthy')).outputs).toMatchObject({ status: 'ok', port: 8080 });
   });
 
   it('"exits 0 but wrote garbage" is caught by its expectation, naming the rule and the value', async () => {
@@ -37,7 +37,7 @@ describe('expectations', () => {
     expect(m.reason).toBe(`task 'health' exited 0 but expectation 'status equals "ok"' failed (got "garbage")`);
     // the garbage is really there, and nothing was promoted to the machine's params
     expect(readFileSync(join(ep.data, 'machines', m.id, 'root', 'status'), 'utf8').trim()).toBe('garbage');
-    expect(m.params.status).toBeUndefined();
+    expect(m.outputs.status).toBeUndefined();
   });
 
   it('a task that does not set a promised output has failed', async () => {

@@ -55,8 +55,8 @@ describe.skipIf(!isRoot)('local machines of a root endpoint are sandboxed', () =
 
   it('runs scripts as a user of their own, one per machine, from the sandbox range', () => {
     expect(probe.machine.state, probe.machine.reason ?? '').toBe('done');
-    const [uid, gid] = String(probe.machine.params.uid).split(':').map(Number);
-    const otherUid = Number(other.params.uid);
+    const [uid, gid] = String(probe.machine.outputs.uid).split(':').map(Number);
+    const otherUid = Number(other.outputs.uid);
     expect(uid).toBeGreaterThanOrEqual(1_600_000_000);
     expect(gid).toBe(uid);
     expect(otherUid).toBeGreaterThanOrEqual(1_600_000_000);
@@ -117,7 +117,7 @@ describe.skipIf(!isRoot)('local machines of a root endpoint are sandboxed', () =
 
   it('lays the machine out as documented', () => {
     const dir = join(ep.data, 'machines', probe.machine.id);
-    const uid = Number(String(probe.machine.params.uid).split(':')[0]);
+    const uid = Number(String(probe.machine.outputs.uid).split(':')[0]);
     expect([mode(ep.data), mode(join(ep.data, 'machines')), mode(dir)]).toEqual(['0711', '0711', '0750']);
     expect(lstatSync(dir).gid).toBe(uid);
     expect([mode(join(dir, 'private')), mode(join(dir, 'private', 'agent.token')), mode(join(dir, 'agent.log'))]).toEqual(['0700', '0600', '0600']);
@@ -130,9 +130,9 @@ describe.skipIf(!isRoot)('local machines of a root endpoint are sandboxed', () =
   it.skipIf(netnsUnavailable() !== null)('a netns machine is sandboxed the same way', async () => {
     const { machine, log } = await runOn('netns-prober', 'probe', [`other=${other.id}`], 'netns');
     expect(machine.state, machine.reason ?? '').toBe('done');
-    const uid = Number(String(machine.params.uid).split(':')[0]);
+    const uid = Number(String(machine.outputs.uid).split(':')[0]);
     expect(uid).toBeGreaterThanOrEqual(1_600_000_000);
-    expect(uid).not.toBe(Number(other.params.uid));
+    expect(uid).not.toBe(Number(other.outputs.uid));
     for (const name of ['read-admin-token', 'read-secret-key', 'read-other-token', 'read-other-file', 'read-own-token', 'read-agent-environ', 'write-data-dir']) {
       expect(log).toContain(`PROBE ${name}: denied`);
     }
