@@ -181,7 +181,7 @@ describe('work orders resume', () => {
     // only failed or cancelled work orders resume; a succeeded one is refused with the reason
     const again = await ep.cli(['workorders', 'resume', w.id]);
     expect(again.code).not.toBe(0);
-    expect(again.stderr).toMatch(/is succeeded: only a failed or cancelled work order can be resumed \(it has nothing left to run\)/);
+    expect(again.stderr).toMatch(/has succeeded: only a failed or cancelled work order can be resumed \(it has nothing left to run\)/);
     expect((await ep.call('POST', `/workorders/${w.id}/resume`)).status).toBe(409);
     expect((await ep.call('POST', '/workorders/w-nope/resume')).status).toBe(404);
   });

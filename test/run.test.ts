@@ -2,7 +2,7 @@
  * `takt run`: an ad-hoc command on many machines as recorded work orders, through real local agents and
  * the real CLI — each machine's output and exit code as it finishes, a summary, exit 1 when any failed.
  */
-import { writeFileSync } from 'node:fs';
+import { unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Change, Job, Machine, WorkOrder } from '../src/model/machine.js';
@@ -121,6 +121,29 @@ describe('takt run', () => {
     const unknown = await ep.cli(['run', '--machine', 'web-1', '--machine', 'nope', '--', 'uptime']);
     expect(unknown.stderr).toMatch(/machine 'nope' not found/);
     expect((await ep.api.get<{ items: WorkOrder[] }>('/workorders', { limit: 1000 })).items.length).toBe(before);
+  });
+});
+
+describe('an ad-hoc command work order, resumed', () => {
+  it('re-runs its command (it is not a blueprint of any content), and the work order records both runs', async () => {
+    const failed = await ep.cli(['run', '--machine', 'web-2', '-o', 'json', '--', COMMAND]);
+    expect(failed.code).toBe(1);
+    const wo = (await workOrders('web-2')).find((w) => w.command?.script === COMMAND && w.state === 'failed');
+    expect(wo).toBeDefined();
+    unlinkSync(await rootFile('web-2', 'fail'));
+    const r = await ep.cli(['workorders', 'resume', wo!.id]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).not.toMatch(/blueprint/);
+    const done = await until(async () => {
+      const w = await ep.api.get<WorkOrder>(`/workorders/${wo!.id}`);
+      return w.state === 'succeeded' || w.state === 'failed' ? w : undefined;
+    }, 60_000, 'the resumed command to end');
+    expect(done.state, done.reason ?? '').toBe('succeeded');
+    const jobs = (await ep.api.get<{ items: Job[] }>('/jobs', { workorder: wo!.id, order: 'asc', limit: 10 })).items;
+    expect(jobs.map((j) => `${j.task}:${j.state}`)).toEqual(['(command):failed', '(command):succeeded']);
+    // A succeeded one is refused, in words that read
+    const again = await ep.cli(['workorders', 'resume', wo!.id]);
+    expect(again.stderr).toMatch(/has succeeded: only a failed or cancelled work order can be resumed/);
   });
 });
 

@@ -782,9 +782,18 @@ export class Engine {
       if (!wo) throw new TaktError('not_found', `work order '${id}' not found`);
       if (wo.state !== 'failed' && wo.state !== 'cancelled') {
         const why = wo.state === 'succeeded' ? 'it has nothing left to run' : 'it has not ended; cancel it first (`takt workorders cancel ' + id + '`) or let it finish';
-        throw new TaktError('conflict', `work order '${id}' is ${wo.state}: only a failed or cancelled work order can be resumed (${why})`, { details: { state: wo.state } });
+        throw new TaktError('conflict', `work order '${id}' ${wo.state === 'succeeded' ? 'has succeeded' : `is ${wo.state}`}: only a failed or cancelled work order can be resumed (${why})`, { details: { state: wo.state } });
       }
       if (!(await tx.getMachine(wo.machineId))) throw new TaktError('not_found', `work order '${id}': its machine no longer exists`);
+      if (wo.command) {
+        // An ad-hoc command is its own one task, not a blueprint in any content: resuming it runs the
+        // command again, as typed (nextWork prepares it from the work order, never from content).
+        const queued: WorkOrder = { ...wo, state: 'queued', taskIndex: 0, reason: null, finishedAt: null };
+        await tx.updateWorkOrder(queued);
+        await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state, reason: wo.reason }, { state: queued.state, resumedAt: ADHOC_TASK });
+        tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(queued));
+        return queued;
+      }
       const bp = this.content.current.objects.blueprints.get(wo.blueprint)?.def;
       if (!bp) throw new TaktError('conflict', `work order '${id}': blueprint '${wo.blueprint}' no longer exists in the content in use; put content in use that has it, or create a new work order`);
       // By identity, as for a machine's pipeline: the tasks before the one it stopped on must be the ones
