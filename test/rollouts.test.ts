@@ -45,6 +45,8 @@ describe('rollouts', () => {
     expect(r.stdout).toMatch(/canary\s+\S+ 0\/1 ok 1 failed/);
     expect(r.stdout).toMatch(/fleet-1: task 'fail-if' failed with exit code 3/);
     const [view] = (await ep.api.get<{ items: View[] }>('/rollouts')).items;
+    // stopped by the andon, it says what to do next (F19)
+    expect(r.stdout).toContain(`Fix the cause, then re-run its failed machines with \`takt rollouts retry ${view!.id}\`, or end it with \`takt rollouts abort ${view!.id}\``);
     expect(view!.state).toBe('stopped');
     expect(view!.reason).toBe("andon: 1 failure(s) with a budget of 0; fleet-1: task 'fail-if' failed with exit code 3");
     expect(view!.counts).toMatchObject({ failed: 1, pending: 5, running: 0, succeeded: 0 });
@@ -261,6 +263,49 @@ describe('rollouts and busy machines', () => {
     expect(jobs.filter((j) => j.task === 'after-gate')).toHaveLength(0);
     expect(await machine('busy-1')).toMatchObject({ pipeline: 'basic', state: 'done' });
     expect(existsSync(await goFile('busy-1'))).toBe(false);
+  });
+});
+
+describe('machines deleted during a rollout (F30)', () => {
+  const machine = (name: string) => ep.api.get<Machine>(`/machines/${name}`);
+  const item = (r: View, name: string) => r.items.find((i) => i.machineName === name);
+
+  it('a running canary deleted on purpose is left out ("machine deleted by …"), not a failure: the next wave runs', async () => {
+    const made = await ep.cli(['machines', 'create', 'gone', '--broker', 'local', '--count', '2']);
+    expect(made.code, made.stderr).toBe(0);
+    // gone-2's gate is open before its turn; gone-1's never is: it is busy on the gate when deleted
+    writeFileSync(join(ep.data, 'machines', (await machine('gone-2')).id, 'root', 'go'), '');
+    const c = await ep.cli(['rollouts', 'create', '--pipeline', 'gated', '--select', 'name=gone', '--canary', '1', '--batch', '1', '--no-wait', '-o', 'json']);
+    expect(c.code, c.stderr).toBe(0);
+    const id = (JSON.parse(c.stdout) as View).id;
+    await until(async () => (await jobsOf('gone-1')).find((j) => j.task === 'gate' && j.state === 'running'), 60_000, "gone-1's gate job to run");
+    expect((await ep.cli(['machines', 'rm', 'gone-1'])).code).toBe(0);
+    const done = await waitState(id, ['completed', 'stopped']);
+    expect(done.state, done.reason ?? '').toBe('completed');
+    expect(item(done, 'gone-1')).toMatchObject({ state: 'skipped', reason: 'machine deleted by admin; left out' });
+    expect(item(done, 'gone-2')?.state).toBe('succeeded');
+    expect(done.reason).toBe('1 of 2 succeeded, 1 skipped (deleted: gone-1)');
+  });
+
+  it('retry of a stopped rollout leaves out machines deleted since (failed or pending), names them, never their ids', async () => {
+    const made = await ep.cli(['machines', 'create', 'del', '--broker', 'local', '--count', '3']);
+    expect(made.code, made.stderr).toBe(0);
+    await ep.api.patch('/machines/del-1', { params: { code: 3 } });
+    const r = await ep.cli(['rollouts', 'create', '--pipeline', 'basic', '--select', 'name=del', '--canary', '1', '--batch', '1']);
+    expect(r.code).toBe(1);
+    const id = (await ep.api.get<{ items: View[] }>('/rollouts')).items.find((x) => x.items.some((i) => i.machineName === 'del-1'))!.id;
+    expect((await rollout(id)).state).toBe('stopped');
+    // del-1 (failed) and del-2 (not started) are decommissioned; retry must get past them
+    for (const n of ['del-1', 'del-2']) expect((await ep.cli(['machines', 'rm', n])).code).toBe(0);
+    const retried = await ep.cli(['rollouts', 'retry', id]);
+    expect(retried.code, retried.stdout + retried.stderr).toBe(0);
+    expect(retried.stdout).not.toMatch(/m-[0-9a-f]{6,}/);
+    const done = await waitState(id, ['completed', 'stopped']);
+    expect(done.state, done.reason ?? '').toBe('completed');
+    expect(item(done, 'del-1')).toMatchObject({ state: 'skipped', reason: 'machine deleted by admin; left out' });
+    expect(item(done, 'del-2')).toMatchObject({ state: 'skipped', reason: 'machine deleted by admin; left out' });
+    expect(item(done, 'del-3')?.state).toBe('succeeded');
+    expect(done.reason).toBe('1 of 3 succeeded, 2 skipped (deleted: del-1, del-2)');
   });
 });
 

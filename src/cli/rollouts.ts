@@ -2,6 +2,7 @@
 import { Argument, Option, type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
+import { hint } from '../engine/rollouts.js';
 import { TaktError } from '../model/errors.js';
 import { BUSY_POLICIES, type RolloutItem, type RolloutPlanItem, type RolloutState } from '../model/rollout.js';
 import type { GlobalOptions } from './client.js';
@@ -226,8 +227,9 @@ function summary(r: RolloutView): string {
   const runs = shown(r.spec.pipeline ? `pipeline ${r.spec.pipeline}` : `blueprint ${r.spec.blueprint}`);
   const head = `${pc.bold(shown(r.id))} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? shown(` — ${r.reason}`) : ''}`;
   const waiting = r.items.filter((i) => i.state === 'waiting');
-  if (waiting.length === 0) return head;
-  return [head, ...waiting.map((i) => pc.yellow(shown(`  waiting for ${i.machineName}: ${(i.reason ?? 'busy').replace(/^waiting for /, '')}`)))].join('\n');
+  // Stopped by the andon: what to do next, where the operator reads why (not only after a wrong verb).
+  const next = r.state === 'stopped' ? [pc.yellow(shown(`  ${hint(r)}`))] : [];
+  return [head, ...next, ...waiting.map((i) => pc.yellow(shown(`  waiting for ${i.machineName}: ${(i.reason ?? 'busy').replace(/^waiting for /, '')}`)))].join('\n');
 }
 
 function dryRunText(d: DryRun): string {

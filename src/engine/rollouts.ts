@@ -223,8 +223,14 @@ export class Rollouts {
     const failed = view.items.filter((i) => i.state === 'failed');
     if (view.state === 'running') throw new TaktError('conflict', `cannot retry rollout ${id}: it is running${failed.length ? ` (${failed.length} failed within the budget)` : ''}; retry applies once it is stopped, paused or ended. ${hint(view)}`);
     if (failed.length === 0) throw new TaktError('conflict', `cannot retry rollout ${id}: it is ${stateText(view)} and has no failed machines to retry. ${hint(view)}`);
-    for (const i of failed) await this.saveItem({ ...i, state: 'pending', reason: null, workOrderId: null, startedAt: null, finishedAt: null });
-    const firstWave = Math.min(...failed.map((i) => i.wave));
+    // A machine deleted since it failed is not retried (it would fail again, for ever): it is left out.
+    const retried: RolloutItem[] = [];
+    for (const i of failed) {
+      const gone = await this.deletedNote(i);
+      if (gone) await this.saveItem({ ...i, state: 'skipped', reason: gone, finishedAt: i.finishedAt ?? new Date().toISOString() });
+      else retried.push(await this.saveItem({ ...i, state: 'pending', reason: null, workOrderId: null, startedAt: null, finishedAt: null }));
+    }
+    const firstWave = retried.length ? Math.min(...retried.map((i) => i.wave)) : view.wave;
     return this.transition(id, author, 'retry', ['stopped', 'completed', 'paused', 'aborted', 'awaiting-approval'], 'running', null, (r) => ({ ...r, wave: Math.min(r.wave, firstWave) }));
   }
 
@@ -343,10 +349,12 @@ export class Rollouts {
       const ok = items.filter((i) => i.state === 'succeeded').length;
       const skipped = items.filter((i) => i.state === 'skipped');
       const busy = skipped.filter((i) => i.reason?.startsWith('busy'));
+      const deleted = skipped.filter((i) => i.reason?.startsWith('machine deleted'));
+      const why = [busy.length ? `busy: ${busy.map((i) => i.machineName).join(', ')}` : '', deleted.length ? `deleted: ${deleted.map((i) => i.machineName).join(', ')}` : ''].filter(Boolean).join('; ');
       await this.setState(
         { ...r, wave },
         'completed',
-        `${ok} of ${items.length} succeeded${failed.length ? `, ${failed.length} failed within the budget` : ''}${skipped.length ? `, ${skipped.length} skipped${busy.length ? ` (busy: ${busy.map((i) => i.machineName).join(', ')})` : ''}` : ''}`,
+        `${ok} of ${items.length} succeeded${failed.length ? `, ${failed.length} failed within the budget` : ''}${skipped.length ? `, ${skipped.length} skipped${why ? ` (${why})` : ''}` : ''}`,
       );
       return;
     }
@@ -363,7 +371,19 @@ export class Rollouts {
     }
   }
 
+  /**
+   * "skipped: machine deleted by X" when the item's machine no longer exists, else null. A deliberate
+   * delete is not a failure of the change: it leaves the machine out instead of pulling the andon.
+   */
+  private async deletedNote(i: RolloutItem): Promise<string | null> {
+    if (await this.store.getMachine(i.machineId)) return null;
+    const del = (await this.store.listChanges({ object: `machines/${i.machineId}`, limit: 20 })).find((c) => c.action === 'delete');
+    return `machine deleted${del ? ` by ${del.author}` : ''}; left out`;
+  }
+
   private async outcome(r: Rollout, i: RolloutItem): Promise<Pick<RolloutItem, 'state' | 'reason'> | null> {
+    const gone = await this.deletedNote(i);
+    if (gone) return { state: 'skipped', reason: gone };
     if (r.spec.blueprint) {
       const wo = i.workOrderId ? await this.store.getWorkOrder(i.workOrderId) : undefined;
       if (!wo) return { state: 'failed', reason: 'its work order is gone' };
@@ -372,7 +392,7 @@ export class Rollouts {
       return null;
     }
     const m = await this.store.getMachine(i.machineId);
-    if (!m) return { state: 'failed', reason: 'machine deleted' };
+    if (!m) return null; // deleted: answered above
     if (m.pipeline !== r.spec.pipeline) return { state: 'failed', reason: `reassigned to ${m.pipeline ?? 'no pipeline'} during the rollout` };
     if (m.state === 'done') return { state: 'succeeded', reason: null };
     if (m.state === 'stopped') return { state: 'failed', reason: m.reason };
@@ -385,6 +405,11 @@ export class Rollouts {
    */
   private async startItem(r: Rollout, i: RolloutItem): Promise<boolean> {
     const by = `rollout:${r.id}`;
+    const gone = await this.deletedNote(i);
+    if (gone) {
+      Object.assign(i, await this.saveItem({ ...i, state: 'skipped', reason: gone, finishedAt: new Date().toISOString() }));
+      return false;
+    }
     try {
       const m = await this.engine.findMachine(i.machineId);
       const busy = await this.busyOf(r.spec, m);
@@ -421,7 +446,9 @@ export class Rollouts {
       return true;
     } catch (err) {
       if (!(err instanceof TaktError)) throw err;
-      Object.assign(i, await this.saveItem({ ...i, state: 'failed', reason: `could not start: ${err.message}`, finishedAt: new Date().toISOString() }));
+      // The engine was given the id: the operator knows the machine by its name.
+      const why = err.message.split(i.machineId).join(i.machineName);
+      Object.assign(i, await this.saveItem({ ...i, state: 'failed', reason: `could not start: ${why}`, finishedAt: new Date().toISOString() }));
       return false;
     }
   }
