@@ -1,7 +1,7 @@
 /** The pure decisions behind `machines describe` and machine assignment: what a machine waits for; environments and declared params. */
 import { describe, expect, it } from 'vitest';
 import { waitingFor, type WaitingInput } from '../src/engine/describe.js';
-import { assertDeclared, assertEnvironment } from '../src/engine/declared.js';
+import { assertDeclared, assertEnvironment, assertWorkOrderDeclared } from '../src/engine/declared.js';
 import { emptyContentSet } from '../src/model/content.js';
 import { TaktError } from '../src/model/errors.js';
 
@@ -34,6 +34,16 @@ describe('waitingFor', () => {
     ['pending in a rollout awaiting approval', { m: { state: 'done' }, rollout: rollout('awaiting-approval') }, 'rollout', /takt rollouts approve r-1/],
     ['running in a rollout: not waiting on the rollout', { rollout: rollout('running', 'running') }, 'agent', /claim/],
     ['stopped: an operator', { m: { state: 'stopped', reason: 'verify-motd failed' } }, 'operator', /resume m1 — verify-motd failed$/],
+    // The same verdict as `machines resume` and `plan`: never "resume" when a resume would be refused.
+    [
+      'stopped, and a resume would be refused: what to do instead',
+      { m: { state: 'stopped', reason: 'verify-motd failed' }, resumeRefused: { message: "task 'verify-motd' is gone; run `takt machines restart m1` …", remedies: [] } },
+      'operator',
+      /^an operator: stopped \(verify-motd failed\), and resume would be refused: task 'verify-motd' is gone; run `takt machines restart m1`/,
+    ],
+    ['paused while its job runs: the job finishes first', { job, m: { state: 'paused', reason: 'paused by admin' } }, 'job', /^pausing: the current job finishes first, then it holds — job j-1 \(make-dirs\)/],
+    ['paused between jobs: resume goes on with its task', { m: { state: 'paused', reason: 'paused by admin' } }, 'operator', /^an operator: it holds where it stands; takt machines resume m1 goes on with task prepare\/make-dirs — paused by admin$/],
+    ['paused, and a resume would be refused', { m: { state: 'paused' }, resumeRefused: { message: 'x; run `takt machines restart m1`', remedies: [] } }, 'operator', /^an operator: paused, and resume would be refused: x/],
     ['done: nothing', { m: { state: 'done' } }, 'nothing', /^nothing: pipeline demo is done$/],
     ['idle without a pipeline', { m: { state: 'idle', pipeline: null }, stage: null, task: null }, 'nothing', /no pipeline assigned/],
   ];
@@ -92,6 +102,31 @@ describe('assertDeclared', () => {
     const err = refusal(() => assertDeclared(content(), params));
     if (message === undefined) expect(err).toBeUndefined();
     else expect(err?.message.startsWith(message)).toBe(true);
+  });
+});
+
+describe('assertWorkOrderDeclared: a work order gives params only to its blueprint\'s tasks', () => {
+  const c = () => {
+    const x = content();
+    x.objects.blueprints.set('bp', { def: { name: 'bp', tasks: ['t'], params: { region: 'eu' } }, layer: 'demo' });
+    x.objects.blueprints.set('none', { def: { name: 'none', tasks: ['u'] }, layer: 'demo' });
+    x.objects.tasks.set('u', { def: { name: 'u', script: 'true' }, layer: 'demo' });
+    return x;
+  };
+  it.each([
+    ["a task's required param", 'bp', { greeting: 'hi' }, undefined],
+    ["a task's output", 'bp', { build_id: '7' }, undefined],
+    ["the blueprint's own param", 'bp', { region: 'us' }, undefined],
+    ['a typo, with a suggestion', 'bp', { greting: 'hi' }, "param 'greting' is not declared by any task of blueprint 'bp' (did you mean 'greeting'?)"],
+    ['declared by a param definition, but read by no task of it', 'bp', { fail_verify: true }, "param 'fail_verify' is not declared by any task of blueprint 'bp'; they declare: build_id, greeting, region;"],
+    ['a blueprint whose tasks declare none', 'none', { verbose: true }, "param 'verbose' is not declared by any task of blueprint 'none'; they declare none;"],
+  ] as const)('%s', (_n, bp, params, message) => {
+    const err = refusal(() => assertWorkOrderDeclared(c(), bp, params, '/0'));
+    if (message === undefined) expect(err).toBeUndefined();
+    else {
+      expect(err?.message.startsWith(message), err?.message).toBe(true);
+      expect(err?.path).toBe(`/0/params/${Object.keys(params)[0]}`);
+    }
   });
 });
 

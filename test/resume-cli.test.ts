@@ -134,15 +134,25 @@ describe('resume by identity through the CLI', () => {
     const plan = await json<{ from: string; refused: { change: string; message: string }; steps: unknown[] }>(['plan', 'rm']);
     expect(plan).toMatchObject({ from: 'refused', refused: { change: 'vanished' }, steps: [] });
     expect((await ep.cli(['plan', 'rm'])).stdout).toMatch(/resume would be refused: task 'b' \(stage 's'\), where the machine stopped, is no longer in pipeline 'rz'/);
+    // plan says between which versions, as resume does (F6)
+    expect(plan.refused.message).toMatch(/it stopped under rz@1\.1\.0; the content in use is rz@1\.2\.0/);
+    // describe gives the same verdict, never "resume" (F17)
+    const d = await json<{ waitingFor: { for: string; text: string } }>(['machines', 'describe', 'rm']);
+    expect(d.waitingFor.for).toBe('operator');
+    expect(d.waitingFor.text).toMatch(/resume would be refused: task 'b' \(stage 's'\)/);
+    expect(d.waitingFor.text).toMatch(/takt machines restart rm/);
+    expect(d.waitingFor.text).not.toMatch(/then takt machines resume/);
 
     const r = await ep.cli(['machines', 'resume', 'rm']);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/machine 'rm' cannot resume: task 'b' \(stage 's'\), where the machine stopped, is no longer in pipeline 'rz'/);
     expect(r.stderr).toMatch(/it stopped under rz@1\.1\.0; the content in use is rz@1\.2\.0/);
     expect(r.stderr).toMatch(/takt machines restart rm/);
+    // the content way out is a command to type, with the installed version that has the task (F6)
+    expect(r.stderr).toMatch(/put rz@1\.1\.0, which has the task, back in use \(`takt content use rz@1\.1\.0`\)/);
     const api = await ep.call('POST', '/machines/rm/resume');
     expect(api.status).toBe(409);
-    expect(api.body.error).toMatchObject({ code: 'conflict', details: { change: 'vanished', tasks: [{ stage: 's', task: 'b' }], stoppedUnder: 'rz@1.1.0', now: 'rz@1.2.0' } });
+    expect(api.body.error).toMatchObject({ code: 'conflict', details: { change: 'vanished', tasks: [{ stage: 's', task: 'b' }], stoppedUnder: 'rz@1.1.0', now: 'rz@1.2.0', remedies: ['takt machines restart rm', 'takt content use rz@1.1.0'] } });
     // nothing moved: still stopped on b, and it never reached done
     expect(await json<MachineView>(['machines', 'get', 'rm'])).toMatchObject({ state: 'stopped', task: 'b' });
 
@@ -199,6 +209,23 @@ describe('work orders resume: cancelled and not ended', () => {
     expect(await json(['workorders', 'resume', w.id])).toMatchObject({ state: 'queued', reason: null, finishedAt: null });
     const plan = await json<{ workOrders: Array<{ id: string; steps: Array<{ task: string }> }> }>(['plan', 'noagent']);
     expect(plan.workOrders.find((x) => x.id === w.id)?.steps.map((s) => s.task)).toEqual(['wa', 'wb']);
+  });
+});
+
+describe('work-order params must be declared by a task of the blueprint (F12)', () => {
+  it('a typo is refused with the closest name; a name no task of it reads is refused with the list; --allow-undeclared stores it', async () => {
+    await json(['machines', 'create', 'typo']);
+    const typo = await ep.cli(['workorders', 'create', '--machine', 'typo', '--blueprint', 'fix', '--param', 'api_kee=s3cret-42']);
+    expect(typo.code).not.toBe(0);
+    expect(typo.stderr).toMatch(/param 'api_kee' is not declared by any task of blueprint 'fix' \(did you mean 'api_key'\?\); to store it anyway, pass --allow-undeclared/);
+    // declared by some content (task b), but by no task of this blueprint: it would change nothing
+    const other = await ep.call('POST', '/workorders', { machine: 'typo', blueprint: 'fix', params: { fail_b: true } });
+    expect(other.status).toBe(422);
+    expect(other.body.error).toMatchObject({ code: 'invalid', path: '/params/fail_b' });
+    expect(other.body.error.message).toMatch(/they declare: api_key, wb_ok/);
+    expect(await json<unknown[]>(['workorders', 'list', '--machine', 'typo'])).toEqual([]);
+    const forced = await json<{ params: Record<string, unknown> }>(['workorders', 'create', '--machine', 'typo', '--blueprint', 'fix', '--param', 'fail_b=true', '--allow-undeclared']);
+    expect(forced.params).toEqual({ fail_b: true });
   });
 });
 

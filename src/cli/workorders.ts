@@ -40,12 +40,22 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
     });
   wo.command('create')
     .description('queue a work order; work orders run one at a time per machine, between pipeline tasks')
-    .addHelpText('after', examples('takt workorders create --machine demo-1 --blueprint inventory', 'takt workorders create --machine demo-1 --blueprint inventory --param verbose=true'))
+    .addHelpText(
+      'after',
+      `
+A --param must be one a task of the blueprint declares (required, optional or an output): a name no task
+reads is refused with the closest declared one ("did you mean …?"); --allow-undeclared stores it anyway.
+
+Examples:
+  $ takt workorders create --machine demo-1 --blueprint inventory
+  $ takt workorders create --machine web-1 --blueprint deploy --param build_id=42   # build_id: declared by a task of deploy`,
+    )
     .requiredOption('--machine <machine>')
     .requiredOption('--blueprint <name>')
-    .option('--param <key=value>', 'param for this run (repeatable)', collect)
-    .action(async (o: { machine: string; blueprint: string; param?: string[] }) => {
-      const w = await api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param) });
+    .option('--param <key=value>', 'param for this run, one its tasks declare (repeatable)', collect)
+    .option('--allow-undeclared', 'store params no task of the blueprint declares (refused by default: usually a typo)')
+    .action(async (o: { machine: string; blueprint: string; param?: string[]; allowUndeclared?: boolean }) => {
+      const w = await api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param), ...(o.allowUndeclared ? { allowUndeclared: true } : {}) });
       await named([w]);
       print(g().output, w, () => renderTable([w], columns));
     });

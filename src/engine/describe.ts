@@ -40,12 +40,18 @@ export interface WaitingInput {
   /** Work orders queued or running on the machine. */
   openWorkOrders: number;
   rollout: RolloutMembership | null;
+  /**
+   * For a stopped or paused machine: why a resume would be refused and what to do instead, by the same
+   * check a resume makes (Engine.resumeVerdict); null when a resume would go on.
+   */
+  resumeRefused?: { message: string; remedies: string[] } | null;
 }
 
 /**
- * What the machine waits for, first match wins: powered off; a running job (its lease); an approval; a
- * rollout that has not reached it yet; an agent when it has work and none is connected; its agent to claim
- * the next task; an operator when it stopped; nothing when it is done or idle. Pure.
+ * What the machine waits for, first match wins: powered off; a running job (its lease; "pausing" when the
+ * machine was paused while it runs); an approval; a rollout that has not reached it yet; an agent when it
+ * has work and none is connected; its agent to claim the next task; an operator when it stopped or is
+ * paused (resume, or what to do instead when a resume would be refused); nothing when it is done or idle. Pure.
  */
 export function waitingFor(i: WaitingInput): Waiting {
   const m = i.machine;
@@ -53,7 +59,10 @@ export function waitingFor(i: WaitingInput): Waiting {
   if (m.power === 'off') return { for: 'power', text: `power on: it is powered off (takt machines power ${m.name} on)` };
   if (i.job) {
     const lease = i.job.leaseExpiresAt ? `, lease until ${i.job.leaseExpiresAt}` : '';
-    return { for: 'job', text: `job ${i.job.id} (${i.job.task}) running since ${i.job.createdAt}${lease}`, job: i.job.id, task: i.job.task, since: i.job.createdAt, leaseUntil: i.job.leaseExpiresAt };
+    const running = `job ${i.job.id} (${i.job.task}) running since ${i.job.createdAt}${lease}`;
+    // Paused while its job runs (pause without --cancel): the job is not cut short, the machine holds after it.
+    const text = m.state === 'paused' ? `pausing: the current job finishes first, then it holds — ${running}` : running;
+    return { for: 'job', text, job: i.job.id, task: i.job.task, since: i.job.createdAt, leaseUntil: i.job.leaseExpiresAt };
   }
   if (m.state === 'awaiting-approval' && i.stage) {
     const role = i.approvalRole ?? 'an approver';
@@ -78,8 +87,16 @@ export function waitingFor(i: WaitingInput): Waiting {
     const next = i.openWorkOrders > 0 ? 'a work order' : i.task ? `task ${i.stage ? `${i.stage}/` : ''}${i.task}` : 'its next task';
     return { for: 'agent', text: `its agent to claim ${next} (connected)`, lastSeenAt: m.agent.lastSeenAt };
   }
+  if ((m.state === 'stopped' || m.state === 'paused') && i.resumeRefused) {
+    // Not "resume": it would be refused (the content changed under the machine); say what works instead.
+    return { for: 'operator', text: `an operator: ${m.state}${m.reason ? ` (${m.reason})` : ''}, and resume would be refused: ${i.resumeRefused.message}`, reason: m.reason };
+  }
   if (m.state === 'stopped') {
     return { for: 'operator', text: `an operator: fix the cause, then takt machines resume ${m.name}${m.reason ? ` — ${m.reason}` : ''}`, reason: m.reason };
+  }
+  if (m.state === 'paused') {
+    const at = i.task ? ` with task ${i.stage ? `${i.stage}/` : ''}${i.task}` : '';
+    return { for: 'operator', text: `an operator: it holds where it stands; takt machines resume ${m.name} goes on${at}${m.reason ? ` — ${m.reason}` : ''}`, reason: m.reason };
   }
   if (m.state === 'done') return { for: 'nothing', text: `nothing: pipeline ${m.pipeline ?? ''} is done`.trimEnd() };
   return { for: 'nothing', text: m.pipeline ? 'nothing: idle' : 'nothing: idle, no pipeline assigned (takt machines update --pipeline P)' };
@@ -153,7 +170,9 @@ export class Describer {
     const current = m.currentJob ? (jobs.find((j) => j.id === m.currentJob) ?? (await this.store.getJob(m.currentJob)) ?? null) : null;
     const open = workOrders.filter((w) => w.state === 'queued' || w.state === 'running');
     const nowMs = this.now();
+    const refused = m.state === 'stopped' || m.state === 'paused' ? await this.engine.resumeVerdict(m) : null;
     const waiting = waitingFor({
+      resumeRefused: refused ? { message: refused.message, remedies: refused.remedies } : null,
       machine: m,
       stage,
       task,

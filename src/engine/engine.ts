@@ -19,7 +19,7 @@ import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
-import { assertEnvironment, assertDeclared } from './declared.js';
+import { assertEnvironment, assertDeclared, assertWorkOrderDeclared } from './declared.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, machineStatus, type Contact, type LivenessWrite } from './liveness.js';
@@ -37,7 +37,6 @@ import {
   locate,
   pause,
   pipelineOrder,
-  refusalHint,
   remainingSteps,
   restart,
   resume,
@@ -97,6 +96,29 @@ export interface MachinePatch {
   allowUndeclared?: boolean;
 }
 
+/** `powerOn`: also power the machine on (resume and restart leave a powered-off machine off otherwise). */
+export interface PowerOption {
+  powerOn?: boolean;
+}
+
+/** `next` with the power `before` had, unless the operator asked to power it on. */
+function keepPower(before: MachineView, next: MachineView, opts: PowerOption): MachineView {
+  return { ...next, power: opts.powerOn ? 'on' : before.power };
+}
+
+/** Why a resume would be refused and what to do instead (Engine.resumeVerdict). */
+export interface ResumeVerdict {
+  /** What changed, between which pack versions, and the commands to type instead. */
+  message: string;
+  change: 'vanished' | 'reordered';
+  tasks: Array<{ stage: string; task: string }>;
+  /** The pack version (`name@version`) the machine's last pipeline job ran from, and the one in use now. */
+  stoppedUnder: string | null;
+  now: string | null;
+  /** The commands: a restart, and the `takt content use` that puts back content with the task. */
+  remedies: string[];
+}
+
 /** A param a planned task uses; `promisedBy`: the earlier task (`stage/task`) whose output sets it. */
 export type PlanParam = PreparedTask['params'][number] & { promisedBy?: string };
 
@@ -137,6 +159,8 @@ export interface WorkOrderInput {
   blueprint?: string;
   params?: Record<string, unknown>;
   command?: AdhocInput;
+  /** Store params no task of the blueprint declares (default false: refused, see declared.ts). */
+  allowUndeclared?: boolean;
 }
 
 /** What settling a job decided: the machine after it, the ended job, and what the agent is told to do. */
@@ -518,21 +542,55 @@ export class Engine {
    *   where to continue is ambiguous: `details` says what changed (`change`, `tasks`, pack versions) and the
    *   message what the operator can do.
    */
-  async resumeMachine(idOrName: string, author: string): Promise<Machine> {
+  async resumeMachine(idOrName: string, author: string, opts: PowerOption = {}): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
     const shape = found.pipeline ? this.shapeOf(content, found.pipeline) : null;
     try {
-      return await this.operate(idOrName, author, (m) => resume(m, shape, found.name));
+      return await this.operate(idOrName, author, (m) => keepPower(m, resume(m, shape, found.name), opts));
     } catch (err) {
       if (!(err instanceof ResumeRefused)) throw err;
-      const { change, message: what, tasks } = err.located;
-      const packs = await this.packsOf(found);
-      const content = change === 'vanished' ? 'put content in use that has the task' : 'put content in use that keeps the tasks in the order they ran';
-      throw new TaktError('conflict', `machine '${found.name}' cannot resume: ${what} (${packs.note}); ${refusalHint(found.name, change)}`, {
-        details: { machine: found.name, pipeline: found.pipeline, change, tasks, stoppedUnder: packs.before, now: packs.now, remedies: [`takt machines restart ${found.name}`, content] },
+      const v = await this.refusalOf(found, err.located);
+      throw new TaktError('conflict', `machine '${found.name}' cannot resume: ${v.message}`, {
+        details: { machine: found.name, pipeline: found.pipeline, change: v.change, tasks: v.tasks, stoppedUnder: v.stoppedUnder, now: v.now, remedies: v.remedies },
       });
     }
+  }
+
+  /**
+   * Whether a resume of the machine would be refused, by the same strict locate() a resume runs, and
+   * what to do instead: the one verdict `resume`, `plan` and `describe` give. Null when a resume would
+   * go on (or the machine has no pipeline in the content in use: resume says that itself).
+   */
+  async resumeVerdict(m: Machine): Promise<ResumeVerdict | null> {
+    const shape = m.pipeline ? this.shapeOf(this.content.current, m.pipeline) : null;
+    if (!shape) return null;
+    const at = locate(shape, m, true);
+    return at.kind === 'refused' ? this.refusalOf(m, at) : null;
+  }
+
+  /**
+   * A refused resume in words: what changed, between which pack versions, and the commands that get the
+   * machine going: a restart, or putting back in use the version it stopped under when it is installed
+   * (that version has the task where it ran), else the generic `takt content use PACK@VERSION`.
+   */
+  private async refusalOf(m: Machine, at: { change: 'vanished' | 'reordered'; message: string; tasks: Array<{ stage: string; task: string }> }): Promise<ResumeVerdict> {
+    const packs = await this.packsOf(m);
+    const keeps = at.change === 'vanished' ? 'has the task' : 'keeps the tasks in the order they ran';
+    const at_ = packs.before ? packs.before.lastIndexOf('@') : -1;
+    const installed =
+      packs.before && packs.before !== packs.now && at_ > 0 ? await this.store.getPackVersion(packs.before.slice(0, at_), packs.before.slice(at_ + 1)) : undefined;
+    const use = installed ? `takt content use ${packs.before}` : 'takt content use PACK@VERSION';
+    const content = installed ? `put ${packs.before}, which ${keeps}, back in use (\`${use}\`)` : `put content in use that ${keeps} (\`${use}\`)`;
+    const restart = `takt machines restart ${m.name}`;
+    return {
+      message: `${at.message} (${packs.note}); run \`${restart}\` to run the pipeline from its first task, or ${content}`,
+      change: at.change,
+      tasks: at.tasks,
+      stoppedUnder: packs.before,
+      now: packs.now,
+      remedies: [restart, use],
+    };
   }
 
   /**
@@ -548,10 +606,15 @@ export class Engine {
     return { before, now, note };
   }
 
-  async restartMachine(idOrName: string, author: string): Promise<Machine> {
+  /**
+   * Starts the pipeline over from its first task. A powered-off machine stays off (its position is reset;
+   * it runs from the first task once powered on) unless `powerOn`: power is its own desired state, which
+   * an operator may have set on purpose (maintenance), and a restart does not change it behind their back.
+   */
+  async restartMachine(idOrName: string, author: string, opts: PowerOption = {}): Promise<Machine> {
     const m = await this.findMachine(idOrName);
     if (m.pipeline) this.assertStartable(m, m.pipeline);
-    return this.operate(idOrName, author, (v) => restart(v), 'machine restarted');
+    return this.operate(idOrName, author, (v) => keepPower(v, restart(v), opts), 'machine restarted');
   }
 
   /**
@@ -725,6 +788,9 @@ export class Engine {
       if (!!input.blueprint === !!input.command) throw new TaktError('invalid', 'a work order runs either a blueprint or a command: give exactly one', { path: at(i, '/blueprint') });
       if (input.blueprint && !content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: at(i, '/blueprint') });
       const command = input.command ? adhocCommand(input.command) : null;
+      const params = command ? {} : this.checkParams(content, {}, input.params ?? {});
+      // After checkParams: a malformed value is refused for that first, it says more.
+      if (input.blueprint && !input.allowUndeclared) assertWorkOrderDeclared(content, input.blueprint, input.params, at(i, ''));
       made.push({
         id: newId('w'),
         machineId: m.id,
@@ -732,7 +798,7 @@ export class Engine {
         ...(command ? { command } : {}),
         state: 'queued',
         taskIndex: 0,
-        params: command ? {} : this.checkParams(content, {}, input.params ?? {}),
+        params,
         reason: null,
         createdAt: new Date().toISOString(),
         finishedAt: null,
@@ -1393,10 +1459,11 @@ export class Engine {
     const shape = m.pipeline ? this.shapeOf(content, m.pipeline) : null;
     if (!m.pipeline || !shape) return { ...base, from: 'continue', steps: [] };
     if (m.state === 'done') return { ...base, from: 'restart', steps: this.withPromises(content, this.pipelineSteps(content, m, m.pipeline, [])) };
-    // A stopped machine continues only through a resume, which checks the content change strictly.
-    const at = locate(shape, m, m.state === 'stopped' || m.state === 'idle');
+    // A stopped (or paused) machine continues only through a resume, which checks the content change strictly.
+    const at = locate(shape, m, m.state === 'stopped' || m.state === 'idle' || m.state === 'paused');
     if (at.kind === 'refused') {
-      return { ...base, from: 'refused', refused: { message: `${at.message}; ${refusalHint(m.name, at.change)}`, change: at.change, tasks: at.tasks }, steps: [] };
+      const v = await this.refusalOf(m, at);
+      return { ...base, from: 'refused', refused: { message: v.message, change: at.change, tasks: at.tasks }, steps: [] };
     }
     return { ...base, from: 'continue', steps: this.withPromises(content, this.pipelineSteps(content, m, m.pipeline, m.passed)) };
   }

@@ -145,12 +145,17 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
           type: 'object',
           additionalProperties: false,
           required: ['machine', 'blueprint'],
-          properties: { machine: { type: 'string', minLength: 1 }, blueprint: Name, params: paramsObject },
+          properties: {
+            machine: { type: 'string', minLength: 1 },
+            blueprint: Name,
+            params: paramsObject,
+            allowUndeclared: { type: 'boolean', description: 'store params no task of the blueprint declares (default false: refused with a suggestion)' },
+          },
         },
       },
     },
     async (req, reply) => {
-      const wo = await engine.createWorkOrder(req.body as { machine: string; blueprint: string }, author(req));
+      const wo = await engine.createWorkOrder(req.body as { machine: string; blueprint: string; allowUndeclared?: boolean }, author(req));
       reply.code(201);
       return publicWorkOrder(wo);
     },
