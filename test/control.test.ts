@@ -208,6 +208,43 @@ describe('machines power off mid-job', () => {
   });
 });
 
+describe('describe a machine paused while its job runs', () => {
+  it('says "pausing: the current job finishes first, then it holds", then that resume goes on', { timeout: 120_000 }, async () => {
+    await create('c-pausing', 'control');
+    const { job, root } = await holding('c-pausing');
+    expect((await ep.cli(['machines', 'pause', 'c-pausing'])).code).toBe(0);
+    const during = await ep.api.get<{ waitingFor: { for: string; text: string } }>('/machines/c-pausing/describe');
+    expect(during.waitingFor.for).toBe('job');
+    expect(during.waitingFor.text).toMatch(new RegExp(`^pausing: the current job finishes first, then it holds — job ${job.id} \\(hold\\)`));
+    release(root);
+    await until(async () => ((await machine('c-pausing')).currentJob === null ? true : null), 60_000, 'the hold job to end');
+    const after = await ep.api.get<{ waitingFor: { for: string; text: string } }>('/machines/c-pausing/describe');
+    expect(after.waitingFor).toMatchObject({ for: 'operator' });
+    expect(after.waitingFor.text).toMatch(/^an operator: it holds where it stands; takt machines resume c-pausing goes on with task finish\/last/);
+  });
+});
+
+describe('restart and resume of a powered-off machine (F21)', () => {
+  it('keep it off and say so; --power-on powers it on, recorded in history', async () => {
+    // No broker, no agent: nothing runs, only desired state moves.
+    const made = await ep.cli(['machines', 'create', 'c-off', '--pipeline', 'control']);
+    expect(made.code, made.stderr).toBe(0);
+    expect((await ep.cli(['machines', 'power', 'c-off', 'off'])).code).toBe(0);
+    const r = await ep.cli(['machines', 'restart', 'c-off']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/c-off is powered off: it stays off, and runs from its first task when powered on \(takt machines power c-off on, or restart with --power-on\)/);
+    expect(await machine('c-off')).toMatchObject({ power: 'off', state: 'running' });
+    const on = await ep.cli(['machines', 'restart', 'c-off', '--power-on']);
+    expect(on.code, on.stderr).toBe(0);
+    expect(on.stderr).toMatch(/c-off was powered off: powered on \(--power-on\)/);
+    expect((await machine('c-off')).power).toBe('on');
+    const changes = (await ep.api.get<{ items: Array<{ before: { power?: string } | null; after: { power?: string } | null }> }>('/changes', { object: 'machines/c-off', limit: 20 })).items;
+    const powerChanges = changes.filter((c) => c.before && c.after && c.before.power !== c.after.power).map((c) => `${c.before?.power}->${c.after?.power}`);
+    // newest first: the --power-on restart, then the operator's power off; the plain restart changed no power
+    expect(powerChanges).toEqual(['off->on', 'on->off']);
+  });
+});
+
 describe('machines drain and wait for many', () => {
   it('drains by label selector, says what happened to each, and wait -l sees them all paused', { timeout: 150_000 }, async () => {
     for (const n of ['d-1', 'd-2']) await create(n, 'control', ['role=drain']);

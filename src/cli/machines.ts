@@ -168,14 +168,19 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     });
   for (const [verb, what] of [
     ['resume', 'continue a stopped or paused machine: the task it stopped or was paused on (after an exit 16, the next), then every task that has not succeeded since the last restart, in pipeline order; refused, saying why, when a content change makes that ambiguous (`takt plan M` shows it first)'],
-    ['restart', 'start the pipeline over from its first task'],
+    ['restart', 'start the pipeline over from its first task (a powered-off machine stays off: --power-on)'],
   ] as const) {
     machines
       .command(`${verb} <machine>`)
       .description(what)
-      .addHelpText('after', examples(`takt machines ${verb} demo-2`))
-      .action(async (id: string) => {
-        const m = await api().post<Machine>(`/machines/${enc(id)}/${verb}`);
+      .option('--power-on', 'also power the machine on, if it is powered off (without it, it stays off and goes on when powered on)')
+      .addHelpText('after', examples(`takt machines ${verb} demo-2`, `takt machines ${verb} demo-2 --power-on   # it was powered off`))
+      .action(async (id: string, o: { powerOn?: boolean }) => {
+        const before = o.powerOn ? await api().get<Machine>(`/machines/${enc(id)}`) : null;
+        const m = await api().post<Machine>(`/machines/${enc(id)}/${verb}`, o.powerOn ? { powerOn: true } : undefined);
+        // Power is its own desired state: say what became of it, never change it silently.
+        if (m.power === 'off') process.stderr.write(shownErr(`${m.name} is powered off: it stays off, and runs ${verb === 'restart' ? 'from its first task' : 'on'} when powered on (takt machines power ${m.name} on, or ${verb} with --power-on)`) + '\n');
+        else if (before?.power === 'off') process.stderr.write(shownErr(`${m.name} was powered off: powered on (--power-on)`) + '\n');
         print(g().output, m, () => renderTable([m], machineColumns));
       });
   }

@@ -197,8 +197,19 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     return publicMachine(m);
   });
 
-  app.post('/api/v1/machines/:id/resume', async (req) => publicMachine(await engine.resumeMachine((req.params as { id: string }).id, author(req))));
-  app.post('/api/v1/machines/:id/restart', async (req) => publicMachine(await engine.restartMachine((req.params as { id: string }).id, author(req))));
+  // A powered-off machine stays off through a resume or restart unless the body says `powerOn: true`.
+  const powerBody = {
+    schema: {
+      body: {
+        type: ['object', 'null'],
+        additionalProperties: false,
+        properties: { powerOn: { type: 'boolean', description: 'also power the machine on (default: a powered-off machine stays off)' } },
+      },
+    },
+  };
+  const powerOpt = (body: unknown) => ({ powerOn: (body as { powerOn?: boolean } | null)?.powerOn === true });
+  app.post('/api/v1/machines/:id/resume', powerBody, async (req) => publicMachine(await engine.resumeMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
+  app.post('/api/v1/machines/:id/restart', powerBody, async (req) => publicMachine(await engine.restartMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
   // Pause the pipeline where it stands: the running job finishes first (or, with `cancel`, is cancelled and
   // the machine pauses on its task). `already`: it was paused before; `cancelled`: the job cancelled, if any.
   app.post(
