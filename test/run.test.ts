@@ -64,6 +64,8 @@ describe('takt run', () => {
     ]);
     expect(out[0]!.output).toMatch(/^hello from m-/);
     expect(out[1]!.job).toMatch(/^j-/);
+    // how its job ended, for a failure without an exit code (lost, cancelled): here it exited 3
+    expect((out[1] as unknown as { jobState: string }).jobState).toBe('failed');
   });
 
   it('queues behind a busy machine and says so; --timeout ends a command that runs too long', async () => {

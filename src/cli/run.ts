@@ -29,9 +29,14 @@ export interface RunResult {
   state: WorkOrder['state'];
   /** The command's exit code; null when it did not exit (timed out, lost, cancelled, never ran). */
   rc: number | null;
+  /** How its job ended (`lost`, `cancelled`, …): what failed means when there is no exit code; null when it never ran. */
+  jobState: Job['state'] | null;
   reason: string | null;
   output: string;
 }
+
+/** `rc=3`, or how the job ended when it did not exit (`lost`, not the work order's `failed`). */
+const outcome = (r: RunResult): string => (r.rc !== null ? `rc=${r.rc}` : (r.jobState ?? r.state));
 
 const TERMINAL: ReadonlyArray<WorkOrder['state']> = ['succeeded', 'failed', 'cancelled'];
 
@@ -79,7 +84,7 @@ Examples:
       });
       const failed = results.filter((x) => x.state !== 'succeeded');
       if (table) {
-        const bad = failed.map((x) => `${x.machine}: ${x.rc !== null ? `rc=${x.rc}` : x.state}`).join(', ');
+        const bad = failed.map((x) => `${x.machine}: ${outcome(x)}`).join(', ');
         const line = `${results.length} machine(s): ${results.length - failed.length} succeeded${failed.length ? `, ${failed.length} failed (${bad})` : ''}`;
         process.stdout.write((failed.length ? pc.red(shown(line)) : pc.green(shown(line))) + '\n');
       } else {
@@ -120,12 +125,12 @@ async function result(client: ApiClient, machine: string, wo: WorkOrder): Promis
       after = log.chunks[log.chunks.length - 1]!.seq;
     }
   }
-  return { machine, workOrder: wo.id, job: job?.id ?? null, state: wo.state, rc: job?.exitCode ?? null, reason: wo.state === 'succeeded' ? null : (wo.reason ?? job?.reason ?? null), output };
+  return { machine, workOrder: wo.id, job: job?.id ?? null, state: wo.state, rc: job?.exitCode ?? null, jobState: job?.state ?? null, reason: wo.state === 'succeeded' ? null : (wo.reason ?? job?.reason ?? null), output };
 }
 
 /** `web-1 | rc=0 >>` and the output, as ansible prints it. */
 function block(r: RunResult): string {
-  const head = r.state === 'succeeded' ? pc.green(shown(`${r.machine} | rc=${r.rc ?? 0} >>`)) : pc.red(shown(`${r.machine} | FAILED | ${r.rc !== null ? `rc=${r.rc}` : r.state} >>`));
+  const head = r.state === 'succeeded' ? pc.green(shown(`${r.machine} | rc=${r.rc ?? 0} >>`)) : pc.red(shown(`${r.machine} | FAILED | ${outcome(r)} >>`));
   const body = shown(r.output) + (r.output && !r.output.endsWith('\n') ? '\n' : '');
   const why = r.state !== 'succeeded' && r.reason ? pc.dim(shown(r.reason)) + '\n' : '';
   return `${head}\n${body}${why}`;

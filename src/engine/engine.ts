@@ -101,6 +101,16 @@ export interface PowerOption {
   powerOn?: boolean;
 }
 
+/**
+ * When a machine was last heard from, as far as a running job tells: the later of its agent's `lastSeenAt`
+ * and the job's claim (`claimedAt`, when the agent took the job). ISO-8601 UTC; null when neither is known.
+ */
+export function lastHeard(lastSeenAt: string | null, claimedAt: string | null): string | null {
+  if (lastSeenAt === null) return claimedAt;
+  if (claimedAt === null) return lastSeenAt;
+  return Date.parse(claimedAt) > Date.parse(lastSeenAt) ? claimedAt : lastSeenAt;
+}
+
 /** `next` with the power `before` had, unless the operator asked to power it on. */
 function keepPower(before: MachineView, next: MachineView, opts: PowerOption): MachineView {
   return { ...next, power: opts.powerOn ? 'on' : before.power };
@@ -1408,10 +1418,14 @@ export class Engine {
         const m = await tx.lockMachine(job.machineId);
         if (!m) return;
         const agent = this.liveness.view(m);
+        // Last heard: the later of the machine's last contact and the job's claim. The job was handed to the
+        // agent over its open claim long-poll, which counts as contact but does not move lastSeenAt (that
+        // is the poll's start, and batched): "last heard before the job started" would contradict describe.
+        const heard = lastHeard(agent.lastSeenAt, job.createdAt);
         // Silent: nothing at all heard from the machine for a whole lease (the network or the host), not
         // only nothing about this job.
-        const silent = agent.lastSeenAt === null || Date.now() - Date.parse(agent.lastSeenAt) >= this.opts.leaseMs;
-        await this.settle(tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: agent.lastSeenAt, address: agent.address, silent } });
+        const silent = heard === null || Date.now() - Date.parse(heard) >= this.opts.leaseMs;
+        await this.settle(tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: heard, address: agent.address, silent } });
         this.log('warn', 'job lost: lease expired', { job: job.id, machine: m.name, task: job.task });
       });
     }
