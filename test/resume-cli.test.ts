@@ -59,7 +59,10 @@ async function publish(version: string, tasks: string[]): Promise<void> {
   await json(['content', 'install', b.file]);
   const use = await ep.cli(['content', 'use', `rz@${version}`]);
   expect(use.code, use.stderr).toBe(0);
+  lastUse = use.stderr;
 }
+/** What the last `content use` said on stderr (its warnings). */
+let lastUse = '';
 
 async function json<T>(args: string[]): Promise<T> {
   const r = await ep.cli([...args, '-o', 'json']);
@@ -131,6 +134,8 @@ describe('resume by identity through the CLI', () => {
     expect(await settled('rm', ['stopped', 'done'])).toMatchObject({ state: 'stopped', task: 'b', passed: ['s/new', 's/a'] });
 
     await publish('1.2.0', ['new', 'a']);
+    // putting the version in use says at once which stopped machine it leaves un-resumable (F6)
+    expect(lastUse).toMatch(/warning: rm can not be resumed now: task 'b' \(stage 's'\), where the machine stopped, is no longer in pipeline 'rz'.*takt content use rz@1\.1\.0/);
     const plan = await json<{ from: string; refused: { change: string; message: string }; steps: unknown[] }>(['plan', 'rm']);
     expect(plan).toMatchObject({ from: 'refused', refused: { change: 'vanished' }, steps: [] });
     expect((await ep.cli(['plan', 'rm'])).stdout).toMatch(/resume would be refused: task 'b' \(stage 's'\), where the machine stopped, is no longer in pipeline 'rz'/);

@@ -63,7 +63,8 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
     .addHelpText('after', examples('takt content install demo@1.2.0.takt.json', 'takt content install content/demo --use   # install and run it now'))
     .option('--use', 'run this version now (the first version of a pack always runs)')
     .action(async (artifact: string, o: { use?: boolean }) => {
-      const r = await api().post<InstallResult>('/packs', { files: await loadPack(artifact), use: o.use === true });
+      const r = await api().post<Installed>('/packs', { files: await loadPack(artifact), use: o.use === true });
+      warnUnresumable(r);
       print(g().output, r, () => installLine(r));
     });
   content
@@ -71,7 +72,8 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
     .description('install a pack directory and run it (refused whole if it has any problem; a changed pack needs a new version)')
     .addHelpText('after', examples('takt content push content/demo'))
     .action(async (dir: string) => {
-      const r = await api().post<InstallResult>('/packs', { files: await loadPack(dir), use: true });
+      const r = await api().post<Installed>('/packs', { files: await loadPack(dir), use: true });
+      warnUnresumable(r);
       print(g().output, r, () => installLine(r));
     });
   content
@@ -80,7 +82,8 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
     .addHelpText('after', examples('takt content use demo@1.1.0   # roll the pack back (or forward) to this version'))
     .action(async (ref: string) => {
       const { name, version } = parseRef(ref);
-      const r = await api().post<InstallResult>(`/packs/${enc(name)}/use`, { version });
+      const r = await api().post<Installed>(`/packs/${enc(name)}/use`, { version });
+      warnUnresumable(r);
       print(g().output, r, () => shown(`${r.name}@${r.version} is in use`));
     });
   content
@@ -140,6 +143,14 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
       const r = await api().delete(`/packs/${enc(name)}`);
       print(g().output, r, () => shown(`removed pack ${name}`));
     });
+}
+
+/** An install or use, with the stopped or paused machines a resume is now refused for (when it is in use). */
+type Installed = InstallResult & { unresumable?: Array<{ machine: string; message: string }> };
+
+/** One warning line per machine the content now in use leaves un-resumable: said now, not at the resume. */
+function warnUnresumable(r: Installed): void {
+  for (const u of r.unresumable ?? []) process.stderr.write(pc.yellow(shownErr(`warning: ${u.machine} can not be resumed now: ${u.message}`)) + '\n');
 }
 
 const installLine = (r: InstallResult) =>

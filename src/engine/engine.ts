@@ -580,6 +580,22 @@ export class Engine {
   }
 
   /**
+   * The stopped and paused machines a resume would now be refused for (at most `limit`), with why and
+   * what to do instead: after a pack version is put in use, so that the surprise comes then, not later.
+   */
+  async unresumable(limit = 100): Promise<Array<{ machine: string; message: string }>> {
+    const out: Array<{ machine: string; message: string }> = [];
+    for (const state of ['stopped', 'paused'] as const) {
+      for (const m of await this.store.listMachines({ state, limit: 1000 })) {
+        if (out.length >= limit) return out;
+        const v = await this.resumeVerdict(m);
+        if (v) out.push({ machine: m.name, message: v.message });
+      }
+    }
+    return out;
+  }
+
+  /**
    * A refused resume in words: what changed, between which pack versions, and the commands that get the
    * machine going: a restart, or putting back in use the version it stopped under when it is installed
    * (that version has the task where it ran), else the generic `takt content use PACK@VERSION`.

@@ -53,14 +53,15 @@ export function contentRoutes(app: FastifyInstance, ctx: ApiContext) {
       const body = req.body as { files: Record<string, string>; use?: boolean };
       const r = await content.installPack(body.files, author(req), { use: body.use });
       reply.code(r.installed ? 201 : 200);
-      return r;
+      return r.active ? { ...r, unresumable: await ctx.engine.unresumable() } : r;
     },
   );
 
   app.post(
     '/api/v1/packs/:name/use',
     { schema: { body: { type: 'object', additionalProperties: false, required: ['version'], properties: { version: { type: 'string', minLength: 1 } } } } },
-    async (req) => content.usePack((req.params as { name: string }).name, (req.body as { version: string }).version, author(req)),
+    // `unresumable`: stopped or paused machines a resume is refused for under the content now in use.
+    async (req) => ({ ...(await content.usePack((req.params as { name: string }).name, (req.body as { version: string }).version, author(req))), unresumable: await ctx.engine.unresumable() }),
   );
 
   app.delete('/api/v1/packs/:name', async (req) => {
