@@ -307,6 +307,21 @@ describe('machines deleted during a rollout (F30)', () => {
     expect(item(done, 'del-3')?.state).toBe('succeeded');
     expect(done.reason).toBe('1 of 3 succeeded, 2 skipped (deleted: del-1, del-2)');
   });
+
+  it('a blueprint rollout leaves out a machine deleted before its turn', async () => {
+    const made = await ep.cli(['machines', 'create', 'bdel', '--broker', 'local', '--count', '2']);
+    expect(made.code, made.stderr).toBe(0);
+    const c = await ep.cli(['rollouts', 'create', '--blueprint', 'scan', '--select', 'name=bdel', '--canary', '1', '--batch', '1', '--approve-between-waves', '--no-wait', '-o', 'json']);
+    expect(c.code, c.stderr).toBe(0);
+    const id = (JSON.parse(c.stdout) as View).id;
+    expect((await waitState(id, ['awaiting-approval', 'stopped', 'completed'])).state).toBe('awaiting-approval');
+    expect((await ep.cli(['machines', 'rm', 'bdel-2'])).code).toBe(0);
+    expect((await ep.cli(['rollouts', 'approve', id, '--no-wait'])).code).toBe(0);
+    const done = await waitState(id, ['completed', 'stopped']);
+    expect(done.state, done.reason ?? '').toBe('completed');
+    expect(item(done, 'bdel-2')).toMatchObject({ state: 'skipped', reason: 'machine deleted by admin; left out' });
+    expect(done.reason).toBe('1 of 2 succeeded, 1 skipped (deleted: bdel-2)');
+  });
 });
 
 describe('what a rollout does to a machine (dry run)', () => {
