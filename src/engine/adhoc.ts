@@ -3,9 +3,13 @@
  * It goes through the same claim, agent, sandbox and log path as a task; this module only checks the
  * command and prepares it as the job's script.
  */
+import type { ContentSet } from '../model/content.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
-import { ADHOC_TASK, type AdhocCommand } from '../model/machine.js';
+import { ADHOC_TASK, type AdhocCommand, type Machine } from '../model/machine.js';
+import { isSealed, type Sealer } from '../model/secure.js';
+import { paramLayers } from '../render/params.js';
+import { secretTexts } from './logmask.js';
 import type { PreparedTask } from './prepare.js';
 
 /** At most this many bytes of command: an operator's one-liner or short script, not a file (that is a task). */
@@ -43,7 +47,11 @@ export function adhocCommand(input: AdhocInput): AdhocCommand {
   return { script, timeoutMs };
 }
 
-/** The command as a prepared task: the script as typed, no params, nothing to mask beyond what any job masks. */
+/**
+ * The command as a prepared task: the script as typed and no params — the agent gets no secret in its
+ * environment. What its log must not show is the machine's secrets (machineSecrets), given to the log's
+ * masker at the endpoint, never to the agent.
+ */
 export function prepareCommand(c: AdhocCommand): PreparedTask {
   return {
     task: ADHOC_TASK,
@@ -58,4 +66,37 @@ export function prepareCommand(c: AdhocCommand): PreparedTask {
     timeoutMs: c.timeoutMs,
     retries: 0,
   };
+}
+
+/**
+ * Every secure value a machine has, as the log could show it (secretTexts): an ad-hoc command can `cat`
+ * any file a task rendered, so its job masks all of them, not one task's. Covers the machine's params and
+ * outputs, its profiles (with their includes and the `global` profile), its pipeline's and every stage's
+ * of that pipeline, every blueprint's, and secure params' defaults — each value that is sealed or belongs
+ * to a param declared secure, whether or not a higher layer shadows it. A value that cannot be opened
+ * (sealed by another endpoint's key) is skipped: no task could have received it either.
+ */
+export function machineSecrets(content: ContentSet, sealer: Sealer, m: Machine): string[] {
+  const secureParam = (name: string) => content.objects.params.get(name)?.def.secure === true;
+  const pipeline = m.pipeline ? content.objects.pipelines.get(m.pipeline)?.def : undefined;
+  const values: Record<string, unknown>[] = [];
+  for (const layer of paramLayers(content, { machine: m, ...(pipeline ? { pipeline: { name: pipeline.name, params: pipeline.params } } : {}) })) values.push(layer.values);
+  for (const s of pipeline?.stages ?? []) values.push(content.objects.stages.get(s)?.def.params ?? {});
+  for (const b of content.objects.blueprints.values()) values.push(b.def.params ?? {});
+  const secrets: unknown[] = [];
+  for (const layer of values) {
+    for (const [name, v] of Object.entries(layer)) {
+      if (!isSealed(v) && !secureParam(name)) continue;
+      try {
+        secrets.push(sealer.open(v));
+      } catch {
+        // Sealed elsewhere: unreadable here, so no job of this endpoint could have printed it.
+      }
+    }
+  }
+  for (const p of content.objects.params.values()) {
+    const schema = p.def.schema as { default?: unknown } | undefined;
+    if (p.def.secure === true && schema && 'default' in schema) secrets.push(schema.default);
+  }
+  return secretTexts(secrets);
 }

@@ -11,7 +11,7 @@ import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { TaktError } from '../model/errors.js';
 import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type WorkOrder } from '../model/machine.js';
-import { adhocCommand, prepareCommand, type AdhocInput } from './adhoc.js';
+import { adhocCommand, machineSecrets, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
@@ -991,7 +991,8 @@ export class Engine {
       }
       await tx.insertJob(job);
       tx.emit(`jobs.create.${job.id}`, publicJob(job));
-      this.logs.begin(job.id, secretsOf(prepared));
+      // An ad-hoc command can print anything on the machine: its log masks all the machine's secrets.
+      this.logs.begin(job.id, work.kind === 'workorder' && work.wo.command ? machineSecrets(this.content.current, this.sealer, m) : secretsOf(prepared));
       m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
       await this.saveMachine(tx, m);
       pending.machine = false;
@@ -1319,7 +1320,10 @@ export class Engine {
 
   // ---- secure values in logs, reasons and reports -------------------------------------------------
 
-  /** The secure values a job could know, as the log could show them: its task's secure params and outputs. */
+  /**
+   * The secure values a job could know, as the log could show them: its task's secure params and outputs;
+   * for an ad-hoc command, every secure value of the machine (machineSecrets).
+   */
   private async jobSecrets(tx: Tx, jobId: string): Promise<string[]> {
     const job = await tx.getJob(jobId);
     const m = job ? await tx.getMachine(job.machineId) : undefined;
@@ -1328,6 +1332,7 @@ export class Engine {
     let ctx: Parameters<typeof prepareTask>[4] = {};
     if (job.workOrderId) {
       const wo = await tx.getWorkOrder(job.workOrderId);
+      if (wo?.command) return machineSecrets(content, this.sealer, m);
       const bp = wo ? content.objects.blueprints.get(wo.blueprint)?.def : undefined;
       ctx = { workOrder: wo ? { id: wo.id, params: wo.params } : undefined, blueprint: bp ? { name: bp.name, params: bp.params } : undefined };
     } else {

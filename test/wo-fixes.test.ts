@@ -1,0 +1,105 @@
+/**
+ * Work-order fixes (rt12): F0 an ad-hoc command's log masks every secure value of its machine, like a
+ * task's log masks its own; F1 a work order resumes by task identity (repeats, reorders), like a pipeline;
+ * F6 `takt run` is bounded when a machine never claims its command. Real endpoint, agents and CLI.
+ */
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Job, WorkOrder } from '../src/model/machine.js';
+import { Endpoint, until } from './helpers/endpoint.js';
+
+let ep: Endpoint;
+let work: string;
+
+const SECRETS = {
+  machine: 'DBPASS-77331',
+  profile: 'PROF-SECRET-5521',
+  stage: 'STAGE-SECRET-6631',
+  pipeline: 'PIPE-SECRET-7741',
+  output: 'OUT-SECRET-9911',
+};
+
+function files(version: string, blueprint: string[]): Record<string, string> {
+  const secure = (n: string) => `name: ${n}\nsecure: true\nschema: { type: string }\n`;
+  return {
+    'pack.yaml': `name: wo\nversion: ${version}\n`,
+    'params/key.yaml': secure('key'),
+    'params/pkey.yaml': secure('pkey'),
+    'params/stkey.yaml': secure('stkey'),
+    'params/pipekey.yaml': secure('pipekey'),
+    'params/tok.yaml': secure('tok'),
+    'params/ok.yaml': 'name: ok\nschema: { type: boolean, default: false }\n',
+    'profiles/prof.yaml': `name: prof\nparams: { pkey: ${SECRETS.profile} }\n`,
+    'tasks/wa.yaml': 'name: wa\nscript: |\n  echo wa\n',
+    'tasks/wc.yaml': 'name: wc\nscript: |\n  echo wc\n',
+    'tasks/wb.yaml': 'name: wb\nparams: { required: [ok] }\nscript: |\n  [ "{{ ok }}" = "true" ] || exit 4\n',
+    'tasks/writer.yaml': 'name: writer\nparams: { required: [key] }\nscript: |\n  echo "pw={{ key }}" > "$TAKT_ROOT/app.conf"\n',
+    'tasks/out.yaml': `name: out\noutputs: { tok: { type: string } }\nscript: |\n  takt-set tok ${SECRETS.output}\n`,
+    'stages/s.yaml': `name: s\ntasks: [out]\nparams: { stkey: ${SECRETS.stage} }\n`,
+    'pipelines/p.yaml': `name: p\nstages: [s]\nparams: { pipekey: ${SECRETS.pipeline} }\n`,
+    'blueprints/fix.yaml': `name: fix\ntasks: [${blueprint.join(', ')}]\n`,
+    'blueprints/write.yaml': 'name: write\ntasks: [writer]\n',
+  };
+}
+
+async function publish(version: string, blueprint: string[]): Promise<void> {
+  const dir = join(work, version);
+  for (const [p, text] of Object.entries(files(version, blueprint))) {
+    mkdirSync(dirname(join(dir, p)), { recursive: true });
+    writeFileSync(join(dir, p), text);
+  }
+  const b = await json<{ file: string }>(['content', 'bundle', dir, '--out', work]);
+  await json(['content', 'install', b.file]);
+  const r = await ep.cli(['content', 'use', `wo@${version}`]);
+  expect(r.code, r.stderr).toBe(0);
+}
+
+async function json<T>(args: string[]): Promise<T> {
+  const r = await ep.cli([...args, '-o', 'json']);
+  expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+  return JSON.parse(r.stdout) as T;
+}
+
+const workOrder = (id: string) => ep.api.get<WorkOrder>(`/workorders/${id}`);
+const ended = async (id: string) => until(async () => {
+  const w = await workOrder(id);
+  return w.state !== 'queued' && w.state !== 'running' ? w : undefined;
+});
+
+beforeAll(async () => {
+  ep = await Endpoint.start();
+  work = mkdtempSync(join(tmpdir(), 'wo-fixes-'));
+  await publish('1.0.0', ['wa', 'wc', 'wb']);
+  await json(['machines', 'create', 'm', '--broker', 'local', '--pipeline', 'p', '--profile', 'prof', '--param', `key=${SECRETS.machine}`]);
+  await until(async () => ((await json<{ state: string }>(['machines', 'get', 'm'])).state === 'done' ? true : undefined));
+});
+afterAll(async () => ep?.stop());
+
+describe('F0: an ad-hoc command masks every secure value of its machine', () => {
+  it('in takt run output, the stored log, jobs log and -o json; the command gets no secret in its environment', async () => {
+    const wo = await json<{ id: string }>(['workorders', 'create', '--machine', 'm', '--blueprint', 'write']);
+    expect((await ended(wo.id)).state).toBe('succeeded');
+    // The file a task rendered the secret into, and each secret of every layer typed out by the command.
+    const all = Object.values(SECRETS);
+    const command = `cat "$TAKT_ROOT/app.conf"; echo ${all.join(' ')}; echo "env:$(env | grep -c -e 77331 -e 5521 -e 6631 -e 7741 -e 9911)"`;
+    const r = await ep.cli(['run', '--machine', 'm', '--', command]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('pw=');
+    expect(r.stdout).toContain('env:0');
+    for (const s of all) expect(r.stdout, s).not.toContain(s);
+
+    const adhoc = (await ep.api.get<{ items: WorkOrder[] }>('/workorders', { machine: 'm', limit: 100 })).items.find((w) => w.command);
+    const [job] = (await ep.api.get<{ items: Job[] }>('/jobs', { workorder: adhoc!.id })).items;
+    const log = await ep.cli(['jobs', 'log', job!.id]);
+    expect(log.code, log.stderr).toBe(0);
+    expect(log.stdout).toContain('pw=');
+    for (const s of all) expect(log.stdout, s).not.toContain(s);
+
+    const asJson = await ep.cli(['run', '--machine', 'm', '-o', 'json', '--', `echo ${all.join(' ')} >&2; exit 2`]);
+    expect(asJson.code).toBe(1);
+    for (const s of all) expect(asJson.stdout, s).not.toContain(s);
+    expect(asJson.stdout).toContain('***');
+  });
+});
