@@ -103,3 +103,40 @@ describe('F0: an ad-hoc command masks every secure value of its machine', () => 
     expect(asJson.stdout).toContain('***');
   });
 });
+
+describe('F1: a work order resumes by task identity, like a pipeline', () => {
+  const jobsOf = async (id: string) => (await ep.api.get<{ items: Job[] }>('/jobs', { workorder: id, order: 'asc', limit: 100 })).items.map((j) => `${j.task}:${j.state}`);
+
+  it('a repeated task that never ran runs on resume; the work order succeeds only after it', async () => {
+    await publish('1.0.1', ['wa', 'wc', 'wb']);
+    expect((await ep.cli(['machines', 'update', 'm', '--param', 'ok=false'])).code).toBe(0);
+    const wo = await json<{ id: string }>(['workorders', 'create', '--machine', 'm', '--blueprint', 'fix']);
+    expect((await ended(wo.id)).state).toBe('failed');
+    expect((await workOrder(wo.id)).passed).toEqual(['fix/wa', 'fix/wc']);
+    await publish('1.0.2', ['wa', 'wa', 'wb']);
+    expect((await ep.cli(['machines', 'update', 'm', '--param', 'ok=true'])).code).toBe(0);
+    const r = await ep.cli(['workorders', 'resume', wo.id]);
+    expect(r.code, r.stderr).toBe(0);
+    const done = await ended(wo.id);
+    expect(done.state).toBe('succeeded');
+    // The second wa (never run before) ran, then wb: not a single wa standing for two steps.
+    expect(await jobsOf(wo.id)).toEqual(['wa:succeeded', 'wc:succeeded', 'wb:failed', 'wa:succeeded', 'wb:succeeded']);
+    expect(done.passed).toEqual(['fix/wa', 'fix/wc', 'fix/wa#2', 'fix/wb']);
+  });
+
+  it.each([
+    ['reordered: a task that succeeded now comes after the one it stopped on', ['wb', 'wa', 'wc'], /cannot resume: task 'wa' succeeded before task 'wb', where the work order stopped, but blueprint 'fix' now runs it after; create a new work order .*keeps the tasks in the order they ran/],
+    ['vanished: the task it stopped on is gone', ['wa', 'wc'], /cannot resume: task 'wb', where the work order stopped, is no longer in blueprint 'fix'; create a new work order .*has the task/],
+  ])('refused, %s', async (_, changed, message) => {
+    await publish(`1.1.${changed.length}${changed[0]}`.replace(/[^0-9.]/g, '') + `-${changed.join('')}`, ['wa', 'wc', 'wb']);
+    expect((await ep.cli(['machines', 'update', 'm', '--param', 'ok=false'])).code).toBe(0);
+    const wo = await json<{ id: string }>(['workorders', 'create', '--machine', 'm', '--blueprint', 'fix']);
+    expect((await ended(wo.id)).state).toBe('failed');
+    await publish(`1.2.${changed.length}-${changed.join('')}`, changed);
+    expect((await ep.cli(['machines', 'update', 'm', '--param', 'ok=true'])).code).toBe(0);
+    const r = await ep.cli(['workorders', 'resume', wo.id]);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(message);
+    expect((await workOrder(wo.id)).state).toBe('failed');
+  });
+});

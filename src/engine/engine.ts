@@ -33,6 +33,7 @@ import {
   afterPipelineJob,
   afterWorkOrderJob,
   assignPipeline,
+  blueprintShape,
   judgeJob,
   locate,
   pause,
@@ -821,7 +822,7 @@ export class Engine {
         id: newId('w'),
         machineId: m.id,
         blueprint: input.blueprint ?? ADHOC_TASK,
-        ...(command ? { command } : {}),
+        ...(command ? { command } : { passed: [] }),
         state: 'queued',
         taskIndex: 0,
         params,
@@ -888,25 +889,22 @@ export class Engine {
       }
       const bp = this.content.current.objects.blueprints.get(wo.blueprint)?.def;
       if (!bp) throw new TaktError('conflict', `work order '${id}': blueprint '${wo.blueprint}' no longer exists in the content in use; put content in use that has it, or create a new work order`);
-      // By identity, as for a machine's pipeline: the tasks before the one it stopped on must be the ones
-      // that succeeded, and the one it stopped on must still be at its place.
-      const jobs = await tx.listJobs({ workOrderId: wo.id, order: 'asc', limit: 1000 });
-      const succeeded = new Set(jobs.filter((j) => j.state === 'succeeded').map((j) => j.task));
-      const last = jobs.at(-1);
-      const stoppedOn = last && last.state !== 'succeeded' ? last.task : bp.tasks[wo.taskIndex];
-      const changed =
-        wo.taskIndex >= bp.tasks.length || bp.tasks[wo.taskIndex] !== stoppedOn
-          ? `it stopped on task '${stoppedOn ?? '?'}', which blueprint '${bp.name}' no longer has at step ${wo.taskIndex + 1}`
-          : bp.tasks.slice(0, wo.taskIndex).find((t) => !succeeded.has(t));
-      if (changed !== undefined) {
-        const what = changed.startsWith('it stopped') ? changed : `blueprint '${bp.name}' now has task '${changed}' before the one it stopped on, and it never ran`;
-        throw new TaktError('conflict', `work order '${id}' cannot resume: ${what}; create a new work order (\`takt workorders create --machine M --blueprint ${bp.name}\`)`, {
-          details: { blueprint: bp.name, taskIndex: wo.taskIndex, stoppedOn: stoppedOn ?? null },
+      // By identity, as for a machine's pipeline (the blueprint as a one-stage pipeline): what has
+      // succeeded (`passed`, keys with `#n` for a repeated task); the task it stopped on must still be in the
+      // blueprint, and no task that succeeded may now come after it (transitions.ts locate, strict).
+      const shape = blueprintShape(bp);
+      const passed = woPassed(wo, bp);
+      const [last] = (await tx.listJobs({ workOrderId: wo.id, order: 'desc', limit: 1 }));
+      const stoppedOn = last && last.state !== 'succeeded' ? last.task : null;
+      const at = locate(shape, { stage: stoppedOn === null ? null : bp.name, task: stoppedOn, passed }, true);
+      if (at.kind === 'refused') {
+        throw new TaktError('conflict', `work order '${id}' cannot resume: ${at.message}; create a new work order (\`takt workorders create --machine M --blueprint ${bp.name}\`), or put content in use that ${at.change === 'vanished' ? 'has the task' : 'keeps the tasks in the order they ran'}`, {
+          details: { blueprint: bp.name, change: at.change, stoppedOn, tasks: at.tasks.map((t) => t.task) },
         });
       }
-      const queued: WorkOrder = { ...wo, state: 'queued', reason: null, finishedAt: null };
+      const queued: WorkOrder = { ...wo, state: 'queued', passed, reason: null, finishedAt: null };
       await tx.updateWorkOrder(queued);
-      await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state, reason: wo.reason }, { state: queued.state, resumedAt: bp.tasks[wo.taskIndex] });
+      await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state, reason: wo.reason }, { state: queued.state, resumedAt: at.kind === 'at' ? at.step.task : null });
       tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(queued));
       return queued;
     });
@@ -1036,15 +1034,19 @@ export class Engine {
     }
     if (wo) {
       const bp = content.objects.blueprints.get(wo.blueprint)?.def;
-      const task = bp?.tasks[wo.taskIndex];
-      if (!bp || task === undefined) {
+      // By identity, as a running machine follows its pipeline (locate, not strict): the first step of the
+      // blueprint as it is now that has not succeeded for this work order — never an index into it.
+      const at = bp ? locate(blueprintShape(bp), { stage: null, task: null, passed: woPassed(wo, bp) }, false) : null;
+      if (!bp || !at || at.kind !== 'at') {
         await this.finishWorkOrder(tx, wo, bp ? 'succeeded' : 'failed', bp ? null : `blueprint '${wo.blueprint}' no longer exists`);
         return this.nextWork(tx, m, pending);
       }
-      if (wo.state === 'queued') await tx.updateWorkOrder({ ...wo, state: 'running' });
+      const task = at.step.task;
+      const running: WorkOrder = { ...wo, state: 'running', taskIndex: pipelineOrder(blueprintShape(bp)).findIndex((s) => s.key === at.step.key), passed: woPassed(wo, bp) };
+      if (wo.state === 'queued' || running.taskIndex !== wo.taskIndex || !wo.passed) await tx.updateWorkOrder(running);
       return {
         kind: 'workorder',
-        wo: { ...wo, state: 'running' },
+        wo: running,
         task,
         blueprint: bp.name,
         taskCount: bp.tasks.length,
@@ -1134,8 +1136,23 @@ export class Engine {
       verdict = d.job;
       action = d.action;
       next.power = d.power;
+      const bp = wo && !wo.command ? content.objects.blueprints.get(wo.blueprint)?.def : undefined;
+      let passed = wo?.passed;
+      if (wo && bp) {
+        // By identity: the step this job ran is the first not yet passed that has its task (what nextWork
+        // located); a success that moves on adds its key, and what is left decides whether it is done.
+        const shape = blueprintShape(bp);
+        passed = woPassed(wo, bp);
+        const step = remainingSteps(shape, passed).find((x) => x.task === job.task);
+        if (step && d.job.state === 'succeeded' && d.workOrder.taskIndex !== wo.taskIndex) passed = [...passed, step.key];
+        if (d.workOrder.state === 'running' || d.workOrder.state === 'succeeded') {
+          const left = remainingSteps(shape, passed);
+          const order = pipelineOrder(shape);
+          d.workOrder = { ...d.workOrder, state: left.length === 0 ? 'succeeded' : 'running', taskIndex: left.length === 0 ? order.length : order.findIndex((x) => x.key === left[0]!.key) };
+        }
+      }
       if (wo && wo.state === 'running') {
-        const updated = { ...wo, ...d.workOrder, finishedAt: d.workOrder.state === 'running' ? null : new Date().toISOString() };
+        const updated = { ...wo, ...d.workOrder, ...(passed ? { passed } : {}), finishedAt: d.workOrder.state === 'running' ? null : new Date().toISOString() };
         await tx.updateWorkOrder(updated);
         tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(updated));
       }
@@ -1487,7 +1504,7 @@ export class Engine {
       const bp = content.objects.blueprints.get(wo.blueprint)?.def;
       if (!bp) continue;
       const ctx = { workOrder: { id: wo.id, params: wo.params }, blueprint: { name: bp.name, params: bp.params } };
-      const prepared = bp.tasks.slice(wo.taskIndex).map((t) => ({ stage: null, task: t, prepared: prepareTask(content, this.sealer, m, t, ctx) }));
+      const prepared = remainingSteps(blueprintShape(bp), woPassed(wo, bp)).map((s) => ({ stage: null, task: s.task, prepared: prepareTask(content, this.sealer, m, s.task, ctx) }));
       workOrders.push({ id: wo.id, blueprint: bp.name, steps: this.withPromises(content, prepared) });
     }
     const base = { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, refused: null };
@@ -1727,4 +1744,12 @@ function contentHash(def: object): string {
     hashes.set(def, h);
   }
   return h;
+}
+
+/**
+ * A work order's succeeded steps by identity. Work orders stored before migration 0014 have none: their
+ * first `taskIndex` steps of the blueprint as it is now count as passed (what the index meant then).
+ */
+function woPassed(wo: WorkOrder, bp: { name: string; tasks: readonly string[] }): string[] {
+  return wo.passed ?? pipelineOrder(blueprintShape(bp)).slice(0, wo.taskIndex).map((s) => s.key);
 }

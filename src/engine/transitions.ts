@@ -9,6 +9,13 @@ import type { AgentAction } from '../model/protocol.js';
 export interface PipelineShape {
   name: string;
   stages: ReadonlyArray<{ name: string; tasks: readonly string[] }>;
+  /** How messages name it; `pipeline '<name>'` when absent (a blueprint: see blueprintShape). */
+  label?: string;
+}
+
+/** A blueprint as a one-stage pipeline (its stage named after it), so work orders share locate's identity rule. */
+export function blueprintShape(bp: { name: string; tasks: readonly string[] }): PipelineShape {
+  return { name: bp.name, stages: [{ name: bp.name, tasks: bp.tasks }], label: `blueprint '${bp.name}'` };
 }
 
 /** The machine fields a transition may change. */
@@ -55,7 +62,7 @@ export type Located =
   | { kind: 'done' }
   | { kind: 'refused'; change: 'vanished' | 'reordered'; message: string; tasks: Array<{ stage: string; task: string }> };
 
-const named = (s: { stage: string; task: string }) => `task '${s.task}' (stage '${s.stage}')`;
+const named = (s: { stage: string; task: string }, shape?: PipelineShape) => (shape?.label ? `task '${s.task}'` : `task '${s.task}' (stage '${s.stage}')`);
 
 /**
  * Where the machine stands in `shape`, by identity: the first task in pipeline order that has not
@@ -83,7 +90,7 @@ export function locate(shape: PipelineShape, m: Pick<MachineView, 'stage' | 'tas
       return {
         kind: 'refused',
         change: 'vanished',
-        message: `${named({ stage: m.stage, task: m.task })}, where the machine stopped, is no longer in pipeline '${shape.name}'${moved}`,
+        message: `${named({ stage: m.stage, task: m.task }, shape)}, where the ${shape.label ? 'work order' : 'machine'} stopped, is no longer in ${shape.label ?? `pipeline '${shape.name}'`}${moved}`,
         tasks: [{ stage: m.stage, task: m.task }],
       };
     }
@@ -94,7 +101,7 @@ export function locate(shape: PipelineShape, m: Pick<MachineView, 'stage' | 'tas
       return {
         kind: 'refused',
         change: 'reordered',
-        message: `${named(before)} succeeded before ${named(at)}, where the machine stopped, but pipeline '${shape.name}' now runs it after`,
+        message: `${named(before, shape)} succeeded before ${named(at, shape)}, where the ${shape.label ? 'work order' : 'machine'} stopped, but ${shape.label ?? `pipeline '${shape.name}'`} now runs it after`,
         tasks: [{ stage: before.stage, task: before.task }, { stage: at.stage, task: at.task }],
       };
     }

@@ -142,8 +142,14 @@ export interface WorkOrder {
   /** Set for an ad-hoc command (`takt run`) instead of a blueprint's tasks. */
   command?: AdhocCommand;
   state: WorkOrderState;
-  /** Index of the blueprint task that runs next. */
+  /** Index of the blueprint task that runs next (for display; the position is `passed`). */
   taskIndex: number;
+  /**
+   * The blueprint's steps that have succeeded, by identity (transitions.ts pipelineOrder keys of the
+   * blueprint as a one-stage pipeline: `bp/task`, `bp/task#2` for a repeat). Absent on work orders stored
+   * before 0014: their first `taskIndex` steps count as passed.
+   */
+  passed?: string[];
   params: Record<string, unknown>;
   reason: string | null;
   createdAt: string;

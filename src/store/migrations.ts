@@ -288,6 +288,13 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('work_orders').addColumn('command', 'text').execute();
     },
   },
+  '0014_workorder_passed': {
+    async up(db: Kysely<unknown>) {
+      // A work order's position by identity (the blueprint steps that succeeded), as a machine's `passed`.
+      // Null on older rows: their first task_index steps count as passed (engine.ts woPassed).
+      await db.schema.alterTable('work_orders').addColumn('passed', 'text').execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

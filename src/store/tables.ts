@@ -135,6 +135,8 @@ export interface WorkOrdersTable {
   command: string | null;
   state: string;
   task_index: number;
+  /** JSON list of the blueprint steps that succeeded (WorkOrder.passed); null before 0014. */
+  passed: string | null;
   params: string;
   reason: string | null;
   created_at: string;
