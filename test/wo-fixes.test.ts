@@ -140,3 +140,34 @@ describe('F1: a work order resumes by task identity, like a pipeline', () => {
     expect((await workOrder(wo.id)).state).toBe('failed');
   });
 });
+
+describe('F6: takt run is bounded when a machine never claims its command', () => {
+  it('names a machine with no agent at once; at --wait cancels its queued work order, says so, exits 1', async () => {
+    expect((await ep.cli(['machines', 'create', 'away'])).code).toBe(0);
+    const r = await ep.cli(['run', '--machine', 'm', '--machine', 'away', '--wait', '3s', '--', 'echo hi']);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain('away: no agent in touch');
+    expect(r.stdout).toContain('m | rc=0 >>\nhi\n');
+    expect(r.stdout).toContain('away | NOT STARTED | not-started >>');
+    expect(r.stdout).toMatch(/not started within --wait 3s \(no agent in touch\): cancelled, it will not run later/);
+    expect(r.stdout.trim().split('\n').at(-1)).toBe('2 machine(s): 1 succeeded, 1 failed (away: not-started)');
+    const wos = (await ep.api.get<{ items: WorkOrder[] }>('/workorders', { machine: 'away', limit: 10 })).items;
+    expect(wos.map((w) => w.state)).toEqual(['cancelled']);
+  });
+
+  it('--skip-offline leaves such machines out from the start: no work order, named, exit 1', async () => {
+    const r = await ep.cli(['run', '--machine', 'm', '--machine', 'away', '--skip-offline', '-o', 'json', '--', 'echo hi']);
+    expect(r.code, r.stderr).toBe(1);
+    expect(r.stderr).toContain('away: no agent in touch: left out (--skip-offline)');
+    const out = JSON.parse(r.stdout) as Array<{ machine: string; state: string; workOrder: string | null }>;
+    expect(out.map((x) => [x.machine, x.state])).toEqual([['m', 'succeeded'], ['away', 'skipped']]);
+    expect((await ep.api.get<{ items: WorkOrder[] }>('/workorders', { machine: 'away', limit: 10 })).items).toHaveLength(1);
+  });
+
+  it('refuses a bad --wait before queuing anything', async () => {
+    const r = await ep.cli(['run', '--machine', 'away', '--wait', 'soon', '--', 'true']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('--wait');
+    expect((await ep.api.get<{ items: WorkOrder[] }>('/workorders', { machine: 'away', limit: 10 })).items).toHaveLength(1);
+  });
+});

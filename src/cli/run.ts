@@ -6,6 +6,7 @@
 import type { Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
+import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, LogChunk, WorkOrder } from '../model/machine.js';
 import { collect, type Globals } from './client.js';
@@ -23,10 +24,14 @@ interface RunItem {
 /** One machine's result, as printed and as `-o json` gives it. */
 export interface RunResult {
   machine: string;
-  workOrder: string;
+  /** Null for a machine left out (--skip-offline). */
+  workOrder: string | null;
   job: string | null;
-  /** The work order's end: succeeded, failed or cancelled. */
-  state: WorkOrder['state'];
+  /**
+   * The work order's end: succeeded, failed or cancelled; `not-started` when cancelled at --wait before any
+   * machine claimed it; `skipped` when left out by --skip-offline.
+   */
+  state: WorkOrder['state'] | 'not-started' | 'skipped';
   /** The command's exit code; null when it did not exit (timed out, lost, cancelled, never ran). */
   rc: number | null;
   /** How its job ended (`lost`, `cancelled`, …): what failed means when there is no exit code; null when it never ran. */
@@ -40,6 +45,10 @@ const outcome = (r: RunResult): string => (r.rc !== null ? `rc=${r.rc}` : (r.job
 
 const TERMINAL: ReadonlyArray<WorkOrder['state']> = ['succeeded', 'failed', 'cancelled'];
 
+/** `--wait` by default: the command's own timeout (10m when not given) plus this for queuing and reporting. */
+const WAIT_GRACE_MS = 60_000;
+const DEFAULT_TIMEOUT_MS = 10 * 60_000;
+
 export function runCommand(program: Command, g: Globals, api: () => ApiClient) {
   program
     .command('run')
@@ -48,30 +57,48 @@ export function runCommand(program: Command, g: Globals, api: () => ApiClient) {
     .option('-l, --selector <selector>', 'machines by label, e.g. role=web,env!=prod')
     .option('--machine <machine>', 'a machine by name (repeatable)', collect)
     .option('--timeout <duration>', 'how long the command may run on each machine, e.g. 90s, 5m (default 10m)')
+    .option('--wait <duration>', 'how long to wait for machines to start it; then the work orders not started are cancelled and named, exit 1 (default: --timeout + 1m)')
+    .option('--skip-offline', 'leave out machines powered off or with no agent in touch (named, exit 1) instead of queuing for them')
     .addHelpText(
       'after',
       `
 The command runs through each machine's agent as a one-task work order: it queues behind a running job,
 it is in \`takt workorders list\` and history with the command and who ran it, and its log is masked like
-any job's. Exit code 0 only when it succeeded on every machine.
+any job's secure values of the machine. Exit code 0 only when it succeeded on every machine. A machine
+with no agent in touch is named at once; a command that has not started by --wait is cancelled there
+(never run later) and the machine named; --skip-offline leaves such machines out from the start.
 
 Examples:
   $ takt run -l role=web -- uptime
   $ takt run --machine web-1 --machine web-2 --timeout 30s -- 'systemctl is-active nginx'
-  $ takt run -l role=db -o json -- df -h /var`,
+  $ takt run -l role=db -o json -- df -h /var
+  $ takt run -l role=web --skip-offline --wait 2m -- 'systemctl restart app'`,
     )
-    .action(async (words: string[], o: { selector?: string; machine?: string[]; timeout?: string }) => {
+    .action(async (words: string[], o: { selector?: string; machine?: string[]; timeout?: string; wait?: string; skipOffline?: boolean }) => {
       const command = words.join(' ');
+      const flag = (name: string, text: string) => {
+        try {
+          return parseDuration(text, name, DURATION_RANGES.taskTimeout);
+        } catch (err) {
+          throw new TaktError('bad_request', `--${name}: ${(err as Error).message}`);
+        }
+      };
+      const waitMs = o.wait !== undefined ? flag('wait', o.wait) : (o.timeout !== undefined ? flag('timeout', o.timeout) : DEFAULT_TIMEOUT_MS) + WAIT_GRACE_MS;
       if (!o.selector && !o.machine?.length) throw new TaktError('bad_request', 'no machines: give -l <selector> or --machine M (an empty selection is refused, so a command never runs everywhere by accident)');
       if (o.selector !== undefined && o.selector.trim() === '') throw new TaktError('bad_request', '-l: the selector is empty; give key=value terms, e.g. -l role=web');
       const client = api();
-      const r = await client.post<{ items: RunItem[] }>('/run', {
+      const r = await client.post<{ items: RunItem[]; skipped?: Array<{ machine: string; why: string }> }>('/run', {
         command,
+        ...(o.skipOffline ? { skipOffline: true } : {}),
         ...(o.machine?.length ? { machines: o.machine } : {}),
         ...(o.selector !== undefined ? { selector: o.selector } : {}),
         ...(o.timeout !== undefined ? { timeout: o.timeout } : {}),
       });
       const table = g().output === 'table';
+      const skipped = r.skipped ?? [];
+      // Named at once on stderr, whatever the output format: these machines will not run it (or not soon).
+      for (const x of skipped) process.stderr.write(pc.yellow(shownErr(`${x.machine}: ${x.why}: left out (--skip-offline)`)) + '\n');
+      if (!table) for (const i of r.items) if (i.note) process.stderr.write(shownErr(`${i.machine}: ${i.note}`) + '\n');
       if (table) {
         process.stderr.write(pc.dim(shownErr(`queued on ${r.items.length} machine(s): ${r.items.map((i) => `${i.machine} (${i.workOrder.id})`).join(', ')}`)) + '\n');
         for (const i of r.items) {
@@ -79,9 +106,10 @@ Examples:
           if (i.note) process.stderr.write(pc.yellow(shownErr(`${i.machine}: ${i.note}`)) + '\n');
         }
       }
-      const results = await follow(client, r.items, (res) => {
+      const results = await follow(client, r.items, Date.now() + waitMs, o.wait ?? `${Math.round(waitMs / 1000)}s`, (res) => {
         if (table) process.stdout.write(block(res));
       });
+      for (const x of skipped) results.push({ machine: x.machine, workOrder: null, job: null, state: 'skipped', rc: null, jobState: null, reason: `${x.why}: left out (--skip-offline)`, output: '' });
       const failed = results.filter((x) => x.state !== 'succeeded');
       if (table) {
         const bad = failed.map((x) => `${x.machine}: ${outcome(x)}`).join(', ');
@@ -94,16 +122,40 @@ Examples:
     });
 }
 
-/** Waits for every work order to end (bounded by the command's own timeout on each machine), in finishing order. */
-async function follow(client: ApiClient, items: RunItem[], done: (r: RunResult) => void): Promise<RunResult[]> {
+/**
+ * Waits for every work order to end, in finishing order. At `deadline` (epoch ms) the ones still queued —
+ * no machine claimed them — are cancelled, so the command never runs later behind the operator's back;
+ * those that started are followed on (their own timeout bounds them).
+ */
+async function follow(client: ApiClient, items: RunItem[], deadline: number, waitText: string, done: (r: RunResult) => void): Promise<RunResult[]> {
   const open = new Map(items.map((i) => [i.workOrder.id, i]));
   const results: RunResult[] = [];
+  const expired = new Set<string>();
+  let cancelled = false;
   while (open.size > 0) {
+    if (!cancelled && Date.now() >= deadline) {
+      cancelled = true;
+      for (const id of open.keys()) {
+        const wo = await client.get<WorkOrder>(`/workorders/${enc(id)}`);
+        if (wo.state !== 'queued') continue;
+        try {
+          await client.delete<WorkOrder>(`/workorders/${enc(id)}`);
+          expired.add(id);
+        } catch (err) {
+          // It started (or ended) between the look and the cancel: follow it like the others.
+          if (!(err instanceof TaktError)) throw err;
+        }
+      }
+    }
     for (const [id, item] of [...open]) {
       const wo = await client.get<WorkOrder>(`/workorders/${enc(id)}`);
       if (!TERMINAL.includes(wo.state)) continue;
       open.delete(id);
       const r = await result(client, item.machine, wo);
+      if (expired.has(id) && r.job === null) {
+        r.state = 'not-started';
+        r.reason = `not started within --wait ${waitText}${item.note ? ` (${item.note.split(':')[0]})` : ''}: cancelled, it will not run later`;
+      }
       results.push(r);
       done(r);
     }
@@ -130,7 +182,7 @@ async function result(client: ApiClient, machine: string, wo: WorkOrder): Promis
 
 /** `web-1 | rc=0 >>` and the output, as ansible prints it. */
 function block(r: RunResult): string {
-  const head = r.state === 'succeeded' ? pc.green(shown(`${r.machine} | rc=${r.rc ?? 0} >>`)) : pc.red(shown(`${r.machine} | FAILED | ${outcome(r)} >>`));
+  const head = r.state === 'succeeded' ? pc.green(shown(`${r.machine} | rc=${r.rc ?? 0} >>`)) : pc.red(shown(`${r.machine} | ${r.state === 'not-started' ? 'NOT STARTED' : 'FAILED'} | ${outcome(r)} >>`));
   const body = shown(r.output) + (r.output && !r.output.endsWith('\n') ? '\n' : '');
   const why = r.state !== 'succeeded' && r.reason ? pc.dim(shown(r.reason)) + '\n' : '';
   return `${head}\n${body}${why}`;

@@ -24,6 +24,7 @@ const runBody = {
     selector: { type: 'string', maxLength: 4096, description: 'machines by label, e.g. role=web,env!=prod; adds to `machines`' },
     machines: { type: 'array', maxItems: MAX_RUN_MACHINES, items: { type: 'string', minLength: 1, maxLength: 200 }, description: 'machine names or ids' },
     timeout: { anyOf: [{ type: 'string', maxLength: 40 }, { type: 'number' }], description: 'how long the command may run on each machine: seconds or e.g. 90s, 5m (default 10m)' },
+    skipOffline: { type: 'boolean', description: 'leave out machines powered off or with no agent in touch (listed in `skipped`) instead of queuing for them' },
   },
 } as const;
 
@@ -38,7 +39,7 @@ export interface RunItem {
 
 export function runRoutes(app: FastifyInstance, { engine, store, records }: ApiContext) {
   app.post('/api/v1/run', { schema: { body: runBody } }, async (req, reply) => {
-    const body = req.body as { command: string; machines?: string[]; selector?: string; timeout?: string | number };
+    const body = req.body as { command: string; machines?: string[]; selector?: string; timeout?: string | number; skipOffline?: boolean };
     const names = [...new Set(body.machines ?? [])];
     const labels = body.selector !== undefined ? parseLabelSelector(body.selector, '/selector') : [];
     // An empty selector would match every machine: a command never runs everywhere by accident.
@@ -55,18 +56,24 @@ export function runRoutes(app: FastifyInstance, { engine, store, records }: ApiC
       if (!m) throw new TaktError('not_found', `machine '${n}' not found`, { path: `/machines/${i}` });
       if (!machines.some((x) => x.id === m.id)) machines.push(m);
     }
-    const wos = await engine.createWorkOrders(
-      machines.map((m) => ({ machine: m.id, command: { script: body.command, timeout: body.timeout } })),
-      author(req),
-    );
+    // Why each machine may not start soon; with skipOffline those machines are left out, like ansible's unreachable.
+    const away = (m: Machine) => (m.power === 'off' ? 'powered off' : !engine.withLiveness(m).agent.connected ? 'no agent in touch' : null);
+    const skipped = body.skipOffline ? machines.filter((m) => away(m) !== null).map((m) => ({ machine: m.name, why: away(m)! })) : [];
+    const chosen = machines.filter((m) => !skipped.some((s) => s.machine === m.name));
+    const wos = chosen.length
+      ? await engine.createWorkOrders(
+          chosen.map((m) => ({ machine: m.id, command: { script: body.command, timeout: body.timeout } })),
+          author(req),
+        )
+      : [];
     const items: RunItem[] = [];
-    for (const [i, m] of machines.entries()) {
+    for (const [i, m] of chosen.entries()) {
       const job = m.currentJob ? await store.getJob(m.currentJob) : undefined;
-      const agent = engine.withLiveness(m).agent;
-      const note = m.power === 'off' ? 'powered off: the command runs once it is powered on' : !agent.connected ? 'no agent in touch: the command runs when it connects' : null;
+      const why = away(m);
+      const note = why === 'powered off' ? 'powered off: the command runs once it is powered on' : why ? 'no agent in touch: the command runs when it connects' : null;
       items.push({ machine: m.name, workOrder: publicWorkOrder(wos[i]!), behind: job?.state === 'running' ? { job: job.id, task: job.task } : null, note });
     }
     reply.code(201);
-    return { items };
+    return { items, skipped };
   });
 }
