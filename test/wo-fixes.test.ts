@@ -41,6 +41,8 @@ function files(version: string, blueprint: string[]): Record<string, string> {
     'pipelines/p.yaml': `name: p\nstages: [s]\nparams: { pipekey: ${SECRETS.pipeline} }\n`,
     'blueprints/fix.yaml': `name: fix\ntasks: [${blueprint.join(', ')}]\n`,
     'blueprints/write.yaml': 'name: write\ntasks: [writer]\n',
+    // Holds its job until the test leaves a `go` file, so content can change while a work order runs.
+    'tasks/gate.yaml': 'name: gate\nscript: |\n  for i in $(seq 600); do [ -e "$TAKT_ROOT/go" ] && exit 0; sleep 0.1; done; exit 9\n',
   };
 }
 
@@ -128,7 +130,7 @@ describe('F1: a work order resumes by task identity, like a pipeline', () => {
     ['reordered: a task that succeeded now comes after the one it stopped on', ['wb', 'wa', 'wc'], /cannot resume: task 'wa' succeeded before task 'wb', where the work order stopped, but blueprint 'fix' now runs it after; create a new work order .*keeps the tasks in the order they ran/],
     ['vanished: the task it stopped on is gone', ['wa', 'wc'], /cannot resume: task 'wb', where the work order stopped, is no longer in blueprint 'fix'; create a new work order .*has the task/],
   ])('refused, %s', async (_, changed, message) => {
-    await publish(`1.1.${changed.length}${changed[0]}`.replace(/[^0-9.]/g, '') + `-${changed.join('')}`, ['wa', 'wc', 'wb']);
+    await publish(`1.1.${changed.length}-${changed.join('')}`, ['wa', 'wc', 'wb']);
     expect((await ep.cli(['machines', 'update', 'm', '--param', 'ok=false'])).code).toBe(0);
     const wo = await json<{ id: string }>(['workorders', 'create', '--machine', 'm', '--blueprint', 'fix']);
     expect((await ended(wo.id)).state).toBe('failed');
@@ -138,6 +140,22 @@ describe('F1: a work order resumes by task identity, like a pipeline', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(message);
     expect((await workOrder(wo.id)).state).toBe('failed');
+  });
+});
+
+describe('F1: a running work order follows blueprint changes by identity, never by index', () => {
+  it('a step added before the running one runs next; the running one does not run twice', async () => {
+    await publish('1.3.0', ['wa', 'gate', 'wb']);
+    const wo = await json<{ id: string }>(['workorders', 'create', '--machine', 'm', '--blueprint', 'fix']);
+    await until(async () => ((await ep.api.get<{ items: Job[] }>('/jobs', { workorder: wo.id, limit: 10 })).items.some((j) => j.task === 'gate' && j.state === 'running') ? true : undefined));
+    await publish('1.3.1', ['wa', 'wa', 'gate', 'wb']);
+    const m = await ep.api.get<{ id: string }>('/machines/m');
+    writeFileSync(join(ep.data, 'machines', m.id, 'root', 'go'), '');
+    const done = await ended(wo.id);
+    expect(done.state).toBe('succeeded');
+    // By index the work order would have run `gate` (now step 3) again and never the second wa.
+    expect((await ep.api.get<{ items: Job[] }>('/jobs', { workorder: wo.id, order: 'asc', limit: 100 })).items.map((j) => `${j.task}:${j.state}`)).toEqual(['wa:succeeded', 'gate:succeeded', 'wa:succeeded', 'wb:succeeded']);
+    expect(done.passed).toEqual(['fix/wa', 'fix/gate', 'fix/wa#2', 'fix/wb']);
   });
 });
 
