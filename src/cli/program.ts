@@ -61,7 +61,9 @@ export async function buildProgram(): Promise<Command> {
     const o = program.opts<{ output: OutputFormat; headers: boolean }>();
     let top = action;
     while (top.parent && top.parent !== program) top = top.parent;
-    setView({ wide: o.output === 'wide', name: o.output === 'name', headers: o.headers, resource: NAME_RESOURCE[top.name()] ?? top.name() });
+    const resource = NAME_RESOURCE[top.name()] ?? top.name();
+    setView({ wide: o.output === 'wide', name: o.output === 'name', headers: o.headers, resource });
+    stripKinds(action, program, resource);
   });
 
   program
@@ -205,6 +207,43 @@ function networkHint(message: string): string {
     return 'the connection was dropped: if the endpoint listens with TLS there, use https:// (plain HTTP is served on loopback only)';
   }
   return 'is the endpoint running? start one with `takt serve`, or point --endpoint / TAKT_ENDPOINT at it';
+}
+
+/** The argument names that name a machine, whatever the command's resource (`plan <machine>`, `approvals approve <machine>`). */
+const MACHINE_ARGS = new Set(['machine', 'machines']);
+/** The argument names that name an object of the command's own resource (`jobs get <id>`, `credentials get <name>`). */
+const OWN_ARGS = new Set(['name', 'id', 'seq', 'job', 'pack', 'pack@version', 'names']);
+
+/**
+ * `-o name` prints `machines/web-1`, and `takt machines list -o name | xargs -n1 takt machines get` must
+ * work as it does with kubectl: an argument that names an object takes the `KIND/NAME` form too. The
+ * kind is stripped when it is the argument's kind; another kind (`jobs/j-1` given to `machines get`) is
+ * refused, naming both, rather than looked up as a name that cannot exist. Mutates the parsed
+ * arguments in place, before the action sees them. Throws TaktError `invalid` on a mismatched kind.
+ */
+export function stripKinds(action: Command, program: Command, resource: string): void {
+  const kinds = new Set(['machines', ...program.commands.map((c) => c.name())]);
+  const args = action.registeredArguments;
+  const values = action.processedArgs as unknown[];
+  args.forEach((arg, i) => {
+    const expected = MACHINE_ARGS.has(arg.name()) ? 'machines' : OWN_ARGS.has(arg.name()) ? resource : undefined;
+    if (expected === undefined) return;
+    const strip = (v: unknown): unknown => {
+      if (typeof v !== 'string') return v;
+      const m = /^([a-z][a-z-]*)\/(.+)$/.exec(v);
+      if (!m || !kinds.has(m[1]!)) return v;
+      if (m[1] === expected) return m[2];
+      throw new TaktError('invalid', `'${v}' names one of ${m[1]}, but \`${commandPath(action)}\` takes ${expected === 'machines' ? 'a machine' : `one of ${expected}`}: give ${expected}/NAME or just NAME`);
+    };
+    values[i] = Array.isArray(values[i]) ? (values[i] as unknown[]).map(strip) : strip(values[i]);
+  });
+}
+
+/** `takt machines get`, for messages. */
+function commandPath(cmd: Command): string {
+  const words: string[] = [];
+  for (let c: Command | null = cmd; c; c = c.parent) words.unshift(c.name());
+  return words.join(' ');
 }
 
 export function report(err: unknown): number {

@@ -1,0 +1,68 @@
+/**
+ * CLI findings of the nu12 walkthrough, against a real endpoint: piping into `head` (EPIPE), the
+ * `KIND/NAME` form `-o name` prints given back as an argument, job logs on stdout, shell-safe examples.
+ */
+import { spawn } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Endpoint, TAKT } from './helpers/endpoint.js';
+
+let ep: Endpoint;
+beforeAll(async () => {
+  ep = await Endpoint.start();
+  for (let i = 1; i <= 3; i++) expect((await ep.cli(['machines', 'create', `fx-${i}`])).code).toBe(0);
+}, 60_000);
+afterAll(async () => ep?.stop());
+
+/**
+ * `takt ARGS` whose stdout reader has gone before the CLI writes (as `| head -1` leaves after its line):
+ * our end of the pipe is closed at once, so the CLI's first write meets a closed pipe (EPIPE).
+ */
+function closedReader(args: string[]): Promise<{ stderr: string; code: number | null }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [TAKT, ...args], {
+      env: { ...process.env, NO_COLOR: '1', TAKT_ENDPOINT: ep.url, TAKT_TOKEN: ep.token },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    p.stdout.destroy();
+    let stderr = '';
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('close', (code) => resolve({ stderr, code }));
+  });
+}
+
+describe('F11: output piped into head', () => {
+  it('exits quietly when the reader leaves (no EPIPE stack trace)', async () => {
+    for (const args of [['machines', 'list', '-o', 'name'], ['machines', 'list'], ['machines', 'get', 'fx-1', '-o', 'yaml']]) {
+      const r = await closedReader(args);
+      expect(r.stderr, args.join(' ')).toBe('');
+      expect(r.code, args.join(' ')).toBe(0);
+    }
+  });
+});
+
+describe('F1: KIND/NAME arguments', () => {
+  it('every name `-o name` prints is accepted back by get, describe, plan, record', async () => {
+    const names = (await ep.cli(['machines', 'list', '-o', 'name'])).stdout.split('\n').filter(Boolean);
+    expect(names).toContain('machines/fx-1');
+    for (const args of [['machines', 'get'], ['machines', 'describe'], ['machines', 'record'], ['plan']]) {
+      const r = await ep.cli([...args, 'machines/fx-1', '-o', 'json']);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).not.toBe(4);
+      expect(r.stderr).not.toContain('not found');
+    }
+    const got = await ep.cli(['machines', 'get', 'machines/fx-1', '-o', 'json']);
+    expect(JSON.parse(got.stdout).name).toBe('fx-1');
+  });
+
+  it('a variadic machine list and delete take the form too', async () => {
+    expect((await ep.cli(['machines', 'create', 'fx-del'])).code).toBe(0);
+    const r = await ep.cli(['machines', 'delete', 'machines/fx-del']);
+    expect(r.code, r.stderr).toBe(0);
+    expect((await ep.cli(['machines', 'get', 'fx-del'])).code).toBe(4);
+  });
+
+  it('another kind is refused, naming both kinds', async () => {
+    const r = await ep.cli(['machines', 'get', 'jobs/j-1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain("'jobs/j-1' names one of jobs, but `takt machines get` takes a machine");
+  });
+});
