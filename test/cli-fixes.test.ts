@@ -3,8 +3,10 @@
  * `KIND/NAME` form `-o name` prints given back as an argument, job logs on stdout, shell-safe examples.
  */
 import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, TAKT } from './helpers/endpoint.js';
+import { Endpoint, ROOT, TAKT } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 beforeAll(async () => {
@@ -64,5 +66,54 @@ describe('F1: KIND/NAME arguments', () => {
     const r = await ep.cli(['machines', 'get', 'jobs/j-1']);
     expect(r.code).toBe(1);
     expect(r.stderr).toContain("'jobs/j-1' names one of jobs, but `takt machines get` takes a machine");
+  });
+});
+
+/**
+ * The part of a shell line outside quotes and before a comment; null when an unquoted `<`/`>` sits inside a
+ * word (`demo@<1.2.0`: bash reads a redirect from file `1.2.0`) or an `&` joins words (`a&b` backgrounds).
+ * A redirect of its own (`> out.txt`, `2>&1`, `>/dev/null`) is fine.
+ */
+export function shellUnsafe(line: string): string | null {
+  let bare = '';
+  let quote: string | null = null;
+  for (const ch of line) {
+    if (quote) {
+      if (ch === quote) quote = null;
+      bare += ' ';
+    } else if (ch === "'" || ch === '"') {
+      quote = ch;
+      bare += ' ';
+    } else if (ch === '#' && /(^|\s)$/.test(bare)) break;
+    else bare += ch;
+  }
+  const m = /[^\s\d&|<>][<>]|[^\s<>&]&[^\s>&]/.exec(bare);
+  return m ? m[0] : null;
+}
+
+describe('F25: examples can be pasted into a shell', () => {
+  it('the check itself', () => {
+    expect(shellUnsafe('takt machines list --built-with demo@<1.2.0')).toBe('@<');
+    expect(shellUnsafe("takt machines list --built-with 'demo@<1.2.0'")).toBeNull();
+    expect(shellUnsafe('takt jobs log J > out.txt 2>&1   # a <comment>')).toBeNull();
+    expect(shellUnsafe('curl x?a=1&b=2')).not.toBeNull();
+  });
+
+  it('every --help example and every takt line in README.md and docs/*.md', async () => {
+    const { buildProgram } = await import('../src/cli/program.js');
+    const { helpAfter, walkCommands } = await import('../src/cli/help.js');
+    const program = await buildProgram();
+    const lines: string[] = [];
+    for (const { cmd } of [{ cmd: program }, ...walkCommands(program)]) {
+      for (const l of helpAfter(cmd).split('\n')) if (/^\s*\$ takt /.test(l)) lines.push(l.replace(/^\s*\$ /, ''));
+      for (const o of cmd.options) if (/e\.g\. .*takt |e\.g\. --/.test(o.description)) lines.push(o.description.replace(/^.*e\.g\. /, 'takt x '));
+      if (/e\.g\. --/.test(cmd.description())) lines.push(cmd.description().replace(/^.*e\.g\. /, 'takt x '));
+    }
+    const docs = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((f) => f.endsWith('.md')).map((f) => `docs/${f}`)];
+    for (const f of docs) {
+      for (const l of readFileSync(join(ROOT, f), 'utf8').split('\n')) if (/^\s*(\$ )?(npx )?takt /.test(l)) lines.push(`${f}: ${l}`);
+    }
+    expect(lines.length).toBeGreaterThan(100);
+    expect(lines.filter((l) => shellUnsafe(l) !== null).join("\n")).toBe("");
   });
 });

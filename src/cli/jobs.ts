@@ -17,11 +17,11 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
   const jobs = program
     .command('jobs')
     .description('job runs: one task on one machine')
-    .addHelpText('after', examples('takt jobs ls --machine demo-1', 'takt jobs log <job-id> -f'));
+    .addHelpText('after', examples('takt jobs ls --machine demo-1', 'takt jobs log JOB_ID -f'));
   jobs
     .command('list')
     .description('recent jobs, newest first')
-    .addHelpText('after', examples('takt jobs list --machine demo-2 --state failed', 'takt jobs ls --workorder <workorder-id> --order asc', 'takt jobs list -o wide'))
+    .addHelpText('after', examples('takt jobs list --machine demo-2 --state failed', 'takt jobs ls --workorder WORKORDER_ID --order asc', 'takt jobs list -o wide'))
     .option('--machine <machine>')
     .addOption(new Option('--state <state>', 'only jobs in this state').choices(JOB_STATES))
     .option('--task <task>')
@@ -51,7 +51,7 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
   jobs
     .command('get <job>')
     .description('one job with its rendered script (secure values masked) and params')
-    .addHelpText('after', examples('takt jobs get <job-id>', 'takt job get <job-id> -o json'))
+    .addHelpText('after', examples('takt jobs get JOB_ID', 'takt job get JOB_ID -o json'))
     .action(async (id: string) => print(g().output, await api().get<Job>(`/jobs/${enc(id)}`), undefined));
   jobs
     .command('cancel <job>')
@@ -80,7 +80,7 @@ ${shown(m.name)} is ${colorState(m.state)}${m.state === 'paused' ? `; \`takt mac
   jobs
     .command('log <job>')
     .description("print a job's output; --follow keeps printing until the job ends")
-    .addHelpText('after', examples('takt jobs log <job-id>', 'takt jobs log <job-id> --follow'))
+    .addHelpText('after', examples('takt jobs log JOB_ID', 'takt jobs log JOB_ID --follow'))
     .option('-f, --follow', 'follow until the job ends')
     .action(async (id: string, o: { follow?: boolean }) => {
       const client = api();

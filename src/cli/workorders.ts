@@ -51,7 +51,7 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
     });
   wo.command('get <id>')
     .description('one work order')
-    .addHelpText('after', examples('takt workorders get <workorder-id> -o yaml'))
+    .addHelpText('after', examples('takt workorders get WORKORDER_ID -o yaml'))
     .action(async (id: string) => {
       const w = await api().get<WorkOrder>(`/workorders/${enc(id)}`);
       await named([w]);
@@ -59,7 +59,7 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
     });
   wo.command('cancel <id>')
     .description('cancel a work order that has not finished')
-    .addHelpText('after', examples('takt workorders cancel <workorder-id>'))
+    .addHelpText('after', examples('takt workorders cancel WORKORDER_ID'))
     .action(async (id: string) => {
       const w = await api().delete<WorkOrder>(`/workorders/${enc(id)}`);
       await named([w]);
