@@ -117,3 +117,21 @@ describe('F25: examples can be pasted into a shell', () => {
     expect(lines.filter((l) => shellUnsafe(l) !== null).join("\n")).toBe("");
   });
 });
+
+describe('F4: jobs log writes the job output to stdout', () => {
+  it("the script's stdout and stderr, in order, on stdout; --follow too; -o json keeps the stream", async () => {
+    expect((await ep.cli(['machines', 'create', 'fx-run', '--broker', 'local'])).code).toBe(0);
+    const run = await ep.cli(['run', '--machine', 'fx-run', '--', 'echo to-out; echo to-err >&2; exit 3']);
+    expect(run.code).toBe(1);
+    const jobs = JSON.parse((await ep.cli(['jobs', 'list', '--machine', 'fx-run', '-o', 'json'])).stdout) as Array<{ id: string }>;
+    expect(jobs).toHaveLength(1);
+    for (const extra of [[], ['--follow']]) {
+      const r = await ep.cli(['jobs', 'log', jobs[0]!.id, ...extra]);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.stdout).toMatch(/to-out\n(.*\n)*to-err\n/);
+      expect(r.stderr).not.toContain('to-err');
+    }
+    const json = (await ep.cli(['jobs', 'log', jobs[0]!.id, '-o', 'json'])).stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { stream: string; data: string });
+    expect(json.find((c) => c.data.includes('to-err'))?.stream).toBe('stderr');
+  }, 60_000);
+});

@@ -79,8 +79,8 @@ ${shown(m.name)} is ${colorState(m.state)}${m.state === 'paused' ? `; \`takt mac
     });
   jobs
     .command('log <job>')
-    .description("print a job's output; --follow keeps printing until the job ends")
-    .addHelpText('after', examples('takt jobs log JOB_ID', 'takt jobs log JOB_ID --follow'))
+    .description("print a job's output — the script's stdout and stderr, in order, all on stdout (like kubectl logs), so `> out.txt` and `| grep` get all of it; -o json gives each chunk with its stream; --follow keeps printing until the job ends")
+    .addHelpText('after', examples('takt jobs log JOB_ID', 'takt jobs log JOB_ID --follow', 'takt jobs log JOB_ID > out.txt    # stdout and stderr of the script', 'takt jobs log JOB_ID -o json | jq -r \'select(.stream == "stderr") | .data\'   # only its stderr'))
     .option('-f, --follow', 'follow until the job ends')
     .action(async (id: string, o: { follow?: boolean }) => {
       const client = api();
@@ -89,7 +89,7 @@ ${shown(m.name)} is ${colorState(m.state)}${m.state === 'paused' ? `; \`takt mac
         const r = await client.get<{ job: { state: string; reason: string | null }; chunks: LogChunk[] }>(`/jobs/${enc(id)}/log`, { after });
         for (const c of r.chunks) {
           if (g().output === 'json') process.stdout.write(JSON.stringify(c) + '\n');
-          else if (c.stream === 'stderr') process.stderr.write(shownErr(c.data));
+          // The script's stderr is part of the job's output, not the CLI's own message: stdout, in order.
           else process.stdout.write(c.stream === 'system' || c.stream === 'takt' ? pc.dim(shown(c.data)) : shown(c.data));
           after = c.seq;
         }
