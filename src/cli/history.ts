@@ -2,6 +2,7 @@
 import { type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
+import type { ObservedView, RewindResult } from '../engine/history.js';
 import { TaktError } from '../model/errors.js';
 import { type Change } from '../model/machine.js';
 import { type Globals } from './client.js';
@@ -13,28 +14,11 @@ const enc = encodeURIComponent;
 /** A change as the API lists it: `name` is its object as people read it (`machines/web-1`). */
 type NamedChange = Change & { name: string };
 
-interface ObservedView {
-  machine: string;
-  state: string;
-  reason: string | null;
-  outputs: Record<string, unknown>;
-  agentConnected: boolean;
-}
-
 interface ChangeField {
   path: string;
   op: 'added' | 'removed' | 'changed';
   before?: unknown;
   after?: unknown;
-}
-
-interface RewindResult {
-  to: number;
-  dryRun: boolean;
-  changes: string[];
-  applied: Array<{ object: string; name: string; seq: number }>;
-  skipped: Array<{ object: string; name: string; reason: string }>;
-  observed: ObservedView[];
 }
 
 /** Observed state, one line per machine: what a rewind or revert leaves as it is. */
