@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, ROOT, TAKT } from './helpers/endpoint.js';
+import { Endpoint, packFiles, ROOT, TAKT } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 beforeAll(async () => {
@@ -134,4 +134,17 @@ describe('F4: jobs log writes the job output to stdout', () => {
     const json = (await ep.cli(['jobs', 'log', jobs[0]!.id, '-o', 'json'])).stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { stream: string; data: string });
     expect(json.find((c) => c.data.includes('to-err'))?.stream).toBe('stderr');
   }, 60_000);
+});
+
+describe('F31: the STATE column and --state agree', () => {
+  it('--state waiting-for-agent lists the machines the column shows so, and only them', async () => {
+    await ep.api.post('/packs', { files: await packFiles('basic') });
+    expect((await ep.cli(['machines', 'create', 'fx-wait', '--pipeline', 'basic'])).code).toBe(0);
+    const list = await ep.cli(['machines', 'list', '--state', 'waiting-for-agent', '--no-headers']);
+    expect(list.code, list.stderr).toBe(0);
+    expect(list.stdout.split('\n').filter(Boolean).map((l) => l.split(/ +/)[0])).toEqual(['fx-wait']);
+    expect(list.stdout).toMatch(/fx-wait .* waiting-for-agent /);
+    const named = await ep.cli(['machines', 'list', '--state', 'waiting-for-agent', '-l', 'nothing=here', '--no-headers']);
+    expect(named.stdout).toBe('');
+  });
 });

@@ -42,7 +42,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .command('list')
     .description('list machines (filters combine)')
     .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list -o name | xargs -n1 takt machines get', "takt machines list --built-with 'demo@<1.2.0'", 'takt machines list --stale'))
-    .addOption(new Option('--state <state>', 'only machines in this state').choices(MACHINE_STATES))
+    .addOption(new Option('--state <state>', 'only machines in this state, as the STATE column shows it: waiting-for-agent is a running machine with work and no agent connected (--state running includes those)').choices([...MACHINE_STATES, 'waiting-for-agent']))
     .option('--pipeline <name>')
     .option('--environment <env>')
     .option('--name <substring>')
