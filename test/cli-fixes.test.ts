@@ -3,10 +3,11 @@
  * `KIND/NAME` form `-o name` prints given back as an argument, job logs on stdout, shell-safe examples.
  */
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles, ROOT, TAKT } from './helpers/endpoint.js';
+import { Endpoint, packFiles, ROOT, runCli, TAKT } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 beforeAll(async () => {
@@ -138,7 +139,7 @@ describe('F4: jobs log writes the job output to stdout', () => {
 
 describe('F31: the STATE column and --state agree', () => {
   it('--state waiting-for-agent lists the machines the column shows so, and only them', async () => {
-    await ep.api.post('/packs', { files: await packFiles('basic') });
+    await ep.api.post('/packs', { files: await packFiles('basic') }).catch(() => undefined);
     expect((await ep.cli(['machines', 'create', 'fx-wait', '--pipeline', 'basic'])).code).toBe(0);
     const list = await ep.cli(['machines', 'list', '--state', 'waiting-for-agent', '--no-headers']);
     expect(list.code, list.stderr).toBe(0);
@@ -146,5 +147,31 @@ describe('F31: the STATE column and --state agree', () => {
     expect(list.stdout).toMatch(/fx-wait .* waiting-for-agent /);
     const named = await ep.cli(['machines', 'list', '--state', 'waiting-for-agent', '-l', 'nothing=here', '--no-headers']);
     expect(named.stdout).toBe('');
+  });
+});
+
+describe('F29 and F3: messages that say how to fix it', () => {
+  it('a numeric-looking value for a string param: the refusal says how to pass it as a string, and that works', async () => {
+    await ep.api.post('/packs', { files: await packFiles('basic') }).catch(() => undefined);
+    expect((await ep.cli(['machines', 'create', 'fx-p'])).code).toBe(0);
+    const r = await ep.cli(['machines', 'update', 'fx-p', '--param', 'msg=42']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`to pass the string 42, quote it: --param 'msg="42"'`);
+    const ok = await ep.cli(['machines', 'update', 'fx-p', '--param', 'msg="42"']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(JSON.parse((await ep.cli(['machines', 'get', 'fx-p', '-o', 'json'])).stdout).params.msg).toBe('42');
+    const help = await ep.cli(['machines', 'update', '--help']);
+    expect(help.stdout.replace(/\s+/g, ' ')).toContain('the value is read as JSON when it parses as JSON');
+  });
+
+  it('no token: the message names TAKT_DATA and the dir it looked in', async () => {
+    const empty = mkdtempSync(join(tmpdir(), 'takt-notoken-'));
+    try {
+      const r = await runCli(['machines', 'list'], { TAKT_DATA: empty, TAKT_TOKEN: '', TAKT_ENDPOINT: ep.url });
+      expect(r.code).toBe(5);
+      expect(r.stderr).toContain(`no token (${empty}/admin.token does not exist): set TAKT_DATA=DIR to the --data dir of \`takt serve\``);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
   });
 });

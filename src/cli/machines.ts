@@ -7,7 +7,7 @@ import type { MachineRecord } from '../engine/records.js';
 import { TaktError } from '../model/errors.js';
 import { parseLabelPairs } from '../model/labels.js';
 import { MACHINE_STATES, type Machine } from '../model/machine.js';
-import { collect, parseParamPairs, type Globals } from './client.js';
+import { collect, PARAM_TYPING, parseParamPairs, withParamHint, type Globals } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
 import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
@@ -95,7 +95,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
     .option('--environment <env>', 'environment (default: the broker\'s, else local)')
     .option('--pipeline <name>', 'start this pipeline right away')
-    .option('--param <key=value>', 'machine param (repeatable)', collect)
+    .option('--param <key=value>', `machine param (repeatable); ${PARAM_TYPING}`, collect)
     .option('--profile <name>', 'profile (repeatable, highest precedence first)', collect)
     .option('--label <key=value>', 'label (repeatable), e.g. --label role=web', collect)
     .option('--ssh <user@host[:port]>', 'agentless: the endpoint runs its jobs over SSH (IPv6 in brackets: root@[2001:db8::5]:22)')
@@ -118,7 +118,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         ssh: sshBody(o, true),
         allowUndeclared: o.allowUndeclared || undefined,
       };
-      const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
+      const r = await withParamHint(o.param, api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body));
       for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${shownErr(w)}\n`);
       print(g().output, r.items, () =>
         renderTable(r.items, machineColumns) +
@@ -130,7 +130,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .description('change a machine: pipeline (restarts it from the top), params, profiles, name, environment')
     .addHelpText('after', examples('takt machines update demo-2 --param fail_verify=true', 'takt machines update demo-2 --unset fail_verify', "takt machines update demo-1 --pipeline ''   # unassign its pipeline"))
     .option('--pipeline <name>', "assign a pipeline ('' to clear)")
-    .option('--param <key=value>', 'set a param (repeatable)', collect)
+    .option('--param <key=value>', `set a param (repeatable); ${PARAM_TYPING}`, collect)
     .option('--unset <key>', 'remove a param (repeatable)', collect)
     .option('--profile <name>', 'replace the profile list (repeatable)', collect)
     .option('--label <key=value>', 'set a label, or remove one with KEY- (repeatable), e.g. --label role=web --label legacy-', collect)
@@ -155,7 +155,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       if (ssh) body.ssh = ssh;
       if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment or an --ssh option');
       if (o.allowUndeclared) body.allowUndeclared = true;
-      const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
+      const m = await withParamHint(o.param, api().patch<Machine>(`/machines/${enc(id)}`, body));
       print(g().output, m, () => renderTable([m], machineColumns));
     });
   machines

@@ -41,8 +41,8 @@ export async function buildProgram(): Promise<Command> {
   program
     .name('takt')
     .description('takt drives machines through versioned pipelines of tasks and keeps a record of what ran where.\n\nStart an endpoint with `takt serve --demo`, then try `takt machines list`.')
-    .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default: the one ./data/endpoint names, written by takt serve, else http://127.0.0.1:8092)')
-    .option('--token <token>', 'API token (env TAKT_TOKEN; default ./data/admin.token)')
+    .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default: the one DATA/endpoint names, written by takt serve, else http://127.0.0.1:8092; DATA is env TAKT_DATA, the --data of takt serve, else ./data)')
+    .option('--token <token>', 'API token (env TAKT_TOKEN; default DATA/admin.token, DATA as for --endpoint)')
     .addOption(new Option('-o, --output <format>', 'output format; wide: the table with ids and times, name: resource/name per line').choices(OUTPUT_FORMATS).default('table'))
     .option('--no-headers', 'tables without their header line (for scripts)')
     .version(VERSION, '-V, --version', 'print the takt version')

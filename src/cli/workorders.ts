@@ -2,7 +2,7 @@
 import { Option, type Command } from 'commander';
 import type { ApiClient } from '../client/http.js';
 import { WORK_ORDER_STATES, type WorkOrder } from '../model/machine.js';
-import { collect, parseParamPairs, type Globals } from './client.js';
+import { collect, PARAM_TYPING, parseParamPairs, withParamHint, type Globals } from './client.js';
 import { machineNames } from './names.js';
 import { colorState, print, renderTable } from './output.js';
 import { examples } from './help.js';
@@ -43,9 +43,9 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
     .addHelpText('after', examples('takt workorders create --machine demo-1 --blueprint inventory', 'takt workorders create --machine demo-1 --blueprint inventory --param verbose=true'))
     .requiredOption('--machine <machine>')
     .requiredOption('--blueprint <name>')
-    .option('--param <key=value>', 'param for this run (repeatable)', collect)
+    .option('--param <key=value>', `param for this run (repeatable); ${PARAM_TYPING}`, collect)
     .action(async (o: { machine: string; blueprint: string; param?: string[] }) => {
-      const w = await api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param) });
+      const w = await withParamHint(o.param, api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param) }));
       await named([w]);
       print(g().output, w, () => renderTable([w], columns));
     });
