@@ -175,3 +175,30 @@ describe('F29 and F3: messages that say how to fix it', () => {
     }
   });
 });
+
+describe('F26: a list cut short says so', () => {
+  it('history, jobs, work orders and machines print the note under the table; history pages with --offset', async () => {
+    // 4 machines and 2 work orders at least: enough changes and jobs for two pages of every list.
+    expect((await ep.cli(['machines', 'create', 'fx-jobs', '--broker', 'local'])).code).toBe(0);
+    expect((await ep.cli(['run', '--machine', 'fx-jobs', '--', 'true'])).code).toBe(0);
+    expect((await ep.cli(['run', '--machine', 'fx-jobs', '--', 'true'])).code).toBe(0);
+    const first = await ep.cli(['history', '--limit', '2', '--no-headers']);
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toMatch(/\n2 shown, more after them; use --offset 2 \(or a bigger --limit\) for more\n$/);
+    const seqs = (out: string) => out.split('\n').filter((l) => /^\d+ +\d{4}-/.test(l)).map((l) => Number(l.split(' ')[0]));
+    const next = await ep.cli(['history', '--limit', '2', '--offset', '2', '--no-headers']);
+    expect(seqs(next.stdout)).toHaveLength(2);
+    expect(Math.max(...seqs(next.stdout))).toBeLessThan(Math.min(...seqs(first.stdout)));
+    // -o json is the page itself, without the extra row asked for.
+    expect(JSON.parse((await ep.cli(['history', '--limit', '2', '-o', 'json'])).stdout)).toHaveLength(2);
+
+    const machines = await ep.cli(['machines', 'list', '--limit', '1']);
+    expect(machines.stdout).toMatch(/\n1 of \d+; use --offset 1 \(or a bigger --limit\) for more\n$/);
+    const all = await ep.cli(['history', '--limit', '1000']);
+    expect(all.stdout).not.toContain('for more');
+
+    expect((await ep.cli(['jobs', 'list', '--machine', 'fx-jobs', '--limit', '1'])).stdout).toMatch(/\n1 shown, more after them; use --offset 1 /);
+    expect((await ep.cli(['workorders', 'list', '--machine', 'fx-jobs', '--limit', '1'])).stdout).toMatch(/\n1 shown, more after them; use --offset 1 /);
+    expect((await ep.cli(['jobs', 'list', '--machine', 'fx-jobs', '--limit', '1', '--offset', '1'])).stdout).not.toContain('for more');
+  }, 60_000);
+});

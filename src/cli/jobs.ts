@@ -6,7 +6,7 @@ import { formatDuration } from '../model/duration.js';
 import { JOB_STATES, type Job, type LogChunk, type Machine } from '../model/machine.js';
 import { type Globals } from './client.js';
 import { machineNames } from './names.js';
-import { colorState, print, renderTable, shown, shownErr } from './output.js';
+import { colorState, fetchPage, print, renderTable, shown, shownErr } from './output.js';
 import { examples } from './help.js';
 
 const enc = encodeURIComponent;
@@ -30,7 +30,7 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
     .option('--limit <n>', 'page size', '50')
     .option('--offset <n>', 'skip this many', '0')
     .action(async (o: Record<string, string | undefined>) => {
-      const r = await api().get<{ items: Job[] }>('/jobs', o);
+      const r = await fetchPage((page) => api().get<{ items: Job[] }>('/jobs', { ...o, ...page }), o.limit ?? '50', o.offset);
       // Names, not ids, in what people read: one lookup per machine on the page (a deleted one keeps its id).
       const names = g().output === 'table' ? await machineNames(api(), r.items.map((j) => j.machineId)) : new Map<string, string>();
       print(g().output, r.items, () =>
@@ -45,7 +45,7 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
           { header: 'CREATED', get: (j) => j.createdAt, wide: true },
           { header: 'FINISHED', get: (j) => j.finishedAt, wide: true },
           { header: 'REASON', get: (j) => j.reason, max: 80 },
-        ]),
+        ]) + r.note,
       );
     });
   jobs

@@ -8,7 +8,7 @@ import { TaktError } from '../model/errors.js';
 import { parseLabelPairs } from '../model/labels.js';
 import { MACHINE_STATES, type Machine } from '../model/machine.js';
 import { collect, PARAM_TYPING, parseParamPairs, withParamHint, type Globals } from './client.js';
-import { print, renderTable, shown, shownErr } from './output.js';
+import { pageNote, print, renderTable, shown, shownErr } from './output.js';
 import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { machineControlCommands } from './machine-control.js';
@@ -56,7 +56,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const query = { ...rest, builtWith: builtWith as string | undefined, stale: stale ? 'true' : undefined } as Record<string, string | undefined>;
       const r = await api().get<{ items: Array<Machine & { stale?: string[] }>; total: number }>('/machines', query);
       const columns = stale ? [...machineColumns.filter((c) => ['NAME', 'ID', 'ENV', 'PIPELINE', 'STATE'].includes(c.header)), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n'), flex: true }] : machineColumns;
-      print(g().output, r.items, () => renderTable(r.items, columns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
+      print(g().output, r.items, () => renderTable(r.items, columns) + pageNote(r.items.length, Number(o.offset) || 0, r.total));
     });
   machines
     .command('record <machine>')

@@ -4,7 +4,7 @@ import type { ApiClient } from '../client/http.js';
 import { WORK_ORDER_STATES, type WorkOrder } from '../model/machine.js';
 import { collect, PARAM_TYPING, parseParamPairs, withParamHint, type Globals } from './client.js';
 import { machineNames } from './names.js';
-import { colorState, print, renderTable } from './output.js';
+import { colorState, fetchPage, print, renderTable } from './output.js';
 import { examples } from './help.js';
 
 const enc = encodeURIComponent;
@@ -33,10 +33,12 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
     .addHelpText('after', examples('takt workorders ls --machine demo-1', 'takt wo list --state failed'))
     .option('--machine <machine>')
     .addOption(new Option('--state <state>', 'only work orders in this state').choices(WORK_ORDER_STATES))
+    .option('--limit <n>', 'page size', '100')
+    .option('--offset <n>', 'skip this many', '0')
     .action(async (o: Record<string, string | undefined>) => {
-      const r = await api().get<{ items: WorkOrder[] }>('/workorders', o);
+      const r = await fetchPage((page) => api().get<{ items: WorkOrder[] }>('/workorders', { ...o, ...page }), o.limit ?? '100', o.offset);
       await named(r.items);
-      print(g().output, r.items, () => renderTable(r.items, columns));
+      print(g().output, r.items, () => renderTable(r.items, columns) + r.note);
     });
   wo.command('create')
     .description('queue a work order; work orders run one at a time per machine, between pipeline tasks')
