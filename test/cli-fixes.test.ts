@@ -7,7 +7,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles, ROOT, runCli, TAKT } from './helpers/endpoint.js';
+import { Endpoint, packFiles, ROOT, runCli, TAKT, until } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 beforeAll(async () => {
@@ -200,5 +200,32 @@ describe('F26: a list cut short says so', () => {
     expect((await ep.cli(['jobs', 'list', '--machine', 'fx-jobs', '--limit', '1'])).stdout).toMatch(/\n1 shown, more after them; use --offset 1 /);
     expect((await ep.cli(['workorders', 'list', '--machine', 'fx-jobs', '--limit', '1'])).stdout).toMatch(/\n1 shown, more after them; use --offset 1 /);
     expect((await ep.cli(['jobs', 'list', '--machine', 'fx-jobs', '--limit', '1', '--offset', '1'])).stdout).not.toContain('for more');
+  }, 60_000);
+});
+
+describe('F23: events watch takes a machine name in a topic', () => {
+  it('machines.update.NAME sees that machine\'s updates; an unknown name is refused', async () => {
+    const id = JSON.parse((await ep.cli(['machines', 'get', 'fx-1', '-o', 'json'])).stdout).id as string;
+    const p = spawn(process.execPath, [TAKT, 'events', 'watch', '--topics', 'machines.update.fx-1', '-o', 'json'], {
+      env: { ...process.env, NO_COLOR: '1', TAKT_ENDPOINT: ep.url, TAKT_TOKEN: ep.token },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    try {
+      await until(async () => err.includes(`watching machines.update.${id}`), 20_000, 'the watch to resolve fx-1');
+      // Keep changing fx-1 until an event shows up: the watch may connect just after a change.
+      await until(async () => {
+        await ep.cli(['machines', 'update', 'fx-1', '--label', `n=${Date.now()}`]);
+        return out.includes(`"topic":"machines.update.${id}"`);
+      }, 20_000, 'an event for fx-1');
+    } finally {
+      p.kill();
+    }
+    const bad = await ep.cli(['events', 'watch', '--topics', 'machines.update.no-such-machine']);
+    expect(bad.code).toBe(4);
+    expect(bad.stderr).toContain("no machine 'no-such-machine'");
   }, 60_000);
 });
