@@ -229,3 +229,15 @@ describe('F23: events watch takes a machine name in a topic', () => {
     expect(bad.stderr).toContain("no machine 'no-such-machine'");
   }, 60_000);
 });
+
+describe('F2: labels in lists', () => {
+  it('--show-labels and -o wide add a LABELS column', async () => {
+    expect((await ep.cli(['machines', 'create', 'fx-lab', '--label', 'role=web', '--label', 'tier=a'])).code).toBe(0);
+    const r = await ep.cli(['machines', 'list', '--show-labels', '--name', 'fx-lab']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^NAME .* LABELS +REASON\n/);
+    expect(r.stdout).toMatch(/\nfx-lab .* role=web,tier=a +-\n/);
+    expect((await ep.cli(['machines', 'list', '-o', 'wide', '--name', 'fx-lab'])).stdout).toContain('role=web,tier=a');
+    expect((await ep.cli(['machines', 'list', '--name', 'fx-lab'])).stdout).not.toContain('LABELS');
+  });
+});

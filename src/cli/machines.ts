@@ -30,8 +30,15 @@ export const machineColumns = [
   { header: 'AGENT', get: (m: Machine) => agentCell(m) },
   { header: 'CREATED', get: (m: Machine) => m.createdAt, wide: true },
   { header: 'UPDATED', get: (m: Machine) => m.updatedAt, wide: true },
+  { header: 'LABELS', get: labelsCell, wide: true },
   { header: 'REASON', get: (m: Machine) => m.reason, max: 80 },
 ];
+
+/** The LABELS cell: `role=web,tier=db` as kubectl's --show-labels prints them; `-` for none. */
+function labelsCell(m: Machine): string {
+  const pairs = Object.entries(m.labels ?? {}).map(([k, v]) => `${k}=${v}`);
+  return pairs.length ? pairs.join(',') : '-';
+}
 
 export function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
   const machines = program
@@ -41,22 +48,24 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('list')
     .description('list machines (filters combine)')
-    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list -o name | xargs -n1 takt machines get', "takt machines list --built-with 'demo@<1.2.0'", 'takt machines list --stale'))
+    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list --show-labels -l role=web', 'takt machines list -o name | xargs -n1 takt machines get', "takt machines list --built-with 'demo@<1.2.0'", 'takt machines list --stale'))
     .addOption(new Option('--state <state>', 'only machines in this state, as the STATE column shows it: waiting-for-agent is a running machine with work and no agent connected (--state running includes those)').choices([...MACHINE_STATES, 'waiting-for-agent']))
     .option('--pipeline <name>')
     .option('--environment <env>')
     .option('--name <substring>')
     .option('-l, --selector <selector>', 'only machines whose labels match, e.g. role=web,env!=prod (key=value, key!=value, key, !key)')
     .option('--built-with <pack@range>', "built with a pack version in this range (quote it for the shell), e.g. --built-with 'demo@<1.2.0'")
+    .option('--show-labels', 'add the LABELS column (-o wide has it too)')
     .option('--stale', 'built with an older pack version than the one in use, or with params that changed since')
     .option('--limit <n>', 'page size', '100')
     .option('--offset <n>', 'skip this many', '0')
     .action(async (o: Record<string, string | boolean | undefined>) => {
-      const { builtWith, stale, ...rest } = o;
+      const { builtWith, stale, showLabels, ...rest } = o;
       const query = { ...rest, builtWith: builtWith as string | undefined, stale: stale ? 'true' : undefined } as Record<string, string | undefined>;
       const r = await api().get<{ items: Array<Machine & { stale?: string[] }>; total: number }>('/machines', query);
       const columns = stale ? [...machineColumns.filter((c) => ['NAME', 'ID', 'ENV', 'PIPELINE', 'STATE'].includes(c.header)), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n'), flex: true }] : machineColumns;
-      print(g().output, r.items, () => renderTable(r.items, columns) + pageNote(r.items.length, Number(o.offset) || 0, r.total));
+      const shownColumns = showLabels ? columns.map((c) => (c.header === 'LABELS' ? { ...c, wide: false } : c)) : columns;
+      print(g().output, r.items, () => renderTable(r.items, shownColumns) + pageNote(r.items.length, Number(o.offset) || 0, r.total));
     });
   machines
     .command('record <machine>')
