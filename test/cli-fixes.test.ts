@@ -241,3 +241,16 @@ describe('F2: labels in lists', () => {
     expect((await ep.cli(['machines', 'list', '--name', 'fx-lab'])).stdout).not.toContain('LABELS');
   });
 });
+
+describe('F20: CLI messages name the flag, not the API path', () => {
+  it('--count and <seq> instead of /count and query parameter seq', async () => {
+    const count = await ep.cli(['machines', 'create', 'fx-q', '--count', '0']);
+    expect(count.code).toBe(1);
+    expect(count.stderr).toMatch(/^takt: --count /);
+    expect(count.stderr).not.toContain('/count');
+    const seq = await ep.cli(['history', 'show', 'abc']);
+    expect(seq.code).toBe(1);
+    expect(seq.stderr).toContain('<seq> must be a whole number');
+    expect(seq.stderr).not.toContain('query parameter');
+  });
+});

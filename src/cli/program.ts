@@ -64,6 +64,7 @@ export async function buildProgram(): Promise<Command> {
     const resource = NAME_RESOURCE[top.name()] ?? top.name();
     setView({ wide: o.output === 'wide', name: o.output === 'name', headers: o.headers, resource });
     stripKinds(action, program, resource);
+    running = action;
   });
 
   program
@@ -246,7 +247,30 @@ function commandPath(cmd: Command): string {
   return words.join(' ');
 }
 
+/** The command whose action runs (set before it runs), so an error can be said in its flags' words. */
+let running: Command | undefined;
+
+/**
+ * The endpoint names a bad field by its API path (`/count`, query parameter `seq`); the operator typed a
+ * flag or an argument. When the running command has an option (`--count`) or argument (`<seq>`) of that
+ * name, the message says that instead. Other errors are returned as they are.
+ */
+export function inFlagWords(err: TaktError, cmd: Command | undefined = running): TaktError {
+  const field = err.path?.replace(/^\//, '');
+  if (!cmd || !field || field.includes('/')) return err;
+  const option = cmd.options.find((o) => o.long && o.attributeName() === field.replace(/_(\w)/g, (_, c: string) => c.toUpperCase()));
+  const arg = cmd.registeredArguments.find((a) => a.name() === field);
+  const flag = option?.long ?? (arg ? `<${arg.name()}>` : undefined);
+  if (!flag) return err;
+  const message = err.message
+    .replace(new RegExp(`query parameter '${field}'`, 'g'), flag)
+    .replace(new RegExp(`^/?${field}\\b`), flag)
+    .replace(new RegExp(`field '${field}'`, 'g'), flag);
+  return new TaktError(err.code, message.includes(flag) ? message : `${flag}: ${message}`, err.details !== undefined ? { details: err.details } : {});
+}
+
 export function report(err: unknown): number {
+  if (err instanceof TaktError) err = inFlagWords(err);
   if (err instanceof TaktError) {
     process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}${err.path && !err.message.includes(err.path) ? pc.dim(shownErr(` (at ${err.path})`)) : ''}\n`);
     const diags = (err.details as { diagnostics?: Array<{ file: string; line: number; col: number; message: string }> } | undefined)?.diagnostics;
