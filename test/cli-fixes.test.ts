@@ -63,6 +63,14 @@ describe('F1: KIND/NAME arguments', () => {
     expect((await ep.cli(['machines', 'get', 'fx-del'])).code).toBe(4);
   });
 
+  it('--machine takes the form too (jobs list, workorders list)', async () => {
+    for (const args of [['jobs', 'list'], ['workorders', 'list']]) {
+      const r = await ep.cli([...args, '--machine', 'machines/fx-1']);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(0);
+    }
+    expect((await ep.cli(['jobs', 'list', '--machine', 'jobs/fx-1'])).stderr).toContain("--machine 'jobs/fx-1' names one of jobs, not a machine");
+  });
+
   it('another kind is refused, naming both kinds', async () => {
     const r = await ep.cli(['machines', 'get', 'jobs/j-1']);
     expect(r.code).toBe(1);

@@ -238,6 +238,18 @@ export function stripKinds(action: Command, program: Command, resource: string):
     };
     values[i] = Array.isArray(values[i]) ? (values[i] as unknown[]).map(strip) : strip(values[i]);
   });
+  // `--machine machines/web-1` (jobs list, workorders create, run) too.
+  const v = action.getOptionValue('machine') as unknown;
+  if (v !== undefined && action.options.some((o) => o.attributeName() === 'machine')) {
+    const strip = (x: unknown): unknown => {
+      if (typeof x !== 'string') return x;
+      const m = /^([a-z][a-z-]*)\/(.+)$/.exec(x);
+      if (!m || !kinds.has(m[1]!)) return x;
+      if (m[1] === 'machines') return m[2];
+      throw new TaktError('invalid', `--machine '${x}' names one of ${m[1]}, not a machine: give machines/NAME or just NAME`);
+    };
+    action.setOptionValue('machine', Array.isArray(v) ? v.map(strip) : strip(v));
+  }
 }
 
 /** `takt machines get`, for messages. */
