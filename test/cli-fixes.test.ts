@@ -208,6 +208,9 @@ describe('F26: a list cut short says so', () => {
     expect((await ep.cli(['jobs', 'list', '--machine', 'fx-jobs', '--limit', '1'])).stdout).toMatch(/\n1 shown, more after them; use --offset 1 /);
     expect((await ep.cli(['workorders', 'list', '--machine', 'fx-jobs', '--limit', '1'])).stdout).toMatch(/\n1 shown, more after them; use --offset 1 /);
     expect((await ep.cli(['jobs', 'list', '--machine', 'fx-jobs', '--limit', '1', '--offset', '1'])).stdout).not.toContain('for more');
+    // `jobs get` names the machine too (operations.md: lists that carry machine ids show the name).
+    const [job] = JSON.parse((await ep.cli(['jobs', 'list', '--machine', 'fx-jobs', '--limit', '1', '-o', 'json'])).stdout) as Array<{ id: string }>;
+    expect((await ep.cli(['jobs', 'get', job!.id])).stdout).toMatch(/^machine: fx-jobs\n/);
   }, 60_000);
 });
 

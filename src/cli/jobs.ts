@@ -6,7 +6,7 @@ import { formatDuration } from '../model/duration.js';
 import { JOB_STATES, type Job, type LogChunk, type Machine } from '../model/machine.js';
 import { type Globals } from './client.js';
 import { machineNames } from './names.js';
-import { colorState, fetchPage, print, renderTable, shown, shownErr } from './output.js';
+import { colorState, fetchPage, print, renderTable, shown, shownErr, toYaml } from './output.js';
 import { examples } from './help.js';
 
 const enc = encodeURIComponent;
@@ -52,7 +52,12 @@ export function jobCommands(program: Command, g: Globals, api: () => ApiClient) 
     .command('get <job>')
     .description('one job with its rendered script (secure values masked) and params')
     .addHelpText('after', examples('takt jobs get JOB_ID', 'takt job get JOB_ID -o json'))
-    .action(async (id: string) => print(g().output, await api().get<Job>(`/jobs/${enc(id)}`), undefined));
+    .action(async (id: string) => {
+      const j = await api().get<Job>(`/jobs/${enc(id)}`);
+      // For people, the machine's name beside its id (a deleted machine: its id only); scripts get the job as stored.
+      const names = g().output === 'table' ? await machineNames(api(), [j.machineId]) : new Map<string, string>();
+      print(g().output, j, () => shown(toYaml({ machine: names.get(j.machineId) ?? null, ...j }).trimEnd()));
+    });
   jobs
     .command('cancel <job>')
     .description("cancel a running job: its script's whole process group is killed; a pipeline job leaves its machine paused on that task (resume re-runs it), a work-order job cancels its work order")
