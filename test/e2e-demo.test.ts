@@ -74,7 +74,7 @@ describe('the demo', () => {
     expect(failed).toHaveLength(1);
     const log = await ep.cli(['jobs', 'log', failed[0]!.id]);
     expect(log.code).toBe(0);
-    expect(log.stderr).toMatch(/fail_verify is true/);
+    expect(log.stdout).toMatch(/fail_verify is true/); // the script's stderr is job output, on stdout (F4)
 
     expect((await ep.cli(['machines', 'update', 'demo-2', '--unset', 'fail_verify'])).code).toBe(0);
     expect((await ep.cli(['machines', 'resume', 'demo-2'])).code).toBe(0);

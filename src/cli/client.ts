@@ -72,7 +72,11 @@ export function clientFrom(g: GlobalOptions): ApiClient {
   const endpoint = resolveEndpoint(g.endpoint);
   const token = resolveToken(g.token);
   if (!token) {
-    throw new TaktError('unauthorized', 'no token: pass --token, set TAKT_TOKEN, or run from the directory whose ./data/admin.token `takt serve` created');
+    const where = process.env.TAKT_DATA ? `${process.env.TAKT_DATA}/admin.token does not exist` : 'no ./data/admin.token here';
+    throw new TaktError(
+      'unauthorized',
+      `no token (${where}): set TAKT_DATA=DIR to the --data dir of \`takt serve\` (its admin.token and endpoint are read from there), or pass --token / set TAKT_TOKEN`,
+    );
   }
   const ca = endpoint.startsWith('https:') ? resolveCa() : undefined;
   return new ApiClient({ endpoint, token, ...(ca ? { ca } : {}) });
@@ -98,6 +102,31 @@ export function parseParamPairs(pairs: string[] = []): Record<string, unknown> {
     out[p.slice(0, i)] = value;
   }
   return out;
+}
+
+/** The `--param` option's help: how a value is typed, said once for every command that takes one. */
+export const PARAM_TYPING =
+  'the value is read as JSON when it parses as JSON (42, true, null, ["a"], {"k":1}), else it is a string: quote a string that looks like JSON, e.g. --param \'version="42"\'';
+
+/**
+ * Awaits `call` (a request that sent `--param` values) and, when the endpoint refuses a param for not
+ * being a string although the operator typed it as text that JSON read as a number/boolean/null (42,
+ * true), says how to pass it as a string. Other errors pass through unchanged.
+ */
+export async function withParamHint<T>(pairs: string[] | undefined, call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (err) {
+    if (!(err instanceof TaktError) || !err.path?.startsWith('/params/') || !/must be (a )?string/.test(err.message)) throw err;
+    const name = err.path.slice('/params/'.length);
+    const pair = (pairs ?? []).find((p) => p.slice(0, p.indexOf('=')) === name);
+    if (!pair) throw err;
+    const raw = pair.slice(pair.indexOf('=') + 1);
+    throw new TaktError(err.code, `${err.message}; --param values are read as JSON, so ${raw} is not a string: to pass the string ${raw}, quote it: --param '${name}="${raw}"'`, {
+      path: err.path,
+      ...(err.details !== undefined ? { details: err.details } : {}),
+    });
+  }
 }
 
 export const collect = (v: string, prev: string[] = []) => [...prev, v];

@@ -9,7 +9,7 @@ import type { ApiClient } from '../client/http.js';
 import { DURATION_RANGES, formatDuration, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, LogChunk, Machine } from '../model/machine.js';
-import { collect, parseParamPairs, type GlobalOptions } from './client.js';
+import { collect, PARAM_TYPING, parseParamPairs, type GlobalOptions } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
 import { examples } from './help.js';
 
@@ -116,7 +116,7 @@ export function exerciseCommand(program: Command, g: () => GlobalOptions, api: (
     )
     .addHelpText('after', examples('takt exercise demo --envs local,netns', 'takt exercise demo --envs local --keep'))
     .option('--envs <list>', 'comma-separated environments (brokers)', 'local')
-    .option('--param <key=value>', 'param for the machines (repeatable)', collect)
+    .option('--param <key=value>', `param for the machines (repeatable); ${PARAM_TYPING}`, collect)
     .option('--timeout <duration>', 'give up waiting after this long', '10m')
     .option('--keep', 'keep the machines afterwards, to look at them')
     .action(async (pipeline: string, o: Options) => {

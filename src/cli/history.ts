@@ -2,10 +2,11 @@
 import { type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
+import type { ObservedView, RewindResult } from '../engine/history.js';
 import { TaktError } from '../model/errors.js';
 import { type Change } from '../model/machine.js';
 import { type Globals } from './client.js';
-import { print, renderTable, shown } from './output.js';
+import { fetchPage, print, renderTable, shown } from './output.js';
 import { examples } from './help.js';
 
 const enc = encodeURIComponent;
@@ -13,28 +14,11 @@ const enc = encodeURIComponent;
 /** A change as the API lists it: `name` is its object as people read it (`machines/web-1`). */
 type NamedChange = Change & { name: string };
 
-interface ObservedView {
-  machine: string;
-  state: string;
-  reason: string | null;
-  outputs: Record<string, unknown>;
-  agentConnected: boolean;
-}
-
 interface ChangeField {
   path: string;
   op: 'added' | 'removed' | 'changed';
   before?: unknown;
   after?: unknown;
-}
-
-interface RewindResult {
-  to: number;
-  dryRun: boolean;
-  changes: string[];
-  applied: Array<{ object: string; name: string; seq: number }>;
-  skipped: Array<{ object: string; name: string; reason: string }>;
-  observed: ObservedView[];
 }
 
 /** Observed state, one line per machine: what a rewind or revert leaves as it is. */
@@ -50,10 +34,11 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
     .command('history')
     .description('numbered changes to desired state: who, when, what')
     .option('--object <object>', 'only changes to this object, e.g. machines/web-1 or profiles/web')
-    .option('--limit <n>', 'how many', '50')
-    .addHelpText('after', examples('takt history --limit 10', 'takt history --object machines/web-1', 'takt history show 12', 'takt history rewind --to 12 --dry-run'))
-    .action(async (o: { object?: string; limit: string }) => {
-      const r = await api().get<{ items: NamedChange[] }>('/changes', o);
+    .option('--limit <n>', 'how many (newest first)', '50')
+    .option('--offset <n>', 'skip this many of the newest', '0')
+    .addHelpText('after', examples('takt history --limit 10', 'takt history --offset 50   # the 50 before the newest 50', 'takt history --object machines/web-1', 'takt history show 12', 'takt history rewind --to 12 --dry-run'))
+    .action(async (o: { object?: string; limit: string; offset: string }) => {
+      const r = await fetchPage((page) => api().get<{ items: NamedChange[] }>('/changes', { ...o, ...page }), o.limit, o.offset);
       print(g().output, r.items, () =>
         renderTable(r.items, [
           { header: '#', get: (c) => String(c.seq) },
@@ -61,7 +46,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
           { header: 'WHO', get: (c) => c.author },
           { header: 'ACTION', get: (c) => c.action },
           { header: 'OBJECT', get: (c) => c.name ?? c.object },
-        ]),
+        ]) + r.note,
       );
     });
   history

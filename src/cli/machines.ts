@@ -7,8 +7,8 @@ import type { MachineRecord } from '../engine/records.js';
 import { TaktError } from '../model/errors.js';
 import { parseLabelPairs } from '../model/labels.js';
 import { MACHINE_STATES, type Machine } from '../model/machine.js';
-import { collect, parseParamPairs, type Globals } from './client.js';
-import { print, renderTable, shown, shownErr } from './output.js';
+import { collect, PARAM_TYPING, parseParamPairs, withParamHint, type Globals } from './client.js';
+import { pageNote, print, renderTable, shown, shownErr } from './output.js';
 import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { machineControlCommands } from './machine-control.js';
@@ -30,8 +30,15 @@ export const machineColumns = [
   { header: 'AGENT', get: (m: Machine) => agentCell(m) },
   { header: 'CREATED', get: (m: Machine) => m.createdAt, wide: true },
   { header: 'UPDATED', get: (m: Machine) => m.updatedAt, wide: true },
+  { header: 'LABELS', get: labelsCell, wide: true },
   { header: 'REASON', get: (m: Machine) => m.reason, max: 80 },
 ];
+
+/** The LABELS cell: `role=web,tier=db` as kubectl's --show-labels prints them; `-` for none. */
+function labelsCell(m: Machine): string {
+  const pairs = Object.entries(m.labels ?? {}).map(([k, v]) => `${k}=${v}`);
+  return pairs.length ? pairs.join(',') : '-';
+}
 
 export function machineCommands(program: Command, g: Globals, api: () => ApiClient) {
   const machines = program
@@ -41,22 +48,24 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('list')
     .description('list machines (filters combine)')
-    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list -o name | xargs -n1 takt machines get', 'takt machines list --built-with demo@<1.2.0', 'takt machines list --stale'))
-    .addOption(new Option('--state <state>', 'only machines in this state').choices(MACHINE_STATES))
+    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list --show-labels -l role=web', 'takt machines list -o name | xargs -n1 takt machines get', "takt machines list --built-with 'demo@<1.2.0'", 'takt machines list --stale'))
+    .addOption(new Option('--state <state>', 'only machines in this state, as the STATE column shows it: waiting-for-agent is a running machine with work and no agent connected (--state running includes those)').choices([...MACHINE_STATES, 'waiting-for-agent']))
     .option('--pipeline <name>')
     .option('--environment <env>')
     .option('--name <substring>')
     .option('-l, --selector <selector>', 'only machines whose labels match, e.g. role=web,env!=prod (key=value, key!=value, key, !key)')
-    .option('--built-with <pack@range>', 'built with a pack version in this range, e.g. demo@<1.2.0')
+    .option('--built-with <pack@range>', "built with a pack version in this range (quote it for the shell), e.g. --built-with 'demo@<1.2.0'")
+    .option('--show-labels', 'add the LABELS column (-o wide has it too)')
     .option('--stale', 'built with an older pack version than the one in use, or with params that changed since')
     .option('--limit <n>', 'page size', '100')
     .option('--offset <n>', 'skip this many', '0')
     .action(async (o: Record<string, string | boolean | undefined>) => {
-      const { builtWith, stale, ...rest } = o;
+      const { builtWith, stale, showLabels, ...rest } = o;
       const query = { ...rest, builtWith: builtWith as string | undefined, stale: stale ? 'true' : undefined } as Record<string, string | undefined>;
       const r = await api().get<{ items: Array<Machine & { stale?: string[] }>; total: number }>('/machines', query);
       const columns = stale ? [...machineColumns.filter((c) => ['NAME', 'ID', 'ENV', 'PIPELINE', 'STATE'].includes(c.header)), { header: 'WHY STALE', get: (m: Machine & { stale?: string[] }) => (m.stale ?? []).join('\n'), flex: true }] : machineColumns;
-      print(g().output, r.items, () => renderTable(r.items, columns) + (r.total > r.items.length ? pc.dim(`\n${r.items.length} of ${r.total}; use --offset for more`) : ''));
+      const shownColumns = showLabels ? columns.map((c) => (c.header === 'LABELS' ? { ...c, wide: false } : c)) : columns;
+      print(g().output, r.items, () => renderTable(r.items, shownColumns) + pageNote(r.items.length, Number(o.offset) || 0, r.total));
     });
   machines
     .command('record <machine>')
@@ -95,7 +104,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
     .option('--environment <env>', 'environment (default: the broker\'s, else local)')
     .option('--pipeline <name>', 'start this pipeline right away')
-    .option('--param <key=value>', 'machine param (repeatable)', collect)
+    .option('--param <key=value>', `machine param (repeatable); ${PARAM_TYPING}`, collect)
     .option('--profile <name>', 'profile (repeatable, highest precedence first)', collect)
     .option('--label <key=value>', 'label (repeatable), e.g. --label role=web', collect)
     .option('--ssh <user@host[:port]>', 'agentless: the endpoint runs its jobs over SSH (IPv6 in brackets: root@[2001:db8::5]:22)')
@@ -118,7 +127,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         ssh: sshBody(o, true),
         allowUndeclared: o.allowUndeclared || undefined,
       };
-      const r = await api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body);
+      const r = await withParamHint(o.param, api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body));
       for (const w of r.warnings ?? []) process.stderr.write(`${pc.yellow('warning:')} ${shownErr(w)}\n`);
       print(g().output, r.items, () =>
         renderTable(r.items, machineColumns) +
@@ -130,7 +139,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .description('change a machine: pipeline (restarts it from the top), params, profiles, name, environment')
     .addHelpText('after', examples('takt machines update demo-2 --param fail_verify=true', 'takt machines update demo-2 --unset fail_verify', "takt machines update demo-1 --pipeline ''   # unassign its pipeline"))
     .option('--pipeline <name>', "assign a pipeline ('' to clear)")
-    .option('--param <key=value>', 'set a param (repeatable)', collect)
+    .option('--param <key=value>', `set a param (repeatable); ${PARAM_TYPING}`, collect)
     .option('--unset <key>', 'remove a param (repeatable)', collect)
     .option('--profile <name>', 'replace the profile list (repeatable)', collect)
     .option('--label <key=value>', 'set a label, or remove one with KEY- (repeatable), e.g. --label role=web --label legacy-', collect)
@@ -155,7 +164,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       if (ssh) body.ssh = ssh;
       if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment or an --ssh option');
       if (o.allowUndeclared) body.allowUndeclared = true;
-      const m = await api().patch<Machine>(`/machines/${enc(id)}`, body);
+      const m = await withParamHint(o.param, api().patch<Machine>(`/machines/${enc(id)}`, body));
       print(g().output, m, () => renderTable([m], machineColumns));
     });
   machines

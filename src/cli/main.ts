@@ -4,6 +4,16 @@
  */
 import { buildProgram, report } from './program.js';
 
+// `takt machines list -o name | head -1`: the reader leaving is the end of the output, not an error.
+// Without a listener a write to the closed pipe throws EPIPE as an unhandled 'error' event (a stack
+// trace); exit quietly instead, as Unix tools do. Other stream errors still go to report().
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
+}
+
 const program = await buildProgram();
 try {
   await program.parseAsync(process.argv);

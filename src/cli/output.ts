@@ -130,6 +130,34 @@ function printNames(data: unknown): void {
   for (const n of names) process.stdout.write(shown(n!) + '\n');
 }
 
+/**
+ * Asks the endpoint for one page of a list, one row more than `--limit`, so a list cut short can say so
+ * even where the endpoint sends no total. `get(limit, offset)` is the request; `limit` and `offset` are
+ * the options as typed (whole numbers; bad ones are left for the endpoint to refuse).
+ */
+export async function fetchPage<T>(
+  get: (query: { limit: string; offset: string }) => Promise<{ items: T[]; total?: number }>,
+  limit: string,
+  offset = '0',
+): Promise<{ items: T[]; note: string }> {
+  const n = Number(limit);
+  const ask = Number.isInteger(n) && n > 0 ? String(n + 1) : limit;
+  const r = await get({ limit: ask, offset });
+  const more = r.items.length > n;
+  const items = more ? r.items.slice(0, n) : r.items;
+  return { items, note: pageNote(items.length, Number(offset) || 0, r.total, more) };
+}
+
+/**
+ * The line under a table cut short, as every list prints it: `50 of 230; use --offset 50 (or a bigger
+ * --limit) for more`, or without a total `50 shown, more after them; …`. Empty when nothing is cut.
+ */
+export function pageNote(shownRows: number, offset: number, total: number | undefined, more = total !== undefined && offset + shownRows < total): string {
+  if (!more) return '';
+  const of = total !== undefined ? `${shownRows} of ${total}` : `${shownRows} shown, more after them`;
+  return pc.dim(`\n${of}${offset ? ` (from ${offset})` : ''}; use --offset ${offset + shownRows} (or a bigger --limit) for more`);
+}
+
 // eslint-disable-next-line no-control-regex -- matching the colour codes is the point
 const ANSI = /\x1b\[[0-9;]*m/g;
 /** Columns `text` takes on a terminal: colour codes take none, every code point one. */

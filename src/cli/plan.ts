@@ -2,6 +2,7 @@
 import { type Command } from 'commander';
 import pc from 'picocolors';
 import type { ApiClient } from '../client/http.js';
+import type { Plan, PlanParam, PlanStep } from '../engine/engine.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { colorState, print, shown, shownErr } from './output.js';
@@ -39,33 +40,9 @@ export function planCommands(program: Command, g: Globals, api: () => ApiClient)
 
 // ---- plan view ----------------------------------------------------------------------------------------
 
-interface PlanParam {
-  name: string;
-  value: unknown;
-  from: string;
-  secure: boolean;
-  required: boolean;
-  /** The earlier task (`stage/task`) whose output sets this param. */
-  promisedBy?: string;
-}
-interface PlanStepView {
-  stage: string | null;
-  task: string;
-  variant: string;
-  noop: string | null;
-  params: PlanParam[];
-  missing: string[];
-  error: string | null;
-}
-interface PlanView {
-  machine: string;
-  pipeline: string | null;
-  state: string;
-  workOrders: Array<{ id: string; blueprint: string; steps: PlanStepView[] }>;
-  from: 'continue' | 'restart' | 'refused';
-  refused: { message: string } | null;
-  steps: PlanStepView[];
-}
+/** The views are the engine's own (`GET /machines/:id/plan` sends a `Plan`): one definition, no drift. */
+type PlanStepView = PlanStep;
+type PlanView = Plan;
 
 function planTable(plan: PlanView): string {
   const lines: string[] = [`${pc.bold(shown(plan.machine))} ${colorState(plan.state)} pipeline ${plan.pipeline ? shown(plan.pipeline) : pc.dim('(none)')}`];

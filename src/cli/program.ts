@@ -41,8 +41,8 @@ export async function buildProgram(): Promise<Command> {
   program
     .name('takt')
     .description('takt drives machines through versioned pipelines of tasks and keeps a record of what ran where.\n\nStart an endpoint with `takt serve --demo`, then try `takt machines list`.')
-    .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default: the one ./data/endpoint names, written by takt serve, else http://127.0.0.1:8092)')
-    .option('--token <token>', 'API token (env TAKT_TOKEN; default ./data/admin.token)')
+    .option('--endpoint <url>', 'endpoint URL (env TAKT_ENDPOINT; default: the one DATA/endpoint names, written by takt serve, else http://127.0.0.1:8092; DATA is env TAKT_DATA, the --data of takt serve, else ./data)')
+    .option('--token <token>', 'API token (env TAKT_TOKEN; default DATA/admin.token, DATA as for --endpoint)')
     .addOption(new Option('-o, --output <format>', 'output format; wide: the table with ids and times, name: resource/name per line').choices(OUTPUT_FORMATS).default('table'))
     .option('--no-headers', 'tables without their header line (for scripts)')
     .version(VERSION, '-V, --version', 'print the takt version')
@@ -61,7 +61,10 @@ export async function buildProgram(): Promise<Command> {
     const o = program.opts<{ output: OutputFormat; headers: boolean }>();
     let top = action;
     while (top.parent && top.parent !== program) top = top.parent;
-    setView({ wide: o.output === 'wide', name: o.output === 'name', headers: o.headers, resource: NAME_RESOURCE[top.name()] ?? top.name() });
+    const resource = NAME_RESOURCE[top.name()] ?? top.name();
+    setView({ wide: o.output === 'wide', name: o.output === 'name', headers: o.headers, resource });
+    stripKinds(action, program, resource);
+    running = action;
   });
 
   program
@@ -207,7 +210,79 @@ function networkHint(message: string): string {
   return 'is the endpoint running? start one with `takt serve`, or point --endpoint / TAKT_ENDPOINT at it';
 }
 
+/** The argument names that name a machine, whatever the command's resource (`plan <machine>`, `approvals approve <machine>`). */
+const MACHINE_ARGS = new Set(['machine', 'machines']);
+/** The argument names that name an object of the command's own resource (`jobs get <id>`, `credentials get <name>`). */
+const OWN_ARGS = new Set(['name', 'id', 'seq', 'job', 'pack', 'pack@version', 'names']);
+
+/**
+ * `-o name` prints `machines/web-1`, and `takt machines list -o name | xargs -n1 takt machines get` must
+ * work as it does with kubectl: an argument that names an object takes the `KIND/NAME` form too. The
+ * kind is stripped when it is the argument's kind; another kind (`jobs/j-1` given to `machines get`) is
+ * refused, naming both, rather than looked up as a name that cannot exist. Mutates the parsed
+ * arguments in place, before the action sees them. Throws TaktError `invalid` on a mismatched kind.
+ */
+export function stripKinds(action: Command, program: Command, resource: string): void {
+  const kinds = new Set(['machines', ...program.commands.map((c) => c.name())]);
+  const args = action.registeredArguments;
+  const values = action.processedArgs as unknown[];
+  args.forEach((arg, i) => {
+    const expected = MACHINE_ARGS.has(arg.name()) ? 'machines' : OWN_ARGS.has(arg.name()) ? resource : undefined;
+    if (expected === undefined) return;
+    const strip = (v: unknown): unknown => {
+      if (typeof v !== 'string') return v;
+      const m = /^([a-z][a-z-]*)\/(.+)$/.exec(v);
+      if (!m || !kinds.has(m[1]!)) return v;
+      if (m[1] === expected) return m[2];
+      throw new TaktError('invalid', `'${v}' names one of ${m[1]}, but \`${commandPath(action)}\` takes ${expected === 'machines' ? 'a machine' : `one of ${expected}`}: give ${expected}/NAME or just NAME`);
+    };
+    values[i] = Array.isArray(values[i]) ? (values[i] as unknown[]).map(strip) : strip(values[i]);
+  });
+  // `--machine machines/web-1` (jobs list, workorders create, run) too.
+  const v = action.getOptionValue('machine') as unknown;
+  if (v !== undefined && action.options.some((o) => o.attributeName() === 'machine')) {
+    const strip = (x: unknown): unknown => {
+      if (typeof x !== 'string') return x;
+      const m = /^([a-z][a-z-]*)\/(.+)$/.exec(x);
+      if (!m || !kinds.has(m[1]!)) return x;
+      if (m[1] === 'machines') return m[2];
+      throw new TaktError('invalid', `--machine '${x}' names one of ${m[1]}, not a machine: give machines/NAME or just NAME`);
+    };
+    action.setOptionValue('machine', Array.isArray(v) ? v.map(strip) : strip(v));
+  }
+}
+
+/** `takt machines get`, for messages. */
+function commandPath(cmd: Command): string {
+  const words: string[] = [];
+  for (let c: Command | null = cmd; c; c = c.parent) words.unshift(c.name());
+  return words.join(' ');
+}
+
+/** The command whose action runs (set before it runs), so an error can be said in its flags' words. */
+let running: Command | undefined;
+
+/**
+ * The endpoint names a bad field by its API path (`/count`, query parameter `seq`); the operator typed a
+ * flag or an argument. When the running command has an option (`--count`) or argument (`<seq>`) of that
+ * name, the message says that instead. Other errors are returned as they are.
+ */
+export function inFlagWords(err: TaktError, cmd: Command | undefined = running): TaktError {
+  const field = err.path?.replace(/^\//, '');
+  if (!cmd || !field || field.includes('/')) return err;
+  const option = cmd.options.find((o) => o.long && o.attributeName() === field.replace(/_(\w)/g, (_, c: string) => c.toUpperCase()));
+  const arg = cmd.registeredArguments.find((a) => a.name() === field);
+  const flag = option?.long ?? (arg ? `<${arg.name()}>` : undefined);
+  if (!flag) return err;
+  const message = err.message
+    .replace(new RegExp(`query parameter '${field}'`, 'g'), flag)
+    .replace(new RegExp(`^/?${field}\\b`), flag)
+    .replace(new RegExp(`field '${field}'`, 'g'), flag);
+  return new TaktError(err.code, message.includes(flag) ? message : `${flag}: ${message}`, err.details !== undefined ? { details: err.details } : {});
+}
+
 export function report(err: unknown): number {
+  if (err instanceof TaktError) err = inFlagWords(err);
   if (err instanceof TaktError) {
     process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}${err.path && !err.message.includes(err.path) ? pc.dim(shownErr(` (at ${err.path})`)) : ''}\n`);
     const diags = (err.details as { diagnostics?: Array<{ file: string; line: number; col: number; message: string }> } | undefined)?.diagnostics;

@@ -35,11 +35,11 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
   const rollouts = program
     .command('rollouts')
     .description('apply a pipeline or blueprint to many machines in waves, stopped by the andon on failure')
-    .addHelpText('after', examples('takt rollouts create --pipeline demo --select builtWith=demo@<1.2.0 --canary 1 --batch 5', 'takt rollouts ls'));
+    .addHelpText('after', examples("takt rollouts create --pipeline demo --select 'builtWith=demo@<1.2.0' --canary 1 --batch 5", 'takt rollouts ls'));
   rollouts
     .command('create')
-    .description('start a rollout, e.g. --pipeline demo --select builtWith=demo@<1.0.1 --canary 1 --batch 5')
-    .addHelpText('after', examples('takt rollouts create --pipeline demo --select builtWith=demo@<1.2.0 --canary 1 --batch 5', 'takt rollouts create --blueprint inventory --select environment=netns --no-wait', 'takt rollouts create --pipeline demo --select facts.os.id=debian --approve-between-waves'))
+    .description("start a rollout, e.g. --pipeline demo --select 'builtWith=demo@<1.0.1' --canary 1 --batch 5")
+    .addHelpText('after', examples("takt rollouts create --pipeline demo --select 'builtWith=demo@<1.2.0' --canary 1 --batch 5", 'takt rollouts create --blueprint inventory --select environment=netns --no-wait', 'takt rollouts create --pipeline demo --select facts.os.id=debian --approve-between-waves'))
     .option('--pipeline <name>', 'run this pipeline on each machine (from the top)')
     .option('--blueprint <name>', 'or queue this blueprint as a work order on each machine')
     .option('--select <filters>', 'comma-separated key=value: state, pipeline, environment, broker, name, builtWith, stale, facts.<path> (e.g. facts.os.id=debian)', '')
@@ -60,7 +60,7 @@ the machine is reassigned before it starts another. --busy skip leaves them out;
 their job ("cancelled by <you> (rollout R)") and reassigns them.
 
 Examples:
-  $ takt rollouts create --pipeline demo --select builtWith=demo@<1.0.1 --dry-run
+  $ takt rollouts create --pipeline demo --select 'builtWith=demo@<1.0.1' --dry-run
   $ takt rollouts create --pipeline web -l role=web,env!=prod --busy wait
   $ takt rollouts create --pipeline demo --select environment=prod --canary 1 --batch 5 --approve-between-waves
   $ takt rollouts create --blueprint scan --select name=web --busy skip`,

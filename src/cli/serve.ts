@@ -285,7 +285,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   } else {
     log('info', `web UI at ${url}/ (admin token in ${join(data, 'admin.token')})`);
   }
-  if (opts.demo) await startDemo(content, engine, broker, store, log);
+  if (opts.demo) await startDemo(content, engine, broker, store, log, opts.data);
 
   return {
     url,
@@ -310,7 +310,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
 }
 
 /** Installs the demo pack and puts three local machines on its pipeline, so the first screen shows work. */
-async function startDemo(content: ContentService, engine: Engine, broker: ProcessBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn) {
+async function startDemo(content: ContentService, engine: Engine, broker: ProcessBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn, dataArg: string) {
   const files = await readPackDir(DEMO_PACK);
   try {
     const r = await content.installPack(files, 'demo', { use: true });
@@ -330,7 +330,9 @@ async function startDemo(content: ContentService, engine: Engine, broker: Proces
       await engine.restartMachine(existing.id, 'demo');
     }
   }
-  log('info', 'demo: three local machines are walking the demo pipeline; try `npx takt machines list`');
+  // The CLI finds this endpoint through its data dir: ./data from here, else TAKT_DATA must name it.
+  const env = resolve(dataArg) === resolve('data') ? '' : `TAKT_DATA=${dataArg} `;
+  log('info', `demo: three local machines are walking the demo pipeline; try \`${env}npx takt machines list\``);
 }
 
 /** Prints one line per finished job and per machine that stops or finishes. */

@@ -2,9 +2,9 @@
 import { Option, type Command } from 'commander';
 import type { ApiClient } from '../client/http.js';
 import { WORK_ORDER_STATES, type WorkOrder } from '../model/machine.js';
-import { collect, parseParamPairs, type Globals } from './client.js';
+import { collect, PARAM_TYPING, parseParamPairs, withParamHint, type Globals } from './client.js';
 import { machineNames } from './names.js';
-import { colorState, print, renderTable } from './output.js';
+import { colorState, fetchPage, print, renderTable } from './output.js';
 import { examples } from './help.js';
 
 const enc = encodeURIComponent;
@@ -33,10 +33,12 @@ export function workOrderCommands(program: Command, g: Globals, api: () => ApiCl
     .addHelpText('after', examples('takt workorders ls --machine demo-1', 'takt wo list --state failed'))
     .option('--machine <machine>')
     .addOption(new Option('--state <state>', 'only work orders in this state').choices(WORK_ORDER_STATES))
+    .option('--limit <n>', 'page size', '100')
+    .option('--offset <n>', 'skip this many', '0')
     .action(async (o: Record<string, string | undefined>) => {
-      const r = await api().get<{ items: WorkOrder[] }>('/workorders', o);
+      const r = await fetchPage((page) => api().get<{ items: WorkOrder[] }>('/workorders', { ...o, ...page }), o.limit ?? '100', o.offset);
       await named(r.items);
-      print(g().output, r.items, () => renderTable(r.items, columns));
+      print(g().output, r.items, () => renderTable(r.items, columns) + r.note);
     });
   wo.command('create')
     .description('queue a work order; work orders run one at a time per machine, between pipeline tasks')
@@ -52,16 +54,16 @@ Examples:
     )
     .requiredOption('--machine <machine>')
     .requiredOption('--blueprint <name>')
-    .option('--param <key=value>', 'param for this run, one its tasks declare (repeatable)', collect)
+    .option('--param <key=value>', `param for this run, one its tasks declare (repeatable); ${PARAM_TYPING}`, collect)
     .option('--allow-undeclared', 'store params no task of the blueprint declares (refused by default: usually a typo)')
     .action(async (o: { machine: string; blueprint: string; param?: string[]; allowUndeclared?: boolean }) => {
-      const w = await api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param), ...(o.allowUndeclared ? { allowUndeclared: true } : {}) });
+      const w = await withParamHint(o.param, api().post<WorkOrder>('/workorders', { machine: o.machine, blueprint: o.blueprint, params: parseParamPairs(o.param), ...(o.allowUndeclared ? { allowUndeclared: true } : {}) }));
       await named([w]);
       print(g().output, w, () => renderTable([w], columns));
     });
   wo.command('get <id>')
     .description('one work order')
-    .addHelpText('after', examples('takt workorders get <workorder-id> -o yaml'))
+    .addHelpText('after', examples('takt workorders get WORKORDER_ID -o yaml'))
     .action(async (id: string) => {
       const w = await api().get<WorkOrder>(`/workorders/${enc(id)}`);
       await named([w]);
@@ -69,7 +71,7 @@ Examples:
     });
   wo.command('cancel <id>')
     .description('cancel a work order that has not finished')
-    .addHelpText('after', examples('takt workorders cancel <workorder-id>'))
+    .addHelpText('after', examples('takt workorders cancel WORKORDER_ID'))
     .action(async (id: string) => {
       const w = await api().delete<WorkOrder>(`/workorders/${enc(id)}`);
       await named([w]);

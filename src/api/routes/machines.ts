@@ -91,11 +91,14 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.get('/api/v1/machines', async (req) => {
     const q = req.query as Record<string, string | undefined>;
-    if (q.state && !MACHINE_STATES.includes(q.state as MachineState)) {
-      throw new TaktError('bad_request', `state must be one of ${MACHINE_STATES.join(', ')}`, { path: 'state' });
+    // `waiting-for-agent` is the status the STATE column shows (running, with work and no agent), so the
+    // filter takes it too: running machines, narrowed in memory to those without an agent.
+    const waiting = q.state === 'waiting-for-agent';
+    if (q.state && !waiting && !MACHINE_STATES.includes(q.state as MachineState)) {
+      throw new TaktError('bad_request', `state must be one of ${MACHINE_STATES.join(', ')}, waiting-for-agent`, { path: 'state' });
     }
     const filter = {
-      state: q.state as MachineState | undefined,
+      state: (waiting ? 'running' : q.state) as MachineState | undefined,
       pipeline: q.pipeline,
       environment: q.environment,
       broker: q.broker,
@@ -105,13 +108,15 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const limit = intQuery(q.limit, 'limit', 100, 1000)!;
     const offset = intQuery(q.offset, 'offset', 0)!;
     const labels = q.selector === undefined ? undefined : parseLabelSelector(q.selector);
-    if (q.builtWith === undefined && q.stale === undefined && !labels?.length) {
+    if (!waiting && q.builtWith === undefined && q.stale === undefined && !labels?.length) {
       const [items, total] = await Promise.all([store.listMachines({ ...filter, limit, offset }), store.countMachines(filter)]);
       return { items: items.map((m) => publicMachine(engine.withLiveness(m))), total };
     }
     // Build-record and label filters are applied in memory, so they page after filtering.
     const matched = await records.select({ ...filter, labels, builtWith: q.builtWith, stale: q.stale === undefined ? undefined : q.stale !== 'false' });
-    const items = matched.map(({ machine, stale }) => (stale ? { ...publicMachine(engine.withLiveness(machine)), stale } : publicMachine(engine.withLiveness(machine))));
+    const items = matched
+      .map(({ machine, stale }) => (stale ? { ...publicMachine(engine.withLiveness(machine)), stale } : publicMachine(engine.withLiveness(machine))))
+      .filter((m) => !waiting || m.status === 'waiting-for-agent');
     return { items: items.slice(offset, offset + limit), total: items.length };
   });
 
