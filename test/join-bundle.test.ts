@@ -79,5 +79,6 @@ describe('agent bundle', () => {
     } finally {
       await file.close();
     }
-  });
+    // Two esbuild bundles of ~39 MB each: about 30 s apiece on a loaded 2-core machine, past the default bound.
+  }, 300_000);
 });
