@@ -271,7 +271,7 @@ export class Portable {
     for (let offset = 0; ; offset += 1000) {
       const page = await this.store.listMachines({ limit: 1000, offset });
       for (const m of page) {
-        const built = this.records ? await this.records.entries(m) : [];
+        const built = this.records ? await this.records.allEntries(m) : [];
         const text = yaml({ ...machineDoc(m), place: placeOf(m), outputs: m.outputs, built });
         files[`machines/${m.name}.yaml`] = text;
         await pace.step(text.length);
