@@ -1,10 +1,11 @@
 /**
  * End to end through the CLI: `takt serve --demo` with real local agents running real bash.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, until } from './helpers/endpoint.js';
+import { Endpoint, ROOT, until } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 
@@ -155,5 +156,29 @@ describe('the demo', () => {
     const down = await ep.cli(['machines', 'list', '--endpoint', 'http://127.0.0.1:9']);
     expect(down.code).toBe(3);
     expect(down.stderr).toMatch(/cannot reach/);
+  });
+
+  // F27: `npm start` is `serve --demo`; a restart must not roll back the operator's pin nor re-walk machines.
+  it('restarting with --demo keeps the pinned demo version and leaves the demo machines where they are', async () => {
+    for (const name of ['demo-1', 'demo-2', 'demo-3']) expect((await ep.cli(['machines', 'wait', name, '--timeout', '60s'])).code).toBe(0);
+    const pack = join(mkdtempSync(join(tmpdir(), 'takt-demo-')), 'demo');
+    cpSync(join(ROOT, 'content', 'demo'), pack, { recursive: true });
+    const manifest = join(pack, 'pack.yaml');
+    writeFileSync(manifest, readFileSync(manifest, 'utf8').replace(/^version: .*$/m, 'version: 99.0.0'));
+    expect((await ep.cli(['content', 'install', pack])).code).toBe(0);
+    expect((await ep.cli(['content', 'use', 'demo@99.0.0'])).code).toBe(0);
+    const changes = (await ep.api.get<{ items: unknown[] }>('/changes', { limit: 1000 })).items.length;
+    const before = (await machines()).map((m) => [m.name, m.state]);
+
+    await ep.crash();
+    ep.output = '';
+    await ep.boot();
+
+    const versions = JSON.parse((await ep.cli(['content', 'versions', 'demo', '-o', 'json'])).stdout) as Array<{ version: string; inUse: boolean }>;
+    expect(versions.filter((v) => v.inUse).map((v) => v.version)).toEqual(['99.0.0']);
+    expect((await ep.api.get<{ items: unknown[] }>('/changes', { limit: 1000 })).items.length).toBe(changes);
+    expect((await machines()).map((m) => [m.name, m.state])).toEqual(before);
+    expect(ep.output).toMatch(/demo: left demo@99\.0\.0 in use/);
+    expect(ep.output).toMatch(/demo: left existing demo-1 \(done\), demo-2 \(done\), demo-3 \(done\) as they are/);
   });
 });

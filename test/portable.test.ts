@@ -2,7 +2,7 @@
  * Issue 3: `takt export DIR` writes the complete desired state as YAML; `takt import DIR` restores it.
  * export → import (fresh endpoint) → export is byte-identical.
  */
-import { mkdtempSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { cpSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -67,6 +67,8 @@ describe('export and import', () => {
     expect(tree['machines/plain.yaml']).toMatch(/pipeline: basic/);
     expect(JSON.stringify(tree)).not.toContain('k-secret');
     expect(tree['machines/plain.yaml']).toMatch(/api_key:\n\s+\$secure: v1:/);
+    // A YAML 1.1 reader (Ansible, PyYAML) takes a bare `on` for true: strings like it are quoted (F9).
+    expect(tree['machines/plain.yaml']).toMatch(/^power: "on"$/m);
   });
 
   it('import into a fresh endpoint, export again: byte-identical', async () => {
@@ -90,6 +92,16 @@ describe('export and import', () => {
     const before = (await a.api.get<{ items: unknown[] }>('/changes', { limit: 1000 })).items.length;
     const r = await a.cli(['import', join(dir, 'one')]);
     expect(r.code, r.stderr).toBe(0);
+    expect((await a.api.get<{ items: unknown[] }>('/changes', { limit: 1000 })).items.length).toBe(before);
+    // an export written before strings were quoted (`power: on` bare) reads the same: still nothing to change
+    cpSync(join(dir, 'one'), join(dir, 'old'), { recursive: true });
+    for (const f of ['plain', 'sandbox']) {
+      const path = join(dir, 'old', 'machines', `${f}.yaml`);
+      writeFileSync(path, readFileSync(path, 'utf8').replace('power: "on"', 'power: on'));
+    }
+    expect(readFileSync(join(dir, 'old', 'machines', 'plain.yaml'), 'utf8')).toMatch(/^power: on$/m);
+    const old = await a.cli(['import', join(dir, 'old')]);
+    expect(old.code, old.stderr).toBe(0);
     expect((await a.api.get<{ items: unknown[] }>('/changes', { limit: 1000 })).items.length).toBe(before);
   });
 
@@ -173,7 +185,7 @@ describe('restore onto a fresh endpoint', () => {
     expect(imp.code, imp.stdout + imp.stderr).toBe(0);
     expect(imp.stdout).toContain("re-attach each machine's agent (new tokens were issued):");
     expect(imp.stdout).toContain("  busy: its agent was started by broker 'local' with a new token");
-    expect(imp.stdout).toMatch(/ {2}bare: give its agent a new token: `takt machines token bare --rotate > bare\.token`/);
+    expect(imp.stdout).toMatch(/ {2}bare: give its agent a new token: `\(umask 077; takt machines token bare --rotate > bare\.token\)` \(umask 077/);
 
     const busy = await get(dst, 'busy');
     expect(busy).toMatchObject({ state: HELD, stage: 'slow-stage', task: 'slow', passed: ['one/hello', 'one/use-count'], outputs: { count: 3 }, currentJob: null });

@@ -61,7 +61,7 @@ export function joinCommands(program: Command, g: Globals, api: () => ApiClient)
   machines
     .command('token <machine>')
     .description("re-issue a machine's token (--rotate): the old one stops working at once; the new one is printed once")
-    .addHelpText('after', examples('takt machines token web-1 --rotate > web-1.token'))
+    .addHelpText('after', examples('(umask 077; takt machines token web-1 --rotate > web-1.token)   # a token file only you can read'))
     .option('--rotate', 'issue a new token and revoke the old one')
     .action(async (machine: string, o: { rotate?: boolean }) => {
       if (!o.rotate) throw new TaktError('bad_request', 'machine tokens are stored only as digests and cannot be shown again; --rotate issues a new one (the old one stops working)');

@@ -206,7 +206,10 @@ function recordText(r: MachineRecord): string {
     { header: 'JOB', get: (e) => e.job },
     { header: 'AT', get: (e) => e.finishedAt },
   ]);
+  const leftover = r.leftover?.length
+    ? `\n${pc.dim('no longer in the pipeline (not used for --built-with/--stale):')}\n${r.leftover.map((e) => shown(`  ${e.stage ?? ''}/${e.task}  ${e.pack ?? ''}  ${e.finishedAt ?? ''}`)).join('\n')}`
+    : '';
   const head = `${pc.bold(shown(r.machine))} pipeline ${r.pipeline ? shown(r.pipeline) : pc.dim('(none)')}`;
   const stale = r.stale.length ? `\n${pc.yellow('stale:')}\n${r.stale.map((s) => shown(`  ${s}`)).join('\n')}` : `\n${pc.green('current: built with what is in use now')}`;
-  return `${head}\n${table}${stale}`;
+  return `${head}\n${table}${leftover}${stale}`;
 }

@@ -309,30 +309,40 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   };
 }
 
-/** Installs the demo pack and puts three local machines on its pipeline, so the first screen shows work. */
+/**
+ * Installs the demo pack and puts three local machines on its pipeline, so the first screen shows work.
+ * On a data dir that already has them it changes nothing the operator set: the built-in version is
+ * installed if missing but pinned only when no demo version is in use (a restart must not roll back a
+ * `content use`), and existing demo machines are left where they are (never restarted). It logs what it did.
+ */
 async function startDemo(content: ContentService, engine: Engine, broker: ProcessBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn, dataArg: string) {
   const files = await readPackDir(DEMO_PACK);
+  const pinned = content.pinned.get('demo')?.version;
   try {
-    const r = await content.installPack(files, 'demo', { use: true });
-    if (r.installed) log('info', `installed demo pack ${r.name}@${r.version}`);
+    const r = await content.installPack(files, 'demo', { use: pinned === undefined });
+    if (r.installed) log('info', `demo: installed the built-in demo pack ${r.name}@${r.version}`);
+    if (pinned === undefined) log('info', `demo: put demo@${r.version} in use`);
+    else if (pinned !== r.version) log('info', `demo: left demo@${pinned} in use (built-in is ${r.version}; \`takt content use demo@${r.version}\` switches)`);
   } catch (err) {
     // An older takt may have installed different content under this version; versions never change.
     if (!(err instanceof TaktError) || err.code !== 'conflict') throw err;
     log('warn', `built-in demo pack not installed: ${err.message}; the demo runs the version already installed`);
   }
+  const created: string[] = [];
+  const kept: string[] = [];
   for (let i = 1; i <= 3; i++) {
     const name = `demo-${i}`;
     const existing = await store.getMachineByName(name);
     if (!existing) {
       const { machine, token } = await engine.createMachine({ name, environment: 'local', broker: 'local', pipeline: 'demo' }, 'demo');
       await broker.create(machine, token);
-    } else if (existing.state === 'done') {
-      await engine.restartMachine(existing.id, 'demo');
-    }
+      created.push(name);
+    } else kept.push(`${name} (${existing.state})`);
   }
   // The CLI finds this endpoint through its data dir: ./data from here, else TAKT_DATA must name it.
   const env = resolve(dataArg) === resolve('data') ? '' : `TAKT_DATA=${dataArg} `;
-  log('info', `demo: three local machines are walking the demo pipeline; try \`${env}npx takt machines list\``);
+  if (created.length) log('info', `demo: created ${created.join(', ')} on the demo pipeline; try \`${env}npx takt machines list\``);
+  if (kept.length) log('info', `demo: left existing ${kept.join(', ')} as they are; \`${env}npx takt machines restart demo-1\` walks one again`);
 }
 
 /** Prints one line per finished job and per machine that stops or finishes. */

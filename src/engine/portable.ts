@@ -197,7 +197,13 @@ const MachineDocSchema = {
 } as const;
 
 const sorted = (v: unknown): unknown => JSON.parse(canonicalJson(v));
-const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0 });
+/**
+ * Export YAML. Core schema with the YAML 1.1 schema as `compat` (as src/cli/output.ts): a string a YAML 1.1
+ * reader (Ansible, PyYAML) would take for a boolean or number — `power: "on"` — is quoted, because an export
+ * is meant for git and other tools. Import reads with the core schema, so exports written before this (with
+ * `power: on` bare) still read `on` as the string it was.
+ */
+const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0, schema: 'core', compat: 'yaml-1.1' });
 
 /** The desired fields of a machine as an export holds them. */
 function machineDoc(m: Machine): MachineDoc {
@@ -237,7 +243,7 @@ function restoredJob(machine: Machine, e: RecordEntry): Job {
 function reattachHow(m: Machine): string {
   if (m.ssh) return `reached over SSH as ${m.ssh.user}@${m.ssh.host}:${m.ssh.port} with credential '${m.ssh.credential}' (nothing to run on the host)`;
   if (m.broker) return `its agent was started by broker '${m.broker}' with a new token`;
-  return `give its agent a new token: \`takt machines token ${m.name} --rotate > ${m.name}.token\`, put it in the agent's token file (a joined host: /opt/takt/etc/token, mode 0600) and restart the agent with --endpoint set to this endpoint (a joined host also needs this endpoint's CA: see docs/remote.md)`;
+  return `give its agent a new token: \`(umask 077; takt machines token ${m.name} --rotate > ${m.name}.token)\` (umask 077: the token file is readable by you alone), put it in the agent's token file (a joined host: /opt/takt/etc/token, mode 0600) and restart the agent with --endpoint set to this endpoint (a joined host also needs this endpoint's CA: see docs/remote.md)`;
 }
 
 export class Portable {
@@ -271,7 +277,7 @@ export class Portable {
     for (let offset = 0; ; offset += 1000) {
       const page = await this.store.listMachines({ limit: 1000, offset });
       for (const m of page) {
-        const built = this.records ? await this.records.entries(m) : [];
+        const built = this.records ? await this.records.allEntries(m) : [];
         const text = yaml({ ...machineDoc(m), place: placeOf(m), outputs: m.outputs, built });
         files[`machines/${m.name}.yaml`] = text;
         await pace.step(text.length);

@@ -28,7 +28,14 @@ export interface RecordEntry {
 export interface MachineRecord {
   machine: string;
   pipeline: string | null;
+  /** One entry per task of the CURRENT pipeline that has run (by stage/task identity), in pipeline order. */
   entries: RecordEntry[];
+  /**
+   * Entries of tasks no longer in the machine's pipeline (removed, or moved to another stage): shown so an
+   * operator sees what once ran, never used for `--built-with` or `--stale` (else a machine rebuilt end to
+   * end with a fixed version would match its old version forever).
+   */
+  leftover: RecordEntry[];
   /** Why the machine no longer matches what it would be built with now (empty when current). */
   stale: string[];
 }
@@ -69,6 +76,21 @@ export class Records {
 
   /** The newest successful job for each task of the machine's current pipeline, in pipeline order. */
   async entries(m: Machine): Promise<RecordEntry[]> {
+    return (await this.split(m)).entries;
+  }
+
+  /** Every task's newest successful job, current pipeline or not (export keeps the whole history). */
+  async allEntries(m: Machine): Promise<RecordEntry[]> {
+    const { entries, leftover } = await this.split(m);
+    return [...entries, ...leftover];
+  }
+
+  /**
+   * The newest successful job per stage/task, split into the tasks of the current pipeline (in its order)
+   * and leftovers of tasks it no longer has. Identity is stage/task, as in `passed` (transitions.ts): a task
+   * moved to another stage is a different task.
+   */
+  async split(m: Machine): Promise<{ entries: RecordEntry[]; leftover: RecordEntry[] }> {
     const jobs = await this.store.listJobs({ machineId: m.id, state: 'succeeded', order: 'desc', limit: 1000 });
     const latest = new Map<string, Job>();
     for (const j of jobs) {
@@ -77,19 +99,23 @@ export class Records {
       if (!latest.has(key)) latest.set(key, j);
     }
     const order = this.pipelineOrder(m.pipeline);
-    return [...latest.values()]
-      .sort((a, b) => (order.get(`${a.stage}/${a.task}`) ?? 1e9) - (order.get(`${b.stage}/${b.task}`) ?? 1e9))
-      .map((j) => ({
-        stage: j.stage,
-        task: j.task,
-        job: j.id,
-        variant: j.variant,
-        pack: j.pack,
-        taskSha256: j.taskSha256,
-        scriptSha256: j.scriptSha256,
-        params: j.params,
-        finishedAt: j.finishedAt,
-      }));
+    const toEntry = (j: Job): RecordEntry => ({
+      stage: j.stage,
+      task: j.task,
+      job: j.id,
+      variant: j.variant,
+      pack: j.pack,
+      taskSha256: j.taskSha256,
+      scriptSha256: j.scriptSha256,
+      params: j.params,
+      finishedAt: j.finishedAt,
+    });
+    const keyOf = (j: Job): string => `${j.stage}/${j.task}`;
+    const all = [...latest.values()];
+    return {
+      entries: all.filter((j) => order.has(keyOf(j))).sort((a, b) => order.get(keyOf(a))! - order.get(keyOf(b))!).map(toEntry),
+      leftover: all.filter((j) => !order.has(keyOf(j))).map(toEntry),
+    };
   }
 
   /** Every machine matching the selection, with its stale reasons when `stale` was asked about. */
@@ -121,8 +147,8 @@ export class Records {
   }
 
   async record(m: Machine): Promise<MachineRecord> {
-    const entries = await this.entries(m);
-    return { machine: m.name, pipeline: m.pipeline, entries, stale: this.staleness(m, entries) };
+    const { entries, leftover } = await this.split(m);
+    return { machine: m.name, pipeline: m.pipeline, entries, leftover, stale: this.staleness(m, entries) };
   }
 
   builtWith(entries: RecordEntry[], sel: { pack: string; range: string }): boolean {
@@ -135,11 +161,15 @@ export class Records {
   /**
    * Reasons the machine would be built differently now: a task whose definition changed (by its content
    * hash, whichever way the pack version moved: a roll back to an older version counts too), a task that
-   * is gone, changed params. A new pack version whose task is unchanged is not a reason.
+   * is gone, changed params, and a task of the current pipeline that never ran on it (a fix shipped as a
+   * new task). `entries` must be those of the current pipeline (split().entries). A new pack version whose
+   * task is unchanged is not a reason.
    */
   staleness(m: Machine, entries: RecordEntry[]): string[] {
     const reasons: string[] = [];
     const content = this.content.current;
+    const ran = new Set(entries.map((e) => `${e.stage}/${e.task}`));
+    for (const key of this.pipelineOrder(m.pipeline).keys()) if (!ran.has(key)) reasons.push(`never ran: ${key}`);
     for (const e of entries) {
       const def = content.objects.tasks.get(e.task)?.def;
       if (!def) {
@@ -179,7 +209,8 @@ export class Records {
     const content = this.content.current;
     const p = pipeline ? content.objects.pipelines.get(pipeline)?.def : undefined;
     let i = 0;
-    for (const s of p?.stages ?? []) for (const t of content.objects.stages.get(s)?.def.tasks ?? []) order.set(`${s}/${t}`, i++);
+    // Keyed by stage/task identity; a stage or task listed twice keeps its first position.
+    for (const s of p?.stages ?? []) for (const t of content.objects.stages.get(s)?.def.tasks ?? []) if (!order.has(`${s}/${t}`)) order.set(`${s}/${t}`, i++);
     return order;
   }
 }
