@@ -107,7 +107,8 @@ describe('pack versions', () => {
     expect(after.entries.every((e) => e.pack === 'seed@1.0.1')).toBe(true);
     const list = await json<Array<{ id: string }>>(['machines', 'list', '--name', 'seed-7']);
     expect(readFileSync(join(ep.data, 'machines', list[0]!.id, 'root', 'etc', 'app.conf'), 'utf8')).toContain('perms 0640');
-  });
+    // Ten real machines walked twice, with CLI calls between: over a minute on a loaded 2-core machine.
+  }, 300_000);
 
   it('a changed param makes a machine stale with the reason', async () => {
     await ep.cli(['machines', 'update', 'seed-3', '--param', 'port=9090']);
