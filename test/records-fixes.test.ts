@@ -4,22 +4,14 @@
  * stale, and a machine rebuilt end to end with a new version stops matching `--built-with OLD`.
  * Through the CLI against a real endpoint and the local broker.
  */
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles } from './helpers/endpoint.js';
+import { Endpoint, packFiles, writePack } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 let work: string;
-
-function writePack(dir: string, files: Record<string, string>) {
-  for (const [path, text] of Object.entries(files)) {
-    const full = join(dir, path);
-    mkdirSync(dirname(full), { recursive: true });
-    writeFileSync(full, text);
-  }
-}
 
 async function json<T>(args: string[]): Promise<T> {
   const r = await ep.cli([...args, '-o', 'json']);

@@ -2,23 +2,14 @@
  * Issue 3, first part: immutable pack versions side by side, pinning with `use`, diffs, `requires`,
  * build records and the stale/built-with queries — through the CLI against a real endpoint and agents.
  */
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles } from './helpers/endpoint.js';
+import { Endpoint, packFiles, writePack } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 let work: string;
-
-/** Writes a pack directory from PackFiles so the CLI can bundle it. */
-function writePack(dir: string, files: Record<string, string>) {
-  for (const [path, text] of Object.entries(files)) {
-    const full = join(dir, path);
-    mkdirSync(dirname(full), { recursive: true });
-    writeFileSync(full, text);
-  }
-}
 
 const fixed = (files: Record<string, string>) => ({
   ...files,

@@ -427,7 +427,6 @@ export class Rollouts {
       }
       if (busy?.job && policy === 'cancel') {
         // Held from the cancel to the reassignment, so the machine does not start its old next task between them.
-        // INTEGRATION: switch to the jobs-cancel function (one place that ends a job with who and why).
         this.holdMachine(m.id);
         await this.engine.cancelMachineJob(m.id, `${r.author} (rollout ${r.id})`);
       }

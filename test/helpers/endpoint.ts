@@ -3,9 +3,9 @@
  * data dir, and runs the real CLI against it.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient } from '../../src/client/http.js';
 import { bridgeOf } from './netns.js';
@@ -207,4 +207,13 @@ export async function until<T>(fn: () => Promise<T | undefined | null | false>, 
 export async function packFiles(name: string): Promise<Record<string, string>> {
   const { readPackDir } = await import('../../src/content/files.js');
   return readPackDir(join(ROOT, 'test', 'packs', name));
+}
+
+/** Writes a pack directory from PackFiles (path → text) so the CLI can lint, bundle or push it. */
+export function writePack(dir: string, files: Record<string, string>): void {
+  for (const [path, text] of Object.entries(files)) {
+    const full = join(dir, path);
+    mkdirSync(dirname(full), { recursive: true });
+    writeFileSync(full, text);
+  }
 }
