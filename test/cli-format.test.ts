@@ -13,6 +13,7 @@ import { parse } from 'yaml';
 import { bashScript, zshScript } from '../src/cli/completion.js';
 import { helpAfter, RESOURCE_ALIASES, VERB_ALIASES, walkCommands } from '../src/cli/help.js';
 import { nameOf, print, renderTable, setView, toYaml, visibleWidth, type Column } from '../src/cli/output.js';
+import { colorWanted } from '../src/cli/color.js';
 import { buildProgram } from '../src/cli/program.js';
 import { Endpoint, ROOT, runCli } from './helpers/endpoint.js';
 
@@ -94,6 +95,25 @@ const columns: Column<Row>[] = [
   { header: 'AT', get: (r) => r.at, wide: true },
   { header: 'REASON', get: (r) => r.reason, flex: true },
 ];
+
+describe('colour', () => {
+  // CI sets CI=true, which picocolors alone takes as "colour on": tables piped in a CI job then carried
+  // escape codes (and this file's renderTable cases failed there only). takt decides once, here.
+  it.each([
+    { what: 'a terminal', env: {}, argv: [], tty: true, want: true },
+    { what: 'a pipe', env: {}, argv: [], tty: false, want: false },
+    { what: 'a pipe in CI', env: { CI: 'true' }, argv: [], tty: false, want: false },
+    { what: 'NO_COLOR on a terminal', env: { NO_COLOR: '1' }, argv: [], tty: true, want: false },
+    { what: 'an empty NO_COLOR', env: { NO_COLOR: '' }, argv: [], tty: true, want: true },
+    { what: 'FORCE_COLOR on a pipe', env: { FORCE_COLOR: '1' }, argv: [], tty: false, want: true },
+    { what: 'FORCE_COLOR=0 on a terminal', env: { FORCE_COLOR: '0' }, argv: [], tty: true, want: false },
+    { what: '--no-color beats FORCE_COLOR', env: { FORCE_COLOR: '1' }, argv: ['--no-color'], tty: true, want: false },
+    { what: '--color on a pipe', env: {}, argv: ['--color'], tty: false, want: true },
+    { what: 'TERM=dumb', env: { TERM: 'dumb' }, argv: [], tty: true, want: false },
+  ])('$what → $want', ({ env, argv, tty, want }) => {
+    expect(colorWanted(env, argv, tty)).toBe(want);
+  });
+});
 
 describe('renderTable', () => {
   const reset = () => setView({ wide: false, name: false, headers: true, width: undefined });

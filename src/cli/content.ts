@@ -3,7 +3,7 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Command } from 'commander';
 import { structuredPatch } from 'diff';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import type { InstallResult, PackDiff } from '../engine/content.js';
 import { TaktError } from '../model/errors.js';

@@ -2,7 +2,7 @@
  * How `takt machines describe` reads to people: kubectl-describe style sections (fields, then the last
  * jobs and events as plain aligned rows). `-o json|yaml` prints the endpoint's structure instead.
  */
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { MachineDescription } from '../engine/describe.js';
 import { formatDuration } from '../model/duration.js';
 import { colorState, shown } from './output.js';

@@ -1,6 +1,6 @@
 /** `takt events watch`: the event stream. */
 import { type Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import { followEvents } from '../client/events.js';
 import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';

@@ -4,7 +4,7 @@
  * declared no-op (and why), what passed and what failed (with its log line). Exercise, don't trim.
  */
 import type { Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import { DURATION_RANGES, formatDuration, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';

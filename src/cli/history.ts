@@ -1,6 +1,6 @@
 /** The `history` commands. */
 import { type Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import type { ObservedView, RewindResult } from '../engine/history.js';
 import { TaktError } from '../model/errors.js';

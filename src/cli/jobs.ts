@@ -1,6 +1,6 @@
 /** The `jobs` commands. */
 import { Option, type Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import { formatDuration } from '../model/duration.js';
 import { JOB_STATES, type Job, type LogChunk, type Machine } from '../model/machine.js';

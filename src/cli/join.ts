@@ -4,7 +4,7 @@
  * Also the Facts section `takt machines get` shows.
  */
 import type { Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import type { ObservedFacts } from '../model/facts.js';

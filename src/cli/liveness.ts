@@ -1,5 +1,5 @@
 /** How the CLI shows a machine's agent liveness and derived status (`machines list` / `machines get`). */
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { Machine, MachineStatus } from '../model/machine.js';
 import { colorState, shown, toYaml } from './output.js';
 

@@ -3,7 +3,7 @@
  * Secrets never reach here: callers pass names and ids, never scripts or param values.
  */
 import { pino } from 'pino';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import { forStream } from './output.js';
 
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;

@@ -4,7 +4,7 @@
  * machines) because it is the part that steers running work.
  */
 import { Argument, type Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';

@@ -1,6 +1,6 @@
 /** The `machines` commands. */
 import { Option, type Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import type { MachineDescription } from '../engine/describe.js';
 import type { MachineRecord } from '../engine/records.js';

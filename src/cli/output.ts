@@ -3,7 +3,7 @@
  * columns: ids, timestamps), `-o name` (`machines/web-1`, one per line, for scripts and xargs),
  * `-o json`, `-o yaml` (for scripts); `--no-headers` drops the table's header line.
  */
-import pc from 'picocolors';
+import { pc } from './color.js';
 import { stringify, type ToStringOptions, type DocumentOptions, type SchemaOptions } from 'yaml';
 import { printable } from '../model/printable.js';
 

@@ -1,6 +1,6 @@
 /** `takt plan` and `takt render`: what a machine would run, and with which params. */
 import { type Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import type { Plan, PlanParam, PlanStep } from '../engine/engine.js';
 import { TaktError } from '../model/errors.js';

@@ -5,7 +5,7 @@
  * quick queries start fast.
  */
 import { Command, Option } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import { NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import type { GlobalOptions } from './client.js';

@@ -1,6 +1,6 @@
 /** `takt report cycle-time`: the line's beat per pipeline, stage and task, as tables with a bar per row. */
 import type { Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import type { CycleTimeReport, Spread } from '../engine/cycletime.js';
 import { formatDuration } from '../model/duration.js';

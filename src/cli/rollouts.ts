@@ -1,6 +1,6 @@
 /** `takt rollouts …` and `takt andon pull`, with live progress: one bar per wave. */
 import { Argument, Option, type Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import { hint } from '../engine/rollouts.js';
 import { TaktError } from '../model/errors.js';

@@ -4,7 +4,7 @@
  * and exit code are printed as it finishes, then a summary; the exit code is 0 only if all succeeded.
  */
 import type { Command } from 'commander';
-import pc from 'picocolors';
+import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
