@@ -220,8 +220,6 @@ export class Engine {
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
   readonly liveness: Liveness;
-  /** Machines that must not start a new job yet (a rollout waits for them to be free): see hold. */
-  private readonly holds = new Set<string>();
 
   constructor(
     readonly store: Store,
@@ -320,17 +318,31 @@ export class Engine {
   }
 
   /**
-   * The machine gets no new job until `release` (its running job goes on), so a rollout that waits for a
-   * busy machine reassigns it between two jobs instead of cancelling one. In memory: the rollouts re-hold
-   * what they wait for on every tick, so after a restart holds return with the first tick.
+   * Holds a machine for rollout `rolloutId`: it gets no new job until `release` (its running job goes on),
+   * so a rollout that waits for a busy machine reassigns it between two jobs instead of cancelling one.
+   * Kept in the store (one transaction, with a `machines.update.<id>` event), so the hold outlives an
+   * endpoint restart and every replica's claims see it. Idempotent: holding a held machine writes nothing.
+   * @throws TaktError not_found when the machine does not exist.
    */
-  hold(machineId: string): void {
-    this.holds.add(machineId);
+  async hold(machineId: string, rolloutId: string): Promise<void> {
+    await this.store.transact(async (tx) => {
+      const m = await this.locked(tx, machineId);
+      if ((await tx.getHold(m.id))?.rolloutId === rolloutId) return;
+      await tx.putHold({ machineId: m.id, rolloutId, since: new Date().toISOString() });
+      tx.emit(`machines.update.${m.id}`, publicMachine(m));
+    });
   }
 
-  /** Ends a hold; a claim waiting for the machine looks again at once. */
-  release(machineId: string): void {
-    if (this.holds.delete(machineId)) this.wake(machineId);
+  /**
+   * Ends a machine's hold, if it has one; its event wakes a claim waiting for the machine (on any replica),
+   * which then looks again at once. A machine deleted meanwhile has no hold left: nothing to do.
+   */
+  async release(machineId: string): Promise<void> {
+    await this.store.transact(async (tx) => {
+      const m = await tx.lockMachine(machineId);
+      if (!(await tx.deleteHold(machineId)) || !m) return;
+      tx.emit(`machines.update.${m.id}`, publicMachine(m));
+    });
   }
 
   /**
@@ -974,7 +986,9 @@ export class Engine {
         } else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
       } else m = { ...m, currentJob: null };
     }
-    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !this.holds.has(m.id); step++) {
+    // A rollout holding the machine (--busy wait) reassigns it before its next job: none starts meanwhile.
+    const held = m.power === 'on' && (await tx.getHold(m.id)) !== undefined;
+    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !held; step++) {
       const work = await this.nextWork(tx, m, pending);
       if (!work) break;
       const prepared = work.kind === 'workorder' && work.wo.command ? prepareCommand(work.wo.command) : prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);

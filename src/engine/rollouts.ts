@@ -67,8 +67,6 @@ export class Rollouts {
   private unsubscribe: (() => void) | null = null;
   /** Whether the last tick found a running rollout (until a tick says otherwise, assume so). */
   private running = true;
-  /** Machines this endpoint holds for waiting items (engine.hold), so their next job does not start. */
-  private readonly holding = new Set<string>();
 
   constructor(
     private readonly store: Store,
@@ -296,25 +294,17 @@ export class Rollouts {
 
   /**
    * Holds exactly the machines that running rollouts wait for (engine.hold), and releases the rest: a
-   * paused, aborted or ended rollout holds nothing, and after a restart the first tick re-holds.
+   * paused, aborted or ended rollout holds nothing. Holds are in the store, so a restarted endpoint finds
+   * them there before its first tick (its claims honour them at once); this only reconciles.
    */
   private async syncHolds(): Promise<void> {
-    const want = new Set<string>();
+    const want = new Map<string, string>();
     for (const r of await this.store.listRollouts({ states: ['running'], limit: 1000 })) {
-      for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'waiting') want.add(i.machineId);
+      for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'waiting') want.set(i.machineId, r.id);
     }
-    for (const id of want) this.holdMachine(id);
-    for (const id of [...this.holding]) if (!want.has(id)) this.releaseMachine(id);
-  }
-
-  private holdMachine(id: string) {
-    this.holding.add(id);
-    this.engine.hold(id);
-  }
-
-  private releaseMachine(id: string) {
-    this.holding.delete(id);
-    this.engine.release(id);
+    const held = new Map((await this.store.listHolds()).map((h) => [h.machineId, h.rolloutId]));
+    for (const [id, rolloutId] of want) if (held.get(id) !== rolloutId && (await this.store.getMachine(id))) await this.engine.hold(id, rolloutId);
+    for (const id of held.keys()) if (!want.has(id)) await this.engine.release(id);
   }
 
   private async advance(r: Rollout): Promise<void> {
@@ -419,15 +409,15 @@ export class Rollouts {
         return false;
       }
       if (busy && policy === 'wait') {
-        // Held: when the job ends the machine starts nothing new, and the next tick reassigns it.
-        this.holdMachine(m.id);
+        // Held (in the store): when the job ends the machine starts nothing new, and the next tick reassigns it.
+        await this.engine.hold(m.id, r.id);
         const reason = `waiting for ${busy.what} to end`;
         if (i.state !== 'waiting' || i.reason !== reason) Object.assign(i, await this.saveItem({ ...i, state: 'waiting', reason }));
         return false;
       }
       if (busy?.job && policy === 'cancel') {
         // Held from the cancel to the reassignment, so the machine does not start its old next task between them.
-        this.holdMachine(m.id);
+        await this.engine.hold(m.id, r.id);
         await this.engine.cancelMachineJob(m.id, `${r.author} (rollout ${r.id})`);
       }
       let workOrderId: string | null = null;
@@ -437,7 +427,7 @@ export class Rollouts {
         else await this.engine.updateMachine(i.machineId, { pipeline: r.spec.pipeline! }, by);
       } finally {
         // After the reassignment is written: released earlier, the old pipeline's next task could start.
-        if (this.holding.has(m.id)) this.releaseMachine(m.id);
+        await this.engine.release(m.id);
       }
       // What the rollout did about the machine being busy, kept on the item for the report.
       const note = i.state === 'waiting' ? (i.reason ?? '').replace(/^waiting for (.*) to end$/, 'waited for $1') : busy ? `${busy.job ? 'cancelled' : 'gave up:'} ${busy.what}` : null;

@@ -76,3 +76,16 @@ export interface RolloutItem {
   startedAt: string | null;
   finishedAt: string | null;
 }
+
+/**
+ * A rollout's hold on a machine: the machine starts no new job while it stands (its running job goes on),
+ * so a rollout that waits for a busy machine (`--busy wait`) reassigns it between two jobs. Kept in the
+ * store (migration 0015_rollout_hold), so a restarted endpoint, or another replica, honours it at once.
+ */
+export interface MachineHold {
+  machineId: string;
+  /** The rollout that holds the machine. */
+  rolloutId: string;
+  /** When the hold was taken (ISO-8601 UTC). */
+  since: string;
+}

@@ -295,6 +295,18 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('work_orders').addColumn('passed', 'text').execute();
     },
   },
+  '0015_rollout_hold': {
+    async up(db: Kysely<unknown>) {
+      // A rollout's hold on a busy machine (--busy wait): no new job starts until the rollout reassigns it.
+      // Kept in memory before, a restart lost it and the machine ran its old pipeline's next task.
+      await db.schema
+        .createTable('machine_holds')
+        .addColumn('machine_id', 'text', (c) => c.primaryKey())
+        .addColumn('rollout_id', 'text', (c) => c.notNull())
+        .addColumn('since', 'text', (c) => c.notNull())
+        .execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

@@ -7,7 +7,7 @@ import { TaktError } from '../model/errors.js';
 import type { ObservedFacts } from '../model/facts.js';
 import type { JoinToken } from '../model/join.js';
 import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
-import type { Rollout, RolloutItem } from '../model/rollout.js';
+import type { MachineHold, Rollout, RolloutItem } from '../model/rollout.js';
 import { migrationProvider, type Dialect } from './migrations.js';
 import type {
   Page,
@@ -23,7 +23,7 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, CredentialsTable, Database, JobsTable, JoinTokensTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
+import type { ChangesTable, CredentialsTable, Database, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -442,6 +442,15 @@ class SqlReads implements Reads {
       finishedAt: r.finished_at,
     }));
   }
+  async getHold(machineId: string) {
+    // On every claim: a prepared statement, as the claim's other reads.
+    const r = await this.one<Selectable<MachineHoldsTable>>('getHold', () => this.db.selectFrom('machine_holds').selectAll().where('machine_id', '=', arg(0)), [machineId]);
+    return r ? holdFromRow(r) : undefined;
+  }
+  async listHolds() {
+    const rows = await this.db.selectFrom('machine_holds').selectAll().orderBy('since').orderBy('machine_id').execute();
+    return rows.map(holdFromRow);
+  }
   async getSetting<T>(key: string) {
     const r = await this.db.selectFrom('settings').select('value').where('key', '=', key).executeTakeFirst();
     return r ? parse<T>(r.value) : undefined;
@@ -561,6 +570,10 @@ function itemToRow(i: RolloutItem): RolloutItemsTable {
   };
 }
 
+function holdFromRow(r: Selectable<MachineHoldsTable>): MachineHold {
+  return { machineId: r.machine_id, rolloutId: r.rollout_id, since: r.since };
+}
+
 function packFromRow(r: Omit<Database['packs'], never>): PackRecord {
   return {
     name: r.name,
@@ -627,6 +640,8 @@ class SqlTx extends SqlReads implements Tx {
   }
   async deleteMachine(id: string) {
     await this.db.deleteFrom('machines').where('id', '=', id).execute();
+    // A rollout's hold dies with its machine (a rollout skips a deleted machine).
+    await this.db.deleteFrom('machine_holds').where('machine_id', '=', id).execute();
   }
   async insertJob(j: Job) {
     const row = jobToRow(j);
@@ -807,6 +822,18 @@ class SqlTx extends SqlReads implements Tx {
   async updateRolloutItem(i: RolloutItem) {
     const { rollout_id, machine_id, ...rest } = itemToRow(i);
     await this.db.updateTable('rollout_items').set(rest).where('rollout_id', '=', rollout_id).where('machine_id', '=', machine_id).execute();
+  }
+  async putHold(h: MachineHold) {
+    const row = { machine_id: h.machineId, rollout_id: h.rolloutId, since: h.since };
+    await this.db
+      .insertInto('machine_holds')
+      .values(row)
+      .onConflict((oc) => oc.column('machine_id').doUpdateSet({ rollout_id: row.rollout_id, since: row.since }))
+      .execute();
+  }
+  async deleteHold(machineId: string) {
+    const r = await this.db.deleteFrom('machine_holds').where('machine_id', '=', machineId).executeTakeFirst();
+    return Number(r.numDeletedRows) > 0;
   }
   async insertCredential(c: CredentialRecord) {
     await this.db

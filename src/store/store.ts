@@ -10,7 +10,7 @@ import type { ContentKind } from '../model/content.js';
 import type { ObservedFacts } from '../model/facts.js';
 import type { JoinToken } from '../model/join.js';
 import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
-import type { Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
+import type { MachineHold, Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
 import type { Sealed } from '../model/secure.js';
 
 export interface PackRecord {
@@ -125,6 +125,10 @@ export interface Reads {
   /** Newest first; `states` limits to rollouts in those states. */
   listRollouts(filter?: Page & { states?: RolloutState[] }): Promise<Rollout[]>;
   listRolloutItems(rolloutId: string): Promise<RolloutItem[]>;
+  /** The rollout's hold on the machine, if any (claims read it: a held machine starts no new job). */
+  getHold(machineId: string): Promise<MachineHold | undefined>;
+  /** Every hold, oldest first. */
+  listHolds(): Promise<MachineHold[]>;
   getSetting<T>(key: string): Promise<T | undefined>;
   getJoinToken(id: string): Promise<JoinToken | undefined>;
   /** The SHA-256 (hex) of a join token's secret, for authentication only. */
@@ -177,6 +181,10 @@ export interface Tx extends Reads {
   insertRollout(r: Rollout, items: RolloutItem[]): Promise<void>;
   updateRollout(r: Rollout): Promise<void>;
   updateRolloutItem(i: RolloutItem): Promise<void>;
+  /** Holds a machine for a rollout (replacing any hold it had). */
+  putHold(h: MachineHold): Promise<void>;
+  /** Ends a machine's hold; answers whether there was one. */
+  deleteHold(machineId: string): Promise<boolean>;
   /** Replaces a machine's observed facts (and only them: no history entry, no other column). */
   setMachineFacts(id: string, facts: ObservedFacts | null): Promise<void>;
   /** Replaces the digest of a machine's token: the old token stops working. */

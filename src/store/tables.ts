@@ -167,6 +167,13 @@ export interface RolloutItemsTable {
   finished_at: string | null;
 }
 
+/** A rollout's hold on a machine (model/rollout.ts MachineHold). */
+export interface MachineHoldsTable {
+  machine_id: string;
+  rollout_id: string;
+  since: string;
+}
+
 export interface CredentialsTable {
   name: string;
   kind: string;
@@ -213,6 +220,7 @@ export interface Database {
   work_orders: WorkOrdersTable;
   rollouts: RolloutsTable;
   rollout_items: RolloutItemsTable;
+  machine_holds: MachineHoldsTable;
   settings: SettingsTable;
   join_tokens: JoinTokensTable;
   credentials: CredentialsTable;
