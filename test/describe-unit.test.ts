@@ -16,7 +16,7 @@ const base: WaitingInput = {
   rollout: null,
 };
 const job = { id: 'j-1', task: 'make-dirs', createdAt: '2026-01-01T10:00:00Z', leaseExpiresAt: '2026-01-01T10:00:30Z' };
-const rollout = (state: 'running' | 'paused' | 'awaiting-approval', item: 'pending' | 'running' = 'pending') => ({ rollout: { id: 'r-1', state, wave: 0, reason: null }, item: { wave: 1, state: item } });
+const rollout = (state: 'running' | 'paused' | 'awaiting-approval', item: 'pending' | 'waiting' | 'running' = 'pending') => ({ rollout: { id: 'r-1', state, wave: 0, reason: null }, item: { wave: 1, state: item } });
 
 describe('waitingFor', () => {
   const cases: Array<[string, Partial<WaitingInput> & { m?: Partial<WaitingInput['machine']> }, string, RegExp]> = [
@@ -32,6 +32,10 @@ describe('waitingFor', () => {
     ['pending in a running rollout', { m: { state: 'done' }, rollout: rollout('running') }, 'rollout', /^rollout r-1: its wave 1 \(the rollout is on wave 0\)$/],
     ['pending in a paused rollout', { m: { state: 'done' }, rollout: rollout('paused') }, 'rollout', /resumed: it is paused/],
     ['pending in a rollout awaiting approval', { m: { state: 'done' }, rollout: rollout('awaiting-approval') }, 'rollout', /takt rollouts approve r-1/],
+    ['held by a running rollout between two jobs (--busy wait)', { rollout: rollout('running', 'waiting') }, 'rollout', /^rollout r-1 to reassign it: the rollout holds it \(--busy wait\), so its next task does not start$/],
+    ['waited for by a rollout while its job runs: the job', { job, rollout: rollout('running', 'waiting') }, 'job', /^job j-1/],
+    ['waited for while paused: an operator (the rollout holds nothing)', { m: { state: 'paused', reason: 'paused by admin' }, rollout: rollout('running', 'waiting') }, 'operator', /takt machines resume m1/],
+    ['waited for by a paused rollout: not held', { rollout: rollout('paused', 'waiting') }, 'agent', /claim/],
     ['running in a rollout: not waiting on the rollout', { rollout: rollout('running', 'running') }, 'agent', /claim/],
     ['stopped: an operator', { m: { state: 'stopped', reason: 'verify-motd failed' } }, 'operator', /resume m1 — verify-motd failed$/],
     // The same verdict as `machines resume` and `plan`: never "resume" when a resume would be refused.

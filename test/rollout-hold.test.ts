@@ -60,6 +60,10 @@ describe('rollout --busy wait across an endpoint restart', () => {
     await until(async () => (await ep.api.get<View>(`/rollouts/${rolloutId}`)).items[0]?.state === 'waiting', 60_000, 'the rollout to wait for held');
     await until(async () => storedHolds().length === 1, 30_000, 'the hold to be stored');
     expect(storedHolds()).toEqual([{ machine_id: held.id, rollout_id: rolloutId }]);
+    // describe names the rollout that waits for the machine.
+    const shown = await ep.cli(['machines', 'describe', 'held']);
+    expect(shown.code, shown.stderr).toBe(0);
+    expect(shown.stdout).toMatch(new RegExp(`^Rollout: +${rolloutId} \\(running, wave 0, this machine waiting\\)$`, 'm'));
 
     // Down while the hold stands; the gate opens meanwhile, so the job's result waits in its agent.
     await ep.crash();

@@ -49,7 +49,8 @@ export interface WaitingInput {
 
 /**
  * What the machine waits for, first match wins: powered off; a running job (its lease; "pausing" when the
- * machine was paused while it runs); an approval; a rollout that has not reached it yet; an agent when it
+ * machine was paused while it runs); an approval; a rollout that holds it between two jobs (`--busy wait`: it
+ * reassigns the machine next) or has not reached it yet; an agent when it
  * has work and none is connected; its agent to claim the next task; an operator when it stopped or is
  * paused (resume, or what to do instead when a resume would be refused); nothing when it is done or idle. Pure.
  */
@@ -69,6 +70,12 @@ export function waitingFor(i: WaitingInput): Waiting {
     return { for: 'approval', text: `an approval of stage ${i.stage} by ${role} (takt approvals approve ${m.name})`, stage: i.stage, role };
   }
   const r = i.rollout;
+  // A running rollout holds the machines it waits for (store: machine_holds): with its job over, the next
+  // task does not start; the rollout's next tick reassigns it. A paused one waits for its operator instead.
+  if (r && r.item.state === 'waiting' && r.rollout.state === 'running' && m.state === 'running') {
+    const text = `rollout ${r.rollout.id} to reassign it: the rollout holds it (--busy wait), so its next task does not start`;
+    return { for: 'rollout', text, rollout: r.rollout.id, rolloutState: r.rollout.state, wave: r.item.wave, currentWave: r.rollout.wave };
+  }
   if (r && r.item.state === 'pending') {
     const why =
       r.rollout.state === 'running'
@@ -216,10 +223,10 @@ export class Describer {
     };
   }
 
-  /** The active rollout in which the machine is still pending or running, if any. */
+  /** The active rollout in which the machine is still pending, waited for or running, if any. */
   private async rolloutOf(machineId: string): Promise<RolloutMembership | null> {
     for (const r of await this.store.listRollouts({ states: ACTIVE_ROLLOUTS, limit: 1000 })) {
-      const item = (await this.store.listRolloutItems(r.id)).find((i) => i.machineId === machineId && (i.state === 'pending' || i.state === 'running'));
+      const item = (await this.store.listRolloutItems(r.id)).find((i) => i.machineId === machineId && (i.state === 'pending' || i.state === 'waiting' || i.state === 'running'));
       if (item) return { rollout: { id: r.id, state: r.state, wave: r.wave, reason: r.reason }, item: { wave: item.wave, state: item.state } };
     }
     return null;
