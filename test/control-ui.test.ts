@@ -6,6 +6,7 @@
  * The long task is a `gate` that runs until the test creates `go` in the machine's root: no timing involved.
  */
 import { existsSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -83,6 +84,8 @@ describe.skipIf(!haveChromium)('web UI: stopping and resuming work', () => {
 
     // …then for real, with a reason.
     await jobRow.getByRole('button', { name: 'Cancel job' }).click();
+    await page.locator('#reasonInput').fill('wrong image');
+    await page.screenshot({ path: join(tmpdir(), 'takt-ui-control.png') });
     await confirm(page, 'Cancel job', 'wrong image');
     await expect.poll(() => page.locator('#actionResult').textContent(), { timeout: 15_000 }).toMatch(/^job gate cancelled: cancelled by \S+: wrong image$/);
     const cancelled = (await jobs()).find((j) => j.id === gate.id)!;
@@ -93,6 +96,7 @@ describe.skipIf(!haveChromium)('web UI: stopping and resuming work', () => {
     await expect.poll(() => row.locator('.state').textContent(), { timeout: 15_000 }).toBe('paused');
     await expect.poll(() => verbs(page), { timeout: 10_000 }).toEqual(['Resume']);
     await expect.poll(() => page.locator('#jobs button').count(), { timeout: 10_000 }).toBe(0);
+    await page.screenshot({ path: join(tmpdir(), 'takt-ui-control-paused.png') });
 
     // Someone else resumes it while the dialog is open: the UI's resume is refused, and says why.
     await page.locator('#actions').getByRole('button', { name: 'Resume' }).click();

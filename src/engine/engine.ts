@@ -322,12 +322,12 @@ export class Engine {
    * so a rollout that waits for a busy machine reassigns it between two jobs instead of cancelling one.
    * Kept in the store (one transaction, with a `machines.update.<id>` event), so the hold outlives an
    * endpoint restart and every replica's claims see it. Idempotent: holding a held machine writes nothing.
-   * @throws TaktError not_found when the machine does not exist.
+   * A machine deleted meanwhile is not held (the rollout's next tick leaves it out as deleted).
    */
   async hold(machineId: string, rolloutId: string): Promise<void> {
     await this.store.transact(async (tx) => {
-      const m = await this.locked(tx, machineId);
-      if ((await tx.getHold(m.id))?.rolloutId === rolloutId) return;
+      const m = await tx.lockMachine(machineId);
+      if (!m || (await tx.getHold(m.id))?.rolloutId === rolloutId) return;
       await tx.putHold({ machineId: m.id, rolloutId, since: new Date().toISOString() });
       tx.emit(`machines.update.${m.id}`, publicMachine(m));
     });
