@@ -76,6 +76,12 @@ describe('bootenv lint', () => {
       "bootenvs/sledge.yaml:3:29: template: boot has no field 'kernal' (it has endpoint, kernel, initrds, files, cmdline, firmware, mac, uuid)",
       'bootenvs/sledge.yaml:3:49: template: the command line cannot use boot.cmdline (it is what is being rendered)',
     ]],
+    ['a secure param in a bootenv', {
+      'params/root_pw.yaml': 'name: root_pw\nsecure: true\n',
+      'bootenvs/sledge.yaml': `name: sledge\nparams:\n  required: [root_pw]\nkernel: { name: k, path: /k, sha256: ${H1} }\ncmdline: "pw={{ root_pw }}"\n`,
+    }, [
+      "bootenvs/sledge.yaml:3:14: param 'root_pw' is secure: boot scripts are served to firmware without authentication, so a bootenv cannot use a secret (deliver it to the machine's agent in a task instead)",
+    ]],
     ['an ipxe script without its #!ipxe line, and an unknown firmware', {
       'bootenvs/local.yaml': 'name: local\nfirmware: [bios, arm]\nipxe: exit\n',
     }, [

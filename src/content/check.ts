@@ -278,6 +278,14 @@ function declaredParams(ctx: Ctx): Set<string> {
 function checkBootenv(ctx: Ctx): void {
   const declared = declaredParams(ctx);
   if (declared.has(BOOT_VAR)) report(ctx, '/params', `'${BOOT_VAR}' is reserved for the boot URLs in bootenv templates; choose another param name`);
+  // Boot scripts go to firmware without authentication (and iPXE has no HTTPS here): never a secret.
+  for (const list of ['required', 'optional'] as const) {
+    for (const [i, p] of strings(record(ctx.def.params)?.[list])) {
+      if (ctx.set.objects.params.get(p)?.def.secure === true) {
+        report(ctx, `/params/${list}/${i}`, `param '${p}' is secure: boot scripts are served to firmware without authentication, so a bootenv cannot use a secret (deliver it to the machine's agent in a task instead)`);
+      }
+    }
+  }
   if (ctx.def.kernel === undefined && ctx.def.ipxe === undefined) {
     report(ctx, '', 'bootenv has neither a kernel nor an ipxe script: add `kernel:` (with initrds and cmdline), or `ipxe:` (e.g. `exit` to boot from disk)');
   }
