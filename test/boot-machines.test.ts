@@ -78,7 +78,7 @@ describe('BootScripts', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  const scripts = (discovery = false) => new BootScripts({ store, content: () => content, endpoint: 'http://10.0.0.1:8080', discovery });
+  const scripts = (discovery = false) => new BootScripts({ store, content: () => content, endpoint: () => 'http://10.0.0.1:8080', discovery });
 
   it.each<[string, { mac: string; uuid?: string; platform: 'pcbios' | 'efi' }, boolean, RegExp, Record<string, unknown>]>([
     ['a machine by its MAC boots its bootenv', { mac: '52:54:00:00:00:01', platform: 'pcbios' }, false, /^#!ipxe\nkernel http:\/\/10\.0\.0\.1:8080\/boot\/files\/c{64}\/vmlinuz console=ttyS0 takt\.name=vm-1\nboot\n$/, { bootenv: 'sledge', machine: { id: 'm-vm-1', name: 'vm-1' } }],
@@ -100,7 +100,7 @@ describe('BootScripts', () => {
     const withSecret = structuredClone(content);
     withSecret.objects.bootenvs.set('leaky', { def: { name: 'leaky', params: { required: ['token'] }, ipxe: '#!ipxe\necho {{ token }}\n' }, layer: 'x' });
     await store.transact((tx) => tx.insertMachine(machine('vm-7', { macs: ['52:54:00:00:00:07'], uuid: null, firmware: null, bootenv: 'leaky' }, { params: { token: 'secret-value' } }), 'h7'));
-    const r = await new BootScripts({ store, content: () => withSecret, endpoint: 'http://e', discovery: false }).script({ mac: '52:54:00:00:00:07', platform: 'pcbios' });
+    const r = await new BootScripts({ store, content: () => withSecret, endpoint: () => 'http://e', discovery: false }).script({ mac: '52:54:00:00:00:07', platform: 'pcbios' });
     expect(r.script).not.toContain('secret-value');
     expect(r.problem).toContain("param 'token' is secure, and boot scripts are served without authentication");
   });

@@ -37,8 +37,8 @@ export interface BootAnswer {
 export interface BootScriptsOptions {
   store: Pick<Reads, 'listMachinesWithBootText' | 'listMachinesWithFactText'>;
   content: () => ContentSet;
-  /** The endpoint's boot URL as machines on the provisioning network reach it, e.g. `http://10.0.0.1:8080`. */
-  endpoint: string;
+  /** The endpoint's boot URL as machines on the provisioning network reach it, e.g. `http://10.0.0.1:8080` (known once it listens). */
+  endpoint: () => string;
   /** Whether unknown machines boot the `discovery` bootenv (when a pack defines it) instead of their disk. */
   discovery: boolean;
 }
@@ -82,7 +82,7 @@ export class BootScripts {
       if (this.opts.discovery && discovery) {
         const machine = { id: '', name: '', environment: 'metal' };
         try {
-          return { script: renderBoot(discovery, { machine, endpoint: this.opts.endpoint, firmware, mac: c.mac, ...(c.uuid ? { uuid: c.uuid } : {}), params: this.params(content, discovery.params, undefined) }).script, bootenv: DISCOVERY_BOOTENV };
+          return { script: renderBoot(discovery, { machine, endpoint: this.opts.endpoint(), firmware, mac: c.mac, ...(c.uuid ? { uuid: c.uuid } : {}), params: this.params(content, discovery.params, undefined) }).script, bootenv: DISCOVERY_BOOTENV };
         } catch (e) {
           return this.failed(DISCOVERY_BOOTENV, undefined, e);
         }
@@ -100,7 +100,7 @@ export class BootScripts {
     }
     try {
       const params = this.params(content, def.params, m);
-      const r = renderBoot(def, { machine: { id: m.id, name: m.name, environment: m.environment }, facts: (m.facts ?? {}) as Record<string, unknown>, params, endpoint: this.opts.endpoint, firmware, mac: c.mac, ...(c.uuid ? { uuid: c.uuid } : {}) });
+      const r = renderBoot(def, { machine: { id: m.id, name: m.name, environment: m.environment }, facts: (m.facts ?? {}) as Record<string, unknown>, params, endpoint: this.opts.endpoint(), firmware, mac: c.mac, ...(c.uuid ? { uuid: c.uuid } : {}) });
       return { script: r.script, machine: ref, bootenv: name };
     } catch (e) {
       return this.failed(name, m, e);
