@@ -147,3 +147,64 @@ describe('boot settings through the CLI', () => {
     expect(items.some((c) => c.after?.boot?.bootenv === 'local')).toBe(true);
   });
 });
+
+describe('a stage that needs another bootenv', () => {
+  let ep: Endpoint;
+  let dir: string;
+  beforeAll(async () => {
+    ep = await Endpoint.start();
+    dir = mkdtempSync(join(tmpdir(), 'takt-bootswitch-'));
+    writePack(join(dir, 'p'), {
+      ...pack,
+      'pack.yaml': 'name: boot\nversion: 1.0.1\n',
+      'tasks/a.yaml': 'name: a\nscript: echo a\n',
+      'tasks/b.yaml': 'name: b\nscript: echo b\n',
+      'tasks/c.yaml': 'name: c\nscript: echo c\n',
+      'stages/prepare.yaml': 'name: prepare\ntasks: [a]\n',
+      'stages/inmem.yaml': 'name: inmem\nbootenv: sledge\ntasks: [b, c]\n',
+      'pipelines/p.yaml': 'name: p\nstages: [prepare, inmem]\n',
+    });
+    const r = await ep.cli(['content', 'install', join(dir, 'p')]);
+    expect(r.code, r.stderr).toBe(0);
+  });
+  afterAll(async () => {
+    await ep?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Runs the machine's jobs as its agent would (the agent protocol), until it is told to reboot or has nothing left. */
+  async function drive(id: string, token: string): Promise<{ ran: string[]; reboot: boolean }> {
+    const ran: string[] = [];
+    let next = (await ep.call('POST', `/machines/${id}/claim?wait=0`, {}, token)).body as { job: { id: string; task: string } | null; action?: string };
+    for (let i = 0; i < 10; i++) {
+      if (next.action === 'reboot') return { ran, reboot: true };
+      if (!next.job) return { ran, reboot: false };
+      ran.push(next.job.task);
+      const done = await ep.call('POST', `/jobs/${next.job.id}/complete`, { exitCode: 0, outputs: {}, claim: true }, token);
+      expect(done.status, JSON.stringify(done.body)).toBe(200);
+      next = (done.body as { next: typeof next }).next;
+    }
+    throw new Error('more jobs than the pipeline has');
+  }
+
+  it('switches a network-booted machine to it and has it reboot before the stage runs; others just run', async () => {
+    const c = await ep.call('POST', '/machines', { name: 'vm-sw', environment: 'metal', pipeline: 'p', boot: { macs: ['52:54:00:bb:00:01'] } });
+    expect(c.status, JSON.stringify(c.body)).toBe(201);
+    const m = (c.body as { items: Array<Machine & { token: string }> }).items[0]!;
+    expect(m.boot?.bootenv).toBe('local');
+
+    expect(await drive(m.id, m.token)).toEqual({ ran: ['a'], reboot: true });
+    const after = (await ep.call('GET', `/machines/${m.id}`)).body as Machine;
+    expect(after.boot?.bootenv).toBe('sledge');
+    expect(after.stage).toBe('inmem');
+    // The switch is desired state, made by the pipeline: history says who.
+    const h = (await ep.call('GET', `/changes?object=machines/${m.id}`)).body as { items: Array<{ author: string; after: { boot?: MachineBoot } | null }> };
+    expect(h.items.some((e) => e.author === 'pipeline:p' && e.after?.boot?.bootenv === 'sledge')).toBe(true);
+    // Booted into it, the machine runs the stage, and is not asked to reboot again.
+    expect(await drive(m.id, m.token)).toEqual({ ran: ['b', 'c'], reboot: false });
+    expect(((await ep.call('GET', `/machines/${m.id}`)).body as Machine).state).toBe('done');
+
+    const plain = (await ep.call('POST', '/machines', { name: 'plain', pipeline: 'p' })).body as { items: Array<Machine & { token: string }> };
+    expect(await drive(plain.items[0]!.id, plain.items[0]!.token)).toEqual({ ran: ['a', 'b', 'c'], reboot: false });
+  });
+});

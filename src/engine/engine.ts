@@ -165,7 +165,9 @@ export interface Plan {
 
 type Work =
   | { kind: 'workorder'; wo: WorkOrder; task: string; blueprint: string; taskCount: number; ctx: Parameters<typeof prepareTask>[4] }
-  | { kind: 'pipeline'; shape: PipelineShape; stage: string; task: string; ctx: Parameters<typeof prepareTask>[4] };
+  | { kind: 'pipeline'; shape: PipelineShape; stage: string; task: string; ctx: Parameters<typeof prepareTask>[4] }
+  /** The stage needs another boot environment: the machine was switched to it and must reboot first. */
+  | { kind: 'reboot'; bootenv: string };
 
 const MAX_STEPS_PER_CLAIM = 500;
 
@@ -988,6 +990,7 @@ export class Engine {
     for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !this.holds.has(m.id); step++) {
       const work = await this.nextWork(tx, m, pending);
       if (!work) break;
+      if (work.kind === 'reboot') return { job: null, action: 'reboot', machine: { state: m.state, reason: m.reason, power: m.power } };
       const prepared = work.kind === 'workorder' && work.wo.command ? prepareCommand(work.wo.command) : prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
       const job = this.newJob(m, work, prepared);
       if (prepared.noop !== null || prepared.error !== null) {
@@ -1093,6 +1096,18 @@ export class Engine {
         return null;
       }
     }
+    // A stage that names a bootenv runs in it (issue #13): a network-booted machine booted into another
+    // one is switched, and reboots into it before the stage's task runs. Desired state: in history, by the pipeline.
+    if (stage?.bootenv && m.boot && m.boot.bootenv !== stage.bootenv) {
+      const switched: Machine = { ...m, boot: { ...m.boot, bootenv: stage.bootenv }, updatedAt: new Date().toISOString() };
+      await tx.updateMachine(switched);
+      await tx.change(`pipeline:${pipeline.name}`, `machines/${m.id}`, 'update', desiredView(m), desiredView(switched));
+      tx.emit(`machines.update.${m.id}`, publicMachine(switched));
+      if (pending) pending.machine = false;
+      this.log('info', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' (was '${m.boot.bootenv}'): switched, rebooting`, { machine: m.name });
+      Object.assign(m, switched);
+      return { kind: 'reboot', bootenv: stage.bootenv };
+    }
     return {
       kind: 'pipeline',
       shape,
@@ -1102,7 +1117,7 @@ export class Engine {
     };
   }
 
-  private newJob(m: Machine, work: Work, p: PreparedTask): Job {
+  private newJob(m: Machine, work: Exclude<Work, { kind: 'reboot' }>, p: PreparedTask): Job {
     const entry = this.content.current.objects.tasks.get(work.task);
     return {
       id: newId('j'),
