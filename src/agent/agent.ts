@@ -203,6 +203,10 @@ class Agent {
     if (!res) return null;
     if (res.machine) this.noteMachine(res.machine);
     if (res.job) return this.runJob(res.job);
+    if (res.action === 'reboot') {
+      this.log('info', 'the machine is to reboot (its next stage runs in another boot environment)', { machineId: this.machineId });
+      return AGENT_EXIT_REBOOT;
+    }
     if (res.machine?.power === 'off') {
       this.log('info', 'the machine is to be powered off', { machineId: this.machineId });
       return AGENT_EXIT_POWEROFF;

@@ -46,6 +46,7 @@ export const RESOURCE_ALIASES: Record<string, string[]> = {
   stages: ['stage'],
   pipelines: ['pipeline'],
   blueprints: ['blueprint'],
+  bootenvs: ['bootenv'],
   events: ['event'],
 };
 

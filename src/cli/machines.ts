@@ -99,7 +99,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
-    .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo'))
+    .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo', 'takt machines create rack1-u7 --environment metal --mac 52:54:00:12:34:56 --uuid 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d --bootenv sledge'))
     .option('--broker <broker>', 'e.g. local')
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
     .option('--environment <env>', 'environment (default: the broker\'s, else local)')
@@ -111,8 +111,12 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-key <credential>', 'with --ssh: the credential that logs in (takt credentials add NAME --ssh-key FILE)')
     .option('--ssh-root <dir>', 'with --ssh: what scripts see as TAKT_ROOT on the host (default /)')
     .option('--ssh-dir <dir>', "with --ssh: takt's dir on the host (default /var/lib/takt-ssh for root, else ~/.takt)")
+    .option('--mac <mac>', 'network-booted: a MAC address it boots from (repeatable), e.g. 52:54:00:12:34:56', collect)
+    .option('--uuid <uuid>', 'with --mac: its SMBIOS system UUID')
+    .option('--firmware <bios|uefi>', 'with --mac: its firmware (default: as the booting firmware says)')
+    .option('--bootenv <name>', "with --mac: the boot environment it boots into (default local: its disk)")
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
-    .action(async (name: string | undefined, o: { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
+    .action(async (name: string | undefined, o: BootFlags & { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const labels = o.label ? parseLabelPairs(o.label) : undefined;
       if (labels && Object.values(labels).includes(null)) throw new TaktError('bad_request', '--label KEY- removes a label: use it with `machines update`');
       const body = {
@@ -125,6 +129,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         profiles: o.profile,
         labels,
         ssh: sshBody(o, true),
+        boot: bootBody(o, true),
         allowUndeclared: o.allowUndeclared || undefined,
       };
       const r = await withParamHint(o.param, api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body));
@@ -150,8 +155,12 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--ssh-root <dir>', "agentless machines: TAKT_ROOT on the host ('' for /)")
     .option('--ssh-dir <dir>', "agentless machines: takt's dir on the host ('' for the default)")
     .option('--ssh-accept-new-key', 'agentless machines: trust the new host key the host offered (check its fingerprint on the host first)')
+    .option('--mac <mac>', 'network-booted machines: replace the MACs it boots from (repeatable)', collect)
+    .option('--uuid <uuid>', "network-booted machines: its SMBIOS UUID ('' to forget it)")
+    .option('--firmware <bios|uefi>', "network-booted machines: its firmware ('' for: as it says)")
+    .option('--bootenv <name>', 'network-booted machines: the boot environment it boots into next (local: its disk)')
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
-    .action(async (id: string, o: { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
+    .action(async (id: string, o: BootFlags & { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
       const body: Record<string, unknown> = {};
       if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
@@ -162,7 +171,9 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       if (o.environment) body.environment = o.environment;
       const ssh = sshBody(o, false);
       if (ssh) body.ssh = ssh;
-      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment or an --ssh option');
+      const boot = bootBody(o, false);
+      if (boot) body.boot = boot;
+      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option or a boot option (--mac, --uuid, --firmware, --bootenv)');
       if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await withParamHint(o.param, api().patch<Machine>(`/machines/${enc(id)}`, body));
       print(g().output, m, () => renderTable([m], machineColumns));
@@ -194,6 +205,29 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       });
   }
   machineControlCommands(machines, g, api);
+}
+
+/** The boot options of `machines create` and `update`. */
+interface BootFlags {
+  mac?: string[];
+  uuid?: string;
+  firmware?: string;
+  bootenv?: string;
+}
+
+/**
+ * The `boot` body from the flags, or undefined when none was given. On create, the other boot flags
+ * need `--mac` (a network-booted machine is known by its MAC); the endpoint checks the values.
+ */
+function bootBody(o: BootFlags, create: boolean): Record<string, unknown> | undefined {
+  const body: Record<string, unknown> = {};
+  if (o.mac) body.macs = o.mac;
+  if (o.uuid !== undefined) body.uuid = o.uuid === '' ? null : o.uuid;
+  if (o.firmware !== undefined) body.firmware = o.firmware === '' ? null : o.firmware;
+  if (o.bootenv !== undefined) body.bootenv = o.bootenv;
+  if (Object.keys(body).length === 0) return undefined;
+  if (create && !o.mac) throw new TaktError('bad_request', '--uuid, --firmware and --bootenv are for network-booted machines: give the MAC it boots from with --mac');
+  return body;
 }
 
 function recordText(r: MachineRecord): string {

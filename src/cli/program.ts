@@ -33,6 +33,9 @@ interface ServeCliOptions {
   maxConnections: string;
   agentGoneAfter: string;
   sshMaxSessions: string;
+  provision?: string;
+  bootPort: string;
+  discovery: boolean;
 }
 
 /** Builds the whole `takt` command tree; `program.parseAsync(argv)` runs it. */
@@ -97,6 +100,9 @@ export async function buildProgram(): Promise<Command> {
     .option('--request-timeout <duration>', 'a request whose headers and body have not all arrived after this long is answered 408 and closed (env TAKT_REQUEST_TIMEOUT)', process.env.TAKT_REQUEST_TIMEOUT ?? '2m')
     .option('--max-connections <n>', 'open connections beyond this are refused (env TAKT_MAX_CONNECTIONS)', process.env.TAKT_MAX_CONNECTIONS ?? '10000')
     .option('--agent-gone-after <duration>', 'a machine not heard from this long, with no claim long-poll open, shows its agent disconnected (env TAKT_AGENT_GONE_AFTER)', process.env.TAKT_AGENT_GONE_AFTER ?? '135s')
+    .option('--provision <addr[/prefix]>', "network boot: serve iPXE scripts and boot files on this IPv4 address of the provisioning network (env TAKT_PROVISION); off by default", process.env.TAKT_PROVISION)
+    .option('--boot-port <port>', 'with --provision: TCP port of the boot HTTP service (env TAKT_BOOT_PORT)', process.env.TAKT_BOOT_PORT ?? '8093')
+    .option('--no-discovery', 'with --provision: unknown machines boot from disk instead of the discovery bootenv')
     .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
     .addHelpText(
       'after',
@@ -105,6 +111,7 @@ export async function buildProgram(): Promise<Command> {
         'takt serve --data /var/lib/takt --log-format json',
         'takt serve --host-name takt.example.org    # also answer to that name (besides IPs and localhost)',
         'takt serve --listen 127.0.0.1:8092 --listen 0.0.0.0:8443 --tls-san takt.example.org   # local CLI over HTTP; remote agents over HTTPS (own CA)',
+        'takt serve --provision 10.0.0.1/24        # network boot: iPXE scripts and boot files on http://10.0.0.1:8093',
       ),
     )
     .action(async (o: ServeCliOptions) => {

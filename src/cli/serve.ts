@@ -32,6 +32,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
 import { openSqliteStore } from '../store/sqlite.js';
+import { parseProvisionNet, startProvisioning, type Provisioning } from '../provision/service.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { createLog, type LogFn } from './log.js';
 import { VERSION } from './version.js';
@@ -66,6 +67,12 @@ export interface ServeOptions {
   agentGoneAfter?: string;
   /** Decimal text: how many SSH (agentless) machines run jobs at once. */
   sshMaxSessions?: string;
+  /** `ADDR[/PREFIX]`: run the boot services on this provisioning address (off when absent). */
+  provision?: string;
+  /** Decimal text: the boot HTTP service's port (with `provision`). */
+  bootPort?: string;
+  /** With `provision`: unknown machines boot the discovery bootenv (default true; `--no-discovery`). */
+  discovery?: boolean;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -128,6 +135,17 @@ function serverLimits(opts: ServeOptions): Partial<ServerLimits> {
 }
 
 /** `--ssh-max-sessions`, refused with the flag's name when malformed. */
+/** `--boot-port` as a number (0 picks a free port). */
+function bootPortOf(text: string | undefined): number {
+  if (text === undefined) return DEFAULT_BOOT_PORT;
+  const n = Number(text);
+  if (!/^\d{1,5}$/.test(text) || n > 65535) throw new TaktError('bad_request', `--boot-port must be a TCP port from 0 to 65535 (got '${text}')`);
+  return n;
+}
+
+/** Where firmware fetches scripts and boot files unless `--boot-port` says otherwise. */
+const DEFAULT_BOOT_PORT = 8093;
+
 function sshMaxSessions(opts: ServeOptions): number {
   if (opts.sshMaxSessions === undefined) return DEFAULT_SSH_MAX_SESSIONS;
   const n = Number(opts.sshMaxSessions);
@@ -151,6 +169,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   for (const n of opts.tlsSan ?? []) checkSanName(n);
   const advertise = opts.advertiseUrl === undefined ? undefined : advertiseOrigin(opts.advertiseUrl);
   const leaseMs = parseDuration(opts.lease, '--lease', DURATION_RANGES.lease);
+  // Checked before anything is started: a typo in a boot flag must not leave a half-started endpoint.
+  const provisionNet = opts.provision === undefined ? undefined : parseProvisionNet(opts.provision);
+  const bootPort = bootPortOf(opts.bootPort);
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
@@ -286,26 +307,42 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     log('info', `web UI at ${url}/ (admin token in ${join(data, 'admin.token')})`);
   }
   if (opts.demo) await startDemo(content, engine, broker, store, log, opts.data);
+  let provisioning: Provisioning | null = null;
+  if (provisionNet) {
+    try {
+      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, log });
+    } catch (err) {
+      await closeAll();
+      throw err;
+    }
+    // For the CLI and tests, as `endpoint` is for the API: where firmware fetches scripts and files.
+    writeFileSync(join(data, 'boot-url.tmp'), provisioning.bootUrl + '\n', { mode: 0o600 });
+    renameSync(join(data, 'boot-url.tmp'), join(data, 'boot-url'));
+  }
+
+  async function closeAll(): Promise<void> {
+    await provisioning?.close();
+    clearInterval(pruner);
+    stopReporting();
+    churn.stop();
+    rollouts.stop();
+    engine.stop();
+    for (const b of brokers.values()) await b.stopAll();
+    stopTlsWatch();
+    await all.closeAll();
+    await app.close();
+    await engine.liveness.flush(); // the last contacts, before the store closes
+    await store.close();
+    // The CLI must not find a stopped endpoint's address; the file is left if a later start wrote its own.
+    const endpointFile = join(data, 'endpoint');
+    if (existsSync(endpointFile) && readFileSync(endpointFile, 'utf8').trim() === url) rmSync(endpointFile, { force: true });
+    if (provisioning) rmSync(join(data, 'boot-url'), { force: true });
+    unlock();
+  }
 
   return {
     url,
-    close: async () => {
-      clearInterval(pruner);
-      stopReporting();
-      churn.stop();
-      rollouts.stop();
-      engine.stop();
-      for (const b of brokers.values()) await b.stopAll();
-      stopTlsWatch();
-      await all.closeAll();
-      await app.close();
-      await engine.liveness.flush(); // the last contacts, before the store closes
-      await store.close();
-      // The CLI must not find a stopped endpoint's address; the file is left if a later start wrote its own.
-      const endpointFile = join(data, 'endpoint');
-      if (existsSync(endpointFile) && readFileSync(endpointFile, 'utf8').trim() === url) rmSync(endpointFile, { force: true });
-      unlock();
-    },
+    close: closeAll,
   };
 }
 

@@ -12,6 +12,7 @@ import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import { FACT_FIELDS, FACTS_VAR } from '../model/facts.js';
 import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateLoopProblems, templateVariableUses } from '../render/template.js';
+import { BOOT_FIELDS, BOOT_VAR } from '../render/bootscript.js';
 import { userRegexProblem } from '../model/regex.js';
 import { metaSchemaProblems, schemaProblems } from './schema.js';
 import { taskActionFor } from './variants.js';
@@ -90,6 +91,9 @@ const CHECKS: Record<ContentKind, (ctx: Ctx) => void> = {
     checkRefs(ctx, '/tasks', 'tasks');
     checkValues(ctx);
     checkExpect(ctx);
+    if (typeof ctx.def.bootenv === 'string' && !ctx.set.objects.bootenvs.has(ctx.def.bootenv)) {
+      report(ctx, '/bootenv', notFound(ctx.set, 'bootenvs', ctx.def.bootenv));
+    }
   },
   pipelines: (ctx) => {
     checkRefs(ctx, '/stages', 'stages');
@@ -100,6 +104,7 @@ const CHECKS: Record<ContentKind, (ctx: Ctx) => void> = {
     checkRefs(ctx, '/tasks', 'tasks');
     checkValues(ctx);
   },
+  bootenvs: checkBootenv,
 };
 
 // ---- helpers over untrusted shapes ----
@@ -254,7 +259,8 @@ function checkIncludeCycle(ctx: Ctx): void {
   }
 }
 
-function checkTask(ctx: Ctx): void {
+/** The params a task or bootenv declares (`params.required` + `params.optional`); unknown ones reported. */
+function declaredParams(ctx: Ctx): Set<string> {
   const declared = new Set<string>();
   for (const list of ['required', 'optional'] as const) {
     for (const [i, p] of strings(record(ctx.def.params)?.[list])) {
@@ -262,6 +268,57 @@ function checkTask(ctx: Ctx): void {
       if (!ctx.set.objects.params.has(p)) report(ctx, `/params/${list}/${i}`, notFound(ctx.set, 'params', p));
     }
   }
+  return declared;
+}
+
+/**
+ * A bootenv boots: it has a kernel or an iPXE script, each artifact comes from exactly one place, no two
+ * artifacts are served under one name, and its templates use only what a boot render provides.
+ */
+function checkBootenv(ctx: Ctx): void {
+  const declared = declaredParams(ctx);
+  if (declared.has(BOOT_VAR)) report(ctx, '/params', `'${BOOT_VAR}' is reserved for the boot URLs in bootenv templates; choose another param name`);
+  // Boot scripts go to firmware without authentication (and iPXE has no HTTPS here): never a secret.
+  for (const list of ['required', 'optional'] as const) {
+    for (const [i, p] of strings(record(ctx.def.params)?.[list])) {
+      if (ctx.set.objects.params.get(p)?.def.secure === true) {
+        report(ctx, `/params/${list}/${i}`, `param '${p}' is secure: boot scripts are served to firmware without authentication, so a bootenv cannot use a secret (deliver it to the machine's agent in a task instead)`);
+      }
+    }
+  }
+  if (ctx.def.kernel === undefined && ctx.def.ipxe === undefined) {
+    report(ctx, '', 'bootenv has neither a kernel nor an ipxe script: add `kernel:` (with initrds and cmdline), or `ipxe:` (e.g. `exit` to boot from disk)');
+  }
+  if (ctx.def.kernel === undefined && (ctx.def.initrds !== undefined || ctx.def.cmdline !== undefined)) {
+    report(ctx, ctx.def.initrds !== undefined ? '/initrds' : '/cmdline', 'initrds and cmdline need a kernel: add `kernel:`', { at: 'key' });
+  }
+  const artifacts: Array<[string, Record<string, unknown>]> = [];
+  const k = record(ctx.def.kernel);
+  if (k) artifacts.push(['/kernel', k]);
+  for (const list of ['initrds', 'files'] as const) {
+    const items = ctx.def[list];
+    if (Array.isArray(items)) items.forEach((a, i) => record(a) && artifacts.push([`/${list}/${i}`, record(a)!]));
+  }
+  const byName = new Map<string, string>();
+  for (const [path, a] of artifacts) {
+    if ((a.url === undefined) === (a.path === undefined)) {
+      report(ctx, path, a.url === undefined ? 'give the file a `url:` (http, https, file) or a `path:` on the endpoint host' : 'give either `url:` or `path:`, not both');
+    }
+    if (typeof a.name !== 'string') continue;
+    const first = byName.get(a.name);
+    if (first !== undefined) report(ctx, `${path}/name`, `'${a.name}' is also the name of ${first}; each file is served under its own name`);
+    else byName.set(a.name, path.slice(1));
+  }
+  for (const field of ['cmdline', 'ipxe'] as const) {
+    if (typeof ctx.def[field] === 'string') checkTemplate(ctx, `/${field}`, ctx.def[field] as string, declared, { boot: true });
+  }
+  if (typeof ctx.def.ipxe === 'string' && !/^#!ipxe\b/.test(ctx.def.ipxe)) {
+    report(ctx, '/ipxe', 'an iPXE script starts with `#!ipxe` on its first line');
+  }
+}
+
+function checkTask(ctx: Ctx): void {
+  const declared = declaredParams(ctx);
 
   const templates: Array<[string, string]> = [];
   if (typeof ctx.def.script === 'string') templates.push(['/script', ctx.def.script]);
@@ -361,7 +418,7 @@ function filterHint(seg: string, join = ';'): string {
   return ['size', 'first', 'last'].includes(seg) ? `${join} use the filter: | ${seg}` : '';
 }
 
-function checkTemplate(ctx: Ctx, path: string, source: string, declared: Set<string>): void {
+function checkTemplate(ctx: Ctx, path: string, source: string, declared: Set<string>, opts: { boot?: boolean } = {}): void {
   let uses;
   try {
     uses = templateVariableUses(source);
@@ -391,9 +448,18 @@ function checkTemplate(ctx: Ctx, path: string, source: string, declared: Set<str
         reported.add(`facts.${f}`);
         report(ctx, path, `template: facts has no field '${f}' (it has ${FACT_FIELDS.join(', ')}, observedAt)${filterHint(f)}`, { template });
       }
+    } else if (opts.boot && u.name === BOOT_VAR) {
+      const f = u.path[1];
+      if (f !== undefined && !(BOOT_FIELDS as readonly string[]).includes(f) && !reported.has(`boot.${f}`)) {
+        reported.add(`boot.${f}`);
+        report(ctx, path, `template: boot has no field '${f}' (it has ${BOOT_FIELDS.join(', ')})`, { template });
+      } else if (f === 'cmdline' && path === '/cmdline' && !reported.has('boot.cmdline')) {
+        reported.add('boot.cmdline');
+        report(ctx, path, 'template: the command line cannot use boot.cmdline (it is what is being rendered)', { template });
+      }
     } else if (!declared.has(u.name) && !reported.has(u.name)) {
       reported.add(u.name);
-      report(ctx, path, `template uses '${u.name}', which the task does not declare in params.required or params.optional`, {
+      report(ctx, path, `template uses '${u.name}', which the ${KIND_NOUN[ctx.kind]} does not declare in params.required or params.optional`, {
         template,
       });
     } else if (declared.has(u.name) && u.path.length > 1) {

@@ -173,7 +173,7 @@ function lintManifest(files: PackFiles, diag: (file: string, pos: Pos, message: 
 function misplacedMessage(file: string): string {
   if (/^pack\.yml$/.test(file)) return 'the manifest must be named pack.yaml';
   // Kinds DESIGN.md plans for packs but this version does not load yet: say so rather than "misplaced".
-  const dir = /^(triggers|bootenvs)\//.exec(file)?.[1];
+  const dir = /^(triggers)\//.exec(file)?.[1];
   if (dir) return `${dir}/ is not supported in packs by this version of takt yet`;
   const dirs = CONTENT_KINDS.map((k) => `${k}/`).join(', ');
   return `not an object file: each object goes in its own file directly under ${dirs} (e.g. tasks/NAME.yaml)`;

@@ -14,6 +14,7 @@ import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type WorkOrder 
 import { adhocCommand, machineSecrets, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { isSealed, maskValues, type Sealer } from '../model/secure.js';
+import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
 import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
@@ -78,6 +79,8 @@ export interface MachineInput {
   labels?: Record<string, string>;
   /** Agentless machines: how the endpoint reaches the host over SSH (the credential must exist). */
   ssh?: SshSettings;
+  /** Network-booted machines: the MACs (required), UUID, firmware and bootenv it boots as (model/boot.ts). */
+  boot?: BootSettings;
   /** Store params no content declares (default false: refused, see declared.ts). */
   allowUndeclared?: boolean;
 }
@@ -93,6 +96,8 @@ export interface MachinePatch {
   labels?: Record<string, string | null>;
   /** Agentless machines only: SSH settings to change, or accepting the host's new key. */
   ssh?: SshPatch;
+  /** Boot settings to change; on a machine that has none, makes it network-booted (then `macs` is required). */
+  boot?: BootSettings;
   /** Store params no content declares (default false: refused, see declared.ts). */
   allowUndeclared?: boolean;
 }
@@ -160,7 +165,9 @@ export interface Plan {
 
 type Work =
   | { kind: 'workorder'; wo: WorkOrder; task: string; blueprint: string; taskCount: number; ctx: Parameters<typeof prepareTask>[4] }
-  | { kind: 'pipeline'; shape: PipelineShape; stage: string; task: string; ctx: Parameters<typeof prepareTask>[4] };
+  | { kind: 'pipeline'; shape: PipelineShape; stage: string; task: string; ctx: Parameters<typeof prepareTask>[4] }
+  /** The stage needs another boot environment: the machine was switched to it and must reboot first. */
+  | { kind: 'reboot'; bootenv: string };
 
 const MAX_STEPS_PER_CLAIM = 500;
 
@@ -467,6 +474,7 @@ export class Engine {
       power: 'on',
       facts: null,
       ...(input.ssh ? { ssh: { ...checkSshSettings(input.ssh), hostKey: null } } : {}),
+      ...(input.boot ? { boot: requireBootenv(content, checkBootSettings(input.boot)) } : {}),
       createdAt: now,
       updatedAt: now,
       agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: now },
@@ -481,6 +489,7 @@ export class Engine {
     if (await tx.getMachineByName(machine.name)) throw new TaktError('conflict', `a machine named '${machine.name}' already exists`, { path: '/name' });
     if (await tx.getMachine(machine.id)) throw new TaktError('conflict', `machine id '${machine.id}' is already taken`, { path: '/id' });
     if (machine.ssh) await requireCredential(tx, machine.ssh.credential);
+    if (machine.boot) await assertBootIdentityFree(tx, machine.boot, machine.id);
     await tx.insertMachine(machine, sha256(token));
     await tx.change(author, `machines/${machine.id}`, 'create', null, desiredView(machine));
     tx.emit(`machines.create.${machine.id}`, publicMachine(machine));
@@ -534,6 +543,10 @@ export class Engine {
       if (!m.ssh) throw new TaktError('conflict', `machine '${m.name}' is not driven over SSH (broker ${m.broker ?? 'none'}); its SSH settings cannot be set`, { path: '/ssh' });
       next.ssh = patchSsh(m.ssh, patch.ssh);
       if (next.ssh.credential !== m.ssh.credential) await requireCredential(tx, next.ssh.credential);
+    }
+    if (patch.boot !== undefined) {
+      next.boot = requireBootenv(content, m.boot ? patchBoot(m.boot, patch.boot) : checkBootSettings(patch.boot));
+      await assertBootIdentityFree(tx, next.boot, m.id);
     }
     if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
       if (patch.pipeline) this.assertStartable(next, patch.pipeline, content);
@@ -991,6 +1004,7 @@ export class Engine {
     for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !held; step++) {
       const work = await this.nextWork(tx, m, pending);
       if (!work) break;
+      if (work.kind === 'reboot') return { job: null, action: 'reboot', machine: { state: m.state, reason: m.reason, power: m.power } };
       const prepared = work.kind === 'workorder' && work.wo.command ? prepareCommand(work.wo.command) : prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
       const job = this.newJob(m, work, prepared);
       if (prepared.noop !== null || prepared.error !== null) {
@@ -1096,6 +1110,18 @@ export class Engine {
         return null;
       }
     }
+    // A stage that names a bootenv runs in it (issue #13): a network-booted machine booted into another
+    // one is switched, and reboots into it before the stage's task runs. Desired state: in history, by the pipeline.
+    if (stage?.bootenv && m.boot && m.boot.bootenv !== stage.bootenv) {
+      const switched: Machine = { ...m, boot: { ...m.boot, bootenv: stage.bootenv }, updatedAt: new Date().toISOString() };
+      await tx.updateMachine(switched);
+      await tx.change(`pipeline:${pipeline.name}`, `machines/${m.id}`, 'update', desiredView(m), desiredView(switched));
+      tx.emit(`machines.update.${m.id}`, publicMachine(switched));
+      if (pending) pending.machine = false;
+      this.log('info', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' (was '${m.boot.bootenv}'): switched, rebooting`, { machine: m.name });
+      Object.assign(m, switched);
+      return { kind: 'reboot', bootenv: stage.bootenv };
+    }
     return {
       kind: 'pipeline',
       shape,
@@ -1105,7 +1131,7 @@ export class Engine {
     };
   }
 
-  private newJob(m: Machine, work: Work, p: PreparedTask): Job {
+  private newJob(m: Machine, work: Exclude<Work, { kind: 'reboot' }>, p: PreparedTask): Job {
     const entry = this.content.current.objects.tasks.get(work.task);
     return {
       id: newId('j'),
@@ -1693,7 +1719,33 @@ export class Engine {
 
 /** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */
 export function desiredView(m: Machine) {
-  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, state: m.state, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}) };
+  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, state: m.state, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}), ...(m.boot ? { boot: m.boot } : {}) };
+}
+
+/**
+ * `boot`, after checking its bootenv exists in `content` (or is the built-in `local`).
+ * @throws TaktError not_found at /boot/bootenv, with the bootenvs there are.
+ */
+function requireBootenv(content: ContentSet, boot: MachineBoot): MachineBoot {
+  if (boot.bootenv === LOCAL_BOOTENV || content.objects.bootenvs.has(boot.bootenv)) return boot;
+  const known = [LOCAL_BOOTENV, ...content.objects.bootenvs.keys()].sort().join(', ');
+  throw new TaktError('not_found', `bootenv '${boot.bootenv}' not found (there are: ${known}); install the pack that defines it`, { path: '/boot/bootenv' });
+}
+
+/**
+ * A MAC or SMBIOS UUID boots one machine only: the boot service must never hand one machine's script to
+ * another. Checked inside the transaction that writes `boot`.
+ * @throws TaktError conflict naming the machine that already boots as it.
+ */
+async function assertBootIdentityFree(tx: Tx, boot: MachineBoot, selfId: string): Promise<void> {
+  for (const other of await tx.listMachinesWithBootText([...boot.macs, ...(boot.uuid ? [boot.uuid] : [])])) {
+    if (other.id === selfId || !other.boot) continue;
+    const mac = boot.macs.find((x) => other.boot!.macs.includes(x));
+    if (mac) throw new TaktError('conflict', `MAC ${mac} already boots machine '${other.name}'; a MAC belongs to one machine`, { path: '/boot/macs' });
+    if (boot.uuid !== null && boot.uuid === other.boot.uuid) {
+      throw new TaktError('conflict', `SMBIOS UUID ${boot.uuid} already boots machine '${other.name}'`, { path: '/boot/uuid' });
+    }
+  }
 }
 
 /** @throws TaktError not_found (at /ssh/credential) when no credential of that name exists. */

@@ -129,6 +129,7 @@ export const StageSchema = Type.Object(
     approval: Type.Optional(
       Type.Object({ role: Type.String({ minLength: 1, description: 'who must approve, e.g. operator' }) }, { ...closed, description: 'the machine waits here until approved' }),
     ),
+    bootenv: Type.Optional(Type.String({ pattern: NAME_PATTERN, description: 'the boot environment the machine must be booted into before this stage runs' })),
   },
   closed,
 );
@@ -157,7 +158,61 @@ export const BlueprintSchema = Type.Object(
 );
 export type BlueprintDef = Static<typeof BlueprintSchema>;
 
-export const CONTENT_KINDS = ['params', 'profiles', 'tasks', 'stages', 'pipelines', 'blueprints'] as const;
+/** A file name a boot artifact is served under: no directories, no leading dot. */
+export const ARTIFACT_NAME_PATTERN = '^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$';
+
+/**
+ * One file a boot environment needs (kernel, initrd, extra file), kept by content hash: fetched once from
+ * `url` (http, https or file) or copied from `path` (absolute, on the endpoint's host), checked against
+ * `sha256`, and served to booting machines as `name`. Exactly one of `url` and `path`.
+ */
+export const BootArtifactSchema = Type.Object(
+  {
+    name: Type.String({ pattern: ARTIFACT_NAME_PATTERN, description: 'a file name: letters, digits, . _ + -' }),
+    url: Type.Optional(Type.String({ pattern: '^(https?|file)://[^\\x00-\\x20]+$', description: 'an http://, https:// or file:// URL' })),
+    path: Type.Optional(Type.String({ pattern: '^/[^\\x00-\\x1f]*$', description: 'an absolute path on the endpoint host' })),
+    sha256: Type.String({ pattern: '^[0-9a-f]{64}$', description: 'the sha256 of the file: 64 lower-case hex digits' }),
+  },
+  closed,
+);
+export type BootArtifact = Static<typeof BootArtifactSchema>;
+
+/** Firmware a boot environment can boot on: legacy BIOS (PXE, undionly.kpxe) or UEFI (ipxe.efi). */
+export const FIRMWARES = ['bios', 'uefi'] as const;
+export type Firmware = (typeof FIRMWARES)[number];
+
+/**
+ * A boot environment (bootenv): what a machine boots from the network into — a kernel, its initrds and
+ * command line, an iPXE script and extra files — in the manner of Digital Rebar's BootEnv. `cmdline` and
+ * `ipxe` are templates rendered per machine by the one renderer (src/render/template.ts) with the
+ * declared params, `machine`, `facts` and `boot` (the artifact URLs, the endpoint, the firmware).
+ * Without `ipxe`, the script is the standard kernel + initrds + boot one; without a kernel, `ipxe` is
+ * the whole script (e.g. `exit` to boot from disk).
+ */
+export const BootenvSchema = Type.Object(
+  {
+    name: Name,
+    description: Description,
+    firmware: Type.Optional(
+      Type.Array(Type.Union(FIRMWARES.map((f) => Type.Literal(f)), { description: '"bios" or "uefi"' }), { minItems: 1, uniqueItems: true, description: 'firmware it boots on: bios, uefi (default both)' }),
+    ),
+    params: Type.Optional(
+      Type.Object(
+        { required: Type.Optional(Type.Array(ParamName)), optional: Type.Optional(Type.Array(ParamName)) },
+        closed,
+      ),
+    ),
+    kernel: Type.Optional(BootArtifactSchema),
+    initrds: Type.Optional(Type.Array(BootArtifactSchema)),
+    cmdline: Type.Optional(Type.String({ maxLength: 4096, description: 'kernel command line (a template)' })),
+    ipxe: Type.Optional(Type.String({ description: 'the iPXE script (a template); default: kernel, initrds, boot' })),
+    files: Type.Optional(Type.Array(BootArtifactSchema, { description: 'extra files served with it (preseed, images, ...)' })),
+  },
+  closed,
+);
+export type BootenvDef = Static<typeof BootenvSchema>;
+
+export const CONTENT_KINDS = ['params', 'profiles', 'tasks', 'stages', 'pipelines', 'blueprints', 'bootenvs'] as const;
 export type ContentKind = (typeof CONTENT_KINDS)[number];
 
 export interface ContentByKind {
@@ -167,6 +222,7 @@ export interface ContentByKind {
   stages: StageDef;
   pipelines: PipelineDef;
   blueprints: BlueprintDef;
+  bootenvs: BootenvDef;
 }
 export type ContentObject = ContentByKind[ContentKind];
 
@@ -177,6 +233,7 @@ export const CONTENT_SCHEMAS = {
   stages: StageSchema,
   pipelines: PipelineSchema,
   blueprints: BlueprintSchema,
+  bootenvs: BootenvSchema,
 } as const;
 
 /** Singular names for messages ("task 'x' not found"). */
@@ -187,6 +244,7 @@ export const KIND_NOUN: Record<ContentKind, string> = {
   stages: 'stage',
   pipelines: 'pipeline',
   blueprints: 'blueprint',
+  bootenvs: 'bootenv',
 };
 
 /** The layer every object comes from: a pack (by name) or `local` (created through the API). */
@@ -209,6 +267,7 @@ export function emptyContentSet(): ContentSet {
       stages: new Map(),
       pipelines: new Map(),
       blueprints: new Map(),
+      bootenvs: new Map(),
     },
   };
 }

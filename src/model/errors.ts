@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'conflict'
   | 'too_large'
   | 'misdirected'
+  | 'range_not_satisfiable'
   | 'unavailable'
   | 'internal';
 
@@ -23,6 +24,7 @@ const statusByCode: Record<ErrorCode, number> = {
   conflict: 409,
   too_large: 413,
   misdirected: 421,
+  range_not_satisfiable: 416,
   unavailable: 503,
   internal: 500,
 };

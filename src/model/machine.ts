@@ -1,4 +1,5 @@
 /** Runtime objects: machines, jobs, work orders, changes and events, as the store and API hold them. */
+import type { MachineBoot } from './boot.js';
 import type { ObservedFacts } from './facts.js';
 import type { MachineSsh } from './ssh.js';
 
@@ -54,6 +55,8 @@ export interface Machine {
   facts: ObservedFacts | null;
   /** Agentless machines only: how the endpoint reaches the host over SSH (broker `ssh`). */
   ssh?: MachineSsh;
+  /** Network-booted machines only (bare metal, VMs): the MACs and UUID it boots as, and its next bootenv (model/boot.ts). */
+  boot?: MachineBoot;
   createdAt: string;
   updatedAt: string;
   /** Observed, never desired: whether an agent (or the SSH broker) is in touch with the machine. */

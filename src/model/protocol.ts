@@ -63,6 +63,11 @@ export interface ClaimResponse {
   /** A job to run now, or null when there is nothing to do. */
   job: ClaimedJob | null;
   machine: { state: string; reason: string | null; power: 'on' | 'off' };
+  /**
+   * `reboot`: no job until the machine has rebooted (its next stage runs in another boot environment,
+   * which the endpoint has switched it to); the agent exits with AGENT_EXIT_REBOOT for its supervisor.
+   */
+  action?: 'reboot';
 }
 
 export interface LogRequest {

@@ -307,6 +307,13 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
         .execute();
     },
   },
+  '0020_boot': {
+    async up(db: Kysely<unknown>) {
+      // Network-booted machines (bare metal, VMs): the MACs and SMBIOS UUID the boot service knows them
+      // by, their firmware and the bootenv they boot into next, as JSON (model/boot.ts MachineBoot).
+      await db.schema.alterTable('machines').addColumn('boot', 'text').execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

@@ -98,6 +98,7 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
     power: r.power as Machine['power'],
     facts: parse(r.facts),
     ...(r.ssh ? { ssh: parse<NonNullable<Machine['ssh']>>(r.ssh) } : {}),
+    ...(r.boot ? { boot: parse<NonNullable<Machine['boot']>>(r.boot) } : {}),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
     agent: {
@@ -141,6 +142,7 @@ function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | 
     current_job: m.currentJob,
     power: m.power,
     ssh: m.ssh ? json(m.ssh) : null,
+    boot: m.boot ? json(m.boot) : null,
     created_at: m.createdAt,
     updated_at: m.updatedAt,
   };
@@ -489,6 +491,19 @@ class SqlReads implements Reads {
   async listJoinTokens(p: Page = {}) {
     const rows = await this.db.selectFrom('join_tokens').selectAll().orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limitOf(p.limit)).offset(p.offset ?? 0).execute();
     return rows.map(joinTokenFromRow);
+  }
+  async listMachinesWithBootText(texts: string[]) {
+    if (texts.length === 0) return [];
+    const like = (t: string) => `%${t.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+    const rows = await this.db
+      .selectFrom('machines')
+      .selectAll()
+      .where((eb) => eb.or(texts.map((t) => sql<boolean>`boot like ${like(t)} escape '\\'`)))
+      .where('boot', 'is not', null)
+      .orderBy('created_at')
+      .limit(MAX_PAGE)
+      .execute();
+    return rows.map(machineFromRow);
   }
   async listMachinesWithFactText(text: string) {
     const pattern = `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;

@@ -140,6 +140,11 @@ export interface Reads {
    * for recognising a host that joins again; the caller compares the facts field by field.
    */
   listMachinesWithFactText(text: string): Promise<Machine[]>;
+  /**
+   * Network-booted machines whose boot settings mention one of `texts` (MACs, a UUID), at most a page;
+   * the caller checks the exact match (model/boot.ts `bootsAs`).
+   */
+  listMachinesWithBootText(texts: string[]): Promise<Machine[]>;
   getCredential(name: string): Promise<CredentialRecord | undefined>;
   listCredentials(): Promise<CredentialRecord[]>;
   /** Names of the machines whose SSH settings use credential `name`. */

@@ -81,6 +81,8 @@ export interface MachinesTable {
   token_hash: string;
   /** Agentless machines: MachineSsh as JSON; null for machines with an agent. */
   ssh: string | null;
+  /** Network-booted machines: MachineBoot as JSON (migration 0020_boot); null for the others. */
+  boot: string | null;
   created_at: string;
   updated_at: string;
   /** Agent liveness (observed; written only by `setAgentLiveness`): 1 connected, 0 not. */

@@ -6,6 +6,7 @@ import { parseLabelSelector } from '../../model/labels.js';
 import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
 import { MAX_JOB_ID_CHARS } from '../../model/protocol.js';
 import type { SshSettings } from '../../model/ssh.js';
+import type { BootSettings } from '../../model/boot.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
 import { author, intQuery, whenGone, type ApiContext } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
@@ -40,6 +41,29 @@ const sshPatch = {
   description: 'agentless machines: change how the host is reached (a new user, host or port is pinned afresh), or accept its new host key',
 } as const;
 
+const bootProps = {
+  macs: { type: 'array', minItems: 1, maxItems: 8, items: { type: 'string', maxLength: 17 }, description: 'MAC addresses it network-boots from, e.g. ["52:54:00:12:34:56"]' },
+  uuid: { anyOf: [{ type: 'string', maxLength: 36 }, { type: 'null' }], description: 'its SMBIOS system UUID (DHCP option 97, iPXE ${uuid})' },
+  firmware: { anyOf: [{ enum: ['bios', 'uefi'] }, { type: 'null' }], description: 'bios or uefi; null: as the booting firmware says' },
+  bootenv: { ...Name, description: 'the boot environment it boots into next (a pack\'s bootenv, or local: its disk)' },
+} as const;
+
+const bootCreate = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['macs'],
+  properties: bootProps,
+  description: 'network-booted machines (bare metal, VMs): how the boot service knows it, and what it boots',
+} as const;
+
+const bootPatch = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  properties: bootProps,
+  description: 'change how a network-booted machine boots; on a machine without boot settings, macs is required',
+} as const;
+
 const createBody = {
   type: 'object',
   additionalProperties: false,
@@ -53,6 +77,7 @@ const createBody = {
     profiles: { type: 'array', items: Name },
     labels: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 63 }, description: 'key=value tags, e.g. {"role": "web"}' },
     ssh: sshCreate,
+    boot: bootCreate,
     allowUndeclared: { type: 'boolean', description: 'store params that no param definition or task declares (default false: refused with a suggestion)' },
   },
 } as const;
@@ -69,6 +94,7 @@ const patchBody = {
     profiles: { type: 'array', items: Name },
     labels: { type: 'object', maxProperties: 64, additionalProperties: { anyOf: [{ type: 'string', maxLength: 63 }, { type: 'null' }] }, description: 'merged into the machine labels; null removes one' },
     ssh: sshPatch,
+    boot: bootPatch,
     allowUndeclared: { type: 'boolean', description: 'store params that no param definition or task declares (default false: refused with a suggestion)' },
   },
 } as const;
@@ -83,6 +109,7 @@ interface CreateBody {
   profiles?: string[];
   labels?: Record<string, string>;
   ssh?: SshSettings;
+  boot?: BootSettings;
   allowUndeclared?: boolean;
 }
 
@@ -139,6 +166,8 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     } else if (body.broker === 'ssh') {
       throw new TaktError('invalid', 'the ssh broker needs the ssh settings: user, host and credential', { path: '/ssh' });
     }
+    // A MAC boots one machine: several machines from one request cannot share boot settings.
+    if (body.boot && (body.count ?? 1) !== 1) throw new TaktError('invalid', 'a network-booted machine has its own MAC addresses: count must be 1', { path: '/count' });
     const broker = body.broker ? brokers.get(body.broker) : undefined;
     if (body.broker && !broker) {
       throw new TaktError('invalid', `unknown broker '${body.broker}'; available: ${[...brokers.keys()].join(', ') || 'none'}`, { path: '/broker' });
@@ -162,6 +191,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
           labels: body.labels,
           allowUndeclared: body.allowUndeclared,
           ...(body.ssh ? { ssh: body.ssh } : {}),
+          ...(body.boot ? { boot: body.boot } : {}),
         },
         author(req),
       );
