@@ -1,0 +1,80 @@
+/**
+ * Shared pieces of the VM tests (test/provision-*.test.ts): the cached kernel and busybox initramfs, a
+ * small HTTP file server on loopback that records what it was asked, and a VM directory per test.
+ * qemu's user-mode network lets the guest reach this host's loopback as 10.0.2.2, so no traffic leaves
+ * the machine.
+ */
+import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { debianKernel, sledgeInitramfs, type BootKernel, type Initramfs } from '../../src/provision/kernel.js';
+import type { Vm } from '../../src/brokers/qemu/vm.js';
+
+/** The guest's name for the host under qemu's user-mode network. */
+export const HOST_FROM_GUEST = '10.0.2.2';
+
+let cached: Promise<{ kernel: BootKernel; initramfs: Initramfs }> | null = null;
+
+/** Debian's kernel and the busybox initramfs, built once per cache (TAKT_PROVISION_CACHE). */
+export function bootArtifacts(): Promise<{ kernel: BootKernel; initramfs: Initramfs }> {
+  cached ??= (async () => {
+    const kernel = await debianKernel({ log: (m) => console.log(`[provision] ${m}`) });
+    return { kernel, initramfs: sledgeInitramfs(kernel) };
+  })();
+  return cached;
+}
+
+export interface FileServer {
+  port: number;
+  /** Request paths in order of arrival. */
+  requests: string[];
+  /** Serves `body` (a function of the path's match, or a file path) for paths matching `pattern`. */
+  route(pattern: RegExp, body: ((m: RegExpExecArray) => string) | { file: string }): void;
+  close(): Promise<void>;
+}
+
+/** A plain HTTP server on 127.0.0.1 (any free port). Unknown paths answer 404. */
+export async function fileServer(): Promise<FileServer> {
+  const routes: Array<{ pattern: RegExp; body: ((m: RegExpExecArray) => string) | { file: string } }> = [];
+  const requests: string[] = [];
+  const server: Server = createServer((req, res) => {
+    const path = req.url ?? '/';
+    requests.push(path);
+    for (const r of routes) {
+      const m = r.pattern.exec(path);
+      if (!m) continue;
+      if (typeof r.body === 'function') {
+        const text = r.body(m);
+        res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(text) });
+        res.end(text);
+      } else {
+        const data = readFileSync(r.body.file);
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': statSync(r.body.file).size });
+        res.end(data);
+      }
+      return;
+    }
+    res.writeHead(404).end('not found\n');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const addr = server.address();
+  if (!addr || typeof addr === 'string') throw new Error('no port');
+  return {
+    port: addr.port,
+    requests,
+    route: (pattern, body) => routes.push({ pattern, body }),
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+/** A fresh directory for one VM. */
+export function vmDir(name: string): string {
+  return mkdtempSync(join(tmpdir(), `takt-vm-${name}-`));
+}
+
+/** Logs how long a milestone took and the VM's vitals (visible in the test output for timing reports). */
+export function logMilestone(vm: Vm, what: string, atMs: number): void {
+  const v = vm.vitals();
+  console.log(`[provision] ${vm.spec.name}: ${what} at ${(atMs / 1000).toFixed(1)} s (qemu ${v.cpuSeconds ?? '?'} CPU-s, load ${v.load.join(' ')}, ${vm.accel})`);
+}
