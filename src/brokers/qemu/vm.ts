@@ -99,7 +99,8 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg'): string[] {
   const d = spec.dir;
   const args = [
     '-name', `${spec.name},process=qemu-${spec.name}`,
-    '-machine', 'pc',
+    // graphics=off: SeaBIOS (and the iPXE ROM it runs) print to the serial port too (SeaBIOS sercon).
+    '-machine', 'pc,graphics=off',
     '-accel', accel,
     '-m', String(spec.memoryMiB ?? 512),
     '-smp', String(spec.cpus ?? 1),
@@ -323,7 +324,7 @@ export class Vm {
    * @throws TaktError unavailable on timeout or when qemu exits first; the message has the VM's vitals
    *   (qemu CPU seconds, load average) and the console's last lines.
    */
-  async waitForSerial(pattern: RegExp, timeoutMs: number, opts: { fromNow?: boolean } = {}): Promise<SerialMatch> {
+  async waitForSerial(pattern: RegExp, timeoutMs: number, opts: { fromNow?: boolean; failOn?: RegExp } = {}): Promise<SerialMatch> {
     const deadline = Date.now() + timeoutMs;
     let offset = opts.fromNow ? this.serialMark : 0;
     let partial = '';
@@ -340,6 +341,7 @@ export class Vm {
             const line = raw.replace(/\r/g, '');
             const m = pattern.exec(line);
             if (m) return { line, groups: m.slice(1).map((g) => g ?? ''), atMs: Date.now() - this.startedAt };
+            if (opts.failOn?.test(line)) throw new TaktError('unavailable', `${this.spec.name}: the console showed '${line.trim()}' before ${pattern}; ${this.describe()}`);
           }
         }
         const m = partial && pattern.exec(partial);
