@@ -78,3 +78,26 @@ export function logMilestone(vm: Vm, what: string, atMs: number): void {
   const v = vm.vitals();
   console.log(`[provision] ${vm.spec.name}: ${what} at ${(atMs / 1000).toFixed(1)} s (qemu ${v.cpuSeconds ?? '?'} CPU-s, load ${v.load.join(' ')}, ${vm.accel})`);
 }
+
+/**
+ * A 1 MiB qcow2 disk at `<dir>/disk.qcow2` whose MBR boot sector writes `TAKT-DISK-BOOT` to COM1 and halts:
+ * proof on the console that the firmware booted the disk (and not the network).
+ */
+export async function bootSectorDisk(dir: string): Promise<void> {
+  const { execFileSync } = await import('node:child_process');
+  const { mkdirSync, writeFileSync, rmSync } = await import('node:fs');
+  const msg = Buffer.from('TAKT-DISK-BOOT\r\n\0', 'ascii');
+  // 16-bit real mode at 0000:7C00. xor ax,ax; mov ds,ax; cld; mov dx,0x3f8; mov si,0x7c17;
+  // next: lodsb; test al,al; jz done; out dx,al; jmp next; done: cli; hlt; jmp done; msg at 0x17.
+  const code = Buffer.from([0x31, 0xc0, 0x8e, 0xd8, 0xfc, 0xba, 0xf8, 0x03, 0xbe, 0x17, 0x7c, 0xac, 0x84, 0xc0, 0x74, 0x03, 0xee, 0xeb, 0xf8, 0xfa, 0xf4, 0xeb, 0xfc]);
+  const sector = Buffer.alloc(1 << 20);
+  code.copy(sector, 0);
+  msg.copy(sector, code.length);
+  sector[510] = 0x55;
+  sector[511] = 0xaa;
+  mkdirSync(dir, { recursive: true });
+  const raw = join(dir, 'disk.raw');
+  writeFileSync(raw, sector);
+  execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, join(dir, 'disk.qcow2')]);
+  rmSync(raw);
+}
