@@ -101,3 +101,55 @@ export async function bootSectorDisk(dir: string): Promise<void> {
   execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', raw, join(dir, 'disk.qcow2')]);
   rmSync(raw);
 }
+
+/** A private boot segment: a network namespace `tkvm-…` holding bridge `br0` at `<prefix>.1/24`. */
+export interface BootSegment {
+  netns: string;
+  bridge: string;
+  /** `10.217.N` */
+  prefix: string;
+  /** Starts `argv` inside the namespace; the process is ended by `close()`. */
+  spawnIn(argv: string[]): import('node:child_process').ChildProcess;
+  /** Ends what `spawnIn` started (by pid) and deletes the namespace. */
+  close(): Promise<void>;
+}
+
+/** Makes a boot segment in 10.217.0.0/16 (this test suite's range). Needs root and iproute2. */
+export async function bootSegment(): Promise<BootSegment> {
+  const { execFileSync, spawn } = await import('node:child_process');
+  const { randomBytes } = await import('node:crypto');
+  const tag = randomBytes(3).toString('hex');
+  const netns = `tkvm-${tag}`;
+  const prefix = `10.217.${1 + (parseInt(tag, 16) % 250)}`;
+  const ip = (...a: string[]) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
+  ip('netns', 'add', netns);
+  ip('-n', netns, 'link', 'set', 'lo', 'up');
+  ip('-n', netns, 'link', 'add', 'br0', 'type', 'bridge');
+  ip('-n', netns, 'addr', 'add', `${prefix}.1/24`, 'dev', 'br0');
+  ip('-n', netns, 'link', 'set', 'br0', 'up');
+  const children: import('node:child_process').ChildProcess[] = [];
+  return {
+    netns,
+    bridge: 'br0',
+    prefix,
+    spawnIn(argv) {
+      const c = spawn('ip', ['netns', 'exec', netns, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+      children.push(c);
+      return c;
+    },
+    async close() {
+      for (const c of children) {
+        if (c.exitCode !== null || c.signalCode !== null) continue;
+        const gone = new Promise<void>((r) => c.once('exit', () => r()));
+        c.kill('SIGTERM');
+        await Promise.race([gone, new Promise((r) => setTimeout(r, 5_000))]);
+        if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+      }
+      try {
+        ip('netns', 'del', netns);
+      } catch {
+        // already gone
+      }
+    },
+  };
+}
