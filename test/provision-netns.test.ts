@@ -46,6 +46,13 @@ describe('a VM on a tap in a network namespace', () => {
     expect(lease.line).toContain(`dhcp on eth0 ${seg.prefix}.60/24 mac ${MAC}`);
     const agent = await vm.waitForSerial(/TAKT-AGENT: on the segment as (\S+)/, 60_000);
     expect(agent.groups[0]).toBe(`${seg.prefix}.60/24`);
+    // A restarted endpoint finds the running qemu by its pid file and can end it.
+    const adopted = Vm.adopt(vm.spec);
+    expect(adopted?.pid).toBe(vm.pid);
+    expect(adopted?.alive).toBe(true);
+    await adopted!.kill();
+    expect(await vm.waitExit(10_000)).toBe(true);
+    expect(Vm.adopt(vm.spec)).toBeNull();
     await vm.kill();
     // The tap went with the VM.
     const { execFileSync } = await import('node:child_process');

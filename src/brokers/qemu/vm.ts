@@ -184,7 +184,22 @@ export class Vm {
     readonly pid: number,
     readonly startedAt: number,
     readonly accel: 'kvm' | 'tcg',
+    /** True when this object found qemu already running (`adopt`) rather than starting it. */
+    readonly adopted = false,
   ) {}
+
+  /**
+   * The qemu already running for `spec` (after an endpoint restart: qemu is started in its own session and
+   * outlives its starter), found by `<dir>/qemu.pid` and checked against /proc (a qemu whose command line
+   * names this VM's QMP socket, so a reused pid is not mistaken for it); null when none runs.
+   */
+  static adopt(spec: VmSpec): Vm | null {
+    const pid = qemuPidOf(spec.dir);
+    if (pid === null) return null;
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const accel = cmdline[cmdline.indexOf('-accel') + 1] === 'kvm' ? 'kvm' : 'tcg';
+    return new Vm(spec, pid, statSync(`/proc/${pid}`).mtimeMs, accel, true);
+  }
 
   /** Path of the serial console log. */
   get serialLog(): string {
@@ -281,6 +296,7 @@ export class Vm {
 
   /** True while the qemu process runs. */
   get alive(): boolean {
+    if (this.adopted) return qemuPidOf(this.spec.dir) === this.pid;
     return this.exited === null;
   }
 
@@ -365,8 +381,17 @@ export class Vm {
   }
 
   /** Resolves when qemu has exited, or false after `timeoutMs`. */
-  waitExit(timeoutMs: number): Promise<boolean> {
-    if (!this.alive) return Promise.resolve(true);
+  async waitExit(timeoutMs: number): Promise<boolean> {
+    if (!this.alive) return true;
+    if (this.adopted) {
+      // Not our child: no exit event, so watch /proc, bounded.
+      const deadline = Date.now() + timeoutMs;
+      while (this.alive) {
+        if (Date.now() > deadline) return false;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return true;
+    }
     return new Promise((resolve) => {
       const t = setTimeout(() => resolve(false), timeoutMs);
       this.exitWaiters.push(() => {
@@ -402,6 +427,25 @@ export class Vm {
     const net = this.spec.nic?.net;
     if (net?.kind === 'tap') await ipCmd(['-n', net.netns, 'link', 'del', net.tap]).catch(() => undefined);
     rmSync(this.qmpSocket, { force: true });
+  }
+}
+
+/**
+ * The pid of the qemu running for the VM in `dir`: `<dir>/qemu.pid` (qemu's -pidfile), when that process
+ * is a qemu whose command line names `<dir>/qmp.sock`; null otherwise.
+ */
+export function qemuPidOf(dir: string): number | null {
+  let pid: number;
+  try {
+    pid = Number(readFileSync(join(dir, 'qemu.pid'), 'utf8').trim());
+    if (!Number.isInteger(pid) || pid <= 0) return null;
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+    const state = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // A zombie (state Z) has exited; its parent has not reaped it yet.
+    if (/\) Z /.test(state)) return null;
+    return cmdline.includes('qemu-system') && cmdline.includes(join(dir, 'qmp.sock')) ? pid : null;
+  } catch {
+    return null;
   }
 }
 
