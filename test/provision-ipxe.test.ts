@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Vm } from '../src/brokers/qemu/vm.js';
 import { SLEDGE_MARKER } from '../src/provision/kernel.js';
-import { bootArtifacts, fileServer, HOST_FROM_GUEST, logMilestone, vmDir, type FileServer } from './helpers/provision.js';
+import { bootArtifacts, fileServer, HOST_FROM_GUEST, logMilestone, removeVmDirs, vmDir, type FileServer } from './helpers/provision.js';
 
 const MAC = '52:54:00:7a:6b:02';
 const UUID = '6c1e3a52-8d0b-4f5e-9a57-1c2d3e4f5a6b';
@@ -41,6 +41,7 @@ describe('iPXE network boot (virtio-net, user-mode network)', () => {
   afterAll(async () => {
     await vm?.kill();
     await http?.close();
+    removeVmDirs();
   });
 
   // UEFI: OVMF runs the iPXE EFI driver from the same NIC ROM; ≈3 s slower on a quiet machine.

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Vm } from '../src/brokers/qemu/vm.js';
-import { bootArtifacts, bootSegment, logMilestone, vmDir, type BootSegment } from './helpers/provision.js';
+import { bootArtifacts, bootSegment, logMilestone, removeVmDirs, vmDir, type BootSegment } from './helpers/provision.js';
 
 const MAC = '52:54:00:7a:6b:04';
 
@@ -30,6 +30,7 @@ describe('a VM on a tap in a network namespace', () => {
   afterAll(async () => {
     await vm?.kill();
     await seg?.close();
+    removeVmDirs();
   });
 
   it('gets its reserved lease from the segment and fetches its script there', async () => {

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QmpClient, withQmp } from '../src/brokers/qemu/qmp.js';
 import { Vm } from '../src/brokers/qemu/vm.js';
 import { QmpPower } from '../src/provision/power/qmp.js';
-import { bootSectorDisk, fileServer, HOST_FROM_GUEST, logMilestone, vmDir, type FileServer } from './helpers/provision.js';
+import { bootSectorDisk, fileServer, HOST_FROM_GUEST, logMilestone, removeVmDirs, vmDir, type FileServer } from './helpers/provision.js';
 
 const DISK = /TAKT-DISK-BOOT/;
 const NO_BOOT = { failOn: /No bootable device/ };
@@ -40,6 +40,7 @@ describe('QMP and the qmp power driver', () => {
   afterAll(async () => {
     await vm?.kill();
     await http?.close();
+    removeVmDirs();
   });
 
   it('speaks QMP: greeting, commands by id, errors with their class, events', async () => {

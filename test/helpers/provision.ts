@@ -4,7 +4,7 @@
  * qemu's user-mode network lets the guest reach this host's loopback as 10.0.2.2, so no traffic leaves
  * the machine.
  */
-import { mkdtempSync, readFileSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -68,9 +68,19 @@ export async function fileServer(): Promise<FileServer> {
   };
 }
 
-/** A fresh directory for one VM. */
+const made: string[] = [];
+
+/** A fresh directory for one VM (removed by `removeVmDirs`). */
 export function vmDir(name: string): string {
-  return mkdtempSync(join(tmpdir(), `takt-vm-${name}-`));
+  const d = mkdtempSync(join(tmpdir(), `takt-vm-${name}-`));
+  made.push(d);
+  return d;
+}
+
+/** Removes the VM directories this file made (after the VMs are killed); TAKT_KEEP_VMS=1 keeps them for a look. */
+export function removeVmDirs(): void {
+  if (process.env.TAKT_KEEP_VMS) return;
+  for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
 }
 
 /** Logs how long a milestone took and the VM's vitals (visible in the test output for timing reports). */
