@@ -87,7 +87,7 @@ describe('a restore that changes the pipeline starts no work', () => {
     expect(r.stdout).toMatch(/rw-1: pipeline demo → other: stopped at s1\/check/);
     const m = await machine('rw-1');
     expect(m).toMatchObject({ pipeline: 'other', state: 'stopped', stage: 's1', task: 'check', passed: ['s1/a'], currentJob: null });
-    expect(m.reason).toMatch(/by rewind to #\d+; held at s1\/check.*`takt machines resume rw-1` continues there/);
+    expect(m.reason).toMatch(/^task 'check' failed with exit code 1 — pipeline changed from demo to other by rewind to #\d+; held at s1\/check.*`takt machines resume rw-1` continues there/);
     // Nothing was started: the machine is stopped, no job was created.
     expect((await jobs('rw-1')).length).toBe(before);
 
@@ -106,7 +106,9 @@ describe('a restore that changes the pipeline starts no work', () => {
     const before = (await jobs('rv-1')).length;
     const r = await ok(['history', 'revert', String(seq)]);
     expect(r.stdout).toMatch(/rv-1: pipeline demo → other: stopped at s1\/check/);
-    expect(await machine('rv-1')).toMatchObject({ pipeline: 'other', state: 'stopped', stage: 's1', task: 'check', passed: ['s1/a'] });
+    const m = await machine('rv-1');
+    expect(m).toMatchObject({ pipeline: 'other', state: 'stopped', stage: 's1', task: 'check', passed: ['s1/a'] });
+    expect(m.reason).toContain(`pipeline changed from demo to other by revert of #${seq}; held at s1/check`);
     expect((await jobs('rv-1')).length).toBe(before);
   }, STORY);
 
@@ -135,7 +137,9 @@ describe('a restore that changes the pipeline starts no work', () => {
 
     const r = await ep.cli(['import', dir]);
     expect(r.stdout).toMatch(/im-1: pipeline demo → other: stopped at s1\/check/);
-    expect(await machine('im-1')).toMatchObject({ pipeline: 'other', state: 'stopped', stage: 's1', task: 'check', passed: ['s1/a'] });
+    const m = await machine('im-1');
+    expect(m).toMatchObject({ pipeline: 'other', state: 'stopped', stage: 's1', task: 'check', passed: ['s1/a'] });
+    expect(m.reason).toMatch(/^task 'check' failed with exit code 1 — pipeline changed from demo to other by an import; held at s1\/check/);
     expect((await jobs('im-1')).length).toBe(before);
 
     // Held at the start, the machine waits for the operator too.

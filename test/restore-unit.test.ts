@@ -26,7 +26,7 @@ describe('placeOnReassign: a restore that changes the pipeline starts no work', 
     {
       name: 'stopped on a task: stays stopped with its reason',
       recorded: rec({ state: 'stopped', reason: "task 'b' failed with exit code 1", stage: 's1', task: 'b', passed: ['s1/a'] }),
-      want: { state: 'stopped', reason: "task 'b' failed with exit code 1", stage: 's1', task: 'b' },
+      want: { state: 'stopped', reason: "task 'b' failed with exit code 1 — pipeline changed from demo to other by an import; held at s1/b, where it stood in other (1 task had succeeded); `takt machines resume web-1` continues there, `takt machines restart web-1` runs it from its first task", stage: 's1', task: 'b' },
       note: /stopped at s1\/b/,
     },
     { name: 'every task had succeeded: done', recorded: rec({ state: 'done', passed: ['s1/a', 's1/b', 's2/c'] }), want: { state: 'done', stage: null, task: null }, note: /: done, as recorded/ },

@@ -177,7 +177,7 @@ export class History {
         if (!m) skipped.push({ object: c.object, name: `machines/${target!.name}`, reason: `deleted since #${to}; a rewind does not create machines again (create it if it should come back)` });
         else if (!target) skipped.push({ object: c.object, name: `machines/${m.name}`, reason: `created after #${to}; delete it if it should go` });
         else {
-          const { state, ssh: _ssh, ...desired } = target;
+          const { state: _state, ssh: _ssh, ...desired } = target;
           // Params are restored as desired (restore.ts), except values a job wrote into params before outputs
           // were kept apart (migration 0012): those were observed, and stay as they are now.
           const params = { ...desired.params };
@@ -187,7 +187,7 @@ export class History {
           }
           // A machine going back to another pipeline takes the place it had there (restore.ts).
           const left = desired.pipeline && desired.pipeline !== m.pipeline ? (since.get(c.object) ?? []).find((x) => (x.before as DesiredView | null)?.pipeline === desired.pipeline && (x.after as DesiredView | null)?.pipeline !== desired.pipeline) : undefined;
-          const place = left ? await this.placeIn(m, desired.pipeline!, left, state) : undefined;
+          const place = left ? await this.placeIn(m, desired.pipeline!, left) : undefined;
           machines.push({ ...this.portable.desiredOf(m), ...desired, params, ...(place ? { place } : {}) });
           touched.push(m);
         }
@@ -206,10 +206,12 @@ export class History {
 
   /**
    * The place machine `m` had in `pipeline` when change `left` took it to another one, as restore.ts reads
-   * it: the pipeline jobs it ran there since that pipeline was last assigned (before `left`), and its
-   * state then. Undefined when the pipeline is not in the content in use.
+   * it: the pipeline jobs it ran there since that pipeline was last assigned (before `left`), its state
+   * then (`left`'s before), and, stopped, the reason of the job it stopped on. Undefined when the pipeline
+   * is not in the content in use.
    */
-  private async placeIn(m: Machine, pipeline: string, left: Change, state: Machine['state']): Promise<Place | undefined> {
+  private async placeIn(m: Machine, pipeline: string, left: Change): Promise<Place | undefined> {
+    const state = (left.before as DesiredView | null)?.state ?? 'paused';
     const shape = this.engine.shapeOf(this.content.current, pipeline);
     if (!shape) return undefined;
     // When the pipeline was assigned: the newest change before `left` that made it the machine's pipeline.
@@ -227,7 +229,9 @@ export class History {
       if (page.length < 1000) break;
     }
     const at = placeFromJobs(shape, jobs);
-    return { state, reason: null, position: { ...at, attempt: 0, approvedStage: null } };
+    const last = jobs.filter((j) => j.state !== 'running').at(-1);
+    const reason = state === 'stopped' && at.task !== null && last && last.state !== 'succeeded' ? last.reason : null;
+    return { state, reason, position: { ...at, attempt: 0, approvedStage: null } };
   }
 
   /**
@@ -306,7 +310,7 @@ export class History {
     const restore: RestoreWrite = {};
     if (patch.pipeline) {
       // Back to the pipeline it had before the change: the place it had there when the change took it away.
-      const place = await this.placeIn(m, patch.pipeline, c, before.state);
+      const place = await this.placeIn(m, patch.pipeline, c);
       const decided = placeOnReassign(m.name, m.pipeline, patch.pipeline, this.engine.shapeOf(this.content.current, patch.pipeline), recordedOf(place), what);
       restore.place = decided.place;
       notes.push(decided.note);

@@ -74,10 +74,9 @@ export function placeOnReassign(machine: string, from: string | null, to: string
   const where = `${at.step.stage}/${at.step.task}`;
   const kept = recorded.state === 'stopped' || recorded.state === 'awaiting-approval' || recorded.state === 'paused';
   const state: MachineState = kept ? recorded.state : 'paused';
-  const reason =
-    kept && recorded.reason
-      ? recorded.reason
-      : `pipeline changed from ${from ?? '(none)'} to ${to} by ${by}; held at ${where}, where it stood in ${to} (${passed.length} task${passed.length === 1 ? '' : 's'} had succeeded); ${resume} continues there, ${restart} runs it from its first task`;
+  const what = `pipeline changed from ${from ?? '(none)'} to ${to} by ${by}; held at ${where}, where it stood in ${to} (${passed.length} task${passed.length === 1 ? '' : 's'} had succeeded); ${resume} continues there, ${restart} runs it from its first task`;
+  // A stopped (or awaiting) machine keeps why it stopped there, and says what put it back.
+  const reason = kept && recorded.reason ? `${recorded.reason} — ${what}` : what;
   return {
     place: { state, reason, stage: at.step.stage, task: at.step.task, passed, attempt: 0, approvedStage: recorded.approvedStage ?? null },
     note: `${head}: ${state === 'paused' ? 'held' : state} at ${where} (${passed.length} task${passed.length === 1 ? '' : 's'} had succeeded); ${state === 'awaiting-approval' ? `\`takt approvals approve ${machine}\`` : resume} continues, ${restart} runs it from the top`,
