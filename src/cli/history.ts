@@ -2,7 +2,7 @@
 import { type Command } from 'commander';
 import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
-import type { ObservedView, RewindResult } from '../engine/history.js';
+import type { ObservedView, RevertResult, RewindResult } from '../engine/history.js';
 import { TaktError } from '../model/errors.js';
 import { type Change } from '../model/machine.js';
 import { type Globals } from './client.js';
@@ -71,15 +71,15 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
     });
   history
     .command('revert <seq>')
-    .description('undo one change, as a new change (refused if what it changed was changed again since)')
+    .description("undo one change, as a new change (refused if what it changed was changed again since); outputs stay, and a machine put back on another pipeline is held, not started")
     .addHelpText('after', examples('takt history revert 12'))
     .action(async (seq: string) => {
-      const r = await api().post<{ reverted: number; changes: number }>(`/changes/${enc(seq)}/revert`);
-      print(g().output, r, () => `reverted #${r.reverted} (${r.changes} new change${r.changes === 1 ? '' : 's'})`);
+      const r = await api().post<RevertResult>(`/changes/${enc(seq)}/revert`);
+      print(g().output, r, () => [`reverted #${r.reverted} (${r.changes} new change${r.changes === 1 ? '' : 's'})`, ...(r.notes ?? []).map((n) => pc.yellow(shown(`  ${n}`)))].join('\n'));
     });
   history
     .command('rewind')
-    .description('restore the whole desired state (packs in use, local content, machine params/profiles/pipelines) as of a change, all or nothing; observed state (outputs, position) stays')
+    .description('restore the whole desired state (packs in use, local content, machine params/profiles/pipelines) as of a change, all or nothing; observed state (outputs, position) stays, and a machine put back on another pipeline is held at its place there, not started')
     .requiredOption('--to <seq>', 'the change to go back to (0: before the first)')
     .option('--dry-run', 'print what it would change, change nothing')
     .addHelpText('after', examples('takt history rewind --to 12 --dry-run   # what would change', 'takt history rewind --to 12'))
@@ -94,6 +94,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
             : `rewound to #${r.to}: ${r.changes.length} change(s)${r.applied.length ? ` (#${r.applied[0]!.seq}–#${r.applied[r.applied.length - 1]!.seq})` : ''}`,
           ...r.changes.map((c) => shown(`  ${c}`)),
           ...r.skipped.map((s) => pc.yellow(shown(`  not restored: ${s.name}: ${s.reason}`))),
+          ...(r.notes ?? []).map((n) => pc.yellow(shown(`  ${n}`))),
           ...(r.observed.length ? [pc.dim('observed state, left as it is:'), ...observedLines(r.observed)] : []),
         ].join('\n'),
       );

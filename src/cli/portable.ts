@@ -56,6 +56,7 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
             : shown(`imported ${dir}: ${r.packVersionsInstalled.length} pack version(s) installed, content ${r.content.created} created / ${r.content.updated} updated / ${r.content.deleted} deleted, machines ${r.machines.created.length} created / ${r.machines.updated.length} updated`),
           ...r.changes.map((c) => shown(`  ${c}`)),
           ...(r.reattach.length ? [r.dryRun ? 'agents to re-attach (each machine gets a new token):' : 're-attach each machine\'s agent (new tokens were issued):', ...r.reattach.map((a) => shown(`  ${a.machine}: ${a.how}`))] : []),
+          ...(r.notes ?? []).map((n) => pc.yellow(shown(`  ${n}`))),
           ...r.problems.map((p) => pc.yellow(shown(`  ${p}`))),
         ].join('\n'),
       );
@@ -71,4 +72,6 @@ interface ImportResult {
   content: Record<string, number>;
   machines: { created: string[]; updated: string[] };
   problems: string[];
+  /** Per machine: where a machine whose pipeline changes is held, restored params its outputs shadow. */
+  notes?: string[];
 }

@@ -28,6 +28,7 @@ import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
 import { Masker, secretTexts } from './logmask.js';
 import { printable, refusedOutputs } from './outputs.js';
 import { prepareTask, secretsOf, type PreparedTask } from './prepare.js';
+import type { RestoredPlace } from './restore.js';
 import {
   approve,
   reject,
@@ -100,6 +101,15 @@ export interface MachinePatch {
   boot?: BootSettings;
   /** Store params no content declares (default false: refused, see declared.ts). */
   allowUndeclared?: boolean;
+}
+
+/**
+ * How a restore (revert, rewind, import: restore.ts) writes a machine: its outputs are left as they are, and
+ * when it changes the pipeline the machine takes `place` (decided by `placeOnReassign`) rather than starting.
+ */
+export interface RestoreWrite {
+  /** Required when the restore changes the pipeline to another one (a restore never starts work). */
+  place?: RestoredPlace;
 }
 
 /** `powerOn`: also power the machine on (resume and restart leave a powered-off machine off otherwise). */
@@ -495,7 +505,7 @@ export class Engine {
     tx.emit(`machines.create.${machine.id}`, publicMachine(machine));
   }
 
-  async updateMachine(idOrName: string, patch: MachinePatch, author: string): Promise<Machine> {
+  async updateMachine(idOrName: string, patch: MachinePatch, author: string, restore?: RestoreWrite): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
     this.checkPatch(content, patch);
@@ -503,7 +513,7 @@ export class Engine {
       this.checkParams(content, {}, patch.params); // a malformed value is refused for that first: it says more
       assertDeclared(content, patch.params);
     }
-    return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content));
+    return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content, restore));
   }
 
   /** Checks what `updateMachineIn` can check before a transaction (references into `content`). */
@@ -516,9 +526,11 @@ export class Engine {
 
   /**
    * The writes of `updateMachine` (and of a power change) inside the caller's transaction, checked against
-   * `content`; an import runs it for every machine it changes, in one transaction.
+   * `content`; an import runs it for every machine it changes, in one transaction. `restore`: a revert,
+   * rewind or import writes desired state back (restore.ts): outputs stay, and a pipeline it changes puts
+   * the machine at `restore.place` instead of starting it from the top.
    */
-  async updateMachineIn(tx: Tx, id: string, patch: MachinePatch & { power?: Machine['power'] }, author: string, content: ContentSet): Promise<Machine> {
+  async updateMachineIn(tx: Tx, id: string, patch: MachinePatch & { power?: Machine['power'] }, author: string, content: ContentSet, restore?: RestoreWrite): Promise<Machine> {
     const m = await this.locked(tx, id);
     let next: Machine = { ...m };
     if (patch.name !== undefined && patch.name !== m.name) {
@@ -534,9 +546,9 @@ export class Engine {
     }
     if (patch.params !== undefined) {
       next.params = this.checkParams(content, m.params, patch.params);
-      // A value set for a param supersedes an output of the same name, as when outputs were params (unsetting
-      // the param leaves what the machine has).
-      next.outputs = Object.fromEntries(Object.entries(m.outputs).filter(([k]) => patch.params![k] === undefined || patch.params![k] === null));
+      // An operator's value for a param supersedes an output of the same name, as when outputs were params
+      // (unsetting the param leaves what the machine has). A restore never touches outputs: they are observed.
+      if (!restore) next.outputs = Object.fromEntries(Object.entries(m.outputs).filter(([k]) => patch.params![k] === undefined || patch.params![k] === null));
     }
     if (patch.power !== undefined) next.power = patch.power;
     if (patch.ssh !== undefined) {
@@ -551,7 +563,7 @@ export class Engine {
     if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
       if (patch.pipeline) this.assertStartable(next, patch.pipeline, content);
       await this.cancelCurrent(tx, m, author, patch.pipeline ? `pipeline changed from ${m.pipeline ?? '(none)'} to ${patch.pipeline}` : `pipeline ${m.pipeline} unassigned`);
-      next = { ...next, ...assignPipeline(next, patch.pipeline), currentJob: null };
+      next = { ...next, ...assignPipeline(next, patch.pipeline), ...(restore && patch.pipeline ? restoredPlace(restore, m.name) : {}), currentJob: null };
     }
     if (patch.environment !== undefined || patch.pipeline !== undefined) assertEnvironment(content, next.name, next.environment, next.pipeline);
     return this.saveDesired(tx, m, next, author);
@@ -1715,6 +1727,12 @@ export class Engine {
   private log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) {
     this.opts.log?.(level, msg, fields);
   }
+}
+
+/** The place a restore puts a machine at when it changes its pipeline: never without one (it would start work). */
+function restoredPlace(restore: RestoreWrite, machine: string): RestoredPlace {
+  if (!restore.place) throw new Error(`a restore changed the pipeline of machine '${machine}' without deciding its place`);
+  return restore.place;
 }
 
 /** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */

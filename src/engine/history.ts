@@ -7,13 +7,14 @@
 import { CONTENT_KINDS, LOCAL_LAYER, type ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
-import type { Change, Machine } from '../model/machine.js';
+import type { Change, Job, Machine } from '../model/machine.js';
 import { maskValues } from '../model/secure.js';
 import type { Store } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { fieldChanges } from './diff.js';
-import type { DesiredView, Engine, MachinePatch } from './engine.js';
-import type { MachineDoc, Portable } from './portable.js';
+import type { DesiredView, Engine, MachinePatch, RestoreWrite } from './engine.js';
+import { recordedOf, type MachineDoc, type Place, type Portable } from './portable.js';
+import { placeFromJobs, placeOnReassign, shadowedParams } from './restore.js';
 
 export interface RewindResult {
   to: number;
@@ -27,6 +28,15 @@ export interface RewindResult {
   skipped: Array<{ object: string; name: string; reason: string }>;
   /** Observed state of the machines it touched, which a rewind leaves as it is: outputs, state, agent. */
   observed: ObservedView[];
+  /** Per machine, what restoring desired state means beside its observed state (restore.ts). */
+  notes: string[];
+}
+
+/** What a revert did: the change it undid, how many new changes it made, and notes as a rewind's. */
+export interface RevertResult {
+  reverted: number;
+  changes: number;
+  notes: string[];
 }
 
 /** What a machine has, as observed (never rolled back): shown beside desired-state changes. */
@@ -104,19 +114,20 @@ export class History {
   }
 
   /** Undoes change `seq` as a new change, if what it changed has not been changed again since. */
-  async revert(seq: number, author: string): Promise<{ reverted: number; changes: number }> {
+  async revert(seq: number, author: string): Promise<RevertResult> {
     const c = await this.get(seq);
     const by = `${author} (revert #${seq})`;
     const before = await this.latestSeq();
     const [type, ...rest] = c.object.split('/');
     const name = rest.join('/');
     if (c.author.startsWith('job:')) throw new TaktError('conflict', `change #${seq} was written by ${c.author.replace(':', ' ')}: its values are what the machine observed (outputs), not desired state; they cannot be reverted`);
-    if (type === 'machines') await this.revertMachine(name, c, by);
+    const notes: string[] = [];
+    if (type === 'machines') notes.push(...(await this.revertMachine(name, c, by, `revert of #${seq}`)));
     else if (type === 'packs') await this.setPack(name, c.after as { version: string } | null, c.before as { version: string } | null, by, true);
     else if (CONTENT_KINDS.includes(type as ContentKind)) await this.setLocal(type as ContentKind, name, c.after, c.before, by, true);
     else if (type === 'packversions') throw new TaktError('conflict', `change #${seq} installed ${name}; installed versions are immutable and kept (use another version with \`takt content use\`)`);
     else throw new TaktError('conflict', `change #${seq} (${c.object}) is run-time work, not desired state; it cannot be reverted`);
-    return { reverted: seq, changes: (await this.latestSeq()) - before };
+    return { reverted: seq, changes: (await this.latestSeq()) - before, notes };
   }
 
   /**
@@ -131,9 +142,13 @@ export class History {
     const by = `${author} (rewind to #${to})`;
     // The state of each object as of `to` is the `before` of its first change after `to`.
     const first = new Map<string, Change>();
+    const since = new Map<string, Change[]>();
     for (let after = to; ; ) {
       const page = (await this.store.listChanges({ after, limit: 1000 })).sort((a, b) => a.seq - b.seq);
-      for (const c of page) if (!first.has(c.object)) first.set(c.object, c);
+      for (const c of page) {
+        if (!first.has(c.object)) first.set(c.object, c);
+        if (c.object.startsWith('machines/')) since.set(c.object, [...(since.get(c.object) ?? []), c]);
+      }
       if (page.length < 1000) break;
       after = page[page.length - 1]!.seq;
     }
@@ -163,27 +178,79 @@ export class History {
         else if (!target) skipped.push({ object: c.object, name: `machines/${m.name}`, reason: `created after #${to}; delete it if it should go` });
         else {
           const { state: _state, ssh: _ssh, ...desired } = target;
-          // A param that is an output of the machine now is left as it is: setting it would replace what the
-          // machine has (and history written before outputs were kept apart holds job-written values as params).
+          // Params are restored as desired (restore.ts), except values a job wrote into params before outputs
+          // were kept apart (migration 0012): those were observed, and stay as they are now.
           const params = { ...desired.params };
-          for (const k of Object.keys(m.outputs)) {
+          for (const k of await this.jobWritten(c.object, to)) {
             if (Object.hasOwn(m.params, k)) params[k] = m.params[k];
             else delete params[k];
           }
-          machines.push({ ...this.portable.desiredOf(m), ...desired, params });
+          // A machine going back to another pipeline takes the place it had there (restore.ts).
+          const left = desired.pipeline && desired.pipeline !== m.pipeline ? (since.get(c.object) ?? []).find((x) => (x.before as DesiredView | null)?.pipeline === desired.pipeline && (x.after as DesiredView | null)?.pipeline !== desired.pipeline) : undefined;
+          const place = left ? await this.placeIn(m, desired.pipeline!, left) : undefined;
+          machines.push({ ...this.portable.desiredOf(m), ...desired, params, ...(place ? { place } : {}) });
           touched.push(m);
         }
       }
     }
     const before = await this.latestSeq();
-    const r = await this.portable.applyDesired({ inUse, local: [...local.values()], machines }, by, { dryRun: opts.dryRun, nothing: 'nothing was rewound' });
+    const r = await this.portable.applyDesired({ inUse, local: [...local.values()], machines }, by, { dryRun: opts.dryRun, nothing: 'nothing was rewound', by: `rewind to #${to}` });
     const applied = opts.dryRun ? [] : await this.changesAfter(before);
     const observed: ObservedView[] = [];
     for (const m of touched) {
       const now = await this.store.getMachine(m.id);
       if (now) observed.push(this.observed(now));
     }
-    return { to, dryRun: opts.dryRun === true, changes: r.changes, applied, skipped, observed };
+    return { to, dryRun: opts.dryRun === true, changes: r.changes, applied, skipped, observed, notes: r.notes };
+  }
+
+  /**
+   * The place machine `m` had in `pipeline` when change `left` took it to another one, as restore.ts reads
+   * it: the pipeline jobs it ran there since that pipeline was last assigned (before `left`), its state
+   * then (`left`'s before), and, stopped, the reason of the job it stopped on. Undefined when the pipeline
+   * is not in the content in use.
+   */
+  private async placeIn(m: Machine, pipeline: string, left: Change): Promise<Place | undefined> {
+    const state = (left.before as DesiredView | null)?.state ?? 'paused';
+    const shape = this.engine.shapeOf(this.content.current, pipeline);
+    if (!shape) return undefined;
+    // When the pipeline was assigned: the newest change before `left` that made it the machine's pipeline.
+    let assigned: string | undefined;
+    for (let offset = 0; assigned === undefined && offset < 100_000; offset += 1000) {
+      const page = await this.store.listChanges({ object: left.object, limit: 1000, offset });
+      const hit = page.find((x) => x.seq < left.seq && (x.after as DesiredView | null)?.pipeline === pipeline && (x.before as DesiredView | null)?.pipeline !== pipeline);
+      if (hit) assigned = hit.at;
+      if (page.length < 1000) break;
+    }
+    const jobs: Job[] = [];
+    for (let offset = 0; offset < 100_000; offset += 1000) {
+      const page = await this.store.listJobs({ machineId: m.id, order: 'asc', limit: 1000, offset, ...(assigned ? { since: assigned } : {}) });
+      jobs.push(...page.filter((j) => j.kind === 'pipeline' && j.pipeline === pipeline && j.createdAt < left.at));
+      if (page.length < 1000) break;
+    }
+    const at = placeFromJobs(shape, jobs);
+    const last = jobs.filter((j) => j.state !== 'running').at(-1);
+    const reason = state === 'stopped' && at.task !== null && last && last.state !== 'succeeded' ? last.reason : null;
+    return { state, reason, position: { ...at, attempt: 0, approvedStage: null } };
+  }
+
+  /**
+   * Params of the machine whose value as of change `to` a job wrote (history from before outputs were kept
+   * apart, when `job:<id>` changes wrote outputs into params): observed, so a rewind leaves them be.
+   */
+  private async jobWritten(object: string, to: number): Promise<Set<string>> {
+    const writer = new Map<string, string>();
+    const changes: Change[] = [];
+    for (let offset = 0; offset < 100_000; offset += 1000) {
+      const page = await this.store.listChanges({ object, limit: 1000, offset });
+      changes.push(...page.filter((x) => x.seq <= to));
+      if (page.length < 1000) break;
+    }
+    for (const x of changes.sort((a, b) => a.seq - b.seq)) {
+      const [b, a] = [(x.before as DesiredView | null)?.params ?? {}, (x.after as DesiredView | null)?.params ?? {}];
+      for (const k of new Set([...Object.keys(b), ...Object.keys(a)])) if (!same(b[k], a[k])) writer.set(k, x.author);
+    }
+    return new Set([...writer].filter(([, author]) => author.startsWith('job:')).map(([k]) => k));
   }
 
   /** The observed state of a machine, as history shows it beside desired state. */
@@ -202,7 +269,8 @@ export class History {
     }
   }
 
-  private async revertMachine(id: string, c: Change, by: string) {
+  /** Reverts a machine change through the engine as a restore (restore.ts); answers the report's notes. */
+  private async revertMachine(id: string, c: Change, by: string, what: string): Promise<string[]> {
     const m = await this.store.getMachine(id);
     if (!m) throw new TaktError('conflict', `machine ${id} no longer exists; change #${c.seq} cannot be reverted`);
     if (c.action !== 'update') throw new TaktError('conflict', `change #${c.seq} ${c.action}d the machine; reverting that is not supported — ${c.action === 'create' ? 'delete' : 'create'} it instead`);
@@ -238,8 +306,19 @@ export class History {
     if (Object.keys(patch).length === 0 && !powerChanged) {
       throw new TaktError('conflict', `change #${c.seq} changed only the machine's run state (${before.state} → ${after.state}); there is no desired state to revert`);
     }
-    if (Object.keys(patch).length) await this.engine.updateMachine(id, patch, by);
+    const notes: string[] = [];
+    const restore: RestoreWrite = {};
+    if (patch.pipeline) {
+      // Back to the pipeline it had before the change: the place it had there when the change took it away.
+      const place = await this.placeIn(m, patch.pipeline, c);
+      const decided = placeOnReassign(m.name, m.pipeline, patch.pipeline, this.engine.shapeOf(this.content.current, patch.pipeline), recordedOf(place), what);
+      restore.place = decided.place;
+      notes.push(decided.note);
+    }
+    if (patch.params) notes.push(...shadowedParams(m, patch.params).map((n) => `${m.name}: ${n}`));
+    if (Object.keys(patch).length) await this.engine.updateMachine(id, patch, by, restore);
     if (powerChanged) await this.engine.setPower(id, before.power, by);
+    return notes;
   }
 
   /** Makes a local object equal `target` (null: absent); with `expect`, only if it is still as the change left it. */

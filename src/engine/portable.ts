@@ -3,7 +3,8 @@
  * content, machines), so it can live in git and restore an endpoint. Each machine's file also carries what
  * a restore needs of its observed state, apart from the desired fields: its place (pipeline position and
  * state, never `running`: a restored machine does not start work by itself), the outputs its jobs set, and
- * its build record. An import onto an existing machine changes desired fields only.
+ * its build record. An import onto an existing machine changes desired fields only (outputs stay; a changed
+ * pipeline takes the export's place there, or holds the machine at its start: restore.ts).
  * Output is deterministic — sorted keys, no timestamps that change, kept ids — so an export, imported
  * elsewhere and exported again, is byte-identical.
  */
@@ -21,9 +22,10 @@ import type { PackRecord, Store, Tx } from '../store/store.js';
 import { assertRequires, type ContentService, type Pins } from './content.js';
 import { Pacer } from './pace.js';
 import type { IsSecure, SealedPack } from './sealing.js';
-import { patchTowards, type Engine, type MachinePatch } from './engine.js';
+import { patchTowards, type Engine, type MachinePatch, type RestoreWrite } from './engine.js';
 import { assertMachineName } from './ids.js';
 import type { RecordEntry, Records } from './records.js';
+import { placeOnReassign, shadowedParams, type RecordedPlace } from './restore.js';
 
 export const EXPORT_FORMAT = 'takt-export/1';
 const MANIFEST = 'takt-export.yaml';
@@ -46,6 +48,11 @@ export interface ImportResult {
   machines: { created: string[]; updated: string[] };
   /** What the import left as it was (machines not in the export) or could not do after its commit (an agent that did not start). */
   problems: string[];
+  /**
+   * Per machine, what restoring desired state means beside its observed state (restore.ts): where a machine
+   * whose pipeline changes is held, and restored params its outputs still shadow.
+   */
+  notes: string[];
 }
 
 /** One thing wrong with an import, found before anything is written: the file and the field in it. */
@@ -81,7 +88,10 @@ export interface MachineDoc {
   power: Machine['power'];
   /** Agentless machines: how the host is reached and the key pinned for it (the credential is not exported). */
   ssh?: SshSettings & { hostKey: HostKey | null };
-  /** Observed: where the machine stands (restored on create, ignored for a machine that exists). */
+  /**
+   * Observed: where the machine stands. Restored when the import creates the machine; for a machine that
+   * exists, used only when the import changes its pipeline (restore.ts `placeOnReassign`), else ignored.
+   */
   place?: Place;
   /** Observed: the outputs its jobs set (restored on create only). */
   outputs?: Record<string, unknown>;
@@ -90,7 +100,7 @@ export interface MachineDoc {
 }
 
 /** A machine's place as an export holds it. `position`: every position field the machine has, by name. */
-interface Place {
+export interface Place {
   state: MachineState;
   reason: string | null;
   position: Record<string, unknown>;
@@ -348,11 +358,11 @@ export class Portable {
    * History's rewind uses it. `dryRun`: answers what it would do and writes nothing.
    * @throws TaktError('invalid') with every problem in details.problems; nothing is written then.
    */
-  async applyDesired(target: DesiredState, author: string, opts: { dryRun?: boolean; nothing?: string } = {}): Promise<ImportResult> {
+  async applyDesired(target: DesiredState, author: string, opts: { dryRun?: boolean; nothing?: string; by?: string } = {}): Promise<ImportResult> {
     const local = new Map<string, LocalObject>();
     for (const l of target.local) local.set(`${l.kind}/${l.name}`, { ...l, file: `${l.kind}/${l.name}`, def: this.content.checkLocal(l.kind, l.def) });
     const parsed: ParsedExport = { inUse: target.inUse, versions: new Map(), local, machines: target.machines.map((doc) => ({ file: `machines/${doc.name}`, doc })) };
-    const plan = await this.planImport(parsed, { has: () => false, start: async () => undefined }, { partial: true, nothing: opts.nothing });
+    const plan = await this.planImport(parsed, { has: () => false, start: async () => undefined }, { partial: true, nothing: opts.nothing, by: opts.by });
     if (opts.dryRun) return { ...plan.result, dryRun: true };
     await this.store.transact((tx) => this.writeImport(tx, plan, author));
     this.content.adopt(plan.content, plan.pins);
@@ -434,9 +444,9 @@ export class Portable {
   }
 
   /** What the import would change, checked against the store and the content it would make; throws every problem found. */
-  private async planImport(parsed: ParsedExport, starter: MachineStarter, opts: { partial?: boolean; nothing?: string } = {}): Promise<ImportPlan> {
+  private async planImport(parsed: ParsedExport, starter: MachineStarter, opts: { partial?: boolean; nothing?: string; by?: string } = {}): Promise<ImportPlan> {
     const problems = new Problems(opts.nothing);
-    const result: ImportResult = { dryRun: false, changes: [], reattach: [], packVersionsInstalled: [], inUse: parsed.inUse, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [] };
+    const result: ImportResult = { dryRun: false, changes: [], reattach: [], packVersionsInstalled: [], inUse: parsed.inUse, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [], notes: [] };
     const now = new Date().toISOString();
 
     // Secure values are checked clear and stored sealed: a version's identity is its sealed digest (an HMAC
@@ -596,7 +606,17 @@ export class Portable {
             const holder = await this.store.getMachineByName(patch.name);
             if (holder && holder.id !== doc.id) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
           }
-          updates.push({ file, id: doc.id, patch });
+          // Desired state goes back, observed state stays (restore.ts): outputs are kept, and a machine whose
+          // pipeline changes takes the export's place there when it is valid, else it is held at the start.
+          const restore: RestoreWrite = {};
+          if (patch.pipeline) {
+            const shape = this.engine.shapeOf(content, patch.pipeline);
+            const decided = placeOnReassign(have.name, have.pipeline, patch.pipeline, shape, recordedOf(doc.place), opts.by ?? 'an import');
+            restore.place = decided.place;
+            result.notes.push(decided.note);
+          }
+          if (patch.params) result.notes.push(...shadowedParams(have, patch.params).map((n) => `${have.name}: ${n}`));
+          updates.push({ file, id: doc.id, patch, restore });
           result.machines.updated.push(doc.name);
           result.changes.push(`update machines/${have.name}: ${patchFields(patch).join(', ')}`);
         }
@@ -683,9 +703,9 @@ export class Portable {
       await this.engine.insertMachine(tx, machine, token, author);
       for (const job of jobs) await tx.insertJob(job);
     }
-    for (const { file, id, patch } of plan.updates) {
+    for (const { file, id, patch, restore } of plan.updates) {
       try {
-        await this.engine.updateMachineIn(tx, id, patch, author, plan.content);
+        await this.engine.updateMachineIn(tx, id, patch, author, plan.content, restore);
       } catch (err) {
         // Checks that need the transaction (a param's schema, a pipeline's required params) roll it all back.
         if (err instanceof TaktError) throw new TaktError(err.code, `${file}: ${err.message}`, { path: `${file}${err.path ?? ''}`, details: { problems: [{ file, path: err.path, message: err.message }] } });
@@ -725,8 +745,16 @@ interface ImportPlan {
   localPuts: LocalObject[];
   localDeletes: Array<{ kind: ContentKind; name: string }>;
   creates: Array<{ machine: Machine; token: string; jobs: Job[] }>;
-  updates: Array<{ file: string; id: string; patch: MachinePatch & { power?: Machine['power'] } }>;
+  updates: Array<{ file: string; id: string; patch: MachinePatch & { power?: Machine['power'] }; restore: RestoreWrite }>;
   result: ImportResult;
+}
+
+/** An export's place as restore.ts reads it; an export's position without identity fields (older takt) is none. */
+export function recordedOf(place: Place | undefined): RecordedPlace | null {
+  const p = place?.position;
+  if (!place || !p || !Array.isArray(p.passed)) return null;
+  const str = (v: unknown) => (typeof v === 'string' ? v : null);
+  return { state: place.state, reason: place.reason, stage: str(p.stage), task: str(p.task), passed: p.passed.filter((k): k is string => typeof k === 'string'), approvedStage: str(p.approvedStage) };
 }
 
 /** A machine's references into content (pipeline, profiles) that `content` cannot resolve. */

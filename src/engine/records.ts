@@ -11,7 +11,7 @@ import type { Store } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject } from '../model/hash.js';
 import { prepareTask } from './prepare.js';
-import type { Sealer } from '../model/secure.js';
+import { MASK, type Sealer } from '../model/secure.js';
 
 export interface RecordEntry {
   stage: string | null;
@@ -65,6 +65,28 @@ export interface MachineSelection {
   labels?: LabelSelector;
   /** Observed facts by dotted path, e.g. `{ 'os.id': 'debian' }` (model/facts.ts factMatches); all must match. */
   facts?: Record<string, string>;
+}
+
+/**
+ * The outputs a staleness check renders a task with now: only those the task saw when it ran (its record
+ * names them `from: outputs`), with the value it saw, and only while the machine still has that output.
+ *
+ * Staleness asks whether the *desired* inputs of a task changed since it ran; outputs are observed. So:
+ * - an output the task saw is no change, whatever value the machine has now (a later run of the task that
+ *   sets it made a new one: a value a job set is never a change);
+ * - an output the task did not see — set later, e.g. by a later task of the same pass that sets a param an
+ *   earlier task reads — is no change either: the task is compared with the desired value beneath it;
+ * - an output the task saw that the machine no longer has was replaced by a param the operator set (the
+ *   only way an output goes): that desired value is compared with what the task saw.
+ * A secure output is recorded masked; the machine's value stands in for it.
+ */
+export function outputsAsRan(ran: RecordEntry['params'], outputs: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, p] of Object.entries(ran)) {
+    if (p.from !== 'outputs' || !Object.hasOwn(outputs, name)) continue;
+    out[name] = p.value === MASK ? outputs[name] : p.value;
+  }
+  return out;
 }
 
 export class Records {
@@ -184,7 +206,8 @@ export class Records {
       }
       const stage = e.stage ? content.objects.stages.get(e.stage)?.def : undefined;
       const pipeline = m.pipeline ? content.objects.pipelines.get(m.pipeline)?.def : undefined;
-      const now = prepareTask(content, this.sealer, m, e.task, {
+      // Desired inputs then against desired inputs now (see outputsAsRan): outputs are observed.
+      const now = prepareTask(content, this.sealer, { ...m, outputs: outputsAsRan(e.params, m.outputs) }, e.task, {
         stage: stage ? { name: stage.name, params: stage.params } : undefined,
         pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined,
       });
