@@ -77,5 +77,5 @@ describe('build records follow the current pipeline', () => {
     ]);
     expect(after.stale).toEqual([]);
     expect(after.leftover.map((e) => `${e.stage}/${e.task}`)).toEqual(['main/check']);
-  });
+  }, 300_000); // a ten-task story with rebuilds: ~15 s quiet, 70 s seen at load 20
 });
