@@ -295,6 +295,13 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('work_orders').addColumn('passed', 'text').execute();
     },
   },
+  '0018_restore': {
+    async up(db: Kysely<unknown>) {
+      // The place an export gave a machine restored onto a new host, kept while it is held there so that an
+      // export of it is the same bytes as the export it came from (engine/portable.ts). Null otherwise.
+      await db.schema.alterTable('machines').addColumn('restored_place', 'text').execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({
