@@ -635,6 +635,10 @@ export class Portable {
         if (!have) {
           // Params no content declares are refused as `machines create` refuses them (unless --allow-undeclared).
           for (const e of this.engine.undeclaredProblems(content, doc.params, opts.allowUndeclared)) problems.add(file, e.message, e.path);
+          // The credential an agentless machine names (insertMachine checks it again in the transaction).
+          if (doc.ssh && !(await this.store.getCredential(doc.ssh.credential))) {
+            problems.add(file, `credential '${doc.ssh.credential}' not found; add it with \`takt credentials add ${doc.ssh.credential} --ssh-key FILE\``, '/ssh/credential');
+          }
           const broker = doc.broker && starter.has(doc.broker) ? doc.broker : null;
           if (doc.broker && !broker) result.problems.push(`machines/${doc.name}: broker '${doc.broker}' does not exist here; created without one`);
           const { ssh, ...rest } = doc;
