@@ -97,7 +97,7 @@ describe('export and import', () => {
     // the brokered machine's sandbox is new and empty here: held (not `done`) until a restart recreates it;
     // its file above exported byte-identical all the same (sandbox.yaml included)
     await until(async () => (await b.api.get<Machine>('/machines/sandbox')).agent.connected, 60_000, 'sandbox agent connected');
-    expect(await b.api.get<Machine>('/machines/sandbox')).toMatchObject({ state: 'paused', reason: newHostReason('sandbox'), outputs: {}, currentJob: null });
+    expect(await b.api.get<Machine>('/machines/sandbox')).toMatchObject({ state: 'paused', reason: newHostReason('sandbox'), restoredPlace: { state: 'done', reason: null }, outputs: {}, currentJob: null });
     expect(readFileSync(join(dir, 'two', 'machines', 'sandbox.yaml'), 'utf8')).toBe(readFileSync(join(dir, 'one', 'machines', 'sandbox.yaml'), 'utf8'));
     expect((await b.api.get<{ items: unknown[] }>('/jobs', { machine: 'sandbox', limit: 100 })).items.every((j) => (j as { state: string }).state === 'succeeded')).toBe(true);
   });
@@ -110,6 +110,8 @@ describe('export and import', () => {
     const jobs = (await b.api.get<{ items: Array<{ state: string }> }>('/jobs', { machine: 'sandbox', limit: 100 })).items;
     expect(jobs.length).toBeGreaterThan(before);
     expect((await b.api.get<Machine>('/machines/sandbox')).reason).toBeNull();
+    // no longer held: the place its export gave it is dropped, and an export writes where it stands now
+    expect((await b.api.get<Machine>('/machines/sandbox')).restoredPlace).toBeUndefined();
   });
 
   it("refuses secure values sealed with another endpoint's key, up front, naming each: nothing imported", async () => {

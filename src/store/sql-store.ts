@@ -137,7 +137,8 @@ function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | 
     reason: m.reason,
     params: json(m.params),
     outputs: Object.keys(m.outputs ?? {}).length ? json(m.outputs) : null,
-    restored_place: m.restoredPlace ? json(m.restoredPlace) : null,
+    // Kept only while the machine is held; the first write after it moves on (a restart) drops it.
+    restored_place: m.restoredPlace && m.state === 'paused' ? json(m.restoredPlace) : null,
     profiles: json(m.profiles),
     labels: json(m.labels ?? {}),
     current_job: m.currentJob,
