@@ -123,10 +123,10 @@ describe('import is all or nothing', () => {
     expect(r.packVersionsInstalled.sort()).toEqual(['basic@1.0.0', 'seed@1.0.0']);
     expect(r.machines.created.sort()).toEqual(['plain', 'sandbox']);
     expect(r.problems).toEqual([]);
-    // exported while it ran, the machine arrives held at its place; its agent is up and waits for a resume
+    // a sandbox machine on a new host arrives held (its sandbox here is new); its agent is up and waits for a restart
     await until(async () => (await b.api.get<{ agent: { connected: boolean } }>('/machines/sandbox')).agent.connected, 60_000, 'sandbox agent');
-    expect(await b.api.get('/machines/sandbox')).toMatchObject({ state: expect.stringMatching(/^(stopped|paused)$/), reason: expect.stringMatching(/restored from an export/) });
-    expect((await b.cli(['machines', 'resume', 'sandbox'])).code).toBe(0);
+    expect(await b.api.get('/machines/sandbox')).toMatchObject({ state: 'paused', reason: expect.stringMatching(/^restored onto a new host: .*`takt machines restart sandbox`/) });
+    expect((await b.cli(['machines', 'restart', 'sandbox'])).code).toBe(0);
     expect((await b.cli(['machines', 'wait', 'sandbox', '--timeout', '60s'])).code).toBe(0);
   });
 });
@@ -145,11 +145,13 @@ describe('import onto an existing endpoint is all or nothing', () => {
     'machines/plain.yaml': exported['machines/plain.yaml']!.replace('msg: hi', `msg: hi\n  code: ${bad ? 'not-a-number' : 7}`),
   });
 
-  it('an object refused while writing (a param its schema refuses) rolls back those applied before it', async () => {
+  it('a param its schema refuses is found before anything is written, by the dry run as by the import', async () => {
     const before = await desired();
+    const dry = await raw(a, 'POST', '/import', JSON.stringify({ files: drifted(true), dryRun: true }));
     const r = await raw(a, 'POST', '/import', JSON.stringify({ files: drifted(true) }));
     expect(r.status, JSON.stringify(r.body)).toBe(422);
-    expect(r.body.error.message).toMatch(/^machines\/plain\.yaml: param 'code'/);
+    expect(r.body.error.message).toMatch(/^machines\/plain\.yaml \/params\/code: param 'code'/);
+    expect(dry).toEqual(r);
     // the profile was written before the machine in the same transaction: it is not changed
     expect(await desired()).toEqual(before);
   });

@@ -279,7 +279,10 @@ describe('secret sweep', () => {
     expect(render.error).toBeNull();
     expect(render.displayScript).not.toContain('SWEEP-');
 
-    const b = await Endpoint.start();
+    // Elsewhere with this endpoint's secret.key carried (docs/operations.md): without it the import is refused.
+    const bData = mkdtempSync(join(tmpdir(), 'takt-test-'));
+    writeFileSync(join(bData, 'secret.key'), readFileSync(join(ep.data, 'secret.key')), { mode: 0o600 });
+    const b = await Endpoint.start({ data: bData });
     try {
       const one = join(work, 'rt-one');
       const two = join(work, 'rt-two');

@@ -22,6 +22,11 @@ export interface BrokerPort {
   /** Starts the machine's agent with its token. */
   create(machine: { id: string; name: string }, token: string): Promise<void>;
   destroy(machine: { id: string; name: string }): Promise<void>;
+  /**
+   * True when its machines are sandboxes this host makes (a directory, a network namespace): a machine
+   * restored onto this endpoint from another host arrives with a new, empty sandbox.
+   */
+  readonly sandboxed?: boolean;
   /** What creating a machine should warn about (e.g. its scripts are not isolated from the endpoint). */
   readonly notice?: string | undefined;
 }

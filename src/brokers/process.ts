@@ -81,6 +81,8 @@ export function hostPlacement(endpoint: () => string): Placement {
 
 export class ProcessBroker {
   readonly name: string;
+  /** Each machine is a sandbox on this host (see BrokerPort.sandboxed): new and empty when restored here. */
+  readonly sandboxed = true;
   readonly environment: string;
   private readonly placement: Placement;
   private readonly tracked = new Map<string, Tracked>();

@@ -34,9 +34,16 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
   program
     .command('import <dir>')
     .description('restore the desired state from a `takt export` directory, all or nothing (machines not in it are reported, not deleted); machines it creates keep their place and wait for `takt machines resume`')
-    .option('--dry-run', 'print what it would change, change nothing')
-    .addHelpText('after', examples('takt import ./state --dry-run   # what would change', 'takt import ./state             # then re-attach the agents it lists'))
-    .action(async (dir: string, o: { dryRun?: boolean }) => {
+    .option('--dry-run', 'print what it would change, change nothing (the same checks as the import: the same problems)')
+    .option('--allow-undeclared', "store machine params no content declares (as `machines update --allow-undeclared`); refused otherwise")
+    .addHelpText(
+      'after',
+      examples(
+        'takt import ./state --dry-run   # what would change, or every problem (file:line:col or file + field)',
+        'takt import ./state             # then re-attach the agents it lists, and restart the machines it holds',
+      ),
+    )
+    .action(async (dir: string, o: { dryRun?: boolean; allowUndeclared?: boolean }) => {
       const files: Record<string, string> = {};
       const walk = async (rel: string) => {
         for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
@@ -48,7 +55,8 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
       await walk('').catch((err: NodeJS.ErrnoException) => {
         throw new TaktError('not_found', `${dir}: ${err.code === 'ENOENT' ? 'no such directory' : err.message}`);
       });
-      const r = await api().post<ImportResult>('/import', { files, ...(o.dryRun ? { dryRun: true } : {}) });
+      // A refusal carries every problem (error.details.problems): `report` prints one line each.
+      const r = await api().post<ImportResult>('/import', { files, ...(o.dryRun ? { dryRun: true } : {}), ...(o.allowUndeclared ? { allowUndeclared: true } : {}) });
       print(g().output, r, () =>
         [
           r.dryRun
@@ -57,6 +65,12 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
           ...r.changes.map((c) => shown(`  ${c}`)),
           ...(r.reattach.length ? [r.dryRun ? 'agents to re-attach (each machine gets a new token):' : 're-attach each machine\'s agent (new tokens were issued):', ...r.reattach.map((a) => shown(`  ${a.machine}: ${a.how}`))] : []),
           ...(r.notes ?? []).map((n) => pc.yellow(shown(`  ${n}`))),
+          ...((r.held ?? []).length
+            ? [
+                r.dryRun ? 'machines that would be held (restored onto a new host: their sandbox is new and empty):' : 'held (restored onto a new host: their sandbox is new and empty); restart each to recreate it:',
+                ...(r.held ?? []).map((h) => shown(`  ${h.machine}: ${h.command}`)),
+              ]
+            : []),
           ...r.problems.map((p) => pc.yellow(shown(`  ${p}`))),
         ].join('\n'),
       );
@@ -74,4 +88,6 @@ interface ImportResult {
   problems: string[];
   /** Per machine: where a machine whose pipeline changes is held, restored params its outputs shadow. */
   notes?: string[];
+  /** Absent from endpoints before it existed. */
+  held?: Array<{ machine: string; reason: string; command: string }>;
 }

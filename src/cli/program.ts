@@ -288,12 +288,27 @@ export function inFlagWords(err: TaktError, cmd: Command | undefined = running):
   return new TaktError(err.code, message.includes(flag) ? message : `${flag}: ${message}`, err.details !== undefined ? { details: err.details } : {});
 }
 
+/**
+ * The problems of a refused import or rewind (`details.problems`, see engine/portable.ts ImportProblem), one
+ * line each: `file:line:col: message` when the position is known, else `file /json/pointer: message`.
+ */
+export function problemLines(details: unknown): string[] {
+  const list = (details as { problems?: unknown } | undefined)?.problems;
+  // One problem is the error's message already.
+  if (!Array.isArray(list) || list.length < 2) return [];
+  return list
+    .filter((p): p is { file: string; path?: string; line?: number; col?: number; message: string } => typeof p === 'object' && p !== null && typeof (p as { file?: unknown }).file === 'string' && typeof (p as { message?: unknown }).message === 'string')
+    .map((p) => `  ${p.file}${p.line !== undefined ? `:${p.line}:${p.col}` : ''}${p.path ? ` ${p.path}` : ''}: ${p.message}`);
+}
+
 export function report(err: unknown): number {
   if (err instanceof TaktError) err = inFlagWords(err);
   if (err instanceof TaktError) {
     process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}${err.path && !err.message.includes(err.path) ? pc.dim(shownErr(` (at ${err.path})`)) : ''}\n`);
     const diags = (err.details as { diagnostics?: Array<{ file: string; line: number; col: number; message: string }> } | undefined)?.diagnostics;
     for (const d of diags ?? []) process.stderr.write(shownErr(`${d.file}:${d.line}:${d.col}: ${d.message}`) + '\n');
+    // An all-or-nothing refusal (import, rewind) names every problem: one line each, as lint's diagnostics.
+    for (const line of problemLines(err.details)) process.stderr.write(shownErr(line) + '\n');
     return err.code === 'not_found' ? 4 : err.code === 'unauthorized' || err.code === 'forbidden' ? 5 : 1;
   }
   if (err instanceof NetworkError) {

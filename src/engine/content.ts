@@ -297,6 +297,8 @@ export class ContentService {
     (candidate.objects[kind] as Map<string, { def: unknown; layer: string }>).set(clear.name, { def: clear, layer: LOCAL_LAYER });
     // Checked with its clear values, stored and run sealed (history and events see only the sealed form).
     this.assertConsistent(candidate, `saving ${KIND_NOUN[kind]} '${clear.name}'`, { kind, name: clear.name });
+    // A pipeline's `environments` may change under machines that run it.
+    if (kind === 'pipelines' && existing) await this.assertMachineRefs(candidate, `saving ${KIND_NOUN[kind]} '${clear.name}'`);
     const obj = sealDef(kind, clear, secureParams(candidate), this.sealer);
     (candidate.objects[kind] as Map<string, { def: unknown; layer: string }>).set(obj.name, { def: obj, layer: LOCAL_LAYER });
     await this.store.transact((tx) => this.writeLocal(tx, kind, obj, author));
@@ -396,6 +398,8 @@ export class ContentService {
 
   /** Machines point at pipelines and profiles by name; those names must keep resolving. */
   async assertMachineRefs(candidate: ContentSet, doing: string) {
+    // Machines whose pipeline would no longer exercise their environment: all of them, in one answer.
+    const misplaced: Array<{ machine: string; environment: string; pipeline: string; environments: string[] }> = [];
     // Content removal is rare; a page-by-page scan keeps this exact for any fleet size.
     for (let offset = 0; ; offset += 1000) {
       const page = await this.store.listMachines({ limit: 1000, offset });
@@ -405,9 +409,19 @@ export class ContentService {
         }
         const missing = m.profiles.find((p) => !candidate.objects.profiles.has(p));
         if (missing) throw new TaktError('conflict', `${doing} would leave machine '${m.name}' without its profile '${missing}'`);
+        const envs = m.pipeline ? candidate.objects.pipelines.get(m.pipeline)?.def.environments : undefined;
+        if (m.pipeline && envs && !envs.includes(m.environment)) misplaced.push({ machine: m.name, environment: m.environment, pipeline: m.pipeline, environments: envs });
       }
-      if (page.length < 1000) return;
+      if (page.length < 1000) break;
     }
+    if (misplaced.length === 0) return;
+    const shownList = misplaced.slice(0, 20).map((x) => `${x.machine} (${x.environment}; pipeline ${x.pipeline} runs in: ${x.environments.join(', ')})`).join(', ');
+    const more = misplaced.length > 20 ? ` and ${misplaced.length - 20} more` : '';
+    throw new TaktError(
+      'conflict',
+      `${doing} would leave ${misplaced.length} machine${misplaced.length === 1 ? '' : 's'} in an environment ${misplaced.length === 1 ? 'its' : 'their'} pipeline no longer exercises: ${shownList}${more}. Assign each a pipeline that runs there (\`takt machines update M --pipeline P\`) or delete it, or use a version whose pipeline still lists that environment`,
+      { path: '/environments', details: { machines: misplaced } },
+    );
   }
 }
 

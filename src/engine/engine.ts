@@ -13,7 +13,7 @@ import { TaktError } from '../model/errors.js';
 import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type WorkOrder } from '../model/machine.js';
 import { adhocCommand, machineSecrets, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
-import { isSealed, maskValues, type Sealer } from '../model/secure.js';
+import { foreignSealed, isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
 import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
@@ -522,6 +522,60 @@ export class Engine {
     if (patch.pipeline) this.requirePipeline(content, patch.pipeline);
     if (patch.profiles) this.requireProfiles(content, patch.profiles);
     if (patch.labels) validateLabels(Object.fromEntries(Object.entries(patch.labels).filter(([, v]) => v !== null)) as Record<string, string>);
+  }
+
+  /**
+   * JSON pointers (under `at`) of the sealed values inside `value` this endpoint's secret key cannot open:
+   * values sealed by another endpoint (an export carried without its `secret.key`). They would fail only
+   * when a job renders them, so an import refuses them first.
+   */
+  foreignSealed(value: unknown, at = ''): string[] {
+    return foreignSealed(value, this.sealer, at);
+  }
+
+  /**
+   * Every problem `newMachine` + `createMachine` would refuse a machine's params for that a single throw
+   * would hide: each param no content declares (unless `allowUndeclared`), one error per param.
+   */
+  undeclaredProblems(content: ContentSet, params: Record<string, unknown>, allowUndeclared = false): TaktError[] {
+    if (allowUndeclared) return [];
+    return Object.entries(params).flatMap(([k, v]) => attempt(() => assertDeclared(content, { [k]: v })));
+  }
+
+  /**
+   * Every problem `updateMachineIn` would refuse `patch` on `m` for, against `content`, found without a
+   * transaction and without stopping at the first: references, labels, each param's schema, params no
+   * content declares (unless `allowUndeclared`, as `updateMachine`), SSH settings and their credential,
+   * required params of a newly assigned pipeline, and the machine's environment against its pipeline's
+   * (checked whatever changed: the content itself may be changing, as in an import). An import and its dry
+   * run both check every machine with it, so both report the same problems before anything is written.
+   */
+  async updateProblems(m: Machine, patch: MachinePatch & { power?: Machine['power'] }, content: ContentSet, opts: { allowUndeclared?: boolean } = {}): Promise<TaktError[]> {
+    const out: TaktError[] = [];
+    out.push(...attempt(() => this.checkPatch(content, patch)));
+    if (patch.name !== undefined && patch.name !== m.name) {
+      const holder = await this.store.getMachineByName(patch.name);
+      if (holder && holder.id !== m.id) out.push(new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' }));
+    }
+    let params = m.params;
+    if (patch.params) {
+      for (const [k, v] of Object.entries(patch.params)) out.push(...attempt(() => this.checkParams(content, {}, { [k]: v })));
+      params = Object.fromEntries(Object.entries({ ...m.params, ...patch.params }).filter(([, v]) => v !== null));
+      out.push(...this.undeclaredProblems(content, patch.params, opts.allowUndeclared || patch.allowUndeclared));
+    }
+    if (patch.ssh !== undefined) {
+      if (!m.ssh) out.push(new TaktError('conflict', `machine '${m.name}' is not driven over SSH (broker ${m.broker ?? 'none'}); its SSH settings cannot be set`, { path: '/ssh' }));
+      else {
+        const credential = patch.ssh.credential ?? m.ssh.credential;
+        if (credential !== m.ssh.credential && !(await this.store.getCredential(credential))) {
+          out.push(new TaktError('not_found', `credential '${credential}' not found; add it with \`takt credentials add ${credential} --ssh-key FILE\``, { path: '/ssh/credential' }));
+        }
+      }
+    }
+    const next: Machine = { ...m, name: patch.name ?? m.name, environment: patch.environment ?? m.environment, profiles: patch.profiles ?? m.profiles, params, pipeline: patch.pipeline !== undefined ? patch.pipeline : m.pipeline };
+    if (patch.pipeline && patch.pipeline !== m.pipeline && content.objects.pipelines.has(patch.pipeline)) out.push(...attempt(() => this.assertStartable(next, patch.pipeline!, content)));
+    out.push(...attempt(() => assertEnvironment(content, next.name, next.environment, next.pipeline)));
+    return out;
   }
 
   /**
@@ -1763,6 +1817,17 @@ async function assertBootIdentityFree(tx: Tx, boot: MachineBoot, selfId: string)
     if (boot.uuid !== null && boot.uuid === other.boot.uuid) {
       throw new TaktError('conflict', `SMBIOS UUID ${boot.uuid} already boots machine '${other.name}'`, { path: '/boot/uuid' });
     }
+  }
+}
+
+/** The TaktError `f` throws, as a list (empty when it does not throw); any other error is thrown on. */
+function attempt(f: () => unknown): TaktError[] {
+  try {
+    f();
+    return [];
+  } catch (err) {
+    if (err instanceof TaktError) return [err];
+    throw err;
   }
 }
 

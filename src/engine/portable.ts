@@ -23,7 +23,7 @@ import { assertRequires, type ContentService, type Pins } from './content.js';
 import { Pacer } from './pace.js';
 import type { IsSecure, SealedPack } from './sealing.js';
 import { patchTowards, type Engine, type MachinePatch, type RestoreWrite } from './engine.js';
-import { assertMachineName } from './ids.js';
+import { assertEnvironment } from './declared.js';
 import type { RecordEntry, Records } from './records.js';
 import { placeOnReassign, shadowedParams, type RecordedPlace } from './restore.js';
 
@@ -53,6 +53,11 @@ export interface ImportResult {
    * whose pipeline changes is held, and restored params its outputs still shadow.
    */
   notes: string[];
+  /**
+   * Machines restored onto a new host: created with a sandbox broker here, so their sandbox is new and
+   * empty. Each is held (`paused`) with a reason; `command` recreates what its pipeline built.
+   */
+  held: Array<{ machine: string; reason: string; command: string }>;
 }
 
 /** One thing wrong with an import, found before anything is written: the file and the field in it. */
@@ -72,6 +77,17 @@ export interface MachineStarter {
   has(broker: string): boolean;
   /** Starts a created machine's agent through its broker. */
   start(machine: Machine, token: string): Promise<void>;
+  /**
+   * Whether the broker makes the machine a sandbox on this host (`local`, `netns`): restored here, the
+   * machine's sandbox is new and empty, whatever its export says its pipeline built. Absent: none does.
+   */
+  sandboxed?(broker: string): boolean;
+}
+
+/** How an import is asked: `dryRun` writes nothing; `allowUndeclared` stores params no content declares (as `machines update`). */
+export interface ImportOptions {
+  dryRun?: boolean;
+  allowUndeclared?: boolean;
 }
 
 /** A machine as an export holds it. */
@@ -112,7 +128,7 @@ const DESIRED_KEYS = ['id', 'name', 'environment', 'broker', 'pipeline', 'profil
  * Machine fields that are not its pipeline position. Every other field is position (stage and task
  * index, attempt, the approved stage, or whatever tracks it), so the export follows the model as it grows.
  */
-const NOT_POSITION = new Set<string>([...DESIRED_KEYS, 'state', 'reason', 'outputs', 'currentJob', 'facts', 'createdAt', 'updatedAt', 'agent']);
+const NOT_POSITION = new Set<string>([...DESIRED_KEYS, 'state', 'reason', 'outputs', 'currentJob', 'facts', 'createdAt', 'updatedAt', 'agent', 'restoredPlace']);
 /** The state a machine that was running is restored in: it keeps its place and waits for the operator. */
 const HELD: MachineState = (MACHINE_STATES as readonly string[]).includes('paused') ? ('paused' as MachineState) : 'stopped';
 
@@ -123,6 +139,19 @@ export function restoredReason(name: string, fromStart = false): string {
     : `restored from an export while it was running; \`takt machines resume ${name}\` continues where it was`;
 }
 
+/**
+ * The reason a machine restored onto a new host is held with: its sandbox broker made it a new, empty
+ * sandbox here, so what its pipeline built is not there; a restart runs the pipeline again from its first task.
+ */
+export function newHostReason(name: string): string {
+  return `restored onto a new host: its sandbox here is new and empty; \`takt machines restart ${name}\` runs its pipeline from the first task to recreate it`;
+}
+
+/** Whether `m` is still held as an import restored it onto a new host (nothing has happened to it since). */
+function heldForNewHost(m: Machine): m is Machine & { restoredPlace: NonNullable<Machine['restoredPlace']> } {
+  return !!m.restoredPlace && m.state === HELD && m.reason === newHostReason(m.name);
+}
+
 function desiredDoc(d: MachineDoc): Partial<MachineDoc> {
   // No labels and empty labels are the same (an export leaves empty ones out).
   return Object.fromEntries(DESIRED_KEYS.filter((k) => d[k] !== undefined && !(k === 'labels' && Object.keys(d.labels!).length === 0)).map((k) => [k, d[k]]));
@@ -131,6 +160,8 @@ function desiredDoc(d: MachineDoc): Partial<MachineDoc> {
 /** Where a machine stands, as a restore should find it: a running machine is held at its position. */
 function placeOf(m: Machine): Place {
   const position = Object.fromEntries(Object.entries(m).filter(([k]) => !NOT_POSITION.has(k)));
+  // Held only because this host is new to it: the place is still the one its export gave it.
+  if (heldForNewHost(m)) return { state: m.restoredPlace.state, reason: m.restoredPlace.reason, position };
   if (m.state === 'running') return { state: HELD, reason: restoredReason(m.name), position };
   return { state: m.state, reason: m.reason, position };
 }
@@ -306,9 +337,16 @@ export class Portable {
    * @throws TaktError (4xx) naming the file (`path`: file and field) of the first problem; all of them are in
    *   `details.problems` as { file, path?, message }.
    */
-  async import(files: ExportFiles, author: string, starter: MachineStarter, opts: { dryRun?: boolean } = {}): Promise<ImportResult> {
-    const parsed = await this.parseExport(files);
-    const plan = await this.planImport(parsed, starter);
+  async import(files: ExportFiles, author: string, starter: MachineStarter, opts: ImportOptions = {}): Promise<ImportResult> {
+    const problems = new Problems();
+    const { parsed, badMachines } = await this.parseExport(files, problems);
+    // A problem in the manifest, a pack or a local object changes the content everything else is checked
+    // against: those are answered alone. Machine files stand on their own, so with only their problems the
+    // rest is checked too, and one answer names every problem.
+    if (problems.list.some((p) => !p.file.startsWith('machines/'))) problems.throwIfAny();
+    // The dry run and the import make the same plan, so they find the same problems: every check an import's
+    // transaction would make is made here, before it (see Engine.updateProblems).
+    const plan = await this.planImport(parsed, starter, { problems, skip: badMachines, allowUndeclared: opts.allowUndeclared });
     for (const { machine } of plan.creates) plan.result.reattach.push({ machine: machine.name, how: reattachHow(machine) });
     if (opts.dryRun) return { ...plan.result, dryRun: true };
     await this.store.transact((tx) => this.writeImport(tx, plan, author));
@@ -362,20 +400,25 @@ export class Portable {
     const local = new Map<string, LocalObject>();
     for (const l of target.local) local.set(`${l.kind}/${l.name}`, { ...l, file: `${l.kind}/${l.name}`, def: this.content.checkLocal(l.kind, l.def) });
     const parsed: ParsedExport = { inUse: target.inUse, versions: new Map(), local, machines: target.machines.map((doc) => ({ file: `machines/${doc.name}`, doc })) };
-    const plan = await this.planImport(parsed, { has: () => false, start: async () => undefined }, { partial: true, nothing: opts.nothing, by: opts.by });
+    // Params come back as they were once stored (perhaps with --allow-undeclared then): not refused again.
+    const plan = await this.planImport(parsed, { has: () => false, start: async () => undefined }, { partial: true, nothing: opts.nothing, by: opts.by, allowUndeclared: true });
     if (opts.dryRun) return { ...plan.result, dryRun: true };
     await this.store.transact((tx) => this.writeImport(tx, plan, author));
     this.content.adopt(plan.content, plan.pins);
     return plan.result;
   }
 
-  /** Every file of an export parsed and checked on its own; throws every problem found. */
-  private async parseExport(files: ExportFiles): Promise<ParsedExport> {
+  /**
+   * Every file of an export parsed and checked on its own; each problem is added to `problems` (none is
+   * thrown). `badMachines`: the names of the machine files that had one, left out of `parsed`.
+   * @throws TaktError bad_request when `files` is not an export at all (no manifest, a path that is not plain).
+   */
+  private async parseExport(files: ExportFiles, problems: Problems): Promise<{ parsed: ParsedExport; badMachines: Set<string> }> {
     if (typeof files !== 'object' || files === null) throw new TaktError('bad_request', 'an import is an object of files: path -> text');
     assertPlainPaths(files, 'import');
     if (files[MANIFEST] === undefined) throw new TaktError('bad_request', `${MANIFEST} is missing: not a takt export (made by \`takt export\`)`, { path: MANIFEST });
-    const problems = new Problems();
     const out: ParsedExport = { inUse: {}, versions: new Map(), local: new Map(), machines: [] };
+    const badMachines = new Set<string>();
 
     const manifest = problems.yaml(MANIFEST, files[MANIFEST]);
     if (manifest !== undefined) {
@@ -422,31 +465,41 @@ export class Portable {
         }
         out.local.set(`${kind}/${name}`, { kind: kind as ContentKind, name, file, def: this.content.checkLocal(kind as ContentKind, def) });
       } else if (machine) {
-        const doc = problems.yaml(file, text);
-        if (doc === undefined) continue;
-        if (!problems.object(file, doc, 'machine')) continue;
-        if (!problems.schema(file, MachineDocSchema, doc)) continue;
-        const m = doc as MachineDoc;
-        if (m.name !== machine[1]) problems.add(file, `name '${m.name}' does not match the file name '${machine[1]}'`, '/name');
-        else if (ids.has(m.id)) problems.add(file, `machine id '${m.id}' is also the id in ${ids.get(m.id)}`, '/id');
-        else if (names.has(m.name)) problems.add(file, `machine name '${m.name}' is also in ${names.get(m.name)}`, '/name');
-        else {
-          ids.set(m.id, file);
-          names.set(m.name, file);
-          out.machines.push({ file, doc: m });
-        }
+        const before = problems.list.length;
+        this.parseMachine(file, machine[1]!, text, problems, ids, names, out);
+        if (problems.list.length > before) badMachines.add(machine[1]!);
       } else {
         problems.add(file, 'not part of an export (takt-export.yaml, packs/NAME/VERSION/…, local/KIND/NAME.yaml, machines/NAME.yaml)');
       }
     }
-    problems.throwIfAny();
-    return out;
+    return { parsed: out, badMachines };
+  }
+
+  /** One `machines/NAME.yaml` parsed and checked on its own (schema, name, unique id and name), into `out`. */
+  private parseMachine(file: string, name: string, text: string, problems: Problems, ids: Map<string, string>, names: Map<string, string>, out: ParsedExport): void {
+    const doc = problems.yaml(file, text);
+    if (doc === undefined) return;
+    if (!problems.object(file, doc, 'machine')) return;
+    if (!problems.schema(file, MachineDocSchema, doc)) return;
+    const m = doc as MachineDoc;
+    if (m.name !== name) problems.add(file, `name '${m.name}' does not match the file name '${name}'`, '/name');
+    else if (ids.has(m.id)) problems.add(file, `machine id '${m.id}' is also the id in ${ids.get(m.id)}`, '/id');
+    else if (names.has(m.name)) problems.add(file, `machine name '${m.name}' is also in ${names.get(m.name)}`, '/name');
+    else {
+      ids.set(m.id, file);
+      names.set(m.name, file);
+      out.machines.push({ file, doc: m });
+    }
   }
 
   /** What the import would change, checked against the store and the content it would make; throws every problem found. */
-  private async planImport(parsed: ParsedExport, starter: MachineStarter, opts: { partial?: boolean; nothing?: string; by?: string } = {}): Promise<ImportPlan> {
-    const problems = new Problems(opts.nothing);
-    const result: ImportResult = { dryRun: false, changes: [], reattach: [], packVersionsInstalled: [], inUse: parsed.inUse, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [], notes: [] };
+  private async planImport(
+    parsed: ParsedExport,
+    starter: MachineStarter,
+    opts: { partial?: boolean; nothing?: string; by?: string; problems?: Problems; skip?: Set<string>; allowUndeclared?: boolean } = {},
+  ): Promise<ImportPlan> {
+    const problems = opts.problems ?? new Problems(opts.nothing);
+    const result: ImportResult = { dryRun: false, changes: [], reattach: [], packVersionsInstalled: [], inUse: parsed.inUse, content: { created: 0, updated: 0, deleted: 0 }, machines: { created: [], updated: [] }, problems: [], notes: [], held: [] };
     const now = new Date().toISOString();
 
     // Secure values are checked clear and stored sealed: a version's identity is its sealed digest (an HMAC
@@ -472,9 +525,17 @@ export class Portable {
       }
       sealedOf.set(ref, sealed);
       const digest = sealed.sha256;
+      // A value sealed by another endpoint cannot be opened here: a job would fail when it renders it.
+      let foreign = false;
+      for (const o of lintPack(v.files).objects) {
+        for (const at of this.engine.foreignSealed(o.def)) {
+          foreign = true;
+          problems.add(`${dir}${o.file}`, foreignMessage(`install that pack version with the value in clear on this endpoint (\`takt content install\`) and remove packs/${v.name}/${v.version}/ from the export`), at);
+        }
+      }
       const existing = await this.store.getPackVersion(v.name, v.version);
       if (existing) {
-        if (existing.sha256 !== digest) {
+        if (existing.sha256 !== digest && !foreign) {
           problems.add(dir, `${ref} is installed here with different content (sha256 ${existing.sha256.slice(0, 12)}, the export's is ${digest.slice(0, 12)}); a published version never changes`);
         }
         records.set(ref, existing);
@@ -521,7 +582,10 @@ export class Portable {
       objectsOf.set(rec.name, objects);
       for (const o of objects) claim(o.kind, (o.def as { name: string }).name, rec.name, o.def, `packs/${rec.name}/${rec.version}/${o.file}`);
     }
-    for (const l of parsed.local.values()) claim(l.kind, l.name, LOCAL_LAYER, l.def, l.file);
+    for (const l of parsed.local.values()) {
+      claim(l.kind, l.name, LOCAL_LAYER, l.def, l.file);
+      for (const at of this.engine.foreignSealed(l.def)) problems.add(l.file, foreignMessage(`remove the value from ${l.file} and set it after the import (\`takt ${l.kind} update ${l.name} …\`)`), at);
+    }
 
     // Every version the import installs or runs must lint clean against that content.
     const linted = new Set<string>();
@@ -567,14 +631,24 @@ export class Portable {
     const seen = new Set<string>();
     for (const { file, doc } of parsed.machines) {
       seen.add(doc.id);
+      const have = await this.store.getMachine(doc.id);
+      // Secure values sealed by another endpoint: its params, and the outputs a created machine gets.
+      const fix = (at: string) => `remove it from ${file} and set it after the import: \`takt machines update ${doc.name} --param ${at.split('/')[2] ?? 'NAME'}=VALUE\``;
+      for (const at of this.engine.foreignSealed(doc.params, '/params')) problems.add(file, foreignMessage(fix(at)), at);
+      if (!have) for (const at of this.engine.foreignSealed(doc.outputs ?? {}, '/outputs')) problems.add(file, foreignMessage(`remove it from ${file} (an output: its task sets it again when it runs)`), at);
       const refs = refProblems(content, doc);
       if (refs.length > 0) {
         for (const r of refs) problems.add(file, r.message, r.path);
         continue;
       }
-      const have = await this.store.getMachine(doc.id);
       try {
         if (!have) {
+          // Params no content declares are refused as `machines create` refuses them (unless --allow-undeclared).
+          for (const e of this.engine.undeclaredProblems(content, doc.params, opts.allowUndeclared)) problems.add(file, e.message, e.path);
+          // The credential an agentless machine names (insertMachine checks it again in the transaction).
+          if (doc.ssh && !(await this.store.getCredential(doc.ssh.credential))) {
+            problems.add(file, `credential '${doc.ssh.credential}' not found; add it with \`takt credentials add ${doc.ssh.credential} --ssh-key FILE\``, '/ssh/credential');
+          }
           const broker = doc.broker && starter.has(doc.broker) ? doc.broker : null;
           if (doc.broker && !broker) result.problems.push(`machines/${doc.name}: broker '${doc.broker}' does not exist here; created without one`);
           const { ssh, ...rest } = doc;
@@ -584,6 +658,13 @@ export class Portable {
           made.machine.power = doc.power;
           this.restorePlace(made.machine, place, file, problems);
           made.machine.outputs = outputs ?? {};
+          // A sandbox made here is new and empty: what the pipeline built is not in it. Held, keeping the place
+          // its export gave it (for a byte-identical export), until a restart builds it again.
+          if (broker && made.machine.pipeline && starter.sandboxed?.(broker)) {
+            made.machine.restoredPlace = { state: made.machine.state, reason: made.machine.reason };
+            Object.assign(made.machine, { state: HELD, reason: newHostReason(made.machine.name) });
+            result.held.push({ machine: doc.name, reason: made.machine.reason!, command: `takt machines restart ${doc.name}` });
+          }
           const jobs: Job[] = [];
           for (const [i, e] of (built ?? []).entries()) {
             if (await this.store.getJob(e.job)) problems.add(file, `job id '${e.job}' of its build record is taken on this endpoint`, `/built/${i}/job`);
@@ -601,11 +682,10 @@ export class Portable {
             const { hostKey: _k, ...set } = doc.ssh;
             patch.ssh = { ...set, root: set.root ?? null, dir: set.dir ?? null };
           }
-          if (patch.name !== undefined) {
-            assertMachineName(patch.name);
-            const holder = await this.store.getMachineByName(patch.name);
-            if (holder && holder.id !== doc.id) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
-          }
+          // Every check the transaction's updateMachineIn makes, made here: a dry run finds what the import would.
+          const found = await this.engine.updateProblems(have, patch, content, { allowUndeclared: opts.allowUndeclared });
+          for (const e of found) problems.add(file, e.message, e.path);
+          if (found.length > 0) continue;
           // Desired state goes back, observed state stays (restore.ts): outputs are kept, and a machine whose
           // pipeline changes takes the export's place there when it is valid, else it is held at the start.
           const restore: RestoreWrite = {};
@@ -619,6 +699,9 @@ export class Portable {
           updates.push({ file, id: doc.id, patch, restore });
           result.machines.updated.push(doc.name);
           result.changes.push(`update machines/${have.name}: ${patchFields(patch).join(', ')}`);
+        } else {
+          // Unchanged, but the content it runs may change under it.
+          for (const e of attempt(() => assertEnvironment(content, doc.name, doc.environment, doc.pipeline))) problems.add(file, e.message, e.path);
         }
       } catch (err) {
         if (!(err instanceof TaktError)) throw err;
@@ -628,8 +711,8 @@ export class Portable {
     for (let offset = 0; ; offset += 1000) {
       const page = await this.store.listMachines({ limit: 1000, offset });
       for (const m of page) {
-        if (seen.has(m.id)) continue;
-        const refs = refProblems(content, m);
+        if (seen.has(m.id) || opts.skip?.has(m.name)) continue;
+        const refs = [...refProblems(content, m), ...attempt(() => assertEnvironment(content, m.name, m.environment, m.pipeline)).map((e) => ({ path: e.path ?? '/environment', message: e.message }))];
         if (refs.length > 0) {
           for (const r of refs) problems.add(opts.partial ? `machines/${m.name}` : `machines/${m.name}.yaml`, opts.partial ? `${r.message} once this is applied; change or delete the machine first` : `not in the export, and ${r.message} after the import; change or delete the machine first`, r.path);
         }
@@ -755,6 +838,25 @@ export function recordedOf(place: Place | undefined): RecordedPlace | null {
   if (!place || !p || !Array.isArray(p.passed)) return null;
   const str = (v: unknown) => (typeof v === 'string' ? v : null);
   return { state: place.state, reason: place.reason, stage: str(p.stage), task: str(p.task), passed: p.passed.filter((k): k is string => typeof k === 'string'), approvedStage: str(p.approvedStage) };
+}
+
+/**
+ * The problem of a secure value sealed with another endpoint's key, and how to fix it: carry that
+ * endpoint's secret.key, or `otherwise` (set the value again after the import).
+ */
+export function foreignMessage(otherwise: string): string {
+  return `this secure value was sealed with another endpoint's key (its data/secret.key) and cannot be opened here; a job would fail when it renders it. Put that endpoint's secret.key in this endpoint's data dir (stop it, copy the file with mode 0600, start it) and import again, or ${otherwise}`;
+}
+
+/** The TaktError `f` throws, as a list (empty when it does not throw). */
+function attempt(f: () => unknown): TaktError[] {
+  try {
+    f();
+    return [];
+  } catch (err) {
+    if (err instanceof TaktError) return [err];
+    throw err;
+  }
 }
 
 /** A machine's references into content (pipeline, profiles) that `content` cannot resolve. */

@@ -51,6 +51,14 @@ export interface Machine {
    * history, revert, rewind, import and staleness leave them be, because the machine still has them.
    */
   outputs: Record<string, unknown>;
+  /**
+   * Observed, set only by an import that restored the machine onto a new host (a sandbox broker, whose
+   * sandbox is new and empty here): the state and reason its export gave it. The machine is held
+   * (`paused`, engine/portable.ts `newHostReason`) until the operator restarts it; while it is, an export
+   * writes this place, so that export is byte-identical to the one it came from. Dropped by the store once
+   * the machine is no longer paused (a restart); absent otherwise.
+   */
+  restoredPlace?: { state: MachineState; reason: string | null } | null;
   /** What the machine's agent observed about its host (observed state: never in history or exports); null until it reports. */
   facts: ObservedFacts | null;
   /** Agentless machines only: how the endpoint reaches the host over SSH (broker `ssh`). */

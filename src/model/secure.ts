@@ -50,6 +50,20 @@ export class Sealer {
   }
 
   /**
+   * Whether `value` (sealed) was sealed with this endpoint's key: AES-GCM authenticates, so a value sealed
+   * with another key (an export from another endpoint) fails here rather than decrypting to garbage.
+   * A value that is not sealed opens trivially (true).
+   */
+  opens(value: unknown): boolean {
+    try {
+      this.open(value);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /**
    * HMAC-SHA256 (hex) of `text` keyed by this endpoint: a digest that is safe to show for text that holds
    * secrets. Unlike a bare sha256, nobody without the data dir's secret.key can test guesses against it
    * (a 4-digit PIN behind a bare hash falls to 10,000 tries). The same text gives the same digest on the
@@ -88,4 +102,12 @@ export function mapSealed(v: unknown, f: (s: Sealed) => unknown): unknown {
   if (Array.isArray(v)) return v.map((x) => mapSealed(x, f));
   if (typeof v === 'object' && v !== null) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, mapSealed(x, f)]));
   return v;
+}
+
+/** JSON pointers (under `at`) of every sealed value inside `v` that `sealer` cannot open: sealed with another key. */
+export function foreignSealed(v: unknown, sealer: Pick<Sealer, 'opens'>, at = ''): string[] {
+  if (isSealed(v)) return sealer.opens(v) ? [] : [at];
+  if (Array.isArray(v)) return v.flatMap((x, i) => foreignSealed(x, sealer, `${at}/${i}`));
+  if (typeof v === 'object' && v !== null) return Object.entries(v).flatMap(([k, x]) => foreignSealed(x, sealer, `${at}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`));
+  return [];
 }

@@ -307,6 +307,13 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
         .execute();
     },
   },
+  '0018_restore': {
+    async up(db: Kysely<unknown>) {
+      // The place an export gave a machine restored onto a new host, kept while it is held there so that an
+      // export of it is the same bytes as the export it came from (engine/portable.ts). Null otherwise.
+      await db.schema.alterTable('machines').addColumn('restored_place', 'text').execute();
+    },
+  },
   '0020_boot': {
     async up(db: Kysely<unknown>) {
       // Network-booted machines (bare metal, VMs): the MACs and SMBIOS UUID the boot service knows them

@@ -92,6 +92,7 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
     reason: r.reason,
     params: parse(r.params),
     outputs: r.outputs ? parse(r.outputs) : {},
+    ...(r.restored_place ? { restoredPlace: parse<NonNullable<Machine['restoredPlace']>>(r.restored_place) } : {}),
     profiles: parse(r.profiles),
     labels: parse(r.labels) ?? {},
     currentJob: r.current_job,
@@ -137,6 +138,8 @@ function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | 
     reason: m.reason,
     params: json(m.params),
     outputs: Object.keys(m.outputs ?? {}).length ? json(m.outputs) : null,
+    // Kept only while the machine is held; the first write after it moves on (a restart) drops it.
+    restored_place: m.restoredPlace && m.state === 'paused' ? json(m.restoredPlace) : null,
     profiles: json(m.profiles),
     labels: json(m.labels ?? {}),
     current_job: m.currentJob,

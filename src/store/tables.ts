@@ -71,6 +71,8 @@ export interface MachinesTable {
   params: string;
   /** Observed outputs of the machine's jobs as JSON text (migration 0012_observed); null: none. */
   outputs: string | null;
+  /** JSON of Machine.restoredPlace; null when none (0018_restore). */
+  restored_place: string | null;
   profiles: string;
   /** Labels as JSON text (keys sorted). */
   labels: string;

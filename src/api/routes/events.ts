@@ -97,17 +97,27 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     {
       // An import is parsed whole before anything is written; 64 MiB keeps its JSON parse short.
       bodyLimit: IMPORT_BODY_LIMIT,
-      schema: { body: { type: 'object', additionalProperties: false, required: ['files'], properties: { files: { type: 'object', additionalProperties: { type: 'string' } }, dryRun: { type: 'boolean' } } } },
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['files'],
+          properties: { files: { type: 'object', additionalProperties: { type: 'string' } }, dryRun: { type: 'boolean' }, allowUndeclared: { type: 'boolean' } },
+        },
+      },
     },
-    async (req) =>
-      portable.import((req.body as { files: Record<string, string> }).files, author(req), {
+    async (req) => {
+      const body = req.body as { files: Record<string, string>; dryRun?: boolean; allowUndeclared?: boolean };
+      return portable.import(body.files, author(req), {
         has: (name) => brokers.has(name),
+        sandboxed: (name) => brokers.get(name)?.sandboxed === true,
         // Called only after the import has committed: a machine's agent never runs for a refused import.
         start: async (machine, token) => {
           const broker = machine.broker ? brokers.get(machine.broker) : undefined;
           if (broker) await broker.create(machine, token);
         },
-      }, { dryRun: (req.body as { dryRun?: boolean }).dryRun === true }),
+      }, { dryRun: body.dryRun === true, allowUndeclared: body.allowUndeclared === true });
+    },
   );
 
   app.get('/api/v1/changes', async (req) => {
