@@ -74,7 +74,7 @@ describe('TFTP server', () => {
     await new Promise<void>((res) => s.bind(0, '127.0.0.1', () => res()));
     s.send(Buffer.from([0xde, 0xad]), server.port(), '127.0.0.1');
     s.send(Buffer.from('\x00\x02x\x00octet\x00', 'latin1'), server.port(), '127.0.0.1');
-    await until(() => got.length > 0, 10_000, 'an answer to the WRQ');
+    await until(async () => got.length > 0, 10_000, 'an answer to the WRQ');
     s.close();
     const d = decodeTftp(got[0]!);
     expect(d.ok && d.packet.op === 5 && d.packet.code).toBe(TftpErr.ACCESS_VIOLATION);
@@ -90,7 +90,7 @@ describe('TFTP server', () => {
   it('abandons a client that never ACKs after bounded resends', async () => {
     const before = log.filter((e) => e.event === 'failed').length;
     await tftpGet('127.0.0.1', server.port(), 'big.bin', { noAck: true, deadlineMs: 1 }).catch(() => undefined);
-    await until(() => log.filter((e) => e.event === 'failed').length > before && server.active() === 0, 20_000, 'the transfer abandoned');
+    await until(async () => log.filter((e) => e.event === 'failed').length > before && server.active() === 0, 20_000, 'the transfer abandoned');
     expect(log.filter((e) => e.event === 'failed').at(-1)?.reason).toMatch(/after 3 resends/);
   });
 
