@@ -31,12 +31,16 @@ export function tftpGet(
       s.close();
       reject(new Error(`tftp ${file}: no end within ${opts.deadlineMs ?? 20000} ms (blocks ${res.blocks.length})`));
     }, opts.deadlineMs ?? 20000);
+    let finished = false;
     const finish = () => {
+      if (finished) return;
+      finished = true;
       clearTimeout(timer);
       s.close();
       resolve(res);
     };
     s.on('message', (m, r) => {
+      if (finished) return;
       const d = decodeTftp(m);
       if (!d.ok) return;
       const p = d.packet;
@@ -58,11 +62,13 @@ export function tftpGet(
           parts.push(p.data);
           expect++;
         }
-        s.send(encodeAck(p.block), r.port, r.address);
-        if (p.block === ((expect - 1) & 0xffff) && p.data.length < blksize) {
+        const last = p.block === ((expect - 1) & 0xffff) && p.data.length < blksize;
+        // Close only after the final ACK has left, or the server resends the last block to a closed port.
+        s.send(encodeAck(p.block), r.port, r.address, () => {
+          if (!last) return;
           res.data = Buffer.concat(parts);
           finish();
-        }
+        });
       }
     });
     s.bind(0, '127.0.0.1', () => s.send(encodeRrq(file, 'octet', opts.options ?? {}), port, host));
