@@ -257,6 +257,17 @@ describe('full DHCP server', () => {
     expect(r.leases.byMac(MAC)).toBeUndefined();
   });
 
+  it('INFORM gets options without an address or lease (unicast to ciaddr); one from outside the subnet is ignored', () => {
+    const { r } = responder();
+    const ack = r.handle(clientMessage({ mac: MAC, type: T.INFORM, ciaddr: '10.216.0.33', broadcast: false }), from)!;
+    expect(messageType(ack.packet)).toBe(T.ACK);
+    expect(ack.address).toBe('10.216.0.33');
+    expect(ack.packet.yiaddr).toBe('0.0.0.0');
+    expect(ack.packet.options.has(Opt.LEASE_TIME)).toBe(false);
+    // Found by the namespace fuzz: a garbage ciaddr made the server try to unicast to 0.93.0.0.
+    expect(r.handle(clientMessage({ mac: MAC, type: T.INFORM, ciaddr: '0.93.0.0' }), from)).toBeNull();
+  });
+
   it('relayed messages: answered to giaddr:67 with option 82 echoed; giaddr outside the subnet ignored', () => {
     const { r } = responder();
     const relay = optv.encap([[1, Buffer.from('eth7')]]);

@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, chmodSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { until } from './helpers/endpoint.js';
 
 function unavailable(): string | null {
@@ -108,6 +108,12 @@ describe.skipIf(skip !== null)('DHCP/TFTP in network namespaces', () => {
     writeFileSync(join(dir, 'tftp', 'kernel'), randomBytes(1_500_000));
   });
 
+  // A failed test must not leave its servers running into the next one.
+  afterEach(async () => {
+    for (const p of procs) await stop(p);
+    for (const ns of [NS.c]) spawnSync('ip', ['netns', 'exec', ns, 'ip', 'addr', 'flush', 'dev', 'vc0']);
+  });
+
   afterAll(async () => {
     for (const p of procs) await stop(p);
     for (const ns of created) spawnSync('ip', ['netns', 'delete', ns]);
@@ -155,6 +161,34 @@ describe.skipIf(skip !== null)('DHCP/TFTP in network namespaces', () => {
     inNs(NS.c, 'ip', 'addr', 'flush', 'dev', 'vc0');
   });
 
+  it('garbage on the wire: the servers answer none of it, log no internal error, and still serve', async () => {
+    const server = await startServer({
+      dhcp: {
+        mode: 'full',
+        serverIp: SERVER,
+        boot: { bios: 'undionly.kpxe', efiX64: 'ipxe.efi', scriptUrl: `http://${SERVER}:8080/boot/{mac}.ipxe` },
+        // Mutated DISCOVERs with new MACs may take every dynamic address (a DHCP flood does that to any
+        // server); the spray's end marker has a reservation, so its OFFER comes regardless.
+        subnet: { subnet: '10.216.7.0/24', rangeStart: '10.216.7.50', rangeEnd: '10.216.7.99', reservations: [{ mac: '52:54:00:16:0f:02', ip: '10.216.7.250' }] },
+      },
+      tftp: { root: join(dir, 'tftp'), address: SERVER },
+    });
+    inNs(NS.c, 'ip', 'addr', 'add', '10.216.7.201/24', 'dev', 'vc0');
+    inNs(NS.c, 'ip', 'route', 'replace', 'default', 'dev', 'vc0');
+    const spray = start(NS.c, tsx('udp-spray.ts', { server: SERVER, count: 2000 }), { json: true });
+    const code = await new Promise<number | null>((res) => spray.child.once('exit', res));
+    expect(code, spray.text()).toBe(0);
+    expect(spray.lines.at(-1)).toMatchObject({ sent: 2000, answers: 0, marker: true });
+    expect(server.child.exitCode).toBeNull();
+    expect(server.lines.filter((l) => (l.dhcp as Record<string, unknown> | undefined)?.event === 'error')).toEqual([]);
+    const dest = join(dir, 'after-spray');
+    const c = spawnSync('ip', ['netns', 'exec', NS.c, 'curl', '-sS', '--max-time', '60', '-o', dest, `tftp://${SERVER}/undionly.kpxe`], { encoding: 'utf8', timeout: 90_000 });
+    expect(c.status, c.stderr).toBe(0);
+    expect(readFileSync(dest).equals(readFileSync(join(dir, 'tftp', 'undionly.kpxe')))).toBe(true);
+    await stop(server);
+    inNs(NS.c, 'ip', 'addr', 'flush', 'dev', 'vc0');
+  });
+
   it('proxyDHCP beside dnsmasq: the PXE client gets its address from dnsmasq and its boot file from takt; a plain client is ignored', async () => {
     const dm = start(NS.d, [
       '/usr/sbin/dnsmasq', '--no-daemon', '--conf-file=/dev/null', '--port=0', '--interface=vd0', '--bind-interfaces',
@@ -167,7 +201,7 @@ describe.skipIf(skip !== null)('DHCP/TFTP in network namespaces', () => {
     await until(async () => /DHCP, IP range/.test(dm.text()) || (dm.child.exitCode !== null && Promise.reject(new Error(dm.text()))), 30_000, 'dnsmasq to start');
     // The probe sends from a static address outside both ranges (a DHCP client needs none; its sockets do).
     inNs(NS.c, 'ip', 'addr', 'add', '10.216.7.200/24', 'dev', 'vc0');
-    inNs(NS.c, 'ip', 'route', 'add', 'default', 'dev', 'vc0');
+    inNs(NS.c, 'ip', 'route', 'replace', 'default', 'dev', 'vc0');
     const probe = start(NS.c, tsx('pxe-probe.ts', { mac: '52:54:00:16:00:02', plainMac: '52:54:00:16:00:03', proxy: SERVER, deadlineMs: 45_000 }), { json: true });
     const code = await new Promise<number | null>((res) => probe.child.once('exit', res));
     const replies = probe.lines.filter((l) => l.xid !== undefined);

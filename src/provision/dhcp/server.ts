@@ -333,6 +333,10 @@ export class DhcpResponder {
       }
       case T.INFORM: {
         // The client has an address already; it wants options only (RFC 2131 §4.3.5): no yiaddr, no lease time.
+        if (!isIPv4(p.ciaddr) || !this.inSubnet(ipToInt(p.ciaddr))) {
+          this.log({ event: 'ignored', xid: p.xid, mac, reason: `INFORM from ${p.ciaddr}, outside ${s.cfg.subnet}` });
+          return null;
+        }
         const reply = this.reply(p, T.ACK, '0.0.0.0');
         this.addNetwork(reply, false);
         const answer = bootAnswer(client, this.config.boot);
@@ -541,9 +545,12 @@ export class DhcpServer {
     const reply = this.responder.handle(msg, rinfo, via);
     if (!reply) return;
     const sock = via === 'pxe' ? this.pxeSocket : this.sender;
-    sock?.send(reply.data, reply.port, reply.address, (err) => {
-      if (err) this.opts.log?.({ event: 'error', xid: reply.packet.xid, reason: `send to ${reply.address}:${reply.port}: ${err.message}` });
-    });
+    const failed = (err: Error) => this.opts.log?.({ event: 'error', xid: reply.packet.xid, reason: `send to ${reply.address}:${reply.port}: ${err.message}` });
+    try {
+      sock?.send(reply.data, reply.port, reply.address, (err) => err && failed(err));
+    } catch (e) {
+      failed(e as Error); // the socket closed under us (stop() racing a message): never crash the endpoint
+    }
   }
 
   /** Current leases (a copy). */

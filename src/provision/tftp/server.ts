@@ -120,7 +120,10 @@ export class TftpServer {
     });
     s.removeAllListeners('error');
     s.on('error', () => undefined);
-    s.on('message', (msg, rinfo) => void this.onRequest(msg, rinfo));
+    s.on('message', (msg, rinfo) => {
+      // A request must never take the process down (e.g. a send racing stop()): log it and carry on.
+      this.onRequest(msg, rinfo).catch((e: unknown) => this.log({ event: 'failed', client: `${rinfo.address}:${rinfo.port}`, reason: (e as Error).message }));
+    });
     this.listener = s;
   }
 
@@ -239,7 +242,9 @@ class Transfer {
     this.sock = s;
     s.on('error', (e) => this.end('failed', e.message));
     await new Promise<void>((resolve) => s.bind({ address, port: 0 }, () => resolve()));
-    s.on('message', (m, r) => void this.onPacket(m, r));
+    s.on('message', (m, r) => {
+      this.onPacket(m, r).catch((e: unknown) => this.end('failed', (e as Error).message));
+    });
     if (this.n.ack.size > 0) this.send(encodeOack(this.n.ack));
     else await this.sendBlock(1);
   }
@@ -256,12 +261,21 @@ class Transfer {
     this.timer = setTimeout(() => {
       if (this.done) return;
       if (this.retries >= this.server.maxRetries) {
-        this.sock?.send(encodeError(TftpErr.NOT_DEFINED, 'timed out'), this.peer.port, this.peer.address);
+        try {
+          this.sock?.send(encodeError(TftpErr.NOT_DEFINED, 'timed out'), this.peer.port, this.peer.address);
+        } catch {
+          // the socket is gone; ending is all that is left
+        }
         this.end('failed', `no ACK for block ${this.block} after ${this.retries} resends`);
         return;
       }
       this.retries++;
-      if (this.last) this.sock?.send(this.last, this.peer.port, this.peer.address);
+      try {
+        if (this.last) this.sock?.send(this.last, this.peer.port, this.peer.address);
+      } catch (e) {
+        this.end('failed', (e as Error).message);
+        return;
+      }
       this.arm();
     }, this.n.timeoutMs);
   }
