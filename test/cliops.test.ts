@@ -1,0 +1,109 @@
+/**
+ * Operator-CLI leftovers of issue #12, against a real endpoint and the real CLI: the admin token read from
+ * a data dir is checked (file mode and owner) and only sent to the endpoint that proves it holds it.
+ */
+import { chmodSync, chownSync, copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir, userInfo } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Endpoint, runCli } from './helpers/endpoint.js';
+
+let ep: Endpoint;
+beforeAll(async () => {
+  ep = await Endpoint.start();
+}, 60_000);
+afterAll(async () => ep?.stop());
+
+/** Only the data dir speaks: no --endpoint/--token and no TAKT_ENDPOINT/TAKT_TOKEN. */
+const fromDataDir = (data: string, extra: Record<string, string> = {}) => ({ TAKT_DATA: data, TAKT_ENDPOINT: '', TAKT_TOKEN: '', ...extra });
+
+/** A data dir of our own holding a copy of the endpoint's admin token (0600) and `endpoint` pointing at `url`. */
+function dataDirFor(url: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'takt-cliops-'));
+  copyFileSync(join(ep.data, 'admin.token'), join(dir, 'admin.token'));
+  chmodSync(join(dir, 'admin.token'), 0o600);
+  writeFileSync(join(dir, 'endpoint'), url + '\n', { mode: 0o600 });
+  return dir;
+}
+
+describe('the admin token in a data dir', () => {
+  it('is used when only its owner can read it, and refused (with the chmod to run) when group or others can', async () => {
+    const dir = dataDirFor(ep.url);
+    try {
+      const ok = await runCli(['machines', 'list', '-o', 'json'], fromDataDir(dir));
+      expect(ok.code, ok.stderr).toBe(0);
+      for (const mode of [0o640, 0o604, 0o660]) {
+        chmodSync(join(dir, 'admin.token'), mode);
+        const r = await runCli(['machines', 'list'], fromDataDir(dir));
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toContain(`refusing to use the admin token in ${dir}/admin.token: it is mode 0${mode.toString(8)}`);
+        expect(r.stderr).toContain(`run: chmod 600 ${dir}/admin.token`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it.runIf(process.getuid?.() === 0)('is refused when another user owns it, saying the chown to run', async () => {
+    const dir = dataDirFor(ep.url);
+    try {
+      chownSync(join(dir, 'admin.token'), 65534, 65534);
+      const r = await runCli(['machines', 'list'], fromDataDir(dir));
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain(`it is owned by uid 65534, not by you (uid 0)`);
+      expect(r.stderr).toContain(`run: sudo chown ${userInfo().username} ${dir}/admin.token`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('goes to the data dir\'s own endpoint when it proves it holds the token (endpoint file, no other settings)', async () => {
+    const r = await runCli(['machines', 'list', '-o', 'json'], fromDataDir(ep.data));
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual([]);
+  });
+
+  describe('never goes to another server on the recorded port', () => {
+    let fake: Server;
+    let fakeUrl = '';
+    const seen: { url: string; headers: IncomingHttpHeaders }[] = [];
+    beforeAll(async () => {
+      // What a stale endpoint file can point at: another program now on the port, answering like takt would.
+      fake = createServer((req, res) => {
+        seen.push({ url: req.url ?? '', headers: req.headers });
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(req.url?.startsWith('/api/v1/health') ? JSON.stringify({ status: 'ok', version: '0', proof: 'made-up' }) : '[]');
+      });
+      await new Promise<void>((resolve) => fake.listen(0, '127.0.0.1', resolve));
+      fakeUrl = `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
+    });
+    afterAll(() => new Promise<void>((resolve) => fake.close(() => resolve())));
+
+    it.each([
+      { how: 'a stale endpoint file', env: (dir: string) => fromDataDir(dir) },
+      { how: 'TAKT_ENDPOINT with the data dir\'s token', env: (dir: string) => fromDataDir(dir, { TAKT_ENDPOINT: fakeUrl }) },
+    ])('$how: refused, and no request carries an Authorization header', async ({ env }) => {
+      const dir = dataDirFor(fakeUrl);
+      seen.length = 0;
+      try {
+        const r = await runCli(['machines', 'list'], env(dir));
+        expect(r.code).not.toBe(0);
+        expect(r.stderr).toContain(`refusing to send the admin token in ${dir}/admin.token to ${fakeUrl}: the server there did not prove it is the takt serve of ${dir}`);
+        expect(seen.length).toBeGreaterThan(0); // it was asked, without the token
+        expect(seen.filter((s) => s.headers.authorization !== undefined)).toEqual([]);
+        expect(seen.every((s) => s.url.startsWith('/api/v1/health?challenge='))).toBe(true);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('a token given explicitly (TAKT_TOKEN) is the operator\'s choice and is sent as asked', async () => {
+      seen.length = 0;
+      const r = await runCli(['machines', 'list', '-o', 'json'], { TAKT_ENDPOINT: fakeUrl, TAKT_TOKEN: 'tka.explicit' });
+      expect(r.code, r.stderr).toBe(0);
+      expect(seen.map((s) => s.headers.authorization)).toEqual(['Bearer tka.explicit']);
+    });
+  });
+});
