@@ -1678,8 +1678,13 @@ export class Engine {
 }
 
 /** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */
+/**
+ * A machine's desired state, as history records it: what the operator set. Its run state (`state`:
+ * running, done, paused…) is observed, not desired — it is in events (`takt events`), never in a change,
+ * so a restart, pause or a machine finishing writes no history entry unless a desired field changed.
+ */
 export function desiredView(m: Machine) {
-  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, state: m.state, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}) };
+  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}) };
 }
 
 /** @throws TaktError not_found (at /ssh/credential) when no credential of that name exists. */

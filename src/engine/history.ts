@@ -156,7 +156,8 @@ export class History {
         else local.set(c.object, { kind: type as ContentKind, name, def: c.before });
       } else if (type === 'machines') {
         const m = await this.store.getMachine(name);
-        const target = c.before as DesiredView | null;
+        // Entries written before run state was left out of history still carry `state`; it is dropped.
+        const target = c.before as (DesiredView & { state?: unknown }) | null;
         // A machine created after `to` and deleted since is in neither state: nothing to say about it.
         if (!m && !target) continue;
         if (!m) skipped.push({ object: c.object, name: `machines/${target!.name}`, reason: `deleted since #${to}; a rewind does not create machines again (create it if it should come back)` });
@@ -236,7 +237,10 @@ export class History {
     }
     const powerChanged = before.power !== after.power;
     if (Object.keys(patch).length === 0 && !powerChanged) {
-      throw new TaktError('conflict', `change #${c.seq} changed only the machine's run state (${before.state} → ${after.state}); there is no desired state to revert`);
+      // Entries written before run state was left out of history (see desiredView) may hold only that.
+      const was = (before as { state?: string }).state;
+      const run = was !== undefined ? ` (${was} → ${(after as { state?: string }).state})` : '';
+      throw new TaktError('conflict', `change #${c.seq} changed only the machine's run state${run}; there is no desired state to revert`);
     }
     if (Object.keys(patch).length) await this.engine.updateMachine(id, patch, by);
     if (powerChanged) await this.engine.setPower(id, before.power, by);
