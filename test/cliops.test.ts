@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, runCli } from './helpers/endpoint.js';
+import { Endpoint, packFiles, runCli, until } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 beforeAll(async () => {
@@ -105,5 +105,55 @@ describe('the admin token in a data dir', () => {
       expect(r.code, r.stderr).toBe(0);
       expect(seen.map((s) => s.headers.authorization)).toEqual(['Bearer tka.explicit']);
     });
+  });
+});
+
+describe('takt content remove NAME@VERSION', () => {
+  type J = { id: string; task: string; state: string; pack: string | null };
+  const versions = async () => (JSON.parse((await ep.cli(['content', 'versions', 'control', '-o', 'json'])).stdout) as Array<{ version: string }>).map((v) => v.version);
+
+  it('refuses the version in use and one a machine runs a task from; --dry-run removes nothing; build records keep the version', async () => {
+    const v1 = await packFiles('control');
+    const v2 = { ...v1, 'pack.yaml': v1['pack.yaml']!.replace('1.0.0', '1.0.1') };
+    await ep.api.post('/packs', { files: v1, use: true });
+    expect((await ep.cli(['machines', 'create', 'cr1', '--broker', 'local', '--pipeline', 'control'])).code).toBe(0);
+    // cr1 runs `hold` from control@1.0.0 until released
+    const root = await until(async () => {
+      const job = (await ep.api.get<{ items: J[] }>('/jobs', { machine: 'cr1', limit: 10 })).items.find((j) => j.task === 'hold' && j.state === 'running');
+      if (!job) return null;
+      const text = (await ep.api.get<{ chunks: Array<{ data: string }> }>(`/jobs/${job.id}/log`)).chunks.map((c) => c.data).join('');
+      return /ROOT (\S+)/.exec(text)?.[1] ?? null;
+    }, 60_000, 'cr1 to run hold');
+
+    const inUse = await ep.cli(['content', 'remove', 'control@1.0.0']);
+    expect(inUse.code).not.toBe(0);
+    expect(inUse.stderr).toContain('cannot remove control@1.0.0: it is the version in use; put another in use first (`takt content use control@VERSION`)');
+
+    await ep.api.post('/packs', { files: v2, use: true });
+    const running = await ep.cli(['content', 'rm', 'control@1.0.0']);
+    expect(running.code).not.toBe(0);
+    expect(running.stderr).toContain('cannot remove control@1.0.0: machine cr1 is running a task from it');
+
+    writeFileSync(join(root, 'release'), '');
+    expect((await ep.cli(['machines', 'wait', 'cr1', '--until', 'done', '--timeout', '60s'])).code).toBe(0);
+
+    const dry = await ep.cli(['content', 'remove', 'control@1.0.0', '--dry-run']);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toMatch(/^would remove control@1\.0\.0 \(sha256 \w{12}\); nothing removed \(--dry-run\)\n$/);
+    expect(await versions()).toEqual(['1.0.0', '1.0.1']);
+
+    const r = await ep.cli(['content', 'remove', 'control@1.0.0', '-o', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ name: 'control', version: '1.0.0', removed: true, dryRun: false });
+    expect(await versions()).toEqual(['1.0.1']);
+    // the change is in history; the machine's build record still names the version it was built from
+    const last = (await ep.api.get<{ items: Array<{ object: string; action: string }> }>('/changes', { limit: 1 })).items[0];
+    expect(last).toMatchObject({ object: 'packversions/control@1.0.0', action: 'delete' });
+    const record = JSON.stringify(JSON.parse((await ep.cli(['machines', 'record', 'cr1', '-o', 'json'])).stdout));
+    expect(record).toContain('control@1.0.0');
+
+    const again = await ep.cli(['content', 'remove', 'control@1.0.0']);
+    expect(again.code).not.toBe(0);
+    expect(again.stderr).toContain('control@1.0.0 is not installed (installed: 1.0.1)');
   });
 });

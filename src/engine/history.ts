@@ -114,6 +114,7 @@ export class History {
     if (type === 'machines') await this.revertMachine(name, c, by);
     else if (type === 'packs') await this.setPack(name, c.after as { version: string } | null, c.before as { version: string } | null, by, true);
     else if (CONTENT_KINDS.includes(type as ContentKind)) await this.setLocal(type as ContentKind, name, c.after, c.before, by, true);
+    else if (type === 'packversions' && c.action === 'delete') throw new TaktError('conflict', `change #${seq} removed ${name}; install it again (\`takt content install DIR\`) to have it back`);
     else if (type === 'packversions') throw new TaktError('conflict', `change #${seq} installed ${name}; installed versions are immutable and kept (use another version with \`takt content use\`)`);
     else throw new TaktError('conflict', `change #${seq} (${c.object}) is run-time work, not desired state; it cannot be reverted`);
     return { reverted: seq, changes: (await this.latestSeq()) - before };
