@@ -3,12 +3,13 @@
  * a data dir is checked (file mode and owner) and only sent to the endpoint that proves it holds it.
  */
 import { chmodSync, chownSync, copyFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Endpoint, packFiles, runCli, until } from './helpers/endpoint.js';
+import { Endpoint, packFiles, runCli, TAKT, until } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 beforeAll(async () => {
@@ -155,5 +156,54 @@ describe('takt content remove NAME@VERSION', () => {
     const again = await ep.cli(['content', 'remove', 'control@1.0.0']);
     expect(again.code).not.toBe(0);
     expect(again.stderr).toContain('control@1.0.0 is not installed (installed: 1.0.1)');
+  });
+});
+
+describe('takt run, interrupted', () => {
+  type W = { id: string; state: string; reason: string | null; command?: string | null };
+  const workOrders = async (machine: string) => (await ep.api.get<{ items: W[] }>('/workorders', { machine, limit: 100 })).items.filter((w) => w.command);
+
+  /** `takt run --machine M -- true` as a child process; resolves its exit once it ends. */
+  function start(machine: string) {
+    const p = spawn(process.execPath, [TAKT, 'run', '--machine', machine, '--', 'true'], {
+      env: { ...process.env, NO_COLOR: '1', TAKT_ENDPOINT: ep.url, TAKT_TOKEN: ep.token },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => p.on('close', (code, signal) => resolve({ code, signal })));
+    return { p, exited, out: () => ({ stdout, stderr }) };
+  }
+
+  it('Ctrl-C cancels the work orders not started, says so and exits 130; none is left queued', async () => {
+    // No agent: its work order stays queued until someone cancels it.
+    expect((await ep.cli(['machines', 'create', 'int-1'])).code).toBe(0);
+    const run = start('int-1');
+    // The CLI waits once the work order exists and it has said where it queued.
+    await until(async () => ((await workOrders('int-1')).length === 1 && run.out().stderr.includes('queued on 1 machine(s)') ? true : null), 60_000, 'the work order');
+    run.p.kill('SIGINT');
+    const { code } = await run.exited;
+    const { stdout, stderr } = run.out();
+    expect(code, stderr).toBe(130);
+    expect(stderr).toContain('takt run: interrupted: cancelling the work orders not started yet (Ctrl-C again to exit at once');
+    const [wo] = await workOrders('int-1');
+    expect(wo).toMatchObject({ state: 'cancelled' });
+    expect(stderr).toContain(`takt run: cancelled 1 work order(s) not started: int-1 (${wo!.id})`);
+    expect(stdout).toContain('int-1 | NOT STARTED | not-started >>\nnot started when interrupted (Ctrl-C): cancelled, it will not run later');
+  });
+
+  it('a second Ctrl-C exits at once', async () => {
+    expect((await ep.cli(['machines', 'create', 'int-2'])).code).toBe(0);
+    const run = start('int-2');
+    await until(async () => ((await workOrders('int-2')).length === 1 && run.out().stderr.includes('queued on 1 machine(s)') ? true : null), 60_000, 'the work order');
+    run.p.kill('SIGINT');
+    await until(async () => (run.out().stderr.includes('interrupted: cancelling') ? true : null), 30_000, 'the first interrupt to be heard');
+    run.p.kill('SIGINT');
+    const { code } = await run.exited;
+    expect(code).toBe(130);
+    // The exit may beat the cancel the first Ctrl-C started: then the work order is still queued (and listed).
+    expect(['cancelled', 'queued']).toContain((await workOrders('int-2'))[0]!.state);
   });
 });
