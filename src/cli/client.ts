@@ -125,10 +125,23 @@ export function clientFrom(g: GlobalOptions): ApiClient {
     );
   }
   const ca = endpoint.startsWith('https:') ? resolveCa() : undefined;
-  // A token read from a data dir goes only to the server that proves it holds it (see verifyEndpoint).
-  let verified: Promise<void> | undefined;
-  const beforeRequest = resolved.source === 'data' ? () => (verified ??= verifyEndpoint(endpoint, resolved.token, resolved.file!, ca)) : undefined;
+  // A token read from a data dir goes only to the server that proves it holds it (see verifyEndpoint);
+  // checked once per process and endpoint, however many clients a command makes.
+  const key = `${endpoint}\n${resolved.token}`;
+  const beforeRequest = resolved.source === 'data' ? () => getOrSet(verified, key, () => verifyEndpoint(endpoint, resolved.token, resolved.file!, ca)) : undefined;
   return new ApiClient({ endpoint, token: resolved.token, ...(ca ? { ca } : {}), ...(beforeRequest ? { beforeRequest } : {}) });
+}
+
+/** Endpoints (with the token) this process has checked, or is checking: the check's promise. */
+const verified = new Map<string, Promise<void>>();
+
+function getOrSet(map: Map<string, Promise<void>>, key: string, make: () => Promise<void>): Promise<void> {
+  let p = map.get(key);
+  if (!p) {
+    p = make();
+    map.set(key, p);
+  }
+  return p;
 }
 
 /**
