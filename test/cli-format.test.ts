@@ -116,7 +116,7 @@ describe('colour', () => {
 });
 
 describe('renderTable', () => {
-  const reset = () => setView({ wide: false, name: false, headers: true, width: undefined });
+  const reset = () => setView({ wide: false, name: false, headers: true, width: undefined, tty: false });
   beforeEach(reset);
   afterEach(reset);
 
@@ -170,12 +170,32 @@ describe('renderTable', () => {
     }
   });
 
-  it('a cell with several lines takes several lines, aligned', () => {
+  it('on a terminal with headers, a cell with several lines takes several lines, aligned', () => {
+    setView({ tty: true });
     const t = renderTable([{ a: 'x', b: 'one\ntwo' }], [
       { header: 'A', get: (r) => r.a },
       { header: 'B', get: (r) => r.b },
     ]);
     expect(t).toBe('A   B\nx   one\n    two');
+  });
+
+  // For scripts (`| while read`, awk, wc -l) a row is one line, whatever its cells hold.
+  it.each([
+    { tty: false, headers: true, want: 'A   B\nx   one\\ntwo\\r\\nthree\ny   z' },
+    { tty: false, headers: false, want: 'x   one\\ntwo\\r\\nthree\ny   z' },
+    { tty: true, headers: false, want: 'x   one\\ntwo\\r\\nthree\ny   z' },
+  ])('piped or --no-headers: one line per row, line breaks shown as \\n (tty $tty, headers $headers)', ({ tty, headers, want }) => {
+    setView({ tty, headers });
+    const rows = [
+      { a: 'x', b: 'one\ntwo\r\nthree' },
+      { a: 'y', b: 'z' },
+    ];
+    const t = renderTable(rows, [
+      { header: 'A', get: (r) => r.a },
+      { header: 'B', get: (r) => r.b },
+    ]);
+    expect(t).toBe(want);
+    expect(t.split('\n')).toHaveLength(rows.length + (headers ? 1 : 0));
   });
 
   it('no rows: (none), or nothing at all with --no-headers', () => {

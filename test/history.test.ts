@@ -224,3 +224,25 @@ describe('--stale compares task content, not pack versions', () => {
     expect(s.map((m) => [m.name, m.stale])).toEqual([['s1', ['configure: built with seed@1.0.1, seed@1.0.0 is in use']]]);
   });
 });
+
+/** History is desired state only: a machine running, finishing, restarting or pausing is run state (events). */
+describe('run state stays out of history', () => {
+  it('a machine going running → done and a restart write no change; power (desired) does, without the run state', async () => {
+    await ep.api.post('/machines', { name: 'rs1', broker: 'local', pipeline: 'basic', params: { msg: 'x' } });
+    const created = await latest();
+    const wait = async () => expect((await ep.cli(['machines', 'wait', 'rs1', '--until', 'done', '--timeout', '60s'])).code).toBe(0);
+    await wait();
+    expect(await latest()).toBe(created); // running → done: no change
+    await ep.api.post('/machines/rs1/restart', {});
+    await wait();
+    expect(await latest()).toBe(created); // done → running → done again: no change either
+    await ep.api.post('/machines/rs1/power', { power: 'off' });
+    const id = (await machine('rs1')).id;
+    const changes = (await ep.api.get<{ items: Change[] }>('/changes', { object: `machines/${id}`, limit: 100 })).items;
+    expect(changes.map((c) => c.action)).toEqual(['update', 'create']);
+    expect(changes[0]).toMatchObject({ before: { power: 'on' }, after: { power: 'off' } });
+    for (const c of changes) for (const side of [c.before, c.after]) expect(side ?? {}).not.toHaveProperty('state');
+    const list = await ep.cli(['history', '--object', 'machines/rs1', '-o', 'json']);
+    expect((JSON.parse(list.stdout) as Change[]).map((c) => c.seq)).toEqual(changes.map((c) => c.seq));
+  });
+});

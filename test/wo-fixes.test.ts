@@ -21,6 +21,10 @@ const SECRETS = {
   output: 'OUT-SECRET-9911',
 };
 
+/** Secure values no current layer of machine `m` holds: a work order's `--param`, another pipeline's stage. */
+const WO_SECRET = 'WO-PARAM-SECRET-4242';
+const OTHER_STAGE_SECRET = 'OTHER-STAGE-SECRET-3131';
+
 function files(version: string, blueprint: string[]): Record<string, string> {
   const secure = (n: string) => `name: ${n}\nsecure: true\nschema: { type: string }\n`;
   return {
@@ -41,6 +45,9 @@ function files(version: string, blueprint: string[]): Record<string, string> {
     'pipelines/p.yaml': `name: p\nstages: [s]\nparams: { pipekey: ${SECRETS.pipeline} }\n`,
     'blueprints/fix.yaml': `name: fix\ntasks: [${blueprint.join(', ')}]\n`,
     'blueprints/write.yaml': 'name: write\ntasks: [writer]\n',
+    // A pipeline no machine is on now: its stage's secret is one a machine may have been given before.
+    'stages/o.yaml': `name: o\ntasks: [wa]\nparams: { stkey: ${OTHER_STAGE_SECRET} }\n`,
+    'pipelines/q.yaml': 'name: q\nstages: [o]\n',
     // Holds its job until the test leaves a `go` file, so content can change while a work order runs.
     'tasks/gate.yaml': 'name: gate\nscript: |\n  for i in $(seq 600); do [ -e "$TAKT_ROOT/go" ] && exit 0; sleep 0.1; done; exit 9\n',
   };
@@ -103,6 +110,18 @@ describe('F0: an ad-hoc command masks every secure value of its machine', () => 
     expect(asJson.code).toBe(1);
     for (const s of all) expect(asJson.stdout, s).not.toContain(s);
     expect(asJson.stdout).toContain('***');
+  });
+});
+
+describe('an ad-hoc command masks secure values earlier work orders were given', () => {
+  it('a --param of an earlier work order (rendered into a file the command reads) and another pipeline\'s stage secret are masked', async () => {
+    const wo = await json<{ id: string }>(['workorders', 'create', '--machine', 'm', '--blueprint', 'write', '--param', `key=${WO_SECRET}`]);
+    expect((await ended(wo.id)).state).toBe('succeeded');
+    const r = await ep.cli(['run', '--machine', 'm', '--', `cat "$TAKT_ROOT/app.conf"; echo ${OTHER_STAGE_SECRET}`]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain('pw=***');
+    expect(r.stdout).not.toContain(WO_SECRET);
+    expect(r.stdout).not.toContain(OTHER_STAGE_SECRET);
   });
 });
 

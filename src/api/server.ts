@@ -12,6 +12,7 @@ import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } f
 import { agentVersion, peerAddress } from '../engine/liveness.js';
 import { describePattern } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
+import { CHALLENGE_PATTERN, endpointProof } from '../model/proof.js';
 import { Authenticator, JOIN_TOKEN_SCOPE } from './auth.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
@@ -195,7 +196,13 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     reply.code(404).send(notFoundError(req.method, req.url).toBody());
   });
 
-  app.get('/api/v1/health', { config: { public: true }, schema: { hide: true } }, async () => ({ status: 'ok', version: opts.version }));
+  // `?challenge=` (model/proof.ts): the CLI checks this is the endpoint its data dir's admin token belongs to before sending it.
+  app.get<{ Querystring: { challenge?: string } }>('/api/v1/health', { config: { public: true }, schema: { hide: true } }, async (req) => {
+    const challenge = req.query.challenge;
+    if (challenge === undefined) return { status: 'ok', version: opts.version };
+    if (!CHALLENGE_PATTERN.test(challenge)) throw new TaktError('bad_request', 'query parameter challenge must be 16 to 128 characters of base64url (A-Z a-z 0-9 - _)', { path: 'challenge' });
+    return { status: 'ok', version: opts.version, proof: endpointProof(opts.adminToken, challenge) };
+  });
   app.get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
     const { contentType, body } = await metrics.text();

@@ -3,10 +3,12 @@
  * (`<TAKT_DATA or ./data>`: the `endpoint` file `takt serve` writes, and `admin.token`), then the default.
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
-import { ApiClient } from '../client/http.js';
+import { userInfo } from 'node:os';
+import { dirname, join } from 'node:path';
+import { ApiClient, NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { inexactMessage, inexactNumbers } from '../model/numbers.js';
+import { newChallenge, proofMatches } from '../model/proof.js';
 
 export const DEFAULT_ENDPOINT = 'http://127.0.0.1:8092';
 
@@ -19,11 +21,55 @@ export interface GlobalOptions {
 /** How a command reads the global options (parsed once commander has seen the whole line). */
 export type Globals = () => GlobalOptions;
 
-export function resolveToken(flag?: string): string | undefined {
-  if (flag) return flag;
-  if (process.env.TAKT_TOKEN) return process.env.TAKT_TOKEN;
+/** Where the admin token came from: a data dir's `admin.token` is checked before it is used and sent. */
+export interface ResolvedToken {
+  token: string;
+  /** `data` when read from `<TAKT_DATA or ./data>/admin.token`: then it may only go to that data dir's endpoint. */
+  source: 'flag' | 'env' | 'data';
+  /** The file it was read from (source `data`). */
+  file?: string;
+}
+
+/**
+ * The token: `--token`, else TAKT_TOKEN, else `<TAKT_DATA or ./data>/admin.token` (checked: see
+ * `readTokenFile`), else undefined.
+ * @throws TaktError bad_request when the data dir's token file is not safe to use.
+ */
+export function resolveToken(flag?: string): ResolvedToken | undefined {
+  if (flag) return { token: flag, source: 'flag' };
+  if (process.env.TAKT_TOKEN) return { token: process.env.TAKT_TOKEN, source: 'env' };
   const file = join(process.env.TAKT_DATA ?? 'data', 'admin.token');
-  return existsSync(file) ? readFileSync(file, 'utf8').trim() : undefined;
+  const token = readTokenFile(file);
+  return token === undefined ? undefined : { token, source: 'data', file };
+}
+
+/**
+ * Reads an admin token file as ssh reads a private key: refused (TaktError bad_request, saying the exact
+ * command that fixes it) when it is not a regular file, is owned by another user, or grants the group or
+ * others any access (mode & 077) — a token others could read is no longer the operator's alone, and one
+ * others own could be a token they chose. Undefined when there is no such file.
+ */
+export function readTokenFile(file: string): string | undefined {
+  const st = statSync(file, { throwIfNoEntry: false });
+  if (!st) return undefined;
+  if (!st.isFile()) throw new TaktError('bad_request', `refusing to use the admin token in ${file}: it is not a regular file`);
+  const me = process.getuid?.();
+  if (me !== undefined && st.uid !== me) {
+    throw new TaktError('bad_request', `refusing to use the admin token in ${file}: it is owned by uid ${st.uid}, not by you (uid ${me}), who could have put a token of theirs there; if it is yours, run: sudo chown ${userName()} ${file}`);
+  }
+  if ((st.mode & 0o077) !== 0) {
+    const mode = (st.mode & 0o777).toString(8).padStart(4, '0');
+    throw new TaktError('bad_request', `refusing to use the admin token in ${file}: it is mode ${mode}, readable or writable by ${(st.mode & 0o007) !== 0 ? 'other users' : 'its group'}, who could use it as you; run: chmod 600 ${file} (and consider it leaked: replace it and restart takt serve)`);
+  }
+  return readFileSync(file, 'utf8').trim();
+}
+
+function userName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return String(process.getuid?.() ?? '');
+  }
 }
 
 /**
@@ -70,8 +116,8 @@ export function endpointFromDataDir(): string | undefined {
 
 export function clientFrom(g: GlobalOptions): ApiClient {
   const endpoint = resolveEndpoint(g.endpoint);
-  const token = resolveToken(g.token);
-  if (!token) {
+  const resolved = resolveToken(g.token);
+  if (!resolved) {
     const where = process.env.TAKT_DATA ? `${process.env.TAKT_DATA}/admin.token does not exist` : 'no ./data/admin.token here';
     throw new TaktError(
       'unauthorized',
@@ -79,7 +125,51 @@ export function clientFrom(g: GlobalOptions): ApiClient {
     );
   }
   const ca = endpoint.startsWith('https:') ? resolveCa() : undefined;
-  return new ApiClient({ endpoint, token, ...(ca ? { ca } : {}) });
+  // A token read from a data dir goes only to the server that proves it holds it (see verifyEndpoint);
+  // checked once per process and endpoint, however many clients a command makes.
+  const key = `${endpoint}\n${resolved.token}`;
+  const beforeRequest = resolved.source === 'data' ? () => getOrSet(verified, key, () => verifyEndpoint(endpoint, resolved.token, resolved.file!, ca)) : undefined;
+  return new ApiClient({ endpoint, token: resolved.token, ...(ca ? { ca } : {}), ...(beforeRequest ? { beforeRequest } : {}) });
+}
+
+/** Endpoints (with the token) this process has checked, or is checking: the check's promise. */
+const verified = new Map<string, Promise<void>>();
+
+function getOrSet(map: Map<string, Promise<void>>, key: string, make: () => Promise<void>): Promise<void> {
+  let p = map.get(key);
+  if (!p) {
+    p = make();
+    map.set(key, p);
+  }
+  return p;
+}
+
+/**
+ * Before the admin token read from a data dir is sent anywhere: asks `endpoint`, without any token, to
+ * prove it holds that token (`GET /api/v1/health?challenge=`, model/proof.ts). A stale `endpoint` file
+ * (its serve gone and another program on the port since) or the default port with some other server on
+ * it fails the check, and the token is never sent. A NetworkError (nothing listening) passes through as
+ * the command's own would.
+ * @throws TaktError unauthorized naming the data dir and the server that failed the check.
+ */
+export async function verifyEndpoint(endpoint: string, token: string, file: string, ca?: string): Promise<void> {
+  const challenge = newChallenge();
+  const anon = new ApiClient({ endpoint, timeoutMs: 10_000, ...(ca ? { ca } : {}) });
+  let answer: { proof?: unknown } | undefined;
+  try {
+    answer = await anon.get<{ proof?: unknown }>('/api/v1/health', { challenge });
+  } catch (err) {
+    if (err instanceof NetworkError) throw err;
+    answer = undefined;
+  } finally {
+    anon.close();
+  }
+  if (answer && proofMatches(token, challenge, answer.proof)) return;
+  const dir = dirname(file);
+  throw new TaktError(
+    'unauthorized',
+    `refusing to send the admin token in ${file} to ${endpoint}: the server there did not prove it is the takt serve of ${dir} (is \`takt serve --data ${dir}\` running? ${dir}/endpoint may be stale, with another program on that port now); start it, or pass --endpoint and --token (or TAKT_ENDPOINT and TAKT_TOKEN) explicitly`,
+  );
 }
 
 /** `--param key=value`: the value is JSON when it parses as JSON (numbers, booleans, objects), else a string. */

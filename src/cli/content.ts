@@ -136,12 +136,20 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
       );
     });
   content
-    .command('remove <name>')
-    .description('remove an installed pack (refused while machines or other content use it)')
-    .addHelpText('after', examples('takt content rm demo'))
-    .action(async (name: string) => {
-      const r = await api().delete(`/packs/${enc(name)}`);
-      print(g().output, r, () => shown(`removed pack ${name}`));
+    .command('remove <pack>')
+    .description('NAME: stop running a pack (its versions stay installed; refused while machines or other content use it). NAME@VERSION: remove that one installed version (refused for the version in use and one a machine runs a task from); build records keep its name')
+    .option('--dry-run', 'NAME@VERSION: check and say what would be removed, remove nothing')
+    .addHelpText('after', examples('takt content rm demo', 'takt content remove demo@1.0.0 --dry-run', 'takt content rm demo@1.0.0   # an old version no machine needs'))
+    .action(async (ref: string, o: { dryRun?: boolean }) => {
+      if (!ref.includes('@')) {
+        if (o.dryRun) throw new TaktError('bad_request', `--dry-run applies to removing one version (NAME@VERSION, e.g. ${ref}@1.0.0)`);
+        const r = await api().delete(`/packs/${enc(ref)}`);
+        print(g().output, r, () => shown(`removed pack ${ref}`));
+        return;
+      }
+      const { name, version } = parseRef(ref);
+      const r = await api().request<{ name: string; version: string; sha256: string; removed: boolean; dryRun: boolean }>('DELETE', `/packs/${enc(name)}/versions/${enc(version)}`, o.dryRun ? { query: { dryRun: true } } : {});
+      print(g().output, r, () => shown(r.dryRun ? `would remove ${r.name}@${r.version} (sha256 ${r.sha256.slice(0, 12)}); nothing removed (--dry-run)` : `removed ${r.name}@${r.version} (sha256 ${r.sha256.slice(0, 12)})`));
     });
 }
 

@@ -40,9 +40,11 @@ export interface View {
   resource: string;
   /** Terminal width tables fit into; undefined: no limit (output to a pipe or file). */
   width: number | undefined;
+  /** Standard output is a terminal: a cell with several lines may then take several lines (see `renderTable`). */
+  tty: boolean;
 }
 
-const view: View = { wide: false, name: false, headers: true, resource: '', width: terminalWidth() };
+const view: View = { wide: false, name: false, headers: true, resource: '', width: terminalWidth(), tty: process.stdout.isTTY === true };
 
 /** Sets how tables are drawn (main.ts, from the global options, before the command's action). */
 export function setView(v: Partial<View>): void {
@@ -174,15 +176,19 @@ interface Cell {
 }
 
 /**
- * A plain table like kubectl's: a header line, then one line per row (more for a cell with newlines),
- * columns aligned with three spaces, no borders. Fits `width` (default: the terminal's) by cutting the
+ * A plain table like kubectl's: a header line, then one line per row, columns aligned with three spaces,
+ * no borders. On a terminal with headers a cell with newlines takes several lines, aligned (for people);
+ * piped, redirected or with `--no-headers` (for scripts: `| while read`, awk, wc -l) every row is exactly
+ * one line, a cell's line breaks shown as the two characters `\n` (and `\r`) — as `ps` and `systemctl`
+ * print them; `-o json`/`-o yaml` carry the text exactly. Fits `width` (default: the terminal's) by cutting the
  * free-text columns (`flex`/`max`), widest first, with `…`. `-o wide` adds the `wide` columns,
  * `--no-headers` drops the header line.
  */
 export function renderTable<T>(rows: T[], columns: Column<T>[], opts: { width?: number } = {}): string {
   if (rows.length === 0) return view.headers ? pc.dim('(none)') : '';
   const cols = columns.filter((c) => !c.wide || view.wide);
-  const cells = rows.map((r) => cols.map((c) => cell(c, r)));
+  const multiline = view.tty && view.headers;
+  const cells = rows.map((r) => cols.map((c) => cell(c, r, multiline)));
   const widths = cols.map((c, i) => Math.max(view.headers ? visibleWidth(c.header) : 0, ...cells.map((row) => Math.max(...row[i]!.lines.map(visibleWidth)))));
   fit(cols, widths, opts.width ?? view.width);
   const line = (parts: string[]) => parts.map((p, i) => (i === parts.length - 1 ? p : p + ' '.repeat(Math.max(0, widths[i]! - visibleWidth(p))))).join(GAP).trimEnd();
@@ -220,14 +226,19 @@ function fit<T>(cols: Column<T>[], widths: number[], width: number | undefined):
   }
 }
 
-function cell<T>(c: Column<T>, row: T): Cell {
+/** One cell's lines: its text split at newlines when `multiline`, else one line with `\n`/`\r` escaped. */
+function cell<T>(c: Column<T>, row: T, multiline: boolean): Cell {
   const v = c.get(row);
   if (v === null || v === undefined) return { lines: [pc.dim('-')], raw: true };
   if (c.styled) return { lines: String(v).split('\n'), raw: true };
-  const full = shown(typeof v === 'string' ? v : JSON.stringify(v));
+  const text = shown(typeof v === 'string' ? v : JSON.stringify(v));
+  const full = multiline ? text : oneLine(text);
   const lines = full.split('\n').map((l) => (c.max !== undefined && [...l].length > c.max ? cut(l, c.max) : l));
   return { lines, raw: false };
 }
+
+/** `text` on one line: LF and CR shown as `\n` and `\r` (a table row for scripts stays one line). */
+export const oneLine = (text: string): string => text.replace(/\n/g, '\\n').replace(/\r/g, '\\r');
 
 const stateColors: Record<string, (s: string) => string> = {
   done: pc.green,

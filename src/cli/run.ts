@@ -87,39 +87,77 @@ Examples:
       if (!o.selector && !o.machine?.length) throw new TaktError('bad_request', 'no machines: give -l <selector> or --machine M (an empty selection is refused, so a command never runs everywhere by accident)');
       if (o.selector !== undefined && o.selector.trim() === '') throw new TaktError('bad_request', '-l: the selector is empty; give key=value terms, e.g. -l role=web');
       const client = api();
-      const r = await client.post<{ items: RunItem[]; skipped?: Array<{ machine: string; why: string }> }>('/run', {
-        command,
-        ...(o.skipOffline ? { skipOffline: true } : {}),
-        ...(o.machine?.length ? { machines: o.machine } : {}),
-        ...(o.selector !== undefined ? { selector: o.selector } : {}),
-        ...(o.timeout !== undefined ? { timeout: o.timeout } : {}),
-      });
-      const table = g().output === 'table';
-      const skipped = r.skipped ?? [];
-      // Named at once on stderr, whatever the output format: these machines will not run it (or not soon).
-      for (const x of skipped) process.stderr.write(pc.yellow(shownErr(`${x.machine}: ${x.why}: left out (--skip-offline)`)) + '\n');
-      if (!table) for (const i of r.items) if (i.note) process.stderr.write(shownErr(`${i.machine}: ${i.note}`) + '\n');
-      if (table) {
-        process.stderr.write(pc.dim(shownErr(`queued on ${r.items.length} machine(s): ${r.items.map((i) => `${i.machine} (${i.workOrder.id})`).join(', ')}`)) + '\n');
-        for (const i of r.items) {
-          if (i.behind) process.stderr.write(pc.yellow(shownErr(`${i.machine}: busy with job ${i.behind.job} (${i.behind.task}); the command queues behind it`)) + '\n');
-          if (i.note) process.stderr.write(pc.yellow(shownErr(`${i.machine}: ${i.note}`)) + '\n');
-        }
+      // Ctrl-C from here on: the work orders not started yet are cancelled (they would otherwise run later,
+      // behind the operator's back); a second Ctrl-C exits at once.
+      const stop = interruptible();
+      try {
+        await runOn(client, g, o, command, waitMs, stop);
+      } finally {
+        stop.dispose();
       }
-      const results = await follow(client, r.items, Date.now() + waitMs, o.wait ?? `${Math.round(waitMs / 1000)}s`, (res) => {
-        if (table) process.stdout.write(block(res));
-      });
-      for (const x of skipped) results.push({ machine: x.machine, workOrder: null, job: null, state: 'skipped', rc: null, jobState: null, reason: `${x.why}: left out (--skip-offline)`, output: '' });
-      const failed = results.filter((x) => x.state !== 'succeeded');
-      if (table) {
-        const bad = failed.map((x) => `${x.machine}: ${outcome(x)}`).join(', ');
-        const line = `${results.length} machine(s): ${results.length - failed.length} succeeded${failed.length ? `, ${failed.length} failed (${bad})` : ''}`;
-        process.stdout.write((failed.length ? pc.red(shown(line)) : pc.green(shown(line))) + '\n');
-      } else {
-        print(g().output, results);
-      }
-      if (failed.length) process.exitCode = 1;
     });
+}
+
+/** A Ctrl-C (SIGINT) while `takt run` waits: the first asks for the queued work orders to be cancelled, the second exits. */
+interface Interrupt {
+  requested: boolean;
+  dispose(): void;
+}
+
+/** Installs the SIGINT handler `takt run` waits under (see Interrupt); `dispose` removes it. */
+function interruptible(): Interrupt {
+  const state: Interrupt = {
+    requested: false,
+    dispose: () => process.off('SIGINT', onSigint),
+  };
+  function onSigint() {
+    if (state.requested) {
+      process.stderr.write(pc.yellow('takt run: interrupted again: exiting now; work orders already started run on (takt workorders list)') + '\n');
+      process.exit(130);
+    }
+    state.requested = true;
+    process.stderr.write(pc.yellow('takt run: interrupted: cancelling the work orders not started yet (Ctrl-C again to exit at once; commands already started run on)') + '\n');
+  }
+  process.on('SIGINT', onSigint);
+  return state;
+}
+
+/** `takt run` once the command is checked: queues the work orders, follows them, prints and sets the exit code (130 when interrupted). */
+async function runOn(client: ApiClient, g: Globals, o: { selector?: string; machine?: string[]; timeout?: string; wait?: string; skipOffline?: boolean }, command: string, waitMs: number, stop: Interrupt): Promise<void> {
+  const r = await client.post<{ items: RunItem[]; skipped?: Array<{ machine: string; why: string }> }>('/run', {
+    command,
+    ...(o.skipOffline ? { skipOffline: true } : {}),
+    ...(o.machine?.length ? { machines: o.machine } : {}),
+    ...(o.selector !== undefined ? { selector: o.selector } : {}),
+    ...(o.timeout !== undefined ? { timeout: o.timeout } : {}),
+  });
+  const table = g().output === 'table';
+  const skipped = r.skipped ?? [];
+  // Named at once on stderr, whatever the output format: these machines will not run it (or not soon).
+  for (const x of skipped) process.stderr.write(pc.yellow(shownErr(`${x.machine}: ${x.why}: left out (--skip-offline)`)) + '\n');
+  if (!table) for (const i of r.items) if (i.note) process.stderr.write(shownErr(`${i.machine}: ${i.note}`) + '\n');
+  if (table) {
+    process.stderr.write(pc.dim(shownErr(`queued on ${r.items.length} machine(s): ${r.items.map((i) => `${i.machine} (${i.workOrder.id})`).join(', ')}`)) + '\n');
+    for (const i of r.items) {
+      if (i.behind) process.stderr.write(pc.yellow(shownErr(`${i.machine}: busy with job ${i.behind.job} (${i.behind.task}); the command queues behind it`)) + '\n');
+      if (i.note) process.stderr.write(pc.yellow(shownErr(`${i.machine}: ${i.note}`)) + '\n');
+    }
+  }
+  const results = await follow(client, r.items, Date.now() + waitMs, o.wait ?? `${Math.round(waitMs / 1000)}s`, stop, (res) => {
+    if (table) process.stdout.write(block(res));
+  });
+  for (const x of skipped) results.push({ machine: x.machine, workOrder: null, job: null, state: 'skipped', rc: null, jobState: null, reason: `${x.why}: left out (--skip-offline)`, output: '' });
+  const failed = results.filter((x) => x.state !== 'succeeded');
+  if (table) {
+    const bad = failed.map((x) => `${x.machine}: ${outcome(x)}`).join(', ');
+    const line = `${results.length} machine(s): ${results.length - failed.length} succeeded${failed.length ? `, ${failed.length} failed (${bad})` : ''}`;
+    process.stdout.write((failed.length ? pc.red(shown(line)) : pc.green(shown(line))) + '\n');
+  } else {
+    print(g().output, results);
+  }
+  if (failed.length) process.exitCode = 1;
+  // As a shell reports a command ended by SIGINT (128 + 2).
+  if (stop.requested) process.exitCode = 130;
 }
 
 /**
@@ -127,14 +165,16 @@ Examples:
  * no machine claimed them — are cancelled, so the command never runs later behind the operator's back;
  * those that started are followed on (their own timeout bounds them).
  */
-async function follow(client: ApiClient, items: RunItem[], deadline: number, waitText: string, done: (r: RunResult) => void): Promise<RunResult[]> {
+async function follow(client: ApiClient, items: RunItem[], deadline: number, waitText: string, stop: Interrupt, done: (r: RunResult) => void): Promise<RunResult[]> {
   const open = new Map(items.map((i) => [i.workOrder.id, i]));
   const results: RunResult[] = [];
   const expired = new Set<string>();
   let cancelled = false;
+  let interrupted = false;
   while (open.size > 0) {
-    if (!cancelled && Date.now() >= deadline) {
+    if (!cancelled && (Date.now() >= deadline || stop.requested)) {
       cancelled = true;
+      interrupted = stop.requested;
       for (const id of open.keys()) {
         const wo = await client.get<WorkOrder>(`/workorders/${enc(id)}`);
         if (wo.state !== 'queued') continue;
@@ -146,6 +186,11 @@ async function follow(client: ApiClient, items: RunItem[], deadline: number, wai
           if (!(err instanceof TaktError)) throw err;
         }
       }
+      if (interrupted) {
+        const names = [...expired].map((id) => `${open.get(id)!.machine} (${id})`);
+        const left = open.size - expired.size;
+        process.stderr.write(pc.yellow(shownErr(`takt run: cancelled ${names.length} work order(s) not started${names.length ? `: ${names.join(', ')}` : ''}${left ? `; waiting for the ${left} already started` : ''}`)) + '\n');
+      }
     }
     for (const [id, item] of [...open]) {
       const wo = await client.get<WorkOrder>(`/workorders/${enc(id)}`);
@@ -154,7 +199,9 @@ async function follow(client: ApiClient, items: RunItem[], deadline: number, wai
       const r = await result(client, item.machine, wo);
       if (expired.has(id) && r.job === null) {
         r.state = 'not-started';
-        r.reason = `not started within --wait ${waitText}${item.note ? ` (${item.note.split(':')[0]})` : ''}: cancelled, it will not run later`;
+        r.reason = interrupted
+          ? 'not started when interrupted (Ctrl-C): cancelled, it will not run later'
+          : `not started within --wait ${waitText}${item.note ? ` (${item.note.split(':')[0]})` : ''}: cancelled, it will not run later`;
       }
       results.push(r);
       done(r);

@@ -69,20 +69,24 @@ export function prepareCommand(c: AdhocCommand): PreparedTask {
 }
 
 /**
- * Every secure value a machine has, as the log could show it (secretTexts): an ad-hoc command can `cat`
- * any file a task rendered, so its job masks all of them, not one task's. Covers the machine's params and
- * outputs, its profiles (with their includes and the `global` profile), its pipeline's and every stage's
- * of that pipeline, every blueprint's, and secure params' defaults — each value that is sealed or belongs
- * to a param declared secure, whether or not a higher layer shadows it. A value that cannot be opened
- * (sealed by another endpoint's key) is skipped: no task could have received it either.
+ * Every secure value a machine's jobs could have been given, as the log could show it (secretTexts): an
+ * ad-hoc command can `cat` any file an earlier job rendered, so its job masks all of them, not one task's.
+ * Covers the machine's params and outputs, its profiles (with their includes and the `global` profile),
+ * every pipeline's and every stage's params (the machine may have run another pipeline before), every
+ * blueprint's, the params of the machine's earlier work orders (`workOrderParams`: `--param` values given
+ * to `workorders create`, which no content holds), and secure params' defaults — each value that is sealed
+ * or belongs to a param declared secure, whether or not a higher layer shadows it. A value that cannot be
+ * opened (sealed by another endpoint's key) is skipped: no task could have received it either.
  */
-export function machineSecrets(content: ContentSet, sealer: Sealer, m: Machine): string[] {
+export function machineSecrets(content: ContentSet, sealer: Sealer, m: Machine, workOrderParams: ReadonlyArray<Record<string, unknown>> = []): string[] {
   const secureParam = (name: string) => content.objects.params.get(name)?.def.secure === true;
   const pipeline = m.pipeline ? content.objects.pipelines.get(m.pipeline)?.def : undefined;
   const values: Record<string, unknown>[] = [];
   for (const layer of paramLayers(content, { machine: m, ...(pipeline ? { pipeline: { name: pipeline.name, params: pipeline.params } } : {}) })) values.push(layer.values);
-  for (const s of pipeline?.stages ?? []) values.push(content.objects.stages.get(s)?.def.params ?? {});
+  for (const p of content.objects.pipelines.values()) values.push(p.def.params ?? {});
+  for (const st of content.objects.stages.values()) values.push(st.def.params ?? {});
   for (const b of content.objects.blueprints.values()) values.push(b.def.params ?? {});
+  values.push(...workOrderParams);
   const secrets: unknown[] = [];
   for (const layer of values) {
     for (const [name, v] of Object.entries(layer)) {

@@ -169,7 +169,40 @@ export class ContentService {
     return { name, version, sha256: rec.sha256, objects: result.objects.length, installed: false, active: true };
   }
 
-  /** What changed between two installed versions of a pack, object by object. */
+/**
+   * Removes one installed version of a pack (its files), e.g. an old one no machine needs any more.
+   * Refused (TaktError conflict, naming what holds it) while it is the version in use, or while a job
+   * from it runs on a machine; checked again inside the transaction that deletes it. Build records and
+   * history keep their `name@version` text. With `dryRun` it checks and says what it would remove.
+   * @throws TaktError not_found when the version is not installed (naming the installed ones).
+   */
+  async removeVersion(name: string, version: string, author: string, opts: { dryRun?: boolean } = {}): Promise<{ name: string; version: string; sha256: string; removed: boolean; dryRun: boolean }> {
+    const ref = `${name}@${version}`;
+    return this.store.transact(async (tx) => {
+      const rec = await tx.getPackVersion(name, version);
+      if (!rec) {
+        const have = (await tx.listPackVersions(name)).map((v) => v.version);
+        throw new TaktError('not_found', `${ref} is not installed${have.length ? ` (installed: ${have.join(', ')})` : ''}`);
+      }
+      if ((await tx.getPack(name))?.version === version) {
+        throw new TaktError('conflict', `cannot remove ${ref}: it is the version in use; put another in use first (\`takt content use ${name}@VERSION\`)`);
+      }
+      const running = (await tx.listJobs({ state: 'running', limit: 100_000 })).filter((j) => j.pack === ref);
+      if (running.length > 0) {
+        const names = await Promise.all([...new Set(running.map((j) => j.machineId))].map(async (id) => (await tx.getMachine(id))?.name ?? id));
+        throw new TaktError('conflict', `cannot remove ${ref}: machine${names.length > 1 ? 's' : ''} ${names.join(', ')} ${names.length > 1 ? 'are' : 'is'} running a task from it; try again once ${names.length > 1 ? 'their jobs have' : 'its job has'} ended (\`takt jobs list --machine ${names[0]}\`)`, {
+          details: { machines: names },
+        });
+      }
+      if (opts.dryRun) return { name, version, sha256: rec.sha256, removed: false, dryRun: true };
+      await tx.deletePackVersion(name, version);
+      await tx.change(author, `packversions/${ref}`, 'delete', { sha256: rec.sha256 }, null);
+      tx.emit(`packversions.delete.${ref}`, { name, version, sha256: rec.sha256 });
+      return { name, version, sha256: rec.sha256, removed: true, dryRun: false };
+    });
+  }
+
+    /** What changed between two installed versions of a pack, object by object. */
   async diffPack(name: string, from: string, to: string): Promise<PackDiff> {
     const load = async (v: string) => {
       const rec = await this.store.getPackVersion(name, v);

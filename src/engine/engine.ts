@@ -1084,7 +1084,7 @@ export class Engine {
       await tx.insertJob(job);
       tx.emit(`jobs.create.${job.id}`, publicJob(job));
       // An ad-hoc command can print anything on the machine: its log masks all the machine's secrets.
-      this.logs.begin(job.id, work.kind === 'workorder' && work.wo.command ? machineSecrets(this.content.current, this.sealer, m) : secretsOf(prepared));
+      this.logs.begin(job.id, work.kind === 'workorder' && work.wo.command ? await this.adhocSecrets(tx, m) : secretsOf(prepared));
       m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
       await this.saveMachine(tx, m);
       pending.machine = false;
@@ -1455,7 +1455,7 @@ export class Engine {
     let ctx: Parameters<typeof prepareTask>[4] = {};
     if (job.workOrderId) {
       const wo = await tx.getWorkOrder(job.workOrderId);
-      if (wo?.command) return machineSecrets(content, this.sealer, m);
+      if (wo?.command) return this.adhocSecrets(tx, m);
       const bp = wo ? content.objects.blueprints.get(wo.blueprint)?.def : undefined;
       ctx = { workOrder: wo ? { id: wo.id, params: wo.params } : undefined, blueprint: bp ? { name: bp.name, params: bp.params } : undefined };
     } else {
@@ -1469,6 +1469,21 @@ export class Engine {
     } catch {
       return secretTexts(outputs);
     }
+  }
+
+  /**
+   * What an ad-hoc command's log masks: every secure value of machine `m` (machineSecrets), with the params
+   * of all its work orders, read in pages (bounded: at most 1000 pages of 1000).
+   */
+  private async adhocSecrets(tx: Tx, m: Machine): Promise<string[]> {
+    const params: Array<Record<string, unknown>> = [];
+    for (let page = 0, offset = 0; page < 1000; page++) {
+      const wos = await tx.listWorkOrders({ machineId: m.id, limit: 1000, offset });
+      for (const wo of wos) if (!wo.command && Object.keys(wo.params).length > 0) params.push(wo.params);
+      if (wos.length === 0) break;
+      offset += wos.length;
+    }
+    return machineSecrets(this.content.current, this.sealer, m, params);
   }
 
   private openQuietly(v: unknown): unknown {
@@ -1790,8 +1805,13 @@ function restoredPlace(restore: RestoreWrite, machine: string): RestoredPlace {
 }
 
 /** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */
+/**
+ * A machine's desired state, as history records it: what the operator set. Its run state (`state`:
+ * running, done, paused…) is observed, not desired — it is in events (`takt events`), never in a change,
+ * so a restart, pause or a machine finishing writes no history entry unless a desired field changed.
+ */
 export function desiredView(m: Machine) {
-  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, state: m.state, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}), ...(m.boot ? { boot: m.boot } : {}) };
+  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}), ...(m.boot ? { boot: m.boot } : {}) };
 }
 
 /**

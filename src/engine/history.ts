@@ -125,6 +125,7 @@ export class History {
     if (type === 'machines') notes.push(...(await this.revertMachine(name, c, by, `revert of #${seq}`)));
     else if (type === 'packs') await this.setPack(name, c.after as { version: string } | null, c.before as { version: string } | null, by, true);
     else if (CONTENT_KINDS.includes(type as ContentKind)) await this.setLocal(type as ContentKind, name, c.after, c.before, by, true);
+    else if (type === 'packversions' && c.action === 'delete') throw new TaktError('conflict', `change #${seq} removed ${name}; install it again (\`takt content install DIR\`) to have it back`);
     else if (type === 'packversions') throw new TaktError('conflict', `change #${seq} installed ${name}; installed versions are immutable and kept (use another version with \`takt content use\`)`);
     else throw new TaktError('conflict', `change #${seq} (${c.object}) is run-time work, not desired state; it cannot be reverted`);
     return { reverted: seq, changes: (await this.latestSeq()) - before, notes };
@@ -171,7 +172,8 @@ export class History {
         else local.set(c.object, { kind: type as ContentKind, name, def: c.before });
       } else if (type === 'machines') {
         const m = await this.store.getMachine(name);
-        const target = c.before as DesiredView | null;
+        // Entries written before run state was left out of history still carry `state`; it is dropped.
+        const target = c.before as (DesiredView & { state?: unknown }) | null;
         // A machine created after `to` and deleted since is in neither state: nothing to say about it.
         if (!m && !target) continue;
         if (!m) skipped.push({ object: c.object, name: `machines/${target!.name}`, reason: `deleted since #${to}; a rewind does not create machines again (create it if it should come back)` });
@@ -211,7 +213,8 @@ export class History {
    * is not in the content in use.
    */
   private async placeIn(m: Machine, pipeline: string, left: Change): Promise<Place | undefined> {
-    const state = (left.before as DesiredView | null)?.state ?? 'paused';
+    // History no longer records run state (desiredView); entries written before it did still carry it.
+    const state = (left.before as (DesiredView & { state?: Machine['state'] }) | null)?.state ?? 'paused';
     const shape = this.engine.shapeOf(this.content.current, pipeline);
     if (!shape) return undefined;
     // When the pipeline was assigned: the newest change before `left` that made it the machine's pipeline.
@@ -304,7 +307,10 @@ export class History {
     }
     const powerChanged = before.power !== after.power;
     if (Object.keys(patch).length === 0 && !powerChanged) {
-      throw new TaktError('conflict', `change #${c.seq} changed only the machine's run state (${before.state} → ${after.state}); there is no desired state to revert`);
+      // Entries written before run state was left out of history (see desiredView) may hold only that.
+      const was = (before as { state?: string }).state;
+      const run = was !== undefined ? ` (${was} → ${(after as { state?: string }).state})` : '';
+      throw new TaktError('conflict', `change #${c.seq} changed only the machine's run state${run}; there is no desired state to revert`);
     }
     const notes: string[] = [];
     const restore: RestoreWrite = {};

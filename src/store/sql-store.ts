@@ -776,6 +776,9 @@ class SqlTx extends SqlReads implements Tx {
   async deletePack(name: string) {
     await this.db.deleteFrom('packs').where('name', '=', name).execute();
   }
+  async deletePackVersion(name: string, version: string) {
+    await this.db.deleteFrom('pack_versions').where('name', '=', name).where('version', '=', version).execute();
+  }
   async insertRollout(r: Rollout, items: RolloutItem[]) {
     await this.db.insertInto('rollouts').values(rolloutToRow(r)).execute();
     for (let i = 0; i < items.length; i += 500) await this.db.insertInto('rollout_items').values(items.slice(i, i + 500).map(itemToRow)).execute();

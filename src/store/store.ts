@@ -183,6 +183,8 @@ export interface Tx extends Reads {
   /** Stores an installed version; versions are immutable, so an existing one is never overwritten. */
   putPackVersion(p: PackRecord): Promise<void>;
   deletePack(name: string): Promise<void>;
+  /** Deletes one installed version (its files); build records keep their `name@version` text. */
+  deletePackVersion(name: string, version: string): Promise<void>;
   insertRollout(r: Rollout, items: RolloutItem[]): Promise<void>;
   updateRollout(r: Rollout): Promise<void>;
   updateRolloutItem(i: RolloutItem): Promise<void>;

@@ -27,6 +27,16 @@ export function contentRoutes(app: FastifyInstance, ctx: ApiContext) {
     return p;
   });
 
+  // One installed version, removed (refused while in use or running); `?dryRun=true` only checks.
+  app.delete(
+    '/api/v1/packs/:name/versions/:version',
+    { schema: { querystring: { type: 'object', additionalProperties: false, properties: { dryRun: { enum: ['true', 'false'] } } } } },
+    async (req) => {
+      const { name, version } = req.params as { name: string; version: string };
+      return content.removeVersion(name, version, author(req), { dryRun: (req.query as { dryRun?: string }).dryRun === 'true' });
+    },
+  );
+
   app.get('/api/v1/packs/:name/diff', async (req) => {
     const q = req.query as { from?: string; to?: string };
     if (!q.from || !q.to) throw new TaktError('bad_request', "query parameters 'from' and 'to' (versions) are required", { path: q.from ? 'to' : 'from' });
