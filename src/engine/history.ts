@@ -214,7 +214,7 @@ export class History {
    */
   private async placeIn(m: Machine, pipeline: string, left: Change): Promise<Place | undefined> {
     // History no longer records run state (desiredView); entries written before it did still carry it.
-    const state = (left.before as (DesiredView & { state?: Machine['state'] }) | null)?.state ?? 'paused';
+    const recorded = (left.before as (DesiredView & { state?: Machine['state'] }) | null)?.state;
     const shape = this.engine.shapeOf(this.content.current, pipeline);
     if (!shape) return undefined;
     // When the pipeline was assigned: the newest change before `left` that made it the machine's pipeline.
@@ -233,6 +233,9 @@ export class History {
     }
     const at = placeFromJobs(shape, jobs);
     const last = jobs.filter((j) => j.state !== 'running').at(-1);
+    // Otherwise the jobs tell it: the line stopped on a task whose last job failed or was lost; any other
+    // place is held paused (never started by the restore itself).
+    const state: Machine['state'] = recorded ?? (at.task !== null && last && (last.state === 'failed' || last.state === 'lost') ? 'stopped' : 'paused');
     const reason = state === 'stopped' && at.task !== null && last && last.state !== 'succeeded' ? last.reason : null;
     return { state, reason, position: { ...at, attempt: 0, approvedStage: null } };
   }
