@@ -3,7 +3,7 @@
  * the bootenv it boots into are desired state (checked, unique, in history), and a booting client gets
  * the script of the machine it is — or, when something is wrong, its disk with the reason on its console.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -145,6 +145,23 @@ describe('boot settings through the CLI', () => {
     const h = JSON.parse((await ep.cli(['history', '-o', 'json'])).stdout) as { items?: Array<{ after: { boot?: MachineBoot } | null }> } | Array<{ after: { boot?: MachineBoot } | null }>;
     const items = Array.isArray(h) ? h : h.items ?? [];
     expect(items.some((c) => c.after?.boot?.bootenv === 'local')).toBe(true);
+  });
+
+  it('exports boot settings as desired state, and import puts them back', async () => {
+    const out = join(dir, 'export');
+    const e = await ep.cli(['export', out]);
+    expect(e.code, e.stderr).toBe(0);
+    const doc = readFileSync(join(out, 'machines', 'rack-1.yaml'), 'utf8');
+    expect(doc).toMatch(/^boot:\n {2}bootenv: local\n {2}firmware: uefi\n {2}macs:\n {4}- 52:54:00:aa:00:01\n {2}uuid: 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d\n/m);
+    // Desired state, not position: the place carries no boot settings.
+    expect(doc.slice(doc.indexOf('place:'))).not.toContain('macs');
+
+    expect((await ep.cli(['machines', 'update', 'rack-1', '--bootenv', 'sledge'])).code).toBe(0);
+    const dry = await ep.cli(['import', out, '--dry-run']);
+    expect(dry.stdout).toContain('update machines/rack-1: boot');
+    const i = await ep.cli(['import', out]);
+    expect(i.code, i.stderr).toBe(0);
+    expect((JSON.parse((await ep.cli(['machines', 'get', 'rack-1', '-o', 'json'])).stdout) as Machine).boot?.bootenv).toBe('local');
   });
 });
 

@@ -572,6 +572,7 @@ export class Engine {
         }
       }
     }
+    if (patch.boot !== undefined) out.push(...attempt(() => requireBootenv(content, m.boot ? patchBoot(m.boot, patch.boot!) : checkBootSettings(patch.boot!))));
     const next: Machine = { ...m, name: patch.name ?? m.name, environment: patch.environment ?? m.environment, profiles: patch.profiles ?? m.profiles, params, pipeline: patch.pipeline !== undefined ? patch.pipeline : m.pipeline };
     if (patch.pipeline && patch.pipeline !== m.pipeline && content.objects.pipelines.has(patch.pipeline)) out.push(...attempt(() => this.assertStartable(next, patch.pipeline!, content)));
     out.push(...attempt(() => assertEnvironment(content, next.name, next.environment, next.pipeline)));
@@ -1858,7 +1859,7 @@ async function requireCredential(tx: Tx, name: string): Promise<void> {
 export type DesiredView = ReturnType<typeof desiredView>;
 
 /** The patch that makes a machine's desired fields equal `target` (params absent from it are removed). */
-export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'> & { labels?: Machine['labels'] }): MachinePatch {
+export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'> & { labels?: Machine['labels']; boot?: Machine['boot'] }): MachinePatch {
   const same = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
   const patch: MachinePatch = {};
   if (current.name !== target.name) patch.name = target.name;
@@ -1877,6 +1878,8 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
     if (!same(current.params[k], target.params[k])) params[k] = target.params[k] ?? null;
   }
   if (Object.keys(params).length) patch.params = params;
+  // Boot settings are set or changed, never removed by a restore: a machine keeps the MACs it boots as.
+  if (target.boot && !same(current.boot, target.boot)) patch.boot = target.boot;
   return patch;
 }
 

@@ -17,6 +17,7 @@ import { CONTENT_KINDS, CONTENT_SCHEMAS, KIND_NOUN, LOCAL_LAYER, NAME_PATTERN, P
 import { TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
 import { MACHINE_STATES, type Job, type Machine, type MachineState } from '../model/machine.js';
+import type { MachineBoot } from '../model/boot.js';
 import { sshSettingsOf, type HostKey, type SshSettings } from '../model/ssh.js';
 import type { PackRecord, Store, Tx } from '../store/store.js';
 import { assertRequires, type ContentService, type Pins } from './content.js';
@@ -104,6 +105,8 @@ export interface MachineDoc {
   power: Machine['power'];
   /** Agentless machines: how the host is reached and the key pinned for it (the credential is not exported). */
   ssh?: SshSettings & { hostKey: HostKey | null };
+  /** Network-booted machines: the MACs and UUID it boots as, its firmware and bootenv (model/boot.ts). */
+  boot?: MachineBoot;
   /**
    * Observed: where the machine stands. Restored when the import creates the machine; for a machine that
    * exists, used only when the import changes its pipeline (restore.ts `placeOnReassign`), else ignored.
@@ -123,7 +126,7 @@ export interface Place {
 }
 
 /** The desired fields of a machine document: what import compares and changes on an existing machine. */
-const DESIRED_KEYS = ['id', 'name', 'environment', 'broker', 'pipeline', 'profiles', 'params', 'power', 'ssh', 'labels'] as const;
+const DESIRED_KEYS = ['id', 'name', 'environment', 'broker', 'pipeline', 'profiles', 'params', 'power', 'ssh', 'labels', 'boot'] as const;
 /**
  * Machine fields that are not its pipeline position. Every other field is position (stage and task
  * index, attempt, the approved stage, or whatever tracks it), so the export follows the model as it grows.
@@ -224,6 +227,18 @@ const MachineDocSchema = {
       },
       description: "its build record (`takt machines record`): the job that last built each task",
     },
+    boot: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['macs', 'uuid', 'firmware', 'bootenv'],
+      properties: {
+        macs: { type: 'array', minItems: 1, items: { type: 'string' } },
+        uuid: { anyOf: [{ type: 'string' }, { type: 'null' }] },
+        firmware: { anyOf: [{ enum: ['bios', 'uefi'] }, { type: 'null' }] },
+        bootenv: NameSchema,
+      },
+      description: 'network-booted machines: macs, uuid, firmware, bootenv (checked like `machines create --mac`)',
+    },
     ssh: {
       type: 'object',
       required: ['user', 'host', 'port', 'credential', 'hostKey'],
@@ -249,7 +264,7 @@ const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0, schema
 /** The desired fields of a machine as an export holds them. */
 function machineDoc(m: Machine): MachineDoc {
   const ssh = m.ssh ? { ...sshSettingsOf(m.ssh), hostKey: m.ssh.hostKey } : undefined;
-  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, ...(Object.keys(m.labels).length ? { labels: m.labels } : {}), power: m.power, ...(ssh ? { ssh } : {}) };
+  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, ...(Object.keys(m.labels).length ? { labels: m.labels } : {}), power: m.power, ...(ssh ? { ssh } : {}), ...(m.boot ? { boot: m.boot } : {}) };
 }
 
 /** The job a restored build-record entry becomes: succeeded, with its own id, hashes and params. */
