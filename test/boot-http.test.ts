@@ -111,6 +111,8 @@ describe('parseBootQuery', () => {
     [{}, 'mac: expected a MAC address like 52:54:00:12:34:56 (got null)'],
     [{ mac: '52:54:00:aa:bb:01', uuid: 'x' }, 'uuid: expected an SMBIOS UUID like 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d (got "x")'],
     [{ mac: '52:54:00:aa:bb:01', platform: 'arm' }, 'platform: expected pcbios or efi (got "arm")'],
+    [{ mac: '52-54-00-aa-bb-01', platform: 'efi-x64' }, { mac: '52:54:00:aa:bb:01', platform: 'efi', remote: 'r' }],
+    [{ mac: '52-54-00-aa-bb-01', platform: 'bios' }, { mac: '52:54:00:aa:bb:01', platform: 'pcbios', remote: 'r' }],
   ])('%j', (q, want) => {
     if (typeof want === 'string') expect(() => parseBootQuery(q, 'r')).toThrow(want);
     else expect(parseBootQuery(q, 'r')).toEqual(want);

@@ -51,7 +51,9 @@ export function parseBootQuery(q: Record<string, unknown>, remote: string): Boot
   if (!MAC.test(mac)) throw new TaktError('bad_request', `mac: expected a MAC address like 52:54:00:12:34:56 (got ${JSON.stringify(q.mac ?? null)})`, { path: '/mac' });
   const rawUuid = typeof q.uuid === 'string' ? q.uuid.toLowerCase() : '';
   if (rawUuid !== '' && !UUID.test(rawUuid)) throw new TaktError('bad_request', `uuid: expected an SMBIOS UUID like 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d (got ${JSON.stringify(q.uuid)})`, { path: '/uuid' });
-  const platform = q.platform === undefined ? 'pcbios' : q.platform;
+  // iPXE's ${platform} says pcbios or efi; the DHCP server's {firmware} (dhcp/classify.ts) bios, efi-x64, efi-ia32.
+  const aliases: Record<string, 'pcbios' | 'efi'> = { pcbios: 'pcbios', bios: 'pcbios', efi: 'efi', 'efi-x64': 'efi', 'efi-ia32': 'efi' };
+  const platform = q.platform === undefined ? 'pcbios' : typeof q.platform === 'string' && Object.hasOwn(aliases, q.platform) ? aliases[q.platform]! : q.platform;
   if (platform !== 'pcbios' && platform !== 'efi') throw new TaktError('bad_request', `platform: expected pcbios or efi (got ${JSON.stringify(platform)})`, { path: '/platform' });
   return { mac, ...(rawUuid ? { uuid: rawUuid } : {}), platform, remote };
 }

@@ -10,7 +10,7 @@
  *   <dir>/qemu.log       qemu's own stdout/stderr
  *
  * Acceleration is KVM when /dev/kvm is usable, else TCG (software emulation: a guest then wants one full
- * host core while it runs, and boots 3–5× slower under load; see docs/provisioning-vm.md).
+ * host core while it runs, and boots 3–5× slower under load; see docs/provisioning.md).
  * Network: qemu's user-mode network (its own DHCP/TFTP, for tests) or a tap on a bridge inside a network
  * namespace, where qemu itself runs under `ip netns exec`.
  */

@@ -12,7 +12,7 @@
  *   boot     `qom-set /machine/peripheral/disk0 bootindex` 0 (disk first) or 2 (after the NIC's 1);
  *            qemu rebuilds the firmware's boot order at the next reset, so it takes effect at the next
  *            on or cycle, on SeaBIOS and OVMF alike. This is how a deployed UEFI machine boots its disk:
- *            OVMF does not fall through to the disk when iPXE exits (trap 5 in docs/provisioning-vm.md).
+ *            OVMF does not fall through to the disk when iPXE exits (trap 5 in docs/provisioning.md).
  *
  * qemu has no one-shot boot override over QMP, so a non-persistent `setNextBoot` is applied persistently
  * and the outcome says `persistent: true`. Each call opens its own QMP connection and closes it (qemu
