@@ -32,7 +32,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
 import { openSqliteStore } from '../store/sqlite.js';
-import { parseProvisionNet, startProvisioning, type Provisioning } from '../provision/service.js';
+import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { createLog, type LogFn } from './log.js';
 import { VERSION } from './version.js';
@@ -73,6 +73,12 @@ export interface ServeOptions {
   bootPort?: string;
   /** With `provision`: unknown machines boot the discovery bootenv (default true; `--no-discovery`). */
   discovery?: boolean;
+  /** With `provision`: `full`, `proxy` or `off` (default). */
+  dhcp?: string;
+  /** With `dhcp` full: `FIRST-LAST`. */
+  dhcpRange?: string;
+  /** With `dhcp`: the TFTP root (default /usr/lib/ipxe). */
+  tftpRoot?: string;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -172,6 +178,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   // Checked before anything is started: a typo in a boot flag must not leave a half-started endpoint.
   const provisionNet = opts.provision === undefined ? undefined : parseProvisionNet(opts.provision);
   const bootPort = bootPortOf(opts.bootPort);
+  const dhcpPlan = planDhcp({ ...(opts.dhcp !== undefined ? { dhcp: opts.dhcp } : {}), ...(opts.dhcpRange !== undefined ? { dhcpRange: opts.dhcpRange } : {}), ...(opts.tftpRoot !== undefined ? { tftpRoot: opts.tftpRoot } : {}) }, provisionNet);
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
@@ -310,7 +317,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   let provisioning: Provisioning | null = null;
   if (provisionNet) {
     try {
-      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, log });
+      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, log });
     } catch (err) {
       await closeAll();
       throw err;
