@@ -66,6 +66,10 @@ it('fetches a bootenv kernel on install, and boots a known machine into it and a
   // The API stays where it was: the boot service serves boot files and scripts only.
   expect((await fetch(`${boot}/api/v1/machines`)).status).toBe(404);
   expect(existsSync(join(ep.data, 'boot', 'files', sha))).toBe(true);
+  // No --dhcp: no leases to list, said plainly.
+  const leases = await ep.call('GET', '/dhcp/leases');
+  expect(leases.status).toBe(404);
+  expect(leases.body.error.message).toContain('this endpoint runs no DHCP server');
 });
 
 it('refuses a bad --provision, --boot-port or DHCP/TFTP flag combination before starting anything', async () => {

@@ -151,5 +151,12 @@ describe('network boot through takt serve --dhcp full (netns, BIOS, virtio-net)'
     expect(output).toMatch(/dhcp: offer vm-1: address 10\.218\.\d+\.\d+, boot http:\/\/[^ ]*\/boot\/ipxe\?mac=\$\{net0\/mac\}/);
     expect(output).toMatch(/dhcp: ack vm-1: address 10\.218\./);
     expect(output).toContain('boot: vm-1 gets bootenv sledge');
+
+    // The lease is listed by the API.
+    const leases = await new Promise<string>((resolve) =>
+      execFile('ip', ['netns', 'exec', netns, 'curl', '-s', '-H', `authorization: Bearer ${token}`, `${endpoint}/api/v1/dhcp/leases`], { timeout: 30_000 }, (_e, out) => resolve(out)),
+    );
+    const items = (JSON.parse(leases) as { items: Array<{ mac: string; ip: string; state: string }> }).items;
+    expect(items).toContainEqual(expect.objectContaining({ mac: MAC, ip: lease.groups[0]!.replace(/\/24$/, ''), state: 'bound' }));
   }, 600_000);
 });

@@ -240,6 +240,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck) });
   const limits = serverLimits(opts);
   let publicUrl: string | null = null;
+  // Declared before the app: its leases route reads it (null until the boot services have started).
+  let provisioning: Provisioning | null = null;
   const app = await buildServer({
     store,
     engine,
@@ -254,6 +256,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
+    // Provisioning starts after the app is built: read when asked.
+    dhcpLeases: () =>
+      provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}) })) ?? null,
     version: VERSION,
     adminToken: admin.value,
     log,
@@ -314,7 +319,6 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     log('info', `web UI at ${url}/ (admin token in ${join(data, 'admin.token')})`);
   }
   if (opts.demo) await startDemo(content, engine, broker, store, log, opts.data);
-  let provisioning: Provisioning | null = null;
   if (provisionNet) {
     try {
       provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, log });
