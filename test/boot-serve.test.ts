@@ -66,13 +66,27 @@ it('fetches a bootenv kernel on install, and boots a known machine into it and a
   // The API stays where it was: the boot service serves boot files and scripts only.
   expect((await fetch(`${boot}/api/v1/machines`)).status).toBe(404);
   expect(existsSync(join(ep.data, 'boot', 'files', sha))).toBe(true);
+  // No --dhcp: no leases to list, said plainly.
+  const leases = await ep.call('GET', '/dhcp/leases');
+  expect(leases.status).toBe(404);
+  expect(leases.body.error.message).toContain('this endpoint runs no DHCP server');
 });
 
-it('refuses a bad --provision or --boot-port before starting anything', async () => {
+it('refuses a bad --provision, --boot-port or DHCP/TFTP flag combination before starting anything', async () => {
   for (const [args, want] of [
     [['--provision', '10.0.0.1/33'], "--provision '10.0.0.1/33' is not an IPv4 address with an optional prefix, e.g. 10.0.0.1/24"],
     [['--provision', 'fd00::1/64'], "--provision 'fd00::1/64' is not an IPv4 address"],
     [['--provision', '127.0.0.1', '--boot-port', '70000'], "--boot-port must be a TCP port from 0 to 65535 (got '70000')"],
+    [['--dhcp', 'proxy'], '--dhcp proxy needs --provision ADDR/PREFIX'],
+    [['--provision', '10.0.0.1/24', '--dhcp', 'yes'], "--dhcp must be full, proxy or off (got 'yes')"],
+    [['--provision', '10.0.0.1/24', '--dhcp', 'full'], '--dhcp full needs --dhcp-range FIRST-LAST'],
+    [['--provision', '10.0.0.1', '--dhcp', 'full', '--dhcp-range', '10.0.0.100-10.0.0.200'], '--dhcp full needs the prefix in --provision (e.g. 10.0.0.1/24)'],
+    [['--provision', '10.0.0.1/24', '--dhcp', 'full', '--dhcp-range', '10.0.1.100-10.0.1.200'], 'rangeStart 10.0.1.100 is not a host address of 10.0.0.0/24'],
+    [['--provision', '10.0.0.1/24', '--dhcp', 'full', '--dhcp-range', '10.0.0.200-10.0.0.100'], 'rangeEnd 10.0.0.100 is before rangeStart 10.0.0.200'],
+    [['--provision', '10.0.0.1/24', '--dhcp', 'full', '--dhcp-range', '10.0.0.100'], "--dhcp-range '10.0.0.100' is not FIRST-LAST"],
+    [['--provision', '10.0.0.1/24', '--dhcp', 'proxy', '--dhcp-range', '10.0.0.100-10.0.0.200'], '--dhcp-range is only for --dhcp full (got --dhcp proxy)'],
+    [['--provision', '10.0.0.1/24', '--tftp-root', '/tmp'], '--tftp-root is only for --dhcp full or proxy'],
+    [['--provision', '10.0.0.1/24', '--dhcp', 'proxy', '--tftp-root', '/nonexistent/ipxe'], '--tftp-root /nonexistent/ipxe is not a directory'],
   ] as const) {
     const data = mkdtempSync(join(tmpdir(), 'takt-bootbad-'));
     const r = await runCli(['serve', '--listen', '127.0.0.1:0', '--data', data, ...args]);

@@ -12,6 +12,7 @@ import type { Store } from '../store/store.js';
 import { authorOf, type Principal } from './auth.js';
 import type { TlsMaterial } from './tls.js';
 import type { CredentialsPort } from './routes/credentials.js';
+import type { DhcpLeasesPort } from './routes/dhcp.js';
 
 /** Creates and destroys machines in an environment (the API only needs this much of a broker). */
 export interface BrokerPort {
@@ -55,6 +56,8 @@ export interface ApiContext {
   joins: Joins;
   /** Builds (once) and serves the agent bundle joining hosts install. */
   agentBundle: AgentBundlePort;
+  /** The DHCP server's leases (`--dhcp`); absent or answering null: the route answers 404. */
+  dhcpLeases?: DhcpLeasesPort;
 }
 
 /** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */

@@ -36,6 +36,9 @@ interface ServeCliOptions {
   provision?: string;
   bootPort: string;
   discovery: boolean;
+  dhcp: string;
+  dhcpRange?: string;
+  tftpRoot?: string;
 }
 
 /** Builds the whole `takt` command tree; `program.parseAsync(argv)` runs it. */
@@ -103,6 +106,9 @@ export async function buildProgram(): Promise<Command> {
     .option('--provision <addr[/prefix]>', "network boot: serve iPXE scripts and boot files on this IPv4 address of the provisioning network (env TAKT_PROVISION); off by default", process.env.TAKT_PROVISION)
     .option('--boot-port <port>', 'with --provision: TCP port of the boot HTTP service (env TAKT_BOOT_PORT)', process.env.TAKT_BOOT_PORT ?? '8093')
     .option('--no-discovery', 'with --provision: unknown machines boot from disk instead of the discovery bootenv')
+    .option('--dhcp <mode>', 'with --provision: answer DHCP — full (hand out addresses; needs --dhcp-range), proxy (PXE boot answers beside the network\'s own DHCP server) or off (env TAKT_DHCP)', process.env.TAKT_DHCP ?? 'off')
+    .option('--dhcp-range <first-last>', 'with --dhcp full: the addresses handed out, inside the --provision prefix (env TAKT_DHCP_RANGE)', process.env.TAKT_DHCP_RANGE)
+    .option('--tftp-root <dir>', 'with --dhcp: where TFTP serves the iPXE binaries PXE ROMs get (env TAKT_TFTP_ROOT; default /usr/lib/ipxe, Debian\'s ipxe package)', process.env.TAKT_TFTP_ROOT)
     .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
     .addHelpText(
       'after',
@@ -112,6 +118,8 @@ export async function buildProgram(): Promise<Command> {
         'takt serve --host-name takt.example.org    # also answer to that name (besides IPs and localhost)',
         'takt serve --listen 127.0.0.1:8092 --listen 0.0.0.0:8443 --tls-san takt.example.org   # local CLI over HTTP; remote agents over HTTPS (own CA)',
         'takt serve --provision 10.0.0.1/24        # network boot: iPXE scripts and boot files on http://10.0.0.1:8093',
+        'takt serve --provision 10.0.0.1/24 --dhcp proxy   # ... and PXE answers beside the LAN\'s DHCP server',
+        'takt serve --provision 10.0.0.1/24 --dhcp full --dhcp-range 10.0.0.100-10.0.0.200   # ... as the boot network\'s DHCP server',
       ),
     )
     .action(async (o: ServeCliOptions) => {

@@ -32,7 +32,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
 import { openSqliteStore } from '../store/sqlite.js';
-import { parseProvisionNet, startProvisioning, type Provisioning } from '../provision/service.js';
+import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { createLog, type LogFn } from './log.js';
 import { VERSION } from './version.js';
@@ -73,6 +73,12 @@ export interface ServeOptions {
   bootPort?: string;
   /** With `provision`: unknown machines boot the discovery bootenv (default true; `--no-discovery`). */
   discovery?: boolean;
+  /** With `provision`: `full`, `proxy` or `off` (default). */
+  dhcp?: string;
+  /** With `dhcp` full: `FIRST-LAST`. */
+  dhcpRange?: string;
+  /** With `dhcp`: the TFTP root (default /usr/lib/ipxe). */
+  tftpRoot?: string;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -172,6 +178,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   // Checked before anything is started: a typo in a boot flag must not leave a half-started endpoint.
   const provisionNet = opts.provision === undefined ? undefined : parseProvisionNet(opts.provision);
   const bootPort = bootPortOf(opts.bootPort);
+  const dhcpPlan = planDhcp({ ...(opts.dhcp !== undefined ? { dhcp: opts.dhcp } : {}), ...(opts.dhcpRange !== undefined ? { dhcpRange: opts.dhcpRange } : {}), ...(opts.tftpRoot !== undefined ? { tftpRoot: opts.tftpRoot } : {}) }, provisionNet);
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
@@ -233,6 +240,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck) });
   const limits = serverLimits(opts);
   let publicUrl: string | null = null;
+  // Declared before the app: its leases route reads it (null until the boot services have started).
+  let provisioning: Provisioning | null = null;
   const app = await buildServer({
     store,
     engine,
@@ -247,6 +256,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
+    // Provisioning starts after the app is built: read when asked.
+    dhcpLeases: () =>
+      provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}) })) ?? null,
     version: VERSION,
     adminToken: admin.value,
     log,
@@ -307,10 +319,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     log('info', `web UI at ${url}/ (admin token in ${join(data, 'admin.token')})`);
   }
   if (opts.demo) await startDemo(content, engine, broker, store, log, opts.data);
-  let provisioning: Provisioning | null = null;
   if (provisionNet) {
     try {
-      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, log });
+      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, log });
     } catch (err) {
       await closeAll();
       throw err;

@@ -7,8 +7,9 @@
  *
  * Off by default: an endpoint answers firmware only where an operator said so.
  */
+import { existsSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { ContentService } from '../engine/content.js';
 import { BootScripts } from '../engine/boot.js';
 import type { BootArtifact, BootenvDef } from '../model/content.js';
@@ -16,6 +17,10 @@ import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
 import { ArtifactCache } from './artifacts.js';
 import { buildBootHttp } from './boot-http.js';
+import { DEBIAN_IPXE_ROOT, defaultBootFiles } from './dhcp/classify.js';
+import { MemoryLeaseStore } from './dhcp/leases.js';
+import { DhcpServer, validateDhcpConfig, type DhcpConfig, type DhcpLogEntry, type DhcpPorts } from './dhcp/server.js';
+import { TftpServer, type TftpLogEntry } from './tftp/server.js';
 
 /** The provisioning network as `--provision` gives it: the endpoint's address on it, and its prefix length. */
 export interface ProvisionNet {
@@ -36,6 +41,63 @@ export function parseProvisionNet(text: string): ProvisionNet {
   return { address: m[1]!, ...(m[2] !== undefined ? { prefix: Number(m[2]) } : {}) };
 }
 
+/**
+ * What `--dhcp`, `--dhcp-range` and `--tftp-root` ask for, checked: DHCP off, proxyDHCP beside the
+ * network's own DHCP server, or a full DHCP server handing out `range` on the `--provision` subnet.
+ * TFTP (for PXE ROMs that need an iPXE binary first) runs whenever DHCP does.
+ */
+export type DhcpPlan =
+  | { mode: 'off' }
+  | { mode: 'proxy'; tftpRoot: string }
+  | { mode: 'full'; tftpRoot: string; subnet: string; rangeStart: string; rangeEnd: string };
+
+/** The mask's network address of `address/prefix`, as `a.b.c.d/prefix`. */
+function subnetOf(address: string, prefix: number): string {
+  const n = address.split('.').reduce((a, o) => (a << 8) | Number(o), 0) >>> 0;
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  const net = (n & mask) >>> 0;
+  return `${[24, 16, 8, 0].map((s) => (net >>> s) & 255).join('.')}/${prefix}`;
+}
+
+/**
+ * Checks the DHCP/TFTP flags of `takt serve` together, before anything starts. The default is `off`: a
+ * second DHCP server on a LAN hands out wrong addresses, so takt answers DHCP only where the operator
+ * asked. `full` needs `--dhcp-range FIRST-LAST` inside the `--provision` prefix; `proxy` (RFC-less PXE
+ * 2.1 proxyDHCP) needs neither and gives no addresses.
+ * @throws TaktError('bad_request') naming the flag and what a good value looks like.
+ */
+export function planDhcp(flags: { dhcp?: string; dhcpRange?: string; tftpRoot?: string }, net: ProvisionNet | undefined): DhcpPlan {
+  const mode = flags.dhcp ?? 'off';
+  if (mode !== 'off' && mode !== 'proxy' && mode !== 'full') throw new TaktError('bad_request', `--dhcp must be full, proxy or off (got '${mode}')`);
+  if (mode !== 'off' && !net) throw new TaktError('bad_request', `--dhcp ${mode} needs --provision ADDR/PREFIX (the address DHCP answers from and points machines at)`);
+  if (flags.dhcpRange !== undefined && mode !== 'full') throw new TaktError('bad_request', `--dhcp-range is only for --dhcp full (got --dhcp ${mode})`);
+  if (flags.tftpRoot !== undefined && mode === 'off') throw new TaktError('bad_request', '--tftp-root is only for --dhcp full or proxy (TFTP serves the iPXE binaries DHCP points PXE ROMs at)');
+  if (mode === 'off') return { mode };
+  const tftpRoot = resolve(flags.tftpRoot ?? DEBIAN_IPXE_ROOT);
+  if (!existsSync(tftpRoot) || !statSync(tftpRoot).isDirectory()) {
+    throw new TaktError('bad_request', `--tftp-root ${tftpRoot} is not a directory${flags.tftpRoot === undefined ? " (the default is Debian's ipxe package: apt-get install ipxe)" : ''}`);
+  }
+  if (mode === 'proxy') return { mode, tftpRoot };
+  if (flags.dhcpRange === undefined) throw new TaktError('bad_request', '--dhcp full needs --dhcp-range FIRST-LAST, e.g. 10.0.0.100-10.0.0.200 (the addresses handed out)');
+  if (net!.prefix === undefined) throw new TaktError('bad_request', `--dhcp full needs the prefix in --provision (e.g. ${net!.address}/24): it is the subnet addresses are handed out on`);
+  const m = /^\s*([0-9.]+)\s*-\s*([0-9.]+)\s*$/.exec(flags.dhcpRange);
+  if (!m) throw new TaktError('bad_request', `--dhcp-range '${flags.dhcpRange}' is not FIRST-LAST, e.g. 10.0.0.100-10.0.0.200`);
+  const plan = { mode, tftpRoot, subnet: subnetOf(net!.address, net!.prefix), rangeStart: m[1]!, rangeEnd: m[2]! } as const;
+  try {
+    validateDhcpConfig(dhcpConfigOf(plan, net!.address, 'http://x/'));
+  } catch (e) {
+    throw new TaktError('bad_request', `--dhcp-range ${flags.dhcpRange} with --provision ${net!.address}/${net!.prefix}: ${(e as Error).message}`);
+  }
+  return plan;
+}
+
+/** The DHCP server's configuration for a plan; iPXE clients are sent to `scriptUrl`. */
+function dhcpConfigOf(plan: Exclude<DhcpPlan, { mode: 'off' }>, serverIp: string, scriptUrl: string): DhcpConfig {
+  const boot = { ...defaultBootFiles('http://unused'), scriptUrl };
+  if (plan.mode === 'proxy') return { mode: 'proxy', serverIp, boot };
+  return { mode: 'full', serverIp, boot, subnet: { subnet: plan.subnet, rangeStart: plan.rangeStart, rangeEnd: plan.rangeEnd } };
+}
+
 export interface ProvisionOptions {
   net: ProvisionNet;
   /** TCP port of the boot HTTP service; 0 picks a free one. */
@@ -46,6 +108,10 @@ export interface ProvisionOptions {
   content: ContentService;
   /** Whether unknown machines boot the `discovery` bootenv. */
   discovery: boolean;
+  /** DHCP and TFTP (from `planDhcp`); absent = off. */
+  dhcp?: DhcpPlan;
+  /** DHCP/TFTP ports, for tests without privileges; default 67/68/4011 and 69. */
+  ports?: DhcpPorts & { tftp: number };
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
 }
 
@@ -55,6 +121,10 @@ export interface Provisioning {
   /** The URL iPXE chains to, with iPXE's own variables for its identity (DHCP hands it out). */
   scriptUrl: string;
   cache: ArtifactCache;
+  /** The DHCP server when `--dhcp` is on (its `leases()` lists the leases). */
+  dhcp: DhcpServer | null;
+  /** The TFTP server's port when it runs. */
+  tftpPort: number | null;
   /** Fetches every artifact of the installed bootenvs that is not kept yet; resolves when all are tried. */
   sync: () => Promise<void>;
   close: () => Promise<void>;
@@ -94,6 +164,46 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
   }
   const port = (app.server.address() as { port: number }).port;
   bootUrl = `http://${opts.net.address}:${port}`;
+
+  let dhcp: DhcpServer | null = null;
+  let tftp: TftpServer | null = null;
+  if (opts.dhcp && opts.dhcp.mode !== 'off') {
+    // iPXE expands its own settings in the boot file name it gets. `${uuid:uuid}` (the same setting with
+    // its type spelled out) because the DHCP answer fills `{uuid}` placeholders itself, with option 97's
+    // byte order rather than the SMBIOS text the boot service matches machines by.
+    const dhcpScriptUrl = `${bootUrl}/boot/ipxe?mac=\${net0/mac}&uuid=\${uuid:uuid}&platform=\${platform}`;
+    const names = async (mac: string): Promise<string> => {
+      try {
+        return (await scripts.machineFor({ mac: mac.toLowerCase(), platform: 'pcbios' }))?.name ?? mac;
+      } catch {
+        return mac;
+      }
+    };
+    const dhcpLog = (e: DhcpLogEntry): void => {
+      if (e.event === 'ignored') return; // other clients' traffic on the segment: not news
+      void (async () => {
+        const who = e.mac ? await names(e.mac) : '?';
+        const level = e.event === 'error' || e.event === 'nak' || e.event === 'decline' ? 'warn' : 'info';
+        const what = [e.ip ? `address ${e.ip}` : '', e.boot ? `boot ${e.boot}` : '', e.reason ?? ''].filter(Boolean).join(', ');
+        opts.log(level, `dhcp: ${e.event} ${who}${what ? `: ${what}` : ''}`, { mac: e.mac, ip: e.ip, kind: e.kind });
+      })();
+    };
+    const tftpLog = (e: TftpLogEntry): void => {
+      if (e.event === 'ignored') return;
+      opts.log(e.event === 'failed' || e.event === 'refused' ? 'warn' : 'info', `tftp: ${e.event} ${e.file ?? ''} for ${e.client ?? '?'}${e.reason ? `: ${e.reason}` : ''}`, { file: e.file, client: e.client, bytes: e.bytes });
+    };
+    try {
+      dhcp = new DhcpServer(dhcpConfigOf(opts.dhcp, opts.net.address, dhcpScriptUrl), new MemoryLeaseStore(), { log: dhcpLog, ...(opts.ports ? { ports: opts.ports } : {}) });
+      await dhcp.start();
+      tftp = new TftpServer({ root: opts.dhcp.tftpRoot, address: opts.net.address, port: opts.ports?.tftp ?? 69, log: tftpLog });
+      await tftp.start();
+    } catch (e) {
+      await dhcp?.stop();
+      await app.close();
+      throw new TaktError('bad_request', `--dhcp ${opts.dhcp.mode}: ${(e as Error).message} (ports 67, 69 and 4011 need root or CAP_NET_BIND_SERVICE)`);
+    }
+    opts.log('info', `dhcp: ${opts.dhcp.mode === 'full' ? `full DHCP on ${opts.dhcp.subnet}, handing out ${opts.dhcp.rangeStart}-${opts.dhcp.rangeEnd}` : 'proxyDHCP beside the network\'s DHCP server'}; tftp: ${opts.dhcp.tftpRoot}`);
+  }
 
   let running: Promise<void> | null = null;
   let again = false;
@@ -148,9 +258,15 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
       return `${bootUrl}/boot/ipxe?mac=\${net0/mac}&uuid=\${uuid}&platform=\${platform}`;
     },
     cache,
+    dhcp,
+    get tftpPort() {
+      return tftp?.port() ?? null;
+    },
     sync,
     close: async () => {
       stopListening();
+      await dhcp?.stop();
+      await tftp?.stop();
       await running?.catch(() => undefined);
       await app.close();
     },
