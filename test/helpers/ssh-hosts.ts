@@ -134,7 +134,12 @@ export class SshLab {
         '',
       ].join('\n'),
     );
-    const p = spawn('ip', ['netns', 'exec', h.ns, SSHD, '-D', '-f', config, '-E', join(h.dir, 'sshd.log')], { stdio: 'ignore' });
+    // A clean host: sessions run `bash -c` as root, and Debian's bash then reads root's ~/.bashrc (sshd's
+    // SSH_CLIENT), which on a developer or CI machine may take seconds (pyenv init, ~0.5 s quiet): more than
+    // a command may take with the tests' short leases. The lab's sshd gets its own mount namespace with an
+    // empty /root, as a fresh host has.
+    const cmd = `mount -t tmpfs -o mode=0700 takt-lab-root /root && exec ${SSHD} -D -f ${config} -E ${join(h.dir, 'sshd.log')}`;
+    const p = spawn('ip', ['netns', 'exec', h.ns, 'unshare', '--mount', '--propagation', 'private', 'sh', '-c', cmd], { stdio: 'ignore' });
     h.sshd = p;
     // Up when it accepts TCP on port 22 in its namespace (bounded).
     for (let t = 0; t < 100; t++) {
