@@ -73,7 +73,16 @@ export class Endpoint {
     const headers: Record<string, string> = body !== undefined || raw !== undefined ? { 'content-type': 'application/json' } : {};
     const t = token === undefined ? this.token : token;
     if (t) headers.authorization = `Bearer ${t}`;
-    const res = await fetch(`${this.url}/api/v1${path}`, { method, headers, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
+    const send = () => fetch(`${this.url}/api/v1${path}`, { method, headers, body: raw ?? (body === undefined ? undefined : JSON.stringify(body)) });
+    // A test that blocked its event loop for longer than the server's keep-alive timeout (spawnSync of a join
+    // one-liner on a loaded machine) sends its next request on a pooled socket the server closed while idle
+    // ("other side closed", before any answer). The server closes only idle sockets, so that request was
+    // never read: sending it again on a new connection is safe. Once.
+    const res = await send().catch((err: unknown) => {
+      const code = ((err as Error).cause as { code?: string } | undefined)?.code;
+      if (code === 'UND_ERR_SOCKET') return send();
+      throw err;
+    });
     const text = await res.text();
     return { status: res.status, body: text ? JSON.parse(text) : null };
   }
