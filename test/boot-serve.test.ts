@@ -94,4 +94,4 @@ it('refuses a bad --provision, --boot-port or DHCP/TFTP flag combination before 
     expect(r.code, r.stdout).toBe(1);
     expect(r.stderr).toContain(want);
   }
-});
+}, 300_000); // one `takt serve` start per case: ~1 s quiet, 5–6 s each with two suites on 2 cores
