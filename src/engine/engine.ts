@@ -9,7 +9,7 @@ import { decodeExit } from '../model/exitcodes.js';
 import { checkExpectations } from '../model/expect.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
-import { TaktError } from '../model/errors.js';
+import { attempt, TaktError } from '../model/errors.js';
 import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type WorkOrder } from '../model/machine.js';
 import { adhocCommand, machineSecrets, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
@@ -1838,17 +1838,6 @@ async function assertBootIdentityFree(tx: Tx, boot: MachineBoot, selfId: string)
     if (boot.uuid !== null && boot.uuid === other.boot.uuid) {
       throw new TaktError('conflict', `SMBIOS UUID ${boot.uuid} already boots machine '${other.name}'`, { path: '/boot/uuid' });
     }
-  }
-}
-
-/** The TaktError `f` throws, as a list (empty when it does not throw); any other error is thrown on. */
-function attempt(f: () => unknown): TaktError[] {
-  try {
-    f();
-    return [];
-  } catch (err) {
-    if (err instanceof TaktError) return [err];
-    throw err;
   }
 }
 

@@ -14,7 +14,7 @@ import { checkContentSet, lintPack, type LintResult } from '../content/lint.js';
 import { schemaProblems } from '../content/schema.js';
 import { parseYamlValue } from '../content/yaml.js';
 import { CONTENT_KINDS, CONTENT_SCHEMAS, KIND_NOUN, LOCAL_LAYER, NAME_PATTERN, PARAM_NAME_PATTERN, emptyContentSet, type ContentKind, type ContentObject, type ContentSet } from '../model/content.js';
-import { TaktError } from '../model/errors.js';
+import { attempt, TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
 import { MACHINE_STATES, type Job, type Machine, type MachineState } from '../model/machine.js';
 import type { MachineBoot } from '../model/boot.js';
@@ -861,17 +861,6 @@ export function recordedOf(place: Place | undefined): RecordedPlace | null {
  */
 export function foreignMessage(otherwise: string): string {
   return `this secure value was sealed with another endpoint's key (its data/secret.key) and cannot be opened here; a job would fail when it renders it. Put that endpoint's secret.key in this endpoint's data dir (stop it, copy the file with mode 0600, start it) and import again, or ${otherwise}`;
-}
-
-/** The TaktError `f` throws, as a list (empty when it does not throw). */
-function attempt(f: () => unknown): TaktError[] {
-  try {
-    f();
-    return [];
-  } catch (err) {
-    if (err instanceof TaktError) return [err];
-    throw err;
-  }
 }
 
 /** A machine's references into content (pipeline, profiles) that `content` cannot resolve. */

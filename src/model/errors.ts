@@ -63,3 +63,17 @@ export const notFound = (what: string, name: string): TaktError =>
   new TaktError('not_found', `${what} '${name}' not found`);
 
 export const statusOf = (code: ErrorCode): number => statusByCode[code];
+
+/**
+ * The TaktError `f` throws, as a list (empty when it does not throw): for checks that collect every
+ * problem instead of stopping at the first. Any other error is thrown on.
+ */
+export function attempt(f: () => unknown): TaktError[] {
+  try {
+    f();
+    return [];
+  } catch (err) {
+    if (err instanceof TaktError) return [err];
+    throw err;
+  }
+}
