@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { addressesOf, collectFacts, parseCpuInfo, parseMac, parseMachineId, parseMemTotal, parseOsRelease, parseProductUuid, type InventorySources } from '../src/agent/inventory.js';
+import { addressesOf, bootenvOf, collectFacts, linkOf, parseCpuInfo, parseMac, parseMachineId, parseMemTotal, parseOsRelease, parseProductUuid, type InventorySources } from '../src/agent/inventory.js';
 import { FactsSchema } from '../src/model/facts.js';
 import { validateValue } from '../src/model/validate.js';
 
@@ -137,6 +137,14 @@ describe('a whole host from a sample tree', () => {
     file('sys/block/sda/queue/rotational', '1\n');
     file('sys/block/loop0/size', '100\n');
     file('sys/block/dm-0/size', '100\n');
+    file('sys/class/dmi/id/sys_vendor', 'QEMU\n');
+    file('sys/class/dmi/id/product_name', 'Standard PC (i440FX + PIIX, 1996)\n');
+    file('sys/class/dmi/id/product_serial', 'TAKT-0001\n');
+    file('sys/class/net/eth0/operstate', 'up\n');
+    file('sys/class/net/eth0/speed', '-1\n');
+    mkdirSync(join(root, 'sys/bus/virtio/drivers/virtio_net'), { recursive: true });
+    symlinkSync(join(root, 'sys/bus/virtio/drivers/virtio_net'), join(root, 'sys/devices/pci0000:00/virtio0/driver'));
+    file('proc/cmdline', 'console=ttyS0 quiet takt.bootenv=discovery takt.api=https://10.0.0.1:8443\n');
     const facts = await collectFacts(sources(), '9.9.9');
     expect(facts).toEqual({
       hostname: 'web-1',
@@ -154,8 +162,30 @@ describe('a whole host from a sample tree', () => {
         { name: 'vda', sizeBytes: 20971520 * 512, model: null, rotational: false },
       ],
       agentVersion: '9.9.9',
+      system: { vendor: 'QEMU', product: 'Standard PC (i440FX + PIIX, 1996)', serial: 'TAKT-0001' },
+      nics: [{ name: 'eth0', mac: '52:54:00:00:00:01', driver: 'virtio_net', link: 'up', speedMbps: null }],
+      bootenv: 'discovery',
     });
     expect(validateValue(FactsSchema, facts)).toEqual([]);
+  });
+
+  it.each([
+    ['up', 'up'],
+    ['down', 'down'],
+    ['lowerlayerdown', 'down'],
+    ['dormant', 'unknown'],
+    [null, 'unknown'],
+  ] as const)('operstate %s is link %s', (operstate, want) => {
+    expect(linkOf(operstate)).toBe(want);
+  });
+
+  it.each([
+    ['console=ttyS0 takt.bootenv=discovery', 'discovery'],
+    ['takt.bootenv=Bad!', null],
+    ['BOOT_IMAGE=/vmlinuz root=/dev/sda1', null],
+    ['', null],
+  ])('the bootenv of command line %j is %j', (cmdline, want) => {
+    expect(bootenvOf(cmdline)).toBe(want);
   });
 
   it('falls back to os and /etc/hostname when /proc, /sys or the kernel name say nothing, and stays within the schema', async () => {

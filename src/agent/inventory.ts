@@ -5,9 +5,9 @@
  * plus the `os` module for what only the kernel's calls give (addresses, the running kernel). Every value
  * is cut to the bounds model/facts.ts declares, so the endpoint never refuses a report for its size.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, readlink, stat } from 'node:fs/promises';
 import os from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { MAC_PATTERN, MAX_FACT_ITEMS, type Facts } from '../model/facts.js';
 
 /** Where facts come from; `systemSources` reads this host. */
@@ -44,7 +44,7 @@ const orNull = (s: string | undefined | null, max = 256) => (s ? cut(s, max) : n
 /** Reads the inventory of the host `src` describes. Never throws for a file that is missing or unreadable. */
 export async function collectFacts(src: InventorySources = systemSources, agentVersion: string | null = null): Promise<Facts> {
   const read = (path: string) => readText(join(src.root, path));
-  const [osRelease, machineId, dbusId, uuid, hostFile, cpuinfo, meminfo, macs, disks] = await Promise.all([
+  const [osRelease, machineId, dbusId, uuid, hostFile, cpuinfo, meminfo, macs, disks, vendor, product, serial, nics, cmdline] = await Promise.all([
     read('etc/os-release').then((t) => t ?? read('usr/lib/os-release')),
     read('etc/machine-id'),
     read('var/lib/dbus/machine-id'),
@@ -54,6 +54,11 @@ export async function collectFacts(src: InventorySources = systemSources, agentV
     read('proc/meminfo'),
     hardwareMacs(src.root),
     blockDisks(src.root),
+    read('sys/class/dmi/id/sys_vendor'),
+    read('sys/class/dmi/id/product_name'),
+    read('sys/class/dmi/id/product_serial'),
+    hardwareNics(src.root),
+    read('proc/cmdline'),
   ]);
   const cpu = parseCpuInfo(cpuinfo ?? '');
   const cpus = src.cpus();
@@ -70,7 +75,47 @@ export async function collectFacts(src: InventorySources = systemSources, agentV
     memoryBytes: parseMemTotal(meminfo ?? '') ?? src.totalmem(),
     disks,
     agentVersion: orNull(agentVersion, 64),
+    system: { vendor: orNull(vendor?.trim()), product: orNull(product?.trim()), serial: orNull(serial?.trim()) },
+    nics,
+    bootenv: bootenvOf(cmdline ?? ''),
   };
+}
+
+/**
+ * The `takt.bootenv=NAME` word of a kernel command line (what takt's in-memory environments put there),
+ * or null. Kernel parameters are space-separated words (Documentation/admin-guide/kernel-parameters).
+ */
+export function bootenvOf(cmdline: string): string | null {
+  for (const word of cmdline.trim().split(/\s+/)) {
+    const m = /^takt\.bootenv=([a-z0-9][a-z0-9._-]{0,63})$/.exec(word);
+    if (m) return m[1]!;
+  }
+  return null;
+}
+
+/** operstate (Documentation/ABI/testing/sysfs-class-net) as a link state: `up`, `down`, or `unknown`. */
+export function linkOf(operstate: string | null): 'up' | 'down' | 'unknown' {
+  const s = (operstate ?? '').trim();
+  return s === 'up' ? 'up' : s === 'down' || s === 'lowerlayerdown' || s === 'notpresent' ? 'down' : 'unknown';
+}
+
+/** Interfaces backed by a device, with MAC, driver (the device's driver link), link state and speed. */
+async function hardwareNics(root: string): Promise<NonNullable<Facts['nics']>> {
+  const base = join(root, 'sys/class/net');
+  const nics: NonNullable<Facts['nics']> = [];
+  for (const name of (await readdir(base).catch(() => [] as string[])).sort()) {
+    if (name === 'lo' || nics.length >= MAX_FACT_ITEMS || !(await exists(join(base, name, 'device')))) continue;
+    const mac = parseMac((await readText(join(base, name, 'address'))) ?? '');
+    if (!mac) continue;
+    const [driver, operstate, speed] = await Promise.all([
+      readlink(join(base, name, 'device/driver')).then((t) => basename(t), () => null),
+      readText(join(base, name, 'operstate')),
+      readText(join(base, name, 'speed')),
+    ]);
+    const mbps = Number((speed ?? '').trim());
+    nics.push({ name: cut(name, 64), mac, driver: orNull(driver, 64), link: linkOf(operstate), speedMbps: speed !== null && Number.isSafeInteger(mbps) && mbps > 0 ? mbps : null });
+  }
+  return nics;
 }
 
 /**

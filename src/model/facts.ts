@@ -50,6 +50,35 @@ export const FactsSchema = Type.Object(
     disks: Type.Array(Type.Object({ name: Text(64), sizeBytes: Count, model: OptText(), rotational: Type.Union([Type.Boolean(), Type.Null()]) }, closed), { maxItems: MAX_FACT_ITEMS }),
     /** The agent version that collected them. */
     agentVersion: OptText(64),
+    /**
+     * SMBIOS system information (/sys/class/dmi/id: sys_vendor, product_name, product_serial), each null
+     * when absent or not readable (product_serial is root-only). Optional: agents before 0.2 omit it.
+     */
+    system: Type.Optional(Type.Object({ vendor: OptText(), product: OptText(), serial: OptText() }, closed)),
+    /**
+     * Network interfaces backed by a device, by name: MAC, kernel driver, link state (operstate) and speed
+     * in Mb/s (null when the driver does not say, e.g. virtio). Optional: agents before 0.2 omit it.
+     */
+    nics: Type.Optional(
+      Type.Array(
+        Type.Object(
+          {
+            name: Text(64),
+            mac: Type.String({ pattern: MAC_PATTERN }),
+            driver: OptText(64),
+            link: Type.Union([Type.Literal('up'), Type.Literal('down'), Type.Literal('unknown')]),
+            speedMbps: Type.Union([Count, Type.Null()]),
+          },
+          closed,
+        ),
+        { maxItems: MAX_FACT_ITEMS },
+      ),
+    ),
+    /**
+     * The boot environment the host runs in, from `takt.bootenv=` on its kernel command line (an in-memory
+     * environment takt booted, e.g. `discovery`); null on an installed OS. Optional: older agents omit it.
+     */
+    bootenv: Type.Optional(OptText(64)),
   },
   closed,
 );
