@@ -1,22 +1,33 @@
 /**
  * Who is calling: the admin (token in the data dir), one machine (its own token, scoped to itself and
  * its jobs), or a host joining with a join token (only the join routes take it: the install script, the
- * agent bundle and registration). Every API route but /health requires one of them.
+ * agent bundle and registration), or a machine booted into discovery with the credential its boot script
+ * carried (registration only). Every API route but /health requires one of them.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { TaktError } from '../model/errors.js';
+import { checkDiscoveryToken, isDiscoveryToken, type KeyedDigest } from '../model/discovery.js';
 import { joinTokenIdFromToken, joinTokenProblem } from '../model/join.js';
 import { machineIdFromToken } from '../model/protocol.js';
 import type { Store } from '../store/store.js';
 
-export type Principal = { kind: 'admin'; name: string } | { kind: 'machine'; machineId: string } | { kind: 'join'; tokenId: string };
+export type Principal =
+  | { kind: 'admin'; name: string }
+  | { kind: 'machine'; machineId: string }
+  | { kind: 'join'; tokenId: string }
+  /** A machine booted into discovery, with the credential its boot script carried (model/discovery.ts). */
+  | { kind: 'discovery'; mac: string };
 
 /** What a join token is told on a route that does not take it. */
 /** What a host hears when the token it joins with is none this endpoint made (or not a join token at all). */
 export const NOT_A_JOIN_TOKEN = 'join token not accepted: it is not a valid join token for this endpoint (check that it was copied whole, or ask for a new one: takt machines join)';
 export const JOIN_TOKEN_SCOPE = 'a join token can only fetch the install script and the agent bundle and register one machine';
+/** What a discovery credential is told on a route that does not take it. */
+export const DISCOVERY_SCOPE = 'a discovery credential can only register the machine it was issued to (POST /api/v1/join)';
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
+/** Two hex digests equal, compared in constant time. */
+const hexEqual = (a: string, b: string) => a.length === b.length && timingSafeEqual(Buffer.from(a, 'hex'), Buffer.from(b, 'hex'));
 
 /**
  * Machine tokens verified recently, so an agent's every request does not read its machine's row. An entry
@@ -30,9 +41,15 @@ export class Authenticator {
   private readonly adminDigest: Buffer;
   private readonly verified = new Map<string, { digest: Buffer; until: number }>();
 
+  /**
+   * `discovery`: the endpoint's keyed digest for discovery credentials (Sealer.keyed('discovery')); without
+   * it no discovery credential is accepted.
+   */
   constructor(
     adminToken: string,
     private readonly store: Store,
+    private readonly discovery?: KeyedDigest,
+    private readonly now: () => number = Date.now,
   ) {
     this.adminDigest = digest(adminToken);
     store.onEvents((events) => {
@@ -73,6 +90,11 @@ export class Authenticator {
     }
     const tokenId = joinTokenIdFromToken(token);
     if (tokenId) return this.joinPrincipal(tokenId, presented);
+    if (isDiscoveryToken(token)) {
+      const check = this.discovery ? checkDiscoveryToken(this.discovery, token, this.now(), hexEqual) : { ok: false as const, problem: 'this endpoint runs no discovery' };
+      if (!check.ok) throw new TaktError('unauthorized', `discovery credential not accepted: ${check.problem}`);
+      return { kind: 'discovery', mac: check.mac };
+    }
     if (joinRoute || token.startsWith('tkj.')) throw new TaktError('unauthorized', NOT_A_JOIN_TOKEN);
     throw new TaktError('unauthorized', 'token not accepted: it is not the admin token nor the token of an existing machine');
   }
@@ -96,7 +118,7 @@ export class Authenticator {
 
 /** The author recorded on changes made by this principal. */
 export function authorOf(p: Principal): string {
-  return p.kind === 'admin' ? p.name : p.kind === 'machine' ? `machine:${p.machineId}` : `join:${p.tokenId}`;
+  return p.kind === 'admin' ? p.name : p.kind === 'machine' ? `machine:${p.machineId}` : p.kind === 'join' ? `join:${p.tokenId}` : `discovery:${p.mac}`;
 }
 
 /**
@@ -105,6 +127,7 @@ export function authorOf(p: Principal): string {
  */
 export function machineScope(p: Principal): string | null {
   if (p.kind === 'join') throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
+  if (p.kind === 'discovery') throw new TaktError('forbidden', DISCOVERY_SCOPE);
   return p.kind === 'machine' ? p.machineId : null;
 }
 
@@ -115,6 +138,7 @@ export function machineScope(p: Principal): string | null {
  */
 export async function requireOwnMachineRef(p: Principal, ref: string, store: Pick<Store, 'getMachine'>): Promise<void> {
   if (p.kind === 'join') throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
+  if (p.kind === 'discovery') throw new TaktError('forbidden', DISCOVERY_SCOPE);
   if (p.kind !== 'machine' || ref === p.machineId) return;
   const own = await store.getMachine(p.machineId);
   if (own?.name !== ref) throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
@@ -122,6 +146,7 @@ export async function requireOwnMachineRef(p: Principal, ref: string, store: Pic
 
 export function requireOwnMachine(p: Principal, machineId: string): void {
   if (p.kind === 'join') throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
+  if (p.kind === 'discovery') throw new TaktError('forbidden', DISCOVERY_SCOPE);
   if (p.kind === 'machine' && p.machineId !== machineId) {
     throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
   }

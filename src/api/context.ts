@@ -56,6 +56,11 @@ export interface ApiContext {
   joins: Joins;
   /** Builds (once) and serves the agent bundle joining hosts install. */
   agentBundle: AgentBundlePort;
+  /**
+   * The keyed digest discovery credentials are signed with (Sealer.keyed('discovery')); absent: no
+   * discovery credential is accepted (model/discovery.ts).
+   */
+  discoveryDigest?: (text: string) => string;
   /** The DHCP server's leases (`--dhcp`); absent or answering null: the route answers 404. */
   dhcpLeases?: DhcpLeasesPort;
 }
@@ -83,6 +88,8 @@ declare module 'fastify' {
      * `curl … /join/TOKEN | sh` which sends no header.
      */
     join?: boolean | 'path';
+    /** Discovery credentials may call this route (registration only: a booted machine in discovery). */
+    discovery?: boolean;
     /** Errors are answered as a shell script that prints the message and exits 1 (the install script's route). */
     shellErrors?: boolean;
   }

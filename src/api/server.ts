@@ -13,7 +13,7 @@ import { agentVersion, peerAddress } from '../engine/liveness.js';
 import { describePattern } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { CHALLENGE_PATTERN, endpointProof } from '../model/proof.js';
-import { Authenticator, JOIN_TOKEN_SCOPE } from './auth.js';
+import { Authenticator, JOIN_TOKEN_SCOPE, DISCOVERY_SCOPE } from './auth.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
 import type { RequestHandler } from './listeners.js';
@@ -108,7 +108,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     clientErrorHandler: answerClientError,
   });
   if (handler) handlers.set(app, handler);
-  const auth = new Authenticator(opts.adminToken, opts.store);
+  const auth = new Authenticator(opts.adminToken, opts.store, opts.discoveryDigest);
   const metrics = new Metrics(opts.store);
   app.addHook('onClose', async () => metrics.close());
 
@@ -156,6 +156,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
         throw new TaktError('forbidden', 'a machine token can only read and act on its own machine and its jobs');
       }
       if (req.principal.kind === 'join' && !cfg?.join) throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
+      if (req.principal.kind === 'discovery' && !cfg?.discovery) throw new TaktError('forbidden', DISCOVERY_SCOPE);
     }
     // Only after authentication: a caller without a token learns nothing about a route's inputs.
     checkQuery(req.query);

@@ -58,6 +58,30 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
     });
 
   agent
+    .command('discover')
+    .description(
+      'register this machine from a discovery boot: reads takt.api=, takt.ca= and takt.token= from the kernel command line, trusts the CA with that fingerprint, registers, and writes ca.pem and token (0600) to --dir. Prints the API URL, for `takt agent` to use. The discovery environment\'s init runs this',
+    )
+    .addHelpText('after', examples('api=$(takt agent discover --dir /run/takt) && exec takt agent --endpoint "$api" --token-file /run/takt/token --ca /run/takt/ca.pem --dir /run/takt'))
+    .option('--dir <dir>', 'where ca.pem and token go', '/var/lib/takt-agent')
+    .option('--cmdline <file>', 'the kernel command line to read', '/proc/cmdline')
+    .option('--wait <seconds>', 'keep trying an endpoint that cannot be reached yet for this long', '120')
+    .action(async (o: { dir: string; cmdline: string; wait: string }) => {
+      const { discoverHost, parseDiscoveryCmdline } = await import('../agent/discover.js');
+      const { VERSION } = await import('./version.js');
+      const wait = Number(o.wait);
+      if (!Number.isFinite(wait) || wait < 0 || wait > 3600) throw new TaktError('bad_request', `--wait ${o.wait}: give seconds from 0 to 3600`);
+      const text = await readFile(o.cmdline, 'utf8').catch((err: NodeJS.ErrnoException) => {
+        throw new TaktError('bad_request', `cannot read the kernel command line from ${o.cmdline}: ${err.code ?? err.message}`);
+      });
+      const p = parseDiscoveryCmdline(text);
+      const r = await discoverHost(p, o.dir, VERSION, wait * 1000, (msg) => process.stderr.write(`takt: ${msg}\n`));
+      process.stderr.write(`takt: registered as machine ${r.machine.name} (${r.machine.id})${r.rejoined ? ', which was already known' : ''}; token in ${o.dir}/token\n`);
+      if (globals().output === 'json') process.stdout.write(`${JSON.stringify({ api: p.api, ...r })}\n`);
+      else process.stdout.write(`${p.api}\n`);
+    });
+
+  agent
     .command('facts')
     .description('print the facts (inventory) the agent reports about this host, as JSON')
     .addHelpText('after', examples('takt agent facts | jq .os'))

@@ -31,6 +31,7 @@ import { parseByteSize } from '../model/size.js';
 import { TaktError } from '../model/errors.js';
 import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
+import { discoveryToken as mintDiscoveryToken } from '../model/discovery.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
@@ -196,6 +197,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
 
   const store = await openSqliteStore(join(data, 'takt.db'));
   const sealer = new Sealer(Buffer.from(key.value, 'base64'));
+  const discoveryDigest = sealer.keyed('discovery');
   const content = new ContentService(store, sealer);
   await content.load();
   const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
@@ -253,6 +255,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     portable,
     brokers,
     joins: new Joins(store, engine),
+    discoveryDigest,
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
@@ -321,7 +324,16 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   if (opts.demo) await startDemo(content, engine, broker, store, log, opts.data);
   if (provisionNet) {
     try {
-      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, log });
+      // Agents in the boot environments reach the API over TLS on the provisioning address when the endpoint
+      // listens there, else at its public URL; they pin the CA whose fingerprint the kernel command line carries.
+      const onNet = all.all.find((l) => l.spec.tls && l.spec.host === provisionNet.address)?.url ?? null;
+      const agentAccess = () => {
+        const api = onNet ?? publicUrl;
+        return api ? { api, ca: tls.material.caFingerprint } : null;
+      };
+      if (!agentAccess()) log('warn', `provisioning: no HTTPS listener machines can reach, so booted environments have no API to register with; add --listen ${provisionNet.address}:8443`);
+      const discoveryToken = (mac: string) => mintDiscoveryToken(discoveryDigest, mac, Date.now());
+      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, log, agentAccess, discoveryToken });
     } catch (err) {
       await closeAll();
       throw err;

@@ -41,6 +41,13 @@ export interface BootScriptsOptions {
   endpoint: () => string;
   /** Whether unknown machines boot the `discovery` bootenv (when a pack defines it) instead of their disk. */
   discovery: boolean;
+  /** The API URL agents on the provisioning network use (`boot.api`), and the CA fingerprint they pin (`boot.ca`). */
+  agentAccess?: () => { api: string; ca: string } | null;
+  /**
+   * Makes the discovery credential for a machine booting from a MAC (model/discovery.ts discoveryToken
+   * with the endpoint's key); absent: `boot.token` is ''.
+   */
+  discoveryToken?: (mac: string) => string;
 }
 
 /**
@@ -82,7 +89,7 @@ export class BootScripts {
       if (this.opts.discovery && discovery) {
         const machine = { id: '', name: '', environment: 'metal' };
         try {
-          return { script: renderBoot(discovery, { machine, endpoint: this.opts.endpoint(), firmware, mac: c.mac, ...(c.uuid ? { uuid: c.uuid } : {}), params: this.params(content, discovery.params, undefined) }).script, bootenv: DISCOVERY_BOOTENV };
+          return { script: renderBoot(discovery, { machine, endpoint: this.opts.endpoint(), firmware, mac: c.mac, ...(c.uuid ? { uuid: c.uuid } : {}), ...this.access(DISCOVERY_BOOTENV, c.mac), params: this.params(content, discovery.params, undefined) }).script, bootenv: DISCOVERY_BOOTENV };
         } catch (e) {
           return this.failed(DISCOVERY_BOOTENV, undefined, e);
         }
@@ -100,11 +107,22 @@ export class BootScripts {
     }
     try {
       const params = this.params(content, def.params, m);
-      const r = renderBoot(def, { machine: { id: m.id, name: m.name, environment: m.environment }, facts: (m.facts ?? {}) as Record<string, unknown>, params, endpoint: this.opts.endpoint(), firmware, mac: c.mac, ...(c.uuid ? { uuid: c.uuid } : {}) });
+      const r = renderBoot(def, { machine: { id: m.id, name: m.name, environment: m.environment }, facts: (m.facts ?? {}) as Record<string, unknown>, params, endpoint: this.opts.endpoint(), firmware, mac: c.mac, ...(c.uuid ? { uuid: c.uuid } : {}), ...this.access(name, c.mac) });
       return { script: r.script, machine: ref, bootenv: name };
     } catch (e) {
       return this.failed(name, m, e);
     }
+  }
+
+  /**
+   * The agent's way in for a script: the API URL and CA fingerprint always, and for the discovery bootenv
+   * a discovery credential bound to the booting MAC (worth little on its own: it registers only the
+   * machine booting from that MAC while it is in discovery, for 30 minutes; see engine/join.ts discover).
+   */
+  private access(bootenv: string, mac: string): { api?: string; ca?: string; token?: string } {
+    const a = this.opts.agentAccess?.() ?? null;
+    const token = bootenv === DISCOVERY_BOOTENV ? this.opts.discoveryToken?.(mac) : undefined;
+    return { ...(a ? { api: a.api, ca: a.ca } : {}), ...(token ? { token } : {}) };
   }
 
   /** The bootenv's declared params for `m` (machine, profiles, global; no stage: a boot is not a task). */

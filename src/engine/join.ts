@@ -10,6 +10,7 @@
  * commit path, so they have no history entry and no rewind, export or import touches them.
  */
 import { randomBytes } from 'node:crypto';
+import { bootsAs, DISCOVERY_BOOTENV } from '../model/boot.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import { keepIdentity, sameHost, type Facts, type ObservedFacts } from '../model/facts.js';
@@ -24,6 +25,8 @@ import { assertMachineName, looksLikeId } from './ids.js';
 
 /** The environment a joined machine gets unless its token names another: a host reached over the network. */
 export const DEFAULT_JOIN_ENVIRONMENT = 'remote';
+/** The environment a discovered machine is created in: hardware (or a VM) booted from the network. */
+export const DISCOVERY_ENVIRONMENT = 'metal';
 
 export interface JoinTokenInput {
   /** The machine's name; only for a single-use token. Default: the host's hostname, made a valid name. */
@@ -178,6 +181,67 @@ export class Joins {
   }
 
   /**
+   * Registers a machine booted into the discovery environment, presenting the discovery credential its
+   * boot script carried (bound to `mac`, model/discovery.ts): the machine that boots from that MAC (or
+   * the facts' SMBIOS UUID) gets a new token when it is in discovery (its bootenv is `discovery`); an
+   * unknown one is created in environment `metal`, named `metal-<mac>`, booting `discovery`, with no
+   * pipeline (classification gives it one). Facts are stored as reported, identity included.
+   * @throws TaktError forbidden when the facts do not list `mac` (the credential is another machine's);
+   *   conflict when the machine booting from `mac` is not in discovery (a discovery credential never takes
+   *   over a machine in service), is run by a broker, or its agent is connected from another address.
+   */
+  async discover(mac: string, facts: Facts, from: string | null = null): Promise<Registered> {
+    if (!facts.macs.includes(mac)) {
+      throw new TaktError('forbidden', `this discovery credential was issued to the machine booting from ${mac}, and this host reports MAC addresses ${facts.macs.join(', ') || '(none)'}`);
+    }
+    const at = new Date(this.now()).toISOString();
+    const observed: ObservedFacts = { ...facts, observedAt: at };
+    const author = `discovery:${mac}`;
+    const uuid = facts.productUuid ?? undefined;
+    const seen = await this.bootMachine(this.store, mac, uuid);
+    if (seen) this.checkDiscoverable(seen, mac, from);
+    const made = seen
+      ? undefined
+      : await this.engine.newMachine({ name: await this.freeName(`metal-${mac.replace(/:/g, '')}`), environment: DISCOVERY_ENVIRONMENT, pipeline: null, profiles: [], broker: null, boot: { macs: [mac], ...(uuid ? { uuid } : {}), bootenv: DISCOVERY_BOOTENV } });
+    return this.store.transact(async (tx) => {
+      const known = await this.bootMachine(tx, mac, uuid);
+      if (known) {
+        const m = await tx.lockMachine(known.id);
+        if (!m) throw new TaktError('conflict', `machine '${known.name}' was deleted while it registered; boot it again`);
+        this.checkDiscoverable(m, mac, from);
+        const token = await this.rekey(tx, m, author, 'discovered again');
+        await tx.setMachineFacts(m.id, observed);
+        tx.emit(`machines.update.${m.id}`, publicMachine({ ...m, facts: observed }));
+        return { machine: { ...m, facts: observed }, token, rejoined: true };
+      }
+      made!.machine.facts = observed;
+      await this.engine.insertMachine(tx, made!.machine, made!.token, author);
+      return { machine: made!.machine, token: made!.token, rejoined: false };
+    });
+  }
+
+  /** The machine that boots as `mac` / `uuid` by its boot settings (model/boot.ts bootsAs), if any. */
+  private async bootMachine(reads: Pick<Reads, 'listMachinesWithBootText'>, mac: string, uuid: string | undefined): Promise<Machine | undefined> {
+    const found = await reads.listMachinesWithBootText([mac, ...(uuid ? [uuid] : [])]);
+    return found.find((m) => m.boot && bootsAs(m.boot, mac, uuid));
+  }
+
+  /**
+   * Refuses a discovery registration for `m` unless `m` is a machine in discovery that nobody else runs.
+   * @throws TaktError conflict saying why and what the operator can do.
+   */
+  private checkDiscoverable(m: Machine, mac: string, from: string | null): void {
+    if (m.broker !== null) throw new TaktError('conflict', `the machine booting from ${mac} is '${m.name}', run by broker '${m.broker}'; a discovery credential cannot register it`);
+    if (m.boot?.bootenv !== DISCOVERY_BOOTENV) {
+      throw new TaktError(
+        'conflict',
+        `the machine booting from ${mac} is '${m.name}', which boots '${m.boot?.bootenv ?? 'local'}', not discovery: a discovery credential never takes over a machine in service. To discover it again: takt machines update ${m.name} --bootenv discovery, then boot it`,
+      );
+    }
+    this.checkNotLive(m, from);
+  }
+
+  /**
    * Stores what machine `machineId`'s agent observed (replacing what it reported before), except the
    * identity fields (machineId, productUuid, macs): those are kept as registration wrote them (none for a
    * machine that never registered), so an agent cannot claim another host's identity and redirect that
@@ -259,6 +323,11 @@ export class Joins {
     if (t.name !== null && t.name !== m.name) {
       throw new TaktError('conflict', `this host is already machine '${m.name}' (recognised by its machine identity), and join token ${t.id} is for a machine named '${t.name}': join it again with a token without a name (takt machines join), or delete machine '${m.name}' first`);
     }
+    this.checkNotLive(m, from);
+  }
+
+  /** Refuses to re-key `m` while its agent is connected from an address other than `from` (a clone, a thief). */
+  private checkNotLive(m: Machine, from: string | null): void {
     const agent = this.engine.withLiveness(m).agent;
     if (agent.connected && agent.via === 'agent' && agent.address !== null && from !== null && agent.address !== from) {
       throw new TaktError(

@@ -64,6 +64,16 @@ export class Sealer {
   }
 
   /**
+   * An HMAC-SHA256 (hex) function under a key of its own for `purpose` (e.g. `discovery`), derived from
+   * the sealing key: credentials the endpoint signs statelessly (model/discovery.ts) never share a key with
+   * the digests it shows (`digest`), so no shown digest can serve as a signature.
+   */
+  keyed(purpose: string): (text: string) => string {
+    const key = createHmac('sha256', this.key).update(`takt ${purpose} key v1`).digest();
+    return (text) => createHmac('sha256', key).update(text, 'utf8').digest('hex');
+  }
+
+  /**
    * HMAC-SHA256 (hex) of `text` keyed by this endpoint: a digest that is safe to show for text that holds
    * secrets. Unlike a bare sha256, nobody without the data dir's secret.key can test guesses against it
    * (a 4-digit PIN behind a bare hash falls to 10,000 tries). The same text gives the same digest on the

@@ -113,6 +113,10 @@ export interface ProvisionOptions {
   /** DHCP/TFTP ports, for tests without privileges; default 67/68/4011 and 69. */
   ports?: DhcpPorts & { tftp: number };
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+  /** The API URL and CA fingerprint agents in boot environments use (BootScriptsOptions.agentAccess). */
+  agentAccess?: () => { api: string; ca: string } | null;
+  /** Makes a discovery credential for a booting MAC (BootScriptsOptions.discoveryToken). */
+  discoveryToken?: (mac: string) => string;
 }
 
 export interface Provisioning {
@@ -146,7 +150,14 @@ function artifactsOf(b: BootenvDef): Array<{ a: BootArtifact; what: string }> {
 export async function startProvisioning(opts: ProvisionOptions): Promise<Provisioning> {
   const cache = await new ArtifactCache({ dir: join(opts.data, 'boot', 'files') }).open();
   let bootUrl = '';
-  const scripts = new BootScripts({ store: opts.store, content: () => opts.content.current, endpoint: () => bootUrl, discovery: opts.discovery });
+  const scripts = new BootScripts({
+    store: opts.store,
+    content: () => opts.content.current,
+    endpoint: () => bootUrl,
+    discovery: opts.discovery,
+    ...(opts.agentAccess ? { agentAccess: opts.agentAccess } : {}),
+    ...(opts.discoveryToken ? { discoveryToken: opts.discoveryToken } : {}),
+  });
   const app = await buildBootHttp({
     cache,
     script: async (q) => {

@@ -13,6 +13,9 @@
  *   boot.firmware  `bios` or `uefi`
  *   boot.mac       the MAC address the machine booted from, lower-case `aa:bb:cc:dd:ee:ff`
  *   boot.uuid      its SMBIOS UUID, lower-case, or '' when unknown
+ *   boot.api       the endpoint's API URL its agent uses (https beyond loopback), or '' when none is set
+ *   boot.ca        SHA-256 fingerprint of the endpoint's CA certificate (what the agent pins), or ''
+ *   boot.token     the discovery credential (model/discovery.ts) when the bootenv is `discovery`, else ''
  *
  * Artifact URLs are content-addressed (`<endpoint>/boot/files/<sha256>/<name>`): a changed file is a new
  * URL, so no firmware or proxy cache ever serves a stale kernel.
@@ -23,7 +26,7 @@ import { renderTemplate } from './template.js';
 
 /** The reserved template variable with the boot URLs and the booting machine's firmware and address. */
 export const BOOT_VAR = 'boot';
-export const BOOT_FIELDS = ['endpoint', 'kernel', 'initrds', 'files', 'cmdline', 'firmware', 'mac', 'uuid'] as const;
+export const BOOT_FIELDS = ['endpoint', 'kernel', 'initrds', 'files', 'cmdline', 'firmware', 'mac', 'uuid', 'api', 'ca', 'token'] as const;
 
 /**
  * The script used when a bootenv has a kernel and no `ipxe`: fetch the kernel with the command line,
@@ -51,6 +54,12 @@ export interface BootTarget {
   firmware: Firmware;
   mac: string;
   uuid?: string;
+  /** The agent API URL (`boot.api`). */
+  api?: string;
+  /** The CA fingerprint agents pin (`boot.ca`). */
+  ca?: string;
+  /** The discovery credential (`boot.token`): only for the discovery bootenv. */
+  token?: string;
 }
 
 export interface RenderedBoot {
@@ -78,6 +87,9 @@ export function renderBoot(def: BootenvDef, target: BootTarget): RenderedBoot {
     firmware: target.firmware,
     mac: target.mac.toLowerCase(),
     uuid: (target.uuid ?? '').toLowerCase(),
+    api: target.api ?? '',
+    ca: target.ca ?? '',
+    token: target.token ?? '',
   };
   if (def.kernel) boot.kernel = artifactUrl(target.endpoint, def.kernel);
   const scope = (extra: Record<string, unknown>): Record<string, unknown> => ({

@@ -7,7 +7,8 @@
  *   DELETE /api/v1/join-tokens/:id        admin: revoke
  *   GET    /join/:token                   join token: the install script (errors are scripts that fail)
  *   GET    /join/:token/agent.tar.gz      join token: the agent bundle
- *   POST   /api/v1/join                   join token: register this host (inventory in, machine token out)
+ *   POST   /api/v1/join                   join token: register this host (inventory in, machine token out);
+ *                                         discovery credential: register a machine booted into discovery
  *   PUT    /api/v1/machines/:id/facts     machine token: the agent reports its host's facts
  *   POST   /api/v1/machines/:id/token     admin: rotate a machine's token (the old one stops working)
  *
@@ -107,8 +108,10 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
     return reply.send(file.createReadStream());
   });
 
-  app.post('/api/v1/join', { config: { join: true }, bodyLimit: MAX_FACTS_BYTES + 1024, schema: { body: registerBody } }, async (req, reply) => {
-    const r = await joins.register(joinId(req.principal), (req.body as { facts: Facts }).facts, peerAddress(req.ip));
+  app.post('/api/v1/join', { config: { join: true, discovery: true }, bodyLimit: MAX_FACTS_BYTES + 1024, schema: { body: registerBody } }, async (req, reply) => {
+    const facts = (req.body as { facts: Facts }).facts;
+    const p = req.principal;
+    const r = p.kind === 'discovery' ? await joins.discover(p.mac, facts, peerAddress(req.ip)) : await joins.register(joinId(p), facts, peerAddress(req.ip));
     reply.code(201);
     // The token is shown this once: only its digest is stored.
     return { machine: { ...publicMachine(r.machine), facts: r.machine.facts }, token: r.token, rejoined: r.rejoined };
