@@ -69,7 +69,7 @@ export async function fetchPinnedCa(api: string, fingerprint: string, timeoutMs 
       // The chain links by issuerCertificate and ends at a self-signed one that points to itself.
       for (let i = 0; c && c.raw && i < 10; i++) {
         out.push(c);
-        const next = (c as { issuerCertificate?: PeerCertificate }).issuerCertificate;
+        const next: PeerCertificate | undefined = (c as { issuerCertificate?: PeerCertificate }).issuerCertificate;
         if (!next || next === c || next.fingerprint256 === c.fingerprint256) break;
         c = next;
       }
