@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { CONTENT_KINDS } from '../model/content.js';
 import { approvalCommands } from './approvals.js';
+import { bootenvBuildCommand } from './bootenv.js';
 import { clientFrom, type Globals } from './client.js';
 import { contentCommands } from './content.js';
 import { credentialCommands } from './credentials.js';
@@ -26,7 +27,10 @@ export function register(program: Command, g: Globals) {
   joinCommands(program, g, api);
   jobCommands(program, g, api);
   workOrderCommands(program, g, api);
-  for (const kind of CONTENT_KINDS) objectCommands(program, g, api, kind);
+  for (const kind of CONTENT_KINDS) {
+    const cmd = objectCommands(program, g, api, kind);
+    if (kind === 'bootenvs') bootenvBuildCommand(cmd.alias('bootenv'), g, api);
+  }
   historyCommands(program, g, api);
   portableCommands(program, g, api);
   rolloutCommands(program, g, api);

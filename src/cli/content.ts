@@ -171,7 +171,8 @@ function parseRef(ref: string): { name: string; version: string } {
 }
 
 /** A directory is read as a pack; a file must be an artifact from `takt content bundle`. */
-async function loadPack(path: string): Promise<Record<string, string>> {
+/** The files of a pack directory or bundle artifact, as POST /packs takes them. */
+export async function loadPack(path: string): Promise<Record<string, string>> {
   if ((await stat(path).catch(() => null))?.isDirectory()) {
     const { readPackDir } = await import('../content/files.js');
     return readPackDir(path);

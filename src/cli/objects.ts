@@ -12,7 +12,8 @@ const enc = encodeURIComponent;
 
 // ---- content objects (params, profiles, tasks, stages, pipelines, blueprints) --------------------------
 
-export function objectCommands(program: Command, g: Globals, api: () => ApiClient, kind: (typeof CONTENT_KINDS)[number]) {
+/** Registers `takt <kind> list|get|apply|delete`; returns the kind's command, for kind-specific subcommands. */
+export function objectCommands(program: Command, g: Globals, api: () => ApiClient, kind: (typeof CONTENT_KINDS)[number]): Command {
   const noun = KIND_NOUN[kind];
   const cmd = program
     .command(kind)
@@ -61,4 +62,5 @@ export function objectCommands(program: Command, g: Globals, api: () => ApiClien
       const r = await api().delete(`/${kind}/${enc(name)}`);
       print(g().output, r, () => shown(`deleted ${noun} ${name}`));
     });
+  return cmd;
 }

@@ -258,22 +258,41 @@ export function sledgeInitramfs(kernel: BootKernel, opts: { cacheDir?: string; b
   if (existsSync(path)) return { path, sha256: createHash('sha256').update(readFileSync(path)).digest('hex'), modules };
 
   const entries: CpioEntry[] = [];
-  for (const d of ['bin', 'dev', 'etc', 'lib', 'lib/modules', 'proc', 'sys', 'tmp']) entries.push({ type: 'dir', path: d });
-  entries.push({ type: 'char', path: 'dev/console', major: 5, minor: 1 });
-  entries.push({ type: 'char', path: 'dev/null', major: 1, minor: 3, mode: 0o666 });
-  entries.push({ type: 'file', path: 'bin/busybox', data: busybox, mode: 0o755 });
-  // Applets as symlinks rather than `busybox --install` at boot: one less step before the marker.
-  for (const applet of ['sh', 'mount', 'insmod', 'ip', 'udhcpc', 'wget', 'cat', 'sleep', 'echo', 'ls', 'dmesg', 'uname', 'reboot', 'poweroff', 'sync', 'dd', 'gunzip', 'sha256sum', 'head', 'grep', 'sed', 'awk', 'free', 'df', 'ps', 'kill', 'mkdir', 'rm', 'cp', 'mv', 'ln', 'hostname', 'ifconfig', 'route', 'ping', 'nc', 'tr', 'cut', 'wc', 'true', 'false', 'test', '[']) {
-    entries.push({ type: 'symlink', path: `bin/${applet}`, target: 'busybox' });
-  }
+  const dirs = new Set<string>();
+  busyboxEntries(entries, dirs, [], busyboxPath);
+  moduleEntries(entries, kernel, modules);
   entries.push({ type: 'file', path: 'init', data: Buffer.from(SLEDGE_INIT), mode: 0o755 });
   entries.push({ type: 'file', path: 'etc/udhcpc.sh', data: Buffer.from(SLEDGE_UDHCPC), mode: 0o755 });
-  entries.push({ type: 'file', path: 'etc/takt-modules', data: Buffer.from(modules.map((m) => m.slice(m.lastIndexOf('/') + 1)).join('\n') + '\n') });
-  for (const m of modules) entries.push({ type: 'file', path: `lib/modules/${m.slice(m.lastIndexOf('/') + 1)}`, data: readFileSync(join(kernel.modulesDir, m)) });
   const gz = gzipSync(writeNewc(entries), { level: 6 });
   mkdirSync(dir, { recursive: true });
   const tmp = `${path}.tmp-${randomBytes(4).toString('hex')}`;
   writeFileSync(tmp, gz);
   renameSync(tmp, path);
   return { path, sha256: createHash('sha256').update(gz).digest('hex'), modules };
+}
+
+/** Busybox applets every takt initramfs links (as symlinks: no `busybox --install` step at boot). */
+export const BUSYBOX_APPLETS = ['sh', 'mount', 'insmod', 'ip', 'udhcpc', 'wget', 'cat', 'sleep', 'echo', 'ls', 'dmesg', 'uname', 'reboot', 'poweroff', 'sync', 'dd', 'gunzip', 'sha256sum', 'head', 'grep', 'sed', 'awk', 'free', 'df', 'ps', 'kill', 'mkdir', 'rm', 'cp', 'mv', 'ln', 'hostname', 'ifconfig', 'route', 'ping', 'nc', 'tr', 'cut', 'wc', 'true', 'false', 'test', '['];
+
+/**
+ * The base of a takt initramfs, appended to `entries`: the directories, /dev/console and /dev/null,
+ * busybox-static with its applets (plus `extra`) as symlinks in /bin. `dirs` records the directories made.
+ * @throws TaktError unavailable when busybox is missing.
+ */
+export function busyboxEntries(entries: CpioEntry[], dirs: Set<string>, extra: string[] = [], busyboxPath = '/bin/busybox'): void {
+  if (!existsSync(busyboxPath)) throw new TaktError('unavailable', `${busyboxPath} is missing: the initramfs needs a static busybox (Debian: apt-get install busybox-static)`);
+  for (const d of ['bin', 'dev', 'etc', 'lib', 'lib/modules', 'proc', 'sys', 'tmp']) {
+    dirs.add(d);
+    entries.push({ type: 'dir', path: d });
+  }
+  entries.push({ type: 'char', path: 'dev/console', major: 5, minor: 1 });
+  entries.push({ type: 'char', path: 'dev/null', major: 1, minor: 3, mode: 0o666 });
+  entries.push({ type: 'file', path: 'bin/busybox', data: readFileSync(busyboxPath), mode: 0o755 });
+  for (const applet of new Set([...BUSYBOX_APPLETS, ...extra])) entries.push({ type: 'symlink', path: `bin/${applet}`, target: 'busybox' });
+}
+
+/** The kernel modules `modules` (module files relative to the kernel's modules dir) in /lib/modules, and /etc/takt-modules listing their load order. */
+export function moduleEntries(entries: CpioEntry[], kernel: BootKernel, modules: string[]): void {
+  entries.push({ type: 'file', path: 'etc/takt-modules', data: Buffer.from(modules.map((m) => m.slice(m.lastIndexOf('/') + 1)).join('\n') + '\n') });
+  for (const m of modules) entries.push({ type: 'file', path: `lib/modules/${m.slice(m.lastIndexOf('/') + 1)}`, data: readFileSync(join(kernel.modulesDir, m)) });
 }

@@ -1,0 +1,61 @@
+/**
+ * `takt bootenvs build discovery` (alias `takt bootenv build discovery`): builds the discovery boot
+ * environment from Debian packages on this host (provision/discovery-env.ts) as a content pack, and with
+ * `--install` installs it on the endpoint. Runs where the endpoint runs: the pack's artifacts are paths
+ * on this host, which the endpoint copies into its artifact cache when the pack is installed.
+ */
+import type { Command } from 'commander';
+import type { ApiClient } from '../client/http.js';
+import { TaktError } from '../model/errors.js';
+import type { Globals } from './client.js';
+import { examples } from './help.js';
+import { print, shown } from './output.js';
+
+export function bootenvBuildCommand(bootenvs: Command, g: Globals, api: () => ApiClient): void {
+  bootenvs
+    .command('build <bootenv>')
+    .description("build a built-in boot environment from Debian packages on this host, as a content pack (today: discovery — Debian's kernel and an initramfs with busybox, bash and the takt agent)")
+    .addHelpText(
+      'after',
+      examples(
+        'takt bootenv build discovery --install      # build, then install the pack on the endpoint',
+        'takt bootenv build discovery --out /srv/takt/discovery -o json',
+      ),
+    )
+    .option('--out <dir>', 'where the pack goes (default: the provisioning cache, TAKT_PROVISION_CACHE or ~/.cache/takt/provision)')
+    .option('--install', 'install the built pack on the endpoint and use it')
+    .action(async (name: string, o: { out?: string; install?: boolean }) => {
+      if (name !== 'discovery') throw new TaktError('bad_request', `there is no built-in bootenv '${name}' to build: the one takt builds is 'discovery' (others come in content packs)`);
+      const { buildDiscoveryEnv, defaultDiscoveryDir } = await import('../provision/discovery-env.js');
+      const { AgentBundle } = await import('../join/bundle.js');
+      const { provisionCacheDir } = await import('../provision/kernel.js');
+      const { VERSION } = await import('./version.js');
+      const { join } = await import('node:path');
+      const say = (msg: string) => process.stderr.write(`takt: ${msg}\n`);
+      say('building the agent bundle (the same agent joined hosts run)');
+      const bundle = await new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(provisionCacheDir(), 'bundles'), version: VERSION }).get();
+      const env = await buildDiscoveryEnv({
+        out: o.out ?? defaultDiscoveryDir(),
+        bundle: bundle.path,
+        version: VERSION,
+        log: say,
+        progress: (f, what) => say(`[${String(Math.round(f * 100)).padStart(3)}%] ${what}`),
+      });
+      let installed: { name: string; version: string } | null = null;
+      if (o.install) {
+        const { loadPack } = await import('./content.js');
+        installed = await api().post<{ name: string; version: string }>('/packs', { files: await loadPack(env.dir), use: true });
+      }
+      const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+      print(g().output, { ...env, installed }, () =>
+        shown(
+          [
+            `discovery@${env.version} in ${env.dir}`,
+            `  kernel  ${env.kernelPackage}, ${mib(env.kernel.bytes)}, sha256 ${env.kernel.sha256}`,
+            `  initrd  ${mib(env.initrd.bytes)}, sha256 ${env.initrd.sha256}`,
+            installed ? `installed on the endpoint as ${installed.name}@${installed.version}` : `install it with: takt content install ${env.dir} --use`,
+          ].join('\n'),
+        ),
+      );
+    });
+}

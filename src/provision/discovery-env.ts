@@ -1,0 +1,242 @@
+/**
+ * The `discovery` boot environment, built from Debian packages on the endpoint's host
+ * (`takt bootenv build discovery`): Debian's kernel (kernel.ts) and an initramfs holding busybox, bash,
+ * the glibc they and Node need, and the same takt agent bundle joined hosts install (join/bundle.ts) —
+ * one agent, not two. Its /init takes a DHCP lease, runs `takt agent discover` (registers with the
+ * discovery credential on the kernel command line, agent/discover.ts) and then `takt agent`, which runs
+ * whatever pipeline the machine is given in memory. Measured (provisioning-facts.md §2): ~116 MB
+ * unpacked, ~40 MB compressed; +~7 s of boot under software emulation against the busybox-only one.
+ *
+ * The result is a content pack directory (pack.yaml + bootenvs/discovery.yaml + the two files) whose
+ * artifacts are local paths with their sha256, ready for `takt content install`.
+ */
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { gzipSync } from 'node:zlib';
+import { DISCOVERY_BOOTENV } from '../model/boot.js';
+import { TaktError } from '../model/errors.js';
+import { writeNewc, type CpioEntry } from './cpio.js';
+import { busyboxEntries, debianKernel, moduleClosure, moduleEntries, provisionCacheDir, SLEDGE_MODULES, SLEDGE_UDHCPC, type BootKernel } from './kernel.js';
+
+const run = promisify(execFile);
+
+/** Where the agent bundle lives inside the initramfs (its bin/takt is the CLI). */
+export const DISCOVERY_AGENT_DIR = 'opt/takt';
+/** The marker the discovery /init prints when the agent has registered; tests and operators follow it. */
+export const DISCOVERY_MARKER = 'TAKT-DISCOVERY:';
+
+/**
+ * The discovery /init (busybox sh as PID 1). `takt agent` exits 64 when the endpoint asks the machine to
+ * reboot (a stage needs another bootenv): PID 1 then reboots; any other exit starts the agent again after
+ * a pause, since PID 1 must never exit.
+ */
+export const DISCOVERY_INIT = `#!/bin/sh
+export PATH=/bin:/usr/bin
+export HOME=/root
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mount -t tmpfs tmpfs /run
+mkdir -p /run/takt /dev/pts /root
+echo "${DISCOVERY_MARKER} init started"
+for m in $(cat /etc/takt-modules); do insmod "/lib/modules/$m" 2>/dev/null; done
+hostname discovery
+ifc=
+n=0
+while [ -z "$ifc" ] && [ $n -lt 100 ]; do
+  for d in /sys/class/net/*; do
+    i=\${d##*/}
+    [ "$i" != lo ] && [ -e "$d/device" ] && [ -z "$ifc" ] && ifc=$i
+  done
+  [ -z "$ifc" ] && sleep 0.1
+  n=$((n + 1))
+done
+ip link set lo up
+if [ -z "$ifc" ]; then
+  echo "${DISCOVERY_MARKER} no network interface"
+else
+  ip link set "$ifc" up
+  until udhcpc -i "$ifc" -s /etc/udhcpc.sh -q -f -n -t 10 -T 1 >/dev/null 2>&1; do
+    echo "${DISCOVERY_MARKER} dhcp failed on $ifc; trying again"
+    sleep 2
+  done
+  echo "${DISCOVERY_MARKER} dhcp on $ifc $(cat /tmp/lease) mac $(cat /sys/class/net/$ifc/address)"
+fi
+takt=/${DISCOVERY_AGENT_DIR}/bin/takt
+while true; do
+  if api=$($takt agent discover --dir /run/takt); then
+    echo "${DISCOVERY_MARKER} registered with $api"
+    $takt agent --endpoint "$api" --token-file /run/takt/token --ca /run/takt/ca.pem --dir /run/takt/agent --report-facts
+    code=$?
+    echo "${DISCOVERY_MARKER} agent exited $code"
+    if [ "$code" = 64 ]; then sync; reboot -f; fi
+  else
+    echo "${DISCOVERY_MARKER} registration failed"
+  fi
+  sleep 10
+done
+`;
+
+/** Every file ldd says `binary` loads, glibc and the loader included (the initramfs has no libc of its own). */
+export async function allLibraries(binary: string): Promise<string[]> {
+  let out: string;
+  try {
+    out = (await run('ldd', [binary], { timeout: 30_000 })).stdout;
+  } catch (err) {
+    throw new TaktError('unavailable', `\`ldd ${binary}\` failed: ${(err as Error).message.split('\n')[0]} (Debian: apt-get install libc-bin)`);
+  }
+  return parseLddAll(out);
+}
+
+/** The absolute paths in ldd output: `name => /path (0x…)` and the loader's `/path (0x…)` line. */
+export function parseLddAll(text: string): string[] {
+  const out: string[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^\s*(?:\S+\s+=>\s+)?(\/\S+)\s+\(0x[0-9a-f]+\)/.exec(line);
+    if (m && !out.includes(m[1]!)) out.push(m[1]!);
+  }
+  return out;
+}
+
+/** Parent directories of `path` (relative, no leading slash), outermost first. */
+function parents(path: string): string[] {
+  const out: string[] = [];
+  for (let d = dirname(path); d !== '.' && d !== '/' && d !== ''; d = dirname(d)) out.unshift(d);
+  return out;
+}
+
+/** A built discovery environment. */
+export interface DiscoveryEnv {
+  /** The pack directory (pack.yaml, bootenvs/discovery.yaml, files/). */
+  dir: string;
+  kernel: { path: string; sha256: string; bytes: number };
+  initrd: { path: string; sha256: string; bytes: number };
+  /** The Debian kernel package it boots. */
+  kernelPackage: string;
+  /** The pack's version: the takt version and a digest of the two files. */
+  version: string;
+}
+
+export interface BuildOptions {
+  /** Where the pack goes (created; files replaced). */
+  out: string;
+  /** The agent bundle (.tar.gz) to put in (AgentBundle.get()). */
+  bundle: string;
+  /** The takt version, for the pack's version. */
+  version: string;
+  cacheDir?: string;
+  kernel?: BootKernel;
+  log?: (msg: string) => void;
+  /** Progress of the long steps, for a bar: 0…1 with what is being done. */
+  progress?: (fraction: number, what: string) => void;
+}
+
+/**
+ * Builds the discovery environment into `opts.out` as a content pack.
+ * @throws TaktError unavailable when a Debian tool or package is missing (saying which to install).
+ */
+export async function buildDiscoveryEnv(opts: BuildOptions): Promise<DiscoveryEnv> {
+  const progress = opts.progress ?? (() => undefined);
+  progress(0, 'kernel');
+  const kernel = opts.kernel ?? (await debianKernel({ ...(opts.cacheDir ? { cacheDir: opts.cacheDir } : {}), ...(opts.log ? { log: opts.log } : {}) }));
+  progress(0.2, 'agent bundle');
+  const stage = mkdtempSync(join(tmpdir(), 'takt-discovery-'));
+  try {
+    const tar = await import('tar');
+    await tar.extract({ file: opts.bundle, cwd: stage });
+    const bash = realpathSync('/bin/bash');
+    if (!existsSync(bash)) throw new TaktError('unavailable', '/bin/bash is missing: task scripts run with bash (Debian: apt-get install bash)');
+    progress(0.3, 'libraries');
+    const libs = new Set<string>([...(await allLibraries(join(stage, 'lib', 'node'))), ...(await allLibraries(bash))]);
+
+    const entries: CpioEntry[] = [];
+    const dirs = new Set<string>();
+    const dir = (d: string) => {
+      for (const p of [...parents(`${d}/x`)]) {
+        if (!dirs.has(p)) {
+          dirs.add(p);
+          entries.push({ type: 'dir', path: p });
+        }
+      }
+    };
+    busyboxEntries(entries, dirs, ['env']);
+    moduleEntries(entries, kernel, moduleClosure(kernel.modulesDir, SLEDGE_MODULES));
+    for (const d of ['run', 'root', 'usr/bin']) dir(d);
+    entries.push({ type: 'symlink', path: 'usr/bin/env', target: '/bin/busybox' });
+    entries.push({ type: 'file', path: 'bin/bash', data: readFileSync(bash), mode: 0o755 });
+    entries.push({ type: 'symlink', path: 'usr/bin/bash', target: '/bin/bash' });
+    for (const lib of [...libs].sort()) {
+      const path = lib.replace(/^\/+/, '');
+      dir(dirname(path));
+      // Contents of the real file, at the path the loader looks for (symlinks such as /lib64's resolved).
+      entries.push({ type: 'file', path, data: readFileSync(realpathSync(lib)), mode: 0o755 });
+    }
+    // The agent bundle, as joined hosts unpack it.
+    const walk = (rel: string) => {
+      for (const name of readdirSync(join(stage, rel)).sort()) {
+        const r = rel ? `${rel}/${name}` : name;
+        const st = statSync(join(stage, r));
+        if (st.isDirectory()) {
+          dir(`${DISCOVERY_AGENT_DIR}/${r}`);
+          walk(r);
+        } else if (st.isFile()) {
+          dir(dirname(`${DISCOVERY_AGENT_DIR}/${r}`));
+          entries.push({ type: 'file', path: `${DISCOVERY_AGENT_DIR}/${r}`, data: readFileSync(join(stage, r)), mode: st.mode & 0o777 });
+        }
+      }
+    };
+    dir(DISCOVERY_AGENT_DIR);
+    walk('');
+    entries.push({ type: 'file', path: 'init', data: Buffer.from(DISCOVERY_INIT), mode: 0o755 });
+    entries.push({ type: 'file', path: 'etc/udhcpc.sh', data: Buffer.from(SLEDGE_UDHCPC), mode: 0o755 });
+    progress(0.5, 'compressing the initramfs');
+    const gz = gzipSync(writeNewc(entries), { level: 6 });
+
+    progress(0.9, 'writing the pack');
+    const out = resolve(opts.out);
+    mkdirSync(join(out, 'files'), { recursive: true });
+    mkdirSync(join(out, 'bootenvs'), { recursive: true });
+    const initrdPath = join(out, 'files', 'discovery.cpio.gz');
+    const kernelPath = join(out, 'files', 'vmlinuz');
+    const tmp = `${initrdPath}.tmp-${randomBytes(4).toString('hex')}`;
+    writeFileSync(tmp, gz);
+    renameSync(tmp, initrdPath);
+    copyFileSync(kernel.vmlinuz, `${kernelPath}.tmp`);
+    renameSync(`${kernelPath}.tmp`, kernelPath);
+    const sha = (p: string) => createHash('sha256').update(readFileSync(p)).digest('hex');
+    const k = { path: kernelPath, sha256: sha(kernelPath), bytes: statSync(kernelPath).size };
+    const i = { path: initrdPath, sha256: createHash('sha256').update(gz).digest('hex'), bytes: gz.length };
+    const version = `${opts.version}+${createHash('sha256').update(k.sha256).update(i.sha256).digest('hex').slice(0, 12)}`;
+    writeFileSync(join(out, 'pack.yaml'), `name: ${DISCOVERY_BOOTENV}\nversion: ${version}\ndescription: takt's discovery environment (${kernel.package}, busybox, the takt agent), built by takt bootenv build discovery\n`);
+    writeFileSync(join(out, 'bootenvs', `${DISCOVERY_BOOTENV}.yaml`), discoveryBootenvYaml(k, i, kernel.package));
+    progress(1, 'done');
+    return { dir: out, kernel: k, initrd: i, kernelPackage: kernel.package, version };
+  } finally {
+    rmSync(stage, { recursive: true, force: true });
+  }
+}
+
+/**
+ * The bootenv definition: the agent finds the endpoint's API, the CA it pins and its discovery
+ * credential on the command line (agent/discover.ts), and its own name for facts in `takt.bootenv`.
+ */
+export function discoveryBootenvYaml(k: { path: string; sha256: string }, i: { path: string; sha256: string }, kernelPackage: string): string {
+  return [
+    `name: ${DISCOVERY_BOOTENV}`,
+    `description: In-memory environment for machines takt does not know yet (${kernelPackage}); registers them and runs their pipelines`,
+    `kernel: { name: vmlinuz, path: ${JSON.stringify(k.path)}, sha256: ${k.sha256} }`,
+    'initrds:',
+    `  - { name: discovery.cpio.gz, path: ${JSON.stringify(i.path)}, sha256: ${i.sha256} }`,
+    'cmdline: console=ttyS0 console=tty0 quiet takt.bootenv=discovery takt.api={{ boot.api }} takt.ca={{ boot.ca }} takt.token={{ boot.token }}',
+    '',
+  ].join('\n');
+}
+
+/** Where `takt bootenv build discovery` puts the pack by default: the provisioning cache. */
+export function defaultDiscoveryDir(): string {
+  return join(provisionCacheDir(), 'bootenvs', DISCOVERY_BOOTENV);
+}
