@@ -1,0 +1,159 @@
+/**
+ * Discovery end to end (issue #13 item 3): `takt bootenv build discovery --install` makes the discovery
+ * environment from Debian packages (kernel + an initramfs with the takt agent bundle); `takt serve
+ * --provision … --dhcp full --listen ADDR:8443` runs in a network namespace `tkdisc-…`; a BIOS VM that no
+ * machine boots as PXE-boots, gets the discovery bootenv with a discovery credential, the API URL and the
+ * CA fingerprint on its kernel command line, registers over TLS (pinning the CA), and becomes machine
+ * `metal-<mac>` with its inventory: the MAC and SMBIOS UUID and serial set on qemu, its NIC with driver
+ * and link, its disk. Given a pipeline, it runs it in memory, in the discovery environment, to done.
+ * Quiet-machine figures (provisioning-facts.md §2): the Node initrd boots ≈ 16 s, the agent is up ≈ 26 s.
+ */
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Vm } from '../src/brokers/qemu/vm.js';
+import type { Machine } from '../src/model/machine.js';
+import { DISCOVERY_MARKER } from '../src/provision/discovery-env.js';
+import { TAKT, writePack, type CliResult } from './helpers/endpoint.js';
+import { bootArtifacts, logMilestone, removeVmDirs, vmDir } from './helpers/provision.js';
+
+const MAC = '52:54:00:d1:5c:07';
+const UUID = '6a1f3c2e-9b8d-4e7f-a1b2-c3d4e5f60718';
+const SERIAL = 'TAKT-DISC-0007';
+
+/** Polls `f` until it returns a value, at most `ms` (an observable condition, not a sleep). */
+async function until<T>(f: () => Promise<T | undefined> | T | undefined, ms: number, what: string, detail: () => string = () => ''): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (let i = 0; ; i++) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}\n${detail()}`);
+    await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** i, 1000)));
+  }
+}
+
+describe('discovery: an unknown VM boots takt\'s discovery environment, registers with its inventory and runs a pipeline', () => {
+  const tag = randomBytes(3).toString('hex');
+  const netns = `tkdisc-${tag}`;
+  const prefix = `10.221.${1 + (parseInt(tag, 16) % 250)}`;
+  let dir = '';
+  let data = '';
+  let serve: ChildProcess | null = null;
+  let output = '';
+  let vm: Vm | null = null;
+  let endpoint = '';
+  let token = '';
+
+  const ip = (...a: string[]) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
+  /** A takt CLI command inside the namespace (the CLI uses the loopback listener). */
+  const cli = (args: string[], timeoutMs = 60_000): Promise<CliResult> =>
+    new Promise((resolve) => {
+      execFile('ip', ['netns', 'exec', netns, process.execPath, TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', TAKT_ENDPOINT: endpoint, TAKT_TOKEN: token }, timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
+        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }),
+      );
+    });
+  const machine = async (name: string): Promise<Machine | undefined> => {
+    const r = await cli(['machines', 'get', name, '-o', 'json']);
+    return r.code === 0 ? (JSON.parse(r.stdout) as Machine) : undefined;
+  };
+
+  beforeAll(async () => {
+    await bootArtifacts(); // the Debian kernel, cached for every provisioning test
+    dir = mkdtempSync(join(tmpdir(), 'takt-disc-'));
+    data = join(dir, 'data');
+    ip('netns', 'add', netns);
+    ip('-n', netns, 'link', 'set', 'lo', 'up');
+    ip('-n', netns, 'link', 'add', 'br0', 'type', 'bridge');
+    ip('-n', netns, 'addr', 'add', `${prefix}.1/24`, 'dev', 'br0');
+    ip('-n', netns, 'link', 'set', 'br0', 'up');
+    const args = ['serve', '--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--data', data, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0'];
+    serve = spawn('ip', ['netns', 'exec', netns, process.execPath, TAKT, ...args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    serve.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    serve.stderr!.on('data', (d: Buffer) => (output += d.toString()));
+    await until(() => (existsSync(join(data, 'boot-url')) ? true : serve!.exitCode !== null ? false : undefined), 60_000, 'takt serve to start its boot services', () => output);
+    expect(serve.exitCode, output).toBeNull();
+    endpoint = readFileSync(join(data, 'endpoint'), 'utf8').trim();
+    token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
+  }, 600_000);
+
+  afterAll(async () => {
+    await vm?.kill();
+    if (serve && serve.exitCode === null && serve.signalCode === null) {
+      const gone = new Promise<void>((r) => serve!.once('exit', () => r()));
+      serve.kill('SIGTERM');
+      await Promise.race([gone, new Promise((r) => setTimeout(r, 15_000))]);
+      if (serve.exitCode === null && serve.signalCode === null) serve.kill('SIGKILL');
+    }
+    try {
+      ip('netns', 'del', netns);
+    } catch {
+      // not made
+    }
+    if (dir) rmSync(dir, { recursive: true, force: true });
+    removeVmDirs();
+  });
+
+  it('builds and installs the discovery bootenv from Debian packages', async () => {
+    // The pack goes in the provisioning cache (TAKT_PROVISION_CACHE): built once per set of inputs.
+    const r = await cli(['bootenv', 'build', 'discovery', '--install', '-o', 'json'], 540_000);
+    expect(r.code, r.stderr).toBe(0);
+    const env = JSON.parse(r.stdout) as { version: string; initrd: { bytes: number }; installed: { name: string; version: string } };
+    expect(env.installed).toEqual(expect.objectContaining({ name: 'discovery', version: env.version }));
+    expect(env.initrd.bytes).toBeGreaterThan(10 << 20); // Node is in it
+    await until(() => ((output.match(/boot: kept bootenv 'discovery'/g) ?? []).length >= 2 ? true : undefined), 180_000, 'the discovery artifacts to be kept', () => output);
+  }, 600_000);
+
+  it('an unknown VM PXE-boots into discovery, registers as metal-<mac> with its inventory, and runs the pipeline it is given', async () => {
+    writePack(join(dir, 'site'), {
+      'pack.yaml': 'name: site\nversion: 1.0.0\n',
+      'tasks/inventory-check.yaml': [
+        'name: inventory-check',
+        'script: |',
+        '  set -eu',
+        '  grep -q takt.bootenv=discovery /proc/cmdline',
+        '  echo "running in $(cat /sys/class/dmi/id/product_serial) from memory"',
+        '',
+      ].join('\n'),
+      'stages/check.yaml': 'name: check\ntasks: [inventory-check]\n',
+      'pipelines/burn-in.yaml': 'name: burn-in\nstages: [check]\nenvironments: [metal]\n',
+    });
+    const inst = await cli(['content', 'install', join(dir, 'site')]);
+    expect(inst.code, inst.stderr).toBe(0);
+
+    vm = await Vm.start({
+      name: 'disc',
+      dir: vmDir('disc'),
+      firmware: 'bios',
+      memoryMiB: 1024,
+      smbios: { uuid: UUID, serial: SERIAL },
+      nic: { model: 'virtio-net-pci', mac: MAC, net: { kind: 'tap', netns, bridge: 'br0', tap: 'tap0' } },
+    });
+    const init = await vm.waitForSerial(new RegExp(`${DISCOVERY_MARKER} init started`), 300_000, { failOn: /No bootable device|Could not boot image|Kernel panic|No more network devices/ });
+    logMilestone(vm, 'discovery /init', init.atMs);
+    const registered = await vm.waitForSerial(new RegExp(`${DISCOVERY_MARKER} (registered with https://${prefix.replaceAll('.', '\\.')}\\.1:8443|registration failed)`), 240_000);
+    logMilestone(vm, 'registered', registered.atMs);
+    expect(registered.line, vm.serial()).toContain('registered with');
+    expect(output).toContain('boot: 52:54:00:d1:5c:07 gets bootenv discovery');
+
+    const name = `metal-${MAC.replace(/:/g, '')}`;
+    const m = await until(async () => ((await machine(name))?.facts?.system ? await machine(name) : undefined), 120_000, `${name} with its facts`, () => vm!.serial());
+    expect(m.environment).toBe('metal');
+    expect(m.boot).toEqual(expect.objectContaining({ macs: [MAC], uuid: UUID, bootenv: 'discovery' }));
+    expect(m.facts).toEqual(expect.objectContaining({ macs: [MAC], productUuid: UUID, bootenv: 'discovery' }));
+    expect(m.facts!.system).toEqual(expect.objectContaining({ serial: SERIAL, vendor: 'QEMU' }));
+    expect(m.facts!.nics).toEqual([expect.objectContaining({ mac: MAC, driver: 'virtio_net', link: 'up' })]);
+
+    const set = await cli(['machines', 'update', name, '--pipeline', 'burn-in']);
+    expect(set.code, set.stderr).toBe(0);
+    const done = await cli(['machines', 'wait', name, '--until', 'done', '--timeout', '300s'], 330_000);
+    expect(done.code, `${done.stdout}${done.stderr}\n${vm.serial()}`).toBe(0);
+    const log = await cli(['jobs', 'list', '--machine', name, '-o', 'json']);
+    const jobs = JSON.parse(log.stdout) as Array<{ id: string; task: string; state: string }>;
+    expect(jobs.map((j) => [j.task, j.state])).toEqual([['inventory-check', 'succeeded']]);
+    const out = await cli(['jobs', 'log', jobs[0]!.id]);
+    expect(out.stdout).toContain(`running in ${SERIAL} from memory`);
+  }, 900_000);
+});
