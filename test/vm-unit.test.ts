@@ -3,7 +3,7 @@
  * QMP run-state mapping, the manual power driver and the driver factory.
  */
 import { describe, expect, it } from 'vitest';
-import { qemuArgs, type VmSpec } from '../src/brokers/qemu/vm.js';
+import { defaultAccel, kvmUsable, qemuArgs, type VmSpec } from '../src/brokers/qemu/vm.js';
 import { writeNewc } from '../src/provision/cpio.js';
 import { powerDriver } from '../src/provision/power/index.js';
 import { ManualPower } from '../src/provision/power/manual.js';
@@ -124,5 +124,19 @@ describe('power', () => {
     expect(powerDriver('m', { driver: 'qmp', socket: '/x.sock' }).kind).toBe('qmp');
     expect(() => powerDriver('m', { driver: 'qmp', socket: '' })).toThrow(expect.objectContaining({ path: 'power.socket' }));
     expect(() => powerDriver('m', { driver: 'ipmi' } as never)).toThrow(expect.objectContaining({ code: 'bad_request', path: 'power.driver' }));
+  });
+});
+
+describe('the accelerator', () => {
+  it.each([
+    [{ TAKT_QEMU_ACCEL: 'tcg' }, 'tcg'],
+    [{ TAKT_QEMU_ACCEL: 'KVM' }, 'kvm'],
+    [{ TAKT_QEMU_ACCEL: 'auto' }, kvmUsable() ? 'kvm' : 'tcg'],
+    [{}, kvmUsable() ? 'kvm' : 'tcg'],
+  ])('%j gives %s', (env, want) => {
+    expect(defaultAccel(env)).toBe(want);
+  });
+  it('refuses anything else, saying what it takes', () => {
+    expect(() => defaultAccel({ TAKT_QEMU_ACCEL: 'hvf' })).toThrow('TAKT_QEMU_ACCEL=hvf: say kvm, tcg or auto');
   });
 });

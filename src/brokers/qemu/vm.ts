@@ -10,7 +10,10 @@
  *   <dir>/qemu.log       qemu's own stdout/stderr
  *
  * Acceleration is KVM when /dev/kvm is usable, else TCG (software emulation: a guest then wants one full
- * host core while it runs, and boots 3–5× slower under load; see docs/provisioning.md).
+ * host core while it runs, and boots 3–5× slower under load; see docs/provisioning.md). TAKT_QEMU_ACCEL
+ * (`kvm`, `tcg`, `auto`) overrides that: some hosts (nested virtualisation) offer a /dev/kvm under which
+ * firmware crawls — measured on this project's CI machine kind, 2026-11-30: SeaBIOS's iPXE ROM did not reach
+ * its DHCP in 300 s and a direct kernel boot did not reach /init in 60 s under KVM, against 25 s with TCG.
  * Network: qemu's user-mode network (its own DHCP/TFTP, for tests) or a tap on a bridge inside a network
  * namespace, where qemu itself runs under `ip netns exec`.
  */
@@ -73,6 +76,17 @@ export interface VmSpec {
 
 /** Bootindex values: the NIC keeps 1; the disk moves between 2 (after the NIC) and 0 (before it). */
 export const BOOTINDEX = { nic: 1, diskAfterNic: 2, diskFirst: 0 } as const;
+
+/**
+ * The accelerator qemu gets by default: TAKT_QEMU_ACCEL when it says `kvm` or `tcg`, else (`auto`, unset)
+ * KVM when /dev/kvm is usable. @throws TaktError bad_request for another value.
+ */
+export function defaultAccel(env: NodeJS.ProcessEnv = process.env): 'kvm' | 'tcg' {
+  const v = (env.TAKT_QEMU_ACCEL ?? 'auto').trim().toLowerCase();
+  if (v === 'kvm' || v === 'tcg') return v;
+  if (v !== 'auto' && v !== '') throw new TaktError('bad_request', `TAKT_QEMU_ACCEL=${env.TAKT_QEMU_ACCEL}: say kvm, tcg or auto (KVM when /dev/kvm is usable)`);
+  return kvmUsable() ? 'kvm' : 'tcg';
+}
 
 /** True when /dev/kvm exists and this process may open it. */
 export function kvmUsable(): boolean {
@@ -217,7 +231,7 @@ export class Vm {
    *   stderr); TaktError bad_request for a bad spec.
    */
   static async start(spec: VmSpec, opts: { timeoutMs?: number; qemu?: string } = {}): Promise<Vm> {
-    const accel = spec.accel ?? (kvmUsable() ? 'kvm' : 'tcg');
+    const accel = spec.accel ?? defaultAccel();
     const args = qemuArgs(spec, accel);
     const d = spec.dir;
     mkdirSync(d, { recursive: true });
