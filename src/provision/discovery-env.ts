@@ -81,6 +81,12 @@ while true; do
 done
 `;
 
+/**
+ * The discovery bootenv's command line. The last `console=` is /dev/console, where /init writes: the
+ * serial port, so markers reach a serial console (and a BMC's serial-over-LAN); the kernel logs to both.
+ */
+export const DISCOVERY_CMDLINE = 'console=tty0 console=ttyS0 quiet takt.bootenv=discovery takt.api={{ boot.api }} takt.ca={{ boot.ca }} takt.token={{ boot.token }}';
+
 /** Every file ldd says `binary` loads, glibc and the loader included (the initramfs has no libc of its own). */
 export async function allLibraries(binary: string): Promise<string[]> {
   let out: string;
@@ -241,14 +247,14 @@ export function discoveryBootenvYaml(k: { path: string; sha256: string }, i: { p
     `kernel: { name: vmlinuz, path: ${JSON.stringify(k.path)}, sha256: ${k.sha256} }`,
     'initrds:',
     `  - { name: discovery.cpio.gz, path: ${JSON.stringify(i.path)}, sha256: ${i.sha256} }`,
-    'cmdline: console=ttyS0 console=tty0 quiet takt.bootenv=discovery takt.api={{ boot.api }} takt.ca={{ boot.ca }} takt.token={{ boot.token }}',
+    `cmdline: ${DISCOVERY_CMDLINE}`,
     '',
   ].join('\n');
 }
 
 /** What a build depends on: the kernel package, the bundle (its path names its key), /init, busybox, bash. */
 function buildKey(kernel: BootKernel, bundle: string, version: string): string {
-  const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC);
+  const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC).update(DISCOVERY_CMDLINE);
   for (const f of ['/bin/busybox', realpathSync('/bin/bash')]) {
     const st = statSync(f, { throwIfNoEntry: false });
     h.update(`${f}\0${st?.size ?? 0}\0${st?.mtimeMs ?? 0}\0`);
