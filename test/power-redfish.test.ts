@@ -10,6 +10,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
+import { execFile, spawnSync } from 'node:child_process';
+import { promisify } from 'node:util';
 import { powerDriver } from '../src/provision/power/index.js';
 import { RedfishPower, type RedfishPowerOptions } from '../src/provision/power/redfish.js';
 import { startRedfish, type RedfishResponder, type RedfishResponderOptions } from './helpers/redfish.js';
@@ -140,6 +142,28 @@ describe('redfish power driver', () => {
       message: expect.stringContaining("param 'bmc_password', which rack1-u7 does not have: declare 'bmc_password' with secure: true in a pack's params/ and set it with `takt machines update rack1-u7 --param bmc_password=PASSWORD`"),
     });
   });
+});
+
+const redfishtool = spawnSync('sh', ['-c', 'command -v redfishtool']).status === 0;
+
+describe.skipIf(!redfishtool)("the stand-in against an independent client (Debian's redfishtool)", () => {
+  it('redfishtool reads, resets and sets the boot override on the responder; the driver sees what it did', async () => {
+    const b = await start();
+    // redfishtool does not check the certificate (Python requests with verify off); it is here to check the
+    // responder. Asynchronous: the responder runs in this process.
+    const rt = async (...args: string[]) => {
+      const r = await promisify(execFile)('redfishtool', ['-r', `127.0.0.1:${b.port}`, '-u', 'admin', '-p', 'pa55word', '-S', 'Always', 'Systems', '-I', '1', ...args], { encoding: 'utf8', timeout: 60_000 });
+      return r.stdout;
+    };
+    expect(JSON.parse(await rt('get'))).toMatchObject({ Id: '1', PowerState: 'Off' });
+    await rt('reset', 'On');
+    await rt('setBootOverride', 'Once', 'Pxe');
+    expect(b.resets).toEqual(['On']);
+    expect(await driver(b).status()).toBe('on');
+    expect(b.state).toMatchObject({ target: 'Pxe', enabled: 'Once' });
+    await driver(b).setNextBoot('disk', { persistent: true });
+    expect(JSON.parse(await rt('get')).Boot).toMatchObject({ BootSourceOverrideTarget: 'Hdd', BootSourceOverrideEnabled: 'Continuous' });
+  }, 120_000);
 });
 
 /** A loopback TCP port nobody listens on (bound, then closed). */
