@@ -67,6 +67,19 @@ describe.skipIf(!available)('ipmi power driver against ipmi_sim', () => {
     expect(await p.status()).toBe('off');
   }, 180_000);
 
+  it('a soft off the BMC refuses becomes a hard off at once, in its words', async () => {
+    const refusing = await startIpmiSim({ chassis: (dir) => fileChassis(dir, 'refuse') });
+    try {
+      const p = ipmi(refusing);
+      await p.on();
+      const out = await p.off({ graceful: true });
+      expect(out.note).toMatch(/the BMC refused the soft off \(.*Set Chassis Power Control to Soft failed: .*\); powered off hard/);
+      expect(await p.status()).toBe('off');
+    } finally {
+      await refusing.stop();
+    }
+  }, 180_000);
+
   it("a wrong password, a silent port and a missing ipmitool are 'unavailable' in ipmitool's words", async () => {
     await expect(ipmi(sim, { password: async () => 'wrong', retries: 1, retryIntervalS: 1 }).status()).rejects.toMatchObject({
       code: 'unavailable',

@@ -44,9 +44,9 @@ export async function freeUdpPort(): Promise<number> {
 
 /**
  * The state-file chassis program: power and boot device in files under `dir`, every call appended to
- * `dir/calls`. `soft` decides what an ACPI soft-off does: `off` (the OS shuts down) or `ignore`.
+ * `dir/calls`. `soft` decides what an ACPI soft-off does: `off` (the OS shuts down), `ignore`, or `refuse` (an error).
  */
-export function fileChassis(dir: string, soft: 'off' | 'ignore' = 'off'): string {
+export function fileChassis(dir: string, soft: 'off' | 'ignore' | 'refuse' = 'off'): string {
   const path = join(dir, 'chassis.sh');
   writeFileSync(
     path,
@@ -72,7 +72,7 @@ set)
     case $1 in
       power) echo "$2" > "$d/power" ;;
       reset) echo reset >> "$d/resets" ;;
-      shutdown) ${soft === 'off' ? 'echo 0 > "$d/power"' : ':'} ;;
+      shutdown) ${{ off: 'echo 0 > "$d/power"', ignore: ':', refuse: 'echo "No ACPI here"; exit 1' }[soft]} ;;
       boot) echo "$2" > "$d/boot" ;;
       *) echo "Invalid parameter: $1"; exit 1 ;;
     esac

@@ -193,7 +193,14 @@ export class IpmiPower implements PowerDriver {
     if (opts.graceful) {
       const timeoutMs = opts.timeoutMs ?? 60_000;
       const pollMs = this.opts.pollMs ?? 2_000;
-      await this.run(['power', 'soft']);
+      try {
+        await this.run(['power', 'soft']);
+      } catch (err) {
+        // A BMC that refuses the soft off (ipmi_sim without an OS behind it, some BMCs) still powers off hard.
+        if (!(err instanceof TaktError && err.code === 'conflict')) throw err;
+        await this.run(['power', 'off']);
+        return { done: true, note: `the BMC refused the soft off (${err.message}); powered off hard` };
+      }
       // Bounded: at most timeoutMs / pollMs polls, each itself bounded by the call deadline.
       for (let waited = 0; waited < timeoutMs; waited += pollMs) {
         if ((await this.status()) === 'off') return { done: true };
