@@ -7,7 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { ipmiError, parseBootFlags, parsePowerStatus } from '../src/provision/power/ipmi.js';
 import { checkPowerConfig, powerDriver } from '../src/provision/power/index.js';
-import { normalizeFingerprint, pickAllowed, redfishErrorWords, redfishPowerState } from '../src/provision/power/redfish.js';
+import { normalizeFingerprint, onlyPath, pickAllowed, RedfishPower, redfishErrorWords, redfishPowerState } from '../src/provision/power/redfish.js';
 
 /** `ipmitool chassis bootparam get 5` against ipmi_sim after `chassis bootdev pxe` (verbatim). */
 const BOOTPARAM_PXE = `Boot parameter version: 1
@@ -116,6 +116,25 @@ describe('redfish pieces', () => {
     ['', undefined],
   ])('fingerprint %j → %j', (pin, want) => {
     expect(normalizeFingerprint(pin)).toBe(want);
+  });
+});
+
+describe('redfish driver settings', () => {
+  it.each([
+    ['/redfish/v1/Systems/1', '/redfish/v1/Systems/1'],
+    ['https://other.example:8443/redfish/v1/Systems/1/Actions/ComputerSystem.Reset', '/redfish/v1/Systems/1/Actions/ComputerSystem.Reset'],
+    ['redfish/v1/Systems', '/redfish/v1/Systems'],
+    ['/redfish/v1/Systems?$expand=.', '/redfish/v1/Systems?$expand=.'],
+  ])('a path from the BMC %j is used as %j (never another host)', (ref, want) => {
+    expect(onlyPath(ref)).toBe(want);
+  });
+
+  it.each([
+    [{ url: 'http://bmc.example' }, /must be https:\/\//],
+    [{ url: 'not a url' }, /is not a URL/],
+    [{ caFingerprint: 'abc' }, /64 hex digits/],
+  ])('the constructor refuses %j', (o, message) => {
+    expect(() => new RedfishPower({ url: 'https://bmc.example', user: 'u', password: async () => 'p', ...o })).toThrow(message);
   });
 });
 

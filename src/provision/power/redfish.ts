@@ -109,6 +109,12 @@ export function pickAllowed(wanted: readonly string[], allowed: readonly string[
   return wanted.find((w) => allowed.includes(w));
 }
 
+/** The path and query of `ref` (a path, or an absolute URL whose host is dropped), always starting with `/`. */
+export function onlyPath(ref: string): string {
+  const u = new URL(ref, 'https://bmc.invalid');
+  return u.pathname + u.search;
+}
+
 /** The redfish power driver for one ComputerSystem. */
 export class RedfishPower implements PowerDriver {
   readonly kind = 'redfish';
@@ -187,6 +193,9 @@ export class RedfishPower implements PowerDriver {
    * One request on a fresh, checked TLS connection. Answers outside 2xx become TaktError with the BMC's words.
    */
   async request(method: string, path: string, body?: unknown, extra: Record<string, string> = {}): Promise<RedfishAnswer> {
+    // Paths come from the BMC too (@odata.id, action targets); some give absolute URLs. Only the path is
+    // used: the credentials go to the configured host and nowhere else.
+    path = onlyPath(path);
     const password = await this.opts.password();
     const timeoutMs = this.opts.timeoutMs ?? 30_000;
     const deadline = AbortSignal.timeout(timeoutMs);
