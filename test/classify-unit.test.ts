@@ -261,6 +261,7 @@ describe('lint of classifiers/', () => {
   const base: PackFiles = {
     'pack.yaml': 'name: site\nversion: 1.2.0\n',
     'params/greeting.yaml': 'name: greeting\nschema: { type: string }\n',
+    'params/pin.yaml': 'name: pin\nsecure: true\nschema: { type: string }\n',
     'profiles/big.yaml': 'name: big\n',
     'tasks/hello.yaml': 'name: hello\nscript: echo hi\n',
     'stages/one.yaml': 'name: one\ntasks: [hello]\n',
@@ -299,6 +300,7 @@ describe('lint of classifiers/', () => {
     ['environment the pipeline does not run in', 'name: site\nrules:\n  - name: r\n    pipeline: demo\n    environment: local\n', "classifiers/site.yaml:5:18: pipeline 'demo' does not run in environment 'local'; it runs in: metal, vm"],
     ['undeclared param', 'name: site\nrules:\n  - name: r\n    params: { colour: red }\n', "classifiers/site.yaml:4:15: param 'colour' not found"],
     ['param breaking its schema', 'name: site\nrules:\n  - name: r\n    params: { greeting: 3 }\n', "classifiers/site.yaml:4:25: param 'greeting': must be a string (got an integer 3)"],
+    ['secure param', 'name: site\nrules:\n  - name: r\n    params: { pin: "1234" }\n', "classifiers/site.yaml:4:15: param 'pin' is secure: a classification rule cannot set a secret; set it in a profile and give the rule that profile"],
     ['gives nothing', 'name: site\nrules:\n  - name: r\n    match: [cpu.count>=1]\n', 'classifiers/site.yaml:3:5: the rule gives nothing: add profiles, environment, pipeline or params'],
     ['duplicate rule name', 'name: site\nrules:\n  - { name: r, match: [cpu.count>=1], pipeline: demo }\n  - { name: r, match: [cpu.count>=2], pipeline: demo }\n', "classifiers/site.yaml:4:13: rule 'r' is also the name of rule 1; rule names are unique within a classifier"],
     ['unreachable behind a catch-all', 'name: site\nrules:\n  - { name: all, pipeline: demo }\n  - { name: big, match: [cpu.count>=2], pipeline: demo }\n', "classifiers/site.yaml:4:13: rule 'big' can never match: rule 'all' before it matches every machine, and the first match wins; move this rule up or remove it"],

@@ -161,6 +161,23 @@ describe('classify a machine', () => {
   });
 });
 
+describe('classify --all', () => {
+  it('classifies every machine with facts, reporting each refusal or no match and going on', async () => {
+    const r = await ep.cli(['machines', 'classify', '--all', '--dry-run']);
+    expect(r.code).toBe(1);
+    // big-1 runs pipeline other (forced above), which big-vms would replace: refused, and the rest go on.
+    expect(r.stdout).toMatch(/big-1: machine 'big-1' is running in pipeline other; rule big-vms \(classifier site, pack site@1\.2\.0\) would replace it with demo/);
+    expect(r.stdout).toContain('small-1: no rule matched; nothing changed');
+    expect(r.stdout).not.toContain('nofacts-1');
+    const json = JSON.parse((await ep.cli(['machines', 'classify', '--all', '--dry-run', '-o', 'json'])).stdout);
+    expect(json.map((x: { machine: string }) => x.machine).sort()).toEqual(['big-1', 'small-1']);
+    expect((await call('GET', '/machines/big-1')).body.pipeline).toBe('other');
+    const bad = await ep.cli(['machines', 'classify']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/name one machine, or give --all/);
+  });
+});
+
 describe('a pack with a bad rule', () => {
   it('is refused with file:line:col, by the endpoint and by lint', async () => {
     const files = await packFiles('site');

@@ -539,6 +539,13 @@ function checkClassifier(ctx: Ctx): void {
       report(ctx, `${at}/environment`, `pipeline '${pipeline}' does not run in environment '${rule.environment}'; it runs in: ${envs.join(', ')}`);
     }
     checkValues(ctx, ['rules', String(i)], rule.params);
+    // Pack files are sealed at their objects' top-level `params` only (engine/sealing.ts): a secret here
+    // would be stored in the clear. A profile the rule gives carries it sealed instead.
+    for (const key of Object.keys(record(rule.params) ?? {})) {
+      if (ctx.set.objects.params.get(key)?.def.secure === true) {
+        report(ctx, encodePointer(['rules', String(i), 'params', key]), `param '${key}' is secure: a classification rule cannot set a secret; set it in a profile and give the rule that profile`, { at: 'key' });
+      }
+    }
     if (terms) {
       const shadow = earlier.find((e) => e.terms && [...e.terms].every((t) => terms!.has(t)));
       if (shadow) {
