@@ -1640,7 +1640,7 @@ export class Engine {
    * @throws TaktError not_found (no such machine), conflict (no facts yet; a pipeline under way), and what
    *   updateMachine refuses (environment not run by the pipeline, required params without a value, …).
    */
-  async classifyMachine(idOrName: string, opts: { dryRun?: boolean; force?: boolean }, author: string): Promise<ClassifyOutcome> {
+  async classifyMachine(idOrName: string, opts: { dryRun?: boolean; force?: boolean } = {}, author = 'classify'): Promise<ClassifyOutcome> {
     const m = await this.findMachine(idOrName);
     if (!m.facts) {
       throw new TaktError('conflict', `machine '${m.name}' has reported no facts yet, so it cannot be classified; its agent reports its inventory when it registers (\`takt machines get ${m.name}\` shows the facts)`);
