@@ -13,6 +13,8 @@ import type { Facts } from '../src/model/facts.js';
 import { Endpoint, packFiles, writePack } from './helpers/endpoint.js';
 
 const GiB = 2 ** 30;
+/** Each test runs several CLI processes: bounded generously for a loaded 2-core machine (4x the quiet time and more). */
+const SLOW = 240_000;
 let ep: Endpoint;
 const call = (...args: Parameters<Endpoint['call']>) => ep.call(...args);
 const dirs: string[] = [];
@@ -70,7 +72,7 @@ describe('classify a machine', () => {
     expect(after.body).toMatchObject({ pipeline: null, profiles: [] });
     expect(after.body.classification).toBeUndefined();
     expect((await call('GET', `/changes?object=machines/${big.id}`)).body.items.length).toBe(changes);
-  });
+  }, SLOW);
 
   it('sets the rule\'s profiles and pipeline through the commit path, with the provenance on the machine', async () => {
     const r = await call('POST', `/machines/${big.id}/classify`, {});
@@ -88,7 +90,7 @@ describe('classify a machine', () => {
     const history = (await call('GET', `/changes?object=machines/${big.id}`)).body.items;
     const last = history.find((c: { action: string }) => c.action === 'update');
     expect(last).toMatchObject({ author: 'admin', action: 'update', before: { pipeline: null, profiles: [] }, after: { pipeline: 'demo', profiles: ['big'] } });
-  });
+  }, SLOW);
 
   it('takt plan, machines get and describe name the rule and why; plan -o json carries it', async () => {
     const plan = await ep.cli(['plan', 'big-1']);
@@ -101,7 +103,7 @@ describe('classify a machine', () => {
     expect(get.stdout).toMatch(/Classified\n {2}rule big-vms \(classifier site, pack site@1\.2\.0\): memoryBytes/);
     const desc = await ep.cli(['machines', 'describe', 'big-1']);
     expect(desc.stdout).toMatch(/Classified: +rule big-vms \(classifier site, pack site@1\.2\.0\)/);
-  });
+  }, SLOW);
 
   it('classifying again is idempotent: nothing new, no history entry', async () => {
     const n = (await call('GET', `/changes?object=machines/${big.id}`)).body.items.length;
@@ -110,7 +112,7 @@ describe('classify a machine', () => {
     expect(r.body.gave).toEqual({ profiles: [], environment: null, pipeline: null, params: [] });
     expect((await call('GET', `/changes?object=machines/${big.id}`)).body.items.length).toBe(n);
     expect((await ep.cli(['machines', 'classify', 'big-1'])).stdout).toContain('nothing new');
-  });
+  }, SLOW);
 
   it('does not replace a pipeline under way unless forced', async () => {
     // A local classifier tried first (order 1) that sends this machine elsewhere.
@@ -131,7 +133,7 @@ describe('classify a machine', () => {
     } finally {
       expect((await call('DELETE', '/classifiers/first')).status).toBe(200);
     }
-  });
+  }, SLOW);
 
   it('no match changes nothing and says why the nearest rules failed (exit status 1)', async () => {
     const small = await register('small-1', facts({ macs: ['52:54:00:00:13:02'], memoryBytes: 512 * 2 ** 20, cpu: { model: null, count: 1 }, os: { id: 'rocky', versionId: '9', prettyName: 'Rocky', idLike: [] } }));
@@ -148,7 +150,7 @@ describe('classify a machine', () => {
     expect(cli.code).toBe(1);
     expect(cli.stdout).toContain('small-1: no rule matched; nothing changed');
     expect((await call('GET', `/machines/${small.id}`)).body).toMatchObject({ pipeline: null, profiles: [] });
-  });
+  }, SLOW);
 
   it('refuses a machine that has reported no facts, and an unknown one', async () => {
     const m = await call('POST', '/machines', { name: 'nofacts-1', environment: 'local' });
@@ -158,7 +160,7 @@ describe('classify a machine', () => {
     expect(r.body.error.message).toMatch(/machine 'nofacts-1' has reported no facts yet/);
     expect((await call('POST', '/machines/nope/classify', {})).status).toBe(404);
     expect((await call('POST', `/machines/nofacts-1/classify`, { dryrun: true })).status).toBe(422);
-  });
+  }, SLOW);
 });
 
 describe('classify --all', () => {
@@ -175,7 +177,7 @@ describe('classify --all', () => {
     const bad = await ep.cli(['machines', 'classify']);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr).toMatch(/name one machine, or give --all/);
-  });
+  }, SLOW);
 });
 
 describe('a pack with a bad rule', () => {
@@ -196,5 +198,5 @@ describe('a pack with a bad rule', () => {
     const lint = await ep.cli(['content', 'lint', dir]);
     expect(lint.code).not.toBe(0);
     expect(lint.stdout + lint.stderr).toContain("classifiers/site.yaml:5:16: profile 'bgi' not found (did you mean 'big'?)");
-  });
+  }, SLOW);
 });
