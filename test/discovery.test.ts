@@ -56,6 +56,10 @@ describe('registering a machine booted into discovery', () => {
       'pack.yaml': 'name: disco\nversion: 1.0.0\n',
       'bootenvs/discovery.yaml': "name: discovery\nipxe: |\n  #!ipxe\n  echo token={{ boot.token }} api={{ boot.api }} ca={{ boot.ca }}\n  exit\n",
       'bootenvs/installed.yaml': "name: installed\nipxe: |\n  #!ipxe\n  echo token={{ boot.token }}\n  exit\n",
+      'tasks/burn.yaml': 'name: burn\nscript: echo burn\n',
+      'stages/burn.yaml': 'name: burn\ntasks: [burn]\n',
+      'pipelines/burn-in.yaml': 'name: burn-in\nstages: [burn]\nenvironments: [metal]\n',
+      'classifiers/site.yaml': 'name: site\nrules:\n  - name: big-disks\n    match: ["disks[].sizeBytes>=1TB"]\n    pipeline: burn-in\n  - name: qemu-vms\n    match: [system.vendor=QEMU, "nics[].driver=virtio_net"]\n    pipeline: burn-in\n',
     });
     const r = await ep.cli(['content', 'install', join(dir, 'p')]);
     expect(r.code, r.stderr).toBe(0);
@@ -79,6 +83,12 @@ describe('registering a machine booted into discovery', () => {
     expect(first.body.rejoined).toBe(false);
     expect(first.body.machine).toEqual(expect.objectContaining({ name: 'metal-5254000d15c0', environment: 'metal', pipeline: null, boot: expect.objectContaining({ macs: [MAC], uuid: UUID, bootenv: 'discovery' }) }));
     expect(first.body.machine.facts.system).toEqual({ vendor: 'QEMU', product: 'Standard PC', serial: 'S-1' });
+    // Classified as it registered: the first rule that holds gives it its pipeline, and says why.
+    expect(first.body.classification).toEqual(expect.objectContaining({ rule: expect.objectContaining({ name: 'qemu-vms', pack: 'disco' }) }));
+    expect(first.body.classification.reasons.join(' ')).toContain('system.vendor');
+    expect(first.body.machine.pipeline).toBe('burn-in');
+    const plan = await ep.cli(['plan', 'metal-5254000d15c0']);
+    expect(plan.stdout).toContain('qemu-vms');
     const id = first.body.machine.id as string;
     expect((await ep.call('GET', `/machines/${id}`, undefined, first.body.token)).status).toBe(200);
 

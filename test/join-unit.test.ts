@@ -15,7 +15,8 @@ import { isLoopbackHost as isLoopback } from '../src/model/host.js';
 import { joinCommand } from '../src/api/routes/join.js';
 import { parseLdd } from '../src/join/bundle.js';
 import { failureScript, installScript, shellQuote } from '../src/join/script.js';
-import { factAt, factMatches, identityOf, keepIdentity, sameHost, type Facts } from '../src/model/facts.js';
+import { factAt, identityOf, keepIdentity, sameHost, type Facts } from '../src/model/facts.js';
+import { factMatches } from '../src/model/factselect.js';
 import { joinTokenIdFromToken, joinTokenProblem, joinTokenState, viewJoinToken, type JoinToken } from '../src/model/join.js';
 
 const T0 = Date.parse('2030-01-01T00:00:00.000Z');

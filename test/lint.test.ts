@@ -196,9 +196,9 @@ const cases: Array<[string, Record<string, string | undefined>, string[]]> = [
     'pack.yml': 'x: 1\n',
   }, [
     'pack.yml:1:1: the manifest must be named pack.yaml',
-    'readme.yaml:1:1: not an object file: each object goes in its own file directly under params/, profiles/, tasks/, stages/, pipelines/, blueprints/, bootenvs/ (e.g. tasks/NAME.yaml)',
-    'task/x.yaml:1:1: not an object file: each object goes in its own file directly under params/, profiles/, tasks/, stages/, pipelines/, blueprints/, bootenvs/ (e.g. tasks/NAME.yaml)',
-    'tasks/sub/y.yaml:1:1: not an object file: each object goes in its own file directly under params/, profiles/, tasks/, stages/, pipelines/, blueprints/, bootenvs/ (e.g. tasks/NAME.yaml)',
+    'readme.yaml:1:1: not an object file: each object goes in its own file directly under params/, profiles/, tasks/, stages/, pipelines/, blueprints/, bootenvs/, classifiers/ (e.g. tasks/NAME.yaml)',
+    'task/x.yaml:1:1: not an object file: each object goes in its own file directly under params/, profiles/, tasks/, stages/, pipelines/, blueprints/, bootenvs/, classifiers/ (e.g. tasks/NAME.yaml)',
+    'tasks/sub/y.yaml:1:1: not an object file: each object goes in its own file directly under params/, profiles/, tasks/, stages/, pipelines/, blueprints/, bootenvs/, classifiers/ (e.g. tasks/NAME.yaml)',
   ]],
 ];
 
@@ -223,7 +223,7 @@ describe('lintPack', () => {
       'profiles/base.yaml:2:11: include cycle: base -> web -> base',
       "profiles/base.yaml:4:3: param 'prot' not found (did you mean 'port'?)",
       "stages/install.yaml:5:5: task 'restart' not found",
-      'stray.yaml:1:1: not an object file: each object goes in its own file directly under params/, profiles/, tasks/, stages/, pipelines/, blueprints/, bootenvs/ (e.g. tasks/NAME.yaml)',
+      'stray.yaml:1:1: not an object file: each object goes in its own file directly under params/, profiles/, tasks/, stages/, pipelines/, blueprints/, bootenvs/, classifiers/ (e.g. tasks/NAME.yaml)',
       "tasks/deploy.yaml:8:15: template uses 'user', which the task does not declare in params.required or params.optional",
       'tasks/deploy.yaml:12:12: template: undefined filter: nosuchfilter',
       "tasks/deploy.yaml:13:3: variant 'metal' has both a script and a noop; keep one",

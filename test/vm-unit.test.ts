@@ -123,7 +123,7 @@ describe('power', () => {
     expect(powerDriver('m', { driver: 'manual' }).kind).toBe('manual');
     expect(powerDriver('m', { driver: 'qmp', socket: '/x.sock' }).kind).toBe('qmp');
     expect(() => powerDriver('m', { driver: 'qmp', socket: '' })).toThrow(expect.objectContaining({ path: 'power.socket' }));
-    expect(() => powerDriver('m', { driver: 'ipmi' } as never)).toThrow(expect.objectContaining({ code: 'bad_request', path: 'power.driver' }));
+    expect(() => powerDriver('m', { driver: 'wol' } as never)).toThrow(expect.objectContaining({ code: 'bad_request', path: 'power.driver' }));
   });
 });
 

@@ -61,6 +61,8 @@ export interface ApiContext {
    * discovery credential is accepted (model/discovery.ts).
    */
   discoveryDigest?: (text: string) => string;
+  /** The endpoint's log, for what routes report beside their answer (a discovered machine's classification). */
+  log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
   /** The DHCP server's leases (`--dhcp`); absent or answering null: the route answers 404. */
   dhcpLeases?: DhcpLeasesPort;
 }

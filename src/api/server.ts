@@ -32,8 +32,6 @@ import { runRoutes } from './routes/run.js';
 export interface ServerOptions extends ApiContext {
   adminToken: string;
   logger?: boolean | object;
-  /** Where 5xx answers are logged with their request id (the endpoint's log). */
-  log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
   /** Host names (besides IP literals and `localhost`) this endpoint answers to; others get 421. */
   hostNames?: readonly string[];
 }

@@ -60,13 +60,15 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
   agent
     .command('discover')
     .description(
-      'register this machine from a discovery boot: reads takt.api=, takt.ca= and takt.token= from the kernel command line, trusts the CA with that fingerprint, registers, and writes ca.pem and token (0600) to --dir. Prints the API URL, for `takt agent` to use. The discovery environment\'s init runs this',
+      'register this machine from a discovery boot: reads takt.api=, takt.ca= and takt.token= from the kernel command line, trusts the CA with that fingerprint, registers, and writes ca.pem and token (0600) to the agent home (takt agent --dir). Prints the API URL, for `takt agent` to use. The discovery environment\'s init runs this',
     )
-    .addHelpText('after', examples('api=$(takt agent discover --dir /run/takt) && exec takt agent --endpoint "$api" --token-file /run/takt/token --ca /run/takt/ca.pem --dir /run/takt'))
-    .option('--dir <dir>', 'where ca.pem and token go', '/var/lib/takt-agent')
+    .addHelpText('after', examples('api=$(takt agent --dir /run/takt discover) && exec takt agent --endpoint "$api" --token-file /run/takt/token --ca /run/takt/ca.pem --dir /run/takt'))
     .option('--cmdline <file>', 'the kernel command line to read', '/proc/cmdline')
     .option('--wait <seconds>', 'keep trying an endpoint that cannot be reached yet for this long', '120')
-    .action(async (o: { dir: string; cmdline: string; wait: string }) => {
+    .action(async (o: { cmdline: string; wait: string }) => {
+      // `--dir` is `takt agent`'s own (the agent home, default /var/lib/takt-agent): commander gives it to the
+      // parent, and ca.pem and token go there, where `takt agent --dir` looks for them.
+      const dir = agent.opts<{ dir: string }>().dir;
       const { discoverHost, parseDiscoveryCmdline } = await import('../agent/discover.js');
       const { VERSION } = await import('./version.js');
       const wait = Number(o.wait);
@@ -75,8 +77,8 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
         throw new TaktError('bad_request', `cannot read the kernel command line from ${o.cmdline}: ${err.code ?? err.message}`);
       });
       const p = parseDiscoveryCmdline(text);
-      const r = await discoverHost(p, o.dir, VERSION, wait * 1000, (msg) => process.stderr.write(`takt: ${msg}\n`));
-      process.stderr.write(`takt: registered as machine ${r.machine.name} (${r.machine.id})${r.rejoined ? ', which was already known' : ''}; token in ${o.dir}/token\n`);
+      const r = await discoverHost(p, dir, VERSION, wait * 1000, (msg) => process.stderr.write(`takt: ${msg}\n`));
+      process.stderr.write(`takt: registered as machine ${r.machine.name} (${r.machine.id})${r.rejoined ? ', which was already known' : ''}; token in ${dir}/token\n`);
       if (globals().output === 'json') process.stdout.write(`${JSON.stringify({ api: p.api, ...r })}\n`);
       else process.stdout.write(`${p.api}\n`);
     });

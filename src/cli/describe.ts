@@ -2,6 +2,7 @@
  * How `takt machines describe` reads to people: kubectl-describe style sections (fields, then the last
  * jobs and events as plain aligned rows). `-o json|yaml` prints the endpoint's structure instead.
  */
+import { classificationLine } from './classify.js';
 import { pc } from './color.js';
 import type { MachineDescription } from '../engine/describe.js';
 import { formatDuration } from '../model/duration.js';
@@ -57,6 +58,7 @@ export function describeText(d: MachineDescription, now = new Date()): string {
     ['Labels', kv(m.labels)],
     ['Profiles', m.profiles.length ? shown(m.profiles.join(', ')) : none],
     ['Params', kv(m.params)],
+    ['Classified', m.classification ? shown(classificationLine(m.classification)) : none],
     ['Agent', agent.join(' · ')],
     ['Rollout', d.rollout ? shown(`${d.rollout.rollout.id} (${d.rollout.rollout.state}, wave ${d.rollout.item.wave}, this machine ${d.rollout.item.state})`) : none],
     ['Waiting for', pc.bold(shown(d.waitingFor.text))],

@@ -47,6 +47,7 @@ export const RESOURCE_ALIASES: Record<string, string[]> = {
   pipelines: ['pipeline'],
   blueprints: ['blueprint'],
   bootenvs: ['bootenv'],
+  classifiers: ['classifier'],
   events: ['event'],
 };
 

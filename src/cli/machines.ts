@@ -15,6 +15,7 @@ import { machineControlCommands } from './machine-control.js';
 import { sshBody } from './ssh.js';
 import { examples } from './help.js';
 import { describeText } from './describe.js';
+import { classifyCommand, classificationLine } from './classify.js';
 
 const enc = encodeURIComponent;
 
@@ -83,7 +84,8 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const m = await api().get<MachineView>(`/machines/${enc(id)}`);
       print(g().output, m, () => {
         const { facts, ...rest } = m;
-        return `${machineText(rest as MachineView)}\n\n${factsSection(facts)}`;
+        const classified = m.classification ? `\n\n${pc.bold('Classified')}\n  ${shown(classificationLine(m.classification))}` : '';
+        return `${machineText(rest as MachineView)}${classified}\n\n${factsSection(facts)}`;
       });
     });
   machines
@@ -96,6 +98,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const d = await api().get<MachineDescription>(`/machines/${enc(id)}/describe`, { jobs: o.jobs, events: o.events });
       print(g().output, d, () => describeText(d));
     });
+  classifyCommand(machines, g, api);
   machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')

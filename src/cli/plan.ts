@@ -7,6 +7,7 @@ import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { colorState, print, shown, shownErr } from './output.js';
 import { examples } from './help.js';
+import { classificationLine } from './classify.js';
 
 const enc = encodeURIComponent;
 
@@ -46,6 +47,7 @@ type PlanView = Plan;
 
 function planTable(plan: PlanView): string {
   const lines: string[] = [`${pc.bold(shown(plan.machine))} ${colorState(plan.state)} pipeline ${plan.pipeline ? shown(plan.pipeline) : pc.dim('(none)')}`];
+  if (plan.classification) lines.push(pc.dim(shown(`classified by ${classificationLine(plan.classification)}`)));
   const step = (s: PlanStepView) => {
     lines.push(`  ${s.stage ? shown(`${s.stage}/`) : ''}${pc.bold(shown(s.task))}${s.variant !== 'default' ? pc.dim(shown(` [variant ${s.variant}]`)) : ''}`);
     if (s.noop) lines.push(`    ${pc.dim(shown(`no-op: ${s.noop}`))}`);

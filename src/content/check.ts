@@ -14,6 +14,7 @@ import { FACT_FIELDS, FACTS_VAR } from '../model/facts.js';
 import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateLoopProblems, templateVariableUses } from '../render/template.js';
 import { BOOT_FIELDS, BOOT_VAR } from '../render/bootscript.js';
 import { userRegexProblem } from '../model/regex.js';
+import { formatFactTerm, parseFactTerm } from '../model/factselect.js';
 import { metaSchemaProblems, schemaProblems } from './schema.js';
 import { taskActionFor } from './variants.js';
 import { encodePointer } from './yaml.js';
@@ -105,6 +106,7 @@ const CHECKS: Record<ContentKind, (ctx: Ctx) => void> = {
     checkValues(ctx);
   },
   bootenvs: checkBootenv,
+  classifiers: checkClassifier,
 };
 
 // ---- helpers over untrusted shapes ----
@@ -163,11 +165,11 @@ function checkRefs(ctx: Ctx, pointer: string, target: ContentKind): void {
 }
 
 /** Param values (profile, stage, pipeline, blueprint `params`): each names a defined param and fits its schema. */
-function checkValues(ctx: Ctx): void {
-  const values = record(ctx.def.params);
+function checkValues(ctx: Ctx, at: string[] = [], raw: unknown = ctx.def.params): void {
+  const values = record(raw);
   if (!values) return;
   for (const [key, value] of Object.entries(values)) {
-    const path = encodePointer(['params', key]);
+    const path = encodePointer([...at, 'params', key]);
     const def = ctx.set.objects.params.get(key)?.def;
     if (!def) {
       report(ctx, path, notFound(ctx.set, 'params', key), { at: 'key' });
@@ -494,4 +496,63 @@ function checkEnvironments(ctx: Ctx): void {
       );
     }
   }
+}
+
+/**
+ * A classifier's rules: each selector parses and names a known fact, the profiles and pipeline it gives
+ * exist, its params are declared and fit their schemas, its environment is one its pipeline runs in, rule
+ * names are unique, it gives something, and no rule is unreachable behind an earlier one of the same
+ * classifier whose selectors are a subset of its own (an empty `match` takes every machine).
+ */
+function checkClassifier(ctx: Ctx): void {
+  const rules = ctx.def.rules;
+  if (!Array.isArray(rules)) return;
+  const seen = new Map<string, number>();
+  const earlier: Array<{ index: number; name: string; terms: Set<string> | null }> = [];
+  rules.forEach((raw, i) => {
+    const rule = record(raw);
+    if (!rule) return;
+    const at = `/rules/${i}`;
+    if (typeof rule.name === 'string') {
+      const first = seen.get(rule.name);
+      if (first !== undefined) report(ctx, `${at}/name`, `rule '${rule.name}' is also the name of rule ${first + 1}; rule names are unique within a classifier`);
+      else seen.set(rule.name, i);
+    }
+    let terms: Set<string> | null = new Set();
+    for (const [j, text] of strings(rule.match)) {
+      try {
+        terms?.add(formatFactTerm(parseFactTerm(text)));
+      } catch (e) {
+        if (!(e instanceof TaktError)) throw e;
+        report(ctx, `${at}/match/${j}`, e.message);
+        terms = null;
+      }
+    }
+    if (rule.profiles === undefined && rule.environment === undefined && rule.pipeline === undefined && rule.params === undefined) {
+      report(ctx, at, 'the rule gives nothing: add profiles, environment, pipeline or params', { at: 'value' });
+    }
+    for (const [j, p] of strings(rule.profiles)) if (!ctx.set.objects.profiles.has(p)) report(ctx, `${at}/profiles/${j}`, notFound(ctx.set, 'profiles', p));
+    const pipeline = typeof rule.pipeline === 'string' ? rule.pipeline : undefined;
+    if (pipeline !== undefined && !ctx.set.objects.pipelines.has(pipeline)) report(ctx, `${at}/pipeline`, notFound(ctx.set, 'pipelines', pipeline));
+    const envs = pipeline ? ctx.set.objects.pipelines.get(pipeline)?.def.environments : undefined;
+    if (envs && typeof rule.environment === 'string' && !envs.includes(rule.environment)) {
+      report(ctx, `${at}/environment`, `pipeline '${pipeline}' does not run in environment '${rule.environment}'; it runs in: ${envs.join(', ')}`);
+    }
+    checkValues(ctx, ['rules', String(i)], rule.params);
+    // Pack files are sealed at their objects' top-level `params` only (engine/sealing.ts): a secret here
+    // would be stored in the clear. A profile the rule gives carries it sealed instead.
+    for (const key of Object.keys(record(rule.params) ?? {})) {
+      if (ctx.set.objects.params.get(key)?.def.secure === true) {
+        report(ctx, encodePointer(['rules', String(i), 'params', key]), `param '${key}' is secure: a classification rule cannot set a secret; set it in a profile and give the rule that profile`, { at: 'key' });
+      }
+    }
+    if (terms) {
+      const shadow = earlier.find((e) => e.terms && [...e.terms].every((t) => terms!.has(t)));
+      if (shadow) {
+        const why = shadow.terms!.size === 0 ? 'matches every machine' : `matches every machine this one does (its selectors are a subset: ${[...shadow.terms!].join(', ')})`;
+        report(ctx, `${at}/name`, `rule '${typeof rule.name === 'string' ? rule.name : i + 1}' can never match: rule '${shadow.name}' before it ${why}, and the first match wins; move this rule up or remove it`);
+      }
+    }
+    earlier.push({ index: i, name: typeof rule.name === 'string' ? rule.name : String(i + 1), terms });
+  });
 }

@@ -10,7 +10,8 @@ import { checkExpectations } from '../model/expect.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { attempt, TaktError } from '../model/errors.js';
-import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type WorkOrder } from '../model/machine.js';
+import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
+import { assertReplaceable, classificationChange, classify, orderedRules } from './classify.js';
 import { adhocCommand, machineSecrets, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { foreignSealed, isSealed, maskValues, type Sealer } from '../model/secure.js';
@@ -171,6 +172,22 @@ export interface Plan {
   from: 'continue' | 'restart' | 'refused';
   refused: { message: string; change: 'vanished' | 'reordered'; tasks: Array<{ stage: string; task: string }> } | null;
   steps: PlanStep[];
+  /** The classification rule that last gave the machine its profiles, environment and pipeline, and why; null: never classified. */
+  classification: MachineClassification | null;
+}
+
+/** What `classifyMachine` did (or, with `dryRun`, would do). */
+export interface ClassifyOutcome {
+  machine: string;
+  dryRun: boolean;
+  /** The matching rule, or null when none matched (then nothing changes). */
+  rule: { pack: string; version: string | null; classifier: string; name: string } | null;
+  /** Why it matched (each selector with the fact value), or why the nearest rules did not. */
+  reasons: string[];
+  /** What the rule gives this machine: profiles added, environment, pipeline, names of params set (null values: unchanged). */
+  gave: MachineClassification['gave'] | null;
+  /** The machine after (or, for a dry run, as it is). */
+  after: ReturnType<typeof publicMachine>;
 }
 
 type Work =
@@ -585,9 +602,11 @@ export class Engine {
    * rewind or import writes desired state back (restore.ts): outputs stay, and a pipeline it changes puts
    * the machine at `restore.place` instead of starting it from the top.
    */
-  async updateMachineIn(tx: Tx, id: string, patch: MachinePatch & { power?: Machine['power'] }, author: string, content: ContentSet, restore?: RestoreWrite): Promise<Machine> {
+  async updateMachineIn(tx: Tx, id: string, patch: MachinePatch & { power?: Machine['power']; classification?: MachineClassification }, author: string, content: ContentSet, restore?: RestoreWrite): Promise<Machine> {
     const m = await this.locked(tx, id);
     let next: Machine = { ...m };
+    // Provenance only (classifyMachine): written with the desired fields the rule set, in the same transaction.
+    if (patch.classification !== undefined) next.classification = patch.classification;
     if (patch.name !== undefined && patch.name !== m.name) {
       assertMachineName(patch.name);
       if (await tx.getMachineByName(patch.name)) throw new TaktError('conflict', `a machine named '${patch.name}' already exists`, { path: '/name' });
@@ -1609,6 +1628,47 @@ export class Engine {
     return this.settle(tx, m, job, { kind: 'cancelled', by: author, why, hold }, {}, undefined, true);
   }
 
+  // ---- classification -------------------------------------------------------------------------------
+
+  /**
+   * Classifies a machine by its facts (engine/classify.ts): the first matching rule of the endpoint's
+   * classifiers gives it profiles (added after its own), an environment, a pipeline and params (those it
+   * has no value for), written through the one commit path (history records the change, authored
+   * `author`) with the provenance on `Machine.classification`. A pipeline under way is not replaced
+   * unless `force` (assertReplaceable). No match changes nothing and says why the nearest rules failed.
+   * `dryRun`: every check, nothing written.
+   * @throws TaktError not_found (no such machine), conflict (no facts yet; a pipeline under way), and what
+   *   updateMachine refuses (environment not run by the pipeline, required params without a value, …).
+   */
+  async classifyMachine(idOrName: string, opts: { dryRun?: boolean; force?: boolean } = {}, author = 'classify'): Promise<ClassifyOutcome> {
+    const m = await this.findMachine(idOrName);
+    if (!m.facts) {
+      throw new TaktError('conflict', `machine '${m.name}' has reported no facts yet, so it cannot be classified; its agent reports its inventory when it registers (\`takt machines get ${m.name}\` shows the facts)`);
+    }
+    const content = this.content.current;
+    const result = classify(m.facts, orderedRules(content, (layer) => this.content.pinned.get(layer)?.version ?? null));
+    const dryRun = opts.dryRun === true;
+    if (!result.rule) return { machine: m.name, dryRun, rule: null, reasons: result.reasons, gave: null, after: publicMachine(m) };
+    const { patch, gave } = classificationChange(m, result.def);
+    if (patch.pipeline) assertReplaceable(m, result.rule, patch.pipeline, opts.force === true);
+    const out = (after: Machine): ClassifyOutcome => ({ machine: m.name, dryRun, rule: result.rule, reasons: result.reasons, gave, after: publicMachine(after) });
+    // Every refusal at once, before anything is written (the same checks updateMachineIn makes).
+    const problems = await this.updateProblems(m, patch, content);
+    if (problems.length > 0) {
+      const first = problems[0]!;
+      throw new TaktError(first.code, `rule ${result.rule.classifier}/${result.rule.name} cannot be applied to '${m.name}': ${problems.map((p) => p.message).join('; ')}`, { ...(first.path ? { path: first.path } : {}), details: { problems: problems.map((p) => ({ code: p.code, message: p.message, path: p.path })) } });
+    }
+    if (dryRun) return out(m);
+    const classification: MachineClassification = { pack: result.rule.pack, version: result.rule.version, classifier: result.rule.classifier, rule: result.rule.name, reasons: result.reasons, gave, at: new Date().toISOString(), by: author };
+    const after = await this.store.transact(async (tx) => {
+      const now = await this.locked(tx, m.id);
+      // Checked again under the lock: the machine may have started work since.
+      if (patch.pipeline) assertReplaceable(now, result.rule, patch.pipeline, opts.force === true);
+      return this.updateMachineIn(tx, m.id, { ...patch, classification }, author, content);
+    });
+    return out(after);
+  }
+
   // ---- previews ------------------------------------------------------------------------------------
 
   /**
@@ -1629,7 +1689,7 @@ export class Engine {
       const prepared = remainingSteps(blueprintShape(bp), woPassed(wo, bp)).map((s) => ({ stage: null, task: s.task, prepared: prepareTask(content, this.sealer, m, s.task, ctx) }));
       workOrders.push({ id: wo.id, blueprint: bp.name, steps: this.withPromises(content, prepared) });
     }
-    const base = { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, refused: null };
+    const base = { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, refused: null, classification: m.classification ?? null };
     const shape = m.pipeline ? this.shapeOf(content, m.pipeline) : null;
     if (!m.pipeline || !shape) return { ...base, from: 'continue', steps: [] };
     if (m.state === 'done') return { ...base, from: 'restart', steps: this.withPromises(content, this.pipelineSteps(content, m, m.pipeline, [])) };

@@ -19,7 +19,7 @@ import { isLoopbackHost, isValidHost } from '../model/host.js';
 import { DEFAULT_JOIN_EXPIRY_MS, joinTokenProblem, MAX_JOIN_USES, viewJoinToken, type JoinToken, type JoinTokenView } from '../model/join.js';
 import type { Machine } from '../model/machine.js';
 import type { Page, Reads, Store, Tx } from '../store/store.js';
-import { newMachineToken, publicMachine, type Engine } from './engine.js';
+import { newMachineToken, publicMachine, type ClassifyOutcome, type Engine } from './engine.js';
 import { assertEnvironment } from './declared.js';
 import { assertMachineName, looksLikeId } from './ids.js';
 
@@ -190,7 +190,17 @@ export class Joins {
    *   conflict when the machine booting from `mac` is not in discovery (a discovery credential never takes
    *   over a machine in service), is run by a broker, or its agent is connected from another address.
    */
-  async discover(mac: string, facts: Facts, from: string | null = null): Promise<Registered> {
+  async discover(mac: string, facts: Facts, from: string | null = null): Promise<Registered & { classification: ClassifyOutcome | { error: string } }> {
+    const r = await this.register0(mac, facts, from);
+    // Classified after its facts are stored, in a transaction of its own: a rule that cannot apply (a
+    // pipeline under way, a param without value) must not undo the registration. No match is a result.
+    const author = `discovery:${mac}`;
+    const classification = await this.engine.classifyMachine(r.machine.id, {}, author).catch((err: unknown) => ({ error: (err as Error).message }));
+    const machine = 'after' in classification ? ((await this.store.getMachine(r.machine.id)) ?? r.machine) : r.machine;
+    return { ...r, machine, classification };
+  }
+
+  private async register0(mac: string, facts: Facts, from: string | null): Promise<Registered> {
     if (!facts.macs.includes(mac)) {
       throw new TaktError('forbidden', `this discovery credential was issued to the machine booting from ${mac}, and this host reports MAC addresses ${facts.macs.join(', ') || '(none)'}`);
     }

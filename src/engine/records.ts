@@ -5,7 +5,7 @@
 import { matchesLabels, type LabelSelector } from '../model/labels.js';
 import semver from 'semver';
 import { TaktError } from '../model/errors.js';
-import { factMatches } from '../model/facts.js';
+import { factMatches } from '../model/factselect.js';
 import type { Job, Machine, MachineState } from '../model/machine.js';
 import type { Store } from '../store/store.js';
 import type { ContentService } from './content.js';
@@ -63,7 +63,7 @@ export interface MachineSelection {
   stale?: boolean;
   /** Label selector terms (model/labels.ts); all must hold. */
   labels?: LabelSelector;
-  /** Observed facts by dotted path, e.g. `{ 'os.id': 'debian' }` (model/facts.ts factMatches); all must match. */
+  /** Observed facts by dotted path, e.g. `{ 'os.id': 'debian' }` (model/factselect.ts factMatches); all must match. */
   facts?: Record<string, string>;
 }
 

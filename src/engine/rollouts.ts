@@ -6,7 +6,7 @@
  * The driver is a `tick` that reads the store and moves each running rollout one step; it runs on every
  * machine or work-order event and on a timer, so a restarted endpoint simply carries on.
  */
-import { FACT_FIELDS } from '../model/facts.js';
+import { factPathProblem } from '../model/factselect.js';
 import { assertEnvironment } from './declared.js';
 import { TaktError } from '../model/errors.js';
 import { formatLabelSelector, parseLabelSelector } from '../model/labels.js';
@@ -474,8 +474,10 @@ function parseSelection(select: Record<string, string>): MachineSelection {
     // facts.<path>: an observed fact, e.g. facts.os.id=debian, facts.cpu.count=8, facts.macs=52:54:00:…
     if (k.startsWith('facts.')) {
       const path = k.slice('facts.'.length);
-      if (!/^[A-Za-z][A-Za-z0-9]*(\.[A-Za-z][A-Za-z0-9]*)*$/.test(path) || !FACT_FIELDS.includes(path.split('.')[0]!)) {
-        throw new TaktError('invalid', `unknown fact '${path}' in selector '${k}'; facts are ${FACT_FIELDS.join(', ')} (e.g. facts.os.id=debian)`, { path: `/select/${k}` });
+      // The one fact-path check (model/factselect.ts), as classification rules use: known to FactsSchema.
+      const problem = factPathProblem(path);
+      if (problem) {
+        throw new TaktError('invalid', `unknown fact '${path}' in selector '${k}': ${problem} (e.g. facts.os.id=debian)`, { path: `/select/${k}` });
       }
       (sel.facts ??= {})[path] = v;
       continue;

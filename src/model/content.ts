@@ -212,7 +212,50 @@ export const BootenvSchema = Type.Object(
 );
 export type BootenvDef = Static<typeof BootenvSchema>;
 
-export const CONTENT_KINDS = ['params', 'profiles', 'tasks', 'stages', 'pipelines', 'blueprints', 'bootenvs'] as const;
+/** Where a classifier stands among the others when no `order` is given; lower goes first. */
+export const DEFAULT_CLASSIFIER_ORDER = 100;
+
+/**
+ * One classification rule: when every selector in `match` holds for a machine's facts (model/factselect.ts;
+ * no `match`, or an empty one, holds for every machine), the machine gets the profiles (added after its
+ * own), the environment, the pipeline and the params (those it has no value for) the rule gives.
+ */
+export const ClassifierRuleSchema = Type.Object(
+  {
+    name: Name,
+    description: Description,
+    match: Type.Optional(
+      Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), {
+        maxItems: 64,
+        description: 'fact selectors that must all hold, e.g. memoryBytes>=2GiB, os.id in (debian, ubuntu); none: every machine',
+      }),
+    ),
+    profiles: Type.Optional(Type.Array(Name, { uniqueItems: true, description: 'profiles added to the machine (after its own)' })),
+    environment: Type.Optional(Type.String({ pattern: NAME_PATTERN, description: 'the environment the machine is in' })),
+    pipeline: Type.Optional(Type.String({ pattern: NAME_PATTERN, description: 'the pipeline the machine is given' })),
+    params: Type.Optional(ParamValues),
+  },
+  closed,
+);
+export type ClassifierRuleDef = Static<typeof ClassifierRuleSchema>;
+
+/**
+ * A classifier: ordered rules that give a discovered machine its profiles, environment and pipeline from
+ * its facts. Every classifier of the endpoint is tried in `order` (then by name); within one, its rules in
+ * file order; the first rule that matches wins (engine/classify.ts).
+ */
+export const ClassifierSchema = Type.Object(
+  {
+    name: Name,
+    description: Description,
+    order: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_000_000, description: 'classifiers are tried lowest order first (default 100), then by name' })),
+    rules: Type.Array(ClassifierRuleSchema, { minItems: 1, maxItems: 1000 }),
+  },
+  closed,
+);
+export type ClassifierDef = Static<typeof ClassifierSchema>;
+
+export const CONTENT_KINDS = ['params', 'profiles', 'tasks', 'stages', 'pipelines', 'blueprints', 'bootenvs', 'classifiers'] as const;
 export type ContentKind = (typeof CONTENT_KINDS)[number];
 
 export interface ContentByKind {
@@ -223,6 +266,7 @@ export interface ContentByKind {
   pipelines: PipelineDef;
   blueprints: BlueprintDef;
   bootenvs: BootenvDef;
+  classifiers: ClassifierDef;
 }
 export type ContentObject = ContentByKind[ContentKind];
 
@@ -234,6 +278,7 @@ export const CONTENT_SCHEMAS = {
   pipelines: PipelineSchema,
   blueprints: BlueprintSchema,
   bootenvs: BootenvSchema,
+  classifiers: ClassifierSchema,
 } as const;
 
 /** Singular names for messages ("task 'x' not found"). */
@@ -245,6 +290,7 @@ export const KIND_NOUN: Record<ContentKind, string> = {
   pipelines: 'pipeline',
   blueprints: 'blueprint',
   bootenvs: 'bootenv',
+  classifiers: 'classifier',
 };
 
 /** The layer every object comes from: a pack (by name) or `local` (created through the API). */
@@ -268,6 +314,7 @@ export function emptyContentSet(): ContentSet {
       pipelines: new Map(),
       blueprints: new Map(),
       bootenvs: new Map(),
+      classifiers: new Map(),
     },
   };
 }

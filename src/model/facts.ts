@@ -148,13 +148,3 @@ export function factAt(facts: Facts | null, path: string): unknown {
   }
   return v;
 }
-
-/**
- * Whether the fact at `path` equals `want` as text: a number or boolean by its JSON text, a list when any
- * of its elements does (`facts.macs=52:54:00:12:34:56`). An absent fact or an object equals nothing.
- */
-export function factMatches(facts: Facts | null, path: string, want: string): boolean {
-  const v = factAt(facts, path);
-  const eq = (x: unknown) => (typeof x === 'string' ? x === want : typeof x === 'number' || typeof x === 'boolean' ? String(x) === want : false);
-  return Array.isArray(v) ? v.some(eq) : eq(v);
-}

@@ -65,10 +65,33 @@ export interface Machine {
   ssh?: MachineSsh;
   /** Network-booted machines only (bare metal, VMs): the MACs and UUID it boots as, and its next bootenv (model/boot.ts). */
   boot?: MachineBoot;
+  /**
+   * Which classification rule last gave the machine its profiles, environment and pipeline, and why
+   * (engine/classify.ts; migration 0023_classification). Provenance, not desired state: what the rule set
+   * is in the machine's desired fields and its history; this says where it came from. Absent: never classified.
+   */
+  classification?: MachineClassification;
   createdAt: string;
   updatedAt: string;
   /** Observed, never desired: whether an agent (or the SSH broker) is in touch with the machine. */
   agent: AgentLiveness;
+}
+
+/** Provenance of a machine's classification: the rule that matched its facts, and what it gave. */
+export interface MachineClassification {
+  /** The layer the classifier came from: a pack's name, or `local`. */
+  pack: string;
+  /** The version of that pack in use when it matched; null for a local classifier. */
+  version: string | null;
+  classifier: string;
+  rule: string;
+  /** Why it matched: each selector with the fact value it saw, e.g. `memoryBytes 4294967296 >= 2147483648 (2GiB)`. */
+  reasons: string[];
+  /** What the rule gave, as applied: profiles added, environment, pipeline, names of params set. */
+  gave: { profiles: string[]; environment: string | null; pipeline: string | null; params: string[] };
+  /** When it was applied (ISO-8601 UTC) and by whom (the API user, or the caller that classified it). */
+  at: string;
+  by: string;
 }
 
 /**

@@ -68,9 +68,9 @@ else
 fi
 takt=/${DISCOVERY_AGENT_DIR}/bin/takt
 while true; do
-  if api=$($takt agent discover --dir /run/takt); then
+  if api=$($takt agent --dir /run/takt discover); then
     echo "${DISCOVERY_MARKER} registered with $api"
-    $takt agent --endpoint "$api" --token-file /run/takt/token --ca /run/takt/ca.pem --dir /run/takt/agent --report-facts
+    $takt agent --endpoint "$api" --token-file /run/takt/token --ca /run/takt/ca.pem --dir /run/takt --report-facts
     code=$?
     echo "${DISCOVERY_MARKER} agent exited $code"
     if [ "$code" = 64 ]; then sync; reboot -f; fi

@@ -321,6 +321,13 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('machines').addColumn('boot', 'text').execute();
     },
   },
+  '0023_classification': {
+    async up(db: Kysely<unknown>) {
+      // Which classification rule last gave a machine its profiles, environment and pipeline, and why
+      // (model/machine.ts MachineClassification) as JSON; null: never classified.
+      await db.schema.alterTable('machines').addColumn('classification', 'text').execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

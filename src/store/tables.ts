@@ -85,6 +85,8 @@ export interface MachinesTable {
   ssh: string | null;
   /** Network-booted machines: MachineBoot as JSON (migration 0020_boot); null for the others. */
   boot: string | null;
+  /** MachineClassification as JSON (migration 0023_classification); null: never classified. */
+  classification: string | null;
   created_at: string;
   updated_at: string;
   /** Agent liveness (observed; written only by `setAgentLiveness`): 1 connected, 0 not. */

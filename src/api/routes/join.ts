@@ -111,7 +111,15 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.post('/api/v1/join', { config: { join: true, discovery: true }, bodyLimit: MAX_FACTS_BYTES + 1024, schema: { body: registerBody } }, async (req, reply) => {
     const facts = (req.body as { facts: Facts }).facts;
     const p = req.principal;
-    const r = p.kind === 'discovery' ? await joins.discover(p.mac, facts, peerAddress(req.ip)) : await joins.register(joinId(p), facts, peerAddress(req.ip));
+    if (p.kind === 'discovery') {
+      const r = await joins.discover(p.mac, facts, peerAddress(req.ip));
+      const c = r.classification;
+      ctx.log?.('info', `discovery: ${r.machine.name} registered${r.rejoined ? ' again' : ''}; ${'error' in c ? `not classified: ${c.error}` : c.rule ? `classified by rule ${c.rule.name} (${c.rule.pack})` : `no classification rule matched: ${c.reasons.join('; ')}`}`, { mac: p.mac });
+      reply.code(201);
+      const classification = 'error' in c ? { error: c.error } : { rule: c.rule, reasons: c.reasons, gave: c.gave };
+      return { machine: { ...publicMachine(r.machine), facts: r.machine.facts }, token: r.token, rejoined: r.rejoined, classification };
+    }
+    const r = await joins.register(joinId(p), facts, peerAddress(req.ip));
     reply.code(201);
     // The token is shown this once: only its digest is stored.
     return { machine: { ...publicMachine(r.machine), facts: r.machine.facts }, token: r.token, rejoined: r.rejoined };

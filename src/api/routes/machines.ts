@@ -281,6 +281,28 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     async (req) => publicMachine(await engine.rejectMachine((req.params as { id: string }).id, author(req), (req.body as { reason: string }).reason)),
   );
 
+  // Classification (engine/classify.ts): the first matching rule gives the machine profiles, environment,
+  // pipeline; 200 with `rule: null` and the nearest rules' reasons when none matches.
+  app.post(
+    '/api/v1/machines/:id/classify',
+    {
+      schema: {
+        body: {
+          type: ['object', 'null'],
+          additionalProperties: false,
+          properties: {
+            dryRun: { type: 'boolean', description: 'say which rule matches and what it would change; change nothing' },
+            force: { type: 'boolean', description: 'replace a pipeline that is under way (running, paused, stopped, awaiting approval)' },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const body = (req.body ?? {}) as { dryRun?: boolean; force?: boolean };
+      return engine.classifyMachine((req.params as { id: string }).id, { dryRun: body.dryRun === true, force: body.force === true }, author(req));
+    },
+  );
+
   app.get('/api/v1/machines/:id/plan', async (req) => engine.plan((req.params as { id: string }).id));
 
   app.get('/api/v1/machines/:id/render', async (req) => {
