@@ -27,7 +27,7 @@ function facts(over: Partial<Facts> = {}): Facts {
     arch: 'x86_64',
     cpu: { model: 'QEMU Virtual CPU', count: 1 },
     memoryBytes: 1024 * 1048576,
-    disks: [{ name: 'vda', sizeBytes: 8 << 30, model: null, rotational: false }],
+    disks: [{ name: 'vda', sizeBytes: 8 * 2 ** 30, model: null, rotational: false }],
     agentVersion: '0.1.0',
     system: { vendor: 'QEMU', product: 'Standard PC', serial: 'S-1' },
     nics: [{ name: 'eth0', mac: MAC, driver: 'virtio_net', link: 'up', speedMbps: null }],
@@ -81,7 +81,7 @@ describe('registering a machine booted into discovery', () => {
     const first = await ep.call('POST', '/join', { facts: facts() }, token);
     expect(first.status, JSON.stringify(first.body)).toBe(201);
     expect(first.body.rejoined).toBe(false);
-    expect(first.body.machine).toEqual(expect.objectContaining({ name: 'metal-5254000d15c0', environment: 'metal', pipeline: null, boot: expect.objectContaining({ macs: [MAC], uuid: UUID, bootenv: 'discovery' }) }));
+    expect(first.body.machine).toEqual(expect.objectContaining({ name: 'metal-5254000d15c0', environment: 'metal', boot: expect.objectContaining({ macs: [MAC], uuid: UUID, bootenv: 'discovery' }) }));
     expect(first.body.machine.facts.system).toEqual({ vendor: 'QEMU', product: 'Standard PC', serial: 'S-1' });
     // Classified as it registered: the first rule that holds gives it its pipeline, and says why.
     expect(first.body.classification).toEqual(expect.objectContaining({ rule: expect.objectContaining({ name: 'qemu-vms', pack: 'disco' }) }));

@@ -5,7 +5,8 @@
  * machine boots as PXE-boots, gets the discovery bootenv with a discovery credential, the API URL and the
  * CA fingerprint on its kernel command line, registers over TLS (pinning the CA), and becomes machine
  * `metal-<mac>` with its inventory: the MAC and SMBIOS UUID and serial set on qemu, its NIC with driver
- * and link, its disk. Given a pipeline, it runs it in memory, in the discovery environment, to done.
+ * and link, its disk. A classification rule gives it a pipeline as it registers, and it runs it in
+ * memory, in the discovery environment, to done.
  * Quiet-machine figures (provisioning-facts.md §2): the Node initrd boots ≈ 16 s, the agent is up ≈ 26 s.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -106,7 +107,7 @@ describe('discovery: an unknown VM boots takt\'s discovery environment, register
     await until(() => ((output.match(/boot: kept bootenv 'discovery'/g) ?? []).length >= 2 ? true : undefined), 180_000, 'the discovery artifacts to be kept', () => output);
   }, 600_000);
 
-  it('an unknown VM PXE-boots into discovery, registers as metal-<mac> with its inventory, and runs the pipeline it is given', async () => {
+  it('an unknown VM PXE-boots into discovery, registers as metal-<mac> with its inventory, is classified, and runs its pipeline in memory', async () => {
     writePack(join(dir, 'site'), {
       'pack.yaml': 'name: site\nversion: 1.0.0\n',
       'tasks/inventory-check.yaml': [
@@ -119,6 +120,8 @@ describe('discovery: an unknown VM boots takt\'s discovery environment, register
       ].join('\n'),
       'stages/check.yaml': 'name: check\ntasks: [inventory-check]\n',
       'pipelines/burn-in.yaml': 'name: burn-in\nstages: [check]\nenvironments: [metal]\n',
+      // Classified as it registers: this VM by its SMBIOS serial and NIC driver.
+      'classifiers/site.yaml': `name: site\nrules:\n  - name: test-vms\n    match: [system.serial=${SERIAL}, "nics[].driver=virtio_net"]\n    pipeline: burn-in\n`,
     });
     const inst = await cli(['content', 'install', join(dir, 'site')]);
     expect(inst.code, inst.stderr).toBe(0);
@@ -146,8 +149,8 @@ describe('discovery: an unknown VM boots takt\'s discovery environment, register
     expect(m.facts!.system).toEqual(expect.objectContaining({ serial: SERIAL, vendor: 'QEMU' }));
     expect(m.facts!.nics).toEqual([expect.objectContaining({ mac: MAC, driver: 'virtio_net', link: 'up' })]);
 
-    const set = await cli(['machines', 'update', name, '--pipeline', 'burn-in']);
-    expect(set.code, set.stderr).toBe(0);
+    expect(m.classification).toEqual(expect.objectContaining({ rule: 'test-vms', pack: 'site' }));
+    expect(output).toMatch(/discovery: metal-525400d15c07 registered; classified by rule test-vms \(site\)/);
     const done = await cli(['machines', 'wait', name, '--until', 'done', '--timeout', '300s'], 330_000);
     expect(done.code, `${done.stdout}${done.stderr}\n${vm.serial()}`).toBe(0);
     const log = await cli(['jobs', 'list', '--machine', name, '-o', 'json']);
