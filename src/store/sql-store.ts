@@ -100,6 +100,7 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
     facts: parse(r.facts),
     ...(r.ssh ? { ssh: parse<NonNullable<Machine['ssh']>>(r.ssh) } : {}),
     ...(r.boot ? { boot: parse<NonNullable<Machine['boot']>>(r.boot) } : {}),
+    ...(r.power_config ? { powerConfig: parse<NonNullable<Machine['powerConfig']>>(r.power_config) } : {}),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
     agent: {
@@ -146,6 +147,7 @@ function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | 
     power: m.power,
     ssh: m.ssh ? json(m.ssh) : null,
     boot: m.boot ? json(m.boot) : null,
+    power_config: m.powerConfig ? json(m.powerConfig) : null,
     created_at: m.createdAt,
     updated_at: m.updatedAt,
   };

@@ -85,6 +85,8 @@ export interface MachinesTable {
   ssh: string | null;
   /** Network-booted machines: MachineBoot as JSON (migration 0020_boot); null for the others. */
   boot: string | null;
+  /** Machines a power driver switches: MachinePowerConfig as JSON (migration 0021_power); null for the others. */
+  power_config: string | null;
   created_at: string;
   updated_at: string;
   /** Agent liveness (observed; written only by `setAgentLiveness`): 1 connected, 0 not. */
