@@ -34,6 +34,9 @@ describe('power configuration through the CLI', () => {
     const o = await ep.cli(['machines', 'update', 'rack-1', '--power-opt', 'disk=disk1']);
     expect(o.code, o.stderr).toBe(0);
     expect((await get('rack-1')).powerConfig).toEqual({ driver: 'qmp', socket: '/run/vm/qmp.sock', disk: 'disk1' });
+    const d = await ep.cli(['machines', 'describe', 'rack-1']);
+    expect(d.stdout).toMatch(/Power: +on \(desired\) · driver driver=qmp, socket=\/run\/vm\/qmp\.sock, disk=disk1/);
+    expect(d.stdout).toMatch(/Boot: +bootenv local · MAC 52:54:00:bb:00:01/);
 
     const table: Array<[string[], RegExp]> = [
       [['--power-driver', 'qmp', '--power-opt', 'password=hunter2'], /secret is never stored.*password-param.*\(at \/powerConfig\/password\)/],
