@@ -235,9 +235,10 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const credentials = new Credentials(store, sealer);
   const ssh = new SshBroker({ engine, store, credentials, dataDir: data, leaseMs, maxSessions: sshMaxSessions(opts), log });
   // VMs that boot from the network like bare metal (environment metal); their taps join --qemu-bridge.
+  // TAKT_QEMU_ACCEL (kvm|tcg) is read by vm.ts defaultAccel; a typo is refused here, not ignored there.
   const qemuAccel = process.env.TAKT_QEMU_ACCEL;
   if (qemuAccel !== undefined && qemuAccel !== 'kvm' && qemuAccel !== 'tcg') throw new TaktError('bad_request', `TAKT_QEMU_ACCEL is kvm or tcg, not ${JSON.stringify(qemuAccel)}`);
-  const qemu = new QemuBroker({ dataDir: data, log, ...(opts.qemuBridge ? { bridge: opts.qemuBridge } : {}), ...(qemuAccel ? { accel: qemuAccel } : {}) });
+  const qemu = new QemuBroker({ dataDir: data, log, ...(opts.qemuBridge ? { bridge: opts.qemuBridge } : {}) });
   const brokers = new Map<string, ProcessBroker | SshBroker | QemuBroker>([
     [broker.name, broker],
     [netns.name, netns],

@@ -54,8 +54,6 @@ export interface QemuBrokerOptions {
   superviseMs?: number;
   /** qemu program (default qemu-system-x86_64; tests only). */
   qemu?: string;
-  /** Accelerator (`TAKT_QEMU_ACCEL`); default KVM when /dev/kvm is usable, else TCG. */
-  accel?: 'kvm' | 'tcg';
 }
 
 /** Default guest memory (MiB) and disk size (GiB). */
@@ -237,7 +235,6 @@ export class QemuBroker {
       ...(m.boot?.uuid ? { smbios: { uuid: m.boot.uuid, serial: m.id } } : {}),
       boot: 'pxe',
       startOff: m.power === 'off',
-      ...(this.opts.accel ? { accel: this.opts.accel } : {}),
     };
   }
 

@@ -70,7 +70,7 @@ export interface VmSpec {
   boot?: 'pxe' | 'disk';
   /** Start powered off (qemu -S): the power driver's `on` starts it. */
   startOff?: boolean;
-  /** Accelerator; default KVM when /dev/kvm is usable, else TCG. */
+  /** Accelerator; default `defaultAccel()`: TAKT_QEMU_ACCEL, else KVM when /dev/kvm is usable, else TCG. */
   accel?: 'kvm' | 'tcg';
 }
 
@@ -85,6 +85,17 @@ export function kvmUsable(): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The accelerator when a spec names none: `TAKT_QEMU_ACCEL` (`kvm` or `tcg`) when set, else KVM when
+ * /dev/kvm is usable, else TCG. The variable exists for hosts whose /dev/kvm is there but does not run
+ * firmware well (a nested one was seen to stop iPXE at "starting execution").
+ */
+export function defaultAccel(): 'kvm' | 'tcg' {
+  const env = process.env.TAKT_QEMU_ACCEL;
+  if (env === 'kvm' || env === 'tcg') return env;
+  return kvmUsable() ? 'kvm' : 'tcg';
 }
 
 /** Debian's OVMF files (package ovmf): the 4 MiB code image and its variable store template. */
@@ -220,7 +231,7 @@ export class Vm {
    *   stderr); TaktError bad_request for a bad spec.
    */
   static async start(spec: VmSpec, opts: { timeoutMs?: number; qemu?: string } = {}): Promise<Vm> {
-    const accel = spec.accel ?? (kvmUsable() ? 'kvm' : 'tcg');
+    const accel = spec.accel ?? defaultAccel();
     const args = qemuArgs(spec, accel);
     const d = spec.dir;
     mkdirSync(d, { recursive: true });
