@@ -138,7 +138,7 @@ describe('redfish power driver', () => {
     const none = powerDriver('rack1-u7', config, { secret: async () => undefined });
     await expect(none.status()).rejects.toMatchObject({
       code: 'conflict',
-      path: '/power/passwordParam',
+      path: '/powerConfig/passwordParam',
       message: expect.stringContaining("param 'bmc_password', which rack1-u7 does not have: declare 'bmc_password' with secure: true in a pack's params/ and set it with `takt machines update rack1-u7 --param bmc_password=PASSWORD`"),
     });
   });

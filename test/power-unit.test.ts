@@ -156,29 +156,29 @@ describe('checkPowerConfig', () => {
   });
 
   it.each([
-    [null, '/power', /must be an object/],
-    [[], '/power', /must be an object/],
-    [{}, '/power/driver', /driver is missing: known are qmp, manual, ipmi, redfish/],
-    [{ driver: 'wol' }, '/power/driver', /'wol' is unknown/],
-    [{ driver: 'manual', host: 'x' }, '/power/host', /manual takes no 'host'$/],
-    [{ driver: 'qmp' }, '/power/socket', /needs socket/],
-    [{ driver: 'qmp', socket: '/s', disk: 'a b' }, '/power/disk', /QOM id/],
-    [{ ...ipmi, host: undefined }, '/power/host', /needs host/],
-    [{ ...ipmi, host: '$(reboot)' }, '/power/host', /IP address or host name/],
-    [{ ...ipmi, port: 0 }, '/power/port', /1 to 65535/],
-    [{ ...ipmi, port: '623' }, '/power/port', /1 to 65535/],
-    [{ ...ipmi, user: '' }, '/power/user', /1 to 16 bytes/],
-    [{ ...ipmi, user: 'a-very-long-user-name' }, '/power/user', /1 to 16 bytes/],
-    [{ ...ipmi, passwordParam: 'Bad-Name' }, '/power/passwordParam', /secure param/],
-    [{ ...ipmi, password: 'hunter2' }, '/power/password', /takes no 'password': it takes host, port, user, passwordParam, cipherSuite/],
-    [{ ...ipmi, cipherSuite: 18 }, '/power/cipherSuite', /0 to 17/],
-    [{ ...redfish, url: 'http://bmc.example' }, '/power/url', /needs TLS/],
-    [{ ...redfish, url: 'https://root:pw@bmc.example' }, '/power/url', /without credentials/],
-    [{ ...redfish, url: 'bmc.example' }, '/power/url', /https:\/\/HOST/],
-    [{ ...redfish, caFingerprint: 'abcd' }, '/power/caFingerprint', /64 hex digits/],
-    [{ ...redfish, caFile: 'relative.pem' }, '/power/caFile', /absolute path/],
-    [{ ...redfish, caFile: '/ca.pem', caFingerprint: 'ab'.repeat(32) }, '/power/caFile', /not both/],
-    [{ ...redfish, system: '../../x' }, '/power/system', /ComputerSystem/],
+    [null, '/powerConfig', /must be an object/],
+    [[], '/powerConfig', /must be an object/],
+    [{}, '/powerConfig/driver', /give the power driver by name \(qmp, ipmi, redfish, manual/],
+    [{ driver: 'wol' }, '/powerConfig/driver', /unknown power driver 'wol': known are qmp, manual, ipmi, redfish/],
+    [{ driver: 'manual', host: 'x' }, '/powerConfig/host', /the manual driver has no setting 'host' \(it has none\)$/],
+    [{ driver: 'qmp' }, '/powerConfig/socket', /the qmp driver needs the VM's QMP unix socket, an absolute path \(--power-opt socket=…\)/],
+    [{ driver: 'qmp', socket: '/s', disk: 'a b' }, '/powerConfig/disk', /QOM id/],
+    [{ ...ipmi, host: undefined }, '/powerConfig/host', /the ipmi driver needs the BMC's IP address or host name \(--power-opt host=…\)/],
+    [{ ...ipmi, host: '$(reboot)' }, '/powerConfig/host', /IP address or host name/],
+    [{ ...ipmi, port: 0 }, '/powerConfig/port', /1 to 65535/],
+    [{ ...ipmi, port: '62x' }, '/powerConfig/port', /1 to 65535/],
+    [{ ...ipmi, user: '' }, '/powerConfig/user', /1 to 16 bytes/],
+    [{ ...ipmi, user: 'a-very-long-user-name' }, '/powerConfig/user', /1 to 16 bytes/],
+    [{ ...ipmi, passwordParam: 'Bad-Name' }, '/powerConfig/passwordParam', /secure param/],
+    [{ ...ipmi, password: 'hunter2' }, '/powerConfig/password', /a secret is never stored in a power configuration/],
+    [{ ...ipmi, cipherSuite: 18 }, '/powerConfig/cipherSuite', /0 to 17/],
+    [{ ...redfish, url: 'http://bmc.example' }, '/powerConfig/url', /needs TLS/],
+    [{ ...redfish, url: 'https://root:pw@bmc.example' }, '/powerConfig/url', /without credentials/],
+    [{ ...redfish, url: 'bmc.example' }, '/powerConfig/url', /https:\/\/HOST/],
+    [{ ...redfish, caFingerprint: 'abcd' }, '/powerConfig/caFingerprint', /64 hex digits/],
+    [{ ...redfish, caFile: 'relative.pem' }, '/powerConfig/caFile', /absolute path/],
+    [{ ...redfish, caFile: '/ca.pem', caFingerprint: 'ab'.repeat(32) }, '/powerConfig/caFile', /not both/],
+    [{ ...redfish, system: '../../x' }, '/powerConfig/system', /ComputerSystem/],
   ])('refuses %j at %s', (c, path, message) => {
     let err: unknown;
     try {
@@ -191,8 +191,10 @@ describe('checkPowerConfig', () => {
   });
 
   it('the factory checks ipmi and redfish settings the same way', () => {
-    expect(() => powerDriver('m', { ...ipmi, port: 70000 } as never)).toThrow(expect.objectContaining({ code: 'invalid', path: '/power/port' }));
-    expect(() => powerDriver('m', { ...redfish, caFile: '/nonexistent/ca.pem' } as never)).toThrow(expect.objectContaining({ code: 'bad_request', path: '/power/caFile' }));
+    expect(() => powerDriver('m', { ...ipmi, port: 70000 } as never)).toThrow(expect.objectContaining({ code: 'invalid', path: '/powerConfig/port' }));
+    expect(() => powerDriver('m', { ...redfish, caFile: '/nonexistent/ca.pem' } as never)).toThrow(expect.objectContaining({ code: 'invalid', path: '/powerConfig/caFile' }));
+    // From the CLI every setting is text: numeric ones become numbers.
+    expect(checkPowerConfig({ ...ipmi, port: '623', cipherSuite: '17' })).toEqual({ ...ipmi, port: 623, cipherSuite: 17 });
     expect(powerDriver('m', ipmi as never).kind).toBe('ipmi');
     expect(powerDriver('m', redfish as never).kind).toBe('redfish');
   });

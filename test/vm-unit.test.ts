@@ -122,8 +122,8 @@ describe('power', () => {
   it('makes drivers by name and refuses unknown ones with the field', () => {
     expect(powerDriver('m', { driver: 'manual' }).kind).toBe('manual');
     expect(powerDriver('m', { driver: 'qmp', socket: '/x.sock' }).kind).toBe('qmp');
-    expect(() => powerDriver('m', { driver: 'qmp', socket: '' })).toThrow(expect.objectContaining({ path: 'power.socket' }));
-    expect(() => powerDriver('m', { driver: 'wol' } as never)).toThrow(expect.objectContaining({ code: 'bad_request', path: 'power.driver' }));
+    expect(() => powerDriver('m', { driver: 'qmp', socket: '' })).toThrow(expect.objectContaining({ path: '/powerConfig/socket' }));
+    expect(() => powerDriver('m', { driver: 'nope' } as never)).toThrow(expect.objectContaining({ code: 'invalid', path: '/powerConfig/driver' }));
   });
 });
 

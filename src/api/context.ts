@@ -9,10 +9,32 @@ import type { Records } from '../engine/records.js';
 import type { Rollouts } from '../engine/rollouts.js';
 import { TaktError } from '../model/errors.js';
 import type { Store } from '../store/store.js';
+import type { BootSettings } from '../model/boot.js';
+import type { Machine } from '../model/machine.js';
+import type { MachinePowerConfig } from '../model/power.js';
 import { authorOf, type Principal } from './auth.js';
 import type { TlsMaterial } from './tls.js';
 import type { CredentialsPort } from './routes/credentials.js';
 import type { DhcpLeasesPort } from './routes/dhcp.js';
+
+/** The VM settings of `POST /machines` for the qemu broker (`takt machines create --broker qemu`). */
+export interface VmRequest {
+  /** `bios` (SeaBIOS, default) or `uefi` (OVMF). */
+  firmware?: 'bios' | 'uefi';
+  /** Guest memory in MiB (default 512). */
+  memoryMiB?: number;
+  /** Size of its qcow2 disk in GiB (default 8). */
+  diskGiB?: number;
+  /** The boot environment it boots into (default `local`). */
+  bootenv?: string;
+}
+
+/** Power control of machines that have a power configuration (provision/power/machines.ts MachinePower). */
+export interface PowerPort {
+  status(m: Machine): Promise<{ driver: string; state: 'on' | 'off' | 'unknown' }>;
+  act(m: Machine, action: 'on' | 'off' | 'cycle'): Promise<{ driver: string; done: boolean; instruction?: string; note?: string }>;
+  nextBoot(m: Machine, device: 'pxe' | 'disk', persistent: boolean): Promise<{ driver: string; done: boolean; persistent: boolean; instruction?: string; note?: string }>;
+}
 
 /** Creates and destroys machines in an environment (the API only needs this much of a broker). */
 export interface BrokerPort {
@@ -20,8 +42,17 @@ export interface BrokerPort {
   readonly environment: string;
   /** Throws (with how to fix it) when the broker cannot work on this host. */
   check(): Promise<void>;
-  /** Starts the machine's agent with its token. */
-  create(machine: { id: string; name: string }, token: string): Promise<void>;
+  /**
+   * Makes the machine real (local/netns: starts its agent with its token; qemu: creates and starts its VM).
+   * `vm`: the request's VM settings, for brokers that make VMs.
+   */
+  create(machine: Machine, token: string, vm?: VmRequest): Promise<void>;
+  /**
+   * Brokers that make network-booted machines (qemu): the id, boot settings and power configuration a
+   * new machine gets, chosen before it is recorded (its MAC, SMBIOS UUID and QMP socket), from the
+   * request's `vm` settings. @throws TaktError invalid for bad settings, with the field path.
+   */
+  plan?(name: string, vm: VmRequest): { id: string; boot: BootSettings; powerConfig: MachinePowerConfig };
   destroy(machine: { id: string; name: string }): Promise<void>;
   /**
    * True when its machines are sandboxes this host makes (a directory, a network namespace): a machine
@@ -65,6 +96,8 @@ export interface ApiContext {
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
   /** The DHCP server's leases (`--dhcp`); absent or answering null: the route answers 404. */
   dhcpLeases?: DhcpLeasesPort;
+  /** Power drivers for machines with a power configuration; absent: such machines cannot be switched (409). */
+  power?: PowerPort;
 }
 
 /** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */

@@ -54,7 +54,9 @@ export function describeText(d: MachineDescription, now = new Date()): string {
     ['Position', position],
     ['State', colorStatus(shown(d.status))],
     ['Reason', m.reason ? shown(m.reason) : none],
-    ['Power', shown(m.power)],
+    // The power configuration holds no secret (a password is a secure param, named): shown whole.
+    ['Power', m.powerConfig ? `${shown(m.power)} (desired) · driver ${kv(m.powerConfig)}` : shown(m.power)],
+    ...(m.boot ? [['Boot', `bootenv ${shown(m.boot.bootenv)} · MAC ${shown(m.boot.macs.join(', '))}${m.boot.uuid ? ` · UUID ${shown(m.boot.uuid)}` : ''}${m.boot.firmware ? ` · ${shown(m.boot.firmware)}` : ''}`] as [string, string]] : []),
     ['Labels', kv(m.labels)],
     ['Profiles', m.profiles.length ? shown(m.profiles.join(', ')) : none],
     ['Params', kv(m.params)],

@@ -41,6 +41,10 @@ export interface ExerciseResult {
 
 const NO_OP = 'no-op: ';
 
+
+/** Environments whose broker has another name: `metal` machines are the qemu broker's network-booted VMs. */
+const ENV_BROKERS: Record<string, string> = { metal: 'qemu' };
+
 /** One cell from the jobs a machine ran for one task (the last run decides; earlier ones were resumed). */
 export function cellFor(jobs: Job[], logLine: (job: Job) => string | null): Cell {
   const job = jobs[jobs.length - 1];
@@ -112,7 +116,7 @@ export function exerciseCommand(program: Command, g: () => GlobalOptions, api: (
     .description(
       'run PIPELINE on one fresh machine per environment, destroy them, and print the coverage matrix:\n' +
         'task × environment → the variant that ran, a no-op (with its reason), passed, or failed (with its log line).\n' +
-        'Exits 1 when any environment fails. Environments are broker names: local, netns.',
+        'Exits 1 when any environment fails. Environments are broker names (local, netns), or metal: a VM of the qemu broker that boots from the network (needs takt serve --provision and --qemu-bridge).',
     )
     .addHelpText('after', examples('takt exercise demo --envs local,netns', 'takt exercise demo --envs local --keep'))
     .option('--envs <list>', 'comma-separated environments (brokers)', 'local')
@@ -151,7 +155,7 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
   process.once('SIGINT', onSignal);
   try {
     for (const env of envs) {
-      const r = await client.post<{ items: Machine[] }>('/machines', { name: `exercise-${pipeline}-${env}-${suffix}`, broker: env, pipeline, ...(Object.keys(params).length ? { params } : {}) });
+      const r = await client.post<{ items: Machine[] }>('/machines', { name: `exercise-${pipeline}-${env}-${suffix}`, broker: ENV_BROKERS[env] ?? env, pipeline, ...(Object.keys(params).length ? { params } : {}) });
       created[env] = r.items[0]!;
     }
     const finished: Record<string, { machine: Machine; at: number }> = {};

@@ -28,6 +28,45 @@ export interface PauseResult {
   cancelled: Job | null;
 }
 
+/** What GET /machines/:id/power answers. */
+interface PowerStatus {
+  machine: string;
+  desired: 'on' | 'off';
+  driver: string;
+  state: 'on' | 'off' | 'unknown';
+}
+
+/** One driver answer in POST /machines/:id/power's `result`. */
+interface DriverAnswer {
+  driver: string;
+  done: boolean;
+  instruction?: string;
+  note?: string;
+  persistent?: boolean;
+}
+
+/** POST /machines/:id/power's `result` (machines with a power configuration). */
+interface PowerResults {
+  nextBoot?: DriverAnswer;
+  power?: DriverAnswer;
+}
+
+function colorPower(state: PowerStatus['state']): string {
+  return state === 'on' ? pc.green('on') : state === 'off' ? pc.dim('off') : pc.yellow('unknown (the driver cannot tell)');
+}
+
+/** The driver's words under the table: what it did, and what a person must do (manual driver). */
+function powerResultText(r: PowerResults | undefined): string {
+  if (!r) return '';
+  const lines: string[] = [];
+  for (const [what, a] of [['next boot', r.nextBoot], ['power', r.power]] as const) {
+    if (!a) continue;
+    if (!a.done && a.instruction) lines.push(`${pc.yellow(`${what}: do this yourself (driver ${a.driver}):`)} ${shown(a.instruction)}`);
+    else lines.push(`${what}: done by ${shown(a.driver)}${a.persistent ? ' (persistent)' : ''}${a.note ? ` — ${shown(a.note)}` : ''}`);
+  }
+  return lines.length ? `\n${lines.join('\n')}` : '';
+}
+
 /** A usage mistake: said on stderr, exit 2, nothing done. */
 class UsageError extends Error {}
 
@@ -144,22 +183,40 @@ Examples:
 
   machines
     .command('power <machine>')
-    .addArgument(new Argument('<state>', 'on or off').choices(['on', 'off']))
-    .description('power a machine on or off; off cancels its running job (the machine keeps its place and runs that task again when powered on)')
+    .addArgument(new Argument('[action]', 'on, off, cycle or status').choices(['on', 'off', 'cycle', 'status']))
+    .option('--next-boot <device>', 'boot from pxe (the network) or disk from the next boot on, before the action (machines with a power driver)')
+    .option('--persistent', 'with --next-boot: for every later boot too')
+    .description(
+      'power a machine on or off, cycle it, or ask its power driver how it is; off cancels its running job (the machine keeps its place and runs that task again when powered on). Machines with a power configuration (--power-driver) are switched by their driver; broker machines (local, netns) by their broker',
+    )
     .addHelpText(
       'after',
       `
 Examples:
   $ takt machines power web-1 off
-  $ takt machines power web-1 on`,
+  $ takt machines power web-1 on
+  $ takt machines power rack1-u7 status
+  $ takt machines power rack1-u7 cycle --next-boot pxe
+  $ takt machines power vm-1 --next-boot disk --persistent -o json`,
     )
-    .action(async (id: string, state: string) => {
+    .action(async (id: string, action: string | undefined, o: { nextBoot?: string; persistent?: boolean }) => {
       const client = api();
-      const before = state === 'off' ? await client.get<Machine>(`/machines/${enc(id)}`) : null;
-      const m = await client.post<Machine>(`/machines/${enc(id)}/power`, { power: state });
+      if (action === undefined && o.nextBoot === undefined) throw new TaktError('bad_request', 'give an action (on, off, cycle, status) or --next-boot pxe|disk');
+      if (o.nextBoot !== undefined && o.nextBoot !== 'pxe' && o.nextBoot !== 'disk') throw new TaktError('bad_request', `--next-boot is pxe or disk, not ${JSON.stringify(o.nextBoot)}`);
+      if (o.persistent && o.nextBoot === undefined) throw new TaktError('bad_request', '--persistent goes with --next-boot');
+      if (action === 'status') {
+        if (o.nextBoot !== undefined) throw new TaktError('bad_request', 'status only asks: give --next-boot with on, cycle, or alone');
+        const st = await client.get<PowerStatus>(`/machines/${enc(id)}/power`);
+        print(g().output, st, () => `${shown(st.machine)}: ${colorPower(st.state)} (driver ${shown(st.driver)}; desired ${st.desired})`);
+        return;
+      }
+      const before = action === 'off' ? await client.get<Machine>(`/machines/${enc(id)}`) : null;
+      const body = { ...(action ? { power: action } : {}), ...(o.nextBoot ? { nextBoot: o.nextBoot } : {}), ...(o.persistent ? { persistent: true } : {}) };
+      const m = await client.post<Machine & { result?: PowerResults }>(`/machines/${enc(id)}/power`, body);
       const ended = before?.currentJob ? await client.get<Job>(`/jobs/${enc(before.currentJob)}`).catch(() => null) : null;
       const note = ended?.state === 'cancelled' ? `\njob ${ended.id} (task '${ended.task}') ${ended.reason ?? 'cancelled'}` : '';
-      print(g().output, m, () => renderTable([m], machineColumns) + shown(note));
+      const { result, ...machine } = m;
+      print(g().output, m, () => renderTable([machine], machineColumns) + shown(note) + powerResultText(result));
     });
 
   const wait = machines

@@ -13,6 +13,7 @@ import { factsSection } from './join.js';
 import { agentCell, colorStatus, machineText, statusOf, type MachineView } from './liveness.js';
 import { machineControlCommands } from './machine-control.js';
 import { sshBody } from './ssh.js';
+import { powerConfigBody, type PowerFlags } from './power.js';
 import { examples } from './help.js';
 import { describeText } from './describe.js';
 import { classifyCommand, classificationLine } from './classify.js';
@@ -102,7 +103,17 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
-    .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo', 'takt machines create rack1-u7 --environment metal --mac 52:54:00:12:34:56 --uuid 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d --bootenv sledge'))
+    .addHelpText(
+      'after',
+      examples(
+        'takt machines create web --broker local --count 3 --pipeline demo',
+        'takt machines create ns --broker netns --pipeline demo',
+        'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo',
+        'takt machines create rack1-u7 --environment metal --mac 52:54:00:12:34:56 --uuid 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d --bootenv sledge',
+        'takt machines create rack1-u8 --environment metal --mac 52:54:00:12:34:57 --power-driver ipmi --power-opt host=10.0.0.9 --power-opt user=admin --power-opt password-param=bmc_password',
+        'takt machines create vm-1 --broker qemu --firmware uefi --memory 1024 --disk-size 8',
+      ),
+    )
     .option('--broker <broker>', 'e.g. local')
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
     .option('--environment <env>', 'environment (default: the broker\'s, else local)')
@@ -118,8 +129,12 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--uuid <uuid>', 'with --mac: its SMBIOS system UUID')
     .option('--firmware <bios|uefi>', 'with --mac: its firmware (default: as the booting firmware says)')
     .option('--bootenv <name>', "with --mac: the boot environment it boots into (default local: its disk)")
+    .option('--power-driver <driver>', 'how takt switches its power: qmp, ipmi, redfish or manual (see docs/provisioning.md "Power control")')
+    .option('--power-opt <key=value>', 'a setting of the power driver (repeatable), e.g. host=10.0.0.9, password-param=bmc_password (a secure param: never the password itself)', collect)
+    .option('--memory <MiB>', 'with --broker qemu: guest memory in MiB (default 512)')
+    .option('--disk-size <GiB>', 'with --broker qemu: its qcow2 disk in GiB (default 8)')
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
-    .action(async (name: string | undefined, o: BootFlags & { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
+    .action(async (name: string | undefined, o: BootFlags & PowerFlags & VmFlags & { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const labels = o.label ? parseLabelPairs(o.label) : undefined;
       if (labels && Object.values(labels).includes(null)) throw new TaktError('bad_request', '--label KEY- removes a label: use it with `machines update`');
       const body = {
@@ -132,7 +147,8 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         profiles: o.profile,
         labels,
         ssh: sshBody(o, true),
-        boot: bootBody(o, true),
+        ...vmAndBootBody(o),
+        powerConfig: powerConfigBody(o) ?? undefined,
         allowUndeclared: o.allowUndeclared || undefined,
       };
       const r = await withParamHint(o.param, api().post<{ items: Array<Machine & { token?: string }>; warnings?: string[] }>('/machines', body));
@@ -162,8 +178,10 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--uuid <uuid>', "network-booted machines: its SMBIOS UUID ('' to forget it)")
     .option('--firmware <bios|uefi>', "network-booted machines: its firmware ('' for: as it says)")
     .option('--bootenv <name>', 'network-booted machines: the boot environment it boots into next (local: its disk)')
+    .option('--power-driver <driver>', "replace how takt switches its power: qmp, ipmi, redfish, manual, or none to remove it")
+    .option('--power-opt <key=value>', 'a setting of the power driver (repeatable; alone: changes that setting of the current configuration)', collect)
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
-    .action(async (id: string, o: BootFlags & { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
+    .action(async (id: string, o: BootFlags & PowerFlags & { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
       const body: Record<string, unknown> = {};
       if (o.pipeline !== undefined) body.pipeline = o.pipeline === '' ? null : o.pipeline;
@@ -176,7 +194,11 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       if (ssh) body.ssh = ssh;
       const boot = bootBody(o, false);
       if (boot) body.boot = boot;
-      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option or a boot option (--mac, --uuid, --firmware, --bootenv)');
+      // --power-opt alone changes one setting: the rest comes from the machine as it is.
+      const current = o.powerOpt?.length && o.powerDriver === undefined ? (await api().get<Machine>(`/machines/${enc(id)}`)).powerConfig ?? null : undefined;
+      const powerConfig = powerConfigBody(o, current);
+      if (powerConfig !== undefined) body.powerConfig = powerConfig;
+      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option, a boot option (--mac, --uuid, --firmware, --bootenv) or a power option (--power-driver, --power-opt)');
       if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await withParamHint(o.param, api().patch<Machine>(`/machines/${enc(id)}`, body));
       print(g().output, m, () => renderTable([m], machineColumns));
@@ -208,6 +230,32 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       });
   }
   machineControlCommands(machines, g, api);
+}
+
+/** The VM options of `machines create --broker qemu`. */
+interface VmFlags {
+  broker?: string;
+  memory?: string;
+  diskSize?: string;
+}
+
+/**
+ * The `vm` and `boot` bodies of `machines create`: with `--broker qemu`, `--firmware`, `--memory` and
+ * `--disk-size` describe the VM (the broker chooses its MAC and UUID; `--bootenv` is kept); otherwise the
+ * boot flags as `bootBody` reads them.
+ */
+function vmAndBootBody(o: BootFlags & VmFlags): { vm?: Record<string, unknown>; boot?: Record<string, unknown> } {
+  if (o.broker !== 'qemu') {
+    if (o.memory !== undefined || o.diskSize !== undefined) throw new TaktError('bad_request', '--memory and --disk-size are for VMs: use them with --broker qemu');
+    return { boot: bootBody(o, true) };
+  }
+  if (o.mac || o.uuid !== undefined) throw new TaktError('bad_request', 'the qemu broker chooses the VM\'s MAC and SMBIOS UUID: leave out --mac and --uuid');
+  const num = (v: string | undefined, flag: string) => {
+    if (v === undefined) return undefined;
+    if (!/^\d+$/.test(v)) throw new TaktError('bad_request', `${flag} takes a whole number, got ${JSON.stringify(v)}`, { path: flag });
+    return Number(v);
+  };
+  return { vm: { firmware: o.firmware, memoryMiB: num(o.memory, '--memory'), diskGiB: num(o.diskSize, '--disk-size'), bootenv: o.bootenv } };
 }
 
 /** The boot options of `machines create` and `update`. */

@@ -14,6 +14,9 @@ import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type 
 import { checkSanName, TlsManager } from '../api/tls.js';
 import { NetnsPlacement } from '../brokers/netns.js';
 import { ProcessBroker } from '../brokers/process.js';
+import { QemuBroker } from '../brokers/qemu/broker.js';
+import { checkPowerConfig } from '../provision/power/index.js';
+import { MachinePower } from '../provision/power/machines.js';
 import { DEFAULT_SSH_MAX_SESSIONS, SshBroker } from '../brokers/ssh/broker.js';
 import { Credentials } from '../brokers/ssh/credentials.js';
 import { readPackDir } from '../content/files.js';
@@ -29,8 +32,10 @@ import { Rollouts } from '../engine/rollouts.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { parseByteSize } from '../model/size.js';
 import { TaktError } from '../model/errors.js';
+import { defaultAccel } from '../brokers/qemu/vm.js';
 import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
+import type { MachinePowerConfig } from '../model/power.js';
 import { discoveryToken as mintDiscoveryToken } from '../model/discovery.js';
 import { openSqliteStore } from '../store/sqlite.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
@@ -80,6 +85,8 @@ export interface ServeOptions {
   dhcpRange?: string;
   /** With `dhcp`: the TFTP root (default /usr/lib/ipxe). */
   tftpRoot?: string;
+  /** The bridge (in the endpoint's network namespace) the qemu broker's VMs are plugged into; none: qemu's user-mode network. */
+  qemuBridge?: string;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -202,7 +209,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   await content.load();
   const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
   const goneAfterMs = opts.agentGoneAfter === undefined ? undefined : parseDuration(opts.agentGoneAfter, '--agent-gone-after', DURATION_RANGES.agentGoneAfter);
-  const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes, goneAfterMs });
+  // The drivers' typed configurations are flat scalar records (model/power.ts MachinePowerConfig) by construction.
+  const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes, goneAfterMs, checkPowerConfig: (c) => checkPowerConfig(c) as unknown as MachinePowerConfig });
   let url = '';
   // Set once the app exists; the netns broker opens its listener only when its first machine is made.
   let listeners: Listeners | null = null;
@@ -231,10 +239,15 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   });
   const credentials = new Credentials(store, sealer);
   const ssh = new SshBroker({ engine, store, credentials, dataDir: data, leaseMs, maxSessions: sshMaxSessions(opts), log });
-  const brokers = new Map<string, ProcessBroker | SshBroker>([
+  // VMs that boot from the network like bare metal (environment metal); their taps join --qemu-bridge.
+  // TAKT_QEMU_ACCEL (kvm|tcg|auto) is read by vm.ts defaultAccel; a typo is refused at start, not when a VM starts.
+  defaultAccel();
+  const qemu = new QemuBroker({ dataDir: data, log, ...(opts.qemuBridge ? { bridge: opts.qemuBridge } : {}) });
+  const brokers = new Map<string, ProcessBroker | SshBroker | QemuBroker>([
     [broker.name, broker],
     [netns.name, netns],
     [ssh.name, ssh],
+    [qemu.name, qemu],
   ]);
   const records = new Records(store, content, sealer);
   const portable = new Portable(store, engine, content, records);
@@ -259,6 +272,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
+    power: new MachinePower(engine),
     // Provisioning starts after the app is built: read when asked.
     dhcpLeases: () =>
       provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}) })) ?? null,

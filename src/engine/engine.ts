@@ -15,6 +15,7 @@ import { assertReplaceable, classificationChange, classify, orderedRules } from 
 import { adhocCommand, machineSecrets, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { foreignSealed, isSealed, maskValues, type Sealer } from '../model/secure.js';
+import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
 import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
 import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
@@ -66,6 +67,12 @@ export interface EngineOptions {
   /** `lastSeenAt` is written at most this often per machine (default 15 s, at most a quarter of goneAfterMs). */
   seenThrottleMs?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+  /**
+   * Checks and normalises a machine's power configuration (the composition root passes
+   * provision/power `checkPowerConfig`, which knows the drivers); default: the shape every driver shares
+   * (model/power.ts). @throws TaktError invalid with the field path.
+   */
+  checkPowerConfig?: (config: unknown) => MachinePowerConfig;
 }
 
 export interface MachineInput {
@@ -83,6 +90,8 @@ export interface MachineInput {
   ssh?: SshSettings;
   /** Network-booted machines: the MACs (required), UUID, firmware and bootenv it boots as (model/boot.ts). */
   boot?: BootSettings;
+  /** How the machine's power is switched (model/power.ts; checked by EngineOptions.checkPowerConfig). */
+  powerConfig?: unknown;
   /** Store params no content declares (default false: refused, see declared.ts). */
   allowUndeclared?: boolean;
 }
@@ -100,6 +109,8 @@ export interface MachinePatch {
   ssh?: SshPatch;
   /** Boot settings to change; on a machine that has none, makes it network-booted (then `macs` is required). */
   boot?: BootSettings;
+  /** A new power configuration (replaces the old one), or null to remove it. */
+  powerConfig?: unknown;
   /** Store params no content declares (default false: refused, see declared.ts). */
   allowUndeclared?: boolean;
 }
@@ -502,6 +513,7 @@ export class Engine {
       facts: null,
       ...(input.ssh ? { ssh: { ...checkSshSettings(input.ssh), hostKey: null } } : {}),
       ...(input.boot ? { boot: requireBootenv(content, checkBootSettings(input.boot)) } : {}),
+      ...(input.powerConfig !== undefined && input.powerConfig !== null ? { powerConfig: this.checkPowerConfig(input.powerConfig) } : {}),
       createdAt: now,
       updatedAt: now,
       agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: now },
@@ -533,8 +545,14 @@ export class Engine {
     return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content, restore));
   }
 
+  /** A power configuration checked by the injected driver checks (EngineOptions.checkPowerConfig). */
+  checkPowerConfig(config: unknown): MachinePowerConfig {
+    return (this.opts.checkPowerConfig ?? checkPowerShape)(config);
+  }
+
   /** Checks what `updateMachineIn` can check before a transaction (references into `content`). */
   checkPatch(content: ContentSet, patch: MachinePatch): void {
+    if (patch.powerConfig !== undefined && patch.powerConfig !== null) this.checkPowerConfig(patch.powerConfig);
     if (patch.name !== undefined) assertMachineName(patch.name);
     if (patch.pipeline) this.requirePipeline(content, patch.pipeline);
     if (patch.profiles) this.requireProfiles(content, patch.profiles);
@@ -590,6 +608,7 @@ export class Engine {
       }
     }
     if (patch.boot !== undefined) out.push(...attempt(() => requireBootenv(content, m.boot ? patchBoot(m.boot, patch.boot!) : checkBootSettings(patch.boot!))));
+    if (patch.powerConfig !== undefined && patch.powerConfig !== null) out.push(...attempt(() => this.checkPowerConfig(patch.powerConfig)));
     const next: Machine = { ...m, name: patch.name ?? m.name, environment: patch.environment ?? m.environment, profiles: patch.profiles ?? m.profiles, params, pipeline: patch.pipeline !== undefined ? patch.pipeline : m.pipeline };
     if (patch.pipeline && patch.pipeline !== m.pipeline && content.objects.pipelines.has(patch.pipeline)) out.push(...attempt(() => this.assertStartable(next, patch.pipeline!, content)));
     out.push(...attempt(() => assertEnvironment(content, next.name, next.environment, next.pipeline)));
@@ -633,6 +652,10 @@ export class Engine {
     if (patch.boot !== undefined) {
       next.boot = requireBootenv(content, m.boot ? patchBoot(m.boot, patch.boot) : checkBootSettings(patch.boot));
       await assertBootIdentityFree(tx, next.boot, m.id);
+    }
+    if (patch.powerConfig !== undefined) {
+      if (patch.powerConfig === null) delete next.powerConfig;
+      else next.powerConfig = this.checkPowerConfig(patch.powerConfig);
     }
     if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
       if (patch.pipeline) this.assertStartable(next, patch.pipeline, content);
@@ -762,6 +785,30 @@ export class Engine {
    */
   async setPower(idOrName: string, power: Machine['power'], author: string): Promise<Machine> {
     return this.operate(idOrName, author, (m) => ({ ...m, power }), power === 'off' ? 'machine powered off' : null);
+  }
+
+  /**
+   * The clear value of param `name` as machine `m` sees it (its params, its profiles, its pipeline's,
+   * the global profile; outputs are left out: a task must not choose its machine's BMC password), for a
+   * power driver that logs in (`passwordParam`). Only a secure param is given out: a password kept in
+   * the clear would be shown by `machines get`, history and exports.
+   * Returns undefined when no layer sets it.
+   * @throws TaktError conflict when the param is not secure, or sealed by another endpoint's key.
+   */
+  secretParam(m: Machine, name: string): string | undefined {
+    const content = this.content.current;
+    const pipeline = m.pipeline ? content.objects.pipelines.get(m.pipeline)?.def : undefined;
+    const layers = paramLayers(content, { machine: { params: m.params, profiles: m.profiles }, ...(pipeline ? { pipeline: { name: pipeline.name, params: pipeline.params } } : {}) });
+    const p = resolveParam(content, layers, name);
+    if (!p || p.value === undefined || p.value === null) return undefined;
+    if (!p.secure) throw new TaktError('conflict', `param '${name}' of ${m.name} is not secure: a BMC password must be a secure param (declare it with secure: true in a pack's params/, then set it with takt machines update ${m.name} --param ${name}=...)`, { path: '/powerConfig/passwordParam' });
+    let clear: unknown;
+    try {
+      clear = isSealed(p.value) ? this.sealer.open(p.value) : p.value;
+    } catch {
+      throw new TaktError('conflict', `param '${name}' of ${m.name} was sealed by another endpoint's key and cannot be opened here: set it again`, { path: '/powerConfig/passwordParam' });
+    }
+    return typeof clear === 'string' ? clear : JSON.stringify(clear);
   }
 
   /**
@@ -1872,7 +1919,7 @@ function restoredPlace(restore: RestoreWrite, machine: string): RestoredPlace {
  * so a restart, pause or a machine finishing writes no history entry unless a desired field changed.
  */
 export function desiredView(m: Machine) {
-  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}), ...(m.boot ? { boot: m.boot } : {}) };
+  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}), ...(m.boot ? { boot: m.boot } : {}), ...(m.powerConfig ? { powerConfig: m.powerConfig } : {}) };
 }
 
 /**
@@ -1908,7 +1955,7 @@ async function requireCredential(tx: Tx, name: string): Promise<void> {
 export type DesiredView = ReturnType<typeof desiredView>;
 
 /** The patch that makes a machine's desired fields equal `target` (params absent from it are removed). */
-export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'> & { labels?: Machine['labels']; boot?: Machine['boot'] }): MachinePatch {
+export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'> & { labels?: Machine['labels']; boot?: Machine['boot']; powerConfig?: Machine['powerConfig'] }): MachinePatch {
   const same = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
   const patch: MachinePatch = {};
   if (current.name !== target.name) patch.name = target.name;
@@ -1929,6 +1976,8 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
   if (Object.keys(params).length) patch.params = params;
   // Boot settings are set or changed, never removed by a restore: a machine keeps the MACs it boots as.
   if (target.boot && !same(current.boot, target.boot)) patch.boot = target.boot;
+  // A power configuration is desired state like the rest: restored, and removed when the target has none.
+  if (!same(current.powerConfig ?? null, target.powerConfig ?? null)) patch.powerConfig = target.powerConfig ?? null;
   return patch;
 }
 

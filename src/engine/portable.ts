@@ -18,6 +18,7 @@ import { attempt, TaktError } from '../model/errors.js';
 import { canonicalJson } from '../model/hash.js';
 import { MACHINE_STATES, type Job, type Machine, type MachineState } from '../model/machine.js';
 import type { MachineBoot } from '../model/boot.js';
+import type { MachinePowerConfig } from '../model/power.js';
 import { sshSettingsOf, type HostKey, type SshSettings } from '../model/ssh.js';
 import type { PackRecord, Store, Tx } from '../store/store.js';
 import { assertRequires, type ContentService, type Pins } from './content.js';
@@ -107,6 +108,8 @@ export interface MachineDoc {
   ssh?: SshSettings & { hostKey: HostKey | null };
   /** Network-booted machines: the MACs and UUID it boots as, its firmware and bootenv (model/boot.ts). */
   boot?: MachineBoot;
+  /** Machines a power driver switches: the driver and its settings (model/power.ts; no secrets, only param names). */
+  powerConfig?: MachinePowerConfig;
   /**
    * Observed: where the machine stands. Restored when the import creates the machine; for a machine that
    * exists, used only when the import changes its pipeline (restore.ts `placeOnReassign`), else ignored.
@@ -126,7 +129,7 @@ export interface Place {
 }
 
 /** The desired fields of a machine document: what import compares and changes on an existing machine. */
-const DESIRED_KEYS = ['id', 'name', 'environment', 'broker', 'pipeline', 'profiles', 'params', 'power', 'ssh', 'labels', 'boot'] as const;
+const DESIRED_KEYS = ['id', 'name', 'environment', 'broker', 'pipeline', 'profiles', 'params', 'power', 'ssh', 'labels', 'boot', 'powerConfig'] as const;
 /**
  * Machine fields that are not its pipeline position. Every other field is position (stage and task
  * index, attempt, the approved stage, or whatever tracks it), so the export follows the model as it grows.
@@ -239,6 +242,13 @@ const MachineDocSchema = {
       },
       description: 'network-booted machines: macs, uuid, firmware, bootenv (checked like `machines create --mac`)',
     },
+    powerConfig: {
+      type: 'object',
+      required: ['driver'],
+      properties: { driver: { type: 'string' } },
+      additionalProperties: { anyOf: [{ type: 'string' }, { type: 'number' }, { type: 'boolean' }] },
+      description: 'machines a power driver switches: driver and settings (checked like `machines create --power-driver`)',
+    },
     ssh: {
       type: 'object',
       required: ['user', 'host', 'port', 'credential', 'hostKey'],
@@ -264,7 +274,7 @@ const yaml = (v: unknown): string => stringify(sorted(v), { lineWidth: 0, schema
 /** The desired fields of a machine as an export holds them. */
 function machineDoc(m: Machine): MachineDoc {
   const ssh = m.ssh ? { ...sshSettingsOf(m.ssh), hostKey: m.ssh.hostKey } : undefined;
-  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, ...(Object.keys(m.labels).length ? { labels: m.labels } : {}), power: m.power, ...(ssh ? { ssh } : {}), ...(m.boot ? { boot: m.boot } : {}) };
+  return { id: m.id, name: m.name, environment: m.environment, broker: m.broker, pipeline: m.pipeline, profiles: m.profiles, params: m.params, ...(Object.keys(m.labels).length ? { labels: m.labels } : {}), power: m.power, ...(ssh ? { ssh } : {}), ...(m.boot ? { boot: m.boot } : {}), ...(m.powerConfig ? { powerConfig: m.powerConfig } : {}) };
 }
 
 /** The job a restored build-record entry becomes: succeeded, with its own id, hashes and params. */

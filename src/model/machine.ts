@@ -1,5 +1,6 @@
 /** Runtime objects: machines, jobs, work orders, changes and events, as the store and API hold them. */
 import type { MachineBoot } from './boot.js';
+import type { MachinePowerConfig } from './power.js';
 import type { ObservedFacts } from './facts.js';
 import type { MachineSsh } from './ssh.js';
 
@@ -71,6 +72,12 @@ export interface Machine {
    * is in the machine's desired fields and its history; this says where it came from. Absent: never classified.
    */
   classification?: MachineClassification;
+  /**
+   * Machines whose power takt switches through a driver (a VM's QMP, a BMC, or a person: `manual`): the
+   * driver and its settings, desired state (model/power.ts; credentials only by secure param name).
+   * Absent for broker machines (local, netns), whose `power` the broker acts on itself.
+   */
+  powerConfig?: MachinePowerConfig;
   createdAt: string;
   updatedAt: string;
   /** Observed, never desired: whether an agent (or the SSH broker) is in touch with the machine. */

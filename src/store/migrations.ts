@@ -321,6 +321,13 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('machines').addColumn('boot', 'text').execute();
     },
   },
+  '0021_power': {
+    async up(db: Kysely<unknown>) {
+      // Machines whose power a driver switches (qmp, ipmi, redfish, manual): the driver and its settings
+      // as JSON (model/power.ts MachinePowerConfig); secrets only by secure param name.
+      await db.schema.alterTable('machines').addColumn('power_config', 'text').execute();
+    },
+  },
   '0023_classification': {
     async up(db: Kysely<unknown>) {
       // Which classification rule last gave a machine its profiles, environment and pipeline, and why

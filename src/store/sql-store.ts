@@ -101,6 +101,7 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
     ...(r.ssh ? { ssh: parse<NonNullable<Machine['ssh']>>(r.ssh) } : {}),
     ...(r.boot ? { boot: parse<NonNullable<Machine['boot']>>(r.boot) } : {}),
     ...(r.classification ? { classification: parse<NonNullable<Machine['classification']>>(r.classification) } : {}),
+    ...(r.power_config ? { powerConfig: parse<NonNullable<Machine['powerConfig']>>(r.power_config) } : {}),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
     agent: {
@@ -148,6 +149,7 @@ function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | 
     ssh: m.ssh ? json(m.ssh) : null,
     boot: m.boot ? json(m.boot) : null,
     classification: m.classification ? json(m.classification) : null,
+    power_config: m.powerConfig ? json(m.powerConfig) : null,
     created_at: m.createdAt,
     updated_at: m.updatedAt,
   };

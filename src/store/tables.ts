@@ -87,6 +87,8 @@ export interface MachinesTable {
   boot: string | null;
   /** MachineClassification as JSON (migration 0023_classification); null: never classified. */
   classification: string | null;
+  /** Machines a power driver switches: MachinePowerConfig as JSON (migration 0021_power); null for the others. */
+  power_config: string | null;
   created_at: string;
   updated_at: string;
   /** Agent liveness (observed; written only by `setAgentLiveness`): 1 connected, 0 not. */

@@ -7,6 +7,7 @@ import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSyn
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { qemuPidOf } from '../../src/brokers/qemu/vm.js';
 import { ApiClient } from '../../src/client/http.js';
 import { bridgeOf } from './netns.js';
 
@@ -160,8 +161,9 @@ export class Endpoint {
       await Promise.race([exited, sleep(15_000)]);
       if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
     }
-    // Belt and braces: no agent outlives its test.
+    // Belt and braces: no agent (and no VM of the qemu broker, which outlives its endpoint) outlives its test.
     killAgents(this.data);
+    killVms(this.data);
     removeEmptyBridge(this.data);
     rmSync(this.data, { recursive: true, force: true });
   }
@@ -176,6 +178,16 @@ function removeEmptyBridge(data: string) {
   const bridge = bridgeOf(data);
   const members = join('/sys/class/net', bridge, 'brif');
   if (existsSync(members) && readdirSync(members).length === 0) spawnSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
+}
+
+/** The qemu broker's VMs of this data dir (`<data>/qemu/<id>/qemu.pid`, checked by qemuPidOf), killed. */
+function killVms(data: string) {
+  const dir = join(data, 'qemu');
+  if (!existsSync(dir)) return;
+  for (const id of readdirSync(dir)) {
+    const pid = qemuPidOf(join(dir, id));
+    if (pid) process.kill(pid, 'SIGKILL');
+  }
 }
 
 function killAgents(data: string) {

@@ -8,7 +8,7 @@ import { MAX_JOB_ID_CHARS } from '../../model/protocol.js';
 import type { SshSettings } from '../../model/ssh.js';
 import type { BootSettings } from '../../model/boot.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
-import { author, intQuery, whenGone, type ApiContext } from '../context.js';
+import { author, intQuery, whenGone, type ApiContext, type VmRequest } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
 
 const sshTarget = {
@@ -64,6 +64,27 @@ const bootPatch = {
   description: 'change how a network-booted machine boots; on a machine without boot settings, macs is required',
 } as const;
 
+const powerConfigSchema = {
+  type: 'object',
+  required: ['driver'],
+  maxProperties: 16,
+  properties: { driver: { type: 'string', maxLength: 32, description: 'qmp, ipmi, redfish or manual' } },
+  additionalProperties: { anyOf: [{ type: 'string', maxLength: 1024 }, { type: 'number' }, { type: 'boolean' }] },
+  description: "how takt switches the machine's power: the driver and its settings, e.g. {\"driver\": \"ipmi\", \"host\": \"10.0.0.9\", \"user\": \"admin\", \"passwordParam\": \"bmc_password\"}; credentials only by secure param name",
+} as const;
+
+const vmSchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    firmware: { enum: ['bios', 'uefi'], description: 'SeaBIOS (default) or OVMF' },
+    memoryMiB: { type: 'integer', minimum: 64, maximum: 65536, description: 'guest memory in MiB (default 512)' },
+    diskGiB: { type: 'integer', minimum: 1, maximum: 2048, description: 'qcow2 disk size in GiB (default 8)' },
+    bootenv: { ...Name, description: 'the boot environment it boots into (default local: its disk)' },
+  },
+  description: 'the qemu broker: the VM to make (its MAC, SMBIOS UUID and QMP power configuration are chosen by the broker)',
+} as const;
+
 const createBody = {
   type: 'object',
   additionalProperties: false,
@@ -78,6 +99,8 @@ const createBody = {
     labels: { type: 'object', maxProperties: 64, additionalProperties: { type: 'string', maxLength: 63 }, description: 'key=value tags, e.g. {"role": "web"}' },
     ssh: sshCreate,
     boot: bootCreate,
+    powerConfig: powerConfigSchema,
+    vm: vmSchema,
     allowUndeclared: { type: 'boolean', description: 'store params that no param definition or task declares (default false: refused with a suggestion)' },
   },
 } as const;
@@ -95,6 +118,7 @@ const patchBody = {
     labels: { type: 'object', maxProperties: 64, additionalProperties: { anyOf: [{ type: 'string', maxLength: 63 }, { type: 'null' }] }, description: 'merged into the machine labels; null removes one' },
     ssh: sshPatch,
     boot: bootPatch,
+    powerConfig: { anyOf: [powerConfigSchema, { type: 'null' }], description: 'replaces the power configuration; null removes it' },
     allowUndeclared: { type: 'boolean', description: 'store params that no param definition or task declares (default false: refused with a suggestion)' },
   },
 } as const;
@@ -110,6 +134,8 @@ interface CreateBody {
   labels?: Record<string, string>;
   ssh?: SshSettings;
   boot?: BootSettings;
+  powerConfig?: Record<string, unknown>;
+  vm?: VmRequest;
   allowUndeclared?: boolean;
 }
 
@@ -172,6 +198,13 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (body.broker && !broker) {
       throw new TaktError('invalid', `unknown broker '${body.broker}'; available: ${[...brokers.keys()].join(', ') || 'none'}`, { path: '/broker' });
     }
+    if (body.vm && !broker?.plan) throw new TaktError('invalid', 'vm settings are for the qemu broker (--broker qemu)', { path: '/vm' });
+    if (broker?.plan) {
+      // The broker chooses the VM's identity (MAC, UUID) and how it is powered (its QMP socket).
+      if ((body.count ?? 1) !== 1) throw new TaktError('invalid', `the ${broker.name} broker makes one VM per request: count must be 1`, { path: '/count' });
+      if (!body.name) throw new TaktError('invalid', "missing required field 'name'", { path: '/name' });
+      if (body.boot || body.powerConfig) throw new TaktError('invalid', `the ${broker.name} broker chooses the VM's boot settings and power configuration itself (give vm.firmware, vm.bootenv)`, { path: body.powerConfig ? '/powerConfig' : '/boot' });
+    }
     // A broker that cannot work on this host says so before any machine is recorded.
     await broker?.check();
     const count = body.count ?? 1;
@@ -180,8 +213,10 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const names = count === 1 && body.name ? [body.name] : await freeNames(ctx, prefix, count);
     const created = [];
     for (const name of names) {
+      const planned = broker?.plan?.(name, body.vm ?? {});
       const { machine, token } = await engine.createMachine(
         {
+          ...(planned ? { id: planned.id, boot: planned.boot, powerConfig: planned.powerConfig } : {}),
           name,
           environment: body.environment ?? broker?.environment ?? 'local',
           broker: broker?.name ?? null,
@@ -191,13 +226,14 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
           labels: body.labels,
           allowUndeclared: body.allowUndeclared,
           ...(body.ssh ? { ssh: body.ssh } : {}),
-          ...(body.boot ? { boot: body.boot } : {}),
+          ...(body.boot && !planned ? { boot: body.boot } : {}),
+          ...(body.powerConfig && !planned ? { powerConfig: body.powerConfig } : {}),
         },
         author(req),
       );
       if (broker) {
         try {
-          await broker.create(machine, token);
+          await broker.create(machine, token, body.vm);
         } catch (err) {
           // No machine without its agent: the record goes again (history shows both steps).
           await engine.deleteMachine(machine.id, author(req));
@@ -264,10 +300,60 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
       return { machine: publicMachine(engine.withLiveness(r.machine)), already: r.already, cancelled: r.cancelled ? publicJob(r.cancelled) : null };
     },
   );
+  // Power. A machine with a power configuration is switched by its driver first (a BMC that does not
+  // answer is a 503 with the driver's words, and nothing is recorded); then its desired power is recorded
+  // as for broker machines, whose broker acts on that record (local, netns). Machine tokens may act on
+  // their own machine only.
+  const powerOf = () => {
+    if (!ctx.power) throw new TaktError('unavailable', 'this endpoint has no power drivers');
+    return ctx.power;
+  };
+  app.get('/api/v1/machines/:id/power', { config: { machine: true } }, async (req) => {
+    const ref = (req.params as { id: string }).id;
+    await requireOwnMachineRef(req.principal, ref, store);
+    const m = await engine.findMachine(ref);
+    const s = await powerOf().status(m);
+    return { machine: m.name, desired: m.power, driver: s.driver, state: s.state };
+  });
   app.post(
     '/api/v1/machines/:id/power',
-    { schema: { body: { type: 'object', additionalProperties: false, required: ['power'], properties: { power: { enum: ['on', 'off'] } } } } },
-    async (req) => publicMachine(await engine.setPower((req.params as { id: string }).id, (req.body as { power: 'on' | 'off' }).power, author(req))),
+    {
+      config: { machine: true },
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          minProperties: 1,
+          properties: {
+            power: { enum: ['on', 'off', 'cycle'], description: 'cycle: reset (or power on when off); needs a power configuration' },
+            nextBoot: { enum: ['pxe', 'disk'], description: 'the first boot device from the next boot on; needs a power configuration' },
+            persistent: { type: 'boolean', description: 'with nextBoot: for every later boot too (default: the next boot only, where the driver can)' },
+          },
+        },
+      },
+    },
+    async (req) => {
+      const ref = (req.params as { id: string }).id;
+      await requireOwnMachineRef(req.principal, ref, store);
+      const body = req.body as { power?: 'on' | 'off' | 'cycle'; nextBoot?: 'pxe' | 'disk'; persistent?: boolean };
+      if (body.power === undefined && body.nextBoot === undefined) throw new TaktError('bad_request', 'give power (on, off, cycle) or nextBoot (pxe, disk)', { path: '/power' });
+      if (body.persistent !== undefined && body.nextBoot === undefined) throw new TaktError('bad_request', 'persistent goes with nextBoot', { path: '/persistent' });
+      const m = await engine.findMachine(ref);
+      if (!m.powerConfig) {
+        if (body.power === 'cycle' || body.nextBoot !== undefined) {
+          throw new TaktError('conflict', `${m.name} has no power configuration, so it can only be powered on or off${m.broker ? ` (by its broker, ${m.broker})` : ''}: give it one with takt machines update ${m.name} --power-driver qmp|ipmi|redfish|manual --power-opt KEY=VALUE`, { path: body.nextBoot !== undefined ? '/nextBoot' : '/power' });
+        }
+        return publicMachine(await engine.setPower(m.id, body.power!, author(req)));
+      }
+      const power = powerOf();
+      const result: Record<string, unknown> = {};
+      // Boot device first: a cycle then boots from it.
+      if (body.nextBoot !== undefined) result.nextBoot = await power.nextBoot(m, body.nextBoot, body.persistent === true);
+      if (body.power !== undefined) result.power = await power.act(m, body.power);
+      const desired = body.power === 'off' ? 'off' : body.power === undefined ? m.power : 'on';
+      const after = desired !== m.power ? await engine.setPower(m.id, desired, author(req)) : m;
+      return { ...publicMachine(after), result };
+    },
   );
 
   app.post(

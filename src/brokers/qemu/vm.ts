@@ -37,8 +37,11 @@ export type NicModel = 'virtio-net-pci' | 'e1000';
 export type NicNet =
   /** qemu's user-mode network (slirp: 10.0.2.0/24, host at 10.0.2.2), with its own DHCP and TFTP. */
   | { kind: 'user'; tftp?: string; bootfile?: string }
-  /** A tap created on `bridge` inside network namespace `netns` (both must exist); qemu runs in that namespace. */
-  | { kind: 'tap'; netns: string; bridge: string; tap: string };
+  /**
+   * A tap created on `bridge` (which must exist), inside network namespace `netns` when given (qemu then
+   * runs in that namespace), else in this process's own namespace.
+   */
+  | { kind: 'tap'; netns?: string; bridge: string; tap: string };
 
 export interface NicSpec {
   model: NicModel;
@@ -70,7 +73,7 @@ export interface VmSpec {
   boot?: 'pxe' | 'disk';
   /** Start powered off (qemu -S): the power driver's `on` starts it. */
   startOff?: boolean;
-  /** Accelerator; default KVM when /dev/kvm is usable, else TCG. */
+  /** Accelerator; default `defaultAccel()`: TAKT_QEMU_ACCEL, else KVM when /dev/kvm is usable, else TCG. */
   accel?: 'kvm' | 'tcg';
 }
 
@@ -253,13 +256,16 @@ export class Vm {
     let program = opts.qemu ?? 'qemu-system-x86_64';
     let argv = args;
     if (net?.kind === 'tap') {
-      await ipCmd(['-n', net.netns, 'tuntap', 'add', 'dev', net.tap, 'mode', 'tap']).catch(async (err: Error) => {
+      const ns = net.netns ? ['-n', net.netns] : [];
+      await ipCmd([...ns, 'tuntap', 'add', 'dev', net.tap, 'mode', 'tap']).catch(async (err: Error) => {
         if (!/exists|busy/i.test(err.message)) throw err;
       });
-      await ipCmd(['-n', net.netns, 'link', 'set', net.tap, 'master', net.bridge, 'up']);
-      // `ip netns exec` enters the namespace and execs qemu, so the pid is qemu's own.
-      argv = ['netns', 'exec', net.netns, program, ...args];
-      program = 'ip';
+      await ipCmd([...ns, 'link', 'set', net.tap, 'master', net.bridge, 'up']);
+      if (net.netns) {
+        // `ip netns exec` enters the namespace and execs qemu, so the pid is qemu's own.
+        argv = ['netns', 'exec', net.netns, program, ...args];
+        program = 'ip';
+      }
     }
     const logFd = openSync(join(d, 'qemu.log'), 'w');
     let child;
@@ -439,7 +445,7 @@ export class Vm {
       }
     }
     const net = this.spec.nic?.net;
-    if (net?.kind === 'tap') await ipCmd(['-n', net.netns, 'link', 'del', net.tap]).catch(() => undefined);
+    if (net?.kind === 'tap') await ipCmd([...(net.netns ? ['-n', net.netns] : []), 'link', 'del', net.tap]).catch(() => undefined);
     rmSync(this.qmpSocket, { force: true });
   }
 }

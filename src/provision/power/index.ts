@@ -3,6 +3,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { TaktError } from '../../model/errors.js';
+import { checkPowerShape } from '../../model/power.js';
 import type { PowerDriver } from './driver.js';
 import { IpmiPower } from './ipmi.js';
 import { ManualPower } from './manual.js';
@@ -71,46 +72,44 @@ function passwordFrom(name: string, param: string, driver: string, opts: PowerDr
     throw new TaktError(
       'conflict',
       `the ${driver} power driver of ${name} needs the BMC password in param '${param}', which ${name} does not have: declare '${param}' with secure: true in a pack's params/ and set it with \`takt machines update ${name} --param ${param}=PASSWORD\``,
-      { path: '/power/passwordParam' },
+      { path: '/powerConfig/passwordParam' },
     );
   };
 }
 
+/** The drivers `checkPowerConfig` and `powerDriver` know, by name. */
+export const POWER_DRIVERS = ['qmp', 'manual', 'ipmi', 'redfish'] as const;
+
 /**
  * The driver for `config`, for machine `name` (used in manual instructions and messages). `opts.secret`
- * gives the BMC passwords of ipmi and redfish.
- * @throws TaktError bad_request for an unknown driver or a missing setting, with the field path.
+ * gives the BMC passwords of ipmi and redfish, asked only when a call needs one.
+ * @throws TaktError invalid for an unknown driver or a missing or wrong setting, with the field path.
  */
 export function powerDriver(name: string, config: PowerConfig, opts: PowerDriverOptions = {}): PowerDriver {
-  switch (config.driver) {
+  const c = checkPowerConfig(config);
+  switch (c.driver) {
     case 'qmp':
-      if (!config.socket) throw new TaktError('bad_request', `power driver qmp for ${name} needs 'socket' (the VM's QMP socket path)`, { path: 'power.socket' });
-      return new QmpPower({ socket: config.socket, disk: config.disk });
+      return new QmpPower({ socket: c.socket, disk: c.disk });
     case 'manual':
       return new ManualPower(name);
-    case 'ipmi': {
-      const c = checkPowerConfig(config) as IpmiPowerConfig;
+    case 'ipmi':
       return new IpmiPower({ host: c.host, port: c.port, user: c.user, cipherSuite: c.cipherSuite, password: passwordFrom(name, c.passwordParam, 'ipmi', opts) });
-    }
     case 'redfish': {
-      const c = checkPowerConfig(config) as RedfishPowerConfig;
       let ca: string | undefined;
       if (c.caFile) {
         try {
           ca = readFileSync(c.caFile, 'utf8');
         } catch (err) {
-          throw new TaktError('bad_request', `power.caFile of ${name}: cannot read ${c.caFile}: ${(err as Error).message}`, { path: '/power/caFile' });
+          throw new TaktError('invalid', `powerConfig.caFile of ${name}: cannot read ${c.caFile}: ${(err as Error).message}`, { path: '/powerConfig/caFile' });
         }
       }
       return new RedfishPower({ url: c.url, user: c.user, system: c.system, caFingerprint: c.caFingerprint, ca, password: passwordFrom(name, c.passwordParam, 'redfish', opts) });
     }
-    default:
-      throw new TaktError('bad_request', `unknown power driver '${(config as { driver: string }).driver}' for ${name}: known are qmp, manual, ipmi, redfish`, { path: 'power.driver' });
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// checkPowerConfig (branch `ipmi`): validation of every driver's settings, for the API and the CLI.
+// checkPowerConfig: validation of every driver's settings, for the API, the CLI and imports.
 // ---------------------------------------------------------------------------------------------------------
 
 const PARAM_NAME = /^[a-z][a-z0-9_]{0,62}$/; // PARAM_NAME_PATTERN in src/model/content.ts
@@ -119,7 +118,7 @@ const HOST_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
 /** Fields each driver takes, with a check of each value (undefined: fine; a string: what is wrong). */
 const FIELDS: Record<PowerConfig['driver'], Record<string, { required?: boolean; check: (v: unknown) => string | undefined }>> = {
   qmp: {
-    socket: { required: true, check: (v) => (nonEmpty(v) ? undefined : "the VM's QMP socket path, a non-empty string") },
+    socket: { required: true, check: (v) => (typeof v === 'string' && v.startsWith('/') ? undefined : "the VM's QMP unix socket, an absolute path") },
     disk: { check: (v) => (typeof v === 'string' && /^[A-Za-z0-9_.-]{1,64}$/.test(v) ? undefined : 'the QOM id of the boot disk device (letters, digits, _ . -), e.g. disk0') },
   },
   manual: {},
@@ -165,36 +164,47 @@ function httpsUrl(v: unknown): string | undefined {
   }
 }
 
+/** Settings the CLI gives as text (`--power-opt port=623`) that a driver takes as numbers. */
+const NUMERIC = new Set(['port', 'cipherSuite']);
+
 /**
- * Checks a power configuration from outside (API body, CLI, content) and returns it typed.
- * @throws TaktError invalid naming the field (`/power/<field>`) and what it must be: an unknown driver,
- *   a missing or wrong setting, a setting the driver does not take, or both caFingerprint and caFile.
+ * A power configuration as given (API body, CLI `--power-opt` strings, an import), checked and
+ * normalised: the shape every driver shares (model/power.ts checkPowerShape: flat scalars, no secret in
+ * the clear), a known driver, its required settings with valid values, no setting it does not know.
+ * Numeric settings given as text (from the CLI) become numbers. Field paths are JSON pointers under
+ * `/powerConfig`.
+ * @throws TaktError invalid naming the field and what it must be; both caFingerprint and caFile.
  */
-export function checkPowerConfig(config: unknown): PowerConfig {
-  if (!config || typeof config !== 'object' || Array.isArray(config)) throw new TaktError('invalid', 'power must be an object with a driver: qmp, manual, ipmi or redfish', { path: '/power' });
-  const c = config as Record<string, unknown>;
-  const driver = c.driver;
-  if (typeof driver !== 'string' || !Object.hasOwn(FIELDS, driver)) {
-    throw new TaktError('invalid', `power driver ${typeof driver === 'string' ? `'${driver}' is unknown` : 'is missing'}: known are qmp, manual, ipmi, redfish`, { path: '/power/driver' });
+export function checkPowerConfig(input: unknown): PowerConfig {
+  const c: Record<string, unknown> = { ...checkPowerShape(input) };
+  const driver = c.driver as string;
+  if (!Object.hasOwn(FIELDS, driver)) {
+    throw new TaktError('invalid', `powerConfig.driver: unknown power driver '${driver}': known are ${POWER_DRIVERS.join(', ')}`, { path: '/powerConfig/driver' });
   }
   const fields = FIELDS[driver as PowerConfig['driver']];
   for (const key of Object.keys(c)) {
     if (key !== 'driver' && !Object.hasOwn(fields, key)) {
       const known = Object.keys(fields);
-      throw new TaktError('invalid', `power driver ${driver} takes no '${key}'${known.length ? `: it takes ${known.join(', ')}` : ''}`, { path: `/power/${key}` });
+      throw new TaktError('invalid', `powerConfig.${key}: the ${driver} driver has no setting '${key}'${known.length ? ` (it has: ${known.join(', ')})` : ' (it has none)'}`, { path: `/powerConfig/${key}` });
     }
+    if (NUMERIC.has(key) && typeof c[key] === 'string' && /^\d{1,6}$/.test(c[key] as string)) c[key] = Number(c[key]);
   }
   for (const [key, f] of Object.entries(fields)) {
     const v = c[key];
     if (v === undefined) {
-      if (f.required) throw new TaktError('invalid', `power driver ${driver} needs ${key}: ${f.check(undefined)}`, { path: `/power/${key}` });
+      if (f.required) throw new TaktError('invalid', `powerConfig.${key}: the ${driver} driver needs ${f.check(undefined)} (--power-opt ${kebab(key)}=…)`, { path: `/powerConfig/${key}` });
       continue;
     }
     const wrong = f.check(v);
-    if (wrong) throw new TaktError('invalid', `power ${key} must be ${wrong}`, { path: `/power/${key}` });
+    if (wrong) throw new TaktError('invalid', `powerConfig.${key}: must be ${wrong}`, { path: `/powerConfig/${key}` });
   }
   if (c.caFingerprint !== undefined && c.caFile !== undefined) {
-    throw new TaktError('invalid', 'power takes caFingerprint (pin the certificate) or caFile (check its chain), not both', { path: '/power/caFile' });
+    throw new TaktError('invalid', 'powerConfig: give caFingerprint (pin the certificate) or caFile (check its chain), not both', { path: '/powerConfig/caFile' });
   }
   return c as unknown as PowerConfig;
+}
+
+/** `passwordParam` → `password-param`, as `--power-opt` writes it. */
+function kebab(key: string): string {
+  return key.replace(/[A-Z]/g, (ch) => `-${ch.toLowerCase()}`);
 }
