@@ -99,7 +99,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('create [name]')
     .description('create machines; with --broker the broker also makes them real (local: a sandbox with a running agent)')
-    .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo', 'takt machines create rack1-u7 --environment metal --mac 52:54:00:12:34:56 --uuid 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d --bootenv sledge'))
+    .addHelpText('after', examples('takt machines create web --broker local --count 3 --pipeline demo', 'takt machines create ns --broker netns --pipeline demo', 'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo', 'takt machines create rack1-u7 --environment metal --mac 52:54:00:12:34:56 --uuid 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d --bootenv sledge', 'takt machines create rack1-u8 --environment metal --mac 52:54:00:12:34:58 --ip 10.0.0.20   # its DHCP address'))
     .option('--broker <broker>', 'e.g. local')
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
     .option('--environment <env>', 'environment (default: the broker\'s, else local)')
@@ -115,6 +115,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--uuid <uuid>', 'with --mac: its SMBIOS system UUID')
     .option('--firmware <bios|uefi>', 'with --mac: its firmware (default: as the booting firmware says)')
     .option('--bootenv <name>', "with --mac: the boot environment it boots into (default local: its disk)")
+    .option('--ip <address>', 'with --mac: an IPv4 address reserved for it (takt serve --dhcp full gives it this address)')
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
     .action(async (name: string | undefined, o: BootFlags & { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const labels = o.label ? parseLabelPairs(o.label) : undefined;
@@ -159,6 +160,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--uuid <uuid>', "network-booted machines: its SMBIOS UUID ('' to forget it)")
     .option('--firmware <bios|uefi>', "network-booted machines: its firmware ('' for: as it says)")
     .option('--bootenv <name>', 'network-booted machines: the boot environment it boots into next (local: its disk)')
+    .option('--ip <address>', "network-booted machines: the IPv4 address reserved for it ('' to free it)")
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
     .action(async (id: string, o: BootFlags & { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
@@ -173,7 +175,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       if (ssh) body.ssh = ssh;
       const boot = bootBody(o, false);
       if (boot) body.boot = boot;
-      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option or a boot option (--mac, --uuid, --firmware, --bootenv)');
+      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option or a boot option (--mac, --uuid, --firmware, --bootenv, --ip)');
       if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await withParamHint(o.param, api().patch<Machine>(`/machines/${enc(id)}`, body));
       print(g().output, m, () => renderTable([m], machineColumns));
@@ -213,6 +215,7 @@ interface BootFlags {
   uuid?: string;
   firmware?: string;
   bootenv?: string;
+  ip?: string;
 }
 
 /**
@@ -225,8 +228,9 @@ function bootBody(o: BootFlags, create: boolean): Record<string, unknown> | unde
   if (o.uuid !== undefined) body.uuid = o.uuid === '' ? null : o.uuid;
   if (o.firmware !== undefined) body.firmware = o.firmware === '' ? null : o.firmware;
   if (o.bootenv !== undefined) body.bootenv = o.bootenv;
+  if (o.ip !== undefined) body.ip = o.ip === '' ? null : o.ip;
   if (Object.keys(body).length === 0) return undefined;
-  if (create && !o.mac) throw new TaktError('bad_request', '--uuid, --firmware and --bootenv are for network-booted machines: give the MAC it boots from with --mac');
+  if (create && !o.mac) throw new TaktError('bad_request', '--uuid, --firmware, --bootenv and --ip are for network-booted machines: give the MAC it boots from with --mac');
   return body;
 }
 

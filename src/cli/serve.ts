@@ -258,7 +258,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     credentials,
     // Provisioning starts after the app is built: read when asked.
     dhcpLeases: () =>
-      provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}) })) ?? null,
+      provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}), ...(l.arch !== undefined ? { arch: l.arch } : {}) })) ?? null,
     version: VERSION,
     adminToken: admin.value,
     log,

@@ -1827,12 +1827,15 @@ function requireBootenv(content: ContentSet, boot: MachineBoot): MachineBoot {
 
 /**
  * A MAC or SMBIOS UUID boots one machine only: the boot service must never hand one machine's script to
- * another. Checked inside the transaction that writes `boot`.
+ * another; a reserved address (boot.ip) is one machine's too. Checked inside the transaction that writes `boot`.
  * @throws TaktError conflict naming the machine that already boots as it.
  */
 async function assertBootIdentityFree(tx: Tx, boot: MachineBoot, selfId: string): Promise<void> {
-  for (const other of await tx.listMachinesWithBootText([...boot.macs, ...(boot.uuid ? [boot.uuid] : [])])) {
+  for (const other of await tx.listMachinesWithBootText([...boot.macs, ...(boot.uuid ? [boot.uuid] : []), ...(boot.ip ? [`"ip":"${boot.ip}"`] : [])])) {
     if (other.id === selfId || !other.boot) continue;
+    if (boot.ip !== undefined && boot.ip === other.boot.ip) {
+      throw new TaktError('conflict', `address ${boot.ip} is already reserved for machine '${other.name}'; an address belongs to one machine`, { path: '/boot/ip' });
+    }
     const mac = boot.macs.find((x) => other.boot!.macs.includes(x));
     if (mac) throw new TaktError('conflict', `MAC ${mac} already boots machine '${other.name}'; a MAC belongs to one machine`, { path: '/boot/macs' });
     if (boot.uuid !== null && boot.uuid === other.boot.uuid) {

@@ -18,8 +18,8 @@ import type { Store } from '../store/store.js';
 import { ArtifactCache } from './artifacts.js';
 import { buildBootHttp } from './boot-http.js';
 import { DEBIAN_IPXE_ROOT, defaultBootFiles } from './dhcp/classify.js';
-import { MemoryLeaseStore } from './dhcp/leases.js';
-import { DhcpServer, validateDhcpConfig, type DhcpConfig, type DhcpLogEntry, type DhcpPorts } from './dhcp/server.js';
+import { StoredLeases } from './dhcp/leases.js';
+import { DhcpServer, validateDhcpConfig, type DhcpConfig, type DhcpLogEntry, type DhcpPorts, type Reservation, type ReservationSource } from './dhcp/server.js';
 import { TftpServer, type TftpLogEntry } from './tftp/server.js';
 
 /** The provisioning network as `--provision` gives it: the endpoint's address on it, and its prefix length. */
@@ -50,6 +50,81 @@ export type DhcpPlan =
   | { mode: 'off' }
   | { mode: 'proxy'; tftpRoot: string }
   | { mode: 'full'; tftpRoot: string; subnet: string; rangeStart: string; rangeEnd: string };
+
+const ipInt = (ip: string): number => ip.split('.').reduce((a, o) => (a << 8) | Number(o), 0) >>> 0;
+
+/** Whether `ip` is a host address of `subnet` (`a.b.c.d/prefix`): not its network or broadcast address. */
+export function inSubnet(ip: string, subnet: string): boolean {
+  const [net, p] = subnet.split('/');
+  const prefix = Number(p);
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  const n = ipInt(ip);
+  const network = ipInt(net!);
+  return ((n & mask) >>> 0) === network && n !== network && n !== ((network | (~mask >>> 0)) >>> 0);
+}
+
+/**
+ * The addresses machines reserve (`boot.ip`, `takt machines create|update M --mac … --ip …`), kept in memory
+ * for the DHCP server's synchronous lookups and reloaded whenever a machine changes. At most 1,000
+ * machines with a reservation are read (the store's page).
+ */
+export class MachineReservations implements ReservationSource {
+  private macs = new Map<string, Reservation & { machine: string }>();
+  private ips = new Map<string, string>();
+  private loading: Promise<void> | null = null;
+  private again = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly subnet: string | null,
+    private readonly log: ProvisionOptions['log'],
+  ) {}
+
+  byMac(mac: string): Reservation | undefined {
+    return this.macs.get(mac);
+  }
+
+  byIp(ip: string): string | undefined {
+    return this.ips.get(ip);
+  }
+
+  /** Reads the reservations again (one read at a time; a change during one runs another after it). */
+  reload(): Promise<void> {
+    if (this.loading) {
+      this.again = true;
+      return this.loading;
+    }
+    this.loading = (async () => {
+      do {
+        this.again = false;
+        const macs = new Map<string, Reservation & { machine: string }>();
+        const ips = new Map<string, string>();
+        const outside: string[] = [];
+        for (const m of await this.store.listMachinesWithBootText(['"ip":"'])) {
+          const ip = m.boot?.ip;
+          if (!ip) continue;
+          if (this.subnet && !inSubnet(ip, this.subnet)) {
+            outside.push(`${m.name} (${ip})`);
+            continue;
+          }
+          for (const mac of m.boot!.macs) macs.set(mac, { mac, ip, hostname: m.name, machine: m.name });
+          ips.set(ip, m.boot!.macs[0]!);
+        }
+        const before = new Set([...this.macs.values()].map((r) => `${r.machine}=${r.ip}`));
+        this.macs = macs;
+        this.ips = ips;
+        const now = [...macs.values()].map((r) => `${r.machine}=${r.ip}`).filter((x, i, a) => a.indexOf(x) === i && !before.has(x));
+        if (now.length) this.log('info', `dhcp: reserved ${now.join(', ')}`);
+        if (outside.length) this.log('warn', `dhcp: reservations outside ${this.subnet} are not handed out: ${outside.join(', ')} (takt machines update NAME --ip ADDRESS inside --provision, or --ip '' to free it)`);
+      } while (this.again);
+    })()
+      .catch((e: unknown) => this.log('error', `dhcp: cannot read reservations: ${(e as Error).message}`))
+      .finally(() => {
+        this.loading = null;
+      });
+    return this.loading;
+  }
+}
 
 /** The mask's network address of `address/prefix`, as `a.b.c.d/prefix`. */
 function subnetOf(address: string, prefix: number): string {
@@ -123,6 +198,8 @@ export interface Provisioning {
   cache: ArtifactCache;
   /** The DHCP server when `--dhcp` is on (its `leases()` lists the leases). */
   dhcp: DhcpServer | null;
+  /** Reservations from machines' boot settings (`--dhcp full`), else null. */
+  reservations: MachineReservations | null;
   /** The TFTP server's port when it runs. */
   tftpPort: number | null;
   /** Fetches every artifact of the installed bootenvs that is not kept yet; resolves when all are tried. */
@@ -151,8 +228,9 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     cache,
     script: async (q) => {
       const r = await scripts.script(q);
-      if (r.problem) opts.log('warn', `boot: ${r.problem}`, { mac: q.mac, remote: q.remote });
-      else opts.log('info', `boot: ${r.machine?.name ?? q.mac} gets bootenv ${r.bootenv}`, { mac: q.mac, remote: q.remote });
+      const who = { mac: q.mac, ...(q.uuid ? { uuid: q.uuid } : {}), platform: q.platform, remote: q.remote };
+      if (r.problem) opts.log('warn', `boot: ${r.problem}`, who);
+      else opts.log('info', `boot: ${r.machine?.name ?? q.mac} gets bootenv ${r.bootenv}`, who);
       return r.script;
     },
   });
@@ -167,6 +245,8 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
 
   let dhcp: DhcpServer | null = null;
   let tftp: TftpServer | null = null;
+  let leases: StoredLeases | null = null;
+  let reservations: MachineReservations | null = null;
   if (opts.dhcp && opts.dhcp.mode !== 'off') {
     // iPXE expands its own settings in the boot file name it gets. `${uuid:uuid}` (the same setting with
     // its type spelled out) because the DHCP answer fills `{uuid}` placeholders itself, with option 97's
@@ -184,8 +264,8 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
       void (async () => {
         const who = e.mac ? await names(e.mac) : '?';
         const level = e.event === 'error' || e.event === 'nak' || e.event === 'decline' ? 'warn' : 'info';
-        const what = [e.ip ? `address ${e.ip}` : '', e.boot ? `boot ${e.boot}` : '', e.reason ?? ''].filter(Boolean).join(', ');
-        opts.log(level, `dhcp: ${e.event} ${who}${what ? `: ${what}` : ''}`, { mac: e.mac, ip: e.ip, kind: e.kind });
+        const what = [e.ip ? `address ${e.ip}` : '', e.arch !== undefined ? `arch ${e.arch}` : '', e.boot ? `boot ${e.boot}` : '', e.reason ?? ''].filter(Boolean).join(', ');
+        opts.log(level, `dhcp: ${e.event} ${who}${what ? `: ${what}` : ''}`, { mac: e.mac, ip: e.ip, kind: e.kind, arch: e.arch });
       })();
     };
     const tftpLog = (e: TftpLogEntry): void => {
@@ -193,12 +273,23 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
       opts.log(e.event === 'failed' || e.event === 'refused' ? 'warn' : 'info', `tftp: ${e.event} ${e.file ?? ''} for ${e.client ?? '?'}${e.reason ? `: ${e.reason}` : ''}`, { file: e.file, client: e.client, bytes: e.bytes });
     };
     try {
-      dhcp = new DhcpServer(dhcpConfigOf(opts.dhcp, opts.net.address, dhcpScriptUrl), new MemoryLeaseStore(), { log: dhcpLog, ...(opts.ports ? { ports: opts.ports } : {}) });
+      leases = await StoredLeases.load(opts.store, { onError: (e) => opts.log('error', `dhcp: cannot save leases: ${e.message} (they are kept in memory and written with the next change)`) });
+      if (opts.dhcp.mode === 'full') {
+        // Leases kept by an earlier run on another subnet or range are not this server's to honour.
+        const { subnet, rangeStart, rangeEnd } = opts.dhcp;
+        for (const l of leases.list()) if (!inSubnet(l.ip, subnet)) leases.remove(l.mac);
+        reservations = new MachineReservations(opts.store, subnet, opts.log);
+        await reservations.reload();
+        const kept = leases.list().filter((l) => l.state === 'bound');
+        opts.log('info', `dhcp: ${kept.length} lease${kept.length === 1 ? '' : 's'} kept from before (range ${rangeStart}-${rangeEnd})`);
+      }
+      dhcp = new DhcpServer(dhcpConfigOf(opts.dhcp, opts.net.address, dhcpScriptUrl), leases, { log: dhcpLog, ...(opts.ports ? { ports: opts.ports } : {}), ...(reservations ? { reservations } : {}) });
       await dhcp.start();
       tftp = new TftpServer({ root: opts.dhcp.tftpRoot, address: opts.net.address, port: opts.ports?.tftp ?? 69, log: tftpLog });
       await tftp.start();
     } catch (e) {
       await dhcp?.stop();
+      await leases?.flush();
       await app.close();
       throw new TaktError('bad_request', `--dhcp ${opts.dhcp.mode}: ${(e as Error).message} (ports 67, 69 and 4011 need root or CAP_NET_BIND_SERVICE)`);
     }
@@ -246,6 +337,7 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     // Events are heard at COMMIT, and the content service adopts the committed content in the writer's
     // continuation right after: the sync runs once those microtasks are done, on the content in use.
     if (events.some((e) => e.topic.startsWith('packs.') || e.topic.startsWith('packversions.') || e.topic.startsWith('bootenvs.'))) setImmediate(() => void sync());
+    if (reservations && events.some((e) => e.topic.startsWith('machines.'))) void reservations.reload();
   });
   void sync();
   opts.log('info', `boot services: scripts and files at ${bootUrl} (iPXE chains to ${bootUrl}/boot/ipxe)`);
@@ -259,6 +351,7 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     },
     cache,
     dhcp,
+    reservations,
     get tftpPort() {
       return tftp?.port() ?? null;
     },
@@ -266,6 +359,7 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     close: async () => {
       stopListening();
       await dhcp?.stop();
+      await leases?.flush();
       await tftp?.stop();
       await running?.catch(() => undefined);
       await app.close();

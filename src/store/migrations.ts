@@ -321,6 +321,24 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('machines').addColumn('boot', 'text').execute();
     },
   },
+  '0022_leases': {
+    async up(db: Kysely<unknown>) {
+      // DHCP leases of `takt serve --dhcp full` (model/lease.ts), so that a restarted endpoint gives a client
+      // the address it had and never hands a bound address to another. Keyed by MAC (`declined:<ip>` for a
+      // declined address); expires_at is milliseconds since the epoch.
+      await db.schema
+        .createTable('dhcp_leases')
+        .addColumn('mac', 'text', (c) => c.primaryKey())
+        .addColumn('ip', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('client_id', 'text')
+        .addColumn('hostname', 'text')
+        .addColumn('uuid', 'text')
+        .addColumn('arch', 'integer')
+        .execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

@@ -42,6 +42,12 @@ export interface NicSpec {
   /** `52:54:00:xx:xx:xx` style, lower case. */
   mac: string;
   net: NicNet;
+  /**
+   * The NIC's option ROM: `ipxe` (default: Debian's ipxe-qemu ROM, so the NIC boots with iPXE) or `none`
+   * (qemu `romfile=`: the firmware's own network stack boots — under OVMF, EDK2's PXE, the path of a
+   * real server's vendor PXE ROM; SeaBIOS has none and cannot network-boot without the ROM).
+   */
+  rom?: 'ipxe' | 'none';
 }
 
 /** What to start. */
@@ -67,7 +73,7 @@ export interface VmSpec {
   boot?: 'pxe' | 'disk';
   /** Start powered off (qemu -S): the power driver's `on` starts it. */
   startOff?: boolean;
-  /** Accelerator; default KVM when /dev/kvm is usable, else TCG. */
+  /** Accelerator; default: TAKT_QEMU_ACCEL (`kvm` or `tcg`) when set, else KVM when /dev/kvm is usable, else TCG. */
   accel?: 'kvm' | 'tcg';
 }
 
@@ -137,7 +143,7 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg'): string[] {
     } else {
       args.push('-netdev', `tap,id=n0,ifname=${net.tap},script=no,downscript=no`);
     }
-    args.push('-device', `${model},netdev=n0,id=net0,mac=${mac}${spec.kernel ? '' : `,bootindex=${BOOTINDEX.nic}`}`);
+    args.push('-device', `${model},netdev=n0,id=net0,mac=${mac}${spec.nic.rom === 'none' ? ',romfile=' : ''}${spec.kernel ? '' : `,bootindex=${BOOTINDEX.nic}`}`);
   } else {
     args.push('-nic', 'none');
   }
@@ -217,7 +223,10 @@ export class Vm {
    *   stderr); TaktError bad_request for a bad spec.
    */
   static async start(spec: VmSpec, opts: { timeoutMs?: number; qemu?: string } = {}): Promise<Vm> {
-    const accel = spec.accel ?? (kvmUsable() ? 'kvm' : 'tcg');
+    // TAKT_QEMU_ACCEL=tcg forces software emulation where /dev/kvm opens but KVM cannot run the guest
+    // (seen in nested virtualisation: OVMF stops at once with 'KVM internal error … emulation failure').
+    const forced = process.env.TAKT_QEMU_ACCEL;
+    const accel = spec.accel ?? (forced === 'tcg' || forced === 'kvm' ? forced : kvmUsable() ? 'kvm' : 'tcg');
     const args = qemuArgs(spec, accel);
     const d = spec.dir;
     mkdirSync(d, { recursive: true });
