@@ -144,11 +144,11 @@ describe('UEFI network boot: OVMF PXE → takt DHCP (arch 7) → TFTP ipxe.efi �
     expect(served).toContain(`uuid=${UUID}`);
     expect(served).toContain('platform=efi');
 
-    // The lease shows the architecture.
+    // The lease shows the firmware's architecture (kept when the initramfs' udhcpc, which sends none, renewed it).
     const leases = await new Promise<string>((resolve) =>
       execFile('ip', ['netns', 'exec', netns, 'curl', '-s', '-H', `authorization: Bearer ${token}`, `${endpoint}/api/v1/dhcp/leases`], { timeout: 30_000 }, (_e, out) => resolve(out)),
     );
-    const items = (JSON.parse(leases) as { items: Array<{ mac: string; state: string; arch?: number }> }).items;
-    expect(items).toContainEqual(expect.objectContaining({ mac: MAC, state: 'bound', arch: 7 }));
+    const items = (JSON.parse(leases) as { items: Array<{ mac: string; state: string; arch?: number; machine?: string }> }).items;
+    expect(items).toContainEqual(expect.objectContaining({ mac: MAC, state: 'bound', arch: 7, machine: 'uefi-1' }));
   }, 900_000);
 });

@@ -7,7 +7,7 @@
  *
  * Off by default: an endpoint answers firmware only where an operator said so.
  */
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { ContentService } from '../engine/content.js';
@@ -285,7 +285,17 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
       }
       dhcp = new DhcpServer(dhcpConfigOf(opts.dhcp, opts.net.address, dhcpScriptUrl), leases, { log: dhcpLog, ...(opts.ports ? { ports: opts.ports } : {}), ...(reservations ? { reservations } : {}) });
       await dhcp.start();
-      tftp = new TftpServer({ root: opts.dhcp.tftpRoot, address: opts.net.address, port: opts.ports?.tftp ?? 69, log: tftpLog });
+      // The boot files handed out may be links out of the root (Debian: /usr/lib/ipxe/ipxe.efi → /boot/ipxe.efi).
+      const files = defaultBootFiles('http://unused');
+      const root = opts.dhcp.tftpRoot;
+      const allowOutside = [files.bios, files.efiX64].flatMap((f) => {
+        try {
+          return [realpathSync(join(root, f))];
+        } catch {
+          return [];
+        }
+      });
+      tftp = new TftpServer({ root: opts.dhcp.tftpRoot, address: opts.net.address, port: opts.ports?.tftp ?? 69, allowOutside, log: tftpLog });
       await tftp.start();
     } catch (e) {
       await dhcp?.stop();

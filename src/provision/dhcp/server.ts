@@ -428,8 +428,13 @@ export class DhcpResponder {
     if (id) l.clientId = id.toString('hex');
     const hn = hostName(p);
     if (hn) l.hostname = hn;
-    if (c.uuid) l.uuid = c.uuid;
-    if (c.arch !== undefined) l.arch = c.arch;
+    // The firmware's identity outlives the firmware: the OS the machine boots (udhcpc, no option 93/97)
+    // renews without it, and the lease keeps what the firmware said.
+    const prev = this.leases.byMac(c.mac);
+    const uuid = c.uuid ?? prev?.uuid;
+    const arch = c.arch ?? prev?.arch;
+    if (uuid) l.uuid = uuid;
+    if (arch !== undefined) l.arch = arch;
     return l;
   }
 
