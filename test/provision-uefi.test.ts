@@ -46,7 +46,6 @@ describe('UEFI network boot: OVMF PXE → takt DHCP (arch 7) → TFTP ipxe.efi �
   let vm: Vm | null = null;
   let endpoint = '';
   let token = '';
-  let bootUrl = '';
 
   const ip = (...a: string[]) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
   /** A takt CLI command inside the namespace (the API listens on its loopback). */
@@ -73,7 +72,6 @@ describe('UEFI network boot: OVMF PXE → takt DHCP (arch 7) → TFTP ipxe.efi �
     expect(serve.exitCode, output).toBeNull();
     endpoint = readFileSync(join(data, 'endpoint'), 'utf8').trim();
     token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
-    bootUrl = readFileSync(join(data, 'boot-url'), 'utf8').trim();
   }, 600_000);
 
   afterAll(async () => {

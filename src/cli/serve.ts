@@ -79,6 +79,8 @@ export interface ServeOptions {
   dhcpRange?: string;
   /** With `dhcp`: the TFTP root (default /usr/lib/ipxe). */
   tftpRoot?: string;
+  /** With `provision`: IPv6 router advertisements (radvd) on the boot segment; default on with `dhcp` full. */
+  routerAdverts?: boolean;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -179,6 +181,10 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const provisionNet = opts.provision === undefined ? undefined : parseProvisionNet(opts.provision);
   const bootPort = bootPortOf(opts.bootPort);
   const dhcpPlan = planDhcp({ ...(opts.dhcp !== undefined ? { dhcp: opts.dhcp } : {}), ...(opts.dhcpRange !== undefined ? { dhcpRange: opts.dhcpRange } : {}), ...(opts.tftpRoot !== undefined ? { tftpRoot: opts.tftpRoot } : {}) }, provisionNet);
+  const envRa = process.env.TAKT_ROUTER_ADVERTS;
+  if (envRa !== undefined && envRa !== 'on' && envRa !== 'off') throw new TaktError('bad_request', `TAKT_ROUTER_ADVERTS must be on or off (got '${envRa}')`);
+  const routerAdverts = opts.routerAdverts ?? (envRa === undefined ? undefined : envRa === 'on');
+  if (routerAdverts === true && !provisionNet) throw new TaktError('bad_request', '--router-adverts needs --provision ADDR/PREFIX (they are sent on the interface that holds that address)');
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
@@ -321,7 +327,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   if (opts.demo) await startDemo(content, engine, broker, store, log, opts.data);
   if (provisionNet) {
     try {
-      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, log });
+      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, ...(routerAdverts !== undefined ? { routerAdverts } : {}), log });
     } catch (err) {
       await closeAll();
       throw err;

@@ -20,6 +20,7 @@ import { buildBootHttp } from './boot-http.js';
 import { DEBIAN_IPXE_ROOT, defaultBootFiles } from './dhcp/classify.js';
 import { StoredLeases } from './dhcp/leases.js';
 import { DhcpServer, validateDhcpConfig, type DhcpConfig, type DhcpLogEntry, type DhcpPorts, type Reservation, type ReservationSource } from './dhcp/server.js';
+import { startRouterAdvertiser, type RouterAdvertiser } from './ra.js';
 import { TftpServer, type TftpLogEntry } from './tftp/server.js';
 
 /** The provisioning network as `--provision` gives it: the endpoint's address on it, and its prefix length. */
@@ -185,6 +186,11 @@ export interface ProvisionOptions {
   discovery: boolean;
   /** DHCP and TFTP (from `planDhcp`); absent = off. */
   dhcp?: DhcpPlan;
+  /**
+   * Router advertisements on the boot segment (src/provision/ra.ts, radvd) so iPXE does not wait 13–16 s for
+   * an IPv6 router. Default: on with `--dhcp full` (takt owns the segment), off otherwise.
+   */
+  routerAdverts?: boolean;
   /** DHCP/TFTP ports, for tests without privileges; default 67/68/4011 and 69. */
   ports?: DhcpPorts & { tftp: number };
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -306,6 +312,16 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     opts.log('info', `dhcp: ${opts.dhcp.mode === 'full' ? `full DHCP on ${opts.dhcp.subnet}, handing out ${opts.dhcp.rangeStart}-${opts.dhcp.rangeEnd}` : 'proxyDHCP beside the network\'s DHCP server'}; tftp: ${opts.dhcp.tftpRoot}`);
   }
 
+  let ra: RouterAdvertiser | null = null;
+  if (opts.routerAdverts ?? opts.dhcp?.mode === 'full') {
+    try {
+      ra = startRouterAdvertiser({ address: opts.net.address, dir: join(opts.data, 'ra'), log: opts.log });
+    } catch (e) {
+      // Not fatal: machines still boot, iPXE only waits longer. The message says how to fix or silence it.
+      opts.log('warn', `ra: ${(e as Error).message}`);
+    }
+  }
+
   let running: Promise<void> | null = null;
   let again = false;
   const syncOnce = async (): Promise<void> => {
@@ -368,6 +384,7 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     sync,
     close: async () => {
       stopListening();
+      await ra?.stop();
       await dhcp?.stop();
       await leases?.flush();
       await tftp?.stop();

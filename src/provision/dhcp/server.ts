@@ -439,7 +439,6 @@ export class DhcpResponder {
   }
 
   private grant(p: DhcpPacket, client: BootClient, type: number, ip: string): DhcpReply {
-    const s = this.subnet as Subnet;
     const reply = this.reply(p, type, ip);
     this.addNetwork(reply, true);
     const reserved = this.reservedFor(client.mac);
