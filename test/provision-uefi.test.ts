@@ -123,9 +123,12 @@ describe('UEFI network boot: OVMF PXE → takt DHCP (arch 7) → TFTP ipxe.efi �
     });
     // The endpoint's DHCP, TFTP and boot lines go with a failure: they say which step of the chain broke.
     const trail = () => output.split('\n').filter((l) => /dhcp:|tftp:|boot:/.test(l)).slice(-40).join('\n');
+    const configured = vm.waitForSerial(/Configuring \(net0[^)]*\)[. ]*ok/, 480_000);
+    configured.catch(() => undefined);
     const marker = await vm.waitForSerial(new RegExp(SLEDGE_MARKER), 480_000, { failOn: /Kernel panic|Shell>|PXE-E\d+/ }).catch((e: unknown) => {
       throw new Error(`${(e as Error).message}\n--- takt serve ---\n${trail()}`);
     });
+    logMilestone(vm, `ipxe.efi configured (router advertisements ${process.env.TAKT_ROUTER_ADVERTS ?? 'on'})`, (await configured).atMs);
     logMilestone(vm, 'init marker (OVMF PXE → ipxe.efi → takt)', marker.atMs);
     const ran = await vm.waitForSerial(/TAKT-AGENT: booted through takt on UEFI/, 120_000);
     logMilestone(vm, 'agent script (a takt boot file) ran', ran.atMs);
