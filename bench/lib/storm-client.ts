@@ -17,7 +17,8 @@ import { clientMessage, FIRMWARE } from '../../test/helpers/dhcp.js';
 
 const a = JSON.parse(process.argv[2] ?? '{}') as { macs: string[]; rangeBytes: number; deadlineMs: number };
 const out = (o: unknown) => process.stdout.write(JSON.stringify(o) + '\n');
-const s = createSocket({ type: 'udp4', reuseAddr: true });
+// Every reply is broadcast and lands on this one socket: a large buffer, so the client is not what drops.
+const s = createSocket({ type: 'udp4', reuseAddr: true, recvBufferSize: 4 << 20 });
 
 interface Client {
   mac: string;

@@ -604,7 +604,10 @@ export class DhcpServer {
 
 function bind(address: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = createSocket({ type: 'udp4', reuseAddr: true });
+    // A boot storm (a rack powered on at once) sends hundreds of DISCOVERs within milliseconds: the default
+    // receive buffer (≈208 KiB, ≈100 datagrams with their overhead) drops the rest, and each dropped client
+    // waits 4 s or more to send again (bench/boot-storm.ts). 4 MiB, as far as net.core.rmem_max allows.
+    const s = createSocket({ type: 'udp4', reuseAddr: true, recvBufferSize: 4 << 20 });
     s.once('error', (e) => {
       s.close();
       reject(new TaktError('unavailable', `cannot bind DHCP socket ${address}:${port}: ${e.message}`));
