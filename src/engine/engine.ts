@@ -1871,7 +1871,8 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
   }
   if (Object.keys(params).length) patch.params = params;
   // Boot settings are set or changed, never removed by a restore: a machine keeps the MACs it boots as.
-  if (target.boot && !same(current.boot, target.boot)) patch.boot = target.boot;
+  // A reservation (boot.ip) absent from the target is freed: the patch names it as null.
+  if (target.boot && !same(current.boot, target.boot)) patch.boot = { ...target.boot, ip: target.boot.ip ?? null };
   return patch;
 }
 
