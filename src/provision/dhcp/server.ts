@@ -522,7 +522,9 @@ export class DhcpResponder {
     const bcast = '255.255.255.255';
     if (p.giaddr !== '0.0.0.0') return { data, address: p.giaddr, port: this.ports.server, packet: reply };
     if (type === T.NAK) return { data, address: bcast, port: this.ports.client, packet: reply };
-    if (p.ciaddr !== '0.0.0.0') return { data, address: p.ciaddr, port: this.ports.client, packet: reply };
+    // Unicast to ciaddr only where it can arrive: in full mode, a host address of the subnet. A client
+    // claiming an address elsewhere (a moved laptop, a mangled DISCOVER) is answered by broadcast instead.
+    if (p.ciaddr !== '0.0.0.0' && (!this.subnet || (isIPv4(p.ciaddr) && this.inSubnet(ipToInt(p.ciaddr))))) return { data, address: p.ciaddr, port: this.ports.client, packet: reply };
     // Unicast to yiaddr before the client has it needs an ARP entry only raw sockets can make; broadcast
     // instead, which RFC 2131 permits and every client accepts.
     return { data, address: bcast, port: this.ports.client, packet: reply };
