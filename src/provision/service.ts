@@ -72,6 +72,8 @@ export function inSubnet(ip: string, subnet: string): boolean {
 export class MachineReservations implements ReservationSource {
   private macs = new Map<string, Reservation & { machine: string }>();
   private ips = new Map<string, string>();
+  /** Machine id → `ip macs…` of every machine read with a reservation (inside the subnet or not). */
+  private seen = new Map<string, string>();
   private loading: Promise<void> | null = null;
   private again = false;
 
@@ -89,6 +91,19 @@ export class MachineReservations implements ReservationSource {
     return this.ips.get(ip);
   }
 
+  /**
+   * Whether a machine event may change the reservations: a machine created or deleted with an address, or
+   * one whose address or MACs differ from what was read. Most machine updates (jobs, liveness) do not.
+   */
+  concerns(topic: string, data: unknown): boolean {
+    const m = data as { id?: string; boot?: { ip?: string; macs?: string[] } } | null;
+    // While a read runs, `seen` may be older than the store: read again after it, to be sure.
+    if (!m?.id || this.loading) return true;
+    const now = m.boot?.ip ? `${m.boot.ip} ${(m.boot.macs ?? []).join(' ')}` : undefined;
+    if (topic.startsWith('machines.delete.')) return this.seen.has(m.id);
+    return now !== this.seen.get(m.id);
+  }
+
   /** Reads the reservations again (one read at a time; a change during one runs another after it). */
   reload(): Promise<void> {
     if (this.loading) {
@@ -101,9 +116,11 @@ export class MachineReservations implements ReservationSource {
         const macs = new Map<string, Reservation & { machine: string }>();
         const ips = new Map<string, string>();
         const outside: string[] = [];
+        const seen = new Map<string, string>();
         for (const m of await this.store.listMachinesWithBootText(['"ip":"'])) {
           const ip = m.boot?.ip;
           if (!ip) continue;
+          seen.set(m.id, `${ip} ${m.boot!.macs.join(' ')}`);
           if (this.subnet && !inSubnet(ip, this.subnet)) {
             outside.push(`${m.name} (${ip})`);
             continue;
@@ -114,6 +131,7 @@ export class MachineReservations implements ReservationSource {
         const before = new Set([...this.macs.values()].map((r) => `${r.machine}=${r.ip}`));
         this.macs = macs;
         this.ips = ips;
+        this.seen = seen;
         const now = [...macs.values()].map((r) => `${r.machine}=${r.ip}`).filter((x, i, a) => a.indexOf(x) === i && !before.has(x));
         if (now.length) this.log('info', `dhcp: reserved ${now.join(', ')}`);
         if (outside.length) this.log('warn', `dhcp: reservations outside ${this.subnet} are not handed out: ${outside.join(', ')} (takt machines update NAME --ip ADDRESS inside --provision, or --ip '' to free it)`);
@@ -363,7 +381,7 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     // Events are heard at COMMIT, and the content service adopts the committed content in the writer's
     // continuation right after: the sync runs once those microtasks are done, on the content in use.
     if (events.some((e) => e.topic.startsWith('packs.') || e.topic.startsWith('packversions.') || e.topic.startsWith('bootenvs.'))) setImmediate(() => void sync());
-    if (reservations && events.some((e) => e.topic.startsWith('machines.'))) void reservations.reload();
+    if (reservations && events.some((e) => e.topic.startsWith('machines.') && reservations!.concerns(e.topic, e.data))) void reservations.reload();
   });
   void sync();
   opts.log('info', `boot services: scripts and files at ${bootUrl} (iPXE chains to ${bootUrl}/boot/ipxe)`);
