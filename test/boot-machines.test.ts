@@ -163,6 +163,28 @@ describe('boot settings through the CLI', () => {
     expect(i.code, i.stderr).toBe(0);
     expect((JSON.parse((await ep.cli(['machines', 'get', 'rack-1', '-o', 'json'])).stdout) as Machine).boot?.bootenv).toBe('local');
   });
+
+  it('reserves an address (--ip): one machine per address, exported, and import sets or frees it', async () => {
+    const get = async () => (JSON.parse((await ep.cli(['machines', 'get', 'rack-1', '-o', 'json'])).stdout) as Machine).boot?.ip;
+    expect((await ep.cli(['machines', 'update', 'rack-1', '--ip', '10.0.0.20'])).code).toBe(0);
+    expect(await get()).toBe('10.0.0.20');
+    const dup = await ep.cli(['machines', 'create', 'rack-5', '--environment', 'metal', '--mac', '52:54:00:aa:00:05', '--ip', '10.0.0.20']);
+    expect(dup.code).toBe(1);
+    expect(dup.stderr).toContain("address 10.0.0.20 is already reserved for machine 'rack-1'; an address belongs to one machine");
+    const bad = await ep.cli(['machines', 'update', 'rack-1', '--ip', '10.0.0']);
+    expect(bad.stderr).toContain('boot.ip: "10.0.0" is not an IPv4 address (like 10.0.0.20)');
+
+    const withIp = join(dir, 'export-ip');
+    expect((await ep.cli(['export', withIp])).code).toBe(0);
+    expect(readFileSync(join(withIp, 'machines', 'rack-1.yaml'), 'utf8')).toMatch(/^ {2}ip: 10\.0\.0\.20$/m);
+    expect((await ep.cli(['machines', 'update', 'rack-1', '--ip', ''])).code).toBe(0);
+    expect(await get()).toBeUndefined();
+    expect((await ep.cli(['import', withIp])).code).toBe(0);
+    expect(await get()).toBe('10.0.0.20');
+    // The first export had no reservation: importing it frees the address.
+    expect((await ep.cli(['import', join(dir, 'export')])).code).toBe(0);
+    expect(await get()).toBeUndefined();
+  });
 });
 
 describe('a stage that needs another bootenv', () => {

@@ -193,6 +193,14 @@ describe('full DHCP server', () => {
     expect(o.options.has(Opt.IPXE)).toBe(false);
   });
 
+  it.each<[string, string, string]>([
+    ['a renewing client in the subnet is answered by unicast', '10.216.0.100', '10.216.0.100'],
+    ['a ciaddr outside the subnet (mangled, or a moved client) is answered by broadcast', '0.93.0.0', '255.255.255.255'],
+  ])('%s', (_what, ciaddr, to) => {
+    const { r } = responder();
+    expect(r.handle(clientMessage({ mac: MAC, ciaddr, ...FIRMWARE.ipxeBios }), from)?.address).toBe(to);
+  });
+
   it('a non-PXE client gets an address and no boot info', () => {
     const { r } = responder();
     const o = r.handle(clientMessage({ mac: MAC }), from)!.packet;

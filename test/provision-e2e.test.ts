@@ -139,7 +139,12 @@ describe('network boot through takt serve --dhcp full (netns, BIOS, virtio-net)'
       smbios: { uuid: UUID, serial: 'TAKT-TEST-0021' },
       nic: { model: 'virtio-net-pci', mac: MAC, net: { kind: 'tap', netns, bridge: 'br0', tap: 'tap0' } },
     });
+    // iPXE's "Configuring (net0 …)… ok": DHCP done, and IPv6 router discovery answered (takt's router
+    // advertisements) or given up (TAKT_ROUTER_ADVERTS=off: 13-16 s later on a quiet machine).
+    const configured = vm.waitForSerial(/Configuring \(net0[^)]*\)[. ]*ok/, 240_000);
+    configured.catch(() => undefined);
     const marker = await vm.waitForSerial(new RegExp(SLEDGE_MARKER), 240_000, { failOn: /No bootable device|Could not boot image|Kernel panic|No more network devices/ });
+    logMilestone(vm, `iPXE configured (router advertisements ${process.env.TAKT_ROUTER_ADVERTS ?? 'on'})`, (await configured).atMs);
     logMilestone(vm, 'init marker (PXE through takt)', marker.atMs);
     const ran = await vm.waitForSerial(/TAKT-AGENT: booted through takt/, 120_000);
     logMilestone(vm, 'agent script (a takt boot file) ran', ran.atMs);
@@ -148,7 +153,7 @@ describe('network boot through takt serve --dhcp full (netns, BIOS, virtio-net)'
 
     // takt's DHCP answered the VM by name (both iPXE and the initramfs' udhcpc), and its boot service
     // served vm-1 its bootenv.
-    expect(output).toMatch(/dhcp: offer vm-1: address 10\.218\.\d+\.\d+, boot http:\/\/[^ ]*\/boot\/ipxe\?mac=\$\{net0\/mac\}/);
+    expect(output).toMatch(/dhcp: offer vm-1: address 10\.218\.\d+\.\d+, arch 0, boot http:\/\/[^ ]*\/boot\/ipxe\?mac=\$\{net0\/mac\}/);
     expect(output).toMatch(/dhcp: ack vm-1: address 10\.218\./);
     expect(output).toContain('boot: vm-1 gets bootenv sledge');
 

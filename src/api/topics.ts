@@ -7,7 +7,7 @@ import { CONTENT_KINDS } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 
 /** The first segment of every topic the endpoint sends: what changed. */
-export const TOPIC_TYPES: readonly string[] = ['machines', 'jobs', 'workorders', 'rollouts', 'packs', 'packversions', 'policies', 'jointokens', 'credentials', ...CONTENT_KINDS];
+export const TOPIC_TYPES: readonly string[] = ['machines', 'jobs', 'workorders', 'rollouts', 'packs', 'packversions', 'policies', 'jointokens', 'credentials', 'leases', ...CONTENT_KINDS];
 /** The second segment: what happened to it. */
 export const TOPIC_ACTIONS: readonly string[] = ['create', 'update', 'delete', 'item', 'token'];
 /** Later segments: an id or a name (a pack version's dots split it into more segments). */

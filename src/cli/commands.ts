@@ -6,6 +6,7 @@ import { bootenvBuildCommand } from './bootenv.js';
 import { clientFrom, type Globals } from './client.js';
 import { contentCommands } from './content.js';
 import { credentialCommands } from './credentials.js';
+import { dhcpCommands } from './dhcp.js';
 import { eventCommands } from './events.js';
 import { exerciseCommand } from './exercise.js';
 import { historyCommands } from './history.js';
@@ -40,6 +41,7 @@ export function register(program: Command, g: Globals) {
   reportCommands(program, g, api);
   exerciseCommand(program, g, api);
   credentialCommands(program, g, api);
+  dhcpCommands(program, g, api);
 
   planCommands(program, g, api);
   eventCommands(program, g, api);

@@ -111,6 +111,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
         'takt machines create web-1 --ssh root@10.0.0.5 --ssh-key ops --pipeline demo',
         'takt machines create rack1-u7 --environment metal --mac 52:54:00:12:34:56 --uuid 8c6f5c56-0f3c-4b8e-9d1a-2f4e6b7a8c9d --bootenv sledge',
         'takt machines create rack1-u8 --environment metal --mac 52:54:00:12:34:57 --power-driver ipmi --power-opt host=10.0.0.9 --power-opt user=admin --power-opt password-param=bmc_password',
+        'takt machines create rack1-u9 --environment metal --mac 52:54:00:12:34:58 --ip 10.0.0.20   # its DHCP address',
         'takt machines create vm-1 --broker qemu --firmware uefi --memory 1024 --disk-size 8',
       ),
     )
@@ -133,6 +134,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--power-opt <key=value>', 'a setting of the power driver (repeatable), e.g. host=10.0.0.9, password-param=bmc_password (a secure param: never the password itself)', collect)
     .option('--memory <MiB>', 'with --broker qemu: guest memory in MiB (default 512)')
     .option('--disk-size <GiB>', 'with --broker qemu: its qcow2 disk in GiB (default 8)')
+    .option('--ip <address>', 'with --mac: an IPv4 address reserved for it (takt serve --dhcp full gives it this address)')
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
     .action(async (name: string | undefined, o: BootFlags & PowerFlags & VmFlags & { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const labels = o.label ? parseLabelPairs(o.label) : undefined;
@@ -180,6 +182,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--bootenv <name>', 'network-booted machines: the boot environment it boots into next (local: its disk)')
     .option('--power-driver <driver>', "replace how takt switches its power: qmp, ipmi, redfish, manual, or none to remove it")
     .option('--power-opt <key=value>', 'a setting of the power driver (repeatable; alone: changes that setting of the current configuration)', collect)
+    .option('--ip <address>', "network-booted machines: the IPv4 address reserved for it ('' to free it)")
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
     .action(async (id: string, o: BootFlags & PowerFlags & { allowUndeclared?: boolean; pipeline?: string; param?: string[]; unset?: string[]; profile?: string[]; label?: string[]; name?: string; environment?: string; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string; sshAcceptNewKey?: boolean }) => {
       const params = { ...parseParamPairs(o.param), ...Object.fromEntries((o.unset ?? []).map((k) => [k, null])) };
@@ -198,7 +201,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const current = o.powerOpt?.length && o.powerDriver === undefined ? (await api().get<Machine>(`/machines/${enc(id)}`)).powerConfig ?? null : undefined;
       const powerConfig = powerConfigBody(o, current);
       if (powerConfig !== undefined) body.powerConfig = powerConfig;
-      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option, a boot option (--mac, --uuid, --firmware, --bootenv) or a power option (--power-driver, --power-opt)');
+      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option, a boot option (--mac, --uuid, --firmware, --bootenv, --ip) or a power option (--power-driver, --power-opt)');
       if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await withParamHint(o.param, api().patch<Machine>(`/machines/${enc(id)}`, body));
       print(g().output, m, () => renderTable([m], machineColumns));
@@ -264,6 +267,7 @@ interface BootFlags {
   uuid?: string;
   firmware?: string;
   bootenv?: string;
+  ip?: string;
 }
 
 /**
@@ -276,8 +280,9 @@ function bootBody(o: BootFlags, create: boolean): Record<string, unknown> | unde
   if (o.uuid !== undefined) body.uuid = o.uuid === '' ? null : o.uuid;
   if (o.firmware !== undefined) body.firmware = o.firmware === '' ? null : o.firmware;
   if (o.bootenv !== undefined) body.bootenv = o.bootenv;
+  if (o.ip !== undefined) body.ip = o.ip === '' ? null : o.ip;
   if (Object.keys(body).length === 0) return undefined;
-  if (create && !o.mac) throw new TaktError('bad_request', '--uuid, --firmware and --bootenv are for network-booted machines: give the MAC it boots from with --mac');
+  if (create && !o.mac) throw new TaktError('bad_request', '--uuid, --firmware, --bootenv and --ip are for network-booted machines: give the MAC it boots from with --mac');
   return body;
 }
 

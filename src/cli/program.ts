@@ -40,6 +40,7 @@ interface ServeCliOptions {
   dhcpRange?: string;
   tftpRoot?: string;
   qemuBridge?: string;
+  routerAdverts?: boolean;
 }
 
 /** Builds the whole `takt` command tree; `program.parseAsync(argv)` runs it. */
@@ -110,6 +111,8 @@ export async function buildProgram(): Promise<Command> {
     .option('--dhcp <mode>', 'with --provision: answer DHCP — full (hand out addresses; needs --dhcp-range), proxy (PXE boot answers beside the network\'s own DHCP server) or off (env TAKT_DHCP)', process.env.TAKT_DHCP ?? 'off')
     .option('--dhcp-range <first-last>', 'with --dhcp full: the addresses handed out, inside the --provision prefix (env TAKT_DHCP_RANGE)', process.env.TAKT_DHCP_RANGE)
     .option('--qemu-bridge <bridge>', "the bridge the qemu broker's VMs are plugged into (a tap each), on the provisioning network (env TAKT_QEMU_BRIDGE); default: qemu's private user-mode network", process.env.TAKT_QEMU_BRIDGE)
+    .option('--router-adverts', 'with --provision: send IPv6 router advertisements on the boot segment (radvd; no prefix, not a default router) so iPXE does not wait 13-16 s for a router; default on with --dhcp full (env TAKT_ROUTER_ADVERTS=on|off)')
+    .option('--no-router-adverts', 'with --provision: no router advertisements (the segment has an IPv6 router, or radvd is not wanted)')
     .option('--tftp-root <dir>', 'with --dhcp: where TFTP serves the iPXE binaries PXE ROMs get (env TAKT_TFTP_ROOT; default /usr/lib/ipxe, Debian\'s ipxe package)', process.env.TAKT_TFTP_ROOT)
     .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
     .addHelpText(

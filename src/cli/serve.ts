@@ -87,6 +87,8 @@ export interface ServeOptions {
   tftpRoot?: string;
   /** The bridge (in the endpoint's network namespace) the qemu broker's VMs are plugged into; none: qemu's user-mode network. */
   qemuBridge?: string;
+  /** With `provision`: IPv6 router advertisements (radvd) on the boot segment; default on with `dhcp` full. */
+  routerAdverts?: boolean;
 }
 
 export function parseListen(listen: string): { host: string; port: number } {
@@ -187,6 +189,10 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const provisionNet = opts.provision === undefined ? undefined : parseProvisionNet(opts.provision);
   const bootPort = bootPortOf(opts.bootPort);
   const dhcpPlan = planDhcp({ ...(opts.dhcp !== undefined ? { dhcp: opts.dhcp } : {}), ...(opts.dhcpRange !== undefined ? { dhcpRange: opts.dhcpRange } : {}), ...(opts.tftpRoot !== undefined ? { tftpRoot: opts.tftpRoot } : {}) }, provisionNet);
+  const envRa = process.env.TAKT_ROUTER_ADVERTS;
+  if (envRa !== undefined && envRa !== 'on' && envRa !== 'off') throw new TaktError('bad_request', `TAKT_ROUTER_ADVERTS must be on or off (got '${envRa}')`);
+  const routerAdverts = opts.routerAdverts ?? (envRa === undefined ? undefined : envRa === 'on');
+  if (routerAdverts === true && !provisionNet) throw new TaktError('bad_request', '--router-adverts needs --provision ADDR/PREFIX (they are sent on the interface that holds that address)');
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
@@ -275,7 +281,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     power: new MachinePower(engine),
     // Provisioning starts after the app is built: read when asked.
     dhcpLeases: () =>
-      provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}) })) ?? null,
+      provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}), ...(l.arch !== undefined ? { arch: l.arch } : {}) })) ?? null,
     version: VERSION,
     adminToken: admin.value,
     log,
@@ -347,7 +353,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       };
       if (!agentAccess()) log('warn', `provisioning: no HTTPS listener machines can reach, so booted environments have no API to register with; add --listen ${provisionNet.address}:8443`);
       const discoveryToken = (mac: string) => mintDiscoveryToken(discoveryDigest, mac, Date.now());
-      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, log, agentAccess, discoveryToken });
+      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, ...(routerAdverts !== undefined ? { routerAdverts } : {}), log, agentAccess, discoveryToken });
     } catch (err) {
       await closeAll();
       throw err;

@@ -1934,12 +1934,15 @@ function requireBootenv(content: ContentSet, boot: MachineBoot): MachineBoot {
 
 /**
  * A MAC or SMBIOS UUID boots one machine only: the boot service must never hand one machine's script to
- * another. Checked inside the transaction that writes `boot`.
+ * another; a reserved address (boot.ip) is one machine's too. Checked inside the transaction that writes `boot`.
  * @throws TaktError conflict naming the machine that already boots as it.
  */
 async function assertBootIdentityFree(tx: Tx, boot: MachineBoot, selfId: string): Promise<void> {
-  for (const other of await tx.listMachinesWithBootText([...boot.macs, ...(boot.uuid ? [boot.uuid] : [])])) {
+  for (const other of await tx.listMachinesWithBootText([...boot.macs, ...(boot.uuid ? [boot.uuid] : []), ...(boot.ip ? [`"ip":"${boot.ip}"`] : [])])) {
     if (other.id === selfId || !other.boot) continue;
+    if (boot.ip !== undefined && boot.ip === other.boot.ip) {
+      throw new TaktError('conflict', `address ${boot.ip} is already reserved for machine '${other.name}'; an address belongs to one machine`, { path: '/boot/ip' });
+    }
     const mac = boot.macs.find((x) => other.boot!.macs.includes(x));
     if (mac) throw new TaktError('conflict', `MAC ${mac} already boots machine '${other.name}'; a MAC belongs to one machine`, { path: '/boot/macs' });
     if (boot.uuid !== null && boot.uuid === other.boot.uuid) {
@@ -1975,7 +1978,8 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
   }
   if (Object.keys(params).length) patch.params = params;
   // Boot settings are set or changed, never removed by a restore: a machine keeps the MACs it boots as.
-  if (target.boot && !same(current.boot, target.boot)) patch.boot = target.boot;
+  // A reservation (boot.ip) absent from the target is freed: the patch names it as null.
+  if (target.boot && !same(current.boot, target.boot)) patch.boot = { ...target.boot, ip: target.boot.ip ?? null };
   // A power configuration is desired state like the rest: restored, and removed when the target has none.
   if (!same(current.powerConfig ?? null, target.powerConfig ?? null)) patch.powerConfig = target.powerConfig ?? null;
   return patch;

@@ -239,8 +239,9 @@ const MachineDocSchema = {
         uuid: { anyOf: [{ type: 'string' }, { type: 'null' }] },
         firmware: { anyOf: [{ enum: ['bios', 'uefi'] }, { type: 'null' }] },
         bootenv: NameSchema,
+        ip: { type: 'string' },
       },
-      description: 'network-booted machines: macs, uuid, firmware, bootenv (checked like `machines create --mac`)',
+      description: 'network-booted machines: macs, uuid, firmware, bootenv, ip (checked like `machines create --mac`)',
     },
     powerConfig: {
       type: 'object',

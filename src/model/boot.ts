@@ -6,6 +6,7 @@
  * Identity, as firmware presents it: the MAC of the NIC that PXE-boots (DHCP chaddr, iPXE `${net0/mac}`)
  * and the SMBIOS system UUID (DHCP option 97, RFC 4578 §2.3; iPXE `${uuid}`).
  */
+import { isIPv4 } from 'node:net';
 import { FIRMWARES, NAME_PATTERN, type Firmware } from './content.js';
 import { TaktError } from './errors.js';
 
@@ -23,6 +24,11 @@ export interface MachineBoot {
   firmware: Firmware | null;
   /** The bootenv it boots into next (a pack's, or `local`): the engine sets it when a stage needs another. */
   bootenv: string;
+  /**
+   * The IPv4 address reserved for it: `takt serve --dhcp full` gives its MACs this address and never gives
+   * it to another client. Absent: an address from the range. Unique across machines.
+   */
+  ip?: string;
 }
 
 /** What an operator gives: `macs` to create; any field to change. */
@@ -31,6 +37,8 @@ export interface BootSettings {
   uuid?: string | null;
   firmware?: Firmware | null;
   bootenv?: string;
+  /** A reserved IPv4 address; null or '' forgets it. */
+  ip?: string | null;
 }
 
 export const MAX_BOOT_MACS = 8;
@@ -94,7 +102,21 @@ export function patchBoot(cur: MachineBoot, patch: BootSettings): MachineBoot {
     if (!BOOTENV.test(patch.bootenv)) throw new TaktError('invalid', `boot.bootenv: ${JSON.stringify(patch.bootenv)} is not a bootenv name`, { path: '/boot/bootenv' });
     next.bootenv = patch.bootenv;
   }
+  if (patch.ip !== undefined) {
+    if (patch.ip === null || patch.ip === '') delete next.ip;
+    else {
+      const ip = typeof patch.ip === 'string' ? normalizeIp(patch.ip) : undefined;
+      if (!ip) throw new TaktError('invalid', `boot.ip: ${JSON.stringify(patch.ip)} is not an IPv4 address (like 10.0.0.20)`, { path: '/boot/ip' });
+      next.ip = ip;
+    }
+  }
   return next;
+}
+
+/** A dotted-quad IPv4 address without leading zeros (`10.0.0.20`); undefined when it is not one. */
+export function normalizeIp(s: string): string | undefined {
+  const t = s.trim();
+  return isIPv4(t) && t.split('.').every((o) => o === String(Number(o))) ? t : undefined;
 }
 
 /** Whether a booting client (its MAC, and its UUID when it sent one) is this machine. */

@@ -7,7 +7,7 @@
  *
  * Off by default: an endpoint answers firmware only where an operator said so.
  */
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, realpathSync, statSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import type { ContentService } from '../engine/content.js';
@@ -18,8 +18,9 @@ import type { Store } from '../store/store.js';
 import { ArtifactCache } from './artifacts.js';
 import { buildBootHttp } from './boot-http.js';
 import { DEBIAN_IPXE_ROOT, defaultBootFiles } from './dhcp/classify.js';
-import { MemoryLeaseStore } from './dhcp/leases.js';
-import { DhcpServer, validateDhcpConfig, type DhcpConfig, type DhcpLogEntry, type DhcpPorts } from './dhcp/server.js';
+import { StoredLeases } from './dhcp/leases.js';
+import { DhcpServer, validateDhcpConfig, type DhcpConfig, type DhcpLogEntry, type DhcpPorts, type Reservation, type ReservationSource } from './dhcp/server.js';
+import { startRouterAdvertiser, type RouterAdvertiser } from './ra.js';
 import { TftpServer, type TftpLogEntry } from './tftp/server.js';
 
 /** The provisioning network as `--provision` gives it: the endpoint's address on it, and its prefix length. */
@@ -50,6 +51,99 @@ export type DhcpPlan =
   | { mode: 'off' }
   | { mode: 'proxy'; tftpRoot: string }
   | { mode: 'full'; tftpRoot: string; subnet: string; rangeStart: string; rangeEnd: string };
+
+const ipInt = (ip: string): number => ip.split('.').reduce((a, o) => (a << 8) | Number(o), 0) >>> 0;
+
+/** Whether `ip` is a host address of `subnet` (`a.b.c.d/prefix`): not its network or broadcast address. */
+export function inSubnet(ip: string, subnet: string): boolean {
+  const [net, p] = subnet.split('/');
+  const prefix = Number(p);
+  const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+  const n = ipInt(ip);
+  const network = ipInt(net!);
+  return ((n & mask) >>> 0) === network && n !== network && n !== ((network | (~mask >>> 0)) >>> 0);
+}
+
+/**
+ * The addresses machines reserve (`boot.ip`, `takt machines create|update M --mac … --ip …`), kept in memory
+ * for the DHCP server's synchronous lookups and reloaded whenever a machine changes. At most 1,000
+ * machines with a reservation are read (the store's page).
+ */
+export class MachineReservations implements ReservationSource {
+  private macs = new Map<string, Reservation & { machine: string }>();
+  private ips = new Map<string, string>();
+  /** Machine id → `ip macs…` of every machine read with a reservation (inside the subnet or not). */
+  private seen = new Map<string, string>();
+  private loading: Promise<void> | null = null;
+  private again = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly subnet: string | null,
+    private readonly log: ProvisionOptions['log'],
+  ) {}
+
+  byMac(mac: string): Reservation | undefined {
+    return this.macs.get(mac);
+  }
+
+  byIp(ip: string): string | undefined {
+    return this.ips.get(ip);
+  }
+
+  /**
+   * Whether a machine event may change the reservations: a machine created or deleted with an address, or
+   * one whose address or MACs differ from what was read. Most machine updates (jobs, liveness) do not.
+   */
+  concerns(topic: string, data: unknown): boolean {
+    const m = data as { id?: string; boot?: { ip?: string; macs?: string[] } } | null;
+    // While a read runs, `seen` may be older than the store: read again after it, to be sure.
+    if (!m?.id || this.loading) return true;
+    const now = m.boot?.ip ? `${m.boot.ip} ${(m.boot.macs ?? []).join(' ')}` : undefined;
+    if (topic.startsWith('machines.delete.')) return this.seen.has(m.id);
+    return now !== this.seen.get(m.id);
+  }
+
+  /** Reads the reservations again (one read at a time; a change during one runs another after it). */
+  reload(): Promise<void> {
+    if (this.loading) {
+      this.again = true;
+      return this.loading;
+    }
+    this.loading = (async () => {
+      do {
+        this.again = false;
+        const macs = new Map<string, Reservation & { machine: string }>();
+        const ips = new Map<string, string>();
+        const outside: string[] = [];
+        const seen = new Map<string, string>();
+        for (const m of await this.store.listMachinesWithBootText(['"ip":"'])) {
+          const ip = m.boot?.ip;
+          if (!ip) continue;
+          seen.set(m.id, `${ip} ${m.boot!.macs.join(' ')}`);
+          if (this.subnet && !inSubnet(ip, this.subnet)) {
+            outside.push(`${m.name} (${ip})`);
+            continue;
+          }
+          for (const mac of m.boot!.macs) macs.set(mac, { mac, ip, hostname: m.name, machine: m.name });
+          ips.set(ip, m.boot!.macs[0]!);
+        }
+        const before = new Set([...this.macs.values()].map((r) => `${r.machine}=${r.ip}`));
+        this.macs = macs;
+        this.ips = ips;
+        this.seen = seen;
+        const now = [...macs.values()].map((r) => `${r.machine}=${r.ip}`).filter((x, i, a) => a.indexOf(x) === i && !before.has(x));
+        if (now.length) this.log('info', `dhcp: reserved ${now.join(', ')}`);
+        if (outside.length) this.log('warn', `dhcp: reservations outside ${this.subnet} are not handed out: ${outside.join(', ')} (takt machines update NAME --ip ADDRESS inside --provision, or --ip '' to free it)`);
+      } while (this.again);
+    })()
+      .catch((e: unknown) => this.log('error', `dhcp: cannot read reservations: ${(e as Error).message}`))
+      .finally(() => {
+        this.loading = null;
+      });
+    return this.loading;
+  }
+}
 
 /** The mask's network address of `address/prefix`, as `a.b.c.d/prefix`. */
 function subnetOf(address: string, prefix: number): string {
@@ -110,6 +204,11 @@ export interface ProvisionOptions {
   discovery: boolean;
   /** DHCP and TFTP (from `planDhcp`); absent = off. */
   dhcp?: DhcpPlan;
+  /**
+   * Router advertisements on the boot segment (src/provision/ra.ts, radvd) so iPXE does not wait 13–16 s for
+   * an IPv6 router. Default: on with `--dhcp full` (takt owns the segment), off otherwise.
+   */
+  routerAdverts?: boolean;
   /** DHCP/TFTP ports, for tests without privileges; default 67/68/4011 and 69. */
   ports?: DhcpPorts & { tftp: number };
   log: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
@@ -127,6 +226,8 @@ export interface Provisioning {
   cache: ArtifactCache;
   /** The DHCP server when `--dhcp` is on (its `leases()` lists the leases). */
   dhcp: DhcpServer | null;
+  /** Reservations from machines' boot settings (`--dhcp full`), else null. */
+  reservations: MachineReservations | null;
   /** The TFTP server's port when it runs. */
   tftpPort: number | null;
   /** Fetches every artifact of the installed bootenvs that is not kept yet; resolves when all are tried. */
@@ -162,8 +263,9 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     cache,
     script: async (q) => {
       const r = await scripts.script(q);
-      if (r.problem) opts.log('warn', `boot: ${r.problem}`, { mac: q.mac, remote: q.remote });
-      else opts.log('info', `boot: ${r.machine?.name ?? q.mac} gets bootenv ${r.bootenv}`, { mac: q.mac, remote: q.remote });
+      const who = { mac: q.mac, ...(q.uuid ? { uuid: q.uuid } : {}), platform: q.platform, remote: q.remote };
+      if (r.problem) opts.log('warn', `boot: ${r.problem}`, who);
+      else opts.log('info', `boot: ${r.machine?.name ?? q.mac} gets bootenv ${r.bootenv}`, who);
       return r.script;
     },
   });
@@ -178,6 +280,8 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
 
   let dhcp: DhcpServer | null = null;
   let tftp: TftpServer | null = null;
+  let leases: StoredLeases | null = null;
+  let reservations: MachineReservations | null = null;
   if (opts.dhcp && opts.dhcp.mode !== 'off') {
     // iPXE expands its own settings in the boot file name it gets. `${uuid:uuid}` (the same setting with
     // its type spelled out) because the DHCP answer fills `{uuid}` placeholders itself, with option 97's
@@ -195,8 +299,8 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
       void (async () => {
         const who = e.mac ? await names(e.mac) : '?';
         const level = e.event === 'error' || e.event === 'nak' || e.event === 'decline' ? 'warn' : 'info';
-        const what = [e.ip ? `address ${e.ip}` : '', e.boot ? `boot ${e.boot}` : '', e.reason ?? ''].filter(Boolean).join(', ');
-        opts.log(level, `dhcp: ${e.event} ${who}${what ? `: ${what}` : ''}`, { mac: e.mac, ip: e.ip, kind: e.kind });
+        const what = [e.ip ? `address ${e.ip}` : '', e.arch !== undefined ? `arch ${e.arch}` : '', e.boot ? `boot ${e.boot}` : '', e.reason ?? ''].filter(Boolean).join(', ');
+        opts.log(level, `dhcp: ${e.event} ${who}${what ? `: ${what}` : ''}`, { mac: e.mac, ip: e.ip, kind: e.kind, arch: e.arch });
       })();
     };
     const tftpLog = (e: TftpLogEntry): void => {
@@ -204,16 +308,47 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
       opts.log(e.event === 'failed' || e.event === 'refused' ? 'warn' : 'info', `tftp: ${e.event} ${e.file ?? ''} for ${e.client ?? '?'}${e.reason ? `: ${e.reason}` : ''}`, { file: e.file, client: e.client, bytes: e.bytes });
     };
     try {
-      dhcp = new DhcpServer(dhcpConfigOf(opts.dhcp, opts.net.address, dhcpScriptUrl), new MemoryLeaseStore(), { log: dhcpLog, ...(opts.ports ? { ports: opts.ports } : {}) });
+      leases = await StoredLeases.load(opts.store, { onError: (e) => opts.log('error', `dhcp: cannot save leases: ${e.message} (they are kept in memory and written with the next change)`) });
+      if (opts.dhcp.mode === 'full') {
+        // Leases kept by an earlier run on another subnet or range are not this server's to honour.
+        const { subnet, rangeStart, rangeEnd } = opts.dhcp;
+        for (const l of leases.list()) if (!inSubnet(l.ip, subnet)) leases.remove(l.mac);
+        reservations = new MachineReservations(opts.store, subnet, opts.log);
+        await reservations.reload();
+        const kept = leases.list().filter((l) => l.state === 'bound');
+        opts.log('info', `dhcp: ${kept.length} lease${kept.length === 1 ? '' : 's'} kept from before (range ${rangeStart}-${rangeEnd})`);
+      }
+      dhcp = new DhcpServer(dhcpConfigOf(opts.dhcp, opts.net.address, dhcpScriptUrl), leases, { log: dhcpLog, ...(opts.ports ? { ports: opts.ports } : {}), ...(reservations ? { reservations } : {}) });
       await dhcp.start();
-      tftp = new TftpServer({ root: opts.dhcp.tftpRoot, address: opts.net.address, port: opts.ports?.tftp ?? 69, log: tftpLog });
+      // The boot files handed out may be links out of the root (Debian: /usr/lib/ipxe/ipxe.efi → /boot/ipxe.efi).
+      const files = defaultBootFiles('http://unused');
+      const root = opts.dhcp.tftpRoot;
+      const allowOutside = [files.bios, files.efiX64].flatMap((f) => {
+        try {
+          return [realpathSync(join(root, f))];
+        } catch {
+          return [];
+        }
+      });
+      tftp = new TftpServer({ root: opts.dhcp.tftpRoot, address: opts.net.address, port: opts.ports?.tftp ?? 69, allowOutside, log: tftpLog });
       await tftp.start();
     } catch (e) {
       await dhcp?.stop();
+      await leases?.flush();
       await app.close();
       throw new TaktError('bad_request', `--dhcp ${opts.dhcp.mode}: ${(e as Error).message} (ports 67, 69 and 4011 need root or CAP_NET_BIND_SERVICE)`);
     }
     opts.log('info', `dhcp: ${opts.dhcp.mode === 'full' ? `full DHCP on ${opts.dhcp.subnet}, handing out ${opts.dhcp.rangeStart}-${opts.dhcp.rangeEnd}` : 'proxyDHCP beside the network\'s DHCP server'}; tftp: ${opts.dhcp.tftpRoot}`);
+  }
+
+  let ra: RouterAdvertiser | null = null;
+  if (opts.routerAdverts ?? opts.dhcp?.mode === 'full') {
+    try {
+      ra = startRouterAdvertiser({ address: opts.net.address, dir: join(opts.data, 'ra'), log: opts.log });
+    } catch (e) {
+      // Not fatal: machines still boot, iPXE only waits longer. The message says how to fix or silence it.
+      opts.log('warn', `ra: ${(e as Error).message}`);
+    }
   }
 
   let running: Promise<void> | null = null;
@@ -257,6 +392,7 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     // Events are heard at COMMIT, and the content service adopts the committed content in the writer's
     // continuation right after: the sync runs once those microtasks are done, on the content in use.
     if (events.some((e) => e.topic.startsWith('packs.') || e.topic.startsWith('packversions.') || e.topic.startsWith('bootenvs.'))) setImmediate(() => void sync());
+    if (reservations && events.some((e) => e.topic.startsWith('machines.') && reservations!.concerns(e.topic, e.data))) void reservations.reload();
   });
   void sync();
   opts.log('info', `boot services: scripts and files at ${bootUrl} (iPXE chains to ${bootUrl}/boot/ipxe)`);
@@ -270,13 +406,16 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     },
     cache,
     dhcp,
+    reservations,
     get tftpPort() {
       return tftp?.port() ?? null;
     },
     sync,
     close: async () => {
       stopListening();
+      await ra?.stop();
       await dhcp?.stop();
+      await leases?.flush();
       await tftp?.stop();
       await running?.catch(() => undefined);
       await app.close();

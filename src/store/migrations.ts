@@ -328,6 +328,24 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('machines').addColumn('power_config', 'text').execute();
     },
   },
+  '0022_leases': {
+    async up(db: Kysely<unknown>) {
+      // DHCP leases of `takt serve --dhcp full` (model/lease.ts), so that a restarted endpoint gives a client
+      // the address it had and never hands a bound address to another. Keyed by MAC (`declined:<ip>` for a
+      // declined address); expires_at is milliseconds since the epoch.
+      await db.schema
+        .createTable('dhcp_leases')
+        .addColumn('mac', 'text', (c) => c.primaryKey())
+        .addColumn('ip', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'bigint', (c) => c.notNull())
+        .addColumn('client_id', 'text')
+        .addColumn('hostname', 'text')
+        .addColumn('uuid', 'text')
+        .addColumn('arch', 'integer')
+        .execute();
+    },
+  },
   '0023_classification': {
     async up(db: Kysely<unknown>) {
       // Which classification rule last gave a machine its profiles, environment and pipeline, and why

@@ -6,6 +6,7 @@ import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { ObservedFacts } from '../model/facts.js';
 import type { JoinToken } from '../model/join.js';
+import type { Lease } from '../model/lease.js';
 import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
 import type { MachineHold, Rollout, RolloutItem } from '../model/rollout.js';
 import { migrationProvider, type Dialect } from './migrations.js';
@@ -23,7 +24,7 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, CredentialsTable, Database, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
+import type { ChangesTable, CredentialsTable, Database, DhcpLeasesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -74,6 +75,15 @@ async function run<R>(db: Db, p: Prepared, args: unknown[]): Promise<{ rows: R[]
 /** A machine's open work orders in the order they run: the running one, then the queued by age. */
 function rank(w: WorkOrdersTable): string {
   return `${w.state === 'running' ? 0 : 1}|${w.created_at}|${w.id}`;
+}
+
+function leaseFromRow(r: Selectable<DhcpLeasesTable>): Lease {
+  const l: Lease = { mac: r.mac, ip: r.ip, state: r.state as Lease['state'], expiresAt: Number(r.expires_at) };
+  if (r.client_id !== null) l.clientId = r.client_id;
+  if (r.hostname !== null) l.hostname = r.hostname;
+  if (r.uuid !== null) l.uuid = r.uuid;
+  if (r.arch !== null) l.arch = Number(r.arch);
+  return l;
 }
 
 function machineFromRow(r: Selectable<MachinesTable>): Machine {
@@ -499,6 +509,10 @@ class SqlReads implements Reads {
     const rows = await this.db.selectFrom('join_tokens').selectAll().orderBy('created_at', 'desc').orderBy('id', 'desc').limit(limitOf(p.limit)).offset(p.offset ?? 0).execute();
     return rows.map(joinTokenFromRow);
   }
+  async listLeases() {
+    const rows = await this.db.selectFrom('dhcp_leases').selectAll().orderBy('ip').execute();
+    return rows.map(leaseFromRow);
+  }
   async listMachinesWithBootText(texts: string[]) {
     if (texts.length === 0) return [];
     const like = (t: string) => `%${t.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
@@ -865,6 +879,15 @@ class SqlTx extends SqlReads implements Tx {
       .insertInto('credentials')
       .values({ name: c.name, kind: c.kind, key_type: c.keyType, fingerprint: c.fingerprint, public_key: c.publicKey, secret: json(c.secret), created_at: c.createdAt })
       .execute();
+  }
+  async putLease(l: Lease) {
+    const row: DhcpLeasesTable = { mac: l.mac, ip: l.ip, state: l.state, expires_at: l.expiresAt, client_id: l.clientId ?? null, hostname: l.hostname ?? null, uuid: l.uuid ?? null, arch: l.arch ?? null };
+    await this.db.deleteFrom('dhcp_leases').where('ip', '=', l.ip).where('mac', '!=', l.mac).execute();
+    const { mac: _mac, ...rest } = row;
+    await this.db.insertInto('dhcp_leases').values(row).onConflict((oc) => oc.column('mac').doUpdateSet(rest)).execute();
+  }
+  async deleteLease(mac: string) {
+    await this.db.deleteFrom('dhcp_leases').where('mac', '=', mac).execute();
   }
   async deleteCredential(name: string) {
     await this.db.deleteFrom('credentials').where('name', '=', name).execute();

@@ -9,6 +9,7 @@
 import type { ContentKind } from '../model/content.js';
 import type { ObservedFacts } from '../model/facts.js';
 import type { JoinToken } from '../model/join.js';
+import type { Lease } from '../model/lease.js';
 import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
 import type { MachineHold, Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
 import type { Sealed } from '../model/secure.js';
@@ -149,6 +150,8 @@ export interface Reads {
   listCredentials(): Promise<CredentialRecord[]>;
   /** Names of the machines whose SSH settings use credential `name`. */
   credentialUsers(name: string): Promise<string[]>;
+  /** Every DHCP lease kept (expired ones too, until the DHCP server replaces or removes them), by address. */
+  listLeases(): Promise<Lease[]>;
 }
 
 export interface Tx extends Reads {
@@ -209,6 +212,10 @@ export interface Tx extends Reads {
   putSetting(key: string, value: unknown): Promise<void>;
   insertCredential(c: CredentialRecord): Promise<void>;
   deleteCredential(name: string): Promise<void>;
+  /** Writes a DHCP lease (keyed by MAC), dropping any other lease on the same address (observed state: no change is recorded). */
+  putLease(l: Lease): Promise<void>;
+  /** Forgets a client's DHCP lease; no-op when there is none. */
+  deleteLease(mac: string): Promise<void>;
   /** Records a numbered desired-state change; returns its number. */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
   /** Queues an event for publication after commit. */

@@ -216,6 +216,19 @@ export interface JoinTokensTable {
   machines: string;
 }
 
+/** DHCP leases (model/lease.ts), migration 0022_leases. */
+export interface DhcpLeasesTable {
+  mac: string;
+  ip: string;
+  state: string;
+  /** Milliseconds since the epoch (bigint: PostgreSQL hands it back as a string, SQLite as a number). */
+  expires_at: number | string;
+  client_id: string | null;
+  hostname: string | null;
+  uuid: string | null;
+  arch: number | null;
+}
+
 export interface Database {
   changes: ChangesTable;
   events: EventsTable;
@@ -232,4 +245,5 @@ export interface Database {
   settings: SettingsTable;
   join_tokens: JoinTokensTable;
   credentials: CredentialsTable;
+  dhcp_leases: DhcpLeasesTable;
 }

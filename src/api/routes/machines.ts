@@ -46,6 +46,7 @@ const bootProps = {
   uuid: { anyOf: [{ type: 'string', maxLength: 36 }, { type: 'null' }], description: 'its SMBIOS system UUID (DHCP option 97, iPXE ${uuid})' },
   firmware: { anyOf: [{ enum: ['bios', 'uefi'] }, { type: 'null' }], description: 'bios or uefi; null: as the booting firmware says' },
   bootenv: { ...Name, description: 'the boot environment it boots into next (a pack\'s bootenv, or local: its disk)' },
+  ip: { anyOf: [{ type: 'string', maxLength: 15 }, { type: 'null' }], description: 'an IPv4 address reserved for it (takt serve --dhcp full gives it this address); null forgets it' },
 } as const;
 
 const bootCreate = {

@@ -48,6 +48,12 @@ export interface NicSpec {
   /** `52:54:00:xx:xx:xx` style, lower case. */
   mac: string;
   net: NicNet;
+  /**
+   * The NIC's option ROM: `ipxe` (default: Debian's ipxe-qemu ROM, so the NIC boots with iPXE) or `none`
+   * (qemu `romfile=`: the firmware's own network stack boots — under OVMF, EDK2's PXE, the path of a
+   * real server's vendor PXE ROM; SeaBIOS has none and cannot network-boot without the ROM).
+   */
+  rom?: 'ipxe' | 'none';
 }
 
 /** What to start. */
@@ -154,7 +160,7 @@ export function qemuArgs(spec: VmSpec, accel: 'kvm' | 'tcg'): string[] {
     } else {
       args.push('-netdev', `tap,id=n0,ifname=${net.tap},script=no,downscript=no`);
     }
-    args.push('-device', `${model},netdev=n0,id=net0,mac=${mac}${spec.kernel ? '' : `,bootindex=${BOOTINDEX.nic}`}`);
+    args.push('-device', `${model},netdev=n0,id=net0,mac=${mac}${spec.nic.rom === 'none' ? ',romfile=' : ''}${spec.kernel ? '' : `,bootindex=${BOOTINDEX.nic}`}`);
   } else {
     args.push('-nic', 'none');
   }

@@ -54,6 +54,18 @@ export interface Reservation {
   hostname?: string;
 }
 
+/**
+ * Reservations that change while the server runs (takt's machines with `boot.ip`), asked synchronously on
+ * every message. Consulted after the configuration's own `reservations`; entries outside the subnet are
+ * ignored (the service warns about them).
+ */
+export interface ReservationSource {
+  /** The reservation of a client, by MAC (`aa:bb:cc:dd:ee:ff`). */
+  byMac(mac: string): Reservation | undefined;
+  /** The MAC an address is reserved for. */
+  byIp(ip: string): string | undefined;
+}
+
 /** Settings of a full DHCP server for one subnet. */
 export interface SubnetConfig {
   /** `a.b.c.d/prefix`; `serverIp` must be inside it. */
@@ -98,6 +110,8 @@ export interface DhcpLogEntry {
   mac?: string;
   ip?: string;
   kind?: string;
+  /** The client's architecture (option 93, RFC 4578 §2.1: 0 BIOS, 7/9 x86-64 UEFI, 16 UEFI HTTP), when sent. */
+  arch?: number;
   boot?: string;
   reason?: string;
 }
@@ -192,7 +206,7 @@ export class DhcpResponder {
   constructor(
     readonly config: DhcpConfig,
     readonly leases: LeaseStore,
-    private readonly opts: { now?: () => number; log?: (e: DhcpLogEntry) => void; ports?: DhcpPorts } = {},
+    private readonly opts: { now?: () => number; log?: (e: DhcpLogEntry) => void; ports?: DhcpPorts; reservations?: ReservationSource } = {},
   ) {
     validateDhcpConfig(config);
     this.server = ipToInt(config.serverIp);
@@ -201,6 +215,19 @@ export class DhcpResponder {
 
   private now(): number {
     return this.opts.now ? this.opts.now() : Date.now();
+  }
+
+  /** The client's reservation: the configuration's, else the reservation source's (inside the subnet only). */
+  private reservedFor(mac: string): Reservation | undefined {
+    const s = this.subnet as Subnet;
+    const r = s.reservations.get(mac) ?? this.opts.reservations?.byMac(mac);
+    return r && isIPv4(r.ip) && this.inSubnet(ipToInt(r.ip)) && ipToInt(r.ip) !== this.server ? r : undefined;
+  }
+
+  /** The MAC an address is reserved for, if any. */
+  private reservedOwner(ip: number): string | undefined {
+    const s = this.subnet as Subnet;
+    return s.reservedIps.get(ip) ?? this.opts.reservations?.byIp(intToIp(ip));
   }
 
   private log(e: DhcpLogEntry): void {
@@ -260,7 +287,7 @@ export class DhcpResponder {
       }
       const reply = this.reply(p, T.OFFER, '0.0.0.0');
       this.addBoot(reply, client, answer, true);
-      this.log({ event: 'offer', xid: p.xid, mac, kind: client.kind, boot: bootText(answer) });
+      this.log({ event: 'offer', xid: p.xid, mac, kind: client.kind, ...archOf(client), boot: bootText(answer) });
       return this.address(p, reply, T.OFFER);
     }
     // Port 4011: the client has its address and asks the boot server directly (PXE 2.1 §2.2.1 step 6).
@@ -270,7 +297,7 @@ export class DhcpResponder {
     }
     const reply = this.reply(p, T.ACK, '0.0.0.0');
     this.addBoot(reply, client, answer, true);
-    this.log({ event: 'ack', xid: p.xid, mac, kind: client.kind, boot: bootText(answer) });
+    this.log({ event: 'ack', xid: p.xid, mac, kind: client.kind, ...archOf(client), boot: bootText(answer) });
     return { data: encodeDhcp(reply), address: from.address, port: from.port, packet: reply };
   }
 
@@ -358,8 +385,9 @@ export class DhcpResponder {
   private free(ip: number, mac: string, now: number): boolean {
     const s = this.subnet as Subnet;
     if (ip === this.server || ip === s.network || ip === s.broadcast) return false;
-    const owner = s.reservedIps.get(ip);
-    if (owner !== undefined && owner !== mac) return false;
+    const owner = this.reservedOwner(ip);
+    // A machine with several MACs has one reservation: each of its MACs may have the address.
+    if (owner !== undefined && owner !== mac && this.reservedFor(mac)?.ip !== intToIp(ip)) return false;
     const l = this.leases.byIp(intToIp(ip));
     return !l || l.mac === mac || l.expiresAt <= now;
   }
@@ -368,7 +396,7 @@ export class DhcpResponder {
   private refusal(mac: string, ip: string, now: number): string | null {
     const s = this.subnet as Subnet;
     if (!isIPv4(ip) || !this.inSubnet(ipToInt(ip))) return `${ip} is not in ${s.cfg.subnet}`;
-    const reserved = s.reservations.get(mac);
+    const reserved = this.reservedFor(mac);
     if (reserved && reserved.ip !== ip) return `${mac} is reserved ${reserved.ip}, not ${ip}`;
     const n = ipToInt(ip);
     if (!reserved && (n < s.start || n > s.end)) {
@@ -382,7 +410,7 @@ export class DhcpResponder {
   /** Address for a DISCOVER: reservation, the client's current lease, its requested address, the first free one. */
   private pick(p: DhcpPacket, mac: string, now: number): string | undefined {
     const s = this.subnet as Subnet;
-    const reserved = s.reservations.get(mac);
+    const reserved = this.reservedFor(mac);
     if (reserved) return reserved.ip;
     const held = this.leases.byMac(mac);
     if (held && held.state !== 'declined' && this.free(ipToInt(held.ip), mac, now)) return held.ip;
@@ -400,20 +428,24 @@ export class DhcpResponder {
     if (id) l.clientId = id.toString('hex');
     const hn = hostName(p);
     if (hn) l.hostname = hn;
-    if (c.uuid) l.uuid = c.uuid;
-    if (c.arch !== undefined) l.arch = c.arch;
+    // The firmware's identity outlives the firmware: the OS the machine boots (udhcpc, no option 93/97)
+    // renews without it, and the lease keeps what the firmware said.
+    const prev = this.leases.byMac(c.mac);
+    const uuid = c.uuid ?? prev?.uuid;
+    const arch = c.arch ?? prev?.arch;
+    if (uuid) l.uuid = uuid;
+    if (arch !== undefined) l.arch = arch;
     return l;
   }
 
   private grant(p: DhcpPacket, client: BootClient, type: number, ip: string): DhcpReply {
-    const s = this.subnet as Subnet;
     const reply = this.reply(p, type, ip);
     this.addNetwork(reply, true);
-    const reserved = s.reservations.get(client.mac);
+    const reserved = this.reservedFor(client.mac);
     if (reserved?.hostname) reply.options.set(Opt.HOST_NAME, optv.str(reserved.hostname));
     const answer = bootAnswer(client, this.config.boot);
     if (answer.kind !== 'none') this.addBoot(reply, client, answer, false);
-    this.log({ event: type === T.OFFER ? 'offer' : 'ack', xid: p.xid, mac: client.mac, ip, kind: client.kind, boot: bootText(answer) });
+    this.log({ event: type === T.OFFER ? 'offer' : 'ack', xid: p.xid, mac: client.mac, ip, kind: client.kind, ...archOf(client), boot: bootText(answer) });
     return this.address(p, reply, type);
   }
 
@@ -490,11 +522,17 @@ export class DhcpResponder {
     const bcast = '255.255.255.255';
     if (p.giaddr !== '0.0.0.0') return { data, address: p.giaddr, port: this.ports.server, packet: reply };
     if (type === T.NAK) return { data, address: bcast, port: this.ports.client, packet: reply };
-    if (p.ciaddr !== '0.0.0.0') return { data, address: p.ciaddr, port: this.ports.client, packet: reply };
+    // Unicast to ciaddr only where it can arrive: in full mode, a host address of the subnet. A client
+    // claiming an address elsewhere (a moved laptop, a mangled DISCOVER) is answered by broadcast instead.
+    if (p.ciaddr !== '0.0.0.0' && (!this.subnet || (isIPv4(p.ciaddr) && this.inSubnet(ipToInt(p.ciaddr))))) return { data, address: p.ciaddr, port: this.ports.client, packet: reply };
     // Unicast to yiaddr before the client has it needs an ARP entry only raw sockets can make; broadcast
     // instead, which RFC 2131 permits and every client accepts.
     return { data, address: bcast, port: this.ports.client, packet: reply };
   }
+}
+
+function archOf(c: BootClient): { arch?: number } {
+  return c.arch !== undefined ? { arch: c.arch } : {};
 }
 
 function bootText(a: BootAnswer): string {
@@ -514,7 +552,7 @@ export class DhcpServer {
   constructor(
     config: DhcpConfig,
     leases: LeaseStore,
-    private readonly opts: { log?: (e: DhcpLogEntry) => void; ports?: DhcpPorts; now?: () => number } = {},
+    private readonly opts: { log?: (e: DhcpLogEntry) => void; ports?: DhcpPorts; now?: () => number; reservations?: ReservationSource } = {},
   ) {
     this.responder = new DhcpResponder(config, leases, opts);
   }
@@ -568,7 +606,10 @@ export class DhcpServer {
 
 function bind(address: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = createSocket({ type: 'udp4', reuseAddr: true });
+    // A boot storm (a rack powered on at once) sends hundreds of DISCOVERs within milliseconds: the default
+    // receive buffer (≈208 KiB, ≈100 datagrams with their overhead) drops the rest, and each dropped client
+    // waits 4 s or more to send again (bench/boot-storm.ts). 4 MiB, as far as net.core.rmem_max allows.
+    const s = createSocket({ type: 'udp4', reuseAddr: true, recvBufferSize: 4 << 20 });
     s.once('error', (e) => {
       s.close();
       reject(new TaktError('unavailable', `cannot bind DHCP socket ${address}:${port}: ${e.message}`));

@@ -33,6 +33,12 @@ export interface TftpConfig {
   maxTransfers?: number;
   /** Largest blksize granted (RFC 2348 allows at most 65464). Default 65464. */
   maxBlksize?: number;
+  /**
+   * Files outside `root` that a symlink in it may lead to (absolute, compared after resolving symlinks).
+   * Debian's `ipxe` package installs `/usr/lib/ipxe/ipxe.efi` as a link to `/boot/ipxe.efi`; the service
+   * lists the boot files it hands out here, so exactly those are served and nothing else escapes the root.
+   */
+  allowOutside?: string[];
   log?: (e: TftpLogEntry) => void;
 }
 
@@ -51,9 +57,9 @@ const MAX_BLKSIZE = 65464;
  * Maps a requested name to a path under `root`, or returns why not. Leading slashes are dropped (PXE ROMs
  * send `/undionly.kpxe` as often as `undionly.kpxe`); backslashes count as separators (Windows-style
  * clients). `..` segments are refused outright, and the real path (symlinks resolved) must stay under the
- * real root.
+ * real root, unless it is one of `allowOutside` (real paths).
  */
-export async function resolveInRoot(root: string, name: string): Promise<{ path: string } | { error: string; code: number }> {
+export async function resolveInRoot(root: string, name: string, allowOutside: readonly string[] = []): Promise<{ path: string } | { error: string; code: number }> {
   const rel = name.replaceAll('\\', '/').replace(/^\/+/, '');
   if (rel === '' || rel.split('/').some((seg) => seg === '..')) return { error: `'${name}' leaves the served directory`, code: TftpErr.ACCESS_VIOLATION };
   let real: string;
@@ -65,7 +71,7 @@ export async function resolveInRoot(root: string, name: string): Promise<{ path:
     return { error: `'${name}' not found`, code: TftpErr.FILE_NOT_FOUND };
   }
   const r = relative(realRoot, real);
-  if (r === '' || r.startsWith('..' + sep) || r === '..' || isAbsolute(r)) return { error: `'${name}' leaves the served directory`, code: TftpErr.ACCESS_VIOLATION };
+  if ((r === '' || r.startsWith('..' + sep) || r === '..' || isAbsolute(r)) && !allowOutside.includes(real)) return { error: `'${name}' leaves the served directory`, code: TftpErr.ACCESS_VIOLATION };
   try {
     if (!(await stat(real)).isFile()) return { error: `'${name}' is not a file`, code: TftpErr.FILE_NOT_FOUND };
   } catch {
@@ -170,7 +176,7 @@ export class TftpServer {
       answer(TftpErr.NOT_DEFINED, 'server busy, try again');
       return;
     }
-    const r = await resolveInRoot(this.config.root, p.filename);
+    const r = await resolveInRoot(this.config.root, p.filename, this.config.allowOutside);
     if ('error' in r) {
       this.log({ event: 'refused', client, file: p.filename, reason: r.error });
       answer(r.code, r.error);
