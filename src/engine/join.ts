@@ -25,6 +25,13 @@ import { assertMachineName, looksLikeId } from './ids.js';
 
 /** The environment a joined machine gets unless its token names another: a host reached over the network. */
 export const DEFAULT_JOIN_ENVIRONMENT = 'remote';
+/**
+ * Brokers whose machines boot from the network and run their agent from what they boot (the qemu broker
+ * makes the VM; its agent comes from the bootenv): discovery may register them. Other brokers (local,
+ * netns, ssh) run the agent themselves, and a discovery credential never takes theirs over.
+ */
+const NETWORK_BOOTED_BROKERS = new Set(['qemu']);
+
 /** The environment a discovered machine is created in: hardware (or a VM) booted from the network. */
 export const DISCOVERY_ENVIRONMENT = 'metal';
 
@@ -241,7 +248,9 @@ export class Joins {
    * @throws TaktError conflict saying why and what the operator can do.
    */
   private checkDiscoverable(m: Machine, mac: string, from: string | null): void {
-    if (m.broker !== null) throw new TaktError('conflict', `the machine booting from ${mac} is '${m.name}', run by broker '${m.broker}'; a discovery credential cannot register it`);
+    if (m.broker !== null && !NETWORK_BOOTED_BROKERS.has(m.broker)) {
+      throw new TaktError('conflict', `the machine booting from ${mac} is '${m.name}', whose agent broker '${m.broker}' runs; a discovery credential cannot register it`);
+    }
     if (m.boot?.bootenv !== DISCOVERY_BOOTENV) {
       throw new TaktError(
         'conflict',
