@@ -73,7 +73,7 @@ describe('bootenv lint', () => {
       'bootenvs/sledge.yaml': `name: sledge\nkernel: { name: k, path: /k, sha256: ${H1} }\ncmdline: "a={{ nope }} b={{ boot.kernal }} c={{ boot.cmdline }}"\n`,
     }, [
       "bootenvs/sledge.yaml:3:16: template uses 'nope', which the bootenv does not declare in params.required or params.optional",
-      "bootenvs/sledge.yaml:3:29: template: boot has no field 'kernal' (it has endpoint, kernel, initrds, files, cmdline, firmware, mac, uuid)",
+      "bootenvs/sledge.yaml:3:29: template: boot has no field 'kernal' (it has endpoint, kernel, initrds, files, cmdline, firmware, mac, uuid, api, ca, token)",
       'bootenvs/sledge.yaml:3:49: template: the command line cannot use boot.cmdline (it is what is being rendered)',
     ]],
     ['a secure param in a bootenv', {
