@@ -8,102 +8,41 @@
  * Quiet-machine times (docs/provisioning-vm.md): iPXE script ≈ 2.5 s, marker ≈ 9 s (plus iPXE's IPv6
  * wait on a segment without a router); limits here are generous.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Vm } from '../src/brokers/qemu/vm.js';
 import { SLEDGE_MARKER } from '../src/provision/kernel.js';
-import { TAKT, writePack, type CliResult } from './helpers/endpoint.js';
-import { bootArtifacts, logMilestone, removeVmDirs, vmDir } from './helpers/provision.js';
+import { BootLab, until } from './helpers/boot-lab.js';
+import { writePack } from './helpers/endpoint.js';
+import { bootArtifacts, logMilestone, vmDir } from './helpers/provision.js';
 
 const MAC = '52:54:00:7a:6b:21';
 const UUID = '3f0e2a41-7c9b-4d2e-8a16-5b4c3d2e1f0a';
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
-/** Polls `f` until it returns a value, at most `ms` (an observable condition, not a sleep). */
-async function until<T>(f: () => Promise<T | undefined> | T | undefined, ms: number, what: string, detail: () => string = () => ''): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (let i = 0; ; i++) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}\n${detail()}`);
-    await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** i, 500)));
-  }
-}
-
 describe('network boot through takt serve --dhcp full (netns, BIOS, virtio-net)', () => {
-  const tag = randomBytes(3).toString('hex');
-  const netns = `tkwire-${tag}`;
-  const prefix = `10.218.${1 + (parseInt(tag, 16) % 250)}`;
-  let dir = '';
-  let data = '';
-  let serve: ChildProcess | null = null;
-  let output = '';
+  const lab = new BootLab({ netnsPrefix: 'tkwire-', subnet: '10.218', dirPrefix: 'takt-e2e-' });
+  const { netns, prefix } = lab;
   let vm: Vm | null = null;
-  let endpoint = '';
-  let token = '';
-  let bootUrl = '';
-
-  const ip = (...a: string[]) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
   /** A takt CLI command inside the namespace (the API listens on its loopback). */
-  const cli = (args: string[]): Promise<CliResult> =>
-    new Promise((resolve) => {
-      execFile('ip', ['netns', 'exec', netns, process.execPath, TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', TAKT_ENDPOINT: endpoint, TAKT_TOKEN: token }, timeout: 60_000 }, (err, stdout, stderr) =>
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }),
-      );
-    });
-  /** An HTTP GET inside the namespace (the boot service listens on the bridge's address). */
-  const get = (url: string): Promise<{ status: number; body: string }> =>
-    new Promise((resolve) => {
-      execFile('ip', ['netns', 'exec', netns, 'curl', '-s', '-o', '-', '-w', '\n%{http_code}', url], { timeout: 30_000, maxBuffer: 64 << 20, encoding: 'latin1' }, (_err, stdout) => {
-        const i = stdout.lastIndexOf('\n');
-        resolve({ status: Number(stdout.slice(i + 1)) || 0, body: stdout.slice(0, i) });
-      });
-    });
+  const cli = (args: string[]) => lab.cli(args);
 
   beforeAll(async () => {
     await bootArtifacts();
-    dir = mkdtempSync(join(tmpdir(), 'takt-e2e-'));
-    data = join(dir, 'data');
-    ip('netns', 'add', netns);
-    ip('-n', netns, 'link', 'set', 'lo', 'up');
-    ip('-n', netns, 'link', 'add', 'br0', 'type', 'bridge');
-    ip('-n', netns, 'addr', 'add', `${prefix}.1/24`, 'dev', 'br0');
-    ip('-n', netns, 'link', 'set', 'br0', 'up');
-    const args = ['serve', '--listen', '127.0.0.1:0', '--data', data, '--lease', '5s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0'];
-    serve = spawn('ip', ['netns', 'exec', netns, process.execPath, TAKT, ...args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
-    serve.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-    serve.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-    await until(() => (existsSync(join(data, 'boot-url')) ? true : serve!.exitCode !== null ? false : undefined), 60_000, 'takt serve to start its boot services', () => output);
-    expect(serve.exitCode, output).toBeNull();
-    endpoint = readFileSync(join(data, 'endpoint'), 'utf8').trim();
-    token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
-    bootUrl = readFileSync(join(data, 'boot-url'), 'utf8').trim();
+    lab.open();
+    await lab.serve(['--listen', '127.0.0.1:0', '--lease', '5s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0']);
   }, 600_000);
 
   afterAll(async () => {
     await vm?.kill();
-    if (serve && serve.exitCode === null && serve.signalCode === null) {
-      const gone = new Promise<void>((r) => serve!.once('exit', () => r()));
-      serve.kill('SIGTERM');
-      await Promise.race([gone, new Promise((r) => setTimeout(r, 15_000))]);
-      if (serve.exitCode === null && serve.signalCode === null) serve.kill('SIGKILL');
-    }
-    try {
-      ip('netns', 'del', netns);
-    } catch {
-      // not made
-    }
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    removeVmDirs();
+    await lab.stop();
   });
 
   it('an unknown MAC is told to boot from its disk', async () => {
-    const r = await get(`${bootUrl}/boot/ipxe?mac=52:54:00:7a:6b:99&platform=pcbios`);
+    const r = await lab.get(`${lab.bootUrl}/boot/ipxe?mac=52:54:00:7a:6b:99&platform=pcbios`);
     expect(r.status).toBe(200);
     expect(r.body).toContain('booting from disk');
     expect(r.body).toContain('exit');
@@ -111,9 +50,9 @@ describe('network boot through takt serve --dhcp full (netns, BIOS, virtio-net)'
 
   it('PXE-boots a known machine into its bootenv: DHCP, script, kernel and initrd all from takt', async () => {
     const { kernel, initramfs } = await bootArtifacts();
-    const agent = join(dir, 'agent.sh');
+    const agent = join(lab.dir, 'agent.sh');
     writeFileSync(agent, 'echo "TAKT-AGENT: booted through takt"\n');
-    writePack(join(dir, 'pack'), {
+    writePack(join(lab.dir, 'pack'), {
       'pack.yaml': 'name: metal\nversion: 1.0.0\n',
       'bootenvs/sledge.yaml': [
         'name: sledge',
@@ -125,12 +64,12 @@ describe('network boot through takt serve --dhcp full (netns, BIOS, virtio-net)'
         '',
       ].join('\n'),
     });
-    const inst = await cli(['content', 'install', join(dir, 'pack')]);
+    const inst = await cli(['content', 'install', join(lab.dir, 'pack')]);
     expect(inst.code, inst.stderr).toBe(0);
     const made = await cli(['machines', 'create', 'vm-1', '--environment', 'metal', '--mac', MAC, '--uuid', UUID, '--bootenv', 'sledge']);
     expect(made.code, made.stderr).toBe(0);
     // The artifacts are fetched when the pack is installed: all three kept before the machine powers on.
-    await until(() => ((output.match(/boot: kept bootenv 'sledge'/g) ?? []).length >= 3 ? true : undefined), 120_000, 'the bootenv artifacts to be kept', () => output);
+    await until(() => ((lab.output.match(/boot: kept bootenv 'sledge'/g) ?? []).length >= 3 ? true : undefined), 120_000, 'the bootenv artifacts to be kept', () => lab.output);
 
     vm = await Vm.start({
       name: 'e2e',
@@ -153,14 +92,12 @@ describe('network boot through takt serve --dhcp full (netns, BIOS, virtio-net)'
 
     // takt's DHCP answered the VM by name (both iPXE and the initramfs' udhcpc), and its boot service
     // served vm-1 its bootenv.
-    expect(output).toMatch(/dhcp: offer vm-1: address 10\.218\.\d+\.\d+, arch 0, boot http:\/\/[^ ]*\/boot\/ipxe\?mac=\$\{net0\/mac\}/);
-    expect(output).toMatch(/dhcp: ack vm-1: address 10\.218\./);
-    expect(output).toContain('boot: vm-1 gets bootenv sledge');
+    expect(lab.output).toMatch(/dhcp: offer vm-1: address 10\.218\.\d+\.\d+, arch 0, boot http:\/\/[^ ]*\/boot\/ipxe\?mac=\$\{net0\/mac\}/);
+    expect(lab.output).toMatch(/dhcp: ack vm-1: address 10\.218\./);
+    expect(lab.output).toContain('boot: vm-1 gets bootenv sledge');
 
     // The lease is listed by the API.
-    const leases = await new Promise<string>((resolve) =>
-      execFile('ip', ['netns', 'exec', netns, 'curl', '-s', '-H', `authorization: Bearer ${token}`, `${endpoint}/api/v1/dhcp/leases`], { timeout: 30_000 }, (_e, out) => resolve(out)),
-    );
+    const leases = (await lab.get(`${lab.endpoint}/api/v1/dhcp/leases`, { authorization: `Bearer ${lab.token}` })).body;
     const items = (JSON.parse(leases) as { items: Array<{ mac: string; ip: string; state: string }> }).items;
     expect(items).toContainEqual(expect.objectContaining({ mac: MAC, ip: lease.groups[0]!.replace(/\/24$/, ''), state: 'bound' }));
   }, 600_000);

@@ -8,94 +8,44 @@
  * PXE DISCOVER ≈ 3 s, iPXE configured ≈ 13 s (ipxe.efi ≈ 4 s to start under TCG), marker ≈ 19 s; the
  * limits are more than 4x that.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { createHash } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Vm } from '../src/brokers/qemu/vm.js';
 import { SLEDGE_MARKER } from '../src/provision/kernel.js';
-import { TAKT, writePack, type CliResult } from './helpers/endpoint.js';
-import { bootArtifacts, logMilestone, removeVmDirs, vmDir } from './helpers/provision.js';
+import { BootLab, until } from './helpers/boot-lab.js';
+import { writePack } from './helpers/endpoint.js';
+import { bootArtifacts, logMilestone, vmDir } from './helpers/provision.js';
 
 const MAC = '52:54:00:7a:6d:31';
 const UUID = '6b1d3e52-8a0c-4f5e-9b27-1c2d3e4f5a6b';
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
 
-/** Polls `f` until it returns a value, at most `ms` (an observable condition, not a sleep). */
-async function until<T>(f: () => Promise<T | undefined> | T | undefined, ms: number, what: string, detail: () => string = () => ''): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (let i = 0; ; i++) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}\n${detail()}`);
-    await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** i, 500)));
-  }
-}
-
 describe('UEFI network boot: OVMF PXE → takt DHCP (arch 7) → TFTP ipxe.efi → iPXE → takt (netns, virtio-net, no NIC ROM)', () => {
-  const tag = randomBytes(3).toString('hex');
-  const netns = `tkd-u${tag}`;
-  const prefix = `10.219.${1 + (parseInt(tag, 16) % 250)}`;
-  let dir = '';
-  let data = '';
-  let serve: ChildProcess | null = null;
-  let output = '';
+  const lab = new BootLab({ netnsPrefix: 'tkd-u', subnet: '10.219', dirPrefix: 'takt-uefi-' });
+  const { netns, prefix } = lab;
   let vm: Vm | null = null;
-  let endpoint = '';
-  let token = '';
-
-  const ip = (...a: string[]) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
   /** A takt CLI command inside the namespace (the API listens on its loopback). */
-  const cli = (args: string[]): Promise<CliResult> =>
-    new Promise((resolve) => {
-      execFile('ip', ['netns', 'exec', netns, process.execPath, TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', TAKT_ENDPOINT: endpoint, TAKT_TOKEN: token }, timeout: 60_000 }, (err, stdout, stderr) =>
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }),
-      );
-    });
+  const cli = (args: string[]) => lab.cli(args);
+
   beforeAll(async () => {
     await bootArtifacts();
-    dir = mkdtempSync(join(tmpdir(), 'takt-uefi-'));
-    data = join(dir, 'data');
-    ip('netns', 'add', netns);
-    ip('-n', netns, 'link', 'set', 'lo', 'up');
-    ip('-n', netns, 'link', 'add', 'br0', 'type', 'bridge');
-    ip('-n', netns, 'addr', 'add', `${prefix}.1/24`, 'dev', 'br0');
-    ip('-n', netns, 'link', 'set', 'br0', 'up');
-    const args = ['serve', '--listen', '127.0.0.1:0', '--data', data, '--lease', '5s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0'];
-    serve = spawn('ip', ['netns', 'exec', netns, process.execPath, TAKT, ...args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
-    serve.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-    serve.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-    await until(() => (existsSync(join(data, 'boot-url')) ? true : serve!.exitCode !== null ? false : undefined), 60_000, 'takt serve to start its boot services', () => output);
-    expect(serve.exitCode, output).toBeNull();
-    endpoint = readFileSync(join(data, 'endpoint'), 'utf8').trim();
-    token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
+    lab.open();
+    await lab.serve(['--listen', '127.0.0.1:0', '--lease', '5s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0']);
   }, 600_000);
 
   afterAll(async () => {
     await vm?.kill();
-    if (serve && serve.exitCode === null && serve.signalCode === null) {
-      const gone = new Promise<void>((r) => serve!.once('exit', () => r()));
-      serve.kill('SIGTERM');
-      await Promise.race([gone, new Promise((r) => setTimeout(r, 15_000))]);
-      if (serve.exitCode === null && serve.signalCode === null) serve.kill('SIGKILL');
-    }
-    try {
-      ip('netns', 'del', netns);
-    } catch {
-      // not made
-    }
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    removeVmDirs();
+    await lab.stop();
   });
 
   it('PXE-boots a UEFI machine: arch 7 gets ipxe.efi over TFTP, iPXE fetches its script, the kernel boots', async () => {
     const { kernel, initramfs } = await bootArtifacts();
-    const agent = join(dir, 'agent.sh');
+    const agent = join(lab.dir, 'agent.sh');
     writeFileSync(agent, 'echo "TAKT-AGENT: booted through takt on UEFI"\n');
-    writePack(join(dir, 'pack'), {
+    writePack(join(lab.dir, 'pack'), {
       'pack.yaml': 'name: metal\nversion: 1.0.0\n',
       'bootenvs/sledge.yaml': [
         'name: sledge',
@@ -108,11 +58,11 @@ describe('UEFI network boot: OVMF PXE → takt DHCP (arch 7) → TFTP ipxe.efi �
         '',
       ].join('\n'),
     });
-    const inst = await cli(['content', 'install', join(dir, 'pack')]);
+    const inst = await cli(['content', 'install', join(lab.dir, 'pack')]);
     expect(inst.code, inst.stderr).toBe(0);
     const made = await cli(['machines', 'create', 'uefi-1', '--environment', 'metal', '--mac', MAC, '--uuid', UUID, '--firmware', 'uefi', '--bootenv', 'sledge']);
     expect(made.code, made.stderr).toBe(0);
-    await until(() => ((output.match(/boot: kept bootenv 'sledge'/g) ?? []).length >= 3 ? true : undefined), 120_000, 'the bootenv artifacts to be kept', () => output);
+    await until(() => ((lab.output.match(/boot: kept bootenv 'sledge'/g) ?? []).length >= 3 ? true : undefined), 120_000, 'the bootenv artifacts to be kept', () => lab.output);
 
     vm = await Vm.start({
       name: 'uefi-pxe',
@@ -122,7 +72,7 @@ describe('UEFI network boot: OVMF PXE → takt DHCP (arch 7) → TFTP ipxe.efi �
       nic: { model: 'virtio-net-pci', mac: MAC, rom: 'none', net: { kind: 'tap', netns, bridge: 'br0', tap: 'tap0' } },
     });
     // The endpoint's DHCP, TFTP and boot lines go with a failure: they say which step of the chain broke.
-    const trail = () => output.split('\n').filter((l) => /dhcp:|tftp:|boot:/.test(l)).slice(-40).join('\n');
+    const trail = () => lab.output.split('\n').filter((l) => /dhcp:|tftp:|boot:/.test(l)).slice(-40).join('\n');
     const configured = vm.waitForSerial(/Configuring \(net0[^)]*\)[. ]*ok/, 480_000);
     configured.catch(() => undefined);
     const marker = await vm.waitForSerial(new RegExp(SLEDGE_MARKER), 480_000, { failOn: /Kernel panic|Shell>|PXE-E\d+/ }).catch((e: unknown) => {
@@ -134,21 +84,19 @@ describe('UEFI network boot: OVMF PXE → takt DHCP (arch 7) → TFTP ipxe.efi �
     logMilestone(vm, 'agent script (a takt boot file) ran', ran.atMs);
 
     // OVMF's PXE (arch 7, a plain PXE ROM) was offered ipxe.efi over TFTP, and TFTP sent it.
-    expect(output).toMatch(/dhcp: offer uefi-1: address 10\.219\.\d+\.\d+, arch 7, boot tftp:ipxe\.efi/);
-    expect(output).toMatch(/dhcp: ack uefi-1: address 10\.219\.\d+\.\d+, arch 7, boot tftp:ipxe\.efi/);
-    expect(output).toMatch(/tftp: done ipxe\.efi/);
+    expect(lab.output).toMatch(/dhcp: offer uefi-1: address 10\.219\.\d+\.\d+, arch 7, boot tftp:ipxe\.efi/);
+    expect(lab.output).toMatch(/dhcp: ack uefi-1: address 10\.219\.\d+\.\d+, arch 7, boot tftp:ipxe\.efi/);
+    expect(lab.output).toMatch(/tftp: done ipxe\.efi/);
     // ipxe.efi then asked as iPXE (arch 7 still) and was sent to its script.
-    expect(output).toMatch(/dhcp: ack uefi-1: address [0-9.]+, arch 7, boot http:\/\/[^ ]*\/boot\/ipxe\?mac=\$\{net0\/mac\}/);
+    expect(lab.output).toMatch(/dhcp: ack uefi-1: address [0-9.]+, arch 7, boot http:\/\/[^ ]*\/boot\/ipxe\?mac=\$\{net0\/mac\}/);
     // The script request carried the VM's MAC, SMBIOS UUID and platform efi.
-    const served = output.split('\n').find((l) => l.includes('boot: uefi-1 gets bootenv sledge')) ?? '';
-    expect(served, output).toContain(`mac=${MAC}`);
+    const served = lab.output.split('\n').find((l) => l.includes('boot: uefi-1 gets bootenv sledge')) ?? '';
+    expect(served, lab.output).toContain(`mac=${MAC}`);
     expect(served).toContain(`uuid=${UUID}`);
     expect(served).toContain('platform=efi');
 
     // The lease shows the firmware's architecture (kept when the initramfs' udhcpc, which sends none, renewed it).
-    const leases = await new Promise<string>((resolve) =>
-      execFile('ip', ['netns', 'exec', netns, 'curl', '-s', '-H', `authorization: Bearer ${token}`, `${endpoint}/api/v1/dhcp/leases`], { timeout: 30_000 }, (_e, out) => resolve(out)),
-    );
+    const leases = (await lab.get(`${lab.endpoint}/api/v1/dhcp/leases`, { authorization: `Bearer ${lab.token}` })).body;
     const items = (JSON.parse(leases) as { items: Array<{ mac: string; state: string; arch?: number; machine?: string }> }).items;
     expect(items).toContainEqual(expect.objectContaining({ mac: MAC, state: 'bound', arch: 7, machine: 'uefi-1' }));
   }, 900_000);
