@@ -9,53 +9,24 @@
  * memory, in the discovery environment, to done.
  * Quiet-machine figures (provisioning-facts.md §2): the Node initrd boots ≈ 16 s, the agent is up ≈ 26 s.
  */
-import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Vm } from '../src/brokers/qemu/vm.js';
 import type { Machine } from '../src/model/machine.js';
 import { DISCOVERY_MARKER } from '../src/provision/discovery-env.js';
-import { TAKT, writePack, type CliResult } from './helpers/endpoint.js';
-import { bootArtifacts, logMilestone, removeVmDirs, vmDir } from './helpers/provision.js';
+import { BootLab, until } from './helpers/boot-lab.js';
+import { writePack } from './helpers/endpoint.js';
+import { bootArtifacts, logMilestone, vmDir } from './helpers/provision.js';
 
 const MAC = '52:54:00:d1:5c:07';
 const UUID = '6a1f3c2e-9b8d-4e7f-a1b2-c3d4e5f60718';
 const SERIAL = 'TAKT-DISC-0007';
 
-/** Polls `f` until it returns a value, at most `ms` (an observable condition, not a sleep). */
-async function until<T>(f: () => Promise<T | undefined> | T | undefined, ms: number, what: string, detail: () => string = () => ''): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (let i = 0; ; i++) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}\n${detail()}`);
-    await new Promise((r) => setTimeout(r, Math.min(20 * 2 ** i, 1000)));
-  }
-}
-
 describe('discovery: an unknown VM boots takt\'s discovery environment, registers with its inventory and runs a pipeline', () => {
-  const tag = randomBytes(3).toString('hex');
-  const netns = `tkdisc-${tag}`;
-  const prefix = `10.221.${1 + (parseInt(tag, 16) % 250)}`;
-  let dir = '';
-  let data = '';
-  let serve: ChildProcess | null = null;
-  let output = '';
+  const lab = new BootLab({ netnsPrefix: 'tkdisc-', subnet: '10.221', dirPrefix: 'takt-disc-' });
+  const { netns, prefix } = lab;
   let vm: Vm | null = null;
-  let endpoint = '';
-  let token = '';
-
-  const ip = (...a: string[]) => execFileSync('ip', a, { stdio: ['ignore', 'ignore', 'pipe'], timeout: 10_000 });
-  /** A takt CLI command inside the namespace (the CLI uses the loopback listener). */
-  const cli = (args: string[], timeoutMs = 60_000): Promise<CliResult> =>
-    new Promise((resolve) => {
-      execFile('ip', ['netns', 'exec', netns, process.execPath, TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', TAKT_ENDPOINT: endpoint, TAKT_TOKEN: token }, timeout: timeoutMs, maxBuffer: 16 << 20 }, (err, stdout, stderr) =>
-        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, stdout, stderr }),
-      );
-    });
+  const cli = (args: string[], timeoutMs = 60_000) => lab.cli(args, timeoutMs);
   const machine = async (name: string): Promise<Machine | undefined> => {
     const r = await cli(['machines', 'get', name, '-o', 'json']);
     return r.code === 0 ? (JSON.parse(r.stdout) as Machine) : undefined;
@@ -63,38 +34,13 @@ describe('discovery: an unknown VM boots takt\'s discovery environment, register
 
   beforeAll(async () => {
     await bootArtifacts(); // the Debian kernel, cached for every provisioning test
-    dir = mkdtempSync(join(tmpdir(), 'takt-disc-'));
-    data = join(dir, 'data');
-    ip('netns', 'add', netns);
-    ip('-n', netns, 'link', 'set', 'lo', 'up');
-    ip('-n', netns, 'link', 'add', 'br0', 'type', 'bridge');
-    ip('-n', netns, 'addr', 'add', `${prefix}.1/24`, 'dev', 'br0');
-    ip('-n', netns, 'link', 'set', 'br0', 'up');
-    const args = ['serve', '--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--data', data, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0'];
-    serve = spawn('ip', ['netns', 'exec', netns, process.execPath, TAKT, ...args], { env: { ...process.env, NO_COLOR: '1' }, stdio: ['ignore', 'pipe', 'pipe'] });
-    serve.stdout!.on('data', (d: Buffer) => (output += d.toString()));
-    serve.stderr!.on('data', (d: Buffer) => (output += d.toString()));
-    await until(() => (existsSync(join(data, 'boot-url')) ? true : serve!.exitCode !== null ? false : undefined), 60_000, 'takt serve to start its boot services', () => output);
-    expect(serve.exitCode, output).toBeNull();
-    endpoint = readFileSync(join(data, 'endpoint'), 'utf8').trim();
-    token = readFileSync(join(data, 'admin.token'), 'utf8').trim();
+    lab.open();
+    await lab.serve(['--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0']);
   }, 600_000);
 
   afterAll(async () => {
     await vm?.kill();
-    if (serve && serve.exitCode === null && serve.signalCode === null) {
-      const gone = new Promise<void>((r) => serve!.once('exit', () => r()));
-      serve.kill('SIGTERM');
-      await Promise.race([gone, new Promise((r) => setTimeout(r, 15_000))]);
-      if (serve.exitCode === null && serve.signalCode === null) serve.kill('SIGKILL');
-    }
-    try {
-      ip('netns', 'del', netns);
-    } catch {
-      // not made
-    }
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    removeVmDirs();
+    await lab.stop();
   });
 
   it('builds and installs the discovery bootenv from Debian packages', async () => {
@@ -104,11 +50,11 @@ describe('discovery: an unknown VM boots takt\'s discovery environment, register
     const env = JSON.parse(r.stdout) as { version: string; initrd: { bytes: number }; installed: { name: string; version: string } };
     expect(env.installed).toEqual(expect.objectContaining({ name: 'discovery', version: env.version }));
     expect(env.initrd.bytes).toBeGreaterThan(10 << 20); // Node is in it
-    await until(() => ((output.match(/boot: kept bootenv 'discovery'/g) ?? []).length >= 2 ? true : undefined), 180_000, 'the discovery artifacts to be kept', () => output);
+    await until(() => ((lab.output.match(/boot: kept bootenv 'discovery'/g) ?? []).length >= 2 ? true : undefined), 180_000, 'the discovery artifacts to be kept', () => lab.output);
   }, 600_000);
 
   it('an unknown VM PXE-boots into discovery, registers as metal-<mac> with its inventory, is classified, and runs its pipeline in memory', async () => {
-    writePack(join(dir, 'site'), {
+    writePack(join(lab.dir, 'site'), {
       'pack.yaml': 'name: site\nversion: 1.0.0\n',
       'tasks/inventory-check.yaml': [
         'name: inventory-check',
@@ -123,7 +69,7 @@ describe('discovery: an unknown VM boots takt\'s discovery environment, register
       // Classified as it registers: this VM by its SMBIOS serial and NIC driver.
       'classifiers/site.yaml': `name: site\nrules:\n  - name: test-vms\n    match: [system.serial=${SERIAL}, "nics[].driver=virtio_net"]\n    pipeline: burn-in\n`,
     });
-    const inst = await cli(['content', 'install', join(dir, 'site')]);
+    const inst = await cli(['content', 'install', join(lab.dir, 'site')]);
     expect(inst.code, inst.stderr).toBe(0);
 
     vm = await Vm.start({
@@ -139,10 +85,13 @@ describe('discovery: an unknown VM boots takt\'s discovery environment, register
     const registered = await vm.waitForSerial(new RegExp(`${DISCOVERY_MARKER} (registered with https://${prefix.replaceAll('.', '\\.')}\\.1:8443|registration failed)`), 240_000);
     logMilestone(vm, 'registered', registered.atMs);
     expect(registered.line, vm.serial()).toContain('registered with');
-    expect(output).toContain('boot: 52:54:00:d1:5c:07 gets bootenv discovery');
+    expect(lab.output).toContain('boot: 52:54:00:d1:5c:07 gets bootenv discovery');
 
     const name = `metal-${MAC.replace(/:/g, '')}`;
-    const m = await until(async () => ((await machine(name))?.facts?.system ? await machine(name) : undefined), 120_000, `${name} with its facts`, () => vm!.serial());
+    const m = await until(async () => {
+      const got = await machine(name);
+      return got?.facts?.system ? got : undefined;
+    }, 120_000, `${name} with its facts`, () => vm!.serial());
     expect(m.environment).toBe('metal');
     expect(m.boot).toEqual(expect.objectContaining({ macs: [MAC], uuid: UUID, bootenv: 'discovery' }));
     expect(m.facts).toEqual(expect.objectContaining({ macs: [MAC], productUuid: UUID, bootenv: 'discovery' }));
@@ -150,7 +99,7 @@ describe('discovery: an unknown VM boots takt\'s discovery environment, register
     expect(m.facts!.nics).toEqual([expect.objectContaining({ mac: MAC, driver: 'virtio_net', link: 'up' })]);
 
     expect(m.classification).toEqual(expect.objectContaining({ rule: 'test-vms', pack: 'site' }));
-    expect(output).toMatch(/discovery: metal-525400d15c07 registered; classified by rule test-vms \(site\)/);
+    expect(lab.output).toMatch(/discovery: metal-525400d15c07 registered; classified by rule test-vms \(site\)/);
     const done = await cli(['machines', 'wait', name, '--until', 'done', '--timeout', '300s'], 330_000);
     expect(done.code, `${done.stdout}${done.stderr}\n${vm.serial()}`).toBe(0);
     const log = await cli(['jobs', 'list', '--machine', name, '-o', 'json']);
