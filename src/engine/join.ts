@@ -198,7 +198,7 @@ export class Joins {
    *   over a machine in service), is run by a broker, or its agent is connected from another address.
    */
   async discover(mac: string, facts: Facts, from: string | null = null): Promise<Registered & { classification: ClassifyOutcome | { error: string } }> {
-    const r = await this.register0(mac, facts, from);
+    const r = await this.registerDiscovered(mac, facts, from);
     // Classified after its facts are stored, in a transaction of its own: a rule that cannot apply (a
     // pipeline under way, a param without value) must not undo the registration. No match is a result.
     const author = `discovery:${mac}`;
@@ -207,7 +207,7 @@ export class Joins {
     return { ...r, machine, classification };
   }
 
-  private async register0(mac: string, facts: Facts, from: string | null): Promise<Registered> {
+  private async registerDiscovered(mac: string, facts: Facts, from: string | null): Promise<Registered> {
     if (!facts.macs.includes(mac)) {
       throw new TaktError('forbidden', `this discovery credential was issued to the machine booting from ${mac}, and this host reports MAC addresses ${facts.macs.join(', ') || '(none)'}`);
     }
