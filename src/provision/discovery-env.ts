@@ -163,8 +163,8 @@ export async function buildDiscoveryEnv(opts: BuildOptions): Promise<DiscoveryEn
   try {
     const tar = await import('tar');
     await tar.extract({ file: opts.bundle, cwd: stage });
+    if (!existsSync('/bin/bash')) throw new TaktError('unavailable', '/bin/bash is missing: task scripts run with bash (Debian: apt-get install bash)');
     const bash = realpathSync('/bin/bash');
-    if (!existsSync(bash)) throw new TaktError('unavailable', '/bin/bash is missing: task scripts run with bash (Debian: apt-get install bash)');
     progress(0.3, 'libraries');
     const libs = new Set<string>([...(await allLibraries(join(stage, 'lib', 'node'))), ...(await allLibraries(bash))]);
 
@@ -255,7 +255,8 @@ export function discoveryBootenvYaml(k: { path: string; sha256: string }, i: { p
 /** What a build depends on: the kernel package, the bundle (its path names its key), /init, busybox, bash. */
 function buildKey(kernel: BootKernel, bundle: string, version: string): string {
   const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC).update(DISCOVERY_CMDLINE);
-  for (const f of ['/bin/busybox', realpathSync('/bin/bash')]) {
+  // statSync follows links: a missing file hashes as size 0 (the build itself then says what to install).
+  for (const f of ['/bin/busybox', '/bin/bash']) {
     const st = statSync(f, { throwIfNoEntry: false });
     h.update(`${f}\0${st?.size ?? 0}\0${st?.mtimeMs ?? 0}\0`);
   }
