@@ -34,6 +34,12 @@ export interface PowerPort {
   status(m: Machine): Promise<{ driver: string; state: 'on' | 'off' | 'unknown' }>;
   act(m: Machine, action: 'on' | 'off' | 'cycle'): Promise<{ driver: string; done: boolean; instruction?: string; note?: string }>;
   nextBoot(m: Machine, device: 'pxe' | 'disk', persistent: boolean): Promise<{ driver: string; done: boolean; persistent: boolean; instruction?: string; note?: string }>;
+  /**
+   * A network-booted machine's agent is about to reboot it into its bootenv: the boot device that bootenv
+   * needs is put first through its power driver, and its network boot is waited for. Never throws;
+   * `problem` says what could not be done.
+   */
+  prepareReboot(m: Machine, cause: string): Promise<{ nextBoot?: { driver: string; device: 'pxe' | 'disk'; done: boolean; instruction?: string }; problem?: string; watched: boolean }>;
 }
 
 /** Creates and destroys machines in an environment (the API only needs this much of a broker). */

@@ -9,7 +9,7 @@ import { TaktError } from '../model/errors.js';
 /** The first segment of every topic the endpoint sends: what changed. */
 export const TOPIC_TYPES: readonly string[] = ['machines', 'jobs', 'workorders', 'rollouts', 'packs', 'packversions', 'policies', 'jointokens', 'credentials', 'leases', ...CONTENT_KINDS];
 /** The second segment: what happened to it. */
-export const TOPIC_ACTIONS: readonly string[] = ['create', 'update', 'delete', 'item', 'token'];
+export const TOPIC_ACTIONS: readonly string[] = ['create', 'update', 'delete', 'item', 'token', 'boot-missed'];
 /** Later segments: an id or a name (a pack version's dots split it into more segments). */
 const ID_SEGMENT = /^[A-Za-z0-9_@+-]{1,200}$/;
 /** Filters in one request, at most. */

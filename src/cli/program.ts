@@ -41,6 +41,7 @@ interface ServeCliOptions {
   tftpRoot?: string;
   qemuBridge?: string;
   routerAdverts?: boolean;
+  bootTimeout?: string;
 }
 
 /** Builds the whole `takt` command tree; `program.parseAsync(argv)` runs it. */
@@ -113,6 +114,7 @@ export async function buildProgram(): Promise<Command> {
     .option('--qemu-bridge <bridge>', "the bridge the qemu broker's VMs are plugged into (a tap each), on the provisioning network (env TAKT_QEMU_BRIDGE); default: qemu's private user-mode network", process.env.TAKT_QEMU_BRIDGE)
     .option('--router-adverts', 'with --provision: send IPv6 router advertisements on the boot segment (radvd; no prefix, not a default router) so iPXE does not wait 13-16 s for a router; default on with --dhcp full (env TAKT_ROUTER_ADVERTS=on|off)')
     .option('--no-router-adverts', 'with --provision: no router advertisements (the segment has an IPv6 router, or radvd is not wanted)')
+    .option('--boot-timeout <duration>', 'with --provision: a network-booted machine takt powers on, cycles or reboots that sends no DHCP or boot script request within this long is reported (its reason says what to check; a running machine stops) (env TAKT_BOOT_TIMEOUT; default 5m: servers take minutes to POST)', process.env.TAKT_BOOT_TIMEOUT)
     .option('--tftp-root <dir>', 'with --dhcp: where TFTP serves the iPXE binaries PXE ROMs get (env TAKT_TFTP_ROOT; default /usr/lib/ipxe, Debian\'s ipxe package)', process.env.TAKT_TFTP_ROOT)
     .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
     .addHelpText(

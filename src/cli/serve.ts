@@ -17,6 +17,7 @@ import { ProcessBroker } from '../brokers/process.js';
 import { QemuBroker } from '../brokers/qemu/broker.js';
 import { checkPowerConfig } from '../provision/power/index.js';
 import { MachinePower } from '../provision/power/machines.js';
+import { BootWatch } from '../provision/boot-watch.js';
 import { DEFAULT_SSH_MAX_SESSIONS, SshBroker } from '../brokers/ssh/broker.js';
 import { Credentials } from '../brokers/ssh/credentials.js';
 import { readPackDir } from '../content/files.js';
@@ -89,7 +90,12 @@ export interface ServeOptions {
   qemuBridge?: string;
   /** With `provision`: IPv6 router advertisements (radvd) on the boot segment; default on with `dhcp` full. */
   routerAdverts?: boolean;
+  /** With `provision`: duration text, how long a machine takt powered on or rebooted may take to show up on the boot services. */
+  bootTimeout?: string;
 }
+
+/** `--boot-timeout` default: real servers take minutes to POST (memory training, RAID and NIC option ROMs). */
+export const DEFAULT_BOOT_TIMEOUT = '5m';
 
 export function parseListen(listen: string): { host: string; port: number } {
   const m = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(listen);
@@ -192,6 +198,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const envRa = process.env.TAKT_ROUTER_ADVERTS;
   if (envRa !== undefined && envRa !== 'on' && envRa !== 'off') throw new TaktError('bad_request', `TAKT_ROUTER_ADVERTS must be on or off (got '${envRa}')`);
   const routerAdverts = opts.routerAdverts ?? (envRa === undefined ? undefined : envRa === 'on');
+  if (opts.bootTimeout !== undefined && !provisionNet) throw new TaktError('bad_request', '--boot-timeout needs --provision ADDR/PREFIX (the boot services are what a booting machine shows up on)');
+  const bootTimeoutMs = parseDuration(opts.bootTimeout ?? DEFAULT_BOOT_TIMEOUT, '--boot-timeout', DURATION_RANGES.bootTimeout);
   if (routerAdverts === true && !provisionNet) throw new TaktError('bad_request', '--router-adverts needs --provision ADDR/PREFIX (they are sent on the interface that holds that address)');
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
@@ -255,6 +263,20 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     [ssh.name, ssh],
     [qemu.name, qemu],
   ]);
+  // Boots takt waits for after a power on, cycle or reboot of a network-booted machine (boot-watch.ts).
+  const bootWatch = provisionNet
+    ? new BootWatch({
+        boundMs: bootTimeoutMs,
+        onMissed: async (missed) => {
+          try {
+            await engine.bootMissed(missed.machine.id, missed.reason);
+          } catch (err) {
+            log('error', `${missed.machine.name}: ${missed.reason} (not recorded: ${(err as Error).message})`);
+          }
+        },
+      })
+    : null;
+  const power = new MachinePower(engine, bootWatch);
   const records = new Records(store, content, sealer);
   const portable = new Portable(store, engine, content, records);
   const rollouts = new Rollouts(store, engine, records, { log });
@@ -278,7 +300,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
-    power: new MachinePower(engine),
+    power,
     // Provisioning starts after the app is built: read when asked.
     dhcpLeases: () =>
       provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}), ...(l.arch !== undefined ? { arch: l.arch } : {}) })) ?? null,
@@ -353,7 +375,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       };
       if (!agentAccess()) log('warn', `provisioning: no HTTPS listener machines can reach, so booted environments have no API to register with; add --listen ${provisionNet.address}:8443`);
       const discoveryToken = (mac: string) => mintDiscoveryToken(discoveryDigest, mac, Date.now());
-      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, ...(routerAdverts !== undefined ? { routerAdverts } : {}), log, agentAccess, discoveryToken });
+      provisioning = await startProvisioning({ net: provisionNet, httpPort: bootPort, data, store, content, discovery: opts.discovery !== false, dhcp: dhcpPlan, ...(routerAdverts !== undefined ? { routerAdverts } : {}), log, agentAccess, discoveryToken, ...(bootWatch ? { seen: (mac: string) => bootWatch.seen(mac) } : {}) });
     } catch (err) {
       await closeAll();
       throw err;
@@ -364,6 +386,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   }
 
   async function closeAll(): Promise<void> {
+    bootWatch?.close();
     await provisioning?.close();
     clearInterval(pruner);
     stopReporting();

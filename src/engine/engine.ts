@@ -788,6 +788,29 @@ export class Engine {
   }
 
   /**
+   * A network boot the endpoint waited for did not happen (provision/boot-watch.ts): the machine gets
+   * `reason`, and a machine walking its pipeline is stopped where it stands (its position kept) so that
+   * `machines wait`, the list and the UI show a machine that needs a person rather than one "running"
+   * with nothing running. Resume continues once it boots. A machine that has a job running by now did
+   * boot (its agent claimed work), and is left as it is. Observed state: nothing goes in history.
+   * Emits `machines.boot-missed.<id>` with `{id, name, reason}`.
+   * @returns the machine after the change, or null when it is gone or already running a job.
+   */
+  async bootMissed(id: string, reason: string): Promise<Machine | null> {
+    return this.store.transact(async (tx) => {
+      const m = await tx.lockMachine(id);
+      if (!m || m.currentJob) return null;
+      const stop = m.state === 'running';
+      const next: Machine = { ...m, reason: stop ? `${reason}; resume it (takt machines resume ${m.name}) once it boots` : reason, ...(stop ? { state: 'stopped' as const } : {}), updatedAt: new Date().toISOString() };
+      await tx.updateMachine(next);
+      tx.emit(`machines.update.${m.id}`, publicMachine(next));
+      tx.emit(`machines.boot-missed.${m.id}`, { id: m.id, name: m.name, reason });
+      this.log('warn', `${m.name}: ${reason}`, { machine: m.name });
+      return next;
+    });
+  }
+
+  /**
    * The clear value of param `name` as machine `m` sees it (its params, its profiles, its pipeline's,
    * the global profile; outputs are left out: a task must not choose its machine's BMC password), for a
    * power driver that logs in (`passwordParam`). Only a secure param is given out: a password kept in

@@ -41,6 +41,8 @@ export const DURATION_RANGES = {
   requestTimeout: { min: SECOND, max: HOUR },
   /** A join token's lifetime (`takt machines join --expires`): short, since it can create a machine. */
   joinExpiry: { min: MINUTE, max: 7 * DAY },
+  /** `takt serve --boot-timeout`: how long a powered-on machine may take to show up on the boot services (a timer). */
+  bootTimeout: { min: SECOND, max: DAY },
   /** Agent chaos delays (test tool): timers, and 0 means none. */
   chaos: { min: 0, max: TIMER_MAX_MS },
 } as const satisfies Record<string, DurationRange>;

@@ -216,6 +216,11 @@ export interface ProvisionOptions {
   agentAccess?: () => { api: string; ca: string } | null;
   /** Makes a discovery credential for a booting MAC (BootScriptsOptions.discoveryToken). */
   discoveryToken?: (mac: string) => string;
+  /**
+   * A machine's firmware showed up on the boot services (a PXE/iPXE DHCP packet or a script request from
+   * this MAC): the boot watch stops waiting for it (boot-watch.ts).
+   */
+  seen?: (mac: string) => void;
 }
 
 export interface Provisioning {
@@ -262,6 +267,7 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
   const app = await buildBootHttp({
     cache,
     script: async (q) => {
+      opts.seen?.(q.mac);
       const r = await scripts.script(q);
       const who = { mac: q.mac, ...(q.uuid ? { uuid: q.uuid } : {}), platform: q.platform, remote: q.remote };
       if (r.problem) opts.log('warn', `boot: ${r.problem}`, who);
@@ -296,6 +302,7 @@ export async function startProvisioning(opts: ProvisionOptions): Promise<Provisi
     };
     const dhcpLog = (e: DhcpLogEntry): void => {
       if (e.event === 'ignored') return; // other clients' traffic on the segment: not news
+      if (e.mac) opts.seen?.(e.mac);
       void (async () => {
         const who = e.mac ? await names(e.mac) : '?';
         const level = e.event === 'error' || e.event === 'nak' || e.event === 'decline' ? 'warn' : 'info';

@@ -3,8 +3,8 @@ import { Describer } from '../../engine/describe.js';
 import { publicJob, publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { parseLabelSelector } from '../../model/labels.js';
-import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
-import { MAX_JOB_ID_CHARS } from '../../model/protocol.js';
+import { MACHINE_STATES, type Machine, type MachineState } from '../../model/machine.js';
+import { MAX_JOB_ID_CHARS, type ClaimResponse } from '../../model/protocol.js';
 import type { SshSettings } from '../../model/ssh.js';
 import type { BootSettings } from '../../model/boot.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
@@ -414,12 +414,28 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const aborted = whenGone(reply.raw);
     const body = req.body as { lastJob?: unknown } | undefined;
     const lastJob = typeof body?.lastJob === 'string' || body?.lastJob === null ? body.lastJob : undefined;
+    let answer: ClaimResponse;
     try {
-      return await engine.claim(id, wait * 1000, aborted.signal, lastJob);
+      answer = await engine.claim(id, wait * 1000, aborted.signal, lastJob);
     } finally {
       aborted.done();
     }
+    // A stage needs another bootenv: before the agent reboots into it, its boot device is set through
+    // the power driver and its network boot is waited for.
+    if (answer.action === 'reboot' && ctx.power) await prepareReboot(ctx, await engine.findMachine(id), 'the reboot into its stage\'s bootenv');
+    return answer;
   });
+}
+
+/**
+ * Readies a network-booted machine for the reboot its agent was just told to do (PowerPort.prepareReboot)
+ * and says in the endpoint's log what was set, or why it could not be.
+ */
+export async function prepareReboot(ctx: ApiContext, m: Machine, cause: string): Promise<void> {
+  if (!ctx.power || !m.boot) return;
+  const r = await ctx.power.prepareReboot(m, `${cause} (bootenv ${m.boot.bootenv})`);
+  if (r.problem) ctx.log?.('warn', `${m.name}: ${r.problem}; it reboots by its own boot order`, { machine: m.name });
+  else if (r.nextBoot) ctx.log?.('info', `${m.name}: ${r.nextBoot.device === 'pxe' ? 'network boot' : 'disk'} put first by ${r.nextBoot.driver} for bootenv ${m.boot.bootenv}`, { machine: m.name });
 }
 
 async function freeNames(ctx: ApiContext, prefix: string, count: number): Promise<string[]> {

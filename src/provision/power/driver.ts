@@ -24,6 +24,11 @@ export interface PowerOutcome {
   note?: string;
 }
 
+/** `PowerOutcome.note` of an `on` that found the machine on already (every driver says it in these words). */
+export const ALREADY_ON = 'already on';
+/** `PowerOutcome.note` of an `off` that found the machine off already. */
+export const ALREADY_OFF = 'already off';
+
 /** The result of `setNextBoot`. */
 export interface BootOutcome extends PowerOutcome {
   /** Whether the setting stays for later boots (true) or applies to the next boot only (false). */

@@ -18,7 +18,7 @@
  */
 import { spawn } from 'node:child_process';
 import { TaktError } from '../../model/errors.js';
-import type { BootDevice, BootOutcome, OffOptions, PowerDriver, PowerOutcome, PowerState } from './driver.js';
+import { ALREADY_OFF, ALREADY_ON, type BootDevice, type BootOutcome, type OffOptions, type PowerDriver, type PowerOutcome, type PowerState } from './driver.js';
 
 /** Configuration of the ipmi driver. */
 export interface IpmiPowerOptions {
@@ -183,13 +183,13 @@ export class IpmiPower implements PowerDriver {
   }
 
   async on(): Promise<PowerOutcome> {
-    if ((await this.status()) === 'on') return { done: true, note: 'already on' };
+    if ((await this.status()) === 'on') return { done: true, note: ALREADY_ON };
     await this.run(['power', 'on']);
     return { done: true };
   }
 
   async off(opts: OffOptions = {}): Promise<PowerOutcome> {
-    if ((await this.status()) === 'off') return { done: true, note: 'already off' };
+    if ((await this.status()) === 'off') return { done: true, note: ALREADY_OFF };
     if (opts.graceful) {
       const timeoutMs = opts.timeoutMs ?? 60_000;
       const pollMs = this.opts.pollMs ?? 2_000;

@@ -21,7 +21,7 @@
 import { TaktError } from '../../model/errors.js';
 import { withQmp, type QmpClient } from '../../brokers/qemu/qmp.js';
 import { BOOTINDEX } from '../../brokers/qemu/vm.js';
-import type { BootDevice, BootOutcome, OffOptions, PowerDriver, PowerOutcome, PowerState } from './driver.js';
+import { ALREADY_OFF, ALREADY_ON, type BootDevice, type BootOutcome, type OffOptions, type PowerDriver, type PowerOutcome, type PowerState } from './driver.js';
 
 /** Configuration of the qmp driver. */
 export interface QmpPowerOptions {
@@ -69,7 +69,7 @@ export class QmpPower implements PowerDriver {
   async on(): Promise<PowerOutcome> {
     return this.use(async (q) => {
       const s = await this.query(q);
-      if (powerStateOf(s) === 'on') return { done: true, note: 'already on' };
+      if (powerStateOf(s) === 'on') return { done: true, note: ALREADY_ON };
       // prelaunch: never ran, nothing to reset. paused/shutdown: start afresh like a real power on.
       if (s.status !== 'prelaunch') await q.execute('system_reset');
       await q.execute('cont');
@@ -80,7 +80,7 @@ export class QmpPower implements PowerDriver {
   async off(opts: OffOptions = {}): Promise<PowerOutcome> {
     return this.use(async (q) => {
       const s = await this.query(q);
-      if (powerStateOf(s) === 'off') return { done: true, note: 'already off' };
+      if (powerStateOf(s) === 'off') return { done: true, note: ALREADY_OFF };
       if (opts.graceful) {
         const timeoutMs = opts.timeoutMs ?? 60_000;
         const since = q.history.length;

@@ -27,7 +27,7 @@ import { request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders 
 import { isIP } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { TaktError } from '../../model/errors.js';
-import type { BootDevice, BootOutcome, OffOptions, PowerDriver, PowerOutcome, PowerState } from './driver.js';
+import { ALREADY_OFF, ALREADY_ON, type BootDevice, type BootOutcome, type OffOptions, type PowerDriver, type PowerOutcome, type PowerState } from './driver.js';
 
 /** Configuration of the redfish driver. */
 export interface RedfishPowerOptions {
@@ -313,14 +313,14 @@ export class RedfishPower implements PowerDriver {
 
   async on(): Promise<PowerOutcome> {
     const { path, sys } = await this.computerSystem();
-    if (redfishPowerState(sys.PowerState) === 'on') return { done: true, note: 'already on' };
+    if (redfishPowerState(sys.PowerState) === 'on') return { done: true, note: ALREADY_ON };
     const type = await this.reset(path, sys, ['On', 'ForceOn', 'PushPowerButton']);
     return type === 'On' ? { done: true } : { done: true, note: `ResetType ${type} (the BMC does not offer On)` };
   }
 
   async off(opts: OffOptions = {}): Promise<PowerOutcome> {
     const { path, sys } = await this.computerSystem();
-    if (redfishPowerState(sys.PowerState) === 'off') return { done: true, note: 'already off' };
+    if (redfishPowerState(sys.PowerState) === 'off') return { done: true, note: ALREADY_OFF };
     if (!opts.graceful) {
       await this.reset(path, sys, ['ForceOff']);
       return { done: true };
