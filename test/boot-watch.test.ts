@@ -1,0 +1,119 @@
+/**
+ * A machine that never boots from the network is reported, fast (issue #13): a real endpoint with boot
+ * services (`--provision 127.0.0.1/8 --boot-timeout 2s`) powers on two real qemu VMs through QMP. Neither
+ * has a NIC, so neither can PXE-boot; one of them "shows up" by fetching its iPXE script as its firmware
+ * would, the other never does. The silent one is stopped with a reason that says what was done and what
+ * to check, and a `machines.boot-missed` event; the one that showed up is left alone.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Machine } from '../src/model/machine.js';
+import { Endpoint, until, writePack } from './helpers/endpoint.js';
+
+const QEMU = '/usr/bin/qemu-system-x86_64';
+
+describe.skipIf(!existsSync(QEMU))('boot watch: a machine that never boots from the network', () => {
+  let ep: Endpoint;
+  let dir: string;
+  const vms: ChildProcess[] = [];
+  const get = async (name: string) => JSON.parse((await ep.cli(['machines', 'get', name, '-o', 'json'])).stdout) as Machine;
+
+  /** A VM held before its first instruction (-S), no NIC and no disk, powered through its QMP socket. */
+  const startVm = async (name: string): Promise<string> => {
+    const sock = join(dir, `${name}.qmp`);
+    const vm = spawn(QEMU, ['-S', '-nodefaults', '-display', 'none', '-machine', 'pc,accel=tcg', '-m', '32', '-qmp', `unix:${sock},server=on,wait=off`], { stdio: 'ignore' });
+    vms.push(vm);
+    await until(async () => existsSync(sock) || undefined, 30_000, `${name}'s QMP socket`);
+    return sock;
+  };
+
+  /** The `machines.boot-missed` events from the start of the stream up to and including the one for `last`. */
+  const bootMissedEvents = async (last: string): Promise<Array<{ topic: string; data: unknown }>> => {
+    const res = await fetch(`${ep.url}/api/v1/events?topics=machines.boot-missed&since=0`, { headers: { authorization: `Bearer ${ep.token}` }, signal: AbortSignal.timeout(30_000) });
+    expect(res.status).toBe(200);
+    const out: Array<{ topic: string; data: unknown }> = [];
+    let buf = '';
+    const decoder = new TextDecoder();
+    for await (const chunk of res.body!) {
+      buf += decoder.decode(chunk as Uint8Array, { stream: true });
+      for (let i = buf.indexOf('\n\n'); i >= 0; i = buf.indexOf('\n\n')) {
+        const frame = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const topic = /^event: (.*)$/m.exec(frame)?.[1];
+        const data = /^data: (.*)$/m.exec(frame)?.[1];
+        if (!topic || data === undefined) continue;
+        out.push({ topic, data: (JSON.parse(data) as { data: unknown }).data });
+        if (topic === `machines.boot-missed.${last}`) return out;
+      }
+    }
+    return out;
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'takt-bootwatch-'));
+    ep = await Endpoint.start({ args: ['--provision', '127.0.0.1/8', '--boot-port', '0', '--boot-timeout', '2s'] });
+    writePack(join(dir, 'p'), {
+      'pack.yaml': 'name: metal\nversion: 1.0.0\n',
+      'bootenvs/sledge.yaml': 'name: sledge\nipxe: "#!ipxe\\necho booting {{ machine.name }}\\n"\n',
+      'tasks/check.yaml': 'name: check\nscript: "true"\n',
+      'stages/check.yaml': 'name: check\ntasks: [check]\n',
+      'pipelines/burn-in.yaml': 'name: burn-in\nstages: [check]\nenvironments: [metal]\n',
+    });
+    const inst = await ep.cli(['content', 'install', join(dir, 'p')]);
+    expect(inst.code, inst.stderr).toBe(0);
+  }, 120_000);
+  afterAll(async () => {
+    for (const vm of vms) vm.kill('SIGKILL');
+    await ep?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('stops the silent one with a reason and an event, and leaves the one that showed up alone', async () => {
+    const boot = readFileSync(join(ep.data, 'boot-url'), 'utf8').trim();
+    const create = async (name: string, mac: string, sock: string, extra: string[] = []) => {
+      const c = await ep.cli(['machines', 'create', name, '--environment', 'metal', '--mac', mac, '--bootenv', 'sledge', '--power-driver', 'qmp', '--power-opt', `socket=${sock}`, ...extra]);
+      expect(c.code, c.stderr).toBe(0);
+    };
+    await create('rack-b', '52:54:00:b0:00:02', await startVm('b'));
+    await create('rack-a', '52:54:00:a0:00:01', await startVm('a'), ['--pipeline', 'burn-in']);
+    expect((await get('rack-a')).state).toBe('running');
+
+    // rack-b is powered on first and shows up (its script fetched by its MAC, as iPXE does); then rack-a.
+    const pb = await ep.cli(['machines', 'power', 'rack-b', 'on']);
+    expect(pb.code, pb.stderr).toBe(0);
+    const script = await (await fetch(`${boot}/boot/ipxe?mac=52:54:00:B0:00:02&uuid=&platform=pcbios`)).text();
+    expect(script).toContain('echo booting rack-b');
+    const pa = await ep.cli(['machines', 'power', 'rack-a', 'on']);
+    expect(pa.code, pa.stderr).toBe(0);
+
+    const a = await until(async () => {
+      const m = await get('rack-a');
+      return m.state === 'stopped' ? m : undefined;
+    }, 60_000, 'rack-a to be stopped for its missed boot');
+    expect(a.reason).toMatch(/^did not boot from the network within 2 s of power on by qmp at \d{4}-\d\d-\d\dT[\d:.]+Z: no DHCP request and no boot script request from 52:54:00:a0:00:01\. Check that the machine is on \(takt machines power rack-a status\), that network boot \(PXE\) is enabled and first in its boot order \(takt machines power rack-a cycle --next-boot pxe\), and that this NIC is on the provisioning network; resume it \(takt machines resume rack-a\) once it boots$/);
+    // Its pipeline and place are kept (it had not started yet): resume takes it from there.
+    expect([a.pipeline, a.passed]).toEqual(['burn-in', []]);
+
+    // rack-b's wait ended before rack-a's, and it showed up: nothing to report.
+    const b = await get('rack-b');
+    expect(b.reason).toBeNull();
+    expect(b.state).toBe('idle');
+
+    // One event for rack-a, none for rack-b: replayed from the start of the stream, read until rack-a's.
+    const seen = await bootMissedEvents(a.id);
+    expect(seen).toEqual([{ topic: `machines.boot-missed.${a.id}`, data: { id: a.id, name: 'rack-a', reason: expect.stringMatching(/^did not boot from the network within 2 s/) } }]);
+  }, 120_000);
+
+  it('refuses --boot-timeout without --provision, and a bad duration', async () => {
+    const { runCli } = await import('./helpers/endpoint.js');
+    const none = await runCli(['serve', '--data', join(dir, 'x'), '--listen', '127.0.0.1:0', '--boot-timeout', '30s']);
+    expect(none.code).not.toBe(0);
+    expect(none.stderr).toContain('--boot-timeout needs --provision ADDR/PREFIX');
+    const bad = await runCli(['serve', '--data', join(dir, 'y'), '--listen', '127.0.0.1:0', '--provision', '127.0.0.1/8', '--boot-timeout', 'soon']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/--boot-timeout/);
+  }, 60_000);
+});
