@@ -3,13 +3,17 @@
  * services (`--provision 127.0.0.1/8 --boot-timeout 2s`) powers on two real qemu VMs through QMP. Neither
  * has a NIC, so neither can PXE-boot; one of them "shows up" by fetching its iPXE script as its firmware
  * would, the other never does. The silent one is stopped with a reason that says what was done and what
- * to check, and a `machines.boot-missed` event; the one that showed up is left alone.
+ * to check, and a `machines.boot-missed` event; the one that showed up is left alone. A stage that needs
+ * another bootenv has the boot device it needs put first through the driver before the agent reboots
+ * (the network for a served bootenv, the disk for `local` on UEFI), and the reboot is watched the same way.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { withQmp } from '../src/brokers/qemu/qmp.js';
+import { BOOTINDEX } from '../src/brokers/qemu/vm.js';
 import type { Machine } from '../src/model/machine.js';
 import { Endpoint, until, writePack } from './helpers/endpoint.js';
 
@@ -22,9 +26,15 @@ describe.skipIf(!existsSync(QEMU))('boot watch: a machine that never boots from 
   const get = async (name: string) => JSON.parse((await ep.cli(['machines', 'get', name, '-o', 'json'])).stdout) as Machine;
 
   /** A VM held before its first instruction (-S), no NIC and no disk, powered through its QMP socket. */
-  const startVm = async (name: string): Promise<string> => {
+  const startVm = async (name: string, opts: { disk?: boolean } = {}): Promise<string> => {
     const sock = join(dir, `${name}.qmp`);
-    const vm = spawn(QEMU, ['-S', '-nodefaults', '-display', 'none', '-machine', 'pc,accel=tcg', '-m', '32', '-qmp', `unix:${sock},server=on,wait=off`], { stdio: 'ignore' });
+    const disk: string[] = [];
+    if (opts.disk) {
+      // A boot disk (QOM id disk0, first in the boot order) for the qmp driver to order against the network.
+      writeFileSync(join(dir, `${name}.img`), Buffer.alloc(1024 * 1024));
+      disk.push('-drive', `if=none,id=d0,format=raw,file=${join(dir, `${name}.img`)}`, '-device', `virtio-blk-pci,drive=d0,id=disk0,bootindex=${BOOTINDEX.diskFirst}`);
+    }
+    const vm = spawn(QEMU, ['-S', '-nodefaults', '-display', 'none', '-machine', 'pc,accel=tcg', '-m', '32', ...disk, '-qmp', `unix:${sock},server=on,wait=off`], { stdio: 'ignore' });
     vms.push(vm);
     await until(async () => existsSync(sock) || undefined, 30_000, `${name}'s QMP socket`);
     return sock;
@@ -61,6 +71,10 @@ describe.skipIf(!existsSync(QEMU))('boot watch: a machine that never boots from 
       'tasks/check.yaml': 'name: check\nscript: "true"\n',
       'stages/check.yaml': 'name: check\ntasks: [check]\n',
       'pipelines/burn-in.yaml': 'name: burn-in\nstages: [check]\nenvironments: [metal]\n',
+      'stages/inmem.yaml': 'name: inmem\nbootenv: sledge\ntasks: [check]\n',
+      'pipelines/to-sledge.yaml': 'name: to-sledge\nstages: [inmem]\nenvironments: [metal]\n',
+      'stages/ondisk.yaml': 'name: ondisk\nbootenv: local\ntasks: [check]\n',
+      'pipelines/to-local.yaml': 'name: to-local\nstages: [ondisk]\nenvironments: [metal]\n',
     });
     const inst = await ep.cli(['content', 'install', join(dir, 'p')]);
     expect(inst.code, inst.stderr).toBe(0);
@@ -105,6 +119,56 @@ describe.skipIf(!existsSync(QEMU))('boot watch: a machine that never boots from 
     // One event for rack-a, none for rack-b: replayed from the start of the stream, read until rack-a's.
     const seen = await bootMissedEvents(a.id);
     expect(seen).toEqual([{ topic: `machines.boot-missed.${a.id}`, data: { id: a.id, name: 'rack-a', reason: expect.stringMatching(/^did not boot from the network within 2 s/) } }]);
+  }, 120_000);
+
+  it('a stage that needs a network bootenv: its boot device goes first through the driver, and the reboot is watched', async () => {
+    const sock = await startVm('sw', { disk: true });
+    const c = await ep.call('POST', '/machines', {
+      name: 'rack-sw',
+      environment: 'metal',
+      pipeline: 'to-sledge',
+      boot: { macs: ['52:54:00:c0:00:03'], firmware: 'bios' },
+      powerConfig: { driver: 'qmp', socket: sock, disk: 'disk0' },
+    });
+    expect(c.status, JSON.stringify(c.body)).toBe(201);
+    const m = (c.body as { items: Array<Machine & { token: string }> }).items[0]!;
+    expect(m.boot?.bootenv).toBe('local');
+    const bootindex = () => withQmp(sock, (q) => q.execute<number>('qom-get', { path: '/machine/peripheral/disk0', property: 'bootindex' }));
+    expect(await bootindex()).toBe(BOOTINDEX.diskFirst);
+
+    // Its agent claims: the stage needs sledge, so it is told to reboot — after the network went first.
+    const claim = await ep.call('POST', `/machines/${m.id}/claim?wait=0`, {}, m.token);
+    expect(claim.body).toMatchObject({ job: null, action: 'reboot' });
+    expect(await bootindex()).toBe(BOOTINDEX.diskAfterNic);
+
+    // It never shows up on the boot services: stopped, and the reason says which reboot.
+    const sw = await until(async () => {
+      const x = await get('rack-sw');
+      return x.state === 'stopped' ? x : undefined;
+    }, 60_000, 'rack-sw to be stopped for its missed boot');
+    expect(sw.reason).toMatch(/^did not boot from the network within 2 s of the reboot into its stage's bootenv \(bootenv sledge\) at .*: no DHCP request and no boot script request from 52:54:00:c0:00:03\./);
+    expect(sw.boot?.bootenv).toBe('sledge');
+  }, 120_000);
+
+  it('a stage that needs local on UEFI: the disk goes first through the driver (iPXE exit does not fall through there)', async () => {
+    const sock = await startVm('uefi', { disk: true });
+    const c = await ep.call('POST', '/machines', {
+      name: 'rack-uefi',
+      environment: 'metal',
+      pipeline: 'to-local',
+      boot: { macs: ['52:54:00:c0:00:04'], firmware: 'uefi', bootenv: 'sledge' },
+      powerConfig: { driver: 'qmp', socket: sock, disk: 'disk0' },
+    });
+    expect(c.status, JSON.stringify(c.body)).toBe(201);
+    const m = (c.body as { items: Array<Machine & { token: string }> }).items[0]!;
+    const nb = await ep.cli(['machines', 'power', 'rack-uefi', '--next-boot', 'pxe']);
+    expect(nb.code, nb.stderr).toBe(0);
+    const bootindex = () => withQmp(sock, (q) => q.execute<number>('qom-get', { path: '/machine/peripheral/disk0', property: 'bootindex' }));
+    expect(await bootindex()).toBe(BOOTINDEX.diskAfterNic);
+    const claim = await ep.call('POST', `/machines/${m.id}/claim?wait=0`, {}, m.token);
+    expect(claim.body).toMatchObject({ job: null, action: 'reboot' });
+    expect(await bootindex()).toBe(BOOTINDEX.diskFirst);
+    expect((await get('rack-uefi')).boot?.bootenv).toBe('local');
   }, 120_000);
 
   it('refuses --boot-timeout without --provision, and a bad duration', async () => {

@@ -83,11 +83,17 @@ describe('bootenv lint', () => {
       "bootenvs/sledge.yaml:3:14: param 'root_pw' is secure: boot scripts are served to firmware without authentication, so a bootenv cannot use a secret (deliver it to the machine's agent in a task instead)",
     ]],
     ['an ipxe script without its #!ipxe line, and an unknown firmware', {
-      'bootenvs/local.yaml': 'name: local\nfirmware: [bios, arm]\nipxe: exit\n',
+      'bootenvs/disk.yaml': 'name: disk\nfirmware: [bios, arm]\nipxe: exit\n',
     }, [
-      'bootenvs/local.yaml:2:18: must be "bios" or "uefi" (got a string "arm")',
-      'bootenvs/local.yaml:3:7: an iPXE script starts with `#!ipxe` on its first line',
+      'bootenvs/disk.yaml:2:18: must be "bios" or "uefi" (got a string "arm")',
+      'bootenvs/disk.yaml:3:7: an iPXE script starts with `#!ipxe` on its first line',
     ]],
+    ['a bootenv named local (built in: machines in it boot from disk without a script)', {
+      'bootenvs/local.yaml': 'name: local\nipxe: "#!ipxe\\nexit"\n',
+    }, [
+      "bootenvs/local.yaml:1:7: bootenv name 'local' is built in (boot from the machine's own disk) and cannot be defined by a pack; choose another name",
+    ]],
+    ['a stage that boots from disk names the built-in local', { 'stages/ondisk.yaml': 'name: ondisk\nbootenv: local\ntasks: [hello]\n' }, []],
   ])('%s', (_what, over, want) => {
     expect(lint(over)).toEqual(want);
   });

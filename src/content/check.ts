@@ -8,6 +8,7 @@
  */
 import { CONTENT_KINDS, KIND_NOUN, type ContentKind, type ContentSet } from '../model/content.js';
 import { isSealed } from '../model/secure.js';
+import { LOCAL_BOOTENV } from '../model/boot.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import { FACT_FIELDS, FACTS_VAR } from '../model/facts.js';
@@ -92,7 +93,8 @@ const CHECKS: Record<ContentKind, (ctx: Ctx) => void> = {
     checkRefs(ctx, '/tasks', 'tasks');
     checkValues(ctx);
     checkExpect(ctx);
-    if (typeof ctx.def.bootenv === 'string' && !ctx.set.objects.bootenvs.has(ctx.def.bootenv)) {
+    // `local` (boot from the machine's own disk) is built in: a stage after a deploy to disk names it.
+    if (typeof ctx.def.bootenv === 'string' && ctx.def.bootenv !== LOCAL_BOOTENV && !ctx.set.objects.bootenvs.has(ctx.def.bootenv)) {
       report(ctx, '/bootenv', notFound(ctx.set, 'bootenvs', ctx.def.bootenv));
     }
   },
@@ -278,6 +280,8 @@ function declaredParams(ctx: Ctx): Set<string> {
  * artifacts are served under one name, and its templates use only what a boot render provides.
  */
 function checkBootenv(ctx: Ctx): void {
+  // Machines in `local` boot from their disk without a script: a pack's bootenv of that name would never be used.
+  if (ctx.name === LOCAL_BOOTENV) report(ctx, '/name', `bootenv name '${LOCAL_BOOTENV}' is built in (boot from the machine's own disk) and cannot be defined by a pack; choose another name`);
   const declared = declaredParams(ctx);
   if (declared.has(BOOT_VAR)) report(ctx, '/params', `'${BOOT_VAR}' is reserved for the boot URLs in bootenv templates; choose another param name`);
   // Boot scripts go to firmware without authentication (and iPXE has no HTTPS here): never a secret.
