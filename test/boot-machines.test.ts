@@ -3,10 +3,11 @@
  * the bootenv it boots into are desired state (checked, unique, in history), and a booting client gets
  * the script of the machine it is — or, when something is wrong, its disk with the reason on its console.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runningBootenv } from '../src/agent/agent.js';
 import { lintPack } from '../src/content/lint.js';
 import { BootScripts } from '../src/engine/boot.js';
 import { checkBootSettings, patchBoot, type MachineBoot } from '../src/model/boot.js';
@@ -245,5 +246,58 @@ describe('a stage that needs another bootenv', () => {
 
     const plain = (await ep.call('POST', '/machines', { name: 'plain', pipeline: 'p' })).body as { items: Array<Machine & { token: string }> };
     expect(await drive(plain.items[0]!.id, plain.items[0]!.token)).toEqual({ ran: ['a', 'b', 'c'], reboot: false });
+  });
+
+  it("does not run a stage in another bootenv than it needs: one more reboot, then a stop with the reason", async () => {
+    const c = await ep.call('POST', '/machines', { name: 'vm-mis', environment: 'metal', pipeline: 'p', boot: { macs: ['52:54:00:bb:00:02'] } });
+    expect(c.status, JSON.stringify(c.body)).toBe(201);
+    const m = (c.body as { items: Array<Machine & { token: string }> }).items[0]!;
+    const claim = async (bootenv?: string) => (await ep.call('POST', `/machines/${m.id}/claim?wait=0`, bootenv ? { bootenv } : {}, m.token)).body as { job: { id: string; task: string } | null; action?: string; machine: { state: string; reason: string | null } };
+    // Task a runs from disk (its stage needs no bootenv), then the switch to sledge.
+    const a = await claim('local');
+    expect(a.job?.task).toBe('a');
+    expect((await ep.call('POST', `/jobs/${a.job!.id}/complete`, { exitCode: 0, outputs: {} }, m.token)).status).toBe(200);
+    expect(await claim('local')).toMatchObject({ job: null, action: 'reboot' });
+    // It came back from its disk, not in sledge: rebooted once more, then stopped, and nothing ran.
+    expect(await claim('local')).toMatchObject({ job: null, action: 'reboot' });
+    const stopped = await claim('local');
+    expect(stopped.job).toBeNull();
+    expect(stopped.action).toBeUndefined();
+    expect(stopped.machine).toEqual({
+      state: 'stopped',
+      reason: "stage 'inmem' needs bootenv 'sledge', but the agent of vm-mis still runs in 'local' after takt rebooted it into 'sledge': its firmware does not boot takt's script for it. Check that network boot is first in its boot order (takt machines power vm-mis cycle --next-boot pxe), then resume it",
+      power: 'on',
+    });
+    // Resumed and booted right, it runs the stage there. A claim that does not say (an older agent) is not checked.
+    expect((await ep.cli(['machines', 'resume', 'vm-mis'])).code).toBe(0);
+    const b = await claim('sledge');
+    expect(b.job?.task).toBe('b');
+    expect((await ep.call('POST', `/jobs/${b.job!.id}/complete`, { exitCode: 0, outputs: {} }, m.token)).status).toBe(200);
+    expect((await claim()).job?.task).toBe('c');
+    // A bootenv that is not a name is refused with its path.
+    const bad = await ep.call('POST', `/machines/${m.id}/claim?wait=0`, { bootenv: 'Bad Name' }, m.token);
+    expect(bad.status).toBe(422);
+    expect((bad.body as { error: { path: string } }).error.path).toBe('/bootenv');
+  });
+});
+
+describe('runningBootenv: what the agent says it booted', () => {
+  let root: string;
+  beforeAll(() => {
+    root = mkdtempSync(join(tmpdir(), 'takt-cmdline-'));
+  });
+  afterAll(() => rmSync(root, { recursive: true, force: true }));
+  it.each<[string, string | null, string | undefined]>([
+    ['a takt in-memory environment', 'console=ttyS0 takt.bootenv=discovery takt.api=https://10.0.0.1:8443', 'discovery'],
+    ['an OS from disk: local', 'BOOT_IMAGE=/vmlinuz root=UUID=1 ro quiet', 'local'],
+    ['a bootenv word that is not a name: local', 'takt.bootenv=../../x', 'local'],
+    ['no proc/cmdline (a local sandbox): cannot tell', null, undefined],
+  ])('%s', async (_what, cmdline, want) => {
+    const dir = mkdtempSync(join(root, 'r-'));
+    if (cmdline !== null) {
+      mkdirSync(join(dir, 'proc'));
+      writeFileSync(join(dir, 'proc', 'cmdline'), `${cmdline}\n`);
+    }
+    expect(await runningBootenv(dir)).toBe(want);
   });
 });

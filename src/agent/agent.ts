@@ -5,14 +5,16 @@
  * the machine to reboot (64) or power off (32); a supervisor acts on those codes.
  */
 import { mkdir, readFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ApiClient, backoffMs } from '../client/http.js';
+import { LOCAL_BOOTENV } from '../model/boot.js';
 import { TaktError } from '../model/errors.js';
 import { AGENT_EXIT_POWEROFF, AGENT_EXIT_REBOOT, machineIdFromToken, type AgentAction, type ClaimedJob, type ClaimResponse, type CompleteRequest } from '../model/protocol.js';
 import { Chaos, type ChaosSpec } from './chaos.js';
 import { deliverReport } from './deliver.js';
 import { startHeartbeat } from './heartbeat.js';
 import { installHelpers } from './helpers.js';
+import { bootenvOf } from './inventory.js';
 import { pruneJobDirs } from './jobdirs.js';
 import { errorMessage, jsonLineLog, type AgentLog } from './log.js';
 import { LogBatcher } from './logs.js';
@@ -54,6 +56,20 @@ export interface AgentOptions {
 }
 
 export const AGENT_EXIT_STOPPED = 0;
+
+/**
+ * The bootenv the machine under `root` booted, for the endpoint's check that a stage's tasks run in the
+ * bootenv the stage needs: `takt.bootenv=NAME` on its kernel command line (takt's in-memory environments
+ * put it there), `local` when the command line has none (an OS booted from disk), undefined when the
+ * command line cannot be read (a local sandbox has no proc/ of its own).
+ */
+export async function runningBootenv(root: string): Promise<string | undefined> {
+  try {
+    return bootenvOf(await readFile(join(root, 'proc', 'cmdline'), 'utf8')) ?? LOCAL_BOOTENV;
+  } catch {
+    return undefined;
+  }
+}
 /** How long the end of a job's log may hold up its report. */
 const LOG_FLUSH_MS = 10_000;
 /** An endpoint that answers "nothing to do" at once (no long-poll) is not asked more often than this. */
@@ -98,6 +114,8 @@ class Agent {
   /** The machine token in use (the token file may bring a new one). */
   private token: string;
   private reloading: Promise<boolean> | null = null;
+  /** The bootenv this agent's machine booted (ClaimRequest.bootenv); undefined when it cannot tell. */
+  private bootenv: string | undefined;
   private pruning: Promise<void> | null = null;
 
   constructor(
@@ -133,6 +151,7 @@ class Agent {
     if (this.opts.runAs) prepareSandboxDirs(this.paths, this.opts.runAs);
     await installHelpers(this.paths.binDir);
     await this.state.init();
+    this.bootenv = await runningBootenv(this.root);
     this.log('info', 'agent started', { machineId: this.machineId, endpoint: this.client.endpoint, dir: this.paths.home, root: this.root });
 
     let restarting = true;
@@ -218,7 +237,7 @@ class Agent {
   private async claim(): Promise<ClaimResponse | null> {
     const started = Date.now();
     try {
-      const body = this.lastJob === undefined ? {} : { lastJob: this.lastJob };
+      const body = { ...(this.lastJob === undefined ? {} : { lastJob: this.lastJob }), ...(this.bootenv ? { bootenv: this.bootenv } : {}) };
       this.lastJob ??= null;
       const res = await this.client.post<ClaimResponse>(`/machines/${encodeURIComponent(this.machineId)}/claim`, body, {
         query: { wait: this.waitSeconds },

@@ -87,7 +87,7 @@ export async function collectFacts(src: InventorySources = systemSources, agentV
  */
 export function bootenvOf(cmdline: string): string | null {
   for (const word of cmdline.trim().split(/\s+/)) {
-    const m = /^takt\.bootenv=([a-z0-9][a-z0-9._-]{0,63})$/.exec(word);
+    const m = /^takt\.bootenv=([a-z0-9][a-z0-9._-]{0,62})$/.exec(word); // NAME_PATTERN (model/content.ts)
     if (m) return m[1]!;
   }
   return null;

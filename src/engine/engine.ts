@@ -265,6 +265,12 @@ export class Engine {
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
   readonly liveness: Liveness;
+  /**
+   * Per machine: the bootenv its agent last said it booted (ClaimRequest.bootenv), and how many reboots
+   * it was given because it ran in another bootenv than its stage needs. In memory: after an endpoint
+   * restart the agent's next claim says it again.
+   */
+  private readonly running = new Map<string, { bootenv: string; mismatchReboots: number }>();
 
   constructor(
     readonly store: Store,
@@ -1104,9 +1110,14 @@ export class Engine {
    * Long-poll for the machine's next job: answers at once when there is one, else waits up to `waitMs`.
    * `lastJob`: the id of the last job the claiming agent received, when it says (null: none since it
    * started). A running job that is not that one never reached the agent (the answer to a claim it had
-   * given up on), so it is handed back rather than called abandoned.
+   * given up on), so it is handed back rather than called abandoned. `bootenv`: the bootenv the agent's
+   * machine booted, when it says (ClaimRequest.bootenv): a stage that needs another one is not started.
    */
-  async claim(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
+  async claim(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null, bootenv?: string): Promise<ClaimResponse> {
+    if (bootenv !== undefined) {
+      const was = this.running.get(machineId);
+      this.running.set(machineId, { bootenv, mismatchReboots: was?.mismatchReboots ?? 0 });
+    }
     // An open long-poll is an agent in touch, however long it waits.
     const closePoll = this.liveness.pollOpened(machineId);
     try {
@@ -1278,6 +1289,29 @@ export class Engine {
       Object.assign(m, switched);
       return { kind: 'reboot', bootenv: stage.bootenv };
     }
+    // The machine is switched, but its agent says it booted another bootenv (it came back from its disk,
+    // or its firmware did not boot the script): the stage's tasks must not run there. One more reboot
+    // (the claim route puts network boot first through the power driver); then a stop with the reason,
+    // rather than rebooting it for ever.
+    const running = stage?.bootenv && m.boot ? this.running.get(m.id) : undefined;
+    if (running && stage?.bootenv && running.bootenv !== stage.bootenv) {
+      if (running.mismatchReboots < 1) {
+        running.mismatchReboots++;
+        this.log('warn', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' but its agent runs in '${running.bootenv}': rebooting it again`, { machine: m.name });
+        return { kind: 'reboot', bootenv: stage.bootenv };
+      }
+      const reason =
+        `stage '${step.stage}' needs bootenv '${stage.bootenv}', but the agent of ${m.name} still runs in '${running.bootenv}' after takt rebooted it into '${stage.bootenv}': ` +
+        `its firmware does not boot takt's script for it. Check that network boot is first in its boot order (takt machines power ${m.name} cycle --next-boot pxe), then resume it`;
+      const stopped: Machine = { ...m, state: 'stopped', reason, updatedAt: new Date().toISOString() };
+      await this.saveMachine(tx, stopped);
+      if (pending) pending.machine = false;
+      this.log('warn', `${m.name}: ${reason}`, { machine: m.name });
+      Object.assign(m, stopped);
+      running.mismatchReboots = 0;
+      return null;
+    }
+    if (running) running.mismatchReboots = 0;
     return {
       kind: 'pipeline',
       shape,

@@ -2,7 +2,7 @@
  * The agent protocol over HTTP (see docs/agent.md and docs/api.md). The agent authenticates with its machine token
  * and only ever talks about its own machine and that machine's jobs.
  *
- *   POST /api/v1/machines/:id/claim?wait=<seconds>   -> ClaimResponse (long-poll up to `wait`)
+ *   POST /api/v1/machines/:id/claim?wait=<seconds>   ClaimRequest -> ClaimResponse (long-poll up to `wait`)
  *   POST /api/v1/jobs/:id/log        LogRequest      -> 204 (chunks deduplicated by seq; renews the lease)
  *   POST /api/v1/jobs/:id/heartbeat                  -> HeartbeatResponse (renews the lease)
  *   POST /api/v1/jobs/:id/complete   CompleteRequest -> CompleteResponse (idempotent: the same report twice
@@ -57,6 +57,17 @@ export interface ClaimedJob {
    * other name at once. Absent from older endpoints: then the agent does not check names.
    */
   outputs?: string[];
+}
+
+/** The body of a claim (all optional; an empty body is a claim too). */
+export interface ClaimRequest {
+  /** The id of the last job this agent process received; null: none since it started. */
+  lastJob?: string | null;
+  /**
+   * The bootenv the machine booted (`takt.bootenv=` on its kernel command line, `local` without one):
+   * a stage that needs another one is not given to it (engine: a reboot, then a stop with the reason).
+   */
+  bootenv?: string;
 }
 
 export interface ClaimResponse {

@@ -3,8 +3,9 @@ import { Describer } from '../../engine/describe.js';
 import { publicJob, publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { parseLabelSelector } from '../../model/labels.js';
+import { NAME_PATTERN } from '../../model/content.js';
 import { MACHINE_STATES, type Machine, type MachineState } from '../../model/machine.js';
-import { MAX_JOB_ID_CHARS, type ClaimResponse } from '../../model/protocol.js';
+import { MAX_JOB_ID_CHARS, type ClaimRequest, type ClaimResponse } from '../../model/protocol.js';
 import type { SshSettings } from '../../model/ssh.js';
 import type { BootSettings } from '../../model/boot.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
@@ -404,7 +405,10 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   const claimBody = {
     type: ['object', 'null'],
     additionalProperties: false,
-    properties: { lastJob: { anyOf: [{ type: 'string', minLength: 1, maxLength: MAX_JOB_ID_CHARS }, { type: 'null' }] } },
+    properties: {
+      lastJob: { anyOf: [{ type: 'string', minLength: 1, maxLength: MAX_JOB_ID_CHARS }, { type: 'null' }] },
+      bootenv: { type: 'string', pattern: NAME_PATTERN, maxLength: 64, description: 'the bootenv the machine booted (takt.bootenv= on its kernel command line; local without one)' },
+    },
   } as const;
   app.post('/api/v1/machines/:id/claim', { config: { machine: true }, schema: { body: claimBody } }, async (req, reply) => {
     const id = (req.params as { id: string }).id;
@@ -412,11 +416,11 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const wait = intQuery((req.query as { wait?: string }).wait, 'wait', 0, 60)!;
     // The agent has gone when the connection closes before the answer is written.
     const aborted = whenGone(reply.raw);
-    const body = req.body as { lastJob?: unknown } | undefined;
+    const body = req.body as ClaimRequest | null | undefined;
     const lastJob = typeof body?.lastJob === 'string' || body?.lastJob === null ? body.lastJob : undefined;
     let answer: ClaimResponse;
     try {
-      answer = await engine.claim(id, wait * 1000, aborted.signal, lastJob);
+      answer = await engine.claim(id, wait * 1000, aborted.signal, lastJob, body?.bootenv);
     } finally {
       aborted.done();
     }
