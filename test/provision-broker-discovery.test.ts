@@ -9,7 +9,7 @@
  * machine (vm-1, not a new metal-<mac>) with facts carrying the broker's MAC, UUID and serial → classified
  * → the task runs → `machines wait vm-1 --until done`. Then `machines delete vm-1` leaves no qemu, tap or
  * VM directory. Figures (TCG): by hand at load 2–4, create → registered ≈ 41 s, → done ≈ 59 s; this test
- * at load 8–9, registered at 74–83 s, done at 100–116 s. The bounds below are about 4× the quiet ones.
+ * at load 7–9, registered at 56–83 s, done at 76–116 s. The bounds below are about 4× the quiet ones.
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
