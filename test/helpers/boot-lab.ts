@@ -1,18 +1,20 @@
 /**
  * One boot lab for the VM tests that run `takt serve` inside a network namespace (test/provision-e2e,
- * -uefi, -proxy, -discovery, -leases, -qemu-bridge): the namespace (by default holding bridge `br0` at
- * `<prefix>.1/24`), a temporary directory with the endpoint's data directory, `takt serve` spawned under
- * `ip netns exec` with its output captured and waited for (the `boot-url` file), the takt CLI and curl run
- * inside the namespace, and the teardown (serve SIGTERM then SIGKILL, bounded; namespaces deleted; the
- * directory and the VM directories of test/helpers/provision.ts removed).
+ * -uefi, -proxy, -discovery, -leases, -qemu-bridge, -broker-discovery): the namespace (by default
+ * holding bridge `br0`, or `bridgeName`, at `<prefix>.1/24`), a temporary directory with the endpoint's
+ * data directory, `takt serve` spawned under `ip netns exec` with its output captured and waited for (the
+ * `boot-url` file), the takt CLI and curl run inside the namespace, and the teardown (serve SIGTERM then
+ * SIGKILL, bounded; namespaces deleted; the directory and the VM directories of test/helpers/provision.ts
+ * removed; `killBrokerVms` for the qemu broker's VMs, which outlive their endpoint).
  * Each test keeps its own namespace prefix and subnet (`netnsPrefix`, `subnet`); nothing is sent beyond
  * loopback and the lab's own namespaces.
  */
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { qemuPidOf } from '../../src/brokers/qemu/vm.js';
 import { TAKT, type CliResult } from './endpoint.js';
 import { removeVmDirs } from './provision.js';
 
@@ -55,6 +57,8 @@ export interface BootLabOptions {
   dataName?: string;
   /** Make bridge `br0` at `<prefix>.1/24` in the namespace (default true); false leaves the segment to the test. */
   bridge?: boolean;
+  /** The bridge's name when one is made (default `br0`), e.g. a name with the test's own prefix. */
+  bridgeName?: string;
   /** The default timeout of `cli()` in milliseconds (default 60 000). */
   cliTimeoutMs?: number;
 }
@@ -79,6 +83,8 @@ export class BootLab {
   readonly netns: string;
   /** The segment's first three octets, e.g. `10.218.37` (the host is `<prefix>.1`). */
   readonly prefix: string;
+  /** The bridge's name in the namespace (`bridgeName`, default `br0`); made by `open()` unless `bridge: false`. */
+  readonly bridge: string;
   /** The temporary directory (set by `open()`); removed by `stop()`. */
   dir = '';
   /** The endpoint's data directory, `<dir>/<dataName>` (set by `open()`). */
@@ -101,6 +107,7 @@ export class BootLab {
     this.tag = randomBytes(3).toString('hex');
     this.netns = `${opts.netnsPrefix}${this.tag}`;
     this.prefix = `${opts.subnet}.${1 + (parseInt(this.tag, 16) % 250)}`;
+    this.bridge = opts.bridgeName ?? 'br0';
   }
 
   /** Runs `ip ARGS…` (10 s limit); throws with ip's stderr on failure. */
@@ -115,15 +122,15 @@ export class BootLab {
     this.ip('-n', name, 'link', 'set', 'lo', 'up');
   }
 
-  /** Makes the temporary directory and the namespace (and bridge `br0` at `<prefix>.1/24` unless `bridge: false`). */
+  /** Makes the temporary directory and the namespace (and the bridge at `<prefix>.1/24` unless `bridge: false`). */
   open(): void {
     this.dir = mkdtempSync(join(tmpdir(), this.opts.dirPrefix));
     this.data = join(this.dir, this.opts.dataName ?? 'data');
     this.addNetns(this.netns);
     if (this.opts.bridge === false) return;
-    this.ip('-n', this.netns, 'link', 'add', 'br0', 'type', 'bridge');
-    this.ip('-n', this.netns, 'addr', 'add', `${this.prefix}.1/24`, 'dev', 'br0');
-    this.ip('-n', this.netns, 'link', 'set', 'br0', 'up');
+    this.ip('-n', this.netns, 'link', 'add', this.bridge, 'type', 'bridge');
+    this.ip('-n', this.netns, 'addr', 'add', `${this.prefix}.1/24`, 'dev', this.bridge);
+    this.ip('-n', this.netns, 'link', 'set', this.bridge, 'up');
   }
 
   /**
@@ -168,6 +175,28 @@ export class BootLab {
         resolve({ status: Number(stdout.slice(i + 1)) || 0, body: stdout.slice(0, i) });
       });
     });
+  }
+
+  /**
+   * Ends (SIGKILL) the qemu of every VM the endpoint's qemu broker made under `<data>/qemu/` that still
+   * runs — qemu outlives its endpoint on purpose, so a VM a failed test left is ended by its pid (checked
+   * against /proc by `qemuPidOf`). Returns the pids it killed. Never throws.
+   */
+  killBrokerVms(): number[] {
+    const vms = this.data ? join(this.data, 'qemu') : '';
+    if (!vms || !existsSync(vms)) return [];
+    const killed: number[] = [];
+    for (const id of readdirSync(vms)) {
+      const pid = qemuPidOf(join(vms, id));
+      if (pid === null) continue;
+      try {
+        process.kill(pid, 'SIGKILL');
+        killed.push(pid);
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return killed;
   }
 
   /**
