@@ -103,6 +103,18 @@ describe('registering a machine booted into discovery', () => {
     expect(hist.stdout).toContain('discovery:52:54:00:0d:15:c0');
   });
 
+  it('a machine made ahead (an operator\'s --mac, the qemu broker) registers for the first time: not "again"', async () => {
+    const mac = '52:54:00:0d:15:d1';
+    const c = await ep.cli(['machines', 'create', 'ahead-1', '--environment', 'metal', '--mac', mac, '--bootenv', 'discovery']);
+    expect(c.code, c.stderr).toBe(0);
+    const token = await scriptToken(mac);
+    const first = await ep.call('POST', '/join', { facts: facts({ macs: [mac], productUuid: null }) }, token);
+    expect(first.status, JSON.stringify(first.body)).toBe(201);
+    expect(first.body).toEqual(expect.objectContaining({ rejoined: false, machine: expect.objectContaining({ name: 'ahead-1' }) }));
+    const again = await ep.call('POST', '/join', { facts: facts({ macs: [mac], productUuid: null }) }, await scriptToken(mac));
+    expect(again.body).toEqual(expect.objectContaining({ rejoined: true, machine: expect.objectContaining({ name: 'ahead-1' }) }));
+  });
+
   it('is refused for another host, for any other route, for a machine in service, and when forged', async () => {
     const token = await scriptToken(MAC);
     const other = await ep.call('POST', '/join', { facts: facts({ macs: ['52:54:00:0d:15:c9'] }) }, token);

@@ -29,7 +29,9 @@ describe('qemu broker VM on takt serve --qemu-bridge (netns, DHCP full)', () => 
   }, 300_000);
 
   afterAll(async () => {
-    // qemu outlives its endpoint on purpose: a VM a failed test left is ended by its pid.
+    // qemu outlives its endpoint on purpose: a VM a failed test left is ended by its pid — after the
+    // endpoint is stopped, whose supervisor would start it again.
+    await lab.stopServe();
     const vms = join(lab.data, 'qemu');
     if (lab.data && existsSync(vms)) {
       for (const id of execFileSync('ls', [vms], { encoding: 'utf8' }).split('\n').filter(Boolean)) {

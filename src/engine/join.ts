@@ -54,7 +54,10 @@ export interface Registered {
   machine: Machine;
   /** The machine's new token: shown once, only its digest is kept. */
   token: string;
-  /** True when the host was recognised as an existing machine (its old token no longer works). */
+  /**
+   * True when the host was recognised as a machine that had registered before (its old token no longer
+   * works); false for a new machine, and for a discovered machine made ahead without facts (qemu broker).
+   */
   rejoined: boolean;
 }
 
@@ -229,7 +232,8 @@ export class Joins {
         const token = await this.rekey(tx, m, author, 'discovered again');
         await tx.setMachineFacts(m.id, observed);
         tx.emit(`machines.update.${m.id}`, publicMachine({ ...m, facts: observed }));
-        return { machine: { ...m, facts: observed }, token, rejoined: true };
+        // A machine made ahead (qemu broker, an operator's --mac) registers for the first time: not "again".
+        return { machine: { ...m, facts: observed }, token, rejoined: m.facts !== null };
       }
       made!.machine.facts = observed;
       await this.engine.insertMachine(tx, made!.machine, made!.token, author);
