@@ -7,7 +7,8 @@
  * does not answer (503 with the driver's words), and the manual driver's instruction to the operator.
  * One VM, on qemu's user-mode network (no boot needed: power is QMP's business, not the guest's).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { qemuPidOf } from '../src/brokers/qemu/vm.js';
@@ -97,6 +98,32 @@ describe('machines power and the qemu broker (real qemu)', () => {
     expect(ep.output).toMatch(/vm-1's VM still runs .*adopted/);
     expect(await status('vm-1')).toMatchObject({ state: 'on' });
   }, 180_000);
+
+  it('exported and imported onto another endpoint, the VM machine gets a VM there and its power controls there', async () => {
+    const out = mkdtempSync(join(tmpdir(), 'takt-vm-export-'));
+    const other = await Endpoint.start();
+    try {
+      const e = await ep.cli(['export', out]);
+      expect(e.code, e.stderr).toBe(0);
+      // The export names this endpoint's QMP socket; the import must not point at it.
+      expect(readFileSync(join(out, 'machines', 'vm-1.yaml'), 'utf8')).toContain(join(ep.data, 'qemu'));
+      const i = await other.cli(['import', out]);
+      expect(i.code, i.stderr).toBe(0);
+      const moved = (await other.call('GET', '/machines/vm-1')).body as MachineView;
+      expect(moved.powerConfig).toEqual({ driver: 'qmp', socket: join(other.data, 'qemu', moved.id, 'qmp.sock') });
+      const st = (await other.call('GET', '/machines/vm-1/power')).body as { state: string; driver: string };
+      expect(st).toMatchObject({ driver: 'qmp', state: 'on' });
+      const otherDir = join(other.data, 'qemu', moved.id);
+      const otherPid = qemuPidOf(otherDir);
+      expect(otherPid).not.toBeNull();
+      expect(otherPid).not.toBe(qemuPidOf(vmDir));
+      expect((await other.cli(['machines', 'delete', 'vm-1'])).code).toBe(0);
+      await until(async () => !existsSync(`/proc/${otherPid}`) || /\) Z /.test(readFileSync(`/proc/${otherPid}/stat`, 'utf8')), 30_000, 'the imported VM to exit');
+    } finally {
+      await other.stop();
+      rmSync(out, { recursive: true, force: true });
+    }
+  }, 240_000);
 
   it('refuses what cannot be done, with the reason', async () => {
     // No power configuration: on/off stay the broker's (unchanged); cycle and next boot are refused.

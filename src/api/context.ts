@@ -59,6 +59,11 @@ export interface BrokerPort {
    * request's `vm` settings. @throws TaktError invalid for bad settings, with the field path.
    */
   plan?(name: string, vm: VmRequest): { id: string; boot: BootSettings; powerConfig: MachinePowerConfig };
+  /**
+   * Brokers that power their machines themselves (qemu): machine `id`'s power configuration on this host
+   * (an imported VM machine gets it instead of its export's, which names the other endpoint's paths).
+   */
+  powerConfigFor?(id: string): MachinePowerConfig;
   destroy(machine: { id: string; name: string }): Promise<void>;
   /**
    * True when its machines are sandboxes this host makes (a directory, a network namespace): a machine

@@ -84,6 +84,11 @@ export interface MachineStarter {
    * machine's sandbox is new and empty, whatever its export says its pipeline built. Absent: none does.
    */
   sandboxed?(broker: string): boolean;
+  /**
+   * The power configuration `broker` gives machine `id` on this host when the broker powers its machines
+   * itself (qemu: the VM's QMP socket in this data dir), else undefined: the export's is kept.
+   */
+  powerConfigFor?(broker: string, id: string): MachinePowerConfig | undefined;
 }
 
 /** How an import is asked: `dryRun` writes nothing; `allowUndeclared` stores params no content declares (as `machines update`). */
@@ -682,6 +687,9 @@ export class Portable {
           const { place, outputs, built, ...desired } = rest;
           const made = await this.engine.newMachine({ ...desired, broker, ...(settings ? { ssh: settings } : {}) }, content);
           made.machine.power = doc.power;
+          // A broker that powers its machines (qemu) says where this one's controls are here.
+          const own = broker ? starter.powerConfigFor?.(broker, made.machine.id) : undefined;
+          if (own) made.machine.powerConfig = own;
           this.restorePlace(made.machine, place, file, problems);
           made.machine.outputs = outputs ?? {};
           // A sandbox made here is new and empty: what the pipeline built is not in it. Held, keeping the place

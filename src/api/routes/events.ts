@@ -111,6 +111,7 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
       return portable.import(body.files, author(req), {
         has: (name) => brokers.has(name),
         sandboxed: (name) => brokers.get(name)?.sandboxed === true,
+        powerConfigFor: (name, id) => brokers.get(name)?.powerConfigFor?.(id),
         // Called only after the import has committed: a machine's agent never runs for a refused import.
         start: async (machine, token) => {
           const broker = machine.broker ? brokers.get(machine.broker) : undefined;

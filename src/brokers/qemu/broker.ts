@@ -125,8 +125,16 @@ export class QemuBroker {
     return {
       id,
       boot: { macs: [mac], uuid: randomUUID(), firmware, ...(vm.bootenv ? { bootenv: vm.bootenv } : {}) },
-      powerConfig: { driver: 'qmp', socket: join(this.vmDir(id), 'qmp.sock') },
+      powerConfig: this.powerConfigFor(id),
     };
+  }
+
+  /**
+   * The power configuration of machine `id`'s VM on this host: its QMP socket in this endpoint's data dir.
+   * A VM machine imported from another endpoint gets this one, not the path its export carries.
+   */
+  powerConfigFor(id: string): MachinePowerConfig {
+    return { driver: 'qmp', socket: join(this.vmDir(id), 'qmp.sock') };
   }
 
   /**
