@@ -13,6 +13,9 @@ import { agentPaths, jobPaths } from '../src/agent/paths.js';
 import { parsePowerRequest, readPowerRequest } from '../src/agent/power.js';
 import { runScript } from '../src/agent/runner.js';
 import { prepareSandboxDirs } from '../src/agent/sandbox.js';
+import { scriptEnv } from '../src/agent/runner.js';
+import { powerOfProbe } from '../src/brokers/ssh/job.js';
+import { bootstrapScript, parseProbe, probeScript, reportedScript, startScript } from '../src/brokers/ssh/remote.js';
 import { decideTaskPower, describePowerRequest, endOfTaskPower, type TaskPowerPlan } from '../src/engine/taskpower.js';
 import type { Machine } from '../src/model/machine.js';
 import type { AgentAction, TaskPowerRequest } from '../src/model/protocol.js';
@@ -157,6 +160,42 @@ describe.skipIf(!isRoot)('the agent reads the request of a script run as another
     } finally {
       rmSync(base, { recursive: true, force: true });
     }
+  });
+});
+
+describe('agentless (SSH) machines: the same helper, read back by the probe', () => {
+  const bash = (script: string) => spawnSync('bash', ['-s'], { input: script, encoding: 'utf8' });
+  it('bootstrap installs takt-power; the job gets TAKT_CONTROL_DIR; the probe sends the request; reported drops it', () => {
+    const base = mkdtempSync(join(dir, "ssh base 'quoted'-"));
+    expect(bash(bootstrapScript(base)).stdout).toContain(`base ${base}`);
+    expect(readFileSync(join(base, 'bin', 'takt-power'), 'utf8')).toBe(TAKT_POWER);
+    const probe = (id: string, script: string) => {
+      const paths = jobPaths(join(base, 'jobs'), id);
+      const env = scriptEnv({ id, script, params: {}, timeoutMs: 20_000 }, { paths, binDir: join(base, 'bin'), machineId: 'm-1', root: base, baseEnv: { PATH: '/usr/bin:/bin' } });
+      const started = bash(startScript({ jobDir: paths.workDir, binDir: join(base, 'bin'), script, params: {}, env: env as Record<string, string>, timeoutMs: 20_000, graceMs: 300 }, id));
+      expect(started.stdout).toMatch(/^takt-ssh: started\n/);
+      let text = '';
+      for (let i = 0; i < 200 && !/state finished/.test(text); i++) text = bash(`sleep 0.05\n${probeScript(paths.workDir, [], 1000, { stdout: 0, stderr: 0 })}`).stdout;
+      return { p: parseProbe(text), workDir: paths.workDir };
+    };
+    const asked = probe('s-1', 'takt-power next-boot pxe --persistent && takt-power cycle\nexit 64');
+    expect(asked.p).toMatchObject({ state: 'finished', exitCode: 64, power: { next_boot: 'pxe persistent\n', action: 'cycle\n' } });
+    expect(powerOfProbe(asked.p)).toEqual({ power: { nextBoot: 'pxe', persistent: true, action: 'cycle' }, problem: null });
+    bash(reportedScript(asked.workDir));
+    expect(parseProbe(bash(probeScript(asked.workDir, [], 1000, { stdout: 0, stderr: 0 })).stdout).power).toEqual({});
+
+    expect(powerOfProbe(probe('s-2', 'echo nothing asked').p)).toEqual({ problem: null });
+    const big = probe('s-3', 'head -c 500 /dev/zero | tr "\\0" a > "$TAKT_CONTROL_DIR/action"');
+    expect(big.p.power).toEqual({ action: null });
+    expect(powerOfProbe(big.p).problem).toMatch(/action request is not a small regular file/);
+  });
+
+  it.each<[string, string, Record<string, string | null>]>([
+    ['a request', `power action ${Buffer.from('off').toString('base64')}`, { action: 'off' }],
+    ['a file too large', 'power next_boot -', { next_boot: null }],
+    ['an unknown file name: ignored', `power ../../etc/passwd ${Buffer.from('x').toString('base64')}`, {}],
+  ])('parseProbe reads %s', (_what, line, power) => {
+    expect(parseProbe(['state finished', 'exit 0', line].join('\n')).power).toEqual(power);
   });
 });
 
