@@ -7,6 +7,8 @@
  * refuses the login stops the machine with ipmitool's words. The agent protocol's new field is checked
  * at the route (table-driven). Skipped, saying why, without ipmi_sim/ipmitool.
  */
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job, Machine } from '../src/model/machine.js';
 import { IpmiPower } from '../src/provision/power/ipmi.js';
@@ -120,6 +122,8 @@ describe.skipIf(!available)('a machine whose BMC is ipmi_sim', () => {
     // What the BMC saw, in order: the boot device, then one reset (not a power on: it was on).
     expect(chassisFile(sim.dir, 'boot').trim()).toBe('pxe');
     expect(chassisFile(sim.dir, 'resets').trim().split('\n')).toEqual(['reset']);
+    // The next task started only after the reset: the machine was held meanwhile.
+    expect(Date.parse(after!.createdAt)).toBeGreaterThanOrEqual(Math.floor(statSync(join(sim.dir, 'resets')).mtimeMs));
     const calls = chassisFile(sim.dir, 'calls').split('\n').filter((l) => l.startsWith('set '));
     expect(calls.findIndex((l) => /boot pxe/.test(l))).toBeLessThan(calls.findIndex((l) => /reset 1/.test(l)));
     // (The driver read the device back from boot parameter 5 before the cycle.) The server is on again.

@@ -268,6 +268,11 @@ export class Engine {
   private sweeper: NodeJS.Timeout | null = null;
   /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
   private stopped = false;
+  /**
+   * Machines whose power driver is at work for a task (takt-power) between the completion's commit and
+   * the driver's answer: no job of any kind (work orders included) starts on them meanwhile.
+   */
+  private readonly powering = new Set<string>();
   private readonly unsubscribe: () => void;
   /** Each job's log: masked, bounded, closed when the job ends (joblog.ts). */
   private readonly logs: JobLogs;
@@ -1141,7 +1146,7 @@ export class Engine {
       } else m = { ...m, currentJob: null };
     }
     // A rollout holding the machine (--busy wait) reassigns it before its next job: none starts meanwhile.
-    const held = m.power === 'on' && (await tx.getHold(m.id)) !== undefined;
+    const held = m.power === 'on' && (this.powering.has(m.id) || (await tx.getHold(m.id)) !== undefined);
     for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !held; step++) {
       const work = await this.nextWork(tx, m, pending);
       if (!work) break;
@@ -1396,6 +1401,7 @@ export class Engine {
     const report = reportOf(request);
     let plan: TaskPowerPlan | undefined;
     const answered = await this.store.transact(async (tx) => {
+      if (plan) this.powering.delete(plan.machineId); // a retried callback starts afresh
       const job = await this.ownedJob(tx, jobId, caller);
       // The job's own secure outputs join the secrets its log, reason and stored report must not show.
       const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => this.isSecureParam(k)).map(([, v]) => v));
@@ -1419,10 +1425,14 @@ export class Engine {
       const claim = request.claim === true && !this.stopped;
       const settled = await this.settle(tx, m, job, outcome, typed.values, kept, claim);
       plan = settled.power;
+      if (plan) this.powering.add(plan.machineId);
       const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
       if (claim && settled.action === 'continue') answer.next = await this.claimIn(tx, settled.machine, undefined, true);
       else if (claim) await this.saveMachine(tx, settled.machine);
       return answer;
+    }).catch((err: unknown) => {
+      if (plan) this.powering.delete(plan.machineId);
+      throw err;
     });
     return plan ? this.applyTaskPower(plan, answered) : answered;
   }
@@ -1439,7 +1449,10 @@ export class Engine {
     const parts: string[] = [];
     const failed = (what: string, err: unknown): TaskPowerResult => ({ kind: 'failed', parts, failed: what, message: err instanceof Error ? err.message : String(err) });
     const m = await this.store.getMachine(plan.machineId);
-    if (!m) return answer;
+    if (!m) {
+      this.powering.delete(plan.machineId);
+      return answer;
+    }
     if (nextBoot) {
       let r: TaskPowerResult | null = null;
       try {
@@ -1477,20 +1490,29 @@ export class Engine {
 
   /** Records how a task's power request ended: on its job, on its machine (taskpower.ts endOfTaskPower) and in the log. */
   private async endTaskPower(plan: TaskPowerPlan, r: TaskPowerResult, noReboot = false): Promise<void> {
-    const name = await this.store.transact(async (tx) => {
-      const m = await tx.lockMachine(plan.machineId);
-      const job = await tx.getJob(plan.jobId);
-      if (!m || !job) return null;
-      const end = endOfTaskPower(plan, m, r);
-      const stored = noReboot ? ((await tx.getJobReport(job.id)) as { report: CompleteRequest } | null) : null;
-      const updated: Job = { ...job, power: end.jobPower };
-      await tx.updateJob(updated, stored ? { report: stored.report, action: 'continue' } : undefined);
-      tx.emit(`jobs.update.${job.id}`, publicJob(updated));
-      await this.saveMachine(tx, { ...end.machine, updatedAt: new Date().toISOString() });
-      return { machine: m.name, power: end.jobPower };
-    });
-    if (name) this.opts.log?.(r.kind === 'done' ? 'info' : 'warn', `${name.machine}: power asked by task ${plan.task} (job ${plan.jobId}, ${describePowerRequest(plan.request)}): ${name.power}`);
+    let done: { machine: string; power: string } | null;
+    try {
+      done = await this.store.transact(async (tx) => {
+        const m = await tx.lockMachine(plan.machineId);
+        const job = await tx.getJob(plan.jobId);
+        if (!m || !job) return null;
+        const end = endOfTaskPower(plan, m, r);
+        // The boot device could not be set: a resent report is answered as the first was (no reboot).
+        const stored = noReboot ? ((await tx.getJobReport(job.id)) as { report: CompleteRequest } | null) : null;
+        const updated: Job = { ...job, power: end.jobPower };
+        await tx.updateJob(updated, stored ? { report: stored.report, action: 'continue' } : undefined);
+        tx.emit(`jobs.update.${job.id}`, publicJob(updated));
+        await this.saveMachine(tx, { ...end.machine, updatedAt: new Date().toISOString() });
+        return { machine: m.name, power: end.jobPower };
+      });
+    } finally {
+      this.powering.delete(plan.machineId);
+    }
+    if (done) this.opts.log?.(r.kind === 'done' ? 'info' : 'warn', `${done.machine}: power asked by task ${plan.task} (job ${plan.jobId}, ${describePowerRequest(plan.request)}): ${done.power}`);
+    // Claims held back meanwhile may go on now.
+    this.wake(plan.machineId);
   }
+
 
   /**
    * Renews a running job's lease. `waitMs` > 0: then holds the answer up to that long, answering at once
