@@ -7,7 +7,7 @@
  * refuses the login stops the machine with ipmitool's words. The agent protocol's new field is checked
  * at the route (table-driven). Skipped, saying why, without ipmi_sim/ipmitool.
  */
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job, Machine } from '../src/model/machine.js';
@@ -27,11 +27,13 @@ const PACK: Record<string, string> = {
   'tasks/after.yaml': 'name: after\nscript: echo "booted again"\n',
   'tasks/broken.yaml': 'name: broken\nscript: |\n  takt-power next-boot disk --persistent\n  takt-power off\n  echo "then it fails"\n  exit 3\n',
   'tasks/lone-cycle.yaml': 'name: lone-cycle\nscript: takt-power cycle\n',
+  'tasks/pxe-reboot.yaml': 'name: pxe-reboot\nscript: |\n  takt-power next-boot pxe\n  exit 64\n',
   // Driven by hand over HTTP (no agent), for the route's checks.
   'tasks/by-hand.yaml': 'name: by-hand\nscript: "true"\n',
   ...line('deploy', ['deploy-image', 'after']),
   ...line('broken', ['broken']),
   ...line('lone', ['lone-cycle']),
+  ...line('pxe-reboot', ['pxe-reboot']),
   ...line('by-hand', ['by-hand']),
 };
 
@@ -102,6 +104,21 @@ describe('a machine without a power configuration', () => {
   }, 90_000);
 });
 
+describe('the manual driver', () => {
+  it('leaves it to a person: the machine is paused with what to do, and the next task waits', async () => {
+    const c = await ep.cli(['machines', 'create', 'rack-m', '--broker', 'local', '--pipeline', 'deploy', '--power-driver', 'manual']);
+    expect(c.code, c.stderr).toBe(0);
+    const m = await until(async () => {
+      const x = await machine('rack-m');
+      return x.state === 'paused' && /manual/.test(x.reason ?? '') ? x : null;
+    }, 60_000, 'rack-m to wait for a person');
+    expect(m.reason).toMatch(/^task 'deploy-image' \(job \S+\) asked for next-boot pxe, cycle, which the manual power driver leaves to you: At rack-m's next boot, choose network \(PXE\) boot in its one-time boot menu \(often F11 or F12\)\. Then: Power cycle rack-m: press its reset button, .* Then: takt machines resume rack-m$/);
+    const jobs = await jobsOf('rack-m');
+    expect(jobs.map((j) => j.task)).toEqual(['deploy-image']);
+    expect(jobs[0]!.power).toMatch(/^waiting for a person: At rack-m's next boot/);
+  }, 90_000);
+});
+
 describe.skipIf(!available)('a machine whose BMC is ipmi_sim', () => {
   let sim: IpmiSim;
   const bmc = () => new IpmiPower({ host: '127.0.0.1', port: sim.port, user: IPMI_USER, password: async () => IPMI_PASSWORD, timeoutMs: 60_000 });
@@ -158,5 +175,23 @@ describe.skipIf(!available)('a machine whose BMC is ipmi_sim', () => {
     const [job] = await jobsOf('rack-3');
     expect(job).toMatchObject({ state: 'succeeded', power: expect.stringMatching(/^failed: cycle: .*Unable to establish IPMI v2/) });
     expect(chassisFile(sim.dir, 'resets')).toBe(resets);
+  }, 120_000);
+
+  it('a next boot device that cannot be set: stopped with the words, and the agent does not reboot (exit 64 answered continue)', async () => {
+    await ipmiMachine('rack-4', 'pxe-reboot', sim, 'not-the-password');
+    const m = await until(async () => {
+      const x = await machine('rack-4');
+      return x.state === 'stopped' ? x : null;
+    }, 90_000, 'rack-4 to stop');
+    expect(m.reason).toMatch(/^task 'pxe-reboot' \(job \S+\) asked for next-boot pxe; next-boot pxe failed: 127\.0\.0\.1:\d+: Error: Unable to establish IPMI v2/);
+    const [job] = await jobsOf('rack-4');
+    expect(job).toMatchObject({ state: 'succeeded', exitCode: 64, power: expect.stringMatching(/^failed: next-boot pxe: /) });
+    // The agent was told to go on, not to reboot.
+    const log = await until(async () => {
+      const text = readFileSync(join(ep.data, 'machines', m.id, 'agent.log'), 'utf8');
+      return text.includes('job report delivered') ? text : null;
+    }, 30_000, "rack-4's agent to log its report");
+    const delivered = log.split('\n').find((l) => l.includes('job report delivered') && l.includes(job!.id));
+    expect(delivered).toMatch(/"action":"continue"/);
   }, 120_000);
 });

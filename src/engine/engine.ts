@@ -1457,7 +1457,12 @@ export class Engine {
       let r: TaskPowerResult | null = null;
       try {
         const out = await port.nextBoot(m, nextBoot, persistent === true);
-        if (!out.done) r = { kind: 'manual', parts, instruction: out.instruction ?? `set ${m.name} to boot from ${nextBoot} next` };
+        if (!out.done) {
+          // A person does it all (the manual driver): the action's instruction joins the boot device's.
+          const then = action ? await port.act(m, action).catch(() => null) : null;
+          const more = then && !then.done && then.instruction ? ` Then: ${then.instruction}` : '';
+          r = { kind: 'manual', parts, instruction: `${out.instruction ?? `Set ${m.name} to boot from ${nextBoot} next.`}${more}` };
+        }
         else parts.push(`next-boot ${nextBoot}${out.persistent ? ' persistent' : ''} (${out.driver})`);
       } catch (err) {
         r = failed(`next-boot ${nextBoot}`, err);
