@@ -1401,7 +1401,6 @@ export class Engine {
     const report = reportOf(request);
     let plan: TaskPowerPlan | undefined;
     const answered = await this.store.transact(async (tx) => {
-      if (plan) this.powering.delete(plan.machineId); // a retried callback starts afresh
       const job = await this.ownedJob(tx, jobId, caller);
       // The job's own secure outputs join the secrets its log, reason and stored report must not show.
       const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => this.isSecureParam(k)).map(([, v]) => v));
@@ -1462,8 +1461,7 @@ export class Engine {
           const then = action ? await port.act(m, action).catch(() => null) : null;
           const more = then && !then.done && then.instruction ? ` Then: ${then.instruction}` : '';
           r = { kind: 'manual', parts, instruction: `${out.instruction ?? `Set ${m.name} to boot from ${nextBoot} next.`}${more}` };
-        }
-        else parts.push(`next-boot ${nextBoot}${out.persistent ? ' persistent' : ''} (${out.driver})`);
+        } else parts.push(`next-boot ${nextBoot}${out.persistent ? ' persistent' : ''} (${out.driver})`);
       } catch (err) {
         r = failed(`next-boot ${nextBoot}`, err);
       }
@@ -1517,7 +1515,6 @@ export class Engine {
     // Claims held back meanwhile may go on now.
     this.wake(plan.machineId);
   }
-
 
   /**
    * Renews a running job's lease. `waitMs` > 0: then holds the answer up to that long, answering at once
