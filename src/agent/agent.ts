@@ -377,6 +377,7 @@ class Agent {
       outputs: result.outputs,
       ...(result.timedOut ? { timedOut: true } : {}),
       ...(result.error ? { error: boundedError(result.error) } : {}),
+      ...(result.power ? { power: result.power } : {}),
       claim: true,
     };
     const dropLogs = () => logs.discard();

@@ -1,7 +1,7 @@
 /**
  * The helper commands a script gets on its PATH. They are plain bash so they work in any task, need no
  * connection to the endpoint, and never see the machine token: the agent writes params into files before
- * the script starts and reads outputs back after it ends.
+ * the script starts and reads outputs (and `takt-power`'s request, power.ts) back after it ends.
  */
 import { chmod, mkdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -55,10 +55,75 @@ fi
 mv -f -- "$tmp" "$dir/$key"
 `;
 
+export const TAKT_POWER_USAGE = `usage: takt-power next-boot pxe|disk [--persistent]
+       takt-power cycle
+       takt-power off
+
+Asks the endpoint to switch this machine's power through its power driver (IPMI, Redfish, QMP):
+  next-boot pxe|disk   boot from the network (pxe) or the disk next; set before the endpoint answers the
+                       job's report, so a reboot by exit code 64 boots from it. --persistent: every boot.
+  cycle                power-cycle the machine (hard reset) after the job's report is answered
+  off                  power it off (hard) after the job's report is answered
+Applied only when the job succeeds; cycle and off replace an exit code's reboot (64) or power off (32).
+One next-boot and one of cycle/off per job: a later call replaces an earlier one.
+See docs/provisioning.md, "Power control", "From a task".`;
+
+export const TAKT_POWER = `#!/usr/bin/env bash
+# takt-power next-boot pxe|disk [--persistent] | cycle | off: ask the endpoint to switch this machine's
+# power through its driver when the job has succeeded. Writes a request file the agent reports with the job.
+set -u
+usage() {
+  cat <<'TAKT_USAGE'
+${TAKT_POWER_USAGE}
+TAKT_USAGE
+}
+fail() { echo "takt-power: $1" >&2; echo "usage: takt-power next-boot pxe|disk [--persistent] | cycle | off   (takt-power --help)" >&2; exit 1; }
+for a in "$@"; do case $a in -h|--help) usage; exit 0 ;; esac; done
+[ $# -ge 1 ] || fail 'say what to do'
+case $1 in
+  next-boot)
+    shift
+    dev=
+    persistent=
+    for a in "$@"; do
+      case $a in
+        pxe|disk) [ -z "$dev" ] || fail "next-boot takes one device, got '$dev' and '$a'"; dev=$a ;;
+        --persistent) persistent=' persistent' ;;
+        -*) fail "next-boot has no option '$a' (only --persistent)" ;;
+        *) fail "next-boot takes pxe or disk, not '$a'" ;;
+      esac
+    done
+    [ -n "$dev" ] || fail 'next-boot needs a device: pxe or disk'
+    file=next_boot
+    value="$dev$persistent"
+    ;;
+  cycle|off)
+    [ $# -eq 1 ] || fail "$1 takes no arguments (got: \${*:2})"
+    file=action
+    value=$1
+    ;;
+  *) fail "unknown request '$1' (next-boot, cycle or off)" ;;
+esac
+dir=\${TAKT_CONTROL_DIR:-}
+if [ -z "$dir" ]; then fail 'TAKT_CONTROL_DIR is not set (takt-power works inside a takt job)'; fi
+if [ -f "$dir/$file" ]; then
+  old=$(cat -- "$dir/$file" 2>/dev/null) || old=
+  [ "$old" = "$value" ] || echo "takt-power: replaces the earlier request '$old' with '$value'" >&2
+fi
+# Write then rename, so the agent never reads half a request.
+tmp="$dir/.$file.$$.tmp"
+printf '%s\n' "$value" > "$tmp" || { rm -f -- "$tmp"; echo "takt-power: cannot write the request into $dir" >&2; exit 1; }
+mv -f -- "$tmp" "$dir/$file"
+echo "takt-power: asked for $(if [ $file = next_boot ]; then echo "next boot from $value"; else echo "power $value"; fi); the endpoint does it when this job has succeeded" >&2
+`;
+
+/** The helper commands a script gets, by name. */
+export const HELPERS = [['takt-get', TAKT_GET], ['takt-set', TAKT_SET], ['takt-power', TAKT_POWER]] as const;
+
 /** Writes the helpers into `binDir` (0755), replacing older versions atomically. */
 export async function installHelpers(binDir: string): Promise<void> {
   await mkdir(binDir, { recursive: true });
-  for (const [name, text] of [['takt-get', TAKT_GET], ['takt-set', TAKT_SET]] as const) {
+  for (const [name, text] of HELPERS) {
     const tmp = join(binDir, `.${name}.${process.pid}.tmp`);
     await writeFile(tmp, text, { mode: 0o755 });
     await chmod(tmp, 0o755); // the umask may have narrowed the mode

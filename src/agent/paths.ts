@@ -9,7 +9,8 @@
  *   jobs/<jobId>/task.sh                     the job's work dir (the script's cwd)
  *   jobs/<jobId>/.takt/params/<key>          what `takt-get KEY` prints
  *   jobs/<jobId>/.takt/outputs/<key>         what `takt-set KEY VALUE` wrote
- *   bin/takt-get, bin/takt-set               helper commands, first on the script's PATH
+ *   jobs/<jobId>/.takt/control/{next_boot,action}   what `takt-power` asked (power.ts)
+ *   bin/takt-get, bin/takt-set, bin/takt-power      helper commands, first on the script's PATH
  *   home/, tmp/                              HOME and TMPDIR of scripts run as another user
  */
 import { join } from 'node:path';
@@ -30,6 +31,8 @@ export interface JobPaths {
   script: string;
   paramsDir: string;
   outputsDir: string;
+  /** Where `takt-power` writes its request (TAKT_CONTROL_DIR). */
+  controlDir: string;
 }
 
 /** The agent's paths; `sandbox` holds what scripts see (default: the home dir itself). */
@@ -52,6 +55,7 @@ export function jobPaths(jobsDir: string, jobId: string): JobPaths {
     script: join(workDir, 'task.sh'),
     paramsDir: join(workDir, '.takt', 'params'),
     outputsDir: join(workDir, '.takt', 'outputs'),
+    controlDir: join(workDir, '.takt', 'control'),
   };
 }
 

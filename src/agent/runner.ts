@@ -7,10 +7,11 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ClaimedJob } from '../model/protocol.js';
+import type { ClaimedJob, TaskPowerRequest } from '../model/protocol.js';
 import { errorMessage } from './log.js';
 import { MAX_OUTPUT_BYTES, OUTPUT_NAME, readOutputs, writeParams } from './outputs.js';
 import type { JobPaths } from './paths.js';
+import { CONTROL_FILE, MAX_CONTROL_BYTES, readPowerRequest, type ReadPower } from './power.js';
 import { handOver, removeTreeSync, sandboxEnv, snapshotFiles, type ScriptUser } from './sandbox.js';
 
 export type ChunkStream = 'stdout' | 'stderr' | 'system';
@@ -18,7 +19,7 @@ export type OnChunk = (stream: ChunkStream, data: string) => void;
 
 export interface RunSetup {
   paths: JobPaths;
-  /** Holds takt-get / takt-set; put first on the script's PATH. */
+  /** Holds takt-get / takt-set / takt-power; put first on the script's PATH. */
   binDir: string;
   machineId: string;
   /** Exported as TAKT_ROOT: the machine's root ('/'), or a sandbox dir for local machines. */
@@ -47,6 +48,8 @@ export interface RunResult {
   outputs: Record<string, string>;
   /** The agent killed the script because `signal` aborted (a stop, or the server gave up on the job). */
   aborted: boolean;
+  /** What the script asked of its machine's power with `takt-power`, if anything. */
+  power?: TaskPowerRequest;
 }
 
 export type RunnableJob = Pick<ClaimedJob, 'id' | 'script' | 'params' | 'timeoutMs' | 'outputs'>;
@@ -77,6 +80,7 @@ export function scriptEnv(job: RunnableJob, setup: RunSetup): NodeJS.ProcessEnv 
     TAKT_WORK_DIR: paths.workDir,
     TAKT_PARAMS_DIR: paths.paramsDir,
     TAKT_OUTPUTS_DIR: paths.outputsDir,
+    TAKT_CONTROL_DIR: paths.controlDir,
     // What takt-set accepts (space-separated); unset when the endpoint did not say.
     ...(job.outputs ? { TAKT_OUTPUT_NAMES: job.outputs.join(' ') } : {}),
   };
@@ -94,6 +98,7 @@ function prepare(job: RunnableJob, paths: JobPaths, user?: ScriptUser): string[]
   writeFileSync(paths.script, job.script, { mode: 0o600 }); // it holds secrets; bash reads it, no exec bit
   const skipped = writeParams(paths.paramsDir, job.params);
   mkdirSync(paths.outputsDir, { recursive: true, mode: 0o700 });
+  mkdirSync(paths.controlDir, { recursive: true, mode: 0o700 });
   // Written while only the agent could write here; now the script's user gets the whole tree.
   if (user) handOver(paths.workDir, user);
   return skipped;
@@ -110,6 +115,23 @@ function outputsToRead(setup: RunSetup, onChunk: OnChunk): string {
   const notes = snapshotFiles(paths.workDir, rel, user.scratch, user.uid, { names: OUTPUT_NAME, maxBytes: MAX_OUTPUT_BYTES, maxFiles: 1000 });
   for (const note of notes) onChunk('system', `takt-agent: output ${note}\n`);
   return user.scratch;
+}
+
+/**
+ * What the script asked with `takt-power`. A script run as another user owns its control dir: its files
+ * are copied out first without following links (as outputs are), read, and the copies removed.
+ */
+async function powerToRead(setup: RunSetup, onChunk: OnChunk): Promise<ReadPower> {
+  const { user, paths } = setup;
+  if (!user) return readPowerRequest(paths.controlDir);
+  const rel = paths.controlDir.slice(paths.workDir.length + 1).split('/');
+  const notes = snapshotFiles(paths.workDir, rel, user.scratch, user.uid, { names: CONTROL_FILE, maxBytes: MAX_CONTROL_BYTES, maxFiles: 2 });
+  for (const note of notes) onChunk('system', `takt-agent: takt-power request ${note}\n`);
+  try {
+    return await readPowerRequest(user.scratch);
+  } finally {
+    clearDir(user.scratch);
+  }
 }
 
 /**
@@ -146,6 +168,12 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
   if (signal?.aborted) return { ...failed('the agent stopped before the script started'), aborted: true };
 
   const ended = await execute(job, setup, onChunk, signal);
+  let power: ReadPower;
+  try {
+    power = await powerToRead(setup, onChunk);
+  } catch (err) {
+    power = { problem: `cannot read the takt-power request: ${errorMessage(err)}` };
+  }
   let read: Awaited<ReturnType<typeof readOutputs>>;
   try {
     read = await readOutputs(outputsToRead(setup, onChunk), job.outputs);
@@ -155,13 +183,14 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
   // The copies were only for reading: clear values (secure outputs) do not stay in the agent's dir.
   if (setup.user) clearDir(setup.user.scratch);
   scrubJob(setup);
-  const errors = [ended.error, read.problem].filter((e): e is string => !!e);
+  const errors = [ended.error, read.problem, power.problem].filter((e): e is string => !!e);
   return {
     exitCode: ended.timedOut || ended.aborted ? null : ended.exitCode,
     timedOut: ended.timedOut,
     ...(errors.length ? { error: errors.join('; ') } : {}),
     outputs: read.outputs,
     aborted: ended.aborted,
+    ...(power.power ? { power: power.power } : {}),
   };
 }
 

@@ -224,7 +224,15 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
   const goneAfterMs = opts.agentGoneAfter === undefined ? undefined : parseDuration(opts.agentGoneAfter, '--agent-gone-after', DURATION_RANGES.agentGoneAfter);
   // The drivers' typed configurations are flat scalar records (model/power.ts MachinePowerConfig) by construction.
-  const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes, goneAfterMs, checkPowerConfig: (c) => checkPowerConfig(c) as unknown as MachinePowerConfig });
+  // Power drivers, for operators (the API's power routes) and for tasks (takt-power, through the engine).
+  // MachinePower reads BMC passwords through the engine, so the engine reaches it through a late binding.
+  let power: MachinePower | null = null;
+  const taskPower = {
+    nextBoot: (m: Machine, device: 'pxe' | 'disk', persistent: boolean) => power!.nextBoot(m, device, persistent),
+    act: (m: Machine, action: 'cycle' | 'off') => power!.act(m, action),
+  };
+  const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes, goneAfterMs, checkPowerConfig: (c) => checkPowerConfig(c) as unknown as MachinePowerConfig, power: taskPower });
+  power = new MachinePower(engine);
   let url = '';
   // Set once the app exists; the netns broker opens its listener only when its first machine is made.
   let listeners: Listeners | null = null;

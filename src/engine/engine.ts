@@ -29,6 +29,7 @@ import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, machineStatu
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
 import { Masker, secretTexts } from './logmask.js';
 import { printable, refusedOutputs } from './outputs.js';
+import { decideTaskPower, describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerPort, type TaskPowerResult } from './taskpower.js';
 import { prepareTask, secretsOf, type PreparedTask } from './prepare.js';
 import type { RestoredPlace } from './restore.js';
 import {
@@ -73,6 +74,11 @@ export interface EngineOptions {
    * (model/power.ts). @throws TaktError invalid with the field path.
    */
   checkPowerConfig?: (config: unknown) => MachinePowerConfig;
+  /**
+   * Power drivers for what tasks ask with `takt-power` (the composition root passes provision/power
+   * MachinePower). Absent: such a request stops the machine, saying the endpoint has no power drivers.
+   */
+  power?: TaskPowerPort;
 }
 
 export interface MachineInput {
@@ -224,6 +230,8 @@ interface Settled {
   machine: Machine;
   job: Job;
   action: CompleteResponse['action'];
+  /** A task's power request to carry out once the transaction has committed (taskpower.ts). */
+  power?: TaskPowerPlan;
 }
 
 /** At most this many params on one machine or work order. */
@@ -260,6 +268,11 @@ export class Engine {
   private sweeper: NodeJS.Timeout | null = null;
   /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
   private stopped = false;
+  /**
+   * Machines whose power driver is at work for a task (takt-power) between the completion's commit and
+   * the driver's answer: no job of any kind (work orders included) starts on them meanwhile.
+   */
+  private readonly powering = new Set<string>();
   private readonly unsubscribe: () => void;
   /** Each job's log: masked, bounded, closed when the job ends (joblog.ts). */
   private readonly logs: JobLogs;
@@ -1167,7 +1180,7 @@ export class Engine {
       } else m = { ...m, currentJob: null };
     }
     // A rollout holding the machine (--busy wait) reassigns it before its next job: none starts meanwhile.
-    const held = m.power === 'on' && (await tx.getHold(m.id)) !== undefined;
+    const held = m.power === 'on' && (this.powering.has(m.id) || (await tx.getHold(m.id)) !== undefined);
     for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !held; step++) {
       const work = await this.nextWork(tx, m, pending);
       if (!work) break;
@@ -1403,10 +1416,18 @@ export class Engine {
         else if (outcome.kind === 'exit') verdict = { state: 'cancelled', reason: 'the machine was restarted or reassigned while this job ran' };
       }
     }
+    // A task's power request (takt-power): decided here, carried out by the power port after the commit.
+    let jobPower: string | undefined;
+    let powerPlan: TaskPowerPlan | undefined;
+    if (report?.power) {
+      const d = decideTaskPower(report.power, { id: job.id, task: job.task, succeeded: verdict.state === 'succeeded' }, m, { machine: next, action }, !!this.opts.power);
+      ({ machine: next, action, jobPower, plan: powerPlan } = d);
+    }
     const finished: Job = {
       ...job,
       state: verdict.state,
       reason: verdict.reason,
+      ...(jobPower ? { power: jobPower } : {}),
       exitCode: outcome.kind === 'exit' || outcome.kind === 'invalid' ? outcome.exitCode : null,
       outputs: maskValues(outputs),
       finishedAt: new Date().toISOString(),
@@ -1419,7 +1440,7 @@ export class Engine {
     if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) next.outputs = { ...next.outputs, ...outputs };
     next.updatedAt = new Date().toISOString();
     if (!deferMachine) await this.saveMachine(tx, next);
-    return { machine: next, job: finished, action };
+    return { machine: next, job: finished, action, ...(powerPlan ? { power: powerPlan } : {}) };
   }
 
   private async saveMachine(tx: Tx, m: Machine): Promise<void> {
@@ -1435,7 +1456,8 @@ export class Engine {
    */
   async complete(jobId: string, caller: string | null, request: CompleteRequest): Promise<CompleteResponse> {
     const report = reportOf(request);
-    return this.store.transact(async (tx) => {
+    let plan: TaskPowerPlan | undefined;
+    const answered = await this.store.transact(async (tx) => {
       const job = await this.ownedJob(tx, jobId, caller);
       // The job's own secure outputs join the secrets its log, reason and stored report must not show.
       const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => this.isSecureParam(k)).map(([, v]) => v));
@@ -1458,11 +1480,97 @@ export class Engine {
         : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: kept.error === undefined ? undefined : printable(kept.error), timeoutMs: job.timeoutMs };
       const claim = request.claim === true && !this.stopped;
       const settled = await this.settle(tx, m, job, outcome, typed.values, kept, claim);
+      plan = settled.power;
+      if (plan) this.powering.add(plan.machineId);
       const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
       if (claim && settled.action === 'continue') answer.next = await this.claimIn(tx, settled.machine, undefined, true);
       else if (claim) await this.saveMachine(tx, settled.machine);
       return answer;
+    }).catch((err: unknown) => {
+      if (plan) this.powering.delete(plan.machineId);
+      throw err;
     });
+    return plan ? this.applyTaskPower(plan, answered) : answered;
+  }
+
+  /**
+   * Carries out a task's power request through the power port, the one place for agents and agentless
+   * machines alike: the next boot device before the completion is answered, so that a reboot (exit 64)
+   * boots from it; a cycle or off after (on the next turn of the event loop, once the answer is on its
+   * way). When the boot device cannot be set, the answer tells the agent not to reboot.
+   */
+  private async applyTaskPower(plan: TaskPowerPlan, answer: CompleteResponse): Promise<CompleteResponse> {
+    const port = this.opts.power!;
+    const { nextBoot, persistent, action } = plan.request;
+    const parts: string[] = [];
+    const failed = (what: string, err: unknown): TaskPowerResult => ({ kind: 'failed', parts, failed: what, message: err instanceof Error ? err.message : String(err) });
+    const m = await this.store.getMachine(plan.machineId);
+    if (!m) {
+      this.powering.delete(plan.machineId);
+      return answer;
+    }
+    if (nextBoot) {
+      let r: TaskPowerResult | null = null;
+      try {
+        const out = await port.nextBoot(m, nextBoot, persistent === true);
+        if (!out.done) {
+          // A person does it all (the manual driver): the action's instruction joins the boot device's.
+          const then = action ? await port.act(m, action).catch(() => null) : null;
+          const more = then && !then.done && then.instruction ? ` Then: ${then.instruction}` : '';
+          r = { kind: 'manual', parts, instruction: `${out.instruction ?? `Set ${m.name} to boot from ${nextBoot} next.`}${more}` };
+        } else parts.push(`next-boot ${nextBoot}${out.persistent ? ' persistent' : ''} (${out.driver})`);
+      } catch (err) {
+        r = failed(`next-boot ${nextBoot}`, err);
+      }
+      if (r) {
+        // The agent must not reboot into the boot device it had: the answer (and a resend's) says continue.
+        await this.endTaskPower(plan, r, answer.action !== 'continue');
+        return { job: answer.job, action: 'continue' };
+      }
+    }
+    if (!action) {
+      await this.endTaskPower(plan, { kind: 'done', parts });
+      return answer;
+    }
+    setImmediate(() => {
+      void (async () => {
+        let r: TaskPowerResult;
+        try {
+          const out = await port.act(m, action);
+          if (!out.done) r = { kind: 'manual', parts, instruction: out.instruction ?? `${action === 'off' ? 'power off' : 'power cycle'} ${m.name}` };
+          else r = { kind: 'done', parts: [...parts, parts.length ? action : `${action} (${out.driver})`] };
+        } catch (err) {
+          r = failed(action, err);
+        }
+        await this.endTaskPower(plan, r).catch((err: unknown) => this.opts.log?.('error', `cannot record the power a task asked for: ${(err as Error).message}`, { job: plan.jobId }));
+      })();
+    });
+    return answer;
+  }
+
+  /** Records how a task's power request ended: on its job, on its machine (taskpower.ts endOfTaskPower) and in the log. */
+  private async endTaskPower(plan: TaskPowerPlan, r: TaskPowerResult, noReboot = false): Promise<void> {
+    let done: { machine: string; power: string } | null;
+    try {
+      done = await this.store.transact(async (tx) => {
+        const m = await tx.lockMachine(plan.machineId);
+        const job = await tx.getJob(plan.jobId);
+        if (!m || !job) return null;
+        const end = endOfTaskPower(plan, m, r);
+        // The boot device could not be set: a resent report is answered as the first was (no reboot).
+        const stored = noReboot ? ((await tx.getJobReport(job.id)) as { report: CompleteRequest } | null) : null;
+        const updated: Job = { ...job, power: end.jobPower };
+        await tx.updateJob(updated, stored ? { report: stored.report, action: 'continue' } : undefined);
+        tx.emit(`jobs.update.${job.id}`, publicJob(updated));
+        await this.saveMachine(tx, { ...end.machine, updatedAt: new Date().toISOString() });
+        return { machine: m.name, power: end.jobPower };
+      });
+    } finally {
+      this.powering.delete(plan.machineId);
+    }
+    if (done) this.opts.log?.(r.kind === 'done' ? 'info' : 'warn', `${done.machine}: power asked by task ${plan.task} (job ${plan.jobId}, ${describePowerRequest(plan.request)}): ${done.power}`);
+    // Claims held back meanwhile may go on now.
+    this.wake(plan.machineId);
   }
 
   /**

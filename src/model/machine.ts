@@ -158,6 +158,11 @@ export interface Job {
   taskSha256: string | null;
   /** sha256 of the exact script the agent got (secrets included, so it changes when they do). */
   scriptSha256: string | null;
+  /**
+   * What the task asked of its machine's power with `takt-power` and what came of it, in words
+   * (`next-boot pxe (ipmi), cycle`; `not applied: the job did not succeed (asked: cycle)`). Absent: nothing asked.
+   */
+  power?: string;
 }
 
 export const WORK_ORDER_STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'] as const;

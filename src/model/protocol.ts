@@ -111,6 +111,25 @@ export interface CompleteRequest {
   log?: LogRequest[];
   /** Answer with the machine's next job, as a claim without waiting would. */
   claim?: boolean;
+  /**
+   * What the script asked of its machine's power with `takt-power` (absent: nothing). The endpoint applies
+   * it through the machine's power driver, only when the job succeeds (docs/provisioning.md § From a task).
+   */
+  power?: TaskPowerRequest;
+}
+
+/**
+ * A task's power request (`takt-power`): `nextBoot` is set through the driver before the completion is
+ * answered (so a reboot, exit 64, boots from it); `action` is done by the driver after the answer, hard,
+ * and replaces the exit code's reboot (64) or power off (32): the agent does neither itself.
+ */
+export interface TaskPowerRequest {
+  /** The boot device for the next boot (`takt-power next-boot pxe|disk`). */
+  nextBoot?: 'pxe' | 'disk';
+  /** With `nextBoot`: for every later boot too (`--persistent`). */
+  persistent?: boolean;
+  /** `takt-power cycle` (hard reset; powers on when off) or `takt-power off` (hard off). */
+  action?: 'cycle' | 'off';
 }
 
 /** The parts of a CompleteRequest that are the job's result (what a resend is compared on). */

@@ -353,6 +353,13 @@ const migrations = (dialect: Dialect): Record<string, Migration> => ({
       await db.schema.alterTable('machines').addColumn('classification', 'text').execute();
     },
   },
+  '0024_job_power': {
+    async up(db: Kysely<unknown>) {
+      // What a task asked of its machine's power with takt-power and what came of it, in words
+      // (model/machine.ts Job.power); null: nothing asked.
+      await db.schema.alterTable('jobs').addColumn('power', 'text').execute();
+    },
+  },
 });
 
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({

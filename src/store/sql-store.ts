@@ -188,6 +188,7 @@ function jobFromRow(r: JobsTable): Job {
     pack: r.pack,
     taskSha256: r.task_sha256,
     scriptSha256: r.script_sha256,
+    ...(r.power ? { power: r.power } : {}),
   };
 }
 
@@ -214,6 +215,7 @@ function jobToRow(j: Job): Omit<JobsTable, 'report'> {
     pack: j.pack,
     task_sha256: j.taskSha256,
     script_sha256: j.scriptSha256,
+    power: j.power ?? null,
   };
 }
 
@@ -704,10 +706,10 @@ class SqlTx extends SqlReads implements Tx {
       .execute();
   }
   async finishJob(j: Job, report?: unknown) {
-    const args = [j.id, j.state, j.reason, j.exitCode, json(j.outputs), j.finishedAt, j.leaseExpiresAt];
-    const set = { state: arg(1), reason: arg(2), exit_code: arg(3) as never, outputs: arg(4), finished_at: arg(5), lease_expires_at: arg(6) };
+    const args = [j.id, j.state, j.reason, j.exitCode, json(j.outputs), j.finishedAt, j.leaseExpiresAt, j.power ?? null];
+    const set = { state: arg(1), reason: arg(2), exit_code: arg(3) as never, outputs: arg(4), finished_at: arg(5), lease_expires_at: arg(6), power: arg(7) };
     if (report === undefined) await this.exec('finishJob', () => this.db.updateTable('jobs').set(set).where('id', '=', arg(0)), args);
-    else await this.exec('finishJobReport', () => this.db.updateTable('jobs').set({ ...set, report: arg(7) }).where('id', '=', arg(0)), [...args, json(report)]);
+    else await this.exec('finishJobReport', () => this.db.updateTable('jobs').set({ ...set, report: arg(8) }).where('id', '=', arg(0)), [...args, json(report)]);
   }
   async appendLogs(chunks: LogChunk[]) {
     if (chunks.length === 0) return 0;

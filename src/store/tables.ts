@@ -125,6 +125,8 @@ export interface JobsTable {
   pack: string | null;
   task_sha256: string | null;
   script_sha256: string | null;
+  /** What the task asked of its machine's power and what came of it (migration 0024_job_power); null: nothing. */
+  power: string | null;
 }
 
 export interface JobLogsTable {

@@ -33,6 +33,22 @@ const logBody = {
   },
 } as const;
 
+/**
+ * What the script asked with `takt-power` (protocol.ts TaskPowerRequest): at least one of a next boot
+ * device and an action; `persistent` only with a device.
+ */
+export const taskPowerBody = {
+  type: 'object',
+  additionalProperties: false,
+  minProperties: 1,
+  properties: {
+    nextBoot: { enum: ['pxe', 'disk'] },
+    persistent: { type: 'boolean' },
+    action: { enum: ['cycle', 'off'] },
+  },
+  dependencies: { persistent: ['nextBoot'] },
+} as const;
+
 const completeBody = {
   type: 'object',
   additionalProperties: false,
@@ -46,6 +62,7 @@ const completeBody = {
     // The end of the log, as POST …/log chunks; the agent keeps the whole request within the body limit.
     log: { type: 'array', maxItems: MAX_TAIL_CHUNKS, items: logBody },
     claim: { type: 'boolean' },
+    power: taskPowerBody,
   },
 } as const;
 

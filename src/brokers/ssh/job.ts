@@ -11,6 +11,7 @@ import { posix } from 'node:path';
 import { LogBatcher } from '../../agent/logs.js';
 import { checkOutputs, paramFiles, type ReadOutputs } from '../../agent/outputs.js';
 import { jobPaths } from '../../agent/paths.js';
+import { parsePowerRequest, type ReadPower } from '../../agent/power.js';
 import { boundedError, fitReport, tailBudget } from '../../agent/report.js';
 import { scriptEnv } from '../../agent/runner.js';
 import { sleep } from '../../client/http.js';
@@ -460,15 +461,17 @@ export class RemoteJob {
       return;
     }
     const read = await this.readOutputs(p);
+    const power = powerOfProbe(p);
     const rest = this.decoders.stdout.end() + this.decoders.stderr.end();
     if (rest) this.logs.push('stdout', rest);
     if (p.timedOut) this.logs.push('system', `takt-ssh: the task timed out after ${formatMs(this.job.timeoutMs)}; its process group was killed\n`);
-    const errors = [p.exitCode === null && !p.timedOut ? `the job's exit code on ${this.where} could not be read` : null, read.problem].filter((e): e is string => !!e);
+    const errors = [p.exitCode === null && !p.timedOut ? `the job's exit code on ${this.where} could not be read` : null, read.problem, power.problem].filter((e): e is string => !!e);
     const report: CompleteRequest = {
       exitCode: p.timedOut ? null : p.exitCode,
       outputs: read.outputs,
       ...(p.timedOut ? { timedOut: true } : {}),
       ...(errors.length ? { error: boundedError(errors.join('; ')) } : {}),
+      ...(power.power ? { power: power.power } : {}),
     };
     await this.report(report, true);
   }
@@ -549,4 +552,15 @@ export async function outputsOfProbe(p: Pick<Probe, 'outputs' | 'refused'>, decl
     read.problem,
   ].filter((x): x is string => x !== null);
   return { outputs: read.outputs, problem: problems.length ? problems.join('; ') : null };
+}
+
+/**
+ * What the job's `takt-power` asked, from its probe, by the agent's rules (agent/power.ts): a file too
+ * large to be a request, or content takt-power does not write, is a problem (the job fails) and no
+ * request. Pure.
+ */
+export function powerOfProbe(p: Pick<Probe, 'power'>): ReadPower {
+  const big = (['next_boot', 'action'] as const).filter((n) => p.power[n] === null);
+  if (big.length) return { problem: big.map((n) => `takt-power's ${n} request is not a small regular file`).join('; ') };
+  return parsePowerRequest(p.power as { next_boot?: string; action?: string });
 }

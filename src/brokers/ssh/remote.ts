@@ -7,9 +7,9 @@
  * The remote layout, under the base dir (`/var/lib/takt-ssh` for root, `~/.takt` otherwise, or the
  * machine's `ssh.dir`), mirrors the agent's (src/agent/paths.ts):
  *
- *   bin/takt-get, bin/takt-set      the agent's helpers, byte for byte
+ *   bin/takt-get, bin/takt-set, bin/takt-power   the agent's helpers, byte for byte
  *   bin/takt-ssh-run                the wrapper that runs one job detached from any SSH session
- *   jobs/<jobId>/                   the work dir: task.sh, .takt/params/, .takt/outputs/
+ *   jobs/<jobId>/                   the work dir: task.sh, .takt/params/, .takt/outputs/, .takt/control/
  *   jobs/<jobId>/.takt/run/         the job's record: env, wrapper (pid), boot (boot id), pgid,
  *                                   stdout, stderr, exit, timedout, cancelled, reported
  *
@@ -17,9 +17,11 @@
  * again. The wrapper runs in its own session (setsid), so neither a dropped connection nor an endpoint
  * restart touches the job; it enforces the task's timeout itself (TERM to the script's process group,
  * KILL after the grace), cleans the group up when the script ends, and writes `exit` last. The endpoint
- * reads `exit`, the outputs and the rest of the log, reports, and only then marks the dir `reported`.
+ * reads `exit`, the outputs, takt-power's request and the rest of the log, reports, and only then marks
+ * the dir `reported`.
  */
-import { TAKT_GET, TAKT_SET } from '../../agent/helpers.js';
+import { TAKT_GET, TAKT_POWER, TAKT_SET } from '../../agent/helpers.js';
+import { MAX_CONTROL_BYTES } from '../../agent/power.js';
 
 /** POSIX shell single-quoting: any text as one word. */
 export function shq(text: string): string {
@@ -103,6 +105,7 @@ chmod 700 -- "$B"
 put() { printf '%s' "$2" | base64 -d > "$B/bin/.$1.tmp" && chmod 755 -- "$B/bin/.$1.tmp" && mv -f -- "$B/bin/.$1.tmp" "$B/bin/$1"; }
 ${put('takt-get', TAKT_GET)}
 ${put('takt-set', TAKT_SET)}
+${put('takt-power', TAKT_POWER)}
 ${put('takt-ssh-run', WRAPPER)}
 n=0
 for d in $(ls -1t -- "$B/jobs"); do
@@ -163,7 +166,7 @@ err=$( (
 set -eu
 umask 077
 mkdir -- "$J" 2>/dev/null || { [ -e "$J" ] && exit 10; mkdir -- "$J"; }
-mkdir -p -- "$J/.takt/params" "$J/.takt/outputs" "$R"
+mkdir -p -- "$J/.takt/params" "$J/.takt/outputs" "$J/.takt/control" "$R"
 printf '%s' '${b64(s.script)}' | base64 -d > "$J/task.sh"
 ${files.join('\n')}
 printf '%s' '${b64(envFile(s.env))}' | base64 -d > "$R/env"
@@ -248,8 +251,9 @@ exit 0
  * recorded), `running` (its wrapper is alive: same boot, pid with that job dir on its command line),
  * `vanished` (recorded but gone without an exit code: host rebooted, wrapper killed), or `finished`,
  * then `exit N`, `timedout` when the timeout killed it, each log's size and its bytes past `from` (up to
- * `maxRestBytes`, base64: what following had not sent), and the outputs:
- * `output NAME SIZE BASE64`, or `-` for content not sent (undeclared, or too large).
+ * `maxRestBytes`, base64: what following had not sent), the outputs:
+ * `output NAME SIZE BASE64`, or `-` for content not sent (undeclared, or too large), and what
+ * `takt-power` asked: `power next_boot|action BASE64`, or `-` for a file too large to be a request.
  */
 export function probeScript(jobDir: string, declared: readonly string[], maxOutputBytes: number, from: { stdout: number; stderr: number }, maxRestBytes = 1024 * 1024, maxListed = 1000): string {
   return `J=${shq(jobDir)}
@@ -285,6 +289,12 @@ if [ -f "$R/exit" ]; then
       esac
     done
   fi
+  # What takt-power asked: each request file, small and plain, as base64 (parsePowerRequest reads it).
+  for f in next_boot action; do
+    c="$J/.takt/control/$f"
+    [ -f "$c" ] && [ ! -L "$c" ] || continue
+    if [ "$(stat -c %s -- "$c")" -le ${MAX_CONTROL_BYTES} ]; then printf 'power %s %s\n' "$f" "$(base64 -w0 < "$c")"; else printf 'power %s -\n' "$f"; fi
+  done
   exit 0
 fi
 w=$(cat "$R/wrapper" 2>/dev/null) || w=
@@ -320,7 +330,7 @@ function reportedLines(jobDirs: string[]): string {
   return jobDirs
     .map(
       (d) => `if [ -d ${shq(`${d}/.takt/run`)} ]; then
-  rm -rf -- ${['.takt/outputs', '.takt/params', 'task.sh', '.takt/run/stdout', '.takt/run/stderr', '.takt/run/env'].map((f) => shq(`${d}/${f}`)).join(' ')}
+  rm -rf -- ${['.takt/outputs', '.takt/control', '.takt/params', 'task.sh', '.takt/run/stdout', '.takt/run/stderr', '.takt/run/env'].map((f) => shq(`${d}/${f}`)).join(' ')}
   : > ${shq(`${d}/.takt/run/reported`)}
 fi`,
     )
@@ -348,6 +358,11 @@ export interface Probe {
   outputs: Array<{ name: string; size: number; content: Buffer | null }>;
   /** Output lines refused (a name that is no output name, a size that is no size), JSON-quoted and cut, at most MAX_REFUSED. */
   refused: string[];
+  /**
+   * What `takt-power` left in the job's control dir, file by file (agent/power.ts parsePowerRequest reads
+   * it); `null` content: a file too large to be a request.
+   */
+  power: { next_boot?: string | null; action?: string | null };
 }
 
 /**
@@ -364,7 +379,7 @@ const MAX_REFUSED = 20;
  * @throws Error when the text is not a probe's answer (the host's bash did something else).
  */
 export function parseProbe(text: string): Probe {
-  const p: Probe = { state: 'missing', exitCode: null, timedOut: false, cancelled: false, size: { stdout: 0, stderr: 0 }, rest: { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) }, outputs: [], refused: [] };
+  const p: Probe = { state: 'missing', exitCode: null, timedOut: false, cancelled: false, size: { stdout: 0, stderr: 0 }, rest: { stdout: Buffer.alloc(0), stderr: Buffer.alloc(0) }, outputs: [], refused: [], power: {} };
   let seen = false;
   for (const line of text.split('\n')) {
     const [word, a, b, c] = line.split(' ');
@@ -380,6 +395,8 @@ export function parseProbe(text: string): Probe {
       if (a !== undefined && OUTPUT_LINE_NAME.test(a) && /^\d{1,15}$/.test(b ?? '') && p.outputs.length < MAX_PROBE_OUTPUTS) {
         p.outputs.push({ name: a, size: Number(b), content: c === '-' ? null : Buffer.from(c ?? '', 'base64') });
       } else if (p.refused.length < MAX_REFUSED) p.refused.push(JSON.stringify(line.slice(7, 71)));
+    } else if (word === 'power' && (a === 'next_boot' || a === 'action')) {
+      p.power[a] = b === '-' ? null : Buffer.from(b ?? '', 'base64').toString('utf8').slice(0, MAX_CONTROL_BYTES);
     }
   }
   if (!seen) throw new Error(`unexpected answer from the host: ${JSON.stringify(text.slice(0, 200))}`);
