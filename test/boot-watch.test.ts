@@ -73,6 +73,9 @@ describe.skipIf(!existsSync(QEMU))('boot watch: a machine that never boots from 
       'pipelines/burn-in.yaml': 'name: burn-in\nstages: [check]\nenvironments: [metal]\n',
       'stages/inmem.yaml': 'name: inmem\nbootenv: sledge\ntasks: [check]\n',
       'pipelines/to-sledge.yaml': 'name: to-sledge\nstages: [inmem]\nenvironments: [metal]\n',
+      'tasks/restart.yaml': 'name: restart\nscript: exit 64\n',
+      'stages/twice.yaml': 'name: twice\ntasks: [restart, check]\n',
+      'pipelines/reboots.yaml': 'name: reboots\nstages: [twice]\nenvironments: [metal]\n',
       'stages/ondisk.yaml': 'name: ondisk\nbootenv: local\ntasks: [check]\n',
       'pipelines/to-local.yaml': 'name: to-local\nstages: [ondisk]\nenvironments: [metal]\n',
     });
@@ -169,6 +172,22 @@ describe.skipIf(!existsSync(QEMU))('boot watch: a machine that never boots from 
     expect(claim.body).toMatchObject({ job: null, action: 'reboot' });
     expect(await bootindex()).toBe(BOOTINDEX.diskFirst);
     expect((await get('rack-uefi')).boot?.bootenv).toBe('local');
+  }, 120_000);
+
+  it("a task's reboot (exit 64) of a network-booted machine is watched too", async () => {
+    const c = await ep.call('POST', '/machines', { name: 'rack-r', environment: 'metal', pipeline: 'reboots', boot: { macs: ['52:54:00:c0:00:05'], bootenv: 'sledge' } });
+    expect(c.status, JSON.stringify(c.body)).toBe(201);
+    const m = (c.body as { items: Array<Machine & { token: string }> }).items[0]!;
+    const claim = (await ep.call('POST', `/machines/${m.id}/claim?wait=0`, { bootenv: 'sledge' }, m.token)).body as { job: { id: string; task: string } };
+    expect(claim.job.task).toBe('restart');
+    const done = await ep.call('POST', `/jobs/${claim.job.id}/complete`, { exitCode: 64, outputs: {} }, m.token);
+    expect(done.body).toMatchObject({ action: 'reboot' });
+    const r = await until(async () => {
+      const x = await get('rack-r');
+      return x.state === 'stopped' ? x : undefined;
+    }, 60_000, 'rack-r to be stopped for its missed boot');
+    expect(r.reason).toMatch(/^did not boot from the network within 2 s of the reboot its task asked for \(exit 64\) at /);
+    expect(r.passed).toEqual(['twice/restart']);
   }, 120_000);
 
   it('refuses --boot-timeout without --provision, and a bad duration', async () => {

@@ -39,6 +39,8 @@ export interface PowerPort {
    * needs is put first through its power driver, and its network boot is waited for. Never throws;
    * `problem` says what could not be done.
    */
+  /** Waits for a network-booted machine's network boot after `cause` (BootWatch), unless it boots from disk. */
+  expectBoot(m: Machine, cause: string): boolean;
   prepareReboot(m: Machine, cause: string): Promise<{ nextBoot?: { driver: string; device: 'pxe' | 'disk'; done: boolean; instruction?: string }; problem?: string; watched: boolean }>;
 }
 

@@ -232,7 +232,21 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     act: (m: Machine, action: 'cycle' | 'off') => power!.act(m, action),
   };
   const engine = new Engine(store, content, sealer, { leaseMs, log, maxLogBytes, goneAfterMs, checkPowerConfig: (c) => checkPowerConfig(c) as unknown as MachinePowerConfig, power: taskPower });
-  power = new MachinePower(engine);
+  // Boots takt waits for after a power on, cycle or reboot of a network-booted machine (boot-watch.ts).
+  const bootWatch = provisionNet
+    ? new BootWatch({
+        boundMs: bootTimeoutMs,
+        onMissed: async (missed) => {
+          try {
+            await engine.bootMissed(missed.machine.id, missed.reason);
+          } catch (err) {
+            log('error', `${missed.machine.name}: ${missed.reason} (not recorded: ${(err as Error).message})`);
+          }
+        },
+      })
+    : null;
+  const machinePower = new MachinePower(engine, bootWatch);
+  power = machinePower;
   let url = '';
   // Set once the app exists; the netns broker opens its listener only when its first machine is made.
   let listeners: Listeners | null = null;
@@ -271,20 +285,6 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     [ssh.name, ssh],
     [qemu.name, qemu],
   ]);
-  // Boots takt waits for after a power on, cycle or reboot of a network-booted machine (boot-watch.ts).
-  const bootWatch = provisionNet
-    ? new BootWatch({
-        boundMs: bootTimeoutMs,
-        onMissed: async (missed) => {
-          try {
-            await engine.bootMissed(missed.machine.id, missed.reason);
-          } catch (err) {
-            log('error', `${missed.machine.name}: ${missed.reason} (not recorded: ${(err as Error).message})`);
-          }
-        },
-      })
-    : null;
-  const power = new MachinePower(engine, bootWatch);
   const records = new Records(store, content, sealer);
   const portable = new Portable(store, engine, content, records);
   const rollouts = new Rollouts(store, engine, records, { log });
@@ -308,7 +308,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
-    power,
+    power: machinePower,
     // Provisioning starts after the app is built: read when asked.
     dhcpLeases: () =>
       provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}), ...(l.arch !== undefined ? { arch: l.arch } : {}) })) ?? null,

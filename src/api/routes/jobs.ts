@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { publicJob, publicWorkOrder } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
+import { prepareReboot } from '../reboot.js';
 import { JOB_STATES, WORK_ORDER_STATES, type JobState, type WorkOrderState } from '../../model/machine.js';
 import {
   MAX_ERROR_CHARS,
@@ -134,9 +135,17 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
     async (req) => publicJob(await engine.cancelJob((req.params as { id: string }).id, author(req), (req.body as { reason?: string } | null)?.reason)),
   );
 
-  app.post('/api/v1/jobs/:id/complete', { config: { machine: true }, schema: { body: completeBody } }, async (req) =>
-    engine.complete((req.params as { id: string }).id, machineScope(req.principal), req.body as CompleteRequest),
-  );
+  app.post('/api/v1/jobs/:id/complete', { config: { machine: true }, schema: { body: completeBody } }, async (req) => {
+    const answer = await engine.complete((req.params as { id: string }).id, machineScope(req.principal), req.body as CompleteRequest);
+    // A network-booted machine about to reboot: into its next stage's bootenv (the handed claim said so:
+    // its boot device goes first), or because its task asked (exit 64: as it is). Its boot is waited for.
+    if (ctx.power && req.principal.kind === 'machine' && (answer.action === 'reboot' || answer.next?.action === 'reboot')) {
+      const m = await engine.findMachine(req.principal.machineId);
+      if (answer.next?.action === 'reboot') await prepareReboot(ctx, m, "the reboot into its stage's bootenv");
+      else if (m.boot) ctx.power.expectBoot(m, 'the reboot its task asked for (exit 64)');
+    }
+    return answer;
+  });
 
   // Work orders: blueprints run on a machine without moving its pipeline position.
   app.get('/api/v1/workorders', async (req) => {

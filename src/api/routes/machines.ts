@@ -4,11 +4,12 @@ import { publicJob, publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { parseLabelSelector } from '../../model/labels.js';
 import { NAME_PATTERN } from '../../model/content.js';
-import { MACHINE_STATES, type Machine, type MachineState } from '../../model/machine.js';
+import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
 import { MAX_JOB_ID_CHARS, type ClaimRequest, type ClaimResponse } from '../../model/protocol.js';
 import type { SshSettings } from '../../model/ssh.js';
 import type { BootSettings } from '../../model/boot.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
+import { prepareReboot } from '../reboot.js';
 import { author, intQuery, whenGone, type ApiContext, type VmRequest } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
 
@@ -429,17 +430,6 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (answer.action === 'reboot' && ctx.power) await prepareReboot(ctx, await engine.findMachine(id), 'the reboot into its stage\'s bootenv');
     return answer;
   });
-}
-
-/**
- * Readies a network-booted machine for the reboot its agent was just told to do (PowerPort.prepareReboot)
- * and says in the endpoint's log what was set, or why it could not be.
- */
-export async function prepareReboot(ctx: ApiContext, m: Machine, cause: string): Promise<void> {
-  if (!ctx.power || !m.boot) return;
-  const r = await ctx.power.prepareReboot(m, `${cause} (bootenv ${m.boot.bootenv})`);
-  if (r.problem) ctx.log?.('warn', `${m.name}: ${r.problem}; it reboots by its own boot order`, { machine: m.name });
-  else if (r.nextBoot) ctx.log?.('info', `${m.name}: ${r.nextBoot.device === 'pxe' ? 'network boot' : 'disk'} put first by ${r.nextBoot.driver} for bootenv ${m.boot.bootenv}`, { machine: m.name });
 }
 
 async function freeNames(ctx: ApiContext, prefix: string, count: number): Promise<string[]> {

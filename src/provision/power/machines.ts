@@ -119,8 +119,11 @@ export class MachinePower {
     return out;
   }
 
-  /** Arms the boot watch for `m` when it should now boot from the network. True when armed. */
-  private expectBoot(m: Machine, cause: string): boolean {
+  /**
+   * Arms the boot watch for `m` when it should now boot from the network (a bootenv served by takt, and
+   * no disk boot set through takt). True when armed.
+   */
+  expectBoot(m: Machine, cause: string): boolean {
     if (!this.watch || !m.boot || m.boot.bootenv === LOCAL_BOOTENV) return false;
     const first = this.firstBoot.get(m.id);
     if (first?.device === 'disk') {
