@@ -95,8 +95,8 @@ export async function buildProgram(): Promise<Command> {
     .option('--data <dir>', 'data directory: database, admin token, machine sandboxes (env TAKT_DATA)', process.env.TAKT_DATA ?? './data')
     .option(
       '--store <url>',
+      // No default from TAKT_STORE here: commander would print it (password and all) in --help. serve reads it.
       'where the endpoint keeps its state: postgres://USER@HOST:PORT/DATABASE, or sqlite:FILE (env TAKT_STORE, which keeps a password out of the process list); default: takt.db in the data dir',
-      process.env.TAKT_STORE,
     )
     .option('--demo', 'install the demo pack and run its pipeline on three local machines', false)
     .option('--lease <duration>', 'how long a running job may go without word from its agent before it is lost', process.env.TAKT_LEASE ?? '30s')

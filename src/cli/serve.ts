@@ -213,7 +213,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
 
   // SQLite in the data dir unless --store / TAKT_STORE names a PostgreSQL database; exclusive: one endpoint
   // per database, as the data dir lock is one per data dir (replicas are not supported yet).
-  const opened = await openStore(opts.store, data, { exclusive: true });
+  // TAKT_STORE is read here rather than as the flag's default, which --help would show, password and all.
+  const opened = await openStore(opts.store ?? process.env.TAKT_STORE, data, { exclusive: true });
   const store = opened.store;
   log('info', `store: ${opened.kind} ${opened.where}`);
   const sealer = new Sealer(Buffer.from(key.value, 'base64'));
