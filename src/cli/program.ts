@@ -23,6 +23,7 @@ interface ServeCliOptions {
   tlsSan: string[];
   advertiseUrl?: string;
   data: string;
+  store?: string;
   demo: boolean;
   lease: string;
   churnCheck: string;
@@ -93,6 +94,11 @@ export async function buildProgram(): Promise<Command> {
     )
     .option('--advertise-url <url>', 'the https URL remote machines use to reach this endpoint (env TAKT_ADVERTISE_URL); default: the first HTTPS listener', process.env.TAKT_ADVERTISE_URL)
     .option('--data <dir>', 'data directory: database, admin token, machine sandboxes (env TAKT_DATA)', process.env.TAKT_DATA ?? './data')
+    .option(
+      '--store <url>',
+      // No default from TAKT_STORE here: commander would print it (password and all) in --help. serve reads it.
+      'where the endpoint keeps its state: postgres://USER@HOST:PORT/DATABASE, or sqlite:FILE (env TAKT_STORE, which keeps a password out of the process list); default: takt.db in the data dir',
+    )
     .option('--demo', 'install the demo pack and run its pipeline on three local machines', false)
     .option('--lease <duration>', 'how long a running job may go without word from its agent before it is lost', process.env.TAKT_LEASE ?? '30s')
     .option('--churn-check <duration>', 'how often the churn policy looks for machines past their max age', process.env.TAKT_CHURN_CHECK ?? '1m')
@@ -122,6 +128,7 @@ export async function buildProgram(): Promise<Command> {
       examples(
         'takt serve --demo                          # endpoint on http://127.0.0.1:8092 with three demo machines',
         'takt serve --data /var/lib/takt --log-format json',
+        'TAKT_STORE=postgres://takt@db.example.org/takt takt serve   # state in PostgreSQL (password: PGPASSWORD or ~/.pgpass)',
         'takt serve --host-name takt.example.org    # also answer to that name (besides IPs and localhost)',
         'takt serve --listen 127.0.0.1:8092 --listen 0.0.0.0:8443 --tls-san takt.example.org   # local CLI over HTTP; remote agents over HTTPS (own CA)',
         'takt serve --provision 10.0.0.1/24        # network boot: iPXE scripts and boot files on http://10.0.0.1:8093',

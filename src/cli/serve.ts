@@ -38,7 +38,8 @@ import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
 import type { MachinePowerConfig } from '../model/power.js';
 import { discoveryToken as mintDiscoveryToken } from '../model/discovery.js';
-import { openSqliteStore } from '../store/sqlite.js';
+import { openStore } from '../store/open.js';
+import type { SqlStore } from '../store/sql-store.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { createLog, type LogFn } from './log.js';
@@ -59,6 +60,8 @@ export interface ServeOptions {
   advertiseUrl?: string;
   data: string;
   demo: boolean;
+  /** Where state is kept: `postgres://…`, `sqlite:FILE`; default SQLite `takt.db` in the data dir (store/open.ts). */
+  store?: string;
   lease: string;
   churnCheck: string;
   /** Log output stored per job (`64MiB`, bytes…); default 64 MiB. */
@@ -216,7 +219,12 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   await tls.ensure();
   const caFile = join(data, 'tls', 'ca.pem');
 
-  const store = await openSqliteStore(join(data, 'takt.db'));
+  // SQLite in the data dir unless --store / TAKT_STORE names a PostgreSQL database; exclusive: one endpoint
+  // per database, as the data dir lock is one per data dir (replicas are not supported yet).
+  // TAKT_STORE is read here rather than as the flag's default, which --help would show, password and all.
+  const opened = await openStore(opts.store ?? process.env.TAKT_STORE, data, { exclusive: true });
+  const store = opened.store;
+  log('info', `store: ${opened.kind} ${opened.where}`);
   const sealer = new Sealer(Buffer.from(key.value, 'base64'));
   const discoveryDigest = sealer.keyed('discovery');
   const content = new ContentService(store, sealer);
@@ -426,7 +434,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
  * installed if missing but pinned only when no demo version is in use (a restart must not roll back a
  * `content use`), and existing demo machines are left where they are (never restarted). It logs what it did.
  */
-async function startDemo(content: ContentService, engine: Engine, broker: ProcessBroker, store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn, dataArg: string) {
+async function startDemo(content: ContentService, engine: Engine, broker: ProcessBroker, store: SqlStore, log: LogFn, dataArg: string) {
   const files = await readPackDir(DEMO_PACK);
   const pinned = content.pinned.get('demo')?.version;
   try {
@@ -457,7 +465,7 @@ async function startDemo(content: ContentService, engine: Engine, broker: Proces
 }
 
 /** Prints one line per finished job and per machine that stops or finishes. */
-function reportProgress(store: Awaited<ReturnType<typeof openSqliteStore>>, log: LogFn): () => void {
+function reportProgress(store: SqlStore, log: LogFn): () => void {
   const names = new Map<string, string>();
   return store.onEvents((events) => {
     for (const e of events) {

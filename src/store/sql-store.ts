@@ -263,11 +263,24 @@ function changeFromRow(r: Selectable<ChangesTable>): Change {
   };
 }
 
+/** The escaped `%text%` pattern for a substring match (LIKE … ESCAPE '\\'). */
+const contains = (text: string) => `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
+
 class SqlReads implements Reads {
   constructor(
     protected readonly db: Db,
     protected readonly q: QueryCache,
+    /** Which database this is: the few statements that differ between them are chosen by it. */
+    readonly dialect: Dialect,
   ) {}
+
+  /**
+   * A substring match on a text column, the same on both stores: SQLite's LIKE ignores the case of ASCII
+   * letters, PostgreSQL's does not, so PostgreSQL uses ILIKE (callers that need an exact match compare after).
+   */
+  protected like(column: 'name' | 'ssh' | 'boot' | 'facts', pattern: string) {
+    return this.dialect === 'postgres' ? sql<boolean>`${sql.ref(column)} ilike ${pattern} escape '\\'` : sql<boolean>`${sql.ref(column)} like ${pattern} escape '\\'`;
+  }
 
   protected async one<R>(key: string, build: () => Compilable<unknown>, args: unknown[]): Promise<R | undefined> {
     return (await this.all<R>(key, build, args))[0];
@@ -306,7 +319,7 @@ class SqlReads implements Reads {
     if (f.environment !== undefined) q = q.where('environment', '=', f.environment);
     if (f.broker !== undefined) q = q.where('broker', '=', f.broker);
     if (f.agentConnected !== undefined) q = q.where('agent_connected', '=', f.agentConnected ? 1 : 0);
-    if (f.name !== undefined) q = q.where(sql<boolean>`name like ${`%${f.name.replace(/[\\%_]/g, (c) => `\\${c}`)}%`} escape '\\'`);
+    if (f.name !== undefined) q = q.where(this.like('name', contains(f.name)));
     return q;
   }
   async listMachines(f: MachineFilter = {}) {
@@ -490,7 +503,7 @@ class SqlReads implements Reads {
     const rows = await this.db
       .selectFrom('machines')
       .select('name')
-      .where(sql<boolean>`ssh like ${pattern} escape '\\'`)
+      .where(this.like('ssh', pattern))
       .orderBy('name')
       .execute();
     return rows.map((r) => r.name);
@@ -517,11 +530,10 @@ class SqlReads implements Reads {
   }
   async listMachinesWithBootText(texts: string[]) {
     if (texts.length === 0) return [];
-    const like = (t: string) => `%${t.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
     const rows = await this.db
       .selectFrom('machines')
       .selectAll()
-      .where((eb) => eb.or(texts.map((t) => sql<boolean>`boot like ${like(t)} escape '\\'`)))
+      .where((eb) => eb.or(texts.map((t) => this.like('boot', contains(t)))))
       .where('boot', 'is not', null)
       .orderBy('created_at')
       .limit(MAX_PAGE)
@@ -529,8 +541,7 @@ class SqlReads implements Reads {
     return rows.map(machineFromRow);
   }
   async listMachinesWithFactText(text: string) {
-    const pattern = `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
-    const rows = await this.db.selectFrom('machines').selectAll().where(sql<boolean>`facts like ${pattern} escape '\\'`).orderBy('created_at').limit(MAX_PAGE).execute();
+    const rows = await this.db.selectFrom('machines').selectAll().where(this.like('facts', contains(text))).orderBy('created_at').limit(MAX_PAGE).execute();
     return rows.map(machineFromRow);
   }
 }
@@ -626,12 +637,8 @@ function packFromRow(r: Omit<Database['packs'], never>): PackRecord {
 class SqlTx extends SqlReads implements Tx {
   readonly pending: Array<{ topic: string; data: unknown; at: string }> = [];
 
-  constructor(
-    db: Transaction<Database>,
-    q: QueryCache,
-    private readonly dialect: Dialect,
-  ) {
-    super(db, q);
+  constructor(db: Transaction<Database>, q: QueryCache, dialect: Dialect) {
+    super(db, q, dialect);
   }
 
   async lockMachine(id: string) {
@@ -711,6 +718,13 @@ class SqlTx extends SqlReads implements Tx {
     if (report === undefined) await this.exec('finishJob', () => this.db.updateTable('jobs').set(set).where('id', '=', arg(0)), args);
     else await this.exec('finishJobReport', () => this.db.updateTable('jobs').set({ ...set, report: arg(8) }).where('id', '=', arg(0)), [...args, json(report)]);
   }
+  /**
+   * Log text as the store can keep it: PostgreSQL's text cannot hold NUL, which a script's output may
+   * contain, so there each NUL becomes U+FFFD (the replacement character); SQLite keeps it.
+   */
+  private logText(data: string): string {
+    return this.dialect === 'postgres' && data.includes('\u0000') ? data.replaceAll('\u0000', '\uFFFD') : data;
+  }
   async appendLogs(chunks: LogChunk[]) {
     if (chunks.length === 0) return 0;
     if (chunks.length === 1) {
@@ -722,12 +736,12 @@ class SqlTx extends SqlReads implements Tx {
             .insertInto('job_logs')
             .values({ job_id: arg(0), seq: arg(1) as never, stream: arg(2), data: arg(3), at: arg(4) })
             .onConflict((oc) => oc.columns(['job_id', 'seq']).doNothing()),
-        [c.jobId, c.seq, c.stream, c.data, c.at],
+        [c.jobId, c.seq, c.stream, this.logText(c.data), c.at],
       );
     }
     const res = await this.db
       .insertInto('job_logs')
-      .values(chunks.map((c) => ({ job_id: c.jobId, seq: c.seq, stream: c.stream, data: c.data, at: c.at })))
+      .values(chunks.map((c) => ({ job_id: c.jobId, seq: c.seq, stream: c.stream, data: this.logText(c.data), at: c.at })))
       .onConflict((oc) => oc.columns(['job_id', 'seq']).doNothing())
       .executeTakeFirst();
     return Number(res.numInsertedOrUpdatedRows ?? 0);
@@ -743,7 +757,7 @@ class SqlTx extends SqlReads implements Tx {
     return { chunks: Number(r?.chunks ?? 0), bytes: Number(r?.bytes ?? 0) };
   }
   async replaceLogData(jobId: string, seq: number, data: string) {
-    await this.db.updateTable('job_logs').set({ data }).where('job_id', '=', jobId).where('seq', '=', seq).execute();
+    await this.db.updateTable('job_logs').set({ data: this.logText(data) }).where('job_id', '=', jobId).where('seq', '=', seq).execute();
   }
   async insertWorkOrder(w: WorkOrder) {
     await this.db.insertInto('work_orders').values(workOrderToRow(w)).execute();
@@ -895,18 +909,42 @@ class SqlTx extends SqlReads implements Tx {
     await this.db.deleteFrom('credentials').where('name', '=', name).execute();
   }
   async change(author: string, object: string, action: Change['action'], before: unknown, after: unknown) {
-    const r = await this.db
-      .insertInto('changes')
-      .values({
-        author,
-        at: new Date().toISOString(),
-        object,
-        action,
-        before: before === undefined ? null : json(before),
-        after: after === undefined ? null : json(after),
-      })
-      .returning('seq')
-      .executeTakeFirstOrThrow();
+    const row = {
+      author,
+      at: new Date().toISOString(),
+      object,
+      action,
+      before: before === undefined ? null : json(before),
+      after: after === undefined ? null : json(after),
+    };
+    if (this.dialect === 'postgres') {
+      // Numbered max + 1 rather than from the column's sequence: a sequence hands out numbers outside
+      // transactions, so a rolled-back transaction (or savepoint of a group) would leave a gap, and writers
+      // on other connections could commit numbers out of order. Every PostgreSQL transaction of this store
+      // holds WRITE_LOCK (SqlStore.commitGroup) from its start, and under READ COMMITTED this statement's
+      // snapshot is taken after the lock was granted, so it sees every earlier committed change: numbers
+      // are distinct, gap-free and in commit order, as SQLite's single writer gives them.
+      const r = await this.db
+        .insertInto('changes')
+        .columns(['seq', 'author', 'at', 'object', 'action', 'before', 'after'])
+        .expression((eb) =>
+          eb
+            .selectFrom('changes')
+            .select([
+              sql<number>`coalesce(max(seq), 0) + 1`.as('seq'),
+              sql.val(row.author).as('author'),
+              sql.val(row.at).as('at'),
+              sql.val(row.object).as('object'),
+              sql.val(row.action).as('action'),
+              sql.val(row.before).as('before'),
+              sql.val(row.after).as('after'),
+            ]),
+        )
+        .returning('seq')
+        .executeTakeFirstOrThrow();
+      return Number(r.seq);
+    }
+    const r = await this.db.insertInto('changes').values(row).returning('seq').executeTakeFirstOrThrow();
     return Number(r.seq);
   }
   emit(topic: string, data: unknown) {
@@ -923,6 +961,24 @@ interface Queued {
 /** Transactions committed together at most (bounds how long the last of a group waits for its answer). */
 const MAX_GROUP = 64;
 
+/**
+ * PostgreSQL advisory lock keys (the two-int form; 0x74616b74 is "takt"). WRITE_LOCK is taken by every
+ * store transaction for its whole length (`pg_advisory_xact_lock`), so the store's writers are serialised
+ * as on SQLite, across connections and processes: change numbers and event ids come out in commit order.
+ * ENDPOINT_LOCK is held by a running `takt serve` for as long as its store is open (postgres.ts).
+ */
+export const PG_LOCK_SPACE = 0x74616b74;
+export const PG_WRITE_LOCK = 1;
+export const PG_ENDPOINT_LOCK = 2;
+
+/** Options of a SqlStore. */
+export interface SqlStoreOptions {
+  /** Where the database is, as messages say it (a file path, or a URL without its password). */
+  where?: string;
+  /** Run after the database is closed (PostgreSQL: ends the endpoint lock's connection). */
+  onClose?: () => Promise<void>;
+}
+
 export class SqlStore extends SqlReads implements Store {
   private readonly listeners = new Set<EventListener>();
   private readonly queue: Queued[] = [];
@@ -930,17 +986,44 @@ export class SqlStore extends SqlReads implements Store {
 
   constructor(
     private readonly kysely: Kysely<Database>,
-    readonly dialect: Dialect,
+    dialect: Dialect,
+    private readonly options: SqlStoreOptions = {},
   ) {
-    super(kysely, new QueryCache());
+    super(kysely, new QueryCache(), dialect);
   }
 
+  /** Where the database is, for messages (never a password). */
+  get where(): string {
+    return this.options.where ?? `the ${this.dialect} database`;
+  }
+
+  /**
+   * Brings the schema up to date (from empty, or from any earlier release). On PostgreSQL Kysely's migrator
+   * takes an advisory lock and runs all pending migrations in one transaction, so two endpoints starting
+   * on one database migrate it once.
+   * @throws TaktError `conflict` when the database has migrations this build does not know (it was
+   *   written by a newer takt): running on it could corrupt it, so nothing is changed.
+   * @throws TaktError `internal` when a migration fails (it is rolled back where the dialect allows).
+   */
   async migrate() {
+    const known = new Set(Object.keys(await migrationProvider(this.dialect).getMigrations()));
+    const tables = await this.kysely.introspection.getTables({ withInternalKyselyTables: true });
+    if (tables.some((t) => t.name === 'kysely_migration')) {
+      const applied = await this.kysely.selectFrom('kysely_migration' as never).select('name' as never).execute();
+      const unknown = applied.map((r) => (r as { name: string }).name).filter((n) => !known.has(n));
+      if (unknown.length > 0) {
+        throw new TaktError(
+          'conflict',
+          `${this.where} has a newer schema than this takt knows (migrations ${unknown.sort().join(', ')}): it was written by a newer takt. ` +
+            'Run that version (or a later one) on it, or point this one at another database; nothing was changed.',
+        );
+      }
+    }
     const migrator = new Migrator({ db: this.kysely, provider: migrationProvider(this.dialect) });
     const { error, results } = await migrator.migrateToLatest();
     if (error) {
       const failed = results?.find((r) => r.status === 'Error');
-      throw new TaktError('internal', `database migration ${failed?.migrationName ?? ''} failed: ${(error as Error).message ?? error}`);
+      throw new TaktError('internal', `database migration ${failed?.migrationName ?? ''} of ${this.where} failed: ${(error as Error).message ?? error}`);
     }
   }
 
@@ -979,6 +1062,11 @@ export class SqlStore extends SqlReads implements Store {
       const grouped = group.length > 1;
       const sql = (text: string, trx: Db) => trx.executeQuery(CompiledQuery.raw(text));
       await this.kysely.transaction().execute(async (trx) => {
+        // PostgreSQL: writers on other connections (other processes on the same database) wait here until
+        // this group commits; READ COMMITTED then gives each of their statements a snapshot that includes
+        // it. This is what keeps change numbers distinct and gap-free (SqlTx.change); SERIALIZABLE would
+        // instead fail one of two racing writers and need retries of arbitrary engine code.
+        if (this.dialect === 'postgres') await sql(`select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_WRITE_LOCK})`, trx);
         for (const item of group) {
           if (grouped) await sql('savepoint grouped', trx);
           const tx = new SqlTx(trx, this.q, this.dialect);
@@ -1052,6 +1140,10 @@ export class SqlStore extends SqlReads implements Store {
   }
 
   async close() {
-    await this.kysely.destroy();
+    try {
+      await this.kysely.destroy();
+    } finally {
+      await this.options.onClose?.();
+    }
   }
 }

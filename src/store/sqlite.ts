@@ -43,7 +43,7 @@ export async function openSqliteStore(file: string): Promise<SqlStore> {
   sqlite.pragma('foreign_keys = ON');
   // Grouped commits put each transaction in a savepoint, whose undo journal would otherwise be a file.
   sqlite.pragma('temp_store = MEMORY');
-  const store = new SqlStore(new Kysely<Database>({ dialect: new SqliteDialect({ database: cachingDatabase(sqlite) }) }), 'sqlite');
+  const store = new SqlStore(new Kysely<Database>({ dialect: new SqliteDialect({ database: cachingDatabase(sqlite) }) }), 'sqlite', { where: file });
   await store.migrate();
   return store;
 }

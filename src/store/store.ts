@@ -1,6 +1,8 @@
 /**
  * The store interface the engine and API use. One implementation (SqlStore) serves SQLite and PostgreSQL
- * through Kysely; the dialect only shows in how a connection is opened and how a row is locked.
+ * through Kysely; the dialect shows only in how a connection is opened (sqlite.ts, postgres.ts; open.ts
+ * picks one) and in a few statements inside sql-store.ts (row locks, change numbers, case-insensitive
+ * substring matches, byte counts). test/store-conformance.test.ts holds both to the same behaviour.
  *
  * Every write happens inside `transact`, which is the one commit path: a desired-state write records a
  * numbered change with `tx.change(...)`, and every write queues its events with `tx.emit(...)` in the same

@@ -1,0 +1,111 @@
+/**
+ * Opens the store on PostgreSQL: the same SqlStore (same queries, same migrations, same single commit
+ * path) on Kysely's PostgresDialect over a `pg` pool. Reads outside transactions run on any pooled
+ * connection; transactions are grouped and serialised as on SQLite (sql-store.ts `commitGroup`), with an
+ * advisory lock so that writers in other processes on the same database are serialised too.
+ */
+import pg from 'pg';
+import { Kysely, PostgresDialect } from 'kysely';
+import { TaktError } from '../model/errors.js';
+import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, SqlStore } from './sql-store.js';
+import type { Database } from './tables.js';
+
+/** PostgreSQL's type id of `bigint` (int8). */
+const INT8_OID = 20;
+
+/**
+ * Type parsers for the store's connections: `bigint` columns (every integer column on PostgreSQL, see
+ * migrations.ts) become JavaScript numbers, as SQLite's integers do. Values written by takt are JavaScript
+ * numbers, so none exceeds 2^53.
+ */
+const types = {
+  getTypeParser: ((oid: number, format?: string) =>
+    oid === INT8_OID ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
+};
+
+/** Whether `spec` names a PostgreSQL database (`postgres://…` or `postgresql://…`). */
+export function isPostgresUrl(spec: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(spec);
+}
+
+/**
+ * A PostgreSQL URL as it may be shown or logged: the password (in the URL's user info or a `password`
+ * query parameter) replaced by `****`. Text that is not a URL is reduced to its scheme.
+ */
+export function redactUrl(url: string): string {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return `${/^[a-z][a-z0-9+.-]*:/i.exec(url)?.[0] ?? ''}//(unparsable URL)`;
+  }
+  if (u.password) u.password = '****';
+  for (const k of [...u.searchParams.keys()]) if (/pass/i.test(k)) u.searchParams.set(k, '****');
+  return u.toString();
+}
+
+export interface PostgresStoreOptions {
+  /**
+   * Hold the endpoint lock while the store is open, refusing a database that another endpoint holds:
+   * several `takt serve` on one database (replicas) are not supported yet, and two would both run the
+   * work that must happen once (lease sweeps, rollout steps). `takt serve` sets it; tests that put two
+   * stores on one database to race their writers do not.
+   */
+  exclusive?: boolean;
+  /** Pooled connections at most (default 10). */
+  maxConnections?: number;
+}
+
+/**
+ * Opens (and migrates) the store in the PostgreSQL database at `url`.
+ * @param url `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…]` (libpq's URL form, as `pg` reads it).
+ * @throws TaktError `bad_request` for a URL that is not a PostgreSQL URL; `unavailable` when the database
+ *   cannot be reached or refuses the login; `conflict` when another endpoint holds it (`exclusive`) or its
+ *   schema is newer than this build knows. Messages carry the URL without its password.
+ */
+export async function openPostgresStore(url: string, opts: PostgresStoreOptions = {}): Promise<SqlStore> {
+  if (!isPostgresUrl(url)) throw new TaktError('bad_request', `'${redactUrl(url)}' is not a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE)`);
+  const where = redactUrl(url);
+  const unreachable = (err: unknown) =>
+    new TaktError('unavailable', `cannot use PostgreSQL at ${where}: ${(err as Error).message || String(err)}; check that it runs and the URL (--store or TAKT_STORE) names a database the user may use`);
+
+  let lock: pg.Client | undefined;
+  if (opts.exclusive) {
+    // A session lock on a connection of its own, kept until the store closes (or the process dies).
+    lock = new pg.Client({ connectionString: url, types });
+    lock.on('error', (err) => process.emitWarning(`PostgreSQL endpoint lock connection: ${err.message}`));
+    try {
+      await lock.connect();
+      const r = await lock.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2) as ok', [PG_LOCK_SPACE, PG_ENDPOINT_LOCK]);
+      if (!r.rows[0]?.ok) {
+        throw new TaktError('conflict', `another takt serve uses ${where}: one endpoint per database for now (replicas are not supported yet); stop the other one or use another database`);
+      }
+    } catch (err) {
+      await lock.end().catch(() => undefined);
+      throw err instanceof TaktError ? err : unreachable(err);
+    }
+  }
+
+  const pool = new pg.Pool({ connectionString: url, types, max: opts.maxConnections ?? 10 });
+  // An idle pooled connection that breaks (database restart) must not take the endpoint down.
+  pool.on('error', (err) => process.emitWarning(`PostgreSQL pooled connection: ${err.message}`));
+  const endLock = async () => {
+    await lock?.end().catch(() => undefined);
+  };
+  try {
+    const probe = await pool.connect();
+    probe.release();
+  } catch (err) {
+    await pool.end().catch(() => undefined);
+    await endLock();
+    throw unreachable(err);
+  }
+  const store = new SqlStore(new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }), 'postgres', { where, onClose: endLock });
+  try {
+    await store.migrate();
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  return store;
+}

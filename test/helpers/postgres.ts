@@ -1,0 +1,50 @@
+/**
+ * PostgreSQL for tests: each test gets a database of its own (`takt_t_<random>`), created on the server
+ * TAKT_TEST_PG names (default postgres://postgres@127.0.0.1:5432/test, trust auth) and dropped after.
+ * When the server cannot be reached, PostgreSQL tests are skipped with the reason, except under CI
+ * (CI=true), where .ci/run starts PostgreSQL: there an unreachable server fails the run.
+ */
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+
+/** The maintenance database tests create their databases from. */
+export const PG_ADMIN_URL = process.env.TAKT_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
+
+/** Why PostgreSQL tests cannot run here, or null when they can. Throws under CI=true instead of skipping. */
+export async function pgUnavailable(): Promise<string | null> {
+  const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 5000 });
+  try {
+    await c.connect();
+    await c.query('select 1');
+    return null;
+  } catch (err) {
+    const why = `PostgreSQL unreachable at ${PG_ADMIN_URL} (${(err as Error).message}); set TAKT_TEST_PG to a server where the user may create databases`;
+    if (process.env.CI === 'true') throw new Error(`CI=true: the PostgreSQL tests must run, but ${why}`);
+    return why;
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
+async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 5000 });
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end();
+  }
+}
+
+/** A fresh, empty database: its URL, and `drop()` (which also ends any connection still open to it). */
+export async function freshDatabase(): Promise<{ name: string; url: string; drop: () => Promise<void> }> {
+  const name = `takt_t_${randomBytes(6).toString('hex')}`;
+  await admin((c) => c.query(`create database ${name}`));
+  const url = new URL(PG_ADMIN_URL);
+  url.pathname = `/${name}`;
+  return {
+    name,
+    url: url.toString(),
+    drop: () => admin(async (c) => void (await c.query(`drop database if exists ${name} with (force)`))),
+  };
+}
