@@ -259,7 +259,7 @@ export class ProcessBroker {
         detached: true,
         stdio: ['ignore', out, out],
         // The token goes through the environment, not argv, so `ps` does not show it.
-        env: { ...process.env, TAKT_TOKEN: readFileSync(tokenFile, 'utf8').trim(), TAKT_MACHINE_DIR: dir },
+        env: { ...agentEnv(process.env), TAKT_TOKEN: readFileSync(tokenFile, 'utf8').trim(), TAKT_MACHINE_DIR: dir },
       });
       child.on('error', (err) => this.opts.log('error', 'agent failed to start', { machine: m.name, err: err.message }));
       child.unref();
@@ -320,4 +320,15 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
+}
+
+/**
+ * The endpoint's environment as its local agents get it, without what reaches the endpoint's store: the
+ * store URL (`TAKT_STORE`, which may carry a password) and libpq's variables (`PGPASSWORD`, `PGHOST`, …,
+ * which `pg` reads). An agent of a non-root endpoint runs its scripts with the agent's environment.
+ */
+export function agentEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(env)) if (k !== 'TAKT_STORE' && !/^PG[A-Z_]*$/.test(k)) out[k] = v;
+  return out;
 }
