@@ -32,6 +32,7 @@ import { printable, refusedOutputs } from './outputs.js';
 import { decideTaskPower, describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerPort, type TaskPowerResult } from './taskpower.js';
 import { prepareTask, secretsOf, type PreparedTask } from './prepare.js';
 import type { RestoredPlace } from './restore.js';
+import { Wakeups } from './wake.js';
 import {
   approve,
   reject,
@@ -264,7 +265,8 @@ function owned<J extends Pick<Job, 'machineId'>>(jobId: string, caller: string |
 }
 
 export class Engine {
-  private readonly waiters = new Map<string, { gen: number; wake: Set<() => void> }>();
+  /** Long-poll waiters per machine (wake.ts). */
+  private readonly wakeups = new Wakeups();
   private sweeper: NodeJS.Timeout | null = null;
   /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
   private stopped = false;
@@ -304,10 +306,10 @@ export class Engine {
       for (const e of events) {
         const [type, , id] = e.topic.split('.');
         if (type === 'machines' && id) {
-          this.wake(id);
+          this.wakeups.wake(id);
           if (e.topic.startsWith('machines.delete.')) this.liveness.forget(id);
         }
-        else if (type === 'workorders') this.wake((e.data as { machineId?: string }).machineId ?? '');
+        else if (type === 'workorders') this.wakeups.wake((e.data as { machineId?: string }).machineId ?? '');
       }
     });
   }
@@ -378,7 +380,7 @@ export class Engine {
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
     this.unsubscribe();
-    for (const w of this.waiters.values()) for (const f of w.wake) f();
+    this.wakeups.wakeAll();
   }
 
   /**
@@ -1143,14 +1145,14 @@ export class Engine {
   private async claimLoop(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
     const deadline = Date.now() + waitMs;
     for (;;) {
-      const gen = this.generation(machineId);
+      const gen = this.wakeups.generation(machineId);
       // A caller that has gone (its agent's client gave up) takes no job: nobody would run it, and the
       // agent's next claim would find it "running" and call it lost.
       const r = await this.claimOnce(machineId, signal, lastJob);
       const left = deadline - Date.now();
       if (r.job || left <= 0 || signal?.aborted || r.machine.power === 'off') return r;
       if (this.stopped) return r;
-      if (this.generation(machineId) === gen) await this.waitForWake(machineId, Math.min(left, 5000), signal);
+      if (this.wakeups.generation(machineId) === gen) await this.wakeups.waitForWake(machineId, Math.min(left, 5000), signal);
       if (signal?.aborted || this.stopped) return r;
     }
   }
@@ -1570,7 +1572,7 @@ export class Engine {
     }
     if (done) this.opts.log?.(r.kind === 'done' ? 'info' : 'warn', `${done.machine}: power asked by task ${plan.task} (job ${plan.jobId}, ${describePowerRequest(plan.request)}): ${done.power}`);
     // Claims held back meanwhile may go on now.
-    this.wake(plan.machineId);
+    this.wakeups.wake(plan.machineId);
   }
 
   /**
@@ -1595,12 +1597,12 @@ export class Engine {
   async jobEnded(jobId: string, machineId: string, waitMs: number, signal?: AbortSignal): Promise<boolean> {
     const deadline = Date.now() + waitMs;
     for (let i = 0; i < 10_000; i++) {
-      const gen = this.generation(machineId);
+      const gen = this.wakeups.generation(machineId);
       const state = (await this.store.getJobState(jobId))?.state;
       if (state !== 'running') return true;
       const left = deadline - Date.now();
       if (left <= 0 || signal?.aborted || this.stopped) return false;
-      if (this.generation(machineId) === gen) await this.waitForWake(machineId, left, signal);
+      if (this.wakeups.generation(machineId) === gen) await this.wakeups.waitForWake(machineId, left, signal);
     }
     return false;
   }
@@ -2029,41 +2031,6 @@ export class Engine {
 
   private leaseUntil(): string {
     return new Date(Date.now() + this.opts.leaseMs).toISOString();
-  }
-
-  private generation(machineId: string): number {
-    return this.waiters.get(machineId)?.gen ?? 0;
-  }
-
-  private wake(machineId: string) {
-    const w = this.waiters.get(machineId);
-    if (!w) {
-      this.waiters.set(machineId, { gen: 1, wake: new Set() });
-      return;
-    }
-    w.gen += 1;
-    for (const f of w.wake) f();
-    w.wake.clear();
-  }
-
-  private waitForWake(machineId: string, ms: number, signal?: AbortSignal): Promise<void> {
-    let w = this.waiters.get(machineId);
-    if (!w) {
-      w = { gen: 0, wake: new Set() };
-      this.waiters.set(machineId, w);
-    }
-    const entry = w;
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        entry.wake.delete(done);
-        signal?.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      entry.wake.add(done);
-      signal?.addEventListener('abort', done, { once: true });
-    });
   }
 
   private log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) {
