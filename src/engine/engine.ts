@@ -25,21 +25,21 @@ import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { assertEnvironment, assertDeclared, assertWorkOrderDeclared } from './declared.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
-import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, machineStatus, type Contact, type LivenessWrite } from './liveness.js';
+import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, type Contact, type LivenessWrite } from './liveness.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
 import { Masker, secretTexts } from './logmask.js';
-import { printable, refusedOutputs } from './outputs.js';
-import { decideTaskPower, describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerPort, type TaskPowerResult } from './taskpower.js';
+import { printable } from './outputs.js';
+import { describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerPort, type TaskPowerResult } from './taskpower.js';
 import { prepareTask, secretsOf, type PreparedTask } from './prepare.js';
 import type { RestoredPlace } from './restore.js';
+import { Wakeups } from './wake.js';
+import { publicJob, publicMachine, publicWorkOrder } from './views.js';
+import { checkPromises, isSecureParam, keptReport, saveMachine, settle, typeOutputs, woPassed, type EndContext, type Settled } from './complete.js';
 import {
   approve,
   reject,
-  afterPipelineJob,
-  afterWorkOrderJob,
   assignPipeline,
   blueprintShape,
-  judgeJob,
   locate,
   pause,
   pipelineOrder,
@@ -225,15 +225,6 @@ export interface WorkOrderInput {
   allowUndeclared?: boolean;
 }
 
-/** What settling a job decided: the machine after it, the ended job, and what the agent is told to do. */
-interface Settled {
-  machine: Machine;
-  job: Job;
-  action: CompleteResponse['action'];
-  /** A task's power request to carry out once the transaction has committed (taskpower.ts). */
-  power?: TaskPowerPlan;
-}
-
 /** At most this many params on one machine or work order. */
 export const MAX_PARAMS = 1000;
 /**
@@ -263,8 +254,11 @@ function owned<J extends Pick<Job, 'machineId'>>(jobId: string, caller: string |
   return job;
 }
 
+export { publicJob, publicMachine, publicWorkOrder } from './views.js';
+
 export class Engine {
-  private readonly waiters = new Map<string, { gen: number; wake: Set<() => void> }>();
+  /** Long-poll waiters per machine (wake.ts). */
+  private readonly wakeups = new Wakeups();
   private sweeper: NodeJS.Timeout | null = null;
   /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
   private stopped = false;
@@ -278,6 +272,8 @@ export class Engine {
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
   readonly liveness: Liveness;
+  /** What the end of a job needs (complete.ts). */
+  private readonly end: EndContext;
   /**
    * Per machine: the bootenv its agent last said it booted (ClaimRequest.bootenv), and how many reboots
    * it was given because it ran in another bootenv than its stage needs. In memory: after an endpoint
@@ -292,6 +288,7 @@ export class Engine {
     private readonly opts: EngineOptions,
   ) {
     this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => this.jobSecrets(tx, id));
+    this.end = { content, sealer, logs: this.logs, opts, shapeOf: (c, p) => this.shapeOf(c, p) };
     const windowMs = opts.goneAfterMs ?? DEFAULT_GONE_AFTER_MS;
     this.liveness = new Liveness({
       windowMs,
@@ -304,10 +301,10 @@ export class Engine {
       for (const e of events) {
         const [type, , id] = e.topic.split('.');
         if (type === 'machines' && id) {
-          this.wake(id);
+          this.wakeups.wake(id);
           if (e.topic.startsWith('machines.delete.')) this.liveness.forget(id);
         }
-        else if (type === 'workorders') this.wake((e.data as { machineId?: string }).machineId ?? '');
+        else if (type === 'workorders') this.wakeups.wake((e.data as { machineId?: string }).machineId ?? '');
       }
     });
   }
@@ -378,7 +375,7 @@ export class Engine {
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
     this.unsubscribe();
-    for (const w of this.waiters.values()) for (const f of w.wake) f();
+    this.wakeups.wakeAll();
   }
 
   /**
@@ -418,7 +415,7 @@ export class Engine {
       const m = await this.locked(tx, machineId);
       if (!m.currentJob) return;
       const after = await this.cancelCurrent(tx, m, by, why);
-      await this.saveMachine(tx, { ...after, currentJob: null, updatedAt: new Date().toISOString() });
+      await saveMachine(tx, { ...after, currentJob: null, updatedAt: new Date().toISOString() });
     });
   }
 
@@ -894,7 +891,7 @@ export class Engine {
       if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
       if (job.state !== 'running') throw new TaktError('conflict', `job '${jobId}' already ended: ${job.state}${job.reason ? ` (${job.reason})` : ''}`);
       const m = await this.locked(tx, job.machineId);
-      const s = await this.settle(tx, m, job, { kind: 'cancelled', by: author, why, hold: true }, {}, undefined, true);
+      const s = await settle(this.end, tx, m, job, { kind: 'cancelled', by: author, why, hold: true }, {}, undefined, true);
       await this.saveDesired(tx, m, s.machine, author);
       return s.job;
     });
@@ -1050,7 +1047,7 @@ export class Engine {
       const m = await this.locked(tx, wo.machineId);
       if (m.currentJob) {
         const j = await tx.getJob(m.currentJob);
-        if (j?.workOrderId === wo.id) await this.saveMachine(tx, await this.cancelCurrent(tx, m, author, 'work order cancelled'));
+        if (j?.workOrderId === wo.id) await saveMachine(tx, await this.cancelCurrent(tx, m, author, 'work order cancelled'));
       }
       // Cancelling its running job has already ended the work order (saying so); a queued one ends here.
       const after = (await tx.getWorkOrder(wo.id)) ?? wo;
@@ -1143,14 +1140,14 @@ export class Engine {
   private async claimLoop(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
     const deadline = Date.now() + waitMs;
     for (;;) {
-      const gen = this.generation(machineId);
+      const gen = this.wakeups.generation(machineId);
       // A caller that has gone (its agent's client gave up) takes no job: nobody would run it, and the
       // agent's next claim would find it "running" and call it lost.
       const r = await this.claimOnce(machineId, signal, lastJob);
       const left = deadline - Date.now();
       if (r.job || left <= 0 || signal?.aborted || r.machine.power === 'off') return r;
       if (this.stopped) return r;
-      if (this.generation(machineId) === gen) await this.waitForWake(machineId, Math.min(left, 5000), signal);
+      if (this.wakeups.generation(machineId) === gen) await this.wakeups.waitForWake(machineId, Math.min(left, 5000), signal);
       if (signal?.aborted || this.stopped) return r;
     }
   }
@@ -1176,7 +1173,7 @@ export class Engine {
         if (lastJob !== undefined && lastJob !== running.id) {
           m = await this.handBack(tx, m, running);
           pending.machine = true;
-        } else m = (await this.settle(tx, m, running, { kind: 'abandoned' })).machine;
+        } else m = (await settle(this.end, tx, m, running, { kind: 'abandoned' })).machine;
       } else m = { ...m, currentJob: null };
     }
     // A rollout holding the machine (--busy wait) reassigns it before its next job: none starts meanwhile.
@@ -1191,7 +1188,7 @@ export class Engine {
         await tx.insertJob(job);
         tx.emit(`jobs.create.${job.id}`, publicJob(job));
         const outcome: JobOutcome = prepared.noop !== null ? { kind: 'noop', reason: prepared.noop } : { kind: 'unrenderable', message: prepared.error! };
-        m = (await this.settle(tx, { ...m, currentJob: job.id }, job, outcome)).machine;
+        m = (await settle(this.end, tx, { ...m, currentJob: job.id }, job, outcome)).machine;
         pending.machine = false;
         continue;
       }
@@ -1200,7 +1197,7 @@ export class Engine {
       // An ad-hoc command can print anything on the machine: its log masks all the machine's secrets.
       this.logs.begin(job.id, work.kind === 'workorder' && work.wo.command ? await this.adhocSecrets(tx, m) : secretsOf(prepared));
       m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
-      await this.saveMachine(tx, m);
+      await saveMachine(tx, m);
       pending.machine = false;
       const claimed: ClaimedJob = {
         id: job.id,
@@ -1226,7 +1223,7 @@ export class Engine {
    * this claim runs it. Nothing ran, so this is not a retry.
    */
   private async handBack(tx: Tx, m: Machine, job: Job): Promise<Machine> {
-    const s = await this.settle(tx, m, job, { kind: 'handed-back' }, {}, undefined, true);
+    const s = await settle(this.end, tx, m, job, { kind: 'handed-back' }, {}, undefined, true);
     this.log('warn', 'claim answer not delivered: job handed back', { job: job.id, machine: m.name, task: job.task });
     return s.machine;
   }
@@ -1271,7 +1268,7 @@ export class Engine {
       const done: Machine = shape
         ? { ...m, state: 'done', reason: null, stage: null, task: null }
         : { ...m, state: 'stopped', reason: `pipeline '${m.pipeline}' no longer exists in the installed content` };
-      await this.saveMachine(tx, done);
+      await saveMachine(tx, done);
       if (pending) pending.machine = false;
       Object.assign(m, done);
       return null;
@@ -1284,7 +1281,7 @@ export class Engine {
       const gate = this.stageGate(m, stage, step.stageKey, { name: pipeline.name, params: pipeline.params });
       if (gate) {
         const held: Machine = { ...m, ...gate, updatedAt: new Date().toISOString() };
-        await this.saveMachine(tx, held);
+        await saveMachine(tx, held);
         if (pending) pending.machine = false;
         Object.assign(m, held);
         return null;
@@ -1317,7 +1314,7 @@ export class Engine {
         `stage '${step.stage}' needs bootenv '${stage.bootenv}', but the agent of ${m.name} still runs in '${running.bootenv}' after takt rebooted it into '${stage.bootenv}': ` +
         `its firmware does not boot takt's script for it. Check that network boot is first in its boot order (takt machines power ${m.name} cycle --next-boot pxe), then resume it`;
       const stopped: Machine = { ...m, state: 'stopped', reason, updatedAt: new Date().toISOString() };
-      await this.saveMachine(tx, stopped);
+      await saveMachine(tx, stopped);
       if (pending) pending.machine = false;
       this.log('warn', `${m.name}: ${reason}`, { machine: m.name });
       Object.assign(m, stopped);
@@ -1363,92 +1360,6 @@ export class Engine {
   }
 
   /**
-   * Ends a job with an outcome and moves its machine (or work order) on. The single place where a job
-   * becomes terminal, whichever way it ended. `deferMachine`: leave the machine unwritten for the caller, who writes it once with more changes (a
-   * completion followed by a claim: one machine write and one event per job instead of two).
-   */
-  private async settle(tx: Tx, m: Machine, job: Job, outcome: JobOutcome, outputs: Record<string, unknown> = {}, report?: CompleteRequest, deferMachine = false): Promise<Settled> {
-    const content = this.content.current;
-    let next: Machine = { ...m, currentJob: m.currentJob === job.id ? null : m.currentJob };
-    let verdict: { state: Job['state']; reason: string | null };
-    let action: CompleteResponse['action'] = 'continue';
-    if (job.kind === 'workorder') {
-      const wo = job.workOrderId ? await tx.getWorkOrder(job.workOrderId) : undefined;
-      const taskCount = wo?.command ? 1 : wo ? (content.objects.blueprints.get(wo.blueprint)?.def.tasks.length ?? 0) : 0;
-      const d = afterWorkOrderJob(wo ?? { taskIndex: 0 }, taskCount, job.task, outcome, m.power);
-      verdict = d.job;
-      action = d.action;
-      next.power = d.power;
-      const bp = wo && !wo.command ? content.objects.blueprints.get(wo.blueprint)?.def : undefined;
-      let passed = wo?.passed;
-      if (wo && bp) {
-        // By identity: the step this job ran is the first not yet passed that has its task (what nextWork
-        // located); a success that moves on adds its key, and what is left decides whether it is done.
-        const shape = blueprintShape(bp);
-        passed = woPassed(wo, bp);
-        const step = remainingSteps(shape, passed).find((x) => x.task === job.task);
-        if (step && d.job.state === 'succeeded' && d.workOrder.taskIndex !== wo.taskIndex) passed = [...passed, step.key];
-        if (d.workOrder.state === 'running' || d.workOrder.state === 'succeeded') {
-          const left = remainingSteps(shape, passed);
-          const order = pipelineOrder(shape);
-          d.workOrder = { ...d.workOrder, state: left.length === 0 ? 'succeeded' : 'running', taskIndex: left.length === 0 ? order.length : order.findIndex((x) => x.key === left[0]!.key) };
-        }
-      }
-      if (wo && wo.state === 'running') {
-        const updated = { ...wo, ...d.workOrder, ...(passed ? { passed } : {}), finishedAt: d.workOrder.state === 'running' ? null : new Date().toISOString() };
-        await tx.updateWorkOrder(updated);
-        tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(updated));
-      }
-    } else {
-      const shape = job.pipeline && job.pipeline === m.pipeline ? this.shapeOf(content, job.pipeline) : null;
-      const retries = content.objects.tasks.get(job.task)?.def.retries ?? 0;
-      // A machine paused while the job ran still moves past it (transitions.afterPipelineJob).
-      if (shape && (m.state === 'running' || m.state === 'paused') && m.currentJob === job.id) {
-        const d = afterPipelineJob(m, shape, job.task, outcome, retries);
-        verdict = d.job;
-        action = d.action;
-        // d.machine is the whole machine moved on; the job that ended is no longer its current one.
-        next = { ...next, ...d.machine, currentJob: next.currentJob };
-      } else {
-        // The machine was restarted or reassigned while this job ran: record the job, leave the machine be.
-        verdict = { state: outcome.kind === 'cancelled' ? 'cancelled' : 'failed', reason: 'the machine moved on while this job ran' };
-        if (outcome.kind === 'cancelled' || outcome.kind === 'handed-back') verdict = judgeJob(job.task, outcome);
-        else if (outcome.kind === 'exit') verdict = { state: 'cancelled', reason: 'the machine was restarted or reassigned while this job ran' };
-      }
-    }
-    // A task's power request (takt-power): decided here, carried out by the power port after the commit.
-    let jobPower: string | undefined;
-    let powerPlan: TaskPowerPlan | undefined;
-    if (report?.power) {
-      const d = decideTaskPower(report.power, { id: job.id, task: job.task, succeeded: verdict.state === 'succeeded' }, m, { machine: next, action }, !!this.opts.power);
-      ({ machine: next, action, jobPower, plan: powerPlan } = d);
-    }
-    const finished: Job = {
-      ...job,
-      state: verdict.state,
-      reason: verdict.reason,
-      ...(jobPower ? { power: jobPower } : {}),
-      exitCode: outcome.kind === 'exit' || outcome.kind === 'invalid' ? outcome.exitCode : null,
-      outputs: maskValues(outputs),
-      finishedAt: new Date().toISOString(),
-      leaseExpiresAt: null,
-    };
-    await tx.finishJob(finished, report ? { report, action } : undefined);
-    await this.logs.end(tx, job.id);
-    tx.emit(`jobs.update.${job.id}`, publicJob(finished));
-    // Observed state: what the machine now has. Not a desired-state change, so no history entry.
-    if (verdict.state === 'succeeded' && Object.keys(outputs).length > 0) next.outputs = { ...next.outputs, ...outputs };
-    next.updatedAt = new Date().toISOString();
-    if (!deferMachine) await this.saveMachine(tx, next);
-    return { machine: next, job: finished, action, ...(powerPlan ? { power: powerPlan } : {}) };
-  }
-
-  private async saveMachine(tx: Tx, m: Machine): Promise<void> {
-    await tx.updateMachine(m);
-    tx.emit(`machines.update.${m.id}`, publicMachine(m));
-  }
-
-  /**
    * Ends a running job with its agent's report. The report may carry the log's last chunks and ask for
    * the machine's next job (`claim`), answered from the same transaction. A resend of a report already
    * applied answers as the first time did, without a next job: the agent claims that as usual, and says
@@ -1460,9 +1371,9 @@ export class Engine {
     const answered = await this.store.transact(async (tx) => {
       const job = await this.ownedJob(tx, jobId, caller);
       // The job's own secure outputs join the secrets its log, reason and stored report must not show.
-      const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => this.isSecureParam(k)).map(([, v]) => v));
+      const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => isSecureParam(this.end, k)).map(([, v]) => v));
       const masker = await this.logs.masker(tx, job, outputSecrets);
-      const kept = this.keptReport(report, masker);
+      const kept = keptReport(this.end, report, masker);
       if (job.state !== 'running') {
         const prev = (await tx.getJobReport(jobId)) as { report: CompleteRequest; action: CompleteResponse['action'] } | null;
         if (prev && canonicalJson(prev.report) === canonicalJson(kept)) return { job: { id: job.id, state: job.state }, action: prev.action };
@@ -1472,19 +1383,19 @@ export class Engine {
       // closed. A job's own secure outputs are masked in what it already logged too.
       await this.logs.appendTail(tx, job, request.log, outputSecrets, new Date().toISOString());
       const m = await this.locked(tx, job.machineId);
-      const typed = this.typeOutputs(report.outputs ?? {}, job.task);
+      const typed = typeOutputs(this.end, report.outputs ?? {}, job.task);
       const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
-      const problem = typed.problem ?? (exitedOk ? this.checkPromises(job, report.outputs ?? {}, typed.values) : null);
+      const problem = typed.problem ?? (exitedOk ? checkPromises(this.end, job, report.outputs ?? {}, typed.values) : null);
       const outcome: JobOutcome = problem
         ? { kind: 'invalid', exitCode: report.exitCode, message: masker.mask(problem) }
         : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: kept.error === undefined ? undefined : printable(kept.error), timeoutMs: job.timeoutMs };
       const claim = request.claim === true && !this.stopped;
-      const settled = await this.settle(tx, m, job, outcome, typed.values, kept, claim);
+      const settled = await settle(this.end, tx, m, job, outcome, typed.values, kept, claim);
       plan = settled.power;
       if (plan) this.powering.add(plan.machineId);
       const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
       if (claim && settled.action === 'continue') answer.next = await this.claimIn(tx, settled.machine, undefined, true);
-      else if (claim) await this.saveMachine(tx, settled.machine);
+      else if (claim) await saveMachine(tx, settled.machine);
       return answer;
     }).catch((err: unknown) => {
       if (plan) this.powering.delete(plan.machineId);
@@ -1562,7 +1473,7 @@ export class Engine {
         const updated: Job = { ...job, power: end.jobPower };
         await tx.updateJob(updated, stored ? { report: stored.report, action: 'continue' } : undefined);
         tx.emit(`jobs.update.${job.id}`, publicJob(updated));
-        await this.saveMachine(tx, { ...end.machine, updatedAt: new Date().toISOString() });
+        await saveMachine(tx, { ...end.machine, updatedAt: new Date().toISOString() });
         return { machine: m.name, power: end.jobPower };
       });
     } finally {
@@ -1570,7 +1481,7 @@ export class Engine {
     }
     if (done) this.opts.log?.(r.kind === 'done' ? 'info' : 'warn', `${done.machine}: power asked by task ${plan.task} (job ${plan.jobId}, ${describePowerRequest(plan.request)}): ${done.power}`);
     // Claims held back meanwhile may go on now.
-    this.wake(plan.machineId);
+    this.wakeups.wake(plan.machineId);
   }
 
   /**
@@ -1595,12 +1506,12 @@ export class Engine {
   async jobEnded(jobId: string, machineId: string, waitMs: number, signal?: AbortSignal): Promise<boolean> {
     const deadline = Date.now() + waitMs;
     for (let i = 0; i < 10_000; i++) {
-      const gen = this.generation(machineId);
+      const gen = this.wakeups.generation(machineId);
       const state = (await this.store.getJobState(jobId))?.state;
       if (state !== 'running') return true;
       const left = deadline - Date.now();
       if (left <= 0 || signal?.aborted || this.stopped) return false;
-      if (this.generation(machineId) === gen) await this.waitForWake(machineId, left, signal);
+      if (this.wakeups.generation(machineId) === gen) await this.wakeups.waitForWake(machineId, left, signal);
     }
     return false;
   }
@@ -1653,7 +1564,7 @@ export class Engine {
       if (canonicalJson(next) === canonicalJson(m)) return m;
       next.updatedAt = new Date().toISOString();
       if (next.ssh!.hostKey !== m.ssh.hostKey) await tx.change('ssh', `machines/${m.id}`, 'update', desiredView(m), desiredView(next));
-      await this.saveMachine(tx, next);
+      await saveMachine(tx, next);
       return next;
     });
   }
@@ -1668,7 +1579,7 @@ export class Engine {
       const job = await tx.getJob(jobId);
       if (!job || job.state !== 'running') return;
       const m = await this.locked(tx, job.machineId);
-      await this.settle(tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, why });
+      await settle(this.end, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, why });
       this.log('warn', 'job lost', { job: job.id, machine: m.name, task: job.task, why });
     });
   }
@@ -1726,76 +1637,12 @@ export class Engine {
     }
   }
 
-  private isSecureParam(name: string): boolean {
-    return this.content.current.objects.params.get(name)?.def.secure === true;
-  }
-
-  /**
-   * The report as it is kept to recognise a resend: secure outputs as an endpoint-keyed HMAC (never the
-   * value, never a bare hash of it), the agent's error text masked.
-   */
-  private keptReport(report: CompleteRequest, masker: Masker): CompleteRequest {
-    const outputs = Object.fromEntries(Object.entries(report.outputs ?? {}).map(([k, v]) => [k, this.isSecureParam(k) ? `hmac:${this.sealer.digest(v)}` : v]));
-    return { ...report, outputs, ...(report.error !== undefined ? { error: masker.mask(report.error) } : {}) };
-  }
-
   private async ownedJob(tx: Tx, jobId: string, caller: string | null): Promise<Job> {
     return owned(jobId, caller, await tx.getJob(jobId));
   }
 
   private async ownedJobState(tx: Tx, jobId: string, caller: string | null) {
     return owned(jobId, caller, await tx.getJobState(jobId));
-  }
-
-  /** A task that exits 0 must have set every output it promised, to a valid value, and meet its expectations. */
-  private checkPromises(job: Job, raw: Record<string, string>, values: Record<string, unknown>): string | null {
-    const def = this.content.current.objects.tasks.get(job.task)?.def;
-    if (!def) return null;
-    const open: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(values)) open[k] = this.sealer.open(v);
-    for (const [name, schema] of Object.entries(def.outputs ?? {})) {
-      if (!Object.hasOwn(raw, name)) return `it did not set its promised output '${name}' (takt-set ${name} VALUE)`;
-      const problems = validateValue(schema, open[name]);
-      const shown = this.isSecureParam(name) ? '(secure value)' : JSON.stringify(open[name]);
-      if (problems.length) return `its output ${name} = ${shown} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}`;
-    }
-    if (!def.expect?.length) return null;
-    const used = Object.fromEntries(Object.entries(job.params).map(([k, p]) => [k, p.value]));
-    return checkExpectations(def.expect, { ...used, ...open });
-  }
-
-  /**
-   * Types raw `takt-set` strings by their param's schema and validates them. Only the task's declared
-   * outputs are accepted, each within its size limit as sent: anything else fails the job, named.
-   */
-  private typeOutputs(raw: Record<string, string>, task: string): { values: Record<string, unknown>; problem: string | null } {
-    const content = this.content.current;
-    const promised = content.objects.tasks.get(task)?.def.outputs ?? {};
-    const refused = refusedOutputs(raw, promised);
-    if (refused) return { values: {}, problem: refused };
-    const values: Record<string, unknown> = {};
-    for (const [name, text] of Object.entries(raw)) {
-      const def = content.objects.params.get(name)?.def;
-      // The task's promise types the value too when no param definition exists.
-      const schema = (def?.schema ?? promised[name]) as { type?: unknown } | undefined;
-      let value: unknown = text;
-      if (schema && schema.type !== 'string') {
-        try {
-          value = JSON.parse(text);
-        } catch {
-          value = text;
-        }
-      }
-      if (schema) {
-        const problems = validateValue(schema, value);
-        if (problems.length > 0) {
-          const shown = def?.secure ? '(secure value)' : `'${printable(text.length > 80 ? `${text.slice(0, 80)}…` : text)}'`;
-          return { values: {}, problem: `its output ${name} = ${shown} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}` };
-        }
-      }
-      values[name] = def?.secure ? this.sealer.seal(value) : value;
-    }
-    return { values, problem: null };
   }
 
   /** Marks running jobs whose agent has gone quiet as lost; their machines stop with that reason. */
@@ -1816,7 +1663,7 @@ export class Engine {
         // Silent: nothing at all heard from the machine for a whole lease (the network or the host), not
         // only nothing about this job.
         const silent = heard === null || Date.now() - Date.parse(heard) >= this.opts.leaseMs;
-        await this.settle(tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: heard, address: agent.address, silent } });
+        await settle(this.end, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: heard, address: agent.address, silent } });
         this.log('warn', 'job lost: lease expired', { job: job.id, machine: m.name, task: job.task });
       });
     }
@@ -1837,7 +1684,7 @@ export class Engine {
     const job = m.currentJob ? await tx.getJob(m.currentJob) : undefined;
     if (job?.state !== 'running') return null;
     this.log('info', 'job cancelled', { job: job.id, machine: m.name, task: job.task, by: author, why });
-    return this.settle(tx, m, job, { kind: 'cancelled', by: author, why, hold }, {}, undefined, true);
+    return settle(this.end, tx, m, job, { kind: 'cancelled', by: author, why, hold }, {}, undefined, true);
   }
 
   // ---- classification -------------------------------------------------------------------------------
@@ -1927,7 +1774,7 @@ export class Engine {
       const params: PlanParam[] = p.params.map((u) => (promised.has(u.name) ? { ...u, promisedBy: promised.get(u.name)! } : u));
       for (const name of [...required, ...(def?.params?.optional ?? [])]) {
         const by = promised.get(name);
-        if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: this.isSecureParam(name), required: required.includes(name), promisedBy: by });
+        if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: isSecureParam(this.end, name), required: required.includes(name), promisedBy: by });
       }
       const missing = p.missing.filter((n) => !promised.has(n));
       const error = missing.length === 0 && p.missing.length > 0 ? null : p.error;
@@ -2031,41 +1878,6 @@ export class Engine {
     return new Date(Date.now() + this.opts.leaseMs).toISOString();
   }
 
-  private generation(machineId: string): number {
-    return this.waiters.get(machineId)?.gen ?? 0;
-  }
-
-  private wake(machineId: string) {
-    const w = this.waiters.get(machineId);
-    if (!w) {
-      this.waiters.set(machineId, { gen: 1, wake: new Set() });
-      return;
-    }
-    w.gen += 1;
-    for (const f of w.wake) f();
-    w.wake.clear();
-  }
-
-  private waitForWake(machineId: string, ms: number, signal?: AbortSignal): Promise<void> {
-    let w = this.waiters.get(machineId);
-    if (!w) {
-      w = { gen: 0, wake: new Set() };
-      this.waiters.set(machineId, w);
-    }
-    const entry = w;
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        entry.wake.delete(done);
-        signal?.removeEventListener('abort', done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      entry.wake.add(done);
-      signal?.addEventListener('abort', done, { once: true });
-    });
-  }
-
   private log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) {
     this.opts.log?.(level, msg, fields);
   }
@@ -2150,28 +1962,9 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
   return patch;
 }
 
-/**
- * A machine as the API, events and UI show it: secure params masked, its derived `status`, and without its
- * facts (observed inventory, kilobytes per machine, shown by GET /machines/:id instead of riding along
- * with every event).
- */
-export function publicMachine(m: Machine) {
-  const { facts: _facts, ...rest } = m;
-  return { ...rest, params: maskValues(m.params), outputs: maskValues(m.outputs), status: machineStatus(m) };
-}
-
 /** A new secret for machine `id`: `tkm.<id>.<192 random bits>` (see machineIdFromToken). Only its SHA-256 is stored. */
 export function newMachineToken(id: string): string {
   return `tkm.${id}.${randomBytes(24).toString('base64url')}`;
-}
-
-export function publicJob(j: Job) {
-  const { script: _script, ...rest } = j;
-  return rest;
-}
-
-export function publicWorkOrder(w: WorkOrder) {
-  return { ...w, params: maskValues(w.params) };
 }
 
 /** Content objects are immutable once loaded, so their hash is computed once per object. */
@@ -2185,10 +1978,3 @@ function contentHash(def: object): string {
   return h;
 }
 
-/**
- * A work order's succeeded steps by identity. Work orders stored before migration 0014 have none: their
- * first `taskIndex` steps of the blueprint as it is now count as passed (what the index meant then).
- */
-function woPassed(wo: WorkOrder, bp: { name: string; tasks: readonly string[] }): string[] {
-  return wo.passed ?? pipelineOrder(blueprintShape(bp)).slice(0, wo.taskIndex).map((s) => s.key);
-}
