@@ -5,7 +5,8 @@
  * one agent, not two. Its /init takes a DHCP lease, runs `takt agent discover` (registers with the
  * discovery credential on the kernel command line, agent/discover.ts) and then `takt agent`, which runs
  * whatever pipeline the machine is given in memory. Measured (provisioning-facts.md §2): ~116 MB
- * unpacked, ~40 MB compressed; +~7 s of boot under software emulation against the busybox-only one.
+ * unpacked, ~41 MB with gzip, ~35 MB with zstd; the kernel's unpacking is ~11 s of guest time under
+ * software emulation (docs/performance.md, Discovery boot).
  *
  * The result is a content pack directory (pack.yaml + bootenvs/discovery.yaml + the two files) whose
  * artifacts are local paths with their sha256, ready for `takt content install`.
