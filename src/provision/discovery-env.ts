@@ -5,13 +5,13 @@
  * one agent, not two. Its /init takes a DHCP lease, runs `takt agent discover` (registers with the
  * discovery credential on the kernel command line, agent/discover.ts) and then `takt agent`, which runs
  * whatever pipeline the machine is given in memory. Measured (provisioning-facts.md §2): ~116 MB
- * unpacked, ~41 MB with gzip, ~35 MB with zstd; the kernel's unpacking is ~11 s of guest time under
- * software emulation (docs/performance.md, Discovery boot).
+ * unpacked, ~41 MB with gzip (~35 MB with zstd); the kernel's unpacking is 1–11 s of guest time under
+ * software emulation, depending on the load (docs/performance.md, Discovery boot).
  *
  * The result is a content pack directory (pack.yaml + bootenvs/discovery.yaml + the two files) whose
  * artifacts are local paths with their sha256, ready for `takt content install`.
  */
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -142,30 +142,21 @@ export interface BuildOptions {
   log?: (msg: string) => void;
   /** Progress of the long steps, for a bar: 0…1 with what is being done. */
   progress?: (fraction: number, what: string) => void;
-  /** How the initramfs is compressed (default `defaultCompression()`): part of the build's key. */
+  /** How the initramfs is compressed (default gzip): part of the build's key. */
   compression?: InitrdCompression;
 }
 
 /**
  * How the initramfs is compressed. The kernel decompresses it on the machine's CPU before /init runs, so
- * this is boot time: Debian's kernel has gzip, xz, lz4 and zstd built in (CONFIG_RD_*); zstd unpacks the
- * ~116 MB archive several times faster than gzip at a similar size (docs/performance.md, Discovery boot).
- * `none` skips the step but makes the file ~3× larger to send (a bench variant, not for network boot).
+ * this is boot time: Debian's kernel has gzip, xz, lz4 and zstd built in (CONFIG_RD_*). Measured under
+ * software emulation (docs/performance.md, Discovery boot), zstd (15 % smaller) was not consistently
+ * faster to unpack than gzip, so gzip stays the default; `none` skips the step but is ~3× the bytes to
+ * send. zstd and none are for `npm run bench -- discover` and for builds that ask for them.
  */
 export type InitrdCompression = 'gzip' | 'zstd' | 'none';
 
 /** The file name suffix of each compression. */
 const SUFFIX: Record<InitrdCompression, string> = { gzip: '.gz', zstd: '.zst', none: '' };
-
-/** zstd when the `zstd` command is installed (Debian package zstd), else gzip (built into Node). */
-export function defaultCompression(): InitrdCompression {
-  try {
-    execFileSync('zstd', ['--version'], { stdio: 'ignore', timeout: 10_000 });
-    return 'zstd';
-  } catch {
-    return 'gzip';
-  }
-}
 
 /**
  * `data` compressed as `how`. zstd runs the `zstd` command (level 9, all cores: the kernel's decompressor
@@ -201,7 +192,7 @@ export async function buildDiscoveryEnv(opts: BuildOptions): Promise<DiscoveryEn
   // Built once per set of inputs: a second build with the same kernel, agent bundle, init and host
   // binaries returns the pack already in `out` (the compression alone takes ~20 s).
   const out = resolve(opts.out);
-  const compression = opts.compression ?? defaultCompression();
+  const compression = opts.compression ?? 'gzip';
   const key = buildKey(kernel, opts.bundle, opts.version, compression);
   const kept = keptBuild(out, key);
   if (kept) {
