@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { ansibleBench } from './ansible.js';
 import { ansibleSshBench } from './ansible-ssh.js';
 import { bootStormBench } from './boot-storm.js';
+import { discoverBench } from './discover.js';
 import { dispatchBench } from './dispatch.js';
 import { fanoutBench } from './fanout.js';
 import { fleetBench } from './fleet.js';
@@ -24,6 +25,7 @@ const BENCHES: Record<string, { run: Bench; usage: string }> = {
   ansible: { run: ansibleBench, usage: 'ansible [--reps 3] [--hosts 50]          takt vs Ansible, same 5-task pipeline' },
   'ansible-ssh': { run: ansibleSshBench, usage: 'ansible-ssh [--hosts 20] [--reps 3] [--only ansible|ssh|agents]   Ansible over SSH vs takt agentless vs agents (#11)' },
   'boot-storm': { run: bootStormBench, usage: 'boot-storm [--waves 100,200,300,400] [--range-kib 1024]   N iPXE clients DHCP + script + kernel range against serve --dhcp full (root, netns)' },
+  discover: { run: discoverBench, usage: 'discover [--variant gzip,zstd] [--reps 1]   one VM boots the discovery bootenv per initrd compression: /init, DHCP, agent, registered (#13)' },
   dispatch: { run: dispatchBench, usage: 'dispatch [--tasks 200]                   gap between jobs on one machine vs spawning /bin/true' },
   fleet: { run: fleetBench, usage: 'fleet [--machines 10000] [--tasks 10] [--inflight 64]   simulated agents over HTTP' },
   logs: { run: logsBench, usage: 'logs [--mb 100] [--reps 3] [--jobs 4]      job log ingest with 20 secure values masked vs none' },

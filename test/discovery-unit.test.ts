@@ -2,14 +2,16 @@
  * The discovery credential (model/discovery.ts) and what the discovery agent reads from its kernel
  * command line (agent/discover.ts): pure functions, table-driven.
  */
+import { execFileSync } from 'node:child_process';
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { gunzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { normalizeFingerprint, parseDiscoveryCmdline } from '../src/agent/discover.js';
 import { bootenvOf } from '../src/agent/inventory.js';
 import { checkDiscoveryToken, DISCOVERY_TOKEN_TTL_MS, discoveryToken } from '../src/model/discovery.js';
 import { TaktError } from '../src/model/errors.js';
 import { Sealer } from '../src/model/secure.js';
-import { parseLddAll } from '../src/provision/discovery-env.js';
+import { compressInitrd, DISCOVERY_INIT, parseLddAll } from '../src/provision/discovery-env.js';
 
 const keyA = new Sealer(Buffer.alloc(32, 1)).keyed('discovery');
 const keyB = new Sealer(Buffer.alloc(32, 2)).keyed('discovery');
@@ -88,5 +90,26 @@ describe('ldd output, glibc and loader included', () => {
       '\tlibmissing.so => not found',
     ].join('\n');
     expect(parseLddAll(text)).toEqual(['/lib/x86_64-linux-gnu/libstdc++.so.6', '/lib/x86_64-linux-gnu/libc.so.6', '/lib64/ld-linux-x86-64.so.2']);
+  });
+});
+
+describe('the discovery initramfs compression', () => {
+  const data = Buffer.from('070701'.repeat(5000) + 'takt discovery initramfs');
+  it.each([
+    // [compression, the magic the kernel's decompressor recognises, how to get the archive back]
+    ['gzip', '1f8b', (b: Buffer) => gunzipSync(b)],
+    ['zstd', '28b52ffd', (b: Buffer) => execFileSync('zstd', ['-d', '-q', '-c'], { input: b })],
+    ['none', '30373037', (b: Buffer) => b],
+  ] as const)('%s: starts with the magic %s and unpacks to the same archive', async (how, magic, unpack) => {
+    const packed = await compressInitrd(data, how);
+    expect(packed.subarray(0, magic.length / 2).toString('hex')).toBe(magic);
+    expect(Buffer.compare(unpack(packed), data)).toBe(0);
+  });
+
+  it('/init prints each marker with the guest uptime (the bench and people reading a console time the boot by it)', () => {
+    for (const m of ['init started', 'dhcp on', 'agent starting', 'registered with', 'registration failed']) {
+      expect(DISCOVERY_INIT).toMatch(new RegExp(`TAKT-DISCOVERY: ${m}[^\\n]*\\$\\(up\\)`));
+    }
+    expect(DISCOVERY_INIT).toContain('read u _ </proc/uptime');
   });
 });

@@ -5,16 +5,17 @@
  * one agent, not two. Its /init takes a DHCP lease, runs `takt agent discover` (registers with the
  * discovery credential on the kernel command line, agent/discover.ts) and then `takt agent`, which runs
  * whatever pipeline the machine is given in memory. Measured (provisioning-facts.md §2): ~116 MB
- * unpacked, ~40 MB compressed; +~7 s of boot under software emulation against the busybox-only one.
+ * unpacked, ~41 MB with gzip (~35 MB with zstd); the kernel's unpacking is 1–11 s of guest time under
+ * software emulation, depending on the load (docs/performance.md, Discovery boot).
  *
  * The result is a content pack directory (pack.yaml + bootenvs/discovery.yaml + the two files) whose
  * artifacts are local paths with their sha256, ready for `takt content install`.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { DISCOVERY_BOOTENV } from '../model/boot.js';
@@ -42,7 +43,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /run
 mkdir -p /run/takt /dev/pts /root
-echo "${DISCOVERY_MARKER} init started"
+up() { read u _ </proc/uptime; echo "up=\${u}s"; }
+echo "${DISCOVERY_MARKER} init started $(up)"
 for m in $(cat /etc/takt-modules); do insmod "/lib/modules/$m" 2>/dev/null; done
 hostname discovery
 ifc=
@@ -64,18 +66,19 @@ else
     echo "${DISCOVERY_MARKER} dhcp failed on $ifc; trying again"
     sleep 2
   done
-  echo "${DISCOVERY_MARKER} dhcp on $ifc $(cat /tmp/lease) mac $(cat /sys/class/net/$ifc/address)"
+  echo "${DISCOVERY_MARKER} dhcp on $ifc $(cat /tmp/lease) mac $(cat /sys/class/net/$ifc/address) $(up)"
 fi
 takt=/${DISCOVERY_AGENT_DIR}/bin/takt
 while true; do
+  echo "${DISCOVERY_MARKER} agent starting $(up)"
   if api=$($takt agent --dir /run/takt discover); then
-    echo "${DISCOVERY_MARKER} registered with $api"
+    echo "${DISCOVERY_MARKER} registered with $api $(up)"
     $takt agent --endpoint "$api" --token-file /run/takt/token --ca /run/takt/ca.pem --dir /run/takt --report-facts
     code=$?
     echo "${DISCOVERY_MARKER} agent exited $code"
     if [ "$code" = 64 ]; then sync; reboot -f; fi
   else
-    echo "${DISCOVERY_MARKER} registration failed"
+    echo "${DISCOVERY_MARKER} registration failed $(up)"
   fi
   sleep 10
 done
@@ -139,6 +142,43 @@ export interface BuildOptions {
   log?: (msg: string) => void;
   /** Progress of the long steps, for a bar: 0…1 with what is being done. */
   progress?: (fraction: number, what: string) => void;
+  /** How the initramfs is compressed (default gzip): part of the build's key. */
+  compression?: InitrdCompression;
+}
+
+/**
+ * How the initramfs is compressed. The kernel decompresses it on the machine's CPU before /init runs, so
+ * this is boot time: Debian's kernel has gzip, xz, lz4 and zstd built in (CONFIG_RD_*). Measured under
+ * software emulation (docs/performance.md, Discovery boot), zstd (15 % smaller) was not consistently
+ * faster to unpack than gzip, so gzip stays the default; `none` skips the step but is ~3× the bytes to
+ * send. zstd and none are for `npm run bench -- discover` and for builds that ask for them.
+ */
+export type InitrdCompression = 'gzip' | 'zstd' | 'none';
+
+/** The file name suffix of each compression. */
+const SUFFIX: Record<InitrdCompression, string> = { gzip: '.gz', zstd: '.zst', none: '' };
+
+/**
+ * `data` compressed as `how`. zstd runs the `zstd` command (level 9, all cores: the kernel's decompressor
+ * takes any level's frames; levels above 19 need a larger window than it allows).
+ * @throws TaktError unavailable when zstd is asked for and not installed.
+ */
+export async function compressInitrd(data: Buffer, how: InitrdCompression): Promise<Buffer> {
+  if (how === 'none') return data;
+  if (how === 'gzip') return gzipSync(data, { level: 6 });
+  return await new Promise<Buffer>((resolvePromise, reject) => {
+    const p = spawn('zstd', ['-q', '-9', '-T0', '-c'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let err = '';
+    p.stdout.on('data', (b: Buffer) => out.push(b));
+    p.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    p.once('error', (e: NodeJS.ErrnoException) =>
+      reject(e.code === 'ENOENT' ? new TaktError('unavailable', "compressing the initramfs with zstd: 'zstd' is not installed (Debian: apt-get install zstd)") : e),
+    );
+    p.once('close', (code) => (code === 0 ? resolvePromise(Buffer.concat(out)) : reject(new TaktError('internal', `zstd exited ${code}: ${err.trim()}`))));
+    p.stdin.on('error', () => undefined); // a zstd that died early is reported by 'close'
+    p.stdin.end(data);
+  });
 }
 
 /**
@@ -152,7 +192,8 @@ export async function buildDiscoveryEnv(opts: BuildOptions): Promise<DiscoveryEn
   // Built once per set of inputs: a second build with the same kernel, agent bundle, init and host
   // binaries returns the pack already in `out` (the compression alone takes ~20 s).
   const out = resolve(opts.out);
-  const key = buildKey(kernel, opts.bundle, opts.version);
+  const compression = opts.compression ?? 'gzip';
+  const key = buildKey(kernel, opts.bundle, opts.version, compression);
   const kept = keptBuild(out, key);
   if (kept) {
     progress(1, 'already built with the same inputs');
@@ -208,13 +249,14 @@ export async function buildDiscoveryEnv(opts: BuildOptions): Promise<DiscoveryEn
     walk('');
     entries.push({ type: 'file', path: 'init', data: Buffer.from(DISCOVERY_INIT), mode: 0o755 });
     entries.push({ type: 'file', path: 'etc/udhcpc.sh', data: Buffer.from(SLEDGE_UDHCPC), mode: 0o755 });
-    progress(0.5, 'compressing the initramfs');
-    const gz = gzipSync(writeNewc(entries), { level: 6 });
+    progress(0.5, `compressing the initramfs (${compression})`);
+    const gz = await compressInitrd(writeNewc(entries), compression);
 
     progress(0.9, 'writing the pack');
     mkdirSync(join(out, 'files'), { recursive: true });
     mkdirSync(join(out, 'bootenvs'), { recursive: true });
-    const initrdPath = join(out, 'files', 'discovery.cpio.gz');
+    const initrdPath = join(out, 'files', `discovery.cpio${SUFFIX[compression]}`);
+    for (const f of readdirSync(join(out, 'files'))) if (f.startsWith('discovery.cpio') && join(out, 'files', f) !== initrdPath) rmSync(join(out, 'files', f), { force: true });
     const kernelPath = join(out, 'files', 'vmlinuz');
     const tmp = `${initrdPath}.tmp-${randomBytes(4).toString('hex')}`;
     writeFileSync(tmp, gz);
@@ -246,15 +288,15 @@ export function discoveryBootenvYaml(k: { path: string; sha256: string }, i: { p
     `description: In-memory environment for machines takt does not know yet (${kernelPackage}); registers them and runs their pipelines`,
     `kernel: { name: vmlinuz, path: ${JSON.stringify(k.path)}, sha256: ${k.sha256} }`,
     'initrds:',
-    `  - { name: discovery.cpio.gz, path: ${JSON.stringify(i.path)}, sha256: ${i.sha256} }`,
+    `  - { name: ${basename(i.path)}, path: ${JSON.stringify(i.path)}, sha256: ${i.sha256} }`,
     `cmdline: ${DISCOVERY_CMDLINE}`,
     '',
   ].join('\n');
 }
 
-/** What a build depends on: the kernel package, the bundle (its path names its key), /init, busybox, bash. */
-function buildKey(kernel: BootKernel, bundle: string, version: string): string {
-  const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC).update(DISCOVERY_CMDLINE);
+/** What a build depends on: the kernel package, the bundle (its path names its key), /init, busybox, bash, the compression. */
+function buildKey(kernel: BootKernel, bundle: string, version: string, compression: InitrdCompression): string {
+  const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0${compression}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC).update(DISCOVERY_CMDLINE);
   // statSync follows links: a missing file hashes as size 0 (the build itself then says what to install).
   for (const f of ['/bin/busybox', '/bin/bash']) {
     const st = statSync(f, { throwIfNoEntry: false });
