@@ -41,6 +41,25 @@ interface Backend {
 
 const pgWhy = await pgUnavailable();
 
+/** A Db whose every opened store is closed by cleanup, before `drop` removes the database. */
+async function tracked(openStore: () => Promise<SqlStore>, exec: (text: string) => Promise<void>, drop: () => Promise<unknown>): Promise<Db> {
+  const opened: SqlStore[] = [];
+  const open = async () => {
+    const s = await openStore();
+    opened.push(s);
+    return s;
+  };
+  return {
+    store: await open(),
+    open,
+    exec,
+    async cleanup() {
+      for (const s of opened) await s.close().catch(() => undefined);
+      await drop();
+    },
+  };
+}
+
 const backends: Backend[] = [
   {
     name: 'sqlite',
@@ -48,17 +67,9 @@ const backends: Backend[] = [
     async make() {
       const dir = await mkdtemp(join(tmpdir(), 'takt-conf-'));
       const file = join(dir, 'takt.db');
-      const opened: SqlStore[] = [];
-      const open = async () => {
-        const s = await openSqliteStore(file);
-        opened.push(s);
-        return s;
-      };
-      const store = await open();
-      return {
-        store,
-        open,
-        async exec(text) {
+      return tracked(
+        () => openSqliteStore(file),
+        async (text) => {
           const db = new SQLite(file);
           try {
             db.exec(text);
@@ -66,11 +77,8 @@ const backends: Backend[] = [
             db.close();
           }
         },
-        async cleanup() {
-          for (const s of opened) await s.close().catch(() => undefined);
-          await rm(dir, { recursive: true, force: true });
-        },
-      };
+        () => rm(dir, { recursive: true, force: true }),
+      );
     },
   },
   {
@@ -78,17 +86,9 @@ const backends: Backend[] = [
     skip: pgWhy,
     async make() {
       const db = await freshDatabase();
-      const opened: SqlStore[] = [];
-      const open = async () => {
-        const s = await openPostgresStore(db.url);
-        opened.push(s);
-        return s;
-      };
-      const store = await open();
-      return {
-        store,
-        open,
-        async exec(text) {
+      return tracked(
+        () => openPostgresStore(db.url),
+        async (text) => {
           const c = new pg.Client({ connectionString: db.url });
           await c.connect();
           try {
@@ -97,11 +97,8 @@ const backends: Backend[] = [
             await c.end();
           }
         },
-        async cleanup() {
-          for (const s of opened) await s.close().catch(() => undefined);
-          await db.drop();
-        },
-      };
+        () => db.drop(),
+      );
     },
   },
 ];
