@@ -7,7 +7,8 @@
  * `metal-<mac>` with its inventory: the MAC and SMBIOS UUID and serial set on qemu, its NIC with driver
  * and link, its disk. A classification rule gives it a pipeline as it registers, and it runs it in
  * memory, in the discovery environment, to done.
- * Quiet-machine figures (provisioning-facts.md §2): the Node initrd boots ≈ 16 s, the agent is up ≈ 26 s.
+ * Figures (TCG, never a quiet machine): /init at 19.4 s and registered at 34.7 s at load 2–4.6; the phases
+ * and where the time goes are in docs/performance.md "Discovery boot" (`npm run bench -- discover`).
  */
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
