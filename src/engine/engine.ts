@@ -684,6 +684,8 @@ export class Engine {
 
   async deleteMachine(idOrName: string, author: string): Promise<Machine> {
     const found = await this.findMachine(idOrName);
+    // What its agent last said it booted goes with it (ids are never reused, so this is only memory).
+    this.running.delete(found.id);
     return this.store.transact(async (tx) => {
       const m = await this.locked(tx, found.id);
       await this.cancelCurrent(tx, m, author, 'machine deleted');
