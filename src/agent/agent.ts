@@ -7,7 +7,7 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { ApiClient, backoffMs } from '../client/http.js';
-import { LOCAL_BOOTENV } from '../model/boot.js';
+import { LOCAL_BOOTENV } from '../model/bootenv-names.js';
 import { TaktError } from '../model/errors.js';
 import { AGENT_EXIT_POWEROFF, AGENT_EXIT_REBOOT, machineIdFromToken, type AgentAction, type ClaimedJob, type ClaimResponse, type CompleteRequest } from '../model/protocol.js';
 import { Chaos, type ChaosSpec } from './chaos.js';

@@ -8,7 +8,8 @@
 import { readdir, readFile, readlink, stat } from 'node:fs/promises';
 import os from 'node:os';
 import { basename, join } from 'node:path';
-import { MAC_PATTERN, MAX_FACT_ITEMS, type Facts } from '../model/facts.js';
+import { MAC_PATTERN, MAX_FACT_ITEMS } from '../model/fact-limits.js';
+import type { Facts } from '../model/facts.js';
 
 /** Where facts come from; `systemSources` reads this host. */
 export interface InventorySources {

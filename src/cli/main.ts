@@ -2,7 +2,7 @@
  * `takt`: builds the command tree (program.ts) and runs it; an error is one line that says what to fix
  * (exit codes: 1 failed, 3 network, 4 not found, 5 unauthorized).
  */
-import { buildProgram, report } from './program.js';
+import { buildProgram, commandOf, report } from './program.js';
 
 // `takt machines list -o name | head -1`: the reader leaving is the end of the output, not an error.
 // Without a listener a write to the closed pipe throws EPIPE as an unhandled 'error' event (a stack
@@ -14,7 +14,8 @@ for (const stream of [process.stdout, process.stderr]) {
   });
 }
 
-const program = await buildProgram();
+// The agent builds only its own commands: it starts on every boot of a discovered machine (program.ts).
+const program = await buildProgram(commandOf(process.argv) === 'agent' ? { only: 'agent' } : {});
 try {
   await program.parseAsync(process.argv);
 } catch (err) {

@@ -10,7 +10,7 @@ import { NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import type { GlobalOptions } from './client.js';
 import { addAliases, examples } from './help.js';
-import { OUTPUT_FORMATS, setView, shownErr, type OutputFormat } from './output.js';
+import { OUTPUT_FORMATS, setView, shownErr, type OutputFormat } from './view.js';
 import { VERSION } from './version.js';
 
 /** Top-level commands whose objects belong to another resource, for `-o name` (`approvals list` lists machines). */
@@ -45,8 +45,15 @@ interface ServeCliOptions {
   bootTimeout?: string;
 }
 
-/** Builds the whole `takt` command tree; `program.parseAsync(argv)` runs it. */
-export async function buildProgram(): Promise<Command> {
+/**
+ * Builds the `takt` command tree; `program.parseAsync(argv)` runs it.
+ * @param opts.only `agent`: the global options, `serve` and `agent` only, without the resource commands
+ *   and the libraries they load (content lint, templates, JSON Schema, YAML: about 1.3 MB of the bundle's
+ *   1.7 MB). main.ts asks for it when `agent` is the command: an agent starts on every boot of a
+ *   discovered machine, where Node runs under the machine's firmware-speed CPU (provisioning.md).
+ *   Everything else, `takt --help` and completion build the whole tree.
+ */
+export async function buildProgram(opts: { only?: 'agent' } = {}): Promise<Command> {
   const program = new Command();
   program
     .name('takt')
@@ -216,6 +223,7 @@ export async function buildProgram(): Promise<Command> {
   const { agentJoinCommands } = await import('./agent-join.js');
   agentJoinCommands(agent, globals);
 
+  if (opts.only === 'agent') return program;
   const { register } = await import('./commands.js');
   register(program, globals);
   const { completionCommand } = await import('./completion.js');
@@ -223,6 +231,27 @@ export async function buildProgram(): Promise<Command> {
 
   addAliases(program);
   return program;
+}
+
+/** Global options that take a value as the next argument (`--endpoint URL`), for {@link commandOf}. */
+const VALUE_OPTIONS = new Set(['--endpoint', '--token', '-o', '--output']);
+
+/**
+ * The top-level command `argv` (process.argv: node, script, args…) runs: its first argument that is
+ * neither an option nor a global option's value; undefined for none (`takt --help`).
+ */
+export function commandOf(argv: readonly string[]): string | undefined {
+  const args = argv.slice(2);
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === '--') return args[i + 1];
+    if (VALUE_OPTIONS.has(a)) {
+      i++;
+      continue;
+    }
+    if (!a.startsWith('-')) return a;
+  }
+  return undefined;
 }
 
 /** What to try for a network failure: TLS trust and names are not "is the endpoint running?". */

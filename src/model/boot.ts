@@ -8,12 +8,10 @@
  */
 import { isIPv4 } from 'node:net';
 import { FIRMWARES, NAME_PATTERN, type Firmware } from './content.js';
+import { LOCAL_BOOTENV } from './bootenv-names.js';
 import { TaktError } from './errors.js';
 
-/** The boot environment that boots a machine from its own disk (iPXE `exit`; on UEFI, the boot order). */
-export const LOCAL_BOOTENV = 'local';
-/** The boot environment unknown machines get, when the endpoint runs discovery. */
-export const DISCOVERY_BOOTENV = 'discovery';
+export { DISCOVERY_BOOTENV, LOCAL_BOOTENV } from './bootenv-names.js';
 
 export interface MachineBoot {
   /** MAC addresses it may network-boot from, lower-case `aa:bb:cc:dd:ee:ff`, at least one. */

@@ -8,19 +8,15 @@
  * every string and list is bounded so one machine's facts stay small (MAX_FACTS_BYTES).
  */
 import Type, { type Static } from 'typebox';
+import { MAC_PATTERN, MAX_FACT_ITEMS } from './fact-limits.js';
 
-/** The facts of one machine as sent (JSON, UTF-8), at most: a machine travels whole in lists and events. */
-export const MAX_FACTS_BYTES = 64 * 1024;
-/** Entries in one list (addresses, disks, MACs) at most. */
-export const MAX_FACT_ITEMS = 128;
+export { MAC_PATTERN, MAX_FACT_ITEMS, MAX_FACTS_BYTES } from './fact-limits.js';
 
 const closed = { additionalProperties: false } as const;
 const Text = (max = 256) => Type.String({ maxLength: max });
 const OptText = (max = 256) => Type.Union([Type.String({ maxLength: max }), Type.Null()]);
 const Count = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
 
-/** A MAC address as Linux prints it: six lower-case hex pairs joined by colons. */
-export const MAC_PATTERN = '^[0-9a-f]{2}(:[0-9a-f]{2}){5}$';
 
 export const FactsSchema = Type.Object(
   {
