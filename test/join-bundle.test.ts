@@ -46,8 +46,11 @@ describe('agent bundle', () => {
     for (const f of ['bin/takt', 'lib/node', 'app/cli/start.js', 'app/cli/main.js', 'package.json', 'BUNDLE.json']) expect(existsSync(join(root, f)), f).toBe(true);
     expect(statSync(join(root, 'bin/takt')).mode & 0o111).toBe(0o111);
     expect(JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'))).toMatchObject({ version: '9.9.9-test', type: 'module' });
-    const manifest = JSON.parse(readFileSync(join(root, 'BUNDLE.json'), 'utf8')) as { libs: string[]; node: string };
+    const manifest = JSON.parse(readFileSync(join(root, 'BUNDLE.json'), 'utf8')) as { libs: string[]; node: string; stripped: boolean };
     expect(manifest.node).toBe(process.version);
+    // The runtime ships without its symbol tables (binutils' strip is installed here, as .ci/run makes sure).
+    expect(manifest.stripped).toBe(true);
+    expect(spawnSync('readelf', ['-S', join(root, 'lib/node')], { encoding: 'utf8' }).stdout).not.toMatch(/\.symtab|\.debug_info/);
     for (const lib of manifest.libs) expect(existsSync(join(root, 'lib', lib)), lib).toBe(true);
     expect(readdirSync(join(root, 'app', 'cli')).some((f) => f.includes('better-sqlite3'))).toBe(false);
 
