@@ -12,7 +12,7 @@ import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.j
 import { attempt, TaktError } from '../model/errors.js';
 import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
 import { assertReplaceable, classificationChange, classify, orderedRules } from './classify.js';
-import { adhocCommand, machineSecrets, prepareCommand, type AdhocInput } from './adhoc.js';
+import { adhocCommand, prepareCommand, type AdhocInput } from './adhoc.js';
 import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { foreignSealed, isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
@@ -25,6 +25,7 @@ import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
 import { assertEnvironment, assertDeclared, assertWorkOrderDeclared } from './declared.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
+import { adhocSecrets, jobSecrets } from './job-secrets.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, type Contact, type LivenessWrite } from './liveness.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
 import { Masker, secretTexts } from './logmask.js';
@@ -287,7 +288,7 @@ export class Engine {
     private readonly sealer: Sealer,
     private readonly opts: EngineOptions,
   ) {
-    this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => this.jobSecrets(tx, id));
+    this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => jobSecrets(this.end, tx, id));
     this.end = { content, sealer, logs: this.logs, opts, shapeOf: (c, p) => this.shapeOf(c, p) };
     const windowMs = opts.goneAfterMs ?? DEFAULT_GONE_AFTER_MS;
     this.liveness = new Liveness({
@@ -1197,7 +1198,7 @@ export class Engine {
       await tx.insertJob(job);
       tx.emit(`jobs.create.${job.id}`, publicJob(job));
       // An ad-hoc command can print anything on the machine: its log masks all the machine's secrets.
-      this.logs.begin(job.id, work.kind === 'workorder' && work.wo.command ? await this.adhocSecrets(tx, m) : secretsOf(prepared));
+      this.logs.begin(job.id, work.kind === 'workorder' && work.wo.command ? await adhocSecrets(this.end, tx, m) : secretsOf(prepared));
       m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
       await saveMachine(tx, m);
       pending.machine = false;
@@ -1584,59 +1585,6 @@ export class Engine {
       await settle(this.end, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, why });
       this.log('warn', 'job lost', { job: job.id, machine: m.name, task: job.task, why });
     });
-  }
-
-  // ---- secure values in logs, reasons and reports -------------------------------------------------
-
-  /**
-   * The secure values a job could know, as the log could show them: its task's secure params and outputs;
-   * for an ad-hoc command, every secure value of the machine (machineSecrets).
-   */
-  private async jobSecrets(tx: Tx, jobId: string): Promise<string[]> {
-    const job = await tx.getJob(jobId);
-    const m = job ? await tx.getMachine(job.machineId) : undefined;
-    if (!job || !m) return [];
-    const content = this.content.current;
-    let ctx: Parameters<typeof prepareTask>[4] = {};
-    if (job.workOrderId) {
-      const wo = await tx.getWorkOrder(job.workOrderId);
-      if (wo?.command) return this.adhocSecrets(tx, m);
-      const bp = wo ? content.objects.blueprints.get(wo.blueprint)?.def : undefined;
-      ctx = { workOrder: wo ? { id: wo.id, params: wo.params } : undefined, blueprint: bp ? { name: bp.name, params: bp.params } : undefined };
-    } else {
-      const stage = job.stage ? content.objects.stages.get(job.stage)?.def : undefined;
-      const pipeline = job.pipeline ? content.objects.pipelines.get(job.pipeline)?.def : undefined;
-      ctx = { stage: stage ? { name: stage.name, params: stage.params } : undefined, pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined };
-    }
-    const outputs = Object.keys(job.outputs).filter((k) => isSealed(m.outputs[k])).map((k) => this.openQuietly(m.outputs[k]));
-    try {
-      return [...secretsOf(prepareTask(content, this.sealer, m, job.task, ctx)), ...secretTexts(outputs)];
-    } catch {
-      return secretTexts(outputs);
-    }
-  }
-
-  /**
-   * What an ad-hoc command's log masks: every secure value of machine `m` (machineSecrets), with the params
-   * of all its work orders, read in pages (bounded: at most 1000 pages of 1000).
-   */
-  private async adhocSecrets(tx: Tx, m: Machine): Promise<string[]> {
-    const params: Array<Record<string, unknown>> = [];
-    for (let page = 0, offset = 0; page < 1000; page++) {
-      const wos = await tx.listWorkOrders({ machineId: m.id, limit: 1000, offset });
-      for (const wo of wos) if (!wo.command && Object.keys(wo.params).length > 0) params.push(wo.params);
-      if (wos.length === 0) break;
-      offset += wos.length;
-    }
-    return machineSecrets(this.content.current, this.sealer, m, params);
-  }
-
-  private openQuietly(v: unknown): unknown {
-    try {
-      return this.sealer.open(v);
-    } catch {
-      return null;
-    }
   }
 
   private async ownedJob(tx: Tx, jobId: string, caller: string | null): Promise<Job> {
