@@ -4,38 +4,38 @@
  * store at one step or the other, never half-way.
  */
 import { randomBytes } from 'node:crypto';
-import type { ContentSet, StageDef } from '../model/content.js';
+import type { ContentSet } from '../model/content.js';
 import { decodeExit } from '../model/exitcodes.js';
-import { checkExpectations } from '../model/expect.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { attempt, TaktError } from '../model/errors.js';
 import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
 import { assertReplaceable, classificationChange, classify, orderedRules } from './classify.js';
-import { adhocCommand, prepareCommand, type AdhocInput } from './adhoc.js';
-import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
+import { adhocCommand, type AdhocInput } from './adhoc.js';
+import { reportOf, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import { foreignSealed, isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
 import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
-import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
+import { checkSshSettings, patchSsh, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
-import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
+import { canonicalJson, sha256 } from '../model/hash.js';
 import { assertEnvironment, assertDeclared, assertWorkOrderDeclared } from './declared.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
-import { adhocSecrets, jobSecrets } from './job-secrets.js';
+import { jobSecrets } from './job-secrets.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, type Contact, type LivenessWrite } from './liveness.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
-import { Masker, secretTexts } from './logmask.js';
+import { secretTexts } from './logmask.js';
 import { printable } from './outputs.js';
 import { describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerPort, type TaskPowerResult } from './taskpower.js';
-import { prepareTask, secretsOf, type PreparedTask } from './prepare.js';
+import { prepareTask, type PreparedTask } from './prepare.js';
 import type { RestoredPlace } from './restore.js';
 import { Wakeups } from './wake.js';
-import { publicJob, publicMachine, publicWorkOrder } from './views.js';
-import { checkPromises, isSecureParam, keptReport, saveMachine, settle, typeOutputs, woPassed, type EndContext, type Settled } from './complete.js';
+import { claim, claimIn, leaseUntil, type ClaimContext } from './claim.js';
+import { desiredView, publicJob, publicMachine, publicWorkOrder } from './views.js';
+import { checkPromises, isSecureParam, keptReport, finishWorkOrder, lockedMachine, saveMachine, settle, typeOutputs, woPassed, type Settled } from './complete.js';
 import {
   approve,
   reject,
@@ -208,13 +208,6 @@ export interface ClassifyOutcome {
   after: ReturnType<typeof publicMachine>;
 }
 
-type Work =
-  | { kind: 'workorder'; wo: WorkOrder; task: string; blueprint: string; taskCount: number; ctx: Parameters<typeof prepareTask>[4] }
-  | { kind: 'pipeline'; shape: PipelineShape; stage: string; task: string; ctx: Parameters<typeof prepareTask>[4] }
-  /** The stage needs another boot environment: the machine was switched to it and must reboot first. */
-  | { kind: 'reboot'; bootenv: string };
-
-const MAX_STEPS_PER_CLAIM = 500;
 
 /** A work order to queue: exactly one of `blueprint` (with its params) and `command` (an ad-hoc command). */
 export interface WorkOrderInput {
@@ -255,7 +248,7 @@ function owned<J extends Pick<Job, 'machineId'>>(jobId: string, caller: string |
   return job;
 }
 
-export { publicJob, publicMachine, publicWorkOrder } from './views.js';
+export { desiredView, publicJob, publicMachine, publicWorkOrder, type DesiredView } from './views.js';
 
 export class Engine {
   /** Long-poll waiters per machine (wake.ts). */
@@ -273,14 +266,8 @@ export class Engine {
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
   readonly liveness: Liveness;
-  /** What the end of a job needs (complete.ts). */
-  private readonly end: EndContext;
-  /**
-   * Per machine: the bootenv its agent last said it booted (ClaimRequest.bootenv), and how many reboots
-   * it was given because it ran in another bootenv than its stage needs. In memory: after an endpoint
-   * restart the agent's next claim says it again.
-   */
-  private readonly running = new Map<string, { bootenv: string; mismatchReboots: number }>();
+  /** What claiming and ending jobs need of the engine (claim.ts, complete.ts). */
+  private readonly run: ClaimContext;
 
   constructor(
     readonly store: Store,
@@ -288,8 +275,7 @@ export class Engine {
     private readonly sealer: Sealer,
     private readonly opts: EngineOptions,
   ) {
-    this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => jobSecrets(this.end, tx, id));
-    this.end = { content, sealer, logs: this.logs, opts, shapeOf: (c, p) => this.shapeOf(c, p) };
+    this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => jobSecrets(this.run, tx, id));
     const windowMs = opts.goneAfterMs ?? DEFAULT_GONE_AFTER_MS;
     this.liveness = new Liveness({
       windowMs,
@@ -297,6 +283,19 @@ export class Engine {
       persist: (writes) => this.writeLiveness(writes),
       log: opts.log,
     });
+    this.run = {
+      content,
+      sealer,
+      logs: this.logs,
+      opts,
+      shapeOf: (c, p) => this.shapeOf(c, p),
+      store,
+      wakeups: this.wakeups,
+      liveness: this.liveness,
+      powering: this.powering,
+      running: new Map(),
+      stopped: () => this.stopped,
+    };
     // Any committed change to a machine or its work orders may give a waiting agent something to do.
     this.unsubscribe = store.onEvents((events) => {
       for (const e of events) {
@@ -413,7 +412,7 @@ export class Engine {
    */
   async cancelMachineJob(machineId: string, by: string, why = 'the rollout takes over this busy machine (--busy cancel)'): Promise<void> {
     await this.store.transact(async (tx) => {
-      const m = await this.locked(tx, machineId);
+      const m = await lockedMachine(tx, machineId);
       if (!m.currentJob) return;
       const after = await this.cancelCurrent(tx, m, by, why);
       await saveMachine(tx, { ...after, currentJob: null, updatedAt: new Date().toISOString() });
@@ -639,7 +638,7 @@ export class Engine {
    * the machine at `restore.place` instead of starting it from the top.
    */
   async updateMachineIn(tx: Tx, id: string, patch: MachinePatch & { power?: Machine['power']; classification?: MachineClassification }, author: string, content: ContentSet, restore?: RestoreWrite): Promise<Machine> {
-    const m = await this.locked(tx, id);
+    const m = await lockedMachine(tx, id);
     let next: Machine = { ...m };
     // Provenance only (classifyMachine): written with the desired fields the rule set, in the same transaction.
     if (patch.classification !== undefined) next.classification = patch.classification;
@@ -686,12 +685,12 @@ export class Engine {
   async deleteMachine(idOrName: string, author: string): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     // What its agent last said it booted goes with it (ids are never reused, so this is only memory).
-    this.running.delete(found.id);
+    this.run.running.delete(found.id);
     return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
+      const m = await lockedMachine(tx, found.id);
       await this.cancelCurrent(tx, m, author, 'machine deleted');
       for (const wo of await tx.listWorkOrders({ machineId: m.id })) {
-        if (wo.state === 'queued' || wo.state === 'running') await this.finishWorkOrder(tx, wo, 'cancelled', `machine deleted by ${author}`);
+        if (wo.state === 'queued' || wo.state === 'running') await finishWorkOrder(tx, wo, 'cancelled', `machine deleted by ${author}`);
       }
       await tx.deleteMachine(m.id);
       await tx.change(author, `machines/${m.id}`, 'delete', desiredView(m), null);
@@ -863,7 +862,7 @@ export class Engine {
   async pauseMachine(idOrName: string, author: string, o: { cancel?: boolean; why?: string } = {}): Promise<{ machine: Machine; already: boolean; cancelled: Job | null }> {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
+      const m = await lockedMachine(tx, found.id);
       let next: Machine;
       try {
         next = { ...m, ...pause(m, author, o.why) };
@@ -893,8 +892,8 @@ export class Engine {
       const job = await tx.getJob(jobId);
       if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
       if (job.state !== 'running') throw new TaktError('conflict', `job '${jobId}' already ended: ${job.state}${job.reason ? ` (${job.reason})` : ''}`);
-      const m = await this.locked(tx, job.machineId);
-      const s = await settle(this.end, tx, m, job, { kind: 'cancelled', by: author, why, hold: true }, {}, undefined, true);
+      const m = await lockedMachine(tx, job.machineId);
+      const s = await settle(this.run, tx, m, job, { kind: 'cancelled', by: author, why, hold: true }, {}, undefined, true);
       await this.saveDesired(tx, m, s.machine, author);
       return s.job;
     });
@@ -907,7 +906,7 @@ export class Engine {
   private async operate(idOrName: string, author: string, fn: (m: MachineView) => MachineView, cancel: string | null = null): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
+      const m = await lockedMachine(tx, found.id);
       let view: MachineView;
       try {
         view = fn(m);
@@ -932,36 +931,7 @@ export class Engine {
     return after;
   }
 
-  private async locked(tx: Tx, id: string): Promise<Machine> {
-    const m = await tx.lockMachine(id);
-    if (!m) throw new TaktError('not_found', `machine '${id}' not found`);
-    return m;
-  }
 
-  /**
-   * Entering a stage: its preconditions must hold (else the line stops), then an approval it requires must
-   * have been given (else the machine waits). Null when the machine may go on.
-   */
-  private stageGate(m: Machine, stage: StageDef, stageKey: string, pipeline: { name: string; params?: Record<string, unknown> }): Pick<Machine, 'state' | 'reason'> | null {
-    if (stage.expect?.length) {
-      const content = this.content.current;
-      const layers = paramLayers(content, { machine: m, stage: { name: stage.name, params: stage.params }, pipeline });
-      const values: Record<string, unknown> = {};
-      const secure: unknown[] = [];
-      for (const r of stage.expect) {
-        const p = resolveParam(content, layers, r.param);
-        if (p) values[r.param] = this.sealer.open(p.value);
-        if (p?.secure) secure.push(values[r.param]);
-      }
-      const broken = checkExpectations(stage.expect, values);
-      // The machine's reason is shown everywhere: a broken rule names the param, never a secure value.
-      if (broken) return { state: 'stopped', reason: `stage '${stage.name}' precondition: ${new Masker(secretTexts(secure)).mask(broken)}` };
-    }
-    if (stage.approval && m.approvedStage !== stageKey) {
-      return { state: 'awaiting-approval', reason: `stage '${stage.name}' needs approval by ${stage.approval.role}: takt approvals approve ${m.name}` };
-    }
-    return null;
-  }
 
   async approveMachine(idOrName: string, author: string, comment?: string): Promise<Machine> {
     return this.decide(idOrName, author, 'approved', comment, (m, _stage, stageKey) => approve(m, stageKey));
@@ -974,7 +944,7 @@ export class Engine {
   private async decide(idOrName: string, author: string, decision: string, comment: string | undefined, fn: (m: MachineView, stage: string, stageKey: string) => MachineView) {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
+      const m = await lockedMachine(tx, found.id);
       const shape = m.pipeline ? this.shapeOf(this.content.current, m.pipeline) : null;
       // The stage it waits at, by identity: the stage of the task it stands at.
       const at = shape ? locate(shape, m, false) : null;
@@ -1047,14 +1017,14 @@ export class Engine {
       const wo = await tx.getWorkOrder(id);
       if (!wo) throw new TaktError('not_found', `work order '${id}' not found`);
       if (wo.state !== 'queued' && wo.state !== 'running') throw new TaktError('conflict', `work order '${id}' already ${wo.state}`);
-      const m = await this.locked(tx, wo.machineId);
+      const m = await lockedMachine(tx, wo.machineId);
       if (m.currentJob) {
         const j = await tx.getJob(m.currentJob);
         if (j?.workOrderId === wo.id) await saveMachine(tx, await this.cancelCurrent(tx, m, author, 'work order cancelled'));
       }
       // Cancelling its running job has already ended the work order (saying so); a queued one ends here.
       const after = (await tx.getWorkOrder(wo.id)) ?? wo;
-      const done = after.state === 'queued' || after.state === 'running' ? await this.finishWorkOrder(tx, after, 'cancelled', `cancelled by ${author}`) : after;
+      const done = after.state === 'queued' || after.state === 'running' ? await finishWorkOrder(tx, after, 'cancelled', `cancelled by ${author}`) : after;
       await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state }, { state: done.state });
       return done;
     });
@@ -1110,256 +1080,17 @@ export class Engine {
     });
   }
 
-  private async finishWorkOrder(tx: Tx, wo: WorkOrder, state: WorkOrder['state'], reason: string | null): Promise<WorkOrder> {
-    const done = { ...wo, state, reason, finishedAt: new Date().toISOString() };
-    await tx.updateWorkOrder(done);
-    tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(done));
-    return done;
-  }
+
 
   // ---- agent protocol ------------------------------------------------------------------------------
 
   /**
-   * Long-poll for the machine's next job: answers at once when there is one, else waits up to `waitMs`.
-   * `lastJob`: the id of the last job the claiming agent received, when it says (null: none since it
-   * started). A running job that is not that one never reached the agent (the answer to a claim it had
-   * given up on), so it is handed back rather than called abandoned. `bootenv`: the bootenv the agent's
-   * machine booted, when it says (ClaimRequest.bootenv): a stage that needs another one is not started.
+   * Long-poll for the machine's next job (claim.ts): answers at once when there is one, else waits up to
+   * `waitMs`. `lastJob`: the id of the last job the claiming agent received, when it says (null: none since
+   * it started). `bootenv`: the bootenv the agent's machine booted, when it says (ClaimRequest.bootenv).
    */
   async claim(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null, bootenv?: string): Promise<ClaimResponse> {
-    if (bootenv !== undefined) {
-      const was = this.running.get(machineId);
-      this.running.set(machineId, { bootenv, mismatchReboots: was?.mismatchReboots ?? 0 });
-    }
-    // An open long-poll is an agent in touch, however long it waits.
-    const closePoll = this.liveness.pollOpened(machineId);
-    try {
-      return await this.claimLoop(machineId, waitMs, signal, lastJob);
-    } finally {
-      closePoll();
-    }
-  }
-
-  private async claimLoop(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
-    const deadline = Date.now() + waitMs;
-    for (;;) {
-      const gen = this.wakeups.generation(machineId);
-      // A caller that has gone (its agent's client gave up) takes no job: nobody would run it, and the
-      // agent's next claim would find it "running" and call it lost.
-      const r = await this.claimOnce(machineId, signal, lastJob);
-      const left = deadline - Date.now();
-      if (r.job || left <= 0 || signal?.aborted || r.machine.power === 'off') return r;
-      if (this.stopped) return r;
-      if (this.wakeups.generation(machineId) === gen) await this.wakeups.waitForWake(machineId, Math.min(left, 5000), signal);
-      if (signal?.aborted || this.stopped) return r;
-    }
-  }
-
-  private async claimOnce(machineId: string, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
-    return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, machineId);
-      if (signal?.aborted) return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
-      return this.claimIn(tx, m, lastJob);
-    });
-  }
-
-  /**
-   * A claim inside the caller's transaction: the machine's next job, or none. `unsaved`: the machine
-   * comes with changes not yet written (a completion's), written here once with whatever the claim adds.
-   */
-  private async claimIn(tx: Tx, machine: Machine, lastJob?: string | null, unsaved = false): Promise<ClaimResponse> {
-    let m = machine;
-    const pending = { machine: unsaved };
-    if (m.currentJob) {
-      const running = await tx.getJob(m.currentJob);
-      if (running?.state === 'running') {
-        if (lastJob !== undefined && lastJob !== running.id) {
-          m = await this.handBack(tx, m, running);
-          pending.machine = true;
-        } else m = (await settle(this.end, tx, m, running, { kind: 'abandoned' })).machine;
-      } else m = { ...m, currentJob: null };
-    }
-    // A rollout holding the machine (--busy wait) reassigns it before its next job: none starts meanwhile.
-    const held = m.power === 'on' && (this.powering.has(m.id) || (await tx.getHold(m.id)) !== undefined);
-    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !held; step++) {
-      const work = await this.nextWork(tx, m, pending);
-      if (!work) break;
-      if (work.kind === 'reboot') return { job: null, action: 'reboot', machine: { state: m.state, reason: m.reason, power: m.power } };
-      const prepared = work.kind === 'workorder' && work.wo.command ? prepareCommand(work.wo.command) : prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
-      const job = this.newJob(m, work, prepared);
-      if (prepared.noop !== null || prepared.error !== null) {
-        await tx.insertJob(job);
-        tx.emit(`jobs.create.${job.id}`, publicJob(job));
-        const outcome: JobOutcome = prepared.noop !== null ? { kind: 'noop', reason: prepared.noop } : { kind: 'unrenderable', message: prepared.error! };
-        m = (await settle(this.end, tx, { ...m, currentJob: job.id }, job, outcome)).machine;
-        pending.machine = false;
-        continue;
-      }
-      await tx.insertJob(job);
-      tx.emit(`jobs.create.${job.id}`, publicJob(job));
-      // An ad-hoc command can print anything on the machine: its log masks all the machine's secrets.
-      this.logs.begin(job.id, work.kind === 'workorder' && work.wo.command ? await adhocSecrets(this.end, tx, m) : secretsOf(prepared));
-      m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
-      await saveMachine(tx, m);
-      pending.machine = false;
-      const claimed: ClaimedJob = {
-        id: job.id,
-        task: job.task,
-        script: prepared.script!,
-        params: prepared.agentParams,
-        timeoutMs: prepared.timeoutMs,
-        leaseMs: this.opts.leaseMs,
-        outputs: Object.keys(this.content.current.objects.tasks.get(job.task)?.def.outputs ?? {}),
-      };
-      return { job: claimed, machine: { state: m.state, reason: m.reason, power: m.power } };
-    }
-    if (m.currentJob || pending.machine) {
-      m = { ...m, currentJob: null };
-      await tx.updateMachine(m);
-      if (pending.machine) tx.emit(`machines.update.${m.id}`, publicMachine(m));
-    }
-    return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
-  }
-
-  /**
-   * A job whose claim answer never reached its agent: cancelled, and the machine stays at that task so
-   * this claim runs it. Nothing ran, so this is not a retry.
-   */
-  private async handBack(tx: Tx, m: Machine, job: Job): Promise<Machine> {
-    const s = await settle(this.end, tx, m, job, { kind: 'handed-back' }, {}, undefined, true);
-    this.log('warn', 'claim answer not delivered: job handed back', { job: job.id, machine: m.name, task: job.task });
-    return s.machine;
-  }
-
-  /** What the machine should run next: queued work orders first (at task boundaries), then its pipeline. */
-  private async nextWork(tx: Tx, m: Machine, pending?: { machine: boolean }): Promise<Work | null> {
-    const content = this.content.current;
-    const wo = await tx.nextWorkOrder(m.id);
-    if (wo?.command) {
-      // An ad-hoc command: one task, no blueprint, no params.
-      if (wo.state === 'queued') await tx.updateWorkOrder({ ...wo, state: 'running' });
-      return { kind: 'workorder', wo: { ...wo, state: 'running' }, task: ADHOC_TASK, blueprint: ADHOC_TASK, taskCount: 1, ctx: { workOrder: { id: wo.id, params: {} } } };
-    }
-    if (wo) {
-      const bp = content.objects.blueprints.get(wo.blueprint)?.def;
-      // By identity, as a running machine follows its pipeline (locate, not strict): the first step of the
-      // blueprint as it is now that has not succeeded for this work order — never an index into it.
-      const at = bp ? locate(blueprintShape(bp), { stage: null, task: null, passed: woPassed(wo, bp) }, false) : null;
-      if (!bp || !at || at.kind !== 'at') {
-        await this.finishWorkOrder(tx, wo, bp ? 'succeeded' : 'failed', bp ? null : `blueprint '${wo.blueprint}' no longer exists`);
-        return this.nextWork(tx, m, pending);
-      }
-      const task = at.step.task;
-      const running: WorkOrder = { ...wo, state: 'running', taskIndex: pipelineOrder(blueprintShape(bp)).findIndex((s) => s.key === at.step.key), passed: woPassed(wo, bp) };
-      if (wo.state === 'queued' || running.taskIndex !== wo.taskIndex || !wo.passed) await tx.updateWorkOrder(running);
-      return {
-        kind: 'workorder',
-        wo: running,
-        task,
-        blueprint: bp.name,
-        taskCount: bp.tasks.length,
-        ctx: { workOrder: { id: wo.id, params: wo.params }, blueprint: { name: bp.name, params: bp.params } },
-      };
-    }
-    if (m.state !== 'running' || !m.pipeline) return null;
-    const shape = this.shapeOf(content, m.pipeline);
-    // By identity: the first task of the pipeline as it is now that has not succeeded in this pass (not
-    // strict: a running machine follows the content in use, see transitions.ts locate).
-    const at = shape ? locate(shape, m, false) : null;
-    if (!shape || !at || at.kind !== 'at') {
-      // Every task has succeeded: done. A pipeline that vanished from the content stops the line instead.
-      const done: Machine = shape
-        ? { ...m, state: 'done', reason: null, stage: null, task: null }
-        : { ...m, state: 'stopped', reason: `pipeline '${m.pipeline}' no longer exists in the installed content` };
-      await saveMachine(tx, done);
-      if (pending) pending.machine = false;
-      Object.assign(m, done);
-      return null;
-    }
-    const step = at.step;
-    if (step.stage !== m.stage || step.task !== m.task) Object.assign(m, { stage: step.stage, task: step.task });
-    const pipeline = content.objects.pipelines.get(m.pipeline)!.def;
-    const stage = content.objects.stages.get(step.stage)?.def;
-    if (stage && at.entering) {
-      const gate = this.stageGate(m, stage, step.stageKey, { name: pipeline.name, params: pipeline.params });
-      if (gate) {
-        const held: Machine = { ...m, ...gate, updatedAt: new Date().toISOString() };
-        await saveMachine(tx, held);
-        if (pending) pending.machine = false;
-        Object.assign(m, held);
-        return null;
-      }
-    }
-    // A stage that names a bootenv runs in it (issue #13): a network-booted machine booted into another
-    // one is switched, and reboots into it before the stage's task runs. Desired state: in history, by the pipeline.
-    if (stage?.bootenv && m.boot && m.boot.bootenv !== stage.bootenv) {
-      const switched: Machine = { ...m, boot: { ...m.boot, bootenv: stage.bootenv }, updatedAt: new Date().toISOString() };
-      await tx.updateMachine(switched);
-      await tx.change(`pipeline:${pipeline.name}`, `machines/${m.id}`, 'update', desiredView(m), desiredView(switched));
-      tx.emit(`machines.update.${m.id}`, publicMachine(switched));
-      if (pending) pending.machine = false;
-      this.log('info', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' (was '${m.boot.bootenv}'): switched, rebooting`, { machine: m.name });
-      Object.assign(m, switched);
-      return { kind: 'reboot', bootenv: stage.bootenv };
-    }
-    // The machine is switched, but its agent says it booted another bootenv (it came back from its disk,
-    // or its firmware did not boot the script): the stage's tasks must not run there. One more reboot
-    // (the claim route puts network boot first through the power driver); then a stop with the reason,
-    // rather than rebooting it for ever.
-    const running = stage?.bootenv && m.boot ? this.running.get(m.id) : undefined;
-    if (running && stage?.bootenv && running.bootenv !== stage.bootenv) {
-      if (running.mismatchReboots < 1) {
-        running.mismatchReboots++;
-        this.log('warn', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' but its agent runs in '${running.bootenv}': rebooting it again`, { machine: m.name });
-        return { kind: 'reboot', bootenv: stage.bootenv };
-      }
-      const reason =
-        `stage '${step.stage}' needs bootenv '${stage.bootenv}', but the agent of ${m.name} still runs in '${running.bootenv}' after takt rebooted it into '${stage.bootenv}': ` +
-        `its firmware does not boot takt's script for it. Check that network boot is first in its boot order (takt machines power ${m.name} cycle --next-boot pxe), then resume it`;
-      const stopped: Machine = { ...m, state: 'stopped', reason, updatedAt: new Date().toISOString() };
-      await saveMachine(tx, stopped);
-      if (pending) pending.machine = false;
-      this.log('warn', `${m.name}: ${reason}`, { machine: m.name });
-      Object.assign(m, stopped);
-      running.mismatchReboots = 0;
-      return null;
-    }
-    if (running) running.mismatchReboots = 0;
-    return {
-      kind: 'pipeline',
-      shape,
-      stage: step.stage,
-      task: step.task,
-      ctx: { stage: { name: step.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } },
-    };
-  }
-
-  private newJob(m: Machine, work: Exclude<Work, { kind: 'reboot' }>, p: PreparedTask): Job {
-    const entry = this.content.current.objects.tasks.get(work.task);
-    return {
-      id: newId('j'),
-      machineId: m.id,
-      kind: work.kind,
-      workOrderId: work.kind === 'workorder' ? work.wo.id : null,
-      pipeline: work.kind === 'pipeline' ? m.pipeline : null,
-      stage: work.kind === 'pipeline' ? work.stage : null,
-      task: work.task,
-      variant: p.variant,
-      state: 'running',
-      exitCode: null,
-      reason: null,
-      script: p.displayScript ?? '',
-      params: Object.fromEntries(p.params.map((u) => [u.name, { value: u.value, from: u.from }])),
-      outputs: {},
-      timeoutMs: p.timeoutMs,
-      leaseExpiresAt: this.leaseUntil(),
-      createdAt: new Date().toISOString(),
-      finishedAt: null,
-      pack: entry ? this.content.packRef(entry.layer) : null,
-      taskSha256: entry ? contentHash(entry.def) : null,
-      // Keyed by the endpoint: a bare hash of a script that holds a secret lets anyone guess the secret.
-      scriptSha256: p.script !== null ? this.sealer.digest(p.script) : null,
-    };
+    return claim(this.run, machineId, waitMs, signal, lastJob, bootenv);
   }
 
   /**
@@ -1374,9 +1105,9 @@ export class Engine {
     const answered = await this.store.transact(async (tx) => {
       const job = await this.ownedJob(tx, jobId, caller);
       // The job's own secure outputs join the secrets its log, reason and stored report must not show.
-      const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => isSecureParam(this.end, k)).map(([, v]) => v));
+      const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => isSecureParam(this.run, k)).map(([, v]) => v));
       const masker = await this.logs.masker(tx, job, outputSecrets);
-      const kept = keptReport(this.end, report, masker);
+      const kept = keptReport(this.run, report, masker);
       if (job.state !== 'running') {
         const prev = (await tx.getJobReport(jobId)) as { report: CompleteRequest; action: CompleteResponse['action'] } | null;
         if (prev && canonicalJson(prev.report) === canonicalJson(kept)) return { job: { id: job.id, state: job.state }, action: prev.action };
@@ -1385,19 +1116,19 @@ export class Engine {
       // The log's end is masked, then stored with the job's end within the log's bound; then the log is
       // closed. A job's own secure outputs are masked in what it already logged too.
       await this.logs.appendTail(tx, job, request.log, outputSecrets, new Date().toISOString());
-      const m = await this.locked(tx, job.machineId);
-      const typed = typeOutputs(this.end, report.outputs ?? {}, job.task);
+      const m = await lockedMachine(tx, job.machineId);
+      const typed = typeOutputs(this.run, report.outputs ?? {}, job.task);
       const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
-      const problem = typed.problem ?? (exitedOk ? checkPromises(this.end, job, report.outputs ?? {}, typed.values) : null);
+      const problem = typed.problem ?? (exitedOk ? checkPromises(this.run, job, report.outputs ?? {}, typed.values) : null);
       const outcome: JobOutcome = problem
         ? { kind: 'invalid', exitCode: report.exitCode, message: masker.mask(problem) }
         : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: kept.error === undefined ? undefined : printable(kept.error), timeoutMs: job.timeoutMs };
       const claim = request.claim === true && !this.stopped;
-      const settled = await settle(this.end, tx, m, job, outcome, typed.values, kept, claim);
+      const settled = await settle(this.run, tx, m, job, outcome, typed.values, kept, claim);
       plan = settled.power;
       if (plan) this.powering.add(plan.machineId);
       const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
-      if (claim && settled.action === 'continue') answer.next = await this.claimIn(tx, settled.machine, undefined, true);
+      if (claim && settled.action === 'continue') answer.next = await claimIn(this.run, tx, settled.machine, undefined, true);
       else if (claim) await saveMachine(tx, settled.machine);
       return answer;
     }).catch((err: unknown) => {
@@ -1495,7 +1226,7 @@ export class Engine {
   async heartbeat(jobId: string, caller: string | null, waitMs = 0, signal?: AbortSignal): Promise<HeartbeatResponse> {
     const job = await this.store.transact(async (tx) => {
       const j = await this.ownedJobState(tx, jobId, caller);
-      if (j.state === 'running') await tx.renewLease(j.id, this.leaseUntil());
+      if (j.state === 'running') await tx.renewLease(j.id, leaseUntil(this.opts.leaseMs));
       return j;
     });
     if (job.state !== 'running') return { running: false };
@@ -1535,7 +1266,7 @@ export class Engine {
         throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
       }
       const { cut } = await this.logs.append(tx, job, [chunk], new Date().toISOString());
-      await tx.renewLease(job.id, this.leaseUntil());
+      await tx.renewLease(job.id, leaseUntil(this.opts.leaseMs));
       return { cut };
     });
   }
@@ -1581,8 +1312,8 @@ export class Engine {
     await this.store.transact(async (tx) => {
       const job = await tx.getJob(jobId);
       if (!job || job.state !== 'running') return;
-      const m = await this.locked(tx, job.machineId);
-      await settle(this.end, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, why });
+      const m = await lockedMachine(tx, job.machineId);
+      await settle(this.run, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, why });
       this.log('warn', 'job lost', { job: job.id, machine: m.name, task: job.task, why });
     });
   }
@@ -1613,7 +1344,7 @@ export class Engine {
         // Silent: nothing at all heard from the machine for a whole lease (the network or the host), not
         // only nothing about this job.
         const silent = heard === null || Date.now() - Date.parse(heard) >= this.opts.leaseMs;
-        await settle(this.end, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: heard, address: agent.address, silent } });
+        await settle(this.run, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: heard, address: agent.address, silent } });
         this.log('warn', 'job lost: lease expired', { job: job.id, machine: m.name, task: job.task });
       });
     }
@@ -1634,7 +1365,7 @@ export class Engine {
     const job = m.currentJob ? await tx.getJob(m.currentJob) : undefined;
     if (job?.state !== 'running') return null;
     this.log('info', 'job cancelled', { job: job.id, machine: m.name, task: job.task, by: author, why });
-    return settle(this.end, tx, m, job, { kind: 'cancelled', by: author, why, hold }, {}, undefined, true);
+    return settle(this.run, tx, m, job, { kind: 'cancelled', by: author, why, hold }, {}, undefined, true);
   }
 
   // ---- classification -------------------------------------------------------------------------------
@@ -1670,7 +1401,7 @@ export class Engine {
     if (dryRun) return out(m);
     const classification: MachineClassification = { pack: result.rule.pack, version: result.rule.version, classifier: result.rule.classifier, rule: result.rule.name, reasons: result.reasons, gave, at: new Date().toISOString(), by: author };
     const after = await this.store.transact(async (tx) => {
-      const now = await this.locked(tx, m.id);
+      const now = await lockedMachine(tx, m.id);
       // Checked again under the lock: the machine may have started work since.
       if (patch.pipeline) assertReplaceable(now, result.rule, patch.pipeline, opts.force === true);
       return this.updateMachineIn(tx, m.id, { ...patch, classification }, author, content);
@@ -1724,7 +1455,7 @@ export class Engine {
       const params: PlanParam[] = p.params.map((u) => (promised.has(u.name) ? { ...u, promisedBy: promised.get(u.name)! } : u));
       for (const name of [...required, ...(def?.params?.optional ?? [])]) {
         const by = promised.get(name);
-        if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: isSecureParam(this.end, name), required: required.includes(name), promisedBy: by });
+        if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: isSecureParam(this.run, name), required: required.includes(name), promisedBy: by });
       }
       const missing = p.missing.filter((n) => !promised.has(n));
       const error = missing.length === 0 && p.missing.length > 0 ? null : p.error;
@@ -1824,9 +1555,7 @@ export class Engine {
     return out;
   }
 
-  private leaseUntil(): string {
-    return new Date(Date.now() + this.opts.leaseMs).toISOString();
-  }
+
 
   private log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) {
     this.opts.log?.(level, msg, fields);
@@ -1839,15 +1568,6 @@ function restoredPlace(restore: RestoreWrite, machine: string): RestoredPlace {
   return restore.place;
 }
 
-/** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */
-/**
- * A machine's desired state, as history records it: what the operator set. Its run state (`state`:
- * running, done, paused…) is observed, not desired — it is in events (`takt events`), never in a change,
- * so a restart, pause or a machine finishing writes no history entry unless a desired field changed.
- */
-export function desiredView(m: Machine) {
-  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}), ...(m.boot ? { boot: m.boot } : {}), ...(m.powerConfig ? { powerConfig: m.powerConfig } : {}) };
-}
 
 /**
  * `boot`, after checking its bootenv exists in `content` (or is the built-in `local`).
@@ -1882,7 +1602,6 @@ async function assertBootIdentityFree(tx: Tx, boot: MachineBoot, selfId: string)
 async function requireCredential(tx: Tx, name: string): Promise<void> {
   if (!(await tx.getCredential(name))) throw new TaktError('not_found', `credential '${name}' not found; add it with \`takt credentials add ${name} --ssh-key FILE\``, { path: '/ssh/credential' });
 }
-export type DesiredView = ReturnType<typeof desiredView>;
 
 /** The patch that makes a machine's desired fields equal `target` (params absent from it are removed). */
 export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'> & { labels?: Machine['labels']; boot?: Machine['boot']; powerConfig?: Machine['powerConfig'] }): MachinePatch {
@@ -1916,15 +1635,3 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
 export function newMachineToken(id: string): string {
   return `tkm.${id}.${randomBytes(24).toString('base64url')}`;
 }
-
-/** Content objects are immutable once loaded, so their hash is computed once per object. */
-const hashes = new WeakMap<object, string>();
-function contentHash(def: object): string {
-  let h = hashes.get(def);
-  if (!h) {
-    h = hashObject(def);
-    hashes.set(def, h);
-  }
-  return h;
-}
-
