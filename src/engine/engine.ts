@@ -5,14 +5,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { ContentSet } from '../model/content.js';
-import { decodeExit } from '../model/exitcodes.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { attempt, TaktError } from '../model/errors.js';
 import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
 import { assertReplaceable, classificationChange, classify, orderedRules } from './classify.js';
 import { adhocCommand, type AdhocInput } from './adhoc.js';
-import { reportOf, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
+import type { ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
 import { foreignSealed, isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
 import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
@@ -27,15 +26,14 @@ import { JobLogs } from './joblog.js';
 import { jobSecrets } from './job-secrets.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, type Contact, type LivenessWrite } from './liveness.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
-import { secretTexts } from './logmask.js';
-import { printable } from './outputs.js';
-import { describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerPort, type TaskPowerResult } from './taskpower.js';
+import type { TaskPowerPort } from './taskpower.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
 import type { RestoredPlace } from './restore.js';
 import { Wakeups } from './wake.js';
-import { claim, claimIn, leaseUntil, type ClaimContext } from './claim.js';
-import { desiredView, publicJob, publicMachine, publicWorkOrder } from './views.js';
-import { checkPromises, isSecureParam, keptReport, finishWorkOrder, lockedMachine, saveMachine, settle, typeOutputs, woPassed, type Settled } from './complete.js';
+import { claim, type ClaimContext } from './claim.js';
+import { appendLog, cancelCurrent, cancelRunning, complete, heartbeat, jobEnded, loseJob, sweepLeases } from './jobs.js';
+import { desiredView, publicMachine, publicWorkOrder } from './views.js';
+import { finishWorkOrder, isSecureParam, lockedMachine, saveMachine, settle, woPassed } from './complete.js';
 import {
   approve,
   reject,
@@ -49,7 +47,6 @@ import {
   resume,
   ResumeRefused,
   TransitionError,
-  type JobOutcome,
   type MachineView,
   type PipelineShape,
   type Step,
@@ -136,15 +133,6 @@ export interface PowerOption {
   powerOn?: boolean;
 }
 
-/**
- * When a machine was last heard from, as far as a running job tells: the later of its agent's `lastSeenAt`
- * and the job's claim (`claimedAt`, when the agent took the job). ISO-8601 UTC; null when neither is known.
- */
-export function lastHeard(lastSeenAt: string | null, claimedAt: string | null): string | null {
-  if (lastSeenAt === null) return claimedAt;
-  if (claimedAt === null) return lastSeenAt;
-  return Date.parse(claimedAt) > Date.parse(lastSeenAt) ? claimedAt : lastSeenAt;
-}
 
 /** `next` with the power `before` had, unless the operator asked to power it on. */
 function keepPower(before: MachineView, next: MachineView, opts: PowerOption): MachineView {
@@ -238,16 +226,8 @@ function assertParamsBounded(params: Record<string, unknown>): void {
   }
 }
 
-/**
- * The job, if `caller` (a machine id, or null for the admin) may act on it. A machine gets the same 403
- * for another machine's job and for a job that does not exist: its token reveals nothing beyond its own.
- */
-function owned<J extends Pick<Job, 'machineId'>>(jobId: string, caller: string | null, job: J | undefined): J {
-  if (caller !== null && job?.machineId !== caller) throw new TaktError('forbidden', `job '${jobId}' is not a job of this machine`);
-  if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
-  return job;
-}
 
+export { lastHeard } from './jobs.js';
 export { desiredView, publicJob, publicMachine, publicWorkOrder, type DesiredView } from './views.js';
 
 export class Engine {
@@ -414,7 +394,7 @@ export class Engine {
     await this.store.transact(async (tx) => {
       const m = await lockedMachine(tx, machineId);
       if (!m.currentJob) return;
-      const after = await this.cancelCurrent(tx, m, by, why);
+      const after = await cancelCurrent(this.run, tx, m, by, why);
       await saveMachine(tx, { ...after, currentJob: null, updatedAt: new Date().toISOString() });
     });
   }
@@ -675,7 +655,7 @@ export class Engine {
     }
     if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
       if (patch.pipeline) this.assertStartable(next, patch.pipeline, content);
-      await this.cancelCurrent(tx, m, author, patch.pipeline ? `pipeline changed from ${m.pipeline ?? '(none)'} to ${patch.pipeline}` : `pipeline ${m.pipeline} unassigned`);
+      await cancelCurrent(this.run, tx, m, author, patch.pipeline ? `pipeline changed from ${m.pipeline ?? '(none)'} to ${patch.pipeline}` : `pipeline ${m.pipeline} unassigned`);
       next = { ...next, ...assignPipeline(next, patch.pipeline), ...(restore && patch.pipeline ? restoredPlace(restore, m.name) : {}), currentJob: null };
     }
     if (patch.environment !== undefined || patch.pipeline !== undefined) assertEnvironment(content, next.name, next.environment, next.pipeline);
@@ -688,7 +668,7 @@ export class Engine {
     this.run.running.delete(found.id);
     return this.store.transact(async (tx) => {
       const m = await lockedMachine(tx, found.id);
-      await this.cancelCurrent(tx, m, author, 'machine deleted');
+      await cancelCurrent(this.run, tx, m, author, 'machine deleted');
       for (const wo of await tx.listWorkOrders({ machineId: m.id })) {
         if (wo.state === 'queued' || wo.state === 'running') await finishWorkOrder(tx, wo, 'cancelled', `machine deleted by ${author}`);
       }
@@ -872,7 +852,7 @@ export class Engine {
       }
       let cancelled: Job | null = null;
       if (o.cancel && next.currentJob) {
-        const s = await this.cancelRunning(tx, next, author, o.why ?? `machine paused`, true);
+        const s = await cancelRunning(this.run, tx, next, author, o.why ?? `machine paused`, true);
         if (s) ({ machine: next, job: cancelled } = s);
       }
       const already = m.state === 'paused';
@@ -915,7 +895,7 @@ export class Engine {
         if (err instanceof TransitionError && !(err instanceof ResumeRefused)) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
         throw err;
       }
-      const current = cancel === null ? m : await this.cancelCurrent(tx, m, author, cancel);
+      const current = cancel === null ? m : await cancelCurrent(this.run, tx, m, author, cancel);
       // `view` is the whole machine as `fn` saw it: its current job is the one before the cancel.
       return this.saveDesired(tx, m, { ...current, ...view, currentJob: current.currentJob }, author);
     });
@@ -1020,7 +1000,7 @@ export class Engine {
       const m = await lockedMachine(tx, wo.machineId);
       if (m.currentJob) {
         const j = await tx.getJob(m.currentJob);
-        if (j?.workOrderId === wo.id) await saveMachine(tx, await this.cancelCurrent(tx, m, author, 'work order cancelled'));
+        if (j?.workOrderId === wo.id) await saveMachine(tx, await cancelCurrent(this.run, tx, m, author, 'work order cancelled'));
       }
       // Cancelling its running job has already ended the work order (saying so); a queued one ends here.
       const after = (await tx.getWorkOrder(wo.id)) ?? wo;
@@ -1094,181 +1074,26 @@ export class Engine {
   }
 
   /**
-   * Ends a running job with its agent's report. The report may carry the log's last chunks and ask for
-   * the machine's next job (`claim`), answered from the same transaction. A resend of a report already
-   * applied answers as the first time did, without a next job: the agent claims that as usual, and says
-   * which job it last received, so a next job whose answer was lost is handed back, not lost.
+   * Ends a running job with its agent's report; with `claim`, answers the machine's next job from the same
+   * transaction (jobs.ts complete).
    */
   async complete(jobId: string, caller: string | null, request: CompleteRequest): Promise<CompleteResponse> {
-    const report = reportOf(request);
-    let plan: TaskPowerPlan | undefined;
-    const answered = await this.store.transact(async (tx) => {
-      const job = await this.ownedJob(tx, jobId, caller);
-      // The job's own secure outputs join the secrets its log, reason and stored report must not show.
-      const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => isSecureParam(this.run, k)).map(([, v]) => v));
-      const masker = await this.logs.masker(tx, job, outputSecrets);
-      const kept = keptReport(this.run, report, masker);
-      if (job.state !== 'running') {
-        const prev = (await tx.getJobReport(jobId)) as { report: CompleteRequest; action: CompleteResponse['action'] } | null;
-        if (prev && canonicalJson(prev.report) === canonicalJson(kept)) return { job: { id: job.id, state: job.state }, action: prev.action };
-        throw new TaktError('conflict', `job ${jobId} already ended as ${job.state}${job.reason ? ` (${job.reason})` : ''}; this report was not applied`);
-      }
-      // The log's end is masked, then stored with the job's end within the log's bound; then the log is
-      // closed. A job's own secure outputs are masked in what it already logged too.
-      await this.logs.appendTail(tx, job, request.log, outputSecrets, new Date().toISOString());
-      const m = await lockedMachine(tx, job.machineId);
-      const typed = typeOutputs(this.run, report.outputs ?? {}, job.task);
-      const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
-      const problem = typed.problem ?? (exitedOk ? checkPromises(this.run, job, report.outputs ?? {}, typed.values) : null);
-      const outcome: JobOutcome = problem
-        ? { kind: 'invalid', exitCode: report.exitCode, message: masker.mask(problem) }
-        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: kept.error === undefined ? undefined : printable(kept.error), timeoutMs: job.timeoutMs };
-      const claim = request.claim === true && !this.stopped;
-      const settled = await settle(this.run, tx, m, job, outcome, typed.values, kept, claim);
-      plan = settled.power;
-      if (plan) this.powering.add(plan.machineId);
-      const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
-      if (claim && settled.action === 'continue') answer.next = await claimIn(this.run, tx, settled.machine, undefined, true);
-      else if (claim) await saveMachine(tx, settled.machine);
-      return answer;
-    }).catch((err: unknown) => {
-      if (plan) this.powering.delete(plan.machineId);
-      throw err;
-    });
-    return plan ? this.applyTaskPower(plan, answered) : answered;
+    return complete(this.run, jobId, caller, request);
   }
 
-  /**
-   * Carries out a task's power request through the power port, the one place for agents and agentless
-   * machines alike: the next boot device before the completion is answered, so that a reboot (exit 64)
-   * boots from it; a cycle or off after (on the next turn of the event loop, once the answer is on its
-   * way). When the boot device cannot be set, the answer tells the agent not to reboot.
-   */
-  private async applyTaskPower(plan: TaskPowerPlan, answer: CompleteResponse): Promise<CompleteResponse> {
-    const port = this.opts.power!;
-    const { nextBoot, persistent, action } = plan.request;
-    const parts: string[] = [];
-    const failed = (what: string, err: unknown): TaskPowerResult => ({ kind: 'failed', parts, failed: what, message: err instanceof Error ? err.message : String(err) });
-    const m = await this.store.getMachine(plan.machineId);
-    if (!m) {
-      this.powering.delete(plan.machineId);
-      return answer;
-    }
-    if (nextBoot) {
-      let r: TaskPowerResult | null = null;
-      try {
-        const out = await port.nextBoot(m, nextBoot, persistent === true);
-        if (!out.done) {
-          // A person does it all (the manual driver): the action's instruction joins the boot device's.
-          const then = action ? await port.act(m, action).catch(() => null) : null;
-          const more = then && !then.done && then.instruction ? ` Then: ${then.instruction}` : '';
-          r = { kind: 'manual', parts, instruction: `${out.instruction ?? `Set ${m.name} to boot from ${nextBoot} next.`}${more}` };
-        } else parts.push(`next-boot ${nextBoot}${out.persistent ? ' persistent' : ''} (${out.driver})`);
-      } catch (err) {
-        r = failed(`next-boot ${nextBoot}`, err);
-      }
-      if (r) {
-        // The agent must not reboot into the boot device it had: the answer (and a resend's) says continue.
-        await this.endTaskPower(plan, r, answer.action !== 'continue');
-        return { job: answer.job, action: 'continue' };
-      }
-    }
-    if (!action) {
-      await this.endTaskPower(plan, { kind: 'done', parts });
-      return answer;
-    }
-    setImmediate(() => {
-      void (async () => {
-        let r: TaskPowerResult;
-        try {
-          const out = await port.act(m, action);
-          if (!out.done) r = { kind: 'manual', parts, instruction: out.instruction ?? `${action === 'off' ? 'power off' : 'power cycle'} ${m.name}` };
-          else r = { kind: 'done', parts: [...parts, parts.length ? action : `${action} (${out.driver})`] };
-        } catch (err) {
-          r = failed(action, err);
-        }
-        await this.endTaskPower(plan, r).catch((err: unknown) => this.opts.log?.('error', `cannot record the power a task asked for: ${(err as Error).message}`, { job: plan.jobId }));
-      })();
-    });
-    return answer;
-  }
-
-  /** Records how a task's power request ended: on its job, on its machine (taskpower.ts endOfTaskPower) and in the log. */
-  private async endTaskPower(plan: TaskPowerPlan, r: TaskPowerResult, noReboot = false): Promise<void> {
-    let done: { machine: string; power: string } | null;
-    try {
-      done = await this.store.transact(async (tx) => {
-        const m = await tx.lockMachine(plan.machineId);
-        const job = await tx.getJob(plan.jobId);
-        if (!m || !job) return null;
-        const end = endOfTaskPower(plan, m, r);
-        // The boot device could not be set: a resent report is answered as the first was (no reboot).
-        const stored = noReboot ? ((await tx.getJobReport(job.id)) as { report: CompleteRequest } | null) : null;
-        const updated: Job = { ...job, power: end.jobPower };
-        await tx.updateJob(updated, stored ? { report: stored.report, action: 'continue' } : undefined);
-        tx.emit(`jobs.update.${job.id}`, publicJob(updated));
-        await saveMachine(tx, { ...end.machine, updatedAt: new Date().toISOString() });
-        return { machine: m.name, power: end.jobPower };
-      });
-    } finally {
-      this.powering.delete(plan.machineId);
-    }
-    if (done) this.opts.log?.(r.kind === 'done' ? 'info' : 'warn', `${done.machine}: power asked by task ${plan.task} (job ${plan.jobId}, ${describePowerRequest(plan.request)}): ${done.power}`);
-    // Claims held back meanwhile may go on now.
-    this.wakeups.wake(plan.machineId);
-  }
-
-  /**
-   * Renews a running job's lease. `waitMs` > 0: then holds the answer up to that long, answering at once
-   * when the job ends meanwhile (an operator cancelled it), so the agent kills the script without waiting
-   * for its next heartbeat.
-   */
+  /** Renews a running job's lease; `waitMs` > 0 holds the answer until the job ends or that long passes (jobs.ts). */
   async heartbeat(jobId: string, caller: string | null, waitMs = 0, signal?: AbortSignal): Promise<HeartbeatResponse> {
-    const job = await this.store.transact(async (tx) => {
-      const j = await this.ownedJobState(tx, jobId, caller);
-      if (j.state === 'running') await tx.renewLease(j.id, leaseUntil(this.opts.leaseMs));
-      return j;
-    });
-    if (job.state !== 'running') return { running: false };
-    return { running: !(await this.jobEnded(jobId, job.machineId, waitMs, signal)) };
+    return heartbeat(this.run, jobId, caller, waitMs, signal);
   }
 
-  /**
-   * Waits up to `waitMs` for a running job to end (woken by its machine's events, not by polling).
-   * True when it has ended (or is gone); false when it still runs at the deadline, on abort or on stop.
-   */
+  /** Waits up to `waitMs` for a running job to end: true when it has ended or is gone (jobs.ts). */
   async jobEnded(jobId: string, machineId: string, waitMs: number, signal?: AbortSignal): Promise<boolean> {
-    const deadline = Date.now() + waitMs;
-    for (let i = 0; i < 10_000; i++) {
-      const gen = this.wakeups.generation(machineId);
-      const state = (await this.store.getJobState(jobId))?.state;
-      if (state !== 'running') return true;
-      const left = deadline - Date.now();
-      if (left <= 0 || signal?.aborted || this.stopped) return false;
-      if (this.wakeups.generation(machineId) === gen) await this.wakeups.waitForWake(machineId, left, signal);
-    }
-    return false;
+    return jobEnded(this.run, jobId, machineId, waitMs, signal);
   }
 
-  /**
-   * Stores one log chunk of a running job, within the job's log bound (past it the chunk is dropped and
-   * the log says so once). A job's log closes when the job ends: a chunk for an ended job is a conflict,
-   * except a resend of a chunk already stored, which is answered as the first time was. `cut`: the log
-   * has reached its bound, nothing more of it will be stored.
-   */
+  /** Stores one log chunk of a running job, within its bound; `cut`: the log is full (jobs.ts). */
   async appendLog(jobId: string, caller: string | null, chunk: LogRequest): Promise<{ cut: boolean }> {
-    return this.store.transact(async (tx) => {
-      const job = await this.ownedJobState(tx, jobId, caller);
-      if (job.state !== 'running') {
-        this.logs.closed(jobId);
-        const stored = await tx.getLogs(jobId, chunk.seq - 1, 1);
-        if (stored[0]?.seq === chunk.seq) return { cut: false };
-        throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
-      }
-      const { cut } = await this.logs.append(tx, job, [chunk], new Date().toISOString());
-      await tx.renewLease(job.id, leaseUntil(this.opts.leaseMs));
-      return { cut };
-    });
+    return appendLog(this.run, jobId, caller, chunk);
   }
 
   // ---- agentless machines (the SSH transport) -----------------------------------------------------
@@ -1303,69 +1128,14 @@ export class Engine {
     });
   }
 
-  /**
-   * Ends a running job as lost, with `why` (what the transport that drives it found: e.g. no trace of it
-   * on the host). For transports that run jobs themselves (SSH); an agent's lost jobs come from leases.
-   * A job that is no longer running is left as it is.
-   */
+  /** Ends a running job as lost, with `why` (for transports that run jobs themselves, SSH; jobs.ts). */
   async loseJob(jobId: string, why: string): Promise<void> {
-    await this.store.transact(async (tx) => {
-      const job = await tx.getJob(jobId);
-      if (!job || job.state !== 'running') return;
-      const m = await lockedMachine(tx, job.machineId);
-      await settle(this.run, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, why });
-      this.log('warn', 'job lost', { job: job.id, machine: m.name, task: job.task, why });
-    });
+    return loseJob(this.run, jobId, why);
   }
 
-  private async ownedJob(tx: Tx, jobId: string, caller: string | null): Promise<Job> {
-    return owned(jobId, caller, await tx.getJob(jobId));
-  }
-
-  private async ownedJobState(tx: Tx, jobId: string, caller: string | null) {
-    return owned(jobId, caller, await tx.getJobState(jobId));
-  }
-
-  /** Marks running jobs whose agent has gone quiet as lost; their machines stop with that reason. */
+  /** Marks running jobs whose agent has gone quiet as lost; answers how many leases had expired (jobs.ts). */
   async sweepLeases(): Promise<number> {
-    const now = new Date().toISOString();
-    const expired = await this.store.listExpiredJobs(now);
-    for (const candidate of expired) {
-      await this.store.transact(async (tx) => {
-        const job = await tx.getJob(candidate.id);
-        if (!job || job.state !== 'running' || !job.leaseExpiresAt || job.leaseExpiresAt >= now) return;
-        const m = await tx.lockMachine(job.machineId);
-        if (!m) return;
-        const agent = this.liveness.view(m);
-        // Last heard: the later of the machine's last contact and the job's claim. The job was handed to the
-        // agent over its open claim long-poll, which counts as contact but does not move lastSeenAt (that
-        // is the poll's start, and batched): "last heard before the job started" would contradict describe.
-        const heard = lastHeard(agent.lastSeenAt, job.createdAt);
-        // Silent: nothing at all heard from the machine for a whole lease (the network or the host), not
-        // only nothing about this job.
-        const silent = heard === null || Date.now() - Date.parse(heard) >= this.opts.leaseMs;
-        await settle(this.run, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: heard, address: agent.address, silent } });
-        this.log('warn', 'job lost: lease expired', { job: job.id, machine: m.name, task: job.task });
-      });
-    }
-    return expired.length;
-  }
-
-  /**
-   * An operator action ends the machine's running job, if it has one: `cancelled by <author>: <why>`,
-   * through settle like every job's end (a work-order job cancels its work order). Answers the machine
-   * after it, not yet written (the caller writes it with its own change), with no current job.
-   */
-  private async cancelCurrent(tx: Tx, m: Machine, author: string, why: string): Promise<Machine> {
-    return (await this.cancelRunning(tx, m, author, why, false))?.machine ?? { ...m, currentJob: null };
-  }
-
-  /** As cancelCurrent; `hold`: the machine pauses on the job's task. Null when no job was running. */
-  private async cancelRunning(tx: Tx, m: Machine, author: string, why: string, hold: boolean): Promise<Settled | null> {
-    const job = m.currentJob ? await tx.getJob(m.currentJob) : undefined;
-    if (job?.state !== 'running') return null;
-    this.log('info', 'job cancelled', { job: job.id, machine: m.name, task: job.task, by: author, why });
-    return settle(this.run, tx, m, job, { kind: 'cancelled', by: author, why, hold }, {}, undefined, true);
+    return sweepLeases(this.run);
   }
 
   // ---- classification -------------------------------------------------------------------------------
