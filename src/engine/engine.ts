@@ -1096,6 +1096,11 @@ export class Engine {
     return appendLog(this.run, jobId, caller, chunk);
   }
 
+  /** Marks running jobs whose agent has gone quiet as lost; answers how many leases had expired (jobs.ts). */
+  async sweepLeases(): Promise<number> {
+    return sweepLeases(this.run);
+  }
+
   // ---- agentless machines (the SSH transport) -----------------------------------------------------
 
   /**
@@ -1131,11 +1136,6 @@ export class Engine {
   /** Ends a running job as lost, with `why` (for transports that run jobs themselves, SSH; jobs.ts). */
   async loseJob(jobId: string, why: string): Promise<void> {
     return loseJob(this.run, jobId, why);
-  }
-
-  /** Marks running jobs whose agent has gone quiet as lost; answers how many leases had expired (jobs.ts). */
-  async sweepLeases(): Promise<number> {
-    return sweepLeases(this.run);
   }
 
   // ---- classification -------------------------------------------------------------------------------

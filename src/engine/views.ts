@@ -1,7 +1,7 @@
 /**
  * What the API, events and UI show of machines, jobs and work orders: secure values masked, the derived
- * machine status added, bulky or secret fields left out; and what history records of a machine (desiredView). Re-exported by engine.ts, where callers import
- * them from.
+ * machine status added, bulky or secret fields left out; and what history records of a machine
+ * (desiredView). Re-exported by engine.ts, where callers import them from.
  */
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
 import { maskValues } from '../model/secure.js';
