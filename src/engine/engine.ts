@@ -226,7 +226,6 @@ function assertParamsBounded(params: Record<string, unknown>): void {
   }
 }
 
-
 export { lastHeard } from './jobs.js';
 export { desiredView, publicJob, publicMachine, publicWorkOrder, type DesiredView } from './views.js';
 
@@ -236,17 +235,14 @@ export class Engine {
   private sweeper: NodeJS.Timeout | null = null;
   /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
   private stopped = false;
-  /**
-   * Machines whose power driver is at work for a task (takt-power) between the completion's commit and
-   * the driver's answer: no job of any kind (work orders included) starts on them meanwhile.
-   */
+  /** Machines whose power driver is at work for a task: no job starts on them (ClaimContext.powering). */
   private readonly powering = new Set<string>();
   private readonly unsubscribe: () => void;
   /** Each job's log: masked, bounded, closed when the job ends (joblog.ts). */
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
   readonly liveness: Liveness;
-  /** What claiming and ending jobs need of the engine (claim.ts, complete.ts). */
+  /** What claiming, running and ending jobs need of the engine (claim.ts, jobs.ts, complete.ts). */
   private readonly run: ClaimContext;
 
   constructor(
