@@ -5,6 +5,7 @@
  * Plain functions over an explicit context (EndContext), called by the engine inside its transactions.
  */
 import type { ContentSet } from '../model/content.js';
+import { TaktError } from '../model/errors.js';
 import { checkExpectations } from '../model/expect.js';
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
 import type { CompleteRequest, CompleteResponse } from '../model/protocol.js';
@@ -120,6 +121,21 @@ export async function settle(c: EndContext, tx: Tx, m: Machine, job: Job, outcom
   next.updatedAt = new Date().toISOString();
   if (!deferMachine) await saveMachine(tx, next);
   return { machine: next, job: finished, action, ...(powerPlan ? { power: powerPlan } : {}) };
+}
+
+/** Machine `id`, locked for the rest of the transaction. @throws TaktError not_found when it does not exist. */
+export async function lockedMachine(tx: Tx, id: string): Promise<Machine> {
+  const m = await tx.lockMachine(id);
+  if (!m) throw new TaktError('not_found', `machine '${id}' not found`);
+  return m;
+}
+
+/** Ends work order `wo` as `state` with `reason`, with its `workorders.update.<id>` event. */
+export async function finishWorkOrder(tx: Tx, wo: WorkOrder, state: WorkOrder['state'], reason: string | null): Promise<WorkOrder> {
+  const done = { ...wo, state, reason, finishedAt: new Date().toISOString() };
+  await tx.updateWorkOrder(done);
+  tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(done));
+  return done;
 }
 
 /** Writes machine `m` with its `machines.update.<id>` event. */

@@ -4,37 +4,36 @@
  * store at one step or the other, never half-way.
  */
 import { randomBytes } from 'node:crypto';
-import type { ContentSet, StageDef } from '../model/content.js';
-import { decodeExit } from '../model/exitcodes.js';
-import { checkExpectations } from '../model/expect.js';
+import type { ContentSet } from '../model/content.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { attempt, TaktError } from '../model/errors.js';
 import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
 import { assertReplaceable, classificationChange, classify, orderedRules } from './classify.js';
-import { adhocCommand, machineSecrets, prepareCommand, type AdhocInput } from './adhoc.js';
-import { reportOf, type ClaimedJob, type ClaimResponse, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
+import { adhocCommand, type AdhocInput } from './adhoc.js';
+import type { ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
 import { foreignSealed, isSealed, maskValues, type Sealer } from '../model/secure.js';
 import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
 import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
-import { checkSshSettings, patchSsh, sshDesired, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
+import { checkSshSettings, patchSsh, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
-import { canonicalJson, hashObject, sha256 } from '../model/hash.js';
+import { canonicalJson, sha256 } from '../model/hash.js';
 import { assertEnvironment, assertDeclared, assertWorkOrderDeclared } from './declared.js';
 import { assertMachineName, newId } from './ids.js';
 import { JobLogs } from './joblog.js';
+import { jobSecrets } from './job-secrets.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, type Contact, type LivenessWrite } from './liveness.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
-import { Masker, secretTexts } from './logmask.js';
-import { printable } from './outputs.js';
-import { describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerPort, type TaskPowerResult } from './taskpower.js';
-import { prepareTask, secretsOf, type PreparedTask } from './prepare.js';
+import type { TaskPowerPort } from './taskpower.js';
+import { prepareTask, type PreparedTask } from './prepare.js';
 import type { RestoredPlace } from './restore.js';
 import { Wakeups } from './wake.js';
-import { publicJob, publicMachine, publicWorkOrder } from './views.js';
-import { checkPromises, isSecureParam, keptReport, saveMachine, settle, typeOutputs, woPassed, type EndContext, type Settled } from './complete.js';
+import { claim, type ClaimContext } from './claim.js';
+import { appendLog, cancelCurrent, cancelRunning, complete, heartbeat, jobEnded, loseJob, sweepLeases } from './jobs.js';
+import { desiredView, publicMachine, publicWorkOrder } from './views.js';
+import { finishWorkOrder, isSecureParam, lockedMachine, saveMachine, settle, woPassed } from './complete.js';
 import {
   approve,
   reject,
@@ -48,7 +47,6 @@ import {
   resume,
   ResumeRefused,
   TransitionError,
-  type JobOutcome,
   type MachineView,
   type PipelineShape,
   type Step,
@@ -135,15 +133,6 @@ export interface PowerOption {
   powerOn?: boolean;
 }
 
-/**
- * When a machine was last heard from, as far as a running job tells: the later of its agent's `lastSeenAt`
- * and the job's claim (`claimedAt`, when the agent took the job). ISO-8601 UTC; null when neither is known.
- */
-export function lastHeard(lastSeenAt: string | null, claimedAt: string | null): string | null {
-  if (lastSeenAt === null) return claimedAt;
-  if (claimedAt === null) return lastSeenAt;
-  return Date.parse(claimedAt) > Date.parse(lastSeenAt) ? claimedAt : lastSeenAt;
-}
 
 /** `next` with the power `before` had, unless the operator asked to power it on. */
 function keepPower(before: MachineView, next: MachineView, opts: PowerOption): MachineView {
@@ -207,13 +196,6 @@ export interface ClassifyOutcome {
   after: ReturnType<typeof publicMachine>;
 }
 
-type Work =
-  | { kind: 'workorder'; wo: WorkOrder; task: string; blueprint: string; taskCount: number; ctx: Parameters<typeof prepareTask>[4] }
-  | { kind: 'pipeline'; shape: PipelineShape; stage: string; task: string; ctx: Parameters<typeof prepareTask>[4] }
-  /** The stage needs another boot environment: the machine was switched to it and must reboot first. */
-  | { kind: 'reboot'; bootenv: string };
-
-const MAX_STEPS_PER_CLAIM = 500;
 
 /** A work order to queue: exactly one of `blueprint` (with its params) and `command` (an ad-hoc command). */
 export interface WorkOrderInput {
@@ -244,17 +226,8 @@ function assertParamsBounded(params: Record<string, unknown>): void {
   }
 }
 
-/**
- * The job, if `caller` (a machine id, or null for the admin) may act on it. A machine gets the same 403
- * for another machine's job and for a job that does not exist: its token reveals nothing beyond its own.
- */
-function owned<J extends Pick<Job, 'machineId'>>(jobId: string, caller: string | null, job: J | undefined): J {
-  if (caller !== null && job?.machineId !== caller) throw new TaktError('forbidden', `job '${jobId}' is not a job of this machine`);
-  if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
-  return job;
-}
-
-export { publicJob, publicMachine, publicWorkOrder } from './views.js';
+export { lastHeard } from './jobs.js';
+export { desiredView, publicJob, publicMachine, publicWorkOrder, type DesiredView } from './views.js';
 
 export class Engine {
   /** Long-poll waiters per machine (wake.ts). */
@@ -262,24 +235,15 @@ export class Engine {
   private sweeper: NodeJS.Timeout | null = null;
   /** Set by stop(): waiting long-polls answer at once instead of waiting again. */
   private stopped = false;
-  /**
-   * Machines whose power driver is at work for a task (takt-power) between the completion's commit and
-   * the driver's answer: no job of any kind (work orders included) starts on them meanwhile.
-   */
+  /** Machines whose power driver is at work for a task: no job starts on them (ClaimContext.powering). */
   private readonly powering = new Set<string>();
   private readonly unsubscribe: () => void;
   /** Each job's log: masked, bounded, closed when the job ends (joblog.ts). */
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
   readonly liveness: Liveness;
-  /** What the end of a job needs (complete.ts). */
-  private readonly end: EndContext;
-  /**
-   * Per machine: the bootenv its agent last said it booted (ClaimRequest.bootenv), and how many reboots
-   * it was given because it ran in another bootenv than its stage needs. In memory: after an endpoint
-   * restart the agent's next claim says it again.
-   */
-  private readonly running = new Map<string, { bootenv: string; mismatchReboots: number }>();
+  /** What claiming, running and ending jobs need of the engine (claim.ts, jobs.ts, complete.ts). */
+  private readonly run: ClaimContext;
 
   constructor(
     readonly store: Store,
@@ -287,8 +251,7 @@ export class Engine {
     private readonly sealer: Sealer,
     private readonly opts: EngineOptions,
   ) {
-    this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => this.jobSecrets(tx, id));
-    this.end = { content, sealer, logs: this.logs, opts, shapeOf: (c, p) => this.shapeOf(c, p) };
+    this.logs = new JobLogs({ maxBytes: opts.maxLogBytes ?? DEFAULT_MAX_LOG_BYTES, maxChunks: opts.maxLogChunks ?? DEFAULT_MAX_LOG_CHUNKS }, (tx, id) => jobSecrets(this.run, tx, id));
     const windowMs = opts.goneAfterMs ?? DEFAULT_GONE_AFTER_MS;
     this.liveness = new Liveness({
       windowMs,
@@ -296,6 +259,19 @@ export class Engine {
       persist: (writes) => this.writeLiveness(writes),
       log: opts.log,
     });
+    this.run = {
+      content,
+      sealer,
+      logs: this.logs,
+      opts,
+      shapeOf: (c, p) => this.shapeOf(c, p),
+      store,
+      wakeups: this.wakeups,
+      liveness: this.liveness,
+      powering: this.powering,
+      running: new Map(),
+      stopped: () => this.stopped,
+    };
     // Any committed change to a machine or its work orders may give a waiting agent something to do.
     this.unsubscribe = store.onEvents((events) => {
       for (const e of events) {
@@ -412,9 +388,9 @@ export class Engine {
    */
   async cancelMachineJob(machineId: string, by: string, why = 'the rollout takes over this busy machine (--busy cancel)'): Promise<void> {
     await this.store.transact(async (tx) => {
-      const m = await this.locked(tx, machineId);
+      const m = await lockedMachine(tx, machineId);
       if (!m.currentJob) return;
-      const after = await this.cancelCurrent(tx, m, by, why);
+      const after = await cancelCurrent(this.run, tx, m, by, why);
       await saveMachine(tx, { ...after, currentJob: null, updatedAt: new Date().toISOString() });
     });
   }
@@ -638,7 +614,7 @@ export class Engine {
    * the machine at `restore.place` instead of starting it from the top.
    */
   async updateMachineIn(tx: Tx, id: string, patch: MachinePatch & { power?: Machine['power']; classification?: MachineClassification }, author: string, content: ContentSet, restore?: RestoreWrite): Promise<Machine> {
-    const m = await this.locked(tx, id);
+    const m = await lockedMachine(tx, id);
     let next: Machine = { ...m };
     // Provenance only (classifyMachine): written with the desired fields the rule set, in the same transaction.
     if (patch.classification !== undefined) next.classification = patch.classification;
@@ -675,7 +651,7 @@ export class Engine {
     }
     if (patch.pipeline !== undefined && patch.pipeline !== m.pipeline) {
       if (patch.pipeline) this.assertStartable(next, patch.pipeline, content);
-      await this.cancelCurrent(tx, m, author, patch.pipeline ? `pipeline changed from ${m.pipeline ?? '(none)'} to ${patch.pipeline}` : `pipeline ${m.pipeline} unassigned`);
+      await cancelCurrent(this.run, tx, m, author, patch.pipeline ? `pipeline changed from ${m.pipeline ?? '(none)'} to ${patch.pipeline}` : `pipeline ${m.pipeline} unassigned`);
       next = { ...next, ...assignPipeline(next, patch.pipeline), ...(restore && patch.pipeline ? restoredPlace(restore, m.name) : {}), currentJob: null };
     }
     if (patch.environment !== undefined || patch.pipeline !== undefined) assertEnvironment(content, next.name, next.environment, next.pipeline);
@@ -685,12 +661,12 @@ export class Engine {
   async deleteMachine(idOrName: string, author: string): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     // What its agent last said it booted goes with it (ids are never reused, so this is only memory).
-    this.running.delete(found.id);
+    this.run.running.delete(found.id);
     return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
-      await this.cancelCurrent(tx, m, author, 'machine deleted');
+      const m = await lockedMachine(tx, found.id);
+      await cancelCurrent(this.run, tx, m, author, 'machine deleted');
       for (const wo of await tx.listWorkOrders({ machineId: m.id })) {
-        if (wo.state === 'queued' || wo.state === 'running') await this.finishWorkOrder(tx, wo, 'cancelled', `machine deleted by ${author}`);
+        if (wo.state === 'queued' || wo.state === 'running') await finishWorkOrder(tx, wo, 'cancelled', `machine deleted by ${author}`);
       }
       await tx.deleteMachine(m.id);
       await tx.change(author, `machines/${m.id}`, 'delete', desiredView(m), null);
@@ -862,7 +838,7 @@ export class Engine {
   async pauseMachine(idOrName: string, author: string, o: { cancel?: boolean; why?: string } = {}): Promise<{ machine: Machine; already: boolean; cancelled: Job | null }> {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
+      const m = await lockedMachine(tx, found.id);
       let next: Machine;
       try {
         next = { ...m, ...pause(m, author, o.why) };
@@ -872,7 +848,7 @@ export class Engine {
       }
       let cancelled: Job | null = null;
       if (o.cancel && next.currentJob) {
-        const s = await this.cancelRunning(tx, next, author, o.why ?? `machine paused`, true);
+        const s = await cancelRunning(this.run, tx, next, author, o.why ?? `machine paused`, true);
         if (s) ({ machine: next, job: cancelled } = s);
       }
       const already = m.state === 'paused';
@@ -892,8 +868,8 @@ export class Engine {
       const job = await tx.getJob(jobId);
       if (!job) throw new TaktError('not_found', `job '${jobId}' not found`);
       if (job.state !== 'running') throw new TaktError('conflict', `job '${jobId}' already ended: ${job.state}${job.reason ? ` (${job.reason})` : ''}`);
-      const m = await this.locked(tx, job.machineId);
-      const s = await settle(this.end, tx, m, job, { kind: 'cancelled', by: author, why, hold: true }, {}, undefined, true);
+      const m = await lockedMachine(tx, job.machineId);
+      const s = await settle(this.run, tx, m, job, { kind: 'cancelled', by: author, why, hold: true }, {}, undefined, true);
       await this.saveDesired(tx, m, s.machine, author);
       return s.job;
     });
@@ -906,7 +882,7 @@ export class Engine {
   private async operate(idOrName: string, author: string, fn: (m: MachineView) => MachineView, cancel: string | null = null): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
+      const m = await lockedMachine(tx, found.id);
       let view: MachineView;
       try {
         view = fn(m);
@@ -915,7 +891,7 @@ export class Engine {
         if (err instanceof TransitionError && !(err instanceof ResumeRefused)) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
         throw err;
       }
-      const current = cancel === null ? m : await this.cancelCurrent(tx, m, author, cancel);
+      const current = cancel === null ? m : await cancelCurrent(this.run, tx, m, author, cancel);
       // `view` is the whole machine as `fn` saw it: its current job is the one before the cancel.
       return this.saveDesired(tx, m, { ...current, ...view, currentJob: current.currentJob }, author);
     });
@@ -931,36 +907,7 @@ export class Engine {
     return after;
   }
 
-  private async locked(tx: Tx, id: string): Promise<Machine> {
-    const m = await tx.lockMachine(id);
-    if (!m) throw new TaktError('not_found', `machine '${id}' not found`);
-    return m;
-  }
 
-  /**
-   * Entering a stage: its preconditions must hold (else the line stops), then an approval it requires must
-   * have been given (else the machine waits). Null when the machine may go on.
-   */
-  private stageGate(m: Machine, stage: StageDef, stageKey: string, pipeline: { name: string; params?: Record<string, unknown> }): Pick<Machine, 'state' | 'reason'> | null {
-    if (stage.expect?.length) {
-      const content = this.content.current;
-      const layers = paramLayers(content, { machine: m, stage: { name: stage.name, params: stage.params }, pipeline });
-      const values: Record<string, unknown> = {};
-      const secure: unknown[] = [];
-      for (const r of stage.expect) {
-        const p = resolveParam(content, layers, r.param);
-        if (p) values[r.param] = this.sealer.open(p.value);
-        if (p?.secure) secure.push(values[r.param]);
-      }
-      const broken = checkExpectations(stage.expect, values);
-      // The machine's reason is shown everywhere: a broken rule names the param, never a secure value.
-      if (broken) return { state: 'stopped', reason: `stage '${stage.name}' precondition: ${new Masker(secretTexts(secure)).mask(broken)}` };
-    }
-    if (stage.approval && m.approvedStage !== stageKey) {
-      return { state: 'awaiting-approval', reason: `stage '${stage.name}' needs approval by ${stage.approval.role}: takt approvals approve ${m.name}` };
-    }
-    return null;
-  }
 
   async approveMachine(idOrName: string, author: string, comment?: string): Promise<Machine> {
     return this.decide(idOrName, author, 'approved', comment, (m, _stage, stageKey) => approve(m, stageKey));
@@ -973,7 +920,7 @@ export class Engine {
   private async decide(idOrName: string, author: string, decision: string, comment: string | undefined, fn: (m: MachineView, stage: string, stageKey: string) => MachineView) {
     const found = await this.findMachine(idOrName);
     return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, found.id);
+      const m = await lockedMachine(tx, found.id);
       const shape = m.pipeline ? this.shapeOf(this.content.current, m.pipeline) : null;
       // The stage it waits at, by identity: the stage of the task it stands at.
       const at = shape ? locate(shape, m, false) : null;
@@ -1046,14 +993,14 @@ export class Engine {
       const wo = await tx.getWorkOrder(id);
       if (!wo) throw new TaktError('not_found', `work order '${id}' not found`);
       if (wo.state !== 'queued' && wo.state !== 'running') throw new TaktError('conflict', `work order '${id}' already ${wo.state}`);
-      const m = await this.locked(tx, wo.machineId);
+      const m = await lockedMachine(tx, wo.machineId);
       if (m.currentJob) {
         const j = await tx.getJob(m.currentJob);
-        if (j?.workOrderId === wo.id) await saveMachine(tx, await this.cancelCurrent(tx, m, author, 'work order cancelled'));
+        if (j?.workOrderId === wo.id) await saveMachine(tx, await cancelCurrent(this.run, tx, m, author, 'work order cancelled'));
       }
       // Cancelling its running job has already ended the work order (saying so); a queued one ends here.
       const after = (await tx.getWorkOrder(wo.id)) ?? wo;
-      const done = after.state === 'queued' || after.state === 'running' ? await this.finishWorkOrder(tx, after, 'cancelled', `cancelled by ${author}`) : after;
+      const done = after.state === 'queued' || after.state === 'running' ? await finishWorkOrder(tx, after, 'cancelled', `cancelled by ${author}`) : after;
       await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state }, { state: done.state });
       return done;
     });
@@ -1109,434 +1056,45 @@ export class Engine {
     });
   }
 
-  private async finishWorkOrder(tx: Tx, wo: WorkOrder, state: WorkOrder['state'], reason: string | null): Promise<WorkOrder> {
-    const done = { ...wo, state, reason, finishedAt: new Date().toISOString() };
-    await tx.updateWorkOrder(done);
-    tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(done));
-    return done;
-  }
+
 
   // ---- agent protocol ------------------------------------------------------------------------------
 
   /**
-   * Long-poll for the machine's next job: answers at once when there is one, else waits up to `waitMs`.
-   * `lastJob`: the id of the last job the claiming agent received, when it says (null: none since it
-   * started). A running job that is not that one never reached the agent (the answer to a claim it had
-   * given up on), so it is handed back rather than called abandoned. `bootenv`: the bootenv the agent's
-   * machine booted, when it says (ClaimRequest.bootenv): a stage that needs another one is not started.
+   * Long-poll for the machine's next job (claim.ts): answers at once when there is one, else waits up to
+   * `waitMs`. `lastJob`: the id of the last job the claiming agent received, when it says (null: none since
+   * it started). `bootenv`: the bootenv the agent's machine booted, when it says (ClaimRequest.bootenv).
    */
   async claim(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null, bootenv?: string): Promise<ClaimResponse> {
-    if (bootenv !== undefined) {
-      const was = this.running.get(machineId);
-      this.running.set(machineId, { bootenv, mismatchReboots: was?.mismatchReboots ?? 0 });
-    }
-    // An open long-poll is an agent in touch, however long it waits.
-    const closePoll = this.liveness.pollOpened(machineId);
-    try {
-      return await this.claimLoop(machineId, waitMs, signal, lastJob);
-    } finally {
-      closePoll();
-    }
-  }
-
-  private async claimLoop(machineId: string, waitMs: number, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
-    const deadline = Date.now() + waitMs;
-    for (;;) {
-      const gen = this.wakeups.generation(machineId);
-      // A caller that has gone (its agent's client gave up) takes no job: nobody would run it, and the
-      // agent's next claim would find it "running" and call it lost.
-      const r = await this.claimOnce(machineId, signal, lastJob);
-      const left = deadline - Date.now();
-      if (r.job || left <= 0 || signal?.aborted || r.machine.power === 'off') return r;
-      if (this.stopped) return r;
-      if (this.wakeups.generation(machineId) === gen) await this.wakeups.waitForWake(machineId, Math.min(left, 5000), signal);
-      if (signal?.aborted || this.stopped) return r;
-    }
-  }
-
-  private async claimOnce(machineId: string, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
-    return this.store.transact(async (tx) => {
-      const m = await this.locked(tx, machineId);
-      if (signal?.aborted) return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
-      return this.claimIn(tx, m, lastJob);
-    });
+    return claim(this.run, machineId, waitMs, signal, lastJob, bootenv);
   }
 
   /**
-   * A claim inside the caller's transaction: the machine's next job, or none. `unsaved`: the machine
-   * comes with changes not yet written (a completion's), written here once with whatever the claim adds.
-   */
-  private async claimIn(tx: Tx, machine: Machine, lastJob?: string | null, unsaved = false): Promise<ClaimResponse> {
-    let m = machine;
-    const pending = { machine: unsaved };
-    if (m.currentJob) {
-      const running = await tx.getJob(m.currentJob);
-      if (running?.state === 'running') {
-        if (lastJob !== undefined && lastJob !== running.id) {
-          m = await this.handBack(tx, m, running);
-          pending.machine = true;
-        } else m = (await settle(this.end, tx, m, running, { kind: 'abandoned' })).machine;
-      } else m = { ...m, currentJob: null };
-    }
-    // A rollout holding the machine (--busy wait) reassigns it before its next job: none starts meanwhile.
-    const held = m.power === 'on' && (this.powering.has(m.id) || (await tx.getHold(m.id)) !== undefined);
-    for (let step = 0; step < MAX_STEPS_PER_CLAIM && m.power === 'on' && !held; step++) {
-      const work = await this.nextWork(tx, m, pending);
-      if (!work) break;
-      if (work.kind === 'reboot') return { job: null, action: 'reboot', machine: { state: m.state, reason: m.reason, power: m.power } };
-      const prepared = work.kind === 'workorder' && work.wo.command ? prepareCommand(work.wo.command) : prepareTask(this.content.current, this.sealer, m, work.task, work.ctx);
-      const job = this.newJob(m, work, prepared);
-      if (prepared.noop !== null || prepared.error !== null) {
-        await tx.insertJob(job);
-        tx.emit(`jobs.create.${job.id}`, publicJob(job));
-        const outcome: JobOutcome = prepared.noop !== null ? { kind: 'noop', reason: prepared.noop } : { kind: 'unrenderable', message: prepared.error! };
-        m = (await settle(this.end, tx, { ...m, currentJob: job.id }, job, outcome)).machine;
-        pending.machine = false;
-        continue;
-      }
-      await tx.insertJob(job);
-      tx.emit(`jobs.create.${job.id}`, publicJob(job));
-      // An ad-hoc command can print anything on the machine: its log masks all the machine's secrets.
-      this.logs.begin(job.id, work.kind === 'workorder' && work.wo.command ? await this.adhocSecrets(tx, m) : secretsOf(prepared));
-      m = { ...m, currentJob: job.id, updatedAt: new Date().toISOString() };
-      await saveMachine(tx, m);
-      pending.machine = false;
-      const claimed: ClaimedJob = {
-        id: job.id,
-        task: job.task,
-        script: prepared.script!,
-        params: prepared.agentParams,
-        timeoutMs: prepared.timeoutMs,
-        leaseMs: this.opts.leaseMs,
-        outputs: Object.keys(this.content.current.objects.tasks.get(job.task)?.def.outputs ?? {}),
-      };
-      return { job: claimed, machine: { state: m.state, reason: m.reason, power: m.power } };
-    }
-    if (m.currentJob || pending.machine) {
-      m = { ...m, currentJob: null };
-      await tx.updateMachine(m);
-      if (pending.machine) tx.emit(`machines.update.${m.id}`, publicMachine(m));
-    }
-    return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
-  }
-
-  /**
-   * A job whose claim answer never reached its agent: cancelled, and the machine stays at that task so
-   * this claim runs it. Nothing ran, so this is not a retry.
-   */
-  private async handBack(tx: Tx, m: Machine, job: Job): Promise<Machine> {
-    const s = await settle(this.end, tx, m, job, { kind: 'handed-back' }, {}, undefined, true);
-    this.log('warn', 'claim answer not delivered: job handed back', { job: job.id, machine: m.name, task: job.task });
-    return s.machine;
-  }
-
-  /** What the machine should run next: queued work orders first (at task boundaries), then its pipeline. */
-  private async nextWork(tx: Tx, m: Machine, pending?: { machine: boolean }): Promise<Work | null> {
-    const content = this.content.current;
-    const wo = await tx.nextWorkOrder(m.id);
-    if (wo?.command) {
-      // An ad-hoc command: one task, no blueprint, no params.
-      if (wo.state === 'queued') await tx.updateWorkOrder({ ...wo, state: 'running' });
-      return { kind: 'workorder', wo: { ...wo, state: 'running' }, task: ADHOC_TASK, blueprint: ADHOC_TASK, taskCount: 1, ctx: { workOrder: { id: wo.id, params: {} } } };
-    }
-    if (wo) {
-      const bp = content.objects.blueprints.get(wo.blueprint)?.def;
-      // By identity, as a running machine follows its pipeline (locate, not strict): the first step of the
-      // blueprint as it is now that has not succeeded for this work order — never an index into it.
-      const at = bp ? locate(blueprintShape(bp), { stage: null, task: null, passed: woPassed(wo, bp) }, false) : null;
-      if (!bp || !at || at.kind !== 'at') {
-        await this.finishWorkOrder(tx, wo, bp ? 'succeeded' : 'failed', bp ? null : `blueprint '${wo.blueprint}' no longer exists`);
-        return this.nextWork(tx, m, pending);
-      }
-      const task = at.step.task;
-      const running: WorkOrder = { ...wo, state: 'running', taskIndex: pipelineOrder(blueprintShape(bp)).findIndex((s) => s.key === at.step.key), passed: woPassed(wo, bp) };
-      if (wo.state === 'queued' || running.taskIndex !== wo.taskIndex || !wo.passed) await tx.updateWorkOrder(running);
-      return {
-        kind: 'workorder',
-        wo: running,
-        task,
-        blueprint: bp.name,
-        taskCount: bp.tasks.length,
-        ctx: { workOrder: { id: wo.id, params: wo.params }, blueprint: { name: bp.name, params: bp.params } },
-      };
-    }
-    if (m.state !== 'running' || !m.pipeline) return null;
-    const shape = this.shapeOf(content, m.pipeline);
-    // By identity: the first task of the pipeline as it is now that has not succeeded in this pass (not
-    // strict: a running machine follows the content in use, see transitions.ts locate).
-    const at = shape ? locate(shape, m, false) : null;
-    if (!shape || !at || at.kind !== 'at') {
-      // Every task has succeeded: done. A pipeline that vanished from the content stops the line instead.
-      const done: Machine = shape
-        ? { ...m, state: 'done', reason: null, stage: null, task: null }
-        : { ...m, state: 'stopped', reason: `pipeline '${m.pipeline}' no longer exists in the installed content` };
-      await saveMachine(tx, done);
-      if (pending) pending.machine = false;
-      Object.assign(m, done);
-      return null;
-    }
-    const step = at.step;
-    if (step.stage !== m.stage || step.task !== m.task) Object.assign(m, { stage: step.stage, task: step.task });
-    const pipeline = content.objects.pipelines.get(m.pipeline)!.def;
-    const stage = content.objects.stages.get(step.stage)?.def;
-    if (stage && at.entering) {
-      const gate = this.stageGate(m, stage, step.stageKey, { name: pipeline.name, params: pipeline.params });
-      if (gate) {
-        const held: Machine = { ...m, ...gate, updatedAt: new Date().toISOString() };
-        await saveMachine(tx, held);
-        if (pending) pending.machine = false;
-        Object.assign(m, held);
-        return null;
-      }
-    }
-    // A stage that names a bootenv runs in it (issue #13): a network-booted machine booted into another
-    // one is switched, and reboots into it before the stage's task runs. Desired state: in history, by the pipeline.
-    if (stage?.bootenv && m.boot && m.boot.bootenv !== stage.bootenv) {
-      const switched: Machine = { ...m, boot: { ...m.boot, bootenv: stage.bootenv }, updatedAt: new Date().toISOString() };
-      await tx.updateMachine(switched);
-      await tx.change(`pipeline:${pipeline.name}`, `machines/${m.id}`, 'update', desiredView(m), desiredView(switched));
-      tx.emit(`machines.update.${m.id}`, publicMachine(switched));
-      if (pending) pending.machine = false;
-      this.log('info', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' (was '${m.boot.bootenv}'): switched, rebooting`, { machine: m.name });
-      Object.assign(m, switched);
-      return { kind: 'reboot', bootenv: stage.bootenv };
-    }
-    // The machine is switched, but its agent says it booted another bootenv (it came back from its disk,
-    // or its firmware did not boot the script): the stage's tasks must not run there. One more reboot
-    // (the claim route puts network boot first through the power driver); then a stop with the reason,
-    // rather than rebooting it for ever.
-    const running = stage?.bootenv && m.boot ? this.running.get(m.id) : undefined;
-    if (running && stage?.bootenv && running.bootenv !== stage.bootenv) {
-      if (running.mismatchReboots < 1) {
-        running.mismatchReboots++;
-        this.log('warn', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' but its agent runs in '${running.bootenv}': rebooting it again`, { machine: m.name });
-        return { kind: 'reboot', bootenv: stage.bootenv };
-      }
-      const reason =
-        `stage '${step.stage}' needs bootenv '${stage.bootenv}', but the agent of ${m.name} still runs in '${running.bootenv}' after takt rebooted it into '${stage.bootenv}': ` +
-        `its firmware does not boot takt's script for it. Check that network boot is first in its boot order (takt machines power ${m.name} cycle --next-boot pxe), then resume it`;
-      const stopped: Machine = { ...m, state: 'stopped', reason, updatedAt: new Date().toISOString() };
-      await saveMachine(tx, stopped);
-      if (pending) pending.machine = false;
-      this.log('warn', `${m.name}: ${reason}`, { machine: m.name });
-      Object.assign(m, stopped);
-      running.mismatchReboots = 0;
-      return null;
-    }
-    if (running) running.mismatchReboots = 0;
-    return {
-      kind: 'pipeline',
-      shape,
-      stage: step.stage,
-      task: step.task,
-      ctx: { stage: { name: step.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } },
-    };
-  }
-
-  private newJob(m: Machine, work: Exclude<Work, { kind: 'reboot' }>, p: PreparedTask): Job {
-    const entry = this.content.current.objects.tasks.get(work.task);
-    return {
-      id: newId('j'),
-      machineId: m.id,
-      kind: work.kind,
-      workOrderId: work.kind === 'workorder' ? work.wo.id : null,
-      pipeline: work.kind === 'pipeline' ? m.pipeline : null,
-      stage: work.kind === 'pipeline' ? work.stage : null,
-      task: work.task,
-      variant: p.variant,
-      state: 'running',
-      exitCode: null,
-      reason: null,
-      script: p.displayScript ?? '',
-      params: Object.fromEntries(p.params.map((u) => [u.name, { value: u.value, from: u.from }])),
-      outputs: {},
-      timeoutMs: p.timeoutMs,
-      leaseExpiresAt: this.leaseUntil(),
-      createdAt: new Date().toISOString(),
-      finishedAt: null,
-      pack: entry ? this.content.packRef(entry.layer) : null,
-      taskSha256: entry ? contentHash(entry.def) : null,
-      // Keyed by the endpoint: a bare hash of a script that holds a secret lets anyone guess the secret.
-      scriptSha256: p.script !== null ? this.sealer.digest(p.script) : null,
-    };
-  }
-
-  /**
-   * Ends a running job with its agent's report. The report may carry the log's last chunks and ask for
-   * the machine's next job (`claim`), answered from the same transaction. A resend of a report already
-   * applied answers as the first time did, without a next job: the agent claims that as usual, and says
-   * which job it last received, so a next job whose answer was lost is handed back, not lost.
+   * Ends a running job with its agent's report; with `claim`, answers the machine's next job from the same
+   * transaction (jobs.ts complete).
    */
   async complete(jobId: string, caller: string | null, request: CompleteRequest): Promise<CompleteResponse> {
-    const report = reportOf(request);
-    let plan: TaskPowerPlan | undefined;
-    const answered = await this.store.transact(async (tx) => {
-      const job = await this.ownedJob(tx, jobId, caller);
-      // The job's own secure outputs join the secrets its log, reason and stored report must not show.
-      const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => isSecureParam(this.end, k)).map(([, v]) => v));
-      const masker = await this.logs.masker(tx, job, outputSecrets);
-      const kept = keptReport(this.end, report, masker);
-      if (job.state !== 'running') {
-        const prev = (await tx.getJobReport(jobId)) as { report: CompleteRequest; action: CompleteResponse['action'] } | null;
-        if (prev && canonicalJson(prev.report) === canonicalJson(kept)) return { job: { id: job.id, state: job.state }, action: prev.action };
-        throw new TaktError('conflict', `job ${jobId} already ended as ${job.state}${job.reason ? ` (${job.reason})` : ''}; this report was not applied`);
-      }
-      // The log's end is masked, then stored with the job's end within the log's bound; then the log is
-      // closed. A job's own secure outputs are masked in what it already logged too.
-      await this.logs.appendTail(tx, job, request.log, outputSecrets, new Date().toISOString());
-      const m = await this.locked(tx, job.machineId);
-      const typed = typeOutputs(this.end, report.outputs ?? {}, job.task);
-      const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
-      const problem = typed.problem ?? (exitedOk ? checkPromises(this.end, job, report.outputs ?? {}, typed.values) : null);
-      const outcome: JobOutcome = problem
-        ? { kind: 'invalid', exitCode: report.exitCode, message: masker.mask(problem) }
-        : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: kept.error === undefined ? undefined : printable(kept.error), timeoutMs: job.timeoutMs };
-      const claim = request.claim === true && !this.stopped;
-      const settled = await settle(this.end, tx, m, job, outcome, typed.values, kept, claim);
-      plan = settled.power;
-      if (plan) this.powering.add(plan.machineId);
-      const answer: CompleteResponse = { job: { id: job.id, state: settled.job.state }, action: settled.action };
-      if (claim && settled.action === 'continue') answer.next = await this.claimIn(tx, settled.machine, undefined, true);
-      else if (claim) await saveMachine(tx, settled.machine);
-      return answer;
-    }).catch((err: unknown) => {
-      if (plan) this.powering.delete(plan.machineId);
-      throw err;
-    });
-    return plan ? this.applyTaskPower(plan, answered) : answered;
+    return complete(this.run, jobId, caller, request);
   }
 
-  /**
-   * Carries out a task's power request through the power port, the one place for agents and agentless
-   * machines alike: the next boot device before the completion is answered, so that a reboot (exit 64)
-   * boots from it; a cycle or off after (on the next turn of the event loop, once the answer is on its
-   * way). When the boot device cannot be set, the answer tells the agent not to reboot.
-   */
-  private async applyTaskPower(plan: TaskPowerPlan, answer: CompleteResponse): Promise<CompleteResponse> {
-    const port = this.opts.power!;
-    const { nextBoot, persistent, action } = plan.request;
-    const parts: string[] = [];
-    const failed = (what: string, err: unknown): TaskPowerResult => ({ kind: 'failed', parts, failed: what, message: err instanceof Error ? err.message : String(err) });
-    const m = await this.store.getMachine(plan.machineId);
-    if (!m) {
-      this.powering.delete(plan.machineId);
-      return answer;
-    }
-    if (nextBoot) {
-      let r: TaskPowerResult | null = null;
-      try {
-        const out = await port.nextBoot(m, nextBoot, persistent === true);
-        if (!out.done) {
-          // A person does it all (the manual driver): the action's instruction joins the boot device's.
-          const then = action ? await port.act(m, action).catch(() => null) : null;
-          const more = then && !then.done && then.instruction ? ` Then: ${then.instruction}` : '';
-          r = { kind: 'manual', parts, instruction: `${out.instruction ?? `Set ${m.name} to boot from ${nextBoot} next.`}${more}` };
-        } else parts.push(`next-boot ${nextBoot}${out.persistent ? ' persistent' : ''} (${out.driver})`);
-      } catch (err) {
-        r = failed(`next-boot ${nextBoot}`, err);
-      }
-      if (r) {
-        // The agent must not reboot into the boot device it had: the answer (and a resend's) says continue.
-        await this.endTaskPower(plan, r, answer.action !== 'continue');
-        return { job: answer.job, action: 'continue' };
-      }
-    }
-    if (!action) {
-      await this.endTaskPower(plan, { kind: 'done', parts });
-      return answer;
-    }
-    setImmediate(() => {
-      void (async () => {
-        let r: TaskPowerResult;
-        try {
-          const out = await port.act(m, action);
-          if (!out.done) r = { kind: 'manual', parts, instruction: out.instruction ?? `${action === 'off' ? 'power off' : 'power cycle'} ${m.name}` };
-          else r = { kind: 'done', parts: [...parts, parts.length ? action : `${action} (${out.driver})`] };
-        } catch (err) {
-          r = failed(action, err);
-        }
-        await this.endTaskPower(plan, r).catch((err: unknown) => this.opts.log?.('error', `cannot record the power a task asked for: ${(err as Error).message}`, { job: plan.jobId }));
-      })();
-    });
-    return answer;
-  }
-
-  /** Records how a task's power request ended: on its job, on its machine (taskpower.ts endOfTaskPower) and in the log. */
-  private async endTaskPower(plan: TaskPowerPlan, r: TaskPowerResult, noReboot = false): Promise<void> {
-    let done: { machine: string; power: string } | null;
-    try {
-      done = await this.store.transact(async (tx) => {
-        const m = await tx.lockMachine(plan.machineId);
-        const job = await tx.getJob(plan.jobId);
-        if (!m || !job) return null;
-        const end = endOfTaskPower(plan, m, r);
-        // The boot device could not be set: a resent report is answered as the first was (no reboot).
-        const stored = noReboot ? ((await tx.getJobReport(job.id)) as { report: CompleteRequest } | null) : null;
-        const updated: Job = { ...job, power: end.jobPower };
-        await tx.updateJob(updated, stored ? { report: stored.report, action: 'continue' } : undefined);
-        tx.emit(`jobs.update.${job.id}`, publicJob(updated));
-        await saveMachine(tx, { ...end.machine, updatedAt: new Date().toISOString() });
-        return { machine: m.name, power: end.jobPower };
-      });
-    } finally {
-      this.powering.delete(plan.machineId);
-    }
-    if (done) this.opts.log?.(r.kind === 'done' ? 'info' : 'warn', `${done.machine}: power asked by task ${plan.task} (job ${plan.jobId}, ${describePowerRequest(plan.request)}): ${done.power}`);
-    // Claims held back meanwhile may go on now.
-    this.wakeups.wake(plan.machineId);
-  }
-
-  /**
-   * Renews a running job's lease. `waitMs` > 0: then holds the answer up to that long, answering at once
-   * when the job ends meanwhile (an operator cancelled it), so the agent kills the script without waiting
-   * for its next heartbeat.
-   */
+  /** Renews a running job's lease; `waitMs` > 0 holds the answer until the job ends or that long passes (jobs.ts). */
   async heartbeat(jobId: string, caller: string | null, waitMs = 0, signal?: AbortSignal): Promise<HeartbeatResponse> {
-    const job = await this.store.transact(async (tx) => {
-      const j = await this.ownedJobState(tx, jobId, caller);
-      if (j.state === 'running') await tx.renewLease(j.id, this.leaseUntil());
-      return j;
-    });
-    if (job.state !== 'running') return { running: false };
-    return { running: !(await this.jobEnded(jobId, job.machineId, waitMs, signal)) };
+    return heartbeat(this.run, jobId, caller, waitMs, signal);
   }
 
-  /**
-   * Waits up to `waitMs` for a running job to end (woken by its machine's events, not by polling).
-   * True when it has ended (or is gone); false when it still runs at the deadline, on abort or on stop.
-   */
+  /** Waits up to `waitMs` for a running job to end: true when it has ended or is gone (jobs.ts). */
   async jobEnded(jobId: string, machineId: string, waitMs: number, signal?: AbortSignal): Promise<boolean> {
-    const deadline = Date.now() + waitMs;
-    for (let i = 0; i < 10_000; i++) {
-      const gen = this.wakeups.generation(machineId);
-      const state = (await this.store.getJobState(jobId))?.state;
-      if (state !== 'running') return true;
-      const left = deadline - Date.now();
-      if (left <= 0 || signal?.aborted || this.stopped) return false;
-      if (this.wakeups.generation(machineId) === gen) await this.wakeups.waitForWake(machineId, left, signal);
-    }
-    return false;
+    return jobEnded(this.run, jobId, machineId, waitMs, signal);
   }
 
-  /**
-   * Stores one log chunk of a running job, within the job's log bound (past it the chunk is dropped and
-   * the log says so once). A job's log closes when the job ends: a chunk for an ended job is a conflict,
-   * except a resend of a chunk already stored, which is answered as the first time was. `cut`: the log
-   * has reached its bound, nothing more of it will be stored.
-   */
+  /** Stores one log chunk of a running job, within its bound; `cut`: the log is full (jobs.ts). */
   async appendLog(jobId: string, caller: string | null, chunk: LogRequest): Promise<{ cut: boolean }> {
-    return this.store.transact(async (tx) => {
-      const job = await this.ownedJobState(tx, jobId, caller);
-      if (job.state !== 'running') {
-        this.logs.closed(jobId);
-        const stored = await tx.getLogs(jobId, chunk.seq - 1, 1);
-        if (stored[0]?.seq === chunk.seq) return { cut: false };
-        throw new TaktError('conflict', `job ${jobId} is ${job.state}; its log is closed`);
-      }
-      const { cut } = await this.logs.append(tx, job, [chunk], new Date().toISOString());
-      await tx.renewLease(job.id, this.leaseUntil());
-      return { cut };
-    });
+    return appendLog(this.run, jobId, caller, chunk);
+  }
+
+  /** Marks running jobs whose agent has gone quiet as lost; answers how many leases had expired (jobs.ts). */
+  async sweepLeases(): Promise<number> {
+    return sweepLeases(this.run);
   }
 
   // ---- agentless machines (the SSH transport) -----------------------------------------------------
@@ -1571,122 +1129,9 @@ export class Engine {
     });
   }
 
-  /**
-   * Ends a running job as lost, with `why` (what the transport that drives it found: e.g. no trace of it
-   * on the host). For transports that run jobs themselves (SSH); an agent's lost jobs come from leases.
-   * A job that is no longer running is left as it is.
-   */
+  /** Ends a running job as lost, with `why` (for transports that run jobs themselves, SSH; jobs.ts). */
   async loseJob(jobId: string, why: string): Promise<void> {
-    await this.store.transact(async (tx) => {
-      const job = await tx.getJob(jobId);
-      if (!job || job.state !== 'running') return;
-      const m = await this.locked(tx, job.machineId);
-      await settle(this.end, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, why });
-      this.log('warn', 'job lost', { job: job.id, machine: m.name, task: job.task, why });
-    });
-  }
-
-  // ---- secure values in logs, reasons and reports -------------------------------------------------
-
-  /**
-   * The secure values a job could know, as the log could show them: its task's secure params and outputs;
-   * for an ad-hoc command, every secure value of the machine (machineSecrets).
-   */
-  private async jobSecrets(tx: Tx, jobId: string): Promise<string[]> {
-    const job = await tx.getJob(jobId);
-    const m = job ? await tx.getMachine(job.machineId) : undefined;
-    if (!job || !m) return [];
-    const content = this.content.current;
-    let ctx: Parameters<typeof prepareTask>[4] = {};
-    if (job.workOrderId) {
-      const wo = await tx.getWorkOrder(job.workOrderId);
-      if (wo?.command) return this.adhocSecrets(tx, m);
-      const bp = wo ? content.objects.blueprints.get(wo.blueprint)?.def : undefined;
-      ctx = { workOrder: wo ? { id: wo.id, params: wo.params } : undefined, blueprint: bp ? { name: bp.name, params: bp.params } : undefined };
-    } else {
-      const stage = job.stage ? content.objects.stages.get(job.stage)?.def : undefined;
-      const pipeline = job.pipeline ? content.objects.pipelines.get(job.pipeline)?.def : undefined;
-      ctx = { stage: stage ? { name: stage.name, params: stage.params } : undefined, pipeline: pipeline ? { name: pipeline.name, params: pipeline.params } : undefined };
-    }
-    const outputs = Object.keys(job.outputs).filter((k) => isSealed(m.outputs[k])).map((k) => this.openQuietly(m.outputs[k]));
-    try {
-      return [...secretsOf(prepareTask(content, this.sealer, m, job.task, ctx)), ...secretTexts(outputs)];
-    } catch {
-      return secretTexts(outputs);
-    }
-  }
-
-  /**
-   * What an ad-hoc command's log masks: every secure value of machine `m` (machineSecrets), with the params
-   * of all its work orders, read in pages (bounded: at most 1000 pages of 1000).
-   */
-  private async adhocSecrets(tx: Tx, m: Machine): Promise<string[]> {
-    const params: Array<Record<string, unknown>> = [];
-    for (let page = 0, offset = 0; page < 1000; page++) {
-      const wos = await tx.listWorkOrders({ machineId: m.id, limit: 1000, offset });
-      for (const wo of wos) if (!wo.command && Object.keys(wo.params).length > 0) params.push(wo.params);
-      if (wos.length === 0) break;
-      offset += wos.length;
-    }
-    return machineSecrets(this.content.current, this.sealer, m, params);
-  }
-
-  private openQuietly(v: unknown): unknown {
-    try {
-      return this.sealer.open(v);
-    } catch {
-      return null;
-    }
-  }
-
-  private async ownedJob(tx: Tx, jobId: string, caller: string | null): Promise<Job> {
-    return owned(jobId, caller, await tx.getJob(jobId));
-  }
-
-  private async ownedJobState(tx: Tx, jobId: string, caller: string | null) {
-    return owned(jobId, caller, await tx.getJobState(jobId));
-  }
-
-  /** Marks running jobs whose agent has gone quiet as lost; their machines stop with that reason. */
-  async sweepLeases(): Promise<number> {
-    const now = new Date().toISOString();
-    const expired = await this.store.listExpiredJobs(now);
-    for (const candidate of expired) {
-      await this.store.transact(async (tx) => {
-        const job = await tx.getJob(candidate.id);
-        if (!job || job.state !== 'running' || !job.leaseExpiresAt || job.leaseExpiresAt >= now) return;
-        const m = await tx.lockMachine(job.machineId);
-        if (!m) return;
-        const agent = this.liveness.view(m);
-        // Last heard: the later of the machine's last contact and the job's claim. The job was handed to the
-        // agent over its open claim long-poll, which counts as contact but does not move lastSeenAt (that
-        // is the poll's start, and batched): "last heard before the job started" would contradict describe.
-        const heard = lastHeard(agent.lastSeenAt, job.createdAt);
-        // Silent: nothing at all heard from the machine for a whole lease (the network or the host), not
-        // only nothing about this job.
-        const silent = heard === null || Date.now() - Date.parse(heard) >= this.opts.leaseMs;
-        await settle(this.end, tx, m, job, { kind: 'lost', leaseMs: this.opts.leaseMs, agent: { lastSeenAt: heard, address: agent.address, silent } });
-        this.log('warn', 'job lost: lease expired', { job: job.id, machine: m.name, task: job.task });
-      });
-    }
-    return expired.length;
-  }
-
-  /**
-   * An operator action ends the machine's running job, if it has one: `cancelled by <author>: <why>`,
-   * through settle like every job's end (a work-order job cancels its work order). Answers the machine
-   * after it, not yet written (the caller writes it with its own change), with no current job.
-   */
-  private async cancelCurrent(tx: Tx, m: Machine, author: string, why: string): Promise<Machine> {
-    return (await this.cancelRunning(tx, m, author, why, false))?.machine ?? { ...m, currentJob: null };
-  }
-
-  /** As cancelCurrent; `hold`: the machine pauses on the job's task. Null when no job was running. */
-  private async cancelRunning(tx: Tx, m: Machine, author: string, why: string, hold: boolean): Promise<Settled | null> {
-    const job = m.currentJob ? await tx.getJob(m.currentJob) : undefined;
-    if (job?.state !== 'running') return null;
-    this.log('info', 'job cancelled', { job: job.id, machine: m.name, task: job.task, by: author, why });
-    return settle(this.end, tx, m, job, { kind: 'cancelled', by: author, why, hold }, {}, undefined, true);
+    return loseJob(this.run, jobId, why);
   }
 
   // ---- classification -------------------------------------------------------------------------------
@@ -1722,7 +1167,7 @@ export class Engine {
     if (dryRun) return out(m);
     const classification: MachineClassification = { pack: result.rule.pack, version: result.rule.version, classifier: result.rule.classifier, rule: result.rule.name, reasons: result.reasons, gave, at: new Date().toISOString(), by: author };
     const after = await this.store.transact(async (tx) => {
-      const now = await this.locked(tx, m.id);
+      const now = await lockedMachine(tx, m.id);
       // Checked again under the lock: the machine may have started work since.
       if (patch.pipeline) assertReplaceable(now, result.rule, patch.pipeline, opts.force === true);
       return this.updateMachineIn(tx, m.id, { ...patch, classification }, author, content);
@@ -1776,7 +1221,7 @@ export class Engine {
       const params: PlanParam[] = p.params.map((u) => (promised.has(u.name) ? { ...u, promisedBy: promised.get(u.name)! } : u));
       for (const name of [...required, ...(def?.params?.optional ?? [])]) {
         const by = promised.get(name);
-        if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: isSecureParam(this.end, name), required: required.includes(name), promisedBy: by });
+        if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: isSecureParam(this.run, name), required: required.includes(name), promisedBy: by });
       }
       const missing = p.missing.filter((n) => !promised.has(n));
       const error = missing.length === 0 && p.missing.length > 0 ? null : p.error;
@@ -1876,9 +1321,7 @@ export class Engine {
     return out;
   }
 
-  private leaseUntil(): string {
-    return new Date(Date.now() + this.opts.leaseMs).toISOString();
-  }
+
 
   private log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) {
     this.opts.log?.(level, msg, fields);
@@ -1891,15 +1334,6 @@ function restoredPlace(restore: RestoreWrite, machine: string): RestoredPlace {
   return restore.place;
 }
 
-/** The desired-state part of a machine, as history records it (secure values stay sealed, never clear). */
-/**
- * A machine's desired state, as history records it: what the operator set. Its run state (`state`:
- * running, done, paused…) is observed, not desired — it is in events (`takt events`), never in a change,
- * so a restart, pause or a machine finishing writes no history entry unless a desired field changed.
- */
-export function desiredView(m: Machine) {
-  return { name: m.name, environment: m.environment, pipeline: m.pipeline, params: m.params, profiles: m.profiles, labels: m.labels, power: m.power, ...(m.ssh ? { ssh: sshDesired(m.ssh) } : {}), ...(m.boot ? { boot: m.boot } : {}), ...(m.powerConfig ? { powerConfig: m.powerConfig } : {}) };
-}
 
 /**
  * `boot`, after checking its bootenv exists in `content` (or is the built-in `local`).
@@ -1934,7 +1368,6 @@ async function assertBootIdentityFree(tx: Tx, boot: MachineBoot, selfId: string)
 async function requireCredential(tx: Tx, name: string): Promise<void> {
   if (!(await tx.getCredential(name))) throw new TaktError('not_found', `credential '${name}' not found; add it with \`takt credentials add ${name} --ssh-key FILE\``, { path: '/ssh/credential' });
 }
-export type DesiredView = ReturnType<typeof desiredView>;
 
 /** The patch that makes a machine's desired fields equal `target` (params absent from it are removed). */
 export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'> & { labels?: Machine['labels']; boot?: Machine['boot']; powerConfig?: Machine['powerConfig'] }): MachinePatch {
@@ -1968,15 +1401,3 @@ export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'e
 export function newMachineToken(id: string): string {
   return `tkm.${id}.${randomBytes(24).toString('base64url')}`;
 }
-
-/** Content objects are immutable once loaded, so their hash is computed once per object. */
-const hashes = new WeakMap<object, string>();
-function contentHash(def: object): string {
-  let h = hashes.get(def);
-  if (!h) {
-    h = hashObject(def);
-    hashes.set(def, h);
-  }
-  return h;
-}
-
