@@ -150,8 +150,12 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     cleanups.push(() => admin.end());
     const killed = await admin.query<{ ok: boolean }>('select pg_terminate_backend($1) as ok', [pid]);
     expect(killed.rows[0]?.ok).toBe(true);
-    // Writes right after the kill: the connection is down (reconnects back off from 100 ms).
-    for (let i = 1; i <= 20; i++) await write(b, 'b', i * 10, 2);
+    // Writes right after the kill, while the connection is down (reconnects back off from 100 ms): B's,
+    // each followed by one of A's own, which must publish B's unread events before its own.
+    for (let i = 1; i <= 10; i++) {
+      await write(b, 'b', i * 10, 2);
+      await write(a, 'a', i * 10, 2);
+    }
     await heard.atLeast(43);
     // And after the reconnect, notifications flow again.
     await write(b, 'b', 1000, 1);
