@@ -91,7 +91,12 @@ export class PgFollower implements EventFeed {
    */
   async start(): Promise<void> {
     await this.connect();
-    this.cursor = await this.opts.newest();
+    try {
+      this.cursor = await this.opts.newest();
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
     // A notification that came between LISTEN and the read above may have been taken as old: look once.
     this.catchUp();
     const every = this.opts.catchUpMs ?? 3000;
