@@ -168,6 +168,24 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     expect(heard.ids).toEqual(table.map((e) => e.id));
   });
 
+  it('a lone store publishes its own events without reading them back (single-endpoint speed unchanged)', async () => {
+    const a = await replica({ eventCatchUpMs: 3_600_000 });
+    const heard = new Heard(a);
+    await write(a, 'a', 0); // after the follower's first catch-up
+    let reads = 0;
+    const listEvents = a.listEvents.bind(a);
+    a.listEvents = (after, limit) => {
+      reads += 1;
+      return listEvents(after, limit);
+    };
+    for (let i = 1; i <= 20; i++) await write(a, 'a', i);
+    await Promise.all([...Array(20).keys()].map((i) => write(a, 'a', 100 + i, 2)));
+    await heard.atLeast(61);
+    expect(reads).toBe(0);
+    expectInOrderOnce(heard.ids);
+    expect(heard.ids).toEqual((await allEvents(a)).map((e) => e.id));
+  });
+
   it('reading the events after id N through replica C gives what A published after N (Last-Event-ID across replicas)', async () => {
     const [a, b, c] = [await replica(), await replica(), await replica()];
     const heard = new Heard(a);
@@ -181,7 +199,8 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
   });
 
   it('a claim long-polling on engine A wakes when work is written through engine B', async () => {
-    const [sa, sb] = [await replica(), await replica()];
+    // No periodic catch-up: the wake must come from B's notification.
+    const [sa, sb] = [await replica({ eventCatchUpMs: 3_600_000 }), await replica()];
     const sealer = new Sealer(randomBytes(32));
     const ca = new ContentService(sa, sealer);
     await ca.load();
