@@ -2,11 +2,13 @@
  * Opens the store on PostgreSQL: the same SqlStore (same queries, same migrations, same single commit
  * path) on Kysely's PostgresDialect over a `pg` pool. Reads outside transactions run on any pooled
  * connection; transactions are grouped and serialised as on SQLite (sql-store.ts `commitGroup`), with an
- * advisory lock so that writers in other processes on the same database are serialised too.
+ * advisory lock so that writers in other processes on the same database are serialised too. Each store
+ * also follows the events table (pg-follow.ts), so its listeners hear what other processes commit.
  */
 import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
 import { TaktError } from '../model/errors.js';
+import { PgFollower } from './pg-follow.js';
 import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, SqlStore } from './sql-store.js';
 import type { Database } from './tables.js';
 
@@ -54,6 +56,11 @@ export interface PostgresStoreOptions {
   exclusive?: boolean;
   /** Pooled connections at most (default 10). */
   maxConnections?: number;
+  /**
+   * Milliseconds between the event follower's periodic catch-ups (default 3000): the bound on how late an
+   * event committed by another process arrives when its notification was lost (pg-follow.ts).
+   */
+  eventCatchUpMs?: number;
 }
 
 /**
@@ -100,12 +107,31 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
     await endLock();
     throw unreachable(err);
   }
-  const store = new SqlStore(new Kysely<Database>({ dialect: new PostgresDialect({ pool }) }), 'postgres', { where, onClose: endLock });
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  const store = new SqlStore(db, 'postgres', { where, onClose: endLock });
   try {
     await store.migrate();
   } catch (err) {
     await store.close();
     throw err;
+  }
+  try {
+    // Events committed by every process on the database reach this store's listeners (pg-follow.ts).
+    await store.follow(
+      (publish) =>
+        new PgFollower({
+          url,
+          types,
+          read: (afterId, limit) => store.listEvents(afterId, limit),
+          newest: async () => Number((await db.selectFrom('events').select((eb) => eb.fn.max('id').as('m')).executeTakeFirst())?.m ?? 0),
+          publish,
+          ...(opts.eventCatchUpMs !== undefined ? { catchUpMs: opts.eventCatchUpMs } : {}),
+          warn: (m) => process.emitWarning(`${m} (${where})`),
+        }),
+    );
+  } catch (err) {
+    await store.close();
+    throw err instanceof TaktError ? err : unreachable(err);
   }
   return store;
 }

@@ -970,6 +970,28 @@ const MAX_GROUP = 64;
 export const PG_LOCK_SPACE = 0x74616b74;
 export const PG_WRITE_LOCK = 1;
 export const PG_ENDPOINT_LOCK = 2;
+/** The channel every store on a PostgreSQL database notifies (committed events) and listens on (pg-follow.ts). */
+export const PG_EVENTS_CHANNEL = 'takt_events';
+
+/**
+ * Who publishes a store's committed events when other processes write the same database (PostgreSQL:
+ * pg-follow.ts). Without one (SQLite: one process per data dir), a group's events go to the listeners
+ * straight after its COMMIT.
+ */
+export interface EventFeed {
+  /** The open group drew event ids up to `id` (called before its COMMIT). */
+  drawn(id: number): void;
+  /**
+   * The group committed with these events (one array per transaction, ids ascending): publish them, in id
+   * order with every other event, exactly once. Returns a promise when that needs a read first; the
+   * group's callers hear of their results only after it settles.
+   */
+  own(batches: TaktEvent[][]): Promise<void> | undefined;
+  /** The open group did not commit. */
+  failed(): void;
+  /** Stops following; resolves when no read is under way. */
+  close(): Promise<void>;
+}
 
 /** Options of a SqlStore. */
 export interface SqlStoreOptions {
@@ -983,6 +1005,8 @@ export class SqlStore extends SqlReads implements Store {
   private readonly listeners = new Set<EventListener>();
   private readonly queue: Queued[] = [];
   private draining = false;
+  /** Publishes committed events when other processes share the database (PostgreSQL); see `follow`. */
+  private feed: EventFeed | undefined;
 
   constructor(
     private readonly kysely: Kysely<Database>,
@@ -1055,8 +1079,27 @@ export class SqlStore extends SqlReads implements Store {
     }
   }
 
+  /**
+   * Hands the publication of this store's events to `feed` (postgres.ts: a follower of the events table,
+   * pg-follow.ts), which then also publishes the events other processes commit. Call once, after
+   * `migrate`, before the store is used; `feed.start` runs first, and what it throws is thrown.
+   * @param create given the store's publish function (to listeners, in order; never throws).
+   */
+  async follow<F extends EventFeed & { start(): Promise<void> }>(create: (publish: (events: TaktEvent[]) => void) => F): Promise<F> {
+    const feed = create((events) => this.publish(events));
+    await feed.start();
+    this.feed = feed;
+    return feed;
+  }
+
+  /** The feed `follow` set (tests look at its connection), if any. */
+  get eventFeed(): EventFeed | undefined {
+    return this.feed;
+  }
+
   private async commitGroup(group: Queued[]): Promise<void> {
     const outcomes: Array<{ ok: true; value: unknown; events: TaktEvent[] } | { ok: false; error: unknown }> = [];
+    const feed = this.feed;
     try {
       // A lone transaction needs no savepoint: if it throws, the whole database transaction rolls back.
       const grouped = group.length > 1;
@@ -1073,6 +1116,7 @@ export class SqlStore extends SqlReads implements Store {
           try {
             const value = await item.fn(tx);
             const events = await this.insertEvents(trx, tx.pending);
+            if (events.length > 0) feed?.drawn(events[events.length - 1]!.id);
             if (grouped) await sql('release grouped', trx);
             outcomes.push({ ok: true, value, events });
           } catch (error) {
@@ -1082,8 +1126,16 @@ export class SqlStore extends SqlReads implements Store {
             outcomes.push({ ok: false, error });
           }
         }
+        // Other processes on the database read the events after the commit (pg-follow.ts). NOTIFY is
+        // transactional: delivered only if, and once, the group commits.
+        if (feed) {
+          let newest = 0;
+          for (const o of outcomes) if (o.ok && o.events.length > 0) newest = o.events[o.events.length - 1]!.id;
+          if (newest > 0) await sql(`select pg_notify('${PG_EVENTS_CHANNEL}', '${newest}')`, trx);
+        }
       });
     } catch (error) {
+      feed?.failed();
       // Nothing of the group was committed: each caller hears its own error, or the commit's.
       group.forEach((item, i) => {
         const o = outcomes[i];
@@ -1091,10 +1143,17 @@ export class SqlStore extends SqlReads implements Store {
       });
       return;
     }
+    const batches = outcomes.flatMap((o) => (o.ok && o.events.length > 0 ? [o.events] : []));
+    if (feed) {
+      // In id order with other processes' events; usually at once, as below.
+      const publishing = feed.own(batches);
+      if (publishing) await publishing;
+    } else {
+      for (const b of batches) this.publish(b);
+    }
     group.forEach((item, i) => {
       const o = outcomes[i]!;
       if (!o.ok) return item.reject(o.error);
-      if (o.events.length > 0) this.publish(o.events);
       item.resolve(o.value);
     });
   }
@@ -1141,6 +1200,7 @@ export class SqlStore extends SqlReads implements Store {
 
   async close() {
     try {
+      await this.feed?.close();
       await this.kysely.destroy();
     } finally {
       await this.options.onClose?.();

@@ -6,7 +6,8 @@
  *
  * Every write happens inside `transact`, which is the one commit path: a desired-state write records a
  * numbered change with `tx.change(...)`, and every write queues its events with `tx.emit(...)` in the same
- * transaction. Listeners hear about events only after the transaction has committed.
+ * transaction. Listeners hear about events only after the transaction has committed — on PostgreSQL
+ * also those committed by other processes on the database (pg-follow.ts).
  */
 import type { ContentKind } from '../model/content.js';
 import type { ObservedFacts } from '../model/facts.js';
@@ -230,6 +231,11 @@ export interface Store extends Reads {
   readonly dialect: 'sqlite' | 'postgres';
   migrate(): Promise<void>;
   transact<T>(fn: (tx: Tx) => Promise<T>): Promise<T>;
+  /**
+   * Calls `listener` with each committed batch of events, in id order, each event once; returns the
+   * unsubscribe function. On PostgreSQL this includes the events other processes on the same database
+   * commit (pg-follow.ts), from when the store was opened.
+   */
   onEvents(listener: EventListener): () => void;
   /** Deletes events older than the newest `keep` (the stream's catch-up window). */
   pruneEvents(keep: number): Promise<void>;
