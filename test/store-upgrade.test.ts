@@ -11,6 +11,7 @@ import SQLite from 'better-sqlite3';
 import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
+import { COPY_TABLES } from '../src/store/copy.js';
 import { migrateTo, migrationNames, type Dialect } from '../src/store/migrations.js';
 import { openStore } from '../src/store/open.js';
 import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
@@ -131,6 +132,9 @@ for (const b of backends) {
         try {
           const applied = await store.maintenanceDb.selectFrom('kysely_migration' as never).select('name' as never).execute();
           expect(applied.map((r) => (r as { name: string }).name).sort()).toEqual(names);
+          // `takt store migrate` copies every table of the schema (store/copy.ts COPY_TABLES): a new one must be listed there
+          const tables = (await store.maintenanceDb.introspection.getTables()).map((t) => t.name).sort();
+          expect(tables).toEqual(COPY_TABLES.map((t) => t.name).sort());
 
           expect(await store.getMachine('m-web-1')).toEqual({
             id: 'm-web-1',
