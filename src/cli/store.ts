@@ -123,7 +123,7 @@ async function migrate(fromValue: string, toValue: string, o: { dryRun: boolean;
     const summary: CopySummary = await copyStore(source.store, target.store, {
       dryRun: o.dryRun,
       onProgress: ({ table: t, copied, total, done }) => {
-        if (done) return say(`  ${t.padEnd(14)} ${String(copied).padStart(9)} rows`);
+        if (done) return say(`  ${t.padEnd(14)} ${String(copied).padStart(9)} row${copied === 1 ? '' : 's'}`);
         // A big table shows how far it is (on stderr: stdout stays the result).
         if (copied - (printed.get(t) ?? 0) >= PROGRESS_EVERY && copied < total) {
           printed.set(t, copied);
