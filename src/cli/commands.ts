@@ -19,6 +19,7 @@ import { portableCommands } from './portable.js';
 import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
 import { runCommand } from './run.js';
+import { storeCommands } from './store.js';
 import { workOrderCommands } from './workorders.js';
 
 export function register(program: Command, g: Globals) {
@@ -42,6 +43,7 @@ export function register(program: Command, g: Globals) {
   exerciseCommand(program, g, api);
   credentialCommands(program, g, api);
   dhcpCommands(program, g, api);
+  storeCommands(program, g);
 
   planCommands(program, g, api);
   eventCommands(program, g, api);

@@ -2,7 +2,8 @@
  * Schema migrations, written with Kysely's schema builder so they run unchanged on SQLite and PostgreSQL.
  * Append new migrations; never edit one that has shipped.
  */
-import { sql, type ColumnDefinitionBuilder, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import { Migrator, sql, type ColumnDefinitionBuilder, type Kysely, type Migration, type MigrationProvider } from 'kysely';
+import { TaktError } from '../model/errors.js';
 
 export type Dialect = 'sqlite' | 'postgres';
 
@@ -377,3 +378,24 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
 export const migrationProvider = (dialect: Dialect): MigrationProvider => ({
   getMigrations: async () => migrations(dialect),
 });
+
+/** The migrations' names in the order they run (ascending, as Kysely's migrator sorts them). */
+export async function migrationNames(dialect: Dialect): Promise<string[]> {
+  return Object.keys(await migrationProvider(dialect).getMigrations()).sort();
+}
+
+/**
+ * Brings the schema of `db` up to and including the migration `name`, and no further: a store as an older
+ * release left it (test/store-upgrade.test.ts builds "the previous release's schema" with it). Stores open
+ * through `SqlStore.migrate`, which always goes to the latest; this is for tests and tools only.
+ * @throws TaktError `bad_request` for a name that is not a migration; `internal` when a migration fails.
+ */
+export async function migrateTo(db: Kysely<unknown>, dialect: Dialect, name: string): Promise<void> {
+  const names = await migrationNames(dialect);
+  if (!names.includes(name)) throw new TaktError('bad_request', `no migration named '${name}' (known: ${names.join(', ')})`);
+  const { error, results } = await new Migrator({ db, provider: migrationProvider(dialect) }).migrateTo(name);
+  if (error) {
+    const failed = results?.find((r) => r.status === 'Error');
+    throw new TaktError('internal', `database migration ${failed?.migrationName ?? ''} failed: ${(error as Error).message ?? String(error)}`);
+  }
+}

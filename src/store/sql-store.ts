@@ -1016,6 +1016,14 @@ export class SqlStore extends SqlReads implements Store {
     super(kysely, new QueryCache(), dialect);
   }
 
+  /**
+   * The database itself, for whole-store maintenance outside the commit path only (store/copy.ts, behind
+   * `takt store migrate`); everything else reads and writes through the Store interface.
+   */
+  get maintenanceDb(): Kysely<Database> {
+    return this.kysely;
+  }
+
   /** Where the database is, for messages (never a password). */
   get where(): string {
     return this.options.where ?? `the ${this.dialect} database`;
