@@ -106,7 +106,7 @@ beforeAll(async () => {
 afterAll(async () => ep?.stop());
 
 describe('resume by identity through the CLI', () => {
-  it('insert-before [new, a, b]: plan shows new then b (with the param new promises); resume runs them; a is not re-run', async () => {
+  it('insert-before [new, a, b]: plan shows new then b (with the param new promises); resume runs them; a is not re-run', { timeout: 180_000 }, async () => {
     await json(['machines', 'create', 'ins', '--broker', 'local', '--pipeline', 'rz', '--param', 'fail_b=true']);
     const stopped = await settled('ins', ['stopped', 'done']);
     expect(stopped).toMatchObject({ state: 'stopped', stage: 's', task: 'b', passed: ['s/a'] });
@@ -130,7 +130,7 @@ describe('resume by identity through the CLI', () => {
     expect(await ran('ins')).toEqual(['a:succeeded', 'b:failed', 'new:succeeded', 'b:succeeded']);
   });
 
-  it('remove-the-failed-task [new, a]: plan and resume refuse (409), saying what changed and what to do', async () => {
+  it('remove-the-failed-task [new, a]: plan and resume refuse (409), saying what changed and what to do', { timeout: 180_000 }, async () => {
     await json(['machines', 'create', 'rm', '--broker', 'local', '--pipeline', 'rz', '--param', 'fail_b=true']);
     expect(await settled('rm', ['stopped', 'done'])).toMatchObject({ state: 'stopped', task: 'b', passed: ['s/new', 's/a'] });
 
@@ -169,7 +169,7 @@ describe('resume by identity through the CLI', () => {
 });
 
 describe('work orders resume', () => {
-  it('a failed work order continues from its failed task with its original secure params; what succeeded does not run again', async () => {
+  it('a failed work order continues from its failed task with its original secure params; what succeeded does not run again', { timeout: 180_000 }, async () => {
     await json(['machines', 'create', 'wo', '--broker', 'local']);
     const w = await json<{ id: string }>(['workorders', 'create', '--machine', 'wo', '--blueprint', 'fix', '--param', 'api_key=s3cret-42']);
     let wo: { state: string; reason: string | null } | undefined;
