@@ -33,6 +33,7 @@ function pack(version: string, tasks: string[]): Record<string, string> {
     ].join('\n'),
     'tasks/new.yaml': 'name: new\noutputs: { stamp: { type: string } }\nscript: |\n  takt-set stamp fresh\n',
     'tasks/wa.yaml': 'name: wa\nscript: |\n  echo wa ran\n',
+    'tasks/r.yaml': 'name: r\nretries: 1\nscript: |\n  echo r is broken; exit 2\n',
     'tasks/wb.yaml': [
       'name: wb',
       'params: { required: [wb_ok, api_key] }',
@@ -105,7 +106,7 @@ beforeAll(async () => {
 afterAll(async () => ep?.stop());
 
 describe('resume by identity through the CLI', () => {
-  it('insert-before [new, a, b]: plan shows new then b (with the param new promises); resume runs them; a is not re-run', async () => {
+  it('insert-before [new, a, b]: plan shows new then b (with the param new promises); resume runs them; a is not re-run', { timeout: 180_000 }, async () => {
     await json(['machines', 'create', 'ins', '--broker', 'local', '--pipeline', 'rz', '--param', 'fail_b=true']);
     const stopped = await settled('ins', ['stopped', 'done']);
     expect(stopped).toMatchObject({ state: 'stopped', stage: 's', task: 'b', passed: ['s/a'] });
@@ -129,7 +130,7 @@ describe('resume by identity through the CLI', () => {
     expect(await ran('ins')).toEqual(['a:succeeded', 'b:failed', 'new:succeeded', 'b:succeeded']);
   });
 
-  it('remove-the-failed-task [new, a]: plan and resume refuse (409), saying what changed and what to do', async () => {
+  it('remove-the-failed-task [new, a]: plan and resume refuse (409), saying what changed and what to do', { timeout: 180_000 }, async () => {
     await json(['machines', 'create', 'rm', '--broker', 'local', '--pipeline', 'rz', '--param', 'fail_b=true']);
     expect(await settled('rm', ['stopped', 'done'])).toMatchObject({ state: 'stopped', task: 'b', passed: ['s/new', 's/a'] });
 
@@ -168,7 +169,7 @@ describe('resume by identity through the CLI', () => {
 });
 
 describe('work orders resume', () => {
-  it('a failed work order continues from its failed task with its original secure params; what succeeded does not run again', async () => {
+  it('a failed work order continues from its failed task with its original secure params; what succeeded does not run again', { timeout: 180_000 }, async () => {
     await json(['machines', 'create', 'wo', '--broker', 'local']);
     const w = await json<{ id: string }>(['workorders', 'create', '--machine', 'wo', '--blueprint', 'fix', '--param', 'api_key=s3cret-42']);
     let wo: { state: string; reason: string | null } | undefined;
@@ -251,4 +252,57 @@ describe('machines stored before positions were kept by identity', () => {
     const plan = await json<{ steps: Array<{ task: string }> }>(['plan', 'old']);
     expect(plan.steps.map((s) => s.task)).toEqual(['a']);
   });
+});
+
+describe('resume by identity through the CLI: the other content changes (issue 12 table)', () => {
+  // Each row: a machine stops on `b` of [a, b] (a succeeded), version `${major}.1.0` changes the stage, the
+  // cause is fixed, and plan and resume agree: what is left runs, nothing succeeded runs again, nothing is
+  // skipped, or the resume is refused with what changed and what to do.
+  type Row = [name: string, major: number, tasks: string[], want: { plan: string[]; ran: string[] } | { refused: RegExp }];
+  const rows: Row[] = [
+    ['insert-after [a, b, new]: b, then new', 2, ['a', 'b', 'new'], { plan: ['s/b', 's/new'], ran: ['a:succeeded', 'b:failed', 'b:succeeded', 'new:succeeded'] }],
+    ['remove-before [b]: b runs again (not skipped), then done', 3, ['b'], { plan: ['s/b'], ran: ['a:succeeded', 'b:failed', 'b:succeeded'] }],
+    ['reorder [b, a]: refused, a succeeded before b but now comes after it', 4, ['b', 'a'], { refused: /task 'a' \(stage 's'\) succeeded before task 'b' \(stage 's'\), where the machine stopped, but pipeline 'rz' now runs it after/ }],
+  ];
+  it.each(rows)('%s', async (_name, major, tasks, want) => {
+    const name = `t${major}`;
+    await publish(`${major}.0.0`, ['a', 'b']);
+    await json(['machines', 'create', name, '--broker', 'local', '--pipeline', 'rz', '--param', 'fail_b=true']);
+    expect(await settled(name, ['stopped', 'done'])).toMatchObject({ state: 'stopped', stage: 's', task: 'b', passed: ['s/a'] });
+    await publish(`${major}.1.0`, tasks);
+    expect((await ep.cli(['machines', 'update', name, '--param', 'fail_b=false'])).code).toBe(0);
+    const plan = await json<{ from: string; refused: { message: string } | null; steps: Array<{ stage: string; task: string }> }>(['plan', name]);
+    const resumed = await ep.cli(['machines', 'resume', name]);
+    if ('refused' in want) {
+      expect(plan).toMatchObject({ from: 'refused', steps: [] });
+      expect(plan.refused!.message).toMatch(want.refused);
+      expect(resumed.code).not.toBe(0);
+      expect(resumed.stderr).toMatch(want.refused);
+      expect(resumed.stderr).toMatch(new RegExp(`takt machines restart ${name}`));
+      expect(await json<MachineView>(['machines', 'get', name])).toMatchObject({ state: 'stopped', task: 'b' });
+      expect(await ran(name)).toEqual(['a:succeeded', 'b:failed']);
+      return;
+    }
+    expect(plan.refused).toBeNull();
+    expect(plan.steps.map((s) => `${s.stage}/${s.task}`)).toEqual(want.plan);
+    expect((await ep.cli(['plan', name])).stdout).not.toMatch(/nothing left to run/);
+    expect(resumed.code, resumed.stderr).toBe(0);
+    const end = await settled(name, ['stopped', 'done']);
+    expect(end.state, end.reason ?? '').toBe('done');
+    expect(await ran(name)).toEqual(want.ran);
+    // done only with every task of the pipeline it was resumed on succeeded in this pass
+    for (const t of tasks) expect(end.passed).toContain(`s/${t}`);
+  }, 180_000);
+});
+
+describe('a task with retries: 1', () => {
+  it('labels its first failure "attempt 1 of 2; retrying" and the last "attempt 2 of 2; no retries left"', async () => {
+    await publish('5.0.0', ['r']);
+    await json(['machines', 'create', 'rt', '--broker', 'local', '--pipeline', 'rz']);
+    const m = await settled('rt', ['stopped', 'done']);
+    expect(m).toMatchObject({ state: 'stopped', task: 'r', reason: "task 'r' failed with exit code 2 (attempt 2 of 2; no retries left)" });
+    const jobs = await json<Array<{ reason: string | null }>>(['jobs', 'list', '--machine', 'rt', '--order', 'asc']);
+    expect(jobs.map((j) => j.reason)).toEqual(["task 'r' failed with exit code 2 (attempt 1 of 2; retrying)", "task 'r' failed with exit code 2 (attempt 2 of 2; no retries left)"]);
+    expect((await ep.cli(['jobs', 'list', '--machine', 'rt'])).stdout).not.toMatch(/retry 1 of 1/);
+  }, 120_000);
 });
