@@ -57,21 +57,6 @@ async function eventsAfter(ep: Endpoint, lastId: number, n: number): Promise<Sse
   return out.slice(0, n);
 }
 
-/** Stops an endpoint's process with SIGTERM and keeps its data dir (Endpoint.stop removes it). */
-async function stopKeepingData(ep: Endpoint): Promise<void> {
-  const p = ep.proc!;
-  if (p.exitCode !== null || p.signalCode !== null) return;
-  const exited = new Promise<void>((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`takt serve did not stop in 30 s:\n${ep.output}`)), 30_000);
-    p.once('exit', () => {
-      clearTimeout(t);
-      resolve();
-    });
-  });
-  p.kill('SIGTERM');
-  await exited;
-}
-
 /** Rows in every table of a PostgreSQL database's public schema (0 tables: nothing was created). */
 async function pgRows(url: string): Promise<Record<string, number>> {
   const c = new pg.Client({ connectionString: url });
@@ -145,7 +130,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt store migrate' : `takt st
     before.log = (await ep.cli(['jobs', 'log', before.jobId])).stdout;
     expect(before.log.length).toBeGreaterThan(0);
     before.rollouts = (await ep.api.get<{ items: unknown[] }>('/rollouts')).items;
-    await stopKeepingData(ep);
+    await ep.terminate();
   }, 60_000);
 
   it('--dry-run counts and writes nothing', async () => {

@@ -60,16 +60,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve on PostgreSQL' : `t
     // The demo's installs and machines are numbered changes, 1 up without gaps.
     expect(before.length).toBeGreaterThan(3);
     expect(before.map((c) => c.seq).sort((a, b) => a - b)).toEqual(before.map((_, i) => i + 1));
-    const p = ep.proc!;
-    const exited = new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`takt serve did not stop in 30 s:\n${ep.output}`)), 30_000);
-      p.once('exit', () => {
-        clearTimeout(t);
-        resolve();
-      });
-    });
-    p.kill('SIGTERM');
-    await exited;
+    await ep.terminate();
     await ep.boot();
     expect((await machines()).map((m) => [m.name, m.state])).toEqual([
       ['demo-1', 'done'],

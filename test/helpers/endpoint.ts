@@ -153,6 +153,24 @@ export class Endpoint {
     await exited;
   }
 
+  /**
+   * A graceful stop (SIGTERM, the shutdown hooks run) that keeps the data dir, for a test that starts the
+   * endpoint again (`boot`) or reads its files; `stop` removes it. Fails after 30 s with the endpoint's output.
+   */
+  async terminate(): Promise<void> {
+    const p = this.proc!;
+    if (p.exitCode !== null || p.signalCode !== null) return;
+    const exited = new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`takt serve did not stop in 30 s:\n${this.output}`)), 30_000);
+      p.once('exit', () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+    p.kill('SIGTERM');
+    await exited;
+  }
+
   async stop(): Promise<void> {
     const p = this.proc;
     if (p && p.exitCode === null && p.signalCode === null) {
