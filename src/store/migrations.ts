@@ -303,7 +303,7 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
     '0014_workorder_passed': {
       async up(db: Kysely<unknown>) {
         // A work order's position by identity (the blueprint steps that succeeded), as a machine's `passed`.
-        // Null on older rows: their first task_index steps count as passed (engine.ts woPassed).
+        // Null on older rows: their first task_index steps count as passed (engine/complete.ts woPassed).
         await db.schema.alterTable('work_orders').addColumn('passed', text).execute();
       },
     },
