@@ -52,6 +52,10 @@ export class SshLab {
   }
 
   static async create(count: number): Promise<SshLab> {
+    // sshd refuses to start without its privilege separation directory ("Missing privilege separation
+    // directory: /run/sshd"). Debian's service start makes it; a machine where sshd was installed but never
+    // started as a service (CI, containers) has none, and /run is emptied at every boot.
+    mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
     const tag = randomBytes(3).toString('hex');
     const tmp = mkdtempSync(join(tmpdir(), `takt-ssh-lab-`));
     const used = ip('-4', 'route').split('\n');
