@@ -8,7 +8,6 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import SQLite from 'better-sqlite3';
-import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { JoinToken } from '../src/model/join.js';
 import type { Lease } from '../src/model/lease.js';
@@ -20,7 +19,7 @@ import { openPostgresStore } from '../src/store/postgres.js';
 import type { SqlStore } from '../src/store/sql-store.js';
 import { openSqliteStore } from '../src/store/sqlite.js';
 import type { CredentialRecord, PackRecord } from '../src/store/store.js';
-import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
+import { freshDatabase, pgUnavailable, withClient } from './helpers/postgres.js';
 
 /** One database under test: the store, raw SQL beside it, another store on the same database, cleanup. */
 interface Db {
@@ -89,13 +88,7 @@ const backends: Backend[] = [
       return tracked(
         () => openPostgresStore(db.url),
         async (text) => {
-          const c = new pg.Client({ connectionString: db.url });
-          await c.connect();
-          try {
-            await c.query(text);
-          } finally {
-            await c.end();
-          }
+          await withClient(db.url, (c) => c.query(text));
         },
         () => db.drop(),
       );

@@ -10,12 +10,11 @@ import { copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import SQLite from 'better-sqlite3';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { COPY_TABLES, copyStore } from '../src/store/copy.js';
 import { openStore } from '../src/store/open.js';
 import { Endpoint, packFiles, runCli } from './helpers/endpoint.js';
-import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
+import { freshDatabase, pgUnavailable, withClient } from './helpers/postgres.js';
 
 const pgWhy = await pgUnavailable();
 
@@ -59,16 +58,12 @@ async function eventsAfter(ep: Endpoint, lastId: number, n: number): Promise<Sse
 
 /** Rows in every table of a PostgreSQL database's public schema (0 tables: nothing was created). */
 async function pgRows(url: string): Promise<Record<string, number>> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
+  return withClient(url, async (c) => {
     const tables = (await c.query<{ t: string }>(`select table_name as t from information_schema.tables where table_schema = 'public' and table_name not like 'kysely%'`)).rows.map((r) => r.t);
     const out: Record<string, number> = {};
     for (const t of tables) out[t] = Number((await c.query<{ n: string }>(`select count(*) as n from ${t}`)).rows[0]!.n);
     return out;
-  } finally {
-    await c.end();
-  }
+  });
 }
 
 const total = (rows: Record<string, number>) => Object.values(rows).reduce((a, b) => a + b, 0);
@@ -306,13 +301,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'store copy: NUL in text' : `st
 });
 
 async function pgChangeSeqs(url: string): Promise<number[]> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return (await c.query<{ seq: string }>('select seq from changes')).rows.map((r) => Number(r.seq));
-  } finally {
-    await c.end();
-  }
+  return withClient(url, async (c) => (await c.query<{ seq: string }>('select seq from changes')).rows.map((r) => Number(r.seq)));
 }
 
 function sqliteEventsAfter(file: string, after: number): Array<{ id: number; topic: string; at: string; data: string }> {

@@ -14,7 +14,7 @@ import { describe, expect, it } from 'vitest';
 import { COPY_TABLES } from '../src/store/copy.js';
 import { migrateTo, migrationNames, type Dialect } from '../src/store/migrations.js';
 import { openStore } from '../src/store/open.js';
-import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
+import { freshDatabase, pgUnavailable, withClient } from './helpers/postgres.js';
 
 const pgWhy = await pgUnavailable();
 const T0 = '2026-01-01T00:00:00.000Z';
@@ -95,13 +95,7 @@ const backends: Array<{ name: Dialect; skip: string | null; make(): Promise<Old>
         spec: db.url,
         kysely: () => new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: db.url, max: 1 }) }) }),
         async exec(text) {
-          const c = new pg.Client({ connectionString: db.url });
-          await c.connect();
-          try {
-            await c.query(text);
-          } finally {
-            await c.end();
-          }
+          await withClient(db.url, (c) => c.query(text));
         },
         cleanup: () => db.drop(),
       };

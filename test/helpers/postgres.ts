@@ -26,8 +26,9 @@ export async function pgUnavailable(): Promise<string | null> {
   }
 }
 
-async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 5000 });
+/** Runs `fn` on a connection of its own to the database at `url`, ended afterwards whatever `fn` does. */
+export async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5000 });
   await c.connect();
   try {
     return await fn(c);
@@ -35,6 +36,8 @@ async function admin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
     await c.end();
   }
 }
+
+const admin = <T>(fn: (c: pg.Client) => Promise<T>): Promise<T> => withClient(PG_ADMIN_URL, fn);
 
 /** A fresh, empty database: its URL, and `drop()` (which also ends any connection still open to it). */
 export async function freshDatabase(): Promise<{ name: string; url: string; drop: () => Promise<void> }> {
