@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { commandOf } from '../src/cli/program.js';
+import { buildProgram, commandOf, VALUE_OPTIONS } from '../src/cli/program.js';
 
 const run = promisify(execFile);
 const root = join(import.meta.dirname, '..');
@@ -71,5 +71,11 @@ describe('commandOf: the top-level command of an argv', () => {
   ];
   it.each(cases)('%j → %s', (args, want) => {
     expect(commandOf(['node', 'takt', ...args])).toBe(want);
+  });
+
+  it("knows every global option that takes a value (a new one must be added to VALUE_OPTIONS)", async () => {
+    const program = await buildProgram();
+    const taking = program.options.filter((o) => o.required || o.optional).flatMap((o) => [o.long, o.short]).filter((f): f is string => f !== undefined);
+    expect([...VALUE_OPTIONS].sort()).toEqual(taking.sort());
   });
 });

@@ -234,7 +234,7 @@ export async function buildProgram(opts: { only?: 'agent' } = {}): Promise<Comma
 }
 
 /** Global options that take a value as the next argument (`--endpoint URL`), for {@link commandOf}. */
-const VALUE_OPTIONS = new Set(['--endpoint', '--token', '-o', '--output']);
+export const VALUE_OPTIONS: ReadonlySet<string> = new Set(['--endpoint', '--token', '-o', '--output']);
 
 /**
  * The top-level command `argv` (process.argv: node, script, args…) runs: its first argument that is
