@@ -105,6 +105,26 @@ describe('environments a pipeline exercises', () => {
     expect((await ep.call('GET', '/machines/moon')).status).toBe(404);
   });
 
+  // The environment picks every task's variant: a broker-less machine's agent runs on a host the operator
+  // chose, never in a sandbox, so it must not get the `local` (sandbox) variants by default.
+  it.each([
+    ['without a broker: remote, like a joined host', ['env-plain'], 'remote'],
+    ['with boot settings: metal', ['env-mac', '--mac', '52:54:00:e0:00:01'], 'metal'],
+    ['by the local broker: the broker\'s', ['env-sandbox', '--broker', 'local'], 'local'],
+    ['as said', ['env-said', '--environment', 'lab'], 'lab'],
+  ])('a machine created %s', async (_label, args, environment) => {
+    const r = await ep.cli(['machines', 'create', ...args, '-o', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect((await ep.api.get<{ environment: string }>(`/machines/${args[0]}`)).environment).toBe(environment);
+    await ep.cli(['machines', 'delete', args[0]!]);
+  });
+
+  it('a broker-less machine on a pipeline that does not run remotely is refused with the list, not put in local', async () => {
+    const r = await ep.cli(['machines', 'create', 'env-far', '--pipeline', 'labonly']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/machine 'env-far' is in environment 'remote', which pipeline 'labonly' does not exercise; it runs in: lab, local/);
+  });
+
   it('update of the environment or the pipeline is refused, nothing changes', async () => {
     await create('lab-1', '--environment', 'lab');
     const p = await ep.cli(['machines', 'update', 'lab-1', '--pipeline', 'basic']);

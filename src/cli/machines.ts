@@ -117,7 +117,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     )
     .option('--broker <broker>', 'e.g. local')
     .option('--count <n>', 'how many (names become NAME-1, NAME-2…)', '1')
-    .option('--environment <env>', 'environment (default: the broker\'s, else local)')
+    .option('--environment <env>', "environment: picks the tasks' variants (default: the broker's; with --ssh ssh; with --mac metal; else remote)")
     .option('--pipeline <name>', 'start this pipeline right away')
     .option('--param <key=value>', `machine param (repeatable); ${PARAM_TYPING}`, collect)
     .option('--profile <name>', 'profile (repeatable, highest precedence first)', collect)

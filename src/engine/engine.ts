@@ -8,7 +8,7 @@ import type { ContentSet } from '../model/content.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { attempt, TaktError } from '../model/errors.js';
-import { ADHOC_TASK, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
+import { ADHOC_TASK, defaultEnvironment, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
 import { assertReplaceable, classificationChange, classify, orderedRules } from './classify.js';
 import { adhocCommand, type AdhocInput } from './adhoc.js';
 import type { ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
@@ -486,7 +486,7 @@ export class Engine {
     const machine: Machine = {
       id,
       name: input.name,
-      environment: input.environment ?? 'local',
+      environment: input.environment ?? defaultEnvironment(input),
       broker: input.broker ?? null,
       pipeline: input.pipeline ?? null,
       stage: null,

@@ -17,14 +17,12 @@ import { keepIdentity, sameHost, type Facts, type ObservedFacts } from '../model
 import { sha256 } from '../model/hash.js';
 import { isLoopbackHost, isValidHost } from '../model/host.js';
 import { DEFAULT_JOIN_EXPIRY_MS, joinTokenProblem, MAX_JOIN_USES, viewJoinToken, type JoinToken, type JoinTokenView } from '../model/join.js';
-import type { Machine } from '../model/machine.js';
+import { METAL_ENVIRONMENT, REMOTE_ENVIRONMENT, type Machine } from '../model/machine.js';
 import type { Page, Reads, Store, Tx } from '../store/store.js';
 import { newMachineToken, publicMachine, type ClassifyOutcome, type Engine } from './engine.js';
 import { assertEnvironment } from './declared.js';
 import { assertMachineName, looksLikeId } from './ids.js';
 
-/** The environment a joined machine gets unless its token names another: a host reached over the network. */
-export const DEFAULT_JOIN_ENVIRONMENT = 'remote';
 /**
  * Brokers whose machines boot from the network and run their agent from what they boot (the qemu broker
  * makes the VM; its agent comes from the bootenv): discovery may register them. Other brokers (local,
@@ -32,8 +30,6 @@ export const DEFAULT_JOIN_ENVIRONMENT = 'remote';
  */
 const NETWORK_BOOTED_BROKERS = new Set(['qemu']);
 
-/** The environment a discovered machine is created in: hardware (or a VM) booted from the network. */
-export const DISCOVERY_ENVIRONMENT = 'metal';
 
 export interface JoinTokenInput {
   /** The machine's name; only for a single-use token. Default: the host's hostname, made a valid name. */
@@ -91,7 +87,7 @@ export class Joins {
     }
     this.engine.checkPatch(this.engine.content.current, { pipeline: input.pipeline ?? null, profiles: input.profiles ?? [] });
     // Refused now, not when a host registers with it: the host would have run the join line for nothing.
-    assertEnvironment(this.engine.content.current, name ?? '(joined host)', input.environment ?? DEFAULT_JOIN_ENVIRONMENT, input.pipeline ?? null);
+    assertEnvironment(this.engine.content.current, name ?? '(joined host)', input.environment ?? REMOTE_ENVIRONMENT, input.pipeline ?? null);
     const id = `jt-${randomBytes(5).toString('hex')}`;
     const token = `tkj.${id}.${randomBytes(24).toString('base64url')}`;
     const t: JoinToken = {
@@ -99,7 +95,7 @@ export class Joins {
       name,
       pipeline: input.pipeline ?? null,
       profiles: input.profiles ?? [],
-      environment: input.environment ?? DEFAULT_JOIN_ENVIRONMENT,
+      environment: input.environment ?? REMOTE_ENVIRONMENT,
       url: endpointUrl(input.url),
       maxUses: uses,
       uses: 0,
@@ -222,7 +218,7 @@ export class Joins {
     if (seen) this.checkDiscoverable(seen, mac, from);
     const made = seen
       ? undefined
-      : await this.engine.newMachine({ name: await this.freeName(`metal-${mac.replace(/:/g, '')}`), environment: DISCOVERY_ENVIRONMENT, pipeline: null, profiles: [], broker: null, boot: { macs: [mac], ...(uuid ? { uuid } : {}), bootenv: DISCOVERY_BOOTENV } });
+      : await this.engine.newMachine({ name: await this.freeName(`metal-${mac.replace(/:/g, '')}`), environment: METAL_ENVIRONMENT, pipeline: null, profiles: [], broker: null, boot: { macs: [mac], ...(uuid ? { uuid } : {}), bootenv: DISCOVERY_BOOTENV } });
     return this.store.transact(async (tx) => {
       const known = await this.bootMachine(tx, mac, uuid);
       if (known) {

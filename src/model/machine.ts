@@ -12,6 +12,27 @@ import type { MachineSsh } from './ssh.js';
 export const MACHINE_STATES = ['idle', 'running', 'paused', 'stopped', 'done', 'awaiting-approval'] as const;
 export type MachineState = (typeof MACHINE_STATES)[number];
 
+/** Environment of a host whose agent an operator starts or joins over the network (`takt join`, `takt agent`). */
+export const REMOTE_ENVIRONMENT = 'remote';
+/** Environment of hardware (or a VM) booted from the network: discovered, or created with boot settings. */
+export const METAL_ENVIRONMENT = 'metal';
+
+/**
+ * The environment of a machine created without one, by how its agent comes to run (the environment picks
+ * the tasks' variants, so a guess that is wrong runs the wrong script):
+ * - a broker's machine: the broker's (`local` sandboxes, `netns`, `ssh`, `metal` VMs), given by the caller;
+ * - agentless over SSH: `ssh`;
+ * - boot settings (MACs): `metal`, it boots from the network;
+ * - otherwise `remote`: its agent is started on some host by the operator, like a joined host's.
+ * Never `local`: the sandbox's variants assume a sandbox root that only the local broker makes.
+ */
+export function defaultEnvironment(m: { brokerEnvironment?: string; ssh?: unknown; boot?: unknown }): string {
+  if (m.brokerEnvironment) return m.brokerEnvironment;
+  if (m.ssh) return 'ssh';
+  if (m.boot) return METAL_ENVIRONMENT;
+  return REMOTE_ENVIRONMENT;
+}
+
 export interface Machine {
   id: string;
   name: string;

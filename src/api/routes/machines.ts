@@ -4,7 +4,7 @@ import { publicJob, publicMachine } from '../../engine/engine.js';
 import { TaktError } from '../../model/errors.js';
 import { parseLabelSelector } from '../../model/labels.js';
 import { NAME_PATTERN } from '../../model/content.js';
-import { MACHINE_STATES, type MachineState } from '../../model/machine.js';
+import { MACHINE_STATES, defaultEnvironment, type MachineState } from '../../model/machine.js';
 import { MAX_JOB_ID_CHARS, type ClaimRequest, type ClaimResponse } from '../../model/protocol.js';
 import type { SshSettings } from '../../model/ssh.js';
 import type { BootSettings } from '../../model/boot.js';
@@ -93,7 +93,7 @@ const createBody = {
   additionalProperties: false,
   properties: {
     name: { ...Name, description: 'machine name; with count > 1 the prefix of generated names' },
-    environment: Name,
+    environment: { ...Name, description: "picks the tasks' variants; default: the broker's, with ssh settings ssh, with boot settings metal, else remote" },
     broker: { ...Name, description: 'create the machines through this broker (e.g. local), which also starts their agents' },
     count: { type: 'integer', minimum: 1, maximum: 1000 },
     pipeline: { anyOf: [Name, { type: 'null' }] },
@@ -221,7 +221,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
         {
           ...(planned ? { id: planned.id, boot: planned.boot, powerConfig: planned.powerConfig } : {}),
           name,
-          environment: body.environment ?? broker?.environment ?? 'local',
+          environment: body.environment ?? defaultEnvironment({ brokerEnvironment: broker?.environment, ssh: body.ssh, boot: body.boot ?? planned?.boot }),
           broker: broker?.name ?? null,
           pipeline: body.pipeline ?? null,
           params: body.params,
