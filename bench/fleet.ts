@@ -1,5 +1,6 @@
 /**
- * Fleet: N machines (default 10,000) on SQLite, each driven through a pipeline of T trivial tasks by a
+ * Fleet: N machines (default 10,000) on SQLite (with `--store postgres://… --replicas 1,2,3`: 1,000 on
+ * SQLite and then on PostgreSQL with each number of replicas, side by side), each driven through a pipeline of T trivial tasks by a
  * simulated agent that speaks the real protocol over HTTP. Reports job completions/s, client-side API
  * latency per request type, the server's peak RSS and the time to finish.
  *
@@ -14,6 +15,7 @@ import type { Flags } from './lib/args.js';
 import { withEndpoint, type Endpoint } from './lib/endpoint.js';
 import { prepareFleet, probeLatency, runFleet, type FleetOptions } from './lib/fleetrun.js';
 import { mib } from './lib/proc.js';
+import { configLabel, startReplicas, type StoreConfig } from './lib/replicas.js';
 import { log } from './lib/progress.js';
 import type { BenchReport, Row } from './lib/report.js';
 import { round } from './lib/stats.js';
@@ -23,10 +25,68 @@ const GOAL_P99_MS = 50;
 const GOAL_RSS = 2 ** 30;
 
 export async function fleetBench(flags: Flags, profileDir?: string): Promise<BenchReport> {
-  const o: FleetOptions = { machines: flags.int('machines', 10_000), tasks: flags.int('tasks', 10), inflight: flags.int('inflight', 64), maxSeconds: flags.int('max-seconds', 240) };
+  const store = flags.string('store');
+  const replicas = flags.string('replicas');
+  const o: FleetOptions = { machines: flags.int('machines', store ? 1000 : 10_000), tasks: flags.int('tasks', 10), inflight: flags.int('inflight', 64), maxSeconds: flags.int('max-seconds', 240) };
   flags.done();
+  if (store === undefined || store === 'sqlite') {
+    if (replicas !== undefined) throw new Error('--replicas is for PostgreSQL: give --store postgres://USER@HOST:PORT/DB');
+    return withEndpoint({ profileDir }, (ep) => fleet(ep, o));
+  }
+  if (!/^postgres(ql)?:\/\//.test(store)) throw new Error(`--store must be sqlite or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got '${store}'`);
+  if (profileDir) throw new Error('--profile profiles one endpoint: leave out --store');
+  return compareStores(o, store, parseReplicas(replicas ?? '1,2,3'));
+}
 
-  return withEndpoint({ profileDir }, (ep) => fleet(ep, o));
+/** `1,2,3` → [1, 2, 3]; each a whole number 1–8. */
+function parseReplicas(v: string): number[] {
+  const ns = v.split(',').map((x) => Number(x.trim()));
+  if (ns.length === 0 || ns.some((n) => !Number.isInteger(n) || n < 1 || n > 8)) throw new Error(`--replicas takes a list of whole numbers 1-8 such as 1,2,3 (got '${v}')`);
+  return ns;
+}
+
+/**
+ * The same fleet on SQLite and on PostgreSQL with each replica count, one after another in one run, so
+ * the rows compare like with like (same machine, same load, same build). Machines spread over the
+ * replicas round robin; RSS is the largest replica's, CPU the replicas' sum.
+ */
+async function compareStores(o: FleetOptions, url: string, replicas: number[]): Promise<BenchReport> {
+  const configs: StoreConfig[] = [{ kind: 'sqlite', replicas: 1 }, ...replicas.map((n): StoreConfig => ({ kind: 'postgres', replicas: n, url }))];
+  const rows: Row[] = [{ metric: 'machines × tasks (each configuration)', value: `${o.machines} × ${o.tasks} = ${o.machines * o.tasks} jobs` }];
+  const data: Record<string, unknown> = { ...o, configurations: [] as unknown[] };
+  let sqliteRate = 0;
+  for (const c of configs) {
+    const label = configLabel(c);
+    log(`${label}: starting…`);
+    const r = await startReplicas(c);
+    try {
+      const { machines } = await prepareFleet(r.endpoints[0]!, o);
+      log(`${label}: ${machines.length} machines created; running…`);
+      const run = await runFleet(r.endpoints, machines, o, label);
+      const lat = run.latencies.summaries();
+      if (c.kind === 'sqlite') sqliteRate = run.completionsPerSec;
+      const goal = c.kind === 'postgres' && c.replicas === 2 ? { goal: `≥ SQLite (${round(sqliteRate, 0)})`, met: run.completionsPerSec >= sqliteRate } : {};
+      rows.push(
+        { metric: `${label}: job completions/s`, value: round(run.completionsPerSec, 0), ...goal },
+        { metric: `${label}: latency p50 / p99`, value: `${round(lat.all!.p50)} / ${round(lat.all!.p99)} ms` },
+        { metric: `${label}: peak RSS (largest replica)`, value: `${mib(run.serverPeakRss)} MiB` },
+        { metric: `${label}: CPU endpoints / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s` },
+      );
+      if (!run.finished) rows.push({ metric: `${label}: finished`, value: `no: ${run.completed} of ${run.jobs} jobs in ${o.maxSeconds} s` });
+      (data.configurations as unknown[]).push({ label, ...c, url: undefined, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, clientCpuSec: run.clientCpuSec });
+    } finally {
+      await r.stop();
+    }
+  }
+  return {
+    rows,
+    data,
+    notes: [
+      'one run, configurations one after another on the same machine; PostgreSQL is the local server (127.0.0.1), sharing the 2 cores with the endpoints and the simulated agents',
+      `at most ${o.inflight} requests in flight in all (--inflight), machine i talking to replica i mod N`,
+      'every store write takes one advisory lock on PostgreSQL (sql-store.ts PG_WRITE_LOCK): writes are serialised across replicas, so replicas add request handling (HTTP, JSON, rendering) but not write throughput',
+    ],
+  };
 }
 
 async function fleet(ep: Endpoint, o: FleetOptions): Promise<BenchReport> {

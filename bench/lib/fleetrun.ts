@@ -77,23 +77,29 @@ export async function probeLatency(ep: Endpoint, probes: CreatedMachine[], tasks
   return latencies;
 }
 
-/** Runs every machine's simulated agent to the end of the pipeline; the clock covers only this. */
-export async function runFleet(ep: Endpoint, machines: CreatedMachine[], o: FleetOptions, label = 'fleet'): Promise<Omit<FleetResult, 'createMs'>> {
-  const pid = serverPid(ep);
+/**
+ * Runs every machine's simulated agent to the end of the pipeline; the clock covers only this.
+ * `ep`: one endpoint, or the replicas of one store, machine i talking to replica i mod N (as agents spread
+ * over replicas by a load balancer would); then the RSS is the largest replica's and the CPU their sum.
+ */
+export async function runFleet(ep: Endpoint | Endpoint[], machines: CreatedMachine[], o: FleetOptions, label = 'fleet'): Promise<Omit<FleetResult, 'createMs'>> {
+  const eps = Array.isArray(ep) ? ep : [ep];
+  const pids = eps.map(serverPid);
+  const pid = pids[0]!;
   const latencies = new Latencies();
   const gate = new Semaphore(o.inflight);
   const budget = AbortSignal.timeout(o.maxSeconds * 1000);
   const total = machines.length * o.tasks;
   let completed = 0;
-  const stop = progress(label, () => ({ done: completed, total, extra: `server RSS ${mib(currentRss(pid))} MiB` }));
-  const cpu0 = serverCpu(pid);
+  const stop = progress(label, () => ({ done: completed, total, extra: `server RSS ${pids.map((p) => mib(currentRss(p))).join(' + ')} MiB` }));
+  const cpu0 = sum(pids.map(serverCpu));
   const client0 = process.cpuUsage();
   const t0 = performance.now();
   const timed = profileWindow();
   try {
     await Promise.all(
-      machines.map((m) =>
-        runSimAgent({ endpoint: ep.url, machineId: m.id, token: m.token!, jobs: o.tasks, latencies, gate, onComplete: () => completed++, signal: budget }),
+      machines.map((m, i) =>
+        runSimAgent({ endpoint: eps[i % eps.length]!.url, machineId: m.id, token: m.token!, jobs: o.tasks, latencies, gate, onComplete: () => completed++, signal: budget }),
       ),
     );
   } finally {
@@ -105,7 +111,7 @@ export async function runFleet(ep: Endpoint, machines: CreatedMachine[], o: Flee
   const finished = completed === total;
   if (!finished) log(`time budget of ${o.maxSeconds} s spent: ${completed} of ${total} jobs completed`);
   // The machines really are done, by the endpoint's own account.
-  const done = await adminApi(ep).get<{ total: number }>('/machines', { state: 'done', pipeline: FLEET_PIPELINE, name: FLEET_PREFIX, limit: 1 });
+  const done = await adminApi(eps[0]!).get<{ total: number }>('/machines', { state: 'done', pipeline: FLEET_PIPELINE, name: FLEET_PREFIX, limit: 1 });
   if (finished && done.total !== machines.length) throw new Error(`${done.total} of ${machines.length} machines are done`);
   return {
     machines: machines.length,
@@ -116,10 +122,14 @@ export async function runFleet(ep: Endpoint, machines: CreatedMachine[], o: Flee
     runMs,
     completionsPerSec: completed / (runMs / 1000),
     latencies,
-    serverPeakRss: peakRss(pid),
-    serverCpuSec: serverCpu(pid) - cpu0,
+    serverPeakRss: eps.length === 1 ? peakRss(pid) : Math.max(...pids.map((p) => peakRss(p) ?? 0)),
+    serverCpuSec: sum(pids.map(serverCpu)) - cpu0,
     clientCpuSec: (client.user + client.system) / 1e6,
   };
+}
+
+function sum(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0);
 }
 
 /** utime + stime of a process, in seconds (from /proc/<pid>/stat, in clock ticks of 1/100 s). */
