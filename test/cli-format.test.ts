@@ -334,12 +334,12 @@ describe('output formats against an endpoint', () => {
     const plain = await ep.cli(['machines', 'ls']);
     expect(plain.code, plain.stderr).toBe(0);
     expect(plain.stdout).toMatch(/^NAME +ENV +PIPELINE +STATE +AGENT +REASON\n/);
-    expect(plain.stdout).toMatch(/\nfmt-1 +local +- +idle +never +-\n/);
+    expect(plain.stdout).toMatch(/\nfmt-1 +remote +- +idle +never +-\n/);
     expect(plain.stdout).not.toContain(id);
     expect(plain.stdout).not.toMatch(/[│┌─]/);
     const wide = await ep.cli(['machines', 'list', '-o', 'wide']);
     expect(wide.stdout).toMatch(/^NAME +ID +ENV +BROKER +PIPELINE +STATE +AGENT +CREATED +UPDATED +LABELS +REASON\n/);
-    expect(wide.stdout).toMatch(new RegExp(`\\nfmt-1 +${id} +local +- .* \\d{4}-\\d\\d-\\d\\dT`));
+    expect(wide.stdout).toMatch(new RegExp(`\\nfmt-1 +${id} +remote +- .* \\d{4}-\\d\\d-\\d\\dT`));
     const bare = await ep.cli(['machines', 'list', '--no-headers']);
     expect(bare.stdout.split('\n').filter(Boolean).map((l) => l.split(/ +/)[0]).sort()).toEqual(['fmt-1', 'fmt-2']);
   });

@@ -45,8 +45,8 @@ beforeAll(async () => {
   await ep.api.post('/tasks', { name: 't', script: 'true' });
   await ep.api.post('/stages', { name: 's', tasks: ['t'] });
   await ep.api.post('/pipelines', { name: 'p', stages: ['s'], environments: ['local'] });
-  await ep.api.post('/machines', { name: 'm1', pipeline: 'p' });
-  await ep.api.post('/machines', { name: 'm2', pipeline: 'basic' });
+  await ep.api.post('/machines', { name: 'm1', environment: 'local', pipeline: 'p' });
+  await ep.api.post('/machines', { name: 'm2', environment: 'local', pipeline: 'basic' });
   expect((await ep.cli(['export', base])).code).toBe(0);
 });
 afterAll(async () => {
