@@ -637,7 +637,8 @@ function packFromRow(r: Omit<Database['packs'], never>): PackRecord {
 class SqlTx extends SqlReads implements Tx {
   readonly pending: Array<{ topic: string; data: unknown; at: string }> = [];
 
-  constructor(db: Transaction<Database>, q: QueryCache, dialect: Dialect) {
+  /** `db`: the connection of an open transaction (a Kysely Transaction, or on PostgreSQL the connection commitGroup drives by hand). */
+  constructor(db: Db, q: QueryCache, dialect: Dialect) {
     super(db, q, dialect);
   }
 
@@ -1105,42 +1106,85 @@ export class SqlStore extends SqlReads implements Store {
     return this.feed;
   }
 
+  /**
+   * Runs `body` in one database transaction and commits it; `body` answers a statement to run just before
+   * COMMIT, or null. On PostgreSQL the transaction is driven by hand so that BEGIN goes with the write
+   * lock and that last statement with COMMIT, one round trip each (simple query protocol: several
+   * statements without parameters in one message); writers on other connections (other processes on the
+   * same database) wait at the lock until this commits, and READ COMMITTED then gives each of their
+   * statements a snapshot that includes it. This is what keeps change numbers distinct and gap-free
+   * (SqlTx.change); SERIALIZABLE would instead fail one of two racing writers and need retries of
+   * arbitrary engine code.
+   * @throws what `body` or the commit throws, after rolling back.
+   */
+  private async inTransaction(body: (trx: Db) => Promise<string | null>): Promise<void> {
+    if (this.dialect !== 'postgres') {
+      await this.kysely.transaction().execute(async (trx) => {
+        const last = await body(trx);
+        if (last) await trx.executeQuery(CompiledQuery.raw(last));
+      });
+      return;
+    }
+    await this.kysely.connection().execute(async (conn) => {
+      const sql = (text: string) => conn.executeQuery(CompiledQuery.raw(text));
+      await sql(`begin; select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_WRITE_LOCK})`);
+      let last: string | null;
+      try {
+        last = await body(conn);
+      } catch (error) {
+        await sql('rollback').catch(() => undefined);
+        throw error;
+      }
+      try {
+        await sql(last ? `${last}; commit` : 'commit');
+      } catch (error) {
+        // A failed COMMIT has ended the transaction already; a failed statement before it has not.
+        await sql('rollback').catch(() => undefined);
+        throw error;
+      }
+    });
+  }
+
   private async commitGroup(group: Queued[]): Promise<void> {
     const outcomes: Array<{ ok: true; value: unknown; events: TaktEvent[] } | { ok: false; error: unknown }> = [];
     const feed = this.feed;
+    const pg = this.dialect === 'postgres';
     try {
       // A lone transaction needs no savepoint: if it throws, the whole database transaction rolls back.
       const grouped = group.length > 1;
       const sql = (text: string, trx: Db) => trx.executeQuery(CompiledQuery.raw(text));
-      await this.kysely.transaction().execute(async (trx) => {
-        // PostgreSQL: writers on other connections (other processes on the same database) wait here until
-        // this group commits; READ COMMITTED then gives each of their statements a snapshot that includes
-        // it. This is what keeps change numbers distinct and gap-free (SqlTx.change); SERIALIZABLE would
-        // instead fail one of two racing writers and need retries of arbitrary engine code.
-        if (this.dialect === 'postgres') await sql(`select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_WRITE_LOCK})`, trx);
+      await this.inTransaction(async (trx) => {
+        // PostgreSQL: every statement is a round trip taken while the write lock is held, so statements
+        // without parameters that follow each other go as one simple query (`release; savepoint`): that
+        // protocol runs several statements in one message. SQLite runs one statement per call.
+        let released = true;
         for (const item of group) {
-          if (grouped) await sql('savepoint grouped', trx);
+          if (grouped) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped', trx);
+          released = !grouped;
           const tx = new SqlTx(trx, this.q, this.dialect);
           try {
             const value = await item.fn(tx);
             const events = await this.insertEvents(trx, tx.pending);
             if (events.length > 0) feed?.drawn(events[events.length - 1]!.id);
-            if (grouped) await sql('release grouped', trx);
+            if (grouped && !pg) {
+              await sql('release grouped', trx);
+              released = true;
+            }
             outcomes.push({ ok: true, value, events });
           } catch (error) {
             if (!grouped) throw error;
-            await sql('rollback to grouped', trx);
-            await sql('release grouped', trx);
+            await sql(pg ? 'rollback to grouped; release grouped' : 'rollback to grouped', trx);
+            if (!pg) await sql('release grouped', trx);
+            released = true;
             outcomes.push({ ok: false, error });
           }
         }
         // Other processes on the database read the events after the commit (pg-follow.ts). NOTIFY is
-        // transactional: delivered only if, and once, the group commits.
-        if (feed) {
-          let newest = 0;
-          for (const o of outcomes) if (o.ok && o.events.length > 0) newest = o.events[o.events.length - 1]!.id;
-          if (newest > 0) await sql(`select pg_notify('${PG_EVENTS_CHANNEL}', '${newest}')`, trx);
-        }
+        // transactional: delivered only if, and once, the group commits. The last savepoint is not
+        // released: COMMIT ends it with the transaction.
+        let newest = 0;
+        if (feed) for (const o of outcomes) if (o.ok && o.events.length > 0) newest = o.events[o.events.length - 1]!.id;
+        return newest > 0 ? `select pg_notify('${PG_EVENTS_CHANNEL}', '${newest}')` : null;
       });
     } catch (error) {
       feed?.failed();
