@@ -3,6 +3,7 @@ import type { ContentService } from '../engine/content.js';
 import type { Engine } from '../engine/engine.js';
 import type { Churn } from '../engine/churn.js';
 import type { History } from '../engine/history.js';
+import type { ImageCatalog } from '../engine/images.js';
 import type { Joins } from '../engine/join.js';
 import type { Portable } from '../engine/portable.js';
 import type { Records } from '../engine/records.js';
@@ -111,6 +112,8 @@ export interface ApiContext {
   dhcpLeases?: DhcpLeasesPort;
   /** Power drivers for machines with a power configuration; absent: such machines cannot be switched (409). */
   power?: PowerPort;
+  /** The image catalog (engine/images.ts); absent: the image routes answer 404. */
+  images?: ImageCatalog;
 }
 
 /** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */

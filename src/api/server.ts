@@ -19,6 +19,7 @@ import type { ApiContext } from './context.js';
 import type { RequestHandler } from './listeners.js';
 import { contentRoutes } from './routes/content.js';
 import { credentialRoutes } from './routes/credentials.js';
+import { imageRoutes } from './routes/images.js';
 import { dhcpRoutes } from './routes/dhcp.js';
 import { eventRoutes } from './routes/events.js';
 import { jobRoutes } from './routes/jobs.js';
@@ -223,6 +224,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   reportRoutes(app, opts);
   joinRoutes(app, opts);
   credentialRoutes(app, opts);
+  await imageRoutes(app, opts);
   dhcpRoutes(app, opts);
   // Everything but the UI page is data: nothing in an API answer may load or run.
   app.addHook('onSend', async (_req, reply) => {

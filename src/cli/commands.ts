@@ -6,6 +6,7 @@ import { bootenvBuildCommand } from './bootenv.js';
 import { clientFrom, type Globals } from './client.js';
 import { contentCommands } from './content.js';
 import { credentialCommands } from './credentials.js';
+import { imageCommands } from './images.js';
 import { dhcpCommands } from './dhcp.js';
 import { eventCommands } from './events.js';
 import { exerciseCommand } from './exercise.js';
@@ -42,6 +43,7 @@ export function register(program: Command, g: Globals) {
   reportCommands(program, g, api);
   exerciseCommand(program, g, api);
   credentialCommands(program, g, api);
+  imageCommands(program, g, api);
   dhcpCommands(program, g, api);
   storeCommands(program, g);
 

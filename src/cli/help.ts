@@ -39,6 +39,7 @@ export const RESOURCE_ALIASES: Record<string, string[]> = {
   rollouts: ['rollout'],
   approvals: ['approval'],
   credentials: ['credential'],
+  images: ['image'],
   'join-tokens': ['join-token'],
   params: ['param'],
   profiles: ['profile'],

@@ -19,6 +19,7 @@ import { checkPowerConfig } from '../provision/power/index.js';
 import { MachinePower } from '../provision/power/machines.js';
 import { BootWatch } from '../provision/boot-watch.js';
 import { DEFAULT_SSH_MAX_SESSIONS, SshBroker } from '../brokers/ssh/broker.js';
+import { ImageCatalog } from '../engine/images.js';
 import { Credentials } from '../brokers/ssh/credentials.js';
 import { readPackDir } from '../content/files.js';
 import { ContentService } from '../engine/content.js';
@@ -282,6 +283,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     log,
   });
   const credentials = new Credentials(store, sealer);
+  // Image bytes under the data dir, by digest (replicas need this directory on shared storage).
+  const images = new ImageCatalog(store, join(data, 'images'));
   const ssh = new SshBroker({ engine, store, credentials, dataDir: data, leaseMs, maxSessions: sshMaxSessions(opts), log });
   // VMs that boot from the network like bare metal (environment metal); their taps join --qemu-bridge.
   // TAKT_QEMU_ACCEL (kvm|tcg|auto) is read by vm.ts defaultAccel; a typo is refused at start, not when a VM starts.
@@ -316,6 +319,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
+    images,
     power: machinePower,
     // Provisioning starts after the app is built: read when asked.
     dhcpLeases: () =>

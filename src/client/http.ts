@@ -5,6 +5,7 @@
 import { Agent as HttpAgent, request as httpRequest, type AgentOptions, type ClientRequest, type IncomingMessage, type OutgoingHttpHeaders, type RequestOptions as RequestOptions_ } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
+import type { Readable } from 'node:stream';
 import { isLoopbackHost } from '../model/host.js';
 import { TaktError, type ErrorBody, type ErrorCode } from '../model/errors.js';
 
@@ -142,6 +143,26 @@ export class ApiClient {
     return parsed as T;
   }
 
+  /**
+   * Sends a body of `size` bytes from a stream as `application/octet-stream` (an image import) and parses
+   * the JSON answer like `request`. `open` is called for each attempt (a retry on a fresh connection
+   * starts the body again). The deadline covers the whole upload: give `opts.timeoutMs` for large ones.
+   * @throws TaktError for an API error answer; NetworkError when the endpoint cannot be reached.
+   */
+  async upload<T>(method: 'PUT' | 'POST', path: string, open: () => Readable, size: number, opts: RequestOptions = {}): Promise<T> {
+    if (this.beforeRequest) await this.beforeRequest();
+    const target = this.target(path, opts.query);
+    const headers: OutgoingHttpHeaders = this.headers({ 'content-type': 'application/octet-stream' });
+    headers['content-length'] = size;
+    const { status, text } = await this.exchange(method, target, headers, open, opts.timeoutMs ?? this.timeoutMs, opts.signal);
+    if (status < 200 || status > 299) throw errorFromAnswer(status, text);
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new TaktError('internal', `endpoint answered ${status} with a body that is not JSON: ${text.slice(0, 200)}`);
+    }
+  }
+
   /** Destroys the keep-alive sockets; a later request opens new ones. */
   close(): void {
     this.agent?.destroy();
@@ -174,7 +195,7 @@ export class ApiClient {
    * answer arrived (the server closed the idle socket as we wrote to it) never reached the server, so it is
    * sent once more on a fresh connection, as Node's docs advise (`request.reusedSocket`).
    */
-  private exchange(method: string, u: URL, headers: OutgoingHttpHeaders, body: string | undefined, timeoutMs: number, signal: AbortSignal | undefined): Promise<Answer> {
+  private exchange(method: string, u: URL, headers: OutgoingHttpHeaders, body: string | (() => Readable) | undefined, timeoutMs: number, signal: AbortSignal | undefined): Promise<Answer> {
     const https = u.protocol === 'https:';
     if (!https && u.protocol !== 'http:') return Promise.reject(new NetworkError(`cannot reach ${this.endpoint}: unsupported protocol ${u.protocol}`));
     const agent = (this.agent ??= https ? new HttpsAgent(AGENT_OPTIONS) : new HttpAgent(AGENT_OPTIONS));
@@ -184,10 +205,13 @@ export class ApiClient {
     return new Promise<Answer>((resolve, reject) => {
       let req: ClientRequest;
       let settled = false;
+      /** A stream body being sent: stopped once the exchange is over (the server may answer before reading it all). */
+      let source: Readable | undefined;
       const finish = (err: unknown, answer?: Answer) => {
         if (settled) return;
         settled = true;
         clearTimeout(timer);
+        source?.destroy();
         signal?.removeEventListener('abort', onAbort);
         if (err !== undefined) {
           req.destroy();
@@ -236,7 +260,13 @@ export class ApiClient {
           res.on('error', broken);
           res.on('close', () => broken());
         });
-        r.end(body);
+        if (typeof body === 'function') {
+          // A stream body is opened per attempt: the retry on a fresh connection sends it from the start.
+          source?.destroy();
+          source = body();
+          source.on('error', (err: Error) => finish(new TaktError('bad_request', `cannot read what was to be sent: ${err.message}`)));
+          source.pipe(r);
+        } else r.end(body);
       };
       attempt(false);
     });

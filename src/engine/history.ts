@@ -127,6 +127,7 @@ export class History {
     else if (CONTENT_KINDS.includes(type as ContentKind)) await this.setLocal(type as ContentKind, name, c.after, c.before, by, true);
     else if (type === 'packversions' && c.action === 'delete') throw new TaktError('conflict', `change #${seq} removed ${name}; install it again (\`takt content install DIR\`) to have it back`);
     else if (type === 'packversions') throw new TaktError('conflict', `change #${seq} installed ${name}; installed versions are immutable and kept (use another version with \`takt content use\`)`);
+    else if (type === 'images') throw new TaktError('conflict', `change #${seq} ${c.action === 'delete' ? 'removed' : 'imported'} image ${name}; image versions are immutable: ${c.action === 'delete' ? 'import it again (takt images import)' : 'remove it (takt images rm) if it should go'}`);
     else throw new TaktError('conflict', `change #${seq} (${c.object}) is run-time work, not desired state; it cannot be reverted`);
     return { reverted: seq, changes: (await this.latestSeq()) - before, notes };
   }

@@ -32,6 +32,7 @@ export const COPY_TABLES: readonly TableSpec[] = [
   { name: 'pack_versions', key: ['name', 'version'] },
   { name: 'content', key: ['kind', 'name'] },
   { name: 'credentials', key: ['name'] },
+  { name: 'images', key: ['name', 'version'] },
   { name: 'join_tokens', key: ['id'] },
   { name: 'machines', key: ['id'] },
   { name: 'work_orders', key: ['id'] },

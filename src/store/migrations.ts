@@ -372,6 +372,26 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
         await db.schema.alterTable('jobs').addColumn('power', text).execute();
       },
     },
+    '0027_images': {
+      async up(db: Kysely<unknown>) {
+        // The image catalog (model/image.ts): one row per immutable version; the bytes are kept by the
+        // endpoint under their sha256 (engine/images.ts), provenance is JSON.
+        await db.schema
+          .createTable('images')
+          .addColumn('name', text, (c) => c.notNull())
+          .addColumn('version', text, (c) => c.notNull())
+          .addColumn('sha256', text, (c) => c.notNull())
+          .addColumn('size', int, (c) => c.notNull())
+          .addColumn('format', text, (c) => c.notNull())
+          .addColumn('partition_table', text)
+          .addColumn('description', text)
+          .addColumn('provenance', text, (c) => c.notNull())
+          .addColumn('created_at', text, (c) => c.notNull())
+          .addPrimaryKeyConstraint('images_pk', ['name', 'version'])
+          .execute();
+        await db.schema.createIndex('images_sha256').on('images').column('sha256').execute();
+      },
+    },
   };
 };
 

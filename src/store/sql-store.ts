@@ -1,10 +1,12 @@
 /**
  * Store on Kysely: the same queries for SQLite and PostgreSQL.
  */
+import semverCompare from 'semver/functions/compare.js';
 import { CompiledQuery, Kysely, Migrator, sql, type Compilable, type Selectable, type Transaction } from 'kysely';
 import type { ContentKind } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import type { ObservedFacts } from '../model/facts.js';
+import type { Image, ImageFormat, ImageProvenance, PartitionTable } from '../model/image.js';
 import type { JoinToken } from '../model/join.js';
 import type { Lease } from '../model/lease.js';
 import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
@@ -24,7 +26,7 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, CredentialsTable, Database, DhcpLeasesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
+import type { ChangesTable, CredentialsTable, Database, ImagesTable, DhcpLeasesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -493,6 +495,18 @@ class SqlReads implements Reads {
     const r = await this.db.selectFrom('credentials').selectAll().where('name', '=', name).executeTakeFirst();
     return r ? credentialFromRow(r) : undefined;
   }
+  async getImage(name: string, version: string) {
+    const r = await this.db.selectFrom('images').selectAll().where('name', '=', name).where('version', '=', version).executeTakeFirst();
+    return r ? imageFromRow(r) : undefined;
+  }
+  async listImages(name?: string) {
+    let q = this.db.selectFrom('images').selectAll();
+    if (name !== undefined) q = q.where('name', '=', name);
+    return (await q.execute()).map(imageFromRow).sort(byNameThenNewest);
+  }
+  async imagesWithSha256(sha256: string) {
+    return (await this.db.selectFrom('images').selectAll().where('sha256', '=', sha256).execute()).map(imageFromRow).sort(byNameThenNewest);
+  }
   async listCredentials() {
     return (await this.db.selectFrom('credentials').selectAll().orderBy('name').execute()).map(credentialFromRow);
   }
@@ -563,6 +577,26 @@ function joinTokenFromRow(r: JoinTokensTable): JoinToken {
     revokedBy: r.revoked_by,
     machines: parse(r.machines),
   };
+}
+
+function imageFromRow(r: ImagesTable): Image {
+  return {
+    name: r.name,
+    version: r.version,
+    sha256: r.sha256,
+    size: Number(r.size),
+    format: r.format as ImageFormat,
+    partitionTable: r.partition_table as PartitionTable,
+    description: r.description,
+    provenance: JSON.parse(r.provenance) as ImageProvenance,
+    createdAt: r.created_at,
+  };
+}
+
+/** Newest version first: by semantic version precedence would need semver in SQL; the caller sorts. */
+function byNameThenNewest(a: Image, b: Image): number {
+  if (a.name !== b.name) return a.name < b.name ? -1 : 1;
+  return semverCompare(b.version, a.version);
 }
 
 function credentialFromRow(r: CredentialsTable): CredentialRecord {
@@ -905,6 +939,15 @@ class SqlTx extends SqlReads implements Tx {
   }
   async deleteLease(mac: string) {
     await this.db.deleteFrom('dhcp_leases').where('mac', '=', mac).execute();
+  }
+  async insertImage(i: Image) {
+    await this.db
+      .insertInto('images')
+      .values({ name: i.name, version: i.version, sha256: i.sha256, size: i.size, format: i.format, partition_table: i.partitionTable, description: i.description, provenance: json(i.provenance), created_at: i.createdAt })
+      .execute();
+  }
+  async deleteImage(name: string, version: string) {
+    await this.db.deleteFrom('images').where('name', '=', name).where('version', '=', version).execute();
   }
   async deleteCredential(name: string) {
     await this.db.deleteFrom('credentials').where('name', '=', name).execute();

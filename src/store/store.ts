@@ -11,6 +11,7 @@
  */
 import type { ContentKind } from '../model/content.js';
 import type { ObservedFacts } from '../model/facts.js';
+import type { Image } from '../model/image.js';
 import type { JoinToken } from '../model/join.js';
 import type { Lease } from '../model/lease.js';
 import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
@@ -153,6 +154,11 @@ export interface Reads {
   listCredentials(): Promise<CredentialRecord[]>;
   /** Names of the machines whose SSH settings use credential `name`. */
   credentialUsers(name: string): Promise<string[]>;
+  getImage(name: string, version: string): Promise<Image | undefined>;
+  /** Every image version (of `name` when given), by name then newest version first. */
+  listImages(name?: string): Promise<Image[]>;
+  /** The image versions whose bytes have this digest (versions may share bytes). */
+  imagesWithSha256(sha256: string): Promise<Image[]>;
   /** Every DHCP lease kept (expired ones too, until the DHCP server replaces or removes them), by address. */
   listLeases(): Promise<Lease[]>;
 }
@@ -214,6 +220,9 @@ export interface Tx extends Reads {
   /** Sets (or with null, clears) an endpoint-wide setting such as a policy. */
   putSetting(key: string, value: unknown): Promise<void>;
   insertCredential(c: CredentialRecord): Promise<void>;
+  /** Adds an image version; the caller has checked that `name@version` is free (versions are immutable). */
+  insertImage(i: Image): Promise<void>;
+  deleteImage(name: string, version: string): Promise<void>;
   deleteCredential(name: string): Promise<void>;
   /** Writes a DHCP lease (keyed by MAC), dropping any other lease on the same address (observed state: no change is recorded). */
   putLease(l: Lease): Promise<void>;

@@ -195,6 +195,20 @@ export interface CredentialsTable {
   created_at: string;
 }
 
+export interface ImagesTable {
+  name: string;
+  version: string;
+  sha256: string;
+  /** Bytes (bigint on PostgreSQL: node-pg hands it back as a string). */
+  size: number | string;
+  format: string;
+  partition_table: string | null;
+  description: string | null;
+  /** JSON of model/image.ts ImageProvenance. */
+  provenance: string;
+  created_at: string;
+}
+
 export interface SettingsTable {
   key: string;
   value: string;
@@ -247,5 +261,6 @@ export interface Database {
   settings: SettingsTable;
   join_tokens: JoinTokensTable;
   credentials: CredentialsTable;
+  images: ImagesTable;
   dhcp_leases: DhcpLeasesTable;
 }
