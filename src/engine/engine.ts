@@ -66,6 +66,8 @@ export interface EngineOptions {
   /** `lastSeenAt` is written at most this often per machine (default 15 s, at most a quarter of goneAfterMs). */
   seenThrottleMs?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+  /** The clock of agent liveness (ms since the epoch; default Date.now); injected by tests. */
+  livenessClock?: () => number;
   /**
    * Checks and normalises a machine's power configuration (the composition root passes
    * provision/power `checkPowerConfig`, which knows the drivers); default: the shape every driver shares
@@ -259,6 +261,7 @@ export class Engine {
       throttleMs: opts.seenThrottleMs ?? Math.min(DEFAULT_SEEN_THROTTLE_MS, Math.floor(windowMs / 4)),
       persist: (writes) => this.writeLiveness(writes),
       log: opts.log,
+      now: opts.livenessClock,
     });
     this.run = {
       content,
@@ -451,6 +454,9 @@ export class Engine {
             skipped.push(w.machineId);
             continue;
           }
+          // Another replica's sweep recorded the disconnect already (the store is read in this transaction,
+          // after theirs committed): one flip, one event, whichever replicas sweep.
+          if (w.sweptAt !== null && !m.agent.connected) continue;
           agent = { ...agent, version: agent.version ?? m.agent.version, address: agent.address ?? m.agent.address };
           await tx.setAgentLiveness(w.machineId, agent);
           if (w.emit) tx.emit(`machines.update.${w.machineId}`, publicMachine({ ...m, agent }));
@@ -471,6 +477,8 @@ export class Engine {
   }
 
   async createMachine(input: MachineInput, author: string): Promise<{ machine: Machine; token: string }> {
+    // Checked against the content as of every event heard (a pack another replica installed is reloaded first).
+    await this.content.fresh();
     const made = await this.newMachine(input);
     // After newMachine: a param that is malformed or past the bounds is refused for that first.
     if (!input.allowUndeclared) assertDeclared(this.content.current, input.params);
@@ -540,6 +548,7 @@ export class Engine {
   }
 
   async updateMachine(idOrName: string, patch: MachinePatch, author: string, restore?: RestoreWrite): Promise<Machine> {
+    await this.content.fresh();
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
     this.checkPatch(content, patch);
@@ -976,6 +985,7 @@ export class Engine {
    * nothing is queued.
    */
   async createWorkOrders(inputs: WorkOrderInput[], author: string): Promise<WorkOrder[]> {
+    await this.content.fresh();
     const made = await this.newWorkOrders(inputs);
     await this.store.transact((tx) => this.insertWorkOrders(tx, made, inputs, author));
     return made;
