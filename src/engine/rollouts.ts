@@ -313,14 +313,22 @@ export class Rollouts {
    * transaction on fresh reads (a replica's stale view never releases a hold another just placed).
    */
   private async syncHolds(): Promise<void> {
-    await this.store.transact(async (tx) => {
+    const differ = async (reads: Reads) => {
       const want = new Map<string, string>();
-      for (const r of await tx.listRollouts({ states: ['running'], limit: 1000 })) {
-        for (const i of await tx.listRolloutItems(r.id)) if (i.state === 'waiting') want.set(i.machineId, r.id);
+      for (const r of await reads.listRollouts({ states: ['running'], limit: 1000 })) {
+        for (const i of await reads.listRolloutItems(r.id)) if (i.state === 'waiting') want.set(i.machineId, r.id);
       }
-      const held = new Map((await tx.listHolds()).map((h) => [h.machineId, h.rolloutId]));
-      for (const [id, rolloutId] of want) if (held.get(id) !== rolloutId) await this.engine.holdIn(tx, id, rolloutId);
-      for (const id of held.keys()) if (!want.has(id)) await this.engine.releaseIn(tx, id);
+      const held = new Map((await reads.listHolds()).map((h) => [h.machineId, h.rolloutId]));
+      return { hold: [...want].filter(([id, rolloutId]) => held.get(id) !== rolloutId), release: [...held.keys()].filter((id) => !want.has(id)) };
+    };
+    // A look first, outside the write lock (this runs on every machine event while a rollout runs); what
+    // it finds to change is decided again, and changed, in one transaction.
+    const seen = await differ(this.store);
+    if (seen.hold.length === 0 && seen.release.length === 0) return;
+    await this.store.transact(async (tx) => {
+      const { hold, release } = await differ(tx);
+      for (const [id, rolloutId] of hold) await this.engine.holdIn(tx, id, rolloutId);
+      for (const id of release) await this.engine.releaseIn(tx, id);
     });
   }
 
