@@ -394,7 +394,7 @@ describe('a 5xx', () => {
     const failing = new Proxy(
       {},
       {
-        get: (_t, prop) => (prop === 'onEvents' ? () => () => undefined : () => Promise.reject(new Error('disk on fire at /secret/path'))),
+        get: (_t, prop) => (prop === 'onEvents' || prop === 'onOwnEvents' ? () => () => undefined : () => Promise.reject(new Error('disk on fire at /secret/path'))),
       },
     );
     const logged: Array<{ msg: string; fields?: Record<string, unknown> }> = [];

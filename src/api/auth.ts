@@ -31,8 +31,8 @@ const hexEqual = (a: string, b: string) => a.length === b.length && timingSafeEq
 
 /**
  * Machine tokens verified recently, so an agent's every request does not read its machine's row. An entry
- * goes when its machine is deleted or re-created here, and after TTL in any case (another replica may have
- * deleted it; its requests then fail on the missing machine anyway).
+ * goes when its machine is deleted, re-created or its token re-issued — on any replica: those events reach
+ * every store on the database (pg-follow.ts) — and after TTL in any case.
  */
 const TOKEN_TTL_MS = 60_000;
 const TOKEN_CACHE_MAX = 100_000;
@@ -40,6 +40,11 @@ const TOKEN_CACHE_MAX = 100_000;
 export class Authenticator {
   private readonly adminDigest: Buffer;
   private readonly verified = new Map<string, { digest: Buffer; until: number }>();
+  /**
+   * Moved by every invalidation: a digest read from the store while one arrived may be the one it
+   * invalidates (read before the delete committed, cached after its event), so it is not cached.
+   */
+  private invalidations = 0;
 
   /**
    * `discovery`: the endpoint's keyed digest for discovery credentials (Sealer.keyed('discovery')); without
@@ -56,6 +61,7 @@ export class Authenticator {
       for (const e of events) {
         if (e.topic.startsWith('machines.delete.') || e.topic.startsWith('machines.create.') || e.topic.startsWith('machines.token.')) {
           this.verified.delete(e.topic.slice(e.topic.lastIndexOf('.') + 1));
+          this.invalidations += 1;
         }
       }
     });
@@ -65,12 +71,14 @@ export class Authenticator {
     const now = Date.now();
     const hit = this.verified.get(machineId);
     if (hit && hit.until > now) return hit.digest;
+    const epoch = this.invalidations;
     const hash = await this.store.getMachineTokenHash(machineId);
     if (!hash) {
       this.verified.delete(machineId);
       return undefined;
     }
     const d = Buffer.from(hash, 'hex');
+    if (epoch !== this.invalidations) return d;
     if (this.verified.size >= TOKEN_CACHE_MAX) this.verified.delete(this.verified.keys().next().value as string);
     this.verified.set(machineId, { digest: d, until: now + TOKEN_TTL_MS });
     return d;

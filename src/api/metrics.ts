@@ -2,6 +2,11 @@
  * Prometheus metrics for one endpoint: jobs and their durations (from the event stream, so nothing is
  * added to the engine's hot path), machines by state (counted in the store at scrape time, so every
  * replica reports the same truth), API latency by route, and the process's own figures.
+ *
+ * Replicas (several `takt serve` on one PostgreSQL): every store hears every replica's events, but the
+ * counters here count only the events this process committed (Store.onOwnEvents). So each counter is
+ * this replica's share, and `sum without (instance)` over replicas is the fleet's true count — nothing
+ * counted twice. `takt_machines` is a gauge of the shared truth: take it from one replica (max, not sum).
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { MACHINE_STATES, TERMINAL_JOB_STATES, type Job, type TaktEvent } from '../model/machine.js';
@@ -26,16 +31,16 @@ export class Metrics {
   constructor(store: Store) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
-    this.jobsStarted = new Counter({ name: 'takt_jobs_started_total', help: 'Jobs claimed by agents', labelNames: ['pipeline', 'task'], registers });
+    this.jobsStarted = new Counter({ name: 'takt_jobs_started_total', help: 'Jobs created by this process (claimed by agents through it); sum over replicas for the fleet', labelNames: ['pipeline', 'task'], registers });
     this.jobsFinished = new Counter({
       name: 'takt_jobs_finished_total',
-      help: 'Jobs that reached a terminal state (succeeded, failed, lost, cancelled)',
+      help: 'Jobs this process ended in a terminal state (succeeded, failed, lost, cancelled); sum over replicas for the fleet',
       labelNames: ['pipeline', 'stage', 'task', 'state'],
       registers,
     });
     this.jobSeconds = new Histogram({
       name: 'takt_job_run_seconds',
-      help: 'Run time of finished jobs, claim to result',
+      help: 'Run time of jobs this process ended, claim to result; sum buckets over replicas for the fleet',
       labelNames: ['pipeline', 'stage', 'task'],
       buckets: JOB_BUCKETS,
       registers,
@@ -47,10 +52,10 @@ export class Metrics {
       buckets: HTTP_BUCKETS,
       registers,
     });
-    this.events = new Counter({ name: 'takt_events_published_total', help: 'Events published after commit', registers });
+    this.events = new Counter({ name: 'takt_events_published_total', help: 'Events this process committed (not those it heard from other replicas); sum over replicas for the fleet', registers });
     new Gauge({
       name: 'takt_machines',
-      help: 'Machines by state',
+      help: 'Machines by state, counted in the store (the same on every replica: do not sum over replicas)',
       labelNames: ['state'],
       registers,
       async collect() {
@@ -58,7 +63,8 @@ export class Metrics {
         MACHINE_STATES.forEach((state, i) => this.set({ state }, counts[i]!));
       },
     });
-    this.unsubscribe = store.onEvents((events) => this.onEvents(events));
+    // Own events only: another replica counts its own, so a sum over replicas counts each event once.
+    this.unsubscribe = store.onOwnEvents((events) => this.onEvents(events));
   }
 
   private onEvents(events: TaktEvent[]) {

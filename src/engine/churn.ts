@@ -113,7 +113,10 @@ export class Churn {
     };
   }
 
-  /** Schedules rebuilds for machines past the limit, within the budget. One policy rollout at a time. */
+  /**
+   * Schedules rebuilds for machines past the limit, within the budget. One policy rollout at a time, across
+   * replicas too: the rollout is created only if none of the policy's is active, decided in its transaction.
+   */
   check(): Promise<void> {
     this.checking ??= this.schedule()
       .catch((err: unknown) => this.opts.log?.('error', 'churn check failed', { err: String(err) }))
@@ -147,11 +150,15 @@ export class Churn {
           maxFailures: 0,
         },
         CHURN_AUTHOR,
+        // Checked again in the creating transaction: replicas checking at once create one rollout.
+        { exclusive: true },
       );
       this.opts.log?.('info', `churn: rebuilding ${machines.length} machine(s) older than ${policy.maxAge}`, { rollout: r.id, budget });
     } catch (err) {
       // A machine already in another rollout: try again at the next check.
       if (!(err instanceof TaktError)) throw err;
+      // Another replica's check created the policy's rollout first: nothing to do.
+      if ((err.details as { exclusive?: boolean } | undefined)?.exclusive) return;
       this.opts.log?.('warn', `churn: cannot schedule rebuilds yet: ${err.message}`);
     }
   }

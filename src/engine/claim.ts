@@ -97,6 +97,8 @@ async function claimLoop(c: ClaimContext, machineId: string, waitMs: number, sig
   const deadline = Date.now() + waitMs;
   for (;;) {
     const gen = c.wakeups.generation(machineId);
+    // The content as of every event heard (a pack installed through another replica is reloaded first).
+    await c.content.fresh();
     // A caller that has gone (its agent's client gave up) takes no job: nobody would run it, and the
     // agent's next claim would find it "running" and call it lost.
     const r = await claimOnce(c, machineId, signal, lastJob);
@@ -220,6 +222,11 @@ async function nextWork(c: ClaimContext, tx: Tx, m: Machine, pending?: { machine
   // By identity: the first task of the pipeline as it is now that has not succeeded in this pass (not
   // strict: a running machine follows the content in use, see transitions.ts locate).
   const at = shape ? locate(shape, m, false) : null;
+  if (!shape && (await tx.listContent()).some((r) => r.kind === 'pipelines' && r.name === m.pipeline)) {
+    // The store has the pipeline, this process's content does not yet: another replica wrote it and its
+    // event is on its way (the reload then wakes every claim). Not a vanished pipeline: nothing to stop.
+    return null;
+  }
   if (!shape || !at || at.kind !== 'at') {
     // Every task has succeeded: done. A pipeline that vanished from the content stops the line instead.
     const done: Machine = shape

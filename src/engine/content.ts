@@ -57,28 +57,99 @@ interface UsePlan {
   pins: Pins;
 }
 
+/** Whether an event's topic is a change of the content in use: a pack pinned or unpinned, a local object written. */
+export function isContentTopic(topic: string): boolean {
+  const type = topic.slice(0, topic.indexOf('.'));
+  return type === 'packs' || (CONTENT_KINDS as readonly string[]).includes(type);
+}
+
+/** Reads of one reload at most, when content events keep arriving while it reads (then the last is kept). */
+const MAX_RELOAD_READS = 20;
+
 export class ContentService {
   private set: ContentSet = emptyContentSet();
   private pins = new Map<string, { version: string; requires: Record<string, string> }>();
+  /** Content events heard so far (a reload that read while one arrived reads again). */
+  private heard = 0;
+  private reloading: Promise<void> | null = null;
+  private readonly unsubscribe: () => void;
+  private readonly reloaded = new Set<() => void>();
 
-  /** `sealer` seals secure values set in packs and local objects before they are stored (see sealing.ts). */
+  /**
+   * `sealer` seals secure values set in packs and local objects before they are stored (see sealing.ts).
+   * The cache follows the store: a content event (`packs.*`, `<kind>.*`) — from this process or, on
+   * PostgreSQL, from another replica (pg-follow.ts) — reloads it from the store (`fresh` awaits that).
+   */
   constructor(
     private readonly store: Store,
     private readonly sealer: Sealer,
-  ) {}
+  ) {
+    this.unsubscribe = store.onEvents((events) => {
+      if (!events.some((e) => isContentTopic(e.topic))) return;
+      this.heard += 1;
+      this.reload();
+    });
+  }
 
   async load(): Promise<void> {
-    const pins = new Map<string, { version: string; requires: Record<string, string> }>();
+    const { pins, set } = await this.read();
+    this.pins = pins;
+    this.set = set;
+  }
+
+  /** The content in use as the store has it now. */
+  private async read(): Promise<{ pins: Pins; set: ContentSet }> {
+    const pins: Pins = new Map();
     for (const p of await this.store.listPacks()) {
       const v = await this.store.getPackVersion(p.name, p.version);
       pins.set(p.name, { version: p.version, requires: v?.requires ?? {} });
     }
-    this.pins = pins;
     const set = emptyContentSet();
     for (const r of await this.store.listContent()) {
       (set.objects[r.kind] as Map<string, { def: unknown; layer: string }>).set(r.name, { def: r.def, layer: r.layer });
     }
-    this.set = set;
+    return { pins, set };
+  }
+
+  /**
+   * Reloads the cache from the store (one reload at a time; events during it make it read again). A read
+   * during which another content event arrived may predate that change (or a change this process adopted
+   * meanwhile), so it is not kept: the next read is. Failures are reported, and the next event retries.
+   */
+  private reload(): void {
+    this.reloading ??= (async () => {
+      for (let i = 0; i < MAX_RELOAD_READS; i++) {
+        const at = this.heard;
+        const got = await this.read();
+        if (at === this.heard || i === MAX_RELOAD_READS - 1) {
+          this.pins = got.pins;
+          this.set = got.set;
+          for (const l of this.reloaded) l();
+          return;
+        }
+      }
+    })()
+      .catch((err: unknown) => process.emitWarning(`reloading content after a change failed: ${(err as Error).message ?? String(err)}`))
+      .finally(() => (this.reloading = null));
+  }
+
+  /**
+   * Resolves once the cache reflects every content event heard so far (at once when no reload is under
+   * way). Claims await it, so a machine event that follows a pack event finds the pack's objects.
+   */
+  fresh(): Promise<void> {
+    return this.reloading ?? Promise.resolve();
+  }
+
+  /** Calls `listener` after each reload that followed a content event; returns the unsubscribe function. */
+  onReload(listener: () => void): () => void {
+    this.reloaded.add(listener);
+    return () => this.reloaded.delete(listener);
+  }
+
+  /** Stops following the store's content events. */
+  stop(): void {
+    this.unsubscribe();
   }
 
   get current(): ContentSet {
@@ -388,10 +459,9 @@ export class ContentService {
     this.set = candidate;
   }
 
+  /** Deletes the layer's objects as the store has them (fresh: another replica may have written since this cache). */
   private async deleteLayer(tx: Tx, layer: string) {
-    for (const kind of CONTENT_KINDS) {
-      for (const [n, o] of this.set.objects[kind]) if (o.layer === layer) await tx.deleteContent(kind, n);
-    }
+    for (const r of await tx.listContent()) if (r.layer === layer) await tx.deleteContent(r.kind, r.name);
   }
 
   private clone(): ContentSet {

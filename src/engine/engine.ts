@@ -17,7 +17,7 @@ import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
 import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
 import { checkSshSettings, patchSsh, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
-import type { Store, Tx } from '../store/store.js';
+import type { Reads, Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, sha256 } from '../model/hash.js';
 import { assertEnvironment, assertDeclared, assertWorkOrderDeclared } from './declared.js';
@@ -66,6 +66,8 @@ export interface EngineOptions {
   /** `lastSeenAt` is written at most this often per machine (default 15 s, at most a quarter of goneAfterMs). */
   seenThrottleMs?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) => void;
+  /** The clock of agent liveness (ms since the epoch; default Date.now); injected by tests. */
+  livenessClock?: () => number;
   /**
    * Checks and normalises a machine's power configuration (the composition root passes
    * provision/power `checkPowerConfig`, which knows the drivers); default: the shape every driver shares
@@ -238,6 +240,7 @@ export class Engine {
   /** Machines whose power driver is at work for a task: no job starts on them (ClaimContext.powering). */
   private readonly powering = new Set<string>();
   private readonly unsubscribe: () => void;
+  private readonly unsubscribeContent: () => void;
   /** Each job's log: masked, bounded, closed when the job ends (joblog.ts). */
   private readonly logs: JobLogs;
   /** Whether each machine's agent is in touch (liveness.ts). */
@@ -258,6 +261,7 @@ export class Engine {
       throttleMs: opts.seenThrottleMs ?? Math.min(DEFAULT_SEEN_THROTTLE_MS, Math.floor(windowMs / 4)),
       persist: (writes) => this.writeLiveness(writes),
       log: opts.log,
+      now: opts.livenessClock,
     });
     this.run = {
       content,
@@ -283,6 +287,8 @@ export class Engine {
         else if (type === 'workorders') this.wakeups.wake((e.data as { machineId?: string }).machineId ?? '');
       }
     });
+    // Content reloaded after a change (maybe another replica's): a claim that found its pipeline missing looks again.
+    this.unsubscribeContent = content.onReload(() => this.wakeups.wakeEvery());
   }
 
   async start(): Promise<void> {
@@ -351,6 +357,7 @@ export class Engine {
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = null;
     this.unsubscribe();
+    this.unsubscribeContent();
     this.wakeups.wakeAll();
   }
 
@@ -362,12 +369,15 @@ export class Engine {
    * A machine deleted meanwhile is not held (the rollout's next tick leaves it out as deleted).
    */
   async hold(machineId: string, rolloutId: string): Promise<void> {
-    await this.store.transact(async (tx) => {
-      const m = await tx.lockMachine(machineId);
-      if (!m || (await tx.getHold(m.id))?.rolloutId === rolloutId) return;
-      await tx.putHold({ machineId: m.id, rolloutId, since: new Date().toISOString() });
-      tx.emit(`machines.update.${m.id}`, publicMachine(m));
-    });
+    await this.store.transact((tx) => this.holdIn(tx, machineId, rolloutId));
+  }
+
+  /** `hold` inside the caller's transaction (a rollout decides and holds in one, on fresh reads). */
+  async holdIn(tx: Tx, machineId: string, rolloutId: string): Promise<void> {
+    const m = await tx.lockMachine(machineId);
+    if (!m || (await tx.getHold(m.id))?.rolloutId === rolloutId) return;
+    await tx.putHold({ machineId: m.id, rolloutId, since: new Date().toISOString() });
+    tx.emit(`machines.update.${m.id}`, publicMachine(m));
   }
 
   /**
@@ -375,11 +385,14 @@ export class Engine {
    * which then looks again at once. A machine deleted meanwhile has no hold left: nothing to do.
    */
   async release(machineId: string): Promise<void> {
-    await this.store.transact(async (tx) => {
-      const m = await tx.lockMachine(machineId);
-      if (!(await tx.deleteHold(machineId)) || !m) return;
-      tx.emit(`machines.update.${m.id}`, publicMachine(m));
-    });
+    await this.store.transact((tx) => this.releaseIn(tx, machineId));
+  }
+
+  /** `release` inside the caller's transaction. */
+  async releaseIn(tx: Tx, machineId: string): Promise<void> {
+    const m = await tx.lockMachine(machineId);
+    if (!(await tx.deleteHold(machineId)) || !m) return;
+    tx.emit(`machines.update.${m.id}`, publicMachine(m));
   }
 
   /**
@@ -387,12 +400,15 @@ export class Engine {
    * (hold it first, or its next claim runs the same task again). For a rollout's `--busy cancel`.
    */
   async cancelMachineJob(machineId: string, by: string, why = 'the rollout takes over this busy machine (--busy cancel)'): Promise<void> {
-    await this.store.transact(async (tx) => {
-      const m = await lockedMachine(tx, machineId);
-      if (!m.currentJob) return;
-      const after = await cancelCurrent(this.run, tx, m, by, why);
-      await saveMachine(tx, { ...after, currentJob: null, updatedAt: new Date().toISOString() });
-    });
+    await this.store.transact((tx) => this.cancelMachineJobIn(tx, machineId, by, why));
+  }
+
+  /** `cancelMachineJob` inside the caller's transaction. */
+  async cancelMachineJobIn(tx: Tx, machineId: string, by: string, why = 'the rollout takes over this busy machine (--busy cancel)'): Promise<void> {
+    const m = await lockedMachine(tx, machineId);
+    if (!m.currentJob) return;
+    const after = await cancelCurrent(this.run, tx, m, by, why);
+    await saveMachine(tx, { ...after, currentJob: null, updatedAt: new Date().toISOString() });
   }
 
   // ---- liveness ------------------------------------------------------------------------------------
@@ -438,6 +454,9 @@ export class Engine {
             skipped.push(w.machineId);
             continue;
           }
+          // Another replica's sweep recorded the disconnect already (the store is read in this transaction,
+          // after theirs committed): one flip, one event, whichever replicas sweep.
+          if (w.sweptAt !== null && !m.agent.connected) continue;
           agent = { ...agent, version: agent.version ?? m.agent.version, address: agent.address ?? m.agent.address };
           await tx.setAgentLiveness(w.machineId, agent);
           if (w.emit) tx.emit(`machines.update.${w.machineId}`, publicMachine({ ...m, agent }));
@@ -458,6 +477,8 @@ export class Engine {
   }
 
   async createMachine(input: MachineInput, author: string): Promise<{ machine: Machine; token: string }> {
+    // Checked against the content as of every event heard (a pack another replica installed is reloaded first).
+    await this.content.fresh();
     const made = await this.newMachine(input);
     // After newMachine: a param that is malformed or past the bounds is refused for that first.
     if (!input.allowUndeclared) assertDeclared(this.content.current, input.params);
@@ -527,6 +548,7 @@ export class Engine {
   }
 
   async updateMachine(idOrName: string, patch: MachinePatch, author: string, restore?: RestoreWrite): Promise<Machine> {
+    await this.content.fresh();
     const found = await this.findMachine(idOrName);
     const content = this.content.current;
     this.checkPatch(content, patch);
@@ -772,6 +794,13 @@ export class Engine {
     return this.operate(idOrName, author, (v) => keepPower(v, restart(v), opts), 'machine restarted');
   }
 
+  /** `restartMachine` of machine `id` inside the caller's transaction, checked on the machine as it reads there. */
+  async restartMachineIn(tx: Tx, id: string, author: string, opts: PowerOption = {}): Promise<Machine> {
+    const m = await lockedMachine(tx, id);
+    if (m.pipeline) this.assertStartable(m, m.pipeline);
+    return this.operateIn(tx, id, author, (v) => keepPower(v, restart(v), opts), 'machine restarted');
+  }
+
   /**
    * Power a machine off or on (the broker acts on it; an agent that is told `off` exits). Powering off
    * cancels the running job (its script's process group is killed): the machine keeps its place and
@@ -881,20 +910,23 @@ export class Engine {
    */
   private async operate(idOrName: string, author: string, fn: (m: MachineView) => MachineView, cancel: string | null = null): Promise<Machine> {
     const found = await this.findMachine(idOrName);
-    return this.store.transact(async (tx) => {
-      const m = await lockedMachine(tx, found.id);
-      let view: MachineView;
-      try {
-        view = fn(m);
-      } catch (err) {
-        // A refused resume goes back to resumeMachine as it is, which adds the pack versions.
-        if (err instanceof TransitionError && !(err instanceof ResumeRefused)) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
-        throw err;
-      }
-      const current = cancel === null ? m : await cancelCurrent(this.run, tx, m, author, cancel);
-      // `view` is the whole machine as `fn` saw it: its current job is the one before the cancel.
-      return this.saveDesired(tx, m, { ...current, ...view, currentJob: current.currentJob }, author);
-    });
+    return this.store.transact((tx) => this.operateIn(tx, found.id, author, fn, cancel));
+  }
+
+  /** `operate` on machine `id` inside the caller's transaction. */
+  private async operateIn(tx: Tx, id: string, author: string, fn: (m: MachineView) => MachineView, cancel: string | null = null): Promise<Machine> {
+    const m = await lockedMachine(tx, id);
+    let view: MachineView;
+    try {
+      view = fn(m);
+    } catch (err) {
+      // A refused resume goes back to resumeMachine as it is, which adds the pack versions.
+      if (err instanceof TransitionError && !(err instanceof ResumeRefused)) throw new TaktError('conflict', `machine '${m.name}': ${err.message}`);
+      throw err;
+    }
+    const current = cancel === null ? m : await cancelCurrent(this.run, tx, m, author, cancel);
+    // `view` is the whole machine as `fn` saw it: its current job is the one before the cancel.
+    return this.saveDesired(tx, m, { ...current, ...view, currentJob: current.currentJob }, author);
   }
 
   private async saveDesired(tx: Tx, before: Machine, after: Machine, author: string): Promise<Machine> {
@@ -953,11 +985,20 @@ export class Engine {
    * nothing is queued.
    */
   async createWorkOrders(inputs: WorkOrderInput[], author: string): Promise<WorkOrder[]> {
+    await this.content.fresh();
+    const made = await this.newWorkOrders(inputs);
+    await this.store.transact((tx) => this.insertWorkOrders(tx, made, inputs, author));
+    return made;
+  }
+
+  /** The work orders `createWorkOrders` would queue, checked (machines read through `reads`: a transaction's, inside one), not yet written. @throws as createWorkOrders. */
+  async newWorkOrders(inputs: WorkOrderInput[], reads: Reads = this.store): Promise<WorkOrder[]> {
     const content = this.content.current;
     const at = (i: number, path: string) => (inputs.length > 1 ? `/${i}${path}` : path);
     const made: WorkOrder[] = [];
     for (const [i, input] of inputs.entries()) {
-      const m = await this.findMachine(input.machine);
+      const m = (await reads.getMachine(input.machine)) ?? (await reads.getMachineByName(input.machine));
+      if (!m) throw new TaktError('not_found', `machine '${input.machine}' not found`);
       if (!!input.blueprint === !!input.command) throw new TaktError('invalid', 'a work order runs either a blueprint or a command: give exactly one', { path: at(i, '/blueprint') });
       if (input.blueprint && !content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: at(i, '/blueprint') });
       const command = input.command ? adhocCommand(input.command) : null;
@@ -977,15 +1018,17 @@ export class Engine {
         finishedAt: null,
       });
     }
-    await this.store.transact(async (tx) => {
-      for (const [i, wo] of made.entries()) {
-        if (!(await tx.getMachine(wo.machineId))) throw new TaktError('not_found', `machine '${inputs[i]!.machine}' not found`);
-        await tx.insertWorkOrder(wo);
-        await tx.change(author, `workorders/${wo.id}`, 'create', null, { ...wo, params: maskValues(wo.params) });
-        tx.emit(`workorders.create.${wo.id}`, publicWorkOrder(wo));
-      }
-    });
     return made;
+  }
+
+  /** Writes work orders made by `newWorkOrders` inside the caller's transaction (their machines re-checked there). */
+  async insertWorkOrders(tx: Tx, made: WorkOrder[], inputs: Array<Pick<WorkOrderInput, 'machine'>>, author: string): Promise<void> {
+    for (const [i, wo] of made.entries()) {
+      if (!(await tx.getMachine(wo.machineId))) throw new TaktError('not_found', `machine '${inputs[i]!.machine}' not found`);
+      await tx.insertWorkOrder(wo);
+      await tx.change(author, `workorders/${wo.id}`, 'create', null, { ...wo, params: maskValues(wo.params) });
+      tx.emit(`workorders.create.${wo.id}`, publicWorkOrder(wo));
+    }
   }
 
   async cancelWorkOrder(id: string, author: string): Promise<WorkOrder> {

@@ -52,6 +52,8 @@ function owned<J extends Pick<Job, 'machineId'>>(jobId: string, caller: string |
 export async function complete(c: JobContext, jobId: string, caller: string | null, request: CompleteRequest): Promise<CompleteResponse> {
   const report = reportOf(request);
   let plan: TaskPowerPlan | undefined;
+  // Judged against the content as of every event heard (a change through another replica is reloaded first).
+  await c.content.fresh();
   const answered = await c.store.transact(async (tx) => {
     const job = await ownedJob(tx, jobId, caller);
     // The job's own secure outputs join the secrets its log, reason and stored report must not show.

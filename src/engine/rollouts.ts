@@ -5,6 +5,12 @@
  *
  * The driver is a `tick` that reads the store and moves each running rollout one step; it runs on every
  * machine or work-order event and on a timer, so a restarted endpoint simply carries on.
+ *
+ * Replicas: every replica ticks every rollout, so each step is decided inside a store transaction on
+ * fresh reads (the PostgreSQL write lock serialises them): results, the andon, the wave and the end in one
+ * (`settleWaves`); each machine's start in its own (`startItem`: the rollout still running in that wave,
+ * the item still pending or waiting, the in-flight limit counted anew, and the reassignment written in the
+ * same transaction). A replica that comes second finds the step done and does nothing.
  */
 import { factPathProblem } from '../model/factselect.js';
 import { assertEnvironment } from './declared.js';
@@ -13,7 +19,7 @@ import { formatLabelSelector, parseLabelSelector } from '../model/labels.js';
 import { ADHOC_TASK, type Machine } from '../model/machine.js';
 import { newId } from './ids.js';
 import { BUSY_POLICIES, type BusyPolicy, type Rollout, type RolloutItem, type RolloutPlanItem, type RolloutSpec, type RolloutState } from '../model/rollout.js';
-import type { Store } from '../store/store.js';
+import type { Reads, Store, Tx } from '../store/store.js';
 import type { Engine } from './engine.js';
 import type { MachineSelection, Records } from './records.js';
 
@@ -50,6 +56,8 @@ export interface RolloutView extends Rollout {
 
 const SELECT_KEYS = ['state', 'pipeline', 'environment', 'broker', 'name', 'builtWith', 'stale'] as const;
 const ACTIVE: RolloutState[] = ['running', 'paused', 'awaiting-approval'];
+/** Active, or stopped by its andon (it may be retried): what `create` reads to check clashes and `exclusive`. */
+const ACTIVE_OR_STOPPED: RolloutState[] = [...ACTIVE, 'stopped'];
 /** Machine states a rollout does not reassign a machine out of without saying so (see BusyPolicy). */
 const BUSY_STATES: readonly string[] = ['awaiting-approval', 'paused'];
 
@@ -94,7 +102,12 @@ export class Rollouts {
     this.unsubscribe?.();
   }
 
-  async create(input: RolloutInput, author: string): Promise<RolloutView> {
+  /**
+   * Creates a rollout and starts it. `exclusive`: refused (TaktError conflict, details.exclusive) when the
+   * author has an active rollout — checked in the creating transaction, so two replicas running the same
+   * policy at once create one (churn.ts). The machines' clash with other active rollouts is checked there too.
+   */
+  async create(input: RolloutInput, author: string, opts: { exclusive?: boolean } = {}): Promise<RolloutView> {
     const { spec, selected } = await this.prepare(input);
     const now = new Date().toISOString();
     const id = newId('r');
@@ -111,6 +124,11 @@ export class Rollouts {
     }));
     const rollout: Rollout = { id, spec, state: 'running', reason: null, wave: 0, waves: items[items.length - 1]!.wave + 1, author, createdAt: now, updatedAt: now };
     await this.store.transact(async (tx) => {
+      // Again on fresh reads: another replica (or request) may have created a rollout since prepare looked.
+      const active = await tx.listRollouts({ states: ACTIVE_OR_STOPPED, limit: 1000 });
+      const mine = opts.exclusive ? active.find((r) => r.author === author) : undefined;
+      if (mine) throw new TaktError('conflict', `${author} already has rollout ${mine.id} (${mine.state}); one at a time`, { details: { exclusive: true, rollout: mine.id } });
+      await assertNoClash(tx, active, selected);
       await tx.insertRollout(rollout, items);
       await tx.change(author, `rollouts/${id}`, 'create', null, { spec, machines: items.map((i) => i.machineName) });
       tx.emit(`rollouts.create.${id}`, rollout);
@@ -163,13 +181,9 @@ export class Rollouts {
       ? (await Promise.all(input.machineIds.map((id) => this.store.getMachine(id)))).filter((m) => m !== undefined)
       : (await this.records.select({ ...parseSelection(input.select), ...(labels ? { labels } : {}) })).map((s) => s.machine);
     if (selected.length === 0) throw new TaktError('invalid', `the selection ${describe(input.select, spec.selector)} matches no machine`, { path: labels ? '/selector' : '/select' });
-    const busy = await this.store.listRollouts({ states: ACTIVE, limit: 1000 });
-    const taken = new Map<string, string>();
-    for (const r of busy) for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'pending' || i.state === 'running' || i.state === 'waiting') taken.set(i.machineId, r.id);
     // The same rule as an update: a machine is reassigned only to a pipeline that exercises its environment.
     if (spec.pipeline) for (const m of selected) assertEnvironment(this.engine.content.current, m.name, m.environment, spec.pipeline);
-    const clash = selected.find((m) => taken.has(m.id));
-    if (clash) throw new TaktError('conflict', `machine '${clash.name}' is already in active rollout ${taken.get(clash.id)}; let that one finish or abort it first (takt rollouts abort ${taken.get(clash.id)})`);
+    await assertNoClash(this.store, await this.store.listRollouts({ states: ACTIVE, limit: 1000 }), selected);
     return { spec, selected };
   }
 
@@ -178,8 +192,8 @@ export class Rollouts {
    * throw away (awaiting approval, paused). A blueprint's work order queues behind whatever the pipeline
    * does, so only a running job makes a machine busy for it.
    */
-  private async busyOf(spec: RolloutSpec, m: Machine): Promise<Busy | null> {
-    const job = m.currentJob ? await this.store.getJob(m.currentJob) : undefined;
+  private async busyOf(spec: RolloutSpec, m: Machine, reads: Reads = this.store): Promise<Busy | null> {
+    const job = m.currentJob ? await reads.getJob(m.currentJob) : undefined;
     if (job?.state === 'running') return { job: { id: job.id, task: job.task }, what: `job ${job.id} (${job.task === ADHOC_TASK ? 'an ad-hoc command' : `task ${job.task}`})` };
     if (spec.pipeline && BUSY_STATES.includes(m.state)) return { job: null, what: `it is ${m.state}` };
     return null;
@@ -288,40 +302,75 @@ export class Rollouts {
     const running = await this.store.listRollouts({ states: ['running'], limit: 1000 });
     // Cleared only before any await that could miss a 'rollouts.' event: set here from what was read.
     this.running = running.length > 0;
-    for (const r of running) await this.advance(r);
+    for (const r of running) await this.advance(r.id);
     await this.syncHolds();
   }
 
   /**
    * Holds exactly the machines that running rollouts wait for (engine.hold), and releases the rest: a
    * paused, aborted or ended rollout holds nothing. Holds are in the store, so a restarted endpoint finds
-   * them there before its first tick (its claims honour them at once); this only reconciles.
+   * them there before its first tick (its claims honour them at once); this only reconciles, in one
+   * transaction on fresh reads (a replica's stale view never releases a hold another just placed).
    */
   private async syncHolds(): Promise<void> {
-    const want = new Map<string, string>();
-    for (const r of await this.store.listRollouts({ states: ['running'], limit: 1000 })) {
-      for (const i of await this.store.listRolloutItems(r.id)) if (i.state === 'waiting') want.set(i.machineId, r.id);
-    }
-    const held = new Map((await this.store.listHolds()).map((h) => [h.machineId, h.rolloutId]));
-    for (const [id, rolloutId] of want) if (held.get(id) !== rolloutId && (await this.store.getMachine(id))) await this.engine.hold(id, rolloutId);
-    for (const id of held.keys()) if (!want.has(id)) await this.engine.release(id);
+    const differ = async (reads: Reads) => {
+      const want = new Map<string, string>();
+      for (const r of await reads.listRollouts({ states: ['running'], limit: 1000 })) {
+        for (const i of await reads.listRolloutItems(r.id)) if (i.state === 'waiting') want.set(i.machineId, r.id);
+      }
+      const held = new Map((await reads.listHolds()).map((h) => [h.machineId, h.rolloutId]));
+      return { hold: [...want].filter(([id, rolloutId]) => held.get(id) !== rolloutId), release: [...held.keys()].filter((id) => !want.has(id)) };
+    };
+    // A look first, outside the write lock (this runs on every machine event while a rollout runs); what
+    // it finds to change is decided again, and changed, in one transaction.
+    const seen = await differ(this.store);
+    if (seen.hold.length === 0 && seen.release.length === 0) return;
+    await this.store.transact(async (tx) => {
+      const { hold, release } = await differ(tx);
+      for (const [id, rolloutId] of hold) await this.engine.holdIn(tx, id, rolloutId);
+      for (const id of release) await this.engine.releaseIn(tx, id);
+    });
   }
 
-  private async advance(r: Rollout): Promise<void> {
-    const items = await this.store.listRolloutItems(r.id);
+  /** One step of a running rollout: its results and waves (one transaction), then its machines' starts (one each). */
+  private async advance(id: string): Promise<void> {
+    const settled = await this.store.transact((tx) => this.settleWaves(tx, id));
+    if (settled?.stopped) this.opts.log?.('warn', `rollout ${id} stopped`, { reason: settled.stopped });
+    const r = settled?.running;
+    if (!r) return;
+    // 4. Start machines of the current wave up to the in-flight limit: those the rollout waited for first.
+    // A waiting machine is not in flight (it runs its own job), so a long job does not hold the others up.
+    const items = await this.store.listRolloutItems(id);
+    const turn = items.filter((i) => i.wave === r.wave && (i.state === 'waiting' || i.state === 'pending')).sort((a, b) => Number(b.state === 'waiting') - Number(a.state === 'waiting'));
+    for (const i of turn) {
+      const started = await this.startItem(r, i);
+      // The rollout moved on (paused, aborted, another wave) or is full: the next tick carries on.
+      if (started === 'stale' || started === 'full') return;
+    }
+  }
+
+  /**
+   * Steps 1–3 of a tick, inside `tx` on fresh reads: what happened to the machines in flight, the andon,
+   * the waves and the end. Answers the rollout when it still runs (with its current wave), or why it stopped.
+   */
+  private async settleWaves(tx: Tx, id: string): Promise<{ running?: Rollout; stopped?: string } | null> {
+    const r = await tx.getRollout(id);
+    if (r?.state !== 'running') return null;
+    const items = await tx.listRolloutItems(id);
     // 1. What happened to the machines in flight.
     for (const i of items) {
       if (i.state !== 'running') continue;
-      const outcome = await this.outcome(r, i);
+      const outcome = await this.outcome(tx, r, i);
       // A success keeps the item's note of what the rollout did about a busy machine ("waited for job …").
-      if (outcome) Object.assign(i, await this.saveItem({ ...i, ...outcome, reason: outcome.reason ?? i.reason, finishedAt: new Date().toISOString() }));
+      if (outcome) Object.assign(i, await writeItem(tx, { ...i, ...outcome, reason: outcome.reason ?? i.reason, finishedAt: new Date().toISOString() }));
     }
     // 2. The andon: one failure beyond the budget stops everything that has not started.
     const failed = items.filter((i) => i.state === 'failed');
     if (failed.length > r.spec.maxFailures) {
       const first = failed[0]!;
-      await this.setState(r, 'stopped', `andon: ${failed.length} failure(s) with a budget of ${r.spec.maxFailures}; ${first.machineName}: ${first.reason ?? 'failed'}`);
-      return;
+      const reason = `andon: ${failed.length} failure(s) with a budget of ${r.spec.maxFailures}; ${first.machineName}: ${first.reason ?? 'failed'}`;
+      await writeState(tx, r, 'stopped', reason);
+      return { stopped: reason };
     }
     // 3. Waves: move on when the current one is through (or wait for approval).
     const unfinished = (i: RolloutItem) => i.state === 'pending' || i.state === 'waiting' || i.state === 'running';
@@ -330,8 +379,8 @@ export class Rollouts {
     while (wave < r.waves && !open(wave)) {
       if (wave + 1 >= r.waves) break;
       if (r.spec.approveBetweenWaves && items.some((i) => i.wave > wave && i.state === 'pending')) {
-        await this.setState({ ...r, wave }, 'awaiting-approval', `wave ${wave + 1} of ${r.waves} is through; approve to start wave ${wave + 2}`);
-        return;
+        await writeState(tx, { ...r, wave }, 'awaiting-approval', `wave ${wave + 1} of ${r.waves} is through; approve to start wave ${wave + 2}`);
+        return null;
       }
       wave += 1;
     }
@@ -341,47 +390,39 @@ export class Rollouts {
       const busy = skipped.filter((i) => i.reason?.startsWith('busy'));
       const deleted = skipped.filter((i) => i.reason?.startsWith('machine deleted'));
       const why = [busy.length ? `busy: ${busy.map((i) => i.machineName).join(', ')}` : '', deleted.length ? `deleted: ${deleted.map((i) => i.machineName).join(', ')}` : ''].filter(Boolean).join('; ');
-      await this.setState(
+      await writeState(
+        tx,
         { ...r, wave },
         'completed',
         `${ok} of ${items.length} succeeded${failed.length ? `, ${failed.length} failed within the budget` : ''}${skipped.length ? `, ${skipped.length} skipped${why ? ` (${why})` : ''}` : ''}`,
       );
-      return;
+      return null;
     }
-    if (wave !== r.wave) await this.setState({ ...r, wave }, 'running', null);
-    // 4. Start machines of the current wave up to the in-flight limit: those the rollout waited for first.
-    // A waiting machine is not in flight (it runs its own job), so a long job does not hold the others up.
-    let inFlight = items.filter((i) => i.state === 'running').length;
-    const turn = items.filter((i) => i.wave === wave && (i.state === 'waiting' || i.state === 'pending')).sort((a, b) => Number(b.state === 'waiting') - Number(a.state === 'waiting'));
-    for (const i of turn) {
-      if (inFlight >= r.spec.maxInFlight) break;
-      // A pause, abort or andon pull may have landed while this tick ran: it wins before anything starts.
-      if ((await this.store.getRollout(r.id))?.state !== 'running') return;
-      if (await this.startItem(r, i)) inFlight += 1;
-    }
+    if (wave !== r.wave) await writeState(tx, { ...r, wave }, 'running', null);
+    return { running: { ...r, wave } };
   }
 
   /**
    * "skipped: machine deleted by X" when the item's machine no longer exists, else null. A deliberate
    * delete is not a failure of the change: it leaves the machine out instead of pulling the andon.
    */
-  private async deletedNote(i: RolloutItem): Promise<string | null> {
-    if (await this.store.getMachine(i.machineId)) return null;
-    const del = (await this.store.listChanges({ object: `machines/${i.machineId}`, limit: 20 })).find((c) => c.action === 'delete');
+  private async deletedNote(i: RolloutItem, reads: Reads = this.store): Promise<string | null> {
+    if (await reads.getMachine(i.machineId)) return null;
+    const del = (await reads.listChanges({ object: `machines/${i.machineId}`, limit: 20 })).find((c) => c.action === 'delete');
     return `machine deleted${del ? ` by ${del.author}` : ''}; left out`;
   }
 
-  private async outcome(r: Rollout, i: RolloutItem): Promise<Pick<RolloutItem, 'state' | 'reason'> | null> {
-    const gone = await this.deletedNote(i);
+  private async outcome(reads: Reads, r: Rollout, i: RolloutItem): Promise<Pick<RolloutItem, 'state' | 'reason'> | null> {
+    const gone = await this.deletedNote(i, reads);
     if (gone) return { state: 'skipped', reason: gone };
     if (r.spec.blueprint) {
-      const wo = i.workOrderId ? await this.store.getWorkOrder(i.workOrderId) : undefined;
+      const wo = i.workOrderId ? await reads.getWorkOrder(i.workOrderId) : undefined;
       if (!wo) return { state: 'failed', reason: 'its work order is gone' };
       if (wo.state === 'succeeded') return { state: 'succeeded', reason: null };
       if (wo.state === 'failed' || wo.state === 'cancelled') return { state: 'failed', reason: wo.reason ?? `work order ${wo.state}` };
       return null;
     }
-    const m = await this.store.getMachine(i.machineId);
+    const m = await reads.getMachine(i.machineId);
     if (!m) return null; // deleted: answered above
     if (m.pipeline !== r.spec.pipeline) return { state: 'failed', reason: `reassigned to ${m.pipeline ?? 'no pipeline'} during the rollout` };
     if (m.state === 'done') return { state: 'succeeded', reason: null };
@@ -390,55 +431,71 @@ export class Rollouts {
   }
 
   /**
-   * The machine's turn: applies the busy policy, then reassigns it (or queues the blueprint). Answers
-   * whether the machine is now in flight (false: it waits, was skipped, or could not start).
+   * The machine's turn, decided and done in one transaction on fresh reads: the rollout still running in
+   * the item's wave (else `stale`), the item still pending or waiting (else `taken`: another replica
+   * started it), fewer than maxInFlight machines in flight (else `full`); then the busy policy, and the
+   * reassignment (or the blueprint's work order) written with the item's new state. `started`: the
+   * machine is now in flight; `not`: it waits, was skipped, or could not start (the item says why).
    */
-  private async startItem(r: Rollout, i: RolloutItem): Promise<boolean> {
+  private async startItem(r: Rollout, i: RolloutItem): Promise<'started' | 'not' | 'taken' | 'stale' | 'full'> {
     const by = `rollout:${r.id}`;
-    const gone = await this.deletedNote(i);
-    if (gone) {
-      Object.assign(i, await this.saveItem({ ...i, state: 'skipped', reason: gone, finishedAt: new Date().toISOString() }));
-      return false;
-    }
+    const content = this.engine.content.current;
     try {
-      const m = await this.engine.findMachine(i.machineId);
-      const busy = await this.busyOf(r.spec, m);
-      const policy = r.spec.busy ?? 'cancel';
-      if (busy && policy === 'skip') {
-        Object.assign(i, await this.saveItem({ ...i, state: 'skipped', reason: `busy: ${busy.what}; left out (--busy skip)`, finishedAt: new Date().toISOString() }));
-        return false;
-      }
-      if (busy && policy === 'wait') {
-        // Held (in the store): when the job ends the machine starts nothing new, and the next tick reassigns it.
-        await this.engine.hold(m.id, r.id);
-        const reason = `waiting for ${busy.what} to end`;
-        if (i.state !== 'waiting' || i.reason !== reason) Object.assign(i, await this.saveItem({ ...i, state: 'waiting', reason }));
-        return false;
-      }
-      if (busy?.job && policy === 'cancel') {
-        // Held from the cancel to the reassignment, so the machine does not start its old next task between them.
-        await this.engine.hold(m.id, r.id);
-        await this.engine.cancelMachineJob(m.id, `${r.author} (rollout ${r.id})`);
-      }
-      let workOrderId: string | null = null;
-      try {
-        if (r.spec.blueprint) workOrderId = (await this.engine.createWorkOrder({ machine: i.machineId, blueprint: r.spec.blueprint }, by)).id;
-        else if (m.pipeline === r.spec.pipeline) await this.engine.restartMachine(i.machineId, by);
-        else await this.engine.updateMachine(i.machineId, { pipeline: r.spec.pipeline! }, by);
-      } finally {
-        // After the reassignment is written: released earlier, the old pipeline's next task could start.
-        await this.engine.release(m.id);
-      }
-      // What the rollout did about the machine being busy, kept on the item for the report.
-      const note = i.state === 'waiting' ? (i.reason ?? '').replace(/^waiting for (.*) to end$/, 'waited for $1') : busy ? `${busy.job ? 'cancelled' : 'gave up:'} ${busy.what}` : null;
-      Object.assign(i, await this.saveItem({ ...i, state: 'running', reason: note, workOrderId, startedAt: new Date().toISOString() }));
-      return true;
+      return await this.store.transact(async (tx) => {
+        const now = await tx.getRollout(r.id);
+        // A pause, abort or andon pull (or another replica's wave change) landed first: it wins.
+        if (now?.state !== 'running' || now.wave !== i.wave) return 'stale';
+        const items = await tx.listRolloutItems(r.id);
+        const item = items.find((x) => x.machineId === i.machineId);
+        if (!item || (item.state !== 'pending' && item.state !== 'waiting')) return 'taken';
+        if (items.filter((x) => x.state === 'running').length >= now.spec.maxInFlight) return 'full';
+        const gone = await this.deletedNote(item, tx);
+        if (gone) {
+          await writeItem(tx, { ...item, state: 'skipped', reason: gone, finishedAt: new Date().toISOString() });
+          return 'not';
+        }
+        const m = (await tx.lockMachine(item.machineId))!;
+        const busy = await this.busyOf(now.spec, m, tx);
+        const policy = now.spec.busy ?? 'cancel';
+        if (busy && policy === 'skip') {
+          await writeItem(tx, { ...item, state: 'skipped', reason: `busy: ${busy.what}; left out (--busy skip)`, finishedAt: new Date().toISOString() });
+          return 'not';
+        }
+        if (busy && policy === 'wait') {
+          // Held (in the store): when the job ends the machine starts nothing new, and the next tick reassigns it.
+          await this.engine.holdIn(tx, m.id, r.id);
+          const reason = `waiting for ${busy.what} to end`;
+          if (item.state !== 'waiting' || item.reason !== reason) await writeItem(tx, { ...item, state: 'waiting', reason });
+          return 'not';
+        }
+        // The cancel and the reassignment are one transaction: the old pipeline's next task cannot start between them.
+        if (busy?.job && policy === 'cancel') await this.engine.cancelMachineJobIn(tx, m.id, `${r.author} (rollout ${r.id})`);
+        let workOrderId: string | null = null;
+        if (now.spec.blueprint) {
+          const made = await this.engine.newWorkOrders([{ machine: item.machineId, blueprint: now.spec.blueprint }], tx);
+          await this.engine.insertWorkOrders(tx, made, [{ machine: item.machineName }], by);
+          workOrderId = made[0]!.id;
+        } else if (m.pipeline === now.spec.pipeline) await this.engine.restartMachineIn(tx, item.machineId, by);
+        else {
+          this.engine.checkPatch(content, { pipeline: now.spec.pipeline! });
+          await this.engine.updateMachineIn(tx, item.machineId, { pipeline: now.spec.pipeline! }, by, content);
+        }
+        await this.engine.releaseIn(tx, m.id);
+        // What the rollout did about the machine being busy, kept on the item for the report.
+        const note = item.state === 'waiting' ? (item.reason ?? '').replace(/^waiting for (.*) to end$/, 'waited for $1') : busy ? `${busy.job ? 'cancelled' : 'gave up:'} ${busy.what}` : null;
+        await writeItem(tx, { ...item, state: 'running', reason: note, workOrderId, startedAt: new Date().toISOString() });
+        return 'started';
+      });
     } catch (err) {
       if (!(err instanceof TaktError)) throw err;
-      // The engine was given the id: the operator knows the machine by its name.
+      // Nothing of the start was written. The engine was given the id: the operator knows the machine by its name.
       const why = err.message.split(i.machineId).join(i.machineName);
-      Object.assign(i, await this.saveItem({ ...i, state: 'failed', reason: `could not start: ${why}`, finishedAt: new Date().toISOString() }));
-      return false;
+      await this.store.transact(async (tx) => {
+        const item = (await tx.listRolloutItems(r.id)).find((x) => x.machineId === i.machineId);
+        // Only the item as this start found it: another replica may have started (or failed) it meanwhile.
+        if (item && (item.state === 'pending' || item.state === 'waiting')) await writeItem(tx, { ...item, state: 'failed', reason: `could not start: ${why}`, finishedAt: new Date().toISOString() });
+      });
+      return 'not';
     }
   }
 
@@ -449,18 +506,31 @@ export class Rollouts {
     });
     return i;
   }
+}
 
-  private async setState(r: Rollout, state: RolloutState, reason: string | null) {
-    const next = { ...r, state, reason, updatedAt: new Date().toISOString() };
-    await this.store.transact(async (tx) => {
-      // Someone (pause, abort, andon) may have moved it meanwhile; theirs wins.
-      const now = await tx.getRollout(r.id);
-      if (now?.state !== 'running') return;
-      await tx.updateRollout(next);
-      tx.emit(`rollouts.update.${r.id}`, next);
-    });
-    if (state === 'stopped') this.opts.log?.('warn', `rollout ${r.id} stopped`, { reason });
+/** Writes an item and queues its event (inside the caller's transaction); answers the item as written. */
+async function writeItem(tx: Tx, i: RolloutItem): Promise<RolloutItem> {
+  await tx.updateRolloutItem(i);
+  tx.emit(`rollouts.item.${i.rolloutId}`, i);
+  return i;
+}
+
+/** Writes a running rollout's new state (and wave) inside the caller's transaction, which read it running. */
+async function writeState(tx: Tx, r: Rollout, state: RolloutState, reason: string | null): Promise<void> {
+  const next = { ...r, state, reason, updatedAt: new Date().toISOString() };
+  await tx.updateRollout(next);
+  tx.emit(`rollouts.update.${r.id}`, next);
+}
+
+/** @throws TaktError conflict when one of `selected` is in an unfinished item of one of the `active` rollouts. */
+async function assertNoClash(reads: Reads, active: Rollout[], selected: Machine[]): Promise<void> {
+  const taken = new Map<string, string>();
+  for (const r of active) {
+    if (!ACTIVE.includes(r.state)) continue;
+    for (const i of await reads.listRolloutItems(r.id)) if (i.state === 'pending' || i.state === 'running' || i.state === 'waiting') taken.set(i.machineId, r.id);
   }
+  const clash = selected.find((m) => taken.has(m.id));
+  if (clash) throw new TaktError('conflict', `machine '${clash.name}' is already in active rollout ${taken.get(clash.id)}; let that one finish or abort it first (takt rollouts abort ${taken.get(clash.id)})`);
 }
 
 function waveOf(index: number, spec: RolloutSpec): number {

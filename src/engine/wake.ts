@@ -47,6 +47,11 @@ export class Wakeups {
     });
   }
 
+  /** Wakes every machine that has waiters or a generation (the content changed: any claim may find work). */
+  wakeEvery(): void {
+    for (const id of [...this.waiters.keys()]) this.wake(id);
+  }
+
   /** Lets every waiter of every machine go at once (the endpoint stops). */
   wakeAll(): void {
     for (const w of this.waiters.values()) for (const f of w.wake) f();

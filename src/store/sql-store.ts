@@ -1047,6 +1047,8 @@ export interface SqlStoreOptions {
 
 export class SqlStore extends SqlReads implements Store {
   private readonly listeners = new Set<EventListener>();
+  /** Listeners of this store's own committed events only (onOwnEvents). */
+  private readonly ownListeners = new Set<EventListener>();
   private readonly queue: Queued[] = [];
   private draining = false;
   /** Publishes committed events when other processes share the database (PostgreSQL); see `follow`. */
@@ -1246,6 +1248,8 @@ export class SqlStore extends SqlReads implements Store {
     } else {
       for (const b of batches) this.publish(b);
     }
+    // Own events, whatever else the feed published meanwhile: groups commit one after another, so in id order.
+    if (this.ownListeners.size > 0) for (const b of batches) this.publish(b, this.ownListeners);
     group.forEach((item, i) => {
       const o = outcomes[i]!;
       if (!o.ok) return item.reject(o.error);
@@ -1254,8 +1258,8 @@ export class SqlStore extends SqlReads implements Store {
   }
 
   /** A listener that throws must not keep the other listeners, or the rest of the group, from hearing. */
-  private publish(events: TaktEvent[]): void {
-    for (const l of this.listeners) {
+  private publish(events: TaktEvent[], to: Set<EventListener> = this.listeners): void {
+    for (const l of to) {
       try {
         l(events);
       } catch (err) {
@@ -1285,6 +1289,11 @@ export class SqlStore extends SqlReads implements Store {
   onEvents(listener: EventListener) {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  onOwnEvents(listener: EventListener) {
+    this.ownListeners.add(listener);
+    return () => this.ownListeners.delete(listener);
   }
 
   async pruneEvents(keep: number) {

@@ -246,6 +246,12 @@ export interface Store extends Reads {
    * commit (pg-follow.ts), from when the store was opened.
    */
   onEvents(listener: EventListener): () => void;
+  /**
+   * As `onEvents`, but only the events this store's own transactions committed (each once, in id order),
+   * never those of other processes on the database. For what must be counted once across replicas
+   * (metrics: a sum over replicas then counts every event once). On SQLite (one process) it is every event.
+   */
+  onOwnEvents(listener: EventListener): () => void;
   /** Deletes events older than the newest `keep` (the stream's catch-up window). */
   pruneEvents(keep: number): Promise<void>;
   close(): Promise<void>;
