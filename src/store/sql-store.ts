@@ -112,6 +112,7 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
     ...(r.boot ? { boot: parse<NonNullable<Machine['boot']>>(r.boot) } : {}),
     ...(r.classification ? { classification: parse<NonNullable<Machine['classification']>>(r.classification) } : {}),
     ...(r.power_config ? { powerConfig: parse<NonNullable<Machine['powerConfig']>>(r.power_config) } : {}),
+    ...(r.host ? { host: r.host } : {}),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
     agent: {
@@ -160,6 +161,7 @@ function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | 
     boot: m.boot ? json(m.boot) : null,
     classification: m.classification ? json(m.classification) : null,
     power_config: m.powerConfig ? json(m.powerConfig) : null,
+    host: m.host ?? null,
     created_at: m.createdAt,
     updated_at: m.updatedAt,
   };
@@ -823,6 +825,9 @@ class SqlTx extends SqlReads implements Tx {
   }
   async setMachineFacts(id: string, facts: ObservedFacts | null) {
     await this.db.updateTable('machines').set({ facts: facts === null ? null : json(facts) }).where('id', '=', id).execute();
+  }
+  async setMachineHost(id: string, host: string | null) {
+    await this.db.updateTable('machines').set({ host }).where('id', '=', id).execute();
   }
   async setMachineTokenHash(id: string, tokenHash: string) {
     await this.db.updateTable('machines').set({ token_hash: tokenHash }).where('id', '=', id).execute();
