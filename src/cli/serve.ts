@@ -1,5 +1,6 @@
 /**
- * `takt serve`: one endpoint with the embedded SQLite store, the API and UI, and the local and netns brokers.
+ * `takt serve`: one endpoint — the embedded SQLite store, or one of any number of replicas on a PostgreSQL
+ * database (cli/replicas.ts) — with the API and UI, and the local, netns, qemu and ssh brokers.
  * Loopback listeners speak plain HTTP (the local CLI); every other listener speaks HTTPS with the
  * endpoint's own CA (tls.ts) or the operator's certificate. Plain HTTP beyond loopback is never served.
  */
