@@ -22,7 +22,7 @@ const T1 = '2026-01-01T00:00:05.000Z';
 
 /**
  * Representative rows of every table, in the columns the schema had before its newest migration
- * (0024_job_power added jobs.power: the jobs row here has none). Plain SQL both dialects take.
+ * (0025_machine_host added machines.host: the machines row here has none). Plain SQL both dialects take.
  */
 const OLD_ROWS = `
 insert into settings (key, value) values ('policy.max-ages', '{"web":"30d"}');
@@ -110,7 +110,7 @@ for (const b of backends) {
       try {
         const names = await migrationNames(b.name);
         const previous = names.at(-2)!;
-        expect(names.at(-1)).toBe('0024_job_power'); // the newest; OLD_ROWS are written without its column
+        expect(names.at(-1)).toBe('0025_machine_host'); // the newest; OLD_ROWS are written without its column
         const k = old.kysely();
         try {
           await migrateTo(k, b.name, previous);
@@ -119,8 +119,8 @@ for (const b of backends) {
           await k.destroy();
         }
         await old.exec(OLD_ROWS);
-        // jobs.power is not there yet: the previous release's shape, not this one's
-        await expect(old.exec(`update jobs set power = 'x'`)).rejects.toThrow(/power/);
+        // machines.host is not there yet: the previous release's shape, not this one's
+        await expect(old.exec(`update machines set host = 'x'`)).rejects.toThrow(/host/);
 
         const { store } = await openStore(old.spec, '');
         try {
