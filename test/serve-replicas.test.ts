@@ -6,7 +6,7 @@
  * - every pipeline completes and every task ran exactly once (the jobs table, read directly);
  * - kill -9 of one replica mid-run: the machines still finish, nothing ran twice, nothing was lost;
  * - local-broker machines stay with the replica that made them: another replica does not adopt them when
- *   it restarts, and a delete through it destroys the sandbox on the owner;
+ *   it restarts, and a delete or power change through it is carried out by the owner;
  * - a replica without the shared keys, with another secret.key, or with another CA is refused.
  * Real PostgreSQL, a fresh database of its own (test/helpers/postgres.ts); skipped, saying why, only when
  * no PostgreSQL is reachable and CI is not set. Nothing waits on the demo's sleeps: every wait polls
@@ -147,6 +147,15 @@ function serveRefused(data: string, store: string): Promise<{ code: number; stde
   });
 }
 
+/** Whether process `pid` runs (a zombie, exited but not yet reaped by its parent, does not). */
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
 interface JobRow {
   machine_id: string;
   stage: string;
@@ -264,7 +273,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
     exactlyOnce(ids, await jobsOf(ids));
   }, 200_000);
 
-  it('local-broker machines stay with the replica that made them: not adopted by another on its restart; deleted through another, destroyed by their own', async () => {
+  it('local-broker machines stay with the replica that made them: not adopted by another on its restart; deleted or powered through another, acted on by their own', async () => {
     const [a, b] = [eps[0]!, eps[1]!];
     const hostA = readFileSync(join(a.data, 'endpoint-id'), 'utf8').trim();
     const r = await a.call('POST', '/machines', { name: 'sandbox', broker: 'local', count: 2 });
@@ -289,9 +298,19 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
     const del = await b.call('DELETE', `/machines/${made[0]!.id}`);
     expect(del.status, JSON.stringify(del.body)).toBe(200);
     await until(async () => !existsSync(join(a.data, 'machines', made[0]!.id)), 30_000, "A removed the deleted machine's sandbox");
-    expect(() => process.kill(pid, 0)).toThrow();
+    expect(alive(pid)).toBe(false);
     // The other one is untouched and still A's.
     expect(existsSync(join(a.data, 'machines', made[1]!.id))).toBe(true);
+
+    // Its power switched through B: the record changes there, and A stops (then starts) its agent.
+    const pidOf = () => Number(readFileSync(join(a.data, 'machines', made[1]!.id, 'agent.pid'), 'utf8'));
+    const first = pidOf();
+    expect(alive(first)).toBe(true);
+    expect((await b.call('POST', `/machines/${made[1]!.id}/power`, { power: 'off' })).status).toBe(200);
+    await until(async () => !alive(first), 30_000, "A stopped the powered-off machine's agent");
+    expect(existsSync(join(b.data, 'machines', made[1]!.id))).toBe(false);
+    expect((await b.call('POST', `/machines/${made[1]!.id}/power`, { power: 'on' })).status).toBe(200);
+    await until(async () => pidOf() !== first && alive(pidOf()), 30_000, "A started the powered-on machine's agent again");
   }, 120_000);
 
   it('refuses a replica without the shared keys, with another secret.key, or with another CA', async () => {
