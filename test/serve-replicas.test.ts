@@ -307,9 +307,11 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
     const first = pidOf();
     expect(alive(first)).toBe(true);
     expect((await b.call('POST', `/machines/${made[1]!.id}/power`, { power: 'off' })).status).toBe(200);
+    await until(async () => a.output.includes(`${made[1]!.name} powered off: its agent stops`), 30_000, 'A heard the power change made through B');
     await until(async () => !alive(first), 30_000, "A stopped the powered-off machine's agent");
     expect(existsSync(join(b.data, 'machines', made[1]!.id))).toBe(false);
     expect((await b.call('POST', `/machines/${made[1]!.id}/power`, { power: 'on' })).status).toBe(200);
+    await until(async () => a.output.includes(`${made[1]!.name} powered on: its agent starts`), 30_000, 'A heard the power change made through B');
     await until(async () => pidOf() !== first && alive(pidOf()), 30_000, "A started the powered-on machine's agent again");
   }, 120_000);
 

@@ -199,7 +199,11 @@ export class ProcessBroker {
     const t = this.tracked.get(machine.id);
     if (!t) return;
     t.machine = machine;
+    const was = t.wanted;
     t.wanted = machine.power !== 'off';
+    // Said once per change (updates of a machine's other fields come through here too): with replicas,
+    // this is where a power change made through another replica is carried out.
+    if (was !== t.wanted) this.opts.log('info', `${machine.name} powered ${t.wanted ? 'on: its agent starts' : 'off: its agent stops'}`, { machine: machine.name, broker: this.name });
     if (t.wanted) await this.ensureRunning(t);
     else await this.kill(t.pid);
   }
