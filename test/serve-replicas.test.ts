@@ -7,7 +7,8 @@
  * - kill -9 of one replica mid-run: the machines still finish, nothing ran twice, nothing was lost;
  * - local-broker machines stay with the replica that made them: another replica does not adopt them when
  *   it restarts, and a delete or power change through it is carried out by the owner;
- * - a replica without the shared keys, with another secret.key, or with another CA is refused.
+ * - a replica without the shared keys, with another secret.key, with another CA, or with a live replica's
+ *   endpoint id (a data dir copied whole) is refused.
  * Real PostgreSQL, a fresh database of its own (test/helpers/postgres.ts); skipped, saying why, only when
  * no PostgreSQL is reachable and CI is not set. Nothing waits on the demo's sleeps: every wait polls
  * state (machines done, jobs succeeded, a directory gone) under a deadline that fails with what it saw.
@@ -315,7 +316,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
     await until(async () => pidOf() !== first && alive(pidOf()), 30_000, "A started the powered-on machine's agent again");
   }, 120_000);
 
-  it('refuses a replica without the shared keys, with another secret.key, or with another CA', async () => {
+  it('refuses a replica without the shared keys, with another secret.key, with another CA, or with the endpoint id of a live one', async () => {
     const a = eps[0]!;
     const dirs: string[] = [];
     try {
@@ -343,6 +344,14 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
       const c = await serveRefused(otherCa, db.url);
       expect(c.code, c.stderr).toBe(1);
       expect(c.stderr).toMatch(/the CA in \S+ \(sha256 [0-9A-F:]+\) is not the CA of the other takt serve replicas on postgres:\/\/\S+ \(sha256 [0-9A-F:]+\)/);
+
+      // A data dir copied whole (here: with A's endpoint id): it would adopt and destroy A's machines.
+      const twin = replicaDir(a.data);
+      dirs.push(twin);
+      cpSync(join(a.data, 'endpoint-id'), join(twin, 'endpoint-id'));
+      const t = await serveRefused(twin, db.url);
+      expect(t.code, t.stderr).toBe(1);
+      expect(t.stderr).toContain(`runs with endpoint id ${readFileSync(join(a.data, 'endpoint-id'), 'utf8').trim()} (the endpoint-id file of its data dir): each replica needs a data dir of its own`);
     } finally {
       for (const d of dirs) rmSync(d, { recursive: true, force: true });
     }

@@ -220,7 +220,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   // endpoint lock is taken shared: any number of replicas, but no `takt store migrate` under them.
   // TAKT_STORE is read here rather than as the flag's default, which --help would show, password and all.
   // Opened before the keys are read or made: a replica must not invent keys the others do not have.
-  const opened = await openStore(opts.store ?? process.env.TAKT_STORE, data, { endpointLock: 'shared' });
+  const opened = await openStore(opts.store ?? process.env.TAKT_STORE, data, { endpointLock: 'shared', replicaId: hostId });
   const store = opened.store;
   let admin: { value: string; created: boolean };
   let key: { value: string; created: boolean };

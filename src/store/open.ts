@@ -27,10 +27,11 @@ export interface OpenedStore {
  * @param dataDir the endpoint's data dir (the default SQLite file lives there).
  * @param opts.endpointLock PostgreSQL: hold the endpoint lock, `shared` (`takt serve`: any number of replicas)
  *   or `exclusive` (`takt store migrate`: no serve on the database); `exclusive: true` is the latter.
+ * @param opts.replicaId PostgreSQL, shared: this replica's endpoint id, which no other live replica may have.
  * @throws TaktError `bad_request` for a spec that is neither; whatever opening that store throws
  *   (postgres.ts `openPostgresStore`: unreachable, endpoint lock not to be had, schema too new).
  */
-export async function openStore(spec: string | undefined, dataDir: string, opts: { exclusive?: boolean; endpointLock?: 'shared' | 'exclusive' } = {}): Promise<OpenedStore> {
+export async function openStore(spec: string | undefined, dataDir: string, opts: { exclusive?: boolean; endpointLock?: 'shared' | 'exclusive'; replicaId?: string } = {}): Promise<OpenedStore> {
   const s = spec?.trim() ?? '';
   if (s === '' || s.startsWith('sqlite:')) {
     const file = s.startsWith('sqlite:') && s.length > 'sqlite:'.length ? s.slice('sqlite:'.length) : join(dataDir, 'takt.db');
@@ -39,7 +40,7 @@ export async function openStore(spec: string | undefined, dataDir: string, opts:
   if (isPostgresUrl(s)) {
     let holders: number | undefined;
     const endpointLock = opts.endpointLock ?? (opts.exclusive ? 'exclusive' : undefined);
-    const store = await openPostgresStore(s, { ...(endpointLock ? { endpointLock } : {}), onLocked: (n) => (holders = n) });
+    const store = await openPostgresStore(s, { ...(endpointLock ? { endpointLock } : {}), ...(opts.replicaId !== undefined ? { replicaId: opts.replicaId } : {}), onLocked: (n) => (holders = n) });
     return { store, kind: 'postgres', where: redactUrl(s), ...(holders !== undefined ? { holders } : {}) };
   }
   throw new TaktError('bad_request', `--store '${redactUrl(s)}' is not a store: use postgres://USER@HOST:PORT/DATABASE, or sqlite:FILE (default: takt.db in the data dir)`);

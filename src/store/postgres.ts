@@ -9,7 +9,7 @@ import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
 import { TaktError } from '../model/errors.js';
 import { PgFollower } from './pg-follow.js';
-import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, SqlStore } from './sql-store.js';
+import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, SqlStore } from './sql-store.js';
 import type { Database } from './tables.js';
 
 /** PostgreSQL's type id of `bigint` (int8). */
@@ -63,6 +63,12 @@ export interface PostgresStoreOptions {
    * number of `takt serve` replicas live on the database, for `shared`).
    */
   onLocked?: (holders: number) => void;
+  /**
+   * With `endpointLock: 'shared'`: this replica's endpoint id (8 hex digits, brokers/netns.ts endpointId),
+   * held as a lock of its own while the store is open, so that a second replica with the same id — a data
+   * dir copied whole, which would adopt and destroy the first one's machines — is refused.
+   */
+  replicaId?: string;
   /** Pooled connections at most (default 10). */
   maxConnections?: number;
   /**
@@ -113,6 +119,13 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
         }
         const n = await endpointLockHolders(lock);
         throw new TaktError('conflict', `another takt serve uses ${where}${n > 0 ? ` (${n} replica${n === 1 ? '' : 's'} running)` : ''}, or another copy does; stop every takt serve on that database first`);
+      }
+      if (mode === 'shared' && opts.replicaId !== undefined) {
+        const key = Number.parseInt(opts.replicaId, 16) | 0;
+        const mine = await lock.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2) as ok', [PG_REPLICA_SPACE, key]);
+        if (!mine.rows[0]?.ok) {
+          throw new TaktError('conflict', `another takt serve replica on ${where} runs with endpoint id ${opts.replicaId} (the endpoint-id file of its data dir): each replica needs a data dir of its own — was this one copied whole? Start this replica on a new data dir holding only copies of secret.key, admin.token and tls/`);
+        }
       }
       opts.onLocked?.(await endpointLockHolders(lock));
     } catch (err) {

@@ -970,11 +970,17 @@ const MAX_GROUP = 64;
  * PostgreSQL advisory lock keys (the two-int form; 0x74616b74 is "takt"). WRITE_LOCK is taken by every
  * store transaction for its whole length (`pg_advisory_xact_lock`), so the store's writers are serialised
  * as on SQLite, across connections and processes: change numbers and event ids come out in commit order.
- * ENDPOINT_LOCK is held by a running `takt serve` for as long as its store is open (postgres.ts).
+ * ENDPOINT_LOCK is held by a running `takt serve` for as long as its store is open (postgres.ts): shared by
+ * replicas, exclusive by `takt store migrate`.
  */
 export const PG_LOCK_SPACE = 0x74616b74;
 export const PG_WRITE_LOCK = 1;
 export const PG_ENDPOINT_LOCK = 2;
+/**
+ * Key space of the replica locks: a `takt serve` replica holds (PG_REPLICA_SPACE, its endpoint id as a
+ * 32-bit integer) while it runs, so two replicas with one endpoint id (a data dir copied whole) are refused.
+ */
+export const PG_REPLICA_SPACE = 0x74616b75;
 /** The channel every store on a PostgreSQL database notifies (committed events) and listens on (pg-follow.ts). */
 export const PG_EVENTS_CHANNEL = 'takt_events';
 
