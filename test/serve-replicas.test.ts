@@ -285,9 +285,17 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
     // Their agents connect to A.
     await until(async () => (await b.call('GET', `/machines/${made[0]!.id}`)).body.agent?.connected === true, 60_000, 'the agent on A connected');
 
+    // The second as a machine made before replicas: no host recorded.
+    await withClient(db.url, (c) => c.query('update machines set host = null where id = $1', [made[1]!.id]));
     await b.terminate();
     await b.boot();
     for (const m of made) expect(existsSync(join(b.data, 'machines', m.id)), `B adopted ${m.name}`).toBe(false);
+    expect((await b.call('GET', `/machines/${made[1]!.id}`)).body.host).toBeUndefined();
+    // Its sandbox is in A's data dir: A adopts it at its next start, and records itself as its host.
+    await a.terminate();
+    await a.boot();
+    expect((await b.call('GET', `/machines/${made[1]!.id}`)).body.host).toBe(hostA);
+    await until(async () => (await a.call('GET', `/machines/${made[1]!.id}`)).body.agent?.connected === true, 60_000, 'the adopted agent on A connected');
     const wide = await b.cli(['machines', 'list', '-o', 'wide']);
     expect(wide.stdout).toMatch(/REPLICA/);
     expect(wide.stdout).toContain(hostA);

@@ -25,9 +25,11 @@ export async function createHostedMachine(engine: Engine, input: MachineInput, a
 }
 
 /**
- * Whether the replica with endpoint id `self` acts on `machine`'s host resources (adopts, powers,
- * destroys them): its own machines, and machines with no host recorded (made before replicas, or by a
- * broker that is not host-bound), which every endpoint treats as it always did.
+ * Whether the replica with endpoint id `self` acts on `machine`'s host resources (powers or destroys
+ * them): its own machines, and machines with no host recorded (made before replicas, or by a broker that
+ * is not host-bound), on which every replica acts as an endpoint always did — a no-op where the machine's
+ * sandbox is not held. (Adoption at start is stricter: cli/serve.ts adopts a host-less machine only where
+ * its sandbox is.)
  */
 export function hostedHere(machine: Pick<Machine, 'host'>, self: string | undefined): boolean {
   return !machine.host || self === undefined || machine.host === self;

@@ -120,6 +120,11 @@ export class ProcessBroker {
     return join(this.machinesDir, id);
   }
 
+  /** Whether machine `id`'s sandbox is in this data dir (made here, or by this endpoint before replicas). */
+  holds(id: string): boolean {
+    return existsSync(this.machineDir(id));
+  }
+
   private paths(id: string): MachinePaths {
     return machinePaths(this.machinesDir, id);
   }

@@ -380,10 +380,18 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   rollouts.start();
   churn.start();
 
-  // A replica adopts only the machines its own brokers made (and those made before replicas): another
-  // replica's sandboxes and VMs are on another host.
+  // A replica adopts only the machines its own brokers made: another replica's sandboxes and VMs are on
+  // another host. A machine made before replicas (no host recorded) is adopted by the endpoint whose data
+  // dir holds its sandbox or VM — the one that made it — which records itself as its host from now on.
   for (const b of brokers.values()) {
-    const mine = (await store.listMachines({ broker: b.name, limit: 1000 })).filter((m) => !b.hostBound || hostedHere(m, hostId));
+    const mine: Machine[] = [];
+    for (const m of await store.listMachines({ broker: b.name, limit: 1000 })) {
+      if (!b.hostBound || m.host === hostId) mine.push(m);
+      else if (!m.host && b.holds(m.id)) {
+        await store.transact((tx) => tx.setMachineHost(m.id, hostId));
+        mine.push({ ...m, host: hostId });
+      }
+    }
     await b.adopt(mine);
   }
   const stopReporting = reportProgress(store, log);

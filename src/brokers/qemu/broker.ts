@@ -93,6 +93,11 @@ export class QemuBroker {
     return join(this.vmsDir, id);
   }
 
+  /** Whether machine `id`'s VM is in this data dir (made here, or by this endpoint before replicas). */
+  holds(id: string): boolean {
+    return existsSync(this.vmDir(id));
+  }
+
   /** Said with every VM created when takt's boot services cannot reach it. */
   get notice(): string | undefined {
     return this.opts.bridge ? undefined : "no --qemu-bridge: the VM's NIC is on qemu's private user-mode network, where takt's boot services do not answer (it can be powered, not network-booted by takt; see docs/provisioning.md \"The qemu broker\")";
