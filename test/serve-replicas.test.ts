@@ -288,13 +288,17 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
     // The second as a machine made before replicas: no host recorded.
     await withClient(db.url, (c) => c.query('update machines set host = null where id = $1', [made[1]!.id]));
     await b.terminate();
+    const said = b.output.length;
     await b.boot();
+    // B has adopted what it holds (none of A's) once it says so.
+    await until(async () => /adopted 0 machines whose sandbox or VM this host holds/.test(b.output.slice(said)), 30_000, 'B adopted its machines');
     for (const m of made) expect(existsSync(join(b.data, 'machines', m.id)), `B adopted ${m.name}`).toBe(false);
     expect((await b.call('GET', `/machines/${made[1]!.id}`)).body.host).toBeUndefined();
     // Its sandbox is in A's data dir: A adopts it at its next start, and records itself as its host.
     await a.terminate();
     await a.boot();
-    expect((await b.call('GET', `/machines/${made[1]!.id}`)).body.host).toBe(hostA);
+    // (A adopts after it starts to listen, so its start is not the moment to look.)
+    await until(async () => (await b.call('GET', `/machines/${made[1]!.id}`)).body.host === hostA, 30_000, 'A recorded itself as the host of the machine it adopted');
     await until(async () => (await a.call('GET', `/machines/${made[1]!.id}`)).body.agent?.connected === true, 60_000, 'the adopted agent on A connected');
     const wide = await b.cli(['machines', 'list', '-o', 'wide']);
     expect(wide.stdout).toMatch(/REPLICA/);

@@ -383,6 +383,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   // A replica adopts only the machines its own brokers made: another replica's sandboxes and VMs are on
   // another host. A machine made before replicas (no host recorded) is adopted by the endpoint whose data
   // dir holds its sandbox or VM — the one that made it — which records itself as its host from now on.
+  let adopted = 0;
   for (const b of brokers.values()) {
     const mine: Machine[] = [];
     for (const m of await store.listMachines({ broker: b.name, limit: 1000 })) {
@@ -393,7 +394,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       }
     }
     await b.adopt(mine);
+    if (b.hostBound) adopted += mine.length;
   }
+  log('info', `adopted ${adopted} machine${adopted === 1 ? '' : 's'} whose sandbox or VM this host holds`);
   const stopReporting = reportProgress(store, log);
   // Power changes and deletes may arrive at any replica: the record changes there, and the replica that
   // holds the machine's sandbox or VM acts when it hears the event (its own included; destroy is idempotent).
