@@ -338,7 +338,7 @@ describe('output formats against an endpoint', () => {
     expect(plain.stdout).not.toContain(id);
     expect(plain.stdout).not.toMatch(/[│┌─]/);
     const wide = await ep.cli(['machines', 'list', '-o', 'wide']);
-    expect(wide.stdout).toMatch(/^NAME +ID +ENV +BROKER +PIPELINE +STATE +AGENT +CREATED +UPDATED +LABELS +REASON\n/);
+    expect(wide.stdout).toMatch(/^NAME +ID +ENV +BROKER +REPLICA +PIPELINE +STATE +AGENT +CREATED +UPDATED +LABELS +REASON\n/);
     expect(wide.stdout).toMatch(new RegExp(`\\nfmt-1 +${id} +remote +- .* \\d{4}-\\d\\d-\\d\\dT`));
     const bare = await ep.cli(['machines', 'list', '--no-headers']);
     expect(bare.stdout.split('\n').filter(Boolean).map((l) => l.split(/ +/)[0]).sort()).toEqual(['fmt-1', 'fmt-2']);

@@ -112,6 +112,9 @@ describe('export and import', () => {
     expect((await b.api.get<Machine>('/machines/sandbox')).reason).toBeNull();
     // no longer held: the place its export gave it is dropped, and an export writes where it stands now
     expect((await b.api.get<Machine>('/machines/sandbox')).restoredPlace).toBeUndefined();
+    // its new sandbox is this endpoint's: the machine names this endpoint (its endpoint id), not the one it came from
+    expect((await b.api.get<Machine>('/machines/sandbox')).host).toBe(readFileSync(join(b.data, 'endpoint-id'), 'utf8').trim());
+    expect((await a.api.get<Machine>('/machines/sandbox')).host).toBe(readFileSync(join(a.data, 'endpoint-id'), 'utf8').trim());
   });
 
   it("refuses secure values sealed with another endpoint's key, up front, naming each: nothing imported", async () => {

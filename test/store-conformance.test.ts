@@ -654,14 +654,25 @@ describe('store selection (store/open.ts)', () => {
     }
   });
 
-  it.skipIf(pgWhy !== null)('postgres: one endpoint per database (the endpoint lock), released when its store closes', async () => {
+  it.skipIf(pgWhy !== null)('postgres: the endpoint lock — shared by takt serve replicas, exclusive for a copy, released when its store closes', async () => {
     const pgdb = await freshDatabase();
     try {
       const url = pgdb.url;
       const first = await openStore(url, '/nonexistent', { exclusive: true });
       expect(first.kind).toBe('postgres');
+      expect(first.holders).toBe(1);
       await expect(openStore(url, '/nonexistent', { exclusive: true })).rejects.toMatchObject({ code: 'conflict', message: expect.stringMatching(/another takt serve uses/) });
+      // A copy holds it: no replica starts under it.
+      await expect(openStore(url, '/nonexistent', { endpointLock: 'shared' })).rejects.toMatchObject({ code: 'conflict', message: expect.stringMatching(/takt store migrate is copying into or out of postgres:\/\//) });
       await first.store.close();
+      // Replicas: any number share it, and each is told how many hold it.
+      const a = await openStore(url, '/nonexistent', { endpointLock: 'shared' });
+      const b = await openStore(url, '/nonexistent', { endpointLock: 'shared' });
+      expect([a.holders, b.holders]).toEqual([1, 2]);
+      // A copy is refused while any replica runs, and says how many do.
+      await expect(openStore(url, '/nonexistent', { endpointLock: 'exclusive' })).rejects.toMatchObject({ code: 'conflict', message: expect.stringContaining('(2 replicas running)') });
+      await a.store.close();
+      await b.store.close();
       const second = await openStore(url, '/nonexistent', { exclusive: true });
       await second.store.close();
     } finally {

@@ -73,6 +73,12 @@ export interface BrokerPort {
    * restored onto this endpoint from another host arrives with a new, empty sandbox.
    */
   readonly sandboxed?: boolean;
+  /**
+   * True when what the broker makes lives on this endpoint's host (local and netns sandboxes, qemu VMs):
+   * its machines record the replica that made them (Machine.host), and only that replica adopts and
+   * destroys them (api/hosts.ts). False or absent: the machine is reachable from any replica (ssh).
+   */
+  readonly hostBound?: boolean;
   /** What creating a machine should warn about (e.g. its scripts are not isolated from the endpoint). */
   readonly notice?: string | undefined;
 }
@@ -87,6 +93,11 @@ export interface ApiContext {
   rollouts: Rollouts;
   churn: Churn;
   brokers: Map<string, BrokerPort>;
+  /**
+   * This replica's endpoint id (brokers/netns.ts endpointId): recorded as the host of the machines its
+   * host-bound brokers make (api/hosts.ts). Absent (unit tests): machines record no host.
+   */
+  hostId?: string;
   /** Credentials the endpoint uses to reach machines (SSH keys); absent: the routes answer 404. */
   credentials?: CredentialsPort;
   version: string;

@@ -83,10 +83,14 @@ export class ProcessBroker {
   readonly name: string;
   /** Each machine is a sandbox on this host (see BrokerPort.sandboxed): new and empty when restored here. */
   readonly sandboxed = true;
+  /** Its machines live on this host: they stay with the replica that made them (api/hosts.ts). */
+  readonly hostBound = true;
   readonly environment: string;
   private readonly placement: Placement;
   private readonly tracked = new Map<string, Tracked>();
   private timer: NodeJS.Timeout | null = null;
+  /** Destroys under way, by machine id: a second call for the same machine waits for the first. */
+  private readonly destroying = new Map<string, Promise<void>>();
 
   constructor(private readonly opts: ProcessBrokerOptions) {
     this.name = opts.name;
@@ -116,6 +120,11 @@ export class ProcessBroker {
     return join(this.machinesDir, id);
   }
 
+  /** Whether machine `id`'s sandbox is in this data dir (made here, or by this endpoint before replicas). */
+  holds(id: string): boolean {
+    return existsSync(this.machineDir(id));
+  }
+
   private paths(id: string): MachinePaths {
     return machinePaths(this.machinesDir, id);
   }
@@ -131,7 +140,20 @@ export class ProcessBroker {
     await this.ensureRunning(this.tracked.get(machine.id)!);
   }
 
+  /**
+   * Stops the machine's agent and removes its place and sandbox. Idempotent: a machine already destroyed
+   * (or never made on this host) is a no-op, and a call while one is under way waits for that one — the
+   * API route and the machines.delete event (cli/serve.ts) may both ask for the same machine.
+   */
   async destroy(machine: LocalMachine): Promise<void> {
+    const running = this.destroying.get(machine.id);
+    if (running) return running;
+    const p = this.destroyNow(machine).finally(() => this.destroying.delete(machine.id));
+    this.destroying.set(machine.id, p);
+    return p;
+  }
+
+  private async destroyNow(machine: LocalMachine): Promise<void> {
     const t = this.tracked.get(machine.id);
     this.tracked.delete(machine.id);
     await this.kill(t?.pid ?? this.readPid(machine.id));
@@ -182,7 +204,11 @@ export class ProcessBroker {
     const t = this.tracked.get(machine.id);
     if (!t) return;
     t.machine = machine;
+    const was = t.wanted;
     t.wanted = machine.power !== 'off';
+    // Said once per change (updates of a machine's other fields come through here too): with replicas,
+    // this is where a power change made through another replica is carried out.
+    if (was !== t.wanted) this.opts.log('info', `${machine.name} powered ${t.wanted ? 'on: its agent starts' : 'off: its agent stops'}`, { machine: machine.name, broker: this.name });
     if (t.wanted) await this.ensureRunning(t);
     else await this.kill(t.pid);
   }

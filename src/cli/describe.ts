@@ -50,6 +50,8 @@ export function describeText(d: MachineDescription, now = new Date()): string {
     ['ID', shown(m.id)],
     ['Environment', shown(m.environment)],
     ['Broker', m.broker ? shown(m.broker) : none],
+    // Only machines a host-bound broker made have one: the replica that holds their sandbox or VM.
+    ...(m.host ? [['Replica', `${shown(m.host)} (the takt serve that holds its ${m.broker === 'qemu' ? 'VM' : 'sandbox'}: its data dir's endpoint-id file says so)`] as [string, string]] : []),
     ['Pipeline', m.pipeline ? shown(m.pipeline) : none],
     ['Position', position],
     ['State', colorStatus(shown(d.status))],

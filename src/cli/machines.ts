@@ -27,6 +27,8 @@ export const machineColumns = [
   { header: 'ID', get: (m: Machine) => m.id, wide: true },
   { header: 'ENV', get: (m: Machine) => m.environment },
   { header: 'BROKER', get: (m: Machine) => m.broker, wide: true },
+  // The replica whose host holds the machine's sandbox or VM (its endpoint id, in its data dir's endpoint-id file).
+  { header: 'REPLICA', get: (m: Machine) => m.host ?? null, wide: true },
   { header: 'PIPELINE', get: (m: Machine) => m.pipeline },
   { header: 'STATE', get: statusOf, color: colorStatus },
   { header: 'AGENT', get: (m: Machine) => agentCell(m) },

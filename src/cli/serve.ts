@@ -1,5 +1,6 @@
 /**
- * `takt serve`: one endpoint with the embedded SQLite store, the API and UI, and the local and netns brokers.
+ * `takt serve`: one endpoint — the embedded SQLite store, or one of any number of replicas on a PostgreSQL
+ * database (cli/replicas.ts) — with the API and UI, and the local, netns, qemu and ssh brokers.
  * Loopback listeners speak plain HTTP (the local CLI); every other listener speaks HTTPS with the
  * endpoint's own CA (tls.ts) or the operator's certificate. Plain HTTP beyond loopback is never served.
  */
@@ -12,7 +13,7 @@ import { isLoopbackHost, isValidHost, loopbackBindAddress } from '../model/host.
 import { Listeners, type ListenSpec } from '../api/listeners.js';
 import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type ServerLimits } from '../api/server.js';
 import { checkSanName, TlsManager } from '../api/tls.js';
-import { NetnsPlacement } from '../brokers/netns.js';
+import { endpointId, NetnsPlacement } from '../brokers/netns.js';
 import { ProcessBroker } from '../brokers/process.js';
 import { QemuBroker } from '../brokers/qemu/broker.js';
 import { checkPowerConfig } from '../provision/power/index.js';
@@ -42,7 +43,9 @@ import { discoveryToken as mintDiscoveryToken } from '../model/discovery.js';
 import { openStore } from '../store/open.js';
 import type { SqlStore } from '../store/sql-store.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
+import { createHostedMachine, hostedHere } from '../api/hosts.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
+import { checkShared, refuseMissingShared } from './replicas.js';
 import { createLog, type LogFn } from './log.js';
 import { VERSION } from './version.js';
 
@@ -210,23 +213,41 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
   const unlock = lockDataDir(data);
   process.once('exit', unlock);
-  const admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
-  const key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
+  // This replica's id: the host of the machines its host-bound brokers make (api/hosts.ts), and the name
+  // its netns resources carry (netns.ts). Never shared: each replica's data dir has its own.
+  const hostId = endpointId(data);
 
-  // The names the certificate carries: what clients type. Wildcard listeners add every interface address.
-  const names = [hostname(), 'localhost', '127.0.0.1', '::1', ...(opts.tlsSan ?? [])];
-  for (const l of listen) names.push(...(WILDCARD.has(l.host) ? interfaceAddresses() : [l.host]));
-  const tls = new TlsManager({ dataDir: data, names, log, ...(opts.tlsCert !== undefined ? { certFile: opts.tlsCert } : {}), ...(opts.tlsKey !== undefined ? { keyFile: opts.tlsKey } : {}) });
-  await tls.ensure();
-  const caFile = join(data, 'tls', 'ca.pem');
-
-  // SQLite in the data dir unless --store / TAKT_STORE names a PostgreSQL database; exclusive: one endpoint
-  // per database, as the data dir lock is one per data dir (replicas are not supported yet).
+  // SQLite in the data dir unless --store / TAKT_STORE names a PostgreSQL database. On PostgreSQL the
+  // endpoint lock is taken shared: any number of replicas, but no `takt store migrate` under them.
   // TAKT_STORE is read here rather than as the flag's default, which --help would show, password and all.
-  const opened = await openStore(opts.store ?? process.env.TAKT_STORE, data, { exclusive: true });
+  // Opened before the keys are read or made: a replica must not invent keys the others do not have.
+  const opened = await openStore(opts.store ?? process.env.TAKT_STORE, data, { endpointLock: 'shared', replicaId: hostId });
   const store = opened.store;
+  let admin: { value: string; created: boolean };
+  let key: { value: string; created: boolean };
+  let tls: TlsManager;
+  let sealer: Sealer;
+  try {
+    if (opened.kind === 'postgres') await refuseMissingShared(store, data, opened.where);
+    admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
+    key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
+    // The names the certificate carries: what clients type. Wildcard listeners add every interface address.
+    const names = [hostname(), 'localhost', '127.0.0.1', '::1', ...(opts.tlsSan ?? [])];
+    for (const l of listen) names.push(...(WILDCARD.has(l.host) ? interfaceAddresses() : [l.host]));
+    tls = new TlsManager({ dataDir: data, names, log, ...(opts.tlsCert !== undefined ? { certFile: opts.tlsCert } : {}), ...(opts.tlsKey !== undefined ? { keyFile: opts.tlsKey } : {}) });
+    await tls.ensure();
+    sealer = new Sealer(Buffer.from(key.value, 'base64'));
+    // Every replica seals with the same key and issues from the same CA (cli/replicas.ts).
+    if (opened.kind === 'postgres') await checkShared(store, sealer, tls.internal.caFingerprint, data, opened.where);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  const caFile = join(data, 'tls', 'ca.pem');
   log('info', `store: ${opened.kind} ${opened.where}`);
-  const sealer = new Sealer(Buffer.from(key.value, 'base64'));
+  if (opened.holders !== undefined) {
+    log('info', `replica ${hostId} (this data dir's endpoint id): ${opened.holders} takt serve replica${opened.holders === 1 ? '' : 's'} live on this database, this one included; machines its local, netns and qemu brokers make stay with it`);
+  }
   const discoveryDigest = sealer.keyed('discovery');
   const content = new ContentService(store, sealer);
   await content.load();
@@ -314,6 +335,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     history: new History(store, engine, content, portable),
     portable,
     brokers,
+    hostId,
     joins: new Joins(store, engine),
     discoveryDigest,
     // Where the agent bundle joining hosts download is built (TAKT_BUNDLE_CACHE: shared by test endpoints).
@@ -362,13 +384,37 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   rollouts.start();
   churn.start();
 
-  for (const b of brokers.values()) await b.adopt(await store.listMachines({ broker: b.name, limit: 1000 }));
+  // A replica adopts only the machines its own brokers made: another replica's sandboxes and VMs are on
+  // another host. A machine made before replicas (no host recorded) is adopted by the endpoint whose data
+  // dir holds its sandbox or VM — the one that made it — which records itself as its host from now on.
+  let adopted = 0;
+  for (const b of brokers.values()) {
+    const mine: Machine[] = [];
+    for (const m of await store.listMachines({ broker: b.name, limit: 1000 })) {
+      if (!b.hostBound || m.host === hostId) mine.push(m);
+      else if (!m.host && b.holds(m.id)) {
+        await store.transact((tx) => tx.setMachineHost(m.id, hostId));
+        mine.push({ ...m, host: hostId });
+      }
+    }
+    await b.adopt(mine);
+    if (b.hostBound) adopted += mine.length;
+  }
+  log('info', `adopted ${adopted} machine${adopted === 1 ? '' : 's'} whose sandbox or VM this host holds`);
   const stopReporting = reportProgress(store, log);
+  // Power changes and deletes may arrive at any replica: the record changes there, and the replica that
+  // holds the machine's sandbox or VM acts when it hears the event (its own included; destroy is idempotent).
   store.onEvents((events) => {
     for (const e of events) {
-      if (!e.topic.startsWith('machines.update.')) continue;
-      const b = brokers.get((e.data as Machine).broker ?? '');
-      if (b) void b.setPower(e.data as Machine);
+      const update = e.topic.startsWith('machines.update.');
+      if (!update && !e.topic.startsWith('machines.delete.')) continue;
+      const m = e.data as Machine;
+      const b = brokers.get(m.broker ?? '');
+      if (!b || (b.hostBound && !hostedHere(m, hostId))) continue;
+      if (update) void b.setPower(m);
+      else if (b.hostBound) {
+        void b.destroy(m).catch((err: Error) => log('error', `could not remove deleted machine ${m.name}'s ${b.name} sandbox: ${err.message}`, { machine: m.name }));
+      }
     }
   });
   const pruner = setInterval(() => void store.pruneEvents(100_000).catch(() => undefined), 60_000);
@@ -383,7 +429,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   } else {
     log('info', `web UI at ${url}/ (admin token in ${join(data, 'admin.token')})`);
   }
-  if (opts.demo) await startDemo(content, engine, broker, store, log, opts.data);
+  if (opts.demo) await startDemo(content, engine, broker, store, log, opts.data, hostId);
   if (provisionNet) {
     try {
       // Agents in the boot environments reach the API over TLS on the provisioning address when the endpoint
@@ -438,7 +484,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
  * installed if missing but pinned only when no demo version is in use (a restart must not roll back a
  * `content use`), and existing demo machines are left where they are (never restarted). It logs what it did.
  */
-async function startDemo(content: ContentService, engine: Engine, broker: ProcessBroker, store: SqlStore, log: LogFn, dataArg: string) {
+async function startDemo(content: ContentService, engine: Engine, broker: ProcessBroker, store: SqlStore, log: LogFn, dataArg: string, hostId: string) {
   const files = await readPackDir(DEMO_PACK);
   const pinned = content.pinned.get('demo')?.version;
   try {
@@ -457,7 +503,7 @@ async function startDemo(content: ContentService, engine: Engine, broker: Proces
     const name = `demo-${i}`;
     const existing = await store.getMachineByName(name);
     if (!existing) {
-      const { machine, token } = await engine.createMachine({ name, environment: 'local', broker: 'local', pipeline: 'demo' }, 'demo');
+      const { machine, token } = await createHostedMachine(engine, { name, environment: 'local', broker: 'local', pipeline: 'demo' }, 'demo', hostId);
       await broker.create(machine, token);
       created.push(name);
     } else kept.push(`${name} (${existing.state})`);

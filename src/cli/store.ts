@@ -113,10 +113,10 @@ async function migrate(fromValue: string, toValue: string, o: { dryRun: boolean;
       if (existsSync(dir)) unlocks.push(lockDataDir(dir));
     }
     // Each store is opened as takt serve opens it, so each is brought to this build's schema first.
-    // exclusive: PostgreSQL's endpoint lock, refusing a database a takt serve uses.
-    const source = await openStore(from.spec, '', { exclusive: true });
+    // exclusive: PostgreSQL's endpoint lock, refusing a database any takt serve (replica) uses.
+    const source = await openStore(from.spec, '', { endpointLock: 'exclusive' });
     opened.push(source);
-    const target = await openStore(to.spec, '', { exclusive: true });
+    const target = await openStore(to.spec, '', { endpointLock: 'exclusive' });
     opened.push(target);
     say(`${o.dryRun ? 'dry run: ' : ''}copying ${source.kind} ${source.where} to ${target.kind} ${target.where} (both opened by this takt, so both at its schema: older ones were migrated first)`);
     const printed = new Map<string, number>();

@@ -139,7 +139,9 @@ const DESIRED_KEYS = ['id', 'name', 'environment', 'broker', 'pipeline', 'profil
  * Machine fields that are not its pipeline position. Every other field is position (stage and task
  * index, attempt, the approved stage, or whatever tracks it), so the export follows the model as it grows.
  */
-const NOT_POSITION = new Set<string>([...DESIRED_KEYS, 'state', 'reason', 'outputs', 'currentJob', 'facts', 'createdAt', 'updatedAt', 'agent', 'restoredPlace']);
+// `host` (the replica holding a sandbox or VM, api/hosts.ts) is this endpoint's, never an export's: a
+// machine restored elsewhere gets the importing replica's.
+const NOT_POSITION = new Set<string>([...DESIRED_KEYS, 'state', 'reason', 'outputs', 'currentJob', 'facts', 'createdAt', 'updatedAt', 'agent', 'restoredPlace', 'host']);
 /** The state a machine that was running is restored in: it keeps its place and waits for the operator. */
 const HELD: MachineState = (MACHINE_STATES as readonly string[]).includes('paused') ? ('paused' as MachineState) : 'stopped';
 

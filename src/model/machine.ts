@@ -99,6 +99,15 @@ export interface Machine {
    * Absent for broker machines (local, netns), whose `power` the broker acts on itself.
    */
   powerConfig?: MachinePowerConfig;
+  /**
+   * Observed: the endpoint id (brokers/netns.ts endpointId, 8 hex digits) of the `takt serve` replica whose
+   * host-bound broker (local, netns, qemu) made the machine's sandbox, namespace or VM. Only that replica
+   * adopts, powers and destroys them; another replica changes the record and the owner acts on the event.
+   * Absent for machines without such a broker (agents, SSH) and for machines made before replicas (their
+   * endpoint adopts them as it always did). Never in history or exports: a machine restored on another
+   * host gets that endpoint's id.
+   */
+  host?: string;
   createdAt: string;
   updatedAt: string;
   /** Observed, never desired: whether an agent (or the SSH broker) is in touch with the machine. */

@@ -372,6 +372,14 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
         await db.schema.alterTable('jobs').addColumn('power', text).execute();
       },
     },
+    '0025_machine_host': {
+      async up(db: Kysely<unknown>) {
+        // Which endpoint (replica) made a machine's host resources (model/machine.ts Machine.host: its
+        // endpoint id, brokers/netns.ts endpointId): only that one adopts, powers and destroys them. Null
+        // for machines without a host-bound broker and for machines made before replicas.
+        await db.schema.alterTable('machines').addColumn('host', text).execute();
+      },
+    },
     '0027_images': {
       async up(db: Kysely<unknown>) {
         // The image catalog (model/image.ts): one row per immutable version; the bytes are kept by the

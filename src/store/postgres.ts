@@ -9,7 +9,7 @@ import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
 import { TaktError } from '../model/errors.js';
 import { PgFollower } from './pg-follow.js';
-import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, SqlStore } from './sql-store.js';
+import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, SqlStore } from './sql-store.js';
 import type { Database } from './tables.js';
 
 /** PostgreSQL's type id of `bigint` (int8). */
@@ -48,12 +48,27 @@ export function redactUrl(url: string): string {
 
 export interface PostgresStoreOptions {
   /**
-   * Hold the endpoint lock while the store is open, refusing a database that another endpoint holds:
-   * several `takt serve` on one database (replicas) are not supported yet, and two would both run the
-   * work that must happen once (lease sweeps, rollout steps). `takt serve` sets it; tests that put two
-   * stores on one database to race their writers do not.
+   * Hold the endpoint lock (a session advisory lock, PG_ENDPOINT_LOCK) while the store is open:
+   * - `shared`: what `takt serve` takes. Any number of replicas share the database; each holds the lock
+   *   shared, so a copy (`exclusive`) cannot start under them.
+   * - `exclusive`: what `takt store migrate` takes for both of its stores, refusing a database that any
+   *   `takt serve` uses (a copy reads and writes whole tables; a replica writing meanwhile would be lost).
+   * Absent: no lock (tests that put several stores on one database to race their writers).
    */
+  endpointLock?: 'shared' | 'exclusive';
+  /** The same as `endpointLock: 'exclusive'` (kept for callers written before replicas). */
   exclusive?: boolean;
+  /**
+   * Called once the endpoint lock is held, with how many sessions hold it now, this one included (the
+   * number of `takt serve` replicas live on the database, for `shared`).
+   */
+  onLocked?: (holders: number) => void;
+  /**
+   * With `endpointLock: 'shared'`: this replica's endpoint id (8 hex digits, brokers/netns.ts endpointId),
+   * held as a lock of its own while the store is open, so that a second replica with the same id — a data
+   * dir copied whole, which would adopt and destroy the first one's machines — is refused.
+   */
+  replicaId?: string;
   /** Pooled connections at most (default 10). */
   maxConnections?: number;
   /**
@@ -64,11 +79,23 @@ export interface PostgresStoreOptions {
 }
 
 /**
+ * How many sessions hold the endpoint lock now, in either mode (pg_locks: an advisory lock taken with two
+ * int keys shows them as classid and objid, with objsubid 2).
+ */
+async function endpointLockHolders(c: pg.Client): Promise<number> {
+  const r = await c.query<{ n: number }>(
+    "select count(*)::int as n from pg_locks where locktype = 'advisory' and classid = $1::int::oid and objid = $2::int::oid and objsubid = 2 and granted and database = (select oid from pg_database where datname = current_database())",
+    [PG_LOCK_SPACE, PG_ENDPOINT_LOCK],
+  );
+  return Number(r.rows[0]?.n ?? 0);
+}
+
+/**
  * Opens (and migrates) the store in the PostgreSQL database at `url`.
  * @param url `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=…]` (libpq's URL form, as `pg` reads it).
  * @throws TaktError `bad_request` for a URL that is not a PostgreSQL URL; `unavailable` when the database
- *   cannot be reached or refuses the login; `conflict` when another endpoint holds it (`exclusive`) or its
- *   schema is newer than this build knows. Messages carry the URL without its password.
+ *   cannot be reached or refuses the login; `conflict` when the endpoint lock cannot be had (`exclusive`: a
+ *   `takt serve` or a copy holds it; `shared`: a copy holds it) or its schema is newer than this build knows. Messages carry the URL without its password.
  */
 export async function openPostgresStore(url: string, opts: PostgresStoreOptions = {}): Promise<SqlStore> {
   if (!isPostgresUrl(url)) throw new TaktError('bad_request', `'${redactUrl(url)}' is not a PostgreSQL URL (postgres://USER@HOST:PORT/DATABASE)`);
@@ -77,16 +104,30 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
     new TaktError('unavailable', `cannot use PostgreSQL at ${where}: ${(err as Error).message || String(err)}; check that it runs and the URL (--store or TAKT_STORE) names a database the user may use`);
 
   let lock: pg.Client | undefined;
-  if (opts.exclusive) {
+  const mode = opts.endpointLock ?? (opts.exclusive ? 'exclusive' : undefined);
+  if (mode) {
     // A session lock on a connection of its own, kept until the store closes (or the process dies).
     lock = new pg.Client({ connectionString: url, types });
     lock.on('error', (err) => process.emitWarning(`PostgreSQL endpoint lock connection: ${err.message}`));
     try {
       await lock.connect();
-      const r = await lock.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2) as ok', [PG_LOCK_SPACE, PG_ENDPOINT_LOCK]);
+      const fn = mode === 'shared' ? 'pg_try_advisory_lock_shared' : 'pg_try_advisory_lock';
+      const r = await lock.query<{ ok: boolean }>(`select ${fn}($1, $2) as ok`, [PG_LOCK_SPACE, PG_ENDPOINT_LOCK]);
       if (!r.rows[0]?.ok) {
-        throw new TaktError('conflict', `another takt serve uses ${where}: one endpoint per database for now (replicas are not supported yet); stop the other one or use another database`);
+        if (mode === 'shared') {
+          throw new TaktError('conflict', `takt store migrate is copying into or out of ${where}; start takt serve once it has finished`);
+        }
+        const n = await endpointLockHolders(lock);
+        throw new TaktError('conflict', `another takt serve uses ${where}${n > 0 ? ` (${n} replica${n === 1 ? '' : 's'} running)` : ''}, or another copy does; stop every takt serve on that database first`);
       }
+      if (mode === 'shared' && opts.replicaId !== undefined) {
+        const key = Number.parseInt(opts.replicaId, 16) | 0;
+        const mine = await lock.query<{ ok: boolean }>('select pg_try_advisory_lock($1, $2) as ok', [PG_REPLICA_SPACE, key]);
+        if (!mine.rows[0]?.ok) {
+          throw new TaktError('conflict', `another takt serve replica on ${where} runs with endpoint id ${opts.replicaId} (the endpoint-id file of its data dir): each replica needs a data dir of its own — was this one copied whole? Start this replica on a new data dir holding only copies of secret.key, admin.token and tls/`);
+        }
+      }
+      opts.onLocked?.(await endpointLockHolders(lock));
     } catch (err) {
       await lock.end().catch(() => undefined);
       throw err instanceof TaktError ? err : unreachable(err);

@@ -114,6 +114,7 @@ function machineFromRow(r: Selectable<MachinesTable>): Machine {
     ...(r.boot ? { boot: parse<NonNullable<Machine['boot']>>(r.boot) } : {}),
     ...(r.classification ? { classification: parse<NonNullable<Machine['classification']>>(r.classification) } : {}),
     ...(r.power_config ? { powerConfig: parse<NonNullable<Machine['powerConfig']>>(r.power_config) } : {}),
+    ...(r.host ? { host: r.host } : {}),
     createdAt: r.created_at,
     updatedAt: r.updated_at,
     agent: {
@@ -162,6 +163,7 @@ function machineToRow(m: Machine): Omit<MachinesTable, 'token_hash' | 'facts' | 
     boot: m.boot ? json(m.boot) : null,
     classification: m.classification ? json(m.classification) : null,
     power_config: m.powerConfig ? json(m.powerConfig) : null,
+    host: m.host ?? null,
     created_at: m.createdAt,
     updated_at: m.updatedAt,
   };
@@ -859,6 +861,9 @@ class SqlTx extends SqlReads implements Tx {
   async setMachineFacts(id: string, facts: ObservedFacts | null) {
     await this.db.updateTable('machines').set({ facts: facts === null ? null : json(facts) }).where('id', '=', id).execute();
   }
+  async setMachineHost(id: string, host: string | null) {
+    await this.db.updateTable('machines').set({ host }).where('id', '=', id).execute();
+  }
   async setMachineTokenHash(id: string, tokenHash: string) {
     await this.db.updateTable('machines').set({ token_hash: tokenHash }).where('id', '=', id).execute();
   }
@@ -1009,11 +1014,17 @@ const MAX_GROUP = 64;
  * PostgreSQL advisory lock keys (the two-int form; 0x74616b74 is "takt"). WRITE_LOCK is taken by every
  * store transaction for its whole length (`pg_advisory_xact_lock`), so the store's writers are serialised
  * as on SQLite, across connections and processes: change numbers and event ids come out in commit order.
- * ENDPOINT_LOCK is held by a running `takt serve` for as long as its store is open (postgres.ts).
+ * ENDPOINT_LOCK is held by a running `takt serve` for as long as its store is open (postgres.ts): shared by
+ * replicas, exclusive by `takt store migrate`.
  */
 export const PG_LOCK_SPACE = 0x74616b74;
 export const PG_WRITE_LOCK = 1;
 export const PG_ENDPOINT_LOCK = 2;
+/**
+ * Key space of the replica locks: a `takt serve` replica holds (PG_REPLICA_SPACE, its endpoint id as a
+ * 32-bit integer) while it runs, so two replicas with one endpoint id (a data dir copied whole) are refused.
+ */
+export const PG_REPLICA_SPACE = 0x74616b75;
 /** The channel every store on a PostgreSQL database notifies (committed events) and listens on (pg-follow.ts). */
 export const PG_EVENTS_CHANNEL = 'takt_events';
 

@@ -206,6 +206,11 @@ export interface Tx extends Reads {
   deleteHold(machineId: string): Promise<boolean>;
   /** Replaces a machine's observed facts (and only them: no history entry, no other column). */
   setMachineFacts(id: string, facts: ObservedFacts | null): Promise<void>;
+  /**
+   * Records which replica's host holds a machine's sandbox or VM (Machine.host, an endpoint id; observed:
+   * no change is recorded, no event). Only that column is written. No-op for a deleted machine.
+   */
+  setMachineHost(id: string, host: string | null): Promise<void>;
   /** Replaces the digest of a machine's token: the old token stops working. */
   setMachineTokenHash(id: string, tokenHash: string): Promise<void>;
   insertJoinToken(t: JoinToken, tokenHash: string): Promise<void>;

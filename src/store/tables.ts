@@ -89,6 +89,8 @@ export interface MachinesTable {
   classification: string | null;
   /** Machines a power driver switches: MachinePowerConfig as JSON (migration 0021_power); null for the others. */
   power_config: string | null;
+  /** The endpoint id of the replica that made the machine's host resources (0025_machine_host); null: none, or made before replicas. */
+  host: string | null;
   created_at: string;
   updated_at: string;
   /** Agent liveness (observed; written only by `setAgentLiveness`): 1 connected, 0 not. */

@@ -115,7 +115,15 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
         // Called only after the import has committed: a machine's agent never runs for a refused import.
         start: async (machine, token) => {
           const broker = machine.broker ? brokers.get(machine.broker) : undefined;
-          if (broker) await broker.create(machine, token);
+          if (!broker) return;
+          // Restored onto this host: its new sandbox or VM is this replica's (api/hosts.ts). The machine is
+          // held (a sandbox broker's restored machine waits for a restart), so nothing runs before this write.
+          if (broker.hostBound && ctx.hostId !== undefined) {
+            const host = ctx.hostId;
+            await store.transact((tx) => tx.setMachineHost(machine.id, host));
+            machine.host = host;
+          }
+          await broker.create(machine, token);
         },
       }, { dryRun: body.dryRun === true, allowUndeclared: body.allowUndeclared === true });
     },

@@ -9,6 +9,7 @@ import { MAX_JOB_ID_CHARS, type ClaimRequest, type ClaimResponse } from '../../m
 import type { SshSettings } from '../../model/ssh.js';
 import type { BootSettings } from '../../model/boot.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
+import { createHostedMachine, hostedHere } from '../hosts.js';
 import { prepareReboot } from '../reboot.js';
 import { author, intQuery, whenGone, type ApiContext, type VmRequest } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
@@ -217,7 +218,8 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const created = [];
     for (const name of names) {
       const planned = broker?.plan?.(name, body.vm ?? {});
-      const { machine, token } = await engine.createMachine(
+      const { machine, token } = await createHostedMachine(
+        engine,
         {
           ...(planned ? { id: planned.id, boot: planned.boot, powerConfig: planned.powerConfig } : {}),
           name,
@@ -233,6 +235,8 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
           ...(body.powerConfig && !planned ? { powerConfig: body.powerConfig } : {}),
         },
         author(req),
+        // A sandbox or VM made here stays with this replica (api/hosts.ts).
+        broker?.hostBound ? ctx.hostId : undefined,
       );
       if (broker) {
         try {
@@ -267,7 +271,9 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.delete('/api/v1/machines/:id', async (req) => {
     const m = await engine.deleteMachine((req.params as { id: string }).id, author(req));
     const broker = m.broker ? brokers.get(m.broker) : undefined;
-    if (broker) await broker.destroy(m);
+    // Another replica's sandbox or VM is not on this host: its owner destroys it when it hears the
+    // machines.delete event (cli/serve.ts).
+    if (broker && (!broker.hostBound || hostedHere(m, ctx.hostId))) await broker.destroy(m);
     return publicMachine(m);
   });
 

@@ -75,6 +75,10 @@ export class QemuBroker {
   readonly environment = 'metal';
   /** A VM made here is new: its disk is empty (import: see BrokerPort.sandboxed). */
   readonly sandboxed = true;
+  /** Its VMs run on this host: they stay with the replica that made them (api/hosts.ts). */
+  readonly hostBound = true;
+  /** Destroys under way, by machine id: a second call for the same machine waits for the first. */
+  private readonly destroying = new Map<string, Promise<void>>();
   private readonly tracked = new Map<string, Tracked>();
   private timer: NodeJS.Timeout | null = null;
 
@@ -87,6 +91,11 @@ export class QemuBroker {
   /** The directory of machine `id`'s VM. */
   vmDir(id: string): string {
     return join(this.vmsDir, id);
+  }
+
+  /** Whether machine `id`'s VM is in this data dir (made here, or by this endpoint before replicas). */
+  holds(id: string): boolean {
+    return existsSync(this.vmDir(id));
   }
 
   /** Said with every VM created when takt's boot services cannot reach it. */
@@ -161,8 +170,19 @@ export class QemuBroker {
     this.startSupervision();
   }
 
-  /** Ends the machine's qemu and removes its tap and its files (disk included). */
+  /**
+   * Ends the machine's qemu and removes its tap and its files (disk included). Idempotent, and a call while one is under way
+   * waits for that one (the API route and the machines.delete event may both ask).
+   */
   async destroy(machine: Pick<Machine, 'id' | 'name'>): Promise<void> {
+    const running = this.destroying.get(machine.id);
+    if (running) return running;
+    const p = this.destroyNow(machine).finally(() => this.destroying.delete(machine.id));
+    this.destroying.set(machine.id, p);
+    return p;
+  }
+
+  private async destroyNow(machine: Pick<Machine, 'id' | 'name'>): Promise<void> {
     const t = this.tracked.get(machine.id);
     this.tracked.delete(machine.id);
     const vm = t?.vm ?? this.adoptOne(machine.id, machine.name);

@@ -36,6 +36,8 @@ export const DEFAULT_SSH_MAX_SESSIONS = 64;
 
 export class SshBroker {
   readonly name = 'ssh';
+  /** Not host-bound: any replica reaches an SSH host, so its machines belong to no replica (api/hosts.ts). */
+  readonly hostBound = false;
   readonly environment = 'ssh';
   readonly notice = undefined;
   private readonly drivers = new Map<string, MachineDriver>();
