@@ -43,7 +43,7 @@ import { discoveryToken as mintDiscoveryToken } from '../model/discovery.js';
 import { openStore } from '../store/open.js';
 import type { SqlStore } from '../store/sql-store.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
-import { createHostedMachine, hostedHere } from '../api/hosts.js';
+import { hostedHere } from '../api/hosts.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { checkShared, refuseMissingShared } from './replicas.js';
 import { createLog, type LogFn } from './log.js';
@@ -503,7 +503,7 @@ async function startDemo(content: ContentService, engine: Engine, broker: Proces
     const name = `demo-${i}`;
     const existing = await store.getMachineByName(name);
     if (!existing) {
-      const { machine, token } = await createHostedMachine(engine, { name, environment: 'local', broker: 'local', pipeline: 'demo' }, 'demo', hostId);
+      const { machine, token } = await engine.createMachine({ name, environment: 'local', broker: 'local', pipeline: 'demo', host: hostId }, 'demo');
       await broker.create(machine, token);
       created.push(name);
     } else kept.push(`${name} (${existing.state})`);

@@ -100,6 +100,11 @@ export interface MachineInput {
   powerConfig?: unknown;
   /** Store params no content declares (default false: refused, see declared.ts). */
   allowUndeclared?: boolean;
+  /**
+   * The endpoint id of the replica whose host-bound broker makes this machine (Machine.host), written with
+   * the machine in one transaction so no replica ever sees it without its owner (api/hosts.ts).
+   */
+  host?: string;
 }
 
 export interface MachinePatch {
@@ -530,6 +535,7 @@ export class Engine {
       createdAt: now,
       updatedAt: now,
       agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: now },
+      ...(input.host !== undefined ? { host: input.host } : {}),
     };
     assertEnvironment(content, machine.name, machine.environment, machine.pipeline);
     if (machine.pipeline) this.assertStartable(machine, machine.pipeline, content);

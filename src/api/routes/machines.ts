@@ -9,7 +9,7 @@ import { MAX_JOB_ID_CHARS, type ClaimRequest, type ClaimResponse } from '../../m
 import type { SshSettings } from '../../model/ssh.js';
 import type { BootSettings } from '../../model/boot.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
-import { createHostedMachine, hostedHere } from '../hosts.js';
+import { hostedHere } from '../hosts.js';
 import { prepareReboot } from '../reboot.js';
 import { author, intQuery, whenGone, type ApiContext, type VmRequest } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
@@ -218,8 +218,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const created = [];
     for (const name of names) {
       const planned = broker?.plan?.(name, body.vm ?? {});
-      const { machine, token } = await createHostedMachine(
-        engine,
+      const { machine, token } = await engine.createMachine(
         {
           ...(planned ? { id: planned.id, boot: planned.boot, powerConfig: planned.powerConfig } : {}),
           name,
@@ -233,10 +232,10 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
           ...(body.ssh ? { ssh: body.ssh } : {}),
           ...(body.boot && !planned ? { boot: body.boot } : {}),
           ...(body.powerConfig && !planned ? { powerConfig: body.powerConfig } : {}),
+          // A sandbox or VM made here stays with this replica (api/hosts.ts).
+          ...(broker?.hostBound && ctx.hostId !== undefined ? { host: ctx.hostId } : {}),
         },
         author(req),
-        // A sandbox or VM made here stays with this replica (api/hosts.ts).
-        broker?.hostBound ? ctx.hostId : undefined,
       );
       if (broker) {
         try {
