@@ -3,7 +3,7 @@
  * and an agent process a test starts and kills itself.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { followEvents, type StreamEvent } from '../../src/client/events.js';
@@ -97,7 +97,10 @@ export class AgentProcess {
 
   start(): this {
     // Its own process group, so a kill takes the scripts it runs along.
-    const p = spawn(process.execPath, [TAKT, 'agent', '--endpoint', this.endpoint, '--dir', this.dir], {
+    // A root of its own: a test's scripts (the demo's write /etc/motd under $TAKT_ROOT) never touch the host.
+    const root = join(this.dir, 'root');
+    mkdirSync(root, { recursive: true });
+    const p = spawn(process.execPath, [TAKT, 'agent', '--endpoint', this.endpoint, '--dir', this.dir, '--root', root], {
       env: { ...process.env, TAKT_TOKEN: this.token, NO_COLOR: '1' },
       stdio: ['ignore', 'pipe', 'pipe'],
       detached: true,
