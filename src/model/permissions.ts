@@ -152,7 +152,10 @@ export type Decision = { allowed: true } | { allowed: false; reason: string };
  */
 export function decide(grants: readonly Grant[], permission: Permission, machine: MachineScopeView | null): Decision {
   const holding = grants.filter((g) => g.permissions.some((p) => patternGrants(p, permission)));
-  if (holding.length === 0) return { allowed: false, reason: `needs permission ${permission}, which ${grants.length === 0 ? 'no role bound to you' : `your roles (${[...new Set(grants.map((g) => g.role))].join(', ')})`} grant${grants.length === 0 ? 's' : ''}` };
+  if (holding.length === 0) {
+    const roles = [...new Set(grants.map((g) => g.role))];
+    return { allowed: false, reason: `needs permission ${permission}, which ${roles.length === 0 ? 'no role is bound to you to grant (ask an admin: takt roles bind ROLE user:NAME)' : `your roles (${roles.join(', ')}) do not grant`}` };
+  }
   if (holding.some((g) => !isScoped(g))) return { allowed: true };
   if (machine) {
     if (holding.some((g) => grantCovers(g, machine))) return { allowed: true };
