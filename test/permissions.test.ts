@@ -165,7 +165,7 @@ describe('every route × every role × own/other machine', () => {
             const url = fill(r.url, which, r.scope);
             // The event stream answers as a stream that never ends: its headers say it was allowed.
             if (r.url === '/api/v1/events') {
-              const denied = await app.inject({ method: 'GET', url, headers: { authorization: `Bearer ${tokens.get(`${role}-${binding}`)}`, host: '127.0.0.1' }, payloadAsStream: true } as never) as unknown as { statusCode: number; stream(): NodeJS.ReadableStream };
+              const denied = await app.inject({ method: 'GET', url, headers: { authorization: `Bearer ${tokens.get(`${role}-${binding}`)}`, host: '127.0.0.1' }, payloadAsStream: true } as never) as unknown as { statusCode: number; stream(): { destroy?: () => void } };
               denied.stream().destroy?.();
               if ((denied.statusCode === 403) === ROLE_ALLOWS[role]!('events:read')) wrong.push(`${role}(${binding}) GET /api/v1/events: ${denied.statusCode}`);
               checked++;
