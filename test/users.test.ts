@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Authenticator } from '../src/api/auth.js';
 import { Users } from '../src/engine/users.js';
 import { openSqliteStore } from '../src/store/sqlite.js';
-import { Endpoint, runCli } from './helpers/endpoint.js';
+import { Endpoint, packFiles, runCli } from './helpers/endpoint.js';
 
 const PW = 'correct horse battery';
 const PACK = {
@@ -129,6 +129,19 @@ describe('roles', () => {
     expect(prod.body.error.message).toBe('user otto: needs permission machines:run on this machine, and your roles grant it only on machines matching env=dev');
     expect((await ep.call('POST', '/andon/pull', {}, otto)).status).toBe(403);
   });
+
+  it('an approval records the real principal', async () => {
+    expect((await ep.call('POST', '/packs', { files: await packFiles('basic') })).status).toBe(201);
+    expect((await ep.call('POST', '/packs', { files: await packFiles('expect') })).status).toBe(201);
+    const rel = await ep.call('POST', '/machines', { name: 'rel', broker: 'local', pipeline: 'release' });
+    expect(rel.status, JSON.stringify(rel.body)).toBe(201);
+    const wait = await runCli(['machines', 'wait', 'rel', '--until', 'awaiting-approval', '--timeout', '60s'], { TAKT_ENDPOINT: ep.url, TAKT_TOKEN: ep.token });
+    expect(wait.code, wait.stdout + wait.stderr).toBe(0);
+    const alice = await login('alice');
+    expect((await ep.call('POST', '/machines/rel/approve', { comment: 'window open' }, alice)).status).toBe(200);
+    const changes = await ep.call('GET', '/changes', undefined, alice);
+    expect(changes.body.items.filter((c: { object: string }) => c.object.startsWith('approvals/')).map((c: { author: string }) => c.author)).toEqual(['user:alice']);
+  }, 90_000);
 
   it('history records the real principal', async () => {
     const alice = await login('alice');
