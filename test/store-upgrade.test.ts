@@ -22,7 +22,7 @@ const T1 = '2026-01-01T00:00:05.000Z';
 
 /**
  * Representative rows of every table, in the columns the schema had before its newest migration
- * (0027_images added the images table: there is none here). Plain SQL both dialects take.
+ * (before 0024_job_power: the jobs row has no power column). Plain SQL both dialects take.
  */
 const OLD_ROWS = `
 insert into settings (key, value) values ('policy.max-ages', '{"web":"30d"}');
@@ -109,8 +109,13 @@ for (const b of backends) {
       const old = await b.make();
       try {
         const names = await migrationNames(b.name);
-        const previous = names.at(-2)!;
-        expect(names.at(-1)).toBe('0027_images'); // the newest; OLD_ROWS are written without its table
+        // OLD_ROWS are in the shape before 0024_job_power (no jobs.power); later migrations only add tables
+        // (0026_users, 0027_images), which the store opens empty, or nullable columns (0025_machine_host).
+        const previous = '0023_classification';
+        expect(names.slice(names.indexOf(previous) + 1)).toEqual(names.filter((n) => n > previous));
+        expect(names).toContain('0024_job_power');
+        expect(names).toContain('0025_machine_host');
+        expect(names.at(-1)).toBe('0027_images');
         const k = old.kysely();
         try {
           await migrateTo(k, b.name, previous);
@@ -119,8 +124,8 @@ for (const b of backends) {
           await k.destroy();
         }
         await old.exec(OLD_ROWS);
-        // the images table is not there yet: the previous release's shape, not this one's
-        await expect(old.exec(`select * from images`)).rejects.toThrow(/images/);
+        // jobs.power is not there yet: the previous release's shape, not this one's
+        await expect(old.exec(`update jobs set power = 'x'`)).rejects.toThrow(/power/);
 
         const { store } = await openStore(old.spec, '');
         try {

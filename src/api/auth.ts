@@ -2,7 +2,8 @@
  * Who is calling: the admin (token in the data dir), one machine (its own token, scoped to itself and
  * its jobs), or a host joining with a join token (only the join routes take it: the install script, the
  * agent bundle and registration), or a machine booted into discovery with the credential its boot script
- * carried (registration only). Every API route but /health requires one of them.
+ * carried (registration only), or a user with a `tku.` token (issue #16: their roles' grants, checked
+ * against each route's declared permission in server.ts). Every API route but /health requires one of them.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { TaktError } from '../model/errors.js';
@@ -10,9 +11,16 @@ import { checkDiscoveryToken, isDiscoveryToken, type KeyedDigest } from '../mode
 import { joinTokenIdFromToken, joinTokenProblem } from '../model/join.js';
 import { machineIdFromToken } from '../model/protocol.js';
 import type { Store } from '../store/store.js';
+import { BOOTSTRAP_SETTING, Users } from '../engine/users.js';
+import type { Grant } from '../model/permissions.js';
+import { rotatedProblem, userTokenIdFromToken, userTokenProblem } from '../model/users.js';
+import { tokenGrants } from '../model/permissions.js';
 
 export type Principal =
+  /** The data dir's admin token: every permission (the bootstrap credential; can be turned off). */
   | { kind: 'admin'; name: string }
+  /** A user, through one of their tokens: what the token's roles grant. */
+  | { kind: 'user'; name: string; tokenId: string; grants: readonly Grant[] }
   | { kind: 'machine'; machineId: string }
   | { kind: 'join'; tokenId: string }
   /** A machine booted into discovery, with the credential its boot script carried (model/discovery.ts). */
@@ -37,6 +45,19 @@ const hexEqual = (a: string, b: string) => a.length === b.length && timingSafeEq
 const TOKEN_TTL_MS = 60_000;
 const TOKEN_CACHE_MAX = 100_000;
 
+/**
+ * User tokens resolved recently, by the SHA-256 of their text: a hit costs no database round trip. The
+ * whole cache is dropped on any event about users, groups, role bindings, tokens or the bootstrap setting
+ * (revocation, rotation, deletion, a changed binding: on PostgreSQL also those another replica commits),
+ * and an entry lives USER_TTL_MS at most in any case; an entry past its token's expiry is refused.
+ */
+const USER_TTL_MS = 30_000;
+const USER_CACHE_MAX = 10_000;
+const AUTH_TOPICS = ['users.', 'groups.', 'rolebindings.', 'tokens.', 'auth.'];
+
+/** What a refused user token is told when it is no token this endpoint made. */
+export const NOT_A_USER_TOKEN = 'token not accepted: it is not a valid user token for this endpoint (log in again: takt login)';
+
 export class Authenticator {
   private readonly adminDigest: Buffer;
   private readonly verified = new Map<string, { digest: Buffer; until: number }>();
@@ -45,6 +66,9 @@ export class Authenticator {
    * invalidates (read before the delete committed, cached after its event), so it is not cached.
    */
   private invalidations = 0;
+  private readonly users = new Map<string, { principal: Principal; until: number; expiresAt: number; id: string; name: string }>();
+  private bootstrapOff: { value: boolean; until: number } | null = null;
+  private readonly usersService: Users;
 
   /**
    * `discovery`: the endpoint's keyed digest for discovery credentials (Sealer.keyed('discovery')); without
@@ -57,8 +81,13 @@ export class Authenticator {
     private readonly now: () => number = Date.now,
   ) {
     this.adminDigest = digest(adminToken);
+    this.usersService = new Users(store, now);
     store.onEvents((events) => {
       for (const e of events) {
+        if (AUTH_TOPICS.some((t) => e.topic.startsWith(t))) {
+          this.users.clear();
+          this.bootstrapOff = null;
+        }
         if (e.topic.startsWith('machines.delete.') || e.topic.startsWith('machines.create.') || e.topic.startsWith('machines.token.')) {
           this.verified.delete(e.topic.slice(e.topic.lastIndexOf('.') + 1));
           this.invalidations += 1;
@@ -90,7 +119,11 @@ export class Authenticator {
     if (!m) throw new TaktError('unauthorized', 'missing bearer token: pass --token, set TAKT_TOKEN, or send "Authorization: Bearer <token>"');
     const token = m[1]!;
     const presented = digest(token);
-    if (timingSafeEqual(presented, this.adminDigest)) return { kind: 'admin', name: 'admin' };
+    if (timingSafeEqual(presented, this.adminDigest)) {
+      if (await this.bootstrapDisabled()) throw new TaktError('unauthorized', 'the bootstrap admin token is turned off on this endpoint (takt users bootstrap disable); log in as a user instead: takt login');
+      return { kind: 'admin', name: 'admin' };
+    }
+    if (token.startsWith('tku.')) return this.userPrincipal(token, presented);
     const machineId = machineIdFromToken(token);
     if (machineId) {
       const stored = await this.machineDigest(machineId);
@@ -105,6 +138,43 @@ export class Authenticator {
     }
     if (joinRoute || token.startsWith('tkj.')) throw new TaktError('unauthorized', NOT_A_JOIN_TOKEN);
     throw new TaktError('unauthorized', 'token not accepted: it is not the admin token nor the token of an existing machine');
+  }
+
+  private async bootstrapDisabled(): Promise<boolean> {
+    const now = this.now();
+    if (this.bootstrapOff && this.bootstrapOff.until > now) return this.bootstrapOff.value;
+    const value = !!(await this.store.getSetting<{ disabled?: boolean }>(BOOTSTRAP_SETTING))?.disabled;
+    this.bootstrapOff = { value, until: now + USER_TTL_MS };
+    return value;
+  }
+
+  /**
+   * A user token: from the cache by digest, else its row (hash compared in constant time), its state and its
+   * owner's grants. Refused saying which: not a token of this endpoint, rotated, revoked or expired.
+   */
+  private async userPrincipal(token: string, presented: Buffer): Promise<Principal> {
+    const key = presented.toString('hex');
+    const now = this.now();
+    const hit = this.users.get(key);
+    if (hit && hit.until > now) {
+      if (hit.expiresAt <= now) throw new TaktError('unauthorized', `token ${hit.id} (${hit.name}) expired at ${new Date(hit.expiresAt).toISOString()}; log in again (takt login) or make a new one (takt tokens create)`);
+      return hit.principal;
+    }
+    const id = userTokenIdFromToken(token);
+    if (!id) throw new TaktError('unauthorized', NOT_A_USER_TOKEN);
+    const [hash, t] = await Promise.all([this.store.getUserTokenHash(id), this.store.getUserToken(id)]);
+    const stored = hash ? Buffer.from(hash, 'hex') : undefined;
+    if (!t || !stored || stored.length !== presented.length || !timingSafeEqual(stored, presented)) {
+      throw new TaktError('unauthorized', t?.rotatedAt ? rotatedProblem(t) : NOT_A_USER_TOKEN);
+    }
+    const problem = userTokenProblem(t, now);
+    if (problem) throw new TaktError('unauthorized', problem);
+    const principal: Principal = { kind: 'user', name: t.owner, tokenId: t.id, grants: tokenGrants(await this.usersService.grantsOf(t.owner), t.roles) };
+    if (this.users.size >= USER_CACHE_MAX) this.users.delete(this.users.keys().next().value as string);
+    this.users.set(key, { principal, until: now + USER_TTL_MS, expiresAt: Date.parse(t.expiresAt), id: t.id, name: t.name });
+    // Last use, to the resolution (a token used within the cache's lifetime is not written again).
+    await this.store.transact((tx) => tx.touchUserToken(t.id, new Date(now).toISOString())).catch(() => undefined);
+    return principal;
   }
 
   /**
@@ -126,7 +196,7 @@ export class Authenticator {
 
 /** The author recorded on changes made by this principal. */
 export function authorOf(p: Principal): string {
-  return p.kind === 'admin' ? p.name : p.kind === 'machine' ? `machine:${p.machineId}` : p.kind === 'join' ? `join:${p.tokenId}` : `discovery:${p.mac}`;
+  return p.kind === 'admin' ? p.name : p.kind === 'user' ? `user:${p.name}` : p.kind === 'machine' ? `machine:${p.machineId}` : p.kind === 'join' ? `join:${p.tokenId}` : `discovery:${p.mac}`;
 }
 
 /**

@@ -14,6 +14,7 @@ import type { BootSettings } from '../model/boot.js';
 import type { Machine } from '../model/machine.js';
 import type { MachinePowerConfig } from '../model/power.js';
 import { authorOf, type Principal } from './auth.js';
+import type { RouteAccess } from '../model/permissions.js';
 import type { TlsMaterial } from './tls.js';
 import type { CredentialsPort } from './routes/credentials.js';
 import type { DhcpLeasesPort } from './routes/dhcp.js';
@@ -140,10 +141,20 @@ declare module 'fastify' {
     principal: Principal;
   }
   interface FastifyContextConfig {
+    /**
+     * What a user needs to call this route (`resource:verb`, model/permissions.ts), or `public`: no
+     * authentication at all (health, the UI page). Every route declares one; the server refuses to start
+     * otherwise (deny by default). The admin token has every permission.
+     */
+    permission?: RouteAccess;
+    /**
+     * What the route's `:id` names, so a role bound to some machines only (a label selector, pipelines)
+     * is checked against that machine: `machine` (an id or a name), `job`, `workorder`. `list`: the answer's
+     * `items` (machines, or things with a `machineId`) are filtered to the machines the caller's grants cover.
+     */
+    scope?: 'machine' | 'job' | 'workorder' | 'list';
     /** Machine tokens may call this route (the handler still checks the machine is their own). */
     machine?: boolean;
-    /** No authentication (health only). */
-    public?: boolean;
     /**
      * Join tokens may call this route (and only these: the install script, the agent bundle and
      * registration). `'path'`: the token may also come as the route's `:token` path parameter, for

@@ -14,6 +14,8 @@ import { describePattern } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { CHALLENGE_PATTERN, endpointProof } from '../model/proof.js';
 import { Authenticator, JOIN_TOKEN_SCOPE, DISCOVERY_SCOPE } from './auth.js';
+import { AccessControl, declaredRoutes } from './access.js';
+import { userRoutes } from './routes/users.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
 import type { RequestHandler } from './listeners.js';
@@ -108,15 +110,20 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
   if (handler) handlers.set(app, handler);
   const auth = new Authenticator(opts.adminToken, opts.store, opts.discoveryDigest);
+  const access = new AccessControl(opts.store);
+  // Every route declares what it needs (config.permission); collected here, checked before the app is ready.
+  const routes = declaredRoutes(app);
   const metrics = new Metrics(opts.store);
   app.addHook('onClose', async () => metrics.close());
 
   await app.register(swagger, {
     openapi: {
-      info: { title: 'takt API', version: opts.version, description: 'Infrastructure pipeline engine. Authenticate with "Authorization: Bearer <token>".' },
+      info: { title: 'takt API', version: opts.version, description: 'Infrastructure pipeline engine. Authenticate with "Authorization: Bearer <token>". Each operation\'s x-takt-permission is the permission (resource:verb) a user token needs for it (docs/security.md).' },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
+    // Each operation says the permission it needs (and a public one needs no token).
+    transformObject: (doc) => routes.annotate((doc as { openapiObject: Parameters<typeof routes.annotate>[0] }).openapiObject),
   });
 
   // One JSON parser for every route: bounded nesting and no prototype keys, before any schema runs.
@@ -146,7 +153,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       throw notFoundError(req.method, req.url);
     }
     const cfg = req.routeOptions.config;
-    if (!cfg?.public) {
+    if (cfg?.permission !== 'public') {
       const pathToken = cfg?.join === 'path' && req.headers.authorization === undefined ? (req.params as { token?: string }).token : undefined;
       req.principal = await auth.authenticate(pathToken !== undefined ? `Bearer ${pathToken}` : req.headers.authorization, !!cfg?.join);
       // Liveness: every request a machine's token authenticates is its agent heard from (liveness.ts).
@@ -156,10 +163,15 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       }
       if (req.principal.kind === 'join' && !cfg?.join) throw new TaktError('forbidden', JOIN_TOKEN_SCOPE);
       if (req.principal.kind === 'discovery' && !cfg?.discovery) throw new TaktError('forbidden', DISCOVERY_SCOPE);
+      // A user: the route's declared permission, on its machine for a role bound to some machines only.
+      if (req.principal.kind === 'user') await access.check(req.principal, cfg, req.params as Record<string, string>);
     }
     // Only after authentication: a caller without a token learns nothing about a route's inputs.
     checkQuery(req.query);
   });
+
+  // What a user may not see: secure values (ciphertext) without `secrets`, machines outside a scoped role.
+  app.addHook('preSerialization', async (req, _reply, payload) => access.shape(req.principal, req.routeOptions.config, payload));
 
   app.addHook('onResponse', async (req, reply) => {
     // Unmatched URLs share one label, so probing clients cannot grow the metric without bound.
@@ -198,19 +210,19 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
 
   // `?challenge=` (model/proof.ts): the CLI checks this is the endpoint its data dir's admin token belongs to before sending it.
-  app.get<{ Querystring: { challenge?: string } }>('/api/v1/health', { config: { public: true }, schema: { hide: true } }, async (req) => {
+  app.get<{ Querystring: { challenge?: string } }>('/api/v1/health', { config: { permission: 'public' }, schema: { hide: true } }, async (req) => {
     const challenge = req.query.challenge;
     if (challenge === undefined) return { status: 'ok', version: opts.version };
     if (!CHALLENGE_PATTERN.test(challenge)) throw new TaktError('bad_request', 'query parameter challenge must be 16 to 128 characters of base64url (A-Z a-z 0-9 - _)', { path: 'challenge' });
     return { status: 'ok', version: opts.version, proof: endpointProof(opts.adminToken, challenge) };
   });
-  app.get('/api/v1/openapi.json', { schema: { hide: true } }, async () => app.swagger());
-  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+  app.get('/api/v1/openapi.json', { config: { permission: 'api:read' }, schema: { hide: true } }, async () => app.swagger());
+  app.get('/metrics', { config: { permission: 'reports:read' }, schema: { hide: true } }, async (_req, reply) => {
     const { contentType, body } = await metrics.text();
     reply.type(contentType);
     return body;
   });
-  app.get('/', { config: { public: true }, schema: { hide: true } }, async (_req, reply) => {
+  app.get('/', { config: { permission: 'public' }, schema: { hide: true } }, async (_req, reply) => {
     reply.type('text/html; charset=utf-8').header('content-security-policy', csp).header('cache-control', 'no-store');
     return ui;
   });
@@ -226,6 +238,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   credentialRoutes(app, opts);
   await imageRoutes(app, opts);
   dhcpRoutes(app, opts);
+  userRoutes(app, opts);
+  // Deny by default: a route that says nothing about who may call it stops the endpoint from starting.
+  routes.assertDeclared();
   // Everything but the UI page is data: nothing in an API answer may load or run.
   app.addHook('onSend', async (_req, reply) => {
     if (!reply.hasHeader('content-security-policy')) reply.header('content-security-policy', API_CSP);

@@ -2,8 +2,8 @@
  * How the CLI finds its endpoint and token: flags, then TAKT_ENDPOINT/TAKT_TOKEN, then the local data dir
  * (`<TAKT_DATA or ./data>`: the `endpoint` file `takt serve` writes, and `admin.token`), then the default.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
-import { userInfo } from 'node:os';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { homedir, userInfo } from 'node:os';
 import { dirname, join } from 'node:path';
 import { ApiClient, NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
@@ -24,8 +24,11 @@ export type Globals = () => GlobalOptions;
 /** Where the admin token came from: a data dir's `admin.token` is checked before it is used and sent. */
 export interface ResolvedToken {
   token: string;
-  /** `data` when read from `<TAKT_DATA or ./data>/admin.token`: then it may only go to that data dir's endpoint. */
-  source: 'flag' | 'env' | 'data';
+  /**
+   * `data` when read from `<TAKT_DATA or ./data>/admin.token`: then it may only go to that data dir's
+   * endpoint. `login`: the token `takt login` kept for this endpoint.
+   */
+  source: 'flag' | 'env' | 'login' | 'data';
   /** The file it was read from (source `data`). */
   file?: string;
 }
@@ -35,9 +38,11 @@ export interface ResolvedToken {
  * `readTokenFile`), else undefined.
  * @throws TaktError bad_request when the data dir's token file is not safe to use.
  */
-export function resolveToken(flag?: string): ResolvedToken | undefined {
+export function resolveToken(flag?: string, endpoint?: string): ResolvedToken | undefined {
   if (flag) return { token: flag, source: 'flag' };
   if (process.env.TAKT_TOKEN) return { token: process.env.TAKT_TOKEN, source: 'env' };
+  const login = endpoint ? loginTokens()[endpoint] : undefined;
+  if (login) return { token: login.token, source: 'login', file: loginFile() };
   const file = join(process.env.TAKT_DATA ?? 'data', 'admin.token');
   const token = readTokenFile(file);
   return token === undefined ? undefined : { token, source: 'data', file };
@@ -116,7 +121,7 @@ export function endpointFromDataDir(): string | undefined {
 
 export function clientFrom(g: GlobalOptions): ApiClient {
   const endpoint = resolveEndpoint(g.endpoint);
-  const resolved = resolveToken(g.token);
+  const resolved = resolveToken(g.token, endpoint);
   if (!resolved) {
     const where = process.env.TAKT_DATA ? `${process.env.TAKT_DATA}/admin.token does not exist` : 'no ./data/admin.token here';
     throw new TaktError(
@@ -170,6 +175,49 @@ export async function verifyEndpoint(endpoint: string, token: string, file: stri
     'unauthorized',
     `refusing to send the admin token in ${file} to ${endpoint}: the server there did not prove it is the takt serve of ${dir} (is \`takt serve --data ${dir}\` running? ${dir}/endpoint may be stale, with another program on that port now); start it, or pass --endpoint and --token (or TAKT_ENDPOINT and TAKT_TOKEN) explicitly`,
   );
+}
+
+/** Where `takt login` keeps its tokens: `$TAKT_CONFIG_DIR`, else `$XDG_CONFIG_HOME/takt`, else `~/.config/takt`. */
+export function loginFile(): string {
+  const dir = process.env.TAKT_CONFIG_DIR ?? join(process.env.XDG_CONFIG_HOME ?? join(homedir(), '.config'), 'takt');
+  return join(dir, 'tokens.json');
+}
+
+/** A token `takt login` kept: for which user, until when. */
+export interface LoginToken {
+  token: string;
+  user: string;
+  expiresAt: string;
+}
+
+/**
+ * The tokens `takt login` kept, by endpoint URL. A file others can read or that is not ours is refused,
+ * as the admin token file is (readTokenFile's rules).
+ * @throws TaktError bad_request for such a file.
+ */
+export function loginTokens(): Record<string, LoginToken> {
+  const file = loginFile();
+  const text = readTokenFile(file);
+  if (text === undefined) return {};
+  try {
+    const v = JSON.parse(text) as unknown;
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? (v as Record<string, LoginToken>) : {};
+  } catch {
+    throw new TaktError('bad_request', `${file} is not valid JSON: remove it and log in again (takt login)`);
+  }
+}
+
+/** Keeps (or with null, forgets) the login token for `endpoint`, in a 0600 file in a 0700 dir, written whole. */
+export function saveLoginToken(endpoint: string, t: LoginToken | null): void {
+  const file = loginFile();
+  const all = loginTokens();
+  if (t) all[endpoint] = t;
+  else delete all[endpoint];
+  mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, `${JSON.stringify(all, null, 2)}\n`, { mode: 0o600 });
+  chmodSync(tmp, 0o600);
+  renameSync(tmp, file);
 }
 
 /** `--param key=value`: the value is JSON when it parses as JSON (numbers, booleans, objects), else a string. */

@@ -21,6 +21,7 @@ import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
 import { runCommand } from './run.js';
 import { storeCommands } from './store.js';
+import { userCommands } from './users.js';
 import { workOrderCommands } from './workorders.js';
 
 export function register(program: Command, g: Globals) {
@@ -45,6 +46,7 @@ export function register(program: Command, g: Globals) {
   credentialCommands(program, g, api);
   imageCommands(program, g, api);
   dhcpCommands(program, g, api);
+  userCommands(program, g, api);
   storeCommands(program, g);
 
   planCommands(program, g, api);

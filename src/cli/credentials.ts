@@ -91,7 +91,7 @@ async function isEncrypted(text: string): Promise<boolean> {
   }
 }
 
-async function firstLine(stream: NodeJS.ReadStream): Promise<string> {
+export async function firstLine(stream: NodeJS.ReadStream): Promise<string> {
   let text = '';
   for await (const chunk of stream) {
     text += String(chunk);
@@ -103,7 +103,7 @@ async function firstLine(stream: NodeJS.ReadStream): Promise<string> {
 }
 
 /** Asks on the terminal without echoing what is typed. */
-function askHidden(prompt: string): Promise<string> {
+export function askHidden(prompt: string): Promise<string> {
   const input = process.stdin;
   if (!input.isTTY) throw new TaktError('bad_request', 'the key is encrypted: give its passphrase on a terminal, or with --passphrase-stdin');
   return new Promise((resolve, reject) => {

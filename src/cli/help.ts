@@ -50,6 +50,10 @@ export const RESOURCE_ALIASES: Record<string, string[]> = {
   bootenvs: ['bootenv'],
   classifiers: ['classifier'],
   events: ['event'],
+  users: ['user'],
+  groups: ['group'],
+  roles: ['role'],
+  tokens: ['token'],
 };
 
 /** Verb aliases, wherever the verb is: `ls` for list, `rm` for delete and remove. */

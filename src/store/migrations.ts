@@ -400,6 +400,52 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
         await db.schema.createIndex('images_sha256').on('images').column('sha256').execute();
       },
     },
+    '0026_users': {
+      async up(db: Kysely<unknown>) {
+        // Users, groups, role bindings and user tokens (model/users.ts, model/permissions.ts; issue #16).
+        // password_hash: argon2id in PHC form; token_hash: SHA-256 (hex) of the token text, never the text.
+        // Lists (members, roles, pipelines) are JSON; times are ISO text, as everywhere else.
+        await db.schema
+          .createTable('users')
+          .addColumn('name', text, (c) => c.primaryKey())
+          .addColumn('password_hash', text, (c) => c.notNull())
+          .addColumn('created_at', text, (c) => c.notNull())
+          .addColumn('created_by', text, (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable('user_groups')
+          .addColumn('name', text, (c) => c.primaryKey())
+          .addColumn('members', text, (c) => c.notNull())
+          .addColumn('created_at', text, (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable('role_bindings')
+          .addColumn('id', text, (c) => c.primaryKey())
+          .addColumn('role', text, (c) => c.notNull())
+          .addColumn('subject', text, (c) => c.notNull())
+          .addColumn('machines', text)
+          .addColumn('pipelines', text)
+          .addColumn('created_at', text, (c) => c.notNull())
+          .addColumn('created_by', text, (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createTable('user_tokens')
+          .addColumn('id', text, (c) => c.primaryKey())
+          .addColumn('token_hash', text, (c) => c.notNull())
+          .addColumn('name', text, (c) => c.notNull())
+          .addColumn('kind', text, (c) => c.notNull())
+          .addColumn('owner', text, (c) => c.notNull())
+          .addColumn('roles', text)
+          .addColumn('expires_at', text, (c) => c.notNull())
+          .addColumn('created_at', text, (c) => c.notNull())
+          .addColumn('last_used_at', text)
+          .addColumn('rotated_at', text)
+          .addColumn('revoked_at', text)
+          .addColumn('revoked_by', text)
+          .execute();
+        await db.schema.createIndex('user_tokens_owner').on('user_tokens').columns(['owner', 'created_at']).execute();
+      },
+    },
   };
 };
 

@@ -26,7 +26,9 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, CredentialsTable, Database, ImagesTable, DhcpLeasesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RolloutItemsTable, RolloutsTable, WorkOrdersTable } from './tables.js';
+import type { ChangesTable, CredentialsTable, Database, DhcpLeasesTable, ImagesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RoleBindingsTable, RolloutItemsTable, RolloutsTable, UserTokensTable, WorkOrdersTable } from './tables.js';
+import type { RoleBinding } from '../model/permissions.js';
+import type { Group, User, UserToken } from '../model/users.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -556,6 +558,41 @@ class SqlReads implements Reads {
       .execute();
     return rows.map(machineFromRow);
   }
+  async getUser(name: string) {
+    const r = await this.db.selectFrom('users').select(['name', 'created_at', 'created_by']).where('name', '=', name).executeTakeFirst();
+    return r ? { name: r.name, createdAt: r.created_at, createdBy: r.created_by } : undefined;
+  }
+  async getUserPasswordHash(name: string) {
+    return (await this.db.selectFrom('users').select('password_hash').where('name', '=', name).executeTakeFirst())?.password_hash;
+  }
+  async listUsers() {
+    const rows = await this.db.selectFrom('users').select(['name', 'created_at', 'created_by']).orderBy('name').execute();
+    return rows.map((r) => ({ name: r.name, createdAt: r.created_at, createdBy: r.created_by }));
+  }
+  async getGroup(name: string) {
+    const r = await this.db.selectFrom('user_groups').selectAll().where('name', '=', name).executeTakeFirst();
+    return r ? { name: r.name, members: parse<string[]>(r.members), createdAt: r.created_at } : undefined;
+  }
+  async listGroups() {
+    const rows = await this.db.selectFrom('user_groups').selectAll().orderBy('name').execute();
+    return rows.map((r) => ({ name: r.name, members: parse<string[]>(r.members), createdAt: r.created_at }));
+  }
+  async listRoleBindings() {
+    const rows = await this.db.selectFrom('role_bindings').selectAll().orderBy('created_at').orderBy('id').execute();
+    return rows.map(bindingFromRow);
+  }
+  async getUserToken(id: string) {
+    const r = await this.db.selectFrom('user_tokens').selectAll().where('id', '=', id).executeTakeFirst();
+    return r ? userTokenFromRow(r) : undefined;
+  }
+  async getUserTokenHash(id: string) {
+    return (await this.db.selectFrom('user_tokens').select('token_hash').where('id', '=', id).executeTakeFirst())?.token_hash;
+  }
+  async listUserTokens(owner?: string) {
+    let q = this.db.selectFrom('user_tokens').selectAll();
+    if (owner !== undefined) q = q.where('owner', '=', owner);
+    return (await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(MAX_PAGE).execute()).map(userTokenFromRow);
+  }
   async listMachinesWithFactText(text: string) {
     const rows = await this.db.selectFrom('machines').selectAll().where(this.like('facts', contains(text))).orderBy('created_at').limit(MAX_PAGE).execute();
     return rows.map(machineFromRow);
@@ -599,6 +636,30 @@ function imageFromRow(r: ImagesTable): Image {
 function byNameThenNewest(a: Image, b: Image): number {
   if (a.name !== b.name) return a.name < b.name ? -1 : 1;
   return semverCompare(b.version, a.version);
+}
+
+function bindingFromRow(r: RoleBindingsTable): RoleBinding {
+  const b: RoleBinding = { id: r.id, role: r.role, subject: r.subject, createdAt: r.created_at, createdBy: r.created_by };
+  if (r.machines !== null) b.machines = r.machines;
+  if (r.pipelines !== null) b.pipelines = parse<string[]>(r.pipelines);
+  return b;
+}
+
+function userTokenFromRow(r: UserTokensTable): UserToken {
+  const t: UserToken = {
+    id: r.id,
+    name: r.name,
+    kind: r.kind as UserToken['kind'],
+    owner: r.owner,
+    expiresAt: r.expires_at,
+    createdAt: r.created_at,
+    lastUsedAt: r.last_used_at,
+    rotatedAt: r.rotated_at,
+    revokedAt: r.revoked_at,
+    revokedBy: r.revoked_by,
+  };
+  if (r.roles !== null) t.roles = parse<string[]>(r.roles);
+  return t;
 }
 
 function credentialFromRow(r: CredentialsTable): CredentialRecord {
@@ -956,6 +1017,63 @@ class SqlTx extends SqlReads implements Tx {
   }
   async deleteCredential(name: string) {
     await this.db.deleteFrom('credentials').where('name', '=', name).execute();
+  }
+  async insertUser(u: User, passwordHash: string) {
+    await this.db.insertInto('users').values({ name: u.name, password_hash: passwordHash, created_at: u.createdAt, created_by: u.createdBy }).execute();
+  }
+  async setUserPasswordHash(name: string, passwordHash: string) {
+    await this.db.updateTable('users').set({ password_hash: passwordHash }).where('name', '=', name).execute();
+  }
+  async deleteUser(name: string) {
+    await this.db.deleteFrom('user_tokens').where('owner', '=', name).execute();
+    await this.db.deleteFrom('role_bindings').where('subject', '=', `user:${name}`).execute();
+    await this.db.deleteFrom('users').where('name', '=', name).execute();
+  }
+  async putGroup(g: Group) {
+    const row = { name: g.name, members: json(g.members), created_at: g.createdAt };
+    await this.db.insertInto('user_groups').values(row).onConflict((oc) => oc.column('name').doUpdateSet({ members: row.members })).execute();
+  }
+  async deleteGroup(name: string) {
+    await this.db.deleteFrom('role_bindings').where('subject', '=', `group:${name}`).execute();
+    await this.db.deleteFrom('user_groups').where('name', '=', name).execute();
+  }
+  async insertRoleBinding(b: RoleBinding) {
+    await this.db
+      .insertInto('role_bindings')
+      .values({ id: b.id, role: b.role, subject: b.subject, machines: b.machines ?? null, pipelines: b.pipelines ? json(b.pipelines) : null, created_at: b.createdAt, created_by: b.createdBy })
+      .execute();
+  }
+  async deleteRoleBinding(id: string) {
+    await this.db.deleteFrom('role_bindings').where('id', '=', id).execute();
+  }
+  async insertUserToken(t: UserToken, tokenHash: string) {
+    await this.db
+      .insertInto('user_tokens')
+      .values({
+        id: t.id,
+        token_hash: tokenHash,
+        name: t.name,
+        kind: t.kind,
+        owner: t.owner,
+        roles: t.roles ? json(t.roles) : null,
+        expires_at: t.expiresAt,
+        created_at: t.createdAt,
+        last_used_at: t.lastUsedAt,
+        rotated_at: t.rotatedAt,
+        revoked_at: t.revokedAt,
+        revoked_by: t.revokedBy,
+      })
+      .execute();
+  }
+  async updateUserToken(t: UserToken, tokenHash?: string) {
+    await this.db
+      .updateTable('user_tokens')
+      .set({ expires_at: t.expiresAt, rotated_at: t.rotatedAt, revoked_at: t.revokedAt, revoked_by: t.revokedBy, last_used_at: t.lastUsedAt, ...(tokenHash ? { token_hash: tokenHash } : {}) })
+      .where('id', '=', t.id)
+      .execute();
+  }
+  async touchUserToken(id: string, at: string) {
+    await this.db.updateTable('user_tokens').set({ last_used_at: at }).where('id', '=', id).execute();
   }
   async change(author: string, object: string, action: Change['action'], before: unknown, after: unknown) {
     const row = {

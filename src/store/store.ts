@@ -17,6 +17,8 @@ import type { Lease } from '../model/lease.js';
 import type { AgentLiveness, Change, Job, JobState, LogChunk, Machine, MachineState, TaktEvent, WorkOrder, WorkOrderState } from '../model/machine.js';
 import type { MachineHold, Rollout, RolloutItem, RolloutState } from '../model/rollout.js';
 import type { Sealed } from '../model/secure.js';
+import type { RoleBinding } from '../model/permissions.js';
+import type { Group, User, UserToken } from '../model/users.js';
 
 export interface PackRecord {
   name: string;
@@ -161,6 +163,21 @@ export interface Reads {
   imagesWithSha256(sha256: string): Promise<Image[]>;
   /** Every DHCP lease kept (expired ones too, until the DHCP server replaces or removes them), by address. */
   listLeases(): Promise<Lease[]>;
+  getUser(name: string): Promise<User | undefined>;
+  /** A user's argon2id password hash (PHC form), for login only. */
+  getUserPasswordHash(name: string): Promise<string | undefined>;
+  /** By name. */
+  listUsers(): Promise<User[]>;
+  getGroup(name: string): Promise<Group | undefined>;
+  /** By name. */
+  listGroups(): Promise<Group[]>;
+  /** Oldest first. */
+  listRoleBindings(): Promise<RoleBinding[]>;
+  getUserToken(id: string): Promise<UserToken | undefined>;
+  /** The SHA-256 (hex) of a user token's text, for authentication only. */
+  getUserTokenHash(id: string): Promise<string | undefined>;
+  /** Newest first; `owner` limits to one user's tokens. */
+  listUserTokens(owner?: string): Promise<UserToken[]>;
 }
 
 export interface Tx extends Reads {
@@ -233,6 +250,21 @@ export interface Tx extends Reads {
   putLease(l: Lease): Promise<void>;
   /** Forgets a client's DHCP lease; no-op when there is none. */
   deleteLease(mac: string): Promise<void>;
+  insertUser(u: User, passwordHash: string): Promise<void>;
+  setUserPasswordHash(name: string, passwordHash: string): Promise<void>;
+  /** Deletes a user, their tokens and the role bindings naming them; group memberships are the caller's. */
+  deleteUser(name: string): Promise<void>;
+  /** Inserts or replaces a group. */
+  putGroup(g: Group): Promise<void>;
+  /** Deletes a group and the role bindings naming it. */
+  deleteGroup(name: string): Promise<void>;
+  insertRoleBinding(b: RoleBinding): Promise<void>;
+  deleteRoleBinding(id: string): Promise<void>;
+  insertUserToken(t: UserToken, tokenHash: string): Promise<void>;
+  /** Writes a token's revocation, rotation (a new hash and expiry) and last use. */
+  updateUserToken(t: UserToken, tokenHash?: string): Promise<void>;
+  /** Records a token's last use (observed: no change, no event). */
+  touchUserToken(id: string, at: string): Promise<void>;
   /** Records a numbered desired-state change; returns its number. */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
   /** Queues an event for publication after commit. */

@@ -265,4 +265,53 @@ export interface Database {
   credentials: CredentialsTable;
   images: ImagesTable;
   dhcp_leases: DhcpLeasesTable;
+  users: UsersTable;
+  user_groups: UserGroupsTable;
+  role_bindings: RoleBindingsTable;
+  user_tokens: UserTokensTable;
+}
+
+export interface UsersTable {
+  name: string;
+  /** argon2id, PHC string form. */
+  password_hash: string;
+  created_at: string;
+  created_by: string;
+}
+
+export interface UserGroupsTable {
+  name: string;
+  /** JSON array of user names. */
+  members: string;
+  created_at: string;
+}
+
+export interface RoleBindingsTable {
+  id: string;
+  role: string;
+  /** `user:NAME` or `group:NAME`. */
+  subject: string;
+  /** Label selector text; null: any machine. */
+  machines: string | null;
+  /** JSON array of pipeline names; null: any pipeline. */
+  pipelines: string | null;
+  created_at: string;
+  created_by: string;
+}
+
+export interface UserTokensTable {
+  id: string;
+  /** SHA-256 (hex) of the token text. */
+  token_hash: string;
+  name: string;
+  kind: string;
+  owner: string;
+  /** JSON array of role names; null: all the owner's. */
+  roles: string | null;
+  expires_at: string;
+  created_at: string;
+  last_used_at: string | null;
+  rotated_at: string | null;
+  revoked_at: string | null;
+  revoked_by: string | null;
 }

@@ -45,12 +45,12 @@ export function credentialRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (!ctx.credentials) throw new TaktError('not_found', 'this endpoint keeps no credentials');
     return ctx.credentials;
   };
-  app.get('/api/v1/credentials', async () => ({ items: await credentials().list() }));
-  app.get('/api/v1/credentials/:name', async (req) => credentials().get((req.params as { name: string }).name));
-  app.post('/api/v1/credentials', { schema: { body: createBody } }, async (req, reply) => {
+  app.get('/api/v1/credentials', { config: { permission: 'credentials:read' } }, async () => ({ items: await credentials().list() }));
+  app.get('/api/v1/credentials/:name', { config: { permission: 'credentials:read' } }, async (req) => credentials().get((req.params as { name: string }).name));
+  app.post('/api/v1/credentials', { config: { permission: 'credentials:admin' }, schema: { body: createBody } }, async (req, reply) => {
     const c = await credentials().add(req.body as Parameters<CredentialsPort['add']>[0], author(req));
     reply.code(201);
     return c;
   });
-  app.delete('/api/v1/credentials/:name', async (req) => credentials().remove((req.params as { name: string }).name, author(req)));
+  app.delete('/api/v1/credentials/:name', { config: { permission: 'credentials:admin' } }, async (req) => credentials().remove((req.params as { name: string }).name, author(req)));
 }

@@ -31,7 +31,7 @@ export interface DhcpLeaseAnswer {
 export type DhcpLeasesPort = () => DhcpLeaseAnswer[] | null;
 
 export function dhcpRoutes(app: FastifyInstance, ctx: ApiContext) {
-  app.get('/api/v1/dhcp/leases', async () => {
+  app.get('/api/v1/dhcp/leases', { config: { permission: 'dhcp:read' } }, async () => {
     const items = ctx.dhcpLeases?.() ?? null;
     if (items === null) throw new TaktError('not_found', 'this endpoint runs no DHCP server (takt serve --provision ADDR/PREFIX --dhcp full|proxy)');
     // Names rather than MACs where a machine boots from the MAC: one read for the page of leases.

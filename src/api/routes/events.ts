@@ -90,12 +90,12 @@ function frame(e: TaktEvent): string {
 export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
   const { store, history, portable, brokers } = ctx;
 
-  app.get('/api/v1/export', async () => ({ files: await portable.export() }));
+  app.get('/api/v1/export', { config: { permission: 'history:secrets' } }, async () => ({ files: await portable.export() }));
 
   app.post(
     '/api/v1/import',
     {
-      // An import is parsed whole before anything is written; 64 MiB keeps its JSON parse short.
+      config: { permission: 'history:write' }, // An import is parsed whole before anything is written; 64 MiB keeps its JSON parse short.
       bodyLimit: IMPORT_BODY_LIMIT,
       schema: {
         body: {
@@ -129,7 +129,7 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     },
   );
 
-  app.get('/api/v1/changes', async (req) => {
+  app.get('/api/v1/changes', { config: { permission: 'history:read' } }, async (req) => {
     const q = req.query as Record<string, string | undefined>;
     // `machines/web-1` means that machine's changes, as `machines/m-1a2b` does (history is keyed by id).
     let object = q.object;
@@ -144,13 +144,13 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     return { items: await history.named(items) };
   });
 
-  app.get('/api/v1/changes/:seq', async (req) => history.show(intQuery((req.params as { seq: string }).seq, 'seq', 0)!));
+  app.get('/api/v1/changes/:seq', { config: { permission: 'history:read' } }, async (req) => history.show(intQuery((req.params as { seq: string }).seq, 'seq', 0)!));
 
-  app.post('/api/v1/changes/:seq/revert', async (req) => history.revert(intQuery((req.params as { seq: string }).seq, 'seq', 0)!, author(req)));
+  app.post('/api/v1/changes/:seq/revert', { config: { permission: 'history:write' } }, async (req) => history.revert(intQuery((req.params as { seq: string }).seq, 'seq', 0)!, author(req)));
 
   app.post(
     '/api/v1/changes/rewind',
-    { schema: { body: { type: 'object', additionalProperties: false, required: ['to'], properties: { to: { type: 'integer', minimum: 0 }, dryRun: { type: 'boolean' } } } } },
+    { config: { permission: 'history:write' }, schema: { body: { type: 'object', additionalProperties: false, required: ['to'], properties: { to: { type: 'integer', minimum: 0 }, dryRun: { type: 'boolean' } } } } },
     async (req) => {
       const body = req.body as { to: number; dryRun?: boolean };
       return history.rewind(body.to, author(req), { dryRun: body.dryRun === true });
@@ -162,7 +162,7 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
    * replays what was missed from the store before going live, so a reconnecting client loses nothing
    * still inside the retention window.
    */
-  app.get('/api/v1/events', async (req, reply) => {
+  app.get('/api/v1/events', { config: { permission: 'events:read' } }, async (req, reply) => {
     const q = req.query as Record<string, string | undefined>;
     const match = topicMatcher((q.topics ?? '').split(',').map((s) => s.trim()).filter(Boolean));
     const since = intQuery(req.headers['last-event-id'] ?? q.since, 'since', undefined);

@@ -2,8 +2,8 @@
  * The image catalog under /api/v1/images (engine/images.ts): list, get, import (PUT of the raw bytes as
  * `application/octet-stream`, streamed to disk, never held in memory), remove, and the bytes themselves
  * with HTTP Range (RFC 9110 §14) so a deploying machine can resume a broken download. Machine tokens may
- * read the bytes and records (a machine being deployed fetches its image); only the admin imports and
- * removes.
+ * read the bytes and records (a machine being deployed fetches its image); importing and removing need
+ * `images:write` (admin, author).
  */
 import send from '@fastify/send';
 import type { FastifyInstance } from 'fastify';
@@ -33,8 +33,8 @@ export async function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (req.principal.kind === 'machine') throw new TaktError('forbidden', 'a machine token can only read images');
   };
 
-  app.get('/api/v1/images', { config: { machine: true } }, async (req) => ({ items: await images().list((req.query as { name?: string }).name) }));
-  app.get('/api/v1/images/:name/:version', { config: { machine: true } }, async (req) => {
+  app.get('/api/v1/images', { config: { machine: true, permission: 'images:read' } }, async (req) => ({ items: await images().list((req.query as { name?: string }).name) }));
+  app.get('/api/v1/images/:name/:version', { config: { machine: true, permission: 'images:read' } }, async (req) => {
     const p = req.params as Params;
     return images().get(p.name, p.version);
   });
@@ -42,7 +42,7 @@ export async function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
   // The bytes go as they are: an encapsulated scope whose parser hands the request stream to the route.
   await app.register(async (scope) => {
     scope.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
-    scope.put('/api/v1/images/:name/:version', { schema: { querystring: importQuery } }, async (req, reply) => {
+    scope.put('/api/v1/images/:name/:version', { config: { permission: 'images:write' }, schema: { querystring: importQuery } }, async (req, reply) => {
       adminOnly(req);
       const p = req.params as Params;
       const q = req.query as { sha256?: string; description?: string; file?: string };
@@ -58,14 +58,14 @@ export async function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
     });
   });
 
-  app.delete('/api/v1/images/:name/:version', async (req) => {
+  app.delete('/api/v1/images/:name/:version', { config: { permission: 'images:write' } }, async (req) => {
     adminOnly(req);
     const p = req.params as Params;
     return images().remove(p.name, p.version, author(req));
   });
 
   // GET also answers HEAD (a client learns the size first). Ranges, ETag (the digest: the bytes never change).
-  app.get('/api/v1/images/:name/:version/blob', { config: { machine: true } }, async (req, reply) => {
+  app.get('/api/v1/images/:name/:version/blob', { config: { machine: true, permission: 'images:read' } }, async (req, reply) => {
     const p = req.params as Params;
     const image = await images().get(p.name, p.version);
     const blob = images().blobPath(image);

@@ -73,7 +73,7 @@ const heartbeatBody = { type: ['object', 'null'], additionalProperties: false, m
 export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   const { engine, store } = ctx;
 
-  app.get('/api/v1/jobs', { config: { machine: true } }, async (req) => {
+  app.get('/api/v1/jobs', { config: { permission: 'jobs:read', scope: 'list', machine: true } }, async (req) => {
     const q = req.query as Record<string, string | undefined>;
     if (q.state && !JOB_STATES.includes(q.state as JobState)) throw new TaktError('bad_request', `state must be one of ${JOB_STATES.join(', ')}`, { path: 'state' });
     if (q.order !== undefined && q.order !== 'asc' && q.order !== 'desc') throw new TaktError('bad_request', "query parameter 'order' must be asc or desc", { path: 'order' });
@@ -100,16 +100,16 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
     return job;
   };
 
-  app.get('/api/v1/jobs/:id', { config: { machine: true } }, async (req) => ownJob(req.principal, (req.params as { id: string }).id));
+  app.get('/api/v1/jobs/:id', { config: { permission: 'jobs:read', scope: 'job', machine: true } }, async (req) => ownJob(req.principal, (req.params as { id: string }).id));
 
-  app.get('/api/v1/jobs/:id/log', { config: { machine: true } }, async (req) => {
+  app.get('/api/v1/jobs/:id/log', { config: { permission: 'jobs:secrets', scope: 'job', machine: true } }, async (req) => {
     const job = await ownJob(req.principal, (req.params as { id: string }).id);
     const q = req.query as Record<string, string | undefined>;
     const chunks = await store.getLogs(job.id, intQuery(q.after, 'after', 0), intQuery(q.limit, 'limit', 1000, 10_000));
     return { job: { id: job.id, state: job.state, reason: job.reason, exitCode: job.exitCode }, chunks };
   });
 
-  app.post('/api/v1/jobs/:id/log', { config: { machine: true }, schema: { body: logBody } }, async (req, reply) => {
+  app.post('/api/v1/jobs/:id/log', { config: { permission: 'jobs:admin', scope: 'job', machine: true }, schema: { body: logBody } }, async (req, reply) => {
     const { cut } = await engine.appendLog((req.params as { id: string }).id, machineScope(req.principal), req.body as LogRequest);
     if (cut) return { logCut: true } satisfies LogResponse;
     reply.code(204);
@@ -117,7 +117,7 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   // `?waitMs=N` (0…60000): the answer is held up to N ms and comes at once when the job ends meanwhile
   // (an operator cancelled it), so the agent kills the script without waiting for its next heartbeat.
-  app.post('/api/v1/jobs/:id/heartbeat', { config: { machine: true }, schema: { body: heartbeatBody } }, async (req, reply) => {
+  app.post('/api/v1/jobs/:id/heartbeat', { config: { permission: 'jobs:admin', scope: 'job', machine: true }, schema: { body: heartbeatBody } }, async (req, reply) => {
     const waitMs = intQuery((req.query as { waitMs?: string }).waitMs, 'waitMs', 0, 60_000)!;
     const aborted = whenGone(reply.raw);
     try {
@@ -131,11 +131,11 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   // process group; a pipeline job leaves its machine paused on the task, a work-order job cancels its work order.
   app.post(
     '/api/v1/jobs/:id/cancel',
-    { schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', minLength: 1, maxLength: 2000 } } } } },
+    { config: { permission: 'jobs:run', scope: 'job' }, schema: { body: { type: ['object', 'null'], additionalProperties: false, properties: { reason: { type: 'string', minLength: 1, maxLength: 2000 } } } } },
     async (req) => publicJob(await engine.cancelJob((req.params as { id: string }).id, author(req), (req.body as { reason?: string } | null)?.reason)),
   );
 
-  app.post('/api/v1/jobs/:id/complete', { config: { machine: true }, schema: { body: completeBody } }, async (req) => {
+  app.post('/api/v1/jobs/:id/complete', { config: { permission: 'jobs:admin', scope: 'job', machine: true }, schema: { body: completeBody } }, async (req) => {
     const answer = await engine.complete((req.params as { id: string }).id, machineScope(req.principal), req.body as CompleteRequest);
     // A network-booted machine about to reboot: into its next stage's bootenv (the handed claim said so:
     // its boot device goes first), or because its task asked (exit 64: as it is). Its boot is waited for.
@@ -148,7 +148,7 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 
   // Work orders: blueprints run on a machine without moving its pipeline position.
-  app.get('/api/v1/workorders', async (req) => {
+  app.get('/api/v1/workorders', { config: { permission: 'workorders:read', scope: 'list' } }, async (req) => {
     const q = req.query as Record<string, string | undefined>;
     if (q.state && !WORK_ORDER_STATES.includes(q.state as WorkOrderState)) {
       throw new TaktError('bad_request', `state must be one of ${WORK_ORDER_STATES.join(', ')}`, { path: 'state' });
@@ -166,6 +166,7 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.post(
     '/api/v1/workorders',
     {
+      config: { permission: 'workorders:run' },
       schema: {
         body: {
           type: 'object',
@@ -187,14 +188,14 @@ export function jobRoutes(app: FastifyInstance, ctx: ApiContext) {
     },
   );
 
-  app.get('/api/v1/workorders/:id', async (req) => {
+  app.get('/api/v1/workorders/:id', { config: { permission: 'workorders:read', scope: 'workorder' } }, async (req) => {
     const wo = await store.getWorkOrder((req.params as { id: string }).id);
     if (!wo) throw new TaktError('not_found', `work order '${(req.params as { id: string }).id}' not found`);
     return publicWorkOrder(wo);
   });
 
-  app.delete('/api/v1/workorders/:id', async (req) => publicWorkOrder(await engine.cancelWorkOrder((req.params as { id: string }).id, author(req))));
+  app.delete('/api/v1/workorders/:id', { config: { permission: 'workorders:run', scope: 'workorder' } }, async (req) => publicWorkOrder(await engine.cancelWorkOrder((req.params as { id: string }).id, author(req))));
 
   // A failed or cancelled work order continues from the task it stopped on, with its original params.
-  app.post('/api/v1/workorders/:id/resume', async (req) => publicWorkOrder(await engine.resumeWorkOrder((req.params as { id: string }).id, author(req))));
+  app.post('/api/v1/workorders/:id/resume', { config: { permission: 'workorders:run', scope: 'workorder' } }, async (req) => publicWorkOrder(await engine.resumeWorkOrder((req.params as { id: string }).id, author(req))));
 }

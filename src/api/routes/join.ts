@@ -62,7 +62,7 @@ export function joinCommand(joinUrl: string, pin: string | null): string {
 export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
   const { joins } = ctx;
 
-  app.post('/api/v1/join-tokens', { schema: { body: createBody } }, async (req, reply) => {
+  app.post('/api/v1/join-tokens', { config: { permission: 'join:write' }, schema: { body: createBody } }, async (req, reply) => {
     const body = req.body as { name?: string; pipeline?: string | null; profiles?: string[]; environment?: string; expires?: string | number; uses?: number; url?: string };
     const url = body.url ?? ctx.publicUrl ?? null;
     if (!url) {
@@ -77,14 +77,14 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
     return { ...joinToken, token, joinUrl, pin, caFingerprint: ctx.tls?.caFingerprint ?? null, command: joinCommand(joinUrl, pin) };
   });
 
-  app.get('/api/v1/join-tokens', async (req) => {
+  app.get('/api/v1/join-tokens', { config: { permission: 'join:read' } }, async (req) => {
     const q = req.query as Record<string, string | undefined>;
     return { items: await joins.list({ limit: intQuery(q.limit, 'limit', 100, 1000), offset: intQuery(q.offset, 'offset', 0) }) };
   });
-  app.get('/api/v1/join-tokens/:id', async (req) => joins.get((req.params as { id: string }).id));
-  app.delete('/api/v1/join-tokens/:id', async (req) => joins.revoke((req.params as { id: string }).id, author(req)));
+  app.get('/api/v1/join-tokens/:id', { config: { permission: 'join:read' } }, async (req) => joins.get((req.params as { id: string }).id));
+  app.delete('/api/v1/join-tokens/:id', { config: { permission: 'join:write' } }, async (req) => joins.revoke((req.params as { id: string }).id, author(req)));
 
-  app.get('/join/:token', { config: { join: 'path', shellErrors: true }, schema: { hide: true } }, async (req, reply) => {
+  app.get('/join/:token', { config: { permission: 'join:admin', join: 'path', shellErrors: true }, schema: { hide: true } }, async (req, reply) => {
     const id = joinId(req.principal);
     const t = await joins.get(id);
     const bundle = await ctx.agentBundle.get();
@@ -101,14 +101,14 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
     return script;
   });
 
-  app.get('/join/:token/agent.tar.gz', { config: { join: 'path' }, schema: { hide: true } }, async (req, reply) => {
+  app.get('/join/:token/agent.tar.gz', { config: { permission: 'join:admin', join: 'path' }, schema: { hide: true } }, async (req, reply) => {
     joinId(req.principal);
     const { bundle, file } = await ctx.agentBundle.open();
     reply.type('application/gzip').header('content-length', bundle.bytes).header('x-takt-sha256', bundle.sha256).header('cache-control', 'no-store');
     return reply.send(file.createReadStream());
   });
 
-  app.post('/api/v1/join', { config: { join: true, discovery: true }, bodyLimit: MAX_FACTS_BYTES + 1024, schema: { body: registerBody } }, async (req, reply) => {
+  app.post('/api/v1/join', { config: { permission: 'join:admin', join: true, discovery: true }, bodyLimit: MAX_FACTS_BYTES + 1024, schema: { body: registerBody } }, async (req, reply) => {
     const facts = (req.body as { facts: Facts }).facts;
     const p = req.principal;
     if (p.kind === 'discovery') {
@@ -128,7 +128,7 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.put(
     '/api/v1/machines/:id/facts',
     {
-      config: { machine: true },
+      config: { permission: 'machines:admin', scope: 'machine', machine: true },
       bodyLimit: MAX_FACTS_BYTES,
       schema: { body: FactsSchema },
       // Whose facts, before the body is looked at: another machine's token learns nothing from a 422.
@@ -142,7 +142,7 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
     async (req) => ({ facts: await joins.setFacts((req.params as { id: string }).id, req.body as Facts) }),
   );
 
-  app.post('/api/v1/machines/:id/token', async (req) => {
+  app.post('/api/v1/machines/:id/token', { config: { permission: 'machines:admin', scope: 'machine' } }, async (req) => {
     const r = await joins.rotateToken((req.params as { id: string }).id, author(req));
     return { machine: publicMachine(r.machine), token: r.token };
   });

@@ -146,7 +146,7 @@ interface CreateBody {
 export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   const { engine, store, brokers, records } = ctx;
 
-  app.get('/api/v1/machines', async (req) => {
+  app.get('/api/v1/machines', { config: { permission: 'machines:read', scope: 'list' } }, async (req) => {
     const q = req.query as Record<string, string | undefined>;
     // `waiting-for-agent` is the status the STATE column shows (running, with work and no agent), so the
     // filter takes it too: running machines, narrowed in memory to those without an agent.
@@ -178,14 +178,14 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   });
 
   const describer = new Describer(engine, store);
-  app.get('/api/v1/machines/:id/describe', async (req) => {
+  app.get('/api/v1/machines/:id/describe', { config: { permission: 'machines:read', scope: 'machine' } }, async (req) => {
     const q = req.query as Record<string, string | undefined>;
     return describer.describe((req.params as { id: string }).id, { jobs: intQuery(q.jobs, 'jobs', 10, 100), events: intQuery(q.events, 'events', 10, 100) });
   });
 
-  app.get('/api/v1/machines/:id/record', async (req) => records.record(await engine.findMachine((req.params as { id: string }).id)));
+  app.get('/api/v1/machines/:id/record', { config: { permission: 'machines:read', scope: 'machine' } }, async (req) => records.record(await engine.findMachine((req.params as { id: string }).id)));
 
-  app.post('/api/v1/machines', { schema: { body: createBody } }, async (req, reply) => {
+  app.post('/api/v1/machines', { config: { permission: 'machines:write' }, schema: { body: createBody } }, async (req, reply) => {
     const body = req.body as CreateBody;
     if (body.ssh) {
       // An agentless machine is one host: the ssh broker drives it.
@@ -255,7 +255,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     return { items: created, ...(broker?.notice ? { warnings: [broker.notice] } : {}) };
   });
 
-  app.get('/api/v1/machines/:id', { config: { machine: true } }, async (req) => {
+  app.get('/api/v1/machines/:id', { config: { permission: 'machines:read', scope: 'machine', machine: true } }, async (req) => {
     const ref = (req.params as { id: string }).id;
     await requireOwnMachineRef(req.principal, ref, store);
     const m = await engine.findMachine(ref);
@@ -263,11 +263,11 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     return { ...publicMachine(engine.withLiveness(m)), facts: m.facts };
   });
 
-  app.patch('/api/v1/machines/:id', { schema: { body: patchBody } }, async (req) => {
+  app.patch('/api/v1/machines/:id', { config: { permission: 'machines:write', scope: 'machine' }, schema: { body: patchBody } }, async (req) => {
     return publicMachine(await engine.updateMachine((req.params as { id: string }).id, req.body as object, author(req)));
   });
 
-  app.delete('/api/v1/machines/:id', async (req) => {
+  app.delete('/api/v1/machines/:id', { config: { permission: 'machines:write', scope: 'machine' } }, async (req) => {
     const m = await engine.deleteMachine((req.params as { id: string }).id, author(req));
     const broker = m.broker ? brokers.get(m.broker) : undefined;
     // Another replica's sandbox or VM is not on this host: its owner destroys it when it hears the
@@ -287,13 +287,14 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     },
   };
   const powerOpt = (body: unknown) => ({ powerOn: (body as { powerOn?: boolean } | null)?.powerOn === true });
-  app.post('/api/v1/machines/:id/resume', powerBody, async (req) => publicMachine(await engine.resumeMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
-  app.post('/api/v1/machines/:id/restart', powerBody, async (req) => publicMachine(await engine.restartMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
+  app.post('/api/v1/machines/:id/resume', { ...powerBody, config: { permission: 'machines:run', scope: 'machine' } }, async (req) => publicMachine(await engine.resumeMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
+  app.post('/api/v1/machines/:id/restart', { ...powerBody, config: { permission: 'machines:run', scope: 'machine' } }, async (req) => publicMachine(await engine.restartMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
   // Pause the pipeline where it stands: the running job finishes first (or, with `cancel`, is cancelled and
   // the machine pauses on its task). `already`: it was paused before; `cancelled`: the job cancelled, if any.
   app.post(
     '/api/v1/machines/:id/pause',
     {
+      config: { permission: 'machines:run', scope: 'machine' },
       schema: {
         body: {
           type: ['object', 'null'],
@@ -316,7 +317,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     if (!ctx.power) throw new TaktError('unavailable', 'this endpoint has no power drivers');
     return ctx.power;
   };
-  app.get('/api/v1/machines/:id/power', { config: { machine: true } }, async (req) => {
+  app.get('/api/v1/machines/:id/power', { config: { permission: 'machines:read', scope: 'machine', machine: true } }, async (req) => {
     const ref = (req.params as { id: string }).id;
     await requireOwnMachineRef(req.principal, ref, store);
     const m = await engine.findMachine(ref);
@@ -326,7 +327,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.post(
     '/api/v1/machines/:id/power',
     {
-      config: { machine: true },
+      config: { permission: 'machines:run', scope: 'machine', machine: true },
       schema: {
         body: {
           type: 'object',
@@ -366,12 +367,12 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
 
   app.post(
     '/api/v1/machines/:id/approve',
-    { schema: { body: { type: 'object', additionalProperties: false, properties: { comment: { type: 'string', maxLength: 2000 } } } } },
+    { config: { permission: 'machines:approve', scope: 'machine' }, schema: { body: { type: 'object', additionalProperties: false, properties: { comment: { type: 'string', maxLength: 2000 } } } } },
     async (req) => publicMachine(await engine.approveMachine((req.params as { id: string }).id, author(req), (req.body as { comment?: string } | undefined)?.comment)),
   );
   app.post(
     '/api/v1/machines/:id/reject',
-    { schema: { body: { type: 'object', additionalProperties: false, required: ['reason'], properties: { reason: { type: 'string', minLength: 1, maxLength: 2000 } } } } },
+    { config: { permission: 'machines:approve', scope: 'machine' }, schema: { body: { type: 'object', additionalProperties: false, required: ['reason'], properties: { reason: { type: 'string', minLength: 1, maxLength: 2000 } } } } },
     async (req) => publicMachine(await engine.rejectMachine((req.params as { id: string }).id, author(req), (req.body as { reason: string }).reason)),
   );
 
@@ -380,6 +381,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.post(
     '/api/v1/machines/:id/classify',
     {
+      config: { permission: 'machines:write', scope: 'machine' },
       schema: {
         body: {
           type: ['object', 'null'],
@@ -397,9 +399,9 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     },
   );
 
-  app.get('/api/v1/machines/:id/plan', async (req) => engine.plan((req.params as { id: string }).id));
+  app.get('/api/v1/machines/:id/plan', { config: { permission: 'machines:read', scope: 'machine' } }, async (req) => engine.plan((req.params as { id: string }).id));
 
-  app.get('/api/v1/machines/:id/render', async (req) => {
+  app.get('/api/v1/machines/:id/render', { config: { permission: 'machines:read', scope: 'machine' } }, async (req) => {
     const q = req.query as { task?: string };
     if (!q.task) throw new TaktError('bad_request', 'query parameter \'task\' is required', { path: 'task' });
     const p = await engine.render((req.params as { id: string }).id, q.task);
@@ -416,7 +418,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
       bootenv: { type: 'string', pattern: NAME_PATTERN, maxLength: 64, description: 'the bootenv the machine booted (takt.bootenv= on its kernel command line; local without one)' },
     },
   } as const;
-  app.post('/api/v1/machines/:id/claim', { config: { machine: true }, schema: { body: claimBody } }, async (req, reply) => {
+  app.post('/api/v1/machines/:id/claim', { config: { permission: 'machines:admin', scope: 'machine', machine: true }, schema: { body: claimBody } }, async (req, reply) => {
     const id = (req.params as { id: string }).id;
     requireOwnMachine(req.principal, id);
     const wait = intQuery((req.query as { wait?: string }).wait, 'wait', 0, 60)!;

@@ -6,6 +6,7 @@ export function reportRoutes(app: FastifyInstance, { store, content }: ApiContex
   app.get(
     '/api/v1/reports/cycle-time',
     {
+      config: { permission: 'reports:read' },
       schema: {
         description: 'Queue wait, run time and cycle time (p50/p95/max) and failure rates per task, stage and pipeline',
         querystring: {

@@ -28,24 +28,25 @@ const createBody = {
 } as const;
 
 export function rolloutRoutes(app: FastifyInstance, { rollouts, churn }: ApiContext) {
-  app.get('/api/v1/rollouts', async () => ({ items: await rollouts.list() }));
-  app.post('/api/v1/rollouts', { schema: { body: createBody } }, async (req, reply) => {
+  app.get('/api/v1/rollouts', { config: { permission: 'rollouts:read' } }, async () => ({ items: await rollouts.list() }));
+  app.post('/api/v1/rollouts', { config: { permission: 'rollouts:run' }, schema: { body: createBody } }, async (req, reply) => {
     const { dryRun, ...input } = req.body as RolloutInput & { dryRun?: boolean };
     if (dryRun) return rollouts.dryRun(input);
     const r = await rollouts.create(input, author(req));
     reply.code(201);
     return r;
   });
-  app.get('/api/v1/rollouts/:id', async (req) => rollouts.view((req.params as { id: string }).id));
+  app.get('/api/v1/rollouts/:id', { config: { permission: 'rollouts:read' } }, async (req) => rollouts.view((req.params as { id: string }).id));
   for (const verb of ['pause', 'resume', 'abort', 'approve', 'retry'] as const) {
-    app.post(`/api/v1/rollouts/:id/${verb}`, async (req) => rollouts[verb]((req.params as { id: string }).id, author(req)));
+    app.post(`/api/v1/rollouts/:id/${verb}`, { config: { permission: verb === 'approve' ? 'rollouts:approve' : 'rollouts:run' } }, async (req) => rollouts[verb]((req.params as { id: string }).id, author(req)));
   }
-  app.post('/api/v1/andon/pull', async (req) => ({ paused: await rollouts.andon(author(req)) }));
+  app.post('/api/v1/andon/pull', { config: { permission: 'rollouts:run' } }, async (req) => ({ paused: await rollouts.andon(author(req)) }));
 
-  app.get('/api/v1/policies/churn', async () => churn.status());
+  app.get('/api/v1/policies/churn', { config: { permission: 'rollouts:read' } }, async () => churn.status());
   app.put(
     '/api/v1/policies/churn',
     {
+      config: { permission: 'rollouts:write' },
       schema: {
         body: {
           type: 'object',
@@ -57,7 +58,7 @@ export function rolloutRoutes(app: FastifyInstance, { rollouts, churn }: ApiCont
     },
     async (req) => churn.set(req.body as { maxAge: string; budget: string }, author(req)),
   );
-  app.delete('/api/v1/policies/churn', async (req) => {
+  app.delete('/api/v1/policies/churn', { config: { permission: 'rollouts:write' } }, async (req) => {
     await churn.clear(author(req));
     return { deleted: 'churn' };
   });

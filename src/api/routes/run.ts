@@ -38,7 +38,7 @@ export interface RunItem {
 }
 
 export function runRoutes(app: FastifyInstance, { engine, store, records }: ApiContext) {
-  app.post('/api/v1/run', { schema: { body: runBody } }, async (req, reply) => {
+  app.post('/api/v1/run', { config: { permission: 'machines:run' }, schema: { body: runBody } }, async (req, reply) => {
     const body = req.body as { command: string; machines?: string[]; selector?: string; timeout?: string | number; skipOffline?: boolean };
     const names = [...new Set(body.machines ?? [])];
     const labels = body.selector !== undefined ? parseLabelSelector(body.selector, '/selector') : [];

@@ -1,0 +1,178 @@
+/**
+ * Users, groups, roles, tokens and login (issue #16, part 1; engine/users.ts has the rules). Each route
+ * declares its permission; `self` routes act on the caller's own account and tokens, and on anyone's for
+ * a holder of `users:admin` / `tokens:admin` (or the bootstrap admin token).
+ */
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Users } from '../../engine/users.js';
+import { TaktError } from '../../model/errors.js';
+import { BUILTIN_ROLES, expandRole, isScoped, patternGrants, ROLE_NAMES, type Permission } from '../../model/permissions.js';
+import { LOGIN_TOKEN_TTL_MS, parseTtl } from '../../model/users.js';
+import { author, type ApiContext } from '../context.js';
+
+const str = (max: number) => ({ type: 'string', minLength: 1, maxLength: max }) as const;
+const roleList = { type: 'array', maxItems: 16, items: { enum: ROLE_NAMES } } as const;
+
+/** True when the caller holds `perm` on everything (the admin token does). */
+function holds(req: FastifyRequest, perm: Permission): boolean {
+  const p = req.principal;
+  if (p.kind === 'admin') return true;
+  return p.kind === 'user' && p.grants.some((g) => !isScoped(g) && g.permissions.some((x) => patternGrants(x, perm)));
+}
+
+/** The caller's user name, or undefined for the admin token (which has no account). */
+function selfName(req: FastifyRequest): string | undefined {
+  return req.principal.kind === 'user' ? req.principal.name : undefined;
+}
+
+/** `undefined` when the caller may act on anyone's tokens, else their own name. @throws 403 for a non-user without admin. */
+function tokenOwnerLimit(req: FastifyRequest): string | undefined {
+  if (holds(req, 'tokens:admin')) return undefined;
+  const me = selfName(req);
+  if (!me) throw new TaktError('forbidden', 'only users and token admins manage tokens');
+  return me;
+}
+
+export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
+  const users = new Users(ctx.store);
+
+  app.post(
+    '/api/v1/login',
+    {
+      config: { permission: 'public' },
+      schema: {
+        description: 'Exchange a user name and password for a personal token (shown once) with an expiry (default 12h).',
+        body: { type: 'object', additionalProperties: false, required: ['user', 'password'], properties: { user: str(63), password: str(1024), ttl: { type: 'string', maxLength: 16, description: 'lifetime: 90m, 12h, 30d' } } },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { user: string; password: string; ttl?: string };
+      const r = await users.login(b.user, b.password, b.ttl ? parseTtl(b.ttl) : LOGIN_TOKEN_TTL_MS);
+      reply.code(201);
+      return r;
+    },
+  );
+
+  app.get('/api/v1/whoami', { config: { permission: 'self' }, schema: { description: 'Who the token is and what it may do.' } }, async (req) => {
+    const p = req.principal;
+    if (p.kind === 'admin') return { name: 'admin', kind: 'admin', roles: ['admin'], permissions: ['*'] };
+    if (p.kind !== 'user') throw new TaktError('forbidden', 'not a user token');
+    return {
+      name: p.name,
+      kind: 'user',
+      token: p.tokenId,
+      roles: p.grants.map((g) => ({ role: g.role, ...(g.machines ? { machines: g.machines } : {}), ...(g.pipelines ? { pipelines: g.pipelines } : {}) })),
+      permissions: [...new Set(p.grants.flatMap((g) => expandRole(g.role)))].sort(),
+    };
+  });
+
+  app.get('/api/v1/users', { config: { permission: 'users:read' } }, async () => ({ items: await users.listUsers() }));
+  app.post(
+    '/api/v1/users',
+    { config: { permission: 'users:admin' }, schema: { body: { type: 'object', additionalProperties: false, required: ['name', 'password'], properties: { name: str(63), password: str(1024), roles: roleList } } } },
+    async (req, reply) => {
+      const b = req.body as { name: string; password: string; roles?: string[] };
+      reply.code(201);
+      return users.createUser(b.name, b.password, author(req), b.roles);
+    },
+  );
+  app.delete('/api/v1/users/:name', { config: { permission: 'users:admin' } }, async (req) => users.deleteUser((req.params as { name: string }).name, author(req)));
+  app.put(
+    '/api/v1/users/:name/password',
+    { config: { permission: 'self' }, schema: { body: { type: 'object', additionalProperties: false, required: ['password'], properties: { password: str(1024) } } } },
+    async (req) => {
+      const name = (req.params as { name: string }).name;
+      if (selfName(req) !== name && !holds(req, 'users:admin')) throw new TaktError('forbidden', `only ${name} or a user admin can change ${name}'s password`);
+      await users.setPassword(name, (req.body as { password: string }).password);
+      return { name, password: 'changed' };
+    },
+  );
+
+  app.get('/api/v1/groups', { config: { permission: 'users:read' } }, async () => ({ items: await users.listGroups() }));
+  app.put(
+    '/api/v1/groups/:name',
+    {
+      config: { permission: 'users:admin' },
+      schema: { body: { type: 'object', additionalProperties: false, properties: { add: { type: 'array', maxItems: 1000, items: str(63) }, remove: { type: 'array', maxItems: 1000, items: str(63) } } } },
+    },
+    async (req) => users.putGroup((req.params as { name: string }).name, req.body as { add?: string[]; remove?: string[] }, author(req)),
+  );
+  app.delete('/api/v1/groups/:name', { config: { permission: 'users:admin' } }, async (req) => {
+    await users.deleteGroup((req.params as { name: string }).name, author(req));
+    return { deleted: (req.params as { name: string }).name };
+  });
+
+  app.get('/api/v1/roles', { config: { permission: 'roles:read' } }, async () => ({
+    items: ROLE_NAMES.map((name) => ({ name, description: BUILTIN_ROLES[name]!.description, grants: BUILTIN_ROLES[name]!.permissions, permissions: expandRole(name) })),
+  }));
+  app.get('/api/v1/rolebindings', { config: { permission: 'roles:read' } }, async () => ({ items: await users.listBindings() }));
+  app.post(
+    '/api/v1/rolebindings',
+    {
+      config: { permission: 'roles:admin' },
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['role', 'subject'],
+          properties: {
+            role: { enum: ROLE_NAMES },
+            subject: { type: 'string', maxLength: 80, description: 'user:NAME or group:NAME' },
+            machines: { type: 'string', minLength: 1, maxLength: 1024, description: 'only machines matching this label selector, e.g. env=prod' },
+            pipelines: { type: 'array', minItems: 1, maxItems: 64, items: str(63), description: 'only machines on these pipelines' },
+          },
+        },
+      },
+    },
+    async (req, reply) => {
+      reply.code(201);
+      return users.bind(req.body as { role: string; subject: string; machines?: string; pipelines?: string[] }, author(req));
+    },
+  );
+  app.delete('/api/v1/rolebindings/:id', { config: { permission: 'roles:admin' } }, async (req) => users.unbind((req.params as { id: string }).id, author(req)));
+
+  app.get('/api/v1/tokens', { config: { permission: 'self' }, schema: { description: "Your tokens; a token admin sees everyone's (?owner= for one user's)." } }, async (req) => {
+    const limit = tokenOwnerLimit(req);
+    const owner = (req.query as { owner?: string }).owner;
+    if (limit !== undefined && owner !== undefined && owner !== limit) throw new TaktError('forbidden', "only a token admin lists others' tokens");
+    return { items: await users.listTokens(limit ?? owner) };
+  });
+  app.post(
+    '/api/v1/tokens',
+    {
+      config: { permission: 'self' },
+      schema: {
+        body: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['name'],
+          properties: {
+            name: str(63),
+            kind: { enum: ['personal', 'service'] },
+            owner: { ...str(63), description: 'whose token (default: yours; another user needs tokens:admin)' },
+            roles: { ...roleList, description: "roles it carries, each one the owner holds (default: all the owner's)" },
+            ttl: { type: 'string', maxLength: 16, description: 'lifetime: 90m, 12h, 30d (default 30d, at most 365d)' },
+          },
+        },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { name: string; kind?: 'personal' | 'service'; owner?: string; roles?: string[]; ttl?: string };
+      const limit = tokenOwnerLimit(req);
+      const owner = b.owner ?? selfName(req);
+      if (!owner) throw new TaktError('invalid', "the admin token has no account: say whose token it is ('owner')", { path: '/owner' });
+      if (limit !== undefined && owner !== limit) throw new TaktError('forbidden', "only a token admin makes tokens for others");
+      reply.code(201);
+      return users.issue({ owner, name: b.name, kind: b.kind ?? 'personal', roles: b.roles, ttlMs: b.ttl ? parseTtl(b.ttl) : undefined }, author(req));
+    },
+  );
+  app.post('/api/v1/tokens/:id/rotate', { config: { permission: 'self' } }, async (req) => users.rotate((req.params as { id: string }).id, tokenOwnerLimit(req), author(req)));
+  app.delete('/api/v1/tokens/:id', { config: { permission: 'self' } }, async (req) => users.revoke((req.params as { id: string }).id, tokenOwnerLimit(req), author(req)));
+
+  app.get('/api/v1/auth/bootstrap', { config: { permission: 'users:read' } }, async () => users.bootstrap());
+  app.put(
+    '/api/v1/auth/bootstrap',
+    { config: { permission: 'users:admin' }, schema: { body: { type: 'object', additionalProperties: false, required: ['enabled'], properties: { enabled: { type: 'boolean' } } } } },
+    async (req) => users.setBootstrap((req.body as { enabled: boolean }).enabled, author(req)),
+  );
+}
