@@ -20,7 +20,7 @@ import type { RolloutItem } from '../src/model/rollout.js';
 import { Sealer } from '../src/model/secure.js';
 import { openPostgresStore } from '../src/store/postgres.js';
 import type { SqlStore } from '../src/store/sql-store.js';
-import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
+import { allEvents, freshDatabase, pgUnavailable } from './helpers/postgres.js';
 
 const pgWhy = await pgUnavailable();
 
@@ -39,16 +39,6 @@ function pack(version = '1.0.0', extra: string[] = []): PackFiles {
   return files;
 }
 
-/** Every event in the table, in id order. */
-async function allEvents(store: SqlStore): Promise<TaktEvent[]> {
-  const out: TaktEvent[] = [];
-  for (let page = 0; page < 1000; page++) {
-    const got = await store.listEvents(out.at(-1)?.id ?? 0, 1000);
-    out.push(...got);
-    if (got.length < 1000) break;
-  }
-  return out;
-}
 
 /** Resolves when `store` has heard an event matching `match` (the test's timeout bounds the wait). */
 function heard(store: SqlStore, match: (e: TaktEvent) => boolean): Promise<TaktEvent> {

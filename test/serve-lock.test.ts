@@ -2,13 +2,12 @@
  * Issue 12: one `takt serve` per data dir (a second is refused with the PID that holds it; a dead one's
  * lock is taken over), and the CLI finds a non-default port through the `endpoint` file serve writes.
  */
-import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { endpointFromDataDir } from '../src/cli/client.js';
-import { Endpoint, ROOT, runCli, TAKT } from './helpers/endpoint.js';
+import { Endpoint, runCli, serveRefusal } from './helpers/endpoint.js';
 
 let ep: Endpoint;
 beforeAll(async () => {
@@ -16,27 +15,13 @@ beforeAll(async () => {
 });
 afterAll(async () => ep?.stop());
 
-/** Runs a second `takt serve` on `data` to its end (it must refuse at once). */
-function serveOnce(data: string): Promise<{ code: number; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [TAKT, 'serve', '--listen', '127.0.0.1:0', '--data', data], { env: { ...process.env, NO_COLOR: '1' }, cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stderr });
-    });
-  });
-}
 
 describe('one takt serve per data dir', () => {
   it('a second serve on the same data dir is refused with the PID that holds it; the first keeps serving', async () => {
     const url = ep.url;
     const lock = JSON.parse(readFileSync(join(ep.data, 'serve.lock'), 'utf8')) as { pid: number; startedAt: string };
     expect(lock.pid).toBe(ep.proc!.pid);
-    const second = await serveOnce(ep.data);
+    const second = await serveRefusal(ep.data);
     expect(second.code).toBe(1);
     expect(second.stderr).toContain(`data dir ${ep.data} is in use by takt serve PID ${ep.proc!.pid} (started ${lock.startedAt}); stop it or use another --data dir`);
     // nothing of the first was touched

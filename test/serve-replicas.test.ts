@@ -13,8 +13,7 @@
  * no PostgreSQL is reachable and CI is not set. Nothing waits on the demo's sleeps: every wait polls
  * state (machines done, jobs succeeded, a directory gone) under a deadline that fails with what it saw.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +21,8 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TlsManager } from '../src/api/tls.js';
 import { readPackDir } from '../src/content/files.js';
-import { Endpoint, ROOT, TAKT, until } from './helpers/endpoint.js';
+import { AgentProcess } from './helpers/liveness.js';
+import { Endpoint, ROOT, serveRefusal, until } from './helpers/endpoint.js';
 import { freshDatabase, pgUnavailable, withClient } from './helpers/postgres.js';
 
 const pgWhy = await pgUnavailable();
@@ -88,42 +88,6 @@ class RoundRobinProxy {
   }
 }
 
-/**
- * A broker-less machine's `takt agent`, pointed at the load balancer. Its scripts see a root dir of their
- * own as TAKT_ROOT (the demo writes etc/motd and etc/hostname under it: never the test host's /etc).
- */
-class Agent {
-  readonly dir = mkdtempSync(join(tmpdir(), 'takt-replica-agent-'));
-  private readonly proc: ChildProcess;
-  output = '';
-
-  constructor(endpoint: string, token: string) {
-    mkdirSync(join(this.dir, 'root'));
-    // Its own process group, so that the kill at the end takes the scripts it runs along.
-    this.proc = spawn(process.execPath, [TAKT, 'agent', '--endpoint', endpoint, '--dir', join(this.dir, 'agent'), '--root', join(this.dir, 'root')], {
-      env: { ...process.env, TAKT_TOKEN: token, NO_COLOR: '1' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    });
-    this.proc.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
-    this.proc.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
-  }
-
-  async dispose(): Promise<void> {
-    const p = this.proc;
-    if (p.exitCode === null && p.signalCode === null) {
-      const exited = new Promise((r) => p.once('exit', r));
-      try {
-        process.kill(-p.pid!, 'SIGKILL');
-      } catch {
-        p.kill('SIGKILL');
-      }
-      await exited;
-    }
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
-
 /** A data dir for a new replica holding copies of what replicas share: secret.key, admin.token, tls/. */
 function replicaDir(from: string, what: { key?: boolean; token?: boolean; tls?: boolean } = { key: true, token: true, tls: true }): string {
   const dir = mkdtempSync(join(tmpdir(), 'takt-replica-'));
@@ -133,20 +97,6 @@ function replicaDir(from: string, what: { key?: boolean; token?: boolean; tls?: 
   return dir;
 }
 
-/** Runs a `takt serve` that must refuse to start: its exit code and stderr (killed after 60 s). */
-function serveRefused(data: string, store: string): Promise<{ code: number; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [TAKT, 'serve', '--listen', '127.0.0.1:0', '--data', data], { env: { ...process.env, NO_COLOR: '1', TAKT_STORE: store }, cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
-    p.on('error', reject);
-    p.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stderr });
-    });
-  });
-}
 
 /** Whether process `pid` runs (a zombie, exited but not yet reaped by its parent, does not). */
 function alive(pid: number): boolean {
@@ -170,7 +120,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
   let proxy: RoundRobinProxy;
   let lb = '';
   let token = '';
-  const agents: Agent[] = [];
+  const agents: AgentProcess[] = [];
   /** Steps of the demo pipeline (stage/task), as the first finished machine passed them. */
   let steps = 0;
 
@@ -211,7 +161,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
       const m = r.body.items[0] as { id: string; token: string; host?: string };
       expect(m.host).toBeUndefined(); // no broker: no replica holds it
       ids.push(m.id);
-      agents.push(new Agent(lb, m.token));
+      agents.push(new AgentProcess(lb, m.token).start()); // its own root: the demo writes etc/ under it
     }
     return ids;
   }
@@ -335,7 +285,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
       // An empty data dir: nothing is invented, the message says what to copy.
       const empty = mkdtempSync(join(tmpdir(), 'takt-replica-'));
       dirs.push(empty);
-      const e = await serveRefused(empty, db.url);
+      const e = await serveRefusal(empty, { TAKT_STORE: db.url });
       expect(e.code, e.stderr).toBe(1);
       expect(e.stderr).toContain('has no secret.key, admin.token, tls/ca.pem, tls/ca.key');
       expect(e.stderr).toContain("copy secret.key, admin.token and the tls/ directory from an existing replica's data dir");
@@ -345,7 +295,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
       const otherKey = replicaDir(a.data, { token: true, tls: true });
       dirs.push(otherKey);
       writeFileSync(join(otherKey, 'secret.key'), randomBytes(32).toString('base64') + '\n', { mode: 0o600 });
-      const k = await serveRefused(otherKey, db.url);
+      const k = await serveRefusal(otherKey, { TAKT_STORE: db.url });
       expect(k.code, k.stderr).toBe(1);
       expect(k.stderr).toContain(`${join(otherKey, 'secret.key')} is not the key the other takt serve replicas on`);
 
@@ -353,7 +303,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
       const otherCa = replicaDir(a.data, { key: true, token: true });
       dirs.push(otherCa);
       await new TlsManager({ dataDir: otherCa, names: ['localhost'] }).ensure();
-      const c = await serveRefused(otherCa, db.url);
+      const c = await serveRefusal(otherCa, { TAKT_STORE: db.url });
       expect(c.code, c.stderr).toBe(1);
       expect(c.stderr).toMatch(/the CA in \S+ \(sha256 [0-9A-F:]+\) is not the CA of the other takt serve replicas on postgres:\/\/\S+ \(sha256 [0-9A-F:]+\)/);
 
@@ -361,7 +311,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
       const twin = replicaDir(a.data);
       dirs.push(twin);
       cpSync(join(a.data, 'endpoint-id'), join(twin, 'endpoint-id'));
-      const t = await serveRefused(twin, db.url);
+      const t = await serveRefusal(twin, { TAKT_STORE: db.url });
       expect(t.code, t.stderr).toBe(1);
       expect(t.stderr).toContain(`runs with endpoint id ${readFileSync(join(a.data, 'endpoint-id'), 'utf8').trim()} (the endpoint-id file of its data dir): each replica needs a data dir of its own`);
     } finally {

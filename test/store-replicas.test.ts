@@ -19,7 +19,7 @@ import { PgFollower } from '../src/store/pg-follow.js';
 import { openPostgresStore, type PostgresStoreOptions } from '../src/store/postgres.js';
 import type { SqlStore } from '../src/store/sql-store.js';
 import { ROOT } from './helpers/endpoint.js';
-import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
+import { allEvents, freshDatabase, pgUnavailable } from './helpers/postgres.js';
 
 const pgWhy = await pgUnavailable();
 
@@ -49,16 +49,6 @@ function expectInOrderOnce(ids: number[]) {
   for (let i = 1; i < ids.length; i++) expect(ids[i], `event ${ids[i]} after ${ids[i - 1]}`).toBeGreaterThan(ids[i - 1]!);
 }
 
-/** Every event in the table, in id order. */
-async function allEvents(store: SqlStore): Promise<TaktEvent[]> {
-  const out: TaktEvent[] = [];
-  for (let page = 0; page < 1000; page++) {
-    const got = await store.listEvents(out.at(-1)?.id ?? 0, 1000);
-    out.push(...got);
-    if (got.length < 1000) break;
-  }
-  return out;
-}
 
 /** A transaction that records a change and emits `n` events `<prefix>.<i>` (i from `from`). */
 function write(store: SqlStore, prefix: string, from: number, n = 1) {

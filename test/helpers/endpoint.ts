@@ -256,3 +256,22 @@ export function writePack(dir: string, files: Record<string, string>): void {
     writeFileSync(full, text);
   }
 }
+
+/**
+ * Runs a `takt serve` on `data` that must refuse to start (a second endpoint on a data dir, a replica
+ * without the shared keys…): its exit code and stderr. Killed after 60 s, so a start that was not refused
+ * fails the test rather than hanging it. `env`: more environment (TAKT_STORE).
+ */
+export function serveRefusal(data: string, env: Record<string, string> = {}): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [TAKT, 'serve', '--listen', '127.0.0.1:0', '--data', data], { env: { ...process.env, NO_COLOR: '1', ...env }, cwd: ROOT, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    p.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
+    p.on('error', reject);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stderr });
+    });
+  });
+}

@@ -6,6 +6,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
+import type { TaktEvent } from '../../src/model/machine.js';
+import type { Store } from '../../src/store/store.js';
 
 /** The maintenance database tests create their databases from. */
 export const PG_ADMIN_URL = process.env.TAKT_TEST_PG ?? 'postgres://postgres@127.0.0.1:5432/test';
@@ -50,4 +52,15 @@ export async function freshDatabase(): Promise<{ name: string; url: string; drop
     url: url.toString(),
     drop: () => admin(async (c) => void (await c.query(`drop database if exists ${name} with (force)`))),
   };
+}
+
+/** Every event in a store's table, in id order (read in pages of 1,000, at most a million). */
+export async function allEvents(store: Pick<Store, 'listEvents'>): Promise<TaktEvent[]> {
+  const out: TaktEvent[] = [];
+  for (let page = 0; page < 1000; page++) {
+    const got = await store.listEvents(out.at(-1)?.id ?? 0, 1000);
+    out.push(...got);
+    if (got.length < 1000) break;
+  }
+  return out;
 }
