@@ -21,6 +21,9 @@ import { reportCommands } from './report.js';
 import { policyCommands, rolloutCommands } from './rollouts.js';
 import { runCommand } from './run.js';
 import { storeCommands } from './store.js';
+import { loginCommands } from './login.js';
+import { roleCommands } from './roles.js';
+import { tokenCommands } from './tokens.js';
 import { userCommands } from './users.js';
 import { workOrderCommands } from './workorders.js';
 
@@ -46,7 +49,10 @@ export function register(program: Command, g: Globals) {
   credentialCommands(program, g, api);
   imageCommands(program, g, api);
   dhcpCommands(program, g, api);
+  loginCommands(program, g, api);
   userCommands(program, g, api);
+  roleCommands(program, g, api);
+  tokenCommands(program, g, api);
   storeCommands(program, g);
 
   planCommands(program, g, api);
