@@ -8,11 +8,11 @@ import type { ContentSet } from '../model/content.js';
 import { paramLayers, resolveParam } from '../render/params.js';
 import { applyLabelPatch, sortedLabels, validateLabels } from '../model/labels.js';
 import { attempt, TaktError } from '../model/errors.js';
-import { ADHOC_TASK, defaultEnvironment, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
+import { defaultEnvironment, type AgentLiveness, type Job, type Machine, type MachineClassification, type WorkOrder } from '../model/machine.js';
 import { assertReplaceable, classificationChange, classify, orderedRules } from './classify.js';
-import { adhocCommand, type AdhocInput } from './adhoc.js';
+import type { AdhocInput } from './adhoc.js';
 import type { ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
-import { foreignSealed, isSealed, maskValues, type Sealer } from '../model/secure.js';
+import { foreignSealed, isSealed, type Sealer } from '../model/secure.js';
 import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
 import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
 import { checkSshSettings, patchSsh, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
@@ -20,8 +20,8 @@ import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Reads, Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, sha256 } from '../model/hash.js';
-import { assertEnvironment, assertDeclared, assertWorkOrderDeclared } from './declared.js';
-import { assertMachineName, newId } from './ids.js';
+import { assertEnvironment, assertDeclared } from './declared.js';
+import { assertMachineName } from './ids.js';
 import { JobLogs } from './joblog.js';
 import { jobSecrets } from './job-secrets.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, type Contact, type LivenessWrite } from './liveness.js';
@@ -30,9 +30,10 @@ import type { TaskPowerPort } from './taskpower.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
 import type { RestoredPlace } from './restore.js';
 import { Wakeups } from './wake.js';
+import { cancelWorkOrder, insertWorkOrders, newWorkOrders, resumeWorkOrder, type WorkOrderContext } from './workorders.js';
 import { claim, type ClaimContext } from './claim.js';
 import { appendLog, cancelCurrent, cancelRunning, complete, heartbeat, jobEnded, loseJob, sweepLeases } from './jobs.js';
-import { desiredView, publicMachine, publicWorkOrder } from './views.js';
+import { desiredView, publicMachine } from './views.js';
 import { finishWorkOrder, isSecureParam, lockedMachine, saveMachine, settle, woPassed } from './complete.js';
 import {
   approve,
@@ -998,114 +999,28 @@ export class Engine {
   }
 
   /** The work orders `createWorkOrders` would queue, checked (machines read through `reads`: a transaction's, inside one), not yet written. @throws as createWorkOrders. */
-  async newWorkOrders(inputs: WorkOrderInput[], reads: Reads = this.store): Promise<WorkOrder[]> {
-    const content = this.content.current;
-    const at = (i: number, path: string) => (inputs.length > 1 ? `/${i}${path}` : path);
-    const made: WorkOrder[] = [];
-    for (const [i, input] of inputs.entries()) {
-      const m = (await reads.getMachine(input.machine)) ?? (await reads.getMachineByName(input.machine));
-      if (!m) throw new TaktError('not_found', `machine '${input.machine}' not found`);
-      if (!!input.blueprint === !!input.command) throw new TaktError('invalid', 'a work order runs either a blueprint or a command: give exactly one', { path: at(i, '/blueprint') });
-      if (input.blueprint && !content.objects.blueprints.has(input.blueprint)) throw new TaktError('not_found', `blueprint '${input.blueprint}' not found`, { path: at(i, '/blueprint') });
-      const command = input.command ? adhocCommand(input.command) : null;
-      const params = command ? {} : this.checkParams(content, {}, input.params ?? {});
-      // After checkParams: a malformed value is refused for that first, it says more.
-      if (input.blueprint && !input.allowUndeclared) assertWorkOrderDeclared(content, input.blueprint, input.params, at(i, ''));
-      made.push({
-        id: newId('w'),
-        machineId: m.id,
-        blueprint: input.blueprint ?? ADHOC_TASK,
-        ...(command ? { command } : { passed: [] }),
-        state: 'queued',
-        taskIndex: 0,
-        params,
-        reason: null,
-        createdAt: new Date().toISOString(),
-        finishedAt: null,
-      });
-    }
-    return made;
+  newWorkOrders(inputs: WorkOrderInput[], reads: Reads = this.store): Promise<WorkOrder[]> {
+    return newWorkOrders(this.workOrderContext, inputs, reads);
   }
 
   /** Writes work orders made by `newWorkOrders` inside the caller's transaction (their machines re-checked there). */
-  async insertWorkOrders(tx: Tx, made: WorkOrder[], inputs: Array<Pick<WorkOrderInput, 'machine'>>, author: string): Promise<void> {
-    for (const [i, wo] of made.entries()) {
-      if (!(await tx.getMachine(wo.machineId))) throw new TaktError('not_found', `machine '${inputs[i]!.machine}' not found`);
-      await tx.insertWorkOrder(wo);
-      await tx.change(author, `workorders/${wo.id}`, 'create', null, { ...wo, params: maskValues(wo.params) });
-      tx.emit(`workorders.create.${wo.id}`, publicWorkOrder(wo));
-    }
+  insertWorkOrders(tx: Tx, made: WorkOrder[], inputs: Array<Pick<WorkOrderInput, 'machine'>>, author: string): Promise<void> {
+    return insertWorkOrders(tx, made, inputs, author);
   }
 
-  async cancelWorkOrder(id: string, author: string): Promise<WorkOrder> {
-    return this.store.transact(async (tx) => {
-      const wo = await tx.getWorkOrder(id);
-      if (!wo) throw new TaktError('not_found', `work order '${id}' not found`);
-      if (wo.state !== 'queued' && wo.state !== 'running') throw new TaktError('conflict', `work order '${id}' already ${wo.state}`);
-      const m = await lockedMachine(tx, wo.machineId);
-      if (m.currentJob) {
-        const j = await tx.getJob(m.currentJob);
-        if (j?.workOrderId === wo.id) await saveMachine(tx, await cancelCurrent(this.run, tx, m, author, 'work order cancelled'));
-      }
-      // Cancelling its running job has already ended the work order (saying so); a queued one ends here.
-      const after = (await tx.getWorkOrder(wo.id)) ?? wo;
-      const done = after.state === 'queued' || after.state === 'running' ? await finishWorkOrder(tx, after, 'cancelled', `cancelled by ${author}`) : after;
-      await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state }, { state: done.state });
-      return done;
-    });
+  /** workorders.ts cancelWorkOrder. */
+  cancelWorkOrder(id: string, author: string): Promise<WorkOrder> {
+    return cancelWorkOrder(this.workOrderContext, id, author);
   }
 
-  /**
-   * Continues a failed or cancelled work order from the task it stopped on (the tasks before it that
-   * succeeded do not run again), with its original params: they stay on the work order as given, secure
-   * ones sealed, so the resumed tasks get exactly what the first run did. It is queued again and runs
-   * when the machine is next between tasks.
-   * @throws TaktError not_found (no such work order, or its machine is gone); conflict (409) when it is
-   *   not failed or cancelled, or its blueprint no longer exists or changed so that the task it stopped on
-   *   is not where it was.
-   */
-  async resumeWorkOrder(id: string, author: string): Promise<WorkOrder> {
-    return this.store.transact(async (tx) => {
-      const wo = await tx.getWorkOrder(id);
-      if (!wo) throw new TaktError('not_found', `work order '${id}' not found`);
-      if (wo.state !== 'failed' && wo.state !== 'cancelled') {
-        const why = wo.state === 'succeeded' ? 'it has nothing left to run' : 'it has not ended; cancel it first (`takt workorders cancel ' + id + '`) or let it finish';
-        throw new TaktError('conflict', `work order '${id}' ${wo.state === 'succeeded' ? 'has succeeded' : `is ${wo.state}`}: only a failed or cancelled work order can be resumed (${why})`, { details: { state: wo.state } });
-      }
-      if (!(await tx.getMachine(wo.machineId))) throw new TaktError('not_found', `work order '${id}': its machine no longer exists`);
-      if (wo.command) {
-        // An ad-hoc command is its own one task, not a blueprint in any content: resuming it runs the
-        // command again, as typed (nextWork prepares it from the work order, never from content).
-        const queued: WorkOrder = { ...wo, state: 'queued', taskIndex: 0, reason: null, finishedAt: null };
-        await tx.updateWorkOrder(queued);
-        await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state, reason: wo.reason }, { state: queued.state, resumedAt: ADHOC_TASK });
-        tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(queued));
-        return queued;
-      }
-      const bp = this.content.current.objects.blueprints.get(wo.blueprint)?.def;
-      if (!bp) throw new TaktError('conflict', `work order '${id}': blueprint '${wo.blueprint}' no longer exists in the content in use; put content in use that has it, or create a new work order`);
-      // By identity, as for a machine's pipeline (the blueprint as a one-stage pipeline): what has
-      // succeeded (`passed`, keys with `#n` for a repeated task); the task it stopped on must still be in the
-      // blueprint, and no task that succeeded may now come after it (transitions.ts locate, strict).
-      const shape = blueprintShape(bp);
-      const passed = woPassed(wo, bp);
-      const [last] = (await tx.listJobs({ workOrderId: wo.id, order: 'desc', limit: 1 }));
-      const stoppedOn = last && last.state !== 'succeeded' ? last.task : null;
-      const at = locate(shape, { stage: stoppedOn === null ? null : bp.name, task: stoppedOn, passed }, true);
-      if (at.kind === 'refused') {
-        throw new TaktError('conflict', `work order '${id}' cannot resume: ${at.message}; create a new work order (\`takt workorders create --machine M --blueprint ${bp.name}\`), or put content in use that ${at.change === 'vanished' ? 'has the task' : 'keeps the tasks in the order they ran'}`, {
-          details: { blueprint: bp.name, change: at.change, stoppedOn, tasks: at.tasks.map((t) => t.task) },
-        });
-      }
-      const queued: WorkOrder = { ...wo, state: 'queued', passed, reason: null, finishedAt: null };
-      await tx.updateWorkOrder(queued);
-      await tx.change(author, `workorders/${wo.id}`, 'update', { state: wo.state, reason: wo.reason }, { state: queued.state, resumedAt: at.kind === 'at' ? at.step.task : null });
-      tx.emit(`workorders.update.${wo.id}`, publicWorkOrder(queued));
-      return queued;
-    });
+  /** workorders.ts resumeWorkOrder: continues a failed or cancelled work order from the task it stopped on. */
+  resumeWorkOrder(id: string, author: string): Promise<WorkOrder> {
+    return resumeWorkOrder(this.workOrderContext, id, author);
   }
 
-
+  private get workOrderContext(): WorkOrderContext {
+    return { store: this.store, content: this.content, run: this.run, checkParams: (content, current, patch) => this.checkParams(content, current, patch) };
+  }
 
   // ---- agent protocol ------------------------------------------------------------------------------
 
