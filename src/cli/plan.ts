@@ -2,7 +2,7 @@
 import { type Command } from 'commander';
 import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
-import type { Plan, PlanParam, PlanStep } from '../engine/engine.js';
+import type { Plan, PlanParam, PlanStep } from '../engine/plan.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { colorState, print, shown, shownErr } from './output.js';

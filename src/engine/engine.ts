@@ -30,11 +30,13 @@ import type { TaskPowerPort } from './taskpower.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
 import type { RestoredPlace } from './restore.js';
 import { Wakeups } from './wake.js';
+import { pipelineShapeOf, pipelineSteps, withPromises, type Plan } from './plan.js';
+export type { Plan, PlanParam, PlanStep } from './plan.js';
 import { cancelWorkOrder, insertWorkOrders, newWorkOrders, resumeWorkOrder, type WorkOrderContext } from './workorders.js';
 import { claim, type ClaimContext } from './claim.js';
 import { appendLog, cancelCurrent, cancelRunning, complete, heartbeat, jobEnded, loseJob, sweepLeases } from './jobs.js';
 import { desiredView, publicMachine } from './views.js';
-import { finishWorkOrder, isSecureParam, lockedMachine, saveMachine, settle, woPassed } from './complete.js';
+import { finishWorkOrder, lockedMachine, saveMachine, settle, woPassed } from './complete.js';
 import {
   approve,
   reject,
@@ -161,35 +163,6 @@ export interface ResumeVerdict {
 }
 
 /** A param a planned task uses; `promisedBy`: the earlier task (`stage/task`) whose output sets it. */
-export type PlanParam = PreparedTask['params'][number] & { promisedBy?: string };
-
-export interface PlanStep {
-  stage: string | null;
-  task: string;
-  variant: string;
-  noop: string | null;
-  params: PlanParam[];
-  missing: string[];
-  error: string | null;
-}
-
-export interface Plan {
-  machine: string;
-  pipeline: string | null;
-  state: Machine['state'];
-  workOrders: Array<{ id: string; blueprint: string; steps: PlanStep[] }>;
-  /**
-   * `continue`: the steps left from where the machine stands (what a resume runs, for a stopped one);
-   * `restart`: it is done (or idle), and these would run on a restart; `refused`: a resume would be
-   * refused, because the content changed so that where to continue is ambiguous (see `refused`).
-   */
-  from: 'continue' | 'restart' | 'refused';
-  refused: { message: string; change: 'vanished' | 'reordered'; tasks: Array<{ stage: string; task: string }> } | null;
-  steps: PlanStep[];
-  /** The classification rule that last gave the machine its profiles, environment and pipeline, and why; null: never classified. */
-  classification: MachineClassification | null;
-}
-
 /** What `classifyMachine` did (or, with `dryRun`, would do). */
 export interface ClassifyOutcome {
   machine: string;
@@ -1157,61 +1130,26 @@ export class Engine {
       if (!bp) continue;
       const ctx = { workOrder: { id: wo.id, params: wo.params }, blueprint: { name: bp.name, params: bp.params } };
       const prepared = remainingSteps(blueprintShape(bp), woPassed(wo, bp)).map((s) => ({ stage: null, task: s.task, prepared: prepareTask(content, this.sealer, m, s.task, ctx) }));
-      workOrders.push({ id: wo.id, blueprint: bp.name, steps: this.withPromises(content, prepared) });
+      workOrders.push({ id: wo.id, blueprint: bp.name, steps: withPromises(content, prepared) });
     }
     const base = { machine: m.name, pipeline: m.pipeline, state: m.state, workOrders, refused: null, classification: m.classification ?? null };
     const shape = m.pipeline ? this.shapeOf(content, m.pipeline) : null;
     if (!m.pipeline || !shape) return { ...base, from: 'continue', steps: [] };
-    if (m.state === 'done') return { ...base, from: 'restart', steps: this.withPromises(content, this.pipelineSteps(content, m, m.pipeline, [])) };
+    if (m.state === 'done') return { ...base, from: 'restart', steps: withPromises(content, pipelineSteps(content, this.sealer, m, m.pipeline, [])) };
     // A stopped (or paused) machine continues only through a resume, which checks the content change strictly.
     const at = locate(shape, m, m.state === 'stopped' || m.state === 'idle' || m.state === 'paused');
     if (at.kind === 'refused') {
       const v = await this.refusalOf(m, at);
       return { ...base, from: 'refused', refused: { message: v.message, change: at.change, tasks: at.tasks }, steps: [] };
     }
-    return { ...base, from: 'continue', steps: this.withPromises(content, this.pipelineSteps(content, m, m.pipeline, m.passed)) };
+    return { ...base, from: 'continue', steps: withPromises(content, pipelineSteps(content, this.sealer, m, m.pipeline, m.passed)) };
   }
 
-  /**
-   * Plan steps from prepared tasks in run order. A param that an earlier task of the list promises as an
-   * output is listed with `promisedBy` (the task that sets it); a required one is not missing, since it
-   * will exist by the time its task runs.
-   */
-  private withPromises(content: ContentSet, list: Array<{ stage: string | null; task: string; prepared: PreparedTask }>): PlanStep[] {
-    const promised = new Map<string, string>();
-    return list.map(({ stage, task, prepared: p }) => {
-      const def = content.objects.tasks.get(task)?.def;
-      const required = def?.params?.required ?? [];
-      const params: PlanParam[] = p.params.map((u) => (promised.has(u.name) ? { ...u, promisedBy: promised.get(u.name)! } : u));
-      for (const name of [...required, ...(def?.params?.optional ?? [])]) {
-        const by = promised.get(name);
-        if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: isSecureParam(this.run, name), required: required.includes(name), promisedBy: by });
-      }
-      const missing = p.missing.filter((n) => !promised.has(n));
-      const error = missing.length === 0 && p.missing.length > 0 ? null : p.error;
-      for (const o of Object.keys(def?.outputs ?? {})) promised.set(o, stage ? `${stage}/${task}` : task);
-      return { stage, task, variant: p.variant, noop: p.noop, params, missing, error };
-    });
-  }
 
-  /**
-   * The tasks of the pipeline that have not succeeded in a pass where `passed` have, in run order, each
-   * prepared for the machine. `missing` here is what prepareTask found: see `withPromises` for outputs.
-   */
-  private pipelineSteps(content: ContentSet, m: Machine, pipelineName: string, passed: readonly string[]) {
-    const shape = this.shapeOf(content, pipelineName);
-    const pipeline = content.objects.pipelines.get(pipelineName)?.def;
-    if (!shape || !pipeline) return [];
-    return remainingSteps(shape, passed).map((at: Step) => {
-      const stage = content.objects.stages.get(at.stage)?.def;
-      const ctx = { stage: { name: at.stage, params: stage?.params }, pipeline: { name: pipeline.name, params: pipeline.params } };
-      return { stage: at.stage, task: at.task, prepared: prepareTask(content, this.sealer, m, at.task, ctx) };
-    });
-  }
 
   /** Refuses to start a pipeline on a machine while any required param has no value, listing all of them. */
   private assertStartable(m: Machine, pipeline: string, content: ContentSet = this.content.current) {
-    const missing = this.withPromises(content, this.pipelineSteps(content, m, pipeline, [])).filter((s) => s.missing.length > 0);
+    const missing = withPromises(content, pipelineSteps(content, this.sealer, m, pipeline, [])).filter((s) => s.missing.length > 0);
     if (missing.length === 0) return;
     const list = missing.map((s) => `${s.stage}/${s.task}: ${s.missing.join(', ')}`).join('; ');
     throw new TaktError('invalid', `pipeline '${pipeline}' cannot start on '${m.name}': required params have no value — ${list}. Set them on the machine, a profile, the stage or pipeline, give them defaults, or have an earlier task promise them as outputs`, {
@@ -1238,9 +1176,7 @@ export class Engine {
 
   /** The pipeline's stages and their tasks in `content`, by name; null when it has no such pipeline. */
   shapeOf(content: ContentSet, pipeline: string): PipelineShape | null {
-    const p = content.objects.pipelines.get(pipeline)?.def;
-    if (!p) return null;
-    return { name: p.name, stages: p.stages.map((s) => ({ name: s, tasks: content.objects.stages.get(s)?.def.tasks ?? [] })) };
+    return pipelineShapeOf(content, pipeline);
   }
 
   private requirePipeline(content: ContentSet, name: string) {
