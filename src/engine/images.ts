@@ -12,7 +12,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import { TaktError } from '../model/errors.js';
 import { checkImageName, checkImageVersion, detectFormat, imageRef, SNIFF_BYTES, type Image } from '../model/image.js';
 import type { Store } from '../store/store.js';
@@ -154,47 +155,31 @@ export class ImageCatalog {
 }
 
 /**
- * Writes `body` to `file` while hashing it. Back-pressure is the pipe's: a slow disk slows the client.
- * @throws TaktError bad_request when the body breaks off (the client went away, or the connection broke).
+ * Writes `body` to `file` while hashing it, through `stream.pipeline` (back-pressure, and a body that ends
+ * early — the client went away — is an error, not a short file).
+ * @throws TaktError bad_request when the body breaks off; unavailable when the disk is full.
  */
-function receive(body: Readable, file: string): Promise<{ sha256: string; size: number; head: Buffer }> {
-  return new Promise((resolve, reject) => {
-    const hash = createHash('sha256');
-    const out = createWriteStream(file, { mode: 0o600 });
-    const head: Buffer[] = [];
-    let headBytes = 0;
-    let size = 0;
-    let failed = false;
-    const fail = (err: unknown) => {
-      if (failed) return;
-      failed = true;
-      body.unpipe(out);
-      out.destroy();
-      const code = (err as NodeJS.ErrnoException).code;
-      reject(
-        code === 'ENOSPC'
-          ? new TaktError('unavailable', `the endpoint's disk is full after ${size} bytes of the image`)
-          : new TaktError('bad_request', `the upload broke off after ${size} bytes: ${(err as Error).message || 'connection closed'}`),
-      );
-    };
-    body.on('data', (chunk: Buffer) => {
+async function receive(body: Readable, file: string): Promise<{ sha256: string; size: number; head: Buffer }> {
+  const hash = createHash('sha256');
+  const head: Buffer[] = [];
+  let headBytes = 0;
+  let size = 0;
+  const tap = new Transform({
+    transform(chunk: Buffer, _encoding, done) {
       hash.update(chunk);
       size += chunk.length;
       if (headBytes < SNIFF_BYTES) {
         head.push(chunk.subarray(0, SNIFF_BYTES - headBytes));
         headBytes += Math.min(chunk.length, SNIFF_BYTES - headBytes);
       }
-    });
-    body.on('error', fail);
-    body.on('aborted', () => fail(new Error('the client closed the connection')));
-    body.on('close', () => {
-      // A request stream that closes before its end was cut off (Node sets `complete` on a whole body).
-      if (!(body as Readable & { complete?: boolean }).complete && !body.readableEnded) fail(new Error('the client closed the connection'));
-    });
-    out.on('error', fail);
-    out.on('finish', () => {
-      if (!failed) resolve({ sha256: hash.digest('hex'), size, head: Buffer.concat(head) });
-    });
-    body.pipe(out);
+      done(null, chunk);
+    },
   });
+  try {
+    await pipeline(body, tap, createWriteStream(file, { mode: 0o600 }));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw new TaktError('unavailable', `the endpoint's disk is full after ${size} bytes of the image`);
+    throw new TaktError('bad_request', `the upload broke off after ${size} bytes: ${(err as Error).message || 'connection closed'}`);
+  }
+  return { sha256: hash.digest('hex'), size, head: Buffer.concat(head) };
 }
