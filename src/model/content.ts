@@ -304,6 +304,11 @@ export interface ContentSet {
   objects: { [K in ContentKind]: Map<string, { def: ContentByKind[K]; layer: string }> };
 }
 
+/** Whether param `name` is declared secure in `set` (an undeclared param is not). */
+export function isSecureParam(set: ContentSet, name: string): boolean {
+  return set.objects.params.get(name)?.def.secure === true;
+}
+
 export function emptyContentSet(): ContentSet {
   return {
     objects: {
