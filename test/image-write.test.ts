@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { checkTargetSize, devNumbers, inspectTarget, parseImageRequest, writeImage } from '../src/agent/image.js';
 import { ApiClient } from '../src/client/http.js';
+import { parseBuiltWith } from '../src/engine/records.js';
 import { IMAGE_JOB_OUTPUT } from '../src/model/image.js';
 import type { Job, Machine } from '../src/model/machine.js';
 import { Endpoint, until } from './helpers/endpoint.js';
@@ -372,4 +373,105 @@ describe('a block device too small for the image', () => {
       rmSync(sys, { recursive: true, force: true });
     }
   });
+});
+
+describe('parseBuiltWith', () => {
+  it.each([
+    ['demo@<1.2.0', { kind: 'pack', pack: 'demo', range: '<1.2.0' }],
+    ['demo', { kind: 'pack', pack: 'demo', range: '*' }],
+    ['image:debian-min@<2', { kind: 'image', pack: 'debian-min', range: '<2' }],
+    ['image:debian-min', { kind: 'image', pack: 'debian-min', range: '*' }],
+    ['image:good@1.0.0', { kind: 'image', pack: 'good', range: '1.0.0' }],
+  ])('%s', (sel, expected) => expect(parseBuiltWith(sel)).toEqual(expected));
+  it.each(['image:', 'image:@1', 'image:Debian', 'image:debian@not a range', 'images:debian'])('%s is refused naming both forms', (sel) => {
+    expect(() => parseBuiltWith(sel)).toThrow(/is not PACK\[@RANGE\] or image:IMAGE\[@RANGE\]/);
+  });
+});
+
+describe('the completion route checks the image a report names', () => {
+  /** A machine on write-good whose job this test claims and completes by hand. */
+  async function claimed(name: string): Promise<{ token: string; job: string }> {
+    const r = await call('POST', '/machines', { name, pipeline: 'write-good' });
+    const m = r.body.items[0] as { id: string; token: string };
+    const c = await call('POST', `/machines/${m.id}/claim`, undefined, m.token);
+    return { token: m.token, job: c.body.job.id as string };
+  }
+  const written = { name: 'good', version: '1.0.0', sha256: sha(good), size: good.length, target: '/dev/vda' };
+
+  it.each([
+    ['a digest that is not hex', { ...written, sha256: 'x'.repeat(64) }],
+    ['no target', { name: 'good', version: '1.0.0', sha256: sha(good), size: good.length }],
+    ['a size of 0', { ...written, size: 0 }],
+    ['an extra field', { ...written, token: 'x' }],
+  ])('%s is a 422 at /image, and the job stays running', async (what, image) => {
+    const { token, job } = await claimed(`hand-${what.replace(/[^a-z0-9]+/g, '-')}`.replace(/-$/, ''));
+    const bad = await call('POST', `/jobs/${job}/complete`, { exitCode: 0, outputs: {}, image }, token);
+    expect(bad.status, JSON.stringify(bad.body)).toBe(422);
+    expect(bad.body.error.path).toMatch(/^\/image/);
+    expect(((await call('GET', `/jobs/${job}`)).body as Job).state).toBe('running');
+  });
+
+  it.each([
+    ['an image the catalog does not have', { ...written, name: 'nosuch' }, /it reported writing image nosuch@1\.0\.0, which is not in the catalog/],
+    ['another digest than the catalog has', { ...written, sha256: 'a'.repeat(64) }, /it reported writing image good@1\.0\.0 with sha256 a{64} \(4194304 bytes\), but the catalog has sha256 [0-9a-f]{64} \(4194304 bytes\)/],
+  ])('%s fails the job, and nothing is recorded', async (what, image, why) => {
+    const { token, job } = await claimed(`hand-x-${what.split(' ')[1]}`);
+    const r = await call('POST', `/jobs/${job}/complete`, { exitCode: 0, outputs: {}, image }, token);
+    expect(r.status, JSON.stringify(r.body)).toBe(200);
+    const j = (await call('GET', `/jobs/${job}`)).body as Job;
+    expect(j.state).toBe('failed');
+    expect(j.reason).toMatch(why);
+    expect(j.outputs[IMAGE_JOB_OUTPUT]).toBeUndefined();
+  });
+});
+
+describe('build records name the image', () => {
+  it('takt machines record shows it beside the pack version', async () => {
+    const j = await ep.cli(['machines', 'record', 'img-good', '-o', 'json']);
+    expect(j.code, j.stderr).toBe(0);
+    const rec = JSON.parse(j.stdout) as { images: string[]; entries: Array<{ pack: string; image?: unknown }> };
+    expect(rec.images).toEqual(['good@1.0.0']);
+    expect(rec.entries[0]).toMatchObject({ pack: 'imagewrite@1.0.0', image: { name: 'good', version: '1.0.0', sha256: sha(good) } });
+    const t = await ep.cli(['machines', 'record', 'img-good']);
+    expect(t.stdout).toMatch(/^img-good pipeline write-good image good@1\.0\.0$/m);
+    expect(t.stdout).toMatch(/IMAGE/);
+    expect(t.stdout).toMatch(/imagewrite@1\.0\.0\s+good@1\.0\.0/);
+  });
+
+  it('takt machines list --built-with image:NAME@RANGE selects the machines deployed with it', async () => {
+    const names = async (sel: string) => {
+      const c = await ep.cli(['machines', 'list', '--built-with', sel, '-o', 'name']);
+      expect(c.code, c.stderr).toBe(0);
+      return c.stdout.trim().split('\n').filter(Boolean).map((n) => n.replace(/^machines\//, '')).sort();
+    };
+    expect(await names('image:good@<2')).toEqual(['img-cut', 'img-good']);
+    expect(await names('image:good')).toEqual(['img-cut', 'img-good']);
+    expect(await names('image:good@>=2')).toEqual([]);
+    expect(await names('image:tampered')).toEqual([]); // its job failed: nothing recorded
+    expect(await names('good')).toEqual([]); // a pack of that name: none
+    expect(await names('imagewrite@1.0.0')).toContain('img-good');
+    const bad = await ep.cli(['machines', 'list', '--built-with', 'image:']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr).toMatch(/'image:' is not PACK\[@RANGE\] or image:IMAGE\[@RANGE\]/);
+  });
+});
+
+describe('removing an image version', () => {
+  it('is refused (409) while a build record names it, naming the machines; allowed once none does', async () => {
+    const r = await call('DELETE', '/images/good/1.0.0');
+    expect(r.status, JSON.stringify(r.body)).toBe(409);
+    expect(r.body.error.message).toBe('image good@1.0.0 is in use: the build record of 2 machines img-cut, img-good names it (their disks were written with it); rebuild them with another image or delete them first (takt machines list --built-with image:good@1.0.0), then remove it');
+    expect(r.body.error.details).toEqual({ machines: ['img-cut', 'img-good'] });
+    const c = await ep.cli(['images', 'rm', 'good@1.0.0']);
+    expect(c.code).not.toBe(0);
+    expect(c.stderr).toMatch(/image good@1\.0\.0 is in use/);
+    expect(existsSync(join(ep.data, 'images', 'sha256', sha(good)))).toBe(true);
+    expect((await call('GET', '/images/good/1.0.0')).status).toBe(200);
+    // An image no record names goes (the tampered one: its only write failed).
+    expect((await call('DELETE', '/images/tampered/1.0.0')).status).toBe(200);
+    for (const name of ['img-cut', 'img-good']) expect((await call('DELETE', `/machines/${name}`)).status).toBeLessThan(300);
+    const after = await call('DELETE', '/images/good/1.0.0');
+    expect(after.status, JSON.stringify(after.body)).toBe(200);
+    expect(existsSync(join(ep.data, 'images', 'sha256', sha(good)))).toBe(false);
+  }, 60_000);
 });
