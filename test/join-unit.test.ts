@@ -35,6 +35,7 @@ const token = (over: Partial<JoinToken> = {}): JoinToken => ({
   revokedAt: null,
   revokedBy: null,
   machines: [],
+  machine: null,
   ...over,
 });
 

@@ -484,7 +484,7 @@ for (const b of backends) {
       const order = events.map((e) => (e.data as { seq: number }).seq);
       expect(order).toEqual([...order].sort((x, y) => x - y));
       // Join-token uses taken from both at once never exceed the token's uses.
-      const token: JoinToken = { id: 't1', name: null, pipeline: null, profiles: [], environment: 'local', url: 'https://e', maxUses: 3, uses: 0, expiresAt: at(1000), createdBy: 'admin', createdAt: T0, revokedAt: null, revokedBy: null, machines: [] };
+      const token: JoinToken = { id: 't1', name: null, pipeline: null, profiles: [], environment: 'local', url: 'https://e', maxUses: 3, uses: 0, expiresAt: at(1000), createdBy: 'admin', createdAt: T0, revokedAt: null, revokedBy: null, machines: [], machine: null };
       await store.transact((tx) => tx.insertJoinToken(token, 'h'));
       const taken = await Promise.all(Array.from({ length: 10 }, (_, i) => (i % 2 ? store : other).transact((tx) => tx.takeJoinTokenUse('t1', at(1)))));
       expect(taken.filter(Boolean)).toHaveLength(3);
@@ -575,14 +575,17 @@ for (const b of backends) {
       expect(await store.getSetting('policy')).toEqual({ a: [3] });
       expect(await store.getSetting('other')).toBeUndefined();
 
-      const token = (id: string, s: number, over: Partial<JoinToken> = {}): JoinToken => ({ id, name: `t-${id}`, pipeline: 'demo', profiles: ['p'], environment: 'local', url: 'https://e:8443', maxUses: 2, uses: 0, expiresAt: at(100), createdBy: 'admin', createdAt: at(s), revokedAt: null, revokedBy: null, machines: [], ...over });
+      const token = (id: string, s: number, over: Partial<JoinToken> = {}): JoinToken => ({ id, name: `t-${id}`, pipeline: 'demo', profiles: ['p'], environment: 'local', url: 'https://e:8443', maxUses: 2, uses: 0, expiresAt: at(100), createdBy: 'admin', createdAt: at(s), revokedAt: null, revokedBy: null, machines: [], machine: null, ...over });
       await store.transact(async (tx) => {
         await tx.insertJoinToken(token('t1', 1), 'hash1');
         await tx.insertJoinToken(token('t2', 2, { maxUses: 5 }), 'hash2');
       });
       expect(await store.getJoinToken('t1')).toEqual(token('t1', 1));
       expect(await store.getJoinTokenHash('t2')).toBe('hash2');
-      expect((await store.listJoinTokens()).map((t) => t.id)).toEqual(['t2', 't1']);
+      // A deploy's token names the one machine it registers again (0032_join_token_machine).
+      await store.transact((tx) => tx.insertJoinToken(token('t0', 0, { machine: 'm-deployed' }), 'hash0'));
+      expect((await store.getJoinToken('t0'))?.machine).toBe('m-deployed');
+      expect((await store.listJoinTokens()).map((t) => t.id)).toEqual(['t2', 't1', 't0']);
       expect((await store.listJoinTokens({ limit: 1, offset: 1 })).map((t) => t.id)).toEqual(['t1']);
       const take = (id: string, now: string) => store.transact((tx) => tx.takeJoinTokenUse(id, now));
       expect([await take('t1', at(5)), await take('t1', at(5)), await take('t1', at(5))]).toEqual([true, true, false]);

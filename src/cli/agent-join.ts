@@ -84,6 +84,26 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
     });
 
   agent
+    .command('deployed')
+    .description(
+      "register a deployed OS on its first boot as the machine its disk was deployed to: finds takt's join block at the end of a disk (written by the deploying agent after the image), trusts the CA it pins, registers with its single-use token, writes ca.pem and token (0600) to the agent home (takt agent --dir), then zeroes the block. Prints the API URL, for `takt agent` to use. A deployed image's first-boot step runs this",
+    )
+    .addHelpText('after', examples('api=$(takt agent --dir /var/lib/takt-agent deployed) && exec takt agent --endpoint "$api" --token-file /var/lib/takt-agent/token --ca /var/lib/takt-agent/ca.pem --dir /var/lib/takt-agent', 'takt agent deployed --device /dev/vda'))
+    .option('--device <path>', 'the disk to read (default: every whole disk, in order)')
+    .option('--wait <seconds>', 'keep trying an endpoint that cannot be reached yet for this long', '120')
+    .action(async (o: { device?: string; wait: string }) => {
+      const dir = agent.opts<{ dir: string }>().dir;
+      const { joinDeployed } = await import('../agent/deployed.js');
+      const { VERSION } = await import('./version.js');
+      const wait = Number(o.wait);
+      if (!Number.isFinite(wait) || wait < 0 || wait > 3600) throw new TaktError('bad_request', `--wait ${o.wait}: give seconds from 0 to 3600`);
+      const r = await joinDeployed(dir, VERSION, { ...(o.device ? { devices: [o.device] } : {}), deadlineMs: wait * 1000, log: (msg) => process.stderr.write(`takt: ${msg}\n`) });
+      process.stderr.write(`takt: joined as machine ${r.registration.machine.name} (${r.registration.machine.id}) with the join block on ${r.device} (now zeroed); token in ${dir}/token\n`);
+      if (globals().output === 'json') process.stdout.write(`${JSON.stringify({ api: r.api, device: r.device, ...r.registration })}\n`);
+      else process.stdout.write(`${r.api}\n`);
+    });
+
+  agent
     .command('facts')
     .description('print the facts (inventory) the agent reports about this host, as JSON')
     .addHelpText('after', examples('takt agent facts | jq .os'))

@@ -105,6 +105,7 @@ export class Joins {
       revokedAt: null,
       revokedBy: null,
       machines: [],
+      machine: null,
     };
     const view = viewJoinToken(t, now);
     await this.store.transact(async (tx) => {
@@ -138,6 +139,49 @@ export class Joins {
   }
 
   /**
+   * Makes the single-use join token a machine's deployed OS registers with on its first boot (written into
+   * the disk's join block by the deploying agent, model/joinblock.ts). It registers machine `idOrName`
+   * and nothing else, and only from a host whose facts show that machine's identity (its boot MACs or
+   * SMBIOS UUID, or the identity it registered with); the machine then gets a new token and the token it
+   * was deployed with stops working. Lifetime DEFAULT_JOIN_EXPIRY_MS (the OS boots minutes after).
+   * @param url the endpoint URL the deployed OS uses (the deploying agent's).
+   * @throws TaktError not_found for an unknown machine; conflict for a machine a broker runs the agent of
+   *   (local, netns, ssh: they have no disk takt deploys to); invalid for a bad url.
+   */
+  async deployToken(idOrName: string, url: string, author: string): Promise<{ joinToken: JoinTokenView; token: string }> {
+    const m = await this.engine.findMachine(idOrName);
+    if (m.broker !== null && !NETWORK_BOOTED_BROKERS.has(m.broker)) {
+      throw new TaktError('conflict', `machine '${m.name}' is run by broker '${m.broker}', which starts its agent: there is no deployed OS to join`);
+    }
+    const now = this.now();
+    const id = `jt-${randomBytes(5).toString('hex')}`;
+    const token = `tkj.${id}.${randomBytes(24).toString('base64url')}`;
+    const t: JoinToken = {
+      id,
+      name: null,
+      pipeline: null,
+      profiles: [],
+      environment: m.environment,
+      url: endpointUrl(url),
+      maxUses: 1,
+      uses: 0,
+      expiresAt: new Date(now + DEFAULT_JOIN_EXPIRY_MS).toISOString(),
+      createdBy: author,
+      createdAt: new Date(now).toISOString(),
+      revokedAt: null,
+      revokedBy: null,
+      machines: [],
+      machine: m.id,
+    };
+    const view = viewJoinToken(t, now);
+    await this.store.transact(async (tx) => {
+      await tx.insertJoinToken(t, sha256(token));
+      tx.emit(`jointokens.create.${id}`, view);
+    });
+    return { joinToken: view, token };
+  }
+
+  /**
    * Registers the host that presents join token `tokenId` with its inventory: the machine it was (same
    * identity, not created by a broker) with a new token, else a new machine made as the token says. Takes
    * one use of the token in the same transaction; a registration that fails takes none.
@@ -153,6 +197,7 @@ export class Joins {
     const t = await this.usable(tokenId, now);
     const observed: ObservedFacts = { ...facts, observedAt: at };
     const author = `join:${t.id}`;
+    if (t.machine !== null) return this.registerDeployed(t, facts, observed, from);
     // Checked before (to prepare a new machine outside the transaction) and again inside it, after the
     // token's row is taken: two registrations of one host with one token cannot both make a machine.
     const seen = await this.findHost(this.store, facts);
@@ -183,6 +228,40 @@ export class Joins {
       await tx.updateJoinToken(next);
       tx.emit(`jointokens.update.${t.id}`, viewJoinToken(next, now));
       return result;
+    });
+  }
+
+  /**
+   * A deployed OS registering with its deploy token (`deployToken`): it becomes the token's machine, with a
+   * new token, when its facts show that machine's identity.
+   * @throws TaktError conflict when the machine is gone or its agent is connected from another address;
+   *   forbidden when the host is not that machine (the disk was moved to another one).
+   */
+  private async registerDeployed(t: JoinToken, facts: Facts, observed: ObservedFacts, from: string | null): Promise<Registered> {
+    const author = `join:${t.id}`;
+    return this.store.transact(async (tx) => {
+      const m = await tx.lockMachine(t.machine!);
+      if (!m) throw new TaktError('conflict', `machine ${t.machine} was deleted after this disk was deployed to it; delete the machine's disk or deploy it again`);
+      if (!deployedHostIs(m, facts)) {
+        throw new TaktError(
+          'forbidden',
+          `join token ${t.id} was made for machine '${m.name}' (MACs ${m.boot?.macs.join(', ') || 'none'}${m.boot?.uuid ? `, UUID ${m.boot.uuid}` : ''}), and this host reports MACs ${facts.macs.join(', ') || '(none)'}${facts.productUuid ? `, UUID ${facts.productUuid}` : ''}: was the disk moved to another machine? Deploy that machine instead`,
+        );
+      }
+      this.checkNotLive(m, from);
+      if (!(await tx.takeJoinTokenUse(t.id, observed.observedAt))) {
+        const again = await tx.getJoinToken(t.id);
+        throw new TaktError('unauthorized', (again && joinTokenProblem(again, this.now())) ?? `join token ${t.id} can no longer be used`);
+      }
+      const token = await this.rekey(tx, m, author, 'its deployed OS joined');
+      await tx.setMachineFacts(m.id, observed);
+      const machine = { ...m, facts: observed };
+      tx.emit(`machines.update.${m.id}`, publicMachine(machine));
+      const current = (await tx.getJoinToken(t.id))!;
+      const next = { ...current, machines: [m.id] };
+      await tx.updateJoinToken(next);
+      tx.emit(`jointokens.update.${t.id}`, viewJoinToken(next, this.now()));
+      return { machine, token, rejoined: true };
     });
   }
 
@@ -400,6 +479,17 @@ export function machineNameFromHost(hostname: string): string {
  * clear; a name like `127.0.0.1.nip.io` is not loopback).
  * @throws TaktError invalid at /url.
  */
+/**
+ * Whether a host reporting `facts` is machine `m` for a deploy token: one of its boot MACs, its SMBIOS
+ * UUID, or the identity it registered with before (facts.ts sameHost) — what survives a reinstall.
+ */
+export function deployedHostIs(m: Pick<Machine, 'boot' | 'facts'>, facts: Facts): boolean {
+  const macs = new Set(facts.macs.map((x) => x.toLowerCase()));
+  if (m.boot?.macs.some((x) => macs.has(x.toLowerCase()))) return true;
+  if (m.boot?.uuid && facts.productUuid && m.boot.uuid.toLowerCase() === facts.productUuid.toLowerCase()) return true;
+  return m.facts !== null && sameHost({ ...facts, machineId: null }, { ...m.facts, machineId: null });
+}
+
 export function endpointUrl(text: string): string {
   let u: URL;
   try {

@@ -31,6 +31,11 @@ export interface JoinToken {
   revokedBy: string | null;
   /** Ids of the machines registered with it (created, or recognised again), oldest first. */
   machines: string[];
+  /**
+   * The one existing machine this token registers again (a deploy's token, model/joinblock.ts: the
+   * deployed OS becomes the machine it was deployed to), or null: a new machine or a re-joining host.
+   */
+  machine: string | null;
 }
 
 /** A join token as the API shows it: never the secret, plus what is left of it. */

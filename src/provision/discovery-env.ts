@@ -69,9 +69,20 @@ else
   echo "${DISCOVERY_MARKER} dhcp on $ifc $(cat /tmp/lease) mac $(cat /sys/class/net/$ifc/address) $(up)"
 fi
 takt=/${DISCOVERY_AGENT_DIR}/bin/takt
+# Booted from a disk takt deployed (its boot entry says takt.boot=disk): join with the disk's join block,
+# once (agent/deployed.ts); later rounds of the loop keep the token it got. Else: discovery.
+join=discover
+grep -q 'takt.boot=disk' /proc/cmdline && join=deployed
 while true; do
-  echo "${DISCOVERY_MARKER} agent starting $(up)"
-  if api=$($takt agent --dir /run/takt discover); then
+  echo "${DISCOVERY_MARKER} agent starting ($join) $(up)"
+  if [ "$join" = deployed ] && [ -s /run/takt/api ] && [ -s /run/takt/token ]; then
+    api=$(cat /run/takt/api)
+  elif api=$($takt agent --dir /run/takt $join); then
+    echo "$api" > /run/takt/api
+  else
+    api=
+  fi
+  if [ -n "$api" ]; then
     echo "${DISCOVERY_MARKER} registered with $api $(up)"
     $takt agent --endpoint "$api" --token-file /run/takt/token --ca /run/takt/ca.pem --dir /run/takt --report-facts
     code=$?

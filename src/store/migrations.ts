@@ -380,6 +380,13 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
         await db.schema.alterTable('machines').addColumn('host', text).execute();
       },
     },
+    '0032_join_token_machine': {
+      async up(db: Kysely<unknown>) {
+        // A join token may re-register exactly one existing machine (a deployed OS joining as the machine
+        // it was deployed to, model/joinblock.ts); null for every token made before.
+        await db.schema.alterTable('join_tokens').addColumn('machine_id', text).execute();
+      },
+    },
     '0027_images': {
       async up(db: Kysely<unknown>) {
         // The image catalog (model/image.ts): one row per immutable version; the bytes are kept by the

@@ -615,6 +615,7 @@ function joinTokenFromRow(r: JoinTokensTable): JoinToken {
     revokedAt: r.revoked_at,
     revokedBy: r.revoked_by,
     machines: parse(r.machines),
+    machine: r.machine_id ?? null,
   };
 }
 
@@ -947,6 +948,7 @@ class SqlTx extends SqlReads implements Tx {
         revoked_at: t.revokedAt,
         revoked_by: t.revokedBy,
         machines: json(t.machines),
+        machine_id: t.machine,
       })
       .execute();
   }

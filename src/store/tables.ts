@@ -232,6 +232,8 @@ export interface JoinTokensTable {
   revoked_at: string | null;
   revoked_by: string | null;
   machines: string;
+  /** 0032_join_token_machine: the one machine the token re-registers, or null. */
+  machine_id: string | null;
 }
 
 /** DHCP leases (model/lease.ts), migration 0022_leases. */

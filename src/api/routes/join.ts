@@ -21,6 +21,7 @@ import { TaktError } from '../../model/errors.js';
 import { FactsSchema, MAX_FACTS_BYTES, type Facts } from '../../model/facts.js';
 import { MAX_JOIN_USES } from '../../model/join.js';
 import { failureScript, installScript, shellQuote } from '../../join/script.js';
+import { requireOwnMachineRef } from '../auth.js';
 import { author, intQuery, type ApiContext } from '../context.js';
 import { Name } from './schemas.js';
 
@@ -140,6 +141,23 @@ export function joinRoutes(app: FastifyInstance, ctx: ApiContext) {
       },
     },
     async (req) => ({ facts: await joins.setFacts((req.params as { id: string }).id, req.body as Facts) }),
+  );
+
+  // The deploying agent asks for its machine's deploy token after writing the image, and writes it into the
+  // disk's join block (model/joinblock.ts); the deployed OS registers with it once.
+  app.post(
+    '/api/v1/machines/:id/deploy-token',
+    {
+      config: { permission: 'machines:admin', scope: 'machine', machine: true },
+      schema: { body: { type: 'object', additionalProperties: false, required: ['url'], properties: { url: { type: 'string', minLength: 1, maxLength: 300, description: 'the endpoint URL the deployed OS will use (the deploying agent\'s own)' } } } },
+    },
+    async (req) => {
+      const id = (req.params as { id: string }).id;
+      await requireOwnMachineRef(req.principal, id, ctx.store);
+      if (!ctx.tls || !ctx.tls.caFingerprint.includes(':')) throw new TaktError('unavailable', 'this endpoint serves no TLS with a CA of its own, so a deployed OS could not pin it; start it with --listen on the provisioning network');
+      const { joinToken, token } = await joins.deployToken(id, (req.body as { url: string }).url, author(req));
+      return { machine: joinToken.machine, api: joinToken.url, caFingerprint: ctx.tls.caFingerprint, token, expiresAt: joinToken.expiresAt, joinToken: joinToken.id };
+    },
   );
 
   app.post('/api/v1/machines/:id/token', { config: { permission: 'machines:admin', scope: 'machine' } }, async (req) => {
