@@ -47,10 +47,11 @@ describe('parseImageRequest', () => {
 describe('checkTargetSize', () => {
   it.each([
     ['a disk larger than the image', { kind: 'block', size: 8 * MiB }, 4 * MiB, null],
-    ['a disk exactly the size of the image', { kind: 'block', size: 4 * MiB }, 4 * MiB, null],
+    ['a disk exactly the size of the image and the join block', { kind: 'block', size: 4 * MiB + 4096 }, 4 * MiB, null],
+    ['a disk exactly the size of the image: no room for the join block', { kind: 'block', size: 4 * MiB }, 4 * MiB, "disk too small: /dev/x holds 4194304 bytes (4.0 MiB), the image is 4194304 bytes (4.0 MiB) and takt's 4096-byte join block goes after it"],
     ['a regular file grows (an empty test disk)', { kind: 'file', size: 0 }, 4 * MiB, null],
-    ['a disk one sector short', { kind: 'block', size: 4 * MiB - 512 }, 4 * MiB, 'disk too small: /dev/x holds 4193792 bytes (4.0 MiB), the image is 4194304 bytes (4.0 MiB)'],
-    ['an empty loop device', { kind: 'block', size: 0 }, 1, 'disk too small: /dev/x holds 0 bytes (0.0 MiB), the image is 1 bytes (0.0 MiB)'],
+    ['a disk one sector short', { kind: 'block', size: 4 * MiB - 512 }, 4 * MiB, "disk too small: /dev/x holds 4193792 bytes (4.0 MiB), the image is 4194304 bytes (4.0 MiB) and takt's 4096-byte join block goes after it"],
+    ['an empty loop device', { kind: 'block', size: 0 }, 1, "disk too small: /dev/x holds 0 bytes (0.0 MiB), the image is 1 bytes (0.0 MiB) and takt's 4096-byte join block goes after it"],
     ['a directory', { kind: 'other', what: 'a directory' }, 1, 'bad target: /dev/x is a directory, not a block device or a regular file'],
     ['a character device', { kind: 'other', what: 'a character device' }, 1, 'bad target: /dev/x is a character device, not a block device or a regular file'],
   ] as const)('%s', (_l, target, size, expected) => expect(checkTargetSize(target, size, '/dev/x')).toBe(expected));
@@ -178,6 +179,7 @@ describe('takt-image write, carried out by a real agent', () => {
     expect(log).toMatch(/takt-image: writing good@1\.0\.0 \(raw, 4194304 bytes, sha256 [0-9a-f]{64}\)/);
     expect(log).toMatch(/takt-image: 4\.0 MiB of 4\.0 MiB \(100%\), [\d.]+ MiB\/s/);
     expect(log).toMatch(/written to \S+disk\.img and verified/);
+    expect(log).toMatch(/disk\.img is a regular file \(a test disk\): no join block written/);
     // Shown by takt jobs get.
     const g = await ep.cli(['jobs', 'get', job.id]);
     expect(g.stdout).toContain(sha(good));
@@ -335,6 +337,7 @@ describe('a download cut mid-way', () => {
       const lines: string[] = [];
       const w = await writeImage({
         client: new ApiClient({ endpoint: via, token }),
+        machineId: r.body.items[0].id as string,
         request: { name: 'good', version: '1.0.0', target: join(d, 'disk.img') },
         root: d,
         progress: (l) => lines.push(l),
@@ -363,12 +366,13 @@ describe('a block device too small for the image', () => {
       const r = await call('POST', '/machines', { name: 'img-small', pipeline: 'write-good' });
       const w = await writeImage({
         client: new ApiClient({ endpoint: ep.url, token: r.body.items[0].token as string }),
+        machineId: r.body.items[0].id as string,
         request: { name: 'good', version: '1.0.0', target: node! },
         root: '/',
         progress: () => undefined,
         sys,
       });
-      expect(w).toEqual({ ok: false, reason: `image good@1.0.0 to ${node} not written: disk too small: ${node} holds 8192 bytes (0.0 MiB), the image is 4194304 bytes (4.0 MiB)` });
+      expect(w).toEqual({ ok: false, reason: `image good@1.0.0 to ${node} not written: disk too small: ${node} holds 8192 bytes (0.0 MiB), the image is 4194304 bytes (4.0 MiB) and takt's 4096-byte join block goes after it` });
     } finally {
       rmSync(sys, { recursive: true, force: true });
     }

@@ -415,7 +415,7 @@ class Agent {
       log(`takt-image: ${ref} not written to ${request.target}: the script did not succeed\n`);
       return result;
     }
-    const w = await writeImage({ client: this.client, request, root: this.root, progress: log, signal });
+    const w = await writeImage({ client: this.client, machineId: this.machineId, request, root: this.root, progress: log, signal });
     if (!w.ok) {
       log(`takt-image: ${w.reason}\n`);
       return { ...result, error: w.reason };

@@ -18,6 +18,8 @@ import { ApiClient, backoffMs, NetworkError, sleep } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { parseImageRef, type Image } from '../model/image.js';
 import type { ImageWritten } from '../model/protocol.js';
+import { JOIN_BLOCK_SIZE } from '../model/joinblock.js';
+import { deliverJoinBlock } from './deployed.js';
 import { errorMessage } from './log.js';
 
 /** The control file's name (in TAKT_CONTROL_DIR, beside takt-power's). */
@@ -36,6 +38,7 @@ export const IMAGE_FAILURES = {
   truncated: 'truncated download',
   digest: 'digest mismatch',
   write: 'write failed',
+  join: 'join block not written',
   notRun: 'not carried out',
 } as const;
 
@@ -85,13 +88,15 @@ export type TargetInfo = { kind: 'block'; size: number } | { kind: 'file'; size:
 /**
  * Whether an image of `imageSize` bytes fits on `target`: null when it does, else why not (starting with
  * IMAGE_FAILURES.tooSmall or .target). A regular file always fits (it grows: a test's "disk"); a block
- * device must hold every byte; anything else (a directory, a character device) is refused. Pure.
+ * device must hold every byte and, after them, takt's join block (JOIN_BLOCK_SIZE bytes at its end:
+ * model/joinblock.ts), through which the deployed OS joins; anything else (a directory, a character
+ * device) is refused. Pure.
  */
 export function checkTargetSize(target: TargetInfo, imageSize: number, path: string): string | null {
   if (target.kind === 'other') return `${IMAGE_FAILURES.target}: ${path} is ${target.what}, not a block device or a regular file`;
   if (target.kind === 'file') return null;
-  if (target.size >= imageSize) return null;
-  return `${IMAGE_FAILURES.tooSmall}: ${path} holds ${target.size} bytes (${mib(target.size)}), the image is ${imageSize} bytes (${mib(imageSize)})`;
+  if (target.size >= imageSize + JOIN_BLOCK_SIZE) return null;
+  return `${IMAGE_FAILURES.tooSmall}: ${path} holds ${target.size} bytes (${mib(target.size)}), the image is ${imageSize} bytes (${mib(imageSize)}) and takt's ${JOIN_BLOCK_SIZE}-byte join block goes after it`;
 }
 
 /**
@@ -138,6 +143,8 @@ export async function inspectTarget(path: string, root: string, sys = '/sys'): P
 
 export interface WriteImageOptions {
   client: ApiClient;
+  /** The deploying machine (its deploy token goes into the disk's join block: agent/deployed.ts). */
+  machineId: string;
   request: ImageRequest;
   /** The machine's root (TAKT_ROOT): `/`, or a local machine's sandbox that the target must be inside. */
   root: string;
@@ -174,9 +181,11 @@ export async function writeImage(o: WriteImageOptions): Promise<WriteImageResult
     return fail(`${IMAGE_FAILURES.unknown}: cannot read its catalog record: ${errorMessage(err)}`);
   }
   let real: string;
+  let kind: TargetInfo['kind'];
   try {
     const t = await inspectTarget(o.request.target, o.root, o.sys);
     real = t.real;
+    kind = t.info.kind;
     const problem = checkTargetSize(t.info, image.size, o.request.target);
     if (problem) return fail(problem);
   } catch (err) {
@@ -201,6 +210,17 @@ export async function writeImage(o: WriteImageOptions): Promise<WriteImageResult
     }
     if (got !== image.sha256) return fail(`${IMAGE_FAILURES.digest}: the ${image.size} bytes served have sha256 ${got}, the catalog says ${image.sha256}; ${o.request.target} now holds bytes that are not the image: do not boot it (check the endpoint's copy, <data>/images/sha256/${image.sha256})`);
     o.progress(`takt-image: ${ref} written to ${o.request.target} and verified (sha256 ${got})\n`);
+    await fh.close().catch(() => undefined);
+    // The deployed OS joins as this machine with a single-use token left at the disk's end (agent/deployed.ts).
+    // A regular file is a test's disk, never booted: it gets none.
+    if (kind === 'block') {
+      try {
+        const j = await deliverJoinBlock(o.client, o.machineId, o.client.endpoint, real, image.size);
+        o.progress(`takt-image: join block written at the end of ${o.request.target} (deploy token ${j.joinToken}, single use, until ${j.expiresAt})\n`);
+      } catch (err) {
+        return fail(`${IMAGE_FAILURES.join}: ${errorMessage(err)}; the image is on the disk, but its OS cannot join as this machine`);
+      }
+    } else o.progress(`takt-image: ${o.request.target} is a regular file (a test disk): no join block written\n`);
     return { ok: true, written: { name: image.name, version: image.version, sha256: image.sha256, size: image.size, target: o.request.target } };
   } finally {
     await fh.close().catch(() => undefined);
