@@ -9,11 +9,13 @@ import { join, resolve } from 'node:path';
 import { ApiClient, backoffMs } from '../client/http.js';
 import { LOCAL_BOOTENV } from '../model/bootenv-names.js';
 import { TaktError } from '../model/errors.js';
+import { decodeExit } from '../model/exitcodes.js';
 import { AGENT_EXIT_POWEROFF, AGENT_EXIT_REBOOT, machineIdFromToken, type AgentAction, type ClaimedJob, type ClaimResponse, type CompleteRequest } from '../model/protocol.js';
 import { Chaos, type ChaosSpec } from './chaos.js';
 import { deliverReport } from './deliver.js';
 import { startHeartbeat } from './heartbeat.js';
 import { installHelpers } from './helpers.js';
+import { writeImage, type ImageRequest } from './image.js';
 import { bootenvOf } from './inventory.js';
 import { pruneJobDirs } from './jobdirs.js';
 import { errorMessage, jsonLineLog, type AgentLog } from './log.js';
@@ -336,6 +338,8 @@ class Agent {
           (stream, data) => logs.push(stream, data),
           kill.signal,
         );
+        // takt-image: written now, while the heartbeat still holds the job's lease (it may take minutes).
+        if (result.image) result = await this.carryOutImage(result, result.image, (line) => logs.push('system', line), kill.signal);
       }
     } finally {
       disarm();
@@ -378,6 +382,7 @@ class Agent {
       ...(result.timedOut ? { timedOut: true } : {}),
       ...(result.error ? { error: boundedError(result.error) } : {}),
       ...(result.power ? { power: result.power } : {}),
+      ...(result.written ? { image: result.written } : {}),
       claim: true,
     };
     const dropLogs = () => logs.discard();
@@ -396,6 +401,26 @@ class Agent {
     const code = await this.deliver(pending);
     this.prune();
     return code;
+  }
+
+  /**
+   * Writes the image a successful script asked for (image.ts) and folds the outcome into the result: what
+   * was written and verified, or an error naming why not (the job then fails). A script that did not
+   * succeed gets nothing written, and its log says so.
+   */
+  private async carryOutImage(result: RunResult, request: ImageRequest, log: (line: string) => void, signal: AbortSignal): Promise<RunResult> {
+    const ref = `${request.name}@${request.version}`;
+    const succeeded = result.exitCode !== null && decodeExit(result.exitCode).success && !result.timedOut && !result.error && !result.aborted;
+    if (!succeeded) {
+      log(`takt-image: ${ref} not written to ${request.target}: the script did not succeed\n`);
+      return result;
+    }
+    const w = await writeImage({ client: this.client, machineId: this.machineId, request, root: this.root, progress: log, signal });
+    if (!w.ok) {
+      log(`takt-image: ${w.reason}\n`);
+      return { ...result, error: w.reason };
+    }
+    return { ...result, written: w.written };
   }
 
   /** With --run-as: whom scripts run as, with their HOME and TMPDIR and the agent's scratch dir. */

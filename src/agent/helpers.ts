@@ -117,8 +117,55 @@ mv -f -- "$tmp" "$dir/$file"
 echo "takt-power: asked for $(if [ $file = next_boot ]; then echo "next boot from $value"; else echo "power $value"; fi); the endpoint does it when this job has succeeded" >&2
 `;
 
+export const TAKT_IMAGE_USAGE = `usage: takt-image write NAME@VERSION DEVICE
+
+Asks the takt agent to write image NAME@VERSION from the endpoint's catalog to DEVICE (an absolute path:
+a block device such as /dev/vda, or an existing regular file) once this script has exited successfully.
+The agent downloads it with the machine's token (resuming a broken download), checks its sha256 against
+the catalog's while writing, fsyncs, and fails the job naming why when any of that fails: image unknown,
+bad target, disk too small, truncated download, digest mismatch, write failed.
+One image per job: a later call replaces an earlier one.
+See docs/provisioning.md, "Deploying an image".`;
+
+export const TAKT_IMAGE = `#!/usr/bin/env bash
+# takt-image write NAME@VERSION DEVICE: ask the agent to write an image from the catalog to DEVICE when this
+# job's script has exited successfully. Writes a request file the agent carries out; no token needed here.
+set -u
+usage() {
+  cat <<'TAKT_USAGE'
+${TAKT_IMAGE_USAGE}
+TAKT_USAGE
+}
+fail() { echo "takt-image: $1" >&2; echo "usage: takt-image write NAME@VERSION DEVICE   (takt-image --help)" >&2; exit 1; }
+for a in "$@"; do case $a in -h|--help) usage; exit 0 ;; esac; done
+[ $# -ge 1 ] || fail 'say what to do (write)'
+[ "$1" = write ] || fail "unknown request '$1' (write)"
+[ $# -eq 3 ] || fail "write takes NAME@VERSION and DEVICE (got $(($# - 1)) arguments)"
+ref=$2
+dev=$3
+if ! [[ $ref =~ ^[${LOWER}0123456789][${LOWER}0123456789._-]*@[0-9A-Za-z.+-]+$ ]]; then
+  fail "'$ref' is not NAME@VERSION (e.g. debian-min@1.0.0)"
+fi
+case $dev in /*) ;; *) fail "DEVICE must be an absolute path (e.g. /dev/vda), not '$dev'" ;; esac
+case $dev in *$'\\n'*) fail 'DEVICE must not contain a newline' ;; esac
+[ -e "$dev" ] || fail "$dev does not exist (check the device name, e.g. lsblk)"
+[ -b "$dev" ] || [ -f "$dev" ] || fail "$dev is not a block device or a regular file"
+dir=\${TAKT_CONTROL_DIR:-}
+if [ -z "$dir" ]; then fail 'TAKT_CONTROL_DIR is not set (takt-image works inside a takt job)'; fi
+value="$ref"$'\\n'"$dev"
+if [ -f "$dir/image" ]; then
+  old=$(cat -- "$dir/image" 2>/dev/null) || old=
+  [ "$old" = "$value" ] || echo "takt-image: replaces the earlier request '\${old//$'\\n'/ }' with '$ref $dev'" >&2
+fi
+# Write then rename, so the agent never reads half a request.
+tmp="$dir/.image.$$.tmp"
+printf '%s\\n' "$value" > "$tmp" || { rm -f -- "$tmp"; echo "takt-image: cannot write the request into $dir" >&2; exit 1; }
+mv -f -- "$tmp" "$dir/image"
+echo "takt-image: asked to write $ref to $dev; the agent does it when this script has exited successfully" >&2
+`;
+
 /** The helper commands a script gets, by name. */
-export const HELPERS = [['takt-get', TAKT_GET], ['takt-set', TAKT_SET], ['takt-power', TAKT_POWER]] as const;
+export const HELPERS = [['takt-get', TAKT_GET], ['takt-set', TAKT_SET], ['takt-power', TAKT_POWER], ['takt-image', TAKT_IMAGE]] as const;
 
 /** Writes the helpers into `binDir` (0755), replacing older versions atomically. */
 export async function installHelpers(binDir: string): Promise<void> {

@@ -10,7 +10,8 @@
  *   jobs/<jobId>/.takt/params/<key>          what `takt-get KEY` prints
  *   jobs/<jobId>/.takt/outputs/<key>         what `takt-set KEY VALUE` wrote
  *   jobs/<jobId>/.takt/control/{next_boot,action}   what `takt-power` asked (power.ts)
- *   bin/takt-get, bin/takt-set, bin/takt-power      helper commands, first on the script's PATH
+ *   jobs/<jobId>/.takt/control/image         what `takt-image` asked (image.ts)
+ *   bin/takt-get, bin/takt-set, bin/takt-power, bin/takt-image   helper commands, first on the script's PATH
  *   home/, tmp/                              HOME and TMPDIR of scripts run as another user
  */
 import { join } from 'node:path';
@@ -31,7 +32,7 @@ export interface JobPaths {
   script: string;
   paramsDir: string;
   outputsDir: string;
-  /** Where `takt-power` writes its request (TAKT_CONTROL_DIR). */
+  /** Where `takt-power` and `takt-image` write their requests (TAKT_CONTROL_DIR). */
   controlDir: string;
 }
 

@@ -7,10 +7,11 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ClaimedJob, TaskPowerRequest } from '../model/protocol.js';
+import type { ClaimedJob, ImageWritten, TaskPowerRequest } from '../model/protocol.js';
 import { errorMessage } from './log.js';
 import { MAX_OUTPUT_BYTES, OUTPUT_NAME, readOutputs, writeParams } from './outputs.js';
 import type { JobPaths } from './paths.js';
+import { IMAGE_CONTROL_FILE, MAX_IMAGE_REQUEST_BYTES, readImageRequest, type ImageRequest, type ReadImageRequest } from './image.js';
 import { CONTROL_FILE, MAX_CONTROL_BYTES, readPowerRequest, type ReadPower } from './power.js';
 import { handOver, removeTreeSync, sandboxEnv, snapshotFiles, type ScriptUser } from './sandbox.js';
 
@@ -50,6 +51,10 @@ export interface RunResult {
   aborted: boolean;
   /** What the script asked of its machine's power with `takt-power`, if anything. */
   power?: TaskPowerRequest;
+  /** The image the script asked to have written with `takt-image` (the agent does it: image.ts), if any. */
+  image?: ImageRequest;
+  /** The image the agent wrote and verified for that request (set by the agent after the script: agent.ts). */
+  written?: ImageWritten;
 }
 
 export type RunnableJob = Pick<ClaimedJob, 'id' | 'script' | 'params' | 'timeoutMs' | 'outputs'>;
@@ -134,6 +139,20 @@ async function powerToRead(setup: RunSetup, onChunk: OnChunk): Promise<ReadPower
   }
 }
 
+/** What the script asked with `takt-image`; copied out first for a script run as another user, as takt-power's request is. */
+async function imageToRead(setup: RunSetup, onChunk: OnChunk): Promise<ReadImageRequest> {
+  const { user, paths } = setup;
+  if (!user) return readImageRequest(paths.controlDir);
+  const rel = paths.controlDir.slice(paths.workDir.length + 1).split('/');
+  const notes = snapshotFiles(paths.workDir, rel, user.scratch, user.uid, { names: new RegExp(`^${IMAGE_CONTROL_FILE}$`), maxBytes: MAX_IMAGE_REQUEST_BYTES, maxFiles: 1 });
+  for (const note of notes) onChunk('system', `takt-agent: takt-image request ${note}\n`);
+  try {
+    return await readImageRequest(user.scratch);
+  } finally {
+    clearDir(user.scratch);
+  }
+}
+
 /**
  * Removes what a job was given in the clear — its rendered script and params (secure values included) and
  * its outputs — once it has run: the rest of its work dir stays for a while, and a later job on this
@@ -174,6 +193,12 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
   } catch (err) {
     power = { problem: `cannot read the takt-power request: ${errorMessage(err)}` };
   }
+  let image: ReadImageRequest;
+  try {
+    image = await imageToRead(setup, onChunk);
+  } catch (err) {
+    image = { problem: `cannot read the takt-image request: ${errorMessage(err)}` };
+  }
   let read: Awaited<ReturnType<typeof readOutputs>>;
   try {
     read = await readOutputs(outputsToRead(setup, onChunk), job.outputs);
@@ -183,7 +208,7 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
   // The copies were only for reading: clear values (secure outputs) do not stay in the agent's dir.
   if (setup.user) clearDir(setup.user.scratch);
   scrubJob(setup);
-  const errors = [ended.error, read.problem, power.problem].filter((e): e is string => !!e);
+  const errors = [ended.error, read.problem, power.problem, image.problem].filter((e): e is string => !!e);
   return {
     exitCode: ended.timedOut || ended.aborted ? null : ended.exitCode,
     timedOut: ended.timedOut,
@@ -191,6 +216,7 @@ export async function runScript(job: RunnableJob, setup: RunSetup, onChunk: OnCh
     outputs: read.outputs,
     aborted: ended.aborted,
     ...(power.power ? { power: power.power } : {}),
+    ...(image.request ? { image: image.request } : {}),
   };
 }
 

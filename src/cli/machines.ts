@@ -52,13 +52,13 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   machines
     .command('list')
     .description('list machines (filters combine)')
-    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list --show-labels -l role=web', 'takt machines list -o name | xargs -n1 takt machines get', "takt machines list --built-with 'demo@<1.2.0'", 'takt machines list --stale'))
+    .addHelpText('after', examples('takt machines ls --state stopped', 'takt machines list -o wide', 'takt machines list --show-labels -l role=web', 'takt machines list -o name | xargs -n1 takt machines get', "takt machines list --built-with 'demo@<1.2.0'", "takt machines list --built-with 'image:debian-min@<2'", 'takt machines list --stale'))
     .addOption(new Option('--state <state>', 'only machines in this state, as the STATE column shows it: waiting-for-agent is a running machine with work and no agent connected (--state running includes those)').choices([...MACHINE_STATES, 'waiting-for-agent']))
     .option('--pipeline <name>')
     .option('--environment <env>')
     .option('--name <substring>')
     .option('-l, --selector <selector>', 'only machines whose labels match, e.g. role=web,env!=prod (key=value, key!=value, key, !key)')
-    .option('--built-with <pack@range>', "built with a pack version in this range (quote it for the shell), e.g. --built-with 'demo@<1.2.0'")
+    .option('--built-with <pack@range>', "built with a pack version in this range, or (image:NAME@RANGE) deployed with an image version in it (quote it for the shell), e.g. --built-with 'demo@<1.2.0', --built-with 'image:debian-min@<2'")
     .option('--show-labels', 'add the LABELS column (-o wide has it too)')
     .option('--stale', 'built with an older pack version than the one in use, or with params that changed since')
     .option('--limit <n>', 'page size', '100')
@@ -292,6 +292,8 @@ function recordText(r: MachineRecord): string {
   const table = renderTable(r.entries, [
     { header: 'STAGE/TASK', get: (e) => `${e.stage ?? ''}/${e.task}` },
     { header: 'PACK', get: (e) => e.pack },
+    // The image a task wrote to the disk, beside the pack version; only when one did.
+    ...(r.entries.some((e) => e.image) ? [{ header: 'IMAGE', get: (e: MachineRecord['entries'][number]) => (e.image ? `${e.image.name}@${e.image.version}` : null) }] : []),
     { header: 'TASK SHA', get: (e) => e.taskSha256?.slice(0, 12) },
     { header: 'SCRIPT SHA', get: (e) => e.scriptSha256?.slice(0, 12) },
     { header: 'PARAMS', get: (e) => Object.entries(e.params).map(([k, p]) => `${k}=${JSON.stringify(p.value)} (${p.from})`).join('\n') || null },
@@ -301,7 +303,8 @@ function recordText(r: MachineRecord): string {
   const leftover = r.leftover?.length
     ? `\n${pc.dim('no longer in the pipeline (not used for --built-with/--stale):')}\n${r.leftover.map((e) => shown(`  ${e.stage ?? ''}/${e.task}  ${e.pack ?? ''}  ${e.finishedAt ?? ''}`)).join('\n')}`
     : '';
-  const head = `${pc.bold(shown(r.machine))} pipeline ${r.pipeline ? shown(r.pipeline) : pc.dim('(none)')}`;
+  const images = r.images?.length ? ` image ${r.images.map((i) => shown(i)).join(', ')}` : '';
+  const head = `${pc.bold(shown(r.machine))} pipeline ${r.pipeline ? shown(r.pipeline) : pc.dim('(none)')}${images}`;
   const stale = r.stale.length ? `\n${pc.yellow('stale:')}\n${r.stale.map((s) => shown(`  ${s}`)).join('\n')}` : `\n${pc.green('current: built with what is in use now')}`;
   return `${head}\n${table}${leftover}${stale}`;
 }

@@ -305,7 +305,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   });
   const credentials = new Credentials(store, sealer);
   // Image bytes under the data dir, by digest (replicas need this directory on shared storage).
-  const images = new ImageCatalog(store, join(data, 'images'));
+  // A version a machine's build record names is not removed (records.ts machinesUsingImage, in the removal's transaction).
+  const images = new ImageCatalog(store, join(data, 'images'), (reads, name, version) => new Records(reads, content, sealer).machinesUsingImage(name, version));
   const ssh = new SshBroker({ engine, store, credentials, dataDir: data, leaseMs, maxSessions: sshMaxSessions(opts), log });
   // VMs that boot from the network like bare metal (environment metal); their taps join --qemu-bridge.
   // TAKT_QEMU_ACCEL (kvm|tcg|auto) is read by vm.ts defaultAccel; a typo is refused at start, not when a VM starts.

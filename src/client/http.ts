@@ -326,6 +326,54 @@ export class ApiClient {
     return new Response(stream, { status, headers: h });
   }
 
+  /**
+   * GET of a large binary answer (an image's bytes) as a stream, from byte `offset` on (`Range: bytes=N-`,
+   * RFC 9110 §14.2) when it is above 0. Unlike `raw`, the deadline is an idle one: the request fails when
+   * no byte arrives for `idleMs` (default: the client's timeout), however long the whole body takes.
+   * The caller reads `body` to its end; a connection that breaks meanwhile makes `body` emit an error (or
+   * close before `complete`), which the caller treats as a cut to resume from.
+   * @returns the status (200, or 206 for a range), the answer's headers and its body.
+   * @throws TaktError for an API error answer (404, 416 …); NetworkError when the endpoint cannot be
+   *   reached or goes silent before answering.
+   */
+  async download(path: string, opts: { offset?: number; idleMs?: number; signal?: AbortSignal } = {}): Promise<{ status: number; headers: IncomingMessage['headers']; body: IncomingMessage }> {
+    if (this.beforeRequest) await this.beforeRequest();
+    const signal = opts.signal;
+    if (signal?.aborted) throw abortError(signal);
+    const u = this.target(path);
+    const https = u.protocol === 'https:';
+    const headers: OutgoingHttpHeaders = this.headers(opts.offset ? { range: `bytes=${opts.offset}-` } : {});
+    const idleMs = Math.min(opts.idleMs ?? this.timeoutMs, 2 ** 31 - 1);
+    const endpoint = this.endpoint;
+    // A fresh connection (no pool): a download holds its socket for long, and a cut one is not reused.
+    const res = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = (https ? httpsRequest : httpRequest)({ ...this.requestOptions('GET', u, headers), agent: false, ...(signal ? { signal } : {}) });
+      req.setTimeout(idleMs, () => req.destroy(new NetworkError(`cannot reach ${endpoint}: no answer in ${idleMs} ms`)));
+      req.on('response', resolve);
+      req.on('error', (err) => {
+        if (signal?.aborted) reject(abortError(signal));
+        else reject(err instanceof NetworkError ? err : new NetworkError(`cannot reach ${endpoint}: ${reason(err)}`, err));
+      });
+      req.end();
+    });
+    const status = res.statusCode ?? 0;
+    if (status < 200 || status > 299) {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      try {
+        for await (const c of res) {
+          size += (c as Buffer).length;
+          if (size <= 64 * 1024) chunks.push(c as Buffer);
+        }
+      } catch {
+        /* an error answer stays an error answer */
+      }
+      throw errorFromAnswer(status, Buffer.concat(chunks).toString('utf8'));
+    }
+    // The request's idle timeout stays armed while the body streams: silence then destroys it, and `body` errors.
+    return { status, headers: res.headers, body: res };
+  }
+
   get<T>(path: string, query?: RequestOptions['query']): Promise<T> {
     return this.request<T>('GET', path, { query });
   }

@@ -7,8 +7,9 @@
 import { isSecureParam, type ContentSet } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { checkExpectations } from '../model/expect.js';
+import { IMAGE_JOB_OUTPUT } from '../model/image.js';
 import type { Job, Machine, WorkOrder } from '../model/machine.js';
-import type { CompleteRequest, CompleteResponse } from '../model/protocol.js';
+import type { CompleteRequest, CompleteResponse, ImageWritten } from '../model/protocol.js';
 import { maskValues, type Sealer } from '../model/secure.js';
 import { validateValue } from '../model/validate.js';
 import type { Tx } from '../store/store.js';
@@ -109,7 +110,8 @@ export async function settle(c: EndContext, tx: Tx, m: Machine, job: Job, outcom
     reason: verdict.reason,
     ...(jobPower ? { power: jobPower } : {}),
     exitCode: outcome.kind === 'exit' || outcome.kind === 'invalid' ? outcome.exitCode : null,
-    outputs: maskValues(outputs),
+    // The image its agent wrote (takt-image), on the job only: a record, not a value for later tasks.
+    outputs: { ...maskValues(outputs), ...(report?.image && verdict.state === 'succeeded' ? { [IMAGE_JOB_OUTPUT]: report.image } : {}) },
     finishedAt: new Date().toISOString(),
     leaseExpiresAt: null,
   };
@@ -151,6 +153,19 @@ export async function saveMachine(tx: Tx, m: Machine): Promise<void> {
 export function keptReport(c: Pick<EndContext, 'content' | 'sealer'>, report: CompleteRequest, masker: Masker): CompleteRequest {
   const outputs = Object.fromEntries(Object.entries(report.outputs ?? {}).map(([k, v]) => [k, isSecureOutput(c, k) ? `hmac:${c.sealer.digest(v)}` : v]));
   return { ...report, outputs, ...(report.error !== undefined ? { error: masker.mask(report.error) } : {}) };
+}
+
+/**
+ * An image the agent says it wrote must be the catalog's: that version, with that digest and size. Null
+ * when it is; else why not (the job then fails: the build record must never name bytes the catalog does
+ * not have).
+ */
+export async function checkWrittenImage(tx: Pick<Tx, 'getImage'>, w: ImageWritten): Promise<string | null> {
+  const i = await tx.getImage(w.name, w.version);
+  const ref = `${w.name}@${w.version}`;
+  if (!i) return `it reported writing image ${ref}, which is not in the catalog (removed while it was written?)`;
+  if (i.sha256 !== w.sha256 || i.size !== w.size) return `it reported writing image ${ref} with sha256 ${w.sha256} (${w.size} bytes), but the catalog has sha256 ${i.sha256} (${i.size} bytes)`;
+  return null;
 }
 
 /** A task that exits 0 must have set every output it promised, to a valid value, and meet its expectations. */

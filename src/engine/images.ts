@@ -16,7 +16,17 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { TaktError } from '../model/errors.js';
 import { checkImageName, checkImageVersion, detectFormat, imageRef, SNIFF_BYTES, type Image } from '../model/image.js';
-import type { Store } from '../store/store.js';
+import type { Reads, Store } from '../store/store.js';
+
+/**
+ * The machines whose current build record names image `name@version` (engine/records.ts
+ * machinesUsingImage), read through `reads`: the removal's own transaction, so that a deploy recorded
+ * meanwhile is seen.
+ */
+export type ImageUsers = (reads: Pick<Reads, 'listJobs' | 'listMachines'>, name: string, version: string) => Promise<string[]>;
+
+/** Machines named at most in a refusal; the rest are counted. */
+const LISTED_USERS = 10;
 
 export interface ImportInput {
   name: string;
@@ -36,10 +46,14 @@ export class ImageCatalog {
   private readonly blobs: string;
   private readonly tmp: string;
 
-  /** `dir`: where the bytes are kept (`<data>/images`); made on first use, mode 0700. */
+  /**
+   * `dir`: where the bytes are kept (`<data>/images`); made on first use, mode 0700. `usedBy`: who uses a
+   * version (removing one a machine's build record names is refused); without it nothing is refused.
+   */
   constructor(
     private readonly store: Store,
     readonly dir: string,
+    private readonly usedBy?: ImageUsers,
   ) {
     this.blobs = join(dir, 'sha256');
     this.tmp = join(dir, 'tmp');
@@ -122,12 +136,23 @@ export class ImageCatalog {
 
   /**
    * Removes a version from the catalog, and its bytes when no other version has them.
-   * @throws TaktError not_found.
+   * @throws TaktError not_found; conflict when a machine's current build record names it (its disk was
+   *   written with it: a rebuild or rollout would need the bytes), naming the machines and how to go on.
    */
   async remove(name: string, version: string, author: string): Promise<Image> {
     const image = await this.get(name, version);
     await this.store.transact(async (tx) => {
       if (!(await tx.getImage(name, version))) throw new TaktError('not_found', `image ${imageRef(image)} not found`);
+      const users = this.usedBy ? await this.usedBy(tx, name, version) : [];
+      if (users.length) {
+        const ref = imageRef(image);
+        const shown = users.slice(0, LISTED_USERS).join(', ') + (users.length > LISTED_USERS ? ` and ${users.length - LISTED_USERS} more` : '');
+        throw new TaktError(
+          'conflict',
+          `image ${ref} is in use: the build record of ${users.length === 1 ? 'machine' : `${users.length} machines`} ${shown} names it (their disks were written with it); rebuild them with another image or delete them first (takt machines list --built-with image:${ref}), then remove it`,
+          { details: { machines: users } },
+        );
+      }
       await tx.deleteImage(name, version);
       await tx.change(author, `images/${imageRef(image)}`, 'delete', image, null);
       tx.emit(`images.delete.${imageRef(image)}`, image);

@@ -13,7 +13,7 @@ import type { Job, Machine } from '../model/machine.js';
 import { reportOf, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import type { Tx } from '../store/store.js';
 import { claimIn, leaseUntil, type ClaimContext } from './claim.js';
-import { checkPromises, isSecureOutput, keptReport, lockedMachine, saveMachine, settle, typeOutputs, type Settled } from './complete.js';
+import { checkPromises, checkWrittenImage, isSecureOutput, keptReport, lockedMachine, saveMachine, settle, typeOutputs, type Settled } from './complete.js';
 import { secretTexts } from './logmask.js';
 import { printable } from './outputs.js';
 import { describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerResult } from './taskpower.js';
@@ -71,7 +71,8 @@ export async function complete(c: JobContext, jobId: string, caller: string | nu
     const m = await lockedMachine(tx, job.machineId);
     const typed = typeOutputs(c, report.outputs ?? {}, job.task);
     const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
-    const problem = typed.problem ?? (exitedOk ? checkPromises(c, job, report.outputs ?? {}, typed.values) : null);
+    const imageProblem = report.image && exitedOk ? await checkWrittenImage(tx, report.image) : null;
+    const problem = typed.problem ?? imageProblem ?? (exitedOk ? checkPromises(c, job, report.outputs ?? {}, typed.values) : null);
     const outcome: JobOutcome = problem
       ? { kind: 'invalid', exitCode: report.exitCode, message: masker.mask(problem) }
       : { kind: 'exit', exitCode: report.exitCode, timedOut: report.timedOut, error: kept.error === undefined ? undefined : printable(kept.error), timeoutMs: job.timeoutMs };

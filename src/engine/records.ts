@@ -7,7 +7,8 @@ import semver from 'semver';
 import { TaktError } from '../model/errors.js';
 import { factMatches } from '../model/factselect.js';
 import type { Job, Machine, MachineState } from '../model/machine.js';
-import type { Store } from '../store/store.js';
+import { imageRef, jobImage } from '../model/image.js';
+import type { Reads } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, hashObject } from '../model/hash.js';
 import { prepareTask } from './prepare.js';
@@ -23,6 +24,8 @@ export interface RecordEntry {
   scriptSha256: string | null;
   params: Job['params'];
   finishedAt: string | null;
+  /** The image this job wrote to the machine's disk (`takt-image`), when it wrote one. */
+  image?: { name: string; version: string; sha256: string };
 }
 
 export interface MachineRecord {
@@ -38,17 +41,34 @@ export interface MachineRecord {
   leftover: RecordEntry[];
   /** Why the machine no longer matches what it would be built with now (empty when current). */
   stale: string[];
+  /** `name@version` of each image the current pipeline's tasks wrote (the newest write per task), beside the packs. */
+  images: string[];
 }
 
-/** A `--built-with` selector: `demo@<1.2.0`, `demo@1.0.0`, `demo` (any version). */
-export function parseBuiltWith(sel: string): { pack: string; range: string } {
-  const at = sel.indexOf('@');
-  const pack = at < 0 ? sel : sel.slice(0, at);
-  const range = at < 0 ? '*' : sel.slice(at + 1);
+/** A `--built-with` selector: a pack version range, or (with `image:`) an image version range. */
+export interface BuiltWith {
+  kind: 'pack' | 'image';
+  /** The pack's or the image's name. */
+  pack: string;
+  /** A semver range; `*` for any version. */
+  range: string;
+}
+
+/**
+ * Parses a `--built-with` selector: `demo@<1.2.0`, `demo@1.0.0`, `demo` (any version) for a pack;
+ * `image:debian-min@<2`, `image:debian-min` for the image a machine's disk was written with.
+ * @throws TaktError bad_request naming both forms.
+ */
+export function parseBuiltWith(sel: string): BuiltWith {
+  const kind = sel.startsWith('image:') ? 'image' : 'pack';
+  const rest = kind === 'image' ? sel.slice('image:'.length) : sel;
+  const at = rest.indexOf('@');
+  const pack = at < 0 ? rest : rest.slice(0, at);
+  const range = at < 0 ? '*' : rest.slice(at + 1);
   if (!/^[a-z0-9][a-z0-9._-]*$/.test(pack) || semver.validRange(range) === null) {
-    throw new TaktError('bad_request', `'${sel}' is not PACK[@RANGE] (e.g. demo@<1.2.0, demo@1.0.0, demo)`, { path: 'builtWith' });
+    throw new TaktError('bad_request', `'${sel}' is not PACK[@RANGE] or image:IMAGE[@RANGE] (e.g. demo@<1.2.0, demo@1.0.0, demo, image:debian-min@<2)`, { path: 'builtWith' });
   }
-  return { pack, range };
+  return { kind, pack, range };
 }
 
 /** Which machines an operator means: the list filters plus build-record ones. */
@@ -58,7 +78,7 @@ export interface MachineSelection {
   environment?: string;
   broker?: string;
   name?: string;
-  /** `demo@<1.2.0` */
+  /** `demo@<1.2.0`, or `image:debian-min@<2` */
   builtWith?: string;
   stale?: boolean;
   /** Label selector terms (model/labels.ts); all must hold. */
@@ -89,9 +109,16 @@ export function outputsAsRan(ran: RecordEntry['params'], outputs: Record<string,
   return out;
 }
 
+/** A job's record of the image it wrote, as an entry carries it. */
+function imageOf(j: Job): Pick<RecordEntry, 'image'> {
+  const i = jobImage(j.outputs);
+  return i ? { image: { name: i.name, version: i.version, sha256: i.sha256 } } : {};
+}
+
 export class Records {
   constructor(
-    private readonly store: Store,
+    /** The store, or a transaction's reads (the image catalog's guard runs in its removal's transaction). */
+    private readonly store: Pick<Reads, 'listJobs' | 'listMachines'>,
     private readonly content: ContentService,
     private readonly sealer: Sealer,
   ) {}
@@ -131,6 +158,7 @@ export class Records {
       scriptSha256: j.scriptSha256,
       params: j.params,
       finishedAt: j.finishedAt,
+      ...imageOf(j),
     });
     const keyOf = (j: Job): string => `${j.stage}/${j.task}`;
     const all = [...latest.values()];
@@ -170,14 +198,24 @@ export class Records {
 
   async record(m: Machine): Promise<MachineRecord> {
     const { entries, leftover } = await this.split(m);
-    return { machine: m.name, pipeline: m.pipeline, entries, leftover, stale: this.staleness(m, entries) };
+    return { machine: m.name, pipeline: m.pipeline, entries, leftover, stale: this.staleness(m, entries), images: [...new Set(entries.flatMap((e) => (e.image ? [imageRef(e.image)] : [])))] };
   }
 
-  builtWith(entries: RecordEntry[], sel: { pack: string; range: string }): boolean {
+  /** Whether a machine's current entries match the selector: a pack version, or an image version its disk was written with. */
+  builtWith(entries: RecordEntry[], sel: BuiltWith): boolean {
     return entries.some((e) => {
-      const [name, version] = (e.pack ?? '').split('@');
+      const [name, version] = sel.kind === 'image' ? [e.image?.name, e.image?.version] : (e.pack ?? '').split('@');
       return name === sel.pack && version !== undefined && semver.satisfies(version, sel.range, { includePrerelease: true });
     });
+  }
+
+  /**
+   * The machines whose current build record names image `name@version` (what removing it would orphan),
+   * by name. Reads every machine's record: for a removal, which is rare, not for a hot path.
+   */
+  async machinesUsingImage(name: string, version: string): Promise<string[]> {
+    const found = await this.select({ builtWith: `image:${name}@${version}` });
+    return found.map((f) => f.machine.name).sort();
   }
 
   /**

@@ -86,3 +86,26 @@ export function checkImageVersion(version: string): void {
 export function imageRef(i: Pick<Image, 'name' | 'version'>): string {
   return `${i.name}@${i.version}`;
 }
+
+/**
+ * Where a job that wrote an image keeps what it wrote (protocol.ts ImageWritten): in the job's outputs
+ * under this name, which no task output can have (output names are lower-case words without dots). It is
+ * the job's own record, never copied into the machine's outputs; build records read it (engine/records.ts).
+ */
+export const IMAGE_JOB_OUTPUT = 'takt.image';
+
+/** What a job recorded about the image it wrote. */
+export interface JobImage {
+  name: string;
+  version: string;
+  sha256: string;
+  size: number;
+  target: string;
+}
+
+/** The image a job wrote, from its outputs; undefined when it wrote none. */
+export function jobImage(outputs: Record<string, unknown>): JobImage | undefined {
+  const v = outputs[IMAGE_JOB_OUTPUT] as Partial<JobImage> | undefined;
+  if (!v || typeof v !== 'object' || typeof v.name !== 'string' || typeof v.version !== 'string' || typeof v.sha256 !== 'string') return undefined;
+  return v as JobImage;
+}

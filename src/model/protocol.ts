@@ -116,6 +116,24 @@ export interface CompleteRequest {
    * it through the machine's power driver, only when the job succeeds (docs/provisioning.md § From a task).
    */
   power?: TaskPowerRequest;
+  /**
+   * The image the agent wrote for the script's `takt-image write` once it had exited successfully, sent
+   * only when every byte was written, fsynced and its sha256 equalled the catalog's (a failed write is
+   * `error` instead). The endpoint checks it against its catalog and records it on the job.
+   */
+  image?: ImageWritten;
+}
+
+/** An image written to a machine's disk and verified (agent/image.ts). */
+export interface ImageWritten {
+  name: string;
+  version: string;
+  /** Lower-case hex SHA-256 of the bytes written: the catalog's. */
+  sha256: string;
+  /** Bytes written. */
+  size: number;
+  /** The device or file as the script named it. */
+  target: string;
 }
 
 /**

@@ -50,6 +50,20 @@ export const taskPowerBody = {
   dependencies: { persistent: ['nextBoot'] },
 } as const;
 
+/** An image the agent wrote and verified for the script's takt-image (protocol.ts ImageWritten). */
+export const imageWrittenBody = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['name', 'version', 'sha256', 'size', 'target'],
+  properties: {
+    name: { type: 'string', maxLength: 63 },
+    version: { type: 'string', maxLength: 128 },
+    sha256: { type: 'string', pattern: '^[0-9a-f]{64}$' },
+    size: { type: 'integer', minimum: 1 },
+    target: { type: 'string', minLength: 1, maxLength: 4096 },
+  },
+} as const;
+
 const completeBody = {
   type: 'object',
   additionalProperties: false,
@@ -64,6 +78,7 @@ const completeBody = {
     log: { type: 'array', maxItems: MAX_TAIL_CHUNKS, items: logBody },
     claim: { type: 'boolean' },
     power: taskPowerBody,
+    image: imageWrittenBody,
   },
 } as const;
 

@@ -14,7 +14,7 @@ const createBody = {
     select: {
       type: 'object',
       additionalProperties: { type: 'string' },
-      description: 'machine selection: state, pipeline, environment, broker, name, builtWith (e.g. demo@<1.2.0), stale (true), facts.<path> (an observed fact, e.g. facts.os.id: debian)',
+      description: 'machine selection: state, pipeline, environment, broker, name, builtWith (e.g. demo@<1.2.0, or image:debian-min@<2), stale (true), facts.<path> (an observed fact, e.g. facts.os.id: debian)',
     },
     selector: { type: 'string', maxLength: 4096, description: 'label selector, e.g. role=web,env!=prod; combines with select' },
     canary: { type: 'integer', minimum: 0, description: 'machines in the first wave' },
