@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import type { ContentService } from '../engine/content.js';
 import type { Engine } from '../engine/engine.js';
+import type { AuditLog } from '../engine/audit.js';
 import type { Churn } from '../engine/churn.js';
 import type { History } from '../engine/history.js';
 import type { ImageCatalog } from '../engine/images.js';
@@ -126,6 +127,8 @@ export interface ApiContext {
   power?: PowerPort;
   /** The image catalog (engine/images.ts); absent: the image routes answer 404. */
   images?: ImageCatalog;
+  /** The audit log's writer (engine/audit.ts); absent: buildServer makes one with the defaults (no pruning). */
+  audit?: AuditLog;
 }
 
 /** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */

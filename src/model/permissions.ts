@@ -40,6 +40,7 @@ export const RESOURCES = [
   'tokens',
   'roles',
   'api',
+  'audit',
 ] as const;
 export type Resource = (typeof RESOURCES)[number];
 
@@ -77,12 +78,18 @@ export function isRouteAccess(p: unknown): p is RouteAccess {
   return p === 'public' || p === 'self' || (typeof p === 'string' && isPermission(p));
 }
 
+/**
+ * Resources a `*:verb` pattern does not reach: only `*` (admin) or a pattern naming them grants them. The
+ * audit log says what everyone did, so a viewer's `*:read` must not include it (issue #16).
+ */
+export const NAMED_ONLY_RESOURCES: ReadonlySet<string> = new Set(['audit']);
+
 /** Whether `pattern` grants `permission`. */
 export function patternGrants(pattern: PermissionPattern, permission: Permission): boolean {
   if (pattern === '*') return true;
   const [pr, pv] = pattern.split(':');
   const [r, v] = permission.split(':');
-  return (pr === '*' || pr === r) && (pv === '*' || pv === v);
+  return (pr === r || (pr === '*' && !NAMED_ONLY_RESOURCES.has(r ?? ''))) && (pv === '*' || pv === v);
 }
 
 /**
