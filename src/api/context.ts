@@ -15,7 +15,7 @@ import type { BootSettings } from '../model/boot.js';
 import type { Machine } from '../model/machine.js';
 import type { MachinePowerConfig } from '../model/power.js';
 import { authorOf, type Principal } from './auth.js';
-import type { RouteAccess } from '../model/permissions.js';
+import type { Approver, RouteAccess } from '../model/permissions.js';
 import type { TlsMaterial } from './tls.js';
 import type { CredentialsPort } from './routes/credentials.js';
 import type { DhcpLeasesPort } from './routes/dhcp.js';
@@ -176,6 +176,15 @@ export function author(req: FastifyRequest): string {
   const p = req.principal;
   if (!p) throw new TaktError('unauthorized', 'this action needs a token');
   return authorOf(p);
+}
+
+/**
+ * Who decides an approval made by this request: the bootstrap admin token holds every role; a user their
+ * token's grants; anyone else (no route lets them approve) none.
+ */
+export function approver(req: FastifyRequest): Approver {
+  const p = req.principal;
+  return { author: author(req), grants: p.kind === 'admin' ? 'all' : p.kind === 'user' ? p.grants : [] };
 }
 
 /**
