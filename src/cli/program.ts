@@ -43,6 +43,7 @@ interface ServeCliOptions {
   qemuBridge?: string;
   routerAdverts?: boolean;
   bootTimeout?: string;
+  auditKeepDays: string;
 }
 
 /**
@@ -129,6 +130,7 @@ export async function buildProgram(opts: { only?: 'agent' } = {}): Promise<Comma
     .option('--no-router-adverts', 'with --provision: no router advertisements (the segment has an IPv6 router, or radvd is not wanted)')
     .option('--boot-timeout <duration>', 'with --provision: a network-booted machine takt powers on, cycles or reboots that sends no DHCP or boot script request within this long is reported (its reason says what to check; a running machine stops) (env TAKT_BOOT_TIMEOUT; default 5m: servers take minutes to POST)', process.env.TAKT_BOOT_TIMEOUT)
     .option('--tftp-root <dir>', 'with --dhcp: where TFTP serves the iPXE binaries PXE ROMs get (env TAKT_TFTP_ROOT; default /usr/lib/ipxe, Debian\'s ipxe package)', process.env.TAKT_TFTP_ROOT)
+    .option('--audit-keep-days <days>', 'how long the audit log keeps its entries (env TAKT_AUDIT_KEEP_DAYS); older ones are pruned', process.env.TAKT_AUDIT_KEEP_DAYS ?? '90')
     .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
     .addHelpText(
       'after',

@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { hostname, networkInterfaces } from 'node:os';
 import { isLoopbackHost, isValidHost, loopbackBindAddress } from '../model/host.js';
 import { Listeners, type ListenSpec } from '../api/listeners.js';
+import { AuditLog } from '../engine/audit.js';
+import { AUDIT_KEEP_DAYS } from '../model/audit.js';
 import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type ServerLimits } from '../api/server.js';
 import { checkSanName, TlsManager } from '../api/tls.js';
 import { endpointId, NetnsPlacement } from '../brokers/netns.js';
@@ -99,6 +101,18 @@ export interface ServeOptions {
   routerAdverts?: boolean;
   /** With `provision`: duration text, how long a machine takt powered on or rebooted may take to show up on the boot services. */
   bootTimeout?: string;
+  /** Decimal text: days the audit log keeps its entries (default 90). */
+  auditKeepDays?: string;
+}
+
+/** `--audit-keep-days`: whole days within AUDIT_KEEP_DAYS. @throws TaktError bad_request naming the flag. */
+export function auditKeepDays(text: string | undefined): number {
+  if (text === undefined) return AUDIT_KEEP_DAYS.default;
+  const n = /^\d{1,5}$/.test(text.trim()) ? Number(text.trim()) : NaN;
+  if (!Number.isInteger(n) || n < AUDIT_KEEP_DAYS.min || n > AUDIT_KEEP_DAYS.max) {
+    throw new TaktError('bad_request', `--audit-keep-days must be a whole number of days from ${AUDIT_KEEP_DAYS.min} to ${AUDIT_KEEP_DAYS.max}; got '${text}'`);
+  }
+  return n;
 }
 
 /** `--boot-timeout` default: real servers take minutes to POST (memory training, RAID and NIC option ROMs). */
@@ -323,6 +337,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const rollouts = new Rollouts(store, engine, records, { log });
   const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck) });
   const limits = serverLimits(opts);
+  const audit = new AuditLog(store, { keepDays: auditKeepDays(opts.auditKeepDays), log });
   let publicUrl: string | null = null;
   // Declared before the app: its leases route reads it (null until the boot services have started).
   let provisioning: Provisioning | null = null;
@@ -343,6 +358,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
     images,
+    audit,
     power: machinePower,
     // Provisioning starts after the app is built: read when asked.
     dhcpLeases: () =>
@@ -420,6 +436,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   });
   const pruner = setInterval(() => void store.pruneEvents(100_000).catch(() => undefined), 60_000);
   pruner.unref();
+  audit.startPruning();
 
   log('info', `takt ${VERSION} listening on ${all.all.map((l) => l.url).join(', ')}`, { data });
   log('info', `TLS: CA fingerprint ${tls.material.caFingerprint} (sha256); server key pin ${tls.material.spkiPin}`, { ca: caFile, expires: tls.material.notAfter });
@@ -464,6 +481,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     stopTlsWatch();
     await all.closeAll();
     await app.close();
+    await audit.close(); // the last audit entries, before the store closes
     await engine.liveness.flush(); // the last contacts, before the store closes
     await store.close();
     // The CLI must not find a stopped endpoint's address; the file is left if a later start wrote its own.

@@ -15,6 +15,7 @@ import { FACT_FIELDS, FACTS_VAR } from '../model/facts.js';
 import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateLoopProblems, templateVariableUses } from '../render/template.js';
 import { BOOT_FIELDS, BOOT_VAR } from '../render/bootscript.js';
 import { userRegexProblem } from '../model/regex.js';
+import { ROLE_NAMES } from '../model/permissions.js';
 import { formatFactTerm, parseFactTerm } from '../model/factselect.js';
 import { metaSchemaProblems, schemaProblems } from './schema.js';
 import { taskActionFor } from './variants.js';
@@ -93,6 +94,12 @@ const CHECKS: Record<ContentKind, (ctx: Ctx) => void> = {
     checkRefs(ctx, '/tasks', 'tasks');
     checkValues(ctx);
     checkExpect(ctx);
+    // Approvals are enforced by role (issue #16): a role no one can hold would leave the stage to admins only.
+    const approval = record(ctx.def.approval);
+    if (approval && typeof approval.role === 'string' && !ROLE_NAMES.includes(approval.role)) {
+      const near = closest(approval.role, ROLE_NAMES);
+      report(ctx, '/approval/role', `unknown role '${approval.role}': approvals are given by holders of a built-in role (${ROLE_NAMES.join(', ')}) or admins${near ? `; did you mean '${near}'?` : ''}`);
+    }
     // `local` (boot from the machine's own disk) is built in: a stage after a deploy to disk names it.
     if (typeof ctx.def.bootenv === 'string' && ctx.def.bootenv !== LOCAL_BOOTENV && !ctx.set.objects.bootenvs.has(ctx.def.bootenv)) {
       report(ctx, '/bootenv', notFound(ctx.set, 'bootenvs', ctx.def.bootenv));

@@ -127,7 +127,13 @@ export const StageSchema = Type.Object(
     params: Type.Optional(ParamValues),
     expect: Type.Optional(Type.Array(ExpectRuleSchema, { description: 'preconditions checked before the stage starts' })),
     approval: Type.Optional(
-      Type.Object({ role: Type.String({ minLength: 1, description: 'who must approve, e.g. operator' }) }, { ...closed, description: 'the machine waits here until approved' }),
+      Type.Object(
+        {
+          role: Type.String({ minLength: 1, description: 'who may approve (or reject): holders of this built-in role, and admins, e.g. operator' }),
+          twoPerson: Type.Optional(Type.Boolean({ description: 'the principal who started the run (set the pipeline, or started the rollout) may not approve it' })),
+        },
+        { ...closed, description: 'the machine waits here until approved' },
+      ),
     ),
     bootenv: Type.Optional(Type.String({ pattern: NAME_PATTERN, description: 'the boot environment the machine must be booted into before this stage runs' })),
   },

@@ -26,9 +26,10 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, CredentialsTable, Database, DhcpLeasesTable, ImagesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RoleBindingsTable, RolloutItemsTable, RolloutsTable, UserTokensTable, WorkOrdersTable } from './tables.js';
+import type { AuditTable, ChangesTable, CredentialsTable, Database, DhcpLeasesTable, ImagesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RoleBindingsTable, RolloutItemsTable, RolloutsTable, UserTokensTable, WorkOrdersTable } from './tables.js';
 import type { RoleBinding } from '../model/permissions.js';
 import type { Group, User, UserToken } from '../model/users.js';
+import type { AuditEntry, AuditFilter, AuditOutcome, AuditRecord } from '../model/audit.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -284,7 +285,7 @@ class SqlReads implements Reads {
    * A substring match on a text column, the same on both stores: SQLite's LIKE ignores the case of ASCII
    * letters, PostgreSQL's does not, so PostgreSQL uses ILIKE (callers that need an exact match compare after).
    */
-  protected like(column: 'name' | 'ssh' | 'boot' | 'facts', pattern: string) {
+  protected like(column: 'name' | 'ssh' | 'boot' | 'facts' | 'route', pattern: string) {
     return this.dialect === 'postgres' ? sql<boolean>`${sql.ref(column)} ilike ${pattern} escape '\\'` : sql<boolean>`${sql.ref(column)} like ${pattern} escape '\\'`;
   }
 
@@ -593,6 +594,18 @@ class SqlReads implements Reads {
     if (owner !== undefined) q = q.where('owner', '=', owner);
     return (await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(MAX_PAGE).execute()).map(userTokenFromRow);
   }
+  async listAudit(f: AuditFilter) {
+    let q = this.db.selectFrom('audit').selectAll();
+    if (f.principals !== undefined) q = q.where('principal', 'in', f.principals.length ? f.principals : ['']);
+    if (f.since !== undefined) q = q.where('at', '>=', f.since);
+    if (f.until !== undefined) q = q.where('at', '<', f.until);
+    if (f.route !== undefined) q = q.where(this.like('route', contains(f.route)));
+    if (f.resources !== undefined) q = q.where('resource', 'in', f.resources.length ? f.resources : ['']);
+    if (f.outcome !== undefined) q = q.where('outcome', '=', f.outcome);
+    if (f.before !== undefined) q = q.where('id', '<', f.before);
+    const rows = await q.orderBy('id', 'desc').limit(Math.min(Math.max(1, f.limit), MAX_PAGE)).execute();
+    return rows.map(auditFromRow);
+  }
   async listMachinesWithFactText(text: string) {
     const rows = await this.db.selectFrom('machines').selectAll().where(this.like('facts', contains(text))).orderBy('created_at').limit(MAX_PAGE).execute();
     return rows.map(machineFromRow);
@@ -644,6 +657,23 @@ function bindingFromRow(r: RoleBindingsTable): RoleBinding {
   if (r.machines !== null) b.machines = r.machines;
   if (r.pipelines !== null) b.pipelines = parse<string[]>(r.pipelines);
   return b;
+}
+
+function auditFromRow(r: Selectable<AuditTable>): AuditEntry {
+  return {
+    id: Number(r.id),
+    at: r.at,
+    principal: r.principal,
+    token: r.token,
+    source: r.source,
+    method: r.method,
+    route: r.route,
+    resource: r.resource,
+    status: Number(r.status),
+    outcome: r.outcome as AuditOutcome,
+    detail: r.detail,
+    requestId: r.request_id,
+  };
 }
 
 function userTokenFromRow(r: UserTokensTable): UserToken {
@@ -1076,6 +1106,36 @@ class SqlTx extends SqlReads implements Tx {
   }
   async touchUserToken(id: string, at: string) {
     await this.db.updateTable('user_tokens').set({ last_used_at: at }).where('id', '=', id).execute();
+  }
+  async insertAudit(entries: readonly AuditRecord[]) {
+    // At most 12 columns × 500 rows of bound parameters per statement (both stores allow far more).
+    for (let i = 0; i < entries.length; i += 500) {
+      const rows = entries.slice(i, i + 500).map((e) => ({
+        at: e.at,
+        principal: e.principal,
+        token: e.token,
+        source: e.source,
+        method: e.method,
+        route: e.route,
+        resource: e.resource,
+        status: e.status,
+        outcome: e.outcome,
+        detail: e.detail,
+        request_id: e.requestId,
+      }));
+      await this.db.insertInto('audit').values(rows).execute();
+    }
+  }
+  async pruneAudit(before: string) {
+    const r = await this.db.deleteFrom('audit').where('at', '<', before).executeTakeFirst();
+    return Number(r.numDeletedRows ?? 0);
+  }
+  async takeTurn(key: string, now: string, due: string) {
+    // Settings hold JSON text; an ISO time's JSON string compares in time order as text (same length, UTC).
+    const inserted = await this.db.insertInto('settings').values({ key, value: json(now) }).onConflict((oc) => oc.column('key').doNothing()).executeTakeFirst();
+    if (Number(inserted.numInsertedOrUpdatedRows ?? 0) > 0) return true;
+    const r = await this.db.updateTable('settings').set({ value: json(now) }).where('key', '=', key).where('value', '<=', json(due)).executeTakeFirst();
+    return Number(r.numUpdatedRows ?? 0) > 0;
   }
   async change(author: string, object: string, action: Change['action'], before: unknown, after: unknown) {
     const row = {

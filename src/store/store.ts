@@ -19,6 +19,7 @@ import type { MachineHold, Rollout, RolloutItem, RolloutState } from '../model/r
 import type { Sealed } from '../model/secure.js';
 import type { RoleBinding } from '../model/permissions.js';
 import type { Group, User, UserToken } from '../model/users.js';
+import type { AuditEntry, AuditFilter, AuditRecord } from '../model/audit.js';
 
 export interface PackRecord {
   name: string;
@@ -178,6 +179,8 @@ export interface Reads {
   getUserTokenHash(id: string): Promise<string | undefined>;
   /** Newest first; `owner` limits to one user's tokens. */
   listUserTokens(owner?: string): Promise<UserToken[]>;
+  /** Audit entries matching `filter`, newest (highest number) first, at most `filter.limit` (≤ 1000). */
+  listAudit(filter: AuditFilter): Promise<AuditEntry[]>;
 }
 
 export interface Tx extends Reads {
@@ -265,6 +268,16 @@ export interface Tx extends Reads {
   updateUserToken(t: UserToken, tokenHash?: string): Promise<void>;
   /** Records a token's last use (observed: no change, no event). */
   touchUserToken(id: string, at: string): Promise<void>;
+  /** Appends audit entries (no change is recorded, no event: the audit log is not desired state). */
+  insertAudit(entries: readonly AuditRecord[]): Promise<void>;
+  /** Deletes audit entries older than `before` (ISO); returns how many. */
+  pruneAudit(before: string): Promise<number>;
+  /**
+   * Takes the turn of a periodic job named `key` that is due when its last turn was at or before `due`
+   * (ISO): records `now` as its last turn and answers true, in one conditional write, so of several
+   * replicas asking at once exactly one gets it. False when another took it since `due`.
+   */
+  takeTurn(key: string, now: string, due: string): Promise<boolean>;
   /** Records a numbered desired-state change; returns its number. */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
   /** Queues an event for publication after commit. */

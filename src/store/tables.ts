@@ -271,6 +271,23 @@ export interface Database {
   user_groups: UserGroupsTable;
   role_bindings: RoleBindingsTable;
   user_tokens: UserTokensTable;
+  audit: AuditTable;
+}
+
+/** One audited request (model/audit.ts AuditEntry). */
+export interface AuditTable {
+  id: Generated<number>;
+  at: string;
+  principal: string;
+  token: string | null;
+  source: string;
+  method: string;
+  route: string;
+  resource: string | null;
+  status: number;
+  outcome: string;
+  detail: string | null;
+  request_id: string;
 }
 
 export interface UsersTable {
