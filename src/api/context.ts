@@ -17,6 +17,7 @@ import { authorOf, type Principal } from './auth.js';
 import type { RouteAccess } from '../model/permissions.js';
 import type { TlsMaterial } from './tls.js';
 import type { CredentialsPort } from './routes/credentials.js';
+import type { Sso } from './oidc.js';
 import type { DhcpLeasesPort } from './routes/dhcp.js';
 
 /** The VM settings of `POST /machines` for the qemu broker (`takt machines create --broker qemu`). */
@@ -126,6 +127,8 @@ export interface ApiContext {
   power?: PowerPort;
   /** The image catalog (engine/images.ts); absent: the image routes answer 404. */
   images?: ImageCatalog;
+  /** Single sign-on with the OpenID Connect provider of `--oidc-issuer` (api/oidc.ts); absent: the SSO routes say it is off. */
+  sso?: Sso | null;
 }
 
 /** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */
