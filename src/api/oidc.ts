@@ -185,7 +185,11 @@ export class Sso {
     const state = client.randomState();
     const nonce = client.randomNonce();
     const now = this.now();
-    for (const [k, v] of this.pending) if (v.until <= now || this.pending.size >= PENDING_MAX) this.pending.delete(k);
+    // The map is in the order sign-ins started: drop from the front what expired, and the oldest beyond the bound.
+    for (const [k, v] of this.pending) {
+      if (v.until > now && this.pending.size < PENDING_MAX) break;
+      this.pending.delete(k);
+    }
     this.pending.set(state, { verifier, nonce, redirectUri, until: now + PENDING_TTL_MS });
     const url = client.buildAuthorizationUrl(this.config, {
       redirect_uri: redirectUri,
