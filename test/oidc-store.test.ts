@@ -64,12 +64,16 @@ for (const b of backends) {
         await expect(users.checkPassword('erin', 'any password at all')).rejects.toMatchObject({ code: 'unauthorized' });
         await expect(users.setPassword('erin', 'a-password-now')).rejects.toMatchObject({ code: 'conflict' });
         // Another identity wanting her name, or a password user's name: refused, nothing made.
-        await expect(users.ssoLogin({ issuer: ISS, subject: 's-9', name: 'erin', groups: ['ops'] })).rejects.toMatchObject({ code: 'forbidden', message: expect.stringMatching(/belongs to another identity \(subject s-1/) });
+        await expect(users.ssoLogin({ issuer: ISS, subject: 's-9', name: 'erin', groups: ['ops'] })).rejects.toMatchObject({ code: 'forbidden', message: expect.stringMatching(/belongs to another single sign-on identity; an admin can delete that user/) });
         await users.createUser('frank', 'franks-password', 'admin');
         await expect(users.ssoLogin({ issuer: ISS, subject: 's-3', name: 'frank', groups: [] })).rejects.toMatchObject({ code: 'forbidden', message: expect.stringMatching(/belongs to a password user/) });
         expect((await store.listGroups()).find((g) => g.name === 'ops')!.members).toEqual([]);
         // One user per identity, by the database's own index.
         await expect(store.transact((tx) => tx.insertUser({ name: 'twin', createdAt: new Date().toISOString(), createdBy: 'test', kind: 'oidc', oidc: { issuer: ISS, subject: 's-1' } }, ''))).rejects.toThrow();
+        // Two first sign-ins of one person at once: both get a token, for one user.
+        const both = await Promise.all([0, 1].map(() => users.ssoLogin({ issuer: ISS, subject: 's-5', name: 'gina', groups: ['ops'] })));
+        expect(both.map((x) => x.user.name)).toEqual(['gina', 'gina']);
+        expect((await store.listUsers()).filter((u) => u.name === 'gina')).toHaveLength(1);
         // Password users have no identity and are many.
         expect((await store.getUser('frank'))?.kind).toBeUndefined();
       } finally {

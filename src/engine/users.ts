@@ -138,13 +138,14 @@ export class Users {
   async ssoLogin(identity: { issuer: string; subject: string; name: string; groups: readonly string[] }, ttlMs = LOGIN_TOKEN_TTL_MS): Promise<{ token: string; tokenInfo: UserTokenView; user: User; groups: string[] }> {
     checkName(identity.name, 'a user', '/preferred_username');
     const wanted = new Set(identity.groups);
-    const result = await this.store.transact(async (tx) => {
+    const once = () => this.store.transact(async (tx) => {
       let user = await tx.getUserByOidc(identity.issuer, identity.subject);
       if (!user) {
         const taken = await tx.getUser(identity.name);
         if (taken) {
-          const how = taken.kind === 'oidc' ? `another identity (subject ${taken.oidc!.subject} at ${taken.oidc!.issuer})` : 'a password user';
-          throw new TaktError('forbidden', `single sign-on refused: the takt user name '${identity.name}' belongs to ${how}; an admin can delete or rename that user, or the provider must give this person another preferred_username`);
+          // The other identity is not named: this answer goes to whoever signed in, before they are anyone here.
+          const how = taken.kind === 'oidc' ? 'another single sign-on identity' : 'a password user';
+          throw new TaktError('forbidden', `single sign-on refused: the takt user name '${identity.name}' belongs to ${how}; an admin can delete that user (takt users delete ${identity.name}), or the provider must give this person another preferred_username`);
         }
         user = { name: identity.name, createdAt: this.iso(), createdBy: `oidc:${identity.issuer}`, kind: 'oidc', oidc: { issuer: identity.issuer, subject: identity.subject } };
         await tx.insertUser(user, '');
@@ -160,6 +161,12 @@ export class Users {
         tx.emit(`groups.update.${g.name}`, { ...next, by: `oidc:${identity.issuer}` });
       }
       return { user, groups: member };
+    });
+    // Two first sign-ins of one person at once (two tabs, two replicas): the loser's insert hits the unique
+    // index; tried again, it finds the user the winner made.
+    const result = await once().catch((err: unknown) => {
+      if (err instanceof TaktError) throw err;
+      return once();
     });
     const issued = await this.issue({ owner: result.user.name, name: 'sso', kind: 'personal', ttlMs }, `user:${result.user.name}`);
     return { ...issued, ...result };
