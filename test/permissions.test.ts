@@ -136,7 +136,7 @@ describe('every route × every role × own/other machine', () => {
         },
       },
     );
-    const absent = new Set(['hostNames', 'logger', 'log', 'tls', 'publicUrl', 'credentials', 'dhcpLeases', 'power', 'discoveryDigest', 'audit']);
+    const absent = new Set(['hostNames', 'logger', 'log', 'tls', 'publicUrl', 'credentials', 'dhcpLeases', 'power', 'discoveryDigest', 'audit', 'sso']);
     const ctx = new Proxy({ store: fakeStore, brokers: new Map(), version: 'test', adminToken: 'tka.test-admin' } as Record<string, unknown>, {
       get: (t, prop: string) => (prop in t ? t[prop] : absent.has(prop) ? undefined : standIn()),
       has: (t, prop) => prop in t,

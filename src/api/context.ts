@@ -18,6 +18,7 @@ import { authorOf, type Principal } from './auth.js';
 import type { Approver, RouteAccess } from '../model/permissions.js';
 import type { TlsMaterial } from './tls.js';
 import type { CredentialsPort } from './routes/credentials.js';
+import type { Sso } from './oidc.js';
 import type { DhcpLeasesPort } from './routes/dhcp.js';
 
 /** The VM settings of `POST /machines` for the qemu broker (`takt machines create --broker qemu`). */
@@ -129,6 +130,8 @@ export interface ApiContext {
   images?: ImageCatalog;
   /** The audit log's writer (engine/audit.ts); absent: buildServer makes one with the defaults (no pruning). */
   audit?: AuditLog;
+  /** Single sign-on with the OpenID Connect provider of `--oidc-issuer` (api/oidc.ts); absent: the SSO routes say it is off. */
+  sso?: Sso | null;
 }
 
 /** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */

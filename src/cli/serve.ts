@@ -46,6 +46,7 @@ import { openStore } from '../store/open.js';
 import type { SqlStore } from '../store/sql-store.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
 import { hostedHere } from '../api/hosts.js';
+import { CALLBACK_PATH, oidcSettings, Sso } from '../api/oidc.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { checkShared, refuseMissingShared } from './replicas.js';
 import { createLog, type LogFn } from './log.js';
@@ -101,6 +102,14 @@ export interface ServeOptions {
   routerAdverts?: boolean;
   /** With `provision`: duration text, how long a machine takt powered on or rebooted may take to show up on the boot services. */
   bootTimeout?: string;
+  /** Single sign-on: the OpenID Connect provider's issuer URL (api/oidc.ts); off when absent. */
+  oidcIssuer?: string;
+  /** With `oidcIssuer`: this endpoint's client id there. */
+  oidcClientId?: string;
+  /** With `oidcIssuer`: a file holding the client secret (a confidential client); absent: a public client. */
+  oidcClientSecretFile?: string;
+  /** With `oidcIssuer`: the claim listing the user's groups (default `groups`). */
+  oidcGroupsClaim?: string;
   /** Decimal text: days the audit log keeps its entries (default 90). */
   auditKeepDays?: string;
 }
@@ -222,6 +231,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   if (opts.bootTimeout !== undefined && !provisionNet) throw new TaktError('bad_request', '--boot-timeout needs --provision ADDR/PREFIX (the boot services are what a booting machine shows up on)');
   const bootTimeoutMs = parseDuration(opts.bootTimeout ?? DEFAULT_BOOT_TIMEOUT, '--boot-timeout', DURATION_RANGES.bootTimeout);
   if (routerAdverts === true && !provisionNet) throw new TaktError('bad_request', '--router-adverts needs --provision ADDR/PREFIX (they are sent on the interface that holds that address)');
+  // Single sign-on: the provider's discovery document is fetched and checked before anything is started.
+  const oidc = oidcSettings(opts);
+  const sso = oidc ? await Sso.discover(oidc) : null;
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
@@ -365,6 +377,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
       provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}), ...(l.arch !== undefined ? { arch: l.arch } : {}) })) ?? null,
     version: VERSION,
     adminToken: admin.value,
+    sso,
     log,
     hostNames: [hostname(), ...(opts.hostName ?? []), ...(opts.tlsSan ?? [])],
     // Getters: the material changes on renewal, and the public URL is known once the listeners are bound.
@@ -441,6 +454,10 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   log('info', `takt ${VERSION} listening on ${all.all.map((l) => l.url).join(', ')}`, { data });
   log('info', `TLS: CA fingerprint ${tls.material.caFingerprint} (sha256); server key pin ${tls.material.spkiPin}`, { ca: caFile, expires: tls.material.notAfter });
   if (publicUrl) log('info', `remote machines reach this endpoint at ${publicUrl}`);
+  if (sso) {
+    const i = sso.info();
+    log('info', `single sign-on: ${i.issuer} as ${oidc!.clientSecret ? 'confidential' : 'public'} client ${oidc!.clientId}; redirect URI <this endpoint's URL>${CALLBACK_PATH}; device flow (takt login --sso) ${i.device ? 'available' : 'not offered by the provider'}`);
+  }
   if (admin.created) {
     log('info', `admin token created (shown once; also in ${join(data, 'admin.token')}, mode 0600)`);
     process.stdout.write(`\n  admin token: ${admin.value}\n  web UI:      ${url}/#token=${admin.value}\n\n`);

@@ -477,6 +477,18 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
         await db.schema.createIndex('audit_principal').on('audit').columns(['principal', 'id']).execute();
       },
     },
+    '0029_oidc': {
+      async up(db: Kysely<unknown>) {
+        // Users who sign in through an OpenID Connect provider (issue #16, api/oidc.ts): kind 'oidc' (null:
+        // a password user, as before), the issuer and subject that identify them there. They have no
+        // password: password_hash is '' for them, which no argon2 verification accepts. One takt user per
+        // (issuer, subject); password users have nulls, which a unique index does not compare.
+        await db.schema.alterTable('users').addColumn('kind', text).execute();
+        await db.schema.alterTable('users').addColumn('oidc_issuer', text).execute();
+        await db.schema.alterTable('users').addColumn('oidc_subject', text).execute();
+        await db.schema.createIndex('users_oidc').on('users').columns(['oidc_issuer', 'oidc_subject']).unique().execute();
+      },
+    },
   };
 };
 

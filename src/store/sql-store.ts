@@ -560,15 +560,19 @@ class SqlReads implements Reads {
     return rows.map(machineFromRow);
   }
   async getUser(name: string) {
-    const r = await this.db.selectFrom('users').select(['name', 'created_at', 'created_by']).where('name', '=', name).executeTakeFirst();
-    return r ? { name: r.name, createdAt: r.created_at, createdBy: r.created_by } : undefined;
+    const r = await this.db.selectFrom('users').select(USER_COLUMNS).where('name', '=', name).executeTakeFirst();
+    return r ? userFromRow(r) : undefined;
+  }
+  async getUserByOidc(issuer: string, subject: string) {
+    const r = await this.db.selectFrom('users').select(USER_COLUMNS).where('oidc_issuer', '=', issuer).where('oidc_subject', '=', subject).executeTakeFirst();
+    return r ? userFromRow(r) : undefined;
   }
   async getUserPasswordHash(name: string) {
     return (await this.db.selectFrom('users').select('password_hash').where('name', '=', name).executeTakeFirst())?.password_hash;
   }
   async listUsers() {
-    const rows = await this.db.selectFrom('users').select(['name', 'created_at', 'created_by']).orderBy('name').execute();
-    return rows.map((r) => ({ name: r.name, createdAt: r.created_at, createdBy: r.created_by }));
+    const rows = await this.db.selectFrom('users').select(USER_COLUMNS).orderBy('name').execute();
+    return rows.map(userFromRow);
   }
   async getGroup(name: string) {
     const r = await this.db.selectFrom('user_groups').selectAll().where('name', '=', name).executeTakeFirst();
@@ -1051,7 +1055,10 @@ class SqlTx extends SqlReads implements Tx {
     await this.db.deleteFrom('credentials').where('name', '=', name).execute();
   }
   async insertUser(u: User, passwordHash: string) {
-    await this.db.insertInto('users').values({ name: u.name, password_hash: passwordHash, created_at: u.createdAt, created_by: u.createdBy }).execute();
+    await this.db
+      .insertInto('users')
+      .values({ name: u.name, password_hash: passwordHash, created_at: u.createdAt, created_by: u.createdBy, kind: u.kind ?? null, oidc_issuer: u.oidc?.issuer ?? null, oidc_subject: u.oidc?.subject ?? null })
+      .execute();
   }
   async setUserPasswordHash(name: string, passwordHash: string) {
     await this.db.updateTable('users').set({ password_hash: passwordHash }).where('name', '=', name).execute();
@@ -1501,4 +1508,16 @@ export class SqlStore extends SqlReads implements Store {
       await this.options.onClose?.();
     }
   }
+}
+
+/** The columns a User is read from (never the password hash). */
+const USER_COLUMNS = ['name', 'created_at', 'created_by', 'kind', 'oidc_issuer', 'oidc_subject'] as const;
+
+function userFromRow(r: { name: string; created_at: string; created_by: string; kind: string | null; oidc_issuer: string | null; oidc_subject: string | null }): User {
+  const u: User = { name: r.name, createdAt: r.created_at, createdBy: r.created_by };
+  if (r.kind === 'oidc' && r.oidc_issuer !== null && r.oidc_subject !== null) {
+    u.kind = 'oidc';
+    u.oidc = { issuer: r.oidc_issuer, subject: r.oidc_subject };
+  }
+  return u;
 }

@@ -165,6 +165,8 @@ export interface Reads {
   /** Every DHCP lease kept (expired ones too, until the DHCP server replaces or removes them), by address. */
   listLeases(): Promise<Lease[]>;
   getUser(name: string): Promise<User | undefined>;
+  /** The user an OpenID Connect identity (issuer, subject) belongs to (User.oidc), if any. */
+  getUserByOidc(issuer: string, subject: string): Promise<User | undefined>;
   /** A user's argon2id password hash (PHC form), for login only. */
   getUserPasswordHash(name: string): Promise<string | undefined>;
   /** By name. */
@@ -253,6 +255,7 @@ export interface Tx extends Reads {
   putLease(l: Lease): Promise<void>;
   /** Forgets a client's DHCP lease; no-op when there is none. */
   deleteLease(mac: string): Promise<void>;
+  /** Inserts a user (with `u.kind`/`u.oidc` for an SSO user, whose `passwordHash` is ''). */
   insertUser(u: User, passwordHash: string): Promise<void>;
   setUserPasswordHash(name: string, passwordHash: string): Promise<void>;
   /** Deletes a user, their tokens and the role bindings naming them; group memberships are the caller's. */

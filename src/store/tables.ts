@@ -296,6 +296,11 @@ export interface UsersTable {
   password_hash: string;
   created_at: string;
   created_by: string;
+  /** 'oidc' for a user of an OpenID Connect provider (0029_oidc); null: a password user. */
+  kind: string | null;
+  /** The provider's issuer URL and the user's subject there (kind 'oidc'); null otherwise. */
+  oidc_issuer: string | null;
+  oidc_subject: string | null;
 }
 
 export interface UserGroupsTable {
