@@ -75,6 +75,16 @@ describe('the two-person rule', () => {
     const otto = await ep.call('POST', '/machines/twice-1/approve', {}, tokens.otto);
     expect(otto.status, JSON.stringify(otto.body)).toBe(200);
     await waitState('twice-1', 'done');
+
+    // A restart starts the run again: whoever restarted it is its starter too (from the audit log).
+    expect((await ep.call('POST', '/machines/twice-1/restart', {}, tokens.otto)).status).toBe(200);
+    await waitState('twice-1', 'awaiting-approval');
+    const again = await ep.call('POST', '/machines/twice-1/approve', {}, tokens.otto);
+    expect(again.status).toBe(403);
+    expect(again.body.error.message).toMatch(/two-person rule and user:otto started this run \(by restarting it\)/);
+    expect((await ep.call('POST', '/machines/twice-1/approve', {}, tokens.alice)).status).toBe(403);
+    expect((await ep.call('POST', '/machines/twice-1/approve', {}, tokens.oscar)).status).toBe(200);
+    await waitState('twice-1', 'done');
   }, 150_000);
 
   it('a rollout started by otto: otto cannot approve its machines nor its next wave; oscar can', async () => {

@@ -145,6 +145,10 @@ describe('what is recorded', () => {
     expect(items.map((e) => `${e.method} ${e.route} ${e.status}`)).toEqual(['GET /api/v1/machines 403']);
     // The run that queued it is recorded, by alice.
     expect((await audit({ route: '/api/v1/run' }))[0]).toMatchObject({ principal: 'user:alice', status: 201 });
+    // Reading the job's log is a read of secret-bearing data: recorded, with the job as the resource.
+    const job = (await ep.call('GET', `/jobs?machine=web-1`)).body.items[0].id as string;
+    expect((await ep.call('GET', `/jobs/${job}/log`, undefined, alice)).status).toBe(200);
+    expect((await audit({ resource: job }))[0]).toMatchObject({ principal: 'user:alice', method: 'GET', route: '/api/v1/jobs/:id/log', outcome: 'ok' });
   }, 150_000);
 });
 

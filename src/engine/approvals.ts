@@ -5,7 +5,8 @@
  *
  * "Started the run" is read from the record, not kept apart: for a machine, the author of the newest change
  * that gave it its pipeline (a create or a pipeline change; a rollout's change counts as the rollout's
- * author's), or the author of the newest rollout that took it since; for a rollout, its author.
+ * author's), whoever restarted it since (the audit log), and the author of the newest rollout that took it
+ * since; for a rollout, its author.
  */
 import { TaktError } from '../model/errors.js';
 import type { Machine } from '../model/machine.js';
@@ -31,9 +32,9 @@ export async function checkMachineApprover(reads: Reads, a: Approver, m: Machine
   const refusal = approvalRefusal(a, rule.role, m);
   if (refusal) throw new TaktError('forbidden', `machine '${m.name}' at stage '${stage}': ${refusal}`);
   if (!rule.twoPerson || decision !== 'approve') return;
-  const starters = await machineStarters(reads, m);
+  const { starters, restarted } = await machineStarters(reads, m);
   if (starters.includes(a.author)) {
-    throw new TaktError('forbidden', `machine '${m.name}' at stage '${stage}': the stage has the two-person rule and ${a.author} started this run (${starterText(starters)}); another holder of role ${rule.role} must approve it`);
+    throw new TaktError('forbidden', `machine '${m.name}' at stage '${stage}': the stage has the two-person rule and ${a.author} started this run (${starterText(starters, a.author, restarted)}); another holder of role ${rule.role} must approve it`);
   }
 }
 
@@ -54,7 +55,7 @@ export function checkRolloutApprover(a: Approver, r: Rollout): void {
 }
 
 /** Who started the machine's current run (see the module comment); the rollout is named as `rollout:ID` too. */
-export async function machineStarters(reads: Reads, m: Machine): Promise<string[]> {
+export async function machineStarters(reads: Reads, m: Machine): Promise<{ starters: string[]; restarted: string[] }> {
   const changes = await reads.listChanges({ object: `machines/${m.id}`, limit: LOOK_BACK });
   const set = changes.find((c) => {
     const before = c.before as { pipeline?: unknown } | null;
@@ -69,8 +70,12 @@ export async function machineStarters(reads: Reads, m: Machine): Promise<string[
       if (r) out.push(r.author);
     }
   }
-  // A rollout that restarted the machine on the pipeline it had records no change to the machine.
   const since = set?.at ?? '';
+  // A restart starts the run again and is no change to desired state: the audit log has who asked for it
+  // (its entry is committed before the restart's answer left; gone after --audit-keep-days).
+  const restarts = await reads.listAudit({ route: '/api/v1/machines/:id/restart', resources: [m.id, m.name], outcome: 'ok', ...(since ? { since } : {}), limit: 20 });
+  out.push(...restarts.map((e) => e.principal));
+  // A rollout that restarted the machine on the pipeline it had records no change to the machine.
   for (const r of await reads.listRollouts({ limit: RECENT_ROLLOUTS })) {
     if (r.createdAt < since || !r.spec.pipeline) continue;
     if ((await reads.listRolloutItems(r.id)).some((i) => i.machineId === m.id)) {
@@ -78,10 +83,11 @@ export async function machineStarters(reads: Reads, m: Machine): Promise<string[
       break;
     }
   }
-  return [...new Set(out)];
+  return { starters: [...new Set(out)], restarted: restarts.map((e) => e.principal) };
 }
 
-function starterText(starters: string[]): string {
+function starterText(starters: string[], who: string, restarted: readonly string[]): string {
+  if (restarted.includes(who)) return 'by restarting it';
   const rollout = starters.find((s) => s.startsWith('rollout:'));
   return rollout ? `through ${rollout.replace(':', ' ')}` : 'by setting its pipeline';
 }
