@@ -220,8 +220,9 @@ class Agent {
   private async claimAndRun(): Promise<number | null> {
     const handed = this.handed;
     this.handed = null;
-    // A handed-over "nothing to do" still leads to a long-poll: only a job saves the claim.
-    const res = handed?.job ? handed : await this.claim();
+    // A handed-over "nothing to do" still leads to a long-poll: only a job or an action (a reboot into the
+    // next stage's bootenv) saves the claim — dropping a reboot would leave the machine in the old bootenv.
+    const res = handed?.job || handed?.action ? handed : await this.claim();
     if (!res) return null;
     if (res.machine) this.noteMachine(res.machine);
     if (res.job) return this.runJob(res.job);
