@@ -55,7 +55,7 @@ describe('a stage that needs another bootenv reboots the agent into it', () => {
     mkdirSync(join(agent.dir, 'root', 'proc'), { recursive: true });
     writeFileSync(join(agent.dir, 'root', 'proc', 'cmdline'), 'console=ttyS0 takt.bootenv=discovery\n');
     agent.start();
-    const code = await until(() => (agent.proc!.exitCode !== null ? agent.proc!.exitCode : undefined), 60_000, 'the agent to exit', () => agent.output);
+    const code = await until(async () => (agent.proc!.exitCode !== null ? agent.proc!.exitCode : undefined), 60_000, 'the agent to exit');
     expect(code, agent.output).toBe(AGENT_EXIT_REBOOT);
     expect(agent.output).toContain('the machine is to reboot');
     const after = (await ep.call('GET', '/machines/rb-1')).body as Machine;
