@@ -27,13 +27,15 @@ const PACK: Record<string, string> = {
   'stages/ondisk.yaml': 'name: ondisk\nbootenv: installed\ntasks: [second]\n',
   'pipelines/two-boots.yaml': 'name: two-boots\nstages: [inmem, ondisk]\nenvironments: [metal]\n',
   'pipelines/one-boot.yaml': 'name: one-boot\nstages: [ondisk]\nenvironments: [metal]\n',
+  'stages/plain.yaml': 'name: plain\ntasks: [second]\n',
+  'pipelines/plain.yaml': 'name: plain\nstages: [plain]\nenvironments: [metal, local]\n',
 };
 
 describe('a stage that needs another bootenv reboots the agent into it', () => {
   let ep: Endpoint;
   const agents: AgentProcess[] = [];
-  const machine = async (name: string, mac: string, pipeline: string) => {
-    const r = await ep.call('POST', '/machines', { name, pipeline, environment: 'metal', boot: { macs: [mac], bootenv: 'discovery' } });
+  const machine = async (name: string, mac: string, pipeline: string, bootenv = 'discovery') => {
+    const r = await ep.call('POST', '/machines', { name, pipeline, environment: 'metal', boot: { macs: [mac], bootenv } });
     expect(r.status, JSON.stringify(r.body)).toBe(201);
     return r.body.items[0] as Machine & { token: string };
   };
@@ -74,5 +76,38 @@ describe('a stage that needs another bootenv reboots the agent into it', () => {
     // Back from the reboot in the stage's bootenv: the stage's task.
     const second = await client.post<ClaimResponse>(`/machines/${m.id}/claim?wait=0`, { bootenv: 'installed' });
     expect(second.job?.task).toBe('second');
+  }, 60_000);
+
+  it('takt machines rebuild: the machine boots discovery again, its pipeline starts over, and its agent in the installed OS is told to reboot', async () => {
+    const m = await machine('rb-3', '52:54:00:00:0b:03', 'plain', 'installed');
+    const agent = new AgentProcess(ep.url, m.token);
+    agents.push(agent);
+    mkdirSync(join(agent.dir, 'root', 'proc'), { recursive: true });
+    writeFileSync(join(agent.dir, 'root', 'proc', 'cmdline'), 'console=ttyS0 takt.bootenv=installed\n');
+    agent.start();
+    await until(async () => ((await ep.call('GET', '/machines/rb-3')).body as Machine).state === 'done', 60_000, 'rb-3 to finish in its installed OS');
+
+    const r = await ep.cli(['machines', 'rebuild', 'rb-3', '-o', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ name: 'rb-3', state: 'running', stage: null, boot: { bootenv: 'discovery' } });
+    const code = await until(async () => (agent.proc!.exitCode !== null ? agent.proc!.exitCode : undefined), 60_000, 'the agent to exit');
+    expect(code, agent.output).toBe(AGENT_EXIT_REBOOT);
+    // Nothing ran in the installed OS after the rebuild: its one job is the first run's.
+    expect(((await ep.call('GET', '/jobs?machine=rb-3')).body.items as unknown[]).length).toBe(1);
+    // History says who rebuilt it, with the boot change.
+    const hist = JSON.parse((await ep.cli(['history', '--object', 'machines/rb-3', '--limit', '1', '-o', 'json'])).stdout) as Array<{ author: string; after: { boot?: { bootenv: string } } }>;
+    expect(hist[0]).toMatchObject({ author: 'admin', after: { boot: { bootenv: 'discovery' } } });
+  }, 120_000);
+
+  it('refuses to rebuild a machine that does not boot from the network, or has no pipeline', async () => {
+    await ep.call('POST', '/machines', { name: 'plain-1', pipeline: 'plain', environment: 'local' });
+    const a = await ep.cli(['machines', 'rebuild', 'plain-1']);
+    expect(a.code).not.toBe(0);
+    expect(a.stderr).toMatch(/plain-1 does not boot from the network .* takt machines restart plain-1/);
+    await machine('rb-4', '52:54:00:00:0b:04', 'plain', 'installed');
+    await ep.call('PATCH', '/machines/rb-4', { pipeline: null });
+    const b = await ep.cli(['machines', 'rebuild', 'rb-4']);
+    expect(b.code).not.toBe(0);
+    expect(b.stderr).toMatch(/rb-4 has no pipeline to re-run/);
   }, 60_000);
 });

@@ -219,6 +219,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
   for (const [verb, what] of [
     ['resume', 'continue a stopped or paused machine: the task it stopped or was paused on (after an exit 16, the next), then every task that has not succeeded since the last restart, in pipeline order; refused, saying why, when a content change makes that ambiguous (`takt plan M` shows it first)'],
     ['restart', 'start the pipeline over from its first task (a powered-off machine stays off: --power-on)'],
+    ['rebuild', "re-run a network-booted machine's deploy: it boots the discovery bootenv again (its agent is told to reboot) and its pipeline (e.g. image-deploy) starts over from the top; an OS without an agent needs takt machines power M cycle --next-boot pxe"],
   ] as const) {
     machines
       .command(`${verb} <machine>`)

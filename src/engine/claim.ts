@@ -10,6 +10,7 @@
  * and the claim looks again; the first job that can run is inserted, its log opened, and handed over.
  * Plain functions over an explicit context (ClaimContext), as complete.ts is.
  */
+import { DISCOVERY_BOOTENV } from '../model/boot.js';
 import type { StageDef } from '../model/content.js';
 import { checkExpectations } from '../model/expect.js';
 import { hashObject } from '../model/hash.js';
@@ -268,16 +269,19 @@ async function nextWork(c: ClaimContext, tx: Tx, m: Machine, pending?: { machine
   // The machine is switched, but its agent says it booted another bootenv (it came back from its disk,
   // or its firmware did not boot the script): the stage's tasks must not run there. One more reboot
   // (the claim route puts network boot first through the power driver); then a stop with the reason,
-  // rather than rebooting it for ever.
-  const running = stage?.bootenv && m.boot ? c.running.get(m.id) : undefined;
-  if (running && stage?.bootenv && running.bootenv !== stage.bootenv) {
+  // rather than rebooting it for ever. A machine set to boot discovery (a rebuild, or an operator's
+  // --bootenv discovery) likewise runs nothing outside it: a deploy's first stage overwrites the disk.
+  const wanted = stage?.bootenv ?? (m.boot?.bootenv === DISCOVERY_BOOTENV ? DISCOVERY_BOOTENV : undefined);
+  const running = wanted && m.boot ? c.running.get(m.id) : undefined;
+  if (running && wanted && running.bootenv !== wanted) {
+    const why = stage?.bootenv ? `stage '${step.stage}' needs bootenv '${wanted}'` : `${m.name} is set to boot '${wanted}' (a rebuild)`;
     if (running.mismatchReboots < 1) {
       running.mismatchReboots++;
-      c.opts.log?.('warn', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' but its agent runs in '${running.bootenv}': rebooting it again`, { machine: m.name });
-      return { kind: 'reboot', bootenv: stage.bootenv };
+      c.opts.log?.('warn', `${m.name}: ${why} but its agent runs in '${running.bootenv}': rebooting it${stage?.bootenv ? ' again' : ''}`, { machine: m.name });
+      return { kind: 'reboot', bootenv: wanted };
     }
     const reason =
-      `stage '${step.stage}' needs bootenv '${stage.bootenv}', but the agent of ${m.name} still runs in '${running.bootenv}' after takt rebooted it into '${stage.bootenv}': ` +
+      `${why}, but the agent of ${m.name} still runs in '${running.bootenv}' after takt rebooted it into '${wanted}': ` +
       `its firmware does not boot takt's script for it. Check that network boot is first in its boot order (takt machines power ${m.name} cycle --next-boot pxe), then resume it`;
     const stopped: Machine = { ...m, state: 'stopped', reason, updatedAt: new Date().toISOString() };
     await saveMachine(tx, stopped);

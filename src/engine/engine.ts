@@ -14,7 +14,7 @@ import type { AdhocInput } from './adhoc.js';
 import type { ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
 import { foreignSealed, isSealed, type Sealer } from '../model/secure.js';
 import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
-import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot } from '../model/boot.js';
+import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot, DISCOVERY_BOOTENV } from '../model/boot.js';
 import { checkSshSettings, patchSsh, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
 import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Reads, Store, Tx } from '../store/store.js';
@@ -776,6 +776,27 @@ export class Engine {
     return this.operate(idOrName, author, (v) => keepPower(v, restart(v), opts), 'machine restarted');
   }
 
+  /**
+   * Re-runs a network-booted machine's deploy (issue #14 `takt machines rebuild`): it boots the
+   * `discovery` bootenv again and its pipeline starts over from the top. Its agent in the installed OS is
+   * told to reboot at its next claim (claim.ts: a machine set to boot discovery runs nothing outside it),
+   * so the deploy's first stage runs in memory, never on the disk it overwrites; a machine whose OS runs
+   * no agent needs a power cycle (`takt machines power M cycle --next-boot pxe`). The running job, if any,
+   * is cancelled.
+   * @throws TaktError conflict when the machine does not boot from the network (no boot settings), has no
+   *   pipeline, or the content defines no `discovery` bootenv (saying what to do).
+   */
+  async rebuildMachine(idOrName: string, author: string, opts: PowerOption = {}): Promise<Machine> {
+    const m = await this.findMachine(idOrName);
+    if (!m.boot) throw new TaktError('conflict', `${m.name} does not boot from the network (it has no boot settings), so there is no deploy to re-run: start its pipeline over with takt machines restart ${m.name}`);
+    if (!m.pipeline) throw new TaktError('conflict', `${m.name} has no pipeline to re-run: give it one (e.g. takt machines update ${m.name} --pipeline image-deploy)`);
+    if (!this.content.current.objects.bootenvs.has(DISCOVERY_BOOTENV)) {
+      throw new TaktError('conflict', `a rebuild boots ${m.name} into the '${DISCOVERY_BOOTENV}' bootenv, which no pack defines here: build and install it with takt bootenv build discovery --install`);
+    }
+    this.assertStartable(m, m.pipeline);
+    return this.operate(idOrName, author, (v) => ({ ...keepPower(v, restart(v), opts), boot: v.boot ? { ...v.boot, bootenv: DISCOVERY_BOOTENV } : v.boot }), 'machine rebuilt');
+  }
+
   /** `restartMachine` of machine `id` inside the caller's transaction, checked on the machine as it reads there. */
   async restartMachineIn(tx: Tx, id: string, author: string, opts: PowerOption = {}): Promise<Machine> {
     const m = await lockedMachine(tx, id);
@@ -890,15 +911,15 @@ export class Engine {
    * `fn` applied to the machine in one transaction. `cancel`: an operator action that ends the running
    * job, in these words (e.g. 'machine restarted'); the job ends `cancelled by <author>: <cancel>`.
    */
-  private async operate(idOrName: string, author: string, fn: (m: MachineView) => MachineView, cancel: string | null = null): Promise<Machine> {
+  private async operate(idOrName: string, author: string, fn: (m: Machine) => MachineView & { boot?: Machine['boot'] }, cancel: string | null = null): Promise<Machine> {
     const found = await this.findMachine(idOrName);
     return this.store.transact((tx) => this.operateIn(tx, found.id, author, fn, cancel));
   }
 
   /** `operate` on machine `id` inside the caller's transaction. */
-  private async operateIn(tx: Tx, id: string, author: string, fn: (m: MachineView) => MachineView, cancel: string | null = null): Promise<Machine> {
+  private async operateIn(tx: Tx, id: string, author: string, fn: (m: Machine) => MachineView & { boot?: Machine['boot'] }, cancel: string | null = null): Promise<Machine> {
     const m = await lockedMachine(tx, id);
-    let view: MachineView;
+    let view: MachineView & { boot?: Machine['boot'] };
     try {
       view = fn(m);
     } catch (err) {

@@ -288,6 +288,7 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   };
   const powerOpt = (body: unknown) => ({ powerOn: (body as { powerOn?: boolean } | null)?.powerOn === true });
   app.post('/api/v1/machines/:id/resume', { ...powerBody, config: { permission: 'machines:run', scope: 'machine' } }, async (req) => publicMachine(await engine.resumeMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
+  app.post('/api/v1/machines/:id/rebuild', { ...powerBody, config: { permission: 'machines:run', scope: 'machine' } }, async (req) => publicMachine(await engine.rebuildMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
   app.post('/api/v1/machines/:id/restart', { ...powerBody, config: { permission: 'machines:run', scope: 'machine' } }, async (req) => publicMachine(await engine.restartMachine((req.params as { id: string }).id, author(req), powerOpt(req.body))));
   // Pause the pipeline where it stands: the running job finishes first (or, with `cancel`, is cancelled and
   // the machine pauses on its task). `already`: it was paused before; `cancelled`: the job cancelled, if any.
