@@ -29,6 +29,7 @@ describe('parseImageRequest', () => {
   it.each([
     ['a request', 'debian-min@1.0.0\n/dev/vda\n', { request: { name: 'debian-min', version: '1.0.0', target: '/dev/vda' }, problem: null }],
     ['without the last newline', 'a@2.0.0-rc.1\n/tmp/disk.img', { request: { name: 'a', version: '2.0.0-rc.1', target: '/tmp/disk.img' }, problem: null }],
+    ['a publish request', 'publish\nagent-os@1.2.0\n/work/out.img\n', { request: { name: 'agent-os', version: '1.2.0', target: '/work/out.img', action: 'publish' }, problem: null }],
   ])('%s', (_l, text, expected) => expect(parseImageRequest(text)).toEqual(expected));
   it.each([
     ['one line', 'debian-min@1.0.0\n', /has 1 lines, not 2/],
@@ -37,11 +38,12 @@ describe('parseImageRequest', () => {
     ['not semver', 'debian-min@1\n/dev/vda\n', /not a semantic version/],
     ['a relative target', 'debian-min@1.0.0\nvda\n', /target "vda" is not an absolute path/],
     ['three lines', 'a@1.0.0\n/dev/vda\nextra\n', /has 3 lines/],
+    ['a publish request without its file', 'publish\na@1.0.0\n', /has 2 lines, not 3/],
   ])('%s is a problem, not a request', (_l, text, why) => {
     const r = parseImageRequest(text);
     expect(r.request).toBeUndefined();
     expect(r.problem).toMatch(why);
-    expect(r.problem).toMatch(/nothing written$/);
+    expect(r.problem).toMatch(/nothing done$/);
   });
 });
 

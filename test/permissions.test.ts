@@ -19,11 +19,15 @@ import { decide, expandRole, grantOf, isRouteAccess, ROLE_NAMES, type Permission
 import { openSqliteStore } from '../src/store/sqlite.js';
 import type { SqlStore } from '../src/store/sql-store.js';
 
-/** Independent of model/permissions.ts: what each built-in role may do, as the brief states it. */
+/**
+ * Independent of model/permissions.ts: what each built-in role may do, as the brief states it. The audit
+ * log is for admins only: no `*:read` reaches it.
+ */
+const read = (p: Permission) => p.endsWith(':read') && !p.startsWith('audit:');
 const ROLE_ALLOWS: Record<string, (p: Permission) => boolean> = {
-  viewer: (p) => p.endsWith(':read'),
-  operator: (p) => p.endsWith(':read') || p.endsWith(':run') || p.endsWith(':approve'),
-  author: (p) => p.endsWith(':read') || p === 'content:write' || p === 'machines:write' || p === 'images:write',
+  viewer: (p) => read(p),
+  operator: (p) => read(p) || p.endsWith(':run') || p.endsWith(':approve'),
+  author: (p) => read(p) || p === 'content:write' || p === 'machines:write' || p === 'images:write',
   admin: () => true,
 };
 
@@ -41,6 +45,9 @@ describe('built-in roles (model)', () => {
     ['author', 'users:admin', false],
     ['admin', 'users:admin', true],
     ['admin', 'history:secrets', true],
+    ['viewer', 'audit:read', false],
+    ['operator', 'audit:read', false],
+    ['admin', 'audit:read', true],
   ] as const)('%s → %s: %s', (role, perm, allowed) => {
     expect(expandRole(role).includes(perm)).toBe(allowed);
     expect(decide([grantOf({ role })], perm, null).allowed).toBe(allowed);
@@ -129,7 +136,7 @@ describe('every route × every role × own/other machine', () => {
         },
       },
     );
-    const absent = new Set(['hostNames', 'logger', 'log', 'tls', 'publicUrl', 'credentials', 'dhcpLeases', 'power', 'discoveryDigest']);
+    const absent = new Set(['hostNames', 'logger', 'log', 'tls', 'publicUrl', 'credentials', 'dhcpLeases', 'power', 'discoveryDigest', 'audit', 'sso']);
     const ctx = new Proxy({ store: fakeStore, brokers: new Map(), version: 'test', adminToken: 'tka.test-admin' } as Record<string, unknown>, {
       get: (t, prop: string) => (prop in t ? t[prop] : absent.has(prop) ? undefined : standIn()),
       has: (t, prop) => prop in t,

@@ -143,7 +143,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt store migrate' : `takt st
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/both at its schema/);
     for (const t of COPY_TABLES) expect(r.stdout).toMatch(new RegExp(`^  ${t.name} +\\d+ rows?$`, 'm'));
-    expect(r.stdout).toMatch(/copied \d+ rows in 21 tables, in one transaction/);
+    expect(r.stdout).toMatch(/copied \d+ rows in 22 tables, in one transaction/);
     expect(r.stdout).toContain(`next: takt serve --data ${ep.data} --store ${db.url}`);
     expect(r.stdout).toContain('secret.key');
     expect(r.stdout).toContain(`${join(ep.data, 'takt.db')} is left as it was`);

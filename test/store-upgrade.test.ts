@@ -110,12 +110,14 @@ for (const b of backends) {
       try {
         const names = await migrationNames(b.name);
         // OLD_ROWS are in the shape before 0024_job_power (no jobs.power); later migrations only add tables
-        // (0026_users, 0027_images), which the store opens empty, or nullable columns (0025_machine_host,
-        // 0032_join_token_machine).
+        // (0026_users, 0027_images, 0028_audit), which the store opens empty, or nullable columns (0025_machine_host,
+        // 0029_oidc's users.kind/oidc_issuer/oidc_subject, 0032_join_token_machine).
         const previous = '0023_classification';
         expect(names.slice(names.indexOf(previous) + 1)).toEqual(names.filter((n) => n > previous));
         expect(names).toContain('0024_job_power');
         expect(names).toContain('0025_machine_host');
+        expect(names).toContain('0028_audit');
+        expect(names).toContain('0029_oidc');
         expect(names).toContain('0032_join_token_machine');
         expect(names.at(-1)).toBe('0032_join_token_machine');
         const k = old.kysely();

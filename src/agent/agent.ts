@@ -16,6 +16,7 @@ import { deliverReport } from './deliver.js';
 import { startHeartbeat } from './heartbeat.js';
 import { installHelpers } from './helpers.js';
 import { writeImage, type ImageRequest } from './image.js';
+import { publishImage } from './publish.js';
 import { bootenvOf } from './inventory.js';
 import { pruneJobDirs } from './jobdirs.js';
 import { errorMessage, jsonLineLog, type AgentLog } from './log.js';
@@ -219,8 +220,9 @@ class Agent {
   private async claimAndRun(): Promise<number | null> {
     const handed = this.handed;
     this.handed = null;
-    // A handed-over "nothing to do" still leads to a long-poll: only a job saves the claim.
-    const res = handed?.job ? handed : await this.claim();
+    // A handed-over "nothing to do" still leads to a long-poll: only a job or an action (a reboot into the
+    // next stage's bootenv) saves the claim — dropping a reboot would leave the machine in the old bootenv.
+    const res = handed?.job || handed?.action ? handed : await this.claim();
     if (!res) return null;
     if (res.machine) this.noteMachine(res.machine);
     if (res.job) return this.runJob(res.job);
@@ -339,7 +341,7 @@ class Agent {
           kill.signal,
         );
         // takt-image: written now, while the heartbeat still holds the job's lease (it may take minutes).
-        if (result.image) result = await this.carryOutImage(result, result.image, (line) => logs.push('system', line), kill.signal);
+        if (result.image) result = await this.carryOutImage(job.id, result, result.image, (line) => logs.push('system', line), kill.signal);
       }
     } finally {
       disarm();
@@ -404,16 +406,22 @@ class Agent {
   }
 
   /**
-   * Writes the image a successful script asked for (image.ts) and folds the outcome into the result: what
-   * was written and verified, or an error naming why not (the job then fails). A script that did not
-   * succeed gets nothing written, and its log says so.
+   * Carries out what a successful script asked with takt-image and folds the outcome into the result:
+   * the image written and verified (image.ts), or the file published to the catalog (publish.ts), or an
+   * error naming why not (the job then fails). A script that did not succeed gets nothing done, and its
+   * log says so.
    */
-  private async carryOutImage(result: RunResult, request: ImageRequest, log: (line: string) => void, signal: AbortSignal): Promise<RunResult> {
+  private async carryOutImage(jobId: string, result: RunResult, request: ImageRequest, log: (line: string) => void, signal: AbortSignal): Promise<RunResult> {
     const ref = `${request.name}@${request.version}`;
     const succeeded = result.exitCode !== null && decodeExit(result.exitCode).success && !result.timedOut && !result.error && !result.aborted;
     if (!succeeded) {
-      log(`takt-image: ${ref} not written to ${request.target}: the script did not succeed\n`);
+      log(`takt-image: ${ref} not ${request.action === 'publish' ? 'published from' : 'written to'} ${request.target}: the script did not succeed\n`);
       return result;
+    }
+    if (request.action === 'publish') {
+      const p = await publishImage({ client: this.client, jobId, request, root: this.root, progress: log, signal });
+      if (!p.ok) log(`takt-image: ${p.reason}\n`);
+      return p.ok ? result : { ...result, error: p.reason };
     }
     const w = await writeImage({ client: this.client, machineId: this.machineId, request, root: this.root, progress: log, signal });
     if (!w.ok) {

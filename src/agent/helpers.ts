@@ -118,13 +118,17 @@ echo "takt-power: asked for $(if [ $file = next_boot ]; then echo "next boot fro
 `;
 
 export const TAKT_IMAGE_USAGE = `usage: takt-image write NAME@VERSION DEVICE
+       takt-image publish NAME@VERSION FILE
 
-Asks the takt agent to write image NAME@VERSION from the endpoint's catalog to DEVICE (an absolute path:
-a block device such as /dev/vda, or an existing regular file) once this script has exited successfully.
-The agent downloads it with the machine's token (resuming a broken download), checks its sha256 against
-the catalog's while writing, fsyncs, and fails the job naming why when any of that fails: image unknown,
-bad target, disk too small, truncated download, digest mismatch, write failed.
-One image per job: a later call replaces an earlier one.
+write: asks the takt agent to write image NAME@VERSION from the endpoint's catalog to DEVICE (an absolute
+path: a block device such as /dev/vda, or an existing regular file) once this script has exited
+successfully. The agent downloads it with the machine's token (resuming a broken download), checks its
+sha256 against the catalog's while writing, fsyncs, and fails the job naming why when any of that fails:
+image unknown, bad target, disk too small, truncated download, digest mismatch, write failed.
+publish: asks the agent to upload FILE (an absolute path to a regular file this job built) into the
+catalog as NAME@VERSION once this script has exited successfully, with this job as its provenance
+(machine, task, pack, params); an existing version, or any failure, fails the job.
+One request per job: a later call replaces an earlier one.
 See docs/provisioning.md, "Deploying an image".`;
 
 export const TAKT_IMAGE = `#!/usr/bin/env bash
@@ -136,23 +140,32 @@ usage() {
 ${TAKT_IMAGE_USAGE}
 TAKT_USAGE
 }
-fail() { echo "takt-image: $1" >&2; echo "usage: takt-image write NAME@VERSION DEVICE   (takt-image --help)" >&2; exit 1; }
+fail() { echo "takt-image: $1" >&2; echo "usage: takt-image write NAME@VERSION DEVICE | takt-image publish NAME@VERSION FILE   (takt-image --help)" >&2; exit 1; }
 for a in "$@"; do case $a in -h|--help) usage; exit 0 ;; esac; done
-[ $# -ge 1 ] || fail 'say what to do (write)'
-[ "$1" = write ] || fail "unknown request '$1' (write)"
-[ $# -eq 3 ] || fail "write takes NAME@VERSION and DEVICE (got $(($# - 1)) arguments)"
+[ $# -ge 1 ] || fail 'say what to do (write or publish)'
+case $1 in write|publish) ;; *) fail "unknown request '$1' (write or publish)" ;; esac
+what=$1
+[ $# -eq 3 ] || fail "$what takes NAME@VERSION and $(if [ $what = write ]; then echo DEVICE; else echo FILE; fi) (got $(($# - 1)) arguments)"
 ref=$2
 dev=$3
 if ! [[ $ref =~ ^[${LOWER}0123456789][${LOWER}0123456789._-]*@[0-9A-Za-z.+-]+$ ]]; then
   fail "'$ref' is not NAME@VERSION (e.g. debian-min@1.0.0)"
 fi
-case $dev in /*) ;; *) fail "DEVICE must be an absolute path (e.g. /dev/vda), not '$dev'" ;; esac
-case $dev in *$'\\n'*) fail 'DEVICE must not contain a newline' ;; esac
-[ -e "$dev" ] || fail "$dev does not exist (check the device name, e.g. lsblk)"
-[ -b "$dev" ] || [ -f "$dev" ] || fail "$dev is not a block device or a regular file"
+if [ $what = publish ]; then
+  case $dev in /*) ;; *) fail "FILE must be an absolute path (e.g. $PWD/$dev), not '$dev'" ;; esac
+  case $dev in *$'\\n'*) fail 'FILE must not contain a newline' ;; esac
+  [ -f "$dev" ] || fail "$dev is not a regular file"
+  [ -s "$dev" ] || fail "$dev is empty"
+else
+  case $dev in /*) ;; *) fail "DEVICE must be an absolute path (e.g. /dev/vda), not '$dev'" ;; esac
+  case $dev in *$'\\n'*) fail 'DEVICE must not contain a newline' ;; esac
+  [ -e "$dev" ] || fail "$dev does not exist (check the device name, e.g. lsblk)"
+  [ -b "$dev" ] || [ -f "$dev" ] || fail "$dev is not a block device or a regular file"
+fi
 dir=\${TAKT_CONTROL_DIR:-}
 if [ -z "$dir" ]; then fail 'TAKT_CONTROL_DIR is not set (takt-image works inside a takt job)'; fi
 value="$ref"$'\\n'"$dev"
+[ $what = publish ] && value="publish"$'\\n'"$value"
 if [ -f "$dir/image" ]; then
   old=$(cat -- "$dir/image" 2>/dev/null) || old=
   [ "$old" = "$value" ] || echo "takt-image: replaces the earlier request '\${old//$'\\n'/ }' with '$ref $dev'" >&2
@@ -161,7 +174,11 @@ fi
 tmp="$dir/.image.$$.tmp"
 printf '%s\\n' "$value" > "$tmp" || { rm -f -- "$tmp"; echo "takt-image: cannot write the request into $dir" >&2; exit 1; }
 mv -f -- "$tmp" "$dir/image"
-echo "takt-image: asked to write $ref to $dev; the agent does it when this script has exited successfully" >&2
+if [ $what = publish ]; then
+  echo "takt-image: asked to publish $dev as $ref; the agent does it when this script has exited successfully" >&2
+else
+  echo "takt-image: asked to write $ref to $dev; the agent does it when this script has exited successfully" >&2
+fi
 `;
 
 /** The helper commands a script gets, by name. */

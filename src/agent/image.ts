@@ -46,8 +46,10 @@ export const IMAGE_FAILURES = {
 export interface ImageRequest {
   name: string;
   version: string;
-  /** As the script gave it (absolute). */
+  /** As the script gave it (absolute): the disk to write, or (publish) the file to publish. */
   target: string;
+  /** `publish` (takt-image publish: the file goes into the catalog, publish.ts); absent: write. */
+  action?: 'publish';
 }
 
 export interface ReadImageRequest {
@@ -79,8 +81,11 @@ export function splitImageRef(ref: string): { name: string; version: string } {
 export function parseImageRequest(text: string): ReadImageRequest {
   const lines = text.split('\n');
   if (lines.at(-1) === '') lines.pop();
-  const bad = (why: string): ReadImageRequest => ({ problem: `takt-image's request ${why} (write requests with takt-image write NAME@VERSION DEVICE); nothing written` });
-  if (lines.length !== 2) return bad(`has ${lines.length} lines, not 2`);
+  const bad = (why: string): ReadImageRequest => ({ problem: `takt-image's request ${why} (write requests with takt-image write NAME@VERSION DEVICE or takt-image publish NAME@VERSION FILE); nothing done` });
+  // A publish request is the word `publish` and then the two lines of a write request.
+  const publish = lines[0] === 'publish';
+  if (publish) lines.shift();
+  if (lines.length !== 2) return bad(`has ${lines.length + (publish ? 1 : 0)} lines, not ${publish ? 3 : 2}`);
   let ref: { name: string; version: string };
   try {
     ref = splitImageRef(lines[0]!);
@@ -89,7 +94,7 @@ export function parseImageRequest(text: string): ReadImageRequest {
   }
   const target = lines[1]!;
   if (!target.startsWith('/') || target.includes('\0')) return bad(`target ${JSON.stringify(target.slice(0, 80))} is not an absolute path`);
-  return { request: { ...ref, target }, problem: null };
+  return { request: { ...ref, target, ...(publish ? { action: 'publish' as const } : {}) }, problem: null };
 }
 
 /** Reads the request in control dir `dir` (none: nothing asked). A file that is not small and regular is a problem. */

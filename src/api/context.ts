@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify';
 import type { ContentService } from '../engine/content.js';
 import type { Engine } from '../engine/engine.js';
+import type { AuditLog } from '../engine/audit.js';
 import type { Churn } from '../engine/churn.js';
 import type { History } from '../engine/history.js';
 import type { ImageCatalog } from '../engine/images.js';
@@ -14,9 +15,10 @@ import type { BootSettings } from '../model/boot.js';
 import type { Machine } from '../model/machine.js';
 import type { MachinePowerConfig } from '../model/power.js';
 import { authorOf, type Principal } from './auth.js';
-import type { RouteAccess } from '../model/permissions.js';
+import type { Approver, RouteAccess } from '../model/permissions.js';
 import type { TlsMaterial } from './tls.js';
 import type { CredentialsPort } from './routes/credentials.js';
+import type { Sso } from './oidc.js';
 import type { DhcpLeasesPort } from './routes/dhcp.js';
 
 /** The VM settings of `POST /machines` for the qemu broker (`takt machines create --broker qemu`). */
@@ -126,6 +128,10 @@ export interface ApiContext {
   power?: PowerPort;
   /** The image catalog (engine/images.ts); absent: the image routes answer 404. */
   images?: ImageCatalog;
+  /** The audit log's writer (engine/audit.ts); absent: buildServer makes one with the defaults (no pruning). */
+  audit?: AuditLog;
+  /** Single sign-on with the OpenID Connect provider of `--oidc-issuer` (api/oidc.ts); absent: the SSO routes say it is off. */
+  sso?: Sso | null;
 }
 
 /** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */
@@ -173,6 +179,15 @@ export function author(req: FastifyRequest): string {
   const p = req.principal;
   if (!p) throw new TaktError('unauthorized', 'this action needs a token');
   return authorOf(p);
+}
+
+/**
+ * Who decides an approval made by this request: the bootstrap admin token holds every role; a user their
+ * token's grants; anyone else (no route lets them approve) none.
+ */
+export function approver(req: FastifyRequest): Approver {
+  const p = req.principal;
+  return { author: author(req), grants: p.kind === 'admin' ? 'all' : p.kind === 'user' ? p.grants : [] };
 }
 
 /**

@@ -15,6 +15,8 @@ import { TaktError } from '../model/errors.js';
 import { CHALLENGE_PATTERN, endpointProof } from '../model/proof.js';
 import { Authenticator, JOIN_TOKEN_SCOPE, DISCOVERY_SCOPE } from './auth.js';
 import { AccessControl, declaredRoutes } from './access.js';
+import { auditHook, auditRoutes } from './audit.js';
+import { AuditLog } from '../engine/audit.js';
 import { userRoutes } from './routes/users.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
@@ -115,6 +117,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   const routes = declaredRoutes(app);
   const metrics = new Metrics(opts.store);
   app.addHook('onClose', async () => metrics.close());
+  // Who did what (api/audit.ts): one hook for every route; its entries are written before the store closes.
+  const audit = opts.audit ?? new AuditLog(opts.store, { ...(opts.log ? { log: opts.log } : {}) });
+  app.addHook('onClose', async () => audit.flush());
 
   await app.register(swagger, {
     openapi: {
@@ -172,6 +177,8 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
 
   // What a user may not see: secure values (ciphertext) without `secrets`, machines outside a scoped role.
   app.addHook('preSerialization', async (req, _reply, payload) => access.shape(req.principal, req.routeOptions.config, payload));
+
+  auditHook(app, audit);
 
   app.addHook('onResponse', async (req, reply) => {
     // Unmatched URLs share one label, so probing clients cannot grow the metric without bound.
@@ -239,6 +246,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   await imageRoutes(app, opts);
   dhcpRoutes(app, opts);
   userRoutes(app, opts);
+  auditRoutes(app, opts, audit);
   // Deny by default: a route that says nothing about who may call it stops the endpoint from starting.
   routes.assertDeclared();
   // Everything but the UI page is data: nothing in an API answer may load or run.

@@ -24,6 +24,7 @@ import { storeCommands } from './store.js';
 import { loginCommands } from './login.js';
 import { roleCommands } from './roles.js';
 import { tokenCommands } from './tokens.js';
+import { auditCommands } from './audit.js';
 import { userCommands } from './users.js';
 import { workOrderCommands } from './workorders.js';
 
@@ -53,6 +54,7 @@ export function register(program: Command, g: Globals) {
   userCommands(program, g, api);
   roleCommands(program, g, api);
   tokenCommands(program, g, api);
+  auditCommands(program, g, api);
   storeCommands(program, g);
 
   planCommands(program, g, api);

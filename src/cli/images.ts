@@ -35,7 +35,7 @@ const columns = [
   { header: 'FORMAT', get: (i: Image) => (i.partitionTable ? `${i.format} (${i.partitionTable})` : i.format) },
   { header: 'SIZE', get: (i: Image) => humanBytes(i.size) },
   { header: 'SHA256', get: (i: Image) => `${i.sha256.slice(0, 12)}…` },
-  { header: 'FROM', get: (i: Image) => `${i.provenance.kind} by ${i.provenance.by}${i.provenance.file ? ` (${i.provenance.file})` : ''}`, wide: true },
+  { header: 'FROM', get: (i: Image) => (i.provenance.kind === 'build' ? `build by ${i.provenance.machine.name}, job ${i.provenance.job} (${i.provenance.pack ?? 'local'} ${i.provenance.task})` : `import by ${i.provenance.by}${i.provenance.file ? ` (${i.provenance.file})` : ''}`), wide: true },
   { header: 'CREATED', get: (i: Image) => i.createdAt, wide: true },
   { header: 'DESCRIPTION', get: (i: Image) => i.description },
 ];

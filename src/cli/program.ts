@@ -43,6 +43,11 @@ interface ServeCliOptions {
   qemuBridge?: string;
   routerAdverts?: boolean;
   bootTimeout?: string;
+  auditKeepDays: string;
+  oidcIssuer?: string;
+  oidcClientId?: string;
+  oidcClientSecretFile?: string;
+  oidcGroupsClaim?: string;
 }
 
 /**
@@ -129,6 +134,11 @@ export async function buildProgram(opts: { only?: 'agent' } = {}): Promise<Comma
     .option('--no-router-adverts', 'with --provision: no router advertisements (the segment has an IPv6 router, or radvd is not wanted)')
     .option('--boot-timeout <duration>', 'with --provision: a network-booted machine takt powers on, cycles or reboots that sends no DHCP or boot script request within this long is reported (its reason says what to check; a running machine stops) (env TAKT_BOOT_TIMEOUT; default 5m: servers take minutes to POST)', process.env.TAKT_BOOT_TIMEOUT)
     .option('--tftp-root <dir>', 'with --dhcp: where TFTP serves the iPXE binaries PXE ROMs get (env TAKT_TFTP_ROOT; default /usr/lib/ipxe, Debian\'s ipxe package)', process.env.TAKT_TFTP_ROOT)
+    .option('--audit-keep-days <days>', 'how long the audit log keeps its entries (env TAKT_AUDIT_KEEP_DAYS); older ones are pruned', process.env.TAKT_AUDIT_KEEP_DAYS ?? '90')
+    .option('--oidc-issuer <url>', 'single sign-on: the OpenID Connect provider\'s issuer URL (env TAKT_OIDC_ISSUER); its discovery document is checked at start', process.env.TAKT_OIDC_ISSUER)
+    .option('--oidc-client-id <id>', 'with --oidc-issuer: this endpoint\'s client id at the provider (env TAKT_OIDC_CLIENT_ID)', process.env.TAKT_OIDC_CLIENT_ID)
+    .option('--oidc-client-secret-file <file>', 'with --oidc-issuer: a file holding the client secret (a confidential client; env TAKT_OIDC_CLIENT_SECRET_FILE); without it the endpoint is a public client (PKCE)', process.env.TAKT_OIDC_CLIENT_SECRET_FILE)
+    .option('--oidc-groups-claim <claim>', 'with --oidc-issuer: the claim listing a user\'s groups; each maps to the takt group of the same name (env TAKT_OIDC_GROUPS_CLAIM)', process.env.TAKT_OIDC_GROUPS_CLAIM ?? 'groups')
     .option('--ssh-max-sessions <n>', 'how many agentless (SSH) machines run jobs at once; the others wait, and say so (env TAKT_SSH_MAX_SESSIONS)', process.env.TAKT_SSH_MAX_SESSIONS ?? '64')
     .addHelpText(
       'after',
@@ -141,6 +151,7 @@ export async function buildProgram(opts: { only?: 'agent' } = {}): Promise<Comma
         'takt serve --provision 10.0.0.1/24        # network boot: iPXE scripts and boot files on http://10.0.0.1:8093',
         'takt serve --provision 10.0.0.1/24 --dhcp proxy   # ... and PXE answers beside the LAN\'s DHCP server',
         'takt serve --provision 10.0.0.1/24 --dhcp full --dhcp-range 10.0.0.100-10.0.0.200   # ... as the boot network\'s DHCP server',
+        'takt serve --oidc-issuer https://login.example.org/realms/ops --oidc-client-id takt --oidc-client-secret-file /etc/takt/oidc.secret   # single sign-on',
       ),
     )
     .action(async (o: ServeCliOptions) => {

@@ -49,6 +49,8 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     .option('--max-in-flight <n>', 'machines busy at once (default: the batch size)')
     .option('--max-failures <n>', 'failures tolerated; one more stops the rollout', '0')
     .option('--approve-between-waves', 'wait for `takt rollouts approve` after each wave')
+    .option('--approver-role <role>', 'with --approve-between-waves: only holders of this role (viewer, operator, author, admin) and admins may approve the waves')
+    .option('--two-person', 'with --approver-role: you (who start the rollout) may not approve its waves; another holder of the role must')
     .addOption(new Option('--busy <policy>', 'machines with a running job, awaiting approval or paused: wait for them, skip them, or cancel their job').choices(BUSY_POLICIES).default('wait'))
     .option('--dry-run', 'list what the rollout would do to each machine (wave, current job, action); create nothing')
     .option('--no-wait', 'return at once instead of showing progress until the rollout ends')
@@ -63,6 +65,7 @@ Examples:
   $ takt rollouts create --pipeline demo --select 'builtWith=demo@<1.0.1' --dry-run
   $ takt rollouts create --pipeline web -l role=web,env!=prod --busy wait
   $ takt rollouts create --pipeline demo --select environment=prod --canary 1 --batch 5 --approve-between-waves
+  $ takt rollouts create --pipeline web -l env=prod --approve-between-waves --approver-role operator --two-person
   $ takt rollouts create --blueprint scan --select name=web --busy skip`,
     )
     .action(async (o: Record<string, string | boolean | undefined>) => {
@@ -88,7 +91,9 @@ Examples:
         maxFailures: num(o.maxFailures, 'max-failures'),
         approveBetweenWaves: o.approveBetweenWaves === true,
         busy: o.busy,
+        ...(o.approverRole !== undefined ? { approval: { role: o.approverRole, ...(o.twoPerson === true ? { twoPerson: true } : {}) } } : {}),
       };
+      if (o.twoPerson === true && o.approverRole === undefined) throw new TaktError('bad_request', '--two-person needs --approver-role ROLE (who may approve instead)');
       if (o.dryRun === true) {
         const d = await api().post<DryRun>('/rollouts', { ...body, dryRun: true });
         return print(g().output, d, () => dryRunText(d));

@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { hostname, networkInterfaces } from 'node:os';
 import { isLoopbackHost, isValidHost, loopbackBindAddress } from '../model/host.js';
 import { Listeners, type ListenSpec } from '../api/listeners.js';
+import { AuditLog } from '../engine/audit.js';
+import { AUDIT_KEEP_DAYS } from '../model/audit.js';
 import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type ServerLimits } from '../api/server.js';
 import { checkSanName, TlsManager } from '../api/tls.js';
 import { endpointId, NetnsPlacement } from '../brokers/netns.js';
@@ -44,6 +46,7 @@ import { openStore } from '../store/open.js';
 import type { SqlStore } from '../store/sql-store.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
 import { hostedHere } from '../api/hosts.js';
+import { CALLBACK_PATH, oidcSettings, Sso } from '../api/oidc.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { checkShared, refuseMissingShared } from './replicas.js';
 import { createLog, type LogFn } from './log.js';
@@ -99,6 +102,26 @@ export interface ServeOptions {
   routerAdverts?: boolean;
   /** With `provision`: duration text, how long a machine takt powered on or rebooted may take to show up on the boot services. */
   bootTimeout?: string;
+  /** Single sign-on: the OpenID Connect provider's issuer URL (api/oidc.ts); off when absent. */
+  oidcIssuer?: string;
+  /** With `oidcIssuer`: this endpoint's client id there. */
+  oidcClientId?: string;
+  /** With `oidcIssuer`: a file holding the client secret (a confidential client); absent: a public client. */
+  oidcClientSecretFile?: string;
+  /** With `oidcIssuer`: the claim listing the user's groups (default `groups`). */
+  oidcGroupsClaim?: string;
+  /** Decimal text: days the audit log keeps its entries (default 90). */
+  auditKeepDays?: string;
+}
+
+/** `--audit-keep-days`: whole days within AUDIT_KEEP_DAYS. @throws TaktError bad_request naming the flag. */
+export function auditKeepDays(text: string | undefined): number {
+  if (text === undefined) return AUDIT_KEEP_DAYS.default;
+  const n = /^\d{1,5}$/.test(text.trim()) ? Number(text.trim()) : NaN;
+  if (!Number.isInteger(n) || n < AUDIT_KEEP_DAYS.min || n > AUDIT_KEEP_DAYS.max) {
+    throw new TaktError('bad_request', `--audit-keep-days must be a whole number of days from ${AUDIT_KEEP_DAYS.min} to ${AUDIT_KEEP_DAYS.max}; got '${text}'`);
+  }
+  return n;
 }
 
 /** `--boot-timeout` default: real servers take minutes to POST (memory training, RAID and NIC option ROMs). */
@@ -208,6 +231,9 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   if (opts.bootTimeout !== undefined && !provisionNet) throw new TaktError('bad_request', '--boot-timeout needs --provision ADDR/PREFIX (the boot services are what a booting machine shows up on)');
   const bootTimeoutMs = parseDuration(opts.bootTimeout ?? DEFAULT_BOOT_TIMEOUT, '--boot-timeout', DURATION_RANGES.bootTimeout);
   if (routerAdverts === true && !provisionNet) throw new TaktError('bad_request', '--router-adverts needs --provision ADDR/PREFIX (they are sent on the interface that holds that address)');
+  // Single sign-on: the provider's discovery document is fetched and checked before anything is started.
+  const oidc = oidcSettings(opts);
+  const sso = oidc ? await Sso.discover(oidc) : null;
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
   // One endpoint per data dir: a second would adopt the first one's machines and break their agents.
@@ -323,6 +349,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const rollouts = new Rollouts(store, engine, records, { log });
   const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck) });
   const limits = serverLimits(opts);
+  const audit = new AuditLog(store, { keepDays: auditKeepDays(opts.auditKeepDays), log });
   let publicUrl: string | null = null;
   // Declared before the app: its leases route reads it (null until the boot services have started).
   let provisioning: Provisioning | null = null;
@@ -343,12 +370,14 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     agentBundle: new AgentBundle({ cacheDir: process.env.TAKT_BUNDLE_CACHE ?? join(data, 'bundles'), version: VERSION, log }),
     credentials,
     images,
+    audit,
     power: machinePower,
     // Provisioning starts after the app is built: read when asked.
     dhcpLeases: () =>
       provisioning?.dhcp?.leases().map((l) => ({ mac: l.mac, ip: l.ip, state: l.state, expiresAt: new Date(l.expiresAt).toISOString(), ...(l.hostname ? { hostname: l.hostname } : {}), ...(l.uuid ? { uuid: l.uuid } : {}), ...(l.arch !== undefined ? { arch: l.arch } : {}) })) ?? null,
     version: VERSION,
     adminToken: admin.value,
+    sso,
     log,
     hostNames: [hostname(), ...(opts.hostName ?? []), ...(opts.tlsSan ?? [])],
     // Getters: the material changes on renewal, and the public URL is known once the listeners are bound.
@@ -420,10 +449,15 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   });
   const pruner = setInterval(() => void store.pruneEvents(100_000).catch(() => undefined), 60_000);
   pruner.unref();
+  audit.startPruning();
 
   log('info', `takt ${VERSION} listening on ${all.all.map((l) => l.url).join(', ')}`, { data });
   log('info', `TLS: CA fingerprint ${tls.material.caFingerprint} (sha256); server key pin ${tls.material.spkiPin}`, { ca: caFile, expires: tls.material.notAfter });
   if (publicUrl) log('info', `remote machines reach this endpoint at ${publicUrl}`);
+  if (sso) {
+    const i = sso.info();
+    log('info', `single sign-on: ${i.issuer} as ${oidc!.clientSecret ? 'confidential' : 'public'} client ${oidc!.clientId}; redirect URI <this endpoint's URL>${CALLBACK_PATH}; device flow (takt login --sso) ${i.device ? 'available' : 'not offered by the provider'}`);
+  }
   if (admin.created) {
     log('info', `admin token created (shown once; also in ${join(data, 'admin.token')}, mode 0600)`);
     process.stdout.write(`\n  admin token: ${admin.value}\n  web UI:      ${url}/#token=${admin.value}\n\n`);
@@ -464,6 +498,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     stopTlsWatch();
     await all.closeAll();
     await app.close();
+    await audit.close(); // the last audit entries, before the store closes
     await engine.liveness.flush(); // the last contacts, before the store closes
     await store.close();
     // The CLI must not find a stopped endpoint's address; the file is left if a later start wrote its own.

@@ -12,6 +12,9 @@ interface UserView {
   roles: string[];
   groups: string[];
   createdAt: string;
+  /** `oidc`: signs in through single sign-on (no password); absent: a password user. */
+  kind?: 'oidc';
+  oidc?: { issuer: string; subject: string };
 }
 
 const enc = encodeURIComponent;
@@ -43,6 +46,7 @@ export function userCommands(program: Command, g: () => GlobalOptions, api: () =
           { header: 'NAME', get: (u: UserView) => u.name },
           { header: 'ROLES', get: (u: UserView) => u.roles.join('; ') || null },
           { header: 'GROUPS', get: (u: UserView) => u.groups.join(',') || null },
+          { header: 'SIGN-IN', get: (u: UserView) => (u.kind === 'oidc' ? 'sso' : 'password') },
           { header: 'CREATED', get: (u: UserView) => u.createdAt },
         ]),
       );

@@ -6,7 +6,7 @@
  * The objects may not have passed schema validation (lint still checks the rest of a broken file), so
  * every access here is defensive: a field of the wrong type is skipped, never trusted.
  */
-import { CONTENT_KINDS, KIND_NOUN, type ContentKind, type ContentSet } from '../model/content.js';
+import { CONTENT_KINDS, isSecureParam, KIND_NOUN, type ContentKind, type ContentSet } from '../model/content.js';
 import { isSealed } from '../model/secure.js';
 import { LOCAL_BOOTENV } from '../model/boot.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
@@ -15,6 +15,7 @@ import { FACT_FIELDS, FACTS_VAR } from '../model/facts.js';
 import { MACHINE_FIELDS, MACHINE_VAR, TemplateError, templateLoopProblems, templateVariableUses } from '../render/template.js';
 import { BOOT_FIELDS, BOOT_VAR } from '../render/bootscript.js';
 import { userRegexProblem } from '../model/regex.js';
+import { ROLE_NAMES } from '../model/permissions.js';
 import { formatFactTerm, parseFactTerm } from '../model/factselect.js';
 import { metaSchemaProblems, schemaProblems } from './schema.js';
 import { taskActionFor } from './variants.js';
@@ -93,6 +94,12 @@ const CHECKS: Record<ContentKind, (ctx: Ctx) => void> = {
     checkRefs(ctx, '/tasks', 'tasks');
     checkValues(ctx);
     checkExpect(ctx);
+    // Approvals are enforced by role (issue #16): a role no one can hold would leave the stage to admins only.
+    const approval = record(ctx.def.approval);
+    if (approval && typeof approval.role === 'string' && !ROLE_NAMES.includes(approval.role)) {
+      const near = closest(approval.role, ROLE_NAMES);
+      report(ctx, '/approval/role', `unknown role '${approval.role}': approvals are given by holders of a built-in role (${ROLE_NAMES.join(', ')}) or admins${near ? `; did you mean '${near}'?` : ''}`);
+    }
     // `local` (boot from the machine's own disk) is built in: a stage after a deploy to disk names it.
     if (typeof ctx.def.bootenv === 'string' && ctx.def.bootenv !== LOCAL_BOOTENV && !ctx.set.objects.bootenvs.has(ctx.def.bootenv)) {
       report(ctx, '/bootenv', notFound(ctx.set, 'bootenvs', ctx.def.bootenv));
@@ -287,7 +294,7 @@ function checkBootenv(ctx: Ctx): void {
   // Boot scripts go to firmware without authentication (and iPXE has no HTTPS here): never a secret.
   for (const list of ['required', 'optional'] as const) {
     for (const [i, p] of strings(record(ctx.def.params)?.[list])) {
-      if (ctx.set.objects.params.get(p)?.def.secure === true) {
+      if (isSecureParam(ctx.set, p)) {
         report(ctx, `/params/${list}/${i}`, `param '${p}' is secure: boot scripts are served to firmware without authentication, so a bootenv cannot use a secret (deliver it to the machine's agent in a task instead)`);
       }
     }
@@ -546,7 +553,7 @@ function checkClassifier(ctx: Ctx): void {
     // Pack files are sealed at their objects' top-level `params` only (engine/sealing.ts): a secret here
     // would be stored in the clear. A profile the rule gives carries it sealed instead.
     for (const key of Object.keys(record(rule.params) ?? {})) {
-      if (ctx.set.objects.params.get(key)?.def.secure === true) {
+      if (isSecureParam(ctx.set, key)) {
         report(ctx, encodePointer(['rules', String(i), 'params', key]), `param '${key}' is secure: a classification rule cannot set a secret; set it in a profile and give the rule that profile`, { at: 'key' });
       }
     }

@@ -3,7 +3,7 @@
  * It goes through the same claim, agent, sandbox and log path as a task; this module only checks the
  * command and prepares it as the job's script.
  */
-import type { ContentSet } from '../model/content.js';
+import { isSecureParam, type ContentSet } from '../model/content.js';
 import { DURATION_RANGES, parseDuration } from '../model/duration.js';
 import { TaktError } from '../model/errors.js';
 import { ADHOC_TASK, type AdhocCommand, type Machine } from '../model/machine.js';
@@ -79,7 +79,7 @@ export function prepareCommand(c: AdhocCommand): PreparedTask {
  * opened (sealed by another endpoint's key) is skipped: no task could have received it either.
  */
 export function machineSecrets(content: ContentSet, sealer: Sealer, m: Machine, workOrderParams: ReadonlyArray<Record<string, unknown>> = []): string[] {
-  const secureParam = (name: string) => content.objects.params.get(name)?.def.secure === true;
+  const secureParam = (name: string) => isSecureParam(content, name);
   const pipeline = m.pipeline ? content.objects.pipelines.get(m.pipeline)?.def : undefined;
   const values: Record<string, unknown>[] = [];
   for (const layer of paramLayers(content, { machine: m, ...(pipeline ? { pipeline: { name: pipeline.name, params: pipeline.params } } : {}) })) values.push(layer.values);

@@ -103,7 +103,9 @@ async function claimLoop(c: ClaimContext, machineId: string, waitMs: number, sig
     // agent's next claim would find it "running" and call it lost.
     const r = await claimOnce(c, machineId, signal, lastJob);
     const left = deadline - Date.now();
-    if (r.job || left <= 0 || signal?.aborted || r.machine.power === 'off') return r;
+    // A job, or an action for the agent (reboot into a stage's bootenv), is answered at once: looking
+    // again would count the agent's unchanged bootenv as a failed reboot it was never told to do.
+    if (r.job || r.action || left <= 0 || signal?.aborted || r.machine.power === 'off') return r;
     if (c.stopped()) return r;
     if (c.wakeups.generation(machineId) === gen) await c.wakeups.waitForWake(machineId, Math.min(left, 5000), signal);
     if (signal?.aborted || c.stopped()) return r;

@@ -4,7 +4,7 @@
  * the checks a completion's report goes through (typed outputs, promises kept, the report as it is kept).
  * Plain functions over an explicit context (EndContext), called by the engine inside its transactions.
  */
-import type { ContentSet } from '../model/content.js';
+import { isSecureParam, type ContentSet } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { checkExpectations } from '../model/expect.js';
 import { IMAGE_JOB_OUTPUT } from '../model/image.js';
@@ -151,7 +151,7 @@ export async function saveMachine(tx: Tx, m: Machine): Promise<void> {
  * value, never a bare hash of it), the agent's error text masked.
  */
 export function keptReport(c: Pick<EndContext, 'content' | 'sealer'>, report: CompleteRequest, masker: Masker): CompleteRequest {
-  const outputs = Object.fromEntries(Object.entries(report.outputs ?? {}).map(([k, v]) => [k, isSecureParam(c, k) ? `hmac:${c.sealer.digest(v)}` : v]));
+  const outputs = Object.fromEntries(Object.entries(report.outputs ?? {}).map(([k, v]) => [k, isSecureOutput(c, k) ? `hmac:${c.sealer.digest(v)}` : v]));
   return { ...report, outputs, ...(report.error !== undefined ? { error: masker.mask(report.error) } : {}) };
 }
 
@@ -177,7 +177,7 @@ export function checkPromises(c: Pick<EndContext, 'content' | 'sealer'>, job: Jo
   for (const [name, schema] of Object.entries(def.outputs ?? {})) {
     if (!Object.hasOwn(raw, name)) return `it did not set its promised output '${name}' (takt-set ${name} VALUE)`;
     const problems = validateValue(schema, open[name]);
-    const shown = isSecureParam(c, name) ? '(secure value)' : JSON.stringify(open[name]);
+    const shown = isSecureOutput(c, name) ? '(secure value)' : JSON.stringify(open[name]);
     if (problems.length) return `its output ${name} = ${shown} ${problems[0]!.path ? `${problems[0]!.path} ` : ''}${problems[0]!.message}`;
   }
   if (!def.expect?.length) return null;
@@ -220,8 +220,8 @@ export function typeOutputs(c: Pick<EndContext, 'content' | 'sealer'>, raw: Reco
 }
 
 /** Whether param `name` is declared secure in the content in use. */
-export function isSecureParam(c: Pick<EndContext, 'content'>, name: string): boolean {
-  return c.content.current.objects.params.get(name)?.def.secure === true;
+export function isSecureOutput(c: Pick<EndContext, 'content'>, name: string): boolean {
+  return isSecureParam(c.content.current, name);
 }
 
 /**

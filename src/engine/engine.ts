@@ -36,6 +36,8 @@ import { cancelWorkOrder, insertWorkOrders, newWorkOrders, resumeWorkOrder, type
 import { claim, type ClaimContext } from './claim.js';
 import { appendLog, cancelCurrent, cancelRunning, complete, heartbeat, jobEnded, loseJob, sweepLeases } from './jobs.js';
 import { desiredView, publicMachine } from './views.js';
+import { approverOf, checkMachineApprover } from './approvals.js';
+import type { Approver } from '../model/permissions.js';
 import { finishWorkOrder, lockedMachine, saveMachine, settle, woPassed } from './complete.js';
 import {
   approve,
@@ -921,16 +923,24 @@ export class Engine {
 
 
 
-  async approveMachine(idOrName: string, author: string, comment?: string): Promise<Machine> {
-    return this.decide(idOrName, author, 'approved', comment, (m, _stage, stageKey) => approve(m, stageKey));
+  /**
+   * Lets a machine awaiting approval into its stage. `by`: who decides — a user's grants are checked against
+   * the stage's `approval.role` and two-person rule (engine/approvals.ts); a plain author text acts with
+   * every role (the endpoint's own callers). @throws TaktError forbidden (role, two-person), conflict, not_found.
+   */
+  async approveMachine(idOrName: string, by: Approver | string, comment?: string): Promise<Machine> {
+    return this.decide(idOrName, approverOf(by), 'approved', comment, (m, _stage, stageKey) => approve(m, stageKey));
   }
 
-  async rejectMachine(idOrName: string, author: string, why: string): Promise<Machine> {
-    return this.decide(idOrName, author, 'rejected', why, (m, stage) => reject(m, stage, author, why));
+  /** Stops a machine awaiting approval at its stage; the stage's role is needed as for approving. @throws as approveMachine. */
+  async rejectMachine(idOrName: string, by: Approver | string, why: string): Promise<Machine> {
+    const approver = approverOf(by);
+    return this.decide(idOrName, approver, 'rejected', why, (m, stage) => reject(m, stage, approver.author, why));
   }
 
-  private async decide(idOrName: string, author: string, decision: string, comment: string | undefined, fn: (m: MachineView, stage: string, stageKey: string) => MachineView) {
+  private async decide(idOrName: string, approver: Approver, decision: 'approved' | 'rejected', comment: string | undefined, fn: (m: MachineView, stage: string, stageKey: string) => MachineView) {
     const found = await this.findMachine(idOrName);
+    const author = approver.author;
     return this.store.transact(async (tx) => {
       const m = await lockedMachine(tx, found.id);
       const shape = m.pipeline ? this.shapeOf(this.content.current, m.pipeline) : null;
@@ -938,6 +948,11 @@ export class Engine {
       const at = shape ? locate(shape, m, false) : null;
       const step = at?.kind === 'at' ? at.step : null;
       const stage = step?.stage ?? m.stage ?? '?';
+      // Who may decide (issue #16): only for a machine that is waiting (anything else is the conflict below).
+      if (m.state === 'awaiting-approval') {
+        const rule = this.content.current.objects.stages.get(stage)?.def.approval;
+        await checkMachineApprover(tx, approver, m, stage, rule, decision === 'approved' ? 'approve' : 'reject');
+      }
       let view: MachineView;
       try {
         view = fn(m, stage, step?.stageKey ?? stage);

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { TaktError } from '../model/errors.js';
-import { checkImageName, checkImageVersion, detectFormat, imageRef, SNIFF_BYTES, type Image } from '../model/image.js';
+import { checkImageName, checkImageVersion, detectFormat, imageRef, SNIFF_BYTES, type BuildProvenance, type Image } from '../model/image.js';
 import type { Reads, Store } from '../store/store.js';
 
 /**
@@ -38,6 +38,34 @@ export interface ImportInput {
   size?: number;
   /** The file name the client sent it from (shown in provenance; directories dropped). */
   file?: string;
+  /** Set when a job publishes what it built (`buildProvenance`); else the import is a person's. */
+  build?: Omit<BuildProvenance, 'file'>;
+}
+
+/**
+ * The provenance of an image that job `jobId` publishes with machine `machineId`'s token: the job must be
+ * that machine's and running now (a finished job's token use, or another machine's job, is refused).
+ * @throws TaktError forbidden when the job is not the machine's running job (saying which), not_found when
+ *   the job does not exist.
+ */
+export async function buildProvenance(reads: Pick<Reads, 'getJob' | 'getMachine'>, machineId: string, jobId: string): Promise<Omit<BuildProvenance, 'file'>> {
+  const job = await reads.getJob(jobId);
+  if (!job || job.machineId !== machineId) throw new TaktError('forbidden', `job ${jobId} is not a job of this machine: a machine publishes images only from its own running job (takt-image publish does)`);
+  if (job.state !== 'running') throw new TaktError('forbidden', `job ${jobId} is ${job.state}: images are published while the job that built them runs`);
+  const m = await reads.getMachine(machineId);
+  const recipe = { taskSha256: job.taskSha256, params: Object.fromEntries(Object.entries(job.params).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => [k, v.value])) };
+  return {
+    kind: 'build',
+    by: `machine:${machineId}`,
+    machine: { id: machineId, name: m?.name ?? machineId },
+    job: job.id,
+    pipeline: job.pipeline,
+    stage: job.stage,
+    task: job.task,
+    pack: job.pack,
+    recipe,
+    recipeSha256: createHash('sha256').update(JSON.stringify({ pack: job.pack?.replace(/@.*$/, '') ?? null, task: job.task, ...recipe })).digest('hex'),
+  };
 }
 
 const SHA256_HEX = /^[0-9a-f]{64}$/;
@@ -116,7 +144,9 @@ export class ImageCatalog {
       format,
       partitionTable,
       description: input.description ?? null,
-      provenance: { kind: 'import', by: author, file: input.file ? (input.file.split('/').pop() ?? null) : null },
+      provenance: input.build
+        ? { ...input.build, file: input.file ? (input.file.split('/').pop() ?? null) : null }
+        : { kind: 'import', by: author, file: input.file ? (input.file.split('/').pop() ?? null) : null },
       createdAt: new Date().toISOString(),
     };
     try {

@@ -13,7 +13,7 @@ import type { Job, Machine } from '../model/machine.js';
 import { reportOf, type CompleteRequest, type CompleteResponse, type HeartbeatResponse, type LogRequest } from '../model/protocol.js';
 import type { Tx } from '../store/store.js';
 import { claimIn, leaseUntil, type ClaimContext } from './claim.js';
-import { checkPromises, checkWrittenImage, isSecureParam, keptReport, lockedMachine, saveMachine, settle, typeOutputs, type Settled } from './complete.js';
+import { checkPromises, checkWrittenImage, isSecureOutput, keptReport, lockedMachine, saveMachine, settle, typeOutputs, type Settled } from './complete.js';
 import { secretTexts } from './logmask.js';
 import { printable } from './outputs.js';
 import { describePowerRequest, endOfTaskPower, type TaskPowerPlan, type TaskPowerResult } from './taskpower.js';
@@ -57,7 +57,7 @@ export async function complete(c: JobContext, jobId: string, caller: string | nu
   const answered = await c.store.transact(async (tx) => {
     const job = await ownedJob(tx, jobId, caller);
     // The job's own secure outputs join the secrets its log, reason and stored report must not show.
-    const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => isSecureParam(c, k)).map(([, v]) => v));
+    const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => isSecureOutput(c, k)).map(([, v]) => v));
     const masker = await c.logs.masker(tx, job, outputSecrets);
     const kept = keptReport(c, report, masker);
     if (job.state !== 'running') {

@@ -4,7 +4,7 @@
  * as outputs. Engine.plan puts a machine's work orders and pipeline through it; Engine.assertStartable
  * uses it to refuse a pipeline whose required params have no value.
  */
-import type { ContentSet } from '../model/content.js';
+import { isSecureParam, type ContentSet } from '../model/content.js';
 import type { Machine, MachineClassification } from '../model/machine.js';
 import type { Sealer } from '../model/secure.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
@@ -59,7 +59,7 @@ export function withPromises(content: ContentSet, list: Array<{ stage: string | 
     const params: PlanParam[] = p.params.map((u) => (promised.has(u.name) ? { ...u, promisedBy: promised.get(u.name)! } : u));
     for (const name of [...required, ...(def?.params?.optional ?? [])]) {
       const by = promised.get(name);
-      if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: content.objects.params.get(name)?.def.secure === true, required: required.includes(name), promisedBy: by });
+      if (by && !params.some((u) => u.name === name)) params.push({ name, value: null, from: `output of ${by}`, secure: isSecureParam(content, name), required: required.includes(name), promisedBy: by });
     }
     const missing = p.missing.filter((n) => !promised.has(n));
     const error = missing.length === 0 && p.missing.length > 0 ? null : p.error;

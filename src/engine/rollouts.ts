@@ -22,6 +22,8 @@ import { BUSY_POLICIES, type BusyPolicy, type Rollout, type RolloutItem, type Ro
 import type { Reads, Store, Tx } from '../store/store.js';
 import type { Engine } from './engine.js';
 import type { MachineSelection, Records } from './records.js';
+import { approverOf, checkRolloutApprover } from './approvals.js';
+import { ROLE_NAMES, type ApprovalRule, type Approver } from '../model/permissions.js';
 
 export interface RolloutInput {
   pipeline?: string;
@@ -39,6 +41,17 @@ export interface RolloutInput {
   approveBetweenWaves?: boolean;
   /** What happens to busy machines when their turn comes (default `wait`). */
   busy?: BusyPolicy;
+  /** Who may approve its waves: a built-in role, and the two-person rule (RolloutSpec.approval). */
+  approval?: ApprovalRule;
+}
+
+/** A rollout's approval rule, checked: a built-in role, `twoPerson` a boolean. @throws TaktError invalid at `/approval/…`. */
+export function checkApprovalRule(a: ApprovalRule): ApprovalRule {
+  if (typeof a !== 'object' || a === null || typeof a.role !== 'string' || !ROLE_NAMES.includes(a.role)) {
+    throw new TaktError('invalid', `approval.role must be one of the built-in roles (${ROLE_NAMES.join(', ')}); holders of it, and admins, may approve the waves`, { path: '/approval/role' });
+  }
+  if (a.twoPerson !== undefined && typeof a.twoPerson !== 'boolean') throw new TaktError('invalid', 'approval.twoPerson must be true or false', { path: '/approval/twoPerson' });
+  return { role: a.role, ...(a.twoPerson ? { twoPerson: true } : {}) };
 }
 
 /** A dry run: what `create` would do, machine by machine; nothing is created. */
@@ -173,6 +186,7 @@ export class Rollouts {
       maxFailures: input.maxFailures ?? 0,
       approveBetweenWaves: input.approveBetweenWaves ?? false,
       busy: input.busy ?? 'wait',
+      ...(input.approval ? { approval: checkApprovalRule(input.approval) } : {}),
     };
     for (const [k, v] of Object.entries({ canary: spec.canary, batch: spec.batch, maxInFlight: spec.maxInFlight, maxFailures: spec.maxFailures })) {
       if (!Number.isInteger(v) || v < (k === 'maxFailures' || k === 'canary' ? 0 : 1)) throw new TaktError('invalid', `${k} must be a whole number${k === 'maxFailures' || k === 'canary' ? '' : ' of at least 1'}`, { path: `/${k}` });
@@ -219,8 +233,13 @@ export class Rollouts {
   resume(id: string, author: string) {
     return this.transition(id, author, 'resume', ['paused'], 'running', null);
   }
-  approve(id: string, author: string) {
-    return this.transition(id, author, 'approve', ['awaiting-approval'], 'running', null, (r) => ({ ...r, wave: r.wave + 1 }));
+  /**
+   * Starts the next wave. `by`: who approves — checked against the rollout's `approval` (role, two-person
+   * rule: engine/approvals.ts); a plain author text acts with every role. @throws TaktError forbidden, conflict, not_found.
+   */
+  approve(id: string, by: Approver | string) {
+    const approver = approverOf(by);
+    return this.transition(id, approver.author, 'approve', ['awaiting-approval'], 'running', null, (r) => ({ ...r, wave: r.wave + 1 }), (r) => checkRolloutApprover(approver, r));
   }
   async abort(id: string, author: string) {
     const view = await this.transition(id, author, 'abort', ['running', 'paused', 'awaiting-approval', 'stopped'], 'aborted', `aborted by ${author}`);
@@ -260,13 +279,14 @@ export class Rollouts {
    * Moves a rollout from one of `from` to `to`. @throws TaktError conflict saying the state it is in and
    * the verb that would help, when it is in none of `from`.
    */
-  private async transition(id: string, author: string, action: string, from: RolloutState[], to: RolloutState, reason: string | null, patch: (r: Rollout) => Rollout = (r) => r) {
+  private async transition(id: string, author: string, action: string, from: RolloutState[], to: RolloutState, reason: string | null, patch: (r: Rollout) => Rollout = (r) => r, allowed: (r: Rollout) => void = () => undefined) {
     await this.store.transact(async (tx) => {
       const r = await tx.getRollout(id);
       if (!r) throw new TaktError('not_found', `rollout '${id}' not found; \`takt rollouts list\` shows them`);
       if (!from.includes(r.state)) {
         throw new TaktError('conflict', `cannot ${action} rollout ${id}: it is ${stateText(r)}; ${action} applies to a rollout that is ${from.join(' or ')}. ${hint(r)}`, { details: { state: r.state } });
       }
+      allowed(r);
       const next = { ...patch(r), state: to, reason, updatedAt: new Date().toISOString() };
       await tx.updateRollout(next);
       await tx.change(author, `rollouts/${id}`, 'update', { state: r.state }, { state: to });

@@ -14,7 +14,7 @@
 import { isNode, parse, parseDocument } from 'yaml';
 import { packDigest } from '../content/bundle.js';
 import type { PackFiles } from '../content/files.js';
-import { type ContentKind, type ContentSet } from '../model/content.js';
+import { isSecureParam, type ContentKind, type ContentSet } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
 import { canonicalJson, sha256 } from '../model/hash.js';
 import { isSealed, mapSealed, MASK, type Sealer } from '../model/secure.js';
@@ -32,7 +32,7 @@ export function secureParams(set: ContentSet, extra: Iterable<{ kind: ContentKin
     const d = o.def as { name?: unknown; secure?: unknown };
     if (o.kind === 'params' && typeof d.name === 'string') own.set(d.name, d.secure === true);
   }
-  return (name) => own.get(name) ?? set.objects.params.get(name)?.def.secure === true;
+  return (name) => own.get(name) ?? isSecureParam(set, name);
 }
 
 /** Paths (as keys) of the values in `def` that must be sealed: secure params' values and defaults. */

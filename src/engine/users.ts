@@ -87,6 +87,7 @@ export class Users {
   /** Sets a user's password (their tokens stay valid: revoke them with tokens revoke if the old one leaked). */
   async setPassword(name: string, password: string): Promise<void> {
     checkPassword(password);
+    if ((await this.store.getUser(name))?.kind === 'oidc') throw new TaktError('conflict', `user '${name}' signs in through single sign-on (takt login --sso); takt keeps no password for them`, { path: '/password' });
     const hash = await argon2.hash(password, { type: argon2.argon2id });
     await this.store.transact(async (tx) => {
       if (!(await tx.getUser(name))) throw notFoundUser(name);
@@ -120,8 +121,55 @@ export class Users {
    */
   async checkPassword(name: string, password: string): Promise<void> {
     const hash = typeof name === 'string' ? await this.store.getUserPasswordHash(name) : undefined;
-    const ok = await argon2.verify(hash ?? (await dummyHash()), String(password).slice(0, MAX_PASSWORD)).catch(() => false);
+    const ok = await argon2.verify(hash || (await dummyHash()), String(password).slice(0, MAX_PASSWORD)).catch(() => false);
     if (!hash || !ok) throw new TaktError('unauthorized', 'login refused: unknown user or wrong password');
+  }
+
+  /**
+   * Single sign-on (api/oidc.ts has verified the provider's ID token): the takt user of this identity —
+   * found by (issuer, subject), else made on this first login as kind `oidc` with no password — with
+   * their group memberships set from the provider's groups (`groups`: the claim's values), and a personal
+   * token named `sso` for them. Group mapping is by name: the user is put in each takt group whose name is
+   * one of `groups` and taken out of every other takt group; provider groups with no takt group of that
+   * name are ignored (takt makes no groups). Roles come from bindings to those groups (or to the user).
+   * @throws TaktError forbidden when the name is taken by a password user or by another provider
+   *   identity (never linked silently: that would hand their account to whoever controls the claim).
+   */
+  async ssoLogin(identity: { issuer: string; subject: string; name: string; groups: readonly string[] }, ttlMs = LOGIN_TOKEN_TTL_MS): Promise<{ token: string; tokenInfo: UserTokenView; user: User; groups: string[] }> {
+    checkName(identity.name, 'a user', '/preferred_username');
+    const wanted = new Set(identity.groups);
+    const once = () => this.store.transact(async (tx) => {
+      let user = await tx.getUserByOidc(identity.issuer, identity.subject);
+      if (!user) {
+        const taken = await tx.getUser(identity.name);
+        if (taken) {
+          // The other identity is not named: this answer goes to whoever signed in, before they are anyone here.
+          const how = taken.kind === 'oidc' ? 'another single sign-on identity' : 'a password user';
+          throw new TaktError('forbidden', `single sign-on refused: the takt user name '${identity.name}' belongs to ${how}; an admin can delete that user (takt users delete ${identity.name}), or the provider must give this person another preferred_username`);
+        }
+        user = { name: identity.name, createdAt: this.iso(), createdBy: `oidc:${identity.issuer}`, kind: 'oidc', oidc: { issuer: identity.issuer, subject: identity.subject } };
+        await tx.insertUser(user, '');
+        tx.emit(`users.create.${user.name}`, user);
+      }
+      const member: string[] = [];
+      for (const g of await tx.listGroups()) {
+        const has = g.members.includes(user.name);
+        if (wanted.has(g.name)) member.push(g.name);
+        if (wanted.has(g.name) === has) continue;
+        const next: Group = { ...g, members: has ? g.members.filter((m) => m !== user!.name) : [...g.members, user.name].sort() };
+        await tx.putGroup(next);
+        tx.emit(`groups.update.${g.name}`, { ...next, by: `oidc:${identity.issuer}` });
+      }
+      return { user, groups: member };
+    });
+    // Two first sign-ins of one person at once (two tabs, two replicas): the loser's insert hits the unique
+    // index; tried again, it finds the user the winner made.
+    const result = await once().catch((err: unknown) => {
+      if (err instanceof TaktError) throw err;
+      return once();
+    });
+    const issued = await this.issue({ owner: result.user.name, name: 'sso', kind: 'personal', ttlMs }, `user:${result.user.name}`);
+    return { ...issued, ...result };
   }
 
   /** Password login: a personal token named `login` with the given lifetime (default 12 h). */

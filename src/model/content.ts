@@ -127,7 +127,13 @@ export const StageSchema = Type.Object(
     params: Type.Optional(ParamValues),
     expect: Type.Optional(Type.Array(ExpectRuleSchema, { description: 'preconditions checked before the stage starts' })),
     approval: Type.Optional(
-      Type.Object({ role: Type.String({ minLength: 1, description: 'who must approve, e.g. operator' }) }, { ...closed, description: 'the machine waits here until approved' }),
+      Type.Object(
+        {
+          role: Type.String({ minLength: 1, description: 'who may approve (or reject): holders of this built-in role, and admins, e.g. operator' }),
+          twoPerson: Type.Optional(Type.Boolean({ description: 'the principal who started the run (set the pipeline, or started the rollout) may not approve it' })),
+        },
+        { ...closed, description: 'the machine waits here until approved' },
+      ),
     ),
     bootenv: Type.Optional(Type.String({ pattern: NAME_PATTERN, description: 'the boot environment the machine must be booted into before this stage runs' })),
   },
@@ -302,6 +308,11 @@ export const GLOBAL_PROFILE = 'global';
 /** Every content object the endpoint knows, by kind and name, with the layer that owns it. */
 export interface ContentSet {
   objects: { [K in ContentKind]: Map<string, { def: ContentByKind[K]; layer: string }> };
+}
+
+/** Whether param `name` is declared secure in `set` (an undeclared param is not). */
+export function isSecureParam(set: ContentSet, name: string): boolean {
+  return set.objects.params.get(name)?.def.secure === true;
 }
 
 export function emptyContentSet(): ContentSet {

@@ -15,13 +15,43 @@ export type ImageFormat = (typeof IMAGE_FORMATS)[number];
 /** The partition table a raw disk image starts with, read from its first sectors; null when none is found. */
 export type PartitionTable = 'gpt' | 'mbr' | null;
 
-/** Where an image came from: imported by a person, or (later) built by a pipeline's job. */
-export interface ImageProvenance {
+/** Where an image came from: imported by a person, or built by a pipeline's job (`takt-image publish`). */
+export type ImageProvenance = ImportProvenance | BuildProvenance;
+
+export interface ImportProvenance {
   kind: 'import';
   /** Who imported it (the change author: `admin`, `user:alice`). */
   by: string;
   /** The file name the client sent it from, when it said (no directories). */
   file: string | null;
+}
+
+/**
+ * An image a job built and published: which machine, job, task and pack made it, and the recipe — the
+ * task definition's hash and the params it ran with (secure values masked) — whose digest is the same
+ * for two builds with the same inputs, even where the bytes differ (file systems record build times).
+ */
+export interface BuildProvenance {
+  kind: 'build';
+  /** `machine:<id>`: the machine token that published it. */
+  by: string;
+  machine: { id: string; name: string };
+  job: string;
+  pipeline: string | null;
+  stage: string | null;
+  task: string;
+  /** `name@version` of the pack the task came from (`local` for a local task). */
+  pack: string | null;
+  /** The file name on the builder, when it said (no directories). */
+  file: string | null;
+  recipe: {
+    /** Content hash of the task definition that ran. */
+    taskSha256: string | null;
+    /** The params the task ran with, by name (secure values masked, as the job shows them). */
+    params: Record<string, unknown>;
+  };
+  /** SHA-256 (hex) of the recipe's canonical JSON: equal for builds from equal inputs. */
+  recipeSha256: string;
 }
 
 export interface Image {

@@ -40,6 +40,7 @@ export const RESOURCES = [
   'tokens',
   'roles',
   'api',
+  'audit',
 ] as const;
 export type Resource = (typeof RESOURCES)[number];
 
@@ -77,12 +78,18 @@ export function isRouteAccess(p: unknown): p is RouteAccess {
   return p === 'public' || p === 'self' || (typeof p === 'string' && isPermission(p));
 }
 
+/**
+ * Resources a `*:verb` pattern does not reach: only `*` (admin) or a pattern naming them grants them. The
+ * audit log says what everyone did, so a viewer's `*:read` must not include it (issue #16).
+ */
+export const NAMED_ONLY_RESOURCES: ReadonlySet<string> = new Set(['audit']);
+
 /** Whether `pattern` grants `permission`. */
 export function patternGrants(pattern: PermissionPattern, permission: Permission): boolean {
   if (pattern === '*') return true;
   const [pr, pv] = pattern.split(':');
   const [r, v] = permission.split(':');
-  return (pr === '*' || pr === r) && (pv === '*' || pv === v);
+  return (pr === r || (pr === '*' && !NAMED_ONLY_RESOURCES.has(r ?? ''))) && (pv === '*' || pv === v);
 }
 
 /**
@@ -217,4 +224,36 @@ export const ALL_PERMISSIONS: Permission[] = RESOURCES.flatMap((r) => VERBS.map(
 export function expandRole(role: string): Permission[] {
   const pats = rolePermissions(role);
   return ALL_PERMISSIONS.filter((p) => pats.some((pat) => patternGrants(pat, p)));
+}
+
+/**
+ * Who decides an approval (issue #16): the author text recorded for the decision, and what they hold —
+ * `all` for the bootstrap admin token and the endpoint's own callers, else the user token's grants.
+ */
+export interface Approver {
+  author: string;
+  grants: readonly Grant[] | 'all';
+}
+
+/** An approval gate as content or a rollout declares it: who may decide, and whether the starter may. */
+export interface ApprovalRule {
+  /** The role whose holders (and admins) may decide. */
+  role: string;
+  /** The principal who started the run or the rollout may not approve it. */
+  twoPerson?: boolean;
+}
+
+/**
+ * Why `a` may not decide a gate that needs `role`, or null when they may: they must hold that role or
+ * admin — for a role bound to some machines only, on `machine` (null: a gate over no one machine, such as a
+ * rollout's waves, where only unscoped grants count, as for every fleet-wide action).
+ */
+export function approvalRefusal(a: Approver, role: string, machine: MachineScopeView | null): string | null {
+  if (a.grants === 'all') return null;
+  const holding = a.grants.filter((g) => g.role === role || g.role === 'admin');
+  if (holding.some((g) => !isScoped(g) || (machine !== null && grantCovers(g, machine)))) return null;
+  const roles = [...new Set(a.grants.map((g) => g.role))];
+  const needs = `this approval needs role ${role}${role === 'admin' ? '' : ' (or admin)'}`;
+  if (holding.length > 0) return `${needs}${machine ? ' on this machine' : ' on every machine'}, and ${a.author} holds it only on machines ${holding.map(scopeText).join(' or ')}`;
+  return `${needs}, and ${a.author} holds ${roles.length ? roles.join(', ') : 'no role'}`;
 }

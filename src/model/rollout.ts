@@ -1,4 +1,5 @@
 /** Rollouts: a pipeline or blueprint applied to a selection of machines in waves, stopped by the andon. */
+import type { ApprovalRule } from './permissions.js';
 
 export const ROLLOUT_STATES = ['running', 'paused', 'awaiting-approval', 'stopped', 'aborted', 'completed'] as const;
 export type RolloutState = (typeof ROLLOUT_STATES)[number];
@@ -49,6 +50,11 @@ export interface RolloutSpec {
   approveBetweenWaves: boolean;
   /** What happens to busy machines; absent on rollouts made before it existed (they behave as `cancel`). */
   busy?: BusyPolicy;
+  /**
+   * Who may approve its waves (with `approveBetweenWaves`): holders of this role (or admins), and with
+   * `twoPerson` not its author (issue #16). Absent: anyone with `rollouts:approve`.
+   */
+  approval?: ApprovalRule;
 }
 
 export interface Rollout {

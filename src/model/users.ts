@@ -17,6 +17,13 @@ export interface User {
   name: string;
   createdAt: string;
   createdBy: string;
+  /**
+   * `oidc`: signs in through the OpenID Connect provider `oidc` names (api/oidc.ts) and has no password;
+   * absent: a password user.
+   */
+  kind?: 'oidc';
+  /** For kind `oidc`: the provider's issuer URL and the user's subject (`sub`) there, which identify them. */
+  oidc?: { issuer: string; subject: string };
 }
 
 export interface Group {

@@ -21,6 +21,7 @@ import { gzipSync } from 'node:zlib';
 import { DISCOVERY_BOOTENV } from '../model/boot.js';
 import { TaktError } from '../model/errors.js';
 import { writeNewc, type CpioEntry } from './cpio.js';
+import { buildDiskImage, type DiskImage } from './disk-image.js';
 import { busyboxEntries, debianKernel, moduleClosure, moduleEntries, provisionCacheDir, SLEDGE_MODULES, SLEDGE_UDHCPC, type BootKernel } from './kernel.js';
 
 const run = promisify(execFile);
@@ -326,6 +327,28 @@ function keptBuild(out: string, key: string): DiscoveryEnv | null {
   } catch {
     return null;
   }
+}
+
+/**
+ * The kernel command line of the same environment installed on a disk (`agentDiskImage`): no discovery
+ * credential — the OS joins with the join block its deploy wrote (DISCOVERY_INIT's `takt.boot=disk`).
+ */
+export const DEPLOYED_CMDLINE = 'console=tty0 console=ttyS0 quiet takt.bootenv=local takt.boot=disk';
+
+/**
+ * A bootable disk image (BIOS and UEFI, disk-image.ts) of the built environment: its kernel and initramfs
+ * booted from disk with DEPLOYED_CMDLINE, so the machine it is deployed to comes up running takt's agent
+ * and joins as itself (agent/deployed.ts). The smallest OS an image deploy can be proved with end to end;
+ * it lives in memory, so a reboot needs a new deploy (its join block was used) or a discovery boot.
+ */
+export async function agentDiskImage(env: Pick<DiscoveryEnv, 'kernel' | 'initrd' | 'version'>, out: string): Promise<DiskImage> {
+  return buildDiskImage({
+    out,
+    kernel: env.kernel.path,
+    initrd: env.initrd.path,
+    cmdline: DEPLOYED_CMDLINE,
+    rootFiles: { 'etc/takt-image': `takt agent OS, discovery environment ${env.version}\n` },
+  });
 }
 
 /** Where `takt bootenv build discovery` puts the pack by default: the provisioning cache. */

@@ -48,6 +48,7 @@ export const COPY_TABLES: readonly TableSpec[] = [
   { name: 'dhcp_leases', key: ['mac'] },
   { name: 'changes', key: ['seq'] },
   { name: 'events', key: ['id'] },
+  { name: 'audit', key: ['id'] },
 ];
 
 /** Rows read per page (and so held in memory at once). */

@@ -453,6 +453,42 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
         await db.schema.createIndex('user_tokens_owner').on('user_tokens').columns(['owner', 'created_at']).execute();
       },
     },
+    '0028_audit': {
+      async up(db: Kysely<unknown>) {
+        // The audit log (model/audit.ts; issue #16): one row per audited request, numbered in insertion
+        // order (the number pages it), apart from the desired-state `changes`. Times are ISO text.
+        await db.schema
+          .createTable('audit')
+          .addColumn('id', serialType(dialect), (c) => serial(dialect, c))
+          .addColumn('at', text, (c) => c.notNull())
+          .addColumn('principal', text, (c) => c.notNull())
+          .addColumn('token', text)
+          .addColumn('source', text, (c) => c.notNull())
+          .addColumn('method', text, (c) => c.notNull())
+          .addColumn('route', text, (c) => c.notNull())
+          .addColumn('resource', text)
+          .addColumn('status', int, (c) => c.notNull())
+          .addColumn('outcome', text, (c) => c.notNull())
+          .addColumn('detail', text)
+          .addColumn('request_id', text, (c) => c.notNull())
+          .execute();
+        // Pruning deletes by time; `takt audit --principal` reads one principal's newest first.
+        await db.schema.createIndex('audit_at').on('audit').column('at').execute();
+        await db.schema.createIndex('audit_principal').on('audit').columns(['principal', 'id']).execute();
+      },
+    },
+    '0029_oidc': {
+      async up(db: Kysely<unknown>) {
+        // Users who sign in through an OpenID Connect provider (issue #16, api/oidc.ts): kind 'oidc' (null:
+        // a password user, as before), the issuer and subject that identify them there. They have no
+        // password: password_hash is '' for them, which no argon2 verification accepts. One takt user per
+        // (issuer, subject); password users have nulls, which a unique index does not compare.
+        await db.schema.alterTable('users').addColumn('kind', text).execute();
+        await db.schema.alterTable('users').addColumn('oidc_issuer', text).execute();
+        await db.schema.alterTable('users').addColumn('oidc_subject', text).execute();
+        await db.schema.createIndex('users_oidc').on('users').columns(['oidc_issuer', 'oidc_subject']).unique().execute();
+      },
+    },
   };
 };
 

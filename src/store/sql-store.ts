@@ -26,9 +26,10 @@ import type {
   Tx,
   WorkOrderFilter,
 } from './store.js';
-import type { ChangesTable, CredentialsTable, Database, DhcpLeasesTable, ImagesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RoleBindingsTable, RolloutItemsTable, RolloutsTable, UserTokensTable, WorkOrdersTable } from './tables.js';
+import type { AuditTable, ChangesTable, CredentialsTable, Database, DhcpLeasesTable, ImagesTable, JobsTable, JoinTokensTable, MachineHoldsTable, MachinesTable, RoleBindingsTable, RolloutItemsTable, RolloutsTable, UserTokensTable, WorkOrdersTable } from './tables.js';
 import type { RoleBinding } from '../model/permissions.js';
 import type { Group, User, UserToken } from '../model/users.js';
+import type { AuditEntry, AuditFilter, AuditOutcome, AuditRecord } from '../model/audit.js';
 
 type Db = Kysely<Database> | Transaction<Database>;
 
@@ -284,7 +285,7 @@ class SqlReads implements Reads {
    * A substring match on a text column, the same on both stores: SQLite's LIKE ignores the case of ASCII
    * letters, PostgreSQL's does not, so PostgreSQL uses ILIKE (callers that need an exact match compare after).
    */
-  protected like(column: 'name' | 'ssh' | 'boot' | 'facts', pattern: string) {
+  protected like(column: 'name' | 'ssh' | 'boot' | 'facts' | 'route', pattern: string) {
     return this.dialect === 'postgres' ? sql<boolean>`${sql.ref(column)} ilike ${pattern} escape '\\'` : sql<boolean>`${sql.ref(column)} like ${pattern} escape '\\'`;
   }
 
@@ -559,15 +560,19 @@ class SqlReads implements Reads {
     return rows.map(machineFromRow);
   }
   async getUser(name: string) {
-    const r = await this.db.selectFrom('users').select(['name', 'created_at', 'created_by']).where('name', '=', name).executeTakeFirst();
-    return r ? { name: r.name, createdAt: r.created_at, createdBy: r.created_by } : undefined;
+    const r = await this.db.selectFrom('users').select(USER_COLUMNS).where('name', '=', name).executeTakeFirst();
+    return r ? userFromRow(r) : undefined;
+  }
+  async getUserByOidc(issuer: string, subject: string) {
+    const r = await this.db.selectFrom('users').select(USER_COLUMNS).where('oidc_issuer', '=', issuer).where('oidc_subject', '=', subject).executeTakeFirst();
+    return r ? userFromRow(r) : undefined;
   }
   async getUserPasswordHash(name: string) {
     return (await this.db.selectFrom('users').select('password_hash').where('name', '=', name).executeTakeFirst())?.password_hash;
   }
   async listUsers() {
-    const rows = await this.db.selectFrom('users').select(['name', 'created_at', 'created_by']).orderBy('name').execute();
-    return rows.map((r) => ({ name: r.name, createdAt: r.created_at, createdBy: r.created_by }));
+    const rows = await this.db.selectFrom('users').select(USER_COLUMNS).orderBy('name').execute();
+    return rows.map(userFromRow);
   }
   async getGroup(name: string) {
     const r = await this.db.selectFrom('user_groups').selectAll().where('name', '=', name).executeTakeFirst();
@@ -592,6 +597,18 @@ class SqlReads implements Reads {
     let q = this.db.selectFrom('user_tokens').selectAll();
     if (owner !== undefined) q = q.where('owner', '=', owner);
     return (await q.orderBy('created_at', 'desc').orderBy('id', 'desc').limit(MAX_PAGE).execute()).map(userTokenFromRow);
+  }
+  async listAudit(f: AuditFilter) {
+    let q = this.db.selectFrom('audit').selectAll();
+    if (f.principals !== undefined) q = q.where('principal', 'in', f.principals.length ? f.principals : ['']);
+    if (f.since !== undefined) q = q.where('at', '>=', f.since);
+    if (f.until !== undefined) q = q.where('at', '<', f.until);
+    if (f.route !== undefined) q = q.where(this.like('route', contains(f.route)));
+    if (f.resources !== undefined) q = q.where('resource', 'in', f.resources.length ? f.resources : ['']);
+    if (f.outcome !== undefined) q = q.where('outcome', '=', f.outcome);
+    if (f.before !== undefined) q = q.where('id', '<', f.before);
+    const rows = await q.orderBy('id', 'desc').limit(Math.min(Math.max(1, f.limit), MAX_PAGE)).execute();
+    return rows.map(auditFromRow);
   }
   async listMachinesWithFactText(text: string) {
     const rows = await this.db.selectFrom('machines').selectAll().where(this.like('facts', contains(text))).orderBy('created_at').limit(MAX_PAGE).execute();
@@ -644,6 +661,23 @@ function bindingFromRow(r: RoleBindingsTable): RoleBinding {
   if (r.machines !== null) b.machines = r.machines;
   if (r.pipelines !== null) b.pipelines = parse<string[]>(r.pipelines);
   return b;
+}
+
+function auditFromRow(r: Selectable<AuditTable>): AuditEntry {
+  return {
+    id: Number(r.id),
+    at: r.at,
+    principal: r.principal,
+    token: r.token,
+    source: r.source,
+    method: r.method,
+    route: r.route,
+    resource: r.resource,
+    status: Number(r.status),
+    outcome: r.outcome as AuditOutcome,
+    detail: r.detail,
+    requestId: r.request_id,
+  };
 }
 
 function userTokenFromRow(r: UserTokensTable): UserToken {
@@ -1021,7 +1055,10 @@ class SqlTx extends SqlReads implements Tx {
     await this.db.deleteFrom('credentials').where('name', '=', name).execute();
   }
   async insertUser(u: User, passwordHash: string) {
-    await this.db.insertInto('users').values({ name: u.name, password_hash: passwordHash, created_at: u.createdAt, created_by: u.createdBy }).execute();
+    await this.db
+      .insertInto('users')
+      .values({ name: u.name, password_hash: passwordHash, created_at: u.createdAt, created_by: u.createdBy, kind: u.kind ?? null, oidc_issuer: u.oidc?.issuer ?? null, oidc_subject: u.oidc?.subject ?? null })
+      .execute();
   }
   async setUserPasswordHash(name: string, passwordHash: string) {
     await this.db.updateTable('users').set({ password_hash: passwordHash }).where('name', '=', name).execute();
@@ -1076,6 +1113,36 @@ class SqlTx extends SqlReads implements Tx {
   }
   async touchUserToken(id: string, at: string) {
     await this.db.updateTable('user_tokens').set({ last_used_at: at }).where('id', '=', id).execute();
+  }
+  async insertAudit(entries: readonly AuditRecord[]) {
+    // At most 12 columns × 500 rows of bound parameters per statement (both stores allow far more).
+    for (let i = 0; i < entries.length; i += 500) {
+      const rows = entries.slice(i, i + 500).map((e) => ({
+        at: e.at,
+        principal: e.principal,
+        token: e.token,
+        source: e.source,
+        method: e.method,
+        route: e.route,
+        resource: e.resource,
+        status: e.status,
+        outcome: e.outcome,
+        detail: e.detail,
+        request_id: e.requestId,
+      }));
+      await this.db.insertInto('audit').values(rows).execute();
+    }
+  }
+  async pruneAudit(before: string) {
+    const r = await this.db.deleteFrom('audit').where('at', '<', before).executeTakeFirst();
+    return Number(r.numDeletedRows ?? 0);
+  }
+  async takeTurn(key: string, now: string, due: string) {
+    // Settings hold JSON text; an ISO time's JSON string compares in time order as text (same length, UTC).
+    const inserted = await this.db.insertInto('settings').values({ key, value: json(now) }).onConflict((oc) => oc.column('key').doNothing()).executeTakeFirst();
+    if (Number(inserted.numInsertedOrUpdatedRows ?? 0) > 0) return true;
+    const r = await this.db.updateTable('settings').set({ value: json(now) }).where('key', '=', key).where('value', '<=', json(due)).executeTakeFirst();
+    return Number(r.numUpdatedRows ?? 0) > 0;
   }
   async change(author: string, object: string, action: Change['action'], before: unknown, after: unknown) {
     const row = {
@@ -1441,4 +1508,16 @@ export class SqlStore extends SqlReads implements Store {
       await this.options.onClose?.();
     }
   }
+}
+
+/** The columns a User is read from (never the password hash). */
+const USER_COLUMNS = ['name', 'created_at', 'created_by', 'kind', 'oidc_issuer', 'oidc_subject'] as const;
+
+function userFromRow(r: { name: string; created_at: string; created_by: string; kind: string | null; oidc_issuer: string | null; oidc_subject: string | null }): User {
+  const u: User = { name: r.name, createdAt: r.created_at, createdBy: r.created_by };
+  if (r.kind === 'oidc' && r.oidc_issuer !== null && r.oidc_subject !== null) {
+    u.kind = 'oidc';
+    u.oidc = { issuer: r.oidc_issuer, subject: r.oidc_subject };
+  }
+  return u;
 }

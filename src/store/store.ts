@@ -19,6 +19,7 @@ import type { MachineHold, Rollout, RolloutItem, RolloutState } from '../model/r
 import type { Sealed } from '../model/secure.js';
 import type { RoleBinding } from '../model/permissions.js';
 import type { Group, User, UserToken } from '../model/users.js';
+import type { AuditEntry, AuditFilter, AuditRecord } from '../model/audit.js';
 
 export interface PackRecord {
   name: string;
@@ -164,6 +165,8 @@ export interface Reads {
   /** Every DHCP lease kept (expired ones too, until the DHCP server replaces or removes them), by address. */
   listLeases(): Promise<Lease[]>;
   getUser(name: string): Promise<User | undefined>;
+  /** The user an OpenID Connect identity (issuer, subject) belongs to (User.oidc), if any. */
+  getUserByOidc(issuer: string, subject: string): Promise<User | undefined>;
   /** A user's argon2id password hash (PHC form), for login only. */
   getUserPasswordHash(name: string): Promise<string | undefined>;
   /** By name. */
@@ -178,6 +181,8 @@ export interface Reads {
   getUserTokenHash(id: string): Promise<string | undefined>;
   /** Newest first; `owner` limits to one user's tokens. */
   listUserTokens(owner?: string): Promise<UserToken[]>;
+  /** Audit entries matching `filter`, newest (highest number) first, at most `filter.limit` (≤ 1000). */
+  listAudit(filter: AuditFilter): Promise<AuditEntry[]>;
 }
 
 export interface Tx extends Reads {
@@ -250,6 +255,7 @@ export interface Tx extends Reads {
   putLease(l: Lease): Promise<void>;
   /** Forgets a client's DHCP lease; no-op when there is none. */
   deleteLease(mac: string): Promise<void>;
+  /** Inserts a user (with `u.kind`/`u.oidc` for an SSO user, whose `passwordHash` is ''). */
   insertUser(u: User, passwordHash: string): Promise<void>;
   setUserPasswordHash(name: string, passwordHash: string): Promise<void>;
   /** Deletes a user, their tokens and the role bindings naming them; group memberships are the caller's. */
@@ -265,6 +271,16 @@ export interface Tx extends Reads {
   updateUserToken(t: UserToken, tokenHash?: string): Promise<void>;
   /** Records a token's last use (observed: no change, no event). */
   touchUserToken(id: string, at: string): Promise<void>;
+  /** Appends audit entries (no change is recorded, no event: the audit log is not desired state). */
+  insertAudit(entries: readonly AuditRecord[]): Promise<void>;
+  /** Deletes audit entries older than `before` (ISO); returns how many. */
+  pruneAudit(before: string): Promise<number>;
+  /**
+   * Takes the turn of a periodic job named `key` that is due when its last turn was at or before `due`
+   * (ISO): records `now` as its last turn and answers true, in one conditional write, so of several
+   * replicas asking at once exactly one gets it. False when another took it since `due`.
+   */
+  takeTurn(key: string, now: string, due: string): Promise<boolean>;
   /** Records a numbered desired-state change; returns its number. */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
   /** Queues an event for publication after commit. */

@@ -271,6 +271,23 @@ export interface Database {
   user_groups: UserGroupsTable;
   role_bindings: RoleBindingsTable;
   user_tokens: UserTokensTable;
+  audit: AuditTable;
+}
+
+/** One audited request (model/audit.ts AuditEntry). */
+export interface AuditTable {
+  id: Generated<number>;
+  at: string;
+  principal: string;
+  token: string | null;
+  source: string;
+  method: string;
+  route: string;
+  resource: string | null;
+  status: number;
+  outcome: string;
+  detail: string | null;
+  request_id: string;
 }
 
 export interface UsersTable {
@@ -279,6 +296,11 @@ export interface UsersTable {
   password_hash: string;
   created_at: string;
   created_by: string;
+  /** 'oidc' for a user of an OpenID Connect provider (0029_oidc); null: a password user. */
+  kind: string | null;
+  /** The provider's issuer URL and the user's subject there (kind 'oidc'); null otherwise. */
+  oidc_issuer: string | null;
+  oidc_subject: string | null;
 }
 
 export interface UserGroupsTable {

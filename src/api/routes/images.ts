@@ -8,6 +8,7 @@
 import send from '@fastify/send';
 import type { FastifyInstance } from 'fastify';
 import type { Readable } from 'node:stream';
+import { buildProvenance } from '../../engine/images.js';
 import { TaktError } from '../../model/errors.js';
 import { author, type ApiContext } from '../context.js';
 
@@ -21,6 +22,7 @@ const importQuery = {
     sha256: { type: 'string', description: 'the SHA-256 of the bytes (lower-case hex); different bytes are refused and nothing is kept' },
     description: { type: 'string', maxLength: 1024 },
     file: { type: 'string', maxLength: 255, description: 'the file name it came from (provenance)' },
+    job: { type: 'string', maxLength: 64, description: "machine tokens only: the running job that built it (its provenance); takt-image publish sends it" },
   },
 } as const;
 
@@ -42,14 +44,18 @@ export async function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
   // The bytes go as they are: an encapsulated scope whose parser hands the request stream to the route.
   await app.register(async (scope) => {
     scope.addContentTypeParser('application/octet-stream', (_req, payload, done) => done(null, payload));
-    scope.put('/api/v1/images/:name/:version', { config: { permission: 'images:write' }, schema: { querystring: importQuery } }, async (req, reply) => {
-      adminOnly(req);
+    scope.put('/api/v1/images/:name/:version', { config: { permission: 'images:write', machine: true }, schema: { querystring: importQuery } }, async (req, reply) => {
       const p = req.params as Params;
-      const q = req.query as { sha256?: string; description?: string; file?: string };
+      const q = req.query as { sha256?: string; description?: string; file?: string; job?: string };
+      // A machine publishes only what its running job built (takt-image publish), with that job as provenance.
+      const principal = req.principal;
+      if (principal.kind !== 'machine' && q.job !== undefined) throw new TaktError('bad_request', 'job is for machine tokens publishing what their job built; an import by a person has no job');
+      if (principal.kind === 'machine' && q.job === undefined) throw new TaktError('forbidden', 'a machine token publishes images only from a running job (takt-image publish NAME@VERSION FILE in a task)');
+      const build = principal.kind === 'machine' ? await buildProvenance(ctx.store, principal.machineId, q.job!) : undefined;
       if (typeof (req.body as Readable | undefined)?.pipe !== 'function') throw new TaktError('bad_request', 'send the image bytes as Content-Type: application/octet-stream (takt images import does)');
       const length = req.headers['content-length'];
       const image = await images().import(
-        { name: p.name, version: p.version, ...(q.sha256 !== undefined ? { sha256: q.sha256 } : {}), ...(q.description !== undefined ? { description: q.description } : {}), ...(q.file !== undefined ? { file: q.file } : {}), ...(length !== undefined ? { size: Number(length) } : {}) },
+        { name: p.name, version: p.version, ...(build ? { build } : {}), ...(q.sha256 !== undefined ? { sha256: q.sha256 } : {}), ...(q.description !== undefined ? { description: q.description } : {}), ...(q.file !== undefined ? { file: q.file } : {}), ...(length !== undefined ? { size: Number(length) } : {}) },
         req.body as Readable,
         author(req),
       );

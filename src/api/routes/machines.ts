@@ -11,7 +11,7 @@ import type { BootSettings } from '../../model/boot.js';
 import { requireOwnMachine, requireOwnMachineRef } from '../auth.js';
 import { hostedHere } from '../hosts.js';
 import { prepareReboot } from '../reboot.js';
-import { author, intQuery, whenGone, type ApiContext, type VmRequest } from '../context.js';
+import { approver, author, intQuery, whenGone, type ApiContext, type VmRequest } from '../context.js';
 import { paramsObject, Name } from './schemas.js';
 
 const sshTarget = {
@@ -368,12 +368,12 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
   app.post(
     '/api/v1/machines/:id/approve',
     { config: { permission: 'machines:approve', scope: 'machine' }, schema: { body: { type: 'object', additionalProperties: false, properties: { comment: { type: 'string', maxLength: 2000 } } } } },
-    async (req) => publicMachine(await engine.approveMachine((req.params as { id: string }).id, author(req), (req.body as { comment?: string } | undefined)?.comment)),
+    async (req) => publicMachine(await engine.approveMachine((req.params as { id: string }).id, approver(req), (req.body as { comment?: string } | undefined)?.comment)),
   );
   app.post(
     '/api/v1/machines/:id/reject',
     { config: { permission: 'machines:approve', scope: 'machine' }, schema: { body: { type: 'object', additionalProperties: false, required: ['reason'], properties: { reason: { type: 'string', minLength: 1, maxLength: 2000 } } } } },
-    async (req) => publicMachine(await engine.rejectMachine((req.params as { id: string }).id, author(req), (req.body as { reason: string }).reason)),
+    async (req) => publicMachine(await engine.rejectMachine((req.params as { id: string }).id, approver(req), (req.body as { reason: string }).reason)),
   );
 
   // Classification (engine/classify.ts): the first matching rule gives the machine profiles, environment,

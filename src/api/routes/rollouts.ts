@@ -1,6 +1,7 @@
 import type { FastifyInstance } from 'fastify';
-import { author, type ApiContext } from '../context.js';
+import { approver, author, type ApiContext } from '../context.js';
 import { BUSY_POLICIES } from '../../model/rollout.js';
+import { ROLE_NAMES } from '../../model/permissions.js';
 import type { RolloutInput } from '../../engine/rollouts.js';
 import { Name } from './schemas.js';
 
@@ -22,6 +23,13 @@ const createBody = {
     maxInFlight: { type: 'integer', minimum: 1, description: 'machines busy at once' },
     maxFailures: { type: 'integer', minimum: 0, description: 'failures tolerated; one more stops the rollout (andon)' },
     approveBetweenWaves: { type: 'boolean' },
+    approval: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['role'],
+      properties: { role: { type: 'string', enum: [...ROLE_NAMES] }, twoPerson: { type: 'boolean' } },
+      description: 'who may approve its waves: holders of this role (and admins); twoPerson: not the rollout\'s author',
+    },
     busy: { type: 'string', enum: [...BUSY_POLICIES], description: 'busy machines (a running job, awaiting approval, paused): wait (default), skip, or cancel their job' },
     dryRun: { type: 'boolean', description: 'answer what the rollout would do to each machine (200), creating nothing' },
   },
@@ -38,7 +46,9 @@ export function rolloutRoutes(app: FastifyInstance, { rollouts, churn }: ApiCont
   });
   app.get('/api/v1/rollouts/:id', { config: { permission: 'rollouts:read' } }, async (req) => rollouts.view((req.params as { id: string }).id));
   for (const verb of ['pause', 'resume', 'abort', 'approve', 'retry'] as const) {
-    app.post(`/api/v1/rollouts/:id/${verb}`, { config: { permission: verb === 'approve' ? 'rollouts:approve' : 'rollouts:run' } }, async (req) => rollouts[verb]((req.params as { id: string }).id, author(req)));
+    app.post(`/api/v1/rollouts/:id/${verb}`, { config: { permission: verb === 'approve' ? 'rollouts:approve' : 'rollouts:run' } }, async (req) =>
+      verb === 'approve' ? rollouts.approve((req.params as { id: string }).id, approver(req)) : rollouts[verb]((req.params as { id: string }).id, author(req)),
+    );
   }
   app.post('/api/v1/andon/pull', { config: { permission: 'rollouts:run' } }, async (req) => ({ paused: await rollouts.andon(author(req)) }));
 

@@ -1,5 +1,6 @@
 /**
- * Users, groups, roles, tokens and login (issue #16, part 1; engine/users.ts has the rules). Each route
+ * Users, groups, roles, tokens and login — by password, and by single sign-on (OpenID Connect: the
+ * browser's code flow and the CLI's device flow, api/oidc.ts) — (issue #16; engine/users.ts has the rules). Each route
  * declares its permission; `self` routes act on the caller's own account and tokens, and on anyone's for
  * a holder of `users:admin` / `tokens:admin` (or the bootstrap admin token).
  */
@@ -9,6 +10,16 @@ import { TaktError } from '../../model/errors.js';
 import { BUILTIN_ROLES, expandRole, isScoped, patternGrants, ROLE_NAMES, type Permission } from '../../model/permissions.js';
 import { LOGIN_TOKEN_TTL_MS, parseTtl } from '../../model/users.js';
 import { author, type ApiContext } from '../context.js';
+import { CALLBACK_PATH, requestOrigin, STATE_COOKIE } from '../oidc.js';
+
+/** One cookie's value from a Cookie header, or undefined. */
+function cookieOf(header: string | undefined, name: string): string | undefined {
+  for (const part of (header ?? '').split(';')) {
+    const i = part.indexOf('=');
+    if (i > 0 && part.slice(0, i).trim() === name) return part.slice(i + 1).trim();
+  }
+  return undefined;
+}
 
 const str = (max: number) => ({ type: 'string', minLength: 1, maxLength: max }) as const;
 const roleList = { type: 'array', maxItems: 16, items: { enum: ROLE_NAMES } } as const;
@@ -52,6 +63,60 @@ export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
       return r;
     },
   );
+
+  // Single sign-on (api/oidc.ts). All public: they are how someone without a token gets one.
+  const sso = () => {
+    if (!ctx.sso) throw new TaktError('not_found', 'single sign-on is not set up on this endpoint (takt serve --oidc-issuer URL --oidc-client-id ID); log in with a password: takt login NAME');
+    return ctx.sso;
+  };
+  app.get('/api/v1/login/sso', { config: { permission: 'public' }, schema: { description: 'The single sign-on (OpenID Connect) provider and whether the device flow (takt login --sso) is available; 404 when single sign-on is not set up.' } }, async () => sso().info());
+  app.post('/api/v1/login/sso/device', { config: { permission: 'public' }, schema: { description: 'Start a device sign-in (RFC 8628): the code and URL to show the user, and the device code to poll with.' } }, async (req, reply) => {
+    const r = await sso().startDevice();
+    reply.code(201);
+    return r;
+  });
+  app.post(
+    '/api/v1/login/sso/device/token',
+    {
+      config: { permission: 'public' },
+      schema: {
+        description: "Poll a device sign-in once (every 'interval' seconds; 5 more after slow_down): pending, slow_down, or a personal token (shown once) for the user who signed in.",
+        body: { type: 'object', additionalProperties: false, required: ['deviceCode'], properties: { deviceCode: str(2048), ttl: { type: 'string', maxLength: 16, description: 'lifetime: 90m, 12h, 30d (default 12h)' } } },
+      },
+    },
+    async (req, reply) => {
+      const b = req.body as { deviceCode: string; ttl?: string };
+      const ttlMs = b.ttl ? parseTtl(b.ttl) : LOGIN_TOKEN_TTL_MS;
+      const r = await sso().pollDevice(b.deviceCode);
+      if (r.status !== 'done') return r;
+      const issued = await users.ssoLogin(r.identity, ttlMs);
+      reply.code(201);
+      return { status: 'done', user: issued.user.name, groups: issued.groups, token: issued.token, tokenInfo: issued.tokenInfo };
+    },
+  );
+  app.get('/api/v1/login/sso/start', { config: { permission: 'public' }, schema: { hide: true } }, async (req, reply) => {
+    const s = sso();
+    const { url, state } = await s.startBrowser(requestOrigin(req) + CALLBACK_PATH);
+    // Ties the callback to this browser; Lax so it comes along on the provider's top-level redirect back.
+    reply.header('set-cookie', `${STATE_COOKIE}=${state}; Path=${CALLBACK_PATH}; Max-Age=600; HttpOnly; SameSite=Lax${req.protocol === 'https' ? '; Secure' : ''}`);
+    return reply.redirect(url, 302);
+  });
+  app.get('/api/v1/login/sso/callback', { config: { permission: 'public' }, schema: { hide: true } }, async (req, reply) => {
+    const s = sso();
+    const clear = `${STATE_COOKIE}=; Path=${CALLBACK_PATH}; Max-Age=0; HttpOnly; SameSite=Lax${req.protocol === 'https' ? '; Secure' : ''}`;
+    reply.header('set-cookie', clear);
+    try {
+      const identity = await s.finishBrowser(new URL(req.url, requestOrigin(req)), cookieOf(req.headers.cookie, STATE_COOKIE));
+      const issued = await users.ssoLogin(identity);
+      // The UI keeps its token as it does a pasted one: the fragment never reaches a server, and the page
+      // moves it into its storage and out of the address bar and history at once.
+      return reply.redirect(`/#token=${encodeURIComponent(issued.token)}`, 302);
+    } catch (err) {
+      if (!(err instanceof TaktError) || err.status >= 500) req.log.error({ err }, 'single sign-on callback failed');
+      const message = err instanceof TaktError ? err.message : 'single sign-on failed; the endpoint log has the details';
+      return reply.redirect(`/#ssoError=${encodeURIComponent(message)}`, 302);
+    }
+  });
 
   app.get('/api/v1/whoami', { config: { permission: 'self' }, schema: { description: 'Who the token is and what it may do.' } }, async (req) => {
     const p = req.principal;

@@ -1,0 +1,78 @@
+/**
+ * A stage that needs another bootenv reboots a real agent into it (issue #13's stage switch, found broken
+ * by the image deploy of issue #14): the reboot answer reached neither a long-polling claim (the claim
+ * loop looked again instead of answering it, and the second look counted the agent's unchanged bootenv as
+ * a failed reboot, then stopped the machine) nor an agent whose completion handed it over (the agent
+ * dropped a handed answer without a job). Here a network-booted machine (boot settings, no broker) runs a
+ * real `takt agent` whose root's /proc/cmdline says `takt.bootenv=discovery`: after the first stage's job
+ * the agent must exit 64 (reboot) with the machine switched to the next stage's bootenv and not stopped;
+ * a claim on its own (no completion) must answer the reboot at once, not after its long-poll.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiClient } from '../src/client/http.js';
+import type { Machine } from '../src/model/machine.js';
+import { AGENT_EXIT_REBOOT, type ClaimResponse } from '../src/model/protocol.js';
+import { Endpoint, until } from './helpers/endpoint.js';
+import { AgentProcess } from './helpers/liveness.js';
+
+const PACK: Record<string, string> = {
+  'pack.yaml': 'name: reboots\nversion: 1.0.0\n',
+  'bootenvs/discovery.yaml': 'name: discovery\nipxe: "#!ipxe\\nexit"\n',
+  'bootenvs/installed.yaml': 'name: installed\nipxe: "#!ipxe\\nexit"\n',
+  'tasks/first.yaml': 'name: first\nscript: echo first\n',
+  'tasks/second.yaml': 'name: second\nscript: echo second\n',
+  'stages/inmem.yaml': 'name: inmem\nbootenv: discovery\ntasks: [first]\n',
+  'stages/ondisk.yaml': 'name: ondisk\nbootenv: installed\ntasks: [second]\n',
+  'pipelines/two-boots.yaml': 'name: two-boots\nstages: [inmem, ondisk]\nenvironments: [metal]\n',
+  'pipelines/one-boot.yaml': 'name: one-boot\nstages: [ondisk]\nenvironments: [metal]\n',
+};
+
+describe('a stage that needs another bootenv reboots the agent into it', () => {
+  let ep: Endpoint;
+  const agents: AgentProcess[] = [];
+  const machine = async (name: string, mac: string, pipeline: string) => {
+    const r = await ep.call('POST', '/machines', { name, pipeline, environment: 'metal', boot: { macs: [mac], bootenv: 'discovery' } });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    return r.body.items[0] as Machine & { token: string };
+  };
+
+  beforeAll(async () => {
+    ep = await Endpoint.start();
+    const r = await ep.call('POST', '/packs', { files: PACK });
+    expect(r.status, JSON.stringify(r.body)).toBeLessThan(300);
+  });
+  afterAll(async () => {
+    for (const a of agents) await a.dispose();
+    await ep?.stop();
+  });
+
+  it('after a completion: the agent exits 64, the machine is switched and still running', async () => {
+    const m = await machine('rb-1', '52:54:00:00:0b:01', 'two-boots');
+    const agent = new AgentProcess(ep.url, m.token);
+    agents.push(agent);
+    mkdirSync(join(agent.dir, 'root', 'proc'), { recursive: true });
+    writeFileSync(join(agent.dir, 'root', 'proc', 'cmdline'), 'console=ttyS0 takt.bootenv=discovery\n');
+    agent.start();
+    const code = await until(async () => (agent.proc!.exitCode !== null ? agent.proc!.exitCode : undefined), 60_000, 'the agent to exit');
+    expect(code, agent.output).toBe(AGENT_EXIT_REBOOT);
+    expect(agent.output).toContain('the machine is to reboot');
+    const after = (await ep.call('GET', '/machines/rb-1')).body as Machine;
+    expect(after.state, after.reason ?? '').toBe('running');
+    expect(after.boot?.bootenv).toBe('installed');
+    expect(after.stage).toBe('ondisk');
+  }, 90_000);
+
+  it('a long-polling claim answers the reboot at once, and the agent back in the right bootenv gets the job', async () => {
+    const m = await machine('rb-2', '52:54:00:00:0b:02', 'one-boot');
+    const client = new ApiClient({ endpoint: ep.url, token: m.token });
+    // A 60 s long-poll: the answer must not wait for it (the test's bound is well under it).
+    const first = await client.post<ClaimResponse>(`/machines/${m.id}/claim?wait=60`, { bootenv: 'discovery' }, { timeoutMs: 30_000 });
+    expect(first).toMatchObject({ job: null, action: 'reboot' });
+    expect(((await ep.call('GET', '/machines/rb-2')).body as Machine).state).toBe('running');
+    // Back from the reboot in the stage's bootenv: the stage's task.
+    const second = await client.post<ClaimResponse>(`/machines/${m.id}/claim?wait=0`, { bootenv: 'installed' });
+    expect(second.job?.task).toBe('second');
+  }, 60_000);
+});
