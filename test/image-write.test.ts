@@ -14,10 +14,10 @@ import { createConnection, createServer, type Server, type Socket } from 'node:n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { checkTargetSize, devNumbers, inspectTarget, parseImageRequest, writeImage } from '../src/agent/image.js';
+import { checkTargetSize, devNumbers, inspectTarget, parseImageRequest, splitImageRef, writeImage } from '../src/agent/image.js';
 import { ApiClient } from '../src/client/http.js';
 import { parseBuiltWith } from '../src/engine/records.js';
-import { IMAGE_JOB_OUTPUT } from '../src/model/image.js';
+import { IMAGE_JOB_OUTPUT, parseImageRef } from '../src/model/image.js';
 import type { Job, Machine } from '../src/model/machine.js';
 import { Endpoint, until } from './helpers/endpoint.js';
 import { AgentProcess } from './helpers/liveness.js';
@@ -33,7 +33,8 @@ describe('parseImageRequest', () => {
   ])('%s', (_l, text, expected) => expect(parseImageRequest(text)).toEqual(expected));
   it.each([
     ['one line', 'debian-min@1.0.0\n', /has 1 lines, not 2/],
-    ['no version', 'debian-min\n/dev/vda\n', /names no image: 'debian-min' is not an image reference/],
+    ['no version', 'debian-min\n/dev/vda\n', /names no image: 'debian-min' is not NAME@VERSION/],
+    ['an upper-case name', 'Debian@1.0.0\n/dev/vda\n', /names no image: image name 'Debian' is not valid/],
     ['not semver', 'debian-min@1\n/dev/vda\n', /not a semantic version/],
     ['a relative target', 'debian-min@1.0.0\nvda\n', /target "vda" is not an absolute path/],
     ['three lines', 'a@1.0.0\n/dev/vda\nextra\n', /has 3 lines/],
@@ -43,6 +44,14 @@ describe('parseImageRequest', () => {
     expect(r.request).toBeUndefined();
     expect(r.problem).toMatch(why);
     expect(r.problem).toMatch(/nothing done$/);
+  });
+});
+
+describe("splitImageRef agrees with the catalog's parseImageRef (the agent's light twin of it)", () => {
+  it.each(['debian-min@1.0.0', 'a.b_c@2.3.4-rc.1', 'x@1.0.0+build.5', 'x@01.0.0', 'x@1.0', 'Debian@1.0.0', '@1.0.0', 'x@', 'x', 'a@b@1.0.0', `${'a'.repeat(64)}@1.0.0`, 'x@1.0.0-'])('%s', (ref) => {
+    const ours = (() => { try { return splitImageRef(ref); } catch { return 'refused'; } })();
+    const theirs = (() => { try { return parseImageRef(ref); } catch { return 'refused'; } })();
+    expect(ours).toEqual(theirs);
   });
 });
 

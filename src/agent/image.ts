@@ -16,7 +16,7 @@ import { open, readFile, realpath, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { ApiClient, backoffMs, NetworkError, sleep } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
-import { parseImageRef, type Image } from '../model/image.js';
+import type { Image } from '../model/image.js';
 import type { ImageWritten } from '../model/protocol.js';
 import { JOIN_BLOCK_SIZE } from '../model/joinblock.js';
 import { deliverJoinBlock } from './deployed.js';
@@ -58,6 +58,25 @@ export interface ReadImageRequest {
   problem: string | null;
 }
 
+/**
+ * `NAME@VERSION` split, checked by shape only: the agent loads no schema library (model/image.ts
+ * parseImageRef does, through the content model), and the catalog answers `image unknown` for anything
+ * that is not one of its versions. NAME as content names are (lower case, 63 at most); VERSION as semver.org
+ * 2.0.0 spells a version, without build metadata (the catalog keeps versions as `semver.valid` gives them).
+ * @throws Error naming what is wrong.
+ */
+export function splitImageRef(ref: string): { name: string; version: string } {
+  const at = ref.lastIndexOf('@');
+  if (at <= 0) throw new Error(`'${ref}' is not NAME@VERSION (e.g. debian-min@1.0.0)`);
+  const name = ref.slice(0, at);
+  const version = ref.slice(at + 1);
+  if (!/^[a-z0-9][a-z0-9._-]{0,62}$/.test(name)) throw new Error(`image name '${name}' is not valid: lower-case letters, digits, '.', '_' and '-', starting with a letter or digit, 63 at most`);
+  if (!/^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$/.test(version)) {
+    throw new Error(`image version '${version}' is not a semantic version such as 1.0.0`);
+  }
+  return { name, version };
+}
+
 /** The request in the file's text. Pure. */
 export function parseImageRequest(text: string): ReadImageRequest {
   const lines = text.split('\n');
@@ -69,7 +88,7 @@ export function parseImageRequest(text: string): ReadImageRequest {
   if (lines.length !== 2) return bad(`has ${lines.length + (publish ? 1 : 0)} lines, not ${publish ? 3 : 2}`);
   let ref: { name: string; version: string };
   try {
-    ref = parseImageRef(lines[0]!);
+    ref = splitImageRef(lines[0]!);
   } catch (err) {
     return bad(`names no image: ${errorMessage(err)}`);
   }
@@ -238,12 +257,6 @@ export async function writeImage(o: WriteImageOptions): Promise<WriteImageResult
  * IMAGE_FAILURES word).
  */
 async function download(o: WriteImageOptions, image: Image, fh: Awaited<ReturnType<typeof open>>, ref: string): Promise<{ digest: string } | { failure: string }> {
-  const r = await downloadInto(o, image, fh, ref);
-  return r.startsWith('sha256:') ? { digest: r.slice(7) } : { failure: r };
-}
-
-/** download's loop: `sha256:<hex>` when every byte arrived, else the failure reason. */
-async function downloadInto(o: WriteImageOptions, image: Image, fh: Awaited<ReturnType<typeof open>>, ref: string): Promise<string> {
   const path = `/images/${encodeURIComponent(image.name)}/${encodeURIComponent(image.version)}/blob`;
   const maxAttempts = o.maxAttempts ?? 6;
   const maxCuts = o.maxCuts ?? 50;
@@ -263,7 +276,7 @@ async function downloadInto(o: WriteImageOptions, image: Image, fh: Awaited<Retu
     o.progress(`takt-image: ${mib(offset)} of ${mib(image.size)} (${Math.floor((offset / image.size) * 100)}%), ${mib(offset / secs)}/s\n`);
   };
   while (offset < image.size) {
-    if (o.signal?.aborted) return `${IMAGE_FAILURES.notRun}: the agent stopped the job after ${offset} of ${image.size} bytes`;
+    if (o.signal?.aborted) return { failure: `${IMAGE_FAILURES.notRun}: the agent stopped the job after ${offset} of ${image.size} bytes` };
     const before = offset;
     try {
       const res = await o.client.download(path, { offset, idleMs: o.idleMs ?? 30_000, ...(o.signal ? { signal: o.signal } : {}) });
@@ -276,44 +289,44 @@ async function downloadInto(o: WriteImageOptions, image: Image, fh: Awaited<Retu
         const start = /^bytes (\d+)-/.exec(String(res.headers['content-range'] ?? ''))?.[1];
         if (Number(start) !== offset) {
           res.body.destroy();
-          return `${IMAGE_FAILURES.truncated}: asked for the bytes from ${offset}, the endpoint answered ${String(res.headers['content-range'] ?? 'without a Content-Range')}`;
+          return { failure: `${IMAGE_FAILURES.truncated}: asked for the bytes from ${offset}, the endpoint answered ${String(res.headers['content-range'] ?? 'without a Content-Range')}` };
         }
       }
       const total = res.status === 206 ? Number(/\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''))?.[1]) : Number(res.headers['content-length']);
       if (res.headers['content-length'] !== undefined && total !== image.size) {
         res.body.destroy();
-        return `${IMAGE_FAILURES.digest}: the endpoint serves ${total} bytes for ${ref}, its catalog says ${image.size} (its copy was changed or truncated: check <data>/images/sha256/${image.sha256})`;
+        return { failure: `${IMAGE_FAILURES.digest}: the endpoint serves ${total} bytes for ${ref}, its catalog says ${image.size} (its copy was changed or truncated: check <data>/images/sha256/${image.sha256})` };
       }
       for await (const chunk of res.body as AsyncIterable<Buffer>) {
-        if (offset + chunk.length > image.size) return `${IMAGE_FAILURES.digest}: the endpoint sent more than the ${image.size} bytes of ${ref}`;
+        if (offset + chunk.length > image.size) return { failure: `${IMAGE_FAILURES.digest}: the endpoint sent more than the ${image.size} bytes of ${ref}` };
         hash.update(chunk);
         try {
           await writeAll(fh, chunk, offset);
         } catch (err) {
-          return `${IMAGE_FAILURES.write}: writing ${o.request.target} at byte ${offset}: ${errorMessage(err)}; it holds part of the image`;
+          return { failure: `${IMAGE_FAILURES.write}: writing ${o.request.target} at byte ${offset}: ${errorMessage(err)}; it holds part of the image` };
         }
         offset += chunk.length;
         show();
       }
       if (offset < image.size) throw new NetworkError(`the connection closed after ${offset} of ${image.size} bytes`);
     } catch (err) {
-      if (o.signal?.aborted) return `${IMAGE_FAILURES.notRun}: the agent stopped the job after ${offset} of ${image.size} bytes`;
+      if (o.signal?.aborted) return { failure: `${IMAGE_FAILURES.notRun}: the agent stopped the job after ${offset} of ${image.size} bytes` };
       if (err instanceof TaktError) {
         // An answer, not a cut: the image went from the catalog meanwhile (404), or its bytes are not here (503).
-        return `${err.code === 'not_found' ? IMAGE_FAILURES.unknown : IMAGE_FAILURES.truncated}: after ${offset} of ${image.size} bytes the endpoint answered: ${err.message}`;
+        return { failure: `${err.code === 'not_found' ? IMAGE_FAILURES.unknown : IMAGE_FAILURES.truncated}: after ${offset} of ${image.size} bytes the endpoint answered: ${err.message}` };
       }
       lastError = errorMessage(err);
       cuts++;
       fruitless = offset > before ? 0 : fruitless + 1;
       if (fruitless >= maxAttempts || cuts >= maxCuts) {
-        return `${IMAGE_FAILURES.truncated}: ${offset} of ${image.size} bytes arrived; gave up after ${cuts} broken connection${cuts === 1 ? '' : 's'} (${fruitless} in a row without a byte); last: ${lastError}`;
+        return { failure: `${IMAGE_FAILURES.truncated}: ${offset} of ${image.size} bytes arrived; gave up after ${cuts} broken connection${cuts === 1 ? '' : 's'} (${fruitless} in a row without a byte); last: ${lastError}` };
       }
       o.progress(`takt-image: the download broke off after ${offset} of ${image.size} bytes (${lastError}); resuming from byte ${offset} with Range\n`);
       await sleep(backoffMs(fruitless, 200, 5000), o.signal);
     }
   }
   show(true);
-  return `sha256:${hash.digest('hex')}`;
+  return { digest: hash.digest('hex') };
 }
 
 /** Positional writes until the whole chunk is on its way (a short write is not an error). */
