@@ -91,9 +91,10 @@ describe('deploying an image to a VM: written from discovery, booted from disk, 
     console.log(`[provision] deploy vm-1: registered at ${(registered / 1000).toFixed(1)} s, deployed OS started at ${(fromDisk / 1000).toFixed(1)} s, done at ${(doneAt / 1000).toFixed(1)} s after create (load ${load()})`);
 
     const jobs = JSON.parse((await cli(['jobs', 'list', '--machine', 'vm-1', '-o', 'json'])).stdout) as Array<{ task: string; state: string; outputs: Record<string, unknown>; image?: { name: string; version: string; sha256: string } }>;
-    expect(jobs.map((j) => [j.task, j.state])).toEqual([['write-disk', 'succeeded'], ['verify', 'succeeded']]);
+    // Newest first.
+    expect(jobs.map((j) => [j.task, j.state])).toEqual([['verify', 'succeeded'], ['write-disk', 'succeeded']]);
     // The second stage ran in the OS booted from the disk, on the same VM.
-    expect(jobs[1]!.outputs).toEqual({ boot: 'disk', root: vm.id });
+    expect(jobs[0]!.outputs).toEqual({ boot: 'disk', root: vm.id });
     const m = JSON.parse((await cli(['machines', 'get', 'vm-1', '-o', 'json'])).stdout) as Machine;
     expect(m.id).toBe(vm.id);
     expect(m.facts).toEqual(expect.objectContaining({ bootenv: 'local', macs: vm.boot!.macs }));
