@@ -82,6 +82,15 @@ function rank(w: WorkOrdersTable): string {
   return `${w.state === 'running' ? 0 : 1}|${w.created_at}|${w.id}`;
 }
 
+/** The open work order that runs first (by `rank`), if any. */
+function firstOpen(rows: WorkOrdersTable[]): WorkOrder | undefined {
+  let r: WorkOrdersTable | undefined;
+  for (const row of rows) {
+    if (!r || rank(row) < rank(r)) r = row;
+  }
+  return r ? workOrderFromRow(r) : undefined;
+}
+
 function leaseFromRow(r: Selectable<DhcpLeasesTable>): Lease {
   const l: Lease = { mac: r.mac, ip: r.ip, state: r.state as Lease['state'], expiresAt: Number(r.expires_at) };
   if (r.client_id !== null) l.clientId = r.client_id;
@@ -394,11 +403,7 @@ class SqlReads implements Reads {
       () => this.db.selectFrom('work_orders').selectAll().where('machine_id', '=', arg(0)).where('state', 'in', ['running', 'queued']),
       [machineId],
     );
-    let r: WorkOrdersTable | undefined;
-    for (const row of rows) {
-      if (!r || rank(row) < rank(r)) r = row;
-    }
-    return r ? workOrderFromRow(r) : undefined;
+    return firstOpen(rows);
   }
   async lastLogSeq(jobId: string) {
     const r = await this.db
@@ -786,16 +791,46 @@ class SqlTx extends SqlReads implements Tx {
     super(db, q, dialect);
   }
 
+  /**
+   * PostgreSQL: a locked machine's hold and open work orders, read with the lock (`lockMachine`) and
+   * answered from here by `getHold` and `nextWorkOrder` until this transaction writes them. Every claim
+   * and completion reads both right after the lock; one statement instead of three saves two round
+   * trips per job. Nothing else can change them meanwhile: holds and work orders are written only by
+   * store-scoped transactions (which never run beside another transaction) or under this machine's lock.
+   */
+  private readonly withLock = new Map<string, { hold: MachineHold | undefined; open: WorkOrdersTable[] }>();
+
   async lockMachine(id: string) {
-    const r = await this.one<Selectable<MachinesTable>>(
-      'lockMachine',
-      () => {
-        const q = this.db.selectFrom('machines').selectAll().where('id', '=', arg(0));
-        return this.dialect === 'postgres' ? q.forUpdate() : q;
-      },
+    if (this.dialect !== 'postgres') {
+      const r = await this.one<Selectable<MachinesTable>>('lockMachine', () => this.db.selectFrom('machines').selectAll().where('id', '=', arg(0)), [id]);
+      return r ? machineFromRow(r) : undefined;
+    }
+    const r = await this.one<Selectable<MachinesTable> & { hold_row: Selectable<MachineHoldsTable> | null; open_rows: WorkOrdersTable[] | null }>(
+      'lockMachineWith',
+      () =>
+        this.db
+          .selectFrom('machines')
+          .selectAll('machines')
+          .select([
+            sql<unknown>`(select row_to_json(h) from machine_holds h where h.machine_id = machines.id)`.as('hold_row'),
+            sql<unknown>`(select json_agg(w) from work_orders w where w.machine_id = machines.id and w.state in ('running', 'queued'))`.as('open_rows'),
+          ])
+          .where('id', '=', arg(0))
+          .forUpdate(),
       [id],
     );
-    return r ? machineFromRow(r) : undefined;
+    if (!r) return undefined;
+    const { hold_row, open_rows, ...row } = r;
+    this.withLock.set(id, { hold: hold_row ? holdFromRow(hold_row) : undefined, open: open_rows ?? [] });
+    return machineFromRow(row);
+  }
+  override async getHold(machineId: string) {
+    const known = this.withLock.get(machineId);
+    return known ? known.hold : super.getHold(machineId);
+  }
+  override async nextWorkOrder(machineId: string) {
+    const known = this.withLock.get(machineId);
+    return known ? firstOpen(known.open) : super.nextWorkOrder(machineId);
   }
   async insertMachine(m: Machine, tokenHash: string) {
     await this.db.insertInto('machines').values({ ...machineToRow(m), facts: m.facts === null ? null : json(m.facts), token_hash: tokenHash }).execute();
@@ -829,6 +864,7 @@ class SqlTx extends SqlReads implements Tx {
     );
   }
   async deleteMachine(id: string) {
+    this.withLock.clear();
     await this.db.deleteFrom('machines').where('id', '=', id).execute();
     // A rollout's hold dies with its machine (a rollout skips a deleted machine).
     await this.db.deleteFrom('machine_holds').where('machine_id', '=', id).execute();
@@ -905,9 +941,11 @@ class SqlTx extends SqlReads implements Tx {
     await this.db.updateTable('job_logs').set({ data: this.logText(data) }).where('job_id', '=', jobId).where('seq', '=', seq).execute();
   }
   async insertWorkOrder(w: WorkOrder) {
+    this.withLock.clear();
     await this.db.insertInto('work_orders').values(workOrderToRow(w)).execute();
   }
   async updateWorkOrder(w: WorkOrder) {
+    this.withLock.clear();
     const { id, ...rest } = workOrderToRow(w);
     await this.db.updateTable('work_orders').set(rest).where('id', '=', id).execute();
   }
@@ -1027,6 +1065,7 @@ class SqlTx extends SqlReads implements Tx {
     await this.db.updateTable('rollout_items').set(rest).where('rollout_id', '=', rollout_id).where('machine_id', '=', machine_id).execute();
   }
   async putHold(h: MachineHold) {
+    this.withLock.clear();
     const row = { machine_id: h.machineId, rollout_id: h.rolloutId, since: h.since };
     await this.db
       .insertInto('machine_holds')
@@ -1035,6 +1074,7 @@ class SqlTx extends SqlReads implements Tx {
       .execute();
   }
   async deleteHold(machineId: string) {
+    this.withLock.clear();
     const r = await this.db.deleteFrom('machine_holds').where('machine_id', '=', machineId).executeTakeFirst();
     return Number(r.numDeletedRows) > 0;
   }
