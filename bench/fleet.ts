@@ -84,7 +84,7 @@ async function compareStores(o: FleetOptions, url: string, replicas: number[]): 
     notes: [
       'one run, configurations one after another on the same machine; PostgreSQL is the local server (127.0.0.1), sharing the 2 cores with the endpoints and the simulated agents',
       `at most ${o.inflight} requests in flight in all (--inflight), machine i talking to replica i mod N`,
-      'every store write takes one advisory lock on PostgreSQL (sql-store.ts PG_WRITE_LOCK): writes are serialised across replicas, so replicas add request handling (HTTP, JSON, rendering) but not write throughput',
+      'PostgreSQL: claims and completions are row-scoped (TransactOptions): they run concurrently across replicas and on several connections per replica, kept apart by machine row locks; change numbers and event ids are drawn at commit under a short lock (sql-store.ts PG_DRAW_LOCK); every other write still runs alone (PG_WRITE_LOCK)',
     ],
   };
 }

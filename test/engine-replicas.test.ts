@@ -134,6 +134,36 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'once-only work across engine r
     for (const [id, n] of answered) expect(n, `job ${id} answered ${n} times`).toBe(1);
   });
 
+  it("(a2) an agent's completion through engine A racing a claim of its machine through engine B: the job ends once", async () => {
+    const [a, b] = [await replica(), await replica()];
+    await install(a, [b]);
+    const ROUNDS = 40;
+    const outcomes = { completed: 0, refused: 0 };
+    for (let round = 0; round < ROUNDS; round++) {
+      const { machine } = await a.engine.createMachine({ name: `r${round}`, pipeline: 'two' }, 'test');
+      const first = (await a.engine.claim(machine.id, 0, undefined, null)).job!;
+      // Both are row-scoped, on two replicas: they run at once and meet at the machine's row lock. The
+      // claim (lastJob null: its answer to `first` was lost) hands `first` back; the completion ends it.
+      const [done] = await Promise.allSettled([a.engine.complete(first.id, machine.id, ok(true)), b.engine.claim(machine.id, 0, undefined, null)]);
+      if (done.status === 'fulfilled') outcomes.completed++;
+      else {
+        expect(String(done.reason), `round ${round}`).toMatch(/already ended/);
+        outcomes.refused++;
+      }
+      const events = await allEvents(a.store);
+      for (const j of await a.store.listJobs({ machineId: machine.id, limit: 100 })) {
+        const ends = events.filter((e) => e.topic === `jobs.update.${j.id}` && (e.data as Job).state !== 'running');
+        expect(ends.length, `round ${round}: job ${j.id} (${j.task}) ended ${ends.length} times`).toBeLessThanOrEqual(1);
+        if (ends.length === 1) expect((ends[0]!.data as Job).state, `round ${round}: job ${j.id}`).toBe(j.state);
+      }
+      const ended = (await a.store.getJob(first.id))!;
+      expect(ended.state, `round ${round}`).toBe(done.status === 'fulfilled' ? 'succeeded' : 'cancelled');
+      // At most one job of the machine runs.
+      expect((await a.store.listJobs({ machineId: machine.id, state: 'running', limit: 10 })).length, `round ${round}`).toBeLessThanOrEqual(1);
+    }
+    expect(outcomes.completed + outcomes.refused).toBe(ROUNDS);
+  });
+
   it('(b) two engines sweeping the same expired lease at once: one outcome', async () => {
     const [a, b] = [await replica({ leaseMs: 60_000 }), await replica({ leaseMs: 60_000 })];
     await install(a, [b]);

@@ -530,6 +530,50 @@ for (const b of backends) {
       expect((await store.listPackVersions('demo')).map((p) => p.version)).toEqual(['2.0.0']);
     });
 
+    it('in a transaction, the hold and next work order of a locked machine follow that transaction\'s writes', async () => {
+      await setup();
+      const w1 = workOrder('w1', 'm1', { createdAt: at(1) });
+      const w2 = workOrder('w2', 'm1', { createdAt: at(2), command: { script: 'uptime' } as never, params: { a: 1 }, passed: ['p'] });
+      await store.transact(async (tx) => {
+        await tx.insertMachine(machine('one', { id: 'm1' }), 'hash');
+        for (const w of [w1, w2]) await tx.insertWorkOrder(w);
+        await tx.putHold({ machineId: 'm1', rolloutId: 'r1', since: at(1) });
+      });
+      // Row-scoped (PostgreSQL reads them with the lock) and store-scoped alike.
+      for (const scope of ['rows', 'store'] as const) {
+        const seen = await store.transact(
+          async (tx) => {
+            const out: unknown[] = [];
+            const lock = async () => expect((await tx.lockMachine('m1'))?.id).toBe('m1');
+            // Each write alone after a fresh lock, then the read it affects.
+            await lock();
+            out.push(await tx.getHold('m1'), await tx.nextWorkOrder('m1'));
+            await tx.updateWorkOrder({ ...w2, state: 'running' });
+            out.push(await tx.nextWorkOrder('m1'));
+            await lock();
+            await tx.deleteHold('m1');
+            out.push(await tx.getHold('m1'));
+            await lock();
+            await tx.putHold({ machineId: 'm1', rolloutId: 'r2', since: at(5) });
+            out.push(await tx.getHold('m1'));
+            await lock();
+            await tx.updateWorkOrder({ ...w2, state: 'succeeded' });
+            out.push((await tx.nextWorkOrder('m1'))?.id);
+            await lock();
+            await tx.insertWorkOrder(workOrder('w0', 'm1', { createdAt: at(0) }));
+            out.push((await tx.nextWorkOrder('m1'))?.id);
+            expect(await tx.lockMachine('m-none')).toBeUndefined();
+            throw Object.assign(new Error('roll back'), { out });
+          },
+          { scope },
+        ).catch((e: { out: unknown[] }) => e.out);
+        expect(seen, scope).toEqual([{ machineId: 'm1', rolloutId: 'r1', since: at(1) }, w1, { ...w2, state: 'running' }, undefined, { machineId: 'm1', rolloutId: 'r2', since: at(5) }, 'w1', 'w0']);
+      }
+      // Rolled back: as before.
+      expect(await store.getHold('m1')).toEqual({ machineId: 'm1', rolloutId: 'r1', since: at(1) });
+      expect((await store.nextWorkOrder('m1'))?.id).toBe('w1');
+    });
+
     it('rollouts, items and holds', async () => {
       await setup();
       const rollout = (id: string, s: number, over: Partial<Rollout> = {}): Rollout => ({ id, spec: { target: 'demo' } as never, state: 'running', reason: null, wave: 0, waves: 3, author: 'admin', createdAt: at(s), updatedAt: at(s), ...over });

@@ -113,13 +113,21 @@ async function claimLoop(c: ClaimContext, machineId: string, waitMs: number, sig
   }
 }
 
-/** One look, in its own transaction with the machine locked; a caller that has gone takes nothing. */
+/**
+ * One look, in its own transaction with the machine locked; a caller that has gone takes nothing.
+ * Row-scoped (TransactOptions): the machine is locked before anything of it is read, and what a claim
+ * writes (the machine, its jobs, its work orders) is written only under that lock by every row-scoped
+ * transaction; store-scoped writers never run beside it.
+ */
 async function claimOnce(c: ClaimContext, machineId: string, signal?: AbortSignal, lastJob?: string | null): Promise<ClaimResponse> {
-  return c.store.transact(async (tx) => {
-    const m = await lockedMachine(tx, machineId);
-    if (signal?.aborted) return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
-    return claimIn(c, tx, m, lastJob);
-  });
+  return c.store.transact(
+    async (tx) => {
+      const m = await lockedMachine(tx, machineId);
+      if (signal?.aborted) return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
+      return claimIn(c, tx, m, lastJob);
+    },
+    { scope: 'rows' },
+  );
 }
 
 /**

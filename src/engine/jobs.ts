@@ -55,6 +55,9 @@ export async function complete(c: JobContext, jobId: string, caller: string | nu
   // Judged against the content as of every event heard (a change through another replica is reloaded first).
   await c.content.fresh();
   const answered = await c.store.transact(async (tx) => {
+    // An agent's report is row-scoped (TransactOptions): its machine is locked before the job is read, so
+    // a claim or completion of the same machine through another replica cannot change the job in between.
+    const locked = caller !== null ? await tx.lockMachine(caller) : undefined;
     const job = await ownedJob(tx, jobId, caller);
     // The job's own secure outputs join the secrets its log, reason and stored report must not show.
     const outputSecrets = secretTexts(Object.entries(report.outputs ?? {}).filter(([k]) => isSecureOutput(c, k)).map(([, v]) => v));
@@ -68,7 +71,7 @@ export async function complete(c: JobContext, jobId: string, caller: string | nu
     // The log's end is masked, then stored with the job's end within the log's bound; then the log is
     // closed. A job's own secure outputs are masked in what it already logged too.
     await c.logs.appendTail(tx, job, request.log, outputSecrets, new Date().toISOString());
-    const m = await lockedMachine(tx, job.machineId);
+    const m = locked ?? (await lockedMachine(tx, job.machineId));
     const typed = typeOutputs(c, report.outputs ?? {}, job.task);
     const exitedOk = decodeExit(report.exitCode).success && !report.timedOut && !report.error;
     const imageProblem = report.image && exitedOk ? await checkWrittenImage(tx, report.image) : null;
@@ -84,7 +87,7 @@ export async function complete(c: JobContext, jobId: string, caller: string | nu
     if (claim && settled.action === 'continue') answer.next = await claimIn(c, tx, settled.machine, undefined, true);
     else if (claim) await saveMachine(tx, settled.machine);
     return answer;
-  }).catch((err: unknown) => {
+  }, { scope: caller !== null ? 'rows' : 'store' }).catch((err: unknown) => {
     if (plan) c.powering.delete(plan.machineId);
     throw err;
   });

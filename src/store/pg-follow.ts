@@ -9,13 +9,15 @@
  * (`Store.onEvents`). A periodic bounded catch-up (default every 3 s) covers a notification that was lost,
  * and a LISTEN connection that breaks is re-made with bounded backoff and catches up from the cursor.
  *
- * Why reading `id > cursor` never skips an event that commits later. Every store transaction on
- * PostgreSQL takes the write advisory lock (sql-store.ts PG_WRITE_LOCK, `pg_advisory_xact_lock`) before
- * its first statement and keeps it until it ends, and event ids are drawn (from the column's sequence)
- * only inside such transactions. So ids are drawn in lock order, and a transaction's lock is released only
- * after its commit is visible: when a statement's snapshot shows the event with id n committed, every
- * transaction that drew an id below n has already committed (its events are visible too) or rolled back
- * (its ids are holes that will never be filled). Ids may have holes (rolled-back transactions, a sequence
+ * Why reading `id > cursor` never skips an event that commits later. Event ids are drawn (from the
+ * column's sequence) only by a transaction that holds, until it ends, a lock every other drawer needs too:
+ * a store-scoped transaction holds the write advisory lock (sql-store.ts PG_WRITE_LOCK) exclusively from
+ * its first statement; a row-scoped group holds it shared, which excludes the former, and draws its ids at
+ * its end under DRAW_LOCK, which excludes every other row-scoped group's draw. So ids are drawn by one
+ * transaction at a time, and a transaction's locks are released only after its commit is visible: when a
+ * statement's snapshot shows the event with id n committed, every transaction that drew an id below n has
+ * already committed (its events are visible too) or rolled back (its ids are holes that will never be
+ * filled). Ids may have holes (rolled-back transactions, a sequence
  * that jumped after a crash, pruned events), so the follower never waits for an id: it treats what it reads
  * as final up to the newest id it read or was notified of.
  *
@@ -233,7 +235,7 @@ export class PgFollower implements EventFeed {
     }
     return this.enqueue(async () => {
       try {
-        // Ids below `first` are final (the write lock): read the ones after the cursor, publish, then ours.
+        // Ids below `first` are final (the write and draw locks): read the ones after the cursor, publish, then ours.
         for (let page = 0; this.cursor < first - 1 && page < MAX_PAGES * 10; page++) {
           const events = await this.opts.read(this.cursor, PAGE);
           this.deliver(events.filter((e) => e.id < first));

@@ -76,6 +76,11 @@ export interface PostgresStoreOptions {
    * event committed by another process arrives when its notification was lost (pg-follow.ts).
    */
   eventCatchUpMs?: number;
+  /**
+   * Row-scoped transaction groups (claims, agents' completions) committed at once, each on a pooled
+   * connection of its own (default 3; SqlStoreOptions.rowGroups). Keep it below `maxConnections`.
+   */
+  rowGroups?: number;
 }
 
 /**
@@ -149,7 +154,7 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
     throw unreachable(err);
   }
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  const store = new SqlStore(db, 'postgres', { where, onClose: endLock });
+  const store = new SqlStore(db, 'postgres', { where, onClose: endLock, ...(opts.rowGroups !== undefined ? { rowGroups: opts.rowGroups } : {}) });
   try {
     await store.migrate();
   } catch (err) {

@@ -23,6 +23,7 @@ import type {
   PackRecord,
   Reads,
   Store,
+  TransactOptions,
   Tx,
   WorkOrderFilter,
 } from './store.js';
@@ -80,6 +81,15 @@ async function run<R>(db: Db, p: Prepared, args: unknown[]): Promise<{ rows: R[]
 /** A machine's open work orders in the order they run: the running one, then the queued by age. */
 function rank(w: WorkOrdersTable): string {
   return `${w.state === 'running' ? 0 : 1}|${w.created_at}|${w.id}`;
+}
+
+/** The open work order that runs first (by `rank`), if any. */
+function firstOpen(rows: WorkOrdersTable[]): WorkOrder | undefined {
+  let r: WorkOrdersTable | undefined;
+  for (const row of rows) {
+    if (!r || rank(row) < rank(r)) r = row;
+  }
+  return r ? workOrderFromRow(r) : undefined;
 }
 
 function leaseFromRow(r: Selectable<DhcpLeasesTable>): Lease {
@@ -394,11 +404,7 @@ class SqlReads implements Reads {
       () => this.db.selectFrom('work_orders').selectAll().where('machine_id', '=', arg(0)).where('state', 'in', ['running', 'queued']),
       [machineId],
     );
-    let r: WorkOrdersTable | undefined;
-    for (const row of rows) {
-      if (!r || rank(row) < rank(r)) r = row;
-    }
-    return r ? workOrderFromRow(r) : undefined;
+    return firstOpen(rows);
   }
   async lastLogSeq(jobId: string) {
     const r = await this.db
@@ -766,24 +772,100 @@ function packFromRow(r: Omit<Database['packs'], never>): PackRecord {
   };
 }
 
+/** A change row as `SqlTx.change` writes it (its number drawn when it is inserted). */
+type ChangeRow = { author: string; at: string; object: string; action: Change['action']; before: string | null; after: string | null };
+
+/**
+ * Inserts a change numbered max + 1 on PostgreSQL, returning its number. Rather than from the column's
+ * sequence: a sequence hands out numbers outside transactions, so a rolled-back transaction (or savepoint
+ * of a group) would leave a gap, and writers on other connections could commit numbers out of order. The
+ * caller holds a lock that every other drawer of change numbers takes too, until its COMMIT (PG_WRITE_LOCK
+ * exclusively for a store-scoped transaction, PG_DRAW_LOCK for a row-scoped group's draw: see
+ * SqlStore.commitGroup), and under READ COMMITTED this statement's snapshot is taken after that lock was
+ * granted, so it sees every earlier committed change: numbers are distinct, gap-free and in commit order,
+ * as SQLite's single writer gives them.
+ */
+async function insertPgChange(db: Db, row: ChangeRow): Promise<number> {
+  const r = await db
+    .insertInto('changes')
+    .columns(['seq', 'author', 'at', 'object', 'action', 'before', 'after'])
+    .expression((eb) =>
+      eb
+        .selectFrom('changes')
+        .select([
+          sql<number>`coalesce(max(seq), 0) + 1`.as('seq'),
+          sql.val(row.author).as('author'),
+          sql.val(row.at).as('at'),
+          sql.val(row.object).as('object'),
+          sql.val(row.action).as('action'),
+          sql.val(row.before).as('before'),
+          sql.val(row.after).as('after'),
+        ]),
+    )
+    .returning('seq')
+    .executeTakeFirstOrThrow();
+  return Number(r.seq);
+}
+
 class SqlTx extends SqlReads implements Tx {
   readonly pending: Array<{ topic: string; data: unknown; at: string }> = [];
+  /** Changes of a row-scoped PostgreSQL transaction, numbered at its group's commit (`deferChanges`). */
+  readonly pendingChanges: ChangeRow[] = [];
 
-  /** `db`: the connection of an open transaction (a Kysely Transaction, or on PostgreSQL the connection commitGroup drives by hand). */
-  constructor(db: Db, q: QueryCache, dialect: Dialect) {
+  /**
+   * `db`: the connection of an open transaction (a Kysely Transaction, or on PostgreSQL the connection
+   * commitGroup drives by hand). `deferChanges`: change numbers are drawn at commit (a row-scoped
+   * PostgreSQL transaction, which runs without the store-wide lock until then), so `change` answers 0.
+   */
+  constructor(
+    db: Db,
+    q: QueryCache,
+    dialect: Dialect,
+    private readonly deferChanges = false,
+  ) {
     super(db, q, dialect);
   }
 
+  /**
+   * PostgreSQL: a locked machine's hold and open work orders, read with the lock (`lockMachine`) and
+   * answered from here by `getHold` and `nextWorkOrder` until this transaction writes them. Every claim
+   * and completion reads both right after the lock; one statement instead of three saves two round
+   * trips per job. Nothing else can change them meanwhile: holds and work orders are written only by
+   * store-scoped transactions (which never run beside another transaction) or under this machine's lock.
+   */
+  private readonly withLock = new Map<string, { hold: MachineHold | undefined; open: WorkOrdersTable[] }>();
+
   async lockMachine(id: string) {
-    const r = await this.one<Selectable<MachinesTable>>(
-      'lockMachine',
-      () => {
-        const q = this.db.selectFrom('machines').selectAll().where('id', '=', arg(0));
-        return this.dialect === 'postgres' ? q.forUpdate() : q;
-      },
+    if (this.dialect !== 'postgres') {
+      const r = await this.one<Selectable<MachinesTable>>('lockMachine', () => this.db.selectFrom('machines').selectAll().where('id', '=', arg(0)), [id]);
+      return r ? machineFromRow(r) : undefined;
+    }
+    const r = await this.one<Selectable<MachinesTable> & { hold_row: Selectable<MachineHoldsTable> | null; open_rows: WorkOrdersTable[] | null }>(
+      'lockMachineWith',
+      () =>
+        this.db
+          .selectFrom('machines')
+          .selectAll('machines')
+          .select([
+            sql<unknown>`(select row_to_json(h) from machine_holds h where h.machine_id = machines.id)`.as('hold_row'),
+            sql<unknown>`(select json_agg(w) from work_orders w where w.machine_id = machines.id and w.state in ('running', 'queued'))`.as('open_rows'),
+          ])
+          .where('id', '=', arg(0))
+          .forUpdate(),
       [id],
     );
-    return r ? machineFromRow(r) : undefined;
+    if (!r) return undefined;
+    const { hold_row, open_rows, ...row } = r;
+    this.withLock.set(id, { hold: hold_row ? holdFromRow(hold_row) : undefined, open: open_rows ?? [] });
+    return machineFromRow(row);
+  }
+  override async getHold(machineId: string) {
+    const known = this.withLock.get(machineId);
+    return known ? known.hold : super.getHold(machineId);
+  }
+  override async nextWorkOrder(machineId: string) {
+    const known = this.withLock.get(machineId);
+    return known ? firstOpen(known.open) : super.nextWorkOrder(machineId);
   }
   async insertMachine(m: Machine, tokenHash: string) {
     await this.db.insertInto('machines').values({ ...machineToRow(m), facts: m.facts === null ? null : json(m.facts), token_hash: tokenHash }).execute();
@@ -817,6 +899,7 @@ class SqlTx extends SqlReads implements Tx {
     );
   }
   async deleteMachine(id: string) {
+    this.withLock.clear();
     await this.db.deleteFrom('machines').where('id', '=', id).execute();
     // A rollout's hold dies with its machine (a rollout skips a deleted machine).
     await this.db.deleteFrom('machine_holds').where('machine_id', '=', id).execute();
@@ -893,9 +976,11 @@ class SqlTx extends SqlReads implements Tx {
     await this.db.updateTable('job_logs').set({ data: this.logText(data) }).where('job_id', '=', jobId).where('seq', '=', seq).execute();
   }
   async insertWorkOrder(w: WorkOrder) {
+    this.withLock.clear();
     await this.db.insertInto('work_orders').values(workOrderToRow(w)).execute();
   }
   async updateWorkOrder(w: WorkOrder) {
+    this.withLock.clear();
     const { id, ...rest } = workOrderToRow(w);
     await this.db.updateTable('work_orders').set(rest).where('id', '=', id).execute();
   }
@@ -1016,6 +1101,7 @@ class SqlTx extends SqlReads implements Tx {
     await this.db.updateTable('rollout_items').set(rest).where('rollout_id', '=', rollout_id).where('machine_id', '=', machine_id).execute();
   }
   async putHold(h: MachineHold) {
+    this.withLock.clear();
     const row = { machine_id: h.machineId, rollout_id: h.rolloutId, since: h.since };
     await this.db
       .insertInto('machine_holds')
@@ -1024,6 +1110,7 @@ class SqlTx extends SqlReads implements Tx {
       .execute();
   }
   async deleteHold(machineId: string) {
+    this.withLock.clear();
     const r = await this.db.deleteFrom('machine_holds').where('machine_id', '=', machineId).executeTakeFirst();
     return Number(r.numDeletedRows) > 0;
   }
@@ -1145,7 +1232,7 @@ class SqlTx extends SqlReads implements Tx {
     return Number(r.numUpdatedRows ?? 0) > 0;
   }
   async change(author: string, object: string, action: Change['action'], before: unknown, after: unknown) {
-    const row = {
+    const row: ChangeRow = {
       author,
       at: new Date().toISOString(),
       object,
@@ -1153,33 +1240,11 @@ class SqlTx extends SqlReads implements Tx {
       before: before === undefined ? null : json(before),
       after: after === undefined ? null : json(after),
     };
-    if (this.dialect === 'postgres') {
-      // Numbered max + 1 rather than from the column's sequence: a sequence hands out numbers outside
-      // transactions, so a rolled-back transaction (or savepoint of a group) would leave a gap, and writers
-      // on other connections could commit numbers out of order. Every PostgreSQL transaction of this store
-      // holds WRITE_LOCK (SqlStore.commitGroup) from its start, and under READ COMMITTED this statement's
-      // snapshot is taken after the lock was granted, so it sees every earlier committed change: numbers
-      // are distinct, gap-free and in commit order, as SQLite's single writer gives them.
-      const r = await this.db
-        .insertInto('changes')
-        .columns(['seq', 'author', 'at', 'object', 'action', 'before', 'after'])
-        .expression((eb) =>
-          eb
-            .selectFrom('changes')
-            .select([
-              sql<number>`coalesce(max(seq), 0) + 1`.as('seq'),
-              sql.val(row.author).as('author'),
-              sql.val(row.at).as('at'),
-              sql.val(row.object).as('object'),
-              sql.val(row.action).as('action'),
-              sql.val(row.before).as('before'),
-              sql.val(row.after).as('after'),
-            ]),
-        )
-        .returning('seq')
-        .executeTakeFirstOrThrow();
-      return Number(r.seq);
+    if (this.deferChanges) {
+      this.pendingChanges.push(row);
+      return 0;
     }
+    if (this.dialect === 'postgres') return insertPgChange(this.db, row);
     const r = await this.db.insertInto('changes').values(row).returning('seq').executeTakeFirstOrThrow();
     return Number(r.seq);
   }
@@ -1192,21 +1257,36 @@ interface Queued {
   fn: (tx: Tx) => Promise<unknown>;
   resolve: (value: unknown) => void;
   reject: (error: unknown) => void;
+  /** Times the transaction was rolled back for a lock conflict and queued again (row scope). */
+  retries: number;
 }
 
 /** Transactions committed together at most (bounds how long the last of a group waits for its answer). */
 const MAX_GROUP = 64;
+/**
+ * Times a row-scoped transaction that lost a deadlock (PostgreSQL picked it to end the cycle) is run again
+ * before its caller hears the error. A deadlock needs two groups each holding a machine the other wants:
+ * rare (one machine's requests rarely arrive twice at once), and the retry runs in a later group.
+ */
+const MAX_LOCK_RETRIES = 5;
+/** Row-scoped groups a PostgreSQL store commits at once by default, each on a pooled connection of its own. */
+const ROW_GROUPS = 3;
 
 /**
  * PostgreSQL advisory lock keys (the two-int form; 0x74616b74 is "takt"). WRITE_LOCK is taken by every
- * store transaction for its whole length (`pg_advisory_xact_lock`), so the store's writers are serialised
- * as on SQLite, across connections and processes: change numbers and event ids come out in commit order.
- * ENDPOINT_LOCK is held by a running `takt serve` for as long as its store is open (postgres.ts): shared by
- * replicas, exclusive by `takt store migrate`.
+ * store transaction from its start to COMMIT: exclusively by a store-scoped one (`pg_advisory_xact_lock`),
+ * so it runs alone as on SQLite, across connections and processes; shared by a row-scoped group
+ * (`pg_advisory_xact_lock_shared`), so those run concurrently with each other but never with a
+ * store-scoped one. DRAW_LOCK is taken exclusively by a row-scoped group at its end, just before it draws
+ * its change numbers and event ids, and held to its COMMIT: so numbers and ids are drawn by one transaction
+ * at a time, in commit order (a store-scoped transaction draws them under WRITE_LOCK, which excludes every
+ * row-scoped group). ENDPOINT_LOCK is held by a running `takt serve` for as long as its store is open
+ * (postgres.ts): shared by replicas, exclusive by `takt store migrate`.
  */
 export const PG_LOCK_SPACE = 0x74616b74;
 export const PG_WRITE_LOCK = 1;
 export const PG_ENDPOINT_LOCK = 2;
+export const PG_DRAW_LOCK = 3;
 /**
  * Key space of the replica locks: a `takt serve` replica holds (PG_REPLICA_SPACE, its endpoint id as a
  * 32-bit integer) while it runs, so two replicas with one endpoint id (a data dir copied whole) are refused.
@@ -1214,6 +1294,10 @@ export const PG_ENDPOINT_LOCK = 2;
 export const PG_REPLICA_SPACE = 0x74616b75;
 /** The channel every store on a PostgreSQL database notifies (committed events) and listens on (pg-follow.ts). */
 export const PG_EVENTS_CHANNEL = 'takt_events';
+
+/** PostgreSQL's SQLSTATE for "deadlock detected": the transaction was chosen to end a lock cycle. */
+const PG_DEADLOCK = '40P01';
+const isDeadlock = (error: unknown): boolean => (error as { code?: unknown } | null)?.code === PG_DEADLOCK;
 
 /**
  * Who publishes a store's committed events when other processes write the same database (PostgreSQL:
@@ -1241,7 +1325,16 @@ export interface SqlStoreOptions {
   where?: string;
   /** Run after the database is closed (PostgreSQL: ends the endpoint lock's connection). */
   onClose?: () => Promise<void>;
+  /**
+   * PostgreSQL: row-scoped groups committed at once, each on a connection of its own (default 3; at
+   * least 1). More lets one replica's claims and completions overlap their round trips; each takes a
+   * pooled connection while it runs.
+   */
+  rowGroups?: number;
 }
+
+/** One transaction of a group, as it ended: its value and its Tx (for its events), or its error. */
+type Outcome = { ok: true; value: unknown; tx: SqlTx; events: TaktEvent[] } | { ok: false; error: unknown } | { ok: false; retry: true };
 
 export class SqlStore extends SqlReads implements Store {
   private readonly listeners = new Set<EventListener>();
@@ -1249,6 +1342,15 @@ export class SqlStore extends SqlReads implements Store {
   private readonly ownListeners = new Set<EventListener>();
   private readonly queue: Queued[] = [];
   private draining = false;
+  /** Row-scoped transactions waiting for a group (PostgreSQL), and the groups under way. */
+  private readonly rowQueue: Queued[] = [];
+  private rowsScheduled = false;
+  private rowsInFlight = 0;
+  /**
+   * The publication of the last group that drew event ids (PostgreSQL): each group publishes after the one
+   * before it, so in id order, although row-scoped groups commit on several connections at once.
+   */
+  private published: Promise<void> = Promise.resolve();
   /** Publishes committed events when other processes share the database (PostgreSQL); see `follow`. */
   private feed: EventFeed | undefined;
 
@@ -1310,10 +1412,21 @@ export class SqlStore extends SqlReads implements Store {
    * Nobody hears of a result (or its events) before the group's COMMIT has succeeded. Under load this
    * shares one COMMIT — the costliest statement on SQLite, where writes are serial anyway — among many
    * callers; alone, a transaction commits at once as before.
+   *
+   * `opts.scope` `rows` (PostgreSQL; see TransactOptions): the transaction goes into a row-scoped group;
+   * up to `rowGroups` of those commit at once, on connections of their own, concurrently with other
+   * replicas' (their row locks keep them apart). A row-scoped transaction that PostgreSQL ends to break a
+   * deadlock is rolled back to its savepoint and run again in a later group (at most MAX_LOCK_RETRIES times).
    */
-  transact<T>(fn: (tx: Tx) => Promise<T>): Promise<T> {
+  transact<T>(fn: (tx: Tx) => Promise<T>, opts?: TransactOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ fn: fn as (tx: Tx) => Promise<unknown>, resolve: resolve as (v: unknown) => void, reject });
+      const item: Queued = { fn: fn as (tx: Tx) => Promise<unknown>, resolve: resolve as (v: unknown) => void, reject, retries: 0 };
+      if (opts?.scope === 'rows' && this.dialect === 'postgres') {
+        this.rowQueue.push(item);
+        this.scheduleRows();
+        return;
+      }
+      this.queue.push(item);
       if (!this.draining) {
         this.draining = true;
         // SQLite statements run synchronously, so transactions never overlap by themselves: the group
@@ -1325,9 +1438,33 @@ export class SqlStore extends SqlReads implements Store {
 
   private async drain(): Promise<void> {
     try {
-      while (this.queue.length > 0) await this.commitGroup(this.queue.splice(0, MAX_GROUP));
+      while (this.queue.length > 0) await this.commitGroup(this.queue.splice(0, MAX_GROUP), 'store');
     } finally {
       this.draining = false;
+    }
+  }
+
+  /** Starts row-scoped groups on the next turn of the event loop (what arrives in this one joins them). */
+  private scheduleRows(): void {
+    if (this.rowsScheduled) return;
+    this.rowsScheduled = true;
+    setImmediate(() => {
+      this.rowsScheduled = false;
+      this.pumpRows();
+    });
+  }
+
+  /** Starts row-scoped groups while connections for them are free, sharing out what waits among them. */
+  private pumpRows(): void {
+    const most = Math.max(1, this.options.rowGroups ?? ROW_GROUPS);
+    while (this.rowQueue.length > 0 && this.rowsInFlight < most) {
+      const size = Math.min(MAX_GROUP, Math.ceil(this.rowQueue.length / (most - this.rowsInFlight)));
+      const group = this.rowQueue.splice(0, size);
+      this.rowsInFlight += 1;
+      void this.commitGroup(group, 'rows').finally(() => {
+        this.rowsInFlight -= 1;
+        this.pumpRows();
+      });
     }
   }
 
@@ -1349,31 +1486,39 @@ export class SqlStore extends SqlReads implements Store {
     return this.feed;
   }
 
+  /** Takes the next place in the order of publication: resolves when the group before has published; call the returned `done` after publishing (or failing). */
+  private takeTurn(): { before: Promise<void>; done: () => void } {
+    const before = this.published;
+    let done!: () => void;
+    this.published = new Promise<void>((r) => (done = r));
+    return { before, done };
+  }
+
   /**
    * Runs `body` in one database transaction and commits it; `body` answers a statement to run just before
    * COMMIT, or null. On PostgreSQL the transaction is driven by hand so that BEGIN goes with the write
    * lock and that last statement with COMMIT, one round trip each (simple query protocol: several
    * statements without parameters in one message); writers on other connections (other processes on the
-   * same database) wait at the lock until this commits, and READ COMMITTED then gives each of their
-   * statements a snapshot that includes it. This is what keeps change numbers distinct and gap-free
-   * (SqlTx.change); SERIALIZABLE would instead fail one of two racing writers and need retries of
-   * arbitrary engine code.
+   * same database) wait at the lock as TransactOptions says, and READ COMMITTED then gives each of their
+   * statements a snapshot that includes what committed before they got it. This is what keeps change
+   * numbers distinct and gap-free (insertPgChange); SERIALIZABLE would instead fail one of two racing
+   * writers and need retries of arbitrary engine code.
    * @throws what `body` or the commit throws, after rolling back.
    */
-  private async inTransaction(body: (trx: Db) => Promise<string | null>): Promise<void> {
+  private async inTransaction(scope: 'store' | 'rows', body: (trx: Db, sql: (text: string) => Promise<unknown>) => Promise<string | null>): Promise<void> {
     if (this.dialect !== 'postgres') {
       await this.kysely.transaction().execute(async (trx) => {
-        const last = await body(trx);
+        const last = await body(trx, (text) => trx.executeQuery(CompiledQuery.raw(text)));
         if (last) await trx.executeQuery(CompiledQuery.raw(last));
       });
       return;
     }
     await this.kysely.connection().execute(async (conn) => {
       const sql = (text: string) => conn.executeQuery(CompiledQuery.raw(text));
-      await sql(`begin; select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_WRITE_LOCK})`);
+      await sql(`begin; select pg_advisory_xact_lock${scope === 'rows' ? '_shared' : ''}(${PG_LOCK_SPACE}, ${PG_WRITE_LOCK})`);
       let last: string | null;
       try {
-        last = await body(conn);
+        last = await body(conn, sql);
       } catch (error) {
         await sql('rollback').catch(() => undefined);
         throw error;
@@ -1388,40 +1533,51 @@ export class SqlStore extends SqlReads implements Store {
     });
   }
 
-  private async commitGroup(group: Queued[]): Promise<void> {
-    const outcomes: Array<{ ok: true; value: unknown; events: TaktEvent[] } | { ok: false; error: unknown }> = [];
+  /**
+   * Commits `group` in one database transaction (see `transact`). `store`: each transaction's change
+   * numbers and event ids are drawn as it runs (it holds the write lock exclusively). `rows` (PostgreSQL
+   * only): they are drawn for the whole group at its end, under DRAW_LOCK — one lock round trip, the
+   * change inserts (rare on the paths that are row-scoped), one insert of every event — then COMMIT.
+   */
+  private async commitGroup(group: Queued[], scope: 'store' | 'rows'): Promise<void> {
+    const outcomes: Outcome[] = [];
     const feed = this.feed;
     const pg = this.dialect === 'postgres';
+    const deferred = scope === 'rows';
+    let turn: { before: Promise<void>; done: () => void } | undefined;
     try {
       // A lone transaction needs no savepoint: if it throws, the whole database transaction rolls back.
       const grouped = group.length > 1;
-      const sql = (text: string, trx: Db) => trx.executeQuery(CompiledQuery.raw(text));
-      await this.inTransaction(async (trx) => {
-        // PostgreSQL: every statement is a round trip taken while the write lock is held, so statements
-        // without parameters that follow each other go as one simple query (`release; savepoint`): that
-        // protocol runs several statements in one message. SQLite runs one statement per call.
+      await this.inTransaction(scope, async (trx, sql) => {
+        // A store-scoped group holds the write lock exclusively from here: every group that drew ids
+        // before it has committed, so it publishes after them.
+        if (pg && !deferred) turn = this.takeTurn();
+        // PostgreSQL: every statement is a round trip, so statements without parameters that follow each
+        // other go as one simple query (`release; savepoint`): that protocol runs several statements in one
+        // message. SQLite runs one statement per call.
         let released = true;
         for (const item of group) {
-          if (grouped) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped', trx);
+          if (grouped) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped');
           released = !grouped;
-          const tx = new SqlTx(trx, this.q, this.dialect);
+          const tx = new SqlTx(trx, this.q, this.dialect, deferred);
           try {
             const value = await item.fn(tx);
-            const events = await this.insertEvents(trx, tx.pending);
+            const events = deferred ? [] : await this.insertEvents(trx, tx.pending);
             if (events.length > 0) feed?.drawn(events[events.length - 1]!.id);
             if (grouped && !pg) {
-              await sql('release grouped', trx);
+              await sql('release grouped');
               released = true;
             }
-            outcomes.push({ ok: true, value, events });
+            outcomes.push({ ok: true, value, tx, events });
           } catch (error) {
             if (!grouped) throw error;
-            await sql(pg ? 'rollback to grouped; release grouped' : 'rollback to grouped', trx);
-            if (!pg) await sql('release grouped', trx);
+            await sql(pg ? 'rollback to grouped; release grouped' : 'rollback to grouped');
+            if (!pg) await sql('release grouped');
             released = true;
-            outcomes.push({ ok: false, error });
+            outcomes.push(deferred && isDeadlock(error) && item.retries < MAX_LOCK_RETRIES ? { ok: false, retry: true } : { ok: false, error });
           }
         }
+        if (deferred) await this.drawDeferred(trx, sql, outcomes, (t) => (turn = t));
         // Other processes on the database read the events after the commit (pg-follow.ts). NOTIFY is
         // transactional: delivered only if, and once, the group commits. The last savepoint is not
         // released: COMMIT ends it with the transaction.
@@ -1431,28 +1587,74 @@ export class SqlStore extends SqlReads implements Store {
       });
     } catch (error) {
       feed?.failed();
-      // Nothing of the group was committed: each caller hears its own error, or the commit's.
+      turn?.done();
+      // Nothing of the group was committed: each caller hears its own error, or the commit's; a lone
+      // row-scoped transaction that lost a deadlock runs again.
+      const again: Queued[] = [];
       group.forEach((item, i) => {
         const o = outcomes[i];
-        item.reject(o && !o.ok ? o.error : error);
+        if (deferred && group.length === 1 && isDeadlock(error) && item.retries < MAX_LOCK_RETRIES) again.push(item);
+        else if (o && !o.ok && 'retry' in o) again.push(item);
+        else item.reject(o && !o.ok && 'error' in o ? o.error : error);
       });
+      this.retry(again);
       return;
     }
-    const batches = outcomes.flatMap((o) => (o.ok && o.events.length > 0 ? [o.events] : []));
-    if (feed) {
-      // In id order with other processes' events; usually at once, as below.
-      const publishing = feed.own(batches);
-      if (publishing) await publishing;
-    } else {
-      for (const b of batches) this.publish(b);
+    try {
+      if (turn) await turn.before;
+      const batches = outcomes.flatMap((o) => (o.ok && o.events.length > 0 ? [o.events] : []));
+      if (feed) {
+        // In id order with other processes' events; usually at once, as below.
+        const publishing = feed.own(batches);
+        if (publishing) await publishing;
+      } else {
+        for (const b of batches) this.publish(b);
+      }
+      // Own events, whatever else the feed published meanwhile: groups publish one after another, in id order.
+      if (this.ownListeners.size > 0) for (const b of batches) this.publish(b, this.ownListeners);
+    } finally {
+      turn?.done();
     }
-    // Own events, whatever else the feed published meanwhile: groups commit one after another, so in id order.
-    if (this.ownListeners.size > 0) for (const b of batches) this.publish(b, this.ownListeners);
+    const again: Queued[] = [];
     group.forEach((item, i) => {
       const o = outcomes[i]!;
-      if (!o.ok) return item.reject(o.error);
-      item.resolve(o.value);
+      if (o.ok) item.resolve(o.value);
+      else if ('retry' in o) again.push(item);
+      else item.reject(o.error);
     });
+    this.retry(again);
+  }
+
+  /** Queues row-scoped transactions that lost a deadlock again, ahead of what waits. */
+  private retry(items: Queued[]): void {
+    if (items.length === 0) return;
+    for (const item of items) item.retries += 1;
+    this.rowQueue.unshift(...items);
+    this.scheduleRows();
+  }
+
+  /**
+   * The end of a row-scoped group (PostgreSQL): takes DRAW_LOCK, numbers the group's changes and inserts
+   * its events (ids from the sequence, in the order the transactions ran), and fills each outcome's
+   * `events`. Nothing to draw, no lock: the group commits without it. `onTurn` gets the group's place in
+   * the order of publication, taken as the lock is granted (groups get it in the order they draw ids).
+   */
+  private async drawDeferred(trx: Db, sql: (text: string) => Promise<unknown>, outcomes: Outcome[], onTurn: (t: { before: Promise<void>; done: () => void }) => void): Promise<void> {
+    const done = outcomes.filter((o): o is Extract<Outcome, { ok: true }> => o.ok);
+    if (!done.some((o) => o.tx.pending.length > 0 || o.tx.pendingChanges.length > 0)) return;
+    await sql(`select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_DRAW_LOCK})`);
+    onTurn(this.takeTurn());
+    for (const o of done) for (const c of o.tx.pendingChanges) await insertPgChange(trx, c);
+    const events = await this.insertEvents(
+      trx,
+      done.flatMap((o) => o.tx.pending),
+    );
+    let k = 0;
+    for (const o of done) {
+      o.events = events.slice(k, k + o.tx.pending.length);
+      k += o.tx.pending.length;
+    }
+    if (events.length > 0) this.feed?.drawn(events[events.length - 1]!.id);
   }
 
   /** A listener that throws must not keep the other listeners, or the rest of the group, from hearing. */

@@ -281,7 +281,10 @@ export interface Tx extends Reads {
    * replicas asking at once exactly one gets it. False when another took it since `due`.
    */
   takeTurn(key: string, now: string, due: string): Promise<boolean>;
-  /** Records a numbered desired-state change; returns its number. */
+  /**
+   * Records a numbered desired-state change; returns its number, or 0 in a row-scoped transaction on
+   * PostgreSQL (`TransactOptions.scope`), where the number is drawn at commit.
+   */
   change(author: string, object: string, action: Change['action'], before: unknown, after: unknown): Promise<number>;
   /** Queues an event for publication after commit. */
   emit(topic: string, data: unknown): void;
@@ -289,10 +292,31 @@ export interface Tx extends Reads {
 
 export type EventListener = (events: TaktEvent[]) => void;
 
+/** How a transaction is kept from racing others (Store.transact). */
+export interface TransactOptions {
+  /**
+   * `store` (the default): the transaction behaves as if it were the store's only writer, whatever it
+   * reads and writes — on SQLite it is (one writer), on PostgreSQL it holds the store-wide write lock
+   * from its first statement to COMMIT, across every process on the database.
+   *
+   * `rows`: the transaction guards each read-modify-write itself by row locks: it locks the machine it
+   * works on first (`lockMachine`, `SELECT … FOR UPDATE`) and reads what it then changes only after
+   * that, and it changes only rows that every writer changes under that machine's lock (the machine,
+   * its jobs, their logs, its work orders). On PostgreSQL such transactions run concurrently with each
+   * other (on other connections and replicas), never with a `store` transaction; their change numbers
+   * and event ids are drawn at COMMIT (so `change` answers 0). On SQLite it is the same as `store`.
+   */
+  scope?: 'store' | 'rows';
+}
+
 export interface Store extends Reads {
   readonly dialect: 'sqlite' | 'postgres';
   migrate(): Promise<void>;
-  transact<T>(fn: (tx: Tx) => Promise<T>): Promise<T>;
+  /**
+   * Runs `fn` in a transaction and commits it (the one commit path; see the header). `opts.scope` says
+   * what `fn` relies on to be alone (TransactOptions).
+   */
+  transact<T>(fn: (tx: Tx) => Promise<T>, opts?: TransactOptions): Promise<T>;
   /**
    * Calls `listener` with each committed batch of events, in id order, each event once; returns the
    * unsubscribe function. On PostgreSQL this includes the events other processes on the same database
