@@ -10,12 +10,13 @@ import { join } from 'node:path';
 import type { ApiClient } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { decodeJoinBlock, encodeJoinBlock, JOIN_BLOCK_SIZE, joinBlockOffset, type JoinBlock } from '../model/joinblock.js';
+import { sizeFileOf } from './blockdev.js';
 import { discoverHost } from './discover.js';
 import type { Registration } from './register.js';
 
 /**
  * The size in bytes of `path`: a regular file's length, or a block device's size from sysfs
- * (`/sys/dev/block/MAJ:MIN/size`, in 512-byte sectors whatever the device's sector size).
+ * (blockdev.ts sizeFileOf).
  * @throws TaktError bad_request when `path` is neither, or cannot be read.
  */
 export async function deviceSize(path: string): Promise<number> {
@@ -24,10 +25,9 @@ export async function deviceSize(path: string): Promise<number> {
   });
   if (st.isFile()) return st.size;
   if (!st.isBlockDevice()) throw new TaktError('bad_request', `${path} is neither a block device nor a regular file`);
-  const major = Math.floor(st.rdev / 256) & 0xfff;
-  const minor = (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00);
-  const text = await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8').catch(() => {
-    throw new TaktError('bad_request', `${path}: cannot read its size from /sys/dev/block/${major}:${minor}/size`);
+  const sizeFile = sizeFileOf(st.rdev);
+  const text = await readFile(sizeFile, 'utf8').catch(() => {
+    throw new TaktError('bad_request', `${path}: cannot read its size from ${sizeFile}`);
   });
   return Number(text.trim()) * 512;
 }

@@ -20,6 +20,7 @@ import type { Image } from '../model/image.js';
 import type { ImageWritten } from '../model/protocol.js';
 import { JOIN_BLOCK_SIZE } from '../model/joinblock.js';
 import { deliverJoinBlock } from './deployed.js';
+import { sizeFileOf } from './blockdev.js';
 import { errorMessage } from './log.js';
 
 /** The control file's name (in TAKT_CONTROL_DIR, beside takt-power's). */
@@ -123,15 +124,7 @@ export function checkTargetSize(target: TargetInfo, imageSize: number, path: str
   return `${IMAGE_FAILURES.tooSmall}: ${path} holds ${target.size} bytes (${mib(target.size)}), the image is ${imageSize} bytes (${mib(imageSize)}) and takt's ${JOIN_BLOCK_SIZE}-byte join block goes after it`;
 }
 
-/**
- * Linux block device numbers from `st_rdev` (glibc's gnu_dev_major/minor, sysmacros.h): the major is
- * bits 8–19 and 32–43, the minor bits 0–7 and 20–31.
- */
-export function devNumbers(rdev: number): { major: number; minor: number } {
-  const hi = Math.floor(rdev / 2 ** 32);
-  const lo = rdev >>> 0;
-  return { major: ((lo >>> 8) & 0xfff) | ((hi & 0xfffff000) >>> 0), minor: (lo & 0xff) | ((lo >>> 12) & 0xfffff00) };
-}
+export { devNumbers } from './blockdev.js';
 
 /**
  * What `path` is and how large, without ioctls: a block device's size is `/sys/dev/block/MAJ:MIN/size`
@@ -153,8 +146,7 @@ export async function inspectTarget(path: string, root: string, sys = '/sys'): P
   const st = await stat(real);
   if (st.isFile()) return { real, info: { kind: 'file', size: st.size } };
   if (!st.isBlockDevice()) return { real, info: { kind: 'other', what: st.isDirectory() ? 'a directory' : st.isCharacterDevice() ? 'a character device' : 'not a disk' } };
-  const { major, minor } = devNumbers(st.rdev);
-  const sizeFile = join(sys, 'dev', 'block', `${major}:${minor}`, 'size');
+  const sizeFile = sizeFileOf(st.rdev, sys);
   let sectors: number;
   try {
     sectors = Number((await readFile(sizeFile, 'utf8')).trim());
