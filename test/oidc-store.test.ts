@@ -3,37 +3,13 @@
  * sign-in with issuer and subject, found by them afterwards (not by name), group memberships rewritten from
  * the provider's groups, one user per identity (a unique index), no password.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Users } from '../src/engine/users.js';
-import { openPostgresStore } from '../src/store/postgres.js';
-import type { SqlStore } from '../src/store/sql-store.js';
-import { openSqliteStore } from '../src/store/sqlite.js';
-import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
+import { storeBackends } from './helpers/postgres.js';
 
-const pgWhy = await pgUnavailable();
 const ISS = 'https://login.example.org/realms/ops';
 
-const backends: Array<{ name: string; skip: string | null; make(): Promise<{ open(): Promise<SqlStore>; drop(): Promise<unknown> }> }> = [
-  {
-    name: 'sqlite',
-    skip: null,
-    async make() {
-      const dir = mkdtempSync(join(tmpdir(), 'takt-oidc-store-'));
-      return { open: () => openSqliteStore(join(dir, 'takt.db')), drop: async () => rmSync(dir, { recursive: true, force: true }) };
-    },
-  },
-  {
-    name: 'postgres',
-    skip: pgWhy,
-    async make() {
-      const db = await freshDatabase();
-      return { open: () => openPostgresStore(db.url), drop: () => db.drop() };
-    },
-  },
-];
+const backends = await storeBackends('takt-oidc-store-');
 
 for (const b of backends) {
   describe.skipIf(b.skip !== null)(`single sign-on users in the store (${b.name})`, () => {

@@ -3,39 +3,17 @@
  * 0026_users), and a revocation on one PostgreSQL replica refusing the token on another that had it cached
  * (the cache is dropped on the event the other replica's follower publishes).
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Authenticator } from '../src/api/auth.js';
 import { Users } from '../src/engine/users.js';
 import { openPostgresStore } from '../src/store/postgres.js';
-import type { SqlStore } from '../src/store/sql-store.js';
-import { openSqliteStore } from '../src/store/sqlite.js';
 import { until } from './helpers/endpoint.js';
-import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
+import { freshDatabase, pgUnavailable, storeBackends } from './helpers/postgres.js';
 
 const pgWhy = await pgUnavailable();
 const PW = 'correct horse battery';
 
-const backends: Array<{ name: string; skip: string | null; make(): Promise<{ open(): Promise<SqlStore>; drop(): Promise<unknown> }> }> = [
-  {
-    name: 'sqlite',
-    skip: null,
-    async make() {
-      const dir = mkdtempSync(join(tmpdir(), 'takt-users-'));
-      return { open: () => openSqliteStore(join(dir, 'takt.db')), drop: async () => rmSync(dir, { recursive: true, force: true }) };
-    },
-  },
-  {
-    name: 'postgres',
-    skip: pgWhy,
-    async make() {
-      const db = await freshDatabase();
-      return { open: () => openPostgresStore(db.url), drop: () => db.drop() };
-    },
-  },
-];
+const backends = await storeBackends('takt-users-');
 
 for (const b of backends) {
   describe.skipIf(b.skip !== null)(`users in the store (${b.name})`, () => {

@@ -1,26 +1,14 @@
 /** `takt audit` (issue #16): who did what to the endpoint — writes, reads of secrets, refusals — newest first. */
 import type { Command } from 'commander';
 import type { ApiClient } from '../client/http.js';
+import type { AuditEntry } from '../model/audit.js';
 import { pc } from './color.js';
 import type { GlobalOptions } from './client.js';
 import { examples } from './help.js';
 import { print, renderTable } from './output.js';
 
-/** One entry as the API answers it (machines shown by name). */
-export interface AuditView {
-  id: number;
-  at: string;
-  principal: string;
-  token: string | null;
-  source: string;
-  method: string;
-  route: string;
-  resource: string | null;
-  status: number;
-  outcome: 'ok' | 'denied' | 'failed';
-  detail: string | null;
-  requestId: string;
-}
+/** One entry as the API answers it (machines shown by name): the store's entry (model/audit.ts). */
+type AuditView = AuditEntry;
 
 const OUTCOME_COLOR = { ok: pc.green, denied: pc.red, failed: pc.yellow } as const;
 

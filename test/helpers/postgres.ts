@@ -5,8 +5,14 @@
  * (CI=true), where .ci/run starts PostgreSQL: there an unreachable server fails the run.
  */
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import pg from 'pg';
 import type { TaktEvent } from '../../src/model/machine.js';
+import { openPostgresStore } from '../../src/store/postgres.js';
+import type { SqlStore } from '../../src/store/sql-store.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
 import type { Store } from '../../src/store/store.js';
 
 /** The maintenance database tests create their databases from. */
@@ -63,4 +69,35 @@ export async function allEvents(store: Pick<Store, 'listEvents'>): Promise<TaktE
     if (got.length < 1000) break;
   }
   return out;
+}
+
+/** A store backend a test runs on: SQLite always; PostgreSQL when it is reachable (else `skip` says why). */
+export interface StoreBackend {
+  name: 'sqlite' | 'postgres';
+  skip: string | null;
+  /** A fresh, empty store location: `open` opens (and migrates) a store on it; `drop` removes it. */
+  make(): Promise<{ open(): Promise<SqlStore>; drop(): Promise<unknown> }>;
+}
+
+/** SQLite (a temporary directory named `dirPrefix…`) and PostgreSQL (a fresh database per `make`). */
+export async function storeBackends(dirPrefix: string): Promise<StoreBackend[]> {
+  const pgWhy = await pgUnavailable();
+  return [
+    {
+      name: 'sqlite',
+      skip: null,
+      async make() {
+        const dir = mkdtempSync(join(tmpdir(), dirPrefix));
+        return { open: () => openSqliteStore(join(dir, 'takt.db')), drop: async () => rmSync(dir, { recursive: true, force: true }) };
+      },
+    },
+    {
+      name: 'postgres',
+      skip: pgWhy,
+      async make() {
+        const db = await freshDatabase();
+        return { open: () => openPostgresStore(db.url), drop: () => db.drop() };
+      },
+    },
+  ];
 }
