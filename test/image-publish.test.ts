@@ -124,7 +124,7 @@ describe('takt-image publish', () => {
   it('refuses a machine token without its running job, with a finished job, or with another machine\'s job; and a person with a job', async () => {
     const holder = await machineWithAgent('holder', 'hold');
     const running = await until(async () => (await jobsOf('holder')).find((j) => j.state === 'running'), 60_000, 'the hold job to run');
-    const { id: otherId, token: otherToken } = await machineWithAgent('other', 'publish-relative');
+    const { token: otherToken } = await machineWithAgent('other', 'publish-relative');
     await settled('other');
     const finished = (await jobsOf('other'))[0]!;
     const put = (token: string, query: Record<string, string>) =>
@@ -138,6 +138,5 @@ describe('takt-image publish', () => {
     // The running job's own machine may.
     const ok = await put(holder.token, { job: running.id });
     expect(ok).toMatchObject({ name: 'direct', provenance: { kind: 'build', job: running.id, machine: { name: 'holder' } } });
-    expect(otherId).not.toBe(holder.id);
   }, 180_000);
 });

@@ -69,14 +69,15 @@ describe('a stage that needs another bootenv reboots the agent into it', () => {
   it('a long-polling claim answers the reboot at once, and the agent back in the right bootenv gets the job', async () => {
     const m = await machine('rb-2', '52:54:00:00:0b:02', 'one-boot');
     const client = new ApiClient({ endpoint: ep.url, token: m.token });
-    // A 60 s long-poll: the answer must not wait for it (the test's bound is well under it).
-    const first = await client.post<ClaimResponse>(`/machines/${m.id}/claim?wait=60`, { bootenv: 'discovery' }, { timeoutMs: 30_000 });
+    // A 60 s long-poll. Without the fix the loop looks again instead of answering, and the answer it gives at
+    // the deadline carries no reboot (the machine stopped): the content decides, not how long it took.
+    const first = await client.post<ClaimResponse>(`/machines/${m.id}/claim?wait=60`, { bootenv: 'discovery' }, { timeoutMs: 120_000 });
     expect(first).toMatchObject({ job: null, action: 'reboot' });
     expect(((await ep.call('GET', '/machines/rb-2')).body as Machine).state).toBe('running');
     // Back from the reboot in the stage's bootenv: the stage's task.
     const second = await client.post<ClaimResponse>(`/machines/${m.id}/claim?wait=0`, { bootenv: 'installed' });
     expect(second.job?.task).toBe('second');
-  }, 60_000);
+  }, 180_000);
 
   it('takt machines rebuild: the machine boots discovery again, its pipeline starts over, and its agent in the installed OS is told to reboot', async () => {
     const m = await machine('rb-3', '52:54:00:00:0b:03', 'plain', 'installed');
