@@ -294,7 +294,7 @@ describe('runAgent', () => {
     const logs: string[] = [];
     const ac = new AbortController();
     const running = runAgent(agentOpts(url, logs), ac.signal);
-    await new Promise((r) => setTimeout(r, 300));
+    for (let i = 0; i < 500 && !logs.includes('warn: cannot claim jobs; retrying'); i++) await new Promise((r) => setTimeout(r, 20));
     expect(logs).toContain('warn: cannot claim jobs; retrying');
     const port = Number(new URL(url).port);
     const server = createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ job: null, machine: machine('off') })));

@@ -219,8 +219,10 @@ describe('agent protocol', () => {
     const outputs: Record<string, Record<string, string>> = { hello: { count: '3' } };
     // a completion that hands out the next job writes the machine once: one event, already on the next job
     type MachineEvent = { data: { state: string; currentJob: string | null } };
-    const first = readEvents(`topics=machines.update.${m.id}`, (ev) => ev.some((e) => (e as unknown as MachineEvent).data.currentJob !== job.id));
-    await new Promise((r) => setTimeout(r, 300));
+    let open!: () => void;
+    let opened = new Promise<void>((r) => (open = r));
+    const first = readEvents(`topics=machines.update.${m.id}`, (ev) => ev.some((e) => (e as unknown as MachineEvent).data.currentJob !== job.id), open);
+    await opened;
     const done1 = await call('POST', `/jobs/${job.id}/complete`, { exitCode: 0, outputs: outputs.hello, claim: true }, m.token);
     const firstSeen = (await first) as unknown as MachineEvent[];
     expect(firstSeen.map((e) => e.data.currentJob)).toEqual([done1.body.next.job.id]);
@@ -230,8 +232,9 @@ describe('agent protocol', () => {
     }
     expect(job.task).toBe('fail-if');
     // one machine event for the completion, with the machine as it ends up
-    const watching = readEvents(`topics=machines.update.${m.id}`, (ev) => ev.some((e) => (e as unknown as MachineEvent).data.state === 'stopped'));
-    await new Promise((r) => setTimeout(r, 300));
+    opened = new Promise<void>((r) => (open = r));
+    const watching = readEvents(`topics=machines.update.${m.id}`, (ev) => ev.some((e) => (e as unknown as MachineEvent).data.state === 'stopped'), open);
+    await opened;
     const r = await call('POST', `/jobs/${job.id}/complete`, { exitCode: 3, outputs: {}, claim: true }, m.token);
     expect(r.body).toMatchObject({ job: { state: 'failed' }, action: 'continue', next: { job: null, machine: { state: 'stopped' } } });
     const seen = (await watching) as unknown as MachineEvent[];
@@ -412,11 +415,17 @@ describe('bad input', () => {
 });
 
 /** Reads server-sent events until `stop` says so (or a few seconds pass). */
-async function readEvents(query: string, stop: (events: Array<{ id: number; topic: string }>) => boolean) {
+/**
+ * Reads the event stream until `stop` says so (or 8 s pass). `opened` is called once the answer's headers
+ * are in: the endpoint subscribes before it writes them (routes/events.ts), so from then on no live
+ * event can be missed — the synchronisation a test needs, instead of a pause.
+ */
+async function readEvents(query: string, stop: (events: Array<{ id: number; topic: string }>) => boolean, opened?: () => void) {
   const ac = new AbortController();
   const timer = setTimeout(() => ac.abort(), 8000);
   const res = await fetch(`${ep.url}/api/v1/events?${query}`, { headers: { authorization: `Bearer ${ep.token}` }, signal: ac.signal });
   expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
+  opened?.();
   const events: Array<{ id: number; topic: string; data: Record<string, unknown> }> = [];
   const decoder = new TextDecoder();
   let buf = '';
@@ -442,8 +451,10 @@ async function readEvents(query: string, stop: (events: Array<{ id: number; topi
 
 describe('event stream', () => {
   it('delivers live events that match the topic filter, and replays from an id', async () => {
-    const live = readEvents('topics=machines.create.*', (ev) => ev.some((e) => (e as unknown as { data: { name?: string } }).data?.name === 'ev-2'));
-    await new Promise((r) => setTimeout(r, 200));
+    let open!: () => void;
+    const opened = new Promise<void>((r) => (open = r));
+    const live = readEvents('topics=machines.create.*', (ev) => ev.some((e) => (e as unknown as { data: { name?: string } }).data?.name === 'ev-2'), open);
+    await opened;
     const one = await makeMachine('ev-1');
     await call('PATCH', `/machines/${one.id}`, { params: { msg: 'x' } });
     await makeMachine('ev-2');
@@ -462,17 +473,25 @@ describe('event stream', () => {
     const { hostname, port } = new URL(ep.url);
     const sock = connect(Number(port), hostname);
     await new Promise((r) => sock.once('connect', r));
-    sock.write(`GET /api/v1/events?topics=${topic} HTTP/1.1\r\nHost: ${hostname}\r\nAuthorization: Bearer ${ep.token}\r\n\r\n`);
-    sock.pause();
     const chunks: Buffer[] = [];
+    // Subscribed once ': connected' arrives (the endpoint subscribes before it writes it); then it stops reading.
+    let subscribed!: () => void;
+    let isSubscribed = false;
+    const connected = new Promise<void>((r) => (subscribed = r));
     // The endpoint ends the response (the chunked stream's last, empty chunk); the connection may stay.
     const ended = new Promise<void>((r) =>
       sock.on('data', (d: Buffer) => {
         chunks.push(d);
+        if (!isSubscribed && Buffer.concat(chunks).toString('latin1').includes(': connected')) {
+          isSubscribed = true;
+          sock.pause();
+          subscribed();
+        }
         if (Buffer.concat(chunks.slice(-2)).includes('\r\n0\r\n\r\n')) r();
       }),
     );
-    await new Promise((r) => setTimeout(r, 200));
+    sock.write(`GET /api/v1/events?topics=${topic} HTTP/1.1\r\nHost: ${hostname}\r\nAuthorization: Bearer ${ep.token}\r\n\r\n`);
+    await connected;
 
     // ~40 MiB of events for it: far more than socket buffers and the endpoint's 8 MiB allowance
     // (each under the 64 KiB a machine's params may hold)
