@@ -408,7 +408,7 @@ describe('the demo pack', () => {
       };
 
       const pipeline = get<{ stages: string[]; environments: string[] }>('pipelines', 'demo');
-      expect(pipeline.environments).toEqual(['local', 'netns', 'remote', 'ssh']);
+      expect(pipeline.environments).toEqual(['local', 'netns', 'remote', 'ssh', 'metal']);
       for (const stage of pipeline.stages) {
         for (const t of get<{ tasks: string[] }>('stages', stage).tasks) {
           const res = run(t);

@@ -45,6 +45,14 @@ const NO_OP = 'no-op: ';
 /** Environments whose broker has another name: `metal` machines are the qemu broker's network-booted VMs. */
 const ENV_BROKERS: Record<string, string> = { metal: 'qemu' };
 
+/**
+ * The bootenv a `metal` machine boots to walk a pipeline: the discovery environment runs takt's agent in
+ * memory with the machine's own token (docs/provisioning.md "Discovery"), so no disk and no image is
+ * needed. The built environment (node and the agent in an initramfs) needs more than the qemu broker's
+ * default 512 MiB.
+ */
+const METAL_VM = { bootenv: 'discovery', memoryMiB: 1024 } as const;
+
 /** One cell from the jobs a machine ran for one task (the last run decides; earlier ones were resumed). */
 export function cellFor(jobs: Job[], logLine: (job: Job) => string | null): Cell {
   const job = jobs[jobs.length - 1];
@@ -116,9 +124,11 @@ export function exerciseCommand(program: Command, g: () => GlobalOptions, api: (
     .description(
       'run PIPELINE on one fresh machine per environment, destroy them, and print the coverage matrix:\n' +
         'task × environment → the variant that ran, a no-op (with its reason), passed, or failed (with its log line).\n' +
-        'Exits 1 when any environment fails. Environments are broker names (local, netns), or metal: a VM of the qemu broker that boots from the network (needs takt serve --provision and --qemu-bridge).',
+        'Exits 1 when any environment fails. Environments are broker names (local, netns), or metal: a VM of the qemu broker\n' +
+          'that boots the discovery bootenv from the network and walks the pipeline there, in memory (needs takt serve --provision\n' +
+          '--dhcp full --qemu-bridge BR and takt bootenv build discovery --install; under software emulation give --timeout 20m).',
     )
-    .addHelpText('after', examples('takt exercise demo --envs local,netns', 'takt exercise demo --envs local --keep'))
+    .addHelpText('after', examples('takt exercise demo --envs local,netns', 'takt exercise demo --envs local --keep', 'takt exercise demo --envs local,netns,metal --timeout 20m'))
     .option('--envs <list>', 'comma-separated environments (brokers)', 'local')
     .option('--param <key=value>', `param for the machines (repeatable); ${PARAM_TYPING}`, collect)
     .option('--timeout <duration>', 'give up waiting after this long', '10m')
@@ -155,7 +165,15 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
   process.once('SIGINT', onSignal);
   try {
     for (const env of envs) {
-      const r = await client.post<{ items: Machine[] }>('/machines', { name: `exercise-${pipeline}-${env}-${suffix}`, broker: ENV_BROKERS[env] ?? env, pipeline, ...(Object.keys(params).length ? { params } : {}) });
+      const vm = env === 'metal' ? { vm: METAL_VM } : {};
+      const r = await client
+        .post<{ items: Machine[] }>('/machines', { name: `exercise-${pipeline}-${env}-${suffix}`, broker: ENV_BROKERS[env] ?? env, pipeline, ...vm, ...(Object.keys(params).length ? { params } : {}) })
+        .catch((err: unknown) => {
+          if (env === 'metal' && err instanceof TaktError && err.code === 'not_found') {
+            throw new TaktError('conflict', `a metal machine walks the pipeline in the '${METAL_VM.bootenv}' bootenv, which no pack defines here: build and install it with takt bootenv build discovery --install`, { path: 'envs' });
+          }
+          throw err;
+        });
       created[env] = r.items[0]!;
     }
     const finished: Record<string, { machine: Machine; at: number }> = {};

@@ -231,7 +231,7 @@ export async function buildDiscoveryEnv(opts: BuildOptions): Promise<DiscoveryEn
         }
       }
     };
-    busyboxEntries(entries, dirs, ['env']);
+    busyboxEntries(entries, dirs, ['env', ...(await allApplets())]);
     moduleEntries(entries, kernel, moduleClosure(kernel.modulesDir, SLEDGE_MODULES));
     for (const d of ['run', 'root', 'usr/bin']) dir(d);
     entries.push({ type: 'symlink', path: 'usr/bin/env', target: '/bin/busybox' });
@@ -306,9 +306,23 @@ export function discoveryBootenvYaml(k: { path: string; sha256: string }, i: { p
   ].join('\n');
 }
 
-/** What a build depends on: the kernel package, the bundle (its path names its key), /init, busybox, bash, the compression. */
+/**
+ * Every applet the host's busybox has, as names for /bin symlinks. Pipelines run their task scripts in
+ * this environment (`takt exercise --envs metal` walks the demo here), so find, date, sort or du are as
+ * ordinary as cat. Names are checked (no `/`); NOT_LINKED are left out.
+ * @throws when busybox cannot be run (the build then says so).
+ */
+/** Applets not linked: busybox itself (its link would replace the binary), the real bash, and inits (/init is takt's). */
+const NOT_LINKED = new Set(['busybox', 'bash', 'init', 'linuxrc']);
+
+async function allApplets(busybox = '/bin/busybox'): Promise<string[]> {
+  const { stdout } = await run(busybox, ['--list'], { encoding: 'utf8' });
+  return stdout.split('\n').map((a) => a.trim()).filter((a) => /^[a-z0-9_.[-]+$/.test(a) && !NOT_LINKED.has(a));
+}
+
+/** What a build depends on: the kernel package, the bundle (its path names its key), /init, busybox (and which of its applets are linked), bash, the compression. */
 function buildKey(kernel: BootKernel, bundle: string, version: string, compression: InitrdCompression): string {
-  const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0${compression}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC).update(DISCOVERY_CMDLINE);
+  const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0${compression}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC).update(DISCOVERY_CMDLINE).update('applets: all busybox --list but busybox, bash, init, linuxrc');
   // statSync follows links: a missing file hashes as size 0 (the build itself then says what to install).
   for (const f of ['/bin/busybox', '/bin/bash']) {
     const st = statSync(f, { throwIfNoEntry: false });
