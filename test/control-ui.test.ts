@@ -5,17 +5,15 @@
  * came of it — the API's own message when it refuses — and the view follows the new state live.
  * The long task is a `gate` that runs until the test creates `go` in the machine's root: no timing involved.
  */
-import { existsSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job, Machine } from '../src/model/machine.js';
 import { Endpoint, until } from './helpers/endpoint.js';
+import { haveChromium, launchChromium } from './helpers/browser.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium) console.warn(`skipping the control UI test: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
 
 const gates = {
   'pack.yaml': 'name: gates\nversion: 1.0.0\n',
@@ -49,10 +47,7 @@ describe.skipIf(!haveChromium)('web UI: stopping and resuming work', () => {
     expect((await ep.call('POST', '/packs', { files: gates })).status).toBeLessThan(300);
     const made = await ep.cli(['machines', 'create', 'ctl', '--broker', 'local', '--pipeline', 'gated']);
     expect(made.code, made.stderr).toBe(0);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync'],
-    });
+    browser = await launchChromium();
   }, 120_000);
   afterAll(async () => {
     await browser?.close();

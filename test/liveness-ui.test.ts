@@ -3,15 +3,12 @@
  * that turns green when its agent connects and red with "last seen … ago" when it is gone, from the event
  * stream (the page is not reloaded), and a machine with work and no agent shown waiting for one.
  */
-import { existsSync } from 'node:fs';
-import { chromium, type Browser } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint, packFiles } from './helpers/endpoint.js';
 import { AgentProcess } from './helpers/liveness.js';
+import { haveChromium, launchChromium } from './helpers/browser.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium) console.warn(`skipping the liveness UI test: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
 
 let ep: Endpoint;
 let browser: Browser;
@@ -21,10 +18,7 @@ describe.skipIf(!haveChromium)('web UI: agent liveness', () => {
   beforeAll(async () => {
     ep = await Endpoint.start({ env: { TAKT_AGENT_GONE_AFTER: '2s' } });
     expect((await ep.call('POST', '/packs', { files: await packFiles('liveness') })).status).toBeLessThan(300);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync'],
-    });
+    browser = await launchChromium();
   });
   afterAll(async () => {
     await agent?.dispose();

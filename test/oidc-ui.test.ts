@@ -4,18 +4,16 @@
  * the endpoint as a confidential client) and lands in the UI signed in; the password form; a forged
  * callback shows its reason. Chromium may reach loopback only (the provider's pages import web fonts).
  */
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint } from './helpers/endpoint.js';
 import { TestProvider } from './helpers/oidc-provider.js';
+import { haveChromium, launchChromium } from './helpers/browser.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium) console.warn(`skipping OIDC UI tests: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
 
 let idp: TestProvider;
 let ep: Endpoint;
@@ -54,10 +52,7 @@ describe.skipIf(!haveChromium)('single sign-on in the web UI (Chromium, real pro
     ep = await Endpoint.start({ listen: [`127.0.0.1:${port}`], args: ['--oidc-issuer', idp.issuer, '--oidc-client-id', 'takt-ui', '--oidc-client-secret-file', secretFile] });
     expect((await ep.call('PUT', '/groups/ops', {})).status).toBe(200);
     expect((await ep.call('POST', '/rolebindings', { role: 'operator', subject: 'group:ops' })).status).toBe(201);
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync'],
-    });
+    browser = await launchChromium();
   }, 120_000);
 
   afterAll(async () => {

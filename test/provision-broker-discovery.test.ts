@@ -26,7 +26,7 @@ import { bootArtifacts } from './helpers/provision.js';
 describe('a qemu broker VM boots discovery: registers as itself, is classified and runs its pipeline', () => {
   // Short names: the VM's QMP socket path lives under the data dir (108-byte limit).
   const lab = new BootLab({ netnsPrefix: 'tkbd-', subnet: '10.233', dirPrefix: 'tkbd-', dataName: 'd', bridgeName: 'tkbd0', cliTimeoutMs: 120_000 });
-  const { netns, prefix, bridge } = lab;
+  const { netns, bridge } = lab;
   const cli = (args: string[], timeoutMs?: number) => lab.cli(args, timeoutMs);
   const links = () => execFileSync('ip', ['-n', netns, '-o', 'link', 'show', 'master', bridge], { encoding: 'utf8', timeout: 10_000 });
   let serialLog = '';
@@ -38,16 +38,10 @@ describe('a qemu broker VM boots discovery: registers as itself, is classified a
     // the discovery build below takes the kernel from this cache.
     await bootArtifacts();
     lab.open();
-    await lab.serve(['--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0', '--qemu-bridge', bridge], { env: { TAKT_QEMU_ACCEL: process.env.TAKT_QEMU_ACCEL ?? 'tcg' }, startMs: 120_000 });
+    await lab.serveVms();
   }, 600_000);
 
-  afterAll(async () => {
-    // The endpoint first: its supervisor would start a killed VM again. qemu outlives its endpoint on
-    // purpose, so a VM a failed test left is then ended by its pid.
-    await lab.stopServe();
-    lab.killBrokerVms();
-    await lab.stop();
-  }, 60_000);
+  afterAll(() => lab.close(), 60_000);
 
   it('builds and installs the discovery bootenv', async () => {
     const r = await cli(['bootenv', 'build', 'discovery', '--install', '-o', 'json'], 540_000);

@@ -21,7 +21,6 @@ import { bootArtifacts } from './helpers/provision.js';
 
 describe('deploying an image to a VM: written from discovery, booted from disk, joined as itself', () => {
   const lab = new BootLab({ netnsPrefix: 'tkdy-', subnet: '10.234', dirPrefix: 'tkdy-', dataName: 'd', bridgeName: 'tkdy0', cliTimeoutMs: 120_000 });
-  const { prefix, bridge } = lab;
   const cli = (args: string[], timeoutMs?: number) => lab.cli(args, timeoutMs);
   let serialLog = '';
   const console_ = () => (serialLog && existsSync(serialLog) ? readFileSync(serialLog, 'utf8').slice(-4000) : '(no serial log)');
@@ -31,14 +30,10 @@ describe('deploying an image to a VM: written from discovery, booted from disk, 
   beforeAll(async () => {
     await bootArtifacts();
     lab.open();
-    await lab.serve(['--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0', '--qemu-bridge', bridge], { env: { TAKT_QEMU_ACCEL: process.env.TAKT_QEMU_ACCEL ?? 'tcg' }, startMs: 120_000 });
+    await lab.serveVms();
   }, 600_000);
 
-  afterAll(async () => {
-    await lab.stopServe();
-    lab.killBrokerVms();
-    await lab.stop();
-  }, 60_000);
+  afterAll(() => lab.close(), 60_000);
 
   it('builds discovery and its disk image; installs the one, imports the other', async () => {
     image = join(lab.dir, 'agent-os.img');

@@ -18,7 +18,6 @@ const DEMO = fileURLToPath(new URL('../content/demo', import.meta.url));
 
 describe('exercise: the demo pipeline on a local sandbox, a netns host and a network-booted VM', () => {
   const lab = new BootLab({ netnsPrefix: 'tkex-', subnet: '10.236', dirPrefix: 'tkex-', dataName: 'd', bridgeName: 'tkex0', cliTimeoutMs: 120_000 });
-  const { prefix, bridge } = lab;
   const cli = (args: string[], timeoutMs?: number) => lab.cli(args, timeoutMs);
   const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
   const serials = () =>
@@ -35,17 +34,10 @@ describe('exercise: the demo pipeline on a local sandbox, a netns host and a net
     lab.open();
     // Local sandboxes run as their own users under the data dir: they must pass through the lab's directory.
     chmodSync(lab.dir, 0o711);
-    await lab.serve(['--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0', '--qemu-bridge', bridge], {
-      env: { TAKT_QEMU_ACCEL: process.env.TAKT_QEMU_ACCEL ?? 'tcg', TAKT_NETNS_SUBNET: '10.237.0.0/16' },
-      startMs: 120_000,
-    });
+    await lab.serveVms({ env: { TAKT_NETNS_SUBNET: '10.237.0.0/16' } });
   }, 600_000);
 
-  afterAll(async () => {
-    await lab.stopServe();
-    lab.killBrokerVms();
-    await lab.stop();
-  }, 60_000);
+  afterAll(() => lab.close(), 60_000);
 
   it('without the discovery bootenv, a metal exercise is refused before any machine is made, saying how to build it', async () => {
     expect((await cli(['content', 'install', DEMO])).code).toBe(0);

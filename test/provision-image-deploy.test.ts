@@ -33,7 +33,6 @@ const QEMU = '/usr/bin/qemu-system-x86_64';
 describe.skipIf(!existsSync(QEMU))('image-deploy on a BIOS VM: discovery → image written and verified → boots its disk → the disk equals the image', () => {
   // Short names: the VM's QMP socket path lives under the data dir (108-byte limit).
   const lab = new BootLab({ netnsPrefix: 'tkdp-', subnet: '10.241', dirPrefix: 'tkdp-', dataName: 'd', bridgeName: 'tkdp0', cliTimeoutMs: 120_000 });
-  const { prefix, bridge } = lab;
   const cli = (args: string[], timeoutMs?: number) => lab.cli(args, timeoutMs);
   const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
   let img: DiskImage;
@@ -46,15 +45,10 @@ describe.skipIf(!existsSync(QEMU))('image-deploy on a BIOS VM: discovery → ima
     lab.open();
     marker = `dp-${process.pid}-${Date.now().toString(36)}`;
     img = await markerImage({ kernel: await debianKernel(), out: join(lab.dir, 'marker.img'), marker });
-    await lab.serve(['--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0', '--qemu-bridge', bridge], { env: { TAKT_QEMU_ACCEL: process.env.TAKT_QEMU_ACCEL ?? 'tcg' }, startMs: 120_000 });
+    await lab.serveVms();
   }, 900_000);
 
-  afterAll(async () => {
-    // The endpoint first: its supervisor would start a killed VM again.
-    await lab.stopServe();
-    lab.killBrokerVms();
-    await lab.stop();
-  }, 60_000);
+  afterAll(() => lab.close(), 60_000);
 
   it('builds and installs the discovery bootenv; imports the image; pushes content/image-deploy', async () => {
     const r = await cli(['bootenv', 'build', 'discovery', '--install', '-o', 'json'], 540_000);

@@ -5,14 +5,11 @@
  * from them. Replacing the UI's `esc` with the identity makes this fail (elements appear), whatever the
  * CSP then blocks.
  */
-import { existsSync } from 'node:fs';
-import { chromium, type Browser } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint, until } from './helpers/endpoint.js';
+import { haveChromium, launchChromium } from './helpers/browser.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium) console.warn(`skipping UI tests: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
 
 const IMG = '<img src=x id=pwn1 onerror="window.pwned=1">';
 const SCRIPT = '</td><script>window.pwned=2</script><b id=pwn2>bold</b>';
@@ -25,10 +22,7 @@ describe.skipIf(!haveChromium)('web UI: hostile text stays text', () => {
 
   beforeAll(async () => {
     ep = await Endpoint.start();
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync'],
-    });
+    browser = await launchChromium();
   }, 120_000);
   afterAll(async () => {
     await browser?.close();

@@ -1,16 +1,13 @@
 /**
  * The web UI in a real Chromium (Debian's, driven by playwright-core) against a real endpoint with the demo.
  */
-import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint } from './helpers/endpoint.js';
+import { haveChromium, launchChromium } from './helpers/browser.js';
 
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
-const haveChromium = existsSync(CHROMIUM);
-if (!haveChromium) console.warn(`skipping UI tests: no Chromium at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`);
 
 let ep: Endpoint;
 let browser: Browser;
@@ -18,10 +15,7 @@ let browser: Browser;
 describe.skipIf(!haveChromium)('web UI', () => {
   beforeAll(async () => {
     ep = await Endpoint.start({ demo: true });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run', '--disable-sync'],
-    });
+    browser = await launchChromium();
   });
   afterAll(async () => {
     await browser?.close();

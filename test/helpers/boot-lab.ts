@@ -152,6 +152,29 @@ export class BootLab {
     this.bootUrl = readFileSync(join(this.data, 'boot-url'), 'utf8').trim();
   }
 
+  /**
+   * `serve` as the VM tests run it: the API on loopback and on `<prefix>.1:8443`, 10 s leases, boot
+   * services for `<prefix>.1/24` with full DHCP on `.100–.150`, and the qemu broker's VMs on the lab's
+   * bridge (TCG unless TAKT_QEMU_ACCEL says otherwise). `args`: more serve flags; `env`: more environment.
+   */
+  async serveVms(o: { args?: string[]; env?: Record<string, string> } = {}): Promise<void> {
+    const p = this.prefix;
+    await this.serve(['--listen', '127.0.0.1:0', '--listen', `${p}.1:8443`, '--lease', '10s', '--provision', `${p}.1/24`, '--dhcp', 'full', '--dhcp-range', `${p}.100-${p}.150`, '--boot-port', '0', '--qemu-bridge', this.bridge, ...(o.args ?? [])], {
+      env: { TAKT_QEMU_ACCEL: process.env.TAKT_QEMU_ACCEL ?? 'tcg', ...o.env },
+      startMs: 120_000,
+    });
+  }
+
+  /**
+   * Ends a VM lab: the endpoint first (its supervisor would start a killed VM again), then the qemu of
+   * every VM it left (qemu outlives its endpoint on purpose), then `stop()`. Never throws.
+   */
+  async close(): Promise<void> {
+    await this.stopServe();
+    this.killBrokerVms();
+    await this.stop();
+  }
+
   /** Ends `takt serve` (SIGTERM, then SIGKILL after `graceMs`); its output stays in `output`. */
   async stopServe(graceMs = 15_000): Promise<void> {
     await stopProcess(this.serveProcess, graceMs);
