@@ -88,6 +88,20 @@ describe.skipIf(!haveTools)('buildDiskImage from a directory (rootDir)', () => {
     }
   });
 
+  it("makes a boot partition of Debian's size (6.1 kernel and initrd, 42.6 MiB: a 62 MiB partition, on a 200 MiB root) FAT32 that SYSLINUX takes", async () => {
+    // mkfs.vfat's own cluster size, on a file this size, leaves the partition under FAT32's 65,525
+    // clusters, and SYSLINUX refuses it ("zero FAT sectors (FAT12/16)").
+    writeFileSync(join(dir, 'initrd-big'), Buffer.alloc(36_327_952, 9));
+    writeFileSync(join(dir, 'vmlinuz-big'), Buffer.alloc(8_222_656, 7));
+    const out = join(dir, 'big.img');
+    const img = await buildDiskImage({ out, kernel: join(dir, 'vmlinuz-big'), initrd: join(dir, 'initrd-big'), cmdline: 'x', rootDir: tinyTree(join(dir, 'tree-big'), 'g1'), rootMiB: 200 });
+    expect(img.partitions.boot.size).toBe(62 * MIB);
+    const listing = execFileSync('mdir', ['-i', `${out}@@${img.partitions.boot.start}`, '-a', '-b', '::/'], { encoding: 'utf8', env: { ...process.env, MTOOLS_SKIP_CHECK: '1' } });
+    expect(listing).toContain('::/ldlinux.sys');
+    expect(execFileSync('file', ['-s', '-L', out], { encoding: 'utf8' })).toMatch(/MBR boot sector/);
+    rmSync(out);
+  });
+
   it('gives equal trees the same recipe and another tree another one; refuses both inputs, a missing tree, a too small root', async () => {
     const a = await buildDiskImage({ out: join(dir, 'a2.img'), kernel: join(dir, 'vmlinuz'), initrd: join(dir, 'initrd'), cmdline: 'x', rootDir: tinyTree(join(dir, 'tree-a2'), 'a1') });
     const a3 = await buildDiskImage({ out: join(dir, 'a3.img'), kernel: join(dir, 'vmlinuz'), initrd: join(dir, 'initrd'), cmdline: 'x', rootDir: tinyTree(join(dir, 'tree-a3'), 'a1') });

@@ -234,7 +234,11 @@ export async function buildDiskImage(input: DiskImageInput): Promise<DiskImage> 
     }
 
     // Partition 1: FAT32, SYSLINUX, systemd-boot, kernel and initrd (mtools addresses it as IMAGE@@OFFSET).
-    await tool('mkfs.vfat', ['-F', '32', '-n', 'TAKTBOOT', '-i', volid, '--offset', String(layout.boot.start / SECTOR), tmp, String(layout.boot.size / 1024)], 'dosfstools');
+    // One 512-byte sector per cluster: FAT32 needs at least 65,525 clusters (Microsoft's FAT spec,
+    // "FAT type determination"), which ≥ 33 MiB then always has. mkfs.vfat's own choice for a ~62 MiB
+    // partition in an image of a few hundred MiB gives fewer, and SYSLINUX refuses the result as FAT12/16
+    // without a FAT size ("zero FAT sectors"): a Debian kernel and initrd with a debootstrap root did.
+    await tool('mkfs.vfat', ['-F', '32', '-s', '1', '-n', 'TAKTBOOT', '-i', volid, '--offset', String(layout.boot.start / SECTOR), tmp, String(layout.boot.size / 1024)], 'dosfstools');
     const fat = `${tmp}@@${layout.boot.start}`;
     await tool('syslinux', ['--offset', String(layout.boot.start), '--install', tmp], 'syslinux');
     const syslinuxCfg = ['SERIAL 0 115200', 'PROMPT 0', 'TIMEOUT 0', 'DEFAULT takt', 'LABEL takt', '  KERNEL /vmlinuz', `  APPEND initrd=/initrd.img ${cmdline}`, ''].join('\n');
