@@ -21,7 +21,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Image } from '../src/model/image.js';
 import type { Job, Machine } from '../src/model/machine.js';
 import { BootLab, until } from './helpers/boot-lab.js';
-import { Endpoint, ROOT, TAKT, writePack } from './helpers/endpoint.js';
+import { Endpoint, ROOT, sleep, TAKT, writePack } from './helpers/endpoint.js';
 import { AgentProcess } from './helpers/liveness.js';
 import { bootArtifacts } from './helpers/provision.js';
 
@@ -89,8 +89,19 @@ describe('the images pack: debian-min built by a pipeline with debootstrap, depl
     await builder.dispose();
     builder = null;
     process.env.PATH = savedPath;
-    await ep.stop();
+    // The endpoint ends, its data dir stays (Endpoint.stop would remove it): served again below.
+    const p = ep.proc!;
+    if (p.exitCode === null && p.signalCode === null) {
+      const exited = new Promise((r) => p.once('exit', r));
+      p.kill('SIGTERM');
+      await Promise.race([exited, sleep(30_000)]);
+      if (p.exitCode === null && p.signalCode === null) {
+        p.kill('SIGKILL');
+        await exited;
+      }
+    }
     ep = null;
+    expect(existsSync(join(lab.data, 'images', 'sha256', image.sha256))).toBe(true);
   }, 50 * 60_000);
 
   it('a VM deploys it with image-deploy: discovery → written → Debian from disk joins as vm-1 → its stages run there', async () => {
@@ -138,8 +149,8 @@ describe('the images pack: debian-min built by a pipeline with debootstrap, depl
     const seenOnConsole = (re: RegExp, ms: number, what: string) => until(() => (existsSync(serialLog) && re.test(readFileSync(serialLog, 'utf8')) ? Date.now() - t0 : undefined), ms, what, detail);
 
     const registered = await seenOnConsole(/TAKT-DISCOVERY: registered with/, 600_000, 'vm-1 to register from discovery');
-    const debian = await seenOnConsole(/Debian GNU\/Linux 12|Welcome to .*Debian/, 1_200_000, 'vm-1 to boot Debian from its disk');
-    const joining = await seenOnConsole(/takt: agent starting for https:/, 600_000, "Debian's first-boot unit to join as vm-1");
+    const debian = await seenOnConsole(/Debian GNU\/Linux 12|Welcome to .*Debian/, 900_000, 'vm-1 to boot Debian from its disk');
+    const joining = await seenOnConsole(/takt: agent starting for https:/, 300_000, "Debian's first-boot unit to join as vm-1");
     const done = await cli(['machines', 'wait', 'vm-1', '--until', 'done', '--timeout', '600s'], 630_000);
     const doneAt = Date.now() - t0;
     expect(done.code, `${done.stdout}${done.stderr}\n${detail()}`).toBe(0);
