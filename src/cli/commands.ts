@@ -7,6 +7,7 @@ import { clientFrom, type Globals } from './client.js';
 import { contentCommands } from './content.js';
 import { credentialCommands } from './credentials.js';
 import { imageCommands } from './images.js';
+import { imageBuildCommand } from './image-build.js';
 import { dhcpCommands } from './dhcp.js';
 import { eventCommands } from './events.js';
 import { exerciseCommand } from './exercise.js';
@@ -49,6 +50,7 @@ export function register(program: Command, g: Globals) {
   exerciseCommand(program, g, api);
   credentialCommands(program, g, api);
   imageCommands(program, g, api);
+  imageBuildCommand(program.commands.find((c) => c.name() === 'images')!, g);
   dhcpCommands(program, g, api);
   loginCommands(program, g, api);
   userCommands(program, g, api);

@@ -20,7 +20,7 @@
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync, mkdtempSync, openSync, closeSync, ftruncateSync, writeSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, closeSync, ftruncateSync, writeSync, readFileSync, readdirSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
@@ -49,7 +49,15 @@ export interface DiskImageInput {
   cmdline: string;
   /** Files of the root file system (partition 2), by path relative to its root. Default: none. */
   rootFiles?: Record<string, string | Buffer>;
-  /** Size of the root partition in MiB (default 16). */
+  /**
+   * A directory to fill the root file system from instead (`mke2fs -d DIR`: every file, link, device
+   * node and FIFO with its mode, owner and times), e.g. a debootstrap tree. Not with `rootFiles`.
+   */
+  rootDir?: string;
+  /**
+   * Size of the root partition in MiB. Default 16; with `rootDir`, the tree's size (whole 4 KiB blocks)
+   * plus a quarter and 64 MiB for the file system's own structures.
+   */
   rootMiB?: number;
 }
 
@@ -64,7 +72,56 @@ export interface DiskImage {
   /** Partition layout in bytes from the start of the disk. */
   partitions: { boot: { start: number; size: number }; root: { start: number; size: number } };
   /** What it was built from: the inputs' digests and the command line (the reproducible part). */
-  recipe: { kernel: string; initrd: string; cmdline: string; rootFiles: Record<string, string> };
+  recipe: { kernel: string; initrd: string; cmdline: string; rootFiles: Record<string, string>; rootDir?: string };
+}
+
+/** What `treeDigest` reads from a directory. */
+export interface TreeDigest {
+  /** SHA-256 (hex) of the tree's listing: each entry's path, type, mode, owner and content or target. */
+  sha256: string;
+  /** Bytes it takes in 4 KiB blocks (files' contents, directories and links one block each). */
+  bytes: number;
+  /** Entries (files, directories, links, nodes) below the root. */
+  entries: number;
+}
+
+/**
+ * A digest of a directory tree as `mke2fs -d` copies it: entries sorted by path, each as
+ * `path, type, mode, uid, gid` and the file's SHA-256, the link's target or the device number.
+ * Times are left out (debootstrap's differ on every run), so equal trees give equal digests.
+ * @throws TaktError bad_request when `dir` is not a directory.
+ */
+export function treeDigest(dir: string): TreeDigest {
+  const st0 = lstatSync(dir, { throwIfNoEntry: false });
+  if (!st0?.isDirectory()) throw new TaktError('bad_request', `root directory ${dir}: not a directory`);
+  const h = createHash('sha256');
+  const BLOCK = 4096;
+  let bytes = BLOCK;
+  let entries = 0;
+  const walk = (rel: string): void => {
+    for (const name of readdirSync(join(dir, rel)).sort()) {
+      const r = rel ? `${rel}/${name}` : name;
+      const st = lstatSync(join(dir, r));
+      entries++;
+      const type = st.isDirectory() ? 'd' : st.isFile() ? 'f' : st.isSymbolicLink() ? 'l' : st.isCharacterDevice() ? 'c' : st.isBlockDevice() ? 'b' : st.isFIFO() ? 'p' : 's';
+      let what = '';
+      if (type === 'f') {
+        what = createHash('sha256').update(readFileSync(join(dir, r))).digest('hex');
+        bytes += Math.ceil(st.size / BLOCK) * BLOCK;
+      } else if (type === 'l') {
+        what = readlinkSync(join(dir, r));
+        bytes += BLOCK;
+      } else if (type === 'c' || type === 'b') {
+        what = String(st.rdev);
+      } else if (type === 'd') {
+        bytes += BLOCK;
+      }
+      h.update(`${r}\0${type}\0${(st.mode & 0o7777).toString(8)}\0${st.uid}\0${st.gid}\0${what}\n`);
+      if (type === 'd') walk(r);
+    }
+  };
+  walk('');
+  return { sha256: h.digest('hex'), bytes, entries };
 }
 
 const MIB = 1 << 20;
@@ -72,7 +129,7 @@ const SECTOR = 512;
 
 async function tool(cmd: string, args: string[], pkg: string, env?: NodeJS.ProcessEnv): Promise<string> {
   try {
-    return (await run(cmd, args, { timeout: 120_000, maxBuffer: 8 << 20, ...(env ? { env: { ...process.env, ...env } } : {}) })).stdout;
+    return (await run(cmd, args, { timeout: 600_000, maxBuffer: 8 << 20, ...(env ? { env: { ...process.env, ...env } } : {}) })).stdout;
   } catch (err) {
     const e = err as { code?: string; stderr?: string; message: string };
     if (e.code === 'ENOENT') throw new TaktError('unavailable', `building a disk image needs '${cmd}' (Debian: apt-get install ${pkg})`);
@@ -111,10 +168,11 @@ function checkCmdline(cmdline: string): string {
 
 /**
  * Builds a raw disk image that boots `kernel` + `initrd` with `cmdline` under SeaBIOS (SYSLINUX) and OVMF
- * (systemd-boot), with a root partition filled from `rootFiles`. Nothing is mounted. The image is written
+ * (systemd-boot), with a root partition filled from `rootFiles` or the directory `rootDir`. Nothing is mounted. The image is written
  * beside `out` and renamed into place, so `out` is either the old file or the whole new one.
  * @throws TaktError unavailable naming the Debian package when a tool is missing, or the tool's error;
- *   TaktError bad_request for a multi-line command line or a root file path that climbs out (`..`).
+ *   TaktError bad_request for a multi-line command line, a root file path that climbs out (`..`), both
+ *   `rootFiles` and `rootDir`, a `rootDir` that is not a directory or a `rootMiB` too small for it.
  */
 export async function buildDiskImage(input: DiskImageInput): Promise<DiskImage> {
   for (const f of [DISK_IMAGE_TOOLS.mbr]) if (!existsSync(f)) throw new TaktError('unavailable', `building a disk image needs ${f} (Debian: apt-get install syslinux-common)`);
@@ -127,13 +185,19 @@ export async function buildDiskImage(input: DiskImageInput): Promise<DiskImage> 
   for (const p of Object.keys(rootFiles)) {
     if (p.startsWith('/') || p.split('/').includes('..') || p === '') throw new TaktError('bad_request', `root file '${p}': give a relative path without '..'`);
   }
-  const layout = diskLayout(kernelSize + initrdSize + efi.length, input.rootMiB ?? 16);
+  if (input.rootDir !== undefined && Object.keys(rootFiles).length > 0) throw new TaktError('bad_request', 'give the root file system as rootFiles or as rootDir, not both');
+  const tree = input.rootDir !== undefined ? treeDigest(input.rootDir) : null;
+  const rootMiB = input.rootMiB ?? (tree ? Math.ceil((tree.bytes * 1.25) / MIB) + 64 : 16);
+  if (!Number.isInteger(rootMiB) || rootMiB < 1) throw new TaktError('bad_request', `root partition size ${rootMiB} MiB: give a whole number of MiB, at least 1`);
+  if (tree && rootMiB * MIB < tree.bytes) throw new TaktError('bad_request', `root partition of ${rootMiB} MiB cannot hold ${input.rootDir} (${Math.ceil(tree.bytes / MIB)} MiB in 4 KiB blocks)`);
+  const layout = diskLayout(kernelSize + initrdSize + efi.length, rootMiB);
 
   const recipe: DiskImage['recipe'] = {
     kernel: await sha256File(input.kernel),
     initrd: await sha256File(input.initrd),
     cmdline,
     rootFiles: Object.fromEntries(Object.entries(rootFiles).sort(([a], [b]) => a.localeCompare(b)).map(([p, d]) => [p, createHash('sha256').update(d).digest('hex')])),
+    ...(tree ? { rootDir: tree.sha256 } : {}),
   };
   const seed = createHash('sha256').update(JSON.stringify(recipe)).digest('hex');
   // FAT volume id: 8 hex digits; ext4 UUID and directory hash seed: RFC 4122 shaped, from the recipe.
@@ -170,7 +234,11 @@ export async function buildDiskImage(input: DiskImageInput): Promise<DiskImage> 
     }
 
     // Partition 1: FAT32, SYSLINUX, systemd-boot, kernel and initrd (mtools addresses it as IMAGE@@OFFSET).
-    await tool('mkfs.vfat', ['-F', '32', '-n', 'TAKTBOOT', '-i', volid, '--offset', String(layout.boot.start / SECTOR), tmp, String(layout.boot.size / 1024)], 'dosfstools');
+    // One 512-byte sector per cluster: FAT32 needs at least 65,525 clusters (Microsoft's FAT spec,
+    // "FAT type determination"), which ≥ 33 MiB then always has. mkfs.vfat's own choice for a ~62 MiB
+    // partition in an image of a few hundred MiB gives fewer, and SYSLINUX refuses the result as FAT12/16
+    // without a FAT size ("zero FAT sectors"): a Debian kernel and initrd with a debootstrap root did.
+    await tool('mkfs.vfat', ['-F', '32', '-s', '1', '-n', 'TAKTBOOT', '-i', volid, '--offset', String(layout.boot.start / SECTOR), tmp, String(layout.boot.size / 1024)], 'dosfstools');
     const fat = `${tmp}@@${layout.boot.start}`;
     await tool('syslinux', ['--offset', String(layout.boot.start), '--install', tmp], 'syslinux');
     const syslinuxCfg = ['SERIAL 0 115200', 'PROMPT 0', 'TIMEOUT 0', 'DEFAULT takt', 'LABEL takt', '  KERNEL /vmlinuz', `  APPEND initrd=/initrd.img ${cmdline}`, ''].join('\n');
@@ -190,15 +258,21 @@ export async function buildDiskImage(input: DiskImageInput): Promise<DiskImage> 
     for (const [from, to] of copies) await tool('mcopy', ['-i', fat, from, to], 'mtools', mtools);
 
     // Partition 2: ext4 from a directory, with a fixed UUID, hash seed and clock.
-    const root = join(work, 'root');
-    mkdirSync(root);
-    for (const [p, data] of Object.entries(rootFiles)) {
-      mkdirSync(dirname(join(root, p)), { recursive: true });
-      writeFileSync(join(root, p), data);
+    let root = join(work, 'root');
+    if (input.rootDir !== undefined) {
+      root = input.rootDir;
+    } else {
+      mkdirSync(root);
+      for (const [p, data] of Object.entries(rootFiles)) {
+        mkdirSync(dirname(join(root, p)), { recursive: true });
+        writeFileSync(join(root, p), data);
+      }
     }
+    // Enough inodes for the tree whatever mke2fs's size-based default (one per 16 KiB) gives.
+    const inodes = tree ? ['-N', String(Math.max(Math.ceil(tree.entries * 1.25) + 4096, Math.floor(layout.root.size / 16384)))] : [];
     await tool(
       'mke2fs',
-      ['-q', '-F', '-t', 'ext4', '-L', 'takt-root', '-U', uuid, '-E', `offset=${layout.root.start},hash_seed=${hashSeed}`, '-d', root, tmp, `${layout.root.size / 1024}k`],
+      ['-q', '-F', '-t', 'ext4', '-L', 'takt-root', '-U', uuid, ...inodes, '-E', `offset=${layout.root.start},hash_seed=${hashSeed}`, '-d', root, tmp, `${layout.root.size / 1024}k`],
       'e2fsprogs',
       { E2FSPROGS_FAKE_TIME: '1700000000' },
     );
