@@ -8,18 +8,32 @@
  * test/provision-image-deploy.test.ts.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { deliverJoinBlock, readJoinBlock, writeJoinBlock } from '../src/agent/deployed.js';
+import { deliverJoinBlock, readJoinBlock, wholeDisks, writeJoinBlock } from '../src/agent/deployed.js';
 import { ApiClient } from '../src/client/http.js';
 import { TaktError } from '../src/model/errors.js';
 import { decodeJoinBlock, encodeJoinBlock, JOIN_BLOCK_SIZE, joinBlockOffset, type JoinBlock } from '../src/model/joinblock.js';
 import { Endpoint, runCli, TAKT } from './helpers/endpoint.js';
 
 const BLOCK: JoinBlock = { api: 'https://10.0.0.1:8443', ca: 'AB:'.repeat(31) + 'AB', token: 'tkj.jt-0123456789.secretsecretsecretsecret', machine: 'm-abc' };
+
+describe('where the deployed OS looks for its join block', () => {
+  it('every whole disk, none of the devices whose end is not a deployed disk\'s', async () => {
+    const sys = mkdtempSync(join(tmpdir(), 'takt-sysblock-'));
+    try {
+      const all = ['vda', 'sda', 'nvme0n1', 'mmcblk0', 'xvda', 'loop0', 'ram0', 'zram0', 'sr0', 'fd0', 'dm-0', 'md127'];
+      for (const n of all) mkdirSync(join(sys, n));
+      expect(await wholeDisks(sys)).toEqual(['/dev/mmcblk0', '/dev/nvme0n1', '/dev/sda', '/dev/vda', '/dev/xvda']);
+      expect(await wholeDisks(join(sys, 'absent'))).toEqual([]);
+    } finally {
+      rmSync(sys, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('join block codec', () => {
   it('round-trips, and a disk without one reads as none', () => {

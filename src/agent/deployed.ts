@@ -77,11 +77,12 @@ export async function wipeJoinBlock(device: string): Promise<void> {
 
 /**
  * The whole disks of this host, as /dev paths, in sysfs order: /sys/block without loop, ram, zram,
- * optical (sr) and device-mapper devices, whose ends are not a deployed disk's.
+ * optical (sr), floppy (fd: qemu gives a PC one by default, and reading an empty drive logs I/O errors),
+ * device-mapper and md devices, whose ends are not a deployed disk's.
  */
 export async function wholeDisks(sys = '/sys/block'): Promise<string[]> {
   const names = await readdir(sys).catch(() => [] as string[]);
-  return names.filter((n) => !/^(loop|ram|zram|sr|dm-|md)/.test(n)).sort().map((n) => join('/dev', n));
+  return names.filter((n) => !/^(loop|ram|zram|sr|fd|dm-|md)/.test(n)).sort().map((n) => join('/dev', n));
 }
 
 /**
