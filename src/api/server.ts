@@ -113,6 +113,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   if (handler) handlers.set(app, handler);
   const auth = new Authenticator(opts.adminToken, opts.store, opts.discoveryDigest);
   const access = new AccessControl(opts.store);
+  app.addHook('onClose', async () => access.close());
   // Every route declares what it needs (config.permission); collected here, checked before the app is ready.
   const routes = declaredRoutes(app);
   const metrics = new Metrics(opts.store);
@@ -237,7 +238,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   machineRoutes(app, opts);
   jobRoutes(app, opts);
   contentRoutes(app, opts);
-  eventRoutes(app, opts);
+  eventRoutes(app, opts, access);
   rolloutRoutes(app, opts);
   runRoutes(app, opts);
   reportRoutes(app, opts);
