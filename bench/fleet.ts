@@ -12,7 +12,8 @@
  * HTTP call only, not the wait for the cap. Throughput is measured with the endpoint saturated.
  */
 import type { Flags } from './lib/args.js';
-import { withEndpoint, type Endpoint } from './lib/endpoint.js';
+import { ApiClient } from '../src/client/http.js';
+import { adminApi, withEndpoint, type Endpoint } from './lib/endpoint.js';
 import { prepareFleet, probeLatency, runFleet, type FleetOptions } from './lib/fleetrun.js';
 import { mib } from './lib/proc.js';
 import { configLabel, startReplicas, type StoreConfig } from './lib/replicas.js';
@@ -27,8 +28,15 @@ const GOAL_RSS = 2 ** 30;
 export async function fleetBench(flags: Flags, profileDir?: string): Promise<BenchReport> {
   const store = flags.string('store');
   const replicas = flags.string('replicas');
-  const o: FleetOptions = { machines: flags.int('machines', store ? 1000 : 10_000), tasks: flags.int('tasks', 10), inflight: flags.int('inflight', 64), maxSeconds: flags.int('max-seconds', 240) };
+  const tokens = flags.string('token');
+  const o: FleetOptions = { machines: flags.int('machines', store || tokens ? 2000 : 10_000), tasks: flags.int('tasks', 10), inflight: flags.int('inflight', 64), maxSeconds: flags.int('max-seconds', 240) };
+  const every = flags.int('operator-every', 4);
   flags.done();
+  if (tokens !== undefined) {
+    if (store !== undefined || replicas !== undefined) throw new Error('--token compares tokens on one SQLite endpoint: leave out --store and --replicas');
+    if (profileDir) throw new Error('--profile profiles one endpoint: leave out --token');
+    return compareTokens(o, parseTokens(tokens), every);
+  }
   if (store === undefined || store === 'sqlite') {
     if (replicas !== undefined) throw new Error('--replicas is for PostgreSQL: give --store postgres://USER@HOST:PORT/DB');
     return withEndpoint({ profileDir }, (ep) => fleet(ep, o));
@@ -36,6 +44,80 @@ export async function fleetBench(flags: Flags, profileDir?: string): Promise<Ben
   if (!/^postgres(ql)?:\/\//.test(store)) throw new Error(`--store must be sqlite or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got '${store}'`);
   if (profileDir) throw new Error('--profile profiles one endpoint: leave out --store');
   return compareStores(o, store, parseReplicas(replicas ?? '1,2,3'));
+}
+
+type TokenKind = 'admin' | 'scoped';
+
+/** `admin,scoped` → ['admin', 'scoped'] (each once, in the order given). */
+function parseTokens(v: string): TokenKind[] {
+  const ks = v.split(',').map((x) => x.trim());
+  if (ks.length === 0 || ks.some((k) => k !== 'admin' && k !== 'scoped') || new Set(ks).size !== ks.length) throw new Error(`--token takes admin, scoped or both (admin,scoped), got '${v}'`);
+  return ks as TokenKind[];
+}
+
+/** The label every fleet machine gets in the token comparison, and the scoped binding's selector. */
+const BENCH_LABELS = { env: 'bench' };
+const SCOPED_SELECTOR = 'env=bench';
+
+/**
+ * Issue #16's benchmark: the same fleet with the operator's reads made with the admin token and with a
+ * label-scoped service token (a user bound to `operator` on `env=bench` only; every fleet machine is
+ * labelled env=bench), one configuration after the other in one run, each on a fresh endpoint. The agents
+ * use their machine tokens either way; the operator (FleetOperator) reads a machine, its job and its jobs
+ * after each job of every `every`-th machine, so each scoped read is a label-scoped permission check.
+ */
+async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number): Promise<BenchReport> {
+  const rows: Row[] = [{ metric: 'machines × tasks (each configuration)', value: `${o.machines} × ${o.tasks} = ${o.machines * o.tasks} jobs; operator reads after each job of every ${every}th machine` }];
+  const data: Record<string, unknown> = { ...o, operatorEvery: every, configurations: [] as unknown[] };
+  const rates: Partial<Record<TokenKind, number>> = {};
+  const p99s: Partial<Record<TokenKind, number>> = {};
+  for (const kind of kinds) {
+    const label = `${kind} token`;
+    log(`${label}: starting an endpoint…`);
+    await withEndpoint({}, async (ep) => {
+      const { machines } = await prepareFleet(ep, { ...o, labels: BENCH_LABELS });
+      const api = kind === 'admin' ? adminApi(ep) : await scopedApi(ep);
+      log(`${label}: ${machines.length} machines created; running…`);
+      const run = await runFleet(ep, machines, o, label, { api, every });
+      const lat = run.latencies.summaries();
+      rates[kind] = run.completionsPerSec;
+      p99s[kind] = lat.all!.p99;
+      rows.push(
+        { metric: `${label}: job completions/s`, value: round(run.completionsPerSec, 0) },
+        { metric: `${label}: latency all p50 / p99`, value: `${round(lat.all!.p50)} / ${round(lat.all!.p99)} ms` },
+        { metric: `${label}: operator reads p50 / p99 (${lat.operator?.n ?? 0} reads)`, value: lat.operator ? `${round(lat.operator.p50)} / ${round(lat.operator.p99)} ms` : 'none' },
+        { metric: `${label}: CPU endpoint / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s` },
+      );
+      if (!run.finished) rows.push({ metric: `${label}: finished`, value: `no: ${run.completed} of ${run.jobs} jobs in ${o.maxSeconds} s` });
+      (data.configurations as unknown[]).push({ label, kind, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, clientCpuSec: run.clientCpuSec });
+    });
+  }
+  if (rates.admin !== undefined && rates.scoped !== undefined) {
+    const rateDiff = (rates.scoped - rates.admin) / rates.admin;
+    const p99Diff = (p99s.scoped! - p99s.admin!) / p99s.admin!;
+    rows.push(
+      { metric: 'scoped vs admin: completions/s', value: `${rateDiff >= 0 ? '+' : ''}${(rateDiff * 100).toFixed(1)} %`, goal: 'within 5 %', met: Math.abs(rateDiff) <= 0.05 },
+      { metric: 'scoped vs admin: p99 (all requests)', value: `${p99Diff >= 0 ? '+' : ''}${(p99Diff * 100).toFixed(1)} %`, goal: 'within 5 %', met: Math.abs(p99Diff) <= 0.05 },
+    );
+  }
+  return {
+    rows,
+    data,
+    notes: [
+      'one run, configurations one after another, each on a fresh SQLite endpoint on the same machine; agents use their machine tokens, the operator the token named',
+      `at most ${o.inflight} requests in flight in all (--inflight), operator reads included`,
+      'scoped: a service token of a user whose only role binding is operator on machines env=bench (all fleet machines match): each operator read is a label-scoped check, answered from the in-memory index (api/scope-index.ts)',
+    ],
+  };
+}
+
+/** A service token of a user bound to `operator` on `env=bench` machines only, as an API client. */
+async function scopedApi(ep: Endpoint): Promise<ApiClient> {
+  const admin = adminApi(ep);
+  await admin.post('/users', { name: 'bench-op', password: 'bench password 1234', roles: [] });
+  await admin.post('/rolebindings', { role: 'operator', subject: 'user:bench-op', machines: SCOPED_SELECTOR });
+  const t = await admin.post<{ token: string }>('/tokens', { name: 'fleet-bench', owner: 'bench-op', kind: 'service', ttl: '1d' });
+  return new ApiClient({ endpoint: ep.url, token: t.token, timeoutMs: 180_000 });
 }
 
 /** `1,2,3` → [1, 2, 3]; each a whole number 1–8. */
