@@ -192,6 +192,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       return reply.code(err.status).type('text/plain; charset=utf-8').send(shellError(err.message));
     }
     if (err instanceof TaktError) {
+      if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter));
       if (err.status < 500) return reply.code(err.status).send(err.toBody());
     } else {
       const fe = err as FastifyError;
