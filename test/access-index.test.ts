@@ -136,6 +136,10 @@ describe('the scope index on a real store', () => {
       });
       expect(index.peek('m-web-1')).toBeUndefined();
       expect(await index.machine('m-web-1')).toBeUndefined();
+      // Its job's machine is gone: known from the delete event, no read.
+      expect(await index.machineOfJob('j-1')).toBeUndefined();
+      // (The only reads: the old name, looked up above and not found.)
+      expect(c.reads).toEqual(['machine web-1', 'name web-1']);
     } finally {
       index.close();
     }

@@ -14,7 +14,9 @@
  * Bounded: each map keeps at most `max` entries (default 100,000), least recently used out first. A miss
  * reads the store once and fills the entry — unless a `machines.*` event arrived while that read was under
  * way (the read may predate it), in which case the answer is used for that one request and not kept.
- * A job's or a work order's machine never changes, so those entries need no invalidation.
+ * A job's or a work order's machine never changes, so those entries need no invalidation. Machines deleted
+ * while the index runs are remembered (same bound), so the events of their jobs cost no read either; a
+ * machine made again with that id (an import) is known again from its create event.
  */
 import type { TaktEvent } from '../model/machine.js';
 import type { MachineScopeView } from '../model/permissions.js';
@@ -65,6 +67,8 @@ export class ScopeIndex {
   private readonly names: Lru<string, string>;
   private readonly jobs: Lru<string, string>;
   private readonly workorders: Lru<string, string>;
+  /** Ids of machines deleted since this index started: their jobs' events need no store read to find nothing. */
+  private readonly deleted: Lru<string, true>;
   /** Moved by every `machines.*` event: a store read that straddles one is not kept. */
   private epoch = 0;
   private readonly unsubscribe: () => void;
@@ -78,6 +82,7 @@ export class ScopeIndex {
     this.names = new Lru(n);
     this.jobs = new Lru(n);
     this.workorders = new Lru(n);
+    this.deleted = new Lru(n);
     this.unsubscribe = store.onEvents((events) => {
       for (const e of events) this.apply(e);
     });
@@ -99,7 +104,7 @@ export class ScopeIndex {
     const data = (e.data ?? {}) as Record<string, unknown>;
     if (type === 'machines') {
       this.epoch += 1;
-      if (action === 'delete') this.forget(id);
+      if (action === 'delete') this.forget(id, true);
       else if (action === 'create' || action === 'update') {
         if (typeof data.name === 'string' && typeof data.labels === 'object' && data.labels !== null) {
           this.put({ id, name: data.name, labels: { ...(data.labels as Record<string, string>) }, pipeline: typeof data.pipeline === 'string' ? data.pipeline : null });
@@ -110,13 +115,15 @@ export class ScopeIndex {
   }
 
   private put(m: IndexedMachine): void {
+    this.deleted.delete(m.id);
     const old = this.machines.peek(m.id);
     if (old && old.name !== m.name && this.names.peek(old.name) === m.id) this.names.delete(old.name);
     this.machines.set(m.id, m);
     this.names.set(m.name, m.id);
   }
 
-  private forget(id: string): void {
+  private forget(id: string, deleted = false): void {
+    if (deleted) this.deleted.set(id, true);
     const old = this.machines.peek(id);
     if (old && this.names.peek(old.name) === id) this.names.delete(old.name);
     this.machines.delete(id);
@@ -131,6 +138,7 @@ export class ScopeIndex {
   async machine(ref: string): Promise<IndexedMachine | undefined> {
     const hit = this.machines.get(ref) ?? this.byName(ref);
     if (hit) return hit;
+    if (this.deleted.peek(ref)) return undefined;
     const epoch = this.epoch;
     this.storeReads += 1;
     const m = (await this.store.getMachine(ref)) ?? (await this.store.getMachineByName(ref));
