@@ -74,6 +74,7 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
   const data: Record<string, unknown> = { ...o, operatorEvery: every, rounds, configurations: [] as unknown[] };
   const rates: Record<TokenKind, number[]> = { admin: [], scoped: [] };
   const p99s: Record<TokenKind, number[]> = { admin: [], scoped: [] };
+  const cpus: Record<TokenKind, number[]> = { admin: [], scoped: [] };
   for (let round_ = 0; round_ < rounds; round_++) {
     const order = round_ % 2 === 0 ? kinds : [...kinds].reverse();
     for (const kind of order) {
@@ -87,11 +88,14 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
         const lat = run.latencies.summaries();
         rates[kind].push(run.completionsPerSec);
         p99s[kind].push(lat.all!.p99);
+        // The endpoint's CPU per 1,000 requests: its cost per request, less at the mercy of other load than wall time.
+        const cpuPerK = (run.serverCpuSec * 1000) / run.latencies.count();
+        cpus[kind].push(cpuPerK);
         rows.push(
           { metric: `${label}: job completions/s`, value: round(run.completionsPerSec, 0) },
           { metric: `${label}: latency all p50 / p99`, value: `${round(lat.all!.p50)} / ${round(lat.all!.p99)} ms` },
           { metric: `${label}: operator reads p50 / p99 (${lat.operator?.n ?? 0} reads)`, value: lat.operator ? `${round(lat.operator.p50)} / ${round(lat.operator.p99)} ms` : 'none' },
-          { metric: `${label}: CPU endpoint / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s` },
+          { metric: `${label}: CPU endpoint / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s (endpoint ${round(cpuPerK)} CPU-s per 1,000 requests)` },
         );
         if (!run.finished) rows.push({ metric: `${label}: finished`, value: `no: ${run.completed} of ${run.jobs} jobs in ${o.maxSeconds} s` });
         (data.configurations as unknown[]).push({ label, kind, round: round_ + 1, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, clientCpuSec: run.clientCpuSec });
@@ -107,7 +111,9 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
       { metric: `scoped vs admin: completions/s${of}`, value: `${round(rs, 0)} vs ${round(ra, 0)}: ${rateDiff >= 0 ? '+' : ''}${(rateDiff * 100).toFixed(1)} %`, goal: 'within 5 %', met: Math.abs(rateDiff) <= 0.05 },
       { metric: `scoped vs admin: p99, all requests${of}`, value: `${round(ps)} vs ${round(pa)} ms: ${p99Diff >= 0 ? '+' : ''}${(p99Diff * 100).toFixed(1)} %`, goal: 'within 5 %', met: Math.abs(p99Diff) <= 0.05 },
     );
-    data.medians = { admin: { completionsPerSec: ra, p99Ms: pa }, scoped: { completionsPerSec: rs, p99Ms: ps } };
+    const [ca, cs] = [median(cpus.admin), median(cpus.scoped)];
+    rows.push({ metric: `scoped vs admin: endpoint CPU per 1,000 requests${of}`, value: `${round(cs)} vs ${round(ca)} s: ${cs >= ca ? '+' : ''}${(((cs - ca) / ca) * 100).toFixed(1)} %` });
+    data.medians = { admin: { completionsPerSec: ra, p99Ms: pa, cpuSecPer1000: ca }, scoped: { completionsPerSec: rs, p99Ms: ps, cpuSecPer1000: cs } };
   }
   return {
     rows,
