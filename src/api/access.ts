@@ -133,7 +133,8 @@ export class AccessControl {
         const view = await this.itemMachine(item);
         if (view && machineVisible(p.grants, permission, view)) kept.push(item);
       }
-      out = { ...(payload as object), items: kept, ...('total' in (payload as object) ? { total: kept.length } : {}) };
+      // Nothing filtered out (the usual case for a scoped reader of its own machines): the answer as it is.
+      if (kept.length !== (payload as { items: unknown[] }).items.length) out = { ...(payload as object), items: kept, ...('total' in (payload as object) ? { total: kept.length } : {}) };
     }
     return redactFor(p.grants, permission.split(':')[0]!, out);
   }
@@ -155,7 +156,7 @@ export class AccessControl {
     if (holdsSecrets(p.grants, a.permission.split(':')[0]!)) return { data: e.data };
     // Masked once per event, however many subscribers see it (the stream caches the frame by this object).
     let masked = this.maskedEvents.get(e);
-    if (masked === undefined) this.maskedEvents.set(e, (masked = redact(e.data, 0)));
+    if (masked === undefined) this.maskedEvents.set(e, (masked = hasSealed(e.data, 0) ? redact(e.data, 0) : e.data));
     return { data: masked };
   }
 
@@ -171,7 +172,17 @@ export class AccessControl {
  * answers and event payloads.
  */
 export function redactFor(grants: readonly Grant[], resource: string, v: unknown): unknown {
-  return holdsSecrets(grants, resource) ? v : redact(v, 0);
+  return holdsSecrets(grants, resource) || !hasSealed(v, 0) ? v : redact(v, 0);
+}
+
+/** Whether `v` holds a sealed value anywhere (a walk without copying: most answers hold none). */
+function hasSealed(v: unknown, depth: number): boolean {
+  if (isSealed(v)) return true;
+  if (depth > 100 || typeof v !== 'object' || v === null) return false;
+  if (Array.isArray(v)) return v.some((x) => hasSealed(x, depth + 1));
+  if (typeof (v as { toJSON?: unknown }).toJSON === 'function') return false;
+  for (const k in v) if (Object.hasOwn(v, k) && hasSealed((v as Record<string, unknown>)[k], depth + 1)) return true;
+  return false;
 }
 
 /** Whether `grants` hold `RESOURCE:secrets` (scoped or not: a list or stream shows only covered machines anyway). */
