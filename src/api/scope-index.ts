@@ -134,9 +134,14 @@ export class ScopeIndex {
     return this.machines.peek(id);
   }
 
+  /** The machine with id or name `ref` when the index holds it (no store read, no promise), else undefined. */
+  cached(ref: string): IndexedMachine | undefined {
+    return this.machines.get(ref) ?? this.byName(ref);
+  }
+
   /** The machine with id or name `ref`, or undefined when there is none; reads the store on a miss. */
   async machine(ref: string): Promise<IndexedMachine | undefined> {
-    const hit = this.machines.get(ref) ?? this.byName(ref);
+    const hit = this.cached(ref);
     if (hit) return hit;
     if (this.deleted.peek(ref)) return undefined;
     const epoch = this.epoch;
