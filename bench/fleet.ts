@@ -19,7 +19,7 @@ import { mib } from './lib/proc.js';
 import { configLabel, startReplicas, type StoreConfig } from './lib/replicas.js';
 import { log } from './lib/progress.js';
 import type { BenchReport, Row } from './lib/report.js';
-import { median, round } from './lib/stats.js';
+import { round } from './lib/stats.js';
 
 const GOAL_RATE = 2000;
 const GOAL_P99_MS = 50;
@@ -124,6 +124,13 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
       'scoped: a service token of a user whose only role binding is operator on machines env=bench (all fleet machines match): each operator read is a label-scoped check, answered from the in-memory index (api/scope-index.ts)',
     ],
   };
+}
+
+/** The median of a few numbers: the middle one, or the mean of the two middle ones. */
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 /** A service token of a user bound to `operator` on `env=bench` machines only, as an API client. */
