@@ -12,7 +12,8 @@
  * HTTP call only, not the wait for the cap. Throughput is measured with the endpoint saturated.
  */
 import type { Flags } from './lib/args.js';
-import { withEndpoint, type Endpoint } from './lib/endpoint.js';
+import { ApiClient } from '../src/client/http.js';
+import { adminApi, withEndpoint, type Endpoint } from './lib/endpoint.js';
 import { prepareFleet, probeLatency, runFleet, type FleetOptions } from './lib/fleetrun.js';
 import { mib } from './lib/proc.js';
 import { configLabel, startReplicas, type StoreConfig } from './lib/replicas.js';
@@ -27,8 +28,16 @@ const GOAL_RSS = 2 ** 30;
 export async function fleetBench(flags: Flags, profileDir?: string): Promise<BenchReport> {
   const store = flags.string('store');
   const replicas = flags.string('replicas');
-  const o: FleetOptions = { machines: flags.int('machines', store ? 1000 : 10_000), tasks: flags.int('tasks', 10), inflight: flags.int('inflight', 64), maxSeconds: flags.int('max-seconds', 240) };
+  const tokens = flags.string('token');
+  const o: FleetOptions = { machines: flags.int('machines', store || tokens ? 2000 : 10_000), tasks: flags.int('tasks', 10), inflight: flags.int('inflight', 64), maxSeconds: flags.int('max-seconds', 240) };
+  const every = flags.int('operator-every', 4);
+  const rounds = flags.int('rounds', 1);
   flags.done();
+  if (tokens !== undefined) {
+    if (store !== undefined || replicas !== undefined) throw new Error('--token compares tokens on one SQLite endpoint: leave out --store and --replicas');
+    if (profileDir) throw new Error('--profile profiles one endpoint: leave out --token');
+    return compareTokens(o, parseTokens(tokens), every, rounds);
+  }
   if (store === undefined || store === 'sqlite') {
     if (replicas !== undefined) throw new Error('--replicas is for PostgreSQL: give --store postgres://USER@HOST:PORT/DB');
     return withEndpoint({ profileDir }, (ep) => fleet(ep, o));
@@ -36,6 +45,101 @@ export async function fleetBench(flags: Flags, profileDir?: string): Promise<Ben
   if (!/^postgres(ql)?:\/\//.test(store)) throw new Error(`--store must be sqlite or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got '${store}'`);
   if (profileDir) throw new Error('--profile profiles one endpoint: leave out --store');
   return compareStores(o, store, parseReplicas(replicas ?? '1,2,3'));
+}
+
+type TokenKind = 'admin' | 'scoped';
+
+/** `admin,scoped` → ['admin', 'scoped'] (each once, in the order given). */
+function parseTokens(v: string): TokenKind[] {
+  const ks = v.split(',').map((x) => x.trim());
+  if (ks.length === 0 || ks.some((k) => k !== 'admin' && k !== 'scoped') || new Set(ks).size !== ks.length) throw new Error(`--token takes admin, scoped or both (admin,scoped), got '${v}'`);
+  return ks as TokenKind[];
+}
+
+/** The label every fleet machine gets in the token comparison, and the scoped binding's selector. */
+const BENCH_LABELS = { env: 'bench' };
+const SCOPED_SELECTOR = 'env=bench';
+
+/**
+ * Issue #16's benchmark: the same fleet with the operator's reads made with the admin token and with a
+ * label-scoped service token (a user bound to `operator` on `env=bench` only; every fleet machine is
+ * labelled env=bench), one configuration after the other in one run, each on a fresh endpoint. The agents
+ * use their machine tokens either way; the operator (FleetOperator) reads a machine, its job and its jobs
+ * after each job of every `every`-th machine, so each scoped read is a label-scoped permission check.
+ * With `rounds` > 1 the configurations alternate (A B, B A, A B…), so load from elsewhere that drifts
+ * during the run falls on both, and the comparison is of the medians over rounds.
+ */
+async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number, rounds: number): Promise<BenchReport> {
+  const rows: Row[] = [{ metric: 'machines × tasks (each configuration)', value: `${o.machines} × ${o.tasks} = ${o.machines * o.tasks} jobs; operator reads after each job of every ${every}th machine; ${rounds} round(s)` }];
+  const data: Record<string, unknown> = { ...o, operatorEvery: every, rounds, configurations: [] as unknown[] };
+  const rates: Record<TokenKind, number[]> = { admin: [], scoped: [] };
+  const p99s: Record<TokenKind, number[]> = { admin: [], scoped: [] };
+  const cpus: Record<TokenKind, number[]> = { admin: [], scoped: [] };
+  for (let round_ = 0; round_ < rounds; round_++) {
+    const order = round_ % 2 === 0 ? kinds : [...kinds].reverse();
+    for (const kind of order) {
+      const label = `${kind} token${rounds > 1 ? ` (round ${round_ + 1})` : ''}`;
+      log(`${label}: starting an endpoint…`);
+      await withEndpoint({}, async (ep) => {
+        const { machines } = await prepareFleet(ep, { ...o, labels: BENCH_LABELS });
+        const api = kind === 'admin' ? adminApi(ep) : await scopedApi(ep);
+        log(`${label}: ${machines.length} machines created; running…`);
+        const run = await runFleet(ep, machines, o, label, { api, every });
+        const lat = run.latencies.summaries();
+        rates[kind].push(run.completionsPerSec);
+        p99s[kind].push(lat.all!.p99);
+        // The endpoint's CPU per 1,000 requests: its cost per request, less at the mercy of other load than wall time.
+        const cpuPerK = (run.serverCpuSec * 1000) / run.latencies.count();
+        cpus[kind].push(cpuPerK);
+        rows.push(
+          { metric: `${label}: job completions/s`, value: round(run.completionsPerSec, 0) },
+          { metric: `${label}: latency all p50 / p99`, value: `${round(lat.all!.p50)} / ${round(lat.all!.p99)} ms` },
+          { metric: `${label}: operator reads p50 / p99 (${lat.operator?.n ?? 0} reads)`, value: lat.operator ? `${round(lat.operator.p50)} / ${round(lat.operator.p99)} ms` : 'none' },
+          { metric: `${label}: CPU endpoint / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s (endpoint ${round(cpuPerK)} CPU-s per 1,000 requests)` },
+        );
+        if (!run.finished) rows.push({ metric: `${label}: finished`, value: `no: ${run.completed} of ${run.jobs} jobs in ${o.maxSeconds} s` });
+        (data.configurations as unknown[]).push({ label, kind, round: round_ + 1, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, clientCpuSec: run.clientCpuSec });
+      });
+    }
+  }
+  if (rates.admin.length > 0 && rates.scoped.length > 0) {
+    const [ra, rs, pa, ps] = [median(rates.admin), median(rates.scoped), median(p99s.admin), median(p99s.scoped)];
+    const rateDiff = (rs - ra) / ra;
+    const p99Diff = (ps - pa) / pa;
+    const of = rounds > 1 ? ' (medians over rounds)' : '';
+    rows.push(
+      { metric: `scoped vs admin: completions/s${of}`, value: `${round(rs, 0)} vs ${round(ra, 0)}: ${rateDiff >= 0 ? '+' : ''}${(rateDiff * 100).toFixed(1)} %`, goal: 'within 5 %', met: Math.abs(rateDiff) <= 0.05 },
+      { metric: `scoped vs admin: p99, all requests${of}`, value: `${round(ps)} vs ${round(pa)} ms: ${p99Diff >= 0 ? '+' : ''}${(p99Diff * 100).toFixed(1)} %`, goal: 'within 5 %', met: Math.abs(p99Diff) <= 0.05 },
+    );
+    const [ca, cs] = [median(cpus.admin), median(cpus.scoped)];
+    rows.push({ metric: `scoped vs admin: endpoint CPU per 1,000 requests${of}`, value: `${round(cs)} vs ${round(ca)} s: ${cs >= ca ? '+' : ''}${(((cs - ca) / ca) * 100).toFixed(1)} %` });
+    data.medians = { admin: { completionsPerSec: ra, p99Ms: pa, cpuSecPer1000: ca }, scoped: { completionsPerSec: rs, p99Ms: ps, cpuSecPer1000: cs } };
+  }
+  return {
+    rows,
+    data,
+    notes: [
+      'one run, configurations one after another (alternating order across rounds), each on a fresh SQLite endpoint on the same machine; agents use their machine tokens, the operator the token named',
+      `at most ${o.inflight} requests in flight in all (--inflight), operator reads included`,
+      'scoped: a service token of a user whose only role binding is operator on machines env=bench (all fleet machines match): each operator read is a label-scoped check, answered from the in-memory index (api/scope-index.ts)',
+    ],
+  };
+}
+
+/** The median of a few numbers: the middle one, or the mean of the two middle ones. */
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** A service token of a user bound to `operator` on `env=bench` machines only, as an API client. */
+async function scopedApi(ep: Endpoint): Promise<ApiClient> {
+  const admin = adminApi(ep);
+  await admin.post('/users', { name: 'bench-op', password: 'bench password 1234', roles: [] });
+  await admin.post('/rolebindings', { role: 'operator', subject: 'user:bench-op', machines: SCOPED_SELECTOR });
+  const t = await admin.post<{ token: string }>('/tokens', { name: 'fleet-bench', owner: 'bench-op', kind: 'service', ttl: '1d' });
+  return new ApiClient({ endpoint: ep.url, token: t.token, timeoutMs: 180_000 });
 }
 
 /** `1,2,3` → [1, 2, 3]; each a whole number 1–8. */

@@ -11,6 +11,7 @@ import { currentRss, mib, peakRss } from './proc.js';
 import { profileWindow } from './profile.js';
 import { log, progress } from './progress.js';
 import { Semaphore } from './semaphore.js';
+import type { ApiClient } from '../../src/client/http.js';
 import { runSimAgent } from './simagent.js';
 import { readFileSync } from 'node:fs';
 
@@ -24,6 +25,20 @@ export interface FleetOptions {
   inflight: number;
   /** Time budget for the run; agents stop at the next job boundary once it is spent. */
   maxSeconds: number;
+  /** Labels every fleet machine gets (the scoped-token comparison labels them env=bench). */
+  labels?: Record<string, string>;
+}
+
+/**
+ * An operator watching the fleet while it runs, with a token of its own (the admin's, or a label-scoped
+ * service token): after each job of every `every`-th machine completes, it reads that machine
+ * (`GET /machines/:id`), the job (`GET /jobs/:id`) and the machine's last 10 jobs (`GET /jobs?machine=`),
+ * through the same in-flight cap as the agents, timed as `operator`. Each read is a permission check
+ * on a route about one machine (or a list filtered by machine), so a scoped token's check is on the hot path.
+ */
+export interface FleetOperator {
+  api: ApiClient;
+  every: number;
 }
 
 export interface FleetResult {
@@ -57,6 +72,7 @@ export async function prepareFleet(ep: Endpoint, o: FleetOptions): Promise<{ mac
     prefix: FLEET_PREFIX,
     count: o.machines,
     pipeline: FLEET_PIPELINE,
+    ...(o.labels ? { labels: o.labels } : {}),
     onBatch: (n) => log(`  ${n}/${o.machines} created (${((performance.now() - t0) / 1000).toFixed(1)} s)`),
   });
   const createMs = performance.now() - t0;
@@ -82,7 +98,7 @@ export async function probeLatency(ep: Endpoint, probes: CreatedMachine[], tasks
  * `ep`: one endpoint, or the replicas of one store, machine i talking to replica i mod N (as agents spread
  * over replicas by a load balancer would); then the RSS is the largest replica's and the CPU their sum.
  */
-export async function runFleet(ep: Endpoint | Endpoint[], machines: CreatedMachine[], o: FleetOptions, label = 'fleet'): Promise<Omit<FleetResult, 'createMs'>> {
+export async function runFleet(ep: Endpoint | Endpoint[], machines: CreatedMachine[], o: FleetOptions, label = 'fleet', operator?: FleetOperator): Promise<Omit<FleetResult, 'createMs'>> {
   const eps = Array.isArray(ep) ? ep : [ep];
   const pids = eps.map(serverPid);
   const pid = pids[0]!;
@@ -99,7 +115,17 @@ export async function runFleet(ep: Endpoint | Endpoint[], machines: CreatedMachi
   try {
     await Promise.all(
       machines.map((m, i) =>
-        runSimAgent({ endpoint: eps[i % eps.length]!.url, machineId: m.id, token: m.token!, jobs: o.tasks, latencies, gate, onComplete: () => completed++, signal: budget }),
+        runSimAgent({
+          endpoint: eps[i % eps.length]!.url,
+          machineId: m.id,
+          token: m.token!,
+          jobs: o.tasks,
+          latencies,
+          gate,
+          onComplete: () => completed++,
+          signal: budget,
+          ...(operator && i % operator.every === 0 ? { afterComplete: (jobId: string) => operatorReads(operator.api, m.id, jobId, latencies, gate) } : {}),
+        }),
       ),
     );
   } finally {
@@ -126,6 +152,15 @@ export async function runFleet(ep: Endpoint | Endpoint[], machines: CreatedMachi
     serverCpuSec: sum(pids.map(serverCpu)) - cpu0,
     clientCpuSec: (client.user + client.system) / 1e6,
   };
+}
+
+/** The operator's reads after one of a machine's jobs (FleetOperator). @throws when a read is refused: the bench's token must reach every fleet machine. */
+async function operatorReads(api: ApiClient, machineId: string, jobId: string, latencies: Latencies, gate: Semaphore): Promise<void> {
+  const read = <T>(path: string, query?: Record<string, string | number>) => gate.run(() => latencies.time('operator', () => api.get<T>(path, query)));
+  await read(`/machines/${encodeURIComponent(machineId)}`);
+  await read(`/jobs/${encodeURIComponent(jobId)}`);
+  const jobs = await read<{ items: unknown[] }>('/jobs', { machine: machineId, limit: 10 });
+  if (jobs.items.length === 0) throw new Error(`the operator's token sees no jobs of machine ${machineId}: its scope does not cover the fleet`);
 }
 
 function sum(xs: number[]): number {

@@ -21,12 +21,12 @@ export const MAX_BATCH = 1000;
  */
 export async function createMachines(
   api: ApiClient,
-  o: { prefix: string; count: number; pipeline?: string | null; broker?: string; onBatch?: (created: number) => void },
+  o: { prefix: string; count: number; pipeline?: string | null; broker?: string; labels?: Record<string, string>; onBatch?: (created: number) => void },
 ): Promise<CreatedMachine[]> {
   const out: CreatedMachine[] = [];
   for (let b = 0; out.length < o.count; b++) {
     const count = Math.min(MAX_BATCH, o.count - out.length);
-    const body = { name: `${o.prefix}${b}`, count, ...(o.pipeline !== undefined ? { pipeline: o.pipeline } : {}), ...(o.broker ? { broker: o.broker } : {}) };
+    const body = { name: `${o.prefix}${b}`, count, ...(o.pipeline !== undefined ? { pipeline: o.pipeline } : {}), ...(o.broker ? { broker: o.broker } : {}), ...(o.labels ? { labels: o.labels } : {}) };
     const res = await api.post<{ items: CreatedMachine[] }>('/machines', body, { timeoutMs: 600_000 });
     out.push(...res.items);
     o.onBatch?.(out.length);

@@ -18,6 +18,8 @@ export interface SimAgentOptions {
   /** Caps the requests on the wire across all agents; time spent waiting for it is not latency. */
   gate: Semaphore;
   onComplete: () => void;
+  /** Called after each completed job, awaited before the next one (the fleet bench's operator reads). */
+  afterComplete?: (jobId: string) => Promise<void>;
   /** Stop (between jobs) once this aborts: the bench's time budget is spent. */
   signal?: AbortSignal;
 }
@@ -45,5 +47,6 @@ export async function runSimAgent(o: SimAgentOptions): Promise<void> {
     next = res.next?.job ?? null;
     done++;
     o.onComplete();
+    if (o.afterComplete) await o.afterComplete(job.id);
   }
 }

@@ -7,10 +7,12 @@
  */
 import type { FastifyContextConfig, FastifyInstance } from 'fastify';
 import { TaktError } from '../model/errors.js';
-import { decide, isRouteAccess, machineVisible, patternGrants, unscoped, type MachineScopeView, type Permission, type RouteAccess } from '../model/permissions.js';
+import { decide, isRouteAccess, machineVisible, patternGrants, unscoped, type Grant, type MachineScopeView, type Permission, type RouteAccess } from '../model/permissions.js';
+import { CONTENT_KINDS } from '../model/content.js';
+import type { TaktEvent } from '../model/machine.js';
 import { isSealed, MASK } from '../model/secure.js';
-import type { Store } from '../store/store.js';
 import type { Principal } from './auth.js';
+import { ScopeIndex, type ScopeIndexStore } from './scope-index.js';
 
 /** One route as declared: method, URL pattern, what it needs and what its `:id` names. */
 export interface DeclaredRoute {
@@ -77,9 +79,24 @@ export function declaredRoutes(app: FastifyInstance): RouteTable {
   return table;
 }
 
-/** Decides users' requests and shapes their answers; reads machines only for roles limited to some. */
+/**
+ * Decides users' requests and shapes their answers. A role limited to some machines needs the request's
+ * machine (its labels and pipeline): that comes from the in-memory ScopeIndex (scope-index.ts), fed by
+ * store events from every replica, so a scoped check costs no store read once the machine is known.
+ */
 export class AccessControl {
-  constructor(private readonly store: Pick<Store, 'getMachine' | 'getMachineByName' | 'getJobState' | 'getWorkOrder'>) {}
+  readonly index: ScopeIndex;
+  private readonly maskedEvents = new WeakMap<TaktEvent, unknown>();
+
+  /** @param index the index to use (one is made on `store` when absent). */
+  constructor(store: ScopeIndexStore, index?: ScopeIndex) {
+    this.index = index ?? new ScopeIndex(store);
+  }
+
+  /** Stops following the store's events. */
+  close(): void {
+    this.index.close();
+  }
 
   /**
    * Allows a user's request or throws 403 saying which permission it needs and what their roles grant.
@@ -97,13 +114,7 @@ export class AccessControl {
 
   /** The machine a route's `:id` is about (a machine that does not exist matches no selector). */
   private async machineOf(scope: 'machine' | 'job' | 'workorder', id: string): Promise<MachineScopeView> {
-    let machineId: string | undefined;
-    if (scope === 'machine') {
-      const m = (await this.store.getMachine(id)) ?? (await this.store.getMachineByName(id));
-      if (m) return m;
-    } else if (scope === 'job') machineId = (await this.store.getJobState(id))?.machineId;
-    else machineId = (await this.store.getWorkOrder(id))?.machineId;
-    const m = machineId ? await this.store.getMachine(machineId) : undefined;
+    const m = scope === 'machine' ? await this.index.machine(id) : scope === 'job' ? await this.index.machineOfJob(id) : await this.index.machineOfWorkOrder(id);
     return m ?? NO_MACHINE;
   }
 
@@ -117,27 +128,115 @@ export class AccessControl {
     const permission = cfg.permission;
     let out: unknown = payload;
     if (cfg.scope === 'list' && !unscoped(p.grants, permission) && Array.isArray((payload as { items?: unknown }).items)) {
-      const cache = new Map<string, MachineScopeView>();
       const kept: unknown[] = [];
       for (const item of (payload as { items: Array<Record<string, unknown>> }).items) {
-        const view = await this.itemMachine(item, cache);
+        // From memory without a promise when the index holds the machine (every item of a job list is on one).
+        const view = (typeof item.machineId === 'string' ? this.index.cached(item.machineId) : undefined) ?? (await this.itemMachine(item));
         if (view && machineVisible(p.grants, permission, view)) kept.push(item);
       }
-      out = { ...(payload as object), items: kept, ...('total' in (payload as object) ? { total: kept.length } : {}) };
+      // Nothing filtered out (the usual case for a scoped reader of its own machines): the answer as it is.
+      if (kept.length !== (payload as { items: unknown[] }).items.length) out = { ...(payload as object), items: kept, ...('total' in (payload as object) ? { total: kept.length } : {}) };
     }
-    const secrets = `${permission.split(':')[0]}:secrets` as Permission;
-    if (!p.grants.some((g) => g.permissions.some((pat) => patternGrants(pat, secrets)))) out = redact(out, 0);
-    return out;
+    return redactFor(p.grants, permission.split(':')[0]!, out);
   }
 
-  private async itemMachine(item: Record<string, unknown>, cache: Map<string, MachineScopeView>): Promise<MachineScopeView | undefined> {
-    if (typeof item.machineId !== 'string') return item.labels !== undefined ? { labels: (item.labels ?? {}) as Record<string, string>, pipeline: (item.pipeline ?? null) as string | null } : undefined;
-    const hit = cache.get(item.machineId);
-    if (hit) return hit;
-    const m = (await this.store.getMachine(item.machineId)) ?? NO_MACHINE;
-    cache.set(item.machineId, m);
-    return m;
+  /**
+   * Whether a user may see event `e` on the event stream, and how: `null` when not (outside their scope, or
+   * a resource their grants do not reach), else the event's data as they may see it (sealed values masked
+   * without `RESOURCE:secrets`, as REST answers are). What an event is about comes from its topic
+   * (`eventAccess`); a machine's own events are judged by the labels they carry (the machine as the event
+   * describes it), events of jobs and work orders by their machine as the index knows it now.
+   */
+  async eventFor(p: Extract<Principal, { kind: 'user' }>, e: TaktEvent): Promise<{ data: unknown } | null> {
+    const a = eventAccess(e);
+    let machine: MachineScopeView | null = null;
+    if (a.machine !== undefined && !unscoped(p.grants, a.permission)) {
+      machine = a.machine.kind === 'view' ? a.machine.view : ((await this.index.machine(a.machine.id)) ?? NO_MACHINE);
+    }
+    if (!decide(p.grants, a.permission, machine).allowed) return null;
+    if (holdsSecrets(p.grants, a.permission.split(':')[0]!)) return { data: e.data };
+    // Masked once per event, however many subscribers see it (the stream caches the frame by this object).
+    let masked = this.maskedEvents.get(e);
+    if (masked === undefined) this.maskedEvents.set(e, (masked = hasSealed(e.data, 0) ? redact(e.data, 0) : e.data));
+    return { data: masked };
   }
+
+  private async itemMachine(item: Record<string, unknown>): Promise<MachineScopeView | undefined> {
+    if (typeof item.machineId !== 'string') return item.labels !== undefined ? { labels: (item.labels ?? {}) as Record<string, string>, pipeline: (item.pipeline ?? null) as string | null } : undefined;
+    return (await this.index.machine(item.machineId)) ?? NO_MACHINE;
+  }
+}
+
+/**
+ * `v` as a holder of `grants` may see it on a route (or an event) of `resource`: unchanged when they hold
+ * `RESOURCE:secrets`, else with every sealed value replaced by the mask (`redact`). The one rule for REST
+ * answers and event payloads.
+ */
+export function redactFor(grants: readonly Grant[], resource: string, v: unknown): unknown {
+  return holdsSecrets(grants, resource) || !hasSealed(v, 0) ? v : redact(v, 0);
+}
+
+/** Whether `v` holds a sealed value anywhere (a walk without copying: most answers hold none). */
+function hasSealed(v: unknown, depth: number): boolean {
+  if (isSealed(v)) return true;
+  if (depth > 100 || typeof v !== 'object' || v === null) return false;
+  if (Array.isArray(v)) return v.some((x) => hasSealed(x, depth + 1));
+  if (typeof (v as { toJSON?: unknown }).toJSON === 'function') return false;
+  for (const k in v) if (Object.hasOwn(v, k) && hasSealed((v as Record<string, unknown>)[k], depth + 1)) return true;
+  return false;
+}
+
+/** Whether `grants` hold `RESOURCE:secrets` (scoped or not: a list or stream shows only covered machines anyway). */
+function holdsSecrets(grants: readonly Grant[], resource: string): boolean {
+  const secrets = `${resource}:secrets` as Permission;
+  return grants.some((g) => g.permissions.some((pat) => patternGrants(pat, secrets)));
+}
+
+/** What an event is about, for the stream's filter: the permission that reads it and, when it is about one machine, which. */
+export interface EventAccess {
+  permission: Permission;
+  /** The machine: as the event carries it (`view`), or by id (looked up); absent for an event about no machine. */
+  machine?: { kind: 'view'; view: MachineScopeView } | { kind: 'id'; id: string };
+}
+
+/**
+ * The resource each event type is read with — the permission of the REST route that reads the same thing
+ * (`packs` → `content:read`, `leases` → `dhcp:read`, `tokens` → `tokens:admin`: another user's tokens are a
+ * token admin's business). A type not listed needs `events:admin` (only `*` holds it): a new event type is
+ * hidden from scoped users until someone decides who may read it.
+ */
+const EVENT_PERMISSION: Record<string, Permission> = {
+  machines: 'machines:read',
+  jobs: 'jobs:read',
+  workorders: 'workorders:read',
+  rollouts: 'rollouts:read',
+  policies: 'rollouts:read',
+  packs: 'content:read',
+  packversions: 'content:read',
+  jointokens: 'join:read',
+  credentials: 'credentials:read',
+  leases: 'dhcp:read',
+  images: 'images:read',
+  users: 'users:read',
+  groups: 'users:read',
+  auth: 'users:read',
+  rolebindings: 'roles:read',
+  tokens: 'tokens:admin',
+  ...Object.fromEntries(CONTENT_KINDS.map((k) => [k, 'content:read' as Permission])),
+};
+
+/** What event `e` is about (see EventAccess). */
+export function eventAccess(e: TaktEvent): EventAccess {
+  const type = e.topic.slice(0, e.topic.indexOf('.'));
+  const permission = EVENT_PERMISSION[type] ?? 'events:admin';
+  const data = (e.data ?? {}) as Record<string, unknown>;
+  if (type === 'machines') {
+    const id = e.topic.slice(e.topic.indexOf('.', type.length + 1) + 1);
+    if (typeof data.labels === 'object' && data.labels !== null) return { permission, machine: { kind: 'view', view: { labels: data.labels as Record<string, string>, pipeline: typeof data.pipeline === 'string' ? data.pipeline : null } } };
+    return { permission, machine: { kind: 'id', id } };
+  }
+  if (typeof data.machineId === 'string' && (type === 'jobs' || type === 'workorders' || type === 'rollouts')) return { permission, machine: { kind: 'id', id: data.machineId } };
+  return { permission };
 }
 
 const NO_MACHINE: MachineScopeView = { labels: {}, pipeline: null };

@@ -19,6 +19,7 @@ import type { Approver, RouteAccess } from '../model/permissions.js';
 import type { TlsMaterial } from './tls.js';
 import type { CredentialsPort } from './routes/credentials.js';
 import type { Sso } from './oidc.js';
+import type { LoginLimiter } from './login-limit.js';
 import type { DhcpLeasesPort } from './routes/dhcp.js';
 
 /** The VM settings of `POST /machines` for the qemu broker (`takt machines create --broker qemu`). */
@@ -132,6 +133,8 @@ export interface ApiContext {
   audit?: AuditLog;
   /** Single sign-on with the OpenID Connect provider of `--oidc-issuer` (api/oidc.ts); absent: the SSO routes say it is off. */
   sso?: Sso | null;
+  /** Login rate limits (api/login-limit.ts, `--login-max-failures`, `--login-window`); absent: the defaults. */
+  loginLimiter?: LoginLimiter;
 }
 
 /** The agent bundle as the join routes need it (src/join/bundle.ts builds it). */

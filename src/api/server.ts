@@ -113,6 +113,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   if (handler) handlers.set(app, handler);
   const auth = new Authenticator(opts.adminToken, opts.store, opts.discoveryDigest);
   const access = new AccessControl(opts.store);
+  app.addHook('onClose', async () => access.close());
   // Every route declares what it needs (config.permission); collected here, checked before the app is ready.
   const routes = declaredRoutes(app);
   const metrics = new Metrics(opts.store);
@@ -191,6 +192,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       return reply.code(err.status).type('text/plain; charset=utf-8').send(shellError(err.message));
     }
     if (err instanceof TaktError) {
+      if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter));
       if (err.status < 500) return reply.code(err.status).send(err.toBody());
     } else {
       const fe = err as FastifyError;
@@ -237,7 +239,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   machineRoutes(app, opts);
   jobRoutes(app, opts);
   contentRoutes(app, opts);
-  eventRoutes(app, opts);
+  eventRoutes(app, opts, access);
   rolloutRoutes(app, opts);
   runRoutes(app, opts);
   reportRoutes(app, opts);

@@ -44,6 +44,8 @@ interface ServeCliOptions {
   routerAdverts?: boolean;
   bootTimeout?: string;
   auditKeepDays: string;
+  loginMaxFailures: string;
+  loginWindow: string;
   oidcIssuer?: string;
   oidcClientId?: string;
   oidcClientSecretFile?: string;
@@ -135,6 +137,8 @@ export async function buildProgram(opts: { only?: 'agent' } = {}): Promise<Comma
     .option('--boot-timeout <duration>', 'with --provision: a network-booted machine takt powers on, cycles or reboots that sends no DHCP or boot script request within this long is reported (its reason says what to check; a running machine stops) (env TAKT_BOOT_TIMEOUT; default 5m: servers take minutes to POST)', process.env.TAKT_BOOT_TIMEOUT)
     .option('--tftp-root <dir>', 'with --dhcp: where TFTP serves the iPXE binaries PXE ROMs get (env TAKT_TFTP_ROOT; default /usr/lib/ipxe, Debian\'s ipxe package)', process.env.TAKT_TFTP_ROOT)
     .option('--audit-keep-days <days>', 'how long the audit log keeps its entries (env TAKT_AUDIT_KEEP_DAYS); older ones are pruned', process.env.TAKT_AUDIT_KEEP_DAYS ?? '90')
+    .option('--login-max-failures <n>', 'failed logins allowed per user name and source address within --login-window, then 429 until the oldest ages out; 10× that per address over all names (env TAKT_LOGIN_MAX_FAILURES)', process.env.TAKT_LOGIN_MAX_FAILURES ?? '10')
+    .option('--login-window <duration>', 'the window --login-max-failures counts in (env TAKT_LOGIN_WINDOW)', process.env.TAKT_LOGIN_WINDOW ?? '5m')
     .option('--oidc-issuer <url>', 'single sign-on: the OpenID Connect provider\'s issuer URL (env TAKT_OIDC_ISSUER); its discovery document is checked at start', process.env.TAKT_OIDC_ISSUER)
     .option('--oidc-client-id <id>', 'with --oidc-issuer: this endpoint\'s client id at the provider (env TAKT_OIDC_CLIENT_ID)', process.env.TAKT_OIDC_CLIENT_ID)
     .option('--oidc-client-secret-file <file>', 'with --oidc-issuer: a file holding the client secret (a confidential client; env TAKT_OIDC_CLIENT_SECRET_FILE); without it the endpoint is a public client (PKCE)', process.env.TAKT_OIDC_CLIENT_SECRET_FILE)

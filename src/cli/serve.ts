@@ -46,6 +46,7 @@ import { openStore } from '../store/open.js';
 import type { SqlStore } from '../store/sql-store.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
 import { hostedHere } from '../api/hosts.js';
+import { LOGIN_MAX_FAILURES, LOGIN_WINDOW_MS, LoginLimiter } from '../api/login-limit.js';
 import { CALLBACK_PATH, oidcSettings, Sso } from '../api/oidc.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { checkShared, refuseMissingShared } from './replicas.js';
@@ -112,6 +113,21 @@ export interface ServeOptions {
   oidcGroupsClaim?: string;
   /** Decimal text: days the audit log keeps its entries (default 90). */
   auditKeepDays?: string;
+  /** Decimal text: failed logins allowed per name+address within `loginWindow` (default 10; api/login-limit.ts). */
+  loginMaxFailures?: string;
+  /** Duration text: the login limits' window (default 5m). */
+  loginWindow?: string;
+}
+
+/**
+ * `--login-max-failures` (1–1,000,000) and `--login-window` (1 s to 1 day) as limiter options.
+ * @throws TaktError bad_request naming the flag.
+ */
+export function loginLimits(maxFailures: string | undefined, window: string | undefined): { maxFailures: number; windowMs: number } {
+  const n = maxFailures === undefined ? LOGIN_MAX_FAILURES : /^\d{1,7}$/.test(maxFailures.trim()) ? Number(maxFailures.trim()) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > 1_000_000) throw new TaktError('bad_request', `--login-max-failures must be a whole number from 1 to 1000000; got '${maxFailures}'`);
+  const windowMs = window === undefined ? LOGIN_WINDOW_MS : parseDuration(window, '--login-window', { min: 1000, max: 86_400_000 });
+  return { maxFailures: n, windowMs };
 }
 
 /** `--audit-keep-days`: whole days within AUDIT_KEEP_DAYS. @throws TaktError bad_request naming the flag. */
@@ -378,6 +394,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     version: VERSION,
     adminToken: admin.value,
     sso,
+    loginLimiter: new LoginLimiter(loginLimits(opts.loginMaxFailures, opts.loginWindow)),
     log,
     hostNames: [hostname(), ...(opts.hostName ?? []), ...(opts.tlsSan ?? [])],
     // Getters: the material changes on renewal, and the public URL is known once the listeners are bound.

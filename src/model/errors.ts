@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'too_large'
   | 'misdirected'
   | 'range_not_satisfiable'
+  | 'rate_limited'
   | 'unavailable'
   | 'internal';
 
@@ -25,26 +26,31 @@ const statusByCode: Record<ErrorCode, number> = {
   too_large: 413,
   misdirected: 421,
   range_not_satisfiable: 416,
+  rate_limited: 429,
   unavailable: 503,
   internal: 500,
 };
 
 export interface ErrorBody {
   /** `requestId` is set on 5xx answers: the endpoint log has the details under that id. */
-  error: { code: ErrorCode; message: string; path?: string; details?: unknown; requestId?: string };
+  /** `retryAfter`: on `rate_limited` (429), whole seconds to wait (also the `Retry-After` header). */
+  error: { code: ErrorCode; message: string; path?: string; details?: unknown; requestId?: string; retryAfter?: number };
 }
 
 export class TaktError extends Error {
   readonly code: ErrorCode;
   readonly path?: string;
   readonly details?: unknown;
+  /** Seconds after which a `rate_limited` request may be tried again. */
+  readonly retryAfter?: number;
 
-  constructor(code: ErrorCode, message: string, opts: { path?: string; details?: unknown } = {}) {
+  constructor(code: ErrorCode, message: string, opts: { path?: string; details?: unknown; retryAfter?: number } = {}) {
     super(message);
     this.name = 'TaktError';
     this.code = code;
     if (opts.path !== undefined) this.path = opts.path;
     if (opts.details !== undefined) this.details = opts.details;
+    if (opts.retryAfter !== undefined) this.retryAfter = opts.retryAfter;
   }
 
   get status(): number {
@@ -55,6 +61,7 @@ export class TaktError extends Error {
     const error: ErrorBody['error'] = { code: this.code, message: this.message };
     if (this.path !== undefined) error.path = this.path;
     if (this.details !== undefined) error.details = this.details;
+    if (this.retryAfter !== undefined) error.retryAfter = this.retryAfter;
     return { error };
   }
 }

@@ -5,6 +5,7 @@ import { author, intQuery, type ApiContext } from '../context.js';
 import { yieldToLoop } from '../../engine/pace.js';
 import { API_CSP, SECURITY_HEADERS } from '../guard.js';
 import { topicMatcher } from '../topics.js';
+import type { AccessControl } from '../access.js';
 
 const KEEPALIVE_MS = 15_000;
 /**
@@ -44,7 +45,7 @@ export interface ReplayPort {
   /** The id after which to read next (the last event sent). */
   after(): number;
   /** Writes the event if it matches; answers the bytes written (0 when filtered out). */
-  send(e: TaktEvent): number;
+  send(e: TaktEvent): number | Promise<number>;
   closed(): boolean;
   /** A promise to wait on when the client reads slower than we write, else null. */
   backpressure(): Promise<void> | null;
@@ -62,7 +63,7 @@ export async function replay(port: ReplayPort): Promise<void> {
     const page = await port.list(port.after(), REPLAY_PAGE);
     let bytes = 0;
     for (const e of page) {
-      bytes += port.send(e);
+      bytes += await port.send(e);
       const wait = port.backpressure();
       if (wait) await wait;
       if (port.closed()) return;
@@ -76,18 +77,24 @@ export async function replay(port: ReplayPort): Promise<void> {
   }
 }
 
-/** Each event is serialised once, however many subscribers it goes to. */
+/**
+ * Each event is serialised once, however many subscribers it goes to: as it is, and with its sealed values
+ * masked (for users without `RESOURCE:secrets`; `data` is then what AccessControl.eventFor answered, and
+ * equal for every such user).
+ */
 const frames = new WeakMap<TaktEvent, string>();
-function frame(e: TaktEvent): string {
-  let f = frames.get(e);
+const maskedFrames = new WeakMap<TaktEvent, string>();
+function frame(e: TaktEvent, data: unknown = e.data): string {
+  const cache = data === e.data ? frames : maskedFrames;
+  let f = cache.get(e);
   if (f === undefined) {
-    f = `id: ${e.id}\nevent: ${e.topic}\ndata: ${JSON.stringify(e)}\n\n`;
-    frames.set(e, f);
+    f = `id: ${e.id}\nevent: ${e.topic}\ndata: ${JSON.stringify(data === e.data ? e : { ...e, data })}\n\n`;
+    cache.set(e, f);
   }
   return f;
 }
 
-export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
+export function eventRoutes(app: FastifyInstance, ctx: ApiContext, access: AccessControl) {
   const { store, history, portable, brokers } = ctx;
 
   app.get('/api/v1/export', { config: { permission: 'history:secrets' } }, async () => ({ files: await portable.export() }));
@@ -160,7 +167,10 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
   /**
    * Server-sent events. `?topics=machines.*.*,jobs.update.j-1` filters; `Last-Event-ID` (or `?since=`)
    * replays what was missed from the store before going live, so a reconnecting client loses nothing
-   * still inside the retention window.
+   * still inside the retention window. A user sees only the events their grants read (AccessControl.eventFor:
+   * a label-scoped role, only its machines' events and those of their jobs and work orders), with sealed
+   * values masked unless they hold that resource's `secrets`; events they may not see are skipped, never
+   * renumbered, so `Last-Event-ID` resumes as for anyone.
    */
   app.get('/api/v1/events', { config: { permission: 'events:read' } }, async (req, reply) => {
     const q = req.query as Record<string, string | undefined>;
@@ -182,11 +192,11 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
     const backlog: TaktEvent[] = [];
     let live = false;
     let closed = false;
-    const send = (e: TaktEvent): number => {
-      if (closed || e.id <= lastSent) return 0;
-      lastSent = e.id;
-      if (!match(e.topic)) return 0;
-      const f = frame(e);
+    const principal = req.principal;
+    const user = principal?.kind === 'user' ? principal : null;
+    const write = (e: TaktEvent, data: unknown): number => {
+      if (closed) return 0;
+      const f = frame(e, data);
       res.write(f);
       // Only a live subscriber can fall behind; a replay waits for the client instead (below).
       if (live && res.writableLength > MAX_BUFFERED_BYTES) {
@@ -196,8 +206,27 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
       }
       return f.length;
     };
+    // In id order, each event once. A user's event may need its machine looked up (a store read on an
+    // index miss), so a user's live events go through one promise chain: in order, one at a time.
+    const send = (e: TaktEvent): number | Promise<number> => {
+      if (closed || e.id <= lastSent) return 0;
+      lastSent = e.id;
+      if (!match(e.topic)) return 0;
+      if (!user) return write(e, e.data);
+      return access.eventFor(user, e).then((v) => (v ? write(e, v.data) : 0));
+    };
+    const failed = (err: unknown) => {
+      req.log.warn({ err }, 'event stream: could not decide an event for a user; closing the stream (it resumes with Last-Event-ID)');
+      close();
+      res.end();
+    };
+    let chain: Promise<void> = Promise.resolve();
+    const sendLive = (e: TaktEvent) => {
+      if (!user) void send(e);
+      else chain = chain.then(() => send(e)).then(() => undefined, failed);
+    };
     const unsubscribe = store.onEvents((events) => {
-      if (live) events.forEach(send);
+      if (live) events.forEach(sendLive);
       else backlog.push(...events);
     });
     const keepalive = setInterval(() => res.write(': keepalive\n\n'), KEEPALIVE_MS);
@@ -219,10 +248,10 @@ export function eventRoutes(app: FastifyInstance, ctx: ApiContext) {
         closed: () => closed,
         backpressure: () => (res.writableLength > MAX_BUFFERED_BYTES / 2 ? drained(res) : null),
         pause: yieldToLoop,
-      });
+      }).catch(failed);
     }
     if (closed) return;
     live = true;
-    backlog.forEach(send);
+    backlog.forEach(sendLive);
   });
 }

@@ -10,7 +10,8 @@ import { TaktError } from '../../model/errors.js';
 import { BUILTIN_ROLES, expandRole, isScoped, patternGrants, ROLE_NAMES, type Permission } from '../../model/permissions.js';
 import { LOGIN_TOKEN_TTL_MS, parseTtl } from '../../model/users.js';
 import { author, type ApiContext } from '../context.js';
-import { CALLBACK_PATH, requestOrigin, STATE_COOKIE } from '../oidc.js';
+import { CALLBACK_PATH, requestOrigin, STATE_COOKIE, type Sso } from '../oidc.js';
+import { LoginLimiter } from '../login-limit.js';
 
 /** One cookie's value from a Cookie header, or undefined. */
 function cookieOf(header: string | undefined, name: string): string | undefined {
@@ -44,8 +45,12 @@ function tokenOwnerLimit(req: FastifyRequest): string | undefined {
   return me;
 }
 
+/** The name device-flow polls are counted under by the login limiter (not a takt name: it has parentheses). */
+const DEVICE_KEY = '(device code)';
+
 export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
   const users = new Users(ctx.store);
+  const limiter = ctx.loginLimiter ?? new LoginLimiter();
 
   app.post(
     '/api/v1/login',
@@ -58,7 +63,17 @@ export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
     },
     async (req, reply) => {
       const b = req.body as { user: string; password: string; ttl?: string };
-      const r = await users.login(b.user, b.password, b.ttl ? parseTtl(b.ttl) : LOGIN_TOKEN_TTL_MS);
+      const ttl = b.ttl ? parseTtl(b.ttl) : LOGIN_TOKEN_TTL_MS;
+      // Refused before the password is checked once this name+address (or this address) used its budget.
+      limiter.check(b.user, req.ip);
+      let r: Awaited<ReturnType<typeof users.login>>;
+      try {
+        r = await users.login(b.user, b.password, ttl);
+      } catch (err) {
+        if (err instanceof TaktError && err.code === 'unauthorized') limiter.failed(b.user, req.ip);
+        throw err;
+      }
+      limiter.succeeded(b.user, req.ip);
       reply.code(201);
       return r;
     },
@@ -87,7 +102,15 @@ export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
     async (req, reply) => {
       const b = req.body as { deviceCode: string; ttl?: string };
       const ttlMs = b.ttl ? parseTtl(b.ttl) : LOGIN_TOKEN_TTL_MS;
-      const r = await sso().pollDevice(b.deviceCode);
+      // Guessing device codes: refused polls count per address (under the name '(device code)').
+      limiter.check(DEVICE_KEY, req.ip);
+      let r: Awaited<ReturnType<Sso['pollDevice']>>;
+      try {
+        r = await sso().pollDevice(b.deviceCode);
+      } catch (err) {
+        if (err instanceof TaktError && (err.code === 'unauthorized' || err.code === 'bad_request' || err.code === 'forbidden')) limiter.failed(DEVICE_KEY, req.ip);
+        throw err;
+      }
       if (r.status !== 'done') return r;
       const issued = await users.ssoLogin(r.identity, ttlMs);
       reply.code(201);
