@@ -5,6 +5,7 @@
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Endpoint, packFiles, runCli } from './helpers/endpoint.js';
+import { readSse } from './helpers/sse.js';
 
 let ep: Endpoint;
 
@@ -416,37 +417,18 @@ describe('bad input', () => {
 
 /** Reads server-sent events until `stop` says so (or a few seconds pass). */
 /**
- * Reads the event stream until `stop` says so (or 8 s pass). `opened` is called once the answer's headers
- * are in: the endpoint subscribes before it writes them (routes/events.ts), so from then on no live
- * event can be missed — the synchronisation a test needs, instead of a pause.
+ * Reads the event stream until `stop` says so (or 8 s pass), through the one test reader (helpers/sse.ts).
+ * `opened` is called once the answer's headers are in: the endpoint subscribes before it writes them
+ * (routes/events.ts), so from then on no live event can be missed — the synchronisation a test needs,
+ * instead of a pause.
  */
 async function readEvents(query: string, stop: (events: Array<{ id: number; topic: string }>) => boolean, opened?: () => void) {
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), 8000);
-  const res = await fetch(`${ep.url}/api/v1/events?${query}`, { headers: { authorization: `Bearer ${ep.token}` }, signal: ac.signal });
-  expect(res.headers.get('content-type')).toMatch(/text\/event-stream/);
-  opened?.();
-  const events: Array<{ id: number; topic: string; data: Record<string, unknown> }> = [];
-  const decoder = new TextDecoder();
-  let buf = '';
-  try {
-    for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buf += decoder.decode(part, { stream: true });
-      let i: number;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const line = buf.slice(0, i).split('\n').find((l) => l.startsWith('data: '));
-        buf = buf.slice(i + 2);
-        if (line) events.push(JSON.parse(line.slice(6)));
-      }
-      if (stop(events)) break;
-    }
-  } catch {
-    /* aborted: return what arrived */
-  } finally {
-    clearTimeout(timer);
-    ac.abort();
-  }
-  return events;
+  const r = readSse(ep.url, ep.token, query, stop, 8000);
+  void r.open.then((status) => {
+    expect(status).toBe(200);
+    opened?.();
+  });
+  return (await r.events) as Array<{ id: number; topic: string; data: Record<string, unknown> }>;
 }
 
 describe('event stream', () => {
