@@ -301,14 +301,15 @@ export function discoveryBootenvYaml(k: { path: string; sha256: string }, i: { p
     `kernel: { name: vmlinuz, path: ${JSON.stringify(k.path)}, sha256: ${k.sha256} }`,
     'initrds:',
     `  - { name: ${basename(i.path)}, path: ${JSON.stringify(i.path)}, sha256: ${i.sha256} }`,
-    `cmdline: ${DISCOVERY_CMDLINE}`,
+    // initrd=NAME: under UEFI, iPXE hands the initrd to the kernel's EFI stub by this name (BIOS ignores it).
+    `cmdline: initrd=${basename(i.path)} ${DISCOVERY_CMDLINE}`,
     '',
   ].join('\n');
 }
 
 /** What a build depends on: the kernel package, the bundle (its path names its key), /init, busybox, bash, the compression. */
 function buildKey(kernel: BootKernel, bundle: string, version: string, compression: InitrdCompression): string {
-  const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0${compression}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC).update(DISCOVERY_CMDLINE);
+  const h = createHash('sha256').update(`${version}\0${kernel.package}\0${bundle}\0${statSync(bundle).size}\0${compression}\0`).update(DISCOVERY_INIT).update(SLEDGE_UDHCPC).update(DISCOVERY_CMDLINE).update('initrd= on the cmdline (UEFI)');
   // statSync follows links: a missing file hashes as size 0 (the build itself then says what to install).
   for (const f of ['/bin/busybox', '/bin/bash']) {
     const st = statSync(f, { throwIfNoEntry: false });
