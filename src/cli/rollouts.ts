@@ -5,7 +5,7 @@ import type { ApiClient } from '../client/http.js';
 import { hint } from '../engine/rollouts.js';
 import { TaktError } from '../model/errors.js';
 import { BUSY_POLICIES, type RolloutItem, type RolloutPlanItem, type RolloutState } from '../model/rollout.js';
-import type { GlobalOptions } from './client.js';
+import { collect, PARAM_TYPING, parseParamPairs, type GlobalOptions } from './client.js';
 import { colorState, print, renderTable, shown } from './output.js';
 import { examples } from './help.js';
 
@@ -15,7 +15,7 @@ interface RolloutView {
   reason: string | null;
   wave: number;
   waves: number;
-  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; selector?: string; canary: number; batch: number; maxInFlight: number; maxFailures: number; busy?: string };
+  spec: { pipeline?: string; blueprint?: string; select: Record<string, string>; selector?: string; canary: number; batch: number; maxInFlight: number; maxFailures: number; busy?: string; params?: Record<string, unknown> };
   counts: Record<RolloutItem['state'], number>;
   items: RolloutItem[];
   createdAt: string;
@@ -52,6 +52,7 @@ export function rolloutCommands(program: Command, g: () => GlobalOptions, api: (
     .option('--approver-role <role>', 'with --approve-between-waves: only holders of this role (viewer, operator, author, admin) and admins may approve the waves')
     .option('--two-person', 'with --approver-role: you (who start the rollout) may not approve its waves; another holder of the role must')
     .addOption(new Option('--busy <policy>', 'machines with a running job, awaiting approval or paused: wait for them, skip them, or cancel their job').choices(BUSY_POLICIES).default('wait'))
+    .option('--param <key=value>', `set this machine param on each machine as the rollout starts it (repeatable; pipeline rollouts), e.g. image=debian-min@2.0.0; ${PARAM_TYPING}`, collect)
     .option('--dry-run', 'list what the rollout would do to each machine (wave, current job, action); create nothing')
     .option('--no-wait', 'return at once instead of showing progress until the rollout ends')
     .addHelpText(
@@ -66,9 +67,13 @@ Examples:
   $ takt rollouts create --pipeline web -l role=web,env!=prod --busy wait
   $ takt rollouts create --pipeline demo --select environment=prod --canary 1 --batch 5 --approve-between-waves
   $ takt rollouts create --pipeline web -l env=prod --approve-between-waves --approver-role operator --two-person
-  $ takt rollouts create --blueprint scan --select name=web --busy skip`,
+  $ takt rollouts create --blueprint scan --select name=web --busy skip
+  $ takt rollouts create --pipeline image-deploy --select 'builtWith=image:debian-min@<2' --param image=debian-min@2.0.0
+
+Network-booted machines whose pipeline starts in discovery (image-deploy) are rebuilt: they boot
+discovery again and the image is written anew (docs/provisioning.md, "Rebuilding a machine").`,
     )
-    .action(async (o: Record<string, string | boolean | undefined>) => {
+    .action(async (o: Record<string, string | boolean | string[] | undefined>) => {
       const select: Record<string, string> = {};
       for (const pair of String(o.select ?? '').split(',').filter(Boolean)) {
         const i = pair.indexOf('=');
@@ -91,6 +96,7 @@ Examples:
         maxFailures: num(o.maxFailures, 'max-failures'),
         approveBetweenWaves: o.approveBetweenWaves === true,
         busy: o.busy,
+        ...(Array.isArray(o.param) && o.param.length > 0 ? { params: parseParamPairs(o.param) } : {}),
         ...(o.approverRole !== undefined ? { approval: { role: o.approverRole, ...(o.twoPerson === true ? { twoPerson: true } : {}) } } : {}),
       };
       if (o.twoPerson === true && o.approverRole === undefined) throw new TaktError('bad_request', '--two-person needs --approver-role ROLE (who may approve instead)');
@@ -228,8 +234,14 @@ function churnText(s: ChurnView): string {
   return lines.join('\n');
 }
 
+/** "pipeline image-deploy with image=marker@2.0.0": what a rollout runs, and the params it sets. */
+function runsText(spec: RolloutView['spec']): string {
+  const params = Object.entries(spec.params ?? {}).map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`);
+  return shown(`${spec.pipeline ? `pipeline ${spec.pipeline}` : `blueprint ${spec.blueprint}`}${params.length ? ` with ${params.join(', ')}` : ''}`);
+}
+
 function summary(r: RolloutView): string {
-  const runs = shown(r.spec.pipeline ? `pipeline ${r.spec.pipeline}` : `blueprint ${r.spec.blueprint}`);
+  const runs = runsText(r.spec);
   const head = `${pc.bold(shown(r.id))} ${runs} on ${r.items.length} machine(s): ${colorState(r.state)}${r.reason ? shown(` — ${r.reason}`) : ''}`;
   const waiting = r.items.filter((i) => i.state === 'waiting');
   // Stopped by the andon: what to do next, where the operator reads why (not only after a wrong verb).
@@ -238,7 +250,7 @@ function summary(r: RolloutView): string {
 }
 
 function dryRunText(d: DryRun): string {
-  const runs = shown(d.spec.pipeline ? `pipeline ${d.spec.pipeline}` : `blueprint ${d.spec.blueprint}`);
+  const runs = runsText(d.spec);
   const head = `dry run: ${runs} on ${d.items.length} machine(s) in ${d.waves} wave(s), busy machines: ${shown(d.spec.busy ?? 'wait')} — nothing was created`;
   const wave = (w: number) => (w === 0 && d.spec.canary > 0 ? 'canary' : `wave ${w + 1}`);
   const color = (a: RolloutPlanItem['action']) => (a === 'cancel' ? pc.red : a === 'skip' ? pc.dim : a === 'wait' ? pc.yellow : (x: string) => x);

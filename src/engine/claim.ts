@@ -264,15 +264,19 @@ async function nextWork(c: ClaimContext, tx: Tx, m: Machine, pending?: { machine
   }
   // A stage that names a bootenv runs in it (issue #13): a network-booted machine booted into another
   // one is switched, and reboots into it before the stage's task runs. Desired state: in history, by the pipeline.
+  // An agent that runs in that bootenv already is not rebooted: an image deploy's write stage power-cycles
+  // the machine into its disk itself (takt-power), and the deployed OS's agent (`local`) claims the next
+  // stage there; a reboot would lose it (its join block is used, and the OS lives in memory).
   if (stage?.bootenv && m.boot && m.boot.bootenv !== stage.bootenv) {
     const switched: Machine = { ...m, boot: { ...m.boot, bootenv: stage.bootenv }, updatedAt: new Date().toISOString() };
     await tx.updateMachine(switched);
     await tx.change(`pipeline:${pipeline.name}`, `machines/${m.id}`, 'update', desiredView(m), desiredView(switched));
     tx.emit(`machines.update.${m.id}`, publicMachine(switched));
     if (pending) pending.machine = false;
-    c.opts.log?.('info', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' (was '${m.boot.bootenv}'): switched, rebooting`, { machine: m.name });
+    const there = c.running.get(m.id)?.bootenv === stage.bootenv;
+    c.opts.log?.('info', `${m.name}: stage '${step.stage}' needs bootenv '${stage.bootenv}' (was '${m.boot.bootenv}'): switched, ${there ? 'its agent runs there already' : 'rebooting'}`, { machine: m.name });
     Object.assign(m, switched);
-    return { kind: 'reboot', bootenv: stage.bootenv };
+    if (!there) return { kind: 'reboot', bootenv: stage.bootenv };
   }
   // The machine is switched, but its agent says it booted another bootenv (it came back from its disk,
   // or its firmware did not boot the script): the stage's tasks must not run there. One more reboot

@@ -541,6 +541,16 @@ export class Engine {
     return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content, restore));
   }
 
+  /**
+   * Params an operator sets on machines (by update, or through a rollout: rollouts.ts), checked against
+   * `content` without a machine: names, each declared param's schema, none undeclared.
+   * @throws TaktError invalid at `/params/<name>`.
+   */
+  checkParamsPatch(content: ContentSet, params: Record<string, unknown>): void {
+    this.checkParams(content, {}, params);
+    assertDeclared(content, params);
+  }
+
   /** A power configuration checked by the injected driver checks (EngineOptions.checkPowerConfig). */
   checkPowerConfig(config: unknown): MachinePowerConfig {
     return (this.opts.checkPowerConfig ?? checkPowerShape)(config);
@@ -788,13 +798,38 @@ export class Engine {
    */
   async rebuildMachine(idOrName: string, author: string, opts: PowerOption = {}): Promise<Machine> {
     const m = await this.findMachine(idOrName);
+    this.assertRebuildable(m);
+    return this.store.transact((tx) => this.rebuildMachineIn(tx, m.id, author, opts));
+  }
+
+  /**
+   * `rebuildMachine` of machine `id` inside the caller's transaction (rollouts and the churn policy start
+   * a network-booted machine's deploy over this way: rollouts.ts), checked on the machine as it reads
+   * there. One change in history by `author`: the pipeline from the top and `boot.bootenv` = discovery.
+   * @throws TaktError conflict as rebuildMachine.
+   */
+  async rebuildMachineIn(tx: Tx, id: string, author: string, opts: PowerOption = {}): Promise<Machine> {
+    this.assertRebuildable(await lockedMachine(tx, id));
+    return this.operateIn(tx, id, author, (v) => ({ ...keepPower(v, restart(v), opts), boot: v.boot ? { ...v.boot, bootenv: DISCOVERY_BOOTENV } : v.boot }), 'machine rebuilt');
+  }
+
+  /**
+   * Whether starting machine `m`'s pipeline over is a rebuild (boot discovery again) rather than a restart
+   * in place: `m` boots from the network (boot settings) and its pipeline's first stage needs discovery
+   * (`startsInDiscovery`). Rollouts and the churn policy ask this for each machine they start.
+   */
+  startsOverAsRebuild(m: Machine, pipeline: string | null = m.pipeline, content: ContentSet = this.content.current): boolean {
+    return !!m.boot && !!pipeline && startsInDiscovery(content, pipeline);
+  }
+
+  /** @throws TaktError conflict when `m` cannot be rebuilt (see rebuildMachine). */
+  private assertRebuildable(m: Machine): void {
     if (!m.boot) throw new TaktError('conflict', `${m.name} does not boot from the network (it has no boot settings), so there is no deploy to re-run: start its pipeline over with takt machines restart ${m.name}`);
     if (!m.pipeline) throw new TaktError('conflict', `${m.name} has no pipeline to re-run: give it one (e.g. takt machines update ${m.name} --pipeline image-deploy)`);
     if (!this.content.current.objects.bootenvs.has(DISCOVERY_BOOTENV)) {
       throw new TaktError('conflict', `a rebuild boots ${m.name} into the '${DISCOVERY_BOOTENV}' bootenv, which no pack defines here: build and install it with takt bootenv build discovery --install`);
     }
     this.assertStartable(m, m.pipeline);
-    return this.operate(idOrName, author, (v) => ({ ...keepPower(v, restart(v), opts), boot: v.boot ? { ...v.boot, bootenv: DISCOVERY_BOOTENV } : v.boot }), 'machine rebuilt');
   }
 
   /** `restartMachine` of machine `id` inside the caller's transaction, checked on the machine as it reads there. */
@@ -1265,6 +1300,20 @@ export class Engine {
 }
 
 /** The place a restore puts a machine at when it changes its pipeline: never without one (it would start work). */
+/**
+ * Whether pipeline `name`'s first stage needs the `discovery` bootenv, i.e. the pipeline deploys the
+ * machine's disk and must not start on the OS it overwrites: its first stage names bootenv `discovery`,
+ * or names none and a later stage needs `local` (the disk: the pipeline boots it only after the first
+ * stage, as content/image-deploy's `image-write` → `image-installed`). False for an unknown pipeline.
+ */
+export function startsInDiscovery(content: ContentSet, name: string): boolean {
+  const stages = content.objects.pipelines.get(name)?.def.stages ?? [];
+  const bootenvs = stages.map((s) => content.objects.stages.get(s)?.def.bootenv);
+  if (bootenvs.length === 0) return false;
+  if (bootenvs[0] === DISCOVERY_BOOTENV) return true;
+  return bootenvs[0] === undefined && bootenvs.slice(1).includes(LOCAL_BOOTENV);
+}
+
 function restoredPlace(restore: RestoreWrite, machine: string): RestoredPlace {
   if (!restore.place) throw new Error(`a restore changed the pipeline of machine '${machine}' without deciding its place`);
   return restore.place;

@@ -43,6 +43,8 @@ export interface RolloutInput {
   busy?: BusyPolicy;
   /** Who may approve its waves: a built-in role, and the two-person rule (RolloutSpec.approval). */
   approval?: ApprovalRule;
+  /** Machine params the rollout sets on each machine as it starts it (RolloutSpec.params); pipeline rollouts only. */
+  params?: Record<string, unknown>;
 }
 
 /** A rollout's approval rule, checked: a built-in role, `twoPerson` a boolean. @throws TaktError invalid at `/approval/…`. */
@@ -160,7 +162,10 @@ export class Rollouts {
     const items: RolloutPlanItem[] = [];
     for (const [index, m] of selected.entries()) {
       const busy = await this.busyOf(spec, m);
-      const { action, detail } = planAction(spec, busy);
+      const planned = planAction(spec, busy);
+      // A network-booted machine whose pipeline starts in discovery is rebuilt, not restarted in place.
+      const rebuild = spec.pipeline && this.engine.startsOverAsRebuild(m, spec.pipeline) && planned.action !== 'skip';
+      const { action, detail } = rebuild ? { ...planned, detail: `${planned.detail}; rebuilt: it boots discovery again` } : planned;
       items.push({ machineName: m.name, pipeline: m.pipeline, state: m.state, job: busy?.job ?? null, wave: waveOf(index, spec), action, detail });
     }
     return { dryRun: true, spec, waves: items[items.length - 1]!.wave + 1, items };
@@ -187,6 +192,7 @@ export class Rollouts {
       approveBetweenWaves: input.approveBetweenWaves ?? false,
       busy: input.busy ?? 'wait',
       ...(input.approval ? { approval: checkApprovalRule(input.approval) } : {}),
+      ...(input.params && Object.keys(input.params).length > 0 ? { params: this.checkParams(input.params, !!input.pipeline) } : {}),
     };
     for (const [k, v] of Object.entries({ canary: spec.canary, batch: spec.batch, maxInFlight: spec.maxInFlight, maxFailures: spec.maxFailures })) {
       if (!Number.isInteger(v) || v < (k === 'maxFailures' || k === 'canary' ? 0 : 1)) throw new TaktError('invalid', `${k} must be a whole number${k === 'maxFailures' || k === 'canary' ? '' : ' of at least 1'}`, { path: `/${k}` });
@@ -199,6 +205,26 @@ export class Rollouts {
     if (spec.pipeline) for (const m of selected) assertEnvironment(this.engine.content.current, m.name, m.environment, spec.pipeline);
     await assertNoClash(this.store, await this.store.listRollouts({ states: ACTIVE, limit: 1000 }), selected);
     return { spec, selected };
+  }
+
+  /**
+   * A rollout's params, checked as a machine update checks them (name, the param's schema), before any
+   * machine starts. Refused: with a blueprint (a work order does not change the machine), a secure param
+   * (the spec is shown in the clear by `rollouts get` and history: set it on the machines or a profile),
+   * and null (a rollout sets values; unset a param with `takt machines update M --unset`).
+   * @throws TaktError invalid at `/params/<name>`.
+   */
+  private checkParams(params: Record<string, unknown>, pipeline: boolean): Record<string, unknown> {
+    if (!pipeline) throw new TaktError('invalid', 'params go with a pipeline rollout (they are set on each machine as it starts); a blueprint rollout takes none', { path: '/params' });
+    const content = this.engine.content.current;
+    for (const [name, value] of Object.entries(params)) {
+      if (value === null) throw new TaktError('invalid', `param '${name}': a rollout sets values; unset a param on machines with takt machines update M --unset ${name}`, { path: `/params/${name}` });
+      if (content.objects.params.get(name)?.def.secure) {
+        throw new TaktError('invalid', `param '${name}' is secure: a rollout's params are shown in the clear (rollouts get, history); set it on the machines or a profile instead`, { path: `/params/${name}` });
+      }
+    }
+    this.engine.checkParamsPatch(content, params);
+    return params;
   }
 
   /**
@@ -495,10 +521,18 @@ export class Rollouts {
           const made = await this.engine.newWorkOrders([{ machine: item.machineId, blueprint: now.spec.blueprint }], tx);
           await this.engine.insertWorkOrders(tx, made, [{ machine: item.machineName }], by);
           workOrderId = made[0]!.id;
-        } else if (m.pipeline === now.spec.pipeline) await this.engine.restartMachineIn(tx, item.machineId, by);
-        else {
-          this.engine.checkPatch(content, { pipeline: now.spec.pipeline! });
-          await this.engine.updateMachineIn(tx, item.machineId, { pipeline: now.spec.pipeline! }, by, content);
+        } else {
+          // The rollout's params (e.g. image=NAME@VERSION) and pipeline: one machine update, then the start.
+          // A network-booted machine whose pipeline starts in discovery (an image deploy) is rebuilt: it
+          // boots discovery again (engine.rebuildMachineIn), never running the deploy on the disk it writes.
+          const pipeline = now.spec.pipeline!;
+          const reassign = m.pipeline !== pipeline;
+          if (reassign || now.spec.params) {
+            this.engine.checkPatch(content, { ...(reassign ? { pipeline } : {}), ...(now.spec.params ? { params: now.spec.params } : {}) });
+            await this.engine.updateMachineIn(tx, item.machineId, { ...(reassign ? { pipeline } : {}), ...(now.spec.params ? { params: now.spec.params } : {}) }, by, content);
+          }
+          if (this.engine.startsOverAsRebuild(m, pipeline, content)) await this.engine.rebuildMachineIn(tx, item.machineId, by);
+          else if (!reassign) await this.engine.restartMachineIn(tx, item.machineId, by);
         }
         await this.engine.releaseIn(tx, m.id);
         // What the rollout did about the machine being busy, kept on the item for the report.

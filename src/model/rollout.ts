@@ -55,6 +55,12 @@ export interface RolloutSpec {
    * `twoPerson` not its author (issue #16). Absent: anyone with `rollouts:approve`.
    */
   approval?: ApprovalRule;
+  /**
+   * Machine params a pipeline rollout sets on each machine as its turn comes, in the same transaction as
+   * its start (a change by `rollout:<id>`), e.g. `{image: 'debian-min@2.0.0'}` to roll a new image version
+   * out with `image-deploy`. Machines the rollout does not reach (andon, abort) keep theirs. Never secure.
+   */
+  params?: Record<string, unknown>;
 }
 
 export interface Rollout {

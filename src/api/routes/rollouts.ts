@@ -31,6 +31,11 @@ const createBody = {
       description: 'who may approve its waves: holders of this role (and admins); twoPerson: not the rollout\'s author',
     },
     busy: { type: 'string', enum: [...BUSY_POLICIES], description: 'busy machines (a running job, awaiting approval, paused): wait (default), skip, or cancel their job' },
+    params: {
+      type: 'object',
+      maxProperties: 100,
+      description: 'machine params set on each machine as the rollout starts it (pipeline rollouts), e.g. {"image": "debian-min@2.0.0"}; in history as the rollout\'s change',
+    },
     dryRun: { type: 'boolean', description: 'answer what the rollout would do to each machine (200), creating nothing' },
   },
 } as const;
