@@ -5,7 +5,7 @@
  * device a machine's bootenv needs first (MachinePower.deviceFor).
  */
 import { describe, expect, it } from 'vitest';
-import { BootWatch, missedReason, type MissedBoot, type WatchTimers } from '../src/provision/boot-watch.js';
+import { BootWatch, missedDiskReason, missedReason, type MissedBoot, type WatchTimers } from '../src/provision/boot-watch.js';
 import { MachinePower } from '../src/provision/power/machines.js';
 import type { MachineBoot } from '../src/model/boot.js';
 
@@ -40,7 +40,7 @@ function fakeTimers(): WatchTimers & { advance(ms: number): void; count(): numbe
 const A = { id: 'm-a', name: 'rack-a', macs: ['52:54:00:00:0a:01', '52:54:00:00:0a:02'] };
 const B = { id: 'm-b', name: 'rack-b', macs: ['52:54:00:00:0b:01'] };
 
-type Step = ['expect', typeof A, string] | ['seen', string] | ['cancel', string] | ['advance', number];
+type Step = ['expect', typeof A, string] | ['disk', typeof A, string] | ['agent', string, string] | ['seen', string] | ['cancel', string] | ['advance', number];
 
 describe('BootWatch', () => {
   it.each<[string, Step[], Array<[string, string]>]>([
@@ -54,18 +54,27 @@ describe('BootWatch', () => {
     ['cancel (powered off, deleted) stops the wait', [['expect', A, 'power on by qmp'], ['cancel', A.id], ['advance', 60_000]], []],
     ['each machine has its own wait', [['expect', A, 'power on by qmp'], ['advance', 1_000], ['expect', B, 'power on by redfish'], ['seen', A.macs[0]!], ['advance', 60_000]], [['rack-b', 'power on by redfish']]],
     ['a machine without a MAC cannot be recognised, so is not watched', [['expect', { ...A, macs: [] }, 'power on by qmp'], ['advance', 60_000]], []],
+    ['a disk boot: reported when no agent comes back', [['disk', A, 'power cycle by qmp'], ['advance', 10_000]], [['rack-a', 'disk: power cycle by qmp']]],
+    ['…its MAC on the boot services is not the OS coming back', [['disk', A, 'power cycle by qmp'], ['seen', A.macs[0]!], ['advance', 10_000]], [['rack-a', 'disk: power cycle by qmp']]],
+    ['…nor the old in-memory OS\'s agent (bootenv discovery)', [['disk', A, 'power cycle by qmp'], ['agent', A.id, 'discovery'], ['advance', 10_000]], [['rack-a', 'disk: power cycle by qmp']]],
+    ['…its agent claiming from bootenv local is', [['disk', A, 'power cycle by qmp'], ['advance', 9_000], ['agent', A.id, 'local'], ['advance', 60_000]], []],
+    ['…another machine\'s agent is not', [['disk', A, 'power cycle by qmp'], ['agent', B.id, 'local'], ['advance', 10_000]], [['rack-a', 'disk: power cycle by qmp']]],
+    ['…a disk boot needs no MAC (the agent is recognised by its token)', [['disk', { ...A, macs: [] }, 'power cycle by redfish'], ['advance', 10_000]], [['rack-a', 'disk: power cycle by redfish']]],
+    ['an agent from local does not end a network boot waited for (only the firmware on the wire does)', [['expect', A, 'power on by qmp'], ['agent', A.id, 'local'], ['advance', 10_000]], [['rack-a', 'power on by qmp']]],
   ])('%s', async (_what, steps, want) => {
     const timers = fakeTimers();
     const missed: MissedBoot[] = [];
     const w = new BootWatch({ boundMs: 10_000, timers, onMissed: (m) => void missed.push(m) });
     for (const s of steps) {
       if (s[0] === 'expect') w.expect(s[1], s[2]);
+      else if (s[0] === 'disk') w.expect(s[1], s[2], 'disk');
+      else if (s[0] === 'agent') w.agentBooted(s[1], s[2]);
       else if (s[0] === 'seen') w.seen(s[1]);
       else if (s[0] === 'cancel') w.cancel(s[1]);
       else timers.advance(s[1]);
     }
     await new Promise((r) => setImmediate(r)); // onMissed runs after the timer's turn
-    expect(missed.map((m) => [m.machine.name, m.cause])).toEqual(want);
+    expect(missed.map((m) => [m.machine.name, m.via === 'disk' ? `disk: ${m.cause}` : m.cause])).toEqual(want);
     w.close();
     expect(timers.count()).toBe(0);
   });
@@ -77,6 +86,14 @@ describe('BootWatch', () => {
         'and that this NIC is on the provisioning network',
     );
     expect(missedReason(B, 'power on by qmp', 0, 300_000)).toContain('within 5 min of power on by qmp');
+  });
+
+  it('a disk boot that did not come back says so, and what to check', () => {
+    expect(missedDiskReason(A, 'power cycle by qmp', Date.UTC(2026, 11, 1, 3, 0, 0), 300_000)).toBe(
+      'did not come back from its disk within 5 min of power cycle by qmp at 2026-12-01T03:00:00.000Z: no takt agent of rack-a claimed work from the booted disk (bootenv local). ' +
+        'Check its console: the image may not boot or may run no takt agent, the disk may not be first in its boot order (takt machines power rack-a cycle --next-boot disk), ' +
+        'or its agent could not join (takt audit --principal machine:rack-a); takt machines rebuild rack-a deploys again',
+    );
   });
 
   it('refuses a bound that is not a positive number of ms', () => {

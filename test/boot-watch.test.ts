@@ -5,7 +5,8 @@
  * would, the other never does. The silent one is stopped with a reason that says what was done and what
  * to check, and a `machines.boot-missed` event; the one that showed up is left alone. A stage that needs
  * another bootenv has the boot device it needs put first through the driver before the agent reboots
- * (the network for a served bootenv, the disk for `local` on UEFI), and the reboot is watched the same way.
+ * (the network for a served bootenv, the disk for `local` on UEFI), and the reboot is watched the same way:
+ * for a disk boot, until the OS's agent claims work saying it booted `local`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -172,6 +173,13 @@ describe.skipIf(!existsSync(QEMU))('boot watch: a machine that never boots from 
     expect(claim.body).toMatchObject({ job: null, action: 'reboot' });
     expect(await bootindex()).toBe(BOOTINDEX.diskFirst);
     expect((await get('rack-uefi')).boot?.bootenv).toBe('local');
+    // Its work waits on the disk, and no agent comes back from it (the image does not boot, say): stopped,
+    // and the reason says it is the disk boot that did not come back (issue #14, bad input).
+    const u = await until(async () => {
+      const x = await get('rack-uefi');
+      return x.state === 'stopped' ? x : undefined;
+    }, 60_000, 'rack-uefi to be stopped for its disk boot that did not come back');
+    expect(u.reason).toMatch(/^did not come back from its disk within 2 s of the reboot into its stage's bootenv \(bootenv local\) at .*: no takt agent of rack-uefi claimed work from the booted disk \(bootenv local\)\. Check its console: .*takt machines rebuild rack-uefi deploys again; resume it \(takt machines resume rack-uefi\) once it boots$/);
   }, 120_000);
 
   it("a task's reboot (exit 64) of a network-booted machine is watched too", async () => {

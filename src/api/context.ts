@@ -44,8 +44,10 @@ export interface PowerPort {
    * needs is put first through its power driver, and its network boot is waited for. Never throws;
    * `problem` says what could not be done.
    */
-  /** Waits for a network-booted machine's network boot after `cause` (BootWatch), unless it boots from disk. */
+  /** Waits for a network-booted machine's boot after `cause` (BootWatch): from the network, or from its disk while it has work waiting. */
   expectBoot(m: Machine, cause: string): boolean;
+  /** The machine's agent claimed work saying it booted `bootenv`: ends a disk boot waited for (`local`). */
+  agentBooted(id: string, bootenv: string): void;
   prepareReboot(m: Machine, cause: string): Promise<{ nextBoot?: { driver: string; device: 'pxe' | 'disk'; done: boolean; instruction?: string }; problem?: string; watched: boolean }>;
 }
 

@@ -310,7 +310,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
         boundMs: bootTimeoutMs,
         onMissed: async (missed) => {
           try {
-            await engine.bootMissed(missed.machine.id, missed.reason);
+            await engine.bootMissed(missed.machine.id, missed.reason, { runningOnly: missed.via === 'disk' });
           } catch (err) {
             log('error', `${missed.machine.name}: ${missed.reason} (not recorded: ${(err as Error).message})`);
           }

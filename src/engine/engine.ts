@@ -849,18 +849,19 @@ export class Engine {
   }
 
   /**
-   * A network boot the endpoint waited for did not happen (provision/boot-watch.ts): the machine gets
+   * A boot the endpoint waited for did not happen (provision/boot-watch.ts): the machine gets
    * `reason`, and a machine walking its pipeline is stopped where it stands (its position kept) so that
    * `machines wait`, the list and the UI show a machine that needs a person rather than one "running"
    * with nothing running. Resume continues once it boots. A machine that has a job running by now did
    * boot (its agent claimed work), and is left as it is. Observed state: nothing goes in history.
-   * Emits `machines.boot-missed.<id>` with `{id, name, reason}`.
-   * @returns the machine after the change, or null when it is gone or already running a job.
+   * Emits `machines.boot-missed.<id>` with `{id, name, reason}`. `runningOnly` (a boot from disk): a machine
+   * no longer walking its pipeline (done, stopped, paused by someone meanwhile) is left as it is too.
+   * @returns the machine after the change, or null when it is gone, already running a job, or left alone.
    */
-  async bootMissed(id: string, reason: string): Promise<Machine | null> {
+  async bootMissed(id: string, reason: string, opts: { runningOnly?: boolean } = {}): Promise<Machine | null> {
     return this.store.transact(async (tx) => {
       const m = await tx.lockMachine(id);
-      if (!m || m.currentJob) return null;
+      if (!m || m.currentJob || (opts.runningOnly && m.state !== 'running')) return null;
       const stop = m.state === 'running';
       const next: Machine = { ...m, reason: stop ? `${reason}; resume it (takt machines resume ${m.name}) once it boots` : reason, ...(stop ? { state: 'stopped' as const } : {}), updatedAt: new Date().toISOString() };
       await tx.updateMachine(next);

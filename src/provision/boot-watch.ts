@@ -1,15 +1,19 @@
 /**
- * Network boots the endpoint is waiting for. When takt powers on, cycles or reboots a network-booted
- * machine into a bootenv served from the network, the machine's firmware must show up on the boot
- * services within a bound: a DHCP DISCOVER/REQUEST from one of its MACs, or an iPXE script request for
- * it. A machine that does not (PXE disabled in its firmware, disk first in the boot order, a cable on the
- * wrong switch, a BMC that said "on" but did nothing) is reported with a reason that says what was
- * expected and what to check, instead of standing "running" with nothing running until someone wonders.
+ * Boots the endpoint is waiting for. When takt powers on, cycles or reboots a network-booted machine
+ * into a bootenv served from the network, the machine's firmware must show up on the boot services within
+ * a bound: a DHCP DISCOVER/REQUEST from one of its MACs, or an iPXE script request for it. A machine that
+ * does not (PXE disabled in its firmware, disk first in the boot order, a cable on the wrong switch, a BMC
+ * that said "on" but did nothing) is reported with a reason that says what was expected and what to
+ * check, instead of standing "running" with nothing running until someone wonders. When it boots its disk
+ * with work waiting there (an image deploy's cycle, a stage that needs `local`), the OS's takt agent must
+ * claim work within the same bound: a deployed image that does not boot is reported the same way.
  *
  * The watch is kept in memory: an endpoint that restarts forgets the boots it was waiting for (the
  * machine's next power action arms it again). Peers: MAAS marks a machine "Failed commissioning/deploy"
  * after its boot timeout; Digital Rebar has no such watch (a machine that never PXE-boots waits forever).
  */
+
+import { LOCAL_BOOTENV } from '../model/bootenv-names.js';
 
 /** A machine as the watch needs it. */
 export interface WatchedMachine {
@@ -19,9 +23,19 @@ export interface WatchedMachine {
   macs: readonly string[];
 }
 
+/**
+ * Where the awaited boot shows: `network` — its firmware on the boot services (DHCP, a script request);
+ * `disk` — the OS on its disk, whose takt agent claims work saying it booted bootenv `local` (an image
+ * deploy's power cycle, a stage that needs `local`). The endpoint sees nothing of a disk boot before the
+ * agent, so the bound covers POST, the OS's start and its agent's join.
+ */
+export type BootVia = 'network' | 'disk';
+
 /** A boot that was expected and did not happen, as handed to `onMissed`. */
 export interface MissedBoot {
   machine: WatchedMachine;
+  /** Where the boot was to show. */
+  via: BootVia;
   /** What was done to the machine that should have made it boot, e.g. `power cycle by ipmi`. */
   cause: string;
   /** When it was done (ms since the epoch). */
@@ -59,6 +73,7 @@ export interface BootWatchOptions {
 
 interface Pending {
   machine: WatchedMachine;
+  via: BootVia;
   cause: string;
   since: number;
   timer: unknown;
@@ -84,16 +99,26 @@ export class BootWatch {
   }
 
   /**
-   * Waits for `machine` to boot from the network after `cause` (e.g. `power on by qmp`). A machine with
-   * no MAC cannot be recognised on the wire and is not watched.
+   * Waits for `machine` to boot after `cause` (e.g. `power on by qmp`): from the network (default; a
+   * machine with no MAC cannot be recognised on the wire and is not watched), or from its disk, which
+   * `agentBooted(id, 'local')` ends.
    */
-  expect(machine: WatchedMachine, cause: string): void {
-    if (machine.macs.length === 0) return;
+  expect(machine: WatchedMachine, cause: string, via: BootVia = 'network'): void {
+    if (via === 'network' && machine.macs.length === 0) return;
     this.cancel(machine.id);
-    const p: Pending = { machine: { id: machine.id, name: machine.name, macs: [...machine.macs] }, cause, since: this.timers.now(), timer: null };
+    const p: Pending = { machine: { id: machine.id, name: machine.name, macs: [...machine.macs] }, via, cause, since: this.timers.now(), timer: null };
     p.timer = this.timers.set(() => this.fire(machine.id, p), this.opts.boundMs);
     this.pending.set(machine.id, p);
-    for (const mac of p.machine.macs) this.byMac.set(mac.toLowerCase(), machine.id);
+    if (via === 'network') for (const mac of p.machine.macs) this.byMac.set(mac.toLowerCase(), machine.id);
+  }
+
+  /**
+   * The machine's agent claimed work saying it booted `bootenv`: a disk boot is over when that is `local`
+   * (the agent of the OS it left, still reporting its in-memory bootenv, is not the one awaited).
+   */
+  agentBooted(id: string, bootenv: string): void {
+    const p = this.pending.get(id);
+    if (p?.via === 'disk' && bootenv === LOCAL_BOOTENV) this.cancel(id);
   }
 
   /**
@@ -114,9 +139,9 @@ export class BootWatch {
     for (const mac of p.machine.macs) if (this.byMac.get(mac.toLowerCase()) === id) this.byMac.delete(mac.toLowerCase());
   }
 
-  /** The machines whose boot is waited for, with what caused it and since when (ms since the epoch). */
-  waiting(): Array<{ id: string; name: string; cause: string; since: number }> {
-    return [...this.pending.values()].map((p) => ({ id: p.machine.id, name: p.machine.name, cause: p.cause, since: p.since }));
+  /** The machines whose boot is waited for, with where, what caused it and since when (ms since the epoch). */
+  waiting(): Array<{ id: string; name: string; via: BootVia; cause: string; since: number }> {
+    return [...this.pending.values()].map((p) => ({ id: p.machine.id, name: p.machine.name, via: p.via, cause: p.cause, since: p.since }));
   }
 
   /** Stops every timer (endpoint shutdown). */
@@ -128,7 +153,8 @@ export class BootWatch {
     // A re-armed watch has a newer entry: this timer's was cancelled, but a timer may already be queued.
     if (this.pending.get(id) !== p) return;
     this.cancel(id);
-    const missed: MissedBoot = { machine: p.machine, cause: p.cause, since: p.since, boundMs: this.opts.boundMs, reason: missedReason(p.machine, p.cause, p.since, this.opts.boundMs) };
+    const reason = p.via === 'disk' ? missedDiskReason(p.machine, p.cause, p.since, this.opts.boundMs) : missedReason(p.machine, p.cause, p.since, this.opts.boundMs);
+    const missed: MissedBoot = { machine: p.machine, via: p.via, cause: p.cause, since: p.since, boundMs: this.opts.boundMs, reason };
     void Promise.resolve()
       .then(() => this.opts.onMissed(missed))
       .catch(() => undefined);
@@ -146,6 +172,18 @@ export function missedReason(machine: WatchedMachine, cause: string, since: numb
     `no DHCP request and no boot script request from ${macs}. Check that the machine is on (takt machines power ${machine.name} status), ` +
     `that network boot (PXE) is enabled and first in its boot order (takt machines power ${machine.name} cycle --next-boot pxe), ` +
     `and that this NIC is on the provisioning network`
+  );
+}
+
+/**
+ * The operator's message for a disk boot that did not come back: nothing of the OS was heard, and the usual
+ * causes — an image that does not boot (or has no takt agent), the disk not first, a join that failed.
+ */
+export function missedDiskReason(machine: WatchedMachine, cause: string, since: number, boundMs: number): string {
+  return (
+    `did not come back from its disk within ${formatBound(boundMs)} of ${cause} at ${new Date(since).toISOString()}: no takt agent of ${machine.name} claimed work from the booted disk (bootenv local). ` +
+    `Check its console: the image may not boot or may run no takt agent, the disk may not be first in its boot order (takt machines power ${machine.name} cycle --next-boot disk), ` +
+    `or its agent could not join (takt audit --principal machine:${machine.name}); takt machines rebuild ${machine.name} deploys again`
   );
 }
 

@@ -427,6 +427,8 @@ export function machineRoutes(app: FastifyInstance, ctx: ApiContext) {
     const aborted = whenGone(reply.raw);
     const body = req.body as ClaimRequest | null | undefined;
     const lastJob = typeof body?.lastJob === 'string' || body?.lastJob === null ? body.lastJob : undefined;
+    // The OS it booted has an agent that claims: a boot from its disk that was waited for has happened.
+    if (body?.bootenv) ctx.power?.agentBooted(id, body.bootenv);
     let answer: ClaimResponse;
     try {
       answer = await engine.claim(id, wait * 1000, aborted.signal, lastJob, body?.bootenv);

@@ -120,18 +120,27 @@ export class MachinePower {
   }
 
   /**
-   * Arms the boot watch for `m` when it should now boot from the network (a bootenv served by takt, and
-   * no disk boot set through takt). True when armed.
+   * Arms the boot watch for `m`: from the network when it should now boot a bootenv served by takt (and
+   * no disk boot was set through takt); from its disk when it boots `local` (or its disk was put first)
+   * while its pipeline has work waiting (state `running`): the OS's agent must then claim work (a
+   * machine that is done or stopped may boot an OS without an agent, and nobody waits for it). True when armed.
    */
   expectBoot(m: Machine, cause: string): boolean {
-    if (!this.watch || !m.boot || m.boot.bootenv === LOCAL_BOOTENV) return false;
+    if (!this.watch || !m.boot) return false;
     const first = this.firstBoot.get(m.id);
-    if (first?.device === 'disk') {
-      // A one-shot disk boot is used up by this boot; the one after it is the network's again.
-      if (!first.persistent) this.firstBoot.delete(m.id);
-      return false;
+    // A one-shot disk boot is used up by this boot; the one after it is the network's again.
+    if (first?.device === 'disk' && !first.persistent) this.firstBoot.delete(m.id);
+    if (m.boot.bootenv === LOCAL_BOOTENV || first?.device === 'disk') {
+      if (m.state !== 'running') return false;
+      this.watch.expect({ id: m.id, name: m.name, macs: m.boot.macs }, cause, 'disk');
+      return true;
     }
     this.watch.expect({ id: m.id, name: m.name, macs: m.boot.macs }, cause);
     return true;
+  }
+
+  /** The machine's agent claimed work saying it booted `bootenv` (ClaimRequest.bootenv): a disk boot waited for is over when that is `local`. */
+  agentBooted(id: string, bootenv: string): void {
+    this.watch?.agentBooted(id, bootenv);
   }
 }
