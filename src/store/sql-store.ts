@@ -58,6 +58,8 @@ interface Prepared {
 
 export class QueryCache {
   private readonly compiled = new Map<string, Prepared>();
+  /** The SQL text of every compiled query → a statement name unique in this cache (`takt_1`, `takt_2`, …). */
+  private readonly names = new Map<string, string>();
 
   prepare(key: string, build: () => Compilable<unknown>): Prepared {
     let p = this.compiled.get(key);
@@ -68,8 +70,18 @@ export class QueryCache {
         params: q.parameters.map((v) => (typeof v === 'string' && v.startsWith(ARG) ? { arg: Number(v.slice(ARG.length)) } : { value: v })),
       };
       this.compiled.set(key, p);
+      if (!this.names.has(q.sql)) this.names.set(q.sql, `takt_${this.names.size + 1}`);
     }
     return p;
+  }
+
+  /**
+   * The statement name of `sql` if it is one of this cache's compiled queries (postgres.ts prepares them
+   * by name on each connection, so the server parses and plans each once per connection, not per call).
+   * The set of names is bounded: one per cache key, and keys are fixed strings in this file.
+   */
+  nameOf(sql: string): string | undefined {
+    return this.names.get(sql);
   }
 }
 
@@ -1325,6 +1337,8 @@ export interface SqlStoreOptions {
   where?: string;
   /** Run after the database is closed (PostgreSQL: ends the endpoint lock's connection). */
   onClose?: () => Promise<void>;
+  /** The cache of compiled hot-path queries (default: a new one); postgres.ts shares it with its pool. */
+  queryCache?: QueryCache;
   /**
    * PostgreSQL: row-scoped groups committed at once, each on a connection of its own (default 3; at
    * least 1). More lets one replica's claims and completions overlap their round trips; each takes a
@@ -1359,7 +1373,7 @@ export class SqlStore extends SqlReads implements Store {
     dialect: Dialect,
     private readonly options: SqlStoreOptions = {},
   ) {
-    super(kysely, new QueryCache(), dialect);
+    super(kysely, options.queryCache ?? new QueryCache(), dialect);
   }
 
   /**
