@@ -302,6 +302,42 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     expect(attempts).toEqual(Array.from({ length: 120 }, (_, k) => k + 1));
   });
 
+  it('a row-scoped group in which one transaction fails: its caller hears the error; the group rolls back whole and the others commit once, run again', async () => {
+    // One group at a time, so the four transactions below (one turn of the event loop) form one group.
+    const s = await replica({ rowGroups: 1 });
+    const heard = new Heard(s);
+    const T0 = new Date().toISOString();
+    const machine = (n: number): Machine => ({
+      id: `m-${n}`, name: `group-${n}`, environment: 'local', broker: 'local', pipeline: null, stage: null, task: null, passed: [], attempt: 0,
+      approvedStage: null, state: 'idle', reason: null, params: {}, outputs: {}, profiles: [], labels: {}, currentJob: null, power: 'on', facts: null,
+      createdAt: T0, updatedAt: T0, agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: T0 },
+    } as Machine);
+    const runs = new Map<number, number>();
+    const write = (n: number, fail = false) =>
+      s.transact(
+        async (tx) => {
+          runs.set(n, (runs.get(n) ?? 0) + 1);
+          // A real write: if the first run's were not rolled back, the second would hit the primary key.
+          await tx.insertMachine(machine(n), 'x');
+          tx.emit(`things.create.${n}`, { n });
+          if (fail) throw new Error(`thing ${n} refused`);
+          return n;
+        },
+        { scope: 'rows' },
+      );
+    const results = await Promise.allSettled([write(1), write(2), write(3, true), write(4)]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled']);
+    expect((results[2] as PromiseRejectedResult).reason).toMatchObject({ message: 'thing 3 refused' });
+    // 1 and 2 ran in the aborted group and again; 3 failed once; 4 ran only in the second group.
+    expect(Object.fromEntries(runs)).toEqual({ 1: 2, 2: 2, 3: 1, 4: 1 });
+    expect((await s.listMachines({})).map((m) => m.name).sort()).toEqual(['group-1', 'group-2', 'group-4']);
+    const topics = ['things.create.1', 'things.create.2', 'things.create.4'];
+    expect((await allEvents(s)).map((e) => e.topic)).toEqual(topics);
+    await heard.atLeast(3);
+    expect(heard.events.map((e) => e.topic)).toEqual(topics);
+    expectInOrderOnce(heard.ids);
+  });
+
   it('a claim long-polling on engine A wakes when work is written through engine B', async () => {
     // No periodic catch-up: the wake must come from B's notification.
     const [sa, sb] = [await replica({ eventCatchUpMs: 3_600_000 }), await replica()];

@@ -76,6 +76,21 @@ export class QueryCache {
   }
 
   /**
+   * A query written as SQL text rather than built (PostgreSQL only: text the builder cannot express),
+   * cached under `key`; its parameters `$1…$n` take the call's arguments 0…n-1 in order.
+   */
+  prepareSql(key: string, text: () => { sql: string; params: number }): Prepared {
+    let p = this.compiled.get(key);
+    if (!p) {
+      const t = text();
+      p = { sql: t.sql, params: Array.from({ length: t.params }, (_, i) => ({ arg: i })) };
+      this.compiled.set(key, p);
+      if (!this.names.has(t.sql)) this.names.set(t.sql, `takt_${this.names.size + 1}`);
+    }
+    return p;
+  }
+
+  /**
    * The statement name of `sql` if it is one of this cache's compiled queries (postgres.ts prepares them
    * by name on each connection, so the server parses and plans each once per connection, not per call).
    * The set of names is bounded: one per cache key, and keys are fixed strings in this file.
@@ -1307,6 +1322,28 @@ export const PG_REPLICA_SPACE = 0x74616b75;
 /** The channel every store on a PostgreSQL database notifies (committed events) and listens on (pg-follow.ts). */
 export const PG_EVENTS_CHANNEL = 'takt_events';
 
+/**
+ * PostgreSQL: `n` events inserted once PG_DRAW_LOCK is held, in one statement: the rows come from a join
+ * with the lock's call and are sorted by their place in the list, so every id is drawn (from the column's
+ * default) after the lock is granted, in list order. Parameters: topic, at, data of each event in turn.
+ */
+function insertEventsDrawLockSql(n: number): { sql: string; params: number } {
+  const rows = Array.from({ length: n }, (_, k) => `($${3 * k + 1}, $${3 * k + 2}, $${3 * k + 3}, ${k})`).join(', ');
+  return {
+    sql:
+      `insert into "events" ("topic", "at", "data") select v.topic, v.at, v.data ` +
+      `from (select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_DRAW_LOCK})) as l, (values ${rows}) as v(topic, at, data, n) order by v.n returning "id"`,
+    params: 3 * n,
+  };
+}
+
+/** Thrown inside a row-scoped group when one of its transactions fails: the group rolls back whole (commitGroup). */
+class GroupAborted extends Error {
+  constructor() {
+    super('a transaction of the group failed; the group is rolled back and its other transactions run again');
+  }
+}
+
 /** PostgreSQL's SQLSTATE for "deadlock detected": the transaction was chosen to end a lock cycle. */
 const PG_DEADLOCK = '40P01';
 const isDeadlock = (error: unknown): boolean => (error as { code?: unknown } | null)?.code === PG_DEADLOCK;
@@ -1429,8 +1466,11 @@ export class SqlStore extends SqlReads implements Store {
    *
    * `opts.scope` `rows` (PostgreSQL; see TransactOptions): the transaction goes into a row-scoped group;
    * up to `rowGroups` of those commit at once, on connections of their own, concurrently with other
-   * replicas' (their row locks keep them apart). A row-scoped transaction that PostgreSQL ends to break a
-   * deadlock is rolled back to its savepoint and run again in a later group (at most MAX_LOCK_RETRIES times).
+   * replicas' (their row locks keep them apart). A row-scoped group has no savepoints: when one of its
+   * transactions throws, the group is rolled back whole, that transaction's caller hears its error, and
+   * the others run again in a later group; one that PostgreSQL ends to break a deadlock runs again too
+   * (at most MAX_LOCK_RETRIES times). So a row-scoped `fn` may run more than once, and only its last run's
+   * writes commit.
    */
   transact<T>(fn: (tx: Tx) => Promise<T>, opts?: TransactOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
@@ -1561,7 +1601,11 @@ export class SqlStore extends SqlReads implements Store {
     let turn: { before: Promise<void>; done: () => void } | undefined;
     try {
       // A lone transaction needs no savepoint: if it throws, the whole database transaction rolls back.
+      // Neither does a row-scoped group (PostgreSQL): it runs its transactions without savepoints (one
+      // round trip less per transaction), and when one throws, the whole group is rolled back and the
+      // others run again in a later group (they may be run again anyway: see MAX_LOCK_RETRIES).
       const grouped = group.length > 1;
+      const savepoints = grouped && !deferred;
       await this.inTransaction(scope, async (trx, sql) => {
         // A store-scoped group holds the write lock exclusively from here: every group that drew ids
         // before it has committed, so it publishes after them.
@@ -1571,8 +1615,8 @@ export class SqlStore extends SqlReads implements Store {
         // message. SQLite runs one statement per call.
         let released = true;
         for (const item of group) {
-          if (grouped) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped');
-          released = !grouped;
+          if (savepoints) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped');
+          released = !savepoints;
           const tx = new SqlTx(trx, this.q, this.dialect, deferred);
           try {
             const value = await item.fn(tx);
@@ -1585,6 +1629,10 @@ export class SqlStore extends SqlReads implements Store {
             outcomes.push({ ok: true, value, tx, events });
           } catch (error) {
             if (!grouped) throw error;
+            if (!savepoints) {
+              outcomes.push(isDeadlock(error) && item.retries < MAX_LOCK_RETRIES ? { ok: false, retry: true } : { ok: false, error });
+              throw new GroupAborted();
+            }
             await sql(pg ? 'rollback to grouped; release grouped' : 'rollback to grouped');
             if (!pg) await sql('release grouped');
             released = true;
@@ -1603,15 +1651,20 @@ export class SqlStore extends SqlReads implements Store {
       feed?.failed();
       turn?.done();
       // Nothing of the group was committed: each caller hears its own error, or the commit's; a lone
-      // row-scoped transaction that lost a deadlock runs again.
+      // row-scoped transaction that lost a deadlock runs again. A row-scoped group that one of its
+      // transactions aborted (GroupAborted): that one fails (or runs again after a deadlock), the others
+      // run again, not counted as retries (each abort ends or counts one transaction, so this is bounded).
+      const aborted = error instanceof GroupAborted;
       const again: Queued[] = [];
+      const rerun: Queued[] = [];
       group.forEach((item, i) => {
         const o = outcomes[i];
         if (deferred && group.length === 1 && isDeadlock(error) && item.retries < MAX_LOCK_RETRIES) again.push(item);
         else if (o && !o.ok && 'retry' in o) again.push(item);
+        else if (aborted && (!o || o.ok)) rerun.push(item);
         else item.reject(o && !o.ok && 'error' in o ? o.error : error);
       });
-      this.retry(again);
+      this.retry(again, rerun);
       return;
     }
     try {
@@ -1639,11 +1692,14 @@ export class SqlStore extends SqlReads implements Store {
     this.retry(again);
   }
 
-  /** Queues row-scoped transactions that lost a deadlock again, ahead of what waits. */
-  private retry(items: Queued[]): void {
-    if (items.length === 0) return;
+  /**
+   * Queues row-scoped transactions that lost a deadlock again (`items`, each counted as a retry) and those
+   * a group's abort took down with it (`rerun`, not counted), ahead of what waits.
+   */
+  private retry(items: Queued[], rerun: Queued[] = []): void {
+    if (items.length === 0 && rerun.length === 0) return;
     for (const item of items) item.retries += 1;
-    this.rowQueue.unshift(...items);
+    this.rowQueue.unshift(...rerun, ...items);
     this.scheduleRows();
   }
 
@@ -1656,13 +1712,22 @@ export class SqlStore extends SqlReads implements Store {
   private async drawDeferred(trx: Db, sql: (text: string) => Promise<unknown>, outcomes: Outcome[], onTurn: (t: { before: Promise<void>; done: () => void }) => void): Promise<void> {
     const done = outcomes.filter((o): o is Extract<Outcome, { ok: true }> => o.ok);
     if (!done.some((o) => o.tx.pending.length > 0 || o.tx.pendingChanges.length > 0)) return;
-    await sql(`select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_DRAW_LOCK})`);
-    onTurn(this.takeTurn());
-    for (const o of done) for (const c of o.tx.pendingChanges) await insertPgChange(trx, c);
-    const events = await this.insertEvents(
-      trx,
-      done.flatMap((o) => o.tx.pending),
-    );
+    const pending = done.flatMap((o) => o.tx.pending);
+    let events: TaktEvent[];
+    if (pending.length <= EVENT_BATCH && !done.some((o) => o.tx.pendingChanges.length > 0)) {
+      // The usual case (claims and completions write no changes): the lock is taken by the events insert
+      // itself, one round trip instead of two. Its ids are drawn only once the lock is held (the insert's
+      // rows come from a join with the lock's call); groups still get their turn in the order they got
+      // the lock, since the next group's insert cannot answer before this group has committed.
+      events = await this.insertEvents(trx, pending, true);
+      onTurn(this.takeTurn());
+    } else {
+      // Change numbers need a snapshot taken after the lock (insertPgChange): the lock goes first.
+      await sql(`select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_DRAW_LOCK})`);
+      onTurn(this.takeTurn());
+      for (const o of done) for (const c of o.tx.pendingChanges) await insertPgChange(trx, c);
+      events = await this.insertEvents(trx, pending);
+    }
     let k = 0;
     for (const o of done) {
       o.events = events.slice(k, k + o.tx.pending.length);
@@ -1686,13 +1751,16 @@ export class SqlStore extends SqlReads implements Store {
    * Events are rows of the same transaction: they exist exactly when the write they describe does.
    * One insert for all of them; ids grow in the order the rows are listed, whatever order RETURNING uses.
    */
-  private async insertEvents(trx: Db, pending: SqlTx['pending']): Promise<TaktEvent[]> {
+  private async insertEvents(trx: Db, pending: SqlTx['pending'], drawLock = false): Promise<TaktEvent[]> {
     const committed: TaktEvent[] = [];
     for (let i = 0; i < pending.length; i += EVENT_BATCH) {
       const batch = pending.slice(i, i + EVENT_BATCH);
-      const p = this.q.prepare(`insertEvents${batch.length}`, () =>
-        trx.insertInto('events').values(batch.map((_, k) => ({ topic: arg(3 * k), at: arg(3 * k + 1), data: arg(3 * k + 2) }))).returning('id'),
-      );
+      const p =
+        drawLock && i === 0
+          ? this.q.prepareSql(`insertEventsDrawLock${batch.length}`, () => insertEventsDrawLockSql(batch.length))
+          : this.q.prepare(`insertEvents${batch.length}`, () =>
+              trx.insertInto('events').values(batch.map((_, k) => ({ topic: arg(3 * k), at: arg(3 * k + 1), data: arg(3 * k + 2) }))).returning('id'),
+            );
       const r = await run<{ id: number }>(trx, p, batch.flatMap((e) => [e.topic, e.at, json(e.data)]));
       const ids = r.rows.map((row) => Number(row.id)).sort((a, b) => a - b);
       batch.forEach((e, k) => committed.push({ id: ids[k]!, topic: e.topic, at: e.at, data: e.data }));
