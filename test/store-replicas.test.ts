@@ -176,6 +176,37 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     expect(heard.ids).toEqual((await allEvents(a)).map((e) => e.id));
   });
 
+  it("another replica's events reach a store in the notifications' payloads, without a read; an event too big for a payload is read back whole", async () => {
+    const [a, b] = [await replica({ eventCatchUpMs: 3_600_000 }), await replica()];
+    const heard = new Heard(a);
+    await write(b, 'b', 0);
+    await heard.atLeast(1); // after A's first catch-up (its read started before the count below)
+    let reads = 0;
+    const listEvents = a.listEvents.bind(a);
+    a.listEvents = (after, limit) => {
+      reads += 1;
+      return listEvents(after, limit);
+    };
+    const feed = a.eventFeed as PgFollower;
+    const carriedBefore = feed.carried;
+    // Lone groups, groups of several transactions, and groups whose events take several payloads (≈ 1.5 kB each).
+    for (let i = 1; i <= 10; i++) await write(b, 'b', i);
+    await Promise.all([...Array(10).keys()].map((i) => write(b, 'b', 100 + i * 10, 3)));
+    const pad = 'p'.repeat(1500);
+    await Promise.all([...Array(12).keys()].map((i) => b.transact(async (tx) => tx.emit(`b.pad.${i}`, { i, pad }))));
+    await heard.atLeast(53);
+    expect(reads).toBe(0);
+    expect(feed.carried - carriedBefore).toBe(52);
+    // One event larger than a payload: not carried; A reads it, with its data whole.
+    await b.transact(async (tx) => tx.emit('b.big.1', { blob: 'x'.repeat(20_000) }));
+    await heard.atLeast(54);
+    expect(reads).toBeGreaterThan(0);
+    expect((heard.events.at(-1)!.data as { blob: string }).blob).toHaveLength(20_000);
+    const table = await allEvents(a);
+    expect(heard.ids).toEqual(table.map((e) => e.id));
+    expect(heard.events.map((e) => [e.topic, e.at, e.data])).toEqual(table.map((e) => [e.topic, e.at, e.data]));
+  });
+
   it('reading the events after id N through replica C gives what A published after N (Last-Event-ID across replicas)', async () => {
     const [a, b, c] = [await replica(), await replica(), await replica()];
     const heard = new Heard(a);

@@ -1337,6 +1337,49 @@ function insertEventsDrawLockSql(n: number): { sql: string; params: number } {
   };
 }
 
+/** Bytes of a notification's payload at most: PostgreSQL refuses 8000 or more; the rest is margin. */
+const NOTIFY_PAYLOAD_BYTES = 7500;
+/** The dollar-quote tag of the payloads (a payload that contains it is not carried). */
+const NOTIFY_QUOTE = '$takt$';
+
+/**
+ * The NOTIFY statements for a committed group's events (pg-follow.ts), null when it has none: one
+ * `select pg_notify('takt_events', '<newest id>:[[id, topic, at, data], …]')` per part of the events that
+ * fits a payload, in id order (notifications of one transaction arrive in the order sent). An event that
+ * does not fit a payload alone (or contains the quote tag) ends the carrying: the last notification is
+ * then the newest id alone, and the followers read what was not carried. `dataTexts`: each event's data as
+ * inserted (JSON text, by id), so that it is not serialised twice. Dollar quoting: the payload goes in the
+ * SQL text as is, whatever the server's standard_conforming_strings.
+ */
+function notifySql(events: TaktEvent[], dataTexts: Map<number, string>): string | null {
+  if (events.length === 0) return null;
+  const newest = events[events.length - 1]!.id;
+  const head = `${newest}:[`;
+  const statements: string[] = [];
+  const notify = (payload: string) => statements.push(`select pg_notify('${PG_EVENTS_CHANNEL}', ${NOTIFY_QUOTE}${payload}${NOTIFY_QUOTE})`);
+  let part: string[] = [];
+  let bytes = head.length + 1;
+  let all = true;
+  for (const e of events) {
+    const entry = `[${e.id},${JSON.stringify(e.topic)},${JSON.stringify(e.at)},${dataTexts.get(e.id) ?? json(e.data)}]`;
+    const size = Buffer.byteLength(entry) + 1;
+    if (head.length + 1 + size > NOTIFY_PAYLOAD_BYTES || entry.includes(NOTIFY_QUOTE)) {
+      all = false;
+      break;
+    }
+    if (bytes + size > NOTIFY_PAYLOAD_BYTES) {
+      notify(`${head}${part.join(',')}]`);
+      part = [];
+      bytes = head.length + 1;
+    }
+    part.push(entry);
+    bytes += size;
+  }
+  if (part.length > 0) notify(`${head}${part.join(',')}]`);
+  if (!all) notify(String(newest));
+  return statements.join('; ');
+}
+
 /** Thrown inside a row-scoped group when one of its transactions fails: the group rolls back whole (commitGroup). */
 class GroupAborted extends Error {
   constructor() {
@@ -1599,6 +1642,8 @@ export class SqlStore extends SqlReads implements Store {
     const pg = this.dialect === 'postgres';
     const deferred = scope === 'rows';
     let turn: { before: Promise<void>; done: () => void } | undefined;
+    /** The JSON text of each inserted event's data, by id (the notification carries it: notifySql). */
+    const dataTexts = new Map<number, string>();
     try {
       // A lone transaction needs no savepoint: if it throws, the whole database transaction rolls back.
       // Neither does a row-scoped group (PostgreSQL): it runs its transactions without savepoints (one
@@ -1620,7 +1665,7 @@ export class SqlStore extends SqlReads implements Store {
           const tx = new SqlTx(trx, this.q, this.dialect, deferred);
           try {
             const value = await item.fn(tx);
-            const events = deferred ? [] : await this.insertEvents(trx, tx.pending);
+            const events = deferred ? [] : await this.insertEvents(trx, tx.pending, false, dataTexts);
             if (events.length > 0) feed?.drawn(events[events.length - 1]!.id);
             if (grouped && !pg) {
               await sql('release grouped');
@@ -1639,13 +1684,11 @@ export class SqlStore extends SqlReads implements Store {
             outcomes.push(deferred && isDeadlock(error) && item.retries < MAX_LOCK_RETRIES ? { ok: false, retry: true } : { ok: false, error });
           }
         }
-        if (deferred) await this.drawDeferred(trx, sql, outcomes, (t) => (turn = t));
+        if (deferred) await this.drawDeferred(trx, sql, outcomes, (t) => (turn = t), dataTexts);
         // Other processes on the database read the events after the commit (pg-follow.ts). NOTIFY is
         // transactional: delivered only if, and once, the group commits. The last savepoint is not
         // released: COMMIT ends it with the transaction.
-        let newest = 0;
-        if (feed) for (const o of outcomes) if (o.ok && o.events.length > 0) newest = o.events[o.events.length - 1]!.id;
-        return newest > 0 ? `select pg_notify('${PG_EVENTS_CHANNEL}', '${newest}')` : null;
+        return feed ? notifySql(outcomes.flatMap((o) => (o.ok ? o.events : [])), dataTexts) : null;
       });
     } catch (error) {
       feed?.failed();
@@ -1709,7 +1752,13 @@ export class SqlStore extends SqlReads implements Store {
    * `events`. Nothing to draw, no lock: the group commits without it. `onTurn` gets the group's place in
    * the order of publication, taken as the lock is granted (groups get it in the order they draw ids).
    */
-  private async drawDeferred(trx: Db, sql: (text: string) => Promise<unknown>, outcomes: Outcome[], onTurn: (t: { before: Promise<void>; done: () => void }) => void): Promise<void> {
+  private async drawDeferred(
+    trx: Db,
+    sql: (text: string) => Promise<unknown>,
+    outcomes: Outcome[],
+    onTurn: (t: { before: Promise<void>; done: () => void }) => void,
+    dataTexts: Map<number, string>,
+  ): Promise<void> {
     const done = outcomes.filter((o): o is Extract<Outcome, { ok: true }> => o.ok);
     if (!done.some((o) => o.tx.pending.length > 0 || o.tx.pendingChanges.length > 0)) return;
     const pending = done.flatMap((o) => o.tx.pending);
@@ -1719,14 +1768,14 @@ export class SqlStore extends SqlReads implements Store {
       // itself, one round trip instead of two. Its ids are drawn only once the lock is held (the insert's
       // rows come from a join with the lock's call); groups still get their turn in the order they got
       // the lock, since the next group's insert cannot answer before this group has committed.
-      events = await this.insertEvents(trx, pending, true);
+      events = await this.insertEvents(trx, pending, true, dataTexts);
       onTurn(this.takeTurn());
     } else {
       // Change numbers need a snapshot taken after the lock (insertPgChange): the lock goes first.
       await sql(`select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_DRAW_LOCK})`);
       onTurn(this.takeTurn());
       for (const o of done) for (const c of o.tx.pendingChanges) await insertPgChange(trx, c);
-      events = await this.insertEvents(trx, pending);
+      events = await this.insertEvents(trx, pending, false, dataTexts);
     }
     let k = 0;
     for (const o of done) {
@@ -1751,7 +1800,7 @@ export class SqlStore extends SqlReads implements Store {
    * Events are rows of the same transaction: they exist exactly when the write they describe does.
    * One insert for all of them; ids grow in the order the rows are listed, whatever order RETURNING uses.
    */
-  private async insertEvents(trx: Db, pending: SqlTx['pending'], drawLock = false): Promise<TaktEvent[]> {
+  private async insertEvents(trx: Db, pending: SqlTx['pending'], drawLock = false, dataTexts?: Map<number, string>): Promise<TaktEvent[]> {
     const committed: TaktEvent[] = [];
     for (let i = 0; i < pending.length; i += EVENT_BATCH) {
       const batch = pending.slice(i, i + EVENT_BATCH);
@@ -1761,9 +1810,13 @@ export class SqlStore extends SqlReads implements Store {
           : this.q.prepare(`insertEvents${batch.length}`, () =>
               trx.insertInto('events').values(batch.map((_, k) => ({ topic: arg(3 * k), at: arg(3 * k + 1), data: arg(3 * k + 2) }))).returning('id'),
             );
-      const r = await run<{ id: number }>(trx, p, batch.flatMap((e) => [e.topic, e.at, json(e.data)]));
+      const texts = batch.map((e) => json(e.data));
+      const r = await run<{ id: number }>(trx, p, batch.flatMap((e, k) => [e.topic, e.at, texts[k]]));
       const ids = r.rows.map((row) => Number(row.id)).sort((a, b) => a - b);
-      batch.forEach((e, k) => committed.push({ id: ids[k]!, topic: e.topic, at: e.at, data: e.data }));
+      batch.forEach((e, k) => {
+        committed.push({ id: ids[k]!, topic: e.topic, at: e.at, data: e.data });
+        dataTexts?.set(ids[k]!, texts[k]!);
+      });
     }
     return committed;
   }
