@@ -93,7 +93,7 @@ export interface PostgresStoreOptions {
   eventCatchUpMs?: number;
   /**
    * Row-scoped transaction groups (claims, agents' completions) committed at once, each on a pooled
-   * connection of its own (default 3; SqlStoreOptions.rowGroups). Keep it below `maxConnections`.
+   * connection of its own (default 2; SqlStoreOptions.rowGroups). Keep it below `maxConnections`.
    */
   rowGroups?: number;
 }

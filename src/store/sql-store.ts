@@ -1296,8 +1296,12 @@ const MAX_GROUP = 64;
  * rare (one machine's requests rarely arrive twice at once), and the retry runs in a later group.
  */
 const MAX_LOCK_RETRIES = 5;
-/** Row-scoped groups a PostgreSQL store commits at once by default, each on a pooled connection of its own. */
-const ROW_GROUPS = 3;
+/**
+ * Row-scoped groups a PostgreSQL store commits at once by default, each on a pooled connection of its own.
+ * 2, not 3 (issue #15 part 4): fewer, larger groups cost less CPU per job (a group's BEGIN, events insert,
+ * NOTIFY and COMMIT are shared by more jobs); 1 left a lone replica waiting on its round trips.
+ */
+const ROW_GROUPS = 2;
 
 /**
  * PostgreSQL advisory lock keys (the two-int form; 0x74616b74 is "takt"). WRITE_LOCK is taken by every
@@ -1420,7 +1424,7 @@ export interface SqlStoreOptions {
   /** The cache of compiled hot-path queries (default: a new one); postgres.ts shares it with its pool. */
   queryCache?: QueryCache;
   /**
-   * PostgreSQL: row-scoped groups committed at once, each on a connection of its own (default 3; at
+   * PostgreSQL: row-scoped groups committed at once, each on a connection of its own (default 2; at
    * least 1). More lets one replica's claims and completions overlap their round trips; each takes a
    * pooled connection while it runs.
    */
