@@ -1637,8 +1637,8 @@ export class SqlStore extends SqlReads implements Store {
   /**
    * Commits `group` in one database transaction (see `transact`). `store`: each transaction's change
    * numbers and event ids are drawn as it runs (it holds the write lock exclusively). `rows` (PostgreSQL
-   * only): they are drawn for the whole group at its end, under DRAW_LOCK — one lock round trip, the
-   * change inserts (rare on the paths that are row-scoped), one insert of every event — then COMMIT.
+   * only): they are drawn for the whole group at its end, under DRAW_LOCK (drawDeferred: usually one
+   * statement that takes the lock and inserts every event) — then the NOTIFYs with COMMIT (notifySql).
    */
   private async commitGroup(group: Queued[], scope: 'store' | 'rows'): Promise<void> {
     const outcomes: Outcome[] = [];
