@@ -1,4 +1,5 @@
 /**
+ * `--profile` with `--store`: V8 CPU profiles of the PostgreSQL replicas, one directory per replica count.
  * Fleet: N machines (default 10,000) on SQLite (with `--store postgres://… --replicas 1,2,3`: 1,000 on
  * SQLite and then on PostgreSQL with each number of replicas, side by side), each driven through a pipeline of T trivial tasks by a
  * simulated agent that speaks the real protocol over HTTP. Reports job completions/s, client-side API
@@ -11,12 +12,13 @@
  * talking to the endpoint at once; the others are "running their job". Latency is measured around the
  * HTTP call only, not the wait for the cap. Throughput is measured with the endpoint saturated.
  */
+import { join } from 'node:path';
 import type { Flags } from './lib/args.js';
 import { ApiClient } from '../src/client/http.js';
 import { adminApi, withEndpoint, type Endpoint } from './lib/endpoint.js';
 import { prepareFleet, probeLatency, runFleet, type FleetOptions } from './lib/fleetrun.js';
 import { mib } from './lib/proc.js';
-import { configLabel, startReplicas, type StoreConfig } from './lib/replicas.js';
+import { backendCpuBetween, configLabel, startReplicas, type StoreConfig } from './lib/replicas.js';
 import { log } from './lib/progress.js';
 import type { BenchReport, Row } from './lib/report.js';
 import { round } from './lib/stats.js';
@@ -43,8 +45,7 @@ export async function fleetBench(flags: Flags, profileDir?: string): Promise<Ben
     return withEndpoint({ profileDir }, (ep) => fleet(ep, o));
   }
   if (!/^postgres(ql)?:\/\//.test(store)) throw new Error(`--store must be sqlite or a PostgreSQL URL (postgres://USER@HOST:PORT/DB), got '${store}'`);
-  if (profileDir) throw new Error('--profile profiles one endpoint: leave out --store');
-  return compareStores(o, store, parseReplicas(replicas ?? '1,2,3'));
+  return compareStores(o, store, parseReplicas(replicas ?? '1,2,3'), profileDir);
 }
 
 type TokenKind = 'admin' | 'scoped';
@@ -154,7 +155,7 @@ function parseReplicas(v: string): number[] {
  * the rows compare like with like (same machine, same load, same build). Machines spread over the
  * replicas round robin; RSS is the largest replica's, CPU the replicas' sum.
  */
-async function compareStores(o: FleetOptions, url: string, replicas: number[]): Promise<BenchReport> {
+async function compareStores(o: FleetOptions, url: string, replicas: number[], profileDir?: string): Promise<BenchReport> {
   const configs: StoreConfig[] = [{ kind: 'sqlite', replicas: 1 }, ...replicas.map((n): StoreConfig => ({ kind: 'postgres', replicas: n, url }))];
   const rows: Row[] = [{ metric: 'machines × tasks (each configuration)', value: `${o.machines} × ${o.tasks} = ${o.machines * o.tasks} jobs` }];
   const data: Record<string, unknown> = { ...o, configurations: [] as unknown[] };
@@ -162,11 +163,15 @@ async function compareStores(o: FleetOptions, url: string, replicas: number[]): 
   for (const c of configs) {
     const label = configLabel(c);
     log(`${label}: starting…`);
-    const r = await startReplicas(c);
+    // --profile: the PostgreSQL replicas' profiles, one directory per configuration (SQLite is not profiled here).
+    const r = await startReplicas(c, profileDir && c.kind === 'postgres' ? join(profileDir, `pg${c.replicas}`) : undefined);
     try {
       const { machines } = await prepareFleet(r.endpoints[0]!, o);
       log(`${label}: ${machines.length} machines created; running…`);
+      const db0 = await r.backendCpu?.();
       const run = await runFleet(r.endpoints, machines, o, label);
+      const dbCpuSec = db0 && r.backendCpu ? backendCpuBetween(db0, await r.backendCpu()) : 0;
+      const perJob = (sec: number) => `${((sec * 1000) / Math.max(1, run.completed)).toFixed(2)}`;
       const lat = run.latencies.summaries();
       if (c.kind === 'sqlite') sqliteRate = run.completionsPerSec;
       const goal = c.kind === 'postgres' && c.replicas === 2 ? { goal: `≥ SQLite (${round(sqliteRate, 0)})`, met: run.completionsPerSec >= sqliteRate } : {};
@@ -174,10 +179,11 @@ async function compareStores(o: FleetOptions, url: string, replicas: number[]): 
         { metric: `${label}: job completions/s`, value: round(run.completionsPerSec, 0), ...goal },
         { metric: `${label}: latency p50 / p99`, value: `${round(lat.all!.p50)} / ${round(lat.all!.p99)} ms` },
         { metric: `${label}: peak RSS (largest replica)`, value: `${mib(run.serverPeakRss)} MiB` },
-        { metric: `${label}: CPU endpoints / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s` },
+        { metric: `${label}: CPU endpoints / PostgreSQL / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${dbCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s` },
+        { metric: `${label}: CPU per job endpoints / PostgreSQL / agents`, value: `${perJob(run.serverCpuSec)} / ${perJob(dbCpuSec)} / ${perJob(run.clientCpuSec)} ms` },
       );
       if (!run.finished) rows.push({ metric: `${label}: finished`, value: `no: ${run.completed} of ${run.jobs} jobs in ${o.maxSeconds} s` });
-      (data.configurations as unknown[]).push({ label, ...c, url: undefined, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, clientCpuSec: run.clientCpuSec });
+      (data.configurations as unknown[]).push({ label, ...c, url: undefined, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, dbCpuSec, clientCpuSec: run.clientCpuSec });
     } finally {
       await r.stop();
     }
@@ -187,6 +193,7 @@ async function compareStores(o: FleetOptions, url: string, replicas: number[]): 
     data,
     notes: [
       'one run, configurations one after another on the same machine; PostgreSQL is the local server (127.0.0.1), sharing the 2 cores with the endpoints and the simulated agents',
+      "CPU PostgreSQL: the server backends connected to the configuration's own database over the run (/proc; other databases on the server not counted); per job: divided by the jobs completed",
       `at most ${o.inflight} requests in flight in all (--inflight), machine i talking to replica i mod N`,
       'PostgreSQL: claims and completions are row-scoped (TransactOptions): they run concurrently across replicas and on several connections per replica, kept apart by machine row locks; change numbers and event ids are drawn at commit under a short lock (sql-store.ts PG_DRAW_LOCK); every other write still runs alone (PG_WRITE_LOCK)',
     ],

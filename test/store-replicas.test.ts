@@ -176,6 +176,37 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     expect(heard.ids).toEqual((await allEvents(a)).map((e) => e.id));
   });
 
+  it("another replica's events reach a store in the notifications' payloads, without a read; an event too big for a payload is read back whole", async () => {
+    const [a, b] = [await replica({ eventCatchUpMs: 3_600_000 }), await replica()];
+    const heard = new Heard(a);
+    await write(b, 'b', 0);
+    await heard.atLeast(1); // after A's first catch-up (its read started before the count below)
+    let reads = 0;
+    const listEvents = a.listEvents.bind(a);
+    a.listEvents = (after, limit) => {
+      reads += 1;
+      return listEvents(after, limit);
+    };
+    const feed = a.eventFeed as PgFollower;
+    const carriedBefore = feed.carried;
+    // Lone groups, groups of several transactions, and groups whose events take several payloads (≈ 1.5 kB each).
+    for (let i = 1; i <= 10; i++) await write(b, 'b', i);
+    await Promise.all([...Array(10).keys()].map((i) => write(b, 'b', 100 + i * 10, 3)));
+    const pad = 'p'.repeat(1500);
+    await Promise.all([...Array(12).keys()].map((i) => b.transact(async (tx) => tx.emit(`b.pad.${i}`, { i, pad }))));
+    await heard.atLeast(53);
+    expect(reads).toBe(0);
+    expect(feed.carried - carriedBefore).toBe(52);
+    // One event larger than a payload: not carried; A reads it, with its data whole.
+    await b.transact(async (tx) => tx.emit('b.big.1', { blob: 'x'.repeat(20_000) }));
+    await heard.atLeast(54);
+    expect(reads).toBeGreaterThan(0);
+    expect((heard.events.at(-1)!.data as { blob: string }).blob).toHaveLength(20_000);
+    const table = await allEvents(a);
+    expect(heard.ids).toEqual(table.map((e) => e.id));
+    expect(heard.events.map((e) => [e.topic, e.at, e.data])).toEqual(table.map((e) => [e.topic, e.at, e.data]));
+  });
+
   it('reading the events after id N through replica C gives what A published after N (Last-Event-ID across replicas)', async () => {
     const [a, b, c] = [await replica(), await replica(), await replica()];
     const heard = new Heard(a);
@@ -300,6 +331,42 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     // The events, in id order, count up one by one: each write saw the one before it.
     const attempts = (await allEvents(a)).map((e) => (e.data as { attempt: number }).attempt);
     expect(attempts).toEqual(Array.from({ length: 120 }, (_, k) => k + 1));
+  });
+
+  it('a row-scoped group in which one transaction fails: its caller hears the error; the group rolls back whole and the others commit once, run again', async () => {
+    // One group at a time, so the four transactions below (one turn of the event loop) form one group.
+    const s = await replica({ rowGroups: 1 });
+    const heard = new Heard(s);
+    const T0 = new Date().toISOString();
+    const machine = (n: number): Machine => ({
+      id: `m-${n}`, name: `group-${n}`, environment: 'local', broker: 'local', pipeline: null, stage: null, task: null, passed: [], attempt: 0,
+      approvedStage: null, state: 'idle', reason: null, params: {}, outputs: {}, profiles: [], labels: {}, currentJob: null, power: 'on', facts: null,
+      createdAt: T0, updatedAt: T0, agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: T0 },
+    } as Machine);
+    const runs = new Map<number, number>();
+    const write = (n: number, fail = false) =>
+      s.transact(
+        async (tx) => {
+          runs.set(n, (runs.get(n) ?? 0) + 1);
+          // A real write: if the first run's were not rolled back, the second would hit the primary key.
+          await tx.insertMachine(machine(n), 'x');
+          tx.emit(`things.create.${n}`, { n });
+          if (fail) throw new Error(`thing ${n} refused`);
+          return n;
+        },
+        { scope: 'rows' },
+      );
+    const results = await Promise.allSettled([write(1), write(2), write(3, true), write(4)]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled', 'rejected', 'fulfilled']);
+    expect((results[2] as PromiseRejectedResult).reason).toMatchObject({ message: 'thing 3 refused' });
+    // 1 and 2 ran in the aborted group and again; 3 failed once; 4 ran only in the second group.
+    expect(Object.fromEntries(runs)).toEqual({ 1: 2, 2: 2, 3: 1, 4: 1 });
+    expect((await s.listMachines({})).map((m) => m.name).sort()).toEqual(['group-1', 'group-2', 'group-4']);
+    const topics = ['things.create.1', 'things.create.2', 'things.create.4'];
+    expect((await allEvents(s)).map((e) => e.topic)).toEqual(topics);
+    await heard.atLeast(3);
+    expect(heard.events.map((e) => e.topic)).toEqual(topics);
+    expectInOrderOnce(heard.ids);
   });
 
   it('a claim long-polling on engine A wakes when work is written through engine B', async () => {

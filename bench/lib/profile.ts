@@ -127,8 +127,16 @@ function add(fns: Map<string, HotSpot>, files: Map<string, HotSpot>, cf: CallFra
  * endpoint (`serve`) gets its own summary and all `agent` processes one merged summary.
  */
 export function summariseDir(dir: string): ProfileSummary[] {
+  // A bench that profiles several configurations writes one subdirectory each (fleet --store --profile).
+  const subdirs = readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory());
+  const own = profilesIn(dir);
+  if (subdirs.length > 0) return [...(own.length > 0 ? summariseFiles(own, dir) : []), ...subdirs.flatMap((d) => summariseDir(join(dir, d.name)))];
+  return summariseFiles(own, dir);
+}
+
+function summariseFiles(files: string[], dir: string): ProfileSummary[] {
   const groups = new Map<string, string[]>();
-  for (const f of profilesIn(dir)) {
+  for (const f of files) {
     const command = /([^/]+)-\d+\.cpuprofile$/.exec(f)?.[1] ?? 'node';
     groups.set(command, [...(groups.get(command) ?? []), f]);
   }

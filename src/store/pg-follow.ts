@@ -3,10 +3,13 @@
  * and those other processes (replicas) commit, each exactly once and in id order.
  *
  * How. Each committed group of transactions that wrote events also sends `NOTIFY takt_events, '<newest
- * id>'` (pg_notify, inside the transaction, so it is delivered only if and after it commits). Each store
- * LISTENs on a connection of its own; on a notification newer than what it has published, it reads the
- * events table from its cursor (`id > cursor order by id`) and publishes what it finds to its listeners
- * (`Store.onEvents`). A periodic bounded catch-up (default every 3 s) covers a notification that was lost,
+ * id>'` (pg_notify, inside the transaction, so it is delivered only if and after it commits), carrying
+ * the group's events themselves in as many notifications as they take (each payload under PostgreSQL's
+ * 8000-byte bound; sql-store.ts `notifySql`); events that do not fit are left out of the payloads. Each store
+ * LISTENs on a connection of its own; on a notification newer than what it has published, it publishes
+ * the events that rode along if the first follows its cursor, and otherwise (a gap, or events left out)
+ * reads the events table from its cursor (`id > cursor order by id`) and publishes what it finds to its
+ * listeners (`Store.onEvents`). A periodic bounded catch-up (default every 3 s) covers a notification that was lost,
  * and a LISTEN connection that breaks is re-made with bounded backoff and catches up from the cursor.
  *
  * Why reading `id > cursor` never skips an event that commits later. Event ids are drawn (from the
@@ -80,6 +83,8 @@ export class PgFollower implements EventFeed {
   private closed = false;
   /** LISTEN connections made so far (1 after start; more after each re-made one). */
   connections = 0;
+  /** Events published from notifications' payloads, without a read (tests look at it). */
+  carried = 0;
   private readonly warn: (message: string) => void;
 
   constructor(private readonly opts: PgFollowerOptions) {
@@ -131,7 +136,7 @@ export class PgFollower implements EventFeed {
     client.on('error', (err) => lost(err.message));
     client.on('end', () => lost('connection ended'));
     client.on('notification', (n) => {
-      if (n.channel === PG_EVENTS_CHANNEL) this.notified(Number(n.payload));
+      if (n.channel === PG_EVENTS_CHANNEL) this.heardPayload(n.payload ?? '');
     });
     try {
       await client.connect();
@@ -172,11 +177,43 @@ export class PgFollower implements EventFeed {
     this.retry.unref();
   }
 
-  private notified(id: number): void {
+  /**
+   * A notification's payload (sql-store.ts `notifySql`): `<newest id>` alone, or `<newest id>:<events>`,
+   * a JSON array of `[id, topic, at, data]` with consecutive ids, a part of the group's events that rode
+   * along. The JSON is parsed only when the events are not already published (own groups, mostly).
+   */
+  private heardPayload(payload: string): void {
+    const colon = payload.indexOf(':');
+    if (colon < 0) return this.notified(Number(payload));
+    const id = Number(payload.slice(0, colon));
+    if (!Number.isFinite(id)) return;
+    if (id <= this.cursor || id <= this.drawnUpTo) return this.notified(id);
+    let events: TaktEvent[] | undefined;
+    try {
+      events = (JSON.parse(payload.slice(colon + 1)) as Array<[number, string, string, unknown]>).map(([eid, topic, at, data]) => ({ id: eid, topic, at, data }));
+    } catch {
+      events = undefined;
+    }
+    this.notified(id, events);
+  }
+
+  /**
+   * Another process committed events up to `id`. `events`, when they rode along: published at once if
+   * the first follows the cursor (nothing can come between: ids are drawn in commit order, and
+   * notifications arrive in commit order); a later part of the same group comes next. Otherwise (a gap,
+   * or no events), the table is read from the cursor.
+   */
+  private notified(id: number, events?: TaktEvent[]): void {
     if (!Number.isFinite(id)) return;
     if (id > this.heard) this.heard = id;
     // Up to drawnUpTo, the own group's publication reads any gap before it (and catches up after it).
-    if (id > this.cursor && id > this.drawnUpTo) this.catchUp();
+    if (!(id > this.cursor && id > this.drawnUpTo)) return;
+    if (events !== undefined && events.length > 0 && events[0]!.id === this.cursor + 1) {
+      this.deliver(events);
+      this.carried += events.length;
+      return;
+    }
+    this.catchUp();
   }
 
   /** Runs `task` after every task queued before it; a task that fails is reported, not retried. */

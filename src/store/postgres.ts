@@ -9,7 +9,7 @@ import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
 import { TaktError } from '../model/errors.js';
 import { PgFollower } from './pg-follow.js';
-import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, SqlStore } from './sql-store.js';
+import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, QueryCache, SqlStore } from './sql-store.js';
 import type { Database } from './tables.js';
 
 /** PostgreSQL's type id of `bigint` (int8). */
@@ -24,6 +24,21 @@ const types = {
   getTypeParser: ((oid: number, format?: string) =>
     oid === INT8_OID ? (v: string) => Number(v) : pg.types.getTypeParser(oid, format as 'text')) as typeof pg.types.getTypeParser,
 };
+
+/**
+ * Makes `client` run the store's hot-path queries (those `cache` compiled, sql-store.ts QueryCache) as named
+ * prepared statements: the first call on a connection sends Parse with the statement's name, later calls
+ * only Bind and Execute, so the server parses and plans each once per connection (PostgreSQL protocol,
+ * "Extended Query"; `pg` keeps which names a connection has parsed). Other queries go as before (unnamed).
+ * Kysely's PostgreSQL driver calls `client.query(text, values)`; that is the call wrapped here.
+ */
+function prepareByName(client: pg.PoolClient, cache: QueryCache): void {
+  const query = client.query.bind(client) as (a: unknown, b?: unknown) => Promise<pg.QueryResult>;
+  (client as { query: unknown }).query = (text: unknown, values?: unknown) => {
+    const name = typeof text === 'string' && Array.isArray(values) ? cache.nameOf(text) : undefined;
+    return name ? query({ name, text, values }) : query(text, values);
+  };
+}
 
 /** Whether `spec` names a PostgreSQL database (`postgres://…` or `postgresql://…`). */
 export function isPostgresUrl(spec: string): boolean {
@@ -78,7 +93,7 @@ export interface PostgresStoreOptions {
   eventCatchUpMs?: number;
   /**
    * Row-scoped transaction groups (claims, agents' completions) committed at once, each on a pooled
-   * connection of its own (default 3; SqlStoreOptions.rowGroups). Keep it below `maxConnections`.
+   * connection of its own (default 2; SqlStoreOptions.rowGroups). Keep it below `maxConnections`.
    */
   rowGroups?: number;
 }
@@ -153,8 +168,10 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
     await endLock();
     throw unreachable(err);
   }
+  const queryCache = new QueryCache();
+  pool.on('connect', (client) => prepareByName(client, queryCache));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
-  const store = new SqlStore(db, 'postgres', { where, onClose: endLock, ...(opts.rowGroups !== undefined ? { rowGroups: opts.rowGroups } : {}) });
+  const store = new SqlStore(db, 'postgres', { where, onClose: endLock, queryCache, ...(opts.rowGroups !== undefined ? { rowGroups: opts.rowGroups } : {}) });
   try {
     await store.migrate();
   } catch (err) {

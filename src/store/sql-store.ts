@@ -58,6 +58,8 @@ interface Prepared {
 
 export class QueryCache {
   private readonly compiled = new Map<string, Prepared>();
+  /** The SQL text of every compiled query → a statement name unique in this cache (`takt_1`, `takt_2`, …). */
+  private readonly names = new Map<string, string>();
 
   prepare(key: string, build: () => Compilable<unknown>): Prepared {
     let p = this.compiled.get(key);
@@ -68,8 +70,33 @@ export class QueryCache {
         params: q.parameters.map((v) => (typeof v === 'string' && v.startsWith(ARG) ? { arg: Number(v.slice(ARG.length)) } : { value: v })),
       };
       this.compiled.set(key, p);
+      if (!this.names.has(q.sql)) this.names.set(q.sql, `takt_${this.names.size + 1}`);
     }
     return p;
+  }
+
+  /**
+   * A query written as SQL text rather than built (PostgreSQL only: text the builder cannot express),
+   * cached under `key`; its parameters `$1…$n` take the call's arguments 0…n-1 in order.
+   */
+  prepareSql(key: string, text: () => { sql: string; params: number }): Prepared {
+    let p = this.compiled.get(key);
+    if (!p) {
+      const t = text();
+      p = { sql: t.sql, params: Array.from({ length: t.params }, (_, i) => ({ arg: i })) };
+      this.compiled.set(key, p);
+      if (!this.names.has(t.sql)) this.names.set(t.sql, `takt_${this.names.size + 1}`);
+    }
+    return p;
+  }
+
+  /**
+   * The statement name of `sql` if it is one of this cache's compiled queries (postgres.ts prepares them
+   * by name on each connection, so the server parses and plans each once per connection, not per call).
+   * The set of names is bounded: one per cache key, and keys are fixed strings in this file.
+   */
+  nameOf(sql: string): string | undefined {
+    return this.names.get(sql);
   }
 }
 
@@ -1269,8 +1296,12 @@ const MAX_GROUP = 64;
  * rare (one machine's requests rarely arrive twice at once), and the retry runs in a later group.
  */
 const MAX_LOCK_RETRIES = 5;
-/** Row-scoped groups a PostgreSQL store commits at once by default, each on a pooled connection of its own. */
-const ROW_GROUPS = 3;
+/**
+ * Row-scoped groups a PostgreSQL store commits at once by default, each on a pooled connection of its own.
+ * 2, not 3 (issue #15 part 4): fewer, larger groups cost less CPU per job (a group's BEGIN, events insert,
+ * NOTIFY and COMMIT are shared by more jobs); 1 left a lone replica waiting on its round trips.
+ */
+const ROW_GROUPS = 2;
 
 /**
  * PostgreSQL advisory lock keys (the two-int form; 0x74616b74 is "takt"). WRITE_LOCK is taken by every
@@ -1294,6 +1325,71 @@ export const PG_DRAW_LOCK = 3;
 export const PG_REPLICA_SPACE = 0x74616b75;
 /** The channel every store on a PostgreSQL database notifies (committed events) and listens on (pg-follow.ts). */
 export const PG_EVENTS_CHANNEL = 'takt_events';
+
+/**
+ * PostgreSQL: `n` events inserted once PG_DRAW_LOCK is held, in one statement: the rows come from a join
+ * with the lock's call and are sorted by their place in the list, so every id is drawn (from the column's
+ * default) after the lock is granted, in list order. Parameters: topic, at, data of each event in turn.
+ */
+function insertEventsDrawLockSql(n: number): { sql: string; params: number } {
+  const rows = Array.from({ length: n }, (_, k) => `($${3 * k + 1}, $${3 * k + 2}, $${3 * k + 3}, ${k})`).join(', ');
+  return {
+    sql:
+      `insert into "events" ("topic", "at", "data") select v.topic, v.at, v.data ` +
+      `from (select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_DRAW_LOCK})) as l, (values ${rows}) as v(topic, at, data, n) order by v.n returning "id"`,
+    params: 3 * n,
+  };
+}
+
+/** Bytes of a notification's payload at most: PostgreSQL refuses 8000 or more; the rest is margin. */
+const NOTIFY_PAYLOAD_BYTES = 7500;
+/** The dollar-quote tag of the payloads (a payload that contains it is not carried). */
+const NOTIFY_QUOTE = '$takt$';
+
+/**
+ * The NOTIFY statements for a committed group's events (pg-follow.ts), null when it has none: one
+ * `select pg_notify('takt_events', '<newest id>:[[id, topic, at, data], …]')` per part of the events that
+ * fits a payload, in id order (notifications of one transaction arrive in the order sent). An event that
+ * does not fit a payload alone (or contains the quote tag) ends the carrying: the last notification is
+ * then the newest id alone, and the followers read what was not carried. `dataTexts`: each event's data as
+ * inserted (JSON text, by id), so that it is not serialised twice. Dollar quoting: the payload goes in the
+ * SQL text as is, whatever the server's standard_conforming_strings.
+ */
+function notifySql(events: TaktEvent[], dataTexts: Map<number, string>): string | null {
+  if (events.length === 0) return null;
+  const newest = events[events.length - 1]!.id;
+  const head = `${newest}:[`;
+  const statements: string[] = [];
+  const notify = (payload: string) => statements.push(`select pg_notify('${PG_EVENTS_CHANNEL}', ${NOTIFY_QUOTE}${payload}${NOTIFY_QUOTE})`);
+  let part: string[] = [];
+  let bytes = head.length + 1;
+  let all = true;
+  for (const e of events) {
+    const entry = `[${e.id},${JSON.stringify(e.topic)},${JSON.stringify(e.at)},${dataTexts.get(e.id) ?? json(e.data)}]`;
+    const size = Buffer.byteLength(entry) + 1;
+    if (head.length + 1 + size > NOTIFY_PAYLOAD_BYTES || entry.includes(NOTIFY_QUOTE)) {
+      all = false;
+      break;
+    }
+    if (bytes + size > NOTIFY_PAYLOAD_BYTES) {
+      notify(`${head}${part.join(',')}]`);
+      part = [];
+      bytes = head.length + 1;
+    }
+    part.push(entry);
+    bytes += size;
+  }
+  if (part.length > 0) notify(`${head}${part.join(',')}]`);
+  if (!all) notify(String(newest));
+  return statements.join('; ');
+}
+
+/** Thrown inside a row-scoped group when one of its transactions fails: the group rolls back whole (commitGroup). */
+class GroupAborted extends Error {
+  constructor() {
+    super('a transaction of the group failed; the group is rolled back and its other transactions run again');
+  }
+}
 
 /** PostgreSQL's SQLSTATE for "deadlock detected": the transaction was chosen to end a lock cycle. */
 const PG_DEADLOCK = '40P01';
@@ -1325,8 +1421,10 @@ export interface SqlStoreOptions {
   where?: string;
   /** Run after the database is closed (PostgreSQL: ends the endpoint lock's connection). */
   onClose?: () => Promise<void>;
+  /** The cache of compiled hot-path queries (default: a new one); postgres.ts shares it with its pool. */
+  queryCache?: QueryCache;
   /**
-   * PostgreSQL: row-scoped groups committed at once, each on a connection of its own (default 3; at
+   * PostgreSQL: row-scoped groups committed at once, each on a connection of its own (default 2; at
    * least 1). More lets one replica's claims and completions overlap their round trips; each takes a
    * pooled connection while it runs.
    */
@@ -1359,7 +1457,7 @@ export class SqlStore extends SqlReads implements Store {
     dialect: Dialect,
     private readonly options: SqlStoreOptions = {},
   ) {
-    super(kysely, new QueryCache(), dialect);
+    super(kysely, options.queryCache ?? new QueryCache(), dialect);
   }
 
   /**
@@ -1415,8 +1513,11 @@ export class SqlStore extends SqlReads implements Store {
    *
    * `opts.scope` `rows` (PostgreSQL; see TransactOptions): the transaction goes into a row-scoped group;
    * up to `rowGroups` of those commit at once, on connections of their own, concurrently with other
-   * replicas' (their row locks keep them apart). A row-scoped transaction that PostgreSQL ends to break a
-   * deadlock is rolled back to its savepoint and run again in a later group (at most MAX_LOCK_RETRIES times).
+   * replicas' (their row locks keep them apart). A row-scoped group has no savepoints: when one of its
+   * transactions throws, the group is rolled back whole, that transaction's caller hears its error, and
+   * the others run again in a later group; one that PostgreSQL ends to break a deadlock runs again too
+   * (at most MAX_LOCK_RETRIES times). So a row-scoped `fn` may run more than once, and only its last run's
+   * writes commit.
    */
   transact<T>(fn: (tx: Tx) => Promise<T>, opts?: TransactOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
@@ -1536,8 +1637,8 @@ export class SqlStore extends SqlReads implements Store {
   /**
    * Commits `group` in one database transaction (see `transact`). `store`: each transaction's change
    * numbers and event ids are drawn as it runs (it holds the write lock exclusively). `rows` (PostgreSQL
-   * only): they are drawn for the whole group at its end, under DRAW_LOCK — one lock round trip, the
-   * change inserts (rare on the paths that are row-scoped), one insert of every event — then COMMIT.
+   * only): they are drawn for the whole group at its end, under DRAW_LOCK (drawDeferred: usually one
+   * statement that takes the lock and inserts every event) — then the NOTIFYs with COMMIT (notifySql).
    */
   private async commitGroup(group: Queued[], scope: 'store' | 'rows'): Promise<void> {
     const outcomes: Outcome[] = [];
@@ -1545,9 +1646,15 @@ export class SqlStore extends SqlReads implements Store {
     const pg = this.dialect === 'postgres';
     const deferred = scope === 'rows';
     let turn: { before: Promise<void>; done: () => void } | undefined;
+    /** The JSON text of each inserted event's data, by id (the notification carries it: notifySql). */
+    const dataTexts = new Map<number, string>();
     try {
       // A lone transaction needs no savepoint: if it throws, the whole database transaction rolls back.
+      // Neither does a row-scoped group (PostgreSQL): it runs its transactions without savepoints (one
+      // round trip less per transaction), and when one throws, the whole group is rolled back and the
+      // others run again in a later group (they may be run again anyway: see MAX_LOCK_RETRIES).
       const grouped = group.length > 1;
+      const savepoints = grouped && !deferred;
       await this.inTransaction(scope, async (trx, sql) => {
         // A store-scoped group holds the write lock exclusively from here: every group that drew ids
         // before it has committed, so it publishes after them.
@@ -1557,12 +1664,12 @@ export class SqlStore extends SqlReads implements Store {
         // message. SQLite runs one statement per call.
         let released = true;
         for (const item of group) {
-          if (grouped) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped');
-          released = !grouped;
+          if (savepoints) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped');
+          released = !savepoints;
           const tx = new SqlTx(trx, this.q, this.dialect, deferred);
           try {
             const value = await item.fn(tx);
-            const events = deferred ? [] : await this.insertEvents(trx, tx.pending);
+            const events = deferred ? [] : await this.insertEvents(trx, tx.pending, false, dataTexts);
             if (events.length > 0) feed?.drawn(events[events.length - 1]!.id);
             if (grouped && !pg) {
               await sql('release grouped');
@@ -1571,33 +1678,40 @@ export class SqlStore extends SqlReads implements Store {
             outcomes.push({ ok: true, value, tx, events });
           } catch (error) {
             if (!grouped) throw error;
+            if (!savepoints) {
+              outcomes.push(isDeadlock(error) && item.retries < MAX_LOCK_RETRIES ? { ok: false, retry: true } : { ok: false, error });
+              throw new GroupAborted();
+            }
             await sql(pg ? 'rollback to grouped; release grouped' : 'rollback to grouped');
             if (!pg) await sql('release grouped');
             released = true;
             outcomes.push(deferred && isDeadlock(error) && item.retries < MAX_LOCK_RETRIES ? { ok: false, retry: true } : { ok: false, error });
           }
         }
-        if (deferred) await this.drawDeferred(trx, sql, outcomes, (t) => (turn = t));
+        if (deferred) await this.drawDeferred(trx, sql, outcomes, (t) => (turn = t), dataTexts);
         // Other processes on the database read the events after the commit (pg-follow.ts). NOTIFY is
         // transactional: delivered only if, and once, the group commits. The last savepoint is not
         // released: COMMIT ends it with the transaction.
-        let newest = 0;
-        if (feed) for (const o of outcomes) if (o.ok && o.events.length > 0) newest = o.events[o.events.length - 1]!.id;
-        return newest > 0 ? `select pg_notify('${PG_EVENTS_CHANNEL}', '${newest}')` : null;
+        return feed ? notifySql(outcomes.flatMap((o) => (o.ok ? o.events : [])), dataTexts) : null;
       });
     } catch (error) {
       feed?.failed();
       turn?.done();
       // Nothing of the group was committed: each caller hears its own error, or the commit's; a lone
-      // row-scoped transaction that lost a deadlock runs again.
+      // row-scoped transaction that lost a deadlock runs again. A row-scoped group that one of its
+      // transactions aborted (GroupAborted): that one fails (or runs again after a deadlock), the others
+      // run again, not counted as retries (each abort ends or counts one transaction, so this is bounded).
+      const aborted = error instanceof GroupAborted;
       const again: Queued[] = [];
+      const rerun: Queued[] = [];
       group.forEach((item, i) => {
         const o = outcomes[i];
         if (deferred && group.length === 1 && isDeadlock(error) && item.retries < MAX_LOCK_RETRIES) again.push(item);
         else if (o && !o.ok && 'retry' in o) again.push(item);
+        else if (aborted && (!o || o.ok)) rerun.push(item);
         else item.reject(o && !o.ok && 'error' in o ? o.error : error);
       });
-      this.retry(again);
+      this.retry(again, rerun);
       return;
     }
     try {
@@ -1625,11 +1739,14 @@ export class SqlStore extends SqlReads implements Store {
     this.retry(again);
   }
 
-  /** Queues row-scoped transactions that lost a deadlock again, ahead of what waits. */
-  private retry(items: Queued[]): void {
-    if (items.length === 0) return;
+  /**
+   * Queues row-scoped transactions that lost a deadlock again (`items`, each counted as a retry) and those
+   * a group's abort took down with it (`rerun`, not counted), ahead of what waits.
+   */
+  private retry(items: Queued[], rerun: Queued[] = []): void {
+    if (items.length === 0 && rerun.length === 0) return;
     for (const item of items) item.retries += 1;
-    this.rowQueue.unshift(...items);
+    this.rowQueue.unshift(...rerun, ...items);
     this.scheduleRows();
   }
 
@@ -1639,16 +1756,31 @@ export class SqlStore extends SqlReads implements Store {
    * `events`. Nothing to draw, no lock: the group commits without it. `onTurn` gets the group's place in
    * the order of publication, taken as the lock is granted (groups get it in the order they draw ids).
    */
-  private async drawDeferred(trx: Db, sql: (text: string) => Promise<unknown>, outcomes: Outcome[], onTurn: (t: { before: Promise<void>; done: () => void }) => void): Promise<void> {
+  private async drawDeferred(
+    trx: Db,
+    sql: (text: string) => Promise<unknown>,
+    outcomes: Outcome[],
+    onTurn: (t: { before: Promise<void>; done: () => void }) => void,
+    dataTexts: Map<number, string>,
+  ): Promise<void> {
     const done = outcomes.filter((o): o is Extract<Outcome, { ok: true }> => o.ok);
     if (!done.some((o) => o.tx.pending.length > 0 || o.tx.pendingChanges.length > 0)) return;
-    await sql(`select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_DRAW_LOCK})`);
-    onTurn(this.takeTurn());
-    for (const o of done) for (const c of o.tx.pendingChanges) await insertPgChange(trx, c);
-    const events = await this.insertEvents(
-      trx,
-      done.flatMap((o) => o.tx.pending),
-    );
+    const pending = done.flatMap((o) => o.tx.pending);
+    let events: TaktEvent[];
+    if (pending.length <= EVENT_BATCH && !done.some((o) => o.tx.pendingChanges.length > 0)) {
+      // The usual case (claims and completions write no changes): the lock is taken by the events insert
+      // itself, one round trip instead of two. Its ids are drawn only once the lock is held (the insert's
+      // rows come from a join with the lock's call); groups still get their turn in the order they got
+      // the lock, since the next group's insert cannot answer before this group has committed.
+      events = await this.insertEvents(trx, pending, true, dataTexts);
+      onTurn(this.takeTurn());
+    } else {
+      // Change numbers need a snapshot taken after the lock (insertPgChange): the lock goes first.
+      await sql(`select pg_advisory_xact_lock(${PG_LOCK_SPACE}, ${PG_DRAW_LOCK})`);
+      onTurn(this.takeTurn());
+      for (const o of done) for (const c of o.tx.pendingChanges) await insertPgChange(trx, c);
+      events = await this.insertEvents(trx, pending, false, dataTexts);
+    }
     let k = 0;
     for (const o of done) {
       o.events = events.slice(k, k + o.tx.pending.length);
@@ -1672,16 +1804,23 @@ export class SqlStore extends SqlReads implements Store {
    * Events are rows of the same transaction: they exist exactly when the write they describe does.
    * One insert for all of them; ids grow in the order the rows are listed, whatever order RETURNING uses.
    */
-  private async insertEvents(trx: Db, pending: SqlTx['pending']): Promise<TaktEvent[]> {
+  private async insertEvents(trx: Db, pending: SqlTx['pending'], drawLock = false, dataTexts?: Map<number, string>): Promise<TaktEvent[]> {
     const committed: TaktEvent[] = [];
     for (let i = 0; i < pending.length; i += EVENT_BATCH) {
       const batch = pending.slice(i, i + EVENT_BATCH);
-      const p = this.q.prepare(`insertEvents${batch.length}`, () =>
-        trx.insertInto('events').values(batch.map((_, k) => ({ topic: arg(3 * k), at: arg(3 * k + 1), data: arg(3 * k + 2) }))).returning('id'),
-      );
-      const r = await run<{ id: number }>(trx, p, batch.flatMap((e) => [e.topic, e.at, json(e.data)]));
+      const p =
+        drawLock && i === 0
+          ? this.q.prepareSql(`insertEventsDrawLock${batch.length}`, () => insertEventsDrawLockSql(batch.length))
+          : this.q.prepare(`insertEvents${batch.length}`, () =>
+              trx.insertInto('events').values(batch.map((_, k) => ({ topic: arg(3 * k), at: arg(3 * k + 1), data: arg(3 * k + 2) }))).returning('id'),
+            );
+      const texts = batch.map((e) => json(e.data));
+      const r = await run<{ id: number }>(trx, p, batch.flatMap((e, k) => [e.topic, e.at, texts[k]]));
       const ids = r.rows.map((row) => Number(row.id)).sort((a, b) => a - b);
-      batch.forEach((e, k) => committed.push({ id: ids[k]!, topic: e.topic, at: e.at, data: e.data }));
+      batch.forEach((e, k) => {
+        committed.push({ id: ids[k]!, topic: e.topic, at: e.at, data: e.data });
+        dataTexts?.set(ids[k]!, texts[k]!);
+      });
     }
     return committed;
   }

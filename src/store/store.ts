@@ -304,7 +304,9 @@ export interface TransactOptions {
    * that, and it changes only rows that every writer changes under that machine's lock (the machine,
    * its jobs, their logs, its work orders). On PostgreSQL such transactions run concurrently with each
    * other (on other connections and replicas), never with a `store` transaction; their change numbers
-   * and event ids are drawn at COMMIT (so `change` answers 0). On SQLite it is the same as `store`.
+   * and event ids are drawn at COMMIT (so `change` answers 0), and `fn` may run more than once (a
+   * deadlock, or another transaction of its group failing, rolls its group back: sql-store.ts
+   * `transact`); only its last run's writes and events commit. On SQLite it is the same as `store`.
    */
   scope?: 'store' | 'rows';
 }
