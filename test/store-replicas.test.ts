@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { readPackDir } from '../src/content/files.js';
 import { ContentService } from '../src/engine/content.js';
 import { Engine } from '../src/engine/engine.js';
-import type { Machine, TaktEvent } from '../src/model/machine.js';
+import type { Machine, TaktEvent, WorkOrder } from '../src/model/machine.js';
 import { Sealer } from '../src/model/secure.js';
 import { PgFollower } from '../src/store/pg-follow.js';
 import { openPostgresStore, type PostgresStoreOptions } from '../src/store/postgres.js';
@@ -331,6 +331,61 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     // The events, in id order, count up one by one: each write saw the one before it.
     const attempts = (await allEvents(a)).map((e) => (e.data as { attempt: number }).attempt);
     expect(attempts).toEqual(Array.from({ length: 120 }, (_, k) => k + 1));
+  });
+
+  it("a lock that waited reads the machine's hold and open work orders as the holder left them, not as they were when it began waiting", async () => {
+    const [a, b] = [await replica(), await replica()];
+    const T0 = new Date().toISOString();
+    const m: Machine = {
+      id: 'm-stale', name: 'stale', environment: 'local', broker: 'local', pipeline: null, stage: null, task: null, passed: [], attempt: 0,
+      approvedStage: null, state: 'idle', reason: null, params: {}, outputs: {}, profiles: [], labels: {}, currentJob: null, power: 'on', facts: null,
+      createdAt: T0, updatedAt: T0, agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: T0 },
+    };
+    const w: WorkOrder = { id: 'w-stale', machineId: m.id, blueprint: 'bp', state: 'running', taskIndex: 0, passed: [], params: {}, reason: null, createdAt: T0, finishedAt: null };
+    await a.transact(async (tx) => {
+      await tx.insertMachine(m, 'x');
+      await tx.insertWorkOrder(w);
+    });
+    // A (a completion) holds the machine's lock and finishes the work order; B (a claim) waits for the
+    // lock meanwhile. Once A commits, B must see the work order finished: the statement that waited took
+    // its snapshot before A's commit, so reads made in that statement would see it still running.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const holding = new Promise<void>((r) => (locked = r));
+    const holder = a.transact(
+      async (tx) => {
+        await tx.lockMachine(m.id);
+        locked();
+        await gate;
+        await tx.updateWorkOrder({ ...w, state: 'succeeded', finishedAt: new Date().toISOString() });
+      },
+      { scope: 'rows' },
+    );
+    await holding;
+    const waiter = b.transact(
+      async (tx) => {
+        await tx.lockMachine(m.id);
+        return (await tx.nextWorkOrder(m.id))?.state ?? null;
+      },
+      { scope: 'rows' },
+    );
+    // B is waiting on the row lock (seen by the server), then A goes on and commits.
+    const probe = new pg.Client({ connectionString: db!.url });
+    await probe.connect();
+    try {
+      for (let i = 0; ; i++) {
+        const r = await probe.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'");
+        if (r.rows[0].n >= 1) break;
+        if (i > 600) throw new Error('B never waited for the lock');
+        await new Promise((r2) => setTimeout(r2, 50));
+      }
+    } finally {
+      await probe.end();
+    }
+    release();
+    await holder;
+    expect(await waiter).toBeNull();
   });
 
   it('a row-scoped group in which one transaction fails: its caller hears the error; the group rolls back whole and the others commit once, run again', async () => {

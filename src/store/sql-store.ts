@@ -854,37 +854,40 @@ class SqlTx extends SqlReads implements Tx {
   }
 
   /**
-   * PostgreSQL: a locked machine's hold and open work orders, read with the lock (`lockMachine`) and
-   * answered from here by `getHold` and `nextWorkOrder` until this transaction writes them. Every claim
-   * and completion reads both right after the lock; one statement instead of three saves two round
-   * trips per job. Nothing else can change them meanwhile: holds and work orders are written only by
-   * store-scoped transactions (which never run beside another transaction) or under this machine's lock.
+   * PostgreSQL: a locked machine's hold and open work orders, read right after the lock (`lockMachine`)
+   * and answered from here by `getHold` and `nextWorkOrder` until this transaction writes them. Every claim
+   * and completion reads both right after the lock; one statement instead of two saves a round trip per
+   * lock. Nothing else can change them meanwhile: holds and work orders are written only by store-scoped
+   * transactions (which never run beside another transaction) or under this machine's lock.
+   *
+   * They are read by a statement of their own, after the one that takes the lock: in READ COMMITTED, a
+   * `SELECT … FOR UPDATE` that waits for the lock re-reads the locked row once it is free, but its other
+   * reads keep the snapshot taken before it waited — they would show the work orders as they were before
+   * the holder (a completion) changed them (test/store-replicas.test.ts "a lock that waited").
    */
   private readonly withLock = new Map<string, { hold: MachineHold | undefined; open: WorkOrdersTable[] }>();
 
   async lockMachine(id: string) {
-    if (this.dialect !== 'postgres') {
-      const r = await this.one<Selectable<MachinesTable>>('lockMachine', () => this.db.selectFrom('machines').selectAll().where('id', '=', arg(0)), [id]);
-      return r ? machineFromRow(r) : undefined;
-    }
-    const r = await this.one<Selectable<MachinesTable> & { hold_row: Selectable<MachineHoldsTable> | null; open_rows: WorkOrdersTable[] | null }>(
-      'lockMachineWith',
-      () =>
-        this.db
-          .selectFrom('machines')
-          .selectAll('machines')
-          .select([
-            sql<unknown>`(select row_to_json(h) from machine_holds h where h.machine_id = machines.id)`.as('hold_row'),
-            sql<unknown>`(select json_agg(w) from work_orders w where w.machine_id = machines.id and w.state in ('running', 'queued'))`.as('open_rows'),
-          ])
-          .where('id', '=', arg(0))
-          .forUpdate(),
-      [id],
-    );
+    // SQLite has no row locks (its one writer is the lock): a plain read.
+    const r = await this.one<Selectable<MachinesTable>>('lockMachine', () => {
+      const q = this.db.selectFrom('machines').selectAll().where('id', '=', arg(0));
+      return this.dialect === 'postgres' ? q.forUpdate() : q;
+    }, [id]);
     if (!r) return undefined;
-    const { hold_row, open_rows, ...row } = r;
-    this.withLock.set(id, { hold: hold_row ? holdFromRow(hold_row) : undefined, open: open_rows ?? [] });
-    return machineFromRow(row);
+    if (this.dialect === 'postgres') {
+      const side = await this.one<{ hold_row: Selectable<MachineHoldsTable> | null; open_rows: WorkOrdersTable[] | null }>(
+        'lockedMachineSide',
+        () =>
+          this.db
+            .selectNoFrom([
+              sql<unknown>`(select row_to_json(h) from machine_holds h where h.machine_id = ${arg(0)})`.as('hold_row'),
+              sql<unknown>`(select json_agg(w) from work_orders w where w.machine_id = ${arg(0)} and w.state in ('running', 'queued'))`.as('open_rows'),
+            ]) as never,
+        [id],
+      );
+      this.withLock.set(id, { hold: side?.hold_row ? holdFromRow(side.hold_row) : undefined, open: side?.open_rows ?? [] });
+    }
+    return machineFromRow(r);
   }
   override async getHold(machineId: string) {
     const known = this.withLock.get(machineId);
