@@ -17,34 +17,11 @@ import type { SqlStore } from '../src/store/sql-store.js';
 import { Endpoint } from './helpers/endpoint.js';
 import { freshDatabase, pgUnavailable } from './helpers/postgres.js';
 import { readSse } from './helpers/sse.js';
+import { machineRecord } from './helpers/records.js';
 
-const T0 = '2026-01-01T00:00:00.000Z';
 
 function machine(name: string, labels: Record<string, string>): Machine {
-  return {
-    id: `m-${name}`,
-    name,
-    environment: 'local',
-    broker: 'local',
-    pipeline: 'demo',
-    stage: 'build',
-    task: 'check',
-    passed: [],
-    attempt: 0,
-    approvedStage: null,
-    state: 'idle',
-    reason: null,
-    params: {},
-    outputs: {},
-    profiles: [],
-    labels,
-    currentJob: null,
-    power: 'on',
-    facts: null,
-    createdAt: T0,
-    updatedAt: T0,
-    agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: T0 },
-  };
+  return machineRecord(name, { pipeline: 'demo', stage: 'build', task: 'check', labels });
 }
 
 /** The store the index sees, counting the reads it makes; `hold` makes the next getMachine wait until released. */

@@ -25,7 +25,6 @@ const QEMU = '/usr/bin/qemu-system-x86_64';
 
 describe.skipIf(!existsSync(QEMU) || !existsSync('/usr/share/OVMF/OVMF_CODE_4M.fd'))('image-deploy on a UEFI VM: discovery over OVMF PXE → image written → boot order switched to the disk through QMP → the deployed OS finishes the pipeline', () => {
   const lab = new BootLab({ netnsPrefix: 'tkru-', subnet: '10.244', dirPrefix: 'tkru-', dataName: 'd', bridgeName: 'tkru0', cliTimeoutMs: 120_000 });
-  const { prefix, bridge } = lab;
   const cli = (args: string[], timeoutMs?: number) => lab.cli(args, timeoutMs);
   const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
   let image = '';
@@ -35,14 +34,10 @@ describe.skipIf(!existsSync(QEMU) || !existsSync('/usr/share/OVMF/OVMF_CODE_4M.f
   beforeAll(async () => {
     await bootArtifacts();
     lab.open();
-    await lab.serve(['--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0', '--qemu-bridge', bridge], { env: { TAKT_QEMU_ACCEL: process.env.TAKT_QEMU_ACCEL ?? 'tcg' }, startMs: 120_000 });
+    await lab.serveVms();
   }, 600_000);
 
-  afterAll(async () => {
-    await lab.stopServe();
-    lab.killBrokerVms();
-    await lab.stop();
-  }, 60_000);
+  afterAll(() => lab.close(), 60_000);
 
   it('builds discovery and the agent OS image; installs the one, imports the other; pushes content/image-deploy', async () => {
     image = join(lab.dir, 'agent-os.img');

@@ -42,7 +42,6 @@ interface View {
 
 describe.skipIf(!existsSync(QEMU))('a rollout of a new image version over two VMs: a bad v2 stops at the canary, a fixed v2.1 rebuilds both', () => {
   const lab = new BootLab({ netnsPrefix: 'tkr-', subnet: '10.243', dirPrefix: 'tkr-', dataName: 'd', bridgeName: 'tkr0', cliTimeoutMs: 120_000 });
-  const { prefix, bridge } = lab;
   const cli = (args: string[], timeoutMs?: number) => lab.cli(args, timeoutMs);
   const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
   const t0 = Date.now();
@@ -76,14 +75,10 @@ describe.skipIf(!existsSync(QEMU))('a rollout of a new image version over two VM
   beforeAll(async () => {
     await bootArtifacts();
     lab.open();
-    await lab.serve(['--listen', '127.0.0.1:0', '--listen', `${prefix}.1:8443`, '--lease', '10s', '--provision', `${prefix}.1/24`, '--dhcp', 'full', '--dhcp-range', `${prefix}.100-${prefix}.150`, '--boot-port', '0', '--qemu-bridge', bridge], { env: { TAKT_QEMU_ACCEL: process.env.TAKT_QEMU_ACCEL ?? 'tcg' }, startMs: 120_000 });
+    await lab.serveVms();
   }, 600_000);
 
-  afterAll(async () => {
-    await lab.stopServe();
-    lab.killBrokerVms();
-    await lab.stop();
-  }, 60_000);
+  afterAll(() => lab.close(), 60_000);
 
   it('builds discovery and the agent OS image; imports v1, a bad v2 and a fixed v2.1; pushes content/image-deploy', async () => {
     images.v1 = join(lab.dir, 'agent-os.img');

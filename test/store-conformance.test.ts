@@ -20,6 +20,7 @@ import type { SqlStore } from '../src/store/sql-store.js';
 import { openSqliteStore } from '../src/store/sqlite.js';
 import type { CredentialRecord, PackRecord } from '../src/store/store.js';
 import { freshDatabase, pgUnavailable, withClient } from './helpers/postgres.js';
+import { machineRecord, T0 } from './helpers/records.js';
 
 /** One database under test: the store, raw SQL beside it, another store on the same database, cleanup. */
 interface Db {
@@ -96,35 +97,10 @@ const backends: Backend[] = [
   },
 ];
 
-const T0 = '2026-01-01T00:00:00.000Z';
 const at = (s: number) => new Date(Date.parse(T0) + s * 1000).toISOString();
 
 function machine(name: string, over: Partial<Machine> = {}): Machine {
-  return {
-    id: `m-${name}`,
-    name,
-    environment: 'local',
-    broker: 'local',
-    pipeline: 'demo',
-    stage: 'build',
-    task: 'check',
-    passed: ['build/a'],
-    attempt: 0,
-    approvedStage: null,
-    state: 'idle',
-    reason: null,
-    params: { greeting: 'hello', n: 3 },
-    outputs: {},
-    profiles: ['base'],
-    labels: { rack: 'r1' },
-    currentJob: null,
-    power: 'on',
-    facts: null,
-    createdAt: T0,
-    updatedAt: T0,
-    agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: T0 },
-    ...over,
-  };
+  return machineRecord(name, { pipeline: 'demo', stage: 'build', task: 'check', passed: ['build/a'], params: { greeting: 'hello', n: 3 }, profiles: ['base'], labels: { rack: 'r1' }, ...over });
 }
 
 function job(id: string, machineId: string, over: Partial<Job> = {}): Job {

@@ -20,6 +20,7 @@ import { openPostgresStore, type PostgresStoreOptions } from '../src/store/postg
 import type { SqlStore } from '../src/store/sql-store.js';
 import { ROOT } from './helpers/endpoint.js';
 import { allEvents, freshDatabase, pgUnavailable } from './helpers/postgres.js';
+import { machineRecord } from './helpers/records.js';
 
 const pgWhy = await pgUnavailable();
 
@@ -287,31 +288,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
 
   it("row locks keep two replicas' read-modify-writes of one machine whole (no lost update)", async () => {
     const [a, b, c] = [await replica(), await replica({ rowGroups: 4 }), await replica()];
-    const T0 = new Date().toISOString();
-    const m: Machine = {
-      id: 'm-race',
-      name: 'race',
-      environment: 'local',
-      broker: 'local',
-      pipeline: null,
-      stage: null,
-      task: null,
-      passed: [],
-      attempt: 0,
-      approvedStage: null,
-      state: 'idle',
-      reason: null,
-      params: {},
-      outputs: {},
-      profiles: [],
-      labels: {},
-      currentJob: null,
-      power: 'on',
-      facts: null,
-      createdAt: T0,
-      updatedAt: T0,
-      agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: T0 },
-    };
+    const m = machineRecord('race', { createdAt: new Date().toISOString() });
     await a.transact((tx) => tx.insertMachine(m, 'x'));
     // 3 × 40 increments racing: each reads the machine under its row lock, then writes it back + 1. A
     // read without the lock (or a lock taken after the read) loses increments.
@@ -336,11 +313,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
   it("a lock that waited reads the machine's hold and open work orders as the holder left them, not as they were when it began waiting", async () => {
     const [a, b] = [await replica(), await replica()];
     const T0 = new Date().toISOString();
-    const m: Machine = {
-      id: 'm-stale', name: 'stale', environment: 'local', broker: 'local', pipeline: null, stage: null, task: null, passed: [], attempt: 0,
-      approvedStage: null, state: 'idle', reason: null, params: {}, outputs: {}, profiles: [], labels: {}, currentJob: null, power: 'on', facts: null,
-      createdAt: T0, updatedAt: T0, agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: T0 },
-    };
+    const m = machineRecord('stale', { createdAt: T0 });
     const w: WorkOrder = { id: 'w-stale', machineId: m.id, blueprint: 'bp', state: 'running', taskIndex: 0, passed: [], params: {}, reason: null, createdAt: T0, finishedAt: null };
     await a.transact(async (tx) => {
       await tx.insertMachine(m, 'x');
@@ -393,11 +366,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     const s = await replica({ rowGroups: 1 });
     const heard = new Heard(s);
     const T0 = new Date().toISOString();
-    const machine = (n: number): Machine => ({
-      id: `m-${n}`, name: `group-${n}`, environment: 'local', broker: 'local', pipeline: null, stage: null, task: null, passed: [], attempt: 0,
-      approvedStage: null, state: 'idle', reason: null, params: {}, outputs: {}, profiles: [], labels: {}, currentJob: null, power: 'on', facts: null,
-      createdAt: T0, updatedAt: T0, agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: T0 },
-    } as Machine);
+    const machine = (n: number): Machine => machineRecord(`group-${n}`, { id: `m-${n}`, createdAt: T0 });
     const runs = new Map<number, number>();
     const write = (n: number, fail = false) =>
       s.transact(
