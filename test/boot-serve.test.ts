@@ -5,7 +5,7 @@
  * real network (DHCP, iPXE in a VM) is in the provision-* tests.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -38,8 +38,7 @@ async function until<T>(f: () => Promise<T | undefined>, ms: number, what: strin
 }
 
 it('fetches a bootenv kernel on install, and boots a known machine into it and an unknown one from disk', async () => {
-  const bootFile = join(ep.data, 'boot-url');
-  const boot = readFileSync(bootFile, 'utf8').trim();
+  const boot = await ep.bootUrl();
   expect(boot).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
 
   writePack(join(dir, 'p'), {

@@ -9,7 +9,7 @@
  * for a disk boot, until the OS's agent claims work saying it booted `local`.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -90,7 +90,7 @@ describe.skipIf(!existsSync(QEMU))('boot watch: a machine that never boots from 
   });
 
   it('stops the silent one with a reason and an event, and leaves the one that showed up alone', async () => {
-    const boot = readFileSync(join(ep.data, 'boot-url'), 'utf8').trim();
+    const boot = await ep.bootUrl();
     const create = async (name: string, mac: string, sock: string, extra: string[] = []) => {
       const c = await ep.cli(['machines', 'create', name, '--environment', 'metal', '--mac', mac, '--bootenv', 'sledge', '--power-driver', 'qmp', '--power-opt', `socket=${sock}`, ...extra]);
       expect(c.code, c.stderr).toBe(0);

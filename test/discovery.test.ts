@@ -7,7 +7,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Facts } from '../src/model/facts.js';
 import { Endpoint, writePack } from './helpers/endpoint.js';
@@ -51,7 +50,7 @@ describe('registering a machine booted into discovery', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'takt-discovery-'));
     ep = await Endpoint.start({ args: ['--provision', '127.0.0.1/8', '--boot-port', '0'] });
-    boot = readFileSync(join(ep.data, 'boot-url'), 'utf8').trim();
+    boot = await ep.bootUrl();
     writePack(join(dir, 'p'), {
       'pack.yaml': 'name: disco\nversion: 1.0.0\n',
       'bootenvs/discovery.yaml': "name: discovery\nipxe: |\n  #!ipxe\n  echo token={{ boot.token }} api={{ boot.api }} ca={{ boot.ca }}\n  exit\n",

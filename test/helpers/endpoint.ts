@@ -88,6 +88,15 @@ export class Endpoint {
     return { status: res.status, body: text ? JSON.parse(text) : null };
   }
 
+  /**
+   * The boot services' URL (`takt serve --provision`): the `boot-url` file, which serve writes once they
+   * listen — after the `endpoint` file `boot()` waits for, so it is waited for too (bounded, 60 s).
+   */
+  async bootUrl(): Promise<string> {
+    const file = join(this.data, 'boot-url');
+    return until(async () => (existsSync(file) ? readFileSync(file, 'utf8').trim() : undefined), 60_000, `${file} (the boot services to listen)`);
+  }
+
   /** (Re)starts the server process on the same data dir. */
   async boot(): Promise<void> {
     rmSync(join(this.data, 'endpoint'), { force: true });
