@@ -11,6 +11,7 @@ import { afterEach, beforeEach, expect, it } from 'vitest';
 import type { Machine } from '../src/model/machine.js';
 import { migrationProvider } from '../src/store/migrations.js';
 import { openSqliteStore } from '../src/store/sqlite.js';
+import { machineRecord } from './helpers/records.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -18,30 +19,7 @@ beforeEach(async () => {
 });
 afterEach(async () => rm(dir, { recursive: true, force: true }));
 
-const machine = (params: Record<string, unknown>): Machine => ({
-  id: 'm-legacy',
-  name: 'legacy',
-  environment: 'local',
-  broker: null,
-  pipeline: null,
-  stage: null,
-  task: null,
-  passed: [],
-  attempt: 0,
-  approvedStage: null,
-  state: 'idle',
-  reason: null,
-  params,
-  outputs: {},
-  labels: {},
-  profiles: [],
-  currentJob: null,
-  power: 'on',
-  facts: null,
-  createdAt: '2026-01-01T00:00:00.000Z',
-  updatedAt: '2026-01-01T00:00:00.000Z',
-  agent: { connected: false, lastSeenAt: null, version: null, address: null, via: null, since: '2026-01-01T00:00:00.000Z' },
-});
+const machine = (params: Record<string, unknown>): Machine => machineRecord('legacy', { broker: null, params });
 
 it('moves job-written params to outputs; operator-set params (also ones set after a job wrote them) stay', async () => {
   const file = join(dir, 'takt.db');

@@ -169,7 +169,7 @@ async function exercise(client: ApiClient, pipeline: string, o: Options): Promis
       const r = await client
         .post<{ items: Machine[] }>('/machines', { name: `exercise-${pipeline}-${env}-${suffix}`, broker: ENV_BROKERS[env] ?? env, pipeline, ...vm, ...(Object.keys(params).length ? { params } : {}) })
         .catch((err: unknown) => {
-          if (env === 'metal' && err instanceof TaktError && err.code === 'not_found') {
+          if (env === 'metal' && err instanceof TaktError && err.code === 'not_found' && err.path === '/boot/bootenv') {
             throw new TaktError('conflict', `a metal machine walks the pipeline in the '${METAL_VM.bootenv}' bootenv, which no pack defines here: build and install it with takt bootenv build discovery --install`, { path: 'envs' });
           }
           throw err;
