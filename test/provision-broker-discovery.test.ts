@@ -21,7 +21,6 @@ import { qemuPidOf } from '../src/brokers/qemu/vm.js';
 import type { Machine } from '../src/model/machine.js';
 import { BootLab, until } from './helpers/boot-lab.js';
 import { writePack } from './helpers/endpoint.js';
-import { bootArtifacts } from './helpers/provision.js';
 
 describe('a qemu broker VM boots discovery: registers as itself, is classified and runs its pipeline', () => {
   // Short names: the VM's QMP socket path lives under the data dir (108-byte limit).
@@ -34,11 +33,7 @@ describe('a qemu broker VM boots discovery: registers as itself, is classified a
   const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
 
   beforeAll(async () => {
-    // Debian's kernel in the provisioning cache, fetched on the host: the namespace has no route out, and
-    // the discovery build below takes the kernel from this cache.
-    await bootArtifacts();
-    lab.open();
-    await lab.serveVms();
+    await lab.startVms();
   }, 600_000);
 
   afterAll(() => lab.close(), 60_000);

@@ -19,7 +19,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job, Machine } from '../src/model/machine.js';
 import { BootLab, until } from './helpers/boot-lab.js';
 import { ROOT } from './helpers/endpoint.js';
-import { bootArtifacts } from './helpers/provision.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
 
@@ -32,9 +31,7 @@ describe.skipIf(!existsSync(QEMU) || !existsSync('/usr/share/OVMF/OVMF_CODE_4M.f
   const detail = () => `${lab.output.slice(-8000)}\n--- serial ---\n${serialLog && existsSync(serialLog) ? readFileSync(serialLog, 'utf8').slice(-4000) : '(no serial log)'}`;
 
   beforeAll(async () => {
-    await bootArtifacts();
-    lab.open();
-    await lab.serveVms();
+    await lab.startVms();
   }, 600_000);
 
   afterAll(() => lab.close(), 60_000);

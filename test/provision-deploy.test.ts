@@ -17,7 +17,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Machine } from '../src/model/machine.js';
 import { BootLab, until } from './helpers/boot-lab.js';
 import { writePack } from './helpers/endpoint.js';
-import { bootArtifacts } from './helpers/provision.js';
 
 describe('deploying an image to a VM: written from discovery, booted from disk, joined as itself', () => {
   const lab = new BootLab({ netnsPrefix: 'tkdy-', subnet: '10.234', dirPrefix: 'tkdy-', dataName: 'd', bridgeName: 'tkdy0', cliTimeoutMs: 120_000 });
@@ -28,9 +27,7 @@ describe('deploying an image to a VM: written from discovery, booted from disk, 
   let image = '';
 
   beforeAll(async () => {
-    await bootArtifacts();
-    lab.open();
-    await lab.serveVms();
+    await lab.startVms();
   }, 600_000);
 
   afterAll(() => lab.close(), 60_000);

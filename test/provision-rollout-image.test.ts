@@ -28,7 +28,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Job, Machine } from '../src/model/machine.js';
 import { BootLab, until } from './helpers/boot-lab.js';
 import { ROOT } from './helpers/endpoint.js';
-import { bootArtifacts } from './helpers/provision.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
 const GiB = 2 ** 30;
@@ -73,9 +72,7 @@ describe.skipIf(!existsSync(QEMU))('a rollout of a new image version over two VM
   const writes = async (name: string) => (await json<Job[]>(['jobs', 'list', '--machine', name])).filter((j) => j.task === 'image-write');
 
   beforeAll(async () => {
-    await bootArtifacts();
-    lab.open();
-    await lab.serveVms();
+    await lab.startVms();
   }, 600_000);
 
   afterAll(() => lab.close(), 60_000);

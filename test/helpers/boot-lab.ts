@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { qemuPidOf } from '../../src/brokers/qemu/vm.js';
 import { TAKT, type CliResult } from './endpoint.js';
-import { removeVmDirs } from './provision.js';
+import { bootArtifacts, removeVmDirs } from './provision.js';
 
 /**
  * Polls `f` until it returns a value other than `undefined`, at most `ms` milliseconds (an observable
@@ -163,6 +163,16 @@ export class BootLab {
       env: { TAKT_QEMU_ACCEL: process.env.TAKT_QEMU_ACCEL ?? 'tcg', ...o.env },
       startMs: 120_000,
     });
+  }
+
+  /**
+   * A VM lab from nothing: Debian's kernel in the provisioning cache (fetched on the host: the namespace
+   * has no route out), `open()`, then `serveVms(o)`.
+   */
+  async startVms(o: { args?: string[]; env?: Record<string, string> } = {}): Promise<void> {
+    await bootArtifacts();
+    this.open();
+    await this.serveVms(o);
   }
 
   /**
