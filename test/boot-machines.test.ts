@@ -146,7 +146,7 @@ describe('boot settings through the CLI', () => {
     const h = JSON.parse((await ep.cli(['history', '-o', 'json'])).stdout) as { items?: Array<{ after: { boot?: MachineBoot } | null }> } | Array<{ after: { boot?: MachineBoot } | null }>;
     const items = Array.isArray(h) ? h : h.items ?? [];
     expect(items.some((c) => c.after?.boot?.bootenv === 'local')).toBe(true);
-  });
+  }, 180_000);
 
   it('exports boot settings as desired state, and import puts them back', async () => {
     const out = join(dir, 'export');
@@ -163,11 +163,12 @@ describe('boot settings through the CLI', () => {
     const i = await ep.cli(['import', out]);
     expect(i.code, i.stderr).toBe(0);
     expect((JSON.parse((await ep.cli(['machines', 'get', 'rack-1', '-o', 'json'])).stdout) as Machine).boot?.bootenv).toBe('local');
-  });
+  }, 180_000);
 
   it('reserves an address (--ip): one machine per address, exported, and import sets or frees it', async () => {
     const get = async () => (JSON.parse((await ep.cli(['machines', 'get', 'rack-1', '-o', 'json'])).stdout) as Machine).boot?.ip;
-    expect((await ep.cli(['machines', 'update', 'rack-1', '--ip', '10.0.0.20'])).code).toBe(0);
+    const set = await ep.cli(['machines', 'update', 'rack-1', '--ip', '10.0.0.20']);
+    expect(set.code, set.stderr).toBe(0);
     expect(await get()).toBe('10.0.0.20');
     const dup = await ep.cli(['machines', 'create', 'rack-5', '--environment', 'metal', '--mac', '52:54:00:aa:00:05', '--ip', '10.0.0.20']);
     expect(dup.code).toBe(1);
@@ -185,7 +186,7 @@ describe('boot settings through the CLI', () => {
     // The first export had no reservation: importing it frees the address.
     expect((await ep.cli(['import', join(dir, 'export')])).code).toBe(0);
     expect(await get()).toBeUndefined();
-  });
+  }, 180_000);
 });
 
 describe('a stage that needs another bootenv', () => {

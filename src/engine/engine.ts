@@ -14,9 +14,8 @@ import type { AdhocInput } from './adhoc.js';
 import type { ClaimResponse, CompleteRequest, CompleteResponse, HeartbeatResponse, LogRequest } from '../model/protocol.js';
 import { foreignSealed, isSealed, type Sealer } from '../model/secure.js';
 import { checkPowerShape, type MachinePowerConfig } from '../model/power.js';
-import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, type MachineBoot, DISCOVERY_BOOTENV } from '../model/boot.js';
+import { LOCAL_BOOTENV, checkBootSettings, patchBoot, type BootSettings, DISCOVERY_BOOTENV } from '../model/boot.js';
 import { checkSshSettings, patchSsh, type HostKey, type SshPatch, type SshSettings } from '../model/ssh.js';
-import { inexactNumbers, validateValue } from '../model/validate.js';
 import type { Reads, Store, Tx } from '../store/store.js';
 import type { ContentService } from './content.js';
 import { canonicalJson, sha256 } from '../model/hash.js';
@@ -25,6 +24,7 @@ import { assertMachineName } from './ids.js';
 import { JobLogs } from './joblog.js';
 import { jobSecrets } from './job-secrets.js';
 import { DEFAULT_GONE_AFTER_MS, DEFAULT_SEEN_THROTTLE_MS, Liveness, type Contact, type LivenessWrite } from './liveness.js';
+import { assertBootIdentityFree, checkParams, requireBootenv, requireCredential, requirePipeline, requireProfiles } from './machine-checks.js';
 import { DEFAULT_MAX_LOG_BYTES, DEFAULT_MAX_LOG_CHUNKS } from './logcap.js';
 import type { TaskPowerPort } from './taskpower.js';
 import { prepareTask, type PreparedTask } from './prepare.js';
@@ -188,25 +188,6 @@ export interface WorkOrderInput {
   command?: AdhocInput;
   /** Store params no task of the blueprint declares (default false: refused, see declared.ts). */
   allowUndeclared?: boolean;
-}
-
-/** At most this many params on one machine or work order. */
-export const MAX_PARAMS = 1000;
-/**
- * At most this many bytes of params (as JSON, sealed values included) on one machine or work order: a
- * machine travels whole in every list, event, replay and export, so its size bounds all of them. Large
- * files belong in content or images, not in params.
- */
-export const MAX_PARAMS_BYTES = 64 * 1024;
-
-/** @throws TaktError too_large naming the bound, when `params` is past MAX_PARAMS or MAX_PARAMS_BYTES. */
-function assertParamsBounded(params: Record<string, unknown>): void {
-  const count = Object.keys(params).length;
-  if (count > MAX_PARAMS) throw new TaktError('too_large', `${count} params; at most ${MAX_PARAMS} may be set on one machine or work order`, { path: '/params' });
-  const bytes = Buffer.byteLength(JSON.stringify(params));
-  if (bytes > MAX_PARAMS_BYTES) {
-    throw new TaktError('too_large', `the params come to ${bytes} bytes as JSON; at most ${MAX_PARAMS_BYTES} may be set on one machine or work order (large files belong in content, not params)`, { path: '/params' });
-  }
 }
 
 export { lastHeard } from './jobs.js';
@@ -472,10 +453,10 @@ export class Engine {
    * passes the content as it will be) and the store, but not written: `insertMachine` writes it.
    */
   async newMachine(input: MachineInput, content: ContentSet = this.content.current): Promise<{ machine: Machine; token: string }> {
-    if (input.pipeline) this.requirePipeline(content, input.pipeline);
+    if (input.pipeline) requirePipeline(content, input.pipeline);
     const profiles = input.profiles ?? [];
-    this.requireProfiles(content, profiles);
-    const params = this.checkParams(content, {}, input.params ?? {});
+    requireProfiles(content, profiles);
+    const params = checkParams(this.sealer, content, {}, input.params ?? {});
     validateLabels(input.labels ?? {});
     assertMachineName(input.name);
     if (await this.store.getMachineByName(input.name)) throw new TaktError('conflict', `a machine named '${input.name}' already exists`, { path: '/name' });
@@ -535,7 +516,7 @@ export class Engine {
     const content = this.content.current;
     this.checkPatch(content, patch);
     if (patch.params && !patch.allowUndeclared) {
-      this.checkParams(content, {}, patch.params); // a malformed value is refused for that first: it says more
+      checkParams(this.sealer, content, {}, patch.params); // a malformed value is refused for that first: it says more
       assertDeclared(content, patch.params);
     }
     return this.store.transact((tx) => this.updateMachineIn(tx, found.id, patch, author, content, restore));
@@ -547,7 +528,7 @@ export class Engine {
    * @throws TaktError invalid at `/params/<name>`.
    */
   checkParamsPatch(content: ContentSet, params: Record<string, unknown>): void {
-    this.checkParams(content, {}, params);
+    checkParams(this.sealer, content, {}, params);
     assertDeclared(content, params);
   }
 
@@ -560,8 +541,8 @@ export class Engine {
   checkPatch(content: ContentSet, patch: MachinePatch): void {
     if (patch.powerConfig !== undefined && patch.powerConfig !== null) this.checkPowerConfig(patch.powerConfig);
     if (patch.name !== undefined) assertMachineName(patch.name);
-    if (patch.pipeline) this.requirePipeline(content, patch.pipeline);
-    if (patch.profiles) this.requireProfiles(content, patch.profiles);
+    if (patch.pipeline) requirePipeline(content, patch.pipeline);
+    if (patch.profiles) requireProfiles(content, patch.profiles);
     if (patch.labels) validateLabels(Object.fromEntries(Object.entries(patch.labels).filter(([, v]) => v !== null)) as Record<string, string>);
   }
 
@@ -600,7 +581,7 @@ export class Engine {
     }
     let params = m.params;
     if (patch.params) {
-      for (const [k, v] of Object.entries(patch.params)) out.push(...attempt(() => this.checkParams(content, {}, { [k]: v })));
+      for (const [k, v] of Object.entries(patch.params)) out.push(...attempt(() => checkParams(this.sealer, content, {}, { [k]: v })));
       params = Object.fromEntries(Object.entries({ ...m.params, ...patch.params }).filter(([, v]) => v !== null));
       out.push(...this.undeclaredProblems(content, patch.params, opts.allowUndeclared || patch.allowUndeclared));
     }
@@ -644,7 +625,7 @@ export class Engine {
       validateLabels(next.labels);
     }
     if (patch.params !== undefined) {
-      next.params = this.checkParams(content, m.params, patch.params);
+      next.params = checkParams(this.sealer, content, m.params, patch.params);
       // An operator's value for a param supersedes an output of the same name, as when outputs were params
       // (unsetting the param leaves what the machine has). A restore never touches outputs: they are observed.
       if (!restore) next.outputs = Object.fromEntries(Object.entries(m.outputs).filter(([k]) => patch.params![k] === undefined || patch.params![k] === null));
@@ -1064,7 +1045,7 @@ export class Engine {
   }
 
   private get workOrderContext(): WorkOrderContext {
-    return { store: this.store, content: this.content, run: this.run, checkParams: (content, current, patch) => this.checkParams(content, current, patch) };
+    return { store: this.store, content: this.content, run: this.run, checkParams: (content, current, patch) => checkParams(this.sealer, content, current, patch) };
   }
 
   // ---- agent protocol ------------------------------------------------------------------------------
@@ -1251,56 +1232,11 @@ export class Engine {
     return pipelineShapeOf(content, pipeline);
   }
 
-  private requirePipeline(content: ContentSet, name: string) {
-    if (!content.objects.pipelines.has(name)) throw new TaktError('not_found', `pipeline '${name}' not found`, { path: '/pipeline' });
-  }
-
-  private requireProfiles(content: ContentSet, names: string[]) {
-    names.forEach((p, i) => {
-      if (!content.objects.profiles.has(p)) throw new TaktError('not_found', `profile '${p}' not found`, { path: `/profiles/${i}` });
-    });
-  }
-
-  /** Validates params against their schemas, seals secure ones; a null value in `patch` removes the param. */
-  private checkParams(content: ContentSet, current: Record<string, unknown>, patch: Record<string, unknown>): Record<string, unknown> {
-    const out = { ...current };
-    for (const [name, value] of Object.entries(patch)) {
-      if (!/^[a-z][a-z0-9_]*$/.test(name) || name === 'machine') {
-        throw new TaktError('invalid', `'${name}' is not a valid param name (lower-case letters, digits and _; not 'machine')`, { path: `/params/${name}` });
-      }
-      if (value === null) {
-        delete out[name];
-        continue;
-      }
-      // A sealed value comes back from history (revert/rewind/import): it was validated before it was sealed.
-      if (isSealed(value)) {
-        out[name] = value;
-        continue;
-      }
-      const def = content.objects.params.get(name)?.def;
-      // Checked whatever the schema: a rounded integer must not be stored as if the operator had set it.
-      const inexact = inexactNumbers(value);
-      if (inexact.length > 0) throw new TaktError('invalid', `param '${name}'${inexact[0]!.path}: ${inexact[0]!.message}`, { path: `/params/${name}${inexact[0]!.path}` });
-      if (def?.schema) {
-        const problems = validateValue(def.schema, value);
-        if (problems.length > 0) {
-          throw new TaktError('invalid', `param '${name}'${problems[0]!.path} ${problems[0]!.message}`, { path: `/params/${name}${problems[0]!.path}` });
-        }
-      }
-      out[name] = def?.secure ? this.sealer.seal(value) : value;
-    }
-    assertParamsBounded(out);
-    return out;
-  }
-
-
-
   private log(level: 'info' | 'warn' | 'error', msg: string, fields?: Record<string, unknown>) {
     this.opts.log?.(level, msg, fields);
   }
 }
 
-/** The place a restore puts a machine at when it changes its pipeline: never without one (it would start work). */
 /**
  * Whether pipeline `name`'s first stage needs the `discovery` bootenv, i.e. the pipeline deploys the
  * machine's disk and must not start on the OS it overwrites: its first stage names bootenv `discovery`,
@@ -1315,45 +1251,12 @@ export function startsInDiscovery(content: ContentSet, name: string): boolean {
   return bootenvs[0] === undefined && bootenvs.slice(1).includes(LOCAL_BOOTENV);
 }
 
+/** The place a restore puts a machine at when it changes its pipeline: never without one (it would start work). */
 function restoredPlace(restore: RestoreWrite, machine: string): RestoredPlace {
   if (!restore.place) throw new Error(`a restore changed the pipeline of machine '${machine}' without deciding its place`);
   return restore.place;
 }
 
-
-/**
- * `boot`, after checking its bootenv exists in `content` (or is the built-in `local`).
- * @throws TaktError not_found at /boot/bootenv, with the bootenvs there are.
- */
-function requireBootenv(content: ContentSet, boot: MachineBoot): MachineBoot {
-  if (boot.bootenv === LOCAL_BOOTENV || content.objects.bootenvs.has(boot.bootenv)) return boot;
-  const known = [LOCAL_BOOTENV, ...content.objects.bootenvs.keys()].sort().join(', ');
-  throw new TaktError('not_found', `bootenv '${boot.bootenv}' not found (there are: ${known}); install the pack that defines it`, { path: '/boot/bootenv' });
-}
-
-/**
- * A MAC or SMBIOS UUID boots one machine only: the boot service must never hand one machine's script to
- * another; a reserved address (boot.ip) is one machine's too. Checked inside the transaction that writes `boot`.
- * @throws TaktError conflict naming the machine that already boots as it.
- */
-async function assertBootIdentityFree(tx: Tx, boot: MachineBoot, selfId: string): Promise<void> {
-  for (const other of await tx.listMachinesWithBootText([...boot.macs, ...(boot.uuid ? [boot.uuid] : []), ...(boot.ip ? [`"ip":"${boot.ip}"`] : [])])) {
-    if (other.id === selfId || !other.boot) continue;
-    if (boot.ip !== undefined && boot.ip === other.boot.ip) {
-      throw new TaktError('conflict', `address ${boot.ip} is already reserved for machine '${other.name}'; an address belongs to one machine`, { path: '/boot/ip' });
-    }
-    const mac = boot.macs.find((x) => other.boot!.macs.includes(x));
-    if (mac) throw new TaktError('conflict', `MAC ${mac} already boots machine '${other.name}'; a MAC belongs to one machine`, { path: '/boot/macs' });
-    if (boot.uuid !== null && boot.uuid === other.boot.uuid) {
-      throw new TaktError('conflict', `SMBIOS UUID ${boot.uuid} already boots machine '${other.name}'`, { path: '/boot/uuid' });
-    }
-  }
-}
-
-/** @throws TaktError not_found (at /ssh/credential) when no credential of that name exists. */
-async function requireCredential(tx: Tx, name: string): Promise<void> {
-  if (!(await tx.getCredential(name))) throw new TaktError('not_found', `credential '${name}' not found; add it with \`takt credentials add ${name} --ssh-key FILE\``, { path: '/ssh/credential' });
-}
 
 /** The patch that makes a machine's desired fields equal `target` (params absent from it are removed). */
 export function patchTowards(current: Machine, target: Pick<Machine, 'name' | 'environment' | 'pipeline' | 'profiles' | 'params'> & { labels?: Machine['labels']; boot?: Machine['boot']; powerConfig?: Machine['powerConfig'] }): MachinePatch {
