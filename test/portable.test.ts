@@ -2,14 +2,14 @@
  * Issue 3: `takt export DIR` writes the complete desired state as YAML; `takt import DIR` restores it.
  * export → import (fresh endpoint) → export is byte-identical.
  */
-import { chmodSync, copyFileSync, cpSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { MACHINE_STATES, type Machine } from '../src/model/machine.js';
 import { newHostReason } from '../src/engine/portable.js';
-import { Endpoint, packFiles, until } from './helpers/endpoint.js';
+import { Endpoint, packFiles, ROOT, until } from './helpers/endpoint.js';
 import { AgentProcess } from './helpers/liveness.js';
 
 let a: Endpoint;
@@ -169,6 +169,34 @@ describe('export and import', () => {
     expect(r.stderr).toMatch(/no such directory/);
     const notExport = await a.cli(['import', 'test/packs/basic']);
     expect(notExport.stderr).toMatch(/takt-export\.yaml is missing/);
+  });
+
+  it.each([
+    ['an empty path (it would write into the current directory)', () => '', /export DIR: an empty path/],
+    ['a path under /proc (Node\'s recursive mkdir never returns there)', () => '/proc/takt-export-test', /is under \/proc, the kernel's/],
+    ['a file', () => join(dir, 'a-file'), /a-file is a file, not a directory;/],
+    ['a path through a file', () => join(dir, 'a-file', 'sub'), /a-file is a file, not a directory \(in /],
+    ['a directory that holds something else', () => join(dir, 'other'), /is not empty and holds no takt export/],
+  ])('export refuses %s, before fetching anything, and writes nothing', async (_what, target, message) => {
+    writeFileSync(join(dir, 'a-file'), 'mine');
+    mkdirSync(join(dir, 'other'), { recursive: true });
+    writeFileSync(join(dir, 'other', 'notes.txt'), 'mine');
+    const r = await a.cli(['export', target()]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(message);
+    expect(r.stderr).not.toMatch(/unexpected error/);
+    expect(readFileSync(join(dir, 'a-file'), 'utf8')).toBe('mine');
+    expect(readdirSync(join(dir, 'other'))).toEqual(['notes.txt']);
+    expect(existsSync(join(ROOT, 'takt-export.yaml'))).toBe(false);
+  });
+
+  it('export over an earlier export replaces it whole and leaves no staging dir', async () => {
+    const out = join(dir, 'again');
+    expect((await a.cli(['export', out])).code).toBe(0);
+    writeFileSync(join(out, 'machines', 'deleted-long-ago.yaml'), 'name: gone\n');
+    expect((await a.cli(['export', out])).code).toBe(0);
+    expect(existsSync(join(out, 'machines', 'deleted-long-ago.yaml'))).toBe(false);
+    expect(readdirSync(out).sort()).toEqual(readdirSync(join(dir, 'one')).sort());
   });
 });
 

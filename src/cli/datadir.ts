@@ -10,10 +10,11 @@
  *     endpoint is root, so machines' own users can pass through to their sandboxes (layout.ts), never
  *     list it or read what is in it.
  */
-import { chmodSync, closeSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeSync, type Stats } from 'node:fs';
+import { chmodSync, closeSync, lstatSync, openSync, readdirSync, readFileSync, statSync, unlinkSync, writeSync, type Stats } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { isolating } from '../brokers/layout.js';
 import { TaktError } from '../model/errors.js';
+import { makeDir } from './outdir.js';
 import type { LogFn } from './log.js';
 
 const octal = (mode: number) => (mode & 0o7777).toString(8).padStart(4, '0');
@@ -26,7 +27,7 @@ const octal = (mode: number) => (mode & 0o7777).toString(8).padStart(4, '0');
 export function secureDataDir(dir: string, log: LogFn): string[] {
   process.umask(0o077);
   const data = resolve(dir);
-  mkdirSync(data, { recursive: true, mode: 0o700 });
+  makeDir(data, 'data dir', 0o700);
   checkAncestors(data);
   const entries = readdirSync(data);
   for (const name of entries) {

@@ -1,5 +1,5 @@
 /** The `portable` commands. */
-import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { type Command } from 'commander';
 import { pc } from './color.js';
@@ -8,6 +8,10 @@ import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, shown } from './output.js';
 import { examples } from './help.js';
+import { makeDir } from './outdir.js';
+
+/** What an export writes at the top of its directory; an export replaces these, and only these. */
+const EXPORT_ENTRIES = ['packs', 'local', 'machines', 'takt-export.yaml'];
 
 export function portableCommands(program: Command, g: Globals, api: () => ApiClient) {
   program
@@ -15,20 +19,32 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
     .description("write the complete desired state (pack versions, local content, machines) as a directory of YAML, e.g. to keep it in git; each machine's file also holds its place, outputs and build record, for a restore")
     .addHelpText('after', examples('takt export ./state && git -C state add -A && git -C state commit -m snapshot'))
     .action(async (dir: string) => {
+      // The directory is checked (and made) before anything is fetched: a bad path costs no export.
+      makeDir(dir, 'export DIR');
+      const existing = await readdir(dir);
+      if (existing.length > 0 && !existing.includes('takt-export.yaml')) {
+        throw new TaktError('conflict', `${dir} is not empty and holds no takt export; choose an empty or new directory`);
+      }
       const { files } = await api().get<{ files: Record<string, string> }>('/export');
       // Every path must stay inside DIR, whatever the endpoint sends: checked before anything is written.
       const { assertPlainPaths } = await import('../content/files.js');
       assertPlainPaths(files, 'export');
-      const existing = await readdir(dir).catch(() => null);
-      if (existing && existing.length > 0 && !existing.includes('takt-export.yaml')) {
-        throw new TaktError('conflict', `${dir} is not empty and holds no takt export; choose an empty or new directory`);
+      // Written whole beside the old export first, then swapped in: a failure half-way (a full disk) leaves
+      // the earlier export as it was, and files of deleted objects do not linger.
+      const staging = join(dir, '.takt-export-new');
+      await rm(staging, { recursive: true, force: true });
+      try {
+        for (const [path, text] of Object.entries(files)) {
+          await mkdir(dirname(join(staging, path)), { recursive: true });
+          await writeFile(join(staging, path), text);
+        }
+      } catch (err) {
+        await rm(staging, { recursive: true, force: true });
+        throw new TaktError('unavailable', `export to ${dir} not written (the earlier export there is unchanged): ${(err as Error).message}`);
       }
-      // Replace an earlier export whole, so files of deleted objects do not linger.
-      if (existing) for (const e of existing) if (['packs', 'local', 'machines', 'takt-export.yaml'].includes(e)) await rm(join(dir, e), { recursive: true, force: true });
-      for (const [path, text] of Object.entries(files)) {
-        await mkdir(dirname(join(dir, path)), { recursive: true });
-        await writeFile(join(dir, path), text);
-      }
+      for (const e of existing) if (EXPORT_ENTRIES.includes(e)) await rm(join(dir, e), { recursive: true, force: true });
+      for (const e of await readdir(staging)) await rename(join(staging, e), join(dir, e));
+      await rm(staging, { recursive: true, force: true });
       print(g().output, { dir, files: Object.keys(files).length }, () => shown(`exported ${Object.keys(files).length} files to ${dir}`));
     });
   program
@@ -44,6 +60,7 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
       ),
     )
     .action(async (dir: string, o: { dryRun?: boolean; allowUndeclared?: boolean }) => {
+      if (dir.trim() === '') throw new TaktError('bad_request', 'import DIR: an empty path; give the directory a `takt export` wrote');
       const files: Record<string, string> = {};
       const walk = async (rel: string) => {
         for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
