@@ -181,6 +181,29 @@ describe('the CLI', () => {
     const rev = await runCli(['tokens', 'revoke', t.tokenInfo.id, '-o', 'json'], env);
     expect(JSON.parse(rev.stdout).state).toBe('revoked');
   });
+
+  it('rotate and revoke take a token by name (people read names); several of one name are refused, listing their ids', async () => {
+    const env = { TAKT_ENDPOINT: ep.url, TAKT_TOKEN: ep.token };
+    const make = async (owner: string) => (JSON.parse((await runCli(['tokens', 'create', 'deploy-bot', '--owner', owner, '--ttl', '1h', '-o', 'json'], env)).stdout) as { tokenInfo: { id: string } }).tokenInfo.id;
+    const vera = await make('vera');
+    const rot = await runCli(['tokens', 'rotate', 'deploy-bot', '-o', 'json'], env);
+    expect(rot.code, rot.stderr).toBe(0);
+    expect(JSON.parse(rot.stdout).tokenInfo.id).toBe(vera);
+    const otto = await make('otto');
+    const both = await runCli(['tokens', 'revoke', 'deploy-bot'], env);
+    expect(both.code).toBe(1);
+    expect(both.stderr).toContain(`2 tokens are named 'deploy-bot': `);
+    expect(both.stderr).toContain(`${vera} (vera)`);
+    expect(both.stderr).toContain(`${otto} (otto)`);
+    const one = await runCli(['tokens', 'revoke', 'deploy-bot', '--owner', 'otto', '-o', 'json'], env);
+    expect(one.code, one.stderr).toBe(0);
+    expect(JSON.parse(one.stdout)).toMatchObject({ id: otto, state: 'revoked' });
+    // The revoked one no longer competes for the name.
+    expect((await runCli(['tokens', 'revoke', 'deploy-bot', '-o', 'json'], env)).code).toBe(0);
+    const none = await runCli(['tokens', 'revoke', 'no-such-token'], env);
+    expect(none.code).toBe(4);
+    expect(none.stderr).toContain("no token named 'no-such-token' (list them: takt tokens ls)");
+  });
 });
 
 describe('the bootstrap admin token', () => {

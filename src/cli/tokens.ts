@@ -5,6 +5,7 @@ import { pc } from './color.js';
 import type { GlobalOptions } from './client.js';
 import { examples } from './help.js';
 import { print, renderTable, shown } from './output.js';
+import { TaktError } from '../model/errors.js';
 
 export interface TokenView {
   id: string;
@@ -63,19 +64,43 @@ export function tokenCommands(program: Command, g: () => GlobalOptions, api: () 
       print(g().output, r.items, () => renderTable(r.items, tokenColumns));
     });
   tokens
-    .command('rotate <id>')
-    .description('replace a token’s secret (the old one is refused from now on) and restart its lifetime')
-    .addHelpText('after', examples('takt tokens rotate t-0123456789abcdef'))
-    .action(async (id: string) => {
+    .command('rotate <token>')
+    .description('replace a token’s secret (the old one is refused from now on) and restart its lifetime; TOKEN is its name or id')
+    .addHelpText('after', examples('takt tokens rotate ci', 'takt tokens rotate ci --owner ci-bot', 'takt tokens rotate t-0123456789abcdef'))
+    .option('--owner <user>', 'whose token named TOKEN, when several users have one of that name')
+    .action(async (ref: string, o: { owner?: string }) => {
+      const id = await tokenIdOf(api(), ref, o.owner);
       const r = await api().post<{ token: string; tokenInfo: TokenView }>(`/tokens/${enc(id)}/rotate`);
       print(g().output, r, () => showToken(r.token, r.tokenInfo));
     });
   tokens
-    .command('revoke <id>')
-    .description('end a token now')
-    .addHelpText('after', examples('takt tokens revoke t-0123456789abcdef'))
-    .action(async (id: string) => {
+    .command('revoke <token>')
+    .description('end a token now; TOKEN is its name or id')
+    .addHelpText('after', examples('takt tokens revoke ci', 'takt tokens revoke laptop --owner alice', 'takt tokens revoke t-0123456789abcdef'))
+    .option('--owner <user>', 'whose token named TOKEN, when several users have one of that name')
+    .action(async (ref: string, o: { owner?: string }) => {
+      const id = await tokenIdOf(api(), ref, o.owner);
       const t = await api().delete<TokenView>(`/tokens/${enc(id)}`);
       print(g().output, t, () => `revoked ${t.id} (${t.name}, ${t.owner})`);
     });
+}
+
+/** A token id as the endpoint makes them (src/engine/users.ts): `t-` and 16 hex digits. */
+const TOKEN_ID = /^t-[0-9a-f]{16}$/;
+
+/**
+ * The id of the token `ref` names: `ref` itself when it is an id, else the one token named `ref` among
+ * those the caller may list (its own; a token admin's: everyone's, or `owner`'s). Revoked and expired
+ * tokens are passed over when a live one has the name.
+ * @throws TaktError not_found (no token of that name), conflict (several: their ids and owners are listed).
+ */
+export async function tokenIdOf(api: ApiClient, ref: string, owner?: string): Promise<string> {
+  if (TOKEN_ID.test(ref)) return ref;
+  const { items } = await api.get<{ items: TokenView[] }>('/tokens', owner ? { owner } : undefined);
+  const named = items.filter((t) => t.name === ref);
+  const live = named.filter((t) => t.state === 'active');
+  const candidates = live.length > 0 ? live : named;
+  if (candidates.length === 1) return candidates[0]!.id;
+  if (candidates.length === 0) throw new TaktError('not_found', `no token named '${ref}'${owner ? ` of ${owner}` : ''} (list them: takt tokens ls${owner ? ` --owner ${owner}` : ''})`);
+  throw new TaktError('conflict', `${candidates.length} tokens are named '${ref}': ${candidates.map((t) => `${t.id} (${t.owner})`).join(', ')}; give the id, or --owner`);
 }
