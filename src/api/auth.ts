@@ -15,6 +15,7 @@ import { BOOTSTRAP_SETTING, Users } from '../engine/users.js';
 import type { Grant } from '../model/permissions.js';
 import { rotatedProblem, userTokenIdFromToken, userTokenProblem } from '../model/users.js';
 import { tokenGrants } from '../model/permissions.js';
+import type { LoginLimiter } from './login-limit.js';
 
 export type Principal =
   /** The data dir's admin token: every permission (the bootstrap credential; can be turned off). */
@@ -72,13 +73,15 @@ export class Authenticator {
 
   /**
    * `discovery`: the endpoint's keyed digest for discovery credentials (Sealer.keyed('discovery')); without
-   * it no discovery credential is accepted.
+   * it no discovery credential is accepted. `limiter`: bounds refused tokens per source address (its
+   * `token` scope, api/login-limit.ts); without it (unit tests) nothing is limited.
    */
   constructor(
     adminToken: string,
     private readonly store: Store,
     private readonly discovery?: KeyedDigest,
     private readonly now: () => number = Date.now,
+    private readonly limiter?: LoginLimiter,
   ) {
     this.adminDigest = digest(adminToken);
     this.usersService = new Users(store, now);
@@ -113,8 +116,16 @@ export class Authenticator {
     return d;
   }
 
-  /** `joinRoute`: the request is for a join route, so a token that is not accepted is told as a bad join token. */
-  async authenticate(header: string | undefined, joinRoute = false): Promise<Principal> {
+  /**
+   * Who presents `header` (`Authorization: Bearer …`).
+   * `joinRoute`: the request is for a join route, so a token that is not accepted is told as a bad join token.
+   * `address`: the request's source address; with a limiter, a token not already known valid is checked
+   * only while that address has refused-token budget left (else 429 before any lookup), and a refusal
+   * counts against it. The admin token and cached valid tokens skip the limit: a guess is never cached, and
+   * the agents behind an address that is guessing keep working.
+   * @throws TaktError unauthorized (refused, saying why), rate_limited (the address's budget is used up).
+   */
+  async authenticate(header: string | undefined, joinRoute = false, address?: string): Promise<Principal> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
     if (!m) throw new TaktError('unauthorized', 'missing bearer token: pass --token, set TAKT_TOKEN, or send "Authorization: Bearer <token>"');
     const token = m[1]!;
@@ -123,6 +134,31 @@ export class Authenticator {
       if (await this.bootstrapDisabled()) throw new TaktError('unauthorized', 'the bootstrap admin token is turned off on this endpoint (takt users bootstrap disable); log in as a user instead: takt login');
       return { kind: 'admin', name: 'admin' };
     }
+    const limited = this.limiter !== undefined && address !== undefined && !this.knownValid(token, presented);
+    if (!limited) return this.resolve(token, presented, joinRoute);
+    this.limiter.check(null, address, 'token');
+    try {
+      return await this.resolve(token, presented, joinRoute);
+    } catch (err) {
+      if (err instanceof TaktError && err.code === 'unauthorized') this.limiter.failed(null, address, 'token');
+      throw err;
+    }
+  }
+
+  /** True when `token` is in a cache of valid tokens (a user token not past its expiry, a verified machine token): no lookup needed. */
+  private knownValid(token: string, presented: Buffer): boolean {
+    if (token.startsWith('tku.')) {
+      const hit = this.users.get(presented.toString('hex'));
+      const now = this.now();
+      return hit !== undefined && hit.until > now && hit.expiresAt > now;
+    }
+    const machineId = machineIdFromToken(token);
+    const hit = machineId ? this.verified.get(machineId) : undefined;
+    return hit !== undefined && hit.until > Date.now() && hit.digest.length === presented.length && timingSafeEqual(hit.digest, presented);
+  }
+
+  /** The principal of a token that is not the admin token (see authenticate). */
+  private async resolve(token: string, presented: Buffer, joinRoute: boolean): Promise<Principal> {
     if (token.startsWith('tku.')) return this.userPrincipal(token, presented);
     const machineId = machineIdFromToken(token);
     if (machineId) {
