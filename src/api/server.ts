@@ -8,7 +8,7 @@ import { createServer, STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { agentVersion, peerAddress } from '../engine/liveness.js';
 import { describePattern } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
@@ -55,6 +55,9 @@ export const DEFAULT_LIMITS: ServerLimits = { requestTimeoutMs: 120_000, maxConn
 const UI_FILE = fileURLToPath(new URL('../../ui/index.html', import.meta.url));
 
 const handlers = new WeakMap<FastifyInstance, RequestHandler>();
+
+/** Requests whose answer Fastify serialised from an object (preSerialization ran): only those are JSON to mask. */
+const serialised = new WeakSet<FastifyRequest>();
 
 /**
  * The app's request handler, for Listeners to serve on each address; throws for an app not made by
@@ -179,8 +182,13 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     checkQuery(req.query);
   });
 
-  // What a user may not see: secure values (ciphertext) without `secrets`, machines outside a scoped role.
-  app.addHook('preSerialization', async (req, _reply, payload) => access.shape(req.principal, req.routeOptions.config, payload));
+  // What a user may not see: machines outside a scoped role (before serialisation), secure values
+  // (ciphertext) without `secrets` (after it: one substring search finds that an answer holds none).
+  app.addHook('preSerialization', async (req, _reply, payload) => {
+    serialised.add(req);
+    return access.shape(req.principal, req.routeOptions.config, payload);
+  });
+  app.addHook('onSend', async (req, _reply, payload) => (typeof payload === 'string' && serialised.has(req) ? access.redactText(req.principal, req.routeOptions.config, payload) : payload));
 
   auditHook(app, audit);
 
