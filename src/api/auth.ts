@@ -69,6 +69,10 @@ export class Authenticator {
   private invalidations = 0;
   private readonly users = new Map<string, { principal: Principal; until: number; expiresAt: number; id: string; name: string }>();
   private bootstrapOff: { value: boolean; until: number } | null = null;
+  /** User-token resolutions under way, by digest (single flight). */
+  private readonly resolving = new Map<string, Promise<Principal>>();
+  /** Moved by every auth event: a resolution that straddles one is not cached. */
+  private userEpoch = 0;
   private readonly usersService: Users;
 
   /**
@@ -89,6 +93,9 @@ export class Authenticator {
       for (const e of events) {
         if (AUTH_TOPICS.some((t) => e.topic.startsWith(t))) {
           this.users.clear();
+          this.userEpoch += 1;
+          // A resolution under way may have read the state before this change: later callers start their own.
+          this.resolving.clear();
           this.bootstrapOff = null;
         }
         if (e.topic.startsWith('machines.delete.') || e.topic.startsWith('machines.create.') || e.topic.startsWith('machines.token.')) {
@@ -196,8 +203,22 @@ export class Authenticator {
       if (hit.expiresAt <= now) throw new TaktError('unauthorized', `token ${hit.id} (${hit.name}) expired at ${new Date(hit.expiresAt).toISOString()}; log in again (takt login) or make a new one (takt tokens create)`);
       return hit.principal;
     }
+    // Concurrent first uses of one token (a service token's burst after start, or after its entry aged
+    // out) share one resolution: one set of store reads and one last-use write, not one each.
+    const pending = this.resolving.get(key);
+    if (pending) return pending;
+    const resolution: Promise<Principal> = this.resolveUser(token, presented, key, now).finally(() => {
+      if (this.resolving.get(key) === resolution) this.resolving.delete(key);
+    });
+    this.resolving.set(key, resolution);
+    return resolution;
+  }
+
+  /** A user token not in the cache: read, checked, and cached (see userPrincipal). */
+  private async resolveUser(token: string, presented: Buffer, key: string, now: number): Promise<Principal> {
     const id = userTokenIdFromToken(token);
     if (!id) throw new TaktError('unauthorized', NOT_A_USER_TOKEN);
+    const epoch = this.userEpoch;
     const [hash, t] = await Promise.all([this.store.getUserTokenHash(id), this.store.getUserToken(id)]);
     const stored = hash ? Buffer.from(hash, 'hex') : undefined;
     if (!t || !stored || stored.length !== presented.length || !timingSafeEqual(stored, presented)) {
@@ -206,6 +227,8 @@ export class Authenticator {
     const problem = userTokenProblem(t, now);
     if (problem) throw new TaktError('unauthorized', problem);
     const principal: Principal = { kind: 'user', name: t.owner, tokenId: t.id, grants: tokenGrants(await this.usersService.grantsOf(t.owner), t.roles) };
+    // Not kept when an auth event arrived during the reads (they may predate a revocation); used this once.
+    if (epoch !== this.userEpoch) return principal;
     if (this.users.size >= USER_CACHE_MAX) this.users.delete(this.users.keys().next().value as string);
     this.users.set(key, { principal, until: now + USER_TTL_MS, expiresAt: Date.parse(t.expiresAt), id: t.id, name: t.name });
     // Last use, to the resolution (a token used within the cache's lifetime is not written again).
