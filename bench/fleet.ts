@@ -82,7 +82,9 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
   const configs: Config[] = [...kinds, ...(control && kinds.includes('admin') ? (['control'] as const) : [])];
   const rows: Row[] = [{ metric: 'machines × tasks (each configuration)', value: `${o.machines} × ${o.tasks} = ${o.machines * o.tasks} jobs; operator reads after each job of every ${every}th machine; ${rounds} round(s) of ${configs.join(', ')}` }];
   const data: Record<string, unknown> = { ...o, operatorEvery: every, rounds, configurations: [] as unknown[], loadAverageStart: loadavg() };
-  const per: Record<Config, Array<{ rate: number; p99: number; cpuPerK: number }>> = { admin: [], scoped: [], control: [] };
+  // Indexed by round; a configuration that failed in a round leaves a hole there (and that round out of the verdict).
+  const per: Record<Config, Array<Sample | undefined>> = { admin: [], scoped: [], control: [] };
+  const failures: string[] = [];
   for (let round_ = 0; round_ < rounds; round_++) {
     // Rotated each round, so no configuration always runs first (on a cold machine) or last.
     const order = configs.map((_, i) => configs[(i + round_) % configs.length]!);
@@ -92,6 +94,8 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
       // A lease of 5 minutes: on a machine shared with other work (or profiled) a simulated agent can wait
       // more than the default 30 s for its turn, and a lost job ends the run without measuring anything.
       const prof = { lease: '5m', ...(profileDir ? { profileDir: join(profileDir, `${kind}-r${round_ + 1}`), profileAgents: 0 } : {}) };
+      // A configuration that fails (on a machine this busy a render can overrun its budget and stop a
+      // machine) is reported and its round left out; the other rounds still answer.
       await withEndpoint(prof, async (ep) => {
         const { machines } = await prepareFleet(ep, { ...o, labels: BENCH_LABELS });
         const api = kind === 'scoped' ? await scopedApi(ep) : adminApi(ep);
@@ -100,7 +104,7 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
         const lat = run.latencies.summaries();
         // The endpoint's CPU per 1,000 requests: its cost per request, less at the mercy of other load than wall time.
         const cpuPerK = (run.serverCpuSec * 1000) / run.latencies.count();
-        per[kind].push({ rate: run.completionsPerSec, p99: lat.all!.p99, cpuPerK });
+        per[kind][round_] = { rate: run.completionsPerSec, p99: lat.all!.p99, cpuPerK };
         rows.push(
           { metric: `${label}: job completions/s`, value: round(run.completionsPerSec, 0) },
           { metric: `${label}: latency all p50 / p99`, value: `${round(lat.all!.p50)} / ${round(lat.all!.p99)} ms` },
@@ -109,12 +113,20 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
         );
         if (!run.finished) rows.push({ metric: `${label}: finished`, value: `no: ${run.completed} of ${run.jobs} jobs in ${o.maxSeconds} s` });
         (data.configurations as unknown[]).push({ label, kind, round: round_ + 1, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, clientCpuSec: run.clientCpuSec, loadAverage: loadavg() });
+      }).catch((err: unknown) => {
+        const message = err instanceof Error ? err.message : String(err);
+        log(`${label}: failed (${message}); round ${round_ + 1} is left out of the comparison`);
+        rows.push({ metric: `${label}: failed`, value: message.slice(0, 200) });
+        failures.push(`${label}: ${message}`);
       });
     }
   }
   data.loadAverageEnd = loadavg();
-  if (per.admin.length > 0 && per.scoped.length > 0) {
-    const verdict = pairedVerdict(per, rounds);
+  data.failures = failures;
+  const complete = [...Array(rounds).keys()].filter((r) => per.admin[r] && per.scoped[r] && (!configs.includes('control') || per.control[r]));
+  if (complete.length > 0) {
+    const pick = (c: Config) => complete.map((r) => per[c][r]!);
+    const verdict = pairedVerdict({ admin: pick('admin'), scoped: pick('scoped'), control: configs.includes('control') ? pick('control') : [] }, complete.length);
     rows.push(...verdict.rows);
     data.verdict = verdict.data;
   }
@@ -134,6 +146,13 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
 
 type Config = TokenKind | 'control';
 
+/** One configuration's numbers in one round. */
+interface Sample {
+  rate: number;
+  p99: number;
+  cpuPerK: number;
+}
+
 /** Signed percentage text: +3.1 %, -0.4 %. */
 const pct = (x: number) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %`;
 
@@ -143,7 +162,7 @@ const pct = (x: number) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %`;
  * median difference as the noise floor. A metric passes when its median paired difference is within 5 %;
  * the row says too when the noise floor is itself above 5 % (then a pass or a fail says little).
  */
-function pairedVerdict(per: Record<Config, Array<{ rate: number; p99: number; cpuPerK: number }>>, rounds: number): { rows: Row[]; data: Record<string, unknown> } {
+function pairedVerdict(per: Record<Config, Sample[]>, rounds: number): { rows: Row[]; data: Record<string, unknown> } {
   const LIMIT = 0.05;
   const rows: Row[] = [];
   const data: Record<string, unknown> = {};
