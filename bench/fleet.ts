@@ -12,6 +12,7 @@
  * talking to the endpoint at once; the others are "running their job". Latency is measured around the
  * HTTP call only, not the wait for the cap. Throughput is measured with the endpoint saturated.
  */
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import type { Flags } from './lib/args.js';
 import { ApiClient } from '../src/client/http.js';
@@ -34,11 +35,12 @@ export async function fleetBench(flags: Flags, profileDir?: string): Promise<Ben
   const o: FleetOptions = { machines: flags.int('machines', store || tokens ? 2000 : 10_000), tasks: flags.int('tasks', 10), inflight: flags.int('inflight', 64), maxSeconds: flags.int('max-seconds', 240) };
   const every = flags.int('operator-every', 4);
   const rounds = flags.int('rounds', 1);
+  // --control / --no-control: a second admin run each round, the noise floor (default with two rounds or more).
+  const control = flags.bool('no-control') ? false : flags.bool('control') || rounds > 1;
   flags.done();
   if (tokens !== undefined) {
     if (store !== undefined || replicas !== undefined) throw new Error('--token compares tokens on one SQLite endpoint: leave out --store and --replicas');
-    if (profileDir) throw new Error('--profile profiles one endpoint: leave out --token');
-    return compareTokens(o, parseTokens(tokens), every, rounds);
+    return compareTokens(o, parseTokens(tokens), every, rounds, control, profileDir);
   }
   if (store === undefined || store === 'sqlite') {
     if (replicas !== undefined) throw new Error('--replicas is for PostgreSQL: give --store postgres://USER@HOST:PORT/DB');
@@ -64,34 +66,45 @@ const SCOPED_SELECTOR = 'env=bench';
 /**
  * Issue #16's benchmark: the same fleet with the operator's reads made with the admin token and with a
  * label-scoped service token (a user bound to `operator` on `env=bench` only; every fleet machine is
- * labelled env=bench), one configuration after the other in one run, each on a fresh endpoint. The agents
- * use their machine tokens either way; the operator (FleetOperator) reads a machine, its job and its jobs
- * after each job of every `every`-th machine, so each scoped read is a label-scoped permission check.
- * With `rounds` > 1 the configurations alternate (A B, B A, A B…), so load from elsewhere that drifts
- * during the run falls on both, and the comparison is of the medians over rounds.
+ * labelled env=bench), in one run, each configuration on a fresh endpoint. The agents use their machine
+ * tokens either way; the operator (FleetOperator) reads a machine, its job and its jobs after each job of
+ * every `every`-th machine, so each scoped read is a label-scoped permission check.
+ *
+ * Paired rounds: each round runs every configuration back to back (the order rotating from round to
+ * round), and each is compared with *that round's* admin run, so load from elsewhere that drifts during
+ * the run falls on both sides of a pair; the verdict is on the median over rounds of the paired
+ * differences. With `control` (default with two rounds or more) each round also runs the admin token a
+ * second time: its paired difference from the first admin run is the noise floor — how far two identical
+ * configurations differ on this machine now — printed beside the verdict, so a reader sees whether a
+ * 5 % answer is above the noise.
  */
-async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number, rounds: number): Promise<BenchReport> {
-  const rows: Row[] = [{ metric: 'machines × tasks (each configuration)', value: `${o.machines} × ${o.tasks} = ${o.machines * o.tasks} jobs; operator reads after each job of every ${every}th machine; ${rounds} round(s)` }];
-  const data: Record<string, unknown> = { ...o, operatorEvery: every, rounds, configurations: [] as unknown[] };
-  const rates: Record<TokenKind, number[]> = { admin: [], scoped: [] };
-  const p99s: Record<TokenKind, number[]> = { admin: [], scoped: [] };
-  const cpus: Record<TokenKind, number[]> = { admin: [], scoped: [] };
+async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number, rounds: number, control: boolean, profileDir?: string): Promise<BenchReport> {
+  const configs: Config[] = [...kinds, ...(control && kinds.includes('admin') ? (['control'] as const) : [])];
+  const rows: Row[] = [{ metric: 'machines × tasks (each configuration)', value: `${o.machines} × ${o.tasks} = ${o.machines * o.tasks} jobs; operator reads after each job of every ${every}th machine; ${rounds} round(s) of ${configs.join(', ')}` }];
+  const data: Record<string, unknown> = { ...o, operatorEvery: every, rounds, configurations: [] as unknown[], loadAverageStart: loadavg() };
+  // Indexed by round; a configuration that failed in a round leaves a hole there (and that round out of the verdict).
+  const per: Record<Config, Array<Sample | undefined>> = { admin: [], scoped: [], control: [] };
+  const failures: string[] = [];
   for (let round_ = 0; round_ < rounds; round_++) {
-    const order = round_ % 2 === 0 ? kinds : [...kinds].reverse();
+    // Rotated each round, so no configuration always runs first (on a cold machine) or last.
+    const order = configs.map((_, i) => configs[(i + round_) % configs.length]!);
     for (const kind of order) {
-      const label = `${kind} token${rounds > 1 ? ` (round ${round_ + 1})` : ''}`;
+      const label = `${kind === 'control' ? 'admin token again (control)' : `${kind} token`}${rounds > 1 ? ` (round ${round_ + 1})` : ''}`;
       log(`${label}: starting an endpoint…`);
-      await withEndpoint({}, async (ep) => {
+      // A lease of 5 minutes: on a machine shared with other work (or profiled) a simulated agent can wait
+      // more than the default 30 s for its turn, and a lost job ends the run without measuring anything.
+      const prof = { lease: '5m', ...(profileDir ? { profileDir: join(profileDir, `${kind}-r${round_ + 1}`), profileAgents: 0 } : {}) };
+      // A configuration that fails (on a machine this busy a render can overrun its budget and stop a
+      // machine) is reported and its round left out; the other rounds still answer.
+      await withEndpoint(prof, async (ep) => {
         const { machines } = await prepareFleet(ep, { ...o, labels: BENCH_LABELS });
-        const api = kind === 'admin' ? adminApi(ep) : await scopedApi(ep);
+        const api = kind === 'scoped' ? await scopedApi(ep) : adminApi(ep);
         log(`${label}: ${machines.length} machines created; running…`);
         const run = await runFleet(ep, machines, o, label, { api, every });
         const lat = run.latencies.summaries();
-        rates[kind].push(run.completionsPerSec);
-        p99s[kind].push(lat.all!.p99);
         // The endpoint's CPU per 1,000 requests: its cost per request, less at the mercy of other load than wall time.
         const cpuPerK = (run.serverCpuSec * 1000) / run.latencies.count();
-        cpus[kind].push(cpuPerK);
+        per[kind][round_] = { rate: run.completionsPerSec, p99: lat.all!.p99, cpuPerK };
         rows.push(
           { metric: `${label}: job completions/s`, value: round(run.completionsPerSec, 0) },
           { metric: `${label}: latency all p50 / p99`, value: `${round(lat.all!.p50)} / ${round(lat.all!.p99)} ms` },
@@ -99,32 +112,82 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
           { metric: `${label}: CPU endpoint / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s (endpoint ${round(cpuPerK)} CPU-s per 1,000 requests)` },
         );
         if (!run.finished) rows.push({ metric: `${label}: finished`, value: `no: ${run.completed} of ${run.jobs} jobs in ${o.maxSeconds} s` });
-        (data.configurations as unknown[]).push({ label, kind, round: round_ + 1, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, clientCpuSec: run.clientCpuSec });
+        (data.configurations as unknown[]).push({ label, kind, round: round_ + 1, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, clientCpuSec: run.clientCpuSec, loadAverage: loadavg() });
+      }).catch((err: unknown) => {
+        const message = err instanceof Error ? err.message : String(err);
+        log(`${label}: failed (${message}); round ${round_ + 1} is left out of the comparison`);
+        rows.push({ metric: `${label}: failed`, value: message.slice(0, 200) });
+        failures.push(`${label}: ${message}`);
       });
     }
   }
-  if (rates.admin.length > 0 && rates.scoped.length > 0) {
-    const [ra, rs, pa, ps] = [median(rates.admin), median(rates.scoped), median(p99s.admin), median(p99s.scoped)];
-    const rateDiff = (rs - ra) / ra;
-    const p99Diff = (ps - pa) / pa;
-    const of = rounds > 1 ? ' (medians over rounds)' : '';
-    rows.push(
-      { metric: `scoped vs admin: completions/s${of}`, value: `${round(rs, 0)} vs ${round(ra, 0)}: ${rateDiff >= 0 ? '+' : ''}${(rateDiff * 100).toFixed(1)} %`, goal: 'within 5 %', met: Math.abs(rateDiff) <= 0.05 },
-      { metric: `scoped vs admin: p99, all requests${of}`, value: `${round(ps)} vs ${round(pa)} ms: ${p99Diff >= 0 ? '+' : ''}${(p99Diff * 100).toFixed(1)} %`, goal: 'within 5 %', met: Math.abs(p99Diff) <= 0.05 },
-    );
-    const [ca, cs] = [median(cpus.admin), median(cpus.scoped)];
-    rows.push({ metric: `scoped vs admin: endpoint CPU per 1,000 requests${of}`, value: `${round(cs)} vs ${round(ca)} s: ${cs >= ca ? '+' : ''}${(((cs - ca) / ca) * 100).toFixed(1)} %` });
-    data.medians = { admin: { completionsPerSec: ra, p99Ms: pa, cpuSecPer1000: ca }, scoped: { completionsPerSec: rs, p99Ms: ps, cpuSecPer1000: cs } };
+  data.loadAverageEnd = loadavg();
+  data.failures = failures;
+  const complete = [...Array(rounds).keys()].filter((r) => per.admin[r] && per.scoped[r] && (!configs.includes('control') || per.control[r]));
+  if (complete.length > 0) {
+    const pick = (c: Config) => complete.map((r) => per[c][r]!);
+    const verdict = pairedVerdict({ admin: pick('admin'), scoped: pick('scoped'), control: configs.includes('control') ? pick('control') : [] }, complete.length);
+    rows.push(...verdict.rows);
+    data.verdict = verdict.data;
   }
+  const [l1, l5, l15] = data.loadAverageStart as number[];
   return {
     rows,
     data,
     notes: [
-      'one run, configurations one after another (alternating order across rounds), each on a fresh SQLite endpoint on the same machine; agents use their machine tokens, the operator the token named',
+      `one run, ${rounds} round(s); in each, every configuration back to back on a fresh SQLite endpoint (order rotating), compared with that round's admin run; the verdict is on the median over rounds of those paired differences`,
+      `load average at the start ${l1!.toFixed(2)} / ${l5!.toFixed(2)} / ${l15!.toFixed(2)} (1 / 5 / 15 min), at the end ${(data.loadAverageEnd as number[]).map((x) => x.toFixed(2)).join(' / ')}: the machine's other work falls on both sides of each pair`,
+      'agents use their machine tokens, the operator the token named',
       `at most ${o.inflight} requests in flight in all (--inflight), operator reads included`,
       'scoped: a service token of a user whose only role binding is operator on machines env=bench (all fleet machines match): each operator read is a label-scoped check, answered from the in-memory index (api/scope-index.ts)',
     ],
   };
+}
+
+type Config = TokenKind | 'control';
+
+/** One configuration's numbers in one round. */
+interface Sample {
+  rate: number;
+  p99: number;
+  cpuPerK: number;
+}
+
+/** Signed percentage text: +3.1 %, -0.4 %. */
+const pct = (x: number) => `${x >= 0 ? '+' : ''}${(x * 100).toFixed(1)} %`;
+
+/**
+ * The goal's verdict from paired rounds: for each metric, each round's (scoped − admin) / admin, their
+ * median over rounds against 5 %, the spread of those differences, and the control's (admin − admin)
+ * median difference as the noise floor. A metric passes when its median paired difference is within 5 %;
+ * the row says too when the noise floor is itself above 5 % (then a pass or a fail says little).
+ */
+function pairedVerdict(per: Record<Config, Sample[]>, rounds: number): { rows: Row[]; data: Record<string, unknown> } {
+  const LIMIT = 0.05;
+  const rows: Row[] = [];
+  const data: Record<string, unknown> = {};
+  const metrics = [
+    { key: 'rate', name: 'completions/s', goal: true },
+    { key: 'p99', name: 'p99, all requests', goal: true },
+    { key: 'cpuPerK', name: 'endpoint CPU per 1,000 requests', goal: false },
+  ] as const;
+  const n = Math.min(per.admin.length, per.scoped.length);
+  for (const m of metrics) {
+    const diffs = Array.from({ length: n }, (_, i) => per.scoped[i]![m.key] / per.admin[i]![m.key] - 1);
+    const noise = Array.from({ length: Math.min(n, per.control.length) }, (_, i) => per.control[i]![m.key] / per.admin[i]![m.key] - 1);
+    const d = median(diffs);
+    const floor = noise.length > 0 ? median(noise.map(Math.abs)) : undefined;
+    const spread = n > 1 ? ` (rounds ${pct(Math.min(...diffs))} … ${pct(Math.max(...diffs))})` : '';
+    const floorText = floor === undefined ? '' : `; noise floor (admin vs admin) ${(floor * 100).toFixed(1)} %${floor > LIMIT ? ', above 5 %: not conclusive' : ''}`;
+    const of = rounds > 1 ? 'median of paired rounds' : 'one pair';
+    rows.push({
+      metric: `scoped vs admin: ${m.name} (${of})`,
+      value: `${pct(d)}${spread}; medians ${round(median(per.scoped.map((x) => x[m.key])), m.key === 'rate' ? 0 : 2)} vs ${round(median(per.admin.map((x) => x[m.key])), m.key === 'rate' ? 0 : 2)}${floorText}`,
+      ...(m.goal ? { goal: 'within 5 %', met: Math.abs(d) <= LIMIT } : {}),
+    });
+    data[m.key] = { pairedDiffs: diffs, medianDiff: d, controlDiffs: noise, noiseFloor: floor ?? null, ...(m.goal ? { pass: Math.abs(d) <= LIMIT } : {}) };
+  }
+  return { rows, data };
 }
 
 /** The median of a few numbers: the middle one, or the mean of the two middle ones. */

@@ -28,7 +28,7 @@ const BENCHES: Record<string, { run: Bench; usage: string }> = {
   'boot-storm': { run: bootStormBench, usage: 'boot-storm [--waves 100,200,300,400] [--range-kib 1024]   N iPXE clients DHCP + script + kernel range against serve --dhcp full (root, netns)' },
   discover: { run: discoverBench, usage: 'discover [--variant gzip,zstd] [--reps 1]   one VM boots the discovery bootenv per initrd compression: /init, DHCP, agent, registered (#13)' },
   dispatch: { run: dispatchBench, usage: 'dispatch [--tasks 200]                   gap between jobs on one machine vs spawning /bin/true' },
-  fleet: { run: fleetBench, usage: 'fleet [--machines 10000] [--tasks 10] [--inflight 64] [--store postgres://… [--replicas 1,2,3] | --token admin,scoped [--operator-every 4] [--rounds 1]]   simulated agents over HTTP; with --store: SQLite vs PostgreSQL replicas; with --token: admin vs label-scoped operator token' },
+  fleet: { run: fleetBench, usage: 'fleet [--machines 10000] [--tasks 10] [--inflight 64] [--store postgres://… [--replicas 1,2,3] | --token admin,scoped [--operator-every 4] [--rounds 1] [--no-control]]   simulated agents over HTTP; with --store: SQLite vs PostgreSQL replicas; with --token: admin vs label-scoped operator token' },
   images: { run: imagesBench, usage: 'images [--clients 20] [--size-mib 256] [--rounds 1]   simultaneous image downloads: MB/s, endpoint CPU per GB, API latency meanwhile (#14)' },
   logs: { run: logsBench, usage: 'logs [--mb 100] [--reps 3] [--jobs 4]      job log ingest with 20 secure values masked vs none' },
   fanout: { run: fanoutBench, usage: 'fanout [--subscribers 100] [--machines 2000] [--tasks 10]   event stream under a fleet run' },

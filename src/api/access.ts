@@ -7,7 +7,7 @@
  */
 import type { FastifyContextConfig, FastifyInstance } from 'fastify';
 import { TaktError } from '../model/errors.js';
-import { decide, isRouteAccess, machineVisible, patternGrants, unscoped, type Grant, type MachineScopeView, type Permission, type RouteAccess } from '../model/permissions.js';
+import { decide, grantCovers, isRouteAccess, isScoped, machineVisible, patternGrants, type Grant, type MachineScopeView, type Permission, type RouteAccess } from '../model/permissions.js';
 import { CONTENT_KINDS } from '../model/content.js';
 import type { TaktEvent } from '../model/machine.js';
 import { isSealed, MASK } from '../model/secure.js';
@@ -100,14 +100,21 @@ export class AccessControl {
 
   /**
    * Allows a user's request or throws 403 saying which permission it needs and what their roles grant.
+   * The common answers come from `held` (memoised per grants): an unscoped holder passes at once, a scoped
+   * one when a holding grant covers the route's machine; everything else is decided by `decide`, which
+   * also words the refusal.
    * @throws TaktError forbidden.
    */
   async check(p: Extract<Principal, { kind: 'user' }>, cfg: FastifyContextConfig | undefined, params: Record<string, string> | undefined): Promise<void> {
     const permission = cfg?.permission;
     if (permission === 'public' || permission === 'self') return;
     if (!permission) throw new TaktError('forbidden', 'this route declares no permission, so no user may call it');
-    const scoped = !unscoped(p.grants, permission);
-    const target = scoped && cfg?.scope && cfg.scope !== 'list' && params?.id !== undefined ? await this.machineOf(cfg.scope, params.id) : null;
+    const h = held(p.grants, permission);
+    if (h.unscoped) return;
+    // From memory without a promise when the index holds the machine (the hot path of a scoped reader).
+    const id = cfg?.scope === 'machine' ? params?.id : undefined;
+    const target = h.holding.length > 0 && cfg?.scope && cfg.scope !== 'list' && params?.id !== undefined ? ((id !== undefined ? this.index.cached(id) : undefined) ?? (await this.machineOf(cfg.scope, params.id))) : null;
+    if (target && h.holding.some((g) => grantCovers(g, target))) return;
     const d = decide(p.grants, permission, target);
     if (!d.allowed) throw new TaktError('forbidden', `user ${p.name}: ${d.reason}`);
   }
@@ -119,25 +126,52 @@ export class AccessControl {
   }
 
   /**
-   * A user's answer as they may see it: sealed values become the mask unless they hold `RESOURCE:secrets`
-   * for the route's resource, and a list route's items are only the machines (or things on machines) a
-   * scoped role covers. Others' answers are returned as they are.
+   * A user's answer before it is serialised: a list route's items are only the machines (or things on
+   * machines) a scoped role covers; others' answers are returned as they are. Sealed values are masked
+   * after serialisation (`redactText`), where finding that there are none costs one substring search
+   * instead of a walk of the whole answer.
    */
   async shape(p: Principal | null, cfg: FastifyContextConfig | undefined, payload: unknown): Promise<unknown> {
     if (!p || p.kind !== 'user' || !cfg?.permission || cfg.permission === 'public' || cfg.permission === 'self' || typeof payload !== 'object' || payload === null) return payload;
     const permission = cfg.permission;
-    let out: unknown = payload;
-    if (cfg.scope === 'list' && !unscoped(p.grants, permission) && Array.isArray((payload as { items?: unknown }).items)) {
-      const kept: unknown[] = [];
-      for (const item of (payload as { items: Array<Record<string, unknown>> }).items) {
+    if (cfg.scope !== 'list' || held(p.grants, permission).unscoped || !Array.isArray((payload as { items?: unknown }).items)) return payload;
+    const items = (payload as { items: Array<Record<string, unknown>> }).items;
+    const kept: unknown[] = [];
+    // One decision per machine: a job list is usually all on one machine.
+    const seen = new Map<string, boolean>();
+    for (const item of items) {
+      const id = typeof item.machineId === 'string' ? item.machineId : undefined;
+      let visible = id !== undefined ? seen.get(id) : undefined;
+      if (visible === undefined) {
         // From memory without a promise when the index holds the machine (every item of a job list is on one).
-        const view = (typeof item.machineId === 'string' ? this.index.cached(item.machineId) : undefined) ?? (await this.itemMachine(item));
-        if (view && machineVisible(p.grants, permission, view)) kept.push(item);
+        const view = (id !== undefined ? this.index.cached(id) : undefined) ?? (await this.itemMachine(item));
+        visible = !!view && machineVisible(p.grants, permission, view);
+        if (id !== undefined) seen.set(id, visible);
       }
-      // Nothing filtered out (the usual case for a scoped reader of its own machines): the answer as it is.
-      if (kept.length !== (payload as { items: unknown[] }).items.length) out = { ...(payload as object), items: kept, ...('total' in (payload as object) ? { total: kept.length } : {}) };
+      if (visible) kept.push(item);
     }
-    return redactFor(p.grants, permission.split(':')[0]!, out);
+    // Nothing filtered out (the usual case for a scoped reader of its own machines): the answer as it is.
+    if (kept.length === items.length) return payload;
+    return { ...(payload as object), items: kept, ...('total' in (payload as object) ? { total: kept.length } : {}) };
+  }
+
+  /**
+   * A user's serialised JSON answer as they may see it: sealed values become the mask unless they hold
+   * `RESOURCE:secrets` for the route's resource. A sealed value serialises as `{"$secure":…}`, so an
+   * answer without that key text holds none and is returned as it is (the usual case); one with it is
+   * parsed, masked (`redact`) and serialised again. Others' answers are returned as they are.
+   */
+  redactText(p: Principal | null, cfg: FastifyContextConfig | undefined, text: string): string {
+    if (!p || p.kind !== 'user' || !cfg?.permission || cfg.permission === 'public' || cfg.permission === 'self') return text;
+    if (!text.includes(SEALED_KEY) || holdsSecrets(p.grants, cfg.permission.split(':')[0]!)) return text;
+    let v: unknown;
+    try {
+      v = JSON.parse(text);
+    } catch {
+      // Not JSON after all: nothing of it is a sealed value to mask as one; withheld rather than risked.
+      throw new TaktError('internal', 'an answer could not be checked for secure values; the endpoint log has the details');
+    }
+    return JSON.stringify(redact(v, 0));
   }
 
   /**
@@ -150,7 +184,7 @@ export class AccessControl {
   async eventFor(p: Extract<Principal, { kind: 'user' }>, e: TaktEvent): Promise<{ data: unknown } | null> {
     const a = eventAccess(e);
     let machine: MachineScopeView | null = null;
-    if (a.machine !== undefined && !unscoped(p.grants, a.permission)) {
+    if (a.machine !== undefined && !held(p.grants, a.permission).unscoped) {
       machine = a.machine.kind === 'view' ? a.machine.view : ((await this.index.machine(a.machine.id)) ?? NO_MACHINE);
     }
     if (!decide(p.grants, a.permission, machine).allowed) return null;
@@ -188,8 +222,35 @@ function hasSealed(v: unknown, depth: number): boolean {
 
 /** Whether `grants` hold `RESOURCE:secrets` (scoped or not: a list or stream shows only covered machines anyway). */
 function holdsSecrets(grants: readonly Grant[], resource: string): boolean {
-  const secrets = `${resource}:secrets` as Permission;
-  return grants.some((g) => g.permissions.some((pat) => patternGrants(pat, secrets)));
+  return held(grants, `${resource}:secrets` as Permission).holding.length > 0;
+}
+
+/** The key text every sealed value serialises with (model/secure.ts: `{"$secure": …}`). */
+const SEALED_KEY = '"$secure"';
+
+/** What a principal's grants hold of one permission: the grants that grant it, and whether one of them is unscoped. */
+interface Held {
+  holding: readonly Grant[];
+  unscoped: boolean;
+}
+
+/**
+ * `held` per grants array and permission. A user's grants array lives as long as their token's cache
+ * entry (auth.ts), so every request of a token after the first finds its answers here; a WeakMap, so
+ * grants dropped from that cache are forgotten with it. At most one entry per permission of the vocabulary.
+ */
+const heldMemo = new WeakMap<readonly Grant[], Map<Permission, Held>>();
+
+/** The grants of `grants` that grant `permission`, and whether any of them is unscoped (memoised; see heldMemo). */
+function held(grants: readonly Grant[], permission: Permission): Held {
+  let byPermission = heldMemo.get(grants);
+  if (!byPermission) heldMemo.set(grants, (byPermission = new Map()));
+  let h = byPermission.get(permission);
+  if (!h) {
+    const holding = grants.filter((g) => g.permissions.some((pat) => patternGrants(pat, permission)));
+    byPermission.set(permission, (h = { holding, unscoped: holding.some((g) => !isScoped(g)) }));
+  }
+  return h;
 }
 
 /** What an event is about, for the stream's filter: the permission that reads it and, when it is about one machine, which. */

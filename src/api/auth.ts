@@ -15,6 +15,7 @@ import { BOOTSTRAP_SETTING, Users } from '../engine/users.js';
 import type { Grant } from '../model/permissions.js';
 import { rotatedProblem, userTokenIdFromToken, userTokenProblem } from '../model/users.js';
 import { tokenGrants } from '../model/permissions.js';
+import type { LoginLimiter } from './login-limit.js';
 
 export type Principal =
   /** The data dir's admin token: every permission (the bootstrap credential; can be turned off). */
@@ -68,17 +69,23 @@ export class Authenticator {
   private invalidations = 0;
   private readonly users = new Map<string, { principal: Principal; until: number; expiresAt: number; id: string; name: string }>();
   private bootstrapOff: { value: boolean; until: number } | null = null;
+  /** User-token resolutions under way, by digest (single flight). */
+  private readonly resolving = new Map<string, Promise<Principal>>();
+  /** Moved by every auth event: a resolution that straddles one is not cached. */
+  private userEpoch = 0;
   private readonly usersService: Users;
 
   /**
    * `discovery`: the endpoint's keyed digest for discovery credentials (Sealer.keyed('discovery')); without
-   * it no discovery credential is accepted.
+   * it no discovery credential is accepted. `limiter`: bounds refused tokens per source address (its
+   * `token` scope, api/login-limit.ts); without it (unit tests) nothing is limited.
    */
   constructor(
     adminToken: string,
     private readonly store: Store,
     private readonly discovery?: KeyedDigest,
     private readonly now: () => number = Date.now,
+    private readonly limiter?: LoginLimiter,
   ) {
     this.adminDigest = digest(adminToken);
     this.usersService = new Users(store, now);
@@ -86,6 +93,9 @@ export class Authenticator {
       for (const e of events) {
         if (AUTH_TOPICS.some((t) => e.topic.startsWith(t))) {
           this.users.clear();
+          this.userEpoch += 1;
+          // A resolution under way may have read the state before this change: later callers start their own.
+          this.resolving.clear();
           this.bootstrapOff = null;
         }
         if (e.topic.startsWith('machines.delete.') || e.topic.startsWith('machines.create.') || e.topic.startsWith('machines.token.')) {
@@ -113,8 +123,16 @@ export class Authenticator {
     return d;
   }
 
-  /** `joinRoute`: the request is for a join route, so a token that is not accepted is told as a bad join token. */
-  async authenticate(header: string | undefined, joinRoute = false): Promise<Principal> {
+  /**
+   * Who presents `header` (`Authorization: Bearer …`).
+   * `joinRoute`: the request is for a join route, so a token that is not accepted is told as a bad join token.
+   * `address`: the request's source address; with a limiter, a token not already known valid is checked
+   * only while that address has refused-token budget left (else 429 before any lookup), and a refusal
+   * counts against it. The admin token and cached valid tokens skip the limit: a guess is never cached, and
+   * the agents behind an address that is guessing keep working.
+   * @throws TaktError unauthorized (refused, saying why), rate_limited (the address's budget is used up).
+   */
+  async authenticate(header: string | undefined, joinRoute = false, address?: string): Promise<Principal> {
     const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
     if (!m) throw new TaktError('unauthorized', 'missing bearer token: pass --token, set TAKT_TOKEN, or send "Authorization: Bearer <token>"');
     const token = m[1]!;
@@ -123,6 +141,31 @@ export class Authenticator {
       if (await this.bootstrapDisabled()) throw new TaktError('unauthorized', 'the bootstrap admin token is turned off on this endpoint (takt users bootstrap disable); log in as a user instead: takt login');
       return { kind: 'admin', name: 'admin' };
     }
+    const limited = this.limiter !== undefined && address !== undefined && !this.knownValid(token, presented);
+    if (!limited) return this.resolve(token, presented, joinRoute);
+    this.limiter.check(null, address, 'token');
+    try {
+      return await this.resolve(token, presented, joinRoute);
+    } catch (err) {
+      if (err instanceof TaktError && err.code === 'unauthorized') this.limiter.failed(null, address, 'token');
+      throw err;
+    }
+  }
+
+  /** True when `token` is in a cache of valid tokens (a user token not past its expiry, a verified machine token): no lookup needed. */
+  private knownValid(token: string, presented: Buffer): boolean {
+    if (token.startsWith('tku.')) {
+      const hit = this.users.get(presented.toString('hex'));
+      const now = this.now();
+      return hit !== undefined && hit.until > now && hit.expiresAt > now;
+    }
+    const machineId = machineIdFromToken(token);
+    const hit = machineId ? this.verified.get(machineId) : undefined;
+    return hit !== undefined && hit.until > Date.now() && hit.digest.length === presented.length && timingSafeEqual(hit.digest, presented);
+  }
+
+  /** The principal of a token that is not the admin token (see authenticate). */
+  private async resolve(token: string, presented: Buffer, joinRoute: boolean): Promise<Principal> {
     if (token.startsWith('tku.')) return this.userPrincipal(token, presented);
     const machineId = machineIdFromToken(token);
     if (machineId) {
@@ -160,8 +203,22 @@ export class Authenticator {
       if (hit.expiresAt <= now) throw new TaktError('unauthorized', `token ${hit.id} (${hit.name}) expired at ${new Date(hit.expiresAt).toISOString()}; log in again (takt login) or make a new one (takt tokens create)`);
       return hit.principal;
     }
+    // Concurrent first uses of one token (a service token's burst after start, or after its entry aged
+    // out) share one resolution: one set of store reads and one last-use write, not one each.
+    const pending = this.resolving.get(key);
+    if (pending) return pending;
+    const resolution: Promise<Principal> = this.resolveUser(token, presented, key, now).finally(() => {
+      if (this.resolving.get(key) === resolution) this.resolving.delete(key);
+    });
+    this.resolving.set(key, resolution);
+    return resolution;
+  }
+
+  /** A user token not in the cache: read, checked, and cached (see userPrincipal). */
+  private async resolveUser(token: string, presented: Buffer, key: string, now: number): Promise<Principal> {
     const id = userTokenIdFromToken(token);
     if (!id) throw new TaktError('unauthorized', NOT_A_USER_TOKEN);
+    const epoch = this.userEpoch;
     const [hash, t] = await Promise.all([this.store.getUserTokenHash(id), this.store.getUserToken(id)]);
     const stored = hash ? Buffer.from(hash, 'hex') : undefined;
     if (!t || !stored || stored.length !== presented.length || !timingSafeEqual(stored, presented)) {
@@ -170,6 +227,8 @@ export class Authenticator {
     const problem = userTokenProblem(t, now);
     if (problem) throw new TaktError('unauthorized', problem);
     const principal: Principal = { kind: 'user', name: t.owner, tokenId: t.id, grants: tokenGrants(await this.usersService.grantsOf(t.owner), t.roles) };
+    // Not kept when an auth event arrived during the reads (they may predate a revocation); used this once.
+    if (epoch !== this.userEpoch) return principal;
     if (this.users.size >= USER_CACHE_MAX) this.users.delete(this.users.keys().next().value as string);
     this.users.set(key, { principal, until: now + USER_TTL_MS, expiresAt: Date.parse(t.expiresAt), id: t.id, name: t.name });
     // Last use, to the resolution (a token used within the cache's lifetime is not written again).

@@ -1,19 +1,32 @@
 /**
- * Login rate limits (issue #16): password guessing against `POST /api/v1/login` (and device-code guessing
- * on the single sign-on device poll) is bounded per user name *and* source address, and per source
- * address across names.
+ * Rate limits on the endpoint's unauthenticated entries (issue #16): every place where a caller without a
+ * valid credential makes the endpoint check one (or ask the identity provider to) is bounded per source
+ * address, so guessing costs the guesser time and a flood costs the endpoint bounded memory and work.
+ * One limiter, several budgets (`LimitScope`), each kept apart so a flood of one kind does not lock out
+ * another:
  *
- * - **name + address**: at most `maxFailures` failed attempts within `windowMs` (default 10 in 5 minutes);
- *   past that the next attempts are refused with 429 `rate_limited` and `retryAfter` (seconds until the
- *   oldest failure in the window ages out) before any password is checked. A successful login clears the
- *   key. The account itself is never locked: a guesser elsewhere cannot lock its owner out.
- * - **address**: at most `maxFailures × ADDRESS_FACTOR` failures within the window over all names, so one
- *   address cannot spray a common password over many accounts. A success does not clear it.
+ * - **login** — `POST /api/v1/login` (passwords) and `POST /api/v1/login/sso/device/token` (device codes,
+ *   under the name '(device code)'): at most `maxFailures` failed attempts per user name *and* source
+ *   address within `windowMs` (default 10 in 5 minutes); past that the next attempts are refused with 429
+ *   `rate_limited` and `retryAfter` (seconds until the oldest failure in the window ages out) before any
+ *   password is checked. A successful login clears the name+address key. The account itself is never
+ *   locked: a guesser elsewhere cannot lock its owner out. Per address over all names: `maxFailures ×
+ *   ADDRESS_FACTOR` failures, so one address cannot spray a common password over many accounts (a
+ *   success does not clear it).
+ * - **token** — a bearer token that is not already known to be valid (not the admin token, not in the
+ *   token caches: a guess always is a miss) and is refused: machine, user, join and discovery tokens
+ *   alike, on every route (the join script's `GET /join/:token` included). `maxFailures × ADDRESS_FACTOR`
+ *   per address; past that, tokens not known valid are refused with 429 before they are looked up, while
+ *   the known-valid tokens of other callers behind that address keep working.
+ * - **sso** — single sign-on starts (browser `GET /api/v1/login/sso/start`, device `POST
+ *   /api/v1/login/sso/device`: each asks the provider or keeps state) and failed browser callbacks:
+ *   `maxFailures × ADDRESS_FACTOR` per address, every start counted.
  *
- * Sliding window: each key keeps the times of its last failures (at most its limit). In memory, per
+ * Sliding window: each key keeps the times of its last attempts (at most its limit). In memory, per
  * replica (behind N replicas an attacker gets N× the budget), forgotten at restart; at most `maxKeys` keys
  * (oldest first out), so a flood of addresses cannot grow it without bound. The address is the socket's
  * peer (forwarded headers are not trusted, as in the audit log). Times come from `now` (tests inject a clock).
+ * Flags: `--login-max-failures` (maxFailures) and `--login-window` (windowMs) set every budget.
  */
 import { TaktError } from '../model/errors.js';
 
@@ -34,6 +47,16 @@ export const LOGIN_WINDOW_MS = 5 * 60_000;
 export const ADDRESS_FACTOR = 10;
 const MAX_KEYS = 100_000;
 
+/** Which budget an attempt counts against (see the module comment). */
+export type LimitScope = 'login' | 'token' | 'sso';
+
+/** What a refusal says each scope counted, for `address`. */
+const SCOPE_WHAT: Record<LimitScope, { address: (a: string) => string; counted: string }> = {
+  login: { address: (a) => `logins from ${a}`, counted: 'failed' },
+  token: { address: (a) => `tokens this endpoint does not accept, presented from ${a},`, counted: 'were refused' },
+  sso: { address: (a) => `single sign-on starts and failed callbacks from ${a}`, counted: 'came' },
+};
+
 export class LoginLimiter {
   readonly maxFailures: number;
   readonly windowMs: number;
@@ -49,11 +72,14 @@ export class LoginLimiter {
     this.now = o.now ?? Date.now;
   }
 
-  private keys(name: string, address: string): Array<{ key: string; limit: number; what: string }> {
-    return [
-      { key: `n\u0000${name}\u0000${address}`, limit: this.maxFailures, what: `login for '${name}' from ${address}` },
-      { key: `a\u0000${address}`, limit: this.maxFailures * ADDRESS_FACTOR, what: `logins from ${address}` },
-    ];
+  /** The keys an attempt counts against: its name+address (login only, when named) and its scope's address. */
+  private keys(name: string | null, address: string, scope: LimitScope): Array<{ key: string; limit: number; what: string; counted: string }> {
+    const w = SCOPE_WHAT[scope];
+    // The login scope keeps its historical key spelling (no prefix); the others are prefixed with their scope.
+    const prefix = scope === 'login' ? '' : `${scope}\u0000`;
+    const byAddress = { key: `${prefix}a\u0000${address}`, limit: this.maxFailures * ADDRESS_FACTOR, what: w.address(address), counted: w.counted };
+    if (name === null || scope !== 'login') return [byAddress];
+    return [{ key: `n\u0000${name}\u0000${address}`, limit: this.maxFailures, what: `login for '${name}' from ${address}`, counted: 'failed' }, byAddress];
   }
 
   /** The failures of `key` still inside the window (pruned in place). */
@@ -72,21 +98,22 @@ export class LoginLimiter {
    * Refuses an attempt whose key has used its budget. Call before checking the password.
    * @throws TaktError rate_limited (429) with `retryAfter` (whole seconds, ≥ 1).
    */
-  check(name: string, address: string): void {
+  check(name: string | null, address: string, scope: LimitScope = 'login'): void {
     const now = this.now();
-    for (const k of this.keys(name, address)) {
+    for (const k of this.keys(name, address, scope)) {
       const list = this.recent(k.key, now);
       if (list && list.length >= k.limit) {
         const retryAfter = Math.max(1, Math.ceil((list[list.length - k.limit]! + this.windowMs - now) / 1000));
-        throw new TaktError('rate_limited', `too many failed attempts: ${k.what} failed ${list.length} times within ${Math.round(this.windowMs / 1000)} s; try again in ${retryAfter} s`, { retryAfter });
+        const head = k.counted === 'came' ? 'too many requests' : 'too many failed attempts';
+        throw new TaktError('rate_limited', `${head}: ${k.what} ${k.counted} ${list.length} times within ${Math.round(this.windowMs / 1000)} s; try again in ${retryAfter} s`, { retryAfter });
       }
     }
   }
 
-  /** Counts a failed attempt against the name+address and the address. */
-  failed(name: string, address: string): void {
+  /** Counts a failed attempt against the name+address (login) and the scope's address key; `name` null: the address only. */
+  failed(name: string | null, address: string, scope: LimitScope = 'login'): void {
     const now = this.now();
-    for (const k of this.keys(name, address)) {
+    for (const k of this.keys(name, address, scope)) {
       const list = this.recent(k.key, now) ?? [];
       list.push(now);
       if (list.length > k.limit) list.shift();
@@ -96,9 +123,19 @@ export class LoginLimiter {
     while (this.failures.size > this.maxKeys) this.failures.delete(this.failures.keys().next().value as string);
   }
 
+  /**
+   * Counts an attempt that costs the endpoint whatever its outcome (a single sign-on start): refused past
+   * the scope's address budget, else recorded.
+   * @throws TaktError rate_limited (429) with `retryAfter`.
+   */
+  attempt(address: string, scope: LimitScope): void {
+    this.check(null, address, scope);
+    this.failed(null, address, scope);
+  }
+
   /** A successful login: clears its name+address key (the address's count stays). */
   succeeded(name: string, address: string): void {
-    this.failures.delete(this.keys(name, address)[0]!.key);
+    this.failures.delete(this.keys(name, address, 'login')[0]!.key);
   }
 
   /** Keys held (for tests). */

@@ -65,10 +65,17 @@ export const STATE_COOKIE = 'takt_sso';
 const PENDING_TTL_MS = 10 * 60_000;
 /** Browser sign-ins started and not finished, at most (older ones are dropped first). */
 const PENDING_MAX = 10_000;
+/** Device sign-ins started and not finished, at most (older ones are forgotten first: their polls then go to the provider unpaced). */
+const DEVICES_MAX = 10_000;
+/** RFC 8628 §3.5: the interval grows by this much (s) on each slow_down. */
+export const SLOW_DOWN_S = 5;
+/** A poll this much (ms) early is still on time: the client's timer and the network are not exact. */
+const POLL_SLACK_MS = 250;
 /** Leeway for clock differences with the provider when checking exp/iat/nbf (seconds). */
 const CLOCK_TOLERANCE_S = 30;
 /** Seconds each request to the provider may take. */
 const PROVIDER_TIMEOUT_S = 10;
+const EXPIRED_DEVICE_CODE = 'single sign-on failed: the code expired before the sign-in was finished; run takt login --sso again';
 const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
 const SCOPE = 'openid profile email';
 
@@ -120,9 +127,73 @@ function providerProblem(err: unknown): string {
   return e.cause?.code ?? e.cause?.message ?? e.message;
 }
 
+/**
+ * The device codes this endpoint started (RFC 8628), so their polls are paced here before any reaches the
+ * provider: a poll sooner than the code's interval after the previous one is answered `slow_down` (§3.5)
+ * and the interval grows by 5 s, as the client's does; a code past its `expires_in` is refused as expired.
+ * A code it does not know (started on another replica, forgotten, or guessed) is not paced here: its poll
+ * goes to the provider, and a refusal counts against the login limiter (routes/users.ts). Bounded: at most
+ * `max` codes, expired ones and then the oldest dropped first. Times from `now` (tests inject a clock).
+ */
+export class DevicePacer {
+  private readonly codes = new Map<string, { intervalS: number; last: number | undefined; until: number }>();
+
+  constructor(
+    private readonly now: () => number = Date.now,
+    private readonly max = DEVICES_MAX,
+  ) {}
+
+  /** A code the provider just issued, polled every `intervalS` seconds at most, valid for `expiresInS`. */
+  started(deviceCode: string, intervalS: number, expiresInS: number): void {
+    const now = this.now();
+    // In the order started: expired ones first out, then the oldest beyond the bound.
+    for (const [k, v] of this.codes) {
+      if (v.until > now && this.codes.size < this.max) break;
+      this.codes.delete(k);
+    }
+    this.codes.set(deviceCode, { intervalS, last: undefined, until: now + expiresInS * 1000 });
+  }
+
+  /**
+   * One poll arrived: `unknown` (not started here: ask the provider), `expired`, `slow_down` (too soon:
+   * answer without asking the provider) or `ask` (on time). The first poll is never too soon.
+   */
+  poll(deviceCode: string): 'unknown' | 'expired' | 'slow_down' | 'ask' {
+    const c = this.codes.get(deviceCode);
+    if (!c) return 'unknown';
+    const now = this.now();
+    if (c.until <= now) {
+      this.codes.delete(deviceCode);
+      return 'expired';
+    }
+    const early = c.last !== undefined && now - c.last < c.intervalS * 1000 - POLL_SLACK_MS;
+    c.last = now;
+    if (!early) return 'ask';
+    c.intervalS += SLOW_DOWN_S;
+    return 'slow_down';
+  }
+
+  /** The provider answered `slow_down`: the client now waits 5 s more, and so does the pacing. */
+  slowedDown(deviceCode: string): void {
+    const c = this.codes.get(deviceCode);
+    if (c) c.intervalS += SLOW_DOWN_S;
+  }
+
+  /** The sign-in ended (tokens issued, refused, expired): forget the code. */
+  finished(deviceCode: string): void {
+    this.codes.delete(deviceCode);
+  }
+
+  /** Codes held (for tests). */
+  get size(): number {
+    return this.codes.size;
+  }
+}
+
 /** The relying party of one OpenID Connect provider; made by `Sso.discover` when `takt serve` starts. */
 export class Sso {
   private readonly pending = new Map<string, { verifier: string; nonce: string; redirectUri: string; until: number }>();
+  private readonly devices: DevicePacer;
   private readonly jwks: ReturnType<typeof createRemoteJWKSet>;
   private readonly algorithms: string[];
   /** The scopes asked for: openid profile email, and the groups claim's name when the provider offers it as a scope. */
@@ -133,6 +204,7 @@ export class Sso {
     readonly settings: OidcSettings,
     private readonly now: () => number,
   ) {
+    this.devices = new DevicePacer(now);
     const meta = config.serverMetadata();
     this.jwks = createRemoteJWKSet(new URL(meta.jwks_uri!), { timeoutDuration: PROVIDER_TIMEOUT_S * 1000 });
     // Asymmetric algorithms only: an HS256 token would be checked against the client secret, and `none` is no signature.
@@ -243,6 +315,7 @@ export class Sso {
     } catch (e) {
       throw new TaktError('unavailable', `the identity provider ${this.settings.issuer} did not start a device sign-in: ${providerProblem(e)}`);
     }
+    this.devices.started(r.device_code, r.interval ?? 5, r.expires_in);
     return {
       deviceCode: r.device_code,
       userCode: r.user_code,
@@ -259,15 +332,26 @@ export class Sso {
    * @throws TaktError unauthorized when the user refused, the code expired or the ID token is refused.
    */
   async pollDevice(deviceCode: string): Promise<DevicePoll> {
+    // Paced here first (RFC 8628 §3.5): a client polling too fast is told slow_down without a provider request.
+    const pace = this.devices.poll(deviceCode);
+    if (pace === 'slow_down') return { status: 'slow_down' };
+    if (pace === 'expired') throw new TaktError('unauthorized', EXPIRED_DEVICE_CODE);
     let tokens: Awaited<ReturnType<typeof client.genericGrantRequest>>;
     try {
       tokens = await client.genericGrantRequest(this.config, DEVICE_GRANT, { device_code: deviceCode });
     } catch (e) {
-      if (e instanceof client.ResponseBodyError && (e.error === 'authorization_pending' || e.error === 'slow_down')) return { status: e.error === 'slow_down' ? 'slow_down' : 'pending' };
+      if (e instanceof client.ResponseBodyError && e.error === 'authorization_pending') return { status: 'pending' };
+      if (e instanceof client.ResponseBodyError && e.error === 'slow_down') {
+        this.devices.slowedDown(deviceCode);
+        return { status: 'slow_down' };
+      }
+      // The provider's final word on this code (denied, expired, unknown); an unreachable provider is not.
+      if (e instanceof client.ResponseBodyError) this.devices.finished(deviceCode);
       if (e instanceof client.ResponseBodyError && e.error === 'access_denied') throw new TaktError('unauthorized', 'single sign-on refused: the sign-in was denied at the identity provider');
-      if (e instanceof client.ResponseBodyError && e.error === 'expired_token') throw new TaktError('unauthorized', 'single sign-on failed: the code expired before the sign-in was finished; run takt login --sso again');
+      if (e instanceof client.ResponseBodyError && e.error === 'expired_token') throw new TaktError('unauthorized', EXPIRED_DEVICE_CODE);
       throw this.grantError(e);
     }
+    this.devices.finished(deviceCode);
     return { status: 'done', identity: await this.identityOf(tokens) };
   }
 

@@ -34,24 +34,36 @@ export type ScopeIndexStore = Pick<Store, 'getMachine' | 'getMachineByName' | 'g
 /** Default bound of each map (entries). */
 export const SCOPE_INDEX_MAX = 100_000;
 
-/** A Map that forgets its least recently used entry past `max` (insertion order is recency). */
+/**
+ * A Map that forgets its least recently used entry past `max` (insertion order is recency). Approximately:
+ * a hit moves its entry to the back only when it has not moved for `max / 4` operations, so the hot path
+ * (the same machines looked up again and again) is one Map read, not a delete and a set per lookup; an
+ * entry is still never dropped while it is hit at least once per `max / 4` operations.
+ */
 class Lru<K, V> {
-  private readonly m = new Map<K, V>();
-  constructor(private readonly max: number) {}
+  private readonly m = new Map<K, { v: V; at: number }>();
+  private clock = 0;
+  private readonly stale: number;
+  constructor(private readonly max: number) {
+    this.stale = Math.max(1, Math.floor(max / 4));
+  }
   get(k: K): V | undefined {
-    const v = this.m.get(k);
-    if (v !== undefined) {
+    const e = this.m.get(k);
+    if (e === undefined) return undefined;
+    const now = ++this.clock;
+    if (now - e.at >= this.stale) {
+      e.at = now;
       this.m.delete(k);
-      this.m.set(k, v);
+      this.m.set(k, e);
     }
-    return v;
+    return e.v;
   }
   peek(k: K): V | undefined {
-    return this.m.get(k);
+    return this.m.get(k)?.v;
   }
   set(k: K, v: V): void {
     this.m.delete(k);
-    this.m.set(k, v);
+    this.m.set(k, { v, at: ++this.clock });
     if (this.m.size > this.max) this.m.delete(this.m.keys().next().value as K);
   }
   delete(k: K): void {

@@ -8,7 +8,7 @@ import { createServer, STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { agentVersion, peerAddress } from '../engine/liveness.js';
 import { describePattern } from '../model/content.js';
 import { TaktError } from '../model/errors.js';
@@ -18,6 +18,7 @@ import { AccessControl, declaredRoutes } from './access.js';
 import { auditHook, auditRoutes } from './audit.js';
 import { AuditLog } from '../engine/audit.js';
 import { userRoutes } from './routes/users.js';
+import { LoginLimiter } from './login-limit.js';
 import { allowedHost, API_CSP, checkQuery, checkTarget, hostNames, parseJsonBody, SECURITY_HEADERS, uiCsp } from './guard.js';
 import type { ApiContext } from './context.js';
 import type { RequestHandler } from './listeners.js';
@@ -54,6 +55,9 @@ export const DEFAULT_LIMITS: ServerLimits = { requestTimeoutMs: 120_000, maxConn
 const UI_FILE = fileURLToPath(new URL('../../ui/index.html', import.meta.url));
 
 const handlers = new WeakMap<FastifyInstance, RequestHandler>();
+
+/** Requests whose answer Fastify serialised from an object (preSerialization ran): only those are JSON to mask. */
+const serialised = new WeakSet<FastifyRequest>();
 
 /**
  * The app's request handler, for Listeners to serve on each address; throws for an app not made by
@@ -111,7 +115,9 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     clientErrorHandler: answerClientError,
   });
   if (handler) handlers.set(app, handler);
-  const auth = new Authenticator(opts.adminToken, opts.store, opts.discoveryDigest);
+  // One limiter for every unauthenticated entry (api/login-limit.ts): logins, refused tokens, single sign-on.
+  const limiter = opts.loginLimiter ?? new LoginLimiter();
+  const auth = new Authenticator(opts.adminToken, opts.store, opts.discoveryDigest, Date.now, limiter);
   const access = new AccessControl(opts.store);
   app.addHook('onClose', async () => access.close());
   // Every route declares what it needs (config.permission); collected here, checked before the app is ready.
@@ -161,7 +167,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     const cfg = req.routeOptions.config;
     if (cfg?.permission !== 'public') {
       const pathToken = cfg?.join === 'path' && req.headers.authorization === undefined ? (req.params as { token?: string }).token : undefined;
-      req.principal = await auth.authenticate(pathToken !== undefined ? `Bearer ${pathToken}` : req.headers.authorization, !!cfg?.join);
+      req.principal = await auth.authenticate(pathToken !== undefined ? `Bearer ${pathToken}` : req.headers.authorization, !!cfg?.join, req.ip);
       // Liveness: every request a machine's token authenticates is its agent heard from (liveness.ts).
       if (req.principal.kind === 'machine') opts.engine.heard(req.principal.machineId, { version: agentVersion(req.headers['user-agent']), address: peerAddress(req.ip), via: 'agent' });
       if (req.principal.kind === 'machine' && !cfg?.machine) {
@@ -176,8 +182,13 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
     checkQuery(req.query);
   });
 
-  // What a user may not see: secure values (ciphertext) without `secrets`, machines outside a scoped role.
-  app.addHook('preSerialization', async (req, _reply, payload) => access.shape(req.principal, req.routeOptions.config, payload));
+  // What a user may not see: machines outside a scoped role (before serialisation), secure values
+  // (ciphertext) without `secrets` (after it: one substring search finds that an answer holds none).
+  app.addHook('preSerialization', async (req, _reply, payload) => {
+    serialised.add(req);
+    return access.shape(req.principal, req.routeOptions.config, payload);
+  });
+  app.addHook('onSend', async (req, _reply, payload) => (typeof payload === 'string' && serialised.has(req) ? access.redactText(req.principal, req.routeOptions.config, payload) : payload));
 
   auditHook(app, audit);
 
@@ -187,12 +198,13 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
 
   app.setErrorHandler((err: FastifyError | TaktError, req, reply) => {
+    // A 429's wait, on every answer that carries one (a join script's too).
+    if (err instanceof TaktError && err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter));
     // `curl … | sh` runs whatever comes back: an error must be a script that says it and fails.
     if (req.routeOptions.config?.shellErrors && err instanceof TaktError && err.status < 500) {
       return reply.code(err.status).type('text/plain; charset=utf-8').send(shellError(err.message));
     }
     if (err instanceof TaktError) {
-      if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter));
       if (err.status < 500) return reply.code(err.status).send(err.toBody());
     } else {
       const fe = err as FastifyError;
@@ -247,7 +259,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   credentialRoutes(app, opts);
   await imageRoutes(app, opts);
   dhcpRoutes(app, opts);
-  userRoutes(app, opts);
+  userRoutes(app, opts, limiter);
   auditRoutes(app, opts, audit);
   // Deny by default: a route that says nothing about who may call it stops the endpoint from starting.
   routes.assertDeclared();

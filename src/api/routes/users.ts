@@ -48,9 +48,12 @@ function tokenOwnerLimit(req: FastifyRequest): string | undefined {
 /** The name device-flow polls are counted under by the login limiter (not a takt name: it has parentheses). */
 const DEVICE_KEY = '(device code)';
 
-export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
+/**
+ * The user, login and single sign-on routes. `limiter`: the endpoint's one rate limiter (buildServer's,
+ * shared with token authentication); default `ctx.loginLimiter`, else one with the defaults.
+ */
+export function userRoutes(app: FastifyInstance, ctx: ApiContext, limiter: LoginLimiter = ctx.loginLimiter ?? new LoginLimiter()) {
   const users = new Users(ctx.store);
-  const limiter = ctx.loginLimiter ?? new LoginLimiter();
 
   app.post(
     '/api/v1/login',
@@ -86,7 +89,10 @@ export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
   };
   app.get('/api/v1/login/sso', { config: { permission: 'public' }, schema: { description: 'The single sign-on (OpenID Connect) provider and whether the device flow (takt login --sso) is available; 404 when single sign-on is not set up.' } }, async () => sso().info());
   app.post('/api/v1/login/sso/device', { config: { permission: 'public' }, schema: { description: 'Start a device sign-in (RFC 8628): the code and URL to show the user, and the device code to poll with.' } }, async (req, reply) => {
-    const r = await sso().startDevice();
+    const s = sso();
+    // Each start is a request to the provider and a code kept here: bounded per address.
+    limiter.attempt(req.ip, 'sso');
+    const r = await s.startDevice();
     reply.code(201);
     return r;
   });
@@ -119,6 +125,8 @@ export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
   );
   app.get('/api/v1/login/sso/start', { config: { permission: 'public' }, schema: { hide: true } }, async (req, reply) => {
     const s = sso();
+    // Each start keeps a verifier, state and nonce for 10 minutes: bounded per address (and in all, oidc.ts).
+    limiter.attempt(req.ip, 'sso');
     const { url, state } = await s.startBrowser(requestOrigin(req) + CALLBACK_PATH);
     // Ties the callback to this browser; Lax so it comes along on the provider's top-level redirect back.
     reply.header('set-cookie', `${STATE_COOKIE}=${state}; Path=${CALLBACK_PATH}; Max-Age=600; HttpOnly; SameSite=Lax${req.protocol === 'https' ? '; Secure' : ''}`);
@@ -129,7 +137,15 @@ export function userRoutes(app: FastifyInstance, ctx: ApiContext) {
     const clear = `${STATE_COOKIE}=; Path=${CALLBACK_PATH}; Max-Age=0; HttpOnly; SameSite=Lax${req.protocol === 'https' ? '; Secure' : ''}`;
     reply.header('set-cookie', clear);
     try {
-      const identity = await s.finishBrowser(new URL(req.url, requestOrigin(req)), cookieOf(req.headers.cookie, STATE_COOKIE));
+      // Failed callbacks (a forged or stale state, a code the provider refuses) are bounded per address.
+      limiter.check(null, req.ip, 'sso');
+      let identity: Awaited<ReturnType<Sso['finishBrowser']>>;
+      try {
+        identity = await s.finishBrowser(new URL(req.url, requestOrigin(req)), cookieOf(req.headers.cookie, STATE_COOKIE));
+      } catch (err) {
+        if (err instanceof TaktError && err.code === 'unauthorized') limiter.failed(null, req.ip, 'sso');
+        throw err;
+      }
       const issued = await users.ssoLogin(identity);
       // The UI keeps its token as it does a pasted one: the fragment never reaches a server, and the page
       // moves it into its storage and out of the address bar and history at once.
