@@ -550,6 +550,16 @@ async function startDemo(content: ContentService, engine: Engine, broker: Proces
     if (!(err instanceof TaktError) || err.code !== 'conflict') throw err;
     log('warn', `built-in demo pack not installed: ${err.message}; the demo runs the version already installed`);
   }
+  // The checks `takt machines create --broker local` makes (e.g. a data dir under a 0700 home when the
+  // sandboxes run as their own users): without them every demo machine would stop at its first task with
+  // only "Permission denied" in its log.
+  try {
+    await broker.check();
+  } catch (err) {
+    if (!(err instanceof TaktError)) throw err;
+    log('error', `demo: no demo machines made: ${err.message}`);
+    return;
+  }
   const created: string[] = [];
   const kept: string[] = [];
   for (let i = 1; i <= 3; i++) {
