@@ -6,9 +6,9 @@
  *    machine — its scripts run as the machine's own unprivileged uid, so the task builds under
  *    fakechroot and fakeroot — runs the `debian-min` pipeline as shipped: debootstrap bookworm from
  *    deb.debian.org, the agent baked in, `takt images build-disk` in the same fakeroot session,
- *    `takt-image publish`. The image lands in the catalog with the job as its provenance; owners, modes
- *    and device nodes on its root are read back with debugfs. (The root builder's branch of the task is
- *    test/images-pack.test.ts's, with a stand-in debootstrap.)
+ *    `takt-image publish`. The image lands in the catalog with the job as its provenance. (The root
+ *    builder's branch of the task is test/images-pack.test.ts's, with a stand-in debootstrap; so is the
+ *    debugfs read-back of faked owners, modes and device nodes.)
  * 2. Deploy: the same data dir, now served by `takt serve --provision … --qemu-bridge` in a network
  *    namespace (the builder needed the Internet, the boot network has none). A qemu broker VM (BIOS) boots
  *    discovery, the image-deploy pipeline writes debian-min to its disk, the VM boots Debian from it,
