@@ -330,6 +330,11 @@ chown 6:12 "$root/var/cache/man"
 chmod 2755 "$root/var/cache/man"
 ln -s /dev "$root/dev"
 ln -s /proc "$root/proc"
+# fakechroot writes a link made in its chroot with the builder's path in front.
+mkdir -p "$root/usr/share/zoneinfo/Etc"
+echo UTC > "$root/usr/share/zoneinfo/Etc/UTC"
+ln -s "$root/usr/share/zoneinfo/Etc/UTC" "$root/etc/localtime"
+ln -s ../usr/share/zoneinfo/Etc/UTC "$root/etc/timezone-rel"
 echo real-ldconfig > "$root/usr/sbin/ldconfig.REAL"
 echo fake-ldconfig > "$root/usr/sbin/ldconfig"
 echo real-ldd > "$root/usr/bin/ldd.REAL"
@@ -426,6 +431,10 @@ describe.skipIf(!haveTools || !isRoot || !haveFake)('the debian-min pipeline on 
     // Nothing in the image belongs to the sandbox's uid.
     expect(debugfs('ls -l /')).not.toContain(String(uid));
     expect(debugfs('ls -l /opt/takt/lib')).not.toContain(String(uid));
+    // Links fakechroot wrote with the builder's path in front point into the image's own root; others are kept.
+    expect(debugfs('stat /etc/localtime')).toMatch(/Fast link dest: "\/usr\/share\/zoneinfo\/Etc\/UTC"/);
+    expect(debugfs('stat /etc/timezone-rel')).toMatch(/Fast link dest: "\.\.\/usr\/share\/zoneinfo\/Etc\/UTC"/);
+    expect(log).toMatch(/debian-min: 1 absolute links made under fakechroot pointed into the builder's \S+\/rootfs; each now points into the image's own root/);
     // fakechroot's stand-ins are undone: the real ldconfig and ldd, no diversions of fakechroot's.
     expect(debugfs('cat /usr/sbin/ldconfig')).toBe('real-ldconfig\n');
     expect(debugfs('cat /usr/bin/ldd')).toBe('real-ldd\n');
