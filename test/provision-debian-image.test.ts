@@ -74,7 +74,8 @@ describe('the images pack: debian-min built by a pipeline with debootstrap, depl
     }, 45 * 60_000, 'the builder to finish');
     const built = Date.now() - t0;
     const job = ((await ep.call('GET', '/jobs?machine=builder')).body.items as Job[])[0]!;
-    const log = ((await ep.call('GET', `/jobs/${job.id}/log`)).body.chunks as Array<{ data: string }>).map((c) => c.data).join('');
+    // The whole log: debootstrap's lines alone pass the default page of 1000 chunks.
+    const log = ((await ep.call('GET', `/jobs/${job.id}/log?limit=10000`)).body.chunks as Array<{ data: string }>).map((c) => c.data).join('');
     expect(m.state, `${m.reason}\n${log.slice(-6000)}`).toBe('done');
 
     image = (await ep.call('GET', '/images/debian-min/1.0.0')).body as Image;
