@@ -8,11 +8,14 @@
  *   stand-in `debootstrap` and `chroot` on the agent's PATH (the real ones are
  *   test/provision-debian-image.test.ts): the task sets the tree up, bakes in the agent with the real
  *   `takt images build-disk --agent`, publishes debian-min@VERSION with the job as provenance; a second
- *   build with the same params has the same recipe digest; a builder whose scripts do not run as root is
- *   refused with what to do.
+ *   build with the same params has the same recipe digest; a builder whose scripts do not run as root and
+ *   that lacks fakechroot is refused with what to do;
+ * - the same pipeline on a sandboxed `--broker local` builder (a root endpoint: scripts run as the
+ *   machine's own uid): the task builds under fakechroot and fakeroot, and the faked owners, modes,
+ *   setuid bits and device nodes reach the image's ext4 root (read back with debugfs).
  */
 import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -273,20 +276,171 @@ describe.skipIf(!haveTools || !isRoot)('the debian-min pipeline (stand-in deboot
     expect(readFileSync(join(log, 'debootstrap.args'), 'utf8')).toMatch(/ trixie /);
   }, 300_000);
 
-  it('refuses a builder whose scripts do not run as root, saying what to do', async () => {
-    // A stand-in `id` makes the script see a user's uid.
+  it('refuses a builder whose scripts do not run as root and that has no fakechroot, naming the tools and the other way', async () => {
+    // A stand-in `id` makes the script see a user's uid; a PATH of only it, bash and debootstrap hides
+    // fakechroot and fakeroot.
     const nonRoot = join(dir, 'nonroot');
     mkdirSync(nonRoot);
     writeFileSync(join(nonRoot, 'id'), '#!/bin/sh\ncase "$1" in -u) echo 1000 ;; -un) echo builder ;; *) echo "uid=1000(builder)" ;; esac\n', { mode: 0o755 });
-    process.env.PATH = `${nonRoot}:${process.env.PATH}`;
+    symlinkSync('/bin/bash', join(nonRoot, 'bash'));
+    symlinkSync(join(fakes, 'debootstrap'), join(nonRoot, 'debootstrap'));
+    const before = process.env.PATH;
+    process.env.PATH = nonRoot;
     try {
       await builder('builder-4', { image_version: '2.0.0' });
     } finally {
-      process.env.PATH = process.env.PATH.split(':').filter((p) => p !== nonRoot).join(':');
+      process.env.PATH = before;
     }
     const m = await settled('builder-4');
     expect(m.state).toBe('stopped');
-    expect(await logOf((await jobOf('builder-4')).id)).toMatch(/debian-min: debootstrap needs root, and this task runs as builder \(uid 1000\): run the pipeline on a builder whose agent runs scripts as root/);
+    expect(await logOf((await jobOf('builder-4')).id)).toMatch(
+      /debian-min: this task runs as uid 1000, not root, so it builds under fakechroot and fakeroot, and 'fakechroot' is not installed on the builder \(Debian: apt-get install fakechroot fakeroot\); or run the pipeline on a builder whose scripts run as root/,
+    );
     expect((await call('GET', '/images/debian-min/2.0.0')).status).toBe(404);
   }, 120_000);
+});
+
+/**
+ * The stand-in debootstrap of a builder whose scripts do not run as root: it must find itself inside
+ * fakechroot (FAKECHROOT=true) and fakeroot (id -u 0), and makes what dpkg makes as root — other owners, a
+ * setuid file, setgid directories — plus what --variant=fakechroot leaves (/dev and /proc links to the
+ * builder's, ldconfig and ldd stand-ins diverted in dpkg's database), for the task to undo. It logs into
+ * $HOME/fake-log: a sandboxed script's environment has nothing else of the test's.
+ */
+const FAKE_DEBOOTSTRAP_UNPRIV = `#!/bin/bash
+set -eu
+log="$HOME/fake-log"
+mkdir -p "$log"
+echo "$@" > "$log/debootstrap.args"
+echo "FAKECHROOT=\${FAKECHROOT:-} uid=$(id -u)" > "$log/debootstrap.env"
+root=\${@: -2:1}
+mkdir -p "$root"/boot "$root"/etc/apt "$root"/etc/systemd/system "$root"/usr/local/sbin "$root"/usr/bin "$root"/usr/sbin "$root"/var/lib/dbus "$root"/var/lib/apt/lists "$root"/var/lib/dpkg/info "$root"/var/log/journal "$root"/var/cache/man "$root"/tmp
+ln -s usr/sbin "$root/sbin"
+head -c 1048576 /dev/zero > "$root/boot/vmlinuz-6.1.0-99-amd64"
+head -c 1048576 /dev/zero > "$root/boot/initrd.img-6.1.0-99-amd64"
+echo 0123456789abcdef > "$root/etc/machine-id"
+echo 'root:*:19000:0:99999:7:::' > "$root/etc/shadow"
+chown 0:42 "$root/etc/shadow"
+chmod 640 "$root/etc/shadow"
+printf '#!/bin/sh\\n' > "$root/usr/bin/su"
+chmod 4755 "$root/usr/bin/su"
+chown 0:101 "$root/var/log/journal"
+chmod 2755 "$root/var/log/journal"
+chown 6:12 "$root/var/cache/man"
+chmod 2755 "$root/var/cache/man"
+ln -s /dev "$root/dev"
+ln -s /proc "$root/proc"
+# fakechroot writes a link made in its chroot with the builder's path in front.
+mkdir -p "$root/usr/share/zoneinfo/Etc"
+echo UTC > "$root/usr/share/zoneinfo/Etc/UTC"
+ln -s "$root/usr/share/zoneinfo/Etc/UTC" "$root/etc/localtime"
+ln -s ../usr/share/zoneinfo/Etc/UTC "$root/etc/timezone-rel"
+echo real-ldconfig > "$root/usr/sbin/ldconfig.REAL"
+echo fake-ldconfig > "$root/usr/sbin/ldconfig"
+echo real-ldd > "$root/usr/bin/ldd.REAL"
+echo fake-ldd > "$root/usr/bin/ldd"
+printf '/usr/bin/foo\\n/usr/bin/foo.distrib\\nfoo\\n/sbin/ldconfig\\n/sbin/ldconfig.REAL\\nfakechroot\\n/usr/bin/ldd\\n/usr/bin/ldd.REAL\\nfakechroot\\n' > "$root/var/lib/dpkg/diversions"
+printf '#!/bin/sh\\n' > "$root/var/lib/dpkg/info/systemd.postinst"
+`;
+const FAKE_CHROOT_UNPRIV = `#!/bin/bash
+set -eu
+shift
+echo "$*" >> "$HOME/fake-log/chroot.log"
+`;
+const haveFake = ['/usr/bin/fakechroot', '/usr/bin/fakeroot'].every(existsSync);
+
+describe.skipIf(!haveTools || !isRoot || !haveFake)('the debian-min pipeline on a sandboxed local builder (its own uid: fakechroot and fakeroot)', () => {
+  let ep: Endpoint;
+
+  beforeAll(async () => {
+    // The sandbox's user passes through the test's dir to the stand-ins and the takt CLI.
+    chmodSync(dir, 0o711);
+    const fakes = join(dir, 'fakes-unpriv');
+    mkdirSync(fakes, { mode: 0o755 });
+    writeFileSync(join(fakes, 'debootstrap'), FAKE_DEBOOTSTRAP_UNPRIV, { mode: 0o755 });
+    writeFileSync(join(fakes, 'chroot'), FAKE_CHROOT_UNPRIV, { mode: 0o755 });
+    writeFileSync(join(fakes, 'takt'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(TAKT)} "$@"\n`, { mode: 0o755 });
+    // The endpoint's PATH is its local machines' scripts' PATH.
+    ep = await Endpoint.start({ env: { PATH: `${fakes}:${process.env.PATH}` } });
+    const push = await ep.cli(['content', 'push', PACK_DIR]);
+    expect(push.code, push.stderr).toBe(0);
+  }, 120_000);
+
+  afterAll(async () => {
+    await ep?.stop();
+  });
+
+  it("builds in fakechroot+fakeroot as the machine's uid and the image's root has the faked owners, modes and device nodes", async () => {
+    const r = await ep.call('POST', '/machines', { name: 'sandboxed', broker: 'local', pipeline: 'debian-min', params: { image_version: '3.0.0' } });
+    expect(r.status, JSON.stringify(r.body)).toBe(201);
+    const m = await until(async () => {
+      const b = (await ep.call('GET', '/machines/sandboxed')).body as Machine;
+      return b.state === 'done' || b.state === 'stopped' ? b : null;
+    }, 240_000, 'the sandboxed builder to finish');
+    const job = ((await ep.call('GET', '/jobs?machine=sandboxed')).body.items as Job[])[0]!;
+    const log = ((await ep.call('GET', `/jobs/${job.id}/log`)).body.chunks as Array<{ data: string }>).map((c) => c.data).join('');
+    expect(m.state, `${m.reason}\n${log}\n${ep.output.slice(-4000)}`).toBe('done');
+
+    // Its scripts ran as the machine's own uid, not root.
+    const mdir = join(ep.data, 'machines', m.id);
+    const uid = statSync(join(mdir, 'root')).uid;
+    expect(uid).toBeGreaterThanOrEqual(1_600_000_000);
+    const fakeLog = join(mdir, 'home', 'fake-log');
+    expect(readFileSync(join(fakeLog, 'debootstrap.env'), 'utf8')).toBe('FAKECHROOT=true uid=0\n');
+    expect(readFileSync(join(fakeLog, 'debootstrap.args'), 'utf8').trim()).toMatch(
+      /^--variant=fakechroot --include=linux-image-amd64,systemd-sysv,udev,initramfs-tools,e2fsprogs bookworm \S+\/var\/tmp\/takt-debian-min\/j-\S+\/rootfs http:\/\/deb\.debian\.org\/debian$/,
+    );
+    expect(readFileSync(join(fakeLog, 'chroot.log'), 'utf8')).toBe('sh /var/lib/dpkg/info/systemd.postinst configure\nsystemctl enable systemd-networkd.service takt-agent.service\napt-get clean\n');
+    expect(log).toMatch(/debootstrap --variant=fakechroot bookworm .* \(as fake\)/);
+    expect((await ep.call('GET', '/images/debian-min/3.0.0')).body).toMatchObject({ name: 'debian-min', version: '3.0.0', size: job.outputs.image_bytes });
+
+    const work = join(mdir, 'root', 'var', 'tmp', 'takt-debian-min', job.id);
+    const img = join(work, 'debian-min.img');
+    const table = JSON.parse(execFileSync('sfdisk', ['-J', img], { encoding: 'utf8' })) as { partitiontable: { partitions: Array<{ start: number; size: number }> } };
+    const rootPart = table.partitiontable.partitions[1]!;
+    const part = join(dir, 'sandboxed-root.ext4');
+    execFileSync('dd', [`if=${img}`, `of=${part}`, 'bs=512', `skip=${rootPart.start}`, `count=${rootPart.size}`, 'status=none']);
+    const debugfs = (req: string) => execFileSync('debugfs', ['-R', req, part], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+    const owner = (path: string) => {
+      const st = debugfs(`stat ${path}`);
+      const u = /User:\s+(\d+)\s+Group:\s+(\d+)/.exec(st);
+      const mode = /Mode:\s+(\d+)/.exec(st);
+      const type = /Type:\s+(\S+)/.exec(st);
+      return `${type?.[1]} ${mode?.[1]} ${u?.[1]}:${u?.[2]}`;
+    };
+    // What the stand-in made as (fake) root, as dpkg would: the faked owners and modes, not the sandbox uid.
+    expect(
+      Object.fromEntries(['/etc/shadow', '/usr/bin/su', '/var/log/journal', '/var/cache/man', '/dev', '/dev/console', '/dev/null', '/proc', '/etc/fstab', '/usr/local/sbin/takt-agent-boot', '/opt/takt/bin/takt', '/etc/machine-id'].map((p) => [p, owner(p)])),
+    ).toEqual({
+      '/etc/shadow': 'regular 0640 0:42',
+      '/usr/bin/su': 'regular 04755 0:0',
+      '/var/log/journal': 'directory 02755 0:101',
+      '/var/cache/man': 'directory 02755 6:12',
+      '/dev': 'directory 0755 0:0',
+      '/dev/console': 'character 0600 0:0',
+      '/dev/null': 'character 0666 0:0',
+      '/proc': 'directory 0555 0:0',
+      // Written by the task as the sandbox uid, outside fakeroot: root's in the image all the same.
+      '/etc/fstab': 'regular 0644 0:0',
+      '/usr/local/sbin/takt-agent-boot': 'regular 0755 0:0',
+      '/opt/takt/bin/takt': 'regular 0755 0:0',
+      '/etc/machine-id': 'regular 0644 0:0',
+    });
+    expect(debugfs('stat /dev/console')).toMatch(/Device major\/minor number: 05:01/);
+    expect(debugfs('stat /dev/null')).toMatch(/Device major\/minor number: 01:03/);
+    // Nothing in the image belongs to the sandbox's uid.
+    expect(debugfs('ls -l /')).not.toContain(String(uid));
+    expect(debugfs('ls -l /opt/takt/lib')).not.toContain(String(uid));
+    // Links fakechroot wrote with the builder's path in front point into the image's own root; others are kept.
+    expect(debugfs('stat /etc/localtime')).toMatch(/Fast link dest: "\/usr\/share\/zoneinfo\/Etc\/UTC"/);
+    expect(debugfs('stat /etc/timezone-rel')).toMatch(/Fast link dest: "\.\.\/usr\/share\/zoneinfo\/Etc\/UTC"/);
+    expect(log).toMatch(/debian-min: 1 absolute links made under fakechroot pointed into the builder's \S+\/rootfs; each now points into the image's own root/);
+    // fakechroot's stand-ins are undone: the real ldconfig and ldd, no diversions of fakechroot's.
+    expect(debugfs('cat /usr/sbin/ldconfig')).toBe('real-ldconfig\n');
+    expect(debugfs('cat /usr/bin/ldd')).toBe('real-ldd\n');
+    expect(debugfs('cat /var/lib/dpkg/diversions')).toBe('/usr/bin/foo\n/usr/bin/foo.distrib\nfoo\n');
+    // The tree and fakeroot's record of it are gone; the image stays for the upload.
+    expect(existsSync(join(work, 'rootfs'))).toBe(false);
+    expect(existsSync(join(work, 'fakeroot.state'))).toBe(false);
+  }, 300_000);
 });

@@ -2,10 +2,13 @@
  * The built-in `images` pack end to end (issue #14; docs/provisioning.md "Building a Debian image"), in
  * `npm run test:provision:full` only: it fetches Debian from deb.debian.org and boots a VM under TCG.
  *
- * 1. Build: a real endpoint with content/images pushed, and a builder machine whose agent (its own
- *    --root, running scripts as root) runs the `debian-min` pipeline as shipped: debootstrap bookworm
- *    from deb.debian.org, the agent baked in, `takt images build-disk`, `takt-image publish`. The image
- *    lands in the catalog with the job as its provenance.
+ * 1. Build: a real endpoint (root) with content/images pushed, and a sandboxed `--broker local` builder
+ *    machine — its scripts run as the machine's own unprivileged uid, so the task builds under
+ *    fakechroot and fakeroot — runs the `debian-min` pipeline as shipped: debootstrap bookworm from
+ *    deb.debian.org, the agent baked in, `takt images build-disk` in the same fakeroot session,
+ *    `takt-image publish`. The image lands in the catalog with the job as its provenance. (The root
+ *    builder's branch of the task is test/images-pack.test.ts's, with a stand-in debootstrap; so is the
+ *    debugfs read-back of faked owners, modes and device nodes.)
  * 2. Deploy: the same data dir, now served by `takt serve --provision … --qemu-bridge` in a network
  *    namespace (the builder needed the Internet, the boot network has none). A qemu broker VM (BIOS) boots
  *    discovery, the image-deploy pipeline writes debian-min to its disk, the VM boots Debian from it,
@@ -14,7 +17,7 @@
  * Phase timings, the load average and the image's size are printed. (The disk is not compared with the
  * image afterwards, as test/provision-deploy.test.ts does: Debian mounts its root read-write.)
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,7 +25,6 @@ import type { Image } from '../src/model/image.js';
 import type { Job, Machine } from '../src/model/machine.js';
 import { BootLab, until } from './helpers/boot-lab.js';
 import { Endpoint, ROOT, sleep, TAKT, writePack } from './helpers/endpoint.js';
-import { AgentProcess } from './helpers/liveness.js';
 import { bootArtifacts } from './helpers/provision.js';
 
 const load = () => loadavg().map((l) => l.toFixed(2)).join(' ');
@@ -33,7 +35,6 @@ describe('the images pack: debian-min built by a pipeline with debootstrap, depl
   const { prefix, bridge } = lab;
   const cli = (args: string[], timeoutMs?: number) => lab.cli(args, timeoutMs);
   let ep: Endpoint | null = null;
-  let builder: AgentProcess | null = null;
   const savedPath = process.env.PATH;
   let serialLog = '';
   const console_ = () => (serialLog && existsSync(serialLog) ? readFileSync(serialLog, 'utf8').slice(-6000) : '(no serial log)');
@@ -47,34 +48,34 @@ describe('the images pack: debian-min built by a pipeline with debootstrap, depl
 
   afterAll(async () => {
     process.env.PATH = savedPath;
-    await builder?.dispose();
     await ep?.stop();
     await lab.stopServe();
     lab.killBrokerVms();
     await lab.stop();
   }, 120_000);
 
-  it('a builder machine runs debian-min: debootstrap, the agent baked in, a bootable disk, published with its provenance', async () => {
-    ep = await Endpoint.start({ data: lab.data });
+  it('a sandboxed local builder (its own uid) runs debian-min: fakechroot debootstrap, the agent baked in, a bootable disk, published with its provenance', async () => {
+    // The sandbox's user passes through the lab's dir to its machine dir and the takt CLI.
+    chmodSync(lab.dir, 0o711);
+    // The takt CLI on the builder's PATH (the endpoint's PATH reaches its local machines' scripts).
+    const bin = join(lab.dir, 'bin');
+    mkdirSync(bin, { mode: 0o755 });
+    writeFileSync(join(bin, 'takt'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(TAKT)} "$@"\n`, { mode: 0o755 });
+    ep = await Endpoint.start({ data: lab.data, env: { PATH: `${bin}:${savedPath}` } });
     const push = await ep.cli(['content', 'push', join(ROOT, 'content', 'images')]);
     expect(push.code, push.stderr).toBe(0);
-    // The takt CLI on the builder's PATH, as on a joined host.
-    const bin = join(lab.dir, 'bin');
-    mkdirSync(bin);
-    writeFileSync(join(bin, 'takt'), `#!/bin/sh\nexec ${JSON.stringify(process.execPath)} ${JSON.stringify(TAKT)} "$@"\n`, { mode: 0o755 });
-    process.env.PATH = `${bin}:${savedPath}`;
 
     const t0 = Date.now();
-    const r = await ep.call('POST', '/machines', { name: 'builder', pipeline: 'debian-min', params: { image_version: '1.0.0' } });
+    const r = await ep.call('POST', '/machines', { name: 'builder', broker: 'local', pipeline: 'debian-min', params: { image_version: '1.0.0' } });
     expect(r.status, JSON.stringify(r.body)).toBe(201);
-    builder = new AgentProcess(ep.url, r.body.items[0].token as string).start();
     const m = await until(async () => {
       const b = (await ep!.call('GET', '/machines/builder')).body as Machine;
       return b.state === 'done' || b.state === 'stopped' ? b : undefined;
     }, 45 * 60_000, 'the builder to finish');
     const built = Date.now() - t0;
     const job = ((await ep.call('GET', '/jobs?machine=builder')).body.items as Job[])[0]!;
-    const log = ((await ep.call('GET', `/jobs/${job.id}/log`)).body.chunks as Array<{ data: string }>).map((c) => c.data).join('');
+    // The whole log: debootstrap's lines alone pass the default page of 1000 chunks.
+    const log = ((await ep.call('GET', `/jobs/${job.id}/log?limit=10000`)).body.chunks as Array<{ data: string }>).map((c) => c.data).join('');
     expect(m.state, `${m.reason}\n${log.slice(-6000)}`).toBe('done');
 
     image = (await ep.call('GET', '/images/debian-min/1.0.0')).body as Image;
@@ -86,9 +87,6 @@ describe('the images pack: debian-min built by a pipeline with debootstrap, depl
     const debootstrap = /debian-min: debootstrap took (\d+) s/.exec(log)?.[1];
     console.log(`[provision] debian-min@1.0.0 built and published in ${secs(built)} (debootstrap ${debootstrap} s), ${(image.size / 2 ** 20).toFixed(0)} MiB, kernel ${kernelRelease} (load ${load()})`);
 
-    await builder.dispose();
-    builder = null;
-    process.env.PATH = savedPath;
     // The endpoint ends, its data dir stays (Endpoint.stop would remove it): served again below.
     const p = ep.proc!;
     if (p.exitCode === null && p.signalCode === null) {

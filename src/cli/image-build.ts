@@ -77,7 +77,7 @@ export function imageBuildCommand(images: Command, g: Globals): void {
         'takt images build-disk small.img --root ./tree --kernel vmlinuz --initrd initrd.img --cmdline "console=ttyS0" --root-mib 64 -o json',
       ),
     )
-    .requiredOption('--root <dir>', 'the root file system tree (owners, modes and device nodes are kept: run as root for a debootstrap tree)')
+    .requiredOption('--root <dir>', 'the root file system tree (owners, modes and device nodes are kept: run as root for a debootstrap tree, or in the fakeroot session that made it: fakeroot -i STATE takt images build-disk …)')
     .requiredOption('--kernel <file>', 'the kernel (bzImage) the boot loaders load, e.g. ROOT/boot/vmlinuz-…')
     .requiredOption('--initrd <file>', 'the initrd loaded with it, e.g. ROOT/boot/initrd.img-…')
     .requiredOption('--cmdline <text>', 'the kernel command line (one line), e.g. "root=LABEL=takt-root rw console=ttyS0,115200"')
