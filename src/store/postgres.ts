@@ -35,6 +35,9 @@ const types = {
 function prepareByName(client: pg.PoolClient, cache: QueryCache): void {
   const query = client.query.bind(client) as (a: unknown, b?: unknown) => Promise<pg.QueryResult>;
   (client as { query: unknown }).query = (text: unknown, values?: unknown) => {
+    // Every call is one round trip (several statements in one simple query still are one): counted for
+    // the store's metric (Store.roundTrips).
+    if (typeof text === 'string') cache.countRoundTrip(text);
     const name = typeof text === 'string' && Array.isArray(values) ? cache.nameOf(text) : undefined;
     return name ? query({ name, text, values }) : query(text, values);
   };

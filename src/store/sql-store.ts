@@ -60,6 +60,10 @@ export class QueryCache {
   private readonly compiled = new Map<string, Prepared>();
   /** The SQL text of every compiled query → a statement name unique in this cache (`takt_1`, `takt_2`, …). */
   private readonly names = new Map<string, string>();
+  /** The SQL text of every compiled query → the key it was first compiled under (labels `roundTrips`). */
+  private readonly keys = new Map<string, string>();
+  /** Round trips to the database by label (`countRoundTrip`), since the store opened. */
+  private readonly trips = new Map<string, number>();
 
   prepare(key: string, build: () => Compilable<unknown>): Prepared {
     let p = this.compiled.get(key);
@@ -71,6 +75,7 @@ export class QueryCache {
       };
       this.compiled.set(key, p);
       if (!this.names.has(q.sql)) this.names.set(q.sql, `takt_${this.names.size + 1}`);
+      if (!this.keys.has(q.sql)) this.keys.set(q.sql, key);
     }
     return p;
   }
@@ -86,6 +91,7 @@ export class QueryCache {
       p = { sql: t.sql, params: Array.from({ length: t.params }, (_, i) => ({ arg: i })) };
       this.compiled.set(key, p);
       if (!this.names.has(t.sql)) this.names.set(t.sql, `takt_${this.names.size + 1}`);
+      if (!this.keys.has(t.sql)) this.keys.set(t.sql, key);
     }
     return p;
   }
@@ -98,6 +104,32 @@ export class QueryCache {
   nameOf(sql: string): string | undefined {
     return this.names.get(sql);
   }
+
+  /**
+   * Counts one round trip to the database carrying `sql` (postgres.ts calls it for every query its
+   * pooled connections send). Labelled by the compiled query's key (`lockMachine`, `insertJob`), or for
+   * other text by what it does (`begin+lock`, `notify+commit`, `commit`) or its first three words — a
+   * bounded set, since the store's SQL is fixed text in this file and Kysely's builders.
+   */
+  countRoundTrip(sql: string): void {
+    const label = this.keys.get(sql) ?? roundTripLabel(sql);
+    this.trips.set(label, (this.trips.get(label) ?? 0) + 1);
+  }
+
+  /** Round trips counted so far by label (`countRoundTrip`); empty on SQLite (no wire). */
+  roundTrips(): ReadonlyMap<string, number> {
+    return this.trips;
+  }
+}
+
+/** The label of a round trip whose SQL is not a compiled query (QueryCache.countRoundTrip). */
+function roundTripLabel(sql: string): string {
+  const t = sql.trimStart().toLowerCase();
+  if (t.startsWith('begin')) return t.includes('_shared(') ? 'begin+lock shared' : 'begin+lock';
+  if (t.includes('pg_notify')) return t.endsWith('commit') ? 'notify+commit' : 'notify';
+  if (t === 'commit' || t === 'rollback') return t;
+  if (t.startsWith('select pg_advisory_xact_lock')) return 'draw lock';
+  return t.replace(/["`]/g, '').split(/\s+/).slice(0, 3).join(' ');
 }
 
 async function run<R>(db: Db, p: Prepared, args: unknown[]): Promise<{ rows: R[]; numAffectedRows?: bigint }> {
@@ -1836,6 +1868,10 @@ export class SqlStore extends SqlReads implements Store {
   onOwnEvents(listener: EventListener) {
     this.ownListeners.add(listener);
     return () => this.ownListeners.delete(listener);
+  }
+
+  roundTrips(): ReadonlyMap<string, number> {
+    return this.q.roundTrips();
   }
 
   async pruneEvents(keep: number) {
