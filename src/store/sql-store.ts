@@ -885,6 +885,45 @@ class SqlTx extends SqlReads implements Tx {
     super(db, q, dialect);
   }
 
+  /** Writes held back to go together (PgRowTx): none in a plain SqlTx, which sends each at once. */
+  protected readonly heldWrites: HeldWrite[] = [];
+  /** Whether writes are held back (PgRowTx). */
+  protected holdWrites = false;
+
+  /**
+   * A write whose answer nobody waits for (a row inserted or updated whole): sent at once, or on
+   * PostgreSQL row-scoped transactions (PgRowTx) held back and sent with the next statement of the
+   * transaction or at its end (`flushWrites`), several in one round trip. `row` names the row it writes
+   * (`jobs:<id>`): a second write of a held row sends the held ones first, so that each statement of a
+   * batch writes a row no other one does (PostgreSQL runs a batch's statements on one snapshot).
+   */
+  protected async write(key: string, build: () => Compilable<unknown>, args: unknown[], row: string): Promise<void> {
+    if (!this.holdWrites) {
+      await this.exec(key, build, args);
+      return;
+    }
+    if (this.heldWrites.length >= MAX_HELD_WRITES || this.heldWrites.some((w) => w.row === row)) await this.flushWrites();
+    const p = this.q.prepare(key, build);
+    this.heldWrites.push({ key, sql: p.sql, values: p.params.map((x) => ('arg' in x ? args[x.arg] : x.value)), row });
+  }
+
+  /**
+   * Sends the writes held back (`write`), in the order made: one alone as it is; several as one
+   * statement whose data-modifying WITH clauses run each of them once, to completion
+   * (PostgreSQL, "Data-Modifying Statements in WITH"), a named statement per sequence of keys.
+   * @throws what the database answers (a failed write fails its transaction, as at once).
+   */
+  async flushWrites(): Promise<void> {
+    if (this.heldWrites.length === 0) return;
+    const ws = this.heldWrites.splice(0);
+    if (ws.length === 1) {
+      await this.db.executeQuery(CompiledQuery.raw(ws[0]!.sql, ws[0]!.values));
+      return;
+    }
+    const p = this.q.prepareSql(`writes:${ws.map((w) => w.key).join('+')}`, () => heldWritesSql(ws));
+    await this.db.executeQuery(CompiledQuery.raw(p.sql, ws.flatMap((w) => w.values)));
+  }
+
   /**
    * PostgreSQL: a locked machine's hold and open work orders, read right after the lock (`lockMachine`)
    * and answered from here by `getHold` and `nextWorkOrder` until this transaction writes them. Every claim
@@ -950,10 +989,11 @@ class SqlTx extends SqlReads implements Tx {
   async updateMachine(m: Machine) {
     const { id, ...rest } = machineToRow(m);
     const cols = Object.keys(rest) as Array<keyof typeof rest>;
-    await this.exec(
+    await this.write(
       'updateMachine',
       () => this.db.updateTable('machines').set(Object.fromEntries(cols.map((c, i) => [c, arg(i + 1)]))).where('id', '=', arg(0)),
       [id, ...cols.map((c) => rest[c])],
+      `machines:${id}`,
     );
   }
   async setAgentLiveness(id: string, a: AgentLiveness) {
@@ -985,7 +1025,7 @@ class SqlTx extends SqlReads implements Tx {
   async insertJob(j: Job) {
     const row = jobToRow(j);
     const cols = Object.keys(row) as Array<keyof typeof row>;
-    await this.exec('insertJob', () => this.db.insertInto('jobs').values({ ...Object.fromEntries(cols.map((c, i) => [c, arg(i)])), report: null } as never), cols.map((c) => row[c]));
+    await this.write('insertJob', () => this.db.insertInto('jobs').values({ ...Object.fromEntries(cols.map((c, i) => [c, arg(i)])), report: null } as never), cols.map((c) => row[c]), `jobs:${j.id}`);
   }
   async renewLease(jobId: string, until: string) {
     this.lockedJobs.delete(jobId);
@@ -1013,8 +1053,8 @@ class SqlTx extends SqlReads implements Tx {
     this.lockedJobs.delete(j.id);
     const args = [j.id, j.state, j.reason, j.exitCode, json(j.outputs), j.finishedAt, j.leaseExpiresAt, j.power ?? null];
     const set = { state: arg(1), reason: arg(2), exit_code: arg(3) as never, outputs: arg(4), finished_at: arg(5), lease_expires_at: arg(6), power: arg(7) };
-    if (report === undefined) await this.exec('finishJob', () => this.db.updateTable('jobs').set(set).where('id', '=', arg(0)), args);
-    else await this.exec('finishJobReport', () => this.db.updateTable('jobs').set({ ...set, report: arg(8) }).where('id', '=', arg(0)), [...args, json(report)]);
+    if (report === undefined) await this.write('finishJob', () => this.db.updateTable('jobs').set(set).where('id', '=', arg(0)), args, `jobs:${j.id}`);
+    else await this.write('finishJobReport', () => this.db.updateTable('jobs').set({ ...set, report: arg(8) }).where('id', '=', arg(0)), [...args, json(report)], `jobs:${j.id}`);
   }
   /**
    * Log text as the store can keep it: PostgreSQL's text cannot hold NUL, which a script's output may
@@ -1332,6 +1372,63 @@ class SqlTx extends SqlReads implements Tx {
   }
   emit(topic: string, data: unknown) {
     this.pending.push({ topic, data, at: new Date().toISOString() });
+  }
+}
+
+/** A write held back by a PgRowTx: its statement's key and text, its parameter values, the row it writes. */
+interface HeldWrite {
+  key: string;
+  sql: string;
+  values: unknown[];
+  row: string;
+}
+
+/** Writes one batch holds at most (bounds the statement's size and the number of distinct batches). */
+const MAX_HELD_WRITES = 6;
+
+/**
+ * The statement that runs `writes` in order (each compiled for PostgreSQL, parameters `$1…$n`): each
+ * one a data-modifying WITH clause, its parameters renumbered after the ones before.
+ */
+function heldWritesSql(writes: readonly HeldWrite[]): { sql: string; params: number } {
+  let offset = 0;
+  const clauses = writes.map((w, i) => {
+    const at = offset;
+    offset += w.values.length;
+    return `w${i} as (${w.sql.replace(/\$(\d+)/g, (_, n: string) => `$${Number(n) + at}`)})`;
+  });
+  return { sql: `with ${clauses.join(', ')} select 1`, params: offset };
+}
+
+/**
+ * A row-scoped transaction on PostgreSQL, where every statement is a round trip: the writes of a job's
+ * path whose answers nobody reads (insertJob, finishJob, updateMachine; SqlTx.write) are held back and
+ * sent together — with the next statement of any other kind (every other async method of the
+ * transaction sends them first, so the order of its statements is kept) or at the transaction's end
+ * (commitGroup calls `flushWrites`). A completion with its next claim sends its job's end, the next
+ * job and the machine in one round trip instead of three.
+ */
+class PgRowTx extends SqlTx {
+  constructor(db: Db, q: QueryCache) {
+    super(db, q, 'postgres', true);
+    this.holdWrites = true;
+  }
+}
+/** The methods that hold back (or send) writes themselves; every other async method sends them first. */
+const HOLDING = new Set(['constructor', 'write', 'flushWrites', 'insertJob', 'finishJob', 'updateMachine']);
+for (const proto of [SqlTx.prototype, SqlReads.prototype]) {
+  for (const name of Object.getOwnPropertyNames(proto)) {
+    const fn = (proto as unknown as Record<string, unknown>)[name];
+    // Only async methods: the sync ones (emit, query builders) send nothing.
+    if (HOLDING.has(name) || Object.hasOwn(PgRowTx.prototype, name) || typeof fn !== 'function' || fn.constructor.name !== 'AsyncFunction') continue;
+    Object.defineProperty(PgRowTx.prototype, name, {
+      value: async function (this: PgRowTx, ...args: unknown[]) {
+        await this.flushWrites();
+        return (fn as (...a: unknown[]) => Promise<unknown>).apply(this, args);
+      },
+      writable: true,
+      configurable: true,
+    });
   }
 }
 
@@ -1721,9 +1818,10 @@ export class SqlStore extends SqlReads implements Store {
         for (const item of group) {
           if (savepoints) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped');
           released = !savepoints;
-          const tx = new SqlTx(trx, this.q, this.dialect, deferred);
+          const tx = deferred && pg ? new PgRowTx(trx, this.q) : new SqlTx(trx, this.q, this.dialect, deferred);
           try {
             const value = await item.fn(tx);
+            await tx.flushWrites();
             const events = deferred ? [] : await this.insertEvents(trx, tx.pending, false, dataTexts);
             if (events.length > 0) feed?.drawn(events[events.length - 1]!.id);
             if (grouped && !pg) {
