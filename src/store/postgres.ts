@@ -9,7 +9,8 @@ import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
 import { TaktError } from '../model/errors.js';
 import { PgFollower } from './pg-follow.js';
-import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, QueryCache, SqlStore } from './sql-store.js';
+import { QueryCache } from './queries.js';
+import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, SqlStore } from './sql-store.js';
 import type { Database } from './tables.js';
 
 /** PostgreSQL's type id of `bigint` (int8). */
