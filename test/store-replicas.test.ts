@@ -456,6 +456,9 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
         // A second write of a held row sends the first one before it is held.
         await tx.insertJob(jobRecord('j-b', m.id, T0));
         await tx.finishJob({ ...jobRecord('j-b', m.id, T0), state: 'failed', exitCode: 1, finishedAt: T0, leaseExpiresAt: null });
+        // Answered from the locked machine's reads: the held writes stay held.
+        expect(await tx.getHold(m.id)).toBeUndefined();
+        expect(await tx.nextWorkOrder(m.id)).toBeUndefined();
         await tx.updateMachine({ ...mine, currentJob: null, state: 'done' });
         return read;
       },

@@ -164,6 +164,10 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
   const endLock = async () => {
     await lock?.end().catch(() => undefined);
   };
+  // Before the first connection (the probe below, which the pool keeps): every pooled connection runs the
+  // compiled queries by name and counts its round trips.
+  const queryCache = new QueryCache();
+  pool.on('connect', (client) => prepareByName(client, queryCache));
   try {
     const probe = await pool.connect();
     probe.release();
@@ -172,8 +176,6 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
     await endLock();
     throw unreachable(err);
   }
-  const queryCache = new QueryCache();
-  pool.on('connect', (client) => prepareByName(client, queryCache));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const store = new SqlStore(db, 'postgres', { where, onClose: endLock, queryCache, ...(opts.rowGroups !== undefined ? { rowGroups: opts.rowGroups } : {}) });
   try {

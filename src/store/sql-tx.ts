@@ -160,17 +160,25 @@ export class SqlTx extends SqlReads implements Tx {
     }
     return machineFromRow(r);
   }
+  // These three answer from memory when they can, without sending held writes (PgRowTx); a read of
+  // the database sends them first.
   override async getHold(machineId: string) {
     const known = this.withLock.get(machineId);
-    return known ? known.hold : super.getHold(machineId);
+    if (known) return known.hold;
+    await this.flushWrites();
+    return super.getHold(machineId);
   }
   override async nextWorkOrder(machineId: string) {
     const known = this.withLock.get(machineId);
-    return known ? firstOpen(known.open) : super.nextWorkOrder(machineId);
+    if (known) return firstOpen(known.open);
+    await this.flushWrites();
+    return super.nextWorkOrder(machineId);
   }
   override async getJob(id: string) {
     const known = this.lockedJobs.get(id);
-    return known ? { ...known } : super.getJob(id);
+    if (known) return { ...known };
+    await this.flushWrites();
+    return super.getJob(id);
   }
   async insertMachine(m: Machine, tokenHash: string) {
     await this.db.insertInto('machines').values({ ...machineToRow(m), facts: m.facts === null ? null : json(m.facts), token_hash: tokenHash }).execute();
@@ -603,8 +611,8 @@ export class PgRowTx extends SqlTx {
     this.holdWrites = true;
   }
 }
-/** The methods that hold back (or send) writes themselves; every other async method sends them first. */
-export const HOLDING = new Set(['constructor', 'write', 'flushWrites', 'insertJob', 'finishJob', 'updateMachine']);
+/** The methods that hold back (or send) writes themselves, or send them only when they read the database; every other async method sends them first. */
+export const HOLDING = new Set(['constructor', 'write', 'flushWrites', 'insertJob', 'finishJob', 'updateMachine', 'getHold', 'nextWorkOrder', 'getJob']);
 for (const proto of [SqlTx.prototype, SqlReads.prototype]) {
   for (const name of Object.getOwnPropertyNames(proto)) {
     const fn = (proto as unknown as Record<string, unknown>)[name];
