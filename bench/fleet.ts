@@ -232,8 +232,10 @@ async function compareStores(o: FleetOptions, url: string, replicas: number[], p
       const { machines } = await prepareFleet(r.endpoints[0]!, o);
       log(`${label}: ${machines.length} machines created; running…`);
       const db0 = await r.backendCpu?.();
+      const trips0 = c.kind === 'postgres' ? await roundTrips(r.endpoints) : undefined;
       const run = await runFleet(r.endpoints, machines, o, label);
       const dbCpuSec = db0 && r.backendCpu ? backendCpuBetween(db0, await r.backendCpu()) : 0;
+      const trips = trips0 ? tripsBetween(trips0, await roundTrips(r.endpoints)) : undefined;
       const perJob = (sec: number) => `${((sec * 1000) / Math.max(1, run.completed)).toFixed(2)}`;
       const lat = run.latencies.summaries();
       if (c.kind === 'sqlite') sqliteRate = run.completionsPerSec;
@@ -245,8 +247,14 @@ async function compareStores(o: FleetOptions, url: string, replicas: number[], p
         { metric: `${label}: CPU endpoints / PostgreSQL / agents`, value: `${run.serverCpuSec.toFixed(1)} s / ${dbCpuSec.toFixed(1)} s / ${run.clientCpuSec.toFixed(1)} s` },
         { metric: `${label}: CPU per job endpoints / PostgreSQL / agents`, value: `${perJob(run.serverCpuSec)} / ${perJob(dbCpuSec)} / ${perJob(run.clientCpuSec)} ms` },
       );
+      if (trips) {
+        const jobs = Math.max(1, run.completed);
+        const total = [...trips.values()].reduce((a, b) => a + b, 0);
+        const top = [...trips].sort((a, b) => b[1] - a[1]).filter(([, n]) => n / jobs >= 0.05);
+        rows.push({ metric: `${label}: round trips per job (all replicas)`, value: `${(total / jobs).toFixed(2)}: ${top.map(([k, n]) => `${k} ${(n / jobs).toFixed(2)}`).join(', ')}` });
+      }
       if (!run.finished) rows.push({ metric: `${label}: finished`, value: `no: ${run.completed} of ${run.jobs} jobs in ${o.maxSeconds} s` });
-      (data.configurations as unknown[]).push({ label, ...c, url: undefined, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, dbCpuSec, clientCpuSec: run.clientCpuSec });
+      (data.configurations as unknown[]).push({ label, ...c, url: undefined, roundTrips: trips ? Object.fromEntries(trips) : undefined, runMs: run.runMs, completed: run.completed, completionsPerSec: run.completionsPerSec, latencyMs: lat, serverPeakRssBytes: run.serverPeakRss, serverCpuSec: run.serverCpuSec, dbCpuSec, clientCpuSec: run.clientCpuSec });
     } finally {
       await r.stop();
     }
@@ -261,6 +269,29 @@ async function compareStores(o: FleetOptions, url: string, replicas: number[], p
       'PostgreSQL: claims and completions are row-scoped (TransactOptions): they run concurrently across replicas and on several connections per replica, kept apart by machine row locks; change numbers and event ids are drawn at commit under a short lock (sql-store.ts PG_DRAW_LOCK); every other write still runs alone (PG_WRITE_LOCK)',
     ],
   };
+}
+
+/**
+ * The replicas' round trips to PostgreSQL so far, summed by statement label, from each one's
+ * `takt_store_round_trips_total` (GET /metrics with the admin token; Store.roundTrips).
+ */
+async function roundTrips(endpoints: Endpoint[]): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const ep of endpoints) {
+    const res = await fetch(`${ep.url}/metrics`, { headers: { authorization: `Bearer ${ep.token}` } });
+    if (!res.ok) throw new Error(`GET ${ep.url}/metrics answered ${res.status}`);
+    for (const m of (await res.text()).matchAll(/^takt_store_round_trips_total\{statement="((?:[^"\\]|\\.)*)"\} (\d+)/gm)) {
+      out.set(m[1]!, (out.get(m[1]!) ?? 0) + Number(m[2]));
+    }
+  }
+  return out;
+}
+
+/** Each label's growth between two `roundTrips` readings. */
+function tripsBetween(before: Map<string, number>, after: Map<string, number>): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const [k, n] of after) if (n - (before.get(k) ?? 0) > 0) out.set(k, n - (before.get(k) ?? 0));
+  return out;
 }
 
 async function fleet(ep: Endpoint, o: FleetOptions): Promise<BenchReport> {

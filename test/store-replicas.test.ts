@@ -13,7 +13,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { readPackDir } from '../src/content/files.js';
 import { ContentService } from '../src/engine/content.js';
 import { Engine } from '../src/engine/engine.js';
-import type { Machine, TaktEvent, WorkOrder } from '../src/model/machine.js';
+import type { Job, Machine, TaktEvent, WorkOrder } from '../src/model/machine.js';
 import { Sealer } from '../src/model/secure.js';
 import { PgFollower } from '../src/store/pg-follow.js';
 import { openPostgresStore, type PostgresStoreOptions } from '../src/store/postgres.js';
@@ -43,6 +43,33 @@ class Heard {
   get ids(): number[] {
     return this.events.map((e) => e.id);
   }
+}
+
+/** A running job of machine `machineId`, created at `at`. */
+function jobRecord(id: string, machineId: string, at: string): Job {
+  return {
+    id,
+    machineId,
+    kind: 'pipeline',
+    workOrderId: null,
+    pipeline: 'p',
+    stage: 's',
+    task: 't',
+    variant: 'default',
+    state: 'running',
+    exitCode: null,
+    reason: null,
+    script: 'true',
+    params: {},
+    outputs: {},
+    timeoutMs: 60_000,
+    leaseExpiresAt: at,
+    createdAt: at,
+    finishedAt: null,
+    pack: null,
+    taskSha256: null,
+    scriptSha256: null,
+  };
 }
 
 /** Ids strictly ascending: every event once, in id order. */
@@ -359,6 +386,105 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     release();
     await holder;
     expect(await waiter).toBeNull();
+  });
+
+  it("a lock that waited reads the machine's current job as the holder left it (the job comes with the statement after the lock)", async () => {
+    const [a, b] = [await replica(), await replica()];
+    const T0 = new Date().toISOString();
+    const m = machineRecord('stale-job', { createdAt: T0, currentJob: 'j-1' });
+    await a.transact(async (tx) => {
+      await tx.insertMachine(m, 'x');
+      await tx.insertJob(jobRecord('j-1', m.id, T0));
+    });
+    // A (a completion with its next claim) holds the lock, ends j-1 and starts j-2; B waits for the lock.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let locked!: () => void;
+    const holding = new Promise<void>((r) => (locked = r));
+    const holder = a.transact(
+      async (tx) => {
+        const mine = (await tx.lockMachine(m.id))!;
+        locked();
+        await gate;
+        const j1 = (await tx.getJob('j-1'))!;
+        await tx.finishJob({ ...j1, state: 'succeeded', exitCode: 0, finishedAt: new Date().toISOString(), leaseExpiresAt: null });
+        await tx.insertJob(jobRecord('j-2', m.id, T0));
+        await tx.updateMachine({ ...mine, currentJob: 'j-2' });
+      },
+      { scope: 'rows' },
+    );
+    await holding;
+    const waiter = b.transact(
+      async (tx) => {
+        const mine = (await tx.lockMachine(m.id))!;
+        const current = mine.currentJob ? await tx.getJob(mine.currentJob) : undefined;
+        return { current: current?.id, state: current?.state, j1: (await tx.getJob('j-1'))?.state };
+      },
+      { scope: 'rows' },
+    );
+    const probe = new pg.Client({ connectionString: db!.url });
+    await probe.connect();
+    try {
+      for (let i = 0; ; i++) {
+        const r = await probe.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'");
+        if (r.rows[0].n >= 1) break;
+        if (i > 600) throw new Error('B never waited for the lock');
+        await new Promise((r2) => setTimeout(r2, 50));
+      }
+    } finally {
+      await probe.end();
+    }
+    release();
+    await holder;
+    expect(await waiter).toEqual({ current: 'j-2', state: 'running', j1: 'succeeded' });
+  });
+
+  it("a row-scoped transaction's job writes go in one round trip, and every read after them sees them", async () => {
+    const s = await replica();
+    const T0 = new Date().toISOString();
+    const m = machineRecord('held', { createdAt: T0 });
+    await s.transact((tx) => tx.insertMachine(m, 'x'));
+    const trips = () => new Map(s.roundTrips());
+    const before = trips();
+    const seen = await s.transact(
+      async (tx) => {
+        const mine = (await tx.lockMachine(m.id))!;
+        await tx.insertJob(jobRecord('j-a', m.id, T0));
+        await tx.updateMachine({ ...mine, currentJob: 'j-a' });
+        // A read after held writes sends them first.
+        const read = { job: (await tx.getJob('j-a'))?.state, current: (await tx.getMachine(m.id))?.currentJob };
+        // A second write of a held row sends the first one before it is held.
+        await tx.insertJob(jobRecord('j-b', m.id, T0));
+        await tx.finishJob({ ...jobRecord('j-b', m.id, T0), state: 'failed', exitCode: 1, finishedAt: T0, leaseExpiresAt: null });
+        // Answered from the locked machine's reads: the held writes stay held.
+        expect(await tx.getHold(m.id)).toBeUndefined();
+        expect(await tx.nextWorkOrder(m.id)).toBeUndefined();
+        await tx.updateMachine({ ...mine, currentJob: null, state: 'done' });
+        return read;
+      },
+      { scope: 'rows' },
+    );
+    expect(seen).toEqual({ job: 'running', current: 'j-a' });
+    expect((await s.getJob('j-b'))?.state).toBe('failed');
+    expect((await s.getMachine(m.id))?.state).toBe('done');
+    const after = trips();
+    const grew = (k: string) => (after.get(k) ?? 0) - (before.get(k) ?? 0);
+    expect(grew('writes:insertJob+updateMachine')).toBe(1);
+    expect(grew('writes:finishJob+updateMachine')).toBe(1);
+    expect(grew('insertJob')).toBe(1);
+    expect(grew('updateMachine')).toBe(0);
+    // A held write that fails fails its transaction (sent at its end, inside it): nothing of it commits.
+    await expect(
+      s.transact(
+        async (tx) => {
+          await tx.lockMachine(m.id);
+          await tx.updateMachine({ ...m, name: 'renamed' });
+          await tx.insertJob(jobRecord('j-a', m.id, T0));
+        },
+        { scope: 'rows' },
+      ),
+    ).rejects.toThrow(/duplicate key/);
+    expect((await s.getMachine(m.id))?.name).toBe('held');
   });
 
   it('a row-scoped group in which one transaction fails: its caller hears the error; the group rolls back whole and the others commit once, run again', async () => {

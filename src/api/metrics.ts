@@ -63,6 +63,16 @@ export class Metrics {
         MACHINE_STATES.forEach((state, i) => this.set({ state }, counts[i]!));
       },
     });
+    new Counter({
+      name: 'takt_store_round_trips_total',
+      help: "Round trips this process made to the store's database, by statement (PostgreSQL only; SQLite runs statements in-process)",
+      labelNames: ['statement'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [statement, n] of store.roundTrips()) this.inc({ statement }, n);
+      },
+    });
     // Own events only: another replica counts its own, so a sum over replicas counts each event once.
     this.unsubscribe = store.onOwnEvents((events) => this.onEvents(events));
   }

@@ -577,10 +577,14 @@ async function startDemo(content: ContentService, engine: Engine, broker: Proces
   if (kept.length) log('info', `demo: left existing ${kept.join(', ')} as they are; \`${env}npx takt machines restart demo-1\` walks one again`);
 }
 
-/** Prints one line per finished job and per machine that stops or finishes. */
+/**
+ * Prints one line per finished job and per machine that stops or finishes — those this process
+ * committed (Store.onOwnEvents): with replicas on one PostgreSQL, each logs its own share once, instead
+ * of every replica logging (and formatting) every job of the fleet.
+ */
 function reportProgress(store: SqlStore, log: LogFn): () => void {
   const names = new Map<string, string>();
-  return store.onEvents((events) => {
+  return store.onOwnEvents((events) => {
     for (const e of events) {
       if (e.topic.startsWith('machines.')) {
         const m = e.data as ReturnType<typeof publicMachine>;

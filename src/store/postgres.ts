@@ -9,7 +9,8 @@ import pg from 'pg';
 import { Kysely, PostgresDialect } from 'kysely';
 import { TaktError } from '../model/errors.js';
 import { PgFollower } from './pg-follow.js';
-import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, QueryCache, SqlStore } from './sql-store.js';
+import { QueryCache } from './queries.js';
+import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, SqlStore } from './sql-store.js';
 import type { Database } from './tables.js';
 
 /** PostgreSQL's type id of `bigint` (int8). */
@@ -35,6 +36,9 @@ const types = {
 function prepareByName(client: pg.PoolClient, cache: QueryCache): void {
   const query = client.query.bind(client) as (a: unknown, b?: unknown) => Promise<pg.QueryResult>;
   (client as { query: unknown }).query = (text: unknown, values?: unknown) => {
+    // Every call is one round trip (several statements in one simple query still are one): counted for
+    // the store's metric (Store.roundTrips).
+    if (typeof text === 'string') cache.countRoundTrip(text);
     const name = typeof text === 'string' && Array.isArray(values) ? cache.nameOf(text) : undefined;
     return name ? query({ name, text, values }) : query(text, values);
   };
@@ -160,6 +164,10 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
   const endLock = async () => {
     await lock?.end().catch(() => undefined);
   };
+  // Before the first connection (the probe below, which the pool keeps): every pooled connection runs the
+  // compiled queries by name and counts its round trips.
+  const queryCache = new QueryCache();
+  pool.on('connect', (client) => prepareByName(client, queryCache));
   try {
     const probe = await pool.connect();
     probe.release();
@@ -168,8 +176,6 @@ export async function openPostgresStore(url: string, opts: PostgresStoreOptions 
     await endLock();
     throw unreachable(err);
   }
-  const queryCache = new QueryCache();
-  pool.on('connect', (client) => prepareByName(client, queryCache));
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   const store = new SqlStore(db, 'postgres', { where, onClose: endLock, queryCache, ...(opts.rowGroups !== undefined ? { rowGroups: opts.rowGroups } : {}) });
   try {

@@ -331,6 +331,13 @@ export interface Store extends Reads {
    * (metrics: a sum over replicas then counts every event once). On SQLite (one process) it is every event.
    */
   onOwnEvents(listener: EventListener): () => void;
+  /**
+   * Round trips this store made to its database since it opened, by statement label (the compiled
+   * query's name in sql-store.ts, or `begin+lock`, `notify+commit`…): what a job costs on the wire.
+   * PostgreSQL only; empty on SQLite, whose statements run in-process. Exported as a metric
+   * (`takt_store_round_trips_total`).
+   */
+  roundTrips(): ReadonlyMap<string, number>;
   /** Deletes events older than the newest `keep` (the stream's catch-up window). */
   pruneEvents(keep: number): Promise<void>;
   close(): Promise<void>;
