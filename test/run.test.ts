@@ -177,3 +177,16 @@ describe('an ad-hoc command, checked', () => {
     expect((err as TaktError).message).toMatch(message);
   });
 });
+
+describe("the endpoint's progress log", () => {
+  it('names the machine of a command run after a restart (no machine event taught it the name)', async () => {
+    await ep.crash();
+    ep.output = '';
+    await ep.boot();
+    const r = await ep.cli(['run', '--machine', 'web-1', '--', 'echo logged']);
+    expect(r.code, r.stderr).toBe(0);
+    const id = (await machine('web-1')).id;
+    await until(async () => /web-1: \(command\) succeeded/.test(ep.output) || undefined, 30_000, 'the progress line of web-1');
+    expect(ep.output).not.toContain(`${id}: (command)`);
+  }, 120_000);
+});

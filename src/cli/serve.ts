@@ -596,8 +596,21 @@ function reportProgress(store: SqlStore, log: LogFn): () => void {
         }
       } else if (e.topic.startsWith('jobs.update.')) {
         const j = e.data as Job;
-        const machine = (names.get(j.machineId) ?? j.machineId).split('|')[0];
-        if (j.state !== 'running') log(j.state === 'succeeded' ? 'info' : 'warn', `${machine}: ${j.task} ${j.state}`, j.reason ? { reason: j.reason } : undefined);
+        if (j.state === 'running') continue;
+        const line = (machine: string) => log(j.state === 'succeeded' ? 'info' : 'warn', `${machine}: ${j.task} ${j.state}`, j.reason ? { reason: j.reason } : undefined);
+        const known = names.get(j.machineId);
+        if (known) line(known.split('|')[0]!);
+        else {
+          // A machine not seen change since this process started (after a restart; one whose work orders
+          // run without moving it, as `takt run`): its name is read once, so people read names, not ids.
+          void store
+            .getMachine(j.machineId)
+            .then((m) => {
+              if (m && !names.has(m.id)) names.set(m.id, `${m.name}|${m.state}`);
+              line(m?.name ?? j.machineId);
+            })
+            .catch(() => line(j.machineId));
+        }
       }
     }
   });
