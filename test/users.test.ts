@@ -170,6 +170,20 @@ describe('the CLI', () => {
     expect(after.code).not.toBe(0);
   });
 
+  it('a saved login refused (its user deleted) says it is the saved login, and that takt logout removes it', async () => {
+    expect((await ep.call('POST', '/users', { name: 'leaver', password: PW, roles: ['viewer'] })).status).toBe(201);
+    const env = { TAKT_ENDPOINT: ep.url, TAKT_CONFIG_DIR: join(config, 'leaver'), TAKT_TOKEN: '', TAKT_DATA: join(config, 'no-data') };
+    expect((await runCli(['login', 'leaver', '--password-stdin'], env, `${PW}\n`)).code).toBe(0);
+    expect((await ep.call('DELETE', '/users/leaver')).status).toBe(200);
+    const refused = await runCli(['machines', 'list'], env);
+    expect(refused.code).toBe(5);
+    expect(refused.stderr).toContain(`the token sent is your saved login for ${ep.url} (in ${join(config, 'leaver', 'tokens.json')}): \`takt logout\` removes it`);
+    // A token given outright gets no such hint.
+    const given = await runCli(['machines', 'list'], { ...env, TAKT_TOKEN: 'tku.nosuch.token' });
+    expect(given.code).toBe(5);
+    expect(given.stderr).not.toContain('saved login');
+  });
+
   it('users, roles and tokens speak -o json', async () => {
     const env = { TAKT_ENDPOINT: ep.url, TAKT_TOKEN: ep.token };
     const users = JSON.parse((await runCli(['users', 'list', '-o', 'json'], env)).stdout) as Array<{ name: string; roles: string[] }>;

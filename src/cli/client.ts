@@ -129,12 +129,26 @@ export function clientFrom(g: GlobalOptions): ApiClient {
       `no token (${where}): set TAKT_DATA=DIR to the --data dir of \`takt serve\` (its admin.token and endpoint are read from there), or pass --token / set TAKT_TOKEN`,
     );
   }
+  if (resolved.source === 'login') savedLoginInUse = { file: resolved.file!, endpoint };
   const ca = endpoint.startsWith('https:') ? resolveCa() : undefined;
   // A token read from a data dir goes only to the server that proves it holds it (see verifyEndpoint);
   // checked once per process and endpoint, however many clients a command makes.
   const key = `${endpoint}\n${resolved.token}`;
   const beforeRequest = resolved.source === 'data' ? () => getOrSet(verified, key, () => verifyEndpoint(endpoint, resolved.token, resolved.file!, ca)) : undefined;
   return new ApiClient({ endpoint, token: resolved.token, ...(ca ? { ca } : {}), ...(beforeRequest ? { beforeRequest } : {}) });
+}
+
+/** Set when a client of this process sends a token `takt login` kept (not --token, TAKT_TOKEN or a data dir's). */
+let savedLoginInUse: { file: string; endpoint: string } | undefined;
+
+/**
+ * What to add to a refusal (401) when the token refused was a saved login: it goes on being sent, ahead of
+ * the data dir's admin token, until `takt logout` removes it (its user deleted, its token revoked). Undefined
+ * when the token came from elsewhere.
+ */
+export function savedLoginHint(): string | undefined {
+  if (!savedLoginInUse) return undefined;
+  return `the token sent is your saved login for ${savedLoginInUse.endpoint} (in ${savedLoginInUse.file}): \`takt logout\` removes it (the data dir's admin token is used then, if there is one), or \`takt login\` again`;
 }
 
 /** Endpoints (with the token) this process has checked, or is checking: the check's promise. */

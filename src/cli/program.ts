@@ -8,7 +8,7 @@ import { Command, Option } from 'commander';
 import { pc } from './color.js';
 import { NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
-import type { GlobalOptions } from './client.js';
+import { savedLoginHint, type GlobalOptions } from './client.js';
 import { addAliases, examples } from './help.js';
 import { OUTPUT_FORMATS, setView, shownErr, type OutputFormat } from './view.js';
 import { VERSION } from './version.js';
@@ -375,6 +375,8 @@ export function report(err: unknown): number {
     for (const d of diags ?? []) process.stderr.write(shownErr(`${d.file}:${d.line}:${d.col}: ${d.message}`) + '\n');
     // An all-or-nothing refusal (import, rewind) names every problem: one line each, as lint's diagnostics.
     for (const line of problemLines(err.details)) process.stderr.write(shownErr(line) + '\n');
+    const hint = err.code === 'unauthorized' ? savedLoginHint() : undefined;
+    if (hint) process.stderr.write(`  ${shownErr(hint)}\n`);
     return err.code === 'not_found' ? 4 : err.code === 'unauthorized' || err.code === 'forbidden' ? 5 : 1;
   }
   if (err instanceof NetworkError) {
