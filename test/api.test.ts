@@ -263,7 +263,7 @@ describe('agent protocol', () => {
     expect(r.body.job.state).toBe('failed');
     const machine = (await call('GET', `/machines/${m.id}`)).body;
     expect(machine.state).toBe('stopped');
-    expect(machine.reason).toMatch(/output count = 'many' must be integer/);
+    expect(machine.reason).toMatch(/output count = 'many' must be an integer/);
   });
 
   it('a job whose agent goes quiet is marked lost after its lease and the machine stops with the reason', async () => {

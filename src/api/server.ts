@@ -34,6 +34,7 @@ import { machineRoutes } from './routes/machines.js';
 import { reportRoutes } from './routes/reports.js';
 import { rolloutRoutes } from './routes/rollouts.js';
 import { runRoutes } from './routes/run.js';
+import { ajvWords } from '../model/validate.js';
 
 export interface ServerOptions extends ApiContext {
   adminToken: string;
@@ -311,7 +312,7 @@ function validationError(fe: FastifyError): TaktError {
   const path = `${v.instancePath ?? ''}${field ? `/${field.replace(/~/g, '~0').replace(/\//g, '~1')}` : ''}`;
   const where = v.instancePath || fe.validationContext || 'body';
   const words = extra.pattern !== undefined ? describePattern(extra.pattern) : undefined;
-  const want = words ? `must be ${words}` : v.keyword === 'enum' && extra.allowedValues ? `must be one of ${extra.allowedValues.map((x) => JSON.stringify(x)).join(', ')}` : (v.message ?? 'is invalid');
+  const want = words ? `must be ${words}` : v.keyword === 'enum' && extra.allowedValues ? `must be one of ${extra.allowedValues.map((x) => JSON.stringify(x)).join(', ')}` : ajvWords(v.keyword, v.params, v.message);
   const message =
     v.keyword === 'additionalProperties'
       ? `unknown field '${field}'`

@@ -68,7 +68,40 @@ export function describeAjvError(e: ErrorObject, root?: unknown): SchemaProblem 
     case 'enum':
       return { path, message: `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}` };
     default:
-      return { path, message: e.message ?? 'is invalid' };
+      return { path, message: ajvWords(e.keyword, e.params, e.message) };
+  }
+}
+
+const ARTICLE: Record<string, string> = { string: 'a string', integer: 'an integer', number: 'a number', object: 'an object', array: 'an array', boolean: 'true or false', null: 'null' };
+const count = (n: number, one: string, many: string) => `${n} ${n === 1 ? one : many}`;
+
+/**
+ * What a JSON-schema rule asks, in words for people rather than Ajv's ("must NOT have more than 16
+ * characters" → "must be at most 16 characters long", "must be integer" → "must be an integer"): the one
+ * wording of schema errors for API answers (api/server.ts) and content checks alike. `fallback` (Ajv's
+ * message) is used for the rules not listed; 'is invalid' when there is none.
+ */
+export function ajvWords(keyword: string, params: unknown, fallback?: string): string {
+  const p = (params ?? {}) as { limit?: number; type?: string | string[]; comparison?: string };
+  switch (keyword) {
+    case 'maxLength':
+      return `must be at most ${count(p.limit!, 'character', 'characters')} long`;
+    case 'minLength':
+      return p.limit === 1 ? 'must not be empty' : `must be at least ${count(p.limit!, 'character', 'characters')} long`;
+    case 'maxItems':
+      return `must have at most ${count(p.limit!, 'item', 'items')}`;
+    case 'minItems':
+      return p.limit === 1 ? 'must not be empty (give at least one)' : `must have at least ${count(p.limit!, 'item', 'items')}`;
+    case 'maxProperties':
+      return `must have at most ${count(p.limit!, 'entry', 'entries')}`;
+    case 'minProperties':
+      return p.limit === 1 ? 'must not be empty' : `must have at least ${count(p.limit!, 'entry', 'entries')}`;
+    case 'type': {
+      const types = (Array.isArray(p.type) ? p.type : String(p.type ?? '').split(',')).filter(Boolean);
+      return types.length ? `must be ${types.map((t) => ARTICLE[t] ?? t).join(' or ')}` : (fallback ?? 'is invalid');
+    }
+    default:
+      return fallback ?? 'is invalid';
   }
 }
 
