@@ -96,6 +96,18 @@ describe('image catalog', () => {
     expect(((await past.json()) as { error: { code: string } }).error.code).toBe('range_not_satisfiable');
   });
 
+  it.each(['bytes=abc', 'bytes=', 'items=0-10', 'bytes=10-5x', 'bytes=--1'])('a Range that is not valid syntax (%s) is ignored: the whole image, 200 (RFC 9110 §14.2)', async (range) => {
+    const r = await fetch(`${ep.url}/api/v1/images/disk/1.0.0/blob`, { headers: { authorization: `Bearer ${ep.token}`, range } });
+    expect(r.status).toBe(200);
+    expect(sha(Buffer.from(await r.arrayBuffer()))).toBe(sha(disk));
+  });
+
+  it('a valid suffix range (bytes=-100) is still served as a range', async () => {
+    const r = await fetch(`${ep.url}/api/v1/images/disk/1.0.0/blob`, { headers: { authorization: `Bearer ${ep.token}`, range: 'bytes=-100' } });
+    expect(r.status).toBe(206);
+    expect(Buffer.from(await r.arrayBuffer()).equals(disk.subarray(disk.length - 100))).toBe(true);
+  });
+
   it('a machine token reads images and their bytes, and can neither import nor remove', async () => {
     const made = await ep.call('POST', '/machines', { name: 'img-reader' });
     const token = made.body.items[0].token as string;
