@@ -229,7 +229,7 @@ describe.skipIf(!haveTools || !isRoot)('the debian-min pipeline (stand-in deboot
 
     const image = (await call('GET', '/images/debian-min/1.0.0')).body as Image;
     expect(image).toMatchObject({ name: 'debian-min', version: '1.0.0', format: 'raw', partitionTable: 'mbr', size: job.outputs.image_bytes });
-    expect(image.provenance).toMatchObject({ kind: 'build', machine: { id: m.id, name: 'builder-1' }, job: job.id, pipeline: 'debian-min', task: 'debian-min-build', pack: 'images@1.0.0', file: 'debian-min.img' });
+    expect(image.provenance).toMatchObject({ kind: 'build', machine: { id: m.id, name: 'builder-1' }, job: job.id, pipeline: 'debian-min', task: 'debian-min-build', pack: 'images@1.1.0', file: 'debian-min.img' });
     expect(image.provenance.kind === 'build' && image.provenance.recipe.params).toMatchObject({ image_version: '1.0.0', debian_suite: 'bookworm', debian_mirror: 'http://deb.debian.org/debian', debian_packages: 'openssh-server,curl' });
 
     // What is on the image's root: the agent, the first-boot unit, networking, an empty machine-id.
@@ -319,6 +319,8 @@ ln -s usr/sbin "$root/sbin"
 head -c 1048576 /dev/zero > "$root/boot/vmlinuz-6.1.0-99-amd64"
 head -c 1048576 /dev/zero > "$root/boot/initrd.img-6.1.0-99-amd64"
 echo 0123456789abcdef > "$root/etc/machine-id"
+# systemd makes it read-only (0444): the task, not root in truth, must still empty it
+chmod 444 "$root/etc/machine-id"
 echo 'root:*:19000:0:99999:7:::' > "$root/etc/shadow"
 chown 0:42 "$root/etc/shadow"
 chmod 640 "$root/etc/shadow"
@@ -424,7 +426,7 @@ describe.skipIf(!haveTools || !isRoot || !haveFake)('the debian-min pipeline on 
       '/etc/fstab': 'regular 0644 0:0',
       '/usr/local/sbin/takt-agent-boot': 'regular 0755 0:0',
       '/opt/takt/bin/takt': 'regular 0755 0:0',
-      '/etc/machine-id': 'regular 0644 0:0',
+      '/etc/machine-id': 'regular 0444 0:0',
     });
     expect(debugfs('stat /dev/console')).toMatch(/Device major\/minor number: 05:01/);
     expect(debugfs('stat /dev/null')).toMatch(/Device major\/minor number: 01:03/);

@@ -80,7 +80,7 @@ describe('the images pack: debian-min built by a pipeline with debootstrap, depl
 
     image = (await ep.call('GET', '/images/debian-min/1.0.0')).body as Image;
     expect(image).toMatchObject({ name: 'debian-min', version: '1.0.0', format: 'raw', partitionTable: 'mbr' });
-    expect(image.provenance).toMatchObject({ kind: 'build', machine: { id: m.id, name: 'builder' }, job: job.id, pipeline: 'debian-min', task: 'debian-min-build', pack: 'images@1.0.0' });
+    expect(image.provenance).toMatchObject({ kind: 'build', machine: { id: m.id, name: 'builder' }, job: job.id, pipeline: 'debian-min', task: 'debian-min-build', pack: 'images@1.1.0' });
     expect(image.provenance.kind === 'build' && image.provenance.recipe.params).toEqual({ debian_suite: 'bookworm', debian_mirror: 'http://deb.debian.org/debian', debian_packages: '', image_version: '1.0.0' });
     kernelRelease = String(job.outputs.kernel);
     expect(kernelRelease).toMatch(/^\d+\.\d+\.\d+-\d+-amd64$/);
