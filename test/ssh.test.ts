@@ -378,7 +378,7 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
     } finally {
       await one.stop();
     }
-  });
+  }, 240_000);
 
   it('a key the host does not accept: the reason says so, it keeps trying, and nothing is pinned or run', async () => {
     const stranger = join(lab.tmp, 'stranger_ed25519');
