@@ -161,6 +161,14 @@ describe('a real endpoint', () => {
     expect(answer).toMatch(/^HTTP\/1\.1 404/);
   });
 
+  it('a body of a content-type the route does not take is 415 in the error shape, saying to send JSON', async () => {
+    const r = await fetch(`${ep.url}/api/v1/machines`, { method: 'POST', headers: { authorization: `Bearer ${ep.token}`, 'content-type': 'text/csv' }, body: 'name\nweb-1\n' });
+    expect(r.status).toBe(415);
+    const body = (await r.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('bad_request');
+    expect(body.error.message).toBe("the body's content-type text/csv is not one this route takes: send JSON with content-type: application/json");
+  });
+
   it('a path that is not valid percent-encoding is 400 in the error shape (not the framework\'s)', async () => {
     for (const p of ['/api/v1/machines/%c0%af', '/api/v1/machines/%ff/restart', '/api/v1/jobs/%']) {
       const r = await raw(ep.url, 'GET', p, { token: ep.token });

@@ -212,6 +212,10 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       if (fe.validation) return reply.code(422).send(validationError(fe).toBody());
       const status = fe.statusCode ?? 500;
       if (status === 413) return reply.code(413).send(new TaktError('too_large', `request body is too large (limit ${req.routeOptions.bodyLimit ?? 1048576} bytes)`).toBody());
+      if (status === 415) {
+        const type = String(req.headers['content-type'] ?? '(none)').slice(0, 100);
+        return reply.code(415).send(new TaktError('bad_request', `the body's content-type ${type} is not one this route takes: send JSON with content-type: application/json`).toBody());
+      }
       if (status >= 400 && status < 500) {
         const code = status === 404 ? 'not_found' : 'bad_request';
         return reply.code(status).send(new TaktError(code, fe.message.replace(/^FST_\w+: /, '')).toBody());
