@@ -371,18 +371,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
       { scope: 'rows' },
     );
     // B is waiting on the row lock (seen by the server), then A goes on and commits.
-    const probe = new pg.Client({ connectionString: db!.url });
-    await probe.connect();
-    try {
-      for (let i = 0; ; i++) {
-        const r = await probe.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'");
-        if (r.rows[0].n >= 1) break;
-        if (i > 600) throw new Error('B never waited for the lock');
-        await new Promise((r2) => setTimeout(r2, 50));
-      }
-    } finally {
-      await probe.end();
-    }
+    await someoneWaitsForALock(db!.url);
     release();
     await holder;
     expect(await waiter).toBeNull();
@@ -422,18 +411,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
       },
       { scope: 'rows' },
     );
-    const probe = new pg.Client({ connectionString: db!.url });
-    await probe.connect();
-    try {
-      for (let i = 0; ; i++) {
-        const r = await probe.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'");
-        if (r.rows[0].n >= 1) break;
-        if (i > 600) throw new Error('B never waited for the lock');
-        await new Promise((r2) => setTimeout(r2, 50));
-      }
-    } finally {
-      await probe.end();
-    }
+    await someoneWaitsForALock(db!.url);
     release();
     await holder;
     expect(await waiter).toEqual({ current: 'j-2', state: 'running', j1: 'succeeded' });
@@ -608,3 +586,23 @@ describe('the follower without a database (own groups, holes, pruned events)', (
     expect(published).toEqual([10, 11, 41, 42, 61]);
   });
 });
+
+/**
+ * Resolves once the server shows a session of this database waiting for a lock (pg_stat_activity): the
+ * point a test needs, without a sleep. Polls every 50 ms, at most 30 s.
+ * @throws Error when no session waits by then.
+ */
+async function someoneWaitsForALock(url: string): Promise<void> {
+  const probe = new pg.Client({ connectionString: url });
+  await probe.connect();
+  try {
+    for (let i = 0; ; i++) {
+      const r = await probe.query("select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'");
+      if (r.rows[0].n >= 1) return;
+      if (i > 600) throw new Error('no transaction ever waited for the lock');
+      await new Promise((r2) => setTimeout(r2, 50));
+    }
+  } finally {
+    await probe.end();
+  }
+}
