@@ -205,5 +205,5 @@ describe('takt run, interrupted', () => {
     expect(code).toBe(130);
     // The exit may beat the cancel the first Ctrl-C started: then the work order is still queued (and listed).
     expect(['cancelled', 'queued']).toContain((await workOrders('int-2'))[0]!.state);
-  });
+  }, 120_000);
 });

@@ -201,7 +201,7 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
     }
     // Each agent reported its facts again when it started.
     for (const name of HOSTS) expect(host(name).agentLog).toContain('host facts reported');
-  });
+  }, 150_000);
 
   it('refuses a wrong key pin before anything is sent', async () => {
     const t = await joinCommand(['--pipeline', 'joined']);
@@ -281,7 +281,7 @@ describe.skipIf(why !== null)(`joining hosts in network namespaces over TLS${why
     startAgent(h, r.stdout.trim());
     expect((await ep.call('POST', '/machines/remote-a/restart')).status).toBe(200);
     await until(async () => (await machine('remote-a')).state === 'done', 90_000, `remote-a done again (agent log: ${h.agentLog.slice(-2000)})`);
-  });
+  }, 150_000);
 
   afterAll(() => {
     if (joinMs.length) process.stderr.write(`join-remote: one join (one-liner to exit) took ${joinMs.map((ms) => `${(ms / 1000).toFixed(2)} s`).join(', ')}\n`);

@@ -116,5 +116,5 @@ describe.skipIf(skip !== null)('two endpoints on one host', () => {
 
     expect((await a.cli(['machines', 'delete', 'twin'])).code).toBe(0);
     expect(namespaces()).not.toContain(nsA);
-  });
+  }, 150_000);
 });

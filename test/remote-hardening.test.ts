@@ -135,5 +135,5 @@ describe('an agent whose token was rotated', () => {
     expect(listed.stdout).not.toContain(id);
     expect(out).not.toContain(token);
     expect(out).not.toContain(rotated.body.token);
-  });
+  }, 120_000);
 });

@@ -88,7 +88,7 @@ describe('takt run', () => {
     expect(slow.code).toBe(1);
     expect(slow.stdout).toMatch(/web-1 \| FAILED \| (failed|rc=\S+) >>\nstarted\n/);
     expect(slow.stdout).toMatch(/timed out|timeout/i);
-  });
+  }, 150_000);
 
   it('-l selects machines by label', async () => {
     await ep.api.patch('/machines/web-1', { labels: { role: 'web' } });

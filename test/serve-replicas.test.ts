@@ -276,7 +276,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt serve replicas on one Pos
     expect((await b.call('POST', `/machines/${made[1]!.id}/power`, { power: 'on' })).status).toBe(200);
     await until(async () => a.output.includes(`${made[1]!.name} powered on: its agent starts`), 30_000, 'A heard the power change made through B');
     await until(async () => pidOf() !== first && alive(pidOf()), 30_000, "A started the powered-on machine's agent again");
-  }, 120_000);
+  }, 360_000);
 
   it('refuses a replica without the shared keys, with another secret.key, with another CA, or with the endpoint id of a live one', async () => {
     const a = eps[0]!;

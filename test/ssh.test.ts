@@ -174,7 +174,7 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
     await until(async () => pids.every(gone), 30_000, 'the remote processes to be killed');
     expect(await get(`/jobs/${job.id}`)).toMatchObject({ state: 'cancelled', reason: expect.stringMatching(/^cancelled by \S+: not on this host$/) });
     expect(await get(`/workorders/${wo.body.id}`)).toMatchObject({ state: 'cancelled' });
-  });
+  }, 120_000);
 
   it('a failing exit code fails the job with it', async () => {
     const r = await runOnce('web-1', 'fail-7');
@@ -348,7 +348,7 @@ describe.skipIf(skip !== null)('agentless machines over SSH (real sshd in networ
     await until(async () => !alive(), 90_000, 'the lost job to be killed on the host');
     expect(existsSync(join(m.root, 'markers'))).toBe(false);
     expect((await jobsOf('cut')).length).toBe(1);
-  });
+  }, 150_000);
 
   it('--ssh-max-sessions bounds how many machines run jobs at once; the others wait and say so', async () => {
     const one = await Endpoint.start({ lease: '5s', env: { TAKT_SSH_MAX_SESSIONS: '1' } });
