@@ -1,6 +1,6 @@
 /** Registers every resource's commands; each resource's live in its own file (src/cli/<resource>.ts). */
 import type { Command } from 'commander';
-import { CONTENT_KINDS } from '../model/content.js';
+import { CONTENT_KINDS } from '../model/content-names.js';
 import { approvalCommands } from './approvals.js';
 import { bootenvBuildCommand } from './bootenv.js';
 import { clientFrom, type Globals } from './client.js';

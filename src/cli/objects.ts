@@ -2,7 +2,7 @@
 import { readFile } from 'node:fs/promises';
 import { type Command } from 'commander';
 import type { ApiClient } from '../client/http.js';
-import { CONTENT_KINDS, KIND_NOUN } from '../model/content.js';
+import { CONTENT_KINDS, KIND_NOUN } from '../model/content-names.js';
 import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, renderTable, shown } from './output.js';

@@ -2,9 +2,9 @@
 import { Argument, Option, type Command } from 'commander';
 import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
-import { hint } from '../engine/rollouts.js';
+
 import { TaktError } from '../model/errors.js';
-import { BUSY_POLICIES, type RolloutItem, type RolloutPlanItem, type RolloutState } from '../model/rollout.js';
+import { BUSY_POLICIES, hint, type RolloutItem, type RolloutPlanItem, type RolloutState } from '../model/rollout.js';
 import { collect, PARAM_TYPING, parseParamPairs, type GlobalOptions } from './client.js';
 import { colorState, print, renderTable, shown } from './output.js';
 import { examples } from './help.js';

@@ -9,7 +9,7 @@ import type { Command } from 'commander';
 import { TaktError } from '../model/errors.js';
 import type { CopySummary } from '../store/copy.js';
 import type { OpenedStore } from '../store/open.js';
-import { isPostgresUrl, redactUrl } from '../store/postgres.js';
+import { isPostgresUrl, redactUrl } from '../store/store-url.js';
 import type { GlobalOptions } from './client.js';
 import { pc } from './color.js';
 import { LOCK_FILE } from './datadir.js';

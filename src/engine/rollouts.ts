@@ -18,7 +18,7 @@ import { TaktError } from '../model/errors.js';
 import { formatLabelSelector, parseLabelSelector } from '../model/labels.js';
 import { ADHOC_TASK, type Machine } from '../model/machine.js';
 import { newId } from './ids.js';
-import { BUSY_POLICIES, type BusyPolicy, type Rollout, type RolloutItem, type RolloutPlanItem, type RolloutSpec, type RolloutState } from '../model/rollout.js';
+import { BUSY_POLICIES, hint, type BusyPolicy, type Rollout, type RolloutItem, type RolloutPlanItem, type RolloutSpec, type RolloutState } from '../model/rollout.js';
 import type { Reads, Store, Tx } from '../store/store.js';
 import type { Engine } from './engine.js';
 import type { MachineSelection, Records } from './records.js';
@@ -619,24 +619,6 @@ const describe = (select: Record<string, string>, selector?: string) => {
 };
 /** "paused (andon pulled by admin)": the state and why. */
 const stateText = (r: Pick<Rollout, 'state' | 'reason'>) => `${r.state}${r.reason ? ` (${r.reason})` : ''}`;
-
-/** What an operator can do with a rollout in its state, as the commands to type. */
-export function hint(r: Pick<Rollout, 'id' | 'state'>): string {
-  const t = (verb: string) => `\`takt rollouts ${verb} ${r.id}\``;
-  switch (r.state) {
-    case 'running':
-      return `Follow it with ${t('watch')}, or hold it with ${t('pause')}.`;
-    case 'paused':
-      return `Continue it with ${t('resume')}, or end it with ${t('abort')}.`;
-    case 'awaiting-approval':
-      return `Start the next wave with ${t('approve')}, or end it with ${t('abort')}.`;
-    case 'stopped':
-      return `Fix the cause, then re-run its failed machines with ${t('retry')}, or end it with ${t('abort')}.`;
-    case 'aborted':
-    case 'completed':
-      return `It has ended: ${t('retry')} re-runs its failed machines, or start a new rollout with \`takt rollouts create\`.`;
-  }
-}
 
 /** A dry run's action for one machine, as `startItem` would decide it now (pure: table-tested). */
 export function planAction(spec: Pick<RolloutSpec, 'pipeline' | 'blueprint' | 'busy'>, busy: Busy | null): Pick<RolloutPlanItem, 'action' | 'detail'> {

@@ -4,21 +4,8 @@
  * so an unknown field is an error that names the field).
  */
 import Type, { type Static } from 'typebox';
-
-export const NAME_PATTERN = '^[a-z0-9][a-z0-9._-]{0,62}$';
-/** Param names are template identifiers, so no dashes or dots. */
-export const PARAM_NAME_PATTERN = '^[a-z][a-z0-9_]{0,62}$';
-
-/** The name patterns in words, for messages: people should not have to read a regular expression. */
-const PATTERN_WORDS: Record<string, string> = {
-  [NAME_PATTERN]: 'a lower-case name: 1 to 63 letters, digits, dots, underscores or dashes, starting with a letter or digit',
-  [PARAM_NAME_PATTERN]: 'a lower-case identifier: 1 to 63 letters, digits or underscores, starting with a letter',
-};
-
-/** `pattern` (one of the patterns above) described in words, or undefined for another pattern. */
-export function describePattern(pattern: string): string | undefined {
-  return Object.hasOwn(PATTERN_WORDS, pattern) ? PATTERN_WORDS[pattern] : undefined;
-}
+import { NAME_PATTERN, PARAM_NAME_PATTERN, type ContentKind } from './content-names.js';
+export { CONTENT_KINDS, KIND_NOUN, NAME_PATTERN, PARAM_NAME_PATTERN, describePattern, type ContentKind } from './content-names.js';
 
 const Name = Type.String({ pattern: NAME_PATTERN, description: 'lower-case name: letters, digits, . _ -' });
 const ParamName = Type.String({ pattern: PARAM_NAME_PATTERN, description: 'lower-case identifier: letters, digits, _' });
@@ -261,8 +248,6 @@ export const ClassifierSchema = Type.Object(
 );
 export type ClassifierDef = Static<typeof ClassifierSchema>;
 
-export const CONTENT_KINDS = ['params', 'profiles', 'tasks', 'stages', 'pipelines', 'blueprints', 'bootenvs', 'classifiers'] as const;
-export type ContentKind = (typeof CONTENT_KINDS)[number];
 
 export interface ContentByKind {
   params: ParamDef;
@@ -286,18 +271,6 @@ export const CONTENT_SCHEMAS = {
   bootenvs: BootenvSchema,
   classifiers: ClassifierSchema,
 } as const;
-
-/** Singular names for messages ("task 'x' not found"). */
-export const KIND_NOUN: Record<ContentKind, string> = {
-  params: 'param',
-  profiles: 'profile',
-  tasks: 'task',
-  stages: 'stage',
-  pipelines: 'pipeline',
-  blueprints: 'blueprint',
-  bootenvs: 'bootenv',
-  classifiers: 'classifier',
-};
 
 /** The layer every object comes from: a pack (by name) or `local` (created through the API). */
 export const LOCAL_LAYER = 'local';

@@ -5,7 +5,7 @@
  * a blob from its first bytes, table-tested without an endpoint.
  */
 import semver from 'semver';
-import { NAME_PATTERN } from './content.js';
+import { NAME_PATTERN } from './content-names.js';
 import { TaktError } from './errors.js';
 
 /** raw: a whole disk, byte for byte; qcow2: QEMU's copy-on-write disk format; tar: a root file system. */

@@ -101,3 +101,21 @@ export interface MachineHold {
   /** When the hold was taken (ISO-8601 UTC). */
   since: string;
 }
+
+/** What an operator can do with a rollout in its state, as the commands to type. */
+export function hint(r: { id: string; state: RolloutState }): string {
+  const t = (verb: string) => `\`takt rollouts ${verb} ${r.id}\``;
+  switch (r.state) {
+    case 'running':
+      return `Follow it with ${t('watch')}, or hold it with ${t('pause')}.`;
+    case 'paused':
+      return `Continue it with ${t('resume')}, or end it with ${t('abort')}.`;
+    case 'awaiting-approval':
+      return `Start the next wave with ${t('approve')}, or end it with ${t('abort')}.`;
+    case 'stopped':
+      return `Fix the cause, then re-run its failed machines with ${t('retry')}, or end it with ${t('abort')}.`;
+    case 'aborted':
+    case 'completed':
+      return `It has ended: ${t('retry')} re-runs its failed machines, or start a new rollout with \`takt rollouts create\`.`;
+  }
+}

@@ -6,7 +6,7 @@
  * (`root@[2001:db8::5]:22`). The port defaults to 22.
  */
 import { isIP } from 'node:net';
-import { NAME_PATTERN } from './content.js';
+import { NAME_PATTERN } from './content-names.js';
 import { TaktError } from './errors.js';
 
 /** A host's public key as pinned: its algorithm and its SHA-256 fingerprint as `ssh-keygen -lf` prints it. */

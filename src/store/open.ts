@@ -5,7 +5,8 @@
  */
 import { join } from 'node:path';
 import { TaktError } from '../model/errors.js';
-import { isPostgresUrl, openPostgresStore, redactUrl } from './postgres.js';
+import { openPostgresStore } from './postgres.js';
+import { isPostgresUrl, redactUrl } from './store-url.js';
 import type { SqlStore } from './sql-store.js';
 import { openSqliteStore } from './sqlite.js';
 

@@ -12,6 +12,7 @@ import { PgFollower } from './pg-follow.js';
 import { QueryCache } from './queries.js';
 import { PG_ENDPOINT_LOCK, PG_LOCK_SPACE, PG_REPLICA_SPACE, SqlStore } from './sql-store.js';
 import type { Database } from './tables.js';
+import { isPostgresUrl, redactUrl } from './store-url.js';
 
 /** PostgreSQL's type id of `bigint` (int8). */
 const INT8_OID = 20;
@@ -42,27 +43,6 @@ function prepareByName(client: pg.PoolClient, cache: QueryCache): void {
     const name = typeof text === 'string' && Array.isArray(values) ? cache.nameOf(text) : undefined;
     return name ? query({ name, text, values }) : query(text, values);
   };
-}
-
-/** Whether `spec` names a PostgreSQL database (`postgres://…` or `postgresql://…`). */
-export function isPostgresUrl(spec: string): boolean {
-  return /^postgres(ql)?:\/\//i.test(spec);
-}
-
-/**
- * A PostgreSQL URL as it may be shown or logged: the password (in the URL's user info or a `password`
- * query parameter) replaced by `****`. Text that is not a URL is reduced to its scheme.
- */
-export function redactUrl(url: string): string {
-  let u: URL;
-  try {
-    u = new URL(url);
-  } catch {
-    return `${/^[a-z][a-z0-9+.-]*:/i.exec(url)?.[0] ?? ''}//(unparsable URL)`;
-  }
-  if (u.password) u.password = '****';
-  for (const k of [...u.searchParams.keys()]) if (/pass/i.test(k)) u.searchParams.set(k, '****');
-  return u.toString();
 }
 
 export interface PostgresStoreOptions {
