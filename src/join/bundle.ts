@@ -24,6 +24,7 @@ import { basename, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { TaktError } from '../model/errors.js';
+import { bundleCli } from '../build/esbuild.js';
 
 const run = promisify(execFile);
 
@@ -92,6 +93,9 @@ if (process.env.TAKT_BUNDLE_LIB !== undefined) {
 }
 await import('./main.js');
 `;
+
+/** Packages the agent bundle leaves out (see bundleCli). */
+const AGENT_EXTERNAL = ['better-sqlite3', 'ssh2', 'cpu-features'];
 
 /** Bundles of other keys are removed once they have not been built for this long. */
 const PRUNE_AFTER_MS = 24 * 3600_000;
@@ -181,29 +185,16 @@ export class AgentBundle {
     await rm(stage, { recursive: true, force: true });
   }
 
-  /** esbuild, as measured in research/provisioning-facts.md §2: ESM with splitting, `require` for CJS deps. */
+  /**
+   * The CLI bundled as the endpoint's own is (build/esbuild.ts), but with only what an agent host cannot
+   * load left out: the store's native addon and the SSH client (native optional parts). Agents never load
+   * them; everything else (argon2, esbuild: JS an agent never runs) is bundled, as the host has no node_modules.
+   */
   private async bundleCli(outdir: string): Promise<void> {
-    const esbuild = await import('esbuild');
     try {
-      await esbuild.build({
-        entryPoints: [join(this.root, 'dist', 'cli', 'main.js')],
-        bundle: true,
-        platform: 'node',
-        target: `node${process.versions.node.split('.')[0]}`,
-        format: 'esm',
-        splitting: true,
-        outdir,
-        // What only the endpoint uses stays out: the store's native addon, and the SSH client (native
-        // optional parts esbuild cannot bundle). Agents never load them; `takt serve` is not run from a bundle.
-        external: ['better-sqlite3', 'ssh2', 'cpu-features'],
-        banner: { js: "import { createRequire as __takt_cr } from 'node:module'; const require = __takt_cr(import.meta.url);" },
-        logLevel: 'silent',
-      });
+      await bundleCli(this.root, outdir, AGENT_EXTERNAL);
     } catch (err) {
-      // esbuild's message is one summary line; the errors themselves say what and where.
-      const first = (err as { errors?: Array<{ text: string; location?: { file: string; line: number; column: number } | null }> }).errors?.[0];
-      const where = first?.location ? ` (${first.location.file}:${first.location.line}:${first.location.column})` : '';
-      throw new TaktError('unavailable', `cannot build the agent bundle: esbuild failed: ${first ? `${first.text}${where}` : (err as Error).message.split('\n')[0]}`);
+      throw new TaktError('unavailable', `cannot build the agent bundle: esbuild failed: ${(err as Error).message}`);
     }
   }
 
