@@ -105,6 +105,7 @@ export class Endpoint {
     const as = this.uid === undefined ? {} : { uid: this.uid, gid: this.uid };
     const p = spawn(process.execPath, [TAKT, ...args], { env: { ...process.env, NO_COLOR: '1', ...this.env }, stdio: ['ignore', 'pipe', 'pipe'], ...as });
     this.proc = p;
+    const from = this.output.length;
     p.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
     p.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
     const deadline = Date.now() + 60_000;
@@ -129,6 +130,11 @@ export class Endpoint {
         throw new Error(`takt serve at ${this.url} did not answer /api/v1/health in ${Date.now() - started} ms (${tries} tries; last: ${last}):\n${this.output}`);
       }
       await sleep(50);
+    }
+    // `--demo` makes its machines after the endpoint listens (and writes `endpoint`): a test that asks for
+    // them at once would find none. Its last line says the demo is set up, or why it is not.
+    if (this.args.includes('--demo')) {
+      await until(async () => /demo: (created |left existing |no demo machines made)/.test(this.output.slice(from)), 60_000, `the demo to be set up:\n${this.output.slice(from)}`);
     }
   }
 
