@@ -12,6 +12,7 @@ import Fastify from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { declaredRoutes, routeTableOf } from '../src/api/access.js';
 import type { ApiContext } from '../src/api/context.js';
+import { lazyValidators, type PendingValidator } from '../src/api/lazy-validators.js';
 import { buildServer } from '../src/api/server.js';
 import { Users } from '../src/engine/users.js';
 import { TaktError } from '../src/model/errors.js';
@@ -99,6 +100,8 @@ describe('every route × every role × own/other machine', () => {
       },
     });
 
+  /** Every route part's validator, compiled on first use (api/lazy-validators.ts); the last test compiles them all. */
+  const validators: PendingValidator[] = [];
   const machines: Record<string, { id: string; labels: Record<string, string>; pipeline: string }> = {
     'm-own': { id: 'm-own', labels: { env: 'own' }, pipeline: 'p1' },
     'm-other': { id: 'm-other', labels: { env: 'other' }, pipeline: 'p1' },
@@ -137,7 +140,7 @@ describe('every route × every role × own/other machine', () => {
       },
     );
     const absent = new Set(['hostNames', 'logger', 'log', 'tls', 'publicUrl', 'credentials', 'dhcpLeases', 'power', 'discoveryDigest', 'audit', 'sso']);
-    const ctx = new Proxy({ store: fakeStore, brokers: new Map(), version: 'test', adminToken: 'tka.test-admin' } as Record<string, unknown>, {
+    const ctx = new Proxy({ store: fakeStore, brokers: new Map(), version: 'test', adminToken: 'tka.test-admin', validators: lazyValidators(validators) } as Record<string, unknown>, {
       get: (t, prop: string) => (prop in t ? t[prop] : absent.has(prop) ? undefined : standIn()),
       has: (t, prop) => prop in t,
     });
@@ -211,6 +214,19 @@ describe('every route × every role × own/other machine', () => {
     const viewer = await app.inject({ method: 'GET', url: '/api/v1/jobs/j-own/log', headers: { authorization: `Bearer ${tokens.get('viewer-all')}`, host: '127.0.0.1' } });
     expect(viewer.statusCode).toBe(403);
     expect(viewer.json().error.message).toBe('user viewer-all: needs permission jobs:secrets, which your roles (viewer) do not grant');
+  });
+
+  it("every route's request schemas compile (validators compile on first use, so a bad schema must fail here, not in a request)", () => {
+    expect(validators.length).toBeGreaterThan(40);
+    const bad = validators.flatMap((v) => {
+      try {
+        v.compile();
+        return [];
+      } catch (err) {
+        return [`${v.route}: ${(err as Error).message}`];
+      }
+    });
+    expect(bad).toEqual([]);
   });
 
   it('the OpenAPI document gives every operation its permission', async () => {

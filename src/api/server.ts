@@ -35,12 +35,15 @@ import { reportRoutes } from './routes/reports.js';
 import { rolloutRoutes } from './routes/rollouts.js';
 import { runRoutes } from './routes/run.js';
 import { ajvWords } from '../model/validate.js';
+import { lazyValidators, type ValidatorFactory } from './lazy-validators.js';
 
 export interface ServerOptions extends ApiContext {
   adminToken: string;
   logger?: boolean | object;
   /** Host names (besides IP literals and `localhost`) this endpoint answers to; others get 421. */
   hostNames?: readonly string[];
+  /** Where the routes' validators are compiled (default: `lazyValidators()`); tests pass one that lists them. */
+  validators?: ValidatorFactory;
 }
 
 /** Bounds on what one client can hold of the endpoint. */
@@ -101,6 +104,8 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       return createServer(h);
     },
     ajv: { customOptions: { allErrors: false, removeAdditional: false, coerceTypes: false } },
+    // Validators compile on a route's first request, not at start (api/lazy-validators.ts).
+    schemaController: { compilersFactory: { buildValidator: (opts.validators ?? lazyValidators()) as never } },
     // Errors the framework raises before routing (a path that is not valid percent-encoding, a bad
     // content type) leave in the one error shape too.
     frameworkErrors: (err, req, res) => {
