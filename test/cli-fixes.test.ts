@@ -73,7 +73,7 @@ describe('F1: KIND/NAME arguments', () => {
 
   it('another kind is refused, naming both kinds', async () => {
     const r = await ep.cli(['machines', 'get', 'jobs/j-1']);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2); // bad usage
     expect(r.stderr).toContain("'jobs/j-1' names one of jobs, but `takt machines get` takes a machine");
   });
 });

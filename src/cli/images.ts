@@ -14,6 +14,7 @@ import { imageRef, parseImageRef, type Image } from '../model/image.js';
 import type { GlobalOptions } from './client.js';
 import { examples } from './help.js';
 import { print, renderTable, shown } from './output.js';
+import { usage } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -82,7 +83,7 @@ export function imageCommands(program: Command, g: () => GlobalOptions, api: () 
     .description('one image version: format, size, sha256 and where it came from')
     .addHelpText('after', examples('takt images get debian-min@1.0.0'))
     .action(async (ref: string) => {
-      const { name, version } = parseImageRef(ref);
+      const { name, version } = usage(() => parseImageRef(ref));
       const i = await api().get<Image>(`/images/${enc(name)}/${enc(version)}`);
       print(g().output, i, () => `${renderTable([i], columns)}\nsha256 ${i.sha256}`);
     });
@@ -99,7 +100,7 @@ export function imageCommands(program: Command, g: () => GlobalOptions, api: () 
     .option('--description <text>', 'what the image is, for people')
     .option('--sha256 <hex>', 'the digest you already have (else the file is hashed here first); different bytes are refused')
     .action(async (ref: string, file: string, o: { description?: string; sha256?: string }) => {
-      const { name, version } = parseImageRef(ref);
+      const { name, version } = usage(() => parseImageRef(ref));
       let size: number;
       try {
         const s = await stat(file);
@@ -131,7 +132,7 @@ export function imageCommands(program: Command, g: () => GlobalOptions, api: () 
     .description('remove an image version from the catalog (its bytes go when no other version has them)')
     .addHelpText('after', examples('takt images rm debian-min@1.0.0'))
     .action(async (ref: string) => {
-      const { name, version } = parseImageRef(ref);
+      const { name, version } = usage(() => parseImageRef(ref));
       const i = await api().delete<Image>(`/images/${enc(name)}/${enc(version)}`);
       print(g().output, i, () => shown(`removed ${imageRef(i)}`));
     });

@@ -17,6 +17,7 @@ import { powerConfigBody, type PowerFlags } from './power.js';
 import { examples } from './help.js';
 import { describeText } from './describe.js';
 import { classifyCommand, classificationLine } from './classify.js';
+import { UsageError } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -140,7 +141,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
     .action(async (name: string | undefined, o: BootFlags & PowerFlags & VmFlags & { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const labels = o.label ? parseLabelPairs(o.label) : undefined;
-      if (labels && Object.values(labels).includes(null)) throw new TaktError('bad_request', '--label KEY- removes a label: use it with `machines update`');
+      if (labels && Object.values(labels).includes(null)) throw new UsageError('--label KEY- removes a label: use it with `machines update`');
       const body = {
         name,
         broker: o.broker,
@@ -203,7 +204,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const current = o.powerOpt?.length && o.powerDriver === undefined ? (await api().get<Machine>(`/machines/${enc(id)}`)).powerConfig ?? null : undefined;
       const powerConfig = powerConfigBody(o, current);
       if (powerConfig !== undefined) body.powerConfig = powerConfig;
-      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option, a boot option (--mac, --uuid, --firmware, --bootenv, --ip) or a power option (--power-driver, --power-opt)');
+      if (Object.keys(body).length === 0) throw new UsageError('nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option, a boot option (--mac, --uuid, --firmware, --bootenv, --ip) or a power option (--power-driver, --power-opt)');
       if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await withParamHint(o.param, api().patch<Machine>(`/machines/${enc(id)}`, body));
       print(g().output, m, () => renderTable([m], machineColumns));
@@ -252,13 +253,13 @@ interface VmFlags {
  */
 function vmAndBootBody(o: BootFlags & VmFlags): { vm?: Record<string, unknown>; boot?: Record<string, unknown> } {
   if (o.broker !== 'qemu') {
-    if (o.memory !== undefined || o.diskSize !== undefined) throw new TaktError('bad_request', '--memory and --disk-size are for VMs: use them with --broker qemu');
+    if (o.memory !== undefined || o.diskSize !== undefined) throw new UsageError('--memory and --disk-size are for VMs: use them with --broker qemu');
     return { boot: bootBody(o, true) };
   }
-  if (o.mac || o.uuid !== undefined) throw new TaktError('bad_request', 'the qemu broker chooses the VM\'s MAC and SMBIOS UUID: leave out --mac and --uuid');
+  if (o.mac || o.uuid !== undefined) throw new UsageError('the qemu broker chooses the VM\'s MAC and SMBIOS UUID: leave out --mac and --uuid');
   const num = (v: string | undefined, flag: string) => {
     if (v === undefined) return undefined;
-    if (!/^\d+$/.test(v)) throw new TaktError('bad_request', `${flag} takes a whole number, got ${JSON.stringify(v)}`, { path: flag });
+    if (!/^\d+$/.test(v)) throw new UsageError(`${flag} takes a whole number, got ${JSON.stringify(v)}`, { path: flag });
     return Number(v);
   };
   return { vm: { firmware: o.firmware, memoryMiB: num(o.memory, '--memory'), diskGiB: num(o.diskSize, '--disk-size'), bootenv: o.bootenv } };
@@ -285,7 +286,7 @@ function bootBody(o: BootFlags, create: boolean): Record<string, unknown> | unde
   if (o.bootenv !== undefined) body.bootenv = o.bootenv;
   if (o.ip !== undefined) body.ip = o.ip === '' ? null : o.ip;
   if (Object.keys(body).length === 0) return undefined;
-  if (create && !o.mac) throw new TaktError('bad_request', '--uuid, --firmware, --bootenv and --ip are for network-booted machines: give the MAC it boots from with --mac');
+  if (create && !o.mac) throw new UsageError('--uuid, --firmware, --bootenv and --ip are for network-booted machines: give the MAC it boots from with --mac');
   return body;
 }
 
