@@ -17,7 +17,8 @@ import { powerConfigBody, type PowerFlags } from './power.js';
 import { examples } from './help.js';
 import { describeText } from './describe.js';
 import { classifyCommand, classificationLine } from './classify.js';
-import { UsageError } from './usage.js';
+import { exitCodeOf, report } from './program.js';
+import { EXIT, UsageError } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -210,12 +211,34 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       print(g().output, m, () => renderTable([m], machineColumns));
     });
   machines
-    .command('delete <machine>')
-    .description('delete a machine (its broker destroys it; its running job is cancelled)')
-    .addHelpText('after', examples('takt machines rm web-3'))
-    .action(async (id: string) => {
-      const m = await api().delete<Machine>(`/machines/${enc(id)}`);
-      print(g().output, m, () => shown(`deleted ${m.name}`));
+    .command('delete <machines...>')
+    .description(
+      'delete machines (each one\'s broker destroys it; its running job is cancelled), one after another: one that cannot be deleted (not found, refused) is said on stderr and the others are still deleted. Exit 0 when all were deleted, else the code of the failure when every failure was of one kind (4 not found, 5 refused), else 1',
+    )
+    .addHelpText('after', examples('takt machines rm web-3', 'takt machines delete web-1 web-2 web-3', 'takt machines ls -l env=dev -o name | xargs takt machines rm', 'takt machines delete web-1 web-2 -o json   # [{machine, deleted, id} | {machine, deleted: false, error: {code, message}}]'))
+    .action(async (names: string[]) => {
+      const client = api();
+      const results: Array<{ machine: string; deleted: true; id: string } | { machine: string; deleted: false; error: { code: string; message: string } }> = [];
+      const failures: unknown[] = [];
+      for (const name of names) {
+        try {
+          const m = await client.delete<Machine>(`/machines/${enc(name)}`);
+          results.push({ machine: m.name, deleted: true, id: m.id });
+          // As each goes (a table, or -o name's machines/NAME); -o json|yaml lists them all at the end.
+          if (g().output === 'table') print('table', m, () => shown(`deleted ${m.name}`));
+        } catch (err) {
+          // Not reachable at all: the rest would fail alike.
+          if (!(err instanceof TaktError)) throw err;
+          failures.push(err);
+          results.push({ machine: name, deleted: false, error: { code: err.code, message: err.message } });
+          if (g().output === 'table') report(err);
+        }
+      }
+      if (g().output !== 'table') print(g().output, results);
+      if (failures.length > 0) {
+        const codes = new Set(failures.map((f) => exitCodeOf(f)));
+        process.exitCode = codes.size === 1 ? [...codes][0]! : EXIT.failed;
+      }
     });
   for (const [verb, what] of [
     ['resume', 'continue a stopped or paused machine: the task it stopped or was paused on (after an exit 16, the next), then every task that has not succeeded since the last restart, in pipeline order; refused, saying why, when a content change makes that ambiguous (`takt plan M` shows it first)'],
