@@ -4,7 +4,7 @@
  * Store either way and never learn which.
  */
 import { statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { TaktError } from '../model/errors.js';
 import { isPostgresUrl, openPostgresStore, redactUrl } from './postgres.js';
 import type { SqlStore } from './sql-store.js';
@@ -28,15 +28,14 @@ export type StoreSpec = { kind: 'sqlite'; file: string | null } | { kind: 'postg
  * Which store `spec` names, checked without opening, creating or writing anything, so a caller can refuse
  * a bad one before it touches its data dir (`takt serve`). Accepts what {@link openStore} does.
  * @throws TaktError bad_request for a spec that is neither form, a PostgreSQL URL that does not parse, or
- *   an SQLite file whose directory is missing or which is a directory.
+ *   an SQLite file that is a directory. (A missing directory on the way to the file is no error: opening
+ *   makes it, as it always has.)
  */
 export function parseStoreSpec(spec: string | undefined): StoreSpec {
   const s = spec?.trim() ?? '';
   if (s === '' || s === 'sqlite:') return { kind: 'sqlite', file: null };
   if (s.startsWith('sqlite:')) {
     const file = s.slice('sqlite:'.length);
-    const dir = statSync(dirname(resolve(file)), { throwIfNoEntry: false });
-    if (!dir?.isDirectory()) throw new TaktError('bad_request', `--store sqlite:${file}: the directory ${dirname(resolve(file))} does not exist; make it first, or leave --store out for takt.db in the data dir`);
     if (statSync(file, { throwIfNoEntry: false })?.isDirectory()) throw new TaktError('bad_request', `--store sqlite:${file} is a directory; name the database file in it (e.g. sqlite:${join(file, 'takt.db')})`);
     return { kind: 'sqlite', file };
   }
