@@ -137,7 +137,7 @@ describe('boot settings through the CLI', () => {
     expect(nope.stderr).toContain("bootenv 'sledg' not found (there are: broken, discovery, local, sledge, uefi-only)");
 
     const noMac = await ep.cli(['machines', 'create', 'rack-4', '--bootenv', 'sledge']);
-    expect(noMac.code).toBe(1);
+    expect(noMac.code).toBe(2); // bad usage
     expect(noMac.stderr).toContain('give the MAC it boots from with --mac');
 
     const u = await ep.cli(['machines', 'update', 'rack-1', '--bootenv', 'local', '--firmware', 'uefi', '-o', 'json']);

@@ -90,7 +90,7 @@ it('refuses a bad --provision, --boot-port or DHCP/TFTP flag combination before 
     const data = mkdtempSync(join(tmpdir(), 'takt-bootbad-'));
     const r = await runCli(['serve', '--listen', '127.0.0.1:0', '--data', data, ...args]);
     rmSync(data, { recursive: true, force: true });
-    expect(r.code, r.stdout).toBe(1);
+    expect(r.code, r.stdout).toBe(2); // bad usage
     expect(r.stderr).toContain(want);
   }
 }, 300_000); // one `takt serve` start per case: ~1 s quiet, 5–6 s each with two suites on 2 cores

@@ -73,7 +73,7 @@ describe('F1: KIND/NAME arguments', () => {
 
   it('another kind is refused, naming both kinds', async () => {
     const r = await ep.cli(['machines', 'get', 'jobs/j-1']);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2); // bad usage
     expect(r.stderr).toContain("'jobs/j-1' names one of jobs, but `takt machines get` takes a machine");
   });
 });
@@ -263,5 +263,28 @@ describe('F20: CLI messages name the flag, not the API path', () => {
     expect(seq.code).toBe(1);
     expect(seq.stderr).toContain('<seq> must be a whole number');
     expect(seq.stderr).not.toContain('query parameter');
+  });
+});
+
+describe('machines delete takes several machines', () => {
+  it('deletes each one it can; a missing one is said on stderr and stops none of the others', async () => {
+    for (const n of ['del-a', 'del-b', 'del-c']) expect((await ep.cli(['machines', 'create', n])).code).toBe(0);
+    const r = await ep.cli(['machines', 'delete', 'del-a', 'del-nope', 'machines/del-b']);
+    expect(r.code, r.stderr).toBe(4); // the one failure was "not found"
+    expect(r.stdout).toBe('deleted del-a\ndeleted del-b\n');
+    expect(r.stderr).toContain("machine 'del-nope' not found");
+    for (const n of ['del-a', 'del-b']) expect((await ep.cli(['machines', 'get', n])).code).toBe(4);
+    // -o json lists every outcome, in the order given; -o name the deleted ones.
+    const j = await ep.cli(['machines', 'rm', 'del-nope', 'del-c', '-o', 'json']);
+    expect(j.code).toBe(4);
+    const out = JSON.parse(j.stdout) as Array<{ machine: string; deleted: boolean; id?: string; error?: { code: string; message: string } }>;
+    expect(out).toEqual([
+      { machine: 'del-nope', deleted: false, error: { code: 'not_found', message: "machine 'del-nope' not found" } },
+      { machine: 'del-c', deleted: true, id: expect.stringMatching(/^m-/) },
+    ]);
+    expect((await ep.cli(['machines', 'create', 'del-d'])).code).toBe(0);
+    const name = await ep.cli(['machines', 'delete', 'del-d', '-o', 'name']);
+    expect(name.code).toBe(0);
+    expect(name.stdout).toBe('machines/del-d\n');
   });
 });

@@ -214,7 +214,7 @@ describe('the key is never seen again', () => {
     const data = mkdtempSync(join(tmpdir(), 'takt-cred-serve-'));
     try {
       const r = await runCli(['serve', '--listen', '127.0.0.1:0', '--data', data, '--ssh-max-sessions', '0']);
-      expect(r.code).toBe(1);
+      expect(r.code).toBe(2); // bad usage
       expect(r.stderr).toContain('--ssh-max-sessions must be a whole number from 1');
     } finally {
       rmSync(data, { recursive: true, force: true });

@@ -128,12 +128,80 @@ describe('a real endpoint', () => {
       for (const v of variants(path)) {
         const r = await raw(ep.url, method, v, method === 'GET' || method === 'DELETE' ? {} : { body: '{}' });
         seen.set(r.status, (seen.get(r.status) ?? 0) + 1);
-        const allowed = publicOps.has(`${method} ${path}`) ? [400, 401, 404, 405, 422] : [400, 401, 404, 405];
+        // Never 405 without a token: a path's methods are told only to a caller the route would hear (401 first).
+        const allowed = publicOps.has(`${method} ${path}`) ? [400, 401, 404, 422] : [400, 401, 404];
         expect(allowed, `${method} ${v} → ${r.status} ${r.body.slice(0, 200)}`).toContain(r.status);
-        if (r.status !== 405) expect(json(r).error.code, `${method} ${v}`).toBeTruthy();
+        expect(json(r).error.code, `${method} ${v}`).toBeTruthy();
+        expect(json(r).error.path, `${method} ${v}`).toBeTruthy();
       }
     }
     expect(seen.get(401)).toBeGreaterThan(100);
+  });
+
+  it('every 4xx body has the one shape, with path: the field or parameter at fault, else the request path (never its query)', async () => {
+    // [method, target, token, body, status, code, path]
+    const cases: Array<[string, string, boolean, string | undefined, number, string, string]> = [
+      ['GET', '/api/v1/nope', true, undefined, 404, 'not_found', '/api/v1/nope'],
+      ['GET', '/api/v1/nope?token=hunter2', false, undefined, 404, 'not_found', '/api/v1/nope'],
+      ['GET', '/api/v1/machines/nope', true, undefined, 404, 'not_found', '/api/v1/machines/nope'],
+      ['POST', '/api/v1/machines/nope/resume', true, '{}', 404, 'not_found', '/api/v1/machines/nope/resume'],
+      ['GET', '/api/v1/changes/999999', true, undefined, 404, 'not_found', '/api/v1/changes/999999'],
+      ['POST', '/api/v1/machines', true, '{', 400, 'bad_request', '/api/v1/machines'],
+      ['POST', '/api/v1/machines', true, '{"name":"ok-1","colour":1}', 422, 'invalid', '/colour'],
+      ['POST', '/api/v1/machines', true, '{"name":"Not A Name"}', 422, 'invalid', '/name'],
+      ['GET', '/api/v1/machines?state=sideways', true, undefined, 400, 'bad_request', 'state'],
+      ['GET', '/api/v1/machines?name=', true, undefined, 400, 'bad_request', 'name'],
+      ['GET', '/api/v1/machines/%ff', true, undefined, 400, 'bad_request', '/api/v1/machines/%ff'],
+      ['GET', '/api/v1/machines', false, undefined, 401, 'unauthorized', '/api/v1/machines'],
+      ['PUT', '/api/v1/machines', true, '{}', 405, 'method_not_allowed', '/api/v1/machines'],
+      // a token in the path is never echoed
+      ['GET', '/join/tkj.abc.secret/agent.tar.gz', false, undefined, 401, 'unauthorized', '/join/tkj.…/agent.tar.gz'],
+    ];
+    for (const [method, target, token, body, status, code, path] of cases) {
+      const r = await raw(ep.url, method, target, { ...(token ? { token: ep.token } : {}), ...(body !== undefined ? { body } : {}) });
+      const what = `${method} ${target} → ${r.status} ${r.body.slice(0, 300)}`;
+      expect(r.status, what).toBe(status);
+      expect(r.headers['content-type'], what).toMatch(/^application\/json/);
+      const e = json(r).error;
+      expect(Object.keys(e).filter((k) => k !== 'details').sort(), what).toEqual(['code', 'message', 'path']);
+      expect(e.code, what).toBe(code);
+      expect(e.path, what).toBe(path);
+      expect(r.body, what).not.toContain('hunter2');
+      expect(r.body, what).not.toContain('secret');
+    }
+  });
+
+  it('a method a path does not take is 405 with Allow (RFC 9110 §15.5.6) — after the token is checked; unknown paths stay 404', async () => {
+    const put = await raw(ep.url, 'PUT', '/api/v1/machines', { token: ep.token, body: '{}' });
+    expect(put.status, put.body).toBe(405);
+    expect(put.headers.allow).toBe('GET, HEAD, POST');
+    expect(json(put).error).toEqual({ code: 'method_not_allowed', message: 'PUT is not a method of /api/v1/machines: it takes GET, HEAD, POST', path: '/api/v1/machines' });
+    const one = await raw(ep.url, 'PUT', '/api/v1/machines/anything', { token: ep.token, body: '{}' });
+    expect(one.status).toBe(405);
+    expect(one.headers.allow).toBe('GET, HEAD, PATCH, DELETE');
+    // The route as the router matches it, however it is spelled.
+    expect((await raw(ep.url, 'DELETE', '/%61pi/v1/machines?x=1', { token: ep.token })).headers.allow).toBe('GET, HEAD, POST');
+    expect((await raw(ep.url, 'POST', '/api/v1/health', { token: ep.token, body: '{}' })).headers.allow).toBe('GET, HEAD');
+    // Deny by default: without a valid token the route's methods are not told (401, no Allow).
+    for (const token of [undefined, 'tka.not-the-token']) {
+      const anon = await raw(ep.url, 'PUT', '/api/v1/machines', { ...(token ? { token } : {}), body: '{}' });
+      expect(anon.status).toBe(401);
+      expect(anon.headers.allow).toBeUndefined();
+      expect(json(anon).error.code).toBe('unauthorized');
+    }
+    // …and every refused token is in the audit log, there too (route: the request's path).
+    expect((await raw(ep.url, 'PUT', '/api/v1/machines/audit-405?x=1', { token: 'tka.not-the-token', body: '{}' })).status).toBe(401);
+    const entry = await until(async () => {
+      const r = await raw(ep.url, 'GET', '/api/v1/audit?route=%2Fapi%2Fv1%2Fmachines%2Faudit-405', { token: ep.token });
+      return (JSON.parse(r.body) as { items: Array<{ route: string; status: number; outcome: string }> }).items[0];
+    }, 10_000, 'the refused token in the audit log');
+    expect(entry).toMatchObject({ route: '/api/v1/machines/audit-405', status: 401, outcome: 'denied' });
+    // A path no route has is 404 whatever the method, with or without a token.
+    for (const token of [ep.token, undefined]) {
+      const nope = await raw(ep.url, 'PUT', '/api/v1/nope', { ...(token ? { token } : {}), body: '{}' });
+      expect(nope.status).toBe(404);
+      expect(nope.headers.allow).toBeUndefined();
+    }
   });
 
   it('the encoded examples of the audit: /%61pi/v1/export and the event stream answer 401', async () => {

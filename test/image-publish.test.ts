@@ -80,6 +80,7 @@ describe('takt-image publish', () => {
     expect(image.provenance.kind === 'build' && image.provenance.recipe.params).toEqual({ flavour: 'debian', version: '1.0.0' });
     const log = ((await call('GET', `/jobs/${job!.id}/log`)).body.chunks as Array<{ data: string }>).map((c) => c.data).join('');
     expect(log).toMatch(/takt-image: asked to publish \S+out\.img as min@1\.0\.0/);
+    expect(log).toMatch(/takt-image: hashing \S+out\.img/);
     expect(log).toMatch(/takt-image: published min@1\.0\.0: raw, 13 bytes, sha256 [0-9a-f]{64}/);
     // The CLI shows where it came from.
     const wide = await ep.cli(['images', 'list', '-o', 'wide']);
@@ -108,6 +109,10 @@ describe('takt-image publish', () => {
     const m = await settled('builder-4');
     expect(m.state).toBe('stopped');
     expect(m.reason).toMatch(/image min@1\.0\.0 from \S+out\.img not published: image min@1\.0\.0 exists; versions are immutable/);
+    // Asked before the file was hashed (client/images.ts): no hashing, no upload.
+    const log4 = ((await call('GET', `/jobs/${(await jobsOf('builder-4'))[0]!.id}/log`)).body.chunks as Array<{ data: string }>).map((c) => c.data).join('');
+    expect(log4).toMatch(/takt-image: asked to publish/);
+    expect(log4).not.toMatch(/takt-image: hashing/);
 
     await machineWithAgent('builder-5', 'publish-outside');
     const o = await settled('builder-5');

@@ -150,6 +150,19 @@ describe('image catalog', () => {
     expect(r.stderr).not.toMatch(/sending disk\.img: .*\(100%\)/);
   });
 
+  it('an existing version is refused before the file is hashed, and a malformed --sha256 before anything is read', async () => {
+    const r = await ep.cli(['images', 'import', 'disk@1.0.0', diskFile]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('image disk@1.0.0 exists; versions are immutable: import it as a new version');
+    expect(r.stderr).not.toContain('hashing');
+    expect(r.stderr).not.toContain('sending');
+    // The digest's shape is the command line's: refused (bad usage) before the file — not there — is looked at.
+    const bad = await ep.cli(['images', 'import', 'fresh@1.0.0', join(dir, 'nope.img'), '--sha256', 'nothex']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain("--sha256 must be 64 lower-case hex digits (got 'nothex')");
+    expect(bad.stderr).not.toContain('ENOENT');
+  });
+
   it('refuses an empty file, a JSON body, a bad reference and a missing file, each saying what is wrong', async () => {
     const empty = join(dir, 'empty.img');
     writeFileSync(empty, '');

@@ -134,7 +134,7 @@ describe('join tokens', () => {
     const revoke = await ep.cli(['join-tokens', 'revoke', made.id]);
     expect(revoke.stdout).toContain(`revoked join token ${made.id}`);
     const bad = await ep.cli(['machines', 'join', '--url', ep.url, '--uses', 'many']);
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(2); // bad usage
     expect(bad.stderr).toContain("--uses must be a whole number");
   });
 });
@@ -385,7 +385,7 @@ describe('machines token --rotate', () => {
     const old = r.body.token as string;
     expect((await call('GET', '/machines/rotate-me', undefined, old)).status).toBe(200);
     const refused = await ep.cli(['machines', 'token', 'rotate-me']);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(2); // bad usage
     expect(refused.stderr).toMatch(/--rotate issues a new one/);
     const rotated = await ep.cli(['machines', 'token', 'rotate-me', '--rotate']);
     expect(rotated.code, rotated.stderr).toBe(0);

@@ -109,7 +109,7 @@ describe('takt run', () => {
   it('refuses an empty selection, an empty or oversized command, and unknown machines — queuing nothing', async () => {
     const before = (await ep.api.get<{ items: WorkOrder[] }>('/workorders', { limit: 1000 })).items.length;
     const none = await ep.cli(['run', '--', 'uptime']);
-    expect(none.code).toBe(1);
+    expect(none.code).toBe(2); // bad usage
     expect(none.stderr).toMatch(/no machines: give -l <selector> or --machine M/);
     expect((await ep.cli(['run', '-l', ' ', '--', 'uptime'])).stderr).toMatch(/the selector is empty/);
     expect((await ep.call('POST', '/run', { selector: '', command: 'uptime' })).body.error.message).toMatch(/an empty selection is refused/);

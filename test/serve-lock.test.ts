@@ -1,8 +1,9 @@
 /**
  * Issue 12: one `takt serve` per data dir (a second is refused with the PID that holds it; a dead one's
  * lock is taken over), and the CLI finds a non-default port through the `endpoint` file serve writes.
+ * A start refused for a bad flag or store writes nothing into the data dir.
  */
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -47,6 +48,47 @@ describe('one takt serve per data dir', () => {
     expect(existsSync(join(data, 'serve.lock'))).toBe(false);
     expect(existsSync(join(data, 'endpoint'))).toBe(false);
     await other.stop();
+  });
+});
+
+describe('a refused start writes nothing into the data dir', () => {
+  // Each case: the environment of a `takt serve` that must be refused, and what it says.
+  const cases: Array<[Record<string, string>, RegExp]> = [
+    [{ TAKT_STORE: 'mysql://u:hunter2@db/takt' }, /--store 'mysql:\/\/u:\*\*\*\*@db\/takt' is not a store/],
+    [{ TAKT_STORE: 'postgres://[db/takt' }, /is not a URL: use postgres:\/\//],
+    [{ TAKT_STORE: `sqlite:${tmpdir()}` }, /is a directory; name the database file in it/],
+    [{ TAKT_MAX_LOG_BYTES: 'lots' }, /--max-log-bytes/],
+    [{ TAKT_SSH_MAX_SESSIONS: '0' }, /--ssh-max-sessions/],
+    [{ TAKT_AUDIT_KEEP_DAYS: '0' }, /--audit-keep-days/],
+    [{ TAKT_CHURN_CHECK: 'often' }, /--churn-check/],
+    [{ TAKT_MAX_CONNECTIONS: '1' }, /--max-connections/],
+  ];
+
+  it.each(cases)('%j: refused (bad usage), and a new data dir is not even made', async (env, message) => {
+    const parent = mkdtempSync(join(tmpdir(), 'takt-refused-'));
+    try {
+      const data = join(parent, 'data');
+      const r = await serveRefusal(data, env);
+      expect(r.code, r.stderr).toBe(2);
+      expect(r.stderr).toMatch(message);
+      expect(r.stderr).not.toContain('hunter2');
+      expect(existsSync(data)).toBe(false);
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
+    }
+  });
+
+  it('a store that cannot be opened leaves an existing data dir as it was: no endpoint-id, no lock', async () => {
+    const data = mkdtempSync(join(tmpdir(), 'takt-refused-'));
+    try {
+      // Nothing listens on port 1.
+      const r = await serveRefusal(data, { TAKT_STORE: 'postgres://takt@127.0.0.1:1/takt' });
+      expect(r.code, r.stderr).toBe(1);
+      expect(r.stderr).toMatch(/cannot use PostgreSQL at postgres:\/\/takt@127\.0\.0\.1:1\/takt/);
+      expect(readdirSync(data)).toEqual([]);
+    } finally {
+      rmSync(data, { recursive: true, force: true });
+    }
   });
 });
 

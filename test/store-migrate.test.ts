@@ -201,23 +201,23 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'takt store migrate' : `takt st
     expect(fresh[0]!.id).toBeGreaterThan(maxOld);
   }, 120_000);
 
-  it('refuses bad stores with a clear error and exit code 1', async () => {
+  it('refuses bad stores with a clear error and exit code 1 (2: bad usage)', async () => {
     // the endpoint runs on the data dir again (on PostgreSQL now): a copy of its old takt.db elsewhere
     const file = join(scratch, 'plain.db');
     copyFileSync(join(ep.data, 'takt.db'), file);
-    const cases: Array<[string[], RegExp]> = [
-      [['--from', `sqlite:${file}`, '--to', 'mysql://db/takt'], /--to 'mysql:\/\/db\/takt' is not a store: use sqlite:DIR/],
-      [['--from', `sqlite:${join(scratch, 'nope')}`, '--to', other.url], /--from sqlite:.*nope: no such file .*; give the endpoint's data dir/],
-      [['--from', `sqlite:${file}`, '--to', 'postgres://postgres@127.0.0.1:1/x'], /cannot use PostgreSQL at postgres:\/\/postgres@127\.0\.0\.1:1\/x/],
-      [['--from', `sqlite:${file}`, '--to', `sqlite:${file}`], /--from and --to name the same store/],
-      [['--from', `sqlite:${file}`], /required option '--to <store>' not specified/],
+    const cases: Array<[string[], RegExp, number]> = [
+      [['--from', `sqlite:${file}`, '--to', 'mysql://db/takt'], /--to 'mysql:\/\/db\/takt' is not a store: use sqlite:DIR/, 2],
+      [['--from', `sqlite:${join(scratch, 'nope')}`, '--to', other.url], /--from sqlite:.*nope: no such file .*; give the endpoint's data dir/, 1],
+      [['--from', `sqlite:${file}`, '--to', 'postgres://postgres@127.0.0.1:1/x'], /cannot use PostgreSQL at postgres:\/\/postgres@127\.0\.0\.1:1\/x/, 1],
+      [['--from', `sqlite:${file}`, '--to', `sqlite:${file}`], /--from and --to name the same store/, 2],
+      [['--from', `sqlite:${file}`], /required option '--to <store>' not specified/, 2],
       // and a PostgreSQL store an endpoint uses, by its endpoint lock
-      [['--from', db.url, '--to', other.url], /another takt serve uses postgres:\/\//],
+      [['--from', db.url, '--to', other.url], /another takt serve uses postgres:\/\//, 1],
     ];
     const results = await Promise.all(cases.map(([args]) => runCli(['store', 'migrate', ...args])));
-    cases.forEach(([args, message], i) => {
+    cases.forEach(([args, message, code], i) => {
       const r = results[i]!;
-      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(1);
+      expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(code);
       expect(r.stderr).toMatch(message);
       expect(r.stderr).not.toMatch(/\n\s+at /);
     });

@@ -251,16 +251,17 @@ describe('an endpoint listening beyond loopback', () => {
 
 describe('serve refuses bad TLS settings with the flag that is wrong', () => {
   it.each([
-    [['--tls-san', 'bad name'], /--tls-san 'bad name' is not a DNS name or IP address/],
-    [['--advertise-url', 'http://10.0.0.1:8092'], /--advertise-url .* must be https/],
-    [['--tls-cert', '/nonexistent/c.pem', '--tls-key', '/nonexistent/k.pem'], /cannot read the TLS certificate or key/],
-    [['--listen', '127.0.0.1:99999'], /--listen '127.0.0.1:99999' is not HOST:PORT/],
-  ])('%j', async (args, want) => {
+    // 2: a flag refused as bad usage before the start; 1: a file it names that cannot be used
+    [['--tls-san', 'bad name'], /--tls-san 'bad name' is not a DNS name or IP address/, 2],
+    [['--advertise-url', 'http://10.0.0.1:8092'], /--advertise-url .* must be https/, 2],
+    [['--tls-cert', '/nonexistent/c.pem', '--tls-key', '/nonexistent/k.pem'], /cannot read the TLS certificate or key/, 1],
+    [['--listen', '127.0.0.1:99999'], /--listen '127.0.0.1:99999' is not HOST:PORT/, 2],
+  ])('%j', async (args, want, code) => {
     const d = tmp();
     try {
       writeFileSync(join(d, '.keep'), '');
       const r = await runCli(['serve', '--data', d, '--listen', '127.0.0.1:0', ...args]);
-      expect(r.code).toBe(1);
+      expect(r.code).toBe(code);
       expect(r.stderr).toMatch(want);
       expect(r.stderr).not.toMatch(/\n\s+at /);
     } finally {

@@ -52,10 +52,21 @@ describe.skipIf(!haveChromium)('web UI', () => {
     expect(injected).toBe(false);
   });
 
-  it('asks for a token when it has none or a wrong one', async () => {
+  it('asks for a token when it has none or a wrong one, saying which token was refused and how to get one', async () => {
     const page = await browser.newPage();
     await page.goto(`${ep.url}/#token=wrong`);
     await page.locator('#login').waitFor({ state: 'visible', timeout: 10_000 });
+    // Not silently: the link's token, the endpoint's reason, and where a good one comes from.
+    await page.locator('#loginError').waitFor({ state: 'visible', timeout: 10_000 });
+    const said = await page.locator('#loginError').textContent();
+    expect(said).toContain("The token in this page's link (#token=…) was refused: token not accepted");
+    expect(said).toMatch(/data\/admin\.token.*takt login or takt tokens create NAME/);
+    // A link with an empty #token= says so too, rather than showing the sign-in form without a word.
+    const empty = await browser.newPage();
+    await empty.goto(`${ep.url}/#token=`);
+    await empty.locator('#loginError').waitFor({ state: 'visible', timeout: 10_000 });
+    expect(await empty.locator('#loginError').textContent()).toContain("This page's link has #token= with no token after it.");
+    await empty.close();
     await page.fill('#tokenInput', ep.token);
     await page.click('#loginForm button');
     await expect.poll(async () => page.locator('#machines tr').count(), { timeout: 10_000 }).toBe(3);

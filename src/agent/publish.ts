@@ -3,12 +3,14 @@
  * like a write, the script only leaves a request (image.ts); when it has exited successfully the agent
  * hashes the file and uploads it with the machine's own token through the one HTTP client, naming the
  * running job, from which the endpoint records the image's provenance (engine/images.ts
- * buildProvenance: machine, job, task, pack, recipe). The endpoint refuses a version that exists, a
- * digest or length that differs, and any job but the machine's running one.
+ * buildProvenance: machine, job, task, pack, recipe). A version that exists is refused before the file
+ * is hashed (client/images.ts); the endpoint refuses it too, and a digest or length that differs, and any
+ * job but the machine's running one.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import type { ApiClient } from '../client/http.js';
+import { refuseExistingImage } from '../client/images.js';
 import type { Image } from '../model/image.js';
 import { inspectTarget, type ImageRequest } from './image.js';
 import { errorMessage } from './log.js';
@@ -56,6 +58,7 @@ export async function publishImage(o: PublishImageOptions): Promise<PublishImage
     return fail(errorMessage(err));
   }
   try {
+    await refuseExistingImage(o.client, o.request.name, o.request.version);
     o.progress(`takt-image: hashing ${o.request.target} (${size} bytes)\n`);
     const sha256 = await sha256File(real, o.signal);
     o.progress(`takt-image: publishing ${ref} (sha256 ${sha256})\n`);

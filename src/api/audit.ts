@@ -9,7 +9,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { AuditLog } from '../engine/audit.js';
 import { peerAddress } from '../engine/liveness.js';
 import { AUDIT_DEFAULT_PAGE, AUDIT_MAX_PAGE, AUDIT_OUTCOMES, isAudited, outcomeOf, parseAuditTime, type AuditEntry, type AuditFilter, type AuditOutcome } from '../model/audit.js';
-import { TaktError } from '../model/errors.js';
+import { requestPath, TaktError } from '../model/errors.js';
 import { userTokenIdFromToken } from '../model/users.js';
 import { intQuery, type ApiContext } from './context.js';
 import { authorOf } from './auth.js';
@@ -36,9 +36,11 @@ export function auditHook(app: FastifyInstance, audit: AuditLog): void {
     return payload;
   });
   app.addHook('onSend', async (req, reply, payload) => {
-    if (req.is404) return payload;
+    // A request no route takes is not audited — but a token refused on a path a route has, asked with a
+    // method it does not take (the 405 check, api/server.ts), is: every refused token is recorded.
+    if (req.is404 && reply.statusCode !== 401) return payload;
     const cfg = req.routeOptions.config;
-    const route = req.routeOptions.url;
+    const route = req.routeOptions.url ?? (req.is404 ? requestPath(req.url) : undefined);
     if (!route) return payload;
     const status = reply.statusCode;
     const p = req.principal ?? null;

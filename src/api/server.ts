@@ -1,6 +1,7 @@
 /**
  * The HTTP API: REST under /api/v1, the event stream, the OpenAPI document, and the web UI's static page.
- * Every error leaves as `{error:{code,message,path}}` with a 4xx status; a 500 is a bug and is logged.
+ * Every error leaves as `{error:{code,message,path}}` with a 4xx status (`path`: the field, else the
+ * request's path); a 500 is a bug and is logged.
  */
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
@@ -11,7 +12,7 @@ import swagger from '@fastify/swagger';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { agentVersion, peerAddress } from '../engine/liveness.js';
 import { describePattern } from '../model/content.js';
-import { TaktError } from '../model/errors.js';
+import { requestPath, TaktError } from '../model/errors.js';
 import { CHALLENGE_PATTERN, endpointProof } from '../model/proof.js';
 import { Authenticator, JOIN_TOKEN_SCOPE, DISCOVERY_SCOPE } from './auth.js';
 import { AccessControl, declaredRoutes } from './access.js';
@@ -114,7 +115,7 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       void reply
         .headers({ ...SECURITY_HEADERS, 'content-security-policy': API_CSP, 'x-request-id': req.id })
         .code(status)
-        .send(new TaktError(status === 404 ? 'not_found' : 'bad_request', err.message.replace(/^FST_\w+: /, '')).toBody());
+        .send(new TaktError(status === 404 ? 'not_found' : 'bad_request', err.message.replace(/^FST_\w+: /, '')).toBody(requestPath(req.url)));
     },
     // Errors Node's HTTP parser raises before there is a request (headers too large, not HTTP, a request
     // that did not arrive in time) are answered in the one error shape with the same headers, then closed.
@@ -156,9 +157,10 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
 
   app.decorateRequest('principal', null as never);
   // Decided on the route the router matched (never on the raw URL text, which may be encoded): a request
-  // that matches no route is 404 before its body is read; every matched route needs a principal unless it
-  // declares itself public; a machine token reaches only the routes that accept machines, a join token
-  // only the join routes.
+  // that matches no route is 404 before its body is read — or, when its path is a route's with another
+  // method, 405 to a caller whose token is valid (401 to any other); every matched route needs a principal
+  // unless it declares itself public; a machine token reaches only the routes that accept machines, a join
+  // token only the join routes.
   app.addHook('onRequest', async (req, reply) => {
     reply.headers(SECURITY_HEADERS);
     reply.header('x-request-id', req.id);
@@ -167,8 +169,16 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       throw new TaktError('misdirected', `this endpoint does not answer to host '${req.headers.host ?? ''}'; use its address or add the name with --host-name`);
     }
     if (req.is404) {
+      // No body is read for a request no route takes: the connection closes after the answer.
       reply.header('connection', 'close');
-      throw notFoundError(req.method, req.url);
+      const allow = allowedMethods(app, req.raw.url ?? req.url);
+      if (allow.length === 0) throw notFoundError(req.method, req.url);
+      // RFC 9110 §15.5.6: the path is a route's, the method is not one of its. Said only after the token
+      // is checked, as the route itself would check it: a caller without a valid token learns nothing
+      // from a 405 (the order is 421, 404, 401/429, 405; docs/api.md § Errors).
+      req.principal = await auth.authenticate(req.headers.authorization, false, req.ip);
+      reply.header('allow', allow.join(', '));
+      throw new TaktError('method_not_allowed', `${req.method} is not a method of ${requestPath(req.url)}: it takes ${allow.join(', ')}`);
     }
     const cfg = req.routeOptions.config;
     if (cfg?.permission !== 'public') {
@@ -204,6 +214,8 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
   });
 
   app.setErrorHandler((err: FastifyError | TaktError, req, reply) => {
+    // `path` of an error that names no field: the request's own (model/errors.ts).
+    const where = requestPath(req.url);
     // A 429's wait, on every answer that carries one (a join script's too).
     if (err instanceof TaktError && err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter));
     // `curl … | sh` runs whatever comes back: an error must be a script that says it and fails.
@@ -211,33 +223,33 @@ export async function buildServer(opts: ServerOptions): Promise<FastifyInstance>
       return reply.code(err.status).type('text/plain; charset=utf-8').send(shellError(err.message));
     }
     if (err instanceof TaktError) {
-      if (err.status < 500) return reply.code(err.status).send(err.toBody());
+      if (err.status < 500) return reply.code(err.status).send(err.toBody(where));
     } else {
       const fe = err as FastifyError;
-      if (fe.validation) return reply.code(422).send(validationError(fe).toBody());
+      if (fe.validation) return reply.code(422).send(validationError(fe).toBody(where));
       const status = fe.statusCode ?? 500;
-      if (status === 413) return reply.code(413).send(new TaktError('too_large', `request body is too large (limit ${req.routeOptions.bodyLimit ?? 1048576} bytes)`).toBody());
+      if (status === 413) return reply.code(413).send(new TaktError('too_large', `request body is too large (limit ${req.routeOptions.bodyLimit ?? 1048576} bytes)`).toBody(where));
       if (status === 415) {
         const type = String(req.headers['content-type'] ?? '(none)').slice(0, 100);
-        return reply.code(415).send(new TaktError('bad_request', `the body's content-type ${type} is not one this route takes: send JSON with content-type: application/json`).toBody());
+        return reply.code(415).send(new TaktError('bad_request', `the body's content-type ${type} is not one this route takes: send JSON with content-type: application/json`).toBody(where));
       }
       if (status >= 400 && status < 500) {
         const code = status === 404 ? 'not_found' : 'bad_request';
-        return reply.code(status).send(new TaktError(code, fe.message.replace(/^FST_\w+: /, '')).toBody());
+        return reply.code(status).send(new TaktError(code, fe.message.replace(/^FST_\w+: /, '')).toBody(where));
       }
     }
     // Every 5xx is a bug or an outage: logged with the request id the answer carries.
     opts.log?.('error', `${req.method} ${req.routeOptions.url ?? '(no route)'} failed: ${err.message}`, { requestId: req.id, stack: err.stack });
     req.log.error({ err, requestId: req.id }, 'unhandled error');
     const status = err instanceof TaktError ? err.status : 500;
-    const body = err instanceof TaktError ? err.toBody() : new TaktError('internal', 'internal error; the endpoint log has the details').toBody();
+    const body = err instanceof TaktError ? err.toBody(where) : new TaktError('internal', 'internal error; the endpoint log has the details').toBody(where);
     body.error.requestId = req.id;
     if (req.routeOptions.config?.shellErrors) return reply.code(status).type('text/plain; charset=utf-8').send(shellError(`${body.error.message} (request ${req.id})`));
     return reply.code(status).send(body);
   });
 
   app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send(notFoundError(req.method, req.url).toBody());
+    reply.code(404).send(notFoundError(req.method, req.url).toBody(requestPath(req.url)));
   });
 
   // `?challenge=` (model/proof.ts): the CLI checks this is the endpoint its data dir's admin token belongs to before sending it.
@@ -304,8 +316,18 @@ function rawErrorResponse(status: number, body: object): string {
 
 /** The 404 answer; echoes only the path (never the query, which may hold a token or a value). */
 function notFoundError(method: string, url: string): TaktError {
-  const path = url.split('?')[0]!;
-  return new TaktError('not_found', `no route ${method} ${path.length > 200 ? `${path.slice(0, 200)}…` : path}; see GET /api/v1/openapi.json`);
+  return new TaktError('not_found', `no route ${method} ${requestPath(url)}; see GET /api/v1/openapi.json`);
+}
+
+/** The methods a 405's Allow header may name (HEAD: every GET route answers it too). */
+const METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+
+/**
+ * The methods some route takes at `url` (the request target as sent), asked of the router the request
+ * was routed by, so an encoded or odd spelling is matched as the request was; empty: no route has it.
+ */
+function allowedMethods(app: FastifyInstance, url: string): string[] {
+  return METHODS.filter((method) => app.findRoute({ method, url }) !== null);
 }
 
 /** A schema violation as a 422 naming the field (never echoing the value, which may be secure). */

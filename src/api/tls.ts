@@ -103,6 +103,13 @@ export function sanEntries(names: readonly string[]): Array<{ type: 'dns' | 'ip'
   return out;
 }
 
+/** `--tls-cert` and `--tls-key` go together. @throws TaktError bad_request when only one is given. */
+export function checkTlsFlags(certFile: string | undefined, keyFile: string | undefined): void {
+  if ((certFile === undefined) !== (keyFile === undefined)) {
+    throw new TaktError('bad_request', '--tls-cert and --tls-key go together: give both, or neither (the endpoint then issues its own)');
+  }
+}
+
 /** A DNS name a certificate may carry (RFC 1123 labels), or an IP literal. Throws with the flag's name otherwise. */
 export function checkSanName(name: string, flag = '--tls-san'): void {
   // A certificate may also name every host of a domain (`*.example.org`, RFC 6125 §6.4.3).
@@ -128,9 +135,7 @@ export class TlsManager {
     this.dir = join(opts.dataDir, 'tls');
     this.now = opts.now ?? (() => new Date());
     for (const n of opts.names) this.names.add(n.replace(/^\[|\]$/g, '').toLowerCase());
-    if ((opts.certFile === undefined) !== (opts.keyFile === undefined)) {
-      throw new TaktError('bad_request', '--tls-cert and --tls-key go together: give both, or neither (the endpoint then issues its own)');
-    }
+    checkTlsFlags(opts.certFile, opts.keyFile);
   }
 
   /** What the listeners clients use serve: the operator's certificate when given, else the issued one. */

@@ -50,16 +50,31 @@ export const ENDPOINT_ID_FILE = 'endpoint-id';
  * desired state (export/import) does not carry it: another endpoint gets its own.
  */
 export function endpointId(dataDir: string): string {
+  const id = readEndpointId(dataDir);
+  if (id.kept) return id.id;
+  saveEndpointId(dataDir, id.id);
+  return id.id;
+}
+
+/**
+ * The endpoint id `<data>/endpoint-id` holds (`kept`), or a new one, not yet written (`takt serve`
+ * writes it with {@link saveEndpointId} once its store has opened, so a refused start leaves none).
+ * @throws TaktError bad_request when the file holds something else.
+ */
+export function readEndpointId(dataDir: string): { id: string; kept: boolean } {
   const file = join(dataDir, ENDPOINT_ID_FILE);
   if (existsSync(file)) {
     const id = readFileSync(file, 'utf8').trim();
-    if (/^[0-9a-f]{8}$/.test(id)) return id;
+    if (/^[0-9a-f]{8}$/.test(id)) return { id, kept: true };
     throw new TaktError('bad_request', `${file} does not hold an endpoint id (8 hex digits); restore it, or remove it only if no netns machine of this endpoint is left on the host`);
   }
+  return { id: randomBytes(4).toString('hex'), kept: false };
+}
+
+/** Writes `<data>/endpoint-id` (mode 0600); refuses to replace one (`wx`). */
+export function saveEndpointId(dataDir: string, id: string): void {
   mkdirSync(dataDir, { recursive: true });
-  const id = randomBytes(4).toString('hex');
-  writeFileSync(file, id + '\n', { mode: 0o600, flag: 'wx' });
-  return id;
+  writeFileSync(join(dataDir, ENDPOINT_ID_FILE), id + '\n', { mode: 0o600, flag: 'wx' });
 }
 
 /** `A.B` from `A.B.0.0/16`. @throws TaktError bad_request for anything else. */

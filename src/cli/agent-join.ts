@@ -7,6 +7,7 @@ import type { Command } from 'commander';
 import { TaktError } from '../model/errors.js';
 import type { GlobalOptions } from './client.js';
 import { examples } from './help.js';
+import { UsageError } from './usage.js';
 
 interface JoinOptions {
   joinTokenFile: string;
@@ -38,8 +39,8 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
       const tokenFile = o.tokenFile ?? parent.tokenFile;
       const caFile = o.ca ?? parent.ca;
       const endpoint = globals().endpoint ?? process.env.TAKT_ENDPOINT;
-      if (!endpoint) throw new TaktError('bad_request', 'the endpoint URL is needed: --endpoint or TAKT_ENDPOINT');
-      if (!tokenFile) throw new TaktError('bad_request', 'say where the machine token goes: --token-file FILE');
+      if (!endpoint) throw new UsageError('the endpoint URL is needed: --endpoint or TAKT_ENDPOINT');
+      if (!tokenFile) throw new UsageError('say where the machine token goes: --token-file FILE');
       const joinToken = await readSecret(o.joinTokenFile, 'join token');
       const ca = caFile ? await readFile(caFile, 'utf8') : undefined;
       const { registerHost } = await import('../agent/register.js');
@@ -72,7 +73,7 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
       const { discoverHost, parseDiscoveryCmdline } = await import('../agent/discover.js');
       const { VERSION } = await import('./version.js');
       const wait = Number(o.wait);
-      if (!Number.isFinite(wait) || wait < 0 || wait > 3600) throw new TaktError('bad_request', `--wait ${o.wait}: give seconds from 0 to 3600`);
+      if (!Number.isFinite(wait) || wait < 0 || wait > 3600) throw new UsageError(`--wait ${o.wait}: give seconds from 0 to 3600`);
       const text = await readFile(o.cmdline, 'utf8').catch((err: NodeJS.ErrnoException) => {
         throw new TaktError('bad_request', `cannot read the kernel command line from ${o.cmdline}: ${err.code ?? err.message}`);
       });
@@ -96,7 +97,7 @@ export function agentJoinCommands(agent: Command, globals: () => GlobalOptions):
       const { joinDeployed } = await import('../agent/deployed.js');
       const { VERSION } = await import('./version.js');
       const wait = Number(o.wait);
-      if (!Number.isFinite(wait) || wait < 0 || wait > 3600) throw new TaktError('bad_request', `--wait ${o.wait}: give seconds from 0 to 3600`);
+      if (!Number.isFinite(wait) || wait < 0 || wait > 3600) throw new UsageError(`--wait ${o.wait}: give seconds from 0 to 3600`);
       const r = await joinDeployed(dir, VERSION, { ...(o.device ? { devices: [o.device] } : {}), deadlineMs: wait * 1000, log: (msg) => process.stderr.write(`takt: ${msg}\n`) });
       process.stderr.write(`takt: joined as machine ${r.registration.machine.name} (${r.registration.machine.id}) with the join block on ${r.device} (now zeroed); token in ${dir}/token\n`);
       if (globals().output === 'json') process.stdout.write(`${JSON.stringify({ api: r.api, device: r.device, ...r.registration })}\n`);

@@ -6,10 +6,10 @@
  */
 import type { Command } from 'commander';
 import type { ApiClient } from '../client/http.js';
-import { TaktError } from '../model/errors.js';
 import type { Globals } from './client.js';
 import { examples } from './help.js';
 import { print, shown } from './output.js';
+import { UsageError } from './usage.js';
 
 export function bootenvBuildCommand(bootenvs: Command, g: Globals, api: () => ApiClient): void {
   bootenvs
@@ -28,7 +28,7 @@ export function bootenvBuildCommand(bootenvs: Command, g: Globals, api: () => Ap
     .option('--install', 'install the built pack on the endpoint and use it')
     .option('--disk-image <file>', 'also write the environment as a raw disk image that boots from disk (BIOS and UEFI) and joins as the machine it is deployed to')
     .action(async (name: string, o: { out?: string; install?: boolean; diskImage?: string }) => {
-      if (name !== 'discovery') throw new TaktError('bad_request', `there is no built-in bootenv '${name}' to build: the one takt builds is 'discovery' (others come in content packs)`);
+      if (name !== 'discovery') throw new UsageError(`there is no built-in bootenv '${name}' to build: the one takt builds is 'discovery' (others come in content packs)`);
       const { agentDiskImage, buildDiscoveryEnv, defaultDiscoveryDir } = await import('../provision/discovery-env.js');
       const { AgentBundle } = await import('../join/bundle.js');
       const { provisionCacheDir } = await import('../provision/kernel.js');

@@ -8,6 +8,7 @@ import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, shown } from './output.js';
 import { examples } from './help.js';
+import { UsageError } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -49,8 +50,8 @@ export function classifyCommand(machines: Command, g: Globals, api: () => ApiCli
     .option('--all', 'every machine (narrowed by -l) that has reported facts, one after another; a refusal or no match is reported and the rest go on')
     .option('-l, --selector <selector>', 'with --all: only machines whose labels match, e.g. rack=r1')
     .action(async (machine: string | undefined, o: { dryRun?: boolean; force?: boolean; all?: boolean; selector?: string }) => {
-      if ((machine === undefined) === (o.all !== true)) throw new TaktError('bad_request', 'name one machine, or give --all (with -l to narrow it), e.g. takt machines classify rack1-u7');
-      if (o.selector !== undefined && !o.all) throw new TaktError('bad_request', '-l selects machines for --all; with one machine named, leave it out');
+      if ((machine === undefined) === (o.all !== true)) throw new UsageError('name one machine, or give --all (with -l to narrow it), e.g. takt machines classify rack1-u7');
+      if (o.selector !== undefined && !o.all) throw new UsageError('-l selects machines for --all; with one machine named, leave it out');
       const client = api();
       const body = { dryRun: o.dryRun === true, force: o.force === true };
       if (machine !== undefined) {

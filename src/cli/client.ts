@@ -9,6 +9,7 @@ import { ApiClient, NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { inexactMessage, inexactNumbers } from '../model/numbers.js';
 import { newChallenge, proofMatches } from '../model/proof.js';
+import { UsageError } from './usage.js';
 
 export const DEFAULT_ENDPOINT = 'http://127.0.0.1:8092';
 
@@ -239,7 +240,7 @@ export function parseParamPairs(pairs: string[] = []): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const p of pairs) {
     const i = p.indexOf('=');
-    if (i <= 0) throw new TaktError('bad_request', `--param '${p}' is not KEY=VALUE`);
+    if (i <= 0) throw new UsageError(`--param '${p}' is not KEY=VALUE`);
     const raw = p.slice(i + 1);
     let value: unknown = raw;
     try {
@@ -249,7 +250,7 @@ export function parseParamPairs(pairs: string[] = []): Record<string, unknown> {
     }
     // JSON.parse rounds 12345678901234567891 silently; the raw text is still here to say what was meant.
     if (inexactNumbers(value).length > 0) {
-      throw new TaktError('bad_request', `--param '${p}': ${inexactMessage(raw)}: --param '${p.slice(0, i)}="${raw}"'`);
+      throw new UsageError(`--param '${p}': ${inexactMessage(raw)}: --param '${p.slice(0, i)}="${raw}"'`);
     }
     out[p.slice(0, i)] = value;
   }

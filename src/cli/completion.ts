@@ -76,7 +76,7 @@ __takt_values() {
   # $1 command path, $2 what the value is (an argument or option name), $3 its choices, $4 the takt binary
   if [[ -n "$3" ]]; then echo "$3"; return; fi
   case "$2" in
-    machine|--machine) __takt_machines "$4" ;;
+    machine|machines|--machine) __takt_machines "$4" ;;
   esac
 }
 _takt() {

@@ -10,6 +10,7 @@ import { TaktError } from '../model/errors.js';
 import { type Globals } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
 import { examples } from './help.js';
+import { UsageError } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -115,7 +116,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
     .action(async (fromRef: string, toRef: string) => {
       const a = parseRef(fromRef);
       const b = toRef.includes('@') ? parseRef(toRef) : { name: a.name, version: toRef };
-      if (a.name !== b.name) throw new TaktError('bad_request', `compare two versions of one pack (got ${a.name} and ${b.name})`);
+      if (a.name !== b.name) throw new UsageError(`compare two versions of one pack (got ${a.name} and ${b.name})`);
       const d = await api().get<PackDiff>(`/packs/${enc(a.name)}/diff`, { from: a.version, to: b.version });
       print(g().output, d, () => diffText(d));
     });
@@ -142,7 +143,7 @@ export function contentCommands(program: Command, g: Globals, api: () => ApiClie
     .addHelpText('after', examples('takt content rm demo', 'takt content remove demo@1.0.0 --dry-run', 'takt content rm demo@1.0.0   # an old version no machine needs'))
     .action(async (ref: string, o: { dryRun?: boolean }) => {
       if (!ref.includes('@')) {
-        if (o.dryRun) throw new TaktError('bad_request', `--dry-run applies to removing one version (NAME@VERSION, e.g. ${ref}@1.0.0)`);
+        if (o.dryRun) throw new UsageError(`--dry-run applies to removing one version (NAME@VERSION, e.g. ${ref}@1.0.0)`);
         const r = await api().delete(`/packs/${enc(ref)}`);
         print(g().output, r, () => shown(`removed pack ${ref}`));
         return;
@@ -166,7 +167,7 @@ const installLine = (r: InstallResult) =>
 
 function parseRef(ref: string): { name: string; version: string } {
   const m = /^([a-z0-9][a-z0-9._-]*)@(.+)$/.exec(ref);
-  if (!m) throw new TaktError('bad_request', `'${ref}' is not PACK@VERSION (e.g. demo@1.0.1)`);
+  if (!m) throw new UsageError(`'${ref}' is not PACK@VERSION (e.g. demo@1.0.1)`);
   return { name: m[1]!, version: m[2]! };
 }
 

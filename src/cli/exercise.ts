@@ -12,6 +12,7 @@ import type { Job, LogChunk, Machine } from '../model/machine.js';
 import { collect, PARAM_TYPING, parseParamPairs, type GlobalOptions } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
 import { examples } from './help.js';
+import { UsageError } from './usage.js';
 
 export type CellStatus = 'passed' | 'noop' | 'failed' | 'not-reached';
 
@@ -142,7 +143,7 @@ export function exerciseCommand(program: Command, g: () => GlobalOptions, api: (
 
 async function exercise(client: ApiClient, pipeline: string, o: Options): Promise<ExerciseResult> {
   const envs = [...new Set(o.envs.split(',').map((e) => e.trim()).filter(Boolean))];
-  if (envs.length === 0) throw new TaktError('bad_request', '--envs names no environment; e.g. --envs local,netns', { path: 'envs' });
+  if (envs.length === 0) throw new UsageError('--envs names no environment; e.g. --envs local,netns', { path: 'envs' });
   const timeoutMs = parseDuration(o.timeout, '--timeout', DURATION_RANGES.wait);
   const params = parseParamPairs(o.param);
   const p = await client.get<{ stages: string[] }>(`/pipelines/${encodeURIComponent(pipeline)}`);

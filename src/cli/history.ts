@@ -3,11 +3,11 @@ import { type Command } from 'commander';
 import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
 import type { ObservedView, RevertResult, RewindResult } from '../engine/history.js';
-import { TaktError } from '../model/errors.js';
 import { type Change } from '../model/machine.js';
 import { type Globals } from './client.js';
 import { fetchPage, print, renderTable, shown } from './output.js';
 import { examples } from './help.js';
+import { UsageError } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -85,7 +85,7 @@ export function historyCommands(program: Command, g: Globals, api: () => ApiClie
     .addHelpText('after', examples('takt history rewind --to 12 --dry-run   # what would change', 'takt history rewind --to 12'))
     .action(async (o: { to: string; dryRun?: boolean }) => {
       const to = Number(o.to);
-      if (!/^\d+$/.test(o.to) || !Number.isInteger(to) || to < 0) throw new TaktError('bad_request', '--to must be a change number');
+      if (!/^\d+$/.test(o.to) || !Number.isInteger(to) || to < 0) throw new UsageError('--to must be a change number');
       const r = await api().post<RewindResult>('/changes/rewind', { to, ...(o.dryRun ? { dryRun: true } : {}) });
       print(g().output, r, () =>
         [

@@ -14,6 +14,7 @@ import { TaktError } from '../model/errors.js';
 import type { Globals } from './client.js';
 import { examples } from './help.js';
 import { print, shown } from './output.js';
+import { UsageError } from './usage.js';
 
 /** Where in a root file system the agent goes: where the discovery environment and `takt join` put it. */
 export const AGENT_TREE_DIR = 'opt/takt';
@@ -86,7 +87,7 @@ export function imageBuildCommand(images: Command, g: Globals): void {
     .action(async (out: string, o: BuildDiskOptions) => {
       let rootMiB: number | undefined;
       if (o.rootMib !== undefined) {
-        if (!/^[1-9][0-9]{0,6}$/.test(o.rootMib)) throw new TaktError('bad_request', `--root-mib ${o.rootMib}: give a whole number of MiB (1 or more)`);
+        if (!/^[1-9][0-9]{0,6}$/.test(o.rootMib)) throw new UsageError(`--root-mib ${o.rootMib}: give a whole number of MiB (1 or more)`);
         rootMiB = Number(o.rootMib);
       }
       for (const [flag, path] of [['--kernel', o.kernel], ['--initrd', o.initrd]] as const) {

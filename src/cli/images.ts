@@ -1,7 +1,8 @@
 /**
- * `takt images list|get|import|remove`: the image catalog (engine/images.ts). An import hashes the file
- * here first, then streams it to the endpoint with that digest, so the endpoint keeps the bytes only if
- * what arrived is what was read; both passes show their progress on stderr.
+ * `takt images list|get|import|remove`: the image catalog (engine/images.ts). An import checks its
+ * arguments, asks whether the version exists, hashes the file here, then streams it to the endpoint with
+ * that digest, so the endpoint keeps the bytes only if what arrived is what was read; both passes show
+ * their progress on stderr.
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -9,11 +10,13 @@ import { stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import type { Command } from 'commander';
 import type { ApiClient } from '../client/http.js';
+import { refuseExistingImage } from '../client/images.js';
 import { TaktError } from '../model/errors.js';
-import { imageRef, parseImageRef, type Image } from '../model/image.js';
+import { checkImageSha256, imageRef, parseImageRef, type Image } from '../model/image.js';
 import type { GlobalOptions } from './client.js';
 import { examples } from './help.js';
 import { print, renderTable, shown } from './output.js';
+import { usage } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -82,7 +85,7 @@ export function imageCommands(program: Command, g: () => GlobalOptions, api: () 
     .description('one image version: format, size, sha256 and where it came from')
     .addHelpText('after', examples('takt images get debian-min@1.0.0'))
     .action(async (ref: string) => {
-      const { name, version } = parseImageRef(ref);
+      const { name, version } = usage(() => parseImageRef(ref));
       const i = await api().get<Image>(`/images/${enc(name)}/${enc(version)}`);
       print(g().output, i, () => `${renderTable([i], columns)}\nsha256 ${i.sha256}`);
     });
@@ -99,7 +102,10 @@ export function imageCommands(program: Command, g: () => GlobalOptions, api: () 
     .option('--description <text>', 'what the image is, for people')
     .option('--sha256 <hex>', 'the digest you already have (else the file is hashed here first); different bytes are refused')
     .action(async (ref: string, file: string, o: { description?: string; sha256?: string }) => {
-      const { name, version } = parseImageRef(ref);
+      // Every argument before anything is read or sent.
+      const { name, version } = usage(() => parseImageRef(ref));
+      const given = o.sha256?.toLowerCase();
+      if (given !== undefined) usage(() => checkImageSha256(given));
       let size: number;
       try {
         const s = await stat(file);
@@ -109,9 +115,12 @@ export function imageCommands(program: Command, g: () => GlobalOptions, api: () 
         if (err instanceof TaktError) throw err;
         throw new TaktError('bad_request', `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
       }
-      const sha256 = o.sha256?.toLowerCase() ?? (await fileSha256(file, size));
+      // An existing version is refused before the file is hashed (minutes for a large one) or sent.
+      const client = api();
+      await refuseExistingImage(client, name, version);
+      const sha256 = given ?? (await fileSha256(file, size));
       const tell = progress(`sending ${basename(file)}`, size);
-      const image = await api().upload<Image>(
+      const image = await client.upload<Image>(
         'PUT',
         `/images/${enc(name)}/${enc(version)}`,
         () => {
@@ -131,7 +140,7 @@ export function imageCommands(program: Command, g: () => GlobalOptions, api: () 
     .description('remove an image version from the catalog (its bytes go when no other version has them)')
     .addHelpText('after', examples('takt images rm debian-min@1.0.0'))
     .action(async (ref: string) => {
-      const { name, version } = parseImageRef(ref);
+      const { name, version } = usage(() => parseImageRef(ref));
       const i = await api().delete<Image>(`/images/${enc(name)}/${enc(version)}`);
       print(g().output, i, () => shown(`removed ${imageRef(i)}`));
     });

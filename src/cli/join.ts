@@ -6,13 +6,13 @@
 import type { Command } from 'commander';
 import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
-import { TaktError } from '../model/errors.js';
 import type { ObservedFacts } from '../model/facts.js';
 import type { JoinTokenView } from '../model/join.js';
 import type { Machine } from '../model/machine.js';
 import { collect, type GlobalOptions } from './client.js';
 import { print, renderTable, shown, shownErr } from './output.js';
 import { examples } from './help.js';
+import { UsageError } from './usage.js';
 
 type Globals = () => GlobalOptions;
 const enc = encodeURIComponent;
@@ -48,7 +48,7 @@ export function joinCommands(program: Command, g: Globals, api: () => ApiClient)
     )
     .action(async (name: string | undefined, o: { pipeline?: string; profile?: string[]; environment: string; expires: string; uses: string; url?: string }) => {
       const uses = Number(o.uses);
-      if (!/^\d+$/.test(o.uses) || uses < 1) throw new TaktError('bad_request', `--uses must be a whole number from 1 (got '${o.uses}')`);
+      if (!/^\d+$/.test(o.uses) || uses < 1) throw new UsageError(`--uses must be a whole number from 1 (got '${o.uses}')`);
       const body = { name, pipeline: o.pipeline, profiles: o.profile, environment: o.environment, expires: o.expires, uses, url: o.url };
       const r = await api().post<Created>('/join-tokens', body);
       if (g().output !== 'table') return print(g().output, r);
@@ -64,7 +64,7 @@ export function joinCommands(program: Command, g: Globals, api: () => ApiClient)
     .addHelpText('after', examples('(umask 077; takt machines token web-1 --rotate > web-1.token)   # a token file only you can read'))
     .option('--rotate', 'issue a new token and revoke the old one')
     .action(async (machine: string, o: { rotate?: boolean }) => {
-      if (!o.rotate) throw new TaktError('bad_request', 'machine tokens are stored only as digests and cannot be shown again; --rotate issues a new one (the old one stops working)');
+      if (!o.rotate) throw new UsageError('machine tokens are stored only as digests and cannot be shown again; --rotate issues a new one (the old one stops working)');
       const r = await api().post<{ machine: Machine; token: string }>(`/machines/${enc(machine)}/token`, {});
       if (g().output !== 'table') return print(g().output, r);
       // The token alone on stdout (`--rotate > token` writes a token file); the notice on stderr.

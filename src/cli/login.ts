@@ -14,6 +14,7 @@ import { loginFile, resolveCa, resolveEndpoint, saveLoginToken, type GlobalOptio
 import { examples } from './help.js';
 import { print } from './output.js';
 import type { TokenView } from './tokens.js';
+import { UsageError } from './usage.js';
 
 /** A password: from the first line of stdin with --password-stdin, else asked on the terminal (echo off). */
 export async function readPassword(fromStdin: boolean | undefined, prompt: string): Promise<string> {
@@ -66,7 +67,7 @@ export function loginCommands(program: Command, g: () => GlobalOptions, api: () 
     .action(async (user: string | undefined, o: { passwordStdin?: boolean; ttl?: string; sso?: boolean }) => {
       const endpoint = resolveEndpoint(g().endpoint);
       if (o.sso) {
-        if (user !== undefined || o.passwordStdin) throw new TaktError('bad_request', 'takt login --sso takes no user name or password: the identity provider says who you are');
+        if (user !== undefined || o.passwordStdin) throw new UsageError('takt login --sso takes no user name or password: the identity provider says who you are');
         const ca = endpoint.startsWith('https:') ? resolveCa() : undefined;
         const anon = new ApiClient({ endpoint, ...(ca ? { ca } : {}) });
         try {
@@ -79,7 +80,7 @@ export function loginCommands(program: Command, g: () => GlobalOptions, api: () 
         return;
       }
       const name = user ?? process.env.USER;
-      if (!name) throw new TaktError('bad_request', 'which user? takt login NAME');
+      if (!name) throw new UsageError('which user? takt login NAME');
       const password = await readPassword(o.passwordStdin, `password for ${name} at ${endpoint}: `);
       const ca = endpoint.startsWith('https:') ? resolveCa() : undefined;
       const anon = new ApiClient({ endpoint, ...(ca ? { ca } : {}) });

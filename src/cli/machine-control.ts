@@ -12,12 +12,13 @@ import { MACHINE_STATES, type Job, type Machine, type MachineState } from '../mo
 import type { RolloutState } from '../model/rollout.js';
 import type { Globals } from './client.js';
 import { colorState, print, renderTable, shown, shownErr } from './output.js';
+import { EXIT, usage, UsageError } from './usage.js';
 import { machineColumns } from './machines.js';
 
 const enc = encodeURIComponent;
 
-/** `machines wait` exit codes (also in its --help and docs/operations.md § Stopping work). */
-export const WAIT_EXIT = { reached: 0, failed: 1, usage: 2, timeout: 124 } as const;
+/** `machines wait` exit codes (also in its --help and docs/operations.md § Stopping work); usage is every command's (usage.ts). */
+export const WAIT_EXIT = { reached: 0, failed: 1, usage: EXIT.usage, timeout: 124 } as const;
 
 /** What POST /machines/:id/pause answers. */
 export interface PauseResult {
@@ -66,9 +67,6 @@ function powerResultText(r: PowerResults | undefined): string {
   }
   return lines.length ? `\n${lines.join('\n')}` : '';
 }
-
-/** A usage mistake: said on stderr, exit 2, nothing done. */
-class UsageError extends Error {}
 
 const LIST_PAGE = 1000;
 
@@ -150,10 +148,10 @@ Examples:
     )
     .action(async (names: string[], o: { selector?: string; all?: boolean; cancel?: boolean; reason?: string }) => {
       const client = api();
-      if (names.length > 0 && (o.selector !== undefined || o.all)) throw new TaktError('bad_request', 'give machine names, -l SELECTOR or --all, not several');
-      if (o.selector !== undefined && o.selector.trim() === '') throw new TaktError('bad_request', 'an empty selector would match every machine: give one, or --all to drain every machine');
+      if (names.length > 0 && (o.selector !== undefined || o.all)) throw new UsageError('give machine names, -l SELECTOR or --all, not several');
+      if (o.selector !== undefined && o.selector.trim() === '') throw new UsageError('an empty selector would match every machine: give one, or --all to drain every machine');
       if (names.length === 0 && o.selector === undefined && !o.all) {
-        throw new TaktError('bad_request', 'refusing to drain every machine: give machine names, -l SELECTOR (e.g. -l role=web), or --all');
+        throw new UsageError('refusing to drain every machine: give machine names, -l SELECTOR (e.g. -l role=web), or --all');
       }
       const targets = names.length > 0 ? names : (await listAllMachines(client, o.selector !== undefined ? { selector: o.selector } : {})).map((m) => m.name);
       if (targets.length === 0) throw new TaktError('not_found', `no machine matches the selector '${o.selector}'`);
@@ -201,11 +199,11 @@ Examples:
     )
     .action(async (id: string, action: string | undefined, o: { nextBoot?: string; persistent?: boolean }) => {
       const client = api();
-      if (action === undefined && o.nextBoot === undefined) throw new TaktError('bad_request', 'give an action (on, off, cycle, status) or --next-boot pxe|disk');
-      if (o.nextBoot !== undefined && o.nextBoot !== 'pxe' && o.nextBoot !== 'disk') throw new TaktError('bad_request', `--next-boot is pxe or disk, not ${JSON.stringify(o.nextBoot)}`);
-      if (o.persistent && o.nextBoot === undefined) throw new TaktError('bad_request', '--persistent goes with --next-boot');
+      if (action === undefined && o.nextBoot === undefined) throw new UsageError('give an action (on, off, cycle, status) or --next-boot pxe|disk');
+      if (o.nextBoot !== undefined && o.nextBoot !== 'pxe' && o.nextBoot !== 'disk') throw new UsageError(`--next-boot is pxe or disk, not ${JSON.stringify(o.nextBoot)}`);
+      if (o.persistent && o.nextBoot === undefined) throw new UsageError('--persistent goes with --next-boot');
       if (action === 'status') {
-        if (o.nextBoot !== undefined) throw new TaktError('bad_request', 'status only asks: give --next-boot with on, cycle, or alone');
+        if (o.nextBoot !== undefined) throw new UsageError('status only asks: give --next-boot with on, cycle, or alone');
         const st = await client.get<PowerStatus>(`/machines/${enc(id)}/power`);
         print(g().output, st, () => `${shown(st.machine)}: ${colorPower(st.state)} (driver ${shown(st.driver)}; desired ${st.desired})`);
         return;
@@ -219,7 +217,7 @@ Examples:
       print(g().output, m, () => renderTable([machine], machineColumns) + shown(note) + powerResultText(result));
     });
 
-  const wait = machines
+  machines
     .command('wait [machines...]')
     .description('wait until machines reach a state (named, or every machine matching -l), or until a rollout ends')
     .option('--until <state>', `the state to wait for: ${MACHINE_STATES.join(', ')}`, 'done')
@@ -244,23 +242,12 @@ Examples:
   $ takt machines wait --rollout r-1a2b3c`,
     )
     .action(async (names: string[], o: { until: string; selector?: string; rollout?: string; timeout: string }) => {
-      let timeoutMs: number;
-      try {
-        timeoutMs = checkWaitUsage(names, o);
-      } catch (err) {
-        if (!(err instanceof UsageError) && !(err instanceof TaktError && err.code === 'bad_request')) throw err;
-        process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}\n`);
-        process.exitCode = WAIT_EXIT.usage;
-        return;
-      }
-      const deadline = Date.now() + timeoutMs;
+      const deadline = Date.now() + checkWaitUsage(names, o);
       process.exitCode = o.rollout !== undefined ? await waitRollout(api(), g, o.rollout, deadline, o.timeout) : await waitMachines(api(), g, names, o, deadline);
     });
-  // Commander's own usage errors (an unknown option…) exit 2 here too, as the help promises.
-  wait.exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : WAIT_EXIT.usage));
 }
 
-/** @returns the timeout in ms. @throws UsageError / TaktError bad_request for anything that cannot be waited for. */
+/** @returns the timeout in ms. @throws UsageError for anything that cannot be waited for. */
 function checkWaitUsage(names: string[], o: { until: string; selector?: string; rollout?: string; timeout: string }): number {
   if (!(MACHINE_STATES as readonly string[]).includes(o.until)) {
     throw new UsageError(`--until '${o.until}' is not a machine state; the states are ${MACHINE_STATES.join(', ')}`);
@@ -269,7 +256,7 @@ function checkWaitUsage(names: string[], o: { until: string; selector?: string; 
   if (ways === 0) throw new UsageError('name the machines to wait for, or give -l SELECTOR or --rollout ID');
   if (ways > 1) throw new UsageError('give machine names, -l SELECTOR or --rollout ID, not several');
   if (o.selector !== undefined && o.selector.trim() === '') throw new UsageError('an empty selector matches every machine: give one (e.g. -l role=web)');
-  return parseDuration(o.timeout, '--timeout', DURATION_RANGES.wait);
+  return usage(() => parseDuration(o.timeout, '--timeout', DURATION_RANGES.wait));
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -17,6 +17,8 @@ import { powerConfigBody, type PowerFlags } from './power.js';
 import { examples } from './help.js';
 import { describeText } from './describe.js';
 import { classifyCommand, classificationLine } from './classify.js';
+import { exitCodeOf, report } from './program.js';
+import { EXIT, UsageError } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -140,7 +142,7 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
     .option('--allow-undeclared', 'store params no param definition or task declares (refused by default: usually a typo)')
     .action(async (name: string | undefined, o: BootFlags & PowerFlags & VmFlags & { allowUndeclared?: boolean; broker?: string; count: string; environment?: string; pipeline?: string; param?: string[]; profile?: string[]; label?: string[]; ssh?: string; sshKey?: string; sshRoot?: string; sshDir?: string }) => {
       const labels = o.label ? parseLabelPairs(o.label) : undefined;
-      if (labels && Object.values(labels).includes(null)) throw new TaktError('bad_request', '--label KEY- removes a label: use it with `machines update`');
+      if (labels && Object.values(labels).includes(null)) throw new UsageError('--label KEY- removes a label: use it with `machines update`');
       const body = {
         name,
         broker: o.broker,
@@ -203,18 +205,40 @@ export function machineCommands(program: Command, g: Globals, api: () => ApiClie
       const current = o.powerOpt?.length && o.powerDriver === undefined ? (await api().get<Machine>(`/machines/${enc(id)}`)).powerConfig ?? null : undefined;
       const powerConfig = powerConfigBody(o, current);
       if (powerConfig !== undefined) body.powerConfig = powerConfig;
-      if (Object.keys(body).length === 0) throw new TaktError('bad_request', 'nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option, a boot option (--mac, --uuid, --firmware, --bootenv, --ip) or a power option (--power-driver, --power-opt)');
+      if (Object.keys(body).length === 0) throw new UsageError('nothing to change: give --pipeline, --param, --unset, --profile, --label, --name, --environment, an --ssh option, a boot option (--mac, --uuid, --firmware, --bootenv, --ip) or a power option (--power-driver, --power-opt)');
       if (o.allowUndeclared) body.allowUndeclared = true;
       const m = await withParamHint(o.param, api().patch<Machine>(`/machines/${enc(id)}`, body));
       print(g().output, m, () => renderTable([m], machineColumns));
     });
   machines
-    .command('delete <machine>')
-    .description('delete a machine (its broker destroys it; its running job is cancelled)')
-    .addHelpText('after', examples('takt machines rm web-3'))
-    .action(async (id: string) => {
-      const m = await api().delete<Machine>(`/machines/${enc(id)}`);
-      print(g().output, m, () => shown(`deleted ${m.name}`));
+    .command('delete <machines...>')
+    .description(
+      'delete machines (each one\'s broker destroys it; its running job is cancelled), one after another: one that cannot be deleted (not found, refused) is said on stderr and the others are still deleted. Exit 0 when all were deleted, else the code of the failure when every failure was of one kind (4 not found, 5 refused), else 1',
+    )
+    .addHelpText('after', examples('takt machines rm web-3', 'takt machines delete web-1 web-2 web-3', 'takt machines ls -l env=dev -o name | xargs takt machines rm', 'takt machines delete web-1 web-2 -o json   # [{machine, deleted, id} | {machine, deleted: false, error: {code, message}}]'))
+    .action(async (names: string[]) => {
+      const client = api();
+      const results: Array<{ machine: string; deleted: true; id: string } | { machine: string; deleted: false; error: { code: string; message: string } }> = [];
+      const failures: unknown[] = [];
+      for (const name of names) {
+        try {
+          const m = await client.delete<Machine>(`/machines/${enc(name)}`);
+          results.push({ machine: m.name, deleted: true, id: m.id });
+          // As each goes (a table, or -o name's machines/NAME); -o json|yaml lists them all at the end.
+          if (g().output === 'table') print('table', m, () => shown(`deleted ${m.name}`));
+        } catch (err) {
+          // Not reachable at all: the rest would fail alike.
+          if (!(err instanceof TaktError)) throw err;
+          failures.push(err);
+          results.push({ machine: name, deleted: false, error: { code: err.code, message: err.message } });
+          if (g().output === 'table') report(err);
+        }
+      }
+      if (g().output !== 'table') print(g().output, results);
+      if (failures.length > 0) {
+        const codes = new Set(failures.map((f) => exitCodeOf(f)));
+        process.exitCode = codes.size === 1 ? [...codes][0]! : EXIT.failed;
+      }
     });
   for (const [verb, what] of [
     ['resume', 'continue a stopped or paused machine: the task it stopped or was paused on (after an exit 16, the next), then every task that has not succeeded since the last restart, in pipeline order; refused, saying why, when a content change makes that ambiguous (`takt plan M` shows it first)'],
@@ -252,13 +276,13 @@ interface VmFlags {
  */
 function vmAndBootBody(o: BootFlags & VmFlags): { vm?: Record<string, unknown>; boot?: Record<string, unknown> } {
   if (o.broker !== 'qemu') {
-    if (o.memory !== undefined || o.diskSize !== undefined) throw new TaktError('bad_request', '--memory and --disk-size are for VMs: use them with --broker qemu');
+    if (o.memory !== undefined || o.diskSize !== undefined) throw new UsageError('--memory and --disk-size are for VMs: use them with --broker qemu');
     return { boot: bootBody(o, true) };
   }
-  if (o.mac || o.uuid !== undefined) throw new TaktError('bad_request', 'the qemu broker chooses the VM\'s MAC and SMBIOS UUID: leave out --mac and --uuid');
+  if (o.mac || o.uuid !== undefined) throw new UsageError('the qemu broker chooses the VM\'s MAC and SMBIOS UUID: leave out --mac and --uuid');
   const num = (v: string | undefined, flag: string) => {
     if (v === undefined) return undefined;
-    if (!/^\d+$/.test(v)) throw new TaktError('bad_request', `${flag} takes a whole number, got ${JSON.stringify(v)}`, { path: flag });
+    if (!/^\d+$/.test(v)) throw new UsageError(`${flag} takes a whole number, got ${JSON.stringify(v)}`, { path: flag });
     return Number(v);
   };
   return { vm: { firmware: o.firmware, memoryMiB: num(o.memory, '--memory'), diskGiB: num(o.diskSize, '--disk-size'), bootenv: o.bootenv } };
@@ -285,7 +309,7 @@ function bootBody(o: BootFlags, create: boolean): Record<string, unknown> | unde
   if (o.bootenv !== undefined) body.bootenv = o.bootenv;
   if (o.ip !== undefined) body.ip = o.ip === '' ? null : o.ip;
   if (Object.keys(body).length === 0) return undefined;
-  if (create && !o.mac) throw new TaktError('bad_request', '--uuid, --firmware, --bootenv and --ip are for network-booted machines: give the MAC it boots from with --mac');
+  if (create && !o.mac) throw new UsageError('--uuid, --firmware, --bootenv and --ip are for network-booted machines: give the MAC it boots from with --mac');
   return body;
 }
 

@@ -1,6 +1,6 @@
 /**
  * `takt`: builds the command tree (program.ts) and runs it; an error is one line that says what to fix
- * (exit codes: 1 failed, 3 network, 4 not found, 5 unauthorized).
+ * (exit codes, usage.ts: 1 failed, 2 bad usage, 3 network, 4 not found, 5 unauthorized).
  */
 import { buildProgram, commandOf, report } from './program.js';
 

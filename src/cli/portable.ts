@@ -9,6 +9,7 @@ import { type Globals } from './client.js';
 import { print, shown } from './output.js';
 import { examples } from './help.js';
 import { makeDir } from './outdir.js';
+import { UsageError } from './usage.js';
 
 /** What an export writes at the top of its directory; an export replaces these, and only these. */
 const EXPORT_ENTRIES = ['packs', 'local', 'machines', 'takt-export.yaml'];
@@ -60,7 +61,7 @@ export function portableCommands(program: Command, g: Globals, api: () => ApiCli
       ),
     )
     .action(async (dir: string, o: { dryRun?: boolean; allowUndeclared?: boolean }) => {
-      if (dir.trim() === '') throw new TaktError('bad_request', 'import DIR: an empty path; give the directory a `takt export` wrote');
+      if (dir.trim() === '') throw new UsageError('import DIR: an empty path; give the directory a `takt export` wrote');
       const files: Record<string, string> = {};
       const walk = async (rel: string) => {
         for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {

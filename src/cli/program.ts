@@ -4,12 +4,13 @@
  * The CLI mirrors the REST API one-to-one. Heavy modules load inside the actions so `takt agent` and
  * quick queries start fast.
  */
-import { Command, Option } from 'commander';
+import { Command, CommanderError, Option } from 'commander';
 import { pc } from './color.js';
 import { NetworkError } from '../client/http.js';
 import { TaktError } from '../model/errors.js';
 import { savedLoginHint, type GlobalOptions } from './client.js';
 import { addAliases, examples } from './help.js';
+import { EXIT, EXIT_CODES_HELP, UsageError } from './usage.js';
 import { OUTPUT_FORMATS, setView, shownErr, type OutputFormat } from './view.js';
 import { VERSION } from './version.js';
 
@@ -71,8 +72,12 @@ export async function buildProgram(opts: { only?: 'agent' } = {}): Promise<Comma
     .option('--no-headers', 'tables without their header line (for scripts)')
     .version(VERSION, '-V, --version', 'print the takt version')
     .showHelpAfterError('(run with --help for usage)')
+    // Commander's own usage errors (unknown option, missing argument…) are thrown rather than exited on,
+    // so report() gives them the one usage exit code (2), as the commands' own usage errors. Every
+    // subcommand inherits it (Commander copies it to commands made after this).
+    .exitOverride()
     .configureHelp({ sortSubcommands: true })
-    .addHelpText('after', examples('takt serve --demo', 'takt machines ls -o wide', 'takt machine get demo-1 -o yaml', 'takt completion bash > /etc/bash_completion.d/takt'));
+    .addHelpText('after', examples('takt serve --demo', 'takt machines ls -o wide', 'takt machine get demo-1 -o yaml', 'takt completion bash > /etc/bash_completion.d/takt') + EXIT_CODES_HELP);
 
 
   // Commands render `table`, `json` or `yaml`; `wide` and `name` are tables drawn differently, which
@@ -214,8 +219,8 @@ export async function buildProgram(opts: { only?: 'agent' } = {}): Promise<Comma
       };
       const token = o.tokenFile ? readFlagFile(o.tokenFile, '--token-file').trim() : (globals().token ?? process.env.TAKT_TOKEN);
       const ca = o.ca ? readFlagFile(o.ca, '--ca') : undefined;
-      if (!endpoint) throw new TaktError('bad_request', 'the agent needs the endpoint URL: --endpoint or TAKT_ENDPOINT');
-      if (!token) throw new TaktError('bad_request', 'the agent needs its machine token: --token-file, --token or TAKT_TOKEN');
+      if (!endpoint) throw new UsageError('the agent needs the endpoint URL: --endpoint or TAKT_ENDPOINT');
+      if (!token) throw new UsageError('the agent needs its machine token: --token-file, --token or TAKT_TOKEN');
       const { runAgent } = await import('../agent/agent.js');
       const { parseChaos } = await import('../agent/chaos.js');
       const chaos = o.chaos ? parseChaos(o.chaos) : undefined;
@@ -269,6 +274,14 @@ export function commandOf(argv: readonly string[]): string | undefined {
   return undefined;
 }
 
+/** The exit code of an error (usage.ts EXIT), for report() and commands that report several outcomes. */
+export function exitCodeOf(err: unknown, usage = err instanceof UsageError): number {
+  if (usage) return EXIT.usage;
+  if (err instanceof NetworkError) return EXIT.network;
+  if (!(err instanceof TaktError)) return EXIT.failed;
+  return err.code === 'not_found' ? EXIT.notFound : err.code === 'unauthorized' || err.code === 'forbidden' ? EXIT.unauthorized : EXIT.failed;
+}
+
 /** What to try for a network failure: TLS trust and names are not "is the endpoint running?". */
 function networkHint(message: string): string {
   if (/altnames|does not match certificate/i.test(message)) {
@@ -293,7 +306,7 @@ const OWN_ARGS = new Set(['name', 'id', 'seq', 'job', 'pack', 'pack@version', 'n
  * work as it does with kubectl: an argument that names an object takes the `KIND/NAME` form too. The
  * kind is stripped when it is the argument's kind; another kind (`jobs/j-1` given to `machines get`) is
  * refused, naming both, rather than looked up as a name that cannot exist. Mutates the parsed
- * arguments in place, before the action sees them. Throws TaktError `invalid` on a mismatched kind.
+ * arguments in place, before the action sees them. Throws UsageError on a mismatched kind.
  */
 export function stripKinds(action: Command, program: Command, resource: string): void {
   const kinds = new Set(['machines', ...program.commands.map((c) => c.name())]);
@@ -307,7 +320,7 @@ export function stripKinds(action: Command, program: Command, resource: string):
       const m = /^([a-z][a-z-]*)\/(.+)$/.exec(v);
       if (!m || !kinds.has(m[1]!)) return v;
       if (m[1] === expected) return m[2];
-      throw new TaktError('invalid', `'${v}' names one of ${m[1]}, but \`${commandPath(action)}\` takes ${expected === 'machines' ? 'a machine' : `one of ${expected}`}: give ${expected}/NAME or just NAME`);
+      throw new UsageError(`'${v}' names one of ${m[1]}, but \`${commandPath(action)}\` takes ${expected === 'machines' ? 'a machine' : `one of ${expected}`}: give ${expected}/NAME or just NAME`);
     };
     values[i] = Array.isArray(values[i]) ? (values[i] as unknown[]).map(strip) : strip(values[i]);
   });
@@ -319,7 +332,7 @@ export function stripKinds(action: Command, program: Command, resource: string):
       const m = /^([a-z][a-z-]*)\/(.+)$/.exec(x);
       if (!m || !kinds.has(m[1]!)) return x;
       if (m[1] === 'machines') return m[2];
-      throw new TaktError('invalid', `--machine '${x}' names one of ${m[1]}, not a machine: give machines/NAME or just NAME`);
+      throw new UsageError(`--machine '${x}' names one of ${m[1]}, not a machine: give machines/NAME or just NAME`);
     };
     action.setOptionValue('machine', Array.isArray(v) ? v.map(strip) : strip(v));
   }
@@ -367,7 +380,14 @@ export function problemLines(details: unknown): string[] {
     .map((p) => `  ${p.file}${p.line !== undefined ? `:${p.line}:${p.col}` : ''}${p.path ? ` ${p.path}` : ''}: ${p.message}`);
 }
 
+/**
+ * Says `err` on stderr (one line that says what to fix, with hints) and answers the exit code
+ * (usage.ts EXIT: 2 for bad usage, Commander's included; 3 network; 4 not found; 5 refused; else 1).
+ */
 export function report(err: unknown): number {
+  // Commander has said it already (or printed the help or version asked for).
+  if (err instanceof CommanderError) return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+  const usage = err instanceof UsageError;
   if (err instanceof TaktError) err = inFlagWords(err);
   if (err instanceof TaktError) {
     process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}${err.path && !err.message.includes(err.path) ? pc.dim(shownErr(` (at ${err.path})`)) : ''}\n`);
@@ -377,12 +397,12 @@ export function report(err: unknown): number {
     for (const line of problemLines(err.details)) process.stderr.write(shownErr(line) + '\n');
     const hint = err.code === 'unauthorized' ? savedLoginHint() : undefined;
     if (hint) process.stderr.write(`  ${shownErr(hint)}\n`);
-    return err.code === 'not_found' ? 4 : err.code === 'unauthorized' || err.code === 'forbidden' ? 5 : 1;
+    return exitCodeOf(err, usage);
   }
   if (err instanceof NetworkError) {
     process.stderr.write(`${pc.red('takt:')} ${shownErr(err.message)}\n  ${networkHint(err.message)}\n`);
-    return 3;
+    return EXIT.network;
   }
   process.stderr.write(`${pc.red('takt: unexpected error:')} ${shownErr((err as Error)?.message ?? String(err))}\n`);
-  return 1;
+  return EXIT.failed;
 }

@@ -2,12 +2,11 @@
 import { Argument, Option, type Command } from 'commander';
 import { pc } from './color.js';
 import type { ApiClient } from '../client/http.js';
-
-import { TaktError } from '../model/errors.js';
 import { BUSY_POLICIES, hint, type RolloutItem, type RolloutPlanItem, type RolloutState } from '../model/rollout.js';
 import { collect, PARAM_TYPING, parseParamPairs, type GlobalOptions } from './client.js';
 import { colorState, print, renderTable, shown } from './output.js';
 import { examples } from './help.js';
+import { UsageError } from './usage.js';
 
 interface RolloutView {
   id: string;
@@ -77,12 +76,12 @@ discovery again and the image is written anew (docs/provisioning.md, "Rebuilding
       const select: Record<string, string> = {};
       for (const pair of String(o.select ?? '').split(',').filter(Boolean)) {
         const i = pair.indexOf('=');
-        if (i <= 0) throw new TaktError('bad_request', `--select '${pair}' is not key=value`);
+        if (i <= 0) throw new UsageError(`--select '${pair}' is not key=value`);
         select[pair.slice(0, i).trim()] = pair.slice(i + 1).trim();
       }
       const num = (v: unknown, name: string) => {
         const n = Number(v);
-        if (!Number.isInteger(n) || n < 0) throw new TaktError('bad_request', `--${name} must be a whole number`);
+        if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${name} must be a whole number`);
         return n;
       };
       const body = {
@@ -99,7 +98,7 @@ discovery again and the image is written anew (docs/provisioning.md, "Rebuilding
         ...(Array.isArray(o.param) && o.param.length > 0 ? { params: parseParamPairs(o.param) } : {}),
         ...(o.approverRole !== undefined ? { approval: { role: o.approverRole, ...(o.twoPerson === true ? { twoPerson: true } : {}) } } : {}),
       };
-      if (o.twoPerson === true && o.approverRole === undefined) throw new TaktError('bad_request', '--two-person needs --approver-role ROLE (who may approve instead)');
+      if (o.twoPerson === true && o.approverRole === undefined) throw new UsageError('--two-person needs --approver-role ROLE (who may approve instead)');
       if (o.dryRun === true) {
         const d = await api().post<DryRun>('/rollouts', { ...body, dryRun: true });
         return print(g().output, d, () => dryRunText(d));

@@ -11,6 +11,7 @@ import { TaktError } from '../model/errors.js';
 import type { Job, LogChunk, WorkOrder } from '../model/machine.js';
 import { collect, type Globals } from './client.js';
 import { print, shown, shownErr } from './output.js';
+import { UsageError } from './usage.js';
 
 const enc = encodeURIComponent;
 
@@ -80,12 +81,12 @@ Examples:
         try {
           return parseDuration(text, name, DURATION_RANGES.taskTimeout);
         } catch (err) {
-          throw new TaktError('bad_request', `--${name}: ${(err as Error).message}`);
+          throw new UsageError(`--${name}: ${(err as Error).message}`);
         }
       };
       const waitMs = o.wait !== undefined ? flag('wait', o.wait) : (o.timeout !== undefined ? flag('timeout', o.timeout) : DEFAULT_TIMEOUT_MS) + WAIT_GRACE_MS;
-      if (!o.selector && !o.machine?.length) throw new TaktError('bad_request', 'no machines: give -l <selector> or --machine M (an empty selection is refused, so a command never runs everywhere by accident)');
-      if (o.selector !== undefined && o.selector.trim() === '') throw new TaktError('bad_request', '-l: the selector is empty; give key=value terms, e.g. -l role=web');
+      if (!o.selector && !o.machine?.length) throw new UsageError('no machines: give -l <selector> or --machine M (an empty selection is refused, so a command never runs everywhere by accident)');
+      if (o.selector !== undefined && o.selector.trim() === '') throw new UsageError('-l: the selector is empty; give key=value terms, e.g. -l role=web');
       const client = api();
       // Ctrl-C from here on: the work orders not started yet are cancelled (they would otherwise run later,
       // behind the operator's back); a second Ctrl-C exits at once.

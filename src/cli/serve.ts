@@ -14,8 +14,8 @@ import { Listeners, type ListenSpec } from '../api/listeners.js';
 import { AuditLog } from '../engine/audit.js';
 import { AUDIT_KEEP_DAYS } from '../model/audit.js';
 import { answerClientError, buildServer, DEFAULT_LIMITS, requestHandlerOf, type ServerLimits } from '../api/server.js';
-import { checkSanName, TlsManager } from '../api/tls.js';
-import { endpointId, NetnsPlacement } from '../brokers/netns.js';
+import { checkSanName, checkTlsFlags, TlsManager } from '../api/tls.js';
+import { NetnsPlacement, readEndpointId, saveEndpointId } from '../brokers/netns.js';
 import { ProcessBroker } from '../brokers/process.js';
 import { QemuBroker } from '../brokers/qemu/broker.js';
 import { checkPowerConfig } from '../provision/power/index.js';
@@ -42,7 +42,7 @@ import type { Job, Machine } from '../model/machine.js';
 import { Sealer } from '../model/secure.js';
 import type { MachinePowerConfig } from '../model/power.js';
 import { discoveryToken as mintDiscoveryToken } from '../model/discovery.js';
-import { openStore } from '../store/open.js';
+import { openStore, parseStoreSpec } from '../store/open.js';
 import type { SqlStore } from '../store/sql-store.js';
 import { parseProvisionNet, planDhcp, startProvisioning, type Provisioning } from '../provision/service.js';
 import { hostedHere } from '../api/hosts.js';
@@ -51,6 +51,7 @@ import { CALLBACK_PATH, oidcSettings, Sso } from '../api/oidc.js';
 import { lockDataDir, secureDataDir } from './datadir.js';
 import { checkShared, refuseMissingShared } from './replicas.js';
 import { createLog, type LogFn } from './log.js';
+import { usage } from './usage.js';
 import { VERSION } from './version.js';
 
 export { VERSION };
@@ -230,11 +231,20 @@ function secretFile(path: string, make: () => string): { value: string; created:
   return { value, created: true };
 }
 
-export async function serve(opts: ServeOptions): Promise<{ url: string; close: () => Promise<void> }> {
-  const log = createLog(opts.logFormat);
+/**
+ * Every serve flag (and TAKT_* variable) checked and read, touching nothing: serve runs it before it makes
+ * or writes its data dir, so a typo leaves nothing behind — not even an endpoint-id tying the dir to a
+ * store it never opened. Its refusals are bad usage (exit 2, usage.ts).
+ * @throws TaktError bad_request naming the flag.
+ */
+function serveFlags(opts: ServeOptions) {
+  // TAKT_STORE is read here rather than as the flag's default, which --help would show, password and all.
+  const storeSpec = opts.store ?? process.env.TAKT_STORE;
+  parseStoreSpec(storeSpec);
   const listen = (Array.isArray(opts.listen) ? opts.listen : [opts.listen]).map(parseListen);
   if (listen.length === 0) throw new TaktError('bad_request', '--listen: give at least one HOST:PORT');
   for (const n of opts.tlsSan ?? []) checkSanName(n);
+  checkTlsFlags(opts.tlsCert, opts.tlsKey);
   const advertise = opts.advertiseUrl === undefined ? undefined : advertiseOrigin(opts.advertiseUrl);
   const leaseMs = parseDuration(opts.lease, '--lease', DURATION_RANGES.lease);
   // Checked before anything is started: a typo in a boot flag must not leave a half-started endpoint.
@@ -247,8 +257,23 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   if (opts.bootTimeout !== undefined && !provisionNet) throw new TaktError('bad_request', '--boot-timeout needs --provision ADDR/PREFIX (the boot services are what a booting machine shows up on)');
   const bootTimeoutMs = parseDuration(opts.bootTimeout ?? DEFAULT_BOOT_TIMEOUT, '--boot-timeout', DURATION_RANGES.bootTimeout);
   if (routerAdverts === true && !provisionNet) throw new TaktError('bad_request', '--router-adverts needs --provision ADDR/PREFIX (they are sent on the interface that holds that address)');
-  // Single sign-on: the provider's discovery document is fetched and checked before anything is started.
+  const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
+  const goneAfterMs = opts.agentGoneAfter === undefined ? undefined : parseDuration(opts.agentGoneAfter, '--agent-gone-after', DURATION_RANGES.agentGoneAfter);
+  const churnCheckMs = parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck);
+  const maxSessions = sshMaxSessions(opts);
+  const limits = serverLimits(opts);
+  const keepDays = auditKeepDays(opts.auditKeepDays);
+  const loginLimiter = new LoginLimiter(loginLimits(opts.loginMaxFailures, opts.loginWindow));
+  // TAKT_QEMU_ACCEL (kvm|tcg|auto) is read by vm.ts defaultAccel; a typo is refused at start, not when a VM starts.
+  defaultAccel();
   const oidc = oidcSettings(opts);
+  return { storeSpec, listen, advertise, leaseMs, provisionNet, bootPort, dhcpPlan, routerAdverts, bootTimeoutMs, maxLogBytes, goneAfterMs, churnCheckMs, maxSessions, limits, keepDays, loginLimiter, oidc };
+}
+
+export async function serve(opts: ServeOptions): Promise<{ url: string; close: () => Promise<void> }> {
+  const log = createLog(opts.logFormat);
+  const { storeSpec, listen, advertise, leaseMs, provisionNet, bootPort, dhcpPlan, routerAdverts, bootTimeoutMs, maxLogBytes, goneAfterMs, churnCheckMs, maxSessions, limits, keepDays, loginLimiter, oidc } = usage(() => serveFlags(opts));
+  // Single sign-on: the provider's discovery document is fetched and checked before anything is started.
   const sso = oidc ? await Sso.discover(oidc) : null;
   const data = resolve(opts.data);
   secureDataDir(data, log); // makes it; umask 077; refuses a dir others can write; modes back to 0700/0600
@@ -256,20 +281,22 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const unlock = lockDataDir(data);
   process.once('exit', unlock);
   // This replica's id: the host of the machines its host-bound brokers make (api/hosts.ts), and the name
-  // its netns resources carry (netns.ts). Never shared: each replica's data dir has its own.
-  const hostId = endpointId(data);
+  // its netns resources carry (netns.ts). Never shared: each replica's data dir has its own. A new one is
+  // written once the store has opened.
+  const endpoint = readEndpointId(data);
+  const hostId = endpoint.id;
 
   // SQLite in the data dir unless --store / TAKT_STORE names a PostgreSQL database. On PostgreSQL the
   // endpoint lock is taken shared: any number of replicas, but no `takt store migrate` under them.
-  // TAKT_STORE is read here rather than as the flag's default, which --help would show, password and all.
   // Opened before the keys are read or made: a replica must not invent keys the others do not have.
-  const opened = await openStore(opts.store ?? process.env.TAKT_STORE, data, { endpointLock: 'shared', replicaId: hostId });
+  const opened = await openStore(storeSpec, data, { endpointLock: 'shared', replicaId: hostId });
   const store = opened.store;
   let admin: { value: string; created: boolean };
   let key: { value: string; created: boolean };
   let tls: TlsManager;
   let sealer: Sealer;
   try {
+    if (!endpoint.kept) saveEndpointId(data, hostId);
     if (opened.kind === 'postgres') await refuseMissingShared(store, data, opened.where);
     admin = secretFile(join(data, 'admin.token'), () => `tka.${randomBytes(24).toString('base64url')}`);
     key = secretFile(join(data, 'secret.key'), () => randomBytes(32).toString('base64'));
@@ -293,8 +320,6 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const discoveryDigest = sealer.keyed('discovery');
   const content = new ContentService(store, sealer);
   await content.load();
-  const maxLogBytes = opts.maxLogBytes === undefined ? undefined : parseByteSize(opts.maxLogBytes, '--max-log-bytes');
-  const goneAfterMs = opts.agentGoneAfter === undefined ? undefined : parseDuration(opts.agentGoneAfter, '--agent-gone-after', DURATION_RANGES.agentGoneAfter);
   // The drivers' typed configurations are flat scalar records (model/power.ts MachinePowerConfig) by construction.
   // Power drivers, for operators (the API's power routes) and for tasks (takt-power, through the engine).
   // MachinePower reads BMC passwords through the engine, so the engine reaches it through a late binding.
@@ -349,10 +374,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   // Image bytes under the data dir, by digest (replicas need this directory on shared storage).
   // A version a machine's build record names is not removed (records.ts machinesUsingImage, in the removal's transaction).
   const images = new ImageCatalog(store, join(data, 'images'), (reads, name, version) => new Records(reads, content, sealer).machinesUsingImage(name, version));
-  const ssh = new SshBroker({ engine, store, credentials, dataDir: data, leaseMs, maxSessions: sshMaxSessions(opts), log });
+  const ssh = new SshBroker({ engine, store, credentials, dataDir: data, leaseMs, maxSessions, log });
   // VMs that boot from the network like bare metal (environment metal); their taps join --qemu-bridge.
-  // TAKT_QEMU_ACCEL (kvm|tcg|auto) is read by vm.ts defaultAccel; a typo is refused at start, not when a VM starts.
-  defaultAccel();
   const qemu = new QemuBroker({ dataDir: data, log, ...(opts.qemuBridge ? { bridge: opts.qemuBridge } : {}) });
   const brokers = new Map<string, ProcessBroker | SshBroker | QemuBroker>([
     [broker.name, broker],
@@ -363,9 +386,8 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
   const records = new Records(store, content, sealer);
   const portable = new Portable(store, engine, content, records);
   const rollouts = new Rollouts(store, engine, records, { log });
-  const churn = new Churn(store, records, rollouts, { log, checkMs: parseDuration(opts.churnCheck, '--churn-check', DURATION_RANGES.churnCheck) });
-  const limits = serverLimits(opts);
-  const audit = new AuditLog(store, { keepDays: auditKeepDays(opts.auditKeepDays), log });
+  const churn = new Churn(store, records, rollouts, { log, checkMs: churnCheckMs });
+  const audit = new AuditLog(store, { keepDays, log });
   let publicUrl: string | null = null;
   // Declared before the app: its leases route reads it (null until the boot services have started).
   let provisioning: Provisioning | null = null;
@@ -394,7 +416,7 @@ export async function serve(opts: ServeOptions): Promise<{ url: string; close: (
     version: VERSION,
     adminToken: admin.value,
     sso,
-    loginLimiter: new LoginLimiter(loginLimits(opts.loginMaxFailures, opts.loginWindow)),
+    loginLimiter,
     log,
     hostNames: [hostname(), ...(opts.hostName ?? []), ...(opts.tlsSan ?? [])],
     // Getters: the material changes on renewal, and the public URL is known once the listeners are bound.

@@ -15,6 +15,7 @@ import { pc } from './color.js';
 import { LOCK_FILE } from './datadir.js';
 import { examples } from './help.js';
 import { print, renderTable, shown } from './output.js';
+import { UsageError } from './usage.js';
 
 /** Files that make a directory an endpoint's data dir (`takt serve` writes them at its first start). */
 const DATA_DIR_MARKS = [LOCK_FILE, 'admin.token', 'secret.key'];
@@ -37,7 +38,7 @@ interface StoreArg {
 
 /**
  * Reads `--from`/`--to`: `sqlite:DIR` (a data dir: its takt.db), `sqlite:FILE`, or `postgres://…`.
- * @throws TaktError `bad_request` naming the flag for anything else, or a source that does not exist.
+ * @throws UsageError naming the flag for anything else; TaktError `bad_request` for a source that does not exist.
  */
 export function storeArg(flag: '--from' | '--to', value: string): StoreArg {
   const v = value.trim();
@@ -45,7 +46,7 @@ export function storeArg(flag: '--from' | '--to', value: string): StoreArg {
     try {
       new URL(v);
     } catch {
-      throw new TaktError('bad_request', `${flag} ${redactUrl(v)} is not a URL takt can read: use postgres://USER@HOST:PORT/DATABASE (password: PGPASSWORD or ~/.pgpass)`);
+      throw new UsageError(`${flag} ${redactUrl(v)} is not a URL takt can read: use postgres://USER@HOST:PORT/DATABASE (password: PGPASSWORD or ~/.pgpass)`);
     }
     return { kind: 'postgres', spec: v, shown: redactUrl(v) };
   }
@@ -61,8 +62,7 @@ export function storeArg(flag: '--from' | '--to', value: string): StoreArg {
     }
     return { kind: 'sqlite', spec: `sqlite:${file}`, file, ...(inDataDir ? { dataDir: dir } : {}), shown: file };
   }
-  throw new TaktError(
-    'bad_request',
+  throw new UsageError(
     `${flag} '${isPostgresUrl(v) ? redactUrl(v) : v}' is not a store: use sqlite:DIR (an endpoint's data dir), sqlite:FILE or postgres://USER@HOST:PORT/DATABASE`,
   );
 }
@@ -94,7 +94,7 @@ function nextSteps(from: StoreArg, to: StoreArg): { serve: string; notes: string
 async function migrate(fromValue: string, toValue: string, o: { dryRun: boolean; output: GlobalOptions['output'] }): Promise<void> {
   const from = storeArg('--from', fromValue);
   const to = storeArg('--to', toValue);
-  if (sameStore(from, to)) throw new TaktError('bad_request', `--from and --to name the same store (${from.shown}): copy into another, empty one`);
+  if (sameStore(from, to)) throw new UsageError(`--from and --to name the same store (${from.shown}): copy into another, empty one`);
   const { lockDataDir } = await import('./datadir.js');
   const { openStore } = await import('../store/open.js');
   const { copyStore } = await import('../store/copy.js');

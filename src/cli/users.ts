@@ -1,11 +1,11 @@
 /** `takt users …` and `takt groups …` (issue #16, part 1): people who log in, and the groups roles are bound to. */
 import type { Command } from 'commander';
 import type { ApiClient } from '../client/http.js';
-import { TaktError } from '../model/errors.js';
 import type { GlobalOptions } from './client.js';
 import { examples } from './help.js';
 import { print, renderTable } from './output.js';
 import { readPassword } from './login.js';
+import { UsageError } from './usage.js';
 
 interface UserView {
   name: string;
@@ -74,7 +74,7 @@ export function userCommands(program: Command, g: () => GlobalOptions, api: () =
     .description('the data dir admin token: status, disable (once a user holds admin) or enable')
     .addHelpText('after', examples('takt users bootstrap status', 'takt users bootstrap disable   # refused until a user holds the admin role'))
     .action(async (action: string) => {
-      if (!['status', 'enable', 'disable'].includes(action)) throw new TaktError('bad_request', `bootstrap takes status, enable or disable, not '${action}'`);
+      if (!['status', 'enable', 'disable'].includes(action)) throw new UsageError(`bootstrap takes status, enable or disable, not '${action}'`);
       const r = action === 'status' ? await api().get<{ enabled: boolean }>('/auth/bootstrap') : await api().put<{ enabled: boolean }>('/auth/bootstrap', { enabled: action === 'enable' });
       print(g().output, r, () => `the bootstrap admin token is ${r.enabled ? 'on' : 'off'}`);
     });

@@ -7,7 +7,7 @@ import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
 import { isLoopbackHost } from '../model/host.js';
-import { TaktError, type ErrorBody, type ErrorCode } from '../model/errors.js';
+import { requestPath, TaktError, type ErrorBody, type ErrorCode } from '../model/errors.js';
 
 /** One keep-alive pool per client; idle sockets are unref'd by Node, so they never keep a process alive. */
 const AGENT_OPTIONS: AgentOptions = { keepAlive: true, maxSockets: 16, maxFreeSockets: 16, scheduling: 'lifo' };
@@ -132,7 +132,7 @@ export class ApiClient {
     if (status === 401 && this.onUnauthorized && (await this.onUnauthorized())) {
       ({ status, text } = await this.exchange(method, target, { ...headers, ...this.headers() }, body, opts.timeoutMs ?? this.timeoutMs, signal));
     }
-    if (status < 200 || status > 299) throw errorFromAnswer(status, text);
+    if (status < 200 || status > 299) throw errorFromAnswer(status, text, target);
     if (status === 204 || text === '') return undefined as T;
     let parsed: unknown;
     try {
@@ -155,7 +155,7 @@ export class ApiClient {
     const headers: OutgoingHttpHeaders = this.headers({ 'content-type': 'application/octet-stream' });
     headers['content-length'] = size;
     const { status, text } = await this.exchange(method, target, headers, open, opts.timeoutMs ?? this.timeoutMs, opts.signal);
-    if (status < 200 || status > 299) throw errorFromAnswer(status, text);
+    if (status < 200 || status > 299) throw errorFromAnswer(status, text, target);
     try {
       return JSON.parse(text) as T;
     } catch {
@@ -301,7 +301,7 @@ export class ApiClient {
     if (status < 200 || status > 299) {
       const chunks: Buffer[] = [];
       for await (const c of res) chunks.push(c as Buffer);
-      throw errorFromAnswer(status, Buffer.concat(chunks).toString('utf8'));
+      throw errorFromAnswer(status, Buffer.concat(chunks).toString('utf8'), u);
     }
     const stream = new ReadableStream<Uint8Array>({
       start(controller) {
@@ -368,7 +368,7 @@ export class ApiClient {
       } catch {
         /* an error answer stays an error answer */
       }
-      throw errorFromAnswer(status, Buffer.concat(chunks).toString('utf8'));
+      throw errorFromAnswer(status, Buffer.concat(chunks).toString('utf8'), u);
     }
     // The request's idle timeout stays armed while the body streams: silence then destroys it, and `body` errors.
     return { status, headers: res.headers, body: res };
@@ -391,13 +391,18 @@ export class ApiClient {
   }
 }
 
-/** An API error body becomes that TaktError; anything else is mapped from the status. */
-function errorFromAnswer(status: number, text: string): TaktError {
+/**
+ * An API error body becomes that TaktError; anything else is mapped from the status. A `path` that is
+ * only the request's own path (`sent`; the endpoint names it when no field is at fault, model/errors.ts)
+ * is dropped: it tells the caller nothing it did not send, and messages print `path` as the place to look.
+ */
+function errorFromAnswer(status: number, text: string, sent: URL): TaktError {
   try {
     const body = JSON.parse(text) as Partial<ErrorBody>;
     if (body.error && typeof body.error.message === 'string') {
+      const path = body.error.path === requestPath(sent.pathname) ? undefined : body.error.path;
       return new TaktError((body.error.code ?? 'internal') as ErrorCode, body.error.message, {
-        path: body.error.path,
+        path,
         details: body.error.details,
       });
     }

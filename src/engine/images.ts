@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { TaktError } from '../model/errors.js';
-import { checkImageName, checkImageVersion, detectFormat, imageRef, SNIFF_BYTES, type BuildProvenance, type Image } from '../model/image.js';
+import { checkImageName, checkImageSha256, checkImageVersion, detectFormat, imageExists, imageRef, SNIFF_BYTES, type BuildProvenance, type Image } from '../model/image.js';
 import type { Reads, Store } from '../store/store.js';
 
 /**
@@ -68,8 +68,6 @@ export async function buildProvenance(reads: Pick<Reads, 'getJob' | 'getMachine'
   };
 }
 
-const SHA256_HEX = /^[0-9a-f]{64}$/;
-
 export class ImageCatalog {
   private readonly blobs: string;
   private readonly tmp: string;
@@ -111,9 +109,9 @@ export class ImageCatalog {
   async import(input: ImportInput, body: Readable, author: string): Promise<Image> {
     checkImageName(input.name);
     checkImageVersion(input.version);
-    if (input.sha256 !== undefined && !SHA256_HEX.test(input.sha256)) throw new TaktError('invalid', `sha256 must be 64 lower-case hex digits (got '${input.sha256}')`, { path: '/sha256' });
+    if (input.sha256 !== undefined) checkImageSha256(input.sha256);
     const ref = `${input.name}@${input.version}`;
-    if (await this.store.getImage(input.name, input.version)) throw new TaktError('conflict', `image ${ref} exists; versions are immutable: import it as a new version`);
+    if (await this.store.getImage(input.name, input.version)) throw imageExists(ref);
     mkdirSync(this.tmp, { recursive: true, mode: 0o700 });
     mkdirSync(this.blobs, { recursive: true, mode: 0o700 });
     const tmpFile = join(this.tmp, `${randomBytes(8).toString('hex')}.part`);

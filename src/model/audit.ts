@@ -24,7 +24,10 @@ export interface AuditRecord {
   /** The peer address the request came from (the socket's, not a forwarded header). */
   source: string;
   method: string;
-  /** The route pattern (`/api/v1/machines/:id`), never the raw URL (its query may hold secrets). */
+  /**
+   * The route pattern (`/api/v1/machines/:id`), never the raw URL (its query may hold secrets); for a
+   * token refused on a path asked with a method it does not take, that path (errors.ts requestPath).
+   */
   route: string;
   /** What the request was about: the route's `:id`/`:name` (`name@version`), a created object's id, the user a login named; null: none. */
   resource: string | null;

@@ -1,6 +1,12 @@
 /**
  * The one error shape takt uses everywhere: the API answers `{error:{code,message,path}}` with `status`,
  * the CLI prints `message` (and `path` when it points into a file or a field).
+ *
+ * `path` says where the problem is: a field of the body (a JSON pointer, `/params/x`), a query parameter
+ * (its name), a file of an import (`machines/web-1.yaml`); and when the problem is none of those (an
+ * unknown object or route, a refused token, a method the path does not take) the API fills in the
+ * request's own path (`/api/v1/machines/nope`, never its query: see {@link requestPath}), so every 4xx
+ * answer carries one.
  */
 export type ErrorCode =
   | 'bad_request'
@@ -8,6 +14,7 @@ export type ErrorCode =
   | 'unauthorized'
   | 'forbidden'
   | 'not_found'
+  | 'method_not_allowed'
   | 'conflict'
   | 'too_large'
   | 'misdirected'
@@ -22,6 +29,7 @@ const statusByCode: Record<ErrorCode, number> = {
   unauthorized: 401,
   forbidden: 403,
   not_found: 404,
+  method_not_allowed: 405,
   conflict: 409,
   too_large: 413,
   misdirected: 421,
@@ -57,13 +65,31 @@ export class TaktError extends Error {
     return statusByCode[this.code];
   }
 
-  toBody(): ErrorBody {
+  /**
+   * The answer's body. `where`: the request's path (from {@link requestPath}), the body's `path` when the
+   * error names no field of its own.
+   */
+  toBody(where?: string): ErrorBody {
     const error: ErrorBody['error'] = { code: this.code, message: this.message };
-    if (this.path !== undefined) error.path = this.path;
+    const path = this.path ?? where;
+    if (path !== undefined) error.path = path;
     if (this.details !== undefined) error.details = this.details;
     if (this.retryAfter !== undefined) error.retryAfter = this.retryAfter;
     return { error };
   }
+}
+
+/** The longest request path an error body echoes (longer ones are cut, with `…`). */
+const MAX_ECHOED_PATH = 200;
+
+/**
+ * The path of a request URL as an error may echo it: without the query (which may hold a token or a
+ * value), a path segment that is a takt token (`tkj.…` in `/join/TOKEN`, any `tk?.` form) shown as its
+ * prefix and `…`, and cut at 200 characters. `url`: the request target as sent (`/api/v1/x?y=1`).
+ */
+export function requestPath(url: string): string {
+  const path = url.split('?')[0]!.split('#')[0]!.replace(/(^|\/)(tk[a-z]\.)[^/]*/gi, '$1$2…');
+  return path.length > MAX_ECHOED_PATH ? `${path.slice(0, MAX_ECHOED_PATH)}…` : path;
 }
 
 export const notFound = (what: string, name: string): TaktError =>

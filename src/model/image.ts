@@ -112,6 +112,19 @@ export function checkImageVersion(version: string): void {
   if (semver.valid(version) !== version) throw new TaktError('invalid', `image version '${version}' is not a semantic version such as 1.0.0`, { path: '/version' });
 }
 
+/** An image's digest as the catalog keeps it: 64 lower-case hex digits. */
+export const SHA256_HEX = /^[0-9a-f]{64}$/;
+
+/** @throws TaktError invalid (path `/sha256`) when `sha256` is not 64 lower-case hex digits. */
+export function checkImageSha256(sha256: string): void {
+  if (!SHA256_HEX.test(sha256)) throw new TaktError('invalid', `sha256 must be 64 lower-case hex digits (got '${sha256.length > 80 ? `${sha256.slice(0, 80)}…` : sha256}')`, { path: '/sha256' });
+}
+
+/** The refusal of an import of a version the catalog has: the endpoint's 409, and a client's early word on it. */
+export function imageExists(ref: string): TaktError {
+  return new TaktError('conflict', `image ${ref} exists; versions are immutable: import it as a new version`);
+}
+
 /** `name@version`, as people read and type it. */
 export function imageRef(i: Pick<Image, 'name' | 'version'>): string {
   return `${i.name}@${i.version}`;

@@ -13,7 +13,7 @@
  */
 import send from '@fastify/send';
 import Fastify, { type FastifyInstance } from 'fastify';
-import { TaktError } from '../model/errors.js';
+import { requestPath, TaktError } from '../model/errors.js';
 import type { ArtifactCache } from './artifacts.js';
 
 /** What iPXE says about itself in the script URL: `?mac=${net0/mac}&uuid=${uuid}&platform=${platform}`. */
@@ -60,19 +60,20 @@ export function parseBootQuery(q: Record<string, unknown>, remote: string): Boot
 
 /**
  * Builds the boot service's Fastify app (not listening: the caller listens on the provisioning address).
- * Every error leaves as the one JSON error shape; an unknown path is 404.
+ * Every error leaves as the one JSON error shape (`path`: the field, else the request's path); an unknown
+ * path is 404.
  */
 export async function buildBootHttp(opts: BootHttpOptions): Promise<FastifyInstance> {
   const app = Fastify({ logger: false, bodyLimit: 1024, return503OnClosing: true });
   app.addHook('onResponse', async (req, reply) => {
     opts.onServe?.({ method: req.method, url: req.url, status: reply.statusCode, remote: req.ip });
   });
-  app.setErrorHandler((err, _req, reply) => {
-    if (err instanceof TaktError && err.status < 500) return reply.code(err.status).send(err.toBody());
-    return reply.code(500).send(new TaktError('internal', 'internal error; the endpoint log has the details').toBody());
+  app.setErrorHandler((err, req, reply) => {
+    if (err instanceof TaktError && err.status < 500) return reply.code(err.status).send(err.toBody(requestPath(req.url)));
+    return reply.code(500).send(new TaktError('internal', 'internal error; the endpoint log has the details').toBody(requestPath(req.url)));
   });
   app.setNotFoundHandler((req, reply) => {
-    reply.code(404).send(new TaktError('not_found', `${req.method} ${req.url.split('?')[0]}: not a boot file or script`).toBody());
+    reply.code(404).send(new TaktError('not_found', `${req.method} ${requestPath(req.url)}: not a boot file or script`).toBody(requestPath(req.url)));
   });
 
   app.get('/boot/ipxe', async (req, reply) => {
@@ -103,7 +104,7 @@ export async function buildBootHttp(opts: BootHttpOptions): Promise<FastifyInsta
       if (status === 416) {
         // RFC 9110 §15.5.17: say the file's length (Content-Range: bytes */N) with the refusal.
         const e = new TaktError('range_not_satisfiable', `the range asked for is outside the file (${kept.size} bytes)`);
-        return reply.code(416).headers({ 'content-range': `bytes */${kept.size}` }).send(e.toBody());
+        return reply.code(416).headers({ 'content-range': `bytes */${kept.size}` }).send(e.toBody(requestPath(req.url)));
       }
       throw new TaktError(status === 404 ? 'not_found' : 'bad_request', `cannot serve ${sha256}: ${r.type === 'error' ? r.metadata.error.message : 'not a file'}`);
     }

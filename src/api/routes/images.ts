@@ -9,7 +9,7 @@ import send from '@fastify/send';
 import type { FastifyInstance } from 'fastify';
 import type { Readable } from 'node:stream';
 import { buildProvenance } from '../../engine/images.js';
-import { TaktError } from '../../model/errors.js';
+import { requestPath, TaktError } from '../../model/errors.js';
 import { author, type ApiContext } from '../context.js';
 
 type Params = { name: string; version: string };
@@ -88,7 +88,7 @@ export async function imageRoutes(app: FastifyInstance, ctx: ApiContext) {
       if (r.statusCode === 416) {
         // RFC 9110 §15.5.17: say the length (Content-Range: bytes */N) with the refusal.
         const e = new TaktError('range_not_satisfiable', `the range asked for is outside image ${p.name}@${p.version} (${blob.size} bytes)`);
-        return reply.code(416).headers({ 'content-range': `bytes */${blob.size}` }).send(e.toBody());
+        return reply.code(416).headers({ 'content-range': `bytes */${blob.size}` }).send(e.toBody(requestPath(req.url)));
       }
       throw new TaktError('unavailable', `cannot serve image ${p.name}@${p.version}: ${r.type === 'error' ? r.metadata.error.message : 'not a file'}`);
     }
