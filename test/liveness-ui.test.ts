@@ -49,5 +49,5 @@ describe.skipIf(!haveChromium)('web UI: agent liveness', () => {
     expect((await ep.call('PATCH', `/machines/${m.id}`, { pipeline: 'hold' })).status).toBe(200);
     await expect.poll(() => row.locator('.state').textContent(), { timeout: 10_000 }).toBe('waiting for an agent');
     expect(violations).toEqual([]);
-  });
+  }, 120_000);
 });

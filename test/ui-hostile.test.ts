@@ -90,5 +90,5 @@ describe.skipIf(!haveChromium)('web UI: hostile text stays text', () => {
     expect(violations).toEqual([]);
     await page.close();
     expect(job.id).toBeTruthy();
-  }, 180_000);
+  }, 240_000);
 });

@@ -50,7 +50,7 @@ describe.skipIf(!haveChromium)('web UI', () => {
     // …and the policy is in force: a script injected into the page does not run.
     const injected = await page.evaluate(`(() => { const s = document.createElement('script'); s.textContent = 'window.pwned = 1'; document.body.append(s); return window.pwned === 1; })()`);
     expect(injected).toBe(false);
-  });
+  }, 180_000);
 
   it('asks for a token when it has none or a wrong one, saying which token was refused and how to get one', async () => {
     const page = await browser.newPage();

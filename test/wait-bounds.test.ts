@@ -6,7 +6,8 @@
  *
  * What is counted: every call whose callee is `until` or ends in `.until`, with its second argument as
  * the bound (a numeric literal such as `90_000` or `2 * 60_000`; test/helpers/endpoint.ts's default,
- * 30 s, when absent). A bound that is not a literal is not counted. Waits inside loops count once: the
+ * 30 s, when absent); and every `expect.poll(…)` or Playwright `waitFor…(…)` with a literal `timeout`
+ * option. A bound that is not a literal is not counted. Waits inside loops count once: the
  * check catches the common form, not every one.
  */
 import { readFileSync, readdirSync } from 'node:fs';
@@ -56,6 +57,17 @@ export function overBudget(file: string, text: string): string[] {
         if (ts.isCallExpression(n) && /(^|\.)until$/.test(n.expression.getText())) {
           const ms = n.arguments.length < 2 ? DEFAULT_UNTIL_MS : literalMs(n.arguments[1]);
           if (ms !== undefined) bounds.push(ms);
+        } else if (ts.isCallExpression(n) && /(^|\.)(poll|waitFor\w*)$/.test(n.expression.getText())) {
+          // expect.poll(f, { timeout }) and Playwright's waitFor…({ timeout }): the bound is the option.
+          for (const a of n.arguments) {
+            if (!ts.isObjectLiteralExpression(a)) continue;
+            for (const p of a.properties) {
+              if (ts.isPropertyAssignment(p) && p.name.getText() === 'timeout') {
+                const ms = literalMs(p.initializer);
+                if (ms !== undefined) bounds.push(ms);
+              }
+            }
+          }
         }
         ts.forEachChild(n, collect);
       };
@@ -82,6 +94,8 @@ describe('test wait bounds', () => {
     ['a method call counts', `it('a', async () => { await lab.until(f, 90_000, 'x'); });`, 1],
     ['a skipIf test', `it.skipIf(!ok)('a', async () => { await until(f, 90_000); });`, 1],
     ['a bound not a literal is not counted', `it('a', async () => { await until(f, LONG); });`, 0],
+    ['expect.poll and waitFor count', `it('a', async () => { await expect.poll(f, { timeout: 30_000 }).toBe(3); await page.locator('x').waitFor({ state: 'visible', timeout: 40_000 }); });`, 1],
+    ['expect.poll within the timeout', `it('a', async () => { await expect.poll(f, { timeout: 30_000 }).toBe(3); }, 60_000);`, 0],
   ])('%s', (_name, text, n) => {
     expect(overBudget('t.test.ts', text)).toHaveLength(n);
   });
