@@ -332,6 +332,45 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'once-only work across engine r
     expect(await value(mb, 'takt_jobs_started_total')).toBeGreaterThan(0);
   });
 
+  it("an agent's completion with its log's end and the next claim: one round trip for the lock and its reads, one for the job's writes and log, then the group's", async () => {
+    const [a] = [await replica()];
+    await install(a, []);
+    const { machine } = await a.engine.createMachine({ name: 'trips', pipeline: 'two' }, 'test');
+    const first = (await a.engine.claim(machine.id, 0, undefined, null)).job!;
+    const before = new Map(a.store.roundTrips());
+    const done = await a.engine.complete(first.id, machine.id, { ...ok(true), log: [{ seq: 1, stream: 'stdout', data: 'the end\n' }] });
+    const after = new Map(a.store.roundTrips());
+    const grew = Object.fromEntries([...after].map(([k, n]) => [k, n - (before.get(k) ?? 0)]).filter(([, n]) => n !== 0));
+    expect(done.next?.job?.task).toBe('t2');
+    // takt_lock_machine (lock, then hold, work orders and job); the log's end with the job's end, the
+    // next job and the machine; the group's begin, events insert and notify with commit.
+    expect(grew).toEqual({
+      'begin+lock shared': 1,
+      lockMachine: 1,
+      'writes:appendLog+finishJobReport+insertJob+updateMachine': 1,
+      insertEventsDrawLock3: 1,
+      'notify+commit': 1,
+    });
+    expect((await a.store.getLogs(first.id, 0, 10)).map((c) => c.data)).toEqual(['the end\n']);
+    expect((await a.store.getJob(first.id))?.state).toBe('succeeded');
+  });
+
+  it('liveness of many machines heard at once: one read and one write for the batch, one event each', async () => {
+    const [a] = [await replica()];
+    const ids: string[] = [];
+    for (let i = 0; i < 30; i++) ids.push((await a.engine.createMachine({ name: `l${i}` }, 'test')).machine.id);
+    const before = new Map(a.store.roundTrips());
+    for (const [i, id] of ids.entries()) a.engine.heard(id, { via: 'agent', version: '1.0', address: `10.0.0.${i}` });
+    await a.engine.liveness.flush();
+    const after = new Map(a.store.roundTrips());
+    const grew = Object.fromEntries([...after].map(([k, n]) => [k, n - (before.get(k) ?? 0)]).filter(([, n]) => n !== 0));
+    // One store-scoped transaction: begin with the lock, the machines read, the batch written, the events, commit.
+    expect(grew).toEqual({ 'begin+lock': 1, 'select * from': 1, setAgentLivenessBatch: 1, insertEvents30: 1, 'notify+commit': 1 });
+    for (const [i, id] of ids.entries()) expect((await a.store.getMachine(id))?.agent).toMatchObject({ connected: true, version: '1.0', address: `10.0.0.${i}`, via: 'agent' });
+    const events = await allEvents(a.store);
+    for (const id of ids) expect(events.filter((e) => e.topic === `machines.update.${id}`).length, id).toBe(1);
+  });
+
   it('liveness: a replica that did not hear the agent never marks it gone while another did; both sweeping record one disconnect', async () => {
     let now = Date.parse('2026-01-01T00:00:00Z');
     const clock = () => now;

@@ -185,9 +185,9 @@ for (const b of backends) {
       });
       expect(await store.getMachine(full.id)).toEqual(updated);
 
-      await store.transact((tx) => tx.setAgentLiveness(full.id, { connected: true, lastSeenAt: at(6), version: '1.2.3', address: '10.0.0.5', via: 'agent', since: at(6) }));
+      await store.transact((tx) => tx.setAgentLiveness([{ id: full.id, agent: { connected: true, lastSeenAt: at(6), version: '1.2.3', address: '10.0.0.5', via: 'agent', since: at(6) } }]));
       // null version/address keep the ones stored
-      await store.transact((tx) => tx.setAgentLiveness(full.id, { connected: false, lastSeenAt: at(7), version: null, address: null, via: 'agent', since: at(7) }));
+      await store.transact((tx) => tx.setAgentLiveness([{ id: full.id, agent: { connected: false, lastSeenAt: at(7), version: null, address: null, via: 'agent', since: at(7) } }]));
       expect((await store.getMachine(full.id))?.agent).toEqual({ connected: false, lastSeenAt: at(7), version: '1.2.3', address: '10.0.0.5', via: 'agent', since: at(7) });
       // updateMachine never writes liveness
       await store.transact((tx) => tx.updateMachine(updated));
@@ -233,7 +233,7 @@ for (const b of backends) {
             'h',
           );
         }
-        await tx.setAgentLiveness('m-web-1', { connected: true, lastSeenAt: T0, version: null, address: null, via: 'agent', since: T0 });
+        await tx.setAgentLiveness([{ id: 'm-web-1', agent: { connected: true, lastSeenAt: T0, version: null, address: null, via: 'agent', since: T0 } }]);
       });
       const list = async (f: Parameters<SqlStore['listMachines']>[0]) => (await store.listMachines(f)).map((m) => m.name);
       // Byte-wise (as SQLite's BINARY collation): upper case before lower, '%' before '_'.

@@ -86,6 +86,17 @@ function write(store: SqlStore, prefix: string, from: number, n = 1) {
   });
 }
 
+/**
+ * The waiter's store made one round trip for the lock and what is read after it (takt_lock_machines):
+ * no statement of its own for the hold, work orders or job; besides it only BEGIN, COMMIT, a read of a
+ * job that is not the current one, and the follower's periodic catch-up read.
+ */
+function expectOneLockTrip(before: ReadonlyMap<string, number>, after: ReadonlyMap<string, number>) {
+  const grew = [...after].filter(([k, n]) => n > (before.get(k) ?? 0)).map(([k]) => k);
+  expect((after.get('lockMachine') ?? 0) - (before.get('lockMachine') ?? 0)).toBe(1);
+  expect(grew.filter((k) => !['begin+lock shared', 'lockMachine', 'getJob', 'commit', 'select * from'].includes(k))).toEqual([]);
+}
+
 describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on PostgreSQL' : `events across replicas on PostgreSQL — SKIPPED: ${pgWhy}`, () => {
   let db: Awaited<ReturnType<typeof freshDatabase>> | undefined;
   const opened: SqlStore[] = [];
@@ -337,85 +348,92 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
     expect(attempts).toEqual(Array.from({ length: 120 }, (_, k) => k + 1));
   });
 
-  it("a lock that waited reads the machine's hold and open work orders as the holder left them, not as they were when it began waiting", async () => {
-    const [a, b] = [await replica(), await replica()];
-    const T0 = new Date().toISOString();
-    const m = machineRecord('stale', { createdAt: T0 });
-    const w: WorkOrder = { id: 'w-stale', machineId: m.id, blueprint: 'bp', state: 'running', taskIndex: 0, passed: [], params: {}, reason: null, createdAt: T0, finishedAt: null };
-    await a.transact(async (tx) => {
-      await tx.insertMachine(m, 'x');
-      await tx.insertWorkOrder(w);
-    });
-    // A (a completion) holds the machine's lock and finishes the work order; B (a claim) waits for the
-    // lock meanwhile. Once A commits, B must see the work order finished: the statement that waited took
-    // its snapshot before A's commit, so reads made in that statement would see it still running.
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    let locked!: () => void;
-    const holding = new Promise<void>((r) => (locked = r));
-    const holder = a.transact(
-      async (tx) => {
-        await tx.lockMachine(m.id);
-        locked();
-        await gate;
-        await tx.updateWorkOrder({ ...w, state: 'succeeded', finishedAt: new Date().toISOString() });
-      },
-      { scope: 'rows' },
-    );
-    await holding;
+  // The waiter's lock taken by lockMachine itself, or by its group before it runs (TransactOptions `lock`).
+  for (const [how, hint] of [['', false], [' (locked by its group beforehand)', true]] as const) {
+    it(`a lock that waited reads the machine's hold and open work orders as the holder left them, not as they were when it began waiting${how}`, async () => {
+      const [a, b] = [await replica(), await replica()];
+      const T0 = new Date().toISOString();
+      const m = machineRecord('stale', { createdAt: T0 });
+      const w: WorkOrder = { id: 'w-stale', machineId: m.id, blueprint: 'bp', state: 'running', taskIndex: 0, passed: [], params: {}, reason: null, createdAt: T0, finishedAt: null };
+      await a.transact(async (tx) => {
+        await tx.insertMachine(m, 'x');
+        await tx.insertWorkOrder(w);
+      });
+      // A (a completion) holds the machine's lock and finishes the work order; B (a claim) waits for the
+      // lock meanwhile. Once A commits, B must see the work order finished: the statement that waited took
+      // its snapshot before A's commit, so reads made in that statement would see it still running.
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      let locked!: () => void;
+      const holding = new Promise<void>((r) => (locked = r));
+      const holder = a.transact(
+        async (tx) => {
+          await tx.lockMachine(m.id);
+          locked();
+          await gate;
+          await tx.updateWorkOrder({ ...w, state: 'succeeded', finishedAt: new Date().toISOString() });
+        },
+        { scope: 'rows' },
+      );
+      await holding;
+      const tripsBefore = new Map(b.roundTrips());
     const waiter = b.transact(
-      async (tx) => {
-        await tx.lockMachine(m.id);
-        return (await tx.nextWorkOrder(m.id))?.state ?? null;
-      },
-      { scope: 'rows' },
-    );
-    // B is waiting on the row lock (seen by the server), then A goes on and commits.
-    await someoneWaitsForALock(db!.url);
-    release();
-    await holder;
-    expect(await waiter).toBeNull();
-  });
+        async (tx) => {
+          await tx.lockMachine(m.id);
+          return (await tx.nextWorkOrder(m.id))?.state ?? null;
+        },
+        { scope: 'rows', ...(hint ? { lock: m.id } : {}) },
+      );
+      // B is waiting on the row lock (seen by the server), then A goes on and commits.
+      await someoneWaitsForALock(db!.url);
+      release();
+      await holder;
+      expect(await waiter).toBeNull();
+    expectOneLockTrip(tripsBefore, b.roundTrips());
+    });
 
-  it("a lock that waited reads the machine's current job as the holder left it (the job comes with the statement after the lock)", async () => {
-    const [a, b] = [await replica(), await replica()];
-    const T0 = new Date().toISOString();
-    const m = machineRecord('stale-job', { createdAt: T0, currentJob: 'j-1' });
-    await a.transact(async (tx) => {
-      await tx.insertMachine(m, 'x');
-      await tx.insertJob(jobRecord('j-1', m.id, T0));
-    });
-    // A (a completion with its next claim) holds the lock, ends j-1 and starts j-2; B waits for the lock.
-    let release!: () => void;
-    const gate = new Promise<void>((r) => (release = r));
-    let locked!: () => void;
-    const holding = new Promise<void>((r) => (locked = r));
-    const holder = a.transact(
-      async (tx) => {
-        const mine = (await tx.lockMachine(m.id))!;
-        locked();
-        await gate;
-        const j1 = (await tx.getJob('j-1'))!;
-        await tx.finishJob({ ...j1, state: 'succeeded', exitCode: 0, finishedAt: new Date().toISOString(), leaseExpiresAt: null });
-        await tx.insertJob(jobRecord('j-2', m.id, T0));
-        await tx.updateMachine({ ...mine, currentJob: 'j-2' });
-      },
-      { scope: 'rows' },
-    );
-    await holding;
+    it(`a lock that waited reads the machine's current job as the holder left it (the job comes with the statement after the lock)${how}`, async () => {
+      const [a, b] = [await replica(), await replica()];
+      const T0 = new Date().toISOString();
+      const m = machineRecord('stale-job', { createdAt: T0, currentJob: 'j-1' });
+      await a.transact(async (tx) => {
+        await tx.insertMachine(m, 'x');
+        await tx.insertJob(jobRecord('j-1', m.id, T0));
+      });
+      // A (a completion with its next claim) holds the lock, ends j-1 and starts j-2; B waits for the lock.
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      let locked!: () => void;
+      const holding = new Promise<void>((r) => (locked = r));
+      const holder = a.transact(
+        async (tx) => {
+          const mine = (await tx.lockMachine(m.id))!;
+          locked();
+          await gate;
+          const j1 = (await tx.getJob('j-1'))!;
+          await tx.finishJob({ ...j1, state: 'succeeded', exitCode: 0, finishedAt: new Date().toISOString(), leaseExpiresAt: null });
+          await tx.insertJob(jobRecord('j-2', m.id, T0));
+          await tx.updateMachine({ ...mine, currentJob: 'j-2' });
+        },
+        { scope: 'rows' },
+      );
+      await holding;
+      const tripsBefore = new Map(b.roundTrips());
     const waiter = b.transact(
-      async (tx) => {
-        const mine = (await tx.lockMachine(m.id))!;
-        const current = mine.currentJob ? await tx.getJob(mine.currentJob) : undefined;
-        return { current: current?.id, state: current?.state, j1: (await tx.getJob('j-1'))?.state };
-      },
-      { scope: 'rows' },
-    );
-    await someoneWaitsForALock(db!.url);
-    release();
-    await holder;
-    expect(await waiter).toEqual({ current: 'j-2', state: 'running', j1: 'succeeded' });
-  });
+        async (tx) => {
+          const mine = (await tx.lockMachine(m.id))!;
+          const current = mine.currentJob ? await tx.getJob(mine.currentJob) : undefined;
+          return { current: current?.id, state: current?.state, j1: (await tx.getJob('j-1'))?.state };
+        },
+        { scope: 'rows', ...(hint ? { lock: m.id } : {}) },
+      );
+      await someoneWaitsForALock(db!.url);
+      release();
+      await holder;
+      expect(await waiter).toEqual({ current: 'j-2', state: 'running', j1: 'succeeded' });
+    expectOneLockTrip(tripsBefore, b.roundTrips());
+    });
+  }
 
   it("a row-scoped transaction's job writes go in one round trip, and every read after them sees them", async () => {
     const s = await replica();
@@ -463,6 +481,33 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
       ),
     ).rejects.toThrow(/duplicate key/);
     expect((await s.getMachine(m.id))?.name).toBe('held');
+  });
+
+  it('a row-scoped group locks the machines its transactions name in one round trip; a second lock of one machine in the group sees the first one\'s writes', async () => {
+    // One group at a time, so the transactions below (one turn of the event loop) form one group.
+    const s = await replica({ rowGroups: 1 });
+    const T0 = new Date().toISOString();
+    const ms = [1, 2, 3].map((n) => machineRecord(`pre-${n}`, { id: `m-pre-${n}`, createdAt: T0 }));
+    await s.transact(async (tx) => {
+      for (const m of ms) await tx.insertMachine(m, 'x');
+    });
+    const before = new Map(s.roundTrips());
+    const bump = (id: string) =>
+      s.transact(
+        async (tx) => {
+          const m = (await tx.lockMachine(id))!;
+          await tx.updateMachine({ ...m, attempt: m.attempt + 1 });
+          return m.attempt + 1;
+        },
+        { scope: 'rows', lock: id },
+      );
+    const missing = s.transact(async (tx) => (await tx.lockMachine('m-none')) ?? null, { scope: 'rows', lock: 'm-none' });
+    const results = await Promise.all([bump('m-pre-1'), bump('m-pre-2'), bump('m-pre-1'), bump('m-pre-3'), missing]);
+    expect(results).toEqual([1, 1, 2, 1, null]);
+    const after = new Map(s.roundTrips());
+    // One lock statement for m-pre-1..3 and m-none; the second lock of m-pre-1 is one more, after the first's write.
+    expect((after.get('lockMachine') ?? 0) - (before.get('lockMachine') ?? 0)).toBe(2);
+    expect((await s.getMachine('m-pre-1'))?.attempt).toBe(2);
   });
 
   it('a row-scoped group in which one transaction fails: its caller hears the error; the group rolls back whole and the others commit once, run again', async () => {

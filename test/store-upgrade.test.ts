@@ -111,7 +111,8 @@ for (const b of backends) {
         const names = await migrationNames(b.name);
         // OLD_ROWS are in the shape before 0024_job_power (no jobs.power); later migrations only add tables
         // (0026_users, 0027_images, 0028_audit), which the store opens empty, or nullable columns (0025_machine_host,
-        // 0029_oidc's users.kind/oidc_issuer/oidc_subject, 0032_join_token_machine).
+        // 0029_oidc's users.kind/oidc_issuer/oidc_subject, 0032_join_token_machine), or a function
+        // (0033_pg_lock_machines, PostgreSQL only; the lock below goes through it).
         const previous = '0023_classification';
         expect(names.slice(names.indexOf(previous) + 1)).toEqual(names.filter((n) => n > previous));
         expect(names).toContain('0024_job_power');
@@ -119,7 +120,7 @@ for (const b of backends) {
         expect(names).toContain('0028_audit');
         expect(names).toContain('0029_oidc');
         expect(names).toContain('0032_join_token_machine');
-        expect(names.at(-1)).toBe('0032_join_token_machine');
+        expect(names.at(-1)).toBe('0033_pg_lock_machines');
         const k = old.kysely();
         try {
           await migrateTo(k, b.name, previous);
@@ -196,6 +197,7 @@ for (const b of backends) {
 
           // and the upgraded store goes on: its next change and event follow the old ones
           const seq = await store.transact(async (tx) => {
+            expect((await tx.lockMachine('m-web-1'))?.id).toBe('m-web-1');
             tx.emit('machines.update.m-web-1', { id: 'm-web-1' });
             return tx.change('admin', 'machines/m-web-1', 'update', null, { name: 'web-1' });
           });

@@ -126,7 +126,7 @@ async function claimOnce(c: ClaimContext, machineId: string, signal?: AbortSigna
       if (signal?.aborted) return { job: null, machine: { state: m.state, reason: m.reason, power: m.power } };
       return claimIn(c, tx, m, lastJob);
     },
-    { scope: 'rows' },
+    { scope: 'rows', lock: machineId },
   );
 }
 

@@ -400,19 +400,26 @@ export class Engine {
     return { ...m, agent: this.liveness.view(m) };
   }
 
-  /** Writes a batch of liveness records in one transaction (see Liveness); answers the swept ids it skipped. */
+  /**
+   * Writes a batch of liveness records in one transaction (see Liveness): the machines it must look at
+   * (writes with an event, swept disconnects) read in one query, every record written by one call
+   * (Tx.setAgentLiveness: one statement on PostgreSQL). Answers the swept ids it skipped.
+   */
   private async writeLiveness(writes: LivenessWrite[]): Promise<string[]> {
     return this.store.transact(async (tx) => {
       const skipped: string[] = [];
+      const entries: Array<{ id: string; agent: AgentLiveness }> = [];
+      const ids = writes.filter((w) => w.emit || w.sweptAt !== null).map((w) => w.machineId);
+      const stored = new Map((ids.length > 0 ? await tx.listMachines({ ids, limit: ids.length }) : []).map((m) => [m.id, m]));
       for (const w of writes) {
         let agent: AgentLiveness = w.agent;
         if (w.emit || w.sweptAt !== null) {
-          const m = await tx.getMachine(w.machineId);
+          const m = stored.get(w.machineId);
           if (!m) continue;
-          const stored = m.agent.lastSeenAt ? Date.parse(m.agent.lastSeenAt) : null;
+          const seen = m.agent.lastSeenAt ? Date.parse(m.agent.lastSeenAt) : null;
           const mine = agent.lastSeenAt ? Date.parse(agent.lastSeenAt) : null;
           // Another replica heard the machine after this one did, within the window: not gone.
-          if (w.sweptAt !== null && stored !== null && (mine === null || stored > mine) && w.sweptAt - stored <= this.liveness.windowMs) {
+          if (w.sweptAt !== null && seen !== null && (mine === null || seen > mine) && w.sweptAt - seen <= this.liveness.windowMs) {
             skipped.push(w.machineId);
             continue;
           }
@@ -420,12 +427,11 @@ export class Engine {
           // after theirs committed): one flip, one event, whichever replicas sweep.
           if (w.sweptAt !== null && !m.agent.connected) continue;
           agent = { ...agent, version: agent.version ?? m.agent.version, address: agent.address ?? m.agent.address };
-          await tx.setAgentLiveness(w.machineId, agent);
           if (w.emit) tx.emit(`machines.update.${w.machineId}`, publicMachine({ ...m, agent }));
-        } else {
-          await tx.setAgentLiveness(w.machineId, agent);
         }
+        entries.push({ id: w.machineId, agent });
       }
+      await tx.setAgentLiveness(entries);
       return skipped;
     });
   }

@@ -46,7 +46,8 @@ export class JobLogs {
    * `outputSecrets` (the job's own secure outputs, known only now) what was stored before is re-masked.
    */
   async appendTail(tx: Tx, job: Pick<Job, 'id' | 'state'>, chunks: LogRequest[] | undefined, outputSecrets: string[], at: string): Promise<void> {
-    if (chunks?.length) await this.meter.append(tx, job.id, this.masks.chunks(job.id, chunks), at);
+    // `last`: the tally is forgotten right below, so the last chunk's insert needs no answer.
+    if (chunks?.length) await this.meter.append(tx, job.id, this.masks.chunks(job.id, chunks), at, true);
     this.meter.forget(job.id);
     if (outputSecrets.length) await this.remask(tx, job.id, new Masker(outputSecrets));
   }

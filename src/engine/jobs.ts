@@ -87,7 +87,7 @@ export async function complete(c: JobContext, jobId: string, caller: string | nu
     if (claim && settled.action === 'continue') answer.next = await claimIn(c, tx, settled.machine, undefined, true);
     else if (claim) await saveMachine(tx, settled.machine);
     return answer;
-  }, { scope: caller !== null ? 'rows' : 'store' }).catch((err: unknown) => {
+  }, caller !== null ? { scope: 'rows', lock: caller } : { scope: 'store' }).catch((err: unknown) => {
     if (plan) c.powering.delete(plan.machineId);
     throw err;
   });

@@ -80,17 +80,21 @@ export class LogMeter {
 
   /**
    * Stores `chunks` of job `jobId` (deduplicated by seq, as the store does), cutting the log at the
-   * bound. Returns how many chunks were stored, and whether the log is now cut.
+   * bound. Returns how many chunks were stored, and whether the log is now cut. `last`: the caller
+   * forgets the tally right after (a completion's tail), so whether the last chunk was a resend changes
+   * nothing: its insert is sent uncounted (Tx.appendLogs `counted: false`; PostgreSQL then sends it with
+   * the completion's other writes) and taken as stored.
    */
-  async append(tx: Tx, jobId: string, chunks: readonly ChunkIn[], at: string): Promise<{ stored: number; cut: boolean }> {
+  async append(tx: Tx, jobId: string, chunks: readonly ChunkIn[], at: string, last = false): Promise<{ stored: number; cut: boolean }> {
     let tally = await this.tally(tx, jobId);
     let stored = 0;
-    for (const c of chunks) {
+    for (const [i, c] of chunks.entries()) {
       const bytes = Buffer.byteLength(c.data, 'utf8');
       const verdict = judgeChunk(tally, bytes, this.limits);
       if (verdict.kind === 'drop') continue;
       const row = verdict.kind === 'truncate' ? { stream: 'takt' as const, data: verdict.marker } : { stream: c.stream, data: c.data };
-      const inserted = (await tx.appendLogs([{ jobId, seq: c.seq, ...row, at }])) > 0;
+      const blind = last && i === chunks.length - 1;
+      const inserted = blind ? (await tx.appendLogs([{ jobId, seq: c.seq, ...row, at }], { counted: false }), true) : (await tx.appendLogs([{ jobId, seq: c.seq, ...row, at }])) > 0;
       tally = afterChunk(tally, verdict, bytes, inserted);
       if (inserted) stored++;
     }

@@ -489,6 +489,36 @@ const migrations = (dialect: Dialect): Record<string, Migration> => {
         await db.schema.createIndex('users_oidc').on('users').columns(['oidc_issuer', 'oidc_subject']).unique().execute();
       },
     },
+    '0033_pg_lock_machines': {
+      async up(db: Kysely<unknown>) {
+        // PostgreSQL only (SQLite has no row locks; nothing to do there): machines' row locks and what is
+        // read right after them, in one round trip (sql-tx.ts lockMachinesPg; issue #15 part 6). A VOLATILE
+        // function runs each of its statements on a snapshot of its own (PostgreSQL, "Function Volatility
+        // Categories"), so the reads after the locks see what the locks' previous holders committed — as
+        // two statements sent one after the other do, and unlike subqueries beside the lock in one
+        // statement, which keep the snapshot taken before a lock wait (test/store-replicas.test.ts "a lock
+        // that waited"). The rows are locked in id order, so that two callers locking overlapping sets
+        // wait for each other instead of deadlocking. Answers a JSON array, one element per machine that
+        // exists: {machine, hold, open, job} — the machine's row, its hold's row or null, its open work
+        // orders' rows (running or queued) or null, its current job's row without the report or null.
+        if (dialect !== 'postgres') return;
+        await sql`create or replace function takt_lock_machines(ids text[]) returns jsonb language plpgsql volatile as $fn$
+declare
+  locked text[];
+  answer jsonb;
+begin
+  select coalesce(array_agg(x.id), '{}') into locked from (select id from machines where id = any(ids) order by id for update) x;
+  select coalesce(jsonb_agg(jsonb_build_object(
+    'machine', to_jsonb(m),
+    'hold', (select to_jsonb(h) from machine_holds h where h.machine_id = m.id),
+    'open', (select jsonb_agg(w) from work_orders w where w.machine_id = m.id and w.state in ('running', 'queued')),
+    'job', (select to_jsonb(j) - 'report' from jobs j where j.id = m.current_job)
+  )), '[]') into answer from machines m where m.id = any(locked);
+  return answer;
+end
+$fn$`.execute(db);
+      },
+    },
   };
 };
 

@@ -65,6 +65,7 @@ export class SqlReads implements Reads {
     if (f.broker !== undefined) q = q.where('broker', '=', f.broker);
     if (f.agentConnected !== undefined) q = q.where('agent_connected', '=', f.agentConnected ? 1 : 0);
     if (f.name !== undefined) q = q.where(this.like('name', contains(f.name)));
+    if (f.ids !== undefined) q = f.ids.length > 0 ? q.where('id', 'in', [...f.ids]) : q.where(sql<boolean>`1 = 0`);
     return q;
   }
   async listMachines(f: MachineFilter = {}) {

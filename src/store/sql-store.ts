@@ -13,7 +13,7 @@ import type { EventListener, Store, TransactOptions, Tx } from './store.js';
 import type { Database } from './tables.js';
 import { type Db, json, EVENT_BATCH, arg, QueryCache, run } from './queries.js';
 import { SqlReads } from './sql-reads.js';
-import { insertPgChange, SqlTx, PgRowTx } from './sql-tx.js';
+import { insertPgChange, lockMachinesPg, SqlTx, PgRowTx, type LockedMachine } from './sql-tx.js';
 
 interface Queued {
   fn: (tx: Tx) => Promise<unknown>;
@@ -21,6 +21,8 @@ interface Queued {
   reject: (error: unknown) => void;
   /** Times the transaction was rolled back for a lock conflict and queued again (row scope). */
   retries: number;
+  /** The machine it locks first, when the caller said (TransactOptions `lock`). */
+  lock?: string;
 }
 
 /** Transactions committed together at most (bounds how long the last of a group waits for its answer). */
@@ -256,7 +258,7 @@ export class SqlStore extends SqlReads implements Store {
    */
   transact<T>(fn: (tx: Tx) => Promise<T>, opts?: TransactOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const item: Queued = { fn: fn as (tx: Tx) => Promise<unknown>, resolve: resolve as (v: unknown) => void, reject, retries: 0 };
+      const item: Queued = { fn: fn as (tx: Tx) => Promise<unknown>, resolve: resolve as (v: unknown) => void, reject, retries: 0, ...(opts?.lock !== undefined ? { lock: opts.lock } : {}) };
       if (opts?.scope === 'rows' && this.dialect === 'postgres') {
         this.rowQueue.push(item);
         this.scheduleRows();
@@ -398,10 +400,13 @@ export class SqlStore extends SqlReads implements Store {
         // other go as one simple query (`release; savepoint`): that protocol runs several statements in one
         // message. SQLite runs one statement per call.
         let released = true;
+        // A row-scoped group locks the machines its transactions said they lock, all in one round trip
+        // before running them (TransactOptions `lock`); each one's lockMachine then answers from it.
+        const prelocked = deferred && pg ? await this.prelock(trx, group) : undefined;
         for (const item of group) {
           if (savepoints) await sql(pg && !released ? 'release grouped; savepoint grouped' : 'savepoint grouped');
           released = !savepoints;
-          const tx = deferred && pg ? new PgRowTx(trx, this.q) : new SqlTx(trx, this.q, this.dialect, deferred);
+          const tx = deferred && pg ? new PgRowTx(trx, this.q, prelocked) : new SqlTx(trx, this.q, this.dialect, deferred);
           try {
             const value = await item.fn(tx);
             await tx.flushWrites();
@@ -473,6 +478,20 @@ export class SqlStore extends SqlReads implements Store {
       else item.reject(o.error);
     });
     this.retry(again);
+  }
+
+  /**
+   * PostgreSQL, a row-scoped group: locks the machines its transactions name (`lock`) in one round trip
+   * (lockMachinesPg: in id order, then read after the locks), by id; null for one that does not exist.
+   * Undefined when none names one. Holding them from the group's start rather than from each
+   * transaction's is safe: each transaction changes only rows of the machine it locks (TransactOptions
+   * `rows`), so what was read for one is still so when it runs, whatever ran before it in the group.
+   */
+  private async prelock(trx: Db, group: Queued[]): Promise<Map<string, LockedMachine | null> | undefined> {
+    const ids = [...new Set(group.flatMap((i) => (i.lock !== undefined ? [i.lock] : [])))];
+    if (ids.length === 0) return undefined;
+    const found = await lockMachinesPg(trx, this.q, ids);
+    return new Map(ids.map((id) => [id, found.get(id) ?? null]));
   }
 
   /**

@@ -17,7 +17,7 @@ import type { DhcpLeasesTable, JobsTable, MachineHoldsTable, MachinesTable, Work
 import type { RoleBinding } from '../model/permissions.js';
 import type { Group, User, UserToken } from '../model/users.js';
 import type { AuditRecord } from '../model/audit.js';
-import { type Db, json, arg, QueryCache } from './queries.js';
+import { type Db, json, arg, QueryCache, run } from './queries.js';
 import { firstOpen, machineFromRow, machineToRow, jobFromRow, jobToRow, workOrderToRow, rolloutToRow, itemToRow, holdFromRow } from './rows.js';
 import { SqlReads } from './sql-reads.js';
 /** A change row as `SqlTx.change` writes it (its number drawn when it is inserted). */
@@ -116,49 +116,41 @@ export class SqlTx extends SqlReads implements Tx {
   /**
    * PostgreSQL: a locked machine's hold and open work orders, read right after the lock (`lockMachine`)
    * and answered from here by `getHold` and `nextWorkOrder` until this transaction writes them. Every claim
-   * and completion reads both right after the lock; one statement instead of two saves a round trip per
-   * lock. Nothing else can change them meanwhile: holds and work orders are written only by store-scoped
+   * and completion reads both right after the lock; reading them with it saves a round trip per lock.
+   * Nothing else can change them meanwhile: holds and work orders are written only by store-scoped
    * transactions (which never run beside another transaction) or under this machine's lock.
-   *
-   * They are read by a statement of their own, after the one that takes the lock: in READ COMMITTED, a
-   * `SELECT … FOR UPDATE` that waits for the lock re-reads the locked row once it is free, but its other
-   * reads keep the snapshot taken before it waited — they would show the work orders as they were before
-   * the holder (a completion) changed them (test/store-replicas.test.ts "a lock that waited").
    */
   private readonly withLock = new Map<string, { hold: MachineHold | undefined; open: WorkOrdersTable[] }>();
   /**
-   * PostgreSQL: a locked machine's current job, read by the same statement as its hold and work orders
-   * (`lockMachine`), and answered from here by `getJob` until this transaction writes that job. A
-   * completion reads its job right after the lock, and so does a claim whose machine has one: one round
-   * trip less per lock. The job cannot change meanwhile for the same reason: jobs are written under
-   * their machine's lock, or by store-scoped transactions.
+   * PostgreSQL: a locked machine's current job, read with the lock (`lockMachine`), and answered from
+   * here by `getJob` until this transaction writes that job. A completion reads its job right after the
+   * lock, and so does a claim whose machine has one: one round trip less per lock. The job cannot change
+   * meanwhile for the same reason: jobs are written under their machine's lock, or by store-scoped
+   * transactions.
    */
   private readonly lockedJobs = new Map<string, Job>();
 
+  /**
+   * SQLite: a plain read (no row locks; its one writer is the lock). PostgreSQL: the machine's row lock
+   * and, read after it, its hold, open work orders and current job, in one round trip (lockMachinesPg) —
+   * or, when this transaction's group locked the machine for it beforehand (PgRowTx `prelocked`), none.
+   */
   async lockMachine(id: string) {
-    // SQLite has no row locks (its one writer is the lock): a plain read.
-    const r = await this.one<Selectable<MachinesTable>>('lockMachine', () => {
-      const q = this.db.selectFrom('machines').selectAll().where('id', '=', arg(0));
-      return this.dialect === 'postgres' ? q.forUpdate() : q;
-    }, [id]);
-    if (!r) return undefined;
-    if (this.dialect === 'postgres') {
-      const side = await this.one<{ hold_row: Selectable<MachineHoldsTable> | null; open_rows: WorkOrdersTable[] | null; job_row: JobsTable | null }>(
-        'lockedMachineSide',
-        () =>
-          this.db
-            .selectNoFrom([
-              sql<unknown>`(select row_to_json(h) from machine_holds h where h.machine_id = ${arg(0)})`.as('hold_row'),
-              sql<unknown>`(select json_agg(w) from work_orders w where w.machine_id = ${arg(0)} and w.state in ('running', 'queued'))`.as('open_rows'),
-              // The machine's current job as getJob reads it (the report is read apart: getJobReport).
-              sql<unknown>`(select to_jsonb(j) - 'report' from jobs j where j.id = ${arg(1)})`.as('job_row'),
-            ]) as never,
-        [id, r.current_job],
-      );
-      this.withLock.set(id, { hold: side?.hold_row ? holdFromRow(side.hold_row) : undefined, open: side?.open_rows ?? [] });
-      if (side?.job_row) this.lockedJobs.set(side.job_row.id, jobFromRow(side.job_row));
+    if (this.dialect !== 'postgres') {
+      const r = await this.one<Selectable<MachinesTable>>('lockMachine', () => this.db.selectFrom('machines').selectAll().where('id', '=', arg(0)), [id]);
+      return r ? machineFromRow(r) : undefined;
     }
-    return machineFromRow(r);
+    // The group's entry (null: the machine does not exist), else a round trip of its own.
+    const pre = this.takePrelocked(id);
+    const locked = pre !== undefined ? pre : ((await lockMachinesPg(this.db, this.q, [id])).get(id) ?? null);
+    if (!locked) return undefined;
+    this.withLock.set(id, { hold: locked.hold ? holdFromRow(locked.hold) : undefined, open: locked.open ?? [] });
+    if (locked.job) this.lockedJobs.set(locked.job.id, jobFromRow(locked.job));
+    return machineFromRow(locked.machine);
+  }
+  /** What the group locked and read for this transaction's machine `id` beforehand (PgRowTx), or undefined. */
+  protected takePrelocked(_id: string): LockedMachine | null | undefined {
+    return undefined;
   }
   // These three answer from memory when they can, without sending held writes (PgRowTx); a read of
   // the database sends them first.
@@ -193,24 +185,36 @@ export class SqlTx extends SqlReads implements Tx {
       `machines:${id}`,
     );
   }
-  async setAgentLiveness(id: string, a: AgentLiveness) {
-    await this.exec(
-      'setAgentLiveness',
-      () =>
-        this.db
-          .updateTable('machines')
-          // A version or address not given (null) keeps the one stored: only an agent that says tells it.
-          .set({
-            agent_connected: arg(1) as never,
-            agent_seen_at: arg(2),
-            agent_version: sql<string>`coalesce(${arg(3)}, agent_version)`,
-            agent_address: sql<string>`coalesce(${arg(4)}, agent_address)`,
-            agent_via: arg(5),
-            agent_since: arg(6),
-          })
-          .where('id', '=', arg(0)),
-      [id, a.connected ? 1 : 0, a.lastSeenAt, a.version, a.address, a.via, a.since],
-    );
+  async setAgentLiveness(entries: ReadonlyArray<{ id: string; agent: AgentLiveness }>) {
+    if (entries.length === 0) return;
+    const row = (e: { id: string; agent: AgentLiveness }) => [e.id, e.agent.connected ? 1 : 0, e.agent.lastSeenAt, e.agent.version, e.agent.address, e.agent.via, e.agent.since];
+    if (this.dialect === 'postgres') {
+      // One statement for the batch: each column's values as an array, joined to the machines by id.
+      const cols = entries.map(row);
+      const p = this.q.prepareSql('setAgentLivenessBatch', () => ({ sql: SET_AGENT_LIVENESS_PG, params: 7 }));
+      await run(this.db, p, Array.from({ length: 7 }, (_, k) => cols.map((c) => c[k])));
+      return;
+    }
+    // SQLite runs statements in-process: one per machine costs no round trip.
+    for (const e of entries) {
+      await this.exec(
+        'setAgentLiveness',
+        () =>
+          this.db
+            .updateTable('machines')
+            // A version or address not given (null) keeps the one stored: only an agent that says tells it.
+            .set({
+              agent_connected: arg(1) as never,
+              agent_seen_at: arg(2),
+              agent_version: sql<string>`coalesce(${arg(3)}, agent_version)`,
+              agent_address: sql<string>`coalesce(${arg(4)}, agent_address)`,
+              agent_via: arg(5),
+              agent_since: arg(6),
+            })
+            .where('id', '=', arg(0)),
+        row(e),
+      );
+    }
   }
   async deleteMachine(id: string) {
     this.withLock.clear();
@@ -260,19 +264,20 @@ export class SqlTx extends SqlReads implements Tx {
   private logText(data: string): string {
     return this.dialect === 'postgres' && data.includes('\u0000') ? data.replaceAll('\u0000', '\uFFFD') : data;
   }
-  async appendLogs(chunks: LogChunk[]) {
+  async appendLogs(chunks: LogChunk[], opts?: { counted?: boolean }) {
     if (chunks.length === 0) return 0;
     if (chunks.length === 1) {
       const c = chunks[0]!;
-      return this.exec(
-        'appendLog',
-        () =>
-          this.db
-            .insertInto('job_logs')
-            .values({ job_id: arg(0), seq: arg(1) as never, stream: arg(2), data: arg(3), at: arg(4) })
-            .onConflict((oc) => oc.columns(['job_id', 'seq']).doNothing()),
-        [c.jobId, c.seq, c.stream, this.logText(c.data), c.at],
-      );
+      const build = () =>
+        this.db
+          .insertInto('job_logs')
+          .values({ job_id: arg(0), seq: arg(1) as never, stream: arg(2), data: arg(3), at: arg(4) })
+          .onConflict((oc) => oc.columns(['job_id', 'seq']).doNothing());
+      const args = [c.jobId, c.seq, c.stream, this.logText(c.data), c.at];
+      if (opts?.counted !== false) return this.exec('appendLog', build, args);
+      // Nobody reads the answer: a write like the job path's (held back in a PgRowTx, sent at once elsewhere).
+      await this.write('appendLog', build, args, `job_logs:${c.jobId}:${c.seq}`);
+      return 0;
     }
     const res = await this.db
       .insertInto('job_logs')
@@ -572,6 +577,43 @@ export class SqlTx extends SqlReads implements Tx {
   }
 }
 
+/**
+ * PostgreSQL: SqlTx.setAgentLiveness for a whole batch, `$1…$7` arrays of the machines' ids, connected
+ * (1/0), last seen, version, address, transport and since, one element per machine; a null version or
+ * address keeps the one stored.
+ */
+const SET_AGENT_LIVENESS_PG =
+  'update "machines" as m set "agent_connected" = v.connected, "agent_seen_at" = v.seen, ' +
+  '"agent_version" = coalesce(v.version, m."agent_version"), "agent_address" = coalesce(v.address, m."agent_address"), ' +
+  '"agent_via" = v.via, "agent_since" = v.since ' +
+  'from unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) as v(id, connected, seen, version, address, via, since) ' +
+  'where m."id" = v.id';
+
+/** A locked machine as `takt_lock_machines` answers it (rows as JSON, bigints as numbers). */
+export interface LockedMachine {
+  machine: Selectable<MachinesTable>;
+  hold: Selectable<MachineHoldsTable> | null;
+  open: WorkOrdersTable[] | null;
+  job: JobsTable | null;
+}
+
+/**
+ * PostgreSQL: locks the rows of machines `ids` until the transaction ends and reads, after the locks, each
+ * one's row, hold, open work orders and current job — one round trip to the function
+ * `takt_lock_machines` (migration 0033_pg_lock_machines), whatever the number of machines. Not one
+ * plain statement: in READ COMMITTED a `SELECT … FOR UPDATE` that waits for a lock re-reads the locked
+ * row once it is free, but its other reads keep the snapshot taken before it waited — they would show
+ * the work orders and job as they were before the holder (a completion) changed them
+ * (test/store-replicas.test.ts "a lock that waited"). The function's second statement takes a snapshot
+ * of its own, after the locks. Rows are locked in id order (no deadlock between two callers).
+ * @returns by id, the machines that exist.
+ */
+export async function lockMachinesPg(db: Db, q: QueryCache, ids: readonly string[]): Promise<Map<string, LockedMachine>> {
+  const p = q.prepareSql('lockMachine', () => ({ sql: 'select takt_lock_machines($1::text[]) as "locked"', params: 1 }));
+  const r = await run<{ locked: LockedMachine[] }>(db, p, [ids]);
+  return new Map((r.rows[0]?.locked ?? []).map((l) => [l.machine.id, l]));
+}
+
 /** A write held back by a PgRowTx: its statement's key and text, its parameter values, the row it writes. */
 export interface HeldWrite {
   key: string;
@@ -606,9 +648,24 @@ export function heldWritesSql(writes: readonly HeldWrite[]): { sql: string; para
  * job and the machine in one round trip instead of three.
  */
 export class PgRowTx extends SqlTx {
-  constructor(db: Db, q: QueryCache) {
+  /**
+   * `prelocked`: machines the group locked and read before running its transactions (sql-store.ts
+   * commitGroup, TransactOptions `lock`), by id, null for one that does not exist; shared by the group's
+   * transactions. The first `lockMachine` of an id takes its entry (no round trip); a later one locks
+   * and reads again, seeing what the transactions before it wrote.
+   */
+  constructor(
+    db: Db,
+    q: QueryCache,
+    private readonly prelocked?: Map<string, LockedMachine | null>,
+  ) {
     super(db, q, 'postgres', true);
     this.holdWrites = true;
+  }
+  protected override takePrelocked(id: string): LockedMachine | null | undefined {
+    const p = this.prelocked?.get(id);
+    if (p !== undefined) this.prelocked!.delete(id);
+    return p;
   }
 }
 /** The methods that hold back (or send) writes themselves, or send them only when they read the database; every other async method sends them first. */

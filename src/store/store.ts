@@ -69,6 +69,8 @@ export interface MachineFilter extends Page {
   name?: string;
   /** Only machines whose stored agent liveness says connected (true) or not (false). */
   agentConnected?: boolean;
+  /** Only machines with these ids (an empty list: none). */
+  ids?: readonly string[];
 }
 
 export interface JobFilter extends Page {
@@ -191,8 +193,13 @@ export interface Tx extends Reads {
   insertMachine(m: Machine, tokenHash: string): Promise<void>;
   /** Writes every desired and pipeline field of a machine; never its agent liveness. */
   updateMachine(m: Machine): Promise<void>;
-  /** Writes only a machine's agent liveness (observed state; no change is recorded). No-op for a deleted machine. */
-  setAgentLiveness(id: string, agent: AgentLiveness): Promise<void>;
+  /**
+   * Writes only machines' agent liveness (observed state; no change is recorded), one entry per machine
+   * (ids distinct); an entry of a deleted machine is skipped. A `version` or `address` that is null keeps
+   * the one stored. On PostgreSQL one statement, whatever the number of entries (a round trip per batch,
+   * not per machine).
+   */
+  setAgentLiveness(entries: ReadonlyArray<{ id: string; agent: AgentLiveness }>): Promise<void>;
   deleteMachine(id: string): Promise<void>;
   insertJob(j: Job): Promise<void>;
   /** Extends one running job's lease (heartbeats and log chunks do this often: it writes one column). */
@@ -202,8 +209,13 @@ export interface Tx extends Reads {
   updateJob(j: Job, report?: unknown): Promise<void>;
   /** Ends a job: writes only what ending changes (state, reason, exit code, outputs, finish time, lease, report). */
   finishJob(j: Job, report?: unknown): Promise<void>;
-  /** Appends log chunks, ignoring any seq already stored (agents resend after network loss). */
-  appendLogs(chunks: LogChunk[]): Promise<number>;
+  /**
+   * Appends log chunks, ignoring any seq already stored (agents resend after network loss); answers how
+   * many were stored. `opts.counted: false`: the caller needs no count, and 0 is answered — which lets a
+   * row-scoped transaction on PostgreSQL hold the insert back and send it with its next statement or at
+   * its end (sql-tx.ts PgRowTx), one round trip less.
+   */
+  appendLogs(chunks: LogChunk[], opts?: { counted?: boolean }): Promise<number>;
   /** How much of a job's log is stored: its chunks and their data's UTF-8 bytes (for the per-job bound). */
   logSize(jobId: string): Promise<{ chunks: number; bytes: number }>;
   /** Replaces the text of one stored log chunk (masking a secret the job revealed later, e.g. its own output). */
@@ -309,6 +321,13 @@ export interface TransactOptions {
    * `transact`); only its last run's writes and events commit. On SQLite it is the same as `store`.
    */
   scope?: 'store' | 'rows';
+  /**
+   * With `scope: 'rows'`: the machine `fn` locks first (`lockMachine`), when the caller knows it. On
+   * PostgreSQL a group of row-scoped transactions then locks all its transactions' machines in one round
+   * trip before running them, and each one's `lockMachine` of its machine answers from that; without it,
+   * each `lockMachine` is a round trip of its own. A hint only: `fn` behaves the same either way.
+   */
+  lock?: string;
 }
 
 export interface Store extends Reads {
