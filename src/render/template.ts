@@ -44,13 +44,15 @@ const noFs: FS = {
  * run synchronously on it). `renderMs` is wall time, checked between template nodes; `memory` counts
  * liquidjs allocations (range elements, filter string lengths), so a loop over a literal range is
  * refused deterministically whatever the machine's speed; `outputBytes` caps the script produced.
- * `renderMs` is 200: an honest template renders in well under a millisecond, and a busy endpoint's pauses
- * (GC, a preempted process) must not fail it; a hostile one holds the loop at most this long per render.
+ * `renderMs` is 1000: an honest template renders in well under a millisecond, and a busy endpoint's pauses
+ * (GC, a preempted process) must not fail it — at 200 ms, an honest render failed on a host at load 12
+ * (serve-replicas, 2026-12-02); a hostile one holds the loop at most this long per render, and the
+ * `memory` bound stops most before it.
  */
 export const TEMPLATE_LIMITS = {
   /** Characters of template source. */
   parseChars: 1_000_000,
-  renderMs: 200,
+  renderMs: 1000,
   memory: 10_000_000,
   outputBytes: 4 * 1024 * 1024,
   /** Lint: the most times nested loops over literal ranges may run (about what renders well within renderMs). */
