@@ -79,7 +79,8 @@ describe('content/image-deploy as shipped', () => {
 describe('the image-deploy pipeline', () => {
   it('writes the image, waits for the power cycle, then runs the installed-OS stage to done', async () => {
     const agent = await deploying('dep-1', 'tiny@1.0.0');
-    const paused = await waitFor('dep-1', 'paused for the manual power driver', (m) => m.state === 'paused' || m.state === 'stopped');
+    // Paused first while the power driver is asked ("waiting for the power driver: …"), then with what a person must do.
+    const paused = await waitFor('dep-1', 'paused for the manual power driver', (m) => (m.state === 'paused' && !/^waiting for the power driver/.test(m.reason ?? '')) || m.state === 'stopped');
     expect(paused.state, paused.reason ?? '').toBe('paused');
     expect(paused.reason).toMatch(/^task 'image-write' \(job \S+\) asked for next-boot disk persistent, cycle, which the manual power driver leaves to you: .* Then: takt machines resume dep-1$/);
     expect(sha(readFileSync(join(agent.dir, 'root', 'disk.img')))).toBe(sha(image));

@@ -209,7 +209,7 @@ describe('job logs: bounded, and closed when the job ends', () => {
     expect(done.body.job.state).toBe('succeeded');
     const late = await call('POST', `/jobs/${j.id}/log`, { seq: 3, stream: 'stdout', data: 'late\n' }, machine.token);
     expect(late.status).toBe(409);
-    expect(late.body.error).toEqual({ code: 'conflict', message: `job ${j.id} is succeeded; its log is closed` });
+    expect(late.body.error).toEqual({ code: 'conflict', message: `job ${j.id} is succeeded; its log is closed`, path: `/api/v1/jobs/${j.id}/log` });
     // the agent resends a chunk whose answer it lost: same answer as the first time, nothing stored twice
     expect((await call('POST', `/jobs/${j.id}/log`, { seq: 1, stream: 'stdout', data: 'one\n' }, machine.token)).status).toBe(204);
     expect((await call('POST', `/jobs/${j.id}/log`, { seq: 2, stream: 'stdout', data: 'two\n' }, machine.token)).status).toBe(204);
