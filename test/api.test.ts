@@ -415,15 +415,14 @@ describe('bad input', () => {
   });
 });
 
-/** Reads server-sent events until `stop` says so (or a few seconds pass). */
 /**
- * Reads the event stream until `stop` says so (or 8 s pass), through the one test reader (helpers/sse.ts).
+ * Reads the event stream until `stop` says so (or `ms` pass, 8 s by default), through the one test reader (helpers/sse.ts).
  * `opened` is called once the answer's headers are in: the endpoint subscribes before it writes them
  * (routes/events.ts), so from then on no live event can be missed — the synchronisation a test needs,
  * instead of a pause.
  */
-async function readEvents(query: string, stop: (events: Array<{ id: number; topic: string }>) => boolean, opened?: () => void) {
-  const r = readSse(ep.url, ep.token, query, stop, 8000);
+async function readEvents(query: string, stop: (events: Array<{ id: number; topic: string }>) => boolean, opened?: () => void, ms = 8000) {
+  const r = readSse(ep.url, ep.token, query, stop, ms);
   void r.open.then((status) => {
     expect(status).toBe(200);
     opened?.();
@@ -493,12 +492,13 @@ describe('event stream', () => {
 
     // resuming from the last whole event brings the rest, in order, up to the last patch
     const last = complete[complete.length - 1]!;
-    const rest = await readEvents(`since=${last}&topics=${topic}`, (ev) => (ev.at(-1) as unknown as { data: { params: { msg: string } } } | undefined)?.data.params.msg.startsWith(`${patches - 1}:`) ?? false);
+    // Up to ~40 MiB to read: bounded generously (it ends as soon as the last patch arrives), as a loaded host reads it slowly.
+    const rest = await readEvents(`since=${last}&topics=${topic}`, (ev) => (ev.at(-1) as unknown as { data: { params: { msg: string } } } | undefined)?.data.params.msg.startsWith(`${patches - 1}:`) ?? false, undefined, 90_000);
     expect(rest.length).toBe(patches - complete.length);
     expect(rest[0]!.id).toBeGreaterThan(last);
     const msgs = rest.map((e) => Number((e as unknown as { data: { params: { msg: string } } }).data.params.msg.split(':')[0]));
     expect(msgs).toEqual(Array.from({ length: rest.length }, (_, i) => complete.length + i));
-  }, 60_000);
+  }, 180_000);
 });
 
 describe('jobs log --follow', () => {
