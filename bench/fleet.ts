@@ -66,9 +66,10 @@ const SCOPED_SELECTOR = 'env=bench';
 /**
  * Issue #16's benchmark: the same fleet with the operator's reads made with the admin token and with a
  * label-scoped service token (a user bound to `operator` on `env=bench` only; every fleet machine is
- * labelled env=bench), in one run, each configuration on a fresh endpoint. The agents use their machine
- * tokens either way; the operator (FleetOperator) reads a machine, its job and its jobs after each job of
- * every `every`-th machine, so each scoped read is a label-scoped permission check.
+ * labelled env=bench), in one run, each configuration on a fresh endpoint set up alike (the scoped user
+ * and token exist in all of them; only the token the operator reads with differs). The agents use their
+ * machine tokens either way; the operator (FleetOperator) reads a machine, its job and its jobs after each
+ * job of every `every`-th machine, so each scoped read is a label-scoped permission check.
  *
  * Paired rounds: each round runs every configuration back to back (the order rotating from round to
  * round), and each is compared with *that round's* admin run, so load from elsewhere that drifts during
@@ -98,7 +99,10 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
       // machine) is reported and its round left out; the other rounds still answer.
       await withEndpoint(prof, async (ep) => {
         const { machines } = await prepareFleet(ep, { ...o, labels: BENCH_LABELS });
-        const api = kind === 'scoped' ? await scopedApi(ep) : adminApi(ep);
+        // Every configuration makes the scoped user and token (an argon2 hash, three rows): the endpoints
+        // differ only in the token the operator reads with.
+        const scoped = await scopedApi(ep);
+        const api = kind === 'scoped' ? scoped : adminApi(ep);
         log(`${label}: ${machines.length} machines created; running…`);
         const run = await runFleet(ep, machines, o, label, { api, every });
         const lat = run.latencies.summaries();
@@ -137,7 +141,7 @@ async function compareTokens(o: FleetOptions, kinds: TokenKind[], every: number,
     notes: [
       `one run, ${rounds} round(s); in each, every configuration back to back on a fresh SQLite endpoint (order rotating), compared with that round's admin run; the verdict is on the median over rounds of those paired differences`,
       `load average at the start ${l1!.toFixed(2)} / ${l5!.toFixed(2)} / ${l15!.toFixed(2)} (1 / 5 / 15 min), at the end ${(data.loadAverageEnd as number[]).map((x) => x.toFixed(2)).join(' / ')}: the machine's other work falls on both sides of each pair`,
-      'agents use their machine tokens, the operator the token named',
+      'agents use their machine tokens, the operator the token named; every configuration is set up alike (the scoped user and token exist on each endpoint)',
       `at most ${o.inflight} requests in flight in all (--inflight), operator reads included`,
       'scoped: a service token of a user whose only role binding is operator on machines env=bench (all fleet machines match): each operator read is a label-scoped check, answered from the in-memory index (api/scope-index.ts)',
     ],

@@ -159,6 +159,36 @@ describe('the scope index on a real store', () => {
     }
   });
 
+  it("keeps a read when the events meanwhile change nothing it holds (a job finished elsewhere), and still applies a relabel among them", async () => {
+    const busy = machine('busy-1', { env: 'prod', tier: 'web' });
+    await create(busy);
+    await create(machine('quiet-1', { env: 'prod' }));
+    const c = counting(store);
+    const index = new ScopeIndex(c.s);
+    try {
+      await update(busy); // now held, from its event
+      const release = c.hold();
+      const pending = index.machine('m-quiet-1');
+      // The busy machine moves on (a job ended): its event repeats the labels, pipeline and name held.
+      await update({ ...busy, task: 'next' });
+      await update({ ...busy, labels: { tier: 'web', env: 'prod' } });
+      release();
+      expect((await pending)?.labels).toEqual({ env: 'prod' });
+      expect(index.peek('m-quiet-1')).toBeDefined();
+      await index.machine('m-quiet-1');
+      expect(c.reads).toEqual(['machine m-quiet-1']);
+      // A change among such events is applied as before.
+      await update({ ...busy, labels: { env: 'prod' } });
+      expect(index.peek('m-busy-1')?.labels).toEqual({ env: 'prod' });
+      await update({ ...busy, labels: { env: 'prod', tier: 'db' } });
+      expect(index.peek('m-busy-1')?.labels).toEqual({ env: 'prod', tier: 'db' });
+      await update({ ...busy, pipeline: 'other', labels: { env: 'prod', tier: 'db' } });
+      expect(index.peek('m-busy-1')?.pipeline).toBe('other');
+    } finally {
+      index.close();
+    }
+  });
+
   it('is bounded: past its cap the least recently used machine goes', async () => {
     const c = counting(store);
     const index = new ScopeIndex(c.s, 2);

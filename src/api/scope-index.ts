@@ -4,7 +4,9 @@
  * pipeline; job id → machine id; work order id → machine id.
  *
  * Fed by the store's events, as the token cache is (auth.ts): `machines.create|update.<id>` carry the whole
- * public machine (labels, pipeline, name) and replace the entry; `machines.delete.<id>` removes it;
+ * public machine (labels, pipeline, name) and replace the entry — unless it already holds that name,
+ * pipeline and those labels, as it does for most of them (a job finished, the machine moved on): those
+ * cost a comparison and nothing else; `machines.delete.<id>` removes it;
  * `jobs.*` and `workorders.*` carry their `machineId`. On PostgreSQL `Store.onEvents` also delivers what
  * other replicas commit (pg-follow.ts), so a label change made through replica B reaches replica A's checks
  * when its event arrives there (at once on a NOTIFY, within the 3 s catch-up otherwise); a change made
@@ -12,8 +14,9 @@
  * resolves).
  *
  * Bounded: each map keeps at most `max` entries (default 100,000), least recently used out first. A miss
- * reads the store once and fills the entry — unless a `machines.*` event arrived while that read was under
- * way (the read may predate it), in which case the answer is used for that one request and not kept.
+ * reads the store once and fills the entry — unless a `machines.*` event that changed what the index holds
+ * arrived while that read was under way (the read may predate it), in which case the answer is used for
+ * that one request and not kept.
  * A job's or a work order's machine never changes, so those entries need no invalidation. Machines deleted
  * while the index runs are remembered (same bound), so the events of their jobs cost no read either; a
  * machine made again with that id (an import) is known again from its create event.
@@ -30,6 +33,18 @@ export interface IndexedMachine extends MachineScopeView {
 
 /** The store reads the index falls back on, and the event feed it follows. */
 export type ScopeIndexStore = Pick<Store, 'getMachine' | 'getMachineByName' | 'getJobState' | 'getWorkOrder' | 'onEvents'>;
+
+/** Whether two label sets hold the same keys and values. */
+function sameLabels(a: Record<string, string>, b: Record<string, unknown>): boolean {
+  let n = 0;
+  for (const k in b) {
+    if (!Object.hasOwn(b, k)) continue;
+    if (!Object.hasOwn(a, k) || a[k] !== b[k]) return false;
+    n += 1;
+  }
+  for (const k in a) if (Object.hasOwn(a, k)) n -= 1;
+  return n === 0;
+}
 
 /** Default bound of each map (entries). */
 export const SCOPE_INDEX_MAX = 100_000;
@@ -81,7 +96,7 @@ export class ScopeIndex {
   private readonly workorders: Lru<string, string>;
   /** Ids of machines deleted since this index started: their jobs' events need no store read to find nothing. */
   private readonly deleted: Lru<string, true>;
-  /** Moved by every `machines.*` event: a store read that straddles one is not kept. */
+  /** Moved by every `machines.*` event that changes what the index holds: a store read that straddles one is not kept. */
   private epoch = 0;
   private readonly unsubscribe: () => void;
   /** Store reads made so far (misses): the tests hold the hot path to zero. */
@@ -115,13 +130,19 @@ export class ScopeIndex {
     const id = e.topic.slice(e.topic.indexOf('.', e.topic.indexOf('.') + 1) + 1);
     const data = (e.data ?? {}) as Record<string, unknown>;
     if (type === 'machines') {
+      if ((action === 'create' || action === 'update') && typeof data.name === 'string' && typeof data.labels === 'object' && data.labels !== null) {
+        const pipeline = typeof data.pipeline === 'string' ? data.pipeline : null;
+        const held = this.machines.peek(id);
+        // Most machine events (a job finished, the machine moved on) change nothing the index keeps: nothing
+        // to store, and no epoch move (no read under way can have been made stale by them).
+        if (held && held.name === data.name && held.pipeline === pipeline && sameLabels(held.labels, data.labels as Record<string, unknown>)) return;
+        this.epoch += 1;
+        this.put({ id, name: data.name, labels: { ...(data.labels as Record<string, string>) }, pipeline });
+        return;
+      }
       this.epoch += 1;
       if (action === 'delete') this.forget(id, true);
-      else if (action === 'create' || action === 'update') {
-        if (typeof data.name === 'string' && typeof data.labels === 'object' && data.labels !== null) {
-          this.put({ id, name: data.name, labels: { ...(data.labels as Record<string, string>) }, pipeline: typeof data.pipeline === 'string' ? data.pipeline : null });
-        } else this.forget(id);
-      }
+      else if (action === 'create' || action === 'update') this.forget(id);
     } else if (type === 'jobs' && action === 'create' && typeof data.machineId === 'string') this.jobs.set(id, data.machineId);
     else if (type === 'workorders' && action === 'create' && typeof data.machineId === 'string') this.workorders.set(id, data.machineId);
   }
