@@ -362,22 +362,12 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
       // A (a completion) holds the machine's lock and finishes the work order; B (a claim) waits for the
       // lock meanwhile. Once A commits, B must see the work order finished: the statement that waited took
       // its snapshot before A's commit, so reads made in that statement would see it still running.
-      let release!: () => void;
-      const gate = new Promise<void>((r) => (release = r));
-      let locked!: () => void;
-      const holding = new Promise<void>((r) => (locked = r));
-      const holder = a.transact(
-        async (tx) => {
-          await tx.lockMachine(m.id);
-          locked();
-          await gate;
-          await tx.updateWorkOrder({ ...w, state: 'succeeded', finishedAt: new Date().toISOString() });
-        },
-        { scope: 'rows' },
-      );
+      const { holding, release, holder } = holdMachineLock(a, m.id, async (tx) => {
+        await tx.updateWorkOrder({ ...w, state: 'succeeded', finishedAt: new Date().toISOString() });
+      });
       await holding;
       const tripsBefore = new Map(b.roundTrips());
-    const waiter = b.transact(
+      const waiter = b.transact(
         async (tx) => {
           await tx.lockMachine(m.id);
           return (await tx.nextWorkOrder(m.id))?.state ?? null;
@@ -389,7 +379,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
       release();
       await holder;
       expect(await waiter).toBeNull();
-    expectOneLockTrip(tripsBefore, b.roundTrips());
+      expectOneLockTrip(tripsBefore, b.roundTrips());
     });
 
     it(`a lock that waited reads the machine's current job as the holder left it (the job comes with the statement after the lock)${how}`, async () => {
@@ -401,25 +391,15 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
         await tx.insertJob(jobRecord('j-1', m.id, T0));
       });
       // A (a completion with its next claim) holds the lock, ends j-1 and starts j-2; B waits for the lock.
-      let release!: () => void;
-      const gate = new Promise<void>((r) => (release = r));
-      let locked!: () => void;
-      const holding = new Promise<void>((r) => (locked = r));
-      const holder = a.transact(
-        async (tx) => {
-          const mine = (await tx.lockMachine(m.id))!;
-          locked();
-          await gate;
-          const j1 = (await tx.getJob('j-1'))!;
-          await tx.finishJob({ ...j1, state: 'succeeded', exitCode: 0, finishedAt: new Date().toISOString(), leaseExpiresAt: null });
-          await tx.insertJob(jobRecord('j-2', m.id, T0));
-          await tx.updateMachine({ ...mine, currentJob: 'j-2' });
-        },
-        { scope: 'rows' },
-      );
+      const { holding, release, holder } = holdMachineLock(a, m.id, async (tx, mine) => {
+        const j1 = (await tx.getJob('j-1'))!;
+        await tx.finishJob({ ...j1, state: 'succeeded', exitCode: 0, finishedAt: new Date().toISOString(), leaseExpiresAt: null });
+        await tx.insertJob(jobRecord('j-2', m.id, T0));
+        await tx.updateMachine({ ...mine, currentJob: 'j-2' });
+      });
       await holding;
       const tripsBefore = new Map(b.roundTrips());
-    const waiter = b.transact(
+      const waiter = b.transact(
         async (tx) => {
           const mine = (await tx.lockMachine(m.id))!;
           const current = mine.currentJob ? await tx.getJob(mine.currentJob) : undefined;
@@ -431,7 +411,7 @@ describe.skipIf(pgWhy !== null)(pgWhy === null ? 'events across replicas on Post
       release();
       await holder;
       expect(await waiter).toEqual({ current: 'j-2', state: 'running', j1: 'succeeded' });
-    expectOneLockTrip(tripsBefore, b.roundTrips());
+      expectOneLockTrip(tripsBefore, b.roundTrips());
     });
   }
 
@@ -631,6 +611,27 @@ describe('the follower without a database (own groups, holes, pruned events)', (
     expect(published).toEqual([10, 11, 41, 42, 61]);
   });
 });
+
+/**
+ * A row-scoped transaction on `store` (a completion) that takes machine `id`'s lock, says so (`holding`),
+ * waits for `release()`, then does `then` with the machine as locked; `holder` is its end.
+ */
+function holdMachineLock(store: SqlStore, id: string, then: (tx: Parameters<Parameters<SqlStore['transact']>[0]>[0], mine: Machine) => Promise<void>) {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let locked!: () => void;
+  const holding = new Promise<void>((r) => (locked = r));
+  const holder = store.transact(
+    async (tx) => {
+      const mine = (await tx.lockMachine(id))!;
+      locked();
+      await gate;
+      await then(tx, mine);
+    },
+    { scope: 'rows' },
+  );
+  return { holding, release, holder };
+}
 
 /**
  * Resolves once the server shows a session of this database waiting for a lock (pg_stat_activity): the
