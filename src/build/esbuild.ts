@@ -8,9 +8,10 @@
 import { join } from 'node:path';
 
 /**
- * Packages neither bundle may contain: native addons found relative to their own files (better-sqlite3,
- * argon2, ssh2's cpu-features) and esbuild itself (its API runs a binary found beside its package).
- * Left as imports, they resolve from node_modules as usual.
+ * Packages the endpoint's bundle leaves out: native addons found relative to their own files
+ * (better-sqlite3, argon2, ssh2's cpu-features) and esbuild itself (its API runs a binary found beside its
+ * package). Left as imports, they resolve from node_modules as usual. (The agent bundle, for hosts without
+ * node_modules, leaves out fewer: join/bundle.ts.)
  */
 export const NATIVE_PACKAGES = ['better-sqlite3', 'argon2', 'ssh2', 'cpu-features', 'esbuild'] as const;
 

@@ -20,7 +20,7 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { chmod, copyFile, mkdir, open as fsOpen, readdir, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
-import { basename, join, relative } from 'node:path';
+import { basename, join, relative, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { TaktError } from '../model/errors.js';
@@ -151,9 +151,11 @@ export class AgentBundle {
   /** `takt-<version>-node<version>-<hash of the compiled CLI and the runtime file>`. */
   private async key(): Promise<string> {
     const dist = join(this.root, 'dist');
-    const files = await listFiles(dist).catch(() => {
+    // dist/bundle is the endpoint's own bundle of the same code (build/esbuild.ts): a derivative, 6 MB to
+    // hash for nothing, so the key is of the compiled modules only.
+    const files = (await listFiles(dist).catch(() => {
       throw new TaktError('unavailable', `cannot build the agent bundle: the compiled CLI is missing (${dist}); run \`npm run build\` in ${this.root}`);
-    });
+    })).filter((f) => !relative(dist, f).startsWith(`bundle${sep}`));
     const h = createHash('sha256');
     for (const f of files) h.update(relative(dist, f)).update('\0').update(await readFile(f)).update('\0');
     const n = await stat(this.node);
